@@ -1,0 +1,83 @@
+/*
+ * common.h -- what every fastloss kernel family shares: the index type, the
+ * restrict qualifier, the reduction enum, the fixed-order sum, and the OpenMP
+ * shims.  Plain C99; no Python, no NumPy.
+ */
+#ifndef FASTLOSS_COMMON_H
+#define FASTLOSS_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if defined(_MSC_VER)
+#define FASTLOSS_RESTRICT __restrict
+#else
+#define FASTLOSS_RESTRICT restrict
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define FASTLOSS_INLINE static inline __attribute__((always_inline))
+#else
+#define FASTLOSS_INLINE static inline
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Every size, stride and index is 64-bit: arrays above 2**31 elements work. */
+typedef int64_t fastloss_index;
+
+enum fastloss_reduction {
+    FASTLOSS_REDUCTION_NONE = 0,
+    FASTLOSS_REDUCTION_SUM = 1,
+    FASTLOSS_REDUCTION_MEAN = 2
+};
+
+/* Status codes returned by kernels that can fail (only allocation can). */
+enum fastloss_status {
+    FASTLOSS_OK = 0,
+    FASTLOSS_ERROR_NO_MEMORY = 1
+};
+
+/*
+ * Rows summed into one double before block partials are combined.  The
+ * number of blocks depends on the number of rows alone, never on the thread
+ * count, so every reduction gives the same bits for any num_threads.
+ */
+#define FASTLOSS_REDUCTION_BLOCK 256
+
+/*
+ * Sum of values[0..n) in a fixed order: each block of FASTLOSS_REDUCTION_BLOCK
+ * values is summed left to right, then the block sums are added left to right.
+ * Two levels keep the rounding error near O((B + n / B) eps) instead of O(n eps).
+ */
+double fastloss_sum_float64(const double *values, fastloss_index n);
+
+/* Threads: the parallel regions use this many (1 when built without OpenMP). */
+int fastloss_effective_threads(int requested, fastloss_index work);
+
+/* Build and run-time facts for show_config(). */
+int fastloss_openmp_enabled(void);
+int fastloss_openmp_max_threads(void);
+const char *fastloss_compiler(void);
+
+/*
+ * SIMD path: the kernels are compiled twice, for the baseline ISA and for
+ * AVX2 + FMA, and picked at run time.  fastloss_simd_path() returns the name
+ * of the path in use; fastloss_set_simd_path() forces one ("baseline",
+ * "avx2") when the CPU supports it and returns 0, or returns -1.
+ */
+const char *fastloss_simd_path(void);
+int fastloss_set_simd_path(const char *name);
+int fastloss_simd_use_avx2(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FASTLOSS_COMMON_H */

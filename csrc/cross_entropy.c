@@ -1,0 +1,130 @@
+/*
+ * cross_entropy.c -- softmax cross-entropy over the last axis: forward,
+ * backward from a known log-sum-exp, and the fused value-and-grad.
+ *
+ * Per row y (logits, or c tanh(logits / c) with softcap c; torch semantics
+ * for everything torch has):
+ *   lse   = log sum_c exp(y_c)                      (online, chunk by chunk)
+ *   hard target t, class weights w, smoothing eps:
+ *     ce  = (1 - eps) w_t (lse - y_t) + eps / C sum_c w_c (lse - y_c)
+ *   soft target q, q' = (1 - eps) q + eps / C:
+ *     ce  = sum_c w_c q'_c (lse - y_c)
+ *   loss  = ce + z lse**2                           (PaLM's z-loss)
+ * Gradient w.r.t. y, with p = softmax(y) = exp(y - lse) and the row's scale s
+ * (grad_output, divided by the mean's denominator):
+ *   hard: s [((1 - eps) w_t + eps W / C) p_c - eps / C w_c - (1 - eps) w_t [c = t]]
+ *   soft: s [(sum_k w_k q'_k) p_c - w_c q'_c]
+ *   z:    2 z lse p_c (scaled by its own denominator, the count of valid rows)
+ *   softcap multiplies by dy/dx = 1 - (y / c)**2.
+ * So the gradient is alpha p_c - gamma u_c - beta [c = t] with three numbers
+ * per row (ce_coefficients), and "label smoothing via the closed form, not by
+ * building a target row".
+ *
+ * Stability: each chunk of FASTLOSS_CE_CHUNK classes subtracts its own max
+ * before exp, and the chunks merge as (max, sum) pairs (Milakov & Gimelshein,
+ * "Online normalizer calculation for softmax", arXiv:1805.02867).  All sums
+ * accumulate in double in a fixed order, so results are identical for any
+ * number of threads; rows are independent and run in parallel.
+ *
+ * Memory traffic of the fused call: each chunk of logits is read from memory
+ * once (the max pass), the exp pass finds it in L1 and leaves exp(y - m_k) in
+ * the gradient row, and the gradient pass rescales it there while it is still
+ * in cache; so one read of the logits and one write of the gradient, with one
+ * exp per element.
+ */
+#include "cross_entropy.h"
+
+#define FASTLOSS_ISA baseline
+#include "cross_entropy_impl.h"
+
+fastloss_index fastloss_cross_entropy_find_bad_target(const int64_t *target, fastloss_index n_rows,
+                                                      fastloss_index n_classes,
+                                                      fastloss_index ignore_index)
+{
+    for (fastloss_index i = 0; i < n_rows; ++i)
+        if ((target[i] < 0 || target[i] >= n_classes) && target[i] != ignore_index)
+            return i;
+    return -1;
+}
+
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(FASTLOSS_NO_AVX2)
+#define FL_DISPATCH(real_tag, ...)                                   \
+    (fastloss_simd_use_avx2() ? fastloss_ce_run_##real_tag##_avx2(__VA_ARGS__) \
+                              : fastloss_ce_run_##real_tag##_baseline(__VA_ARGS__))
+#else
+#define FL_DISPATCH(real_tag, ...) fastloss_ce_run_##real_tag##_baseline(__VA_ARGS__)
+#endif
+
+int fastloss_cross_entropy_forward_float32(const fastloss_ce_options *options, const float *logits,
+                                           fastloss_index logits_row_stride, const int64_t *target,
+                                           const float *soft_target,
+                                           fastloss_index soft_target_row_stride,
+                                           const float *weight, double *loss_per_row, double *lse,
+                                           double *loss)
+{
+    return FL_DISPATCH(float32, options, logits, logits_row_stride, target, soft_target,
+                       soft_target_row_stride, weight, NULL, NULL, 0, loss_per_row, lse, loss,
+                       NULL, 0);
+}
+
+int fastloss_cross_entropy_forward_float64(const fastloss_ce_options *options, const double *logits,
+                                           fastloss_index logits_row_stride, const int64_t *target,
+                                           const double *soft_target,
+                                           fastloss_index soft_target_row_stride,
+                                           const double *weight, double *loss_per_row, double *lse,
+                                           double *loss)
+{
+    return FL_DISPATCH(float64, options, logits, logits_row_stride, target, soft_target,
+                       soft_target_row_stride, weight, NULL, NULL, 0, loss_per_row, lse, loss,
+                       NULL, 0);
+}
+
+int fastloss_cross_entropy_backward_float32(const fastloss_ce_options *options, const float *logits,
+                                            fastloss_index logits_row_stride, const int64_t *target,
+                                            const float *soft_target,
+                                            fastloss_index soft_target_row_stride,
+                                            const float *weight, const double *lse,
+                                            const double *grad_output,
+                                            fastloss_index grad_output_stride, float *grad,
+                                            fastloss_index grad_row_stride)
+{
+    return FL_DISPATCH(float32, options, logits, logits_row_stride, target, soft_target,
+                       soft_target_row_stride, weight, lse, grad_output, grad_output_stride, NULL,
+                       NULL, NULL, grad, grad_row_stride);
+}
+
+int fastloss_cross_entropy_backward_float64(const fastloss_ce_options *options, const double *logits,
+                                            fastloss_index logits_row_stride, const int64_t *target,
+                                            const double *soft_target,
+                                            fastloss_index soft_target_row_stride,
+                                            const double *weight, const double *lse,
+                                            const double *grad_output,
+                                            fastloss_index grad_output_stride, double *grad,
+                                            fastloss_index grad_row_stride)
+{
+    return FL_DISPATCH(float64, options, logits, logits_row_stride, target, soft_target,
+                       soft_target_row_stride, weight, lse, grad_output, grad_output_stride, NULL,
+                       NULL, NULL, grad, grad_row_stride);
+}
+
+int fastloss_cross_entropy_value_and_grad_float32(
+    const fastloss_ce_options *options, const float *logits, fastloss_index logits_row_stride,
+    const int64_t *target, const float *soft_target, fastloss_index soft_target_row_stride,
+    const float *weight, const double *grad_output, fastloss_index grad_output_stride,
+    double *loss_per_row, double *lse, double *loss, float *grad, fastloss_index grad_row_stride)
+{
+    return FL_DISPATCH(float32, options, logits, logits_row_stride, target, soft_target,
+                       soft_target_row_stride, weight, NULL, grad_output, grad_output_stride,
+                       loss_per_row, lse, loss, grad, grad_row_stride);
+}
+
+int fastloss_cross_entropy_value_and_grad_float64(
+    const fastloss_ce_options *options, const double *logits, fastloss_index logits_row_stride,
+    const int64_t *target, const double *soft_target, fastloss_index soft_target_row_stride,
+    const double *weight, const double *grad_output, fastloss_index grad_output_stride,
+    double *loss_per_row, double *lse, double *loss, double *grad, fastloss_index grad_row_stride)
+{
+    return FL_DISPATCH(float64, options, logits, logits_row_stride, target, soft_target,
+                       soft_target_row_stride, weight, NULL, grad_output, grad_output_stride,
+                       loss_per_row, lse, loss, grad, grad_row_stride);
+}

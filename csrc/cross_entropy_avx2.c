@@ -1,0 +1,21 @@
+/*
+ * cross_entropy_avx2.c -- the cross-entropy kernels compiled for AVX2 + FMA.
+ * Picked at run time by cross_entropy.c when the CPU has both; elsewhere (or
+ * on another architecture) this file compiles to nothing that is called.
+ */
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(FASTLOSS_NO_AVX2)
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#elif defined(__GNUC__)
+#pragma GCC target("avx2,fma")
+#endif
+#define FASTLOSS_ISA avx2
+#include "cross_entropy_impl.h"
+#if defined(__clang__)
+#pragma clang attribute pop
+#endif
+#define FASTLOSS_HAVE_AVX2_KERNELS 1
+#endif
+
+/* ISO C forbids an empty translation unit. */
+typedef int fastloss_cross_entropy_avx2_unused;

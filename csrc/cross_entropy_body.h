@@ -1,0 +1,169 @@
+/*
+ * cross_entropy_body.h -- the runner for one storage type REAL, written once.
+ * No include guard, on purpose: cross_entropy_impl.h includes it for float and
+ * double.  It expects REAL, RUN (the runner's name), ROW_SAME(name) (the row
+ * routines reading REAL values) and ROW_WIDE(name) (reading double values,
+ * for soft-capped rows).
+ */
+
+int RUN(const fastloss_ce_options *options, const REAL *logits, fastloss_index logits_row_stride,
+        const int64_t *target, const REAL *soft_target, fastloss_index soft_target_row_stride,
+        const REAL *weight, const double *lse_in, const double *grad_output,
+        fastloss_index grad_output_stride, double *loss_per_row, double *lse_out, double *loss,
+        REAL *grad, fastloss_index grad_row_stride)
+{
+    const fastloss_index n_rows = options->n_rows;
+    const fastloss_index n_classes = options->n_classes;
+    const fastloss_index n_chunks = (n_classes + FASTLOSS_CE_CHUNK - 1) / FASTLOSS_CE_CHUNK;
+    const int soft = soft_target != NULL;
+    const int softcap = options->softcap > 0.0;
+    const int backward = lse_in != NULL;
+    const double one = 1.0;
+
+    /* Denominators of the mean, in row order: torch's sum of w[t_i] over the
+     * non-ignored rows for hard targets, the number of rows for soft ones. */
+    double n_valid = (double)n_rows, weight_sum = (double)n_rows;
+    if (!soft) {
+        n_valid = 0.0;
+        weight_sum = 0.0;
+        for (fastloss_index i = 0; i < n_rows; ++i) {
+            if (target[i] == options->ignore_index)
+                continue;
+            n_valid += 1.0;
+            weight_sum += weight ? (double)weight[target[i]] : 1.0;
+        }
+    }
+
+    ce_call call;
+    call.n_classes = n_classes;
+    call.n_chunks = n_chunks;
+    call.ignore_index = options->ignore_index;
+    call.soft = soft;
+    call.reduction = options->reduction;
+    call.smoothing = options->label_smoothing;
+    call.z_loss = options->z_loss;
+    call.softcap = options->softcap;
+    call.q_scale = 1.0 - options->label_smoothing;
+    call.q_offset = options->label_smoothing / (double)n_classes;
+    call.ce_factor = options->reduction == FASTLOSS_REDUCTION_MEAN ? 1.0 / weight_sum : 1.0;
+    call.z_factor = options->reduction == FASTLOSS_REDUCTION_MEAN ? 1.0 / n_valid : 1.0;
+    call.grad_output = grad_output ? grad_output : &one;
+    call.grad_output_stride = grad_output ? grad_output_stride : 0;
+
+    /* Everything allocated once, before the parallel region. */
+    const int threads = fastloss_effective_threads(options->num_threads, n_rows * n_classes);
+    const int need_e_row = grad && !backward;
+    const size_t chunk_bytes = (size_t)n_chunks * CE_CHUNK_FIELDS * sizeof(double);
+    const size_t tile_bytes = FASTLOSS_CE_CHUNK * sizeof(double);
+    const size_t capped_bytes = softcap ? (size_t)n_classes * sizeof(double) : 0;
+    const size_t e_wide_bytes = softcap && need_e_row ? (size_t)n_classes * sizeof(double) : 0;
+    const size_t per_thread = chunk_bytes + tile_bytes + capped_bytes + e_wide_bytes;
+    const size_t row_bytes = (size_t)n_rows * sizeof(double);
+    char *scratch = malloc(per_thread * (size_t)threads + 3 * row_bytes + (size_t)n_chunks * sizeof(double) + 1);
+    if (!scratch)
+        return FASTLOSS_ERROR_NO_MEMORY;
+    double *row_ce = (double *)scratch;
+    double *row_z = row_ce + n_rows;
+    double *row_lse = lse_out ? lse_out : row_z + n_rows;
+    double *chunk_weight_sum = row_z + 2 * n_rows;
+    char *thread_scratch = (char *)(chunk_weight_sum + n_chunks);
+
+    /* W and, for label smoothing, W_k per chunk (the class counts without weights). */
+    double weight_total = 0.0;
+    for (fastloss_index k = 0; k < n_chunks; ++k) {
+        const fastloss_index start = k * FASTLOSS_CE_CHUNK;
+        const fastloss_index end = start + FASTLOSS_CE_CHUNK < n_classes ? start + FASTLOSS_CE_CHUNK : n_classes;
+        double chunk_sum = 0.0;
+        for (fastloss_index c = start; c < end; ++c)
+            chunk_sum += weight ? (double)weight[c] : 1.0;
+        chunk_weight_sum[k] = chunk_sum;
+        weight_total += chunk_sum;
+    }
+    call.weight_total = weight_total;
+    call.chunk_weight_sum = chunk_weight_sum;
+
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads) if (threads > 1)
+#endif
+    {
+#ifdef _OPENMP
+        char *mine = thread_scratch + per_thread * (size_t)omp_get_thread_num();
+#else
+        char *mine = thread_scratch;
+#endif
+        double *chunk_data = (double *)mine;
+        double *tile = (double *)(mine + chunk_bytes);
+        double *capped = (double *)(mine + chunk_bytes + tile_bytes);
+        double *e_wide = (double *)(mine + chunk_bytes + tile_bytes + capped_bytes);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (fastloss_index i = 0; i < n_rows; ++i) {
+            const REAL *x = logits + i * logits_row_stride;
+            const REAL *q = soft ? soft_target + i * soft_target_row_stride : NULL;
+            REAL *g = grad ? grad + i * grad_row_stride : NULL;
+            fastloss_index t = -1;
+            double target_weight = 1.0, target_logit = 0.0;
+            if (!soft) {
+                t = target[i];
+                if (t == options->ignore_index) {
+                    row_ce[i] = 0.0;
+                    row_z[i] = 0.0;
+                    row_lse[i] = 0.0;
+                    if (g)
+                        for (fastloss_index c = 0; c < n_classes; ++c)
+                            g[c] = 0;
+                    continue;
+                }
+                target_weight = weight ? (double)weight[t] : 1.0;
+            }
+            ce_row_stats stats = {0.0, 0.0, 0.0, 0.0};
+            ce_row_coef coef;
+            if (backward) {
+                stats.max = lse_in[i];
+                if (soft)
+                    stats.mass = ROW_SAME(ce_soft_mass)(q, n_classes, weight, call.q_scale, call.q_offset);
+            }
+            if (!softcap) {
+                if (!soft)
+                    target_logit = (double)x[t]; /* before an in-place pass overwrites it */
+                if (!backward)
+                    ROW_SAME(ce_row_stats)(&call, x, q, weight, g, (REAL *)tile, chunk_data, &stats);
+                ROW_SAME(ce_coefficients)(&call, &stats, target_logit, target_weight, i, &coef);
+                if (g)
+                    ROW_SAME(ce_row_grad)(&call, x, q, weight, t, &coef, backward ? NULL : g,
+                                          chunk_data, (REAL *)tile, g);
+            } else {
+                /* Gemma 2 soft-capping, y = c tanh(x / c), kept in double */
+                for (fastloss_index c = 0; c < n_classes; ++c)
+                    capped[c] = options->softcap * tanh((double)x[c] / options->softcap);
+                if (!soft)
+                    target_logit = capped[t];
+                if (!backward)
+                    ROW_WIDE(ce_row_stats)(&call, capped, q, weight, need_e_row ? e_wide : NULL, tile,
+                                           chunk_data, &stats);
+                ROW_WIDE(ce_coefficients)(&call, &stats, target_logit, target_weight, i, &coef);
+                if (g)
+                    ROW_WIDE(ce_row_grad)(&call, capped, q, weight, t, &coef,
+                                          backward ? NULL : e_wide, chunk_data, tile, g);
+            }
+            row_ce[i] = coef.ce;
+            row_z[i] = coef.z_term;
+            row_lse[i] = coef.lse;
+        }
+    }
+
+    if (loss_per_row)
+        for (fastloss_index i = 0; i < n_rows; ++i)
+            loss_per_row[i] = row_ce[i] + row_z[i];
+    if (loss && !backward) {
+        const double ce_total = fastloss_sum_float64(row_ce, n_rows);
+        const double z_total = fastloss_sum_float64(row_z, n_rows);
+        if (options->reduction == FASTLOSS_REDUCTION_MEAN)
+            *loss = ce_total / weight_sum + (options->z_loss > 0.0 ? z_total / n_valid : 0.0);
+        else
+            *loss = ce_total + z_total;
+    }
+    free(scratch);
+    return FASTLOSS_OK;
+}

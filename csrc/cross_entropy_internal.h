@@ -1,0 +1,89 @@
+/*
+ * cross_entropy_internal.h -- types shared by the generic bodies of
+ * cross_entropy.c; not part of the public C interface.
+ */
+#ifndef FASTLOSS_CROSS_ENTROPY_INTERNAL_H
+#define FASTLOSS_CROSS_ENTROPY_INTERNAL_H
+
+#include "cross_entropy.h"
+
+/*
+ * Classes per chunk.  A row is processed one chunk at a time: a max pass, then
+ * an exp pass that finds the chunk still in L1 (2048 float32 = 8 KiB, float64 =
+ * 16 KiB, against 32 KiB of L1d on the machines we target).  Chunks also make
+ * the per-row log-sum-exp a merge of per-chunk (max, sum) pairs, the form that
+ * a vocabulary split across blocks or ranks needs.  benchmarks/bench_cross_entropy.py
+ * has the chunk-size sweep behind the choice.
+ */
+#ifndef FASTLOSS_CE_CHUNK
+#define FASTLOSS_CE_CHUNK 2048
+#endif
+
+/* Independent accumulators per reduction: 8 lanes make one AVX2 vector of
+ * float32 (two of float64) and fix the summation order for every ISA. */
+#define FASTLOSS_LANES 8
+
+/* Per-chunk statistics kept while a row is processed (CE_CHUNK_FIELDS doubles each). */
+enum {
+    CE_CHUNK_SHIFT = 0,  /* value subtracted before exp: the chunk max, or 0 if that is -inf */
+    CE_CHUNK_MAX = 1,    /* the chunk max (NaN is skipped; -inf if the chunk has no finite value) */
+    CE_CHUNK_SUM = 2,    /* sum_c exp(y_c - shift) */
+    CE_CHUNK_DIST = 3,   /* sum_c u_c (shift - y_c), u the smoothing / soft-target weights */
+    CE_CHUNK_MASS = 4,   /* sum_c u_c */
+    CE_CHUNK_FIELDS = 5
+};
+
+/* What every row of one call shares; set up once before the parallel loop. */
+typedef struct ce_call {
+    fastloss_index n_classes;
+    fastloss_index n_chunks;
+    fastloss_index ignore_index;
+    int soft;                          /* soft (probability) targets */
+    int reduction;
+    double smoothing;                  /* epsilon */
+    double z_loss;
+    double softcap;                    /* 0: off */
+    double weight_total;               /* W = sum_c w_c (n_classes without weights) */
+    const double *chunk_weight_sum;    /* W_k per chunk, hard targets with smoothing */
+    double q_scale, q_offset;          /* soft: q' = q_scale * q + q_offset */
+    double ce_factor, z_factor;        /* 1 / denominator for mean, 1 otherwise */
+    const double *grad_output;
+    fastloss_index grad_output_stride;
+} ce_call;
+
+/* Per-row results of the statistics pass. */
+typedef struct ce_row_stats {
+    double max;      /* M, the largest chunk max */
+    double log_sum;  /* log S, S = sum_c exp(y_c - M) */
+    double dist;     /* A = sum_c u_c (M - y_c) */
+    double mass;     /* U = sum_c u_c */
+} ce_row_stats;
+
+/* Per-row coefficients of the loss and its gradient (see cross_entropy.c). */
+typedef struct ce_row_coef {
+    double ce;     /* the row's cross-entropy (weighted, smoothed) */
+    double z_term; /* z_loss * lse**2 */
+    double lse;
+    double alpha;  /* multiplies softmax_c */
+    double gamma;  /* multiplies u_c */
+    double beta;   /* subtracted at the target class */
+} ce_row_coef;
+
+/*
+ * One generic runner per (dtype, ISA), in cross_entropy_impl.h: forward when
+ * grad is NULL, backward from a known lse when lse_in is given, fused
+ * otherwise.  cross_entropy.c dispatches to it.
+ */
+#define FASTLOSS_CE_RUN_SIGNATURE(REAL_T)                                                    \
+    (const fastloss_ce_options *options, const REAL_T *logits,                               \
+     fastloss_index logits_row_stride, const int64_t *target, const REAL_T *soft_target,     \
+     fastloss_index soft_target_row_stride, const REAL_T *weight, const double *lse_in,      \
+     const double *grad_output, fastloss_index grad_output_stride, double *loss_per_row,     \
+     double *lse_out, double *loss, REAL_T *grad, fastloss_index grad_row_stride)
+
+int fastloss_ce_run_float32_baseline FASTLOSS_CE_RUN_SIGNATURE(float);
+int fastloss_ce_run_float64_baseline FASTLOSS_CE_RUN_SIGNATURE(double);
+int fastloss_ce_run_float32_avx2 FASTLOSS_CE_RUN_SIGNATURE(float);
+int fastloss_ce_run_float64_avx2 FASTLOSS_CE_RUN_SIGNATURE(double);
+
+#endif /* FASTLOSS_CROSS_ENTROPY_INTERNAL_H */

@@ -1,0 +1,344 @@
+/*
+ * cross_entropy_row_body.h -- the per-row algorithm, written once.  No include
+ * guard, on purpose: cross_entropy_impl.h includes it once per pair of
+ *   VAL   the type the row's logits are read in (after soft-capping)
+ *   REAL  the storage type of weights, soft targets and the gradient
+ * with ROW(name) giving each instantiation its own names and VAL_EXP the
+ * vectorisable exp of fastmath.h for VAL.  (VAL, REAL) is (float, float),
+ * (double, double), or (double, float) for soft-capped float32 logits, whose
+ * capped values are kept in double so their rounding stays out of the softmax.
+ */
+
+/* Largest value, NaN skipped (a NaN reaches the result through the exp pass). */
+FASTLOSS_INLINE VAL ROW(ce_max)(const VAL *values, fastloss_index n)
+{
+    VAL lane[FASTLOSS_LANES];
+    for (int k = 0; k < FASTLOSS_LANES; ++k)
+        lane[k] = -(VAL)INFINITY;
+    fastloss_index c = 0;
+    for (; c + FASTLOSS_LANES <= n; c += FASTLOSS_LANES)
+        for (int k = 0; k < FASTLOSS_LANES; ++k)
+            lane[k] = values[c + k] > lane[k] ? values[c + k] : lane[k];
+    VAL result = -(VAL)INFINITY;
+    for (int k = 0; k < FASTLOSS_LANES; ++k)
+        result = lane[k] > result ? lane[k] : result;
+    for (; c < n; ++c)
+        result = values[c] > result ? values[c] : result;
+    return result;
+}
+
+/*
+ * out[c] = exp((values[c] - shift_hi) - shift_lo).  Splitting the shift lets
+ * float32 rows subtract a float64 log-sum-exp without converting every element:
+ * values[c] - shift_hi is exact when the two are within a factor of two
+ * (Sterbenz), and elsewhere exp() of the difference is negligible.  `out` may
+ * be `values` itself (in-place gradient), so no restrict here.
+ */
+FASTLOSS_INLINE void ROW(ce_exp)(const VAL *values, fastloss_index n, VAL shift_hi,
+                                 VAL shift_lo, VAL *out)
+{
+    for (fastloss_index c = 0; c < n; ++c)
+        out[c] = VAL_EXP((values[c] - shift_hi) - shift_lo);
+}
+
+/* Sum in float64 with FASTLOSS_LANES accumulators combined pairwise. */
+FASTLOSS_INLINE double ROW(ce_lane_total)(const double *lane, double tail)
+{
+    return (((lane[0] + lane[1]) + (lane[2] + lane[3])) +
+            ((lane[4] + lane[5]) + (lane[6] + lane[7]))) + tail;
+}
+
+FASTLOSS_INLINE double ROW(ce_sum)(const VAL *FASTLOSS_RESTRICT values, fastloss_index n)
+{
+    double lane[FASTLOSS_LANES] = {0.0};
+    double tail = 0.0;
+    fastloss_index c = 0;
+    for (; c + FASTLOSS_LANES <= n; c += FASTLOSS_LANES)
+        for (int k = 0; k < FASTLOSS_LANES; ++k)
+            lane[k] += (double)values[c + k];
+    for (; c < n; ++c)
+        tail += (double)values[c];
+    return ROW(ce_lane_total)(lane, tail);
+}
+
+/* sum_c u_c (shift - values[c]) with u = weight (or 1 when weight is NULL). */
+FASTLOSS_INLINE double ROW(ce_dist)(const VAL *FASTLOSS_RESTRICT values, fastloss_index n,
+                                    VAL shift, const REAL *FASTLOSS_RESTRICT weight)
+{
+    double lane[FASTLOSS_LANES] = {0.0};
+    double tail = 0.0;
+    fastloss_index c = 0;
+    if (weight) {
+        for (; c + FASTLOSS_LANES <= n; c += FASTLOSS_LANES)
+            for (int k = 0; k < FASTLOSS_LANES; ++k)
+                lane[k] += (double)weight[c + k] * (double)(shift - values[c + k]);
+        for (; c < n; ++c)
+            tail += (double)weight[c] * (double)(shift - values[c]);
+    } else {
+        for (; c + FASTLOSS_LANES <= n; c += FASTLOSS_LANES)
+            for (int k = 0; k < FASTLOSS_LANES; ++k)
+                lane[k] += (double)(shift - values[c + k]);
+        for (; c < n; ++c)
+            tail += (double)(shift - values[c]);
+    }
+    return ROW(ce_lane_total)(lane, tail);
+}
+
+/* Soft targets: u_c = w_c q'_c with q' = q_scale q + q_offset; returns
+ * sum_c u_c (shift - values[c]) and stores sum_c u_c in *mass. */
+FASTLOSS_INLINE double ROW(ce_soft_dist)(const VAL *FASTLOSS_RESTRICT values, fastloss_index n,
+                                         VAL shift, const REAL *FASTLOSS_RESTRICT q,
+                                         const REAL *FASTLOSS_RESTRICT weight, double q_scale,
+                                         double q_offset, double *mass)
+{
+    double dist_lane[FASTLOSS_LANES] = {0.0}, mass_lane[FASTLOSS_LANES] = {0.0};
+    double dist_tail = 0.0, mass_tail = 0.0;
+    fastloss_index c = 0;
+    for (; c + FASTLOSS_LANES <= n; c += FASTLOSS_LANES)
+        for (int k = 0; k < FASTLOSS_LANES; ++k) {
+            double u = q_scale * (double)q[c + k] + q_offset;
+            if (weight)
+                u *= (double)weight[c + k];
+            mass_lane[k] += u;
+            dist_lane[k] += u * (double)(shift - values[c + k]);
+        }
+    for (; c < n; ++c) {
+        double u = q_scale * (double)q[c] + q_offset;
+        if (weight)
+            u *= (double)weight[c];
+        mass_tail += u;
+        dist_tail += u * (double)(shift - values[c]);
+    }
+    *mass = ROW(ce_lane_total)(mass_lane, mass_tail);
+    return ROW(ce_lane_total)(dist_lane, dist_tail);
+}
+
+/*
+ * Statistics of one row: for each chunk its max, sum of exp, and (when the
+ * loss needs them) the smoothing / soft-target sums; then the merge into
+ *   M = max_k m_k,   S = sum_k s_k exp(m_k - M),   A = sum_k [D_k + (M - m_k) U_k]
+ * in chunk order.  When `e_row` is given, exp(y_c - shift_k) is left there for
+ * the gradient pass (e_row may be `y` itself); otherwise `tile` (one chunk)
+ * receives it.  Every term of A is >= 0 for non-negative weights, so the
+ * smoothing sum has no cancellation even for logits near 1e4.
+ */
+static void ROW(ce_row_stats)(const ce_call *call, const VAL *y, const REAL *q,
+                              const REAL *weight, VAL *e_row, VAL *tile,
+                              double *chunk_data, ce_row_stats *stats)
+{
+    const fastloss_index n_classes = call->n_classes;
+    const int need_dist = call->soft || call->smoothing > 0.0;
+    for (fastloss_index k = 0; k < call->n_chunks; ++k) {
+        const fastloss_index start = k * FASTLOSS_CE_CHUNK;
+        const fastloss_index n = n_classes - start < FASTLOSS_CE_CHUNK ? n_classes - start
+                                                                       : FASTLOSS_CE_CHUNK;
+        double *chunk = chunk_data + k * CE_CHUNK_FIELDS;
+        const VAL m = ROW(ce_max)(y + start, n);
+        /* A chunk of -inf (masked classes) gets shift 0 so that exp sees -inf,
+         * not -inf - -inf = NaN; NaN values still give NaN. */
+        const VAL shift = m == -(VAL)INFINITY ? (VAL)0 : m;
+        chunk[CE_CHUNK_SHIFT] = (double)shift;
+        chunk[CE_CHUNK_MAX] = (double)m;
+        chunk[CE_CHUNK_DIST] = 0.0;
+        chunk[CE_CHUNK_MASS] = 0.0;
+        /* the distances read y before the exp pass may overwrite it in place */
+        if (call->soft) {
+            chunk[CE_CHUNK_DIST] = ROW(ce_soft_dist)(y + start, n, shift, q + start,
+                                                     weight ? weight + start : NULL,
+                                                     call->q_scale, call->q_offset,
+                                                     &chunk[CE_CHUNK_MASS]);
+        } else if (need_dist) {
+            chunk[CE_CHUNK_DIST] = ROW(ce_dist)(y + start, n, shift, weight ? weight + start : NULL);
+            chunk[CE_CHUNK_MASS] = call->chunk_weight_sum[k];
+        }
+        VAL *e = e_row ? e_row + start : tile;
+        ROW(ce_exp)(y + start, n, shift, (VAL)0, e);
+        chunk[CE_CHUNK_SUM] = ROW(ce_sum)(e, n);
+    }
+
+    double row_max = -INFINITY;
+    for (fastloss_index k = 0; k < call->n_chunks; ++k) {
+        const double m = chunk_data[k * CE_CHUNK_FIELDS + CE_CHUNK_MAX];
+        row_max = m > row_max ? m : row_max;
+    }
+    double sum = 0.0, dist = 0.0, mass = 0.0;
+    for (fastloss_index k = 0; k < call->n_chunks; ++k) {
+        const double *chunk = chunk_data + k * CE_CHUNK_FIELDS;
+        if (chunk[CE_CHUNK_MAX] == -INFINITY) {
+            /* its sum is 0 (or NaN) and its distance +inf (or NaN): pass them on */
+            sum += chunk[CE_CHUNK_SUM];
+            dist += chunk[CE_CHUNK_DIST];
+        } else {
+            sum += chunk[CE_CHUNK_SUM] * exp(chunk[CE_CHUNK_SHIFT] - row_max);
+            if (need_dist)
+                dist += chunk[CE_CHUNK_DIST] + (row_max - chunk[CE_CHUNK_SHIFT]) * chunk[CE_CHUNK_MASS];
+        }
+        mass += chunk[CE_CHUNK_MASS];
+    }
+    stats->max = row_max;
+    stats->log_sum = log(sum);
+    stats->dist = dist;
+    stats->mass = mass;
+}
+
+/* Soft targets, backward from a known lse: U = sum_c w_c q'_c. */
+FASTLOSS_INLINE double ROW(ce_soft_mass)(const REAL *FASTLOSS_RESTRICT q, fastloss_index n,
+                                         const REAL *FASTLOSS_RESTRICT weight, double q_scale,
+                                         double q_offset)
+{
+    double lane[FASTLOSS_LANES] = {0.0};
+    double tail = 0.0;
+    fastloss_index c = 0;
+    for (; c + FASTLOSS_LANES <= n; c += FASTLOSS_LANES)
+        for (int k = 0; k < FASTLOSS_LANES; ++k)
+            lane[k] += (q_scale * (double)q[c + k] + q_offset) * (weight ? (double)weight[c + k] : 1.0);
+    for (; c < n; ++c)
+        tail += (q_scale * (double)q[c] + q_offset) * (weight ? (double)weight[c] : 1.0);
+    return ROW(ce_lane_total)(lane, tail);
+}
+
+/*
+ * Gradient of a range of classes from e = exp(y - shift):
+ *   g_c = factor * e_c - gamma * u_c
+ * where u_c is w_c (hard targets with smoothing), w_c q'_c (soft targets,
+ * gamma = the row's CE scale) or absent (gamma = 0).
+ */
+FASTLOSS_INLINE void ROW(ce_grad_range)(const VAL *e, fastloss_index n, double factor,
+                                        double gamma, const REAL *FASTLOSS_RESTRICT weight,
+                                        const REAL *FASTLOSS_RESTRICT q, double q_scale,
+                                        double q_offset, REAL *g)
+{
+    const VAL factor_v = (VAL)factor;
+    if (q) {
+        for (fastloss_index c = 0; c < n; ++c) {
+            VAL u = (VAL)(q_scale * (double)q[c] + q_offset);
+            if (weight)
+                u *= (VAL)weight[c];
+            g[c] = (REAL)(factor_v * e[c] - (VAL)gamma * u);
+        }
+    } else if (gamma != 0.0 && weight) {
+        const VAL gamma_v = (VAL)gamma;
+        for (fastloss_index c = 0; c < n; ++c)
+            g[c] = (REAL)(factor_v * e[c] - gamma_v * (VAL)weight[c]);
+    } else if (gamma != 0.0) {
+        const VAL gamma_v = (VAL)gamma;
+        for (fastloss_index c = 0; c < n; ++c)
+            g[c] = (REAL)(factor_v * e[c] - gamma_v);
+    } else {
+        for (fastloss_index c = 0; c < n; ++c)
+            g[c] = (REAL)(factor_v * e[c]);
+    }
+}
+
+/* Soft-capping: dy/dx = 1 - tanh**2 = (1 - t)(1 + t), t = y / softcap;
+ * the factored form keeps its relative accuracy when |t| is near 1. */
+FASTLOSS_INLINE void ROW(ce_softcap_chain)(const VAL *FASTLOSS_RESTRICT y, fastloss_index n,
+                                           double softcap, REAL *FASTLOSS_RESTRICT g)
+{
+    const VAL inv_cap = (VAL)(1.0 / softcap);
+    for (fastloss_index c = 0; c < n; ++c) {
+        const VAL t = y[c] * inv_cap;
+        g[c] = (REAL)((VAL)g[c] * ((1 - t) * (1 + t)));
+    }
+}
+
+static void ROW(ce_coefficients)(const ce_call *call, const ce_row_stats *stats,
+                                 double target_logit, double target_weight,
+                                 fastloss_index row, ce_row_coef *coef)
+{
+    const double eps = call->smoothing;
+    const double inv_classes = 1.0 / (double)call->n_classes;
+    const double lse = stats->max + stats->log_sum;
+    const double upstream = call->grad_output[row * call->grad_output_stride];
+    const double ce_scale = upstream * call->ce_factor;
+    const double z_scale = upstream * call->z_factor;
+    double ce, alpha;
+    coef->beta = 0.0;
+    coef->gamma = 0.0;
+    if (call->soft) {
+        /* ce = sum_c u_c (lse - y_c) = A + U log S */
+        ce = stats->dist + stats->mass * stats->log_sum;
+        alpha = ce_scale * stats->mass;
+        coef->gamma = ce_scale;
+    } else {
+        /* nll = lse - y_t, written so that nothing cancels when y_t is the max */
+        const double nll = (stats->max - target_logit) + stats->log_sum;
+        if (eps > 0.0) {
+            /* torch: (1 - eps) w_t nll + eps / C sum_c w_c (lse - y_c) */
+            const double smooth = stats->dist + call->weight_total * stats->log_sum;
+            ce = (1.0 - eps) * target_weight * nll + eps * inv_classes * smooth;
+            alpha = ce_scale * ((1.0 - eps) * target_weight + eps * inv_classes * call->weight_total);
+            coef->gamma = ce_scale * eps * inv_classes;
+            coef->beta = ce_scale * (1.0 - eps) * target_weight;
+        } else {
+            ce = target_weight * nll;
+            alpha = ce_scale * target_weight;
+            coef->beta = ce_scale * target_weight;
+        }
+    }
+    coef->z_term = 0.0;
+    if (call->z_loss > 0.0) {
+        coef->z_term = call->z_loss * lse * lse;
+        alpha += z_scale * 2.0 * call->z_loss * lse;
+    }
+    coef->ce = ce;
+    coef->lse = lse;
+    coef->alpha = alpha;
+    /* A row whose log-sum-exp is not finite (+inf or NaN logit, or every logit
+     * -inf) has no softmax: its loss and gradient are NaN, as in torch. */
+    if (!isfinite(lse)) {
+        coef->ce = NAN;
+        coef->lse = NAN;
+        coef->alpha = NAN;
+    }
+}
+
+/*
+ * The gradient pass of a row, from e = exp(y_c - shift_k) left by the stats
+ * pass (fused) or computed here from a known lse (backward).  The target
+ * class is written between two ranges so that no element is written twice.
+ */
+static void ROW(ce_row_grad)(const ce_call *call, const VAL *y, const REAL *q,
+                             const REAL *weight, fastloss_index target,
+                             const ce_row_coef *coef, const VAL *e_row,
+                             const double *chunk_data, VAL *tile, REAL *g)
+{
+    const fastloss_index n_classes = call->n_classes;
+    const VAL lse_hi = (VAL)coef->lse;
+    const VAL lse_lo = (VAL)(coef->lse - (double)lse_hi);
+    for (fastloss_index k = 0; k < call->n_chunks; ++k) {
+        const fastloss_index start = k * FASTLOSS_CE_CHUNK;
+        const fastloss_index n = n_classes - start < FASTLOSS_CE_CHUNK ? n_classes - start
+                                                                       : FASTLOSS_CE_CHUNK;
+        const VAL *e;
+        double factor;
+        if (e_row) {
+            const double *chunk = chunk_data + k * CE_CHUNK_FIELDS;
+            e = e_row + start;
+            /* softmax_c = e_c exp(shift_k - lse); a chunk with no finite value
+             * has e = 0 (or NaN, and then lse is NaN too). */
+            factor = chunk[CE_CHUNK_MAX] == -INFINITY
+                         ? 0.0 * coef->alpha
+                         : coef->alpha * exp(chunk[CE_CHUNK_SHIFT] - coef->lse);
+        } else {
+            ROW(ce_exp)(y + start, n, lse_hi, lse_lo, tile);
+            e = tile;
+            factor = coef->alpha;
+        }
+        const REAL *w = weight ? weight + start : NULL;
+        const REAL *qk = q ? q + start : NULL;
+        REAL *gk = g + start;
+        const fastloss_index t = target - start;
+        if (t >= 0 && t < n) {
+            ROW(ce_grad_range)(e, t, factor, coef->gamma, w, qk, call->q_scale, call->q_offset, gk);
+            const double u_t = w ? (double)w[t] : 1.0;
+            gk[t] = (REAL)(factor * (double)e[t] - coef->gamma * u_t - coef->beta);
+            ROW(ce_grad_range)(e + t + 1, n - t - 1, factor, coef->gamma, w ? w + t + 1 : NULL,
+                               qk ? qk + t + 1 : NULL, call->q_scale, call->q_offset, gk + t + 1);
+        } else {
+            ROW(ce_grad_range)(e, n, factor, coef->gamma, w, qk, call->q_scale, call->q_offset, gk);
+        }
+        if (call->softcap > 0.0)
+            ROW(ce_softcap_chain)(y + start, n, call->softcap, gk);
+    }
+}

@@ -1,0 +1,17 @@
+# Declarations of csrc/common.h shared by every kernel family.
+from libc.stdint cimport int64_t
+
+cdef extern from "common.h" nogil:
+    ctypedef int64_t fastloss_index
+    enum:
+        FASTLOSS_REDUCTION_NONE
+        FASTLOSS_REDUCTION_SUM
+        FASTLOSS_REDUCTION_MEAN
+        FASTLOSS_OK
+        FASTLOSS_ERROR_NO_MEMORY
+    double fastloss_sum_float64(const double *values, fastloss_index n)
+    int fastloss_openmp_enabled()
+    int fastloss_openmp_max_threads()
+    const char *fastloss_compiler()
+    const char *fastloss_simd_path()
+    int fastloss_set_simd_path(const char *name)

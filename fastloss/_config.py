@@ -1,0 +1,82 @@
+"""Process-wide settings: the default thread count and the build facts."""
+import operator
+import os
+
+from fastloss import _kernels
+
+__all__ = ["get_num_threads", "set_num_threads", "show_config", "config", "resolve_num_threads"]
+
+
+def _parse_threads(value, name):
+    """An integer >= 1 from `value` (an int, or a string from the environment)."""
+    message = f"{name}: expected an integer >= 1, got {value!r}"
+    if isinstance(value, bool):
+        raise ValueError(message)
+    try:
+        count = int(value, 10) if isinstance(value, str) else operator.index(value)
+    except (TypeError, ValueError):
+        raise ValueError(message) from None
+    if count < 1:
+        raise ValueError(message)
+    return count
+
+
+def _available_cpus():
+    """The CPUs this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _default_threads():
+    env = os.environ.get("FASTLOSS_NUM_THREADS", "").strip()
+    if env:
+        return _parse_threads(env, "FASTLOSS_NUM_THREADS")
+    return _available_cpus()
+
+
+_num_threads = _default_threads()
+
+
+def set_num_threads(n):
+    """Set the default number of threads used by every kernel (n >= 1)."""
+    global _num_threads
+    _num_threads = _parse_threads(n, "n")
+
+
+def get_num_threads():
+    """The default number of threads: set_num_threads(), else FASTLOSS_NUM_THREADS,
+    else the number of CPUs this process may use."""
+    return _num_threads
+
+
+def resolve_num_threads(num_threads):
+    """`num_threads` of a call, or the process default when it is None."""
+    if num_threads is None:
+        return _num_threads
+    return _parse_threads(num_threads, "num_threads")
+
+
+def config():
+    """The facts show_config() prints, as a dict."""
+    from fastloss import __version__
+
+    info = {"version": __version__}
+    info.update(_kernels.build_info())
+    info["default_threads"] = get_num_threads()
+    info["available_cpus"] = _available_cpus()
+    return info
+
+
+def show_config():
+    """Print version, compiler, OpenMP, SIMD path and default threads."""
+    info = config()
+    width = max(len(key) for key in info)
+    for key, value in info.items():
+        print(f"{key:<{width}}  {value}")
+
+
+_simd = os.environ.get("FASTLOSS_SIMD", "").strip()
+if _simd:
+    _kernels.set_simd_path(_simd)

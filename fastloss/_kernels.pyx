@@ -1,0 +1,79 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The only module that knows both C and Python: it checks the buffers the C
+kernels will touch (dtype, shape, strides, writeability, index ranges),
+releases the GIL and calls them.  Argument parsing and friendly errors live in
+the Python API; the checks here are the ones memory safety depends on."""
+
+cimport numpy as cnp
+from libc.stdint cimport int64_t
+
+from fastloss._common cimport *
+
+cnp.import_array()
+
+REDUCTIONS = {"none": FASTLOSS_REDUCTION_NONE, "sum": FASTLOSS_REDUCTION_SUM,
+              "mean": FASTLOSS_REDUCTION_MEAN}
+
+
+def build_info():
+    """Facts of this build and CPU, for fastloss.show_config()."""
+    return {
+        "compiler": fastloss_compiler().decode(),
+        "openmp": bool(fastloss_openmp_enabled()),
+        "openmp_max_threads": fastloss_openmp_max_threads(),
+        "simd_path": fastloss_simd_path().decode(),
+    }
+
+
+def set_simd_path(str name):
+    """Force the SIMD path ("baseline" or "avx2"); ValueError if unavailable."""
+    if fastloss_set_simd_path(name.encode()) != 0:
+        raise ValueError(f"simd path {name!r} is not available on this CPU or build")
+
+
+cdef inline int _check_float(cnp.ndarray array, int typenum, str name) except -1:
+    """dtype `typenum` (float32, float64 or int64), aligned, native byte order."""
+    if cnp.PyArray_TYPE(array) != typenum:
+        raise TypeError(f"{name}: expected dtype {cnp.PyArray_DescrFromType(typenum)}, "
+                        f"got {array.dtype}")
+    if not cnp.PyArray_ISALIGNED(array) or cnp.PyArray_ISBYTESWAPPED(array):
+        raise ValueError(f"{name}: expected an aligned array in native byte order")
+    return 0
+
+
+cdef inline fastloss_index _row_stride(cnp.ndarray array, fastloss_index n_rows,
+                                       fastloss_index n_cols, str name,
+                                       bint writeable=False) except? -1:
+    """Row stride in elements of a 2-d array with a contiguous last axis."""
+    cdef Py_ssize_t itemsize = cnp.PyArray_ITEMSIZE(array)
+    if cnp.PyArray_NDIM(array) != 2 or array.shape[0] != n_rows or array.shape[1] != n_cols:
+        raise ValueError(f"{name}: expected shape ({n_rows}, {n_cols}), got {(<object>array).shape}")
+    if n_cols > 1 and array.strides[1] != itemsize:
+        raise ValueError(f"{name}: the last axis must be contiguous")
+    if array.strides[0] % itemsize != 0:
+        raise ValueError(f"{name}: row stride is not a multiple of the item size")
+    if writeable and not cnp.PyArray_ISWRITEABLE(array):
+        raise ValueError(f"{name}: array is read-only")
+    return array.strides[0] // itemsize
+
+
+cdef inline int _check_vector(cnp.ndarray array, int typenum, fastloss_index n, str name,
+                              bint writeable=False) except -1:
+    """A contiguous 1-d array of n elements."""
+    _check_float(array, typenum, name)
+    if cnp.PyArray_NDIM(array) != 1 or array.shape[0] != n:
+        raise ValueError(f"{name}: expected shape ({n},), got {(<object>array).shape}")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(array):
+        raise ValueError(f"{name}: expected a contiguous array")
+    if writeable and not cnp.PyArray_ISWRITEABLE(array):
+        raise ValueError(f"{name}: array is read-only")
+    return 0
+
+
+cdef bint _may_overlap(cnp.ndarray a, cnp.ndarray b):
+    """Whether the memory extents of a and b intersect (conservative)."""
+    import numpy
+    return numpy.may_share_memory(a, b)
+
+
+include "_cross_entropy.pxi"

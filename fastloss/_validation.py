@@ -1,0 +1,111 @@
+"""Argument checks shared by the public API: clear exceptions that name the
+argument, and the conversions that turn user input into what the Cython
+layer accepts.  No loops over elements here."""
+import math
+import numbers
+import operator
+
+import numpy as np
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def float_array(value, name):
+    """`value` as a float32/float64 ndarray (native byte order, aligned).
+
+    Integer, bool, float16, complex and object input raise TypeError: casting
+    them silently would hide a bug in the caller.
+    """
+    array = np.asarray(value)
+    if array.dtype.kind != "f" or array.dtype.itemsize not in (4, 8):
+        raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {array.dtype}")
+    if not array.dtype.isnative or not array.flags.aligned:
+        array = np.require(array, dtype=array.dtype.newbyteorder("="), requirements="A")
+    return array
+
+
+def rows(array, n_cols):
+    """A 2-d (rows, n_cols) view of `array` whose last axis is contiguous, or a copy."""
+    matrix = array.reshape(-1, n_cols) if n_cols else array.reshape(-1, 0)
+    if n_cols > 1 and matrix.strides[1] != matrix.itemsize:
+        matrix = np.ascontiguousarray(matrix)
+    return matrix
+
+
+def rows_view(array, n_cols):
+    """Like rows(), but None where that would need a copy (for out= buffers)."""
+    matrix = array.reshape(-1, n_cols)
+    if matrix.size and not np.shares_memory(matrix, array):
+        return None
+    if n_cols > 1 and matrix.strides[1] != matrix.itemsize:
+        return None
+    if matrix.strides[0] % matrix.itemsize:
+        return None
+    return matrix
+
+
+def reduction_arg(reduction):
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
+    return reduction
+
+
+def real_scalar(value, name, *, low=None, high=None, low_open=False, allow_none=False):
+    """A finite Python float within [low, high] (low excluded when low_open)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.ndarray)):
+        raise TypeError(f"{name}: expected a real number, got {value!r}")
+    if isinstance(value, np.ndarray):
+        if value.ndim != 0 or value.dtype.kind not in "fiu":
+            raise TypeError(f"{name}: expected a real number, got {value!r}")
+    number = float(value)
+    ok = math.isfinite(number)
+    if ok and low is not None:
+        ok = number > low if low_open else number >= low
+    if ok and high is not None:
+        ok = number <= high
+    if not ok:
+        bounds = f"{'(' if low_open else '['}{low if low is not None else '-inf'}, " \
+                 f"{high if high is not None else 'inf'}]"
+        raise ValueError(f"{name}: expected a finite value in {bounds}, got {value!r}")
+    return number
+
+
+def integer_scalar(value, name):
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected an integer, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected an integer, got {value!r}") from None
+
+
+def grad_output_arg(grad_output, reduction, loss_shape):
+    """grad_output as the float64 vector the kernels read: one value per row
+    for reduction "none" (a scalar is broadcast), else a single value."""
+    if isinstance(grad_output, np.ndarray) and grad_output.dtype.kind not in "fiu":
+        raise TypeError(f"grad_output: expected real numbers, got dtype {grad_output.dtype}")
+    upstream = np.asarray(grad_output, dtype=np.float64)
+    if reduction != "none" or upstream.ndim == 0:
+        if upstream.ndim != 0:
+            raise ValueError(f"grad_output: expected a scalar for reduction {reduction!r}, "
+                             f"got shape {upstream.shape}")
+        return upstream.reshape(1)
+    if upstream.shape != tuple(loss_shape):
+        raise ValueError(f"grad_output: expected shape {tuple(loss_shape)} (the per-sample "
+                         f"loss) or a scalar, got {upstream.shape}")
+    return np.ascontiguousarray(upstream.reshape(-1))
+
+
+def out_arg(out, shape, dtype, name="out"):
+    """Check a caller's out= buffer: an ndarray of this shape and dtype, writeable."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {out.shape}")
+    if out.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype}, got {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name}: array is read-only")
+    return out

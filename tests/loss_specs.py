@@ -1,0 +1,353 @@
+"""The one table of loss specifications the tests are parametrised over.
+
+Each row (``LossSpec``) names a loss family's public functions, their float64 references in
+``fastloss.reference``, an input generator, the option cases worth crossing with dtypes and
+reductions, and the tolerances per dtype, each with a one-line justification. Adding a loss
+(regression, binary, contrastive) means adding a row and an input generator here; the generic
+parity tests in ``test_cross_entropy.py`` then pick it up.
+
+The tolerances are the accuracy contract of DESIGN.md, never wider. ``assert_close_contract``
+checks a result against the reference exactly as the contract words it, and
+``call_unmodified`` checks that a call leaves its array arguments bitwise unchanged.
+"""
+
+import dataclasses
+from typing import Any, Callable
+
+import numpy as np
+
+import fastloss
+from fastloss import reference
+
+DTYPES = (np.float32, np.float64)
+REDUCTIONS = ("mean", "sum", "none")
+
+
+# ----------------------------------------------------------------------------------------
+# The accuracy contract
+# ----------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Tolerance:
+    """Elementwise bound ``|actual - ref| <= rtol * |ref| + floor * max|ref| + atol``.
+
+    ``max|ref|`` is taken over the finite entries of the whole reference array (a scalar's
+    own magnitude for a reduced loss), so an exact zero in the reference demands an exact
+    zero unless larger entries sit beside it. The contract itself has ``atol = 0``.
+    """
+
+    rtol: float
+    floor: float
+    why: str
+    atol: float = 0.0
+
+    def __str__(self):
+        text = f"rtol={self.rtol:g}, floor={self.floor:g}*max|ref|"
+        return text + (f", atol={self.atol:g}" if self.atol else "")
+
+
+CONTRACT = {
+    (np.dtype(np.float64), "loss"): Tolerance(
+        1e-12, 1e-14,
+        "DESIGN.md: float64 kernels accumulate in double; only reordered roundings separate "
+        "them from the reference"),
+    (np.dtype(np.float64), "grad"): Tolerance(
+        1e-12, 1e-14,
+        "DESIGN.md: as the float64 loss, elementwise"),
+    (np.dtype(np.float32), "loss"): Tolerance(
+        2e-6, 1e-14,
+        "DESIGN.md: float32 storage and exponentials with double accumulators, rounded once "
+        "to float32 (about 17 float32 ulps of room); the floor only admits exact zeros"),
+    (np.dtype(np.float32), "grad"): Tolerance(
+        2e-6, 1e-6,
+        "DESIGN.md: exp(y - lse) in float32 loses relative accuracy in proportion to "
+        "|y - lse|, so tiny probabilities get an absolute floor of 1e-6 * max|ref|"),
+}
+
+
+# The per-row log-sum-exp is not a loss and the contract does not name it; it is held to
+# the loss contract, except that float32 logits may also miss by an absolute 2.4e-7.
+LSE_TOLERANCE = {
+    np.dtype(np.float64): CONTRACT[(np.dtype(np.float64), "loss")],
+    np.dtype(np.float32): Tolerance(
+        2e-6, 1e-14,
+        "lse = max + log(sum): float32 exponentials put about one float32 ulp (1.2e-7) of "
+        "relative error into the sum whatever its size, so log(sum) carries that much absolute "
+        "error, which is not small relative to an lse near 0 (two ulps allowed)",
+        atol=2.4e-7),
+}
+
+
+def assert_close(actual, ref, tolerance, what="result"):
+    """Assert ``actual`` is within ``tolerance`` of ``ref`` elementwise (NaN/inf must match).
+
+    ``actual`` may be a Python float or an array of any float dtype; it is compared in
+    float64, where every float32 value is exact.
+    """
+    actual = np.asarray(actual, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    assert actual.shape == ref.shape, f"{what}: shape {actual.shape} != reference {ref.shape}"
+    nan_ref = np.isnan(ref)
+    nan_actual = np.isnan(actual)
+    if not np.array_equal(nan_ref, nan_actual):
+        index = np.argwhere(nan_ref != nan_actual)[0]
+        raise AssertionError(
+            f"{what}: NaN positions differ from the reference; first at {tuple(index)}: "
+            f"actual {actual[tuple(index)]!r}, reference {ref[tuple(index)]!r}")
+    inf_ref = np.isinf(ref)
+    if not np.array_equal(actual[inf_ref], ref[inf_ref]):
+        raise AssertionError(f"{what}: infinities differ from the reference")
+    finite = np.isfinite(ref)
+    if not finite.any():
+        return
+    scale = float(np.max(np.abs(ref[finite])))
+    bound = tolerance.rtol * np.abs(ref) + tolerance.floor * scale + tolerance.atol
+    with np.errstate(invalid="ignore"):  # inf - inf where both are inf, checked above
+        error = np.abs(actual - ref)
+    bad = finite & ~(error <= bound)
+    if bad.any():
+        ratio = np.where(bad, error / np.where(bound > 0, bound, np.finfo(float).tiny), 0.0)
+        worst = np.unravel_index(np.argmax(ratio), ratio.shape)
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {ref.size} elements exceed the bound ({tolerance}); "
+            f"worst at {tuple(int(i) for i in worst)}: actual {actual[worst]!r}, "
+            f"reference {ref[worst]!r}, |error| {error[worst]:.3e} > bound {bound[worst]:.3e}")
+
+
+def assert_close_contract(actual, ref, dtype, kind="loss", what=None):
+    """Assert the DESIGN.md accuracy contract for a ``kind`` ("loss" or "grad") result
+    computed from inputs of ``dtype`` against the float64 reference ``ref``."""
+    if kind not in ("loss", "grad"):
+        raise ValueError(f"kind must be 'loss' or 'grad', got {kind!r}")
+    tolerance = CONTRACT[(np.dtype(dtype), kind)]
+    assert_close(actual, ref, tolerance, what=what or kind)
+
+
+def assert_loss_type(loss, dtype, reduction, batch_shape):
+    """A reduced loss is a Python float holding a value of ``dtype``; 'none' is an array of
+    ``dtype`` and shape ``batch_shape``."""
+    if reduction == "none":
+        assert isinstance(loss, np.ndarray), f"reduction='none' returned {type(loss)}"
+        assert loss.dtype == np.dtype(dtype), f"loss dtype {loss.dtype}, expected {dtype}"
+        assert loss.shape == tuple(batch_shape), f"loss shape {loss.shape} != {batch_shape}"
+    else:
+        assert type(loss) is float, f"reduction={reduction!r} returned {type(loss)}, not float"
+        if not np.isnan(loss):
+            # "results have the input's dtype (scalars are Python floats)"
+            assert float(np.dtype(dtype).type(loss)) == loss, (
+                f"{loss!r} is not a {np.dtype(dtype)} value")
+
+
+def assert_array_type(array, dtype, shape, what="grad"):
+    assert isinstance(array, np.ndarray), f"{what} is {type(array)}, not ndarray"
+    assert array.dtype == np.dtype(dtype), f"{what} dtype {array.dtype}, expected {dtype}"
+    assert array.shape == tuple(shape), f"{what} shape {array.shape}, expected {shape}"
+
+
+# ----------------------------------------------------------------------------------------
+# Inputs left alone
+# ----------------------------------------------------------------------------------------
+
+def bitwise_equal(a, b):
+    """Same dtype, shape and bytes (so NaN payloads and signed zeros count)."""
+    a = np.asarray(a)
+    b = np.asarray(b)
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def call_unmodified(func, *args, **kwargs):
+    """Call ``func(*args, **kwargs)`` and assert it left every array argument bitwise
+    unchanged, except ``out=`` and whatever shares memory with it."""
+    out = kwargs.get("out")
+    watched = []
+    named = [(f"argument {i}", value) for i, value in enumerate(args)]
+    named += [(name, value) for name, value in kwargs.items() if name != "out"]
+    for name, value in named:
+        if not isinstance(value, np.ndarray):
+            continue
+        if out is not None and np.may_share_memory(value, out):
+            continue
+        watched.append((name, value, value.copy(order="K")))
+    result = func(*args, **kwargs)
+    for name, value, before in watched:
+        assert bitwise_equal(value, before), f"{func.__name__} modified its {name}"
+        assert np.array_equal(value, before, equal_nan=True)
+    return result
+
+
+# ----------------------------------------------------------------------------------------
+# The table
+# ----------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Functions:
+    """A loss family's three entry points: value, gradient, fused value and gradient."""
+
+    value: Callable
+    grad: Callable
+    value_and_grad: Callable
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One option combination with a readable id; ``params`` are read by the spec's input
+    generator (which turns e.g. ``weight=True`` into a random weight array)."""
+
+    id: str
+    params: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+    """One row of the table.
+
+    ``make_inputs(rng, dtype, params, shape)`` returns ``(args, options)``: the positional
+    data arrays (``shape`` is the first one's shape) and the keyword options. ``loss_shape``
+    maps a data shape to the per-sample loss shape (what ``grad_output`` has for "none").
+    ``default_shape`` is the data shape the generic tests use.
+    """
+
+    name: str
+    public: Functions
+    reference: Functions
+    make_inputs: Callable[..., tuple]
+    loss_shape: Callable[[tuple], tuple]
+    default_shape: tuple
+    cases: tuple
+    tolerances: dict = dataclasses.field(default_factory=lambda: dict(CONTRACT))
+    reductions: tuple = REDUCTIONS
+
+    def tolerance(self, dtype, kind):
+        return self.tolerances[(np.dtype(dtype), kind)]
+
+    def __str__(self):
+        return self.name
+
+
+# --- cross-entropy -------------------------------------------------------------------------
+
+def random_logits(rng, shape, dtype, scale=3.0):
+    return (rng.standard_normal(shape) * scale).astype(dtype)
+
+
+def random_weight(rng, n_classes, dtype):
+    # Class weights of either sign of magnitude are legal in torch; keep them positive and
+    # away from zero so the weighted mean's denominator is well conditioned.
+    return rng.uniform(0.25, 2.0, n_classes).astype(dtype)
+
+
+def ce_options(rng, n_classes, dtype, params):
+    """Keyword options for cross-entropy from a case's params."""
+    options = {}
+    if params.get("weight"):
+        options["weight"] = random_weight(rng, n_classes, dtype)
+    for name in ("ignore_index", "label_smoothing", "z_loss", "softcap"):
+        if name in params:
+            options[name] = params[name]
+    return options
+
+
+def make_ce_hard_inputs(rng, dtype, params, shape):
+    """Logits of ``shape`` (..., C) and int64 class indices; ``ignore_fraction`` of the rows
+    (at least one when positive and there are rows) get ``ignore_index``."""
+    n_classes = shape[-1]
+    logits = random_logits(rng, shape, dtype, params.get("scale", 3.0))
+    target = rng.integers(0, n_classes, size=shape[:-1], dtype=np.int64)
+    fraction = params.get("ignore_fraction", 0.0)
+    if fraction > 0 and target.size:
+        ignored = rng.random(target.shape) < fraction
+        ignored.flat[0] = True
+        target[ignored] = params.get("ignore_index", -100)
+    return (logits, target), ce_options(rng, n_classes, dtype, params)
+
+
+def make_ce_soft_inputs(rng, dtype, params, shape):
+    """Logits and probability targets of ``shape``; rows sum to 1 unless ``unnormalised``."""
+    logits = random_logits(rng, shape, dtype, params.get("scale", 3.0))
+    target = rng.random(shape)
+    if not params.get("unnormalised"):
+        target /= target.sum(axis=-1, keepdims=True)
+    return (logits, target.astype(dtype)), ce_options(rng, shape[-1], dtype, params)
+
+
+CE_HARD_CASES = (
+    Case("plain", {}),
+    Case("weight", {"weight": True}),
+    Case("ignore", {"ignore_fraction": 0.3}),
+    Case("weight+ignore", {"weight": True, "ignore_fraction": 0.3}),
+    Case("ignore=0", {"ignore_fraction": 0.3, "ignore_index": 0}),
+    Case("smoothing", {"label_smoothing": 0.1}),
+    Case("smoothing+weight+ignore",
+         {"label_smoothing": 0.2, "weight": True, "ignore_fraction": 0.3}),
+    Case("smoothing=1", {"label_smoothing": 1.0, "weight": True}),
+    Case("z_loss", {"z_loss": 1e-3, "ignore_fraction": 0.2}),
+    Case("softcap", {"softcap": 2.5}),
+    Case("all", {"weight": True, "ignore_fraction": 0.25, "label_smoothing": 0.15,
+                 "z_loss": 1e-2, "softcap": 4.0}),
+)
+
+CE_SOFT_CASES = (
+    Case("plain", {}),
+    Case("unnormalised", {"unnormalised": True}),
+    Case("weight", {"weight": True}),
+    Case("smoothing", {"label_smoothing": 0.1}),
+    Case("smoothing+weight", {"label_smoothing": 0.3, "weight": True}),
+    Case("z_loss", {"z_loss": 1e-3}),
+    Case("softcap", {"softcap": 2.5}),
+    Case("all", {"weight": True, "label_smoothing": 0.15, "z_loss": 1e-2, "softcap": 4.0,
+                 "ignore_index": -1}),
+)
+
+CROSS_ENTROPY_PUBLIC = Functions(
+    fastloss.cross_entropy, fastloss.cross_entropy_grad, fastloss.cross_entropy_value_and_grad)
+CROSS_ENTROPY_REFERENCE = Functions(
+    reference.cross_entropy, reference.cross_entropy_grad,
+    reference.cross_entropy_value_and_grad)
+
+
+def class_axis_last_loss_shape(shape):
+    return tuple(shape[:-1])
+
+
+SPECS = (
+    LossSpec(
+        name="cross_entropy-hard",
+        public=CROSS_ENTROPY_PUBLIC,
+        reference=CROSS_ENTROPY_REFERENCE,
+        make_inputs=make_ce_hard_inputs,
+        loss_shape=class_axis_last_loss_shape,
+        default_shape=(37, 23),
+        cases=CE_HARD_CASES,
+    ),
+    LossSpec(
+        name="cross_entropy-soft",
+        public=CROSS_ENTROPY_PUBLIC,
+        reference=CROSS_ENTROPY_REFERENCE,
+        make_inputs=make_ce_soft_inputs,
+        loss_shape=class_axis_last_loss_shape,
+        default_shape=(37, 23),
+        cases=CE_SOFT_CASES,
+    ),
+)
+
+SPECS_BY_NAME = {spec.name: spec for spec in SPECS}
+
+
+def spec_case_params():
+    """``pytest.param(spec, case)`` for every row and case, with ids like
+    ``cross_entropy-hard-weight+ignore``."""
+    import pytest
+
+    return [pytest.param(spec, case, id=f"{spec.name}-{case.id}")
+            for spec in SPECS for case in spec.cases]
+
+
+def dtype_id(dtype):
+    return np.dtype(dtype).name
+
+
+def grad_output_for(rng, spec, shape, dtype, reduction):
+    """A non-trivial upstream gradient: a scalar for mean/sum, per-sample array for none."""
+    if reduction == "none":
+        return rng.uniform(-2.0, 2.0, spec.loss_shape(shape)).astype(dtype)
+    return 0.625

@@ -1,0 +1,235 @@
+"""Threads: bit-identical results for any thread count, the process-wide setting and its
+environment variable, and concurrent calls from Python threads."""
+
+import concurrent.futures
+import hashlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastloss
+from fastloss import reference
+from loss_specs import (
+    DTYPES,
+    REDUCTIONS,
+    assert_close_contract,
+    bitwise_equal,
+    dtype_id,
+    make_ce_hard_inputs,
+    make_ce_soft_inputs,
+)
+
+THREAD_COUNTS = (1, 2, 3, 7)
+
+# Shapes that are big enough to be split across threads: many rows of a large vocabulary,
+# a few rows of a huge one (more threads than rows), many short rows (the reduction spans
+# many row blocks), and a 3-d batch.
+SHAPES = [
+    pytest.param((257, 3001), id="257x3001"),
+    pytest.param((5, 100003), id="5x100003"),
+    pytest.param((4099, 7), id="4099x7"),
+    pytest.param((3, 37, 129), id="3x37x129"),
+]
+
+PROBLEMS = [
+    pytest.param(make_ce_hard_inputs, {}, id="hard-plain"),
+    pytest.param(make_ce_hard_inputs, {"weight": True, "ignore_fraction": 0.2,
+                                       "label_smoothing": 0.1, "z_loss": 1e-3,
+                                       "softcap": 8.0}, id="hard-all"),
+    pytest.param(make_ce_soft_inputs, {"weight": True, "label_smoothing": 0.1,
+                                       "z_loss": 1e-3}, id="soft-all"),
+]
+
+
+def every_result(logits, target, options, num_threads=None):
+    """Loss, lse and gradients from every entry point and reduction, keyed by name."""
+    batch_shape = logits.shape[:-1]
+    results = {}
+    for reduction in REDUCTIONS:
+        opts = dict(options, reduction=reduction)
+        if num_threads is not None:
+            opts["num_threads"] = num_threads
+        upstream = (np.linspace(-1.0, 2.0, int(np.prod(batch_shape))).reshape(batch_shape)
+                    if reduction == "none" else 0.5)
+        loss, lse = fastloss.cross_entropy(logits, target, return_lse=True, **opts)
+        results[f"{reduction} loss"] = np.asarray(loss, dtype=np.float64 if
+                                                  reduction != "none" else logits.dtype)
+        results[f"{reduction} lse"] = lse
+        results[f"{reduction} grad"] = fastloss.cross_entropy_grad(logits, target, upstream,
+                                                                   **opts)
+        results[f"{reduction} grad from lse"] = fastloss.cross_entropy_grad(
+            logits, target, upstream, lse=lse, **opts)
+        fused_loss, fused_grad = fastloss.cross_entropy_value_and_grad(
+            logits, target, upstream, **opts)
+        results[f"{reduction} fused loss"] = np.asarray(fused_loss, dtype=np.float64 if
+                                                        reduction != "none" else logits.dtype)
+        results[f"{reduction} fused grad"] = fused_grad
+    return results
+
+
+def assert_same_bits(results, expected, label):
+    assert results.keys() == expected.keys()
+    for key in expected:
+        assert bitwise_equal(results[key], expected[key]), f"{key} differs with {label}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("make, params", PROBLEMS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_bit_identical_for_any_thread_count(shape, make, params, dtype, rng):
+    (logits, target), options = make(rng, dtype, params, shape)
+    single = every_result(logits, target, options, num_threads=1)
+    for num_threads in THREAD_COUNTS[1:]:
+        assert_same_bits(every_result(logits, target, options, num_threads), single,
+                         f"num_threads={num_threads}")
+    # ... and the shared answer is the right one.
+    assert_close_contract(single["none loss"],
+                          reference.cross_entropy(logits, target, reduction="none", **options),
+                          dtype, "loss")
+    assert_close_contract(single["mean fused grad"],
+                          reference.cross_entropy_grad(logits, target, 0.5, **options),
+                          dtype, "grad")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_process_default_thread_count_gives_the_same_bits(dtype, rng, restore_num_threads):
+    (logits, target), options = make_ce_hard_inputs(
+        rng, dtype, {"weight": True, "ignore_fraction": 0.1, "label_smoothing": 0.1},
+        (300, 2003))
+    single = every_result(logits, target, options, num_threads=1)
+    for num_threads in THREAD_COUNTS:
+        fastloss.set_num_threads(num_threads)
+        assert_same_bits(every_result(logits, target, options), single,
+                         f"set_num_threads({num_threads})")
+
+
+def test_set_and_get_num_threads(restore_num_threads):
+    for num_threads in (1, 2, 3, 7, 64):
+        fastloss.set_num_threads(num_threads)
+        got = fastloss.get_num_threads()
+        assert got == num_threads and isinstance(got, int)
+    fastloss.set_num_threads(np.int64(5))
+    assert fastloss.get_num_threads() == 5
+
+
+@pytest.mark.parametrize("bad", [0, -1, -64])
+def test_set_num_threads_rejects_values_below_one(bad, restore_num_threads):
+    fastloss.set_num_threads(2)
+    with pytest.raises(ValueError):
+        fastloss.set_num_threads(bad)
+    assert fastloss.get_num_threads() == 2
+
+
+def test_default_num_threads_is_positive():
+    assert isinstance(fastloss.get_num_threads(), int) and fastloss.get_num_threads() >= 1
+
+
+def run_python(code, **environment):
+    """Run ``code`` in a fresh interpreter that imports this same fastloss; return stdout.
+
+    FASTLOSS_NUM_THREADS and OMP_NUM_THREADS are removed unless given."""
+    env = dict(os.environ)
+    env.pop("FASTLOSS_NUM_THREADS", None)
+    env.pop("OMP_NUM_THREADS", None)
+    env.update(environment)
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(fastloss.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(
+        [package_parent] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    completed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                               text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    return completed.stdout.strip()
+
+
+@pytest.mark.parametrize("value", ["1", "3", "7"])
+def test_environment_variable_sets_the_default(value):
+    code = "import fastloss; print(fastloss.get_num_threads())"
+    assert run_python(code, FASTLOSS_NUM_THREADS=value) == value
+
+
+def test_set_num_threads_overrides_the_environment_variable():
+    code = "import fastloss; fastloss.set_num_threads(5); print(fastloss.get_num_threads())"
+    assert run_python(code, FASTLOSS_NUM_THREADS="3") == "5"
+
+
+def test_default_is_the_cpus_this_process_may_use():
+    code = ("import os, fastloss\n"
+            "usable = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') "
+            "else os.cpu_count()\n"
+            "print(fastloss.get_num_threads(), usable)\n")
+    got, usable = run_python(code).split()
+    assert got == usable
+    if hasattr(os, "sched_setaffinity"):
+        code = ("import os\n"
+                "os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})\n"
+                "import fastloss\n"
+                "print(fastloss.get_num_threads())\n")
+        assert run_python(code) == "1"
+
+
+def test_environment_variable_does_not_change_results():
+    code = (
+        "import hashlib, numpy as np, fastloss\n"
+        "rng = np.random.default_rng(1234)\n"
+        "logits = rng.standard_normal((301, 1009)).astype(np.float32)\n"
+        "target = rng.integers(0, 1009, 301)\n"
+        "loss, grad = fastloss.cross_entropy_value_and_grad(logits, target, label_smoothing=0.1)\n"
+        "print(np.float32(loss).tobytes().hex(), hashlib.sha256(grad.tobytes()).hexdigest())\n")
+    rng = np.random.default_rng(1234)
+    logits = rng.standard_normal((301, 1009)).astype(np.float32)
+    target = rng.integers(0, 1009, 301)
+    loss, grad = fastloss.cross_entropy_value_and_grad(logits, target, label_smoothing=0.1,
+                                                       num_threads=1)
+    expected = f"{np.float32(loss).tobytes().hex()} {hashlib.sha256(grad.tobytes()).hexdigest()}"
+    for value in ("1", "2", "7"):
+        assert run_python(code, FASTLOSS_NUM_THREADS=value) == expected
+
+
+def test_show_config_reports_openmp_and_threads(capsys):
+    returned = fastloss.show_config()
+    text = capsys.readouterr().out + (returned if isinstance(returned, str) else "")
+    assert "openmp" in text.lower(), text
+    assert str(fastloss.get_num_threads()) in text, text
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_concurrent_calls_from_python_threads(dtype):
+    # Kernels release the GIL; calls running side by side in Python threads, each with its
+    # own inputs, options, thread count and out= buffer, must each get their own answer.
+    problems = []
+    for index in range(16):
+        rng = np.random.default_rng(index)
+        make = make_ce_soft_inputs if index % 4 == 3 else make_ce_hard_inputs
+        params = {"weight": index % 2 == 0, "label_smoothing": 0.05 * (index % 3),
+                  "z_loss": 1e-3 * (index % 2)}
+        if make is make_ce_hard_inputs:
+            params["ignore_fraction"] = 0.1
+        (logits, target), options = make(rng, dtype, params, (64 + 7 * index, 801 + index))
+        problems.append((logits, target, options, 1 + index % 3))
+
+    def compute(problem):
+        logits, target, options, num_threads = problem
+        buffer = logits.copy()
+        loss, grad = fastloss.cross_entropy_value_and_grad(
+            buffer, target, reduction="sum", num_threads=num_threads, out=buffer, **options)
+        per_row = fastloss.cross_entropy(logits, target, reduction="none",
+                                         num_threads=num_threads, **options)
+        return loss, grad, per_row
+
+    expected = [compute(problem) for problem in problems]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        for _ in range(2):
+            results = list(pool.map(compute, problems))
+            for index, (got, want) in enumerate(zip(results, expected)):
+                assert got[0] == want[0], f"problem {index}: loss differs"
+                assert bitwise_equal(got[1], want[1]), f"problem {index}: grad differs"
+                assert bitwise_equal(got[2], want[2]), f"problem {index}: per-row loss differs"
+    for (logits, target, options, _), (loss, grad, per_row) in zip(problems, expected):
+        assert_close_contract(loss, reference.cross_entropy(logits, target, reduction="sum",
+                                                            **options), dtype, "loss")
+        assert_close_contract(grad, reference.cross_entropy_grad(logits, target,
+                                                                 reduction="sum", **options),
+                              dtype, "grad")
