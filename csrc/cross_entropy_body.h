@@ -53,11 +53,16 @@ int RUN(const fastloss_ce_options *options, const REAL *logits, fastloss_index l
     /* Everything allocated once, before the parallel region. */
     const int threads = fastloss_effective_threads(options->num_threads, n_rows * n_classes);
     const int need_e_row = grad && !backward;
+    /* In place, exp(y - m_k) can wait in the gradient row itself; otherwise it
+     * waits in a per-thread row that stays in cache, so that the gradient's
+     * memory is written once, by the gradient pass. */
+    const int in_place = (const void *)grad == (const void *)logits && grad_row_stride == logits_row_stride;
     const size_t chunk_bytes = (size_t)n_chunks * CE_CHUNK_FIELDS * sizeof(double);
     const size_t tile_bytes = FASTLOSS_CE_CHUNK * sizeof(double);
     const size_t capped_bytes = softcap ? (size_t)n_classes * sizeof(double) : 0;
     const size_t e_wide_bytes = softcap && need_e_row ? (size_t)n_classes * sizeof(double) : 0;
-    const size_t per_thread = chunk_bytes + tile_bytes + capped_bytes + e_wide_bytes;
+    const size_t e_same_bytes = !softcap && need_e_row && !in_place ? (size_t)n_classes * sizeof(REAL) : 0;
+    const size_t per_thread = chunk_bytes + tile_bytes + capped_bytes + e_wide_bytes + e_same_bytes;
     const size_t row_bytes = (size_t)n_rows * sizeof(double);
     char *scratch = malloc(per_thread * (size_t)threads + 3 * row_bytes + (size_t)n_chunks * sizeof(double) + 1);
     if (!scratch)
@@ -95,6 +100,8 @@ int RUN(const fastloss_ce_options *options, const REAL *logits, fastloss_index l
         double *tile = (double *)(mine + chunk_bytes);
         double *capped = (double *)(mine + chunk_bytes + tile_bytes);
         double *e_wide = (double *)(mine + chunk_bytes + tile_bytes + capped_bytes);
+        REAL *e_same = e_same_bytes ? (REAL *)(mine + chunk_bytes + tile_bytes + capped_bytes + e_wide_bytes)
+                                    : NULL;
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
@@ -127,12 +134,13 @@ int RUN(const fastloss_ce_options *options, const REAL *logits, fastloss_index l
             if (!softcap) {
                 if (!soft)
                     target_logit = (double)x[t]; /* before an in-place pass overwrites it */
+                REAL *e_row = need_e_row ? (in_place ? g : e_same) : NULL;
                 if (!backward)
-                    ROW_SAME(ce_row_stats)(&call, x, q, weight, g, (REAL *)tile, chunk_data, &stats);
+                    ROW_SAME(ce_row_stats)(&call, x, q, weight, e_row, (REAL *)tile, chunk_data, &stats);
                 ROW_SAME(ce_coefficients)(&call, &stats, target_logit, target_weight, i, &coef);
                 if (g)
-                    ROW_SAME(ce_row_grad)(&call, x, q, weight, t, &coef, backward ? NULL : g,
-                                          chunk_data, (REAL *)tile, g);
+                    ROW_SAME(ce_row_grad)(&call, x, q, weight, t, &coef, e_row, chunk_data,
+                                          (REAL *)tile, g);
             } else {
                 /* Gemma 2 soft-capping, y = c tanh(x / c), kept in double */
                 for (fastloss_index c = 0; c < n_classes; ++c)

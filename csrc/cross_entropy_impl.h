@@ -19,31 +19,37 @@
 #define VAL float
 #define REAL float
 #define VAL_EXP fastloss_expf
+#define VAL_EXP_NONPOSITIVE fastloss_expf_nonpositive
 #define ROW(name) FL_PASTE3(name, f32, f32, FASTLOSS_ISA)
 #include "cross_entropy_row_body.h"
 #undef VAL
 #undef REAL
 #undef VAL_EXP
+#undef VAL_EXP_NONPOSITIVE
 #undef ROW
 
 #define VAL double
 #define REAL double
 #define VAL_EXP fastloss_exp
+#define VAL_EXP_NONPOSITIVE fastloss_exp_nonpositive
 #define ROW(name) FL_PASTE3(name, f64, f64, FASTLOSS_ISA)
 #include "cross_entropy_row_body.h"
 #undef VAL
 #undef REAL
 #undef VAL_EXP
+#undef VAL_EXP_NONPOSITIVE
 #undef ROW
 
 #define VAL double
 #define REAL float
 #define VAL_EXP fastloss_exp
+#define VAL_EXP_NONPOSITIVE fastloss_exp_nonpositive
 #define ROW(name) FL_PASTE3(name, f64, f32, FASTLOSS_ISA)
 #include "cross_entropy_row_body.h"
 #undef VAL
 #undef REAL
 #undef VAL_EXP
+#undef VAL_EXP_NONPOSITIVE
 #undef ROW
 
 /* Runners. */

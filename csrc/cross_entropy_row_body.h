@@ -3,26 +3,22 @@
  * guard, on purpose: cross_entropy_impl.h includes it once per pair of
  *   VAL   the type the row's logits are read in (after soft-capping)
  *   REAL  the storage type of weights, soft targets and the gradient
- * with ROW(name) giving each instantiation its own names and VAL_EXP the
- * vectorisable exp of fastmath.h for VAL.  (VAL, REAL) is (float, float),
+ * with ROW(name) giving each instantiation its own names, and VAL_EXP and
+ * VAL_EXP_NONPOSITIVE the vectorisable exps of fastmath.h for VAL.  (VAL, REAL) is (float, float),
  * (double, double), or (double, float) for soft-capped float32 logits, whose
  * capped values are kept in double so their rounding stays out of the softmax.
  */
 
-/* Largest value, NaN skipped (a NaN reaches the result through the exp pass). */
+/* Largest value.  The order of a max does not change its value, so an
+ * OpenMP simd reduction (gcc does not vectorise this loop without one, as
+ * NaN makes `>` non-associative) costs nothing in determinism.  Whether a NaN
+ * wins or is skipped here does not matter: it reaches the row's sum through
+ * the exp pass either way. */
 FASTLOSS_INLINE VAL ROW(ce_max)(const VAL *values, fastloss_index n)
 {
-    VAL lane[FASTLOSS_LANES];
-    for (int k = 0; k < FASTLOSS_LANES; ++k)
-        lane[k] = -(VAL)INFINITY;
-    fastloss_index c = 0;
-    for (; c + FASTLOSS_LANES <= n; c += FASTLOSS_LANES)
-        for (int k = 0; k < FASTLOSS_LANES; ++k)
-            lane[k] = values[c + k] > lane[k] ? values[c + k] : lane[k];
     VAL result = -(VAL)INFINITY;
-    for (int k = 0; k < FASTLOSS_LANES; ++k)
-        result = lane[k] > result ? lane[k] : result;
-    for (; c < n; ++c)
+#pragma omp simd reduction(max : result)
+    for (fastloss_index c = 0; c < n; ++c)
         result = values[c] > result ? values[c] : result;
     return result;
 }
@@ -39,6 +35,29 @@ FASTLOSS_INLINE void ROW(ce_exp)(const VAL *values, fastloss_index n, VAL shift_
 {
     for (fastloss_index c = 0; c < n; ++c)
         out[c] = VAL_EXP((values[c] - shift_hi) - shift_lo);
+}
+
+/*
+ * out[c] = exp(values[c] - shift) for this chunk, and the max of the next
+ * chunk in the same loop: the next chunk streams in from memory while this
+ * one's exps are computed, instead of in a separate pass that would leave the
+ * arithmetic units idle.  `out` may be `values` (in place); it never overlaps
+ * `next`, which is what the simd pragma asserts.
+ */
+FASTLOSS_INLINE VAL ROW(ce_exp_next_max)(const VAL *values, fastloss_index n, VAL shift, VAL *out,
+                                         const VAL *next, fastloss_index n_next)
+{
+    const fastloss_index both = n < n_next ? n : n_next;
+    VAL next_max = -(VAL)INFINITY;
+#pragma omp simd reduction(max : next_max)
+    for (fastloss_index c = 0; c < both; ++c) {
+        out[c] = VAL_EXP_NONPOSITIVE(values[c] - shift);
+        next_max = next[c] > next_max ? next[c] : next_max;
+    }
+    for (fastloss_index c = both; c < n; ++c)
+        out[c] = VAL_EXP_NONPOSITIVE(values[c] - shift);
+    const VAL rest = ROW(ce_max)(next + both, n_next - both);
+    return rest > next_max ? rest : next_max;
 }
 
 /* Sum in float64 with FASTLOSS_LANES accumulators combined pairwise. */
@@ -128,12 +147,16 @@ static void ROW(ce_row_stats)(const ce_call *call, const VAL *y, const REAL *q,
 {
     const fastloss_index n_classes = call->n_classes;
     const int need_dist = call->soft || call->smoothing > 0.0;
+    VAL m = ROW(ce_max)(y, n_classes < FASTLOSS_CE_CHUNK ? n_classes : FASTLOSS_CE_CHUNK);
     for (fastloss_index k = 0; k < call->n_chunks; ++k) {
         const fastloss_index start = k * FASTLOSS_CE_CHUNK;
         const fastloss_index n = n_classes - start < FASTLOSS_CE_CHUNK ? n_classes - start
                                                                        : FASTLOSS_CE_CHUNK;
+        const fastloss_index next_start = start + n;
+        const fastloss_index n_next = n_classes - next_start < FASTLOSS_CE_CHUNK
+                                          ? n_classes - next_start
+                                          : FASTLOSS_CE_CHUNK;
         double *chunk = chunk_data + k * CE_CHUNK_FIELDS;
-        const VAL m = ROW(ce_max)(y + start, n);
         /* A chunk of -inf (masked classes) gets shift 0 so that exp sees -inf,
          * not -inf - -inf = NaN; NaN values still give NaN. */
         const VAL shift = m == -(VAL)INFINITY ? (VAL)0 : m;
@@ -152,7 +175,7 @@ static void ROW(ce_row_stats)(const ce_call *call, const VAL *y, const REAL *q,
             chunk[CE_CHUNK_MASS] = call->chunk_weight_sum[k];
         }
         VAL *e = e_row ? e_row + start : tile;
-        ROW(ce_exp)(y + start, n, shift, (VAL)0, e);
+        m = ROW(ce_exp_next_max)(y + start, n, shift, e, y + next_start, n_next);
         chunk[CE_CHUNK_SUM] = ROW(ce_sum)(e, n);
     }
 
