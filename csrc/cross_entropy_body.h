@@ -17,6 +17,11 @@ int RUN(const fastloss_ce_options *options, const REAL *logits, fastloss_index l
     const fastloss_index n_chunks = (n_classes + FASTLOSS_CE_CHUNK - 1) / FASTLOSS_CE_CHUNK;
     const int soft = soft_target != NULL;
     const int softcap = options->softcap > 0.0;
+    /* Rows are read as double ("wide") when soft-capped, and for float32 soft
+     * targets or label smoothing: there the gradient U p_c - u_c cancels as the
+     * softmax approaches the target, and p_c needs more than float32 precision. */
+    const int wide = softcap || (sizeof(REAL) == sizeof(float) &&
+                                 (soft || options->label_smoothing > 0.0));
     const int backward = lse_in != NULL;
     const double one = 1.0;
 
@@ -59,9 +64,9 @@ int RUN(const fastloss_ce_options *options, const REAL *logits, fastloss_index l
     const int in_place = (const void *)grad == (const void *)logits && grad_row_stride == logits_row_stride;
     const size_t chunk_bytes = (size_t)n_chunks * CE_CHUNK_FIELDS * sizeof(double);
     const size_t tile_bytes = FASTLOSS_CE_CHUNK * sizeof(double);
-    const size_t capped_bytes = softcap ? (size_t)n_classes * sizeof(double) : 0;
-    const size_t e_wide_bytes = softcap && need_e_row ? (size_t)n_classes * sizeof(double) : 0;
-    const size_t e_same_bytes = !softcap && need_e_row && !in_place ? (size_t)n_classes * sizeof(REAL) : 0;
+    const size_t capped_bytes = wide ? (softcap ? 2 : 1) * (size_t)n_classes * sizeof(double) : 0;
+    const size_t e_wide_bytes = wide && need_e_row ? (size_t)n_classes * sizeof(double) : 0;
+    const size_t e_same_bytes = !wide && need_e_row && !in_place ? (size_t)n_classes * sizeof(REAL) : 0;
     const size_t per_thread = chunk_bytes + tile_bytes + capped_bytes + e_wide_bytes + e_same_bytes;
     const size_t row_bytes = (size_t)n_rows * sizeof(double);
     char *scratch = malloc(per_thread * (size_t)threads + 3 * row_bytes + (size_t)n_chunks * sizeof(double) + 1);
@@ -99,6 +104,7 @@ int RUN(const fastloss_ce_options *options, const REAL *logits, fastloss_index l
         double *chunk_data = (double *)mine;
         double *tile = (double *)(mine + chunk_bytes);
         double *capped = (double *)(mine + chunk_bytes + tile_bytes);
+        double *slope = capped + n_classes;
         double *e_wide = (double *)(mine + chunk_bytes + tile_bytes + capped_bytes);
         REAL *e_same = e_same_bytes ? (REAL *)(mine + chunk_bytes + tile_bytes + capped_bytes + e_wide_bytes)
                                     : NULL;
@@ -131,7 +137,7 @@ int RUN(const fastloss_ce_options *options, const REAL *logits, fastloss_index l
                 if (soft)
                     stats.mass = ROW_SAME(ce_soft_mass)(q, n_classes, weight, call.q_scale, call.q_offset);
             }
-            if (!softcap) {
+            if (!wide) {
                 if (!soft)
                     target_logit = (double)x[t]; /* before an in-place pass overwrites it */
                 REAL *e_row = need_e_row ? (in_place ? g : e_same) : NULL;
@@ -139,12 +145,25 @@ int RUN(const fastloss_ce_options *options, const REAL *logits, fastloss_index l
                     ROW_SAME(ce_row_stats)(&call, x, q, weight, e_row, (REAL *)tile, chunk_data, &stats);
                 ROW_SAME(ce_coefficients)(&call, &stats, target_logit, target_weight, i, &coef);
                 if (g)
-                    ROW_SAME(ce_row_grad)(&call, x, q, weight, t, &coef, e_row, chunk_data,
+                    ROW_SAME(ce_row_grad)(&call, x, q, weight, t, &coef, e_row, chunk_data, NULL,
                                           (REAL *)tile, g);
             } else {
-                /* Gemma 2 soft-capping, y = c tanh(x / c), kept in double */
-                for (fastloss_index c = 0; c < n_classes; ++c)
-                    capped[c] = options->softcap * tanh((double)x[c] / options->softcap);
+                if (!softcap) {
+                    for (fastloss_index c = 0; c < n_classes; ++c)
+                        capped[c] = (double)x[c];
+                } else {
+                    /* Gemma 2 soft-capping, y = c tanh(x / c) and dy/dx = sech**2(x / c).
+                     * With u = x / c: tanh|u| = -m / (2 + m), m = expm1(-2|u|) (exact
+                     * for small |u|), and sech**2 u = 4 e / (1 + e)**2, e = exp(-2|u|)
+                     * (exact for large |u|, where 1 - tanh**2 would cancel). */
+                    for (fastloss_index c = 0; c < n_classes; ++c) {
+                        const double u = (double)x[c] / options->softcap;
+                        const double m = expm1(-2.0 * fabs(u));
+                        const double e = exp(-2.0 * fabs(u));
+                        capped[c] = copysign(options->softcap * (-m / (2.0 + m)), u);
+                        slope[c] = 4.0 * e / ((1.0 + e) * (1.0 + e));
+                    }
+                }
                 if (!soft)
                     target_logit = capped[t];
                 if (!backward)
@@ -152,8 +171,8 @@ int RUN(const fastloss_ce_options *options, const REAL *logits, fastloss_index l
                                            chunk_data, &stats);
                 ROW_WIDE(ce_coefficients)(&call, &stats, target_logit, target_weight, i, &coef);
                 if (g)
-                    ROW_WIDE(ce_row_grad)(&call, capped, q, weight, t, &coef,
-                                          backward ? NULL : e_wide, chunk_data, tile, g);
+                    ROW_WIDE(ce_row_grad)(&call, capped, q, weight, t, &coef, backward ? NULL : e_wide,
+                                          chunk_data, softcap ? slope : NULL, tile, g);
             }
             row_ce[i] = coef.ce;
             row_z[i] = coef.z_term;

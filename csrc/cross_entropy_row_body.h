@@ -224,45 +224,41 @@ FASTLOSS_INLINE double ROW(ce_soft_mass)(const REAL *FASTLOSS_RESTRICT q, fastlo
  * Gradient of a range of classes from e = exp(y - shift):
  *   g_c = factor * e_c - gamma * u_c
  * where u_c is w_c (hard targets with smoothing), w_c q'_c (soft targets,
- * gamma = the row's CE scale) or absent (gamma = 0).
+ * gamma = the row's CE scale) or absent (gamma = 0).  With a u term the two
+ * products can nearly cancel (targets close to the softmax), so that
+ * difference is taken in double before rounding to REAL.
  */
 FASTLOSS_INLINE void ROW(ce_grad_range)(const VAL *e, fastloss_index n, double factor,
                                         double gamma, const REAL *FASTLOSS_RESTRICT weight,
                                         const REAL *FASTLOSS_RESTRICT q, double q_scale,
                                         double q_offset, REAL *g)
 {
-    const VAL factor_v = (VAL)factor;
     if (q) {
         for (fastloss_index c = 0; c < n; ++c) {
-            VAL u = (VAL)(q_scale * (double)q[c] + q_offset);
+            double u = q_scale * (double)q[c] + q_offset;
             if (weight)
-                u *= (VAL)weight[c];
-            g[c] = (REAL)(factor_v * e[c] - (VAL)gamma * u);
+                u *= (double)weight[c];
+            g[c] = (REAL)(factor * (double)e[c] - gamma * u);
         }
     } else if (gamma != 0.0 && weight) {
-        const VAL gamma_v = (VAL)gamma;
         for (fastloss_index c = 0; c < n; ++c)
-            g[c] = (REAL)(factor_v * e[c] - gamma_v * (VAL)weight[c]);
+            g[c] = (REAL)(factor * (double)e[c] - gamma * (double)weight[c]);
     } else if (gamma != 0.0) {
-        const VAL gamma_v = (VAL)gamma;
         for (fastloss_index c = 0; c < n; ++c)
-            g[c] = (REAL)(factor_v * e[c] - gamma_v);
+            g[c] = (REAL)(factor * (double)e[c] - gamma);
     } else {
+        const VAL factor_v = (VAL)factor;
         for (fastloss_index c = 0; c < n; ++c)
             g[c] = (REAL)(factor_v * e[c]);
     }
 }
 
-/* Soft-capping: dy/dx = 1 - tanh**2 = (1 - t)(1 + t), t = y / softcap;
- * the factored form keeps its relative accuracy when |t| is near 1. */
-FASTLOSS_INLINE void ROW(ce_softcap_chain)(const VAL *FASTLOSS_RESTRICT y, fastloss_index n,
-                                           double softcap, REAL *FASTLOSS_RESTRICT g)
+/* Soft-capping: dy/dx = sech**2(x / c), precomputed per class in `slope`. */
+FASTLOSS_INLINE void ROW(ce_softcap_chain)(const double *FASTLOSS_RESTRICT slope,
+                                           fastloss_index n, REAL *FASTLOSS_RESTRICT g)
 {
-    const VAL inv_cap = (VAL)(1.0 / softcap);
-    for (fastloss_index c = 0; c < n; ++c) {
-        const VAL t = y[c] * inv_cap;
-        g[c] = (REAL)((VAL)g[c] * ((1 - t) * (1 + t)));
-    }
+    for (fastloss_index c = 0; c < n; ++c)
+        g[c] = (REAL)((double)g[c] * slope[c]);
 }
 
 static void ROW(ce_coefficients)(const ce_call *call, const ce_row_stats *stats,
@@ -318,13 +314,14 @@ static void ROW(ce_coefficients)(const ce_call *call, const ce_row_stats *stats,
 
 /*
  * The gradient pass of a row, from e = exp(y_c - shift_k) left by the stats
- * pass (fused) or computed here from a known lse (backward).  The target
+ * pass (fused) or computed here from a known lse (backward); `slope` is
+ * dy/dx per class with softcap, else NULL.  The target
  * class is written between two ranges so that no element is written twice.
  */
 static void ROW(ce_row_grad)(const ce_call *call, const VAL *y, const REAL *q,
                              const REAL *weight, fastloss_index target,
                              const ce_row_coef *coef, const VAL *e_row,
-                             const double *chunk_data, VAL *tile, REAL *g)
+                             const double *chunk_data, const double *slope, VAL *tile, REAL *g)
 {
     const fastloss_index n_classes = call->n_classes;
     const VAL lse_hi = (VAL)coef->lse;
@@ -361,7 +358,7 @@ static void ROW(ce_row_grad)(const ce_call *call, const VAL *y, const REAL *q,
         } else {
             ROW(ce_grad_range)(e, n, factor, coef->gamma, w, qk, call->q_scale, call->q_offset, gk);
         }
-        if (call->softcap > 0.0)
-            ROW(ce_softcap_chain)(y + start, n, call->softcap, gk);
+        if (slope)
+            ROW(ce_softcap_chain)(slope + start, n, gk);
     }
 }

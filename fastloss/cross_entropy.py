@@ -114,7 +114,10 @@ class _Problem:
         if grad is not None and grad_matrix.base is not grad and grad_matrix is not grad \
                 and not np.shares_memory(grad_matrix, grad):
             np.copyto(grad, grad_matrix.reshape(self.shape))
-        loss = total if per_row is None else per_row.reshape(self.loss_shape).astype(self.dtype)
+        if per_row is None:  # a Python float holding a value of the logits' dtype
+            loss = float(self.dtype.type(total))
+        else:
+            loss = per_row.reshape(self.loss_shape).astype(self.dtype)
         if lse is not None:
             lse = lse.reshape(self.loss_shape)
         return loss, lse, grad

@@ -205,7 +205,8 @@ def cross_entropy_grad(logits, target, grad_output=1.0, *, weight=None, ignore_i
         z:    d(z_loss * lse**2)/dy_c = 2 * z_loss * lse * p_c
 
         grad_c = s_ce * dce/dy_c + s_z * 2 * z_loss * lse * p_c
-        grad_c *= 1 - (y_c / softcap)**2                          (only with softcap)
+        grad_c *= 1 / cosh(x_c / softcap)**2      (only with softcap: d tanh = sech**2,
+                                                   not 1 - tanh**2, which cancels)
 
     The scales are ``s_ce = s_z = grad_output[i]`` for "none" (grad_output an array of
     shape ``logits.shape[:-1]``, or a scalar broadcast), ``grad_output`` for "sum", and
@@ -228,7 +229,7 @@ def cross_entropy_grad(logits, target, grad_output=1.0, *, weight=None, ignore_i
         raise ValueError(f"grad_output: expected a scalar or shape {logits.shape[:-1]}, "
                          f"got {grad_output.shape}")
     # nan and inf inputs propagate as IEEE arithmetic says; a mean over nothing divides by 0.
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         y, logp, lse = _log_softmax(logits, softcap)
         probs = np.exp(logp)
         if soft:
@@ -255,7 +256,7 @@ def cross_entropy_grad(logits, target, grad_output=1.0, *, weight=None, ignore_i
             z_scale = grad_output / np.float64(z_denominator)
         grad = ce_scale * grad_ce + z_scale * grad_z
         if softcap is not None:
-            grad = grad * (1.0 - (y / softcap) ** 2)
+            grad = grad / np.cosh(logits / softcap) ** 2
         grad = np.where(valid[..., None], grad, 0.0)
     return grad
 

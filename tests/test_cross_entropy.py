@@ -141,6 +141,22 @@ def test_value_and_grad_matches_reference_and_separate_calls(spec, case, dtype, 
     assert_close(grad, separate_grad, spec.tolerance(dtype, "grad"), what="fused vs grad")
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("soft", [False, True], ids=["hard", "soft"])
+def test_reduced_float32_loss_is_a_float32_value(soft, reduction, rng):
+    # DESIGN.md: "results have the input's dtype (scalars are Python floats)", so a float32
+    # loss is a Python float holding a float32 value (as float(torch_tensor.item()) would).
+    make = make_ce_soft_inputs if soft else make_ce_hard_inputs
+    (logits, target), options = make(rng, np.float32, {"weight": True}, (N_ROWS, N_CLASSES))
+    for loss in (fastloss.cross_entropy(logits, target, reduction=reduction, **options),
+                 fastloss.cross_entropy(logits, target, reduction=reduction, return_lse=True,
+                                        **options)[0],
+                 fastloss.cross_entropy_value_and_grad(logits, target, reduction=reduction,
+                                                       **options)[0]):
+        assert type(loss) is float
+        assert float(np.float32(loss)) == loss, f"{loss!r} is not a float32 value"
+
+
 # ----------------------------------------------------------------------------------------
 # Options, one at a time and crossed
 # ----------------------------------------------------------------------------------------
@@ -189,8 +205,7 @@ def test_ignored_class_weight_is_never_used(dtype, rng):
     weight = random_weight(rng, N_CLASSES, dtype)
     heavy = weight.copy()
     heavy[2] = 1000.0
-    light = fastloss.cross_entropy(logits, target, weight=weight, ignore_index=2,
-                                   label_smoothing=0.0)
+    light = fastloss.cross_entropy(logits, target, weight=weight, ignore_index=2)
     changed = fastloss.cross_entropy(logits, target, weight=heavy, ignore_index=2)
     assert light == changed
 
@@ -264,7 +279,8 @@ def test_grad_output_forms(dtype, rng):
         one = fastloss.cross_entropy_grad(logits, target, 1.0, **opts)
         assert bitwise_equal(default, one)
         keyword = fastloss.cross_entropy_grad(logits, target, grad_output=2.5, **opts)
-        for form in (2.5, np.float32(2.5), np.float64(2.5), np.array(2.5), 5 // 2 + 0.5):
+        for form in (2.5, np.float32(2.5), np.float64(2.5), np.array(2.5),
+                     np.array(2.5, np.float32)):
             assert bitwise_equal(fastloss.cross_entropy_grad(logits, target, form, **opts),
                                  keyword)
         assert_close_contract(keyword, reference.cross_entropy_grad(logits, target, 2.5, **opts),
@@ -302,8 +318,7 @@ def test_out_preallocated(entry, dtype, reduction, rng):
     expected_grad = expected if entry == "grad" else expected[1]
     assert bitwise_equal(out, expected_grad)
     if entry == "value_and_grad":
-        assert result[0] == expected[0] if reduction != "none" else bitwise_equal(
-            result[0], expected[0])
+        assert bitwise_equal(np.asarray(result[0]), np.asarray(expected[0]))
 
 
 @reductions
@@ -611,6 +626,38 @@ def test_target_at_argmax_with_moderate_margin_float32():
 
 
 @dtypes
+@pytest.mark.parametrize("u", [3.0, 8.0, 15.0], ids=lambda u: f"x/softcap={u:g}")
+def test_softcap_gradient_where_tanh_saturates(u, dtype):
+    # Two equal logits x = u * softcap: p = (1/2, 1/2), so the gradient of the sum is
+    # (-1/2, 1/2) * dy/dx with dy/dx = sech(u)**2, which 1/cosh(u)**2 gives to a few ulps.
+    # 1 - tanh(u)**2 from a rounded tanh loses all accuracy as tanh(u) -> 1.
+    softcap = 30.0
+    logits = np.full((1, 2), u * softcap, dtype)
+    target = np.array([0])
+    expected = np.array([[-0.5, 0.5]]) / np.cosh(u) ** 2
+    grad = fastloss.cross_entropy_grad(logits, target, reduction="sum", softcap=softcap)
+    assert_close_contract(grad, expected, dtype, "grad")
+
+
+@dtypes
+@pytest.mark.parametrize("n_classes", [1, 2, 50])
+def test_soft_target_near_the_softmax(n_classes, dtype, rng):
+    # The soft-target gradient U * p_c - w_c q'_c nearly cancels when q' is close to the
+    # softmax p (distillation near convergence); the contract still holds elementwise.
+    # The float64 reference computes U * p_c to about 1e-16 * p_c, so for float64 the
+    # targets stay 5% away from p (|grad| >~ 1e-3 p); float32 goes to 0.1%. With one class
+    # the cross-entropy gradient is exactly 0 and only the z-loss term remains.
+    closeness = 1e-3 if dtype == np.float32 else 5e-2
+    logits = random_logits(rng, (16, n_classes), dtype, scale=2.0)
+    softmax = np.exp(logits - logits.max(axis=1, keepdims=True).astype(np.float64))
+    softmax /= softmax.sum(axis=1, keepdims=True)
+    target = (softmax * (1 + closeness * rng.uniform(0.5, 1.5, softmax.shape)
+                         * rng.choice([-1, 1], softmax.shape))).astype(dtype)
+    options = {"z_loss": 1e-3} if n_classes == 1 else {}
+    check_against_reference(logits, target, **options)
+
+
+@dtypes
 @pytest.mark.parametrize("smoothing", [0.0, 0.1], ids=["plain", "smoothing"])
 def test_minus_infinity_logits(smoothing, dtype, rng):
     logits = random_logits(rng, (6, 9), dtype)
@@ -806,7 +853,9 @@ def layout_view(array, layout):
     return array
 
 
-@settings(max_examples=60, deadline=None, database=None)
+# derandomize: CI sees the same 60 examples on every run (no flaky failures); the
+# deterministic tests above pin down every problem these examples have found.
+@settings(max_examples=60, deadline=None, database=None, derandomize=True)
 @given(cross_entropy_problems())
 def test_random_shapes_and_layouts(problem):
     n_rows, n_classes, soft, params = problem

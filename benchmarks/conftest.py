@@ -1,0 +1,83 @@
+"""pytest-benchmark plumbing shared by the ``bench_<family>.py`` suites.
+
+- Collects ``bench_*.py`` (pytest's default pattern is ``test_*.py``).
+- Adds the CPU model, thread count, NumPy / torch versions and fastloss's build facts to
+  the machine info that ``--benchmark-json`` writes.
+- Prints, after pytest-benchmark's table, each benchmark's median as a ratio to its
+  group's baselines (``benchmark.extra_info["baseline"] = "copy"`` or ``"read"``):
+  ratios, not absolute times, are what we compare across machines.
+"""
+import os
+import platform
+
+import numpy as np
+import pytest
+
+
+def pytest_collect_file(file_path, parent):
+    # Files named on the command line are collected by pytest itself whatever their name.
+    if (file_path.suffix == ".py" and file_path.name.startswith("bench_")
+            and not parent.session.isinitpath(file_path)):
+        return pytest.Module.from_parent(parent, path=file_path)
+    return None
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    import fastloss
+    from fastloss._config import config as fastloss_config
+
+    try:
+        import torch
+        torch_version = torch.__version__
+    except ImportError:
+        torch_version = None
+    machine_info["cpu_model"] = cpu_model()
+    machine_info["cpu_count"] = os.cpu_count()
+    machine_info["numpy"] = np.__version__
+    machine_info["torch"] = torch_version
+    machine_info["fastloss"] = fastloss_config()
+    machine_info["fastloss_threads"] = fastloss.get_num_threads()
+
+
+def pytest_report_header(config):
+    import fastloss
+    from fastloss._config import config as fastloss_config
+
+    info = fastloss_config()
+    return (f"fastloss {info['version']}: simd {info['simd_path']}, openmp {info['openmp']}, "
+            f"threads {fastloss.get_num_threads()}; CPU {cpu_model()} "
+            f"({os.cpu_count()} cores); numpy {np.__version__}")
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-benchmark's own tables
+def pytest_terminal_summary(terminalreporter, config):
+    session = getattr(config, "_benchmarksession", None)  # pytest-benchmark's (not public)
+    benchmarks = [bench for bench in getattr(session, "benchmarks", []) or [] if bench]
+    if not benchmarks:
+        return
+    groups = {}
+    for bench in benchmarks:
+        groups.setdefault(bench.group, []).append(bench)
+    terminalreporter.section("ratios of medians to the group's baselines")
+    for group, members in groups.items():
+        baselines = {bench.extra_info.get("baseline"): bench.stats.median for bench in members
+                     if bench.extra_info.get("baseline")}
+        if not baselines:
+            continue
+        terminalreporter.write_line(f"{group}:")
+        for bench in sorted(members, key=lambda bench: bench.stats.median):
+            ratios = "  ".join(f"{bench.stats.median / median:6.2f}x {name}"
+                               for name, median in baselines.items())
+            terminalreporter.write_line(
+                f"  {bench.name:<48} {bench.stats.median * 1e3:10.2f} ms  {ratios}")

@@ -1,0 +1,497 @@
+"""``fastloss bench``: the side-by-side benchmark table.
+
+Everything is timed in one process on the same arrays and reported as ratios to two
+memory-bound baselines measured in the same run: ``np.copyto`` of the input (one read
+and one write, the limit for a fused loss and gradient) and a read-only reduction
+(the limit for a forward pass). See "Performance contract" in DESIGN.md.
+
+The benchmarks are a table. A ``Family`` makes the shared inputs of one problem size
+(``make_inputs``) and lists its ``Case`` rows; each case turns those inputs into a
+``Timed`` (the call to time, an optional untimed ``prepare`` run before every call, and
+a ``scale`` for cases timed on a slice). Later families (regression, contrastive) add a
+``Family`` to ``FAMILIES``.
+"""
+import dataclasses
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable, Optional
+
+import numpy as np
+
+import fastloss
+from fastloss import reference
+from fastloss._config import config
+
+__all__ = ["Case", "Family", "FAMILIES", "Timed", "machine_info", "run", "main"]
+
+
+# ----------------------------------------------------------------------------------------
+# The table's types
+# ----------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Timed:
+    """A call to time. ``prepare`` runs, untimed, before every call (e.g. to restore
+    logits that an in-place call overwrote). The reported times are the measured ones
+    multiplied by ``scale`` (for a case timed on a slice of the rows)."""
+
+    call: Callable[[], object]
+    prepare: Optional[Callable[[], object]] = None
+    scale: float = 1.0
+    note: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One row of the table.
+
+    ``setup(inputs, threads)`` returns a ``Timed``, or None when the case cannot run
+    here (``requires`` names the missing module for the report). ``role`` marks the
+    family's baselines: ``"copy"`` (read + write) and ``"read"`` (read only).
+    ``read_only`` rows are also compared with the read baseline.
+    """
+
+    name: str
+    setup: Callable[[dict, int], Optional[Timed]]
+    role: str = ""
+    read_only: bool = False
+    requires: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """A loss family's benchmark: its input maker, sizes and cases.
+
+    ``make_inputs(size, dtype)`` returns a dict of arrays shared by all cases (cases may
+    add their own entries, e.g. a precomputed lse). ``sizes`` maps "full" and "quick"
+    to the default size tuple; ``size_names`` names its entries (e.g. ("N", "C")).
+    """
+
+    name: str
+    title: str
+    make_inputs: Callable[[tuple, np.dtype], dict]
+    sizes: dict
+    size_names: tuple
+    cases: tuple
+    dtype: str = "float32"
+
+
+# ----------------------------------------------------------------------------------------
+# Cross-entropy
+# ----------------------------------------------------------------------------------------
+
+# The float64 reference is slow (several float64 temporaries of N x C); it is timed on
+# this many rows and the time scaled by N / rows. Its cost is linear in the rows.
+REFERENCE_ROWS = 256
+
+
+def _ce_inputs(size, dtype):
+    n_rows, n_classes = size
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((n_rows, n_classes), dtype=np.float32).astype(dtype,
+                                                                               copy=False)
+    logits *= 3
+    target = rng.integers(0, n_classes, size=n_rows, dtype=np.int64)
+    # Touch every page of the output buffers now, so no case pays for first-touch faults.
+    buffer = np.empty_like(logits)
+    buffer.fill(0)
+    work = np.empty_like(logits)
+    work.fill(0)
+    return {"logits": logits, "target": target, "buffer": buffer, "work": work}
+
+
+def _ce_fused_out(inputs, threads):
+    logits, target, buffer = inputs["logits"], inputs["target"], inputs["buffer"]
+    return Timed(lambda: fastloss.cross_entropy_value_and_grad(
+        logits, target, out=buffer, num_threads=threads))
+
+
+def _ce_fused_in_place(inputs, threads):
+    logits, target, work = inputs["logits"], inputs["target"], inputs["work"]
+    # Each call overwrites `work` with the gradient; restore the logits (untimed) so
+    # every call sees the same input.
+    return Timed(lambda: fastloss.cross_entropy_value_and_grad(
+        work, target, out=work, num_threads=threads),
+        prepare=lambda: np.copyto(work, logits),
+        note="logits restored (untimed) before each call")
+
+
+def _ce_forward(inputs, threads):
+    logits, target = inputs["logits"], inputs["target"]
+    return Timed(lambda: fastloss.cross_entropy(logits, target, num_threads=threads))
+
+
+def _ce_grad_from_lse(inputs, threads):
+    logits, target, buffer = inputs["logits"], inputs["target"], inputs["buffer"]
+    _, lse = fastloss.cross_entropy(logits, target, return_lse=True, num_threads=threads)
+    return Timed(lambda: fastloss.cross_entropy_grad(
+        logits, target, lse=lse, out=buffer, num_threads=threads))
+
+
+def _ce_reference(inputs, threads):
+    logits, target = inputs["logits"], inputs["target"]
+    n_rows = logits.shape[0]
+    rows = min(n_rows, REFERENCE_ROWS)
+    logits_slice, target_slice = logits[:rows], target[:rows]
+    note = "float64, single-threaded NumPy"
+    if rows < n_rows:
+        note += f"; timed on {rows} of {n_rows} rows, scaled x{n_rows / rows:g}"
+    return Timed(lambda: reference.cross_entropy_value_and_grad(logits_slice, target_slice),
+                 scale=n_rows / rows, note=note)
+
+
+def _copy(inputs, threads):
+    logits, buffer = inputs["logits"], inputs["buffer"]
+    return Timed(lambda: np.copyto(buffer, logits), note="memory-bandwidth limit")
+
+
+def _read(inputs, threads):
+    logits = inputs["logits"]
+    return Timed(lambda: logits.max(), note="read-only limit")
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def _ce_torch_forward_backward(inputs, threads):
+    torch = _torch()
+    if torch is None:
+        return None
+    import torch.nn.functional as F
+
+    logits = torch.from_numpy(inputs["logits"]).requires_grad_(True)
+    target = torch.from_numpy(inputs["target"])
+
+    def clear():
+        logits.grad = None  # so backward allocates a fresh gradient, as in training
+
+    def call():
+        F.cross_entropy(logits, target).backward()
+
+    return Timed(call, prepare=clear, note="torch.from_numpy inputs; backward into a fresh .grad")
+
+
+def _ce_torch_forward(inputs, threads):
+    torch = _torch()
+    if torch is None:
+        return None
+    import torch.nn.functional as F
+
+    logits = torch.from_numpy(inputs["logits"])
+    target = torch.from_numpy(inputs["target"])
+
+    def call():
+        with torch.no_grad():
+            return F.cross_entropy(logits, target)
+
+    return Timed(call, note="under torch.no_grad()")
+
+
+CROSS_ENTROPY = Family(
+    name="cross_entropy",
+    title="cross-entropy (mean, hard targets)",
+    make_inputs=_ce_inputs,
+    sizes={"full": (4096, 50257), "quick": (1024, 50257)},
+    size_names=("N", "C"),
+    cases=(
+        Case("fastloss value_and_grad (out= preallocated)", _ce_fused_out),
+        Case("fastloss value_and_grad (out=logits, in place)", _ce_fused_in_place),
+        Case("fastloss forward", _ce_forward, read_only=True),
+        Case("fastloss grad from lse", _ce_grad_from_lse),
+        Case(f"numpy reference value_and_grad (float64, {REFERENCE_ROWS} rows scaled to N)",
+             _ce_reference),
+        Case("np.copyto (logits -> buffer)", _copy, role="copy"),
+        Case("logits.max()", _read, role="read", read_only=True),
+        Case("torch F.cross_entropy forward+backward", _ce_torch_forward_backward,
+             requires="torch"),
+        Case("torch forward", _ce_torch_forward, read_only=True, requires="torch"),
+    ),
+)
+
+FAMILIES = {family.name: family for family in (CROSS_ENTROPY,)}
+
+# Targets of DESIGN.md's performance contract: (description, numerator case, denominator
+# case, bound, "max" or "min"). Printed under the table; never an error.
+TARGETS = {
+    "cross_entropy": (
+        ("fused (out=) / copy <= 1.3", "fastloss value_and_grad (out= preallocated)",
+         "np.copyto (logits -> buffer)", 1.3, "max"),
+        ("forward / max <= 1.5", "fastloss forward", "logits.max()", 1.5, "max"),
+        ("grad from lse / fused <= 1.1", "fastloss grad from lse",
+         "fastloss value_and_grad (out= preallocated)", 1.1, "max"),
+        ("torch fwd+bwd / fused >= 15", "torch F.cross_entropy forward+backward",
+         "fastloss value_and_grad (out= preallocated)", 15.0, "min"),
+    ),
+}
+
+
+# ----------------------------------------------------------------------------------------
+# Timing
+# ----------------------------------------------------------------------------------------
+
+class _Progress:
+    """tqdm when it is installed, else a plain counter on stderr."""
+
+    def __init__(self, total, enabled):
+        self.bar = None
+        self.total = total
+        self.count = 0
+        self.enabled = enabled
+        self.text = ""
+        if not enabled:
+            return
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return
+        self.bar = tqdm(total=total, unit="call", file=sys.stderr, leave=False,
+                        dynamic_ncols=True)
+
+    def describe(self, text):
+        if self.bar is not None:
+            self.bar.set_description_str(text[:48])
+        elif self.enabled:
+            self._counter(text)
+        self.text = text
+
+    def update(self):
+        self.count += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        elif self.enabled:
+            self._counter(self.text)
+
+    def _counter(self, text):
+        end = "\n" if self.count == self.total else ""
+        sys.stderr.write(f"\r[{self.count:>3}/{self.total}] {text[:60]:<60}{end}")
+        sys.stderr.flush()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled and self.count != self.total:
+            sys.stderr.write("\n")
+
+
+def _time_all(timed_cases, repeat, warmup, progress):
+    """Seconds per call (times each case's ``scale``): a list per case.
+
+    Every case gets ``warmup`` untimed calls, then the cases take turns, one timed call
+    each per round, for ``repeat`` rounds: a change in the machine's load during the run
+    then shifts all cases alike instead of skewing the ratios of the cases timed while
+    it lasted.
+    """
+    times = [[] for _ in timed_cases]
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()  # as timeit does: a collection inside a timed call is noise
+    try:
+        for name, timed in timed_cases:
+            progress.describe(f"warm-up: {name}")
+            for _ in range(warmup):
+                if timed.prepare is not None:
+                    timed.prepare()
+                timed.call()
+                progress.update()
+        for round_index in range(repeat):
+            for (name, timed), case_times in zip(timed_cases, times):
+                progress.describe(f"round {round_index + 1}/{repeat}: {name}")
+                if timed.prepare is not None:
+                    timed.prepare()
+                start = time.perf_counter()
+                timed.call()
+                case_times.append((time.perf_counter() - start) * timed.scale)
+                progress.update()
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return times
+
+
+def cpu_model():
+    """The CPU's model name, from /proc/cpuinfo where there is one."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _load_average():
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def machine_info():
+    """The facts a reader needs to compare two benchmark runs."""
+    torch = _torch()
+    return {
+        # Other processes on the machine skew the ratios: the kernels use every thread,
+        # the baselines one. Recorded so a reader can discount a run on a busy machine.
+        "load_average_1min": _load_average(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "available_cpus": config()["available_cpus"],
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__ if torch is not None else None,
+        "fastloss": fastloss.__version__,
+    }
+
+
+def run(family_name="cross_entropy", *, quick=False, size=None, threads=None, repeat=None,
+        warmup=1, progress=True):
+    """Time every case of a family; return the report (the --json document)."""
+    family = FAMILIES[family_name]
+    machine = machine_info()  # before allocating: the load average at the start
+    size = tuple(size) if size is not None else family.sizes["quick" if quick else "full"]
+    threads = fastloss.get_num_threads() if threads is None else threads
+    repeat = repeat if repeat is not None else (5 if quick else 10)
+    dtype = np.dtype(family.dtype)
+    inputs = family.make_inputs(size, dtype)
+
+    runnable = []
+    skipped = []
+    for case in family.cases:
+        timed = case.setup(inputs, threads)
+        if timed is None:
+            skipped.append({"name": case.name, "skipped": f"{case.requires} not importable"})
+        else:
+            runnable.append((case, timed))
+
+    bar = _Progress(len(runnable) * (warmup + repeat), progress)
+    torch = _torch()
+    saved_torch_threads = torch.get_num_threads() if torch is not None else None
+    try:
+        if torch is not None:
+            torch.set_num_threads(threads)  # the same thread count for every library
+        times = _time_all([(case.name, timed) for case, timed in runnable], repeat, warmup,
+                          bar)
+        measured = [(case, timed, case_times)
+                    for (case, timed), case_times in zip(runnable, times)]
+    finally:
+        bar.close()
+        if torch is not None:
+            torch.set_num_threads(saved_torch_threads)
+
+    medians = {case.role: statistics.median(times)
+               for case, _, times in measured if case.role}
+    results = []
+    for case, timed, times in measured:
+        median = statistics.median(times)
+        row = {
+            "name": case.name,
+            "median_ms": median * 1e3,
+            "min_ms": min(times) * 1e3,
+            "ratio_to_copy": median / medians["copy"] if "copy" in medians else None,
+            "ratio_to_max": (median / medians["read"]
+                             if case.read_only and "read" in medians else None),
+            "times_ms": [t * 1e3 for t in times],
+            "note": timed.note,
+        }
+        results.append(row)
+    by_name = {row["name"]: row for row in results}
+    targets = []
+    for text, numerator, denominator, bound, sense in TARGETS.get(family.name, ()):
+        if numerator in by_name and denominator in by_name:
+            ratio = by_name[numerator]["median_ms"] / by_name[denominator]["median_ms"]
+            met = ratio <= bound if sense == "max" else ratio >= bound
+            targets.append({"target": text, "ratio": ratio, "met": met})
+
+    fl_config = config()
+    return {
+        "machine": machine,
+        "config": {
+            "family": family.name,
+            "title": family.title,
+            "size": dict(zip(family.size_names, size)),
+            "dtype": dtype.name,
+            "threads": threads,
+            "repeat": repeat,
+            "warmup": warmup,
+            "quick": quick,
+            "fastloss": fl_config,
+        },
+        "results": results,
+        "skipped": skipped,
+        "targets": targets,
+    }
+
+
+# ----------------------------------------------------------------------------------------
+# Reporting
+# ----------------------------------------------------------------------------------------
+
+def _ms(value):
+    """Milliseconds in 10 characters, with the decimals a small time needs."""
+    return f"{value:10.3f}" if value < 10 else f"{value:10.1f}"
+
+
+def format_report(report):
+    """The header and table as text."""
+    machine, cfg = report["machine"], report["config"]
+    size = ", ".join(f"{key}={value}" for key, value in cfg["size"].items())
+    lines = [
+        f"fastloss bench: {cfg['title']}, {size}, {cfg['dtype']}",
+        f"CPU: {machine['cpu']} ({machine['cpu_count']} cores, "
+        f"{machine['available_cpus']} available), threads: {cfg['threads']}",
+        f"numpy {machine['numpy']}, torch {machine['torch'] or 'not installed'}, "
+        f"fastloss {machine['fastloss']} (simd: {cfg['fastloss'].get('simd_path')}, "
+        f"openmp: {cfg['fastloss'].get('openmp')})",
+        f"median (and min) of {cfg['repeat']} rounds (cases take turns) after "
+        f"{cfg['warmup']} warm-up call; "
+        f"load average at start {machine['load_average_1min']}",
+        "",
+    ]
+    width = max([len(row["name"]) for row in report["results"]] + [4])
+    lines.append(f"{'case':<{width}}  {'median ms':>10}  {'min ms':>10}  "
+                 f"{'x copy':>7}  {'x max':>7}")
+    lines.append("-" * (width + 44))
+    for row in report["results"]:
+        copy = f"{row['ratio_to_copy']:7.2f}" if row["ratio_to_copy"] is not None else " " * 7
+        read = f"{row['ratio_to_max']:7.2f}" if row["ratio_to_max"] is not None else " " * 7
+        lines.append(f"{row['name']:<{width}}  {_ms(row['median_ms'])}  "
+                     f"{_ms(row['min_ms'])}  {copy}  {read}")
+    for row in report["skipped"]:
+        lines.append(f"{row['name']:<{width}}  skipped: {row['skipped']}")
+    notes = [(row["name"], row["note"]) for row in report["results"] if row["note"]]
+    if notes:
+        lines.append("")
+        lines.extend(f"  {name}: {note}" for name, note in notes)
+    if report["targets"]:
+        lines.append("")
+        lines.append("DESIGN.md targets (medians):")
+        for target in report["targets"]:
+            lines.append(f"  {target['target']:<32} {target['ratio']:7.2f}  "
+                         f"{'met' if target['met'] else 'MISSED'}")
+    return "\n".join(lines)
+
+
+def main(*, quick=False, json_file=None, threads=None, repeat=None, size=None,
+         progress=True, stream=None):
+    """Run the cross-entropy benchmark, print the table, write JSON; return 0."""
+    stream = sys.stdout if stream is None else stream
+    report = run("cross_entropy", quick=quick, size=size, threads=threads, repeat=repeat,
+                 progress=progress)
+    print(format_report(report), file=stream, flush=True)
+    if json_file is not None:
+        with open(json_file, "w") as handle:
+            json.dump(report, handle, indent=2)
+            handle.write("\n")
+    return 0

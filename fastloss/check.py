@@ -1,0 +1,339 @@
+"""``fastloss check``: a quick self-test of every kernel against ``fastloss.reference``.
+
+The checks are one table, ``CHECKS``: a name mapped to a callable that takes no
+arguments and returns ``(actual, reference, dtype, kind)``:
+
+- ``actual``: what fastloss computed (a Python float or an array);
+- ``reference``: what it is compared with (the float64 reference, or, for
+  ``kind="bitwise"``, the same computation under other settings);
+- ``dtype``: the dtype of the inputs ``actual`` was computed from;
+- ``kind``: ``"loss"`` or ``"grad"`` (the accuracy contract of DESIGN.md for that
+  dtype), or ``"bitwise"`` (same dtype, shape and bytes).
+
+A loss family adds its checks by adding rows (see ``_add_cross_entropy_checks``).
+Inputs are small, so the whole table runs in a few seconds; the exhaustive
+versions of these checks are the test suite's job.
+"""
+import dataclasses
+import math
+import sys
+import time
+import zlib
+
+import numpy as np
+
+import fastloss
+from fastloss import reference
+
+__all__ = ["CHECKS", "CheckResult", "TOLERANCES", "judge", "main", "run_checks"]
+
+
+# ----------------------------------------------------------------------------------------
+# The accuracy contract (DESIGN.md), elementwise:
+#     |actual - ref| <= rtol * |ref| + floor * max|ref|
+# ----------------------------------------------------------------------------------------
+
+TOLERANCES = {
+    # float64: relative 1e-12 with an absolute floor of 1e-14 * max|ref|.
+    (np.dtype(np.float64), "loss"): (1e-12, 1e-14),
+    (np.dtype(np.float64), "grad"): (1e-12, 1e-14),
+    # float32 loss: relative 2e-6 (the floor only lets an exact zero sit beside larger
+    # entries of a per-row loss).
+    (np.dtype(np.float32), "loss"): (2e-6, 1e-14),
+    # float32 grad: 1e-6 * max|ref| + 2e-6 * |ref|.
+    (np.dtype(np.float32), "grad"): (2e-6, 1e-6),
+}
+
+
+@dataclasses.dataclass
+class CheckResult:
+    name: str
+    passed: bool
+    max_error: float      # max |actual - reference| (nan when the check raised)
+    bound_fraction: float  # max over elements of |error| / bound (<= 1 passes)
+    message: str = ""
+
+
+def judge(name, actual, ref, dtype, kind):
+    """Compare ``actual`` with ``ref`` as ``kind`` says; return a CheckResult."""
+    dtype = np.dtype(dtype)
+    actual_array = np.asarray(actual)
+    ref_array = np.asarray(ref)
+    if actual_array.shape != ref_array.shape:
+        return CheckResult(name, False, math.nan, math.nan,
+                           f"shape {actual_array.shape} != reference {ref_array.shape}")
+    if kind == "bitwise":
+        same = (actual_array.dtype == ref_array.dtype
+                and actual_array.tobytes() == ref_array.tobytes())
+        error = _max_abs_difference(actual_array, ref_array)
+        return CheckResult(name, same, error, 0.0 if same else math.inf,
+                           "bit-identical" if same else "results differ in their bits")
+    if (dtype, kind) not in TOLERANCES:
+        raise ValueError(f"{name}: no tolerance for dtype {dtype} and kind {kind!r}")
+    # Results have the input's dtype: arrays of it, or Python floats holding a value of it.
+    if isinstance(actual, np.ndarray):
+        if actual.dtype != dtype:
+            return CheckResult(name, False, math.nan, math.nan,
+                               f"result dtype {actual.dtype}, expected {dtype}")
+    elif not isinstance(actual, float):
+        return CheckResult(name, False, math.nan, math.nan,
+                           f"result is {type(actual).__name__}, expected float or ndarray")
+    rtol, floor = TOLERANCES[(dtype, kind)]
+    actual64 = actual_array.astype(np.float64)
+    ref64 = ref_array.astype(np.float64)
+    if not (np.isfinite(actual64).all() and np.isfinite(ref64).all()):
+        # The self-test uses finite inputs with finite results; anything else is a bug.
+        return CheckResult(name, False, math.nan, math.nan, "non-finite values")
+    if ref64.size == 0:
+        return CheckResult(name, True, 0.0, 0.0)
+    error = np.abs(actual64 - ref64)
+    bound = rtol * np.abs(ref64) + floor * float(np.max(np.abs(ref64)))
+    exceeds = error > bound
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fraction = np.where(bound > 0, error / bound, np.where(error > 0, np.inf, 0.0))
+    return CheckResult(name, not exceeds.any(), float(error.max()), float(fraction.max()),
+                       f"{int(exceeds.sum())} of {error.size} values exceed the bound"
+                       if exceeds.any() else "")
+
+
+def _max_abs_difference(a, b):
+    try:
+        with np.errstate(invalid="ignore", over="ignore"):
+            difference = np.abs(a.astype(np.float64) - b.astype(np.float64))
+        return float(np.nanmax(difference)) if difference.size else 0.0
+    except (TypeError, ValueError):
+        return math.nan
+
+
+# ----------------------------------------------------------------------------------------
+# The table
+# ----------------------------------------------------------------------------------------
+
+CHECKS = {}
+
+
+def add_check(name, function):
+    """Add a row: ``function()`` returns ``(actual, reference, dtype, kind)``."""
+    if name in CHECKS:
+        raise ValueError(f"duplicate check name {name!r}")
+    CHECKS[name] = function
+
+
+def _rng(*key):
+    """A generator seeded from ``key``: the same inputs on every run and machine."""
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))
+
+
+# --- cross-entropy -------------------------------------------------------------------------
+
+# (id, soft targets?, options, shape). ``weight=True`` becomes a random weight array and
+# ``ignore_fraction`` sets that share of the targets to ``ignore_index``.
+_CE_CASES = (
+    ("hard-plain", False, {}, (40, 1000)),
+    ("hard-weight", False, {"weight": True}, (40, 1000)),
+    ("hard-ignore", False, {"ignore_fraction": 0.3}, (40, 1000)),
+    ("hard-ignore=0", False, {"ignore_fraction": 0.3, "ignore_index": 0}, (40, 1000)),
+    ("hard-smoothing", False, {"label_smoothing": 0.1}, (40, 1000)),
+    ("hard-z_loss", False, {"z_loss": 1e-3}, (40, 1000)),
+    ("hard-softcap", False, {"softcap": 2.5}, (40, 1000)),
+    ("hard-all", False, {"weight": True, "ignore_fraction": 0.25, "label_smoothing": 0.15,
+                         "z_loss": 1e-2, "softcap": 4.0}, (3, 13, 517)),
+    # The contract's extremes (C = 262,144, logits up to +-1e4): a few rows, since the
+    # float64 reference is slow at this size.
+    ("hard-large", False, {"scale": 1e4}, (2, 262144)),
+    ("soft-plain", True, {}, (40, 1000)),
+    ("soft-all", True, {"weight": True, "label_smoothing": 0.15, "z_loss": 1e-2,
+                        "softcap": 4.0}, (3, 13, 517)),
+)
+
+
+def _ce_inputs(case_id, soft, params, shape, dtype):
+    """Fresh ``(logits, target, options)`` for a case: the same on every call."""
+    rng = _rng("cross_entropy", case_id, np.dtype(dtype).name)
+    n_classes = shape[-1]
+    logits = (rng.standard_normal(shape) * params.get("scale", 3.0)).astype(dtype)
+    if soft:
+        target = rng.random(shape)
+        target = (target / target.sum(axis=-1, keepdims=True)).astype(dtype)
+    else:
+        target = rng.integers(0, n_classes, size=shape[:-1], dtype=np.int64)
+        fraction = params.get("ignore_fraction", 0.0)
+        if fraction:
+            ignored = rng.random(target.shape) < fraction
+            ignored.flat[0] = True
+            target[ignored] = params.get("ignore_index", -100)
+    options = {name: params[name] for name in
+               ("ignore_index", "label_smoothing", "z_loss", "softcap") if name in params}
+    if params.get("weight"):
+        options["weight"] = rng.uniform(0.25, 2.0, n_classes).astype(dtype)
+    return logits, target, options
+
+
+def _ce_grad_output(shape, reduction):
+    """A non-trivial upstream gradient: a scalar, or one value per row for 'none'."""
+    if reduction != "none":
+        return 0.625
+    return np.linspace(-1.5, 2.0, math.prod(shape[:-1])).reshape(shape[:-1])
+
+
+def _ce_row(case, dtype, reduction, what):
+    """The callable for one row: ``what`` names the entry point and the quantity."""
+    case_id, soft, params, shape = case
+
+    def run():
+        logits, target, options = _ce_inputs(case_id, soft, params, shape, dtype)
+        options["reduction"] = reduction
+        upstream = _ce_grad_output(shape, reduction)
+        if what == "loss":
+            return (fastloss.cross_entropy(logits, target, **options),
+                    reference.cross_entropy(logits, target, **options), dtype, "loss")
+        if what == "lse":
+            _, lse = fastloss.cross_entropy(logits, target, return_lse=True, **options)
+            _, lse_ref = reference.cross_entropy(logits, target, return_lse=True, **options)
+            # lse is float64 whatever the logits; held to the loss contract of the logits'
+            # dtype, on the reference's log-sum-exp.
+            return lse.astype(dtype), lse_ref, dtype, "loss"
+        ref_grad = reference.cross_entropy_grad(logits, target, upstream, **options)
+        if what == "grad":
+            grad = fastloss.cross_entropy_grad(logits, target, upstream, **options)
+            return grad, ref_grad, dtype, "grad"
+        if what == "grad from lse":
+            _, lse = fastloss.cross_entropy(logits, target, return_lse=True, **options)
+            grad = fastloss.cross_entropy_grad(logits, target, upstream, lse=lse, **options)
+            return grad, ref_grad, dtype, "grad"
+        ref_loss = reference.cross_entropy(logits, target, **options)
+        if what in ("value_and_grad loss", "value_and_grad grad"):
+            out = np.empty_like(logits)
+            loss, grad = fastloss.cross_entropy_value_and_grad(logits, target, upstream,
+                                                               out=out, **options)
+            if grad is not out:
+                raise AssertionError("value_and_grad(out=buffer) did not return the buffer")
+            if what.endswith("loss"):
+                return loss, ref_loss, dtype, "loss"
+            return grad, ref_grad, dtype, "grad"
+        if what in ("in place loss", "in place grad"):
+            loss, grad = fastloss.cross_entropy_value_and_grad(logits, target, upstream,
+                                                               out=logits, **options)
+            if grad is not logits:
+                raise AssertionError("value_and_grad(out=logits) did not return the logits")
+            if what.endswith("loss"):
+                return loss, ref_loss, dtype, "loss"
+            return grad, ref_grad, dtype, "grad"
+        raise ValueError(f"unknown cross-entropy check {what!r}")
+
+    return run
+
+
+def _ce_threads_row(case, dtype, what):
+    """Bitwise comparison of num_threads=2 with num_threads=1."""
+    case_id, soft, params, shape = case
+
+    def compute(num_threads):
+        logits, target, options = _ce_inputs(case_id, soft, params, shape, dtype)
+        if what == "mean loss":
+            return np.float64(fastloss.cross_entropy(logits, target, num_threads=num_threads,
+                                                     **options))
+        if what == "none loss+lse":
+            loss, lse = fastloss.cross_entropy(logits, target, reduction="none",
+                                               return_lse=True, num_threads=num_threads,
+                                               **options)
+            return np.concatenate([loss.astype(np.float64).ravel(), lse.ravel()])
+        if what == "value_and_grad":
+            loss, grad = fastloss.cross_entropy_value_and_grad(
+                logits, target, 0.625, reduction="sum", out=logits, num_threads=num_threads,
+                **options)
+            return np.concatenate([[loss], grad.astype(np.float64).ravel()])
+        raise ValueError(f"unknown thread check {what!r}")
+
+    def run():
+        return compute(2), compute(1), dtype, "bitwise"
+
+    return run
+
+
+def _add_cross_entropy_checks():
+    # Reductions crossed with every entry point, for every case and dtype: the losses at
+    # all three reductions, the gradient at all three, the gradient from a given lse, the
+    # fused call into a preallocated buffer, and the fused call in place (out=logits).
+    rows = (
+        ("mean", "loss"), ("sum", "loss"), ("none", "loss"), ("none", "lse"),
+        ("mean", "grad"), ("sum", "grad"), ("none", "grad"),
+        ("mean", "grad from lse"), ("none", "grad from lse"),
+        ("mean", "value_and_grad loss"), ("mean", "value_and_grad grad"),
+        ("none", "in place loss"), ("none", "in place grad"),
+        ("sum", "in place loss"), ("sum", "in place grad"),
+    )
+    large_rows = (("mean", "loss"), ("none", "loss"), ("none", "grad"), ("sum", "in place grad"))
+    for dtype in (np.float32, np.float64):
+        for case in _CE_CASES:
+            for reduction, what in (large_rows if case[0] == "hard-large" else rows):
+                name = f"cross_entropy {case[0]} {np.dtype(dtype).name} {reduction} {what}"
+                add_check(name, _ce_row(case, dtype, reduction, what))
+    # Shapes big enough to be split across threads.
+    thread_cases = (
+        ("hard-all", False, {"weight": True, "ignore_fraction": 0.2, "label_smoothing": 0.1,
+                             "z_loss": 1e-3, "softcap": 8.0}, (257, 3001)),
+        ("soft-all", True, {"weight": True, "label_smoothing": 0.1, "z_loss": 1e-3},
+         (4099, 7)),
+    )
+    for dtype in (np.float32, np.float64):
+        for case in thread_cases:
+            for what in ("mean loss", "none loss+lse", "value_and_grad"):
+                name = (f"cross_entropy {case[0]} {np.dtype(dtype).name} threads 1 vs 2 "
+                        f"{what}")
+                add_check(name, _ce_threads_row(case, dtype, what))
+
+
+_add_cross_entropy_checks()
+
+
+# ----------------------------------------------------------------------------------------
+# Running
+# ----------------------------------------------------------------------------------------
+
+def run_checks(pattern=None, stream=None, verbose=True):
+    """Run every check whose name contains ``pattern`` (all when None), print one line
+    per check to ``stream`` (only failures unless ``verbose``), and return the results."""
+    stream = sys.stdout if stream is None else stream
+    names = [name for name in CHECKS if pattern is None or pattern in name]
+    width = max((len(name) for name in names), default=0)
+    results = []
+    for name in names:
+        try:
+            actual, ref, dtype, kind = CHECKS[name]()
+            result = judge(name, actual, ref, dtype, kind)
+        except Exception as error:  # a crash in a check is a failed check, not a traceback
+            result = CheckResult(name, False, math.nan, math.nan,
+                                 f"raised {type(error).__name__}: {error}")
+        results.append(result)
+        if verbose or not result.passed:
+            print(_format(result, width), file=stream, flush=True)
+    return results
+
+
+def _format(result, width):
+    status = "PASS" if result.passed else "FAIL"
+    line = f"{result.name:<{width}}  max error {result.max_error:9.3e}"
+    if math.isfinite(result.bound_fraction):
+        line += f"  ({result.bound_fraction:5.3f} of bound)"
+    else:
+        line += "  " + " " * 17
+    line += f"  {status}"
+    if result.message and not result.passed:
+        line += f"  {result.message}"
+    return line
+
+
+def main(pattern=None, verbose=True, stream=None):
+    """Run the checks, print a summary line; return 0 if all pass, 1 otherwise."""
+    stream = sys.stdout if stream is None else stream
+    start = time.perf_counter()
+    results = run_checks(pattern, stream, verbose)
+    failed = [result for result in results if not result.passed]
+    seconds = time.perf_counter() - start
+    if not results:
+        print(f"no check matches {pattern!r}", file=stream)
+        return 1
+    print(f"{len(results) - len(failed)} of {len(results)} checks passed in {seconds:.1f} s"
+          f"  {'FAIL' if failed else 'PASS'}", file=stream)
+    return 1 if failed else 0

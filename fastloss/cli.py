@@ -1,0 +1,102 @@
+"""The ``fastloss`` command line: ``info``, ``check`` and ``bench``.
+
+``python -m fastloss ...`` and the ``fastloss`` console script both call ``main``,
+whose return value is the exit code (argparse's usage errors give 2).
+"""
+import argparse
+import sys
+
+__all__ = ["main"]
+
+
+def _positive_int(text):
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def _size(text):
+    """'N,C' -> (N, C), both >= 1 (the hidden --size option, for tests)."""
+    parts = text.split(",")
+    try:
+        size = tuple(int(part, 10) for part in parts)
+    except ValueError:
+        size = ()
+    if len(size) != 2 or min(size) < 1:
+        raise argparse.ArgumentTypeError(f"expected N,C with integers >= 1, got {text!r}")
+    return size
+
+
+def _parser():
+    from fastloss import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="fastloss",
+        description="fastloss: fused loss kernels (C/OpenMP) behind a NumPy API.")
+    parser.add_argument("--version", action="version", version=f"fastloss {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    commands.add_parser(
+        "info", help="show the build: version, compiler, OpenMP, SIMD path, threads",
+        description="Print version, compiler, OpenMP, SIMD path and default threads.")
+
+    check = commands.add_parser(
+        "check", help="quick self-test of every kernel against fastloss.reference",
+        description="Compare every kernel with the float64 NumPy reference under the "
+                    "accuracy contract, and check bit-identical results across thread "
+                    "counts. Exit code 0 when every check passes, 1 otherwise.")
+    check.add_argument("-k", dest="pattern", metavar="TEXT",
+                       help="run only the checks whose name contains TEXT")
+    check.add_argument("-q", "--quiet", action="store_true",
+                       help="print only failed checks and the summary")
+
+    bench = commands.add_parser(
+        "bench", help="benchmark table against the NumPy reference and PyTorch",
+        description="Time cross-entropy (float32, N=4096, C=50257) against np.copyto, "
+                    "logits.max(), the NumPy reference and, when installed, PyTorch; "
+                    "report medians and ratios.")
+    bench.add_argument("--quick", action="store_true",
+                       help="N=1024 and fewer repeats (well under a minute)")
+    bench.add_argument("--json", dest="json_file", metavar="FILE",
+                       help="also write the results as JSON to FILE")
+    bench.add_argument("--threads", type=_positive_int, metavar="N",
+                       help="threads for fastloss and torch (default: fastloss's default)")
+    bench.add_argument("--repeat", type=_positive_int, metavar="R",
+                       help="timed calls per case (default 10, 5 with --quick)")
+    bench.add_argument("--no-progress", dest="progress", action="store_false",
+                       help="no progress bar on stderr")
+    # For tests: a tiny problem so the command runs in a moment. Not part of the CLI.
+    bench.add_argument("--size", type=_size, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv=None):
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_request:  # usage errors (2), --help and --version (0)
+        code = exit_request.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+
+    if args.command == "info":
+        import fastloss
+
+        fastloss.show_config()
+        return 0
+    if args.command == "check":
+        from fastloss import check
+
+        return check.main(pattern=args.pattern, verbose=not args.quiet)
+    if args.command == "bench":
+        from fastloss import bench
+
+        return bench.main(quick=args.quick, json_file=args.json_file, threads=args.threads,
+                          repeat=args.repeat, size=args.size, progress=args.progress)
+    parser.print_usage(sys.stderr)
+    print("fastloss: error: a command is required (info, check or bench)", file=sys.stderr)
+    return 2

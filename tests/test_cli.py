@@ -1,0 +1,148 @@
+"""The command line: ``python -m fastloss info | check | bench``, run as a user runs it
+(a subprocess), plus the check table's ability to fail."""
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastloss
+from fastloss import check
+
+
+def run_fastloss(*args, timeout=120):
+    """``python -m fastloss ARGS`` with this fastloss importable; the CompletedProcess."""
+    env = dict(os.environ)
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(fastloss.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(
+        [package_parent] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return subprocess.run([sys.executable, "-m", "fastloss", *args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_info_shows_the_build():
+    completed = run_fastloss("info")
+    assert completed.returncode == 0, completed.stderr
+    assert "simd" in completed.stdout
+    assert fastloss.__version__ in completed.stdout
+    assert "openmp" in completed.stdout
+
+
+def test_check_passes_every_line():
+    completed = run_fastloss("check")
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    lines = completed.stdout.strip().splitlines()
+    assert len(lines) == len(check.CHECKS) + 1  # one per check, then the summary
+    failing = [line for line in lines if not line.rstrip().endswith("PASS")]
+    assert not failing, "\n".join(failing)
+    assert lines[-1].startswith(f"{len(check.CHECKS)} of {len(check.CHECKS)} checks passed")
+
+
+def test_check_covers_the_api():
+    names = " ".join(check.CHECKS)
+    for part in ("float32", "float64", "hard-", "soft-", "weight", "ignore", "smoothing",
+                 "z_loss", "softcap", " mean ", " sum ", " none ", " grad from lse",
+                 "value_and_grad", "in place", "threads 1 vs 2"):
+        assert part in names, f"no check mentions {part!r}"
+
+
+def test_check_reports_a_failure(monkeypatch, capsys):
+    def wrong():
+        return np.float32(1.0 + 1e-5).item(), 1.0, np.float32, "loss"
+
+    def crash():
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(check.CHECKS, "zz wrong", wrong)
+    monkeypatch.setitem(check.CHECKS, "zz crash", crash)
+    assert check.main(pattern="zz ") == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3
+    assert lines[0].startswith("zz wrong") and "FAIL" in lines[0]
+    assert lines[1].startswith("zz crash") and "FAIL" in lines[1] and "boom" in lines[1]
+    assert "FAIL" in lines[-1]
+
+
+@pytest.mark.parametrize("kind, actual, ref, passed", [
+    ("grad", np.array([1.0, 1e-7], np.float32), np.array([1.0, 0.0]), True),  # 1e-6*max floor
+    ("grad", np.array([1.0, 2e-6], np.float32), np.array([1.0, 0.0]), False),
+    ("loss", 1.0 + 1e-6, 1.0, True),
+    ("loss", 1.0 + 3e-6, 1.0, False),
+    ("bitwise", np.array([1.0, -0.0]), np.array([1.0, 0.0]), False),  # signed zeros count
+    ("bitwise", np.array([1.0, 0.0]), np.array([1.0, 0.0]), True),
+])
+def test_judge_applies_the_contract(kind, actual, ref, passed):
+    dtype = np.float32 if kind != "bitwise" else np.float64
+    if isinstance(actual, float):
+        actual = float(np.float32(actual))
+    assert check.judge("x", actual, ref, dtype, kind).passed is passed
+
+
+def test_judge_rejects_a_result_of_the_wrong_dtype():
+    result = check.judge("x", np.ones(3), np.ones(3), np.float32, "grad")
+    assert not result.passed and "dtype" in result.message
+
+
+def test_bench_quick_json(tmp_path):
+    path = tmp_path / "bench.json"
+    completed = run_fastloss("bench", "--quick", "--json", str(path), "--size", "64,1000",
+                             "--repeat", "2", "--threads", "2")
+    assert completed.returncode == 0, completed.stderr
+    report = json.loads(path.read_text())
+    assert set(report) >= {"machine", "config", "results"}
+    assert {"cpu", "cpu_count", "numpy", "torch", "fastloss"} <= set(report["machine"])
+    config = report["config"]
+    assert config["size"] == {"N": 64, "C": 1000}
+    assert config["threads"] == 2 and config["repeat"] == 2 and config["dtype"] == "float32"
+    assert "simd_path" in config["fastloss"]
+    names = [row["name"] for row in report["results"]]
+    for expected in ("fastloss value_and_grad (out= preallocated)",
+                     "fastloss value_and_grad (out=logits, in place)", "fastloss forward",
+                     "fastloss grad from lse", "np.copyto (logits -> buffer)", "logits.max()"):
+        assert expected in names
+    assert any(name.startswith("numpy reference value_and_grad") for name in names)
+    for row in report["results"]:
+        for key in ("median_ms", "min_ms", "ratio_to_copy"):
+            value = row[key]
+            assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, \
+                (row["name"], key, value)
+        assert row["min_ms"] <= row["median_ms"]
+        assert len(row["times_ms"]) == 2
+    copy = next(row for row in report["results"] if row["name"].startswith("np.copyto"))
+    assert copy["ratio_to_copy"] == 1.0
+    forward = next(row for row in report["results"] if row["name"] == "fastloss forward")
+    assert forward["ratio_to_max"] > 0
+    if importlib.util.find_spec("torch") is not None:
+        assert "torch F.cross_entropy forward+backward" in names
+    else:
+        assert any(row["name"].startswith("torch") for row in report["skipped"])
+    # the table on stdout: the header names the machine, one line per case
+    assert "CPU:" in completed.stdout and "threads: 2" in completed.stdout
+    for name in names:
+        assert name in completed.stdout
+
+
+@pytest.mark.parametrize("args", [
+    ("--bogus",),
+    ("bench", "--bogus"),
+    ("bench", "--threads", "0"),
+    ("nonsense",),
+    (),
+])
+def test_bad_usage_exits_2_with_usage(args):
+    completed = run_fastloss(*args)
+    assert completed.returncode == 2
+    assert "usage:" in completed.stderr
+    assert completed.stdout == ""
+
+
+def test_main_returns_exit_codes():
+    from fastloss.cli import main
+
+    assert main(["bench", "--no-such-flag"]) == 2
+    assert main(["--version"]) == 0
