@@ -2,8 +2,8 @@
 
 Compiler flags are found by trying them: OpenMP (``-fopenmp``, or a serial
 build when the compiler has none, or when FASTLOSS_NO_OPENMP=1), and whether
-the compiler can build the AVX2 + FMA variant of the kernels that is chosen at
-run time.  Always ``-O3``; never ``-ffast-math`` (it reorders sums and breaks
+the compiler can build the AVX2 + FMA and AVX-512 variants of the kernels that
+are chosen at run time.  Always ``-O3``; never ``-ffast-math`` (it reorders sums and breaks
 inf/NaN handling, which the kernels rely on).  FASTLOSS_SANITIZE=1 builds with
 AddressSanitizer and UndefinedBehaviorSanitizer for the hardening tests.
 """
@@ -21,6 +21,7 @@ C_SOURCES = [
     "csrc/common.c",
     "csrc/cross_entropy.c",
     "csrc/cross_entropy_avx2.c",
+    "csrc/cross_entropy_avx512.c",
 ]
 
 OPENMP_PROBE = """
@@ -31,6 +32,16 @@ int main(void) {
     n += 1;
     return n > 0 ? 0 : 1;
 }
+"""
+
+AVX512_PROBE = """
+#pragma GCC target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma,prefer-vector-width=512")
+#include <immintrin.h>
+__attribute__((target("avx512f,avx512vl,avx512dq,avx512bw"))) float f(float *x) {
+    __m512 v = _mm512_loadu_ps(x);
+    return _mm512_reduce_add_ps(_mm512_fmadd_ps(v, v, v));
+}
+int main(void) { float x[16] = {0}; return (int)f(x); }
 """
 
 AVX2_PROBE = """
@@ -98,6 +109,9 @@ class BuildExt(build_ext):
         if is_msvc or not _compiles(compiler, AVX2_PROBE, compile_args, link_args):
             macros.append(("FASTLOSS_NO_AVX2", "1"))
             print("fastloss: building without the AVX2 kernels", file=sys.stderr)
+        if is_msvc or not _compiles(compiler, AVX512_PROBE, compile_args, link_args):
+            macros.append(("FASTLOSS_NO_AVX512", "1"))
+            print("fastloss: building without the AVX-512 kernels", file=sys.stderr)
 
         if os.environ.get("FASTLOSS_SANITIZE", "") not in ("", "0"):
             sanitize = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer",

@@ -70,42 +70,52 @@ const char *fastloss_compiler(void)
 #endif
 }
 
-/* -1: not decided yet; 0: baseline; 1: AVX2 + FMA. */
-static int simd_choice = -1;
-
-static int cpu_has_avx2_fma(void)
+/* The best level this CPU and build can run (detected once). */
+static int detect_simd_level(void)
 {
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__)) && \
-    !defined(FASTLOSS_NO_AVX2)
+#if defined(FASTLOSS_HAVE_AVX2) || defined(FASTLOSS_HAVE_AVX512)
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-    return 0;
 #endif
+#ifdef FASTLOSS_HAVE_AVX512
+    /* __builtin_cpu_supports also checks that the OS saves the zmm state */
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return FASTLOSS_SIMD_AVX512;
+#endif
+#ifdef FASTLOSS_HAVE_AVX2
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return FASTLOSS_SIMD_AVX2;
+#endif
+    return FASTLOSS_SIMD_BASELINE;
 }
 
-int fastloss_simd_use_avx2(void)
+/* -1: not decided yet.  Set at import by the Cython layer (set_simd_path or
+ * the first call), before any kernel runs in parallel. */
+static int simd_choice = -1;
+
+int fastloss_simd_level(void)
 {
-    /* Benign race: every thread that finds -1 computes the same answer. */
     if (simd_choice < 0)
-        simd_choice = cpu_has_avx2_fma();
+        simd_choice = detect_simd_level();
     return simd_choice;
 }
 
+static const char *const simd_names[] = {"baseline", "avx2", "avx512"};
+
 const char *fastloss_simd_path(void)
 {
-    return fastloss_simd_use_avx2() ? "avx2+fma" : "baseline";
+    return simd_names[fastloss_simd_level()];
 }
 
 int fastloss_set_simd_path(const char *name)
 {
-    if (strcmp(name, "baseline") == 0) {
-        simd_choice = 0;
-        return 0;
-    }
-    if ((strcmp(name, "avx2") == 0 || strcmp(name, "avx2+fma") == 0) && cpu_has_avx2_fma()) {
-        simd_choice = 1;
-        return 0;
+    const int best = detect_simd_level();
+    for (int level = FASTLOSS_SIMD_BASELINE; level <= FASTLOSS_SIMD_AVX512; ++level) {
+        if (strcmp(name, simd_names[level]) == 0 && level <= best) {
+            simd_choice = level;
+            return 0;
+        }
     }
     return -1;
 }

@@ -67,14 +67,30 @@ int fastloss_openmp_max_threads(void);
 const char *fastloss_compiler(void);
 
 /*
- * SIMD path: the kernels are compiled twice, for the baseline ISA and for
- * AVX2 + FMA, and picked at run time.  fastloss_simd_path() returns the name
- * of the path in use; fastloss_set_simd_path() forces one ("baseline",
- * "avx2") when the CPU supports it and returns 0, or returns -1.
+ * SIMD path: the kernels are compiled three times, for the baseline ISA, for
+ * AVX2 + FMA and for AVX-512, and the widest one the CPU (and OS) supports is
+ * picked at run time.  fastloss_simd_level() returns it (never a level this
+ * build lacks), fastloss_simd_path() its name; fastloss_set_simd_path()
+ * forces one ("baseline", "avx2", "avx512") and returns 0, or -1 when the CPU
+ * or the build cannot run it.  Call it only while no kernel runs.
  */
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#ifndef FASTLOSS_NO_AVX2
+#define FASTLOSS_HAVE_AVX2 1
+#endif
+#ifndef FASTLOSS_NO_AVX512
+#define FASTLOSS_HAVE_AVX512 1
+#endif
+#endif
+
+enum fastloss_simd {
+    FASTLOSS_SIMD_BASELINE = 0,
+    FASTLOSS_SIMD_AVX2 = 1,
+    FASTLOSS_SIMD_AVX512 = 2
+};
+int fastloss_simd_level(void);
 const char *fastloss_simd_path(void);
 int fastloss_set_simd_path(const char *name);
-int fastloss_simd_use_avx2(void);
 
 #ifdef __cplusplus
 }

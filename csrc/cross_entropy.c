@@ -47,13 +47,25 @@ fastloss_index fastloss_cross_entropy_find_bad_target(const int64_t *target, fas
     return -1;
 }
 
-#if (defined(__x86_64__) || defined(__i386__)) && !defined(FASTLOSS_NO_AVX2)
-#define FL_DISPATCH(real_tag, ...)                                   \
-    (fastloss_simd_use_avx2() ? fastloss_ce_run_##real_tag##_avx2(__VA_ARGS__) \
-                              : fastloss_ce_run_##real_tag##_baseline(__VA_ARGS__))
+/* The widest kernel set this CPU and build support (fastloss_simd_level). */
+#ifdef FASTLOSS_HAVE_AVX512
+#define FL_CALL_AVX512(real_tag, ...)                                  \
+    if (fastloss_simd_level() == FASTLOSS_SIMD_AVX512)                 \
+        return fastloss_ce_run_##real_tag##_avx512(__VA_ARGS__);
 #else
-#define FL_DISPATCH(real_tag, ...) fastloss_ce_run_##real_tag##_baseline(__VA_ARGS__)
+#define FL_CALL_AVX512(real_tag, ...)
 #endif
+#ifdef FASTLOSS_HAVE_AVX2
+#define FL_CALL_AVX2(real_tag, ...)                                    \
+    if (fastloss_simd_level() == FASTLOSS_SIMD_AVX2)                   \
+        return fastloss_ce_run_##real_tag##_avx2(__VA_ARGS__);
+#else
+#define FL_CALL_AVX2(real_tag, ...)
+#endif
+#define FL_DISPATCH(real_tag, ...)                                     \
+    FL_CALL_AVX512(real_tag, __VA_ARGS__)                              \
+    FL_CALL_AVX2(real_tag, __VA_ARGS__)                                \
+    return fastloss_ce_run_##real_tag##_baseline(__VA_ARGS__)
 
 int fastloss_cross_entropy_forward_float32(const fastloss_ce_options *options, const float *logits,
                                            fastloss_index logits_row_stride, const int64_t *target,
@@ -62,7 +74,7 @@ int fastloss_cross_entropy_forward_float32(const fastloss_ce_options *options, c
                                            const float *weight, double *loss_per_row, double *lse,
                                            double *loss)
 {
-    return FL_DISPATCH(float32, options, logits, logits_row_stride, target, soft_target,
+    FL_DISPATCH(float32, options, logits, logits_row_stride, target, soft_target,
                        soft_target_row_stride, weight, NULL, NULL, 0, loss_per_row, lse, loss,
                        NULL, 0);
 }
@@ -74,7 +86,7 @@ int fastloss_cross_entropy_forward_float64(const fastloss_ce_options *options, c
                                            const double *weight, double *loss_per_row, double *lse,
                                            double *loss)
 {
-    return FL_DISPATCH(float64, options, logits, logits_row_stride, target, soft_target,
+    FL_DISPATCH(float64, options, logits, logits_row_stride, target, soft_target,
                        soft_target_row_stride, weight, NULL, NULL, 0, loss_per_row, lse, loss,
                        NULL, 0);
 }
@@ -88,7 +100,7 @@ int fastloss_cross_entropy_backward_float32(const fastloss_ce_options *options, 
                                             fastloss_index grad_output_stride, float *grad,
                                             fastloss_index grad_row_stride)
 {
-    return FL_DISPATCH(float32, options, logits, logits_row_stride, target, soft_target,
+    FL_DISPATCH(float32, options, logits, logits_row_stride, target, soft_target,
                        soft_target_row_stride, weight, lse, grad_output, grad_output_stride, NULL,
                        NULL, NULL, grad, grad_row_stride);
 }
@@ -102,7 +114,7 @@ int fastloss_cross_entropy_backward_float64(const fastloss_ce_options *options, 
                                             fastloss_index grad_output_stride, double *grad,
                                             fastloss_index grad_row_stride)
 {
-    return FL_DISPATCH(float64, options, logits, logits_row_stride, target, soft_target,
+    FL_DISPATCH(float64, options, logits, logits_row_stride, target, soft_target,
                        soft_target_row_stride, weight, lse, grad_output, grad_output_stride, NULL,
                        NULL, NULL, grad, grad_row_stride);
 }
@@ -113,7 +125,7 @@ int fastloss_cross_entropy_value_and_grad_float32(
     const float *weight, const double *grad_output, fastloss_index grad_output_stride,
     double *loss_per_row, double *lse, double *loss, float *grad, fastloss_index grad_row_stride)
 {
-    return FL_DISPATCH(float32, options, logits, logits_row_stride, target, soft_target,
+    FL_DISPATCH(float32, options, logits, logits_row_stride, target, soft_target,
                        soft_target_row_stride, weight, NULL, grad_output, grad_output_stride,
                        loss_per_row, lse, loss, grad, grad_row_stride);
 }
@@ -124,7 +136,7 @@ int fastloss_cross_entropy_value_and_grad_float64(
     const double *weight, const double *grad_output, fastloss_index grad_output_stride,
     double *loss_per_row, double *lse, double *loss, double *grad, fastloss_index grad_row_stride)
 {
-    return FL_DISPATCH(float64, options, logits, logits_row_stride, target, soft_target,
+    FL_DISPATCH(float64, options, logits, logits_row_stride, target, soft_target,
                        soft_target_row_stride, weight, NULL, grad_output, grad_output_stride,
                        loss_per_row, lse, loss, grad, grad_row_stride);
 }

@@ -3,7 +3,9 @@
  * Picked at run time by cross_entropy.c when the CPU has both; elsewhere (or
  * on another architecture) this file compiles to nothing that is called.
  */
-#if (defined(__x86_64__) || defined(__i386__)) && !defined(FASTLOSS_NO_AVX2)
+#include "common.h"
+
+#ifdef FASTLOSS_HAVE_AVX2
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
 #elif defined(__GNUC__)

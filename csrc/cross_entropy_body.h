@@ -58,25 +58,32 @@ int RUN(const fastloss_ce_options *options, const REAL *logits, fastloss_index l
     /* Everything allocated once, before the parallel region. */
     const int threads = fastloss_effective_threads(options->num_threads, n_rows * n_classes);
     const int need_e_row = grad && !backward;
-    /* In place, exp(y - m_k) can wait in the gradient row itself; otherwise it
-     * waits in a per-thread row that stays in cache, so that the gradient's
-     * memory is written once, by the gradient pass. */
-    const int in_place = (const void *)grad == (const void *)logits && grad_row_stride == logits_row_stride;
-    const size_t chunk_bytes = (size_t)n_chunks * CE_CHUNK_FIELDS * sizeof(double);
-    const size_t tile_bytes = FASTLOSS_CE_CHUNK * sizeof(double);
-    const size_t capped_bytes = wide ? (softcap ? 2 : 1) * (size_t)n_classes * sizeof(double) : 0;
-    const size_t e_wide_bytes = wide && need_e_row ? (size_t)n_classes * sizeof(double) : 0;
-    const size_t e_same_bytes = !wide && need_e_row && !in_place ? (size_t)n_classes * sizeof(REAL) : 0;
-    const size_t per_thread = chunk_bytes + tile_bytes + capped_bytes + e_wide_bytes + e_same_bytes;
+    /* Per-thread scratch, in this order: chunk statistics, a chunk of exps, the
+     * row read as double (and its softcap slope), the row's exps in double.
+     * Rows read as REAL leave their exps in the gradient row itself: the stats
+     * pass then brings the gradient's lines into cache while it computes, and
+     * the gradient pass rescales them there.  (Keeping the exps in a private
+     * row and streaming the gradient out with non-temporal stores measured
+     * slower: it splits the row into a read phase and a write phase.) */
+    const size_t scratch_bytes[4] = {
+        (size_t)n_chunks * CE_CHUNK_FIELDS * sizeof(double),
+        FASTLOSS_CE_CHUNK * sizeof(double),
+        wide ? (softcap ? 2 : 1) * (size_t)n_classes * sizeof(double) : 0,
+        wide && need_e_row ? (size_t)n_classes * sizeof(double) : 0,
+    };
+    size_t per_thread = 0;
+    for (int part = 0; part < 4; ++part)
+        per_thread += (scratch_bytes[part] + 63) / 64 * 64;
     const size_t row_bytes = (size_t)n_rows * sizeof(double);
-    char *scratch = malloc(per_thread * (size_t)threads + 3 * row_bytes + (size_t)n_chunks * sizeof(double) + 1);
+    char *scratch = malloc(per_thread * (size_t)threads + 3 * row_bytes + (size_t)n_chunks * sizeof(double) + 64);
     if (!scratch)
         return FASTLOSS_ERROR_NO_MEMORY;
     double *row_ce = (double *)scratch;
     double *row_z = row_ce + n_rows;
     double *row_lse = lse_out ? lse_out : row_z + n_rows;
     double *chunk_weight_sum = row_z + 2 * n_rows;
-    char *thread_scratch = (char *)(chunk_weight_sum + n_chunks);
+    /* 64-byte aligned, and each thread's part a multiple of 64 bytes: no false sharing */
+    char *thread_scratch = (char *)(((uintptr_t)(chunk_weight_sum + n_chunks) + 63) & ~(uintptr_t)63);
 
     /* W and, for label smoothing, W_k per chunk (the class counts without weights). */
     double weight_total = 0.0;
@@ -101,13 +108,16 @@ int RUN(const fastloss_ce_options *options, const REAL *logits, fastloss_index l
 #else
         char *mine = thread_scratch;
 #endif
-        double *chunk_data = (double *)mine;
-        double *tile = (double *)(mine + chunk_bytes);
-        double *capped = (double *)(mine + chunk_bytes + tile_bytes);
-        double *slope = capped + n_classes;
-        double *e_wide = (double *)(mine + chunk_bytes + tile_bytes + capped_bytes);
-        REAL *e_same = e_same_bytes ? (REAL *)(mine + chunk_bytes + tile_bytes + capped_bytes + e_wide_bytes)
-                                    : NULL;
+        char *part_start[4];
+        for (int part = 0; part < 4; ++part) {
+            part_start[part] = scratch_bytes[part] ? mine : NULL;
+            mine += (scratch_bytes[part] + 63) / 64 * 64;
+        }
+        double *chunk_data = (double *)part_start[0];
+        double *tile = (double *)part_start[1];
+        double *capped = (double *)part_start[2];
+        double *slope = capped ? capped + n_classes : NULL;
+        double *e_wide = (double *)part_start[3];
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
@@ -140,7 +150,7 @@ int RUN(const fastloss_ce_options *options, const REAL *logits, fastloss_index l
             if (!wide) {
                 if (!soft)
                     target_logit = (double)x[t]; /* before an in-place pass overwrites it */
-                REAL *e_row = need_e_row ? (in_place ? g : e_same) : NULL;
+                REAL *e_row = need_e_row ? g : NULL;
                 if (!backward)
                     ROW_SAME(ce_row_stats)(&call, x, q, weight, e_row, (REAL *)tile, chunk_data, &stats);
                 ROW_SAME(ce_coefficients)(&call, &stats, target_logit, target_weight, i, &coef);

@@ -85,5 +85,7 @@ int fastloss_ce_run_float32_baseline FASTLOSS_CE_RUN_SIGNATURE(float);
 int fastloss_ce_run_float64_baseline FASTLOSS_CE_RUN_SIGNATURE(double);
 int fastloss_ce_run_float32_avx2 FASTLOSS_CE_RUN_SIGNATURE(float);
 int fastloss_ce_run_float64_avx2 FASTLOSS_CE_RUN_SIGNATURE(double);
+int fastloss_ce_run_float32_avx512 FASTLOSS_CE_RUN_SIGNATURE(float);
+int fastloss_ce_run_float64_avx512 FASTLOSS_CE_RUN_SIGNATURE(double);
 
 #endif /* FASTLOSS_CROSS_ENTROPY_INTERNAL_H */

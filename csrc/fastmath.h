@@ -14,9 +14,10 @@
  *   - exp(r) is the Taylor polynomial, degree 6 for float (truncation error
  *     0.347**7 / 7! < 1.3e-7 relative, about one ulp) and degree 13 for double
  *     (0.347**14 / 14! < 5e-18), evaluated by Horner's rule.
- *   - 2**n is built in the exponent field.  We build 2**(n-1) and multiply by 2
- *     afterwards so that n = max exponent + 1 (x just below the overflow
- *     threshold) still has a representable scale.
+ *   - 2**n is built in the exponent field.  The general exp builds 2**(n-1) and
+ *     multiplies by 2 afterwards so that n = max exponent + 1 (x just below the
+ *     overflow threshold) still has a representable scale; the variant for
+ *     x <= 0 (n <= 0) needs no such care and saves the multiply.
  * Range: results below about 2**-125 (float) / 2**-1021 (double), that is
  * x below about -86.6 / -707.7, are flushed to +0; x above the overflow
  * threshold gives +inf; -inf gives 0 and NaN gives NaN.  The flush changes a
@@ -35,7 +36,7 @@
 
 /* exp(x) for x <= 0 or NaN (the shifted logits x - max): only the underflow
  * side needs a range check.  A positive x gives a meaningless finite value. */
-FASTLOSS_INLINE float fastloss_expf_nonpositive(float x)
+FASTLOSS_INLINE float fastloss_expf_poly(float x, float *shifted_out)
 {
     const float round_magic = 12582912.0f; /* 1.5 * 2**23 */
     const float inv_ln2 = 1.44269504088896341f;
@@ -51,24 +52,40 @@ FASTLOSS_INLINE float fastloss_expf_nonpositive(float x)
     poly = poly * r + 0.5f;
     poly = poly * r + 1.0f;
     poly = poly * r + 1.0f;
+    *shifted_out = shifted;
+    return poly;
+}
+
+/* 2**(n + bias - 127) from `shifted`, whose low bits hold n. */
+FASTLOSS_INLINE float fastloss_expf_scale(float shifted, uint32_t bias)
+{
     uint32_t bits;
     memcpy(&bits, &shifted, sizeof bits);
-    /* the low bits of `shifted` hold n; (n + 126) << 23 is the float 2**(n-1) */
-    uint32_t scale_bits = (bits + 126u) << 23;
-    float half_scale;
-    memcpy(&half_scale, &scale_bits, sizeof half_scale);
-    float result = (poly * half_scale) * 2.0f;
+    uint32_t scale_bits = (bits + bias) << 23;
+    float scale;
+    memcpy(&scale, &scale_bits, sizeof scale);
+    return scale;
+}
+
+FASTLOSS_INLINE float fastloss_expf_nonpositive(float x)
+{
+    float shifted;
+    float poly = fastloss_expf_poly(x, &shifted);
+    float result = poly * fastloss_expf_scale(shifted, 127u);
     return x < -87.3f ? 0.0f : result;
 }
 
 /* exp(x) for every float x. */
 FASTLOSS_INLINE float fastloss_expf(float x)
 {
-    float result = fastloss_expf_nonpositive(x);
+    float shifted;
+    float poly = fastloss_expf_poly(x, &shifted);
+    float result = (poly * fastloss_expf_scale(shifted, 126u)) * 2.0f;
+    result = x < -87.3f ? 0.0f : result;
     return x > 88.72283f ? HUGE_VALF : result;
 }
 
-FASTLOSS_INLINE double fastloss_exp_nonpositive(double x)
+FASTLOSS_INLINE double fastloss_exp_poly(double x, double *shifted_out)
 {
     const double round_magic = 6755399441055744.0; /* 1.5 * 2**52 */
     const double inv_ln2 = 1.4426950408889634074;
@@ -91,18 +108,34 @@ FASTLOSS_INLINE double fastloss_exp_nonpositive(double x)
     poly = poly * r + 0.5;
     poly = poly * r + 1.0;
     poly = poly * r + 1.0;
+    *shifted_out = shifted;
+    return poly;
+}
+
+FASTLOSS_INLINE double fastloss_exp_scale(double shifted, uint64_t bias)
+{
     uint64_t bits;
     memcpy(&bits, &shifted, sizeof bits);
-    uint64_t scale_bits = (bits + 1022u) << 52;
-    double half_scale;
-    memcpy(&half_scale, &scale_bits, sizeof half_scale);
-    double result = (poly * half_scale) * 2.0;
+    uint64_t scale_bits = (bits + bias) << 52;
+    double scale;
+    memcpy(&scale, &scale_bits, sizeof scale);
+    return scale;
+}
+
+FASTLOSS_INLINE double fastloss_exp_nonpositive(double x)
+{
+    double shifted;
+    double poly = fastloss_exp_poly(x, &shifted);
+    double result = poly * fastloss_exp_scale(shifted, 1023u);
     return x < -708.3 ? 0.0 : result;
 }
 
 FASTLOSS_INLINE double fastloss_exp(double x)
 {
-    double result = fastloss_exp_nonpositive(x);
+    double shifted;
+    double poly = fastloss_exp_poly(x, &shifted);
+    double result = (poly * fastloss_exp_scale(shifted, 1022u)) * 2.0;
+    result = x < -708.3 ? 0.0 : result;
     return x > 709.782712893384 ? HUGE_VAL : result;
 }
 

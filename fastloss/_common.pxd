@@ -13,5 +13,6 @@ cdef extern from "common.h" nogil:
     int fastloss_openmp_enabled()
     int fastloss_openmp_max_threads()
     const char *fastloss_compiler()
+    int fastloss_simd_level()
     const char *fastloss_simd_path()
     int fastloss_set_simd_path(const char *name)

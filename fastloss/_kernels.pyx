@@ -10,6 +10,7 @@ from libc.stdint cimport int64_t
 from fastloss._common cimport *
 
 cnp.import_array()
+fastloss_simd_level()  # detect the CPU's SIMD level now, before any threads
 
 REDUCTIONS = {"none": FASTLOSS_REDUCTION_NONE, "sum": FASTLOSS_REDUCTION_SUM,
               "mean": FASTLOSS_REDUCTION_MEAN}
@@ -26,7 +27,8 @@ def build_info():
 
 
 def set_simd_path(str name):
-    """Force the SIMD path ("baseline" or "avx2"); ValueError if unavailable."""
+    """Force the SIMD path ("baseline", "avx2" or "avx512"); ValueError if this CPU
+    or build cannot run it.  Not safe while another thread runs a kernel."""
     if fastloss_set_simd_path(name.encode()) != 0:
         raise ValueError(f"simd path {name!r} is not available on this CPU or build")
 
