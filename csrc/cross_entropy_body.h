@@ -140,7 +140,7 @@ int RUN(const fastloss_ce_options *options, const REAL *logits, fastloss_index l
                 }
                 target_weight = weight ? (double)weight[t] : 1.0;
             }
-            ce_row_stats stats = {0.0, 0.0, 0.0, 0.0};
+            ce_row_stats stats = {0.0, 1.0, 0.0, 0.0, 0.0};
             ce_row_coef coef;
             if (backward) {
                 stats.max = lse_in[i];

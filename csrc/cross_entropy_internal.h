@@ -54,7 +54,8 @@ typedef struct ce_call {
 /* Per-row results of the statistics pass. */
 typedef struct ce_row_stats {
     double max;      /* M, the largest chunk max */
-    double log_sum;  /* log S, S = sum_c exp(y_c - M) */
+    double sum;      /* S = sum_c exp(y_c - M) */
+    double log_sum;  /* log S */
     double dist;     /* A = sum_c u_c (M - y_c) */
     double mass;     /* U = sum_c u_c */
 } ce_row_stats;
@@ -64,6 +65,8 @@ typedef struct ce_row_coef {
     double ce;     /* the row's cross-entropy (weighted, smoothed) */
     double z_term; /* z_loss * lse**2 */
     double lse;
+    double max;      /* M and 1 / S of the row (fused path) */
+    double inv_sum;
     double alpha;  /* multiplies softmax_c */
     double gamma;  /* multiplies u_c */
     double beta;   /* subtracted at the target class */

@@ -192,13 +192,17 @@ static void ROW(ce_row_stats)(const ce_call *call, const VAL *y, const REAL *q,
             sum += chunk[CE_CHUNK_SUM];
             dist += chunk[CE_CHUNK_DIST];
         } else {
-            sum += chunk[CE_CHUNK_SUM] * exp(chunk[CE_CHUNK_SHIFT] - row_max);
+            /* the chunk holding the max needs no rescaling (and no exp call:
+             * with few classes per row these calls are a visible cost) */
+            const double rescale = chunk[CE_CHUNK_SHIFT] == row_max ? 1.0 : exp(chunk[CE_CHUNK_SHIFT] - row_max);
+            sum += chunk[CE_CHUNK_SUM] * rescale;
             if (need_dist)
                 dist += chunk[CE_CHUNK_DIST] + (row_max - chunk[CE_CHUNK_SHIFT]) * chunk[CE_CHUNK_MASS];
         }
         mass += chunk[CE_CHUNK_MASS];
     }
     stats->max = row_max;
+    stats->sum = sum;
     stats->log_sum = log(sum);
     stats->dist = dist;
     stats->mass = mass;
@@ -302,6 +306,8 @@ static void ROW(ce_coefficients)(const ce_call *call, const ce_row_stats *stats,
     }
     coef->ce = ce;
     coef->lse = lse;
+    coef->max = stats->max;
+    coef->inv_sum = 1.0 / stats->sum;
     coef->alpha = alpha;
     /* A row whose log-sum-exp is not finite (+inf or NaN logit, or every logit
      * -inf) has no softmax: its loss and gradient are NaN, as in torch. */
@@ -337,9 +343,12 @@ static void ROW(ce_row_grad)(const ce_call *call, const VAL *y, const REAL *q,
             e = e_row + start;
             /* softmax_c = e_c exp(shift_k - lse); a chunk with no finite value
              * has e = 0 (or NaN, and then lse is NaN too). */
-            factor = chunk[CE_CHUNK_MAX] == -INFINITY
-                         ? 0.0 * coef->alpha
-                         : coef->alpha * exp(chunk[CE_CHUNK_SHIFT] - coef->lse);
+            if (chunk[CE_CHUNK_MAX] == -INFINITY)
+                factor = 0.0 * coef->alpha;
+            else if (chunk[CE_CHUNK_SHIFT] == coef->max)
+                factor = coef->alpha * coef->inv_sum; /* exp(M - lse) = 1 / S */
+            else
+                factor = coef->alpha * exp(chunk[CE_CHUNK_SHIFT] - coef->lse);
         } else {
             ROW(ce_exp)(y + start, n, lse_hi, lse_lo, tile);
             e = tile;
