@@ -4,6 +4,8 @@ kernels will touch (dtype, shape, strides, writeability, index ranges),
 releases the GIL and calls them.  Argument parsing and friendly errors live in
 the Python API; the checks here are the ones memory safety depends on."""
 
+import numpy
+
 cimport numpy as cnp
 from libc.stdint cimport int64_t
 
@@ -74,7 +76,6 @@ cdef inline int _check_vector(cnp.ndarray array, int typenum, fastloss_index n, 
 
 cdef bint _may_overlap(cnp.ndarray a, cnp.ndarray b):
     """Whether the memory extents of a and b intersect (conservative)."""
-    import numpy
     return numpy.may_share_memory(a, b)
 
 

@@ -26,7 +26,7 @@ def float_array(value, name):
 
 def rows(array, n_cols):
     """A 2-d (rows, n_cols) view of `array` whose last axis is contiguous, or a copy."""
-    matrix = array.reshape(-1, n_cols) if n_cols else array.reshape(-1, 0)
+    matrix = array.reshape(-1, n_cols)
     if n_cols > 1 and matrix.strides[1] != matrix.itemsize:
         matrix = np.ascontiguousarray(matrix)
     return matrix
@@ -35,7 +35,7 @@ def rows(array, n_cols):
 def rows_view(array, n_cols):
     """Like rows(), but None where that would need a copy (for out= buffers)."""
     matrix = array.reshape(-1, n_cols)
-    if matrix.size and not np.shares_memory(matrix, array):
+    if matrix.size and not np.may_share_memory(matrix, array):  # reshape had to copy
         return None
     if n_cols > 1 and matrix.strides[1] != matrix.itemsize:
         return None

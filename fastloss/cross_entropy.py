@@ -99,9 +99,10 @@ class _Problem:
         per_row = np.empty(n_rows) if self.reduction == "none" and mode != "backward" else None
         lse = np.empty(n_rows) if want_lse else None
         grad = grad_matrix = upstream = None
+        copy_back = False
         if mode != "forward":
             upstream = grad_output_arg(grad_output, self.reduction, self.loss_shape)
-            grad, grad_matrix = self._grad_buffer(out)
+            grad, grad_matrix, copy_back = self._grad_buffer(out)
         if lse_in is not None:
             lse_in = np.asarray(lse_in, dtype=np.float64)
             if lse_in.shape != self.loss_shape:
@@ -111,8 +112,7 @@ class _Problem:
             mode, self.matrix, self.hard_target, self.soft_target, self.weight, lse_in,
             upstream, per_row, lse, grad_matrix, self.ignore_index, self.label_smoothing,
             self.z_loss, self.softcap, self.reduction, self.num_threads)
-        if grad is not None and grad_matrix.base is not grad and grad_matrix is not grad \
-                and not np.shares_memory(grad_matrix, grad):
+        if copy_back:
             np.copyto(grad, grad_matrix.reshape(self.shape))
         if per_row is None:  # a Python float holding a value of the logits' dtype
             loss = float(self.dtype.type(total))
@@ -123,10 +123,11 @@ class _Problem:
         return loss, lse, grad
 
     def _grad_buffer(self, out):
-        """The array to return and the (N, C) matrix the kernel writes."""
+        """The array to return, the (N, C) matrix the kernel writes, and whether
+        that matrix must then be copied into the array."""
         if out is None:
             grad = np.empty(self.shape, dtype=self.dtype)
-            return grad, grad.reshape(-1, self.n_classes)
+            return grad, grad.reshape(-1, self.n_classes), False
         out_arg(out, self.shape, self.dtype)
         matrix = rows_view(out, self.n_classes)
         if matrix is not None:
@@ -135,10 +136,10 @@ class _Problem:
                         and matrix.strides == self.matrix.strides)
             inputs = [a for a in (self.matrix, self.soft_target, self.weight) if a is not None]
             if in_place or not any(np.may_share_memory(matrix, a) for a in inputs):
-                return out, matrix
+                return out, matrix, False
         # out= has a layout the kernel cannot write, or it overlaps an input in a
         # way other than exact in-place: compute into a fresh buffer, then copy.
-        return out, np.empty((self.matrix.shape[0], self.n_classes), dtype=self.dtype)
+        return out, np.empty((self.matrix.shape[0], self.n_classes), dtype=self.dtype), True
 
 
 def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
