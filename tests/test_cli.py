@@ -21,7 +21,9 @@ def run_fastloss(*args, timeout=120):
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(fastloss.__file__)))
     env["PYTHONPATH"] = os.pathsep.join(
         [package_parent] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    return subprocess.run([sys.executable, "-m", "fastloss", *args], env=env,
+    # cwd too: `-m` puts the working directory first on sys.path, where a source
+    # checkout's unbuilt fastloss/ would shadow the installed one
+    return subprocess.run([sys.executable, "-m", "fastloss", *args], env=env, cwd=package_parent,
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -138,8 +138,10 @@ def run_python(code, **environment):
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(fastloss.__file__)))
     env["PYTHONPATH"] = os.pathsep.join(
         [package_parent] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    completed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                               text=True, timeout=120)
+    # cwd too: `-c` puts the working directory first on sys.path, where a source
+    # checkout's unbuilt fastloss/ would shadow the installed one
+    completed = subprocess.run([sys.executable, "-c", code], env=env, cwd=package_parent,
+                               capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
     return completed.stdout.strip()
 
