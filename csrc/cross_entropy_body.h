@@ -2,8 +2,8 @@
  * cross_entropy_body.h -- the runner for one storage type REAL, written once.
  * No include guard, on purpose: cross_entropy_impl.h includes it for float and
  * double.  It expects REAL, RUN (the runner's name), ROW_SAME(name) (the row
- * routines reading REAL values) and ROW_WIDE(name) (reading double values,
- * for soft-capped rows).
+ * routines reading REAL values) and ROW_WIDE(name) (reading double values:
+ * soft-capped rows, and float32 rows with soft targets or label smoothing).
  */
 
 int RUN(const fastloss_ce_options *options, const REAL *logits, fastloss_index logits_row_stride,
@@ -56,7 +56,9 @@ int RUN(const fastloss_ce_options *options, const REAL *logits, fastloss_index l
     call.grad_output_stride = grad_output ? grad_output_stride : 0;
 
     /* Everything allocated once, before the parallel region. */
-    const int threads = fastloss_effective_threads(options->num_threads, n_rows * n_classes);
+    int threads = fastloss_effective_threads(options->num_threads, n_rows * n_classes);
+    if (threads > n_rows) /* rows are the unit of work: more threads would only idle */
+        threads = n_rows > 1 ? (int)n_rows : 1;
     const int need_e_row = grad && !backward;
     /* Per-thread scratch, in this order: chunk statistics, a chunk of exps, the
      * row read as double (and its softcap slope), the row's exps in double.
