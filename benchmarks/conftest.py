@@ -8,10 +8,11 @@
   ratios, not absolute times, are what we compare across machines.
 """
 import os
-import platform
 
 import numpy as np
 import pytest
+
+from fastloss.bench import cpu_model
 
 
 def pytest_collect_file(file_path, parent):
@@ -20,17 +21,6 @@ def pytest_collect_file(file_path, parent):
             and not parent.session.isinitpath(file_path)):
         return pytest.Module.from_parent(parent, path=file_path)
     return None
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
