@@ -22,6 +22,9 @@ C_SOURCES = [
     "csrc/cross_entropy.c",
     "csrc/cross_entropy_avx2.c",
     "csrc/cross_entropy_avx512.c",
+    "csrc/elementwise.c",
+    "csrc/elementwise_avx2.c",
+    "csrc/elementwise_avx512.c",
 ]
 
 OPENMP_PROBE = """
@@ -133,7 +136,7 @@ extensions = [
         include_dirs=["csrc", numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         depends=[os.path.join("csrc", name) for name in os.listdir("csrc") if name.endswith(".h")]
-        + ["fastloss/_cross_entropy.pxi", "fastloss/_common.pxd"],
+        + ["fastloss/_cross_entropy.pxi", "fastloss/_elementwise.pxi", "fastloss/_common.pxd"],
     )
 ]
 

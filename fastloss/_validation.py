@@ -109,3 +109,52 @@ def out_arg(out, shape, dtype, name="out"):
     if not out.flags.writeable:
         raise ValueError(f"{name}: array is read-only")
     return out
+
+
+def real_array(value, name):
+    """`value` as an ndarray of real numbers (bool, integer or float dtype), else TypeError."""
+    array = np.asarray(value)
+    if array.dtype.kind not in "biuf":
+        raise TypeError(f"{name}: expected real numbers, got dtype {array.dtype}")
+    return array
+
+
+def broadcast_to_shape(array, shape, name, what):
+    """Check that `array` broadcasts to `shape` without enlarging it (ValueError naming
+    `name` and `what` the shape belongs to otherwise)."""
+    try:
+        result = np.broadcast_shapes(array.shape, tuple(shape))
+    except ValueError:
+        result = None
+    if result != tuple(shape):
+        raise ValueError(f"{name}: shape {array.shape} does not broadcast to {what} "
+                         f"{tuple(shape)}")
+    return array
+
+
+# Periods shorter than this are repeated up to it: the kernels read a periodic factor
+# run by run, and runs this long keep their loops vectorised.
+MIN_PERIOD = 1024
+
+
+def periodic_factor(array, shape, dtype):
+    """A factor that broadcasts to `shape` as one contiguous period of `dtype`.
+
+    Element i (in C order) of the broadcast factor is ``period[i % len(period)]``:
+    leading axes of length 1 are dropped, the rest is broadcast to the matching
+    trailing axes of `shape` (so a per-class factor of C values over (..., C) data
+    stays C values long), and a period shorter than MIN_PERIOD is repeated up to it.
+    Returns None when `shape` has no elements. The caller has checked broadcasting.
+    """
+    if math.prod(shape) == 0:
+        return None
+    factor = np.asarray(array)
+    leading_ones = 0
+    while leading_ones < factor.ndim and factor.shape[leading_ones] == 1:
+        leading_ones += 1
+    factor = factor.reshape(factor.shape[leading_ones:])
+    trailing = tuple(shape[len(shape) - factor.ndim:]) if factor.ndim else ()
+    period = np.ascontiguousarray(np.broadcast_to(factor, trailing), dtype=dtype).reshape(-1)
+    if period.size < MIN_PERIOD:
+        period = np.tile(period, -(-MIN_PERIOD // period.size))
+    return period

@@ -11,9 +11,18 @@ Validation is light: enough that a bad argument raises instead of giving a silen
 wrong number. Complete, friendly error messages are the public API's job.
 """
 
+import math
+
 import numpy as np
 
-__all__ = ["cross_entropy", "cross_entropy_grad", "cross_entropy_value_and_grad"]
+__all__ = [
+    "cross_entropy", "cross_entropy_grad", "cross_entropy_value_and_grad",
+    "mse", "mse_grad", "mse_value_and_grad",
+    "l1", "l1_grad", "l1_value_and_grad",
+    "huber", "huber_grad", "huber_value_and_grad",
+    "smooth_l1", "smooth_l1_grad", "smooth_l1_value_and_grad",
+    "bce_with_logits", "bce_with_logits_grad", "bce_with_logits_value_and_grad",
+]
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -273,3 +282,267 @@ def cross_entropy_value_and_grad(logits, target, grad_output=1.0, *, weight=None
     loss = cross_entropy(logits, target, **options)
     grad = cross_entropy_grad(logits, target, grad_output, **options)
     return loss, grad
+
+
+# ----------------------------------------------------------------------------------------
+# Regression and binary losses (one term per element)
+# ----------------------------------------------------------------------------------------
+#
+# Shared semantics (torch's): ``pred`` and ``target`` broadcast to one shape (for
+# bce_with_logits they must have the same shape); ``weight`` (per element) broadcasts to
+# that shape; "mean" is the weighted sum divided by the number of elements (not a weighted
+# mean); the gradient is w.r.t. ``pred`` and, where broadcasting enlarged ``pred``, summed
+# back over the broadcast axes, as autograd does. Everything is float64.
+
+def _check_elementwise(pred, target, weight, reduction, *, pred_name="pred",
+                       same_shape=False):
+    """Return ``(pred, target, weight, pred_shape)``: float64 arrays broadcast to the loss's
+    shape (weight all ones when None) and pred's own shape, or raise."""
+    pred = np.asarray(pred)
+    if pred.dtype.kind != "f":
+        raise TypeError(f"{pred_name}: expected a float array, got dtype {pred.dtype}")
+    target = np.asarray(target)
+    if target.dtype.kind not in "biuf":
+        raise TypeError(f"target: expected real numbers, got dtype {target.dtype}")
+    if same_shape and target.shape != pred.shape:
+        raise ValueError(f"target: expected the shape of {pred_name} {pred.shape}, "
+                         f"got {target.shape}")
+    shape = np.broadcast_shapes(pred.shape, target.shape)
+    if weight is None:
+        weight = np.ones(shape)
+    else:
+        weight = np.asarray(weight, dtype=np.float64)
+        if np.broadcast_shapes(weight.shape, shape) != shape:
+            raise ValueError(f"weight: shape {weight.shape} does not broadcast to {shape}")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction: expected one of {_REDUCTIONS}, got {reduction!r}")
+    return (np.broadcast_to(pred.astype(np.float64), shape),
+            np.broadcast_to(target.astype(np.float64), shape),
+            np.broadcast_to(weight, shape), pred.shape)
+
+
+def _reduce(loss, reduction):
+    """The weighted per-element loss reduced: a float for mean/sum (the mean of nothing
+    is nan), the float64 array for none."""
+    if reduction == "none":
+        return np.asarray(loss, dtype=np.float64)
+    if reduction == "sum":
+        return float(np.sum(loss))
+    return float(np.sum(loss) / loss.size) if loss.size else math.nan
+
+
+def _grad_from_slope(slope, weight, grad_output, reduction, pred_shape):
+    """``slope * weight * grad_output`` (divided by the element count for the mean),
+    summed back to ``pred_shape`` over the axes broadcasting added or stretched."""
+    grad_output = np.asarray(grad_output, dtype=np.float64)
+    if reduction != "none" and grad_output.ndim != 0:
+        raise ValueError(f"grad_output: expected a scalar for reduction={reduction!r}, "
+                         f"got shape {grad_output.shape}")
+    if grad_output.ndim != 0 and grad_output.shape != slope.shape:
+        raise ValueError(f"grad_output: expected a scalar or shape {slope.shape}, "
+                         f"got {grad_output.shape}")
+    with np.errstate(invalid="ignore", over="ignore"):
+        grad = slope * weight * grad_output
+        if reduction == "mean":
+            grad = grad / slope.size
+    lead = grad.ndim - len(pred_shape)
+    axes = tuple(range(lead)) + tuple(lead + axis for axis, size in enumerate(pred_shape)
+                                      if size == 1 and grad.shape[lead + axis] != 1)
+    return np.sum(grad, axis=axes).reshape(pred_shape) if axes else np.array(grad)
+
+
+def mse(pred, target, *, weight=None, reduction="mean"):
+    r"""Mean squared error, as ``torch.nn.functional.mse_loss`` (plus a per-element weight).
+
+    Per element, ``r = pred - target``: ``loss = weight * r**2``.
+    """
+    pred, target, weight, _ = _check_elementwise(pred, target, weight, reduction)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return _reduce(weight * (pred - target) ** 2, reduction)
+
+
+def mse_grad(pred, target, grad_output=1.0, *, weight=None, reduction="mean"):
+    """Gradient of ``grad_output * mse(...)`` w.r.t. pred: ``2 r * weight * grad_output``
+    (/ N for the mean), with pred's shape."""
+    pred, target, weight, pred_shape = _check_elementwise(pred, target, weight, reduction)
+    with np.errstate(invalid="ignore", over="ignore"):
+        slope = 2.0 * (pred - target)
+    return _grad_from_slope(slope, weight, grad_output, reduction, pred_shape)
+
+
+def mse_value_and_grad(pred, target, grad_output=1.0, *, weight=None, reduction="mean"):
+    """``(mse(...), mse_grad(...))``."""
+    return (mse(pred, target, weight=weight, reduction=reduction),
+            mse_grad(pred, target, grad_output, weight=weight, reduction=reduction))
+
+
+def l1(pred, target, *, weight=None, reduction="mean"):
+    r"""Mean absolute error, as ``torch.nn.functional.l1_loss``: ``weight * |pred - target|``."""
+    pred, target, weight, _ = _check_elementwise(pred, target, weight, reduction)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return _reduce(weight * np.abs(pred - target), reduction)
+
+
+def l1_grad(pred, target, grad_output=1.0, *, weight=None, reduction="mean"):
+    """Gradient of ``grad_output * l1(...)`` w.r.t. pred: ``sign(r) * weight * grad_output``
+    with sign(0) = 0 and, as torch's backward, 0 where r is NaN."""
+    pred, target, weight, pred_shape = _check_elementwise(pred, target, weight, reduction)
+    with np.errstate(invalid="ignore"):
+        r = pred - target
+        slope = np.where(r > 0, 1.0, np.where(r < 0, -1.0, 0.0))
+    return _grad_from_slope(slope, weight, grad_output, reduction, pred_shape)
+
+
+def l1_value_and_grad(pred, target, grad_output=1.0, *, weight=None, reduction="mean"):
+    """``(l1(...), l1_grad(...))``."""
+    return (l1(pred, target, weight=weight, reduction=reduction),
+            l1_grad(pred, target, grad_output, weight=weight, reduction=reduction))
+
+
+def _check_positive(value, name, allow_zero):
+    value = float(value)
+    if not (math.isfinite(value) and (value >= 0.0 if allow_zero else value > 0.0)):
+        raise ValueError(f"{name}: expected a finite value {'>=' if allow_zero else '>'} 0, "
+                         f"got {value}")
+    return value
+
+
+def huber(pred, target, *, delta=1.0, weight=None, reduction="mean"):
+    r"""Huber loss, as ``torch.nn.functional.huber_loss``. Per element, ``r = pred - target``::
+
+        loss = weight * (0.5 * r**2                  if |r| < delta
+                         delta * (|r| - 0.5 * delta)  otherwise)
+
+    ``delta > 0``. At ``|r| == delta`` both pieces are ``0.5 * delta**2``.
+    """
+    delta = _check_positive(delta, "delta", allow_zero=False)
+    pred, target, weight, _ = _check_elementwise(pred, target, weight, reduction)
+    with np.errstate(invalid="ignore", over="ignore"):
+        r = pred - target
+        a = np.abs(r)
+        return _reduce(weight * np.where(a < delta, 0.5 * r**2, delta * (a - 0.5 * delta)),
+                       reduction)
+
+
+def huber_grad(pred, target, grad_output=1.0, *, delta=1.0, weight=None, reduction="mean"):
+    """Gradient of ``grad_output * huber(...)`` w.r.t. pred: ``clip(r, -delta, delta) *
+    weight * grad_output``, as torch's backward writes it (NaN stays NaN)."""
+    delta = _check_positive(delta, "delta", allow_zero=False)
+    pred, target, weight, pred_shape = _check_elementwise(pred, target, weight, reduction)
+    with np.errstate(invalid="ignore"):
+        r = pred - target
+        slope = np.where(r < -delta, -delta, np.where(r > delta, delta, r))
+    return _grad_from_slope(slope, weight, grad_output, reduction, pred_shape)
+
+
+def huber_value_and_grad(pred, target, grad_output=1.0, *, delta=1.0, weight=None,
+                         reduction="mean"):
+    """``(huber(...), huber_grad(...))``."""
+    options = dict(delta=delta, weight=weight, reduction=reduction)
+    return huber(pred, target, **options), huber_grad(pred, target, grad_output, **options)
+
+
+def smooth_l1(pred, target, *, beta=1.0, weight=None, reduction="mean"):
+    r"""Smooth L1 loss, as ``torch.nn.functional.smooth_l1_loss``. Per element, ``r = pred - target``::
+
+        loss = weight * (0.5 * r**2 / beta   if |r| < beta
+                         |r| - 0.5 * beta    otherwise)
+
+    ``beta >= 0``; ``beta == 0`` is :func:`l1` exactly (as torch).
+    """
+    beta = _check_positive(beta, "beta", allow_zero=True)
+    if beta == 0.0:
+        return l1(pred, target, weight=weight, reduction=reduction)
+    pred, target, weight, _ = _check_elementwise(pred, target, weight, reduction)
+    with np.errstate(invalid="ignore", over="ignore"):
+        r = pred - target
+        a = np.abs(r)
+        return _reduce(weight * np.where(a < beta, 0.5 * r**2 / beta, a - 0.5 * beta),
+                       reduction)
+
+
+def smooth_l1_grad(pred, target, grad_output=1.0, *, beta=1.0, weight=None,
+                   reduction="mean"):
+    """Gradient of ``grad_output * smooth_l1(...)`` w.r.t. pred: ``clip(r / beta, -1, 1) *
+    weight * grad_output`` (the l1 gradient for beta == 0)."""
+    beta = _check_positive(beta, "beta", allow_zero=True)
+    if beta == 0.0:
+        return l1_grad(pred, target, grad_output, weight=weight, reduction=reduction)
+    pred, target, weight, pred_shape = _check_elementwise(pred, target, weight, reduction)
+    with np.errstate(invalid="ignore"):
+        r = pred - target
+        slope = np.where(r < -beta, -1.0, np.where(r > beta, 1.0, r / beta))
+    return _grad_from_slope(slope, weight, grad_output, reduction, pred_shape)
+
+
+def smooth_l1_value_and_grad(pred, target, grad_output=1.0, *, beta=1.0, weight=None,
+                             reduction="mean"):
+    """``(smooth_l1(...), smooth_l1_grad(...))``."""
+    options = dict(beta=beta, weight=weight, reduction=reduction)
+    return (smooth_l1(pred, target, **options),
+            smooth_l1_grad(pred, target, grad_output, **options))
+
+
+def _check_pos_weight(pos_weight, shape):
+    if pos_weight is None:
+        return np.ones(shape)
+    pos_weight = np.asarray(pos_weight, dtype=np.float64)
+    if np.broadcast_shapes(pos_weight.shape, shape) != shape:
+        raise ValueError(f"pos_weight: shape {pos_weight.shape} does not broadcast to {shape}")
+    return np.broadcast_to(pos_weight, shape)
+
+
+def bce_with_logits(logits, target, *, weight=None, pos_weight=None, reduction="mean"):
+    r"""Binary cross-entropy on logits, as ``torch.nn.functional.binary_cross_entropy_with_logits``.
+
+    Per element, ``x = logits``, ``y = target``, ``p = pos_weight`` (per class of the last
+    axis, broadcast), ``w = 1 + (p - 1) * y``::
+
+        loss = weight * ((1 - y) * x + w * softplus(-x))          (torch's formula)
+             = weight * (-p * y * log(sigmoid(x)) - (1 - y) * log(1 - sigmoid(x)))
+
+    with ``softplus(-x) = max(-x, 0) + log1p(exp(-|x|))``. Evaluated per sign of x, where
+    it is the same number without large terms that cancel::
+
+        x >= 0:  (1 - y) * x  + w * log1p(exp(-x))
+        x <  0:  -p * y * x   + w * log1p(exp(x))          ((1 - y) x - w x = -p y x)
+
+    At ``x = -inf`` torch's form is ``-inf + inf``: NaN, kept here.
+    """
+    logits, target, weight, _ = _check_elementwise(logits, target, weight, reduction,
+                                                   pred_name="logits", same_shape=True)
+    p = _check_pos_weight(pos_weight, logits.shape)
+    x, y = logits, target
+    with np.errstate(invalid="ignore", over="ignore"):
+        linear = np.where(x >= 0, (1.0 - y) * x, -p * y * x)
+        loss = linear + (1.0 + (p - 1.0) * y) * np.log1p(np.exp(-np.abs(x)))
+        loss = np.where(x == -np.inf, np.nan, loss)
+        return _reduce(weight * loss, reduction)
+
+
+def bce_with_logits_grad(logits, target, grad_output=1.0, *, weight=None, pos_weight=None,
+                         reduction="mean"):
+    """Gradient of ``grad_output * bce_with_logits(...)`` w.r.t. the logits (torch's backward)::
+
+        slope = (1 + (p - 1) * y) * sigmoid(x) - p * y
+
+    with ``sigmoid(x) = 1 / (1 + exp(-x))`` for x >= 0 and ``exp(x) / (1 + exp(x))`` for
+    x < 0 (no overflow), times ``weight * grad_output`` (/ N for the mean).
+    """
+    logits, target, weight, pred_shape = _check_elementwise(
+        logits, target, weight, reduction, pred_name="logits", same_shape=True)
+    p = _check_pos_weight(pos_weight, logits.shape)
+    x, y = logits, target
+    with np.errstate(invalid="ignore", over="ignore"):
+        e = np.exp(-np.abs(x))
+        sigmoid = np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+        slope = (1.0 + (p - 1.0) * y) * sigmoid - p * y
+    return _grad_from_slope(slope, weight, grad_output, reduction, pred_shape)
+
+
+def bce_with_logits_value_and_grad(logits, target, grad_output=1.0, *, weight=None,
+                                   pos_weight=None, reduction="mean"):
+    """``(bce_with_logits(...), bce_with_logits_grad(...))``."""
+    options = dict(weight=weight, pos_weight=pos_weight, reduction=reduction)
+    return (bce_with_logits(logits, target, **options),
+            bce_with_logits_grad(logits, target, grad_output, **options))

@@ -1,0 +1,111 @@
+/*
+ * elementwise.c -- the regression and binary losses, one term per element:
+ * forward, gradient, and the fused value-and-grad.
+ *
+ * Per element, r = pred - target, with torch's definitions and boundaries
+ * (torch.nn.functional.mse_loss, l1_loss, huber_loss, smooth_l1_loss,
+ * binary_cross_entropy_with_logits):
+ *   mse          r**2                                      slope 2 r
+ *   l1           |r|                                       sign(r), 0 at r = 0
+ *   huber        |r| < d ? r**2 / 2 : d (|r| - d / 2)      clamp(r, -d, d)
+ *   smooth_l1    |r| < b ? r**2 / (2 b) : |r| - b / 2      clamp(r / b, -1, 1); b = 0 is l1
+ *   bce          (1 - y) x + w softplus(-x),               w sigmoid(x) - p y
+ *                x = pred (logits), y = target, p = pos_weight, w = 1 + (p - 1) y
+ * Each term is multiplied by its weight; "mean" divides the weighted sum by
+ * n, the number of elements (torch's mean, not a weighted mean); the gradient
+ * is slope * weight * grad_output (/ n for the mean).
+ *
+ * Stability (bce): softplus(-x) = max(-x, 0) + log1p(exp(-|x|)), and the
+ * loss is evaluated per sign of x so that no large terms cancel; the sigmoid
+ * takes its branch on the sign of x, so exp never overflows.  Logits of
+ * +-1000 (float32 and float64) give exact limits, not inf or NaN.  exp and
+ * log1p are fastmath.h's, so the loops vectorise.
+ *
+ * Determinism: the elements are cut into blocks of FASTLOSS_EW_BLOCK; each
+ * block is summed in a fixed order into a double, and the block sums are
+ * added in block order by one thread.  The blocks depend on n alone, so every
+ * result is bit-identical for any number of threads; blocks run in parallel.
+ *
+ * Memory traffic: pred and target are read once and the gradient (or the
+ * per-element loss) written once; the per-tile scratch stays in L1.
+ */
+#include "elementwise.h"
+
+#define FASTLOSS_ISA baseline
+#include "elementwise_impl.h"
+
+/* The widest kernel set this CPU and build support (fastloss_simd_level). */
+#ifdef FASTLOSS_HAVE_AVX512
+#define FL_EW_CALL_AVX512(real_tag, ...)                               \
+    if (fastloss_simd_level() == FASTLOSS_SIMD_AVX512)                 \
+        return fastloss_ew_run_##real_tag##_avx512(__VA_ARGS__);
+#else
+#define FL_EW_CALL_AVX512(real_tag, ...)
+#endif
+#ifdef FASTLOSS_HAVE_AVX2
+#define FL_EW_CALL_AVX2(real_tag, ...)                                 \
+    if (fastloss_simd_level() == FASTLOSS_SIMD_AVX2)                   \
+        return fastloss_ew_run_##real_tag##_avx2(__VA_ARGS__);
+#else
+#define FL_EW_CALL_AVX2(real_tag, ...)
+#endif
+#define FL_EW_DISPATCH(real_tag, ...)                                  \
+    FL_EW_CALL_AVX512(real_tag, __VA_ARGS__)                           \
+    FL_EW_CALL_AVX2(real_tag, __VA_ARGS__)                             \
+    return fastloss_ew_run_##real_tag##_baseline(__VA_ARGS__)
+
+int fastloss_elementwise_forward_float32(const fastloss_elementwise_options *options,
+                                         const float *pred, const float *target,
+                                         const float *weight, const float *pos_weight,
+                                         float *loss_per_element, double *loss)
+{
+    FL_EW_DISPATCH(float32, options, pred, target, weight, pos_weight, NULL, 0, loss_per_element,
+                   loss, NULL);
+}
+
+int fastloss_elementwise_forward_float64(const fastloss_elementwise_options *options,
+                                         const double *pred, const double *target,
+                                         const double *weight, const double *pos_weight,
+                                         double *loss_per_element, double *loss)
+{
+    FL_EW_DISPATCH(float64, options, pred, target, weight, pos_weight, NULL, 0, loss_per_element,
+                   loss, NULL);
+}
+
+int fastloss_elementwise_backward_float32(const fastloss_elementwise_options *options,
+                                          const float *pred, const float *target,
+                                          const float *weight, const float *pos_weight,
+                                          const double *grad_output,
+                                          fastloss_index grad_output_stride, float *grad)
+{
+    FL_EW_DISPATCH(float32, options, pred, target, weight, pos_weight, grad_output,
+                   grad_output_stride, NULL, NULL, grad);
+}
+
+int fastloss_elementwise_backward_float64(const fastloss_elementwise_options *options,
+                                          const double *pred, const double *target,
+                                          const double *weight, const double *pos_weight,
+                                          const double *grad_output,
+                                          fastloss_index grad_output_stride, double *grad)
+{
+    FL_EW_DISPATCH(float64, options, pred, target, weight, pos_weight, grad_output,
+                   grad_output_stride, NULL, NULL, grad);
+}
+
+int fastloss_elementwise_value_and_grad_float32(
+    const fastloss_elementwise_options *options, const float *pred, const float *target,
+    const float *weight, const float *pos_weight, const double *grad_output,
+    fastloss_index grad_output_stride, float *loss_per_element, double *loss, float *grad)
+{
+    FL_EW_DISPATCH(float32, options, pred, target, weight, pos_weight, grad_output,
+                   grad_output_stride, loss_per_element, loss, grad);
+}
+
+int fastloss_elementwise_value_and_grad_float64(
+    const fastloss_elementwise_options *options, const double *pred, const double *target,
+    const double *weight, const double *pos_weight, const double *grad_output,
+    fastloss_index grad_output_stride, double *loss_per_element, double *loss, double *grad)
+{
+    FL_EW_DISPATCH(float64, options, pred, target, weight, pos_weight, grad_output,
+                   grad_output_stride, loss_per_element, loss, grad);
+}

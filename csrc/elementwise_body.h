@@ -1,0 +1,308 @@
+/*
+ * elementwise_body.h -- the elementwise kernels for one storage type REAL,
+ * written once.  No include guard, on purpose: elementwise_impl.h includes it
+ * for float and double.  It expects REAL, EW(name) (this instantiation's
+ * names), RUN (the runner's name), EW_ABS, EW_EXP_NONPOSITIVE and
+ * EW_LOG1P_UNIT (fabs and fastmath.h's exp and log1p for REAL).
+ *
+ * Every per-element term is computed in REAL; sums accumulate in double.
+ */
+
+/* ---------------------------------------------------------------------------
+ * Per-element loss ("value") and its derivative w.r.t. pred ("slope"), r = pred - target.
+ * Each follows torch's formula and comparison, so the branch taken at a kink
+ * or boundary is torch's.
+ * ------------------------------------------------------------------------- */
+
+/* sign(r) with sign(0) = 0, as torch's l1_loss backward (and 0 for NaN, as torch). */
+FASTLOSS_INLINE REAL EW(sign)(REAL r)
+{
+    return (REAL)(r > 0) - (REAL)(r < 0);
+}
+
+/* huber: |r| < delta ? r**2 / 2 : delta (|r| - delta / 2).  At |r| == delta both
+ * pieces give delta**2 / 2 exactly (0.5 delta is exact).  The slope is r clamped
+ * to [-delta, delta], written as torch writes it so that NaN stays NaN. */
+FASTLOSS_INLINE REAL EW(huber_value)(REAL r, REAL delta)
+{
+    const REAL a = EW_ABS(r);
+    return a < delta ? (REAL)0.5 * r * r : delta * (a - (REAL)0.5 * delta);
+}
+
+FASTLOSS_INLINE REAL EW(huber_slope)(REAL r, REAL delta)
+{
+    return r < -delta ? -delta : (r > delta ? delta : r);
+}
+
+/* smooth_l1 (beta > 0): |r| < beta ? r**2 / (2 beta) : |r| - beta / 2; the slope
+ * is r / beta clamped to [-1, 1].  half_inv_beta = 0.5 / beta, inv_beta = 1 / beta. */
+FASTLOSS_INLINE REAL EW(smooth_l1_value)(REAL r, REAL beta, REAL half_inv_beta)
+{
+    const REAL a = EW_ABS(r);
+    return a < beta ? r * r * half_inv_beta : a - (REAL)0.5 * beta;
+}
+
+FASTLOSS_INLINE REAL EW(smooth_l1_slope)(REAL r, REAL beta, REAL inv_beta)
+{
+    return r < -beta ? (REAL)-1 : (r > beta ? (REAL)1 : r * inv_beta);
+}
+
+/*
+ * bce_with_logits, x = logit, y = target, p = pos_weight, e = exp(-|x|):
+ *   loss = (1 - y) x + w softplus(-x),   w = 1 + (p - 1) y,
+ *   softplus(-x) = max(-x, 0) + log1p(e)              (torch's formula)
+ * Written per sign of x so that no large terms cancel:
+ *   x >= 0:  (1 - y) x + w log1p(e)
+ *   x <  0:  -p y x    + w log1p(e)     since (1 - y) x - w x = -p y x
+ * For y in [0, 1] and p >= 0 every term is >= 0, so float32 keeps its
+ * relative accuracy even where the loss is tiny (x = -20, y = 0).  (x - x)
+ * adds 0 for finite x and NaN for x = -inf, where torch's (1 - y) x +
+ * max(-x, 0) is -inf + inf: NaN propagates as in torch.
+ *   slope = w sigmoid(x) - p y,   sigmoid(x) = 1 / (1 + e) (x >= 0) or e / (1 + e)
+ * so exp never sees a positive argument and never overflows.
+ */
+FASTLOSS_INLINE REAL EW(bce_value)(REAL x, REAL y, REAL pos_weight, REAL e)
+{
+    const REAL log_weight = 1 + (pos_weight - 1) * y;
+    const REAL linear = x >= 0 ? (1 - y) * x : -pos_weight * y * x + (x - x);
+    return linear + log_weight * EW_LOG1P_UNIT(e);
+}
+
+FASTLOSS_INLINE REAL EW(bce_slope)(REAL x, REAL y, REAL pos_weight, REAL e)
+{
+    const REAL log_weight = 1 + (pos_weight - 1) * y;
+    const REAL inv = 1 / (1 + e);
+    const REAL sigmoid = x >= 0 ? inv : e * inv;
+    return log_weight * sigmoid - pos_weight * y;
+}
+
+/* ---------------------------------------------------------------------------
+ * Tile loops: value[k] and slope[k] for k < m (EW_TILE_LOOPS, elementwise_internal.h).
+ * value or slope is NULL when not wanted.  pred and target may be the
+ * caller's gradient buffer (in place): these loops only read them.
+ * ------------------------------------------------------------------------- */
+
+static void EW(mse_tile)(const REAL *FASTLOSS_RESTRICT pred, const REAL *FASTLOSS_RESTRICT target,
+                         fastloss_index m, REAL *FASTLOSS_RESTRICT value,
+                         REAL *FASTLOSS_RESTRICT slope)
+{
+    EW_TILE_LOOPS(const REAL r = pred[k] - target[k], r * r, 2 * r);
+}
+
+static void EW(l1_tile)(const REAL *FASTLOSS_RESTRICT pred, const REAL *FASTLOSS_RESTRICT target,
+                        fastloss_index m, REAL *FASTLOSS_RESTRICT value,
+                        REAL *FASTLOSS_RESTRICT slope)
+{
+    EW_TILE_LOOPS(const REAL r = pred[k] - target[k], EW_ABS(r), EW(sign)(r));
+}
+
+static void EW(huber_tile)(const REAL *FASTLOSS_RESTRICT pred, const REAL *FASTLOSS_RESTRICT target,
+                           fastloss_index m, REAL delta, REAL *FASTLOSS_RESTRICT value,
+                           REAL *FASTLOSS_RESTRICT slope)
+{
+    EW_TILE_LOOPS(const REAL r = pred[k] - target[k], EW(huber_value)(r, delta),
+                  EW(huber_slope)(r, delta));
+}
+
+static void EW(smooth_l1_tile)(const REAL *FASTLOSS_RESTRICT pred,
+                               const REAL *FASTLOSS_RESTRICT target, fastloss_index m,
+                               REAL beta, REAL half_inv_beta, REAL inv_beta,
+                               REAL *FASTLOSS_RESTRICT value, REAL *FASTLOSS_RESTRICT slope)
+{
+    EW_TILE_LOOPS(const REAL r = pred[k] - target[k], EW(smooth_l1_value)(r, beta, half_inv_beta),
+                  EW(smooth_l1_slope)(r, beta, inv_beta));
+}
+
+static void EW(bce_tile)(const REAL *FASTLOSS_RESTRICT logits, const REAL *FASTLOSS_RESTRICT target,
+                         const REAL *FASTLOSS_RESTRICT pos_weight, fastloss_index m,
+                         REAL *FASTLOSS_RESTRICT value, REAL *FASTLOSS_RESTRICT slope)
+{
+    if (pos_weight) {
+        EW_TILE_LOOPS(const REAL x = logits[k]; const REAL y = target[k];
+                      const REAL e = EW_EXP_NONPOSITIVE(-EW_ABS(x)),
+                      EW(bce_value)(x, y, pos_weight[k], e), EW(bce_slope)(x, y, pos_weight[k], e));
+    } else {
+        /* p = 1: w = 1 + 0 y and -p y x are bit-identical to the unweighted formula */
+        EW_TILE_LOOPS(const REAL x = logits[k]; const REAL y = target[k];
+                      const REAL e = EW_EXP_NONPOSITIVE(-EW_ABS(x)),
+                      EW(bce_value)(x, y, 1, e), EW(bce_slope)(x, y, 1, e));
+    }
+}
+
+/* ---------------------------------------------------------------------------
+ * The runner
+ * ------------------------------------------------------------------------- */
+
+/* What every block of one call shares; set up once before the parallel loop. */
+typedef struct EW(call_s) {
+    int loss;                      /* enum fastloss_elementwise_loss (smooth_l1 with beta 0 -> l1) */
+    REAL threshold, half_inv_threshold, inv_threshold;
+    const REAL *pred, *target;
+    const REAL *weight, *pos_weight;
+    fastloss_index weight_period, pos_weight_period;
+    const double *grad_output;     /* per element (reduction none), or NULL: use scale */
+    REAL scale;                    /* grad_output, divided by n for the mean */
+    int want_sum;
+    REAL *loss_per_element, *grad;
+} EW(call);
+
+/* The value and slope of m elements from `start`, per the call's loss. */
+static void EW(compute_tile)(const EW(call) *call, fastloss_index start, fastloss_index m,
+                             const REAL *pos_weight, REAL *value, REAL *slope)
+{
+    const REAL *pred = call->pred + start, *target = call->target + start;
+    switch (call->loss) {
+    case FASTLOSS_LOSS_MSE:
+        EW(mse_tile)(pred, target, m, value, slope);
+        break;
+    case FASTLOSS_LOSS_L1:
+        EW(l1_tile)(pred, target, m, value, slope);
+        break;
+    case FASTLOSS_LOSS_HUBER:
+        EW(huber_tile)(pred, target, m, call->threshold, value, slope);
+        break;
+    case FASTLOSS_LOSS_SMOOTH_L1:
+        EW(smooth_l1_tile)(pred, target, m, call->threshold, call->half_inv_threshold,
+                           call->inv_threshold, value, slope);
+        break;
+    default: /* FASTLOSS_LOSS_BCE_WITH_LOGITS */
+        EW(bce_tile)(pred, target, pos_weight, m, value, slope);
+        break;
+    }
+}
+
+/*
+ * One reduction block [start, end): tile by tile, the loss-specific values and
+ * slopes, then the shared steps (weight, outputs, the block's sum).  A tile
+ * also ends where a periodic weight wraps around, so that each tile reads its
+ * weights contiguously.  Returns the block's sum of the weighted loss,
+ * accumulated in a fixed order (FASTLOSS_EW_LANES lanes, then the tail of each
+ * tile) that depends on n and the periods alone.
+ */
+static double EW(block)(const EW(call) *call, fastloss_index start, fastloss_index end)
+{
+    REAL value_tile[FASTLOSS_EW_TILE];
+    REAL slope_tile[FASTLOSS_EW_TILE];
+    double lane[FASTLOSS_EW_LANES] = {0.0};
+    double tail = 0.0;
+    fastloss_index m;
+    for (fastloss_index i = start; i < end; i += m) {
+        m = end - i < FASTLOSS_EW_TILE ? end - i : FASTLOSS_EW_TILE;
+        const REAL *weight = NULL, *pos_weight = NULL;
+        if (call->weight) {
+            const fastloss_index phase = i % call->weight_period;
+            m = call->weight_period - phase < m ? call->weight_period - phase : m;
+            weight = call->weight + phase;
+        }
+        if (call->pos_weight) {
+            const fastloss_index phase = i % call->pos_weight_period;
+            m = call->pos_weight_period - phase < m ? call->pos_weight_period - phase : m;
+            pos_weight = call->pos_weight + phase;
+        }
+        /* reduction none writes the loss straight into the output */
+        REAL *FASTLOSS_RESTRICT value = call->loss_per_element ? call->loss_per_element + i
+                                        : call->want_sum        ? value_tile
+                                                                : NULL;
+        REAL *FASTLOSS_RESTRICT slope = call->grad ? slope_tile : NULL;
+        EW(compute_tile)(call, i, m, pos_weight, value, slope);
+
+        if (value) {
+            if (weight)
+                for (fastloss_index k = 0; k < m; ++k)
+                    value[k] *= weight[k];
+            if (call->want_sum) {
+                fastloss_index k = 0;
+                for (; k + FASTLOSS_EW_LANES <= m; k += FASTLOSS_EW_LANES)
+                    for (int j = 0; j < FASTLOSS_EW_LANES; ++j)
+                        lane[j] += (double)value[k + j];
+                for (; k < m; ++k)
+                    tail += (double)value[k];
+            }
+        }
+        if (slope) {
+            REAL *FASTLOSS_RESTRICT grad = call->grad + i;
+            if (call->grad_output) {
+                const double *FASTLOSS_RESTRICT upstream = call->grad_output + i;
+                if (weight)
+                    for (fastloss_index k = 0; k < m; ++k)
+                        grad[k] = (REAL)((double)(slope[k] * weight[k]) * upstream[k]);
+                else
+                    for (fastloss_index k = 0; k < m; ++k)
+                        grad[k] = (REAL)((double)slope[k] * upstream[k]);
+            } else {
+                const REAL scale = call->scale;
+                if (weight)
+                    for (fastloss_index k = 0; k < m; ++k)
+                        grad[k] = slope[k] * weight[k] * scale;
+                else
+                    for (fastloss_index k = 0; k < m; ++k)
+                        grad[k] = slope[k] * scale;
+            }
+        }
+    }
+    return (((lane[0] + lane[1]) + (lane[2] + lane[3])) +
+            ((lane[4] + lane[5]) + (lane[6] + lane[7]))) + tail;
+}
+
+int RUN(const fastloss_elementwise_options *options, const REAL *pred, const REAL *target,
+        const REAL *weight, const REAL *pos_weight, const double *grad_output,
+        fastloss_index grad_output_stride, REAL *loss_per_element, double *loss, REAL *grad)
+{
+    const fastloss_index n = options->n;
+    const fastloss_index n_blocks = (n + FASTLOSS_EW_BLOCK - 1) / FASTLOSS_EW_BLOCK;
+    const int mean = options->reduction == FASTLOSS_REDUCTION_MEAN;
+
+    EW(call) call;
+    call.loss = options->loss;
+    if (call.loss == FASTLOSS_LOSS_SMOOTH_L1 && options->threshold == 0.0)
+        call.loss = FASTLOSS_LOSS_L1; /* torch: beta == 0 is exactly l1_loss */
+    call.threshold = (REAL)options->threshold;
+    call.half_inv_threshold = call.threshold > 0 ? (REAL)(0.5 / options->threshold) : 0;
+    call.inv_threshold = call.threshold > 0 ? (REAL)(1.0 / options->threshold) : 0;
+    call.pred = pred;
+    call.target = target;
+    call.weight = weight;
+    call.pos_weight = call.loss == FASTLOSS_LOSS_BCE_WITH_LOGITS ? pos_weight : NULL;
+    call.weight_period = options->weight_period;
+    call.pos_weight_period = options->pos_weight_period;
+    call.want_sum = loss != NULL && options->reduction != FASTLOSS_REDUCTION_NONE;
+    call.loss_per_element = options->reduction == FASTLOSS_REDUCTION_NONE ? loss_per_element : NULL;
+    call.grad = grad;
+    call.grad_output = grad && grad_output && grad_output_stride != 0 ? grad_output : NULL;
+    {
+        double scale = grad_output && grad_output_stride == 0 ? grad_output[0] : 1.0;
+        if (mean && n > 0)
+            scale /= (double)n;
+        call.scale = (REAL)scale;
+    }
+    if (!call.want_sum && !call.loss_per_element && !call.grad)
+        return FASTLOSS_OK; /* nothing asked for */
+
+    /* The only allocation: one partial sum per block, before the parallel region. */
+    double *partials = NULL;
+    if (call.want_sum) {
+        partials = malloc((size_t)(n_blocks > 0 ? n_blocks : 1) * sizeof(double));
+        if (!partials)
+            return FASTLOSS_ERROR_NO_MEMORY;
+    }
+
+    const int threads = fastloss_effective_threads(options->num_threads, n);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
+#endif
+    for (fastloss_index b = 0; b < n_blocks; ++b) {
+        const fastloss_index start = b * FASTLOSS_EW_BLOCK;
+        const fastloss_index end = n - start < FASTLOSS_EW_BLOCK ? n : start + FASTLOSS_EW_BLOCK;
+        const double block_sum = EW(block)(&call, start, end);
+        if (partials)
+            partials[b] = block_sum;
+    }
+
+    if (call.want_sum) {
+        const double total = fastloss_sum_float64(partials, n_blocks);
+        /* torch: the mean of no elements is nan, their sum 0 */
+        *loss = mean ? (n > 0 ? total / (double)n : NAN) : total;
+        free(partials);
+    }
+    return FASTLOSS_OK;
+}

@@ -1,0 +1,377 @@
+"""Regression and binary losses, one term per element (the public NumPy API).
+
+``mse``, ``l1``, ``huber``, ``smooth_l1`` and ``bce_with_logits``, each with its
+``_grad`` and ``_value_and_grad`` twins. The kernels are in csrc/elementwise.c;
+``fastloss.reference`` has the float64 oracle with the same semantics.
+
+Shapes and dtypes follow torch: ``pred`` and ``target`` broadcast to one shape (torch
+broadcasts them too, with a warning; ``bce_with_logits`` needs equal shapes, as torch),
+"mean" divides by the number of elements of that shape, and when broadcasting enlarged
+``pred`` its gradient is summed back to ``pred``'s shape, as autograd does. float32 and
+float64 combine to float64; an integer or bool target takes ``pred``'s dtype. The loss
+has the combined dtype and the gradient ``pred``'s dtype. ``weight`` (and
+``pos_weight``) broadcast to the loss's shape.
+"""
+import numpy as np
+
+from fastloss import _kernels
+from fastloss._config import resolve_num_threads
+from fastloss._validation import (
+    broadcast_to_shape,
+    float_array,
+    grad_output_arg,
+    out_arg,
+    periodic_factor,
+    real_array,
+    real_scalar,
+    reduction_arg,
+)
+
+__all__ = [
+    "bce_with_logits", "bce_with_logits_grad", "bce_with_logits_value_and_grad",
+    "huber", "huber_grad", "huber_value_and_grad",
+    "l1", "l1_grad", "l1_value_and_grad",
+    "mse", "mse_grad", "mse_value_and_grad",
+    "smooth_l1", "smooth_l1_grad", "smooth_l1_value_and_grad",
+]
+
+
+def _flat(array, shape, dtype):
+    """`array` broadcast to `shape` as a contiguous 1-d array of `dtype` (a view when it
+    already is one)."""
+    if array.shape != shape:
+        array = np.broadcast_to(array, shape)
+    return np.ascontiguousarray(array, dtype=dtype).reshape(-1)
+
+
+def _address(array):
+    return array.__array_interface__["data"][0]
+
+
+def _sum_to_shape(grad, shape):
+    """Sum `grad` over the axes that broadcasting added or stretched, down to `shape`
+    (the gradient of a broadcast, as autograd computes it), in float64."""
+    lead = grad.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + axis for axis, size in enumerate(shape) if size == 1 and grad.shape[lead + axis] != 1)
+    return grad.sum(axis=axes, dtype=np.float64).reshape(shape)
+
+
+class _Problem:
+    """Checked arguments of one call, in the layout the kernels read."""
+
+    def __init__(self, loss, pred, target, weight, reduction, num_threads, *, threshold=0.0,
+                 pos_weight=None):
+        binary = loss == "bce_with_logits"
+        self.pred_name = "logits" if binary else "pred"
+        pred = float_array(pred, self.pred_name)
+        target = real_array(target, "target")
+        dtype = pred.dtype
+        if target.dtype.kind == "f":
+            dtype = np.promote_types(dtype, target.dtype)
+            if dtype not in (np.float32, np.float64):
+                raise TypeError(f"target: expected a float32, float64 or integer array, "
+                                f"got dtype {target.dtype}")
+        if binary:
+            if target.shape != pred.shape:
+                raise ValueError(f"target: expected the shape of logits {pred.shape}, "
+                                 f"got {target.shape}")
+            shape = pred.shape
+        else:
+            try:
+                shape = np.broadcast_shapes(pred.shape, target.shape)
+            except ValueError:
+                raise ValueError(f"target: shape {target.shape} does not broadcast with "
+                                 f"pred's shape {pred.shape}") from None
+        self.loss = loss
+        self.reduction = reduction_arg(reduction)
+        self.threshold = threshold
+        self.num_threads = resolve_num_threads(num_threads)
+        self.pred_shape = pred.shape
+        self.pred_dtype = pred.dtype
+        self.shape = shape
+        self.dtype = np.dtype(dtype)
+        self.pred = _flat(pred, shape, dtype)
+        self.target = _flat(target, shape, dtype)
+        self.weight = self.pos_weight = None
+        if weight is not None:
+            weight = broadcast_to_shape(real_array(weight, "weight"), shape, "weight",
+                                        "the loss's shape")
+            self.weight = periodic_factor(weight, shape, dtype)
+        if pos_weight is not None:
+            pos_weight = real_array(pos_weight, "pos_weight")
+            if not shape:
+                raise ValueError("pos_weight: needs logits with a class axis (at least 1-d)")
+            try:
+                broadcast_to_shape(pos_weight, shape, "pos_weight", "the logits' shape")
+            except ValueError as error:
+                raise ValueError(f"{error} (expected one value per class of the last axis, "
+                                 f"shape ({shape[-1]},))") from None
+            self.pos_weight = periodic_factor(pos_weight, shape, dtype)
+
+    def run(self, mode, *, grad_output=None, out=None):
+        """Call the kernel; returns (loss, grad) with the loss shaped for the reduction."""
+        per_element = (np.empty(self.pred.size, dtype=self.dtype)
+                       if self.reduction == "none" and mode != "backward" else None)
+        grad = grad_flat = upstream = None
+        if mode != "forward":
+            upstream = grad_output_arg(grad_output, self.reduction, self.shape)
+            grad_flat, grad = self._grad_buffer(out, upstream)
+        total = _kernels.ew_run(mode, self.loss, self.pred, self.target, self.weight,
+                                self.pos_weight, upstream, per_element, grad_flat,
+                                self.threshold, self.reduction, self.num_threads)
+        if grad_flat is not None and grad is None:
+            grad = self._finish_grad(grad_flat, out)
+        if per_element is None:  # a Python float holding a value of the loss's dtype
+            loss = float(self.dtype.type(total))
+        else:
+            loss = per_element.reshape(self.shape)
+        return loss, grad
+
+    def _grad_buffer(self, out, upstream):
+        """(1-d buffer the kernel writes, the gradient to return), or (buffer, None) when
+        the buffer still needs summing over broadcast axes, casting or copying."""
+        direct = self.shape == self.pred_shape and self.dtype == self.pred_dtype
+        if out is None:
+            if not direct:
+                return np.empty(self.pred.size, dtype=self.dtype), None
+            grad = np.empty(self.shape, dtype=self.dtype)
+            return grad.reshape(-1), grad
+        out_arg(out, self.pred_shape, self.pred_dtype)
+        if direct and out.flags.c_contiguous:
+            flat = out.reshape(-1)
+            # The kernel reads a tile of pred and target before it writes that tile's
+            # gradient: the gradient may be one of them exactly, never overlap otherwise.
+            safe = not flat.size or all(
+                _address(flat) == _address(data) or not np.may_share_memory(flat, data)
+                for data in (self.pred, self.target))
+            safe = safe and not any(np.may_share_memory(flat, data) for data in
+                                    (self.weight, self.pos_weight, upstream)
+                                    if data is not None)
+            if safe:
+                return flat, out
+        # out= has a layout the kernel cannot write, or the gradient needs a sum over
+        # broadcast axes or a cast, or out overlaps an input other than exactly in place:
+        # compute into a fresh buffer, then finish into out.
+        return np.empty(self.pred.size, dtype=self.dtype), None
+
+    def _finish_grad(self, grad_flat, out):
+        grad = grad_flat.reshape(self.shape)
+        if self.shape != self.pred_shape:
+            grad = _sum_to_shape(grad, self.pred_shape)
+        if out is None:
+            return grad.astype(self.pred_dtype, copy=False)
+        np.copyto(out, grad, casting="unsafe")
+        return out
+
+
+def _threshold(value, name, *, positive):
+    """huber's delta (> 0, as torch requires) or smooth_l1's beta (>= 0)."""
+    return real_scalar(value, name, low=0.0, low_open=positive)
+
+
+# ----------------------------------------------------------------------------------------
+# mse
+# ----------------------------------------------------------------------------------------
+
+def mse(pred, target, *, weight=None, reduction="mean", num_threads=None):
+    """Mean squared error, as torch.nn.functional.mse_loss: per element
+    ``weight * (pred - target)**2``.
+
+    Parameters
+    ----------
+    pred : array_like, float32 or float64
+    target : array_like, float or integer; broadcasts with ``pred``
+    weight : array_like, optional
+        Per-element factor that broadcasts to the loss's shape.
+    reduction : {"mean", "sum", "none"}
+        "mean" divides the (weighted) sum by the number of elements, as torch.
+    num_threads : int, optional
+        Threads for this call (default: fastloss.get_num_threads()).
+
+    Returns
+    -------
+    float for "mean"/"sum" (nan for the mean of no elements); for "none" an array of
+    the broadcast shape. Its dtype is float64 if pred or target is, else float32.
+    """
+    problem = _Problem("mse", pred, target, weight, reduction, num_threads)
+    return problem.run("forward")[0]
+
+
+def mse_grad(pred, target, grad_output=1.0, *, weight=None, reduction="mean", out=None,
+             num_threads=None):
+    """Gradient of ``grad_output * mse(pred, target, ...)`` w.r.t. pred:
+    ``2 (pred - target) * weight * grad_output`` (/ N for the mean).
+
+    grad_output is a scalar for "mean"/"sum" and an array of the loss's shape (or a
+    scalar) for "none". The gradient has pred's shape and dtype; ``out`` receives it
+    (``out=pred`` overwrites pred in place). Returns the gradient (``out`` if given).
+    """
+    problem = _Problem("mse", pred, target, weight, reduction, num_threads)
+    return problem.run("backward", grad_output=grad_output, out=out)[1]
+
+
+def mse_value_and_grad(pred, target, grad_output=1.0, *, weight=None, reduction="mean",
+                       out=None, num_threads=None):
+    """``(mse(...), mse_grad(...))`` from one pass over pred and target."""
+    problem = _Problem("mse", pred, target, weight, reduction, num_threads)
+    return problem.run("value_and_grad", grad_output=grad_output, out=out)
+
+
+# ----------------------------------------------------------------------------------------
+# l1
+# ----------------------------------------------------------------------------------------
+
+def l1(pred, target, *, weight=None, reduction="mean", num_threads=None):
+    """Mean absolute error, as torch.nn.functional.l1_loss: per element
+    ``weight * |pred - target|``.
+
+    Arguments and result as in :func:`mse`.
+    """
+    problem = _Problem("l1", pred, target, weight, reduction, num_threads)
+    return problem.run("forward")[0]
+
+
+def l1_grad(pred, target, grad_output=1.0, *, weight=None, reduction="mean", out=None,
+            num_threads=None):
+    """Gradient of ``grad_output * l1(pred, target, ...)`` w.r.t. pred:
+    ``sign(pred - target) * weight * grad_output`` (/ N for the mean), with sign(0) = 0
+    (and 0 where the difference is NaN), as torch. Arguments as in :func:`mse_grad`.
+    """
+    problem = _Problem("l1", pred, target, weight, reduction, num_threads)
+    return problem.run("backward", grad_output=grad_output, out=out)[1]
+
+
+def l1_value_and_grad(pred, target, grad_output=1.0, *, weight=None, reduction="mean",
+                      out=None, num_threads=None):
+    """``(l1(...), l1_grad(...))`` from one pass over pred and target."""
+    problem = _Problem("l1", pred, target, weight, reduction, num_threads)
+    return problem.run("value_and_grad", grad_output=grad_output, out=out)
+
+
+# ----------------------------------------------------------------------------------------
+# huber
+# ----------------------------------------------------------------------------------------
+
+def huber(pred, target, *, delta=1.0, weight=None, reduction="mean", num_threads=None):
+    """Huber loss, as torch.nn.functional.huber_loss: per element, r = pred - target,
+    ``weight * (0.5 r**2 if |r| < delta else delta (|r| - 0.5 delta))``.
+
+    ``delta`` must be > 0 (as torch). At ``|r| == delta`` both pieces equal
+    ``0.5 delta**2``. Other arguments and the result as in :func:`mse`.
+    """
+    delta = _threshold(delta, "delta", positive=True)
+    problem = _Problem("huber", pred, target, weight, reduction, num_threads, threshold=delta)
+    return problem.run("forward")[0]
+
+
+def huber_grad(pred, target, grad_output=1.0, *, delta=1.0, weight=None, reduction="mean",
+               out=None, num_threads=None):
+    """Gradient of ``grad_output * huber(pred, target, ...)`` w.r.t. pred:
+    ``clip(pred - target, -delta, delta) * weight * grad_output`` (/ N for the mean).
+    Arguments as in :func:`mse_grad`.
+    """
+    delta = _threshold(delta, "delta", positive=True)
+    problem = _Problem("huber", pred, target, weight, reduction, num_threads, threshold=delta)
+    return problem.run("backward", grad_output=grad_output, out=out)[1]
+
+
+def huber_value_and_grad(pred, target, grad_output=1.0, *, delta=1.0, weight=None,
+                         reduction="mean", out=None, num_threads=None):
+    """``(huber(...), huber_grad(...))`` from one pass over pred and target."""
+    delta = _threshold(delta, "delta", positive=True)
+    problem = _Problem("huber", pred, target, weight, reduction, num_threads, threshold=delta)
+    return problem.run("value_and_grad", grad_output=grad_output, out=out)
+
+
+# ----------------------------------------------------------------------------------------
+# smooth_l1
+# ----------------------------------------------------------------------------------------
+
+def smooth_l1(pred, target, *, beta=1.0, weight=None, reduction="mean", num_threads=None):
+    """Smooth L1 loss, as torch.nn.functional.smooth_l1_loss: per element, r = pred - target,
+    ``weight * (0.5 r**2 / beta if |r| < beta else |r| - 0.5 beta)``.
+
+    ``beta`` must be >= 0; ``beta == 0`` is exactly :func:`l1` (as torch). Other
+    arguments and the result as in :func:`mse`.
+    """
+    beta = _threshold(beta, "beta", positive=False)
+    problem = _Problem("smooth_l1", pred, target, weight, reduction, num_threads,
+                       threshold=beta)
+    return problem.run("forward")[0]
+
+
+def smooth_l1_grad(pred, target, grad_output=1.0, *, beta=1.0, weight=None, reduction="mean",
+                   out=None, num_threads=None):
+    """Gradient of ``grad_output * smooth_l1(pred, target, ...)`` w.r.t. pred:
+    ``clip((pred - target) / beta, -1, 1) * weight * grad_output`` (/ N for the mean);
+    for ``beta == 0`` the l1 gradient. Arguments as in :func:`mse_grad`.
+    """
+    beta = _threshold(beta, "beta", positive=False)
+    problem = _Problem("smooth_l1", pred, target, weight, reduction, num_threads,
+                       threshold=beta)
+    return problem.run("backward", grad_output=grad_output, out=out)[1]
+
+
+def smooth_l1_value_and_grad(pred, target, grad_output=1.0, *, beta=1.0, weight=None,
+                             reduction="mean", out=None, num_threads=None):
+    """``(smooth_l1(...), smooth_l1_grad(...))`` from one pass over pred and target."""
+    beta = _threshold(beta, "beta", positive=False)
+    problem = _Problem("smooth_l1", pred, target, weight, reduction, num_threads,
+                       threshold=beta)
+    return problem.run("value_and_grad", grad_output=grad_output, out=out)
+
+
+# ----------------------------------------------------------------------------------------
+# bce_with_logits
+# ----------------------------------------------------------------------------------------
+
+def bce_with_logits(logits, target, *, weight=None, pos_weight=None, reduction="mean",
+                    num_threads=None):
+    """Binary cross-entropy on logits, as torch.nn.functional.binary_cross_entropy_with_logits:
+    per element, x = logits, y = target, p = pos_weight,
+
+        weight * ((1 - y) x + (1 + (p - 1) y) softplus(-x)),
+        softplus(-x) = max(-x, 0) + log1p(exp(-|x|)),
+
+    i.e. ``-weight * (p y log sigmoid(x) + (1 - y) log(1 - sigmoid(x)))``, evaluated so
+    that it is exact for logits of any size (no overflow, no cancellation for y in
+    [0, 1]). At an infinite logit the loss is inf or NaN as in torch.
+
+    Parameters
+    ----------
+    logits : array_like, float32 or float64
+    target : array_like of logits' shape, float or integer (labels in [0, 1])
+    weight : array_like, optional
+        Per-element factor that broadcasts to the logits' shape.
+    pos_weight : array_like, optional
+        Weight of the positive term per class of the last axis: shape (C,), or
+        anything else that broadcasts to the logits' shape.
+    reduction, num_threads
+        As in :func:`mse`.
+    """
+    problem = _Problem("bce_with_logits", logits, target, weight, reduction, num_threads,
+                       pos_weight=pos_weight)
+    return problem.run("forward")[0]
+
+
+def bce_with_logits_grad(logits, target, grad_output=1.0, *, weight=None, pos_weight=None,
+                         reduction="mean", out=None, num_threads=None):
+    """Gradient of ``grad_output * bce_with_logits(logits, target, ...)`` w.r.t. the
+    logits: ``((1 + (p - 1) y) sigmoid(x) - p y) * weight * grad_output`` (/ N for the
+    mean); sigmoid is taken per sign of x, so it never overflows. Arguments as in
+    :func:`mse_grad` (``out=logits`` overwrites the logits in place).
+    """
+    problem = _Problem("bce_with_logits", logits, target, weight, reduction, num_threads,
+                       pos_weight=pos_weight)
+    return problem.run("backward", grad_output=grad_output, out=out)[1]
+
+
+def bce_with_logits_value_and_grad(logits, target, grad_output=1.0, *, weight=None,
+                                   pos_weight=None, reduction="mean", out=None,
+                                   num_threads=None):
+    """``(bce_with_logits(...), bce_with_logits_grad(...))`` from one pass over the
+    logits and target."""
+    problem = _Problem("bce_with_logits", logits, target, weight, reduction, num_threads,
+                       pos_weight=pos_weight)
+    return problem.run("value_and_grad", grad_output=grad_output, out=out)
