@@ -54,7 +54,7 @@ def _sum_to_shape(grad, shape):
     lead = grad.ndim - len(shape)
     axes = tuple(range(lead)) + tuple(
         lead + axis for axis, size in enumerate(shape) if size == 1 and grad.shape[lead + axis] != 1)
-    return grad.sum(axis=axes, dtype=np.float64).reshape(shape)
+    return np.asarray(grad.sum(axis=axes, dtype=np.float64)).reshape(shape)
 
 
 class _Problem:

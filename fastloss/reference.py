@@ -348,7 +348,7 @@ def _grad_from_slope(slope, weight, grad_output, reduction, pred_shape):
     lead = grad.ndim - len(pred_shape)
     axes = tuple(range(lead)) + tuple(lead + axis for axis, size in enumerate(pred_shape)
                                       if size == 1 and grad.shape[lead + axis] != 1)
-    return np.sum(grad, axis=axes).reshape(pred_shape) if axes else np.array(grad)
+    return np.asarray(np.sum(grad, axis=axes)).reshape(pred_shape) if axes else np.array(grad)
 
 
 def mse(pred, target, *, weight=None, reduction="mean"):

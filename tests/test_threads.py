@@ -14,6 +14,7 @@ import fastloss
 from fastloss import reference
 from loss_specs import (
     DTYPES,
+    ELEMENTWISE_SPECS,
     REDUCTIONS,
     assert_close_contract,
     bitwise_equal,
@@ -235,3 +236,77 @@ def test_concurrent_calls_from_python_threads(dtype):
         assert_close_contract(grad, reference.cross_entropy_grad(logits, target,
                                                                  reduction="sum", **options),
                               dtype, "grad")
+
+
+# --- regression and binary (elementwise) losses -----------------------------------------
+
+# Many reduction blocks of 16384 elements with a ragged last one, as one long vector, as
+# rows of a per-class factor that is longer than the 1024 it would be repeated to, and as
+# a 3-d batch.
+ELEMENTWISE_SHAPES = [
+    pytest.param((210011,), id="210011"),
+    pytest.param((129, 1031), id="129x1031"),
+    pytest.param((7, 3, 4099), id="7x3x4099"),
+]
+
+
+def every_elementwise_result(spec, pred, target, options, num_threads):
+    """Loss and gradient from every entry point and reduction of an elementwise spec."""
+    results = {}
+    for reduction in REDUCTIONS:
+        opts = dict(options, reduction=reduction, num_threads=num_threads)
+        upstream = (np.linspace(-1.0, 2.0, pred.size).reshape(pred.shape)
+                    if reduction == "none" else 0.5)
+        results[f"{reduction} loss"] = np.asarray(spec.public.value(pred, target, **opts))
+        results[f"{reduction} grad"] = spec.public.grad(pred, target, upstream, **opts)
+        loss, grad = spec.public.value_and_grad(pred, target, upstream, **opts)
+        results[f"{reduction} fused loss"] = np.asarray(loss)
+        results[f"{reduction} fused grad"] = grad
+    return results
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("spec", ELEMENTWISE_SPECS, ids=str)
+@pytest.mark.parametrize("shape", ELEMENTWISE_SHAPES)
+def test_elementwise_bit_identical_for_any_thread_count(shape, spec, dtype, rng):
+    params = {"weight": "class"}
+    if spec.name == "bce_with_logits":
+        params.update(pos_weight="class", soft=True)
+    (pred, target), options = spec.make_inputs(rng, dtype, params, shape)
+    single = every_elementwise_result(spec, pred, target, options, 1)
+    for num_threads in THREAD_COUNTS[1:]:
+        assert_same_bits(every_elementwise_result(spec, pred, target, options, num_threads),
+                         single, f"num_threads={num_threads}")
+    assert_close_contract(single["sum loss"],
+                          spec.reference.value(pred, target, reduction="sum", **options),
+                          dtype, "loss")
+    assert_close_contract(single["mean fused grad"],
+                          spec.reference.grad(pred, target, 0.5, **options), dtype, "grad")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_elementwise_concurrent_calls_from_python_threads(dtype):
+    problems = []
+    for index in range(10):
+        rng = np.random.default_rng(100 + index)
+        spec = ELEMENTWISE_SPECS[index % len(ELEMENTWISE_SPECS)]
+        params = {"weight": "class"} if index % 2 else {}
+        (pred, target), options = spec.make_inputs(rng, dtype, params, (50 + index, 2001))
+        problems.append((spec, pred, target, options, 1 + index % 3))
+
+    def compute(problem):
+        spec, pred, target, options, num_threads = problem
+        buffer = pred.copy()
+        loss, grad = spec.public.value_and_grad(buffer, target, 0.5, reduction="sum",
+                                                out=buffer, num_threads=num_threads, **options)
+        per_element = spec.public.value(pred, target, reduction="none",
+                                        num_threads=num_threads, **options)
+        return loss, grad, per_element
+
+    expected = [compute(problem) for problem in problems]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=5) as pool:
+        results = list(pool.map(compute, problems))
+    for index, (got, want) in enumerate(zip(results, expected)):
+        assert got[0] == want[0], f"problem {index}: loss differs"
+        assert bitwise_equal(got[1], want[1]), f"problem {index}: grad differs"
+        assert bitwise_equal(got[2], want[2]), f"problem {index}: per-element loss differs"
