@@ -8,8 +8,8 @@ and one write, the limit for a fused loss and gradient) and a read-only reductio
 The benchmarks are a table. A ``Family`` makes the shared inputs of one problem size
 (``make_inputs``) and lists its ``Case`` rows; each case turns those inputs into a
 ``Timed`` (the call to time, an optional untimed ``prepare`` run before every call, and
-a ``scale`` for cases timed on a slice). Later families (regression, contrastive) add a
-``Family`` to ``FAMILIES``.
+a ``scale`` for cases timed on a slice). ``FAMILIES`` holds cross-entropy and the
+elementwise (regression and binary) losses; later families (contrastive) add theirs.
 """
 import dataclasses
 import gc
@@ -218,7 +218,123 @@ CROSS_ENTROPY = Family(
     ),
 )
 
-FAMILIES = {family.name: family for family in (CROSS_ENTROPY,)}
+# ----------------------------------------------------------------------------------------
+# Regression and binary (elementwise) losses
+# ----------------------------------------------------------------------------------------
+
+ELEMENTWISE_LOSSES = ("mse", "l1", "huber", "smooth_l1", "bce_with_logits")
+
+# torch.nn.functional's name for each loss.
+_TORCH_NAMES = {"mse": "mse_loss", "l1": "l1_loss", "huber": "huber_loss",
+                "smooth_l1": "smooth_l1_loss",
+                "bce_with_logits": "binary_cross_entropy_with_logits"}
+
+# The float64 reference is timed on this many elements and scaled, as for cross-entropy.
+REFERENCE_ELEMENTS = 1 << 20
+
+
+def _ew_inputs(size, dtype):
+    (n,) = size
+    rng = np.random.default_rng(0)
+    pred = rng.standard_normal(n, dtype=np.float32).astype(dtype, copy=False)
+    pred *= 2
+    target = rng.standard_normal(n, dtype=np.float32).astype(dtype, copy=False)
+    labels = (rng.random(n, dtype=np.float32) < 0.5).astype(dtype)
+    buffer = np.empty_like(pred)
+    buffer.fill(0)  # every page touched before timing
+    return {"pred": pred, "target": target, "labels": labels, "buffer": buffer}
+
+
+def _ew_target(inputs, name):
+    return inputs["labels"] if name == "bce_with_logits" else inputs["target"]
+
+
+def _ew_fused(name):
+    function = getattr(fastloss, f"{name}_value_and_grad")
+
+    def setup(inputs, threads):
+        pred, target, buffer = inputs["pred"], _ew_target(inputs, name), inputs["buffer"]
+        return Timed(lambda: function(pred, target, out=buffer, num_threads=threads))
+
+    return setup
+
+
+def _ew_forward(name):
+    function = getattr(fastloss, name)
+
+    def setup(inputs, threads):
+        pred, target = inputs["pred"], _ew_target(inputs, name)
+        return Timed(lambda: function(pred, target, num_threads=threads))
+
+    return setup
+
+
+def _ew_reference(name):
+    function = getattr(reference, f"{name}_value_and_grad")
+
+    def setup(inputs, threads):
+        pred, target = inputs["pred"], _ew_target(inputs, name)
+        n = pred.size
+        count = min(n, REFERENCE_ELEMENTS)
+        note = "float64, single-threaded NumPy"
+        if count < n:
+            note += f"; timed on {count} of {n} elements, scaled x{n / count:g}"
+        return Timed(lambda: function(pred[:count], target[:count]), scale=n / count,
+                     note=note)
+
+    return setup
+
+
+def _ew_copy(inputs, threads):
+    pred, buffer = inputs["pred"], inputs["buffer"]
+    return Timed(lambda: np.copyto(buffer, pred), note="memory-bandwidth limit")
+
+
+def _ew_read(inputs, threads):
+    pred = inputs["pred"]
+    return Timed(lambda: pred.max(), note="read-only limit (one stream)")
+
+
+def _ew_torch_forward_backward(name):
+    def setup(inputs, threads):
+        torch = _torch()
+        if torch is None:
+            return None
+        function = getattr(torch.nn.functional, _TORCH_NAMES[name])
+        pred = torch.from_numpy(inputs["pred"]).requires_grad_(True)
+        target = torch.from_numpy(_ew_target(inputs, name))
+
+        def clear():
+            pred.grad = None  # backward allocates a fresh gradient, as in training
+
+        return Timed(lambda: function(pred, target).backward(), prepare=clear,
+                     note="torch.from_numpy inputs; backward into a fresh .grad")
+
+    return setup
+
+
+ELEMENTWISE = Family(
+    name="elementwise",
+    title="regression and binary losses (mean)",
+    make_inputs=_ew_inputs,
+    sizes={"full": (1 << 25,), "quick": (1 << 22,)},
+    size_names=("n",),
+    cases=(
+        *(Case(f"fastloss {name} value_and_grad (out= preallocated)", _ew_fused(name))
+          for name in ELEMENTWISE_LOSSES),
+        Case("fastloss huber forward", _ew_forward("huber"), read_only=True),
+        Case("fastloss bce_with_logits forward", _ew_forward("bce_with_logits"),
+             read_only=True),
+        Case(f"numpy reference huber value_and_grad (float64, {REFERENCE_ELEMENTS} elements "
+             f"scaled to n)", _ew_reference("huber")),
+        Case("np.copyto (pred -> buffer)", _ew_copy, role="copy"),
+        Case("pred.max()", _ew_read, role="read", read_only=True),
+        *(Case(f"torch {_TORCH_NAMES[name]} forward+backward", _ew_torch_forward_backward(name),
+               requires="torch") for name in ELEMENTWISE_LOSSES),
+    ),
+)
+
+FAMILIES = {family.name: family for family in (CROSS_ENTROPY, ELEMENTWISE)}
 
 # Targets of DESIGN.md's performance contract: (description, numerator case, denominator
 # case, bound, "max" or "min"). Printed under the table; never an error.
@@ -231,6 +347,17 @@ TARGETS = {
          "fastloss value_and_grad (out= preallocated)", 1.1, "max"),
         ("torch fwd+bwd / fused >= 15", "torch F.cross_entropy forward+backward",
          "fastloss value_and_grad (out= preallocated)", 15.0, "min"),
+    ),
+    # Three streams (pred, target, gradient) against copy's two: 1.5x is the limit.
+    "elementwise": tuple(
+        target
+        for name in ELEMENTWISE_LOSSES
+        for target in (
+            (f"{name} / copy <= 2", f"fastloss {name} value_and_grad (out= preallocated)",
+             "np.copyto (pred -> buffer)", 2.0, "max"),
+            (f"torch {name} / fastloss >= 5", f"torch {_TORCH_NAMES[name]} forward+backward",
+             f"fastloss {name} value_and_grad (out= preallocated)", 5.0, "min"),
+        )
     ),
 }
 
@@ -361,6 +488,9 @@ def run(family_name="cross_entropy", *, quick=False, size=None, threads=None, re
     family = FAMILIES[family_name]
     machine = machine_info()  # before allocating: the load average at the start
     size = tuple(size) if size is not None else family.sizes["quick" if quick else "full"]
+    if len(size) != len(family.size_names):
+        raise ValueError(f"size: {family.name} takes {', '.join(family.size_names)}, "
+                         f"got {size}")
     threads = fastloss.get_num_threads() if threads is None else threads
     repeat = repeat if repeat is not None else (5 if quick else 10)
     dtype = np.dtype(family.dtype)
@@ -484,14 +614,28 @@ def format_report(report):
 
 
 def main(*, quick=False, json_file=None, threads=None, repeat=None, size=None,
-         progress=True, stream=None):
-    """Run the cross-entropy benchmark, print the table, write JSON; return 0."""
+         progress=True, stream=None, family="all"):
+    """Run the benchmark of one family (or of every family, in turn), print the tables,
+    write JSON; return 0.
+
+    The JSON document is one family's report, or ``{"reports": [...]}`` for several.
+    ``size`` (the hidden ``--size``) needs a single family.
+    """
     stream = sys.stdout if stream is None else stream
-    report = run("cross_entropy", quick=quick, size=size, threads=threads, repeat=repeat,
-                 progress=progress)
-    print(format_report(report), file=stream, flush=True)
+    names = list(FAMILIES) if family == "all" else [family]
+    if size is not None and len(names) != 1:
+        raise ValueError("size: give one family with it")
+    reports = []
+    for name in names:
+        report = run(name, quick=quick, size=size, threads=threads, repeat=repeat,
+                     progress=progress)
+        if reports:
+            print("", file=stream)
+        print(format_report(report), file=stream, flush=True)
+        reports.append(report)
     if json_file is not None:
         with open(json_file, "w") as handle:
-            json.dump(report, handle, indent=2)
+            json.dump(reports[0] if len(reports) == 1 else {"reports": reports}, handle,
+                      indent=2)
             handle.write("\n")
     return 0

@@ -20,14 +20,14 @@ def _positive_int(text):
 
 
 def _size(text):
-    """'N,C' -> (N, C), both >= 1 (the hidden --size option, for tests)."""
+    """'N,C' -> (N, C) or 'n' -> (n,), integers >= 1 (the hidden --size option, for tests)."""
     parts = text.split(",")
     try:
         size = tuple(int(part, 10) for part in parts)
     except ValueError:
         size = ()
-    if len(size) != 2 or min(size) < 1:
-        raise argparse.ArgumentTypeError(f"expected N,C with integers >= 1, got {text!r}")
+    if len(size) not in (1, 2) or min(size) < 1:
+        raise argparse.ArgumentTypeError(f"expected N,C or n with integers >= 1, got {text!r}")
     return size
 
 
@@ -56,11 +56,15 @@ def _parser():
 
     bench = commands.add_parser(
         "bench", help="benchmark table against the NumPy reference and PyTorch",
-        description="Time cross-entropy (float32, N=4096, C=50257) against np.copyto, "
-                    "logits.max(), the NumPy reference and, when installed, PyTorch; "
-                    "report medians and ratios.")
+        description="Time cross-entropy (float32, N=4096, C=50257) and the regression and "
+                    "binary losses (float32, 2**25 elements) against np.copyto, a read-only "
+                    "pass, the NumPy reference and, when installed, PyTorch; report medians "
+                    "and ratios, one table per family.")
+    bench.add_argument("--family", choices=("all", "cross_entropy", "elementwise"),
+                       default="all",
+                       help="which table to run (default: all, one after the other)")
     bench.add_argument("--quick", action="store_true",
-                       help="N=1024 and fewer repeats (well under a minute)")
+                       help="N=1024 and 2**22 elements, fewer repeats (about a minute)")
     bench.add_argument("--json", dest="json_file", metavar="FILE",
                        help="also write the results as JSON to FILE")
     bench.add_argument("--threads", type=_positive_int, metavar="N",
@@ -95,8 +99,20 @@ def main(argv=None):
     if args.command == "bench":
         from fastloss import bench
 
+        if args.size is not None:
+            problem = None
+            if args.family == "all":
+                problem = "--size needs --family"
+            elif len(args.size) != len(bench.FAMILIES[args.family].size_names):
+                names = ",".join(bench.FAMILIES[args.family].size_names)
+                problem = f"--size for {args.family} is {names}"
+            if problem:
+                parser.print_usage(sys.stderr)
+                print(f"fastloss: error: {problem}", file=sys.stderr)
+                return 2
         return bench.main(quick=args.quick, json_file=args.json_file, threads=args.threads,
-                          repeat=args.repeat, size=args.size, progress=args.progress)
+                          repeat=args.repeat, size=args.size, progress=args.progress,
+                          family=args.family)
     parser.print_usage(sys.stderr)
     print("fastloss: error: a command is required (info, check or bench)", file=sys.stderr)
     return 2

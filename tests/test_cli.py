@@ -53,6 +53,20 @@ def test_check_covers_the_api():
         assert part in names, f"no check mentions {part!r}"
 
 
+def test_check_covers_the_elementwise_losses():
+    names = " ".join(check.CHECKS)
+    for loss in ("mse", "l1", "huber", "smooth_l1", "bce_with_logits"):
+        for dtype in ("float32", "float64"):
+            for what in ("mean loss", "none loss", "sum grad", "value_and_grad grad",
+                         "in place grad"):
+                assert f"{loss} " in names and f"{dtype} " in names
+                assert any(name.startswith(f"{loss} ") and dtype in name and what in name
+                           for name in check.CHECKS), (loss, dtype, what)
+    for part in ("pos_weight", "delta=0.5", "beta=0 ", "bce_with_logits large",
+                 "weight float32 threads 1 vs 2"):
+        assert part in names, f"no check mentions {part!r}"
+
+
 def test_check_reports_a_failure(monkeypatch, capsys):
     def wrong():
         return np.float32(1.0 + 1e-5).item(), 1.0, np.float32, "loss"
@@ -92,8 +106,8 @@ def test_judge_rejects_a_result_of_the_wrong_dtype():
 
 def test_bench_quick_json(tmp_path):
     path = tmp_path / "bench.json"
-    completed = run_fastloss("bench", "--quick", "--json", str(path), "--size", "64,1000",
-                             "--repeat", "2", "--threads", "2")
+    completed = run_fastloss("bench", "--family", "cross_entropy", "--quick", "--json",
+                             str(path), "--size", "64,1000", "--repeat", "2", "--threads", "2")
     assert completed.returncode == 0, completed.stderr
     report = json.loads(path.read_text())
     assert set(report) >= {"machine", "config", "results"}
@@ -129,10 +143,56 @@ def test_bench_quick_json(tmp_path):
         assert name in completed.stdout
 
 
+def test_bench_elementwise_json(tmp_path):
+    path = tmp_path / "bench.json"
+    completed = run_fastloss("bench", "--family", "elementwise", "--json", str(path),
+                             "--size", "5000", "--repeat", "2", "--threads", "2",
+                             "--no-progress")
+    assert completed.returncode == 0, completed.stderr
+    report = json.loads(path.read_text())
+    config = report["config"]
+    assert config["family"] == "elementwise" and config["size"] == {"n": 5000}
+    assert config["threads"] == 2 and config["dtype"] == "float32"
+    names = [row["name"] for row in report["results"]]
+    for loss in ("mse", "l1", "huber", "smooth_l1", "bce_with_logits"):
+        assert f"fastloss {loss} value_and_grad (out= preallocated)" in names
+    assert "np.copyto (pred -> buffer)" in names and "pred.max()" in names
+    assert any(name.startswith("numpy reference huber") for name in names)
+    for row in report["results"]:
+        assert row["median_ms"] > 0 and row["ratio_to_copy"] > 0, row["name"]
+    if importlib.util.find_spec("torch") is not None:
+        for torch_name in ("mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss",
+                           "binary_cross_entropy_with_logits"):
+            assert f"torch {torch_name} forward+backward" in names
+        assert len(report["targets"]) == 10
+    for name in names:
+        assert name in completed.stdout
+
+
+def test_bench_runs_every_family_by_default(tmp_path, monkeypatch, capsys):
+    import dataclasses
+
+    from fastloss import bench
+
+    tiny = {"cross_entropy": (16, 300), "elementwise": (3000,)}
+    for name, size in tiny.items():
+        monkeypatch.setitem(bench.FAMILIES, name, dataclasses.replace(
+            bench.FAMILIES[name], sizes={"full": size, "quick": size}))
+    path = tmp_path / "all.json"
+    assert bench.main(json_file=str(path), repeat=1, threads=1, progress=False) == 0
+    reports = json.loads(path.read_text())["reports"]
+    assert [report["config"]["family"] for report in reports] == list(bench.FAMILIES)
+    text = capsys.readouterr().out
+    assert text.count("fastloss bench:") == len(bench.FAMILIES)
+
+
 @pytest.mark.parametrize("args", [
     ("--bogus",),
     ("bench", "--bogus"),
     ("bench", "--threads", "0"),
+    ("bench", "--size", "5000"),
+    ("bench", "--family", "elementwise", "--size", "64,1000"),
+    ("bench", "--family", "regression"),
     ("nonsense",),
     (),
 ])
