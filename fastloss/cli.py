@@ -67,6 +67,9 @@ def _parser():
                        help="N=1024 and 2**22 elements, fewer repeats (about a minute)")
     bench.add_argument("--json", dest="json_file", metavar="FILE",
                        help="also write the results as JSON to FILE")
+    bench.add_argument("--plot", dest="plot_file", metavar="FILE.png",
+                       help="also draw the ratios as bar charts, one per family, to FILE.png "
+                            "(needs matplotlib: pip install 'fastloss[plot]')")
     bench.add_argument("--threads", type=_positive_int, metavar="N",
                        help="threads for fastloss and torch (default: fastloss's default)")
     bench.add_argument("--repeat", type=_positive_int, metavar="R",
@@ -112,7 +115,7 @@ def main(argv=None):
                 return 2
         return bench.main(quick=args.quick, json_file=args.json_file, threads=args.threads,
                           repeat=args.repeat, size=args.size, progress=args.progress,
-                          family=args.family)
+                          family=args.family, plot_file=args.plot_file)
     parser.print_usage(sys.stderr)
     print("fastloss: error: a command is required (info, check or bench)", file=sys.stderr)
     return 2

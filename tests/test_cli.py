@@ -2,6 +2,7 @@
 (a subprocess), plus the check table's ability to fail."""
 
 import importlib.util
+import io
 import json
 import math
 import os
@@ -208,3 +209,65 @@ def test_main_returns_exit_codes():
 
     assert main(["bench", "--no-such-flag"]) == 2
     assert main(["--version"]) == 0
+
+
+def test_bench_plot_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "bench.png"
+    json_path = tmp_path / "bench.json"
+    completed = run_fastloss("bench", "--family", "elementwise", "--size", "3000", "--repeat",
+                             "1", "--threads", "1", "--no-progress", "--plot", str(path),
+                             "--json", str(json_path))
+    assert completed.returncode == 0, completed.stderr
+    data = path.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
+    # the rows carry their role, so a reader (and the plot) can find the family's limit
+    report = json.loads(json_path.read_text())
+    roles = {row["name"]: row["role"] for row in report["results"]}
+    assert roles["np.copyto (pred -> buffer)"] == "copy"
+    assert roles["pred.max()"] == "read"
+
+
+def test_bench_plot_of_every_family(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import dataclasses
+
+    from fastloss import bench
+
+    for name, family in list(bench.FAMILIES.items()):
+        size = (8, 300) if len(family.size_names) == 2 else (3000,)
+        monkeypatch.setitem(bench.FAMILIES, name, dataclasses.replace(
+            family, sizes={"full": size, "quick": size}))
+    path = tmp_path / "all.png"
+    assert bench.main(plot_file=str(path), repeat=1, threads=1, progress=False,
+                      stream=io.StringIO()) == 0
+    assert path.read_bytes().startswith(b"\x89PNG")
+
+
+def test_bench_plot_without_matplotlib_fails_before_running(tmp_path, monkeypatch, capsys):
+    from fastloss import bench
+    from fastloss.cli import main
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the benchmark ran although the plot cannot be drawn")
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    monkeypatch.setattr(bench, "run", must_not_run)
+    path = tmp_path / "bench.png"
+    assert main(["bench", "--quick", "--plot", str(path)]) == 1
+    captured = capsys.readouterr()
+    assert "matplotlib" in captured.err and "fastloss[plot]" in captured.err
+    assert captured.out == "" and not path.exists()
+
+
+@pytest.mark.parametrize("args", [
+    ("bench", "--plot"),
+    ("bench", "--json"),
+    ("bench", "--quick", "extra"),
+    ("info", "--bogus"),
+    ("check", "--bogus"),
+])
+def test_more_bad_usage_exits_2_with_usage(args):
+    from fastloss.cli import main
+
+    assert main(list(args)) == 2
