@@ -1,0 +1,480 @@
+"""The PyTorch adapter: ``torch.nn.functional``-style losses and ``nn.Module`` classes whose
+forward and backward passes run in fastloss's C kernels.
+
+    import fastloss.torch as FL
+    loss = FL.cross_entropy(logits, target)        # instead of F.cross_entropy
+    criterion = FL.CrossEntropyLoss(label_smoothing=0.1)
+
+Every function takes torch's arguments in torch's order and layout (the class axis of
+``cross_entropy`` at dim 1, the deprecated ``size_average``/``reduce`` included) and gives
+torch's values and gradients; fastloss's extra options (``z_loss``, ``softcap``,
+``num_threads``) are keyword-only. The module classes subclass torch's own
+(``isinstance(FL.CrossEntropyLoss(), torch.nn.CrossEntropyLoss)`` holds), so their
+attributes, buffers and ``state_dict`` are torch's.
+
+Each loss is a ``torch.autograd.Function``. CPU tensors and NumPy arrays share memory both
+ways (``Tensor.numpy()`` and ``torch.from_numpy``); a copy happens only where the kernels
+need a contiguous class axis that the tensor lacks (``cross_entropy`` on (N, C, d1, ...)
+inputs, or a transposed (N, C)). The forward saves what the backward needs and nothing
+more: the inputs themselves (references, no copies) and, for cross-entropy, the per-row
+log-sum-exp (N float64 values), so that the backward is one read of the logits and one
+write of the gradient (``fastloss.cross_entropy_grad(..., lse=lse)``) and no N x C buffer
+lives between the two passes. Gradients are first order (``once_differentiable``).
+
+Inputs must be float32 or float64 CPU tensors; other dtypes raise TypeError, tensors on
+another device ValueError. Gradients that fastloss does not compute raise
+NotImplementedError (a RuntimeError, as torch's "not differentiable" errors are) when the
+tensor requires grad: probability targets of ``cross_entropy``, the target of
+``binary_cross_entropy_with_logits``, and every ``weight``/``pos_weight``. The targets of
+``mse_loss``, ``l1_loss``, ``huber_loss`` and ``smooth_l1_loss`` are differentiable (their
+gradient is minus the input's).
+
+Threads: fastloss's own setting (``fastloss.set_num_threads``, ``FASTLOSS_NUM_THREADS``),
+not ``torch.set_num_threads``; ``num_threads=`` overrides it per call or per module.
+
+This module is imported only by ``import fastloss.torch``: ``import fastloss`` never
+imports torch, and torch is not a build or run-time dependency of fastloss.
+"""
+import warnings
+
+import numpy as np
+import torch
+from torch.autograd.function import once_differentiable
+
+import fastloss
+from fastloss._validation import reduction_arg
+from fastloss.elementwise import _sum_to_shape
+
+__all__ = [
+    "binary_cross_entropy_with_logits",
+    "cross_entropy",
+    "huber_loss",
+    "l1_loss",
+    "mse_loss",
+    "smooth_l1_loss",
+    "BCEWithLogitsLoss",
+    "CrossEntropyLoss",
+    "HuberLoss",
+    "L1Loss",
+    "MSELoss",
+    "SmoothL1Loss",
+]
+
+_FLOAT_DTYPES = (torch.float32, torch.float64)
+
+
+# ----------------------------------------------------------------------------------------
+# Tensors in, arrays out, and the errors on the way
+# ----------------------------------------------------------------------------------------
+
+def _cpu_tensor(tensor, name, function):
+    """Check that `tensor` is a strided CPU tensor (TypeError / ValueError naming it)."""
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{function}: {name}: expected a torch.Tensor, "
+                        f"got {type(tensor).__name__}")
+    if tensor.device.type != "cpu":
+        raise ValueError(f"{function}: {name}: fastloss runs on the CPU, got a tensor on "
+                         f"{tensor.device} (move it with .cpu(), or use torch's own loss "
+                         f"on that device)")
+    if tensor.layout != torch.strided:
+        raise TypeError(f"{function}: {name}: expected a dense (strided) tensor, "
+                        f"got layout {tensor.layout}")
+    return tensor
+
+
+def _float_tensor(tensor, name, function):
+    _cpu_tensor(tensor, name, function)
+    if tensor.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{function}: {name}: expected a float32 or float64 tensor, "
+                        f"got {tensor.dtype}")
+    return tensor
+
+
+def _real_tensor(tensor, name, function):
+    """A float32/float64, integer or bool CPU tensor (regression targets)."""
+    _cpu_tensor(tensor, name, function)
+    if tensor.dtype.is_complex or (tensor.dtype.is_floating_point
+                                   and tensor.dtype not in _FLOAT_DTYPES + (torch.float16,)):
+        raise TypeError(f"{function}: {name}: expected a float32, float64, integer or bool "
+                        f"tensor, got {tensor.dtype}")
+    return tensor
+
+
+def _no_grad_needed(tensor, name, function):
+    """NotImplementedError when autograd would ask fastloss for a gradient w.r.t. `tensor`."""
+    if tensor is not None and tensor.requires_grad and torch.is_grad_enabled():
+        raise NotImplementedError(
+            f"{function}: {name} requires grad, but fastloss computes no gradient with respect "
+            f"to {name}; pass {name}.detach(), or use torch.nn.functional for this call")
+
+
+def _numpy(tensor):
+    """The tensor's memory as a NumPy array (no copy), or None for None."""
+    if tensor is None:
+        return None
+    return tensor.detach().numpy()
+
+
+def _class_last(tensor):
+    """An array view of `tensor` with dim 1 (torch's class axis) moved last, made
+    contiguous along it when it is not (the kernels read each row as one run)."""
+    moved = tensor.detach()
+    if moved.dim() >= 2:
+        moved = moved.movedim(1, -1)
+    if moved.dim() and moved.size(-1) > 1 and moved.stride(-1) != 1:
+        moved = moved.contiguous()
+    return moved.numpy()
+
+
+def _reduction(size_average, reduce, reduction):
+    """torch's reduction string, with the deprecated size_average / reduce as torch reads
+    them (and its deprecation warning)."""
+    if size_average is not None or reduce is not None:
+        if size_average is None:
+            size_average = True
+        if reduce is None:
+            reduce = True
+        reduction = "mean" if size_average and reduce else ("sum" if reduce else "none")
+        warnings.warn("size_average and reduce args will be deprecated, please use "
+                      f"reduction='{reduction}' instead.", stacklevel=3)
+    return reduction_arg(reduction)
+
+
+def _loss_tensor(loss, dtype):
+    """The loss as a tensor: a 0-d tensor of `dtype` for a Python float, else the array's
+    memory."""
+    if isinstance(loss, np.ndarray):
+        return torch.from_numpy(loss)
+    return torch.tensor(loss, dtype=dtype)
+
+
+def _upstream(grad_output, reduction):
+    """autograd's grad_output as fastloss's grad_output: a float for "mean"/"sum" (a 0-d
+    tensor), the array of per-sample values for "none"."""
+    if reduction == "none":
+        return grad_output.detach().numpy()
+    return float(grad_output)
+
+
+# ----------------------------------------------------------------------------------------
+# Cross-entropy
+# ----------------------------------------------------------------------------------------
+
+class _CrossEntropy(torch.autograd.Function):
+    """fastloss.cross_entropy with the class axis at dim 1. The forward keeps the per-row
+    log-sum-exp; the backward is fastloss.cross_entropy_grad(..., lse=lse)."""
+
+    @staticmethod
+    def forward(ctx, input, target, weight, options):
+        soft = target.dtype.is_floating_point
+        logits = _class_last(input)
+        target_array = _class_last(target) if soft else _numpy(target)
+        loss, lse = fastloss.cross_entropy(logits, target_array, weight=_numpy(weight),
+                                           return_lse=True, **options)
+        ctx.save_for_backward(input, target, weight)
+        ctx.lse = lse
+        ctx.options = options
+        ctx.soft = soft
+        return _loss_tensor(loss, input.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        input, target, weight = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None
+        target_array = _class_last(target) if ctx.soft else _numpy(target)
+        grad = fastloss.cross_entropy_grad(
+            _class_last(input), target_array, _upstream(grad_output, ctx.options["reduction"]),
+            weight=_numpy(weight), lse=ctx.lse, **ctx.options)
+        grad = torch.from_numpy(grad)
+        if input.dim() >= 2:
+            grad = grad.movedim(-1, 1)  # back to torch's layout: a view, no copy
+        return grad, None, None, None
+
+
+def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100,
+                  reduce=None, reduction="mean", label_smoothing=0.0, *, z_loss=0.0,
+                  softcap=None, num_threads=None):
+    """``torch.nn.functional.cross_entropy`` computed by fastloss's kernels.
+
+    Parameters as torch's: ``input`` of shape (C), (N, C) or (N, C, d1, ..., dK), float32
+    or float64; ``target`` of class indices (any integer dtype) of shape (), (N) or
+    (N, d1, ..., dK), or of probabilities shaped like ``input``; ``weight`` (C,);
+    ``ignore_index``; ``reduction``; ``label_smoothing``. Keyword-only extras:
+    ``z_loss`` (adds ``z_loss * lse**2`` per row), ``softcap`` (logits become
+    ``softcap * tanh(logits / softcap)``) and ``num_threads``; see
+    :func:`fastloss.cross_entropy`.
+
+    The gradient w.r.t. ``input`` is exact and first order. Probability targets and
+    ``weight`` are not differentiated: NotImplementedError if they require grad.
+    """
+    function = "fastloss.torch.cross_entropy"
+    _float_tensor(input, "input", function)
+    if input.dim() == 0:
+        raise ValueError(f"{function}: input: expected shape (C), (N, C) or "
+                         f"(N, C, d1, ...), got a 0-d tensor")
+    _cpu_tensor(target, "target", function)
+    if target.dtype.is_floating_point:
+        if target.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"{function}: target: expected class indices (an integer tensor) "
+                            f"or float32/float64 probabilities, got {target.dtype}")
+        _no_grad_needed(target, "target (probabilities)", function)
+    elif target.dtype == torch.bool or target.dtype.is_complex:
+        raise TypeError(f"{function}: target: expected class indices (an integer tensor) "
+                        f"or float32/float64 probabilities, got {target.dtype}")
+    if weight is not None:
+        _float_tensor(weight, "weight", function)
+        _no_grad_needed(weight, "weight", function)
+    options = {
+        "ignore_index": ignore_index,
+        "reduction": _reduction(size_average, reduce, reduction),
+        "label_smoothing": label_smoothing,
+        "z_loss": z_loss,
+        "softcap": softcap,
+        "num_threads": num_threads,
+    }
+    return _CrossEntropy.apply(input, target, weight, options)
+
+
+# ----------------------------------------------------------------------------------------
+# Regression and binary losses
+# ----------------------------------------------------------------------------------------
+
+# fastloss's name -> (loss, gradient, torch.nn.functional's name)
+_ELEMENTWISE = {
+    "mse": (fastloss.mse, fastloss.mse_grad, "mse_loss"),
+    "l1": (fastloss.l1, fastloss.l1_grad, "l1_loss"),
+    "huber": (fastloss.huber, fastloss.huber_grad, "huber_loss"),
+    "smooth_l1": (fastloss.smooth_l1, fastloss.smooth_l1_grad, "smooth_l1_loss"),
+    "bce_with_logits": (fastloss.bce_with_logits, fastloss.bce_with_logits_grad,
+                        "binary_cross_entropy_with_logits"),
+}
+
+
+class _Elementwise(torch.autograd.Function):
+    """One of the elementwise losses. ``options`` holds the NumPy API's keywords (its
+    ``reduction`` may be "sum" where torch's is a weighted mean); the loss and the
+    upstream gradient are divided by ``divisor``."""
+
+    @staticmethod
+    def forward(ctx, name, input, target, weight, pos_weight, options, divisor):
+        loss_function = _ELEMENTWISE[name][0]
+        extra = {} if pos_weight is None else {"pos_weight": _numpy(pos_weight)}
+        loss = loss_function(_numpy(input), _numpy(target), weight=_numpy(weight),
+                             **extra, **options)
+        ctx.save_for_backward(input, target, weight, pos_weight)
+        ctx.name, ctx.options, ctx.divisor = name, options, divisor
+        dtype = input.dtype
+        if target.dtype.is_floating_point:
+            dtype = torch.promote_types(dtype, target.dtype)
+        if divisor != 1.0:
+            loss = loss / divisor
+        return _loss_tensor(loss, dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        input, target, weight, pos_weight = ctx.saved_tensors
+        need_input, need_target = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        if not (need_input or need_target):
+            return (None,) * 7
+        grad_function = _ELEMENTWISE[ctx.name][1]
+        upstream = _upstream(grad_output, ctx.options["reduction"])
+        if ctx.divisor != 1.0:
+            upstream = upstream / ctx.divisor
+        keywords = dict(ctx.options, weight=_numpy(weight))
+        if pos_weight is not None:
+            keywords["pos_weight"] = _numpy(pos_weight)
+        pred, observed = _numpy(input), _numpy(target)
+        grad_input = grad_target = None
+        if not need_target:
+            grad_input = torch.from_numpy(grad_function(pred, observed, upstream, **keywords))
+        elif input.shape == target.shape and input.dtype == target.dtype:
+            # d loss / d target = -d loss / d pred for these losses
+            grad_input = torch.from_numpy(grad_function(pred, observed, upstream, **keywords))
+            grad_target = torch.neg(grad_input)
+            if not need_input:
+                grad_input = None
+        else:
+            # Broadcasting or mixed dtypes: the gradient over the full shape in the common
+            # dtype, summed (in float64) back to each argument's shape and cast to its dtype.
+            dtype = np.promote_types(pred.dtype, observed.dtype)
+            shape = np.broadcast_shapes(pred.shape, observed.shape)
+            full = grad_function(np.broadcast_to(pred.astype(dtype, copy=False), shape),
+                                 observed, upstream, **keywords)
+            if need_input:
+                grad_input = torch.from_numpy(
+                    _sum_to_shape(full, pred.shape).astype(pred.dtype, copy=False))
+            grad_target = torch.from_numpy(
+                (-_sum_to_shape(full, observed.shape)).astype(observed.dtype, copy=False))
+        return None, grad_input, grad_target, None, None, None, None
+
+
+def _elementwise(name, input, target, weight, reduction, num_threads, *, pos_weight=None,
+                 weighted_mean=False, **options):
+    """Check the tensors and run loss `name`. ``weighted_mean``: torch's "mean" with a
+    weight is sum(weight * loss) / sum(weight) (mse_loss, l1_loss), not mean(weight * loss)."""
+    torch_name = _ELEMENTWISE[name][2]
+    function = f"fastloss.torch.{torch_name}"
+    _float_tensor(input, "input", function)
+    _real_tensor(target, "target", function)
+    if name == "bce_with_logits":
+        _no_grad_needed(target, "target", function)
+        if target.shape != input.shape:
+            raise ValueError(f"{function}: target: expected the input's size {input.shape}, "
+                             f"got {target.shape}")
+    elif target.shape != input.shape:
+        warnings.warn(f"Using a target size ({target.shape}) that is different to the input "
+                      f"size ({input.shape}). This will likely lead to incorrect results due "
+                      f"to broadcasting. Please ensure they have the same size.",
+                      stacklevel=3)
+    divisor = 1.0
+    if weight is not None:
+        _float_tensor(weight, "weight", function)
+        _no_grad_needed(weight, "weight", function)
+        if name != "bce_with_logits" and weight.shape != input.shape:
+            raise ValueError(f"{function}: weight: expected the input's size {input.shape}, "
+                             f"got {weight.shape}")
+        if weighted_mean and reduction == "mean":
+            reduction = "sum"
+            divisor = float(_numpy(weight).sum(dtype=np.float64))
+    if pos_weight is not None:
+        _float_tensor(pos_weight, "pos_weight", function)
+        _no_grad_needed(pos_weight, "pos_weight", function)
+    options = dict(options, reduction=reduction, num_threads=num_threads)
+    return _Elementwise.apply(name, input, target, weight, pos_weight, options, divisor)
+
+
+def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None, *,
+             num_threads=None):
+    """``torch.nn.functional.mse_loss`` computed by fastloss: ``weight * (input - target)**2``
+    per element; with a ``weight`` (of the input's size), "mean" is
+    ``sum(weight * loss) / sum(weight)`` as in torch. Gradients w.r.t. input and target."""
+    return _elementwise("mse", input, target, weight,
+                        _reduction(size_average, reduce, reduction), num_threads,
+                        weighted_mean=True)
+
+
+def l1_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None, *,
+            num_threads=None):
+    """``torch.nn.functional.l1_loss`` computed by fastloss: ``weight * |input - target|``
+    per element (gradient 0 where they are equal); with a ``weight``, "mean" is
+    ``sum(weight * loss) / sum(weight)`` as in torch. Gradients w.r.t. input and target."""
+    return _elementwise("l1", input, target, weight,
+                        _reduction(size_average, reduce, reduction), num_threads,
+                        weighted_mean=True)
+
+
+def huber_loss(input, target, reduction="mean", delta=1.0, weight=None, *, num_threads=None):
+    """``torch.nn.functional.huber_loss`` computed by fastloss (``delta > 0``); with a
+    ``weight``, "mean" is ``mean(weight * loss)`` as in torch. Gradients w.r.t. input and
+    target."""
+    return _elementwise("huber", input, target, weight, reduction_arg(reduction), num_threads,
+                        delta=delta)
+
+
+def smooth_l1_loss(input, target, size_average=None, reduce=None, reduction="mean", beta=1.0,
+                   *, num_threads=None):
+    """``torch.nn.functional.smooth_l1_loss`` computed by fastloss (``beta >= 0``; 0 is L1).
+    Gradients w.r.t. input and target."""
+    return _elementwise("smooth_l1", input, target, None,
+                        _reduction(size_average, reduce, reduction), num_threads, beta=beta)
+
+
+def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None,
+                                     reduce=None, reduction="mean", pos_weight=None, *,
+                                     num_threads=None):
+    """``torch.nn.functional.binary_cross_entropy_with_logits`` computed by fastloss:
+    ``weight`` broadcasts to the input, ``pos_weight`` to its last axis (one value per
+    class). The gradient is w.r.t. ``input`` only: a ``target`` that requires grad raises
+    NotImplementedError."""
+    return _elementwise("bce_with_logits", input, target, weight,
+                        _reduction(size_average, reduce, reduction), num_threads,
+                        pos_weight=pos_weight)
+
+
+# ----------------------------------------------------------------------------------------
+# nn.Module classes: torch's classes with a fastloss forward
+# ----------------------------------------------------------------------------------------
+
+class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
+    """``torch.nn.CrossEntropyLoss`` whose forward is :func:`cross_entropy`; keyword-only
+    extras ``z_loss``, ``softcap`` and ``num_threads``."""
+
+    def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None,
+                 reduction="mean", label_smoothing=0.0, *, z_loss=0.0, softcap=None,
+                 num_threads=None):
+        super().__init__(weight, size_average, ignore_index, reduce, reduction,
+                         label_smoothing)
+        self.z_loss = z_loss
+        self.softcap = softcap
+        self.num_threads = num_threads
+
+    def forward(self, input, target):
+        return cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
+                             reduction=self.reduction, label_smoothing=self.label_smoothing,
+                             z_loss=self.z_loss, softcap=self.softcap,
+                             num_threads=self.num_threads)
+
+
+class MSELoss(torch.nn.MSELoss):
+    """``torch.nn.MSELoss`` whose forward is :func:`mse_loss`."""
+
+    def __init__(self, size_average=None, reduce=None, reduction="mean", *, num_threads=None):
+        super().__init__(size_average, reduce, reduction)
+        self.num_threads = num_threads
+
+    def forward(self, input, target):
+        return mse_loss(input, target, reduction=self.reduction, num_threads=self.num_threads)
+
+
+class L1Loss(torch.nn.L1Loss):
+    """``torch.nn.L1Loss`` whose forward is :func:`l1_loss`."""
+
+    def __init__(self, size_average=None, reduce=None, reduction="mean", *, num_threads=None):
+        super().__init__(size_average, reduce, reduction)
+        self.num_threads = num_threads
+
+    def forward(self, input, target):
+        return l1_loss(input, target, reduction=self.reduction, num_threads=self.num_threads)
+
+
+class HuberLoss(torch.nn.HuberLoss):
+    """``torch.nn.HuberLoss`` whose forward is :func:`huber_loss`."""
+
+    def __init__(self, reduction="mean", delta=1.0, *, num_threads=None):
+        super().__init__(reduction, delta)
+        self.num_threads = num_threads
+
+    def forward(self, input, target):
+        return huber_loss(input, target, reduction=self.reduction, delta=self.delta,
+                          num_threads=self.num_threads)
+
+
+class SmoothL1Loss(torch.nn.SmoothL1Loss):
+    """``torch.nn.SmoothL1Loss`` whose forward is :func:`smooth_l1_loss`."""
+
+    def __init__(self, size_average=None, reduce=None, reduction="mean", beta=1.0, *,
+                 num_threads=None):
+        super().__init__(size_average, reduce, reduction, beta)
+        self.num_threads = num_threads
+
+    def forward(self, input, target):
+        return smooth_l1_loss(input, target, reduction=self.reduction, beta=self.beta,
+                              num_threads=self.num_threads)
+
+
+class BCEWithLogitsLoss(torch.nn.BCEWithLogitsLoss):
+    """``torch.nn.BCEWithLogitsLoss`` whose forward is
+    :func:`binary_cross_entropy_with_logits`."""
+
+    def __init__(self, weight=None, size_average=None, reduce=None, reduction="mean",
+                 pos_weight=None, *, num_threads=None):
+        super().__init__(weight, size_average, reduce, reduction, pos_weight)
+        self.num_threads = num_threads
+
+    def forward(self, input, target):
+        return binary_cross_entropy_with_logits(
+            input, target, weight=self.weight, reduction=self.reduction,
+            pos_weight=self.pos_weight, num_threads=self.num_threads)
