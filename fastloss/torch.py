@@ -165,7 +165,7 @@ class _CrossEntropy(torch.autograd.Function):
     log-sum-exp; the backward is fastloss.cross_entropy_grad(..., lse=lse)."""
 
     @staticmethod
-    def forward(ctx, input, target, weight, options):
+    def forward(ctx, input, target, weight, options, inplace_backward):
         soft = target.dtype.is_floating_point
         logits = _class_last(input)
         target_array = _class_last(target) if soft else _numpy(target)
@@ -175,6 +175,7 @@ class _CrossEntropy(torch.autograd.Function):
         ctx.lse = lse
         ctx.options = options
         ctx.soft = soft
+        ctx.inplace_backward = inplace_backward
         return _loss_tensor(loss, input.dtype)
 
     @staticmethod
@@ -182,20 +183,28 @@ class _CrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_output):
         input, target, weight = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None
+            return None, None, None, None, None
+        logits = _class_last(input)
         target_array = _class_last(target) if ctx.soft else _numpy(target)
+        # inplace_backward: the gradient overwrites the logits (or the contiguous copy
+        # _class_last made of them), as fastloss's out=logits: no N x C allocation.
         grad = fastloss.cross_entropy_grad(
-            _class_last(input), target_array, _upstream(grad_output, ctx.options["reduction"]),
-            weight=_numpy(weight), lse=ctx.lse, **ctx.options)
+            logits, target_array, _upstream(grad_output, ctx.options["reduction"]),
+            weight=_numpy(weight), lse=ctx.lse, out=logits if ctx.inplace_backward else None,
+            **ctx.options)
+        if ctx.inplace_backward and np.shares_memory(grad, _numpy(input)):
+            # Other graph nodes that saved the logits now fail loudly instead of reading
+            # the gradient (as after any in-place operation).
+            torch.autograd.graph.increment_version(input)
         grad = torch.from_numpy(grad)
         if input.dim() >= 2:
             grad = grad.movedim(-1, 1)  # back to torch's layout: a view, no copy
-        return grad, None, None, None
+        return grad, None, None, None, None
 
 
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100,
                   reduce=None, reduction="mean", label_smoothing=0.0, *, z_loss=0.0,
-                  softcap=None, num_threads=None):
+                  softcap=None, inplace_backward=False, num_threads=None):
     """``torch.nn.functional.cross_entropy`` computed by fastloss's kernels.
 
     Parameters as torch's: ``input`` of shape (C), (N, C) or (N, C, d1, ..., dK), float32
@@ -203,8 +212,15 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     (N, d1, ..., dK), or of probabilities shaped like ``input``; ``weight`` (C,);
     ``ignore_index``; ``reduction``; ``label_smoothing``. Keyword-only extras:
     ``z_loss`` (adds ``z_loss * lse**2`` per row), ``softcap`` (logits become
-    ``softcap * tanh(logits / softcap)``) and ``num_threads``; see
-    :func:`fastloss.cross_entropy`.
+    ``softcap * tanh(logits / softcap)``), ``num_threads`` (see
+    :func:`fastloss.cross_entropy`) and ``inplace_backward``.
+
+    ``inplace_backward=True`` lets the backward write the gradient over the memory of
+    ``input`` (fastloss's ``out=logits``): a training step then allocates no second
+    N x C buffer, and skips the page faults of a fresh one. The logits are gone after
+    the backward, so use it only when nothing reads them later; ``input`` must not be a
+    leaf tensor (its gradient would overwrite it), and other autograd nodes that saved
+    it raise torch's in-place modification error rather than read the gradient.
 
     The gradient w.r.t. ``input`` is exact and first order. Probability targets and
     ``weight`` are not differentiated: NotImplementedError if they require grad.
@@ -226,6 +242,9 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     if weight is not None:
         _float_tensor(weight, "weight", function)
         _no_grad_needed(weight, "weight", function)
+    if inplace_backward and input.is_leaf and input.requires_grad:
+        raise ValueError(f"{function}: inplace_backward=True needs a non-leaf input (the "
+                         f"output of a layer): the gradient would overwrite this leaf tensor")
     options = {
         "ignore_index": ignore_index,
         "reduction": _reduction(size_average, reduce, reduction),
@@ -234,7 +253,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
         "softcap": softcap,
         "num_threads": num_threads,
     }
-    return _CrossEntropy.apply(input, target, weight, options)
+    return _CrossEntropy.apply(input, target, weight, options, bool(inplace_backward))
 
 
 # ----------------------------------------------------------------------------------------
@@ -400,21 +419,23 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
 
 class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
     """``torch.nn.CrossEntropyLoss`` whose forward is :func:`cross_entropy`; keyword-only
-    extras ``z_loss``, ``softcap`` and ``num_threads``."""
+    extras ``z_loss``, ``softcap``, ``inplace_backward`` and ``num_threads``."""
 
     def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None,
                  reduction="mean", label_smoothing=0.0, *, z_loss=0.0, softcap=None,
-                 num_threads=None):
+                 inplace_backward=False, num_threads=None):
         super().__init__(weight, size_average, ignore_index, reduce, reduction,
                          label_smoothing)
         self.z_loss = z_loss
         self.softcap = softcap
+        self.inplace_backward = inplace_backward
         self.num_threads = num_threads
 
     def forward(self, input, target):
         return cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
                              reduction=self.reduction, label_smoothing=self.label_smoothing,
                              z_loss=self.z_loss, softcap=self.softcap,
+                             inplace_backward=self.inplace_backward,
                              num_threads=self.num_threads)
 
 

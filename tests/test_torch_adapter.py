@@ -220,6 +220,42 @@ def test_cross_entropy_without_grad(generator):
         torch.testing.assert_close(FL.cross_entropy(logits, soft), F.cross_entropy(logits, soft))
 
 
+@pytest.mark.parametrize("shape", [(12, 9), (3, 9, 4)], ids=["2d", "3d"])
+def test_cross_entropy_inplace_backward(shape, generator):
+    """The gradient overwrites the logits (2-d), or the contiguous copy the adapter made of
+    them (3-d: the logits stay); values as without it."""
+    hidden = torch.randn(shape, generator=generator, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 9, shape[:1] + shape[2:], generator=generator)
+    expected_loss = F.cross_entropy(hidden * 2, target, label_smoothing=0.1)
+    (expected,) = torch.autograd.grad(expected_loss, hidden)
+    logits = hidden * 2  # a non-leaf, as a layer's output
+    loss = FL.cross_entropy(logits, target, label_smoothing=0.1, inplace_backward=True)
+    (grad,) = torch.autograd.grad(loss, hidden)
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-13, atol=0)
+    torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-15)
+    if len(shape) == 2:
+        torch.testing.assert_close(logits.detach(), expected / 2)  # the logits hold the grad
+    else:
+        torch.testing.assert_close(logits.detach(), hidden.detach() * 2)
+
+
+def test_cross_entropy_inplace_backward_guards(generator):
+    leaf = torch.randn(6, 5, generator=generator, requires_grad=True)
+    target = torch.randint(0, 5, (6,), generator=generator)
+    with pytest.raises(ValueError, match="inplace_backward.*leaf"):
+        FL.cross_entropy(leaf, target, inplace_backward=True)
+    # another node that saved the logits, and whose backward runs after ours, notices
+    # that they were overwritten
+    logits = leaf * 1.5
+    penalty = (logits ** 2).sum()
+    total = penalty + FL.cross_entropy(logits, target, inplace_backward=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        total.backward()
+    module = FL.CrossEntropyLoss(inplace_backward=True)
+    module(leaf * 1.0, target).backward()
+    assert leaf.grad is not None
+
+
 def test_cross_entropy_legacy_reduction_arguments(generator):
     logits = torch.randn(8, 5, generator=generator, dtype=torch.float64)
     target = torch.randint(0, 5, (8,), generator=generator)
