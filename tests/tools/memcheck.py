@@ -1,0 +1,65 @@
+"""Run a command under valgrind's memcheck and fail on any error that involves fastloss.
+
+CPython and the dynamic loader produce memcheck reports of their own (reads of
+partially initialised integers in longobject.c, rpath string scans in ld.so)
+that have nothing to do with fastloss; CPython ships suppression files for them
+only in its source tree.  So this runs memcheck with XML output and counts the
+errors whose stack, or the stack of an uninitialised value's origin, has a
+frame in fastloss's extension module.  Leaks are not checked: the interpreter
+does not free modules' type objects at exit, which memcheck reports as leaks.  Usage:
+
+    python tests/tools/memcheck.py [-- COMMAND ...]      (default: fastloss check)
+
+Exit status 0 when there are none, 1 otherwise (the offending stacks are printed).
+"""
+import os
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ElementTree
+
+OUR_OBJECT = "fastloss/_kernels"
+
+
+def fastloss_errors(xml_path):
+    """The memcheck <error> records with a frame in fastloss's extension module."""
+    tree = ElementTree.parse(xml_path)
+    found = []
+    for error in tree.getroot().iter("error"):
+        if (error.findtext("kind") or "").startswith("Leak_"):
+            continue
+        objects = [frame.findtext("obj") or "" for frame in error.iter("frame")]
+        if any(OUR_OBJECT in obj for obj in objects):
+            found.append(error)
+    return found
+
+
+def describe(error):
+    lines = [error.findtext("kind") or "?", (error.findtext("what") or
+                                              error.findtext("xwhat/text") or "").strip()]
+    for frame in error.iter("frame"):
+        lines.append(f"    {frame.findtext('fn') or '?'} ({frame.findtext('obj') or '?'}"
+                     f"{':' + frame.findtext('line') if frame.findtext('line') else ''})")
+    return "\n".join(lines)
+
+
+def main(argv):
+    command = argv[argv.index("--") + 1:] if "--" in argv else [sys.executable, "-m", "fastloss", "check", "-q"]
+    with tempfile.TemporaryDirectory() as tmp:
+        xml_path = os.path.join(tmp, "memcheck.xml")
+        env = dict(os.environ, PYTHONMALLOC="malloc")  # let memcheck see every allocation
+        completed = subprocess.run(
+            ["valgrind", "--tool=memcheck", "--track-origins=yes", "--leak-check=no", "--xml=yes",
+             f"--xml-file={xml_path}", *command], env=env)
+        if completed.returncode != 0:
+            print(f"memcheck: the command exited with {completed.returncode}", file=sys.stderr)
+            return 1
+        errors = fastloss_errors(xml_path)
+    for error in errors:
+        print(describe(error), file=sys.stderr)
+    print(f"memcheck: {len(errors)} error(s) involving fastloss")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
