@@ -254,9 +254,11 @@ int RUN(const fastloss_elementwise_options *options, const REAL *pred, const REA
 
     EW(call) call;
     call.loss = options->loss;
-    if (call.loss == FASTLOSS_LOSS_SMOOTH_L1 && options->threshold == 0.0)
-        call.loss = FASTLOSS_LOSS_L1; /* torch: beta == 0 is exactly l1_loss */
     call.threshold = (REAL)options->threshold;
+    /* torch: beta == 0 is exactly l1_loss.  So is a beta that rounds to 0 in REAL
+     * (the limit as beta -> 0), where r / beta would make 0 * inf a NaN at r = 0. */
+    if (call.loss == FASTLOSS_LOSS_SMOOTH_L1 && call.threshold == 0)
+        call.loss = FASTLOSS_LOSS_L1;
     call.half_inv_threshold = call.threshold > 0 ? (REAL)(0.5 / options->threshold) : 0;
     call.inv_threshold = call.threshold > 0 ? (REAL)(1.0 / options->threshold) : 0;
     call.pred = pred;
@@ -286,7 +288,10 @@ int RUN(const fastloss_elementwise_options *options, const REAL *pred, const REA
             return FASTLOSS_ERROR_NO_MEMORY;
     }
 
-    const int threads = fastloss_effective_threads(options->num_threads, n);
+    /* never more threads than blocks: a thread without a block would only cost its wake-up */
+    int threads = fastloss_effective_threads(options->num_threads, n);
+    if (threads > n_blocks)
+        threads = n_blocks > 1 ? (int)n_blocks : 1;
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
 #endif

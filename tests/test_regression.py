@@ -122,6 +122,16 @@ def test_smooth_l1_with_beta_zero_is_l1_bit_for_bit(reduction, dtype, rng):
             assert bitwise_equal(np.asarray(a), np.asarray(b)), name
 
 
+def test_smooth_l1_with_a_beta_below_float32_is_l1():
+    # 1e-46 rounds to 0 in float32: the float32 kernel is then l1 (the limit beta -> 0),
+    # not r / 0, which is NaN at r = 0.
+    pred = np.array([0.0, 1.0, -2.0, 0.5], np.float32)
+    target = np.array([0.0, 0.5, 0.0, 0.5], np.float32)
+    loss, grad = fastloss.smooth_l1_value_and_grad(pred, target, beta=1e-46, reduction="none")
+    np.testing.assert_array_equal(loss, np.abs(pred - target))
+    np.testing.assert_array_equal(grad, np.array([0, 1, -1, 0], np.float32))
+
+
 @dtypes
 def test_l1_gradient_at_zero_is_zero(dtype):
     pred = np.array([0.0, -0.0, 1.5, -2.5, 3.0], dtype)
