@@ -26,7 +26,9 @@
  * loops free of optional arguments lets each of them vectorise, and keeping
  * the writes out of them makes grad == pred (in place) safe.
  */
+#ifndef FASTLOSS_EW_TILE
 #define FASTLOSS_EW_TILE 512
+#endif
 
 /* Independent float64 accumulators for a block's sum: one AVX2 vector of
  * float32 converted to double makes two of them.  Fixed for every ISA. */
