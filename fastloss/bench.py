@@ -181,6 +181,24 @@ def _ce_torch_forward_backward(inputs, threads):
     return Timed(call, prepare=clear, note="torch.from_numpy inputs; backward into a fresh .grad")
 
 
+def _ce_adapter_forward_backward(inputs, threads):
+    torch = _torch()
+    if torch is None:
+        return None
+    import fastloss.torch as fastloss_torch
+
+    logits = torch.from_numpy(inputs["logits"]).requires_grad_(True)
+    target = torch.from_numpy(inputs["target"])
+
+    def clear():
+        logits.grad = None  # a fresh gradient, as torch's row
+
+    return Timed(lambda: fastloss_torch.cross_entropy(logits, target,
+                                                      num_threads=threads).backward(),
+                 prepare=clear, note="autograd: the forward keeps the lse, the backward is "
+                                     "grad from lse into a fresh .grad")
+
+
 def _ce_torch_forward(inputs, threads):
     torch = _torch()
     if torch is None:
@@ -213,6 +231,8 @@ CROSS_ENTROPY = Family(
         Case("np.copyto (logits -> buffer)", _copy, role="copy"),
         Case("logits.max()", _read, role="read", read_only=True),
         Case("torch F.cross_entropy forward+backward", _ce_torch_forward_backward,
+             requires="torch"),
+        Case("fastloss.torch.cross_entropy forward+backward", _ce_adapter_forward_backward,
              requires="torch"),
         Case("torch forward", _ce_torch_forward, read_only=True, requires="torch"),
     ),
@@ -313,6 +333,26 @@ def _ew_torch_forward_backward(name):
     return setup
 
 
+def _ew_adapter_forward_backward(name):
+    def setup(inputs, threads):
+        torch = _torch()
+        if torch is None:
+            return None
+        import fastloss.torch as fastloss_torch
+
+        function = getattr(fastloss_torch, _TORCH_NAMES[name])
+        pred = torch.from_numpy(inputs["pred"]).requires_grad_(True)
+        target = torch.from_numpy(_ew_target(inputs, name))
+
+        def clear():
+            pred.grad = None
+
+        return Timed(lambda: function(pred, target, num_threads=threads).backward(),
+                     prepare=clear, note="autograd; backward into a fresh .grad")
+
+    return setup
+
+
 ELEMENTWISE = Family(
     name="elementwise",
     title="regression and binary losses (mean)",
@@ -331,6 +371,9 @@ ELEMENTWISE = Family(
         Case("pred.max()", _ew_read, role="read", read_only=True),
         *(Case(f"torch {_TORCH_NAMES[name]} forward+backward", _ew_torch_forward_backward(name),
                requires="torch") for name in ELEMENTWISE_LOSSES),
+        *(Case(f"fastloss.torch.{_TORCH_NAMES[name]} forward+backward",
+               _ew_adapter_forward_backward(name), requires="torch")
+          for name in ELEMENTWISE_LOSSES),
     ),
 )
 

@@ -136,6 +136,7 @@ def test_bench_quick_json(tmp_path):
     assert forward["ratio_to_max"] > 0
     if importlib.util.find_spec("torch") is not None:
         assert "torch F.cross_entropy forward+backward" in names
+        assert "fastloss.torch.cross_entropy forward+backward" in names
     else:
         assert any(row["name"].startswith("torch") for row in report["skipped"])
     # the table on stdout: the header names the machine, one line per case
@@ -226,6 +227,10 @@ def test_bench_plot_writes_a_png(tmp_path):
     roles = {row["name"]: row["role"] for row in report["results"]}
     assert roles["np.copyto (pred -> buffer)"] == "copy"
     assert roles["pred.max()"] == "read"
+    if importlib.util.find_spec("torch") is not None:  # the PyTorch adapter's rows
+        for torch_name in ("mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss",
+                           "binary_cross_entropy_with_logits"):
+            assert f"fastloss.torch.{torch_name} forward+backward" in roles
 
 
 def test_bench_plot_of_every_family(tmp_path, monkeypatch):
