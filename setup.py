@@ -25,6 +25,9 @@ C_SOURCES = [
     "csrc/elementwise.c",
     "csrc/elementwise_avx2.c",
     "csrc/elementwise_avx512.c",
+    "csrc/distance.c",
+    "csrc/distance_avx2.c",
+    "csrc/distance_avx512.c",
 ]
 
 OPENMP_PROBE = """
@@ -136,7 +139,8 @@ extensions = [
         include_dirs=["csrc", numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         depends=[os.path.join("csrc", name) for name in os.listdir("csrc") if name.endswith(".h")]
-        + ["fastloss/_cross_entropy.pxi", "fastloss/_elementwise.pxi", "fastloss/_common.pxd"],
+        + ["fastloss/_cross_entropy.pxi", "fastloss/_elementwise.pxi", "fastloss/_common.pxd",
+           "fastloss/_distance.pxi"],
     )
 ]
 

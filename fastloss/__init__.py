@@ -28,6 +28,24 @@ from fastloss.elementwise import (
     smooth_l1_value_and_grad,
 )
 
+from fastloss.contrastive import (
+    contrastive,
+    contrastive_grad,
+    contrastive_value_and_grad,
+    contrastive_pairwise,
+    contrastive_pairwise_grad,
+    contrastive_pairwise_value_and_grad,
+    info_nce,
+    info_nce_grad,
+    info_nce_value_and_grad,
+    pairwise_distance,
+    pairwise_distance_grad,
+    pairwise_distance_value_and_grad,
+    triplet_margin,
+    triplet_margin_grad,
+    triplet_margin_value_and_grad,
+)
+
 __all__ = [
     "__version__",
     "bce_with_logits",
@@ -52,4 +70,19 @@ __all__ = [
     "smooth_l1",
     "smooth_l1_grad",
     "smooth_l1_value_and_grad",
+    "contrastive",
+    "contrastive_grad",
+    "contrastive_value_and_grad",
+    "contrastive_pairwise",
+    "contrastive_pairwise_grad",
+    "contrastive_pairwise_value_and_grad",
+    "info_nce",
+    "info_nce_grad",
+    "info_nce_value_and_grad",
+    "pairwise_distance",
+    "pairwise_distance_grad",
+    "pairwise_distance_value_and_grad",
+    "triplet_margin",
+    "triplet_margin_grad",
+    "triplet_margin_value_and_grad",
 ]

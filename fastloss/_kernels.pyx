@@ -81,3 +81,4 @@ cdef bint _may_overlap(cnp.ndarray a, cnp.ndarray b):
 
 include "_cross_entropy.pxi"
 include "_elementwise.pxi"
+include "_distance.pxi"

@@ -409,6 +409,74 @@ ELEMENTWISE_SPECS = (
 )
 
 
+# --- embeddings: pairwise distances and contrastive losses -------------------------------
+
+# Per metric: the layout of random embeddings (class centres with this spread, rows with
+# this noise around their centre, and a common offset the kernels must see through) and
+# margins near the median distance within and between classes, so both margins cut
+# through the pairs.
+EMBEDDING_LAYOUTS = {
+    "euclidean": {"spread": 0.6, "noise": 0.25, "offset": 3.0,
+                  "pos_margin": 1.0, "neg_margin": 2.4},
+    "sqeuclidean": {"spread": 0.6, "noise": 0.25, "offset": 3.0,
+                    "pos_margin": 1.0, "neg_margin": 5.8},
+    "cosine": {"spread": 1.0, "noise": 0.35, "offset": 0.0,
+               "pos_margin": 0.1, "neg_margin": 0.9},
+}
+
+
+def random_embeddings(rng, shape, dtype, metric="euclidean", n_classes=4):
+    """Rows of ``shape`` (N, D) in ``n_classes`` clusters (EMBEDDING_LAYOUTS[metric]) and
+    their int64 class labels."""
+    layout = EMBEDDING_LAYOUTS[metric]
+    n_rows, dim = shape
+    labels = rng.integers(0, n_classes, n_rows)
+    centres = rng.standard_normal((n_classes, dim)) * layout["spread"]
+    rows = centres[labels] + layout["noise"] * rng.standard_normal(shape) + layout["offset"]
+    return rows.astype(dtype), labels
+
+
+def make_contrastive_pairwise_inputs(rng, dtype, params, shape):
+    """Clustered embeddings and labels; the margins of the metric's layout unless
+    ``default_margins``."""
+    metric = params.get("metric", "euclidean")
+    embeddings, labels = random_embeddings(rng, shape, dtype, metric,
+                                           params.get("n_classes", 4))
+    options = {"metric": metric}
+    if not params.get("default_margins"):
+        layout = EMBEDDING_LAYOUTS[metric]
+        options.update(pos_margin=layout["pos_margin"], neg_margin=layout["neg_margin"])
+    return (embeddings, labels), options
+
+
+CONTRASTIVE_PAIRWISE_CASES = (
+    Case("euclidean", {"metric": "euclidean"}),
+    Case("euclidean-default-margins", {"metric": "euclidean", "default_margins": True}),
+    Case("sqeuclidean", {"metric": "sqeuclidean"}),
+    Case("cosine", {"metric": "cosine"}),
+    Case("cosine-default-margins", {"metric": "cosine", "default_margins": True}),
+    Case("one-class", {"metric": "euclidean", "n_classes": 1}),
+)
+
+
+def pair_matrix_loss_shape(shape):
+    return (shape[0], shape[0])
+
+
+CONTRASTIVE_SPECS = (
+    LossSpec(
+        name="contrastive_pairwise",
+        public=_functions(fastloss, "contrastive_pairwise"),
+        reference=_functions(reference, "contrastive_pairwise"),
+        make_inputs=make_contrastive_pairwise_inputs,
+        loss_shape=pair_matrix_loss_shape,
+        # 37 rows: one 64 x 64 tile of pairs, with ragged ends
+        default_shape=(37, 8),
+        cases=CONTRASTIVE_PAIRWISE_CASES,
+    ),
+)
+
+
 SPECS = (
     LossSpec(
         name="cross_entropy-hard",
@@ -428,7 +496,7 @@ SPECS = (
         default_shape=(37, 23),
         cases=CE_SOFT_CASES,
     ),
-) + ELEMENTWISE_SPECS
+) + ELEMENTWISE_SPECS + CONTRASTIVE_SPECS
 
 SPECS_BY_NAME = {spec.name: spec for spec in SPECS}
 

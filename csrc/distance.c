@@ -1,0 +1,132 @@
+/*
+ * distance.c -- pairwise distances, contrastive losses and the triplet margin
+ * loss, for float32 and float64.
+ *
+ * Metrics, for rows x and y:
+ *   euclidean    d = |x - y|
+ *   sqeuclidean  d = |x - y|**2
+ *   cosine       d = 1 - x^ . y^,   x^ = x / max(|x|, eps)   (torch's F.normalize,
+ *                eps = 1e-12: a zero row has x^ = 0, so d = 1 to everything and a
+ *                finite gradient, 1 / eps times the other row's direction)
+ * The functions of row pairs (contrastive, triplet) add torch's small eps to
+ * the difference, d = |x - y + eps|_p (F.pairwise_distance), so the gradient
+ * at zero distance is finite (a unit vector).  The all-pairs functions follow
+ * torch.cdist instead: no eps, and no gradient through a zero distance.
+ *
+ * Losses:
+ *   contrastive (Hadsell, Chopra & LeCun 2006), label y in [0, 1]:
+ *     0.5 (y d**2 + (1 - y) relu(margin - d)**2)
+ *   contrastive over all pairs i < j of a batch, y_ij = [label_i == label_j]:
+ *     y_ij relu(d_ij - pos_margin)**2 + (1 - y_ij) relu(neg_margin - d_ij)**2
+ *   triplet margin (Balntas et al. 2016; torch.nn.functional.triplet_margin_loss):
+ *     max(margin + d(a, p) - d(a, n), 0),  d(a, n) -> min(d(a, n), d(p, n)) with swap
+ *
+ * All pairs from a Gram matrix.  With p_i the prepared rows (centred for the
+ * euclidean metrics: distances do not change under a shift, and the shift
+ * keeps |p|**2 small next to the distances; unit rows for cosine),
+ *   q_ij = |p_i|**2 + |p_j|**2 - 2 p_i . p_j,   c_ij = p_i . p_j,
+ * where the dot products come from one BLAS product in double (the caller's).
+ * Cancellation makes q_ij inaccurate for close points, so every pair carries
+ * an error bound and is recomputed from the rows (in double, from the
+ * differences) when the bound could show in the result:
+ *   |error(p_i . p_j)| <= gamma |p_i| |p_j|,   gamma = lambda sqrt(D) u,
+ * u = 2**-53 and lambda = 7: Higham & Mary, "A new approach to probabilistic
+ * rounding error analysis", SIAM J. Sci. Comput. 41(5), 2019, Thm 3.1 (any
+ * summation order, and the bound on sum |a_k b_k| relaxed to |a| |b|), holds
+ * with probability at least 1 - 2 D exp(-lambda**2 / 2), above 1 - 1e-7 for
+ * D <= 10**4.  Then q_ij is off by at most E = 3 gamma (|p_i|**2 + |p_j|**2)
+ * (the two norms and the product, with room for the prepared rows' rounding),
+ * c_ij by E = 3 gamma.  A pair is recomputed when
+ *   q_ij <= E / tau  (cosine: 1 - c_ij <= E / tau)      (close points), or
+ *   -E_d <= h_ij <= 2 E_d / tau                           (next to a margin of
+ *                                                        the contrastive loss)
+ * with E_d the bound carried to d (E / 2d for euclidean) and h_ij the depth
+ * inside the pair's hinge (d - pos_margin or neg_margin - d), so that every
+ * kept distance, and every loss and coefficient derived from it, has relative
+ * error below tau (a pair outside its hinge by more than E_d has loss 0
+ * exactly): half a float32 ulp for float32 data, 2.5e-13 (a quarter of the
+ * float64 accuracy contract) for float64.  q is clamped at zero.  Random
+ * embeddings with D up to a few thousand recompute no pair at all; a batch of
+ * near-duplicates recomputes them all (the cost of a double-precision
+ * distance matrix).
+ *
+ * Gradients.  Each pair gets one coefficient w_ij (the upstream gradient times
+ * d value / d d, times 1 / d for euclidean, 2 for sqeuclidean), and
+ *   euclidean metrics: grad_i = sum_j w_ij (p_i - p_j) = r_i p_i - (W P)_i,
+ *   cosine: grad x^_i = -(W P)_i, through x^ = x / |x|:
+ *     grad_i = ((r_i - t_i) p_i - (W P)_i) / |x_i|,
+ * with r_i = sum_j w_ij and t_i = sum_j w_ij d_ij: the projection
+ * (1 - x^ x^T) written with the known d_ij instead of a dot product that
+ * cancels.  W P is the second BLAS product (the caller's); r and t are summed
+ * here from the coefficients as stored, so the two agree.  The product gives
+ * a pair's pull w (p_i - p_j) to about u |w| (|p_i| + |p_j|), u of the
+ * storage dtype, which is not small next to the pull itself when the points
+ * are close: pairs with |p_i - p_j| < k (|p_i| + |p_j|) (cosine: |x^_i - x^_j|
+ * < 2k), k = u / tau_g, leave the product (w_ij = 0 there) and their pull is
+ * summed from the rows in double when the gradient is finished.  tau_g is
+ * 2**-20 for float32 (the pull to about 1e-6, the gradient contract), so
+ * k = 1/16; for float64 it is tau, so k = 4.4e-4.  The test is written on q:
+ * q < 2 k**2 (|p_i|**2 + |p_j|**2) (cosine: d < 2 k**2), DIRECT_GRADIENT_RATIO
+ * = 2 k**2.  Pairs with no gradient (exact duplicates, losses outside their
+ * hinge) never need it.
+ *
+ * Determinism.  The pass runs over square tiles of pairs; each tile sums its
+ * losses, and its part of every row and column sum, in a fixed order into a
+ * slot of its own, and the slots are then added in tile order.  The tiles
+ * depend on N and M alone, so the results are identical for any thread count.
+ */
+#include "distance_internal.h"
+
+#define FASTLOSS_ISA baseline
+#include "distance_impl.h"
+
+/* The row kernels, one build for every CPU (distance_body.h). */
+#define REAL float
+#define REAL_NAME(name) name##_float32
+#include "distance_row_helpers.h"
+#include "distance_body.h"
+#undef REAL
+#undef REAL_NAME
+
+#define REAL double
+#define REAL_NAME(name) name##_float64
+#include "distance_row_helpers.h"
+#include "distance_body.h"
+#undef REAL
+#undef REAL_NAME
+
+/* The pass: the widest build this CPU runs (fastloss_simd_level). */
+#ifdef FASTLOSS_HAVE_AVX512
+#define FL_CALL_AVX512(real_tag, ...)                                  \
+    if (fastloss_simd_level() == FASTLOSS_SIMD_AVX512)                 \
+        return fastloss_distance_matrix_##real_tag##_avx512(__VA_ARGS__);
+#else
+#define FL_CALL_AVX512(real_tag, ...)
+#endif
+#ifdef FASTLOSS_HAVE_AVX2
+#define FL_CALL_AVX2(real_tag, ...)                                    \
+    if (fastloss_simd_level() == FASTLOSS_SIMD_AVX2)                   \
+        return fastloss_distance_matrix_##real_tag##_avx2(__VA_ARGS__);
+#else
+#define FL_CALL_AVX2(real_tag, ...)
+#endif
+#define FL_DISPATCH(real_tag, ...)                                     \
+    FL_CALL_AVX512(real_tag, __VA_ARGS__)                              \
+    FL_CALL_AVX2(real_tag, __VA_ARGS__)                                \
+    return fastloss_distance_matrix_##real_tag##_baseline(__VA_ARGS__)
+
+int fastloss_distance_matrix_float32 FASTLOSS_DISTANCE_MATRIX_SIGNATURE(float)
+{
+    FL_DISPATCH(float32, options, x, x_row_stride, y, y_row_stride, x_norm, y_norm, gram,
+                gram_row_stride, labels, grad_output, grad_output_row_stride,
+                grad_output_col_stride, value, value_row_stride, coef, coef_row_stride, x_sums,
+                y_sums, direct_mask, loss, n_recomputed, n_direct);
+}
+
+int fastloss_distance_matrix_float64 FASTLOSS_DISTANCE_MATRIX_SIGNATURE(double)
+{
+    FL_DISPATCH(float64, options, x, x_row_stride, y, y_row_stride, x_norm, y_norm, gram,
+                gram_row_stride, labels, grad_output, grad_output_row_stride,
+                grad_output_col_stride, value, value_row_stride, coef, coef_row_stride, x_sums,
+                y_sums, direct_mask, loss, n_recomputed, n_direct);
+}

@@ -1,0 +1,232 @@
+/*
+ * distance.h -- pairwise distances and the losses built on them (contrastive
+ * over pairs, contrastive over all pairs of a batch, triplet margin), for
+ * float32 and float64.  See distance.c for the formulas, the error model of
+ * the Gram-matrix form and the references.
+ *
+ * Layout: embeddings are n_rows rows of dim contiguous values, row i at
+ * x + i * x_row_stride (elements); every N x M matrix has contiguous rows and
+ * its own row stride.  Every size, stride and index is 64-bit.
+ *
+ * The all-pairs functions are the pieces between two BLAS products that the
+ * caller (the Python layer, with NumPy's matmul) makes:
+ *   1. fastloss_distance_prepare_rows: centred rows (euclidean metrics) or
+ *      unit rows (cosine), in double, and their norms;
+ *   2. the caller forms the Gram matrix of the prepared rows, in double;
+ *   3. fastloss_distance_matrix: one pass over the pairs (the upper triangle
+ *      when y is x) for distances, losses and gradient coefficients W;
+ *   4. the caller forms W @ prepared rows (in the storage dtype);
+ *   5. fastloss_distance_finish_rows: the gradient from that product.
+ *
+ * Preconditions the caller checks (the Cython layer does): labels, margins,
+ * eps and p as documented per function; outputs do not overlap inputs.
+ */
+#ifndef FASTLOSS_DISTANCE_H
+#define FASTLOSS_DISTANCE_H
+
+#include "common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum fastloss_metric {
+    FASTLOSS_METRIC_EUCLIDEAN = 0,    /* d = |x - y| */
+    FASTLOSS_METRIC_SQEUCLIDEAN = 1,  /* d = |x - y|**2 */
+    FASTLOSS_METRIC_COSINE = 2        /* d = 1 - x^ . y^,  x^ = x / max(|x|, eps) */
+};
+
+enum fastloss_pairs_loss {
+    FASTLOSS_PAIRS_DISTANCE = 0,      /* the value of a pair is its distance */
+    FASTLOSS_PAIRS_CONTRASTIVE = 1    /* y relu(d - pos_margin)**2 + (1 - y) relu(neg_margin - d)**2 */
+};
+
+typedef struct fastloss_distance_rows_options {
+    fastloss_index n_rows;
+    fastloss_index dim;
+    int metric;          /* enum fastloss_metric */
+    double eps;          /* cosine: norms below eps count as eps (F.normalize) */
+    int num_threads;     /* upper bound on OpenMP threads (>= 1) */
+} fastloss_distance_rows_options;
+
+/*
+ * Step 1.  Euclidean metrics: prepared_i = x_i - shift (shift: dim values,
+ * the batch mean; distances do not change under a shift, and centring keeps
+ * |x_i|**2 + |y_j|**2 - 2 x_i.y_j from cancelling) and norm_i = |prepared_i|**2.
+ * Cosine: norm_i = |x_i| and prepared_i = x_i / max(norm_i, eps); shift unused.
+ * prepared is n_rows x dim doubles (contiguous); prepared_real, when not NULL,
+ * receives the same rows rounded to REAL (the operand of the backward product).
+ */
+void fastloss_distance_prepare_rows_float32(
+    const fastloss_distance_rows_options *options, const float *x, fastloss_index x_row_stride,
+    const double *shift, double *prepared, float *prepared_real, double *norm);
+void fastloss_distance_prepare_rows_float64(
+    const fastloss_distance_rows_options *options, const double *x, fastloss_index x_row_stride,
+    const double *shift, double *prepared, double *prepared_real, double *norm);
+
+typedef struct fastloss_distance_matrix_options {
+    fastloss_index n_rows;   /* N: rows of x */
+    fastloss_index n_cols;   /* M: rows of y (N when symmetric) */
+    fastloss_index dim;
+    int metric;              /* enum fastloss_metric */
+    int symmetric;           /* y is x: pairs i < j, every output mirrored */
+    int loss;                /* enum fastloss_pairs_loss (contrastive needs symmetric) */
+    double pos_margin;       /* contrastive, >= 0 */
+    double neg_margin;       /* contrastive, >= 0 */
+    double eps;              /* cosine norm clamp, as in prepare_rows */
+    double scale;            /* every pair's upstream gradient is multiplied by it */
+    int num_threads;
+} fastloss_distance_matrix_options;
+
+/*
+ * Step 3.  Arguments (IN unless marked OUT):
+ *   x, y            the original rows (for the pairs recomputed directly); y is
+ *                   NULL when symmetric
+ *   x_norm, y_norm  norm from prepare_rows (y_norm NULL when symmetric)
+ *   gram            N x M doubles, prepared x . prepared y; only the upper
+ *                   triangle (j > i) is read when symmetric.  OUT with coef: the
+ *                   coefficient w_ij of every direct pair (below), at (i, j)
+ *                   and, symmetric, at (j, i)
+ *   labels          contrastive: N class labels (y_ij = labels_i == labels_j)
+ *   grad_output     per-pair upstream gradient, N x M doubles read at
+ *                   i * row_stride + j * col_stride, or NULL for all ones.
+ *                   Symmetric: pair (i, j) gets g_ij + g_ji, the diagonal 2 g_ii.
+ *   value           OUT, N x M: distances (loss DISTANCE) or per-pair losses
+ *                   (CONTRASTIVE, zero diagonal), or NULL
+ *   coef            OUT, N x M gradient coefficients W (symmetric: both halves
+ *                   and the diagonal), 0 for the direct pairs; NULL for no gradient
+ *   x_sums          OUT with coef: 2 N doubles, sum_j w_ij then sum_j w_ij d_ij
+ *                   over the pairs in W
+ *   y_sums          OUT with coef, not symmetric: 2 M doubles, the column sums
+ *   direct_mask     OUT with coef: N x ceil(M / 64) words; bit j % 64 of word
+ *                   (i, j / 64) marks a direct pair (i, j) (symmetric: both
+ *                   (i, j) and (j, i)): close points whose pull the product
+ *                   cannot give accurately (see distance.c)
+ *   loss            OUT, the sum of the per-pair values over the pairs, or NULL
+ *   n_recomputed    OUT, how many pairs were recomputed from the rows, or NULL
+ *   n_direct        OUT, how many pairs are direct, or NULL
+ * The gradient of sum_pairs scale * upstream * value w.r.t. the rows is then
+ *   euclidean metrics: r_i p_i - (W P_y)_i + sum_direct w_ij (x_i - y_j)
+ *                      (p the prepared rows, r = x_sums)
+ *   cosine:            ((r_i - t_i) p_i - (W P_y)_i + direct pulls) / |x_i|  (|x_i| >= eps)
+ *                      -(W P_y)_i / eps                                  (|x_i| < eps)
+ * (fastloss_distance_finish_rows), and likewise for y with W^T and y_sums.
+ * Return FASTLOSS_OK or FASTLOSS_ERROR_NO_MEMORY (nothing is written then).
+ */
+int fastloss_distance_matrix_float32(
+    const fastloss_distance_matrix_options *options,
+    const float *x, fastloss_index x_row_stride, const float *y, fastloss_index y_row_stride,
+    const double *x_norm, const double *y_norm, double *gram, fastloss_index gram_row_stride,
+    const int64_t *labels, const double *grad_output, fastloss_index grad_output_row_stride,
+    fastloss_index grad_output_col_stride, float *value, fastloss_index value_row_stride,
+    float *coef, fastloss_index coef_row_stride, double *x_sums, double *y_sums,
+    uint64_t *direct_mask, double *loss, int64_t *n_recomputed, int64_t *n_direct);
+int fastloss_distance_matrix_float64(
+    const fastloss_distance_matrix_options *options,
+    const double *x, fastloss_index x_row_stride, const double *y, fastloss_index y_row_stride,
+    const double *x_norm, const double *y_norm, double *gram, fastloss_index gram_row_stride,
+    const int64_t *labels, const double *grad_output, fastloss_index grad_output_row_stride,
+    fastloss_index grad_output_col_stride, double *value, fastloss_index value_row_stride,
+    double *coef, fastloss_index coef_row_stride, double *x_sums, double *y_sums,
+    uint64_t *direct_mask, double *loss, int64_t *n_recomputed, int64_t *n_direct);
+
+/* The direct pairs of a pass, for the side being finished. */
+typedef struct fastloss_distance_direct {
+    const uint64_t *mask;             /* the pass's direct_mask */
+    fastloss_index mask_row_words;    /* ceil(M / 64) */
+    const double *coef;               /* the pass's gram: w_ij of the direct pairs */
+    fastloss_index coef_row_stride;
+    fastloss_index n_other;           /* rows of the other side */
+    int transposed;                   /* this side's rows are the columns j of (i, j) */
+} fastloss_distance_direct;
+
+/*
+ * Step 5.  grad_i from the prepared rows (REAL, the operand of the product),
+ * sums (2 n_rows: r then t), norm (prepare_rows' norm) and product = W @ P,
+ * plus the pulls of the direct pairs (direct NULL when the pass marked none)
+ * from the original rows of this side and of the other, and the other's norms
+ * (cosine).  grad may be product itself (same stride).
+ * Return FASTLOSS_OK or FASTLOSS_ERROR_NO_MEMORY.
+ */
+int fastloss_distance_finish_rows_float32(
+    const fastloss_distance_rows_options *options, const float *prepared,
+    fastloss_index prepared_row_stride, const double *sums, const double *norm,
+    const float *product, fastloss_index product_row_stride, float *grad,
+    fastloss_index grad_row_stride, const fastloss_distance_direct *direct, const float *rows,
+    fastloss_index rows_row_stride, const float *other, fastloss_index other_row_stride,
+    const double *other_norm);
+int fastloss_distance_finish_rows_float64(
+    const fastloss_distance_rows_options *options, const double *prepared,
+    fastloss_index prepared_row_stride, const double *sums, const double *norm,
+    const double *product, fastloss_index product_row_stride, double *grad,
+    fastloss_index grad_row_stride, const fastloss_distance_direct *direct, const double *rows,
+    fastloss_index rows_row_stride, const double *other, fastloss_index other_row_stride,
+    const double *other_norm);
+
+/*
+ * The backward of x^ = x / max(|x|, eps) (F.normalize): given unit rows
+ * (prepare_rows, cosine), their norms and the gradient w.r.t. x^ (all double,
+ * contiguous), grad = (g - x^ (x^ . g)) / |x| where |x| > eps, g / eps elsewhere.
+ */
+void fastloss_distance_normalize_backward_float32(
+    const fastloss_distance_rows_options *options, const double *normalized, const double *norm,
+    const double *grad_normalized, float *grad, fastloss_index grad_row_stride);
+void fastloss_distance_normalize_backward_float64(
+    const fastloss_distance_rows_options *options, const double *normalized, const double *norm,
+    const double *grad_normalized, double *grad, fastloss_index grad_row_stride);
+
+typedef struct fastloss_pair_loss_options {
+    fastloss_index n_rows;
+    fastloss_index dim;
+    int metric;          /* contrastive: enum fastloss_metric */
+    double margin;       /* contrastive >= 0, triplet > 0 */
+    double p;            /* triplet: the p of the p-norm, finite and >= 1 */
+    double eps;          /* added to every difference (torch's pairwise_distance), >= 0 */
+    double norm_eps;     /* cosine norm clamp */
+    int swap;            /* triplet: the distance swap of Balntas et al. */
+    int reduction;       /* enum fastloss_reduction */
+    int num_threads;
+} fastloss_pair_loss_options;
+
+/*
+ * Contrastive loss of row pairs (x1_i, x2_i) with label_i (1 similar, 0 not):
+ * 0.5 (y d**2 + (1 - y) relu(margin - d)**2).  grad_output as in
+ * cross_entropy.h (stride 0: one scalar); grad1, grad2 NULL for the forward.
+ * loss_per_row (n_rows doubles) and loss are OUT or NULL.
+ */
+int fastloss_distance_contrastive_float32(
+    const fastloss_pair_loss_options *options, const float *x1, fastloss_index x1_row_stride,
+    const float *x2, fastloss_index x2_row_stride, const double *label,
+    const double *grad_output, fastloss_index grad_output_stride, double *loss_per_row,
+    double *loss, float *grad1, fastloss_index grad1_row_stride, float *grad2,
+    fastloss_index grad2_row_stride);
+int fastloss_distance_contrastive_float64(
+    const fastloss_pair_loss_options *options, const double *x1, fastloss_index x1_row_stride,
+    const double *x2, fastloss_index x2_row_stride, const double *label,
+    const double *grad_output, fastloss_index grad_output_stride, double *loss_per_row,
+    double *loss, double *grad1, fastloss_index grad1_row_stride, double *grad2,
+    fastloss_index grad2_row_stride);
+
+/* Triplet margin loss (torch.nn.functional.triplet_margin_loss); as above. */
+int fastloss_distance_triplet_margin_float32(
+    const fastloss_pair_loss_options *options, const float *anchor,
+    fastloss_index anchor_row_stride, const float *positive, fastloss_index positive_row_stride,
+    const float *negative, fastloss_index negative_row_stride, const double *grad_output,
+    fastloss_index grad_output_stride, double *loss_per_row, double *loss, float *grad_anchor,
+    fastloss_index grad_anchor_row_stride, float *grad_positive,
+    fastloss_index grad_positive_row_stride, float *grad_negative,
+    fastloss_index grad_negative_row_stride);
+int fastloss_distance_triplet_margin_float64(
+    const fastloss_pair_loss_options *options, const double *anchor,
+    fastloss_index anchor_row_stride, const double *positive, fastloss_index positive_row_stride,
+    const double *negative, fastloss_index negative_row_stride, const double *grad_output,
+    fastloss_index grad_output_stride, double *loss_per_row, double *loss, double *grad_anchor,
+    fastloss_index grad_anchor_row_stride, double *grad_positive,
+    fastloss_index grad_positive_row_stride, double *grad_negative,
+    fastloss_index grad_negative_row_stride);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FASTLOSS_DISTANCE_H */

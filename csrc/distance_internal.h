@@ -1,0 +1,95 @@
+/*
+ * distance_internal.h -- what the distance kernels share across dtypes and
+ * instruction sets; not part of the public C interface.
+ */
+#ifndef FASTLOSS_DISTANCE_INTERNAL_H
+#define FASTLOSS_DISTANCE_INTERNAL_H
+
+#include <float.h>
+#include <math.h>
+#include <stdlib.h>
+
+#include "distance.h"
+
+/* Pairs per tile side: a 64 x 64 tile of the double Gram matrix (32 KiB) and
+ * of the coefficients and their mirror stays in L2 while it is visited. */
+#define FASTLOSS_DISTANCE_TILE 64
+
+/* lambda of the probabilistic bound above. */
+#define FASTLOSS_GRAM_LAMBDA 7.0
+
+/* Independent accumulators of the row sums: a fixed order that vectorises. */
+#define FASTLOSS_DISTANCE_LANES 8
+
+/* A ReLU that lets NaN through (as torch's relu and clamp_min do). */
+static inline double relu_nan(double value)
+{
+    return value > 0.0 || isnan(value) ? value : 0.0;
+}
+
+/* Bound on the error of a Gram entry per unit of |p_i| |p_j| (3 gamma above). */
+static inline double gram_error_bound(fastloss_index dim)
+{
+    return 3.0 * FASTLOSS_GRAM_LAMBDA * sqrt((double)(dim > 0 ? dim : 1)) * (DBL_EPSILON / 2.0);
+}
+
+/* What one pair contributes: the value written out (and summed into the
+ * loss), its distance, and the gradient coefficient w. */
+typedef struct pair_out {
+    double distance;
+    double value;
+    double coefficient;
+    int direct;          /* its gradient comes from the rows, not the product */
+} pair_out;
+
+/* 1 / distance**(p - 1) for the p-norm's gradient; 0 at distance 0, where
+ * torch's norm backward gives no gradient. */
+static inline double p_distance_inverse(double distance, double p)
+{
+    if (distance == 0.0)
+        return 0.0;
+    return p == 2.0 ? 1.0 / distance : 1.0 / pow(distance, p - 1.0);
+}
+
+/* d |v|_p / d v_k = sign(v_k) |v_k|**(p - 1) / |v|_p**(p - 1), with
+ * inv = p_distance_inverse(|v|_p, p); p = 1 gives sign(v_k), as torch. */
+static inline double p_distance_slope(double v, double p, double inv)
+{
+    if (p == 2.0)
+        return v * inv;
+    if (isnan(v))
+        return v;
+    const double sign = (v > 0.0) - (v < 0.0);
+    if (p == 1.0)
+        return sign;
+    return sign * pow(fabs(v), p - 1.0) * inv;
+}
+
+/* tau of distance.c, and DIRECT_GRADIENT_RATIO = 2 (u / tau_g)**2 */
+#define FASTLOSS_RECOMPUTE_TOLERANCE_FLOAT32 (FLT_EPSILON / 2.0)
+#define FASTLOSS_RECOMPUTE_TOLERANCE_FLOAT64 2.5e-13
+#define FASTLOSS_DIRECT_GRADIENT_RATIO_FLOAT32 (1.0 / 128.0)
+#define FASTLOSS_DIRECT_GRADIENT_RATIO_FLOAT64 3.9e-7
+
+/*
+ * The pass over the pairs, one per (dtype, instruction set), in
+ * distance_pass_body.h; distance.c dispatches fastloss_distance_matrix_* to
+ * the widest the CPU runs (its phase 1 vectorises, with AVX2 and AVX-512).
+ */
+#define FASTLOSS_DISTANCE_MATRIX_SIGNATURE(REAL_T)                                               \
+    (const fastloss_distance_matrix_options *options, const REAL_T *x,                           \
+     fastloss_index x_row_stride, const REAL_T *y, fastloss_index y_row_stride,                  \
+     const double *x_norm, const double *y_norm, double *gram, fastloss_index gram_row_stride,   \
+     const int64_t *labels, const double *grad_output, fastloss_index grad_output_row_stride,    \
+     fastloss_index grad_output_col_stride, REAL_T *value, fastloss_index value_row_stride,      \
+     REAL_T *coef, fastloss_index coef_row_stride, double *x_sums, double *y_sums,               \
+     uint64_t *direct_mask, double *loss, int64_t *n_recomputed, int64_t *n_direct)
+
+int fastloss_distance_matrix_float32_baseline FASTLOSS_DISTANCE_MATRIX_SIGNATURE(float);
+int fastloss_distance_matrix_float64_baseline FASTLOSS_DISTANCE_MATRIX_SIGNATURE(double);
+int fastloss_distance_matrix_float32_avx2 FASTLOSS_DISTANCE_MATRIX_SIGNATURE(float);
+int fastloss_distance_matrix_float64_avx2 FASTLOSS_DISTANCE_MATRIX_SIGNATURE(double);
+int fastloss_distance_matrix_float32_avx512 FASTLOSS_DISTANCE_MATRIX_SIGNATURE(float);
+int fastloss_distance_matrix_float64_avx512 FASTLOSS_DISTANCE_MATRIX_SIGNATURE(double);
+
+#endif /* FASTLOSS_DISTANCE_INTERNAL_H */

@@ -1,0 +1,76 @@
+/*
+ * distance_row_helpers.h -- double sums over the rows of one storage type REAL,
+ * written once.  No include guard, on purpose: included for float and double,
+ * by the pass (once per instruction set) and by the row kernels.  It expects
+ * REAL and REAL_NAME(name).
+ */
+
+/* ---------------------------------------------------------------------------
+ * Row helpers: double sums over FASTLOSS_DISTANCE_LANES accumulators, combined
+ * in a fixed order (the same bits on every run, and loops that vectorise).
+ * ------------------------------------------------------------------------- */
+
+static inline double REAL_NAME(lanes_total)(const double *lane)
+{
+    return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+
+/* sum_k (a_k a_scale - b_k b_scale + shift)**2 */
+static inline double REAL_NAME(squared_difference)(const REAL *a, double a_scale, const REAL *b,
+                                                   double b_scale, double shift, fastloss_index n)
+{
+    double lane[FASTLOSS_DISTANCE_LANES] = {0.0};
+    fastloss_index k = 0;
+    for (; k + FASTLOSS_DISTANCE_LANES <= n; k += FASTLOSS_DISTANCE_LANES)
+        for (int l = 0; l < FASTLOSS_DISTANCE_LANES; ++l) {
+            const double v = (double)a[k + l] * a_scale - (double)b[k + l] * b_scale + shift;
+            lane[l] += v * v;
+        }
+    for (int l = 0; k < n; ++k, ++l) {
+        const double v = (double)a[k] * a_scale - (double)b[k] * b_scale + shift;
+        lane[l] += v * v;
+    }
+    return REAL_NAME(lanes_total)(lane);
+}
+
+/* sum_k a_k b_k */
+static inline double REAL_NAME(dot)(const REAL *a, const REAL *b, fastloss_index n)
+{
+    double lane[FASTLOSS_DISTANCE_LANES] = {0.0};
+    fastloss_index k = 0;
+    for (; k + FASTLOSS_DISTANCE_LANES <= n; k += FASTLOSS_DISTANCE_LANES)
+        for (int l = 0; l < FASTLOSS_DISTANCE_LANES; ++l)
+            lane[l] += (double)a[k + l] * (double)b[k + l];
+    for (int l = 0; k < n; ++k, ++l)
+        lane[l] += (double)a[k] * (double)b[k];
+    return REAL_NAME(lanes_total)(lane);
+}
+
+/*
+ * Cosine distance of rows a, b with norms a_norm, b_norm, accurately:
+ * |a^ - b^|**2 / 2 when both are unit vectors (no cancellation as they meet),
+ * 1 - a^ . b^ when a norm is clamped to eps.
+ */
+static inline double REAL_NAME(cosine_distance)(const REAL *a, double a_norm, const REAL *b,
+                                                double b_norm, double eps, fastloss_index n)
+{
+    if (a_norm >= eps && b_norm >= eps) {
+        /* divisions, as the unit rows are made: no product to fuse into an FMA, so
+         * equal rows give exactly 0 in every build */
+        double lane[FASTLOSS_DISTANCE_LANES] = {0.0};
+        fastloss_index k = 0;
+        for (; k + FASTLOSS_DISTANCE_LANES <= n; k += FASTLOSS_DISTANCE_LANES)
+            for (int l = 0; l < FASTLOSS_DISTANCE_LANES; ++l) {
+                const double v = (double)a[k + l] / a_norm - (double)b[k + l] / b_norm;
+                lane[l] += v * v;
+            }
+        for (int l = 0; k < n; ++k, ++l) {
+            const double v = (double)a[k] / a_norm - (double)b[k] / b_norm;
+            lane[l] += v * v;
+        }
+        return 0.5 * REAL_NAME(lanes_total)(lane);
+    }
+    const double a_scale = 1.0 / (a_norm >= eps ? a_norm : eps);
+    const double b_scale = 1.0 / (b_norm >= eps ? b_norm : eps);
+    return 1.0 - REAL_NAME(dot)(a, b, n) * a_scale * b_scale;
+}

@@ -1,0 +1,541 @@
+# Pairwise distance and contrastive wrappers, included by _kernels.pyx.
+
+from libc.stdint cimport uint64_t
+
+cdef extern from "distance.h" nogil:
+    enum:
+        FASTLOSS_METRIC_EUCLIDEAN
+        FASTLOSS_METRIC_SQEUCLIDEAN
+        FASTLOSS_METRIC_COSINE
+        FASTLOSS_PAIRS_DISTANCE
+        FASTLOSS_PAIRS_CONTRASTIVE
+    ctypedef struct fastloss_distance_rows_options:
+        fastloss_index n_rows
+        fastloss_index dim
+        int metric
+        double eps
+        int num_threads
+    ctypedef struct fastloss_distance_matrix_options:
+        fastloss_index n_rows
+        fastloss_index n_cols
+        fastloss_index dim
+        int metric
+        int symmetric
+        int loss
+        double pos_margin
+        double neg_margin
+        double eps
+        double scale
+        int num_threads
+    ctypedef struct fastloss_distance_direct:
+        const uint64_t *mask
+        fastloss_index mask_row_words
+        const double *coef
+        fastloss_index coef_row_stride
+        fastloss_index n_other
+        int transposed
+    ctypedef struct fastloss_pair_loss_options:
+        fastloss_index n_rows
+        fastloss_index dim
+        int metric
+        double margin
+        double p
+        double eps
+        double norm_eps
+        int swap
+        int reduction
+        int num_threads
+    void fastloss_distance_prepare_rows_float32(
+        const fastloss_distance_rows_options *options, const float *x, fastloss_index x_row_stride,
+        const double *shift, double *prepared, float *prepared_real, double *norm)
+    void fastloss_distance_prepare_rows_float64(
+        const fastloss_distance_rows_options *options, const double *x, fastloss_index x_row_stride,
+        const double *shift, double *prepared, double *prepared_real, double *norm)
+    int fastloss_distance_matrix_float32(
+        const fastloss_distance_matrix_options *options,
+        const float *x, fastloss_index x_row_stride, const float *y, fastloss_index y_row_stride,
+        const double *x_norm, const double *y_norm, double *gram,
+        fastloss_index gram_row_stride, const int64_t *labels, const double *grad_output,
+        fastloss_index grad_output_row_stride, fastloss_index grad_output_col_stride,
+        float *value, fastloss_index value_row_stride, float *coef,
+        fastloss_index coef_row_stride, double *x_sums, double *y_sums, uint64_t *direct_mask,
+        double *loss, int64_t *n_recomputed, int64_t *n_direct)
+    int fastloss_distance_matrix_float64(
+        const fastloss_distance_matrix_options *options,
+        const double *x, fastloss_index x_row_stride, const double *y, fastloss_index y_row_stride,
+        const double *x_norm, const double *y_norm, double *gram,
+        fastloss_index gram_row_stride, const int64_t *labels, const double *grad_output,
+        fastloss_index grad_output_row_stride, fastloss_index grad_output_col_stride,
+        double *value, fastloss_index value_row_stride, double *coef,
+        fastloss_index coef_row_stride, double *x_sums, double *y_sums, uint64_t *direct_mask,
+        double *loss, int64_t *n_recomputed, int64_t *n_direct)
+    int fastloss_distance_finish_rows_float32(
+        const fastloss_distance_rows_options *options, const float *prepared,
+        fastloss_index prepared_row_stride, const double *sums, const double *norm,
+        const float *product, fastloss_index product_row_stride, float *grad,
+        fastloss_index grad_row_stride, const fastloss_distance_direct *direct,
+        const float *rows, fastloss_index rows_row_stride, const float *other,
+        fastloss_index other_row_stride, const double *other_norm)
+    int fastloss_distance_finish_rows_float64(
+        const fastloss_distance_rows_options *options, const double *prepared,
+        fastloss_index prepared_row_stride, const double *sums, const double *norm,
+        const double *product, fastloss_index product_row_stride, double *grad,
+        fastloss_index grad_row_stride, const fastloss_distance_direct *direct,
+        const double *rows, fastloss_index rows_row_stride, const double *other,
+        fastloss_index other_row_stride, const double *other_norm)
+    void fastloss_distance_normalize_backward_float32(
+        const fastloss_distance_rows_options *options, const double *normalized,
+        const double *norm, const double *grad_normalized, float *grad,
+        fastloss_index grad_row_stride)
+    void fastloss_distance_normalize_backward_float64(
+        const fastloss_distance_rows_options *options, const double *normalized,
+        const double *norm, const double *grad_normalized, double *grad,
+        fastloss_index grad_row_stride)
+    int fastloss_distance_contrastive_float32(
+        const fastloss_pair_loss_options *options, const float *x1, fastloss_index x1_row_stride,
+        const float *x2, fastloss_index x2_row_stride, const double *label,
+        const double *grad_output, fastloss_index grad_output_stride, double *loss_per_row,
+        double *loss, float *grad1, fastloss_index grad1_row_stride, float *grad2,
+        fastloss_index grad2_row_stride)
+    int fastloss_distance_contrastive_float64(
+        const fastloss_pair_loss_options *options, const double *x1, fastloss_index x1_row_stride,
+        const double *x2, fastloss_index x2_row_stride, const double *label,
+        const double *grad_output, fastloss_index grad_output_stride, double *loss_per_row,
+        double *loss, double *grad1, fastloss_index grad1_row_stride, double *grad2,
+        fastloss_index grad2_row_stride)
+    int fastloss_distance_triplet_margin_float32(
+        const fastloss_pair_loss_options *options, const float *anchor,
+        fastloss_index anchor_row_stride, const float *positive,
+        fastloss_index positive_row_stride, const float *negative,
+        fastloss_index negative_row_stride, const double *grad_output,
+        fastloss_index grad_output_stride, double *loss_per_row, double *loss,
+        float *grad_anchor, fastloss_index grad_anchor_row_stride, float *grad_positive,
+        fastloss_index grad_positive_row_stride, float *grad_negative,
+        fastloss_index grad_negative_row_stride)
+    int fastloss_distance_triplet_margin_float64(
+        const fastloss_pair_loss_options *options, const double *anchor,
+        fastloss_index anchor_row_stride, const double *positive,
+        fastloss_index positive_row_stride, const double *negative,
+        fastloss_index negative_row_stride, const double *grad_output,
+        fastloss_index grad_output_stride, double *loss_per_row, double *loss,
+        double *grad_anchor, fastloss_index grad_anchor_row_stride, double *grad_positive,
+        fastloss_index grad_positive_row_stride, double *grad_negative,
+        fastloss_index grad_negative_row_stride)
+
+
+METRICS = {"euclidean": FASTLOSS_METRIC_EUCLIDEAN, "sqeuclidean": FASTLOSS_METRIC_SQEUCLIDEAN,
+           "cosine": FASTLOSS_METRIC_COSINE}
+
+
+cdef int _embedding_typenum(cnp.ndarray x, str name) except -1:
+    """float32 or float64, 2-d, aligned, native byte order."""
+    cdef int typenum = cnp.PyArray_TYPE(x)
+    if typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64:
+        raise TypeError(f"{name}: expected float32 or float64, got {x.dtype}")
+    _check_float(x, typenum, name)
+    if cnp.PyArray_NDIM(x) != 2:
+        raise ValueError(f"{name}: expected a 2-d array, got {x.ndim} dimensions")
+    return typenum
+
+
+cdef int _check_metric_and_threads(str metric, int num_threads) except -1:
+    if metric not in METRICS:
+        raise ValueError(f"metric: unknown {metric!r}")
+    if num_threads < 1:
+        raise ValueError("num_threads: expected an integer >= 1")
+    return 0
+
+
+cdef inline int _check_matrix(object array, int typenum, fastloss_index n_rows,
+                              fastloss_index n_cols, str name, bint writeable) except -1:
+    _check_float(array, typenum, name)
+    _row_stride(array, n_rows, n_cols, name, writeable)
+    return 0
+
+
+def dist_prepare_rows(cnp.ndarray x, str metric, object shift, double eps, bint want_real,
+                      int num_threads):
+    """Prepared rows of x (N, D): centred on `shift` (float64 (D,)) for the euclidean
+    metrics, unit rows for cosine; returns (prepared float64 (N, D), the same rounded to
+    x's dtype or None, norms float64 (N,): squared norms of the prepared rows, or the
+    norms of x for cosine)."""
+    cdef int typenum = _embedding_typenum(x, "x")
+    _check_metric_and_threads(metric, num_threads)
+    cdef fastloss_distance_rows_options options
+    options.n_rows = x.shape[0]
+    options.dim = x.shape[1]
+    options.metric = METRICS[metric]
+    options.eps = eps
+    options.num_threads = num_threads
+    cdef fastloss_index x_stride = _row_stride(x, options.n_rows, options.dim, "x")
+    if options.metric != FASTLOSS_METRIC_COSINE:
+        _check_vector(shift, cnp.NPY_FLOAT64, options.dim, "shift")
+    cdef cnp.ndarray prepared = numpy.empty((options.n_rows, options.dim), dtype=numpy.float64)
+    cdef cnp.ndarray norm = numpy.empty(options.n_rows, dtype=numpy.float64)
+    cdef object prepared_real = None
+    if want_real:
+        prepared_real = numpy.empty((options.n_rows, options.dim), dtype=x.dtype)
+    cdef const void *x_ptr = cnp.PyArray_DATA(x)
+    cdef const double *shift_ptr = <const double *>_data_or_null(shift)
+    cdef double *prepared_ptr = <double *>cnp.PyArray_DATA(prepared)
+    cdef void *real_ptr = _data_or_null(prepared_real)
+    cdef double *norm_ptr = <double *>cnp.PyArray_DATA(norm)
+    with nogil:
+        if typenum == cnp.NPY_FLOAT32:
+            fastloss_distance_prepare_rows_float32(&options, <const float *>x_ptr, x_stride,
+                                                   shift_ptr, prepared_ptr, <float *>real_ptr,
+                                                   norm_ptr)
+        else:
+            fastloss_distance_prepare_rows_float64(&options, <const double *>x_ptr, x_stride,
+                                                   shift_ptr, prepared_ptr, <double *>real_ptr,
+                                                   norm_ptr)
+    return prepared, prepared_real, norm
+
+
+def dist_matrix(cnp.ndarray x, object y, cnp.ndarray x_norm, object y_norm, cnp.ndarray gram,
+                object labels, object grad_output, object value, object coef, object x_sums,
+                object y_sums, object direct_mask, str metric, str loss, double pos_margin,
+                double neg_margin, double eps, double scale, int num_threads):
+    """The pass over the pairs (csrc/distance.h, step 3).
+
+    x (N, D) and y (M, D) or None (y is x: symmetric); norms float64 from
+    dist_prepare_rows; gram float64 (N, M), writeable (upper triangle read when
+    symmetric; the direct pairs' coefficients are written into it); labels int64 (N,)
+    for loss "contrastive"; grad_output float64 (N, M) or None (all ones); value and
+    coef (N, M) in x's dtype or None; with coef: x_sums float64 (2N,), y_sums (2M,)
+    when not symmetric, direct_mask uint64 (N, ceil(M / 64)).  Returns (loss sum over
+    the pairs, pairs recomputed from the rows, direct pairs).
+    """
+    cdef int typenum = _embedding_typenum(x, "x")
+    _check_metric_and_threads(metric, num_threads)
+    if loss not in ("distance", "contrastive"):
+        raise ValueError(f"loss: unknown {loss!r}")
+    cdef fastloss_distance_matrix_options options
+    cdef bint symmetric = y is None
+    options.n_rows = x.shape[0]
+    options.n_cols = x.shape[0] if symmetric else y.shape[0]
+    options.dim = x.shape[1]
+    options.metric = METRICS[metric]
+    options.symmetric = symmetric
+    options.loss = FASTLOSS_PAIRS_DISTANCE if loss == "distance" else FASTLOSS_PAIRS_CONTRASTIVE
+    options.pos_margin = pos_margin
+    options.neg_margin = neg_margin
+    options.eps = eps
+    options.scale = scale
+    options.num_threads = num_threads
+    cdef fastloss_index n = options.n_rows, m = options.n_cols
+    if not (pos_margin >= 0.0 and neg_margin >= 0.0 and eps > 0.0):
+        raise ValueError("margins must be >= 0 and eps > 0")
+    if options.loss == FASTLOSS_PAIRS_CONTRASTIVE:
+        if not symmetric:
+            raise ValueError("loss 'contrastive' needs the symmetric (y is None) pass")
+        _check_vector(labels, cnp.NPY_INT64, n, "labels")
+    cdef fastloss_index x_stride = _row_stride(x, n, options.dim, "x")
+    cdef fastloss_index y_stride = 0
+    if not symmetric:
+        _check_float(y, typenum, "y")
+        y_stride = _row_stride(y, m, options.dim, "y")
+        _check_vector(y_norm, cnp.NPY_FLOAT64, m, "y_norm")
+    _check_vector(x_norm, cnp.NPY_FLOAT64, n, "x_norm")
+    _check_float(gram, cnp.NPY_FLOAT64, "gram")
+    cdef fastloss_index gram_stride = _row_stride(gram, n, m, "gram", coef is not None)
+    cdef fastloss_index go_row = 0, go_col = 0
+    if grad_output is not None:
+        _check_float(grad_output, cnp.NPY_FLOAT64, "grad_output")
+        if grad_output.ndim != 2 or grad_output.shape[0] != n or grad_output.shape[1] != m:
+            raise ValueError(f"grad_output: expected shape ({n}, {m}), got {grad_output.shape}")
+        if grad_output.strides[0] % 8 or grad_output.strides[1] % 8:
+            raise ValueError("grad_output: strides are not a multiple of the item size")
+        go_row = grad_output.strides[0] // 8
+        go_col = grad_output.strides[1] // 8
+    cdef fastloss_index value_stride = 0, coef_stride = 0
+    if value is not None:
+        _check_float(value, typenum, "value")
+        value_stride = _row_stride(value, n, m, "value", True)
+    if coef is not None:
+        _check_float(coef, typenum, "coef")
+        coef_stride = _row_stride(coef, n, m, "coef", True)
+        _check_vector(x_sums, cnp.NPY_FLOAT64, 2 * n, "x_sums", True)
+        if not symmetric:
+            _check_vector(y_sums, cnp.NPY_FLOAT64, 2 * m, "y_sums", True)
+        _check_float(direct_mask, cnp.NPY_UINT64, "direct_mask")
+        if _row_stride(direct_mask, n, (m + 63) // 64, "direct_mask", True) != (m + 63) // 64:
+            raise ValueError("direct_mask: expected a contiguous array")
+    for name, out in (("value", value), ("coef", coef), ("gram", gram),
+                      ("direct_mask", direct_mask if coef is not None else None)):
+        if out is not None and cnp.PyArray_SIZE(out):
+            for other in (x, y, x_norm, y_norm, labels, grad_output):
+                if other is not None and _may_overlap(out, other):
+                    raise ValueError(f"{name}: overlaps an input")
+    outputs = [a for a in (value, coef, gram, direct_mask if coef is not None else None)
+               if a is not None and cnp.PyArray_SIZE(a)]
+    for index in range(len(outputs)):
+        for other in outputs[index + 1:]:
+            if _may_overlap(outputs[index], other):
+                raise ValueError("outputs overlap each other")
+
+    cdef const void *x_ptr = cnp.PyArray_DATA(x)
+    cdef const void *y_ptr = _data_or_null(y)
+    cdef const double *x_norm_ptr = <const double *>cnp.PyArray_DATA(x_norm)
+    cdef const double *y_norm_ptr = <const double *>_data_or_null(y_norm)
+    cdef double *gram_ptr = <double *>cnp.PyArray_DATA(gram)
+    cdef const int64_t *labels_ptr = <const int64_t *>_data_or_null(labels)
+    cdef const double *go_ptr = <const double *>_data_or_null(grad_output)
+    cdef void *value_ptr = _data_or_null(value)
+    cdef void *coef_ptr = _data_or_null(coef)
+    cdef double *x_sums_ptr = <double *>_data_or_null(x_sums) if coef is not None else NULL
+    cdef double *y_sums_ptr = (<double *>_data_or_null(y_sums)
+                               if coef is not None and not symmetric else NULL)
+    cdef uint64_t *mask_ptr = <uint64_t *>_data_or_null(direct_mask) if coef is not None else NULL
+    cdef double total = 0.0
+    cdef int64_t recomputed = 0, direct = 0
+    cdef int status = 0
+    with nogil:
+        if typenum == cnp.NPY_FLOAT32:
+            status = fastloss_distance_matrix_float32(
+                &options, <const float *>x_ptr, x_stride, <const float *>y_ptr, y_stride,
+                x_norm_ptr, y_norm_ptr, gram_ptr, gram_stride, labels_ptr, go_ptr, go_row, go_col,
+                <float *>value_ptr, value_stride, <float *>coef_ptr, coef_stride, x_sums_ptr,
+                y_sums_ptr, mask_ptr, &total, &recomputed, &direct)
+        else:
+            status = fastloss_distance_matrix_float64(
+                &options, <const double *>x_ptr, x_stride, <const double *>y_ptr, y_stride,
+                x_norm_ptr, y_norm_ptr, gram_ptr, gram_stride, labels_ptr, go_ptr, go_row, go_col,
+                <double *>value_ptr, value_stride, <double *>coef_ptr, coef_stride, x_sums_ptr,
+                y_sums_ptr, mask_ptr, &total, &recomputed, &direct)
+    if status == FASTLOSS_ERROR_NO_MEMORY:
+        raise MemoryError("pairwise distances: could not allocate scratch space")
+    return total, recomputed, direct
+
+
+def dist_finish_rows(cnp.ndarray prepared, cnp.ndarray sums, cnp.ndarray norm,
+                     cnp.ndarray product, cnp.ndarray grad, object direct_mask,
+                     object direct_coef, bint transposed, cnp.ndarray rows, cnp.ndarray other,
+                     cnp.ndarray other_norm, str metric, double eps, int num_threads):
+    """Gradient rows from the product W @ P (csrc/distance.h, step 5): prepared, product
+    and grad (N, D) in one float dtype (grad may be product), sums float64 (2N,), norm
+    float64 (N,).  direct_mask (uint64, the pass's) and direct_coef (float64, the pass's
+    gram), or None when the pass marked no direct pair; transposed: this side is y of
+    the pass.  rows (N, D) and other (M, D): the original rows of this side and of the
+    other, other_norm float64 (M,)."""
+    cdef int typenum = _embedding_typenum(prepared, "prepared")
+    _check_metric_and_threads(metric, num_threads)
+    cdef fastloss_distance_rows_options options
+    options.n_rows = prepared.shape[0]
+    options.dim = prepared.shape[1]
+    options.metric = METRICS[metric]
+    options.eps = eps
+    options.num_threads = num_threads
+    cdef fastloss_index n = options.n_rows, d = options.dim
+    cdef fastloss_index m = other.shape[0]
+    cdef fastloss_index prepared_stride = _row_stride(prepared, n, d, "prepared")
+    _check_float(product, typenum, "product")
+    cdef fastloss_index product_stride = _row_stride(product, n, d, "product")
+    _check_float(grad, typenum, "out")
+    cdef fastloss_index grad_stride = _row_stride(grad, n, d, "out", True)
+    _check_vector(sums, cnp.NPY_FLOAT64, 2 * n, "sums")
+    _check_vector(norm, cnp.NPY_FLOAT64, n, "norm")
+    _check_float(rows, typenum, "rows")
+    cdef fastloss_index rows_stride = _row_stride(rows, n, d, "rows")
+    _check_float(other, typenum, "other")
+    cdef fastloss_index other_stride = _row_stride(other, m, d, "other")
+    _check_vector(other_norm, cnp.NPY_FLOAT64, m, "other_norm")
+    cdef fastloss_distance_direct direct
+    cdef fastloss_distance_direct *direct_ptr = NULL
+    if direct_mask is not None:
+        pairs_rows, pairs_cols = (m, n) if transposed else (n, m)
+        _check_float(direct_mask, cnp.NPY_UINT64, "direct_mask")
+        direct.mask_row_words = (pairs_cols + 63) // 64
+        if _row_stride(direct_mask, pairs_rows, direct.mask_row_words,
+                       "direct_mask") != direct.mask_row_words:
+            raise ValueError("direct_mask: expected a contiguous array")
+        _check_float(direct_coef, cnp.NPY_FLOAT64, "direct_coef")
+        direct.coef_row_stride = _row_stride(direct_coef, pairs_rows, pairs_cols, "direct_coef")
+        direct.mask = <const uint64_t *>cnp.PyArray_DATA(direct_mask)
+        direct.coef = <const double *>cnp.PyArray_DATA(direct_coef)
+        direct.n_other = m
+        direct.transposed = transposed
+        direct_ptr = &direct
+    cdef bint same = (cnp.PyArray_DATA(grad) == cnp.PyArray_DATA(product)
+                      and grad_stride == product_stride)
+    if cnp.PyArray_SIZE(grad):
+        for other_input in (prepared, product, sums, norm, rows, other, other_norm,
+                            direct_mask, direct_coef):
+            if other_input is None or (same and other_input is product):
+                continue
+            if _may_overlap(grad, other_input):
+                raise ValueError("out: overlaps an input")
+    cdef const void *prepared_ptr = cnp.PyArray_DATA(prepared)
+    cdef const double *sums_ptr = <const double *>cnp.PyArray_DATA(sums)
+    cdef const double *norm_ptr = <const double *>cnp.PyArray_DATA(norm)
+    cdef const void *product_ptr = cnp.PyArray_DATA(product)
+    cdef void *grad_ptr = cnp.PyArray_DATA(grad)
+    cdef const void *rows_ptr = cnp.PyArray_DATA(rows)
+    cdef const void *other_ptr = cnp.PyArray_DATA(other)
+    cdef const double *other_norm_ptr = <const double *>cnp.PyArray_DATA(other_norm)
+    cdef int status = 0
+    with nogil:
+        if typenum == cnp.NPY_FLOAT32:
+            status = fastloss_distance_finish_rows_float32(
+                &options, <const float *>prepared_ptr, prepared_stride, sums_ptr, norm_ptr,
+                <const float *>product_ptr, product_stride, <float *>grad_ptr, grad_stride,
+                direct_ptr, <const float *>rows_ptr, rows_stride, <const float *>other_ptr,
+                other_stride, other_norm_ptr)
+        else:
+            status = fastloss_distance_finish_rows_float64(
+                &options, <const double *>prepared_ptr, prepared_stride, sums_ptr, norm_ptr,
+                <const double *>product_ptr, product_stride, <double *>grad_ptr, grad_stride,
+                direct_ptr, <const double *>rows_ptr, rows_stride, <const double *>other_ptr,
+                other_stride, other_norm_ptr)
+    if status == FASTLOSS_ERROR_NO_MEMORY:
+        raise MemoryError("pairwise distances: could not allocate scratch space")
+
+
+def dist_normalize_backward(cnp.ndarray normalized, cnp.ndarray norm,
+                            cnp.ndarray grad_normalized, cnp.ndarray grad, double eps,
+                            int num_threads):
+    """grad (N, D) float32/float64 from the gradient w.r.t. x / max(|x|, eps): normalized
+    and grad_normalized contiguous float64 (N, D), norm float64 (N,)."""
+    cdef int typenum = _embedding_typenum(grad, "out")
+    if num_threads < 1:
+        raise ValueError("num_threads: expected an integer >= 1")
+    cdef fastloss_distance_rows_options options
+    options.n_rows = grad.shape[0]
+    options.dim = grad.shape[1]
+    options.metric = FASTLOSS_METRIC_COSINE
+    options.eps = eps
+    options.num_threads = num_threads
+    cdef fastloss_index n = options.n_rows, d = options.dim
+    cdef fastloss_index grad_stride = _row_stride(grad, n, d, "out", True)
+    for name, array in (("normalized", normalized), ("grad_normalized", grad_normalized)):
+        _check_float(array, cnp.NPY_FLOAT64, name)
+        if _row_stride(array, n, d, name) != d:
+            raise ValueError(f"{name}: expected a contiguous array")
+        if cnp.PyArray_SIZE(grad) and _may_overlap(grad, array):
+            raise ValueError("out: overlaps an input")
+    _check_vector(norm, cnp.NPY_FLOAT64, n, "norm")
+    cdef const double *normalized_ptr = <const double *>cnp.PyArray_DATA(normalized)
+    cdef const double *norm_ptr = <const double *>cnp.PyArray_DATA(norm)
+    cdef const double *g_ptr = <const double *>cnp.PyArray_DATA(grad_normalized)
+    cdef void *grad_ptr = cnp.PyArray_DATA(grad)
+    with nogil:
+        if typenum == cnp.NPY_FLOAT32:
+            fastloss_distance_normalize_backward_float32(&options, normalized_ptr, norm_ptr,
+                                                         g_ptr, <float *>grad_ptr, grad_stride)
+        else:
+            fastloss_distance_normalize_backward_float64(&options, normalized_ptr, norm_ptr,
+                                                         g_ptr, <double *>grad_ptr, grad_stride)
+
+
+cdef fastloss_index _grad_output_stride(object grad_output, fastloss_index n,
+                                        str reduction) except -1:
+    """Stride of the per-row upstream gradient: 1 for n values, 0 for one."""
+    if grad_output.shape[0] == n and n != 1:
+        _check_vector(grad_output, cnp.NPY_FLOAT64, n, "grad_output")
+        if reduction != "none":
+            raise ValueError("grad_output: expected a scalar for reduction 'mean' or 'sum'")
+        return 1
+    _check_vector(grad_output, cnp.NPY_FLOAT64, 1, "grad_output")
+    return 0
+
+
+def dist_pair_loss_run(str loss, tuple rows, object label, object grad_output,
+                       object loss_per_row, tuple grads, str metric, double margin, double p,
+                       double eps, double norm_eps, bint swap, str reduction, int num_threads):
+    """Contrastive (loss "contrastive", rows (x1, x2), label float64 (N,)) or triplet
+    margin (loss "triplet", rows (anchor, positive, negative)) over row pairs.
+
+    rows: (N, D) arrays of one float dtype with contiguous rows; grad_output float64
+    (N,) or (1,), needed with grads; loss_per_row float64 (N,) or None; grads: a tuple
+    of (N, D) writeable arrays like the rows, or () for the forward.  Returns the
+    reduced loss (meaningless for "none").
+    """
+    if loss not in ("contrastive", "triplet"):
+        raise ValueError(f"loss: unknown {loss!r}")
+    cdef int n_inputs = 2 if loss == "contrastive" else 3
+    if len(rows) != n_inputs or len(grads) not in (0, n_inputs):
+        raise ValueError(f"{loss}: expected {n_inputs} row arrays and as many gradients")
+    _check_metric_and_threads(metric, num_threads)
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction: unknown {reduction!r}")
+    if not (margin >= 0.0 and eps >= 0.0 and norm_eps > 0.0):
+        raise ValueError("margin and eps must be >= 0")
+    if loss == "triplet" and not (p >= 1.0 and p < float("inf")):
+        raise ValueError("p: expected a finite value >= 1")
+    cdef int typenum = _embedding_typenum(rows[0], "x1" if loss == "contrastive" else "anchor")
+    cdef fastloss_pair_loss_options options
+    options.n_rows = rows[0].shape[0]
+    options.dim = rows[0].shape[1]
+    options.metric = METRICS[metric]
+    options.margin = margin
+    options.p = p
+    options.eps = eps
+    options.norm_eps = norm_eps
+    options.swap = swap
+    options.reduction = REDUCTIONS[reduction]
+    options.num_threads = num_threads
+    cdef fastloss_index n = options.n_rows, d = options.dim
+    cdef fastloss_index row_strides[3]
+    cdef fastloss_index grad_strides[3]
+    cdef const void *row_ptrs[3]
+    cdef void *grad_ptrs[3]
+    cdef int index
+    for index in range(n_inputs):
+        _check_float(rows[index], typenum, f"input {index}")
+        row_strides[index] = _row_stride(rows[index], n, d, f"input {index}")
+        row_ptrs[index] = cnp.PyArray_DATA(rows[index])
+        grad_ptrs[index] = NULL
+        grad_strides[index] = 0
+    if loss == "contrastive":
+        _check_vector(label, cnp.NPY_FLOAT64, n, "label")
+    if loss_per_row is not None:
+        _check_vector(loss_per_row, cnp.NPY_FLOAT64, n, "loss_per_row", True)
+    cdef fastloss_index go_stride = 0
+    if grads:
+        if grad_output is None:
+            raise ValueError("grad_output: needed for a gradient")
+        go_stride = _grad_output_stride(grad_output, n, reduction)
+        for index in range(n_inputs):
+            _check_float(grads[index], typenum, "out")
+            grad_strides[index] = _row_stride(grads[index], n, d, "out", True)
+            grad_ptrs[index] = cnp.PyArray_DATA(grads[index])
+            if cnp.PyArray_SIZE(grads[index]):
+                for other in rows + grads[:index]:
+                    if _may_overlap(grads[index], other):
+                        raise ValueError("out: overlaps an input or another gradient")
+    cdef const double *label_ptr = <const double *>_data_or_null(label)
+    cdef const double *go_ptr = <const double *>_data_or_null(grad_output) if grads else NULL
+    cdef double *per_row_ptr = <double *>_data_or_null(loss_per_row)
+    cdef double total = 0.0
+    cdef int status = 0
+    cdef bint contrastive = loss == "contrastive"
+    with nogil:
+        if contrastive and typenum == cnp.NPY_FLOAT32:
+            status = fastloss_distance_contrastive_float32(
+                &options, <const float *>row_ptrs[0], row_strides[0],
+                <const float *>row_ptrs[1], row_strides[1], label_ptr, go_ptr, go_stride,
+                per_row_ptr, &total, <float *>grad_ptrs[0], grad_strides[0],
+                <float *>grad_ptrs[1], grad_strides[1])
+        elif contrastive:
+            status = fastloss_distance_contrastive_float64(
+                &options, <const double *>row_ptrs[0], row_strides[0],
+                <const double *>row_ptrs[1], row_strides[1], label_ptr, go_ptr, go_stride,
+                per_row_ptr, &total, <double *>grad_ptrs[0], grad_strides[0],
+                <double *>grad_ptrs[1], grad_strides[1])
+        elif typenum == cnp.NPY_FLOAT32:
+            status = fastloss_distance_triplet_margin_float32(
+                &options, <const float *>row_ptrs[0], row_strides[0],
+                <const float *>row_ptrs[1], row_strides[1], <const float *>row_ptrs[2],
+                row_strides[2], go_ptr, go_stride, per_row_ptr, &total,
+                <float *>grad_ptrs[0], grad_strides[0], <float *>grad_ptrs[1], grad_strides[1],
+                <float *>grad_ptrs[2], grad_strides[2])
+        else:
+            status = fastloss_distance_triplet_margin_float64(
+                &options, <const double *>row_ptrs[0], row_strides[0],
+                <const double *>row_ptrs[1], row_strides[1], <const double *>row_ptrs[2],
+                row_strides[2], go_ptr, go_stride, per_row_ptr, &total,
+                <double *>grad_ptrs[0], grad_strides[0], <double *>grad_ptrs[1],
+                grad_strides[1], <double *>grad_ptrs[2], grad_strides[2])
+    if status == FASTLOSS_ERROR_NO_MEMORY:
+        raise MemoryError(f"{loss}: could not allocate scratch space")
+    return total

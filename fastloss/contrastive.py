@@ -1,0 +1,729 @@
+"""Pairwise distances and contrastive losses over embeddings (the public NumPy API).
+
+``pairwise_distance``, ``contrastive``, ``contrastive_pairwise``, ``info_nce`` and
+``triplet_margin``, each with its ``_grad`` and ``_value_and_grad`` twins. Gradients are
+w.r.t. every embedding input, as a tuple in argument order (one array when there is one
+input). The kernels are in csrc/distance.c; ``fastloss.reference`` has the float64
+oracle with the same semantics.
+
+Metrics (``metric=``), for rows x and y:
+
+- ``"euclidean"``: ``|x - y|``; ``"sqeuclidean"``: ``|x - y|**2``;
+- ``"cosine"``: ``1 - x^ . y^`` with ``x^ = x / max(|x|, 1e-12)``, torch's
+  ``F.normalize``: a zero vector has cosine distance 1 to everything and a finite
+  gradient (``1e12`` times the other unit vector, as torch gives); never a NaN.
+
+Zero distances follow the torch function of the same shape: the all-pairs functions
+(``pairwise_distance``, ``contrastive_pairwise``) are ``torch.cdist``, which has no eps
+and gives a euclidean distance of 0 no gradient (duplicated points do not push each
+other apart); the functions of row pairs (``contrastive``, ``triplet_margin``) are
+``F.pairwise_distance``, which adds ``eps`` (1e-6) to the difference, so a zero
+difference has the finite gradient of ``|eps * ones|``.
+
+Embeddings are 2-d, (N, D), float32 or float64 (mixed inputs compute in float64; each
+gradient has its input's dtype); any strides. The all-pairs functions form the Gram
+matrix of the (centred or normalised) rows with one BLAS product in float64, make one
+fused C pass over the pairs for distances, losses and gradient coefficients W, and form
+the gradient with one more product ``W @ rows`` in the input's dtype (see csrc/distance.c
+for the error model that decides which close pairs are recomputed from the rows). BLAS
+products use NumPy's BLAS threads, which ``num_threads`` does not set.
+"""
+import math
+
+import numpy as np
+
+from fastloss import _kernels
+from fastloss._config import resolve_num_threads
+from fastloss._validation import (
+    float_array,
+    grad_output_arg,
+    out_arg,
+    real_array,
+    real_scalar,
+    reduction_arg,
+    rows_view,
+)
+
+__all__ = [
+    "contrastive", "contrastive_grad", "contrastive_value_and_grad",
+    "contrastive_pairwise", "contrastive_pairwise_grad", "contrastive_pairwise_value_and_grad",
+    "info_nce", "info_nce_grad", "info_nce_value_and_grad",
+    "pairwise_distance", "pairwise_distance_grad", "pairwise_distance_value_and_grad",
+    "triplet_margin", "triplet_margin_grad", "triplet_margin_value_and_grad",
+]
+
+METRICS = ("euclidean", "sqeuclidean", "cosine")
+
+# torch.nn.functional.normalize's eps: norms below it are taken as it.
+NORMALIZE_EPS = 1e-12
+# torch.nn.functional.pairwise_distance's eps, added to row-pair differences.
+PAIRWISE_EPS = 1e-6
+# Rows per strip of the Gram product: only strips on and right of the diagonal are
+# formed, (1 + 1 / strips) / 2 of the full product's flops.
+GRAM_STRIP_ROWS = 512
+
+
+# ----------------------------------------------------------------------------------------
+# Arguments
+# ----------------------------------------------------------------------------------------
+
+def _embeddings(value, name):
+    array = float_array(value, name)
+    if array.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-d array (N, D), got shape {array.shape}")
+    if array.shape[1] == 0:
+        raise ValueError(f"{name}: expected at least one feature, got shape {array.shape}")
+    if array.shape[1] > 1 and array.strides[1] != array.itemsize:
+        array = np.ascontiguousarray(array)
+    if array.strides[0] % array.itemsize:
+        array = np.ascontiguousarray(array)
+    return array
+
+
+def _embedding_set(named, *, same_rows=True):
+    """Check and convert named embedding inputs; returns (arrays in the common dtype,
+    the inputs' own dtypes, the common dtype)."""
+    arrays = [_embeddings(value, name) for name, value in named]
+    first_name, first = named[0][0], arrays[0]
+    for (name, _), array in zip(named[1:], arrays[1:]):
+        if array.shape[1] != first.shape[1]:
+            raise ValueError(f"{name}: expected {first.shape[1]} features (the D of "
+                             f"{first_name}), got shape {array.shape}")
+        if same_rows and array.shape[0] != first.shape[0]:
+            raise ValueError(f"{name}: expected {first.shape[0]} rows (the N of {first_name}), "
+                             f"got shape {array.shape}")
+    dtypes = [array.dtype for array in arrays]
+    dtype = np.result_type(*dtypes)
+    arrays = [array if array.dtype == dtype else array.astype(dtype) for array in arrays]
+    return arrays, dtypes, dtype
+
+
+def _metric_arg(metric):
+    if not isinstance(metric, str) or metric not in METRICS:
+        raise ValueError(f"metric: expected one of {METRICS}, got {metric!r}")
+    return metric
+
+
+def _loss_value(total, dtype):
+    """A reduced loss: a Python float holding a value of `dtype`."""
+    return float(dtype.type(total))
+
+
+def _grad_targets(out, shapes, dtypes, inputs, name="out"):
+    """For each gradient: (the array to return, the array the kernel writes, copy back?).
+
+    ``out`` is None, an ndarray (one gradient) or a tuple of them. The kernel writes into
+    a caller's buffer when its rows are laid out for it and it shares no memory with an
+    input; otherwise into a fresh array that is then copied.
+    """
+    count = len(shapes)
+    if out is None:
+        arrays = [np.empty(shape, dtype=dtype) for shape, dtype in zip(shapes, dtypes)]
+        return [(array, array, False) for array in arrays]
+    if count == 1 and isinstance(out, np.ndarray):
+        out = (out,)
+    if not isinstance(out, tuple) or len(out) != count:
+        expected = "an ndarray" if count == 1 else f"a tuple of {count} ndarrays"
+        raise TypeError(f"{name}: expected {expected}, got {type(out).__name__}")
+    for index, buffer in enumerate(out):
+        label = name if count == 1 else f"{name}[{index}]"
+        out_arg(buffer, shapes[index], dtypes[index], label)
+        for other in out[:index]:
+            if np.may_share_memory(buffer, other):
+                raise ValueError(f"{label}: shares memory with another out= buffer")
+    targets = []
+    for buffer, shape, dtype in zip(out, shapes, dtypes):
+        view = rows_view(buffer, shape[1]) if buffer.size else buffer
+        usable = view is not None and not any(
+            np.may_share_memory(buffer, a) for a in inputs if isinstance(a, np.ndarray))
+        if usable:
+            targets.append((buffer, view, False))
+        else:
+            targets.append((buffer, np.empty(shape, dtype=dtype), True))
+    return targets
+
+
+def _finish_targets(targets):
+    """Copy gradients computed aside into their out= buffers; return what to hand back."""
+    results = []
+    for returned, written, copy in targets:
+        if copy:
+            np.copyto(returned, written, casting="same_kind")
+        results.append(returned)
+    return results
+
+
+# ----------------------------------------------------------------------------------------
+# All pairs: prepared rows, the Gram product, the fused pass, the backward product
+# ----------------------------------------------------------------------------------------
+
+class _AllPairs:
+    """The prepared rows of x (and y) for the all-pairs functions."""
+
+    def __init__(self, x, y, metric, num_threads, want_grad):
+        self.metric = metric
+        self.num_threads = num_threads
+        self.x, self.y = x, y
+        self.dtype = x.dtype
+        shift = None
+        if metric != "cosine":
+            # a common shift for x and y: the batch mean (distances do not change)
+            stacked_rows = x.shape[0] + (0 if y is None else y.shape[0])
+            total = x.sum(axis=0, dtype=np.float64)
+            if y is not None:
+                total = total + y.sum(axis=0, dtype=np.float64)
+            shift = np.ascontiguousarray(total / max(stacked_rows, 1))
+        # the backward product runs in the input's dtype: float32 data need the
+        # prepared rows rounded to float32 too
+        want_real = want_grad and self.dtype == np.float32
+        self.px, px_real, self.x_norm = _kernels.dist_prepare_rows(
+            x, metric, shift, NORMALIZE_EPS, want_real, num_threads)
+        self.px_real = px_real if want_real else self.px
+        self.py = self.py_real = self.y_norm = None
+        if y is not None:
+            self.py, py_real, self.y_norm = _kernels.dist_prepare_rows(
+                y, metric, shift, NORMALIZE_EPS, want_real, num_threads)
+            self.py_real = py_real if want_real else self.py
+
+    def gram(self):
+        """float64 prepared x @ prepared y.T; with y None, only the strips of rows on and
+        right of the diagonal (the pass reads the upper triangle)."""
+        if self.py is not None:
+            return self.px @ self.py.T
+        n = self.px.shape[0]
+        gram = np.empty((n, n))
+        strips = max(1, -(-n // GRAM_STRIP_ROWS))
+        size = max(1, -(-n // strips))
+        for start in range(0, n, size):
+            stop = min(start + size, n)
+            np.matmul(self.px[start:stop], self.px[start:].T, out=gram[start:stop, start:])
+        return gram
+
+    def run(self, *, loss="distance", labels=None, grad_output=None, scale=1.0, value=None,
+            want_grad=False, pos_margin=0.0, neg_margin=0.0):
+        """The fused pass; returns (loss sum, recomputed pairs) and keeps what the
+        backward needs."""
+        n = self.x.shape[0]
+        m = n if self.y is None else self.y.shape[0]
+        self.coef = self.x_sums = self.y_sums = self.direct_mask = None
+        if want_grad:
+            self.coef = np.empty((n, m), dtype=self.dtype)
+            self.x_sums = np.empty(2 * n)
+            if self.y is not None:
+                self.y_sums = np.empty(2 * m)
+            self.direct_mask = np.empty((n, -(-m // 64)), dtype=np.uint64)
+        self.gram_matrix = self.gram()
+        total, recomputed, self.n_direct = _kernels.dist_matrix(
+            self.x, self.y, self.x_norm, self.y_norm, self.gram_matrix, labels, grad_output,
+            value, self.coef, self.x_sums, self.y_sums, self.direct_mask, self.metric, loss,
+            pos_margin, neg_margin, NORMALIZE_EPS, scale, self.num_threads)
+        return total, recomputed
+
+    def backward(self, targets):
+        """Gradients into ``targets`` (one or two arrays): W @ P and the finishing pass
+        (with the pulls of the direct pairs, from the rows)."""
+        mask = self.direct_mask if self.n_direct else None
+        coef = self.gram_matrix if self.n_direct else None
+        y = self.x if self.y is None else self.y
+        y_norm = self.x_norm if self.y is None else self.y_norm
+        product = self.coef @ (self.px_real if self.py is None else self.py_real)
+        _kernels.dist_finish_rows(self.px_real, self.x_sums, self.x_norm, product, targets[0],
+                                  mask, coef, False, self.x, y, y_norm, self.metric,
+                                  NORMALIZE_EPS, self.num_threads)
+        if self.py is not None:
+            product = self.coef.T @ self.px_real
+            _kernels.dist_finish_rows(self.py_real, self.y_sums, self.y_norm, product,
+                                      targets[1], mask, coef, True, self.y, self.x,
+                                      self.x_norm, self.metric, NORMALIZE_EPS, self.num_threads)
+
+
+# ----------------------------------------------------------------------------------------
+# pairwise_distance
+# ----------------------------------------------------------------------------------------
+
+def _pairwise_distance(x, y, grad_output, metric, out, num_threads, want_value, want_grad):
+    named = [("x", x)] if y is None else [("x", x), ("y", y)]
+    arrays, dtypes, dtype = _embedding_set(named, same_rows=False)
+    metric = _metric_arg(metric)
+    threads = resolve_num_threads(num_threads)
+    x_rows = arrays[0]
+    y_rows = None if y is None else arrays[1]
+    n = x_rows.shape[0]
+    m = n if y_rows is None else y_rows.shape[0]
+    value = np.empty((n, m), dtype=dtype) if want_value else None
+    if n == 0 or m == 0:  # no pairs: nothing to compute
+        grads = None
+        if want_grad:
+            grads = _finish_targets(_grad_targets(out, [a.shape for a in arrays], dtypes, []))
+            grads = grads[0] if y is None else tuple(grads)
+        return value, grads
+    pairs = _AllPairs(x_rows, y_rows, metric, threads, want_grad)
+    upstream, scale = None, 1.0
+    if want_grad:
+        if isinstance(grad_output, np.ndarray) and grad_output.dtype.kind not in "fiu":
+            raise TypeError(f"grad_output: expected real numbers, got dtype {grad_output.dtype}")
+        upstream = np.asarray(grad_output, dtype=np.float64)
+        if upstream.ndim == 0:
+            # every entry of the matrix gets this gradient; symmetric: a pair twice
+            scale = float(upstream) * (2.0 if y_rows is None else 1.0)
+            upstream = None
+        elif upstream.shape != (n, m):
+            raise ValueError(f"grad_output: expected a scalar or shape {(n, m)} (the distance "
+                             f"matrix), got {upstream.shape}")
+    pairs.run(grad_output=upstream, scale=scale, value=value, want_grad=want_grad)
+    grads = None
+    if want_grad:
+        shapes = [array.shape for array in arrays]
+        targets = _grad_targets(out, shapes, dtypes, arrays + [x, y])
+        written = [t[1] if t[1].dtype == dtype else np.empty(t[1].shape, dtype) for t in targets]
+        pairs.backward(written)
+        for (returned, target, _), result in zip(targets, written):
+            if result is not target:
+                np.copyto(target, result, casting="same_kind")
+        grads = _finish_targets(targets)
+        grads = grads[0] if y is None else tuple(grads)
+    return value, grads
+
+
+def pairwise_distance(x, y=None, *, metric="euclidean", num_threads=None):
+    """Distances between the rows of x and the rows of y, as ``torch.cdist``.
+
+    Parameters
+    ----------
+    x : array_like, float32 or float64, shape (N, D)
+    y : array_like, shape (M, D), optional
+        Default: x itself (the matrix is then exactly symmetric with a zero diagonal,
+        except the cosine distance of a row below eps to itself, ``1 - (|x| / eps)**2``).
+    metric : {"euclidean", "sqeuclidean", "cosine"}
+        ``|x_i - y_j|``, its square, or ``1 - x^_i . y^_j`` with ``x^ = x / max(|x|, 1e-12)``
+        (torch: ``cdist``, ``cdist**2``, ``1 - normalize(x) @ normalize(y).T``).
+    num_threads : int, optional
+
+    Returns
+    -------
+    ndarray of shape (N, M) and the inputs' dtype.
+
+    The matrix comes from a float64 Gram product of the centred (or normalised) rows;
+    pairs whose distance that form cannot give to the dtype's accuracy (close points)
+    are recomputed from the differences, so every entry is accurate to the accuracy
+    contract, and a distance is never negative (csrc/distance.c has the error model).
+    """
+    value, _ = _pairwise_distance(x, y, None, metric, None, num_threads, True, False)
+    return value
+
+
+def pairwise_distance_grad(x, y=None, grad_output=1.0, *, metric="euclidean", out=None,
+                           num_threads=None):
+    """Gradient of ``sum(grad_output * pairwise_distance(x, y))`` w.r.t. x (and y).
+
+    grad_output is a scalar or an (N, M) array. Returns the gradient w.r.t. x when y is
+    None (both arguments are x), else ``(grad_x, grad_y)``. At zero euclidean distance
+    the pair contributes no gradient (torch.cdist's convention). ``out``: an array, or a
+    tuple of two when y is given.
+    """
+    _, grads = _pairwise_distance(x, y, grad_output, metric, out, num_threads, False, True)
+    return grads
+
+
+def pairwise_distance_value_and_grad(x, y=None, grad_output=1.0, *, metric="euclidean",
+                                     out=None, num_threads=None):
+    """``(pairwise_distance(...), pairwise_distance_grad(...))`` from one pass."""
+    return _pairwise_distance(x, y, grad_output, metric, out, num_threads, True, True)
+
+
+# ----------------------------------------------------------------------------------------
+# contrastive_pairwise
+# ----------------------------------------------------------------------------------------
+
+def _labels_arg(labels, n_rows):
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "biu":
+        raise TypeError(f"labels: expected integer class labels, got dtype {labels.dtype}")
+    if labels.shape != (n_rows,):
+        raise ValueError(f"labels: expected shape ({n_rows},) (one per row of embeddings), "
+                         f"got {labels.shape}")
+    if labels.dtype.kind == "u" and labels.dtype.itemsize == 8 and labels.size \
+            and labels.max() > np.iinfo(np.int64).max:
+        # order-preserving into int64, so equality is kept
+        labels = (labels - np.uint64(2**63)).view(np.int64)
+    return np.ascontiguousarray(labels, dtype=np.int64)
+
+
+def _contrastive_pairwise(embeddings, labels, grad_output, pos_margin, neg_margin, metric,
+                          reduction, out, num_threads, want_grad):
+    arrays, dtypes, dtype = _embedding_set([("embeddings", embeddings)])
+    x = arrays[0]
+    n = x.shape[0]
+    labels = _labels_arg(labels, n)
+    pos_margin = real_scalar(pos_margin, "pos_margin", low=0.0)
+    neg_margin = real_scalar(neg_margin, "neg_margin", low=0.0)
+    metric = _metric_arg(metric)
+    reduction = reduction_arg(reduction)
+    threads = resolve_num_threads(num_threads)
+    n_pairs = n * (n - 1) // 2
+    upstream, scale = None, 1.0
+    if want_grad:
+        if reduction == "none":
+            upstream = grad_output_arg(grad_output, reduction, (n, n))
+            if upstream.size == 1 and np.ndim(grad_output) == 0:
+                scale, upstream = 2.0 * float(upstream[0]), None  # both halves of the matrix
+            else:
+                upstream = upstream.reshape(n, n)
+        else:
+            scale = float(grad_output_arg(grad_output, reduction, ())[0])
+            if reduction == "mean":
+                scale = scale / n_pairs if n_pairs else 0.0
+    value = np.empty((n, n), dtype=dtype) if reduction == "none" else None
+    if n == 0:
+        loss = value if reduction == "none" else _loss_value(
+            0.0 if reduction == "sum" else math.nan, dtype)
+        grad = _finish_targets(_grad_targets(out, [x.shape], dtypes, []))[0] \
+            if want_grad else None
+        return loss, grad
+    pairs = _AllPairs(x, None, metric, threads, want_grad)
+    total, _ = pairs.run(
+        loss="contrastive", labels=labels, grad_output=upstream, scale=scale, value=value,
+        want_grad=want_grad, pos_margin=pos_margin, neg_margin=neg_margin)
+    if reduction == "none":
+        loss = value
+    elif reduction == "sum":
+        loss = _loss_value(total, dtype)
+    else:
+        loss = _loss_value(total / n_pairs if n_pairs else math.nan, dtype)
+    grad = None
+    if want_grad:
+        targets = _grad_targets(out, [x.shape], dtypes, [x, embeddings])
+        written = targets[0][1] if targets[0][1].dtype == dtype else np.empty(x.shape, dtype)
+        pairs.backward([written])
+        if written is not targets[0][1]:
+            np.copyto(targets[0][1], written, casting="same_kind")
+        grad = _finish_targets(targets)[0]
+    return loss, grad
+
+
+def contrastive_pairwise(embeddings, labels, *, pos_margin=0.0, neg_margin=1.0,
+                         metric="euclidean", reduction="mean", num_threads=None):
+    """Contrastive loss over all pairs of a batch.
+
+    With ``d_ij`` the distance of rows i and j (``metric``, as pairwise_distance) and
+    ``y_ij = labels_i == labels_j``, each pair i < j has the loss::
+
+        y_ij * relu(d_ij - pos_margin)**2 + (1 - y_ij) * relu(neg_margin - d_ij)**2
+
+    "mean" divides the sum over the N (N - 1) / 2 pairs by their number (nan for N < 2),
+    "sum" adds them, "none" returns the symmetric N x N matrix with a zero diagonal.
+    torch: ``cdist`` and this formula over ``triu_indices(N, N, 1)``.
+
+    Parameters
+    ----------
+    embeddings : array_like, float32 or float64, shape (N, D)
+    labels : array_like of integers, shape (N,)
+    pos_margin, neg_margin : float >= 0
+    metric : {"euclidean", "sqeuclidean", "cosine"}
+    reduction : {"mean", "sum", "none"}
+    num_threads : int, optional
+
+    The distances come from one float64 Gram product of the centred rows (normalised
+    for cosine), clamped at zero, and one fused C pass over the upper triangle; a pair
+    is recomputed from its rows when the Gram form's error bound could show in the
+    result: close points (the Gram form cancels) and distances next to a margin. So
+    every loss keeps the accuracy contract. Duplicated points have distance exactly 0
+    and, for euclidean, no gradient (torch.cdist's convention).
+    """
+    loss, _ = _contrastive_pairwise(embeddings, labels, None, pos_margin, neg_margin, metric,
+                                    reduction, None, num_threads, False)
+    return loss
+
+
+def contrastive_pairwise_grad(embeddings, labels, grad_output=1.0, *, pos_margin=0.0,
+                              neg_margin=1.0, metric="euclidean", reduction="mean", out=None,
+                              num_threads=None):
+    """Gradient of ``grad_output * contrastive_pairwise(...)`` w.r.t. the embeddings.
+
+    grad_output is a scalar for "mean"/"sum" and an (N, N) array (or a scalar) for
+    "none". The gradient is ``r_i x_i - (W @ x)_i`` with W the N x N gradient
+    coefficients of the fused pass: one more product, in the embeddings' dtype (float32
+    rounding of that product is within the gradient contract's floor).
+    """
+    _, grad = _contrastive_pairwise(embeddings, labels, grad_output, pos_margin, neg_margin,
+                                    metric, reduction, out, num_threads, True)
+    return grad
+
+
+def contrastive_pairwise_value_and_grad(embeddings, labels, grad_output=1.0, *, pos_margin=0.0,
+                                        neg_margin=1.0, metric="euclidean", reduction="mean",
+                                        out=None, num_threads=None):
+    """``(contrastive_pairwise(...), contrastive_pairwise_grad(...))`` from one pass."""
+    return _contrastive_pairwise(embeddings, labels, grad_output, pos_margin, neg_margin,
+                                 metric, reduction, out, num_threads, True)
+
+
+# ----------------------------------------------------------------------------------------
+# Row pairs: contrastive and triplet_margin
+# ----------------------------------------------------------------------------------------
+
+def _pair_loss(loss_name, named, label, grad_output, metric, margin, p, eps, swap, reduction,
+               out, num_threads, want_grad):
+    arrays, dtypes, dtype = _embedding_set(named)
+    n = arrays[0].shape[0]
+    reduction = reduction_arg(reduction)
+    threads = resolve_num_threads(num_threads)
+    label_array = None
+    if loss_name == "contrastive":
+        label_array = real_array(label, "label")
+        if label_array.shape != (n,):
+            raise ValueError(f"label: expected shape ({n},) (one per pair of rows), "
+                             f"got {label_array.shape}")
+        label_array = np.ascontiguousarray(label_array, dtype=np.float64)
+    per_row = np.empty(n) if reduction == "none" else None
+    upstream = None
+    targets = []
+    if want_grad:
+        upstream = grad_output_arg(grad_output, reduction, (n,))
+        inputs = arrays + [value for _, value in named]
+        targets = _grad_targets(out, [a.shape for a in arrays], dtypes, inputs)
+    if n == 0:
+        loss = per_row.astype(dtype) if reduction == "none" else _loss_value(
+            0.0 if reduction == "sum" else math.nan, dtype)
+        return loss, (tuple(_finish_targets(targets)) if want_grad else None)
+    written = [t[1] if t[1].dtype == dtype else np.empty(t[1].shape, dtype) for t in targets]
+    total = _kernels.dist_pair_loss_run(
+        loss_name, tuple(arrays), label_array, upstream, per_row, tuple(written), metric,
+        margin, p, eps, NORMALIZE_EPS, swap, reduction, threads)
+    loss = per_row.astype(dtype) if reduction == "none" else _loss_value(total, dtype)
+    grads = None
+    if want_grad:
+        for (_, target, _), result in zip(targets, written):
+            if result is not target:
+                np.copyto(target, result, casting="same_kind")
+        grads = tuple(_finish_targets(targets))
+    return loss, grads
+
+
+def _contrastive(x1, x2, label, grad_output, margin, metric, reduction, out, num_threads,
+                 want_grad):
+    margin = real_scalar(margin, "margin", low=0.0)
+    metric = _metric_arg(metric)
+    return _pair_loss("contrastive", [("x1", x1), ("x2", x2)], label, grad_output, metric,
+                      margin, 2.0, PAIRWISE_EPS, False, reduction, out, num_threads, want_grad)
+
+
+def contrastive(x1, x2, label, *, margin=1.0, metric="euclidean", reduction="mean",
+                num_threads=None):
+    """Contrastive loss of row pairs (Hadsell, Chopra & LeCun, CVPR 2006).
+
+    Per pair i, with ``label`` y (1 for similar pairs, 0 for dissimilar ones; values in
+    between interpolate) and d the distance of ``x1[i]`` and ``x2[i]``::
+
+        0.5 * (y * d**2 + (1 - y) * relu(margin - d)**2)
+
+    Euclidean distances are torch's ``F.pairwise_distance(x1, x2)``, ``|x1 - x2 + 1e-6|``
+    (the eps keeps the gradient at zero distance finite); sqeuclidean is its square,
+    cosine ``1 - x1^ . x2^`` (F.normalize, eps 1e-12). "mean" averages over the N pairs.
+
+    Parameters
+    ----------
+    x1, x2 : array_like, float32 or float64, shape (N, D)
+    label : array_like of reals (bool, integer or float), shape (N,)
+    margin : float >= 0
+    metric : {"euclidean", "sqeuclidean", "cosine"}
+    reduction : {"mean", "sum", "none"}
+    num_threads : int, optional
+    """
+    loss, _ = _contrastive(x1, x2, label, None, margin, metric, reduction, None, num_threads,
+                           False)
+    return loss
+
+
+def contrastive_grad(x1, x2, label, grad_output=1.0, *, margin=1.0, metric="euclidean",
+                     reduction="mean", out=None, num_threads=None):
+    """Gradient of ``grad_output * contrastive(...)`` w.r.t. ``(x1, x2)``; ``out`` a
+    tuple of two arrays."""
+    _, grads = _contrastive(x1, x2, label, grad_output, margin, metric, reduction, out,
+                            num_threads, True)
+    return grads
+
+
+def contrastive_value_and_grad(x1, x2, label, grad_output=1.0, *, margin=1.0,
+                               metric="euclidean", reduction="mean", out=None,
+                               num_threads=None):
+    """``(contrastive(...), contrastive_grad(...))`` from one pass over the rows."""
+    return _contrastive(x1, x2, label, grad_output, margin, metric, reduction, out,
+                        num_threads, True)
+
+
+def _triplet(anchor, positive, negative, grad_output, margin, p, eps, swap, reduction, out,
+             num_threads, want_grad):
+    margin = real_scalar(margin, "margin", low=0.0, low_open=True)
+    p = real_scalar(p, "p", low=1.0)
+    eps = real_scalar(eps, "eps", low=0.0)
+    if not isinstance(swap, (bool, np.bool_)):
+        raise TypeError(f"swap: expected a bool, got {swap!r}")
+    return _pair_loss("triplet", [("anchor", anchor), ("positive", positive),
+                                  ("negative", negative)], None, grad_output, "euclidean",
+                      margin, p, eps, bool(swap), reduction, out, num_threads, want_grad)
+
+
+def triplet_margin(anchor, positive, negative, *, margin=1.0, p=2.0, eps=1e-6, swap=False,
+                   reduction="mean", num_threads=None):
+    """Triplet margin loss, as ``torch.nn.functional.triplet_margin_loss``.
+
+    Per triplet i, with ``d(u, v) = |u - v + eps|_p`` (torch's pairwise_distance)::
+
+        max(margin + d(a_i, p_i) - d(a_i, n_i), 0)
+
+    and with ``swap=True`` (Balntas et al., BMVC 2016) ``d(a_i, n_i)`` replaced by
+    ``min(d(a_i, n_i), d(p_i, n_i))`` (a tie splits the gradient in halves, as
+    torch.minimum). The gradient flows at exactly 0 (torch's clamp_min) and is 0 through
+    a zero distance (only with eps = 0).
+
+    Parameters
+    ----------
+    anchor, positive, negative : array_like, float32 or float64, shape (N, D)
+    margin : float > 0 (torch rejects margin <= 0)
+    p : float, finite, >= 1
+    eps : float >= 0
+    swap : bool
+    reduction : {"mean", "sum", "none"}
+    num_threads : int, optional
+    """
+    loss, _ = _triplet(anchor, positive, negative, None, margin, p, eps, swap, reduction,
+                       None, num_threads, False)
+    return loss
+
+
+def triplet_margin_grad(anchor, positive, negative, grad_output=1.0, *, margin=1.0, p=2.0,
+                        eps=1e-6, swap=False, reduction="mean", out=None, num_threads=None):
+    """Gradient of ``grad_output * triplet_margin(...)`` w.r.t. ``(anchor, positive,
+    negative)``; ``out`` a tuple of three arrays."""
+    _, grads = _triplet(anchor, positive, negative, grad_output, margin, p, eps, swap,
+                        reduction, out, num_threads, True)
+    return grads
+
+
+def triplet_margin_value_and_grad(anchor, positive, negative, grad_output=1.0, *, margin=1.0,
+                                  p=2.0, eps=1e-6, swap=False, reduction="mean", out=None,
+                                  num_threads=None):
+    """``(triplet_margin(...), triplet_margin_grad(...))`` from one pass over the rows."""
+    return _triplet(anchor, positive, negative, grad_output, margin, p, eps, swap, reduction,
+                    out, num_threads, True)
+
+
+# ----------------------------------------------------------------------------------------
+# info_nce
+# ----------------------------------------------------------------------------------------
+
+def _info_nce(query, key, grad_output, temperature, symmetric, reduction, out, num_threads,
+              want_grad):
+    from fastloss.cross_entropy import cross_entropy, cross_entropy_value_and_grad
+
+    arrays, dtypes, dtype = _embedding_set([("query", query), ("key", key)], same_rows=False)
+    q, k = arrays
+    n, m = q.shape[0], k.shape[0]
+    if m < n:
+        raise ValueError(f"key: expected at least {n} rows (the N of query: row i is query "
+                         f"i's positive), got shape {k.shape}")
+    if not isinstance(symmetric, (bool, np.bool_)):
+        raise TypeError(f"symmetric: expected a bool, got {symmetric!r}")
+    if symmetric and m != n:
+        raise ValueError(f"key: symmetric=True needs as many rows as query ({n}), "
+                         f"got shape {k.shape}")
+    temperature = real_scalar(temperature, "temperature", low=0.0, low_open=True)
+    reduction = reduction_arg(reduction)
+    threads = resolve_num_threads(num_threads)
+    upstream = grad_output_arg(grad_output, reduction, (n,)) if want_grad else None
+    targets = []
+    if want_grad:
+        targets = _grad_targets(out, [q.shape, k.shape], dtypes, arrays + [query, key])
+    if n == 0:
+        loss = (np.empty(0, dtype) if reduction == "none"
+                else _loss_value(0.0 if reduction == "sum" else math.nan, dtype))
+        for _, target, _ in targets:
+            target[...] = 0
+        return loss, (tuple(_finish_targets(targets)) if want_grad else None)
+
+    # Unit rows and similarities in float64 whatever the dtype: the logits are scaled by
+    # 1 / temperature (20 by default), which would magnify float32 rounding past the
+    # accuracy contract.
+    q_unit, _, q_norm = _kernels.dist_prepare_rows(q, "cosine", None, NORMALIZE_EPS, False,
+                                                   threads)
+    k_unit, _, k_norm = _kernels.dist_prepare_rows(k, "cosine", None, NORMALIZE_EPS, False,
+                                                   threads)
+    logits = q_unit @ k_unit.T
+    logits /= temperature
+    target = np.arange(n)
+    options = dict(reduction=reduction, num_threads=threads)
+    columns = np.ascontiguousarray(logits.T) if symmetric else None
+    if not want_grad:
+        loss = cross_entropy(logits, target, **options)
+        if symmetric:
+            loss = 0.5 * (loss + cross_entropy(columns, target, **options))
+        return (loss.astype(dtype) if reduction == "none" else _loss_value(loss, dtype)), None
+    half = 0.5 if symmetric else 1.0
+    per_row = reduction == "none" and np.ndim(grad_output) != 0
+    row_upstream = upstream * half if per_row else float(upstream[0]) * half
+    # the cross-entropy kernel writes d loss / d logits over the logits
+    loss, grad_logits = cross_entropy_value_and_grad(logits, target, row_upstream,
+                                                     out=logits, **options)
+    if symmetric:
+        column_loss, grad_columns = cross_entropy_value_and_grad(
+            columns, target, row_upstream, out=columns, **options)
+        loss = 0.5 * (loss + column_loss)
+        grad_logits += grad_columns.T
+    grad_logits /= temperature
+    grad_q_unit = grad_logits @ k_unit
+    grad_k_unit = grad_logits.T @ q_unit
+    for (_, target_array, _), unit, norm, grad_unit in zip(
+            targets, (q_unit, k_unit), (q_norm, k_norm), (grad_q_unit, grad_k_unit)):
+        result = target_array if target_array.dtype == dtype else np.empty(target_array.shape,
+                                                                            dtype)
+        _kernels.dist_normalize_backward(unit, norm, grad_unit, result, NORMALIZE_EPS, threads)
+        if result is not target_array:
+            np.copyto(target_array, result, casting="same_kind")
+    loss = loss.astype(dtype) if reduction == "none" else _loss_value(loss, dtype)
+    return loss, tuple(_finish_targets(targets))
+
+
+def info_nce(query, key, *, temperature=0.05, symmetric=False, reduction="mean",
+             num_threads=None):
+    """InfoNCE with in-batch negatives (van den Oord et al. 2018; CLIP with symmetric).
+
+    Rows of ``query`` and ``key`` are L2-normalised (``F.normalize``, eps 1e-12),
+    ``s_ij = q^_i . k^_j / temperature``, and the loss of query i is the cross-entropy
+    of row i of s with target i: sentence-transformers' MultipleNegativesRankingLoss with
+    ``scale = 1 / temperature`` (key may have more rows than query: extra negatives).
+    ``symmetric=True`` (square s only) averages it with the cross-entropy of column i
+    (CLIP's loss). "none" returns the per-query loss (N,); "mean" averages over N.
+
+    The N x M similarities and their gradient are computed in float64 for both dtypes
+    (the 1 / temperature scale magnifies float32 rounding past the accuracy contract);
+    the cross-entropy kernel runs on them in place.
+
+    Parameters
+    ----------
+    query : array_like, float32 or float64, shape (N, D)
+    key : array_like, shape (M, D), M >= N (M == N with symmetric)
+    temperature : float > 0
+    symmetric : bool
+    reduction : {"mean", "sum", "none"}
+    num_threads : int, optional
+    """
+    loss, _ = _info_nce(query, key, None, temperature, symmetric, reduction, None, num_threads,
+                        False)
+    return loss
+
+
+def info_nce_grad(query, key, grad_output=1.0, *, temperature=0.05, symmetric=False,
+                  reduction="mean", out=None, num_threads=None):
+    """Gradient of ``grad_output * info_nce(...)`` w.r.t. ``(query, key)``; ``out`` a
+    tuple of two arrays."""
+    _, grads = _info_nce(query, key, grad_output, temperature, symmetric, reduction, out,
+                         num_threads, True)
+    return grads
+
+
+def info_nce_value_and_grad(query, key, grad_output=1.0, *, temperature=0.05, symmetric=False,
+                            reduction="mean", out=None, num_threads=None):
+    """``(info_nce(...), info_nce_grad(...))`` from one forward and backward."""
+    return _info_nce(query, key, grad_output, temperature, symmetric, reduction, out,
+                     num_threads, True)
