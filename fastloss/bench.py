@@ -406,6 +406,174 @@ TARGETS = {
 
 
 # ----------------------------------------------------------------------------------------
+# Contrastive: all pairs of a batch, and InfoNCE / triplet on the same embeddings
+# ----------------------------------------------------------------------------------------
+
+# The float64 reference holds N x N x D differences: it is timed on this many rows and
+# the time scaled by (N / rows)**2, its cost being quadratic in the rows.
+REFERENCE_PAIR_ROWS = 64
+
+# Rows per class of the benchmark's labels (N = 4096 gives 100 classes of about 41).
+ROWS_PER_CLASS = 41
+
+
+def _cp_inputs(size, dtype):
+    n_rows, dim = size
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n_rows, dim), dtype=np.float32).astype(dtype, copy=False)
+    labels = rng.integers(0, max(1, n_rows // ROWS_PER_CLASS), n_rows)
+    # keys near their queries, anchors' positives nearer than their negatives
+    other = rng.standard_normal((n_rows, dim), dtype=np.float32).astype(dtype, copy=False)
+    key = x + dtype.type(0.5) * other
+    buffers = [np.empty_like(x) for _ in range(3)]
+    for buffer in buffers:
+        buffer.fill(0)  # every page touched before timing
+    return {"x": x, "labels": labels, "key": key, "other": other, "buffers": buffers}
+
+
+def _cp_fused(metric):
+    def setup(inputs, threads):
+        x, labels, buffer = inputs["x"], inputs["labels"], inputs["buffers"][0]
+        return Timed(lambda: fastloss.contrastive_pairwise_value_and_grad(
+            x, labels, metric=metric, out=buffer, num_threads=threads))
+
+    return setup
+
+
+def _cp_forward(inputs, threads):
+    x, labels = inputs["x"], inputs["labels"]
+    return Timed(lambda: fastloss.contrastive_pairwise(x, labels, num_threads=threads))
+
+
+def _cp_distance(inputs, threads):
+    x = inputs["x"]
+    return Timed(lambda: fastloss.pairwise_distance(x, num_threads=threads))
+
+
+def _cp_reference(inputs, threads):
+    x, labels = inputs["x"], inputs["labels"]
+    n_rows = x.shape[0]
+    rows = min(n_rows, REFERENCE_PAIR_ROWS)
+    note = "float64, single-threaded NumPy, differences of every pair"
+    scale = (n_rows / rows) ** 2
+    if rows < n_rows:
+        note += f"; timed on {rows} of {n_rows} rows, scaled x{scale:g}"
+    return Timed(lambda: reference.contrastive_pairwise_value_and_grad(x[:rows], labels[:rows]),
+                 scale=scale, note=note)
+
+
+def _cp_matmul(inputs, threads):
+    x = inputs["x"]
+    return Timed(lambda: x @ x.T, note="the family's limit: one BLAS product (NumPy's threads)")
+
+
+def _cp_torch(inputs, threads):
+    torch = _torch()
+    if torch is None:
+        return None
+    x = torch.from_numpy(inputs["x"]).requires_grad_(True)
+    labels = torch.from_numpy(inputs["labels"])
+    n_pairs = x.shape[0] * (x.shape[0] - 1) / 2
+
+    def clear():
+        x.grad = None
+
+    def call():
+        distance = torch.cdist(x, x)
+        same = labels[:, None] == labels[None, :]
+        loss = torch.where(same, torch.relu(distance) ** 2, torch.relu(1.0 - distance) ** 2)
+        (torch.triu(loss, diagonal=1).sum() / n_pairs).backward()
+
+    return Timed(call, prepare=clear,
+                 note="torch.cdist, the loss over triu(diagonal=1), backward into a fresh .grad")
+
+
+def _nce_fused(inputs, threads):
+    x, key, buffers = inputs["x"], inputs["key"], inputs["buffers"]
+    return Timed(lambda: fastloss.info_nce_value_and_grad(
+        x, key, symmetric=True, out=(buffers[0], buffers[1]), num_threads=threads))
+
+
+def _nce_torch(inputs, threads):
+    torch = _torch()
+    if torch is None:
+        return None
+    import torch.nn.functional as F
+
+    query = torch.from_numpy(inputs["x"]).requires_grad_(True)
+    key = torch.from_numpy(inputs["key"]).requires_grad_(True)
+    target = torch.arange(query.shape[0])
+
+    def clear():
+        query.grad = key.grad = None
+
+    def call():
+        logits = F.normalize(query) @ F.normalize(key).T / 0.05
+        (0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))).backward()
+
+    return Timed(call, prepare=clear, note="normalize, matmul, cross_entropy both ways, backward")
+
+
+def _triplet_fused(inputs, threads):
+    x, key, other, buffers = inputs["x"], inputs["key"], inputs["other"], inputs["buffers"]
+    return Timed(lambda: fastloss.triplet_margin_value_and_grad(
+        x, key, other, swap=True, out=tuple(buffers), num_threads=threads))
+
+
+def _triplet_torch(inputs, threads):
+    torch = _torch()
+    if torch is None:
+        return None
+    import torch.nn.functional as F
+
+    tensors = [torch.from_numpy(inputs[name]).requires_grad_(True)
+               for name in ("x", "key", "other")]
+
+    def clear():
+        for tensor in tensors:
+            tensor.grad = None
+
+    def call():
+        F.triplet_margin_loss(*tensors, swap=True).backward()
+
+    return Timed(call, prepare=clear)
+
+
+CONTRASTIVE = Family(
+    name="contrastive",
+    title="contrastive_pairwise (euclidean, mean; 41 rows per class), info_nce, triplet_margin",
+    make_inputs=_cp_inputs,
+    sizes={"full": (4096, 768), "quick": (1024, 768)},
+    size_names=("N", "D"),
+    cases=(
+        Case("fastloss contrastive_pairwise value_and_grad (out= preallocated)",
+             _cp_fused("euclidean")),
+        Case("fastloss contrastive_pairwise value_and_grad, cosine", _cp_fused("cosine")),
+        Case("fastloss contrastive_pairwise forward", _cp_forward),
+        Case("fastloss pairwise_distance (N x N euclidean)", _cp_distance),
+        Case(f"numpy reference contrastive_pairwise value_and_grad (float64, "
+             f"{REFERENCE_PAIR_ROWS} rows scaled to N)", _cp_reference),
+        Case("x @ x.T (float32 matmul)", _cp_matmul, role="copy"),
+        Case("torch cdist + contrastive + backward", _cp_torch, requires="torch"),
+        Case("fastloss info_nce value_and_grad (symmetric)", _nce_fused),
+        Case("torch info_nce (symmetric) forward+backward", _nce_torch, requires="torch"),
+        Case("fastloss triplet_margin value_and_grad (swap)", _triplet_fused),
+        Case("torch triplet_margin_loss (swap) forward+backward", _triplet_torch,
+             requires="torch"),
+    ),
+)
+
+FAMILIES[CONTRASTIVE.name] = CONTRASTIVE
+TARGETS[CONTRASTIVE.name] = (
+    ("contrastive_pairwise / x @ x.T <= 3",
+     "fastloss contrastive_pairwise value_and_grad (out= preallocated)",
+     "x @ x.T (float32 matmul)", 3.0, "max"),
+    ("torch / contrastive_pairwise >= 4", "torch cdist + contrastive + backward",
+     "fastloss contrastive_pairwise value_and_grad (out= preallocated)", 4.0, "min"),
+)
+
+
+# ----------------------------------------------------------------------------------------
 # Timing
 # ----------------------------------------------------------------------------------------
 

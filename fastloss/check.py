@@ -411,6 +411,145 @@ def _add_elementwise_checks():
 _add_elementwise_checks()
 
 
+# --- pairwise distances and contrastive losses --------------------------------------------
+
+# (function, id, options, rows). Embeddings of D = 8 in four clusters (a common offset for
+# the euclidean metrics), with margins near the median distances within and between
+# classes, as in tests/loss_specs.py. 150 rows make three tiles of pairs a side.
+_EMBEDDING_LAYOUTS = {
+    "euclidean": (0.6, 0.25, 3.0, {"pos_margin": 1.0, "neg_margin": 2.4}),
+    "sqeuclidean": (0.6, 0.25, 3.0, {"pos_margin": 1.0, "neg_margin": 5.8}),
+    "cosine": (1.0, 0.35, 0.0, {"pos_margin": 0.1, "neg_margin": 0.9}),
+}
+_DIST_CASES = (
+    ("pairwise_distance", "euclidean-x,y", {"metric": "euclidean"}, 150),
+    ("pairwise_distance", "cosine-x", {"metric": "cosine"}, 150),
+    ("contrastive_pairwise", "euclidean", {"metric": "euclidean"}, 150),
+    ("contrastive_pairwise", "sqeuclidean", {"metric": "sqeuclidean"}, 150),
+    ("contrastive_pairwise", "cosine", {"metric": "cosine"}, 150),
+    ("contrastive", "euclidean", {"metric": "euclidean"}, 150),
+    ("contrastive", "cosine", {"metric": "cosine"}, 150),
+    ("info_nce", "plain", {"temperature": 0.1}, 150),
+    ("info_nce", "symmetric", {"temperature": 0.1, "symmetric": True}, 150),
+    ("triplet_margin", "p=2-swap", {"swap": True}, 150),
+    ("triplet_margin", "p=1", {"p": 1.0}, 150),
+)
+
+
+def _dist_rows(rng, n_rows, metric, dtype):
+    spread, noise, offset, _ = _EMBEDDING_LAYOUTS[metric]
+    labels = rng.integers(0, 4, n_rows)
+    centres = rng.standard_normal((4, 8)) * spread
+    rows = centres[labels] + noise * rng.standard_normal((n_rows, 8)) + offset
+    return rows.astype(dtype), labels
+
+
+def _dist_inputs(case, dtype):
+    """Fresh ``(args, options)`` for a case: the same on every call."""
+    function, case_id, params, n_rows = case
+    rng = _rng(function, case_id, np.dtype(dtype).name)
+    options = dict(params)
+    metric = params.get("metric", "euclidean" if function != "info_nce" else "cosine")
+    margins = _EMBEDDING_LAYOUTS[metric][3]
+    x, labels = _dist_rows(rng, n_rows, metric, dtype)
+    if function == "pairwise_distance":
+        y = _dist_rows(rng, n_rows // 2, metric, dtype)[0] if case_id.endswith("x,y") else None
+        return (x, y), options
+    if function == "contrastive_pairwise":
+        options.update(margins)
+        return (x, labels), options
+    other, _ = _dist_rows(rng, n_rows, metric, dtype)
+    if function == "contrastive":
+        options["margin"] = margins["neg_margin"]
+        return (x, other, labels % 2), options
+    if function == "info_nce":
+        return (x, (x + 0.3 * rng.standard_normal(x.shape)).astype(dtype)), options
+    return (x, (x + 0.6 * (other - x)).astype(dtype), other[::-1].copy()), options
+
+
+def _dist_upstream(function, args, reduction):
+    if reduction != "none":
+        return 0.625
+    n = args[0].shape[0]
+    shape = {"pairwise_distance": (n, (args[1] if args[1] is not None else args[0]).shape[0]),
+             "contrastive_pairwise": (n, n)}.get(function, (n,))
+    return np.linspace(-1.5, 2.0, math.prod(shape)).reshape(shape)
+
+
+def _dist_row(case, dtype, reduction, what):
+    """``what``: "loss", "grad i", "value_and_grad loss" or "value_and_grad grad i"."""
+    function = case[0]
+
+    def run():
+        args, options = _dist_inputs(case, dtype)
+        if function != "pairwise_distance":
+            options["reduction"] = reduction
+        upstream = _dist_upstream(function, args, reduction)
+        value = getattr(fastloss, function)
+        ref_value = getattr(reference, function)
+        if what == "loss":
+            return value(*args, **options), ref_value(*args, **options), dtype, "loss"
+        index = int(what.rsplit(" ", 1)[1]) if what[-1].isdigit() else None
+        expected = getattr(reference, f"{function}_grad")(*args, upstream, **options)
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        if what.startswith("grad"):
+            grads = getattr(fastloss, f"{function}_grad")(*args, upstream, **options)
+            grads = grads if isinstance(grads, tuple) else (grads,)
+            return grads[index], expected[index], dtype, "grad"
+        loss, grads = getattr(fastloss, f"{function}_value_and_grad")(*args, upstream,
+                                                                      **options)
+        if what == "value_and_grad loss":
+            return loss, ref_value(*args, **options), dtype, "loss"
+        grads = grads if isinstance(grads, tuple) else (grads,)
+        return grads[index], expected[index], dtype, "grad"
+
+    return run
+
+
+def _dist_threads_row(case, dtype):
+    """Bitwise comparison of num_threads=2 with num_threads=1: loss and every gradient."""
+    function = case[0]
+
+    def compute(num_threads):
+        args, options = _dist_inputs(case, dtype)
+        if function != "pairwise_distance":
+            options["reduction"] = "sum"
+        loss, grads = getattr(fastloss, f"{function}_value_and_grad")(
+            *args, 0.625, num_threads=num_threads, **options)
+        grads = grads if isinstance(grads, tuple) else (grads,)
+        return np.concatenate([np.asarray(loss, dtype=np.float64).ravel()]
+                              + [g.astype(np.float64).ravel() for g in grads])
+
+    def run():
+        return compute(2), compute(1), dtype, "bitwise"
+
+    return run
+
+
+def _add_distance_checks():
+    for dtype in (np.float32, np.float64):
+        for case in _DIST_CASES:
+            function = case[0]
+            args, _ = _dist_inputs(case, dtype)
+            n_grads = sum(1 for a in args if isinstance(a, np.ndarray) and a.ndim == 2)
+            reductions = ("none",) if function == "pairwise_distance" else ("mean", "sum", "none")
+            for reduction in reductions:
+                whats = ["loss"] + [f"grad {i}" for i in range(n_grads)]
+                if reduction == reductions[0]:
+                    whats += ["value_and_grad loss", "value_and_grad grad 0"]
+                for what in whats:
+                    name = f"{function} {case[1]} {np.dtype(dtype).name} {reduction} {what}"
+                    add_check(name, _dist_row(case, dtype, reduction, what))
+        # 200 rows: above the one-thread threshold of the pass (2**15 pairs)
+        for function, case_id, params, _ in (_DIST_CASES[0], _DIST_CASES[2], _DIST_CASES[4]):
+            case = (function, case_id, params, 200)
+            name = f"{function} {case_id} {np.dtype(dtype).name} threads 1 vs 2"
+            add_check(name, _dist_threads_row(case, dtype))
+
+
+_add_distance_checks()
+
+
 # ----------------------------------------------------------------------------------------
 # Running
 # ----------------------------------------------------------------------------------------

@@ -60,7 +60,7 @@ def _parser():
                     "binary losses (float32, 2**25 elements) against np.copyto, a read-only "
                     "pass, the NumPy reference and, when installed, PyTorch; report medians "
                     "and ratios, one table per family.")
-    bench.add_argument("--family", choices=("all", "cross_entropy", "elementwise"),
+    bench.add_argument("--family", choices=("all", "cross_entropy", "elementwise", "contrastive"),
                        default="all",
                        help="which table to run (default: all, one after the other)")
     bench.add_argument("--quick", action="store_true",

@@ -176,7 +176,7 @@ def test_bench_runs_every_family_by_default(tmp_path, monkeypatch, capsys):
 
     from fastloss import bench
 
-    tiny = {"cross_entropy": (16, 300), "elementwise": (3000,)}
+    tiny = {"cross_entropy": (16, 300), "elementwise": (3000,), "contrastive": (64, 16)}
     for name, size in tiny.items():
         monkeypatch.setitem(bench.FAMILIES, name, dataclasses.replace(
             bench.FAMILIES[name], sizes={"full": size, "quick": size}))
