@@ -16,9 +16,10 @@
  *   soft: s [(sum_k w_k q'_k) p_c - w_c q'_c]
  *   z:    2 z lse p_c (scaled by its own denominator, the count of valid rows)
  *   softcap multiplies by dy/dx = 1 - (y / c)**2.
- * So the gradient is alpha p_c - gamma u_c - beta [c = t] with three numbers
- * per row (ce_coefficients), and "label smoothing via the closed form, not by
- * building a target row".
+ * So off the target class the gradient is alpha p_c - gamma u_c with two
+ * numbers per row (ce_coefficients), the z part added last; the target class
+ * is written from the formula itself (ce_row_grad).  Label smoothing goes
+ * through the closed form, never by building a target row.
  *
  * Stability: each chunk of FASTLOSS_CE_CHUNK classes subtracts its own max
  * before exp, and the chunks merge as (max, sum) pairs (Milakov & Gimelshein,

@@ -67,9 +67,10 @@ typedef struct ce_row_coef {
     double lse;
     double max;      /* M and 1 / S of the row (fused path) */
     double inv_sum;
-    double alpha;  /* multiplies softmax_c */
+    double alpha;  /* multiplies softmax_c: the cross-entropy part */
+    double alpha_z; /* multiplies softmax_c: the z-loss part, added last (see ce_row_grad) */
     double gamma;  /* multiplies u_c */
-    double beta;   /* subtracted at the target class */
+    double ce_scale; /* grad_output times the mean's factor, for the target class */
 } ce_row_coef;
 
 /*

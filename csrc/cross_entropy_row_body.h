@@ -226,14 +226,16 @@ FASTLOSS_INLINE double ROW(ce_soft_mass)(const REAL *FASTLOSS_RESTRICT q, fastlo
 
 /*
  * Gradient of a range of classes from e = exp(y - shift):
- *   g_c = factor * e_c - gamma * u_c
+ *   g_c = (factor * e_c - gamma * u_c) + factor_z * e_c
  * where u_c is w_c (hard targets with smoothing), w_c q'_c (soft targets,
- * gamma = the row's CE scale) or absent (gamma = 0).  With a u term the two
- * products can nearly cancel (targets close to the softmax), so that
- * difference is taken in double before rounding to REAL.
+ * gamma = the row's CE scale) or absent (gamma = 0), and factor_z is the z-loss
+ * part.  With a u term the first two products can nearly cancel (targets
+ * close to the softmax), so that difference is taken in double before the
+ * z part is added and the sum rounded to REAL.  `e` may be `g` (in place).
  */
 FASTLOSS_INLINE void ROW(ce_grad_range)(const VAL *e, fastloss_index n, double factor,
-                                        double gamma, const REAL *FASTLOSS_RESTRICT weight,
+                                        double factor_z, double gamma,
+                                        const REAL *FASTLOSS_RESTRICT weight,
                                         const REAL *FASTLOSS_RESTRICT q, double q_scale,
                                         double q_offset, REAL *g)
 {
@@ -242,16 +244,18 @@ FASTLOSS_INLINE void ROW(ce_grad_range)(const VAL *e, fastloss_index n, double f
             double u = q_scale * (double)q[c] + q_offset;
             if (weight)
                 u *= (double)weight[c];
-            g[c] = (REAL)(factor * (double)e[c] - gamma * u);
+            g[c] = (REAL)((factor * (double)e[c] - gamma * u) + factor_z * (double)e[c]);
         }
     } else if (gamma != 0.0 && weight) {
         for (fastloss_index c = 0; c < n; ++c)
-            g[c] = (REAL)(factor * (double)e[c] - gamma * (double)weight[c]);
+            g[c] = (REAL)((factor * (double)e[c] - gamma * (double)weight[c]) +
+                          factor_z * (double)e[c]);
     } else if (gamma != 0.0) {
         for (fastloss_index c = 0; c < n; ++c)
-            g[c] = (REAL)(factor * (double)e[c] - gamma);
+            g[c] = (REAL)((factor * (double)e[c] - gamma) + factor_z * (double)e[c]);
     } else {
-        const VAL factor_v = (VAL)factor;
+        /* nothing cancels here (the target class is written apart) */
+        const VAL factor_v = (VAL)(factor + factor_z);
         for (fastloss_index c = 0; c < n; ++c)
             g[c] = (REAL)(factor_v * e[c]);
     }
@@ -276,7 +280,6 @@ static void ROW(ce_coefficients)(const ce_call *call, const ce_row_stats *stats,
     const double ce_scale = upstream * call->ce_factor;
     const double z_scale = upstream * call->z_factor;
     double ce, alpha;
-    coef->beta = 0.0;
     coef->gamma = 0.0;
     if (call->soft) {
         /* ce = sum_c u_c (lse - y_c) = A + U log S */
@@ -292,29 +295,31 @@ static void ROW(ce_coefficients)(const ce_call *call, const ce_row_stats *stats,
             ce = (1.0 - eps) * target_weight * nll + eps * inv_classes * smooth;
             alpha = ce_scale * ((1.0 - eps) * target_weight + eps * inv_classes * call->weight_total);
             coef->gamma = ce_scale * eps * inv_classes;
-            coef->beta = ce_scale * (1.0 - eps) * target_weight;
         } else {
             ce = target_weight * nll;
             alpha = ce_scale * target_weight;
-            coef->beta = ce_scale * target_weight;
         }
     }
     coef->z_term = 0.0;
+    coef->alpha_z = 0.0;
     if (call->z_loss > 0.0) {
         coef->z_term = call->z_loss * lse * lse;
-        alpha += z_scale * 2.0 * call->z_loss * lse;
+        coef->alpha_z = z_scale * 2.0 * call->z_loss * lse;
     }
     coef->ce = ce;
     coef->lse = lse;
     coef->max = stats->max;
     coef->inv_sum = 1.0 / stats->sum;
     coef->alpha = alpha;
+    coef->ce_scale = ce_scale;
     /* A row whose log-sum-exp is not finite (+inf or NaN logit, or every logit
      * -inf) has no softmax: its loss and gradient are NaN, as in torch. */
     if (!isfinite(lse)) {
         coef->ce = NAN;
         coef->lse = NAN;
         coef->alpha = NAN;
+        coef->alpha_z = NAN;
+        coef->ce_scale = NAN;
     }
 }
 
@@ -337,35 +342,55 @@ static void ROW(ce_row_grad)(const ce_call *call, const VAL *y, const REAL *q,
         const fastloss_index n = n_classes - start < FASTLOSS_CE_CHUNK ? n_classes - start
                                                                        : FASTLOSS_CE_CHUNK;
         const VAL *e;
-        double factor;
+        double factor, rel; /* rel = exp(shift_k - lse): e_c * rel is the softmax */
         if (e_row) {
             const double *chunk = chunk_data + k * CE_CHUNK_FIELDS;
             e = e_row + start;
             /* softmax_c = e_c exp(shift_k - lse); a chunk with no finite value
              * has e = 0 (or NaN, and then lse is NaN too). */
             if (chunk[CE_CHUNK_MAX] == -INFINITY)
-                factor = 0.0 * coef->alpha;
+                rel = 0.0;
             else if (chunk[CE_CHUNK_SHIFT] == coef->max)
-                factor = coef->alpha * coef->inv_sum; /* exp(M - lse) = 1 / S */
+                rel = coef->inv_sum; /* exp(M - lse) = 1 / S */
             else
-                factor = coef->alpha * exp(chunk[CE_CHUNK_SHIFT] - coef->lse);
+                rel = exp(chunk[CE_CHUNK_SHIFT] - coef->lse);
+            factor = coef->alpha * rel;
         } else {
             ROW(ce_exp)(y + start, n, lse_hi, lse_lo, tile);
             e = tile;
+            rel = 1.0;
             factor = coef->alpha;
         }
         const REAL *w = weight ? weight + start : NULL;
         const REAL *qk = q ? q + start : NULL;
         REAL *gk = g + start;
         const fastloss_index t = target - start;
+        /* The z-loss part (factor_z) is added after the cross-entropy part, which
+         * can cancel to nearly zero in a converged row: folded into one factor,
+         * the z part would inherit the rounding error of the two large terms. */
+        const double factor_z = coef->alpha_z * rel;
         if (t >= 0 && t < n) {
-            ROW(ce_grad_range)(e, t, factor, coef->gamma, w, qk, call->q_scale, call->q_offset, gk);
-            const double u_t = w ? (double)w[t] : 1.0;
-            gk[t] = (REAL)(factor * (double)e[t] - coef->gamma * u_t - coef->beta);
-            ROW(ce_grad_range)(e + t + 1, n - t - 1, factor, coef->gamma, w ? w + t + 1 : NULL,
-                               qk ? qk + t + 1 : NULL, call->q_scale, call->q_offset, gk + t + 1);
+            ROW(ce_grad_range)(e, t, factor, factor_z, coef->gamma, w, qk, call->q_scale,
+                               call->q_offset, gk);
+            /* The target class, from its definition rather than alpha p - gamma u - beta
+             * (whose terms can cancel exactly, e.g. one class with smoothing):
+             *   ce_scale [(1 - eps) w_t (p_t - 1) + eps / C (W p_t - w_t)] + z part.
+             * p_t - 1 may be -tiny: from a given lse it comes from expm1, so no digits
+             * are lost to a rounded p_t. */
+            const double w_t = w ? (double)w[t] : 1.0;
+            const double p_minus_1 = e_row ? (double)e[t] * rel - 1.0
+                                           : expm1((double)y[start + t] - coef->lse);
+            const double eps = call->smoothing;
+            double ce_t = (1.0 - eps) * w_t * p_minus_1;
+            if (eps > 0.0)
+                ce_t += eps / (double)n_classes * (call->weight_total * (p_minus_1 + 1.0) - w_t);
+            gk[t] = (REAL)(coef->ce_scale * ce_t + coef->alpha_z * (p_minus_1 + 1.0));
+            ROW(ce_grad_range)(e + t + 1, n - t - 1, factor, factor_z, coef->gamma,
+                               w ? w + t + 1 : NULL, qk ? qk + t + 1 : NULL, call->q_scale,
+                               call->q_offset, gk + t + 1);
         } else {
-            ROW(ce_grad_range)(e, n, factor, coef->gamma, w, qk, call->q_scale, call->q_offset, gk);
+            ROW(ce_grad_range)(e, n, factor, factor_z, coef->gamma, w, qk, call->q_scale,
+                               call->q_offset, gk);
         }
         if (slope)
             ROW(ce_softcap_chain)(slope + start, n, gk);

@@ -1,0 +1,228 @@
+"""Fuzzing every public loss: random shapes (0 and 1 included), dtypes, layouts, options
+and bad values.  Each call must either raise the documented exception (TypeError or
+ValueError whose message starts with the argument's name) or agree with
+fastloss.reference under the accuracy contract, and must leave its inputs unmodified.
+
+A bounded run is part of the suite; FASTLOSS_FUZZ_EXAMPLES sets how many examples each
+property draws (tests/fuzz/README.md has the long run).
+"""
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastloss
+from fastloss import reference
+
+from loss_specs import assert_close_contract
+
+EXAMPLES = int(os.environ.get("FASTLOSS_FUZZ_EXAMPLES", "150"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize="FASTLOSS_FUZZ_EXAMPLES" not in os.environ,
+                database=None, suppress_health_check=list(HealthCheck))
+
+GOOD_DTYPES = (np.float32, np.float64)
+BAD_DTYPES = (np.float16, np.int32, np.bool_, np.complex64, object)
+REDUCTIONS = ("mean", "sum", "none")
+
+
+# ----------------------------------------------------------------------------------------
+# Building arrays: values with occasional extremes, in one of several memory layouts
+# ----------------------------------------------------------------------------------------
+
+@st.composite
+def float_arrays(draw, shape, dtype, scale=3.0, extremes=True):
+    """An array of `shape` and `dtype` laid out C-ordered, Fortran-ordered, as a strided
+    view of a larger array, or with negative strides."""
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    values = np.asarray(rng.standard_normal(shape) * scale)
+    if extremes and values.size and draw(st.booleans()):
+        picks = rng.integers(0, values.size, size=min(3, values.size))
+        specials = np.array([np.inf, -np.inf, np.nan, 1e4, -1e4, 0.0])
+        values.flat[picks] = specials[rng.integers(0, specials.size, size=picks.size)]
+    layout = draw(st.sampled_from(["C", "F", "strided", "reversed"]))
+    if dtype is object:
+        array = values.astype(object)
+    else:
+        with np.errstate(invalid="ignore", over="ignore"):
+            array = values.astype(dtype)
+    if layout == "F":
+        array = np.asfortranarray(array)
+    elif layout == "strided" and array.ndim:
+        wide = np.repeat(array, 2, axis=-1)
+        array = wide[..., ::2]
+    elif layout == "reversed" and array.ndim:
+        array = np.ascontiguousarray(array[..., ::-1])[..., ::-1]
+    return array
+
+
+def _names_an_argument(error, names):
+    message = str(error)
+    return any(message.startswith(f"{name}:") or message.startswith(f"{name} ") for name in names)
+
+
+def check_call(public, ref, args, kwargs, kinds, argument_names):
+    """Run `public` and `ref`; either the documented error or agreement with the reference."""
+    copies = [np.array(a, copy=True) if isinstance(a, np.ndarray) else a for a in args]
+    try:
+        result = public(*args, **kwargs)
+    except (TypeError, ValueError) as error:
+        assert _names_an_argument(error, argument_names), f"unclear error: {error!r}"
+        return None
+    finally:
+        for before, after in zip(copies, args):
+            if isinstance(after, np.ndarray):
+                if after.dtype == object:  # NaN != NaN; compare what the values print as
+                    before, after = before.astype(str), after.astype(str)
+                assert before.dtype == after.dtype and np.array_equal(
+                    before, after, equal_nan=after.dtype.kind in "fc"), "an input was modified"
+    ref_kwargs = {k: v for k, v in kwargs.items() if k not in ("num_threads", "out")}
+    with np.errstate(all="ignore"):
+        expected = ref(*[np.asarray(a, dtype=np.float64) if np.asarray(a).dtype.kind == "f"
+                         else a for a in args], **ref_kwargs)
+    results = result if isinstance(result, tuple) else (result,)
+    expecteds = expected if isinstance(expected, tuple) else (expected,)
+    # losses come in the promoted dtype of the data; gradients in the dtype of the
+    # differentiated (first) argument
+    loss_dtype = np.result_type(*[np.asarray(a) for a in args[:2]
+                                  if np.asarray(a).dtype.kind == "f"])
+    grad_dtype = np.asarray(args[0]).dtype
+    for actual, wanted, kind in zip(results, expecteds, kinds):
+        assert_close_contract(np.asarray(actual, dtype=np.float64),
+                              np.asarray(wanted, dtype=np.float64),
+                              grad_dtype if kind == "grad" else loss_dtype, kind)
+    return result
+
+
+# ----------------------------------------------------------------------------------------
+# Cross-entropy
+# ----------------------------------------------------------------------------------------
+
+CE_ARGUMENTS = ("logits", "target", "weight", "ignore_index", "reduction", "label_smoothing",
+                "z_loss", "softcap", "grad_output", "num_threads", "out")
+
+
+@st.composite
+def cross_entropy_calls(draw):
+    batch = tuple(draw(st.lists(st.integers(0, 4), min_size=0, max_size=2)))
+    n_classes = draw(st.sampled_from([0, 1, 2, 3, 7, 40]))
+    bad = draw(st.sampled_from([None] * 6 + ["dtype", "target", "reduction", "smoothing",
+                                             "softcap", "weight", "threads", "z_loss"]))
+    dtype = draw(st.sampled_from(BAD_DTYPES)) if bad == "dtype" else draw(st.sampled_from(GOOD_DTYPES))
+    logits = draw(float_arrays(batch + (n_classes,), dtype))
+    soft = draw(st.booleans()) and bad != "target"
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    kwargs = {}
+    if soft:
+        probs = rng.dirichlet(np.ones(max(n_classes, 1)), size=batch or None)
+        target = (probs if n_classes else np.zeros(batch + (0,))).astype(
+            np.float64 if dtype is object else (dtype if dtype in GOOD_DTYPES else np.float64))
+    else:
+        target = rng.integers(0, max(n_classes, 1), size=batch).astype(
+            draw(st.sampled_from([np.int64, np.int32, np.uint8, np.int8])))
+        if target.size and target.dtype.kind == "i" and draw(st.booleans()):
+            target.flat[0] = -100
+        if bad == "target" and target.size:
+            target = target.astype(np.int64)
+            target.flat[-1] = n_classes + 3
+        kwargs["ignore_index"] = draw(st.sampled_from([-100, 0, n_classes - 1]))
+    if draw(st.booleans()) or bad == "weight":
+        size = n_classes + (1 if bad == "weight" else 0)
+        kwargs["weight"] = rng.uniform(0.2, 2.0, size=size).astype(
+            dtype if dtype in GOOD_DTYPES else np.float64)
+    kwargs["reduction"] = "avg" if bad == "reduction" else draw(st.sampled_from(REDUCTIONS))
+    kwargs["label_smoothing"] = draw(st.sampled_from([1.5, -0.1, np.nan])) if bad == "smoothing" \
+        else draw(st.sampled_from([0.0, 0.0, 0.1, 1.0]))
+    kwargs["z_loss"] = -1e-3 if bad == "z_loss" else draw(st.sampled_from([0.0, 1e-4]))
+    kwargs["softcap"] = draw(st.sampled_from([0.0, -2.0])) if bad == "softcap" \
+        else draw(st.sampled_from([None, None, 5.0]))
+    if bad == "threads":
+        kwargs["num_threads"] = 0
+    else:
+        kwargs["num_threads"] = draw(st.sampled_from([None, 1, 3]))
+    return logits, target, kwargs
+
+
+@FUZZ
+@given(call=cross_entropy_calls(), mode=st.sampled_from(["loss", "value_and_grad", "grad_lse"]))
+def test_fuzz_cross_entropy(call, mode):
+    logits, target, kwargs = call
+    if mode == "loss":
+        check_call(fastloss.cross_entropy, reference.cross_entropy, (logits, target), kwargs,
+                   ("loss",), CE_ARGUMENTS)
+    elif mode == "value_and_grad":
+        check_call(fastloss.cross_entropy_value_and_grad, reference.cross_entropy_value_and_grad,
+                   (logits, target), kwargs, ("loss", "grad"), CE_ARGUMENTS)
+    else:
+        try:
+            _, lse = fastloss.cross_entropy(logits, target, return_lse=True, **kwargs)
+        except (TypeError, ValueError):
+            return  # the forward already rejected these arguments
+        grad = fastloss.cross_entropy_grad(logits, target, lse=lse, **kwargs)
+        with np.errstate(all="ignore"):
+            ref_kwargs = {k: v for k, v in kwargs.items() if k != "num_threads"}
+            expected = reference.cross_entropy_grad(np.asarray(logits, np.float64), target,
+                                                    **ref_kwargs)
+        assert_close_contract(grad.astype(np.float64), expected, logits.dtype, "grad")
+
+
+# ----------------------------------------------------------------------------------------
+# Regression and binary losses
+# ----------------------------------------------------------------------------------------
+
+ELEMENTWISE = {
+    "mse": {},
+    "l1": {},
+    "huber": {"delta": st.sampled_from([1.0, 0.5, 0.0])},
+    "smooth_l1": {"beta": st.sampled_from([1.0, 0.25, 0.0])},
+    "bce_with_logits": {},
+}
+ELEMENTWISE_ARGUMENTS = ("pred", "logits", "target", "weight", "pos_weight", "delta", "beta",
+                         "reduction", "grad_output", "num_threads", "out")
+
+
+@st.composite
+def elementwise_calls(draw):
+    name = draw(st.sampled_from(sorted(ELEMENTWISE)))
+    shape = tuple(draw(st.lists(st.integers(0, 5), min_size=0, max_size=3)))
+    bad = draw(st.sampled_from([None] * 6 + ["dtype", "shape", "reduction", "parameter",
+                                             "pos_weight"]))
+    dtype = draw(st.sampled_from(BAD_DTYPES)) if bad == "dtype" else draw(st.sampled_from(GOOD_DTYPES))
+    pred = draw(float_arrays(shape, dtype, extremes=name != "bce_with_logits" or draw(st.booleans())))
+    target_shape = shape
+    if bad == "shape":
+        target_shape = shape[:-1] + (shape[-1] + 2,) if shape else (3,)
+    elif shape and draw(st.booleans()):
+        target_shape = (1,) * len(shape[:-1]) + shape[-1:]  # broadcasts against pred
+    target_dtype = draw(st.sampled_from(GOOD_DTYPES))
+    if name == "bce_with_logits":
+        rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+        target = rng.uniform(0, 1, size=target_shape).astype(target_dtype)
+    else:
+        target = draw(float_arrays(target_shape, target_dtype, extremes=False))
+    kwargs = {"reduction": "avg" if bad == "reduction" else draw(st.sampled_from(REDUCTIONS))}
+    for parameter, values in ELEMENTWISE[name].items():
+        kwargs[parameter] = -1.0 if bad == "parameter" else draw(values)
+    if draw(st.booleans()):
+        kwargs["weight"] = draw(float_arrays(shape[-1:] if shape else (), target_dtype,
+                                             extremes=False))
+    if name == "bce_with_logits" and (draw(st.booleans()) or bad == "pos_weight"):
+        length = (shape[-1] if shape else 1) + (2 if bad == "pos_weight" else 0)
+        kwargs["pos_weight"] = np.linspace(0.5, 2.0, length).astype(target_dtype)
+    kwargs["num_threads"] = draw(st.sampled_from([None, 1, 2]))
+    return name, pred, target, kwargs
+
+
+@FUZZ
+@given(call=elementwise_calls(), fused=st.booleans())
+def test_fuzz_elementwise(call, fused):
+    name, pred, target, kwargs = call
+    if fused:
+        check_call(getattr(fastloss, f"{name}_value_and_grad"),
+                   getattr(reference, f"{name}_value_and_grad"), (pred, target), kwargs,
+                   ("loss", "grad"), ELEMENTWISE_ARGUMENTS)
+    else:
+        check_call(getattr(fastloss, name), getattr(reference, name), (pred, target), kwargs,
+                   ("loss",), ELEMENTWISE_ARGUMENTS)
