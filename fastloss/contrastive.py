@@ -251,10 +251,13 @@ def _pairwise_distance(x, y, grad_output, metric, out, num_threads, want_value, 
     n = x_rows.shape[0]
     m = n if y_rows is None else y_rows.shape[0]
     value = np.empty((n, m), dtype=dtype) if want_value else None
-    if n == 0 or m == 0:  # no pairs: nothing to compute
+    if n == 0 or m == 0:  # no pairs: a zero gradient
         grads = None
         if want_grad:
-            grads = _finish_targets(_grad_targets(out, [a.shape for a in arrays], dtypes, []))
+            targets = _grad_targets(out, [a.shape for a in arrays], dtypes, [])
+            for _, written, _ in targets:
+                written[...] = 0
+            grads = _finish_targets(targets)
             grads = grads[0] if y is None else tuple(grads)
         return value, grads
     pairs = _AllPairs(x_rows, y_rows, metric, threads, want_grad)

@@ -226,3 +226,104 @@ def test_fuzz_elementwise(call, fused):
     else:
         check_call(getattr(fastloss, name), getattr(reference, name), (pred, target), kwargs,
                    ("loss",), ELEMENTWISE_ARGUMENTS)
+
+
+# ----------------------------------------------------------------------------------------
+# Pairwise distances and contrastive losses
+# ----------------------------------------------------------------------------------------
+
+CONTRASTIVE_ARGUMENTS = ("x", "y", "x1", "x2", "label", "labels", "embeddings", "query", "key",
+                         "anchor", "positive", "negative", "metric", "margin", "pos_margin",
+                         "neg_margin", "temperature", "p", "eps", "reduction", "grad_output",
+                         "num_threads", "out")
+
+
+def _flatten(result):
+    """(loss, (g1, g2)) or (loss, g) or loss -> a flat list of arrays."""
+    if isinstance(result, tuple):
+        return [item for part in result for item in _flatten(part)]
+    return [result]
+
+
+@st.composite
+def contrastive_calls(draw):
+    name = draw(st.sampled_from(["pairwise_distance", "contrastive", "contrastive_pairwise",
+                                 "info_nce", "triplet_margin"]))
+    n_rows = draw(st.integers(0 if name != "info_nce" else 1, 6))
+    dim = draw(st.integers(1, 5))
+    bad = draw(st.sampled_from([None] * 6 + ["dtype", "dim", "rank", "option"]))
+    dtype = draw(st.sampled_from(BAD_DTYPES)) if bad == "dtype" else draw(st.sampled_from(GOOD_DTYPES))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+
+    def rows(n=n_rows, d=dim, kind=dtype):
+        array = draw(float_arrays((n, d), kind, scale=1.0, extremes=False))
+        if n > 1 and draw(st.booleans()):
+            array[1] = array[0]  # a duplicated point: distance 0
+        if n and draw(st.booleans()):
+            array[-1] = 0  # a zero vector (cosine's corner case)
+        return array
+
+    first = rows()
+    if bad == "rank":
+        first = first[None]
+    second_dim = dim + 1 if bad == "dim" else dim
+    kwargs = {}
+    metric_options = ["euclidean", "sqeuclidean", "cosine"]
+    if name == "pairwise_distance":
+        args = (first, rows(n=draw(st.integers(0, 4)), d=second_dim) if draw(st.booleans()) else None)
+        kwargs["metric"] = "manhattan" if bad == "option" else draw(st.sampled_from(metric_options))
+        args = tuple(a for a in args if a is not None)
+    elif name == "contrastive":
+        label = rng.integers(0, 2, size=n_rows).astype(draw(st.sampled_from([np.int64, np.float64, np.bool_])))
+        args = (first, rows(d=second_dim), label)
+        kwargs["margin"] = -1.0 if bad == "option" else draw(st.sampled_from([1.0, 0.5, 0.0]))
+        kwargs["metric"] = draw(st.sampled_from(metric_options))
+    elif name == "contrastive_pairwise":
+        labels = rng.integers(0, 3, size=n_rows + (1 if bad == "dim" else 0))
+        args = (first, labels)
+        kwargs["pos_margin"] = draw(st.sampled_from([0.0, 0.1]))
+        kwargs["neg_margin"] = -1.0 if bad == "option" else draw(st.sampled_from([1.0, 0.3]))
+        kwargs["metric"] = draw(st.sampled_from(metric_options))
+    elif name == "info_nce":
+        args = (first, rows(d=second_dim))
+        kwargs["temperature"] = 0.0 if bad == "option" else draw(st.sampled_from([0.05, 1.0]))
+        kwargs["symmetric"] = draw(st.booleans())
+    else:
+        args = (first, rows(d=second_dim), rows())
+        kwargs["margin"] = -0.5 if bad == "option" else draw(st.sampled_from([1.0, 0.0]))
+        kwargs["p"] = draw(st.sampled_from([2.0, 1.0, 3.0]))
+        kwargs["swap"] = draw(st.booleans())
+    if name != "pairwise_distance":
+        kwargs["reduction"] = draw(st.sampled_from(REDUCTIONS))
+    kwargs["num_threads"] = draw(st.sampled_from([None, 1, 2]))
+    return name, args, kwargs
+
+
+@FUZZ
+@given(call=contrastive_calls(), fused=st.booleans())
+def test_fuzz_contrastive(call, fused):
+    name, args, kwargs = call
+    public = getattr(fastloss, f"{name}_value_and_grad" if fused else name)
+    ref = getattr(reference, f"{name}_value_and_grad" if fused else name)
+    copies = [np.array(a, copy=True) for a in args]
+    try:
+        result = public(*args, **kwargs)
+    except (TypeError, ValueError) as error:
+        assert _names_an_argument(error, CONTRASTIVE_ARGUMENTS), f"unclear error: {error!r}"
+        return
+    finally:
+        for before, after in zip(copies, args):
+            assert np.array_equal(before, after, equal_nan=True), "an input was modified"
+    ref_kwargs = {k: v for k, v in kwargs.items() if k != "num_threads"}
+    with np.errstate(all="ignore"):
+        expected = ref(*[np.asarray(a, np.float64) if a.dtype.kind == "f" else a for a in args],
+                       **ref_kwargs)
+    actual, wanted = _flatten(result), _flatten(expected)
+    assert len(actual) == len(wanted)
+    # the value in the promoted dtype of the embeddings; each gradient in its input's dtype
+    embeddings = [a for a in args if a.dtype.kind == "f" and a.ndim == 2]
+    value_dtype = np.result_type(*embeddings)
+    dtypes = [value_dtype] + [a.dtype for a in embeddings] if fused else [value_dtype]
+    for index, (got, want, dtype) in enumerate(zip(actual, wanted, dtypes)):
+        assert_close_contract(np.asarray(got, np.float64), np.asarray(want, np.float64), dtype,
+                              "grad" if index else "loss")
