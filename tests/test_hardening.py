@@ -67,3 +67,49 @@ def test_the_gil_is_released_inside_the_kernel():
     for thread in threads:
         thread.join()
     assert order == ["short", "long"]
+
+
+# ----------------------------------------------------------------------------------------
+# Regression tests for what the fuzzer (tests/test_fuzz.py) found
+# ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_pairwise_distance_gradient_with_no_pairs_is_zero(dtype):
+    x = np.empty((0, 3), dtype=dtype)
+    y = np.full((2, 3), 7.0, dtype=dtype)
+    _, (grad_x, grad_y) = fastloss.pairwise_distance_value_and_grad(x, y)
+    assert grad_x.shape == (0, 3) and grad_y.shape == (2, 3)
+    assert np.all(grad_y == 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_cross_entropy_one_class_with_smoothing_has_zero_gradient(dtype):
+    # alpha p - gamma u - beta cancelled to -2.8e-17 instead of 0 (grad from lse)
+    logits = np.array([[0.37719065], [-2.5]], dtype=dtype)
+    target = np.array([0, 0])
+    _, lse = fastloss.cross_entropy(logits, target, label_smoothing=0.1, return_lse=True)
+    for grad in (fastloss.cross_entropy_grad(logits, target, label_smoothing=0.1, lse=lse),
+                 fastloss.cross_entropy_grad(logits, target, label_smoothing=0.1)):
+        assert np.all(grad == 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_cross_entropy_gradient_from_lse_at_a_confident_target(dtype):
+    # p_t = 1 - 1.27e-4: p_t - 1 from a rounded p_t lost 3 digits in float32
+    logits = np.array([3.0806658, -5.889606], dtype=dtype)
+    target = np.array(0)
+    _, lse = fastloss.cross_entropy(logits, target, return_lse=True)
+    grad = fastloss.cross_entropy_grad(logits, target, lse=lse)
+    expected = reference.cross_entropy_grad(logits.astype(np.float64), target)
+    assert_close_contract(grad.astype(np.float64), expected, dtype, "grad")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_cross_entropy_z_loss_gradient_of_a_single_class(dtype):
+    # the cross-entropy part is exactly 0 and the z part small: they were summed into
+    # one factor whose rounding swamped the z part
+    logits = np.array([[0.54377873], [-0.43033987], [0.29605791]], dtype=dtype)
+    target = np.ones((3, 1), dtype=dtype)
+    _, grad = fastloss.cross_entropy_value_and_grad(logits, target, z_loss=1e-4)
+    expected = reference.cross_entropy_grad(logits.astype(np.float64), target, z_loss=1e-4)
+    assert_close_contract(grad.astype(np.float64), expected, dtype, "grad")
