@@ -5,12 +5,16 @@ forward and backward passes run in fastloss's C kernels.
     loss = FL.cross_entropy(logits, target)        # instead of F.cross_entropy
     criterion = FL.CrossEntropyLoss(label_smoothing=0.1)
 
-Every function takes torch's arguments in torch's order and layout (the class axis of
-``cross_entropy`` at dim 1, the deprecated ``size_average``/``reduce`` included) and gives
+Functions with a torch counterpart (``cross_entropy``, ``mse_loss``, ``l1_loss``,
+``huber_loss``, ``smooth_l1_loss``, ``binary_cross_entropy_with_logits``,
+``triplet_margin_loss``) take torch's arguments in torch's order and layout (the class axis
+of ``cross_entropy`` at dim 1, the deprecated ``size_average``/``reduce`` included) and give
 torch's values and gradients; fastloss's extra options (``z_loss``, ``softcap``,
-``num_threads``) are keyword-only. The module classes subclass torch's own
-(``isinstance(FL.CrossEntropyLoss(), torch.nn.CrossEntropyLoss)`` holds), so their
-attributes, buffers and ``state_dict`` are torch's.
+``inplace_backward``, ``num_threads``) are keyword-only. Their module classes subclass
+torch's own (``isinstance(FL.CrossEntropyLoss(), torch.nn.CrossEntropyLoss)`` holds), so
+their attributes, buffers and ``state_dict`` are torch's. The losses torch lacks
+(``contrastive``, ``contrastive_pairwise``, ``info_nce``) keep fastloss's signatures, with
+the modules ``ContrastiveLoss``, ``ContrastivePairwiseLoss`` and ``InfoNCELoss``.
 
 Each loss is a ``torch.autograd.Function``. CPU tensors and NumPy arrays share memory both
 ways (``Tensor.numpy()`` and ``torch.from_numpy``); a copy happens only where the kernels
@@ -19,15 +23,17 @@ inputs, or a transposed (N, C)). The forward saves what the backward needs and n
 more: the inputs themselves (references, no copies) and, for cross-entropy, the per-row
 log-sum-exp (N float64 values), so that the backward is one read of the logits and one
 write of the gradient (``fastloss.cross_entropy_grad(..., lse=lse)``) and no N x C buffer
-lives between the two passes. Gradients are first order (``once_differentiable``).
+lives between the two passes. The embedding losses (reduced to a scalar) compute their
+gradients in the forward's fused pass and keep those (the embeddings' size, never N x N),
+so the Gram product is formed once. Gradients are first order (``once_differentiable``).
 
 Inputs must be float32 or float64 CPU tensors; other dtypes raise TypeError, tensors on
 another device ValueError. Gradients that fastloss does not compute raise
 NotImplementedError (a RuntimeError, as torch's "not differentiable" errors are) when the
 tensor requires grad: probability targets of ``cross_entropy``, the target of
-``binary_cross_entropy_with_logits``, and every ``weight``/``pos_weight``. The targets of
-``mse_loss``, ``l1_loss``, ``huber_loss`` and ``smooth_l1_loss`` are differentiable (their
-gradient is minus the input's).
+``binary_cross_entropy_with_logits``, the ``label`` of ``contrastive``, and every
+``weight``/``pos_weight``. The targets of ``mse_loss``, ``l1_loss``, ``huber_loss`` and
+``smooth_l1_loss`` are differentiable (their gradient is minus the input's).
 
 Threads: fastloss's own setting (``fastloss.set_num_threads``, ``FASTLOSS_NUM_THREADS``),
 not ``torch.set_num_threads``; ``num_threads=`` overrides it per call or per module.
@@ -47,17 +53,25 @@ from fastloss.elementwise import _sum_to_shape
 
 __all__ = [
     "binary_cross_entropy_with_logits",
+    "contrastive",
+    "contrastive_pairwise",
     "cross_entropy",
     "huber_loss",
+    "info_nce",
     "l1_loss",
     "mse_loss",
     "smooth_l1_loss",
+    "triplet_margin_loss",
     "BCEWithLogitsLoss",
+    "ContrastiveLoss",
+    "ContrastivePairwiseLoss",
     "CrossEntropyLoss",
     "HuberLoss",
+    "InfoNCELoss",
     "L1Loss",
     "MSELoss",
     "SmoothL1Loss",
+    "TripletMarginLoss",
 ]
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
@@ -414,6 +428,142 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
 
 
 # ----------------------------------------------------------------------------------------
+# Embedding losses: triplet margin, contrastive (pairs and all pairs), InfoNCE
+# ----------------------------------------------------------------------------------------
+
+class _Embedding(torch.autograd.Function):
+    """fastloss.NAME over embedding tensors: the first ``n_embeddings`` of ``tensors`` are
+    differentiable, the rest (labels) are not.
+
+    For "mean" and "sum" the forward runs NAME_value_and_grad when a gradient is wanted
+    (one pass: for the all-pairs losses the Gram product is not formed twice) and keeps
+    the gradients, one array per embedding input (N x D, the inputs' size); the backward
+    scales them by grad_output. For "none", or a second backward (retain_graph), the
+    backward calls NAME_grad with the per-sample grad_output."""
+
+    @staticmethod
+    def forward(ctx, name, options, n_embeddings, *tensors):
+        arrays = [_numpy(tensor) for tensor in tensors]
+        want_grad = any(ctx.needs_input_grad[3:3 + n_embeddings])
+        ctx.grads = None
+        if want_grad and options["reduction"] != "none":
+            loss, grads = getattr(fastloss, f"{name}_value_and_grad")(*arrays, **options)
+            ctx.grads = grads if isinstance(grads, tuple) else (grads,)
+        else:
+            loss = getattr(fastloss, name)(*arrays, **options)
+        ctx.save_for_backward(*tensors)
+        ctx.name, ctx.options, ctx.n_embeddings = name, options, n_embeddings
+        dtype = tensors[0].dtype
+        for tensor in tensors[1:n_embeddings]:
+            dtype = torch.promote_types(dtype, tensor.dtype)
+        return _loss_tensor(loss, dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        tensors = ctx.saved_tensors
+        n_embeddings = ctx.n_embeddings
+        reduction = ctx.options["reduction"]
+        if ctx.grads is not None:
+            # the first backward takes the forward's gradients (then owned by autograd)
+            grads, ctx.grads = ctx.grads, None
+            scale = float(grad_output)
+            grads = [torch.from_numpy(grad) for grad in grads]
+            if scale != 1.0:
+                grads = [grad.mul_(scale) for grad in grads]
+        else:
+            arrays = [_numpy(tensor) for tensor in tensors]
+            grads = getattr(fastloss, f"{ctx.name}_grad")(
+                *arrays, _upstream(grad_output, reduction), **ctx.options)
+            grads = [torch.from_numpy(grad)
+                     for grad in (grads if isinstance(grads, tuple) else (grads,))]
+        grads = [grad if needed else None
+                 for grad, needed in zip(grads, ctx.needs_input_grad[3:3 + n_embeddings])]
+        return (None, None, None, *grads, *([None] * (len(tensors) - n_embeddings)))
+
+
+def _embedding_loss(name, function, embeddings, others, options):
+    """Check the tensors and run fastloss.NAME: ``embeddings`` are (argument name, float
+    tensor) pairs, ``others`` (name, tensor, kind) with kind "labels" (integers) or
+    "label" (reals, not differentiated)."""
+    for argument, tensor in embeddings:
+        _float_tensor(tensor, argument, function)
+    tensors = [tensor for _, tensor in embeddings]
+    for argument, tensor, kind in others:
+        if kind == "labels":
+            _cpu_tensor(tensor, argument, function)
+            if tensor.dtype.is_floating_point or tensor.dtype.is_complex:
+                raise TypeError(f"{function}: {argument}: expected an integer tensor, "
+                                f"got {tensor.dtype}")
+        else:
+            _real_tensor(tensor, argument, function)
+            _no_grad_needed(tensor, argument, function)
+        tensors.append(tensor)
+    return _Embedding.apply(name, options, len(embeddings), *tensors)
+
+
+def triplet_margin_loss(anchor, positive, negative, margin=1.0, p=2, eps=1e-6, swap=False,
+                        size_average=None, reduce=None, reduction="mean", *, num_threads=None):
+    """``torch.nn.functional.triplet_margin_loss`` computed by fastloss: per triplet
+    ``max(margin + d(a, p) - d(a, n), 0)`` with ``d(u, v) = |u - v + eps|_p``
+    (``F.pairwise_distance``), ``swap`` as torch. Inputs (N, D), or (D) for one triplet;
+    gradients w.r.t. all three."""
+    function = "fastloss.torch.triplet_margin_loss"
+    reduction = _reduction(size_average, reduce, reduction)
+    named = [("anchor", anchor), ("positive", positive), ("negative", negative)]
+    for argument, tensor in named:
+        _float_tensor(tensor, argument, function)
+    if len({tensor.dim() for _, tensor in named}) != 1:
+        raise ValueError(f"{function}: anchor, positive and negative must have the same "
+                         f"number of dimensions, got {anchor.dim()}, {positive.dim()} and "
+                         f"{negative.dim()}")
+    single = anchor.dim() == 1  # one triplet, as torch allows: a batch of one
+    if single:
+        named = [(argument, tensor.unsqueeze(0)) for argument, tensor in named]
+    options = {"margin": margin, "p": p, "eps": eps, "swap": swap, "reduction": reduction,
+               "num_threads": num_threads}
+    loss = _embedding_loss("triplet_margin", function, named, [], options)
+    return loss.squeeze(0) if single and reduction == "none" else loss
+
+
+def contrastive(x1, x2, label, *, margin=1.0, metric="euclidean", reduction="mean",
+                num_threads=None):
+    """:func:`fastloss.contrastive` (pairs of rows, Hadsell, Chopra & LeCun 2006) on
+    tensors: per pair ``0.5 * (y d**2 + (1 - y) relu(margin - d)**2)``; gradients w.r.t.
+    ``x1`` and ``x2`` (N, D); ``label`` (N,) is not differentiated."""
+    options = {"margin": margin, "metric": metric, "reduction": reduction_arg(reduction),
+               "num_threads": num_threads}
+    return _embedding_loss("contrastive", "fastloss.torch.contrastive",
+                           [("x1", x1), ("x2", x2)], [("label", label, "label")], options)
+
+
+def contrastive_pairwise(embeddings, labels, *, pos_margin=0.0, neg_margin=1.0,
+                         metric="euclidean", reduction="mean", num_threads=None):
+    """:func:`fastloss.contrastive_pairwise` on tensors: over all pairs i < j of the batch,
+    ``y_ij relu(d_ij - pos_margin)**2 + (1 - y_ij) relu(neg_margin - d_ij)**2`` with
+    ``y_ij = labels_i == labels_j`` and d as ``torch.cdist`` (or sqeuclidean, cosine);
+    "none" gives the N x N matrix. Gradient w.r.t. ``embeddings`` (N, D)."""
+    options = {"pos_margin": pos_margin, "neg_margin": neg_margin, "metric": metric,
+               "reduction": reduction_arg(reduction), "num_threads": num_threads}
+    return _embedding_loss("contrastive_pairwise", "fastloss.torch.contrastive_pairwise",
+                           [("embeddings", embeddings)], [("labels", labels, "labels")],
+                           options)
+
+
+def info_nce(query, key, *, temperature=0.05, symmetric=False, reduction="mean",
+             num_threads=None):
+    """:func:`fastloss.info_nce` on tensors: rows L2-normalised, ``s = q k^T / temperature``,
+    cross-entropy of row i with target i (in-batch negatives; sentence-transformers'
+    MultipleNegativesRankingLoss with ``scale = 1 / temperature``); ``symmetric=True``
+    averages it with the column-wise loss (CLIP). Gradients w.r.t. ``query`` (N, D) and
+    ``key`` (M, D)."""
+    options = {"temperature": temperature, "symmetric": symmetric,
+               "reduction": reduction_arg(reduction), "num_threads": num_threads}
+    return _embedding_loss("info_nce", "fastloss.torch.info_nce",
+                           [("query", query), ("key", key)], [], options)
+
+
+# ----------------------------------------------------------------------------------------
 # nn.Module classes: torch's classes with a fastloss forward
 # ----------------------------------------------------------------------------------------
 
@@ -499,3 +649,71 @@ class BCEWithLogitsLoss(torch.nn.BCEWithLogitsLoss):
         return binary_cross_entropy_with_logits(
             input, target, weight=self.weight, reduction=self.reduction,
             pos_weight=self.pos_weight, num_threads=self.num_threads)
+
+
+class TripletMarginLoss(torch.nn.TripletMarginLoss):
+    """``torch.nn.TripletMarginLoss`` whose forward is :func:`triplet_margin_loss`."""
+
+    def __init__(self, margin=1.0, p=2.0, eps=1e-6, swap=False, size_average=None,
+                 reduce=None, reduction="mean", *, num_threads=None):
+        super().__init__(margin, p, eps, swap, size_average, reduce, reduction)
+        self.num_threads = num_threads
+
+    def forward(self, anchor, positive, negative):
+        return triplet_margin_loss(anchor, positive, negative, margin=self.margin, p=self.p,
+                                   eps=self.eps, swap=self.swap, reduction=self.reduction,
+                                   num_threads=self.num_threads)
+
+
+class ContrastiveLoss(torch.nn.Module):
+    """:func:`contrastive` as a module: ``loss(x1, x2, label)``."""
+
+    def __init__(self, margin=1.0, metric="euclidean", reduction="mean", *, num_threads=None):
+        super().__init__()
+        self.margin, self.metric, self.reduction = margin, metric, reduction
+        self.num_threads = num_threads
+
+    def forward(self, x1, x2, label):
+        return contrastive(x1, x2, label, margin=self.margin, metric=self.metric,
+                           reduction=self.reduction, num_threads=self.num_threads)
+
+    def extra_repr(self):
+        return f"margin={self.margin}, metric={self.metric!r}, reduction={self.reduction!r}"
+
+
+class ContrastivePairwiseLoss(torch.nn.Module):
+    """:func:`contrastive_pairwise` as a module: ``loss(embeddings, labels)``."""
+
+    def __init__(self, pos_margin=0.0, neg_margin=1.0, metric="euclidean", reduction="mean",
+                 *, num_threads=None):
+        super().__init__()
+        self.pos_margin, self.neg_margin = pos_margin, neg_margin
+        self.metric, self.reduction = metric, reduction
+        self.num_threads = num_threads
+
+    def forward(self, embeddings, labels):
+        return contrastive_pairwise(embeddings, labels, pos_margin=self.pos_margin,
+                                    neg_margin=self.neg_margin, metric=self.metric,
+                                    reduction=self.reduction, num_threads=self.num_threads)
+
+    def extra_repr(self):
+        return (f"pos_margin={self.pos_margin}, neg_margin={self.neg_margin}, "
+                f"metric={self.metric!r}, reduction={self.reduction!r}")
+
+
+class InfoNCELoss(torch.nn.Module):
+    """:func:`info_nce` as a module: ``loss(query, key)``."""
+
+    def __init__(self, temperature=0.05, symmetric=False, reduction="mean", *,
+                 num_threads=None):
+        super().__init__()
+        self.temperature, self.symmetric, self.reduction = temperature, symmetric, reduction
+        self.num_threads = num_threads
+
+    def forward(self, query, key):
+        return info_nce(query, key, temperature=self.temperature, symmetric=self.symmetric,
+                        reduction=self.reduction, num_threads=self.num_threads)
+
+    def extra_repr(self):
+        return (f"temperature={self.temperature}, symmetric={self.symmetric}, "
+                f"reduction={self.reduction!r}")

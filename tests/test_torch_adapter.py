@@ -389,6 +389,157 @@ def test_regression_modules_match_torch(module_id, reduction, generator):
 
 
 # ----------------------------------------------------------------------------------------
+# Embedding losses: triplet margin, contrastive, contrastive_pairwise, info_nce
+# ----------------------------------------------------------------------------------------
+
+def torch_contrastive(x1, x2, label, *, margin=1.0, metric="euclidean", reduction="mean"):
+    """DESIGN.md's contrastive loss of row pairs in torch ops (F.pairwise_distance)."""
+    if metric == "cosine":
+        d = 1 - (F.normalize(x1) * F.normalize(x2)).sum(dim=1)
+    else:
+        d = F.pairwise_distance(x1, x2)
+        d = d ** 2 if metric == "sqeuclidean" else d
+    loss = 0.5 * (label * d ** 2 + (1 - label) * torch.relu(margin - d) ** 2)
+    return {"mean": loss.mean, "sum": loss.sum, "none": lambda: loss}[reduction]()
+
+
+def torch_contrastive_pairwise(x, labels, *, pos_margin=0.0, neg_margin=1.0,
+                               metric="euclidean", reduction="mean"):
+    """DESIGN.md's all-pairs contrastive loss in torch ops: cdist (no matmul shortcut, so
+    float64 is exact enough to judge float64) over the pairs i < j."""
+    n = x.shape[0]
+    if metric == "cosine":
+        unit = F.normalize(x)
+        distance = 1 - unit @ unit.T
+    else:
+        distance = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
+        distance = distance ** 2 if metric == "sqeuclidean" else distance
+    i, j = torch.triu_indices(n, n, 1)
+    d = distance[i, j]
+    same = (labels[i] == labels[j]).to(x.dtype)
+    loss = same * torch.relu(d - pos_margin) ** 2 + (1 - same) * torch.relu(neg_margin - d) ** 2
+    if reduction == "none":
+        matrix = torch.zeros(n, n, dtype=x.dtype)
+        matrix = matrix.index_put((i, j), loss).index_put((j, i), loss)
+        return matrix
+    return loss.mean() if reduction == "mean" else loss.sum()
+
+
+def torch_info_nce(query, key, *, temperature=0.05, symmetric=False, reduction="mean"):
+    """DESIGN.md's InfoNCE in torch ops: normalised rows, cross-entropy with target i."""
+    logits = F.normalize(query) @ F.normalize(key).T / temperature
+    target = torch.arange(query.shape[0])
+    loss = F.cross_entropy(logits, target, reduction=reduction)
+    if symmetric:
+        loss = 0.5 * (loss + F.cross_entropy(logits.T, target, reduction=reduction))
+    return loss
+
+
+def embeddings(shape, dtype, generator):
+    return torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("options", [{}, {"swap": True}, {"p": 1.5, "margin": 0.5},
+                                     {"p": 3.0, "eps": 0.0, "swap": True}],
+                         ids=["plain", "swap", "p=1.5", "p=3-eps=0-swap"])
+def test_triplet_margin_matches_torch(options, reduction, dtype, generator):
+    tensors = [embeddings((24, 10), dtype, generator) for _ in range(3)]
+    compare_with_torch(
+        lambda a, p, n: FL.triplet_margin_loss(a, p, n, reduction=reduction, **options),
+        lambda a, p, n: F.triplet_margin_loss(a, p, n, reduction=reduction, **options),
+        tensors, [0, 1, 2], dtype, generator)
+    module = FL.TripletMarginLoss(reduction=reduction, **options)
+    assert isinstance(module, torch.nn.TripletMarginLoss)
+    compare_with_torch(module, torch.nn.TripletMarginLoss(reduction=reduction, **options),
+                       tensors, [0, 1, 2], dtype, generator)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_triplet_margin_single_triplet(reduction, generator):
+    tensors = [embeddings((6,), torch.float64, generator) for _ in range(3)]
+    compare_with_torch(
+        lambda a, p, n: FL.triplet_margin_loss(a, p, n, margin=3.0, reduction=reduction),
+        lambda a, p, n: F.triplet_margin_loss(a, p, n, margin=3.0, reduction=reduction),
+        tensors, [0, 1, 2], torch.float64, generator)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
+def test_contrastive_matches_torch(metric, reduction, dtype, generator):
+    x1, x2 = embeddings((20, 6), dtype, generator), embeddings((20, 6), dtype, generator)
+    label = (torch.rand(20, generator=generator) < 0.5).to(dtype)
+    options = {"margin": 2.0 if metric != "cosine" else 0.8, "metric": metric,
+               "reduction": reduction}
+    compare_with_torch(lambda a, b, y: FL.contrastive(a, b, y, **options),
+                       lambda a, b, y: torch_contrastive(a, b, y, **options),
+                       [x1, x2, label], [0, 1], dtype, generator)
+    module = FL.ContrastiveLoss(**options)
+    compare_with_torch(module, lambda a, b, y: torch_contrastive(a, b, y, **options),
+                       [x1, x2, label], [0, 1], dtype, generator)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
+def test_contrastive_pairwise_matches_torch(metric, reduction, dtype, generator):
+    x = embeddings((30, 8), dtype, generator)
+    labels = torch.randint(0, 4, (30,), generator=generator)
+    margins = {"euclidean": (0.5, 4.0), "sqeuclidean": (4.0, 16.0), "cosine": (0.1, 0.9)}
+    pos_margin, neg_margin = margins[metric]
+    options = {"pos_margin": pos_margin, "neg_margin": neg_margin, "metric": metric,
+               "reduction": reduction}
+    compare_with_torch(lambda e, y: FL.contrastive_pairwise(e, y, **options),
+                       lambda e, y: torch_contrastive_pairwise(e, y, **options),
+                       [x, labels], [0], dtype, generator)
+    module = FL.ContrastivePairwiseLoss(**options)
+    compare_with_torch(module, lambda e, y: torch_contrastive_pairwise(e, y, **options),
+                       [x, labels], [0], dtype, generator)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("symmetric, key_rows", [(False, 16), (False, 40), (True, 16)],
+                         ids=["plain", "extra-negatives", "symmetric"])
+def test_info_nce_matches_torch(symmetric, key_rows, reduction, dtype, generator):
+    query, key = embeddings((16, 12), dtype, generator), embeddings((key_rows, 12), dtype,
+                                                                     generator)
+    options = {"temperature": 0.07, "symmetric": symmetric, "reduction": reduction}
+    compare_with_torch(lambda q, k: FL.info_nce(q, k, **options),
+                       lambda q, k: torch_info_nce(q, k, **options),
+                       [query, key], [0, 1], dtype, generator)
+    compare_with_torch(FL.InfoNCELoss(**options), lambda q, k: torch_info_nce(q, k, **options),
+                       [query, key], [0, 1], dtype, generator)
+
+
+def test_embedding_losses_mixed_dtypes_and_one_input_differentiable(generator):
+    query = embeddings((8, 5), torch.float32, generator).requires_grad_(True)
+    key = embeddings((8, 5), torch.float64, generator)
+    loss = FL.info_nce(query, key)
+    assert loss.dtype == torch.float64
+    loss.backward()
+    assert query.grad.dtype == torch.float32 and key.grad is None
+    expected = torch_info_nce(query.detach().double().requires_grad_(True), key)
+    expected.backward()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_embedding_losses_retain_graph(reduction, generator):
+    """The forward's fused gradients serve the first backward; a second one recomputes."""
+    x = embeddings((12, 4), torch.float64, generator).requires_grad_(True)
+    labels = torch.randint(0, 3, (12,), generator=generator)
+    loss = FL.contrastive_pairwise(x, labels, neg_margin=3.0, reduction=reduction)
+    total = loss if reduction == "mean" else loss.sum()
+    total.backward(retain_graph=True)
+    first = x.grad.clone()
+    total.backward()
+    torch.testing.assert_close(x.grad, 2 * first, rtol=1e-14, atol=0)
+
+
+# ----------------------------------------------------------------------------------------
 # gradcheck (float64, central differences)
 # ----------------------------------------------------------------------------------------
 
@@ -421,6 +572,24 @@ def test_gradcheck_elementwise(loss_id, reduction, generator):
         gradcheck(lambda x, t: ours(x, t.expand(4, 5), reduction=reduction, **options,
                                     **extra),
                   pred.requires_grad_(True), target[:1].clone().requires_grad_(True))
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_gradcheck_embedding_losses(reduction, generator):
+    a, p, n = (embeddings((5, 4), torch.float64, generator).requires_grad_(True)
+               for _ in range(3))
+    gradcheck(lambda a, p, n: FL.triplet_margin_loss(a, p, n, margin=2.0, p=1.5, swap=True,
+                                                     reduction=reduction), a, p, n)
+    label = (torch.rand(5, generator=generator) < 0.5).double()
+    gradcheck(lambda a, b: FL.contrastive(a, b, label, margin=3.0, reduction=reduction), a, p)
+    labels = torch.tensor([0, 1, 0, 2, 1])
+    for metric in ("euclidean", "sqeuclidean", "cosine"):
+        gradcheck(lambda e: FL.contrastive_pairwise(e, labels, pos_margin=0.1, neg_margin=2.5,
+                                                    metric=metric, reduction=reduction), a)
+    key = embeddings((7, 4), torch.float64, generator).requires_grad_(True)
+    gradcheck(lambda q, k: FL.info_nce(q, k, temperature=0.2, reduction=reduction), a, key)
+    gradcheck(lambda q, k: FL.info_nce(q, k, temperature=0.2, symmetric=True,
+                                       reduction=reduction), a, p)
 
 
 # ----------------------------------------------------------------------------------------
@@ -460,6 +629,24 @@ def test_errors_name_the_argument():
         FL.mse_loss(logits, logits, weight=torch.ones(5))
     with pytest.raises(ValueError, match="ignore_index"):
         FL.cross_entropy(logits, torch.softmax(logits, 1), ignore_index=1)
+
+
+def test_embedding_loss_errors(generator):
+    x = torch.randn(6, 4)
+    with pytest.raises(TypeError, match="labels: expected an integer tensor"):
+        FL.contrastive_pairwise(x, torch.zeros(6))
+    with pytest.raises(NotImplementedError, match="label"):
+        FL.contrastive(x.requires_grad_(True), x, torch.ones(6, requires_grad=True))
+    with pytest.raises(ValueError, match="same number of dimensions"):
+        FL.triplet_margin_loss(torch.randn(3, 4), torch.randn(3, 4), torch.randn(4))
+    with pytest.raises(ValueError, match="margin"):
+        FL.triplet_margin_loss(x, x, x, margin=0.0)
+    with pytest.raises(TypeError, match="query.*float16"):
+        FL.info_nce(x.half(), x)
+    with pytest.raises(ValueError, match="key.*rows"):
+        FL.info_nce(x, x[:3])
+    with pytest.raises(ValueError, match="metric"):
+        FL.contrastive_pairwise(x, torch.zeros(6, dtype=torch.int64), metric="manhattan")
 
 
 def test_gradients_fastloss_does_not_compute_raise():
