@@ -387,8 +387,8 @@ def elementwise_loss_shape(shape):
 
 
 def elementwise_spec(name, make_inputs, cases):
-    # (37, 23): 851 elements, more than one 512-element tile, and a per-class factor of 23
-    # that the API repeats to a period of 1035, so tiles end at period boundaries too.
+    # (37, 23): 851 elements, several 128-element tiles, and a per-class factor of 23 that
+    # the API repeats to a period of 1035, so tiles end at period boundaries too.
     return LossSpec(
         name=name,
         public=_functions(fastloss, name),
