@@ -539,6 +539,47 @@ def _triplet_torch(inputs, threads):
     return Timed(call, prepare=clear)
 
 
+def _contrastive_adapter(name):
+    """The PyTorch adapter's forward+backward of one contrastive-family loss, on the
+    inputs of the fastloss row beside it."""
+    def setup(inputs, threads):
+        torch = _torch()
+        if torch is None:
+            return None
+        import fastloss.torch as fastloss_torch
+
+        def tensor(key):
+            return torch.from_numpy(inputs[key]).requires_grad_(True)
+
+        if name == "contrastive_pairwise":
+            tensors = [tensor("x")]
+            labels = torch.from_numpy(inputs["labels"])
+
+            def loss():
+                return fastloss_torch.contrastive_pairwise(tensors[0], labels,
+                                                           num_threads=threads)
+        elif name == "info_nce":
+            tensors = [tensor("x"), tensor("key")]
+
+            def loss():
+                return fastloss_torch.info_nce(*tensors, symmetric=True, num_threads=threads)
+        else:
+            tensors = [tensor("x"), tensor("key"), tensor("other")]
+
+            def loss():
+                return fastloss_torch.triplet_margin_loss(*tensors, swap=True,
+                                                          num_threads=threads)
+
+        def clear():
+            for each in tensors:
+                each.grad = None
+
+        return Timed(lambda: loss().backward(), prepare=clear,
+                     note="autograd; backward into a fresh .grad")
+
+    return setup
+
+
 CONTRASTIVE = Family(
     name="contrastive",
     title="contrastive_pairwise (euclidean, mean; 41 rows per class), info_nce, triplet_margin",
@@ -555,11 +596,17 @@ CONTRASTIVE = Family(
              f"{REFERENCE_PAIR_ROWS} rows scaled to N)", _cp_reference),
         Case("x @ x.T (float32 matmul)", _cp_matmul, role="copy"),
         Case("torch cdist + contrastive + backward", _cp_torch, requires="torch"),
+        Case("fastloss.torch.contrastive_pairwise forward+backward",
+             _contrastive_adapter("contrastive_pairwise"), requires="torch"),
         Case("fastloss info_nce value_and_grad (symmetric)", _nce_fused),
         Case("torch info_nce (symmetric) forward+backward", _nce_torch, requires="torch"),
+        Case("fastloss.torch.info_nce (symmetric) forward+backward",
+             _contrastive_adapter("info_nce"), requires="torch"),
         Case("fastloss triplet_margin value_and_grad (swap)", _triplet_fused),
         Case("torch triplet_margin_loss (swap) forward+backward", _triplet_torch,
              requires="torch"),
+        Case("fastloss.torch.triplet_margin_loss (swap) forward+backward",
+             _contrastive_adapter("triplet_margin"), requires="torch"),
     ),
 )
 

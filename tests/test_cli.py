@@ -276,3 +276,16 @@ def test_more_bad_usage_exits_2_with_usage(args):
     from fastloss.cli import main
 
     assert main(list(args)) == 2
+
+
+def test_bench_has_the_adapter_rows_of_every_family():
+    pytest.importorskip("torch")
+    from fastloss import bench
+
+    sizes = {"cross_entropy": (8, 300), "elementwise": (3000,), "contrastive": (64, 16)}
+    for family, size in sizes.items():
+        report = bench.run(family, size=size, repeat=1, threads=1, progress=False)
+        adapter = [row for row in report["results"] if row["name"].startswith("fastloss.torch.")]
+        torch_rows = [row for row in report["results"] if row["name"].startswith("torch")]
+        assert adapter and len(adapter) == len(torch_rows) - (family == "cross_entropy"), family
+        assert all(row["median_ms"] > 0 for row in adapter)
