@@ -95,38 +95,54 @@
 #undef REAL
 #undef REAL_NAME
 
-/* The pass: the widest build this CPU runs (fastloss_simd_level). */
+/* The pass and the sparse product: the widest build this CPU runs (fastloss_simd_level). */
 #ifdef FASTLOSS_HAVE_AVX512
-#define FL_CALL_AVX512(real_tag, ...)                                  \
+#define FL_CALL_AVX512(name, real_tag, ...)                            \
     if (fastloss_simd_level() == FASTLOSS_SIMD_AVX512)                 \
-        return fastloss_distance_matrix_##real_tag##_avx512(__VA_ARGS__);
+        return name##_##real_tag##_avx512(__VA_ARGS__);
 #else
-#define FL_CALL_AVX512(real_tag, ...)
+#define FL_CALL_AVX512(name, real_tag, ...)
 #endif
 #ifdef FASTLOSS_HAVE_AVX2
-#define FL_CALL_AVX2(real_tag, ...)                                    \
+#define FL_CALL_AVX2(name, real_tag, ...)                              \
     if (fastloss_simd_level() == FASTLOSS_SIMD_AVX2)                   \
-        return fastloss_distance_matrix_##real_tag##_avx2(__VA_ARGS__);
+        return name##_##real_tag##_avx2(__VA_ARGS__);
 #else
-#define FL_CALL_AVX2(real_tag, ...)
+#define FL_CALL_AVX2(name, real_tag, ...)
 #endif
-#define FL_DISPATCH(real_tag, ...)                                     \
-    FL_CALL_AVX512(real_tag, __VA_ARGS__)                              \
-    FL_CALL_AVX2(real_tag, __VA_ARGS__)                                \
-    return fastloss_distance_matrix_##real_tag##_baseline(__VA_ARGS__)
+#define FL_DISPATCH(name, real_tag, ...)                               \
+    FL_CALL_AVX512(name, real_tag, __VA_ARGS__)                        \
+    FL_CALL_AVX2(name, real_tag, __VA_ARGS__)                          \
+    return name##_##real_tag##_baseline(__VA_ARGS__)
 
 int fastloss_distance_matrix_float32 FASTLOSS_DISTANCE_MATRIX_SIGNATURE(float)
 {
-    FL_DISPATCH(float32, options, x, x_row_stride, y, y_row_stride, x_norm, y_norm, gram,
-                gram_row_stride, labels, grad_output, grad_output_row_stride,
-                grad_output_col_stride, value, value_row_stride, coef, coef_row_stride, x_sums,
-                y_sums, direct_mask, loss, n_recomputed, n_direct);
+    FL_DISPATCH(fastloss_distance_matrix, float32, options, x, x_row_stride, y, y_row_stride,
+                x_norm, y_norm, gram, gram_row_stride, labels, grad_output,
+                grad_output_row_stride, grad_output_col_stride, value, value_row_stride, coef,
+                coef_row_stride, x_sums, y_sums, direct_mask, nonzero_mask, loss, n_recomputed,
+                n_direct, n_nonzero);
 }
 
 int fastloss_distance_matrix_float64 FASTLOSS_DISTANCE_MATRIX_SIGNATURE(double)
 {
-    FL_DISPATCH(float64, options, x, x_row_stride, y, y_row_stride, x_norm, y_norm, gram,
-                gram_row_stride, labels, grad_output, grad_output_row_stride,
-                grad_output_col_stride, value, value_row_stride, coef, coef_row_stride, x_sums,
-                y_sums, direct_mask, loss, n_recomputed, n_direct);
+    FL_DISPATCH(fastloss_distance_matrix, float64, options, x, x_row_stride, y, y_row_stride,
+                x_norm, y_norm, gram, gram_row_stride, labels, grad_output,
+                grad_output_row_stride, grad_output_col_stride, value, value_row_stride, coef,
+                coef_row_stride, x_sums, y_sums, direct_mask, nonzero_mask, loss, n_recomputed,
+                n_direct, n_nonzero);
+}
+
+int fastloss_distance_sparse_product_float32 FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE(float)
+{
+    FL_DISPATCH(fastloss_distance_sparse_product, float32, options, nonzero_mask,
+                mask_row_words, coef, coef_row_stride, rows, rows_row_stride, product,
+                product_row_stride);
+}
+
+int fastloss_distance_sparse_product_float64 FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE(double)
+{
+    FL_DISPATCH(fastloss_distance_sparse_product, float64, options, nonzero_mask,
+                mask_row_words, coef, coef_row_stride, rows, rows_row_stride, product,
+                product_row_stride);
 }

@@ -102,9 +102,12 @@ typedef struct fastloss_distance_matrix_options {
  *                   (i, j / 64) marks a direct pair (i, j) (symmetric: both
  *                   (i, j) and (j, i)): close points whose pull the product
  *                   cannot give accurately (see distance.c)
+ *   nonzero_mask    OUT with coef, or NULL: like direct_mask, the nonzero entries of
+ *                   W (for fastloss_distance_sparse_product)
  *   loss            OUT, the sum of the per-pair values over the pairs, or NULL
  *   n_recomputed    OUT, how many pairs were recomputed from the rows, or NULL
  *   n_direct        OUT, how many pairs are direct, or NULL
+ *   n_nonzero       OUT, how many entries of W off its diagonal are nonzero, or NULL
  * The gradient of sum_pairs scale * upstream * value w.r.t. the rows is then
  *   euclidean metrics: r_i p_i - (W P_y)_i + sum_direct w_ij (x_i - y_j)
  *                      (p the prepared rows, r = x_sums)
@@ -120,7 +123,8 @@ int fastloss_distance_matrix_float32(
     const int64_t *labels, const double *grad_output, fastloss_index grad_output_row_stride,
     fastloss_index grad_output_col_stride, float *value, fastloss_index value_row_stride,
     float *coef, fastloss_index coef_row_stride, double *x_sums, double *y_sums,
-    uint64_t *direct_mask, double *loss, int64_t *n_recomputed, int64_t *n_direct);
+    uint64_t *direct_mask, uint64_t *nonzero_mask, double *loss, int64_t *n_recomputed,
+    int64_t *n_direct, int64_t *n_nonzero);
 int fastloss_distance_matrix_float64(
     const fastloss_distance_matrix_options *options,
     const double *x, fastloss_index x_row_stride, const double *y, fastloss_index y_row_stride,
@@ -128,7 +132,24 @@ int fastloss_distance_matrix_float64(
     const int64_t *labels, const double *grad_output, fastloss_index grad_output_row_stride,
     fastloss_index grad_output_col_stride, double *value, fastloss_index value_row_stride,
     double *coef, fastloss_index coef_row_stride, double *x_sums, double *y_sums,
-    uint64_t *direct_mask, double *loss, int64_t *n_recomputed, int64_t *n_direct);
+    uint64_t *direct_mask, uint64_t *nonzero_mask, double *loss, int64_t *n_recomputed,
+    int64_t *n_direct, int64_t *n_nonzero);
+
+/*
+ * Step 4 without BLAS when W is sparse: product = W @ rows (n_rows x dim, rows
+ * having as many rows as W has columns), over the set bits of the pass's
+ * nonzero_mask, summed in double.  Return FASTLOSS_OK or FASTLOSS_ERROR_NO_MEMORY.
+ */
+int fastloss_distance_sparse_product_float32(
+    const fastloss_distance_rows_options *options, const uint64_t *nonzero_mask,
+    fastloss_index mask_row_words, const float *coef, fastloss_index coef_row_stride,
+    const float *rows, fastloss_index rows_row_stride, float *product,
+    fastloss_index product_row_stride);
+int fastloss_distance_sparse_product_float64(
+    const fastloss_distance_rows_options *options, const uint64_t *nonzero_mask,
+    fastloss_index mask_row_words, const double *coef, fastloss_index coef_row_stride,
+    const double *rows, fastloss_index rows_row_stride, double *product,
+    fastloss_index product_row_stride);
 
 /* The direct pairs of a pass, for the side being finished. */
 typedef struct fastloss_distance_direct {

@@ -74,7 +74,8 @@ static inline double p_distance_slope(double v, double p, double inv)
 /*
  * The pass over the pairs, one per (dtype, instruction set), in
  * distance_pass_body.h; distance.c dispatches fastloss_distance_matrix_* to
- * the widest the CPU runs (its phase 1 vectorises, with AVX2 and AVX-512).
+ * the widest the CPU runs (its phase 1 vectorises, with AVX2 and AVX-512), and
+ * the sparse product likewise.
  */
 #define FASTLOSS_DISTANCE_MATRIX_SIGNATURE(REAL_T)                                               \
     (const fastloss_distance_matrix_options *options, const REAL_T *x,                           \
@@ -83,7 +84,8 @@ static inline double p_distance_slope(double v, double p, double inv)
      const int64_t *labels, const double *grad_output, fastloss_index grad_output_row_stride,    \
      fastloss_index grad_output_col_stride, REAL_T *value, fastloss_index value_row_stride,      \
      REAL_T *coef, fastloss_index coef_row_stride, double *x_sums, double *y_sums,               \
-     uint64_t *direct_mask, double *loss, int64_t *n_recomputed, int64_t *n_direct)
+     uint64_t *direct_mask, uint64_t *nonzero_mask, double *loss, int64_t *n_recomputed,         \
+     int64_t *n_direct, int64_t *n_nonzero)
 
 int fastloss_distance_matrix_float32_baseline FASTLOSS_DISTANCE_MATRIX_SIGNATURE(float);
 int fastloss_distance_matrix_float64_baseline FASTLOSS_DISTANCE_MATRIX_SIGNATURE(double);
@@ -91,5 +93,45 @@ int fastloss_distance_matrix_float32_avx2 FASTLOSS_DISTANCE_MATRIX_SIGNATURE(flo
 int fastloss_distance_matrix_float64_avx2 FASTLOSS_DISTANCE_MATRIX_SIGNATURE(double);
 int fastloss_distance_matrix_float32_avx512 FASTLOSS_DISTANCE_MATRIX_SIGNATURE(float);
 int fastloss_distance_matrix_float64_avx512 FASTLOSS_DISTANCE_MATRIX_SIGNATURE(double);
+
+#define FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE(REAL_T)                                       \
+    (const fastloss_distance_rows_options *options, const uint64_t *nonzero_mask,               \
+     fastloss_index mask_row_words, const REAL_T *coef, fastloss_index coef_row_stride,         \
+     const REAL_T *rows, fastloss_index rows_row_stride, REAL_T *product,                       \
+     fastloss_index product_row_stride)
+
+int fastloss_distance_sparse_product_float32_baseline FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE(float);
+int fastloss_distance_sparse_product_float64_baseline FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE(double);
+int fastloss_distance_sparse_product_float32_avx2 FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE(float);
+int fastloss_distance_sparse_product_float64_avx2 FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE(double);
+int fastloss_distance_sparse_product_float32_avx512 FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE(float);
+int fastloss_distance_sparse_product_float64_avx512 FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE(double);
+
+/* Bits of a 64-bit word: how many are set, and the index of the lowest set one. */
+static inline int fastloss_popcount64(uint64_t bits)
+{
+#if defined(__GNUC__) || defined(__clang__)
+    return __builtin_popcountll(bits);
+#else
+    int count = 0;
+    for (; bits; bits &= bits - 1)
+        ++count;
+    return count;
+#endif
+}
+
+static inline int fastloss_lowest_bit64(uint64_t bits)
+{
+#if defined(__GNUC__) || defined(__clang__)
+    return __builtin_ctzll(bits);
+#else
+    int index = 0;
+    while (!(bits & 1)) {
+        bits >>= 1;
+        ++index;
+    }
+    return index;
+#endif
+}
 
 #endif /* FASTLOSS_DISTANCE_INTERNAL_H */

@@ -242,7 +242,8 @@ int REAL_NAME(fastloss_distance_matrix)(
     const double *grad_output, fastloss_index grad_output_row_stride,
     fastloss_index grad_output_col_stride, REAL *value, fastloss_index value_row_stride,
     REAL *coef, fastloss_index coef_row_stride, double *x_sums, double *y_sums,
-    uint64_t *direct_mask, double *loss, int64_t *n_recomputed, int64_t *n_direct)
+    uint64_t *direct_mask, uint64_t *nonzero_mask, double *loss, int64_t *n_recomputed,
+    int64_t *n_direct, int64_t *n_nonzero)
 {
     const int symmetric = options->symmetric;
     const fastloss_index n_rows = options->n_rows;
@@ -272,7 +273,7 @@ int REAL_NAME(fastloss_distance_matrix)(
      * column its part of the column sums (not symmetric). */
     const size_t row_slots = coef ? (size_t)col_tiles * (size_t)n_rows * 2 : 0;
     const size_t col_slots = coef && !symmetric ? (size_t)row_tiles * (size_t)n_cols * 2 : 0;
-    char *scratch = malloc((size_t)n_tiles * (sizeof(double) + 4 * sizeof(int64_t)) +
+    char *scratch = malloc((size_t)n_tiles * (sizeof(double) + 5 * sizeof(int64_t)) +
                            (row_slots + col_slots) * sizeof(double) + 1);
     if (!scratch)
         return FASTLOSS_ERROR_NO_MEMORY;
@@ -281,7 +282,8 @@ int REAL_NAME(fastloss_distance_matrix)(
     double *col_part = row_part + row_slots;
     int64_t *tile_recomputed = (int64_t *)(col_part + col_slots);
     int64_t *tile_direct = tile_recomputed + n_tiles;
-    int64_t *tile_row = tile_direct + n_tiles;
+    int64_t *tile_nonzero = tile_direct + n_tiles;
+    int64_t *tile_row = tile_nonzero + n_tiles;
     int64_t *tile_col = tile_row + n_tiles;
     {
         fastloss_index t = 0;
@@ -306,6 +308,8 @@ int REAL_NAME(fastloss_distance_matrix)(
         /* the tile's bits of the direct-pair mask: one 64-bit word per row of the
          * tile (and per row of its mirror), a word no other tile writes */
         uint64_t row_mask[FASTLOSS_DISTANCE_TILE], col_mask[FASTLOSS_DISTANCE_TILE];
+        /* likewise for the nonzero coefficients (the sparse product's index) */
+        uint64_t row_nonzero[FASTLOSS_DISTANCE_TILE], col_nonzero[FASTLOSS_DISTANCE_TILE];
         /* one row of a tile between the phases */
         double pair_upstream[FASTLOSS_DISTANCE_TILE], pair_distance[FASTLOSS_DISTANCE_TILE];
         double pair_value[FASTLOSS_DISTANCE_TILE], pair_coefficient[FASTLOSS_DISTANCE_TILE];
@@ -330,6 +334,7 @@ int REAL_NAME(fastloss_distance_matrix)(
             for (fastloss_index k = 0; k < tile; ++k) {
                 row_w[k] = row_t[k] = col_w[k] = col_t[k] = 0.0;
                 row_mask[k] = col_mask[k] = 0;
+                row_nonzero[k] = col_nonzero[k] = 0;
             }
             for (fastloss_index i = i0; i < i1; ++i) {
                 double *gram_row = gram + i * gram_row_stride;
@@ -412,6 +417,16 @@ int REAL_NAME(fastloss_distance_matrix)(
                 REAL *coef_row = coef + i * coef_row_stride;
                 for (fastloss_index j = j_start; j < j1; ++j)
                     coef_row[j] = tile_coef_row[j - j0];
+                if (nonzero_mask) {
+                    uint64_t *mirror_nonzero = diagonal ? row_nonzero : col_nonzero;
+                    uint64_t bits = 0;
+                    for (fastloss_index k = 0; k < FASTLOSS_DISTANCE_TILE; ++k) {
+                        const uint64_t nonzero = tile_coef_row[k] != 0;
+                        bits |= nonzero << k;
+                        mirror_nonzero[k] |= nonzero << (i - i0);
+                    }
+                    row_nonzero[i - i0] |= bits;
+                }
                 /* the direct pairs: their exact coefficient where the Gram entry was */
                 for (fastloss_index k = any_flag ? k_start : k_end; k < k_end; ++k) {
                     if (!pair_flag[k])
@@ -447,9 +462,14 @@ int REAL_NAME(fastloss_distance_matrix)(
             tile_loss[t] = loss_sum;
             tile_recomputed[t] = recomputed;
             tile_direct[t] = direct;
+            tile_nonzero[t] = 0;
             if (!coef)
                 continue;
             for (fastloss_index i = i0; i < i1; ++i) {
+                if (nonzero_mask) {
+                    nonzero_mask[i * col_tiles + col_tile] = row_nonzero[i - i0];
+                    tile_nonzero[t] += fastloss_popcount64(row_nonzero[i - i0]);
+                }
                 const double mirror_w = diagonal ? col_w[i - i0] : 0.0;
                 const double mirror_t = diagonal ? col_t[i - i0] : 0.0;
                 row_part[(col_tile * n_rows + i) * 2] = row_w[i - i0] + mirror_w;
@@ -466,6 +486,10 @@ int REAL_NAME(fastloss_distance_matrix)(
                     part[(row_tile * stride + j) * 2 + 1] = col_t[j - j0];
                     if (want_direct && symmetric)
                         direct_mask[j * col_tiles + row_tile] = col_mask[j - j0];
+                    if (nonzero_mask && symmetric) {
+                        nonzero_mask[j * col_tiles + row_tile] = col_nonzero[j - j0];
+                        tile_nonzero[t] += fastloss_popcount64(col_nonzero[j - j0]);
+                    }
                 }
             }
         }
@@ -491,8 +515,11 @@ int REAL_NAME(fastloss_distance_matrix)(
                 value[i * value_row_stride + i] = (REAL)diagonal_value;
             if (!coef)
                 continue;
-            if (symmetric)
+            if (symmetric) {
                 coef[i * coef_row_stride + i] = (REAL)diagonal_coef;
+                if (nonzero_mask && (REAL)diagonal_coef != 0)
+                    nonzero_mask[i * col_tiles + i / 64] |= (uint64_t)1 << (i % 64);
+            }
             double r = 0.0, s = 0.0;
             for (fastloss_index b = 0; b < col_tiles; ++b) {
                 r += row_part[(b * n_rows + i) * 2];
@@ -520,15 +547,67 @@ int REAL_NAME(fastloss_distance_matrix)(
 
     if (loss)
         *loss = fastloss_sum_float64(tile_loss, n_tiles);
-    int64_t recomputed_count = 0, direct_count = 0;
+    int64_t recomputed_count = 0, direct_count = 0, nonzero_count = 0;
     for (fastloss_index t = 0; t < n_tiles; ++t) {
         recomputed_count += tile_recomputed[t];
         direct_count += tile_direct[t];
+        nonzero_count += tile_nonzero[t];
     }
+    if (n_nonzero)
+        *n_nonzero = nonzero_count; /* off the diagonal */
     if (n_recomputed)
         *n_recomputed = recomputed_count;
     if (n_direct)
         *n_direct = direct_count;
     free(scratch);
+    return FASTLOSS_OK;
+}
+
+/*
+ * W @ P when W is sparse: row i adds w_ij p_j over the bits of nonzero_mask
+ * (the pass's), in the order of j, in double.  Cheaper than the BLAS product
+ * below a density of about 1/16 (benchmarks/bench_contrastive.py): a hinge loss
+ * whose pairs are mostly outside their margins has mostly zero coefficients.
+ */
+int REAL_NAME(fastloss_distance_sparse_product)(
+    const fastloss_distance_rows_options *options, const uint64_t *nonzero_mask,
+    fastloss_index mask_row_words, const REAL *coef, fastloss_index coef_row_stride,
+    const REAL *rows, fastloss_index rows_row_stride, REAL *product,
+    fastloss_index product_row_stride)
+{
+    const fastloss_index n_rows = options->n_rows, dim = options->dim;
+    const int threads = fastloss_effective_threads(options->num_threads, n_rows * dim);
+    double *sums = malloc((size_t)threads * (size_t)dim * sizeof(double) + 1);
+    if (!sums)
+        return FASTLOSS_ERROR_NO_MEMORY;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads) if (threads > 1)
+#endif
+    {
+#ifdef _OPENMP
+        double *FASTLOSS_RESTRICT sum = sums + (size_t)omp_get_thread_num() * (size_t)dim;
+#pragma omp for schedule(static)
+#else
+        double *FASTLOSS_RESTRICT sum = sums;
+#endif
+        for (fastloss_index i = 0; i < n_rows; ++i) {
+            for (fastloss_index k = 0; k < dim; ++k)
+                sum[k] = 0.0;
+            const uint64_t *words = nonzero_mask + i * mask_row_words;
+            for (fastloss_index word = 0; word < mask_row_words; ++word) {
+                for (uint64_t bits = words[word]; bits; bits &= bits - 1) {
+                    const fastloss_index j = word * 64 + fastloss_lowest_bit64(bits);
+                    const double w = (double)coef[i * coef_row_stride + j];
+                    const REAL *FASTLOSS_RESTRICT p = rows + j * rows_row_stride;
+                    for (fastloss_index k = 0; k < dim; ++k)
+                        sum[k] += w * (double)p[k];
+                }
+            }
+            REAL *out = product + i * product_row_stride;
+            for (fastloss_index k = 0; k < dim; ++k)
+                out[k] = (REAL)sum[k];
+        }
+    }
+    free(sums);
     return FASTLOSS_OK;
 }

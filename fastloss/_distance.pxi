@@ -59,7 +59,8 @@ cdef extern from "distance.h" nogil:
         fastloss_index grad_output_row_stride, fastloss_index grad_output_col_stride,
         float *value, fastloss_index value_row_stride, float *coef,
         fastloss_index coef_row_stride, double *x_sums, double *y_sums, uint64_t *direct_mask,
-        double *loss, int64_t *n_recomputed, int64_t *n_direct)
+        uint64_t *nonzero_mask, double *loss, int64_t *n_recomputed, int64_t *n_direct,
+        int64_t *n_nonzero)
     int fastloss_distance_matrix_float64(
         const fastloss_distance_matrix_options *options,
         const double *x, fastloss_index x_row_stride, const double *y, fastloss_index y_row_stride,
@@ -68,7 +69,18 @@ cdef extern from "distance.h" nogil:
         fastloss_index grad_output_row_stride, fastloss_index grad_output_col_stride,
         double *value, fastloss_index value_row_stride, double *coef,
         fastloss_index coef_row_stride, double *x_sums, double *y_sums, uint64_t *direct_mask,
-        double *loss, int64_t *n_recomputed, int64_t *n_direct)
+        uint64_t *nonzero_mask, double *loss, int64_t *n_recomputed, int64_t *n_direct,
+        int64_t *n_nonzero)
+    int fastloss_distance_sparse_product_float32(
+        const fastloss_distance_rows_options *options, const uint64_t *nonzero_mask,
+        fastloss_index mask_row_words, const float *coef, fastloss_index coef_row_stride,
+        const float *rows, fastloss_index rows_row_stride, float *product,
+        fastloss_index product_row_stride)
+    int fastloss_distance_sparse_product_float64(
+        const fastloss_distance_rows_options *options, const uint64_t *nonzero_mask,
+        fastloss_index mask_row_words, const double *coef, fastloss_index coef_row_stride,
+        const double *rows, fastloss_index rows_row_stride, double *product,
+        fastloss_index product_row_stride)
     int fastloss_distance_finish_rows_float32(
         const fastloss_distance_rows_options *options, const float *prepared,
         fastloss_index prepared_row_stride, const double *sums, const double *norm,
@@ -194,8 +206,9 @@ def dist_prepare_rows(cnp.ndarray x, str metric, object shift, double eps, bint 
 
 def dist_matrix(cnp.ndarray x, object y, cnp.ndarray x_norm, object y_norm, cnp.ndarray gram,
                 object labels, object grad_output, object value, object coef, object x_sums,
-                object y_sums, object direct_mask, str metric, str loss, double pos_margin,
-                double neg_margin, double eps, double scale, int num_threads):
+                object y_sums, object direct_mask, object nonzero_mask, str metric, str loss,
+                double pos_margin, double neg_margin, double eps, double scale,
+                int num_threads):
     """The pass over the pairs (csrc/distance.h, step 3).
 
     x (N, D) and y (M, D) or None (y is x: symmetric); norms float64 from
@@ -203,8 +216,9 @@ def dist_matrix(cnp.ndarray x, object y, cnp.ndarray x_norm, object y_norm, cnp.
     symmetric; the direct pairs' coefficients are written into it); labels int64 (N,)
     for loss "contrastive"; grad_output float64 (N, M) or None (all ones); value and
     coef (N, M) in x's dtype or None; with coef: x_sums float64 (2N,), y_sums (2M,)
-    when not symmetric, direct_mask uint64 (N, ceil(M / 64)).  Returns (loss sum over
-    the pairs, pairs recomputed from the rows, direct pairs).
+    when not symmetric, direct_mask uint64 (N, ceil(M / 64)), nonzero_mask like it or
+    None.  Returns (loss sum over the pairs, pairs recomputed from the rows, direct
+    pairs, nonzero entries of W off its diagonal).
     """
     cdef int typenum = _embedding_typenum(x, "x")
     _check_metric_and_threads(metric, num_threads)
@@ -258,16 +272,21 @@ def dist_matrix(cnp.ndarray x, object y, cnp.ndarray x_norm, object y_norm, cnp.
         _check_vector(x_sums, cnp.NPY_FLOAT64, 2 * n, "x_sums", True)
         if not symmetric:
             _check_vector(y_sums, cnp.NPY_FLOAT64, 2 * m, "y_sums", True)
-        _check_float(direct_mask, cnp.NPY_UINT64, "direct_mask")
-        if _row_stride(direct_mask, n, (m + 63) // 64, "direct_mask", True) != (m + 63) // 64:
-            raise ValueError("direct_mask: expected a contiguous array")
+        for name, mask in (("direct_mask", direct_mask), ("nonzero_mask", nonzero_mask)):
+            if mask is None and name == "nonzero_mask":
+                continue
+            _check_float(mask, cnp.NPY_UINT64, name)
+            if _row_stride(mask, n, (m + 63) // 64, name, True) != (m + 63) // 64:
+                raise ValueError(f"{name}: expected a contiguous array")
     for name, out in (("value", value), ("coef", coef), ("gram", gram),
-                      ("direct_mask", direct_mask if coef is not None else None)):
+                      ("direct_mask", direct_mask if coef is not None else None),
+                      ("nonzero_mask", nonzero_mask if coef is not None else None)):
         if out is not None and cnp.PyArray_SIZE(out):
             for other in (x, y, x_norm, y_norm, labels, grad_output):
                 if other is not None and _may_overlap(out, other):
                     raise ValueError(f"{name}: overlaps an input")
-    outputs = [a for a in (value, coef, gram, direct_mask if coef is not None else None)
+    outputs = [a for a in (value, coef, gram, direct_mask if coef is not None else None,
+                           nonzero_mask if coef is not None else None)
                if a is not None and cnp.PyArray_SIZE(a)]
     for index in range(len(outputs)):
         for other in outputs[index + 1:]:
@@ -287,8 +306,10 @@ def dist_matrix(cnp.ndarray x, object y, cnp.ndarray x_norm, object y_norm, cnp.
     cdef double *y_sums_ptr = (<double *>_data_or_null(y_sums)
                                if coef is not None and not symmetric else NULL)
     cdef uint64_t *mask_ptr = <uint64_t *>_data_or_null(direct_mask) if coef is not None else NULL
+    cdef uint64_t *nonzero_ptr = (<uint64_t *>_data_or_null(nonzero_mask)
+                                  if coef is not None else NULL)
     cdef double total = 0.0
-    cdef int64_t recomputed = 0, direct = 0
+    cdef int64_t recomputed = 0, direct = 0, nonzero = 0
     cdef int status = 0
     with nogil:
         if typenum == cnp.NPY_FLOAT32:
@@ -296,16 +317,61 @@ def dist_matrix(cnp.ndarray x, object y, cnp.ndarray x_norm, object y_norm, cnp.
                 &options, <const float *>x_ptr, x_stride, <const float *>y_ptr, y_stride,
                 x_norm_ptr, y_norm_ptr, gram_ptr, gram_stride, labels_ptr, go_ptr, go_row, go_col,
                 <float *>value_ptr, value_stride, <float *>coef_ptr, coef_stride, x_sums_ptr,
-                y_sums_ptr, mask_ptr, &total, &recomputed, &direct)
+                y_sums_ptr, mask_ptr, nonzero_ptr, &total, &recomputed, &direct, &nonzero)
         else:
             status = fastloss_distance_matrix_float64(
                 &options, <const double *>x_ptr, x_stride, <const double *>y_ptr, y_stride,
                 x_norm_ptr, y_norm_ptr, gram_ptr, gram_stride, labels_ptr, go_ptr, go_row, go_col,
                 <double *>value_ptr, value_stride, <double *>coef_ptr, coef_stride, x_sums_ptr,
-                y_sums_ptr, mask_ptr, &total, &recomputed, &direct)
+                y_sums_ptr, mask_ptr, nonzero_ptr, &total, &recomputed, &direct, &nonzero)
     if status == FASTLOSS_ERROR_NO_MEMORY:
         raise MemoryError("pairwise distances: could not allocate scratch space")
-    return total, recomputed, direct
+    return total, recomputed, direct, nonzero
+
+
+def dist_sparse_product(cnp.ndarray nonzero_mask, cnp.ndarray coef, cnp.ndarray rows,
+                        cnp.ndarray product, int num_threads):
+    """product (N, D) = coef (N, M) @ rows (M, D) over the bits of nonzero_mask (uint64
+    (N, ceil(M / 64)), the pass's); coef, rows and product in one float dtype."""
+    cdef int typenum = _embedding_typenum(rows, "rows")
+    if num_threads < 1:
+        raise ValueError("num_threads: expected an integer >= 1")
+    cdef fastloss_distance_rows_options options
+    options.n_rows = coef.shape[0]
+    options.dim = rows.shape[1]
+    options.metric = FASTLOSS_METRIC_EUCLIDEAN
+    options.eps = 0.0
+    options.num_threads = num_threads
+    cdef fastloss_index n = options.n_rows, d = options.dim, m = rows.shape[0]
+    cdef fastloss_index words = (m + 63) // 64
+    _check_float(coef, typenum, "coef")
+    cdef fastloss_index coef_stride = _row_stride(coef, n, m, "coef")
+    cdef fastloss_index rows_stride = _row_stride(rows, m, d, "rows")
+    _check_float(product, typenum, "product")
+    cdef fastloss_index product_stride = _row_stride(product, n, d, "product", True)
+    _check_float(nonzero_mask, cnp.NPY_UINT64, "nonzero_mask")
+    if _row_stride(nonzero_mask, n, words, "nonzero_mask") != words:
+        raise ValueError("nonzero_mask: expected a contiguous array")
+    if cnp.PyArray_SIZE(product):
+        for other in (nonzero_mask, coef, rows):
+            if _may_overlap(product, other):
+                raise ValueError("product: overlaps an input")
+    cdef const uint64_t *mask_ptr = <const uint64_t *>cnp.PyArray_DATA(nonzero_mask)
+    cdef const void *coef_ptr = cnp.PyArray_DATA(coef)
+    cdef const void *rows_ptr = cnp.PyArray_DATA(rows)
+    cdef void *product_ptr = cnp.PyArray_DATA(product)
+    cdef int status = 0
+    with nogil:
+        if typenum == cnp.NPY_FLOAT32:
+            status = fastloss_distance_sparse_product_float32(
+                &options, mask_ptr, words, <const float *>coef_ptr, coef_stride,
+                <const float *>rows_ptr, rows_stride, <float *>product_ptr, product_stride)
+        else:
+            status = fastloss_distance_sparse_product_float64(
+                &options, mask_ptr, words, <const double *>coef_ptr, coef_stride,
+                <const double *>rows_ptr, rows_stride, <double *>product_ptr, product_stride)
+    if status == FASTLOSS_ERROR_NO_MEMORY:
+        raise MemoryError("pairwise distances: could not allocate scratch space")
 
 
 def dist_finish_rows(cnp.ndarray prepared, cnp.ndarray sums, cnp.ndarray norm,

@@ -59,8 +59,12 @@ NORMALIZE_EPS = 1e-12
 # torch.nn.functional.pairwise_distance's eps, added to row-pair differences.
 PAIRWISE_EPS = 1e-6
 # Rows per strip of the Gram product: only strips on and right of the diagonal are
-# formed, (1 + 1 / strips) / 2 of the full product's flops.
+# formed, (1 + 1 / strips) / 2 of the full product's flops; shorter strips run BLAS less
+# efficiently (benchmarks/bench_contrastive.py has the sweep).
 GRAM_STRIP_ROWS = 512
+# At most this fraction of nonzero gradient coefficients, the backward product skips the
+# zeros instead of calling BLAS (benchmarks/bench_contrastive.py times both by density).
+SPARSE_PRODUCT_DENSITY = 1 / 16
 
 
 # ----------------------------------------------------------------------------------------
@@ -205,19 +209,32 @@ class _AllPairs:
         backward needs."""
         n = self.x.shape[0]
         m = n if self.y is None else self.y.shape[0]
-        self.coef = self.x_sums = self.y_sums = self.direct_mask = None
+        self.coef = self.x_sums = self.y_sums = self.direct_mask = self.nonzero_mask = None
         if want_grad:
             self.coef = np.empty((n, m), dtype=self.dtype)
             self.x_sums = np.empty(2 * n)
             if self.y is not None:
                 self.y_sums = np.empty(2 * m)
             self.direct_mask = np.empty((n, -(-m // 64)), dtype=np.uint64)
+            if self.y is None:
+                self.nonzero_mask = np.empty((n, -(-m // 64)), dtype=np.uint64)
         self.gram_matrix = self.gram()
-        total, recomputed, self.n_direct = _kernels.dist_matrix(
+        total, recomputed, self.n_direct, self.n_nonzero = _kernels.dist_matrix(
             self.x, self.y, self.x_norm, self.y_norm, self.gram_matrix, labels, grad_output,
-            value, self.coef, self.x_sums, self.y_sums, self.direct_mask, self.metric, loss,
-            pos_margin, neg_margin, NORMALIZE_EPS, scale, self.num_threads)
+            value, self.coef, self.x_sums, self.y_sums, self.direct_mask, self.nonzero_mask,
+            self.metric, loss, pos_margin, neg_margin, NORMALIZE_EPS, scale, self.num_threads)
         return total, recomputed
+
+    def product(self):
+        """W @ P for the symmetric case: BLAS, or the sparse product when most
+        coefficients are zero."""
+        n = self.x.shape[0]
+        if self.n_nonzero <= SPARSE_PRODUCT_DENSITY * n * n:
+            product = np.empty(self.px_real.shape, dtype=self.dtype)
+            _kernels.dist_sparse_product(self.nonzero_mask, self.coef, self.px_real, product,
+                                         self.num_threads)
+            return product
+        return self.coef @ self.px_real
 
     def backward(self, targets):
         """Gradients into ``targets`` (one or two arrays): W @ P and the finishing pass
@@ -226,7 +243,7 @@ class _AllPairs:
         coef = self.gram_matrix if self.n_direct else None
         y = self.x if self.y is None else self.y
         y_norm = self.x_norm if self.y is None else self.y_norm
-        product = self.coef @ (self.px_real if self.py is None else self.py_real)
+        product = self.product() if self.py is None else self.coef @ self.py_real
         _kernels.dist_finish_rows(self.px_real, self.x_sums, self.x_norm, product, targets[0],
                                   mask, coef, False, self.x, y, y_norm, self.metric,
                                   NORMALIZE_EPS, self.num_threads)

@@ -8,6 +8,7 @@ in the parity tests goes through ``call_unmodified``; tolerances are the accurac
 """
 
 import dataclasses
+import sys
 from typing import Callable
 
 import numpy as np
@@ -664,3 +665,38 @@ def test_scalar_grad_output_for_reduction_none(family, dtype, rng):
     for got, want in zip(as_tuple(family.public("_grad")(*args, 0.75, **opts)),
                          as_tuple(family.public("_grad")(*args, full, **opts))):
         assert_close_contract(got, want, dtype, "grad")
+
+
+@dtypes
+@metrics
+@pytest.mark.parametrize("density", [0.0, 1.0], ids=["blas-product", "sparse-product"])
+def test_backward_product_blas_or_sparse(density, metric, dtype, rng, monkeypatch):
+    # The backward product W @ x skips the zeros of W when they are most of it; both ways
+    # give the contract (SPARSE_PRODUCT_DENSITY 0: always BLAS, 1: always sparse).
+    module = sys.modules["fastloss.contrastive"]
+    monkeypatch.setattr(module, "SPARSE_PRODUCT_DENSITY", density)
+    x, labels = random_embeddings(rng, (90, 12), dtype, metric, n_classes=6)
+    layout = EMBEDDING_LAYOUTS[metric]
+    options = {"metric": metric, "pos_margin": layout["pos_margin"],
+               "neg_margin": layout["neg_margin"]}
+    check_family_against_reference(FAMILIES_BY_NAME["contrastive_pairwise"], (x, labels),
+                                   options, dtype)
+    pairs = _AllPairs(x, None, metric, 1, True)
+    pairs.run(loss="contrastive", labels=labels, want_grad=True, **{
+        key: options[key] for key in ("pos_margin", "neg_margin")})
+    assert 0 < pairs.n_nonzero < 90 * 89
+
+
+def test_sparse_product_is_chosen_for_sparse_coefficients(rng):
+    # 30 classes and a margin far below the distances: only the positive pairs have a
+    # coefficient, about 1 in 30.
+    x = rng.standard_normal((300, 32))
+    labels = rng.integers(0, 30, 300)
+    pairs = _AllPairs(x, None, "euclidean", 1, True)
+    pairs.run(loss="contrastive", labels=labels, want_grad=True, neg_margin=1.0)
+    module = sys.modules["fastloss.contrastive"]
+    assert 0 < pairs.n_nonzero <= module.SPARSE_PRODUCT_DENSITY * 300 * 300
+    same = labels[:, None] == labels[None, :]
+    assert pairs.n_nonzero == same.sum() - 300  # every positive pair, both halves
+    check_family_against_reference(FAMILIES_BY_NAME["contrastive_pairwise"], (x, labels),
+                                   {}, np.float64)
