@@ -146,3 +146,30 @@ int fastloss_distance_sparse_product_float64 FASTLOSS_DISTANCE_SPARSE_PRODUCT_SI
                 mask_row_words, coef, coef_row_stride, rows, rows_row_stride, product,
                 product_row_stride);
 }
+
+void fastloss_distance_transpose_float64(fastloss_index n_rows, fastloss_index n_cols,
+                                         const double *source, fastloss_index source_row_stride,
+                                         double *target, fastloss_index target_row_stride,
+                                         int accumulate, int num_threads)
+{
+    const fastloss_index block = FASTLOSS_DISTANCE_TILE;
+    const fastloss_index row_blocks = (n_rows + block - 1) / block;
+    const fastloss_index col_blocks = (n_cols + block - 1) / block;
+    const int threads = fastloss_effective_threads(num_threads, n_rows * n_cols);
+    (void)threads;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+#endif
+    for (fastloss_index b = 0; b < row_blocks * col_blocks; ++b) {
+        const fastloss_index i0 = b / col_blocks * block, j0 = b % col_blocks * block;
+        const fastloss_index i1 = i0 + block < n_rows ? i0 + block : n_rows;
+        const fastloss_index j1 = j0 + block < n_cols ? j0 + block : n_cols;
+        for (fastloss_index j = j0; j < j1; ++j) {
+            double *out = target + j * target_row_stride;
+            for (fastloss_index i = i0; i < i1; ++i) {
+                const double value = source[i * source_row_stride + j];
+                out[i] = accumulate ? out[i] + value : value;
+            }
+        }
+    }
+}

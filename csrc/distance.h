@@ -196,6 +196,17 @@ void fastloss_distance_normalize_backward_float64(
     const fastloss_distance_rows_options *options, const double *normalized, const double *norm,
     const double *grad_normalized, double *grad, fastloss_index grad_row_stride);
 
+/*
+ * target (n_cols x n_rows) = source (n_rows x n_cols) transposed, or target +=
+ * that with accumulate: in 64 x 64 blocks, so both sides are read and written a
+ * cache line at a time (InfoNCE's column-wise cross-entropy and its gradient).
+ * source and target do not overlap.
+ */
+void fastloss_distance_transpose_float64(fastloss_index n_rows, fastloss_index n_cols,
+                                         const double *source, fastloss_index source_row_stride,
+                                         double *target, fastloss_index target_row_stride,
+                                         int accumulate, int num_threads);
+
 typedef struct fastloss_pair_loss_options {
     fastloss_index n_rows;
     fastloss_index dim;

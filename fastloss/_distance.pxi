@@ -34,6 +34,10 @@ cdef extern from "distance.h" nogil:
         fastloss_index coef_row_stride
         fastloss_index n_other
         int transposed
+    void fastloss_distance_transpose_float64(
+        fastloss_index n_rows, fastloss_index n_cols, const double *source,
+        fastloss_index source_row_stride, double *target, fastloss_index target_row_stride,
+        int accumulate, int num_threads)
     ctypedef struct fastloss_pair_loss_options:
         fastloss_index n_rows
         fastloss_index dim
@@ -491,6 +495,27 @@ def dist_normalize_backward(cnp.ndarray normalized, cnp.ndarray norm,
         else:
             fastloss_distance_normalize_backward_float64(&options, normalized_ptr, norm_ptr,
                                                          g_ptr, <double *>grad_ptr, grad_stride)
+
+
+def dist_transpose(cnp.ndarray source, cnp.ndarray target, bint accumulate, int num_threads):
+    """target (M, N) = source (N, M) transposed (float64, contiguous rows), or target +=
+    that with accumulate."""
+    if num_threads < 1:
+        raise ValueError("num_threads: expected an integer >= 1")
+    _check_float(source, cnp.NPY_FLOAT64, "source")
+    _check_float(target, cnp.NPY_FLOAT64, "target")
+    if cnp.PyArray_NDIM(source) != 2:
+        raise ValueError("source: expected a 2-d array")
+    cdef fastloss_index n = source.shape[0], m = source.shape[1]
+    cdef fastloss_index source_stride = _row_stride(source, n, m, "source")
+    cdef fastloss_index target_stride = _row_stride(target, m, n, "target", True)
+    if cnp.PyArray_SIZE(target) and _may_overlap(source, target):
+        raise ValueError("target: overlaps source")
+    cdef const double *source_ptr = <const double *>cnp.PyArray_DATA(source)
+    cdef double *target_ptr = <double *>cnp.PyArray_DATA(target)
+    with nogil:
+        fastloss_distance_transpose_float64(n, m, source_ptr, source_stride, target_ptr,
+                                            target_stride, accumulate, num_threads)
 
 
 cdef fastloss_index _grad_output_stride(object grad_output, fastloss_index n,

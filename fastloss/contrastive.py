@@ -664,16 +664,20 @@ def _info_nce(query, key, grad_output, temperature, symmetric, reduction, out, n
 
     # Unit rows and similarities in float64 whatever the dtype: the logits are scaled by
     # 1 / temperature (20 by default), which would magnify float32 rounding past the
-    # accuracy contract.
-    q_unit, _, q_norm = _kernels.dist_prepare_rows(q, "cosine", None, NORMALIZE_EPS, False,
-                                                   threads)
-    k_unit, _, k_norm = _kernels.dist_prepare_rows(k, "cosine", None, NORMALIZE_EPS, False,
-                                                   threads)
+    # accuracy contract. The backward products run in the dtype, as contrastive_pairwise's.
+    single = dtype == np.float32 and want_grad
+    q_unit, q_unit_real, q_norm = _kernels.dist_prepare_rows(q, "cosine", None, NORMALIZE_EPS,
+                                                             single, threads)
+    k_unit, k_unit_real, k_norm = _kernels.dist_prepare_rows(k, "cosine", None, NORMALIZE_EPS,
+                                                             single, threads)
     logits = q_unit @ k_unit.T
     logits /= temperature
     target = np.arange(n)
     options = dict(reduction=reduction, num_threads=threads)
-    columns = np.ascontiguousarray(logits.T) if symmetric else None
+    columns = None
+    if symmetric:  # s transposed, for the column-wise cross-entropy
+        columns = np.empty((m, n))
+        _kernels.dist_transpose(logits, columns, False, threads)
     if not want_grad:
         loss = cross_entropy(logits, target, **options)
         if symmetric:
@@ -689,10 +693,16 @@ def _info_nce(query, key, grad_output, temperature, symmetric, reduction, out, n
         column_loss, grad_columns = cross_entropy_value_and_grad(
             columns, target, row_upstream, out=columns, **options)
         loss = 0.5 * (loss + column_loss)
-        grad_logits += grad_columns.T
-    grad_logits /= temperature
-    grad_q_unit = grad_logits @ k_unit
-    grad_k_unit = grad_logits.T @ q_unit
+        _kernels.dist_transpose(grad_columns, grad_logits, True, threads)
+    if single:
+        grad_logits = grad_logits.astype(np.float32)
+        grad_q_unit = np.asarray(grad_logits @ k_unit_real, dtype=np.float64)
+        grad_k_unit = np.asarray(grad_logits.T @ q_unit_real, dtype=np.float64)
+    else:
+        grad_q_unit = grad_logits @ k_unit
+        grad_k_unit = grad_logits.T @ q_unit
+    grad_q_unit /= temperature
+    grad_k_unit /= temperature
     for (_, target_array, _), unit, norm, grad_unit in zip(
             targets, (q_unit, k_unit), (q_norm, k_norm), (grad_q_unit, grad_k_unit)):
         result = target_array if target_array.dtype == dtype else np.empty(target_array.shape,
@@ -717,7 +727,8 @@ def info_nce(query, key, *, temperature=0.05, symmetric=False, reduction="mean",
 
     The N x M similarities and their gradient are computed in float64 for both dtypes
     (the 1 / temperature scale magnifies float32 rounding past the accuracy contract);
-    the cross-entropy kernel runs on them in place.
+    the cross-entropy kernel runs on them in place (and on their transpose). The two
+    backward products ``G @ k^`` and ``G.T @ q^`` run in the inputs' dtype.
 
     Parameters
     ----------
