@@ -18,6 +18,7 @@ import os
 import platform
 import statistics
 import sys
+import textwrap
 import time
 from typing import Callable, Optional
 
@@ -929,7 +930,8 @@ def plot_reports(reports, path):
         axes.axvline(1.0, color="black", linewidth=0.8)
         axes.tick_params(axis="y", labelsize=8)
         size = ", ".join(f"{key}={value}" for key, value in cfg["size"].items())
-        axes.set_title(f"{cfg['title']} ({size}, {cfg['dtype']})", fontsize=10, loc="left")
+        axes.set_title(textwrap.fill(f"{cfg['title']} ({size}, {cfg['dtype']})", 60),
+                       fontsize=10, loc="left")
         axes.set_xlabel(f"median time / median of {limit} (log scale; lower is faster)",
                         fontsize=8)
         if ratios:
