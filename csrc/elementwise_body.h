@@ -271,10 +271,25 @@ int RUN(const fastloss_elementwise_options *options, const REAL *pred, const REA
     call.loss_per_element = options->reduction == FASTLOSS_REDUCTION_NONE ? loss_per_element : NULL;
     call.grad = grad;
     call.grad_output = grad && grad_output && grad_output_stride != 0 ? grad_output : NULL;
+    /* The mean's denominator: the element count, except for mse and l1 with a weight,
+     * where torch (2.13) takes sum(w * l) / sum(w) over the broadcast weight.  Element
+     * i's weight is weight[i % period]: whole periods, then the start of one more. */
+    double denominator = (double)n;
+    if (mean && weight && n > 0 &&
+        (options->loss == FASTLOSS_LOSS_MSE || options->loss == FASTLOSS_LOSS_L1)) {
+        const fastloss_index period = options->weight_period;
+        double period_sum = 0.0, rest_sum = 0.0;
+        for (fastloss_index k = 0; k < period; ++k) {
+            period_sum += (double)weight[k];
+            if (k < n % period)
+                rest_sum += (double)weight[k];
+        }
+        denominator = period_sum * (double)(n / period) + rest_sum;
+    }
     {
         double scale = grad_output && grad_output_stride == 0 ? grad_output[0] : 1.0;
         if (mean && n > 0)
-            scale /= (double)n;
+            scale /= denominator;
         call.scale = (REAL)scale;
     }
     if (!call.want_sum && !call.loss_per_element && !call.grad)
@@ -306,7 +321,7 @@ int RUN(const fastloss_elementwise_options *options, const REAL *pred, const REA
     if (call.want_sum) {
         const double total = fastloss_sum_float64(partials, n_blocks);
         /* torch: the mean of no elements is nan, their sum 0 */
-        *loss = mean ? (n > 0 ? total / (double)n : NAN) : total;
+        *loss = mean ? (n > 0 ? total / denominator : NAN) : total;
         free(partials);
     }
     return FASTLOSS_OK;

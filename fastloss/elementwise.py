@@ -185,7 +185,8 @@ def mse(pred, target, *, weight=None, reduction="mean", num_threads=None):
     weight : array_like, optional
         Per-element factor that broadcasts to the loss's shape.
     reduction : {"mean", "sum", "none"}
-        "mean" divides the (weighted) sum by the number of elements, as torch.
+        "mean" divides the sum by the number of elements; with a weight, by the sum of
+        the broadcast weight (a weighted mean), as torch's mse_loss and l1_loss do.
     num_threads : int, optional
         Threads for this call (default: fastloss.get_num_threads()).
 

@@ -290,8 +290,9 @@ def cross_entropy_value_and_grad(logits, target, grad_output=1.0, *, weight=None
 #
 # Shared semantics (torch's): ``pred`` and ``target`` broadcast to one shape (for
 # bce_with_logits they must have the same shape); ``weight`` (per element) broadcasts to
-# that shape; "mean" is the weighted sum divided by the number of elements (not a weighted
-# mean); the gradient is w.r.t. ``pred`` and, where broadcasting enlarged ``pred``, summed
+# that shape; "mean" is the weighted sum divided by the number of elements, except for
+# mse and l1 with a weight, where torch (2.13) divides by the sum of the broadcast weight
+# (a weighted mean); the gradient is w.r.t. ``pred`` and, where broadcasting enlarged ``pred``, summed
 # back over the broadcast axes, as autograd does. Everything is float64.
 
 def _check_elementwise(pred, target, weight, reduction, *, pred_name="pred",
@@ -321,19 +322,24 @@ def _check_elementwise(pred, target, weight, reduction, *, pred_name="pred",
             np.broadcast_to(weight, shape), pred.shape)
 
 
-def _reduce(loss, reduction):
+def _reduce(loss, reduction, denominator=None):
     """The weighted per-element loss reduced: a float for mean/sum (the mean of nothing
-    is nan), the float64 array for none."""
+    is nan), the float64 array for none.  The mean divides by `denominator` (default: the
+    number of elements)."""
     if reduction == "none":
         return np.asarray(loss, dtype=np.float64)
     if reduction == "sum":
         return float(np.sum(loss))
-    return float(np.sum(loss) / loss.size) if loss.size else math.nan
+    if denominator is None:
+        denominator = loss.size
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return float(np.float64(np.sum(loss)) / np.float64(denominator))
 
 
-def _grad_from_slope(slope, weight, grad_output, reduction, pred_shape):
-    """``slope * weight * grad_output`` (divided by the element count for the mean),
-    summed back to ``pred_shape`` over the axes broadcasting added or stretched."""
+def _grad_from_slope(slope, weight, grad_output, reduction, pred_shape, denominator=None):
+    """``slope * weight * grad_output`` (divided by the mean's denominator, by default the
+    element count), summed back to ``pred_shape`` over the axes broadcasting added or
+    stretched."""
     grad_output = np.asarray(grad_output, dtype=np.float64)
     if reduction != "none" and grad_output.ndim != 0:
         raise ValueError(f"grad_output: expected a scalar for reduction={reduction!r}, "
@@ -341,33 +347,43 @@ def _grad_from_slope(slope, weight, grad_output, reduction, pred_shape):
     if grad_output.ndim != 0 and grad_output.shape != slope.shape:
         raise ValueError(f"grad_output: expected a scalar or shape {slope.shape}, "
                          f"got {grad_output.shape}")
-    with np.errstate(invalid="ignore", over="ignore"):
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         grad = slope * weight * grad_output
         if reduction == "mean":
-            grad = grad / slope.size
+            grad = grad / np.float64(slope.size if denominator is None else denominator)
     lead = grad.ndim - len(pred_shape)
     axes = tuple(range(lead)) + tuple(lead + axis for axis, size in enumerate(pred_shape)
                                       if size == 1 and grad.shape[lead + axis] != 1)
     return np.asarray(np.sum(grad, axis=axes)).reshape(pred_shape) if axes else np.array(grad)
 
 
-def mse(pred, target, *, weight=None, reduction="mean"):
-    r"""Mean squared error, as ``torch.nn.functional.mse_loss`` (plus a per-element weight).
+def _weighted_mean_denominator(weight, given):
+    """torch's mse_loss / l1_loss with a weight: "mean" is sum(w * l) / sum(w)."""
+    return float(np.sum(weight)) if given else None
 
-    Per element, ``r = pred - target``: ``loss = weight * r**2``.
+
+def mse(pred, target, *, weight=None, reduction="mean"):
+    r"""Mean squared error, as ``torch.nn.functional.mse_loss`` (with its ``weight``).
+
+    Per element, ``r = pred - target``: ``loss = weight * r**2``; "mean" divides the sum
+    by the number of elements, or with a weight by the sum of the broadcast weight.
     """
+    given = weight is not None
     pred, target, weight, _ = _check_elementwise(pred, target, weight, reduction)
     with np.errstate(invalid="ignore", over="ignore"):
-        return _reduce(weight * (pred - target) ** 2, reduction)
+        return _reduce(weight * (pred - target) ** 2, reduction,
+                       _weighted_mean_denominator(weight, given))
 
 
 def mse_grad(pred, target, grad_output=1.0, *, weight=None, reduction="mean"):
     """Gradient of ``grad_output * mse(...)`` w.r.t. pred: ``2 r * weight * grad_output``
-    (/ N for the mean), with pred's shape."""
+    (/ the mean's denominator), with pred's shape."""
+    given = weight is not None
     pred, target, weight, pred_shape = _check_elementwise(pred, target, weight, reduction)
     with np.errstate(invalid="ignore", over="ignore"):
         slope = 2.0 * (pred - target)
-    return _grad_from_slope(slope, weight, grad_output, reduction, pred_shape)
+    return _grad_from_slope(slope, weight, grad_output, reduction, pred_shape,
+                            _weighted_mean_denominator(weight, given))
 
 
 def mse_value_and_grad(pred, target, grad_output=1.0, *, weight=None, reduction="mean"):
@@ -377,20 +393,25 @@ def mse_value_and_grad(pred, target, grad_output=1.0, *, weight=None, reduction=
 
 
 def l1(pred, target, *, weight=None, reduction="mean"):
-    r"""Mean absolute error, as ``torch.nn.functional.l1_loss``: ``weight * |pred - target|``."""
+    r"""Mean absolute error, as ``torch.nn.functional.l1_loss``: ``weight * |pred - target|``;
+    "mean" divides by the number of elements, or with a weight by the sum of the weight."""
+    given = weight is not None
     pred, target, weight, _ = _check_elementwise(pred, target, weight, reduction)
     with np.errstate(invalid="ignore", over="ignore"):
-        return _reduce(weight * np.abs(pred - target), reduction)
+        return _reduce(weight * np.abs(pred - target), reduction,
+                       _weighted_mean_denominator(weight, given))
 
 
 def l1_grad(pred, target, grad_output=1.0, *, weight=None, reduction="mean"):
     """Gradient of ``grad_output * l1(...)`` w.r.t. pred: ``sign(r) * weight * grad_output``
     with sign(0) = 0 and, as torch's backward, 0 where r is NaN."""
+    given = weight is not None
     pred, target, weight, pred_shape = _check_elementwise(pred, target, weight, reduction)
     with np.errstate(invalid="ignore"):
         r = pred - target
         slope = np.where(r > 0, 1.0, np.where(r < 0, -1.0, 0.0))
-    return _grad_from_slope(slope, weight, grad_output, reduction, pred_shape)
+    return _grad_from_slope(slope, weight, grad_output, reduction, pred_shape,
+                            _weighted_mean_denominator(weight, given))
 
 
 def l1_value_and_grad(pred, target, grad_output=1.0, *, weight=None, reduction="mean"):
@@ -448,17 +469,17 @@ def smooth_l1(pred, target, *, beta=1.0, weight=None, reduction="mean"):
         loss = weight * (0.5 * r**2 / beta   if |r| < beta
                          |r| - 0.5 * beta    otherwise)
 
-    ``beta >= 0``; ``beta == 0`` is :func:`l1` exactly (as torch).
+    ``beta >= 0``; ``beta == 0`` is ``weight * |r|``, l1 exactly (as torch).  The weighted
+    mean divides by the number of elements, as :func:`huber` (torch's smooth_l1_loss has
+    no weight; its l1_loss divides a weighted mean by the sum of the weight).
     """
     beta = _check_positive(beta, "beta", allow_zero=True)
-    if beta == 0.0:
-        return l1(pred, target, weight=weight, reduction=reduction)
     pred, target, weight, _ = _check_elementwise(pred, target, weight, reduction)
     with np.errstate(invalid="ignore", over="ignore"):
         r = pred - target
         a = np.abs(r)
-        return _reduce(weight * np.where(a < beta, 0.5 * r**2 / beta, a - 0.5 * beta),
-                       reduction)
+        per_element = a if beta == 0.0 else np.where(a < beta, 0.5 * r**2 / beta, a - 0.5 * beta)
+        return _reduce(weight * per_element, reduction)
 
 
 def smooth_l1_grad(pred, target, grad_output=1.0, *, beta=1.0, weight=None,
@@ -466,12 +487,13 @@ def smooth_l1_grad(pred, target, grad_output=1.0, *, beta=1.0, weight=None,
     """Gradient of ``grad_output * smooth_l1(...)`` w.r.t. pred: ``clip(r / beta, -1, 1) *
     weight * grad_output`` (the l1 gradient for beta == 0)."""
     beta = _check_positive(beta, "beta", allow_zero=True)
-    if beta == 0.0:
-        return l1_grad(pred, target, grad_output, weight=weight, reduction=reduction)
     pred, target, weight, pred_shape = _check_elementwise(pred, target, weight, reduction)
     with np.errstate(invalid="ignore"):
         r = pred - target
-        slope = np.where(r < -beta, -1.0, np.where(r > beta, 1.0, r / beta))
+        if beta == 0.0:  # the l1 gradient: sign(r), 0 at r == 0 and where r is NaN
+            slope = np.where(r > 0, 1.0, np.where(r < 0, -1.0, 0.0))
+        else:
+            slope = np.where(r < -beta, -1.0, np.where(r > beta, 1.0, r / beta))
     return _grad_from_slope(slope, weight, grad_output, reduction, pred_shape)
 
 

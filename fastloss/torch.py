@@ -286,23 +286,19 @@ _ELEMENTWISE = {
 
 
 class _Elementwise(torch.autograd.Function):
-    """One of the elementwise losses. ``options`` holds the NumPy API's keywords (its
-    ``reduction`` may be "sum" where torch's is a weighted mean); the loss and the
-    upstream gradient are divided by ``divisor``."""
+    """One of the elementwise losses. ``options`` holds the NumPy API's keywords."""
 
     @staticmethod
-    def forward(ctx, name, input, target, weight, pos_weight, options, divisor):
+    def forward(ctx, name, input, target, weight, pos_weight, options):
         loss_function = _ELEMENTWISE[name][0]
         extra = {} if pos_weight is None else {"pos_weight": _numpy(pos_weight)}
         loss = loss_function(_numpy(input), _numpy(target), weight=_numpy(weight),
                              **extra, **options)
         ctx.save_for_backward(input, target, weight, pos_weight)
-        ctx.name, ctx.options, ctx.divisor = name, options, divisor
+        ctx.name, ctx.options = name, options
         dtype = input.dtype
         if target.dtype.is_floating_point:
             dtype = torch.promote_types(dtype, target.dtype)
-        if divisor != 1.0:
-            loss = loss / divisor
         return _loss_tensor(loss, dtype)
 
     @staticmethod
@@ -311,11 +307,9 @@ class _Elementwise(torch.autograd.Function):
         input, target, weight, pos_weight = ctx.saved_tensors
         need_input, need_target = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         if not (need_input or need_target):
-            return (None,) * 7
+            return (None,) * 6
         grad_function = _ELEMENTWISE[ctx.name][1]
         upstream = _upstream(grad_output, ctx.options["reduction"])
-        if ctx.divisor != 1.0:
-            upstream = upstream / ctx.divisor
         keywords = dict(ctx.options, weight=_numpy(weight))
         if pos_weight is not None:
             keywords["pos_weight"] = _numpy(pos_weight)
@@ -341,13 +335,12 @@ class _Elementwise(torch.autograd.Function):
                     _sum_to_shape(full, pred.shape).astype(pred.dtype, copy=False))
             grad_target = torch.from_numpy(
                 (-_sum_to_shape(full, observed.shape)).astype(observed.dtype, copy=False))
-        return None, grad_input, grad_target, None, None, None, None
+        return None, grad_input, grad_target, None, None, None
 
 
 def _elementwise(name, input, target, weight, reduction, num_threads, *, pos_weight=None,
-                 weighted_mean=False, **options):
-    """Check the tensors and run loss `name`. ``weighted_mean``: torch's "mean" with a
-    weight is sum(weight * loss) / sum(weight) (mse_loss, l1_loss), not mean(weight * loss)."""
+                 **options):
+    """Check the tensors and run loss `name`."""
     torch_name = _ELEMENTWISE[name][2]
     function = f"fastloss.torch.{torch_name}"
     _float_tensor(input, "input", function)
@@ -362,21 +355,17 @@ def _elementwise(name, input, target, weight, reduction, num_threads, *, pos_wei
                       f"size ({input.shape}). This will likely lead to incorrect results due "
                       f"to broadcasting. Please ensure they have the same size.",
                       stacklevel=3)
-    divisor = 1.0
     if weight is not None:
         _float_tensor(weight, "weight", function)
         _no_grad_needed(weight, "weight", function)
         if name != "bce_with_logits" and weight.shape != input.shape:
             raise ValueError(f"{function}: weight: expected the input's size {input.shape}, "
                              f"got {weight.shape}")
-        if weighted_mean and reduction == "mean":
-            reduction = "sum"
-            divisor = float(_numpy(weight).sum(dtype=np.float64))
     if pos_weight is not None:
         _float_tensor(pos_weight, "pos_weight", function)
         _no_grad_needed(pos_weight, "pos_weight", function)
     options = dict(options, reduction=reduction, num_threads=num_threads)
-    return _Elementwise.apply(name, input, target, weight, pos_weight, options, divisor)
+    return _Elementwise.apply(name, input, target, weight, pos_weight, options)
 
 
 def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None, *,
@@ -385,8 +374,7 @@ def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", we
     per element; with a ``weight`` (of the input's size), "mean" is
     ``sum(weight * loss) / sum(weight)`` as in torch. Gradients w.r.t. input and target."""
     return _elementwise("mse", input, target, weight,
-                        _reduction(size_average, reduce, reduction), num_threads,
-                        weighted_mean=True)
+                        _reduction(size_average, reduce, reduction), num_threads)
 
 
 def l1_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None, *,
@@ -395,8 +383,7 @@ def l1_loss(input, target, size_average=None, reduce=None, reduction="mean", wei
     per element (gradient 0 where they are equal); with a ``weight``, "mean" is
     ``sum(weight * loss) / sum(weight)`` as in torch. Gradients w.r.t. input and target."""
     return _elementwise("l1", input, target, weight,
-                        _reduction(size_average, reduce, reduction), num_threads,
-                        weighted_mean=True)
+                        _reduction(size_average, reduce, reduction), num_threads)
 
 
 def huber_loss(input, target, reduction="mean", delta=1.0, weight=None, *, num_threads=None):

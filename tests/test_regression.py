@@ -110,7 +110,9 @@ def test_smooth_l1_at_the_boundary(beta, dtype):
 def test_smooth_l1_with_beta_zero_is_l1_bit_for_bit(reduction, dtype, rng):
     (pred, target), _ = make_regression_inputs(rng, dtype, {}, (41, 13))
     pred[0, :5] = target[0, :5]  # r == 0
-    weight = rng.uniform(0.5, 2.0, 13).astype(dtype)
+    # torch's l1_loss divides a weighted mean by sum(w); smooth_l1_loss has no weight and
+    # ours, like huber_loss, divides by the count: so the weighted means differ on purpose
+    weight = None if reduction == "mean" else rng.uniform(0.5, 2.0, 13).astype(dtype)
     upstream = rng.standard_normal((41, 13)) if reduction == "none" else 0.5
     for name in ("", "_grad", "_value_and_grad"):
         args = (pred, target) if not name else (pred, target, upstream)
@@ -292,8 +294,12 @@ def test_zero_dimensional_inputs(name, dtype):
     check_against_reference(name, pred, target)
     loss = functions(name)[0](pred, target, reduction="none")
     assert loss.shape == () and loss.dtype == dtype
-    # Python scalars for the target, and the weight
-    assert functions(name)[0](pred, 1.0, weight=2.0) == 2.0 * functions(name)[0](pred, 1.0)
+    # Python scalars for the target, and the weight (torch's mse and l1 divide a weighted
+    # mean by the weight: a single element's mean is then its unweighted loss)
+    scaled = 1.0 if name in ("mse", "l1") else 2.0
+    assert functions(name)[0](pred, 1.0, weight=2.0) == scaled * functions(name)[0](pred, 1.0)
+    assert functions(name)[0](pred, 1.0, weight=2.0, reduction="sum") == \
+        2.0 * functions(name)[0](pred, 1.0, reduction="sum")
 
 
 @dtypes
@@ -573,9 +579,10 @@ def test_every_simd_path_meets_the_contract(spec, simd, rng):
 def torch_value_and_grad(name, pred, target, grad_output, *, reduction, weight=None,
                          pos_weight=None, delta=None, beta=None):
     """torch's loss and gradient w.r.t. pred in float64 (the same values: float32 inputs
-    are exact in float64). torch has no per-element weight for the regression losses: the
-    weighted loss is computed with reduction none, multiplied, then reduced as torch's
-    reductions are (the sum, or the sum over the element count)."""
+    are exact in float64). torch 2.13's mse_loss, l1_loss and huber_loss take a weight
+    (mse and l1 then divide the mean by sum(w), huber by the count); smooth_l1_loss has
+    none, so its weighted loss is computed with reduction none, multiplied, then reduced
+    as huber's is (the sum, or the sum over the element count)."""
     torch = pytest.importorskip("torch")
     functional = torch.nn.functional
     x = torch.tensor(np.asarray(pred, np.float64), requires_grad=True)
@@ -593,6 +600,12 @@ def torch_value_and_grad(name, pred, target, grad_output, *, reduction, weight=N
         if pos_weight is not None:
             kwargs["pos_weight"] = torch.tensor(np.asarray(pos_weight, np.float64))
         loss = function(x, y, weight=w, reduction=reduction, **kwargs)
+    elif w is not None and name != "smooth_l1":
+        shape = torch.broadcast_shapes(x.shape, y.shape)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns when pred and target broadcast
+            loss = function(x, y, reduction=reduction, weight=w.expand(shape), **kwargs)
+        w = None  # applied
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns when pred and target broadcast
