@@ -34,21 +34,23 @@
  * rounding error analysis", SIAM J. Sci. Comput. 41(5), 2019, Thm 3.1 (any
  * summation order, and the bound on sum |a_k b_k| relaxed to |a| |b|), holds
  * with probability at least 1 - 2 D exp(-lambda**2 / 2), above 1 - 1e-7 for
- * D <= 10**4.  Then q_ij is off by at most E = 3 gamma (|p_i|**2 + |p_j|**2)
- * (the two norms and the product, with room for the prepared rows' rounding),
- * c_ij by E = 3 gamma.  A pair is recomputed when
+ * D <= 10**4.  Then q_ij is off by at most E = 3 (gamma + 2u) (|p_i|**2 +
+ * |p_j|**2) (the two norms and the product, with room for the prepared rows'
+ * rounding), c_ij by E = 3 (gamma + 2u).  With E_d that bound
+ * carried to d (E / sqrt(q) for euclidean) and h_ij the depth inside the
+ * pair's hinge (d - pos_margin or neg_margin - d):
+ *   h_ij < -E_d                        the pair is outside its hinge: loss 0
+ *                                      and no gradient, exactly, whatever d is;
+ * otherwise the pair is recomputed from the rows when
  *   q_ij <= E / tau  (cosine: 1 - c_ij <= E / tau)      (close points), or
- *   -E_d <= h_ij <= 2 E_d / tau                           (next to a margin of
- *                                                        the contrastive loss)
- * with E_d the bound carried to d (E / 2d for euclidean) and h_ij the depth
- * inside the pair's hinge (d - pos_margin or neg_margin - d), so that every
- * kept distance, and every loss and coefficient derived from it, has relative
- * error below tau (a pair outside its hinge by more than E_d has loss 0
- * exactly): half a float32 ulp for float32 data, 2.5e-13 (a quarter of the
- * float64 accuracy contract) for float64.  q is clamped at zero.  Random
- * embeddings with D up to a few thousand recompute no pair at all; a batch of
- * near-duplicates recomputes them all (the cost of a double-precision
- * distance matrix).
+ *   h_ij <= 2 E_d / tau                                   (next to a margin)
+ * so that every kept distance, and every loss and coefficient derived from
+ * it, has relative error below tau: half a float32 ulp for float32 data,
+ * 2.5e-13 (a quarter of the float64 accuracy contract) for float64.  q is
+ * clamped at zero.  Random embeddings with D up to a few thousand recompute
+ * no pair at all; a batch of near-duplicates recomputes them all (the cost of
+ * a double-precision distance matrix).
+
  *
  * Gradients.  Each pair gets one coefficient w_ij (the upstream gradient times
  * d value / d d, times 1 / d for euclidean, 2 for sqeuclidean), and
@@ -118,7 +120,8 @@
 int fastloss_distance_matrix_float32 FASTLOSS_DISTANCE_MATRIX_SIGNATURE(float)
 {
     FL_DISPATCH(fastloss_distance_matrix, float32, options, x, x_row_stride, y, y_row_stride,
-                x_norm, y_norm, gram, gram_row_stride, labels, grad_output,
+                x_norm, y_norm, gram, gram_row_stride, direct_coef, direct_coef_row_stride,
+                labels, grad_output,
                 grad_output_row_stride, grad_output_col_stride, value, value_row_stride, coef,
                 coef_row_stride, x_sums, y_sums, direct_mask, nonzero_mask, loss, n_recomputed,
                 n_direct, n_nonzero);
@@ -127,7 +130,8 @@ int fastloss_distance_matrix_float32 FASTLOSS_DISTANCE_MATRIX_SIGNATURE(float)
 int fastloss_distance_matrix_float64 FASTLOSS_DISTANCE_MATRIX_SIGNATURE(double)
 {
     FL_DISPATCH(fastloss_distance_matrix, float64, options, x, x_row_stride, y, y_row_stride,
-                x_norm, y_norm, gram, gram_row_stride, labels, grad_output,
+                x_norm, y_norm, gram, gram_row_stride, direct_coef, direct_coef_row_stride,
+                labels, grad_output,
                 grad_output_row_stride, grad_output_col_stride, value, value_row_stride, coef,
                 coef_row_stride, x_sums, y_sums, direct_mask, nonzero_mask, loss, n_recomputed,
                 n_direct, n_nonzero);

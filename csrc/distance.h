@@ -84,9 +84,10 @@ typedef struct fastloss_distance_matrix_options {
  *                   NULL when symmetric
  *   x_norm, y_norm  norm from prepare_rows (y_norm NULL when symmetric)
  *   gram            N x M doubles, prepared x . prepared y; only the upper
- *                   triangle (j > i) is read when symmetric.  OUT with coef: the
- *                   coefficient w_ij of every direct pair (below), at (i, j)
- *                   and, symmetric, at (j, i)
+ *                   triangle (j > i) is read when symmetric
+ *   direct_coef     OUT with coef, N x M doubles (may be gram itself): the
+ *                   coefficient w_ij of every direct pair (below), at (i, j) and,
+ *                   symmetric, at (j, i); nothing else is written
  *   labels          contrastive: N class labels (y_ij = labels_i == labels_j)
  *   grad_output     per-pair upstream gradient, N x M doubles read at
  *                   i * row_stride + j * col_stride, or NULL for all ones.
@@ -119,8 +120,9 @@ typedef struct fastloss_distance_matrix_options {
 int fastloss_distance_matrix_float32(
     const fastloss_distance_matrix_options *options,
     const float *x, fastloss_index x_row_stride, const float *y, fastloss_index y_row_stride,
-    const double *x_norm, const double *y_norm, double *gram, fastloss_index gram_row_stride,
-    const int64_t *labels, const double *grad_output, fastloss_index grad_output_row_stride,
+    const double *x_norm, const double *y_norm, const double *gram, fastloss_index gram_row_stride,
+    double *direct_coef, fastloss_index direct_coef_row_stride, const int64_t *labels,
+    const double *grad_output, fastloss_index grad_output_row_stride,
     fastloss_index grad_output_col_stride, float *value, fastloss_index value_row_stride,
     float *coef, fastloss_index coef_row_stride, double *x_sums, double *y_sums,
     uint64_t *direct_mask, uint64_t *nonzero_mask, double *loss, int64_t *n_recomputed,
@@ -128,8 +130,9 @@ int fastloss_distance_matrix_float32(
 int fastloss_distance_matrix_float64(
     const fastloss_distance_matrix_options *options,
     const double *x, fastloss_index x_row_stride, const double *y, fastloss_index y_row_stride,
-    const double *x_norm, const double *y_norm, double *gram, fastloss_index gram_row_stride,
-    const int64_t *labels, const double *grad_output, fastloss_index grad_output_row_stride,
+    const double *x_norm, const double *y_norm, const double *gram, fastloss_index gram_row_stride,
+    double *direct_coef, fastloss_index direct_coef_row_stride, const int64_t *labels,
+    const double *grad_output, fastloss_index grad_output_row_stride,
     fastloss_index grad_output_col_stride, double *value, fastloss_index value_row_stride,
     double *coef, fastloss_index coef_row_stride, double *x_sums, double *y_sums,
     uint64_t *direct_mask, uint64_t *nonzero_mask, double *loss, int64_t *n_recomputed,

@@ -40,39 +40,34 @@ static inline double REAL_NAME(exact_distance)(const REAL_NAME(distance_call) *c
 }
 
 /*
- * The distance of pair (i, j) from its Gram entry, or recomputed when the
- * error bound says the Gram form is not accurate to tau (see distance.c).
- * *bound receives the bound on the distance's error (0 when recomputed).
+ * The distance of pair (i, j) from its Gram entry, *bound a bound on that
+ * distance's error (distance.c), and whether the Gram form falls short of tau
+ * (close points; NaN too): then only the rows can give the distance.
  */
-static inline double REAL_NAME(pair_distance)(const REAL_NAME(distance_call) *call,
+static inline double REAL_NAME(gram_distance)(const REAL_NAME(distance_call) *call,
                                               fastloss_index i, fastloss_index j, double gram,
-                                              double *bound, int64_t *recomputed)
+                                              double *bound, int *close)
 {
     const int metric = call->options->metric;
     if (metric == FASTLOSS_METRIC_COSINE) {
         const double distance = 1.0 - gram;
-        if (distance > call->gram_error * call->inv_tolerance) {
-            *bound = call->gram_error;
-            return distance;
-        }
-    } else {
-        const double norms = call->x_norm[i] + call->y_norm[j];
-        const double q = norms - 2.0 * gram;
-        const double error = call->gram_error * norms;
-        if (q > error * call->inv_tolerance) {
-            if (metric == FASTLOSS_METRIC_SQEUCLIDEAN) {
-                *bound = error;
-                return q;
-            }
-            const double distance = sqrt(q);
-            *bound = error / (2.0 * distance);
-            return distance;
-        }
+        *bound = call->gram_error;
+        *close = !(distance > call->gram_error * call->inv_tolerance);
+        return distance;
     }
-    /* close points (or NaN): from the rows */
-    *bound = 0.0;
-    ++*recomputed;
-    return REAL_NAME(exact_distance)(call, i, j);
+    const double norms = call->x_norm[i] + call->y_norm[j];
+    const double q = norms - 2.0 * gram;
+    const double error = call->gram_error * norms;
+    *close = !(q > error * call->inv_tolerance);
+    const double squared = q > 0.0 ? q : 0.0;
+    if (metric == FASTLOSS_METRIC_SQEUCLIDEAN) {
+        *bound = error;
+        return squared;
+    }
+    /* |sqrt(q') - sqrt(q)| = |q' - q| / (sqrt(q') + sqrt(q)) <= error / sqrt(q') */
+    const double distance = sqrt(squared);
+    *bound = error / distance;
+    return distance;
 }
 
 static inline pair_out REAL_NAME(pair_evaluate)(const REAL_NAME(distance_call) *call,
@@ -83,23 +78,32 @@ static inline pair_out REAL_NAME(pair_evaluate)(const REAL_NAME(distance_call) *
     const fastloss_distance_matrix_options *options = call->options;
     const int metric = options->metric;
     double bound;
-    double distance = REAL_NAME(pair_distance)(call, i, j, gram, &bound, recomputed);
+    int recompute;
+    double distance = REAL_NAME(gram_distance)(call, i, j, gram, &bound, &recompute);
     pair_out out;
     double slope; /* d value / d distance */
+    int same = 0;
+    double margin = 0.0;
+    if (options->loss == FASTLOSS_PAIRS_CONTRASTIVE) {
+        same = call->labels[i] == call->labels[j];
+        margin = same ? options->pos_margin : options->neg_margin;
+        const double inside = same ? distance - margin : margin - distance;
+        /* outside the hinge by more than the bound: the loss is exactly 0, however
+         * close the points; inside it by more than 2 bound / tau: accurate to tau;
+         * in between only the rows can tell */
+        if (-inside > bound)
+            recompute = 0;
+        else if (!(inside > 2.0 * bound * call->inv_tolerance))
+            recompute = 1;
+    }
+    if (recompute) {
+        distance = REAL_NAME(exact_distance)(call, i, j);
+        ++*recomputed;
+    }
     if (options->loss == FASTLOSS_PAIRS_DISTANCE) {
         out.value = distance;
         slope = 1.0;
     } else {
-        const int same = call->labels[i] == call->labels[j];
-        const double margin = same ? options->pos_margin : options->neg_margin;
-        /* inside the margin's hinge by more than the bound the loss is accurate to
-         * tau; outside it by more than the bound it is exactly 0; next to the
-         * margin only the rows can tell */
-        const double inside = same ? distance - margin : margin - distance;
-        if (bound > 0.0 && !(inside > 2.0 * bound * call->inv_tolerance || -inside > bound)) {
-            distance = REAL_NAME(exact_distance)(call, i, j);
-            ++*recomputed;
-        }
         const double excess = relu_nan(same ? distance - margin : margin - distance);
         out.value = excess * excess;
         slope = same ? 2.0 * excess : -2.0 * excess;
@@ -131,15 +135,16 @@ static inline pair_out REAL_NAME(pair_evaluate)(const REAL_NAME(distance_call) *
  * Phase 1 of a row of a tile: the pairs (i, j), j in [j_start, j_end), from their
  * Gram entries with no branch, so the loop vectorises.  A pair that needs more
  * (close points, a distance next to its margin, a pull taken from the rows) is
- * flagged, and phase 2 evaluates it again in full with pair_evaluate.  metric,
- * contrastive and want_direct are constants where it is called.
+ * flagged, and phase 2 evaluates it again in full with pair_evaluate (the same
+ * tests).  metric, contrastive and want_direct are constants where it is called.
  */
 FASTLOSS_INLINE int64_t REAL_NAME(row_estimate)(
     const REAL_NAME(distance_call) *call, const int metric, const int contrastive,
     const int want_direct, fastloss_index i, fastloss_index j_start, fastloss_index j_end,
-    const double *FASTLOSS_RESTRICT gram_row, const double *FASTLOSS_RESTRICT upstream,
-    double *FASTLOSS_RESTRICT distance_out, double *FASTLOSS_RESTRICT value_out,
-    double *FASTLOSS_RESTRICT coefficient_out, int64_t *FASTLOSS_RESTRICT flag_out)
+    const double *FASTLOSS_RESTRICT gram,
+    const double *FASTLOSS_RESTRICT upstream, double *FASTLOSS_RESTRICT distance_out,
+    double *FASTLOSS_RESTRICT value_out, double *FASTLOSS_RESTRICT coefficient_out,
+    int64_t *FASTLOSS_RESTRICT flag_out)
 {
     const fastloss_distance_matrix_options *options = call->options;
     const double x_norm = call->x_norm[i];
@@ -153,20 +158,21 @@ FASTLOSS_INLINE int64_t REAL_NAME(row_estimate)(
     int64_t any_flag = 0;
     for (fastloss_index j = j_start; j < j_end; ++j) {
         const fastloss_index k = j - j_start;
-        const double gram = gram_row[j];
+        const double gram_ij = gram[k];
         double distance, bound, squared = 0.0, norms = 0.0;
         int64_t close;
         if (metric == FASTLOSS_METRIC_COSINE) {
-            distance = 1.0 - gram;
+            distance = 1.0 - gram_ij;
             bound = error_unit;
             close = !(distance > bound * inv_tolerance);
         } else {
             norms = x_norm + y_norm[j];
-            const double q = norms - 2.0 * gram;
-            bound = error_unit * norms; /* on q */
-            close = !(q > bound * inv_tolerance);
+            const double q = norms - 2.0 * gram_ij;
+            const double error = error_unit * norms;
+            close = !(q > error * inv_tolerance);
             squared = q > 0.0 ? q : 0.0;
             distance = metric == FASTLOSS_METRIC_EUCLIDEAN ? sqrt(squared) : squared;
+            bound = metric == FASTLOSS_METRIC_EUCLIDEAN ? error / distance : error;
         }
         double value, slope;
         int64_t near = 0;
@@ -174,11 +180,11 @@ FASTLOSS_INLINE int64_t REAL_NAME(row_estimate)(
             const int64_t same = labels[j] == label;
             const double margin = same ? pos_margin : neg_margin;
             const double inside = same ? distance - margin : margin - distance;
-            /* pair_evaluate's test, with the euclidean bound bound / 2d multiplied out */
-            if (metric == FASTLOSS_METRIC_EUCLIDEAN)
-                near = !(inside * distance > bound * inv_tolerance || -inside * 2.0 * distance > bound);
-            else
-                near = !(inside > 2.0 * bound * inv_tolerance || -inside > bound);
+            /* selects rather than logic on int, so the loop keeps one lane width */
+            const int64_t outside = -inside > bound ? 1 : 0;
+            const int64_t inner = inside > 2.0 * bound * inv_tolerance ? 1 : 0;
+            near = (inner | outside) ? 0 : 1;
+            close = outside ? 0 : close;
             const double excess = inside > 0.0 ? inside : 0.0;
             value = excess * excess;
             slope = same ? 2.0 * excess : -2.0 * excess;
@@ -211,18 +217,20 @@ FASTLOSS_INLINE int64_t REAL_NAME(row_estimate)(
 /* row_estimate with its constants, for each metric and loss; whether it flagged a pair. */
 static int64_t REAL_NAME(row_estimate_dispatch)(
     const REAL_NAME(distance_call) *call, int want_direct, fastloss_index i,
-    fastloss_index j_start, fastloss_index j_end, const double *gram_row,
+    fastloss_index j_start, fastloss_index j_end, const double *gram,
     const double *upstream, double *distance, double *value, double *coefficient, int64_t *flag)
 {
     const int contrastive = call->options->loss == FASTLOSS_PAIRS_CONTRASTIVE;
 #define FL_ESTIMATE(metric, contrastive_, direct_)                                              \
     return REAL_NAME(row_estimate)(call, metric, contrastive_, direct_, i, j_start, j_end,      \
-                                   gram_row, upstream, distance, value, coefficient, flag)
+                                   gram, upstream, distance, value, coefficient, flag)
 #define FL_ESTIMATE_METRIC(metric)                                                              \
-    if (contrastive)                                                                            \
-        if (want_direct) FL_ESTIMATE(metric, 1, 1); else FL_ESTIMATE(metric, 1, 0);             \
-    else                                                                                        \
-        if (want_direct) FL_ESTIMATE(metric, 0, 1); else FL_ESTIMATE(metric, 0, 0);
+    if (contrastive) {                                                                          \
+        if (want_direct) FL_ESTIMATE(metric, 1, 1);                                             \
+        FL_ESTIMATE(metric, 1, 0);                                                              \
+    }                                                                                           \
+    if (want_direct) FL_ESTIMATE(metric, 0, 1);                                                 \
+    FL_ESTIMATE(metric, 0, 0);
     switch (call->options->metric) {
     case FASTLOSS_METRIC_EUCLIDEAN:
         FL_ESTIMATE_METRIC(FASTLOSS_METRIC_EUCLIDEAN)
@@ -238,7 +246,8 @@ static int64_t REAL_NAME(row_estimate_dispatch)(
 int REAL_NAME(fastloss_distance_matrix)(
     const fastloss_distance_matrix_options *options, const REAL *x, fastloss_index x_row_stride,
     const REAL *y, fastloss_index y_row_stride, const double *x_norm, const double *y_norm,
-    double *gram, fastloss_index gram_row_stride, const int64_t *labels,
+    const double *gram, fastloss_index gram_row_stride, double *direct_coef,
+    fastloss_index direct_coef_row_stride, const int64_t *labels,
     const double *grad_output, fastloss_index grad_output_row_stride,
     fastloss_index grad_output_col_stride, REAL *value, fastloss_index value_row_stride,
     REAL *coef, fastloss_index coef_row_stride, double *x_sums, double *y_sums,
@@ -337,10 +346,10 @@ int REAL_NAME(fastloss_distance_matrix)(
                 row_nonzero[k] = col_nonzero[k] = 0;
             }
             for (fastloss_index i = i0; i < i1; ++i) {
-                double *gram_row = gram + i * gram_row_stride;
                 const fastloss_index j_start = diagonal ? i + 1 : j0;
                 if (j_start >= j1)
                     continue;
+                const double *gram_segment = gram + i * gram_row_stride + j_start;
                 /* the upstream gradient of each pair of the row */
                 for (fastloss_index j = j_start; j < j1; ++j) {
                     double g = 1.0;
@@ -353,7 +362,7 @@ int REAL_NAME(fastloss_distance_matrix)(
                 }
                 /* phase 1: the whole row from the Gram entries */
                 const int64_t any_flag = REAL_NAME(row_estimate_dispatch)(
-                                                 &call, want_direct, i, j_start, j1, gram_row,
+                                                 &call, want_direct, i, j_start, j1, gram_segment,
                                                  pair_upstream + (j_start - j0),
                                                  pair_distance + (j_start - j0),
                                                  pair_value + (j_start - j0),
@@ -364,7 +373,8 @@ int REAL_NAME(fastloss_distance_matrix)(
                     const fastloss_index k = j - j0;
                     if (!pair_flag[k])
                         continue;
-                    const pair_out pair = REAL_NAME(pair_evaluate)(&call, i, j, gram_row[j],
+                    const pair_out pair = REAL_NAME(pair_evaluate)(&call, i, j,
+                                                                   gram_segment[j - j_start],
                                                                    pair_upstream[k], want_direct,
                                                                    &recomputed);
                     pair_distance[k] = pair.distance;
@@ -427,14 +437,14 @@ int REAL_NAME(fastloss_distance_matrix)(
                     }
                     row_nonzero[i - i0] |= bits;
                 }
-                /* the direct pairs: their exact coefficient where the Gram entry was */
+                /* the direct pairs: their exact coefficient into direct_coef */
                 for (fastloss_index k = any_flag ? k_start : k_end; k < k_end; ++k) {
                     if (!pair_flag[k])
                         continue;
                     const fastloss_index j = j0 + k;
-                    gram_row[j] = pair_coefficient[k];
+                    direct_coef[i * direct_coef_row_stride + j] = pair_coefficient[k];
                     if (symmetric)
-                        gram[j * gram_row_stride + i] = pair_coefficient[k];
+                        direct_coef[j * direct_coef_row_stride + i] = pair_coefficient[k];
                     row_mask[i - i0] |= (uint64_t)1 << k;
                     if (diagonal)
                         row_mask[k] |= (uint64_t)1 << (i - i0);

@@ -58,8 +58,10 @@ cdef extern from "distance.h" nogil:
     int fastloss_distance_matrix_float32(
         const fastloss_distance_matrix_options *options,
         const float *x, fastloss_index x_row_stride, const float *y, fastloss_index y_row_stride,
-        const double *x_norm, const double *y_norm, double *gram,
-        fastloss_index gram_row_stride, const int64_t *labels, const double *grad_output,
+        const double *x_norm, const double *y_norm, const double *gram,
+        fastloss_index gram_row_stride, double *direct_coef,
+        fastloss_index direct_coef_row_stride, const int64_t *labels,
+        const double *grad_output,
         fastloss_index grad_output_row_stride, fastloss_index grad_output_col_stride,
         float *value, fastloss_index value_row_stride, float *coef,
         fastloss_index coef_row_stride, double *x_sums, double *y_sums, uint64_t *direct_mask,
@@ -68,8 +70,10 @@ cdef extern from "distance.h" nogil:
     int fastloss_distance_matrix_float64(
         const fastloss_distance_matrix_options *options,
         const double *x, fastloss_index x_row_stride, const double *y, fastloss_index y_row_stride,
-        const double *x_norm, const double *y_norm, double *gram,
-        fastloss_index gram_row_stride, const int64_t *labels, const double *grad_output,
+        const double *x_norm, const double *y_norm, const double *gram,
+        fastloss_index gram_row_stride, double *direct_coef,
+        fastloss_index direct_coef_row_stride, const int64_t *labels,
+        const double *grad_output,
         fastloss_index grad_output_row_stride, fastloss_index grad_output_col_stride,
         double *value, fastloss_index value_row_stride, double *coef,
         fastloss_index coef_row_stride, double *x_sums, double *y_sums, uint64_t *direct_mask,
@@ -209,16 +213,16 @@ def dist_prepare_rows(cnp.ndarray x, str metric, object shift, double eps, bint 
 
 
 def dist_matrix(cnp.ndarray x, object y, cnp.ndarray x_norm, object y_norm, cnp.ndarray gram,
-                object labels, object grad_output, object value, object coef, object x_sums,
-                object y_sums, object direct_mask, object nonzero_mask, str metric, str loss,
-                double pos_margin, double neg_margin, double eps, double scale,
-                int num_threads):
+                object direct_coef, object labels, object grad_output, object value,
+                object coef, object x_sums, object y_sums, object direct_mask,
+                object nonzero_mask, str metric, str loss, double pos_margin,
+                double neg_margin, double eps, double scale, int num_threads):
     """The pass over the pairs (csrc/distance.h, step 3).
 
     x (N, D) and y (M, D) or None (y is x: symmetric); norms float64 from
-    dist_prepare_rows; gram float64 (N, M), writeable (upper triangle read when
-    symmetric; the direct pairs' coefficients are written into it); labels int64 (N,)
-    for loss "contrastive"; grad_output float64 (N, M) or None (all ones); value and
+    dist_prepare_rows; gram float64 (N, M), the upper triangle read when symmetric;
+    direct_coef float64 (N, M), writeable, with coef (the direct pairs' coefficients;
+    may be gram itself); labels int64 (N,) for loss "contrastive"; grad_output float64 (N, M) or None (all ones); value and
     coef (N, M) in x's dtype or None; with coef: x_sums float64 (2N,), y_sums (2M,)
     when not symmetric, direct_mask uint64 (N, ceil(M / 64)), nonzero_mask like it or
     None.  Returns (loss sum over the pairs, pairs recomputed from the rows, direct
@@ -256,7 +260,14 @@ def dist_matrix(cnp.ndarray x, object y, cnp.ndarray x_norm, object y_norm, cnp.
         _check_vector(y_norm, cnp.NPY_FLOAT64, m, "y_norm")
     _check_vector(x_norm, cnp.NPY_FLOAT64, n, "x_norm")
     _check_float(gram, cnp.NPY_FLOAT64, "gram")
-    cdef fastloss_index gram_stride = _row_stride(gram, n, m, "gram", coef is not None)
+    cdef fastloss_index gram_stride = _row_stride(gram, n, m, "gram")
+    cdef fastloss_index direct_stride = 0
+    cdef bint direct_is_gram = False
+    if coef is not None:
+        _check_float(direct_coef, cnp.NPY_FLOAT64, "direct_coef")
+        direct_stride = _row_stride(direct_coef, n, m, "direct_coef", True)
+        direct_is_gram = (cnp.PyArray_DATA(direct_coef) == cnp.PyArray_DATA(gram)
+                          and direct_stride == gram_stride)
     cdef fastloss_index go_row = 0, go_col = 0
     if grad_output is not None:
         _check_float(grad_output, cnp.NPY_FLOAT64, "grad_output")
@@ -282,14 +293,17 @@ def dist_matrix(cnp.ndarray x, object y, cnp.ndarray x_norm, object y_norm, cnp.
             _check_float(mask, cnp.NPY_UINT64, name)
             if _row_stride(mask, n, (m + 63) // 64, name, True) != (m + 63) // 64:
                 raise ValueError(f"{name}: expected a contiguous array")
-    for name, out in (("value", value), ("coef", coef), ("gram", gram),
+    for name, out in (("value", value), ("coef", coef),
+                      ("direct_coef", direct_coef if coef is not None else None),
                       ("direct_mask", direct_mask if coef is not None else None),
                       ("nonzero_mask", nonzero_mask if coef is not None else None)):
         if out is not None and cnp.PyArray_SIZE(out):
-            for other in (x, y, x_norm, y_norm, labels, grad_output):
+            for other in (x, y, x_norm, y_norm, labels, grad_output,
+                          None if (name == "direct_coef" and direct_is_gram) else gram):
                 if other is not None and _may_overlap(out, other):
                     raise ValueError(f"{name}: overlaps an input")
-    outputs = [a for a in (value, coef, gram, direct_mask if coef is not None else None,
+    outputs = [a for a in (value, coef, direct_coef if coef is not None else None,
+                           direct_mask if coef is not None else None,
                            nonzero_mask if coef is not None else None)
                if a is not None and cnp.PyArray_SIZE(a)]
     for index in range(len(outputs)):
@@ -301,7 +315,8 @@ def dist_matrix(cnp.ndarray x, object y, cnp.ndarray x_norm, object y_norm, cnp.
     cdef const void *y_ptr = _data_or_null(y)
     cdef const double *x_norm_ptr = <const double *>cnp.PyArray_DATA(x_norm)
     cdef const double *y_norm_ptr = <const double *>_data_or_null(y_norm)
-    cdef double *gram_ptr = <double *>cnp.PyArray_DATA(gram)
+    cdef const double *gram_ptr = <const double *>cnp.PyArray_DATA(gram)
+    cdef double *direct_ptr = <double *>_data_or_null(direct_coef) if coef is not None else NULL
     cdef const int64_t *labels_ptr = <const int64_t *>_data_or_null(labels)
     cdef const double *go_ptr = <const double *>_data_or_null(grad_output)
     cdef void *value_ptr = _data_or_null(value)
@@ -319,13 +334,15 @@ def dist_matrix(cnp.ndarray x, object y, cnp.ndarray x_norm, object y_norm, cnp.
         if typenum == cnp.NPY_FLOAT32:
             status = fastloss_distance_matrix_float32(
                 &options, <const float *>x_ptr, x_stride, <const float *>y_ptr, y_stride,
-                x_norm_ptr, y_norm_ptr, gram_ptr, gram_stride, labels_ptr, go_ptr, go_row, go_col,
+                x_norm_ptr, y_norm_ptr, gram_ptr, gram_stride, direct_ptr, direct_stride,
+                labels_ptr, go_ptr, go_row, go_col,
                 <float *>value_ptr, value_stride, <float *>coef_ptr, coef_stride, x_sums_ptr,
                 y_sums_ptr, mask_ptr, nonzero_ptr, &total, &recomputed, &direct, &nonzero)
         else:
             status = fastloss_distance_matrix_float64(
                 &options, <const double *>x_ptr, x_stride, <const double *>y_ptr, y_stride,
-                x_norm_ptr, y_norm_ptr, gram_ptr, gram_stride, labels_ptr, go_ptr, go_row, go_col,
+                x_norm_ptr, y_norm_ptr, gram_ptr, gram_stride, direct_ptr, direct_stride,
+                labels_ptr, go_ptr, go_row, go_col,
                 <double *>value_ptr, value_stride, <double *>coef_ptr, coef_stride, x_sums_ptr,
                 y_sums_ptr, mask_ptr, nonzero_ptr, &total, &recomputed, &direct, &nonzero)
     if status == FASTLOSS_ERROR_NO_MEMORY:

@@ -194,13 +194,14 @@ class _AllPairs:
         right of the diagonal (the pass reads the upper triangle)."""
         if self.py is not None:
             return self.px @ self.py.T
-        n = self.px.shape[0]
+        rows = self.px
+        n = rows.shape[0]
         gram = np.empty((n, n))
         strips = max(1, -(-n // GRAM_STRIP_ROWS))
         size = max(1, -(-n // strips))
         for start in range(0, n, size):
             stop = min(start + size, n)
-            np.matmul(self.px[start:stop], self.px[start:].T, out=gram[start:stop, start:])
+            np.matmul(rows[start:stop], rows[start:].T, out=gram[start:stop, start:])
         return gram
 
     def run(self, *, loss="distance", labels=None, grad_output=None, scale=1.0, value=None,
@@ -218,11 +219,14 @@ class _AllPairs:
             self.direct_mask = np.empty((n, -(-m // 64)), dtype=np.uint64)
             if self.y is None:
                 self.nonzero_mask = np.empty((n, -(-m // 64)), dtype=np.uint64)
-        self.gram_matrix = self.gram()
+        gram = self.gram()
+        # the direct pairs' coefficients go where their Gram entries were
+        self.direct_coef = gram
         total, recomputed, self.n_direct, self.n_nonzero = _kernels.dist_matrix(
-            self.x, self.y, self.x_norm, self.y_norm, self.gram_matrix, labels, grad_output,
-            value, self.coef, self.x_sums, self.y_sums, self.direct_mask, self.nonzero_mask,
-            self.metric, loss, pos_margin, neg_margin, NORMALIZE_EPS, scale, self.num_threads)
+            self.x, self.y, self.x_norm, self.y_norm, gram, self.direct_coef, labels,
+            grad_output, value, self.coef, self.x_sums, self.y_sums, self.direct_mask,
+            self.nonzero_mask, self.metric, loss, pos_margin, neg_margin, NORMALIZE_EPS, scale,
+            self.num_threads)
         return total, recomputed
 
     def product(self):
@@ -240,7 +244,7 @@ class _AllPairs:
         """Gradients into ``targets`` (one or two arrays): W @ P and the finishing pass
         (with the pulls of the direct pairs, from the rows)."""
         mask = self.direct_mask if self.n_direct else None
-        coef = self.gram_matrix if self.n_direct else None
+        coef = self.direct_coef if self.n_direct else None
         y = self.x if self.y is None else self.y
         y_norm = self.x_norm if self.y is None else self.y_norm
         product = self.product() if self.py is None else self.coef @ self.py_real

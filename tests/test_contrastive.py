@@ -700,3 +700,4 @@ def test_sparse_product_is_chosen_for_sparse_coefficients(rng):
     assert pairs.n_nonzero == same.sum() - 300  # every positive pair, both halves
     check_family_against_reference(FAMILIES_BY_NAME["contrastive_pairwise"], (x, labels),
                                    {}, np.float64)
+
