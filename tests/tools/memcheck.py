@@ -44,13 +44,18 @@ def describe(error):
 
 
 def main(argv):
+    import fastloss  # the one the command must run: installed, or built in place
+
     command = argv[argv.index("--") + 1:] if "--" in argv else [sys.executable, "-m", "fastloss", "check", "-q"]
+    # run beside that package: from a source checkout's root, `-m` would import the
+    # checkout's unbuilt fastloss/ instead
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(fastloss.__file__)))
     with tempfile.TemporaryDirectory() as tmp:
         xml_path = os.path.join(tmp, "memcheck.xml")
         env = dict(os.environ, PYTHONMALLOC="malloc")  # let memcheck see every allocation
         completed = subprocess.run(
             ["valgrind", "--tool=memcheck", "--track-origins=yes", "--leak-check=no", "--xml=yes",
-             f"--xml-file={xml_path}", *command], env=env)
+             f"--xml-file={xml_path}", *command], env=env, cwd=package_parent)
         if completed.returncode != 0:
             print(f"memcheck: the command exited with {completed.returncode}", file=sys.stderr)
             return 1
