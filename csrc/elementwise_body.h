@@ -60,20 +60,41 @@ FASTLOSS_INLINE REAL EW(smooth_l1_slope)(REAL r, REAL beta, REAL inv_beta)
  * max(-x, 0) is -inf + inf: NaN propagates as in torch.
  *   slope = w sigmoid(x) - p y,   sigmoid(x) = 1 / (1 + e) (x >= 0) or e / (1 + e)
  * so exp never sees a positive argument and never overflows.
+ * Without pos_weight (p = 1, w = 1) the _plain forms skip the arithmetic on p.
  */
-FASTLOSS_INLINE REAL EW(bce_value)(REAL x, REAL y, REAL pos_weight, REAL e)
+
+/* The selects pick coefficients, never products, so that there is one way to
+ * contract each sum into FMAs.  (gcc contracts by default, and may still round
+ * a loop's scalar remainder differently from its vector body, so the value-only,
+ * slope-only and fused loops agree to an ulp, not always to the bit.  Each one
+ * alone is deterministic: which elements fall in a remainder depends on n and
+ * the periods only, so threads never change a bit.) */
+FASTLOSS_INLINE REAL EW(bce_value)(REAL x, REAL y, REAL pos_weight, REAL log1p_e)
 {
     const REAL log_weight = 1 + (pos_weight - 1) * y;
-    const REAL linear = x >= 0 ? (1 - y) * x : -pos_weight * y * x + (x - x);
-    return linear + log_weight * EW_LOG1P_UNIT(e);
+    const REAL slope_of_x = x >= 0 ? 1 - y : -pos_weight * y;
+    const REAL nan_at_minus_inf = x >= 0 ? 0 : x - x;
+    return (x * slope_of_x + nan_at_minus_inf) + log_weight * log1p_e;
 }
 
-FASTLOSS_INLINE REAL EW(bce_slope)(REAL x, REAL y, REAL pos_weight, REAL e)
+FASTLOSS_INLINE REAL EW(bce_value_plain)(REAL x, REAL y, REAL log1p_e)
+{
+    const REAL slope_of_x = x >= 0 ? 1 - y : -y;
+    const REAL nan_at_minus_inf = x >= 0 ? 0 : x - x;
+    return (x * slope_of_x + nan_at_minus_inf) + log1p_e;
+}
+
+/* inv = 1 / (1 + e) */
+FASTLOSS_INLINE REAL EW(bce_slope)(REAL x, REAL y, REAL pos_weight, REAL e, REAL inv)
 {
     const REAL log_weight = 1 + (pos_weight - 1) * y;
-    const REAL inv = 1 / (1 + e);
-    const REAL sigmoid = x >= 0 ? inv : e * inv;
+    const REAL sigmoid = inv * (x >= 0 ? 1 : e);
     return log_weight * sigmoid - pos_weight * y;
+}
+
+FASTLOSS_INLINE REAL EW(bce_slope_plain)(REAL x, REAL y, REAL e, REAL inv)
+{
+    return inv * (x >= 0 ? 1 : e) - y;
 }
 
 /* ---------------------------------------------------------------------------
@@ -113,21 +134,31 @@ static void EW(smooth_l1_tile)(const REAL *FASTLOSS_RESTRICT pred,
                   EW(smooth_l1_slope)(r, beta, inv_beta));
 }
 
+/* What the bce loss and slope share: e = exp(-|x|).  (Sharing one division
+ * between log1p's t = e / (e + 2) and the sigmoid's 1 / (1 + e) measured
+ * slower on AVX2: it lengthens the chain each element waits on.) */
+#define EW_BCE_ELEMENT                                                                      \
+    const REAL x = logits[k];                                                               \
+    const REAL y = target[k];                                                               \
+    const REAL e = EW_EXP_NONPOSITIVE(-EW_ABS(x))
+#define EW_BCE_LOG1P EW_LOG1P_UNIT(e)
+#define EW_BCE_INV (1 / (1 + e))
+
 static void EW(bce_tile)(const REAL *FASTLOSS_RESTRICT logits, const REAL *FASTLOSS_RESTRICT target,
                          const REAL *FASTLOSS_RESTRICT pos_weight, fastloss_index m,
                          REAL *FASTLOSS_RESTRICT value, REAL *FASTLOSS_RESTRICT slope)
 {
-    if (pos_weight) {
-        EW_TILE_LOOPS(const REAL x = logits[k]; const REAL y = target[k];
-                      const REAL e = EW_EXP_NONPOSITIVE(-EW_ABS(x)),
-                      EW(bce_value)(x, y, pos_weight[k], e), EW(bce_slope)(x, y, pos_weight[k], e));
-    } else {
-        /* p = 1: w = 1 + 0 y and -p y x are bit-identical to the unweighted formula */
-        EW_TILE_LOOPS(const REAL x = logits[k]; const REAL y = target[k];
-                      const REAL e = EW_EXP_NONPOSITIVE(-EW_ABS(x)),
-                      EW(bce_value)(x, y, 1, e), EW(bce_slope)(x, y, 1, e));
-    }
+    if (pos_weight)
+        EW_TILE_LOOPS(EW_BCE_ELEMENT, EW(bce_value)(x, y, pos_weight[k], EW_BCE_LOG1P),
+                      EW(bce_slope)(x, y, pos_weight[k], e, EW_BCE_INV));
+    else
+        EW_TILE_LOOPS(EW_BCE_ELEMENT, EW(bce_value_plain)(x, y, EW_BCE_LOG1P),
+                      EW(bce_slope_plain)(x, y, e, EW_BCE_INV));
 }
+
+#undef EW_BCE_ELEMENT
+#undef EW_BCE_LOG1P
+#undef EW_BCE_INV
 
 /* ---------------------------------------------------------------------------
  * The runner

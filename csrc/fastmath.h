@@ -142,46 +142,39 @@ FASTLOSS_INLINE double fastloss_exp(double x)
 /*
  * log(1 + u) for u in [0, 1] (and NaN), written to vectorise: BCE with logits
  * needs log1p(exp(-|x|)) once per element, and libm's log1p is an opaque call.
- *   log1p(u) = 2 atanh(t),          t = u / (u + 2),         u <= sqrt(2) - 1
- *            = ln 2 + 2 atanh(t),   t = (u - 1) / (u + 3),   u >  sqrt(2) - 1
- * (the second is log2 + log((1 + u) / 2); log s = 2 atanh((s - 1) / (s + 1))).
- * No 1 + u is ever rounded, so tiny u keep their relative accuracy, and u - 1
- * is exact for u >= 1/2 (Sterbenz).  Both branches give |t| <= 3 - 2 sqrt(2)
- * = 0.1716 (they meet there), where the series atanh(t) = t (1 + t**2/3 +
- * t**4/5 + ...) is cut after t**8/9 for float (next term < t**10/11 = 2e-9
- * relative, well under an ulp) and after t**20/21 for double (< 6e-19).
- * Error about 1 ulp, from the division and the final sum.
+ *   log1p(u) = 2 atanh(t),   t = u / (u + 2)      (log s = 2 atanh((s - 1) / (s + 1)))
+ * No 1 + u is ever rounded, so tiny u keep their relative accuracy.  On [0, 1]
+ * t <= 1/3, where the series atanh(t) = t (1 + t**2/3 + t**4/5 + ...) is cut
+ * after t**14/15 for float (next term < 9**-8 / 17 = 1.4e-9 relative, well
+ * under an ulp) and after t**32/33 for double (< 9**-17 / 35 = 1.7e-18).
+ * Error about 2 ulp, from the division and the final sum.
+ * One formula on the whole range, with no branch: a split at sqrt(2) - 1
+ * (halving t and the series) made gcc if-convert by evaluating both branches,
+ * two divisions and two polynomials per vector, which measured slower.
  */
 FASTLOSS_INLINE float fastloss_log1pf_unit(float u)
 {
-    const int upper = u > 0.41421356f;
-    const float t = (upper ? u - 1.0f : u) / (upper ? u + 3.0f : u + 2.0f);
+    const float t = u / (u + 2.0f);
     const float t2 = t * t;
-    float poly = 1.0f / 9.0f;
+    float poly = 1.0f / 15.0f;
+    poly = poly * t2 + 1.0f / 13.0f;
+    poly = poly * t2 + 1.0f / 11.0f;
+    poly = poly * t2 + 1.0f / 9.0f;
     poly = poly * t2 + 1.0f / 7.0f;
     poly = poly * t2 + 1.0f / 5.0f;
     poly = poly * t2 + 1.0f / 3.0f;
     poly = poly * t2 + 1.0f;
-    return (upper ? 0.693147180559945309f : 0.0f) + 2.0f * t * poly;
+    return 2.0f * t * poly;
 }
 
 FASTLOSS_INLINE double fastloss_log1p_unit(double u)
 {
-    const int upper = u > 0.41421356237309503;
-    const double t = (upper ? u - 1.0 : u) / (upper ? u + 3.0 : u + 2.0);
+    const double t = u / (u + 2.0);
     const double t2 = t * t;
-    double poly = 1.0 / 21.0;
-    poly = poly * t2 + 1.0 / 19.0;
-    poly = poly * t2 + 1.0 / 17.0;
-    poly = poly * t2 + 1.0 / 15.0;
-    poly = poly * t2 + 1.0 / 13.0;
-    poly = poly * t2 + 1.0 / 11.0;
-    poly = poly * t2 + 1.0 / 9.0;
-    poly = poly * t2 + 1.0 / 7.0;
-    poly = poly * t2 + 1.0 / 5.0;
-    poly = poly * t2 + 1.0 / 3.0;
-    poly = poly * t2 + 1.0;
-    return (upper ? 0.69314718055994530942 : 0.0) + 2.0 * t * poly;
+    double poly = 1.0 / 33.0;
+    for (int j = 15; j >= 0; --j) /* 1/31, 1/29, ..., 1/3, 1: unrolled by the compiler */
+        poly = poly * t2 + 1.0 / (double)(2 * j + 1);
+    return 2.0 * t * poly;
 }
 
 #endif /* FASTLOSS_FASTMATH_H */
