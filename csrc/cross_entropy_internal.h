@@ -12,8 +12,8 @@
  * an exp pass that finds the chunk still in L1 (2048 float32 = 8 KiB, float64 =
  * 16 KiB, against 32 KiB of L1d on the machines we target).  Chunks also make
  * the per-row log-sum-exp a merge of per-chunk (max, sum) pairs, the form that
- * a vocabulary split across blocks or ranks needs.  benchmarks/bench_cross_entropy.py
- * has the chunk-size sweep behind the choice.
+ * a vocabulary split across blocks or ranks needs.  (Sized from the L1 capacity;
+ * no chunk-size sweep has been recorded yet.)
  */
 #ifndef FASTLOSS_CE_CHUNK
 #define FASTLOSS_CE_CHUNK 2048
