@@ -1,8 +1,8 @@
 /*
  * cross_entropy_impl.h -- instantiates the generic bodies for float32 and
- * float64 under the name suffix FASTLOSS_ISA (baseline, avx2).  Included once
- * by cross_entropy.c and once, under an AVX2 + FMA target, by
- * cross_entropy_avx2.c.  No include guard, on purpose.
+ * float64 under the name suffix FASTLOSS_ISA: baseline in cross_entropy.c,
+ * avx2 and avx512 in cross_entropy_avx2.c / _avx512.c (between
+ * isa_*_begin.h and isa_end.h).  No include guard, on purpose.
  */
 #include <math.h>
 #include <stdlib.h>

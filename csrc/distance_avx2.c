@@ -1,21 +1,13 @@
 /*
- * distance_avx2.c -- the pass over the pairs compiled for AVX2 + FMA.
- * Picked at run time by distance.c when the CPU has it; elsewhere (or on
- * another architecture) this file compiles to nothing that is called.
+ * distance_avx2.c -- the pass over the pairs compiled for AVX2 + FMA, picked
+ * at run time by distance.c when the CPU has it.
  */
 #include "common.h"
 
 #ifdef FASTLOSS_HAVE_AVX2
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#elif defined(__GNUC__)
-#pragma GCC target("avx2,fma")
-#endif
-#define FASTLOSS_ISA avx2
+#include "isa_avx2_begin.h"
 #include "distance_impl.h"
-#if defined(__clang__)
-#pragma clang attribute pop
-#endif
+#include "isa_end.h"
 #endif
 
 /* ISO C forbids an empty translation unit. */
