@@ -3,9 +3,12 @@
  * written once.  No include guard, on purpose: elementwise_impl.h includes it
  * for float and double.  It expects REAL, EW(name) (this instantiation's
  * names), RUN (the runner's name), EW_ABS, EW_EXP_NONPOSITIVE and
- * EW_LOG1P_UNIT (fabs and fastmath.h's exp and log1p for REAL).
+ * EW_LOG1P_UNIT (fabs and fastmath.h's exp and log1p for REAL), EW_WIDE
+ * (double) with EW_WIDE_ABS and EW_WIDE_EXP_NONPOSITIVE, and, for float32
+ * only, EW_BCE_SLOPE_CHECK.
  *
- * Every per-element term is computed in REAL; sums accumulate in double.
+ * Every per-element term is computed in REAL, except bce_with_logits slopes
+ * that float32 cannot give to the contract (see there); sums accumulate in double.
  */
 
 /* ---------------------------------------------------------------------------
@@ -58,9 +61,23 @@ FASTLOSS_INLINE REAL EW(smooth_l1_slope)(REAL r, REAL beta, REAL inv_beta)
  * relative accuracy even where the loss is tiny (x = -20, y = 0).  (x - x)
  * adds 0 for finite x and NaN for x = -inf, where torch's (1 - y) x +
  * max(-x, 0) is -inf + inf: NaN propagates as in torch.
- *   slope = w sigmoid(x) - p y,   sigmoid(x) = 1 / (1 + e) (x >= 0) or e / (1 + e)
- * so exp never sees a positive argument and never overflows.
+ *   slope = w sigmoid(x) - p y.  With q = e / (1 + e) = sigmoid(-|x|) <= 1/2:
+ *   x >= 0:  (1 - y) - w q           since w (1 - q) - p y = 1 - y - w q
+ *   x <  0:  w q - p y
+ * so exp never sees a positive argument and never overflows, and a hard
+ * label (y = 0 or 1) never subtracts two close numbers: the slope keeps q's
+ * relative accuracy where it is tiny (x = 17, y = 1 gives -4.1e-8, where
+ * torch's float32 sigmoid(x) - y gives 0).
  * Without pos_weight (p = 1, w = 1) the _plain forms skip the arithmetic on p.
+ *
+ * A soft label can still cancel: near convergence q and y agree in their
+ * leading bits and the slope keeps only what q carries beyond them.  In
+ * float64 that is as exact as the float64 reference.  In float32 it is not
+ * (q = 0.36, slope 1e-3: q's ulp alone is a 2e-5 relative error), so the
+ * float32 kernels bound the error of each slope they compute in float32 and
+ * redo a tile's slopes in double when any might miss the contract
+ * (bce_slope_in_doubt).  Hard labels never do, so they stay on the float32
+ * path; random soft labels mostly go through double, about twice the work.
  */
 
 /* The selects pick coefficients, never products, so that there is one way to
@@ -84,18 +101,38 @@ FASTLOSS_INLINE REAL EW(bce_value_plain)(REAL x, REAL y, REAL log1p_e)
     return (x * slope_of_x + nan_at_minus_inf) + log1p_e;
 }
 
-/* inv = 1 / (1 + e) */
-FASTLOSS_INLINE REAL EW(bce_slope)(REAL x, REAL y, REAL pos_weight, REAL e, REAL inv)
+/* The slope from e = exp(-|x|) in WIDE (double, or REAL itself), rounded to REAL once. */
+FASTLOSS_INLINE REAL EW(bce_slope)(REAL x, REAL y, REAL pos_weight, EW_WIDE e)
 {
-    const REAL log_weight = 1 + (pos_weight - 1) * y;
-    const REAL sigmoid = inv * (x >= 0 ? 1 : e);
-    return log_weight * sigmoid - pos_weight * y;
+    const EW_WIDE p = pos_weight, t = y;
+    const EW_WIDE q = e / (1 + e);
+    const EW_WIDE log_weight = 1 + (p - 1) * t;
+    return (REAL)(x >= 0 ? (1 - t) - log_weight * q : log_weight * q - p * t);
 }
 
-FASTLOSS_INLINE REAL EW(bce_slope_plain)(REAL x, REAL y, REAL e, REAL inv)
+FASTLOSS_INLINE REAL EW(bce_slope_plain)(REAL x, REAL y, EW_WIDE e)
 {
-    return inv * (x >= 0 ? 1 : e) - y;
+    const EW_WIDE t = y;
+    const EW_WIDE q = e / (1 + e);
+    return (REAL)(x >= 0 ? (1 - t) - q : q - t);
 }
+
+#ifdef EW_BCE_SLOPE_CHECK
+/*
+ * float32 only: whether slope = t - q or q - t (t = 1 - y or y, as
+ * bce_slope_plain), computed in float32, might be further than 2e-6 |slope|
+ * from the exact value.  Its error is at most 3.4e-7 q (e = exp(-|x|) is
+ * within 2.6e-7 relative, measured over every float in [-87, 0], and the
+ * division rounds once more) plus half an ulp of t = 1 - y, 6e-8 |t|, plus
+ * the subtraction's own half ulp.  In doubt where 4e-7 q + 6e-8 |t| exceeds
+ * 1.5e-6 |slope|: the rest of the 2e-6 budget is for the last roundings and
+ * the products with the weight and the scale.
+ */
+FASTLOSS_INLINE int EW(bce_slope_in_doubt)(REAL t, REAL q, REAL slope)
+{
+    return q * (REAL)0.27 + EW_ABS(t) * (REAL)0.04 > EW_ABS(slope);
+}
+#endif
 
 /* ---------------------------------------------------------------------------
  * Tile loops: value[k] and slope[k] for k < m (EW_TILE_LOOPS, elementwise_internal.h).
@@ -134,31 +171,87 @@ static void EW(smooth_l1_tile)(const REAL *FASTLOSS_RESTRICT pred,
                   EW(smooth_l1_slope)(r, beta, inv_beta));
 }
 
-/* What the bce loss and slope share: e = exp(-|x|).  (Sharing one division
- * between log1p's t = e / (e + 2) and the sigmoid's 1 / (1 + e) measured
- * slower on AVX2: it lengthens the chain each element waits on.) */
+/* What the bce loss and slope share: e = exp(-|x|), in REAL for the loss and in
+ * WIDE for the slope (for float64 the same expression, computed once).
+ * (Sharing one division between log1p's t = e / (e + 2) and q = e / (1 + e)
+ * measured slower on AVX2: it lengthens the chain each element waits on.) */
 #define EW_BCE_ELEMENT                                                                      \
     const REAL x = logits[k];                                                               \
     const REAL y = target[k];                                                               \
-    const REAL e = EW_EXP_NONPOSITIVE(-EW_ABS(x))
-#define EW_BCE_LOG1P EW_LOG1P_UNIT(e)
-#define EW_BCE_INV (1 / (1 + e))
+    const REAL e = EW_EXP_NONPOSITIVE(-EW_ABS(x));                                          \
+    const EW_WIDE e_wide = EW_WIDE_EXP_NONPOSITIVE(-EW_WIDE_ABS((EW_WIDE)x));               \
+    (void)e;                                                                                \
+    (void)e_wide /* each loop uses one or both; the compiler drops the other */
 
+/* wide_mode: set once a tile of the block needed double slopes (float32 only). */
 static void EW(bce_tile)(const REAL *FASTLOSS_RESTRICT logits, const REAL *FASTLOSS_RESTRICT target,
                          const REAL *FASTLOSS_RESTRICT pos_weight, fastloss_index m,
-                         REAL *FASTLOSS_RESTRICT value, REAL *FASTLOSS_RESTRICT slope)
+                         REAL *FASTLOSS_RESTRICT value, REAL *FASTLOSS_RESTRICT slope,
+                         int *wide_mode)
 {
+#ifdef EW_BCE_SLOPE_CHECK
+    /* float32 first: without pos_weight the slopes in float32 with their doubt, and
+     * the tile's slopes again in double if any is in doubt.  Soft labels put nearly
+     * every tile in doubt, so after the first such tile the rest of the block goes
+     * straight to double: which path a slope takes depends on the block's data
+     * alone, never on the thread count, and both meet the contract.  With
+     * pos_weight (rarer; its weight has roundings of its own) the slopes are in
+     * double always. */
+    if (slope && !pos_weight && !*wide_mode) {
+        int in_doubt = 0;
+#define EW_BCE_NARROW_SLOPE                                                                 \
+    const REAL q = e / (1 + e);                                                             \
+    const REAL t = x >= 0 ? 1 - y : y;                                                      \
+    const REAL narrow = x >= 0 ? t - q : q - t;                                             \
+    slope[k] = narrow;                                                                      \
+    in_doubt += EW(bce_slope_in_doubt)(t, q, narrow)
+        if (value) {
+            for (fastloss_index k = 0; k < m; ++k) {
+                const REAL x = logits[k], y = target[k];
+                const REAL e = EW_EXP_NONPOSITIVE(-EW_ABS(x));
+                value[k] = EW(bce_value_plain)(x, y, EW_LOG1P_UNIT(e));
+                EW_BCE_NARROW_SLOPE;
+            }
+        } else {
+            for (fastloss_index k = 0; k < m; ++k) {
+                const REAL x = logits[k], y = target[k];
+                const REAL e = EW_EXP_NONPOSITIVE(-EW_ABS(x));
+                EW_BCE_NARROW_SLOPE;
+            }
+        }
+#undef EW_BCE_NARROW_SLOPE
+        if (!in_doubt)
+            return;
+        *wide_mode = 1;
+        value = NULL; /* written; only the slopes are redone below */
+    }
+    if (slope && value) {
+        /* the loss alone here, so that the loops below take the slopes alone and
+         * the double exp never stands in for the float32 one */
+        if (pos_weight)
+            for (fastloss_index k = 0; k < m; ++k) {
+                EW_BCE_ELEMENT;
+                value[k] = EW(bce_value)(x, y, pos_weight[k], EW_LOG1P_UNIT(e));
+            }
+        else
+            for (fastloss_index k = 0; k < m; ++k) {
+                EW_BCE_ELEMENT;
+                value[k] = EW(bce_value_plain)(x, y, EW_LOG1P_UNIT(e));
+            }
+        value = NULL;
+    }
+#else
+    (void)wide_mode;
+#endif
     if (pos_weight)
-        EW_TILE_LOOPS(EW_BCE_ELEMENT, EW(bce_value)(x, y, pos_weight[k], EW_BCE_LOG1P),
-                      EW(bce_slope)(x, y, pos_weight[k], e, EW_BCE_INV));
+        EW_TILE_LOOPS(EW_BCE_ELEMENT, EW(bce_value)(x, y, pos_weight[k], EW_LOG1P_UNIT(e)),
+                      EW(bce_slope)(x, y, pos_weight[k], e_wide));
     else
-        EW_TILE_LOOPS(EW_BCE_ELEMENT, EW(bce_value_plain)(x, y, EW_BCE_LOG1P),
-                      EW(bce_slope_plain)(x, y, e, EW_BCE_INV));
+        EW_TILE_LOOPS(EW_BCE_ELEMENT, EW(bce_value_plain)(x, y, EW_LOG1P_UNIT(e)),
+                      EW(bce_slope_plain)(x, y, e_wide));
 }
 
 #undef EW_BCE_ELEMENT
-#undef EW_BCE_LOG1P
-#undef EW_BCE_INV
 
 /* ---------------------------------------------------------------------------
  * The runner
@@ -179,7 +272,7 @@ typedef struct EW(call_s) {
 
 /* The value and slope of m elements from `start`, per the call's loss. */
 static void EW(compute_tile)(const EW(call) *call, fastloss_index start, fastloss_index m,
-                             const REAL *pos_weight, REAL *value, REAL *slope)
+                             const REAL *pos_weight, REAL *value, REAL *slope, int *bce_wide_mode)
 {
     const REAL *pred = call->pred + start, *target = call->target + start;
     switch (call->loss) {
@@ -197,7 +290,7 @@ static void EW(compute_tile)(const EW(call) *call, fastloss_index start, fastlos
                            call->inv_threshold, value, slope);
         break;
     default: /* FASTLOSS_LOSS_BCE_WITH_LOGITS */
-        EW(bce_tile)(pred, target, pos_weight, m, value, slope);
+        EW(bce_tile)(pred, target, pos_weight, m, value, slope, bce_wide_mode);
         break;
     }
 }
@@ -216,6 +309,7 @@ static double EW(block)(const EW(call) *call, fastloss_index start, fastloss_ind
     REAL slope_tile[FASTLOSS_EW_TILE];
     double lane[FASTLOSS_EW_LANES] = {0.0};
     double tail = 0.0;
+    int bce_wide_mode = 0;
     fastloss_index m;
     for (fastloss_index i = start; i < end; i += m) {
         m = end - i < FASTLOSS_EW_TILE ? end - i : FASTLOSS_EW_TILE;
@@ -235,7 +329,7 @@ static double EW(block)(const EW(call) *call, fastloss_index start, fastloss_ind
                                         : call->want_sum        ? value_tile
                                                                 : NULL;
         REAL *FASTLOSS_RESTRICT slope = call->grad ? slope_tile : NULL;
-        EW(compute_tile)(call, i, m, pos_weight, value, slope);
+        EW(compute_tile)(call, i, m, pos_weight, value, slope, &bce_wide_mode);
 
         if (value) {
             if (weight)

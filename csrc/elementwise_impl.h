@@ -19,13 +19,21 @@
 #define EW_ABS fabsf
 #define EW_EXP_NONPOSITIVE fastloss_expf_nonpositive
 #define EW_LOG1P_UNIT fastloss_log1pf_unit
+#define EW_WIDE double
+#define EW_WIDE_ABS fabs
+#define EW_WIDE_EXP_NONPOSITIVE fastloss_exp_nonpositive
+#define EW_BCE_SLOPE_CHECK
 #include "elementwise_body.h"
+#undef EW_BCE_SLOPE_CHECK
 #undef REAL
 #undef EW
 #undef RUN
 #undef EW_ABS
 #undef EW_EXP_NONPOSITIVE
 #undef EW_LOG1P_UNIT
+#undef EW_WIDE
+#undef EW_WIDE_ABS
+#undef EW_WIDE_EXP_NONPOSITIVE
 
 #define REAL double
 #define EW(name) FL_EW_PASTE(fastloss_ew_##name, float64, FASTLOSS_ISA)
@@ -33,6 +41,9 @@
 #define EW_ABS fabs
 #define EW_EXP_NONPOSITIVE fastloss_exp_nonpositive
 #define EW_LOG1P_UNIT fastloss_log1p_unit
+#define EW_WIDE double
+#define EW_WIDE_ABS fabs
+#define EW_WIDE_EXP_NONPOSITIVE fastloss_exp_nonpositive
 #include "elementwise_body.h"
 #undef REAL
 #undef EW
@@ -40,6 +51,9 @@
 #undef EW_ABS
 #undef EW_EXP_NONPOSITIVE
 #undef EW_LOG1P_UNIT
+#undef EW_WIDE
+#undef EW_WIDE_ABS
+#undef EW_WIDE_EXP_NONPOSITIVE
 
 #undef FL_EW_PASTE_
 #undef FL_EW_PASTE

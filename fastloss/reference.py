@@ -546,10 +546,16 @@ def bce_with_logits_grad(logits, target, grad_output=1.0, *, weight=None, pos_we
                          reduction="mean"):
     """Gradient of ``grad_output * bce_with_logits(...)`` w.r.t. the logits (torch's backward)::
 
-        slope = (1 + (p - 1) * y) * sigmoid(x) - p * y
+        slope = w * sigmoid(x) - p * y,     w = 1 + (p - 1) * y
 
-    with ``sigmoid(x) = 1 / (1 + exp(-x))`` for x >= 0 and ``exp(x) / (1 + exp(x))`` for
-    x < 0 (no overflow), times ``weight * grad_output`` (/ N for the mean).
+    times ``weight * grad_output`` (/ N for the mean).  Evaluated per sign of x with
+    ``q = exp(-|x|) / (1 + exp(-|x|)) = sigmoid(-|x|)`` (no overflow)::
+
+        x >= 0:  (1 - y) - w * q          (w * (1 - q) - p * y = 1 - y - w * q)
+        x <  0:  w * q - p * y
+
+    so that a hard label keeps q's relative accuracy where the slope is tiny (x = 40,
+    y = 1 gives -4.2e-18, where ``sigmoid(x) - y`` rounds to 0).
     """
     logits, target, weight, pred_shape = _check_elementwise(
         logits, target, weight, reduction, pred_name="logits", same_shape=True)
@@ -557,8 +563,9 @@ def bce_with_logits_grad(logits, target, grad_output=1.0, *, weight=None, pos_we
     x, y = logits, target
     with np.errstate(invalid="ignore", over="ignore"):
         e = np.exp(-np.abs(x))
-        sigmoid = np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-        slope = (1.0 + (p - 1.0) * y) * sigmoid - p * y
+        q = e / (1.0 + e)
+        w = 1.0 + (p - 1.0) * y
+        slope = np.where(x >= 0, (1.0 - y) - w * q, w * q - p * y)
     return _grad_from_slope(slope, weight, grad_output, reduction, pred_shape)
 
 

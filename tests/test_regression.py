@@ -17,8 +17,10 @@ import fastloss
 from fastloss import reference
 from loss_specs import (
     DTYPES,
+    CONTRACT,
     ELEMENTWISE_SPECS,
     REDUCTIONS,
+    Tolerance,
     assert_array_type,
     assert_close,
     assert_close_contract,
@@ -213,6 +215,94 @@ def test_bce_tiny_losses_keep_their_relative_accuracy(scale, dtype, rng):
     loss = fastloss.bce_with_logits(x, y, reduction="none")
     assert_close_contract(loss, reference.bce_with_logits(x, y, reduction="none"), dtype, "loss")
     assert np.all(loss > 0)
+
+
+def per_element_contract(dtype):
+    """The gradient contract with no floor: what a call on each element alone demands,
+    for an array whose slopes are all small (no large entry lends them its floor)."""
+    rtol = CONTRACT[(np.dtype(dtype), "grad")].rtol
+    return Tolerance(rtol, 0.0, "each element as if it were the whole array")
+
+
+@dtypes
+def test_bce_hard_label_slopes_keep_their_relative_accuracy(dtype):
+    # sigmoid(x) - 1 for x >> 0 is -e^-x / (1 + e^-x): computed as (1 - y) - q it keeps
+    # q's relative accuracy; sigmoid(x) - y would round to 0 (float32 at x = 17,
+    # float64 at x = 40), as torch's own form does.
+    x = np.array([5.0, 10.0, 17.0, 40.0, 80.0, -5.0, -17.0, -40.0], dtype)
+    y = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0], dtype)
+    xd = x.astype(np.float64)
+    expected = np.where(xd > 0, -np.exp(-xd) / (1 + np.exp(-xd)),
+                        np.exp(xd) / (1 + np.exp(xd)))
+    assert_close(reference.bce_with_logits_grad(x, y, reduction="sum"), expected,
+                 per_element_contract(np.float64))
+    for with_pos_weight in (False, True):
+        options = {"pos_weight": np.ones(8, dtype)} if with_pos_weight else {}
+        grad = call_unmodified(fastloss.bce_with_logits_grad, x, y, reduction="sum",
+                               **options)
+        assert_close(grad, expected, per_element_contract(dtype))
+        _, fused = fastloss.bce_with_logits_value_and_grad(x, y, reduction="sum", **options)
+        assert bitwise_equal(fused, grad)
+
+
+@dtypes
+@pytest.mark.parametrize("with_pos_weight", [False, True], ids=["plain", "pos_weight"])
+def test_bce_soft_label_slopes_near_convergence(with_pos_weight, dtype, rng):
+    # Soft targets close to the prediction: sigmoid(x) and y agree in their leading
+    # bits and the slope is what is left.  Found by the long fuzz run: x = 0.5671601,
+    # y = 0.6369617 (float32) gave 0.0011459589 against 0.0011459334 (2.2e-5 relative).
+    # The closest case is the target rounded from the prediction itself (distillation
+    # of a float32 sigmoid): the slope is that rounding's residual, about 1e-8.
+    # float64 against its float64 reference: both round sigmoid(x) to double before the
+    # subtraction, so they can only agree to 1e-12 where the slope keeps 1e-3 of it.
+    n = 4096
+    closest = -7 if dtype == np.float32 else -3
+    x = rng.uniform(-8, 8, n)
+    pos = rng.uniform(0.5, 3.0, n) if with_pos_weight else np.ones(n)
+    # the target at which the slope vanishes: w sigmoid = p y  <=>  y = s / (p - (p - 1) s)
+    s = 1 / (1 + np.exp(-x))
+    fixed_point = s / (pos - (pos - 1) * s)
+    gap = np.concatenate([[0.0], rng.choice([-1, 1], n - 1) * 10.0 ** rng.uniform(closest, -2, n - 1)])
+    x = x.astype(dtype)
+    x[0], y0 = 0.5671601, 0.6369617
+    y = (fixed_point * (1 + gap)).astype(dtype)
+    y[0] = y0
+    options = {"pos_weight": pos.astype(dtype)} if with_pos_weight else {}
+    if with_pos_weight:
+        options["pos_weight"][0] = 1.0
+    ref = reference.bce_with_logits_grad(x, y, reduction="sum", **options)
+    grad = call_unmodified(fastloss.bce_with_logits_grad, x, y, reduction="sum", **options)
+    assert_close(grad, ref, per_element_contract(dtype))
+    loss, fused = fastloss.bce_with_logits_value_and_grad(x, y, reduction="sum", **options)
+    assert bitwise_equal(fused, grad)
+    assert_close_contract(loss, reference.bce_with_logits(x, y, reduction="sum", **options),
+                          dtype, "loss")
+    if dtype != np.float32:
+        return
+    # the same targets rounded from float32 sigmoids: residuals of ~1e-8
+    y_rounded = (s / (pos - (pos - 1) * s)).astype(dtype)
+    grad = fastloss.bce_with_logits_grad(x, y_rounded, reduction="sum", **options)
+    ref = reference.bce_with_logits_grad(x, y_rounded, reduction="sum", **options)
+    assert_close(grad, ref, per_element_contract(dtype))
+
+
+def test_bce_float32_slope_paths_mix_within_a_block(rng):
+    # Hard labels stay on the float32 path; a soft label near convergence sends its tile
+    # (and the rest of its block) to double.  Soft labels scattered through hard ones,
+    # over several blocks and threads: the same bits for every thread count, each slope
+    # to the per-element contract.
+    n = 3 * 16384 + 1000
+    x = rng.standard_normal(n).astype(np.float32) * 4
+    y = (rng.random(n) < 0.5).astype(np.float32)
+    soft = rng.choice(n, 40, replace=False)
+    y[soft] = (1 / (1 + np.exp(-x[soft].astype(np.float64))) + 1e-5).astype(np.float32)
+    ref = reference.bce_with_logits_grad(x, y, reduction="sum")
+    results = [fastloss.bce_with_logits_value_and_grad(x, y, reduction="sum", num_threads=t)
+               for t in (1, 2, 3, 7)]
+    for loss, grad in results:
+        assert loss == results[0][0]
+        assert bitwise_equal(grad, results[0][1])
+    assert_close(results[0][1], ref, per_element_contract(np.float32))
 
 
 # (name, options, pred, target, torch's loss, torch's gradient): values printed by torch
