@@ -51,7 +51,11 @@ typedef struct fastloss_elementwise_options {
  *   pos_weight        bce_with_logits' weight of the positive term (periodic),
  *                     or NULL for ones
  *   loss_per_element  OUT, n values of the weighted loss (reduction none), or NULL
- *   loss              OUT, the sum or mean in float64 (unused for none), or NULL
+ *   loss              OUT, two float64 values (unused for none), or NULL:
+ *                     loss[0] the sum or mean, loss[1] the same of |term|, the
+ *                     terms' magnitude.  Where terms of both signs (a negative
+ *                     weight) cancel, the rounding of each float32 term is
+ *                     relative to loss[1], not loss[0]: the caller compares them.
  *   grad_output       IN, the upstream gradient: n values with stride 1, or one
  *                     value for every element with stride 0
  *   grad              OUT, the gradient of grad_output * loss w.r.t. pred

@@ -303,12 +303,14 @@ static void EW(compute_tile)(const EW(call) *call, fastloss_index start, fastlos
  * accumulated in a fixed order (FASTLOSS_EW_LANES lanes, then the tail of each
  * tile) that depends on n and the periods alone.
  */
-static double EW(block)(const EW(call) *call, fastloss_index start, fastloss_index end)
+static double EW(block)(const EW(call) *call, fastloss_index start, fastloss_index end,
+                        double *magnitude)
 {
     REAL value_tile[FASTLOSS_EW_TILE];
     REAL slope_tile[FASTLOSS_EW_TILE];
     double lane[FASTLOSS_EW_LANES] = {0.0};
-    double tail = 0.0;
+    double lane_abs[FASTLOSS_EW_LANES] = {0.0};
+    double tail = 0.0, tail_abs = 0.0;
     int bce_wide_mode = 0;
     fastloss_index m;
     for (fastloss_index i = start; i < end; i += m) {
@@ -338,10 +340,14 @@ static double EW(block)(const EW(call) *call, fastloss_index start, fastloss_ind
             if (call->want_sum) {
                 fastloss_index k = 0;
                 for (; k + FASTLOSS_EW_LANES <= m; k += FASTLOSS_EW_LANES)
-                    for (int j = 0; j < FASTLOSS_EW_LANES; ++j)
+                    for (int j = 0; j < FASTLOSS_EW_LANES; ++j) {
                         lane[j] += (double)value[k + j];
-                for (; k < m; ++k)
+                        lane_abs[j] += fabs((double)value[k + j]);
+                    }
+                for (; k < m; ++k) {
                     tail += (double)value[k];
+                    tail_abs += fabs((double)value[k]);
+                }
             }
         }
         if (slope) {
@@ -365,6 +371,8 @@ static double EW(block)(const EW(call) *call, fastloss_index start, fastloss_ind
             }
         }
     }
+    *magnitude = (((lane_abs[0] + lane_abs[1]) + (lane_abs[2] + lane_abs[3])) +
+                  ((lane_abs[4] + lane_abs[5]) + (lane_abs[6] + lane_abs[7]))) + tail_abs;
     return (((lane[0] + lane[1]) + (lane[2] + lane[3])) +
             ((lane[4] + lane[5]) + (lane[6] + lane[7]))) + tail;
 }
@@ -420,10 +428,12 @@ int RUN(const fastloss_elementwise_options *options, const REAL *pred, const REA
     if (!call.want_sum && !call.loss_per_element && !call.grad)
         return FASTLOSS_OK; /* nothing asked for */
 
-    /* The only allocation: one partial sum per block, before the parallel region. */
+    /* The only allocation: one partial sum and magnitude per block, before the
+     * parallel region. */
     double *partials = NULL;
+    const fastloss_index n_partials = n_blocks > 0 ? n_blocks : 1;
     if (call.want_sum) {
-        partials = malloc((size_t)(n_blocks > 0 ? n_blocks : 1) * sizeof(double));
+        partials = malloc((size_t)n_partials * 2 * sizeof(double));
         if (!partials)
             return FASTLOSS_ERROR_NO_MEMORY;
     }
@@ -438,15 +448,20 @@ int RUN(const fastloss_elementwise_options *options, const REAL *pred, const REA
     for (fastloss_index b = 0; b < n_blocks; ++b) {
         const fastloss_index start = b * FASTLOSS_EW_BLOCK;
         const fastloss_index end = n - start < FASTLOSS_EW_BLOCK ? n : start + FASTLOSS_EW_BLOCK;
-        const double block_sum = EW(block)(&call, start, end);
-        if (partials)
+        double block_magnitude;
+        const double block_sum = EW(block)(&call, start, end, &block_magnitude);
+        if (partials) {
             partials[b] = block_sum;
+            partials[n_partials + b] = block_magnitude;
+        }
     }
 
     if (call.want_sum) {
         const double total = fastloss_sum_float64(partials, n_blocks);
+        const double magnitude = fastloss_sum_float64(partials + n_partials, n_blocks);
         /* torch: the mean of no elements is nan, their sum 0 */
-        *loss = mean ? (n > 0 ? total / denominator : NAN) : total;
+        loss[0] = mean ? (n > 0 ? total / denominator : NAN) : total;
+        loss[1] = mean ? (n > 0 ? magnitude / fabs(denominator) : NAN) : magnitude;
         free(partials);
     }
     return FASTLOSS_OK;

@@ -56,9 +56,9 @@ cdef fastloss_index _period(object factor, int typenum, str name) except -1:
     return factor.shape[0]
 
 
-def ew_run(str mode, str loss, cnp.ndarray pred, cnp.ndarray target, object weight,
-           object pos_weight, object grad_output, object loss_per_element, object grad,
-           double threshold, str reduction, int num_threads):
+def ew_run(str mode, str loss, cnp.ndarray pred not None, cnp.ndarray target not None,
+           object weight, object pos_weight, object grad_output, object loss_per_element,
+           object grad, double threshold, str reduction, int num_threads):
     """Run one elementwise kernel.
 
     mode: "forward", "backward" or "value_and_grad"; loss: a key of ELEMENTWISE_LOSSES.
@@ -68,7 +68,8 @@ def ew_run(str mode, str loss, cnp.ndarray pred, cnp.ndarray target, object weig
     float64 of shape (n,) (reduction "none" only) or (1,).  loss_per_element
     (reduction "none") and grad: writeable 1-d arrays of n elements in pred's
     dtype, or None; grad may be pred or target itself.
-    Returns the reduced loss (a float; meaningless for backward or "none").
+    Returns (the reduced loss, the same reduction of |term|), floats, meaningless
+    for backward or "none".
     """
     cdef int typenum = cnp.PyArray_TYPE(pred)
     if typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64:
@@ -105,7 +106,7 @@ def ew_run(str mode, str loss, cnp.ndarray pred, cnp.ndarray target, object weig
         if loss_per_element is None:
             raise ValueError("loss_per_element: needed for reduction 'none'")
         _check_vector(loss_per_element, typenum, n, "loss_per_element", True)
-        for other in (pred, target, weight, pos_weight, grad):
+        for other in (pred, target, weight, pos_weight, grad_output, grad):
             if other is not None and n and _may_overlap(loss_per_element, other):
                 raise ValueError("loss_per_element: overlaps another argument")
     elif loss_per_element is not None:
@@ -139,7 +140,8 @@ def ew_run(str mode, str loss, cnp.ndarray pred, cnp.ndarray target, object weig
     cdef const double *grad_output_ptr = <const double *>_data_or_null(grad_output)
     cdef void *loss_per_element_ptr = _data_or_null(loss_per_element)
     cdef void *grad_ptr = _data_or_null(grad)
-    cdef double total = 0.0
+    cdef double total[2]
+    total[0] = total[1] = 0.0
     cdef int status = 0
     cdef bint is_float32 = typenum == cnp.NPY_FLOAT32
     cdef int which = 0 if mode == "forward" else (1 if mode == "backward" else 2)
@@ -150,7 +152,7 @@ def ew_run(str mode, str loss, cnp.ndarray pred, cnp.ndarray target, object weig
                 status = fastloss_elementwise_forward_float32(
                     &options, <const float *>pred_ptr, <const float *>target_ptr,
                     <const float *>weight_ptr, <const float *>pos_weight_ptr,
-                    <float *>loss_per_element_ptr, &total)
+                    <float *>loss_per_element_ptr, total)
             elif which == 1:
                 status = fastloss_elementwise_backward_float32(
                     &options, <const float *>pred_ptr, <const float *>target_ptr,
@@ -160,14 +162,14 @@ def ew_run(str mode, str loss, cnp.ndarray pred, cnp.ndarray target, object weig
                 status = fastloss_elementwise_value_and_grad_float32(
                     &options, <const float *>pred_ptr, <const float *>target_ptr,
                     <const float *>weight_ptr, <const float *>pos_weight_ptr,
-                    grad_output_ptr, grad_output_stride, <float *>loss_per_element_ptr, &total,
+                    grad_output_ptr, grad_output_stride, <float *>loss_per_element_ptr, total,
                     <float *>grad_ptr)
         else:
             if which == 0:
                 status = fastloss_elementwise_forward_float64(
                     &options, <const double *>pred_ptr, <const double *>target_ptr,
                     <const double *>weight_ptr, <const double *>pos_weight_ptr,
-                    <double *>loss_per_element_ptr, &total)
+                    <double *>loss_per_element_ptr, total)
             elif which == 1:
                 status = fastloss_elementwise_backward_float64(
                     &options, <const double *>pred_ptr, <const double *>target_ptr,
@@ -177,8 +179,8 @@ def ew_run(str mode, str loss, cnp.ndarray pred, cnp.ndarray target, object weig
                 status = fastloss_elementwise_value_and_grad_float64(
                     &options, <const double *>pred_ptr, <const double *>target_ptr,
                     <const double *>weight_ptr, <const double *>pos_weight_ptr,
-                    grad_output_ptr, grad_output_stride, <double *>loss_per_element_ptr, &total,
+                    grad_output_ptr, grad_output_stride, <double *>loss_per_element_ptr, total,
                     <double *>grad_ptr)
     if status == FASTLOSS_ERROR_NO_MEMORY:
         raise MemoryError(f"{loss}: could not allocate scratch space")
-    return total
+    return total[0], total[1]

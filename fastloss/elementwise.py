@@ -57,6 +57,14 @@ def _sum_to_shape(grad, shape):
     return np.asarray(grad.sum(axis=axes, dtype=np.float64)).reshape(shape)
 
 
+# Each float32 term comes out of the kernel within about 5e-7 of itself (bce's exp and
+# log1p, the products with the weight), so their sum keeps the accuracy contract (2e-6)
+# while terms of both signs cancel to no less than half their magnitude.  Terms are >= 0
+# except under a negative weight or pos_weight, or a bce target outside [0, 1]; where such
+# terms cancel further, the loss is computed again from the inputs in float64.
+_CANCELLATION = 0.5
+
+
 class _Problem:
     """Checked arguments of one call, in the layout the kernels read."""
 
@@ -117,9 +125,18 @@ class _Problem:
         if mode != "forward":
             upstream = grad_output_arg(grad_output, self.reduction, self.shape)
             grad_flat, grad = self._grad_buffer(out, upstream)
-        total = _kernels.ew_run(mode, self.loss, self.pred, self.target, self.weight,
-                                self.pos_weight, upstream, per_element, grad_flat,
-                                self.threshold, self.reduction, self.num_threads)
+        reduced = mode != "backward" and per_element is None
+        if (reduced and grad_flat is not None and self.dtype == np.float32
+                and any(_address(grad_flat) == _address(data) and grad_flat.size
+                        for data in (self.pred, self.target))
+                and self._terms_may_be_negative()):
+            # in place, the inputs are gone once the gradient is written: the loss first
+            total = self._reduced_loss(*self._kernel("forward", None, None, None))
+            self._kernel("backward", upstream, None, grad_flat)
+        else:
+            total, magnitude = self._kernel(mode, upstream, per_element, grad_flat)
+            if reduced:
+                total = self._reduced_loss(total, magnitude)
         if grad_flat is not None and grad is None:
             grad = self._finish_grad(grad_flat, out)
         if per_element is None:  # a Python float holding a value of the loss's dtype
@@ -127,6 +144,29 @@ class _Problem:
         else:
             loss = per_element.reshape(self.shape)
         return loss, grad
+
+    def _kernel(self, mode, upstream, per_element, grad_flat, inputs=None):
+        pred, target, weight, pos_weight = inputs or (self.pred, self.target, self.weight,
+                                                      self.pos_weight)
+        return _kernels.ew_run(mode, self.loss, pred, target, weight, pos_weight, upstream,
+                               per_element, grad_flat, self.threshold, self.reduction,
+                               self.num_threads)
+
+    def _terms_may_be_negative(self):
+        factors = [f for f in (self.weight, self.pos_weight) if f is not None]
+        if any(np.any(f < 0) for f in factors):
+            return True
+        return self.loss == "bce_with_logits" and bool(
+            self.target.size and (self.target.min() < 0 or self.target.max() > 1))
+
+    def _reduced_loss(self, total, magnitude):
+        """The kernel's sum or mean, or, where float32 terms cancelled (_CANCELLATION),
+        the same from the inputs in float64."""
+        if self.dtype == np.float32 and abs(total) < _CANCELLATION * magnitude:
+            wide = tuple(None if a is None else a.astype(np.float64)
+                         for a in (self.pred, self.target, self.weight, self.pos_weight))
+            total, _ = self._kernel("forward", None, None, None, wide)
+        return total
 
     def _grad_buffer(self, out, upstream):
         """(1-d buffer the kernel writes, the gradient to return), or (buffer, None) when

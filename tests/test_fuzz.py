@@ -31,6 +31,16 @@ REDUCTIONS = ("mean", "sum", "none")
 # Building arrays: values with occasional extremes, in one of several memory layouts
 # ----------------------------------------------------------------------------------------
 
+def _assert_unmodified(copies, args):
+    """Each array argument equals the copy taken before the call (NaN equal to NaN)."""
+    for before, after in zip(copies, args):
+        if isinstance(after, np.ndarray):
+            if after.dtype == object:  # NaN != NaN; compare what the values print as
+                before, after = before.astype(str), after.astype(str)
+            assert before.dtype == after.dtype and np.array_equal(
+                before, after, equal_nan=after.dtype.kind in "fc"), "an input was modified"
+
+
 @st.composite
 def float_arrays(draw, shape, dtype, scale=3.0, extremes=True):
     """An array of `shape` and `dtype` laid out C-ordered, Fortran-ordered, as a strided
@@ -72,12 +82,7 @@ def check_call(public, ref, args, kwargs, kinds, argument_names):
         assert _names_an_argument(error, argument_names), f"unclear error: {error!r}"
         return None
     finally:
-        for before, after in zip(copies, args):
-            if isinstance(after, np.ndarray):
-                if after.dtype == object:  # NaN != NaN; compare what the values print as
-                    before, after = before.astype(str), after.astype(str)
-                assert before.dtype == after.dtype and np.array_equal(
-                    before, after, equal_nan=after.dtype.kind in "fc"), "an input was modified"
+        _assert_unmodified(copies, args)
     ref_kwargs = {k: v for k, v in kwargs.items() if k not in ("num_threads", "out")}
     with np.errstate(all="ignore"):
         expected = ref(*[np.asarray(a, dtype=np.float64) if np.asarray(a).dtype.kind == "f"
@@ -312,8 +317,7 @@ def test_fuzz_contrastive(call, fused):
         assert _names_an_argument(error, CONTRASTIVE_ARGUMENTS), f"unclear error: {error!r}"
         return
     finally:
-        for before, after in zip(copies, args):
-            assert np.array_equal(before, after, equal_nan=True), "an input was modified"
+        _assert_unmodified(copies, args)
     ref_kwargs = {k: v for k, v in kwargs.items() if k != "num_threads"}
     with np.errstate(all="ignore"):
         expected = ref(*[np.asarray(a, np.float64) if a.dtype.kind == "f" else a for a in args],

@@ -305,6 +305,60 @@ def test_bce_float32_slope_paths_mix_within_a_block(rng):
     assert_close(results[0][1], ref, per_element_contract(np.float32))
 
 
+# Found by the long fuzz run: weights of both signs whose terms cancel to 1/200 of their
+# magnitude; float32 terms (each within an ulp or so) summed to 5e-6 of the result.
+CANCELLING_BCE = dict(
+    x=[[-2.0456996, -1.3781755, -0.099301577, -2.7342658, -3.8789608],
+       [-1.328635, -0.0037662792, 0.16239041, 6.2587395, -1.0219408],
+       [-1.6377746, 4.1710677, -1.1899261, 4.9750957, -2.6285081]],
+    y=[[0.79291624, 0.35680333, 0.10372206, 0.37908348, 0.52633166],
+       [0.9729414, 0.3489468, 0.16082743, 0.15492728, 0.46794528],
+       [0.3607777, 0.76917034, 0.59027654, 0.22278786, 0.47798485]],
+    weight=[6.8828535, 1.979021, 1.915293, -1.1826836, -1.3324734],
+    pos_weight=[0.5, 0.875, 1.25, 1.625, 2.0])
+
+
+def cancelling_cases(rng):
+    """(name, pred, target, options): float32 terms of both signs that cancel."""
+    case = {k: np.array(v, np.float32) for k, v in CANCELLING_BCE.items()}
+    yield "bce_with_logits", case["x"], case["y"], {"weight": case["weight"],
+                                                      "pos_weight": case["pos_weight"]}
+    # a bce target outside [0, 1] makes a term negative with no weight at all: the last
+    # one, at x = 50 where the loss is (1 - y) x, cancels the sum of all the others
+    x = rng.standard_normal(1000).astype(np.float32)
+    y = rng.uniform(0, 1, 1000).astype(np.float32)
+    x[-1] = 50.0
+    rest = reference.bce_with_logits(x[:-1], y[:-1], reduction="sum")
+    y[-1] = np.float32(1 + rest / 50.0)
+    yield "bce_with_logits", x, y, {}
+    # mse under weights 2 and -1 where the second residual is sqrt(2) times the first
+    pred = rng.uniform(1, 2, 4096).astype(np.float32)
+    target = np.zeros(4096, np.float32)
+    pred[1::2] = pred[::2] * np.float32(np.sqrt(2) * (1 + 1e-5))
+    weight = np.tile(np.array([2.0, -1.0], np.float32), 2048)
+    yield "mse", pred, target, {"weight": weight}
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_float32_terms_that_cancel_keep_the_contract(reduction, rng):
+    for name, pred, target, options in cancelling_cases(rng):
+        value, _, fused = functions(name)
+        ref = functions(name, reference)[0](pred, target, reduction=reduction, **options)
+        magnitude = np.abs(functions(name, reference)[0](
+            pred, target, reduction="none", **options)).sum()
+        assert abs(ref) * 50 < magnitude, f"{name}: the case no longer cancels"
+        loss = call_unmodified(value, pred, target, reduction=reduction, **options)
+        assert_close_contract(loss, ref, np.float32, "loss", what=f"{name} loss")
+        loss, grad = call_unmodified(fused, pred, target, reduction=reduction, **options)
+        assert_close_contract(loss, ref, np.float32, "loss", what=f"{name} fused loss")
+        # in place: the loss is taken before the gradient overwrites the input
+        buffer = pred.copy()
+        loss, in_place = fused(buffer, target, reduction=reduction, out=buffer, **options)
+        assert in_place is buffer
+        assert_close_contract(loss, ref, np.float32, "loss", what=f"{name} in-place loss")
+        assert bitwise_equal(in_place, grad)
+
+
 # (name, options, pred, target, torch's loss, torch's gradient): values printed by torch
 # 2.13 (float64, reduction none, grad_output 1).
 NAN = np.nan
