@@ -45,7 +45,8 @@ cdef extern from "cross_entropy.h" nogil:
         fastloss_index grad_row_stride)
 
 
-def ce_find_bad_target(cnp.ndarray target, fastloss_index n_classes, fastloss_index ignore_index):
+def ce_find_bad_target(cnp.ndarray target not None, fastloss_index n_classes,
+                       fastloss_index ignore_index):
     """Flat position of the first target outside [0, C) that is not ignore_index, or -1."""
     _check_vector(target, cnp.NPY_INT64, target.shape[0] if target.ndim == 1 else -1, "target")
     cdef const int64_t *data = <const int64_t *>cnp.PyArray_DATA(target)
@@ -60,7 +61,7 @@ cdef inline void *_data_or_null(object array):
     return NULL if array is None else cnp.PyArray_DATA(<cnp.ndarray>array)
 
 
-def ce_run(str mode, cnp.ndarray logits, object target, object soft_target, object weight,
+def ce_run(str mode, cnp.ndarray logits not None, object target, object soft_target, object weight,
            object lse_in, object grad_output, object loss_per_row, object lse_out, object grad,
            fastloss_index ignore_index, double label_smoothing, double z_loss, double softcap,
            str reduction, int num_threads):
@@ -122,6 +123,11 @@ def ce_run(str mode, cnp.ndarray logits, object target, object soft_target, obje
     if lse_out is not None:
         _check_vector(lse_out, cnp.NPY_FLOAT64, n_rows, "lse", True)
 
+    if mode == "backward":
+        if lse_in is None:
+            raise ValueError("lse: needed by the backward kernel")
+        _check_vector(lse_in, cnp.NPY_FLOAT64, n_rows, "lse")
+
     cdef fastloss_index grad_output_stride = 0
     cdef fastloss_index grad_stride = 0
     if mode != "forward":
@@ -138,15 +144,18 @@ def ce_run(str mode, cnp.ndarray logits, object target, object soft_target, obje
         grad_stride = _row_stride(grad, n_rows, n_classes, "out", True)
         same_buffer = (cnp.PyArray_DATA(grad) == cnp.PyArray_DATA(logits)
                        and grad_stride == logits_stride)
-        if not same_buffer and n_rows and cnp.PyArray_SIZE(grad):
-            # the kernels read inputs while they write grad: only exact in-place is allowed
-            for other in (logits, soft_target, weight):
-                if other is not None and _may_overlap(grad, other):
+        if n_rows and cnp.PyArray_SIZE(grad):
+            # The kernels read every input while they write grad, row after row: only
+            # out=logits exactly in place is allowed.  Class indices overwritten by a
+            # gradient would index outside the rows, so the target is checked too, and
+            # the per-row inputs and outputs as well (even in place).
+            for other in (logits, target, soft_target, weight,
+                          lse_in if mode == "backward" else None, grad_output,
+                          loss_per_row, lse_out):
+                if other is None or (other is logits and same_buffer):
+                    continue
+                if _may_overlap(grad, other):
                     raise ValueError("out: overlaps an input (only out=logits is supported)")
-    if mode == "backward":
-        if lse_in is None:
-            raise ValueError("lse: needed by the backward kernel")
-        _check_vector(lse_in, cnp.NPY_FLOAT64, n_rows, "lse")
 
     cdef const int64_t *target_ptr = <const int64_t *>_data_or_null(target)
     cdef const void *logits_ptr = cnp.PyArray_DATA(logits)

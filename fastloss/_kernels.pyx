@@ -37,6 +37,10 @@ def set_simd_path(str name):
 
 cdef inline int _check_float(cnp.ndarray array, int typenum, str name) except -1:
     """dtype `typenum` (float32, float64 or int64), aligned, native byte order."""
+    # a typed ndarray argument also accepts None, whose dtype would be read from
+    # memory that is not an array's
+    if array is None:
+        raise TypeError(f"{name}: expected an array, got None")
     if cnp.PyArray_TYPE(array) != typenum:
         raise TypeError(f"{name}: expected dtype {cnp.PyArray_DescrFromType(typenum)}, "
                         f"got {array.dtype}")
@@ -49,6 +53,8 @@ cdef inline fastloss_index _row_stride(cnp.ndarray array, fastloss_index n_rows,
                                        fastloss_index n_cols, str name,
                                        bint writeable=False) except? -1:
     """Row stride in elements of a 2-d array with a contiguous last axis."""
+    if array is None:
+        raise TypeError(f"{name}: expected an array, got None")
     cdef Py_ssize_t itemsize = cnp.PyArray_ITEMSIZE(array)
     if cnp.PyArray_NDIM(array) != 2 or array.shape[0] != n_rows or array.shape[1] != n_cols:
         raise ValueError(f"{name}: expected shape ({n_rows}, {n_cols}), got {(<object>array).shape}")

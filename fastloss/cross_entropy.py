@@ -102,12 +102,13 @@ class _Problem:
         copy_back = False
         if mode != "forward":
             upstream = grad_output_arg(grad_output, self.reduction, self.loss_shape)
-            grad, grad_matrix, copy_back = self._grad_buffer(out)
         if lse_in is not None:
             lse_in = np.asarray(lse_in, dtype=np.float64)
             if lse_in.shape != self.loss_shape:
                 raise ValueError(f"lse: expected shape {self.loss_shape}, got {lse_in.shape}")
             lse_in = np.ascontiguousarray(lse_in.reshape(-1))
+        if mode != "forward":
+            grad, grad_matrix, copy_back = self._grad_buffer(out, upstream, lse_in)
         total = _kernels.ce_run(
             mode, self.matrix, self.hard_target, self.soft_target, self.weight, lse_in,
             upstream, per_row, lse, grad_matrix, self.ignore_index, self.label_smoothing,
@@ -122,7 +123,7 @@ class _Problem:
             lse = lse.reshape(self.loss_shape)
         return loss, lse, grad
 
-    def _grad_buffer(self, out):
+    def _grad_buffer(self, out, upstream, lse_in):
         """The array to return, the (N, C) matrix the kernel writes, and whether
         that matrix must then be copied into the array."""
         if out is None:
@@ -134,8 +135,13 @@ class _Problem:
             in_place = (matrix.__array_interface__["data"][0]
                         == self.matrix.__array_interface__["data"][0]
                         and matrix.strides == self.matrix.strides)
-            inputs = [a for a in (self.matrix, self.soft_target, self.weight) if a is not None]
-            if in_place or not any(np.may_share_memory(matrix, a) for a in inputs):
+            # The kernel reads every input while it writes the gradient row by row:
+            # the logits may be out= exactly (in place), nothing else may share its
+            # memory, least of all the class indices, which index the rows.
+            others = [a for a in (self.hard_target, self.soft_target, self.weight, upstream,
+                                  lse_in) if a is not None]
+            if ((in_place or not np.may_share_memory(matrix, self.matrix))
+                    and not any(np.may_share_memory(matrix, a) for a in others)):
                 return out, matrix, False
         # out= has a layout the kernel cannot write, or it overlaps an input in a
         # way other than exact in-place: compute into a fresh buffer, then copy.

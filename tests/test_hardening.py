@@ -7,7 +7,7 @@ import pytest
 import fastloss
 from fastloss import reference
 
-from loss_specs import assert_close_contract
+from loss_specs import assert_close_contract, bitwise_equal
 
 
 @pytest.mark.slow
@@ -113,3 +113,98 @@ def test_cross_entropy_z_loss_gradient_of_a_single_class(dtype):
     _, grad = fastloss.cross_entropy_value_and_grad(logits, target, z_loss=1e-4)
     expected = reference.cross_entropy_grad(logits.astype(np.float64), target, z_loss=1e-4)
     assert_close_contract(grad.astype(np.float64), expected, dtype, "grad")
+
+
+# ----------------------------------------------------------------------------------------
+# Regression tests from the review of the Cython checks: out= sharing memory with an input
+# ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_cross_entropy_out_over_the_class_indices(dtype):
+    # The int64 class indices laid over the start of out=: the kernel wrote gradients
+    # over indices that later rows then read (a segfault, reading logits[2**62]).  Now
+    # the gradient goes to a buffer of its own and is copied into out.
+    rng = np.random.default_rng(31)
+    n_rows, n_classes = 64, 8
+    logits = rng.standard_normal((n_rows, n_classes)).astype(dtype)
+    out = np.zeros((n_rows, n_classes), dtype=dtype)
+    target = out.reshape(-1).view(np.int64)[:n_rows]
+    for num_threads in (1, 3):
+        target[:] = rng.integers(0, n_classes, n_rows)
+        expected = fastloss.cross_entropy_grad(logits, target.copy(), reduction="sum")
+        grad = fastloss.cross_entropy_grad(logits, target, reduction="sum", out=out,
+                                           num_threads=num_threads)
+        assert grad is out
+        assert bitwise_equal(grad, expected)
+
+
+def _ce_out_sharing_memory(case, rng, dtype):
+    """(args, options, out) of a cross-entropy gradient whose out= shares memory with an
+    input other than the logits, and the same call's (args, options) with copies."""
+    n_rows, n_classes = 40, 6
+    logits = rng.standard_normal((n_rows, n_classes)).astype(dtype)
+    target = rng.integers(0, n_classes, n_rows)
+    if case == "soft target is the logits, in place":
+        logits = rng.dirichlet(np.ones(n_classes), n_rows).astype(dtype)
+        return (logits, logits), {}, logits, ((logits.copy(), logits.copy()), {})
+    if case == "weight within the logits, in place":
+        logits[0] = np.abs(logits[0]) + 0.5
+        options = {"weight": logits[0], "label_smoothing": 0.1}
+        return ((logits, target), options, logits,
+                ((logits.copy(), target), {"weight": logits[0].copy(), "label_smoothing": 0.1}))
+    out = np.zeros((n_rows, n_classes), dtype=np.float64)
+    logits = logits.astype(np.float64)
+    shared = out.reshape(-1)[:n_rows]  # float64, contiguous: passed through without a copy
+    if case == "grad_output within out":
+        shared[:] = np.linspace(-1.0, 2.0, n_rows)
+        return ((logits, target, shared), {"reduction": "none"}, out,
+                ((logits, target, shared.copy()), {"reduction": "none"}))
+    # "lse within out": the gradient from a given log-sum-exp
+    _, lse = fastloss.cross_entropy(logits, target, return_lse=True)
+    shared[:] = lse
+    return (logits, target), {"lse": shared}, out, ((logits, target), {"lse": lse})
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("case", ["soft target is the logits, in place",
+                                  "weight within the logits, in place",
+                                  "grad_output within out", "lse within out"])
+def test_cross_entropy_out_sharing_memory_with_an_input(case, dtype):
+    # Each was a silent wrong answer: the kernel overwrote an input that later rows read.
+    rng = np.random.default_rng(32)
+    args, options, out, (clean_args, clean_options) = _ce_out_sharing_memory(case, rng, dtype)
+    expected = fastloss.cross_entropy_grad(*clean_args, **clean_options)
+    grad = fastloss.cross_entropy_grad(*args, out=out, **options)
+    assert grad is out
+    assert bitwise_equal(grad, expected)
+
+
+def test_the_cython_wrappers_refuse_none_and_overlapping_outputs():
+    # The public API never makes these calls; the wrappers still refuse them rather than
+    # read a dtype from None or let a gradient overwrite the class indices.
+    from fastloss import _kernels
+
+    logits = np.zeros((4, 2))
+    target = np.zeros(4, dtype=np.int64)
+    grad_output = np.ones(1)
+    with pytest.raises(TypeError, match="logits"):
+        _kernels.ce_run("forward", None, target, None, None, None, None, None, None, None,
+                        -100, 0.0, 0.0, 0.0, "mean", 1)
+    with pytest.raises(TypeError, match="target"):
+        _kernels.ce_find_bad_target(None, 2, -100)
+    with pytest.raises(TypeError, match="pred"):
+        _kernels.ew_run("forward", "mse", None, np.zeros(8), None, None, None, None, None,
+                        0.0, "mean", 1)
+    grad = np.zeros((4, 2))
+    within_grad = grad.reshape(-1)
+    lse = np.zeros(4)
+    for mode, target_arg, lse_arg, grad_output_arg in (
+            ("value_and_grad", within_grad.view(np.int64)[:4], None, grad_output),
+            ("value_and_grad", target, None, within_grad[:1]),
+            ("backward", target, within_grad[4:], grad_output)):
+        with pytest.raises(ValueError, match="out: overlaps"):
+            _kernels.ce_run(mode, logits, target_arg, None, None, lse_arg, grad_output_arg,
+                            None, None, grad, -100, 0.0, 0.0, 0.0, "sum", 1)
+    # in place over the logits is still allowed
+    _kernels.ce_run("backward", logits, target, None, None, lse, grad_output, None, None,
+                    logits, -100, 0.0, 0.0, 0.0, "sum", 1)

@@ -15,12 +15,14 @@ from fastloss import reference
 from loss_specs import (
     DTYPES,
     ELEMENTWISE_SPECS,
+    EMBEDDING_LAYOUTS,
     REDUCTIONS,
     assert_close_contract,
     bitwise_equal,
     dtype_id,
     make_ce_hard_inputs,
     make_ce_soft_inputs,
+    random_embeddings,
 )
 
 THREAD_COUNTS = (1, 2, 3, 7)
@@ -310,3 +312,125 @@ def test_elementwise_concurrent_calls_from_python_threads(dtype):
         assert got[0] == want[0], f"problem {index}: loss differs"
         assert bitwise_equal(got[1], want[1]), f"problem {index}: grad differs"
         assert bitwise_equal(got[2], want[2]), f"problem {index}: per-element loss differs"
+
+
+# --- pairwise distances and contrastive losses -------------------------------------------
+
+# (function, rows, dim, variant, reduction) of the concurrent-calls test: the first eight have
+# 40,000 pairs or more (200..260 rows: above the one-thread threshold of 2**15 for N x M
+# work), or 2100 rows of pairs and triplets; the last two are small.
+CONTRASTIVE_PROBLEMS = (
+    ("pairwise_distance", 230, 32, "euclidean", "none"),
+    ("pairwise_distance", 200, 16, "cosine-x,y", "none"),
+    ("contrastive_pairwise", 260, 64, "euclidean", "mean"),
+    ("contrastive_pairwise", 210, 48, "cosine", "none"),
+    ("info_nce", 240, 32, "extra negatives", "sum"),
+    ("info_nce", 200, 64, "symmetric", "none"),
+    ("contrastive", 2100, 16, "sqeuclidean", "none"),
+    ("triplet_margin", 2100, 16, "swap", "mean"),
+    ("contrastive_pairwise", 37, 8, "sqeuclidean", "sum"),
+    ("pairwise_distance", 41, 8, "sqeuclidean", "none"),
+)
+
+
+def contrastive_problem(index, dtype):
+    """Inputs of CONTRASTIVE_PROBLEMS[index]: ``(name, args, options, reduction,
+    num_threads)``, with num_threads 1, 2, 3 in turn."""
+    name, n_rows, dim, variant, reduction = CONTRASTIVE_PROBLEMS[index]
+    rng = np.random.default_rng(200 + index)
+    num_threads = 1 + index % 3
+    if name == "pairwise_distance":
+        metric = variant.split("-")[0]
+        x, _ = random_embeddings(rng, (n_rows, dim), dtype, metric)
+        y = (random_embeddings(rng, (n_rows + 20, dim), dtype, metric)[0]
+             if variant.endswith("x,y") else None)
+        return name, (x, y), {"metric": metric}, reduction, num_threads
+    if name == "contrastive_pairwise":
+        x, labels = random_embeddings(rng, (n_rows, dim), dtype, variant)
+        layout = EMBEDDING_LAYOUTS[variant]
+        options = {"metric": variant, "pos_margin": layout["pos_margin"],
+                   "neg_margin": layout["neg_margin"]}
+        return name, (x, labels), options, reduction, num_threads
+    if name == "info_nce":
+        query, _ = random_embeddings(rng, (n_rows, dim), dtype, "cosine")
+        # keys near their queries, so the positives matter
+        key = query + 0.3 * rng.standard_normal(query.shape).astype(dtype)
+        if variant == "extra negatives":
+            key = np.concatenate([key, rng.standard_normal((7, dim)).astype(dtype)])
+        options = {"temperature": 0.1, "symmetric": variant == "symmetric"}
+        return name, (query, key), options, reduction, num_threads
+    if name == "contrastive":
+        rows, _ = random_embeddings(rng, (2 * n_rows, dim), dtype, variant)
+        label = rng.integers(0, 2, n_rows)
+        options = {"metric": variant, "margin": EMBEDDING_LAYOUTS[variant]["neg_margin"]}
+        return name, (rows[:n_rows], rows[n_rows:], label), options, reduction, num_threads
+    rows, _ = random_embeddings(rng, (3 * n_rows, dim), dtype, "euclidean")
+    anchor, positive, negative = rows[:n_rows], rows[n_rows:2 * n_rows], rows[2 * n_rows:]
+    # positives nearer their anchors, so the margin cuts through the triplets
+    positive = (anchor + 0.6 * (positive - anchor)).astype(dtype)
+    return (name, (anchor, positive, negative), {"p": 2.0, "swap": variant == "swap"},
+            reduction, num_threads)
+
+
+def contrastive_upstream(name, args, reduction, dtype):
+    """grad_output: 0.5 for a reduced loss, a ramp of the unreduced loss's shape for "none"."""
+    if reduction != "none":
+        return 0.5
+    x = args[0]
+    if name == "pairwise_distance":
+        shape = (x.shape[0], (x if args[1] is None else args[1]).shape[0])
+    elif name == "contrastive_pairwise":
+        shape = (x.shape[0], x.shape[0])
+    else:
+        shape = (x.shape[0],)
+    return np.linspace(-1.0, 2.0, int(np.prod(shape))).reshape(shape).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_contrastive_concurrent_calls_from_python_threads(dtype):
+    # The distance kernels release the GIL (and contrastive_pairwise and info_nce call
+    # NumPy's BLAS between them): side by side in Python threads, each call with its own
+    # inputs, metric, reduction, thread count and out= buffers gets its own answer.
+    problems = [contrastive_problem(index, dtype)
+                for index in range(len(CONTRASTIVE_PROBLEMS))]
+
+    def options_of(name, options, reduction, num_threads):
+        options = dict(options, num_threads=num_threads)
+        if name != "pairwise_distance":
+            options["reduction"] = reduction
+        return options
+
+    def compute(problem):
+        name, args, options, reduction, num_threads = problem
+        opts = options_of(name, options, reduction, num_threads)
+        upstream = contrastive_upstream(name, args, reduction, dtype)
+        embeddings = [a for a in args if isinstance(a, np.ndarray) and a.ndim == 2]
+        out = tuple(np.empty_like(x) for x in embeddings)
+        loss, grads = getattr(fastloss, name + "_value_and_grad")(
+            *args, upstream, out=out if len(out) > 1 else out[0], **opts)
+        grads = grads if isinstance(grads, tuple) else (grads,)
+        assert all(got is buffer for got, buffer in zip(grads, out))
+        value = getattr(fastloss, name)(*args, **opts)
+        return (np.asarray(loss),) + grads + (np.asarray(value),)
+
+    expected = [compute(problem) for problem in problems]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        for _ in range(2):
+            results = list(pool.map(compute, problems))
+            for index, (got, want) in enumerate(zip(results, expected)):
+                assert len(got) == len(want)
+                for position, (a, b) in enumerate(zip(got, want)):
+                    assert bitwise_equal(a, b), (
+                        f"problem {index} ({problems[index][0]}): result {position} differs")
+    for (name, args, options, reduction, _), results in zip(problems, expected):
+        opts = options_of(name, options, reduction, None)
+        del opts["num_threads"]
+        upstream = contrastive_upstream(name, args, reduction, dtype)
+        ref_loss, ref_grads = getattr(reference, name + "_value_and_grad")(*args, upstream,
+                                                                            **opts)
+        ref_grads = ref_grads if isinstance(ref_grads, tuple) else (ref_grads,)
+        assert len(results) == len(ref_grads) + 2
+        assert_close_contract(results[0], ref_loss, dtype, "loss", what=f"{name} loss")
+        assert_close_contract(results[-1], ref_loss, dtype, "loss", what=f"{name} value")
+        for position, (grad, ref) in enumerate(zip(results[1:-1], ref_grads)):
+            assert_close_contract(grad, ref, dtype, "grad", what=f"{name} grad {position}")
