@@ -14,6 +14,8 @@
 /* Pairs per tile side: a 64 x 64 tile of the double Gram matrix (32 KiB) and
  * of the coefficients and their mirror stays in L2 while it is visited. */
 #define FASTLOSS_DISTANCE_TILE 64
+/* the pass keeps one uint64 mask word per row of a tile (bit k: column k of the tile) */
+_Static_assert(FASTLOSS_DISTANCE_TILE == 64, "one 64-bit mask word per tile row");
 
 /* lambda of the probabilistic bound above. */
 #define FASTLOSS_GRAM_LAMBDA 7.0

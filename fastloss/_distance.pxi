@@ -173,8 +173,8 @@ cdef inline int _check_matrix(object array, int typenum, fastloss_index n_rows,
     return 0
 
 
-def dist_prepare_rows(cnp.ndarray x, str metric, object shift, double eps, bint want_real,
-                      int num_threads):
+def dist_prepare_rows(cnp.ndarray x not None, str metric, object shift, double eps,
+                      bint want_real, int num_threads):
     """Prepared rows of x (N, D): centred on `shift` (float64 (D,)) for the euclidean
     metrics, unit rows for cosine; returns (prepared float64 (N, D), the same rounded to
     x's dtype or None, norms float64 (N,): squared norms of the prepared rows, or the
@@ -212,7 +212,8 @@ def dist_prepare_rows(cnp.ndarray x, str metric, object shift, double eps, bint 
     return prepared, prepared_real, norm
 
 
-def dist_matrix(cnp.ndarray x, object y, cnp.ndarray x_norm, object y_norm, cnp.ndarray gram,
+def dist_matrix(cnp.ndarray x not None, object y, cnp.ndarray x_norm not None, object y_norm,
+                cnp.ndarray gram not None,
                 object direct_coef, object labels, object grad_output, object value,
                 object coef, object x_sums, object y_sums, object direct_mask,
                 object nonzero_mask, str metric, str loss, double pos_margin,
@@ -222,8 +223,8 @@ def dist_matrix(cnp.ndarray x, object y, cnp.ndarray x_norm, object y_norm, cnp.
     x (N, D) and y (M, D) or None (y is x: symmetric); norms float64 from
     dist_prepare_rows; gram float64 (N, M), the upper triangle read when symmetric;
     direct_coef float64 (N, M), writeable, with coef (the direct pairs' coefficients;
-    may be gram itself); labels int64 (N,) for loss "contrastive"; grad_output float64 (N, M) or None (all ones); value and
-    coef (N, M) in x's dtype or None; with coef: x_sums float64 (2N,), y_sums (2M,)
+    may be gram itself); labels int64 (N,) for loss "contrastive"; grad_output float64
+    (N, M) or None (all ones); value and coef (N, M) in x's dtype or None; with coef: x_sums float64 (2N,), y_sums (2M,)
     when not symmetric, direct_mask uint64 (N, ceil(M / 64)), nonzero_mask like it or
     None.  Returns (loss sum over the pairs, pairs recomputed from the rows, direct
     pairs, nonzero entries of W off its diagonal).
@@ -350,13 +351,16 @@ def dist_matrix(cnp.ndarray x, object y, cnp.ndarray x_norm, object y_norm, cnp.
     return total, recomputed, direct, nonzero
 
 
-def dist_sparse_product(cnp.ndarray nonzero_mask, cnp.ndarray coef, cnp.ndarray rows,
-                        cnp.ndarray product, int num_threads):
+def dist_sparse_product(cnp.ndarray nonzero_mask not None, cnp.ndarray coef not None,
+                        cnp.ndarray rows not None, cnp.ndarray product not None,
+                        int num_threads):
     """product (N, D) = coef (N, M) @ rows (M, D) over the bits of nonzero_mask (uint64
     (N, ceil(M / 64)), the pass's); coef, rows and product in one float dtype."""
     cdef int typenum = _embedding_typenum(rows, "rows")
     if num_threads < 1:
         raise ValueError("num_threads: expected an integer >= 1")
+    if cnp.PyArray_NDIM(coef) != 2:
+        raise ValueError(f"coef: expected a 2-d array, got {cnp.PyArray_NDIM(coef)}-d")
     cdef fastloss_distance_rows_options options
     options.n_rows = coef.shape[0]
     options.dim = rows.shape[1]
@@ -395,10 +399,11 @@ def dist_sparse_product(cnp.ndarray nonzero_mask, cnp.ndarray coef, cnp.ndarray 
         raise MemoryError("pairwise distances: could not allocate scratch space")
 
 
-def dist_finish_rows(cnp.ndarray prepared, cnp.ndarray sums, cnp.ndarray norm,
-                     cnp.ndarray product, cnp.ndarray grad, object direct_mask,
-                     object direct_coef, bint transposed, cnp.ndarray rows, cnp.ndarray other,
-                     cnp.ndarray other_norm, str metric, double eps, int num_threads):
+def dist_finish_rows(cnp.ndarray prepared not None, cnp.ndarray sums not None,
+                     cnp.ndarray norm not None, cnp.ndarray product not None,
+                     cnp.ndarray grad not None, object direct_mask, object direct_coef,
+                     bint transposed, cnp.ndarray rows not None, cnp.ndarray other not None,
+                     cnp.ndarray other_norm not None, str metric, double eps, int num_threads):
     """Gradient rows from the product W @ P (csrc/distance.h, step 5): prepared, product
     and grad (N, D) in one float dtype (grad may be product), sums float64 (2N,), norm
     float64 (N,).  direct_mask (uint64, the pass's) and direct_coef (float64, the pass's
@@ -414,6 +419,8 @@ def dist_finish_rows(cnp.ndarray prepared, cnp.ndarray sums, cnp.ndarray norm,
     options.eps = eps
     options.num_threads = num_threads
     cdef fastloss_index n = options.n_rows, d = options.dim
+    if cnp.PyArray_NDIM(other) != 2:
+        raise ValueError(f"other: expected a 2-d array, got {cnp.PyArray_NDIM(other)}-d")
     cdef fastloss_index m = other.shape[0]
     cdef fastloss_index prepared_stride = _row_stride(prepared, n, d, "prepared")
     _check_float(product, typenum, "product")
@@ -478,9 +485,9 @@ def dist_finish_rows(cnp.ndarray prepared, cnp.ndarray sums, cnp.ndarray norm,
         raise MemoryError("pairwise distances: could not allocate scratch space")
 
 
-def dist_normalize_backward(cnp.ndarray normalized, cnp.ndarray norm,
-                            cnp.ndarray grad_normalized, cnp.ndarray grad, double eps,
-                            int num_threads):
+def dist_normalize_backward(cnp.ndarray normalized not None, cnp.ndarray norm not None,
+                            cnp.ndarray grad_normalized not None, cnp.ndarray grad not None,
+                            double eps, int num_threads):
     """grad (N, D) float32/float64 from the gradient w.r.t. x / max(|x|, eps): normalized
     and grad_normalized contiguous float64 (N, D), norm float64 (N,)."""
     cdef int typenum = _embedding_typenum(grad, "out")
@@ -514,7 +521,8 @@ def dist_normalize_backward(cnp.ndarray normalized, cnp.ndarray norm,
                                                          g_ptr, <double *>grad_ptr, grad_stride)
 
 
-def dist_transpose(cnp.ndarray source, cnp.ndarray target, bint accumulate, int num_threads):
+def dist_transpose(cnp.ndarray source not None, cnp.ndarray target not None, bint accumulate,
+                   int num_threads):
     """target (M, N) = source (N, M) transposed (float64, contiguous rows), or target +=
     that with accumulate."""
     if num_threads < 1:
@@ -608,7 +616,8 @@ def dist_pair_loss_run(str loss, tuple rows, object label, object grad_output,
             grad_strides[index] = _row_stride(grads[index], n, d, "out", True)
             grad_ptrs[index] = cnp.PyArray_DATA(grads[index])
             if cnp.PyArray_SIZE(grads[index]):
-                for other in rows + grads[:index]:
+                for other in rows + grads[:index] + tuple(
+                        a for a in (label, grad_output, loss_per_row) if a is not None):
                     if _may_overlap(grads[index], other):
                         raise ValueError("out: overlaps an input or another gradient")
     cdef const double *label_ptr = <const double *>_data_or_null(label)

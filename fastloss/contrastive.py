@@ -504,7 +504,8 @@ def _pair_loss(loss_name, named, label, grad_output, metric, margin, p, eps, swa
     targets = []
     if want_grad:
         upstream = grad_output_arg(grad_output, reduction, (n,))
-        inputs = arrays + [value for _, value in named]
+        inputs = arrays + [value for _, value in named] + [
+            a for a in (label_array, label, upstream, grad_output) if isinstance(a, np.ndarray)]
         targets = _grad_targets(out, [a.shape for a in arrays], dtypes, inputs)
     if n == 0:
         loss = per_row.astype(dtype) if reduction == "none" else _loss_value(

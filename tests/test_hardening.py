@@ -208,3 +208,56 @@ def test_the_cython_wrappers_refuse_none_and_overlapping_outputs():
     # in place over the logits is still allowed
     _kernels.ce_run("backward", logits, target, None, None, lse, grad_output, None, None,
                     logits, -100, 0.0, 0.0, 0.0, "sum", 1)
+
+
+def test_the_distance_wrappers_refuse_none_and_arrays_of_the_wrong_rank():
+    # Found in review: dist_sparse_product and dist_finish_rows read shape[0] of a 0-d
+    # array (a NULL shape) before checking its rank; typed arguments accepted None.
+    from fastloss import _kernels
+
+    rows = np.zeros((2, 3), np.float32)
+    with pytest.raises(ValueError, match="coef: expected a 2-d array"):
+        _kernels.dist_sparse_product(np.zeros((2, 1), np.uint64), np.array(1.0, np.float32),
+                                     rows, rows.copy(), 1)
+    with pytest.raises(ValueError, match="other: expected a 2-d array"):
+        _kernels.dist_finish_rows(rows, np.zeros(4), np.ones(2), rows, rows.copy(), None, None,
+                                  False, rows, np.array(1.0, np.float32), np.ones(2),
+                                  "euclidean", 0.0, 1)
+    with pytest.raises(TypeError):
+        _kernels.dist_sparse_product(np.zeros((2, 1), np.uint64), None, rows, rows.copy(), 1)
+    with pytest.raises(TypeError):
+        _kernels.dist_transpose(None, np.zeros((3, 2)), False, 1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pair_loss_out_sharing_memory_with_label_or_grad_output(dtype, rng):
+    # Found in review: out= that holds the label or grad_output of contrastive or
+    # triplet_margin was written while later rows still read them.  Such a call is
+    # computed aside and copied, and gives what the same call on copies gives.
+    x1, x2 = rng.random((2, 6, 3)).astype(dtype)
+    out = (np.zeros((6, 3), dtype), np.zeros((6, 3), dtype))
+    label = out[0].reshape(-1)[:6]  # a float64 label is used as it is, not copied
+    label[:] = [0, 1, 0, 1, 1, 0]
+    want = fastloss.contrastive_grad(x1, x2, label.copy())
+    got = fastloss.contrastive_grad(x1, x2, label, out=out)
+    assert all(bitwise_equal(a, b) for a, b in zip(got, want))
+
+    out = (np.zeros((6, 3), dtype), np.zeros((6, 3), dtype))
+    upstream = out[1].reshape(-1)[6:12]
+    upstream[:] = np.arange(1, 7)
+    labels = np.array([0, 1, 0, 1, 1, 0.0])
+    want = fastloss.contrastive_grad(x1, x2, labels, upstream.copy(), reduction="none")
+    got = fastloss.contrastive_grad(x1, x2, labels, upstream, reduction="none", out=out)
+    assert all(bitwise_equal(a, b) for a, b in zip(got, want))
+
+    anchor, positive, negative = rng.random((3, 6, 3)).astype(dtype)
+    out = tuple(np.zeros((6, 3), dtype) for _ in range(3))
+    upstream = out[2].reshape(-1)[3:9]
+    upstream[:] = np.arange(1, 7)
+    want = fastloss.triplet_margin_grad(anchor, positive, negative, upstream.copy(),
+                                        reduction="none")
+    got = fastloss.triplet_margin_grad(anchor, positive, negative, upstream, reduction="none",
+                                       out=out)
+    assert all(bitwise_equal(a, b) for a, b in zip(got, want))
+    assert_close_contract(got[0], reference.triplet_margin_grad(
+        anchor, positive, negative, np.arange(1, 7.0), reduction="none")[0], dtype, "grad")
