@@ -76,6 +76,7 @@ typedef struct fastloss_distance_matrix_options {
     double eps;              /* cosine norm clamp, as in prepare_rows */
     double scale;            /* every pair's upstream gradient is multiplied by it */
     int num_threads;
+    int gram_float32;        /* gram holds floats (float32 data only), else doubles */
 } fastloss_distance_matrix_options;
 
 /*
@@ -84,8 +85,14 @@ typedef struct fastloss_distance_matrix_options {
  *                   NULL when symmetric
  *   x_norm, y_norm  norm from prepare_rows (y_norm NULL when symmetric)
  *   gram            N x M doubles, prepared x . prepared y; only the upper
- *                   triangle (j > i) is read when symmetric
- *   direct_coef     OUT with coef, N x M doubles (may be gram itself): the
+ *                   triangle (j > i) is read when symmetric.  With gram_float32
+ *                   (float32 data), N x M floats: the float32 product of the
+ *                   prepared rows rounded to float32, half the cost of the double
+ *                   one.  Its error bound is 2**29 times wider, so a pair is
+ *                   decided from it only where it lies outside its hinge by more
+ *                   than the bound (a loss of exactly 0); every other pair is
+ *                   recomputed from its rows.
+ *   direct_coef     OUT with coef, N x M doubles (may be a double gram itself): the
  *                   coefficient w_ij of every direct pair (below), at (i, j) and,
  *                   symmetric, at (j, i); nothing else is written
  *   labels          contrastive: N class labels (y_ij = labels_i == labels_j)
@@ -120,7 +127,7 @@ typedef struct fastloss_distance_matrix_options {
 int fastloss_distance_matrix_float32(
     const fastloss_distance_matrix_options *options,
     const float *x, fastloss_index x_row_stride, const float *y, fastloss_index y_row_stride,
-    const double *x_norm, const double *y_norm, const double *gram, fastloss_index gram_row_stride,
+    const double *x_norm, const double *y_norm, const void *gram, fastloss_index gram_row_stride,
     double *direct_coef, fastloss_index direct_coef_row_stride, const int64_t *labels,
     const double *grad_output, fastloss_index grad_output_row_stride,
     fastloss_index grad_output_col_stride, float *value, fastloss_index value_row_stride,
@@ -130,7 +137,7 @@ int fastloss_distance_matrix_float32(
 int fastloss_distance_matrix_float64(
     const fastloss_distance_matrix_options *options,
     const double *x, fastloss_index x_row_stride, const double *y, fastloss_index y_row_stride,
-    const double *x_norm, const double *y_norm, const double *gram, fastloss_index gram_row_stride,
+    const double *x_norm, const double *y_norm, const void *gram, fastloss_index gram_row_stride,
     double *direct_coef, fastloss_index direct_coef_row_stride, const int64_t *labels,
     const double *grad_output, fastloss_index grad_output_row_stride,
     fastloss_index grad_output_col_stride, double *value, fastloss_index value_row_stride,

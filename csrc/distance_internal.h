@@ -30,11 +30,13 @@ static inline double relu_nan(double value)
 }
 
 /* Bound on the error of a Gram entry per unit of |p_i| |p_j|: 3 (gamma + 2u) of
- * distance.c, the 2u room for the rounding of the prepared rows. */
-static inline double gram_error_bound(fastloss_index dim)
+ * distance.c, the 2u room for the rounding of the prepared rows; u is the unit
+ * roundoff of the Gram's own arithmetic (double, or float for a float32 Gram
+ * of the prepared rows rounded to float32). */
+static inline double gram_error_bound(fastloss_index dim, double unit_roundoff)
 {
     return 3.0 * (FASTLOSS_GRAM_LAMBDA * sqrt((double)(dim > 0 ? dim : 1)) + 2.0) *
-           (DBL_EPSILON / 2.0);
+           unit_roundoff;
 }
 
 /* What one pair contributes: the value written out (and summed into the
@@ -84,7 +86,7 @@ static inline double p_distance_slope(double v, double p, double inv)
 #define FASTLOSS_DISTANCE_MATRIX_SIGNATURE(REAL_T)                                               \
     (const fastloss_distance_matrix_options *options, const REAL_T *x,                           \
      fastloss_index x_row_stride, const REAL_T *y, fastloss_index y_row_stride,                  \
-     const double *x_norm, const double *y_norm, const double *gram,                             \
+     const double *x_norm, const double *y_norm, const void *gram,                             \
      fastloss_index gram_row_stride, double *direct_coef, fastloss_index direct_coef_row_stride, \
      const int64_t *labels, const double *grad_output, fastloss_index grad_output_row_stride,    \
      fastloss_index grad_output_col_stride, REAL_T *value, fastloss_index value_row_stride,      \

@@ -140,9 +140,9 @@ static inline pair_out REAL_NAME(pair_evaluate)(const REAL_NAME(distance_call) *
  */
 FASTLOSS_INLINE int64_t REAL_NAME(row_estimate)(
     const REAL_NAME(distance_call) *call, const int metric, const int contrastive,
-    const int want_direct, fastloss_index i, fastloss_index j_start, fastloss_index j_end,
-    const double *FASTLOSS_RESTRICT gram,
-    const double *FASTLOSS_RESTRICT upstream, double *FASTLOSS_RESTRICT distance_out,
+    const int want_direct, const int narrow_gram, fastloss_index i, fastloss_index j_start,
+    fastloss_index j_end, const double *FASTLOSS_RESTRICT gram,
+    const float *FASTLOSS_RESTRICT gram_narrow, const double *FASTLOSS_RESTRICT upstream, double *FASTLOSS_RESTRICT distance_out,
     double *FASTLOSS_RESTRICT value_out, double *FASTLOSS_RESTRICT coefficient_out,
     int64_t *FASTLOSS_RESTRICT flag_out)
 {
@@ -158,7 +158,7 @@ FASTLOSS_INLINE int64_t REAL_NAME(row_estimate)(
     int64_t any_flag = 0;
     for (fastloss_index j = j_start; j < j_end; ++j) {
         const fastloss_index k = j - j_start;
-        const double gram_ij = gram[k];
+        const double gram_ij = narrow_gram ? (double)gram_narrow[k] : gram[k];
         double distance, bound, squared = 0.0, norms = 0.0;
         int64_t close;
         if (metric == FASTLOSS_METRIC_COSINE) {
@@ -214,23 +214,32 @@ FASTLOSS_INLINE int64_t REAL_NAME(row_estimate)(
     return any_flag;
 }
 
-/* row_estimate with its constants, for each metric and loss; whether it flagged a pair. */
+/* row_estimate with its constants, for each metric, loss and Gram precision; whether
+ * it flagged a pair.  gram_narrow is the float32 Gram row, or NULL for the double one. */
 static int64_t REAL_NAME(row_estimate_dispatch)(
     const REAL_NAME(distance_call) *call, int want_direct, fastloss_index i,
-    fastloss_index j_start, fastloss_index j_end, const double *gram,
+    fastloss_index j_start, fastloss_index j_end, const double *gram, const float *gram_narrow,
     const double *upstream, double *distance, double *value, double *coefficient, int64_t *flag)
 {
     const int contrastive = call->options->loss == FASTLOSS_PAIRS_CONTRASTIVE;
-#define FL_ESTIMATE(metric, contrastive_, direct_)                                              \
-    return REAL_NAME(row_estimate)(call, metric, contrastive_, direct_, i, j_start, j_end,      \
-                                   gram, upstream, distance, value, coefficient, flag)
+#define FL_ESTIMATE(metric, contrastive_, direct_, narrow_)                                     \
+    return REAL_NAME(row_estimate)(call, metric, contrastive_, direct_, narrow_, i, j_start,    \
+                                   j_end, gram, gram_narrow, upstream, distance, value,         \
+                                   coefficient, flag)
+#define FL_ESTIMATE_NARROW(metric, contrastive_, direct_)                                       \
+    if (gram_narrow) FL_ESTIMATE(metric, contrastive_, direct_, 1);                             \
+    FL_ESTIMATE(metric, contrastive_, direct_, 0);
 #define FL_ESTIMATE_METRIC(metric)                                                              \
     if (contrastive) {                                                                          \
-        if (want_direct) FL_ESTIMATE(metric, 1, 1);                                             \
-        FL_ESTIMATE(metric, 1, 0);                                                              \
+        if (want_direct) {                                                                      \
+            FL_ESTIMATE_NARROW(metric, 1, 1)                                                    \
+        }                                                                                       \
+        FL_ESTIMATE_NARROW(metric, 1, 0)                                                        \
     }                                                                                           \
-    if (want_direct) FL_ESTIMATE(metric, 0, 1);                                                 \
-    FL_ESTIMATE(metric, 0, 0);
+    if (want_direct) {                                                                          \
+        FL_ESTIMATE(metric, 0, 1, 0);                                                           \
+    }                                                                                           \
+    FL_ESTIMATE(metric, 0, 0, 0);
     switch (call->options->metric) {
     case FASTLOSS_METRIC_EUCLIDEAN:
         FL_ESTIMATE_METRIC(FASTLOSS_METRIC_EUCLIDEAN)
@@ -240,13 +249,14 @@ static int64_t REAL_NAME(row_estimate_dispatch)(
         FL_ESTIMATE_METRIC(FASTLOSS_METRIC_COSINE)
     }
 #undef FL_ESTIMATE_METRIC
+#undef FL_ESTIMATE_NARROW
 #undef FL_ESTIMATE
 }
 
 int REAL_NAME(fastloss_distance_matrix)(
     const fastloss_distance_matrix_options *options, const REAL *x, fastloss_index x_row_stride,
     const REAL *y, fastloss_index y_row_stride, const double *x_norm, const double *y_norm,
-    const double *gram, fastloss_index gram_row_stride, double *direct_coef,
+    const void *gram, fastloss_index gram_row_stride, double *direct_coef,
     fastloss_index direct_coef_row_stride, const int64_t *labels,
     const double *grad_output, fastloss_index grad_output_row_stride,
     fastloss_index grad_output_col_stride, REAL *value, fastloss_index value_row_stride,
@@ -274,7 +284,14 @@ int REAL_NAME(fastloss_distance_matrix)(
     call.x_norm = x_norm;
     call.y_norm = symmetric ? x_norm : y_norm;
     call.labels = labels;
-    call.gram_error = gram_error_bound(options->dim);
+    /* a float32 Gram only for float32 data and the contrastive loss: a distance is
+     * decided from it where the pair lies outside its hinge (see distance.h) */
+    const int narrow_gram = options->gram_float32 && sizeof(REAL) == sizeof(float) &&
+                            options->loss == FASTLOSS_PAIRS_CONTRASTIVE;
+    const double *gram_wide = narrow_gram ? NULL : (const double *)gram;
+    const float *gram_narrow = narrow_gram ? (const float *)gram : NULL;
+    call.gram_error = gram_error_bound(options->dim, narrow_gram ? FLT_EPSILON / 2.0
+                                                                 : DBL_EPSILON / 2.0);
     call.inv_tolerance = 1.0 / RECOMPUTE_TOLERANCE;
 
     /* Slots: per tile its loss, recompute and direct counts and its (I, J); per
@@ -349,7 +366,10 @@ int REAL_NAME(fastloss_distance_matrix)(
                 const fastloss_index j_start = diagonal ? i + 1 : j0;
                 if (j_start >= j1)
                     continue;
-                const double *gram_segment = gram + i * gram_row_stride + j_start;
+                const double *gram_segment =
+                    gram_wide ? gram_wide + i * gram_row_stride + j_start : NULL;
+                const float *gram_narrow_segment =
+                    gram_narrow ? gram_narrow + i * gram_row_stride + j_start : NULL;
                 /* the upstream gradient of each pair of the row */
                 for (fastloss_index j = j_start; j < j1; ++j) {
                     double g = 1.0;
@@ -363,6 +383,7 @@ int REAL_NAME(fastloss_distance_matrix)(
                 /* phase 1: the whole row from the Gram entries */
                 const int64_t any_flag = REAL_NAME(row_estimate_dispatch)(
                                                  &call, want_direct, i, j_start, j1, gram_segment,
+                                                 gram_narrow_segment,
                                                  pair_upstream + (j_start - j0),
                                                  pair_distance + (j_start - j0),
                                                  pair_value + (j_start - j0),
@@ -373,8 +394,10 @@ int REAL_NAME(fastloss_distance_matrix)(
                     const fastloss_index k = j - j0;
                     if (!pair_flag[k])
                         continue;
-                    const pair_out pair = REAL_NAME(pair_evaluate)(&call, i, j,
-                                                                   gram_segment[j - j_start],
+                    const double gram_ij = gram_narrow_segment
+                                               ? (double)gram_narrow_segment[j - j_start]
+                                               : gram_segment[j - j_start];
+                    const pair_out pair = REAL_NAME(pair_evaluate)(&call, i, j, gram_ij,
                                                                    pair_upstream[k], want_direct,
                                                                    &recomputed);
                     pair_distance[k] = pair.distance;

@@ -27,6 +27,7 @@ cdef extern from "distance.h" nogil:
         double eps
         double scale
         int num_threads
+        int gram_float32
     ctypedef struct fastloss_distance_direct:
         const uint64_t *mask
         fastloss_index mask_row_words
@@ -58,7 +59,7 @@ cdef extern from "distance.h" nogil:
     int fastloss_distance_matrix_float32(
         const fastloss_distance_matrix_options *options,
         const float *x, fastloss_index x_row_stride, const float *y, fastloss_index y_row_stride,
-        const double *x_norm, const double *y_norm, const double *gram,
+        const double *x_norm, const double *y_norm, const void *gram,
         fastloss_index gram_row_stride, double *direct_coef,
         fastloss_index direct_coef_row_stride, const int64_t *labels,
         const double *grad_output,
@@ -70,7 +71,7 @@ cdef extern from "distance.h" nogil:
     int fastloss_distance_matrix_float64(
         const fastloss_distance_matrix_options *options,
         const double *x, fastloss_index x_row_stride, const double *y, fastloss_index y_row_stride,
-        const double *x_norm, const double *y_norm, const double *gram,
+        const double *x_norm, const double *y_norm, const void *gram,
         fastloss_index gram_row_stride, double *direct_coef,
         fastloss_index direct_coef_row_stride, const int64_t *labels,
         const double *grad_output,
@@ -221,7 +222,8 @@ def dist_matrix(cnp.ndarray x not None, object y, cnp.ndarray x_norm not None, o
     """The pass over the pairs (csrc/distance.h, step 3).
 
     x (N, D) and y (M, D) or None (y is x: symmetric); norms float64 from
-    dist_prepare_rows; gram float64 (N, M), the upper triangle read when symmetric;
+    dist_prepare_rows; gram float64 (N, M), the upper triangle read when symmetric
+    (float32 for float32 data and loss "contrastive": see distance.h);
     direct_coef float64 (N, M), writeable, with coef (the direct pairs' coefficients;
     may be gram itself); labels int64 (N,) for loss "contrastive"; grad_output float64
     (N, M) or None (all ones); value and coef (N, M) in x's dtype or None; with coef: x_sums float64 (2N,), y_sums (2M,)
@@ -246,6 +248,7 @@ def dist_matrix(cnp.ndarray x not None, object y, cnp.ndarray x_norm not None, o
     options.eps = eps
     options.scale = scale
     options.num_threads = num_threads
+    options.gram_float32 = cnp.PyArray_TYPE(gram) == cnp.NPY_FLOAT32
     cdef fastloss_index n = options.n_rows, m = options.n_cols
     if not (pos_margin >= 0.0 and neg_margin >= 0.0 and eps > 0.0):
         raise ValueError("margins must be >= 0 and eps > 0")
@@ -260,7 +263,13 @@ def dist_matrix(cnp.ndarray x not None, object y, cnp.ndarray x_norm not None, o
         y_stride = _row_stride(y, m, options.dim, "y")
         _check_vector(y_norm, cnp.NPY_FLOAT64, m, "y_norm")
     _check_vector(x_norm, cnp.NPY_FLOAT64, n, "x_norm")
-    _check_float(gram, cnp.NPY_FLOAT64, "gram")
+    if options.gram_float32:
+        # a float32 Gram: float32 data and the contrastive loss only (distance.h)
+        if typenum != cnp.NPY_FLOAT32 or options.loss != FASTLOSS_PAIRS_CONTRASTIVE:
+            raise TypeError("gram: float32 only for float32 data and the contrastive loss")
+        if coef is not None and direct_coef is gram:
+            raise ValueError("direct_coef: a float32 gram cannot hold the coefficients")
+    _check_float(gram, cnp.NPY_FLOAT32 if options.gram_float32 else cnp.NPY_FLOAT64, "gram")
     cdef fastloss_index gram_stride = _row_stride(gram, n, m, "gram")
     cdef fastloss_index direct_stride = 0
     cdef bint direct_is_gram = False
@@ -316,7 +325,7 @@ def dist_matrix(cnp.ndarray x not None, object y, cnp.ndarray x_norm not None, o
     cdef const void *y_ptr = _data_or_null(y)
     cdef const double *x_norm_ptr = <const double *>cnp.PyArray_DATA(x_norm)
     cdef const double *y_norm_ptr = <const double *>_data_or_null(y_norm)
-    cdef const double *gram_ptr = <const double *>cnp.PyArray_DATA(gram)
+    cdef const void *gram_ptr = cnp.PyArray_DATA(gram)
     cdef double *direct_ptr = <double *>_data_or_null(direct_coef) if coef is not None else NULL
     cdef const int64_t *labels_ptr = <const int64_t *>_data_or_null(labels)
     cdef const double *go_ptr = <const double *>_data_or_null(grad_output)

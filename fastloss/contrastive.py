@@ -65,6 +65,15 @@ GRAM_STRIP_ROWS = 512
 # At most this fraction of nonzero gradient coefficients, the backward product skips the
 # zeros instead of calling BLAS (benchmarks/bench_contrastive.py times both by density).
 SPARSE_PRODUCT_DENSITY = 1 / 16
+# contrastive_pairwise on float32 data forms a float32 Gram product (half the double
+# one's cost) when a sample of rows suggests that at most this fraction of the pairs lie
+# inside or at their hinge: only the pairs outside it are decided from a float32 Gram
+# entry, and every other pair is recomputed from its rows, about twice a Gram entry's
+# cost (csrc/distance.h).  The results are the same either way; only the time differs.
+NARROW_GRAM_MAX_INSIDE = 0.15
+# Rows in that sample, and the fewest rows for which the float32 product is considered.
+NARROW_GRAM_SAMPLE_ROWS = 64
+NARROW_GRAM_MIN_ROWS = 512
 
 
 # ----------------------------------------------------------------------------------------
@@ -189,20 +198,44 @@ class _AllPairs:
                 y, metric, shift, NORMALIZE_EPS, want_real, num_threads)
             self.py_real = py_real if want_real else self.py
 
-    def gram(self):
-        """float64 prepared x @ prepared y.T; with y None, only the strips of rows on and
-        right of the diagonal (the pass reads the upper triangle)."""
+    def gram(self, narrow=False):
+        """float64 prepared x @ prepared y.T (narrow: float32, of the prepared rows rounded
+        to float32); with y None, only the strips of rows on and right of the diagonal
+        (the pass reads the upper triangle)."""
         if self.py is not None:
             return self.px @ self.py.T
         rows = self.px
+        if narrow:
+            rows = self.px_real if self.px_real.dtype == np.float32 else rows.astype(np.float32)
         n = rows.shape[0]
-        gram = np.empty((n, n))
+        gram = np.empty((n, n), dtype=rows.dtype)
         strips = max(1, -(-n // GRAM_STRIP_ROWS))
         size = max(1, -(-n // strips))
         for start in range(0, n, size):
             stop = min(start + size, n)
             np.matmul(rows[start:stop], rows[start:].T, out=gram[start:stop, start:])
         return gram
+
+    def narrow_gram_pays(self, labels, pos_margin, neg_margin):
+        """Whether contrastive_pairwise should take a float32 Gram product: float32 data,
+        enough rows, and a sample of rows whose pairs lie mostly outside their hinge
+        (NARROW_GRAM_MAX_INSIDE).  A heuristic for speed; results do not depend on it."""
+        n = self.x.shape[0]
+        if self.dtype != np.float32 or self.y is not None or n < NARROW_GRAM_MIN_ROWS:
+            return False
+        sample = np.linspace(0, n - 1, NARROW_GRAM_SAMPLE_ROWS).astype(np.intp)
+        dots = self.px[sample] @ self.px.T
+        if self.metric == "cosine":
+            distance = 1.0 - dots
+        else:
+            squared = np.maximum(self.x_norm[sample, None] + self.x_norm[None, :] - 2 * dots, 0)
+            distance = np.sqrt(squared) if self.metric == "euclidean" else squared
+        same = labels[sample, None] == labels[None, :]
+        inside = np.where(same, distance - pos_margin, neg_margin - distance)
+        # at or inside the hinge, or next to it (a float32 Gram entry's error, generously)
+        at_or_inside = inside > -1e-3 * (distance + np.where(same, pos_margin, neg_margin))
+        at_or_inside[np.arange(sample.size), sample] = False  # the diagonal is no pair
+        return at_or_inside.sum() <= NARROW_GRAM_MAX_INSIDE * sample.size * (n - 1)
 
     def run(self, *, loss="distance", labels=None, grad_output=None, scale=1.0, value=None,
             want_grad=False, pos_margin=0.0, neg_margin=0.0):
@@ -219,9 +252,11 @@ class _AllPairs:
             self.direct_mask = np.empty((n, -(-m // 64)), dtype=np.uint64)
             if self.y is None:
                 self.nonzero_mask = np.empty((n, -(-m // 64)), dtype=np.uint64)
-        gram = self.gram()
-        # the direct pairs' coefficients go where their Gram entries were
-        self.direct_coef = gram
+        narrow = loss == "contrastive" and self.narrow_gram_pays(labels, pos_margin, neg_margin)
+        gram = self.gram(narrow)
+        # the direct pairs' coefficients go where their Gram entries were (a float32 Gram
+        # cannot hold them: a float64 matrix of which only those entries are written)
+        self.direct_coef = np.empty(gram.shape) if narrow and want_grad else gram
         total, recomputed, self.n_direct, self.n_nonzero = _kernels.dist_matrix(
             self.x, self.y, self.x_norm, self.y_norm, gram, self.direct_coef, labels,
             grad_output, value, self.coef, self.x_sums, self.y_sums, self.direct_mask,
@@ -451,7 +486,10 @@ def contrastive_pairwise(embeddings, labels, *, pos_margin=0.0, neg_margin=1.0,
     for cosine), clamped at zero, and one fused C pass over the upper triangle; a pair
     is recomputed from its rows when the Gram form's error bound could show in the
     result: close points (the Gram form cancels) and distances next to a margin. So
-    every loss keeps the accuracy contract. Duplicated points have distance exactly 0
+    every loss keeps the accuracy contract. For float32 data where most pairs lie
+    outside their hinge (a sample of rows decides), the Gram product is float32, half
+    the cost: its wider bound still decides every pair outside the hinge (a loss of
+    exactly 0), and every other pair is recomputed from its rows. Duplicated points have distance exactly 0
     and, for euclidean, no gradient (torch.cdist's convention).
     """
     loss, _ = _contrastive_pairwise(embeddings, labels, None, pos_margin, neg_margin, metric,

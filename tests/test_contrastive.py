@@ -548,6 +548,55 @@ def test_float32_parity_at_scale(dtype, rng):
                                        options, dtype, reductions=("mean", "none"))
 
 
+def float32_gram_batch(rng, metric, n_rows=600, dim=48):
+    """float32 clusters whose negatives mostly lie outside the margin, with a margin set
+    at the distance of one negative pair (a pair exactly at its hinge)."""
+    x, labels = random_embeddings(rng, (n_rows, dim), np.float32, metric, n_classes=40)
+    distance = reference.pairwise_distance(x, metric=metric)
+    different = np.triu(labels[:, None] != labels[None, :], 1)
+    # the negative distance at the 5% quantile: a pair exactly at the margin
+    margin = float(np.sort(distance[different])[int(0.05 * different.sum())])
+    return x, labels, {"metric": metric, "pos_margin": 0.0, "neg_margin": margin}
+
+
+@metrics
+def test_contrastive_pairwise_takes_a_float32_gram_when_it_pays(metric, rng):
+    # float32 data with most pairs outside their hinge: the float32 Gram product decides
+    # those, and the pairs at or inside the hinge (positives, 5% of the negatives, one
+    # exactly at the margin) are recomputed from the rows.
+    x, labels, options = float32_gram_batch(rng, metric)
+    pairs = _AllPairs(x, None, metric, 1, True)
+    assert pairs.narrow_gram_pays(labels, options["pos_margin"], options["neg_margin"])
+    assert pairs.gram(narrow=True).dtype == np.float32
+    check_family_against_reference(FAMILIES_BY_NAME["contrastive_pairwise"], (x, labels),
+                                   options, np.float32)
+    # not for float64 data, nor where most pairs are inside the hinge
+    assert not _AllPairs(x.astype(np.float64), None, metric, 1, True).narrow_gram_pays(
+        labels, options["pos_margin"], options["neg_margin"])
+    assert not pairs.narrow_gram_pays(labels, 0.0, 1e6)
+
+
+@pytest.mark.parametrize("narrow", [True, False], ids=["float32-gram", "float64-gram"])
+@metrics
+def test_contrastive_pairwise_float32_gram_at_any_density(metric, narrow, rng, monkeypatch):
+    # Whichever Gram the heuristic picks, the results keep the contract: the float32 one
+    # forced on batches where many or all pairs lie inside their hinge (everything
+    # recomputed from the rows), and near-duplicates, whose Gram form cancels.
+    monkeypatch.setattr(_AllPairs, "narrow_gram_pays", lambda self, *args: narrow)
+    x, labels, options = float32_gram_batch(rng, metric, n_rows=120, dim=24)
+    for neg_margin in (options["neg_margin"], 1e3):
+        check_family_against_reference(
+            FAMILIES_BY_NAME["contrastive_pairwise"], (x, labels),
+            dict(options, neg_margin=neg_margin), np.float32, reductions=("sum", "none"))
+    base = rng.standard_normal((6, 16)) + (0.0 if metric == "cosine" else 30.0)
+    close = (np.repeat(base, 4, axis=0) + 1e-3 * rng.standard_normal((24, 16)))
+    close_labels = np.repeat(np.arange(6), 4)
+    scale = float(np.median(reference.pairwise_distance(close, metric=metric)))
+    check_family_against_reference(FAMILIES_BY_NAME["contrastive_pairwise"],
+                                   (close.astype(np.float32), close_labels),
+                                   {"metric": metric, "neg_margin": scale}, np.float32)
+
+
 # ----------------------------------------------------------------------------------------
 # Layouts, dtypes, out=
 # ----------------------------------------------------------------------------------------
