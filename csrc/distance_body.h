@@ -96,7 +96,10 @@ int REAL_NAME(fastloss_distance_finish_rows)(
             int pulled = 0;
             if (direct && (!cosine || unit)) {
                 const REAL *a = rows + i * rows_row_stride;
-                const double a_scale = cosine ? 1.0 / norm[i] : 1.0;
+                /* x^ = x / |x| as a division, as prepare_rows and F.normalize do: a
+                 * product with 1 / |x| can miss x^ by an ulp, and leaves a residue in
+                 * a gradient that is exactly 0 (two rows in one direction, D = 1) */
+                const double a_length = cosine ? norm[i] : 1.0;
                 for (fastloss_index k = 0; k < dim; ++k)
                     pull[k] = 0.0;
                 for (fastloss_index o = 0; o < direct->n_other; ++o) {
@@ -106,10 +109,10 @@ int REAL_NAME(fastloss_distance_finish_rows)(
                         continue;
                     const double w = direct->coef[row * direct->coef_row_stride + col];
                     const REAL *b = other + o * other_row_stride;
-                    const double b_scale = cosine ? 1.0 / other_norm[o] : 1.0;
+                    const double b_length = cosine ? other_norm[o] : 1.0;
                     double squared = 0.0;
                     for (fastloss_index k = 0; k < dim; ++k) {
-                        const double difference = (double)a[k] * a_scale - (double)b[k] * b_scale;
+                        const double difference = (double)a[k] / a_length - (double)b[k] / b_length;
                         pull[k] += w * difference;
                         squared += difference * difference;
                     }
