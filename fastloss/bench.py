@@ -261,20 +261,25 @@ def _ew_inputs(size, dtype):
     pred *= 2
     target = rng.standard_normal(n, dtype=np.float32).astype(dtype, copy=False)
     labels = (rng.random(n, dtype=np.float32) < 0.5).astype(dtype)
+    # soft targets: bce's float32 slopes that may cancel are redone in double (the
+    # worst case: uniform targets leave nearly every tile in doubt)
+    soft_labels = rng.random(n, dtype=np.float32).astype(dtype, copy=False)
     buffer = np.empty_like(pred)
     buffer.fill(0)  # every page touched before timing
-    return {"pred": pred, "target": target, "labels": labels, "buffer": buffer}
+    return {"pred": pred, "target": target, "labels": labels, "soft_labels": soft_labels,
+            "buffer": buffer}
 
 
 def _ew_target(inputs, name):
     return inputs["labels"] if name == "bce_with_logits" else inputs["target"]
 
 
-def _ew_fused(name):
+def _ew_fused(name, target_key=None):
     function = getattr(fastloss, f"{name}_value_and_grad")
 
     def setup(inputs, threads):
-        pred, target, buffer = inputs["pred"], _ew_target(inputs, name), inputs["buffer"]
+        target = inputs[target_key] if target_key else _ew_target(inputs, name)
+        pred, buffer = inputs["pred"], inputs["buffer"]
         return Timed(lambda: function(pred, target, out=buffer, num_threads=threads))
 
     return setup
@@ -363,6 +368,8 @@ ELEMENTWISE = Family(
     cases=(
         *(Case(f"fastloss {name} value_and_grad (out= preallocated)", _ew_fused(name))
           for name in ELEMENTWISE_LOSSES),
+        Case("fastloss bce_with_logits value_and_grad (soft targets)",
+             _ew_fused("bce_with_logits", "soft_labels")),
         Case("fastloss huber forward", _ew_forward("huber"), read_only=True),
         Case("fastloss bce_with_logits forward", _ew_forward("bce_with_logits"),
              read_only=True),
