@@ -309,8 +309,7 @@ static double EW(block)(const EW(call) *call, fastloss_index start, fastloss_ind
     REAL value_tile[FASTLOSS_EW_TILE];
     REAL slope_tile[FASTLOSS_EW_TILE];
     double lane[FASTLOSS_EW_LANES] = {0.0};
-    double lane_abs[FASTLOSS_EW_LANES] = {0.0};
-    double tail = 0.0, tail_abs = 0.0;
+    double tail = 0.0, negative = 0.0;
     int bce_wide_mode = 0;
     fastloss_index m;
     for (fastloss_index i = start; i < end; i += m) {
@@ -340,14 +339,21 @@ static double EW(block)(const EW(call) *call, fastloss_index start, fastloss_ind
             if (call->want_sum) {
                 fastloss_index k = 0;
                 for (; k + FASTLOSS_EW_LANES <= m; k += FASTLOSS_EW_LANES)
-                    for (int j = 0; j < FASTLOSS_EW_LANES; ++j) {
+                    for (int j = 0; j < FASTLOSS_EW_LANES; ++j)
                         lane[j] += (double)value[k + j];
-                        lane_abs[j] += fabs((double)value[k + j]);
-                    }
-                for (; k < m; ++k) {
+                for (; k < m; ++k)
                     tail += (double)value[k];
-                    tail_abs += fabs((double)value[k]);
-                }
+                /* the magnitude sum |term| = sum term - 2 sum of the negative terms,
+                 * which only a negative weight or pos_weight or a bce target outside
+                 * [0, 1] makes: a count over the tile finds them (an integer sum
+                 * vectorises; a min with NaN semantics, or a second double sum in the
+                 * loop above, did not) */
+                int negatives = 0;
+                for (k = 0; k < m; ++k)
+                    negatives += value[k] < 0;
+                if (negatives)
+                    for (k = 0; k < m; ++k)
+                        negative += value[k] < 0 ? (double)value[k] : 0.0;
             }
         }
         if (slope) {
@@ -371,10 +377,10 @@ static double EW(block)(const EW(call) *call, fastloss_index start, fastloss_ind
             }
         }
     }
-    *magnitude = (((lane_abs[0] + lane_abs[1]) + (lane_abs[2] + lane_abs[3])) +
-                  ((lane_abs[4] + lane_abs[5]) + (lane_abs[6] + lane_abs[7]))) + tail_abs;
-    return (((lane[0] + lane[1]) + (lane[2] + lane[3])) +
-            ((lane[4] + lane[5]) + (lane[6] + lane[7]))) + tail;
+    const double sum = (((lane[0] + lane[1]) + (lane[2] + lane[3])) +
+                        ((lane[4] + lane[5]) + (lane[6] + lane[7]))) + tail;
+    *magnitude = sum - 2.0 * negative;
+    return sum;
 }
 
 int RUN(const fastloss_elementwise_options *options, const REAL *pred, const REAL *target,
