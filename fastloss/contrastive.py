@@ -676,6 +676,34 @@ def triplet_margin_value_and_grad(anchor, positive, negative, grad_output=1.0, *
 # info_nce
 # ----------------------------------------------------------------------------------------
 
+# A row of a float32 backward product G @ p^ carries rounding of about a float32 ulp of its
+# terms' size, sum_j |G_ij| |p^_j|.  Where the row is much smaller than its terms (they
+# cancel: duplicated keys), or the normalisation's backward keeps a small part of it (a
+# gradient along the row itself; a row below eps, scaled by 1 / eps), that rounding is no
+# longer small next to the result: such rows are recomputed in float64 (all of them when
+# they are many).  The fuzz harness found both kinds.
+_CANCELLED = 0.1
+
+
+def _redo_cancelled_rows(weights, other_unit, norm, grad_unit, result, temperature):
+    """Recompute in float64 the rows of ``grad_unit`` (= weights @ other_unit / temperature,
+    from float32) whose terms cancelled (_CANCELLED); whether any was."""
+    size = np.sqrt(np.einsum("ij,ij->i", grad_unit, grad_unit))
+    terms = np.abs(weights).sum(axis=1) / temperature  # the unit rows have |p^_j| <= 1
+    kept = np.sqrt(np.einsum("ij,ij->i", result, result, dtype=np.float64))
+    cancelled = ((norm < NORMALIZE_EPS) | (size < _CANCELLED * terms)
+                 | (kept * np.maximum(norm, NORMALIZE_EPS) < _CANCELLED * size))
+    rows = np.flatnonzero(cancelled)
+    if not rows.size:
+        return False
+    if rows.size > weights.shape[0] // 4:
+        np.matmul(weights, other_unit, out=grad_unit)
+        grad_unit /= temperature
+    else:
+        grad_unit[rows] = (weights[rows] @ other_unit) / temperature
+    return True
+
+
 def _info_nce(query, key, grad_output, temperature, symmetric, reduction, out, num_threads,
               want_grad):
     from fastloss.cross_entropy import cross_entropy, cross_entropy_value_and_grad
@@ -738,19 +766,25 @@ def _info_nce(query, key, grad_output, temperature, symmetric, reduction, out, n
         loss = 0.5 * (loss + column_loss)
         _kernels.dist_transpose(grad_columns, grad_logits, True, threads)
     if single:
-        grad_logits = grad_logits.astype(np.float32)
-        grad_q_unit = np.asarray(grad_logits @ k_unit_real, dtype=np.float64)
-        grad_k_unit = np.asarray(grad_logits.T @ q_unit_real, dtype=np.float64)
+        grad_single = grad_logits.astype(np.float32)
+        grad_q_unit = np.asarray(grad_single @ k_unit_real, dtype=np.float64)
+        grad_k_unit = np.asarray(grad_single.T @ q_unit_real, dtype=np.float64)
+        del grad_single
     else:
         grad_q_unit = grad_logits @ k_unit
         grad_k_unit = grad_logits.T @ q_unit
     grad_q_unit /= temperature
     grad_k_unit /= temperature
-    for (_, target_array, _), unit, norm, grad_unit in zip(
-            targets, (q_unit, k_unit), (q_norm, k_norm), (grad_q_unit, grad_k_unit)):
+    sides = ((grad_logits, k_unit, q_unit, q_norm, grad_q_unit),
+             (grad_logits.T, q_unit, k_unit, k_norm, grad_k_unit))
+    for (_, target_array, _), (weights, other_unit, unit, norm, grad_unit) in zip(targets, sides):
         result = target_array if target_array.dtype == dtype else np.empty(target_array.shape,
                                                                             dtype)
         _kernels.dist_normalize_backward(unit, norm, grad_unit, result, NORMALIZE_EPS, threads)
+        if single and _redo_cancelled_rows(weights, other_unit, norm, grad_unit, result,
+                                           temperature):
+            _kernels.dist_normalize_backward(unit, norm, grad_unit, result, NORMALIZE_EPS,
+                                             threads)
         if result is not target_array:
             np.copyto(target_array, result, casting="same_kind")
     loss = loss.astype(dtype) if reduction == "none" else _loss_value(loss, dtype)
@@ -771,7 +805,9 @@ def info_nce(query, key, *, temperature=0.05, symmetric=False, reduction="mean",
     The N x M similarities and their gradient are computed in float64 for both dtypes
     (the 1 / temperature scale magnifies float32 rounding past the accuracy contract);
     the cross-entropy kernel runs on them in place (and on their transpose). The two
-    backward products ``G @ k^`` and ``G.T @ q^`` run in the inputs' dtype.
+    backward products ``G @ k^`` and ``G.T @ q^`` run in the inputs' dtype; for float32,
+    rows whose terms cancel (duplicated keys, a gradient along the row itself, a row
+    below eps) are recomputed in float64.
 
     Parameters
     ----------

@@ -275,3 +275,33 @@ def test_cosine_gradient_of_rows_in_one_direction_is_exactly_zero(dtype):
     _, grad = fastloss.contrastive_pairwise_value_and_grad(x, np.array([2, 1]), metric="cosine")
     assert np.all(grad == 0)
     assert np.all(reference.pairwise_distance_grad(x, metric="cosine") == 0)
+
+
+# Found by the long fuzz run: float32 info_nce gradients whose backward-product terms
+# cancel.  Duplicated keys make G's entries for them (about 0.5 each) cancel to the
+# probability of a far negative (1e-12); a zero key row is scaled by 1 / eps = 1e12 in
+# the normalisation's backward.  float32 products left 3e-7 and 0 where the reference
+# has 6e-18, 4.7e-11 and 1.06e-5; such rows are now recomputed in float64.
+INFO_NCE_CANCELLING = [
+    ([[0.18905339, -0.5227485], [0.18905339, -0.5227485]],
+     [[0.18905339, -0.5227485], [0.0, 0.0]]),
+    ([[0.12573022, -0.13210486], [0.64042264, 0.10490011], [-0.5356694, 0.36159506]],
+     [[0.12573022, -0.13210486], [0.12573022, -0.13210486], [-0.5356694, 0.36159506]]),
+    ([[0.12573022], [-0.13210486], [0.64042264], [0.0]],
+     [[0.12573022], [-0.13210486], [0.64042264], [0.0]]),
+]
+
+
+# float64 for the first two only: in the third, both float64 computations (ours and the
+# reference's) round probabilities of 1e-9 to 1e-25 before they cancel to 2.4e-18, which
+# 1 / eps then scales by 1e12; they agree to about 1e-6, and no float64 order can do better.
+@pytest.mark.parametrize("query, key, dtype", [
+    (query, key, dtype) for index, (query, key) in enumerate(INFO_NCE_CANCELLING)
+    for dtype in ((np.float32, np.float64) if index < 2 else (np.float32,))])
+def test_info_nce_gradient_where_the_backward_product_cancels(query, key, dtype):
+    query, key = np.array(query, dtype), np.array(key, dtype)
+    loss, grads = fastloss.info_nce_value_and_grad(query, key, temperature=0.05)
+    ref_loss, ref_grads = reference.info_nce_value_and_grad(query, key, temperature=0.05)
+    assert_close_contract(loss, ref_loss, dtype, "loss")
+    for grad, ref in zip(grads, ref_grads):
+        assert_close_contract(grad, ref, dtype, "grad")
