@@ -231,13 +231,16 @@ int REAL_NAME(fastloss_distance_contrastive)(
         if (metric == FASTLOSS_METRIC_COSINE) {
             /* d distance / d a^ = -b^; through a^ = a / |a| the projection
              * -(b^ - a^ (a^ . b^)) / |a| = -((b^ - a^) + a^ distance) / |a| */
-            const double a_scale = 1.0 / (a_norm >= norm_eps ? a_norm : norm_eps);
-            const double b_scale = 1.0 / (b_norm >= norm_eps ? b_norm : norm_eps);
+            /* divisions, not products with 1 / |a|: a^ = a / |a| exactly as
+             * F.normalize, so that rows in one direction (or opposite ones) give
+             * a gradient of exactly 0 where D = 1 leaves no tangent direction */
+            const double a_length = a_norm >= norm_eps ? a_norm : norm_eps;
+            const double b_length = b_norm >= norm_eps ? b_norm : norm_eps;
             const int a_unit = a_norm >= norm_eps, b_unit = b_norm >= norm_eps;
             for (fastloss_index k = 0; k < dim; ++k) {
-                const double a_hat = (double)a[k] * a_scale, b_hat = (double)b[k] * b_scale;
-                const double to_b = a_unit ? ((b_hat - a_hat) + a_hat * distance) * a_scale : b_hat * a_scale;
-                const double to_a = b_unit ? ((a_hat - b_hat) + b_hat * distance) * b_scale : a_hat * b_scale;
+                const double a_hat = (double)a[k] / a_length, b_hat = (double)b[k] / b_length;
+                const double to_b = (a_unit ? (b_hat - a_hat) + a_hat * distance : b_hat) / a_length;
+                const double to_a = (b_unit ? (a_hat - b_hat) + b_hat * distance : a_hat) / b_length;
                 g1[k] = (REAL)(-slope * to_b);
                 g2[k] = (REAL)(-slope * to_a);
             }

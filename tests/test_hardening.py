@@ -267,14 +267,19 @@ def test_pair_loss_out_sharing_memory_with_label_or_grad_output(dtype, rng):
 def test_cosine_gradient_of_rows_in_one_direction_is_exactly_zero(dtype):
     # Found by the long fuzz run: two rows of D = 1 in the same direction have cosine
     # distance 0 and, with no tangent direction, a gradient of exactly 0.  The pull of a
-    # direct pair scaled the rows by 1 / |x| (a product), which missed x / |x| by an ulp
-    # and left 2.7e-16 where the reference has 0.
+    # direct pair (and the row-pair contrastive gradient) scaled the rows by 1 / |x| (a
+    # product), which missed x / |x| by an ulp and left 2.7e-16 where the reference has 0.
     x = np.array([[0.34558418], [0.82161814]], dtype)
     _, grad = fastloss.pairwise_distance_value_and_grad(x, metric="cosine")
     assert np.all(grad == 0)
     _, grad = fastloss.contrastive_pairwise_value_and_grad(x, np.array([2, 1]), metric="cosine")
     assert np.all(grad == 0)
     assert np.all(reference.pairwise_distance_grad(x, metric="cosine") == 0)
+    # the row-pair contrastive loss likewise (one pair in one direction, one opposite)
+    x1 = np.array([[0.12573022], [-0.13210486]], dtype)
+    x2 = np.array([[0.34558418], [0.82161814]], dtype)
+    _, grads = fastloss.contrastive_value_and_grad(x1, x2, np.array([1, 1]), metric="cosine")
+    assert all(np.all(grad == 0) for grad in grads)
 
 
 # Found by the long fuzz run: float32 info_nce gradients whose backward-product terms
