@@ -58,11 +58,13 @@ static inline double p_distance_inverse(double distance, double p)
 }
 
 /* d |v|_p / d v_k = sign(v_k) |v_k|**(p - 1) / |v|_p**(p - 1), with
- * inv = p_distance_inverse(|v|_p, p); p = 1 gives sign(v_k), as torch. */
-static inline double p_distance_slope(double v, double p, double inv)
+ * inv = p_distance_inverse(|v|_p, p); p = 1 gives sign(v_k), as torch.  p = 2
+ * divides v_k by the distance itself: v * (1 / |v|) can miss v / |v| by an ulp,
+ * and a gradient that is exactly 0 (D = 1, two unit slopes that cancel) by 5e-17. */
+static inline double p_distance_slope(double v, double p, double inv, double distance)
 {
     if (p == 2.0)
-        return v * inv;
+        return distance != 0.0 ? v / distance : 0.0;
     if (isnan(v))
         return v;
     const double sign = (v > 0.0) - (v < 0.0);

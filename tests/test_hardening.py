@@ -310,3 +310,17 @@ def test_info_nce_gradient_where_the_backward_product_cancels(query, key, dtype)
     assert_close_contract(loss, ref_loss, dtype, "loss")
     for grad, ref in zip(grads, ref_grads):
         assert_close_contract(grad, ref, dtype, "grad")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_triplet_gradient_of_cancelling_unit_slopes_is_exactly_zero(dtype):
+    # Found by the long fuzz run: at D = 1 the anchor's slopes toward the positive and the
+    # negative are both +1 and cancel exactly; v * (1 / |v|) missed v / |v| by an ulp
+    # and left -5.6e-17 where the reference has 0.
+    anchor = np.array([[0.34558418], [0.82161814]], dtype)
+    positive = np.array([[0.12573022], [-0.13210486]], dtype)
+    _, grads = fastloss.triplet_margin_value_and_grad(anchor, positive, anchor.copy())
+    ref_grads = reference.triplet_margin_grad(anchor, positive, anchor.copy())
+    assert np.all(ref_grads[0] == 0) and np.all(grads[0] == 0)
+    for grad, ref in zip(grads, ref_grads):
+        assert_close_contract(grad, ref, dtype, "grad")
