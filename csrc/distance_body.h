@@ -342,15 +342,15 @@ int REAL_NAME(fastloss_distance_triplet_margin)(
             continue;
         }
         const double upstream = grad_output[i * grad_output_stride] * factor;
-        const double inv_ap = p_distance_inverse(d_ap, p);
-        const double inv_an = weight_an != 0.0 ? p_distance_inverse(d_an, p) : 0.0;
-        const double inv_pn = weight_pn != 0.0 ? p_distance_inverse(d_pn, p) : 0.0;
+        const double den_ap = p_distance_denominator(d_ap, p);
+        const double den_an = weight_an != 0.0 ? p_distance_denominator(d_an, p) : 0.0;
+        const double den_pn = weight_pn != 0.0 ? p_distance_denominator(d_pn, p) : 0.0;
         for (fastloss_index k = 0; k < dim; ++k) {
-            const double u_ap = p_distance_slope((double)a[k] - (double)pos[k] + eps, p, inv_ap, d_ap);
+            const double u_ap = p_distance_slope((double)a[k] - (double)pos[k] + eps, p, den_ap);
             const double u_an = weight_an != 0.0
-                ? weight_an * p_distance_slope((double)a[k] - (double)neg[k] + eps, p, inv_an, d_an) : 0.0;
+                ? weight_an * p_distance_slope((double)a[k] - (double)neg[k] + eps, p, den_an) : 0.0;
             const double u_pn = weight_pn != 0.0
-                ? weight_pn * p_distance_slope((double)pos[k] - (double)neg[k] + eps, p, inv_pn, d_pn) : 0.0;
+                ? weight_pn * p_distance_slope((double)pos[k] - (double)neg[k] + eps, p, den_pn) : 0.0;
             ga[k] = (REAL)(upstream * (u_ap - u_an));
             gp[k] = (REAL)(upstream * (-u_ap - u_pn));
             gn[k] = (REAL)(upstream * (u_an + u_pn));

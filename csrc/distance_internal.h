@@ -48,29 +48,29 @@ typedef struct pair_out {
     int direct;          /* its gradient comes from the rows, not the product */
 } pair_out;
 
-/* 1 / distance**(p - 1) for the p-norm's gradient; 0 at distance 0, where
+/* distance**(p - 1), the denominator of the p-norm's gradient; 0 at distance 0, where
  * torch's norm backward gives no gradient. */
-static inline double p_distance_inverse(double distance, double p)
+static inline double p_distance_denominator(double distance, double p)
 {
     if (distance == 0.0)
         return 0.0;
-    return p == 2.0 ? 1.0 / distance : 1.0 / pow(distance, p - 1.0);
+    return p == 2.0 ? distance : pow(distance, p - 1.0);
 }
 
-/* d |v|_p / d v_k = sign(v_k) |v_k|**(p - 1) / |v|_p**(p - 1), with
- * inv = p_distance_inverse(|v|_p, p); p = 1 gives sign(v_k), as torch.  p = 2
- * divides v_k by the distance itself: v * (1 / |v|) can miss v / |v| by an ulp,
- * and a gradient that is exactly 0 (D = 1, two unit slopes that cancel) by 5e-17. */
-static inline double p_distance_slope(double v, double p, double inv, double distance)
+/* d |v|_p / d v_k = sign(v_k) |v_k|**(p - 1) / |v|_p**(p - 1), with denominator =
+ * p_distance_denominator(|v|_p, p) (0 gives 0); p = 1 gives sign(v_k), as torch.
+ * Divisions, not products with a reciprocal: v * (1 / |v|) can miss v / |v| by an
+ * ulp, and a gradient that is exactly 0 (D = 1, two unit slopes that cancel) by 5e-17. */
+static inline double p_distance_slope(double v, double p, double denominator)
 {
     if (p == 2.0)
-        return distance != 0.0 ? v / distance : 0.0;
+        return denominator != 0.0 ? v / denominator : 0.0;
     if (isnan(v))
         return v;
     const double sign = (v > 0.0) - (v < 0.0);
     if (p == 1.0)
         return sign;
-    return sign * pow(fabs(v), p - 1.0) * inv;
+    return denominator != 0.0 ? sign * pow(fabs(v), p - 1.0) / denominator : 0.0;
 }
 
 /* tau of distance.c, and DIRECT_GRADIENT_RATIO = 2 (u / tau_g)**2 */
