@@ -434,3 +434,19 @@ def test_contrastive_concurrent_calls_from_python_threads(dtype):
         assert_close_contract(results[-1], ref_loss, dtype, "loss", what=f"{name} value")
         for position, (grad, ref) in enumerate(zip(results[1:-1], ref_grads)):
             assert_close_contract(grad, ref, dtype, "grad", what=f"{name} grad {position}")
+
+
+@pytest.mark.parametrize("preset, expected", [
+    ({}, "10000"),
+    ({"GOMP_SPINCOUNT": "5"}, "5"),
+    ({"OMP_WAIT_POLICY": "passive"}, None),
+])
+def test_import_sets_a_short_openmp_spin_only_by_default(preset, expected):
+    # fastloss shortens libgomp's spin (GOMP_SPINCOUNT) so that a BLAS product after a
+    # kernel does not share the cores with spinning threads; the process's own settings win.
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    env.update(preset)
+    code = "import os, fastloss; print(os.environ.get('GOMP_SPINCOUNT'))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == str(expected)
