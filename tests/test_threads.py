@@ -130,13 +130,14 @@ def test_default_num_threads_is_positive():
     assert isinstance(fastloss.get_num_threads(), int) and fastloss.get_num_threads() >= 1
 
 
-def run_python(code, **environment):
+def run_python(code, unset=(), **environment):
     """Run ``code`` in a fresh interpreter that imports this same fastloss; return stdout.
 
-    FASTLOSS_NUM_THREADS and OMP_NUM_THREADS are removed unless given."""
+    FASTLOSS_NUM_THREADS, OMP_NUM_THREADS and the names in ``unset`` are removed unless
+    given."""
     env = dict(os.environ)
-    env.pop("FASTLOSS_NUM_THREADS", None)
-    env.pop("OMP_NUM_THREADS", None)
+    for name in ("FASTLOSS_NUM_THREADS", "OMP_NUM_THREADS", *unset):
+        env.pop(name, None)
     env.update(environment)
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(fastloss.__file__)))
     env["PYTHONPATH"] = os.pathsep.join(
@@ -444,9 +445,7 @@ def test_contrastive_concurrent_calls_from_python_threads(dtype):
 def test_import_sets_a_short_openmp_spin_only_by_default(preset, expected):
     # fastloss shortens libgomp's spin (GOMP_SPINCOUNT) so that a BLAS product after a
     # kernel does not share the cores with spinning threads; the process's own settings win.
-    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
-    env.update(preset)
-    code = "import os, fastloss; print(os.environ.get('GOMP_SPINCOUNT'))"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True).stdout.strip()
+    # (this process imported fastloss already, so its environment has the default)
+    out = run_python("import os, fastloss; print(os.environ.get('GOMP_SPINCOUNT'))",
+                     unset=("GOMP_SPINCOUNT", "OMP_WAIT_POLICY"), **preset)
     assert out == str(expected)
