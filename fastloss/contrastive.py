@@ -489,8 +489,8 @@ def contrastive_pairwise(embeddings, labels, *, pos_margin=0.0, neg_margin=1.0,
     every loss keeps the accuracy contract. For float32 data where most pairs lie
     outside their hinge (a sample of rows decides), the Gram product is float32, half
     the cost: its wider bound still decides every pair outside the hinge (a loss of
-    exactly 0), and every other pair is recomputed from its rows. Duplicated points have distance exactly 0
-    and, for euclidean, no gradient (torch.cdist's convention).
+    exactly 0), and every other pair is recomputed from its rows. Duplicated points
+    have distance exactly 0 and, for euclidean, no gradient (torch.cdist's convention).
     """
     loss, _ = _contrastive_pairwise(embeddings, labels, None, pos_margin, neg_margin, metric,
                                     reduction, None, num_threads, False)
