@@ -50,7 +50,6 @@
  * clamped at zero.  Random embeddings with D up to a few thousand recompute
  * no pair at all; a batch of near-duplicates recomputes them all (the cost of
  * a double-precision distance matrix).
-
  *
  * Gradients.  Each pair gets one coefficient w_ij (the upstream gradient times
  * d value / d d, times 1 / d for euclidean, 2 for sqeuclidean), and

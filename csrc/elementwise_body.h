@@ -183,6 +183,21 @@ static void EW(smooth_l1_tile)(const REAL *FASTLOSS_RESTRICT pred,
     (void)e;                                                                                \
     (void)e_wide /* each loop uses one or both; the compiler drops the other */
 
+/* The loss from e in REAL and the slope from e in WIDE, as asked (value or slope
+ * NULL: that loop alone). */
+static void EW(bce_tile_wide)(const REAL *FASTLOSS_RESTRICT logits,
+                              const REAL *FASTLOSS_RESTRICT target,
+                              const REAL *FASTLOSS_RESTRICT pos_weight, fastloss_index m,
+                              REAL *FASTLOSS_RESTRICT value, REAL *FASTLOSS_RESTRICT slope)
+{
+    if (pos_weight)
+        EW_TILE_LOOPS(EW_BCE_ELEMENT, EW(bce_value)(x, y, pos_weight[k], EW_LOG1P_UNIT(e)),
+                      EW(bce_slope)(x, y, pos_weight[k], e_wide));
+    else
+        EW_TILE_LOOPS(EW_BCE_ELEMENT, EW(bce_value_plain)(x, y, EW_LOG1P_UNIT(e)),
+                      EW(bce_slope_plain)(x, y, e_wide));
+}
+
 /* wide_mode: set once a tile of the block needed double slopes (float32 only). */
 static void EW(bce_tile)(const REAL *FASTLOSS_RESTRICT logits, const REAL *FASTLOSS_RESTRICT target,
                          const REAL *FASTLOSS_RESTRICT pos_weight, fastloss_index m,
@@ -226,29 +241,15 @@ static void EW(bce_tile)(const REAL *FASTLOSS_RESTRICT logits, const REAL *FASTL
         value = NULL; /* written; only the slopes are redone below */
     }
     if (slope && value) {
-        /* the loss alone here, so that the loops below take the slopes alone and
-         * the double exp never stands in for the float32 one */
-        if (pos_weight)
-            for (fastloss_index k = 0; k < m; ++k) {
-                EW_BCE_ELEMENT;
-                value[k] = EW(bce_value)(x, y, pos_weight[k], EW_LOG1P_UNIT(e));
-            }
-        else
-            for (fastloss_index k = 0; k < m; ++k) {
-                EW_BCE_ELEMENT;
-                value[k] = EW(bce_value_plain)(x, y, EW_LOG1P_UNIT(e));
-            }
+        /* the loss in a loop of its own, so that the float32 exp serves it and the
+         * double exp only the slopes */
+        EW(bce_tile_wide)(logits, target, pos_weight, m, value, NULL);
         value = NULL;
     }
 #else
     (void)wide_mode;
 #endif
-    if (pos_weight)
-        EW_TILE_LOOPS(EW_BCE_ELEMENT, EW(bce_value)(x, y, pos_weight[k], EW_LOG1P_UNIT(e)),
-                      EW(bce_slope)(x, y, pos_weight[k], e_wide));
-    else
-        EW_TILE_LOOPS(EW_BCE_ELEMENT, EW(bce_value_plain)(x, y, EW_LOG1P_UNIT(e)),
-                      EW(bce_slope_plain)(x, y, e_wide));
+    EW(bce_tile_wide)(logits, target, pos_weight, m, value, slope);
 }
 
 #undef EW_BCE_ELEMENT

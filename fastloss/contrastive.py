@@ -685,11 +685,13 @@ def triplet_margin_value_and_grad(anchor, positive, negative, grad_output=1.0, *
 _CANCELLED = 0.1
 
 
-def _redo_cancelled_rows(weights, other_unit, norm, grad_unit, result, temperature):
+def _redo_cancelled_rows(weights, weight_sums, other_unit, norm, grad_unit, result,
+                         temperature):
     """Recompute in float64 the rows of ``grad_unit`` (= weights @ other_unit / temperature,
-    from float32) whose terms cancelled (_CANCELLED); whether any was."""
+    from float32) whose terms cancelled (_CANCELLED); whether any was.  weight_sums: the
+    rows' sum_j |weights_ij|."""
     size = np.sqrt(np.einsum("ij,ij->i", grad_unit, grad_unit))
-    terms = np.abs(weights).sum(axis=1) / temperature  # the unit rows have |p^_j| <= 1
+    terms = weight_sums / temperature  # the unit rows have |p^_j| <= 1
     kept = np.sqrt(np.einsum("ij,ij->i", result, result, dtype=np.float64))
     cancelled = ((norm < NORMALIZE_EPS) | (size < _CANCELLED * terms)
                  | (kept * np.maximum(norm, NORMALIZE_EPS) < _CANCELLED * size))
@@ -775,14 +777,20 @@ def _info_nce(query, key, grad_output, temperature, symmetric, reduction, out, n
         grad_k_unit = grad_logits.T @ q_unit
     grad_q_unit /= temperature
     grad_k_unit /= temperature
-    sides = ((grad_logits, k_unit, q_unit, q_norm, grad_q_unit),
-             (grad_logits.T, q_unit, k_unit, k_norm, grad_k_unit))
-    for (_, target_array, _), (weights, other_unit, unit, norm, grad_unit) in zip(targets, sides):
+    row_sums = column_sums = None
+    if single:  # |G| once, for the rows of both products
+        magnitude = np.abs(grad_logits)
+        row_sums, column_sums = magnitude.sum(axis=1), magnitude.sum(axis=0)
+        del magnitude
+    sides = ((grad_logits, row_sums, k_unit, q_unit, q_norm, grad_q_unit),
+             (grad_logits.T, column_sums, q_unit, k_unit, k_norm, grad_k_unit))
+    for (_, target_array, _), (weights, weight_sums, other_unit, unit, norm, grad_unit) in zip(
+            targets, sides):
         result = target_array if target_array.dtype == dtype else np.empty(target_array.shape,
                                                                             dtype)
         _kernels.dist_normalize_backward(unit, norm, grad_unit, result, NORMALIZE_EPS, threads)
-        if single and _redo_cancelled_rows(weights, other_unit, norm, grad_unit, result,
-                                           temperature):
+        if single and _redo_cancelled_rows(weights, weight_sums, other_unit, norm, grad_unit,
+                                           result, temperature):
             _kernels.dist_normalize_backward(unit, norm, grad_unit, result, NORMALIZE_EPS,
                                              threads)
         if result is not target_array:

@@ -402,14 +402,18 @@ def l1(pred, target, *, weight=None, reduction="mean"):
                        _weighted_mean_denominator(weight, given))
 
 
+def _l1_slope(r):
+    """sign(r), 0 at r == 0 and, as torch's l1_loss backward, where r is NaN."""
+    return np.where(r > 0, 1.0, np.where(r < 0, -1.0, 0.0))
+
+
 def l1_grad(pred, target, grad_output=1.0, *, weight=None, reduction="mean"):
     """Gradient of ``grad_output * l1(...)`` w.r.t. pred: ``sign(r) * weight * grad_output``
     with sign(0) = 0 and, as torch's backward, 0 where r is NaN."""
     given = weight is not None
     pred, target, weight, pred_shape = _check_elementwise(pred, target, weight, reduction)
     with np.errstate(invalid="ignore"):
-        r = pred - target
-        slope = np.where(r > 0, 1.0, np.where(r < 0, -1.0, 0.0))
+        slope = _l1_slope(pred - target)
     return _grad_from_slope(slope, weight, grad_output, reduction, pred_shape,
                             _weighted_mean_denominator(weight, given))
 
@@ -490,8 +494,8 @@ def smooth_l1_grad(pred, target, grad_output=1.0, *, beta=1.0, weight=None,
     pred, target, weight, pred_shape = _check_elementwise(pred, target, weight, reduction)
     with np.errstate(invalid="ignore"):
         r = pred - target
-        if beta == 0.0:  # the l1 gradient: sign(r), 0 at r == 0 and where r is NaN
-            slope = np.where(r > 0, 1.0, np.where(r < 0, -1.0, 0.0))
+        if beta == 0.0:  # the l1 gradient
+            slope = _l1_slope(r)
         else:
             slope = np.where(r < -beta, -1.0, np.where(r > beta, 1.0, r / beta))
     return _grad_from_slope(slope, weight, grad_output, reduction, pred_shape)
