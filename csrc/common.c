@@ -2,9 +2,17 @@
  * common.c -- the fixed-order sum, thread-count policy, build facts, and the
  * run-time choice of SIMD path shared by every kernel family.
  */
+#if defined(__linux__) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE /* MADV_HUGEPAGE */
+#endif
+#include <stdlib.h>
 #include <string.h>
 
 #include "common.h"
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 double fastloss_sum_float64(const double *values, fastloss_index n)
 {
@@ -118,4 +126,66 @@ int fastloss_set_simd_path(const char *name)
         }
     }
     return -1;
+}
+
+/*
+ * Large buffers.  mmap gives fresh zero pages whatever the size (no memory
+ * from malloc's free lists to fault in again); the mapping is made 2 MiB
+ * larger than needed and trimmed to a 2 MiB-aligned range, so that every huge
+ * page of it can be backed by one.  MADV_HUGEPAGE matters where the system's
+ * THP setting is "madvise" (the default of many distributions); with "always"
+ * it changes nothing, with "never" it fails and the buffer keeps 4 KiB pages.
+ */
+#define FASTLOSS_HUGE_PAGE ((size_t)2 << 20)
+
+static size_t large_length(size_t bytes)
+{
+    return ((bytes ? bytes : 1) + FASTLOSS_HUGE_PAGE - 1) & ~(FASTLOSS_HUGE_PAGE - 1);
+}
+
+void *fastloss_alloc_large(size_t bytes, int *mapped, int *huge_pages)
+{
+    *mapped = 0;
+    if (huge_pages)
+        *huge_pages = 0;
+#if defined(__linux__) && defined(MAP_ANONYMOUS)
+    if (bytes <= SIZE_MAX - 2 * FASTLOSS_HUGE_PAGE) {
+        const size_t length = large_length(bytes);
+        char *raw = mmap(NULL, length + FASTLOSS_HUGE_PAGE, PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (raw != MAP_FAILED) {
+            char *start = (char *)(((uintptr_t)raw + FASTLOSS_HUGE_PAGE - 1) &
+                                   ~(uintptr_t)(FASTLOSS_HUGE_PAGE - 1));
+            if (start > raw)
+                munmap(raw, (size_t)(start - raw));
+            char *end = raw + length + FASTLOSS_HUGE_PAGE;
+            if (end > start + length)
+                munmap(start + length, (size_t)(end - (start + length)));
+#ifdef MADV_HUGEPAGE
+            const int advised = madvise(start, length, MADV_HUGEPAGE) == 0;
+            if (huge_pages)
+                *huge_pages = advised;
+#endif
+            *mapped = 1;
+            return start;
+        }
+    }
+#endif
+    return malloc(bytes ? bytes : 1);
+}
+
+void fastloss_free_large(void *pointer, size_t bytes, int mapped)
+{
+    if (!pointer)
+        return;
+#if defined(__linux__) && defined(MAP_ANONYMOUS)
+    if (mapped) {
+        munmap(pointer, large_length(bytes));
+        return;
+    }
+#else
+    (void)bytes;
+    (void)mapped;
+#endif
+    free(pointer);
 }

@@ -38,10 +38,12 @@ enum fastloss_reduction {
     FASTLOSS_REDUCTION_MEAN = 2
 };
 
-/* Status codes returned by kernels that can fail (only allocation can). */
+/* Status codes returned by kernels that can fail: allocation, and a class
+ * index found out of range by the kernel's own scan of the targets. */
 enum fastloss_status {
     FASTLOSS_OK = 0,
-    FASTLOSS_ERROR_NO_MEMORY = 1
+    FASTLOSS_ERROR_NO_MEMORY = 1,
+    FASTLOSS_ERROR_BAD_TARGET = 2
 };
 
 /*
@@ -57,6 +59,20 @@ enum fastloss_status {
  * Two levels keep the rounding error near O((B + n / B) eps) instead of O(n eps).
  */
 double fastloss_sum_float64(const double *values, fastloss_index n);
+
+/*
+ * Large output buffers (gradients the Python API allocates): a fresh N x C
+ * buffer costs a page fault per 4 KiB page at its first touch, about as much
+ * as a copy of the logits.  fastloss_alloc_large maps `bytes` aligned to 2 MiB
+ * and advises transparent huge pages (Linux, where the OS allows them; they
+ * cut the faults 512-fold), so the kernel that writes the buffer first touches
+ * it, from its own threads.  Elsewhere, or if mapping fails, it falls back to
+ * malloc.  NULL when out of memory; *mapped says which it was, and
+ * fastloss_free_large(pointer, bytes, mapped) gives it back; *huge_pages (may
+ * be NULL) says whether the huge-page advice was taken.
+ */
+void *fastloss_alloc_large(size_t bytes, int *mapped, int *huge_pages);
+void fastloss_free_large(void *pointer, size_t bytes, int mapped);
 
 /* Threads: the parallel regions use this many (1 when built without OpenMP). */
 int fastloss_effective_threads(int requested, fastloss_index work);

@@ -38,16 +38,6 @@
 #define FASTLOSS_ISA baseline
 #include "cross_entropy_impl.h"
 
-fastloss_index fastloss_cross_entropy_find_bad_target(const int64_t *target, fastloss_index n_rows,
-                                                      fastloss_index n_classes,
-                                                      fastloss_index ignore_index)
-{
-    for (fastloss_index i = 0; i < n_rows; ++i)
-        if ((target[i] < 0 || target[i] >= n_classes) && target[i] != ignore_index)
-            return i;
-    return -1;
-}
-
 /* The widest kernel set this CPU and build support (fastloss_simd_level). */
 #ifdef FASTLOSS_HAVE_AVX512
 #define FL_CALL_AVX512(real_tag, ...)                                  \

@@ -6,11 +6,11 @@
  * logits + i * logits_row_stride (elements).  Soft targets and the gradient
  * use the same convention with their own row strides.  Every index is 64-bit.
  *
- * Preconditions the caller checks (the Cython layer does): hard targets are in
- * [0, n_classes) or equal to ignore_index (fastloss_cross_entropy_find_bad_target),
- * label_smoothing in [0, 1], softcap is 0 (off) or > 0, z_loss >= 0, the
- * gradient either is the logits buffer itself with the same row stride (in
- * place) or does not overlap the inputs.
+ * Preconditions the caller checks (the Cython layer does): label_smoothing
+ * in [0, 1], softcap is 0 (off) or > 0, z_loss >= 0, the gradient either is
+ * the logits buffer itself with the same row stride (in place) or does not
+ * overlap the inputs.  Hard targets are checked by the kernels themselves, in
+ * the scan that counts the rows, before anything is written.
  */
 #ifndef FASTLOSS_CROSS_ENTROPY_H
 #define FASTLOSS_CROSS_ENTROPY_H
@@ -30,13 +30,10 @@ typedef struct fastloss_ce_options {
     double softcap;               /* 0: off; > 0: logits -> softcap * tanh(logits / softcap) */
     int reduction;                /* enum fastloss_reduction */
     int num_threads;              /* upper bound on OpenMP threads (>= 1) */
+    fastloss_index *bad_target;   /* OUT, or NULL: the first row whose hard target is
+                                     outside [0, n_classes) and not ignore_index, when
+                                     a call returns FASTLOSS_ERROR_BAD_TARGET */
 } fastloss_ce_options;
-
-/* Position of the first hard target outside [0, n_classes) that is not
- * ignore_index, or -1 when all are valid. */
-fastloss_index fastloss_cross_entropy_find_bad_target(
-    const int64_t *target, fastloss_index n_rows, fastloss_index n_classes,
-    fastloss_index ignore_index);
 
 /*
  * Arguments shared by the three entry points (IN unless marked OUT):
@@ -45,13 +42,17 @@ fastloss_index fastloss_cross_entropy_find_bad_target(
  *   weight          per-class weights (n_classes), or NULL for all ones
  *   lse             OUT (forward, value_and_grad) / IN (backward): per-row
  *                   log-sum-exp in float64; 0 for ignored rows.  May be NULL
- *                   where it is OUT.
+ *                   where it is OUT.  The backward takes it as the shift of
+ *                   the exps and renormalises them (exact whatever the lse's
+ *                   rounding); a row whose lse is off by more than log 2
+ *                   (another row's) is recomputed from its logits.
  *   loss_per_row    OUT, n_rows float64 values of the unreduced loss, or NULL
  *   loss            OUT, the sum or mean (unused for reduction none), or NULL
  *   grad_output     IN, the upstream gradient: one value per row read with
  *                   stride grad_output_stride (0: one scalar for all rows)
  *   grad            OUT, the gradient of grad_output * loss w.r.t. the logits
- * Return FASTLOSS_OK or FASTLOSS_ERROR_NO_MEMORY (nothing is written then).
+ * Return FASTLOSS_OK, or FASTLOSS_ERROR_NO_MEMORY or FASTLOSS_ERROR_BAD_TARGET
+ * (options->bad_target says where) with nothing written.
  */
 int fastloss_cross_entropy_forward_float32(
     const fastloss_ce_options *options,
@@ -64,7 +65,8 @@ int fastloss_cross_entropy_forward_float64(
     const int64_t *target, const double *soft_target, fastloss_index soft_target_row_stride,
     const double *weight, double *loss_per_row, double *lse, double *loss);
 
-/* The gradient from a given lse: one read of the logits, one write of grad. */
+/* The gradient from a given lse: one read of the logits, one write of grad,
+ * and no max pass. */
 int fastloss_cross_entropy_backward_float32(
     const fastloss_ce_options *options,
     const float *logits, fastloss_index logits_row_stride,

@@ -26,16 +26,24 @@ int RUN(const fastloss_ce_options *options, const REAL *logits, fastloss_index l
     const double one = 1.0;
 
     /* Denominators of the mean, in row order: torch's sum of w[t_i] over the
-     * non-ignored rows for hard targets, the number of rows for soft ones. */
+     * non-ignored rows for hard targets, the number of rows for soft ones.  The
+     * same scan checks the class indices, before anything is written: it is
+     * the only pass over the targets before the rows. */
     double n_valid = (double)n_rows, weight_sum = (double)n_rows;
     if (!soft) {
         n_valid = 0.0;
         weight_sum = 0.0;
         for (fastloss_index i = 0; i < n_rows; ++i) {
-            if (target[i] == options->ignore_index)
+            const int64_t t = target[i];
+            if (t == options->ignore_index)
                 continue;
+            if (t < 0 || t >= n_classes) {
+                if (options->bad_target)
+                    *options->bad_target = i;
+                return FASTLOSS_ERROR_BAD_TARGET;
+            }
             n_valid += 1.0;
-            weight_sum += weight ? (double)weight[target[i]] : 1.0;
+            weight_sum += weight ? (double)weight[t] : 1.0;
         }
     }
 
@@ -55,26 +63,38 @@ int RUN(const fastloss_ce_options *options, const REAL *logits, fastloss_index l
     call.grad_output = grad_output ? grad_output : &one;
     call.grad_output_stride = grad_output ? grad_output_stride : 0;
 
+    /* Rows with few classes go CE_SMALL_ROWS at a time, one per SIMD lane
+     * (cross_entropy_small_body.h): the same numbers, laid out for vectors. */
+    const int small = !wide && !soft && n_classes <= CE_SMALL_MAX_CLASSES;
+    const fastloss_index n_units = small ? (n_rows + CE_SMALL_ROWS - 1) / CE_SMALL_ROWS : n_rows;
+
     /* Everything allocated once, before the parallel region. */
     int threads = fastloss_effective_threads(options->num_threads, n_rows * n_classes);
-    if (threads > n_rows) /* rows are the unit of work: more threads would only idle */
-        threads = n_rows > 1 ? (int)n_rows : 1;
-    const int need_e_row = grad && !backward;
-    /* Per-thread scratch, in this order: chunk statistics, a chunk of exps, the
-     * row read as double (and its softcap slope), the row's exps in double.
-     * Rows read as REAL leave their exps in the gradient row itself: the stats
-     * pass then brings the gradient's lines into cache while it computes, and
-     * the gradient pass rescales them there.  (Keeping the exps in a private
-     * row and streaming the gradient out with non-temporal stores measured
-     * slower: it splits the row into a read phase and a write phase.) */
-    const size_t scratch_bytes[4] = {
+    if (threads > n_units) /* rows (or blocks) are the unit of work: more threads would idle */
+        threads = n_units > 1 ? (int)n_units : 1;
+    /* The in-place backward keeps its exps in a private row (`e_private`): the
+     * logits must survive until the row's lse is known to be the right one. */
+    const int in_place = grad && (const void *)grad == (const void *)logits;
+    const int private_e = grad && backward && in_place && !wide;
+    /* Per-thread scratch, in this order: chunk statistics, a chunk of exps (or
+     * the small path's tile and lanes), the row read as double (and its softcap
+     * slope), the row's exps in double, the in-place backward's exps.  Other rows
+     * read as REAL leave their exps in the gradient row itself: the stats pass
+     * then brings the gradient's lines into cache while it computes, and the
+     * gradient pass rescales them there.  (Keeping the exps in a private row and
+     * streaming the gradient out with non-temporal stores measured slower: it
+     * splits the row into a read phase and a write phase.) */
+    const size_t scratch_bytes[5] = {
         (size_t)n_chunks * CE_CHUNK_FIELDS * sizeof(double),
-        FASTLOSS_CE_CHUNK * sizeof(double),
+        small ? (size_t)n_classes * CE_SMALL_ROWS * sizeof(REAL) +
+                    FASTLOSS_LANES * CE_SMALL_ROWS * sizeof(double)
+              : FASTLOSS_CE_CHUNK * sizeof(double),
         wide ? (softcap ? 2 : 1) * (size_t)n_classes * sizeof(double) : 0,
-        wide && need_e_row ? (size_t)n_classes * sizeof(double) : 0,
+        wide && grad ? (size_t)n_classes * sizeof(double) : 0,
+        private_e ? (size_t)n_classes * sizeof(REAL) : 0,
     };
     size_t per_thread = 0;
-    for (int part = 0; part < 4; ++part)
+    for (int part = 0; part < 5; ++part)
         per_thread += (scratch_bytes[part] + 63) / 64 * 64;
     const size_t row_bytes = (size_t)n_rows * sizeof(double);
     char *scratch = malloc(per_thread * (size_t)threads + 3 * row_bytes + (size_t)n_chunks * sizeof(double) + 64);
@@ -110,8 +130,8 @@ int RUN(const fastloss_ce_options *options, const REAL *logits, fastloss_index l
 #else
         char *mine = thread_scratch;
 #endif
-        char *part_start[4];
-        for (int part = 0; part < 4; ++part) {
+        char *part_start[5];
+        for (int part = 0; part < 5; ++part) {
             part_start[part] = scratch_bytes[part] ? mine : NULL;
             mine += (scratch_bytes[part] + 63) / 64 * 64;
         }
@@ -120,6 +140,19 @@ int RUN(const fastloss_ce_options *options, const REAL *logits, fastloss_index l
         double *capped = (double *)part_start[2];
         double *slope = capped ? capped + n_classes : NULL;
         double *e_wide = (double *)part_start[3];
+        REAL *e_private = (REAL *)part_start[4];
+        if (small) {
+            /* the lanes after the tile, 64-byte aligned as the tile's size is a
+             * multiple of CE_SMALL_ROWS values */
+            double *lanes = (double *)((char *)tile + (size_t)n_classes * CE_SMALL_ROWS * sizeof(REAL));
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+            for (fastloss_index block = 0; block < n_units; ++block)
+                ROW_SAME(ce_small_block)(&call, logits, logits_row_stride, target, weight, lse_in,
+                                         grad, grad_row_stride, n_rows, block * CE_SMALL_ROWS,
+                                         (REAL *)tile, lanes, row_ce, row_z, row_lse);
+        } else {
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
@@ -142,23 +175,21 @@ int RUN(const fastloss_ce_options *options, const REAL *logits, fastloss_index l
                 }
                 target_weight = weight ? (double)weight[t] : 1.0;
             }
-            ce_row_stats stats = {0.0, 1.0, 0.0, 0.0, 0.0};
+            ce_row_stats stats = {0.0, 1.0, 0.0, 0.0, 0.0, 0.0};
             ce_row_coef coef;
-            if (backward) {
-                stats.max = lse_in[i];
-                if (soft)
-                    stats.mass = ROW_SAME(ce_soft_mass)(q, n_classes, weight, call.q_scale, call.q_offset);
-            }
+            if (backward && soft)
+                stats.mass = ROW_SAME(ce_soft_mass)(q, n_classes, weight, call.q_scale, call.q_offset);
             if (!wide) {
                 if (!soft)
                     target_logit = (double)x[t]; /* before an in-place pass overwrites it */
-                REAL *e_row = need_e_row ? g : NULL;
-                if (!backward)
-                    ROW_SAME(ce_row_stats)(&call, x, q, weight, e_row, (REAL *)tile, chunk_data, &stats);
+                /* the exps: in the gradient row, or the private row (in-place
+                 * backward), or one chunk at a time for the forward */
+                REAL *e_row = private_e ? e_private : g;
+                if (!backward || !ROW_SAME(ce_row_shifted)(&call, x, t, lse_in[i], e_row, chunk_data, &stats))
+                    ROW_SAME(ce_row_stats)(&call, x, q, weight, t, e_row, (REAL *)tile, chunk_data, &stats);
                 ROW_SAME(ce_coefficients)(&call, &stats, target_logit, target_weight, i, &coef);
                 if (g)
-                    ROW_SAME(ce_row_grad)(&call, x, q, weight, t, &coef, e_row, chunk_data, NULL,
-                                          (REAL *)tile, g);
+                    ROW_SAME(ce_row_grad)(&call, q, weight, t, &coef, e_row, chunk_data, NULL, g);
             } else {
                 if (!softcap) {
                     for (fastloss_index c = 0; c < n_classes; ++c)
@@ -178,17 +209,17 @@ int RUN(const fastloss_ce_options *options, const REAL *logits, fastloss_index l
                 }
                 if (!soft)
                     target_logit = capped[t];
-                if (!backward)
-                    ROW_WIDE(ce_row_stats)(&call, capped, q, weight, need_e_row ? e_wide : NULL, tile,
-                                           chunk_data, &stats);
+                if (!backward || !ROW_WIDE(ce_row_shifted)(&call, capped, t, lse_in[i], e_wide, chunk_data, &stats))
+                    ROW_WIDE(ce_row_stats)(&call, capped, q, weight, t, e_wide, tile, chunk_data, &stats);
                 ROW_WIDE(ce_coefficients)(&call, &stats, target_logit, target_weight, i, &coef);
                 if (g)
-                    ROW_WIDE(ce_row_grad)(&call, capped, q, weight, t, &coef, backward ? NULL : e_wide,
-                                          chunk_data, softcap ? slope : NULL, tile, g);
+                    ROW_WIDE(ce_row_grad)(&call, q, weight, t, &coef, e_wide, chunk_data,
+                                          softcap ? slope : NULL, g);
             }
             row_ce[i] = coef.ce;
             row_z[i] = coef.z_term;
             row_lse[i] = coef.lse;
+        }
         }
     }
 

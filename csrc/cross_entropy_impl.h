@@ -22,6 +22,7 @@
 #define VAL_EXP_NONPOSITIVE fastloss_expf_nonpositive
 #define ROW(name) FL_PASTE3(name, f32, f32, FASTLOSS_ISA)
 #include "cross_entropy_row_body.h"
+#include "cross_entropy_small_body.h"
 #undef VAL
 #undef REAL
 #undef VAL_EXP
@@ -34,6 +35,7 @@
 #define VAL_EXP_NONPOSITIVE fastloss_exp_nonpositive
 #define ROW(name) FL_PASTE3(name, f64, f64, FASTLOSS_ISA)
 #include "cross_entropy_row_body.h"
+#include "cross_entropy_small_body.h"
 #undef VAL
 #undef REAL
 #undef VAL_EXP

@@ -19,6 +19,17 @@
 #define FASTLOSS_CE_CHUNK 2048
 #endif
 
+/*
+ * Rows with at most CE_SMALL_MAX_CLASSES classes are computed CE_SMALL_ROWS at
+ * a time, one row per SIMD lane (cross_entropy_small_body.h): 16 lanes are one
+ * AVX-512 vector of float32.  The bound is where the per-row path, which
+ * vectorises along the classes, catches up (benchmarks/sweep_ce_small.py).
+ */
+#define CE_SMALL_ROWS 16
+#ifndef CE_SMALL_MAX_CLASSES
+#define CE_SMALL_MAX_CLASSES 64
+#endif
+
 /* Independent accumulators per reduction: 8 lanes make one AVX2 vector of
  * float32 (two of float64) and fix the summation order for every ISA. */
 #define FASTLOSS_LANES 8
@@ -58,6 +69,9 @@ typedef struct ce_row_stats {
     double log_sum;  /* log S */
     double dist;     /* A = sum_c u_c (M - y_c) */
     double mass;     /* U = sum_c u_c */
+    double excl;     /* S without the hard target's term, so that 1 - p_t = excl / S
+                        (p_t - 1 from a rounded p_t keeps one ulp of 1: nothing of a
+                        converged row's -1e-12) */
 } ce_row_stats;
 
 /* Per-row coefficients of the loss and its gradient (see cross_entropy.c). */
@@ -67,6 +81,7 @@ typedef struct ce_row_coef {
     double lse;
     double max;      /* M and 1 / S of the row (fused path) */
     double inv_sum;
+    double complement; /* 1 - p_t of the hard target, = excl / S */
     double alpha;  /* multiplies softmax_c: the cross-entropy part */
     double alpha_z; /* multiplies softmax_c: the z-loss part, added last (see ce_row_grad) */
     double gamma;  /* multiplies u_c */

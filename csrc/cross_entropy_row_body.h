@@ -133,6 +133,26 @@ FASTLOSS_INLINE double ROW(ce_soft_dist)(const VAL *FASTLOSS_RESTRICT values, fa
 }
 
 /*
+ * A chunk's sum of exps.  When the chunk holds the row's hard target t (a
+ * position in the chunk, else outside [0, n)), its term is left out of the
+ * lanes and added last: *excl gets the sum without it (for 1 - p_t) and
+ * *target_chunk the chunk's number.  e[t] is then 0: the gradient pass writes
+ * the target class from 1 - p_t, never from e[t].
+ */
+FASTLOSS_INLINE double ROW(ce_chunk_sum)(VAL *e, fastloss_index n, fastloss_index t,
+                                         fastloss_index *target_chunk, fastloss_index k,
+                                         double *excl)
+{
+    if (t < 0 || t >= n)
+        return ROW(ce_sum)(e, n);
+    const VAL e_t = e[t];
+    e[t] = 0;
+    *excl = ROW(ce_sum)(e, n);
+    *target_chunk = k;
+    return *excl + (double)e_t;
+}
+
+/*
  * Statistics of one row: for each chunk its max, sum of exp, and (when the
  * loss needs them) the smoothing / soft-target sums; then the merge into
  *   M = max_k m_k,   S = sum_k s_k exp(m_k - M),   A = sum_k [D_k + (M - m_k) U_k]
@@ -142,11 +162,13 @@ FASTLOSS_INLINE double ROW(ce_soft_dist)(const VAL *FASTLOSS_RESTRICT values, fa
  * smoothing sum has no cancellation even for logits near 1e4.
  */
 static void ROW(ce_row_stats)(const ce_call *call, const VAL *y, const REAL *q,
-                              const REAL *weight, VAL *e_row, VAL *tile,
+                              const REAL *weight, fastloss_index target, VAL *e_row, VAL *tile,
                               double *chunk_data, ce_row_stats *stats)
 {
     const fastloss_index n_classes = call->n_classes;
     const int need_dist = call->soft || call->smoothing > 0.0;
+    fastloss_index target_chunk = -1;
+    double excl = 0.0;
     VAL m = ROW(ce_max)(y, n_classes < FASTLOSS_CE_CHUNK ? n_classes : FASTLOSS_CE_CHUNK);
     for (fastloss_index k = 0; k < call->n_chunks; ++k) {
         const fastloss_index start = k * FASTLOSS_CE_CHUNK;
@@ -176,7 +198,7 @@ static void ROW(ce_row_stats)(const ce_call *call, const VAL *y, const REAL *q,
         }
         VAL *e = e_row ? e_row + start : tile;
         m = ROW(ce_exp_next_max)(y + start, n, shift, e, y + next_start, n_next);
-        chunk[CE_CHUNK_SUM] = ROW(ce_sum)(e, n);
+        chunk[CE_CHUNK_SUM] = ROW(ce_chunk_sum)(e, n, target - start, &target_chunk, k, &excl);
     }
 
     double row_max = -INFINITY;
@@ -184,18 +206,21 @@ static void ROW(ce_row_stats)(const ce_call *call, const VAL *y, const REAL *q,
         const double m = chunk_data[k * CE_CHUNK_FIELDS + CE_CHUNK_MAX];
         row_max = m > row_max ? m : row_max;
     }
-    double sum = 0.0, dist = 0.0, mass = 0.0;
+    double sum = 0.0, sum_excl = 0.0, dist = 0.0, mass = 0.0;
     for (fastloss_index k = 0; k < call->n_chunks; ++k) {
         const double *chunk = chunk_data + k * CE_CHUNK_FIELDS;
+        const double chunk_excl = k == target_chunk ? excl : chunk[CE_CHUNK_SUM];
         if (chunk[CE_CHUNK_MAX] == -INFINITY) {
             /* its sum is 0 (or NaN) and its distance +inf (or NaN): pass them on */
             sum += chunk[CE_CHUNK_SUM];
+            sum_excl += chunk_excl;
             dist += chunk[CE_CHUNK_DIST];
         } else {
             /* the chunk holding the max needs no rescaling (and no exp call:
              * with few classes per row these calls are a visible cost) */
             const double rescale = chunk[CE_CHUNK_SHIFT] == row_max ? 1.0 : exp(chunk[CE_CHUNK_SHIFT] - row_max);
             sum += chunk[CE_CHUNK_SUM] * rescale;
+            sum_excl += chunk_excl * rescale;
             if (need_dist)
                 dist += chunk[CE_CHUNK_DIST] + (row_max - chunk[CE_CHUNK_SHIFT]) * chunk[CE_CHUNK_MASS];
         }
@@ -206,6 +231,48 @@ static void ROW(ce_row_stats)(const ce_call *call, const VAL *y, const REAL *q,
     stats->log_sum = log(sum);
     stats->dist = dist;
     stats->mass = mass;
+    stats->excl = sum_excl;
+}
+
+/*
+ * The backward's statistics from a given lse: e_c = exp(y_c - lse) left in
+ * `e_row`, and S' = sum_c e_c, so that the gradient pass takes the softmax as
+ * e_c / S' (every chunk has shift lse).  One rounded float64 lse is not the
+ * row's exact log-sum-exp: near 1e4 it is off by up to 1e-12, and at 1e16 the
+ * whole log(2) of [[1e16, 1e16]] is lost, so exp(y_c - lse) alone would give a
+ * softmax off by that much (the gradient [0, 1] instead of [-0.5, 0.5]).
+ * Dividing by S' = exp(true lse - lse) removes whatever the lse lacks: the
+ * lse serves only as the shift, and the result is the fused pass's.
+ * Returns 0 when S' is outside [1/2, 2] (or NaN): then the lse is not this
+ * row's (off by more than log 2: another call's, or the row changed), and the
+ * caller recomputes the row from its logits rather than trust it.
+ */
+static int ROW(ce_row_shifted)(const ce_call *call, const VAL *y, fastloss_index target,
+                               double lse, VAL *e_row, double *chunk_data, ce_row_stats *stats)
+{
+    const VAL lse_hi = (VAL)lse;
+    const VAL lse_lo = (VAL)(lse - (double)lse_hi);
+    fastloss_index target_chunk = -1;
+    double sum = 0.0, sum_excl = 0.0, excl = 0.0;
+    for (fastloss_index k = 0; k < call->n_chunks; ++k) {
+        const fastloss_index start = k * FASTLOSS_CE_CHUNK;
+        const fastloss_index n = call->n_classes - start < FASTLOSS_CE_CHUNK
+                                     ? call->n_classes - start
+                                     : FASTLOSS_CE_CHUNK;
+        double *chunk = chunk_data + k * CE_CHUNK_FIELDS;
+        ROW(ce_exp)(y + start, n, lse_hi, lse_lo, e_row + start);
+        chunk[CE_CHUNK_SHIFT] = lse;
+        chunk[CE_CHUNK_MAX] = lse;
+        chunk[CE_CHUNK_SUM] = ROW(ce_chunk_sum)(e_row + start, n, target - start, &target_chunk,
+                                               k, &excl);
+        sum += chunk[CE_CHUNK_SUM];
+        sum_excl += k == target_chunk ? excl : chunk[CE_CHUNK_SUM];
+    }
+    stats->max = lse;
+    stats->sum = sum;
+    stats->log_sum = log(sum);
+    stats->excl = sum_excl;
+    return sum >= 0.5 && sum <= 2.0;
 }
 
 /* Soft targets, backward from a known lse: U = sum_c w_c q'_c. */
@@ -310,6 +377,7 @@ static void ROW(ce_coefficients)(const ce_call *call, const ce_row_stats *stats,
     coef->lse = lse;
     coef->max = stats->max;
     coef->inv_sum = 1.0 / stats->sum;
+    coef->complement = stats->excl / stats->sum;
     coef->alpha = alpha;
     coef->ce_scale = ce_scale;
     /* A row whose log-sum-exp is not finite (+inf or NaN logit, or every logit
@@ -320,47 +388,37 @@ static void ROW(ce_coefficients)(const ce_call *call, const ce_row_stats *stats,
         coef->alpha = NAN;
         coef->alpha_z = NAN;
         coef->ce_scale = NAN;
+        coef->complement = NAN;
     }
 }
 
 /*
- * The gradient pass of a row, from e = exp(y_c - shift_k) left by the stats
- * pass (fused) or computed here from a known lse (backward); `slope` is
- * dy/dx per class with softcap, else NULL.  The target
- * class is written between two ranges so that no element is written twice.
+ * The gradient pass of a row, from e = exp(y_c - shift_k) left in `e_row` by
+ * ce_row_stats (fused) or ce_row_shifted (backward from a given lse); `slope`
+ * is dy/dx per class with softcap, else NULL.  The target class is written
+ * between two ranges so that no element is written twice.
  */
-static void ROW(ce_row_grad)(const ce_call *call, const VAL *y, const REAL *q,
-                             const REAL *weight, fastloss_index target,
-                             const ce_row_coef *coef, const VAL *e_row,
-                             const double *chunk_data, const double *slope, VAL *tile, REAL *g)
+static void ROW(ce_row_grad)(const ce_call *call, const REAL *q, const REAL *weight,
+                             fastloss_index target, const ce_row_coef *coef, const VAL *e_row,
+                             const double *chunk_data, const double *slope, REAL *g)
 {
     const fastloss_index n_classes = call->n_classes;
-    const VAL lse_hi = (VAL)coef->lse;
-    const VAL lse_lo = (VAL)(coef->lse - (double)lse_hi);
     for (fastloss_index k = 0; k < call->n_chunks; ++k) {
         const fastloss_index start = k * FASTLOSS_CE_CHUNK;
         const fastloss_index n = n_classes - start < FASTLOSS_CE_CHUNK ? n_classes - start
                                                                        : FASTLOSS_CE_CHUNK;
-        const VAL *e;
-        double factor, rel; /* rel = exp(shift_k - lse): e_c * rel is the softmax */
-        if (e_row) {
-            const double *chunk = chunk_data + k * CE_CHUNK_FIELDS;
-            e = e_row + start;
-            /* softmax_c = e_c exp(shift_k - lse); a chunk with no finite value
-             * has e = 0 (or NaN, and then lse is NaN too). */
-            if (chunk[CE_CHUNK_MAX] == -INFINITY)
-                rel = 0.0;
-            else if (chunk[CE_CHUNK_SHIFT] == coef->max)
-                rel = coef->inv_sum; /* exp(M - lse) = 1 / S */
-            else
-                rel = exp(chunk[CE_CHUNK_SHIFT] - coef->lse);
-            factor = coef->alpha * rel;
-        } else {
-            ROW(ce_exp)(y + start, n, lse_hi, lse_lo, tile);
-            e = tile;
-            rel = 1.0;
-            factor = coef->alpha;
-        }
+        const double *chunk = chunk_data + k * CE_CHUNK_FIELDS;
+        const VAL *e = e_row + start;
+        /* softmax_c = e_c exp(shift_k - lse); a chunk with no finite value
+         * has e = 0 (or NaN, and then lse is NaN too). */
+        double rel;
+        if (chunk[CE_CHUNK_MAX] == -INFINITY)
+            rel = 0.0;
+        else if (chunk[CE_CHUNK_SHIFT] == coef->max)
+            rel = coef->inv_sum; /* exp(M - lse) = 1 / S */
+        else
+            rel = exp(chunk[CE_CHUNK_SHIFT] - coef->lse);
+        const double factor = coef->alpha * rel;
         const REAL *w = weight ? weight + start : NULL;
         const REAL *qk = q ? q + start : NULL;
         REAL *gk = g + start;
@@ -374,12 +432,10 @@ static void ROW(ce_row_grad)(const ce_call *call, const VAL *y, const REAL *q,
                                call->q_offset, gk);
             /* The target class, from its definition rather than alpha p - gamma u - beta
              * (whose terms can cancel exactly, e.g. one class with smoothing):
-             *   ce_scale [(1 - eps) w_t (p_t - 1) + eps / C (W p_t - w_t)] + z part.
-             * p_t - 1 may be -tiny: from a given lse it comes from expm1, so no digits
-             * are lost to a rounded p_t. */
+             *   ce_scale [(1 - eps) w_t (p_t - 1) + eps / C (W p_t - w_t)] + z part,
+             * with p_t - 1 = -(the others' share of S): exact when p_t is nearly 1. */
             const double w_t = w ? (double)w[t] : 1.0;
-            const double p_minus_1 = e_row ? (double)e[t] * rel - 1.0
-                                           : expm1((double)y[start + t] - coef->lse);
+            const double p_minus_1 = -coef->complement;
             const double eps = call->smoothing;
             double ce_t = (1.0 - eps) * w_t * p_minus_1;
             if (eps > 0.0)

@@ -9,7 +9,10 @@ cdef extern from "common.h" nogil:
         FASTLOSS_REDUCTION_MEAN
         FASTLOSS_OK
         FASTLOSS_ERROR_NO_MEMORY
+        FASTLOSS_ERROR_BAD_TARGET
     double fastloss_sum_float64(const double *values, fastloss_index n)
+    void *fastloss_alloc_large(size_t bytes, int *mapped, int *huge_pages)
+    void fastloss_free_large(void *pointer, size_t bytes, int mapped)
     int fastloss_openmp_enabled()
     int fastloss_openmp_max_threads()
     const char *fastloss_compiler()

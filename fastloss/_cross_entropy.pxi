@@ -1,4 +1,12 @@
 # Cross-entropy wrappers, included by _kernels.pyx.
+#
+# ce_call is the whole of a cross-entropy call below the public signature: it checks
+# every argument (clear errors naming it, in the Python API's words), lays the arrays
+# out as the kernels read them, allocates the outputs, runs the kernel without the GIL
+# and shapes the results.  Written here rather than in Python because at small shapes
+# the checks are the call: a dozen Python-level steps took 4-6 us where the kernel
+# needs under one.  The class indices are scanned once, by the kernel (which counts
+# the rows of the mean in the same loop), not first by a separate check.
 
 cdef extern from "cross_entropy.h" nogil:
     ctypedef struct fastloss_ce_options:
@@ -10,9 +18,7 @@ cdef extern from "cross_entropy.h" nogil:
         double softcap
         int reduction
         int num_threads
-    fastloss_index fastloss_cross_entropy_find_bad_target(
-        const int64_t *target, fastloss_index n_rows, fastloss_index n_classes,
-        fastloss_index ignore_index)
+        fastloss_index *bad_target
     int fastloss_cross_entropy_forward_float32(
         const fastloss_ce_options *options, const float *logits, fastloss_index logits_row_stride,
         const int64_t *target, const float *soft_target, fastloss_index soft_target_row_stride,
@@ -45,139 +51,255 @@ cdef extern from "cross_entropy.h" nogil:
         fastloss_index grad_row_stride)
 
 
-def ce_find_bad_target(cnp.ndarray target not None, fastloss_index n_classes,
-                       fastloss_index ignore_index):
-    """Flat position of the first target outside [0, C) that is not ignore_index, or -1."""
-    _check_vector(target, cnp.NPY_INT64, target.shape[0] if target.ndim == 1 else -1, "target")
-    cdef const int64_t *data = <const int64_t *>cnp.PyArray_DATA(target)
-    cdef fastloss_index n = target.shape[0]
-    cdef fastloss_index position
-    with nogil:
-        position = fastloss_cross_entropy_find_bad_target(data, n, n_classes, ignore_index)
-    return position
+# ce_call's modes
+CE_FORWARD = 0
+CE_GRAD = 1            # the gradient (from lse= when given, else the fused pass)
+CE_VALUE_AND_GRAD = 2
+
+_INT64_MAX = 2**63 - 1
 
 
 cdef inline void *_data_or_null(object array):
     return NULL if array is None else cnp.PyArray_DATA(<cnp.ndarray>array)
 
 
-def ce_run(str mode, cnp.ndarray logits not None, object target, object soft_target, object weight,
-           object lse_in, object grad_output, object loss_per_row, object lse_out, object grad,
-           fastloss_index ignore_index, double label_smoothing, double z_loss, double softcap,
-           str reduction, int num_threads):
-    """Run one cross-entropy kernel.
+cdef inline bint _is_float_array(object value):
+    """A float32/float64 ndarray the kernels can read as it is (aligned, native order)."""
+    if not cnp.PyArray_Check(value):
+        return False
+    cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray>value)
+    return ((typenum == cnp.NPY_FLOAT32 or typenum == cnp.NPY_FLOAT64)
+            and cnp.PyArray_ISALIGNED(<cnp.ndarray>value)
+            and not cnp.PyArray_ISBYTESWAPPED(<cnp.ndarray>value))
 
-    mode: "forward", "backward" (needs lse_in) or "value_and_grad".
-    logits (N, C) with a contiguous last axis; target int64 (N,) or None;
-    soft_target (N, C) like logits or None; weight (C,) or None; lse_in,
-    loss_per_row, lse_out float64 (N,) or None; grad_output float64 of shape
-    (N,) or (1,) (one value for every row); grad (N, C) like logits or None.
-    Returns the reduced loss (a float; meaningless for backward or "none").
+
+cdef inline cnp.ndarray _class_rows(cnp.ndarray array, fastloss_index n_classes):
+    """A 2-d (rows, C) view of `array` whose last axis is contiguous, or a copy."""
+    cdef cnp.ndarray matrix = array.reshape(-1, n_classes)
+    if n_classes > 1 and matrix.strides[1] != cnp.PyArray_ITEMSIZE(matrix):
+        matrix = numpy.ascontiguousarray(matrix)
+    return matrix
+
+
+cdef inline double _unit_real(object value, str name) except? -1.0:
+    """label_smoothing: a finite value in [0, 1]."""
+    if type(value) is float and 0.0 <= <double>value <= 1.0:
+        return value
+    return real_scalar(value, name, low=0.0, high=1.0)
+
+
+cdef inline double _nonnegative_real(object value, str name) except? -1.0:
+    """z_loss: a finite value >= 0."""
+    if type(value) is float and 0.0 <= <double>value < INFINITY:
+        return value
+    return real_scalar(value, name, low=0.0)
+
+
+cdef inline int _reduction_code(object reduction) except -1:
+    if reduction == "mean":
+        return FASTLOSS_REDUCTION_MEAN
+    if reduction == "sum":
+        return FASTLOSS_REDUCTION_SUM
+    if reduction == "none":
+        return FASTLOSS_REDUCTION_NONE
+    reduction_arg(reduction)  # raises the error naming the argument
+    return -1
+
+
+cdef object _hard_target(cnp.ndarray target, tuple loss_shape, fastloss_index n_classes,
+                         object ignore_index):
+    """Class indices as the contiguous int64 vector the kernel reads."""
+    if (<object>target).shape != loss_shape:
+        raise ValueError(f"target: expected class indices of shape {loss_shape}, "
+                         f"got {(<object>target).shape}")
+    cdef cnp.ndarray flat = target.reshape(-1)
+    if (cnp.PyArray_TYPE(flat) == cnp.NPY_INT64 and cnp.PyArray_IS_C_CONTIGUOUS(flat)
+            and cnp.PyArray_ISALIGNED(flat) and not cnp.PyArray_ISBYTESWAPPED(flat)):
+        return flat
+    if target.dtype.kind == "u" and target.dtype.itemsize == 8 and flat.size:
+        # values above 2**63 - 1 would wrap when cast to int64
+        too_big = numpy.flatnonzero(flat > _INT64_MAX)
+        if too_big.size:
+            _bad_target(flat[too_big[0]], too_big[0], loss_shape, n_classes, ignore_index)
+    return numpy.ascontiguousarray(flat, dtype=numpy.int64)
+
+
+cdef _bad_target(object value, fastloss_index flat_position, tuple loss_shape,
+                 fastloss_index n_classes, object ignore_index):
+    position = numpy.unravel_index(flat_position, loss_shape) if loss_shape else ()
+    position = tuple(int(p) for p in position)
+    raise ValueError(f"target: value {int(value)} at position {position} is out of range "
+                     f"for {n_classes} classes (ignore_index={ignore_index})")
+
+
+cdef object _grad_output_vector(object grad_output, int reduction, tuple loss_shape):
+    """grad_output as the float64 vector the kernels read: one value per row for
+    reduction "none" (a scalar is broadcast), else a single value."""
+    cdef cnp.ndarray upstream
+    if type(grad_output) is float or type(grad_output) is int:
+        upstream = cnp.PyArray_EMPTY(1, [1], cnp.NPY_FLOAT64, 0)
+        (<double *>cnp.PyArray_DATA(upstream))[0] = <double>grad_output
+        return upstream
+    return grad_output_arg(grad_output,
+                           ("none", "sum", "mean")[reduction], loss_shape)
+
+
+def ce_call(int mode, object logits, object target, object weight, object ignore_index,
+            object reduction, object label_smoothing, object z_loss, object softcap,
+            int num_threads, object grad_output=None, object lse=None, object out=None,
+            bint want_lse=False):
+    """One cross-entropy call, from the public API's arguments to its results.
+
+    mode: CE_FORWARD, CE_GRAD (from ``lse`` when given, else the fused pass; the loss
+    is not computed then) or CE_VALUE_AND_GRAD.  Returns ``(loss, lse, grad)``: the loss
+    as the public functions return it (a Python float, or an array of the batch shape
+    for "none"), the float64 per-row log-sum-exp when ``want_lse``, and the gradient
+    (``out`` when given) for the gradient modes; None where not asked.
     """
-    cdef int typenum = cnp.PyArray_TYPE(logits)
-    if typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64:
-        raise TypeError(f"logits: expected float32 or float64, got {logits.dtype}")
-    _check_float(logits, typenum, "logits")
-    if cnp.PyArray_NDIM(logits) != 2:
-        raise ValueError("logits: expected a 2-d array")
-    cdef fastloss_ce_options options
-    options.n_rows = logits.shape[0]
-    options.n_classes = logits.shape[1]
-    options.ignore_index = ignore_index
-    options.label_smoothing = label_smoothing
-    options.z_loss = z_loss
-    options.softcap = softcap
-    options.reduction = REDUCTIONS[reduction]
-    options.num_threads = num_threads
-    cdef fastloss_index n_rows = options.n_rows, n_classes = options.n_classes
-    if n_classes < 1:
-        raise ValueError("logits: need at least one class")
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError("label_smoothing: expected a value in [0, 1]")
-    if not (z_loss >= 0.0 and softcap >= 0.0):
-        raise ValueError("z_loss and softcap must be >= 0")
-    if num_threads < 1:
-        raise ValueError("num_threads: expected an integer >= 1")
-    if mode not in ("forward", "backward", "value_and_grad"):
+    if mode < CE_FORWARD or mode > CE_VALUE_AND_GRAD:
         raise ValueError(f"mode: unknown {mode!r}")
+    # -- logits
+    if not _is_float_array(logits):
+        logits = float_array(logits, "logits")
+    cdef cnp.ndarray logits_array = <cnp.ndarray>logits
+    cdef int ndim = cnp.PyArray_NDIM(logits_array)
+    if ndim == 0:
+        raise ValueError("logits: expected at least 1 dimension (..., C), got a scalar")
+    shape = (<object>logits_array).shape
+    cdef fastloss_index n_classes = shape[ndim - 1]
+    if n_classes == 0:
+        raise ValueError(f"logits: expected at least one class, got shape {shape}")
+    loss_shape = shape[:ndim - 1]
+    logits_dtype = logits_array.dtype
 
-    cdef fastloss_index logits_stride = _row_stride(logits, n_rows, n_classes, "logits")
-    cdef fastloss_index soft_stride = 0
-    if (target is None) == (soft_target is None):
-        raise ValueError("target: give exactly one of class indices and probabilities")
-    if target is not None:
-        _check_vector(target, cnp.NPY_INT64, n_rows, "target")
-        position = ce_find_bad_target(target, n_classes, ignore_index)
-        if position >= 0:
-            raise ValueError(f"target: value {target[position]} at position {position} is out "
-                             f"of range for {n_classes} classes")
-    else:
-        _check_float(soft_target, typenum, "target")
-        soft_stride = _row_stride(soft_target, n_rows, n_classes, "target")
+    # -- options
+    cdef fastloss_ce_options options
+    cdef fastloss_index bad_position = -1
+    options.reduction = _reduction_code(reduction)
+    if type(ignore_index) is not int:
+        ignore_index = integer_scalar(ignore_index, "ignore_index")
+    options.label_smoothing = _unit_real(label_smoothing, "label_smoothing")
+    options.z_loss = _nonnegative_real(z_loss, "z_loss")
+    options.softcap = 0.0
+    if softcap is not None:
+        options.softcap = real_scalar(softcap, "softcap", low=0.0, low_open=True)
+    if num_threads < 1:
+        raise ValueError(f"num_threads: expected an integer >= 1, got {num_threads}")
+    options.num_threads = num_threads
+    options.n_classes = n_classes
+    options.bad_target = &bad_position
+
+    # -- target: class indices, or probabilities (which may promote the computation)
+    if not cnp.PyArray_Check(target):
+        target = numpy.asarray(target)
+    cdef cnp.ndarray target_array = <cnp.ndarray>target
+    cdef object hard = None, soft = None
+    kind = target_array.dtype.kind
+    compute_dtype = logits_dtype
+    if kind == "i" or kind == "u":
+        if ignore_index < -_INT64_MAX - 1 or ignore_index > _INT64_MAX:
+            raise ValueError(f"ignore_index: expected a 64-bit integer, got {ignore_index}")
+        hard = _hard_target(target_array, loss_shape, n_classes, ignore_index)
+        options.ignore_index = ignore_index
+    elif kind == "f":
+        if (<object>target_array).shape != shape:
+            raise ValueError(f"target: expected probabilities of shape {shape} (like logits) "
+                             f"or class indices of shape {loss_shape}, "
+                             f"got {(<object>target_array).shape}")
         if ignore_index >= 0:
-            raise ValueError("ignore_index: not supported with probability targets")
+            raise ValueError("ignore_index: not supported with probability targets "
+                             f"(got {ignore_index})")
+        options.ignore_index = -1
+        if target_array.dtype.itemsize > logits_dtype.itemsize:
+            # torch promotes: float64 probabilities with float32 logits are not rounded;
+            # the logits are widened instead (exactly) and the loss is float64
+            compute_dtype = numpy.dtype(numpy.float64)
+        soft = _class_rows(numpy.asarray(target_array, dtype=compute_dtype), n_classes)
+    else:
+        raise TypeError(f"target: expected integer class indices or float probabilities, "
+                        f"got dtype {target_array.dtype}")
+    cdef bint widened = compute_dtype != logits_dtype
+    cdef cnp.ndarray matrix = _class_rows(
+        logits_array.astype(compute_dtype) if widened else logits_array, n_classes)
+    cdef fastloss_index n_rows = matrix.shape[0]
+    options.n_rows = n_rows
+    cdef int typenum = cnp.PyArray_TYPE(matrix)
+
+    # -- weight
     if weight is not None:
-        _check_vector(weight, typenum, n_classes, "weight")
-    if loss_per_row is not None:
-        _check_vector(loss_per_row, cnp.NPY_FLOAT64, n_rows, "loss_per_row", True)
-    if lse_out is not None:
-        _check_vector(lse_out, cnp.NPY_FLOAT64, n_rows, "lse", True)
+        weight = numpy.asarray(weight)
+        if weight.dtype.kind not in "fiu":
+            raise TypeError(f"weight: expected real numbers, got dtype {weight.dtype}")
+        if weight.shape != (n_classes,):
+            raise ValueError(f"weight: expected shape ({n_classes},), got {weight.shape}")
+        weight = numpy.ascontiguousarray(weight, dtype=compute_dtype)
 
-    if mode == "backward":
-        if lse_in is None:
-            raise ValueError("lse: needed by the backward kernel")
-        _check_vector(lse_in, cnp.NPY_FLOAT64, n_rows, "lse")
-
+    # -- gradient arguments
+    cdef object upstream = None, lse_in = None
     cdef fastloss_index grad_output_stride = 0
-    cdef fastloss_index grad_stride = 0
-    if mode != "forward":
-        if grad is None or grad_output is None:
-            raise ValueError("grad and grad_output are needed for a gradient")
-        if grad_output.shape[0] == n_rows and n_rows != 1:
-            _check_vector(grad_output, cnp.NPY_FLOAT64, n_rows, "grad_output")
+    if mode != CE_FORWARD:
+        upstream = _grad_output_vector(grad_output, options.reduction, loss_shape)
+        if (<cnp.ndarray>upstream).shape[0] == n_rows and n_rows != 1:
             grad_output_stride = 1
-        else:
-            _check_vector(grad_output, cnp.NPY_FLOAT64, 1, "grad_output")
-        if reduction != "none" and grad_output_stride != 0:
-            raise ValueError("grad_output: expected a scalar for reduction 'mean' or 'sum'")
-        _check_float(grad, typenum, "out")
-        grad_stride = _row_stride(grad, n_rows, n_classes, "out", True)
-        same_buffer = (cnp.PyArray_DATA(grad) == cnp.PyArray_DATA(logits)
-                       and grad_stride == logits_stride)
-        if n_rows and cnp.PyArray_SIZE(grad):
-            # The kernels read every input while they write grad, row after row: only
-            # out=logits exactly in place is allowed.  Class indices overwritten by a
-            # gradient would index outside the rows, so the target is checked too, and
-            # the per-row inputs and outputs as well (even in place).
-            for other in (logits, target, soft_target, weight,
-                          lse_in if mode == "backward" else None, grad_output,
-                          loss_per_row, lse_out):
-                if other is None or (other is logits and same_buffer):
-                    continue
-                if _may_overlap(grad, other):
-                    raise ValueError("out: overlaps an input (only out=logits is supported)")
+    cdef bint backward = mode == CE_GRAD and lse is not None
+    if backward:
+        lse_in = numpy.asarray(lse, dtype=numpy.float64)
+        if lse_in.shape != loss_shape:
+            raise ValueError(f"lse: expected shape {loss_shape}, got {lse_in.shape}")
+        lse_in = numpy.ascontiguousarray(lse_in.reshape(-1))
 
-    cdef const int64_t *target_ptr = <const int64_t *>_data_or_null(target)
-    cdef const void *logits_ptr = cnp.PyArray_DATA(logits)
-    cdef const void *soft_ptr = _data_or_null(soft_target)
+    # -- outputs
+    cdef object per_row = None, lse_out = None, grad = None, grad_matrix = None
+    cdef bint copy_back = False
+    if options.reduction == FASTLOSS_REDUCTION_NONE and mode != CE_GRAD:
+        per_row = cnp.PyArray_EMPTY(1, [n_rows], cnp.NPY_FLOAT64, 0)
+    if want_lse:
+        lse_out = cnp.PyArray_EMPTY(1, [n_rows], cnp.NPY_FLOAT64, 0)
+    if mode != CE_FORWARD:
+        if out is None:
+            grad = empty(shape, logits_dtype)
+            grad_matrix = (<cnp.ndarray>grad).reshape(-1, n_classes) if not widened else None
+        else:
+            out_arg(out, shape, logits_dtype)
+            grad = out
+            grad_matrix = None if widened else _out_rows(out, matrix, n_classes,
+                                                          (hard, soft, weight, upstream, lse_in))
+        if grad_matrix is None:
+            # out= has a layout the kernel cannot write, overlaps an input in a way other
+            # than exactly in place, or the computation is wider than the logits:
+            # compute into a fresh buffer, then copy (and round) into the result.
+            grad_matrix = empty((n_rows, n_classes), compute_dtype)
+            copy_back = True
+
+    # -- run
+    cdef fastloss_index logits_stride = cnp.PyArray_STRIDE(matrix, 0) // cnp.PyArray_ITEMSIZE(matrix)
+    cdef fastloss_index soft_stride = 0
+    if soft is not None:
+        soft_stride = cnp.PyArray_STRIDE(<cnp.ndarray>soft, 0) // cnp.PyArray_ITEMSIZE(<cnp.ndarray>soft)
+    cdef fastloss_index grad_stride = 0
+    if grad_matrix is not None:
+        grad_stride = (cnp.PyArray_STRIDE(<cnp.ndarray>grad_matrix, 0)
+                       // cnp.PyArray_ITEMSIZE(<cnp.ndarray>grad_matrix))
+    cdef const void *logits_ptr = cnp.PyArray_DATA(matrix)
+    cdef const int64_t *target_ptr = <const int64_t *>_data_or_null(hard)
+    cdef const void *soft_ptr = _data_or_null(soft)
     cdef const void *weight_ptr = _data_or_null(weight)
     cdef const double *lse_in_ptr = <const double *>_data_or_null(lse_in)
-    cdef const double *grad_output_ptr = <const double *>_data_or_null(grad_output)
-    cdef double *loss_per_row_ptr = <double *>_data_or_null(loss_per_row)
+    cdef const double *grad_output_ptr = <const double *>_data_or_null(upstream)
+    cdef double *loss_per_row_ptr = <double *>_data_or_null(per_row)
     cdef double *lse_out_ptr = <double *>_data_or_null(lse_out)
-    cdef void *grad_ptr = _data_or_null(grad)
-    cdef double loss = 0.0
+    cdef void *grad_ptr = _data_or_null(grad_matrix)
+    cdef double total = 0.0
     cdef int status = 0
     cdef bint is_float32 = typenum == cnp.NPY_FLOAT32
-    cdef int which = 0 if mode == "forward" else (1 if mode == "backward" else 2)
-
+    cdef int which = 0 if mode == CE_FORWARD else (1 if backward else 2)
     with nogil:
         if is_float32:
             if which == 0:
                 status = fastloss_cross_entropy_forward_float32(
                     &options, <const float *>logits_ptr, logits_stride, target_ptr,
                     <const float *>soft_ptr, soft_stride, <const float *>weight_ptr,
-                    loss_per_row_ptr, lse_out_ptr, &loss)
+                    loss_per_row_ptr, lse_out_ptr, &total)
             elif which == 1:
                 status = fastloss_cross_entropy_backward_float32(
                     &options, <const float *>logits_ptr, logits_stride, target_ptr,
@@ -187,14 +309,14 @@ def ce_run(str mode, cnp.ndarray logits not None, object target, object soft_tar
                 status = fastloss_cross_entropy_value_and_grad_float32(
                     &options, <const float *>logits_ptr, logits_stride, target_ptr,
                     <const float *>soft_ptr, soft_stride, <const float *>weight_ptr,
-                    grad_output_ptr, grad_output_stride, loss_per_row_ptr, lse_out_ptr, &loss,
+                    grad_output_ptr, grad_output_stride, loss_per_row_ptr, lse_out_ptr, &total,
                     <float *>grad_ptr, grad_stride)
         else:
             if which == 0:
                 status = fastloss_cross_entropy_forward_float64(
                     &options, <const double *>logits_ptr, logits_stride, target_ptr,
                     <const double *>soft_ptr, soft_stride, <const double *>weight_ptr,
-                    loss_per_row_ptr, lse_out_ptr, &loss)
+                    loss_per_row_ptr, lse_out_ptr, &total)
             elif which == 1:
                 status = fastloss_cross_entropy_backward_float64(
                     &options, <const double *>logits_ptr, logits_stride, target_ptr,
@@ -204,8 +326,47 @@ def ce_run(str mode, cnp.ndarray logits not None, object target, object soft_tar
                 status = fastloss_cross_entropy_value_and_grad_float64(
                     &options, <const double *>logits_ptr, logits_stride, target_ptr,
                     <const double *>soft_ptr, soft_stride, <const double *>weight_ptr,
-                    grad_output_ptr, grad_output_stride, loss_per_row_ptr, lse_out_ptr, &loss,
+                    grad_output_ptr, grad_output_stride, loss_per_row_ptr, lse_out_ptr, &total,
                     <double *>grad_ptr, grad_stride)
+    if status == FASTLOSS_ERROR_BAD_TARGET:
+        _bad_target(hard[bad_position], bad_position, loss_shape, n_classes, ignore_index)
     if status == FASTLOSS_ERROR_NO_MEMORY:
         raise MemoryError("cross_entropy: could not allocate scratch space")
-    return loss
+
+    # -- results
+    if copy_back:
+        numpy.copyto(grad, (<cnp.ndarray>grad_matrix).reshape(shape), casting="same_kind")
+    loss = None
+    if mode != CE_GRAD:
+        if per_row is not None:
+            loss = (<cnp.ndarray>per_row).reshape(loss_shape)
+            if compute_dtype != numpy.float64:
+                loss = loss.astype(compute_dtype)
+        elif typenum == cnp.NPY_FLOAT32:
+            loss = <double><float>total  # a Python float holding a float32 value
+        else:
+            loss = total
+    if lse_out is not None:
+        lse_out = (<cnp.ndarray>lse_out).reshape(loss_shape)
+    return loss, lse_out, grad
+
+
+cdef object _out_rows(cnp.ndarray out, cnp.ndarray matrix, fastloss_index n_classes,
+                      tuple others):
+    """The (N, C) view of out= that the kernel may write, or None when it must compute
+    aside: out= needs a copy to be seen as rows, or shares memory with an input other
+    than being exactly the logits (in place).  The kernel reads every input while it
+    writes the gradient row by row; class indices overwritten by a gradient would
+    index outside the rows, so every input is checked."""
+    view = rows_view(out, n_classes)
+    if view is None:
+        return None
+    cdef cnp.ndarray rows = <cnp.ndarray>view
+    cdef bint in_place = (cnp.PyArray_DATA(rows) == cnp.PyArray_DATA(matrix)
+                          and (<object>rows).strides == (<object>matrix).strides)
+    if not in_place and _may_overlap(rows, matrix):
+        return None
+    for other in others:
+        if other is not None and _may_overlap(rows, <cnp.ndarray>other):
+            return None
+    return rows

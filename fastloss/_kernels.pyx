@@ -7,7 +7,11 @@ the Python API; the checks here are the ones memory safety depends on."""
 import numpy
 
 cimport numpy as cnp
+from libc.math cimport INFINITY
 from libc.stdint cimport int64_t
+
+from fastloss._validation import (float_array, grad_output_arg, integer_scalar, out_arg,
+                                  real_scalar, reduction_arg, rows_view)
 
 from fastloss._common cimport *
 
@@ -83,6 +87,53 @@ cdef inline int _check_vector(cnp.ndarray array, int typenum, fastloss_index n, 
 cdef bint _may_overlap(cnp.ndarray a, cnp.ndarray b):
     """Whether the memory extents of a and b intersect (conservative)."""
     return numpy.may_share_memory(a, b)
+
+
+# Output buffers at least this large come from fastloss_alloc_large (2 MiB-aligned,
+# huge pages advised): a fresh N x C gradient otherwise pays a page fault per 4 KiB at
+# its first touch, as much time as a copy of the logits.  Smaller ones are np.empty's,
+# from malloc's free lists.
+LARGE_BUFFER_BYTES = 4 << 20
+
+
+cdef class _LargeBuffer:
+    """Owns one fastloss_alloc_large block; the base object of the array viewing it."""
+    cdef void *data
+    cdef size_t size
+    cdef int mapped
+    cdef readonly bint huge_pages
+
+    def __dealloc__(self):
+        fastloss_free_large(self.data, self.size, self.mapped)
+
+
+def empty(shape, dtype):
+    """``np.empty(shape, dtype)``, from fastloss_alloc_large when it is large.
+
+    The pages are fresh and untouched: the kernel that fills the array touches them
+    first, from its own threads, and with huge pages one fault maps 2 MiB."""
+    dtype = numpy.dtype(dtype)
+    shape = tuple(shape)
+    cdef size_t n = 1
+    for extent in shape:
+        n *= <size_t>extent
+    cdef size_t size = n * <size_t>dtype.itemsize
+    if size < LARGE_BUFFER_BYTES:
+        return numpy.empty(shape, dtype)
+    cdef _LargeBuffer owner = _LargeBuffer.__new__(_LargeBuffer)
+    cdef int huge = 0
+    owner.data = fastloss_alloc_large(size, &owner.mapped, &huge)
+    if owner.data == NULL:
+        raise MemoryError(f"could not allocate {size} bytes")
+    owner.size = size
+    owner.huge_pages = huge
+    cdef cnp.npy_intp dims[64]
+    for axis, extent in enumerate(shape):
+        dims[axis] = extent
+    cdef cnp.ndarray array = cnp.PyArray_SimpleNewFromData(len(shape), dims, dtype.num,
+                                                           owner.data)
+    cnp.set_array_base(array, owner)
+    return array
 
 
 include "_cross_entropy.pxi"

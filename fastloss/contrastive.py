@@ -686,23 +686,39 @@ _CANCELLED = 0.1
 
 
 def _redo_cancelled_rows(weights, weight_sums, other_unit, norm, grad_unit, result,
-                         temperature):
-    """Recompute in float64 the rows of ``grad_unit`` (= weights @ other_unit / temperature,
-    from float32) whose terms cancelled (_CANCELLED); whether any was.  weight_sums: the
-    rows' sum_j |weights_ij|."""
+                         temperature, single, zero_sum_rows):
+    """Recompute the rows of ``grad_unit`` (= weights @ other_unit / temperature) whose
+    terms cancelled (_CANCELLED); whether any was.  weight_sums: the rows' sum_j
+    |weights_ij|.  From a float32 product (``single``) the rows are recomputed in float64.
+    Where the rows of ``weights`` sum to zero (``zero_sum_rows``: the query side of a
+    non-symmetric loss, G = s (softmax - onehot)), the cancelling rows are written as
+    sum_{j != i} G_ij (k^_j - k^_i), in which a duplicated key's term is exactly 0
+    instead of a float64 rounding of two terms of 0.5 (the reference does the same)."""
     size = np.sqrt(np.einsum("ij,ij->i", grad_unit, grad_unit))
     terms = weight_sums / temperature  # the unit rows have |p^_j| <= 1
-    kept = np.sqrt(np.einsum("ij,ij->i", result, result, dtype=np.float64))
-    cancelled = ((norm < NORMALIZE_EPS) | (size < _CANCELLED * terms)
-                 | (kept * np.maximum(norm, NORMALIZE_EPS) < _CANCELLED * size))
+    cancelled = size < _CANCELLED * terms
+    if single:
+        kept = np.sqrt(np.einsum("ij,ij->i", result, result, dtype=np.float64))
+        cancelled |= ((norm < NORMALIZE_EPS)
+                      | (kept * np.maximum(norm, NORMALIZE_EPS) < _CANCELLED * size))
     rows = np.flatnonzero(cancelled)
     if not rows.size:
         return False
-    if rows.size > weights.shape[0] // 4:
+    if single and rows.size > weights.shape[0] // 4:
         np.matmul(weights, other_unit, out=grad_unit)
         grad_unit /= temperature
-    else:
+    elif single:
         grad_unit[rows] = (weights[rows] @ other_unit) / temperature
+    if zero_sum_rows:
+        # rows of (rows, M, D) differences a block at a time: a few MiB each
+        block = max(1, (1 << 19) // max(1, other_unit.size))
+        for start in range(0, rows.size, block):
+            chunk = rows[start:start + block]
+            chunk_weights = np.array(weights[chunk], dtype=np.float64)
+            chunk_weights[np.arange(chunk.size), chunk] = 0.0
+            differences = other_unit[None, :, :] - other_unit[chunk][:, None, :]
+            grad_unit[chunk] = np.einsum("rm,rmd->rd", chunk_weights,
+                                         differences) / temperature
     return True
 
 
@@ -777,20 +793,22 @@ def _info_nce(query, key, grad_output, temperature, symmetric, reduction, out, n
         grad_k_unit = grad_logits.T @ q_unit
     grad_q_unit /= temperature
     grad_k_unit /= temperature
-    row_sums = column_sums = None
-    if single:  # |G| once, for the rows of both products
-        magnitude = np.abs(grad_logits)
-        row_sums, column_sums = magnitude.sum(axis=1), magnitude.sum(axis=0)
-        del magnitude
-    sides = ((grad_logits, row_sums, k_unit, q_unit, q_norm, grad_q_unit),
-             (grad_logits.T, column_sums, q_unit, k_unit, k_norm, grad_k_unit))
-    for (_, target_array, _), (weights, weight_sums, other_unit, unit, norm, grad_unit) in zip(
-            targets, sides):
+    # |G| once, for the rows of both products (float32), or of the query's (float64: its
+    # cancelling rows have a cancellation-free form, see _redo_cancelled_rows)
+    magnitude = np.abs(grad_logits) if single or not symmetric else None
+    row_sums = magnitude.sum(axis=1) if magnitude is not None else None
+    column_sums = magnitude.sum(axis=0) if single else None
+    del magnitude
+    sides = ((grad_logits, row_sums, k_unit, q_unit, q_norm, grad_q_unit, not symmetric),
+             (grad_logits.T, column_sums, q_unit, k_unit, k_norm, grad_k_unit, False))
+    for (_, target_array, _), (weights, weight_sums, other_unit, unit, norm, grad_unit,
+                               zero_sum_rows) in zip(targets, sides):
         result = target_array if target_array.dtype == dtype else np.empty(target_array.shape,
                                                                             dtype)
         _kernels.dist_normalize_backward(unit, norm, grad_unit, result, NORMALIZE_EPS, threads)
-        if single and _redo_cancelled_rows(weights, weight_sums, other_unit, norm, grad_unit,
-                                           result, temperature):
+        if ((single or zero_sum_rows)
+                and _redo_cancelled_rows(weights, weight_sums, other_unit, norm, grad_unit,
+                                         result, temperature, single, zero_sum_rows)):
             _kernels.dist_normalize_backward(unit, norm, grad_unit, result, NORMALIZE_EPS,
                                              threads)
         if result is not target_array:

@@ -210,6 +210,7 @@ def cross_entropy_grad(logits, target, grad_output=1.0, *, weight=None, ignore_i
     ``p = exp(logp)`` (softmax of y) and ``W = sum_c w_c``, per row i and class c::
 
         hard: dce/dy_c = (1 - eps) * w[t] * (p_c - [c == t]) + (eps / C) * (W * p_c - w_c)
+              (p_t - 1 evaluated as -sum_{c != t} p_c, which does not cancel)
         soft: dce/dy_c = (sum_k w_k * q'_k) * p_c - w_c * q'_c
         z:    d(z_loss * lse**2)/dy_c = 2 * z_loss * lse * p_c
 
@@ -251,7 +252,11 @@ def cross_entropy_grad(logits, target, grad_output=1.0, *, weight=None, ignore_i
             safe_target = np.where(valid, target, 0)
             target_weight = weight[safe_target]
             one_hot = np.arange(n_classes) == safe_target[..., None]
-            grad_ce = ((1.0 - eps) * target_weight[..., None] * (probs - one_hot)
+            # p - onehot, with p_t - 1 as minus the other classes' probabilities: a
+            # rounded p_t minus 1 keeps one ulp of 1, nothing of a converged row's -1e-12
+            others = np.sum(np.where(one_hot, 0.0, probs), axis=-1, keepdims=True)
+            delta = np.where(one_hot, -others, probs)
+            grad_ce = ((1.0 - eps) * target_weight[..., None] * delta
                        + (eps / n_classes) * (np.sum(weight) * probs - weight))
             ce_denominator = np.sum(np.where(valid, target_weight, 0.0))
             z_denominator = np.count_nonzero(valid)
@@ -955,8 +960,29 @@ def info_nce_grad(query, key, grad_output=1.0, *, temperature=0.05, symmetric=Fa
         grad_logits = grad_logits + cross_entropy_grad(logits.T, target, scale,
                                                        reduction="none").T
     query_unit, key_unit = _normalize(query)[0], _normalize(key)[0]
-    return (_normalize_grad(query, grad_logits @ key_unit / temperature),
+    if symmetric:
+        grad_query_unit = grad_logits @ key_unit / temperature
+    else:
+        grad_query_unit = _info_nce_query_rows(grad_logits, key_unit, temperature)
+    return (_normalize_grad(query, grad_query_unit),
             _normalize_grad(key, grad_logits.T @ query_unit / temperature))
+
+
+def _info_nce_query_rows(grad_logits, key_unit, temperature):
+    r"""``grad_logits @ key_unit / temperature`` for a non-symmetric InfoNCE, written
+    without cancellation::
+
+        sum_j G_ij k^_j = sum_{j != i} G_ij (k^_j - k^_i)
+
+    since each row of G = s_i (softmax_i - onehot_i) sums to zero. With duplicated keys
+    the plain product cancels terms of about 0.5 to the probability of a far negative
+    (1e-12), keeping only float64 rounding; here the duplicate's term is exactly 0.
+    """
+    n_rows = grad_logits.shape[0]
+    weights = grad_logits.copy()
+    weights[np.arange(n_rows), np.arange(n_rows)] = 0.0
+    differences = key_unit[None, :, :] - key_unit[:n_rows, None, :]  # (N, M, D)
+    return np.einsum("im,imd->id", weights, differences) / temperature
 
 
 def info_nce_value_and_grad(query, key, grad_output=1.0, *, temperature=0.05, symmetric=False,

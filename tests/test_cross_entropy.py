@@ -255,17 +255,93 @@ def test_grad_from_lse(soft, dtype, reduction, rng):
 
 
 @dtypes
-def test_grad_uses_the_given_lse(dtype, rng):
-    # lse= is trusted, not recomputed (that is what makes the split backward one pass):
-    # an lse larger by log(2) halves every probability, so the 'sum' gradient becomes
-    # softmax / 2 - onehot.
-    logits = random_logits(rng, (N_ROWS, N_CLASSES), dtype)
-    target = rng.integers(0, N_CLASSES, N_ROWS)
-    _, lse = fastloss.cross_entropy(logits, target, return_lse=True)
-    grad = fastloss.cross_entropy_grad(logits, target, reduction="sum", lse=lse + np.log(2.0))
-    onehot = np.eye(N_CLASSES)[target]
-    softmax = reference.cross_entropy_grad(logits, target, reduction="sum") + onehot
-    assert_close_contract(grad, softmax / 2 - onehot, dtype, "grad")
+@pytest.mark.parametrize("shift", [np.log(2.0), -0.3, 1e-9, 50.0, -50.0, np.nan],
+                         ids=["+log2", "-0.3", "+1e-9", "+50", "-50", "nan"])
+@pytest.mark.parametrize("in_place", [False, True], ids=["out", "in-place"])
+def test_grad_from_an_lse_that_is_off(in_place, shift, dtype, rng):
+    # The lse is the shift of the exps, renormalised by their sum: an lse off by less
+    # than log 2 gives the exact gradient, one off by more (another call's) is detected
+    # and the row recomputed from its logits, in place too. Never a silently wrong answer.
+    for n_classes in (N_CLASSES, 10):  # the per-row path and the small-vocabulary path
+        logits = random_logits(rng, (N_ROWS, n_classes), dtype)
+        target = rng.integers(0, n_classes, N_ROWS)
+        target[::7] = -100
+        options = dict(reduction="sum", z_loss=1e-3)
+        _, lse = fastloss.cross_entropy(logits, target, return_lse=True, **options)
+        expected = reference.cross_entropy_grad(logits, target, **options)
+        wrong = lse + shift
+        out = logits.copy() if in_place else None
+        grad = fastloss.cross_entropy_grad(out if in_place else logits, target, lse=wrong,
+                                           out=out, **options)
+        assert_close_contract(grad, expected, dtype, "grad")
+
+
+@dtypes
+def test_grad_from_lse_is_exact_at_large_logits(dtype):
+    # Issue 11: one rounded float64 lse is off by up to 1e-12 near 1e4, and at 1e16 the
+    # log(2) of two equal logits is lost entirely; the gradient from it was [0, 1].
+    cases = [(np.array([[1e16, 1e16]]), np.array([0]), np.array([[-0.5, 0.5]]))]
+    if dtype == np.float64:
+        cases.append((np.array([[10000.0, 9995.5]]), np.array([0]), None))
+    for logits, target, expected in cases:
+        logits = logits.astype(dtype)
+        _, lse = fastloss.cross_entropy(logits, target, return_lse=True)
+        grad = fastloss.cross_entropy_grad(logits, target, lse=lse)
+        if expected is None:
+            expected = reference.cross_entropy_grad(logits, target)
+        assert_close_contract(grad, expected, dtype, "grad")
+
+
+@dtypes
+@pytest.mark.parametrize("n_classes", [2, 10, 100, 3000], ids=lambda c: f"C={c}")
+@pytest.mark.parametrize("scale", [10.0, 1e3, 1e4], ids=lambda s: f"x{s:g}")
+def test_every_entry_point_at_large_logits(scale, n_classes, dtype, rng):
+    # Logits up to +-1e4 (the contract's range): rows where the target is far ahead
+    # (p_t - 1 of -1e-30) and far behind, with ignored rows, every option that moves
+    # the gradient; the fused pass, the lse pass and the forward all meet the contract.
+    n_rows = 40
+    logits = (rng.uniform(-1, 1, (n_rows, n_classes)) * scale).astype(dtype)
+    target = rng.integers(0, n_classes, n_rows)
+    target[:10] = np.argmax(logits[:10], axis=1)  # converged rows
+    target[-3:] = -100
+    for options in ({}, {"z_loss": 1e-4}, {"weight": random_weight(rng, n_classes, dtype)},
+                    {"label_smoothing": 0.1, "reduction": "sum"}):
+        check_against_reference(logits, target, **options)
+
+
+@dtypes
+def test_target_grad_of_converged_rows_keeps_its_digits(dtype):
+    # p_t - 1 of a converged row is minus the other classes' share, not a rounded p_t
+    # minus 1 (which keeps one ulp of 1): -9.36e-14 at [30, 0], for every path.
+    for n_classes in (2, 10, 5000):
+        logits = np.zeros((3, n_classes), dtype)
+        logits[:, 0] = 30.0
+        target = np.zeros(3, np.int64)
+        exact = -(n_classes - 1) * np.exp(-30.0) / (1.0 + (n_classes - 1) * np.exp(-30.0)) / 3
+        _, lse = fastloss.cross_entropy(logits, target, return_lse=True)
+        for grad in (fastloss.cross_entropy_grad(logits, target),
+                     fastloss.cross_entropy_grad(logits, target, lse=lse),
+                     fastloss.cross_entropy_value_and_grad(logits, target)[1]):
+            assert_close_contract(grad[:, 0], np.full(3, exact), dtype, "grad")
+            assert_close_contract(grad, reference.cross_entropy_grad(logits, target), dtype,
+                                  "grad")
+
+
+@dtypes
+@pytest.mark.parametrize("n_classes", [1, 2, 3, 7, 8, 9, 16, 17, 63, 64, 65],
+                         ids=lambda c: f"C={c}")
+@pytest.mark.parametrize("n_rows", [1, 15, 16, 17, 50], ids=lambda n: f"N={n}")
+def test_small_vocabularies(n_rows, n_classes, dtype, rng):
+    # Up to 64 classes the rows go 16 at a time, one per SIMD lane: every row count
+    # around a block, every class count around the 8 summation lanes and the bound,
+    # ignored rows, weights, smoothing (float64; float32 takes the double path) and the
+    # z-loss, against the reference; strided rows too.
+    logits = random_logits(rng, (n_rows, 2 * n_classes), dtype)[:, ::2]
+    target = rng.integers(0, n_classes, n_rows)
+    target[::5] = -100
+    for options in ({}, {"weight": random_weight(rng, n_classes, dtype), "z_loss": 1e-3},
+                    {"label_smoothing": 0.2}):
+        check_against_reference(logits, target, **options)
 
 
 @dtypes

@@ -1,0 +1,259 @@
+/*
+ * cross_entropy_small_body.h -- rows with few classes, CE_SMALL_ROWS rows at a
+ * time with one row per SIMD lane.  No include guard, on purpose:
+ * cross_entropy_impl.h includes it for (VAL, REAL) = (float, float) and
+ * (double, double), after cross_entropy_row_body.h of the same ROW names.
+ *
+ * Why: the per-row algorithm (cross_entropy_row_body.h) vectorises along the
+ * classes.  With C = 10 a row is shorter than one AVX-512 vector, so every exp
+ * runs in the scalar remainder of its loop and the chunk bookkeeping costs more
+ * than the arithmetic: 65536 x 10 float32 took 70 ns a row, 100x np.copyto.
+ * Here a block of rows is transposed into a class-major tile, tile[c][r], so
+ * that each class is one vector across CE_SMALL_ROWS rows; max, exp and the
+ * sums then run at full vector width whatever C is.
+ *
+ * Every per-row quantity is computed as the per-row algorithm computes it (the
+ * same max, the same exp, sums over the same eight lanes combined in the same
+ * order, the same coefficient and gradient formulas), so a row gets the same
+ * bits on either path: only the layout of the work differs.  Hard targets
+ * only, and rows read in their own type (no soft-capping, and no float32 rows
+ * that need double: soft targets or label smoothing), as the runner checks.
+ */
+
+/* Transpose rows[r][0..C) into tile[c * R + r]: a block of rows, class-major. */
+FASTLOSS_INLINE void ROW(ce_small_load)(const REAL *logits, fastloss_index row_stride,
+                                        const fastloss_index *row, fastloss_index n_classes,
+                                        VAL *FASTLOSS_RESTRICT tile)
+{
+    for (int r = 0; r < CE_SMALL_ROWS; ++r) {
+        const REAL *x = logits + row[r] * row_stride;
+        for (fastloss_index c = 0; c < n_classes; ++c)
+            tile[c * CE_SMALL_ROWS + r] = x[c];
+    }
+}
+
+/* sum_c values[c][r] per lane r, as ce_sum adds a row: classes c and c + 8k
+ * share an accumulator, the rest go to a tail, combined as ce_lane_total. */
+FASTLOSS_INLINE void ROW(ce_small_sum)(const VAL *FASTLOSS_RESTRICT tile, fastloss_index n_classes,
+                                       double *FASTLOSS_RESTRICT lanes, double *FASTLOSS_RESTRICT total)
+{
+    const fastloss_index full = n_classes - n_classes % FASTLOSS_LANES;
+    for (int k = 0; k < FASTLOSS_LANES * CE_SMALL_ROWS; ++k)
+        lanes[k] = 0.0;
+    for (int r = 0; r < CE_SMALL_ROWS; ++r)
+        total[r] = 0.0;
+    for (fastloss_index c = 0; c < full; ++c) {
+        double *lane = lanes + (c % FASTLOSS_LANES) * CE_SMALL_ROWS;
+        for (int r = 0; r < CE_SMALL_ROWS; ++r)
+            lane[r] += (double)tile[c * CE_SMALL_ROWS + r];
+    }
+    for (fastloss_index c = full; c < n_classes; ++c)
+        for (int r = 0; r < CE_SMALL_ROWS; ++r)
+            total[r] += (double)tile[c * CE_SMALL_ROWS + r];
+    const double *l = lanes;
+    enum { R = CE_SMALL_ROWS };
+    for (int r = 0; r < CE_SMALL_ROWS; ++r)
+        total[r] = (((l[0 * R + r] + l[1 * R + r]) + (l[2 * R + r] + l[3 * R + r])) +
+                    ((l[4 * R + r] + l[5 * R + r]) + (l[6 * R + r] + l[7 * R + r]))) + total[r];
+}
+
+/* sum_c w_c (shift[r] - values[c][r]) per lane, as ce_dist. */
+FASTLOSS_INLINE void ROW(ce_small_dist)(const VAL *FASTLOSS_RESTRICT tile, fastloss_index n_classes,
+                                        const VAL *FASTLOSS_RESTRICT shift,
+                                        const REAL *FASTLOSS_RESTRICT weight,
+                                        double *FASTLOSS_RESTRICT lanes, double *FASTLOSS_RESTRICT total)
+{
+    const fastloss_index full = n_classes - n_classes % FASTLOSS_LANES;
+    for (int k = 0; k < FASTLOSS_LANES * CE_SMALL_ROWS; ++k)
+        lanes[k] = 0.0;
+    for (int r = 0; r < CE_SMALL_ROWS; ++r)
+        total[r] = 0.0;
+    for (fastloss_index c = 0; c < n_classes; ++c) {
+        double *sum = c < full ? lanes + (c % FASTLOSS_LANES) * CE_SMALL_ROWS : total;
+        if (weight) {
+            const double w = (double)weight[c];
+            for (int r = 0; r < CE_SMALL_ROWS; ++r)
+                sum[r] += w * (double)(shift[r] - tile[c * CE_SMALL_ROWS + r]);
+        } else {
+            for (int r = 0; r < CE_SMALL_ROWS; ++r)
+                sum[r] += (double)(shift[r] - tile[c * CE_SMALL_ROWS + r]);
+        }
+    }
+    const double *l = lanes;
+    enum { R = CE_SMALL_ROWS };
+    for (int r = 0; r < CE_SMALL_ROWS; ++r)
+        total[r] = (((l[0 * R + r] + l[1 * R + r]) + (l[2 * R + r] + l[3 * R + r])) +
+                    ((l[4 * R + r] + l[5 * R + r]) + (l[6 * R + r] + l[7 * R + r]))) + total[r];
+}
+
+/*
+ * Rows first_row .. first_row + CE_SMALL_ROWS - 1 (those past the last row
+ * repeat it and are not stored).  `tile` holds C * CE_SMALL_ROWS values,
+ * `lanes` FASTLOSS_LANES * CE_SMALL_ROWS doubles.  lse_in non-NULL: backward
+ * (the exps shifted by the given lse, then renormalised, as ce_row_shifted);
+ * grad NULL: forward only.  Writes row_ce, row_z and row_lse like the runner.
+ */
+static void ROW(ce_small_block)(const ce_call *call, const REAL *logits,
+                                fastloss_index logits_row_stride, const int64_t *target,
+                                const REAL *weight, const double *lse_in, REAL *grad,
+                                fastloss_index grad_row_stride, fastloss_index n_rows,
+                                fastloss_index first_row, VAL *tile, double *lanes,
+                                double *row_ce, double *row_z, double *row_lse)
+{
+    enum { R = CE_SMALL_ROWS };
+    const fastloss_index n_classes = call->n_classes;
+    const int need_dist = call->smoothing > 0.0 && !lse_in;
+    fastloss_index row[R], t[R];
+    VAL shift[R], shift_lo[R], max[R];
+    double lse[R], target_logit[R], sum[R], dist[R];
+    int valid[R];
+    for (int r = 0; r < R; ++r) {
+        row[r] = first_row + r < n_rows ? first_row + r : n_rows - 1;
+        t[r] = target[row[r]];
+        valid[r] = t[r] != call->ignore_index;
+    }
+    ROW(ce_small_load)(logits, logits_row_stride, row, n_classes, tile);
+    for (int r = 0; r < R; ++r)
+        target_logit[r] = valid[r] ? (double)tile[t[r] * R + r] : 0.0;
+
+    if (lse_in) {
+        /* the lse split as in ce_row_shifted */
+        for (int r = 0; r < R; ++r) {
+            lse[r] = valid[r] ? lse_in[row[r]] : 0.0;
+            shift[r] = (VAL)lse[r];
+            shift_lo[r] = (VAL)(lse[r] - (double)shift[r]);
+        }
+        for (fastloss_index c = 0; c < n_classes; ++c)
+            for (int r = 0; r < R; ++r)
+                tile[c * R + r] = VAL_EXP((tile[c * R + r] - shift[r]) - shift_lo[r]);
+    } else {
+        /* the max as ce_max (NaN skipped), the shift as ce_row_stats */
+        for (int r = 0; r < R; ++r)
+            max[r] = -(VAL)INFINITY;
+        for (fastloss_index c = 0; c < n_classes; ++c)
+            for (int r = 0; r < R; ++r)
+                max[r] = tile[c * R + r] > max[r] ? tile[c * R + r] : max[r];
+        for (int r = 0; r < R; ++r)
+            shift[r] = max[r] == -(VAL)INFINITY ? (VAL)0 : max[r];
+        if (need_dist)
+            ROW(ce_small_dist)(tile, n_classes, shift, weight, lanes, dist);
+        for (fastloss_index c = 0; c < n_classes; ++c)
+            for (int r = 0; r < R; ++r)
+                tile[c * R + r] = VAL_EXP_NONPOSITIVE(tile[c * R + r] - shift[r]);
+    }
+    /* the target's term is left out of the lanes and added last, as ce_chunk_sum */
+    VAL target_e[R];
+    for (int r = 0; r < R; ++r) {
+        target_e[r] = 0;
+        if (valid[r]) {
+            target_e[r] = tile[t[r] * R + r];
+            tile[t[r] * R + r] = 0;
+        }
+    }
+    double excl[R];
+    ROW(ce_small_sum)(tile, n_classes, lanes, excl);
+    for (int r = 0; r < R; ++r)
+        sum[r] = valid[r] ? excl[r] + (double)target_e[r] : excl[r];
+    if (lse_in) {
+        /* an lse that does not describe its row (see ce_row_shifted): this block
+         * again from its logits, as the fused pass computes it (the logits are
+         * intact: the block writes its gradient last) */
+        int foreign = 0;
+        for (int r = 0; r < R; ++r)
+            foreign |= valid[r] && !(sum[r] >= 0.5 && sum[r] <= 2.0);
+        if (foreign) {
+            ROW(ce_small_block)(call, logits, logits_row_stride, target, weight, NULL, grad,
+                                grad_row_stride, n_rows, first_row, tile, lanes, row_ce, row_z,
+                                row_lse);
+            return;
+        }
+    }
+
+    /* Per row: the statistics merged as ce_row_stats merges one chunk, then the
+     * coefficients; the gradient factors go to lanes (reused: the sums are done). */
+    double *factor = lanes, *factor_z = lanes + R, *gamma = lanes + 2 * R;
+    double target_grad[R];
+    for (int r = 0; r < R; ++r) {
+        const fastloss_index i = row[r];
+        if (!valid[r]) {
+            factor[r] = factor_z[r] = gamma[r] = 0.0;
+            target_grad[r] = 0.0;
+            if (first_row + r < n_rows)
+                row_ce[i] = row_z[i] = row_lse[i] = 0.0;
+            continue;
+        }
+        ce_row_stats stats;
+        ce_row_coef coef;
+        if (lse_in) {
+            stats.max = lse[r];
+            stats.sum = sum[r];
+        } else {
+            stats.max = (double)max[r];
+            stats.sum = 0.0 + sum[r];
+        }
+        stats.log_sum = log(stats.sum);
+        stats.dist = 0.0;
+        if (need_dist)
+            stats.dist = max[r] == -(VAL)INFINITY ? 0.0 + dist[r] : 0.0 + dist[r] + 0.0 * call->weight_total;
+        stats.mass = call->weight_total;
+        stats.excl = lse_in ? excl[r] : 0.0 + excl[r];
+        const double target_weight = weight ? (double)weight[t[r]] : 1.0;
+        ROW(ce_coefficients)(call, &stats, target_logit[r], target_weight, i, &coef);
+        if (first_row + r < n_rows) {
+            row_ce[i] = coef.ce;
+            row_z[i] = coef.z_term;
+            row_lse[i] = coef.lse;
+        }
+        /* softmax_c = e_c * rel, as ce_row_grad for a row of one chunk */
+        const double rel = (!lse_in && max[r] == -(VAL)INFINITY) ? 0.0 : coef.inv_sum;
+        factor[r] = coef.alpha * rel;
+        factor_z[r] = coef.alpha_z * rel;
+        gamma[r] = coef.gamma;
+        /* the target class from its definition, as ce_row_grad */
+        const double p_minus_1 = -coef.complement;
+        const double eps = call->smoothing;
+        double ce_t = (1.0 - eps) * target_weight * p_minus_1;
+        if (eps > 0.0)
+            ce_t += eps / (double)n_classes * (call->weight_total * (p_minus_1 + 1.0) - target_weight);
+        target_grad[r] = coef.ce_scale * ce_t + coef.alpha_z * (p_minus_1 + 1.0);
+    }
+    if (!grad)
+        return;
+
+    /* The gradient, class by class across the rows, in ce_grad_range's forms: with
+     * a smoothing term (gamma != 0) its difference is taken in double first. */
+    int any_gamma = 0;
+    for (int r = 0; r < R; ++r)
+        any_gamma |= gamma[r] != 0.0;
+    if (!any_gamma) {
+        VAL factor_v[R];
+        for (int r = 0; r < R; ++r)
+            factor_v[r] = (VAL)(factor[r] + factor_z[r]);
+        for (fastloss_index c = 0; c < n_classes; ++c)
+            for (int r = 0; r < R; ++r)
+                tile[c * R + r] = factor_v[r] * tile[c * R + r];
+    } else {
+        for (fastloss_index c = 0; c < n_classes; ++c) {
+            const double w = weight ? (double)weight[c] : 1.0;
+            for (int r = 0; r < R; ++r) {
+                const double e = (double)tile[c * R + r];
+                const double with_gamma = weight ? (factor[r] * e - gamma[r] * w) + factor_z[r] * e
+                                                 : (factor[r] * e - gamma[r]) + factor_z[r] * e;
+                const VAL without = (VAL)(factor[r] + factor_z[r]) * tile[c * R + r];
+                tile[c * R + r] = gamma[r] != 0.0 ? (VAL)with_gamma : without;
+            }
+        }
+    }
+    const fastloss_index last = n_rows - first_row < R ? n_rows - first_row : R;
+    for (fastloss_index r = 0; r < last; ++r) {
+        REAL *g = grad + row[r] * grad_row_stride;
+        if (!valid[r]) {
+            for (fastloss_index c = 0; c < n_classes; ++c)
+                g[c] = 0;
+            continue;
+        }
+        for (fastloss_index c = 0; c < n_classes; ++c)
+            g[c] = (REAL)tile[c * R + r];
+        g[t[r]] = (REAL)target_grad[r];
+    }
+}
