@@ -6,6 +6,142 @@
  * soft-capped rows, and float32 rows with soft targets or label smoothing).
  */
 
+/* What the threads of one call share (set up by RUN, read by RUN_ROWS). */
+typedef struct RUN_JOB {
+    const ce_call *call;
+    const REAL *logits;
+    fastloss_index logits_row_stride;
+    const int64_t *target;
+    const REAL *soft_target;
+    fastloss_index soft_target_row_stride;
+    const REAL *weight;
+    const double *lse_in;
+    REAL *grad;
+    fastloss_index grad_row_stride;
+    fastloss_index n_rows;
+    fastloss_index n_units;
+    int small, wide, softcap, backward, private_e;
+    double softcap_value;
+    char *thread_scratch;
+    size_t per_thread;
+    const size_t *scratch_bytes;
+    double *row_ce, *row_z, *row_lse;
+} RUN_JOB;
+
+/*
+ * The rows of thread `thread` of `n_threads`: units (rows, or blocks of
+ * CE_SMALL_ROWS rows) [thread * U / T, (thread + 1) * U / T), each thread with
+ * its own part of the scratch.  Every row's result is the same whichever
+ * thread computes it.
+ */
+static void RUN_ROWS(const RUN_JOB *job, int thread, int n_threads)
+{
+    const ce_call *call_ptr = job->call;
+    const fastloss_index n_classes = call_ptr->n_classes;
+    const fastloss_index n_rows = job->n_rows;
+    const fastloss_index begin = job->n_units * thread / n_threads;
+    const fastloss_index end = job->n_units * (thread + 1) / n_threads;
+    const REAL *logits = job->logits;
+    const fastloss_index logits_row_stride = job->logits_row_stride;
+    const int64_t *target = job->target;
+    const REAL *soft_target = job->soft_target;
+    const fastloss_index soft_target_row_stride = job->soft_target_row_stride;
+    const REAL *weight = job->weight;
+    const double *lse_in = job->lse_in;
+    REAL *grad = job->grad;
+    const fastloss_index grad_row_stride = job->grad_row_stride;
+    const int soft = soft_target != NULL, wide = job->wide, softcap = job->softcap;
+    const int backward = job->backward, private_e = job->private_e;
+    double *row_ce = job->row_ce, *row_z = job->row_z, *row_lse = job->row_lse;
+    char *mine = job->thread_scratch + job->per_thread * (size_t)thread;
+    const size_t *scratch_bytes = job->scratch_bytes;
+    char *part_start[5];
+    for (int part = 0; part < 5; ++part) {
+        part_start[part] = scratch_bytes[part] ? mine : NULL;
+        mine += (scratch_bytes[part] + 63) / 64 * 64;
+    }
+    double *chunk_data = (double *)part_start[0];
+    double *tile = (double *)part_start[1];
+    double *capped = (double *)part_start[2];
+    double *slope = capped ? capped + n_classes : NULL;
+    double *e_wide = (double *)part_start[3];
+    REAL *e_private = (REAL *)part_start[4];
+    if (job->small) {
+        /* the lanes after the tile, 64-byte aligned as the tile's size is a
+         * multiple of CE_SMALL_ROWS values */
+        double *lanes = (double *)((char *)tile + (size_t)n_classes * CE_SMALL_ROWS * sizeof(REAL));
+        for (fastloss_index block = begin; block < end; ++block)
+            ROW_SAME(ce_small_block)(call_ptr, logits, logits_row_stride, target, weight, lse_in,
+                                     grad, grad_row_stride, n_rows, block * CE_SMALL_ROWS,
+                                     (REAL *)tile, lanes, row_ce, row_z, row_lse);
+        return;
+    }
+    for (fastloss_index i = begin; i < end; ++i) {
+        const REAL *x = logits + i * logits_row_stride;
+        const REAL *q = soft ? soft_target + i * soft_target_row_stride : NULL;
+        REAL *g = grad ? grad + i * grad_row_stride : NULL;
+        fastloss_index t = -1;
+        double target_weight = 1.0, target_logit = 0.0;
+        if (!soft) {
+            t = target[i];
+            if (t == call_ptr->ignore_index) {
+                row_ce[i] = 0.0;
+                row_z[i] = 0.0;
+                row_lse[i] = 0.0;
+                if (g)
+                    for (fastloss_index c = 0; c < n_classes; ++c)
+                        g[c] = 0;
+                continue;
+            }
+            target_weight = weight ? (double)weight[t] : 1.0;
+        }
+        ce_row_stats stats = {0.0, 1.0, 0.0, 0.0, 0.0, 0.0};
+        ce_row_coef coef;
+        if (backward && soft)
+            stats.mass = ROW_SAME(ce_soft_mass)(q, n_classes, weight, call_ptr->q_scale, call_ptr->q_offset);
+        if (!wide) {
+            if (!soft)
+                target_logit = (double)x[t]; /* before an in-place pass overwrites it */
+            /* the exps: in the gradient row, or the private row (in-place
+             * backward), or one chunk at a time for the forward */
+            REAL *e_row = private_e ? e_private : g;
+            if (!backward || !ROW_SAME(ce_row_shifted)(call_ptr, x, t, lse_in[i], e_row, chunk_data, &stats))
+                ROW_SAME(ce_row_stats)(call_ptr, x, q, weight, t, e_row, (REAL *)tile, chunk_data, &stats);
+            ROW_SAME(ce_coefficients)(call_ptr, &stats, target_logit, target_weight, i, &coef);
+            if (g)
+                ROW_SAME(ce_row_grad)(call_ptr, q, weight, t, &coef, e_row, chunk_data, NULL, g);
+        } else {
+            if (!softcap) {
+                for (fastloss_index c = 0; c < n_classes; ++c)
+                    capped[c] = (double)x[c];
+            } else {
+                /* Gemma 2 soft-capping, y = c tanh(x / c) and dy/dx = sech**2(x / c).
+                 * With u = x / c: tanh|u| = -m / (2 + m), m = expm1(-2|u|) (exact
+                 * for small |u|), and sech**2 u = 4 e / (1 + e)**2, e = exp(-2|u|)
+                 * (exact for large |u|, where 1 - tanh**2 would cancel). */
+                for (fastloss_index c = 0; c < n_classes; ++c) {
+                    const double u = (double)x[c] / job->softcap_value;
+                    const double m = expm1(-2.0 * fabs(u));
+                    const double e = exp(-2.0 * fabs(u));
+                    capped[c] = copysign(job->softcap_value * (-m / (2.0 + m)), u);
+                    slope[c] = 4.0 * e / ((1.0 + e) * (1.0 + e));
+                }
+            }
+            if (!soft)
+                target_logit = capped[t];
+            if (!backward || !ROW_WIDE(ce_row_shifted)(call_ptr, capped, t, lse_in[i], e_wide, chunk_data, &stats))
+                ROW_WIDE(ce_row_stats)(call_ptr, capped, q, weight, t, e_wide, tile, chunk_data, &stats);
+            ROW_WIDE(ce_coefficients)(call_ptr, &stats, target_logit, target_weight, i, &coef);
+            if (g)
+                ROW_WIDE(ce_row_grad)(call_ptr, q, weight, t, &coef, e_wide, chunk_data,
+                                      softcap ? slope : NULL, g);
+        }
+        row_ce[i] = coef.ce;
+        row_z[i] = coef.z_term;
+        row_lse[i] = coef.lse;
+    }
+}
+
 int RUN(const fastloss_ce_options *options, const REAL *logits, fastloss_index logits_row_stride,
         const int64_t *target, const REAL *soft_target, fastloss_index soft_target_row_stride,
         const REAL *weight, const double *lse_in, const double *grad_output,
@@ -121,106 +257,20 @@ int RUN(const fastloss_ce_options *options, const REAL *logits, fastloss_index l
     call.weight_total = weight_total;
     call.chunk_weight_sum = chunk_weight_sum;
 
+    /* The rows, in fixed contiguous ranges per thread; one thread runs them with
+     * no OpenMP call at all (a parallel region of one still costs a few hundred ns
+     * and wakes libgomp's pool, a visible part of a call on a small batch). */
+    RUN_JOB job = {&call, logits, logits_row_stride, target, soft_target,
+                   soft_target_row_stride, weight, lse_in, grad, grad_row_stride, n_rows,
+                   n_units, small, wide, softcap, backward, private_e, options->softcap,
+                   thread_scratch, per_thread, scratch_bytes, row_ce, row_z, row_lse};
+    if (threads == 1) {
+        RUN_ROWS(&job, 0, 1);
+    } else {
 #ifdef _OPENMP
-#pragma omp parallel num_threads(threads) if (threads > 1)
+#pragma omp parallel num_threads(threads)
+        RUN_ROWS(&job, omp_get_thread_num(), omp_get_num_threads());
 #endif
-    {
-#ifdef _OPENMP
-        char *mine = thread_scratch + per_thread * (size_t)omp_get_thread_num();
-#else
-        char *mine = thread_scratch;
-#endif
-        char *part_start[5];
-        for (int part = 0; part < 5; ++part) {
-            part_start[part] = scratch_bytes[part] ? mine : NULL;
-            mine += (scratch_bytes[part] + 63) / 64 * 64;
-        }
-        double *chunk_data = (double *)part_start[0];
-        double *tile = (double *)part_start[1];
-        double *capped = (double *)part_start[2];
-        double *slope = capped ? capped + n_classes : NULL;
-        double *e_wide = (double *)part_start[3];
-        REAL *e_private = (REAL *)part_start[4];
-        if (small) {
-            /* the lanes after the tile, 64-byte aligned as the tile's size is a
-             * multiple of CE_SMALL_ROWS values */
-            double *lanes = (double *)((char *)tile + (size_t)n_classes * CE_SMALL_ROWS * sizeof(REAL));
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-            for (fastloss_index block = 0; block < n_units; ++block)
-                ROW_SAME(ce_small_block)(&call, logits, logits_row_stride, target, weight, lse_in,
-                                         grad, grad_row_stride, n_rows, block * CE_SMALL_ROWS,
-                                         (REAL *)tile, lanes, row_ce, row_z, row_lse);
-        } else {
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-        for (fastloss_index i = 0; i < n_rows; ++i) {
-            const REAL *x = logits + i * logits_row_stride;
-            const REAL *q = soft ? soft_target + i * soft_target_row_stride : NULL;
-            REAL *g = grad ? grad + i * grad_row_stride : NULL;
-            fastloss_index t = -1;
-            double target_weight = 1.0, target_logit = 0.0;
-            if (!soft) {
-                t = target[i];
-                if (t == options->ignore_index) {
-                    row_ce[i] = 0.0;
-                    row_z[i] = 0.0;
-                    row_lse[i] = 0.0;
-                    if (g)
-                        for (fastloss_index c = 0; c < n_classes; ++c)
-                            g[c] = 0;
-                    continue;
-                }
-                target_weight = weight ? (double)weight[t] : 1.0;
-            }
-            ce_row_stats stats = {0.0, 1.0, 0.0, 0.0, 0.0, 0.0};
-            ce_row_coef coef;
-            if (backward && soft)
-                stats.mass = ROW_SAME(ce_soft_mass)(q, n_classes, weight, call.q_scale, call.q_offset);
-            if (!wide) {
-                if (!soft)
-                    target_logit = (double)x[t]; /* before an in-place pass overwrites it */
-                /* the exps: in the gradient row, or the private row (in-place
-                 * backward), or one chunk at a time for the forward */
-                REAL *e_row = private_e ? e_private : g;
-                if (!backward || !ROW_SAME(ce_row_shifted)(&call, x, t, lse_in[i], e_row, chunk_data, &stats))
-                    ROW_SAME(ce_row_stats)(&call, x, q, weight, t, e_row, (REAL *)tile, chunk_data, &stats);
-                ROW_SAME(ce_coefficients)(&call, &stats, target_logit, target_weight, i, &coef);
-                if (g)
-                    ROW_SAME(ce_row_grad)(&call, q, weight, t, &coef, e_row, chunk_data, NULL, g);
-            } else {
-                if (!softcap) {
-                    for (fastloss_index c = 0; c < n_classes; ++c)
-                        capped[c] = (double)x[c];
-                } else {
-                    /* Gemma 2 soft-capping, y = c tanh(x / c) and dy/dx = sech**2(x / c).
-                     * With u = x / c: tanh|u| = -m / (2 + m), m = expm1(-2|u|) (exact
-                     * for small |u|), and sech**2 u = 4 e / (1 + e)**2, e = exp(-2|u|)
-                     * (exact for large |u|, where 1 - tanh**2 would cancel). */
-                    for (fastloss_index c = 0; c < n_classes; ++c) {
-                        const double u = (double)x[c] / options->softcap;
-                        const double m = expm1(-2.0 * fabs(u));
-                        const double e = exp(-2.0 * fabs(u));
-                        capped[c] = copysign(options->softcap * (-m / (2.0 + m)), u);
-                        slope[c] = 4.0 * e / ((1.0 + e) * (1.0 + e));
-                    }
-                }
-                if (!soft)
-                    target_logit = capped[t];
-                if (!backward || !ROW_WIDE(ce_row_shifted)(&call, capped, t, lse_in[i], e_wide, chunk_data, &stats))
-                    ROW_WIDE(ce_row_stats)(&call, capped, q, weight, t, e_wide, tile, chunk_data, &stats);
-                ROW_WIDE(ce_coefficients)(&call, &stats, target_logit, target_weight, i, &coef);
-                if (g)
-                    ROW_WIDE(ce_row_grad)(&call, q, weight, t, &coef, e_wide, chunk_data,
-                                          softcap ? slope : NULL, g);
-            }
-            row_ce[i] = coef.ce;
-            row_z[i] = coef.z_term;
-            row_lse[i] = coef.lse;
-        }
-        }
     }
 
     if (loss_per_row)

@@ -57,20 +57,28 @@
 /* Runners. */
 #define REAL float
 #define RUN FL_RUN_NAME(float32, FASTLOSS_ISA)
+#define RUN_ROWS FL_PASTE3(ce_rows, float32, run, FASTLOSS_ISA)
+#define RUN_JOB FL_PASTE3(ce_job, float32, run, FASTLOSS_ISA)
 #define ROW_SAME(name) FL_PASTE3(name, f32, f32, FASTLOSS_ISA)
 #define ROW_WIDE(name) FL_PASTE3(name, f64, f32, FASTLOSS_ISA)
 #include "cross_entropy_body.h"
 #undef REAL
 #undef RUN
+#undef RUN_ROWS
+#undef RUN_JOB
 #undef ROW_SAME
 #undef ROW_WIDE
 
 #define REAL double
 #define RUN FL_RUN_NAME(float64, FASTLOSS_ISA)
+#define RUN_ROWS FL_PASTE3(ce_rows, float64, run, FASTLOSS_ISA)
+#define RUN_JOB FL_PASTE3(ce_job, float64, run, FASTLOSS_ISA)
 #define ROW_SAME(name) FL_PASTE3(name, f64, f64, FASTLOSS_ISA)
 #define ROW_WIDE(name) FL_PASTE3(name, f64, f64, FASTLOSS_ISA)
 #include "cross_entropy_body.h"
 #undef REAL
 #undef RUN
+#undef RUN_ROWS
+#undef RUN_JOB
 #undef ROW_SAME
 #undef ROW_WIDE

@@ -75,6 +75,9 @@ cdef inline bint _is_float_array(object value):
 
 cdef inline cnp.ndarray _class_rows(cnp.ndarray array, fastloss_index n_classes):
     """A 2-d (rows, C) view of `array` whose last axis is contiguous, or a copy."""
+    if (cnp.PyArray_NDIM(array) == 2
+            and (n_classes == 1 or cnp.PyArray_STRIDE(array, 1) == cnp.PyArray_ITEMSIZE(array))):
+        return array  # already rows (the usual case: no reshape to pay for)
     cdef cnp.ndarray matrix = array.reshape(-1, n_classes)
     if n_classes > 1 and matrix.strides[1] != cnp.PyArray_ITEMSIZE(matrix):
         matrix = numpy.ascontiguousarray(matrix)
@@ -109,6 +112,12 @@ cdef inline int _reduction_code(object reduction) except -1:
 cdef object _hard_target(cnp.ndarray target, tuple loss_shape, fastloss_index n_classes,
                          object ignore_index):
     """Class indices as the contiguous int64 vector the kernel reads."""
+    if (cnp.PyArray_NDIM(target) == 1 and len(loss_shape) == 1
+            and cnp.PyArray_DIM(target, 0) == <cnp.npy_intp>loss_shape[0]
+            and cnp.PyArray_TYPE(target) == cnp.NPY_INT64
+            and cnp.PyArray_IS_C_CONTIGUOUS(target) and cnp.PyArray_ISALIGNED(target)
+            and not cnp.PyArray_ISBYTESWAPPED(target)):
+        return target  # the usual case, as it is
     if (<object>target).shape != loss_shape:
         raise ValueError(f"target: expected class indices of shape {loss_shape}, "
                          f"got {(<object>target).shape}")
@@ -257,8 +266,9 @@ def ce_call(int mode, object logits, object target, object weight, object ignore
         lse_out = cnp.PyArray_EMPTY(1, [n_rows], cnp.NPY_FLOAT64, 0)
     if mode != CE_FORWARD:
         if out is None:
-            grad = empty(shape, logits_dtype)
-            grad_matrix = (<cnp.ndarray>grad).reshape(-1, n_classes) if not widened else None
+            grad = _empty_like(logits_array)
+            if not widened:
+                grad_matrix = grad if ndim == 2 else (<cnp.ndarray>grad).reshape(-1, n_classes)
         else:
             out_arg(out, shape, logits_dtype)
             grad = out
@@ -349,6 +359,16 @@ def ce_call(int mode, object logits, object target, object weight, object ignore
     if lse_out is not None:
         lse_out = (<cnp.ndarray>lse_out).reshape(loss_shape)
     return loss, lse_out, grad
+
+
+cdef object _empty_like(cnp.ndarray array):
+    """A C-ordered array of `array`'s shape and dtype: empty()'s, from np.empty's
+    allocator directly when small."""
+    cdef size_t size = <size_t>cnp.PyArray_NBYTES(array)
+    if size >= LARGE_BUFFER_BYTES:
+        return empty((<object>array).shape, array.dtype)
+    return cnp.PyArray_EMPTY(cnp.PyArray_NDIM(array), cnp.PyArray_DIMS(array),
+                             cnp.PyArray_TYPE(array), 0)
 
 
 cdef object _out_rows(cnp.ndarray out, cnp.ndarray matrix, fastloss_index n_classes,

@@ -42,12 +42,15 @@ This module is imported only by ``import fastloss.torch``: ``import fastloss`` n
 imports torch, and torch is not a build or run-time dependency of fastloss.
 """
 import warnings
+import weakref
 
 import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
 import fastloss
+from fastloss import _kernels
+from fastloss._config import resolve_num_threads
 from fastloss._validation import reduction_arg
 from fastloss.elementwise import _sum_to_shape
 
@@ -75,6 +78,7 @@ __all__ = [
 ]
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
 
 # ----------------------------------------------------------------------------------------
@@ -133,9 +137,10 @@ def _class_last(tensor):
     """An array view of `tensor` with dim 1 (torch's class axis) moved last, made
     contiguous along it when it is not (the kernels read each row as one run)."""
     moved = tensor.detach()
-    if moved.dim() >= 2:
+    dim = moved.dim()
+    if dim > 2:
         moved = moved.movedim(1, -1)
-    if moved.dim() and moved.size(-1) > 1 and moved.stride(-1) != 1:
+    if dim and moved.stride(-1) != 1 and moved.size(-1) > 1:
         moved = moved.contiguous()
     return moved.numpy()
 
@@ -174,100 +179,273 @@ def _upstream(grad_output, reduction):
 # Cross-entropy
 # ----------------------------------------------------------------------------------------
 
+class _CrossEntropyCall:
+    """The checked options of one fastloss.torch.cross_entropy call."""
+
+    __slots__ = ("soft", "dtype", "ignore_index", "reduction", "label_smoothing", "z_loss",
+                 "softcap", "num_threads", "inplace", "grad_in_forward")
+
+    def __init__(self, soft, dtype, ignore_index, reduction, label_smoothing, z_loss, softcap,
+                 num_threads, inplace, grad_in_forward):
+        self.soft, self.dtype = soft, dtype
+        self.ignore_index, self.reduction = ignore_index, reduction
+        self.label_smoothing, self.z_loss, self.softcap = label_smoothing, z_loss, softcap
+        self.num_threads = num_threads
+        self.inplace, self.grad_in_forward = inplace, grad_in_forward
+
+    def run(self, mode, logits, target, weight, grad_output=None, lse=None, out=None,
+            want_lse=False):
+        return _kernels.ce_call(mode, logits, target, weight, self.ignore_index,
+                                self.reduction, self.label_smoothing, self.z_loss, self.softcap,
+                                self.num_threads, grad_output, lse, out, want_lse)
+
+
 class _CrossEntropy(torch.autograd.Function):
-    """fastloss.cross_entropy with the class axis at dim 1. The forward keeps the per-row
-    log-sum-exp; the backward is fastloss.cross_entropy_grad(..., lse=lse)."""
+    """fastloss.cross_entropy with the class axis at dim 1.
+
+    When the input requires grad the forward is the fused pass (loss and gradient in one
+    read of the logits; with ``inplace`` the gradient replaces them) and keeps the
+    gradient; the backward hands it over, scaled by grad_output when that is not 1.
+    With ``grad_in_forward=False`` the forward keeps the per-row log-sum-exp instead and
+    the backward is fastloss.cross_entropy_grad(..., lse=lse). Gradients w.r.t.
+    probability targets and their class weights (torch gives both) come from the
+    log-softmax, computed in float64 in the backward."""
 
     @staticmethod
-    def forward(ctx, input, target, weight, options, inplace_backward):
-        soft = target.dtype.is_floating_point
+    def forward(ctx, input, target, weight, call):
+        need_input, need_target, need_weight, _ = ctx.needs_input_grad
         logits = _class_last(input)
-        target_array = _class_last(target) if soft else _numpy(target)
-        loss, lse = fastloss.cross_entropy(logits, target_array, weight=_numpy(weight),
-                                           return_lse=True, **options)
-        ctx.save_for_backward(input, target, weight)
-        ctx.lse = lse
-        ctx.options = options
-        ctx.soft = soft
-        ctx.inplace_backward = inplace_backward
-        return _loss_tensor(loss, input.dtype)
+        target_array = _class_last(target) if call.soft else target.numpy()
+        weight_array = None if weight is None else _numpy(weight)
+        ctx.call = call
+        ctx.grad = None
+        if need_input and call.grad_in_forward and not (need_target or need_weight):
+            loss, _, grad = call.run(_kernels.CE_VALUE_AND_GRAD, logits, target_array,
+                                     weight_array, 1.0, out=logits if call.inplace else None)
+            if call.inplace and np.shares_memory(grad, _numpy(input)):
+                # Other graph nodes that saved the logits now fail loudly instead of
+                # reading the gradient (as after any in-place operation).
+                torch.autograd.graph.increment_version(input)
+            ctx.grad = grad
+            # A second backward (retain_graph) recomputes from the logits if they are
+            # still there and unchanged; nothing of N x C is kept for it.
+            ctx.input_ref = weakref.ref(input)
+            ctx.input_version = input._version
+            ctx.save_for_backward(None, target, weight)
+        elif need_input or need_target or need_weight:
+            loss, lse, _ = call.run(_kernels.CE_FORWARD, logits, target_array, weight_array,
+                                    want_lse=True)
+            ctx.lse = lse
+            ctx.save_for_backward(input, target, weight)
+        else:
+            loss, _, _ = call.run(_kernels.CE_FORWARD, logits, target_array, weight_array)
+        if type(loss) is float:
+            return torch.from_numpy(np.array(loss, call.dtype))
+        return torch.from_numpy(loss)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_output):
-        input, target, weight = ctx.saved_tensors
-        if not ctx.needs_input_grad[0]:
-            return None, None, None, None, None
+        # First order only. Under create_graph=True (grad mode on here) the result is
+        # marked as once_differentiable marks it; otherwise nothing records a graph, and
+        # that wrapper's no_grad context would only cost a microsecond of a small call.
+        if torch.is_grad_enabled():
+            return _CrossEntropy._backward_once(ctx, grad_output)
+        return _CrossEntropy._backward(ctx, grad_output)
+
+    @staticmethod
+    def _backward(ctx, grad_output):
+        call = ctx.call
+        need_input, need_target, need_weight, _ = ctx.needs_input_grad
+        grad_input = grad_target = grad_weight = None
+        if need_input:
+            grad, ctx.grad = ctx.grad, None  # the first backward takes it (autograd owns it)
+            if grad is not None:
+                grad_input = _scaled(torch.from_numpy(grad), grad_output, call.reduction)
+            else:
+                grad_input = torch.from_numpy(_CrossEntropy._recompute(ctx, grad_output))
+            if grad_input.dim() >= 2:
+                grad_input = grad_input.movedim(-1, 1)  # torch's layout: a view, no copy
+        if need_target or need_weight:
+            input, target, weight = ctx.saved_tensors
+            grad_target, grad_weight = _soft_target_grads(input, target, weight, call,
+                                                          grad_output, need_target,
+                                                          need_weight)
+        return grad_input, grad_target, grad_weight, None
+
+    _backward_once = staticmethod(once_differentiable(_backward.__func__))
+
+    @staticmethod
+    def _recompute(ctx, grad_output):
+        """The gradient w.r.t. the input from the saved logits: the lse path, or a second
+        backward after the gradient computed in the forward was handed over."""
+        call = ctx.call
+        input, target, weight = ctx.saved_tensors  # torch's error if the graph was freed
+        lse = getattr(ctx, "lse", None)
+        if input is None:
+            input = ctx.input_ref()
+            if call.inplace or input is None or input._version != ctx.input_version:
+                raise RuntimeError(
+                    "fastloss.torch.cross_entropy: a second backward through this graph needs "
+                    "the logits, which are gone or changed (the forward computed the gradient "
+                    "and the first backward took it): pass grad_in_forward=False to keep them "
+                    "for retain_graph=True")
         logits = _class_last(input)
-        target_array = _class_last(target) if ctx.soft else _numpy(target)
-        # inplace_backward: the gradient overwrites the logits (or the contiguous copy
-        # _class_last made of them), as fastloss's out=logits: no N x C allocation.
-        grad = fastloss.cross_entropy_grad(
-            logits, target_array, _upstream(grad_output, ctx.options["reduction"]),
-            weight=_numpy(weight), lse=ctx.lse, out=logits if ctx.inplace_backward else None,
-            **ctx.options)
-        if ctx.inplace_backward and np.shares_memory(grad, _numpy(input)):
-            # Other graph nodes that saved the logits now fail loudly instead of reading
-            # the gradient (as after any in-place operation).
+        target_array = _class_last(target) if call.soft else _numpy(target)
+        upstream = (grad_output.detach().numpy() if call.reduction == "none"
+                    else float(grad_output))
+        # inplace: the gradient overwrites the logits (or the contiguous copy _class_last
+        # made of them), as fastloss's out=logits: no N x C allocation.
+        _, _, grad = call.run(_kernels.CE_GRAD, logits, target_array, _numpy(weight), upstream,
+                              lse=lse, out=logits if call.inplace else None)
+        if call.inplace and np.shares_memory(grad, _numpy(input)):
             torch.autograd.graph.increment_version(input)
-        grad = torch.from_numpy(grad)
-        if input.dim() >= 2:
-            grad = grad.movedim(-1, 1)  # back to torch's layout: a view, no copy
-        return grad, None, None, None, None
+        return grad
+
+
+def _scaled(grad, grad_output, reduction):
+    """``grad`` (computed for a grad_output of 1, class axis last) times grad_output, in
+    place; nothing to do when grad_output is 1."""
+    if reduction != "none":
+        scale = grad_output.item()
+        if scale != 1.0:
+            grad.mul_(scale)
+    elif grad_output.numel() and not bool((grad_output == 1).all()):
+        grad.mul_(grad_output.unsqueeze(-1).to(grad.dtype))
+    return grad
+
+
+def _soft_target_grads(input, target, weight, call, grad_output, need_target, need_weight):
+    """Gradients of the loss w.r.t. probability targets q and class weights w (torch
+    differentiates both): with logp the log-softmax of the (capped) logits, q' = (1 - eps)
+    q + eps / C and s the row's scale (grad_output; divided by the N rows for "mean"),
+    d loss / d q_c = -s (1 - eps) w_c logp_c and d loss / d w_c = -sum_rows s q'_c logp_c.
+    float64 throughout, rounded once to each argument's dtype."""
+    logits = input.detach().movedim(1, -1) if input.dim() >= 2 else input.detach()
+    logits = logits.double()
+    if call.softcap is not None:
+        logits = call.softcap * torch.tanh(logits / call.softcap)
+    log_probs = torch.log_softmax(logits, dim=-1)
+    if call.reduction == "none":
+        scale = grad_output.detach().double().unsqueeze(-1)
+    else:
+        scale = grad_output.detach().double()
+        if call.reduction == "mean":
+            scale = scale / max(1, log_probs.numel() // max(1, log_probs.shape[-1]))
+    n_classes = log_probs.shape[-1]
+    eps = call.label_smoothing
+    class_weight = (torch.ones(n_classes, dtype=torch.float64) if weight is None
+                    else weight.detach().double())
+    grad_target = grad_weight = None
+    if need_target:
+        grad_target = -(1.0 - eps) * scale * class_weight * log_probs
+        grad_target = grad_target.movedim(-1, 1) if grad_target.dim() >= 2 else grad_target
+        grad_target = grad_target.to(target.dtype)
+    if need_weight:
+        probabilities = target.detach().movedim(1, -1) if target.dim() >= 2 else target.detach()
+        smoothed = (1.0 - eps) * probabilities.double() + eps / n_classes
+        grad_weight = -(scale * smoothed * log_probs).reshape(-1, n_classes).sum(0)
+        grad_weight = grad_weight.to(weight.dtype)
+    return grad_target, grad_weight
+
+
+def _check_float_tensor(tensor, name, function):
+    """_float_tensor's checks, after a fast test of the usual case."""
+    if not (isinstance(tensor, torch.Tensor) and tensor.dtype in _FLOAT_DTYPES
+            and tensor.is_cpu and tensor.layout is torch.strided):
+        _float_tensor(tensor, name, function)
 
 
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100,
                   reduce=None, reduction="mean", label_smoothing=0.0, *, z_loss=0.0,
-                  softcap=None, inplace_backward=False, num_threads=None):
+                  softcap=None, inplace_backward=False, grad_in_forward=True,
+                  num_threads=None):
     """``torch.nn.functional.cross_entropy`` computed by fastloss's kernels.
 
     Parameters as torch's: ``input`` of shape (C), (N, C) or (N, C, d1, ..., dK), float32
     or float64; ``target`` of class indices (any integer dtype) of shape (), (N) or
-    (N, d1, ..., dK), or of probabilities shaped like ``input``; ``weight`` (C,);
-    ``ignore_index``; ``reduction``; ``label_smoothing``. Keyword-only extras:
-    ``z_loss`` (adds ``z_loss * lse**2`` per row), ``softcap`` (logits become
+    (N, d1, ..., dK), or of probabilities shaped like ``input`` (float32 or float64; a
+    float64 target with a float32 input is not rounded: the loss is float64, as torch's);
+    ``weight`` (C,); ``ignore_index``; ``reduction``; ``label_smoothing``. Keyword-only
+    extras: ``z_loss`` (adds ``z_loss * lse**2`` per row), ``softcap`` (logits become
     ``softcap * tanh(logits / softcap)``), ``num_threads`` (see
-    :func:`fastloss.cross_entropy`) and ``inplace_backward``.
+    :func:`fastloss.cross_entropy`), ``grad_in_forward`` and ``inplace_backward``.
 
-    ``inplace_backward=True`` lets the backward write the gradient over the memory of
-    ``input`` (fastloss's ``out=logits``): a training step then allocates no second
-    N x C buffer, and skips the page faults of a fresh one. The logits are gone after
-    the backward, so use it only when nothing reads them later; ``input`` must not be a
-    leaf tensor (its gradient would overwrite it), and other autograd nodes that saved
-    it raise torch's in-place modification error rather than read the gradient.
+    When ``input`` requires grad, the forward computes the loss and its gradient in one
+    fused pass (one read of the logits, one write of the gradient) and keeps the
+    gradient; the backward returns it, multiplied by grad_output only when that is not 1.
+    The gradient (N x C, like the input) lives from the forward to the backward: the
+    memory torch's own cross-entropy keeps for its log-softmax. ``grad_in_forward=False``
+    keeps only the per-row log-sum-exp (N float64 values) and the input instead, and the
+    backward reads the logits again (fastloss.cross_entropy_grad(..., lse=lse)): less
+    memory between the passes when the logits are kept alive anyway, one more read.
 
-    The gradient w.r.t. ``input`` is exact and first order. Probability targets and
-    ``weight`` are not differentiated: NotImplementedError if they require grad.
+    ``inplace_backward=True`` makes that fused pass write the gradient over the memory of
+    ``input`` (fastloss's ``out=logits``): one read, one write, no N x C allocation. The
+    logits hold the gradient from the forward on, so use it only when nothing reads them
+    afterwards (compute accuracy or argmax before the loss); ``input`` must not be a leaf
+    tensor (its gradient would overwrite it), and other autograd nodes that saved it raise
+    torch's in-place modification error rather than read the gradient. A second backward
+    through the graph (retain_graph=True) recomputes the gradient from the logits if they
+    are still alive and unchanged, else raises.
+
+    Gradients: w.r.t. ``input``, and w.r.t. probability targets and ``weight`` with them
+    (as torch); with class indices torch gives no gradient for ``weight``, and neither
+    does this (RuntimeError if it requires grad). First order (``once_differentiable``).
     """
     function = "fastloss.torch.cross_entropy"
-    _float_tensor(input, "input", function)
+    _check_float_tensor(input, "input", function)
     if input.dim() == 0:
         raise ValueError(f"{function}: input: expected shape (C), (N, C) or "
                          f"(N, C, d1, ...), got a 0-d tensor")
-    _cpu_tensor(target, "target", function)
-    if target.dtype.is_floating_point:
+    if not (isinstance(target, torch.Tensor) and target.is_cpu
+            and target.layout is torch.strided):
+        _cpu_tensor(target, "target", function)
+    soft = target.dtype.is_floating_point
+    dtype = input.dtype
+    if soft:
         if target.dtype not in _FLOAT_DTYPES:
             raise TypeError(f"{function}: target: expected class indices (an integer tensor) "
                             f"or float32/float64 probabilities, got {target.dtype}")
-        _no_grad_needed(target, "target (probabilities)", function)
+        dtype = torch.promote_types(dtype, target.dtype)
     elif target.dtype == torch.bool or target.dtype.is_complex:
         raise TypeError(f"{function}: target: expected class indices (an integer tensor) "
                         f"or float32/float64 probabilities, got {target.dtype}")
     if weight is not None:
-        _float_tensor(weight, "weight", function)
-        _no_grad_needed(weight, "weight", function)
+        _check_float_tensor(weight, "weight", function)
+        if not soft and weight.requires_grad and torch.is_grad_enabled():
+            raise NotImplementedError(
+                f"{function}: weight requires grad, but cross-entropy with class indices is "
+                f"not differentiable with respect to weight (as torch's nll_loss); pass "
+                f"weight.detach()")
     if inplace_backward and input.is_leaf and input.requires_grad:
         raise ValueError(f"{function}: inplace_backward=True needs a non-leaf input (the "
                          f"output of a layer): the gradient would overwrite this leaf tensor")
-    options = {
-        "ignore_index": ignore_index,
-        "reduction": _reduction(size_average, reduce, reduction),
-        "label_smoothing": label_smoothing,
-        "z_loss": z_loss,
-        "softcap": softcap,
-        "num_threads": num_threads,
-    }
-    return _CrossEntropy.apply(input, target, weight, options, bool(inplace_backward))
+    if size_average is not None or reduce is not None:
+        reduction = _reduction(size_average, reduce, reduction)
+    call = _CrossEntropyCall(soft, _NUMPY_DTYPES[dtype], ignore_index, reduction,
+                             label_smoothing, z_loss, softcap, resolve_num_threads(num_threads),
+                             bool(inplace_backward), bool(grad_in_forward))
+    return _cross_entropy_apply(input, target, weight, call)
+
+
+def _direct_apply(function):
+    """``function.apply`` without Function.apply's Python wrapper, which (when no functorch
+    transform is active) only unwraps functorch's dead wrappers: about 1.5 us of a small
+    call, a tenth of torch's whole cross-entropy step at N = 1."""
+    functorch_active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    if functorch_active is None:
+        return function.apply
+    direct = super(torch.autograd.Function, function).apply
+
+    def apply(*arguments):
+        if functorch_active():
+            return function.apply(*arguments)
+        return direct(*arguments)
+
+    return apply
+
+
+_cross_entropy_apply = _direct_apply(_CrossEntropy)
 
 
 # ----------------------------------------------------------------------------------------
