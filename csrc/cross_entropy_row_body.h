@@ -228,7 +228,7 @@ static void ROW(ce_row_stats)(const ce_call *call, const VAL *y, const REAL *q,
     }
     stats->max = row_max;
     stats->sum = sum;
-    stats->log_sum = log(sum);
+    stats->log_sum = fastloss_log(sum);
     stats->dist = dist;
     stats->mass = mass;
     stats->excl = sum_excl;
@@ -270,7 +270,7 @@ static int ROW(ce_row_shifted)(const ce_call *call, const VAL *y, fastloss_index
     }
     stats->max = lse;
     stats->sum = sum;
-    stats->log_sum = log(sum);
+    stats->log_sum = fastloss_log(sum);
     stats->excl = sum_excl;
     return sum >= 0.5 && sum <= 2.0;
 }
@@ -336,60 +336,79 @@ FASTLOSS_INLINE void ROW(ce_softcap_chain)(const double *FASTLOSS_RESTRICT slope
         g[c] = (REAL)((double)g[c] * slope[c]);
 }
 
-static void ROW(ce_coefficients)(const ce_call *call, const ce_row_stats *stats,
-                                 double target_logit, double target_weight,
-                                 fastloss_index row, ce_row_coef *coef)
+/*
+ * The row's loss and the coefficients of its gradient (see cross_entropy.c).
+ * Inline and branch-free: every option's terms are computed and the call's
+ * options select among them, so that the small-vocabulary path computes it for
+ * 16 rows at once as vectors (a compiler keeps floating-point arithmetic under
+ * an `if` scalar, as it might raise an exception it must not invent).
+ */
+FASTLOSS_INLINE void ROW(ce_coefficients)(const ce_call *call, const ce_row_stats *stats,
+                                          double target_logit, double target_weight,
+                                          fastloss_index row, ce_row_coef *coef)
 {
     const double eps = call->smoothing;
+    const int smoothing = eps > 0.0, soft = call->soft;
     const double inv_classes = 1.0 / (double)call->n_classes;
     const double lse = stats->max + stats->log_sum;
     const double upstream = call->grad_output[row * call->grad_output_stride];
     const double ce_scale = upstream * call->ce_factor;
     const double z_scale = upstream * call->z_factor;
-    double ce, alpha;
-    coef->gamma = 0.0;
-    if (call->soft) {
-        /* ce = sum_c u_c (lse - y_c) = A + U log S */
-        ce = stats->dist + stats->mass * stats->log_sum;
-        alpha = ce_scale * stats->mass;
-        coef->gamma = ce_scale;
-    } else {
-        /* nll = lse - y_t, written so that nothing cancels when y_t is the max */
-        const double nll = (stats->max - target_logit) + stats->log_sum;
-        if (eps > 0.0) {
-            /* torch: (1 - eps) w_t nll + eps / C sum_c w_c (lse - y_c) */
-            const double smooth = stats->dist + call->weight_total * stats->log_sum;
-            ce = (1.0 - eps) * target_weight * nll + eps * inv_classes * smooth;
-            alpha = ce_scale * ((1.0 - eps) * target_weight + eps * inv_classes * call->weight_total);
-            coef->gamma = ce_scale * eps * inv_classes;
-        } else {
-            ce = target_weight * nll;
-            alpha = ce_scale * target_weight;
-        }
-    }
-    coef->z_term = 0.0;
-    coef->alpha_z = 0.0;
-    if (call->z_loss > 0.0) {
-        coef->z_term = call->z_loss * lse * lse;
-        coef->alpha_z = z_scale * 2.0 * call->z_loss * lse;
-    }
+    /* soft: ce = sum_c u_c (lse - y_c) = A + U log S */
+    const double soft_ce = stats->dist + stats->mass * stats->log_sum;
+    const double soft_alpha = ce_scale * stats->mass;
+    /* hard: nll = lse - y_t, written so that nothing cancels when y_t is the max;
+     * with smoothing, torch's (1 - eps) w_t nll + eps / C sum_c w_c (lse - y_c) */
+    const double nll = (stats->max - target_logit) + stats->log_sum;
+    const double smooth = stats->dist + call->weight_total * stats->log_sum;
+    const double smooth_ce = (1.0 - eps) * target_weight * nll + eps * inv_classes * smooth;
+    const double smooth_alpha =
+        ce_scale * ((1.0 - eps) * target_weight + eps * inv_classes * call->weight_total);
+    const double plain_ce = target_weight * nll, plain_alpha = ce_scale * target_weight;
+    const double smooth_gamma = ce_scale * eps * inv_classes;
+    const double hard_ce = smoothing ? smooth_ce : plain_ce;
+    const double hard_alpha = smoothing ? smooth_alpha : plain_alpha;
+    const double ce = soft ? soft_ce : hard_ce;
+    coef->alpha = soft ? soft_alpha : hard_alpha;
+    coef->gamma = soft ? ce_scale : (smoothing ? smooth_gamma : 0.0);
+    const int z = call->z_loss > 0.0;
+    const double z_term = call->z_loss * lse * lse, alpha_z = z_scale * 2.0 * call->z_loss * lse;
+    coef->z_term = z ? z_term : 0.0;
+    coef->alpha_z = z ? alpha_z : 0.0;
     coef->ce = ce;
     coef->lse = lse;
     coef->max = stats->max;
     coef->inv_sum = 1.0 / stats->sum;
     coef->complement = stats->excl / stats->sum;
-    coef->alpha = alpha;
     coef->ce_scale = ce_scale;
     /* A row whose log-sum-exp is not finite (+inf or NaN logit, or every logit
      * -inf) has no softmax: its loss and gradient are NaN, as in torch. */
-    if (!isfinite(lse)) {
-        coef->ce = NAN;
-        coef->lse = NAN;
-        coef->alpha = NAN;
-        coef->alpha_z = NAN;
-        coef->ce_scale = NAN;
-        coef->complement = NAN;
-    }
+    const int finite = isfinite(lse);
+    coef->ce = finite ? coef->ce : NAN;
+    coef->lse = finite ? coef->lse : NAN;
+    coef->alpha = finite ? coef->alpha : NAN;
+    coef->alpha_z = finite ? coef->alpha_z : NAN;
+    coef->ce_scale = finite ? coef->ce_scale : NAN;
+    coef->complement = finite ? coef->complement : NAN;
+}
+
+/*
+ * The gradient of the hard target's class, from its definition rather than
+ * alpha p - gamma u (whose terms can cancel exactly, e.g. one class with
+ * smoothing):
+ *   ce_scale [(1 - eps) w_t (p_t - 1) + eps / C (W p_t - w_t)] + z part,
+ * with p_t - 1 = -(the others' share of S): exact when p_t is nearly 1.
+ */
+FASTLOSS_INLINE double ROW(ce_target_grad)(const ce_call *call, const ce_row_coef *coef,
+                                           double target_weight)
+{
+    const double p_minus_1 = -coef->complement;
+    const double eps = call->smoothing;
+    const double plain = (1.0 - eps) * target_weight * p_minus_1;
+    const double smoothed =
+        plain + eps / (double)call->n_classes * (call->weight_total * (p_minus_1 + 1.0) - target_weight);
+    const double ce_t = eps > 0.0 ? smoothed : plain;
+    return coef->ce_scale * ce_t + coef->alpha_z * (p_minus_1 + 1.0);
 }
 
 /*
@@ -430,17 +449,7 @@ static void ROW(ce_row_grad)(const ce_call *call, const REAL *q, const REAL *wei
         if (t >= 0 && t < n) {
             ROW(ce_grad_range)(e, t, factor, factor_z, coef->gamma, w, qk, call->q_scale,
                                call->q_offset, gk);
-            /* The target class, from its definition rather than alpha p - gamma u - beta
-             * (whose terms can cancel exactly, e.g. one class with smoothing):
-             *   ce_scale [(1 - eps) w_t (p_t - 1) + eps / C (W p_t - w_t)] + z part,
-             * with p_t - 1 = -(the others' share of S): exact when p_t is nearly 1. */
-            const double w_t = w ? (double)w[t] : 1.0;
-            const double p_minus_1 = -coef->complement;
-            const double eps = call->smoothing;
-            double ce_t = (1.0 - eps) * w_t * p_minus_1;
-            if (eps > 0.0)
-                ce_t += eps / (double)n_classes * (call->weight_total * (p_minus_1 + 1.0) - w_t);
-            gk[t] = (REAL)(coef->ce_scale * ce_t + coef->alpha_z * (p_minus_1 + 1.0));
+            gk[t] = (REAL)ROW(ce_target_grad)(call, coef, w ? (double)w[t] : 1.0);
             ROW(ce_grad_range)(e + t + 1, n - t - 1, factor, factor_z, coef->gamma,
                                w ? w + t + 1 : NULL, qk ? qk + t + 1 : NULL, call->q_scale,
                                call->q_offset, gk + t + 1);

@@ -32,6 +32,14 @@ FASTLOSS_INLINE void ROW(ce_small_load)(const REAL *logits, fastloss_index row_s
     }
 }
 
+/* Row r of the class-major tile (from tile + r) into the gradient row g. */
+FASTLOSS_INLINE void ROW(ce_small_store)(const VAL *FASTLOSS_RESTRICT column,
+                                         fastloss_index n_classes, REAL *FASTLOSS_RESTRICT g)
+{
+    for (fastloss_index c = 0; c < n_classes; ++c)
+        g[c] = (REAL)column[c * CE_SMALL_ROWS];
+}
+
 /* sum_c values[c][r] per lane r, as ce_sum adds a row: classes c and c + 8k
  * share an accumulator, the rest go to a tail, combined as ce_lane_total. */
 FASTLOSS_INLINE void ROW(ce_small_sum)(const VAL *FASTLOSS_RESTRICT tile, fastloss_index n_classes,
@@ -105,7 +113,7 @@ static void ROW(ce_small_block)(const ce_call *call, const REAL *logits,
     const int need_dist = call->smoothing > 0.0 && !lse_in;
     fastloss_index row[R], t[R];
     VAL shift[R], shift_lo[R], max[R];
-    double lse[R], target_logit[R], sum[R], dist[R];
+    double lse[R], target_logit[R], sum[R], dist[R]; /* lse: the given lse, or the max */
     int valid[R];
     for (int r = 0; r < R; ++r) {
         row[r] = first_row + r < n_rows ? first_row + r : n_rows - 1;
@@ -120,6 +128,7 @@ static void ROW(ce_small_block)(const ce_call *call, const REAL *logits,
         /* the lse split as in ce_row_shifted */
         for (int r = 0; r < R; ++r) {
             lse[r] = valid[r] ? lse_in[row[r]] : 0.0;
+            max[r] = 0;
             shift[r] = (VAL)lse[r];
             shift_lo[r] = (VAL)(lse[r] - (double)shift[r]);
         }
@@ -137,9 +146,14 @@ static void ROW(ce_small_block)(const ce_call *call, const REAL *logits,
             shift[r] = max[r] == -(VAL)INFINITY ? (VAL)0 : max[r];
         if (need_dist)
             ROW(ce_small_dist)(tile, n_classes, shift, weight, lanes, dist);
+        else
+            for (int r = 0; r < R; ++r)
+                dist[r] = 0.0;
         for (fastloss_index c = 0; c < n_classes; ++c)
             for (int r = 0; r < R; ++r)
                 tile[c * R + r] = VAL_EXP_NONPOSITIVE(tile[c * R + r] - shift[r]);
+        for (int r = 0; r < R; ++r)
+            lse[r] = (double)max[r]; /* the row's M, which ce_row_stats reports as max */
     }
     /* the target's term is left out of the lanes and added last, as ce_chunk_sum */
     VAL target_e[R];
@@ -170,52 +184,50 @@ static void ROW(ce_small_block)(const ce_call *call, const REAL *logits,
     }
 
     /* Per row: the statistics merged as ce_row_stats merges one chunk, then the
-     * coefficients; the gradient factors go to lanes (reused: the sums are done). */
+     * coefficients, 16 rows at once (ce_coefficients and fastloss_log are inline and
+     * branch-free for that); the gradient factors go to lanes (the sums are done). */
     double *factor = lanes, *factor_z = lanes + R, *gamma = lanes + 2 * R;
-    double target_grad[R];
+    double target_grad[R], ce[R], z_term[R], row_lse_value[R];
+    double target_weight[R];
+    for (int r = 0; r < R; ++r)
+        target_weight[r] = weight && valid[r] ? (double)weight[t[r]] : 1.0;
+    /* (every value computed, then selected: arithmetic under a condition would
+     * keep the loop scalar) */
+    double log_sum[R];
+#pragma omp simd
+    for (int r = 0; r < R; ++r)
+        log_sum[r] = fastloss_log(sum[r]);
+#pragma omp simd
     for (int r = 0; r < R; ++r) {
-        const fastloss_index i = row[r];
-        if (!valid[r]) {
-            factor[r] = factor_z[r] = gamma[r] = 0.0;
-            target_grad[r] = 0.0;
-            if (first_row + r < n_rows)
-                row_ce[i] = row_z[i] = row_lse[i] = 0.0;
-            continue;
-        }
         ce_row_stats stats;
         ce_row_coef coef;
-        if (lse_in) {
-            stats.max = lse[r];
-            stats.sum = sum[r];
-        } else {
-            stats.max = (double)max[r];
-            stats.sum = 0.0 + sum[r];
-        }
-        stats.log_sum = log(stats.sum);
-        stats.dist = 0.0;
-        if (need_dist)
-            stats.dist = max[r] == -(VAL)INFINITY ? 0.0 + dist[r] : 0.0 + dist[r] + 0.0 * call->weight_total;
-        stats.mass = call->weight_total;
-        stats.excl = lse_in ? excl[r] : 0.0 + excl[r];
-        const double target_weight = weight ? (double)weight[t[r]] : 1.0;
-        ROW(ce_coefficients)(call, &stats, target_logit[r], target_weight, i, &coef);
-        if (first_row + r < n_rows) {
-            row_ce[i] = coef.ce;
-            row_z[i] = coef.z_term;
-            row_lse[i] = coef.lse;
-        }
-        /* softmax_c = e_c * rel, as ce_row_grad for a row of one chunk */
-        const double rel = (!lse_in && max[r] == -(VAL)INFINITY) ? 0.0 : coef.inv_sum;
-        factor[r] = coef.alpha * rel;
-        factor_z[r] = coef.alpha_z * rel;
-        gamma[r] = coef.gamma;
-        /* the target class from its definition, as ce_row_grad */
-        const double p_minus_1 = -coef.complement;
-        const double eps = call->smoothing;
-        double ce_t = (1.0 - eps) * target_weight * p_minus_1;
-        if (eps > 0.0)
-            ce_t += eps / (double)n_classes * (call->weight_total * (p_minus_1 + 1.0) - target_weight);
-        target_grad[r] = coef.ce_scale * ce_t + coef.alpha_z * (p_minus_1 + 1.0);
+        stats.max = lse[r];
+        stats.sum = sum[r]; /* 0.0 + sum, as ce_row_stats merges one chunk: the same */
+        stats.log_sum = log_sum[r];
+        stats.dist = dist[r];
+        stats.mass = call->weight_total; /* read here: hoisted before the loop, gcc 12
+                                            stopped vectorising it */
+        stats.excl = excl[r];
+        ROW(ce_coefficients)(call, &stats, target_logit[r], target_weight[r], row[r], &coef);
+        /* softmax_c = e_c / S, as ce_row_grad for a row of one chunk (whose rel is 0
+         * where no logit is finite: there alpha is NaN, and NaN either way) */
+        const double alpha_rel = coef.alpha * coef.inv_sum;
+        const double alpha_z_rel = coef.alpha_z * coef.inv_sum;
+        const double target_value = ROW(ce_target_grad)(call, &coef, target_weight[r]);
+        ce[r] = valid[r] ? coef.ce : 0.0;
+        z_term[r] = valid[r] ? coef.z_term : 0.0;
+        row_lse_value[r] = valid[r] ? coef.lse : 0.0;
+        factor[r] = valid[r] ? alpha_rel : 0.0;
+        factor_z[r] = valid[r] ? alpha_z_rel : 0.0;
+        gamma[r] = valid[r] ? coef.gamma : 0.0;
+        target_grad[r] = valid[r] ? target_value : 0.0;
+    }
+    /* the block's rows are consecutive: their results too */
+    const fastloss_index stored = n_rows - first_row < R ? n_rows - first_row : R;
+    for (fastloss_index r = 0; r < stored; ++r) {
+        row_ce[first_row + r] = ce[r];
+        row_z[first_row + r] = z_term[r];
+        row_lse[first_row + r] = row_lse_value[r];
     }
     if (!grad)
         return;
@@ -244,16 +256,14 @@ static void ROW(ce_small_block)(const ce_call *call, const REAL *logits,
             }
         }
     }
-    const fastloss_index last = n_rows - first_row < R ? n_rows - first_row : R;
-    for (fastloss_index r = 0; r < last; ++r) {
+    for (fastloss_index r = 0; r < stored; ++r) {
         REAL *g = grad + row[r] * grad_row_stride;
         if (!valid[r]) {
             for (fastloss_index c = 0; c < n_classes; ++c)
                 g[c] = 0;
             continue;
         }
-        for (fastloss_index c = 0; c < n_classes; ++c)
-            g[c] = (REAL)tile[c * R + r];
+        ROW(ce_small_store)(tile + r, n_classes, g);
         g[t[r]] = (REAL)target_grad[r];
     }
 }

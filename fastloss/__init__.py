@@ -16,6 +16,7 @@ if "GOMP_SPINCOUNT" not in _os.environ and "OMP_WAIT_POLICY" not in _os.environ:
 
 from fastloss import reference
 from fastloss._config import get_num_threads, set_num_threads, show_config
+from fastloss._kernels import release_memory
 from fastloss.cross_entropy import (
     cross_entropy,
     cross_entropy_grad,
@@ -76,6 +77,7 @@ __all__ = [
     "mse_grad",
     "mse_value_and_grad",
     "reference",
+    "release_memory",
     "set_num_threads",
     "show_config",
     "smooth_l1",

@@ -4,6 +4,8 @@ kernels will touch (dtype, shape, strides, writeability, index ranges),
 releases the GIL and calls them.  Argument parsing and friendly errors live in
 the Python API; the checks here are the ones memory safety depends on."""
 
+import os
+
 import numpy
 
 cimport numpy as cnp
@@ -91,9 +93,29 @@ cdef bint _may_overlap(cnp.ndarray a, cnp.ndarray b):
 
 # Output buffers at least this large come from fastloss_alloc_large (2 MiB-aligned,
 # huge pages advised): a fresh N x C gradient otherwise pays a page fault per 4 KiB at
-# its first touch, as much time as a copy of the logits.  Smaller ones are np.empty's,
-# from malloc's free lists.
+# its first touch, and the kernel's zeroing of every page, about as much time as a copy
+# of the logits.  Smaller ones are np.empty's, which malloc serves from its free lists.
 LARGE_BUFFER_BYTES = 4 << 20
+
+# Huge pages take the faults away but not the zeroing of fresh pages (measured: a fused
+# call into a fresh buffer still cost 1.5x the call into a warm one).  So the block of the
+# last large buffer freed is kept for the next request of about its size: a training step
+# asks for the same gradient every step, and then touches no fresh page.  One block, at
+# most an eighth of the machine's memory; fastloss.release_memory() gives it back.
+cdef void *_spare_data = NULL
+cdef size_t _spare_size = 0
+cdef int _spare_mapped = 0
+cdef bint _spare_huge = False
+
+
+def _physical_memory():
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 0
+
+
+SPARE_LIMIT_BYTES = _physical_memory() // 8
 
 
 cdef class _LargeBuffer:
@@ -102,16 +124,38 @@ cdef class _LargeBuffer:
     cdef size_t size
     cdef int mapped
     cdef readonly bint huge_pages
+    cdef readonly bint reused
 
     def __dealloc__(self):
-        fastloss_free_large(self.data, self.size, self.mapped)
+        global _spare_data, _spare_size, _spare_mapped, _spare_huge
+        if self.size <= SPARE_LIMIT_BYTES and self.size >= _spare_size:
+            # keep the larger of the two blocks
+            fastloss_free_large(_spare_data, _spare_size, _spare_mapped)
+            _spare_data, _spare_size = self.data, self.size
+            _spare_mapped, _spare_huge = self.mapped, self.huge_pages
+        else:
+            fastloss_free_large(self.data, self.size, self.mapped)
+
+
+def release_memory():
+    """Give back the large block fastloss keeps for its next output of about its size.
+
+    fastloss keeps the block of the last large output buffer (a gradient of at least 4
+    MiB) that was freed, at most an eighth of the machine's memory, so that the next
+    call's output of about that size touches no fresh page (a training step's gradient
+    is the same size every step).  Returns the number of bytes given back."""
+    global _spare_data, _spare_size, _spare_mapped
+    cdef size_t size = _spare_size
+    fastloss_free_large(_spare_data, _spare_size, _spare_mapped)
+    _spare_data, _spare_size, _spare_mapped = NULL, 0, 0
+    return size
 
 
 def empty(shape, dtype):
-    """``np.empty(shape, dtype)``, from fastloss_alloc_large when it is large.
-
-    The pages are fresh and untouched: the kernel that fills the array touches them
-    first, from its own threads, and with huge pages one fault maps 2 MiB."""
+    """``np.empty(shape, dtype)``, from fastloss_alloc_large when it is large (or from
+    the kept block of the last one freed, when that is at least as large and at most
+    twice the size)."""
+    global _spare_data, _spare_size
     dtype = numpy.dtype(dtype)
     shape = tuple(shape)
     cdef size_t n = 1
@@ -122,11 +166,19 @@ def empty(shape, dtype):
         return numpy.empty(shape, dtype)
     cdef _LargeBuffer owner = _LargeBuffer.__new__(_LargeBuffer)
     cdef int huge = 0
-    owner.data = fastloss_alloc_large(size, &owner.mapped, &huge)
-    if owner.data == NULL:
-        raise MemoryError(f"could not allocate {size} bytes")
-    owner.size = size
-    owner.huge_pages = huge
+    if _spare_data != NULL and size <= _spare_size <= 2 * size:
+        owner.data, owner.size, owner.mapped = _spare_data, _spare_size, _spare_mapped
+        owner.huge_pages, owner.reused = _spare_huge, True
+        _spare_data, _spare_size = NULL, 0
+    else:
+        owner.data = fastloss_alloc_large(size, &owner.mapped, &huge)
+        if owner.data == NULL:
+            release_memory()
+            owner.data = fastloss_alloc_large(size, &owner.mapped, &huge)
+        if owner.data == NULL:
+            raise MemoryError(f"could not allocate {size} bytes")
+        owner.size = size
+        owner.huge_pages = huge
     cdef cnp.npy_intp dims[64]
     for axis, extent in enumerate(shape):
         dims[axis] = extent

@@ -252,3 +252,25 @@ def test_large_gradients_come_from_the_huge_page_allocator():
     assert grad.data_ptr() == buffer.__array_interface__["data"][0]
     del buffer, grad, loss
     gc.collect()
+
+
+def test_the_block_of_a_freed_gradient_serves_the_next_one():
+    # A training step asks for a gradient of the same size every step: the block of the
+    # last one freed is kept and reused (no fresh pages to fault and zero), until
+    # release_memory() gives it back.
+    fastloss.release_memory()
+    logits = np.random.default_rng(0).standard_normal((256, 8192)).astype(np.float32)
+    target = np.arange(256) % 8192
+    first = fastloss.cross_entropy_grad(logits, target)
+    pointer = first.__array_interface__["data"][0]
+    assert not first.base.reused
+    expected = first.copy()
+    del first
+    second = fastloss.cross_entropy_grad(logits, target)
+    assert second.__array_interface__["data"][0] == pointer and second.base.reused
+    assert np.array_equal(second, expected)
+    del second
+    assert fastloss.release_memory() >= logits.nbytes
+    assert fastloss.release_memory() == 0
+    third = fastloss.cross_entropy_grad(logits, target)
+    assert not third.base.reused
