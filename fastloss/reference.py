@@ -1049,80 +1049,157 @@ def info_nce_value_and_grad(query, key, grad_output=1.0, *, temperature=0.05, sy
 
 # --- triplet_margin -------------------------------------------------------------------------
 
-def _p_distance(u, v, p, eps):
-    """``|u - v + eps|_p`` per row (torch's pairwise_distance) and the difference."""
-    difference = u - v + eps
-    if p == 2.0:
-        return np.sqrt(np.sum(difference**2, axis=1)), difference
-    return np.sum(np.abs(difference) ** p, axis=1) ** (1.0 / p), difference
+def _p_norm(v, p):
+    """torch's ``linalg.vector_norm(v, p)`` over the last axis (pairwise_distance's): the
+    max (min) of |v| for p = inf (-inf), the count of nonzero entries for p = 0, else
+    ``sum(|v|**p)**(1/p)``, negative p included."""
+    a = np.abs(v)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        if p == np.inf:
+            return np.max(a, axis=-1)
+        if p == -np.inf:
+            return np.min(a, axis=-1)
+        if p == 0:
+            return np.sum(a != 0, axis=-1).astype(np.float64)
+        if p == 2:
+            return np.sqrt(np.sum(a**2, axis=-1))
+        return np.sum(a**p, axis=-1) ** (1.0 / p)
 
 
-def _p_distance_grad(distance, difference, p):
-    """``d |w|_p / d w = sign(w) |w|**(p - 1) / |w|_p**(p - 1)``, 0 where the distance is
-    0 (torch's norm backward)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        grad = np.sign(difference) * np.abs(difference) ** (p - 1.0) / distance[:, None] ** (p - 1.0)
-    return np.where(distance[:, None] == 0.0, 0.0, grad)
+def _p_norm_grad(v, norm, p):
+    """``d |v|_p / d v`` as torch's norm backward gives it: ``v / |v|`` for p = 2 (0 at
+    |v| = 0); ``sign(v)`` for p = 1; for p = +-inf ``sign(v)`` shared equally by the
+    entries where ``|v| == |v|_p`` or v is NaN; 0 for p = 0; ``sign(v) |v|**(p-1) /
+    |v|_p**(p-1)`` for p > 1 (0 at |v|_p = 0) and ``sign(v) |v|**(p-1) * |v|_p**(1-p)``
+    for p < 1 (0 where v = 0)."""
+    norm = norm[..., None]
+    sign = np.sign(v)
+    a = np.abs(v)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        if p == 2:
+            return np.where(norm == 0, 0.0, v / norm)
+        if p == 1:
+            return sign
+        if p == 0:
+            return np.zeros_like(v)
+        if np.isinf(p):
+            shares = (a == norm) | np.isnan(v)
+            return sign * shares / np.sum(shares, axis=-1, keepdims=True)
+        if p > 1:
+            return np.where(norm == 0, 0.0, sign * a ** (p - 1) / norm ** (p - 1))
+        return np.where(v == 0, 0.0, sign * a ** (p - 1)) * norm ** (1 - p)
 
 
 def _check_triplet(anchor, positive, negative, margin, p, eps, reduction):
-    arrays = _check_embeddings([("anchor", anchor), ("positive", positive),
-                                ("negative", negative)])
+    """The three inputs as float64 arrays of their own shapes (0-d ones as one feature),
+    or raise. Shapes follow torch: the same number of dimensions, broadcasting, the last
+    axis the features."""
+    named = [("anchor", anchor), ("positive", positive), ("negative", negative)]
+    arrays = []
+    for name, value in named:
+        array = np.asarray(value)
+        if array.dtype.kind not in "fiu":
+            raise TypeError(f"{name}: expected a real numeric array, got dtype {array.dtype}")
+        arrays.append(array.astype(np.float64))
+    if len({array.ndim for array in arrays}) != 1:
+        raise ValueError(f"anchor, positive, negative: expected the same number of "
+                         f"dimensions, got shapes {[array.shape for array in arrays]}")
+    np.broadcast_shapes(*(array.shape for array in arrays))  # raises if they do not
     if not margin > 0.0:
         raise ValueError(f"margin: expected a value > 0 (as torch), got {margin}")
-    if not (1.0 <= p < np.inf):
-        raise ValueError(f"p: expected a finite value >= 1, got {p}")
-    if not eps >= 0.0:
-        raise ValueError(f"eps: expected a value >= 0, got {eps}")
+    if np.isnan(p):
+        raise ValueError(f"p: expected a number or +-inf, got {p}")
+    if not np.isfinite(eps):
+        raise ValueError(f"eps: expected a finite value, got {eps}")
     _check_metric_and_reduction("euclidean", reduction)
-    return arrays
+    return [array.reshape(1) if array.ndim == 0 else array for array in arrays]
+
+
+def _triplet_parts(anchor, positive, negative, p, eps, swap):
+    """The differences and distances of the three pairs (broadcast as torch), and the
+    negative distance with its split between d(a, n) and d(p, n)."""
+    a, pos, neg = anchor, positive, negative
+    v_ap, v_an, v_pn = a - pos + eps, a - neg + eps, pos - neg + eps
+    d_ap, d_an = _p_norm(v_ap, p), _p_norm(v_an, p)
+    if swap:
+        d_pn = _p_norm(v_pn, p)
+        # torch.minimum: a tie gives each half the gradient; NaN wins
+        weight_an = np.where(d_an < d_pn, 1.0, np.where(d_an == d_pn, 0.5, 0.0))
+        d_neg = np.where(weight_an > 0, d_an, d_pn)
+    else:
+        d_pn, weight_an, d_neg = None, np.ones_like(d_an), d_an
+    return v_ap, v_an, v_pn, d_ap, d_an, d_pn, weight_an, d_neg
 
 
 def triplet_margin(anchor, positive, negative, *, margin=1.0, p=2.0, eps=1e-6, swap=False,
                    reduction="mean"):
     r"""Triplet margin loss, as torch.nn.functional.triplet_margin_loss, in float64.
 
-    ``loss_i = max(margin + d(a_i, p_i) - d_neg_i, 0)`` with ``d(u, v) = |u - v + eps|_p``
-    and ``d_neg_i = d(a_i, n_i)``, or ``min(d(a_i, n_i), d(p_i, n_i))`` with swap
-    (Balntas et al., BMVC 2016).
+    ``loss = max(margin + d(a, p) - d_neg, 0)`` with ``d(u, v) = |u - v + eps|_p`` over
+    the last axis (torch's pairwise_distance: any p, ``inf`` and ``p < 1`` included) and
+    ``d_neg = d(a, n)``, or ``min(d(a, n), d(p, n))`` with swap (Balntas et al., BMVC
+    2016). Inputs have one number of dimensions and broadcast; the loss has their
+    broadcast shape without the last axis (0-d inputs: one feature each).
     """
+    zero_d = np.ndim(anchor) == 0
     a, pos, neg = _check_triplet(anchor, positive, negative, margin, p, eps, reduction)
-    d_ap, _ = _p_distance(a, pos, p, eps)
-    d_neg, _ = _p_distance(a, neg, p, eps)
-    if swap:
-        d_neg = np.minimum(d_neg, _p_distance(pos, neg, p, eps)[0])
-    return _reduce_rows(np.maximum(margin + d_ap - d_neg, 0.0), reduction)
+    _, _, _, d_ap, _, _, _, d_neg = _triplet_parts(a, pos, neg, p, eps, swap)
+    loss = np.maximum(margin + d_ap - d_neg, 0.0)
+    loss = loss.reshape(()) if zero_d else loss
+    if reduction == "none":
+        return np.array(loss, dtype=np.float64)
+    with np.errstate(invalid="ignore"):  # the mean of nothing is 0 / 0 = nan, as torch
+        return float(np.sum(loss) if reduction == "sum" else np.sum(loss) / np.float64(loss.size))
 
 
 def triplet_margin_grad(anchor, positive, negative, grad_output=1.0, *, margin=1.0, p=2.0,
                         eps=1e-6, swap=False, reduction="mean"):
     r"""Gradients of ``grad_output * triplet_margin(...)`` w.r.t. anchor, positive and
-    negative (a tuple), as torch's autograd: rows with ``margin + d_ap - d_neg >= 0``
-    pass the gradient (clamp_min), ``u_xy = d |x - y + eps|_p / d x``, and with swap a
-    tie between ``d(a, n)`` and ``d(p, n)`` gives each half (torch.minimum)::
+    negative (a tuple, each of its input's shape), as torch's autograd: elements with
+    ``margin + d_ap - d_neg >= 0`` pass the gradient (clamp_min), ``u_xy = d |x - y +
+    eps|_p / d x`` (:func:`_p_norm_grad`), and with swap a tie between ``d(a, n)`` and
+    ``d(p, n)`` gives each half (torch.minimum)::
 
         grad a = u_ap - w_an u_an,  grad p = -u_ap - w_pn u_pn,  grad n = w_an u_an + w_pn u_pn
+
+    each term summed over the axes broadcasting added or stretched, separately (a pair
+    whose inputs both have one feature compares those alone).
     """
+    shapes = [np.shape(anchor), np.shape(positive), np.shape(negative)]
     a, pos, neg = _check_triplet(anchor, positive, negative, margin, p, eps, reduction)
-    d_ap, v_ap = _p_distance(a, pos, p, eps)
-    d_an, v_an = _p_distance(a, neg, p, eps)
-    weight_an = np.ones_like(d_an)
-    weight_pn = np.zeros_like(d_an)
-    d_neg = d_an
-    u_pn = np.zeros_like(a)
-    if swap:
-        d_pn, v_pn = _p_distance(pos, neg, p, eps)
-        weight_an = np.where(d_an < d_pn, 1.0, np.where(d_an == d_pn, 0.5, 0.0))
-        weight_pn = 1.0 - weight_an
-        d_neg = np.minimum(d_an, d_pn)
-        u_pn = _p_distance_grad(d_pn, v_pn, p)
-    active = margin + d_ap - d_neg >= 0.0
-    scale = (_row_scale(grad_output, reduction, a.shape[0]) * active)[:, None]
-    u_ap = _p_distance_grad(d_ap, v_ap, p)
-    u_an = _p_distance_grad(d_an, v_an, p)
-    return (scale * (u_ap - weight_an[:, None] * u_an),
-            scale * (-u_ap - weight_pn[:, None] * u_pn),
-            scale * (weight_an[:, None] * u_an + weight_pn[:, None] * u_pn))
+    v_ap, v_an, v_pn, d_ap, d_an, d_pn, weight_an, d_neg = _triplet_parts(
+        a, pos, neg, p, eps, swap)
+    excess = margin + d_ap - d_neg
+    loss_shape = excess.shape
+    upstream = np.asarray(grad_output, dtype=np.float64)
+    if reduction != "none" and upstream.ndim != 0:
+        raise ValueError(f"grad_output: expected a scalar for reduction={reduction!r}, "
+                         f"got shape {upstream.shape}")
+    if upstream.ndim != 0 and upstream.size != excess.size:
+        raise ValueError(f"grad_output: expected a scalar or the loss's shape, "
+                         f"got {upstream.shape}")
+    upstream = upstream.reshape(loss_shape) if upstream.ndim else upstream
+    scale = np.broadcast_to(upstream, loss_shape) * (excess >= 0.0)
+    if reduction == "mean":
+        scale = scale / np.float64(excess.size)
+    scale = scale[..., None]
+    with np.errstate(invalid="ignore"):
+        u_ap = scale * _p_norm_grad(v_ap, d_ap, p)
+        u_an = scale * weight_an[..., None] * _p_norm_grad(v_an, d_an, p)
+        u_pn = (scale * (1.0 - weight_an)[..., None] * _p_norm_grad(v_pn, d_pn, p)
+                if swap else None)
+
+    def total(terms, shape):
+        padded = shape if shape else (1,)
+        grad = np.zeros(padded)
+        for sign, term in terms:
+            if term is not None:
+                grad = grad + sign * _sum_to(term, padded)
+        return grad.reshape(shape)
+
+    return (total([(1, u_ap), (-1, u_an)], shapes[0]),
+            total([(-1, u_ap), (-1, u_pn)], shapes[1]),
+            total([(1, u_an), (1, u_pn)], shapes[2]))
 
 
 def triplet_margin_value_and_grad(anchor, positive, negative, grad_output=1.0, *, margin=1.0,
