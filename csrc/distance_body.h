@@ -271,6 +271,8 @@ int REAL_NAME(fastloss_distance_contrastive)(
 static inline double REAL_NAME(p_distance)(const REAL *a, const REAL *b, double eps, double p,
                                            fastloss_index n)
 {
+    if (n == 1 && p != 0.0) /* |v| for every p, exactly */
+        return fabs((double)a[0] - (double)b[0] + eps);
     if (p == 2.0)
         return sqrt(REAL_NAME(squared_difference)(a, 1.0, b, 1.0, eps, n));
     if (isinf(p)) {

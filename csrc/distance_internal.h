@@ -58,13 +58,15 @@ typedef struct pair_out {
  *                                            NaN, T such elements (ties share), else 0
  *   p = 0      the count of v_k != 0         0
  *   p > 1      (sum |v_k|**p)**(1/p)         sign(v_k) |v_k|**(p-1) / |v|**(p-1)   (0 at |v| = 0)
- *   p < 1      (sum |v_k|**p)**(1/p)         sign(v_k) |v_k|**(p-1) * |v|**(1-p)  (0 at v_k = 0)
+ *   p < 1      (sum |v_k|**p)**(1/p)         the same, 0 at v_k = 0 (torch writes it
+ *                                            as a product with |v|**(1-p))
  * p < 1 includes negative p, whose norm is 0 once any v_k is 0 (|0|**p = inf).
  * p_distance_factor gives the per-pair part of the gradient: |v| for p = 2,
- * |v|**(p-1) or |v|**(1-p), T for +-inf (counted by the caller).  Divisions by
- * |v| rather than products with its reciprocal: v * (1 / |v|) can miss v / |v| by
- * an ulp, and a gradient that is exactly 0 (D = 1, two unit slopes that cancel)
- * by 5e-17.
+ * |v|**(p-1), T for +-inf (counted by the caller).  Divisions by it rather than
+ * products with a reciprocal or with |v|**(1-p): v * (1 / |v|) can miss v / |v| by
+ * an ulp, and a gradient that is exactly 0 (D = 1, two unit slopes that cancel) by
+ * 5e-17.  A one-element norm is |v| itself (p_distance), so that D = 1 gives the
+ * exact sign(v) that torch's 0-d norm gives, not pow's roundings.
  */
 static inline double p_distance_factor(double distance, double p, double ties)
 {
@@ -75,7 +77,7 @@ static inline double p_distance_factor(double distance, double p, double ties)
     if (p > 1.0)
         return distance == 0.0 ? 0.0 : pow(distance, p - 1.0);
     if (p < 1.0 && p != 0.0)
-        return pow(distance, 1.0 - p);
+        return pow(distance, p - 1.0); /* inf at distance 0: the gradient is 0 there */
     return 0.0; /* p = 1 and p = 0 need none */
 }
 
@@ -94,7 +96,7 @@ static inline double p_distance_slope(double v, double p, double distance, doubl
         return fabs(v) == distance ? sign / factor : 0.0;
     if (p > 1.0)
         return factor != 0.0 ? sign * pow(fabs(v), p - 1.0) / factor : 0.0;
-    return v != 0.0 ? sign * pow(fabs(v), p - 1.0) * factor : 0.0;
+    return v != 0.0 ? sign * pow(fabs(v), p - 1.0) / factor : 0.0;
 }
 
 /* tau of distance.c, and DIRECT_GRADIENT_RATIO = 2 (u / tau_g)**2 */

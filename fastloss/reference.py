@@ -1052,9 +1052,12 @@ def info_nce_value_and_grad(query, key, grad_output=1.0, *, temperature=0.05, sy
 def _p_norm(v, p):
     """torch's ``linalg.vector_norm(v, p)`` over the last axis (pairwise_distance's): the
     max (min) of |v| for p = inf (-inf), the count of nonzero entries for p = 0, else
-    ``sum(|v|**p)**(1/p)``, negative p included."""
+    ``sum(|v|**p)**(1/p)``, negative p included. One element's norm is |v| itself for
+    every p but 0 (exactly, as torch's norm of a 0-d tensor)."""
     a = np.abs(v)
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        if a.shape[-1] == 1 and p != 0:
+            return a[..., 0]
         if p == np.inf:
             return np.max(a, axis=-1)
         if p == -np.inf:
@@ -1070,8 +1073,8 @@ def _p_norm_grad(v, norm, p):
     """``d |v|_p / d v`` as torch's norm backward gives it: ``v / |v|`` for p = 2 (0 at
     |v| = 0); ``sign(v)`` for p = 1; for p = +-inf ``sign(v)`` shared equally by the
     entries where ``|v| == |v|_p`` or v is NaN; 0 for p = 0; ``sign(v) |v|**(p-1) /
-    |v|_p**(p-1)`` for p > 1 (0 at |v|_p = 0) and ``sign(v) |v|**(p-1) * |v|_p**(1-p)``
-    for p < 1 (0 where v = 0)."""
+    |v|_p**(p-1)`` for p > 1 (0 at |v|_p = 0) and for p < 1 (0 where v = 0; torch
+    multiplies by ``|v|_p**(1-p)``, the same number)."""
     norm = norm[..., None]
     sign = np.sign(v)
     a = np.abs(v)
@@ -1087,7 +1090,7 @@ def _p_norm_grad(v, norm, p):
             return sign * shares / np.sum(shares, axis=-1, keepdims=True)
         if p > 1:
             return np.where(norm == 0, 0.0, sign * a ** (p - 1) / norm ** (p - 1))
-        return np.where(v == 0, 0.0, sign * a ** (p - 1)) * norm ** (1 - p)
+        return np.where(v == 0, 0.0, sign * a ** (p - 1) / norm ** (p - 1))
 
 
 def _check_triplet(anchor, positive, negative, margin, p, eps, reduction):

@@ -287,12 +287,13 @@ _ELEMENTWISE = {
 
 def _elementwise_loss_dtype(name, input, target, weight):
     """The dtype of torch's loss: for binary_cross_entropy_with_logits the target's (its
-    loss is computed in place in a tensor made from the target), else the promotion of
-    input, target and weight (mse_loss and friends are out-of-place arithmetic)."""
+    loss is computed in place in a tensor made from the target); for huber_loss the
+    input's (its kernel writes into a tensor like the input), times the weight; else the
+    promotion of input, target and weight."""
     if name == "bce_with_logits":
         return target.dtype if target.dtype.is_floating_point else input.dtype
     dtype = input.dtype
-    for tensor in (target, weight):
+    for tensor in ((weight,) if name == "huber" else (target, weight)):
         if tensor is not None and tensor.dtype.is_floating_point:
             dtype = torch.promote_types(dtype, tensor.dtype)
     return dtype
