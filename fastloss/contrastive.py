@@ -645,27 +645,32 @@ class _Triplet:
                              "dimensions (as torch), got shapes "
                              + ", ".join(str(array.shape) for array in arrays))
         try:
-            shape = np.broadcast_shapes(*(array.shape for array in arrays))
+            shape = arrays[0].shape if arrays[0].shape == arrays[1].shape == arrays[2].shape \
+                else np.broadcast_shapes(*(array.shape for array in arrays))
         except ValueError:
             raise ValueError("anchor, positive, negative: shapes "
                              + ", ".join(str(array.shape) for array in arrays)
                              + " do not broadcast together") from None
         self.shapes = [array.shape for array in arrays]
         self.dtypes = [array.dtype for array in arrays]
-        self.dtype = np.result_type(*self.dtypes)
+        self.dtype = self.dtypes[0] if self.dtypes[0] == self.dtypes[1] == self.dtypes[2] \
+            else np.result_type(*self.dtypes)
         self.loss_shape = shape[:-1]
         self.dim = shape[-1] if shape else 1
         self.n_rows = math.prod(self.loss_shape)
         last = [array.shape[-1] if array.ndim else 1 for array in arrays]
-        self.pair_dims = tuple(np.broadcast_shapes((last[i],), (last[j],))[0]
+        # the broadcast of two last axes: equal, or one of them is 1
+        self.pair_dims = tuple(last[i] if last[j] == 1 else last[j]
                                for i, j in ((0, 1), (0, 2), (1, 2)))
         full = shape if shape else (1,)
         self.rows = []
         for array in arrays:
             # a view where the layout allows (an input broadcast over rows has row stride
             # 0); a copy where the kernel needs contiguous features
-            matrix = np.broadcast_to(array.astype(self.dtype, copy=False), full).reshape(
-                self.n_rows, self.dim)
+            matrix = array.astype(self.dtype, copy=False)
+            if matrix.shape != full:
+                matrix = np.broadcast_to(matrix, full)
+            matrix = matrix.reshape(self.n_rows, self.dim)
             if (self.dim > 1 and matrix.strides[1] != matrix.itemsize) or \
                     matrix.strides[0] % matrix.itemsize:
                 matrix = np.ascontiguousarray(matrix)
@@ -690,8 +695,12 @@ class _Triplet:
         buffers = []
         for index, (shape, dtype) in enumerate(zip(self.shapes, self.dtypes)):
             direct = shape == self.loss_shape + (self.dim,) and dtype == self.dtype
+            if direct and out is None:  # a fresh gradient, laid out as the rows
+                returned = np.empty(shape, dtype)
+                buffers.append((returned.reshape(self.n_rows, self.dim), returned))
+                continue
             if direct:
-                returned = np.empty(shape, dtype) if out is None else out[index]
+                returned = out[index]
                 view = rows_view(returned, self.dim) if returned.size else \
                     returned.reshape(self.n_rows, self.dim)
                 if view is not None and not any(np.may_share_memory(returned, array)

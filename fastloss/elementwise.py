@@ -173,7 +173,10 @@ class _Problem:
         tuple of them when ``wrt`` is a tuple of names."""
         per_element = (np.empty(self.pred.size, dtype=self.dtype)
                        if self.reduction == "none" and mode != "backward" else None)
-        names, single, outs = self._wrt(self.pred_name if wrt is None else wrt, out)
+        if mode == "forward" or wrt is None or wrt == self.pred_name:  # the common call
+            names, single, outs = (self.pred_name,), True, {self.pred_name: out}
+        else:
+            names, single, outs = self._wrt(wrt, out)
         grad = grad_flat = target_flat = upstream = None
         if mode != "forward":
             upstream = grad_output_arg(grad_output, self.reduction, self.shape)
@@ -232,11 +235,14 @@ class _Problem:
                 reduction=None):
         pred, target, weight, pos_weight = inputs or (self.pred, self.target, self.weight,
                                                       self.pos_weight)
+        extra = {}  # keywords only when needed: they cost the common call a dict
+        if grad_target is not None:
+            extra["grad_target"] = grad_target
+        if self.weight_sum_repeats != 1:
+            extra["weight_sum_repeats"] = self.weight_sum_repeats
         return _kernels.ew_run(mode, self.loss, pred, target, weight, pos_weight, upstream,
                                per_element, grad_flat, self.threshold,
-                               reduction or self.reduction, self.num_threads,
-                               grad_target=grad_target,
-                               weight_sum_repeats=self.weight_sum_repeats)
+                               reduction or self.reduction, self.num_threads, **extra)
 
     def _weight_grad(self, upstream):
         """The gradient w.r.t. the weight over the loss's shape (float64), from the
