@@ -251,11 +251,15 @@ class _Problem:
         weight as paired with pred, each of whose values stands for R = weight_sum_repeats
         elements), per element ``grad_output * (l W - S / R) / W**2``: summed over a
         weight's elements that is dL/dw = (sum of its l) / W - (its count in W) S / W**2,
-        and exactly 0 where one weight covers everything (the loss does not depend on it)."""
-        unweighted = np.empty(self.pred.size, dtype=self.dtype)
-        self._kernel("forward", None, unweighted, None, inputs=(
-            self.pred, self.target, None, self.pos_weight), reduction="none")
-        loss = unweighted.astype(np.float64).reshape(self.shape)
+        and exactly 0 where one weight covers everything (the loss does not depend on it).
+        The unweighted loss is computed in float64 whatever the inputs' dtype: through the
+        weighted mean its terms cancel in proportion to how little the loss depends on
+        the weights, which a float32 l would not survive."""
+        unweighted = np.empty(self.pred.size, dtype=np.float64)
+        wide = [array.astype(np.float64, copy=False) for array in (self.pred, self.target)]
+        _kernels.ew_run("forward", self.loss, wide[0], wide[1], None, None, None, unweighted,
+                        None, self.threshold, "none", self.num_threads)
+        loss = unweighted.reshape(self.shape)
         if self.reduction == "none":
             # grad_output_arg gives one value per element, or one for all of them
             return loss * (upstream.reshape(self.shape) if upstream.size == loss.size

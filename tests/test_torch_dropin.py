@@ -242,6 +242,58 @@ def test_torch_opinfo_samples(name, dtype, generator):
     assert not failures, f"{len(failures)} of {len(cases)} samples:\n" + "\n".join(failures)
 
 
+MODULES = ("MSELoss", "L1Loss", "HuberLoss", "SmoothL1Loss", "BCEWithLogitsLoss")
+
+
+@pytest.mark.parametrize("dtype", [F64, F32], ids=str)
+@pytest.mark.parametrize("module_name", MODULES)
+def test_torch_module_samples(module_name, dtype, generator):
+    """Every sample of torch's ModuleInfo for the loss module (constructor and forward
+    arguments; input and target require grad): fastloss's module gives the loss and the
+    gradients of torch's module in float64."""
+    opinfos()  # the expecttest stand-in, where needed
+    from torch.testing._internal.common_modules import module_db
+
+    (info,) = [info for info in module_db if info.module_cls.__name__ == module_name]
+    samples = [sample for sample in info.module_inputs_func(
+        info, device="cpu", dtype=dtype, requires_grad=True, training=True)
+        if sample.forward_input is not None]
+    assert samples
+    contract = np.float32 if dtype == F32 else np.float64
+
+    def upcast(value, requires_grad=None):
+        if not isinstance(value, torch.Tensor) or not value.dtype.is_floating_point:
+            return value
+        return value.detach().double().requires_grad_(
+            value.requires_grad if requires_grad is None else requires_grad)
+
+    for index, sample in enumerate(samples):
+        constructor, forward = sample.constructor_input, sample.forward_input
+        ours = getattr(FL, module_name)(*constructor.args, **constructor.kwargs)
+        theirs = getattr(torch.nn, module_name)(
+            *map(upcast, constructor.args),
+            **{key: upcast(value) for key, value in constructor.kwargs.items()})
+        inputs = [value.detach().clone().requires_grad_(value.requires_grad)
+                  if isinstance(value, torch.Tensor) else value for value in forward.args]
+        inputs64 = [upcast(value) for value in forward.args]
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Using a target size")
+            loss, expected = ours(*inputs), theirs(*inputs64)
+        what = f"sample {index} ({constructor.kwargs}, {[tuple(t.shape) for t in inputs]})"
+        assert loss.dtype == dtype, what
+        assert_close_contract(loss.detach().double().numpy(), expected.detach().numpy(),
+                              contract, "loss", what=what)
+        wanted = [i for i, value in enumerate(inputs)
+                  if isinstance(value, torch.Tensor) and value.requires_grad]
+        upstream = upstream_for(loss, generator)
+        grads = torch.autograd.grad(loss, [inputs[i] for i in wanted], upstream)
+        expected_grads = torch.autograd.grad(expected, [inputs64[i] for i in wanted],
+                                             upstream.double())
+        for i, grad, expected_grad in zip(wanted, grads, expected_grads):
+            assert_close_contract(grad.double().numpy(), expected_grad.numpy(), contract,
+                                  "grad", what=f"{what}: grad {i}")
+
+
 # ----------------------------------------------------------------------------------------
 # Regression and binary losses: gradients w.r.t. target and weight
 # ----------------------------------------------------------------------------------------
@@ -345,6 +397,18 @@ def test_weighted_mean_where_the_target_enlarges_the_input(name, dtype, generato
                           expected.item(), contract, "loss")
     tensors = {"input": pred.requires_grad_(True), "target": target.requires_grad_(True),
                "weight": weight.requires_grad_(True)}
+    check_case(name, tensors, {"reduction": "mean"}, generator)
+
+
+@pytest.mark.parametrize("name", ["mse_loss", "l1_loss"])
+def test_float32_weight_gradient_through_a_weighted_mean_that_barely_depends_on_it(
+        name, generator):
+    """Residuals within 1e-4 of each other: dL/dw_j = (l_j - L) / W is 1e-4 of the terms
+    it is the difference of, so a float32 per-element loss (6e-8 relative) would miss
+    the contract by a factor of 30; fastloss forms it from the loss in float64."""
+    pred = (1.0 + 1e-4 * torch.rand(64, generator=generator, dtype=F64)).to(F32)
+    tensors = {"input": pred.requires_grad_(True), "target": torch.zeros(64, dtype=F32),
+               "weight": rand((64,), F32, generator, 0.5, 2.0, requires_grad=True)}
     check_case(name, tensors, {"reduction": "mean"}, generator)
 
 
