@@ -19,7 +19,8 @@
  *   contrastive over all pairs i < j of a batch, y_ij = [label_i == label_j]:
  *     y_ij relu(d_ij - pos_margin)**2 + (1 - y_ij) relu(neg_margin - d_ij)**2
  *   triplet margin (Balntas et al. 2016; torch.nn.functional.triplet_margin_loss):
- *     max(margin + d(a, p) - d(a, n), 0),  d(a, n) -> min(d(a, n), d(p, n)) with swap
+ *     max(margin + d(a, p) - d(a, n), 0),  d(a, n) -> min(d(a, n), d(p, n)) with swap,
+ *     d(u, v) = |u - v + eps|_p for any p torch's vector_norm takes (distance_internal.h)
  *
  * All pairs from a Gram matrix.  With p_i the prepared rows (centred for the
  * euclidean metrics: distances do not change under a shift, and the shift

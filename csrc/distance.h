@@ -222,12 +222,18 @@ typedef struct fastloss_pair_loss_options {
     fastloss_index dim;
     int metric;          /* contrastive: enum fastloss_metric */
     double margin;       /* contrastive >= 0, triplet > 0 */
-    double p;            /* triplet: the p of the p-norm, finite and >= 1 */
-    double eps;          /* added to every difference (torch's pairwise_distance), >= 0 */
+    double p;            /* triplet: the p of the p-norm, any real or +-inf, not NaN */
+    double eps;          /* added to every difference (torch's pairwise_distance);
+                          * contrastive >= 0, triplet any finite value */
     double norm_eps;     /* cosine norm clamp */
     int swap;            /* triplet: the distance swap of Balntas et al. */
     int reduction;       /* enum fastloss_reduction */
     int num_threads;
+    /* triplet: the length of each pair's difference, dim or 1.  torch's
+     * pairwise_distance reduces over the broadcast of the pair's own last axes, so
+     * a pair of rows that both have one feature broadcast to dim compares their
+     * first elements alone; its gradient lands in column 0. */
+    fastloss_index anchor_positive_dim, anchor_negative_dim, positive_negative_dim;
 } fastloss_pair_loss_options;
 
 /*
@@ -249,7 +255,8 @@ int fastloss_distance_contrastive_float64(
     double *loss, double *grad1, fastloss_index grad1_row_stride, double *grad2,
     fastloss_index grad2_row_stride);
 
-/* Triplet margin loss (torch.nn.functional.triplet_margin_loss); as above. */
+/* Triplet margin loss (torch.nn.functional.triplet_margin_loss) over rows of dim
+ * elements, the pairs' lengths in options; otherwise as above. */
 int fastloss_distance_triplet_margin_float32(
     const fastloss_pair_loss_options *options, const float *anchor,
     fastloss_index anchor_row_stride, const float *positive, fastloss_index positive_row_stride,

@@ -267,19 +267,48 @@ int REAL_NAME(fastloss_distance_contrastive)(
     return FASTLOSS_OK;
 }
 
-/* |v|_p of v = a - b + eps */
+/* |v|_p of v = a - b + eps over n elements, for any p (distance_internal.h) */
 static inline double REAL_NAME(p_distance)(const REAL *a, const REAL *b, double eps, double p,
                                            fastloss_index n)
 {
+    if (n == 1 && p != 0.0) /* |v| for every p, exactly */
+        return fabs((double)a[0] - (double)b[0] + eps);
     if (p == 2.0)
         return sqrt(REAL_NAME(squared_difference)(a, 1.0, b, 1.0, eps, n));
+    if (isinf(p)) {
+        /* max (min) |v_k|; NaN wins, as in torch's amax / amin */
+        double extreme = p > 0 ? 0.0 : INFINITY;
+        for (fastloss_index k = 0; k < n; ++k) {
+            const double v = fabs((double)a[k] - (double)b[k] + eps);
+            if (isnan(v))
+                return v;
+            extreme = p > 0 ? (v > extreme ? v : extreme) : (v < extreme ? v : extreme);
+        }
+        return extreme;
+    }
     double lane[FASTLOSS_DISTANCE_LANES] = {0.0};
     for (fastloss_index k = 0; k < n; ++k) {
         const double v = fabs((double)a[k] - (double)b[k] + eps);
-        lane[k % FASTLOSS_DISTANCE_LANES] += p == 1.0 ? v : pow(v, p);
+        lane[k % FASTLOSS_DISTANCE_LANES] += p == 1.0 ? v : p == 0.0 ? (double)(v != 0.0)
+                                                                     : pow(v, p);
     }
     const double total = REAL_NAME(lanes_total)(lane);
-    return p == 1.0 ? total : pow(total, 1.0 / p);
+    return p == 1.0 || p == 0.0 ? total : pow(total, 1.0 / p);
+}
+
+/* The per-pair factor of the gradient (p_distance_factor); for p = +-inf it counts the
+ * elements that share the gradient: |v_k| equal to the distance, or NaN. */
+static inline double REAL_NAME(p_distance_gradient_factor)(const REAL *a, const REAL *b,
+                                                           double eps, double p,
+                                                           double distance, fastloss_index n)
+{
+    double ties = 0.0;
+    if (isinf(p))
+        for (fastloss_index k = 0; k < n; ++k) {
+            const double v = fabs((double)a[k] - (double)b[k] + eps);
+            ties += v == distance || isnan(v);
+        }
+    return p_distance_factor(distance, p, ties);
 }
 
 int REAL_NAME(fastloss_distance_triplet_margin)(
@@ -292,6 +321,9 @@ int REAL_NAME(fastloss_distance_triplet_margin)(
     fastloss_index grad_negative_row_stride)
 {
     const fastloss_index n_rows = options->n_rows, dim = options->dim;
+    const fastloss_index dim_ap = options->anchor_positive_dim;
+    const fastloss_index dim_an = options->anchor_negative_dim;
+    const fastloss_index dim_pn = options->positive_negative_dim;
     const double eps = options->eps, p = options->p, margin = options->margin;
     const double factor = options->reduction == FASTLOSS_REDUCTION_MEAN ? 1.0 / (double)n_rows : 1.0;
     double *row_loss = loss_per_row;
@@ -309,13 +341,13 @@ int REAL_NAME(fastloss_distance_triplet_margin)(
         const REAL *a = anchor + i * anchor_row_stride;
         const REAL *pos = positive + i * positive_row_stride;
         const REAL *neg = negative + i * negative_row_stride;
-        const double d_ap = REAL_NAME(p_distance)(a, pos, eps, p, dim);
-        const double d_an = REAL_NAME(p_distance)(a, neg, eps, p, dim);
+        const double d_ap = REAL_NAME(p_distance)(a, pos, eps, p, dim_ap);
+        const double d_an = REAL_NAME(p_distance)(a, neg, eps, p, dim_an);
         /* the negative distance, and its split between d(a, n) and d(p, n):
          * torch.minimum gives each half the gradient at a tie */
         double d_neg = d_an, weight_an = 1.0, weight_pn = 0.0, d_pn = 0.0;
         if (options->swap) {
-            d_pn = REAL_NAME(p_distance)(pos, neg, eps, p, dim);
+            d_pn = REAL_NAME(p_distance)(pos, neg, eps, p, dim_pn);
             if (d_pn < d_an) {
                 d_neg = d_pn;
                 weight_an = 0.0;
@@ -342,15 +374,21 @@ int REAL_NAME(fastloss_distance_triplet_margin)(
             continue;
         }
         const double upstream = grad_output[i * grad_output_stride] * factor;
-        const double den_ap = p_distance_denominator(d_ap, p);
-        const double den_an = weight_an != 0.0 ? p_distance_denominator(d_an, p) : 0.0;
-        const double den_pn = weight_pn != 0.0 ? p_distance_denominator(d_pn, p) : 0.0;
+        const double f_ap = REAL_NAME(p_distance_gradient_factor)(a, pos, eps, p, d_ap, dim_ap);
+        const double f_an = weight_an != 0.0
+            ? REAL_NAME(p_distance_gradient_factor)(a, neg, eps, p, d_an, dim_an) : 0.0;
+        const double f_pn = weight_pn != 0.0
+            ? REAL_NAME(p_distance_gradient_factor)(pos, neg, eps, p, d_pn, dim_pn) : 0.0;
+        /* a pair of length 1 (below dim) has its gradient in column 0 alone */
         for (fastloss_index k = 0; k < dim; ++k) {
-            const double u_ap = p_distance_slope((double)a[k] - (double)pos[k] + eps, p, den_ap);
-            const double u_an = weight_an != 0.0
-                ? weight_an * p_distance_slope((double)a[k] - (double)neg[k] + eps, p, den_an) : 0.0;
-            const double u_pn = weight_pn != 0.0
-                ? weight_pn * p_distance_slope((double)pos[k] - (double)neg[k] + eps, p, den_pn) : 0.0;
+            const double u_ap = k < dim_ap
+                ? p_distance_slope((double)a[k] - (double)pos[k] + eps, p, d_ap, f_ap) : 0.0;
+            const double u_an = weight_an != 0.0 && k < dim_an
+                ? weight_an * p_distance_slope((double)a[k] - (double)neg[k] + eps, p, d_an, f_an)
+                : 0.0;
+            const double u_pn = weight_pn != 0.0 && k < dim_pn
+                ? weight_pn * p_distance_slope((double)pos[k] - (double)neg[k] + eps, p, d_pn, f_pn)
+                : 0.0;
             ga[k] = (REAL)(upstream * (u_ap - u_an));
             gp[k] = (REAL)(upstream * (-u_ap - u_pn));
             gn[k] = (REAL)(upstream * (u_an + u_pn));

@@ -48,29 +48,55 @@ typedef struct pair_out {
     int direct;          /* its gradient comes from the rows, not the product */
 } pair_out;
 
-/* distance**(p - 1), the denominator of the p-norm's gradient; 0 at distance 0, where
- * torch's norm backward gives no gradient. */
-static inline double p_distance_denominator(double distance, double p)
-{
-    if (distance == 0.0)
-        return 0.0;
-    return p == 2.0 ? distance : pow(distance, p - 1.0);
-}
-
-/* d |v|_p / d v_k = sign(v_k) |v_k|**(p - 1) / |v|_p**(p - 1), with denominator =
- * p_distance_denominator(|v|_p, p) (0 gives 0); p = 1 gives sign(v_k), as torch.
- * Divisions, not products with a reciprocal: v * (1 / |v|) can miss v / |v| by an
- * ulp, and a gradient that is exactly 0 (D = 1, two unit slopes that cancel) by 5e-17. */
-static inline double p_distance_slope(double v, double p, double denominator)
+/*
+ * torch's p-norm of a pair's difference v = u - w + eps (torch.linalg.vector_norm,
+ * which F.pairwise_distance calls) and its gradient (torch's norm backward), for
+ * every p torch accepts:
+ *   p = 2      sqrt(sum v_k**2)              v_k / |v|                   (0 at |v| = 0)
+ *   p = 1      sum |v_k|                     sign(v_k)
+ *   p = +-inf  max (min) |v_k|               sign(v_k) / T where |v_k| = |v| or v_k is
+ *                                            NaN, T such elements (ties share), else 0
+ *   p = 0      the count of v_k != 0         0
+ *   p > 1      (sum |v_k|**p)**(1/p)         sign(v_k) |v_k|**(p-1) / |v|**(p-1)   (0 at |v| = 0)
+ *   p < 1      (sum |v_k|**p)**(1/p)         the same, 0 at v_k = 0 (torch writes it
+ *                                            as a product with |v|**(1-p))
+ * p < 1 includes negative p, whose norm is 0 once any v_k is 0 (|0|**p = inf).
+ * p_distance_factor gives the per-pair part of the gradient: |v| for p = 2,
+ * |v|**(p-1), T for +-inf (counted by the caller).  Divisions by it rather than
+ * products with a reciprocal or with |v|**(1-p): v * (1 / |v|) can miss v / |v| by
+ * an ulp, and a gradient that is exactly 0 (D = 1, two unit slopes that cancel) by
+ * 5e-17.  A one-element norm is |v| itself (p_distance), so that D = 1 gives the
+ * exact sign(v) that torch's 0-d norm gives, not pow's roundings.
+ */
+static inline double p_distance_factor(double distance, double p, double ties)
 {
     if (p == 2.0)
-        return denominator != 0.0 ? v / denominator : 0.0;
+        return distance;
+    if (isinf(p))
+        return ties;
+    if (p > 1.0)
+        return distance == 0.0 ? 0.0 : pow(distance, p - 1.0);
+    if (p < 1.0 && p != 0.0)
+        return pow(distance, p - 1.0); /* inf at distance 0: the gradient is 0 there */
+    return 0.0; /* p = 1 and p = 0 need none */
+}
+
+static inline double p_distance_slope(double v, double p, double distance, double factor)
+{
+    if (p == 2.0)
+        return factor != 0.0 ? v / factor : 0.0;
     if (isnan(v))
         return v;
     const double sign = (v > 0.0) - (v < 0.0);
     if (p == 1.0)
         return sign;
-    return denominator != 0.0 ? sign * pow(fabs(v), p - 1.0) / denominator : 0.0;
+    if (p == 0.0)
+        return 0.0;
+    if (isinf(p))
+        return fabs(v) == distance ? sign / factor : 0.0;
+    if (p > 1.0)
+        return factor != 0.0 ? sign * pow(fabs(v), p - 1.0) / factor : 0.0;
+    return v != 0.0 ? sign * pow(fabs(v), p - 1.0) / factor : 0.0;
 }
 
 /* tau of distance.c, and DIRECT_GRADIENT_RATIO = 2 (u / tau_g)**2 */

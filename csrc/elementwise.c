@@ -12,8 +12,14 @@
  *   bce          (1 - y) x + w softplus(-x),               w sigmoid(x) - p y
  *                x = pred (logits), y = target, p = pos_weight, w = 1 + (p - 1) y
  * Each term is multiplied by its weight; "mean" divides the weighted sum by
- * n, the number of elements (torch's mean, not a weighted mean); the gradient
- * is slope * weight * grad_output (/ n for the mean).
+ * n, the number of elements, except for mse and l1 with a weight, where torch
+ * (2.13) takes a weighted mean: the sum of the weight as paired with pred (see
+ * weight_sum_repeats in elementwise.h).  The gradient is slope * weight *
+ * grad_output, divided as the mean is.
+ *
+ * The gradient w.r.t. target: the regression losses depend on r alone, so it
+ * is minus the slope; bce's is w (-x + (p - 1) softplus(-x)), torch's
+ * binary_cross_entropy_with_logits_target_backward (see bce_target_slope).
  *
  * Stability (bce): softplus(-x) = max(-x, 0) + log1p(exp(-|x|)), and the
  * loss is evaluated per sign of x so that no large terms cancel; the sigmoid
@@ -60,7 +66,7 @@ int fastloss_elementwise_forward_float32(const fastloss_elementwise_options *opt
                                          float *loss_per_element, double *loss)
 {
     FL_EW_DISPATCH(float32, options, pred, target, weight, pos_weight, NULL, 0, loss_per_element,
-                   loss, NULL);
+                   loss, NULL, NULL);
 }
 
 int fastloss_elementwise_forward_float64(const fastloss_elementwise_options *options,
@@ -69,43 +75,47 @@ int fastloss_elementwise_forward_float64(const fastloss_elementwise_options *opt
                                          double *loss_per_element, double *loss)
 {
     FL_EW_DISPATCH(float64, options, pred, target, weight, pos_weight, NULL, 0, loss_per_element,
-                   loss, NULL);
+                   loss, NULL, NULL);
 }
 
 int fastloss_elementwise_backward_float32(const fastloss_elementwise_options *options,
                                           const float *pred, const float *target,
                                           const float *weight, const float *pos_weight,
                                           const double *grad_output,
-                                          fastloss_index grad_output_stride, float *grad)
+                                          fastloss_index grad_output_stride, float *grad,
+                                          float *grad_target)
 {
     FL_EW_DISPATCH(float32, options, pred, target, weight, pos_weight, grad_output,
-                   grad_output_stride, NULL, NULL, grad);
+                   grad_output_stride, NULL, NULL, grad, grad_target);
 }
 
 int fastloss_elementwise_backward_float64(const fastloss_elementwise_options *options,
                                           const double *pred, const double *target,
                                           const double *weight, const double *pos_weight,
                                           const double *grad_output,
-                                          fastloss_index grad_output_stride, double *grad)
+                                          fastloss_index grad_output_stride, double *grad,
+                                          double *grad_target)
 {
     FL_EW_DISPATCH(float64, options, pred, target, weight, pos_weight, grad_output,
-                   grad_output_stride, NULL, NULL, grad);
+                   grad_output_stride, NULL, NULL, grad, grad_target);
 }
 
 int fastloss_elementwise_value_and_grad_float32(
     const fastloss_elementwise_options *options, const float *pred, const float *target,
     const float *weight, const float *pos_weight, const double *grad_output,
-    fastloss_index grad_output_stride, float *loss_per_element, double *loss, float *grad)
+    fastloss_index grad_output_stride, float *loss_per_element, double *loss, float *grad,
+    float *grad_target)
 {
     FL_EW_DISPATCH(float32, options, pred, target, weight, pos_weight, grad_output,
-                   grad_output_stride, loss_per_element, loss, grad);
+                   grad_output_stride, loss_per_element, loss, grad, grad_target);
 }
 
 int fastloss_elementwise_value_and_grad_float64(
     const fastloss_elementwise_options *options, const double *pred, const double *target,
     const double *weight, const double *pos_weight, const double *grad_output,
-    fastloss_index grad_output_stride, double *loss_per_element, double *loss, double *grad)
+    fastloss_index grad_output_stride, double *loss_per_element, double *loss, double *grad,
+    double *grad_target)
 {
     FL_EW_DISPATCH(float64, options, pred, target, weight, pos_weight, grad_output,
-                   grad_output_stride, loss_per_element, loss, grad);
+                   grad_output_stride, loss_per_element, loss, grad, grad_target);
 }

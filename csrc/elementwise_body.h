@@ -4,8 +4,8 @@
  * for float and double.  It expects REAL, EW(name) (this instantiation's
  * names), RUN (the runner's name), EW_ABS, EW_EXP_NONPOSITIVE and
  * EW_LOG1P_UNIT (fabs and fastmath.h's exp and log1p for REAL), EW_WIDE
- * (double) with EW_WIDE_ABS and EW_WIDE_EXP_NONPOSITIVE, and, for float32
- * only, EW_BCE_SLOPE_CHECK.
+ * (double) with EW_WIDE_ABS, EW_WIDE_EXP_NONPOSITIVE and EW_WIDE_LOG1P_UNIT,
+ * and, for float32 only, EW_BCE_SLOPE_CHECK.
  *
  * Every per-element term is computed in REAL, except bce_with_logits slopes
  * that float32 cannot give to the contract (see there); sums accumulate in double.
@@ -115,6 +115,26 @@ FASTLOSS_INLINE REAL EW(bce_slope_plain)(REAL x, REAL y, EW_WIDE e)
     const EW_WIDE t = y;
     const EW_WIDE q = e / (1 + e);
     return (REAL)(x >= 0 ? (1 - t) - q : q - t);
+}
+
+/*
+ * The slope w.r.t. the target y (torch's binary_cross_entropy_with_logits_target_backward,
+ * log_sigmoid(-x) - p log_sigmoid(x)):
+ *   d loss / d y = -x + (p - 1) softplus(-x),  with L = log1p(exp(-|x|)):
+ *   x >= 0:  -x     + (p - 1) L
+ *   x <  0:  -p x   + (p - 1) L         since softplus(-x) = -x + L there
+ * Without pos_weight (p = 1) it is -x exactly.  With it, the two terms have the
+ * same sign except near a root of the slope itself, so nothing cancels that the
+ * exact value does not; computed in WIDE from the exact x and p, so float32 keeps
+ * one rounding.  x = -inf gives p * inf (NaN for p = 0) and x = +inf gives -inf,
+ * as torch's form.
+ */
+FASTLOSS_INLINE REAL EW(bce_target_slope)(REAL x, REAL pos_weight)
+{
+    const EW_WIDE p = pos_weight, wide_x = x;
+    const EW_WIDE log1p_e = EW_WIDE_LOG1P_UNIT(EW_WIDE_EXP_NONPOSITIVE(-EW_WIDE_ABS(wide_x)));
+    const EW_WIDE slope_of_x = x >= 0 ? -1 : -p;
+    return (REAL)(slope_of_x * wide_x + (p - 1) * log1p_e);
 }
 
 #ifdef EW_BCE_SLOPE_CHECK
@@ -254,6 +274,19 @@ static void EW(bce_tile)(const REAL *FASTLOSS_RESTRICT logits, const REAL *FASTL
 
 #undef EW_BCE_ELEMENT
 
+/* bce's slopes w.r.t. the target of m elements (pos_weight NULL: p = 1). */
+static void EW(bce_target_tile)(const REAL *FASTLOSS_RESTRICT logits,
+                                const REAL *FASTLOSS_RESTRICT pos_weight, fastloss_index m,
+                                REAL *FASTLOSS_RESTRICT target_slope)
+{
+    if (pos_weight)
+        for (fastloss_index k = 0; k < m; ++k)
+            target_slope[k] = EW(bce_target_slope)(logits[k], pos_weight[k]);
+    else
+        for (fastloss_index k = 0; k < m; ++k)
+            target_slope[k] = -logits[k];
+}
+
 /* ---------------------------------------------------------------------------
  * The runner
  * ------------------------------------------------------------------------- */
@@ -268,7 +301,7 @@ typedef struct EW(call_s) {
     const double *grad_output;     /* per element (reduction none), or NULL: use scale */
     REAL scale;                    /* grad_output, divided by n for the mean */
     int want_sum;
-    REAL *loss_per_element, *grad;
+    REAL *loss_per_element, *grad, *grad_target;
 } EW(call);
 
 /* The value and slope of m elements from `start`, per the call's loss. */
@@ -296,6 +329,31 @@ static void EW(compute_tile)(const EW(call) *call, fastloss_index start, fastlos
     }
 }
 
+/* out[k] = slope[k] * weight[k] (when given) * the upstream gradient for the m
+ * elements from i: per element (reduction none, in double) or the call's scale. */
+static void EW(write_grad)(const EW(call) *call, fastloss_index i, fastloss_index m,
+                           const REAL *FASTLOSS_RESTRICT weight,
+                           const REAL *FASTLOSS_RESTRICT slope, REAL *FASTLOSS_RESTRICT out)
+{
+    if (call->grad_output) {
+        const double *FASTLOSS_RESTRICT upstream = call->grad_output + i;
+        if (weight)
+            for (fastloss_index k = 0; k < m; ++k)
+                out[k] = (REAL)((double)(slope[k] * weight[k]) * upstream[k]);
+        else
+            for (fastloss_index k = 0; k < m; ++k)
+                out[k] = (REAL)((double)slope[k] * upstream[k]);
+    } else {
+        const REAL scale = call->scale;
+        if (weight)
+            for (fastloss_index k = 0; k < m; ++k)
+                out[k] = slope[k] * weight[k] * scale;
+        else
+            for (fastloss_index k = 0; k < m; ++k)
+                out[k] = slope[k] * scale;
+    }
+}
+
 /*
  * One reduction block [start, end): tile by tile, the loss-specific values and
  * slopes, then the shared steps (weight, outputs, the block's sum).  A tile
@@ -309,6 +367,10 @@ static double EW(block)(const EW(call) *call, fastloss_index start, fastloss_ind
 {
     REAL value_tile[FASTLOSS_EW_TILE];
     REAL slope_tile[FASTLOSS_EW_TILE];
+    REAL target_slope_tile[FASTLOSS_EW_TILE];
+    const int bce = call->loss == FASTLOSS_LOSS_BCE_WITH_LOGITS;
+    /* the pred slopes: for pred's gradient, and negated for target's unless bce */
+    const int want_slope = call->grad || (call->grad_target && !bce);
     double lane[FASTLOSS_EW_LANES] = {0.0};
     double tail = 0.0, negative = 0.0;
     int bce_wide_mode = 0;
@@ -330,8 +392,17 @@ static double EW(block)(const EW(call) *call, fastloss_index start, fastloss_ind
         REAL *FASTLOSS_RESTRICT value = call->loss_per_element ? call->loss_per_element + i
                                         : call->want_sum        ? value_tile
                                                                 : NULL;
-        REAL *FASTLOSS_RESTRICT slope = call->grad ? slope_tile : NULL;
-        EW(compute_tile)(call, i, m, pos_weight, value, slope, &bce_wide_mode);
+        REAL *FASTLOSS_RESTRICT slope = want_slope ? slope_tile : NULL;
+        if (value || slope)
+            EW(compute_tile)(call, i, m, pos_weight, value, slope, &bce_wide_mode);
+        /* target's slopes, before any output is written (grad may be pred or target) */
+        if (call->grad_target) {
+            if (bce)
+                EW(bce_target_tile)(call->pred + i, pos_weight, m, target_slope_tile);
+            else
+                for (fastloss_index k = 0; k < m; ++k)
+                    target_slope_tile[k] = -slope[k];
+        }
 
         if (value) {
             if (weight)
@@ -357,26 +428,10 @@ static double EW(block)(const EW(call) *call, fastloss_index start, fastloss_ind
                         negative += value[k] < 0 ? (double)value[k] : 0.0;
             }
         }
-        if (slope) {
-            REAL *FASTLOSS_RESTRICT grad = call->grad + i;
-            if (call->grad_output) {
-                const double *FASTLOSS_RESTRICT upstream = call->grad_output + i;
-                if (weight)
-                    for (fastloss_index k = 0; k < m; ++k)
-                        grad[k] = (REAL)((double)(slope[k] * weight[k]) * upstream[k]);
-                else
-                    for (fastloss_index k = 0; k < m; ++k)
-                        grad[k] = (REAL)((double)slope[k] * upstream[k]);
-            } else {
-                const REAL scale = call->scale;
-                if (weight)
-                    for (fastloss_index k = 0; k < m; ++k)
-                        grad[k] = slope[k] * weight[k] * scale;
-                else
-                    for (fastloss_index k = 0; k < m; ++k)
-                        grad[k] = slope[k] * scale;
-            }
-        }
+        if (call->grad)
+            EW(write_grad)(call, i, m, weight, slope, call->grad + i);
+        if (call->grad_target)
+            EW(write_grad)(call, i, m, weight, target_slope_tile, call->grad_target + i);
     }
     const double sum = (((lane[0] + lane[1]) + (lane[2] + lane[3])) +
                         ((lane[4] + lane[5]) + (lane[6] + lane[7]))) + tail;
@@ -386,7 +441,8 @@ static double EW(block)(const EW(call) *call, fastloss_index start, fastloss_ind
 
 int RUN(const fastloss_elementwise_options *options, const REAL *pred, const REAL *target,
         const REAL *weight, const REAL *pos_weight, const double *grad_output,
-        fastloss_index grad_output_stride, REAL *loss_per_element, double *loss, REAL *grad)
+        fastloss_index grad_output_stride, REAL *loss_per_element, double *loss, REAL *grad,
+        REAL *grad_target)
 {
     const fastloss_index n = options->n;
     const fastloss_index n_blocks = (n + FASTLOSS_EW_BLOCK - 1) / FASTLOSS_EW_BLOCK;
@@ -410,10 +466,13 @@ int RUN(const fastloss_elementwise_options *options, const REAL *pred, const REA
     call.want_sum = loss != NULL && options->reduction != FASTLOSS_REDUCTION_NONE;
     call.loss_per_element = options->reduction == FASTLOSS_REDUCTION_NONE ? loss_per_element : NULL;
     call.grad = grad;
-    call.grad_output = grad && grad_output && grad_output_stride != 0 ? grad_output : NULL;
+    call.grad_target = grad_target;
+    const int want_grad = grad != NULL || grad_target != NULL;
+    call.grad_output = want_grad && grad_output && grad_output_stride != 0 ? grad_output : NULL;
     /* The mean's denominator: the element count, except for mse and l1 with a weight,
-     * where torch (2.13) takes sum(w * l) / sum(w) over the broadcast weight.  Element
-     * i's weight is weight[i % period]: whole periods, then the start of one more. */
+     * where torch (2.13) takes sum(w * l) / sum(w) with the weight as paired with pred:
+     * its sum over the n elements divided by weight_sum_repeats.  Element i's weight
+     * is weight[i % period]: whole periods, then the start of one more. */
     double denominator = (double)n;
     if (mean && weight && n > 0 &&
         (options->loss == FASTLOSS_LOSS_MSE || options->loss == FASTLOSS_LOSS_L1)) {
@@ -424,7 +483,8 @@ int RUN(const fastloss_elementwise_options *options, const REAL *pred, const REA
             if (k < n % period)
                 rest_sum += (double)weight[k];
         }
-        denominator = period_sum * (double)(n / period) + rest_sum;
+        denominator = (period_sum * (double)(n / period) + rest_sum) /
+                      (double)options->weight_sum_repeats;
     }
     {
         double scale = grad_output && grad_output_stride == 0 ? grad_output[0] : 1.0;
@@ -432,7 +492,7 @@ int RUN(const fastloss_elementwise_options *options, const REAL *pred, const REA
             scale /= denominator;
         call.scale = (REAL)scale;
     }
-    if (!call.want_sum && !call.loss_per_element && !call.grad)
+    if (!call.want_sum && !call.loss_per_element && !want_grad)
         return FASTLOSS_OK; /* nothing asked for */
 
     /* The only allocation: one partial sum and magnitude per block, before the

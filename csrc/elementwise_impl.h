@@ -22,6 +22,7 @@
 #define EW_WIDE double
 #define EW_WIDE_ABS fabs
 #define EW_WIDE_EXP_NONPOSITIVE fastloss_exp_nonpositive
+#define EW_WIDE_LOG1P_UNIT fastloss_log1p_unit
 #define EW_BCE_SLOPE_CHECK
 #include "elementwise_body.h"
 #undef EW_BCE_SLOPE_CHECK
@@ -34,6 +35,7 @@
 #undef EW_WIDE
 #undef EW_WIDE_ABS
 #undef EW_WIDE_EXP_NONPOSITIVE
+#undef EW_WIDE_LOG1P_UNIT
 
 #define REAL double
 #define EW(name) FL_EW_PASTE(fastloss_ew_##name, float64, FASTLOSS_ISA)
@@ -44,6 +46,7 @@
 #define EW_WIDE double
 #define EW_WIDE_ABS fabs
 #define EW_WIDE_EXP_NONPOSITIVE fastloss_exp_nonpositive
+#define EW_WIDE_LOG1P_UNIT fastloss_log1p_unit
 #include "elementwise_body.h"
 #undef REAL
 #undef EW
@@ -54,6 +57,7 @@
 #undef EW_WIDE
 #undef EW_WIDE_ABS
 #undef EW_WIDE_EXP_NONPOSITIVE
+#undef EW_WIDE_LOG1P_UNIT
 
 #undef FL_EW_PASTE_
 #undef FL_EW_PASTE

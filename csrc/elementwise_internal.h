@@ -71,13 +71,14 @@
 
 /*
  * One generic runner per (dtype, ISA), in elementwise_body.h: forward when
- * grad is NULL, gradient only when loss and loss_per_element are both NULL,
- * fused otherwise.  elementwise.c dispatches to it.
+ * grad and grad_target are NULL, gradients only when loss and loss_per_element
+ * are both NULL, fused otherwise.  elementwise.c dispatches to it.
  */
 #define FASTLOSS_EW_RUN_SIGNATURE(REAL_T)                                                    \
     (const fastloss_elementwise_options *options, const REAL_T *pred, const REAL_T *target,   \
      const REAL_T *weight, const REAL_T *pos_weight, const double *grad_output,              \
-     fastloss_index grad_output_stride, REAL_T *loss_per_element, double *loss, REAL_T *grad)
+     fastloss_index grad_output_stride, REAL_T *loss_per_element, double *loss, REAL_T *grad,  \
+     REAL_T *grad_target)
 
 int fastloss_ew_run_float32_baseline FASTLOSS_EW_RUN_SIGNATURE(float);
 int fastloss_ew_run_float64_baseline FASTLOSS_EW_RUN_SIGNATURE(double);

@@ -50,6 +50,9 @@ cdef extern from "distance.h" nogil:
         int swap
         int reduction
         int num_threads
+        fastloss_index anchor_positive_dim
+        fastloss_index anchor_negative_dim
+        fastloss_index positive_negative_dim
     void fastloss_distance_prepare_rows_float32(
         const fastloss_distance_rows_options *options, const float *x, fastloss_index x_row_stride,
         const double *shift, double *prepared, float *prepared_real, double *norm)
@@ -566,14 +569,17 @@ cdef fastloss_index _grad_output_stride(object grad_output, fastloss_index n,
 
 def dist_pair_loss_run(str loss, tuple rows, object label, object grad_output,
                        object loss_per_row, tuple grads, str metric, double margin, double p,
-                       double eps, double norm_eps, bint swap, str reduction, int num_threads):
+                       double eps, double norm_eps, bint swap, str reduction, int num_threads,
+                       tuple pair_dims=None):
     """Contrastive (loss "contrastive", rows (x1, x2), label float64 (N,)) or triplet
     margin (loss "triplet", rows (anchor, positive, negative)) over row pairs.
 
     rows: (N, D) arrays of one float dtype with contiguous rows; grad_output float64
     (N,) or (1,), needed with grads; loss_per_row float64 (N,) or None; grads: a tuple
-    of (N, D) writeable arrays like the rows, or () for the forward.  Returns the
-    reduced loss (meaningless for "none").
+    of (N, D) writeable arrays like the rows, or () for the forward.  pair_dims
+    (triplet): the lengths of the differences (anchor, positive), (anchor, negative),
+    (positive, negative), each D or 1 (distance.h); None: all D.  Returns the reduced
+    loss (meaningless for "none").
     """
     if loss not in ("contrastive", "triplet"):
         raise ValueError(f"loss: unknown {loss!r}")
@@ -583,10 +589,12 @@ def dist_pair_loss_run(str loss, tuple rows, object label, object grad_output,
     _check_metric_and_threads(metric, num_threads)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction: unknown {reduction!r}")
-    if not (margin >= 0.0 and eps >= 0.0 and norm_eps > 0.0):
-        raise ValueError("margin and eps must be >= 0")
-    if loss == "triplet" and not (p >= 1.0 and p < float("inf")):
-        raise ValueError("p: expected a finite value >= 1")
+    if not (margin >= 0.0 and norm_eps > 0.0):
+        raise ValueError("margin must be >= 0")
+    if loss == "contrastive" and not eps >= 0.0:
+        raise ValueError("eps must be >= 0")
+    if loss == "triplet" and (p != p or not (-float("inf") < eps < float("inf"))):
+        raise ValueError("p: expected a number or +-inf, not NaN, and a finite eps")
     cdef int typenum = _embedding_typenum(rows[0], "x1" if loss == "contrastive" else "anchor")
     cdef fastloss_pair_loss_options options
     options.n_rows = rows[0].shape[0]
@@ -600,6 +608,15 @@ def dist_pair_loss_run(str loss, tuple rows, object label, object grad_output,
     options.reduction = REDUCTIONS[reduction]
     options.num_threads = num_threads
     cdef fastloss_index n = options.n_rows, d = options.dim
+    if pair_dims is None:
+        pair_dims = (d, d, d)
+    if len(pair_dims) != 3 or any(length != d and length != 1 for length in pair_dims):
+        raise ValueError(f"pair_dims: expected three lengths, each {d} or 1, got {pair_dims}")
+    if loss == "triplet" and d == 0 and not (0.0 <= p < float("inf")):
+        raise ValueError(f"p: the {p} norm of no elements is not defined (as torch)")
+    options.anchor_positive_dim = pair_dims[0]
+    options.anchor_negative_dim = pair_dims[1]
+    options.positive_negative_dim = pair_dims[2]
     cdef fastloss_index row_strides[3]
     cdef fastloss_index grad_strides[3]
     cdef const void *row_ptrs[3]

@@ -21,7 +21,9 @@ other apart); the functions of row pairs (``contrastive``, ``triplet_margin``) a
 difference has the finite gradient of ``|eps * ones|``.
 
 Embeddings are 2-d, (N, D), float32 or float64 (mixed inputs compute in float64; each
-gradient has its input's dtype); any strides. The all-pairs functions form the Gram
+gradient has its input's dtype); any strides. ``triplet_margin`` takes torch's shapes
+instead: any number of dimensions (the same for its three inputs), broadcasting, the
+features on the last axis. The all-pairs functions form the Gram
 matrix of the (centred or normalised) rows with one BLAS product in float64, make one
 fused C pass over the pairs for distances, losses and gradient coefficients W, and form
 the gradient with one more product ``W @ rows`` in the input's dtype (see csrc/distance.c
@@ -29,6 +31,7 @@ for the error model that decides which close pairs are recomputed from the rows)
 products use NumPy's BLAS threads, which ``num_threads`` does not set.
 """
 import math
+import numbers
 
 import numpy as np
 
@@ -43,6 +46,7 @@ from fastloss._validation import (
     reduction_arg,
     rows_view,
 )
+from fastloss.elementwise import _sum_to_shape
 
 __all__ = [
     "contrastive", "contrastive_grad", "contrastive_value_and_grad",
@@ -615,39 +619,181 @@ def contrastive_value_and_grad(x1, x2, label, grad_output=1.0, *, margin=1.0,
                         num_threads, True)
 
 
+def _norm_order(p):
+    """The p of a p-norm: any real number or +-inf (torch's vector_norm), not NaN."""
+    if isinstance(p, (bool, np.bool_)) or not isinstance(p, (numbers.Real, np.ndarray)):
+        raise TypeError(f"p: expected a real number, got {p!r}")
+    if isinstance(p, np.ndarray) and (p.ndim != 0 or p.dtype.kind not in "fiu"):
+        raise TypeError(f"p: expected a real number, got {p!r}")
+    p = float(p)
+    if math.isnan(p):
+        raise ValueError(f"p: expected a number or +-inf, got {p}")
+    return p
+
+
+class _Triplet:
+    """The checked inputs of a triplet_margin call, as torch shapes them: one number of
+    dimensions, broadcasting, the features on the last axis (a 0-d input is one
+    feature); laid out for the kernel as (M, D) rows of the broadcast shape, with the
+    length of each pair's difference (distance.h)."""
+
+    def __init__(self, anchor, positive, negative):
+        named = [("anchor", anchor), ("positive", positive), ("negative", negative)]
+        arrays = [float_array(value, name) for name, value in named]
+        if len({array.ndim for array in arrays}) != 1:
+            raise ValueError("anchor, positive, negative: expected the same number of "
+                             "dimensions (as torch), got shapes "
+                             + ", ".join(str(array.shape) for array in arrays))
+        try:
+            shape = arrays[0].shape if arrays[0].shape == arrays[1].shape == arrays[2].shape \
+                else np.broadcast_shapes(*(array.shape for array in arrays))
+        except ValueError:
+            raise ValueError("anchor, positive, negative: shapes "
+                             + ", ".join(str(array.shape) for array in arrays)
+                             + " do not broadcast together") from None
+        self.shapes = [array.shape for array in arrays]
+        self.dtypes = [array.dtype for array in arrays]
+        self.dtype = self.dtypes[0] if self.dtypes[0] == self.dtypes[1] == self.dtypes[2] \
+            else np.result_type(*self.dtypes)
+        self.loss_shape = shape[:-1]
+        self.dim = shape[-1] if shape else 1
+        self.n_rows = math.prod(self.loss_shape)
+        last = [array.shape[-1] if array.ndim else 1 for array in arrays]
+        # the broadcast of two last axes: equal, or one of them is 1
+        self.pair_dims = tuple(last[i] if last[j] == 1 else last[j]
+                               for i, j in ((0, 1), (0, 2), (1, 2)))
+        full = shape if shape else (1,)
+        self.rows = []
+        for array in arrays:
+            # a view where the layout allows (an input broadcast over rows has row stride
+            # 0); a copy where the kernel needs contiguous features
+            matrix = array.astype(self.dtype, copy=False)
+            if matrix.shape != full:
+                matrix = np.broadcast_to(matrix, full)
+            matrix = matrix.reshape(self.n_rows, self.dim)
+            if (self.dim > 1 and matrix.strides[1] != matrix.itemsize) or \
+                    matrix.strides[0] % matrix.itemsize:
+                matrix = np.ascontiguousarray(matrix)
+            self.rows.append(matrix)
+        self.inputs = arrays
+
+    def grad_buffers(self, out, upstream):
+        """For each gradient: (the array the kernel writes, (M, D) of the common dtype, and
+        what to return: the same array, or None when the written gradient still needs a
+        sum over broadcast axes, a cast or a copy into ``out``).  The kernel writes into
+        ``out`` only where it shares no memory with what the kernel reads."""
+        if out is not None:
+            if not isinstance(out, tuple) or len(out) != 3:
+                raise TypeError(f"out: expected a tuple of 3 ndarrays, got "
+                                f"{type(out).__name__}")
+            for index, buffer in enumerate(out):
+                out_arg(buffer, self.shapes[index], self.dtypes[index], f"out[{index}]")
+                for other in out[:index]:
+                    if np.may_share_memory(buffer, other):
+                        raise ValueError(f"out[{index}]: shares memory with another out= "
+                                         f"buffer")
+        buffers = []
+        for index, (shape, dtype) in enumerate(zip(self.shapes, self.dtypes)):
+            direct = shape == self.loss_shape + (self.dim,) and dtype == self.dtype
+            if direct and out is None:  # a fresh gradient, laid out as the rows
+                returned = np.empty(shape, dtype)
+                buffers.append((returned.reshape(self.n_rows, self.dim), returned))
+                continue
+            if direct:
+                returned = out[index]
+                view = rows_view(returned, self.dim) if returned.size else \
+                    returned.reshape(self.n_rows, self.dim)
+                if view is not None and not any(np.may_share_memory(returned, array)
+                                                for array in self.inputs + self.rows
+                                                + [upstream]):
+                    buffers.append((view, returned))
+                    continue
+            buffers.append((np.empty((self.n_rows, self.dim), self.dtype), None))
+        return buffers
+
+    def finish(self, buffers, out):
+        grads = []
+        for index, (written, returned) in enumerate(buffers):
+            if returned is None:
+                full = written.reshape(self.loss_shape + (self.dim,))
+                shape = self.shapes[index]
+                grad = _sum_to_shape(full, shape if shape else (1,)).reshape(shape) \
+                    if full.shape != shape else full
+                if out is None:
+                    returned = np.asarray(grad).astype(self.dtypes[index], copy=False)
+                else:
+                    returned = out[index]
+                    np.copyto(returned, grad, casting="unsafe")
+            grads.append(returned)
+        return tuple(grads)
+
+
 def _triplet(anchor, positive, negative, grad_output, margin, p, eps, swap, reduction, out,
              num_threads, want_grad):
     margin = real_scalar(margin, "margin", low=0.0, low_open=True)
-    p = real_scalar(p, "p", low=1.0)
-    eps = real_scalar(eps, "eps", low=0.0)
+    p = _norm_order(p)
+    eps = real_scalar(eps, "eps")
     if not isinstance(swap, (bool, np.bool_)):
         raise TypeError(f"swap: expected a bool, got {swap!r}")
-    return _pair_loss("triplet", [("anchor", anchor), ("positive", positive),
-                                  ("negative", negative)], None, grad_output, "euclidean",
-                      margin, p, eps, bool(swap), reduction, out, num_threads, want_grad)
+    reduction = reduction_arg(reduction)
+    threads = resolve_num_threads(num_threads)
+    call = _Triplet(anchor, positive, negative)
+    if call.dim == 0 and not 0.0 <= p < math.inf:
+        raise ValueError(f"p: the {p} norm of no elements is not defined (as torch); the "
+                         f"inputs have no features")
+    per_row = np.empty(call.n_rows) if reduction == "none" else None
+    upstream = buffers = None
+    if want_grad:
+        upstream = grad_output_arg(grad_output, reduction, call.loss_shape)
+        buffers = call.grad_buffers(out, upstream)
+    if call.n_rows == 0:
+        total = 0.0 if reduction == "sum" else math.nan
+        if want_grad:
+            for written, _ in buffers:
+                written.fill(0)
+    else:
+        total = _kernels.dist_pair_loss_run(
+            "triplet", tuple(call.rows), None, upstream, per_row,
+            tuple(written for written, _ in buffers) if want_grad else (), "euclidean",
+            margin, p, eps, NORMALIZE_EPS, bool(swap), reduction, threads,
+            pair_dims=call.pair_dims)
+    if reduction == "none":
+        loss = per_row.astype(call.dtype).reshape(call.loss_shape)
+    else:
+        loss = _loss_value(total, call.dtype)
+    return loss, (call.finish(buffers, out) if want_grad else None)
 
 
 def triplet_margin(anchor, positive, negative, *, margin=1.0, p=2.0, eps=1e-6, swap=False,
                    reduction="mean", num_threads=None):
     """Triplet margin loss, as ``torch.nn.functional.triplet_margin_loss``.
 
-    Per triplet i, with ``d(u, v) = |u - v + eps|_p`` (torch's pairwise_distance)::
+    Per triplet, with ``d(u, v) = |u - v + eps|_p`` over the last axis (torch's
+    pairwise_distance)::
 
-        max(margin + d(a_i, p_i) - d(a_i, n_i), 0)
+        max(margin + d(a, p) - d(a, n), 0)
 
-    and with ``swap=True`` (Balntas et al., BMVC 2016) ``d(a_i, n_i)`` replaced by
-    ``min(d(a_i, n_i), d(p_i, n_i))`` (a tie splits the gradient in halves, as
+    and with ``swap=True`` (Balntas et al., BMVC 2016) ``d(a, n)`` replaced by
+    ``min(d(a, n), d(p, n))`` (a tie splits the gradient in halves, as
     torch.minimum). The gradient flows at exactly 0 (torch's clamp_min) and is 0 through
-    a zero distance (only with eps = 0).
+    a zero distance (only with eps = 0). The p-norm is torch's vector_norm for any p:
+    ``p=inf`` the largest ``|v_k|`` (ties share its gradient), ``-inf`` the smallest,
+    ``0`` the count of nonzero entries (no gradient), and ``p < 1`` (negative too)
+    ``sum(|v_k|**p)**(1/p)``.
 
     Parameters
     ----------
-    anchor, positive, negative : array_like, float32 or float64, shape (N, D)
+    anchor, positive, negative : array_like, float32 or float64
+        Shapes as torch takes them: the same number of dimensions, broadcasting together,
+        the features on the last axis: (N, D), (D) for one triplet, (B, N, D), ...;
+        0-d inputs are one feature. A pair of inputs that both have one feature on the
+        last axis compares that one, as torch's pairwise_distance does.
     margin : float > 0 (torch rejects margin <= 0)
-    p : float, finite, >= 1
-    eps : float >= 0
+    p : float or +-inf, not NaN
+    eps : float, finite
     swap : bool
     reduction : {"mean", "sum", "none"}
+        "none" gives the broadcast shape without the last axis; "mean" averages over it.
     num_threads : int, optional
     """
     loss, _ = _triplet(anchor, positive, negative, None, margin, p, eps, swap, reduction,
@@ -658,7 +804,8 @@ def triplet_margin(anchor, positive, negative, *, margin=1.0, p=2.0, eps=1e-6, s
 def triplet_margin_grad(anchor, positive, negative, grad_output=1.0, *, margin=1.0, p=2.0,
                         eps=1e-6, swap=False, reduction="mean", out=None, num_threads=None):
     """Gradient of ``grad_output * triplet_margin(...)`` w.r.t. ``(anchor, positive,
-    negative)``; ``out`` a tuple of three arrays."""
+    negative)``, each of its input's shape (summed over the axes broadcasting added or
+    stretched) and dtype; ``out`` a tuple of three arrays."""
     _, grads = _triplet(anchor, positive, negative, grad_output, margin, p, eps, swap,
                         reduction, out, num_threads, True)
     return grads

@@ -293,118 +293,168 @@ def cross_entropy_value_and_grad(logits, target, grad_output=1.0, *, weight=None
 # Regression and binary losses (one term per element)
 # ----------------------------------------------------------------------------------------
 #
-# Shared semantics (torch's): ``pred`` and ``target`` broadcast to one shape (for
-# bce_with_logits they must have the same shape); ``weight`` (per element) broadcasts to
-# that shape; "mean" is the weighted sum divided by the number of elements, except for
-# mse and l1 with a weight, where torch (2.13) divides by the sum of the broadcast weight
-# (a weighted mean); the gradient is w.r.t. ``pred`` and, where broadcasting enlarged ``pred``, summed
-# back over the broadcast axes, as autograd does. Everything is float64.
+# Shared semantics (torch 2.13's): ``pred`` and ``target`` broadcast to one shape, the
+# loss's (for bce_with_logits they must have the same shape); ``weight`` (per element)
+# broadcasts to that shape; "mean" is the weighted sum divided by the number of elements,
+# except for mse and l1 with a weight, where torch divides by the sum of the weight as
+# paired with ``pred`` (the weight broadcast with pred's shape, before a larger target
+# repeats it): a weighted mean. ``wrt`` names the gradients asked for (``pred`` by
+# default; ``target``; ``weight`` for the regression losses), each summed back over the
+# axes broadcasting added or stretched, as autograd does. Everything is float64.
 
-def _check_elementwise(pred, target, weight, reduction, *, pred_name="pred",
-                       same_shape=False):
-    """Return ``(pred, target, weight, pred_shape)``: float64 arrays broadcast to the loss's
-    shape (weight all ones when None) and pred's own shape, or raise."""
-    pred = np.asarray(pred)
-    if pred.dtype.kind != "f":
-        raise TypeError(f"{pred_name}: expected a float array, got dtype {pred.dtype}")
-    target = np.asarray(target)
-    if target.dtype.kind not in "biuf":
-        raise TypeError(f"target: expected real numbers, got dtype {target.dtype}")
-    if same_shape and target.shape != pred.shape:
-        raise ValueError(f"target: expected the shape of {pred_name} {pred.shape}, "
-                         f"got {target.shape}")
-    shape = np.broadcast_shapes(pred.shape, target.shape)
-    if weight is None:
-        weight = np.ones(shape)
-    else:
-        weight = np.asarray(weight, dtype=np.float64)
+class _Elementwise:
+    """The checked arguments of one call: float64 arrays broadcast to the loss's shape
+    (``weight`` all ones when None) and each argument's own shape."""
+
+    def __init__(self, pred, target, weight, reduction, *, pred_name="pred",
+                 same_shape=False):
+        pred = np.asarray(pred)
+        if pred.dtype.kind != "f":
+            raise TypeError(f"{pred_name}: expected a float array, got dtype {pred.dtype}")
+        target = np.asarray(target)
+        if target.dtype.kind not in "biuf":
+            raise TypeError(f"target: expected real numbers, got dtype {target.dtype}")
+        if same_shape and target.shape != pred.shape:
+            raise ValueError(f"target: expected the shape of {pred_name} {pred.shape}, "
+                             f"got {target.shape}")
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"reduction: expected one of {_REDUCTIONS}, got {reduction!r}")
+        shape = np.broadcast_shapes(pred.shape, target.shape)
+        self.weight_given = weight is not None
+        weight = np.ones(()) if weight is None else np.asarray(weight, dtype=np.float64)
         if np.broadcast_shapes(weight.shape, shape) != shape:
             raise ValueError(f"weight: shape {weight.shape} does not broadcast to {shape}")
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction: expected one of {_REDUCTIONS}, got {reduction!r}")
-    return (np.broadcast_to(pred.astype(np.float64), shape),
-            np.broadcast_to(target.astype(np.float64), shape),
-            np.broadcast_to(weight, shape), pred.shape)
+        self.pred_name, self.reduction, self.shape = pred_name, reduction, shape
+        self.pred_shape, self.target_shape, self.weight_shape = (
+            pred.shape, target.shape, weight.shape)
+        self.target_is_float = target.dtype.kind == "f"
+        self.pred = np.broadcast_to(pred.astype(np.float64), shape)
+        self.target = np.broadcast_to(target.astype(np.float64), shape)
+        # the weight as paired with pred, and as paired with every element of the loss
+        self.paired_weight = np.broadcast_to(
+            weight, np.broadcast_shapes(weight.shape, pred.shape))
+        self.weight = np.broadcast_to(weight, shape)
+
+    def reduce(self, loss, weighted_mean=False):
+        """``weight * loss`` reduced: a float for mean/sum (the mean of nothing is nan),
+        the float64 array for none. The mean divides by the number of elements, or for
+        ``weighted_mean`` by the sum of the weight as paired with pred."""
+        loss = self.weight * loss
+        if self.reduction == "none":
+            return np.array(loss, dtype=np.float64)
+        if self.reduction == "sum":
+            return float(np.sum(loss))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return float(np.float64(np.sum(loss)) / np.float64(self.denominator(weighted_mean)))
+
+    def denominator(self, weighted_mean):
+        if weighted_mean and self.weight_given:
+            return np.sum(self.paired_weight)
+        return self.pred.size
+
+    def grads(self, wrt, grad_output, *, slope, target_slope, loss=None, weighted_mean=False):
+        """The gradients of ``grad_output * loss`` named by ``wrt`` from the per-element
+        slopes w.r.t. pred and target and, for the weight, the unweighted loss.
+
+        Per element i, with g the upstream gradient and D the mean's denominator (1 for
+        sum and none): pred ``slope * weight * g / D``, target ``target_slope * weight *
+        g / D``, weight ``loss * g / D``; for the weighted mean, L = S / W with S = sum of
+        weight * loss and W = sum of the paired weight, whose element j appears once in
+        the paired weight per R = n / (paired weight's size) elements of the loss:
+        ``dL/dw_j = sum over its elements i of (loss_i W - S / R) / W**2``."""
+        names, single = _wrt_names(wrt, self.pred_name, loss is not None)
+        upstream = np.asarray(grad_output, dtype=np.float64)
+        if self.reduction != "none" and upstream.ndim != 0:
+            raise ValueError(f"grad_output: expected a scalar for reduction="
+                             f"{self.reduction!r}, got shape {upstream.shape}")
+        if upstream.ndim != 0 and upstream.shape != self.shape:
+            raise ValueError(f"grad_output: expected a scalar or shape {self.shape}, "
+                             f"got {upstream.shape}")
+        denominator = self.denominator(weighted_mean) if self.reduction == "mean" else 1
+        results = []
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            for name in names:
+                if name == self.pred_name:
+                    grad = slope * self.weight * upstream / np.float64(denominator)
+                    shape = self.pred_shape
+                elif name == "target":
+                    if not self.target_is_float:
+                        raise TypeError("target: an integer or bool target has no gradient")
+                    grad = target_slope * self.weight * upstream / np.float64(denominator)
+                    shape = self.target_shape
+                else:  # weight
+                    if not self.weight_given:
+                        raise ValueError("weight: no weight was given to differentiate")
+                    if weighted_mean and self.reduction == "mean":
+                        total = np.sum(self.weight * loss)
+                        repeats = self.pred.size // max(self.paired_weight.size, 1)
+                        grad = upstream * (loss * denominator - total / repeats) / denominator**2
+                    else:
+                        grad = loss * upstream / np.float64(denominator)
+                    shape = self.weight_shape
+                results.append(_sum_to(np.broadcast_to(grad, self.shape), shape))
+        return results[0] if single else tuple(results)
 
 
-def _reduce(loss, reduction, denominator=None):
-    """The weighted per-element loss reduced: a float for mean/sum (the mean of nothing
-    is nan), the float64 array for none.  The mean divides by `denominator` (default: the
-    number of elements)."""
-    if reduction == "none":
-        return np.asarray(loss, dtype=np.float64)
-    if reduction == "sum":
-        return float(np.sum(loss))
-    if denominator is None:
-        denominator = loss.size
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return float(np.float64(np.sum(loss)) / np.float64(denominator))
+def _wrt_names(wrt, pred_name, weight_differentiable):
+    """``(names, single)``: the arguments ``wrt`` names, in order, and whether it was one
+    name (one array returned) rather than a tuple."""
+    single = wrt is None or isinstance(wrt, str)
+    names = (pred_name,) if wrt is None else ((wrt,) if single else tuple(wrt))
+    allowed = (pred_name, "target") + (("weight",) if weight_differentiable else ())
+    for name in names:
+        if name not in allowed:
+            raise ValueError(f"wrt: expected names from {allowed}, got {name!r}")
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"wrt: expected distinct names from {allowed}, got {wrt!r}")
+    return names, single
 
 
-def _grad_from_slope(slope, weight, grad_output, reduction, pred_shape, denominator=None):
-    """``slope * weight * grad_output`` (divided by the mean's denominator, by default the
-    element count), summed back to ``pred_shape`` over the axes broadcasting added or
-    stretched."""
-    grad_output = np.asarray(grad_output, dtype=np.float64)
-    if reduction != "none" and grad_output.ndim != 0:
-        raise ValueError(f"grad_output: expected a scalar for reduction={reduction!r}, "
-                         f"got shape {grad_output.shape}")
-    if grad_output.ndim != 0 and grad_output.shape != slope.shape:
-        raise ValueError(f"grad_output: expected a scalar or shape {slope.shape}, "
-                         f"got {grad_output.shape}")
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        grad = slope * weight * grad_output
-        if reduction == "mean":
-            grad = grad / np.float64(slope.size if denominator is None else denominator)
-    lead = grad.ndim - len(pred_shape)
-    axes = tuple(range(lead)) + tuple(lead + axis for axis, size in enumerate(pred_shape)
+def _sum_to(grad, shape):
+    """``grad`` summed over the axes that broadcasting added or stretched, to ``shape``."""
+    lead = grad.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + axis for axis, size in enumerate(shape)
                                       if size == 1 and grad.shape[lead + axis] != 1)
-    return np.asarray(np.sum(grad, axis=axes)).reshape(pred_shape) if axes else np.array(grad)
-
-
-def _weighted_mean_denominator(weight, given):
-    """torch's mse_loss / l1_loss with a weight: "mean" is sum(w * l) / sum(w)."""
-    return float(np.sum(weight)) if given else None
+    return np.array(np.sum(grad, axis=axes)).reshape(shape)
 
 
 def mse(pred, target, *, weight=None, reduction="mean"):
     r"""Mean squared error, as ``torch.nn.functional.mse_loss`` (with its ``weight``).
 
     Per element, ``r = pred - target``: ``loss = weight * r**2``; "mean" divides the sum
-    by the number of elements, or with a weight by the sum of the broadcast weight.
+    by the number of elements, or with a weight by the sum of the weight as paired with
+    pred (torch's ``sum(weight * loss) / sum(weight)``).
     """
-    given = weight is not None
-    pred, target, weight, _ = _check_elementwise(pred, target, weight, reduction)
+    call = _Elementwise(pred, target, weight, reduction)
     with np.errstate(invalid="ignore", over="ignore"):
-        return _reduce(weight * (pred - target) ** 2, reduction,
-                       _weighted_mean_denominator(weight, given))
+        return call.reduce((call.pred - call.target) ** 2, weighted_mean=True)
 
 
-def mse_grad(pred, target, grad_output=1.0, *, weight=None, reduction="mean"):
-    """Gradient of ``grad_output * mse(...)`` w.r.t. pred: ``2 r * weight * grad_output``
-    (/ the mean's denominator), with pred's shape."""
-    given = weight is not None
-    pred, target, weight, pred_shape = _check_elementwise(pred, target, weight, reduction)
+def mse_grad(pred, target, grad_output=1.0, *, weight=None, reduction="mean", wrt="pred"):
+    """Gradient of ``grad_output * mse(...)``: w.r.t. pred ``2 r * weight * grad_output``
+    (/ the mean's denominator), w.r.t. target its negative, w.r.t. weight ``r**2 *
+    grad_output`` (through the weighted mean, see ``_Elementwise.grads``)."""
+    call = _Elementwise(pred, target, weight, reduction)
     with np.errstate(invalid="ignore", over="ignore"):
-        slope = 2.0 * (pred - target)
-    return _grad_from_slope(slope, weight, grad_output, reduction, pred_shape,
-                            _weighted_mean_denominator(weight, given))
+        r = call.pred - call.target
+        return call.grads(wrt, grad_output, slope=2.0 * r, target_slope=-2.0 * r,
+                          loss=r**2, weighted_mean=True)
 
 
-def mse_value_and_grad(pred, target, grad_output=1.0, *, weight=None, reduction="mean"):
+def mse_value_and_grad(pred, target, grad_output=1.0, *, weight=None, reduction="mean",
+                       wrt="pred"):
     """``(mse(...), mse_grad(...))``."""
     return (mse(pred, target, weight=weight, reduction=reduction),
-            mse_grad(pred, target, grad_output, weight=weight, reduction=reduction))
+            mse_grad(pred, target, grad_output, weight=weight, reduction=reduction, wrt=wrt))
 
 
 def l1(pred, target, *, weight=None, reduction="mean"):
     r"""Mean absolute error, as ``torch.nn.functional.l1_loss``: ``weight * |pred - target|``;
-    "mean" divides by the number of elements, or with a weight by the sum of the weight."""
-    given = weight is not None
-    pred, target, weight, _ = _check_elementwise(pred, target, weight, reduction)
+    "mean" divides by the number of elements, or with a weight by the sum of the weight as
+    paired with pred."""
+    call = _Elementwise(pred, target, weight, reduction)
     with np.errstate(invalid="ignore", over="ignore"):
-        return _reduce(weight * np.abs(pred - target), reduction,
-                       _weighted_mean_denominator(weight, given))
+        return call.reduce(np.abs(call.pred - call.target), weighted_mean=True)
 
 
 def _l1_slope(r):
@@ -412,21 +462,22 @@ def _l1_slope(r):
     return np.where(r > 0, 1.0, np.where(r < 0, -1.0, 0.0))
 
 
-def l1_grad(pred, target, grad_output=1.0, *, weight=None, reduction="mean"):
-    """Gradient of ``grad_output * l1(...)`` w.r.t. pred: ``sign(r) * weight * grad_output``
-    with sign(0) = 0 and, as torch's backward, 0 where r is NaN."""
-    given = weight is not None
-    pred, target, weight, pred_shape = _check_elementwise(pred, target, weight, reduction)
-    with np.errstate(invalid="ignore"):
-        slope = _l1_slope(pred - target)
-    return _grad_from_slope(slope, weight, grad_output, reduction, pred_shape,
-                            _weighted_mean_denominator(weight, given))
+def l1_grad(pred, target, grad_output=1.0, *, weight=None, reduction="mean", wrt="pred"):
+    """Gradient of ``grad_output * l1(...)``: w.r.t. pred ``sign(r) * weight * grad_output``
+    with sign(0) = 0 and, as torch's backward, 0 where r is NaN; w.r.t. target its
+    negative; w.r.t. weight ``|r| * grad_output`` (through the weighted mean)."""
+    call = _Elementwise(pred, target, weight, reduction)
+    with np.errstate(invalid="ignore", over="ignore"):
+        r = call.pred - call.target
+        return call.grads(wrt, grad_output, slope=_l1_slope(r), target_slope=-_l1_slope(r),
+                          loss=np.abs(r), weighted_mean=True)
 
 
-def l1_value_and_grad(pred, target, grad_output=1.0, *, weight=None, reduction="mean"):
+def l1_value_and_grad(pred, target, grad_output=1.0, *, weight=None, reduction="mean",
+                      wrt="pred"):
     """``(l1(...), l1_grad(...))``."""
     return (l1(pred, target, weight=weight, reduction=reduction),
-            l1_grad(pred, target, grad_output, weight=weight, reduction=reduction))
+            l1_grad(pred, target, grad_output, weight=weight, reduction=reduction, wrt=wrt))
 
 
 def _check_positive(value, name, allow_zero):
@@ -437,39 +488,62 @@ def _check_positive(value, name, allow_zero):
     return value
 
 
+def _huber_loss(r, delta):
+    a = np.abs(r)
+    return np.where(a < delta, 0.5 * r**2, delta * (a - 0.5 * delta))
+
+
+def _huber_slope(r, delta):
+    """clip(r, -delta, delta), as torch's backward writes it (NaN stays NaN)."""
+    return np.where(r < -delta, -delta, np.where(r > delta, delta, r))
+
+
 def huber(pred, target, *, delta=1.0, weight=None, reduction="mean"):
     r"""Huber loss, as ``torch.nn.functional.huber_loss``. Per element, ``r = pred - target``::
 
         loss = weight * (0.5 * r**2                  if |r| < delta
                          delta * (|r| - 0.5 * delta)  otherwise)
 
-    ``delta > 0``. At ``|r| == delta`` both pieces are ``0.5 * delta**2``.
+    ``delta > 0``. At ``|r| == delta`` both pieces are ``0.5 * delta**2``. The weighted
+    mean divides by the number of elements, as torch's huber_loss.
     """
     delta = _check_positive(delta, "delta", allow_zero=False)
-    pred, target, weight, _ = _check_elementwise(pred, target, weight, reduction)
+    call = _Elementwise(pred, target, weight, reduction)
     with np.errstate(invalid="ignore", over="ignore"):
-        r = pred - target
-        a = np.abs(r)
-        return _reduce(weight * np.where(a < delta, 0.5 * r**2, delta * (a - 0.5 * delta)),
-                       reduction)
+        return call.reduce(_huber_loss(call.pred - call.target, delta))
 
 
-def huber_grad(pred, target, grad_output=1.0, *, delta=1.0, weight=None, reduction="mean"):
-    """Gradient of ``grad_output * huber(...)`` w.r.t. pred: ``clip(r, -delta, delta) *
-    weight * grad_output``, as torch's backward writes it (NaN stays NaN)."""
+def huber_grad(pred, target, grad_output=1.0, *, delta=1.0, weight=None, reduction="mean",
+               wrt="pred"):
+    """Gradient of ``grad_output * huber(...)``: w.r.t. pred ``clip(r, -delta, delta) *
+    weight * grad_output``, as torch's backward writes it (NaN stays NaN); w.r.t. target
+    its negative; w.r.t. weight the unweighted loss times grad_output."""
     delta = _check_positive(delta, "delta", allow_zero=False)
-    pred, target, weight, pred_shape = _check_elementwise(pred, target, weight, reduction)
-    with np.errstate(invalid="ignore"):
-        r = pred - target
-        slope = np.where(r < -delta, -delta, np.where(r > delta, delta, r))
-    return _grad_from_slope(slope, weight, grad_output, reduction, pred_shape)
+    call = _Elementwise(pred, target, weight, reduction)
+    with np.errstate(invalid="ignore", over="ignore"):
+        r = call.pred - call.target
+        return call.grads(wrt, grad_output, slope=_huber_slope(r, delta),
+                          target_slope=-_huber_slope(r, delta), loss=_huber_loss(r, delta))
 
 
 def huber_value_and_grad(pred, target, grad_output=1.0, *, delta=1.0, weight=None,
-                         reduction="mean"):
+                         reduction="mean", wrt="pred"):
     """``(huber(...), huber_grad(...))``."""
     options = dict(delta=delta, weight=weight, reduction=reduction)
-    return huber(pred, target, **options), huber_grad(pred, target, grad_output, **options)
+    return (huber(pred, target, **options),
+            huber_grad(pred, target, grad_output, wrt=wrt, **options))
+
+
+def _smooth_l1_loss(r, beta):
+    a = np.abs(r)
+    return a if beta == 0.0 else np.where(a < beta, 0.5 * r**2 / beta, a - 0.5 * beta)
+
+
+def _smooth_l1_slope(r, beta):
+    """clip(r / beta, -1, 1); the l1 slope for beta == 0."""
+    if beta == 0.0:
+        return _l1_slope(r)
+    return np.where(r < -beta, -1.0, np.where(r > beta, 1.0, r / beta))
 
 
 def smooth_l1(pred, target, *, beta=1.0, weight=None, reduction="mean"):
@@ -483,35 +557,31 @@ def smooth_l1(pred, target, *, beta=1.0, weight=None, reduction="mean"):
     no weight; its l1_loss divides a weighted mean by the sum of the weight).
     """
     beta = _check_positive(beta, "beta", allow_zero=True)
-    pred, target, weight, _ = _check_elementwise(pred, target, weight, reduction)
+    call = _Elementwise(pred, target, weight, reduction)
     with np.errstate(invalid="ignore", over="ignore"):
-        r = pred - target
-        a = np.abs(r)
-        per_element = a if beta == 0.0 else np.where(a < beta, 0.5 * r**2 / beta, a - 0.5 * beta)
-        return _reduce(weight * per_element, reduction)
+        return call.reduce(_smooth_l1_loss(call.pred - call.target, beta))
 
 
 def smooth_l1_grad(pred, target, grad_output=1.0, *, beta=1.0, weight=None,
-                   reduction="mean"):
-    """Gradient of ``grad_output * smooth_l1(...)`` w.r.t. pred: ``clip(r / beta, -1, 1) *
-    weight * grad_output`` (the l1 gradient for beta == 0)."""
+                   reduction="mean", wrt="pred"):
+    """Gradient of ``grad_output * smooth_l1(...)``: w.r.t. pred ``clip(r / beta, -1, 1) *
+    weight * grad_output`` (the l1 gradient for beta == 0); w.r.t. target its negative;
+    w.r.t. weight the unweighted loss times grad_output."""
     beta = _check_positive(beta, "beta", allow_zero=True)
-    pred, target, weight, pred_shape = _check_elementwise(pred, target, weight, reduction)
-    with np.errstate(invalid="ignore"):
-        r = pred - target
-        if beta == 0.0:  # the l1 gradient
-            slope = _l1_slope(r)
-        else:
-            slope = np.where(r < -beta, -1.0, np.where(r > beta, 1.0, r / beta))
-    return _grad_from_slope(slope, weight, grad_output, reduction, pred_shape)
+    call = _Elementwise(pred, target, weight, reduction)
+    with np.errstate(invalid="ignore", over="ignore"):
+        r = call.pred - call.target
+        return call.grads(wrt, grad_output, slope=_smooth_l1_slope(r, beta),
+                          target_slope=-_smooth_l1_slope(r, beta),
+                          loss=_smooth_l1_loss(r, beta))
 
 
 def smooth_l1_value_and_grad(pred, target, grad_output=1.0, *, beta=1.0, weight=None,
-                             reduction="mean"):
+                             reduction="mean", wrt="pred"):
     """``(smooth_l1(...), smooth_l1_grad(...))``."""
     options = dict(beta=beta, weight=weight, reduction=reduction)
     return (smooth_l1(pred, target, **options),
-            smooth_l1_grad(pred, target, grad_output, **options))
+            smooth_l1_grad(pred, target, grad_output, wrt=wrt, **options))
 
 
 def _check_pos_weight(pos_weight, shape):
@@ -527,7 +597,8 @@ def bce_with_logits(logits, target, *, weight=None, pos_weight=None, reduction="
     r"""Binary cross-entropy on logits, as ``torch.nn.functional.binary_cross_entropy_with_logits``.
 
     Per element, ``x = logits``, ``y = target``, ``p = pos_weight`` (per class of the last
-    axis, broadcast), ``w = 1 + (p - 1) * y``::
+    axis, broadcast; any shape that broadcasts to the logits', a 0-d one for 0-d logits),
+    ``w = 1 + (p - 1) * y``::
 
         loss = weight * ((1 - y) * x + w * softplus(-x))          (torch's formula)
              = weight * (-p * y * log(sigmoid(x)) - (1 - y) * log(1 - sigmoid(x)))
@@ -540,51 +611,61 @@ def bce_with_logits(logits, target, *, weight=None, pos_weight=None, reduction="
 
     At ``x = -inf`` torch's form is ``-inf + inf``: NaN, kept here.
     """
-    logits, target, weight, _ = _check_elementwise(logits, target, weight, reduction,
-                                                   pred_name="logits", same_shape=True)
-    p = _check_pos_weight(pos_weight, logits.shape)
-    x, y = logits, target
+    call = _Elementwise(logits, target, weight, reduction, pred_name="logits",
+                        same_shape=True)
+    p = _check_pos_weight(pos_weight, call.shape)
+    x, y = call.pred, call.target
     with np.errstate(invalid="ignore", over="ignore"):
         linear = np.where(x >= 0, (1.0 - y) * x, -p * y * x)
         loss = linear + (1.0 + (p - 1.0) * y) * np.log1p(np.exp(-np.abs(x)))
-        loss = np.where(x == -np.inf, np.nan, loss)
-        return _reduce(weight * loss, reduction)
+        return call.reduce(np.where(x == -np.inf, np.nan, loss))
 
 
 def bce_with_logits_grad(logits, target, grad_output=1.0, *, weight=None, pos_weight=None,
-                         reduction="mean"):
-    """Gradient of ``grad_output * bce_with_logits(...)`` w.r.t. the logits (torch's backward)::
+                         reduction="mean", wrt="logits"):
+    """Gradient of ``grad_output * bce_with_logits(...)`` (torch's backward), times
+    ``weight * grad_output`` (/ N for the mean). W.r.t. the logits::
 
         slope = w * sigmoid(x) - p * y,     w = 1 + (p - 1) * y
 
-    times ``weight * grad_output`` (/ N for the mean).  Evaluated per sign of x with
-    ``q = exp(-|x|) / (1 + exp(-|x|)) = sigmoid(-|x|)`` (no overflow)::
+    evaluated per sign of x with ``q = exp(-|x|) / (1 + exp(-|x|)) = sigmoid(-|x|)`` (no
+    overflow)::
 
         x >= 0:  (1 - y) - w * q          (w * (1 - q) - p * y = 1 - y - w * q)
         x <  0:  w * q - p * y
 
     so that a hard label keeps q's relative accuracy where the slope is tiny (x = 40,
-    y = 1 gives -4.2e-18, where ``sigmoid(x) - y`` rounds to 0).
+    y = 1 gives -4.2e-18, where ``sigmoid(x) - y`` rounds to 0). W.r.t. the target
+    (torch's ``log_sigmoid(-x) - p * log_sigmoid(x)``)::
+
+        target slope = -x + (p - 1) * softplus(-x),    with L = log1p(exp(-|x|)):
+        x >= 0:  -x     + (p - 1) * L
+        x <  0:  -p * x + (p - 1) * L                  (softplus(-x) = -x + L there)
+
+    so that no term overflows and none cancels but near a root of the slope itself.
+    torch does not differentiate ``weight`` and ``pos_weight``, so neither can ``wrt``.
     """
-    logits, target, weight, pred_shape = _check_elementwise(
-        logits, target, weight, reduction, pred_name="logits", same_shape=True)
-    p = _check_pos_weight(pos_weight, logits.shape)
-    x, y = logits, target
+    call = _Elementwise(logits, target, weight, reduction, pred_name="logits",
+                        same_shape=True)
+    p = _check_pos_weight(pos_weight, call.shape)
+    x, y = call.pred, call.target
     with np.errstate(invalid="ignore", over="ignore"):
         e = np.exp(-np.abs(x))
         q = e / (1.0 + e)
         w = 1.0 + (p - 1.0) * y
         slope = np.where(x >= 0, (1.0 - y) - w * q, w * q - p * y)
-    return _grad_from_slope(slope, weight, grad_output, reduction, pred_shape)
+        log1p_e = np.log1p(e)
+        target_slope = np.where(x >= 0, -x + (p - 1.0) * log1p_e,
+                                -p * x + (p - 1.0) * log1p_e)
+    return call.grads(wrt, grad_output, slope=slope, target_slope=target_slope)
 
 
 def bce_with_logits_value_and_grad(logits, target, grad_output=1.0, *, weight=None,
-                                   pos_weight=None, reduction="mean"):
+                                   pos_weight=None, reduction="mean", wrt="logits"):
     """``(bce_with_logits(...), bce_with_logits_grad(...))``."""
     options = dict(weight=weight, pos_weight=pos_weight, reduction=reduction)
     return (bce_with_logits(logits, target, **options),
-            bce_with_logits_grad(logits, target, grad_output, **options))
-
+            bce_with_logits_grad(logits, target, grad_output, wrt=wrt, **options))
 
 # ----------------------------------------------------------------------------------------
 # Pairwise distances and contrastive losses (embeddings: rows of 2-d arrays)
@@ -994,80 +1075,160 @@ def info_nce_value_and_grad(query, key, grad_output=1.0, *, temperature=0.05, sy
 
 # --- triplet_margin -------------------------------------------------------------------------
 
-def _p_distance(u, v, p, eps):
-    """``|u - v + eps|_p`` per row (torch's pairwise_distance) and the difference."""
-    difference = u - v + eps
-    if p == 2.0:
-        return np.sqrt(np.sum(difference**2, axis=1)), difference
-    return np.sum(np.abs(difference) ** p, axis=1) ** (1.0 / p), difference
+def _p_norm(v, p):
+    """torch's ``linalg.vector_norm(v, p)`` over the last axis (pairwise_distance's): the
+    max (min) of |v| for p = inf (-inf), the count of nonzero entries for p = 0, else
+    ``sum(|v|**p)**(1/p)``, negative p included. One element's norm is |v| itself for
+    every p but 0 (exactly, as torch's norm of a 0-d tensor)."""
+    a = np.abs(v)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        if a.shape[-1] == 1 and p != 0:
+            return a[..., 0]
+        if p == np.inf:
+            return np.max(a, axis=-1)
+        if p == -np.inf:
+            return np.min(a, axis=-1)
+        if p == 0:
+            return np.sum(a != 0, axis=-1).astype(np.float64)
+        if p == 2:
+            return np.sqrt(np.sum(a**2, axis=-1))
+        return np.sum(a**p, axis=-1) ** (1.0 / p)
 
 
-def _p_distance_grad(distance, difference, p):
-    """``d |w|_p / d w = sign(w) |w|**(p - 1) / |w|_p**(p - 1)``, 0 where the distance is
-    0 (torch's norm backward)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        grad = np.sign(difference) * np.abs(difference) ** (p - 1.0) / distance[:, None] ** (p - 1.0)
-    return np.where(distance[:, None] == 0.0, 0.0, grad)
+def _p_norm_grad(v, norm, p):
+    """``d |v|_p / d v`` as torch's norm backward gives it: ``v / |v|`` for p = 2 (0 at
+    |v| = 0); ``sign(v)`` for p = 1; for p = +-inf ``sign(v)`` shared equally by the
+    entries where ``|v| == |v|_p`` or v is NaN; 0 for p = 0; ``sign(v) |v|**(p-1) /
+    |v|_p**(p-1)`` for p > 1 (0 at |v|_p = 0) and for p < 1 (0 where v = 0; torch
+    multiplies by ``|v|_p**(1-p)``, the same number)."""
+    norm = norm[..., None]
+    sign = np.sign(v)
+    a = np.abs(v)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        if p == 2:
+            return np.where(norm == 0, 0.0, v / norm)
+        if p == 1:
+            return sign
+        if p == 0:
+            return np.zeros_like(v)
+        if np.isinf(p):
+            shares = (a == norm) | np.isnan(v)
+            return sign * shares / np.sum(shares, axis=-1, keepdims=True)
+        if p > 1:
+            return np.where(norm == 0, 0.0, sign * a ** (p - 1) / norm ** (p - 1))
+        return np.where(v == 0, 0.0, sign * a ** (p - 1) / norm ** (p - 1))
 
 
 def _check_triplet(anchor, positive, negative, margin, p, eps, reduction):
-    arrays = _check_embeddings([("anchor", anchor), ("positive", positive),
-                                ("negative", negative)])
+    """The three inputs as float64 arrays of their own shapes (0-d ones as one feature),
+    or raise. Shapes follow torch: the same number of dimensions, broadcasting, the last
+    axis the features."""
+    named = [("anchor", anchor), ("positive", positive), ("negative", negative)]
+    arrays = []
+    for name, value in named:
+        array = np.asarray(value)
+        if array.dtype.kind not in "fiu":
+            raise TypeError(f"{name}: expected a real numeric array, got dtype {array.dtype}")
+        arrays.append(array.astype(np.float64))
+    if len({array.ndim for array in arrays}) != 1:
+        raise ValueError(f"anchor, positive, negative: expected the same number of "
+                         f"dimensions, got shapes {[array.shape for array in arrays]}")
+    np.broadcast_shapes(*(array.shape for array in arrays))  # raises if they do not
     if not margin > 0.0:
         raise ValueError(f"margin: expected a value > 0 (as torch), got {margin}")
-    if not (1.0 <= p < np.inf):
-        raise ValueError(f"p: expected a finite value >= 1, got {p}")
-    if not eps >= 0.0:
-        raise ValueError(f"eps: expected a value >= 0, got {eps}")
+    if np.isnan(p):
+        raise ValueError(f"p: expected a number or +-inf, got {p}")
+    if not np.isfinite(eps):
+        raise ValueError(f"eps: expected a finite value, got {eps}")
     _check_metric_and_reduction("euclidean", reduction)
-    return arrays
+    return [array.reshape(1) if array.ndim == 0 else array for array in arrays]
+
+
+def _triplet_parts(anchor, positive, negative, p, eps, swap):
+    """The differences and distances of the three pairs (broadcast as torch), and the
+    negative distance with its split between d(a, n) and d(p, n)."""
+    a, pos, neg = anchor, positive, negative
+    v_ap, v_an, v_pn = a - pos + eps, a - neg + eps, pos - neg + eps
+    d_ap, d_an = _p_norm(v_ap, p), _p_norm(v_an, p)
+    if swap:
+        d_pn = _p_norm(v_pn, p)
+        # torch.minimum: a tie gives each half the gradient; NaN wins
+        weight_an = np.where(d_an < d_pn, 1.0, np.where(d_an == d_pn, 0.5, 0.0))
+        d_neg = np.where(weight_an > 0, d_an, d_pn)
+    else:
+        d_pn, weight_an, d_neg = None, np.ones_like(d_an), d_an
+    return v_ap, v_an, v_pn, d_ap, d_an, d_pn, weight_an, d_neg
 
 
 def triplet_margin(anchor, positive, negative, *, margin=1.0, p=2.0, eps=1e-6, swap=False,
                    reduction="mean"):
     r"""Triplet margin loss, as torch.nn.functional.triplet_margin_loss, in float64.
 
-    ``loss_i = max(margin + d(a_i, p_i) - d_neg_i, 0)`` with ``d(u, v) = |u - v + eps|_p``
-    and ``d_neg_i = d(a_i, n_i)``, or ``min(d(a_i, n_i), d(p_i, n_i))`` with swap
-    (Balntas et al., BMVC 2016).
+    ``loss = max(margin + d(a, p) - d_neg, 0)`` with ``d(u, v) = |u - v + eps|_p`` over
+    the last axis (torch's pairwise_distance: any p, ``inf`` and ``p < 1`` included) and
+    ``d_neg = d(a, n)``, or ``min(d(a, n), d(p, n))`` with swap (Balntas et al., BMVC
+    2016). Inputs have one number of dimensions and broadcast; the loss has their
+    broadcast shape without the last axis (0-d inputs: one feature each).
     """
+    zero_d = np.ndim(anchor) == 0
     a, pos, neg = _check_triplet(anchor, positive, negative, margin, p, eps, reduction)
-    d_ap, _ = _p_distance(a, pos, p, eps)
-    d_neg, _ = _p_distance(a, neg, p, eps)
-    if swap:
-        d_neg = np.minimum(d_neg, _p_distance(pos, neg, p, eps)[0])
-    return _reduce_rows(np.maximum(margin + d_ap - d_neg, 0.0), reduction)
+    _, _, _, d_ap, _, _, _, d_neg = _triplet_parts(a, pos, neg, p, eps, swap)
+    loss = np.maximum(margin + d_ap - d_neg, 0.0)
+    loss = loss.reshape(()) if zero_d else loss
+    if reduction == "none":
+        return np.array(loss, dtype=np.float64)
+    with np.errstate(invalid="ignore"):  # the mean of nothing is 0 / 0 = nan, as torch
+        return float(np.sum(loss) if reduction == "sum" else np.sum(loss) / np.float64(loss.size))
 
 
 def triplet_margin_grad(anchor, positive, negative, grad_output=1.0, *, margin=1.0, p=2.0,
                         eps=1e-6, swap=False, reduction="mean"):
     r"""Gradients of ``grad_output * triplet_margin(...)`` w.r.t. anchor, positive and
-    negative (a tuple), as torch's autograd: rows with ``margin + d_ap - d_neg >= 0``
-    pass the gradient (clamp_min), ``u_xy = d |x - y + eps|_p / d x``, and with swap a
-    tie between ``d(a, n)`` and ``d(p, n)`` gives each half (torch.minimum)::
+    negative (a tuple, each of its input's shape), as torch's autograd: elements with
+    ``margin + d_ap - d_neg >= 0`` pass the gradient (clamp_min), ``u_xy = d |x - y +
+    eps|_p / d x`` (:func:`_p_norm_grad`), and with swap a tie between ``d(a, n)`` and
+    ``d(p, n)`` gives each half (torch.minimum)::
 
         grad a = u_ap - w_an u_an,  grad p = -u_ap - w_pn u_pn,  grad n = w_an u_an + w_pn u_pn
+
+    each term summed over the axes broadcasting added or stretched, separately (a pair
+    whose inputs both have one feature compares those alone).
     """
+    shapes = [np.shape(anchor), np.shape(positive), np.shape(negative)]
     a, pos, neg = _check_triplet(anchor, positive, negative, margin, p, eps, reduction)
-    d_ap, v_ap = _p_distance(a, pos, p, eps)
-    d_an, v_an = _p_distance(a, neg, p, eps)
-    weight_an = np.ones_like(d_an)
-    weight_pn = np.zeros_like(d_an)
-    d_neg = d_an
-    u_pn = np.zeros_like(a)
-    if swap:
-        d_pn, v_pn = _p_distance(pos, neg, p, eps)
-        weight_an = np.where(d_an < d_pn, 1.0, np.where(d_an == d_pn, 0.5, 0.0))
-        weight_pn = 1.0 - weight_an
-        d_neg = np.minimum(d_an, d_pn)
-        u_pn = _p_distance_grad(d_pn, v_pn, p)
-    active = margin + d_ap - d_neg >= 0.0
-    scale = (_row_scale(grad_output, reduction, a.shape[0]) * active)[:, None]
-    u_ap = _p_distance_grad(d_ap, v_ap, p)
-    u_an = _p_distance_grad(d_an, v_an, p)
-    return (scale * (u_ap - weight_an[:, None] * u_an),
-            scale * (-u_ap - weight_pn[:, None] * u_pn),
-            scale * (weight_an[:, None] * u_an + weight_pn[:, None] * u_pn))
+    v_ap, v_an, v_pn, d_ap, d_an, d_pn, weight_an, d_neg = _triplet_parts(
+        a, pos, neg, p, eps, swap)
+    excess = margin + d_ap - d_neg
+    loss_shape = excess.shape
+    upstream = np.asarray(grad_output, dtype=np.float64)
+    if reduction != "none" and upstream.ndim != 0:
+        raise ValueError(f"grad_output: expected a scalar for reduction={reduction!r}, "
+                         f"got shape {upstream.shape}")
+    if upstream.ndim != 0 and upstream.size != excess.size:
+        raise ValueError(f"grad_output: expected a scalar or the loss's shape, "
+                         f"got {upstream.shape}")
+    upstream = upstream.reshape(loss_shape) if upstream.ndim else upstream
+    scale = np.broadcast_to(upstream, loss_shape) * (excess >= 0.0)
+    if reduction == "mean":
+        scale = scale / np.float64(excess.size)
+    scale = scale[..., None]
+    with np.errstate(invalid="ignore"):
+        u_ap = scale * _p_norm_grad(v_ap, d_ap, p)
+        u_an = scale * weight_an[..., None] * _p_norm_grad(v_an, d_an, p)
+        u_pn = (scale * (1.0 - weight_an)[..., None] * _p_norm_grad(v_pn, d_pn, p)
+                if swap else None)
+
+    def total(terms, shape):
+        padded = shape if shape else (1,)
+        grad = np.zeros(padded)
+        for sign, term in terms:
+            if term is not None:
+                grad = grad + sign * _sum_to(term, padded)
+        return grad.reshape(shape)
+
+    return (total([(1, u_ap), (-1, u_an)], shapes[0]),
+            total([(-1, u_ap), (-1, u_pn)], shapes[1]),
+            total([(1, u_an), (1, u_pn)], shapes[2]))
 
 
 def triplet_margin_value_and_grad(anchor, positive, negative, grad_output=1.0, *, margin=1.0,

@@ -463,8 +463,24 @@ _ELEMENTWISE = {
 }
 
 
+def _elementwise_loss_dtype(name, input, target, weight):
+    """The dtype of torch's loss: for binary_cross_entropy_with_logits the target's (its
+    loss is computed in place in a tensor made from the target); for huber_loss the
+    input's (its kernel writes into a tensor like the input), times the weight; else the
+    promotion of input, target and weight."""
+    if name == "bce_with_logits":
+        return target.dtype if target.dtype.is_floating_point else input.dtype
+    dtype = input.dtype
+    for tensor in ((weight,) if name == "huber" else (target, weight)):
+        if tensor is not None and tensor.dtype.is_floating_point:
+            dtype = torch.promote_types(dtype, tensor.dtype)
+    return dtype
+
+
 class _Elementwise(torch.autograd.Function):
-    """One of the elementwise losses. ``options`` holds the NumPy API's keywords."""
+    """One of the elementwise losses. ``options`` holds the NumPy API's keywords. The
+    backward asks fastloss for the gradients autograd needs (``wrt=``): input, target
+    (one pass for both) and, for the regression losses, weight."""
 
     @staticmethod
     def forward(ctx, name, input, target, weight, pos_weight, options):
@@ -474,46 +490,38 @@ class _Elementwise(torch.autograd.Function):
                              **extra, **options)
         ctx.save_for_backward(input, target, weight, pos_weight)
         ctx.name, ctx.options = name, options
-        dtype = input.dtype
-        if target.dtype.is_floating_point:
-            dtype = torch.promote_types(dtype, target.dtype)
-        return _loss_tensor(loss, dtype)
+        dtype = _elementwise_loss_dtype(name, input, target, weight)
+        return _loss_tensor(loss, dtype).to(dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output):
         input, target, weight, pos_weight = ctx.saved_tensors
-        need_input, need_target = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
-        if not (need_input or need_target):
+        pred_name = "logits" if ctx.name == "bce_with_logits" else "pred"
+        wanted = [name for name, needed in zip((pred_name, "target", "weight"),
+                                               ctx.needs_input_grad[1:4]) if needed]
+        if not wanted:
             return (None,) * 6
-        grad_function = _ELEMENTWISE[ctx.name][1]
-        upstream = _upstream(grad_output, ctx.options["reduction"])
         keywords = dict(ctx.options, weight=_numpy(weight))
         if pos_weight is not None:
             keywords["pos_weight"] = _numpy(pos_weight)
-        pred, observed = _numpy(input), _numpy(target)
-        grad_input = grad_target = None
-        if not need_target:
-            grad_input = torch.from_numpy(grad_function(pred, observed, upstream, **keywords))
-        elif input.shape == target.shape and input.dtype == target.dtype:
-            # d loss / d target = -d loss / d pred for these losses
-            grad_input = torch.from_numpy(grad_function(pred, observed, upstream, **keywords))
-            grad_target = torch.neg(grad_input)
-            if not need_input:
-                grad_input = None
-        else:
-            # Broadcasting or mixed dtypes: the gradient over the full shape in the common
-            # dtype, summed (in float64) back to each argument's shape and cast to its dtype.
-            dtype = np.promote_types(pred.dtype, observed.dtype)
-            shape = np.broadcast_shapes(pred.shape, observed.shape)
-            full = grad_function(np.broadcast_to(pred.astype(dtype, copy=False), shape),
-                                 observed, upstream, **keywords)
-            if need_input:
-                grad_input = torch.from_numpy(
-                    _sum_to_shape(full, pred.shape).astype(pred.dtype, copy=False))
-            grad_target = torch.from_numpy(
-                (-_sum_to_shape(full, observed.shape)).astype(observed.dtype, copy=False))
-        return None, grad_input, grad_target, None, None, None
+        grads = _ELEMENTWISE[ctx.name][1](
+            _numpy(input), _numpy(target), _upstream(grad_output, ctx.options["reduction"]),
+            wrt=tuple(wanted), **keywords)
+        by_name = dict(zip(wanted, (torch.from_numpy(np.asarray(grad)) for grad in grads)))
+        return (None, by_name.get(pred_name), by_name.get("target"), by_name.get("weight"),
+                None, None)
+
+
+def _not_differentiable(tensor, name, function):
+    """torch's RuntimeError for an argument its autograd formula does not differentiate
+    (binary_cross_entropy_with_logits' weight and pos_weight), under the same condition:
+    the tensor requires grad while grad mode is on."""
+    if tensor is not None and tensor.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError(
+            f"{function}: the function 'binary_cross_entropy_with_logits' is not "
+            f"differentiable with respect to argument '{name}'. This input cannot have "
+            f"requires_grad True (as in torch); pass {name}.detach()")
 
 
 def _elementwise(name, input, target, weight, reduction, num_threads, *, pos_weight=None,
@@ -524,7 +532,6 @@ def _elementwise(name, input, target, weight, reduction, num_threads, *, pos_wei
     _float_tensor(input, "input", function)
     _real_tensor(target, "target", function)
     if name == "bce_with_logits":
-        _no_grad_needed(target, "target", function)
         if target.shape != input.shape:
             raise ValueError(f"{function}: target: expected the input's size {input.shape}, "
                              f"got {target.shape}")
@@ -534,14 +541,15 @@ def _elementwise(name, input, target, weight, reduction, num_threads, *, pos_wei
                       f"to broadcasting. Please ensure they have the same size.",
                       stacklevel=3)
     if weight is not None:
-        _float_tensor(weight, "weight", function)
-        _no_grad_needed(weight, "weight", function)
-        if name != "bce_with_logits" and weight.shape != input.shape:
+        _real_tensor(weight, "weight", function)
+        if name == "bce_with_logits":
+            _not_differentiable(weight, "weight", function)
+        elif weight.shape != input.shape:
             raise ValueError(f"{function}: weight: expected the input's size {input.shape}, "
                              f"got {weight.shape}")
     if pos_weight is not None:
-        _float_tensor(pos_weight, "pos_weight", function)
-        _no_grad_needed(pos_weight, "pos_weight", function)
+        _real_tensor(pos_weight, "pos_weight", function)
+        _not_differentiable(pos_weight, "pos_weight", function)
     options = dict(options, reduction=reduction, num_threads=num_threads)
     return _Elementwise.apply(name, input, target, weight, pos_weight, options)
 
@@ -550,7 +558,9 @@ def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", we
              num_threads=None):
     """``torch.nn.functional.mse_loss`` computed by fastloss: ``weight * (input - target)**2``
     per element; with a ``weight`` (of the input's size), "mean" is
-    ``sum(weight * loss) / sum(weight)`` as in torch. Gradients w.r.t. input and target."""
+    ``sum(weight * loss) / sum(weight)`` as in torch, the weight summed over the input's
+    size even where the target broadcasts the loss to a larger shape. Gradients w.r.t.
+    input, target and weight."""
     return _elementwise("mse", input, target, weight,
                         _reduction(size_average, reduce, reduction), num_threads)
 
@@ -559,15 +569,16 @@ def l1_loss(input, target, size_average=None, reduce=None, reduction="mean", wei
             num_threads=None):
     """``torch.nn.functional.l1_loss`` computed by fastloss: ``weight * |input - target|``
     per element (gradient 0 where they are equal); with a ``weight``, "mean" is
-    ``sum(weight * loss) / sum(weight)`` as in torch. Gradients w.r.t. input and target."""
+    ``sum(weight * loss) / sum(weight)`` as in torch (see :func:`mse_loss`). Gradients
+    w.r.t. input, target and weight."""
     return _elementwise("l1", input, target, weight,
                         _reduction(size_average, reduce, reduction), num_threads)
 
 
 def huber_loss(input, target, reduction="mean", delta=1.0, weight=None, *, num_threads=None):
     """``torch.nn.functional.huber_loss`` computed by fastloss (``delta > 0``); with a
-    ``weight``, "mean" is ``mean(weight * loss)`` as in torch. Gradients w.r.t. input and
-    target."""
+    ``weight``, "mean" is ``mean(weight * loss)`` as in torch. Gradients w.r.t. input,
+    target and weight."""
     return _elementwise("huber", input, target, weight, reduction_arg(reduction), num_threads,
                         delta=delta)
 
@@ -584,9 +595,11 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
                                      reduce=None, reduction="mean", pos_weight=None, *,
                                      num_threads=None):
     """``torch.nn.functional.binary_cross_entropy_with_logits`` computed by fastloss:
-    ``weight`` broadcasts to the input, ``pos_weight`` to its last axis (one value per
-    class). The gradient is w.r.t. ``input`` only: a ``target`` that requires grad raises
-    NotImplementedError."""
+    ``weight`` broadcasts to the input, ``pos_weight`` to it too (one value per class of
+    the last axis; 0-d for 0-d logits). Gradients w.r.t. input and target (from one
+    pass); like torch, ``weight`` and ``pos_weight`` are not differentiable, and one that
+    requires grad raises torch's RuntimeError. The loss has the target's dtype, as
+    torch's."""
     return _elementwise("bce_with_logits", input, target, weight,
                         _reduction(size_average, reduce, reduction), num_threads,
                         pos_weight=pos_weight)
@@ -671,8 +684,11 @@ def triplet_margin_loss(anchor, positive, negative, margin=1.0, p=2, eps=1e-6, s
                         size_average=None, reduce=None, reduction="mean", *, num_threads=None):
     """``torch.nn.functional.triplet_margin_loss`` computed by fastloss: per triplet
     ``max(margin + d(a, p) - d(a, n), 0)`` with ``d(u, v) = |u - v + eps|_p``
-    (``F.pairwise_distance``), ``swap`` as torch. Inputs (N, D), or (D) for one triplet;
-    gradients w.r.t. all three."""
+    (``F.pairwise_distance``: any p, ``inf`` and ``p < 1`` included), ``swap`` as torch.
+    Shapes as torch: the three inputs have one number of dimensions and broadcast, the
+    features on the last axis ((N, D), (D) for one triplet, (B, N, D), ...); "none" gives
+    their broadcast shape without it. Gradients w.r.t. all three (for ``p=0``, where
+    torch's graph has none, zeros)."""
     function = "fastloss.torch.triplet_margin_loss"
     reduction = _reduction(size_average, reduce, reduction)
     named = [("anchor", anchor), ("positive", positive), ("negative", negative)]
@@ -682,13 +698,11 @@ def triplet_margin_loss(anchor, positive, negative, margin=1.0, p=2, eps=1e-6, s
         raise ValueError(f"{function}: anchor, positive and negative must have the same "
                          f"number of dimensions, got {anchor.dim()}, {positive.dim()} and "
                          f"{negative.dim()}")
-    single = anchor.dim() == 1  # one triplet, as torch allows: a batch of one
-    if single:
-        named = [(argument, tensor.unsqueeze(0)) for argument, tensor in named]
+    if margin <= 0:
+        raise ValueError(f"{function}: margin must be greater than 0, got {margin}")
     options = {"margin": margin, "p": p, "eps": eps, "swap": swap, "reduction": reduction,
                "num_threads": num_threads}
-    loss = _embedding_loss("triplet_margin", function, named, [], options)
-    return loss.squeeze(0) if single and reduction == "none" else loss
+    return _embedding_loss("triplet_margin", function, named, [], options)
 
 
 def contrastive(x1, x2, label, *, margin=1.0, metric="euclidean", reduction="mean",

@@ -104,9 +104,11 @@ CASES = [
     *case("temperature-nan", ValueError, "temperature", names=("info_nce",),
           temperature=float("nan")),
     *case("symmetric-string", TypeError, "symmetric", names=("info_nce",), symmetric="yes"),
-    *case("p-below-one", ValueError, "p", names=("triplet_margin",), p=0.5),
-    *case("p-inf", ValueError, "p", names=("triplet_margin",), p=float("inf")),
-    *case("eps-negative", ValueError, "eps", names=("triplet_margin",), eps=-1e-6),
+    # torch's vector_norm takes any p (inf and p < 1 included) and any eps: only NaN, a
+    # non-number or an infinite eps is refused
+    *case("p-nan", ValueError, "p", names=("triplet_margin",), p=float("nan")),
+    *case("p-string", TypeError, "p", names=("triplet_margin",), p="2"),
+    *case("eps-inf", ValueError, "eps", names=("triplet_margin",), eps=float("inf")),
     *case("swap-string", TypeError, "swap", names=("triplet_margin",), swap="no"),
     # reduction
     *case("reduction-unknown", ValueError, "reduction",
