@@ -19,21 +19,24 @@ the modules ``ContrastiveLoss``, ``ContrastivePairwiseLoss`` and ``InfoNCELoss``
 Each loss is a ``torch.autograd.Function``. CPU tensors and NumPy arrays share memory both
 ways (``Tensor.numpy()`` and ``torch.from_numpy``); a copy happens only where the kernels
 need a contiguous class axis that the tensor lacks (``cross_entropy`` on (N, C, d1, ...)
-inputs, or a transposed (N, C)). The forward saves what the backward needs and nothing
-more: the inputs themselves (references, no copies) and, for cross-entropy, the per-row
-log-sum-exp (N float64 values), so that the backward is one read of the logits and one
-write of the gradient (``fastloss.cross_entropy_grad(..., lse=lse)``) and no N x C buffer
-lives between the two passes. The embedding losses (reduced to a scalar) compute their
-gradients in the forward's fused pass and keep those (the embeddings' size, never N x N),
-so the Gram product is formed once. Gradients are first order (``once_differentiable``).
+inputs, or a transposed (N, C)). When autograd will ask for a gradient, the forward is the
+fused pass: it computes the loss and the gradients together, reading the inputs once, and
+keeps the gradients (the inputs' size) until the backward, which hands them over, scaled
+by grad_output only when that is not 1. ``cross_entropy(..., inplace_backward=True)``
+writes its gradient over the logits themselves; ``grad_in_forward=False`` keeps only the
+per-row log-sum-exp (N float64 values) and reads the logits again in the backward. The
+embedding losses keep gradients of the embeddings' size, never N x N, so the Gram product
+is formed once. A second backward (``retain_graph=True``) computes the gradients again.
+Gradients are first order (``once_differentiable``).
 
 Inputs must be float32 or float64 CPU tensors; other dtypes raise TypeError, tensors on
-another device ValueError. Gradients that fastloss does not compute raise
-NotImplementedError (a RuntimeError, as torch's "not differentiable" errors are) when the
-tensor requires grad: probability targets of ``cross_entropy``, the target of
-``binary_cross_entropy_with_logits``, the ``label`` of ``contrastive``, and every
-``weight``/``pos_weight``. The targets of ``mse_loss``, ``l1_loss``, ``huber_loss`` and
-``smooth_l1_loss`` are differentiable (their gradient is minus the input's).
+another device ValueError. Gradients come for every argument torch differentiates: the
+input; probability targets of ``cross_entropy`` and, with them, its ``weight``; the target
+of ``binary_cross_entropy_with_logits``, ``mse_loss``, ``l1_loss``, ``huber_loss`` and
+``smooth_l1_loss``, and the ``weight`` of the three regression losses that take one. Where
+torch gives none (``cross_entropy``'s ``weight`` with class indices, the ``weight`` and
+``pos_weight`` of ``binary_cross_entropy_with_logits``, the ``label`` of ``contrastive``), a
+tensor that requires grad raises a RuntimeError (NotImplementedError is one), as torch's.
 
 Threads: fastloss's own setting (``fastloss.set_num_threads``, ``FASTLOSS_NUM_THREADS``),
 not ``torch.set_num_threads``; ``num_threads=`` overrides it per call or per module.
@@ -52,7 +55,6 @@ import fastloss
 from fastloss import _kernels
 from fastloss._config import resolve_num_threads
 from fastloss._validation import reduction_arg
-from fastloss.elementwise import _sum_to_shape
 
 __all__ = [
     "binary_cross_entropy_with_logits",
@@ -183,10 +185,13 @@ class _CrossEntropyCall:
     """The checked options of one fastloss.torch.cross_entropy call."""
 
     __slots__ = ("soft", "dtype", "ignore_index", "reduction", "label_smoothing", "z_loss",
-                 "softcap", "num_threads", "inplace", "grad_in_forward")
+                 "softcap", "num_threads", "inplace", "grad_in_forward", "recording")
 
     def __init__(self, soft, dtype, ignore_index, reduction, label_smoothing, z_loss, softcap,
                  num_threads, inplace, grad_in_forward):
+        # whether autograd records this call: ctx.needs_input_grad says only which inputs
+        # require grad, under torch.no_grad() too (and the forward always runs in no_grad)
+        self.recording = torch.is_grad_enabled()
         self.soft, self.dtype = soft, dtype
         self.ignore_index, self.reduction = ignore_index, reduction
         self.label_smoothing, self.z_loss, self.softcap = label_smoothing, z_loss, softcap
@@ -213,7 +218,8 @@ class _CrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, target, weight, call):
-        need_input, need_target, need_weight, _ = ctx.needs_input_grad
+        need_input, need_target, need_weight, _ = (ctx.needs_input_grad if call.recording
+                                                   else (False,) * 4)
         logits = _class_last(input)
         target_array = _class_last(target) if call.soft else target.numpy()
         weight_array = None if weight is None else _numpy(weight)
@@ -417,7 +423,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
                 f"{function}: weight requires grad, but cross-entropy with class indices is "
                 f"not differentiable with respect to weight (as torch's nll_loss); pass "
                 f"weight.detach()")
-    if inplace_backward and input.is_leaf and input.requires_grad:
+    if inplace_backward and input.is_leaf and input.requires_grad and torch.is_grad_enabled():
         raise ValueError(f"{function}: inplace_backward=True needs a non-leaf input (the "
                          f"output of a layer): the gradient would overwrite this leaf tensor")
     if size_average is not None or reduce is not None:
@@ -478,16 +484,32 @@ def _elementwise_loss_dtype(name, input, target, weight):
 
 
 class _Elementwise(torch.autograd.Function):
-    """One of the elementwise losses. ``options`` holds the NumPy API's keywords. The
-    backward asks fastloss for the gradients autograd needs (``wrt=``): input, target
-    (one pass for both) and, for the regression losses, weight."""
+    """One of the elementwise losses. ``options`` holds the NumPy API's keywords.
+
+    For "mean" and "sum", when a gradient is wanted, the forward is the fused pass
+    (NAME_value_and_grad with ``wrt=`` the gradients autograd needs: input, target and,
+    for the regression losses, weight): input and target are read once, not once for the
+    loss and again for the gradient. The backward hands those gradients over, scaled by
+    grad_output when it is not 1. For "none" (whose backward multiplies by a
+    grad_output per element anyway) and for a second backward, the backward computes
+    them with NAME_grad."""
 
     @staticmethod
     def forward(ctx, name, input, target, weight, pos_weight, options):
-        loss_function = _ELEMENTWISE[name][0]
         extra = {} if pos_weight is None else {"pos_weight": _numpy(pos_weight)}
-        loss = loss_function(_numpy(input), _numpy(target), weight=_numpy(weight),
-                             **extra, **options)
+        arrays = (_numpy(input), _numpy(target))
+        options = dict(options)
+        # ctx.needs_input_grad holds under torch.no_grad() too: only a recorded call
+        # computes gradients in its forward
+        recording = options.pop("recording")
+        wanted = _elementwise_wanted(name, ctx.needs_input_grad) if recording else ()
+        ctx.grads = None
+        if wanted and options["reduction"] != "none":
+            loss, grads = getattr(fastloss, f"{name}_value_and_grad")(
+                *arrays, 1.0, wrt=wanted, weight=_numpy(weight), **extra, **options)
+            ctx.grads = dict(zip(wanted, grads))
+        else:
+            loss = _ELEMENTWISE[name][0](*arrays, weight=_numpy(weight), **extra, **options)
         ctx.save_for_backward(input, target, weight, pos_weight)
         ctx.name, ctx.options = name, options
         dtype = _elementwise_loss_dtype(name, input, target, weight)
@@ -496,21 +518,35 @@ class _Elementwise(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output):
-        input, target, weight, pos_weight = ctx.saved_tensors
-        pred_name = "logits" if ctx.name == "bce_with_logits" else "pred"
-        wanted = [name for name, needed in zip((pred_name, "target", "weight"),
-                                               ctx.needs_input_grad[1:4]) if needed]
+        wanted = _elementwise_wanted(ctx.name, ctx.needs_input_grad)
         if not wanted:
             return (None,) * 6
-        keywords = dict(ctx.options, weight=_numpy(weight))
-        if pos_weight is not None:
-            keywords["pos_weight"] = _numpy(pos_weight)
-        grads = _ELEMENTWISE[ctx.name][1](
-            _numpy(input), _numpy(target), _upstream(grad_output, ctx.options["reduction"]),
-            wrt=tuple(wanted), **keywords)
-        by_name = dict(zip(wanted, (torch.from_numpy(np.asarray(grad)) for grad in grads)))
+        if ctx.grads is not None:
+            # the first backward takes the forward's gradients (then owned by autograd)
+            by_name, ctx.grads = ctx.grads, None
+            scale = grad_output.item()
+            by_name = {key: torch.from_numpy(np.asarray(grad)) for key, grad in by_name.items()}
+            if scale != 1.0:
+                by_name = {key: grad.mul_(scale) for key, grad in by_name.items()}
+        else:
+            input, target, weight, pos_weight = ctx.saved_tensors
+            keywords = dict(ctx.options, weight=_numpy(weight))
+            if pos_weight is not None:
+                keywords["pos_weight"] = _numpy(pos_weight)
+            grads = _ELEMENTWISE[ctx.name][1](
+                _numpy(input), _numpy(target), _upstream(grad_output, ctx.options["reduction"]),
+                wrt=wanted, **keywords)
+            by_name = dict(zip(wanted, (torch.from_numpy(np.asarray(grad)) for grad in grads)))
+        pred_name = "logits" if ctx.name == "bce_with_logits" else "pred"
         return (None, by_name.get(pred_name), by_name.get("target"), by_name.get("weight"),
                 None, None)
+
+
+def _elementwise_wanted(name, needs_input_grad):
+    """The gradients autograd asks of elementwise loss `name`, as its NumPy API's wrt=."""
+    pred_name = "logits" if name == "bce_with_logits" else "pred"
+    return tuple(key for key, needed in zip((pred_name, "target", "weight"),
+                                            needs_input_grad[1:4]) if needed)
 
 
 def _not_differentiable(tensor, name, function):
@@ -550,7 +586,8 @@ def _elementwise(name, input, target, weight, reduction, num_threads, *, pos_wei
     if pos_weight is not None:
         _real_tensor(pos_weight, "pos_weight", function)
         _not_differentiable(pos_weight, "pos_weight", function)
-    options = dict(options, reduction=reduction, num_threads=num_threads)
+    options = dict(options, reduction=reduction, num_threads=num_threads,
+                   recording=torch.is_grad_enabled())
     return _Elementwise.apply(name, input, target, weight, pos_weight, options)
 
 
@@ -622,7 +659,11 @@ class _Embedding(torch.autograd.Function):
     @staticmethod
     def forward(ctx, name, options, n_embeddings, *tensors):
         arrays = [_numpy(tensor) for tensor in tensors]
-        want_grad = any(ctx.needs_input_grad[3:3 + n_embeddings])
+        # ctx.needs_input_grad holds under torch.no_grad() too: only a recorded call
+        # computes gradients in its forward
+        options = dict(options)
+        recording = options.pop("recording")
+        want_grad = recording and any(ctx.needs_input_grad[3:3 + n_embeddings])
         ctx.grads = None
         if want_grad and options["reduction"] != "none":
             loss, grads = getattr(fastloss, f"{name}_value_and_grad")(*arrays, **options)
@@ -677,6 +718,7 @@ def _embedding_loss(name, function, embeddings, others, options):
             _real_tensor(tensor, argument, function)
             _no_grad_needed(tensor, argument, function)
         tensors.append(tensor)
+    options = dict(options, recording=torch.is_grad_enabled())
     return _Embedding.apply(name, options, len(embeddings), *tensors)
 
 

@@ -140,10 +140,15 @@ def test_no_gradient_no_fused_pass(generator):
         work = logits.clone().requires_grad_(True)
         loss = FL.cross_entropy(work, target, inplace_backward=False)
     torch.testing.assert_close(loss, F.cross_entropy(logits, target))
-    # inplace_backward never touches logits that need no gradient
+    # inplace_backward never touches logits that need no gradient, nor those that
+    # require grad under torch.no_grad() (no graph: ctx.needs_input_grad still says True)
     plain = logits.clone()
     FL.cross_entropy(plain, target, inplace_backward=True)
     assert torch.equal(plain, logits)
+    trained = logits.clone().requires_grad_(True)
+    with torch.no_grad():
+        loss = FL.cross_entropy(trained, target, inplace_backward=True)
+    assert torch.equal(trained.detach(), logits) and loss.grad_fn is None
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
