@@ -142,6 +142,10 @@ _CE_CASES = (
     # The contract's extremes (C = 262,144, logits up to +-1e4): a few rows, since the
     # float64 reference is slow at this size.
     ("hard-large", False, {"scale": 1e4}, (2, 262144)),
+    # Few classes: rows go 16 at a time, one per SIMD lane (a partial last block here).
+    ("hard-few-classes", False, {"weight": True, "ignore_fraction": 0.25, "z_loss": 1e-2},
+     (37, 10)),
+    ("hard-few-classes-large", False, {"scale": 1e4, "label_smoothing": 0.1}, (21, 3)),
     ("soft-plain", True, {}, (40, 1000)),
     ("soft-all", True, {"weight": True, "label_smoothing": 0.15, "z_loss": 1e-2,
                         "softcap": 4.0}, (3, 13, 517)),
