@@ -129,6 +129,7 @@ static void ROW(ce_small_block)(const ce_call *call, const REAL *logits,
         for (int r = 0; r < R; ++r) {
             lse[r] = valid[r] ? lse_in[row[r]] : 0.0;
             max[r] = 0;
+            dist[r] = 0.0; /* the loss's smoothing sum: the backward writes no loss */
             shift[r] = (VAL)lse[r];
             shift_lo[r] = (VAL)(lse[r] - (double)shift[r]);
         }
