@@ -1,5 +1,5 @@
 """fastloss: loss functions whose forward and backward passes run in C kernels
-with OpenMP, behind a NumPy API.  See README.md and DESIGN.md."""
+with OpenMP, behind a NumPy API.  See README.md and BENCHMARKS.md."""
 
 __version__ = "0.1.0"
 
@@ -13,6 +13,60 @@ import os as _os
 # the process's own OMP_WAIT_POLICY or GOMP_SPINCOUNT.
 if "GOMP_SPINCOUNT" not in _os.environ and "OMP_WAIT_POLICY" not in _os.environ:
     _os.environ["GOMP_SPINCOUNT"] = "10000"
+
+
+def _unbuilt_checkout_error():
+    """The ImportError for a copy of fastloss whose C extension was never built.
+
+    A source checkout holds fastloss/ without the compiled ``_kernels`` module until
+    ``pip install -e .`` (or ``python setup.py build_ext --inplace``) builds it there. When
+    the current directory comes first on ``sys.path`` (``python -m pytest``, ``python -c``,
+    ``python -m fastloss`` in the checkout), that copy hides an installed fastloss, and
+    the first ``from fastloss import _kernels`` would fail as a circular import. Say
+    instead what happened and what to run; name the installed copy it hides, if any.
+    """
+    import importlib.machinery
+    import sys
+
+    package_dir = _os.path.dirname(_os.path.abspath(__file__))
+    checkout = _os.path.dirname(package_dir)
+    lines = [
+        f"fastloss: the copy in {package_dir} has no compiled extension (fastloss._kernels): "
+        f"it is a source checkout that was never built. Python imported it because its "
+        f"directory comes first on sys.path (the current directory does, for python -m "
+        f"and python -c).",
+        f"  - to work on this checkout, build it in place: pip install -e . "
+        f"(in {checkout})",
+    ]
+    installed = None
+    try:  # the copy that sys.path would give without the checkout
+        others = [entry for entry in sys.path
+                  if _os.path.realpath(entry or _os.curdir) != _os.path.realpath(checkout)]
+        for finder in sys.meta_path:
+            find_spec = getattr(finder, "find_spec", None)
+            spec = find_spec("fastloss", others) if find_spec else None
+            if spec is not None and spec.origin and _os.path.realpath(
+                    _os.path.dirname(spec.origin)) != _os.path.realpath(package_dir):
+                installed = _os.path.dirname(spec.origin)
+                break
+    except Exception:  # the search only adds a hint; never hide the message itself
+        installed = None
+    if installed is not None:
+        lines.append(f"  - to use the installed fastloss ({installed}), run from another "
+                     f"directory (the test suite, pytest tests, finds it from here)")
+    else:
+        lines.append("  - or install it (pip install .) and run from another directory")
+    return ImportError("\n".join(lines), name="fastloss._kernels")
+
+
+# First, so that a checkout that was never built says so. The extension must sit in this
+# package's own directory: an editable install of another checkout adds an import hook
+# that would otherwise hand this copy's Python files that checkout's compiled kernels.
+import importlib.machinery as _machinery
+
+if _machinery.PathFinder.find_spec("fastloss._kernels", __path__) is None:
+    raise _unbuilt_checkout_error() from None
+del _machinery
 
 from fastloss import reference
 from fastloss._config import get_num_threads, set_num_threads, show_config
