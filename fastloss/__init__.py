@@ -5,14 +5,40 @@ __version__ = "0.1.0"
 
 import os as _os
 
+
+def _libgomp_loaded():
+    """Whether a libgomp.so.1 (the name the extension links) is already loaded: asked of
+    the dynamic loader (RTLD_NOLOAD; 20 us), which matches SONAMEs, as when it binds the
+    extension. False where that cannot be asked (Windows)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libgomp.so.1", mode=_os.RTLD_NOLOAD)
+    except (OSError, AttributeError, ImportError):
+        return False
+    return True
+
+
 # libgomp's threads spin for about a millisecond (GOMP_SPINCOUNT 300000) after each of
 # the kernels' parallel regions before they sleep, and a BLAS product that follows
 # (contrastive_pairwise's, info_nce's) shares the cores with them meanwhile.  A short
 # spin costs the kernels nothing measurable and takes a quarter off contrastive_pairwise
-# at N = 1024.  Only a default, set before the extension loads libgomp, and never over
-# the process's own OMP_WAIT_POLICY or GOMP_SPINCOUNT.
-if "GOMP_SPINCOUNT" not in _os.environ and "OMP_WAIT_POLICY" not in _os.environ:
+# at N = 1024.  Only a default, and never over the process's own OMP_WAIT_POLICY or
+# GOMP_SPINCOUNT.  libgomp reads it once, when it loads: when a libgomp.so.1 is already
+# loaded (torch imported first: torch's own copy, to which the extension then binds) it
+# can no longer take effect, and setting it would only change the child processes this
+# one starts.  show_config() says which applies; BENCHMARKS.md ("Two OpenMP runtimes in
+# one process") has the measurements.
+_openmp_at_import = {
+    "libgomp_before": _libgomp_loaded(),
+    "environment": {name: _os.environ.get(name)
+                    for name in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")},
+    "spincount_default_set": False,
+}
+if ("GOMP_SPINCOUNT" not in _os.environ and "OMP_WAIT_POLICY" not in _os.environ
+        and not _openmp_at_import["libgomp_before"]):
     _os.environ["GOMP_SPINCOUNT"] = "10000"
+    _openmp_at_import["spincount_default_set"] = True
 
 
 def _unbuilt_checkout_error():

@@ -36,6 +36,60 @@ def test_info_shows_the_build():
     assert "openmp" in completed.stdout
 
 
+def run_python_code(code, **environment):
+    """``python -c CODE`` with this fastloss importable and no OpenMP settings of its own
+    unless given; the CompletedProcess."""
+    env = dict(os.environ)
+    for name in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY"):
+        env.pop(name, None)
+    env.update(environment)
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(fastloss.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(
+        [package_parent] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return subprocess.run([sys.executable, "-c", code], env=env, cwd=package_parent,
+                          capture_output=True, text=True, timeout=120)
+
+
+INFO_AND_ENVIRONMENT = """
+import os, sys
+from fastloss.cli import main
+main(["info"])
+print("GOMP_SPINCOUNT in os.environ:", os.environ.get("GOMP_SPINCOUNT"))
+"""
+
+
+def _info_lines(stdout):
+    return {line.split()[0]: line.split(None, 1)[1] for line in stdout.splitlines()
+            if len(line.split(None, 1)) == 2}
+
+
+def test_info_shows_the_openmp_runtime_and_how_it_waits():
+    completed = run_python_code(INFO_AND_ENVIRONMENT)
+    assert completed.returncode == 0, completed.stderr
+    info = _info_lines(completed.stdout)
+    if fastloss._config.config()["openmp"]:
+        assert "libgomp" in info["openmp_runtimes"]
+    assert info["openmp_wait"] == "GOMP_SPINCOUNT=10000 (fastloss's default)"
+    assert "GOMP_SPINCOUNT in os.environ: 10000" in completed.stdout
+    own = run_python_code(INFO_AND_ENVIRONMENT, OMP_WAIT_POLICY="passive")
+    assert _info_lines(own.stdout)["openmp_wait"] == "OMP_WAIT_POLICY=passive (the process's own)"
+    assert "GOMP_SPINCOUNT in os.environ: None" in own.stdout
+
+
+def test_no_spincount_default_once_torch_has_loaded_libgomp():
+    # torch's wheel ships libgomp.so.1; imported first, it is the process's one runtime
+    # (fastloss's extension binds to it), already configured: fastloss's default could not
+    # apply, so fastloss leaves the environment (and the child processes') alone and says so.
+    pytest.importorskip("torch")
+    completed = run_python_code("import torch\n" + INFO_AND_ENVIRONMENT)
+    assert completed.returncode == 0, completed.stderr
+    info = _info_lines(completed.stdout)
+    assert "torch" in info["openmp_runtimes"] and "," not in info["openmp_runtimes"]
+    assert info["openmp_wait"].startswith("libgomp's default")
+    assert "loaded before fastloss" in info["openmp_wait"]
+    assert "GOMP_SPINCOUNT in os.environ: None" in completed.stdout
+
+
 def test_check_passes_every_line():
     completed = run_fastloss("check")
     assert completed.returncode == 0, completed.stdout + completed.stderr
