@@ -3,7 +3,7 @@
     python -m pytest benchmarks/bench_contrastive.py --benchmark-only
 
 N = 1024 rows of D = 768 by default (N = 4096 with FASTLOSS_BENCH_FULL=1, the size of
-DESIGN.md's performance contract: contrastive_pairwise value_and_grad within 3x of one
+the targets of BENCHMARKS.md: contrastive_pairwise value_and_grad within 3x of one
 ``x @ x.T`` and at least 4x faster than torch's cdist + loss + backward). The baseline is
 ``x @ x.T`` (conftest.py prints every median as a ratio to it). Also timed: the cosine
 metric, whose margin keeps about half the negative pairs active (a dense coefficient

@@ -2,171 +2,120 @@
 
     python -m pytest benchmarks/ --benchmark-only
 
-The large group is N=1024, C=50257 by default (N=4096 with FASTLOSS_BENCH_FULL=1, the
-size of DESIGN.md's performance contract). It times the fused value_and_grad (into a
-preallocated buffer and in place), the forward, the gradient from a given lse, torch's
-F.cross_entropy when torch is installed, and the two memory-bound baselines the contract
-is stated against: np.copyto of the logits (one read, one write) and logits.max() (one
-read). conftest.py prints every median as a ratio to those baselines.
+The cases are those of ``fastloss bench`` (fastloss/bench.py), one set for both:
 
-The small groups (N=64, C=512: per-call overhead; N=16384, C=16: many short rows) show
-the fixed costs the large group hides.
+- the large group, ``bench.CROSS_ENTROPY``: N=1024, C=50257 by default (N=4096 with
+  FASTLOSS_BENCH_FULL=1, the size at which BENCHMARKS.md's targets are judged): the fused
+  value_and_grad (into a preallocated buffer and in place), the forward, the gradient
+  from a given lse, the NumPy reference (on a slice of the rows, scaled), the PyTorch
+  adapter (by default and with inplace_backward=True), torch's F.cross_entropy eager and
+  under torch.compile when torch is installed, and the two memory-bound baselines:
+  np.copyto of the logits (one read, one write) and logits.max() (one read);
+- few classes, ``bench.CROSS_ENTROPY_FEW_CLASSES``: N=65536, C=10;
+- small shapes, ``bench.CROSS_ENTROPY_SMALL``: the adapter against torch per cell of the
+  grid (the --quick cells by default, every cell with FASTLOSS_BENCH_FULL=1).
+
+conftest.py prints every median as a ratio to its group's baselines (copy and max, or
+torch's time in a grid cell).
 """
+import itertools
 import os
 
 import numpy as np
 import pytest
 
 import fastloss
+from fastloss import bench
 
 FULL = os.environ.get("FASTLOSS_BENCH_FULL", "") not in ("", "0")
-N_ROWS, N_CLASSES = (4096 if FULL else 1024), 50257
-LARGE = f"cross_entropy N={N_ROWS} C={N_CLASSES} float32"
+MODE = "full" if FULL else "quick"
 ROUNDS = 10 if FULL else 5
 THREADS = fastloss.get_num_threads()
 
-SMALL_SHAPES = [pytest.param((64, 512), id="N=64,C=512"),
-                pytest.param((16384, 16), id="N=16384,C=16")]
 
-
-def _torch():
-    """torch with the same thread count as fastloss, or skip (only when torch is absent)."""
-    torch = pytest.importorskip("torch")
+@pytest.fixture(scope="module", autouse=True)
+def torch_threads():
+    """torch with fastloss's thread count, as in fastloss bench."""
+    torch = bench._torch()
+    if torch is None:
+        yield
+        return
+    saved = torch.get_num_threads()
     torch.set_num_threads(THREADS)
-    return torch
+    yield
+    torch.set_num_threads(saved)
 
 
-def make_inputs(n_rows, n_classes):
-    rng = np.random.default_rng(0)
-    logits = rng.standard_normal((n_rows, n_classes), dtype=np.float32)
-    logits *= 3
-    target = rng.integers(0, n_classes, size=n_rows, dtype=np.int64)
-    buffer = np.zeros_like(logits)  # zeros: every page touched before timing
-    return logits, target, buffer
+def _timed(case, inputs, threads):
+    """The case's Timed, or skip (torch missing, or it cannot run here)."""
+    try:
+        timed = case.setup(inputs, threads)
+    except bench.Unavailable as reason:
+        pytest.skip(f"cannot run here: {reason}")
+    if timed is None:
+        pytest.skip(f"{case.requires} not importable")
+    return timed
+
+
+def _run(benchmark, timed, case, baseline_role=None, rounds=ROUNDS):
+    if case.role and case.role == (baseline_role or case.role):
+        benchmark.extra_info["baseline"] = case.role
+    benchmark.extra_info["scale"] = timed.scale  # conftest scales the ratios by it
+    benchmark.pedantic(timed.call, setup=timed.prepare, rounds=rounds, warmup_rounds=1,
+                       iterations=1)
+
+
+def _family_inputs(family):
+    size = family.sizes[MODE]
+    return size, family.make_inputs(size, np.dtype(family.dtype))
 
 
 @pytest.fixture(scope="module")
 def large():
-    return make_inputs(N_ROWS, N_CLASSES)
+    return _family_inputs(bench.CROSS_ENTROPY)
 
 
-def run(benchmark, function, setup=None):
-    return benchmark.pedantic(function, setup=setup, rounds=ROUNDS, warmup_rounds=1,
-                              iterations=1)
+@pytest.fixture(scope="module")
+def few_classes():
+    return _family_inputs(bench.CROSS_ENTROPY_FEW_CLASSES)
 
 
-# --- the large group -----------------------------------------------------------------
-
-@pytest.mark.benchmark(group=LARGE)
-def test_value_and_grad_out(benchmark, large):
-    logits, target, buffer = large
-    run(benchmark, lambda: fastloss.cross_entropy_value_and_grad(logits, target, out=buffer))
+def _ids(family):
+    return [case.name for case in family.cases]
 
 
-@pytest.mark.benchmark(group=LARGE)
-def test_value_and_grad_in_place(benchmark, large):
-    logits, target, _ = large
-    work = logits.copy()
-    # Each call overwrites `work` with the gradient: restore the logits, untimed.
-    run(benchmark, lambda: fastloss.cross_entropy_value_and_grad(work, target, out=work),
-        setup=lambda: np.copyto(work, logits))
+@pytest.mark.parametrize("case", bench.CROSS_ENTROPY.cases, ids=_ids(bench.CROSS_ENTROPY))
+def test_cross_entropy(benchmark, large, case):
+    (n_rows, n_classes), inputs = large
+    benchmark.group = f"cross_entropy N={n_rows} C={n_classes} float32"
+    _run(benchmark, _timed(case, inputs, THREADS), case)
 
 
-@pytest.mark.benchmark(group=LARGE)
-def test_forward(benchmark, large):
-    logits, target, _ = large
-    run(benchmark, lambda: fastloss.cross_entropy(logits, target))
+@pytest.mark.parametrize("case", bench.CROSS_ENTROPY_FEW_CLASSES.cases,
+                         ids=_ids(bench.CROSS_ENTROPY_FEW_CLASSES))
+def test_cross_entropy_few_classes(benchmark, few_classes, case):
+    (n_rows, n_classes), inputs = few_classes
+    benchmark.group = f"cross_entropy few classes N={n_rows} C={n_classes} float32"
+    _run(benchmark, _timed(case, inputs, THREADS), case, rounds=ROUNDS * 10)
 
 
-@pytest.mark.benchmark(group=LARGE)
-def test_grad_from_lse(benchmark, large):
-    logits, target, buffer = large
-    _, lse = fastloss.cross_entropy(logits, target, return_lse=True)
-    run(benchmark, lambda: fastloss.cross_entropy_grad(logits, target, lse=lse, out=buffer))
+def _grid_cells():
+    grid = bench.CROSS_ENTROPY_SMALL
+    for dtype in grid.dtypes[MODE]:
+        for size in itertools.product(*grid.sizes[MODE]):
+            if int(np.prod(size)) <= grid.max_elements[MODE]:
+                yield pytest.param(size, dtype, id=f"N={size[0]},C={size[1]},{dtype}")
 
 
-@pytest.mark.benchmark(group=LARGE)
-def test_copy(benchmark, large):
-    logits, _, buffer = large
-    benchmark.extra_info["baseline"] = "copy"
-    run(benchmark, lambda: np.copyto(buffer, logits))
-
-
-@pytest.mark.benchmark(group=LARGE)
-def test_max(benchmark, large):
-    logits, _, _ = large
-    benchmark.extra_info["baseline"] = "read"
-    run(benchmark, lambda: logits.max())
-
-
-@pytest.mark.benchmark(group=LARGE)
-def test_torch_forward_backward(benchmark, large):
-    torch = _torch()
-    import torch.nn.functional as F
-
-    logits = torch.from_numpy(large[0]).requires_grad_(True)
-    target = torch.from_numpy(large[1])
-
-    def clear():
-        logits.grad = None  # backward into a fresh gradient, as in a training step
-
-    run(benchmark, lambda: F.cross_entropy(logits, target).backward(), setup=clear)
-
-
-@pytest.mark.benchmark(group=LARGE)
-def test_torch_forward(benchmark, large):
-    torch = _torch()
-    import torch.nn.functional as F
-
-    logits, target = torch.from_numpy(large[0]), torch.from_numpy(large[1])
-
-    def forward():
-        with torch.no_grad():
-            return F.cross_entropy(logits, target)
-
-    run(benchmark, forward)
-
-
-# --- small shapes: fixed costs ----------------------------------------------------------
-
-def _small_group(shape):
-    return f"cross_entropy small N={shape[0]} C={shape[1]} float32"
-
-
-@pytest.mark.parametrize("shape", SMALL_SHAPES)
-def test_small_value_and_grad_out(benchmark, shape):
-    logits, target, buffer = make_inputs(*shape)
-    benchmark.group = _small_group(shape)
-    benchmark(fastloss.cross_entropy_value_and_grad, logits, target, out=buffer)
-
-
-@pytest.mark.parametrize("shape", SMALL_SHAPES)
-def test_small_forward(benchmark, shape):
-    logits, target, _ = make_inputs(*shape)
-    benchmark.group = _small_group(shape)
-    benchmark(fastloss.cross_entropy, logits, target)
-
-
-@pytest.mark.parametrize("shape", SMALL_SHAPES)
-def test_small_copy(benchmark, shape):
-    logits, _, buffer = make_inputs(*shape)
-    benchmark.group = _small_group(shape)
-    benchmark.extra_info["baseline"] = "copy"
-    benchmark(np.copyto, buffer, logits)
-
-
-@pytest.mark.parametrize("shape", SMALL_SHAPES)
-def test_small_torch_forward_backward(benchmark, shape):
-    torch = _torch()
-    import torch.nn.functional as F
-
-    logits_np, target_np, _ = make_inputs(*shape)
-    logits = torch.from_numpy(logits_np).requires_grad_(True)
-    target = torch.from_numpy(target_np)
-    benchmark.group = _small_group(shape)
-
-    def step():
-        logits.grad = None
-        F.cross_entropy(logits, target).backward()
-
-    benchmark(step)
+@pytest.mark.parametrize("size, dtype", list(_grid_cells()))
+@pytest.mark.parametrize("case", bench.CROSS_ENTROPY_SMALL.cases,
+                         ids=["adapter", "torch"])
+def test_cross_entropy_small(benchmark, size, dtype, case):
+    grid = bench.CROSS_ENTROPY_SMALL
+    inputs = grid.make_inputs(size, np.dtype(dtype))
+    benchmark.group = f"cross_entropy small N={size[0]} C={size[1]} {dtype}"
+    timed = _timed(case, inputs, THREADS)
+    if case.name.startswith("torch"):
+        benchmark.extra_info["baseline"] = "torch"  # the adapter's time as a ratio to it
+    benchmark.pedantic(timed.call, setup=timed.prepare, rounds=max(ROUNDS, 50),
+                       warmup_rounds=2, iterations=1)

@@ -3,7 +3,7 @@
     python -m pytest benchmarks/bench_elementwise.py --benchmark-only
 
 The large group is 2**22 elements by default (2**25 with FASTLOSS_BENCH_FULL=1, the size of
-DESIGN.md's performance contract: each value_and_grad within 2x of np.copyto of pred, and
+the targets of BENCHMARKS.md: each value_and_grad within 2x of np.copyto of pred, and
 at least 5x faster than torch's forward+backward). It times every loss's fused
 value_and_grad into a preallocated buffer, two forward passes, torch when it is installed,
 and the memory-bound baselines: np.copyto of pred (one read, one write) and pred.max()

@@ -4,7 +4,8 @@
 - Adds the CPU model, thread count, NumPy / torch versions and fastloss's build facts to
   the machine info that ``--benchmark-json`` writes.
 - Prints, after pytest-benchmark's table, each benchmark's median as a ratio to its
-  group's baselines (``benchmark.extra_info["baseline"] = "copy"`` or ``"read"``):
+  group's baselines (``benchmark.extra_info["baseline"] = "copy"``, ``"read"`` or
+  ``"torch"``), each scaled by ``extra_info["scale"]`` where a case sets one:
   ratios, not absolute times, are what we compare across machines.
 """
 import os
@@ -61,13 +62,18 @@ def pytest_terminal_summary(terminalreporter, config):
         groups.setdefault(bench.group, []).append(bench)
     terminalreporter.section("ratios of medians to the group's baselines")
     for group, members in groups.items():
-        baselines = {bench.extra_info.get("baseline"): bench.stats.median for bench in members
+        baselines = {bench.extra_info.get("baseline"): _median(bench) for bench in members
                      if bench.extra_info.get("baseline")}
         if not baselines:
             continue
         terminalreporter.write_line(f"{group}:")
-        for bench in sorted(members, key=lambda bench: bench.stats.median):
-            ratios = "  ".join(f"{bench.stats.median / median:6.2f}x {name}"
+        for bench in sorted(members, key=_median):
+            ratios = "  ".join(f"{_median(bench) / median:6.2f}x {name}"
                                for name, median in baselines.items())
             terminalreporter.write_line(
-                f"  {bench.name:<48} {bench.stats.median * 1e3:10.2f} ms  {ratios}")
+                f"  {bench.name:<48} {_median(bench) * 1e3:10.3f} ms  {ratios}")
+
+
+def _median(bench):
+    """The median, times the case's scale (a case timed on a slice of the rows)."""
+    return bench.stats.median * bench.extra_info.get("scale", 1.0)

@@ -1,18 +1,98 @@
 """fastloss: loss functions whose forward and backward passes run in C kernels
-with OpenMP, behind a NumPy API.  See README.md and DESIGN.md."""
+with OpenMP, behind a NumPy API.  See README.md and BENCHMARKS.md."""
 
 __version__ = "0.1.0"
 
 import os as _os
 
+
+def _libgomp_loaded():
+    """Whether a libgomp.so.1 (the name the extension links) is already loaded: asked of
+    the dynamic loader (RTLD_NOLOAD; 20 us), which matches SONAMEs, as when it binds the
+    extension. False where that cannot be asked (Windows)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libgomp.so.1", mode=_os.RTLD_NOLOAD)
+    except (OSError, AttributeError, ImportError):
+        return False
+    return True
+
+
 # libgomp's threads spin for about a millisecond (GOMP_SPINCOUNT 300000) after each of
 # the kernels' parallel regions before they sleep, and a BLAS product that follows
 # (contrastive_pairwise's, info_nce's) shares the cores with them meanwhile.  A short
 # spin costs the kernels nothing measurable and takes a quarter off contrastive_pairwise
-# at N = 1024.  Only a default, set before the extension loads libgomp, and never over
-# the process's own OMP_WAIT_POLICY or GOMP_SPINCOUNT.
-if "GOMP_SPINCOUNT" not in _os.environ and "OMP_WAIT_POLICY" not in _os.environ:
+# at N = 1024.  Only a default, and never over the process's own OMP_WAIT_POLICY or
+# GOMP_SPINCOUNT.  libgomp reads it once, when it loads: when a libgomp.so.1 is already
+# loaded (torch imported first: torch's own copy, to which the extension then binds) it
+# can no longer take effect, and setting it would only change the child processes this
+# one starts.  show_config() says which applies; BENCHMARKS.md ("Two OpenMP runtimes in
+# one process") has the measurements.
+_openmp_at_import = {
+    "libgomp_before": _libgomp_loaded(),
+    "environment": {name: _os.environ.get(name)
+                    for name in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")},
+    "spincount_default_set": False,
+}
+if ("GOMP_SPINCOUNT" not in _os.environ and "OMP_WAIT_POLICY" not in _os.environ
+        and not _openmp_at_import["libgomp_before"]):
     _os.environ["GOMP_SPINCOUNT"] = "10000"
+    _openmp_at_import["spincount_default_set"] = True
+
+
+def _unbuilt_checkout_error():
+    """The ImportError for a copy of fastloss whose C extension was never built.
+
+    A source checkout holds fastloss/ without the compiled ``_kernels`` module until
+    ``pip install -e .`` (or ``python setup.py build_ext --inplace``) builds it there. When
+    the current directory comes first on ``sys.path`` (``python -m pytest``, ``python -c``,
+    ``python -m fastloss`` in the checkout), that copy hides an installed fastloss, and
+    the first ``from fastloss import _kernels`` would fail as a circular import. Say
+    instead what happened and what to run; name the installed copy it hides, if any.
+    """
+    import importlib.machinery
+    import sys
+
+    package_dir = _os.path.dirname(_os.path.abspath(__file__))
+    checkout = _os.path.dirname(package_dir)
+    lines = [
+        f"fastloss: the copy in {package_dir} has no compiled extension (fastloss._kernels): "
+        f"it is a source checkout that was never built. Python imported it because its "
+        f"directory comes first on sys.path (the current directory does, for python -m "
+        f"and python -c).",
+        f"  - to work on this checkout, build it in place: pip install -e . "
+        f"(in {checkout})",
+    ]
+    installed = None
+    try:  # the copy that sys.path would give without the checkout
+        others = [entry for entry in sys.path
+                  if _os.path.realpath(entry or _os.curdir) != _os.path.realpath(checkout)]
+        for finder in sys.meta_path:
+            find_spec = getattr(finder, "find_spec", None)
+            spec = find_spec("fastloss", others) if find_spec else None
+            if spec is not None and spec.origin and _os.path.realpath(
+                    _os.path.dirname(spec.origin)) != _os.path.realpath(package_dir):
+                installed = _os.path.dirname(spec.origin)
+                break
+    except Exception:  # the search only adds a hint; never hide the message itself
+        installed = None
+    if installed is not None:
+        lines.append(f"  - to use the installed fastloss ({installed}), run from another "
+                     f"directory (the test suite, pytest tests, finds it from here)")
+    else:
+        lines.append("  - or install it (pip install .) and run from another directory")
+    return ImportError("\n".join(lines), name="fastloss._kernels")
+
+
+# First, so that a checkout that was never built says so. The extension must sit in this
+# package's own directory: an editable install of another checkout adds an import hook
+# that would otherwise hand this copy's Python files that checkout's compiled kernels.
+import importlib.machinery as _machinery
+
+if _machinery.PathFinder.find_spec("fastloss._kernels", __path__) is None:
+    raise _unbuilt_checkout_error() from None
+del _machinery
 
 from fastloss import reference
 from fastloss._config import get_num_threads, set_num_threads, show_config

@@ -66,7 +66,37 @@ def config():
     info.update(_kernels.build_info())
     info["default_threads"] = get_num_threads()
     info["available_cpus"] = _available_cpus()
+    info["openmp_runtimes"] = ", ".join(openmp_runtimes()) or "none found"
+    info["openmp_wait"] = _openmp_wait()
     return info
+
+
+def openmp_runtimes():
+    """The OpenMP runtimes mapped into this process: libgomp, LLVM's libomp, Intel's
+    libiomp (paths, from /proc/self/maps: Linux; an empty list elsewhere). Two of them
+    means two thread pools, each spinning on its own (benchmarks/omp_runtimes.py)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "omp" in line}
+    except OSError:
+        return []
+    return sorted(path for path in paths
+                  if os.path.basename(path).startswith(("libgomp", "libomp", "libiomp")))
+
+
+def _openmp_wait():
+    """How the OpenMP threads wait after a parallel region, and who chose it."""
+    import fastloss
+
+    state = fastloss._openmp_at_import
+    own = {name: value for name, value in state["environment"].items() if value is not None}
+    if own:
+        return " ".join(f"{name}={value}" for name, value in own.items()) + \
+            " (the process's own)"
+    if state["spincount_default_set"]:
+        return "GOMP_SPINCOUNT=10000 (fastloss's default)"
+    return ("libgomp's default, GOMP_SPINCOUNT=300000: libgomp was loaded before fastloss "
+            "(by torch, when it is imported first), so fastloss's default does not apply")
 
 
 def show_config():

@@ -36,6 +36,60 @@ def test_info_shows_the_build():
     assert "openmp" in completed.stdout
 
 
+def run_python_code(code, **environment):
+    """``python -c CODE`` with this fastloss importable and no OpenMP settings of its own
+    unless given; the CompletedProcess."""
+    env = dict(os.environ)
+    for name in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY"):
+        env.pop(name, None)
+    env.update(environment)
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(fastloss.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(
+        [package_parent] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return subprocess.run([sys.executable, "-c", code], env=env, cwd=package_parent,
+                          capture_output=True, text=True, timeout=120)
+
+
+INFO_AND_ENVIRONMENT = """
+import os, sys
+from fastloss.cli import main
+main(["info"])
+print("GOMP_SPINCOUNT in os.environ:", os.environ.get("GOMP_SPINCOUNT"))
+"""
+
+
+def _info_lines(stdout):
+    return {line.split()[0]: line.split(None, 1)[1] for line in stdout.splitlines()
+            if len(line.split(None, 1)) == 2}
+
+
+def test_info_shows_the_openmp_runtime_and_how_it_waits():
+    completed = run_python_code(INFO_AND_ENVIRONMENT)
+    assert completed.returncode == 0, completed.stderr
+    info = _info_lines(completed.stdout)
+    if fastloss._config.config()["openmp"]:
+        assert "libgomp" in info["openmp_runtimes"]
+    assert info["openmp_wait"] == "GOMP_SPINCOUNT=10000 (fastloss's default)"
+    assert "GOMP_SPINCOUNT in os.environ: 10000" in completed.stdout
+    own = run_python_code(INFO_AND_ENVIRONMENT, OMP_WAIT_POLICY="passive")
+    assert _info_lines(own.stdout)["openmp_wait"] == "OMP_WAIT_POLICY=passive (the process's own)"
+    assert "GOMP_SPINCOUNT in os.environ: None" in own.stdout
+
+
+def test_no_spincount_default_once_torch_has_loaded_libgomp():
+    # torch's wheel ships libgomp.so.1; imported first, it is the process's one runtime
+    # (fastloss's extension binds to it), already configured: fastloss's default could not
+    # apply, so fastloss leaves the environment (and the child processes') alone and says so.
+    pytest.importorskip("torch")
+    completed = run_python_code("import torch\n" + INFO_AND_ENVIRONMENT)
+    assert completed.returncode == 0, completed.stderr
+    info = _info_lines(completed.stdout)
+    assert "torch" in info["openmp_runtimes"] and "," not in info["openmp_runtimes"]
+    assert info["openmp_wait"].startswith("libgomp's default")
+    assert "loaded before fastloss" in info["openmp_wait"]
+    assert "GOMP_SPINCOUNT in os.environ: None" in completed.stdout
+
+
 def test_check_passes_every_line():
     completed = run_fastloss("check")
     assert completed.returncode == 0, completed.stdout + completed.stderr
@@ -108,7 +162,8 @@ def test_judge_rejects_a_result_of_the_wrong_dtype():
 def test_bench_quick_json(tmp_path):
     path = tmp_path / "bench.json"
     completed = run_fastloss("bench", "--family", "cross_entropy", "--quick", "--json",
-                             str(path), "--size", "64,1000", "--repeat", "2", "--threads", "2")
+                             str(path), "--size", "64,1000", "--repeat", "2", "--threads", "2",
+                             "--no-compile")
     assert completed.returncode == 0, completed.stderr
     report = json.loads(path.read_text())
     assert set(report) >= {"machine", "config", "results"}
@@ -134,15 +189,192 @@ def test_bench_quick_json(tmp_path):
     assert copy["ratio_to_copy"] == 1.0
     forward = next(row for row in report["results"] if row["name"] == "fastloss forward")
     assert forward["ratio_to_max"] > 0
+    skipped = {row["name"]: row["skipped"] for row in report["skipped"]}
     if importlib.util.find_spec("torch") is not None:
         assert "torch F.cross_entropy forward+backward" in names
         assert "fastloss.torch.cross_entropy forward+backward" in names
+        assert "fastloss.torch.cross_entropy forward+backward (inplace_backward=True)" in names
+        assert skipped["torch.compile(F.cross_entropy) forward+backward"] == \
+            "left out (--no-compile)"
     else:
         assert any(row["name"].startswith("torch") for row in report["skipped"])
     # the table on stdout: the header names the machine, one line per case
     assert "CPU:" in completed.stdout and "threads: 2" in completed.stdout
     for name in names:
         assert name in completed.stdout
+    # the targets are set for N=4096, C=50257: shown at this size, never judged
+    assert report["targets"] and all(not target["judged"] and target["met"] is None
+                                     for target in report["targets"])
+    assert all(target["judged_at"] == [4096, 50257] for target in report["targets"])
+    assert "MISSED" not in completed.stdout and " met" not in completed.stdout
+    assert "not judged at this size" in completed.stdout
+    assert "N=4096, C=50257" in completed.stdout and "BENCHMARKS.md" in completed.stdout
+    assert "DESIGN" not in completed.stdout + completed.stderr
+
+
+def test_bench_help_points_to_the_projects_documentation():
+    completed = run_fastloss("bench", "--help")
+    assert completed.returncode == 0
+    assert "BENCHMARKS.md" in completed.stdout and "DESIGN" not in completed.stdout
+    for name in ("--no-compile", "--quick", "cross_entropy_small", "cross_entropy_few_classes"):
+        assert name in completed.stdout
+
+
+def test_the_cli_lists_every_family():
+    from fastloss import bench, cli
+
+    assert cli.FAMILY_NAMES == tuple(bench.FAMILIES)
+
+
+def _fake_rows(**medians):
+    return {name: {"median_ms": value} for name, value in medians.items()}
+
+
+def test_targets_are_judged_only_at_the_size_they_are_set_for():
+    from fastloss import bench
+
+    copy, fused = "np.copyto (logits -> buffer)", "fastloss value_and_grad (out= preallocated)"
+    rows = _fake_rows(**{copy: 10.0, fused: 14.0})
+    at_full = {entry["target"]: entry for entry in bench._judge(
+        "cross_entropy", bench.CE_FULL_SIZE, rows, {})}
+    assert at_full["fused (out=) / copy <= 1.3"]["judged"] is True
+    assert at_full["fused (out=) / copy <= 1.3"]["met"] is False
+    assert at_full["fused (out=) / copy <= 1.3"]["ratio"] == pytest.approx(1.4)
+    at_quick = {entry["target"]: entry for entry in bench._judge(
+        "cross_entropy", (1024, 50257), rows, {})}
+    assert at_quick["fused (out=) / copy <= 1.3"]["judged"] is False
+    assert at_quick["fused (out=) / copy <= 1.3"]["met"] is None
+    assert at_quick["fused (out=) / copy <= 1.3"]["ratio"] == pytest.approx(1.4)
+    # a target whose rows did not run says why
+    compiled = at_full["torch.compile / adapter >= 3"]
+    assert compiled["ratio"] is None and compiled["met"] is None
+    assert "not run" in compiled["not_measured"]
+
+
+def test_every_target_names_rows_of_its_family():
+    from fastloss import bench
+
+    for family_name, targets in bench.TARGETS.items():
+        family = bench.FAMILIES[family_name]
+        names = {case.name for case in family.cases}
+        for target in targets:
+            assert target.numerator in names and target.denominator in names, target.text
+            if isinstance(family, bench.Grid):
+                assert target.size is None  # a grid's targets hold in every cell
+            else:
+                assert target.size == family.sizes["full"], target.text
+
+
+def test_the_new_cross_entropy_targets_are_those_of_the_issue():
+    from fastloss import bench
+
+    targets = {target.text: target for target in bench.TARGETS["cross_entropy"]}
+    for text, bound, sense in (("adapter fwd+bwd / copy <= 1.6", 1.6, "max"),
+                               ("adapter in place / copy <= 1.35", 1.35, "max"),
+                               ("torch eager / adapter >= 5", 5.0, "min"),
+                               ("torch.compile / adapter >= 3", 3.0, "min")):
+        assert (targets[text].bound, targets[text].sense) == (bound, sense)
+        assert targets[text].size == (4096, 50257)
+    (few,) = bench.TARGETS["cross_entropy_few_classes"]
+    assert (few.bound, few.sense, few.size) == (3.0, "max", (65536, 10))
+    assert few.denominator == "np.copyto (logits -> buffer)"
+
+
+def test_bench_small_shape_grid_json(tmp_path):
+    path = tmp_path / "grid.json"
+    completed = run_fastloss("bench", "--family", "cross_entropy_small", "--size", "8,10",
+                             "--threads", "1", "--repeat", "2", "--json", str(path),
+                             "--no-progress")
+    assert completed.returncode == 0, completed.stderr
+    report = json.loads(path.read_text())
+    config = report["config"]
+    assert config["family"] == "cross_entropy_small"
+    assert config["grid"] == {"N": [8], "C": [10]} and config["threads"] == [1]
+    assert config["dtypes"] == ["float32", "float64"]
+    assert "fastloss bench: cross-entropy at small shapes" in completed.stdout
+    (target,) = report["targets"]
+    if importlib.util.find_spec("torch") is None:
+        assert report["results"] == [] and target["ratio"] is None
+        assert "torch not importable" in completed.stdout
+        return
+    assert [(row["N"], row["C"], row["dtype"], row["threads"]) for row in report["results"]] \
+        == [(8, 10, "float32", 1), (8, 10, "float64", 1)]
+    for row in report["results"]:
+        adapter = row["cases"]["fastloss.torch.cross_entropy forward+backward"]
+        torch_row = row["cases"]["torch F.cross_entropy forward+backward"]
+        assert 0 < adapter["min_ms"] <= adapter["median_ms"]
+        assert 0 < torch_row["min_ms"] <= torch_row["median_ms"]
+        assert row["ratio"] == pytest.approx(torch_row["median_ms"] / adapter["median_ms"])
+        assert row["met"] == (row["ratio"] >= 1.0)
+        assert row["rounds"] >= 2
+        # one line per cell: N, C, dtype, threads, the two medians and the ratio
+        line = next(line for line in completed.stdout.splitlines()
+                    if line.split()[:4] == ["8", "10", row["dtype"], "1"])
+        assert f"{row['ratio']:.2f}" in line
+    # the grid's target holds in every cell, so it is judged at any size
+    assert target["judged"] is True and target["cells"] == 2
+    assert target["ratio"] == pytest.approx(min(row["ratio"] for row in report["results"]))
+    assert target["met"] == all(row["met"] for row in report["results"])
+
+
+def test_the_grid_skips_cells_too_large_and_says_why(monkeypatch):
+    import dataclasses
+
+    from fastloss import bench
+
+    grid = dataclasses.replace(bench.CROSS_ENTROPY_SMALL, max_elements={"full": 100,
+                                                                          "quick": 50})
+    monkeypatch.setitem(bench.FAMILIES, grid.name, grid)
+    report = bench.run(grid.name, size=(20, 10), threads=1, repeat=1, progress=False)
+    assert report["results"] == []
+    reasons = {row["name"]: row["skipped"] for row in report["skipped"]}
+    assert reasons["N=20 C=10 float32 threads=1"].startswith("200 elements, over 2**6")
+    assert "memory" in reasons["N=20 C=10 float32 threads=1"]
+    quick = bench.run(grid.name, quick=True, size=(10, 8), threads=1, repeat=1,
+                      progress=False)
+    assert "left out of --quick" in quick["skipped"][0]["skipped"]
+    assert "skipped: N=20 C=10 float32 threads=1" in bench.format_report(report)
+
+
+def test_a_case_that_cannot_run_here_is_reported(monkeypatch):
+    import dataclasses
+
+    from fastloss import bench
+
+    def unavailable(inputs, threads):
+        raise bench.Unavailable("no compiler")
+
+    family = bench.FAMILIES["cross_entropy_few_classes"]
+    family = dataclasses.replace(family, cases=family.cases[:3] + (
+        bench.Case("torch.compile(F.cross_entropy) forward+backward", unavailable,
+                   compiles=True),))
+    monkeypatch.setitem(bench.FAMILIES, family.name, family)
+    report = bench.run(family.name, size=(64, 10), threads=1, repeat=1, progress=False)
+    skipped = {row["name"]: row["skipped"] for row in report["skipped"]}
+    assert skipped["torch.compile(F.cross_entropy) forward+backward"] == \
+        "cannot run here: no compiler"
+    text = bench.format_report(report)
+    assert "skipped: cannot run here: no compiler" in text
+    left_out = bench.run(family.name, size=(64, 10), threads=1, repeat=1, progress=False,
+                         torch_compile=False)
+    assert {row["skipped"] for row in left_out["skipped"]} == {"left out (--no-compile)"}
+
+
+def test_bench_torch_compile_row_runs_or_says_why():
+    pytest.importorskip("torch")
+    from fastloss import bench
+
+    name = "torch.compile(F.cross_entropy) forward+backward"
+    report = bench.run("cross_entropy", size=(8, 300), repeat=1, threads=1, progress=False)
+    rows = {row["name"]: row for row in report["results"]}
+    skipped = {row["name"]: row["skipped"] for row in report["skipped"]}
+    if name in rows:
+        assert rows[name]["median_ms"] > 0
+        entry = next(entry for entry in report["targets"]
+                     if entry["target"] == "torch.compile / adapter >= 3")
+        assert entry["ratio"] > 0 and not entry["judged"]
+    else:
+        assert skipped[name].startswith("cannot run here: torch.compile failed")
 
 
 def test_bench_elementwise_json(tmp_path):
@@ -176,12 +408,16 @@ def test_bench_runs_every_family_by_default(tmp_path, monkeypatch, capsys):
 
     from fastloss import bench
 
-    tiny = {"cross_entropy": (16, 300), "elementwise": (3000,), "contrastive": (64, 16)}
+    tiny = {"cross_entropy": (16, 300), "cross_entropy_few_classes": (64, 10),
+            "cross_entropy_small": ((4,), (10,)), "elementwise": (3000,),
+            "contrastive": (64, 16)}
+    assert set(tiny) == set(bench.FAMILIES)
     for name, size in tiny.items():
         monkeypatch.setitem(bench.FAMILIES, name, dataclasses.replace(
             bench.FAMILIES[name], sizes={"full": size, "quick": size}))
     path = tmp_path / "all.json"
-    assert bench.main(json_file=str(path), repeat=1, threads=1, progress=False) == 0
+    assert bench.main(json_file=str(path), repeat=1, threads=1, progress=False,
+                      torch_compile=False) == 0
     reports = json.loads(path.read_text())["reports"]
     assert [report["config"]["family"] for report in reports] == list(bench.FAMILIES)
     text = capsys.readouterr().out
@@ -195,6 +431,7 @@ def test_bench_runs_every_family_by_default(tmp_path, monkeypatch, capsys):
     ("bench", "--size", "5000"),
     ("bench", "--family", "elementwise", "--size", "64,1000"),
     ("bench", "--family", "regression"),
+    ("bench", "--family", "cross_entropy_small", "--size", "5000"),
     ("nonsense",),
     (),
 ])
@@ -240,12 +477,15 @@ def test_bench_plot_of_every_family(tmp_path, monkeypatch):
     from fastloss import bench
 
     for name, family in list(bench.FAMILIES.items()):
-        size = (8, 300) if len(family.size_names) == 2 else (3000,)
+        if isinstance(family, bench.Grid):
+            size = ((4, 8), (10,))
+        else:
+            size = (8, 300) if len(family.size_names) == 2 else (3000,)
         monkeypatch.setitem(bench.FAMILIES, name, dataclasses.replace(
             family, sizes={"full": size, "quick": size}))
     path = tmp_path / "all.png"
     assert bench.main(plot_file=str(path), repeat=1, threads=1, progress=False,
-                      stream=io.StringIO()) == 0
+                      stream=io.StringIO(), torch_compile=False) == 0
     assert path.read_bytes().startswith(b"\x89PNG")
 
 
@@ -282,10 +522,14 @@ def test_bench_has_the_adapter_rows_of_every_family():
     pytest.importorskip("torch")
     from fastloss import bench
 
-    sizes = {"cross_entropy": (8, 300), "elementwise": (3000,), "contrastive": (64, 16)}
+    sizes = {"cross_entropy": (8, 300), "cross_entropy_few_classes": (64, 10),
+             "elementwise": (3000,), "contrastive": (64, 16)}
+    expected = {"cross_entropy": 2, "cross_entropy_few_classes": 1, "elementwise": 5,
+                "contrastive": 3}
     for family, size in sizes.items():
-        report = bench.run(family, size=size, repeat=1, threads=1, progress=False)
+        report = bench.run(family, size=size, repeat=1, threads=1, progress=False,
+                           torch_compile=False)
         adapter = [row for row in report["results"] if row["name"].startswith("fastloss.torch.")]
-        torch_rows = [row for row in report["results"] if row["name"].startswith("torch")]
-        assert adapter and len(adapter) == len(torch_rows) - (family == "cross_entropy"), family
+        # one per loss; cross-entropy's also with inplace_backward=True
+        assert len(adapter) == expected[family], family
         assert all(row["median_ms"] > 0 for row in adapter)
