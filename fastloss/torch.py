@@ -390,7 +390,10 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     logits hold the gradient from the forward on, so use it only when nothing reads them
     afterwards (compute accuracy or argmax before the loss); ``input`` must not be a leaf
     tensor (its gradient would overwrite it), and other autograd nodes that saved it raise
-    torch's in-place modification error rather than read the gradient. A second backward
+    torch's in-place modification error rather than read the gradient (its version counter
+    moves in the forward, as after any in-place operation: so ``torch.autograd.grad`` with
+    respect to a *view* passed as ``input`` finds a new grad_fn there; take it with respect
+    to what the view came from, or call ``backward()``). A second backward
     through the graph (retain_graph=True) recomputes the gradient from the logits if they
     are still alive and unchanged, else raises.
 
