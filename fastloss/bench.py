@@ -237,9 +237,11 @@ def _ce_adapter_in_place(inputs, threads):
 
     Its input must not be a leaf: in training it is a layer's output. Here it is a view
     of a leaf made in the timed call (a few microseconds, no copy), and the call ends with
-    torch.autograd.grad with respect to that view, so that the backward stops at the
-    logits as it does in the other rows (no layer below to differentiate). The logits
-    are restored, untimed, before each call."""
+    torch.autograd.grad with respect to the leaf (through the view's backward, a view of
+    the gradient: no copy), so that the backward stops at the logits as in the other
+    rows. (Not w.r.t. the view itself: the forward bumps the logits' version, and a view
+    whose version moved gets a new grad_fn, no longer the one the loss's graph holds.)
+    The logits are restored, untimed, before each call."""
     torch = _torch()
     if torch is None:
         return None
@@ -253,11 +255,11 @@ def _ce_adapter_in_place(inputs, threads):
         layer_output = leaf.view_as(leaf)  # a non-leaf over the same memory
         loss = fastloss_torch.cross_entropy(layer_output, target, inplace_backward=True,
                                             num_threads=threads)
-        return torch.autograd.grad(loss, layer_output)
+        return torch.autograd.grad(loss, leaf)
 
     return Timed(call, prepare=lambda: np.copyto(work, logits),
                  note="logits restored (untimed) before each call; input a view of a leaf "
-                      "(non-leaf, as a layer's output); torch.autograd.grad w.r.t. it")
+                      "(non-leaf, as a layer's output); torch.autograd.grad w.r.t. the leaf")
 
 
 def _ce_torch_compile_forward_backward(inputs, threads):
