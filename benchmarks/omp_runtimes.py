@@ -298,7 +298,7 @@ def main(argv=None):
                         help="rounds in which the losses take turns, per child (default 3)")
     parser.add_argument("--passes", type=int, default=3,
                         help="children per configuration, run in turns over all the "
-                             "configurations; each cell is the median over them (default 2)")
+                             "configurations; each cell is the median over them (default 3)")
     parser.add_argument("--layouts", default=",".join(LAYOUTS),
                         help=f"comma-separated subset of {', '.join(LAYOUTS)}")
     parser.add_argument("--environments", default=",".join(ENVIRONMENTS),
