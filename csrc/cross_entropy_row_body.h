@@ -228,7 +228,7 @@ static void ROW(ce_row_stats)(const ce_call *call, const VAL *y, const REAL *q,
     }
     stats->max = row_max;
     stats->sum = sum;
-    stats->log_sum = fastloss_log(sum);
+    stats->log_sum = log(sum);
     stats->dist = dist;
     stats->mass = mass;
     stats->excl = sum_excl;
@@ -270,7 +270,7 @@ static int ROW(ce_row_shifted)(const ce_call *call, const VAL *y, fastloss_index
     }
     stats->max = lse;
     stats->sum = sum;
-    stats->log_sum = fastloss_log(sum);
+    stats->log_sum = log(sum);
     stats->excl = sum_excl;
     return sum >= 0.5 && sum <= 2.0;
 }

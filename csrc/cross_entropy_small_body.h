@@ -14,8 +14,10 @@
  *
  * Every per-row quantity is computed as the per-row algorithm computes it (the
  * same max, the same exp, sums over the same eight lanes combined in the same
- * order, the same coefficient and gradient formulas), so a row gets the same
- * bits on either path: only the layout of the work differs.  Hard targets
+ * order, the same coefficient and gradient formulas), except log S, which
+ * comes from the vectorised fastloss_log here and from libm's log there (both
+ * within about an ulp): only the layout of the work differs.  A call takes one
+ * path for all its rows, forward, fused and backward alike.  Hard targets
  * only, and rows read in their own type (no soft-capping, and no float32 rows
  * that need double: soft targets or label smoothing), as the runner checks.
  */

@@ -181,8 +181,9 @@ FASTLOSS_INLINE double fastloss_log1p_unit(double u)
 /*
  * log(x) for double x, written to vectorise: the small-vocabulary cross-entropy
  * takes one log per row for 16 rows at once, where libm's opaque call per row
- * cost as much as the row's arithmetic.  (Cross-entropy uses it for every
- * row, so that both of its paths give the same bits.)
+ * cost as much as the row's arithmetic.  (A row on its own, in the per-row
+ * path, keeps libm's log: one scalar call is cheaper there than this chain of
+ * eleven dependent multiply-adds and a division.)
  *   x = 2**k z with z in [0.7071, 1.4142) (the exponent is read from the bits,
  *   offset so that z straddles 1), f = z - 1 (exact: Sterbenz), and
  *   log z = 2 atanh(t) = 2 t (1 + t**2/3 + t**4/5 + ...),  t = f / (2 + f),
