@@ -1,5 +1,5 @@
 """The PyTorch adapter: ``torch.nn.functional``-style losses and ``nn.Module`` classes whose
-forward and backward passes run in fastloss's C kernels.
+forward and backward passes run in fastloss's C kernels::
 
     import fastloss.torch as FL
     loss = FL.cross_entropy(logits, target)        # instead of F.cross_entropy
