@@ -39,6 +39,7 @@ extensions = [
     "sphinx.ext.mathjax",
     "numpydoc",
     "myst_parser",
+    "api_coverage",   # _ext/api_coverage.py: a public name no page documents is a warning
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
@@ -52,6 +53,9 @@ autodoc_member_order = "bysource"
 autodoc_typehints = "none"          # the signatures carry no annotations
 numpydoc_show_class_members = False  # the Module classes list no torch members
 numpydoc_class_members_toctree = False
+
+# Whose ``__all__`` must be documented, each name somewhere in the pages.
+api_coverage_modules = ["fastloss", "fastloss.reference", "fastloss.torch"]
 
 # -- Markdown (BENCHMARKS.md is included as it is in the repository) ----------------------
 myst_heading_anchors = 3
