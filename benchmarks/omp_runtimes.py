@@ -13,8 +13,8 @@ other wants the cores.
 This script measures a training step that alternates torch ops (a Linear forward and
 backward, an AdamW step) with a fastloss loss (``fastloss.torch.cross_entropy``, or the
 NumPy API's ``cross_entropy_value_and_grad`` with the gradient handed to
-``logits.backward``), beside the same step with torch's ``F.cross_entropy``, at three
-shapes, in child processes that differ in:
+``logits.backward``), beside the same step with torch's ``F.cross_entropy``, at two
+shapes (a third, "large", with ``--shapes``), in child processes that differ in:
 
 - the layout: one runtime, torch imported first (torch's libgomp); one runtime, fastloss
   imported first (the system's libgomp); two runtimes (a copy of the imported fastloss
@@ -298,7 +298,7 @@ def main(argv=None):
                         help="rounds in which the losses take turns, per child (default 3)")
     parser.add_argument("--passes", type=int, default=3,
                         help="children per configuration, run in turns over all the "
-                             "configurations; each cell is the median over them (default 2)")
+                             "configurations; each cell is the median over them (default 3)")
     parser.add_argument("--layouts", default=",".join(LAYOUTS),
                         help=f"comma-separated subset of {', '.join(LAYOUTS)}")
     parser.add_argument("--environments", default=",".join(ENVIRONMENTS),

@@ -71,8 +71,9 @@ def _parser():
                        help="which table to run (default: all, one after the other)")
     bench.add_argument("--quick", action="store_true",
                        help="smaller sizes (N=1024, 2**22 elements, part of the small-shape "
-                            "grid) and fewer repeats, in a minute or two; the targets are "
-                            "shown but judged only at the full sizes")
+                            "grid) and fewer repeats, in about a minute; each target is "
+                            "judged only at the size it is set for (most at the full "
+                            "sizes), elsewhere shown")
     bench.add_argument("--json", dest="json_file", metavar="FILE",
                        help="also write the results as JSON to FILE")
     bench.add_argument("--plot", dest="plot_file", metavar="FILE.png",
@@ -81,7 +82,9 @@ def _parser():
     bench.add_argument("--threads", type=_positive_int, metavar="N",
                        help="threads for fastloss and torch (default: fastloss's default)")
     bench.add_argument("--repeat", type=_positive_int, metavar="R",
-                       help="timed calls per case (default 10, 5 with --quick)")
+                       help="timed calls per case (default 10, 5 with --quick; 100 and 40 "
+                            "in the few-classes table; in the small-shape grid the least "
+                            "of each cell's rounds, which fill a time budget)")
     bench.add_argument("--no-progress", dest="progress", action="store_false",
                        help="no progress bar on stderr")
     bench.add_argument("--no-compile", dest="torch_compile", action="store_false",

@@ -11,6 +11,30 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
+def _test_the_installed_package():
+    """After a plain ``pip install .``, ``python -m pytest`` in the checkout puts the
+    checkout first on sys.path, and its fastloss/ has no compiled extension: take the
+    checkout off sys.path so that the tests import the installed package, as
+    ``pytest tests`` does. (A checkout built in place, ``pip install -e .``, is left
+    first: it is the package under test.)"""
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    package = os.path.join(checkout, "fastloss")
+    built = any(name.startswith("_kernels.") and name.endswith((".so", ".pyd"))
+                for name in os.listdir(package)) if os.path.isdir(package) else True
+    if built or "fastloss" in sys.modules:
+        return
+    entries = [entry for entry in sys.path
+               if os.path.abspath(entry or os.curdir) != checkout]
+    saved, sys.path[:] = list(sys.path), entries
+    import importlib.util
+
+    if importlib.util.find_spec("fastloss") is None:
+        sys.path[:] = saved  # nothing installed: let the import say what to run
+
+
+_test_the_installed_package()
+
+
 @pytest.fixture
 def rng(request):
     """A generator seeded from the test's id: reproducible, and different for each test."""

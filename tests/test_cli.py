@@ -360,6 +360,8 @@ def test_a_case_that_cannot_run_here_is_reported(monkeypatch):
     assert {row["skipped"] for row in left_out["skipped"]} == {"left out (--no-compile)"}
 
 
+# torch.compile's own imports use torch.jit.script_method, deprecated in torch 2.13
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_bench_torch_compile_row_runs_or_says_why():
     pytest.importorskip("torch")
     from fastloss import bench
