@@ -364,8 +364,11 @@ def pairwise_distance(x, y=None, *, metric="euclidean", num_threads=None):
 
     Returns
     -------
-    ndarray of shape (N, M) and the inputs' dtype.
+    ndarray
+        Shape (N, M), the inputs' dtype.
 
+    Notes
+    -----
     The matrix comes from a float64 Gram product of the centred (or normalised) rows;
     pairs whose distance that form cannot give to the dtype's accuracy (close points)
     are recomputed from the differences, so every entry is accurate to the accuracy
@@ -486,6 +489,8 @@ def contrastive_pairwise(embeddings, labels, *, pos_margin=0.0, neg_margin=1.0,
     reduction : {"mean", "sum", "none"}
     num_threads : int, optional
 
+    Notes
+    -----
     The distances come from one float64 Gram product of the centred rows (normalised
     for cosine), clamped at zero, and one fused C pass over the upper triangle; a pair
     is recomputed from its rows when the Gram form's error bound could show in the

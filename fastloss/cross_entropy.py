@@ -44,9 +44,14 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
 
     Returns
     -------
-    loss : float for "mean"/"sum"; array of shape (...) and the logits' dtype for "none".
-    lse : float64 array of shape (...), only with return_lse=True.
+    loss : float or ndarray
+        A float for "mean"/"sum"; for "none" an array of shape (...), float64 if the
+        logits or the probability targets are, else float32.
+    lse : ndarray of float64, shape (...)
+        Only with return_lse=True.
 
+    Notes
+    -----
     Per row, with y the (capped) logits, lse = log sum_c exp(y_c), w = weight
     and eps = label_smoothing::
 

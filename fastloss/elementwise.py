@@ -370,8 +370,9 @@ def mse(pred, target, *, weight=None, reduction="mean", num_threads=None):
 
     Returns
     -------
-    float for "mean"/"sum" (nan for the mean of no elements); for "none" an array of
-    the broadcast shape. Its dtype is float64 if pred or target is, else float32.
+    float or ndarray
+        A float for "mean"/"sum" (nan for the mean of no elements); for "none" an array
+        of the broadcast shape. Its dtype is float64 if pred or target is, else float32.
     """
     problem = _Problem("mse", pred, target, weight, reduction, num_threads)
     return problem.run("forward")[0]
@@ -517,7 +518,7 @@ def smooth_l1_value_and_grad(pred, target, grad_output=1.0, *, beta=1.0, weight=
 def bce_with_logits(logits, target, *, weight=None, pos_weight=None, reduction="mean",
                     num_threads=None):
     """Binary cross-entropy on logits, as torch.nn.functional.binary_cross_entropy_with_logits:
-    per element, x = logits, y = target, p = pos_weight,
+    per element, x = logits, y = target, p = pos_weight::
 
         weight * ((1 - y) x + (1 + (p - 1) y) softplus(-x)),
         softplus(-x) = max(-x, 0) + log1p(exp(-|x|)),

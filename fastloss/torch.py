@@ -1,5 +1,5 @@
 """The PyTorch adapter: ``torch.nn.functional``-style losses and ``nn.Module`` classes whose
-forward and backward passes run in fastloss's C kernels.
+forward and backward passes run in fastloss's C kernels::
 
     import fastloss.torch as FL
     loss = FL.cross_entropy(logits, target)        # instead of F.cross_entropy
@@ -10,7 +10,7 @@ Functions with a torch counterpart (``cross_entropy``, ``mse_loss``, ``l1_loss``
 ``triplet_margin_loss``) take torch's arguments in torch's order and layout (the class axis
 of ``cross_entropy`` at dim 1, the deprecated ``size_average``/``reduce`` included) and give
 torch's values and gradients; fastloss's extra options (``z_loss``, ``softcap``,
-``inplace_backward``, ``num_threads``) are keyword-only. Their module classes subclass
+``inplace_backward``, ``grad_in_forward``, ``num_threads``) are keyword-only. Their module classes subclass
 torch's own (``isinstance(FL.CrossEntropyLoss(), torch.nn.CrossEntropyLoss)`` holds), so
 their attributes, buffers and ``state_dict`` are torch's. The losses torch lacks
 (``contrastive``, ``contrastive_pairwise``, ``info_nce``) keep fastloss's signatures, with
