@@ -115,7 +115,9 @@ def _physical_memory():
         return 0
 
 
-SPARE_LIMIT_BYTES = _physical_memory() // 8
+# a C variable: __dealloc__ may run at interpreter exit, after module globals are gone
+cdef size_t _spare_limit = _physical_memory() // 8
+SPARE_LIMIT_BYTES = _spare_limit
 
 
 cdef class _LargeBuffer:
@@ -128,7 +130,7 @@ cdef class _LargeBuffer:
 
     def __dealloc__(self):
         global _spare_data, _spare_size, _spare_mapped, _spare_huge
-        if self.size <= SPARE_LIMIT_BYTES and self.size >= _spare_size:
+        if self.size <= _spare_limit and self.size >= _spare_size:
             # keep the larger of the two blocks
             fastloss_free_large(_spare_data, _spare_size, _spare_mapped)
             _spare_data, _spare_size = self.data, self.size

@@ -66,8 +66,9 @@ def real_scalar(value, name, *, low=None, high=None, low_open=False, allow_none=
     if ok and high is not None:
         ok = number <= high
     if not ok:
-        bounds = f"{'(' if low_open else '['}{low if low is not None else '-inf'}, " \
-                 f"{high if high is not None else 'inf'}]"
+        bounds = (f"{'(' if low_open or low is None else '['}"
+                  f"{low if low is not None else '-inf'}, "
+                  f"{high if high is not None else 'inf'}{']' if high is not None else ')'}")
         raise ValueError(f"{name}: expected a finite value in {bounds}, got {value!r}")
     return number
 

@@ -793,16 +793,18 @@ def info_nce(query, key, *, temperature=0.05, symmetric=False, reduction="mean",
 
 class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
     """``torch.nn.CrossEntropyLoss`` whose forward is :func:`cross_entropy`; keyword-only
-    extras ``z_loss``, ``softcap``, ``inplace_backward`` and ``num_threads``."""
+    extras ``z_loss``, ``softcap``, ``inplace_backward``, ``grad_in_forward`` and
+    ``num_threads``."""
 
     def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None,
                  reduction="mean", label_smoothing=0.0, *, z_loss=0.0, softcap=None,
-                 inplace_backward=False, num_threads=None):
+                 inplace_backward=False, grad_in_forward=True, num_threads=None):
         super().__init__(weight, size_average, ignore_index, reduce, reduction,
                          label_smoothing)
         self.z_loss = z_loss
         self.softcap = softcap
         self.inplace_backward = inplace_backward
+        self.grad_in_forward = grad_in_forward
         self.num_threads = num_threads
 
     def forward(self, input, target):
@@ -810,6 +812,7 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
                              reduction=self.reduction, label_smoothing=self.label_smoothing,
                              z_loss=self.z_loss, softcap=self.softcap,
                              inplace_backward=self.inplace_backward,
+                             grad_in_forward=self.grad_in_forward,
                              num_threads=self.num_threads)
 
 
