@@ -223,7 +223,9 @@ def ce_call(int mode, object logits, object target, object weight, object ignore
             # torch promotes: float64 probabilities with float32 logits are not rounded;
             # the logits are widened instead (exactly) and the loss is float64
             compute_dtype = numpy.dtype(numpy.float64)
-        soft = _class_rows(numpy.asarray(target_array, dtype=compute_dtype), n_classes)
+        # aligned and in native order, as the kernels read it (np.require copies otherwise)
+        soft = _class_rows(numpy.require(target_array, dtype=compute_dtype,
+                                         requirements="A"), n_classes)
     else:
         raise TypeError(f"target: expected integer class indices or float probabilities, "
                         f"got dtype {target_array.dtype}")

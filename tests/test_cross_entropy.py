@@ -1047,3 +1047,35 @@ def test_matches_torch_module_with_class_axis_one(rng):
     expected = module(torch.tensor(logits), torch.tensor(target)).item()
     got = fastloss.cross_entropy(np.moveaxis(logits, 1, -1), target, label_smoothing=0.05)
     assert_close_contract(got, expected, np.float64, "loss")
+
+
+def unaligned(array):
+    """A copy of `array` whose data starts one byte past an element boundary."""
+    raw = np.zeros(array.nbytes + 1, np.uint8)
+    view = np.ndarray(array.shape, array.dtype, buffer=raw, offset=1)
+    view[...] = array
+    assert not view.flags.aligned
+    return view
+
+
+@dtypes
+@pytest.mark.parametrize("n_classes", [10, 300], ids=lambda c: f"C={c}")
+def test_unaligned_and_byte_swapped_inputs(n_classes, dtype, rng):
+    # The kernels read aligned, native-order arrays: anything else is copied first, never
+    # read as it is (a vector load of a misaligned float can fault).
+    logits = random_logits(rng, (9, n_classes), dtype)
+    target = rng.integers(0, n_classes, 9)
+    soft = rng.dirichlet(np.ones(n_classes), 9).astype(dtype)
+    weight = random_weight(rng, n_classes, dtype)
+    for hard in (unaligned(target), target.astype(target.dtype.newbyteorder(">"))):
+        check_against_reference(unaligned(logits), hard, weight=unaligned(weight))
+    check_against_reference(unaligned(logits), unaligned(soft))
+    swapped = logits.astype(logits.dtype.newbyteorder(">"))
+    for target_form in (target, soft.astype(soft.dtype.newbyteorder(">"))):
+        loss, grad = call_unmodified(fastloss.cross_entropy_value_and_grad, swapped,
+                                     target_form, reduction="sum")
+        assert grad.dtype == dtype
+        assert_close_contract(loss, reference.cross_entropy(logits, target_form,
+                                                            reduction="sum"), dtype, "loss")
+        assert_close_contract(grad, reference.cross_entropy_grad(logits, target_form,
+                                                                 reduction="sum"), dtype, "grad")
