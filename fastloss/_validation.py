@@ -24,16 +24,9 @@ def float_array(value, name):
     return array
 
 
-def rows(array, n_cols):
-    """A 2-d (rows, n_cols) view of `array` whose last axis is contiguous, or a copy."""
-    matrix = array.reshape(-1, n_cols)
-    if n_cols > 1 and matrix.strides[1] != matrix.itemsize:
-        matrix = np.ascontiguousarray(matrix)
-    return matrix
-
-
 def rows_view(array, n_cols):
-    """Like rows(), but None where that would need a copy (for out= buffers)."""
+    """A 2-d (rows, n_cols) view of `array` whose last axis is contiguous, or None where
+    that would need a copy (for out= buffers, which must be written in place)."""
     matrix = array.reshape(-1, n_cols)
     if matrix.size and not np.may_share_memory(matrix, array):  # reshape had to copy
         return None
