@@ -42,16 +42,34 @@ FASTLOSS_INLINE void ROW(ce_small_store)(const VAL *FASTLOSS_RESTRICT column,
         g[c] = (REAL)column[c * CE_SMALL_ROWS];
 }
 
+/* The FASTLOSS_LANES accumulators of every lane, and the tails, set to 0. */
+FASTLOSS_INLINE void ROW(ce_small_lanes_clear)(double *FASTLOSS_RESTRICT lanes,
+                                               double *FASTLOSS_RESTRICT total)
+{
+    for (int k = 0; k < FASTLOSS_LANES * CE_SMALL_ROWS; ++k)
+        lanes[k] = 0.0;
+    for (int r = 0; r < CE_SMALL_ROWS; ++r)
+        total[r] = 0.0;
+}
+
+/* total[r] = the lanes' accumulators combined as ce_lane_total, then the tail. */
+FASTLOSS_INLINE void ROW(ce_small_lanes_total)(const double *FASTLOSS_RESTRICT lanes,
+                                               double *FASTLOSS_RESTRICT total)
+{
+    const double *l = lanes;
+    enum { R = CE_SMALL_ROWS };
+    for (int r = 0; r < CE_SMALL_ROWS; ++r)
+        total[r] = (((l[0 * R + r] + l[1 * R + r]) + (l[2 * R + r] + l[3 * R + r])) +
+                    ((l[4 * R + r] + l[5 * R + r]) + (l[6 * R + r] + l[7 * R + r]))) + total[r];
+}
+
 /* sum_c values[c][r] per lane r, as ce_sum adds a row: classes c and c + 8k
  * share an accumulator, the rest go to a tail, combined as ce_lane_total. */
 FASTLOSS_INLINE void ROW(ce_small_sum)(const VAL *FASTLOSS_RESTRICT tile, fastloss_index n_classes,
                                        double *FASTLOSS_RESTRICT lanes, double *FASTLOSS_RESTRICT total)
 {
     const fastloss_index full = n_classes - n_classes % FASTLOSS_LANES;
-    for (int k = 0; k < FASTLOSS_LANES * CE_SMALL_ROWS; ++k)
-        lanes[k] = 0.0;
-    for (int r = 0; r < CE_SMALL_ROWS; ++r)
-        total[r] = 0.0;
+    ROW(ce_small_lanes_clear)(lanes, total);
     for (fastloss_index c = 0; c < full; ++c) {
         double *lane = lanes + (c % FASTLOSS_LANES) * CE_SMALL_ROWS;
         for (int r = 0; r < CE_SMALL_ROWS; ++r)
@@ -60,11 +78,7 @@ FASTLOSS_INLINE void ROW(ce_small_sum)(const VAL *FASTLOSS_RESTRICT tile, fastlo
     for (fastloss_index c = full; c < n_classes; ++c)
         for (int r = 0; r < CE_SMALL_ROWS; ++r)
             total[r] += (double)tile[c * CE_SMALL_ROWS + r];
-    const double *l = lanes;
-    enum { R = CE_SMALL_ROWS };
-    for (int r = 0; r < CE_SMALL_ROWS; ++r)
-        total[r] = (((l[0 * R + r] + l[1 * R + r]) + (l[2 * R + r] + l[3 * R + r])) +
-                    ((l[4 * R + r] + l[5 * R + r]) + (l[6 * R + r] + l[7 * R + r]))) + total[r];
+    ROW(ce_small_lanes_total)(lanes, total);
 }
 
 /* sum_c w_c (shift[r] - values[c][r]) per lane, as ce_dist. */
@@ -74,10 +88,7 @@ FASTLOSS_INLINE void ROW(ce_small_dist)(const VAL *FASTLOSS_RESTRICT tile, fastl
                                         double *FASTLOSS_RESTRICT lanes, double *FASTLOSS_RESTRICT total)
 {
     const fastloss_index full = n_classes - n_classes % FASTLOSS_LANES;
-    for (int k = 0; k < FASTLOSS_LANES * CE_SMALL_ROWS; ++k)
-        lanes[k] = 0.0;
-    for (int r = 0; r < CE_SMALL_ROWS; ++r)
-        total[r] = 0.0;
+    ROW(ce_small_lanes_clear)(lanes, total);
     for (fastloss_index c = 0; c < n_classes; ++c) {
         double *sum = c < full ? lanes + (c % FASTLOSS_LANES) * CE_SMALL_ROWS : total;
         if (weight) {
@@ -89,11 +100,7 @@ FASTLOSS_INLINE void ROW(ce_small_dist)(const VAL *FASTLOSS_RESTRICT tile, fastl
                 sum[r] += (double)(shift[r] - tile[c * CE_SMALL_ROWS + r]);
         }
     }
-    const double *l = lanes;
-    enum { R = CE_SMALL_ROWS };
-    for (int r = 0; r < CE_SMALL_ROWS; ++r)
-        total[r] = (((l[0 * R + r] + l[1 * R + r]) + (l[2 * R + r] + l[3 * R + r])) +
-                    ((l[4 * R + r] + l[5 * R + r]) + (l[6 * R + r] + l[7 * R + r]))) + total[r];
+    ROW(ce_small_lanes_total)(lanes, total);
 }
 
 /*

@@ -124,13 +124,18 @@ class Target:
 REFERENCE_ROWS = 256
 
 
-def _ce_inputs(size, dtype):
+def _ce_logits_and_target(size, dtype):
+    """Logits (3 standard normals) and class indices, the same for every case of a size."""
     n_rows, n_classes = size
     rng = np.random.default_rng(0)
     logits = rng.standard_normal((n_rows, n_classes), dtype=np.float32).astype(dtype,
                                                                                copy=False)
     logits *= 3
-    target = rng.integers(0, n_classes, size=n_rows, dtype=np.int64)
+    return logits, rng.integers(0, n_classes, size=n_rows, dtype=np.int64)
+
+
+def _ce_inputs(size, dtype):
+    logits, target = _ce_logits_and_target(size, dtype)
     # Touch every page of the output buffers now, so no case pays for first-touch faults.
     buffer = np.empty_like(logits)
     buffer.fill(0)
@@ -807,12 +812,7 @@ class Grid:
 
 def _grid_ce_inputs(size, dtype):
     """Logits and targets only: the grid's largest cell holds 2**28 elements."""
-    n_rows, n_classes = size
-    rng = np.random.default_rng(0)
-    logits = rng.standard_normal((n_rows, n_classes), dtype=np.float32).astype(dtype,
-                                                                               copy=False)
-    logits *= 3
-    target = rng.integers(0, n_classes, size=n_rows, dtype=np.int64)
+    logits, target = _ce_logits_and_target(size, dtype)
     return {"logits": logits, "target": target}
 
 
