@@ -130,7 +130,8 @@ cdef object _hard_target(cnp.ndarray target, tuple loss_shape, fastloss_index n_
         too_big = numpy.flatnonzero(flat > _INT64_MAX)
         if too_big.size:
             _bad_target(flat[too_big[0]], too_big[0], loss_shape, n_classes, ignore_index)
-    return numpy.ascontiguousarray(flat, dtype=numpy.int64)
+    # contiguous, aligned, native order (ascontiguousarray alone keeps a misaligned array)
+    return numpy.require(flat, dtype=numpy.int64, requirements="CA")
 
 
 cdef _bad_target(object value, fastloss_index flat_position, tuple loss_shape,
@@ -243,7 +244,7 @@ def ce_call(int mode, object logits, object target, object weight, object ignore
             raise TypeError(f"weight: expected real numbers, got dtype {weight.dtype}")
         if weight.shape != (n_classes,):
             raise ValueError(f"weight: expected shape ({n_classes},), got {weight.shape}")
-        weight = numpy.ascontiguousarray(weight, dtype=compute_dtype)
+        weight = numpy.require(weight, dtype=compute_dtype, requirements="CA")
 
     # -- gradient arguments
     cdef object upstream = None, lse_in = None
@@ -257,7 +258,7 @@ def ce_call(int mode, object logits, object target, object weight, object ignore
         lse_in = numpy.asarray(lse, dtype=numpy.float64)
         if lse_in.shape != loss_shape:
             raise ValueError(f"lse: expected shape {loss_shape}, got {lse_in.shape}")
-        lse_in = numpy.ascontiguousarray(lse_in.reshape(-1))
+        lse_in = numpy.require(lse_in.reshape(-1), requirements="CA")
 
     # -- outputs
     cdef object per_row = None, lse_out = None, grad = None, grad_matrix = None

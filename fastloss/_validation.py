@@ -89,7 +89,7 @@ def grad_output_arg(grad_output, reduction, loss_shape):
     if upstream.shape != tuple(loss_shape):
         raise ValueError(f"grad_output: expected shape {tuple(loss_shape)} (the per-sample "
                          f"loss) or a scalar, got {upstream.shape}")
-    return np.ascontiguousarray(upstream.reshape(-1))
+    return np.require(upstream.reshape(-1), requirements="CA")  # aligned too
 
 
 def out_arg(out, shape, dtype, name="out"):
@@ -148,7 +148,8 @@ def periodic_factor(array, shape, dtype):
         leading_ones += 1
     factor = factor.reshape(factor.shape[leading_ones:])
     trailing = tuple(shape[len(shape) - factor.ndim:]) if factor.ndim else ()
-    period = np.ascontiguousarray(np.broadcast_to(factor, trailing), dtype=dtype).reshape(-1)
+    period = np.require(np.broadcast_to(factor, trailing), dtype=dtype,
+                        requirements="CA").reshape(-1)
     if period.size < MIN_PERIOD:
         period = np.tile(period, -(-MIN_PERIOD // period.size))
     return period

@@ -412,7 +412,7 @@ def _labels_arg(labels, n_rows):
             and labels.max() > np.iinfo(np.int64).max:
         # order-preserving into int64, so equality is kept
         labels = (labels - np.uint64(2**63)).view(np.int64)
-    return np.ascontiguousarray(labels, dtype=np.int64)
+    return np.require(labels, dtype=np.int64, requirements="CA")
 
 
 def _contrastive_pairwise(embeddings, labels, grad_output, pos_margin, neg_margin, metric,
@@ -545,7 +545,7 @@ def _pair_loss(loss_name, named, label, grad_output, metric, margin, p, eps, swa
         if label_array.shape != (n,):
             raise ValueError(f"label: expected shape ({n},) (one per pair of rows), "
                              f"got {label_array.shape}")
-        label_array = np.ascontiguousarray(label_array, dtype=np.float64)
+        label_array = np.require(label_array, dtype=np.float64, requirements="CA")
     per_row = np.empty(n) if reduction == "none" else None
     upstream = None
     targets = []

@@ -45,7 +45,8 @@ def _flat(array, shape, dtype):
     already is one)."""
     if array.shape != shape:
         array = np.broadcast_to(array, shape)
-    return np.ascontiguousarray(array, dtype=dtype).reshape(-1)
+    # contiguous, aligned and native (ascontiguousarray alone keeps a misaligned array)
+    return np.require(array, dtype=dtype, requirements="CA").reshape(-1)
 
 
 def _address(array):

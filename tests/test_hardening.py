@@ -368,3 +368,50 @@ def test_triplet_gradient_of_cancelling_unit_slopes_is_exactly_zero(dtype):
     assert np.all(ref_grads[0] == 0) and np.all(grads[0] == 0)
     for grad, ref in zip(grads, ref_grads):
         assert_close_contract(grad, ref, dtype, "grad")
+
+
+def misaligned(array):
+    """A copy of `array` whose data starts one byte past an element boundary."""
+    array = np.asarray(array)
+    raw = np.zeros(array.nbytes + 1, np.uint8)
+    view = np.ndarray(array.shape, array.dtype, buffer=raw, offset=1)
+    view[...] = array
+    assert not view.flags.aligned or array.itemsize == 1
+    return view
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_misaligned_inputs_are_copied_never_read_misaligned(dtype):
+    # Found by UBSan: a misaligned int64 target went to the kernel as it was
+    # (np.ascontiguousarray keeps a contiguous array's misalignment). Every argument the
+    # kernels read, misaligned, gives the aligned call's result bit for bit.
+    rng = np.random.default_rng(7)
+    logits = rng.standard_normal((9, 10)).astype(dtype)
+    target = rng.integers(0, 10, 9)
+    weight = rng.uniform(0.5, 1.5, 10).astype(dtype)
+    upstream = rng.uniform(0.5, 1.5, 9)
+    _, lse = fastloss.cross_entropy(logits, target, return_lse=True)
+    expected = fastloss.cross_entropy_grad(logits, target, upstream, weight=weight,
+                                           reduction="none", lse=lse)
+    got = fastloss.cross_entropy_grad(misaligned(logits), misaligned(target),
+                                      misaligned(upstream), weight=misaligned(weight),
+                                      reduction="none", lse=misaligned(lse))
+    assert bitwise_equal(got, expected)
+    pred, observed = rng.standard_normal((2, 64)).astype(dtype)
+    element_weight = rng.uniform(0.5, 1.5, 64).astype(dtype)
+    for name in ("mse", "huber", "bce_with_logits"):
+        function = getattr(fastloss, f"{name}_value_and_grad")
+        probability = 1 / (1 + np.exp(-observed)) if name == "bce_with_logits" else observed
+        expected = function(pred, probability, weight=element_weight)
+        got = function(misaligned(pred), misaligned(probability),
+                       weight=misaligned(element_weight))
+        assert bitwise_equal(got[0], expected[0]) and bitwise_equal(got[1], expected[1])
+    x = rng.standard_normal((12, 5)).astype(dtype)
+    labels = rng.integers(0, 3, 12)
+    expected = fastloss.contrastive_pairwise_value_and_grad(x, labels)
+    got = fastloss.contrastive_pairwise_value_and_grad(misaligned(x), misaligned(labels))
+    assert bitwise_equal(got[0], expected[0]) and bitwise_equal(got[1], expected[1])
+    pair_label = rng.integers(0, 2, 6).astype(dtype)
+    expected = fastloss.contrastive_value_and_grad(x[:6], x[6:], pair_label)
+    got = fastloss.contrastive_value_and_grad(x[:6], x[6:], misaligned(pair_label))
+    assert bitwise_equal(got[0], expected[0])
