@@ -72,10 +72,12 @@ FASTLOSS_INLINE void ROW(ce_small_sum)(const VAL *FASTLOSS_RESTRICT tile, fastlo
     ROW(ce_small_lanes_clear)(lanes, total);
     for (fastloss_index c = 0; c < full; ++c) {
         double *lane = lanes + (c % FASTLOSS_LANES) * CE_SMALL_ROWS;
+#pragma omp simd
         for (int r = 0; r < CE_SMALL_ROWS; ++r)
             lane[r] += (double)tile[c * CE_SMALL_ROWS + r];
     }
     for (fastloss_index c = full; c < n_classes; ++c)
+#pragma omp simd
         for (int r = 0; r < CE_SMALL_ROWS; ++r)
             total[r] += (double)tile[c * CE_SMALL_ROWS + r];
     ROW(ce_small_lanes_total)(lanes, total);
@@ -93,9 +95,11 @@ FASTLOSS_INLINE void ROW(ce_small_dist)(const VAL *FASTLOSS_RESTRICT tile, fastl
         double *sum = c < full ? lanes + (c % FASTLOSS_LANES) * CE_SMALL_ROWS : total;
         if (weight) {
             const double w = (double)weight[c];
+#pragma omp simd
             for (int r = 0; r < CE_SMALL_ROWS; ++r)
                 sum[r] += w * (double)(shift[r] - tile[c * CE_SMALL_ROWS + r]);
         } else {
+#pragma omp simd
             for (int r = 0; r < CE_SMALL_ROWS; ++r)
                 sum[r] += (double)(shift[r] - tile[c * CE_SMALL_ROWS + r]);
         }
@@ -143,6 +147,7 @@ static void ROW(ce_small_block)(const ce_call *call, const REAL *logits,
             shift_lo[r] = (VAL)(lse[r] - (double)shift[r]);
         }
         for (fastloss_index c = 0; c < n_classes; ++c)
+#pragma omp simd
             for (int r = 0; r < R; ++r)
                 tile[c * R + r] = VAL_EXP((tile[c * R + r] - shift[r]) - shift_lo[r]);
     } else {
@@ -150,6 +155,7 @@ static void ROW(ce_small_block)(const ce_call *call, const REAL *logits,
         for (int r = 0; r < R; ++r)
             max[r] = -(VAL)INFINITY;
         for (fastloss_index c = 0; c < n_classes; ++c)
+#pragma omp simd
             for (int r = 0; r < R; ++r)
                 max[r] = tile[c * R + r] > max[r] ? tile[c * R + r] : max[r];
         for (int r = 0; r < R; ++r)
@@ -160,6 +166,7 @@ static void ROW(ce_small_block)(const ce_call *call, const REAL *logits,
             for (int r = 0; r < R; ++r)
                 dist[r] = 0.0;
         for (fastloss_index c = 0; c < n_classes; ++c)
+#pragma omp simd
             for (int r = 0; r < R; ++r)
                 tile[c * R + r] = VAL_EXP_NONPOSITIVE(tile[c * R + r] - shift[r]);
         for (int r = 0; r < R; ++r)
@@ -252,11 +259,13 @@ static void ROW(ce_small_block)(const ce_call *call, const REAL *logits,
         for (int r = 0; r < R; ++r)
             factor_v[r] = (VAL)(factor[r] + factor_z[r]);
         for (fastloss_index c = 0; c < n_classes; ++c)
+#pragma omp simd
             for (int r = 0; r < R; ++r)
                 tile[c * R + r] = factor_v[r] * tile[c * R + r];
     } else {
         for (fastloss_index c = 0; c < n_classes; ++c) {
             const double w = weight ? (double)weight[c] : 1.0;
+#pragma omp simd
             for (int r = 0; r < R; ++r) {
                 const double e = (double)tile[c * R + r];
                 const double with_gamma = weight ? (factor[r] * e - gamma[r] * w) + factor_z[r] * e
