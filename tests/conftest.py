@@ -1,6 +1,7 @@
 """Shared fixtures. The loss table and the contract checks live in ``loss_specs.py``."""
 
 import os
+import random
 import sys
 import zlib
 
@@ -49,3 +50,38 @@ def restore_num_threads():
     saved = fastloss.get_num_threads()
     yield saved
     fastloss.set_num_threads(saved)
+
+
+# ----------------------------------------------------------------------------------------
+# The fuzz's seed (tests/test_fuzz.py): printed so that a random run can be replayed
+# ----------------------------------------------------------------------------------------
+
+def pytest_configure(config):
+    """FASTLOSS_FUZZ_EXAMPLES without FASTLOSS_FUZZ_SEED: draw the seed here, once, so that
+    test_fuzz.py reads the same one that the header and the failure reports print."""
+    if os.environ.get("FASTLOSS_FUZZ_EXAMPLES") and not os.environ.get("FASTLOSS_FUZZ_SEED"):
+        os.environ["FASTLOSS_FUZZ_SEED"] = str(random.SystemRandom().randrange(2**32))
+
+
+def _fuzz_replay():
+    """How this run's fuzz examples were drawn, and the command that draws them again."""
+    seed = os.environ.get("FASTLOSS_FUZZ_SEED", "").strip()
+    examples = os.environ.get("FASTLOSS_FUZZ_EXAMPLES", "150").strip()
+    if not seed:
+        return "fuzz: the fixed examples (derandomized, 150 per property)"
+    return (f"fuzz: {examples} random examples per property from seed {seed}; replay with "
+            f"FASTLOSS_FUZZ_SEED={seed} FASTLOSS_FUZZ_EXAMPLES={examples} "
+            f"python -m pytest tests/test_fuzz.py")
+
+
+def pytest_report_header(config):
+    return _fuzz_replay()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing fuzz test says how to replay it (the header is hidden under -q)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and item.module.__name__.endswith("test_fuzz"):
+        report.sections.append(("fuzz seed", _fuzz_replay()))

@@ -1,0 +1,151 @@
+"""The two absolute terms docs/accuracy.rst adds to the accuracy contract of loss_specs.py.
+
+``assert_close_contract`` bounds an error by ``rtol |r| + floor max|r|``.  Two cases need an
+absolute term as well, and the docs state both:
+
+- **A gradient whose reference is zero in every entry** (exactly, or up to its own
+  float64 rounding).  ``max|r|`` then says nothing about the size of the numbers the result was
+  computed from: a cosine gradient of rows of one feature is exactly 0, yet computed from
+  terms of size ``1 / |x|`` that cancel; the gradient of ``|x - y1| + |x - y2|`` with
+  ``y1 < x < y2`` is the cancellation of two unit slopes.  The result may then be a
+  rounding of those terms away from zero: ``16 u S`` (``zero_floor``).
+- **Losses that multiply matrices** (``info_nce``): the standard dot-product bound of its
+  products, carried through the loss and the normalisation's backward
+  (``info_nce_products_bound``).
+
+Neither widens a bound the contract already gives: the first applies only where that
+bound is 0, the second is the contract of ``info_nce`` as the docs write it.
+"""
+
+import numpy as np
+
+from fastloss import reference
+from loss_specs import CONTRACT
+
+#: unit roundoff u of each dtype (half an ulp of 1)
+UNIT_ROUNDOFF = {np.dtype(np.float32): 2.0**-24, np.dtype(np.float64): 2.0**-53}
+
+#: roundings of the scale S a zero result may carry (docs/accuracy.rst)
+ZERO_FLOOR_ROUNDINGS = 16
+
+#: F.normalize's eps: below it a row's normalisation is linear, x / eps
+NORMALIZE_EPS = 1e-12
+
+
+def _largest_finite(values, default=0.0):
+    values = np.abs(np.asarray(values, np.float64))
+    values = values[np.isfinite(values)]
+    return float(values.max()) if values.size else default
+
+
+def zero_floor(dtype, *, loss, wrt, grad_output=1.0):
+    """``16 u S`` of docs/accuracy.rst, elementwise, for a gradient whose reference is zero
+    in every entry (``u`` the unit roundoff of ``dtype``).
+
+    ``S = |grad_output| |L| / max(|x_i|, 1e-12)``: ``L`` the loss (its largest finite
+    entry), ``|x_i|`` the norm of the row of the differentiated input ``x`` (its last axis)
+    that the gradient entry belongs to.  A loss L of inputs of size |x| has gradients of
+    size L / |x|; a zero result is the cancellation of terms of that size (up to 1 / eps for
+    a zero row, where the normalisation of the cosine and info_nce is x / eps).
+    """
+    scale = _largest_finite(grad_output, 1.0) * _largest_finite(loss)
+    wrt = np.asarray(wrt, np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        norm = np.abs(wrt) if wrt.ndim == 0 else np.sqrt(np.sum(wrt * wrt, axis=-1,
+                                                                keepdims=True))
+    norm = np.where(np.isfinite(norm), norm, 1.0)
+    return (ZERO_FLOOR_ROUNDINGS * UNIT_ROUNDOFF[np.dtype(dtype)] * scale
+            / np.maximum(norm, NORMALIZE_EPS))
+
+
+def info_nce_products_bound(query, key, dtype, *, temperature, symmetric=False,
+                            reduction="mean", grad_output=1.0):
+    """docs/accuracy.rst's bound for info_nce's products: ``(loss, grad_query, grad_key)``,
+    each to be added to the contract's bound.
+
+    The similarities and their cross-entropy are computed in float64 for either dtype, so
+    the loss of each query may miss by ``2 gamma_D / tau`` with ``u = 2**-53`` (each
+    similarity by ``gamma_D |q^_i| |k^_j| / tau``, carried through ``sum_j |p_ij - [i = j]|
+    <= 2``), times N for ``reduction="sum"``. The backward products run in the inputs'
+    precision: each element of row i of the query's gradient may miss by
+    ``2 gamma_{M + D + 4} max_d sum_j |G_ij| |k^_jd| / (tau max(|q_i|, eps))``, ``G`` the
+    gradient with respect to the similarities (both halves when symmetric), and the key's
+    likewise with ``G^T`` and the query rows.
+    """
+    query = np.asarray(query, np.float64)
+    key = np.asarray(key, np.float64)
+    n_rows, dim = query.shape
+    q_unit, q_norm = reference._normalize(query)
+    k_unit, k_norm = reference._normalize(key)
+    similarities = q_unit @ k_unit.T / temperature
+    target = np.arange(n_rows)
+    if reduction == "mean":
+        row_scale = np.full(n_rows, float(grad_output) / max(n_rows, 1))
+    else:
+        row_scale = np.broadcast_to(np.asarray(grad_output, np.float64), (n_rows,))
+    half = 0.5 if symmetric else 1.0
+    weights = np.abs(reference.cross_entropy_grad(similarities, target, half * row_scale,
+                                                  reduction="none"))
+    if symmetric:
+        weights = weights + np.abs(reference.cross_entropy_grad(
+            similarities.T, target, half * row_scale, reduction="none")).T
+    loss_gamma = dim * UNIT_ROUNDOFF[np.dtype(np.float64)]
+    per_query = np.full(n_rows, 2.0 * loss_gamma / temperature)
+    loss = per_query if reduction == "none" else (
+        per_query.sum() if reduction == "sum" else per_query.mean() if n_rows else 0.0)
+    gamma = (similarities.shape[1] + dim + 4) * UNIT_ROUNDOFF[np.dtype(dtype)]
+    grads = []
+    for rows, other, norm in ((weights, np.abs(k_unit), q_norm),
+                              (weights.T, np.abs(q_unit), k_norm)):
+        terms = np.max(rows @ other, axis=1, keepdims=True) / temperature
+        grads.append(2.0 * gamma * terms / np.maximum(norm, NORMALIZE_EPS)[:, None])
+    return loss, grads[0], grads[1]
+
+
+def assert_close_at_scale(actual, ref, dtype, kind, *, loss=None, wrt=None, grad_output=1.0,
+                          products=0.0, what=None):
+    """The contract of docs/accuracy.rst for a ``kind`` ("loss" or "grad") result from
+    inputs of ``dtype``: ``rtol |r| + floor max|r|``, plus ``products`` (the bound of a
+    loss that multiplies matrices, or 0), plus ``zero_floor`` where the reference is zero
+    in every finite entry of a gradient, exactly or up to its own rounding (within the
+    float64 zero floor). NaN and infinities must match the reference exactly."""
+    actual = np.asarray(actual, np.float64)
+    ref = np.asarray(ref, np.float64)
+    what = what or kind
+    assert actual.shape == ref.shape, f"{what}: shape {actual.shape} != reference {ref.shape}"
+    nan_ref, nan_actual = np.isnan(ref), np.isnan(actual)
+    if not np.array_equal(nan_ref, nan_actual):
+        index = tuple(np.argwhere(nan_ref != nan_actual)[0])
+        raise AssertionError(f"{what}: NaN positions differ from the reference; first at "
+                             f"{index}: actual {actual[index]!r}, reference {ref[index]!r}")
+    infinite = np.isinf(ref)
+    if not np.array_equal(actual[infinite], ref[infinite]):
+        raise AssertionError(f"{what}: infinities differ from the reference")
+    finite = np.isfinite(ref)
+    if not finite.any():
+        return
+    tolerance = CONTRACT[(np.dtype(dtype), kind)]
+    largest = float(np.max(np.abs(ref[finite])))
+    absolute = np.asarray(products, np.float64)
+    zero_reference = False
+    if kind == "grad":
+        scale = dict(loss=loss, wrt=wrt, grad_output=grad_output)
+        with np.errstate(invalid="ignore"):
+            zero_reference = bool(np.all(~finite | (np.abs(ref) <= zero_floor(np.float64,
+                                                                              **scale))))
+        if zero_reference:
+            absolute = absolute + zero_floor(dtype, **scale)
+    bound = tolerance.rtol * np.abs(ref) + tolerance.floor * largest + absolute
+    with np.errstate(invalid="ignore"):
+        error = np.abs(actual - ref)
+    bad = finite & ~(error <= bound)
+    if bad.any():
+        ratio = np.where(bad, error / np.where(bound > 0, bound, np.finfo(float).tiny), 0.0)
+        worst = np.unravel_index(np.argmax(ratio), ratio.shape)
+        extra = (" + the zero floor" if zero_reference else "") + (
+            " + the products' bound" if np.any(products) else "")
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {ref.size} elements exceed the bound ({tolerance}"
+            f"{extra}); worst at {tuple(int(i) for i in worst)}: actual {actual[worst]!r}, "
+            f"reference {ref[worst]!r}, |error| {error[worst]:.3e} > bound "
+            f"{np.broadcast_to(bound, ref.shape)[worst]:.3e}")
