@@ -99,6 +99,8 @@ cdef inline double _nonnegative_real(object value, str name) except? -1.0:
 
 
 cdef inline int _reduction_code(object reduction) except -1:
+    if type(reduction) is not str:  # (an array's == would be elementwise)
+        reduction_arg(reduction)
     if reduction == "mean":
         return FASTLOSS_REDUCTION_MEAN
     if reduction == "sum":
@@ -201,7 +203,7 @@ def ce_call(int mode, object logits, object target, object weight, object ignore
 
     # -- target: class indices, or probabilities (which may promote the computation)
     if not cnp.PyArray_Check(target):
-        target = numpy.asarray(target)
+        target = as_array(target, "target")
     cdef cnp.ndarray target_array = <cnp.ndarray>target
     cdef object hard = None, soft = None
     kind = target_array.dtype.kind
@@ -239,7 +241,7 @@ def ce_call(int mode, object logits, object target, object weight, object ignore
 
     # -- weight
     if weight is not None:
-        weight = numpy.asarray(weight)
+        weight = as_array(weight, "weight")
         if weight.dtype.kind not in "fiu":
             raise TypeError(f"weight: expected real numbers, got dtype {weight.dtype}")
         if weight.shape != (n_classes,):
@@ -255,7 +257,11 @@ def ce_call(int mode, object logits, object target, object weight, object ignore
             grad_output_stride = 1
     cdef bint backward = mode == CE_GRAD and lse is not None
     if backward:
-        lse_in = numpy.asarray(lse, dtype=numpy.float64)
+        lse_in = as_array(lse, "lse")
+        if lse_in.dtype.kind not in "fiu":
+            raise TypeError(f"lse: expected real numbers (cross_entropy's return_lse), got "
+                            f"{lse!r:.80}")
+        lse_in = lse_in.astype(numpy.float64, copy=False)
         if lse_in.shape != loss_shape:
             raise ValueError(f"lse: expected shape {loss_shape}, got {lse_in.shape}")
         lse_in = numpy.require(lse_in.reshape(-1), requirements="CA")

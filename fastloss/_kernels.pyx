@@ -12,8 +12,8 @@ cimport numpy as cnp
 from libc.math cimport INFINITY
 from libc.stdint cimport int64_t
 
-from fastloss._validation import (float_array, grad_output_arg, integer_scalar, out_arg,
-                                  real_scalar, reduction_arg, rows_view)
+from fastloss._validation import (as_array, float_array, grad_output_arg, integer_scalar,
+                                  out_arg, real_scalar, reduction_arg, rows_view)
 
 from fastloss._common cimport *
 

@@ -10,13 +10,23 @@ import numpy as np
 REDUCTIONS = ("mean", "sum", "none")
 
 
+def as_array(value, name):
+    """np.asarray(value), with NumPy's own conversion errors (a ragged nested list, an
+    object NumPy cannot hold) raised again naming the argument."""
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"{name}: expected an array of numbers, got {type(value).__name__} "
+                          f"that NumPy cannot convert ({error})") from None
+
+
 def float_array(value, name):
     """`value` as a float32/float64 ndarray (native byte order, aligned).
 
     Integer, bool, float16, complex and object input raise TypeError: casting
     them silently would hide a bug in the caller.
     """
-    array = np.asarray(value)
+    array = as_array(value, name)
     if array.dtype.kind != "f" or array.dtype.itemsize not in (4, 8):
         raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {array.dtype}")
     if not array.dtype.isnative or not array.flags.aligned:
@@ -80,7 +90,11 @@ def grad_output_arg(grad_output, reduction, loss_shape):
     for reduction "none" (a scalar is broadcast), else a single value."""
     if isinstance(grad_output, np.ndarray) and grad_output.dtype.kind not in "fiu":
         raise TypeError(f"grad_output: expected real numbers, got dtype {grad_output.dtype}")
-    upstream = np.asarray(grad_output, dtype=np.float64)
+    upstream = as_array(grad_output, "grad_output")
+    if upstream.dtype.kind not in "biuf":  # a string, None, a complex number, any object
+        raise TypeError(f"grad_output: expected a real number or an array of them, got "
+                        f"{grad_output!r:.80}")
+    upstream = upstream.astype(np.float64, copy=False)
     if reduction != "none" or upstream.ndim == 0:
         if upstream.ndim != 0:
             raise ValueError(f"grad_output: expected a scalar for reduction {reduction!r}, "
@@ -107,7 +121,7 @@ def out_arg(out, shape, dtype, name="out"):
 
 def real_array(value, name):
     """`value` as an ndarray of real numbers (bool, integer or float dtype), else TypeError."""
-    array = np.asarray(value)
+    array = as_array(value, name)
     if array.dtype.kind not in "biuf":
         raise TypeError(f"{name}: expected real numbers, got dtype {array.dtype}")
     return array

@@ -38,6 +38,7 @@ import numpy as np
 from fastloss import _kernels
 from fastloss._config import resolve_num_threads
 from fastloss._validation import (
+    as_array,
     float_array,
     grad_output_arg,
     out_arg,
@@ -325,7 +326,11 @@ def _pairwise_distance(x, y, grad_output, metric, out, num_threads, want_value, 
     if want_grad:
         if isinstance(grad_output, np.ndarray) and grad_output.dtype.kind not in "fiu":
             raise TypeError(f"grad_output: expected real numbers, got dtype {grad_output.dtype}")
-        upstream = np.asarray(grad_output, dtype=np.float64)
+        upstream = as_array(grad_output, "grad_output")
+        if upstream.dtype.kind not in "biuf":  # a string, None, a complex number, any object
+            raise TypeError(f"grad_output: expected a real number or an array of them, got "
+                            f"{grad_output!r:.80}")
+        upstream = upstream.astype(np.float64, copy=False)
         if upstream.ndim == 0:
             # every entry of the matrix gets this gradient; symmetric: a pair twice
             scale = float(upstream) * (2.0 if y_rows is None else 1.0)
@@ -402,7 +407,7 @@ def pairwise_distance_value_and_grad(x, y=None, grad_output=1.0, *, metric="eucl
 # ----------------------------------------------------------------------------------------
 
 def _labels_arg(labels, n_rows):
-    labels = np.asarray(labels)
+    labels = as_array(labels, "labels")
     if labels.dtype.kind not in "biu":
         raise TypeError(f"labels: expected integer class labels, got dtype {labels.dtype}")
     if labels.shape != (n_rows,):
