@@ -12,9 +12,13 @@ absolute term as well, and the docs state both:
 - **Losses that multiply matrices** (``info_nce``): the standard dot-product bound of its
   products, carried through the loss and the normalisation's backward
   (``info_nce_products_bound``).
+- **Inputs that broadcast** (``triplet_margin``): their gradient is a sum of terms over
+  the broadcast axes, added in another order than torch's autograd (and the reference)
+  adds them; where the terms cancel, the two differ by a rounding of the terms' size
+  (``broadcast_sum_bound``).
 
-Neither widens a bound the contract already gives: the first applies only where that
-bound is 0, the second is the contract of ``info_nce`` as the docs write it.
+None widens a bound the contract already gives: the first applies only where that bound
+is 0, the others are the contract of those losses as the docs write it.
 """
 
 import numpy as np
@@ -102,11 +106,28 @@ def info_nce_products_bound(query, key, dtype, *, temperature, symmetric=False,
     return loss, grads[0], grads[1]
 
 
+def broadcast_sum_bound(dtype, input_shape, broadcast_shape, *, pairs, reduction,
+                        grad_output=1.0):
+    """docs/accuracy.rst's bound for the gradient of an input of ``input_shape`` broadcast
+    to ``broadcast_shape`` (0 where it is not broadcast): ``16 u n s`` with ``n`` the
+    terms each entry sums (``pairs`` distances the input is in, times the broadcast
+    elements), and ``s`` the largest term: the upstream gradient of a row (divided by
+    the rows for the mean) times a slope of at most 1 (a p-norm's, p >= 1)."""
+    input_shape, broadcast_shape = tuple(input_shape), tuple(broadcast_shape)
+    if input_shape == broadcast_shape:
+        return 0.0
+    n_rows = int(np.prod(broadcast_shape[:-1]))
+    summed = int(np.prod(broadcast_shape)) // max(int(np.prod(input_shape)), 1)
+    row_scale = _largest_finite(grad_output, 1.0) / (max(n_rows, 1) if reduction == "mean"
+                                                     else 1)
+    return ZERO_FLOOR_ROUNDINGS * UNIT_ROUNDOFF[np.dtype(dtype)] * pairs * summed * row_scale
+
+
 def assert_close_at_scale(actual, ref, dtype, kind, *, loss=None, wrt=None, grad_output=1.0,
-                          products=0.0, what=None):
+                          extra=0.0, what=None):
     """The contract of docs/accuracy.rst for a ``kind`` ("loss" or "grad") result from
-    inputs of ``dtype``: ``rtol |r| + floor max|r|``, plus ``products`` (the bound of a
-    loss that multiplies matrices, or 0), plus ``zero_floor`` where the reference is zero
+    inputs of ``dtype``: ``rtol |r| + floor max|r|``, plus ``extra`` (the bound of a loss
+    that multiplies matrices, or of a broadcast input's sum; or 0), plus ``zero_floor`` where the reference is zero
     in every finite entry of a gradient, exactly or up to its own rounding (within the
     float64 zero floor). NaN and infinities must match the reference exactly."""
     actual = np.asarray(actual, np.float64)
@@ -126,7 +147,7 @@ def assert_close_at_scale(actual, ref, dtype, kind, *, loss=None, wrt=None, grad
         return
     tolerance = CONTRACT[(np.dtype(dtype), kind)]
     largest = float(np.max(np.abs(ref[finite])))
-    absolute = np.asarray(products, np.float64)
+    absolute = np.asarray(extra, np.float64)
     zero_reference = False
     if kind == "grad":
         scale = dict(loss=loss, wrt=wrt, grad_output=grad_output)
@@ -143,7 +164,7 @@ def assert_close_at_scale(actual, ref, dtype, kind, *, loss=None, wrt=None, grad
         ratio = np.where(bad, error / np.where(bound > 0, bound, np.finfo(float).tiny), 0.0)
         worst = np.unravel_index(np.argmax(ratio), ratio.shape)
         extra = (" + the zero floor" if zero_reference else "") + (
-            " + the products' bound" if np.any(products) else "")
+            " + the loss's own bound" if np.any(extra) else "")
         raise AssertionError(
             f"{what}: {int(bad.sum())} of {ref.size} elements exceed the bound ({tolerance}"
             f"{extra}); worst at {tuple(int(i) for i in worst)}: actual {actual[worst]!r}, "

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 import fastloss
 from fastloss import reference
 
-from contract_floors import assert_close_at_scale, info_nce_products_bound
+from contract_floors import assert_close_at_scale, broadcast_sum_bound, info_nce_products_bound
 
 EXAMPLES = int(os.environ.get("FASTLOSS_FUZZ_EXAMPLES", "150"))
 # conftest.py turns FASTLOSS_FUZZ_EXAMPLES without a seed into a random seed (and prints it)
@@ -395,11 +395,16 @@ def test_fuzz_contrastive(call, fused):
     embeddings = [a for a in args if a.dtype.kind == "f" and a.ndim == 2]
     value_dtype = np.result_type(*embeddings)
     dtypes = [value_dtype] + [a.dtype for a in embeddings] if fused else [value_dtype]
-    # info_nce multiplies matrices: its contract adds the products' bound (docs/accuracy.rst)
-    products = [0.0] * len(wanted)
+    # the contracts of docs/accuracy.rst's own: info_nce multiplies matrices; a broadcast
+    # triplet_margin input sums its terms in another order than torch's
+    extra = [0.0] * len(wanted)
     if name == "info_nce":
-        products = info_nce_products_bound(*args, value_dtype, **ref_kwargs)[:len(wanted)]
+        extra = info_nce_products_bound(*args, value_dtype, **ref_kwargs)[:len(wanted)]
+    elif name == "triplet_margin" and fused:
+        shape = np.broadcast_shapes(*(a.shape for a in args))
+        extra = [0.0] + [broadcast_sum_bound(a.dtype, a.shape, shape, pairs=2,
+                                             reduction=kwargs["reduction"]) for a in args]
     for index, (got, want, dtype) in enumerate(zip(actual, wanted, dtypes)):
         assert_close_at_scale(got, want, dtype, "grad" if index else "loss", loss=wanted[0],
                               wrt=embeddings[index - 1] if index else None,
-                              products=products[index])
+                              extra=extra[index])
