@@ -100,6 +100,7 @@ typedef struct ce_row_coef {
      const double *grad_output, fastloss_index grad_output_stride, double *loss_per_row,     \
      double *lse_out, double *loss, REAL_T *grad, fastloss_index grad_row_stride)
 
+void fastloss_cross_entropy_select(int level); /* dispatch.c calls it */
 int fastloss_ce_run_float32_baseline FASTLOSS_CE_RUN_SIGNATURE(float);
 int fastloss_ce_run_float64_baseline FASTLOSS_CE_RUN_SIGNATURE(double);
 int fastloss_ce_run_float32_avx2 FASTLOSS_CE_RUN_SIGNATURE(float);

@@ -122,6 +122,7 @@ static inline double p_distance_slope(double v, double p, double distance, doubl
      uint64_t *direct_mask, uint64_t *nonzero_mask, double *loss, int64_t *n_recomputed,         \
      int64_t *n_direct, int64_t *n_nonzero)
 
+void fastloss_distance_select(int level); /* dispatch.c calls it */
 int fastloss_distance_matrix_float32_baseline FASTLOSS_DISTANCE_MATRIX_SIGNATURE(float);
 int fastloss_distance_matrix_float64_baseline FASTLOSS_DISTANCE_MATRIX_SIGNATURE(double);
 int fastloss_distance_matrix_float32_avx2 FASTLOSS_DISTANCE_MATRIX_SIGNATURE(float);

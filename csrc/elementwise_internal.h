@@ -80,6 +80,7 @@
      fastloss_index grad_output_stride, REAL_T *loss_per_element, double *loss, REAL_T *grad,  \
      REAL_T *grad_target)
 
+void fastloss_elementwise_select(int level); /* dispatch.c calls it */
 int fastloss_ew_run_float32_baseline FASTLOSS_EW_RUN_SIGNATURE(float);
 int fastloss_ew_run_float64_baseline FASTLOSS_EW_RUN_SIGNATURE(double);
 int fastloss_ew_run_float32_avx2 FASTLOSS_EW_RUN_SIGNATURE(float);
