@@ -47,6 +47,19 @@ enum fastloss_status {
 };
 
 /*
+ * Independent double accumulators of a sum: 8 lanes make one AVX2 vector of
+ * float32 converted to double twice (one AVX-512 vector of double), and fix the
+ * summation order for every ISA.  A sum adds element k to lane k % 8 and
+ * combines the lanes pairwise, in this order, whatever the ISA.
+ */
+#define FASTLOSS_LANES 8
+
+static inline double fastloss_lanes_total(const double *lane)
+{
+    return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+
+/*
  * Rows summed into one double before block partials are combined.  The
  * number of blocks depends on the number of rows alone, never on the thread
  * count, so every reduction gives the same bits for any num_threads.

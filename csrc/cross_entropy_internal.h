@@ -30,10 +30,6 @@
 #define CE_SMALL_MAX_CLASSES 64
 #endif
 
-/* Independent accumulators per reduction: 8 lanes make one AVX2 vector of
- * float32 (two of float64) and fix the summation order for every ISA. */
-#define FASTLOSS_LANES 8
-
 /* Per-chunk statistics kept while a row is processed (CE_CHUNK_FIELDS doubles each). */
 enum {
     CE_CHUNK_SHIFT = 0,  /* value subtracted before exp: the chunk max, or 0 if that is -inf */

@@ -20,9 +20,6 @@ _Static_assert(FASTLOSS_DISTANCE_TILE == 64, "one 64-bit mask word per tile row"
 /* lambda of the probabilistic bound above. */
 #define FASTLOSS_GRAM_LAMBDA 7.0
 
-/* Independent accumulators of the row sums: a fixed order that vectorises. */
-#define FASTLOSS_DISTANCE_LANES 8
-
 /* A ReLU that lets NaN through (as torch's relu and clamp_min do). */
 static inline double relu_nan(double value)
 {

@@ -37,10 +37,6 @@
 #define FASTLOSS_EW_TILE 128
 #endif
 
-/* Independent float64 accumulators for a block's sum: one AVX2 vector of
- * float32 converted to double makes two of them.  Fixed for every ISA. */
-#define FASTLOSS_EW_LANES 8
-
 /*
  * The three versions of a tile's loop -- loss and slope, loss only, slope only --
  * so that each vectorises with no test inside.  Used inside the tile functions
