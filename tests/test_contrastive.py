@@ -28,6 +28,7 @@ from loss_specs import (
     assert_loss_type,
     bitwise_equal,
     call_unmodified,
+    directional_derivative,
     dtype_id,
     random_embeddings,
 )
@@ -323,14 +324,6 @@ def test_matches_torch(family, variant, reduction, dtype, rng):
 # ----------------------------------------------------------------------------------------
 # Finite differences (float64): the reference and the kernels
 # ----------------------------------------------------------------------------------------
-
-def directional_derivative(function, arrays, directions, step=1e-4):
-    """Fourth-order central difference of ``function(*arrays)`` along ``directions``."""
-    def at(t):
-        return function(*[a + t * d for a, d in zip(arrays, directions)])
-
-    return (-at(2 * step) + 8 * at(step) - 8 * at(-step) + at(-2 * step)) / (12 * step)
-
 
 @pytest.mark.parametrize("source", ["reference", "fastloss"])
 @pytest.mark.parametrize("family, variant, reduction", FAMILY_VARIANT_REDUCTIONS)
