@@ -19,6 +19,7 @@ from setuptools.command.build_ext import build_ext
 
 C_SOURCES = [
     "csrc/common.c",
+    "csrc/dispatch.c",
     "csrc/cross_entropy.c",
     "csrc/cross_entropy_avx2.c",
     "csrc/cross_entropy_avx512.c",

@@ -2,7 +2,7 @@
 
     python -m pytest benchmarks/ --benchmark-only
 
-The cases are those of ``fastloss bench`` (fastloss/bench.py), one set for both:
+The cases are those of ``fastloss bench`` (fastloss/bench/_cases.py), one set for both:
 
 - the large group, ``bench.CROSS_ENTROPY``: N=1024, C=50257 by default (N=4096 with
   FASTLOSS_BENCH_FULL=1, the size at which BENCHMARKS.md's targets are judged): the fused

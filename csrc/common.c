@@ -104,10 +104,20 @@ static int simd_choice = -1;
 
 int fastloss_simd_level(void)
 {
-    if (simd_choice < 0)
+    if (simd_choice < 0) {
         simd_choice = detect_simd_level();
+        fastloss_select_kernels(simd_choice);
+    }
     return simd_choice;
 }
+
+#if defined(__GNUC__) || defined(__clang__)
+/* Detect and fill the dispatch tables when the library loads, before any call. */
+__attribute__((constructor)) static void fastloss_choose_at_load(void)
+{
+    (void)fastloss_simd_level();
+}
+#endif
 
 static const char *const simd_names[] = {"baseline", "avx2", "avx512"};
 
@@ -122,6 +132,7 @@ int fastloss_set_simd_path(const char *name)
     for (int level = FASTLOSS_SIMD_BASELINE; level <= FASTLOSS_SIMD_AVX512; ++level) {
         if (strcmp(name, simd_names[level]) == 0 && level <= best) {
             simd_choice = level;
+            fastloss_select_kernels(level);
             return 0;
         }
     }

@@ -47,6 +47,19 @@ enum fastloss_status {
 };
 
 /*
+ * Independent double accumulators of a sum: 8 lanes make one AVX2 vector of
+ * float32 converted to double twice (one AVX-512 vector of double), and fix the
+ * summation order for every ISA.  A sum adds element k to lane k % 8 and
+ * combines the lanes pairwise, in this order, whatever the ISA.
+ */
+#define FASTLOSS_LANES 8
+
+static inline double fastloss_lanes_total(const double *lane)
+{
+    return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+
+/*
  * Rows summed into one double before block partials are combined.  The
  * number of blocks depends on the number of rows alone, never on the thread
  * count, so every reduction gives the same bits for any num_threads.
@@ -107,6 +120,30 @@ enum fastloss_simd {
 int fastloss_simd_level(void);
 const char *fastloss_simd_path(void);
 int fastloss_set_simd_path(const char *name);
+
+/*
+ * Dispatch is a table, filled once: each family keeps its kernels as function
+ * pointers (FASTLOSS_PICK below gives the widest of a kernel's builds that the
+ * level allows), and fastloss_select_kernels(level) refills every family's
+ * table.  It runs when the library loads (a constructor, where the compiler
+ * has them), at the first fastloss_simd_level() otherwise, and again from
+ * fastloss_set_simd_path; the entry points then call through their table, with
+ * no level test.  (dispatch.c knows the families.)
+ */
+void fastloss_select_kernels(int level);
+
+#ifdef FASTLOSS_HAVE_AVX512
+#define FASTLOSS_PICK_AVX512(name, level) (level) >= FASTLOSS_SIMD_AVX512 ? name##_avx512 :
+#else
+#define FASTLOSS_PICK_AVX512(name, level)
+#endif
+#ifdef FASTLOSS_HAVE_AVX2
+#define FASTLOSS_PICK_AVX2(name, level) (level) >= FASTLOSS_SIMD_AVX2 ? name##_avx2 :
+#else
+#define FASTLOSS_PICK_AVX2(name, level)
+#endif
+#define FASTLOSS_PICK(name, level) \
+    (FASTLOSS_PICK_AVX512(name, level) FASTLOSS_PICK_AVX2(name, level) name##_baseline)
 
 #ifdef __cplusplus
 }

@@ -38,25 +38,18 @@
 #define FASTLOSS_ISA baseline
 #include "cross_entropy_impl.h"
 
-/* The widest kernel set this CPU and build support (fastloss_simd_level). */
-#ifdef FASTLOSS_HAVE_AVX512
-#define FL_CALL_AVX512(real_tag, ...)                                  \
-    if (fastloss_simd_level() == FASTLOSS_SIMD_AVX512)                 \
-        return fastloss_ce_run_##real_tag##_avx512(__VA_ARGS__);
-#else
-#define FL_CALL_AVX512(real_tag, ...)
-#endif
-#ifdef FASTLOSS_HAVE_AVX2
-#define FL_CALL_AVX2(real_tag, ...)                                    \
-    if (fastloss_simd_level() == FASTLOSS_SIMD_AVX2)                   \
-        return fastloss_ce_run_##real_tag##_avx2(__VA_ARGS__);
-#else
-#define FL_CALL_AVX2(real_tag, ...)
-#endif
-#define FL_DISPATCH(real_tag, ...)                                     \
-    FL_CALL_AVX512(real_tag, __VA_ARGS__)                              \
-    FL_CALL_AVX2(real_tag, __VA_ARGS__)                                \
-    return fastloss_ce_run_##real_tag##_baseline(__VA_ARGS__)
+/* The kernels this CPU runs best: fastloss_cross_entropy_select fills the table
+ * (see fastloss_select_kernels); baseline until then. */
+static struct {
+    int (*run_float32) FASTLOSS_CE_RUN_SIGNATURE(float);
+    int (*run_float64) FASTLOSS_CE_RUN_SIGNATURE(double);
+} ce_kernels = {fastloss_ce_run_float32_baseline, fastloss_ce_run_float64_baseline};
+
+void fastloss_cross_entropy_select(int level)
+{
+    ce_kernels.run_float32 = FASTLOSS_PICK(fastloss_ce_run_float32, level);
+    ce_kernels.run_float64 = FASTLOSS_PICK(fastloss_ce_run_float64, level);
+}
 
 int fastloss_cross_entropy_forward_float32(const fastloss_ce_options *options, const float *logits,
                                            fastloss_index logits_row_stride, const int64_t *target,
@@ -65,7 +58,7 @@ int fastloss_cross_entropy_forward_float32(const fastloss_ce_options *options, c
                                            const float *weight, double *loss_per_row, double *lse,
                                            double *loss)
 {
-    FL_DISPATCH(float32, options, logits, logits_row_stride, target, soft_target,
+    return ce_kernels.run_float32(options, logits, logits_row_stride, target, soft_target,
                        soft_target_row_stride, weight, NULL, NULL, 0, loss_per_row, lse, loss,
                        NULL, 0);
 }
@@ -77,7 +70,7 @@ int fastloss_cross_entropy_forward_float64(const fastloss_ce_options *options, c
                                            const double *weight, double *loss_per_row, double *lse,
                                            double *loss)
 {
-    FL_DISPATCH(float64, options, logits, logits_row_stride, target, soft_target,
+    return ce_kernels.run_float64(options, logits, logits_row_stride, target, soft_target,
                        soft_target_row_stride, weight, NULL, NULL, 0, loss_per_row, lse, loss,
                        NULL, 0);
 }
@@ -91,7 +84,7 @@ int fastloss_cross_entropy_backward_float32(const fastloss_ce_options *options, 
                                             fastloss_index grad_output_stride, float *grad,
                                             fastloss_index grad_row_stride)
 {
-    FL_DISPATCH(float32, options, logits, logits_row_stride, target, soft_target,
+    return ce_kernels.run_float32(options, logits, logits_row_stride, target, soft_target,
                        soft_target_row_stride, weight, lse, grad_output, grad_output_stride, NULL,
                        NULL, NULL, grad, grad_row_stride);
 }
@@ -105,7 +98,7 @@ int fastloss_cross_entropy_backward_float64(const fastloss_ce_options *options, 
                                             fastloss_index grad_output_stride, double *grad,
                                             fastloss_index grad_row_stride)
 {
-    FL_DISPATCH(float64, options, logits, logits_row_stride, target, soft_target,
+    return ce_kernels.run_float64(options, logits, logits_row_stride, target, soft_target,
                        soft_target_row_stride, weight, lse, grad_output, grad_output_stride, NULL,
                        NULL, NULL, grad, grad_row_stride);
 }
@@ -116,7 +109,7 @@ int fastloss_cross_entropy_value_and_grad_float32(
     const float *weight, const double *grad_output, fastloss_index grad_output_stride,
     double *loss_per_row, double *lse, double *loss, float *grad, fastloss_index grad_row_stride)
 {
-    FL_DISPATCH(float32, options, logits, logits_row_stride, target, soft_target,
+    return ce_kernels.run_float32(options, logits, logits_row_stride, target, soft_target,
                        soft_target_row_stride, weight, NULL, grad_output, grad_output_stride,
                        loss_per_row, lse, loss, grad, grad_row_stride);
 }
@@ -127,7 +120,7 @@ int fastloss_cross_entropy_value_and_grad_float64(
     const double *weight, const double *grad_output, fastloss_index grad_output_stride,
     double *loss_per_row, double *lse, double *loss, double *grad, fastloss_index grad_row_stride)
 {
-    FL_DISPATCH(float64, options, logits, logits_row_stride, target, soft_target,
+    return ce_kernels.run_float64(options, logits, logits_row_stride, target, soft_target,
                        soft_target_row_stride, weight, NULL, grad_output, grad_output_stride,
                        loss_per_row, lse, loss, grad, grad_row_stride);
 }

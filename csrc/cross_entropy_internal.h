@@ -30,10 +30,6 @@
 #define CE_SMALL_MAX_CLASSES 64
 #endif
 
-/* Independent accumulators per reduction: 8 lanes make one AVX2 vector of
- * float32 (two of float64) and fix the summation order for every ISA. */
-#define FASTLOSS_LANES 8
-
 /* Per-chunk statistics kept while a row is processed (CE_CHUNK_FIELDS doubles each). */
 enum {
     CE_CHUNK_SHIFT = 0,  /* value subtracted before exp: the chunk max, or 0 if that is -inf */
@@ -100,6 +96,7 @@ typedef struct ce_row_coef {
      const double *grad_output, fastloss_index grad_output_stride, double *loss_per_row,     \
      double *lse_out, double *loss, REAL_T *grad, fastloss_index grad_row_stride)
 
+void fastloss_cross_entropy_select(int level); /* dispatch.c calls it */
 int fastloss_ce_run_float32_baseline FASTLOSS_CE_RUN_SIGNATURE(float);
 int fastloss_ce_run_float64_baseline FASTLOSS_CE_RUN_SIGNATURE(double);
 int fastloss_ce_run_float32_avx2 FASTLOSS_CE_RUN_SIGNATURE(float);

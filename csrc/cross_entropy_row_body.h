@@ -60,11 +60,10 @@ FASTLOSS_INLINE VAL ROW(ce_exp_next_max)(const VAL *values, fastloss_index n, VA
     return rest > next_max ? rest : next_max;
 }
 
-/* Sum in float64 with FASTLOSS_LANES accumulators combined pairwise. */
+/* Sum in float64 with FASTLOSS_LANES accumulators combined pairwise, then the tail. */
 FASTLOSS_INLINE double ROW(ce_lane_total)(const double *lane, double tail)
 {
-    return (((lane[0] + lane[1]) + (lane[2] + lane[3])) +
-            ((lane[4] + lane[5]) + (lane[6] + lane[7]))) + tail;
+    return fastloss_lanes_total(lane) + tail;
 }
 
 FASTLOSS_INLINE double ROW(ce_sum)(const VAL *FASTLOSS_RESTRICT values, fastloss_index n)

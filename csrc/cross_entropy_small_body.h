@@ -52,7 +52,8 @@ FASTLOSS_INLINE void ROW(ce_small_lanes_clear)(double *FASTLOSS_RESTRICT lanes,
         total[r] = 0.0;
 }
 
-/* total[r] = the lanes' accumulators combined as ce_lane_total, then the tail. */
+/* total[r] = the lanes' accumulators combined as fastloss_lanes_total (the same
+ * order, written across the rows), then the tail. */
 FASTLOSS_INLINE void ROW(ce_small_lanes_total)(const double *FASTLOSS_RESTRICT lanes,
                                                double *FASTLOSS_RESTRICT total)
 {

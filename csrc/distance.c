@@ -97,29 +97,31 @@
 #undef REAL
 #undef REAL_NAME
 
-/* The pass and the sparse product: the widest build this CPU runs (fastloss_simd_level). */
-#ifdef FASTLOSS_HAVE_AVX512
-#define FL_CALL_AVX512(name, real_tag, ...)                            \
-    if (fastloss_simd_level() == FASTLOSS_SIMD_AVX512)                 \
-        return name##_##real_tag##_avx512(__VA_ARGS__);
-#else
-#define FL_CALL_AVX512(name, real_tag, ...)
-#endif
-#ifdef FASTLOSS_HAVE_AVX2
-#define FL_CALL_AVX2(name, real_tag, ...)                              \
-    if (fastloss_simd_level() == FASTLOSS_SIMD_AVX2)                   \
-        return name##_##real_tag##_avx2(__VA_ARGS__);
-#else
-#define FL_CALL_AVX2(name, real_tag, ...)
-#endif
-#define FL_DISPATCH(name, real_tag, ...)                               \
-    FL_CALL_AVX512(name, real_tag, __VA_ARGS__)                        \
-    FL_CALL_AVX2(name, real_tag, __VA_ARGS__)                          \
-    return name##_##real_tag##_baseline(__VA_ARGS__)
+/* The pass and the sparse product this CPU runs best: fastloss_distance_select fills
+ * the table (see fastloss_select_kernels); baseline until then. */
+static struct {
+    int (*matrix_float32) FASTLOSS_DISTANCE_MATRIX_SIGNATURE(float);
+    int (*matrix_float64) FASTLOSS_DISTANCE_MATRIX_SIGNATURE(double);
+    int (*sparse_product_float32) FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE(float);
+    int (*sparse_product_float64) FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE(double);
+} distance_kernels = {fastloss_distance_matrix_float32_baseline,
+                      fastloss_distance_matrix_float64_baseline,
+                      fastloss_distance_sparse_product_float32_baseline,
+                      fastloss_distance_sparse_product_float64_baseline};
+
+void fastloss_distance_select(int level)
+{
+    distance_kernels.matrix_float32 = FASTLOSS_PICK(fastloss_distance_matrix_float32, level);
+    distance_kernels.matrix_float64 = FASTLOSS_PICK(fastloss_distance_matrix_float64, level);
+    distance_kernels.sparse_product_float32 =
+        FASTLOSS_PICK(fastloss_distance_sparse_product_float32, level);
+    distance_kernels.sparse_product_float64 =
+        FASTLOSS_PICK(fastloss_distance_sparse_product_float64, level);
+}
 
 int fastloss_distance_matrix_float32 FASTLOSS_DISTANCE_MATRIX_SIGNATURE(float)
 {
-    FL_DISPATCH(fastloss_distance_matrix, float32, options, x, x_row_stride, y, y_row_stride,
+    return distance_kernels.matrix_float32(options, x, x_row_stride, y, y_row_stride,
                 x_norm, y_norm, gram, gram_row_stride, direct_coef, direct_coef_row_stride,
                 labels, grad_output,
                 grad_output_row_stride, grad_output_col_stride, value, value_row_stride, coef,
@@ -129,7 +131,7 @@ int fastloss_distance_matrix_float32 FASTLOSS_DISTANCE_MATRIX_SIGNATURE(float)
 
 int fastloss_distance_matrix_float64 FASTLOSS_DISTANCE_MATRIX_SIGNATURE(double)
 {
-    FL_DISPATCH(fastloss_distance_matrix, float64, options, x, x_row_stride, y, y_row_stride,
+    return distance_kernels.matrix_float64(options, x, x_row_stride, y, y_row_stride,
                 x_norm, y_norm, gram, gram_row_stride, direct_coef, direct_coef_row_stride,
                 labels, grad_output,
                 grad_output_row_stride, grad_output_col_stride, value, value_row_stride, coef,
@@ -139,14 +141,14 @@ int fastloss_distance_matrix_float64 FASTLOSS_DISTANCE_MATRIX_SIGNATURE(double)
 
 int fastloss_distance_sparse_product_float32 FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE(float)
 {
-    FL_DISPATCH(fastloss_distance_sparse_product, float32, options, nonzero_mask,
+    return distance_kernels.sparse_product_float32(options, nonzero_mask,
                 mask_row_words, coef, coef_row_stride, rows, rows_row_stride, product,
                 product_row_stride);
 }
 
 int fastloss_distance_sparse_product_float64 FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE(double)
 {
-    FL_DISPATCH(fastloss_distance_sparse_product, float64, options, nonzero_mask,
+    return distance_kernels.sparse_product_float64(options, nonzero_mask,
                 mask_row_words, coef, coef_row_stride, rows, rows_row_stride, product,
                 product_row_stride);
 }

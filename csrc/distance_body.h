@@ -36,12 +36,12 @@ void REAL_NAME(fastloss_distance_prepare_rows)(const fastloss_distance_rows_opti
                 out[k] = (double)row[k] / denominator;
             norm[i] = length;
         } else {
-            double lane[FASTLOSS_DISTANCE_LANES] = {0.0};
+            double lane[FASTLOSS_LANES] = {0.0};
             for (fastloss_index k = 0; k < dim; ++k) {
                 out[k] = (double)row[k] - shift[k];
-                lane[k % FASTLOSS_DISTANCE_LANES] += out[k] * out[k];
+                lane[k % FASTLOSS_LANES] += out[k] * out[k];
             }
-            norm[i] = REAL_NAME(lanes_total)(lane);
+            norm[i] = fastloss_lanes_total(lane);
         }
         if (prepared_real) {
             REAL *out_real = prepared_real + i * dim;
@@ -161,10 +161,10 @@ void REAL_NAME(fastloss_distance_normalize_backward)(const fastloss_distance_row
         const double *g = grad_normalized + i * dim;
         REAL *out = grad + i * grad_row_stride;
         if (norm[i] >= eps) {
-            double lane[FASTLOSS_DISTANCE_LANES] = {0.0};
+            double lane[FASTLOSS_LANES] = {0.0};
             for (fastloss_index k = 0; k < dim; ++k)
-                lane[k % FASTLOSS_DISTANCE_LANES] += unit[k] * g[k];
-            const double along = REAL_NAME(lanes_total)(lane);
+                lane[k % FASTLOSS_LANES] += unit[k] * g[k];
+            const double along = fastloss_lanes_total(lane);
             for (fastloss_index k = 0; k < dim; ++k)
                 out[k] = (REAL)((g[k] - unit[k] * along) / norm[i]);
         } else {
@@ -286,13 +286,13 @@ static inline double REAL_NAME(p_distance)(const REAL *a, const REAL *b, double 
         }
         return extreme;
     }
-    double lane[FASTLOSS_DISTANCE_LANES] = {0.0};
+    double lane[FASTLOSS_LANES] = {0.0};
     for (fastloss_index k = 0; k < n; ++k) {
         const double v = fabs((double)a[k] - (double)b[k] + eps);
-        lane[k % FASTLOSS_DISTANCE_LANES] += p == 1.0 ? v : p == 0.0 ? (double)(v != 0.0)
+        lane[k % FASTLOSS_LANES] += p == 1.0 ? v : p == 0.0 ? (double)(v != 0.0)
                                                                      : pow(v, p);
     }
-    const double total = REAL_NAME(lanes_total)(lane);
+    const double total = fastloss_lanes_total(lane);
     return p == 1.0 || p == 0.0 ? total : pow(total, 1.0 / p);
 }
 

@@ -20,9 +20,6 @@ _Static_assert(FASTLOSS_DISTANCE_TILE == 64, "one 64-bit mask word per tile row"
 /* lambda of the probabilistic bound above. */
 #define FASTLOSS_GRAM_LAMBDA 7.0
 
-/* Independent accumulators of the row sums: a fixed order that vectorises. */
-#define FASTLOSS_DISTANCE_LANES 8
-
 /* A ReLU that lets NaN through (as torch's relu and clamp_min do). */
 static inline double relu_nan(double value)
 {
@@ -122,6 +119,7 @@ static inline double p_distance_slope(double v, double p, double distance, doubl
      uint64_t *direct_mask, uint64_t *nonzero_mask, double *loss, int64_t *n_recomputed,         \
      int64_t *n_direct, int64_t *n_nonzero)
 
+void fastloss_distance_select(int level); /* dispatch.c calls it */
 int fastloss_distance_matrix_float32_baseline FASTLOSS_DISTANCE_MATRIX_SIGNATURE(float);
 int fastloss_distance_matrix_float64_baseline FASTLOSS_DISTANCE_MATRIX_SIGNATURE(double);
 int fastloss_distance_matrix_float32_avx2 FASTLOSS_DISTANCE_MATRIX_SIGNATURE(float);

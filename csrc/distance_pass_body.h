@@ -421,15 +421,15 @@ int REAL_NAME(fastloss_distance_matrix)(
                     lane_t[k] = inside ? (double)stored * pair_distance[k] : 0.0;
                     lane_loss[k] = inside ? pair_value[k] : 0.0;
                 }
-                double row_sum[FASTLOSS_DISTANCE_LANES] = {0.0}, row_dsum[FASTLOSS_DISTANCE_LANES] = {0.0};
-                double row_loss[FASTLOSS_DISTANCE_LANES] = {0.0};
-                for (fastloss_index b = 0; b < FASTLOSS_DISTANCE_TILE; b += FASTLOSS_DISTANCE_LANES)
-                    for (int l = 0; l < FASTLOSS_DISTANCE_LANES; ++l) {
+                double row_sum[FASTLOSS_LANES] = {0.0}, row_dsum[FASTLOSS_LANES] = {0.0};
+                double row_loss[FASTLOSS_LANES] = {0.0};
+                for (fastloss_index b = 0; b < FASTLOSS_DISTANCE_TILE; b += FASTLOSS_LANES)
+                    for (int l = 0; l < FASTLOSS_LANES; ++l) {
                         row_sum[l] += lane_w[b + l];
                         row_dsum[l] += lane_t[b + l];
                         row_loss[l] += lane_loss[b + l];
                     }
-                loss_sum += REAL_NAME(lanes_total)(row_loss);
+                loss_sum += fastloss_lanes_total(row_loss);
                 if (value) {
                     REAL *value_row = value + i * value_row_stride;
                     REAL *tile_value_row = tile_value + (i - i0) * FASTLOSS_DISTANCE_TILE;
@@ -441,8 +441,8 @@ int REAL_NAME(fastloss_distance_matrix)(
                 }
                 if (!coef)
                     continue;
-                row_w[i - i0] = REAL_NAME(lanes_total)(row_sum);
-                row_t[i - i0] = REAL_NAME(lanes_total)(row_dsum);
+                row_w[i - i0] = fastloss_lanes_total(row_sum);
+                row_t[i - i0] = fastloss_lanes_total(row_dsum);
                 for (fastloss_index k = 0; k < FASTLOSS_DISTANCE_TILE; ++k) {
                     col_w[k] += lane_w[k];
                     col_t[k] += lane_t[k];

@@ -6,23 +6,18 @@
  */
 
 /* ---------------------------------------------------------------------------
- * Row helpers: double sums over FASTLOSS_DISTANCE_LANES accumulators, combined
+ * Row helpers: double sums over FASTLOSS_LANES accumulators, combined
  * in a fixed order (the same bits on every run, and loops that vectorise).
  * ------------------------------------------------------------------------- */
-
-static inline double REAL_NAME(lanes_total)(const double *lane)
-{
-    return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
-}
 
 /* sum_k (a_k a_scale - b_k b_scale + shift)**2 */
 static inline double REAL_NAME(squared_difference)(const REAL *a, double a_scale, const REAL *b,
                                                    double b_scale, double shift, fastloss_index n)
 {
-    double lane[FASTLOSS_DISTANCE_LANES] = {0.0};
+    double lane[FASTLOSS_LANES] = {0.0};
     fastloss_index k = 0;
-    for (; k + FASTLOSS_DISTANCE_LANES <= n; k += FASTLOSS_DISTANCE_LANES)
-        for (int l = 0; l < FASTLOSS_DISTANCE_LANES; ++l) {
+    for (; k + FASTLOSS_LANES <= n; k += FASTLOSS_LANES)
+        for (int l = 0; l < FASTLOSS_LANES; ++l) {
             const double v = (double)a[k + l] * a_scale - (double)b[k + l] * b_scale + shift;
             lane[l] += v * v;
         }
@@ -30,20 +25,20 @@ static inline double REAL_NAME(squared_difference)(const REAL *a, double a_scale
         const double v = (double)a[k] * a_scale - (double)b[k] * b_scale + shift;
         lane[l] += v * v;
     }
-    return REAL_NAME(lanes_total)(lane);
+    return fastloss_lanes_total(lane);
 }
 
 /* sum_k a_k b_k */
 static inline double REAL_NAME(dot)(const REAL *a, const REAL *b, fastloss_index n)
 {
-    double lane[FASTLOSS_DISTANCE_LANES] = {0.0};
+    double lane[FASTLOSS_LANES] = {0.0};
     fastloss_index k = 0;
-    for (; k + FASTLOSS_DISTANCE_LANES <= n; k += FASTLOSS_DISTANCE_LANES)
-        for (int l = 0; l < FASTLOSS_DISTANCE_LANES; ++l)
+    for (; k + FASTLOSS_LANES <= n; k += FASTLOSS_LANES)
+        for (int l = 0; l < FASTLOSS_LANES; ++l)
             lane[l] += (double)a[k + l] * (double)b[k + l];
     for (int l = 0; k < n; ++k, ++l)
         lane[l] += (double)a[k] * (double)b[k];
-    return REAL_NAME(lanes_total)(lane);
+    return fastloss_lanes_total(lane);
 }
 
 /*
@@ -57,10 +52,10 @@ static inline double REAL_NAME(cosine_distance)(const REAL *a, double a_norm, co
     if (a_norm >= eps && b_norm >= eps) {
         /* divisions, as the unit rows are made: no product to fuse into an FMA, so
          * equal rows give exactly 0 in every build */
-        double lane[FASTLOSS_DISTANCE_LANES] = {0.0};
+        double lane[FASTLOSS_LANES] = {0.0};
         fastloss_index k = 0;
-        for (; k + FASTLOSS_DISTANCE_LANES <= n; k += FASTLOSS_DISTANCE_LANES)
-            for (int l = 0; l < FASTLOSS_DISTANCE_LANES; ++l) {
+        for (; k + FASTLOSS_LANES <= n; k += FASTLOSS_LANES)
+            for (int l = 0; l < FASTLOSS_LANES; ++l) {
                 const double v = (double)a[k + l] / a_norm - (double)b[k + l] / b_norm;
                 lane[l] += v * v;
             }
@@ -68,7 +63,7 @@ static inline double REAL_NAME(cosine_distance)(const REAL *a, double a_norm, co
             const double v = (double)a[k] / a_norm - (double)b[k] / b_norm;
             lane[l] += v * v;
         }
-        return 0.5 * REAL_NAME(lanes_total)(lane);
+        return 0.5 * fastloss_lanes_total(lane);
     }
     const double a_scale = 1.0 / (a_norm >= eps ? a_norm : eps);
     const double b_scale = 1.0 / (b_norm >= eps ? b_norm : eps);

@@ -40,32 +40,25 @@
 #define FASTLOSS_ISA baseline
 #include "elementwise_impl.h"
 
-/* The widest kernel set this CPU and build support (fastloss_simd_level). */
-#ifdef FASTLOSS_HAVE_AVX512
-#define FL_EW_CALL_AVX512(real_tag, ...)                               \
-    if (fastloss_simd_level() == FASTLOSS_SIMD_AVX512)                 \
-        return fastloss_ew_run_##real_tag##_avx512(__VA_ARGS__);
-#else
-#define FL_EW_CALL_AVX512(real_tag, ...)
-#endif
-#ifdef FASTLOSS_HAVE_AVX2
-#define FL_EW_CALL_AVX2(real_tag, ...)                                 \
-    if (fastloss_simd_level() == FASTLOSS_SIMD_AVX2)                   \
-        return fastloss_ew_run_##real_tag##_avx2(__VA_ARGS__);
-#else
-#define FL_EW_CALL_AVX2(real_tag, ...)
-#endif
-#define FL_EW_DISPATCH(real_tag, ...)                                  \
-    FL_EW_CALL_AVX512(real_tag, __VA_ARGS__)                           \
-    FL_EW_CALL_AVX2(real_tag, __VA_ARGS__)                             \
-    return fastloss_ew_run_##real_tag##_baseline(__VA_ARGS__)
+/* The kernels this CPU runs best: fastloss_elementwise_select fills the table
+ * (see fastloss_select_kernels); baseline until then. */
+static struct {
+    int (*run_float32) FASTLOSS_EW_RUN_SIGNATURE(float);
+    int (*run_float64) FASTLOSS_EW_RUN_SIGNATURE(double);
+} ew_kernels = {fastloss_ew_run_float32_baseline, fastloss_ew_run_float64_baseline};
+
+void fastloss_elementwise_select(int level)
+{
+    ew_kernels.run_float32 = FASTLOSS_PICK(fastloss_ew_run_float32, level);
+    ew_kernels.run_float64 = FASTLOSS_PICK(fastloss_ew_run_float64, level);
+}
 
 int fastloss_elementwise_forward_float32(const fastloss_elementwise_options *options,
                                          const float *pred, const float *target,
                                          const float *weight, const float *pos_weight,
                                          float *loss_per_element, double *loss)
 {
-    FL_EW_DISPATCH(float32, options, pred, target, weight, pos_weight, NULL, 0, loss_per_element,
+    return ew_kernels.run_float32(options, pred, target, weight, pos_weight, NULL, 0, loss_per_element,
                    loss, NULL, NULL);
 }
 
@@ -74,7 +67,7 @@ int fastloss_elementwise_forward_float64(const fastloss_elementwise_options *opt
                                          const double *weight, const double *pos_weight,
                                          double *loss_per_element, double *loss)
 {
-    FL_EW_DISPATCH(float64, options, pred, target, weight, pos_weight, NULL, 0, loss_per_element,
+    return ew_kernels.run_float64(options, pred, target, weight, pos_weight, NULL, 0, loss_per_element,
                    loss, NULL, NULL);
 }
 
@@ -85,7 +78,7 @@ int fastloss_elementwise_backward_float32(const fastloss_elementwise_options *op
                                           fastloss_index grad_output_stride, float *grad,
                                           float *grad_target)
 {
-    FL_EW_DISPATCH(float32, options, pred, target, weight, pos_weight, grad_output,
+    return ew_kernels.run_float32(options, pred, target, weight, pos_weight, grad_output,
                    grad_output_stride, NULL, NULL, grad, grad_target);
 }
 
@@ -96,7 +89,7 @@ int fastloss_elementwise_backward_float64(const fastloss_elementwise_options *op
                                           fastloss_index grad_output_stride, double *grad,
                                           double *grad_target)
 {
-    FL_EW_DISPATCH(float64, options, pred, target, weight, pos_weight, grad_output,
+    return ew_kernels.run_float64(options, pred, target, weight, pos_weight, grad_output,
                    grad_output_stride, NULL, NULL, grad, grad_target);
 }
 
@@ -106,7 +99,7 @@ int fastloss_elementwise_value_and_grad_float32(
     fastloss_index grad_output_stride, float *loss_per_element, double *loss, float *grad,
     float *grad_target)
 {
-    FL_EW_DISPATCH(float32, options, pred, target, weight, pos_weight, grad_output,
+    return ew_kernels.run_float32(options, pred, target, weight, pos_weight, grad_output,
                    grad_output_stride, loss_per_element, loss, grad, grad_target);
 }
 
@@ -116,6 +109,6 @@ int fastloss_elementwise_value_and_grad_float64(
     fastloss_index grad_output_stride, double *loss_per_element, double *loss, double *grad,
     double *grad_target)
 {
-    FL_EW_DISPATCH(float64, options, pred, target, weight, pos_weight, grad_output,
+    return ew_kernels.run_float64(options, pred, target, weight, pos_weight, grad_output,
                    grad_output_stride, loss_per_element, loss, grad, grad_target);
 }

@@ -359,7 +359,7 @@ static void EW(write_grad)(const EW(call) *call, fastloss_index i, fastloss_inde
  * slopes, then the shared steps (weight, outputs, the block's sum).  A tile
  * also ends where a periodic weight wraps around, so that each tile reads its
  * weights contiguously.  Returns the block's sum of the weighted loss,
- * accumulated in a fixed order (FASTLOSS_EW_LANES lanes, then the tail of each
+ * accumulated in a fixed order (FASTLOSS_LANES lanes, then the tail of each
  * tile) that depends on n and the periods alone.
  */
 static double EW(block)(const EW(call) *call, fastloss_index start, fastloss_index end,
@@ -371,7 +371,7 @@ static double EW(block)(const EW(call) *call, fastloss_index start, fastloss_ind
     const int bce = call->loss == FASTLOSS_LOSS_BCE_WITH_LOGITS;
     /* the pred slopes: for pred's gradient, and negated for target's unless bce */
     const int want_slope = call->grad || (call->grad_target && !bce);
-    double lane[FASTLOSS_EW_LANES] = {0.0};
+    double lane[FASTLOSS_LANES] = {0.0};
     double tail = 0.0, negative = 0.0;
     int bce_wide_mode = 0;
     fastloss_index m;
@@ -410,8 +410,8 @@ static double EW(block)(const EW(call) *call, fastloss_index start, fastloss_ind
                     value[k] *= weight[k];
             if (call->want_sum) {
                 fastloss_index k = 0;
-                for (; k + FASTLOSS_EW_LANES <= m; k += FASTLOSS_EW_LANES)
-                    for (int j = 0; j < FASTLOSS_EW_LANES; ++j)
+                for (; k + FASTLOSS_LANES <= m; k += FASTLOSS_LANES)
+                    for (int j = 0; j < FASTLOSS_LANES; ++j)
                         lane[j] += (double)value[k + j];
                 for (; k < m; ++k)
                     tail += (double)value[k];
@@ -433,8 +433,7 @@ static double EW(block)(const EW(call) *call, fastloss_index start, fastloss_ind
         if (call->grad_target)
             EW(write_grad)(call, i, m, weight, target_slope_tile, call->grad_target + i);
     }
-    const double sum = (((lane[0] + lane[1]) + (lane[2] + lane[3])) +
-                        ((lane[4] + lane[5]) + (lane[6] + lane[7]))) + tail;
+    const double sum = fastloss_lanes_total(lane) + tail;
     *magnitude = sum - 2.0 * negative;
     return sum;
 }

@@ -37,10 +37,6 @@
 #define FASTLOSS_EW_TILE 128
 #endif
 
-/* Independent float64 accumulators for a block's sum: one AVX2 vector of
- * float32 converted to double makes two of them.  Fixed for every ISA. */
-#define FASTLOSS_EW_LANES 8
-
 /*
  * The three versions of a tile's loop -- loss and slope, loss only, slope only --
  * so that each vectorises with no test inside.  Used inside the tile functions
@@ -80,6 +76,7 @@
      fastloss_index grad_output_stride, REAL_T *loss_per_element, double *loss, REAL_T *grad,  \
      REAL_T *grad_target)
 
+void fastloss_elementwise_select(int level); /* dispatch.c calls it */
 int fastloss_ew_run_float32_baseline FASTLOSS_EW_RUN_SIGNATURE(float);
 int fastloss_ew_run_float64_baseline FASTLOSS_EW_RUN_SIGNATURE(double);
 int fastloss_ew_run_float32_avx2 FASTLOSS_EW_RUN_SIGNATURE(float);

@@ -7,8 +7,8 @@ arguments and returns ``(actual, reference, dtype, kind)``:
 - ``reference``: what it is compared with (the float64 reference, or, for
   ``kind="bitwise"``, the same computation under other settings);
 - ``dtype``: the dtype of the inputs ``actual`` was computed from;
-- ``kind``: ``"loss"`` or ``"grad"`` (the accuracy contract of DESIGN.md for that
-  dtype), or ``"bitwise"`` (same dtype, shape and bytes).
+- ``kind``: ``"loss"`` or ``"grad"`` (the accuracy contract for that dtype, in
+  docs/accuracy.rst), or ``"bitwise"`` (same dtype, shape and bytes).
 
 A loss family adds its checks by adding rows (see ``_add_cross_entropy_checks``
 and ``_add_elementwise_checks``).
@@ -30,7 +30,7 @@ __all__ = ["CHECKS", "CheckResult", "TOLERANCES", "judge", "main", "run_checks"]
 
 
 # ----------------------------------------------------------------------------------------
-# The accuracy contract (DESIGN.md), elementwise:
+# The accuracy contract (docs/accuracy.rst), elementwise:
 #     |actual - ref| <= rtol * |ref| + floor * max|ref|
 # ----------------------------------------------------------------------------------------
 

@@ -519,3 +519,31 @@ def grad_output_for(rng, spec, shape, dtype, reduction):
     if reduction == "none":
         return rng.uniform(-2.0, 2.0, spec.loss_shape(shape)).astype(dtype)
     return 0.625
+
+
+# ----------------------------------------------------------------------------------------
+# Finite differences (float64): one stencil for every family's tests
+# ----------------------------------------------------------------------------------------
+
+def fourth_order_difference(at, step):
+    """The derivative at 0 of the scalar function ``at``, by the fourth-order central
+    difference (-f(2h) + 8 f(h) - 8 f(-h) + f(-2h)) / 12h = f'(0) + O(h**4)."""
+    return (-at(2 * step) + 8 * at(step) - 8 * at(-step) + at(-2 * step)) / (12 * step)
+
+
+def central_differences(func, x, step):
+    """The gradient of the scalar ``func`` at ``x``, one element at a time."""
+    grad = np.empty_like(x)
+    for index in np.ndindex(x.shape):
+        def at(delta):
+            moved = x.copy()
+            moved[index] += delta
+            return func(moved)
+        grad[index] = fourth_order_difference(at, step)
+    return grad
+
+
+def directional_derivative(function, arrays, directions, step=1e-4):
+    """The derivative of ``function(*arrays)`` along ``directions`` (one per array)."""
+    return fourth_order_difference(
+        lambda t: function(*[a + t * d for a, d in zip(arrays, directions)]), step)

@@ -16,7 +16,7 @@ import pytest
 
 import fastloss
 from fastloss import reference
-from fastloss.contrastive import _AllPairs
+from fastloss._all_pairs import _AllPairs
 from loss_specs import (
     DTYPES,
     EMBEDDING_LAYOUTS,
@@ -28,6 +28,7 @@ from loss_specs import (
     assert_loss_type,
     bitwise_equal,
     call_unmodified,
+    directional_derivative,
     dtype_id,
     random_embeddings,
 )
@@ -323,14 +324,6 @@ def test_matches_torch(family, variant, reduction, dtype, rng):
 # ----------------------------------------------------------------------------------------
 # Finite differences (float64): the reference and the kernels
 # ----------------------------------------------------------------------------------------
-
-def directional_derivative(function, arrays, directions, step=1e-4):
-    """Fourth-order central difference of ``function(*arrays)`` along ``directions``."""
-    def at(t):
-        return function(*[a + t * d for a, d in zip(arrays, directions)])
-
-    return (-at(2 * step) + 8 * at(step) - 8 * at(-step) + at(-2 * step)) / (12 * step)
-
 
 @pytest.mark.parametrize("source", ["reference", "fastloss"])
 @pytest.mark.parametrize("family, variant, reduction", FAMILY_VARIANT_REDUCTIONS)
@@ -722,7 +715,7 @@ def test_scalar_grad_output_for_reduction_none(family, dtype, rng):
 def test_backward_product_blas_or_sparse(density, metric, dtype, rng, monkeypatch):
     # The backward product W @ x skips the zeros of W when they are most of it; both ways
     # give the contract (SPARSE_PRODUCT_DENSITY 0: always BLAS, 1: always sparse).
-    module = sys.modules["fastloss.contrastive"]
+    module = sys.modules["fastloss._all_pairs"]
     monkeypatch.setattr(module, "SPARSE_PRODUCT_DENSITY", density)
     x, labels = random_embeddings(rng, (90, 12), dtype, metric, n_classes=6)
     layout = EMBEDDING_LAYOUTS[metric]
@@ -743,7 +736,7 @@ def test_sparse_product_is_chosen_for_sparse_coefficients(rng):
     labels = rng.integers(0, 30, 300)
     pairs = _AllPairs(x, None, "euclidean", 1, True)
     pairs.run(loss="contrastive", labels=labels, want_grad=True, neg_margin=1.0)
-    module = sys.modules["fastloss.contrastive"]
+    module = sys.modules["fastloss._all_pairs"]
     assert 0 < pairs.n_nonzero <= module.SPARSE_PRODUCT_DENSITY * 300 * 300
     same = labels[:, None] == labels[None, :]
     assert pairs.n_nonzero == same.sum() - 300  # every positive pair, both halves

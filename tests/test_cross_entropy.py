@@ -22,6 +22,7 @@ from loss_specs import (
     assert_loss_type,
     bitwise_equal,
     call_unmodified,
+    central_differences,
     dtype_id,
     grad_output_for,
     make_ce_hard_inputs,
@@ -484,20 +485,6 @@ def test_python_lists():
 # ----------------------------------------------------------------------------------------
 # Finite differences (float64)
 # ----------------------------------------------------------------------------------------
-
-def central_differences(func, x, step):
-    """Fourth-order central differences of the scalar ``func`` at every element of ``x``:
-    f'(x) = (-f(x+2h) + 8 f(x+h) - 8 f(x-h) + f(x-2h)) / 12h + O(h**4)."""
-    grad = np.empty_like(x)
-    for index in np.ndindex(x.shape):
-        def at(delta):
-            moved = x.copy()
-            moved[index] += delta
-            return func(moved)
-        grad[index] = (-at(2 * step) + 8 * at(step) - 8 * at(-step) + at(-2 * step)) / (
-            12 * step)
-    return grad
-
 
 FD_CASES = [
     pytest.param("hard", "mean", {}, id="hard-mean"),

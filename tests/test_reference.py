@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from fastloss import reference
+from loss_specs import central_differences
 
 SHAPES = {"1d": (5,), "2d": (7, 5), "3d": (3, 4, 6)}
 
@@ -141,18 +142,6 @@ def test_matches_torch(shape, case, reduction, grad_kind):
 # Against finite differences of the reference's own loss
 # ----------------------------------------------------------------------------------------
 
-def finite_difference_grad(objective, logits, step=1e-3):
-    """Fourth-order central differences of a scalar objective, one logit at a time."""
-    grad = np.zeros_like(logits)
-    for index in np.ndindex(logits.shape):
-        def shifted(k):
-            moved = logits.copy()
-            moved[index] += k * step
-            return objective(moved)
-        grad[index] = (-shifted(2) + 8 * shifted(1) - 8 * shifted(-1) + shifted(-2)) / (12 * step)
-    return grad
-
-
 FD_CASES = ["hard", "hard-weight-ignore", "hard-smooth-weight-ignore", "hard-z-loss",
             "hard-softcap", "hard-everything", "soft-weight-smooth", "soft-everything"]
 
@@ -168,7 +157,7 @@ def test_grad_matches_finite_differences(case, reduction):
         loss = reference.cross_entropy(moved_logits, target, reduction=reduction, **options)
         return float(np.sum(grad_output * loss))
 
-    expected = finite_difference_grad(objective, logits)
+    expected = central_differences(objective, logits, step=1e-3)
     grad = reference.cross_entropy_grad(logits, target, grad_output, reduction=reduction,
                                         **options)
     # The difference quotient's error is absolute: truncation ~ step**4 * |f'''''| / 30 plus

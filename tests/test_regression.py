@@ -27,6 +27,7 @@ from loss_specs import (
     assert_loss_type,
     bitwise_equal,
     call_unmodified,
+    central_differences,
     dtype_id,
     make_binary_inputs,
     make_regression_inputs,
@@ -622,19 +623,6 @@ def test_pos_weight_periods(n_classes, dtype, rng):
 # ----------------------------------------------------------------------------------------
 # Finite differences (float64), away from the kinks
 # ----------------------------------------------------------------------------------------
-
-def central_differences(func, x, step):
-    """Fourth-order central differences of the scalar ``func`` at every element of ``x``."""
-    grad = np.empty_like(x)
-    for index in np.ndindex(x.shape):
-        def at(delta):
-            moved = x.copy()
-            moved[index] += delta
-            return func(moved)
-        grad[index] = (-at(2 * step) + 8 * at(step) - 8 * at(-step) + at(-2 * step)) / (
-            12 * step)
-    return grad
-
 
 FD_CASES = [
     ("mse", {"weight": "full"}),

@@ -1,0 +1,745 @@
+"""The benchmark cases of every family: inputs, the calls timed, and their targets."""
+import dataclasses
+from typing import Callable
+
+import numpy as np
+
+import fastloss
+from fastloss import reference
+from fastloss.bench._types import Case, Family, Target, Timed, Unavailable
+
+
+# ----------------------------------------------------------------------------------------
+# Cross-entropy
+# ----------------------------------------------------------------------------------------
+
+# The float64 reference is slow (several float64 temporaries of N x C); it is timed on
+# this many rows and the time scaled by N / rows. Its cost is linear in the rows.
+REFERENCE_ROWS = 256
+
+
+def _ce_logits_and_target(size, dtype):
+    """Logits (3 standard normals) and class indices, the same for every case of a size."""
+    n_rows, n_classes = size
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((n_rows, n_classes), dtype=np.float32).astype(dtype,
+                                                                               copy=False)
+    logits *= 3
+    return logits, rng.integers(0, n_classes, size=n_rows, dtype=np.int64)
+
+
+def _ce_inputs(size, dtype):
+    logits, target = _ce_logits_and_target(size, dtype)
+    # Touch every page of the output buffers now, so no case pays for first-touch faults.
+    buffer = np.empty_like(logits)
+    buffer.fill(0)
+    work = np.empty_like(logits)
+    work.fill(0)
+    return {"logits": logits, "target": target, "buffer": buffer, "work": work}
+
+
+def _ce_fused_out(inputs, threads):
+    logits, target, buffer = inputs["logits"], inputs["target"], inputs["buffer"]
+    return Timed(lambda: fastloss.cross_entropy_value_and_grad(
+        logits, target, out=buffer, num_threads=threads))
+
+
+def _ce_fused_in_place(inputs, threads):
+    logits, target, work = inputs["logits"], inputs["target"], inputs["work"]
+    # Each call overwrites `work` with the gradient; restore the logits (untimed) so
+    # every call sees the same input.
+    return Timed(lambda: fastloss.cross_entropy_value_and_grad(
+        work, target, out=work, num_threads=threads),
+        prepare=lambda: np.copyto(work, logits),
+        note="logits restored (untimed) before each call")
+
+
+def _ce_forward(inputs, threads):
+    logits, target = inputs["logits"], inputs["target"]
+    return Timed(lambda: fastloss.cross_entropy(logits, target, num_threads=threads))
+
+
+def _ce_grad_from_lse(inputs, threads):
+    logits, target, buffer = inputs["logits"], inputs["target"], inputs["buffer"]
+    _, lse = fastloss.cross_entropy(logits, target, return_lse=True, num_threads=threads)
+    return Timed(lambda: fastloss.cross_entropy_grad(
+        logits, target, lse=lse, out=buffer, num_threads=threads))
+
+
+def _ce_reference(inputs, threads):
+    logits, target = inputs["logits"], inputs["target"]
+    n_rows = logits.shape[0]
+    rows = min(n_rows, REFERENCE_ROWS)
+    logits_slice, target_slice = logits[:rows], target[:rows]
+    note = "float64, single-threaded NumPy"
+    if rows < n_rows:
+        note += f"; timed on {rows} of {n_rows} rows, scaled x{n_rows / rows:g}"
+    return Timed(lambda: reference.cross_entropy_value_and_grad(logits_slice, target_slice),
+                 scale=n_rows / rows, note=note)
+
+
+def _copy(inputs, threads):
+    logits, buffer = inputs["logits"], inputs["buffer"]
+    return Timed(lambda: np.copyto(buffer, logits), note="memory-bandwidth limit")
+
+
+def _read(inputs, threads):
+    logits = inputs["logits"]
+    return Timed(lambda: logits.max(), note="read-only limit")
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def _ce_torch_forward_backward(inputs, threads):
+    torch = _torch()
+    if torch is None:
+        return None
+    import torch.nn.functional as F
+
+    logits = torch.from_numpy(inputs["logits"]).requires_grad_(True)
+    target = torch.from_numpy(inputs["target"])
+
+    def clear():
+        logits.grad = None  # so backward allocates a fresh gradient, as in training
+
+    def call():
+        F.cross_entropy(logits, target).backward()
+
+    return Timed(call, prepare=clear, note="torch.from_numpy inputs; backward into a fresh .grad")
+
+
+def _ce_adapter_forward_backward(inputs, threads):
+    torch = _torch()
+    if torch is None:
+        return None
+    import fastloss.torch as fastloss_torch
+
+    logits = torch.from_numpy(inputs["logits"]).requires_grad_(True)
+    target = torch.from_numpy(inputs["target"])
+
+    def clear():
+        logits.grad = None  # a fresh gradient, as torch's row
+
+    return Timed(lambda: fastloss_torch.cross_entropy(logits, target,
+                                                      num_threads=threads).backward(),
+                 prepare=clear, note="autograd, backward into a fresh .grad (as torch's row)")
+
+
+def _ce_adapter_in_place(inputs, threads):
+    """The adapter with inplace_backward=True: the gradient overwrites the logits.
+
+    Its input must not be a leaf: in training it is a layer's output. Here it is a view
+    of a leaf made in the timed call (a few microseconds, no copy), and the call ends with
+    torch.autograd.grad with respect to the leaf (through the view's backward, a view of
+    the gradient: no copy), so that the backward stops at the logits as in the other
+    rows. (Not w.r.t. the view itself: the forward bumps the logits' version, and a view
+    whose version moved gets a new grad_fn, no longer the one the loss's graph holds.)
+    The logits are restored, untimed, before each call."""
+    torch = _torch()
+    if torch is None:
+        return None
+    import fastloss.torch as fastloss_torch
+
+    logits, work = inputs["logits"], inputs["work"]
+    leaf = torch.from_numpy(work).requires_grad_(True)
+    target = torch.from_numpy(inputs["target"])
+
+    def call():
+        layer_output = leaf.view_as(leaf)  # a non-leaf over the same memory
+        loss = fastloss_torch.cross_entropy(layer_output, target, inplace_backward=True,
+                                            num_threads=threads)
+        return torch.autograd.grad(loss, leaf)
+
+    return Timed(call, prepare=lambda: np.copyto(work, logits),
+                 note="logits restored (untimed) before each call; input a view of a leaf "
+                      "(non-leaf, as a layer's output); torch.autograd.grad w.r.t. the leaf")
+
+
+def _ce_torch_compile_forward_backward(inputs, threads):
+    """torch.compile(F.cross_entropy), static shapes, forward+backward into a fresh .grad.
+
+    The compile (of forward and backward) runs here, untimed, on the timed inputs
+    themselves; when it fails on this machine (no working C++ compiler, an unsupported
+    platform) the row reports that it cannot run."""
+    torch = _torch()
+    if torch is None:
+        return None
+    import torch.nn.functional as F
+
+    logits = torch.from_numpy(inputs["logits"]).requires_grad_(True)
+    target = torch.from_numpy(inputs["target"])
+    saved_threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)  # the thread count its code is generated for
+        torch.compiler.reset()  # a fresh cache: no earlier shape's recompile limit
+        compiled = torch.compile(F.cross_entropy, dynamic=False)
+        compiled(logits, target).backward()
+    except Exception as error:  # any failure to compile means this row cannot run here
+        first_line = (str(error).strip().splitlines() or [""])[0][:120]
+        raise Unavailable(f"torch.compile failed: {type(error).__name__}: "
+                          f"{first_line}") from None
+    finally:
+        torch.set_num_threads(saved_threads)
+        logits.grad = None
+
+    def clear():
+        logits.grad = None
+
+    return Timed(lambda: compiled(logits, target).backward(), prepare=clear,
+                 note="torch.compile(F.cross_entropy, dynamic=False), compiled untimed; "
+                      "backward into a fresh .grad")
+
+
+def _ce_torch_forward(inputs, threads):
+    torch = _torch()
+    if torch is None:
+        return None
+    import torch.nn.functional as F
+
+    logits = torch.from_numpy(inputs["logits"])
+    target = torch.from_numpy(inputs["target"])
+
+    def call():
+        with torch.no_grad():
+            return F.cross_entropy(logits, target)
+
+    return Timed(call, note="under torch.no_grad()")
+
+
+# The size of the cross-entropy targets: 4096 tokens over GPT-2's vocabulary.
+CE_FULL_SIZE = (4096, 50257)
+
+CROSS_ENTROPY = Family(
+    name="cross_entropy",
+    title="cross-entropy (mean, hard targets)",
+    make_inputs=_ce_inputs,
+    sizes={"full": CE_FULL_SIZE, "quick": (1024, 50257)},
+    size_names=("N", "C"),
+    cases=(
+        Case("fastloss value_and_grad (out= preallocated)", _ce_fused_out),
+        Case("fastloss value_and_grad (out=logits, in place)", _ce_fused_in_place),
+        Case("fastloss forward", _ce_forward, read_only=True),
+        Case("fastloss grad from lse", _ce_grad_from_lse),
+        Case(f"numpy reference value_and_grad (float64, {REFERENCE_ROWS} rows scaled to N)",
+             _ce_reference),
+        Case("np.copyto (logits -> buffer)", _copy, role="copy"),
+        Case("logits.max()", _read, role="read", read_only=True),
+        Case("torch F.cross_entropy forward+backward", _ce_torch_forward_backward,
+             requires="torch"),
+        Case("fastloss.torch.cross_entropy forward+backward", _ce_adapter_forward_backward,
+             requires="torch"),
+        Case("fastloss.torch.cross_entropy forward+backward (inplace_backward=True)",
+             _ce_adapter_in_place, requires="torch"),
+        Case("torch.compile(F.cross_entropy) forward+backward",
+             _ce_torch_compile_forward_backward, requires="torch", compiles=True),
+        Case("torch forward", _ce_torch_forward, read_only=True, requires="torch"),
+    ),
+)
+
+# Few classes: per-row work is short, so fixed costs per row and per call show.
+FEW_CLASSES_SIZE = (65536, 10)
+
+CROSS_ENTROPY_FEW_CLASSES = Family(
+    name="cross_entropy_few_classes",
+    title="cross-entropy with few classes (mean, hard targets)",
+    make_inputs=_ce_inputs,
+    # 2.6 MB of logits: the full size is quick enough for --quick too
+    sizes={"full": FEW_CLASSES_SIZE, "quick": FEW_CLASSES_SIZE},
+    size_names=("N", "C"),
+    cases=(
+        Case("fastloss value_and_grad (out= preallocated)", _ce_fused_out),
+        Case("fastloss forward", _ce_forward, read_only=True),
+        Case("np.copyto (logits -> buffer)", _copy, role="copy"),
+        Case("logits.max()", _read, role="read", read_only=True),
+        Case("torch F.cross_entropy forward+backward", _ce_torch_forward_backward,
+             requires="torch"),
+        Case("fastloss.torch.cross_entropy forward+backward", _ce_adapter_forward_backward,
+             requires="torch"),
+    ),
+    # calls of 0.1-2 ms: more rounds for a steady median
+    repeats={"full": 100, "quick": 40},
+)
+
+# ----------------------------------------------------------------------------------------
+# Regression and binary (elementwise) losses
+# ----------------------------------------------------------------------------------------
+
+ELEMENTWISE_LOSSES = ("mse", "l1", "huber", "smooth_l1", "bce_with_logits")
+
+# torch.nn.functional's name for each loss.
+_TORCH_NAMES = {"mse": "mse_loss", "l1": "l1_loss", "huber": "huber_loss",
+                "smooth_l1": "smooth_l1_loss",
+                "bce_with_logits": "binary_cross_entropy_with_logits"}
+
+# The float64 reference is timed on this many elements and scaled, as for cross-entropy.
+REFERENCE_ELEMENTS = 1 << 20
+
+
+def _ew_inputs(size, dtype):
+    (n,) = size
+    rng = np.random.default_rng(0)
+    pred = rng.standard_normal(n, dtype=np.float32).astype(dtype, copy=False)
+    pred *= 2
+    target = rng.standard_normal(n, dtype=np.float32).astype(dtype, copy=False)
+    labels = (rng.random(n, dtype=np.float32) < 0.5).astype(dtype)
+    # soft targets: bce's float32 slopes that may cancel are redone in double (the
+    # worst case: uniform targets leave nearly every tile in doubt)
+    soft_labels = rng.random(n, dtype=np.float32).astype(dtype, copy=False)
+    buffer = np.empty_like(pred)
+    buffer.fill(0)  # every page touched before timing
+    return {"pred": pred, "target": target, "labels": labels, "soft_labels": soft_labels,
+            "buffer": buffer}
+
+
+def _ew_target(inputs, name):
+    return inputs["labels"] if name == "bce_with_logits" else inputs["target"]
+
+
+def _ew_fused(name, target_key=None):
+    function = getattr(fastloss, f"{name}_value_and_grad")
+
+    def setup(inputs, threads):
+        target = inputs[target_key] if target_key else _ew_target(inputs, name)
+        pred, buffer = inputs["pred"], inputs["buffer"]
+        return Timed(lambda: function(pred, target, out=buffer, num_threads=threads))
+
+    return setup
+
+
+def _ew_forward(name):
+    function = getattr(fastloss, name)
+
+    def setup(inputs, threads):
+        pred, target = inputs["pred"], _ew_target(inputs, name)
+        return Timed(lambda: function(pred, target, num_threads=threads))
+
+    return setup
+
+
+def _ew_reference(name):
+    function = getattr(reference, f"{name}_value_and_grad")
+
+    def setup(inputs, threads):
+        pred, target = inputs["pred"], _ew_target(inputs, name)
+        n = pred.size
+        count = min(n, REFERENCE_ELEMENTS)
+        note = "float64, single-threaded NumPy"
+        if count < n:
+            note += f"; timed on {count} of {n} elements, scaled x{n / count:g}"
+        return Timed(lambda: function(pred[:count], target[:count]), scale=n / count,
+                     note=note)
+
+    return setup
+
+
+def _ew_copy(inputs, threads):
+    pred, buffer = inputs["pred"], inputs["buffer"]
+    return Timed(lambda: np.copyto(buffer, pred), note="memory-bandwidth limit")
+
+
+def _ew_read(inputs, threads):
+    pred = inputs["pred"]
+    return Timed(lambda: pred.max(), note="read-only limit (one stream)")
+
+
+def _ew_torch_forward_backward(name):
+    def setup(inputs, threads):
+        torch = _torch()
+        if torch is None:
+            return None
+        function = getattr(torch.nn.functional, _TORCH_NAMES[name])
+        pred = torch.from_numpy(inputs["pred"]).requires_grad_(True)
+        target = torch.from_numpy(_ew_target(inputs, name))
+
+        def clear():
+            pred.grad = None  # backward allocates a fresh gradient, as in training
+
+        return Timed(lambda: function(pred, target).backward(), prepare=clear,
+                     note="torch.from_numpy inputs; backward into a fresh .grad")
+
+    return setup
+
+
+def _ew_adapter_forward_backward(name):
+    def setup(inputs, threads):
+        torch = _torch()
+        if torch is None:
+            return None
+        import fastloss.torch as fastloss_torch
+
+        function = getattr(fastloss_torch, _TORCH_NAMES[name])
+        pred = torch.from_numpy(inputs["pred"]).requires_grad_(True)
+        target = torch.from_numpy(_ew_target(inputs, name))
+
+        def clear():
+            pred.grad = None
+
+        return Timed(lambda: function(pred, target, num_threads=threads).backward(),
+                     prepare=clear, note="autograd; backward into a fresh .grad")
+
+    return setup
+
+
+EW_FULL_SIZE = (1 << 25,)
+
+ELEMENTWISE = Family(
+    name="elementwise",
+    title="regression and binary losses (mean)",
+    make_inputs=_ew_inputs,
+    sizes={"full": EW_FULL_SIZE, "quick": (1 << 22,)},
+    size_names=("n",),
+    cases=(
+        *(Case(f"fastloss {name} value_and_grad (out= preallocated)", _ew_fused(name))
+          for name in ELEMENTWISE_LOSSES),
+        Case("fastloss bce_with_logits value_and_grad (soft targets)",
+             _ew_fused("bce_with_logits", "soft_labels")),
+        Case("fastloss huber forward", _ew_forward("huber"), read_only=True),
+        Case("fastloss bce_with_logits forward", _ew_forward("bce_with_logits"),
+             read_only=True),
+        Case(f"numpy reference huber value_and_grad (float64, {REFERENCE_ELEMENTS} elements "
+             f"scaled to n)", _ew_reference("huber")),
+        Case("np.copyto (pred -> buffer)", _ew_copy, role="copy"),
+        Case("pred.max()", _ew_read, role="read", read_only=True),
+        *(Case(f"torch {_TORCH_NAMES[name]} forward+backward", _ew_torch_forward_backward(name),
+               requires="torch") for name in ELEMENTWISE_LOSSES),
+        *(Case(f"fastloss.torch.{_TORCH_NAMES[name]} forward+backward",
+               _ew_adapter_forward_backward(name), requires="torch")
+          for name in ELEMENTWISE_LOSSES),
+    ),
+)
+
+# The performance targets (BENCHMARKS.md lists them with their reasons), each judged at
+# the size it is set for. Printed under the table; never an error.
+_ADAPTER = "fastloss.torch.cross_entropy forward+backward"
+TARGETS = {
+    "cross_entropy": (
+        Target("fused (out=) / copy <= 1.3", "fastloss value_and_grad (out= preallocated)",
+               "np.copyto (logits -> buffer)", 1.3, "max", CE_FULL_SIZE),
+        Target("forward / max <= 1.5", "fastloss forward", "logits.max()", 1.5, "max",
+               CE_FULL_SIZE),
+        Target("grad from lse / fused <= 1.1", "fastloss grad from lse",
+               "fastloss value_and_grad (out= preallocated)", 1.1, "max", CE_FULL_SIZE),
+        Target("torch fwd+bwd / fused >= 15", "torch F.cross_entropy forward+backward",
+               "fastloss value_and_grad (out= preallocated)", 15.0, "min", CE_FULL_SIZE),
+        Target("adapter fwd+bwd / copy <= 1.6", _ADAPTER, "np.copyto (logits -> buffer)",
+               1.6, "max", CE_FULL_SIZE),
+        Target("adapter in place / copy <= 1.35", f"{_ADAPTER} (inplace_backward=True)",
+               "np.copyto (logits -> buffer)", 1.35, "max", CE_FULL_SIZE),
+        Target("torch eager / adapter >= 5", "torch F.cross_entropy forward+backward",
+               _ADAPTER, 5.0, "min", CE_FULL_SIZE),
+        Target("torch.compile / adapter >= 3", "torch.compile(F.cross_entropy) forward+backward",
+               _ADAPTER, 3.0, "min", CE_FULL_SIZE),
+    ),
+    "cross_entropy_few_classes": (
+        Target("fused (out=) / copy <= 3", "fastloss value_and_grad (out= preallocated)",
+               "np.copyto (logits -> buffer)", 3.0, "max", FEW_CLASSES_SIZE),
+    ),
+    # Three streams (pred, target, gradient) against copy's two: 1.5x is the limit.
+    "elementwise": tuple(
+        target
+        for name in ELEMENTWISE_LOSSES
+        for target in (
+            Target(f"{name} / copy <= 2", f"fastloss {name} value_and_grad (out= preallocated)",
+                   "np.copyto (pred -> buffer)", 2.0, "max", EW_FULL_SIZE),
+            Target(f"torch {name} / fastloss >= 5",
+                   f"torch {_TORCH_NAMES[name]} forward+backward",
+                   f"fastloss {name} value_and_grad (out= preallocated)", 5.0, "min",
+                   EW_FULL_SIZE),
+        )
+    ),
+}
+
+
+# ----------------------------------------------------------------------------------------
+# Contrastive: all pairs of a batch, and InfoNCE / triplet on the same embeddings
+# ----------------------------------------------------------------------------------------
+
+# The float64 reference holds N x N x D differences: it is timed on this many rows and
+# the time scaled by (N / rows)**2, its cost being quadratic in the rows.
+REFERENCE_PAIR_ROWS = 64
+
+# Rows per class of the benchmark's labels (N = 4096 gives 100 classes of about 41).
+ROWS_PER_CLASS = 41
+
+
+def _cp_inputs(size, dtype):
+    n_rows, dim = size
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n_rows, dim), dtype=np.float32).astype(dtype, copy=False)
+    labels = rng.integers(0, max(1, n_rows // ROWS_PER_CLASS), n_rows)
+    # keys near their queries, anchors' positives nearer than their negatives
+    other = rng.standard_normal((n_rows, dim), dtype=np.float32).astype(dtype, copy=False)
+    key = x + dtype.type(0.5) * other
+    buffers = [np.empty_like(x) for _ in range(3)]
+    for buffer in buffers:
+        buffer.fill(0)  # every page touched before timing
+    return {"x": x, "labels": labels, "key": key, "other": other, "buffers": buffers}
+
+
+def _cp_fused(metric):
+    def setup(inputs, threads):
+        x, labels, buffer = inputs["x"], inputs["labels"], inputs["buffers"][0]
+        return Timed(lambda: fastloss.contrastive_pairwise_value_and_grad(
+            x, labels, metric=metric, out=buffer, num_threads=threads))
+
+    return setup
+
+
+def _cp_forward(inputs, threads):
+    x, labels = inputs["x"], inputs["labels"]
+    return Timed(lambda: fastloss.contrastive_pairwise(x, labels, num_threads=threads))
+
+
+def _cp_distance(inputs, threads):
+    x = inputs["x"]
+    return Timed(lambda: fastloss.pairwise_distance(x, num_threads=threads))
+
+
+def _cp_reference(inputs, threads):
+    x, labels = inputs["x"], inputs["labels"]
+    n_rows = x.shape[0]
+    rows = min(n_rows, REFERENCE_PAIR_ROWS)
+    note = "float64, single-threaded NumPy, differences of every pair"
+    scale = (n_rows / rows) ** 2
+    if rows < n_rows:
+        note += f"; timed on {rows} of {n_rows} rows, scaled x{scale:g}"
+    return Timed(lambda: reference.contrastive_pairwise_value_and_grad(x[:rows], labels[:rows]),
+                 scale=scale, note=note)
+
+
+def _cp_matmul(inputs, threads):
+    x = inputs["x"]
+    return Timed(lambda: x @ x.T, note="the family's limit: one BLAS product (NumPy's threads)")
+
+
+def _cp_torch(inputs, threads):
+    torch = _torch()
+    if torch is None:
+        return None
+    x = torch.from_numpy(inputs["x"]).requires_grad_(True)
+    labels = torch.from_numpy(inputs["labels"])
+    n_pairs = x.shape[0] * (x.shape[0] - 1) / 2
+
+    def clear():
+        x.grad = None
+
+    def call():
+        distance = torch.cdist(x, x)
+        same = labels[:, None] == labels[None, :]
+        loss = torch.where(same, torch.relu(distance) ** 2, torch.relu(1.0 - distance) ** 2)
+        (torch.triu(loss, diagonal=1).sum() / n_pairs).backward()
+
+    return Timed(call, prepare=clear,
+                 note="torch.cdist, the loss over triu(diagonal=1), backward into a fresh .grad")
+
+
+def _nce_fused(inputs, threads):
+    x, key, buffers = inputs["x"], inputs["key"], inputs["buffers"]
+    return Timed(lambda: fastloss.info_nce_value_and_grad(
+        x, key, symmetric=True, out=(buffers[0], buffers[1]), num_threads=threads))
+
+
+def _nce_torch(inputs, threads):
+    torch = _torch()
+    if torch is None:
+        return None
+    import torch.nn.functional as F
+
+    query = torch.from_numpy(inputs["x"]).requires_grad_(True)
+    key = torch.from_numpy(inputs["key"]).requires_grad_(True)
+    target = torch.arange(query.shape[0])
+
+    def clear():
+        query.grad = key.grad = None
+
+    def call():
+        logits = F.normalize(query) @ F.normalize(key).T / 0.05
+        (0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))).backward()
+
+    return Timed(call, prepare=clear, note="normalize, matmul, cross_entropy both ways, backward")
+
+
+def _triplet_fused(inputs, threads):
+    x, key, other, buffers = inputs["x"], inputs["key"], inputs["other"], inputs["buffers"]
+    return Timed(lambda: fastloss.triplet_margin_value_and_grad(
+        x, key, other, swap=True, out=tuple(buffers), num_threads=threads))
+
+
+def _triplet_torch(inputs, threads):
+    torch = _torch()
+    if torch is None:
+        return None
+    import torch.nn.functional as F
+
+    tensors = [torch.from_numpy(inputs[name]).requires_grad_(True)
+               for name in ("x", "key", "other")]
+
+    def clear():
+        for tensor in tensors:
+            tensor.grad = None
+
+    def call():
+        F.triplet_margin_loss(*tensors, swap=True).backward()
+
+    return Timed(call, prepare=clear)
+
+
+def _contrastive_adapter(name):
+    """The PyTorch adapter's forward+backward of one contrastive-family loss, on the
+    inputs of the fastloss row beside it."""
+    def setup(inputs, threads):
+        torch = _torch()
+        if torch is None:
+            return None
+        import fastloss.torch as fastloss_torch
+
+        def tensor(key):
+            return torch.from_numpy(inputs[key]).requires_grad_(True)
+
+        if name == "contrastive_pairwise":
+            tensors = [tensor("x")]
+            labels = torch.from_numpy(inputs["labels"])
+
+            def loss():
+                return fastloss_torch.contrastive_pairwise(tensors[0], labels,
+                                                           num_threads=threads)
+        elif name == "info_nce":
+            tensors = [tensor("x"), tensor("key")]
+
+            def loss():
+                return fastloss_torch.info_nce(*tensors, symmetric=True, num_threads=threads)
+        else:
+            tensors = [tensor("x"), tensor("key"), tensor("other")]
+
+            def loss():
+                return fastloss_torch.triplet_margin_loss(*tensors, swap=True,
+                                                          num_threads=threads)
+
+        def clear():
+            for each in tensors:
+                each.grad = None
+
+        return Timed(lambda: loss().backward(), prepare=clear,
+                     note="autograd; backward into a fresh .grad")
+
+    return setup
+
+
+CP_FULL_SIZE = (4096, 768)
+
+CONTRASTIVE = Family(
+    name="contrastive",
+    title="contrastive_pairwise (euclidean, mean; 41 rows per class), info_nce, triplet_margin",
+    make_inputs=_cp_inputs,
+    sizes={"full": CP_FULL_SIZE, "quick": (1024, 768)},
+    size_names=("N", "D"),
+    cases=(
+        Case("fastloss contrastive_pairwise value_and_grad (out= preallocated)",
+             _cp_fused("euclidean")),
+        Case("fastloss contrastive_pairwise value_and_grad, cosine", _cp_fused("cosine")),
+        Case("fastloss contrastive_pairwise forward", _cp_forward),
+        Case("fastloss pairwise_distance (N x N euclidean)", _cp_distance),
+        Case(f"numpy reference contrastive_pairwise value_and_grad (float64, "
+             f"{REFERENCE_PAIR_ROWS} rows scaled to N)", _cp_reference),
+        Case("x @ x.T (float32 matmul)", _cp_matmul, role="copy"),
+        Case("torch cdist + contrastive + backward", _cp_torch, requires="torch"),
+        Case("fastloss.torch.contrastive_pairwise forward+backward",
+             _contrastive_adapter("contrastive_pairwise"), requires="torch"),
+        Case("fastloss info_nce value_and_grad (symmetric)", _nce_fused),
+        Case("torch info_nce (symmetric) forward+backward", _nce_torch, requires="torch"),
+        Case("fastloss.torch.info_nce (symmetric) forward+backward",
+             _contrastive_adapter("info_nce"), requires="torch"),
+        Case("fastloss triplet_margin value_and_grad (swap)", _triplet_fused),
+        Case("torch triplet_margin_loss (swap) forward+backward", _triplet_torch,
+             requires="torch"),
+        Case("fastloss.torch.triplet_margin_loss (swap) forward+backward",
+             _contrastive_adapter("triplet_margin"), requires="torch"),
+    ),
+)
+
+TARGETS[CONTRASTIVE.name] = (
+    Target("contrastive_pairwise / x @ x.T <= 3",
+           "fastloss contrastive_pairwise value_and_grad (out= preallocated)",
+           "x @ x.T (float32 matmul)", 3.0, "max", CP_FULL_SIZE),
+    Target("torch / contrastive_pairwise >= 4", "torch cdist + contrastive + backward",
+           "fastloss contrastive_pairwise value_and_grad (out= preallocated)", 4.0, "min",
+           CP_FULL_SIZE),
+)
+
+
+# ----------------------------------------------------------------------------------------
+# Cross-entropy at small shapes: the adapter against torch, over a grid of shapes
+# ----------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """A few cases timed over a grid of problem sizes, one line per cell.
+
+    A cell is (size, dtype, threads): its own inputs from ``make_inputs(size, dtype)``
+    and the ``cases`` (``Case`` rows, set up with the cell's thread count) taking turns.
+    ``sizes`` maps "full" and "quick" to one tuple of values per entry of ``size_names``,
+    crossed (e.g. the Ns and the Cs); ``dtypes`` maps them to the dtypes. The threads are
+    1 and this process's default (or the one count given). A cell larger than
+    ``max_elements`` ("full"/"quick") is skipped, and the report says so. Calls are short,
+    so a cell takes as many rounds as fit in ``budget_s`` per case, at least ``repeats``
+    and at most ``max_rounds``. The targets (``TARGETS``, ``size=None``) hold per cell.
+    """
+
+    name: str
+    title: str
+    make_inputs: Callable[[tuple, np.dtype], dict]
+    sizes: dict
+    size_names: tuple
+    cases: tuple
+    dtypes: dict
+    max_elements: dict
+    repeats: dict
+    budget_s: dict
+    max_rounds: int = 1000
+
+
+def _grid_ce_inputs(size, dtype):
+    """Logits and targets only: the grid's largest cell holds 2**28 elements."""
+    logits, target = _ce_logits_and_target(size, dtype)
+    return {"logits": logits, "target": target}
+
+
+# At most 2**28 elements per cell: in float64 that is 2 GiB of logits, and the cell holds
+# about four such arrays at once (the logits, the adapter's gradient, torch's gradient and
+# its saved log-softmax). N=65536, C=50257 (3.3e9 elements: 13 GB per float32 array) is
+# left out.
+GRID_MAX_ELEMENTS = 1 << 28
+
+CROSS_ENTROPY_SMALL = Grid(
+    name="cross_entropy_small",
+    title="cross-entropy at small shapes: fastloss.torch.cross_entropy against torch, "
+          "forward+backward (mean, hard targets)",
+    make_inputs=_grid_ce_inputs,
+    sizes={"full": ((1, 32, 256, 4096, 65536), (2, 10, 100, 1000, 50257)),
+           "quick": ((1, 32, 256, 4096), (2, 10, 100, 1000, 50257))},
+    size_names=("N", "C"),
+    cases=(
+        Case(_ADAPTER, _ce_adapter_forward_backward, requires="torch"),
+        Case("torch F.cross_entropy forward+backward", _ce_torch_forward_backward,
+             requires="torch"),
+    ),
+    dtypes={"full": ("float32", "float64"), "quick": ("float32",)},
+    # --quick leaves out the cells above 2**24 elements (N=4096, C=50257: a second each)
+    max_elements={"full": GRID_MAX_ELEMENTS, "quick": 1 << 24},
+    repeats={"full": 5, "quick": 3},
+    budget_s={"full": 0.25, "quick": 0.1},
+)
+
+TARGETS[CROSS_ENTROPY_SMALL.name] = (
+    Target("torch / adapter >= 1 (never slower)", "torch F.cross_entropy forward+backward",
+           _ADAPTER, 1.0, "min", None),
+)
+
+FAMILIES = {family.name: family for family in (
+    CROSS_ENTROPY, CROSS_ENTROPY_FEW_CLASSES, CROSS_ENTROPY_SMALL, ELEMENTWISE, CONTRASTIVE)}
