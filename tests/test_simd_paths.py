@@ -191,7 +191,7 @@ def test_pairwise_distance_on_every_path(simd_path, metric, dtype, rng):
 def test_contrastive_pairwise_on_every_path(simd_path, metric, product, dtype, rng,
                                             monkeypatch):
     # SPARSE_PRODUCT_DENSITY 0: the backward product is BLAS's; 1: the sparse kernel's
-    monkeypatch.setattr(sys.modules["fastloss.contrastive"], "SPARSE_PRODUCT_DENSITY",
+    monkeypatch.setattr(sys.modules["fastloss._all_pairs"], "SPARSE_PRODUCT_DENSITY",
                         1.0 if product == "sparse" else 0.0)
     x, labels = _clustered_with_duplicates(rng, (70, 12), dtype, metric)
     layout = EMBEDDING_LAYOUTS[metric]
