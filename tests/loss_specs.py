@@ -6,7 +6,7 @@ reductions, and the tolerances per dtype, each with a one-line justification. Ad
 (regression, binary, contrastive) means adding a row and an input generator here; the generic
 parity tests in ``test_cross_entropy.py`` then pick it up.
 
-The tolerances are the accuracy contract of DESIGN.md, never wider. ``assert_close_contract``
+The tolerances are the accuracy contract (fastloss._contract, docs/accuracy.rst), never wider. ``assert_close_contract``
 checks a result against the reference exactly as the contract words it, and
 ``call_unmodified`` checks that a call leaves its array arguments bitwise unchanged.
 """
@@ -18,6 +18,7 @@ import numpy as np
 
 import fastloss
 from fastloss import reference
+from fastloss._contract import CONTRACT, Tolerance
 
 DTYPES = (np.float32, np.float64)
 REDUCTIONS = ("mean", "sum", "none")
@@ -27,44 +28,7 @@ REDUCTIONS = ("mean", "sum", "none")
 # The accuracy contract
 # ----------------------------------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
-class Tolerance:
-    """Elementwise bound ``|actual - ref| <= rtol * |ref| + floor * max|ref| + atol``.
-
-    ``max|ref|`` is taken over the finite entries of the whole reference array (a scalar's
-    own magnitude for a reduced loss), so an exact zero in the reference demands an exact
-    zero unless larger entries sit beside it. The contract itself has ``atol = 0``.
-    """
-
-    rtol: float
-    floor: float
-    why: str
-    atol: float = 0.0
-
-    def __str__(self):
-        text = f"rtol={self.rtol:g}, floor={self.floor:g}*max|ref|"
-        return text + (f", atol={self.atol:g}" if self.atol else "")
-
-
-CONTRACT = {
-    (np.dtype(np.float64), "loss"): Tolerance(
-        1e-12, 1e-14,
-        "DESIGN.md: float64 kernels accumulate in double; only reordered roundings separate "
-        "them from the reference"),
-    (np.dtype(np.float64), "grad"): Tolerance(
-        1e-12, 1e-14,
-        "DESIGN.md: as the float64 loss, elementwise"),
-    (np.dtype(np.float32), "loss"): Tolerance(
-        2e-6, 1e-14,
-        "DESIGN.md: float32 storage and exponentials with double accumulators, rounded once "
-        "to float32 (about 17 float32 ulps of room); the floor only admits exact zeros"),
-    (np.dtype(np.float32), "grad"): Tolerance(
-        2e-6, 1e-6,
-        "DESIGN.md: exp(y - lse) in float32 loses relative accuracy in proportion to "
-        "|y - lse|, so tiny probabilities get an absolute floor of 1e-6 * max|ref|"),
-}
-
-
+# One definition, shared with ``fastloss check``: fastloss._contract (docs/accuracy.rst).
 # The per-row log-sum-exp is not a loss and the contract does not name it; it is held to
 # the loss contract, except that float32 logits may also miss by an absolute 2.4e-7.
 LSE_TOLERANCE = {
@@ -115,7 +79,7 @@ def assert_close(actual, ref, tolerance, what="result"):
 
 
 def assert_close_contract(actual, ref, dtype, kind="loss", what=None):
-    """Assert the DESIGN.md accuracy contract for a ``kind`` ("loss" or "grad") result
+    """Assert the accuracy contract for a ``kind`` ("loss" or "grad") result
     computed from inputs of ``dtype`` against the float64 reference ``ref``."""
     if kind not in ("loss", "grad"):
         raise ValueError(f"kind must be 'loss' or 'grad', got {kind!r}")
