@@ -1,24 +1,26 @@
-"""Regression and binary losses, one term per element (the public NumPy API).
+"""The elementwise losses, one term per element (the public NumPy API).
 
-``mse``, ``l1``, ``huber``, ``smooth_l1`` and ``bce_with_logits``, each with its
-``_grad`` and ``_value_and_grad`` twins. The kernels are in csrc/elementwise.c;
+Every function here is generated from its entry in the registry (fastloss/_registry.py):
+``NAME``, ``NAME_grad`` and ``NAME_value_and_grad`` of ``mse``, ``l1``, ``huber``,
+``smooth_l1``, ``bce_with_logits``, ... The kernels are in csrc/elementwise.c;
 ``fastloss.reference`` has the float64 oracle with the same semantics.
 
-Shapes and dtypes follow torch: ``pred`` and ``target`` broadcast to one shape (torch
-broadcasts them too, with a warning; ``bce_with_logits`` needs equal shapes, as torch),
-"mean" divides by the number of elements of that shape (mse and l1 with a weight: by
-the weight's sum, see :func:`mse`), and when broadcasting enlarged ``pred`` its gradient
-is summed back to ``pred``'s shape, as autograd does. float32 and float64 combine to
-float64; an integer or bool target takes ``pred``'s dtype. The loss has the combined
-dtype and the gradient ``pred``'s dtype. ``weight`` (and ``pos_weight``) broadcast to
-the loss's shape. ``wrt=`` asks the gradient functions for the gradients w.r.t.
-``target`` (and ``weight``) too, with the shapes and dtypes of those arguments.
+Shapes and dtypes follow torch: the inputs broadcast to one shape (torch broadcasts
+them too, with a warning; an entry with ``same_shape``, ``bce_with_logits``, needs equal
+shapes, as torch), "mean" divides by the number of elements of that shape (mse and l1
+with a weight: by the weight's sum, see :func:`mse`), and when broadcasting enlarged an
+input its gradient is summed back to that input's shape, as autograd does. float32 and
+float64 combine to float64; an integer or bool target takes the first input's dtype.
+The loss has the combined dtype and each gradient its argument's dtype. ``weight`` (and
+the entry's periodic factor: ``pos_weight``) broadcast to the loss's shape. ``wrt=``
+asks the gradient functions for the gradients w.r.t. the other differentiable
+arguments too, with the shapes and dtypes of those arguments.
 """
 import math
 
 import numpy as np
 
-from fastloss import _kernels
+from fastloss import _kernels, _registry
 from fastloss._config import resolve_num_threads
 from fastloss._validation import (
     broadcast_to_shape,
@@ -27,17 +29,8 @@ from fastloss._validation import (
     out_arg,
     periodic_factor,
     real_array,
-    real_scalar,
     reduction_arg,
 )
-
-__all__ = [
-    "bce_with_logits", "bce_with_logits_grad", "bce_with_logits_value_and_grad",
-    "huber", "huber_grad", "huber_value_and_grad",
-    "l1", "l1_grad", "l1_value_and_grad",
-    "mse", "mse_grad", "mse_value_and_grad",
-    "smooth_l1", "smooth_l1_grad", "smooth_l1_value_and_grad",
-]
 
 
 def _flat(array, shape, dtype):
@@ -71,34 +64,37 @@ _CANCELLATION = 0.5
 
 
 class _Problem:
-    """Checked arguments of one call, in the layout the kernels read."""
+    """Checked arguments of one call of elementwise loss ``entry`` (a registry Loss), in
+    the layout the kernels read."""
 
-    def __init__(self, loss, pred, target, weight, reduction, num_threads, *, threshold=0.0,
-                 pos_weight=None):
-        binary = loss == "bce_with_logits"
-        self.pred_name = "logits" if binary else "pred"
-        pred = float_array(pred, self.pred_name)
-        target = real_array(target, "target")
+    def __init__(self, entry, arrays, options, reduction, num_threads):
+        self.entry = entry
+        self.pred_name = entry.inputs[0]
+        pred = float_array(arrays[0], self.pred_name)
+        target = real_array(arrays[1], "target")
         dtype = pred.dtype
         if target.dtype.kind == "f":
             dtype = np.promote_types(dtype, target.dtype)
             if dtype not in (np.float32, np.float64):
                 raise TypeError(f"target: expected a float32, float64 or integer array, "
                                 f"got dtype {target.dtype}")
-        if binary:
+        if entry.same_shape:
             if target.shape != pred.shape:
-                raise ValueError(f"target: expected the shape of logits {pred.shape}, "
-                                 f"got {target.shape}")
+                raise ValueError(f"target: expected the shape of {self.pred_name} "
+                                 f"{pred.shape}, got {target.shape}")
             shape = pred.shape
         else:
             try:
                 shape = np.broadcast_shapes(pred.shape, target.shape)
             except ValueError:
                 raise ValueError(f"target: shape {target.shape} does not broadcast with "
-                                 f"pred's shape {pred.shape}") from None
-        self.loss = loss
+                                 f"{self.pred_name}'s shape {pred.shape}") from None
+        checked = {option.name: option.checked(options[option.name])
+                   for option in entry.options if not option.array}
+        self.loss = entry.kernel
         self.reduction = reduction_arg(reduction)
-        self.threshold = threshold
+        params = entry.params(checked)
+        self.threshold = params[0] if params else 0.0
         self.num_threads = resolve_num_threads(num_threads)
         self.pred_shape = pred.shape
         self.pred_dtype = pred.dtype
@@ -113,23 +109,26 @@ class _Problem:
         # the weight as paired with pred: a target that enlarges the loss's shape
         # repeats each of those weights n / (their count) times (elementwise.h)
         self.weight_sum_repeats = 1
+        weight = options.get("weight")
         if weight is not None:
             weight = broadcast_to_shape(real_array(weight, "weight"), shape, "weight",
                                         "the loss's shape")
             self.weight_array = weight
             self.weight = periodic_factor(weight, shape, dtype)
             paired = math.prod(np.broadcast_shapes(weight.shape, pred.shape))
-            if loss in ("mse", "l1") and paired:
+            if entry.weighted_mean and paired:
                 self.weight_sum_repeats = math.prod(shape) // paired
-        if pos_weight is not None:
-            pos_weight = real_array(pos_weight, "pos_weight")
+        factor = options.get(entry.factor) if entry.factor else None
+        if factor is not None:
+            name = entry.factor
+            factor = real_array(factor, name)
             try:
-                broadcast_to_shape(pos_weight, shape, "pos_weight", "the logits' shape")
+                broadcast_to_shape(factor, shape, name, f"the {self.pred_name}' shape")
             except ValueError as error:
                 expected = (f"one value per class of the last axis, shape ({shape[-1]},)"
-                            if shape else "a 0-d pos_weight for 0-d logits, as torch")
+                            if shape else f"a 0-d {name} for 0-d {self.pred_name}, as torch")
                 raise ValueError(f"{error} (expected {expected})") from None
-            self.pos_weight = periodic_factor(pos_weight, shape, dtype)
+            self.pos_weight = periodic_factor(factor, shape, dtype)
 
     def _wrt(self, wrt, out):
         """The gradients asked for: (names, single, the out= buffer of each or None)."""
@@ -138,12 +137,12 @@ class _Problem:
             raise TypeError(f"wrt: expected an argument's name or a tuple of names, "
                             f"got {wrt!r}")
         names = (wrt,) if single else tuple(wrt)
-        allowed = (self.pred_name, "target") + (
-            () if self.loss == "bce_with_logits" else ("weight",))
+        allowed = self.entry.differentiable
+        torch_form = self.entry.torch
         for name in names:
-            if name in ("weight", "pos_weight") and self.loss == "bce_with_logits":
-                raise ValueError(f"wrt: {name}: torch's binary_cross_entropy_with_logits is "
-                                 f"not differentiable with respect to {name}, nor is this")
+            if torch_form and name in torch_form.not_differentiable:
+                raise ValueError(f"wrt: {name}: torch's {torch_form.function} is not "
+                                 f"differentiable with respect to {name}, nor is this")
             if not isinstance(name, str) or name not in allowed:
                 raise ValueError(f"wrt: expected names from {allowed}, got {name!r}")
         if not names or len(set(names)) != len(names):
@@ -268,7 +267,7 @@ class _Problem:
         scale = float(upstream[0])
         if self.reduction == "sum":
             return loss * scale
-        if self.loss in ("mse", "l1"):
+        if self.entry.weighted_mean:
             weight = self.weight_array.astype(np.float64)
             paired = np.broadcast_to(weight, np.broadcast_shapes(weight.shape, self.pred_shape))
             weight_sum = np.sum(paired)
@@ -343,230 +342,57 @@ class _Problem:
         return out
 
 
-def _threshold(value, name, *, positive):
-    """huber's delta (> 0, as torch requires) or smooth_l1's beta (>= 0)."""
-    return real_scalar(value, name, low=0.0, low_open=positive)
-
-
 # ----------------------------------------------------------------------------------------
-# mse
+# The public functions, generated from the registry
 # ----------------------------------------------------------------------------------------
 
-def mse(pred, target, *, weight=None, reduction="mean", num_threads=None):
-    """Mean squared error, as torch.nn.functional.mse_loss: per element
-    ``weight * (pred - target)**2``.
+def _run(entry, mode, arrays, options, reduction, num_threads, grad_output=None, out=None,
+         wrt=None):
+    return _Problem(entry, arrays, options, reduction, num_threads).run(
+        mode, grad_output=grad_output, out=out, wrt=wrt)
 
-    Parameters
-    ----------
-    pred : array_like, float32 or float64
-    target : array_like, float or integer; broadcasts with ``pred``
-    weight : array_like, optional
-        Per-element factor that broadcasts to the loss's shape.
-    reduction : {"mean", "sum", "none"}
-        "mean" divides the sum by the number of elements; with a weight, by the sum of
-        the weight as paired with pred (broadcast with pred's shape, not repeated by a
-        larger target): a weighted mean, as torch's mse_loss and l1_loss do.
-    num_threads : int, optional
-        Threads for this call (default: fastloss.get_num_threads()).
 
-    Returns
-    -------
-    float or ndarray
-        A float for "mean"/"sum" (nan for the mean of no elements); for "none" an array
-        of the broadcast shape. Its dtype is float64 if pred or target is, else float32.
+_VALUE_AND_GRAD_DOC = """``({name}(...), {name}_grad(...))`` from one pass over the inputs.
+
+    Arguments as in :func:`{name}_grad`; returns ``(loss, gradient)``, the gradient a
+    tuple when ``wrt`` is a tuple of names.
     """
-    problem = _Problem("mse", pred, target, weight, reduction, num_threads)
-    return problem.run("forward")[0]
 
 
-def mse_grad(pred, target, grad_output=1.0, *, weight=None, reduction="mean", out=None,
-             wrt="pred", num_threads=None):
-    """Gradient of ``grad_output * mse(pred, target, ...)`` w.r.t. pred:
-    ``2 (pred - target) * weight * grad_output`` (/ the mean's denominator).
+def _generate(entry):
+    """``NAME``, ``NAME_grad`` and ``NAME_value_and_grad`` of elementwise loss ``entry``:
+    real functions with the signatures the registry declares."""
+    inputs = ", ".join(entry.inputs)
+    keywords = "".join(f"{option.name}=_default_{option.name}, " for option in entry.options)
+    options = "{" + ", ".join(f"{option.name!r}: {option.name}"
+                              for option in entry.options) + "}"
+    namespace = {"_run": _run, "_entry": entry,
+                 **{f"_default_{option.name}": option.default for option in entry.options}}
 
-    grad_output is a scalar for "mean"/"sum" and an array of the loss's shape (or a
-    scalar) for "none". The gradient has pred's shape and dtype; ``out`` receives it
-    (``out=pred`` overwrites pred in place). Returns the gradient (``out`` if given).
+    def call(mode):
+        return f"_run(_entry, {mode!r}, ({inputs},), {options}, reduction, num_threads"
 
-    ``wrt`` names the argument to differentiate: "pred", "target" (minus pred's slope;
-    a float target only) or "weight" (the unweighted loss, through the weighted mean for
-    "mean", as torch's autograd), or a tuple of names for a tuple of gradients in that
-    order (``out`` then a tuple too, or None). Each gradient has its argument's shape
-    (summed over the axes broadcasting added or stretched) and dtype.
-    """
-    problem = _Problem("mse", pred, target, weight, reduction, num_threads)
-    return problem.run("backward", grad_output=grad_output, out=out, wrt=wrt)[1]
-
-
-def mse_value_and_grad(pred, target, grad_output=1.0, *, weight=None, reduction="mean",
-                       out=None, wrt="pred", num_threads=None):
-    """``(mse(...), mse_grad(...))`` from one pass over pred and target."""
-    problem = _Problem("mse", pred, target, weight, reduction, num_threads)
-    return problem.run("value_and_grad", grad_output=grad_output, out=out, wrt=wrt)
-
-
-# ----------------------------------------------------------------------------------------
-# l1
-# ----------------------------------------------------------------------------------------
-
-def l1(pred, target, *, weight=None, reduction="mean", num_threads=None):
-    """Mean absolute error, as torch.nn.functional.l1_loss: per element
-    ``weight * |pred - target|``.
-
-    Arguments and result as in :func:`mse`.
-    """
-    problem = _Problem("l1", pred, target, weight, reduction, num_threads)
-    return problem.run("forward")[0]
+    gradient_parameters = (f"{inputs}, grad_output=1.0, *, {keywords}reduction='mean', "
+                           f"out=None, wrt={entry.differentiable[0]!r}, num_threads=None")
+    name = entry.name
+    return {
+        name: _registry.make_function(
+            name, f"{inputs}, *, {keywords}reduction='mean', num_threads=None",
+            "return " + call("forward") + ")[0]", namespace, entry.doc, __name__),
+        f"{name}_grad": _registry.make_function(
+            f"{name}_grad", gradient_parameters,
+            "return " + call("backward") + ", grad_output, out, wrt)[1]",
+            namespace, entry.grad_doc, __name__),
+        f"{name}_value_and_grad": _registry.make_function(
+            f"{name}_value_and_grad", gradient_parameters,
+            "return " + call("value_and_grad") + ", grad_output, out, wrt)",
+            namespace, _VALUE_AND_GRAD_DOC.format(name=name), __name__),
+    }
 
 
-def l1_grad(pred, target, grad_output=1.0, *, weight=None, reduction="mean", out=None,
-            wrt="pred", num_threads=None):
-    """Gradient of ``grad_output * l1(pred, target, ...)`` w.r.t. pred:
-    ``sign(pred - target) * weight * grad_output`` (/ the mean's denominator), with
-    sign(0) = 0 (and 0 where the difference is NaN), as torch. Arguments (``wrt``
-    included) as in :func:`mse_grad`.
-    """
-    problem = _Problem("l1", pred, target, weight, reduction, num_threads)
-    return problem.run("backward", grad_output=grad_output, out=out, wrt=wrt)[1]
-
-
-def l1_value_and_grad(pred, target, grad_output=1.0, *, weight=None, reduction="mean",
-                      out=None, wrt="pred", num_threads=None):
-    """``(l1(...), l1_grad(...))`` from one pass over pred and target."""
-    problem = _Problem("l1", pred, target, weight, reduction, num_threads)
-    return problem.run("value_and_grad", grad_output=grad_output, out=out, wrt=wrt)
-
-
-# ----------------------------------------------------------------------------------------
-# huber
-# ----------------------------------------------------------------------------------------
-
-def huber(pred, target, *, delta=1.0, weight=None, reduction="mean", num_threads=None):
-    """Huber loss, as torch.nn.functional.huber_loss: per element, r = pred - target,
-    ``weight * (0.5 r**2 if |r| < delta else delta (|r| - 0.5 delta))``.
-
-    ``delta`` must be > 0 (as torch). At ``|r| == delta`` both pieces equal
-    ``0.5 delta**2``. Other arguments and the result as in :func:`mse`.
-    """
-    delta = _threshold(delta, "delta", positive=True)
-    problem = _Problem("huber", pred, target, weight, reduction, num_threads, threshold=delta)
-    return problem.run("forward")[0]
-
-
-def huber_grad(pred, target, grad_output=1.0, *, delta=1.0, weight=None, reduction="mean",
-               out=None, wrt="pred", num_threads=None):
-    """Gradient of ``grad_output * huber(pred, target, ...)`` w.r.t. pred:
-    ``clip(pred - target, -delta, delta) * weight * grad_output`` (/ N for the mean).
-    Arguments (``wrt`` included) as in :func:`mse_grad`; the weighted mean divides by N,
-    as torch's huber_loss.
-    """
-    delta = _threshold(delta, "delta", positive=True)
-    problem = _Problem("huber", pred, target, weight, reduction, num_threads, threshold=delta)
-    return problem.run("backward", grad_output=grad_output, out=out, wrt=wrt)[1]
-
-
-def huber_value_and_grad(pred, target, grad_output=1.0, *, delta=1.0, weight=None,
-                         reduction="mean", out=None, wrt="pred", num_threads=None):
-    """``(huber(...), huber_grad(...))`` from one pass over pred and target."""
-    delta = _threshold(delta, "delta", positive=True)
-    problem = _Problem("huber", pred, target, weight, reduction, num_threads, threshold=delta)
-    return problem.run("value_and_grad", grad_output=grad_output, out=out, wrt=wrt)
-
-
-# ----------------------------------------------------------------------------------------
-# smooth_l1
-# ----------------------------------------------------------------------------------------
-
-def smooth_l1(pred, target, *, beta=1.0, weight=None, reduction="mean", num_threads=None):
-    """Smooth L1 loss, as torch.nn.functional.smooth_l1_loss: per element, r = pred - target,
-    ``weight * (0.5 r**2 / beta if |r| < beta else |r| - 0.5 beta)``.
-
-    ``beta`` must be >= 0; ``beta == 0`` is exactly :func:`l1` (as torch). Other
-    arguments and the result as in :func:`mse`.
-    """
-    beta = _threshold(beta, "beta", positive=False)
-    problem = _Problem("smooth_l1", pred, target, weight, reduction, num_threads,
-                       threshold=beta)
-    return problem.run("forward")[0]
-
-
-def smooth_l1_grad(pred, target, grad_output=1.0, *, beta=1.0, weight=None, reduction="mean",
-                   out=None, wrt="pred", num_threads=None):
-    """Gradient of ``grad_output * smooth_l1(pred, target, ...)`` w.r.t. pred:
-    ``clip((pred - target) / beta, -1, 1) * weight * grad_output`` (/ N for the mean);
-    for ``beta == 0`` the l1 gradient. Arguments (``wrt`` included) as in
-    :func:`mse_grad`.
-    """
-    beta = _threshold(beta, "beta", positive=False)
-    problem = _Problem("smooth_l1", pred, target, weight, reduction, num_threads,
-                       threshold=beta)
-    return problem.run("backward", grad_output=grad_output, out=out, wrt=wrt)[1]
-
-
-def smooth_l1_value_and_grad(pred, target, grad_output=1.0, *, beta=1.0, weight=None,
-                             reduction="mean", out=None, wrt="pred", num_threads=None):
-    """``(smooth_l1(...), smooth_l1_grad(...))`` from one pass over pred and target."""
-    beta = _threshold(beta, "beta", positive=False)
-    problem = _Problem("smooth_l1", pred, target, weight, reduction, num_threads,
-                       threshold=beta)
-    return problem.run("value_and_grad", grad_output=grad_output, out=out, wrt=wrt)
-
-
-# ----------------------------------------------------------------------------------------
-# bce_with_logits
-# ----------------------------------------------------------------------------------------
-
-def bce_with_logits(logits, target, *, weight=None, pos_weight=None, reduction="mean",
-                    num_threads=None):
-    """Binary cross-entropy on logits, as torch.nn.functional.binary_cross_entropy_with_logits:
-    per element, x = logits, y = target, p = pos_weight::
-
-        weight * ((1 - y) x + (1 + (p - 1) y) softplus(-x)),
-        softplus(-x) = max(-x, 0) + log1p(exp(-|x|)),
-
-    i.e. ``-weight * (p y log sigmoid(x) + (1 - y) log(1 - sigmoid(x)))``, evaluated so
-    that it is exact for logits of any size (no overflow, no cancellation for y in
-    [0, 1]). At an infinite logit the loss is inf or NaN as in torch.
-
-    Parameters
-    ----------
-    logits : array_like, float32 or float64
-    target : array_like of logits' shape, float or integer (labels in [0, 1])
-    weight : array_like, optional
-        Per-element factor that broadcasts to the logits' shape.
-    pos_weight : array_like, optional
-        Weight of the positive term per class of the last axis: shape (C,), or
-        anything else that broadcasts to the logits' shape (0-d for 0-d logits).
-    reduction, num_threads
-        As in :func:`mse`.
-    """
-    problem = _Problem("bce_with_logits", logits, target, weight, reduction, num_threads,
-                       pos_weight=pos_weight)
-    return problem.run("forward")[0]
-
-
-def bce_with_logits_grad(logits, target, grad_output=1.0, *, weight=None, pos_weight=None,
-                         reduction="mean", out=None, wrt="logits", num_threads=None):
-    """Gradient of ``grad_output * bce_with_logits(logits, target, ...)`` w.r.t. the
-    logits: ``((1 + (p - 1) y) sigmoid(x) - p y) * weight * grad_output`` (/ N for the
-    mean); sigmoid is taken per sign of x, so it never overflows. Arguments as in
-    :func:`mse_grad` (``out=logits`` overwrites the logits in place).
-
-    ``wrt="target"`` (or ``("logits", "target")``): the gradient w.r.t. a float target,
-    ``(-x + (p - 1) softplus(-x)) * weight * grad_output``, torch's
-    ``log_sigmoid(-x) - p log_sigmoid(x)``, from the same pass. torch does not
-    differentiate ``weight`` or ``pos_weight``; asking for them is a ValueError.
-    """
-    problem = _Problem("bce_with_logits", logits, target, weight, reduction, num_threads,
-                       pos_weight=pos_weight)
-    return problem.run("backward", grad_output=grad_output, out=out, wrt=wrt)[1]
-
-
-def bce_with_logits_value_and_grad(logits, target, grad_output=1.0, *, weight=None,
-                                   pos_weight=None, reduction="mean", out=None, wrt="logits",
-                                   num_threads=None):
-    """``(bce_with_logits(...), bce_with_logits_grad(...))`` from one pass over the
-    logits and target."""
-    problem = _Problem("bce_with_logits", logits, target, weight, reduction, num_threads,
-                       pos_weight=pos_weight)
-    return problem.run("value_and_grad", grad_output=grad_output, out=out, wrt=wrt)
+_FUNCTIONS = {}
+for _entry in _registry.family("elementwise"):
+    _FUNCTIONS.update(_generate(_entry))
+globals().update(_FUNCTIONS)
+__all__ = sorted(_FUNCTIONS)
+del _entry

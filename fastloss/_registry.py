@@ -1,0 +1,470 @@
+"""The registry: every loss declared once.
+
+A ``Loss`` entry names a loss's family, its array inputs and which of them are
+differentiable, its keyword options (default, check, values the check refuses), its
+float64 reference in ``fastloss.reference``, its torch counterpart and how the
+arguments map, the cases ``fastloss check`` and the tests run, the sizes ``fastloss
+bench`` times, and the tolerance class of its accuracy contract. What reads it:
+
+- the public NumPy functions ``NAME``, ``NAME_grad``, ``NAME_value_and_grad`` of the
+  elementwise (pointwise) family are generated from their entries (``fastloss/elementwise.py``);
+  the other families' are written by hand and looked up by name;
+- ``fastloss.torch`` generates the elementwise losses' functions and ``nn.Module``
+  classes from ``Loss.torch``;
+- ``fastloss check`` runs ``Loss.cases`` against the reference;
+- ``fastloss bench`` times the elementwise losses marked ``bench``;
+- the test suite's generic tables (parity, finite differences, bad input, threads,
+  torch parity) are parametrised over ``LOSSES``.
+
+Adding a pointwise loss is its C value and slope (csrc/elementwise_body.h), its
+reference formula (fastloss/reference/_elementwise.py), one entry below, and tests of
+its own edge cases. The models are scikit-learn's ``sklearn/_loss`` (a loss is a
+declared object that the generic machinery drives) and PyTorch's OpInfo database (one
+record per operator, from which the generic tests are generated).
+"""
+import dataclasses
+import math
+from typing import Callable, Optional
+
+import numpy as np
+
+from fastloss._validation import real_scalar
+
+__all__ = ["Case", "LOSSES", "Loss", "Option", "Torch", "family", "make_function"]
+
+
+# ----------------------------------------------------------------------------------------
+# The entry types
+# ----------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """A keyword option: its default, the check that turns a caller's value into what
+    the kernel reads (raising an exception that names the option), and values that
+    check must refuse with the exception type each raises (the bad-input test table)."""
+
+    name: str
+    default: object = None
+    check: Optional[Callable] = None
+    refused: tuple = ()
+    array: bool = False        # an array option (weight, pos_weight, quantile vectors)
+
+    def checked(self, value):
+        return self.check(value) if self.check is not None else value
+
+
+@dataclasses.dataclass(frozen=True)
+class Torch:
+    """The torch counterpart and the adapter ``fastloss.torch`` generates for it.
+
+    ``function``: the adapter's name (torch.nn.functional's, where torch has the loss);
+    ``counterpart``: the dotted name of what it reproduces (None: no torch function,
+    the tests write the formula out); ``signature``: the adapter's parameters in
+    torch's order, as Python source (``num_threads`` is appended keyword-only);
+    ``arguments``: the adapter's parameter -> the NumPy API's (inputs and options);
+    ``module``: the ``nn.Module`` class name, ``module_base``: the torch.nn class it
+    subclasses (None: a plain Module), ``module_signature``: its ``__init__``
+    parameters as Python source; ``not_differentiable``: inputs that torch does not
+    differentiate (one that requires grad raises torch's RuntimeError)."""
+
+    function: str
+    counterpart: Optional[str]
+    signature: str
+    arguments: dict
+    module: str
+    module_base: Optional[str] = None
+    module_signature: str = ""
+    not_differentiable: tuple = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One option combination: ``params`` are read by the entry's input maker (a layout
+    name such as "class" becomes a random array of that layout)."""
+
+    id: str
+    params: dict
+    shape: Optional[tuple] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Loss:
+    """One loss. ``inputs`` are the positional arrays in order; ``differentiable`` the
+    names ``wrt=`` accepts (the first is the default); ``options`` the keyword options
+    in the order of the signature (``reduction`` and ``num_threads`` follow them).
+
+    ``make_inputs(rng, dtype, params, shape) -> (arrays, options)`` draws a case's
+    inputs; ``loss_shape(shape)`` maps the first input's shape to the loss's shape for
+    reduction "none"; ``tolerance`` names the contract's class ("contract": the bounds
+    of fastloss._contract; "products": the contract plus a dot product's rounding).
+
+    Elementwise entries also carry what their kernel needs: ``kernel`` (the C loss),
+    ``params(options) -> tuple`` (the C parameters), ``factor`` (the option the kernel
+    reads as a periodic per-element factor beside ``weight``), ``weighted_mean``
+    (torch's mean divides by the weight's sum: mse, l1), ``same_shape`` (inputs must
+    have one shape rather than broadcast), ``doc`` and ``grad_doc`` (the docstrings of
+    ``NAME`` and ``NAME_grad``)."""
+
+    name: str
+    family: str
+    inputs: tuple
+    differentiable: tuple
+    options: tuple = ()
+    torch: Optional[Torch] = None
+    make_inputs: Optional[Callable] = None
+    loss_shape: Optional[Callable] = None
+    cases: tuple = ()
+    check_shape: tuple = (40, 1000)
+    bench: bool = False
+    tolerance: str = "contract"
+    # elementwise only
+    kernel: Optional[str] = None
+    params: Callable = lambda options: ()
+    factor: Optional[str] = None
+    weighted_mean: bool = False
+    same_shape: bool = False
+    doc: str = ""
+    grad_doc: str = ""
+
+    @property
+    def public(self):
+        """The three public functions (value, gradient, fused)."""
+        import fastloss
+
+        return tuple(getattr(fastloss, self.name + suffix)
+                     for suffix in ("", "_grad", "_value_and_grad"))
+
+    @property
+    def reference(self):
+        """The float64 references of the three."""
+        from fastloss import reference
+
+        return tuple(getattr(reference, self.name + suffix)
+                     for suffix in ("", "_grad", "_value_and_grad"))
+
+    def option(self, name):
+        return next(option for option in self.options if option.name == name)
+
+
+def make_function(name, parameters, body, namespace, doc, module):
+    """A function ``def name(parameters): body`` compiled from source, so that it has
+    a real signature (introspection, Sphinx, a call costs what a written function's
+    does) and the docstring ``doc``. ``namespace`` holds the names the body uses."""
+    source = f"def {name}({parameters}):\n    {body}\n"
+    scope = dict(namespace)
+    exec(compile(source, f"<fastloss generated {name}>", "exec"), scope)  # noqa: S102
+    function = scope[name]
+    function.__doc__ = doc
+    function.__module__ = module
+    function.__qualname__ = name
+    return function
+
+
+# ----------------------------------------------------------------------------------------
+# Option checks
+# ----------------------------------------------------------------------------------------
+
+def _positive(name):
+    return lambda value: real_scalar(value, name, low=0.0, low_open=True)
+
+
+def _nonnegative(name):
+    return lambda value: real_scalar(value, name, low=0.0)
+
+
+_WEIGHT = Option("weight", None, array=True)
+_BAD_THRESHOLD = ((-1.0, ValueError), (math.inf, ValueError), (math.nan, ValueError),
+                  ("1", TypeError))
+
+
+# ----------------------------------------------------------------------------------------
+# Input makers (shared by fastloss check and the tests)
+# ----------------------------------------------------------------------------------------
+
+def random_factor(rng, layout, shape, dtype, low, high):
+    """A positive per-element factor of ``layout``: "full" (the data's shape), "class"
+    (the last axis, broadcast over the rest) or "row" (one per row, trailing 1)."""
+    layout = layout if isinstance(layout, str) else "full"
+    factor_shape = {"full": shape, "class": shape[-1:], "row": shape[:-1] + (1,)}[layout]
+    return rng.uniform(low, high, factor_shape).astype(dtype)
+
+
+def _factor_options(rng, dtype, params, shape):
+    """``weight`` and ``pos_weight`` from their layout names; the rest pass through."""
+    options = {}
+    if params.get("weight"):
+        options["weight"] = random_factor(rng, params["weight"], shape, dtype, 0.25, 2.0)
+    if params.get("pos_weight"):
+        options["pos_weight"] = random_factor(rng, params["pos_weight"], shape, dtype,
+                                              0.5, 3.0)
+    for name, value in params.items():
+        if name not in ("weight", "pos_weight", "scale", "soft"):
+            options[name] = value
+    return options
+
+
+def regression_inputs(rng, dtype, params, shape):
+    """pred (standard deviation ``scale``, default 2) and target (standard normal): the
+    residuals straddle every threshold the cases use."""
+    pred = (rng.standard_normal(shape) * params.get("scale", 2.0)).astype(dtype)
+    target = rng.standard_normal(shape).astype(dtype)
+    return (pred, target), _factor_options(rng, dtype, params, shape)
+
+
+def binary_inputs(rng, dtype, params, shape):
+    """Logits (standard deviation ``scale``, default 3) and targets in [0, 1]: hard 0/1
+    labels, or with ``soft`` a mix of labels and probabilities."""
+    logits = (rng.standard_normal(shape) * params.get("scale", 3.0)).astype(dtype)
+    target = rng.integers(0, 2, shape).astype(np.float64)
+    if params.get("soft"):
+        target = np.where(rng.random(shape) < 0.5, target, rng.random(shape))
+    return (logits, target.astype(dtype)), _factor_options(rng, dtype, params, shape)
+
+
+def _same_shape(shape):
+    return tuple(shape)
+
+
+# ----------------------------------------------------------------------------------------
+# The elementwise (pointwise) losses
+# ----------------------------------------------------------------------------------------
+
+_REGRESSION_CASES = (
+    Case("plain", {}),
+    Case("weight", {"weight": "full"}),
+    Case("weight-per-class", {"weight": "class"}, (3, 13, 517)),
+    Case("weight-per-row", {"weight": "row"}),
+)
+
+_LEGACY = "size_average=None, reduce=None, "
+
+
+def _regression_torch(function, module, extra_signature="", extra_arguments=None,
+                      legacy=True, weight=True, module_signature=None):
+    """The torch form of a regression loss: ``function(input, target, [legacy,]
+    reduction, [extras,] [weight])``."""
+    signature = "input, target, " + (_LEGACY if legacy else "") + "reduction='mean'"
+    signature += extra_signature + (", weight=None" if weight else "")
+    arguments = {"input": "pred", "target": "target", **(extra_arguments or {})}
+    if weight:
+        arguments["weight"] = "weight"
+    if module_signature is None:
+        module_signature = (_LEGACY if legacy else "") + "reduction='mean'" + extra_signature
+    return Torch(function, f"torch.nn.functional.{function}", signature, arguments, module,
+                 module, module_signature)
+
+
+MSE = Loss(
+    name="mse", family="elementwise", inputs=("pred", "target"),
+    differentiable=("pred", "target", "weight"), options=(_WEIGHT,),
+    torch=_regression_torch("mse_loss", "MSELoss"),
+    make_inputs=regression_inputs, loss_shape=_same_shape, cases=_REGRESSION_CASES,
+    bench=True, kernel="mse", weighted_mean=True,
+    doc="""Mean squared error, as torch.nn.functional.mse_loss: per element
+    ``weight * (pred - target)**2``.
+
+    Parameters
+    ----------
+    pred : array_like, float32 or float64
+    target : array_like, float or integer; broadcasts with ``pred``
+    weight : array_like, optional
+        Per-element factor that broadcasts to the loss's shape.
+    reduction : {"mean", "sum", "none"}
+        "mean" divides the sum by the number of elements; with a weight, by the sum of
+        the weight as paired with pred (broadcast with pred's shape, not repeated by a
+        larger target): a weighted mean, as torch's mse_loss and l1_loss do.
+    num_threads : int, optional
+        Threads for this call (default: fastloss.get_num_threads()).
+
+    Returns
+    -------
+    float or ndarray
+        A float for "mean"/"sum" (nan for the mean of no elements); for "none" an array
+        of the broadcast shape. Its dtype is float64 if pred or target is, else float32.
+    """,
+    grad_doc="""Gradient of ``grad_output * mse(pred, target, ...)`` w.r.t. pred:
+    ``2 (pred - target) * weight * grad_output`` (/ the mean's denominator).
+
+    grad_output is a scalar for "mean"/"sum" and an array of the loss's shape (or a
+    scalar) for "none". The gradient has pred's shape and dtype; ``out`` receives it
+    (``out=pred`` overwrites pred in place). Returns the gradient (``out`` if given).
+
+    ``wrt`` names the argument to differentiate: "pred", "target" (minus pred's slope;
+    a float target only) or "weight" (the unweighted loss, through the weighted mean for
+    "mean", as torch's autograd), or a tuple of names for a tuple of gradients in that
+    order (``out`` then a tuple too, or None). Each gradient has its argument's shape
+    (summed over the axes broadcasting added or stretched) and dtype.
+    """,
+)
+
+L1 = Loss(
+    name="l1", family="elementwise", inputs=("pred", "target"),
+    differentiable=("pred", "target", "weight"), options=(_WEIGHT,),
+    torch=_regression_torch("l1_loss", "L1Loss"),
+    make_inputs=regression_inputs, loss_shape=_same_shape, cases=_REGRESSION_CASES[:2],
+    bench=True, kernel="l1", weighted_mean=True,
+    doc="""Mean absolute error, as torch.nn.functional.l1_loss: per element
+    ``weight * |pred - target|``.
+
+    Arguments and result as in :func:`mse`.
+    """,
+    grad_doc="""Gradient of ``grad_output * l1(pred, target, ...)`` w.r.t. pred:
+    ``sign(pred - target) * weight * grad_output`` (/ the mean's denominator), with
+    sign(0) = 0 (and 0 where the difference is NaN), as torch. Arguments (``wrt``
+    included) as in :func:`mse_grad`.
+    """,
+)
+
+HUBER = Loss(
+    name="huber", family="elementwise", inputs=("pred", "target"),
+    differentiable=("pred", "target", "weight"),
+    options=(Option("delta", 1.0, _positive("delta"), _BAD_THRESHOLD + ((0.0, ValueError),)),
+             _WEIGHT),
+    torch=_regression_torch("huber_loss", "HuberLoss", ", delta=1.0", {"delta": "delta"},
+                            legacy=False),
+    make_inputs=regression_inputs, loss_shape=_same_shape,
+    cases=(Case("delta=1", {}),
+           Case("delta=0.5+weight", {"delta": 0.5, "weight": "full"}),
+           Case("delta=3+weight-per-class", {"delta": 3.0, "weight": "class"}, (3, 13, 517))),
+    bench=True, kernel="huber", params=lambda options: (options["delta"],),
+    doc="""Huber loss, as torch.nn.functional.huber_loss: per element, r = pred - target,
+    ``weight * (0.5 r**2 if |r| < delta else delta (|r| - 0.5 delta))``.
+
+    ``delta`` must be > 0 (as torch). At ``|r| == delta`` both pieces equal
+    ``0.5 delta**2``. Other arguments and the result as in :func:`mse`.
+    """,
+    grad_doc="""Gradient of ``grad_output * huber(pred, target, ...)`` w.r.t. pred:
+    ``clip(pred - target, -delta, delta) * weight * grad_output`` (/ N for the mean).
+    Arguments (``wrt`` included) as in :func:`mse_grad`; the weighted mean divides by N,
+    as torch's huber_loss.
+    """,
+)
+
+SMOOTH_L1 = Loss(
+    name="smooth_l1", family="elementwise", inputs=("pred", "target"),
+    differentiable=("pred", "target", "weight"),
+    options=(Option("beta", 1.0, _nonnegative("beta"), _BAD_THRESHOLD), _WEIGHT),
+    torch=_regression_torch("smooth_l1_loss", "SmoothL1Loss", ", beta=1.0", {"beta": "beta"},
+                            weight=False),
+    make_inputs=regression_inputs, loss_shape=_same_shape,
+    cases=(Case("beta=1", {}),
+           Case("beta=0.5+weight", {"beta": 0.5, "weight": "full"}),
+           Case("beta=0", {"beta": 0.0}),
+           Case("beta=2+weight-per-row", {"beta": 2.0, "weight": "row"})),
+    bench=True, kernel="smooth_l1", params=lambda options: (options["beta"],),
+    doc="""Smooth L1 loss, as torch.nn.functional.smooth_l1_loss: per element, r = pred - target,
+    ``weight * (0.5 r**2 / beta if |r| < beta else |r| - 0.5 beta)``.
+
+    ``beta`` must be >= 0; ``beta == 0`` is exactly :func:`l1` (as torch). Other
+    arguments and the result as in :func:`mse`.
+    """,
+    grad_doc="""Gradient of ``grad_output * smooth_l1(pred, target, ...)`` w.r.t. pred:
+    ``clip((pred - target) / beta, -1, 1) * weight * grad_output`` (/ N for the mean);
+    for ``beta == 0`` the l1 gradient. Arguments (``wrt`` included) as in
+    :func:`mse_grad`.
+    """,
+)
+
+BCE_WITH_LOGITS = Loss(
+    name="bce_with_logits", family="elementwise", inputs=("logits", "target"),
+    differentiable=("logits", "target"),
+    options=(_WEIGHT, Option("pos_weight", None, array=True)),
+    torch=Torch("binary_cross_entropy_with_logits",
+                "torch.nn.functional.binary_cross_entropy_with_logits",
+                "input, target, weight=None, " + _LEGACY + "reduction='mean', pos_weight=None",
+                {"input": "logits", "target": "target", "weight": "weight",
+                 "pos_weight": "pos_weight"},
+                "BCEWithLogitsLoss", "BCEWithLogitsLoss",
+                "weight=None, " + _LEGACY + "reduction='mean', pos_weight=None",
+                not_differentiable=("weight", "pos_weight")),
+    make_inputs=binary_inputs, loss_shape=_same_shape,
+    cases=(Case("plain", {}),
+           Case("soft", {"soft": True}),
+           Case("weight", {"weight": "full", "soft": True}),
+           Case("pos_weight", {"pos_weight": "class"}),
+           Case("weight+pos_weight", {"weight": "class", "pos_weight": "class", "soft": True},
+                (3, 13, 517)),
+           Case("large", {"pos_weight": "full", "soft": True, "scale": 1e3})),
+    bench=True, kernel="bce_with_logits", factor="pos_weight", same_shape=True,
+    doc="""Binary cross-entropy on logits, as torch.nn.functional.binary_cross_entropy_with_logits:
+    per element, x = logits, y = target, p = pos_weight::
+
+        weight * ((1 - y) x + (1 + (p - 1) y) softplus(-x)),
+        softplus(-x) = max(-x, 0) + log1p(exp(-|x|)),
+
+    i.e. ``-weight * (p y log sigmoid(x) + (1 - y) log(1 - sigmoid(x)))``, evaluated so
+    that it is exact for logits of any size (no overflow, no cancellation for y in
+    [0, 1]). At an infinite logit the loss is inf or NaN as in torch.
+
+    Parameters
+    ----------
+    logits : array_like, float32 or float64
+    target : array_like of logits' shape, float or integer (labels in [0, 1])
+    weight : array_like, optional
+        Per-element factor that broadcasts to the logits' shape.
+    pos_weight : array_like, optional
+        Weight of the positive term per class of the last axis: shape (C,), or
+        anything else that broadcasts to the logits' shape (0-d for 0-d logits).
+    reduction, num_threads
+        As in :func:`mse`.
+    """,
+    grad_doc="""Gradient of ``grad_output * bce_with_logits(logits, target, ...)`` w.r.t. the
+    logits: ``((1 + (p - 1) y) sigmoid(x) - p y) * weight * grad_output`` (/ N for the
+    mean); sigmoid is taken per sign of x, so it never overflows. Arguments as in
+    :func:`mse_grad` (``out=logits`` overwrites the logits in place).
+
+    ``wrt="target"`` (or ``("logits", "target")``): the gradient w.r.t. a float target,
+    ``(-x + (p - 1) softplus(-x)) * weight * grad_output``, torch's
+    ``log_sigmoid(-x) - p log_sigmoid(x)``, from the same pass. torch does not
+    differentiate ``weight`` or ``pos_weight``; asking for them is a ValueError.
+    """,
+)
+
+
+# ----------------------------------------------------------------------------------------
+# The other families: their functions are written by hand (fastloss/cross_entropy.py,
+# fastloss/contrastive.py); the entries say what the generic consumers need.
+# ----------------------------------------------------------------------------------------
+
+CROSS_ENTROPY = Loss(
+    name="cross_entropy", family="cross_entropy", inputs=("logits", "target"),
+    differentiable=("logits",),
+    torch=Torch("cross_entropy", "torch.nn.functional.cross_entropy", "", {},
+                "CrossEntropyLoss", "CrossEntropyLoss"),
+)
+
+_EMBEDDING = dict(family="contrastive")
+
+PAIRWISE_DISTANCE = Loss(name="pairwise_distance", inputs=("x1", "x2"),
+                         differentiable=("x1", "x2"), **_EMBEDDING,
+                         torch=Torch("pairwise_distance",
+                                     "torch.nn.functional.pairwise_distance", "", {}, ""))
+CONTRASTIVE = Loss(name="contrastive", inputs=("x1", "x2", "label"),
+                   differentiable=("x1", "x2"), **_EMBEDDING,
+                   torch=Torch("contrastive", None, "", {}, "ContrastiveLoss"))
+CONTRASTIVE_PAIRWISE = Loss(name="contrastive_pairwise", inputs=("embeddings", "labels"),
+                            differentiable=("embeddings",), tolerance="products",
+                            **_EMBEDDING,
+                            torch=Torch("contrastive_pairwise", None, "", {},
+                                        "ContrastivePairwiseLoss"))
+INFO_NCE = Loss(name="info_nce", inputs=("query", "key"), differentiable=("query", "key"),
+                tolerance="products", **_EMBEDDING,
+                torch=Torch("info_nce", None, "", {}, "InfoNCELoss"))
+TRIPLET_MARGIN = Loss(name="triplet_margin", inputs=("anchor", "positive", "negative"),
+                      differentiable=("anchor", "positive", "negative"), **_EMBEDDING,
+                      torch=Torch("triplet_margin_loss",
+                                  "torch.nn.functional.triplet_margin_loss", "", {},
+                                  "TripletMarginLoss", "TripletMarginLoss"))
+
+
+LOSSES = {loss.name: loss for loss in (
+    CROSS_ENTROPY,
+    MSE, L1, HUBER, SMOOTH_L1, BCE_WITH_LOGITS,
+    PAIRWISE_DISTANCE, CONTRASTIVE, CONTRASTIVE_PAIRWISE, INFO_NCE, TRIPLET_MARGIN,
+)}
+
+
+def family(name):
+    """The entries of family ``name`` ("cross_entropy", "elementwise", "contrastive"), in
+    the registry's order."""
+    return tuple(loss for loss in LOSSES.values() if loss.family == name)
