@@ -97,85 +97,22 @@ del _machinery
 from fastloss import reference
 from fastloss._config import get_num_threads, set_num_threads, show_config
 from fastloss._kernels import release_memory
-from fastloss.cross_entropy import (
-    cross_entropy,
-    cross_entropy_grad,
-    cross_entropy_value_and_grad,
-)
-from fastloss.elementwise import (
-    bce_with_logits,
-    bce_with_logits_grad,
-    bce_with_logits_value_and_grad,
-    huber,
-    huber_grad,
-    huber_value_and_grad,
-    l1,
-    l1_grad,
-    l1_value_and_grad,
-    mse,
-    mse_grad,
-    mse_value_and_grad,
-    smooth_l1,
-    smooth_l1_grad,
-    smooth_l1_value_and_grad,
-)
+from fastloss import contrastive as _contrastive
+from fastloss import cross_entropy as _cross_entropy
+from fastloss import elementwise as _elementwise
+from fastloss._registry import LOSSES as _LOSSES
 
-from fastloss.contrastive import (
-    contrastive,
-    contrastive_grad,
-    contrastive_value_and_grad,
-    contrastive_pairwise,
-    contrastive_pairwise_grad,
-    contrastive_pairwise_value_and_grad,
-    info_nce,
-    info_nce_grad,
-    info_nce_value_and_grad,
-    pairwise_distance,
-    pairwise_distance_grad,
-    pairwise_distance_value_and_grad,
-    triplet_margin,
-    triplet_margin_grad,
-    triplet_margin_value_and_grad,
-)
+# Every loss's three public functions, by the registry's names: the elementwise ones are
+# generated from their entries, the others written by hand in their family's module.
+_FAMILY_MODULES = {"cross_entropy": _cross_entropy, "elementwise": _elementwise,
+                   "contrastive": _contrastive}
+_PUBLIC = [loss.name + suffix for loss in _LOSSES.values()
+           for suffix in ("", "_grad", "_value_and_grad")]
+for _loss in _LOSSES.values():
+    for _suffix in ("", "_grad", "_value_and_grad"):
+        globals()[_loss.name + _suffix] = getattr(_FAMILY_MODULES[_loss.family],
+                                                  _loss.name + _suffix)
+del _loss, _suffix
 
-__all__ = [
-    "__version__",
-    "bce_with_logits",
-    "bce_with_logits_grad",
-    "bce_with_logits_value_and_grad",
-    "cross_entropy",
-    "cross_entropy_grad",
-    "cross_entropy_value_and_grad",
-    "get_num_threads",
-    "huber",
-    "huber_grad",
-    "huber_value_and_grad",
-    "l1",
-    "l1_grad",
-    "l1_value_and_grad",
-    "mse",
-    "mse_grad",
-    "mse_value_and_grad",
-    "reference",
-    "release_memory",
-    "set_num_threads",
-    "show_config",
-    "smooth_l1",
-    "smooth_l1_grad",
-    "smooth_l1_value_and_grad",
-    "contrastive",
-    "contrastive_grad",
-    "contrastive_value_and_grad",
-    "contrastive_pairwise",
-    "contrastive_pairwise_grad",
-    "contrastive_pairwise_value_and_grad",
-    "info_nce",
-    "info_nce_grad",
-    "info_nce_value_and_grad",
-    "pairwise_distance",
-    "pairwise_distance_grad",
-    "pairwise_distance_value_and_grad",
-    "triplet_margin",
-    "triplet_margin_grad",
-    "triplet_margin_value_and_grad",
-]
+__all__ = ["__version__", "get_num_threads", "reference", "release_memory",
+           "set_num_threads", "show_config", *_PUBLIC]

@@ -65,7 +65,11 @@ class Torch:
     ``module``: the ``nn.Module`` class name, ``module_base``: the torch.nn class it
     subclasses (None: a plain Module), ``module_signature``: its ``__init__``
     parameters as Python source; ``not_differentiable``: inputs that torch does not
-    differentiate (one that requires grad raises torch's RuntimeError)."""
+    differentiate (one that requires grad raises torch's RuntimeError); ``loss_dtype``:
+    the dtype of torch's loss ("promote": of all inputs and the weight, "input": the
+    input's times the weight's, "target": the target's); ``size_warning``: torch warns
+    when the target's size differs from the input's; ``doc``: what the adapter's
+    docstring adds to "torch's counterpart computed by fastloss"."""
 
     function: str
     counterpart: Optional[str]
@@ -75,6 +79,9 @@ class Torch:
     module_base: Optional[str] = None
     module_signature: str = ""
     not_differentiable: tuple = ()
+    loss_dtype: str = "promote"    # "promote" | "input" (times weight) | "target"
+    size_warning: bool = False     # torch warns when target's size differs from input's
+    doc: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,7 +247,7 @@ _LEGACY = "size_average=None, reduce=None, "
 
 
 def _regression_torch(function, module, extra_signature="", extra_arguments=None,
-                      legacy=True, weight=True, module_signature=None):
+                      legacy=True, weight=True, module_signature=None, **fields):
     """The torch form of a regression loss: ``function(input, target, [legacy,]
     reduction, [extras,] [weight])``."""
     signature = "input, target, " + (_LEGACY if legacy else "") + "reduction='mean'"
@@ -251,13 +258,16 @@ def _regression_torch(function, module, extra_signature="", extra_arguments=None
     if module_signature is None:
         module_signature = (_LEGACY if legacy else "") + "reduction='mean'" + extra_signature
     return Torch(function, f"torch.nn.functional.{function}", signature, arguments, module,
-                 module, module_signature)
+                 module, module_signature, size_warning=True, **fields)
 
 
 MSE = Loss(
     name="mse", family="elementwise", inputs=("pred", "target"),
     differentiable=("pred", "target", "weight"), options=(_WEIGHT,),
-    torch=_regression_torch("mse_loss", "MSELoss"),
+    torch=_regression_torch("mse_loss", "MSELoss", doc=(
+        "With a ``weight`` (of the input's size), \"mean\" is ``sum(weight * loss) / "
+        "sum(weight)`` as in torch, the weight summed over the input's size even where the "
+        "target broadcasts the loss to a larger shape. ")),
     make_inputs=regression_inputs, loss_shape=_same_shape, cases=_REGRESSION_CASES,
     bench=True, kernel="mse", weighted_mean=True,
     doc="""Mean squared error, as torch.nn.functional.mse_loss: per element
@@ -300,7 +310,9 @@ MSE = Loss(
 L1 = Loss(
     name="l1", family="elementwise", inputs=("pred", "target"),
     differentiable=("pred", "target", "weight"), options=(_WEIGHT,),
-    torch=_regression_torch("l1_loss", "L1Loss"),
+    torch=_regression_torch("l1_loss", "L1Loss", doc=(
+        "With a ``weight``, \"mean\" is ``sum(weight * loss) / sum(weight)`` as in torch "
+        "(see :func:`mse_loss`). ")),
     make_inputs=regression_inputs, loss_shape=_same_shape, cases=_REGRESSION_CASES[:2],
     bench=True, kernel="l1", weighted_mean=True,
     doc="""Mean absolute error, as torch.nn.functional.l1_loss: per element
@@ -321,7 +333,9 @@ HUBER = Loss(
     options=(Option("delta", 1.0, _positive("delta"), _BAD_THRESHOLD + ((0.0, ValueError),)),
              _WEIGHT),
     torch=_regression_torch("huber_loss", "HuberLoss", ", delta=1.0", {"delta": "delta"},
-                            legacy=False),
+                            legacy=False, loss_dtype="input", doc=(
+                                "``delta > 0``; with a ``weight``, \"mean\" is "
+                                "``mean(weight * loss)`` as in torch. ")),
     make_inputs=regression_inputs, loss_shape=_same_shape,
     cases=(Case("delta=1", {}),
            Case("delta=0.5+weight", {"delta": 0.5, "weight": "full"}),
@@ -345,7 +359,7 @@ SMOOTH_L1 = Loss(
     differentiable=("pred", "target", "weight"),
     options=(Option("beta", 1.0, _nonnegative("beta"), _BAD_THRESHOLD), _WEIGHT),
     torch=_regression_torch("smooth_l1_loss", "SmoothL1Loss", ", beta=1.0", {"beta": "beta"},
-                            weight=False),
+                            weight=False, doc="``beta >= 0``; 0 is L1. "),
     make_inputs=regression_inputs, loss_shape=_same_shape,
     cases=(Case("beta=1", {}),
            Case("beta=0.5+weight", {"beta": 0.5, "weight": "full"}),
@@ -376,7 +390,12 @@ BCE_WITH_LOGITS = Loss(
                  "pos_weight": "pos_weight"},
                 "BCEWithLogitsLoss", "BCEWithLogitsLoss",
                 "weight=None, " + _LEGACY + "reduction='mean', pos_weight=None",
-                not_differentiable=("weight", "pos_weight")),
+                not_differentiable=("weight", "pos_weight"), loss_dtype="target",
+                doc=("``weight`` broadcasts to the input, ``pos_weight`` to it too (one value "
+                     "per class of the last axis; 0-d for 0-d logits); like torch, ``weight`` "
+                     "and ``pos_weight`` are not differentiable, and one that requires grad "
+                     "raises torch's RuntimeError. The loss has the target's dtype, as "
+                     "torch's. ")),
     make_inputs=binary_inputs, loss_shape=_same_shape,
     cases=(Case("plain", {}),
            Case("soft", {"soft": True}),

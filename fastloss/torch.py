@@ -52,30 +52,22 @@ import torch
 from torch.autograd.function import once_differentiable
 
 import fastloss
-from fastloss import _kernels
+from fastloss import _kernels, _registry
 from fastloss._config import resolve_num_threads
 from fastloss._validation import reduction_arg
 
+# the hand-written losses; the elementwise ones' functions and modules join at the end,
+# generated from the registry
 __all__ = [
-    "binary_cross_entropy_with_logits",
     "contrastive",
     "contrastive_pairwise",
     "cross_entropy",
-    "huber_loss",
     "info_nce",
-    "l1_loss",
-    "mse_loss",
-    "smooth_l1_loss",
     "triplet_margin_loss",
-    "BCEWithLogitsLoss",
     "ContrastiveLoss",
     "ContrastivePairwiseLoss",
     "CrossEntropyLoss",
-    "HuberLoss",
     "InfoNCELoss",
-    "L1Loss",
-    "MSELoss",
-    "SmoothL1Loss",
     "TripletMarginLoss",
 ]
 
@@ -461,69 +453,74 @@ _cross_entropy_apply = _direct_apply(_CrossEntropy)
 # Regression and binary losses
 # ----------------------------------------------------------------------------------------
 
-# fastloss's name -> (loss, gradient, torch.nn.functional's name)
-_ELEMENTWISE = {
-    "mse": (fastloss.mse, fastloss.mse_grad, "mse_loss"),
-    "l1": (fastloss.l1, fastloss.l1_grad, "l1_loss"),
-    "huber": (fastloss.huber, fastloss.huber_grad, "huber_loss"),
-    "smooth_l1": (fastloss.smooth_l1, fastloss.smooth_l1_grad, "smooth_l1_loss"),
-    "bce_with_logits": (fastloss.bce_with_logits, fastloss.bce_with_logits_grad,
-                        "binary_cross_entropy_with_logits"),
-}
-
-
-def _elementwise_loss_dtype(name, input, target, weight):
+def _elementwise_loss_dtype(entry, tensors):
     """The dtype of torch's loss: for binary_cross_entropy_with_logits the target's (its
     loss is computed in place in a tensor made from the target); for huber_loss the
     input's (its kernel writes into a tensor like the input), times the weight; else the
-    promotion of input, target and weight."""
-    if name == "bce_with_logits":
-        return target.dtype if target.dtype.is_floating_point else input.dtype
-    dtype = input.dtype
-    for tensor in ((weight,) if name == "huber" else (target, weight)):
+    promotion of the inputs and the weight (``entry.torch.loss_dtype``)."""
+    rule = entry.torch.loss_dtype
+    first, target = tensors[entry.inputs[0]], tensors.get("target")
+    if rule == "target":
+        return target.dtype if target.dtype.is_floating_point else first.dtype
+    names = ("weight",) if rule == "input" else entry.inputs[1:] + ("weight",)
+    dtype = first.dtype
+    for name in names:
+        tensor = tensors.get(name)
         if tensor is not None and tensor.dtype.is_floating_point:
             dtype = torch.promote_types(dtype, tensor.dtype)
     return dtype
 
 
+def _array_names(entry):
+    """The tensors an elementwise loss's Function takes: its inputs, then its array
+    options (weight, the periodic factor), in the registry's order."""
+    return entry.inputs + tuple(option.name for option in entry.options if option.array)
+
+
 class _Elementwise(torch.autograd.Function):
-    """One of the elementwise losses. ``options`` holds the NumPy API's keywords.
+    """An elementwise loss (a registry entry). ``options`` holds the NumPy API's scalar
+    keywords; ``tensors`` are the entry's inputs and array options (None where absent).
 
     For "mean" and "sum", when a gradient is wanted, the forward is the fused pass
-    (NAME_value_and_grad with ``wrt=`` the gradients autograd needs: input, target and,
-    for the regression losses, weight): input and target are read once, not once for the
-    loss and again for the gradient. The backward hands those gradients over, scaled by
-    grad_output when it is not 1. For "none" (whose backward multiplies by a
-    grad_output per element anyway) and for a second backward, the backward computes
-    them with NAME_grad."""
+    (NAME_value_and_grad with ``wrt=`` the gradients autograd needs), so the inputs are
+    read once, not once for the loss and again for the gradient. The backward hands
+    those gradients over, scaled by grad_output when it is not 1. For "none" (whose
+    backward multiplies by a grad_output per element anyway) and for a second backward,
+    the backward computes them with NAME_grad."""
 
     @staticmethod
-    def forward(ctx, name, input, target, weight, pos_weight, options):
-        extra = {} if pos_weight is None else {"pos_weight": _numpy(pos_weight)}
-        arrays = (_numpy(input), _numpy(target))
+    def forward(ctx, entry, options, *tensors):
+        names = _array_names(entry)
         options = dict(options)
         # ctx.needs_input_grad holds under torch.no_grad() too: only a recorded call
         # computes gradients in its forward
         recording = options.pop("recording")
-        wanted = _elementwise_wanted(name, ctx.needs_input_grad) if recording else ()
+        wanted = _elementwise_wanted(entry, ctx.needs_input_grad) if recording else ()
+        arrays = [_numpy(tensor) for tensor in tensors]
+        inputs = arrays[:len(entry.inputs)]
+        keywords = dict(options, **dict(zip(names[len(entry.inputs):],
+                                            arrays[len(entry.inputs):])))
         ctx.grads = None
+        name = entry.name
         if wanted and options["reduction"] != "none":
             loss, grads = getattr(fastloss, f"{name}_value_and_grad")(
-                *arrays, 1.0, wrt=wanted, weight=_numpy(weight), **extra, **options)
+                *inputs, 1.0, wrt=wanted, **keywords)
             ctx.grads = dict(zip(wanted, grads))
         else:
-            loss = _ELEMENTWISE[name][0](*arrays, weight=_numpy(weight), **extra, **options)
-        ctx.save_for_backward(input, target, weight, pos_weight)
-        ctx.name, ctx.options = name, options
-        dtype = _elementwise_loss_dtype(name, input, target, weight)
+            loss = getattr(fastloss, name)(*inputs, **keywords)
+        ctx.save_for_backward(*tensors)
+        ctx.entry, ctx.options = entry, options
+        dtype = _elementwise_loss_dtype(entry, dict(zip(names, tensors)))
         return _loss_tensor(loss, dtype).to(dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output):
-        wanted = _elementwise_wanted(ctx.name, ctx.needs_input_grad)
+        entry = ctx.entry
+        names = _array_names(entry)
+        wanted = _elementwise_wanted(entry, ctx.needs_input_grad)
         if not wanted:
-            return (None,) * 6
+            return (None,) * (2 + len(names))
         if ctx.grads is not None:
             # the first backward takes the forward's gradients (then owned by autograd)
             by_name, ctx.grads = ctx.grads, None
@@ -532,117 +529,130 @@ class _Elementwise(torch.autograd.Function):
             if scale != 1.0:
                 by_name = {key: grad.mul_(scale) for key, grad in by_name.items()}
         else:
-            input, target, weight, pos_weight = ctx.saved_tensors
-            keywords = dict(ctx.options, weight=_numpy(weight))
-            if pos_weight is not None:
-                keywords["pos_weight"] = _numpy(pos_weight)
-            grads = _ELEMENTWISE[ctx.name][1](
-                _numpy(input), _numpy(target), _upstream(grad_output, ctx.options["reduction"]),
-                wrt=wanted, **keywords)
+            arrays = [_numpy(tensor) for tensor in ctx.saved_tensors]
+            inputs = arrays[:len(entry.inputs)]
+            keywords = dict(ctx.options, **dict(zip(names[len(entry.inputs):],
+                                                    arrays[len(entry.inputs):])))
+            grads = getattr(fastloss, f"{entry.name}_grad")(
+                *inputs, _upstream(grad_output, ctx.options["reduction"]), wrt=wanted,
+                **keywords)
             by_name = dict(zip(wanted, (torch.from_numpy(np.asarray(grad)) for grad in grads)))
-        pred_name = "logits" if ctx.name == "bce_with_logits" else "pred"
-        return (None, by_name.get(pred_name), by_name.get("target"), by_name.get("weight"),
-                None, None)
+        return (None, None, *(by_name.get(name) for name in names))
 
 
-def _elementwise_wanted(name, needs_input_grad):
-    """The gradients autograd asks of elementwise loss `name`, as its NumPy API's wrt=."""
-    pred_name = "logits" if name == "bce_with_logits" else "pred"
-    return tuple(key for key, needed in zip((pred_name, "target", "weight"),
-                                            needs_input_grad[1:4]) if needed)
+def _elementwise_wanted(entry, needs_input_grad):
+    """The gradients autograd asks of elementwise loss ``entry``, as its NumPy API's wrt=."""
+    return tuple(name for name, needed in zip(_array_names(entry), needs_input_grad[2:])
+                 if needed and name in entry.differentiable)
 
 
-def _not_differentiable(tensor, name, function):
+def _not_differentiable(tensor, name, function, torch_name):
     """torch's RuntimeError for an argument its autograd formula does not differentiate
     (binary_cross_entropy_with_logits' weight and pos_weight), under the same condition:
     the tensor requires grad while grad mode is on."""
     if tensor is not None and tensor.requires_grad and torch.is_grad_enabled():
         raise RuntimeError(
-            f"{function}: the function 'binary_cross_entropy_with_logits' is not "
-            f"differentiable with respect to argument '{name}'. This input cannot have "
-            f"requires_grad True (as in torch); pass {name}.detach()")
+            f"{function}: the function '{torch_name}' is not differentiable with respect "
+            f"to argument '{name}'. This input cannot have requires_grad True (as in "
+            f"torch); pass {name}.detach()")
 
 
-def _elementwise(name, input, target, weight, reduction, num_threads, *, pos_weight=None,
-                 **options):
-    """Check the tensors and run loss `name`."""
-    torch_name = _ELEMENTWISE[name][2]
-    function = f"fastloss.torch.{torch_name}"
-    _float_tensor(input, "input", function)
-    _real_tensor(target, "target", function)
-    if name == "bce_with_logits":
-        if target.shape != input.shape:
-            raise ValueError(f"{function}: target: expected the input's size {input.shape}, "
-                             f"got {target.shape}")
-    elif target.shape != input.shape:
-        warnings.warn(f"Using a target size ({target.shape}) that is different to the input "
-                      f"size ({input.shape}). This will likely lead to incorrect results due "
-                      f"to broadcasting. Please ensure they have the same size.",
-                      stacklevel=3)
-    if weight is not None:
-        _real_tensor(weight, "weight", function)
-        if name == "bce_with_logits":
-            _not_differentiable(weight, "weight", function)
-        elif weight.shape != input.shape:
-            raise ValueError(f"{function}: weight: expected the input's size {input.shape}, "
-                             f"got {weight.shape}")
-    if pos_weight is not None:
-        _real_tensor(pos_weight, "pos_weight", function)
-        _not_differentiable(pos_weight, "pos_weight", function)
+def _elementwise(entry, tensors, options, reduction, num_threads):
+    """Check the tensors (by the NumPy API's names) and run elementwise loss ``entry``."""
+    form = entry.torch
+    function = f"fastloss.torch.{form.function}"
+    torch_name = form.function
+    by_torch_name = {ours: theirs for theirs, ours in form.arguments.items()}
+    first = tensors[entry.inputs[0]]
+    _float_tensor(first, by_torch_name[entry.inputs[0]], function)
+    for name in entry.inputs[1:]:
+        tensor = tensors[name]
+        _real_tensor(tensor, by_torch_name[name], function)
+        if name in form.not_differentiable:
+            _not_differentiable(tensor, by_torch_name[name], function, torch_name)
+        if entry.same_shape and tensor.shape != first.shape:
+            raise ValueError(f"{function}: {by_torch_name[name]}: expected the input's size "
+                             f"{first.shape}, got {tensor.shape}")
+        if form.size_warning and tensor.shape != first.shape:
+            warnings.warn(f"Using a target size ({tensor.shape}) that is different to the "
+                          f"input size ({first.shape}). This will likely lead to incorrect "
+                          f"results due to broadcasting. Please ensure they have the same "
+                          f"size.", stacklevel=4)
+    for option in entry.options:
+        tensor = tensors.get(option.name)
+        if not option.array or tensor is None:
+            continue
+        argument = by_torch_name.get(option.name, option.name)
+        _real_tensor(tensor, argument, function)
+        if option.name in form.not_differentiable:
+            _not_differentiable(tensor, argument, function, torch_name)
+        elif option.name == "weight" and tensor.shape != first.shape:
+            raise ValueError(f"{function}: {argument}: expected the input's size "
+                             f"{first.shape}, got {tensor.shape}")
     options = dict(options, reduction=reduction, num_threads=num_threads,
                    recording=torch.is_grad_enabled())
-    return _Elementwise.apply(name, input, target, weight, pos_weight, options)
+    return _Elementwise.apply(entry, options,
+                              *(tensors.get(name) for name in _array_names(entry)))
 
 
-def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None, *,
-             num_threads=None):
-    """``torch.nn.functional.mse_loss`` computed by fastloss: ``weight * (input - target)**2``
-    per element; with a ``weight`` (of the input's size), "mean" is
-    ``sum(weight * loss) / sum(weight)`` as in torch, the weight summed over the input's
-    size even where the target broadcasts the loss to a larger shape. Gradients w.r.t.
-    input, target and weight."""
-    return _elementwise("mse", input, target, weight,
-                        _reduction(size_average, reduce, reduction), num_threads)
+def _generate_elementwise(entry):
+    """The adapter function and the nn.Module class of elementwise loss ``entry``, with
+    torch's signatures (``entry.torch``)."""
+    form = entry.torch
+    by_torch_name = {ours: theirs for theirs, ours in form.arguments.items()}
+    arrays = set(_array_names(entry))
+    tensors = "{" + ", ".join(f"{ours!r}: {theirs}" for theirs, ours in form.arguments.items()
+                              if ours in arrays) + "}"
+    scalars = "{" + ", ".join(f"{ours!r}: {theirs}" for theirs, ours in form.arguments.items()
+                              if ours not in arrays) + "}"
+    legacy = "size_average" in form.signature
+    reduction = ("_reduction(size_average, reduce, reduction)" if legacy
+                 else "reduction_arg(reduction)")
+    namespace = {"_elementwise": _elementwise, "_entry": entry, "_reduction": _reduction,
+                 "reduction_arg": reduction_arg}
+    differentiable = ", ".join(by_torch_name.get(name, name)
+                               for name in entry.differentiable)
+    doc = (f"``{form.counterpart or entry.name}`` computed by fastloss "
+           f"(:func:`fastloss.{entry.name}`). {form.doc}Gradients w.r.t. {differentiable}.")
+    function = _registry.make_function(
+        form.function, f"{form.signature}, *, num_threads=None",
+        f"return _elementwise(_entry, {tensors}, {scalars}, {reduction}, num_threads)",
+        namespace, doc, __name__)
 
-
-def l1_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None, *,
-            num_threads=None):
-    """``torch.nn.functional.l1_loss`` computed by fastloss: ``weight * |input - target|``
-    per element (gradient 0 where they are equal); with a ``weight``, "mean" is
-    ``sum(weight * loss) / sum(weight)`` as in torch (see :func:`mse_loss`). Gradients
-    w.r.t. input, target and weight."""
-    return _elementwise("l1", input, target, weight,
-                        _reduction(size_average, reduce, reduction), num_threads)
-
-
-def huber_loss(input, target, reduction="mean", delta=1.0, weight=None, *, num_threads=None):
-    """``torch.nn.functional.huber_loss`` computed by fastloss (``delta > 0``); with a
-    ``weight``, "mean" is ``mean(weight * loss)`` as in torch. Gradients w.r.t. input,
-    target and weight."""
-    return _elementwise("huber", input, target, weight, reduction_arg(reduction), num_threads,
-                        delta=delta)
-
-
-def smooth_l1_loss(input, target, size_average=None, reduce=None, reduction="mean", beta=1.0,
-                   *, num_threads=None):
-    """``torch.nn.functional.smooth_l1_loss`` computed by fastloss (``beta >= 0``; 0 is L1).
-    Gradients w.r.t. input and target."""
-    return _elementwise("smooth_l1", input, target, None,
-                        _reduction(size_average, reduce, reduction), num_threads, beta=beta)
-
-
-def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None,
-                                     reduce=None, reduction="mean", pos_weight=None, *,
-                                     num_threads=None):
-    """``torch.nn.functional.binary_cross_entropy_with_logits`` computed by fastloss:
-    ``weight`` broadcasts to the input, ``pos_weight`` to it too (one value per class of
-    the last axis; 0-d for 0-d logits). Gradients w.r.t. input and target (from one
-    pass); like torch, ``weight`` and ``pos_weight`` are not differentiable, and one that
-    requires grad raises torch's RuntimeError. The loss has the target's dtype, as
-    torch's."""
-    return _elementwise("bce_with_logits", input, target, weight,
-                        _reduction(size_average, reduce, reduction), num_threads,
-                        pos_weight=pos_weight)
+    # the module: torch's class (when torch has one) with a fastloss forward
+    base = getattr(torch.nn, form.module_base) if form.module_base else torch.nn.Module
+    parameters = [part.split("=")[0].strip() for part in form.module_signature.split(",")
+                  if part.strip()]
+    forwarded = [name for name in parameters if name not in ("size_average", "reduce")]
+    positional = ", ".join(theirs for theirs, ours in form.arguments.items()
+                           if ours in entry.inputs)
+    if form.module_base:
+        init_body = ("super(_cls, self).__init__("
+                     + ", ".join(f"{name}={name}" for name in parameters) + ")")
+    else:
+        init_body = "super(_cls, self).__init__()" + "".join(
+            f"; self.{name} = {name}" for name in parameters)
+    init = _registry.make_function(
+        "__init__", f"self, {form.module_signature}, *, num_threads=None",
+        init_body + "; self.num_threads = num_threads", namespace, None, __name__)
+    forward = _registry.make_function(
+        "forward", f"self, {positional}",
+        f"return _function({positional}, "
+        + "".join(f"{name}=self.{name}, " for name in forwarded)
+        + "num_threads=self.num_threads)", dict(namespace, _function=function), None,
+        __name__)
+    members = {"__init__": init, "forward": forward, "__module__": __name__}
+    if not form.module_base:
+        members["extra_repr"] = _registry.make_function(
+            "extra_repr", "self",
+            "return ', '.join(f'{name}={getattr(self, name)!r}' for name in _names)",
+            {"_names": parameters}, None, __name__)
+    module = type(form.module, (base,), {
+        **members,
+        "__doc__": f"``torch.nn.{form.module_base}`` whose forward is :func:`{form.function}`."
+        if form.module_base else f":func:`{form.function}` as a module."})
+    init.__globals__["_cls"] = module
+    return function, module
 
 
 # ----------------------------------------------------------------------------------------
@@ -816,68 +826,6 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
                              num_threads=self.num_threads)
 
 
-class MSELoss(torch.nn.MSELoss):
-    """``torch.nn.MSELoss`` whose forward is :func:`mse_loss`."""
-
-    def __init__(self, size_average=None, reduce=None, reduction="mean", *, num_threads=None):
-        super().__init__(size_average, reduce, reduction)
-        self.num_threads = num_threads
-
-    def forward(self, input, target):
-        return mse_loss(input, target, reduction=self.reduction, num_threads=self.num_threads)
-
-
-class L1Loss(torch.nn.L1Loss):
-    """``torch.nn.L1Loss`` whose forward is :func:`l1_loss`."""
-
-    def __init__(self, size_average=None, reduce=None, reduction="mean", *, num_threads=None):
-        super().__init__(size_average, reduce, reduction)
-        self.num_threads = num_threads
-
-    def forward(self, input, target):
-        return l1_loss(input, target, reduction=self.reduction, num_threads=self.num_threads)
-
-
-class HuberLoss(torch.nn.HuberLoss):
-    """``torch.nn.HuberLoss`` whose forward is :func:`huber_loss`."""
-
-    def __init__(self, reduction="mean", delta=1.0, *, num_threads=None):
-        super().__init__(reduction, delta)
-        self.num_threads = num_threads
-
-    def forward(self, input, target):
-        return huber_loss(input, target, reduction=self.reduction, delta=self.delta,
-                          num_threads=self.num_threads)
-
-
-class SmoothL1Loss(torch.nn.SmoothL1Loss):
-    """``torch.nn.SmoothL1Loss`` whose forward is :func:`smooth_l1_loss`."""
-
-    def __init__(self, size_average=None, reduce=None, reduction="mean", beta=1.0, *,
-                 num_threads=None):
-        super().__init__(size_average, reduce, reduction, beta)
-        self.num_threads = num_threads
-
-    def forward(self, input, target):
-        return smooth_l1_loss(input, target, reduction=self.reduction, beta=self.beta,
-                              num_threads=self.num_threads)
-
-
-class BCEWithLogitsLoss(torch.nn.BCEWithLogitsLoss):
-    """``torch.nn.BCEWithLogitsLoss`` whose forward is
-    :func:`binary_cross_entropy_with_logits`."""
-
-    def __init__(self, weight=None, size_average=None, reduce=None, reduction="mean",
-                 pos_weight=None, *, num_threads=None):
-        super().__init__(weight, size_average, reduce, reduction, pos_weight)
-        self.num_threads = num_threads
-
-    def forward(self, input, target):
-        return binary_cross_entropy_with_logits(
-            input, target, weight=self.weight, reduction=self.reduction,
-            pos_weight=self.pos_weight, num_threads=self.num_threads)
-
-
 class TripletMarginLoss(torch.nn.TripletMarginLoss):
     """``torch.nn.TripletMarginLoss`` whose forward is :func:`triplet_margin_loss`."""
 
@@ -944,3 +892,16 @@ class InfoNCELoss(torch.nn.Module):
     def extra_repr(self):
         return (f"temperature={self.temperature}, symmetric={self.symmetric}, "
                 f"reduction={self.reduction!r}")
+
+
+# ----------------------------------------------------------------------------------------
+# The elementwise losses' functions and modules, generated from the registry
+# ----------------------------------------------------------------------------------------
+
+for _entry in _registry.family("elementwise"):
+    if _entry.torch is not None:
+        _function, _module = _generate_elementwise(_entry)
+        globals()[_function.__name__] = _function
+        globals()[_module.__name__] = _module
+        __all__ += [_function.__name__, _module.__name__]
+del _entry, _function, _module
