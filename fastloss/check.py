@@ -24,7 +24,7 @@ import zlib
 import numpy as np
 
 import fastloss
-from fastloss import reference
+from fastloss import _registry, reference
 from fastloss._contract import CONTRACT, bound as contract_bound
 
 __all__ = ["CHECKS", "CheckResult", "TOLERANCES", "judge", "main", "run_checks"]
@@ -281,99 +281,63 @@ def _add_cross_entropy_checks():
 _add_cross_entropy_checks()
 
 
-# --- regression and binary (elementwise) losses ---------------------------------------------
+# --- elementwise losses: every registry entry's cases -----------------------------------------
 
-# (loss, id, options, shape). ``weight`` and ``pos_weight`` name a layout ("full": the
-# data's shape, "class": the last axis); ``soft`` mixes probabilities into the 0/1 labels;
-# ``scale`` is the standard deviation of pred / logits. (40, 1000) is three reduction blocks.
-_EW_CASES = (
-    ("mse", "plain", {}, (40, 1000)),
-    ("mse", "weight", {"weight": "class"}, (3, 13, 517)),
-    ("l1", "plain", {}, (40, 1000)),
-    ("l1", "weight", {"weight": "full"}, (40, 1000)),
-    ("huber", "delta=1", {}, (40, 1000)),
-    ("huber", "delta=0.5+weight", {"delta": 0.5, "weight": "class"}, (3, 13, 517)),
-    ("smooth_l1", "beta=1", {}, (40, 1000)),
-    ("smooth_l1", "beta=0", {"beta": 0.0}, (40, 1000)),
-    ("smooth_l1", "beta=0.5+weight", {"beta": 0.5, "weight": "full"}, (3, 13, 517)),
-    ("bce_with_logits", "plain", {}, (40, 1000)),
-    ("bce_with_logits", "weight+pos_weight", {"weight": "class", "pos_weight": "class",
-                                              "soft": True}, (3, 13, 517)),
-    # the stability contract: logits of +-1000
-    ("bce_with_logits", "large", {"scale": 1e3, "soft": True, "pos_weight": "class"},
-     (40, 1000)),
-)
+# Each entry's ``cases`` (fastloss/_registry.py): params the entry's input maker reads
+# (``weight`` and ``pos_weight`` name a layout: "full", "class", "row"; ``soft`` mixes
+# probabilities into 0/1 labels; ``scale`` is the first input's standard deviation), at
+# the case's shape or the entry's ``check_shape`` ((40, 1000): three reduction blocks).
+
+def _ew_inputs(entry, case, dtype):
+    """Fresh ``(arrays, options)`` for a case: the same on every call."""
+    rng = _rng(entry.name, case.id, np.dtype(dtype).name)
+    return entry.make_inputs(rng, dtype, case.params, case.shape or entry.check_shape)
 
 
-def _ew_inputs(case, dtype):
-    """Fresh ``(pred, target, options)`` for a case: the same on every call."""
-    name, case_id, params, shape = case
-    rng = _rng(name, case_id, np.dtype(dtype).name)
-    if name == "bce_with_logits":
-        pred = (rng.standard_normal(shape) * params.get("scale", 3.0)).astype(dtype)
-        target = rng.integers(0, 2, shape).astype(np.float64)
-        if params.get("soft"):
-            target = np.where(rng.random(shape) < 0.5, target, rng.random(shape))
-    else:
-        pred = (rng.standard_normal(shape) * params.get("scale", 2.0)).astype(dtype)
-        target = rng.standard_normal(shape)
-    options = {key: params[key] for key in ("delta", "beta") if key in params}
-    for key, low, high in (("weight", 0.25, 2.0), ("pos_weight", 0.5, 3.0)):
-        if key in params:
-            factor_shape = shape if params[key] == "full" else shape[-1:]
-            options[key] = rng.uniform(low, high, factor_shape).astype(dtype)
-    return pred, target.astype(dtype), options
-
-
-def _ew_row(case, dtype, reduction, what):
+def _ew_row(entry, case, dtype, reduction, what):
     """The callable for one row: ``what`` names the entry point and the quantity."""
-    name = case[0]
-    value = getattr(fastloss, name)
-    grad_fn = getattr(fastloss, f"{name}_grad")
-    fused = getattr(fastloss, f"{name}_value_and_grad")
-    ref_value = getattr(reference, name)
-    ref_grad = getattr(reference, f"{name}_grad")
+    value, grad_fn, fused = entry.public
+    ref_value, ref_grad, _ = entry.reference
 
     def run():
-        pred, target, options = _ew_inputs(case, dtype)
+        arrays, options = _ew_inputs(entry, case, dtype)
         options["reduction"] = reduction
-        upstream = (np.linspace(-1.5, 2.0, pred.size).reshape(pred.shape)
+        shape = np.broadcast_shapes(*(array.shape for array in arrays))
+        upstream = (np.linspace(-1.5, 2.0, math.prod(shape)).reshape(shape)
                     if reduction == "none" else 0.625)
         if what == "loss":
-            return (value(pred, target, **options), ref_value(pred, target, **options),
-                    dtype, "loss")
-        expected = ref_grad(pred, target, upstream, **options)
+            return value(*arrays, **options), ref_value(*arrays, **options), dtype, "loss"
+        expected = ref_grad(*arrays, upstream, **options)
         if what == "grad":
-            return grad_fn(pred, target, upstream, **options), expected, dtype, "grad"
+            return grad_fn(*arrays, upstream, **options), expected, dtype, "grad"
         if what in ("value_and_grad loss", "value_and_grad grad"):
-            out = np.empty_like(pred)
-            loss, grad = fused(pred, target, upstream, out=out, **options)
+            out = np.empty_like(arrays[0])
+            loss, grad = fused(*arrays, upstream, out=out, **options)
             if grad is not out:
                 raise AssertionError("value_and_grad(out=buffer) did not return the buffer")
             if what.endswith("loss"):
-                return loss, ref_value(pred, target, **options), dtype, "loss"
+                return loss, ref_value(*arrays, **options), dtype, "loss"
             return grad, expected, dtype, "grad"
         if what == "in place grad":
-            _, grad = fused(pred, target, upstream, out=pred, **options)
-            if grad is not pred:
-                raise AssertionError("value_and_grad(out=pred) did not return pred")
+            _, grad = fused(*arrays, upstream, out=arrays[0], **options)
+            if grad is not arrays[0]:
+                raise AssertionError(f"value_and_grad(out={entry.inputs[0]}) did not "
+                                     f"return {entry.inputs[0]}")
             return grad, expected, dtype, "grad"
         raise ValueError(f"unknown elementwise check {what!r}")
 
     return run
 
 
-def _ew_threads_row(case, dtype):
+def _ew_threads_row(entry, case, dtype):
     """Bitwise comparison of num_threads=2 with num_threads=1: sum, per element, gradient."""
-    name = case[0]
+    value, _, fused = entry.public
 
     def compute(num_threads):
-        pred, target, options = _ew_inputs(case, dtype)
-        per_element = getattr(fastloss, name)(pred, target, reduction="none",
-                                              num_threads=num_threads, **options)
-        loss, grad = getattr(fastloss, f"{name}_value_and_grad")(
-            pred, target, 0.625, reduction="sum", out=pred, num_threads=num_threads,
-            **options)
+        arrays, options = _ew_inputs(entry, case, dtype)
+        per_element = value(*arrays, reduction="none", num_threads=num_threads, **options)
+        loss, grad = fused(*arrays, 0.625, reduction="sum", out=arrays[0],
+                           num_threads=num_threads, **options)
         return np.concatenate([[loss], per_element.astype(np.float64).ravel(),
                                grad.astype(np.float64).ravel()])
 
@@ -391,14 +355,17 @@ def _add_elementwise_checks():
         ("none", "in place grad"),
     )
     for dtype in (np.float32, np.float64):
-        for case in _EW_CASES:
-            for reduction, what in rows:
-                name = f"{case[0]} {case[1]} {np.dtype(dtype).name} {reduction} {what}"
-                add_check(name, _ew_row(case, dtype, reduction, what))
-        for case in _EW_CASES:
-            if case[2].get("weight") or case[1] == "large":
-                name = f"{case[0]} {case[1]} {np.dtype(dtype).name} threads 1 vs 2"
-                add_check(name, _ew_threads_row(case, dtype))
+        for entry in _registry.family("elementwise"):
+            for case in entry.cases:
+                for reduction, what in rows:
+                    name = f"{entry.name} {case.id} {np.dtype(dtype).name} {reduction} {what}"
+                    add_check(name, _ew_row(entry, case, dtype, reduction, what))
+            # threads: the cases with a periodic factor, and those of large inputs
+            for case in entry.cases:
+                if any(option.array and case.params.get(option.name)
+                       for option in entry.options) or "scale" in case.params:
+                    name = f"{entry.name} {case.id} {np.dtype(dtype).name} threads 1 vs 2"
+                    add_check(name, _ew_threads_row(entry, case, dtype))
 
 
 _add_elementwise_checks()

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 import fastloss
-from fastloss import reference
+from fastloss import _registry, reference
 from fastloss._contract import CONTRACT, Tolerance
 
 DTYPES = (np.float32, np.float64)
@@ -269,108 +269,34 @@ def class_axis_last_loss_shape(shape):
     return tuple(shape[:-1])
 
 
-# --- regression and binary (one term per element) ----------------------------------------
-
-def random_factor(rng, params, shape, dtype, low, high):
-    """A positive per-element factor for ``params``' layout: "full" (the data's shape),
-    "class" (the last axis, broadcast over the rest) or "row" (one per row, trailing 1)."""
-    layout = params if isinstance(params, str) else "full"
-    factor_shape = {"full": shape, "class": shape[-1:], "row": shape[:-1] + (1,)}[layout]
-    return rng.uniform(low, high, factor_shape).astype(dtype)
-
-
-def elementwise_options(rng, dtype, params, shape):
-    """Keyword options for the elementwise losses from a case's params: ``weight`` and
-    ``pos_weight`` are a layout name (see random_factor); the rest pass through."""
-    options = {}
-    if params.get("weight"):
-        options["weight"] = random_factor(rng, params["weight"], shape, dtype, 0.25, 2.0)
-    if params.get("pos_weight"):
-        options["pos_weight"] = random_factor(rng, params["pos_weight"], shape, dtype, 0.5, 3.0)
-    for name in ("delta", "beta"):
-        if name in params:
-            options[name] = params[name]
-    return options
-
-
-def make_regression_inputs(rng, dtype, params, shape):
-    """pred (standard deviation ``scale``, default 2) and target (standard normal): the
-    residuals straddle every threshold the cases use."""
-    pred = (rng.standard_normal(shape) * params.get("scale", 2.0)).astype(dtype)
-    target = rng.standard_normal(shape).astype(dtype)
-    return (pred, target), elementwise_options(rng, dtype, params, shape)
-
-
-def make_binary_inputs(rng, dtype, params, shape):
-    """Logits (standard deviation ``scale``, default 3) and targets in [0, 1]: hard 0/1
-    labels, or with ``soft`` a mix of labels and probabilities."""
-    logits = random_logits(rng, shape, dtype, params.get("scale", 3.0))
-    target = rng.integers(0, 2, shape).astype(np.float64)
-    if params.get("soft"):
-        target = np.where(rng.random(shape) < 0.5, target, rng.random(shape))
-    return (logits, target.astype(dtype)), elementwise_options(rng, dtype, params, shape)
-
-
-REGRESSION_CASES = (
-    Case("plain", {}),
-    Case("weight", {"weight": "full"}),
-    Case("weight-per-class", {"weight": "class"}),
-    Case("weight-per-row", {"weight": "row"}),
-)
-
-HUBER_CASES = (
-    Case("delta=1", {}),
-    Case("delta=0.5+weight", {"delta": 0.5, "weight": "full"}),
-    Case("delta=3+weight-per-class", {"delta": 3.0, "weight": "class"}),
-)
-
-SMOOTH_L1_CASES = (
-    Case("beta=1", {}),
-    Case("beta=0.5+weight", {"beta": 0.5, "weight": "full"}),
-    Case("beta=0", {"beta": 0.0}),
-    Case("beta=2+weight-per-row", {"beta": 2.0, "weight": "row"}),
-)
-
-BCE_CASES = (
-    Case("plain", {}),
-    Case("soft", {"soft": True}),
-    Case("weight", {"weight": "full", "soft": True}),
-    Case("pos_weight", {"pos_weight": "class"}),
-    Case("weight+pos_weight", {"weight": "class", "pos_weight": "class", "soft": True}),
-    Case("pos_weight-full+large", {"pos_weight": "full", "soft": True, "scale": 30.0}),
-)
-
-
 def _functions(module, name):
     return Functions(getattr(module, name), getattr(module, f"{name}_grad"),
                      getattr(module, f"{name}_value_and_grad"))
 
 
-def elementwise_loss_shape(shape):
-    return tuple(shape)
+# --- elementwise losses: from the registry ------------------------------------------------
+
+# The input makers are the registry's (fastloss check draws the same kinds of inputs).
+make_regression_inputs = _registry.regression_inputs
+make_binary_inputs = _registry.binary_inputs
 
 
-def elementwise_spec(name, make_inputs, cases):
+def elementwise_spec(entry):
     # (37, 23): 851 elements, several 128-element tiles, and a per-class factor of 23 that
-    # the API repeats to a period of 1035, so tiles end at period boundaries too.
+    # the API repeats to a period of 1035, so tiles end at period boundaries too. The
+    # registry's cases are crossed with the generic tests' shape, not check's.
     return LossSpec(
-        name=name,
-        public=_functions(fastloss, name),
-        reference=_functions(reference, name),
-        make_inputs=make_inputs,
-        loss_shape=elementwise_loss_shape,
+        name=entry.name,
+        public=Functions(*entry.public),
+        reference=Functions(*entry.reference),
+        make_inputs=entry.make_inputs,
+        loss_shape=entry.loss_shape,
         default_shape=(37, 23),
-        cases=cases,
+        cases=tuple(Case(case.id, case.params) for case in entry.cases),
     )
 
 
-ELEMENTWISE_SPECS = (
-    elementwise_spec("mse", make_regression_inputs, REGRESSION_CASES),
-    elementwise_spec("l1", make_regression_inputs, REGRESSION_CASES[:2]),
-    elementwise_spec("huber", make_regression_inputs, HUBER_CASES),
-    elementwise_spec("smooth_l1", make_regression_inputs, SMOOTH_L1_CASES),
-    elementwise_spec("bce_with_logits", make_binary_inputs, BCE_CASES),
-)
+ELEMENTWISE_SPECS = tuple(elementwise_spec(entry) for entry in _registry.family("elementwise"))
 
 
 # --- embeddings: pairwise distances and contrastive losses -------------------------------
