@@ -442,35 +442,43 @@ BCE_WITH_LOGITS = Loss(
 
 # ----------------------------------------------------------------------------------------
 # The other families: their functions are written by hand (fastloss/cross_entropy.py,
-# fastloss/contrastive.py); the entries say what the generic consumers need.
+# fastloss/contrastive.py), each with options of its own semantics; the entries say what
+# the generic consumers need (names, inputs, gradients, torch forms, tolerance class).
 # ----------------------------------------------------------------------------------------
 
 CROSS_ENTROPY = Loss(
     name="cross_entropy", family="cross_entropy", inputs=("logits", "target"),
     differentiable=("logits",),
+    options=(_WEIGHT, Option("ignore_index", -100), Option("label_smoothing", 0.0),
+             Option("z_loss", 0.0), Option("softcap", None)),
     torch=Torch("cross_entropy", "torch.nn.functional.cross_entropy", "", {},
                 "CrossEntropyLoss", "CrossEntropyLoss"),
 )
 
-_EMBEDDING = dict(family="contrastive")
+_METRIC = Option("metric", "euclidean")
 
-PAIRWISE_DISTANCE = Loss(name="pairwise_distance", inputs=("x1", "x2"),
-                         differentiable=("x1", "x2"), **_EMBEDDING,
-                         torch=Torch("pairwise_distance",
-                                     "torch.nn.functional.pairwise_distance", "", {}, ""))
-CONTRASTIVE = Loss(name="contrastive", inputs=("x1", "x2", "label"),
-                   differentiable=("x1", "x2"), **_EMBEDDING,
+PAIRWISE_DISTANCE = Loss(name="pairwise_distance", family="contrastive", inputs=("x", "y"),
+                         differentiable=("x", "y"), options=(_METRIC,))
+CONTRASTIVE = Loss(name="contrastive", family="contrastive", inputs=("x1", "x2", "label"),
+                   differentiable=("x1", "x2"),
+                   options=(Option("margin", 1.0), _METRIC),
                    torch=Torch("contrastive", None, "", {}, "ContrastiveLoss"))
-CONTRASTIVE_PAIRWISE = Loss(name="contrastive_pairwise", inputs=("embeddings", "labels"),
-                            differentiable=("embeddings",), tolerance="products",
-                            **_EMBEDDING,
+CONTRASTIVE_PAIRWISE = Loss(name="contrastive_pairwise", family="contrastive",
+                            inputs=("embeddings", "labels"), differentiable=("embeddings",),
+                            options=(Option("pos_margin", 0.0), Option("neg_margin", 1.0),
+                                     _METRIC),
+                            tolerance="products",
                             torch=Torch("contrastive_pairwise", None, "", {},
                                         "ContrastivePairwiseLoss"))
-INFO_NCE = Loss(name="info_nce", inputs=("query", "key"), differentiable=("query", "key"),
-                tolerance="products", **_EMBEDDING,
-                torch=Torch("info_nce", None, "", {}, "InfoNCELoss"))
-TRIPLET_MARGIN = Loss(name="triplet_margin", inputs=("anchor", "positive", "negative"),
-                      differentiable=("anchor", "positive", "negative"), **_EMBEDDING,
+INFO_NCE = Loss(name="info_nce", family="contrastive", inputs=("query", "key"),
+                differentiable=("query", "key"),
+                options=(Option("temperature", 0.05), Option("symmetric", False)),
+                tolerance="products", torch=Torch("info_nce", None, "", {}, "InfoNCELoss"))
+TRIPLET_MARGIN = Loss(name="triplet_margin", family="contrastive",
+                      inputs=("anchor", "positive", "negative"),
+                      differentiable=("anchor", "positive", "negative"),
+                      options=(Option("margin", 1.0), Option("p", 2.0), Option("eps", 1e-6),
+                               Option("swap", False)),
                       torch=Torch("triplet_margin_loss",
                                   "torch.nn.functional.triplet_margin_loss", "", {},
                                   "TripletMarginLoss", "TripletMarginLoss"))

@@ -191,6 +191,8 @@ def l1_value_and_grad(pred, target, grad_output=1.0, *, weight=None, reduction="
 
 
 def _check_positive(value, name, allow_zero):
+    if isinstance(value, (str, bytes)) or not np.isrealobj(value) or np.ndim(value):
+        raise TypeError(f"{name}: expected a real number, got {value!r}")
     value = float(value)
     if not (math.isfinite(value) and (value >= 0.0 if allow_zero else value > 0.0)):
         raise ValueError(f"{name}: expected a finite value {'>=' if allow_zero else '>'} 0, "
