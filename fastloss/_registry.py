@@ -104,6 +104,9 @@ class Loss:
     inputs; ``loss_shape(shape)`` maps the first input's shape to the loss's shape for
     reduction "none"; ``tolerance`` names the contract's class ("contract": the bounds
     of fastloss._contract; "products": the contract plus a dot product's rounding).
+    ``bench`` puts the loss in ``fastloss bench`` (and the pytest-benchmark suite), its
+    inputs drawn from the bench's pool by the names in ``bench_inputs`` (see
+    fastloss/bench/_cases.py: "pred", "target", "labels", "soft_labels", ...).
 
     Elementwise entries also carry what their kernel needs: ``kernel`` (the C loss),
     ``params(options) -> tuple`` (the C parameters), ``factor`` (the option the kernel
@@ -123,6 +126,7 @@ class Loss:
     cases: tuple = ()
     check_shape: tuple = (40, 1000)
     bench: bool = False
+    bench_inputs: tuple = ("pred", "target")
     tolerance: str = "contract"
     # elementwise only
     kernel: Optional[str] = None
@@ -404,7 +408,8 @@ BCE_WITH_LOGITS = Loss(
            Case("weight+pos_weight", {"weight": "class", "pos_weight": "class", "soft": True},
                 (3, 13, 517)),
            Case("large", {"pos_weight": "full", "soft": True, "scale": 1e3})),
-    bench=True, kernel="bce_with_logits", factor="pos_weight", same_shape=True,
+    bench=True, bench_inputs=("pred", "labels"), kernel="bce_with_logits",
+    factor="pos_weight", same_shape=True,
     doc="""Binary cross-entropy on logits, as torch.nn.functional.binary_cross_entropy_with_logits:
     per element, x = logits, y = target, p = pos_weight::
 

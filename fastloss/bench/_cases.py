@@ -5,7 +5,7 @@ from typing import Callable
 import numpy as np
 
 import fastloss
-from fastloss import reference
+from fastloss import _registry, reference
 from fastloss.bench._types import Case, Family, Target, Timed, Unavailable
 
 
@@ -270,70 +270,98 @@ CROSS_ENTROPY_FEW_CLASSES = Family(
 # Regression and binary (elementwise) losses
 # ----------------------------------------------------------------------------------------
 
-ELEMENTWISE_LOSSES = ("mse", "l1", "huber", "smooth_l1", "bce_with_logits")
-
-# torch.nn.functional's name for each loss.
-_TORCH_NAMES = {"mse": "mse_loss", "l1": "l1_loss", "huber": "huber_loss",
-                "smooth_l1": "smooth_l1_loss",
-                "bce_with_logits": "binary_cross_entropy_with_logits"}
+# The losses the registry marks ``bench``, in its order.
+ELEMENTWISE_ENTRIES = tuple(entry for entry in _registry.family("elementwise") if entry.bench)
+ELEMENTWISE_LOSSES = tuple(entry.name for entry in ELEMENTWISE_ENTRIES)
 
 # The float64 reference is timed on this many elements and scaled, as for cross-entropy.
 REFERENCE_ELEMENTS = 1 << 20
 
 
+class _Pool(dict):
+    """The family's inputs, each drawn the first time a case asks for it by name (an
+    entry's ``bench_inputs``), so a size makes only the arrays its cases read."""
+
+    def __init__(self, n, dtype):
+        super().__init__()
+        self.n, self.dtype = n, np.dtype(dtype)
+        self.rng = np.random.default_rng(0)
+
+    def __missing__(self, key):
+        n, dtype, rng = self.n, self.dtype, self.rng
+        if key == "pred":
+            value = rng.standard_normal(n, dtype=np.float32).astype(dtype, copy=False)
+            value *= 2
+        elif key == "target":
+            value = rng.standard_normal(n, dtype=np.float32).astype(dtype, copy=False)
+        elif key == "labels":
+            value = (rng.random(n, dtype=np.float32) < 0.5).astype(dtype)
+        elif key == "soft_labels":
+            # soft targets: bce's float32 slopes that may cancel are redone in double
+            # (the worst case: uniform targets leave nearly every tile in doubt)
+            value = rng.random(n, dtype=np.float32).astype(dtype, copy=False)
+        elif key == "signs":
+            value = np.where(rng.random(n, dtype=np.float32) < 0.5, -1, 1).astype(dtype)
+        elif key == "positive":
+            value = rng.uniform(0.1, 3.0, n).astype(dtype)
+        elif key == "counts":
+            value = rng.poisson(2.0, n).astype(dtype)
+        elif key == "buffer":
+            value = np.empty(n, dtype=dtype)
+            value.fill(0)  # every page touched before timing
+        else:
+            raise KeyError(key)
+        self[key] = value
+        return value
+
+
 def _ew_inputs(size, dtype):
     (n,) = size
-    rng = np.random.default_rng(0)
-    pred = rng.standard_normal(n, dtype=np.float32).astype(dtype, copy=False)
-    pred *= 2
-    target = rng.standard_normal(n, dtype=np.float32).astype(dtype, copy=False)
-    labels = (rng.random(n, dtype=np.float32) < 0.5).astype(dtype)
-    # soft targets: bce's float32 slopes that may cancel are redone in double (the
-    # worst case: uniform targets leave nearly every tile in doubt)
-    soft_labels = rng.random(n, dtype=np.float32).astype(dtype, copy=False)
-    buffer = np.empty_like(pred)
-    buffer.fill(0)  # every page touched before timing
-    return {"pred": pred, "target": target, "labels": labels, "soft_labels": soft_labels,
-            "buffer": buffer}
+    pool = _Pool(n, dtype)
+    pool["buffer"]  # noqa: B018 -- made now, before any case is timed
+    return pool
 
 
-def _ew_target(inputs, name):
-    return inputs["labels"] if name == "bce_with_logits" else inputs["target"]
+def _ew_arrays(inputs, entry, target_key=None):
+    """The entry's inputs from the pool (``target_key`` replaces its second)."""
+    keys = list(entry.bench_inputs)
+    if target_key:
+        keys[1] = target_key
+    return [inputs[key] for key in keys]
 
 
-def _ew_fused(name, target_key=None):
-    function = getattr(fastloss, f"{name}_value_and_grad")
+def _ew_fused(entry, target_key=None):
+    function = getattr(fastloss, f"{entry.name}_value_and_grad")
 
     def setup(inputs, threads):
-        target = inputs[target_key] if target_key else _ew_target(inputs, name)
-        pred, buffer = inputs["pred"], inputs["buffer"]
-        return Timed(lambda: function(pred, target, out=buffer, num_threads=threads))
+        arrays, buffer = _ew_arrays(inputs, entry, target_key), inputs["buffer"]
+        return Timed(lambda: function(*arrays, out=buffer, num_threads=threads))
 
     return setup
 
 
-def _ew_forward(name):
-    function = getattr(fastloss, name)
+def _ew_forward(entry):
+    function = getattr(fastloss, entry.name)
 
     def setup(inputs, threads):
-        pred, target = inputs["pred"], _ew_target(inputs, name)
-        return Timed(lambda: function(pred, target, num_threads=threads))
+        arrays = _ew_arrays(inputs, entry)
+        return Timed(lambda: function(*arrays, num_threads=threads))
 
     return setup
 
 
-def _ew_reference(name):
-    function = getattr(reference, f"{name}_value_and_grad")
+def _ew_reference(entry):
+    function = getattr(reference, f"{entry.name}_value_and_grad")
 
     def setup(inputs, threads):
-        pred, target = inputs["pred"], _ew_target(inputs, name)
-        n = pred.size
+        arrays = _ew_arrays(inputs, entry)
+        n = arrays[0].size
         count = min(n, REFERENCE_ELEMENTS)
         note = "float64, single-threaded NumPy"
         if count < n:
             note += f"; timed on {count} of {n} elements, scaled x{n / count:g}"
-        return Timed(lambda: function(pred[:count], target[:count]), scale=n / count,
-                     note=note)
+        head = [array[:count] for array in arrays]
+        return Timed(lambda: function(*head), scale=n / count, note=note)
 
     return setup
 
@@ -348,42 +376,54 @@ def _ew_read(inputs, threads):
     return Timed(lambda: pred.max(), note="read-only limit (one stream)")
 
 
-def _ew_torch_forward_backward(name):
+def _has_torch_counterpart(entry):
+    path = entry.torch.counterpart if entry.torch else None
+    return bool(path) and path.startswith("torch.")
+
+
+def _torch_function(entry):
+    """torch's own function for ``entry`` (imports torch; call only when it runs)."""
+    import importlib
+
+    module, _, name = entry.torch.counterpart.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def _ew_forward_backward(entry, adapter):
+    """torch's forward+backward of ``entry`` (or fastloss.torch's with ``adapter``), the
+    gradient w.r.t. the first input into a fresh .grad, as in training."""
     def setup(inputs, threads):
         torch = _torch()
         if torch is None:
             return None
-        function = getattr(torch.nn.functional, _TORCH_NAMES[name])
-        pred = torch.from_numpy(inputs["pred"]).requires_grad_(True)
-        target = torch.from_numpy(_ew_target(inputs, name))
+        if adapter:
+            import fastloss.torch as fastloss_torch
+
+            function = getattr(fastloss_torch, entry.torch.function)
+            keywords = {"num_threads": threads}
+        else:
+            function, keywords = _torch_function(entry), {}
+        tensors = [torch.from_numpy(array) for array in _ew_arrays(inputs, entry)]
+        tensors[0].requires_grad_(True)
 
         def clear():
-            pred.grad = None  # backward allocates a fresh gradient, as in training
+            tensors[0].grad = None
 
-        return Timed(lambda: function(pred, target).backward(), prepare=clear,
-                     note="torch.from_numpy inputs; backward into a fresh .grad")
+        return Timed(lambda: function(*tensors, **keywords).backward(), prepare=clear,
+                     note=("autograd" if adapter else "torch.from_numpy inputs")
+                     + "; backward into a fresh .grad")
 
     return setup
 
 
-def _ew_adapter_forward_backward(name):
-    def setup(inputs, threads):
-        torch = _torch()
-        if torch is None:
-            return None
-        import fastloss.torch as fastloss_torch
-
-        function = getattr(fastloss_torch, _TORCH_NAMES[name])
-        pred = torch.from_numpy(inputs["pred"]).requires_grad_(True)
-        target = torch.from_numpy(_ew_target(inputs, name))
-
-        def clear():
-            pred.grad = None
-
-        return Timed(lambda: function(pred, target, num_threads=threads).backward(),
-                     prepare=clear, note="autograd; backward into a fresh .grad")
-
-    return setup
+def _torch_rows(adapter):
+    for entry in ELEMENTWISE_ENTRIES:
+        if entry.torch is None or (not adapter and not _has_torch_counterpart(entry)):
+            continue
+        name = (f"fastloss.torch.{entry.torch.function}" if adapter
+                else f"torch {entry.torch.function}")
+        yield Case(f"{name} forward+backward", _ew_forward_backward(entry, adapter),
+                   requires="torch")
 
 
 EW_FULL_SIZE = (1 << 25,)
@@ -395,22 +435,19 @@ ELEMENTWISE = Family(
     sizes={"full": EW_FULL_SIZE, "quick": (1 << 22,)},
     size_names=("n",),
     cases=(
-        *(Case(f"fastloss {name} value_and_grad (out= preallocated)", _ew_fused(name))
-          for name in ELEMENTWISE_LOSSES),
+        *(Case(f"fastloss {entry.name} value_and_grad (out= preallocated)", _ew_fused(entry))
+          for entry in ELEMENTWISE_ENTRIES),
         Case("fastloss bce_with_logits value_and_grad (soft targets)",
-             _ew_fused("bce_with_logits", "soft_labels")),
-        Case("fastloss huber forward", _ew_forward("huber"), read_only=True),
-        Case("fastloss bce_with_logits forward", _ew_forward("bce_with_logits"),
+             _ew_fused(_registry.LOSSES["bce_with_logits"], "soft_labels")),
+        Case("fastloss huber forward", _ew_forward(_registry.LOSSES["huber"]), read_only=True),
+        Case("fastloss bce_with_logits forward", _ew_forward(_registry.LOSSES["bce_with_logits"]),
              read_only=True),
         Case(f"numpy reference huber value_and_grad (float64, {REFERENCE_ELEMENTS} elements "
-             f"scaled to n)", _ew_reference("huber")),
+             f"scaled to n)", _ew_reference(_registry.LOSSES["huber"])),
         Case("np.copyto (pred -> buffer)", _ew_copy, role="copy"),
         Case("pred.max()", _ew_read, role="read", read_only=True),
-        *(Case(f"torch {_TORCH_NAMES[name]} forward+backward", _ew_torch_forward_backward(name),
-               requires="torch") for name in ELEMENTWISE_LOSSES),
-        *(Case(f"fastloss.torch.{_TORCH_NAMES[name]} forward+backward",
-               _ew_adapter_forward_backward(name), requires="torch")
-          for name in ELEMENTWISE_LOSSES),
+        *_torch_rows(adapter=False),
+        *_torch_rows(adapter=True),
     ),
 )
 
@@ -443,14 +480,15 @@ TARGETS = {
     # Three streams (pred, target, gradient) against copy's two: 1.5x is the limit.
     "elementwise": tuple(
         target
-        for name in ELEMENTWISE_LOSSES
+        for entry in ELEMENTWISE_ENTRIES
         for target in (
-            Target(f"{name} / copy <= 2", f"fastloss {name} value_and_grad (out= preallocated)",
+            Target(f"{entry.name} / copy <= 2",
+                   f"fastloss {entry.name} value_and_grad (out= preallocated)",
                    "np.copyto (pred -> buffer)", 2.0, "max", EW_FULL_SIZE),
-            Target(f"torch {name} / fastloss >= 5",
-                   f"torch {_TORCH_NAMES[name]} forward+backward",
-                   f"fastloss {name} value_and_grad (out= preallocated)", 5.0, "min",
-                   EW_FULL_SIZE),
+            *((Target(f"torch {entry.name} / fastloss >= 5",
+                      f"torch {entry.torch.function} forward+backward",
+                      f"fastloss {entry.name} value_and_grad (out= preallocated)", 5.0, "min",
+                      EW_FULL_SIZE),) if _has_torch_counterpart(entry) else ()),
         )
     ),
 }
