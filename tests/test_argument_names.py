@@ -5,7 +5,7 @@ NumPy's own "could not convert string to float" or "inhomogeneous shape", which 
 
 Arguments whose None is a documented default (weight, pos_weight, y, softcap, lse,
 num_threads) are not given None; return_lse takes any truth value, as Python's
-``if`` does; ``wrt`` (the elementwise losses) is left to test_regression_errors.py.
+``if`` does; ``wrt`` (the elementwise losses) is left to test_elementwise_errors.py.
 """
 
 import inspect

@@ -12,7 +12,7 @@ kernel variants run here on every path this CPU has:
 - distances: the all-pairs pass (pairwise_distance, contrastive_pairwise; pairs recomputed
   from the rows next to duplicates), the sparse backward product and the float32 Gram
   product;
-- elementwise: ``test_regression.py::test_every_simd_path_meets_the_contract``.
+- elementwise: ``test_elementwise.py::test_every_simd_path_meets_the_contract``.
 
 (contrastive and triplet_margin have one build for every CPU, distance_body.h.) CI also
 runs the families' whole parity files once per path (``FASTLOSS_SIMD``, .ci/run), and
