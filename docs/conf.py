@@ -40,6 +40,7 @@ extensions = [
     "numpydoc",
     "myst_parser",
     "api_coverage",   # _ext/api_coverage.py: a public name no page documents is a warning
+    "registry_table", # _ext/registry_table.py: the losses' table, from fastloss/_registry.py
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}

@@ -82,6 +82,7 @@ class Torch:
     loss_dtype: str = "promote"    # "promote" | "input" (times weight) | "target"
     size_warning: bool = False     # torch warns when target's size differs from input's
     doc: str = ""
+    note: str = ""                 # how the counterpart differs, for the docs' table
 
 
 @dataclasses.dataclass(frozen=True)
@@ -457,28 +458,39 @@ CROSS_ENTROPY = Loss(
     options=(_WEIGHT, Option("ignore_index", -100), Option("label_smoothing", 0.0),
              Option("z_loss", 0.0), Option("softcap", None)),
     torch=Torch("cross_entropy", "torch.nn.functional.cross_entropy", "", {},
-                "CrossEntropyLoss", "CrossEntropyLoss"),
+                "CrossEntropyLoss", "CrossEntropyLoss",
+                note="with the class axis moved from dim 1 to the last"),
 )
 
 _METRIC = Option("metric", "euclidean")
 
 PAIRWISE_DISTANCE = Loss(name="pairwise_distance", family="contrastive", inputs=("x", "y"),
-                         differentiable=("x", "y"), options=(_METRIC,))
+                         differentiable=("x", "y"), options=(_METRIC,),
+                         torch=Torch("", "torch.cdist", "", {}, "", note=(
+                             "(euclidean), its square (sqeuclidean), ``1 - F.normalize(x) @ "
+                             "F.normalize(y).T`` (cosine)")))
 CONTRASTIVE = Loss(name="contrastive", family="contrastive", inputs=("x1", "x2", "label"),
                    differentiable=("x1", "x2"),
                    options=(Option("margin", 1.0), _METRIC),
-                   torch=Torch("contrastive", None, "", {}, "ContrastiveLoss"))
+                   torch=Torch("contrastive", None, "", {}, "ContrastiveLoss",
+                               note="the formula over ``F.pairwise_distance``"))
 CONTRASTIVE_PAIRWISE = Loss(name="contrastive_pairwise", family="contrastive",
                             inputs=("embeddings", "labels"), differentiable=("embeddings",),
                             options=(Option("pos_margin", 0.0), Option("neg_margin", 1.0),
                                      _METRIC),
                             tolerance="products",
                             torch=Torch("contrastive_pairwise", None, "", {},
-                                        "ContrastivePairwiseLoss"))
+                                        "ContrastivePairwiseLoss", note=(
+                                            "``torch.cdist`` and the formula over the pairs "
+                                            "``torch.triu_indices(N, N, 1)``")))
 INFO_NCE = Loss(name="info_nce", family="contrastive", inputs=("query", "key"),
                 differentiable=("query", "key"),
                 options=(Option("temperature", 0.05), Option("symmetric", False)),
-                tolerance="products", torch=Torch("info_nce", None, "", {}, "InfoNCELoss"))
+                tolerance="products",
+                torch=Torch("info_nce", None, "", {}, "InfoNCELoss", note=(
+                    "``F.cross_entropy`` of the similarities of rows normalised by "
+                    "``F.normalize`` (sentence-transformers' MultipleNegativesRankingLoss; "
+                    "CLIP)")))
 TRIPLET_MARGIN = Loss(name="triplet_margin", family="contrastive",
                       inputs=("anchor", "positive", "negative"),
                       differentiable=("anchor", "positive", "negative"),
