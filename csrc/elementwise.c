@@ -43,8 +43,8 @@
 /* The kernels this CPU runs best: fastloss_elementwise_select fills the table
  * (see fastloss_select_kernels); baseline until then. */
 static struct {
-    int (*run_float32) FASTLOSS_EW_RUN_SIGNATURE(float);
-    int (*run_float64) FASTLOSS_EW_RUN_SIGNATURE(double);
+    int (*run_float32) FASTLOSS_EW_RUN_SIGNATURE(float32);
+    int (*run_float64) FASTLOSS_EW_RUN_SIGNATURE(float64);
 } ew_kernels = {fastloss_ew_run_float32_baseline, fastloss_ew_run_float64_baseline};
 
 void fastloss_elementwise_select(int level)
@@ -54,61 +54,67 @@ void fastloss_elementwise_select(int level)
 }
 
 int fastloss_elementwise_forward_float32(const fastloss_elementwise_options *options,
-                                         const float *pred, const float *target,
-                                         const float *weight, const float *pos_weight,
+                                         const float *pred, const float *target, const float *aux,
+                                         const float *weight, const float *factor,
                                          float *loss_per_element, double *loss)
 {
-    return ew_kernels.run_float32(options, pred, target, weight, pos_weight, NULL, 0, loss_per_element,
-                   loss, NULL, NULL);
+    const fastloss_ew_inputs_float32 in = {pred, target, aux, weight, factor};
+    const fastloss_ew_outputs_float32 out = {loss_per_element, loss, NULL, NULL, NULL};
+    return ew_kernels.run_float32(options, &in, NULL, 0, &out);
 }
 
 int fastloss_elementwise_forward_float64(const fastloss_elementwise_options *options,
-                                         const double *pred, const double *target,
-                                         const double *weight, const double *pos_weight,
+                                         const double *pred, const double *target, const double *aux,
+                                         const double *weight, const double *factor,
                                          double *loss_per_element, double *loss)
 {
-    return ew_kernels.run_float64(options, pred, target, weight, pos_weight, NULL, 0, loss_per_element,
-                   loss, NULL, NULL);
+    const fastloss_ew_inputs_float64 in = {pred, target, aux, weight, factor};
+    const fastloss_ew_outputs_float64 out = {loss_per_element, loss, NULL, NULL, NULL};
+    return ew_kernels.run_float64(options, &in, NULL, 0, &out);
 }
 
 int fastloss_elementwise_backward_float32(const fastloss_elementwise_options *options,
-                                          const float *pred, const float *target,
-                                          const float *weight, const float *pos_weight,
+                                          const float *pred, const float *target, const float *aux,
+                                          const float *weight, const float *factor,
                                           const double *grad_output,
                                           fastloss_index grad_output_stride, float *grad,
-                                          float *grad_target)
+                                          float *grad_target, float *grad_aux)
 {
-    return ew_kernels.run_float32(options, pred, target, weight, pos_weight, grad_output,
-                   grad_output_stride, NULL, NULL, grad, grad_target);
+    const fastloss_ew_inputs_float32 in = {pred, target, aux, weight, factor};
+    const fastloss_ew_outputs_float32 out = {NULL, NULL, grad, grad_target, grad_aux};
+    return ew_kernels.run_float32(options, &in, grad_output, grad_output_stride, &out);
 }
 
 int fastloss_elementwise_backward_float64(const fastloss_elementwise_options *options,
-                                          const double *pred, const double *target,
-                                          const double *weight, const double *pos_weight,
+                                          const double *pred, const double *target, const double *aux,
+                                          const double *weight, const double *factor,
                                           const double *grad_output,
                                           fastloss_index grad_output_stride, double *grad,
-                                          double *grad_target)
+                                          double *grad_target, double *grad_aux)
 {
-    return ew_kernels.run_float64(options, pred, target, weight, pos_weight, grad_output,
-                   grad_output_stride, NULL, NULL, grad, grad_target);
+    const fastloss_ew_inputs_float64 in = {pred, target, aux, weight, factor};
+    const fastloss_ew_outputs_float64 out = {NULL, NULL, grad, grad_target, grad_aux};
+    return ew_kernels.run_float64(options, &in, grad_output, grad_output_stride, &out);
 }
 
 int fastloss_elementwise_value_and_grad_float32(
     const fastloss_elementwise_options *options, const float *pred, const float *target,
-    const float *weight, const float *pos_weight, const double *grad_output,
+    const float *aux, const float *weight, const float *factor, const double *grad_output,
     fastloss_index grad_output_stride, float *loss_per_element, double *loss, float *grad,
-    float *grad_target)
+    float *grad_target, float *grad_aux)
 {
-    return ew_kernels.run_float32(options, pred, target, weight, pos_weight, grad_output,
-                   grad_output_stride, loss_per_element, loss, grad, grad_target);
+    const fastloss_ew_inputs_float32 in = {pred, target, aux, weight, factor};
+    const fastloss_ew_outputs_float32 out = {loss_per_element, loss, grad, grad_target, grad_aux};
+    return ew_kernels.run_float32(options, &in, grad_output, grad_output_stride, &out);
 }
 
 int fastloss_elementwise_value_and_grad_float64(
     const fastloss_elementwise_options *options, const double *pred, const double *target,
-    const double *weight, const double *pos_weight, const double *grad_output,
+    const double *aux, const double *weight, const double *factor, const double *grad_output,
     fastloss_index grad_output_stride, double *loss_per_element, double *loss, double *grad,
-    double *grad_target)
+    double *grad_target, double *grad_aux)
 {
-    return ew_kernels.run_float64(options, pred, target, weight, pos_weight, grad_output,
-                   grad_output_stride, loss_per_element, loss, grad, grad_target);
+    const fastloss_ew_inputs_float64 in = {pred, target, aux, weight, factor};
+    const fastloss_ew_outputs_float64 out = {loss_per_element, loss, grad, grad_target, grad_aux};
+    return ew_kernels.run_float64(options, &in, grad_output, grad_output_stride, &out);
 }

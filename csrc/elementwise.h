@@ -1,21 +1,25 @@
 /*
  * elementwise.h -- the losses that are a sum of one term per element: mse,
- * l1, huber, smooth_l1 and bce_with_logits, for float32 and float64.  See
+ * l1, huber, smooth_l1, bce_with_logits, sigmoid_focal, margin_ranking,
+ * poisson_nll, gaussian_nll and pinball, for float32 and float64.  See
  * elementwise.c for the formulas.
  *
- * Layout: pred and target are n contiguous values (the Python layer
- * broadcasts them to one shape and makes them contiguous).  The optional
- * weight and pos_weight are periodic: element i reads weight[i % weight_period]
- * (a per-class weight of C values over (..., C) data has period C; a weight
- * of the data's full shape has period n), which keeps broadcast factors in
- * cache instead of materialising them.  Every index is 64-bit.
+ * Layout: pred, target and (for the losses of three inputs) aux are n
+ * contiguous values (the Python layer broadcasts them to one shape and makes
+ * them contiguous).  The optional weight and factor are periodic: element i
+ * reads weight[i % weight_period] (a per-class weight of C values over (..., C)
+ * data has period C; a weight of the data's full shape has period n), which
+ * keeps broadcast factors in cache instead of materialising them.  The factor
+ * is bce_with_logits' pos_weight or pinball's quantile.  Every index is 64-bit.
  *
  * Preconditions the caller checks (the Cython layer does): the periods are
- * >= 1 when their array is given; for huber the threshold (delta) is > 0,
- * for smooth_l1 it (beta) is >= 0; pos_weight only with bce_with_logits;
- * weight_sum_repeats >= 1; grad is either the pred or the target buffer itself
- * (in place: each tile is read before its gradient is written) or overlaps no
- * input; grad_target and loss_per_element overlap nothing.
+ * >= 1 when their array is given; param[] as each loss's comment below says;
+ * a factor only with bce_with_logits (optional) and pinball (required); aux
+ * exactly with margin_ranking and gaussian_nll; grad_target not with
+ * sigmoid_focal; grad_aux only with gaussian_nll; weight_sum_repeats >= 1;
+ * grad is either the pred, target or aux buffer itself (in place: each tile
+ * is read before its gradient is written) or overlaps no input; grad_target,
+ * grad_aux and loss_per_element overlap nothing.
  */
 #ifndef FASTLOSS_ELEMENTWISE_H
 #define FASTLOSS_ELEMENTWISE_H
@@ -26,20 +30,38 @@
 extern "C" {
 #endif
 
+/* What each loss reads from pred, target, aux, factor and param[] (unused ones are
+ * ignored); "slope" is d loss / d pred, the gradient w.r.t. target is minus it
+ * unless said otherwise. */
 enum fastloss_elementwise_loss {
     FASTLOSS_LOSS_MSE = 0,
     FASTLOSS_LOSS_L1 = 1,
-    FASTLOSS_LOSS_HUBER = 2,            /* threshold = delta */
-    FASTLOSS_LOSS_SMOOTH_L1 = 3,        /* threshold = beta; beta == 0 is exactly l1 */
-    FASTLOSS_LOSS_BCE_WITH_LOGITS = 4   /* pred holds logits; pos_weight allowed */
+    FASTLOSS_LOSS_HUBER = 2,            /* param[0] = delta (> 0) */
+    FASTLOSS_LOSS_SMOOTH_L1 = 3,        /* param[0] = beta (>= 0); beta == 0 is exactly l1 */
+    FASTLOSS_LOSS_BCE_WITH_LOGITS = 4,  /* pred holds logits; factor = pos_weight (optional) */
+    /* pred = logits, target in [0, 1]; param[0] = alpha (< 0: no alpha factor),
+     * param[1] = gamma (finite, >= 0); no gradient w.r.t. target */
+    FASTLOSS_LOSS_SIGMOID_FOCAL = 5,
+    /* pred = x1, target = x2, aux = y (the +-1 label); param[0] = margin;
+     * no gradient w.r.t. aux */
+    FASTLOSS_LOSS_MARGIN_RANKING = 6,
+    /* pred = input, target; param[0] = log_input (0 or 1), param[1] = full (0 or 1),
+     * param[2] = eps (> 0, used when log_input is 0) */
+    FASTLOSS_LOSS_POISSON_NLL = 7,
+    /* pred = input, target, aux = var; param[0] = full (0 or 1), param[1] = eps (> 0) */
+    FASTLOSS_LOSS_GAUSSIAN_NLL = 8,
+    /* pred, target; factor = quantile (required, each in (0, 1)) */
+    FASTLOSS_LOSS_PINBALL = 9
 };
+
+#define FASTLOSS_ELEMENTWISE_PARAMS 3
 
 typedef struct fastloss_elementwise_options {
     fastloss_index n;                   /* elements */
     int loss;                           /* enum fastloss_elementwise_loss */
-    double threshold;                   /* huber's delta or smooth_l1's beta; else unused */
+    double param[FASTLOSS_ELEMENTWISE_PARAMS]; /* the loss's scalars (see the enum) */
     fastloss_index weight_period;       /* weight[i % weight_period] (unused without weight) */
-    fastloss_index pos_weight_period;   /* likewise for pos_weight */
+    fastloss_index factor_period;       /* likewise for factor */
     /* mse and l1 with a weight: "mean" divides by the weights' sum over the n
      * elements divided by this.  torch (2.13) sums the weight as paired with
      * pred, before a larger target's broadcast repeats each of its values this
@@ -52,9 +74,11 @@ typedef struct fastloss_elementwise_options {
 /*
  * Arguments shared by the three entry points (IN unless marked OUT):
  *   pred, target      n values each
+ *   aux               n values of the third input (margin_ranking's y, gaussian_nll's
+ *                     var), or NULL for the losses of two inputs
  *   weight            per-element factor (periodic, see above), or NULL for ones
- *   pos_weight        bce_with_logits' weight of the positive term (periodic),
- *                     or NULL for ones
+ *   factor            the loss's periodic factor (bce_with_logits' pos_weight, or
+ *                     NULL for ones; pinball's quantile), NULL for the others
  *   loss_per_element  OUT, n values of the weighted loss (reduction none), or NULL
  *   loss              OUT, two float64 values (unused for none), or NULL:
  *                     loss[0] the sum or mean, loss[1] the same of |term|, the
@@ -64,37 +88,39 @@ typedef struct fastloss_elementwise_options {
  *   grad_output       IN, the upstream gradient: n values with stride 1, or one
  *                     value for every element with stride 0
  *   grad              OUT, the gradient of grad_output * loss w.r.t. pred, or NULL
- *   grad_target       OUT, the same w.r.t. target, or NULL: minus the slope for the
- *                     regression losses, w (-x + (p - 1) softplus(-x)) for bce
+ *   grad_target       OUT, the same w.r.t. target, or NULL (see elementwise.c)
+ *   grad_aux          OUT, the same w.r.t. aux (gaussian_nll's var), or NULL
  * Return FASTLOSS_OK or FASTLOSS_ERROR_NO_MEMORY (nothing is written then).
  */
 int fastloss_elementwise_forward_float32(
     const fastloss_elementwise_options *options, const float *pred, const float *target,
-    const float *weight, const float *pos_weight, float *loss_per_element, double *loss);
+    const float *aux, const float *weight, const float *factor, float *loss_per_element,
+    double *loss);
 int fastloss_elementwise_forward_float64(
     const fastloss_elementwise_options *options, const double *pred, const double *target,
-    const double *weight, const double *pos_weight, double *loss_per_element, double *loss);
+    const double *aux, const double *weight, const double *factor, double *loss_per_element,
+    double *loss);
 
 int fastloss_elementwise_backward_float32(
     const fastloss_elementwise_options *options, const float *pred, const float *target,
-    const float *weight, const float *pos_weight, const double *grad_output,
-    fastloss_index grad_output_stride, float *grad, float *grad_target);
+    const float *aux, const float *weight, const float *factor, const double *grad_output,
+    fastloss_index grad_output_stride, float *grad, float *grad_target, float *grad_aux);
 int fastloss_elementwise_backward_float64(
     const fastloss_elementwise_options *options, const double *pred, const double *target,
-    const double *weight, const double *pos_weight, const double *grad_output,
-    fastloss_index grad_output_stride, double *grad, double *grad_target);
+    const double *aux, const double *weight, const double *factor, const double *grad_output,
+    fastloss_index grad_output_stride, double *grad, double *grad_target, double *grad_aux);
 
-/* Loss and gradients in one pass over pred and target. */
+/* Loss and gradients in one pass over the inputs. */
 int fastloss_elementwise_value_and_grad_float32(
     const fastloss_elementwise_options *options, const float *pred, const float *target,
-    const float *weight, const float *pos_weight, const double *grad_output,
+    const float *aux, const float *weight, const float *factor, const double *grad_output,
     fastloss_index grad_output_stride, float *loss_per_element, double *loss, float *grad,
-    float *grad_target);
+    float *grad_target, float *grad_aux);
 int fastloss_elementwise_value_and_grad_float64(
     const fastloss_elementwise_options *options, const double *pred, const double *target,
-    const double *weight, const double *pos_weight, const double *grad_output,
+    const double *aux, const double *weight, const double *factor, const double *grad_output,
     fastloss_index grad_output_stride, double *loss_per_element, double *loss, double *grad,
-    double *grad_target);
+    double *grad_target, double *grad_aux);
 
 #ifdef __cplusplus
 }

@@ -288,25 +288,326 @@ static void EW(bce_target_tile)(const REAL *FASTLOSS_RESTRICT logits,
 }
 
 /* ---------------------------------------------------------------------------
+ * The pointwise losses of families issue 2: sigmoid_focal, margin_ranking,
+ * poisson_nll, gaussian_nll, pinball.  Each element is computed by one inline
+ * function returning its value and slope (the compiler drops what a loop does
+ * not use), in WIDE (double) whenever float32 arithmetic could not meet the
+ * contract, and rounded to REAL once.  The options that change the formula
+ * (gamma's kind, log_input, full) are literal constants at each call, so each
+ * loop is specialised and has no test inside but the formula's own selects.
+ * ------------------------------------------------------------------------- */
+
+typedef struct EW(pair_s) {
+    EW_WIDE value, slope;
+} EW(pair);
+
+/*
+ * sigmoid_focal (torchvision.ops.sigmoid_focal_loss), x = logit, y = target in [0, 1]:
+ *   s = sigmoid(x), c = 1 - s, ce = bce_with_logits(x, y),
+ *   u = 1 - p_t = s (1 - y) + c y,       loss = a_t ce u**gamma,
+ *   a_t = alpha y + (1 - alpha)(1 - y)    (1 when alpha < 0).
+ * With e = exp(-|x|) and q = e / (1 + e) = sigmoid(-|x|), s and c are q and 1 - q
+ * per the sign of x, so both keep their relative accuracy however small (torch's
+ * 1 - p_t rounds to 0 once sigmoid(x) rounds to 1: x > 17 in float32, 37 in
+ * float64), and u is a sum of two terms >= 0.  The slope (d/dx):
+ *   d ce / dx = s - y,   d u / dx = s c (1 - 2 y),
+ *   slope = a_t [ (s - y) u**gamma + gamma ce u**(gamma - 1) s c (1 - 2 y) ]
+ *         = a_t u**gamma [ (s - y) + gamma ce (1 - 2 y) s c / u ]
+ * where s c / u lies in [0, 2] for y in [0, 1] (u >= s / 2 or u >= c / 2), so
+ * nothing overflows, and s - y is bce's form ((1 - y) - q or q - y), exact in
+ * its leading term for hard labels.  Where u is exactly 0 (a hard label and
+ * |x| beyond about 745) u**gamma is 0 and the bracket's second term is finite
+ * (its division is by 1 there): the slope is the limit, 0.  torch's autograd of
+ * the formula gives NaN there for 0 < gamma < 1 (0 * 0**(gamma - 1) = 0 * inf),
+ * a deliberate difference.  gamma == 0 drops the second term altogether
+ * (torch's pow backward with exponent 0 is 0), so the slope is a_t bce's slope
+ * even at infinite logits.  u**gamma is u, u u or, for any other gamma,
+ * exp(gamma log u) in double.
+ * Accuracy: everything in double for float32 too: the power's error grows with
+ * gamma |log u| (69 gamma float32 ulps at u = 1e-30), and soft labels cancel in
+ * s - y as in bce.
+ */
+FASTLOSS_INLINE EW(pair) EW(focal_element)(REAL logit, REAL label, EW_WIDE alpha_pos,
+                                           EW_WIDE alpha_neg, EW_WIDE gamma, int gamma_kind)
+{
+    const EW_WIDE x = logit, y = label;
+    const EW_WIDE e = EW_WIDE_EXP_NONPOSITIVE(-EW_WIDE_ABS(x));
+    const EW_WIDE q = e / (1 + e);                    /* sigmoid(-|x|) <= 1/2 */
+    const EW_WIDE s = x >= 0 ? 1 - q : q;             /* sigmoid(x) */
+    const EW_WIDE c = x >= 0 ? q : 1 - q;             /* 1 - sigmoid(x) */
+    const EW_WIDE u = s * (1 - y) + c * y;            /* 1 - p_t */
+    /* bce's value per sign of x (bce_value_plain), NaN at x = -inf as torch */
+    const EW_WIDE ce = (x * (x >= 0 ? 1 - y : -y) + (x >= 0 ? 0 : x - x)) +
+                       EW_WIDE_LOG1P_UNIT(e);
+    EW_WIDE power;
+    if (gamma_kind == EW_FOCAL_GAMMA_0)
+        power = 1;
+    else if (gamma_kind == EW_FOCAL_GAMMA_1)
+        power = u;
+    else if (gamma_kind == EW_FOCAL_GAMMA_2)
+        power = u * u;
+    else
+        power = fastloss_exp(gamma * fastloss_log(u)); /* log 0 = -inf: power 0 */
+    const EW_WIDE alpha_t = alpha_pos * y + alpha_neg * (1 - y);
+    const EW_WIDE ce_slope = x >= 0 ? (1 - y) - q : q - y; /* s - y */
+    const EW_WIDE ratio = s * c / (u > 0 ? u : 1);        /* s c / u, in [0, 2] */
+    const EW_WIDE bracket = gamma_kind == EW_FOCAL_GAMMA_0
+                                ? ce_slope
+                                : ce_slope + gamma * ce * (1 - 2 * y) * ratio;
+    EW(pair) result;
+    result.value = alpha_t * ce * power;
+    result.slope = alpha_t * power * bracket;
+    return result;
+}
+
+#define EW_FOCAL_LOOPS(KIND)                                                                \
+    EW_TILE_LOOPS(const EW(pair) f = EW(focal_element)(logits[k], target[k], alpha_pos,     \
+                                                       alpha_neg, gamma, KIND),             \
+                  (REAL)f.value, (REAL)f.slope)
+
+static void EW(focal_tile)(const REAL *FASTLOSS_RESTRICT logits,
+                           const REAL *FASTLOSS_RESTRICT target, fastloss_index m,
+                           EW_WIDE alpha_pos, EW_WIDE alpha_neg, EW_WIDE gamma, int gamma_kind,
+                           REAL *FASTLOSS_RESTRICT value, REAL *FASTLOSS_RESTRICT slope)
+{
+    switch (gamma_kind) {
+    case EW_FOCAL_GAMMA_0:
+        EW_FOCAL_LOOPS(EW_FOCAL_GAMMA_0);
+        break;
+    case EW_FOCAL_GAMMA_1:
+        EW_FOCAL_LOOPS(EW_FOCAL_GAMMA_1);
+        break;
+    case EW_FOCAL_GAMMA_2:
+        EW_FOCAL_LOOPS(EW_FOCAL_GAMMA_2);
+        break;
+    default:
+        EW_FOCAL_LOOPS(EW_FOCAL_GAMMA_ANY);
+        break;
+    }
+}
+
+#undef EW_FOCAL_LOOPS
+
+/*
+ * margin_ranking (torch.nn.functional.margin_ranking_loss), x1 = pred, x2 = target,
+ * y = aux:  z = -y (x1 - x2) + margin,  loss = max(z, 0),
+ *   d/dx1 = -y [z >= 0],  d/dx2 = y [z >= 0]  (minus the slope).
+ * torch's clamp_min backward passes the gradient where z >= min, so the kink
+ * z == 0 takes the slope -y; NaN z gives -y * 0 = -0 (torch's too), and a NaN
+ * y a NaN slope.  z is computed in double for float32: x1 - x2 and y (x1 - x2)
+ * are exact there, and margin - y d rounds once, where float32 would lose the
+ * contract wherever z is small next to y d.  NaN propagates through the value
+ * (z < 0 ? 0 : z).
+ */
+static void EW(margin_ranking_tile)(const REAL *FASTLOSS_RESTRICT x1,
+                                    const REAL *FASTLOSS_RESTRICT x2,
+                                    const REAL *FASTLOSS_RESTRICT label, fastloss_index m,
+                                    EW_WIDE margin, REAL *FASTLOSS_RESTRICT value,
+                                    REAL *FASTLOSS_RESTRICT slope)
+{
+    EW_TILE_LOOPS(const REAL y = label[k];
+                  const EW_WIDE z = margin - (EW_WIDE)y * ((EW_WIDE)x1[k] - (EW_WIDE)x2[k]),
+                  (REAL)(z < 0 ? 0 : z), -y * (REAL)(z >= 0));
+}
+
+/*
+ * poisson_nll (torch.nn.functional.poisson_nll_loss), x = input, y = target:
+ *   log_input:   loss = exp(x) - y x,               slope = exp(x) - y,
+ *                target slope = -x
+ *   otherwise:   loss = x - y log(x + eps),         slope = 1 - y / (x + eps),
+ *                target slope = -log(x + eps)
+ *   full adds Stirling's term where y > 1 (torch masks y <= 1 to 0):
+ *                y log y - y + 0.5 log(2 pi y),     target slope + log y + 1 / (2 y)
+ * All in double for float32 (exp(x) and y x cancel near the optimum exp(x) = y,
+ * and x + eps would round eps away).  torch's autograd of its masked Stirling
+ * term gives NaN w.r.t. the target where y <= 0 (0 * log 0 in the masked
+ * branch's backward); this kernel gives the masked term's derivative, 0 (a
+ * deliberate difference).  Infinities and NaN propagate as in torch's formula
+ * (log of x + eps <= 0 is -inf or NaN; y = 0 there gives 0 * -inf = NaN).
+ */
+#ifndef EW_TWO_PI
+#define EW_TWO_PI 6.283185307179586476925286766559
+#endif
+
+FASTLOSS_INLINE EW(pair) EW(poisson_element)(REAL input, REAL count, EW_WIDE eps,
+                                             int log_input, int full)
+{
+    const EW_WIDE x = input, y = count;
+    EW(pair) result;
+    if (log_input) {
+        const EW_WIDE exp_x = fastloss_exp(x);
+        result.value = exp_x - y * x;
+        result.slope = exp_x - y;
+    } else {
+        const EW_WIDE shifted = x + eps;
+        result.value = x - y * fastloss_log(shifted);
+        result.slope = 1 - y / shifted;
+    }
+    if (full) {
+        const EW_WIDE log_y = fastloss_log(y);
+        const EW_WIDE stirling = y * log_y - y + 0.5 * fastloss_log(EW_TWO_PI * y);
+        result.value += y <= 1 ? 0 : stirling; /* NaN y is not masked, as torch */
+    }
+    return result;
+}
+
+FASTLOSS_INLINE EW_WIDE EW(poisson_target_slope)(REAL input, REAL count, EW_WIDE eps,
+                                                 int log_input, int full)
+{
+    const EW_WIDE x = input, y = count;
+    EW_WIDE slope = log_input ? -x : -fastloss_log(x + eps);
+    if (full)
+        slope += y <= 1 ? 0 : fastloss_log(y) + 0.5 / y;
+    return slope;
+}
+
+#define EW_POISSON_LOOPS(LOG_INPUT, FULL)                                                   \
+    EW_TILE_LOOPS(const EW(pair) f = EW(poisson_element)(pred[k], target[k], eps, LOG_INPUT,  \
+                                                         FULL),                             \
+                  (REAL)f.value, (REAL)f.slope)
+
+static void EW(poisson_tile)(const REAL *FASTLOSS_RESTRICT pred,
+                             const REAL *FASTLOSS_RESTRICT target, fastloss_index m,
+                             EW_WIDE eps, int log_input, int full,
+                             REAL *FASTLOSS_RESTRICT value, REAL *FASTLOSS_RESTRICT slope)
+{
+    if (log_input) {
+        if (full)
+            EW_POISSON_LOOPS(1, 1);
+        else
+            EW_POISSON_LOOPS(1, 0);
+    } else {
+        if (full)
+            EW_POISSON_LOOPS(0, 1);
+        else
+            EW_POISSON_LOOPS(0, 0);
+    }
+}
+
+#undef EW_POISSON_LOOPS
+
+static void EW(poisson_target_tile)(const REAL *FASTLOSS_RESTRICT pred,
+                                    const REAL *FASTLOSS_RESTRICT target, fastloss_index m,
+                                    EW_WIDE eps, int log_input, int full,
+                                    REAL *FASTLOSS_RESTRICT target_slope)
+{
+#define EW_POISSON_TARGET_LOOP(LOG_INPUT, FULL)                                             \
+    for (fastloss_index k = 0; k < m; ++k)                                                  \
+        target_slope[k] = (REAL)EW(poisson_target_slope)(pred[k], target[k], eps, LOG_INPUT, \
+                                                         FULL)
+    if (log_input) {
+        if (full)
+            EW_POISSON_TARGET_LOOP(1, 1);
+        else
+            EW_POISSON_TARGET_LOOP(1, 0);
+    } else {
+        if (full)
+            EW_POISSON_TARGET_LOOP(0, 1);
+        else
+            EW_POISSON_TARGET_LOOP(0, 0);
+    }
+#undef EW_POISSON_TARGET_LOOP
+}
+
+/*
+ * gaussian_nll (torch.nn.functional.gaussian_nll_loss), x = input, t = target,
+ * var = aux (already broadcast to the loss's shape):
+ *   v = max(var, eps),  r = x - t,
+ *   loss = 0.5 (log v + r**2 / v)  (+ 0.5 log(2 pi) when full)
+ *   slope = r / v,  target slope = -r / v,  var slope = 0.5 (1 - r**2 / v) / v.
+ * torch clamps a clone of var under no_grad, so its var gradient is the
+ * formula's derivative at the clamped v passed straight through, also where
+ * var < eps; so is this one.  NaN var stays NaN (var < eps is false), as
+ * torch's clamp.  In double for float32: log v and r**2 / v cancel where the
+ * loss is near 0, and 1 - r**2 / v near the best variance.
+ */
+FASTLOSS_INLINE EW(pair) EW(gaussian_element)(REAL input, REAL target, REAL variance,
+                                              EW_WIDE eps, EW_WIDE constant)
+{
+    const EW_WIDE v = (EW_WIDE)variance < eps ? eps : (EW_WIDE)variance;
+    const EW_WIDE r = (EW_WIDE)input - (EW_WIDE)target;
+    EW(pair) result;
+    result.value = 0.5 * (fastloss_log(v) + r * r / v) + constant;
+    result.slope = r / v;
+    return result;
+}
+
+static void EW(gaussian_tile)(const REAL *FASTLOSS_RESTRICT pred,
+                              const REAL *FASTLOSS_RESTRICT target,
+                              const REAL *FASTLOSS_RESTRICT variance, fastloss_index m,
+                              EW_WIDE eps, EW_WIDE constant, REAL *FASTLOSS_RESTRICT value,
+                              REAL *FASTLOSS_RESTRICT slope)
+{
+    EW_TILE_LOOPS(const EW(pair) f = EW(gaussian_element)(pred[k], target[k], variance[k], eps,
+                                                          constant),
+                  (REAL)f.value, (REAL)f.slope);
+}
+
+static void EW(gaussian_var_tile)(const REAL *FASTLOSS_RESTRICT pred,
+                                  const REAL *FASTLOSS_RESTRICT target,
+                                  const REAL *FASTLOSS_RESTRICT variance, fastloss_index m,
+                                  EW_WIDE eps, REAL *FASTLOSS_RESTRICT var_slope)
+{
+    for (fastloss_index k = 0; k < m; ++k) {
+        const EW_WIDE v = (EW_WIDE)variance[k] < eps ? eps : (EW_WIDE)variance[k];
+        const EW_WIDE r = (EW_WIDE)pred[k] - (EW_WIDE)target[k];
+        var_slope[k] = (REAL)(0.5 * (1 - r * r / v) / v);
+    }
+}
+
+/*
+ * pinball (quantile loss), p = pred, y = target, q = factor (the quantile):
+ *   r = y - p,  loss = max(q r, (q - 1) r) = r >= 0 ? q r : (q - 1) r,
+ *   slope (d/dp) = -q for r > 0, 1 - q for r < 0, and 0.5 - q at r == 0,
+ * torch's autograd of torch.maximum(q * r, (q - 1) * r), which halves the
+ * gradient between equal arguments; for NaN r that backward passes the whole
+ * gradient to both arguments, so the slope is -(q + q - 1) = 1 - 2 q (NaN loss,
+ * finite slope, as torch).  The target slope is minus the slope.  In REAL: r
+ * and each product round once.
+ */
+static void EW(pinball_tile)(const REAL *FASTLOSS_RESTRICT pred,
+                             const REAL *FASTLOSS_RESTRICT target,
+                             const REAL *FASTLOSS_RESTRICT quantile, fastloss_index m,
+                             REAL *FASTLOSS_RESTRICT value, REAL *FASTLOSS_RESTRICT slope)
+{
+    EW_TILE_LOOPS(const REAL q = quantile[k]; const REAL r = target[k] - pred[k],
+                  r >= 0 ? q * r : (q - 1) * r,
+                  r > 0 ? -q : (r < 0 ? 1 - q : (r == 0 ? (REAL)0.5 - q : 1 - 2 * q)));
+}
+
+/* ---------------------------------------------------------------------------
  * The runner
  * ------------------------------------------------------------------------- */
 
 /* What every block of one call shares; set up once before the parallel loop. */
 typedef struct EW(call_s) {
     int loss;                      /* enum fastloss_elementwise_loss (smooth_l1 with beta 0 -> l1) */
-    REAL threshold, half_inv_threshold, inv_threshold;
-    const REAL *pred, *target;
-    const REAL *weight, *pos_weight;
-    fastloss_index weight_period, pos_weight_period;
+    REAL threshold, half_inv_threshold, inv_threshold; /* huber, smooth_l1 */
+    EW_WIDE alpha_pos, alpha_neg, gamma;  /* sigmoid_focal: a_t = alpha_pos y + alpha_neg (1 - y) */
+    int gamma_kind;                /* sigmoid_focal: EW_FOCAL_GAMMA_* */
+    EW_WIDE margin;                /* margin_ranking */
+    int log_input, full;           /* poisson_nll (full also gaussian_nll) */
+    EW_WIDE eps;                   /* poisson_nll, gaussian_nll */
+    EW_WIDE constant;              /* gaussian_nll: 0.5 log(2 pi) when full, else 0 */
+    const REAL *pred, *target, *aux;
+    const REAL *weight, *factor;
+    fastloss_index weight_period, factor_period;
     const double *grad_output;     /* per element (reduction none), or NULL: use scale */
     REAL scale;                    /* grad_output, divided by n for the mean */
     int want_sum;
-    REAL *loss_per_element, *grad, *grad_target;
+    REAL *loss_per_element, *grad, *grad_target, *grad_aux;
 } EW(call);
 
-/* The value and slope of m elements from `start`, per the call's loss. */
+/* Whether the loss's gradient w.r.t. target is something else than minus its slope. */
+static int EW(own_target_slope)(int loss)
+{
+    return loss == FASTLOSS_LOSS_BCE_WITH_LOGITS || loss == FASTLOSS_LOSS_POISSON_NLL;
+}
+
+/* The value and slope of m elements from `start`, per the call's loss (factor:
+ * the periodic factor's values for these elements, or NULL). */
 static void EW(compute_tile)(const EW(call) *call, fastloss_index start, fastloss_index m,
-                             const REAL *pos_weight, REAL *value, REAL *slope, int *bce_wide_mode)
+                             const REAL *factor, REAL *value, REAL *slope, int *bce_wide_mode)
 {
     const REAL *pred = call->pred + start, *target = call->target + start;
     switch (call->loss) {
@@ -323,10 +624,38 @@ static void EW(compute_tile)(const EW(call) *call, fastloss_index start, fastlos
         EW(smooth_l1_tile)(pred, target, m, call->threshold, call->half_inv_threshold,
                            call->inv_threshold, value, slope);
         break;
-    default: /* FASTLOSS_LOSS_BCE_WITH_LOGITS */
-        EW(bce_tile)(pred, target, pos_weight, m, value, slope, bce_wide_mode);
+    case FASTLOSS_LOSS_BCE_WITH_LOGITS:
+        EW(bce_tile)(pred, target, factor, m, value, slope, bce_wide_mode);
+        break;
+    case FASTLOSS_LOSS_SIGMOID_FOCAL:
+        EW(focal_tile)(pred, target, m, call->alpha_pos, call->alpha_neg, call->gamma,
+                       call->gamma_kind, value, slope);
+        break;
+    case FASTLOSS_LOSS_MARGIN_RANKING:
+        EW(margin_ranking_tile)(pred, target, call->aux + start, m, call->margin, value, slope);
+        break;
+    case FASTLOSS_LOSS_POISSON_NLL:
+        EW(poisson_tile)(pred, target, m, call->eps, call->log_input, call->full, value, slope);
+        break;
+    case FASTLOSS_LOSS_GAUSSIAN_NLL:
+        EW(gaussian_tile)(pred, target, call->aux + start, m, call->eps, call->constant, value,
+                          slope);
+        break;
+    default: /* FASTLOSS_LOSS_PINBALL */
+        EW(pinball_tile)(pred, target, factor, m, value, slope);
         break;
     }
+}
+
+/* The slopes w.r.t. target of the losses whose own_target_slope is true. */
+static void EW(compute_target_tile)(const EW(call) *call, fastloss_index start, fastloss_index m,
+                                    const REAL *factor, REAL *target_slope)
+{
+    if (call->loss == FASTLOSS_LOSS_BCE_WITH_LOGITS)
+        EW(bce_target_tile)(call->pred + start, factor, m, target_slope);
+    else /* FASTLOSS_LOSS_POISSON_NLL */
+        EW(poisson_target_tile)(call->pred + start, call->target + start, m, call->eps,
+                                call->log_input, call->full, target_slope);
 }
 
 /* out[k] = slope[k] * weight[k] (when given) * the upstream gradient for the m
@@ -357,10 +686,12 @@ static void EW(write_grad)(const EW(call) *call, fastloss_index i, fastloss_inde
 /*
  * One reduction block [start, end): tile by tile, the loss-specific values and
  * slopes, then the shared steps (weight, outputs, the block's sum).  A tile
- * also ends where a periodic weight wraps around, so that each tile reads its
- * weights contiguously.  Returns the block's sum of the weighted loss,
- * accumulated in a fixed order (FASTLOSS_LANES lanes, then the tail of each
- * tile) that depends on n and the periods alone.
+ * also ends where a periodic weight or factor wraps around, so that each tile
+ * reads them contiguously.  Every slope of a tile is computed before any of its
+ * outputs is written, so a gradient may be written over pred, target or aux
+ * (in place).  Returns the block's sum of the weighted loss, accumulated in a
+ * fixed order (FASTLOSS_LANES lanes, then the tail of each tile) that depends
+ * on n and the periods alone.
  */
 static double EW(block)(const EW(call) *call, fastloss_index start, fastloss_index end,
                         double *magnitude)
@@ -368,25 +699,27 @@ static double EW(block)(const EW(call) *call, fastloss_index start, fastloss_ind
     REAL value_tile[FASTLOSS_EW_TILE];
     REAL slope_tile[FASTLOSS_EW_TILE];
     REAL target_slope_tile[FASTLOSS_EW_TILE];
-    const int bce = call->loss == FASTLOSS_LOSS_BCE_WITH_LOGITS;
-    /* the pred slopes: for pred's gradient, and negated for target's unless bce */
-    const int want_slope = call->grad || (call->grad_target && !bce);
+    REAL aux_slope_tile[FASTLOSS_EW_TILE];
+    const int own_target_slope = EW(own_target_slope)(call->loss);
+    /* the pred slopes: for pred's gradient, and negated for target's unless the
+     * loss has its own */
+    const int want_slope = call->grad || (call->grad_target && !own_target_slope);
     double lane[FASTLOSS_LANES] = {0.0};
     double tail = 0.0, negative = 0.0;
     int bce_wide_mode = 0;
     fastloss_index m;
     for (fastloss_index i = start; i < end; i += m) {
         m = end - i < FASTLOSS_EW_TILE ? end - i : FASTLOSS_EW_TILE;
-        const REAL *weight = NULL, *pos_weight = NULL;
+        const REAL *weight = NULL, *factor = NULL;
         if (call->weight) {
             const fastloss_index phase = i % call->weight_period;
             m = call->weight_period - phase < m ? call->weight_period - phase : m;
             weight = call->weight + phase;
         }
-        if (call->pos_weight) {
-            const fastloss_index phase = i % call->pos_weight_period;
-            m = call->pos_weight_period - phase < m ? call->pos_weight_period - phase : m;
-            pos_weight = call->pos_weight + phase;
+        if (call->factor) {
+            const fastloss_index phase = i % call->factor_period;
+            m = call->factor_period - phase < m ? call->factor_period - phase : m;
+            factor = call->factor + phase;
         }
         /* reduction none writes the loss straight into the output */
         REAL *FASTLOSS_RESTRICT value = call->loss_per_element ? call->loss_per_element + i
@@ -394,15 +727,18 @@ static double EW(block)(const EW(call) *call, fastloss_index start, fastloss_ind
                                                                 : NULL;
         REAL *FASTLOSS_RESTRICT slope = want_slope ? slope_tile : NULL;
         if (value || slope)
-            EW(compute_tile)(call, i, m, pos_weight, value, slope, &bce_wide_mode);
-        /* target's slopes, before any output is written (grad may be pred or target) */
+            EW(compute_tile)(call, i, m, factor, value, slope, &bce_wide_mode);
+        /* target's and aux's slopes, before any output is written (grad may be an input) */
         if (call->grad_target) {
-            if (bce)
-                EW(bce_target_tile)(call->pred + i, pos_weight, m, target_slope_tile);
+            if (own_target_slope)
+                EW(compute_target_tile)(call, i, m, factor, target_slope_tile);
             else
                 for (fastloss_index k = 0; k < m; ++k)
                     target_slope_tile[k] = -slope[k];
         }
+        if (call->grad_aux) /* gaussian_nll's var, the only aux with a gradient */
+            EW(gaussian_var_tile)(call->pred + i, call->target + i, call->aux + i, m, call->eps,
+                                  aux_slope_tile);
 
         if (value) {
             if (weight)
@@ -416,10 +752,11 @@ static double EW(block)(const EW(call) *call, fastloss_index start, fastloss_ind
                 for (; k < m; ++k)
                     tail += (double)value[k];
                 /* the magnitude sum |term| = sum term - 2 sum of the negative terms,
-                 * which only a negative weight or pos_weight or a bce target outside
-                 * [0, 1] makes: a count over the tile finds them (an integer sum
-                 * vectorises; a min with NaN semantics, or a second double sum in the
-                 * loop above, did not) */
+                 * which a negative weight or factor, a bce target outside [0, 1], or
+                 * the losses that can be negative (poisson_nll, gaussian_nll) make: a
+                 * count over the tile finds them (an integer sum vectorises; a min
+                 * with NaN semantics, or a second double sum in the loop above, did
+                 * not) */
                 int negatives = 0;
                 for (k = 0; k < m; ++k)
                     negatives += value[k] < 0;
@@ -432,41 +769,95 @@ static double EW(block)(const EW(call) *call, fastloss_index start, fastloss_ind
             EW(write_grad)(call, i, m, weight, slope, call->grad + i);
         if (call->grad_target)
             EW(write_grad)(call, i, m, weight, target_slope_tile, call->grad_target + i);
+        if (call->grad_aux)
+            EW(write_grad)(call, i, m, weight, aux_slope_tile, call->grad_aux + i);
     }
     const double sum = fastloss_lanes_total(lane) + tail;
     *magnitude = sum - 2.0 * negative;
     return sum;
 }
 
-int RUN(const fastloss_elementwise_options *options, const REAL *pred, const REAL *target,
-        const REAL *weight, const REAL *pos_weight, const double *grad_output,
-        fastloss_index grad_output_stride, REAL *loss_per_element, double *loss, REAL *grad,
-        REAL *grad_target)
+/* The loss's scalars from options->param (see the enum in elementwise.h). */
+static void EW(set_params)(EW(call) *call, const fastloss_elementwise_options *options)
+{
+    const double *param = options->param;
+    call->threshold = call->half_inv_threshold = call->inv_threshold = 0;
+    call->alpha_pos = call->alpha_neg = 1;
+    call->gamma = 0;
+    call->gamma_kind = EW_FOCAL_GAMMA_0;
+    call->margin = 0;
+    call->log_input = call->full = 0;
+    call->eps = 0;
+    call->constant = 0;
+    switch (call->loss) {
+    case FASTLOSS_LOSS_HUBER:
+    case FASTLOSS_LOSS_SMOOTH_L1:
+        call->threshold = (REAL)param[0];
+        /* torch: beta == 0 is exactly l1_loss.  So is a beta that rounds to 0 in REAL
+         * (the limit as beta -> 0), where r / beta would make 0 * inf a NaN at r = 0. */
+        if (call->loss == FASTLOSS_LOSS_SMOOTH_L1 && call->threshold == 0)
+            call->loss = FASTLOSS_LOSS_L1;
+        call->half_inv_threshold = call->threshold > 0 ? (REAL)(0.5 / param[0]) : 0;
+        call->inv_threshold = call->threshold > 0 ? (REAL)(1.0 / param[0]) : 0;
+        break;
+    case FASTLOSS_LOSS_SIGMOID_FOCAL:
+        /* torchvision: alpha_t = alpha y + (1 - alpha)(1 - y) when alpha >= 0, else 1 */
+        if (param[0] >= 0) {
+            call->alpha_pos = param[0];
+            call->alpha_neg = 1 - param[0];
+        }
+        call->gamma = param[1];
+        call->gamma_kind = param[1] == 0   ? EW_FOCAL_GAMMA_0
+                           : param[1] == 1 ? EW_FOCAL_GAMMA_1
+                           : param[1] == 2 ? EW_FOCAL_GAMMA_2
+                                           : EW_FOCAL_GAMMA_ANY;
+        break;
+    case FASTLOSS_LOSS_MARGIN_RANKING:
+        call->margin = param[0];
+        break;
+    case FASTLOSS_LOSS_POISSON_NLL:
+        call->log_input = param[0] != 0;
+        call->full = param[1] != 0;
+        call->eps = param[2];
+        break;
+    case FASTLOSS_LOSS_GAUSSIAN_NLL:
+        call->full = param[0] != 0;
+        call->eps = param[1];
+        call->constant = call->full ? 0.5 * log(EW_TWO_PI) : 0;
+        break;
+    default:
+        break;
+    }
+}
+
+int RUN(const fastloss_elementwise_options *options, const EW_INPUTS *in,
+        const double *grad_output, fastloss_index grad_output_stride, const EW_OUTPUTS *out)
 {
     const fastloss_index n = options->n;
     const fastloss_index n_blocks = (n + FASTLOSS_EW_BLOCK - 1) / FASTLOSS_EW_BLOCK;
     const int mean = options->reduction == FASTLOSS_REDUCTION_MEAN;
+    const REAL *weight = in->weight;
+    double *loss = out->loss;
 
     EW(call) call;
     call.loss = options->loss;
-    call.threshold = (REAL)options->threshold;
-    /* torch: beta == 0 is exactly l1_loss.  So is a beta that rounds to 0 in REAL
-     * (the limit as beta -> 0), where r / beta would make 0 * inf a NaN at r = 0. */
-    if (call.loss == FASTLOSS_LOSS_SMOOTH_L1 && call.threshold == 0)
-        call.loss = FASTLOSS_LOSS_L1;
-    call.half_inv_threshold = call.threshold > 0 ? (REAL)(0.5 / options->threshold) : 0;
-    call.inv_threshold = call.threshold > 0 ? (REAL)(1.0 / options->threshold) : 0;
-    call.pred = pred;
-    call.target = target;
+    EW(set_params)(&call, options);
+    call.pred = in->pred;
+    call.target = in->target;
+    call.aux = in->aux;
     call.weight = weight;
-    call.pos_weight = call.loss == FASTLOSS_LOSS_BCE_WITH_LOGITS ? pos_weight : NULL;
+    call.factor = call.loss == FASTLOSS_LOSS_BCE_WITH_LOGITS || call.loss == FASTLOSS_LOSS_PINBALL
+                      ? in->factor
+                      : NULL;
     call.weight_period = options->weight_period;
-    call.pos_weight_period = options->pos_weight_period;
+    call.factor_period = options->factor_period;
     call.want_sum = loss != NULL && options->reduction != FASTLOSS_REDUCTION_NONE;
-    call.loss_per_element = options->reduction == FASTLOSS_REDUCTION_NONE ? loss_per_element : NULL;
-    call.grad = grad;
-    call.grad_target = grad_target;
-    const int want_grad = grad != NULL || grad_target != NULL;
+    call.loss_per_element =
+        options->reduction == FASTLOSS_REDUCTION_NONE ? out->loss_per_element : NULL;
+    call.grad = out->grad;
+    call.grad_target = call.loss == FASTLOSS_LOSS_SIGMOID_FOCAL ? NULL : out->grad_target;
+    call.grad_aux = call.loss == FASTLOSS_LOSS_GAUSSIAN_NLL ? out->grad_aux : NULL;
+    const int want_grad = call.grad != NULL || call.grad_target != NULL || call.grad_aux != NULL;
     call.grad_output = want_grad && grad_output && grad_output_stride != 0 ? grad_output : NULL;
     /* The mean's denominator: the element count, except for mse and l1 with a weight,
      * where torch (2.13) takes sum(w * l) / sum(w) with the weight as paired with pred:

@@ -14,6 +14,8 @@
 #define FL_EW_PASTE(name, real_tag, isa) FL_EW_PASTE_(name, real_tag, isa)
 
 #define REAL float
+#define EW_INPUTS fastloss_ew_inputs_float32
+#define EW_OUTPUTS fastloss_ew_outputs_float32
 #define EW(name) FL_EW_PASTE(fastloss_ew_##name, float32, FASTLOSS_ISA)
 #define RUN FL_EW_PASTE(fastloss_ew_run, float32, FASTLOSS_ISA)
 #define EW_ABS fabsf
@@ -27,6 +29,8 @@
 #include "elementwise_body.h"
 #undef EW_BCE_SLOPE_CHECK
 #undef REAL
+#undef EW_INPUTS
+#undef EW_OUTPUTS
 #undef EW
 #undef RUN
 #undef EW_ABS
@@ -38,6 +42,8 @@
 #undef EW_WIDE_LOG1P_UNIT
 
 #define REAL double
+#define EW_INPUTS fastloss_ew_inputs_float64
+#define EW_OUTPUTS fastloss_ew_outputs_float64
 #define EW(name) FL_EW_PASTE(fastloss_ew_##name, float64, FASTLOSS_ISA)
 #define RUN FL_EW_PASTE(fastloss_ew_run, float64, FASTLOSS_ISA)
 #define EW_ABS fabs
@@ -49,6 +55,8 @@
 #define EW_WIDE_LOG1P_UNIT fastloss_log1p_unit
 #include "elementwise_body.h"
 #undef REAL
+#undef EW_INPUTS
+#undef EW_OUTPUTS
 #undef EW
 #undef RUN
 #undef EW_ABS

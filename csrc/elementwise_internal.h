@@ -65,23 +65,49 @@
         }                                                                                    \
     } while (0)
 
+/* sigmoid_focal's power u**gamma (elementwise_body.h): 1, u, u u, or exp(gamma log u). */
+enum { EW_FOCAL_GAMMA_0 = 0, EW_FOCAL_GAMMA_1 = 1, EW_FOCAL_GAMMA_2 = 2, EW_FOCAL_GAMMA_ANY = 3 };
+
+/*
+ * The arrays of one call, bundled so that the runner's signature stays short.
+ * Inputs: pred, target and aux (NULL for the losses of two inputs) of n values,
+ * weight and factor periodic or NULL.  Outputs, each NULL when not asked for:
+ * loss_per_element (reduction none), loss (two doubles: see elementwise.h),
+ * and the gradients w.r.t. pred, target and aux.
+ */
+typedef struct fastloss_ew_inputs_float32 {
+    const float *pred, *target, *aux, *weight, *factor;
+} fastloss_ew_inputs_float32;
+typedef struct fastloss_ew_inputs_float64 {
+    const double *pred, *target, *aux, *weight, *factor;
+} fastloss_ew_inputs_float64;
+typedef struct fastloss_ew_outputs_float32 {
+    float *loss_per_element;
+    double *loss;
+    float *grad, *grad_target, *grad_aux;
+} fastloss_ew_outputs_float32;
+typedef struct fastloss_ew_outputs_float64 {
+    double *loss_per_element;
+    double *loss;
+    double *grad, *grad_target, *grad_aux;
+} fastloss_ew_outputs_float64;
+
 /*
  * One generic runner per (dtype, ISA), in elementwise_body.h: forward when
- * grad and grad_target are NULL, gradients only when loss and loss_per_element
+ * the gradients are NULL, gradients only when loss and loss_per_element
  * are both NULL, fused otherwise.  elementwise.c dispatches to it.
  */
-#define FASTLOSS_EW_RUN_SIGNATURE(REAL_T)                                                    \
-    (const fastloss_elementwise_options *options, const REAL_T *pred, const REAL_T *target,   \
-     const REAL_T *weight, const REAL_T *pos_weight, const double *grad_output,              \
-     fastloss_index grad_output_stride, REAL_T *loss_per_element, double *loss, REAL_T *grad,  \
-     REAL_T *grad_target)
+#define FASTLOSS_EW_RUN_SIGNATURE(TAG)                                                       \
+    (const fastloss_elementwise_options *options, const fastloss_ew_inputs_##TAG *in,       \
+     const double *grad_output, fastloss_index grad_output_stride,                           \
+     const fastloss_ew_outputs_##TAG *out)
 
 void fastloss_elementwise_select(int level); /* dispatch.c calls it */
-int fastloss_ew_run_float32_baseline FASTLOSS_EW_RUN_SIGNATURE(float);
-int fastloss_ew_run_float64_baseline FASTLOSS_EW_RUN_SIGNATURE(double);
-int fastloss_ew_run_float32_avx2 FASTLOSS_EW_RUN_SIGNATURE(float);
-int fastloss_ew_run_float64_avx2 FASTLOSS_EW_RUN_SIGNATURE(double);
-int fastloss_ew_run_float32_avx512 FASTLOSS_EW_RUN_SIGNATURE(float);
-int fastloss_ew_run_float64_avx512 FASTLOSS_EW_RUN_SIGNATURE(double);
+int fastloss_ew_run_float32_baseline FASTLOSS_EW_RUN_SIGNATURE(float32);
+int fastloss_ew_run_float64_baseline FASTLOSS_EW_RUN_SIGNATURE(float64);
+int fastloss_ew_run_float32_avx2 FASTLOSS_EW_RUN_SIGNATURE(float32);
+int fastloss_ew_run_float64_avx2 FASTLOSS_EW_RUN_SIGNATURE(float64);
+int fastloss_ew_run_float32_avx512 FASTLOSS_EW_RUN_SIGNATURE(float32);
+int fastloss_ew_run_float64_avx512 FASTLOSS_EW_RUN_SIGNATURE(float64);
 
 #endif /* FASTLOSS_ELEMENTWISE_INTERNAL_H */

@@ -1,4 +1,4 @@
-# Elementwise (regression and binary) loss wrappers, included by _kernels.pyx.
+# Elementwise (pointwise) loss wrappers, included by _kernels.pyx.
 
 cdef extern from "elementwise.h" nogil:
     enum:
@@ -7,44 +7,108 @@ cdef extern from "elementwise.h" nogil:
         FASTLOSS_LOSS_HUBER
         FASTLOSS_LOSS_SMOOTH_L1
         FASTLOSS_LOSS_BCE_WITH_LOGITS
+        FASTLOSS_LOSS_SIGMOID_FOCAL
+        FASTLOSS_LOSS_MARGIN_RANKING
+        FASTLOSS_LOSS_POISSON_NLL
+        FASTLOSS_LOSS_GAUSSIAN_NLL
+        FASTLOSS_LOSS_PINBALL
+        FASTLOSS_ELEMENTWISE_PARAMS
     ctypedef struct fastloss_elementwise_options:
         fastloss_index n
         int loss
-        double threshold
+        double param[3]
         fastloss_index weight_period
-        fastloss_index pos_weight_period
+        fastloss_index factor_period
         fastloss_index weight_sum_repeats
         int reduction
         int num_threads
     int fastloss_elementwise_forward_float32(
         const fastloss_elementwise_options *options, const float *pred, const float *target,
-        const float *weight, const float *pos_weight, float *loss_per_element, double *loss)
+        const float *aux, const float *weight, const float *factor, float *loss_per_element,
+        double *loss)
     int fastloss_elementwise_forward_float64(
         const fastloss_elementwise_options *options, const double *pred, const double *target,
-        const double *weight, const double *pos_weight, double *loss_per_element, double *loss)
+        const double *aux, const double *weight, const double *factor,
+        double *loss_per_element, double *loss)
     int fastloss_elementwise_backward_float32(
         const fastloss_elementwise_options *options, const float *pred, const float *target,
-        const float *weight, const float *pos_weight, const double *grad_output,
-        fastloss_index grad_output_stride, float *grad, float *grad_target)
+        const float *aux, const float *weight, const float *factor, const double *grad_output,
+        fastloss_index grad_output_stride, float *grad, float *grad_target, float *grad_aux)
     int fastloss_elementwise_backward_float64(
         const fastloss_elementwise_options *options, const double *pred, const double *target,
-        const double *weight, const double *pos_weight, const double *grad_output,
-        fastloss_index grad_output_stride, double *grad, double *grad_target)
+        const double *aux, const double *weight, const double *factor,
+        const double *grad_output, fastloss_index grad_output_stride, double *grad,
+        double *grad_target, double *grad_aux)
     int fastloss_elementwise_value_and_grad_float32(
         const fastloss_elementwise_options *options, const float *pred, const float *target,
-        const float *weight, const float *pos_weight, const double *grad_output,
+        const float *aux, const float *weight, const float *factor, const double *grad_output,
         fastloss_index grad_output_stride, float *loss_per_element, double *loss, float *grad,
-        float *grad_target)
+        float *grad_target, float *grad_aux)
     int fastloss_elementwise_value_and_grad_float64(
         const fastloss_elementwise_options *options, const double *pred, const double *target,
-        const double *weight, const double *pos_weight, const double *grad_output,
-        fastloss_index grad_output_stride, double *loss_per_element, double *loss, double *grad,
-        double *grad_target)
+        const double *aux, const double *weight, const double *factor,
+        const double *grad_output, fastloss_index grad_output_stride,
+        double *loss_per_element, double *loss, double *grad, double *grad_target,
+        double *grad_aux)
 
 
 ELEMENTWISE_LOSSES = {"mse": FASTLOSS_LOSS_MSE, "l1": FASTLOSS_LOSS_L1,
                       "huber": FASTLOSS_LOSS_HUBER, "smooth_l1": FASTLOSS_LOSS_SMOOTH_L1,
-                      "bce_with_logits": FASTLOSS_LOSS_BCE_WITH_LOGITS}
+                      "bce_with_logits": FASTLOSS_LOSS_BCE_WITH_LOGITS,
+                      "sigmoid_focal": FASTLOSS_LOSS_SIGMOID_FOCAL,
+                      "margin_ranking": FASTLOSS_LOSS_MARGIN_RANKING,
+                      "poisson_nll": FASTLOSS_LOSS_POISSON_NLL,
+                      "gaussian_nll": FASTLOSS_LOSS_GAUSSIAN_NLL,
+                      "pinball": FASTLOSS_LOSS_PINBALL}
+
+# What each loss reads beyond pred and target (elementwise.h): the names of its params
+# (in order; ew_run's `params`), its third input `aux` (None: it has none), the name
+# of its periodic factor (None: it takes none) and whether the factor is required,
+# and which gradients it has besides pred's.
+EW_LOSS_SIGNATURES = {
+    "mse": ((), None, None, False, ("target",)),
+    "l1": ((), None, None, False, ("target",)),
+    "huber": (("delta",), None, None, False, ("target",)),
+    "smooth_l1": (("beta",), None, None, False, ("target",)),
+    "bce_with_logits": ((), None, "pos_weight", False, ("target",)),
+    "sigmoid_focal": (("alpha", "gamma"), None, None, False, ()),
+    "margin_ranking": (("margin",), "target", None, False, ("target",)),
+    "poisson_nll": (("log_input", "full", "eps"), None, None, False, ("target",)),
+    "gaussian_nll": (("full", "eps"), "var", None, False, ("target", "aux")),
+    "pinball": ((), None, "quantile", True, ("target",)),
+}
+
+
+cdef inline bint _finite(double value):
+    return value - value == 0.0
+
+
+cdef int _check_params(str loss, double *param) except -1:
+    """The checks of elementwise.h's preconditions on param[] that memory safety does not
+    need but a wrong answer would follow from; each names the argument."""
+    if loss == "huber" and not (0.0 < param[0] < float("inf")):
+        raise ValueError(f"delta: expected a finite value > 0, got {param[0]}")
+    if loss == "smooth_l1" and not (0.0 <= param[0] < float("inf")):
+        raise ValueError(f"beta: expected a finite value >= 0, got {param[0]}")
+    if loss == "sigmoid_focal":
+        if not _finite(param[0]):
+            raise ValueError(f"alpha: expected a finite value, got {param[0]}")
+        if not (0.0 <= param[1] < float("inf")):
+            raise ValueError(f"gamma: expected a finite value >= 0, got {param[1]}")
+    if loss == "margin_ranking" and not _finite(param[0]):
+        raise ValueError(f"margin: expected a finite value, got {param[0]}")
+    if loss == "poisson_nll":
+        for index, name in ((0, "log_input"), (1, "full")):
+            if param[index] != 0.0 and param[index] != 1.0:
+                raise ValueError(f"{name}: expected 0 or 1 (a bool), got {param[index]}")
+        if not (0.0 < param[2] < float("inf")):
+            raise ValueError(f"eps: expected a finite value > 0, got {param[2]}")
+    if loss == "gaussian_nll":
+        if param[0] != 0.0 and param[0] != 1.0:
+            raise ValueError(f"full: expected 0 or 1 (a bool), got {param[0]}")
+        if not (0.0 < param[1] < float("inf")):
+            raise ValueError(f"eps: expected a finite value > 0, got {param[1]}")
+    return 0
 
 
 cdef fastloss_index _period(object factor, int typenum, str name) except -1:
@@ -60,20 +124,26 @@ cdef fastloss_index _period(object factor, int typenum, str name) except -1:
 
 
 def ew_run(str mode, str loss, cnp.ndarray pred not None, cnp.ndarray target not None,
-           object weight, object pos_weight, object grad_output, object loss_per_element,
-           object grad, double threshold, str reduction, int num_threads, *,
-           object grad_target=None, fastloss_index weight_sum_repeats=1):
+           object weight, object factor, object grad_output, object loss_per_element,
+           object grad, object params, str reduction, int num_threads, *,
+           object grad_target=None, fastloss_index weight_sum_repeats=1, object aux=None,
+           object grad_aux=None):
     """Run one elementwise kernel.
 
     mode: "forward", "backward" or "value_and_grad"; loss: a key of ELEMENTWISE_LOSSES.
     pred, target: contiguous 1-d float32 or float64 arrays of n elements, same dtype.
-    weight, pos_weight: None, or one period of a periodic factor (element i reads
-    factor[i % len(factor)]), contiguous 1-d in pred's dtype.  grad_output:
+    aux: the third input (margin_ranking's y, gaussian_nll's var, already broadcast),
+    like target; None for the losses of two inputs.  weight, factor: None, or one
+    period of a periodic factor (element i reads factor[i % len(factor)]), contiguous
+    1-d in pred's dtype; factor is bce_with_logits' pos_weight (optional) or pinball's
+    quantile (required).  params: the loss's scalars in EW_LOSS_SIGNATURES' order, a
+    float (the first; huber's delta, smooth_l1's beta) or a sequence of up to
+    FASTLOSS_ELEMENTWISE_PARAMS floats (bools as 0 or 1), the rest 0.  grad_output:
     float64 of shape (n,) (reduction "none" only) or (1,).  loss_per_element
-    (reduction "none"), grad and grad_target: writeable 1-d arrays of n elements in
-    pred's dtype, or None; grad may be pred or target itself, grad_target overlaps
-    nothing; a gradient mode needs at least one of them.  weight_sum_repeats (>= 1):
-    see elementwise.h (the weighted mean of mse and l1).
+    (reduction "none"), grad, grad_target and grad_aux: writeable 1-d arrays of n
+    elements in pred's dtype, or None; grad may be pred, target or aux itself, the
+    others overlap nothing; a gradient mode needs at least one of them.
+    weight_sum_repeats (>= 1): see elementwise.h (the weighted mean of mse and l1).
     Returns (the reduced loss, the same reduction of |term|), floats, meaningless
     for backward or "none".
     """
@@ -92,39 +162,60 @@ def ew_run(str mode, str loss, cnp.ndarray pred not None, cnp.ndarray target not
     _check_vector(pred, typenum, n, "pred")
     _check_vector(target, typenum, n, "target")
 
+    param_names, aux_name, factor_name, factor_required, gradients = EW_LOSS_SIGNATURES[loss]
+
     cdef fastloss_elementwise_options options
     options.n = n
     options.loss = ELEMENTWISE_LOSSES[loss]
-    options.threshold = threshold
+    values = tuple(params) if isinstance(params, (tuple, list)) else (params,)
+    if len(values) > FASTLOSS_ELEMENTWISE_PARAMS:
+        raise ValueError(f"params: expected at most {FASTLOSS_ELEMENTWISE_PARAMS} values, "
+                         f"got {len(values)}")
+    cdef int j
+    for j in range(FASTLOSS_ELEMENTWISE_PARAMS):
+        options.param[j] = float(values[j]) if j < len(values) else 0.0
+    _check_params(loss, options.param)
     options.reduction = REDUCTIONS[reduction]
     options.num_threads = num_threads
-    if loss == "huber" and not (0.0 < threshold < float("inf")):
-        raise ValueError(f"delta: expected a finite value > 0, got {threshold}")
-    if loss == "smooth_l1" and not (0.0 <= threshold < float("inf")):
-        raise ValueError(f"beta: expected a finite value >= 0, got {threshold}")
-    if pos_weight is not None and loss != "bce_with_logits":
-        raise ValueError("pos_weight: only bce_with_logits has it")
+    if factor is not None and factor_name is None:
+        raise ValueError("factor: only bce_with_logits (pos_weight) and pinball (quantile) "
+                         "take one")
+    if factor is None and factor_required:
+        raise ValueError(f"factor: {loss} needs its {factor_name}")
+    if aux_name is None and aux is not None:
+        raise ValueError(f"aux: {loss} has no third input")
+    if aux_name is not None:
+        if aux is None:
+            raise ValueError(f"aux: {loss} needs its third input ({aux_name})")
+        _check_vector(aux, typenum, n, "aux")
+    if grad_target is not None and "target" not in gradients:
+        raise ValueError(f"grad_target: {loss} has no gradient w.r.t. target")
+    if grad_aux is not None and "aux" not in gradients:
+        raise ValueError(f"grad_aux: {loss} has no gradient w.r.t. aux")
     if weight_sum_repeats < 1:
         raise ValueError(f"weight_sum_repeats: expected an integer >= 1, got {weight_sum_repeats}")
     options.weight_sum_repeats = weight_sum_repeats
     options.weight_period = _period(weight, typenum, "weight")
-    options.pos_weight_period = _period(pos_weight, typenum, "pos_weight")
+    options.factor_period = _period(factor, typenum, "factor")
 
     cdef fastloss_index grad_output_stride = 0
     if mode != "backward" and reduction == "none":
         if loss_per_element is None:
             raise ValueError("loss_per_element: needed for reduction 'none'")
         _check_vector(loss_per_element, typenum, n, "loss_per_element", True)
-        for other in (pred, target, weight, pos_weight, grad_output, grad, grad_target):
+        for other in (pred, target, aux, weight, factor, grad_output, grad, grad_target,
+                      grad_aux):
             if other is not None and n and _may_overlap(loss_per_element, other):
                 raise ValueError("loss_per_element: overlaps another argument")
     elif loss_per_element is not None:
         raise ValueError("loss_per_element: only for reduction 'none' with a loss")
-    if mode == "forward" and (grad is not None or grad_target is not None):
-        raise ValueError("grad, grad_target: not written by a forward")
+    if mode == "forward" and (grad is not None or grad_target is not None
+                              or grad_aux is not None):
+        raise ValueError("grad, grad_target, grad_aux: not written by a forward")
     if mode != "forward":
-        if (grad is None and grad_target is None) or grad_output is None:
-            raise ValueError("grad (or grad_target) and grad_output are needed for a gradient")
+        if (grad is None and grad_target is None and grad_aux is None) or grad_output is None:
+            raise ValueError("grad (or grad_target or grad_aux) and grad_output are needed "
+                             "for a gradient")
         if grad_output.shape[0] == n and n != 1:
             _check_vector(grad_output, cnp.NPY_FLOAT64, n, "grad_output")
             grad_output_stride = 1
@@ -136,29 +227,36 @@ def ew_run(str mode, str loss, cnp.ndarray pred not None, cnp.ndarray target not
             _check_vector(grad, typenum, n, "out", True)
         if grad_target is not None:
             _check_vector(grad_target, typenum, n, "grad_target", True)
+        if grad_aux is not None:
+            _check_vector(grad_aux, typenum, n, "grad_aux", True)
         if n and grad is not None:
-            # the kernels read a tile of pred and target before they write its
+            # the kernels read a tile of every input before they write its
             # gradient: exact in place is safe, any other overlap is not
-            for other in (pred, target, weight, pos_weight, grad_output):
+            for other in (pred, target, aux, weight, factor, grad_output):
                 if other is None or not _may_overlap(grad, other):
                     continue
-                if not ((other is pred or other is target)
+                if not ((other is pred or other is target or other is aux)
                         and cnp.PyArray_DATA(grad) == cnp.PyArray_DATA(<cnp.ndarray>other)):
                     raise ValueError("out: overlaps an input (only out=pred in place is "
                                      "supported)")
-        if n and grad_target is not None:
-            for other in (pred, target, weight, pos_weight, grad_output, grad):
-                if other is not None and _may_overlap(grad_target, other):
-                    raise ValueError("grad_target: overlaps another argument")
+        for name, extra in (("grad_target", grad_target), ("grad_aux", grad_aux)):
+            if not n or extra is None:
+                continue
+            for other in (pred, target, aux, weight, factor, grad_output, grad, grad_target,
+                          grad_aux):
+                if other is not None and other is not extra and _may_overlap(extra, other):
+                    raise ValueError(f"{name}: overlaps another argument")
 
     cdef const void *pred_ptr = cnp.PyArray_DATA(pred)
     cdef const void *target_ptr = cnp.PyArray_DATA(target)
+    cdef const void *aux_ptr = _data_or_null(aux)
     cdef const void *weight_ptr = _data_or_null(weight)
-    cdef const void *pos_weight_ptr = _data_or_null(pos_weight)
+    cdef const void *factor_ptr = _data_or_null(factor)
     cdef const double *grad_output_ptr = <const double *>_data_or_null(grad_output)
     cdef void *loss_per_element_ptr = _data_or_null(loss_per_element)
     cdef void *grad_ptr = _data_or_null(grad)
     cdef void *grad_target_ptr = _data_or_null(grad_target)
+    cdef void *grad_aux_ptr = _data_or_null(grad_aux)
     cdef double total[2]
     total[0] = total[1] = 0.0
     cdef int status = 0
@@ -170,38 +268,38 @@ def ew_run(str mode, str loss, cnp.ndarray pred not None, cnp.ndarray target not
             if which == 0:
                 status = fastloss_elementwise_forward_float32(
                     &options, <const float *>pred_ptr, <const float *>target_ptr,
-                    <const float *>weight_ptr, <const float *>pos_weight_ptr,
+                    <const float *>aux_ptr, <const float *>weight_ptr, <const float *>factor_ptr,
                     <float *>loss_per_element_ptr, total)
             elif which == 1:
                 status = fastloss_elementwise_backward_float32(
                     &options, <const float *>pred_ptr, <const float *>target_ptr,
-                    <const float *>weight_ptr, <const float *>pos_weight_ptr,
+                    <const float *>aux_ptr, <const float *>weight_ptr, <const float *>factor_ptr,
                     grad_output_ptr, grad_output_stride, <float *>grad_ptr,
-                    <float *>grad_target_ptr)
+                    <float *>grad_target_ptr, <float *>grad_aux_ptr)
             else:
                 status = fastloss_elementwise_value_and_grad_float32(
                     &options, <const float *>pred_ptr, <const float *>target_ptr,
-                    <const float *>weight_ptr, <const float *>pos_weight_ptr,
+                    <const float *>aux_ptr, <const float *>weight_ptr, <const float *>factor_ptr,
                     grad_output_ptr, grad_output_stride, <float *>loss_per_element_ptr, total,
-                    <float *>grad_ptr, <float *>grad_target_ptr)
+                    <float *>grad_ptr, <float *>grad_target_ptr, <float *>grad_aux_ptr)
         else:
             if which == 0:
                 status = fastloss_elementwise_forward_float64(
                     &options, <const double *>pred_ptr, <const double *>target_ptr,
-                    <const double *>weight_ptr, <const double *>pos_weight_ptr,
+                    <const double *>aux_ptr, <const double *>weight_ptr, <const double *>factor_ptr,
                     <double *>loss_per_element_ptr, total)
             elif which == 1:
                 status = fastloss_elementwise_backward_float64(
                     &options, <const double *>pred_ptr, <const double *>target_ptr,
-                    <const double *>weight_ptr, <const double *>pos_weight_ptr,
+                    <const double *>aux_ptr, <const double *>weight_ptr, <const double *>factor_ptr,
                     grad_output_ptr, grad_output_stride, <double *>grad_ptr,
-                    <double *>grad_target_ptr)
+                    <double *>grad_target_ptr, <double *>grad_aux_ptr)
             else:
                 status = fastloss_elementwise_value_and_grad_float64(
                     &options, <const double *>pred_ptr, <const double *>target_ptr,
-                    <const double *>weight_ptr, <const double *>pos_weight_ptr,
+                    <const double *>aux_ptr, <const double *>weight_ptr, <const double *>factor_ptr,
                     grad_output_ptr, grad_output_stride, <double *>loss_per_element_ptr, total,
-                    <double *>grad_ptr, <double *>grad_target_ptr)
+                    <double *>grad_ptr, <double *>grad_target_ptr, <double *>grad_aux_ptr)
     if status == FASTLOSS_ERROR_NO_MEMORY:
         raise MemoryError(f"{loss}: could not allocate scratch space")
     return total[0], total[1]
