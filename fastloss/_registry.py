@@ -113,7 +113,10 @@ class Loss:
     ``params(options) -> tuple`` (the C parameters), ``factor`` (the option the kernel
     reads as a periodic per-element factor beside ``weight``), ``weighted_mean``
     (torch's mean divides by the weight's sum: mse, l1), ``same_shape`` (inputs must
-    have one shape rather than broadcast), ``doc`` and ``grad_doc`` (the docstrings of
+    have one shape rather than broadcast), ``signed_terms`` (terms of both signs even
+    with positive weights: float32 sums that cancel are redone in float64),
+    ``prepare(arrays, options) -> arrays`` (the loss's own shape rules and checks on the
+    input arrays before they broadcast), ``doc`` and ``grad_doc`` (the docstrings of
     ``NAME`` and ``NAME_grad``)."""
 
     name: str
@@ -135,6 +138,8 @@ class Loss:
     factor: Optional[str] = None
     weighted_mean: bool = False
     same_shape: bool = False
+    signed_terms: bool = False
+    prepare: Optional[Callable] = None
     doc: str = ""
     grad_doc: str = ""
 

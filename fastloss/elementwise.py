@@ -65,60 +65,70 @@ _CANCELLATION = 0.5
 
 class _Problem:
     """Checked arguments of one call of elementwise loss ``entry`` (a registry Loss), in
-    the layout the kernels read."""
+    the layout the kernels read: the entry's inputs (two or three) broadcast to the
+    loss's shape as contiguous 1-d arrays of one dtype, the kernel's ``pred``, ``target``
+    and ``aux`` streams in that order, with the periodic ``weight`` and factor."""
 
     def __init__(self, entry, arrays, options, reduction, num_threads):
         self.entry = entry
-        self.pred_name = entry.inputs[0]
-        pred = float_array(arrays[0], self.pred_name)
-        target = real_array(arrays[1], "target")
-        dtype = pred.dtype
-        if target.dtype.kind == "f":
-            dtype = np.promote_types(dtype, target.dtype)
-            if dtype not in (np.float32, np.float64):
-                raise TypeError(f"target: expected a float32, float64 or integer array, "
-                                f"got dtype {target.dtype}")
-        if entry.same_shape:
-            if target.shape != pred.shape:
-                raise ValueError(f"target: expected the shape of {self.pred_name} "
-                                 f"{pred.shape}, got {target.shape}")
-            shape = pred.shape
-        else:
-            try:
-                shape = np.broadcast_shapes(pred.shape, target.shape)
-            except ValueError:
-                raise ValueError(f"target: shape {target.shape} does not broadcast with "
-                                 f"{self.pred_name}'s shape {pred.shape}") from None
+        names = self.names = entry.inputs
+        self.pred_name = names[0]
         checked = {option.name: option.checked(options[option.name])
-                   for option in entry.options if not option.array}
+                   for option in entry.options}
+        arrays = [float_array(arrays[0], names[0])] + [
+            real_array(array, name) for array, name in zip(arrays[1:], names[1:])]
+        # the shapes the caller gave (each gradient has its argument's), then the loss's
+        # own rules (gaussian_nll's var one axis short of input)
+        self.input_shapes = tuple(array.shape for array in arrays)
+        self.input_dtypes = tuple(array.dtype for array in arrays)
+        if entry.prepare is not None:
+            arrays = entry.prepare(arrays, checked)
+        self.expanded_shapes = tuple(array.shape for array in arrays)
+        dtype = arrays[0].dtype
+        for array, name in zip(arrays[1:], names[1:]):
+            if array.dtype.kind == "f":
+                dtype = np.promote_types(dtype, array.dtype)
+                if dtype not in (np.float32, np.float64):
+                    raise TypeError(f"{name}: expected a float32, float64 or integer array, "
+                                    f"got dtype {array.dtype}")
+        shape = arrays[0].shape
+        for array, name in zip(arrays[1:], names[1:]):
+            if entry.same_shape:
+                if array.shape != arrays[0].shape:
+                    raise ValueError(f"{name}: expected the shape of {names[0]} "
+                                     f"{arrays[0].shape}, got {array.shape}")
+                continue
+            try:
+                shape = np.broadcast_shapes(shape, array.shape)
+            except ValueError:
+                raise ValueError(f"{name}: shape {array.shape} does not broadcast with "
+                                 f"{names[0]}'s shape {arrays[0].shape}"
+                                 + (f" and the other inputs' ({shape})"
+                                    if shape != arrays[0].shape else "")) from None
         self.loss = entry.kernel
         self.reduction = reduction_arg(reduction)
-        params = entry.params(checked)
-        self.threshold = params[0] if params else 0.0
+        self.params = tuple(float(value) for value in entry.params(checked))
         self.num_threads = resolve_num_threads(num_threads)
-        self.pred_shape = pred.shape
-        self.pred_dtype = pred.dtype
-        self.target_shape = target.shape
-        self.target_dtype = target.dtype
+        self.pred_shape, self.pred_dtype = self.input_shapes[0], self.input_dtypes[0]
         self.shape = shape
         self.dtype = np.dtype(dtype)
-        self.pred = _flat(pred, shape, dtype)
-        self.target = _flat(target, shape, dtype)
-        self.weight = self.pos_weight = self.weight_array = None
+        self.flat = [_flat(array, shape, dtype) for array in arrays]
+        self.pred = self.flat[0]
+        self.weight = self.factor = self.weight_array = None
         # mse and l1 with a weight take torch's weighted mean, sum(w * l) / sum(w), with
         # the weight as paired with pred: a target that enlarges the loss's shape
         # repeats each of those weights n / (their count) times (elementwise.h)
         self.weight_sum_repeats = 1
-        weight = options.get("weight")
+        weight = checked.get("weight")
         if weight is not None:
             weight = broadcast_to_shape(real_array(weight, "weight"), shape, "weight",
                                         "the loss's shape")
             self.weight_array = weight
             self.weight = periodic_factor(weight, shape, dtype)
-            paired = math.prod(np.broadcast_shapes(weight.shape, pred.shape))
+            paired = math.prod(np.broadcast_shapes(weight.shape, arrays[0].shape))
             if entry.weighted_mean and paired:
                 self.weight_sum_repeats = math.prod(shape) // paired
-        factor = options.get(entry.factor) if entry.factor else None
+        factor = checked.get(entry.factor) if entry.factor else None
         if factor is not None:
             name = entry.factor
             factor = real_array(factor, name)
@@ -128,7 +138,7 @@ class _Problem:
                 expected = (f"one value per class of the last axis, shape ({shape[-1]},)"
                             if shape else f"a 0-d {name} for 0-d {self.pred_name}, as torch")
                 raise ValueError(f"{error} (expected {expected})") from None
-            self.pos_weight = periodic_factor(factor, shape, dtype)
+            self.factor = periodic_factor(factor, shape, dtype)
 
     def _wrt(self, wrt, out):
         """The gradients asked for: (names, single, the out= buffer of each or None)."""
@@ -147,9 +157,10 @@ class _Problem:
                 raise ValueError(f"wrt: expected names from {allowed}, got {name!r}")
         if not names or len(set(names)) != len(names):
             raise ValueError(f"wrt: expected distinct names from {allowed}, got {wrt!r}")
-        if "target" in names and self.target_dtype.kind != "f":
-            raise TypeError(f"wrt: target: a {self.target_dtype} target has no gradient "
-                            f"(a float target has)")
+        for name, dtype in zip(self.names[1:], self.input_dtypes[1:]):
+            if name in names and dtype.kind != "f":
+                raise TypeError(f"wrt: {name}: a {dtype} {name} has no gradient (a float "
+                                f"{name} has)")
         if "weight" in names:
             if self.weight_array is None:
                 raise ValueError("wrt: weight: no weight was given")
@@ -169,47 +180,49 @@ class _Problem:
 
     def run(self, mode, *, grad_output=None, out=None, wrt=None):
         """Call the kernel; returns (loss, grad) with the loss shaped for the reduction
-        and grad the gradient w.r.t. the argument named by ``wrt`` (default: pred), or a
-        tuple of them when ``wrt`` is a tuple of names."""
-        per_element = (np.empty(self.pred.size, dtype=self.dtype)
+        and grad the gradient w.r.t. the argument named by ``wrt`` (default: the first
+        input), or a tuple of them when ``wrt`` is a tuple of names."""
+        n = self.pred.size
+        per_element = (np.empty(n, dtype=self.dtype)
                        if self.reduction == "none" and mode != "backward" else None)
         if mode == "forward" or wrt is None or wrt == self.pred_name:  # the common call
             names, single, outs = (self.pred_name,), True, {self.pred_name: out}
         else:
             names, single, outs = self._wrt(wrt, out)
-        grad = grad_flat = target_flat = upstream = None
+        grad = upstream = None
+        buffers = [None] * len(self.names)  # the kernel's gradient of each input stream
         if mode != "forward":
             upstream = grad_output_arg(grad_output, self.reduction, self.shape)
             if self.pred_name in names:
-                grad_flat, grad = self._grad_buffer(outs[self.pred_name], upstream)
-            if "target" in names:
-                target_out = outs["target"]
-                if target_out is not None:
-                    out_arg(target_out, self.target_shape, self.target_dtype, "out (target)")
-                target_flat = np.empty(self.pred.size, dtype=self.dtype)
+                buffers[0], grad = self._grad_buffer(outs[self.pred_name], upstream)
+            for index in range(1, len(self.names)):
+                name = self.names[index]
+                if name in names:
+                    if outs[name] is not None:
+                        out_arg(outs[name], self.input_shapes[index], self.input_dtypes[index],
+                                f"out ({name})")
+                    buffers[index] = np.empty(n, dtype=self.dtype)
             if "weight" in names and outs["weight"] is not None:
                 out_arg(outs["weight"], self.weight_array.shape, self.weight_array.dtype,
                         "out (weight)")
-        # the weight's gradient reads pred and target: before a gradient overwrites them
+        # the weight's gradient reads the inputs: before a gradient overwrites them
         weight_full = self._weight_grad(upstream) if upstream is not None and \
             "weight" in names else None
         kernel_mode = mode
-        if mode != "forward" and grad_flat is None and target_flat is None:
+        if mode != "forward" and all(buffer is None for buffer in buffers):
             kernel_mode = "forward" if mode == "value_and_grad" else None  # the weight's alone
         reduced = mode != "backward" and per_element is None
         total = 0.0
         if kernel_mode is None:
             pass
-        elif (reduced and grad_flat is not None and self.dtype == np.float32
-                and any(_address(grad_flat) == _address(data) and grad_flat.size
-                        for data in (self.pred, self.target))
+        elif (reduced and buffers[0] is not None and self.dtype == np.float32
+                and any(_address(buffers[0]) == _address(data) and n for data in self.flat)
                 and self._terms_may_be_negative()):
             # in place, the inputs are gone once the gradient is written: the loss first
-            total = self._reduced_loss(*self._kernel("forward", None, None, None))
-            self._kernel("backward", upstream, None, grad_flat, target_flat)
+            total = self._reduced_loss(*self._kernel("forward", None, None, [None] * 3))
+            self._kernel("backward", upstream, None, buffers)
         else:
-            total, magnitude = self._kernel(kernel_mode, upstream, per_element, grad_flat,
-                                            target_flat)
+            total, magnitude = self._kernel(kernel_mode, upstream, per_element, buffers)
             if reduced:
                 total = self._reduced_loss(total, magnitude)
         if per_element is None:  # a Python float holding a value of the loss's dtype
@@ -222,27 +235,38 @@ class _Problem:
         for name in names:
             if name == self.pred_name:
                 grads.append(grad if grad is not None
-                             else self._finish_grad(grad_flat, outs[self.pred_name]))
-            elif name == "target":
-                grads.append(self._finish(target_flat.reshape(self.shape), self.target_shape,
-                                          self.target_dtype, outs["target"]))
+                             else self._finish(buffers[0], 0, outs[name]))
+            elif name == "weight":
+                grads.append(self._finish_array(weight_full, self.weight_array.shape,
+                                                self.weight_array.shape,
+                                                self.weight_array.dtype, outs["weight"]))
             else:
-                grads.append(self._finish(weight_full, self.weight_array.shape,
-                                          self.weight_array.dtype, outs["weight"]))
+                index = self.names.index(name)
+                grads.append(self._finish(buffers[index], index, outs[name]))
         return loss, (grads[0] if single else tuple(grads))
 
-    def _kernel(self, mode, upstream, per_element, grad_flat, grad_target=None, inputs=None,
-                reduction=None):
-        pred, target, weight, pos_weight = inputs or (self.pred, self.target, self.weight,
-                                                      self.pos_weight)
+    def _kernel(self, mode, upstream, per_element, buffers, inputs=None, reduction=None):
+        """ew_run on the call's streams (or ``inputs``: (streams, weight, factor)), the
+        gradient of input stream i into ``buffers[i]`` where it is not None."""
+        flat, weight, factor = inputs or (self.flat, self.weight, self.factor)
         extra = {}  # keywords only when needed: they cost the common call a dict
-        if grad_target is not None:
-            extra["grad_target"] = grad_target
+        if len(buffers) > 1 and buffers[1] is not None:
+            extra["grad_target"] = buffers[1]
+        if len(flat) > 2:
+            extra["aux"] = flat[2]
+            if len(buffers) > 2 and buffers[2] is not None:
+                extra["grad_aux"] = buffers[2]
         if self.weight_sum_repeats != 1:
             extra["weight_sum_repeats"] = self.weight_sum_repeats
-        return _kernels.ew_run(mode, self.loss, pred, target, weight, pos_weight, upstream,
-                               per_element, grad_flat, self.threshold,
+        return _kernels.ew_run(mode, self.loss, flat[0], flat[1], weight, factor, upstream,
+                               per_element, buffers[0], self.params,
                                reduction or self.reduction, self.num_threads, **extra)
+
+    def _wide_inputs(self):
+        """The call's streams, weight and factor in float64."""
+        return ([array.astype(np.float64, copy=False) for array in self.flat],
+                *(None if a is None else a.astype(np.float64, copy=False)
+                  for a in (self.weight, self.factor)))
 
     def _weight_grad(self, upstream):
         """The gradient w.r.t. the weight over the loss's shape (float64), from the
@@ -256,9 +280,9 @@ class _Problem:
         weighted mean its terms cancel in proportion to how little the loss depends on
         the weights, which a float32 l would not survive."""
         unweighted = np.empty(self.pred.size, dtype=np.float64)
-        wide = [array.astype(np.float64, copy=False) for array in (self.pred, self.target)]
-        _kernels.ew_run("forward", self.loss, wide[0], wide[1], None, None, None, unweighted,
-                        None, self.threshold, "none", self.num_threads)
+        flat, _, factor = self._wide_inputs()
+        self._kernel("forward", None, unweighted, [None] * 3, inputs=(flat, None, factor),
+                     reduction="none")
         loss = unweighted.reshape(self.shape)
         if self.reduction == "none":
             # grad_output_arg gives one value per element, or one for all of them
@@ -278,37 +302,47 @@ class _Problem:
         with np.errstate(invalid="ignore", divide="ignore"):
             return loss * (scale / np.float64(loss.size))
 
+    def _finish(self, flat, index, out):
+        """Input ``index``'s gradient from the kernel's buffer over the loss's shape."""
+        return self._finish_array(flat.reshape(self.shape), self.expanded_shapes[index],
+                                  self.input_shapes[index], self.input_dtypes[index], out)
+
     @staticmethod
-    def _finish(full, shape, dtype, out):
-        """A gradient over the loss's shape summed to an argument's ``shape`` and cast to
-        its ``dtype``, or written into ``out``."""
+    def _finish_array(full, expanded, shape, dtype, out):
+        """A gradient over the loss's shape summed to the argument's broadcast shape
+        ``expanded``, reshaped to the shape the caller gave and cast to its ``dtype``,
+        or written into ``out``."""
         full = np.asarray(full)  # 0-d arithmetic gives NumPy scalars
-        grad = _sum_to_shape(full, shape) if full.shape != shape else full
+        grad = _sum_to_shape(full, expanded) if full.shape != expanded else full
+        grad = grad.reshape(shape)
         if out is None:
             return grad.astype(dtype, copy=False)
         np.copyto(out, grad, casting="unsafe")
         return out
 
     def _terms_may_be_negative(self):
-        factors = [f for f in (self.weight, self.pos_weight) if f is not None]
+        if self.entry.signed_terms:
+            return True
+        factors = [f for f in (self.weight, self.factor) if f is not None]
         if any(np.any(f < 0) for f in factors):
             return True
+        target = self.flat[1]
         return self.loss == "bce_with_logits" and bool(
-            self.target.size and (self.target.min() < 0 or self.target.max() > 1))
+            target.size and (target.min() < 0 or target.max() > 1))
 
     def _reduced_loss(self, total, magnitude):
         """The kernel's sum or mean, or, where float32 terms cancelled (_CANCELLATION),
         the same from the inputs in float64."""
         if self.dtype == np.float32 and abs(total) < _CANCELLATION * magnitude:
-            wide = tuple(None if a is None else a.astype(np.float64)
-                         for a in (self.pred, self.target, self.weight, self.pos_weight))
-            total, _ = self._kernel("forward", None, None, None, inputs=wide)
+            total, _ = self._kernel("forward", None, None, [None] * 3,
+                                    inputs=self._wide_inputs())
         return total
 
     def _grad_buffer(self, out, upstream):
         """(1-d buffer the kernel writes, the gradient to return), or (buffer, None) when
         the buffer still needs summing over broadcast axes, casting or copying."""
-        direct = self.shape == self.pred_shape and self.dtype == self.pred_dtype
+        direct = (self.shape == self.pred_shape == self.expanded_shapes[0]
+                  and self.dtype == self.pred_dtype)
         if out is None:
             if not direct:
                 return np.empty(self.pred.size, dtype=self.dtype), None
@@ -321,9 +355,9 @@ class _Problem:
             # gradient: the gradient may be one of them exactly, never overlap otherwise.
             safe = not flat.size or all(
                 _address(flat) == _address(data) or not np.may_share_memory(flat, data)
-                for data in (self.pred, self.target))
+                for data in self.flat[:2])
             safe = safe and not any(np.may_share_memory(flat, data) for data in
-                                    (self.weight, self.pos_weight, upstream)
+                                    (*self.flat[2:], self.weight, self.factor, upstream)
                                     if data is not None)
             if safe:
                 return flat, out
@@ -331,15 +365,6 @@ class _Problem:
         # broadcast axes or a cast, or out overlaps an input other than exactly in place:
         # compute into a fresh buffer, then finish into out.
         return np.empty(self.pred.size, dtype=self.dtype), None
-
-    def _finish_grad(self, grad_flat, out):
-        grad = grad_flat.reshape(self.shape)
-        if self.shape != self.pred_shape:
-            grad = _sum_to_shape(grad, self.pred_shape)
-        if out is None:
-            return grad.astype(self.pred_dtype, copy=False)
-        np.copyto(out, grad, casting="unsafe")
-        return out
 
 
 # ----------------------------------------------------------------------------------------
