@@ -86,13 +86,15 @@ class _Problem:
         self.expanded_shapes = tuple(array.shape for array in arrays)
         dtype = arrays[0].dtype
         for array, name in zip(arrays[1:], names[1:]):
-            if array.dtype.kind == "f":
+            if array.dtype.kind == "f" and array.dtype != dtype:
                 dtype = np.promote_types(dtype, array.dtype)
                 if dtype not in (np.float32, np.float64):
                     raise TypeError(f"{name}: expected a float32, float64 or integer array, "
                                     f"got dtype {array.dtype}")
         shape = arrays[0].shape
         for array, name in zip(arrays[1:], names[1:]):
+            if array.shape == shape:
+                continue
             if entry.same_shape:
                 if array.shape != arrays[0].shape:
                     raise ValueError(f"{name}: expected the shape of {names[0]} "
@@ -107,7 +109,7 @@ class _Problem:
                                     if shape != arrays[0].shape else "")) from None
         self.loss = entry.kernel
         self.reduction = reduction_arg(reduction)
-        self.params = tuple(float(value) for value in entry.params(checked))
+        self.params = entry.params(checked)
         self.num_threads = resolve_num_threads(num_threads)
         self.pred_shape, self.pred_dtype = self.input_shapes[0], self.input_dtypes[0]
         self.shape = shape
@@ -216,7 +218,7 @@ class _Problem:
         if kernel_mode is None:
             pass
         elif (reduced and buffers[0] is not None and self.dtype == np.float32
-                and any(_address(buffers[0]) == _address(data) and n for data in self.flat)
+                and any(np.may_share_memory(buffers[0], data) for data in self.flat[:2])
                 and self._terms_may_be_negative()):
             # in place, the inputs are gone once the gradient is written: the loss first
             total = self._reduced_loss(*self._kernel("forward", None, None, [None] * 3))
