@@ -773,7 +773,11 @@ def _pinball_quantile(quantile, shape):
     if not np.all((q > 0) & (q < 1)):
         raise ValueError("quantile: expected values in (0, 1), got "
                          f"{q if q.ndim == 0 else q[~((q > 0) & (q < 1))][:3]}")
-    if np.broadcast_shapes(q.shape, shape) != shape:
+    try:
+        fits = np.broadcast_shapes(q.shape, shape) == shape
+    except ValueError:
+        fits = False
+    if not fits:
         raise ValueError(f"quantile: shape {q.shape} does not broadcast to {shape}")
     return np.broadcast_to(q, shape)
 
