@@ -12,7 +12,9 @@ kernel variants run here on every path this CPU has:
 - distances: the all-pairs pass (pairwise_distance, contrastive_pairwise; pairs recomputed
   from the rows next to duplicates), the sparse backward product and the float32 Gram
   product;
-- elementwise: ``test_elementwise.py::test_every_simd_path_meets_the_contract``.
+- elementwise: ``test_elementwise.py::test_every_simd_path_meets_the_contract``, and the
+  pointwise losses of three inputs or a periodic quantile (sigmoid_focal, margin_ranking,
+  poisson_nll, gaussian_nll, pinball) below, through ``ew_run``.
 
 (contrastive and triplet_margin have one build for every CPU, distance_body.h.) CI also
 runs the families' whole parity files once per path (``FASTLOSS_SIMD``, .ci/run), and
@@ -33,6 +35,8 @@ from loss_specs import (DTYPES, EMBEDDING_LAYOUTS, assert_close_contract, dtype_
                         make_ce_hard_inputs, make_ce_soft_inputs, random_embeddings)
 from test_contrastive import FAMILIES_BY_NAME, check_family_against_reference
 from test_cross_entropy import check_against_reference
+from test_pointwise_kernels import CASES as POINTWISE_CASES
+from test_pointwise_kernels import check_case as check_pointwise_case
 
 PATHS = ("baseline", "avx2", "avx512")
 
@@ -215,3 +219,14 @@ def test_contrastive_pairwise_float32_gram_on_every_path(simd_path, metric, rng,
         FAMILIES_BY_NAME["contrastive_pairwise"], (x, labels),
         {"metric": metric, "pos_margin": layout["pos_margin"],
          "neg_margin": layout["neg_margin"]}, np.float32)
+
+
+# ----------------------------------------------------------------------------------------
+# Pointwise losses (elementwise kernels with a third input or a periodic quantile)
+# ----------------------------------------------------------------------------------------
+
+@dtypes
+@pytest.mark.parametrize("case", POINTWISE_CASES, ids=str)
+def test_pointwise_losses_on_every_path(simd_path, case, dtype, rng):
+    # 1000 x 8 elements: many tiles, each with its vector body and scalar remainder
+    check_pointwise_case(case, dtype, rng, shape=(1001, 8))

@@ -378,3 +378,448 @@ def bce_with_logits_value_and_grad(logits, target, grad_output=1.0, *, weight=No
     options = dict(weight=weight, pos_weight=pos_weight, reduction=reduction)
     return (bce_with_logits(logits, target, **options),
             bce_with_logits_grad(logits, target, grad_output, wrt=wrt, **options))
+
+
+# ----------------------------------------------------------------------------------------
+# Pointwise losses of several inputs: sigmoid_focal, margin_ranking, poisson_nll,
+# gaussian_nll, pinball
+# ----------------------------------------------------------------------------------------
+#
+# The inputs broadcast to one shape, the loss's; no ``weight``. Each gradient is summed
+# back over the axes broadcasting added or stretched, as autograd does; ``wrt`` names the
+# differentiable inputs asked for (the first input by default), one name for one array or
+# a tuple of names for a tuple of arrays. Everything is float64.
+
+class _Pointwise:
+    """The checked inputs of one call: float64 arrays broadcast to the loss's shape, each
+    input's own shape, and the reduction."""
+
+    def __init__(self, inputs, reduction, *, same_shape=False, same_ndim=False):
+        if not isinstance(reduction, str) or reduction not in _REDUCTIONS:
+            raise ValueError(f"reduction: expected one of {_REDUCTIONS}, got {reduction!r}")
+        self.reduction = reduction
+        arrays = {}
+        for name, value in inputs.items():
+            array = np.asarray(value)
+            if array.dtype.kind not in "biuf":
+                raise TypeError(f"{name}: expected real numbers, got dtype {array.dtype}")
+            arrays[name] = array
+        names = list(arrays)
+        first = arrays[names[0]]
+        for name in names[1:]:
+            if same_shape and arrays[name].shape != first.shape:
+                raise ValueError(f"{name}: expected the shape of {names[0]} {first.shape}, "
+                                 f"got {arrays[name].shape}")
+            if same_ndim and arrays[name].ndim != first.ndim:
+                raise ValueError(f"{name}: expected {first.ndim} dimensions as {names[0]}, "
+                                 f"got shape {arrays[name].shape}")
+        try:
+            self.shape = np.broadcast_shapes(*(array.shape for array in arrays.values()))
+        except ValueError:
+            raise ValueError("the shapes " + ", ".join(
+                f"{name} {array.shape}" for name, array in arrays.items())
+                + " do not broadcast") from None
+        self.shapes = {name: array.shape for name, array in arrays.items()}
+        self.values = {name: np.broadcast_to(array.astype(np.float64), self.shape)
+                       for name, array in arrays.items()}
+
+    def reduce(self, loss):
+        """A float for mean/sum (the mean of nothing is nan), the float64 array for none."""
+        loss = np.broadcast_to(loss, self.shape)
+        if self.reduction == "none":
+            return np.array(loss, dtype=np.float64)
+        if self.reduction == "sum":
+            return float(np.sum(loss))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return float(np.float64(np.sum(loss)) / np.float64(loss.size))
+
+    def grads(self, wrt, grad_output, slopes):
+        """The gradients of ``grad_output * loss`` w.r.t. the inputs ``wrt`` names, from
+        each input's per-element slope in ``slopes`` (their keys are the differentiable
+        inputs): ``slope * grad_output / D``, D the element count for the mean (else 1)."""
+        allowed = tuple(slopes)
+        single = isinstance(wrt, str)
+        names = (wrt,) if single else tuple(wrt) if isinstance(wrt, (tuple, list)) else None
+        if names is None or not names or len(set(names)) != len(names) or any(
+                name not in allowed for name in names):
+            raise ValueError(f"wrt: expected a name or distinct names from {allowed}, "
+                             f"got {wrt!r}")
+        upstream = np.asarray(grad_output, dtype=np.float64)
+        if self.reduction != "none" and upstream.ndim != 0:
+            raise ValueError(f"grad_output: expected a scalar for reduction="
+                             f"{self.reduction!r}, got shape {upstream.shape}")
+        if upstream.ndim != 0 and upstream.shape != self.shape:
+            raise ValueError(f"grad_output: expected a scalar or shape {self.shape}, "
+                             f"got {upstream.shape}")
+        denominator = np.float64(math.prod(self.shape) if self.reduction == "mean" else 1)
+        results = []
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            for name in names:
+                grad = np.broadcast_to(slopes[name] * upstream / denominator, self.shape)
+                results.append(_sum_to(grad, self.shapes[name]))
+        return results[0] if single else tuple(results)
+
+
+def _finite_number(value, name):
+    """``value`` as a float, or a ValueError naming the argument."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected a real number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    return number
+
+
+def sigmoid_focal(logits, target, *, alpha=0.25, gamma=2.0, reduction="mean"):
+    r"""Focal loss on logits, as ``torchvision.ops.sigmoid_focal_loss`` (Lin et al. 2017,
+    arXiv:1708.02002).
+
+    Per element, ``x = logits``, ``y = target`` (in [0, 1]; soft labels allowed),
+    ``s = sigmoid(x)``::
+
+        ce    = bce_with_logits(x, y)                      (no weight)
+        1-p_t = s * (1 - y) + (1 - s) * y
+        loss  = alpha_t * ce * (1 - p_t)**gamma,
+        alpha_t = alpha * y + (1 - alpha) * (1 - y)        (1 when alpha < 0)
+
+    ``s`` and ``1 - s`` are ``sigmoid(-|x|)`` and one minus it per the sign of ``x``,
+    so ``1 - p_t`` keeps its relative accuracy where torchvision's rounds to 0 (there
+    torchvision's loss is 0 and this one is the tiny exact value).
+    """
+    call = _Pointwise({"logits": logits, "target": target}, reduction, same_shape=True)
+    alpha = _finite_number(alpha, "alpha")
+    gamma = _finite_number(gamma, "gamma")
+    if gamma < 0:
+        raise ValueError(f"gamma: expected a value >= 0, got {gamma}")
+    x, y = call.values["logits"], call.values["target"]
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        s, c, ce = _focal_parts(x, y)
+        u = s * (1.0 - y) + c * y
+        alpha_t = alpha * y + (1.0 - alpha) * (1.0 - y) if alpha >= 0 else 1.0
+        return call.reduce(alpha_t * ce * u**gamma)
+
+
+def _focal_parts(x, y):
+    """``(sigmoid(x), 1 - sigmoid(x), bce_with_logits(x, y))``, each accurate however small
+    (bce per sign of x: ``(1 - y) x + log1p(exp(-x))`` or ``-y x + log1p(exp(x))``; NaN at
+    x = -inf as torch's form)."""
+    e = np.exp(-np.abs(x))
+    q = e / (1.0 + e)
+    s = np.where(x >= 0, 1.0 - q, q)
+    c = np.where(x >= 0, q, 1.0 - q)
+    ce = np.where(x >= 0, (1.0 - y) * x, -y * x) + np.log1p(e)
+    return s, c, np.where(x == -np.inf, np.nan, ce)
+
+
+def sigmoid_focal_grad(logits, target, grad_output=1.0, *, alpha=0.25, gamma=2.0,
+                       reduction="mean", wrt="logits"):
+    r"""Gradient of ``grad_output * sigmoid_focal(...)`` w.r.t. the logits (the target has
+    none here, as torchvision's is not differentiated in practice). With ``u = 1 - p_t``::
+
+        d ce / dx = s - y,     d u / dx = s (1 - s) (1 - 2 y)
+        slope = alpha_t * ((s - y) * u**gamma
+                           + gamma * ce * u**(gamma - 1) * s (1 - s) (1 - 2 y))
+
+    ``s - y`` per the sign of x as bce's (``(1 - y) - sigmoid(-x)`` or
+    ``sigmoid(x) - y``). The second term is 0 where ``gamma == 0`` (torch's pow backward
+    with exponent 0), and where ``u == 0`` (then ``s (1 - s) / u`` is bounded and
+    ``u**gamma = 0``: the limit; torch's autograd gives NaN there for 0 < gamma < 1).
+    """
+    call = _Pointwise({"logits": logits, "target": target}, reduction, same_shape=True)
+    alpha = _finite_number(alpha, "alpha")
+    gamma = _finite_number(gamma, "gamma")
+    if gamma < 0:
+        raise ValueError(f"gamma: expected a value >= 0, got {gamma}")
+    x, y = call.values["logits"], call.values["target"]
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        s, c, ce = _focal_parts(x, y)
+        u = s * (1.0 - y) + c * y
+        alpha_t = alpha * y + (1.0 - alpha) * (1.0 - y) if alpha >= 0 else 1.0
+        ce_slope = np.where(x >= 0, (1.0 - y) - c, s - y)
+        first = ce_slope * u**gamma
+        if gamma == 0:
+            second = np.zeros_like(x)
+        else:
+            second = np.where(u == 0, 0.0,
+                              gamma * ce * u**(gamma - 1.0) * s * c * (1.0 - 2.0 * y))
+        slope = alpha_t * (first + second)
+    return call.grads(wrt, grad_output, {"logits": slope})
+
+
+def sigmoid_focal_value_and_grad(logits, target, grad_output=1.0, *, alpha=0.25, gamma=2.0,
+                                 reduction="mean", wrt="logits"):
+    """``(sigmoid_focal(...), sigmoid_focal_grad(...))``."""
+    options = dict(alpha=alpha, gamma=gamma, reduction=reduction)
+    return (sigmoid_focal(logits, target, **options),
+            sigmoid_focal_grad(logits, target, grad_output, wrt=wrt, **options))
+
+
+def margin_ranking(x1, x2, target, *, margin=0.0, reduction="mean"):
+    r"""Margin ranking loss, as ``torch.nn.functional.margin_ranking_loss``.
+
+    Per element, with ``y = target`` (1 where x1 should rank higher, -1 for x2)::
+
+        loss = max(0, -y * (x1 - x2) + margin)
+
+    The three inputs have the same number of dimensions (torch's rule) and broadcast.
+    NaN propagates through the max, as torch's ``clamp_min``.
+    """
+    call = _Pointwise({"x1": x1, "x2": x2, "target": target}, reduction, same_ndim=True)
+    margin = _finite_number(margin, "margin")
+    with np.errstate(invalid="ignore", over="ignore"):
+        z = _margin_ranking_z(call, margin)
+        return call.reduce(np.where(z < 0, 0.0, z))
+
+
+def _margin_ranking_z(call, margin):
+    x1, x2, y = call.values["x1"], call.values["x2"], call.values["target"]
+    return -y * (x1 - x2) + margin
+
+
+def margin_ranking_grad(x1, x2, target, grad_output=1.0, *, margin=0.0, reduction="mean",
+                        wrt="x1"):
+    r"""Gradient of ``grad_output * margin_ranking(...)`` w.r.t. ``x1`` and/or ``x2``::
+
+        d/dx1 = -y * [z >= 0],    d/dx2 = y * [z >= 0],    z = -y (x1 - x2) + margin
+
+    torch's ``clamp_min`` backward passes the gradient where ``z >= 0``: the kink
+    ``z == 0`` takes it; a NaN ``z`` gives ``-y * 0`` (0, or NaN for a NaN ``y``).
+    """
+    call = _Pointwise({"x1": x1, "x2": x2, "target": target}, reduction, same_ndim=True)
+    margin = _finite_number(margin, "margin")
+    y = call.values["target"]
+    with np.errstate(invalid="ignore", over="ignore"):
+        active = (_margin_ranking_z(call, margin) >= 0).astype(np.float64)
+        slopes = {"x1": -y * active, "x2": y * active}
+    return call.grads(wrt, grad_output, slopes)
+
+
+def margin_ranking_value_and_grad(x1, x2, target, grad_output=1.0, *, margin=0.0,
+                                  reduction="mean", wrt="x1"):
+    """``(margin_ranking(...), margin_ranking_grad(...))``."""
+    options = dict(margin=margin, reduction=reduction)
+    return (margin_ranking(x1, x2, target, **options),
+            margin_ranking_grad(x1, x2, target, grad_output, wrt=wrt, **options))
+
+
+def _check_bool(value, name):
+    if not (isinstance(value, (bool, np.bool_)) or (isinstance(value, int) and value in (0, 1))):
+        raise TypeError(f"{name}: expected a bool, got {value!r}")
+
+
+def _poisson_options(log_input, full, eps):
+    _check_bool(log_input, "log_input")
+    _check_bool(full, "full")
+    eps = _finite_number(eps, "eps")
+    if eps <= 0:
+        raise ValueError(f"eps: expected a value > 0, got {eps}")
+    return eps
+
+
+def poisson_nll(input, target, *, log_input=True, full=False, eps=1e-8, reduction="mean"):
+    r"""Poisson negative log-likelihood, as ``torch.nn.functional.poisson_nll_loss``.
+
+    Per element, ``x = input``, ``y = target`` (counts)::
+
+        log_input=True:   loss = exp(x) - y * x
+        log_input=False:  loss = x - y * log(x + eps)
+
+    ``full=True`` adds Stirling's approximation of ``log(y!)`` where ``y > 1`` (torch
+    masks ``y <= 1`` to 0)::
+
+        y * log(y) - y + 0.5 * log(2 * pi * y)
+    """
+    call = _Pointwise({"input": input, "target": target}, reduction)
+    eps = _poisson_options(log_input, full, eps)
+    x, y = call.values["input"], call.values["target"]
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        loss = np.exp(x) - y * x if log_input else x - y * np.log(x + eps)
+        if full:
+            stirling = y * np.log(y) - y + 0.5 * np.log(2.0 * math.pi * y)
+            loss = loss + np.where(y <= 1, 0.0, stirling)
+        return call.reduce(loss)
+
+
+def poisson_nll_grad(input, target, grad_output=1.0, *, log_input=True, full=False,
+                     eps=1e-8, reduction="mean", wrt="input"):
+    r"""Gradient of ``grad_output * poisson_nll(...)`` w.r.t. ``input`` and/or ``target``::
+
+        log_input=True:   d/dx = exp(x) - y,          d/dy = -x
+        log_input=False:  d/dx = 1 - y / (x + eps),   d/dy = -log(x + eps)
+        full, y > 1:      d/dy += log(y) + 1 / (2 y)
+
+    Where ``y <= 1`` the masked Stirling term contributes 0 to ``d/dy``; torch's autograd
+    gives NaN there for ``y <= 0`` (``0 * log(0)`` in the masked branch's backward).
+    """
+    call = _Pointwise({"input": input, "target": target}, reduction)
+    eps = _poisson_options(log_input, full, eps)
+    x, y = call.values["input"], call.values["target"]
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        if log_input:
+            input_slope, target_slope = np.exp(x) - y, -x
+        else:
+            input_slope, target_slope = 1.0 - y / (x + eps), -np.log(x + eps)
+        if full:
+            target_slope = target_slope + np.where(y <= 1, 0.0, np.log(y) + 0.5 / y)
+    return call.grads(wrt, grad_output, {"input": input_slope, "target": target_slope})
+
+
+def poisson_nll_value_and_grad(input, target, grad_output=1.0, *, log_input=True, full=False,
+                               eps=1e-8, reduction="mean", wrt="input"):
+    """``(poisson_nll(...), poisson_nll_grad(...))``."""
+    options = dict(log_input=log_input, full=full, eps=eps, reduction=reduction)
+    return (poisson_nll(input, target, **options),
+            poisson_nll_grad(input, target, grad_output, wrt=wrt, **options))
+
+
+def _gaussian_call(input, target, var, full, eps, reduction):
+    """The checked call and the clamped variance, with torch's rules for var's shape: the
+    input's shape; the input's without its last axis (a trailing axis is added); or the
+    input's number of axes with exactly one mismatched axis, of size 1. A Python number
+    is one variance for every element (and has no gradient)."""
+    _check_bool(full, "full")
+    eps = _finite_number(eps, "eps")
+    if eps <= 0:
+        raise ValueError(f"eps: expected a value > 0, got {eps}")
+    input_shape = np.shape(input)
+    var_is_number = isinstance(var, (int, float)) and not isinstance(var, bool)
+    var = np.asarray(var)
+    if var.dtype.kind not in "biuf":
+        raise TypeError(f"var: expected real numbers, got dtype {var.dtype}")
+    if np.any(var < 0):
+        raise ValueError("var: has negative entries (a variance is >= 0)")
+    inputs = {"input": input, "target": target}
+    if var_is_number:
+        inputs["var"] = np.full(input_shape, float(var))
+    else:
+        var_shape = var.shape
+        if var_shape != input_shape:
+            if input_shape[:-1] == var_shape and len(input_shape) > 0:
+                var = var[..., np.newaxis]
+            elif not (len(var_shape) == len(input_shape) and sum(
+                    v for i, v in zip(input_shape, var_shape) if i != v) == 1):
+                raise ValueError(f"var: shape {var_shape} is not input's {input_shape}, "
+                                 f"input's without its last axis, or input's with one axis "
+                                 f"of size 1")
+        inputs["var"] = var
+    call = _Pointwise(inputs, reduction)
+    call.var_shape_given = None if var_is_number else var_shape  # None: no var gradient
+    with np.errstate(invalid="ignore"):
+        clamped = np.maximum(call.values["var"], eps)  # NaN stays NaN, as torch's clamp
+    return call, clamped
+
+
+def gaussian_nll(input, target, var, *, full=False, eps=1e-6, reduction="mean"):
+    r"""Gaussian negative log-likelihood, as ``torch.nn.functional.gaussian_nll_loss``.
+
+    Per element, ``v = max(var, eps)``::
+
+        loss = 0.5 * (log(v) + (input - target)**2 / v)   (+ 0.5 * log(2 pi) if full)
+
+    ``var`` has the input's shape, the input's without its last axis, or the input's with
+    one axis of size 1 (torch's rules), or is a Python number; a negative entry is an
+    error, as in torch.
+    """
+    call, v = _gaussian_call(input, target, var, full, eps, reduction)
+    r = call.values["input"] - call.values["target"]
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        loss = 0.5 * (np.log(v) + r**2 / v)
+        if full:
+            loss = loss + 0.5 * math.log(2.0 * math.pi)
+        return call.reduce(loss)
+
+
+def gaussian_nll_grad(input, target, var, grad_output=1.0, *, full=False, eps=1e-6,
+                      reduction="mean", wrt="input"):
+    r"""Gradient of ``grad_output * gaussian_nll(...)`` w.r.t. ``input``, ``target`` and/or
+    ``var``, with ``r = input - target`` and ``v = max(var, eps)``::
+
+        d/dinput = r / v,   d/dtarget = -r / v,   d/dvar = 0.5 * (1 / v - r**2 / v**2)
+
+    torch clamps a clone of var under ``no_grad``, so the var gradient is the formula's
+    derivative at the clamped ``v``, passed through unchanged also where ``var < eps``.
+    It is summed back to var's own shape (before torch's added trailing axis).
+    """
+    call, v = _gaussian_call(input, target, var, full, eps, reduction)
+    r = call.values["input"] - call.values["target"]
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        slopes = {"input": r / v, "target": -r / v}
+        if call.var_shape_given is not None:
+            slopes["var"] = 0.5 * (1.0 / v - r**2 / v**2)
+    grads = call.grads(wrt, grad_output, slopes)
+    if call.var_shape_given is None or call.shapes["var"] == call.var_shape_given:
+        return grads
+    # var had the input's shape without its last axis: drop the axis torch added
+    names = (wrt,) if isinstance(wrt, str) else tuple(wrt)
+    fixed = [grad.reshape(call.var_shape_given) if name == "var" else grad
+             for name, grad in zip(names, (grads,) if isinstance(wrt, str) else grads)]
+    return fixed[0] if isinstance(wrt, str) else tuple(fixed)
+
+
+def gaussian_nll_value_and_grad(input, target, var, grad_output=1.0, *, full=False, eps=1e-6,
+                                reduction="mean", wrt="input"):
+    """``(gaussian_nll(...), gaussian_nll_grad(...))``."""
+    options = dict(full=full, eps=eps, reduction=reduction)
+    return (gaussian_nll(input, target, var, **options),
+            gaussian_nll_grad(input, target, var, grad_output, wrt=wrt, **options))
+
+
+def _pinball_quantile(quantile, shape):
+    """The quantile broadcast to the loss's shape: a number, or an array (typically one
+    value per class of the last axis) that broadcasts to it; each in (0, 1)."""
+    q = np.asarray(quantile)
+    if q.dtype.kind not in "biuf":
+        raise TypeError(f"quantile: expected real numbers, got dtype {q.dtype}")
+    q = q.astype(np.float64)
+    if not np.all((q > 0) & (q < 1)):
+        raise ValueError("quantile: expected values in (0, 1), got "
+                         f"{q if q.ndim == 0 else q[~((q > 0) & (q < 1))][:3]}")
+    try:
+        fits = np.broadcast_shapes(q.shape, shape) == shape
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(f"quantile: shape {q.shape} does not broadcast to {shape}")
+    return np.broadcast_to(q, shape)
+
+
+def pinball(pred, target, *, quantile=0.5, reduction="mean"):
+    r"""Pinball (quantile) loss of Koenker & Bassett (1978).
+
+    Per element, ``r = target - pred`` and ``q = quantile`` (a number in (0, 1), or one per
+    class of the last axis)::
+
+        loss = max(q * r, (q - 1) * r)
+    """
+    call = _Pointwise({"pred": pred, "target": target}, reduction)
+    q = _pinball_quantile(quantile, call.shape)
+    r = call.values["target"] - call.values["pred"]
+    with np.errstate(invalid="ignore", over="ignore"):
+        return call.reduce(np.maximum(q * r, (q - 1.0) * r))
+
+
+def pinball_grad(pred, target, grad_output=1.0, *, quantile=0.5, reduction="mean",
+                 wrt="pred"):
+    r"""Gradient of ``grad_output * pinball(...)`` w.r.t. ``pred`` and/or ``target``, as
+    torch's autograd of ``torch.maximum(q * r, (q - 1) * r)``, which splits the gradient
+    evenly between equal arguments and passes it whole to both where they compare
+    neither way (NaN)::
+
+        d/dpred = -q (r > 0),  1 - q (r < 0),  0.5 - q (r == 0),  1 - 2 q (r NaN)
+        d/dtarget = -d/dpred
+    """
+    call = _Pointwise({"pred": pred, "target": target}, reduction)
+    q = _pinball_quantile(quantile, call.shape)
+    r = call.values["target"] - call.values["pred"]
+    with np.errstate(invalid="ignore"):
+        slope_r = np.select([r > 0, r < 0, r == 0], [q, q - 1.0, q - 0.5], 2.0 * q - 1.0)
+    return call.grads(wrt, grad_output, {"pred": -slope_r, "target": slope_r})
+
+
+def pinball_value_and_grad(pred, target, grad_output=1.0, *, quantile=0.5, reduction="mean",
+                           wrt="pred"):
+    """``(pinball(...), pinball_grad(...))``."""
+    options = dict(quantile=quantile, reduction=reduction)
+    return (pinball(pred, target, **options),
+            pinball_grad(pred, target, grad_output, wrt=wrt, **options))
