@@ -102,6 +102,17 @@ from fastloss.cross_entropy import (
     cross_entropy_grad,
     cross_entropy_value_and_grad,
 )
+from fastloss.box import (
+    ciou_loss,
+    ciou_loss_grad,
+    ciou_loss_value_and_grad,
+    diou_loss,
+    diou_loss_grad,
+    diou_loss_value_and_grad,
+    giou_loss,
+    giou_loss_grad,
+    giou_loss_value_and_grad,
+)
 from fastloss.elementwise import (
     bce_with_logits,
     bce_with_logits_grad,
@@ -178,4 +189,13 @@ __all__ = [
     "triplet_margin",
     "triplet_margin_grad",
     "triplet_margin_value_and_grad",
+    "giou_loss",
+    "giou_loss_grad",
+    "giou_loss_value_and_grad",
+    "diou_loss",
+    "diou_loss_grad",
+    "diou_loss_value_and_grad",
+    "ciou_loss",
+    "ciou_loss_grad",
+    "ciou_loss_value_and_grad",
 ]
