@@ -41,8 +41,11 @@
  * contract's 2e-6 there by orders of magnitude (an iou of 0.999 keeps three
  * digits of 1 - iou).  Computing in double and rounding each result once keeps
  * float32 within half an ulp of the float64 value, and costs the float32 kernel
- * half its vector width: the value-and-grad of 2**23 pairs stays within 2x a
- * copy of one box array regardless (BENCHMARKS: tests/test_box.py's timing).
+ * half its vector width.  Measured (benchmarks/bench_box.py, 2**23 float32
+ * pairs, mean, 2-core AMD EPYC shared with other jobs, load average ~5): the
+ * value-and-grad w.r.t. boxes1 takes 7x (giou, diou) and 13x (ciou) np.copyto
+ * of one box array: compute-bound, far from the 2x goal.  What a float32
+ * evaluation would save has not been measured yet.
  *
  * Vectorisation: a tile of pairs is read into one double array per coordinate,
  * and one loop over the tile computes every pair's loss and gradients with

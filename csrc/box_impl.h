@@ -14,7 +14,7 @@
  * product (exact) minus its rounded twin elsewhere gives another answer than
  * torchvision's own float64 evaluation, which rounds every product, by 1e-16 of the
  * areas: a relative 1e-8 of the loss of two identical boxes.  Unfused, the kernels
- * round as the reference does (measured: no cost within the noise; box.c). */
+ * round as the reference does (its cost is not measured apart). */
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("fp-contract=off")
 #elif defined(__clang__)
