@@ -29,6 +29,9 @@ C_SOURCES = [
     "csrc/distance.c",
     "csrc/distance_avx2.c",
     "csrc/distance_avx512.c",
+    "csrc/box.c",
+    "csrc/box_avx2.c",
+    "csrc/box_avx512.c",
 ]
 
 OPENMP_PROBE = """
@@ -141,7 +144,7 @@ extensions = [
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         depends=[os.path.join("csrc", name) for name in os.listdir("csrc") if name.endswith(".h")]
         + ["fastloss/_cross_entropy.pxi", "fastloss/_elementwise.pxi", "fastloss/_common.pxd",
-           "fastloss/_distance.pxi"],
+           "fastloss/_distance.pxi", "fastloss/_box.pxi"],
     )
 ]
 

@@ -193,3 +193,4 @@ def empty(shape, dtype):
 include "_cross_entropy.pxi"
 include "_elementwise.pxi"
 include "_distance.pxi"
+include "_box.pxi"

@@ -30,7 +30,8 @@ import numpy as np
 
 from fastloss._validation import real_scalar
 
-__all__ = ["Case", "LOSSES", "Loss", "Option", "Torch", "family", "make_function"]
+__all__ = ["Case", "LOSSES", "Loss", "Option", "Torch", "family", "make_function",
+           "public_functions"]
 
 
 # ----------------------------------------------------------------------------------------
@@ -83,6 +84,8 @@ class Torch:
     size_warning: bool = False     # torch warns when target's size differs from input's
     doc: str = ""
     note: str = ""                 # how the counterpart differs, for the docs' table
+    no_gradient: tuple = ()        # inputs torch differentiates and fastloss does not
+    gradient_differs: dict = dataclasses.field(default_factory=dict)  # input -> why
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,6 +178,48 @@ def make_function(name, parameters, body, namespace, doc, module):
     function.__module__ = module
     function.__qualname__ = name
     return function
+
+
+_VALUE_AND_GRAD_DOC = """``({name}(...), {name}_grad(...))`` from one pass over the inputs.
+
+    Arguments as in :func:`{name}_grad`; returns ``(loss, gradient)``, the gradient a
+    tuple when ``wrt`` is a tuple of names.
+    """
+
+
+def public_functions(entry, run, module, doc=None, grad_doc=None):
+    """``NAME``, ``NAME_grad`` and ``NAME_value_and_grad`` of ``entry``: real functions
+    with the signatures the entry declares (its inputs, then grad_output, then its
+    options, reduction, out, wrt and num_threads by keyword), each calling
+    ``run(entry, mode, arrays, options, reduction, num_threads[, grad_output, out,
+    wrt])``, the family's runner, which returns ``(loss, grad)``. The docstrings are
+    the entry's unless given."""
+    inputs = ", ".join(entry.inputs)
+    keywords = "".join(f"{option.name}=_default_{option.name}, " for option in entry.options)
+    options = "{" + ", ".join(f"{option.name!r}: {option.name}"
+                              for option in entry.options) + "}"
+    namespace = {"_run": run, "_entry": entry,
+                 **{f"_default_{option.name}": option.default for option in entry.options}}
+
+    def call(mode):
+        return f"_run(_entry, {mode!r}, ({inputs},), {options}, reduction, num_threads"
+
+    gradient_parameters = (f"{inputs}, grad_output=1.0, *, {keywords}reduction='mean', "
+                           f"out=None, wrt={entry.differentiable[0]!r}, num_threads=None")
+    name = entry.name
+    return {
+        name: make_function(
+            name, f"{inputs}, *, {keywords}reduction='mean', num_threads=None",
+            "return " + call("forward") + ")[0]", namespace, doc or entry.doc, module),
+        f"{name}_grad": make_function(
+            f"{name}_grad", gradient_parameters,
+            "return " + call("backward") + ", grad_output, out, wrt)[1]",
+            namespace, grad_doc or entry.grad_doc, module),
+        f"{name}_value_and_grad": make_function(
+            f"{name}_value_and_grad", gradient_parameters,
+            "return " + call("value_and_grad") + ", grad_output, out, wrt)",
+            namespace, _VALUE_AND_GRAD_DOC.format(name=name), module),
+    }
 
 
 # ----------------------------------------------------------------------------------------
@@ -451,6 +496,308 @@ BCE_WITH_LOGITS = Loss(
 )
 
 
+# --- the pointwise losses added the registry's way (issue 12) ---------------------------------
+
+def _finite(name):
+    return lambda value: real_scalar(value, name)
+
+
+def _boolean(name):
+    def check(value):
+        if isinstance(value, (bool, np.bool_)) or (
+                isinstance(value, (int, np.integer)) and value in (0, 1)):
+            return bool(value)
+        raise TypeError(f"{name}: expected a bool, got {value!r}")
+    return check
+
+
+def _quantile(value):
+    quantile = np.asarray(value)
+    if quantile.dtype.kind not in "biuf":
+        raise TypeError(f"quantile: expected a number or an array of numbers in (0, 1), "
+                        f"got {value!r}")
+    inside = (quantile > 0) & (quantile < 1)
+    if not np.all(inside):
+        raise ValueError(f"quantile: expected values in (0, 1), got "
+                         f"{quantile if quantile.ndim == 0 else quantile[~inside][:3]}")
+    return quantile
+
+
+_BAD_FINITE = ((math.nan, ValueError), (math.inf, ValueError), ("1", TypeError))
+_BAD_POSITIVE = ((0.0, ValueError), (-1.0, ValueError)) + _BAD_FINITE
+_BAD_BOOL = (("yes", TypeError), (2, TypeError))
+
+
+def margin_inputs(rng, dtype, params, shape):
+    """x1, x2 (standard normals) and target labels of -1 and 1."""
+    x1 = rng.standard_normal(shape).astype(dtype)
+    x2 = rng.standard_normal(shape).astype(dtype)
+    target = np.where(rng.random(shape) < 0.5, -1.0, 1.0).astype(dtype)
+    return (x1, x2, target), _factor_options(rng, dtype, params, shape)
+
+
+def poisson_inputs(rng, dtype, params, shape):
+    """Log-rates (standard normal) or, without ``log_input``, rates in [0.1, 3], and
+    counts drawn from Poisson(2) (some above 1, where ``full`` adds its term)."""
+    if params.get("log_input", True):
+        rate = rng.standard_normal(shape)
+    else:
+        rate = rng.uniform(0.1, 3.0, shape)
+    target = rng.poisson(2.0, shape).astype(dtype)
+    return (rate.astype(dtype), target), _factor_options(rng, dtype, params, shape)
+
+
+def gaussian_inputs(rng, dtype, params, shape):
+    """input and target (standard normals) and a variance in [0.1, 2] of the layout
+    ``var`` names ("full", or "row": one per row, the last axis dropped, as torch's
+    homoscedastic case); ``small_var`` puts a quarter of the variances below eps."""
+    layout = params.get("var", "full")
+    var_shape = shape if layout == "full" else shape[:-1]
+    var = rng.uniform(0.1, 2.0, var_shape)
+    if params.get("small_var"):
+        var = np.where(rng.random(var_shape) < 0.25, 1e-9, var)
+    options = {key: value for key, value in params.items() if key not in ("var", "small_var")}
+    return (rng.standard_normal(shape).astype(dtype), rng.standard_normal(shape).astype(dtype),
+            var.astype(dtype)), options
+
+
+def pinball_inputs(rng, dtype, params, shape):
+    """pred and target (standard normals); ``quantile`` a number or "class": one per
+    class of the last axis in [0.05, 0.95]."""
+    arrays, _ = regression_inputs(rng, dtype, {}, shape)
+    quantile = params.get("quantile", 0.5)
+    if quantile == "class":
+        quantile = rng.uniform(0.05, 0.95, shape[-1:]).astype(dtype)
+    return arrays, {"quantile": quantile}
+
+
+def _gaussian_prepare(arrays, options):
+    """torch's rules for var: non-negative; the input's shape, or the input's without
+    its last axis (given a trailing axis), or the input's number of axes with one
+    mismatched axis, of size 1."""
+    input, target, var = arrays
+    if np.any(var < 0):
+        raise ValueError("var: has negative entries (a variance is >= 0)")
+    if var.shape != input.shape:
+        if input.ndim and var.shape == input.shape[:-1]:
+            var = var[..., np.newaxis]
+        elif not (var.ndim == input.ndim and sum(
+                v for i, v in zip(input.shape, var.shape) if i != v) == 1):
+            raise ValueError(f"var: shape {var.shape} is not input's {input.shape}, input's "
+                             f"without its last axis, or input's with one axis of size 1")
+    return [input, target, var]
+
+
+SIGMOID_FOCAL = Loss(
+    name="sigmoid_focal", family="elementwise", inputs=("logits", "target"),
+    differentiable=("logits",),
+    options=(Option("alpha", 0.25, _finite("alpha"), _BAD_FINITE),
+             Option("gamma", 2.0, _nonnegative("gamma"), _BAD_THRESHOLD)),
+    torch=Torch("sigmoid_focal_loss", "torchvision.ops.sigmoid_focal_loss",
+                "inputs, targets, alpha=0.25, gamma=2.0, reduction='none'",
+                {"inputs": "logits", "targets": "target", "alpha": "alpha", "gamma": "gamma"},
+                "SigmoidFocalLoss", None, "alpha=0.25, gamma=2.0, reduction='mean'",
+                no_gradient=("target",),
+                doc=("torchvision's default reduction, 'none', is this function's too (the "
+                     "module's is 'mean'). "),
+                note="the classification loss of one-stage detectors (RetinaNet)"),
+    make_inputs=binary_inputs, loss_shape=_same_shape,
+    cases=(Case("plain", {}),
+           Case("soft", {"soft": True}),
+           Case("alpha<0", {"alpha": -1.0, "soft": True}),
+           Case("gamma=0", {"gamma": 0.0}),
+           Case("gamma=0.5", {"gamma": 0.5, "alpha": 0.6}),
+           Case("large", {"scale": 30.0, "gamma": 3.0})),
+    bench=True, bench_inputs=("pred", "labels"), kernel="sigmoid_focal", same_shape=True,
+    params=lambda options: (options["alpha"], options["gamma"]),
+    doc="""Sigmoid focal loss on logits, as torchvision.ops.sigmoid_focal_loss (Lin et al.
+    2017): per element, x = logits, y = target (in [0, 1]; soft labels allowed),
+    p = sigmoid(x)::
+
+        ce      = bce_with_logits(x, y)
+        1 - p_t = p (1 - y) + (1 - p) y
+        loss    = alpha_t * ce * (1 - p_t)**gamma,  alpha_t = alpha y + (1 - alpha) (1 - y)
+
+    ``alpha < 0`` drops the class balance (alpha_t = 1), as torchvision; ``gamma >= 0``
+    (0 is bce_with_logits times alpha_t). ``1 - p_t`` is computed from ``sigmoid(-|x|)``
+    so that it keeps its relative accuracy where it is tiny (torchvision's rounds to 0).
+    logits and target have one shape. reduction and num_threads as in :func:`mse`; the
+    default reduction is "mean" (torchvision's is "none").
+    """,
+    grad_doc="""Gradient of ``grad_output * sigmoid_focal(logits, target, ...)`` w.r.t. the
+    logits (torch's autograd of torchvision's formula; where ``1 - p_t`` is 0 and
+    ``gamma < 1`` autograd's ``0 * inf`` is avoided: the factor is 0). ``out=logits``
+    writes it in place; the target is not differentiated (``wrt`` accepts "logits").
+    """,
+)
+
+MARGIN_RANKING = Loss(
+    name="margin_ranking", family="elementwise", inputs=("x1", "x2", "target"),
+    differentiable=("x1", "x2"),
+    options=(Option("margin", 0.0, _finite("margin"), _BAD_FINITE),),
+    torch=Torch("margin_ranking_loss", "torch.nn.functional.margin_ranking_loss",
+                "input1, input2, target, margin=0.0, " + _LEGACY + "reduction='mean'",
+                {"input1": "x1", "input2": "x2", "target": "target", "margin": "margin"},
+                "MarginRankingLoss", "MarginRankingLoss",
+                "margin=0.0, " + _LEGACY + "reduction='mean'", no_gradient=("target",)),
+    make_inputs=margin_inputs, loss_shape=_same_shape,
+    cases=(Case("margin=0", {}), Case("margin=0.5", {"margin": 0.5}),
+           Case("margin=-0.3", {"margin": -0.3})),
+    bench=True, bench_inputs=("pred", "target", "signs"), kernel="margin_ranking",
+    params=lambda options: (options["margin"],),
+    doc="""Margin ranking loss, as torch.nn.functional.margin_ranking_loss: per element
+    ``max(0, -target * (x1 - x2) + margin)``, target 1 where x1 should rank higher and -1
+    where x2 should. The three inputs broadcast to one shape. reduction and num_threads
+    as in :func:`mse`.
+    """,
+    grad_doc="""Gradient of ``grad_output * margin_ranking(x1, x2, target, ...)`` w.r.t.
+    ``x1`` (``-target`` where the hinge is active, torch's ``clamp_min`` subgradient at
+    the kink) and, with ``wrt="x2"`` or ``("x1", "x2")``, ``x2`` (its negation); the
+    target is not differentiated. Arguments as in :func:`mse_grad`.
+    """,
+)
+
+POISSON_NLL = Loss(
+    name="poisson_nll", family="elementwise", inputs=("input", "target"),
+    differentiable=("input", "target"),
+    options=(Option("log_input", True, _boolean("log_input"), _BAD_BOOL),
+             Option("full", False, _boolean("full"), _BAD_BOOL),
+             Option("eps", 1e-8, _positive("eps"), _BAD_POSITIVE)),
+    torch=Torch("poisson_nll_loss", "torch.nn.functional.poisson_nll_loss",
+                "input, target, log_input=True, full=False, size_average=None, eps=1e-8, "
+                "reduce=None, reduction='mean'",
+                {"input": "input", "target": "target", "log_input": "log_input",
+                 "full": "full", "eps": "eps"},
+                "PoissonNLLLoss", "PoissonNLLLoss",
+                "log_input=True, full=False, size_average=None, eps=1e-8, reduce=None, "
+                "reduction='mean'",
+                gradient_differs={"target": (
+                    "with full=True torch's autograd gives NaN for the target's gradient "
+                    "where target == 0 (its Stirling term is masked with masked_fill after "
+                    "0 * log(0) is formed, and the mask's backward multiplies 0 by -inf); "
+                    "the term is 0 for target <= 1, and so is fastloss's gradient of it")}),
+    make_inputs=poisson_inputs, loss_shape=_same_shape,
+    cases=(Case("log_input", {}), Case("rate", {"log_input": False}),
+           Case("full", {"full": True}), Case("rate+full", {"log_input": False, "full": True})),
+    bench=True, bench_inputs=("pred", "counts"), kernel="poisson_nll", signed_terms=True,
+    params=lambda options: (options["log_input"], options["full"], options["eps"]),
+    doc="""Poisson negative log-likelihood, as torch.nn.functional.poisson_nll_loss: per
+    element ``exp(input) - target * input`` (``log_input=True``: input is the log-rate) or
+    ``input - target * log(input + eps)``; ``full`` adds Stirling's term
+    ``target log(target) - target + 0.5 log(2 pi target)`` where target > 1. The inputs
+    broadcast. reduction and num_threads as in :func:`mse`.
+    """,
+    grad_doc="""Gradient of ``grad_output * poisson_nll(input, target, ...)`` w.r.t. the
+    input (``exp(input) - target``, or ``1 - target / (input + eps)``) and, with
+    ``wrt``, the target. Arguments as in :func:`mse_grad`.
+    """,
+)
+
+GAUSSIAN_NLL = Loss(
+    name="gaussian_nll", family="elementwise", inputs=("input", "target", "var"),
+    differentiable=("input", "target", "var"),
+    options=(Option("full", False, _boolean("full"), _BAD_BOOL),
+             Option("eps", 1e-6, _positive("eps"), _BAD_POSITIVE)),
+    torch=Torch("gaussian_nll_loss", "torch.nn.functional.gaussian_nll_loss",
+                "input, target, var, full=False, eps=1e-6, reduction='mean'",
+                {"input": "input", "target": "target", "var": "var", "full": "full",
+                 "eps": "eps"},
+                "GaussianNLLLoss", "GaussianNLLLoss", "*, full=False, eps=1e-6, reduction='mean'"),
+    make_inputs=gaussian_inputs, loss_shape=_same_shape,
+    cases=(Case("plain", {}), Case("var-per-row", {"var": "row"}),
+           Case("full", {"full": True}), Case("small-var", {"small_var": True, "eps": 1e-4})),
+    bench=True, bench_inputs=("pred", "target", "positive"), kernel="gaussian_nll",
+    signed_terms=True, prepare=_gaussian_prepare,
+    params=lambda options: (options["full"], options["eps"]),
+    doc="""Gaussian negative log-likelihood, as torch.nn.functional.gaussian_nll_loss: per
+    element, with ``v = max(var, eps)``, ``0.5 (log v + (input - target)**2 / v)`` (plus
+    ``0.5 log(2 pi)`` with ``full``). ``var`` has the input's shape, or the input's without
+    its last axis (one variance per row), or the input's number of axes with one axis of
+    size 1, as torch; negative entries are a ValueError. reduction and num_threads as in
+    :func:`mse`.
+    """,
+    grad_doc="""Gradient of ``grad_output * gaussian_nll(input, target, var, ...)`` w.r.t.
+    the input (``(input - target) / v``) and, with ``wrt``, the target and ``var``
+    (``0.5 (1 / v - (input - target)**2 / v**2)``, passed through the clamp as torch's
+    autograd does: torch clamps under no_grad), each summed to its argument's shape.
+    Arguments as in :func:`mse_grad`.
+    """,
+)
+
+PINBALL = Loss(
+    name="pinball", family="elementwise", inputs=("pred", "target"),
+    differentiable=("pred", "target"),
+    options=(Option("quantile", 0.5, _quantile,
+                    ((0.0, ValueError), (1.0, ValueError), (-0.5, ValueError),
+                     (math.nan, ValueError), ("0.5", TypeError)), array=True),),
+    torch=Torch("pinball_loss", None, "input, target, quantile=0.5, reduction='mean'",
+                {"input": "pred", "target": "target", "quantile": "quantile"},
+                "PinballLoss", None, "quantile=0.5, reduction='mean'",
+                note="the quantile loss; scikit-learn's mean_pinball_loss for one quantile"),
+    make_inputs=pinball_inputs, loss_shape=_same_shape,
+    cases=(Case("q=0.5", {}), Case("q=0.1", {"quantile": 0.1}),
+           Case("q-per-class", {"quantile": "class"}, (3, 13, 517))),
+    bench=True, kernel="pinball", factor="quantile",
+    doc="""Pinball (quantile) loss: per element, r = target - pred and q = quantile,
+    ``max(q r, (q - 1) r)``: under-prediction costs q per unit, over-prediction 1 - q
+    (scikit-learn's mean_pinball_loss for one quantile with reduction "mean").
+    ``quantile`` is a number in (0, 1), or an array of them that broadcasts to the
+    loss's shape (typically one per column of the last axis, for several quantiles at
+    once). pred and target broadcast. reduction and num_threads as in :func:`mse`.
+    """,
+    grad_doc="""Gradient of ``grad_output * pinball(pred, target, ...)`` w.r.t. pred: ``-q``
+    where r > 0, ``1 - q`` where r < 0 and ``0.5 - q`` at r == 0 (torch's autograd of
+    ``torch.maximum`` splits a tie evenly); with ``wrt``, the target's (the negation).
+    Arguments as in :func:`mse_grad`.
+    """,
+)
+
+
+# --- box regression (fastloss/box.py, csrc/box.c): pairs of (..., 4) boxes ---------------------
+
+def box_inputs(rng, dtype, params, shape):
+    """Pairs of boxes (x1, y1, x2, y2) of shape ``shape`` (..., 4): corners in [0, 10],
+    sides in [0.5, 5], the second box the first moved and resized by about a side, so
+    that pairs overlap, contain each other and miss each other."""
+    lead = shape[:-1]
+    corner = rng.uniform(0.0, 10.0, lead + (2,))
+    size = rng.uniform(0.5, 5.0, lead + (2,))
+    boxes1 = np.concatenate([corner, corner + size], axis=-1)
+    shift = rng.normal(0.0, params.get("spread", 1.5), lead + (2,))
+    scale = rng.uniform(0.5, 1.5, lead + (2,))
+    corner2 = corner + shift
+    boxes2 = np.concatenate([corner2, corner2 + size * scale], axis=-1)
+    options = {key: value for key, value in params.items() if key != "spread"}
+    return (boxes1.astype(dtype), boxes2.astype(dtype)), options
+
+
+def _box_loss_shape(shape):
+    return tuple(shape[:-1])
+
+
+def _box(name, torch_name, kernel, module):
+    return Loss(
+        name=name, family="box", inputs=("boxes1", "boxes2"),
+        differentiable=("boxes1", "boxes2"),
+        options=(Option("eps", 1e-7, _positive("eps"), _BAD_POSITIVE),),
+        torch=Torch(torch_name, f"torchvision.ops.{torch_name}",
+                    "boxes1, boxes2, reduction='none', eps=1e-7",
+                    {"boxes1": "boxes1", "boxes2": "boxes2", "eps": "eps"},
+                    module, None, "reduction='mean', eps=1e-7",
+                    doc=("torchvision's default reduction, 'none', is this function's too "
+                         "(the module's is 'mean'). "),
+                    note="the localization loss of detectors"),
+        make_inputs=box_inputs, loss_shape=_box_loss_shape,
+        cases=(Case("overlapping", {}), Case("far", {"spread": 6.0}),
+               Case("eps=1e-3", {"eps": 1e-3})),
+        check_shape=(400, 4), bench=True, bench_inputs=("boxes1", "boxes2"), kernel=kernel)
+
+
+GIOU_LOSS = _box("giou_loss", "generalized_box_iou_loss", "giou", "GIoULoss")
+DIOU_LOSS = _box("diou_loss", "distance_box_iou_loss", "diou", "DIoULoss")
+CIOU_LOSS = _box("ciou_loss", "complete_box_iou_loss", "ciou", "CIoULoss")
+
+
 # ----------------------------------------------------------------------------------------
 # The other families: their functions are written by hand (fastloss/cross_entropy.py,
 # fastloss/contrastive.py), each with options of its own semantics; the entries say what
@@ -509,11 +856,13 @@ TRIPLET_MARGIN = Loss(name="triplet_margin", family="contrastive",
 LOSSES = {loss.name: loss for loss in (
     CROSS_ENTROPY,
     MSE, L1, HUBER, SMOOTH_L1, BCE_WITH_LOGITS,
+    SIGMOID_FOCAL, MARGIN_RANKING, POISSON_NLL, GAUSSIAN_NLL, PINBALL,
+    GIOU_LOSS, DIOU_LOSS, CIOU_LOSS,
     PAIRWISE_DISTANCE, CONTRASTIVE, CONTRASTIVE_PAIRWISE, INFO_NCE, TRIPLET_MARGIN,
 )}
 
 
 def family(name):
-    """The entries of family ``name`` ("cross_entropy", "elementwise", "contrastive"), in
-    the registry's order."""
+    """The entries of family ``name`` ("cross_entropy", "elementwise", "box",
+    "contrastive"), in the registry's order."""
     return tuple(loss for loss in LOSSES.values() if loss.family == name)

@@ -301,8 +301,8 @@ def _ew_row(entry, case, dtype, reduction, what):
 
     def run():
         arrays, options = _ew_inputs(entry, case, dtype)
+        shape = np.shape(ref_value(*arrays, reduction="none", **options))
         options["reduction"] = reduction
-        shape = np.broadcast_shapes(*(array.shape for array in arrays))
         upstream = (np.linspace(-1.5, 2.0, math.prod(shape)).reshape(shape)
                     if reduction == "none" else 0.625)
         if what == "loss":

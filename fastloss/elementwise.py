@@ -379,47 +379,9 @@ def _run(entry, mode, arrays, options, reduction, num_threads, grad_output=None,
         mode, grad_output=grad_output, out=out, wrt=wrt)
 
 
-_VALUE_AND_GRAD_DOC = """``({name}(...), {name}_grad(...))`` from one pass over the inputs.
-
-    Arguments as in :func:`{name}_grad`; returns ``(loss, gradient)``, the gradient a
-    tuple when ``wrt`` is a tuple of names.
-    """
-
-
-def _generate(entry):
-    """``NAME``, ``NAME_grad`` and ``NAME_value_and_grad`` of elementwise loss ``entry``:
-    real functions with the signatures the registry declares."""
-    inputs = ", ".join(entry.inputs)
-    keywords = "".join(f"{option.name}=_default_{option.name}, " for option in entry.options)
-    options = "{" + ", ".join(f"{option.name!r}: {option.name}"
-                              for option in entry.options) + "}"
-    namespace = {"_run": _run, "_entry": entry,
-                 **{f"_default_{option.name}": option.default for option in entry.options}}
-
-    def call(mode):
-        return f"_run(_entry, {mode!r}, ({inputs},), {options}, reduction, num_threads"
-
-    gradient_parameters = (f"{inputs}, grad_output=1.0, *, {keywords}reduction='mean', "
-                           f"out=None, wrt={entry.differentiable[0]!r}, num_threads=None")
-    name = entry.name
-    return {
-        name: _registry.make_function(
-            name, f"{inputs}, *, {keywords}reduction='mean', num_threads=None",
-            "return " + call("forward") + ")[0]", namespace, entry.doc, __name__),
-        f"{name}_grad": _registry.make_function(
-            f"{name}_grad", gradient_parameters,
-            "return " + call("backward") + ", grad_output, out, wrt)[1]",
-            namespace, entry.grad_doc, __name__),
-        f"{name}_value_and_grad": _registry.make_function(
-            f"{name}_value_and_grad", gradient_parameters,
-            "return " + call("value_and_grad") + ", grad_output, out, wrt)",
-            namespace, _VALUE_AND_GRAD_DOC.format(name=name), __name__),
-    }
-
-
 _FUNCTIONS = {}
 for _entry in _registry.family("elementwise"):
-    _FUNCTIONS.update(_generate(_entry))
+    _FUNCTIONS.update(_registry.public_functions(_entry, _run, __name__))
 globals().update(_FUNCTIONS)
 __all__ = sorted(_FUNCTIONS)
 del _entry

@@ -557,6 +557,17 @@ def _not_differentiable(tensor, name, function, torch_name):
             f"torch); pass {name}.detach()")
 
 
+def _no_gradient(tensor, name, function, form):
+    """A RuntimeError for an input that torch's formula differentiates and fastloss does
+    not (sigmoid_focal_loss's targets, margin_ranking_loss's target): said plainly, never
+    a silent zero."""
+    if tensor is not None and tensor.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError(
+            f"{function}: {name}: fastloss computes no gradient with respect to {name} "
+            f"({form.counterpart or form.function} has one); this input cannot have "
+            f"requires_grad True; pass {name}.detach()")
+
+
 def _elementwise(entry, tensors, options, reduction, num_threads):
     """Check the tensors (by the NumPy API's names) and run elementwise loss ``entry``."""
     form = entry.torch
@@ -567,9 +578,14 @@ def _elementwise(entry, tensors, options, reduction, num_threads):
     _float_tensor(first, by_torch_name[entry.inputs[0]], function)
     for name in entry.inputs[1:]:
         tensor = tensors[name]
+        if isinstance(tensor, (int, float)) and not isinstance(tensor, bool):
+            # a Python number (torch's gaussian_nll_loss takes one for var)
+            tensor = tensors[name] = torch.tensor(float(tensor), dtype=first.dtype)
         _real_tensor(tensor, by_torch_name[name], function)
         if name in form.not_differentiable:
             _not_differentiable(tensor, by_torch_name[name], function, torch_name)
+        if name in form.no_gradient:
+            _no_gradient(tensor, by_torch_name[name], function, form)
         if entry.same_shape and tensor.shape != first.shape:
             raise ValueError(f"{function}: {by_torch_name[name]}: expected the input's size "
                              f"{first.shape}, got {tensor.shape}")
@@ -581,6 +597,11 @@ def _elementwise(entry, tensors, options, reduction, num_threads):
     for option in entry.options:
         tensor = tensors.get(option.name)
         if not option.array or tensor is None:
+            continue
+        if not isinstance(tensor, torch.Tensor):
+            # a number or a list for an array option (pinball's quantile): the NumPy
+            # API's own check says what is wrong with it
+            tensors[option.name] = torch.as_tensor(np.asarray(option.checked(tensor)))
             continue
         argument = by_torch_name.get(option.name, option.name)
         _real_tensor(tensor, argument, function)
@@ -615,14 +636,15 @@ def _generate_elementwise(entry):
     doc = (f"``{form.counterpart or entry.name}`` computed by fastloss "
            f"(:func:`fastloss.{entry.name}`). {form.doc}Gradients w.r.t. {differentiable}.")
     function = _registry.make_function(
-        form.function, f"{form.signature}, *, num_threads=None",
+        form.function,
+        f"{form.signature}, {'' if '*' in form.signature else '*, '}num_threads=None",
         f"return _elementwise(_entry, {tensors}, {scalars}, {reduction}, num_threads)",
         namespace, doc, __name__)
 
     # the module: torch's class (when torch has one) with a fastloss forward
     base = getattr(torch.nn, form.module_base) if form.module_base else torch.nn.Module
     parameters = [part.split("=")[0].strip() for part in form.module_signature.split(",")
-                  if part.strip()]
+                  if part.strip() and part.strip() != "*"]
     forwarded = [name for name in parameters if name not in ("size_average", "reduce")]
     positional = ", ".join(theirs for theirs, ours in form.arguments.items()
                            if ours in entry.inputs)
@@ -632,8 +654,9 @@ def _generate_elementwise(entry):
     else:
         init_body = "super(_cls, self).__init__()" + "".join(
             f"; self.{name} = {name}" for name in parameters)
+    star = "" if "*" in form.module_signature else "*, "
     init = _registry.make_function(
-        "__init__", f"self, {form.module_signature}, *, num_threads=None",
+        "__init__", f"self, {form.module_signature}, {star}num_threads=None",
         init_body + "; self.num_threads = num_threads", namespace, None, __name__)
     forward = _registry.make_function(
         "forward", f"self, {positional}",
@@ -898,7 +921,7 @@ class InfoNCELoss(torch.nn.Module):
 # The elementwise losses' functions and modules, generated from the registry
 # ----------------------------------------------------------------------------------------
 
-for _entry in _registry.family("elementwise"):
+for _entry in _registry.family("elementwise") + _registry.family("box"):
     if _entry.torch is not None:
         _function, _module = _generate_elementwise(_entry)
         globals()[_function.__name__] = _function

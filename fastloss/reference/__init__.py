@@ -10,10 +10,21 @@ float64: a Python float for ``reduction="mean"`` / ``"sum"``, an array for ``"no
 Validation is light: enough that a bad argument raises instead of giving a silently
 wrong number. Complete, friendly error messages are the public API's job.
 
-One module per family (``_cross_entropy``, ``_elementwise``, ``_contrastive``); each
+One module per family (``_cross_entropy``, ``_elementwise``, ``_contrastive``, ``_box``); each
 public function is imported here, and ``fastloss.reference.NAME`` is how to call it.
 """
 
+from fastloss.reference._box import (
+    ciou_loss,
+    ciou_loss_grad,
+    ciou_loss_value_and_grad,
+    diou_loss,
+    diou_loss_grad,
+    diou_loss_value_and_grad,
+    giou_loss,
+    giou_loss_grad,
+    giou_loss_value_and_grad,
+)
 from fastloss.reference._contrastive import (  # _normalize: F.normalize's rows, for tests
     _normalize,  # noqa: F401
     contrastive,
@@ -87,4 +98,7 @@ __all__ = [
     "contrastive_pairwise", "contrastive_pairwise_grad", "contrastive_pairwise_value_and_grad",
     "info_nce", "info_nce_grad", "info_nce_value_and_grad",
     "triplet_margin", "triplet_margin_grad", "triplet_margin_value_and_grad",
+    "giou_loss", "giou_loss_grad", "giou_loss_value_and_grad",
+    "diou_loss", "diou_loss_grad", "diou_loss_value_and_grad",
+    "ciou_loss", "ciou_loss_grad", "ciou_loss_value_and_grad",
 ]

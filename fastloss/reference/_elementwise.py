@@ -462,6 +462,8 @@ class _Pointwise:
 
 def _finite_number(value, name):
     """``value`` as a float, or a ValueError naming the argument."""
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{name}: expected a real number, got {value!r}")
     try:
         number = float(value)
     except (TypeError, ValueError):

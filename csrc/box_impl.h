@@ -1,0 +1,51 @@
+/*
+ * box_impl.h -- instantiates box_body.h for float32 and float64 under the name
+ * suffix FASTLOSS_ISA (baseline, avx2, avx512).  Included once by box.c and
+ * once by each of box_avx2.c and box_avx512.c under their target pragmas.  No
+ * include guard, on purpose.
+ */
+#include <math.h>
+
+#include "box_internal.h"
+#include "fastmath.h"
+
+/* No contraction of a * b + c into a fused multiply-add here: the formula cancels
+ * (1 - iou, area_c - union, union = area1 + area2 - inter), and there a contracted
+ * product (exact) minus its rounded twin elsewhere gives another answer than
+ * torchvision's own float64 evaluation, which rounds every product, by 1e-16 of the
+ * areas: a relative 1e-8 of the loss of two identical boxes.  Unfused, the kernels
+ * round as the reference does (its cost is not measured apart). */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("fp-contract=off")
+#elif defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+
+#define FL_BOX_PASTE_(name, real_tag, isa) name##_##real_tag##_##isa
+#define FL_BOX_PASTE(name, real_tag, isa) FL_BOX_PASTE_(name, real_tag, isa)
+
+#define REAL float
+#define BOX(name) FL_BOX_PASTE(fastloss_box_##name, float32, FASTLOSS_ISA)
+#define RUN FL_BOX_PASTE(fastloss_box_run, float32, FASTLOSS_ISA)
+#include "box_body.h"
+#undef REAL
+#undef BOX
+#undef RUN
+
+#define REAL double
+#define BOX(name) FL_BOX_PASTE(fastloss_box_##name, float64, FASTLOSS_ISA)
+#define RUN FL_BOX_PASTE(fastloss_box_run, float64, FASTLOSS_ISA)
+#include "box_body.h"
+#undef REAL
+#undef BOX
+#undef RUN
+
+#undef FL_BOX_PASTE_
+#undef FL_BOX_PASTE
+
+/* fastmath.h's atan over an array, as this ISA's build compiles it (for the tests). */
+void FL_BOX_ATAN_NAME(FASTLOSS_ISA)(const double *x, fastloss_index n, double *out)
+{
+    for (fastloss_index i = 0; i < n; ++i)
+        out[i] = fastloss_atan(x[i]);
+}
