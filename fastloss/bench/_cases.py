@@ -346,9 +346,8 @@ def _ew_arrays(inputs, entry, target_key=None):
 
 
 def _ew_fused(entry, target_key=None):
-    function = getattr(fastloss, f"{entry.name}_value_and_grad")
-
     def setup(inputs, threads):
+        function = getattr(fastloss, f"{entry.name}_value_and_grad")
         arrays, buffer = _ew_arrays(inputs, entry, target_key), inputs["buffer"]
         return Timed(lambda: function(*arrays, out=buffer, num_threads=threads))
 
@@ -356,9 +355,8 @@ def _ew_fused(entry, target_key=None):
 
 
 def _ew_forward(entry):
-    function = getattr(fastloss, entry.name)
-
     def setup(inputs, threads):
+        function = getattr(fastloss, entry.name)
         arrays = _ew_arrays(inputs, entry)
         return Timed(lambda: function(*arrays, num_threads=threads))
 
@@ -366,9 +364,8 @@ def _ew_forward(entry):
 
 
 def _ew_reference(entry):
-    function = getattr(reference, f"{entry.name}_value_and_grad")
-
     def setup(inputs, threads):
+        function = getattr(reference, f"{entry.name}_value_and_grad")
         arrays = _ew_arrays(inputs, entry)
         n = arrays[0].size
         count = min(n, REFERENCE_ELEMENTS)
