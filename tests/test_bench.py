@@ -1,6 +1,5 @@
 """``fastloss bench``'s own table: its rows come from the registry, its targets say what
 they miss, and benchmarks/ (pytest-benchmark) times the same cases, every one of them."""
-import dataclasses
 import importlib.util
 import os
 import re

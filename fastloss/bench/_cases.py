@@ -453,6 +453,10 @@ def _ew_torch_name(entry, adapter):
     return f"{prefix}{entry.torch.function} forward+backward"
 
 
+EW_ONE_THREAD = (f"fastloss {EW_THREADS_ENTRY.name} value_and_grad (out= preallocated, "
+                 f"num_threads=1)")
+
+
 def _has_adapter(entry):
     return entry.torch is not None and bool(entry.torch.function)
 
@@ -465,8 +469,7 @@ ELEMENTWISE = Family(
     size_names=("n",),
     cases=(
         *(Case(_ew_fused_name(entry), _ew_fused(entry)) for entry in ELEMENTWISE_ENTRIES),
-        Case(f"fastloss {EW_THREADS_ENTRY.name} value_and_grad (out= preallocated, "
-             f"num_threads=1)", _one_thread(_ew_fused(EW_THREADS_ENTRY))),
+        Case(EW_ONE_THREAD, _one_thread(_ew_fused(EW_THREADS_ENTRY))),
         Case("fastloss bce_with_logits value_and_grad (soft targets)",
              _ew_fused(_registry.LOSSES["bce_with_logits"], "soft_labels")),
         *(Case(f"fastloss {entry.name} forward", _ew_forward(entry), read_only=True)
@@ -512,8 +515,8 @@ TARGETS = {
                _ADAPTER, 5.0, "min", CE_FULL_SIZE),
         Target("torch.compile / adapter >= 3", "torch.compile(F.cross_entropy) forward+backward",
                _ADAPTER, 3.0, "min", CE_FULL_SIZE),
-        _speed_up_from_threads("fused", CE_ONE_THREAD, CE_FUSED, "np.copyto (logits -> buffer)", 1.3,
-                               CE_FULL_SIZE),
+        _speed_up_from_threads("fused", CE_ONE_THREAD, CE_FUSED,
+                               "np.copyto (logits -> buffer)", 1.3, CE_FULL_SIZE),
     ),
     "cross_entropy_few_classes": (
         Target("fused (out=) / copy <= 3", CE_FUSED, "np.copyto (logits -> buffer)", 3.0,
@@ -534,10 +537,9 @@ TARGETS = {
                         _ew_torch_name(entry, True), 5.0, "min", EW_FULL_SIZE),)
                 if _has_torch_counterpart(entry) and _has_adapter(entry) else ()),
           )),
-        _speed_up_from_threads(
-            EW_THREADS_ENTRY.name, f"fastloss {EW_THREADS_ENTRY.name} value_and_grad (out= preallocated, "
-            f"num_threads=1)", _ew_fused_name(EW_THREADS_ENTRY), "np.copyto (pred -> buffer)",
-            2.0, EW_FULL_SIZE),
+        _speed_up_from_threads(EW_THREADS_ENTRY.name, EW_ONE_THREAD,
+                               _ew_fused_name(EW_THREADS_ENTRY), "np.copyto (pred -> buffer)",
+                               2.0, EW_FULL_SIZE),
     ),
 }
 
