@@ -1,12 +1,14 @@
-"""pytest-benchmark plumbing shared by the ``bench_<family>.py`` suites.
+"""pytest-benchmark plumbing for ``bench_families.py``, the suite that times every case
+of every family of ``fastloss bench``.
 
 - Collects ``bench_*.py`` (pytest's default pattern is ``test_*.py``).
 - Adds the CPU model, thread count, NumPy / torch versions and fastloss's build facts to
   the machine info that ``--benchmark-json`` writes.
 - Prints, after pytest-benchmark's table, each benchmark's median as a ratio to its
   group's baselines (``benchmark.extra_info["baseline"] = "copy"``, ``"read"`` or
-  ``"torch"``), each scaled by ``extra_info["scale"]`` where a case sets one:
-  ratios, not absolute times, are what we compare across machines.
+  a grid's denominator, e.g. ``"adapter"``), each scaled by ``extra_info["scale"]`` where
+  a case sets one, under the case's name (``extra_info["case"]``): ratios, not absolute
+  times, are what we compare across machines.
 """
 import os
 
@@ -67,11 +69,17 @@ def pytest_terminal_summary(terminalreporter, config):
         if not baselines:
             continue
         terminalreporter.write_line(f"{group}:")
+        width = max(len(_name(bench)) for bench in members)
         for bench in sorted(members, key=_median):
-            ratios = "  ".join(f"{_median(bench) / median:6.2f}x {name}"
+            ratios = "  ".join(f"{_median(bench) / median:7.2f}x {name}"
                                for name, median in baselines.items())
             terminalreporter.write_line(
-                f"  {bench.name:<48} {_median(bench) * 1e3:10.3f} ms  {ratios}")
+                f"  {_name(bench):<{width}} {_median(bench) * 1e3:10.4g} ms  {ratios}")
+
+
+def _name(bench):
+    """The case's own name (the test's id repeats its family and cell)."""
+    return bench.extra_info.get("case", bench.name)
 
 
 def _median(bench):

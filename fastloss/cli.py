@@ -10,7 +10,7 @@ __all__ = ["main"]
 
 # fastloss.bench.FAMILIES, in its order (not imported here: `fastloss --help` stays light)
 FAMILY_NAMES = ("cross_entropy", "cross_entropy_few_classes", "cross_entropy_small",
-                "elementwise", "contrastive")
+                "elementwise", "elementwise_small", "contrastive", "contrastive_pieces")
 
 
 def _positive_int(text):
@@ -62,7 +62,8 @@ def _parser():
         "bench", help="benchmark table against the NumPy reference and PyTorch",
         description="Time cross-entropy (float32, N=4096, C=50257; N=65536, C=10; and a grid "
                     "of small shapes against torch), the regression and binary losses "
-                    "(float32, 2**25 elements) and the contrastive losses (N=4096, D=768) "
+                    "(float32, 2**25 elements; and small sizes) and the contrastive losses "
+                    "(N=4096, D=768; and the pieces of contrastive_pairwise) "
                     "against np.copyto, a read-only pass, the NumPy reference and, when "
                     "installed, PyTorch; report medians and ratios, one table per family, "
                     "and the performance targets under each (judged at the sizes they are "

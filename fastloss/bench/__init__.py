@@ -10,8 +10,10 @@ The benchmarks are a table. A ``Family`` makes the shared inputs of one problem 
 (``make_inputs``) and lists its ``Case`` rows; each case turns those inputs into a
 ``Timed`` (the call to time, an optional untimed ``prepare`` run before every call, and
 a ``scale`` for cases timed on a slice). A ``Grid`` times a few cases over many small
-problem sizes, one line per size. ``FAMILIES`` holds them all; ``TARGETS`` the
-performance targets of each, with the size at which each is judged.
+problem sizes, one line per size (``grid_cells`` lists them). ``FAMILIES`` holds them
+all; ``TARGETS`` the performance targets of each, with the size at which each is judged.
+Each family has "full", "quick" and "tiny" sizes (tiny: for the tests and
+``FASTLOSS_BENCH_TINY=1`` in ``benchmarks/``, a check that every case runs).
 
 The package keeps those parts apart: ``_types`` (the table's types), ``_cases`` (every
 family's inputs, cases and targets: one set, which ``benchmarks/`` runs under
@@ -23,11 +25,14 @@ from fastloss.bench._cases import (
     CONTRASTIVE,
     CROSS_ENTROPY,
     CROSS_ENTROPY_FEW_CLASSES,
+    CONTRASTIVE_PIECES,
     CROSS_ENTROPY_SMALL,
     ELEMENTWISE,
+    ELEMENTWISE_SMALL,
     FAMILIES,
     TARGETS,
     Grid,
+    grid_cells,
     _torch,  # noqa: F401 (for benchmarks/ and the tests)
 )
 from fastloss.bench._main import main
@@ -38,5 +43,6 @@ from fastloss.bench._types import Case, Family, Target, Timed, Unavailable
 
 __all__ = ["Case", "Family", "FAMILIES", "Grid", "Target", "TARGETS", "Timed", "Unavailable",
            "CE_FULL_SIZE", "CONTRASTIVE", "CROSS_ENTROPY", "CROSS_ENTROPY_FEW_CLASSES",
-           "CROSS_ENTROPY_SMALL", "ELEMENTWISE", "format_report", "have_matplotlib",
+           "CROSS_ENTROPY_SMALL", "ELEMENTWISE", "ELEMENTWISE_SMALL", "CONTRASTIVE_PIECES",
+           "format_report", "grid_cells", "have_matplotlib",
            "cpu_model", "machine_info", "main", "plot_reports", "run"]

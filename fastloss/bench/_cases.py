@@ -44,6 +44,18 @@ def _ce_fused_out(inputs, threads):
         logits, target, out=buffer, num_threads=threads))
 
 
+def _one_thread(setup):
+    """``setup``'s call on one thread, whatever the run's count: beside the row on the
+    run's threads it makes the speed-up from threads a ratio of the table."""
+    def one_thread(inputs, threads):
+        timed = setup(inputs, 1)
+        if timed is not None:
+            timed.note = "num_threads=1 (the row above it: the run's threads)"
+        return timed
+
+    return one_thread
+
+
 def _ce_fused_in_place(inputs, threads):
     logits, target, work = inputs["logits"], inputs["target"], inputs["work"]
     # Each call overwrites `work` with the gradient; restore the logits (untimed) so
@@ -214,15 +226,18 @@ def _ce_torch_forward(inputs, threads):
 
 # The size of the cross-entropy targets: 4096 tokens over GPT-2's vocabulary.
 CE_FULL_SIZE = (4096, 50257)
+CE_FUSED = "fastloss value_and_grad (out= preallocated)"
+CE_ONE_THREAD = "fastloss value_and_grad (out= preallocated, num_threads=1)"
 
 CROSS_ENTROPY = Family(
     name="cross_entropy",
     title="cross-entropy (mean, hard targets)",
     make_inputs=_ce_inputs,
-    sizes={"full": CE_FULL_SIZE, "quick": (1024, 50257)},
+    sizes={"full": CE_FULL_SIZE, "quick": (1024, 50257), "tiny": (16, 300)},
     size_names=("N", "C"),
     cases=(
         Case("fastloss value_and_grad (out= preallocated)", _ce_fused_out),
+        Case(CE_ONE_THREAD, _one_thread(_ce_fused_out)),
         Case("fastloss value_and_grad (out=logits, in place)", _ce_fused_in_place),
         Case("fastloss forward", _ce_forward, read_only=True),
         Case("fastloss grad from lse", _ce_grad_from_lse),
@@ -250,7 +265,7 @@ CROSS_ENTROPY_FEW_CLASSES = Family(
     title="cross-entropy with few classes (mean, hard targets)",
     make_inputs=_ce_inputs,
     # 2.6 MB of logits: the full size is quick enough for --quick too
-    sizes={"full": FEW_CLASSES_SIZE, "quick": FEW_CLASSES_SIZE},
+    sizes={"full": FEW_CLASSES_SIZE, "quick": FEW_CLASSES_SIZE, "tiny": (64, 10)},
     size_names=("N", "C"),
     cases=(
         Case("fastloss value_and_grad (out= preallocated)", _ce_fused_out),
@@ -331,9 +346,8 @@ def _ew_arrays(inputs, entry, target_key=None):
 
 
 def _ew_fused(entry, target_key=None):
-    function = getattr(fastloss, f"{entry.name}_value_and_grad")
-
     def setup(inputs, threads):
+        function = getattr(fastloss, f"{entry.name}_value_and_grad")
         arrays, buffer = _ew_arrays(inputs, entry, target_key), inputs["buffer"]
         return Timed(lambda: function(*arrays, out=buffer, num_threads=threads))
 
@@ -341,9 +355,8 @@ def _ew_fused(entry, target_key=None):
 
 
 def _ew_forward(entry):
-    function = getattr(fastloss, entry.name)
-
     def setup(inputs, threads):
+        function = getattr(fastloss, entry.name)
         arrays = _ew_arrays(inputs, entry)
         return Timed(lambda: function(*arrays, num_threads=threads))
 
@@ -351,9 +364,8 @@ def _ew_forward(entry):
 
 
 def _ew_reference(entry):
-    function = getattr(reference, f"{entry.name}_value_and_grad")
-
     def setup(inputs, threads):
+        function = getattr(reference, f"{entry.name}_value_and_grad")
         arrays = _ew_arrays(inputs, entry)
         n = arrays[0].size
         count = min(n, REFERENCE_ELEMENTS)
@@ -417,33 +429,53 @@ def _ew_forward_backward(entry, adapter):
 
 
 def _torch_rows(adapter):
+    """torch's forward+backward of every entry with a torch counterpart, or (``adapter``)
+    fastloss.torch's of every entry with a torch form."""
     for entry in ELEMENTWISE_ENTRIES:
-        if entry.torch is None or (not adapter and not _has_torch_counterpart(entry)):
+        if not (_has_adapter(entry) if adapter else _has_torch_counterpart(entry)):
             continue
-        name = (f"fastloss.torch.{entry.torch.function}" if adapter
-                else f"torch {entry.torch.function}")
-        yield Case(f"{name} forward+backward", _ew_forward_backward(entry, adapter),
+        yield Case(_ew_torch_name(entry, adapter), _ew_forward_backward(entry, adapter),
                    requires="torch")
 
 
 EW_FULL_SIZE = (1 << 25,)
+# The entry whose speed-up from threads and NumPy reference the table shows.
+EW_THREADS_ENTRY = _registry.LOSSES["huber"]
+
+
+def _ew_fused_name(entry):
+    return f"fastloss {entry.name} value_and_grad (out= preallocated)"
+
+
+def _ew_torch_name(entry, adapter):
+    """The torch row's name (``adapter``: fastloss.torch's) of an entry with that row."""
+    prefix = "fastloss.torch." if adapter else "torch "
+    return f"{prefix}{entry.torch.function} forward+backward"
+
+
+EW_ONE_THREAD = (f"fastloss {EW_THREADS_ENTRY.name} value_and_grad (out= preallocated, "
+                 f"num_threads=1)")
+
+
+def _has_adapter(entry):
+    return entry.torch is not None and bool(entry.torch.function)
+
 
 ELEMENTWISE = Family(
     name="elementwise",
     title="regression and binary losses (mean)",
     make_inputs=_ew_inputs,
-    sizes={"full": EW_FULL_SIZE, "quick": (1 << 22,)},
+    sizes={"full": EW_FULL_SIZE, "quick": (1 << 22,), "tiny": (3000,)},
     size_names=("n",),
     cases=(
-        *(Case(f"fastloss {entry.name} value_and_grad (out= preallocated)", _ew_fused(entry))
-          for entry in ELEMENTWISE_ENTRIES),
+        *(Case(_ew_fused_name(entry), _ew_fused(entry)) for entry in ELEMENTWISE_ENTRIES),
+        Case(EW_ONE_THREAD, _one_thread(_ew_fused(EW_THREADS_ENTRY))),
         Case("fastloss bce_with_logits value_and_grad (soft targets)",
              _ew_fused(_registry.LOSSES["bce_with_logits"], "soft_labels")),
-        Case("fastloss huber forward", _ew_forward(_registry.LOSSES["huber"]), read_only=True),
-        Case("fastloss bce_with_logits forward", _ew_forward(_registry.LOSSES["bce_with_logits"]),
-             read_only=True),
-        Case(f"numpy reference huber value_and_grad (float64, {REFERENCE_ELEMENTS} elements "
-             f"scaled to n)", _ew_reference(_registry.LOSSES["huber"])),
+        *(Case(f"fastloss {entry.name} forward", _ew_forward(entry), read_only=True)
+          for entry in ELEMENTWISE_ENTRIES),
+        Case(f"numpy reference {EW_THREADS_ENTRY.name} value_and_grad (float64, "
+             f"{REFERENCE_ELEMENTS} elements scaled to n)", _ew_reference(EW_THREADS_ENTRY)),
         Case("np.copyto (pred -> buffer)", _ew_copy, role="copy"),
         Case("pred.max()", _ew_read, role="read", read_only=True),
         *_torch_rows(adapter=False),
@@ -451,19 +483,30 @@ ELEMENTWISE = Family(
     ),
 )
 
+
+def _speed_up_from_threads(label, one_thread, all_threads, copy, copy_bound, size):
+    """The speed-up from the run's threads (at least 2) over one, >= 1.6: unless one
+    thread is already within the family's own bound on copy (the memory system, not the
+    cores, is then the limit)."""
+    return Target(f"{label}: 1 thread / all threads >= 1.6", one_thread, all_threads, 1.6,
+                  "min", size, min_threads=2,
+                  unless=Target(f"1 thread / copy <= {copy_bound:g}", one_thread, copy,
+                                copy_bound, "max", size))
+
+
 # The performance targets (BENCHMARKS.md lists them with their reasons), each judged at
 # the size it is set for. Printed under the table; never an error.
 _ADAPTER = "fastloss.torch.cross_entropy forward+backward"
 TARGETS = {
     "cross_entropy": (
-        Target("fused (out=) / copy <= 1.3", "fastloss value_and_grad (out= preallocated)",
-               "np.copyto (logits -> buffer)", 1.3, "max", CE_FULL_SIZE),
+        Target("fused (out=) / copy <= 1.3", CE_FUSED, "np.copyto (logits -> buffer)", 1.3,
+               "max", CE_FULL_SIZE),
         Target("forward / max <= 1.5", "fastloss forward", "logits.max()", 1.5, "max",
                CE_FULL_SIZE),
-        Target("grad from lse / fused <= 1.1", "fastloss grad from lse",
-               "fastloss value_and_grad (out= preallocated)", 1.1, "max", CE_FULL_SIZE),
+        Target("grad from lse / fused <= 1.1", "fastloss grad from lse", CE_FUSED, 1.1, "max",
+               CE_FULL_SIZE),
         Target("torch fwd+bwd / fused >= 15", "torch F.cross_entropy forward+backward",
-               "fastloss value_and_grad (out= preallocated)", 15.0, "min", CE_FULL_SIZE),
+               CE_FUSED, 15.0, "min", CE_FULL_SIZE),
         Target("adapter fwd+bwd / copy <= 1.6", _ADAPTER, "np.copyto (logits -> buffer)",
                1.6, "max", CE_FULL_SIZE),
         Target("adapter in place / copy <= 1.35", f"{_ADAPTER} (inplace_backward=True)",
@@ -472,27 +515,33 @@ TARGETS = {
                _ADAPTER, 5.0, "min", CE_FULL_SIZE),
         Target("torch.compile / adapter >= 3", "torch.compile(F.cross_entropy) forward+backward",
                _ADAPTER, 3.0, "min", CE_FULL_SIZE),
+        _speed_up_from_threads("fused", CE_ONE_THREAD, CE_FUSED,
+                               "np.copyto (logits -> buffer)", 1.3, CE_FULL_SIZE),
     ),
     "cross_entropy_few_classes": (
-        Target("fused (out=) / copy <= 3", "fastloss value_and_grad (out= preallocated)",
-               "np.copyto (logits -> buffer)", 3.0, "max", FEW_CLASSES_SIZE),
+        Target("fused (out=) / copy <= 3", CE_FUSED, "np.copyto (logits -> buffer)", 3.0,
+               "max", FEW_CLASSES_SIZE),
     ),
     # Three streams (pred, target, gradient) against copy's two: 1.5x is the limit.
-    "elementwise": tuple(
-        target
-        for entry in ELEMENTWISE_ENTRIES
-        for target in (
-            Target(f"{entry.name} / copy <= 2",
-                   f"fastloss {entry.name} value_and_grad (out= preallocated)",
-                   "np.copyto (pred -> buffer)", 2.0, "max", EW_FULL_SIZE),
-            *((Target(f"torch {entry.name} / fastloss >= 5",
-                      f"torch {entry.torch.function} forward+backward",
-                      f"fastloss {entry.name} value_and_grad (out= preallocated)", 5.0, "min",
-                      EW_FULL_SIZE),) if _has_torch_counterpart(entry) else ()),
-        )
+    "elementwise": (
+        *(target
+          for entry in ELEMENTWISE_ENTRIES
+          for target in (
+              Target(f"{entry.name} / copy <= 2", _ew_fused_name(entry),
+                     "np.copyto (pred -> buffer)", 2.0, "max", EW_FULL_SIZE),
+              *((Target(f"torch {entry.name} / fastloss >= 5", _ew_torch_name(entry, False),
+                        _ew_fused_name(entry), 5.0, "min", EW_FULL_SIZE),)
+                if _has_torch_counterpart(entry) else ()),
+              # the drop-in adapter, the path torch users take
+              *((Target(f"torch {entry.name} / adapter >= 5", _ew_torch_name(entry, False),
+                        _ew_torch_name(entry, True), 5.0, "min", EW_FULL_SIZE),)
+                if _has_torch_counterpart(entry) and _has_adapter(entry) else ()),
+          )),
+        _speed_up_from_threads(EW_THREADS_ENTRY.name, EW_ONE_THREAD,
+                               _ew_fused_name(EW_THREADS_ENTRY), "np.copyto (pred -> buffer)",
+                               2.0, EW_FULL_SIZE),
     ),
 }
-
 
 # ----------------------------------------------------------------------------------------
 # Contrastive: all pairs of a batch, and InfoNCE / triplet on the same embeddings
@@ -675,7 +724,7 @@ CONTRASTIVE = Family(
     name="contrastive",
     title="contrastive_pairwise (euclidean, mean; 41 rows per class), info_nce, triplet_margin",
     make_inputs=_cp_inputs,
-    sizes={"full": CP_FULL_SIZE, "quick": (1024, 768)},
+    sizes={"full": CP_FULL_SIZE, "quick": (1024, 768), "tiny": (64, 16)},
     size_names=("N", "D"),
     cases=(
         Case("fastloss contrastive_pairwise value_and_grad (out= preallocated)",
@@ -712,6 +761,96 @@ TARGETS[CONTRASTIVE.name] = (
 
 
 # ----------------------------------------------------------------------------------------
+# The pieces of contrastive_pairwise: the sweeps behind its two tuned constants
+# ----------------------------------------------------------------------------------------
+
+# The strip heights timed for the Gram product (GRAM_STRIP_ROWS), and the densities of
+# the coefficient matrix for the backward product (SPARSE_PRODUCT_DENSITY).
+GRAM_STRIPS = (256, 512, 1024, 2048, None)
+SPARSE_DENSITIES = ((1, 64), (1, 32), (1, 16), (1, 8), (1, 4))
+
+
+def _gram_by_strip_height(strip_rows):
+    """The float64 Gram product of the centred rows, strip by strip on and right of the
+    diagonal, with ``strip_rows`` rows per strip (None: one product)."""
+    def setup(inputs, threads):
+        from fastloss import _all_pairs
+
+        pairs = _all_pairs._AllPairs(inputs["x"], None, "euclidean", threads, False)
+        rows = strip_rows or max(1, inputs["x"].shape[0])
+
+        def call():
+            saved = _all_pairs.GRAM_STRIP_ROWS
+            _all_pairs.GRAM_STRIP_ROWS = rows
+            try:
+                return pairs.gram()
+            finally:
+                _all_pairs.GRAM_STRIP_ROWS = saved
+
+        default = strip_rows == _all_pairs.GRAM_STRIP_ROWS
+        return Timed(call, note="GRAM_STRIP_ROWS, the default" if default else "")
+
+    return setup
+
+
+def _coefficients(inputs, density):
+    """An N x N float32 coefficient matrix with this fraction of nonzeros, and its mask of
+    nonzeros (bits, 64 to a word), made once per input set."""
+    key = ("coefficients", density)
+    if key not in inputs:
+        n_rows = inputs["x"].shape[0]
+        rng = np.random.default_rng(1)
+        coefficients = rng.standard_normal((n_rows, n_rows), dtype=np.float32)
+        coefficients[rng.random((n_rows, n_rows), dtype=np.float32) >= density] = 0
+        bits = np.packbits(coefficients != 0, axis=1, bitorder="little")
+        words = -(-n_rows // 64)
+        bits = np.pad(bits, ((0, 0), (0, words * 8 - bits.shape[1])))
+        inputs[key] = coefficients, np.ascontiguousarray(bits).view(np.uint64)
+    return inputs[key]
+
+
+def _dense_product(inputs, threads):
+    coefficients, _ = _coefficients(inputs, 1.0)
+    x = inputs["x"]
+    return Timed(lambda: coefficients @ x, note="BLAS, whatever the density")
+
+
+def _sparse_product(fraction):
+    def setup(inputs, threads):
+        from fastloss import _all_pairs, _kernels
+
+        density = fraction[0] / fraction[1]
+        coefficients, mask = _coefficients(inputs, density)
+        rows = inputs["x"]
+        product = np.zeros_like(rows)
+        chosen = density <= _all_pairs.SPARSE_PRODUCT_DENSITY
+        return Timed(lambda: _kernels.dist_sparse_product(mask, coefficients, rows, product,
+                                                          threads),
+                     note="what contrastive_pairwise takes at this density" if chosen else "")
+
+    return setup
+
+
+CONTRASTIVE_PIECES = Family(
+    name="contrastive_pieces",
+    title="the pieces of contrastive_pairwise: the Gram product by strip height "
+          "(GRAM_STRIP_ROWS), the backward product W @ x by density (SPARSE_PRODUCT_DENSITY)",
+    make_inputs=_cp_inputs,
+    sizes={"full": CP_FULL_SIZE, "quick": (1024, 768), "tiny": (64, 16)},
+    size_names=("N", "D"),
+    cases=(
+        *(Case(f"Gram product (float64), strips of {rows} rows" if rows else
+               "Gram product (float64), one product", _gram_by_strip_height(rows))
+          for rows in GRAM_STRIPS),
+        Case("W @ x (BLAS, dense W)", _dense_product),
+        *(Case(f"sparse W @ x, density {low}/{high}", _sparse_product((low, high)))
+          for low, high in SPARSE_DENSITIES),
+        Case("x @ x.T (float32 matmul)", _cp_matmul, role="copy"),
+    ),
+)
+
+
+# ----------------------------------------------------------------------------------------
 # Cross-entropy at small shapes: the adapter against torch, over a grid of shapes
 # ----------------------------------------------------------------------------------------
 
@@ -726,7 +865,10 @@ class Grid:
     1 and this process's default (or the one count given). A cell larger than
     ``max_elements`` ("full"/"quick") is skipped, and the report says so. Calls are short,
     so a cell takes as many rounds as fit in ``budget_s`` per case, at least ``repeats``
-    and at most ``max_rounds``. The targets (``TARGETS``, ``size=None``) hold per cell.
+    and at most ``max_rounds``. ``ratio`` names the (numerator, denominator) rows whose
+    ratio each line shows, and ``labels`` their short names (the denominator's first);
+    the targets (``TARGETS``, ``size=None``: on that ratio) hold per cell. ``note`` is
+    printed under the table.
     """
 
     name: str
@@ -739,7 +881,31 @@ class Grid:
     max_elements: dict
     repeats: dict
     budget_s: dict
+    ratio: tuple
+    labels: tuple
     max_rounds: int = 1000
+    note: str = ""
+
+
+def grid_cells(grid, mode, threads=None, size=None):
+    """The cells of ``grid`` in ``mode`` ("full", "quick" or "tiny"): the runnable ones
+    as (size, dtype, threads), and those over ``max_elements`` as (size, dtype, threads,
+    elements). ``threads``: one count (default: 1 and this process's default);
+    ``size``: one cell's size instead of the mode's axes."""
+    import itertools
+
+    axes = tuple((value,) for value in size) if size is not None else grid.sizes[mode]
+    counts = [threads] if threads is not None else sorted({1, fastloss.get_num_threads()})
+    cells, too_large = [], []
+    for dtype in grid.dtypes[mode]:
+        for count in counts:
+            for cell_size in itertools.product(*axes):
+                elements = int(np.prod(cell_size))
+                if elements > grid.max_elements[mode]:
+                    too_large.append((cell_size, dtype, count, elements))
+                else:
+                    cells.append((cell_size, dtype, count))
+    return cells, too_large
 
 
 def _grid_ce_inputs(size, dtype):
@@ -760,18 +926,23 @@ CROSS_ENTROPY_SMALL = Grid(
           "forward+backward (mean, hard targets)",
     make_inputs=_grid_ce_inputs,
     sizes={"full": ((1, 32, 256, 4096, 65536), (2, 10, 100, 1000, 50257)),
-           "quick": ((1, 32, 256, 4096), (2, 10, 100, 1000, 50257))},
+           "quick": ((1, 32, 256, 4096), (2, 10, 100, 1000, 50257)),
+           "tiny": ((1, 32), (2, 10))},
     size_names=("N", "C"),
     cases=(
         Case(_ADAPTER, _ce_adapter_forward_backward, requires="torch"),
         Case("torch F.cross_entropy forward+backward", _ce_torch_forward_backward,
              requires="torch"),
     ),
-    dtypes={"full": ("float32", "float64"), "quick": ("float32",)},
+    dtypes={"full": ("float32", "float64"), "quick": ("float32",), "tiny": ("float32",)},
     # --quick leaves out the cells above 2**24 elements (N=4096, C=50257: a second each)
-    max_elements={"full": GRID_MAX_ELEMENTS, "quick": 1 << 24},
-    repeats={"full": 5, "quick": 3},
-    budget_s={"full": 0.25, "quick": 0.1},
+    max_elements={"full": GRID_MAX_ELEMENTS, "quick": 1 << 24, "tiny": 1 << 10},
+    repeats={"full": 5, "quick": 3, "tiny": 1},
+    budget_s={"full": 0.25, "quick": 0.1, "tiny": 0.0},
+    ratio=("torch F.cross_entropy forward+backward", _ADAPTER),
+    labels=("adapter", "torch"),
+    note="torch.from_numpy inputs; backward into a fresh .grad; torch.set_num_threads as "
+         "the cell's threads",
 )
 
 TARGETS[CROSS_ENTROPY_SMALL.name] = (
@@ -779,5 +950,32 @@ TARGETS[CROSS_ENTROPY_SMALL.name] = (
            _ADAPTER, 1.0, "min", None),
 )
 
+
+
+# ----------------------------------------------------------------------------------------
+# Elementwise losses at small sizes: the fixed costs of a call
+# ----------------------------------------------------------------------------------------
+
+ELEMENTWISE_SMALL = Grid(
+    name="elementwise_small",
+    title=f"{EW_THREADS_ENTRY.name} at small sizes: fixed costs of a call against np.copyto",
+    make_inputs=_ew_inputs,
+    sizes={"full": ((1000, 1 << 15),), "quick": ((1000, 1 << 15),), "tiny": ((1000,),)},
+    size_names=("n",),
+    cases=(
+        Case(_ew_fused_name(EW_THREADS_ENTRY), _ew_fused(EW_THREADS_ENTRY)),
+        Case("np.copyto (pred -> buffer)", _ew_copy, role="copy"),
+    ),
+    dtypes={"full": ("float32",), "quick": ("float32",), "tiny": ("float32",)},
+    max_elements={"full": 1 << 15, "quick": 1 << 15, "tiny": 1 << 15},
+    repeats={"full": 20, "quick": 10, "tiny": 1},
+    budget_s={"full": 0.1, "quick": 0.05, "tiny": 0.0},
+    ratio=(_ew_fused_name(EW_THREADS_ENTRY), "np.copyto (pred -> buffer)"),
+    labels=("copy", EW_THREADS_ENTRY.name),
+    note="no target: where fixed costs (argument checks, a parallel region) stand against "
+         "the bytes moved",
+)
+
 FAMILIES = {family.name: family for family in (
-    CROSS_ENTROPY, CROSS_ENTROPY_FEW_CLASSES, CROSS_ENTROPY_SMALL, ELEMENTWISE, CONTRASTIVE)}
+    CROSS_ENTROPY, CROSS_ENTROPY_FEW_CLASSES, CROSS_ENTROPY_SMALL, ELEMENTWISE,
+    ELEMENTWISE_SMALL, CONTRASTIVE, CONTRASTIVE_PIECES)}

@@ -75,18 +75,20 @@ def plot_reports(reports, path):
 
 
 def _plot_grid(axes, report):
-    """A grid's bars: torch's time over the adapter's, per cell (above 1: faster)."""
+    """A grid's bars: its ratio per cell (e.g. torch's time over the adapter's)."""
+    from fastloss.bench._cases import FAMILIES
+
+    low, high = FAMILIES[report["config"]["family"]].labels
     rows = [row for row in report["results"] if row["ratio"] is not None]
     names = [row["name"] for row in rows][::-1]
     ratios = [row["ratio"] for row in rows][::-1]
-    colors = ["tab:blue" if row["met"] else "tab:red" for row in rows][::-1]
+    colors = ["tab:red" if row["met"] is False else "tab:blue" for row in rows][::-1]
     bars = axes.barh(names, ratios, color=colors)
     axes.bar_label(bars, labels=[f"{ratio:.2f}x" for ratio in ratios], padding=3, fontsize=7)
     axes.set_xscale("log")
     axes.axvline(1.0, color="black", linewidth=0.8)
     axes.tick_params(axis="y", labelsize=7)
     axes.set_title(textwrap.fill(report["config"]["title"], 60), fontsize=10, loc="left")
-    axes.set_xlabel("torch median / fastloss.torch median (log scale; above 1: fastloss "
-                    "faster)", fontsize=8)
+    axes.set_xlabel(f"{high} median / {low} median (log scale)", fontsize=8)
     if ratios:
         axes.set_xlim(min(min(ratios), 1.0) / 1.5, max(max(ratios), 1.0) * 3)

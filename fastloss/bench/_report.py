@@ -1,6 +1,6 @@
 """The printed tables under each family, with its targets."""
 
-from fastloss.bench._cases import TARGETS
+from fastloss.bench._cases import FAMILIES
 
 
 
@@ -26,13 +26,17 @@ def _format_targets(report):
         return []
     lines = ["", "Targets (medians; BENCHMARKS.md gives each one and its reason):"]
     not_judged = sorted({tuple(entry["judged_at"]) for entry in targets
-                         if not entry["judged"] and entry["judged_at"]})
+                         if not entry["judged"] and entry["judged_at"]
+                         and "not_judged" not in entry})
     for entry in targets:
         ratio = f"{entry['ratio']:7.2f}" if entry["ratio"] is not None else " " * 7
         if entry["ratio"] is None:
             verdict = f"not measured ({entry.get('not_measured', '')})"
         elif not entry["judged"]:
-            verdict = "not judged at this size"
+            verdict = f"not judged: {entry['not_judged']}" if "not_judged" in entry else \
+                "not judged at this size"
+        elif entry.get("exempt"):
+            verdict = f"met (exempt: {entry['exempt']})"
         else:
             verdict = "met" if entry["met"] else "MISSED"
         if "cells" in entry and entry["ratio"] is not None:
@@ -103,12 +107,13 @@ def _format_grid_report(report):
         f"after a warm-up call; load average at start {machine['load_average_1min']}",
         "",
     ]
-    target = TARGETS[cfg["family"]][0]
-    names = (target.denominator, target.numerator)  # the adapter's row, then torch's
+    grid = FAMILIES[cfg["family"]]
+    names = grid.ratio[::-1]  # the denominator's row, then the numerator's
+    low, high = grid.labels
     size_names = list(cfg["grid"])
     header = "".join(f"{key:>7}" for key in size_names)
-    lines.append(f"{header}  {'dtype':<8} {'threads':>7}  {'adapter ms':>10}  "
-                 f"{'torch ms':>10}  {'torch/adapter':>13}  rounds")
+    lines.append(f"{header}  {'dtype':<8} {'threads':>7}  {low + ' ms':>10}  "
+                 f"{high + ' ms':>10}  {high + '/' + low:>13}  rounds")
     lines.append("-" * (len(header) + 72))
     for row in report["results"]:
         sizes = "".join(f"{row[key]:>7}" for key in size_names)
@@ -116,12 +121,12 @@ def _format_grid_report(report):
                    for name in names]
         cells = "  ".join(_ms(value) if value is not None else " " * 10 for value in medians)
         ratio = f"{row['ratio']:13.2f}" if row["ratio"] is not None else " " * 13
-        verdict = "" if row["met"] is None else ("" if row["met"] else "  slower than torch")
+        verdict = "" if row["met"] is None else ("" if row["met"] else "  MISSED")
         lines.append(f"{sizes}  {row['dtype']:<8} {row['threads']:>7}  {cells}  {ratio}  "
                      f"{row['rounds']:>6}{verdict}")
     lines.append("")
-    lines.append(f"  adapter: {names[0]}; torch: {names[1]} (torch.from_numpy inputs; "
-                 f"backward into a fresh .grad; torch.set_num_threads as the cell's threads)")
+    lines.append(f"  {low}: {names[0]}; {high}: {names[1]}"
+                 + (f" ({grid.note})" if grid.note else ""))
     if report["skipped"]:
         lines.append("")
         lines.extend(f"  skipped: {row['name']}: {row['skipped']}" for row in report["skipped"])

@@ -10,7 +10,7 @@ import numpy as np
 
 import fastloss
 from fastloss._config import config
-from fastloss.bench._cases import FAMILIES, Grid, TARGETS, _torch
+from fastloss.bench._cases import FAMILIES, Grid, TARGETS, _torch, grid_cells
 from fastloss.bench._types import Unavailable
 
 
@@ -134,18 +134,35 @@ def machine_info():
     }
 
 
-def _judge(family_name, size, by_name, skipped_names):
-    """The targets of a family, for a run at ``size``: judged where set, else shown."""
+def _ratio(target, by_name):
+    """``target``'s ratio of medians, or None when a row of it did not run."""
+    if target.numerator in by_name and target.denominator in by_name:
+        return by_name[target.numerator]["median_ms"] / by_name[target.denominator]["median_ms"]
+    return None
+
+
+def _judge(family_name, size, by_name, skipped_names, threads=None):
+    """The targets of a family, for a run at ``size`` on ``threads`` (default: this
+    process's): judged where set, else shown, with the reason it is not judged."""
+    threads = fastloss.get_num_threads() if threads is None else threads
     targets = []
     for target in TARGETS.get(family_name, ()):
         entry = {"target": target.text, "ratio": None, "met": None,
                  "judged": target.size is None or tuple(size) == tuple(target.size),
                  "judged_at": None if target.size is None else list(target.size)}
-        if target.numerator in by_name and target.denominator in by_name:
-            entry["ratio"] = (by_name[target.numerator]["median_ms"]
-                              / by_name[target.denominator]["median_ms"])
+        if entry["judged"] and threads < target.min_threads:
+            entry["judged"] = False
+            entry["not_judged"] = (f"needs >= {target.min_threads} threads, ran with "
+                                   f"{threads}")
+        ratio = _ratio(target, by_name)
+        if ratio is not None:
+            entry["ratio"] = ratio
             if entry["judged"]:
-                entry["met"] = target.met(entry["ratio"])
+                entry["met"] = target.met(ratio)
+                exempting = _ratio(target.unless, by_name) if target.unless else None
+                if not entry["met"] and exempting is not None and target.unless.met(exempting):
+                    entry["met"] = True
+                    entry["exempt"] = f"{target.unless.text}: {exempting:.2f}"
         else:
             missing = [name for name in (target.numerator, target.denominator)
                        if name not in by_name]
@@ -242,7 +259,7 @@ def run(family_name="cross_entropy", *, quick=False, size=None, threads=None, re
         results.append(row)
     by_name = {row["name"]: row for row in results}
     targets = _judge(family.name, size, by_name,
-                     {row["name"]: row["skipped"] for row in skipped})
+                     {row["name"]: row["skipped"] for row in skipped}, threads)
 
     return {
         "machine": machine,
@@ -265,8 +282,6 @@ def run(family_name="cross_entropy", *, quick=False, size=None, threads=None, re
 
 def _run_grid(grid, *, quick, size, threads, repeat, progress, torch_compile):
     """Time a Grid cell by cell; the report has one result per cell."""
-    import itertools
-
     machine = machine_info()
     mode = "quick" if quick else "full"
     if size is not None:
@@ -281,17 +296,7 @@ def _run_grid(grid, *, quick, size, threads, repeat, progress, torch_compile):
     min_rounds = repeat if repeat is not None else grid.repeats[mode]
     budget = grid.budget_s[mode]
     max_elements = grid.max_elements[mode]
-    numerator, denominator = TARGETS[grid.name][0].numerator, TARGETS[grid.name][0].denominator
-
-    cells, too_large = [], []
-    for dtype in dtypes:
-        for count in thread_counts:
-            for cell_size in itertools.product(*axes):
-                elements = int(np.prod(cell_size))
-                if elements > max_elements:
-                    too_large.append((cell_size, dtype, count, elements))
-                else:
-                    cells.append((cell_size, dtype, count))
+    cells, too_large = grid_cells(grid, mode, threads, size)
 
     results, skipped = [], []
     cap = f"2**{max_elements.bit_length() - 1}"
@@ -315,7 +320,7 @@ def _run_grid(grid, *, quick, size, threads, repeat, progress, torch_compile):
             if runnable:
                 with _torch_threads(count):
                     results.append(_time_cell(grid, name, cell_size, dtype, count, runnable,
-                                              min_rounds, budget, numerator, denominator))
+                                              min_rounds, budget))
             del inputs, runnable
             gc.collect()
             bar.update()
@@ -323,18 +328,21 @@ def _run_grid(grid, *, quick, size, threads, repeat, progress, torch_compile):
         bar.close()
 
     judged = [row for row in results if row["ratio"] is not None]
-    target = TARGETS[grid.name][0]
-    targets = [{
-        "target": f"{target.text}, every cell",
-        "ratio": min(row["ratio"] for row in judged) if judged else None,
-        "met": all(row["met"] for row in judged) if judged else None,
-        "judged": bool(judged),
-        "judged_at": None,
-        "cells": len(judged),
-        "cells_met": sum(row["met"] for row in judged),
-    }]
-    if not judged:
-        targets[0]["not_measured"] = "no cell ran both cases"
+    targets = []
+    for target in TARGETS.get(grid.name, ()):
+        worst = (min if target.sense == "min" else max)
+        entry = {
+            "target": f"{target.text}, every cell",
+            "ratio": worst(row["ratio"] for row in judged) if judged else None,
+            "met": all(target.met(row["ratio"]) for row in judged) if judged else None,
+            "judged": bool(judged),
+            "judged_at": None,
+            "cells": len(judged),
+            "cells_met": sum(target.met(row["ratio"]) for row in judged),
+        }
+        if not judged:
+            entry["not_measured"] = "no cell ran both cases"
+        targets.append(entry)
     return {
         "machine": machine,
         "config": {
@@ -361,8 +369,7 @@ def _cell_name(grid, cell_size, dtype, threads):
     return f"{size} {dtype} threads={threads}"
 
 
-def _time_cell(grid, name, cell_size, dtype, threads, runnable, min_rounds, budget,
-               numerator, denominator):
+def _time_cell(grid, name, cell_size, dtype, threads, runnable, min_rounds, budget):
     """One cell: a timed warm-up call per case sets the rounds, then the cases take turns."""
     quiet = _Progress(0, False)
     warm = _time_all([(case.name, timed) for case, timed in runnable], 1, 1, quiet)
@@ -376,9 +383,11 @@ def _time_cell(grid, name, cell_size, dtype, threads, runnable, min_rounds, budg
         row["cases"][case.name] = {"median_ms": statistics.median(case_times) * 1e3,
                                    "min_ms": min(case_times) * 1e3}
     cases = row["cases"]
+    numerator, denominator = grid.ratio
+    targets = TARGETS.get(grid.name, ())
     if numerator in cases and denominator in cases:
         row["ratio"] = cases[numerator]["median_ms"] / cases[denominator]["median_ms"]
-        row["met"] = TARGETS[grid.name][0].met(row["ratio"])
+        row["met"] = all(target.met(row["ratio"]) for target in targets) if targets else None
     else:
         row["ratio"] = row["met"] = None
     return row

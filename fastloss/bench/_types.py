@@ -75,6 +75,12 @@ class Target:
     at most (``sense="max"``) or at least (``"min"``) ``bound``. It is judged only at
     ``size``, the size it is set for; at other sizes (``--quick``) the ratio is shown
     for reference. ``size=None``: judged at every size (a grid's targets, set per cell).
+
+    ``min_threads``: judged only in a run with at least that many threads (a speed-up
+    from threads; the run's own thread count, so ``--threads 1`` shows it unjudged).
+    ``unless``: another target of the same run that, when met, exempts this one (the
+    speed-up from threads is not asked of a call that one thread already runs at the
+    memory system's limit); the report says "met (exempt: ...)".
     """
 
     text: str
@@ -83,6 +89,8 @@ class Target:
     bound: float
     sense: str
     size: Optional[tuple] = None
+    min_threads: int = 1
+    unless: Optional["Target"] = None
 
     def met(self, ratio):
         return ratio <= self.bound if self.sense == "max" else ratio >= self.bound
