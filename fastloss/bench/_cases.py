@@ -285,8 +285,11 @@ CROSS_ENTROPY_FEW_CLASSES = Family(
 # Regression and binary (elementwise) losses
 # ----------------------------------------------------------------------------------------
 
-# The losses the registry marks ``bench``, in its order.
-ELEMENTWISE_ENTRIES = tuple(entry for entry in _registry.family("elementwise") if entry.bench)
+# The losses the registry marks ``bench``, in its order: the elementwise family, and the
+# box losses (2**25 values are 2**23 pairs of boxes), with the same pool and baselines.
+ELEMENTWISE_ENTRIES = tuple(entry for entry in
+                            _registry.family("elementwise") + _registry.family("box")
+                            if entry.bench)
 ELEMENTWISE_LOSSES = tuple(entry.name for entry in ELEMENTWISE_ENTRIES)
 
 # The float64 reference is timed on this many elements and scaled, as for cross-entropy.
@@ -321,6 +324,17 @@ class _Pool(dict):
             value = rng.uniform(0.1, 3.0, n).astype(dtype)
         elif key == "counts":
             value = rng.poisson(2.0, n).astype(dtype)
+        elif key in ("boxes1", "boxes2"):
+            # n / 4 pairs of boxes (x1, y1, x2, y2), the second near the first
+            if key == "boxes2":
+                base = self["boxes1"]
+                shift = rng.normal(0.0, 1.5, (n // 4, 2)).astype(dtype)
+                value = base + np.concatenate([shift, shift], axis=1)
+                value[:, 2:] += rng.uniform(-0.25, 0.25, (n // 4, 2)).astype(dtype)
+            else:
+                corner = rng.uniform(0.0, 10.0, (n // 4, 2)).astype(dtype)
+                size = rng.uniform(0.5, 5.0, (n // 4, 2)).astype(dtype)
+                value = np.concatenate([corner, corner + size], axis=1)
         elif key == "buffer":
             value = np.empty(n, dtype=dtype)
             value.fill(0)  # every page touched before timing
@@ -348,7 +362,9 @@ def _ew_arrays(inputs, entry, target_key=None):
 def _ew_fused(entry, target_key=None):
     def setup(inputs, threads):
         function = getattr(fastloss, f"{entry.name}_value_and_grad")
-        arrays, buffer = _ew_arrays(inputs, entry, target_key), inputs["buffer"]
+        arrays = _ew_arrays(inputs, entry, target_key)
+        # the gradient buffer in the first input's shape ((n / 4, 4) for boxes)
+        buffer = inputs["buffer"][:arrays[0].size].reshape(arrays[0].shape)
         return Timed(lambda: function(*arrays, out=buffer, num_threads=threads))
 
     return setup
@@ -415,6 +431,7 @@ def _ew_forward_backward(entry, adapter):
             keywords = {"num_threads": threads}
         else:
             function, keywords = _torch_function(entry), {}
+        keywords["reduction"] = "mean"  # torchvision's functions default to "none"
         tensors = [torch.from_numpy(array) for array in _ew_arrays(inputs, entry)]
         tensors[0].requires_grad_(True)
 
@@ -463,7 +480,7 @@ def _has_adapter(entry):
 
 ELEMENTWISE = Family(
     name="elementwise",
-    title="regression and binary losses (mean)",
+    title="elementwise and box losses (mean)",
     make_inputs=_ew_inputs,
     sizes={"full": EW_FULL_SIZE, "quick": (1 << 22,), "tiny": (3000,)},
     size_names=("n",),
