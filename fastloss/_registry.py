@@ -572,13 +572,13 @@ def pinball_inputs(rng, dtype, params, shape):
 
 
 def _gaussian_prepare(arrays, options):
-    """torch's rules for var: non-negative; the input's shape, or the input's without
-    its last axis (given a trailing axis), or the input's number of axes with one
-    mismatched axis, of size 1."""
+    """torch's rules for var: non-negative; a number, or the input's shape, or the
+    input's without its last axis (given a trailing axis), or the input's number of axes
+    with one mismatched axis, of size 1."""
     input, target, var = arrays
     if np.any(var < 0):
         raise ValueError("var: has negative entries (a variance is >= 0)")
-    if var.shape != input.shape:
+    if var.shape != input.shape and var.ndim:  # a number is every element's variance
         if input.ndim and var.shape == input.shape[:-1]:
             var = var[..., np.newaxis]
         elif not (var.ndim == input.ndim and sum(
