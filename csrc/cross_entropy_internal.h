@@ -78,6 +78,7 @@ typedef struct ce_row_coef {
     double max;      /* M and 1 / S of the row (fused path) */
     double inv_sum;
     double complement; /* 1 - p_t of the hard target, = excl / S */
+    double p_target;   /* p_t itself, exp(y_t - lse): exact where p_t is small */
     double alpha;  /* multiplies softmax_c: the cross-entropy part */
     double alpha_z; /* multiplies softmax_c: the z-loss part, added last (see ce_row_grad) */
     double gamma;  /* multiplies u_c */

@@ -379,6 +379,10 @@ FASTLOSS_INLINE void ROW(ce_coefficients)(const ce_call *call, const ce_row_stat
     coef->max = stats->max;
     coef->inv_sum = 1.0 / stats->sum;
     coef->complement = stats->excl / stats->sum;
+    /* y_t - lse <= 0 (a rounding above 0 is clamped; NaN stays NaN: fmin prefers the
+     * number, so a NaN row is caught by `finite` below) */
+    const double target_gap = target_logit - lse;
+    coef->p_target = fastloss_exp_nonpositive(target_gap < 0.0 ? target_gap : 0.0);
     coef->ce_scale = ce_scale;
     /* A row whose log-sum-exp is not finite (+inf or NaN logit, or every logit
      * -inf) has no softmax: its loss and gradient are NaN, as in torch. */
@@ -396,18 +400,23 @@ FASTLOSS_INLINE void ROW(ce_coefficients)(const ce_call *call, const ce_row_stat
  * alpha p - gamma u (whose terms can cancel exactly, e.g. one class with
  * smoothing):
  *   ce_scale [(1 - eps) w_t (p_t - 1) + eps / C (W p_t - w_t)] + z part,
- * with p_t - 1 = -(the others' share of S): exact when p_t is nearly 1.
+ * with p_t - 1 = -(the others' share of S): exact when p_t is nearly 1.  p_t
+ * itself is 1 - that share where p_t >= 1/2 (an absolute error of an ulp of 1
+ * is then a relative one), and exp(y_t - lse) below: 1 - share would lose the
+ * digits of a small p_t, which eps / C (W p_t - w_t) then cancels (full label
+ * smoothing, a target class about as likely as the others).
  */
 FASTLOSS_INLINE double ROW(ce_target_grad)(const ce_call *call, const ce_row_coef *coef,
                                            double target_weight)
 {
     const double p_minus_1 = -coef->complement;
+    const double p_t = coef->p_target < 0.5 ? coef->p_target : p_minus_1 + 1.0;
     const double eps = call->smoothing;
     const double plain = (1.0 - eps) * target_weight * p_minus_1;
     const double smoothed =
-        plain + eps / (double)call->n_classes * (call->weight_total * (p_minus_1 + 1.0) - target_weight);
+        plain + eps / (double)call->n_classes * (call->weight_total * p_t - target_weight);
     const double ce_t = eps > 0.0 ? smoothed : plain;
-    return coef->ce_scale * ce_t + coef->alpha_z * (p_minus_1 + 1.0);
+    return coef->ce_scale * ce_t + coef->alpha_z * p_t;
 }
 
 /*
