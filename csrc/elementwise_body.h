@@ -7,8 +7,10 @@
  * (double) with EW_WIDE_ABS, EW_WIDE_EXP_NONPOSITIVE and EW_WIDE_LOG1P_UNIT,
  * and, for float32 only, EW_BCE_SLOPE_CHECK.
  *
- * Every per-element term is computed in REAL, except bce_with_logits slopes
- * that float32 cannot give to the contract (see there); sums accumulate in double.
+ * Every per-element term of the regression losses and pinball is computed in
+ * REAL, except bce_with_logits slopes that float32 cannot give to the contract
+ * (see there); sigmoid_focal, margin_ranking, poisson_nll and gaussian_nll
+ * compute in WIDE (double) and round once (see each); sums accumulate in double.
  */
 
 /* ---------------------------------------------------------------------------
@@ -321,8 +323,11 @@ typedef struct EW(pair_s) {
  * the formula gives NaN there for 0 < gamma < 1 (0 * 0**(gamma - 1) = 0 * inf),
  * a deliberate difference.  gamma == 0 drops the second term altogether
  * (torch's pow backward with exponent 0 is 0), so the slope is a_t bce's slope
- * even at infinite logits.  u**gamma is u, u u or, for any other gamma,
- * exp(gamma log u) in double.
+ * even at infinite logits.  gamma 1 and 2 (the common one) multiply the bracket
+ * by u instead, a_t u**(gamma - 1) [(s - y) u + gamma ce (1 - 2 y) s c], which
+ * needs neither a power nor a division; any other gamma takes u**gamma as
+ * exp(gamma log u) in double and divides s c by u (by 1 where u is 0; the ratio
+ * form, because u**(gamma - 1) overflows for tiny u and gamma < 1).
  * Accuracy: everything in double for float32 too: the power's error grows with
  * gamma |log u| (69 gamma float32 ulps at u = 1e-30), and soft labels cancel in
  * s - y as in bce.
@@ -339,24 +344,26 @@ FASTLOSS_INLINE EW(pair) EW(focal_element)(REAL logit, REAL label, EW_WIDE alpha
     /* bce's value per sign of x (bce_value_plain), NaN at x = -inf as torch */
     const EW_WIDE ce = (x * (x >= 0 ? 1 - y : -y) + (x >= 0 ? 0 : x - x)) +
                        EW_WIDE_LOG1P_UNIT(e);
-    EW_WIDE power;
-    if (gamma_kind == EW_FOCAL_GAMMA_0)
-        power = 1;
-    else if (gamma_kind == EW_FOCAL_GAMMA_1)
-        power = u;
-    else if (gamma_kind == EW_FOCAL_GAMMA_2)
-        power = u * u;
-    else
-        power = fastloss_exp(gamma * fastloss_log(u)); /* log 0 = -inf: power 0 */
     const EW_WIDE alpha_t = alpha_pos * y + alpha_neg * (1 - y);
     const EW_WIDE ce_slope = x >= 0 ? (1 - y) - q : q - y; /* s - y */
-    const EW_WIDE ratio = s * c / (u > 0 ? u : 1);        /* s c / u, in [0, 2] */
-    const EW_WIDE bracket = gamma_kind == EW_FOCAL_GAMMA_0
-                                ? ce_slope
-                                : ce_slope + gamma * ce * (1 - 2 * y) * ratio;
     EW(pair) result;
-    result.value = alpha_t * ce * power;
-    result.slope = alpha_t * power * bracket;
+    if (gamma_kind == EW_FOCAL_GAMMA_0) {
+        result.value = alpha_t * ce;
+        result.slope = alpha_t * ce_slope;
+    } else if (gamma_kind == EW_FOCAL_GAMMA_1) {
+        /* a_t [(s - y) u + ce (1 - 2 y) s c]: no power, no division */
+        result.value = alpha_t * ce * u;
+        result.slope = alpha_t * (ce_slope * u + ce * (1 - 2 * y) * (s * c));
+    } else if (gamma_kind == EW_FOCAL_GAMMA_2) {
+        /* a_t u [(s - y) u + 2 ce (1 - 2 y) s c] */
+        result.value = alpha_t * ce * (u * u);
+        result.slope = alpha_t * u * (ce_slope * u + 2 * ce * (1 - 2 * y) * (s * c));
+    } else {
+        const EW_WIDE power = fastloss_exp(gamma * fastloss_log(u)); /* log 0 = -inf: 0 */
+        const EW_WIDE ratio = s * c / (u > 0 ? u : 1);              /* in [0, 2] */
+        result.value = alpha_t * ce * power;
+        result.slope = alpha_t * power * (ce_slope + gamma * ce * (1 - 2 * y) * ratio);
+    }
     return result;
 }
 
@@ -427,6 +434,7 @@ static void EW(margin_ranking_tile)(const REAL *FASTLOSS_RESTRICT x1,
  */
 #ifndef EW_TWO_PI
 #define EW_TWO_PI 6.283185307179586476925286766559
+#define EW_LOG_TWO_PI 1.8378770664093454835606594728112
 #endif
 
 FASTLOSS_INLINE EW(pair) EW(poisson_element)(REAL input, REAL count, EW_WIDE eps,
@@ -445,7 +453,8 @@ FASTLOSS_INLINE EW(pair) EW(poisson_element)(REAL input, REAL count, EW_WIDE eps
     }
     if (full) {
         const EW_WIDE log_y = fastloss_log(y);
-        const EW_WIDE stirling = y * log_y - y + 0.5 * fastloss_log(EW_TWO_PI * y);
+        /* 0.5 log(2 pi y) as 0.5 (log(2 pi) + log y): one log fewer */
+        const EW_WIDE stirling = y * log_y - y + 0.5 * (EW_LOG_TWO_PI + log_y);
         result.value += y <= 1 ? 0 : stirling; /* NaN y is not masked, as torch */
     }
     return result;
@@ -526,9 +535,10 @@ FASTLOSS_INLINE EW(pair) EW(gaussian_element)(REAL input, REAL target, REAL vari
 {
     const EW_WIDE v = (EW_WIDE)variance < eps ? eps : (EW_WIDE)variance;
     const EW_WIDE r = (EW_WIDE)input - (EW_WIDE)target;
+    const EW_WIDE inverse = 1 / v; /* one division for both (a rounding more than torch's) */
     EW(pair) result;
-    result.value = 0.5 * (fastloss_log(v) + r * r / v) + constant;
-    result.slope = r / v;
+    result.value = 0.5 * (fastloss_log(v) + r * r * inverse) + constant;
+    result.slope = r * inverse;
     return result;
 }
 
