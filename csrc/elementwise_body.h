@@ -372,10 +372,11 @@ FASTLOSS_INLINE EW(pair) EW(focal_element)(REAL logit, REAL label, EW_WIDE alpha
                                                        alpha_neg, gamma, KIND),             \
                   (REAL)f.value, (REAL)f.slope)
 
-static void EW(focal_tile)(const REAL *FASTLOSS_RESTRICT logits,
-                           const REAL *FASTLOSS_RESTRICT target, fastloss_index m,
-                           EW_WIDE alpha_pos, EW_WIDE alpha_neg, EW_WIDE gamma, int gamma_kind,
-                           REAL *FASTLOSS_RESTRICT value, REAL *FASTLOSS_RESTRICT slope)
+static void EW(focal_tile_wide)(const REAL *FASTLOSS_RESTRICT logits,
+                                const REAL *FASTLOSS_RESTRICT target, fastloss_index m,
+                                EW_WIDE alpha_pos, EW_WIDE alpha_neg, EW_WIDE gamma,
+                                int gamma_kind, REAL *FASTLOSS_RESTRICT value,
+                                REAL *FASTLOSS_RESTRICT slope)
 {
     switch (gamma_kind) {
     case EW_FOCAL_GAMMA_0:
@@ -393,6 +394,120 @@ static void EW(focal_tile)(const REAL *FASTLOSS_RESTRICT logits,
     }
 }
 
+#ifdef EW_BCE_SLOPE_CHECK
+/*
+ * float32 only: sigmoid_focal for gamma 0, 1 and 2 in float32 arithmetic, with
+ * the doubt of each slope, as bce's (double arithmetic on 8 lanes, with exp and
+ * log1p as double polynomials, cost 9 cycles an element on AVX-512; this pass
+ * costs about what bce does).  Each factor of the loss, a_t, ce, u = q or 1 - q,
+ * is a sum of terms >= 0 for y in [0, 1] and a_t >= 0 (alpha in [0, 1], or none),
+ * so each keeps float32's relative accuracy: e within 2.6e-7 (fastmath.h, as
+ * measured for bce), q within 3.8e-7, u within 5e-7, ce within 5.6e-7 (log1p's
+ * 2 ulp and e's error, which log1p(e) carries at most relatively), u u within
+ * 1.1e-6; the loss, their product, within 1.9e-6 at the worst alignment of every
+ * rounding, and tests/test_pointwise_kernels.py measures under 1e-6 over logits
+ * on [-90, 90].  The slope's bracket (s - y) u + gamma ce (1 - 2 y) s c has two
+ * terms of one sign for hard labels; a soft label can cancel in s - y (bce's
+ * doubt) or between the terms (in doubt unless the bracket keeps 0.9 of their
+ * magnitudes), and a target outside [0, 1] can cancel anywhere.  A tile with an
+ * element in doubt is computed again in double (focal_tile_wide), and so is the
+ * rest of its block, as bce's: the path depends on the block's data alone.
+ */
+typedef struct EW(focal_narrow_s) {
+    REAL value, slope;
+    int value_doubt, slope_doubt;
+} EW(focal_narrow);
+
+FASTLOSS_INLINE EW(focal_narrow) EW(focal_narrow_element)(REAL x, REAL y, REAL alpha_pos,
+                                                         REAL alpha_neg, int gamma_kind)
+{
+    const REAL e = EW_EXP_NONPOSITIVE(-EW_ABS(x));
+    const REAL q = e / (1 + e);
+    const REAL s = x >= 0 ? 1 - q : q;
+    const REAL c = x >= 0 ? q : 1 - q;
+    const REAL u = s * (1 - y) + c * y;
+    const REAL ce = EW(bce_value_plain)(x, y, EW_LOG1P_UNIT(e));
+    const REAL alpha_t = alpha_pos * y + alpha_neg * (1 - y);
+    const REAL t = x >= 0 ? 1 - y : y;
+    const REAL ce_slope = x >= 0 ? t - q : q - t; /* s - y */
+    EW(focal_narrow) result;
+    result.value_doubt = (y < 0) | (y > 1);
+    result.slope_doubt = result.value_doubt | EW(bce_slope_in_doubt)(t, q, ce_slope);
+    if (gamma_kind == EW_FOCAL_GAMMA_0) {
+        result.value = alpha_t * ce;
+        result.slope = alpha_t * ce_slope;
+    } else {
+        const REAL first = ce_slope * u;
+        const REAL second = (gamma_kind == EW_FOCAL_GAMMA_2 ? 2 : 1) * ce * (1 - 2 * y) * (s * c);
+        const REAL bracket = first + second;
+        result.slope_doubt |= (EW_ABS(first) + EW_ABS(second)) * (REAL)0.9 > EW_ABS(bracket);
+        result.value = gamma_kind == EW_FOCAL_GAMMA_2 ? alpha_t * ce * (u * u) : alpha_t * ce * u;
+        result.slope = gamma_kind == EW_FOCAL_GAMMA_2 ? alpha_t * u * bracket : alpha_t * bracket;
+    }
+    return result;
+}
+
+/* The narrow pass of one gamma kind over the tile; counts the elements in doubt. */
+#define EW_FOCAL_NARROW_LOOPS(KIND)                                                        \
+    do {                                                                                   \
+        if (value && slope) {                                                              \
+            for (fastloss_index k = 0; k < m; ++k) {                                       \
+                const EW(focal_narrow) f =                                                 \
+                    EW(focal_narrow_element)(logits[k], target[k], alpha_p, alpha_n, KIND); \
+                value[k] = f.value;                                                        \
+                slope[k] = f.slope;                                                        \
+                in_doubt += f.slope_doubt;                                                 \
+            }                                                                              \
+        } else if (value) {                                                                \
+            for (fastloss_index k = 0; k < m; ++k) {                                       \
+                const EW(focal_narrow) f =                                                 \
+                    EW(focal_narrow_element)(logits[k], target[k], alpha_p, alpha_n, KIND); \
+                value[k] = f.value;                                                        \
+                in_doubt += f.value_doubt;                                                 \
+            }                                                                              \
+        } else {                                                                           \
+            for (fastloss_index k = 0; k < m; ++k) {                                       \
+                const EW(focal_narrow) f =                                                 \
+                    EW(focal_narrow_element)(logits[k], target[k], alpha_p, alpha_n, KIND); \
+                slope[k] = f.slope;                                                        \
+                in_doubt += f.slope_doubt;                                                 \
+            }                                                                              \
+        }                                                                                  \
+    } while (0)
+#endif
+
+/* wide_mode: set once a tile of the block needed double (float32 only); narrow_ok:
+ * the call's alpha_t has no negative term (alpha in [0, 1], or no alpha). */
+static void EW(focal_tile)(const REAL *FASTLOSS_RESTRICT logits,
+                           const REAL *FASTLOSS_RESTRICT target, fastloss_index m,
+                           EW_WIDE alpha_pos, EW_WIDE alpha_neg, EW_WIDE gamma, int gamma_kind,
+                           int narrow_ok, REAL *FASTLOSS_RESTRICT value,
+                           REAL *FASTLOSS_RESTRICT slope, int *wide_mode)
+{
+#ifdef EW_BCE_SLOPE_CHECK
+    if (narrow_ok && gamma_kind != EW_FOCAL_GAMMA_ANY && !*wide_mode) {
+        const REAL alpha_p = (REAL)alpha_pos, alpha_n = (REAL)alpha_neg;
+        int in_doubt = 0;
+        if (gamma_kind == EW_FOCAL_GAMMA_0)
+            EW_FOCAL_NARROW_LOOPS(EW_FOCAL_GAMMA_0);
+        else if (gamma_kind == EW_FOCAL_GAMMA_1)
+            EW_FOCAL_NARROW_LOOPS(EW_FOCAL_GAMMA_1);
+        else
+            EW_FOCAL_NARROW_LOOPS(EW_FOCAL_GAMMA_2);
+        if (!in_doubt)
+            return;
+        *wide_mode = 1;
+    }
+#else
+    (void)narrow_ok;
+    (void)wide_mode;
+#endif
+    EW(focal_tile_wide)(logits, target, m, alpha_pos, alpha_neg, gamma, gamma_kind, value, slope);
+}
+
+#ifdef EW_BCE_SLOPE_CHECK
+#undef EW_FOCAL_NARROW_LOOPS
+#endif
 #undef EW_FOCAL_LOOPS
 
 /*
@@ -617,7 +732,7 @@ static int EW(own_target_slope)(int loss)
 /* The value and slope of m elements from `start`, per the call's loss (factor:
  * the periodic factor's values for these elements, or NULL). */
 static void EW(compute_tile)(const EW(call) *call, fastloss_index start, fastloss_index m,
-                             const REAL *factor, REAL *value, REAL *slope, int *bce_wide_mode)
+                             const REAL *factor, REAL *value, REAL *slope, int *wide_mode)
 {
     const REAL *pred = call->pred + start, *target = call->target + start;
     switch (call->loss) {
@@ -635,11 +750,12 @@ static void EW(compute_tile)(const EW(call) *call, fastloss_index start, fastlos
                            call->inv_threshold, value, slope);
         break;
     case FASTLOSS_LOSS_BCE_WITH_LOGITS:
-        EW(bce_tile)(pred, target, factor, m, value, slope, bce_wide_mode);
+        EW(bce_tile)(pred, target, factor, m, value, slope, wide_mode);
         break;
     case FASTLOSS_LOSS_SIGMOID_FOCAL:
         EW(focal_tile)(pred, target, m, call->alpha_pos, call->alpha_neg, call->gamma,
-                       call->gamma_kind, value, slope);
+                       call->gamma_kind, call->alpha_pos >= 0 && call->alpha_neg >= 0, value,
+                       slope, wide_mode);
         break;
     case FASTLOSS_LOSS_MARGIN_RANKING:
         EW(margin_ranking_tile)(pred, target, call->aux + start, m, call->margin, value, slope);
@@ -716,7 +832,7 @@ static double EW(block)(const EW(call) *call, fastloss_index start, fastloss_ind
     const int want_slope = call->grad || (call->grad_target && !own_target_slope);
     double lane[FASTLOSS_LANES] = {0.0}, negative_lane[FASTLOSS_LANES] = {0.0};
     double tail = 0.0, negative_tail = 0.0;
-    int bce_wide_mode = 0;
+    int wide_mode = 0;
     fastloss_index m;
     for (fastloss_index i = start; i < end; i += m) {
         m = end - i < FASTLOSS_EW_TILE ? end - i : FASTLOSS_EW_TILE;
@@ -737,7 +853,7 @@ static double EW(block)(const EW(call) *call, fastloss_index start, fastloss_ind
                                                                 : NULL;
         REAL *FASTLOSS_RESTRICT slope = want_slope ? slope_tile : NULL;
         if (value || slope)
-            EW(compute_tile)(call, i, m, factor, value, slope, &bce_wide_mode);
+            EW(compute_tile)(call, i, m, factor, value, slope, &wide_mode);
         /* target's and aux's slopes, before any output is written (grad may be an input) */
         if (call->grad_target) {
             if (own_target_slope)
