@@ -1,6 +1,6 @@
 /*
- * elementwise.c -- the regression and binary losses, one term per element:
- * forward, gradient, and the fused value-and-grad.
+ * elementwise.c -- the losses of one term per element: forward, gradient, and
+ * the fused value-and-grad.
  *
  * Per element, r = pred - target, with torch's definitions and boundaries
  * (torch.nn.functional.mse_loss, l1_loss, huber_loss, smooth_l1_loss,
@@ -11,6 +11,14 @@
  *   smooth_l1    |r| < b ? r**2 / (2 b) : |r| - b / 2      clamp(r / b, -1, 1); b = 0 is l1
  *   bce          (1 - y) x + w softplus(-x),               w sigmoid(x) - p y
  *                x = pred (logits), y = target, p = pos_weight, w = 1 + (p - 1) y
+ * and the pointwise losses of the registry issue (their formulas, torch's
+ * semantics at kinks and limits, and the deliberate differences, beside their
+ * code in elementwise_body.h):
+ *   sigmoid_focal    a_t ce u**gamma, u = 1 - p_t          torchvision.ops.sigmoid_focal_loss
+ *   margin_ranking   max(0, -y (x1 - x2) + margin), aux = y     margin_ranking_loss
+ *   poisson_nll      exp(x) - y x or x - y log(x + eps) (+ Stirling)  poisson_nll_loss
+ *   gaussian_nll     0.5 (log v + (x - t)**2 / v), v = max(var, eps), aux = var
+ *   pinball          max(q r, (q - 1) r), r = target - pred, q = factor (quantile)
  * Each term is multiplied by its weight; "mean" divides the weighted sum by
  * n, the number of elements, except for mse and l1 with a weight, where torch
  * (2.13) takes a weighted mean: the sum of the weight as paired with pred (see
@@ -18,8 +26,10 @@
  * grad_output, divided as the mean is.
  *
  * The gradient w.r.t. target: the regression losses depend on r alone, so it
- * is minus the slope; bce's is w (-x + (p - 1) softplus(-x)), torch's
- * binary_cross_entropy_with_logits_target_backward (see bce_target_slope).
+ * is minus the slope (so are margin_ranking's w.r.t. x2 and pinball's); bce's is
+ * w (-x + (p - 1) softplus(-x)), torch's binary_cross_entropy_with_logits_target_backward
+ * (see bce_target_slope); poisson_nll's its own (poisson_target_slope).  The
+ * gradient w.r.t. aux is gaussian_nll's w.r.t. var only.
  *
  * Stability (bce): softplus(-x) = max(-x, 0) + log1p(exp(-|x|)), and the
  * loss is evaluated per sign of x so that no large terms cancel; the sigmoid

@@ -7,8 +7,10 @@
  * (double) with EW_WIDE_ABS, EW_WIDE_EXP_NONPOSITIVE and EW_WIDE_LOG1P_UNIT,
  * and, for float32 only, EW_BCE_SLOPE_CHECK.
  *
- * Every per-element term is computed in REAL, except bce_with_logits slopes
- * that float32 cannot give to the contract (see there); sums accumulate in double.
+ * Every per-element term of the regression losses and pinball is computed in
+ * REAL, except bce_with_logits slopes that float32 cannot give to the contract
+ * (see there); sigmoid_focal, margin_ranking, poisson_nll and gaussian_nll
+ * compute in WIDE (double) and round once (see each); sums accumulate in double.
  */
 
 /* ---------------------------------------------------------------------------
@@ -321,8 +323,11 @@ typedef struct EW(pair_s) {
  * the formula gives NaN there for 0 < gamma < 1 (0 * 0**(gamma - 1) = 0 * inf),
  * a deliberate difference.  gamma == 0 drops the second term altogether
  * (torch's pow backward with exponent 0 is 0), so the slope is a_t bce's slope
- * even at infinite logits.  u**gamma is u, u u or, for any other gamma,
- * exp(gamma log u) in double.
+ * even at infinite logits.  gamma 1 and 2 (the common one) multiply the bracket
+ * by u instead, a_t u**(gamma - 1) [(s - y) u + gamma ce (1 - 2 y) s c], which
+ * needs neither a power nor a division; any other gamma takes u**gamma as
+ * exp(gamma log u) in double and divides s c by u (by 1 where u is 0; the ratio
+ * form, because u**(gamma - 1) overflows for tiny u and gamma < 1).
  * Accuracy: everything in double for float32 too: the power's error grows with
  * gamma |log u| (69 gamma float32 ulps at u = 1e-30), and soft labels cancel in
  * s - y as in bce.
@@ -339,24 +344,26 @@ FASTLOSS_INLINE EW(pair) EW(focal_element)(REAL logit, REAL label, EW_WIDE alpha
     /* bce's value per sign of x (bce_value_plain), NaN at x = -inf as torch */
     const EW_WIDE ce = (x * (x >= 0 ? 1 - y : -y) + (x >= 0 ? 0 : x - x)) +
                        EW_WIDE_LOG1P_UNIT(e);
-    EW_WIDE power;
-    if (gamma_kind == EW_FOCAL_GAMMA_0)
-        power = 1;
-    else if (gamma_kind == EW_FOCAL_GAMMA_1)
-        power = u;
-    else if (gamma_kind == EW_FOCAL_GAMMA_2)
-        power = u * u;
-    else
-        power = fastloss_exp(gamma * fastloss_log(u)); /* log 0 = -inf: power 0 */
     const EW_WIDE alpha_t = alpha_pos * y + alpha_neg * (1 - y);
     const EW_WIDE ce_slope = x >= 0 ? (1 - y) - q : q - y; /* s - y */
-    const EW_WIDE ratio = s * c / (u > 0 ? u : 1);        /* s c / u, in [0, 2] */
-    const EW_WIDE bracket = gamma_kind == EW_FOCAL_GAMMA_0
-                                ? ce_slope
-                                : ce_slope + gamma * ce * (1 - 2 * y) * ratio;
     EW(pair) result;
-    result.value = alpha_t * ce * power;
-    result.slope = alpha_t * power * bracket;
+    if (gamma_kind == EW_FOCAL_GAMMA_0) {
+        result.value = alpha_t * ce;
+        result.slope = alpha_t * ce_slope;
+    } else if (gamma_kind == EW_FOCAL_GAMMA_1) {
+        /* a_t [(s - y) u + ce (1 - 2 y) s c]: no power, no division */
+        result.value = alpha_t * ce * u;
+        result.slope = alpha_t * (ce_slope * u + ce * (1 - 2 * y) * (s * c));
+    } else if (gamma_kind == EW_FOCAL_GAMMA_2) {
+        /* a_t u [(s - y) u + 2 ce (1 - 2 y) s c] */
+        result.value = alpha_t * ce * (u * u);
+        result.slope = alpha_t * u * (ce_slope * u + 2 * ce * (1 - 2 * y) * (s * c));
+    } else {
+        const EW_WIDE power = fastloss_exp(gamma * fastloss_log(u)); /* log 0 = -inf: 0 */
+        const EW_WIDE ratio = s * c / (u > 0 ? u : 1);              /* in [0, 2] */
+        result.value = alpha_t * ce * power;
+        result.slope = alpha_t * power * (ce_slope + gamma * ce * (1 - 2 * y) * ratio);
+    }
     return result;
 }
 
@@ -365,10 +372,11 @@ FASTLOSS_INLINE EW(pair) EW(focal_element)(REAL logit, REAL label, EW_WIDE alpha
                                                        alpha_neg, gamma, KIND),             \
                   (REAL)f.value, (REAL)f.slope)
 
-static void EW(focal_tile)(const REAL *FASTLOSS_RESTRICT logits,
-                           const REAL *FASTLOSS_RESTRICT target, fastloss_index m,
-                           EW_WIDE alpha_pos, EW_WIDE alpha_neg, EW_WIDE gamma, int gamma_kind,
-                           REAL *FASTLOSS_RESTRICT value, REAL *FASTLOSS_RESTRICT slope)
+static void EW(focal_tile_wide)(const REAL *FASTLOSS_RESTRICT logits,
+                                const REAL *FASTLOSS_RESTRICT target, fastloss_index m,
+                                EW_WIDE alpha_pos, EW_WIDE alpha_neg, EW_WIDE gamma,
+                                int gamma_kind, REAL *FASTLOSS_RESTRICT value,
+                                REAL *FASTLOSS_RESTRICT slope)
 {
     switch (gamma_kind) {
     case EW_FOCAL_GAMMA_0:
@@ -386,6 +394,120 @@ static void EW(focal_tile)(const REAL *FASTLOSS_RESTRICT logits,
     }
 }
 
+#ifdef EW_BCE_SLOPE_CHECK
+/*
+ * float32 only: sigmoid_focal for gamma 0, 1 and 2 in float32 arithmetic, with
+ * the doubt of each slope, as bce's (double arithmetic on 8 lanes, with exp and
+ * log1p as double polynomials, cost 9 cycles an element on AVX-512; this pass
+ * costs about what bce does).  Each factor of the loss, a_t, ce, u = q or 1 - q,
+ * is a sum of terms >= 0 for y in [0, 1] and a_t >= 0 (alpha in [0, 1], or none),
+ * so each keeps float32's relative accuracy: e within 2.6e-7 (fastmath.h, as
+ * measured for bce), q within 3.8e-7, u within 5e-7, ce within 5.6e-7 (log1p's
+ * 2 ulp and e's error, which log1p(e) carries at most relatively), u u within
+ * 1.1e-6; the loss, their product, within 1.9e-6 at the worst alignment of every
+ * rounding, and tests/test_pointwise_kernels.py measures under 1e-6 over logits
+ * on [-90, 90].  The slope's bracket (s - y) u + gamma ce (1 - 2 y) s c has two
+ * terms of one sign for hard labels; a soft label can cancel in s - y (bce's
+ * doubt) or between the terms (in doubt unless the bracket keeps 0.9 of their
+ * magnitudes), and a target outside [0, 1] can cancel anywhere.  A tile with an
+ * element in doubt is computed again in double (focal_tile_wide), and so is the
+ * rest of its block, as bce's: the path depends on the block's data alone.
+ */
+typedef struct EW(focal_narrow_s) {
+    REAL value, slope;
+    int value_doubt, slope_doubt;
+} EW(focal_narrow);
+
+FASTLOSS_INLINE EW(focal_narrow) EW(focal_narrow_element)(REAL x, REAL y, REAL alpha_pos,
+                                                         REAL alpha_neg, int gamma_kind)
+{
+    const REAL e = EW_EXP_NONPOSITIVE(-EW_ABS(x));
+    const REAL q = e / (1 + e);
+    const REAL s = x >= 0 ? 1 - q : q;
+    const REAL c = x >= 0 ? q : 1 - q;
+    const REAL u = s * (1 - y) + c * y;
+    const REAL ce = EW(bce_value_plain)(x, y, EW_LOG1P_UNIT(e));
+    const REAL alpha_t = alpha_pos * y + alpha_neg * (1 - y);
+    const REAL t = x >= 0 ? 1 - y : y;
+    const REAL ce_slope = x >= 0 ? t - q : q - t; /* s - y */
+    EW(focal_narrow) result;
+    result.value_doubt = (y < 0) | (y > 1);
+    result.slope_doubt = result.value_doubt | EW(bce_slope_in_doubt)(t, q, ce_slope);
+    if (gamma_kind == EW_FOCAL_GAMMA_0) {
+        result.value = alpha_t * ce;
+        result.slope = alpha_t * ce_slope;
+    } else {
+        const REAL first = ce_slope * u;
+        const REAL second = (gamma_kind == EW_FOCAL_GAMMA_2 ? 2 : 1) * ce * (1 - 2 * y) * (s * c);
+        const REAL bracket = first + second;
+        result.slope_doubt |= (EW_ABS(first) + EW_ABS(second)) * (REAL)0.9 > EW_ABS(bracket);
+        result.value = gamma_kind == EW_FOCAL_GAMMA_2 ? alpha_t * ce * (u * u) : alpha_t * ce * u;
+        result.slope = gamma_kind == EW_FOCAL_GAMMA_2 ? alpha_t * u * bracket : alpha_t * bracket;
+    }
+    return result;
+}
+
+/* The narrow pass of one gamma kind over the tile; counts the elements in doubt. */
+#define EW_FOCAL_NARROW_LOOPS(KIND)                                                        \
+    do {                                                                                   \
+        if (value && slope) {                                                              \
+            for (fastloss_index k = 0; k < m; ++k) {                                       \
+                const EW(focal_narrow) f =                                                 \
+                    EW(focal_narrow_element)(logits[k], target[k], alpha_p, alpha_n, KIND); \
+                value[k] = f.value;                                                        \
+                slope[k] = f.slope;                                                        \
+                in_doubt += f.slope_doubt;                                                 \
+            }                                                                              \
+        } else if (value) {                                                                \
+            for (fastloss_index k = 0; k < m; ++k) {                                       \
+                const EW(focal_narrow) f =                                                 \
+                    EW(focal_narrow_element)(logits[k], target[k], alpha_p, alpha_n, KIND); \
+                value[k] = f.value;                                                        \
+                in_doubt += f.value_doubt;                                                 \
+            }                                                                              \
+        } else {                                                                           \
+            for (fastloss_index k = 0; k < m; ++k) {                                       \
+                const EW(focal_narrow) f =                                                 \
+                    EW(focal_narrow_element)(logits[k], target[k], alpha_p, alpha_n, KIND); \
+                slope[k] = f.slope;                                                        \
+                in_doubt += f.slope_doubt;                                                 \
+            }                                                                              \
+        }                                                                                  \
+    } while (0)
+#endif
+
+/* wide_mode: set once a tile of the block needed double (float32 only); narrow_ok:
+ * the call's alpha_t has no negative term (alpha in [0, 1], or no alpha). */
+static void EW(focal_tile)(const REAL *FASTLOSS_RESTRICT logits,
+                           const REAL *FASTLOSS_RESTRICT target, fastloss_index m,
+                           EW_WIDE alpha_pos, EW_WIDE alpha_neg, EW_WIDE gamma, int gamma_kind,
+                           int narrow_ok, REAL *FASTLOSS_RESTRICT value,
+                           REAL *FASTLOSS_RESTRICT slope, int *wide_mode)
+{
+#ifdef EW_BCE_SLOPE_CHECK
+    if (narrow_ok && gamma_kind != EW_FOCAL_GAMMA_ANY && !*wide_mode) {
+        const REAL alpha_p = (REAL)alpha_pos, alpha_n = (REAL)alpha_neg;
+        int in_doubt = 0;
+        if (gamma_kind == EW_FOCAL_GAMMA_0)
+            EW_FOCAL_NARROW_LOOPS(EW_FOCAL_GAMMA_0);
+        else if (gamma_kind == EW_FOCAL_GAMMA_1)
+            EW_FOCAL_NARROW_LOOPS(EW_FOCAL_GAMMA_1);
+        else
+            EW_FOCAL_NARROW_LOOPS(EW_FOCAL_GAMMA_2);
+        if (!in_doubt)
+            return;
+        *wide_mode = 1;
+    }
+#else
+    (void)narrow_ok;
+    (void)wide_mode;
+#endif
+    EW(focal_tile_wide)(logits, target, m, alpha_pos, alpha_neg, gamma, gamma_kind, value, slope);
+}
+
+#ifdef EW_BCE_SLOPE_CHECK
+#undef EW_FOCAL_NARROW_LOOPS
+#endif
 #undef EW_FOCAL_LOOPS
 
 /*
@@ -427,6 +549,7 @@ static void EW(margin_ranking_tile)(const REAL *FASTLOSS_RESTRICT x1,
  */
 #ifndef EW_TWO_PI
 #define EW_TWO_PI 6.283185307179586476925286766559
+#define EW_LOG_TWO_PI 1.8378770664093454835606594728112
 #endif
 
 FASTLOSS_INLINE EW(pair) EW(poisson_element)(REAL input, REAL count, EW_WIDE eps,
@@ -445,7 +568,8 @@ FASTLOSS_INLINE EW(pair) EW(poisson_element)(REAL input, REAL count, EW_WIDE eps
     }
     if (full) {
         const EW_WIDE log_y = fastloss_log(y);
-        const EW_WIDE stirling = y * log_y - y + 0.5 * fastloss_log(EW_TWO_PI * y);
+        /* 0.5 log(2 pi y) as 0.5 (log(2 pi) + log y): one log fewer */
+        const EW_WIDE stirling = y * log_y - y + 0.5 * (EW_LOG_TWO_PI + log_y);
         result.value += y <= 1 ? 0 : stirling; /* NaN y is not masked, as torch */
     }
     return result;
@@ -526,9 +650,10 @@ FASTLOSS_INLINE EW(pair) EW(gaussian_element)(REAL input, REAL target, REAL vari
 {
     const EW_WIDE v = (EW_WIDE)variance < eps ? eps : (EW_WIDE)variance;
     const EW_WIDE r = (EW_WIDE)input - (EW_WIDE)target;
+    const EW_WIDE inverse = 1 / v; /* one division for both (a rounding more than torch's) */
     EW(pair) result;
-    result.value = 0.5 * (fastloss_log(v) + r * r / v) + constant;
-    result.slope = r / v;
+    result.value = 0.5 * (fastloss_log(v) + r * r * inverse) + constant;
+    result.slope = r * inverse;
     return result;
 }
 
@@ -607,7 +732,7 @@ static int EW(own_target_slope)(int loss)
 /* The value and slope of m elements from `start`, per the call's loss (factor:
  * the periodic factor's values for these elements, or NULL). */
 static void EW(compute_tile)(const EW(call) *call, fastloss_index start, fastloss_index m,
-                             const REAL *factor, REAL *value, REAL *slope, int *bce_wide_mode)
+                             const REAL *factor, REAL *value, REAL *slope, int *wide_mode)
 {
     const REAL *pred = call->pred + start, *target = call->target + start;
     switch (call->loss) {
@@ -625,11 +750,12 @@ static void EW(compute_tile)(const EW(call) *call, fastloss_index start, fastlos
                            call->inv_threshold, value, slope);
         break;
     case FASTLOSS_LOSS_BCE_WITH_LOGITS:
-        EW(bce_tile)(pred, target, factor, m, value, slope, bce_wide_mode);
+        EW(bce_tile)(pred, target, factor, m, value, slope, wide_mode);
         break;
     case FASTLOSS_LOSS_SIGMOID_FOCAL:
         EW(focal_tile)(pred, target, m, call->alpha_pos, call->alpha_neg, call->gamma,
-                       call->gamma_kind, value, slope);
+                       call->gamma_kind, call->alpha_pos >= 0 && call->alpha_neg >= 0, value,
+                       slope, wide_mode);
         break;
     case FASTLOSS_LOSS_MARGIN_RANKING:
         EW(margin_ranking_tile)(pred, target, call->aux + start, m, call->margin, value, slope);
@@ -706,7 +832,7 @@ static double EW(block)(const EW(call) *call, fastloss_index start, fastloss_ind
     const int want_slope = call->grad || (call->grad_target && !own_target_slope);
     double lane[FASTLOSS_LANES] = {0.0}, negative_lane[FASTLOSS_LANES] = {0.0};
     double tail = 0.0, negative_tail = 0.0;
-    int bce_wide_mode = 0;
+    int wide_mode = 0;
     fastloss_index m;
     for (fastloss_index i = start; i < end; i += m) {
         m = end - i < FASTLOSS_EW_TILE ? end - i : FASTLOSS_EW_TILE;
@@ -727,7 +853,7 @@ static double EW(block)(const EW(call) *call, fastloss_index start, fastloss_ind
                                                                 : NULL;
         REAL *FASTLOSS_RESTRICT slope = want_slope ? slope_tile : NULL;
         if (value || slope)
-            EW(compute_tile)(call, i, m, factor, value, slope, &bce_wide_mode);
+            EW(compute_tile)(call, i, m, factor, value, slope, &wide_mode);
         /* target's and aux's slopes, before any output is written (grad may be an input) */
         if (call->grad_target) {
             if (own_target_slope)

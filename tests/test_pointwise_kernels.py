@@ -111,6 +111,8 @@ FOCAL = ("logits", "target")
 CASES = [
     PointwiseCase("focal-soft", "sigmoid_focal", FOCAL, _focal_soft, (0.25, 2.0),
                   dict(alpha=0.25, gamma=2.0), ("logits",)),
+    PointwiseCase("focal-hard", "sigmoid_focal", FOCAL, _focal_hard, (0.25, 2.0),
+                  dict(alpha=0.25, gamma=2.0), ("logits",)),
     PointwiseCase("focal-hard-gamma1.5", "sigmoid_focal", FOCAL, _focal_hard, (0.25, 1.5),
                   dict(alpha=0.25, gamma=1.5), ("logits",)),
     PointwiseCase("focal-mixed-gamma1-alpha0.8", "sigmoid_focal", FOCAL, _focal_mixed,
@@ -372,6 +374,25 @@ def test_focal_huge_logits_and_hard_labels(dtype):
         # a met label keeps the tiny loss's relative accuracy (torch's 1 - p_t rounds to 0;
         # at x = 40 the loss, about 1e-53 for gamma 2, is below float32's range)
         assert loss[8] > 0 and grad[8] < 0
+
+
+@pytest.mark.parametrize("gamma", [0.0, 1.0, 2.0])
+def test_focal_float32_pass_keeps_every_element_to_the_contract(gamma, rng):
+    # float32 arithmetic serves gamma 0, 1, 2 where nothing can cancel (hard labels): each
+    # loss and slope within 2e-6 of itself, not only of the array's largest (the floor)
+    x = np.concatenate([rng.uniform(-90.0, 90.0, 60000), rng.normal(0.0, 3.0, 60000),
+                        [0.0, -0.0, 1e-30, 88.0, -88.0]]).astype(np.float32)
+    y = (rng.uniform(size=x.size) < 0.5).astype(np.float32)
+    for alpha in (0.25, -1.0, 1.0, 0.0):
+        loss, grad, _, _ = kernel_none("sigmoid_focal", [x, y], (alpha, gamma), np.float32)
+        options = dict(alpha=alpha, gamma=gamma, reduction="none")
+        data = rounded([x, y], np.float32)
+        for actual, ref in ((loss, reference.sigmoid_focal(*data, **options)),
+                            (grad, reference.sigmoid_focal_grad(*data, **options))):
+            normal = np.abs(ref) > 1e-37  # below, float32's flush of exp (fastmath.h)
+            error = np.abs(actual.astype(np.float64) - ref)
+            assert np.all(error[normal] <= 2e-6 * np.abs(ref[normal])), (alpha, gamma)
+            assert np.all(np.abs(actual[~normal]) <= 1e-37)
 
 
 @dtypes

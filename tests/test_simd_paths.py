@@ -37,6 +37,8 @@ from test_contrastive import FAMILIES_BY_NAME, check_family_against_reference
 from test_cross_entropy import check_against_reference
 from test_pointwise_kernels import CASES as POINTWISE_CASES
 from test_pointwise_kernels import check_case as check_pointwise_case
+from test_pointwise_kernels import \
+    test_focal_float32_pass_keeps_every_element_to_the_contract as check_focal_float32
 
 PATHS = ("baseline", "avx2", "avx512")
 
@@ -230,3 +232,9 @@ def test_contrastive_pairwise_float32_gram_on_every_path(simd_path, metric, rng,
 def test_pointwise_losses_on_every_path(simd_path, case, dtype, rng):
     # 1000 x 8 elements: many tiles, each with its vector body and scalar remainder
     check_pointwise_case(case, dtype, rng, shape=(1001, 8))
+
+
+@pytest.mark.parametrize("gamma", [0.0, 1.0, 2.0])
+def test_focal_float32_pass_on_every_path(simd_path, gamma, rng):
+    # sigmoid_focal's float32 arithmetic (hard labels), each element to the contract
+    check_focal_float32(gamma, rng)
