@@ -55,7 +55,7 @@ void fastloss_cross_entropy_select(int level)
 /* The runner of a dtype code, or NULL for a code this build does not know. */
 static fastloss_ce_run ce_kernel(int dtype)
 {
-    return dtype >= 0 && dtype < FASTLOSS_N_DTYPES ? ce_kernels[dtype] : NULL;
+    return fastloss_dtype_known(dtype) ? ce_kernels[dtype] : NULL;
 }
 
 int fastloss_cross_entropy_forward(int dtype, const fastloss_ce_options *options,

@@ -12,6 +12,9 @@
  *   LOAD(p, i)          element i of a STORE_T array, as REAL
  *   STORE(p, i, v)      element i of a STORE_T array = v (a REAL), rounded
  *   STORE_WIDE(p, i, v) the same from a double (rounded once, to STORE_T)
+ *   ROUND_WIDE(v)       a double rounded to STORE_T, as a REAL: the value that
+ *                       STORE_WIDE would store (for sums that must agree with
+ *                       what was stored)
  *   STORAGE_NAME(name)  name with the storage's tag appended (name_float32)
  * and never touches an input or output array but through LOAD and STORE.
  * (Scratch space the body allocates itself is REAL or double, and read and
@@ -33,8 +36,8 @@
  * Adding a storage type (bfloat16, float16 stored, float32 computed) is:
  *   1. here: its code in enum fastloss_dtype, its typedefs, its
  *      FASTLOSS_STORAGE_IS_COMPUTE_<tag> (0), and its fastloss_load_<tag>,
- *      fastloss_store_<tag> and fastloss_store_wide_<tag> (round to nearest
- *      even; NaN stays NaN);
+ *      fastloss_store_<tag>, fastloss_store_wide_<tag> and fastloss_round_<tag>
+ *      (round to nearest even; NaN stays NaN);
  *   2. in each family's impl header: one instantiation block with
  *      STORAGE <tag>, and one slot in the family's table (the entries for the
  *      other ISAs come from FASTLOSS_PICK);
@@ -68,6 +71,13 @@ enum fastloss_dtype {
     FASTLOSS_N_DTYPES = 2
 };
 
+/* Whether `dtype` is a code of this build: the entry points check it before
+ * they index their tables. */
+static inline int fastloss_dtype_known(int dtype)
+{
+    return dtype >= 0 && dtype < FASTLOSS_N_DTYPES;
+}
+
 /* float32: stored and computed in float. */
 typedef float fastloss_storage_float32;
 typedef float fastloss_compute_float32;
@@ -86,6 +96,11 @@ FASTLOSS_INLINE void fastloss_store_float32(float *array, fastloss_index i, floa
 FASTLOSS_INLINE void fastloss_store_wide_float32(float *array, fastloss_index i, double value)
 {
     array[i] = (float)value;
+}
+
+FASTLOSS_INLINE float fastloss_round_float32(double value)
+{
+    return (float)value;
 }
 
 /* float64: stored and computed in double. */
@@ -108,6 +123,11 @@ FASTLOSS_INLINE void fastloss_store_wide_float64(double *array, fastloss_index i
     array[i] = value;
 }
 
+FASTLOSS_INLINE double fastloss_round_float64(double value)
+{
+    return value;
+}
+
 /* Names of a storage tag's pieces (the tag is a macro argument, expanded first). */
 #define FASTLOSS_STORAGE_T(tag) FASTLOSS_STORAGE_PASTE_(fastloss_storage_, tag)
 #define FASTLOSS_COMPUTE_T(tag) FASTLOSS_STORAGE_PASTE_(fastloss_compute_, tag)
@@ -116,6 +136,7 @@ FASTLOSS_INLINE void fastloss_store_wide_float64(double *array, fastloss_index i
     FASTLOSS_STORAGE_PASTE_(fastloss_store_, tag)((array), (i), (value))
 #define FASTLOSS_STORE_WIDE(tag, array, i, value) \
     FASTLOSS_STORAGE_PASTE_(fastloss_store_wide_, tag)((array), (i), (value))
+#define FASTLOSS_ROUND_WIDE(tag, value) FASTLOSS_STORAGE_PASTE_(fastloss_round_, tag)((value))
 #define FASTLOSS_STORAGE_IS_COMPUTE(tag) FASTLOSS_STORAGE_PASTE_(FASTLOSS_STORAGE_IS_COMPUTE_, tag)
 #define FASTLOSS_STORAGE_PASTE_(a, b) FASTLOSS_STORAGE_PASTE2_(a, b)
 #define FASTLOSS_STORAGE_PASTE2_(a, b) a##b

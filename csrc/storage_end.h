@@ -4,6 +4,7 @@
 #undef LOAD
 #undef STORE
 #undef STORE_WIDE
+#undef ROUND_WIDE
 #undef STORAGE_IS_COMPUTE
 #undef STORAGE_NAME
 #undef STORAGE
