@@ -102,7 +102,8 @@ FASTLOSS_INLINE double ROW(ce_dist)(const ROW_IN_T *FASTLOSS_RESTRICT values, fa
     if (weight) {
         for (; c + FASTLOSS_LANES <= n; c += FASTLOSS_LANES)
             for (int k = 0; k < FASTLOSS_LANES; ++k)
-                lane[k] += (double)LOAD(weight, c + k) * (double)(shift - (VAL)ROW_LOAD(values, c + k));
+                lane[k] += (double)LOAD(weight, c + k) *
+                           (double)(shift - (VAL)ROW_LOAD(values, c + k));
         for (; c < n; ++c)
             tail += (double)LOAD(weight, c) * (double)(shift - (VAL)ROW_LOAD(values, c));
     } else {
@@ -300,7 +301,8 @@ FASTLOSS_INLINE double ROW(ce_soft_mass)(const STORE_T *FASTLOSS_RESTRICT q, fas
             lane[k] += (q_scale * (double)LOAD(q, c + k) + q_offset) *
                        (weight ? (double)LOAD(weight, c + k) : 1.0);
     for (; c < n; ++c)
-        tail += (q_scale * (double)LOAD(q, c) + q_offset) * (weight ? (double)LOAD(weight, c) : 1.0);
+        tail += (q_scale * (double)LOAD(q, c) + q_offset) *
+                (weight ? (double)LOAD(weight, c) : 1.0);
     return ROW(ce_lane_total)(lane, tail);
 }
 

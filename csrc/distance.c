@@ -130,8 +130,10 @@ static struct {
 
 void fastloss_distance_select(int level)
 {
-    distance_kernels.matrix[FASTLOSS_FLOAT32] = FASTLOSS_PICK(fastloss_distance_matrix_float32, level);
-    distance_kernels.matrix[FASTLOSS_FLOAT64] = FASTLOSS_PICK(fastloss_distance_matrix_float64, level);
+    distance_kernels.matrix[FASTLOSS_FLOAT32] =
+        FASTLOSS_PICK(fastloss_distance_matrix_float32, level);
+    distance_kernels.matrix[FASTLOSS_FLOAT64] =
+        FASTLOSS_PICK(fastloss_distance_matrix_float64, level);
     distance_kernels.sparse_product[FASTLOSS_FLOAT32] =
         FASTLOSS_PICK(fastloss_distance_sparse_product_float32, level);
     distance_kernels.sparse_product[FASTLOSS_FLOAT64] =
@@ -247,9 +249,9 @@ int fastloss_distance_triplet_margin(int dtype, const fastloss_pair_loss_options
                                                   positive_row_stride, negative,
                                                   negative_row_stride, grad_output,
                                                   grad_output_stride, loss_per_row, loss,
-                                                  grad_anchor, grad_anchor_row_stride, grad_positive,
-                                                  grad_positive_row_stride, grad_negative,
-                                                  grad_negative_row_stride);
+                                                  grad_anchor, grad_anchor_row_stride,
+                                                  grad_positive, grad_positive_row_stride,
+                                                  grad_negative, grad_negative_row_stride);
 }
 
 void fastloss_distance_transpose_float64(fastloss_index n_rows, fastloss_index n_cols,

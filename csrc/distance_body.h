@@ -115,7 +115,8 @@ static int REAL_NAME(distance_finish_rows) FASTLOSS_DISTANCE_FINISH_ROWS_SIGNATU
                     const double b_length = cosine ? other_norm[o] : 1.0;
                     double squared = 0.0;
                     for (fastloss_index k = 0; k < dim; ++k) {
-                        const double difference = (double)LOAD(a, k) / a_length - (double)LOAD(b, k) / b_length;
+                        const double difference =
+                            (double)LOAD(a, k) / a_length - (double)LOAD(b, k) / b_length;
                         pull[k] += w * difference;
                         squared += difference * difference;
                     }
@@ -125,7 +126,8 @@ static int REAL_NAME(distance_finish_rows) FASTLOSS_DISTANCE_FINISH_ROWS_SIGNATU
             }
             if (!cosine) {
                 for (fastloss_index k = 0; k < dim; ++k)
-                    STORE_WIDE(g, k, r * (double)LOAD(p, k) - (double)LOAD(wp, k) + (pulled ? pull[k] : 0.0));
+                    STORE_WIDE(g, k, r * (double)LOAD(p, k) - (double)LOAD(wp, k) +
+                                         (pulled ? pull[k] : 0.0));
             } else if (unit) {
                 /* ((r - t) x^ - W P + pull - (sum w d) x^) / |x|, x^ of the pull from the row */
                 const double length = norm[i];
@@ -240,7 +242,8 @@ static int REAL_NAME(distance_contrastive) FASTLOSS_DISTANCE_CONTRASTIVE_SIGNATU
             const double b_length = b_norm >= norm_eps ? b_norm : norm_eps;
             const int a_unit = a_norm >= norm_eps, b_unit = b_norm >= norm_eps;
             for (fastloss_index k = 0; k < dim; ++k) {
-                const double a_hat = (double)LOAD(a, k) / a_length, b_hat = (double)LOAD(b, k) / b_length;
+                const double a_hat = (double)LOAD(a, k) / a_length;
+                const double b_hat = (double)LOAD(b, k) / b_length;
                 const double to_b = (a_unit ? (b_hat - a_hat) + a_hat * distance : b_hat) / a_length;
                 const double to_a = (b_unit ? (a_hat - b_hat) + b_hat * distance : a_hat) / b_length;
                 STORE_WIDE(g1, k, -slope * to_b);
@@ -386,12 +389,16 @@ static int REAL_NAME(distance_triplet_margin) FASTLOSS_DISTANCE_TRIPLET_MARGIN_S
         /* a pair of length 1 (below dim) has its gradient in column 0 alone */
         for (fastloss_index k = 0; k < dim; ++k) {
             const double u_ap = k < dim_ap
-                ? p_distance_slope((double)LOAD(a, k) - (double)LOAD(pos, k) + eps, p, d_ap, f_ap) : 0.0;
+                ? p_distance_slope((double)LOAD(a, k) - (double)LOAD(pos, k) + eps, p, d_ap,
+                                   f_ap)
+                : 0.0;
             const double u_an = weight_an != 0.0 && k < dim_an
-                ? weight_an * p_distance_slope((double)LOAD(a, k) - (double)LOAD(neg, k) + eps, p, d_an, f_an)
+                ? weight_an * p_distance_slope((double)LOAD(a, k) - (double)LOAD(neg, k) + eps,
+                                               p, d_an, f_an)
                 : 0.0;
             const double u_pn = weight_pn != 0.0 && k < dim_pn
-                ? weight_pn * p_distance_slope((double)LOAD(pos, k) - (double)LOAD(neg, k) + eps, p, d_pn, f_pn)
+                ? weight_pn * p_distance_slope((double)LOAD(pos, k) - (double)LOAD(neg, k) + eps,
+                                               p, d_pn, f_pn)
                 : 0.0;
             STORE_WIDE(ga, k, upstream * (u_ap - u_an));
             STORE_WIDE(gp, k, upstream * (-u_ap - u_pn));

@@ -150,7 +150,8 @@ typedef int(*fastloss_distance_finish_rows_kernel) FASTLOSS_DISTANCE_FINISH_ROWS
     (const fastloss_distance_rows_options *options, const double *normalized,                   \
      const double *norm, const double *grad_normalized, void *grad_data,                        \
      fastloss_index grad_row_stride)
-typedef int(*fastloss_distance_normalize_backward_kernel) FASTLOSS_DISTANCE_NORMALIZE_BACKWARD_SIGNATURE;
+typedef int(*fastloss_distance_normalize_backward_kernel)
+    FASTLOSS_DISTANCE_NORMALIZE_BACKWARD_SIGNATURE;
 
 #define FASTLOSS_DISTANCE_CONTRASTIVE_SIGNATURE                                                  \
     (const fastloss_pair_loss_options *options, const void *x1_data,                            \

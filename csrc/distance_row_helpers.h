@@ -12,14 +12,16 @@
  * ------------------------------------------------------------------------- */
 
 /* sum_k (a_k a_scale - b_k b_scale + shift)**2 */
-static inline double REAL_NAME(squared_difference)(const STORE_T *a, double a_scale, const STORE_T *b,
-                                                   double b_scale, double shift, fastloss_index n)
+static inline double REAL_NAME(squared_difference)(const STORE_T *a, double a_scale,
+                                                   const STORE_T *b, double b_scale,
+                                                   double shift, fastloss_index n)
 {
     double lane[FASTLOSS_LANES] = {0.0};
     fastloss_index k = 0;
     for (; k + FASTLOSS_LANES <= n; k += FASTLOSS_LANES)
         for (int l = 0; l < FASTLOSS_LANES; ++l) {
-            const double v = (double)LOAD(a, k + l) * a_scale - (double)LOAD(b, k + l) * b_scale + shift;
+            const double v =
+                (double)LOAD(a, k + l) * a_scale - (double)LOAD(b, k + l) * b_scale + shift;
             lane[l] += v * v;
         }
     for (int l = 0; k < n; ++k, ++l) {

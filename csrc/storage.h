@@ -15,7 +15,6 @@
  *   ROUND_WIDE(v)       a double rounded to STORE_T, as a REAL: the value that
  *                       STORE_WIDE would store (for sums that must agree with
  *                       what was stored)
- *   STORAGE_NAME(name)  name with the storage's tag appended (name_float32)
  * and never touches an input or output array but through LOAD and STORE.
  * (Scratch space the body allocates itself is REAL or double, and read and
  * written directly.)  Sums accumulate in double whatever the storage type
@@ -41,18 +40,29 @@
  *   2. in each family's impl header: one instantiation block with
  *      STORAGE <tag>, and one slot in the family's table (the entries for the
  *      other ISAs come from FASTLOSS_PICK);
- *   3. in _kernels.pyx: one line of _dtype_code.
+ *   3. in _kernels.pyx: one line of _storage_code.
  * The bodies do not change: where a body keeps intermediate values in an
  * array it would otherwise share with the output (cross-entropy's exps in the
  * gradient row), it tests STORAGE_IS_COMPUTE and uses scratch of REAL instead.
  *
- * Still to follow the pattern: the elementwise family (elementwise_body.h and
- * elementwise_impl.h use one REAL for both, and _elementwise.pxi has a ladder
- * per dtype).  It needs: STORE_T / LOAD / STORE in elementwise_body.h for pred,
- * target, weight, pos_weight and the gradient; storage_begin.h / storage_end.h
- * around its instantiations in elementwise_impl.h; a dtype-indexed table in
- * elementwise.c with `const void *` entry points taking the code; and
- * _elementwise.pxi calling them with _dtype_code.
+ * Done: cross-entropy (cross_entropy_*body.h) and distance (distance_*body.h,
+ * distance_row_helpers.h).  Still to follow the pattern, each the same steps:
+ *   - elementwise (elementwise_body.h, elementwise_impl.h, elementwise.{c,h},
+ *     _elementwise.pxi): STORE_T / LOAD / STORE for pred, target, the third
+ *     stream (aux: weight, pos_weight, var, ...) and the gradient, with REAL for
+ *     the per-element value and slope functions; storage_begin.h /
+ *     storage_end.h around each instantiation in elementwise_impl.h instead of
+ *     `#define REAL`; the fastloss_elementwise_{forward,backward,
+ *     value_and_grad}_<dtype> entries replaced by one each taking the code and
+ *     `void *` arrays, over a [dtype] table filled per SIMD level (as
+ *     cross_entropy.c); the ladder in _elementwise.pxi replaced by one call
+ *     with _dtype_code;
+ *   - box (box_body.h, box_impl.h, box.{c,h}, _box.pxi, added after this
+ *     header): the same, for boxes1, boxes2 and the two gradients (its tiles,
+ *     read as structure of arrays, are REAL or double scratch: LOAD when a tile
+ *     is filled, STORE when the gradient is written).
+ * Where a body keeps a value it also stores (a rounded coefficient that later
+ * sums must agree with), it keeps ROUND_WIDE(v) in REAL, not a STORE_T copy.
  */
 #ifndef FASTLOSS_STORAGE_H
 #define FASTLOSS_STORAGE_H

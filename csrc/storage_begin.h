@@ -1,8 +1,8 @@
 /*
  * storage_begin.h -- the body-facing names of the storage type STORAGE (a tag
  * of storage.h: float32, float64), up to storage_end.h: STORE_T, REAL, LOAD,
- * STORE, STORE_WIDE, ROUND_WIDE, STORAGE_IS_COMPUTE and STORAGE_NAME.  See
- * storage.h for the pattern.  No include guard, on purpose.
+ * STORE, STORE_WIDE, ROUND_WIDE, and STORAGE_IS_COMPUTE.  See storage.h for the
+ * pattern.  No include guard, on purpose.
  */
 #include "storage.h"
 
@@ -13,4 +13,3 @@
 #define STORE_WIDE(array, i, value) FASTLOSS_STORE_WIDE(STORAGE, array, i, value)
 #define ROUND_WIDE(value) FASTLOSS_ROUND_WIDE(STORAGE, value)
 #define STORAGE_IS_COMPUTE FASTLOSS_STORAGE_IS_COMPUTE(STORAGE)
-#define STORAGE_NAME(name) FASTLOSS_STORAGE_PASTE_(name##_, STORAGE)

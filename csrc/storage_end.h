@@ -6,5 +6,4 @@
 #undef STORE_WIDE
 #undef ROUND_WIDE
 #undef STORAGE_IS_COMPUTE
-#undef STORAGE_NAME
 #undef STORAGE
