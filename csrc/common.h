@@ -38,12 +38,14 @@ enum fastloss_reduction {
     FASTLOSS_REDUCTION_MEAN = 2
 };
 
-/* Status codes returned by kernels that can fail: allocation, and a class
- * index found out of range by the kernel's own scan of the targets. */
+/* Status codes returned by kernels that can fail: allocation, a class index
+ * found out of range by the kernel's own scan of the targets, and a dtype code
+ * (storage.h) the entry point has no kernel for. */
 enum fastloss_status {
     FASTLOSS_OK = 0,
     FASTLOSS_ERROR_NO_MEMORY = 1,
-    FASTLOSS_ERROR_BAD_TARGET = 2
+    FASTLOSS_ERROR_BAD_TARGET = 2,
+    FASTLOSS_ERROR_BAD_DTYPE = 3
 };
 
 /*

@@ -38,89 +38,68 @@
 #define FASTLOSS_ISA baseline
 #include "cross_entropy_impl.h"
 
-/* The kernels this CPU runs best: fastloss_cross_entropy_select fills the table
- * (see fastloss_select_kernels); baseline until then. */
-static struct {
-    int (*run_float32) FASTLOSS_CE_RUN_SIGNATURE(float);
-    int (*run_float64) FASTLOSS_CE_RUN_SIGNATURE(double);
-} ce_kernels = {fastloss_ce_run_float32_baseline, fastloss_ce_run_float64_baseline};
+/* The kernels this CPU runs best, by storage type: fastloss_cross_entropy_select
+ * fills the table (see fastloss_select_kernels); baseline until then.  A new
+ * storage type (storage.h) is one more line in each of the two lists. */
+static fastloss_ce_run ce_kernels[FASTLOSS_N_DTYPES] = {
+    [FASTLOSS_FLOAT32] = fastloss_ce_run_float32_baseline,
+    [FASTLOSS_FLOAT64] = fastloss_ce_run_float64_baseline,
+};
 
 void fastloss_cross_entropy_select(int level)
 {
-    ce_kernels.run_float32 = FASTLOSS_PICK(fastloss_ce_run_float32, level);
-    ce_kernels.run_float64 = FASTLOSS_PICK(fastloss_ce_run_float64, level);
+    ce_kernels[FASTLOSS_FLOAT32] = FASTLOSS_PICK(fastloss_ce_run_float32, level);
+    ce_kernels[FASTLOSS_FLOAT64] = FASTLOSS_PICK(fastloss_ce_run_float64, level);
 }
 
-int fastloss_cross_entropy_forward_float32(const fastloss_ce_options *options, const float *logits,
-                                           fastloss_index logits_row_stride, const int64_t *target,
-                                           const float *soft_target,
-                                           fastloss_index soft_target_row_stride,
-                                           const float *weight, double *loss_per_row, double *lse,
-                                           double *loss)
+/* The runner of a dtype code, or NULL for a code this build does not know. */
+static fastloss_ce_run ce_kernel(int dtype)
 {
-    return ce_kernels.run_float32(options, logits, logits_row_stride, target, soft_target,
-                       soft_target_row_stride, weight, NULL, NULL, 0, loss_per_row, lse, loss,
-                       NULL, 0);
+    return fastloss_dtype_known(dtype) ? ce_kernels[dtype] : NULL;
 }
 
-int fastloss_cross_entropy_forward_float64(const fastloss_ce_options *options, const double *logits,
-                                           fastloss_index logits_row_stride, const int64_t *target,
-                                           const double *soft_target,
-                                           fastloss_index soft_target_row_stride,
-                                           const double *weight, double *loss_per_row, double *lse,
-                                           double *loss)
+int fastloss_cross_entropy_forward(int dtype, const fastloss_ce_options *options,
+                                   const void *logits, fastloss_index logits_row_stride,
+                                   const int64_t *target, const void *soft_target,
+                                   fastloss_index soft_target_row_stride, const void *weight,
+                                   double *loss_per_row, double *lse, double *loss)
 {
-    return ce_kernels.run_float64(options, logits, logits_row_stride, target, soft_target,
-                       soft_target_row_stride, weight, NULL, NULL, 0, loss_per_row, lse, loss,
-                       NULL, 0);
+    const fastloss_ce_run run = ce_kernel(dtype);
+    if (!run)
+        return FASTLOSS_ERROR_BAD_DTYPE;
+    return run(options, logits, logits_row_stride, target, soft_target, soft_target_row_stride,
+               weight, NULL, NULL, 0, loss_per_row, lse, loss, NULL, 0);
 }
 
-int fastloss_cross_entropy_backward_float32(const fastloss_ce_options *options, const float *logits,
-                                            fastloss_index logits_row_stride, const int64_t *target,
-                                            const float *soft_target,
-                                            fastloss_index soft_target_row_stride,
-                                            const float *weight, const double *lse,
-                                            const double *grad_output,
-                                            fastloss_index grad_output_stride, float *grad,
-                                            fastloss_index grad_row_stride)
+int fastloss_cross_entropy_backward(int dtype, const fastloss_ce_options *options,
+                                    const void *logits, fastloss_index logits_row_stride,
+                                    const int64_t *target, const void *soft_target,
+                                    fastloss_index soft_target_row_stride, const void *weight,
+                                    const double *lse, const double *grad_output,
+                                    fastloss_index grad_output_stride, void *grad,
+                                    fastloss_index grad_row_stride)
 {
-    return ce_kernels.run_float32(options, logits, logits_row_stride, target, soft_target,
-                       soft_target_row_stride, weight, lse, grad_output, grad_output_stride, NULL,
-                       NULL, NULL, grad, grad_row_stride);
+    const fastloss_ce_run run = ce_kernel(dtype);
+    if (!run)
+        return FASTLOSS_ERROR_BAD_DTYPE;
+    return run(options, logits, logits_row_stride, target, soft_target, soft_target_row_stride,
+               weight, lse, grad_output, grad_output_stride, NULL, NULL, NULL, grad,
+               grad_row_stride);
 }
 
-int fastloss_cross_entropy_backward_float64(const fastloss_ce_options *options, const double *logits,
-                                            fastloss_index logits_row_stride, const int64_t *target,
-                                            const double *soft_target,
-                                            fastloss_index soft_target_row_stride,
-                                            const double *weight, const double *lse,
-                                            const double *grad_output,
-                                            fastloss_index grad_output_stride, double *grad,
-                                            fastloss_index grad_row_stride)
+int fastloss_cross_entropy_value_and_grad(int dtype, const fastloss_ce_options *options,
+                                          const void *logits, fastloss_index logits_row_stride,
+                                          const int64_t *target, const void *soft_target,
+                                          fastloss_index soft_target_row_stride,
+                                          const void *weight, const double *grad_output,
+                                          fastloss_index grad_output_stride, double *loss_per_row,
+                                          double *lse, double *loss, void *grad,
+                                          fastloss_index grad_row_stride)
 {
-    return ce_kernels.run_float64(options, logits, logits_row_stride, target, soft_target,
-                       soft_target_row_stride, weight, lse, grad_output, grad_output_stride, NULL,
-                       NULL, NULL, grad, grad_row_stride);
-}
-
-int fastloss_cross_entropy_value_and_grad_float32(
-    const fastloss_ce_options *options, const float *logits, fastloss_index logits_row_stride,
-    const int64_t *target, const float *soft_target, fastloss_index soft_target_row_stride,
-    const float *weight, const double *grad_output, fastloss_index grad_output_stride,
-    double *loss_per_row, double *lse, double *loss, float *grad, fastloss_index grad_row_stride)
-{
-    return ce_kernels.run_float32(options, logits, logits_row_stride, target, soft_target,
-                       soft_target_row_stride, weight, NULL, grad_output, grad_output_stride,
-                       loss_per_row, lse, loss, grad, grad_row_stride);
-}
-
-int fastloss_cross_entropy_value_and_grad_float64(
-    const fastloss_ce_options *options, const double *logits, fastloss_index logits_row_stride,
-    const int64_t *target, const double *soft_target, fastloss_index soft_target_row_stride,
-    const double *weight, const double *grad_output, fastloss_index grad_output_stride,
-    double *loss_per_row, double *lse, double *loss, double *grad, fastloss_index grad_row_stride)
-{
-    return ce_kernels.run_float64(options, logits, logits_row_stride, target, soft_target,
-                       soft_target_row_stride, weight, NULL, grad_output, grad_output_stride,
-                       loss_per_row, lse, loss, grad, grad_row_stride);
+    const fastloss_ce_run run = ce_kernel(dtype);
+    if (!run)
+        return FASTLOSS_ERROR_BAD_DTYPE;
+    return run(options, logits, logits_row_stride, target, soft_target, soft_target_row_stride,
+               weight, NULL, grad_output, grad_output_stride, loss_per_row, lse, loss, grad,
+               grad_row_stride);
 }

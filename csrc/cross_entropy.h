@@ -1,6 +1,7 @@
 /*
  * cross_entropy.h -- softmax cross-entropy over the last (class) axis, for
- * float32 and float64 logits.  See cross_entropy.c for the formulas.
+ * every storage type of storage.h (float32 and float64 logits).  See
+ * cross_entropy.c for the formulas.
  *
  * Layout: logits are n_rows rows of n_classes contiguous values, row i at
  * logits + i * logits_row_stride (elements).  Soft targets and the gradient
@@ -16,6 +17,7 @@
 #define FASTLOSS_CROSS_ENTROPY_H
 
 #include "common.h"
+#include "storage.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -37,6 +39,9 @@ typedef struct fastloss_ce_options {
 
 /*
  * Arguments shared by the three entry points (IN unless marked OUT):
+ *   dtype           the storage type of logits, soft_target, weight and grad
+ *                   (enum fastloss_dtype of storage.h: FASTLOSS_FLOAT32 or
+ *                   FASTLOSS_FLOAT64); each is an array of that type
  *   target          hard targets (n_rows), or NULL when soft_target is given
  *   soft_target     target probabilities, rows like the logits, or NULL
  *   weight          per-class weights (n_classes), or NULL for all ones
@@ -52,51 +57,33 @@ typedef struct fastloss_ce_options {
  *                   stride grad_output_stride (0: one scalar for all rows)
  *   grad            OUT, the gradient of grad_output * loss w.r.t. the logits
  * Return FASTLOSS_OK, or FASTLOSS_ERROR_NO_MEMORY or FASTLOSS_ERROR_BAD_TARGET
- * (options->bad_target says where) with nothing written.
+ * (options->bad_target says where) with nothing written, or
+ * FASTLOSS_ERROR_BAD_DTYPE for a dtype code this build does not know.
  */
-int fastloss_cross_entropy_forward_float32(
-    const fastloss_ce_options *options,
-    const float *logits, fastloss_index logits_row_stride,
-    const int64_t *target, const float *soft_target, fastloss_index soft_target_row_stride,
-    const float *weight, double *loss_per_row, double *lse, double *loss);
-int fastloss_cross_entropy_forward_float64(
-    const fastloss_ce_options *options,
-    const double *logits, fastloss_index logits_row_stride,
-    const int64_t *target, const double *soft_target, fastloss_index soft_target_row_stride,
-    const double *weight, double *loss_per_row, double *lse, double *loss);
+int fastloss_cross_entropy_forward(
+    int dtype, const fastloss_ce_options *options,
+    const void *logits, fastloss_index logits_row_stride,
+    const int64_t *target, const void *soft_target, fastloss_index soft_target_row_stride,
+    const void *weight, double *loss_per_row, double *lse, double *loss);
 
 /* The gradient from a given lse: one read of the logits, one write of grad,
  * and no max pass. */
-int fastloss_cross_entropy_backward_float32(
-    const fastloss_ce_options *options,
-    const float *logits, fastloss_index logits_row_stride,
-    const int64_t *target, const float *soft_target, fastloss_index soft_target_row_stride,
-    const float *weight, const double *lse,
+int fastloss_cross_entropy_backward(
+    int dtype, const fastloss_ce_options *options,
+    const void *logits, fastloss_index logits_row_stride,
+    const int64_t *target, const void *soft_target, fastloss_index soft_target_row_stride,
+    const void *weight, const double *lse,
     const double *grad_output, fastloss_index grad_output_stride,
-    float *grad, fastloss_index grad_row_stride);
-int fastloss_cross_entropy_backward_float64(
-    const fastloss_ce_options *options,
-    const double *logits, fastloss_index logits_row_stride,
-    const int64_t *target, const double *soft_target, fastloss_index soft_target_row_stride,
-    const double *weight, const double *lse,
-    const double *grad_output, fastloss_index grad_output_stride,
-    double *grad, fastloss_index grad_row_stride);
+    void *grad, fastloss_index grad_row_stride);
 
 /* Loss and gradient in one visit to each row; grad may be the logits (in place). */
-int fastloss_cross_entropy_value_and_grad_float32(
-    const fastloss_ce_options *options,
-    const float *logits, fastloss_index logits_row_stride,
-    const int64_t *target, const float *soft_target, fastloss_index soft_target_row_stride,
-    const float *weight, const double *grad_output, fastloss_index grad_output_stride,
+int fastloss_cross_entropy_value_and_grad(
+    int dtype, const fastloss_ce_options *options,
+    const void *logits, fastloss_index logits_row_stride,
+    const int64_t *target, const void *soft_target, fastloss_index soft_target_row_stride,
+    const void *weight, const double *grad_output, fastloss_index grad_output_stride,
     double *loss_per_row, double *lse, double *loss,
-    float *grad, fastloss_index grad_row_stride);
-int fastloss_cross_entropy_value_and_grad_float64(
-    const fastloss_ce_options *options,
-    const double *logits, fastloss_index logits_row_stride,
-    const int64_t *target, const double *soft_target, fastloss_index soft_target_row_stride,
-    const double *weight, const double *grad_output, fastloss_index grad_output_stride,
-    double *loss_per_row, double *lse, double *loss,
-    double *grad, fastloss_index grad_row_stride);
+    void *grad, fastloss_index grad_row_stride);
 
 #ifdef __cplusplus
 }

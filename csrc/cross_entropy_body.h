@@ -1,22 +1,26 @@
 /*
- * cross_entropy_body.h -- the runner for one storage type REAL, written once.
- * No include guard, on purpose: cross_entropy_impl.h includes it for float and
- * double.  It expects REAL, RUN (the runner's name), ROW_SAME(name) (the row
- * routines reading REAL values) and ROW_WIDE(name) (reading double values:
- * soft-capped rows, and float32 rows with soft targets or label smoothing).
+ * cross_entropy_body.h -- the runner for one storage type, written once.  No
+ * include guard, on purpose: cross_entropy_impl.h includes it per storage type,
+ * between storage_begin.h and storage_end.h (STORE_T, REAL, LOAD, STORE; see
+ * storage.h), with RUN (the runner's name), ROW_SAME(name) (the row routines
+ * computing in REAL from the stored logits) and ROW_WIDE(name) (computing in
+ * double from the row widened into scratch: soft-capped rows, and float32 rows
+ * with soft targets or label smoothing).  Its arrays are `const void *` /
+ * `void *` so that every storage type's runner has one signature, the type of
+ * the table in cross_entropy.c.
  */
 
 /* What the threads of one call share (set up by RUN, read by RUN_ROWS). */
 typedef struct RUN_JOB {
     const ce_call *call;
-    const REAL *logits;
+    const STORE_T *logits;
     fastloss_index logits_row_stride;
     const int64_t *target;
-    const REAL *soft_target;
+    const STORE_T *soft_target;
     fastloss_index soft_target_row_stride;
-    const REAL *weight;
+    const STORE_T *weight;
     const double *lse_in;
-    REAL *grad;
+    STORE_T *grad;
     fastloss_index grad_row_stride;
     fastloss_index n_rows;
     fastloss_index n_units;
@@ -41,14 +45,14 @@ static void RUN_ROWS(const RUN_JOB *job, int thread, int n_threads)
     const fastloss_index n_rows = job->n_rows;
     const fastloss_index begin = job->n_units * thread / n_threads;
     const fastloss_index end = job->n_units * (thread + 1) / n_threads;
-    const REAL *logits = job->logits;
+    const STORE_T *logits = job->logits;
     const fastloss_index logits_row_stride = job->logits_row_stride;
     const int64_t *target = job->target;
-    const REAL *soft_target = job->soft_target;
+    const STORE_T *soft_target = job->soft_target;
     const fastloss_index soft_target_row_stride = job->soft_target_row_stride;
-    const REAL *weight = job->weight;
+    const STORE_T *weight = job->weight;
     const double *lse_in = job->lse_in;
-    REAL *grad = job->grad;
+    STORE_T *grad = job->grad;
     const fastloss_index grad_row_stride = job->grad_row_stride;
     const int soft = soft_target != NULL, wide = job->wide, softcap = job->softcap;
     const int backward = job->backward, private_e = job->private_e;
@@ -77,9 +81,9 @@ static void RUN_ROWS(const RUN_JOB *job, int thread, int n_threads)
         return;
     }
     for (fastloss_index i = begin; i < end; ++i) {
-        const REAL *x = logits + i * logits_row_stride;
-        const REAL *q = soft ? soft_target + i * soft_target_row_stride : NULL;
-        REAL *g = grad ? grad + i * grad_row_stride : NULL;
+        const STORE_T *x = logits + i * logits_row_stride;
+        const STORE_T *q = soft ? soft_target + i * soft_target_row_stride : NULL;
+        STORE_T *g = grad ? grad + i * grad_row_stride : NULL;
         fastloss_index t = -1;
         double target_weight = 1.0, target_logit = 0.0;
         if (!soft) {
@@ -90,10 +94,10 @@ static void RUN_ROWS(const RUN_JOB *job, int thread, int n_threads)
                 row_lse[i] = 0.0;
                 if (g)
                     for (fastloss_index c = 0; c < n_classes; ++c)
-                        g[c] = 0;
+                        STORE(g, c, (REAL)0);
                 continue;
             }
-            target_weight = weight ? (double)weight[t] : 1.0;
+            target_weight = weight ? (double)LOAD(weight, t) : 1.0;
         }
         ce_row_stats stats = {0.0, 1.0, 0.0, 0.0, 0.0, 0.0};
         ce_row_coef coef;
@@ -101,10 +105,11 @@ static void RUN_ROWS(const RUN_JOB *job, int thread, int n_threads)
             stats.mass = ROW_SAME(ce_soft_mass)(q, n_classes, weight, call_ptr->q_scale, call_ptr->q_offset);
         if (!wide) {
             if (!soft)
-                target_logit = (double)x[t]; /* before an in-place pass overwrites it */
-            /* the exps: in the gradient row, or the private row (in-place
-             * backward), or one chunk at a time for the forward */
-            REAL *e_row = private_e ? e_private : g;
+                target_logit = (double)LOAD(x, t); /* before an in-place pass overwrites it */
+            /* the exps: in the gradient row (STORE_T is REAL there: see
+             * private_e), or the private row, or one chunk at a time for the
+             * forward */
+            REAL *e_row = private_e ? e_private : (REAL *)g;
             if (!backward || !ROW_SAME(ce_row_shifted)(call_ptr, x, t, lse_in[i], e_row, chunk_data, &stats))
                 ROW_SAME(ce_row_stats)(call_ptr, x, q, weight, t, e_row, (REAL *)tile, chunk_data, &stats);
             ROW_SAME(ce_coefficients)(call_ptr, &stats, target_logit, target_weight, i, &coef);
@@ -113,14 +118,14 @@ static void RUN_ROWS(const RUN_JOB *job, int thread, int n_threads)
         } else {
             if (!softcap) {
                 for (fastloss_index c = 0; c < n_classes; ++c)
-                    capped[c] = (double)x[c];
+                    capped[c] = (double)LOAD(x, c);
             } else {
                 /* Gemma 2 soft-capping, y = c tanh(x / c) and dy/dx = sech**2(x / c).
                  * With u = x / c: tanh|u| = -m / (2 + m), m = expm1(-2|u|) (exact
                  * for small |u|), and sech**2 u = 4 e / (1 + e)**2, e = exp(-2|u|)
                  * (exact for large |u|, where 1 - tanh**2 would cancel). */
                 for (fastloss_index c = 0; c < n_classes; ++c) {
-                    const double u = (double)x[c] / job->softcap_value;
+                    const double u = (double)LOAD(x, c) / job->softcap_value;
                     const double m = expm1(-2.0 * fabs(u));
                     const double e = exp(-2.0 * fabs(u));
                     capped[c] = copysign(job->softcap_value * (-m / (2.0 + m)), u);
@@ -142,12 +147,16 @@ static void RUN_ROWS(const RUN_JOB *job, int thread, int n_threads)
     }
 }
 
-int RUN(const fastloss_ce_options *options, const REAL *logits, fastloss_index logits_row_stride,
-        const int64_t *target, const REAL *soft_target, fastloss_index soft_target_row_stride,
-        const REAL *weight, const double *lse_in, const double *grad_output,
-        fastloss_index grad_output_stride, double *loss_per_row, double *lse_out, double *loss,
-        REAL *grad, fastloss_index grad_row_stride)
+int RUN(const fastloss_ce_options *options, const void *logits_data,
+        fastloss_index logits_row_stride, const int64_t *target, const void *soft_target_data,
+        fastloss_index soft_target_row_stride, const void *weight_data, const double *lse_in,
+        const double *grad_output, fastloss_index grad_output_stride, double *loss_per_row,
+        double *lse_out, double *loss, void *grad_data, fastloss_index grad_row_stride)
 {
+    const STORE_T *logits = (const STORE_T *)logits_data;
+    const STORE_T *soft_target = (const STORE_T *)soft_target_data;
+    const STORE_T *weight = (const STORE_T *)weight_data;
+    STORE_T *grad = (STORE_T *)grad_data;
     const fastloss_index n_rows = options->n_rows;
     const fastloss_index n_classes = options->n_classes;
     const fastloss_index n_chunks = (n_classes + FASTLOSS_CE_CHUNK - 1) / FASTLOSS_CE_CHUNK;
@@ -179,7 +188,7 @@ int RUN(const fastloss_ce_options *options, const REAL *logits, fastloss_index l
                 return FASTLOSS_ERROR_BAD_TARGET;
             }
             n_valid += 1.0;
-            weight_sum += weight ? (double)weight[t] : 1.0;
+            weight_sum += weight ? (double)LOAD(weight, t) : 1.0;
         }
     }
 
@@ -209,9 +218,11 @@ int RUN(const fastloss_ce_options *options, const REAL *logits, fastloss_index l
     if (threads > n_units) /* rows (or blocks) are the unit of work: more threads would idle */
         threads = n_units > 1 ? (int)n_units : 1;
     /* The in-place backward keeps its exps in a private row (`e_private`): the
-     * logits must survive until the row's lse is known to be the right one. */
+     * logits must survive until the row's lse is known to be the right one.  So
+     * does every row read in REAL whose storage is not REAL (the gradient row
+     * cannot hold the exps then). */
     const int in_place = grad && (const void *)grad == (const void *)logits;
-    const int private_e = grad && backward && in_place && !wide;
+    const int private_e = grad && !wide && ((backward && in_place) || !STORAGE_IS_COMPUTE);
     /* Per-thread scratch, in this order: chunk statistics, a chunk of exps (or
      * the small path's tile and lanes), the row read as double (and its softcap
      * slope), the row's exps in double, the in-place backward's exps.  Other rows
@@ -250,7 +261,7 @@ int RUN(const fastloss_ce_options *options, const REAL *logits, fastloss_index l
         const fastloss_index end = start + FASTLOSS_CE_CHUNK < n_classes ? start + FASTLOSS_CE_CHUNK : n_classes;
         double chunk_sum = 0.0;
         for (fastloss_index c = start; c < end; ++c)
-            chunk_sum += weight ? (double)weight[c] : 1.0;
+            chunk_sum += weight ? (double)LOAD(weight, c) : 1.0;
         chunk_weight_sum[k] = chunk_sum;
         weight_total += chunk_sum;
     }

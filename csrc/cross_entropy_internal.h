@@ -6,6 +6,7 @@
 #define FASTLOSS_CROSS_ENTROPY_INTERNAL_H
 
 #include "cross_entropy.h"
+#include "storage.h"
 
 /*
  * Classes per chunk.  A row is processed one chunk at a time: a max pass, then
@@ -86,23 +87,29 @@ typedef struct ce_row_coef {
 } ce_row_coef;
 
 /*
- * One generic runner per (dtype, ISA), in cross_entropy_impl.h: forward when
- * grad is NULL, backward from a known lse when lse_in is given, fused
- * otherwise.  cross_entropy.c dispatches to it.
+ * One generic runner per (storage type, ISA), in cross_entropy_impl.h: forward
+ * when grad is NULL, backward from a known lse when lse_in is given, fused
+ * otherwise.  The arrays of the storage type (logits, soft_target, weight,
+ * grad) are `void *`, so that every runner has this one signature and
+ * cross_entropy.c keeps them in a table indexed by [enum fastloss_dtype].
  */
-#define FASTLOSS_CE_RUN_SIGNATURE(REAL_T)                                                    \
-    (const fastloss_ce_options *options, const REAL_T *logits,                               \
-     fastloss_index logits_row_stride, const int64_t *target, const REAL_T *soft_target,     \
-     fastloss_index soft_target_row_stride, const REAL_T *weight, const double *lse_in,      \
+#define FASTLOSS_CE_RUN_SIGNATURE                                                            \
+    (const fastloss_ce_options *options, const void *logits_data,                            \
+     fastloss_index logits_row_stride, const int64_t *target, const void *soft_target_data,  \
+     fastloss_index soft_target_row_stride, const void *weight_data, const double *lse_in,   \
      const double *grad_output, fastloss_index grad_output_stride, double *loss_per_row,     \
-     double *lse_out, double *loss, REAL_T *grad, fastloss_index grad_row_stride)
+     double *lse_out, double *loss, void *grad_data, fastloss_index grad_row_stride)
+typedef int(*fastloss_ce_run) FASTLOSS_CE_RUN_SIGNATURE;
+
+#define FASTLOSS_CE_RUN_NAME_(storage, isa) fastloss_ce_run_##storage##_##isa
+#define FASTLOSS_CE_RUN_NAME(storage, isa) FASTLOSS_CE_RUN_NAME_(storage, isa)
 
 void fastloss_cross_entropy_select(int level); /* dispatch.c calls it */
-int fastloss_ce_run_float32_baseline FASTLOSS_CE_RUN_SIGNATURE(float);
-int fastloss_ce_run_float64_baseline FASTLOSS_CE_RUN_SIGNATURE(double);
-int fastloss_ce_run_float32_avx2 FASTLOSS_CE_RUN_SIGNATURE(float);
-int fastloss_ce_run_float64_avx2 FASTLOSS_CE_RUN_SIGNATURE(double);
-int fastloss_ce_run_float32_avx512 FASTLOSS_CE_RUN_SIGNATURE(float);
-int fastloss_ce_run_float64_avx512 FASTLOSS_CE_RUN_SIGNATURE(double);
+int fastloss_ce_run_float32_baseline FASTLOSS_CE_RUN_SIGNATURE;
+int fastloss_ce_run_float64_baseline FASTLOSS_CE_RUN_SIGNATURE;
+int fastloss_ce_run_float32_avx2 FASTLOSS_CE_RUN_SIGNATURE;
+int fastloss_ce_run_float64_avx2 FASTLOSS_CE_RUN_SIGNATURE;
+int fastloss_ce_run_float32_avx512 FASTLOSS_CE_RUN_SIGNATURE;
+int fastloss_ce_run_float64_avx512 FASTLOSS_CE_RUN_SIGNATURE;
 
 #endif /* FASTLOSS_CROSS_ENTROPY_INTERNAL_H */

@@ -1,25 +1,37 @@
 /*
  * cross_entropy_row_body.h -- the per-row algorithm, written once.  No include
- * guard, on purpose: cross_entropy_impl.h includes it once per pair of
- *   VAL   the type the row's logits are read in (after soft-capping)
- *   REAL  the storage type of weights, soft targets and the gradient
- * with ROW(name) giving each instantiation its own names, and VAL_EXP and
- * VAL_EXP_NONPOSITIVE the vectorisable exps of fastmath.h for VAL.  (VAL, REAL) is (float, float),
- * (double, double), or (double, float) for soft-capped float32 logits, whose
- * capped values are kept in double so their rounding stays out of the softmax.
+ * guard, on purpose: cross_entropy_impl.h includes it once per triple of
+ *   VAL      the type the row is computed in: REAL, or double ("wide" rows)
+ *   STORAGE  the storage of weights, soft targets and the gradient (storage.h:
+ *            STORE_T, LOAD, STORE, STORE_WIDE from storage_begin.h)
+ *   ROW_IN   the storage of the row's values y: STORAGE itself (the logits), or
+ *            float64 for wide rows (the row widened, or soft-capped, into scratch)
+ * with ROW(name) giving each instantiation its own names, STORE_VAL the store of
+ * a VAL (STORE, or STORE_WIDE when VAL is double), and VAL_EXP and
+ * VAL_EXP_NONPOSITIVE the vectorisable exps of fastmath.h for VAL.  (VAL,
+ * STORAGE, ROW_IN) is (float, float32, float32), (double, float64, float64), or
+ * (double, float32, float64) for soft-capped float32 logits, whose capped values
+ * are kept in double so their rounding stays out of the softmax.  The exps
+ * (e_row, tile) are VAL scratch, or the gradient row itself when the runner
+ * knows STORE_T is VAL; y and e_row may be the same memory (in place).
  */
+
+#define ROW_IN_T FASTLOSS_STORAGE_T(ROW_IN)
+#define ROW_LOAD(array, i) FASTLOSS_LOAD(ROW_IN, array, i)
 
 /* Largest value.  The order of a max does not change its value, so an
  * OpenMP simd reduction (gcc does not vectorise this loop without one, as
  * NaN makes `>` non-associative) costs nothing in determinism.  Whether a NaN
  * wins or is skipped here does not matter: it reaches the row's sum through
  * the exp pass either way. */
-FASTLOSS_INLINE VAL ROW(ce_max)(const VAL *values, fastloss_index n)
+FASTLOSS_INLINE VAL ROW(ce_max)(const ROW_IN_T *values, fastloss_index n)
 {
     VAL result = -(VAL)INFINITY;
 #pragma omp simd reduction(max : result)
-    for (fastloss_index c = 0; c < n; ++c)
-        result = values[c] > result ? values[c] : result;
+    for (fastloss_index c = 0; c < n; ++c) {
+        const VAL value = ROW_LOAD(values, c);
+        result = value > result ? value : result;
+    }
     return result;
 }
 
@@ -30,11 +42,11 @@ FASTLOSS_INLINE VAL ROW(ce_max)(const VAL *values, fastloss_index n)
  * (Sterbenz), and elsewhere exp() of the difference is negligible.  `out` may
  * be `values` itself (in-place gradient), so no restrict here.
  */
-FASTLOSS_INLINE void ROW(ce_exp)(const VAL *values, fastloss_index n, VAL shift_hi,
+FASTLOSS_INLINE void ROW(ce_exp)(const ROW_IN_T *values, fastloss_index n, VAL shift_hi,
                                  VAL shift_lo, VAL *out)
 {
     for (fastloss_index c = 0; c < n; ++c)
-        out[c] = VAL_EXP((values[c] - shift_hi) - shift_lo);
+        out[c] = VAL_EXP(((VAL)ROW_LOAD(values, c) - shift_hi) - shift_lo);
 }
 
 /*
@@ -44,18 +56,19 @@ FASTLOSS_INLINE void ROW(ce_exp)(const VAL *values, fastloss_index n, VAL shift_
  * arithmetic units idle.  `out` may be `values` (in place); it never overlaps
  * `next`, which is what the simd pragma asserts.
  */
-FASTLOSS_INLINE VAL ROW(ce_exp_next_max)(const VAL *values, fastloss_index n, VAL shift, VAL *out,
-                                         const VAL *next, fastloss_index n_next)
+FASTLOSS_INLINE VAL ROW(ce_exp_next_max)(const ROW_IN_T *values, fastloss_index n, VAL shift,
+                                         VAL *out, const ROW_IN_T *next, fastloss_index n_next)
 {
     const fastloss_index both = n < n_next ? n : n_next;
     VAL next_max = -(VAL)INFINITY;
 #pragma omp simd reduction(max : next_max)
     for (fastloss_index c = 0; c < both; ++c) {
-        out[c] = VAL_EXP_NONPOSITIVE(values[c] - shift);
-        next_max = next[c] > next_max ? next[c] : next_max;
+        out[c] = VAL_EXP_NONPOSITIVE((VAL)ROW_LOAD(values, c) - shift);
+        const VAL next_value = ROW_LOAD(next, c);
+        next_max = next_value > next_max ? next_value : next_max;
     }
     for (fastloss_index c = both; c < n; ++c)
-        out[c] = VAL_EXP_NONPOSITIVE(values[c] - shift);
+        out[c] = VAL_EXP_NONPOSITIVE((VAL)ROW_LOAD(values, c) - shift);
     const VAL rest = ROW(ce_max)(next + both, n_next - both);
     return rest > next_max ? rest : next_max;
 }
@@ -80,8 +93,8 @@ FASTLOSS_INLINE double ROW(ce_sum)(const VAL *FASTLOSS_RESTRICT values, fastloss
 }
 
 /* sum_c u_c (shift - values[c]) with u = weight (or 1 when weight is NULL). */
-FASTLOSS_INLINE double ROW(ce_dist)(const VAL *FASTLOSS_RESTRICT values, fastloss_index n,
-                                    VAL shift, const REAL *FASTLOSS_RESTRICT weight)
+FASTLOSS_INLINE double ROW(ce_dist)(const ROW_IN_T *FASTLOSS_RESTRICT values, fastloss_index n,
+                                    VAL shift, const STORE_T *FASTLOSS_RESTRICT weight)
 {
     double lane[FASTLOSS_LANES] = {0.0};
     double tail = 0.0;
@@ -89,24 +102,25 @@ FASTLOSS_INLINE double ROW(ce_dist)(const VAL *FASTLOSS_RESTRICT values, fastlos
     if (weight) {
         for (; c + FASTLOSS_LANES <= n; c += FASTLOSS_LANES)
             for (int k = 0; k < FASTLOSS_LANES; ++k)
-                lane[k] += (double)weight[c + k] * (double)(shift - values[c + k]);
+                lane[k] += (double)LOAD(weight, c + k) *
+                           (double)(shift - (VAL)ROW_LOAD(values, c + k));
         for (; c < n; ++c)
-            tail += (double)weight[c] * (double)(shift - values[c]);
+            tail += (double)LOAD(weight, c) * (double)(shift - (VAL)ROW_LOAD(values, c));
     } else {
         for (; c + FASTLOSS_LANES <= n; c += FASTLOSS_LANES)
             for (int k = 0; k < FASTLOSS_LANES; ++k)
-                lane[k] += (double)(shift - values[c + k]);
+                lane[k] += (double)(shift - (VAL)ROW_LOAD(values, c + k));
         for (; c < n; ++c)
-            tail += (double)(shift - values[c]);
+            tail += (double)(shift - (VAL)ROW_LOAD(values, c));
     }
     return ROW(ce_lane_total)(lane, tail);
 }
 
 /* Soft targets: u_c = w_c q'_c with q' = q_scale q + q_offset; returns
  * sum_c u_c (shift - values[c]) and stores sum_c u_c in *mass. */
-FASTLOSS_INLINE double ROW(ce_soft_dist)(const VAL *FASTLOSS_RESTRICT values, fastloss_index n,
-                                         VAL shift, const REAL *FASTLOSS_RESTRICT q,
-                                         const REAL *FASTLOSS_RESTRICT weight, double q_scale,
+FASTLOSS_INLINE double ROW(ce_soft_dist)(const ROW_IN_T *FASTLOSS_RESTRICT values, fastloss_index n,
+                                         VAL shift, const STORE_T *FASTLOSS_RESTRICT q,
+                                         const STORE_T *FASTLOSS_RESTRICT weight, double q_scale,
                                          double q_offset, double *mass)
 {
     double dist_lane[FASTLOSS_LANES] = {0.0}, mass_lane[FASTLOSS_LANES] = {0.0};
@@ -114,18 +128,18 @@ FASTLOSS_INLINE double ROW(ce_soft_dist)(const VAL *FASTLOSS_RESTRICT values, fa
     fastloss_index c = 0;
     for (; c + FASTLOSS_LANES <= n; c += FASTLOSS_LANES)
         for (int k = 0; k < FASTLOSS_LANES; ++k) {
-            double u = q_scale * (double)q[c + k] + q_offset;
+            double u = q_scale * (double)LOAD(q, c + k) + q_offset;
             if (weight)
-                u *= (double)weight[c + k];
+                u *= (double)LOAD(weight, c + k);
             mass_lane[k] += u;
-            dist_lane[k] += u * (double)(shift - values[c + k]);
+            dist_lane[k] += u * (double)(shift - (VAL)ROW_LOAD(values, c + k));
         }
     for (; c < n; ++c) {
-        double u = q_scale * (double)q[c] + q_offset;
+        double u = q_scale * (double)LOAD(q, c) + q_offset;
         if (weight)
-            u *= (double)weight[c];
+            u *= (double)LOAD(weight, c);
         mass_tail += u;
-        dist_tail += u * (double)(shift - values[c]);
+        dist_tail += u * (double)(shift - (VAL)ROW_LOAD(values, c));
     }
     *mass = ROW(ce_lane_total)(mass_lane, mass_tail);
     return ROW(ce_lane_total)(dist_lane, dist_tail);
@@ -160,8 +174,8 @@ FASTLOSS_INLINE double ROW(ce_chunk_sum)(VAL *e, fastloss_index n, fastloss_inde
  * receives it.  Every term of A is >= 0 for non-negative weights, so the
  * smoothing sum has no cancellation even for logits near 1e4.
  */
-static void ROW(ce_row_stats)(const ce_call *call, const VAL *y, const REAL *q,
-                              const REAL *weight, fastloss_index target, VAL *e_row, VAL *tile,
+static void ROW(ce_row_stats)(const ce_call *call, const ROW_IN_T *y, const STORE_T *q,
+                              const STORE_T *weight, fastloss_index target, VAL *e_row, VAL *tile,
                               double *chunk_data, ce_row_stats *stats)
 {
     const fastloss_index n_classes = call->n_classes;
@@ -246,7 +260,7 @@ static void ROW(ce_row_stats)(const ce_call *call, const VAL *y, const REAL *q,
  * row's (off by more than log 2: another call's, or the row changed), and the
  * caller recomputes the row from its logits rather than trust it.
  */
-static int ROW(ce_row_shifted)(const ce_call *call, const VAL *y, fastloss_index target,
+static int ROW(ce_row_shifted)(const ce_call *call, const ROW_IN_T *y, fastloss_index target,
                                double lse, VAL *e_row, double *chunk_data, ce_row_stats *stats)
 {
     const VAL lse_hi = (VAL)lse;
@@ -275,8 +289,8 @@ static int ROW(ce_row_shifted)(const ce_call *call, const VAL *y, fastloss_index
 }
 
 /* Soft targets, backward from a known lse: U = sum_c w_c q'_c. */
-FASTLOSS_INLINE double ROW(ce_soft_mass)(const REAL *FASTLOSS_RESTRICT q, fastloss_index n,
-                                         const REAL *FASTLOSS_RESTRICT weight, double q_scale,
+FASTLOSS_INLINE double ROW(ce_soft_mass)(const STORE_T *FASTLOSS_RESTRICT q, fastloss_index n,
+                                         const STORE_T *FASTLOSS_RESTRICT weight, double q_scale,
                                          double q_offset)
 {
     double lane[FASTLOSS_LANES] = {0.0};
@@ -284,9 +298,11 @@ FASTLOSS_INLINE double ROW(ce_soft_mass)(const REAL *FASTLOSS_RESTRICT q, fastlo
     fastloss_index c = 0;
     for (; c + FASTLOSS_LANES <= n; c += FASTLOSS_LANES)
         for (int k = 0; k < FASTLOSS_LANES; ++k)
-            lane[k] += (q_scale * (double)q[c + k] + q_offset) * (weight ? (double)weight[c + k] : 1.0);
+            lane[k] += (q_scale * (double)LOAD(q, c + k) + q_offset) *
+                       (weight ? (double)LOAD(weight, c + k) : 1.0);
     for (; c < n; ++c)
-        tail += (q_scale * (double)q[c] + q_offset) * (weight ? (double)weight[c] : 1.0);
+        tail += (q_scale * (double)LOAD(q, c) + q_offset) *
+                (weight ? (double)LOAD(weight, c) : 1.0);
     return ROW(ce_lane_total)(lane, tail);
 }
 
@@ -297,42 +313,42 @@ FASTLOSS_INLINE double ROW(ce_soft_mass)(const REAL *FASTLOSS_RESTRICT q, fastlo
  * gamma = the row's CE scale) or absent (gamma = 0), and factor_z is the z-loss
  * part.  With a u term the first two products can nearly cancel (targets
  * close to the softmax), so that difference is taken in double before the
- * z part is added and the sum rounded to REAL.  `e` may be `g` (in place).
+ * z part is added and the sum rounded to STORE_T.  `e` may be `g` (in place).
  */
 FASTLOSS_INLINE void ROW(ce_grad_range)(const VAL *e, fastloss_index n, double factor,
                                         double factor_z, double gamma,
-                                        const REAL *FASTLOSS_RESTRICT weight,
-                                        const REAL *FASTLOSS_RESTRICT q, double q_scale,
-                                        double q_offset, REAL *g)
+                                        const STORE_T *FASTLOSS_RESTRICT weight,
+                                        const STORE_T *FASTLOSS_RESTRICT q, double q_scale,
+                                        double q_offset, STORE_T *g)
 {
     if (q) {
         for (fastloss_index c = 0; c < n; ++c) {
-            double u = q_scale * (double)q[c] + q_offset;
+            double u = q_scale * (double)LOAD(q, c) + q_offset;
             if (weight)
-                u *= (double)weight[c];
-            g[c] = (REAL)((factor * (double)e[c] - gamma * u) + factor_z * (double)e[c]);
+                u *= (double)LOAD(weight, c);
+            STORE_WIDE(g, c, (factor * (double)e[c] - gamma * u) + factor_z * (double)e[c]);
         }
     } else if (gamma != 0.0 && weight) {
         for (fastloss_index c = 0; c < n; ++c)
-            g[c] = (REAL)((factor * (double)e[c] - gamma * (double)weight[c]) +
-                          factor_z * (double)e[c]);
+            STORE_WIDE(g, c, (factor * (double)e[c] - gamma * (double)LOAD(weight, c)) +
+                                 factor_z * (double)e[c]);
     } else if (gamma != 0.0) {
         for (fastloss_index c = 0; c < n; ++c)
-            g[c] = (REAL)((factor * (double)e[c] - gamma) + factor_z * (double)e[c]);
+            STORE_WIDE(g, c, (factor * (double)e[c] - gamma) + factor_z * (double)e[c]);
     } else {
         /* nothing cancels here (the target class is written apart) */
         const VAL factor_v = (VAL)(factor + factor_z);
         for (fastloss_index c = 0; c < n; ++c)
-            g[c] = (REAL)(factor_v * e[c]);
+            STORE_VAL(g, c, factor_v * e[c]);
     }
 }
 
 /* Soft-capping: dy/dx = sech**2(x / c), precomputed per class in `slope`. */
 FASTLOSS_INLINE void ROW(ce_softcap_chain)(const double *FASTLOSS_RESTRICT slope,
-                                           fastloss_index n, REAL *FASTLOSS_RESTRICT g)
+                                           fastloss_index n, STORE_T *FASTLOSS_RESTRICT g)
 {
     for (fastloss_index c = 0; c < n; ++c)
-        g[c] = (REAL)((double)g[c] * slope[c]);
+        STORE_WIDE(g, c, (double)LOAD(g, c) * slope[c]);
 }
 
 /*
@@ -425,9 +441,9 @@ FASTLOSS_INLINE double ROW(ce_target_grad)(const ce_call *call, const ce_row_coe
  * is dy/dx per class with softcap, else NULL.  The target class is written
  * between two ranges so that no element is written twice.
  */
-static void ROW(ce_row_grad)(const ce_call *call, const REAL *q, const REAL *weight,
+static void ROW(ce_row_grad)(const ce_call *call, const STORE_T *q, const STORE_T *weight,
                              fastloss_index target, const ce_row_coef *coef, const VAL *e_row,
-                             const double *chunk_data, const double *slope, REAL *g)
+                             const double *chunk_data, const double *slope, STORE_T *g)
 {
     const fastloss_index n_classes = call->n_classes;
     for (fastloss_index k = 0; k < call->n_chunks; ++k) {
@@ -446,9 +462,9 @@ static void ROW(ce_row_grad)(const ce_call *call, const REAL *q, const REAL *wei
         else
             rel = exp(chunk[CE_CHUNK_SHIFT] - coef->lse);
         const double factor = coef->alpha * rel;
-        const REAL *w = weight ? weight + start : NULL;
-        const REAL *qk = q ? q + start : NULL;
-        REAL *gk = g + start;
+        const STORE_T *w = weight ? weight + start : NULL;
+        const STORE_T *qk = q ? q + start : NULL;
+        STORE_T *gk = g + start;
         const fastloss_index t = target - start;
         /* The z-loss part (factor_z) is added after the cross-entropy part, which
          * can cancel to nearly zero in a converged row: folded into one factor,
@@ -457,7 +473,7 @@ static void ROW(ce_row_grad)(const ce_call *call, const REAL *q, const REAL *wei
         if (t >= 0 && t < n) {
             ROW(ce_grad_range)(e, t, factor, factor_z, coef->gamma, w, qk, call->q_scale,
                                call->q_offset, gk);
-            gk[t] = (REAL)ROW(ce_target_grad)(call, coef, w ? (double)w[t] : 1.0);
+            STORE_WIDE(gk, t, ROW(ce_target_grad)(call, coef, w ? (double)LOAD(w, t) : 1.0));
             ROW(ce_grad_range)(e + t + 1, n - t - 1, factor, factor_z, coef->gamma,
                                w ? w + t + 1 : NULL, qk ? qk + t + 1 : NULL, call->q_scale,
                                call->q_offset, gk + t + 1);
@@ -469,3 +485,6 @@ static void ROW(ce_row_grad)(const ce_call *call, const REAL *q, const REAL *wei
             ROW(ce_softcap_chain)(slope + start, n, gk);
     }
 }
+
+#undef ROW_IN_T
+#undef ROW_LOAD

@@ -1,8 +1,10 @@
 /*
  * cross_entropy_small_body.h -- rows with few classes, CE_SMALL_ROWS rows at a
  * time with one row per SIMD lane.  No include guard, on purpose:
- * cross_entropy_impl.h includes it for (VAL, REAL) = (float, float) and
- * (double, double), after cross_entropy_row_body.h of the same ROW names.
+ * cross_entropy_impl.h includes it for (VAL, STORAGE) = (REAL, float32) and
+ * (REAL, float64), after cross_entropy_row_body.h of the same ROW names.  The
+ * logits, weights and gradient are read and written through LOAD and STORE
+ * (storage.h); the tile is VAL scratch.
  *
  * Why: the per-row algorithm (cross_entropy_row_body.h) vectorises along the
  * classes.  With C = 10 a row is shorter than one AVX-512 vector, so every exp
@@ -23,23 +25,23 @@
  */
 
 /* Transpose rows[r][0..C) into tile[c * R + r]: a block of rows, class-major. */
-FASTLOSS_INLINE void ROW(ce_small_load)(const REAL *logits, fastloss_index row_stride,
+FASTLOSS_INLINE void ROW(ce_small_load)(const STORE_T *logits, fastloss_index row_stride,
                                         const fastloss_index *row, fastloss_index n_classes,
                                         VAL *FASTLOSS_RESTRICT tile)
 {
     for (int r = 0; r < CE_SMALL_ROWS; ++r) {
-        const REAL *x = logits + row[r] * row_stride;
+        const STORE_T *x = logits + row[r] * row_stride;
         for (fastloss_index c = 0; c < n_classes; ++c)
-            tile[c * CE_SMALL_ROWS + r] = x[c];
+            tile[c * CE_SMALL_ROWS + r] = LOAD(x, c);
     }
 }
 
 /* Row r of the class-major tile (from tile + r) into the gradient row g. */
 FASTLOSS_INLINE void ROW(ce_small_store)(const VAL *FASTLOSS_RESTRICT column,
-                                         fastloss_index n_classes, REAL *FASTLOSS_RESTRICT g)
+                                         fastloss_index n_classes, STORE_T *FASTLOSS_RESTRICT g)
 {
     for (fastloss_index c = 0; c < n_classes; ++c)
-        g[c] = (REAL)column[c * CE_SMALL_ROWS];
+        STORE(g, c, column[c * CE_SMALL_ROWS]);
 }
 
 /* The FASTLOSS_LANES accumulators of every lane, and the tails, set to 0. */
@@ -87,7 +89,7 @@ FASTLOSS_INLINE void ROW(ce_small_sum)(const VAL *FASTLOSS_RESTRICT tile, fastlo
 /* sum_c w_c (shift[r] - values[c][r]) per lane, as ce_dist. */
 FASTLOSS_INLINE void ROW(ce_small_dist)(const VAL *FASTLOSS_RESTRICT tile, fastloss_index n_classes,
                                         const VAL *FASTLOSS_RESTRICT shift,
-                                        const REAL *FASTLOSS_RESTRICT weight,
+                                        const STORE_T *FASTLOSS_RESTRICT weight,
                                         double *FASTLOSS_RESTRICT lanes, double *FASTLOSS_RESTRICT total)
 {
     const fastloss_index full = n_classes - n_classes % FASTLOSS_LANES;
@@ -95,7 +97,7 @@ FASTLOSS_INLINE void ROW(ce_small_dist)(const VAL *FASTLOSS_RESTRICT tile, fastl
     for (fastloss_index c = 0; c < n_classes; ++c) {
         double *sum = c < full ? lanes + (c % FASTLOSS_LANES) * CE_SMALL_ROWS : total;
         if (weight) {
-            const double w = (double)weight[c];
+            const double w = (double)LOAD(weight, c);
 #pragma omp simd
             for (int r = 0; r < CE_SMALL_ROWS; ++r)
                 sum[r] += w * (double)(shift[r] - tile[c * CE_SMALL_ROWS + r]);
@@ -115,9 +117,9 @@ FASTLOSS_INLINE void ROW(ce_small_dist)(const VAL *FASTLOSS_RESTRICT tile, fastl
  * (the exps shifted by the given lse, then renormalised, as ce_row_shifted);
  * grad NULL: forward only.  Writes row_ce, row_z and row_lse like the runner.
  */
-static void ROW(ce_small_block)(const ce_call *call, const REAL *logits,
+static void ROW(ce_small_block)(const ce_call *call, const STORE_T *logits,
                                 fastloss_index logits_row_stride, const int64_t *target,
-                                const REAL *weight, const double *lse_in, REAL *grad,
+                                const STORE_T *weight, const double *lse_in, STORE_T *grad,
                                 fastloss_index grad_row_stride, fastloss_index n_rows,
                                 fastloss_index first_row, VAL *tile, double *lanes,
                                 double *row_ce, double *row_z, double *row_lse)
@@ -208,7 +210,7 @@ static void ROW(ce_small_block)(const ce_call *call, const REAL *logits,
     double target_grad[R], ce[R], z_term[R], row_lse_value[R];
     double target_weight[R];
     for (int r = 0; r < R; ++r)
-        target_weight[r] = weight && valid[r] ? (double)weight[t[r]] : 1.0;
+        target_weight[r] = weight && valid[r] ? (double)LOAD(weight, t[r]) : 1.0;
     /* (every value computed, then selected: arithmetic under a condition would
      * keep the loop scalar) */
     double log_sum[R];
@@ -265,7 +267,7 @@ static void ROW(ce_small_block)(const ce_call *call, const REAL *logits,
                 tile[c * R + r] = factor_v[r] * tile[c * R + r];
     } else {
         for (fastloss_index c = 0; c < n_classes; ++c) {
-            const double w = weight ? (double)weight[c] : 1.0;
+            const double w = weight ? (double)LOAD(weight, c) : 1.0;
 #pragma omp simd
             for (int r = 0; r < R; ++r) {
                 const double e = (double)tile[c * R + r];
@@ -277,13 +279,13 @@ static void ROW(ce_small_block)(const ce_call *call, const REAL *logits,
         }
     }
     for (fastloss_index r = 0; r < stored; ++r) {
-        REAL *g = grad + row[r] * grad_row_stride;
+        STORE_T *g = grad + row[r] * grad_row_stride;
         if (!valid[r]) {
             for (fastloss_index c = 0; c < n_classes; ++c)
-                g[c] = 0;
+                STORE(g, c, (REAL)0);
             continue;
         }
         ROW(ce_small_store)(tile + r, n_classes, g);
-        g[t[r]] = (REAL)target_grad[r];
+        STORE_WIDE(g, t[r], target_grad[r]);
     }
 }

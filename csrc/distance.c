@@ -1,6 +1,6 @@
 /*
  * distance.c -- pairwise distances, contrastive losses and the triplet margin
- * loss, for float32 and float64.
+ * loss, for every storage type of storage.h (float32 and float64).
  *
  * Metrics, for rows x and y:
  *   euclidean    d = |x - y|
@@ -82,75 +82,176 @@
 #define FASTLOSS_ISA baseline
 #include "distance_impl.h"
 
-/* The row kernels, one build for every CPU (distance_body.h). */
-#define REAL float
+/* The row kernels, one build for every CPU (distance_body.h), per storage type. */
+#define STORAGE float32
+#include "storage_begin.h"
 #define REAL_NAME(name) name##_float32
 #include "distance_row_helpers.h"
 #include "distance_body.h"
-#undef REAL
 #undef REAL_NAME
+#include "storage_end.h"
 
-#define REAL double
+#define STORAGE float64
+#include "storage_begin.h"
 #define REAL_NAME(name) name##_float64
 #include "distance_row_helpers.h"
 #include "distance_body.h"
-#undef REAL
 #undef REAL_NAME
+#include "storage_end.h"
 
-/* The pass and the sparse product this CPU runs best: fastloss_distance_select fills
- * the table (see fastloss_select_kernels); baseline until then. */
+/* Every operation's kernels by storage type (enum fastloss_dtype).  The pass and
+ * the sparse product are those this CPU runs best: fastloss_distance_select fills
+ * their slots (see fastloss_select_kernels); baseline until then.  A new storage
+ * type is one more line in each list. */
 static struct {
-    int (*matrix_float32) FASTLOSS_DISTANCE_MATRIX_SIGNATURE(float);
-    int (*matrix_float64) FASTLOSS_DISTANCE_MATRIX_SIGNATURE(double);
-    int (*sparse_product_float32) FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE(float);
-    int (*sparse_product_float64) FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE(double);
-} distance_kernels = {fastloss_distance_matrix_float32_baseline,
-                      fastloss_distance_matrix_float64_baseline,
-                      fastloss_distance_sparse_product_float32_baseline,
-                      fastloss_distance_sparse_product_float64_baseline};
+    fastloss_distance_matrix_kernel matrix[FASTLOSS_N_DTYPES];
+    fastloss_distance_sparse_product_kernel sparse_product[FASTLOSS_N_DTYPES];
+    fastloss_distance_prepare_rows_kernel prepare_rows[FASTLOSS_N_DTYPES];
+    fastloss_distance_finish_rows_kernel finish_rows[FASTLOSS_N_DTYPES];
+    fastloss_distance_normalize_backward_kernel normalize_backward[FASTLOSS_N_DTYPES];
+    fastloss_distance_contrastive_kernel contrastive[FASTLOSS_N_DTYPES];
+    fastloss_distance_triplet_margin_kernel triplet_margin[FASTLOSS_N_DTYPES];
+} distance_kernels = {
+    .matrix = {[FASTLOSS_FLOAT32] = fastloss_distance_matrix_float32_baseline,
+               [FASTLOSS_FLOAT64] = fastloss_distance_matrix_float64_baseline},
+    .sparse_product = {[FASTLOSS_FLOAT32] = fastloss_distance_sparse_product_float32_baseline,
+                       [FASTLOSS_FLOAT64] = fastloss_distance_sparse_product_float64_baseline},
+    .prepare_rows = {[FASTLOSS_FLOAT32] = distance_prepare_rows_float32,
+                     [FASTLOSS_FLOAT64] = distance_prepare_rows_float64},
+    .finish_rows = {[FASTLOSS_FLOAT32] = distance_finish_rows_float32,
+                    [FASTLOSS_FLOAT64] = distance_finish_rows_float64},
+    .normalize_backward = {[FASTLOSS_FLOAT32] = distance_normalize_backward_float32,
+                           [FASTLOSS_FLOAT64] = distance_normalize_backward_float64},
+    .contrastive = {[FASTLOSS_FLOAT32] = distance_contrastive_float32,
+                    [FASTLOSS_FLOAT64] = distance_contrastive_float64},
+    .triplet_margin = {[FASTLOSS_FLOAT32] = distance_triplet_margin_float32,
+                       [FASTLOSS_FLOAT64] = distance_triplet_margin_float64},
+};
 
 void fastloss_distance_select(int level)
 {
-    distance_kernels.matrix_float32 = FASTLOSS_PICK(fastloss_distance_matrix_float32, level);
-    distance_kernels.matrix_float64 = FASTLOSS_PICK(fastloss_distance_matrix_float64, level);
-    distance_kernels.sparse_product_float32 =
+    distance_kernels.matrix[FASTLOSS_FLOAT32] =
+        FASTLOSS_PICK(fastloss_distance_matrix_float32, level);
+    distance_kernels.matrix[FASTLOSS_FLOAT64] =
+        FASTLOSS_PICK(fastloss_distance_matrix_float64, level);
+    distance_kernels.sparse_product[FASTLOSS_FLOAT32] =
         FASTLOSS_PICK(fastloss_distance_sparse_product_float32, level);
-    distance_kernels.sparse_product_float64 =
+    distance_kernels.sparse_product[FASTLOSS_FLOAT64] =
         FASTLOSS_PICK(fastloss_distance_sparse_product_float64, level);
 }
 
-int fastloss_distance_matrix_float32 FASTLOSS_DISTANCE_MATRIX_SIGNATURE(float)
+/* The entry points: the kernel of the dtype code, or FASTLOSS_ERROR_BAD_DTYPE. */
+
+int fastloss_distance_prepare_rows(int dtype, const fastloss_distance_rows_options *options,
+                                   const void *x, fastloss_index x_row_stride,
+                                   const double *shift, double *prepared, void *prepared_real,
+                                   double *norm)
 {
-    return distance_kernels.matrix_float32(options, x, x_row_stride, y, y_row_stride,
-                x_norm, y_norm, gram, gram_row_stride, direct_coef, direct_coef_row_stride,
-                labels, grad_output,
-                grad_output_row_stride, grad_output_col_stride, value, value_row_stride, coef,
-                coef_row_stride, x_sums, y_sums, direct_mask, nonzero_mask, loss, n_recomputed,
-                n_direct, n_nonzero);
+    if (!fastloss_dtype_known(dtype))
+        return FASTLOSS_ERROR_BAD_DTYPE;
+    return distance_kernels.prepare_rows[dtype](options, x, x_row_stride, shift, prepared,
+                                                prepared_real, norm);
 }
 
-int fastloss_distance_matrix_float64 FASTLOSS_DISTANCE_MATRIX_SIGNATURE(double)
+int fastloss_distance_matrix(int dtype, const fastloss_distance_matrix_options *options,
+                             const void *x, fastloss_index x_row_stride, const void *y,
+                             fastloss_index y_row_stride, const double *x_norm,
+                             const double *y_norm, const void *gram,
+                             fastloss_index gram_row_stride, double *direct_coef,
+                             fastloss_index direct_coef_row_stride, const int64_t *labels,
+                             const double *grad_output, fastloss_index grad_output_row_stride,
+                             fastloss_index grad_output_col_stride, void *value,
+                             fastloss_index value_row_stride, void *coef,
+                             fastloss_index coef_row_stride, double *x_sums, double *y_sums,
+                             uint64_t *direct_mask, uint64_t *nonzero_mask, double *loss,
+                             int64_t *n_recomputed, int64_t *n_direct, int64_t *n_nonzero)
 {
-    return distance_kernels.matrix_float64(options, x, x_row_stride, y, y_row_stride,
-                x_norm, y_norm, gram, gram_row_stride, direct_coef, direct_coef_row_stride,
-                labels, grad_output,
-                grad_output_row_stride, grad_output_col_stride, value, value_row_stride, coef,
-                coef_row_stride, x_sums, y_sums, direct_mask, nonzero_mask, loss, n_recomputed,
-                n_direct, n_nonzero);
+    if (!fastloss_dtype_known(dtype))
+        return FASTLOSS_ERROR_BAD_DTYPE;
+    return distance_kernels.matrix[dtype](options, x, x_row_stride, y, y_row_stride, x_norm, y_norm,
+                                          gram, gram_row_stride, direct_coef,
+                                          direct_coef_row_stride, labels, grad_output,
+                                          grad_output_row_stride, grad_output_col_stride, value,
+                                          value_row_stride, coef, coef_row_stride, x_sums, y_sums,
+                                          direct_mask, nonzero_mask, loss, n_recomputed, n_direct,
+                                          n_nonzero);
 }
 
-int fastloss_distance_sparse_product_float32 FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE(float)
+int fastloss_distance_sparse_product(int dtype, const fastloss_distance_rows_options *options,
+                                     const uint64_t *nonzero_mask, fastloss_index mask_row_words,
+                                     const void *coef, fastloss_index coef_row_stride,
+                                     const void *rows, fastloss_index rows_row_stride,
+                                     void *product, fastloss_index product_row_stride)
 {
-    return distance_kernels.sparse_product_float32(options, nonzero_mask,
-                mask_row_words, coef, coef_row_stride, rows, rows_row_stride, product,
-                product_row_stride);
+    if (!fastloss_dtype_known(dtype))
+        return FASTLOSS_ERROR_BAD_DTYPE;
+    return distance_kernels.sparse_product[dtype](options, nonzero_mask, mask_row_words, coef,
+                                                  coef_row_stride, rows, rows_row_stride, product,
+                                                  product_row_stride);
 }
 
-int fastloss_distance_sparse_product_float64 FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE(double)
+int fastloss_distance_finish_rows(int dtype, const fastloss_distance_rows_options *options,
+                                  const void *prepared, fastloss_index prepared_row_stride,
+                                  const double *sums, const double *norm, const void *product,
+                                  fastloss_index product_row_stride, void *grad,
+                                  fastloss_index grad_row_stride,
+                                  const fastloss_distance_direct *direct, const void *rows,
+                                  fastloss_index rows_row_stride, const void *other,
+                                  fastloss_index other_row_stride, const double *other_norm)
 {
-    return distance_kernels.sparse_product_float64(options, nonzero_mask,
-                mask_row_words, coef, coef_row_stride, rows, rows_row_stride, product,
-                product_row_stride);
+    if (!fastloss_dtype_known(dtype))
+        return FASTLOSS_ERROR_BAD_DTYPE;
+    return distance_kernels.finish_rows[dtype](options, prepared, prepared_row_stride, sums, norm,
+                                               product, product_row_stride, grad, grad_row_stride,
+                                               direct, rows, rows_row_stride, other,
+                                               other_row_stride, other_norm);
+}
+
+int fastloss_distance_normalize_backward(int dtype, const fastloss_distance_rows_options *options,
+                                         const double *normalized, const double *norm,
+                                         const double *grad_normalized, void *grad,
+                                         fastloss_index grad_row_stride)
+{
+    if (!fastloss_dtype_known(dtype))
+        return FASTLOSS_ERROR_BAD_DTYPE;
+    return distance_kernels.normalize_backward[dtype](options, normalized, norm, grad_normalized,
+                                                      grad, grad_row_stride);
+}
+
+int fastloss_distance_contrastive(int dtype, const fastloss_pair_loss_options *options,
+                                  const void *x1, fastloss_index x1_row_stride, const void *x2,
+                                  fastloss_index x2_row_stride, const double *label,
+                                  const double *grad_output, fastloss_index grad_output_stride,
+                                  double *loss_per_row, double *loss, void *grad1,
+                                  fastloss_index grad1_row_stride, void *grad2,
+                                  fastloss_index grad2_row_stride)
+{
+    if (!fastloss_dtype_known(dtype))
+        return FASTLOSS_ERROR_BAD_DTYPE;
+    return distance_kernels.contrastive[dtype](options, x1, x1_row_stride, x2, x2_row_stride, label,
+                                               grad_output, grad_output_stride, loss_per_row, loss,
+                                               grad1, grad1_row_stride, grad2, grad2_row_stride);
+}
+
+int fastloss_distance_triplet_margin(int dtype, const fastloss_pair_loss_options *options,
+                                     const void *anchor, fastloss_index anchor_row_stride,
+                                     const void *positive, fastloss_index positive_row_stride,
+                                     const void *negative, fastloss_index negative_row_stride,
+                                     const double *grad_output, fastloss_index grad_output_stride,
+                                     double *loss_per_row, double *loss, void *grad_anchor,
+                                     fastloss_index grad_anchor_row_stride, void *grad_positive,
+                                     fastloss_index grad_positive_row_stride, void *grad_negative,
+                                     fastloss_index grad_negative_row_stride)
+{
+    if (!fastloss_dtype_known(dtype))
+        return FASTLOSS_ERROR_BAD_DTYPE;
+    return distance_kernels.triplet_margin[dtype](options, anchor, anchor_row_stride, positive,
+                                                  positive_row_stride, negative,
+                                                  negative_row_stride, grad_output,
+                                                  grad_output_stride, loss_per_row, loss,
+                                                  grad_anchor, grad_anchor_row_stride,
+                                                  grad_positive, grad_positive_row_stride,
+                                                  grad_negative, grad_negative_row_stride);
 }
 
 void fastloss_distance_transpose_float64(fastloss_index n_rows, fastloss_index n_cols,

@@ -1,7 +1,11 @@
 /*
  * distance.h -- pairwise distances and the losses built on them (contrastive
  * over pairs, contrastive over all pairs of a batch, triplet margin), for
- * float32 and float64.  See distance.c for the formulas, the error model of
+ * every storage type of storage.h (float32 and float64).  Every entry point
+ * takes the dtype code (enum fastloss_dtype) of its embedding-typed arrays
+ * (rows, prepared rows in the storage type, values, coefficients, gradients:
+ * the `void *` ones) and returns FASTLOSS_ERROR_BAD_DTYPE, writing nothing,
+ * for a code this build has no kernel for.  See distance.c for the formulas, the error model of
  * the Gram-matrix form and the references.
  *
  * Layout: embeddings are n_rows rows of dim contiguous values, row i at
@@ -25,6 +29,7 @@
 #define FASTLOSS_DISTANCE_H
 
 #include "common.h"
+#include "storage.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -55,14 +60,13 @@ typedef struct fastloss_distance_rows_options {
  * |x_i|**2 + |y_j|**2 - 2 x_i.y_j from cancelling) and norm_i = |prepared_i|**2.
  * Cosine: norm_i = |x_i| and prepared_i = x_i / max(norm_i, eps); shift unused.
  * prepared is n_rows x dim doubles (contiguous); prepared_real, when not NULL,
- * receives the same rows rounded to REAL (the operand of the backward product).
+ * receives the same rows rounded to the storage type (the operand of the backward
+ * product).
  */
-void fastloss_distance_prepare_rows_float32(
-    const fastloss_distance_rows_options *options, const float *x, fastloss_index x_row_stride,
-    const double *shift, double *prepared, float *prepared_real, double *norm);
-void fastloss_distance_prepare_rows_float64(
-    const fastloss_distance_rows_options *options, const double *x, fastloss_index x_row_stride,
-    const double *shift, double *prepared, double *prepared_real, double *norm);
+int fastloss_distance_prepare_rows(
+    int dtype, const fastloss_distance_rows_options *options, const void *x,
+    fastloss_index x_row_stride, const double *shift, double *prepared, void *prepared_real,
+    double *norm);
 
 typedef struct fastloss_distance_matrix_options {
     fastloss_index n_rows;   /* N: rows of x */
@@ -124,24 +128,14 @@ typedef struct fastloss_distance_matrix_options {
  * (fastloss_distance_finish_rows), and likewise for y with W^T and y_sums.
  * Return FASTLOSS_OK or FASTLOSS_ERROR_NO_MEMORY (nothing is written then).
  */
-int fastloss_distance_matrix_float32(
-    const fastloss_distance_matrix_options *options,
-    const float *x, fastloss_index x_row_stride, const float *y, fastloss_index y_row_stride,
+int fastloss_distance_matrix(
+    int dtype, const fastloss_distance_matrix_options *options,
+    const void *x, fastloss_index x_row_stride, const void *y, fastloss_index y_row_stride,
     const double *x_norm, const double *y_norm, const void *gram, fastloss_index gram_row_stride,
     double *direct_coef, fastloss_index direct_coef_row_stride, const int64_t *labels,
     const double *grad_output, fastloss_index grad_output_row_stride,
-    fastloss_index grad_output_col_stride, float *value, fastloss_index value_row_stride,
-    float *coef, fastloss_index coef_row_stride, double *x_sums, double *y_sums,
-    uint64_t *direct_mask, uint64_t *nonzero_mask, double *loss, int64_t *n_recomputed,
-    int64_t *n_direct, int64_t *n_nonzero);
-int fastloss_distance_matrix_float64(
-    const fastloss_distance_matrix_options *options,
-    const double *x, fastloss_index x_row_stride, const double *y, fastloss_index y_row_stride,
-    const double *x_norm, const double *y_norm, const void *gram, fastloss_index gram_row_stride,
-    double *direct_coef, fastloss_index direct_coef_row_stride, const int64_t *labels,
-    const double *grad_output, fastloss_index grad_output_row_stride,
-    fastloss_index grad_output_col_stride, double *value, fastloss_index value_row_stride,
-    double *coef, fastloss_index coef_row_stride, double *x_sums, double *y_sums,
+    fastloss_index grad_output_col_stride, void *value, fastloss_index value_row_stride,
+    void *coef, fastloss_index coef_row_stride, double *x_sums, double *y_sums,
     uint64_t *direct_mask, uint64_t *nonzero_mask, double *loss, int64_t *n_recomputed,
     int64_t *n_direct, int64_t *n_nonzero);
 
@@ -150,15 +144,10 @@ int fastloss_distance_matrix_float64(
  * having as many rows as W has columns), over the set bits of the pass's
  * nonzero_mask, summed in double.  Return FASTLOSS_OK or FASTLOSS_ERROR_NO_MEMORY.
  */
-int fastloss_distance_sparse_product_float32(
-    const fastloss_distance_rows_options *options, const uint64_t *nonzero_mask,
-    fastloss_index mask_row_words, const float *coef, fastloss_index coef_row_stride,
-    const float *rows, fastloss_index rows_row_stride, float *product,
-    fastloss_index product_row_stride);
-int fastloss_distance_sparse_product_float64(
-    const fastloss_distance_rows_options *options, const uint64_t *nonzero_mask,
-    fastloss_index mask_row_words, const double *coef, fastloss_index coef_row_stride,
-    const double *rows, fastloss_index rows_row_stride, double *product,
+int fastloss_distance_sparse_product(
+    int dtype, const fastloss_distance_rows_options *options, const uint64_t *nonzero_mask,
+    fastloss_index mask_row_words, const void *coef, fastloss_index coef_row_stride,
+    const void *rows, fastloss_index rows_row_stride, void *product,
     fastloss_index product_row_stride);
 
 /* The direct pairs of a pass, for the side being finished. */
@@ -172,26 +161,19 @@ typedef struct fastloss_distance_direct {
 } fastloss_distance_direct;
 
 /*
- * Step 5.  grad_i from the prepared rows (REAL, the operand of the product),
+ * Step 5.  grad_i from the prepared rows (storage type, the product's operand),
  * sums (2 n_rows: r then t), norm (prepare_rows' norm) and product = W @ P,
  * plus the pulls of the direct pairs (direct NULL when the pass marked none)
  * from the original rows of this side and of the other, and the other's norms
  * (cosine).  grad may be product itself (same stride).
  * Return FASTLOSS_OK or FASTLOSS_ERROR_NO_MEMORY.
  */
-int fastloss_distance_finish_rows_float32(
-    const fastloss_distance_rows_options *options, const float *prepared,
+int fastloss_distance_finish_rows(
+    int dtype, const fastloss_distance_rows_options *options, const void *prepared,
     fastloss_index prepared_row_stride, const double *sums, const double *norm,
-    const float *product, fastloss_index product_row_stride, float *grad,
-    fastloss_index grad_row_stride, const fastloss_distance_direct *direct, const float *rows,
-    fastloss_index rows_row_stride, const float *other, fastloss_index other_row_stride,
-    const double *other_norm);
-int fastloss_distance_finish_rows_float64(
-    const fastloss_distance_rows_options *options, const double *prepared,
-    fastloss_index prepared_row_stride, const double *sums, const double *norm,
-    const double *product, fastloss_index product_row_stride, double *grad,
-    fastloss_index grad_row_stride, const fastloss_distance_direct *direct, const double *rows,
-    fastloss_index rows_row_stride, const double *other, fastloss_index other_row_stride,
+    const void *product, fastloss_index product_row_stride, void *grad,
+    fastloss_index grad_row_stride, const fastloss_distance_direct *direct, const void *rows,
+    fastloss_index rows_row_stride, const void *other, fastloss_index other_row_stride,
     const double *other_norm);
 
 /*
@@ -199,12 +181,10 @@ int fastloss_distance_finish_rows_float64(
  * (prepare_rows, cosine), their norms and the gradient w.r.t. x^ (all double,
  * contiguous), grad = (g - x^ (x^ . g)) / |x| where |x| > eps, g / eps elsewhere.
  */
-void fastloss_distance_normalize_backward_float32(
-    const fastloss_distance_rows_options *options, const double *normalized, const double *norm,
-    const double *grad_normalized, float *grad, fastloss_index grad_row_stride);
-void fastloss_distance_normalize_backward_float64(
-    const fastloss_distance_rows_options *options, const double *normalized, const double *norm,
-    const double *grad_normalized, double *grad, fastloss_index grad_row_stride);
+int fastloss_distance_normalize_backward(
+    int dtype, const fastloss_distance_rows_options *options, const double *normalized,
+    const double *norm, const double *grad_normalized, void *grad,
+    fastloss_index grad_row_stride);
 
 /*
  * target (n_cols x n_rows) = source (n_rows x n_cols) transposed, or target +=
@@ -242,36 +222,22 @@ typedef struct fastloss_pair_loss_options {
  * cross_entropy.h (stride 0: one scalar); grad1, grad2 NULL for the forward.
  * loss_per_row (n_rows doubles) and loss are OUT or NULL.
  */
-int fastloss_distance_contrastive_float32(
-    const fastloss_pair_loss_options *options, const float *x1, fastloss_index x1_row_stride,
-    const float *x2, fastloss_index x2_row_stride, const double *label,
-    const double *grad_output, fastloss_index grad_output_stride, double *loss_per_row,
-    double *loss, float *grad1, fastloss_index grad1_row_stride, float *grad2,
-    fastloss_index grad2_row_stride);
-int fastloss_distance_contrastive_float64(
-    const fastloss_pair_loss_options *options, const double *x1, fastloss_index x1_row_stride,
-    const double *x2, fastloss_index x2_row_stride, const double *label,
-    const double *grad_output, fastloss_index grad_output_stride, double *loss_per_row,
-    double *loss, double *grad1, fastloss_index grad1_row_stride, double *grad2,
-    fastloss_index grad2_row_stride);
+int fastloss_distance_contrastive(
+    int dtype, const fastloss_pair_loss_options *options, const void *x1,
+    fastloss_index x1_row_stride, const void *x2, fastloss_index x2_row_stride,
+    const double *label, const double *grad_output, fastloss_index grad_output_stride,
+    double *loss_per_row, double *loss, void *grad1, fastloss_index grad1_row_stride,
+    void *grad2, fastloss_index grad2_row_stride);
 
 /* Triplet margin loss (torch.nn.functional.triplet_margin_loss) over rows of dim
  * elements, the pairs' lengths in options; otherwise as above. */
-int fastloss_distance_triplet_margin_float32(
-    const fastloss_pair_loss_options *options, const float *anchor,
-    fastloss_index anchor_row_stride, const float *positive, fastloss_index positive_row_stride,
-    const float *negative, fastloss_index negative_row_stride, const double *grad_output,
-    fastloss_index grad_output_stride, double *loss_per_row, double *loss, float *grad_anchor,
-    fastloss_index grad_anchor_row_stride, float *grad_positive,
-    fastloss_index grad_positive_row_stride, float *grad_negative,
-    fastloss_index grad_negative_row_stride);
-int fastloss_distance_triplet_margin_float64(
-    const fastloss_pair_loss_options *options, const double *anchor,
-    fastloss_index anchor_row_stride, const double *positive, fastloss_index positive_row_stride,
-    const double *negative, fastloss_index negative_row_stride, const double *grad_output,
-    fastloss_index grad_output_stride, double *loss_per_row, double *loss, double *grad_anchor,
-    fastloss_index grad_anchor_row_stride, double *grad_positive,
-    fastloss_index grad_positive_row_stride, double *grad_negative,
+int fastloss_distance_triplet_margin(
+    int dtype, const fastloss_pair_loss_options *options, const void *anchor,
+    fastloss_index anchor_row_stride, const void *positive, fastloss_index positive_row_stride,
+    const void *negative, fastloss_index negative_row_stride, const double *grad_output,
+    fastloss_index grad_output_stride, double *loss_per_row, double *loss, void *grad_anchor,
+    fastloss_index grad_anchor_row_stride, void *grad_positive,
+    fastloss_index grad_positive_row_stride, void *grad_negative,
     fastloss_index grad_negative_row_stride);
 
 #ifdef __cplusplus

@@ -1,22 +1,25 @@
 /*
  * distance_body.h -- the row kernels (steps 1 and 5 of distance.h, the
  * normalisation's backward, contrastive and triplet margin over row pairs) for
- * one storage type REAL, written once.  No include guard, on purpose:
- * distance.c includes it for float and double.  It expects REAL,
- * REAL_NAME(name) and the row helpers of distance_row_helpers.h.  These kernels
- * stream their rows once and are bound by memory, not arithmetic: one build
- * serves every CPU.
+ * one storage type, written once.  No include guard, on purpose: distance.c
+ * includes it per storage type, between storage_begin.h and storage_end.h
+ * (STORE_T, REAL, LOAD, STORE, STORE_WIDE: every array of the storage type is
+ * read and written through them, see storage.h).  It expects REAL_NAME(name)
+ * and the row helpers of distance_row_helpers.h.  The arrays of the storage
+ * type come in as `const void *` / `void *`, so that each kernel has one
+ * signature for every storage type (distance_internal.h), the type of
+ * distance.c's tables.  These kernels stream their rows once and are bound by
+ * memory, not arithmetic: one build serves every CPU.
  */
 
 /* ---------------------------------------------------------------------------
  * Step 1: prepared rows and norms.
  * ------------------------------------------------------------------------- */
 
-void REAL_NAME(fastloss_distance_prepare_rows)(const fastloss_distance_rows_options *options,
-                                               const REAL *x, fastloss_index x_row_stride,
-                                               const double *shift, double *prepared,
-                                               REAL *prepared_real, double *norm)
+static int REAL_NAME(distance_prepare_rows) FASTLOSS_DISTANCE_PREPARE_ROWS_SIGNATURE
 {
+    const STORE_T *x = (const STORE_T *)x_data;
+    STORE_T *prepared_real = (STORE_T *)prepared_real_data;
     const fastloss_index n_rows = options->n_rows, dim = options->dim;
     const int cosine = options->metric == FASTLOSS_METRIC_COSINE;
     const double eps = options->eps;
@@ -26,43 +29,43 @@ void REAL_NAME(fastloss_distance_prepare_rows)(const fastloss_distance_rows_opti
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
 #endif
     for (fastloss_index i = 0; i < n_rows; ++i) {
-        const REAL *row = x + i * x_row_stride;
+        const STORE_T *row = x + i * x_row_stride;
         double *out = prepared + i * dim;
         if (cosine) {
             const double length = sqrt(REAL_NAME(dot)(row, row, dim));
             /* x / max(|x|, eps), a division as in F.normalize */
             const double denominator = length >= eps ? length : eps;
             for (fastloss_index k = 0; k < dim; ++k)
-                out[k] = (double)row[k] / denominator;
+                out[k] = (double)LOAD(row, k) / denominator;
             norm[i] = length;
         } else {
             double lane[FASTLOSS_LANES] = {0.0};
             for (fastloss_index k = 0; k < dim; ++k) {
-                out[k] = (double)row[k] - shift[k];
+                out[k] = (double)LOAD(row, k) - shift[k];
                 lane[k % FASTLOSS_LANES] += out[k] * out[k];
             }
             norm[i] = fastloss_lanes_total(lane);
         }
         if (prepared_real) {
-            REAL *out_real = prepared_real + i * dim;
+            STORE_T *out_real = prepared_real + i * dim;
             for (fastloss_index k = 0; k < dim; ++k)
-                out_real[k] = (REAL)out[k];
+                STORE_WIDE(out_real, k, out[k]);
         }
     }
+    return FASTLOSS_OK;
 }
 
 /* ---------------------------------------------------------------------------
  * Step 5: the gradient from the product W @ P, and the direct pairs.
  * ------------------------------------------------------------------------- */
 
-int REAL_NAME(fastloss_distance_finish_rows)(
-    const fastloss_distance_rows_options *options, const REAL *prepared,
-    fastloss_index prepared_row_stride, const double *sums, const double *norm,
-    const REAL *product, fastloss_index product_row_stride, REAL *grad,
-    fastloss_index grad_row_stride, const fastloss_distance_direct *direct, const REAL *rows,
-    fastloss_index rows_row_stride, const REAL *other, fastloss_index other_row_stride,
-    const double *other_norm)
+static int REAL_NAME(distance_finish_rows) FASTLOSS_DISTANCE_FINISH_ROWS_SIGNATURE
 {
+    const STORE_T *prepared = (const STORE_T *)prepared_data;
+    const STORE_T *product = (const STORE_T *)product_data;
+    STORE_T *grad = (STORE_T *)grad_data;
+    const STORE_T *rows = (const STORE_T *)rows_data;
+    const STORE_T *other = (const STORE_T *)other_data;
     const fastloss_index n_rows = options->n_rows, dim = options->dim;
     const int cosine = options->metric == FASTLOSS_METRIC_COSINE;
     const double eps = options->eps;
@@ -85,9 +88,9 @@ int REAL_NAME(fastloss_distance_finish_rows)(
         double *pull = pulls;
 #endif
         for (fastloss_index i = 0; i < n_rows; ++i) {
-            const REAL *p = prepared + i * prepared_row_stride;
-            const REAL *wp = product + i * product_row_stride;
-            REAL *g = grad + i * grad_row_stride;
+            const STORE_T *p = prepared + i * prepared_row_stride;
+            const STORE_T *wp = product + i * product_row_stride;
+            STORE_T *g = grad + i * grad_row_stride;
             const double r = sums[i], t = sums[n_rows + i];
             const int unit = norm[i] >= eps;
             /* sum over the direct pairs (i, o) of w (x_i - x_o), or for cosine of
@@ -95,7 +98,7 @@ int REAL_NAME(fastloss_distance_finish_rows)(
             double pull_distance = 0.0;
             int pulled = 0;
             if (direct && (!cosine || unit)) {
-                const REAL *a = rows + i * rows_row_stride;
+                const STORE_T *a = rows + i * rows_row_stride;
                 /* x^ = x / |x| as a division, as prepare_rows and F.normalize do: a
                  * product with 1 / |x| can miss x^ by an ulp, and leaves a residue in
                  * a gradient that is exactly 0 (two rows in one direction, D = 1) */
@@ -108,11 +111,12 @@ int REAL_NAME(fastloss_distance_finish_rows)(
                     if (!((direct->mask[row * direct->mask_row_words + col / 64] >> (col % 64)) & 1))
                         continue;
                     const double w = direct->coef[row * direct->coef_row_stride + col];
-                    const REAL *b = other + o * other_row_stride;
+                    const STORE_T *b = other + o * other_row_stride;
                     const double b_length = cosine ? other_norm[o] : 1.0;
                     double squared = 0.0;
                     for (fastloss_index k = 0; k < dim; ++k) {
-                        const double difference = (double)a[k] / a_length - (double)b[k] / b_length;
+                        const double difference =
+                            (double)LOAD(a, k) / a_length - (double)LOAD(b, k) / b_length;
                         pull[k] += w * difference;
                         squared += difference * difference;
                     }
@@ -122,21 +126,22 @@ int REAL_NAME(fastloss_distance_finish_rows)(
             }
             if (!cosine) {
                 for (fastloss_index k = 0; k < dim; ++k)
-                    g[k] = (REAL)(r * (double)p[k] - (double)wp[k] + (pulled ? pull[k] : 0.0));
+                    STORE_WIDE(g, k, r * (double)LOAD(p, k) - (double)LOAD(wp, k) +
+                                         (pulled ? pull[k] : 0.0));
             } else if (unit) {
                 /* ((r - t) x^ - W P + pull - (sum w d) x^) / |x|, x^ of the pull from the row */
                 const double length = norm[i];
-                const REAL *a = pulled ? rows + i * rows_row_stride : NULL;
+                const STORE_T *a = pulled ? rows + i * rows_row_stride : NULL;
                 for (fastloss_index k = 0; k < dim; ++k) {
-                    double value = (r - t) * (double)p[k] - (double)wp[k];
+                    double value = (r - t) * (double)LOAD(p, k) - (double)LOAD(wp, k);
                     if (pulled)
-                        value += pull[k] - pull_distance * ((double)a[k] / length);
-                    g[k] = (REAL)(value / length);
+                        value += pull[k] - pull_distance * ((double)LOAD(a, k) / length);
+                    STORE_WIDE(g, k, value / length);
                 }
             } else {
                 /* below eps the normalisation is x / eps, a linear map */
                 for (fastloss_index k = 0; k < dim; ++k)
-                    g[k] = (REAL)(-(double)wp[k] / eps);
+                    STORE_WIDE(g, k, -(double)LOAD(wp, k) / eps);
             }
         }
     }
@@ -144,11 +149,9 @@ int REAL_NAME(fastloss_distance_finish_rows)(
     return FASTLOSS_OK;
 }
 
-void REAL_NAME(fastloss_distance_normalize_backward)(const fastloss_distance_rows_options *options,
-                                                     const double *normalized, const double *norm,
-                                                     const double *grad_normalized, REAL *grad,
-                                                     fastloss_index grad_row_stride)
+static int REAL_NAME(distance_normalize_backward) FASTLOSS_DISTANCE_NORMALIZE_BACKWARD_SIGNATURE
 {
+    STORE_T *grad = (STORE_T *)grad_data;
     const fastloss_index n_rows = options->n_rows, dim = options->dim;
     const double eps = options->eps;
     const int threads = fastloss_effective_threads(options->num_threads, n_rows * dim);
@@ -159,19 +162,20 @@ void REAL_NAME(fastloss_distance_normalize_backward)(const fastloss_distance_row
     for (fastloss_index i = 0; i < n_rows; ++i) {
         const double *unit = normalized + i * dim;
         const double *g = grad_normalized + i * dim;
-        REAL *out = grad + i * grad_row_stride;
+        STORE_T *out = grad + i * grad_row_stride;
         if (norm[i] >= eps) {
             double lane[FASTLOSS_LANES] = {0.0};
             for (fastloss_index k = 0; k < dim; ++k)
                 lane[k % FASTLOSS_LANES] += unit[k] * g[k];
             const double along = fastloss_lanes_total(lane);
             for (fastloss_index k = 0; k < dim; ++k)
-                out[k] = (REAL)((g[k] - unit[k] * along) / norm[i]);
+                STORE_WIDE(out, k, (g[k] - unit[k] * along) / norm[i]);
         } else {
             for (fastloss_index k = 0; k < dim; ++k)
-                out[k] = (REAL)(g[k] / eps);
+                STORE_WIDE(out, k, g[k] / eps);
         }
     }
+    return FASTLOSS_OK;
 }
 
 /* ---------------------------------------------------------------------------
@@ -185,12 +189,12 @@ static double REAL_NAME(reduce_rows)(const double *row_loss, fastloss_index n_ro
     return reduction == FASTLOSS_REDUCTION_MEAN ? total / (double)n_rows : total;
 }
 
-int REAL_NAME(fastloss_distance_contrastive)(
-    const fastloss_pair_loss_options *options, const REAL *x1, fastloss_index x1_row_stride,
-    const REAL *x2, fastloss_index x2_row_stride, const double *label, const double *grad_output,
-    fastloss_index grad_output_stride, double *loss_per_row, double *loss, REAL *grad1,
-    fastloss_index grad1_row_stride, REAL *grad2, fastloss_index grad2_row_stride)
+static int REAL_NAME(distance_contrastive) FASTLOSS_DISTANCE_CONTRASTIVE_SIGNATURE
 {
+    const STORE_T *x1 = (const STORE_T *)x1_data;
+    const STORE_T *x2 = (const STORE_T *)x2_data;
+    STORE_T *grad1 = (STORE_T *)grad1_data;
+    STORE_T *grad2 = (STORE_T *)grad2_data;
     const fastloss_index n_rows = options->n_rows, dim = options->dim;
     const int metric = options->metric;
     const double eps = options->eps, norm_eps = options->norm_eps, margin = options->margin;
@@ -207,8 +211,8 @@ int REAL_NAME(fastloss_distance_contrastive)(
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
 #endif
     for (fastloss_index i = 0; i < n_rows; ++i) {
-        const REAL *a = x1 + i * x1_row_stride;
-        const REAL *b = x2 + i * x2_row_stride;
+        const STORE_T *a = x1 + i * x1_row_stride;
+        const STORE_T *b = x2 + i * x2_row_stride;
         double a_norm = 0.0, b_norm = 0.0, distance;
         if (metric == FASTLOSS_METRIC_COSINE) {
             a_norm = sqrt(REAL_NAME(dot)(a, a, dim));
@@ -223,8 +227,8 @@ int REAL_NAME(fastloss_distance_contrastive)(
         row_loss[i] = 0.5 * (y * distance * distance + (1.0 - y) * hinge * hinge);
         if (!grad1)
             continue;
-        REAL *g1 = grad1 + i * grad1_row_stride;
-        REAL *g2 = grad2 + i * grad2_row_stride;
+        STORE_T *g1 = grad1 + i * grad1_row_stride;
+        STORE_T *g2 = grad2 + i * grad2_row_stride;
         /* d loss / d distance, times the upstream gradient */
         const double slope = grad_output[i * grad_output_stride] * factor *
                              (y * distance - (1.0 - y) * hinge);
@@ -238,11 +242,12 @@ int REAL_NAME(fastloss_distance_contrastive)(
             const double b_length = b_norm >= norm_eps ? b_norm : norm_eps;
             const int a_unit = a_norm >= norm_eps, b_unit = b_norm >= norm_eps;
             for (fastloss_index k = 0; k < dim; ++k) {
-                const double a_hat = (double)a[k] / a_length, b_hat = (double)b[k] / b_length;
+                const double a_hat = (double)LOAD(a, k) / a_length;
+                const double b_hat = (double)LOAD(b, k) / b_length;
                 const double to_b = (a_unit ? (b_hat - a_hat) + a_hat * distance : b_hat) / a_length;
                 const double to_a = (b_unit ? (a_hat - b_hat) + b_hat * distance : a_hat) / b_length;
-                g1[k] = (REAL)(-slope * to_b);
-                g2[k] = (REAL)(-slope * to_a);
+                STORE_WIDE(g1, k, -slope * to_b);
+                STORE_WIDE(g2, k, -slope * to_a);
             }
         } else {
             /* d distance / d x1 = v / distance (euclidean; 0 at distance 0, as
@@ -254,9 +259,9 @@ int REAL_NAME(fastloss_distance_contrastive)(
                 per_v = grad_output[i * grad_output_stride] * factor *
                         (y - (distance != 0.0 ? (1.0 - y) * hinge / distance : 0.0));
             for (fastloss_index k = 0; k < dim; ++k) {
-                const double v = (double)a[k] - (double)b[k] + eps;
-                g1[k] = (REAL)(per_v * v);
-                g2[k] = (REAL)(-per_v * v);
+                const double v = (double)LOAD(a, k) - (double)LOAD(b, k) + eps;
+                STORE_WIDE(g1, k, per_v * v);
+                STORE_WIDE(g2, k, -per_v * v);
             }
         }
     }
@@ -268,18 +273,18 @@ int REAL_NAME(fastloss_distance_contrastive)(
 }
 
 /* |v|_p of v = a - b + eps over n elements, for any p (distance_internal.h) */
-static inline double REAL_NAME(p_distance)(const REAL *a, const REAL *b, double eps, double p,
+static inline double REAL_NAME(p_distance)(const STORE_T *a, const STORE_T *b, double eps, double p,
                                            fastloss_index n)
 {
     if (n == 1 && p != 0.0) /* |v| for every p, exactly */
-        return fabs((double)a[0] - (double)b[0] + eps);
+        return fabs((double)LOAD(a, 0) - (double)LOAD(b, 0) + eps);
     if (p == 2.0)
         return sqrt(REAL_NAME(squared_difference)(a, 1.0, b, 1.0, eps, n));
     if (isinf(p)) {
         /* max (min) |v_k|; NaN wins, as in torch's amax / amin */
         double extreme = p > 0 ? 0.0 : INFINITY;
         for (fastloss_index k = 0; k < n; ++k) {
-            const double v = fabs((double)a[k] - (double)b[k] + eps);
+            const double v = fabs((double)LOAD(a, k) - (double)LOAD(b, k) + eps);
             if (isnan(v))
                 return v;
             extreme = p > 0 ? (v > extreme ? v : extreme) : (v < extreme ? v : extreme);
@@ -288,7 +293,7 @@ static inline double REAL_NAME(p_distance)(const REAL *a, const REAL *b, double 
     }
     double lane[FASTLOSS_LANES] = {0.0};
     for (fastloss_index k = 0; k < n; ++k) {
-        const double v = fabs((double)a[k] - (double)b[k] + eps);
+        const double v = fabs((double)LOAD(a, k) - (double)LOAD(b, k) + eps);
         lane[k % FASTLOSS_LANES] += p == 1.0 ? v : p == 0.0 ? (double)(v != 0.0)
                                                                      : pow(v, p);
     }
@@ -298,28 +303,27 @@ static inline double REAL_NAME(p_distance)(const REAL *a, const REAL *b, double 
 
 /* The per-pair factor of the gradient (p_distance_factor); for p = +-inf it counts the
  * elements that share the gradient: |v_k| equal to the distance, or NaN. */
-static inline double REAL_NAME(p_distance_gradient_factor)(const REAL *a, const REAL *b,
+static inline double REAL_NAME(p_distance_gradient_factor)(const STORE_T *a, const STORE_T *b,
                                                            double eps, double p,
                                                            double distance, fastloss_index n)
 {
     double ties = 0.0;
     if (isinf(p))
         for (fastloss_index k = 0; k < n; ++k) {
-            const double v = fabs((double)a[k] - (double)b[k] + eps);
+            const double v = fabs((double)LOAD(a, k) - (double)LOAD(b, k) + eps);
             ties += v == distance || isnan(v);
         }
     return p_distance_factor(distance, p, ties);
 }
 
-int REAL_NAME(fastloss_distance_triplet_margin)(
-    const fastloss_pair_loss_options *options, const REAL *anchor, fastloss_index anchor_row_stride,
-    const REAL *positive, fastloss_index positive_row_stride, const REAL *negative,
-    fastloss_index negative_row_stride, const double *grad_output,
-    fastloss_index grad_output_stride, double *loss_per_row, double *loss, REAL *grad_anchor,
-    fastloss_index grad_anchor_row_stride, REAL *grad_positive,
-    fastloss_index grad_positive_row_stride, REAL *grad_negative,
-    fastloss_index grad_negative_row_stride)
+static int REAL_NAME(distance_triplet_margin) FASTLOSS_DISTANCE_TRIPLET_MARGIN_SIGNATURE
 {
+    const STORE_T *anchor = (const STORE_T *)anchor_data;
+    const STORE_T *positive = (const STORE_T *)positive_data;
+    const STORE_T *negative = (const STORE_T *)negative_data;
+    STORE_T *grad_anchor = (STORE_T *)grad_anchor_data;
+    STORE_T *grad_positive = (STORE_T *)grad_positive_data;
+    STORE_T *grad_negative = (STORE_T *)grad_negative_data;
     const fastloss_index n_rows = options->n_rows, dim = options->dim;
     const fastloss_index dim_ap = options->anchor_positive_dim;
     const fastloss_index dim_an = options->anchor_negative_dim;
@@ -338,9 +342,9 @@ int REAL_NAME(fastloss_distance_triplet_margin)(
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
 #endif
     for (fastloss_index i = 0; i < n_rows; ++i) {
-        const REAL *a = anchor + i * anchor_row_stride;
-        const REAL *pos = positive + i * positive_row_stride;
-        const REAL *neg = negative + i * negative_row_stride;
+        const STORE_T *a = anchor + i * anchor_row_stride;
+        const STORE_T *pos = positive + i * positive_row_stride;
+        const STORE_T *neg = negative + i * negative_row_stride;
         const double d_ap = REAL_NAME(p_distance)(a, pos, eps, p, dim_ap);
         const double d_an = REAL_NAME(p_distance)(a, neg, eps, p, dim_an);
         /* the negative distance, and its split between d(a, n) and d(p, n):
@@ -365,12 +369,15 @@ int REAL_NAME(fastloss_distance_triplet_margin)(
         row_loss[i] = active ? excess : 0.0;
         if (!grad_anchor)
             continue;
-        REAL *ga = grad_anchor + i * grad_anchor_row_stride;
-        REAL *gp = grad_positive + i * grad_positive_row_stride;
-        REAL *gn = grad_negative + i * grad_negative_row_stride;
+        STORE_T *ga = grad_anchor + i * grad_anchor_row_stride;
+        STORE_T *gp = grad_positive + i * grad_positive_row_stride;
+        STORE_T *gn = grad_negative + i * grad_negative_row_stride;
         if (!active) {
-            for (fastloss_index k = 0; k < dim; ++k)
-                ga[k] = gp[k] = gn[k] = 0;
+            for (fastloss_index k = 0; k < dim; ++k) {
+                STORE(ga, k, (REAL)0);
+                STORE(gp, k, (REAL)0);
+                STORE(gn, k, (REAL)0);
+            }
             continue;
         }
         const double upstream = grad_output[i * grad_output_stride] * factor;
@@ -382,16 +389,20 @@ int REAL_NAME(fastloss_distance_triplet_margin)(
         /* a pair of length 1 (below dim) has its gradient in column 0 alone */
         for (fastloss_index k = 0; k < dim; ++k) {
             const double u_ap = k < dim_ap
-                ? p_distance_slope((double)a[k] - (double)pos[k] + eps, p, d_ap, f_ap) : 0.0;
+                ? p_distance_slope((double)LOAD(a, k) - (double)LOAD(pos, k) + eps, p, d_ap,
+                                   f_ap)
+                : 0.0;
             const double u_an = weight_an != 0.0 && k < dim_an
-                ? weight_an * p_distance_slope((double)a[k] - (double)neg[k] + eps, p, d_an, f_an)
+                ? weight_an * p_distance_slope((double)LOAD(a, k) - (double)LOAD(neg, k) + eps,
+                                               p, d_an, f_an)
                 : 0.0;
             const double u_pn = weight_pn != 0.0 && k < dim_pn
-                ? weight_pn * p_distance_slope((double)pos[k] - (double)neg[k] + eps, p, d_pn, f_pn)
+                ? weight_pn * p_distance_slope((double)LOAD(pos, k) - (double)LOAD(neg, k) + eps,
+                                               p, d_pn, f_pn)
                 : 0.0;
-            ga[k] = (REAL)(upstream * (u_ap - u_an));
-            gp[k] = (REAL)(upstream * (-u_ap - u_pn));
-            gn[k] = (REAL)(upstream * (u_an + u_pn));
+            STORE_WIDE(ga, k, upstream * (u_ap - u_an));
+            STORE_WIDE(gp, k, upstream * (-u_ap - u_pn));
+            STORE_WIDE(gn, k, upstream * (u_an + u_pn));
         }
     }
     if (loss)

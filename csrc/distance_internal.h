@@ -103,42 +103,88 @@ static inline double p_distance_slope(double v, double p, double distance, doubl
 #define FASTLOSS_DIRECT_GRADIENT_RATIO_FLOAT64 3.9e-7
 
 /*
- * The pass over the pairs, one per (dtype, instruction set), in
- * distance_pass_body.h; distance.c dispatches fastloss_distance_matrix_* to
- * the widest the CPU runs (its phase 1 vectorises, with AVX2 and AVX-512), and
- * the sparse product likewise.
+ * The kernels' signatures, one per operation for every storage type: the
+ * arrays of the storage type (storage.h) are `void *` (suffix _data), so that
+ * distance.c keeps each operation's instantiations in a table indexed by
+ * [enum fastloss_dtype].  The pass over the pairs and the sparse product have
+ * one instantiation per (storage type, instruction set), in
+ * distance_pass_body.h, and the table holds the widest the CPU runs (the
+ * pass's phase 1 vectorises, with AVX2 and AVX-512); the row kernels
+ * (distance_body.h) one per storage type.
  */
-#define FASTLOSS_DISTANCE_MATRIX_SIGNATURE(REAL_T)                                               \
-    (const fastloss_distance_matrix_options *options, const REAL_T *x,                           \
-     fastloss_index x_row_stride, const REAL_T *y, fastloss_index y_row_stride,                  \
+#define FASTLOSS_DISTANCE_MATRIX_SIGNATURE                                                       \
+    (const fastloss_distance_matrix_options *options, const void *x_data,                        \
+     fastloss_index x_row_stride, const void *y_data, fastloss_index y_row_stride,               \
      const double *x_norm, const double *y_norm, const void *gram,                             \
      fastloss_index gram_row_stride, double *direct_coef, fastloss_index direct_coef_row_stride, \
      const int64_t *labels, const double *grad_output, fastloss_index grad_output_row_stride,    \
-     fastloss_index grad_output_col_stride, REAL_T *value, fastloss_index value_row_stride,      \
-     REAL_T *coef, fastloss_index coef_row_stride, double *x_sums, double *y_sums,               \
+     fastloss_index grad_output_col_stride, void *value_data, fastloss_index value_row_stride,   \
+     void *coef_data, fastloss_index coef_row_stride, double *x_sums, double *y_sums,            \
      uint64_t *direct_mask, uint64_t *nonzero_mask, double *loss, int64_t *n_recomputed,         \
      int64_t *n_direct, int64_t *n_nonzero)
+typedef int(*fastloss_distance_matrix_kernel) FASTLOSS_DISTANCE_MATRIX_SIGNATURE;
+
+#define FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE                                               \
+    (const fastloss_distance_rows_options *options, const uint64_t *nonzero_mask,               \
+     fastloss_index mask_row_words, const void *coef_data, fastloss_index coef_row_stride,      \
+     const void *rows_data, fastloss_index rows_row_stride, void *product_data,                 \
+     fastloss_index product_row_stride)
+typedef int(*fastloss_distance_sparse_product_kernel) FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE;
+
+#define FASTLOSS_DISTANCE_PREPARE_ROWS_SIGNATURE                                                 \
+    (const fastloss_distance_rows_options *options, const void *x_data,                         \
+     fastloss_index x_row_stride, const double *shift, double *prepared,                        \
+     void *prepared_real_data, double *norm)
+typedef int(*fastloss_distance_prepare_rows_kernel) FASTLOSS_DISTANCE_PREPARE_ROWS_SIGNATURE;
+
+#define FASTLOSS_DISTANCE_FINISH_ROWS_SIGNATURE                                                  \
+    (const fastloss_distance_rows_options *options, const void *prepared_data,                  \
+     fastloss_index prepared_row_stride, const double *sums, const double *norm,                \
+     const void *product_data, fastloss_index product_row_stride, void *grad_data,              \
+     fastloss_index grad_row_stride, const fastloss_distance_direct *direct,                    \
+     const void *rows_data, fastloss_index rows_row_stride, const void *other_data,             \
+     fastloss_index other_row_stride, const double *other_norm)
+typedef int(*fastloss_distance_finish_rows_kernel) FASTLOSS_DISTANCE_FINISH_ROWS_SIGNATURE;
+
+#define FASTLOSS_DISTANCE_NORMALIZE_BACKWARD_SIGNATURE                                           \
+    (const fastloss_distance_rows_options *options, const double *normalized,                   \
+     const double *norm, const double *grad_normalized, void *grad_data,                        \
+     fastloss_index grad_row_stride)
+typedef int(*fastloss_distance_normalize_backward_kernel)
+    FASTLOSS_DISTANCE_NORMALIZE_BACKWARD_SIGNATURE;
+
+#define FASTLOSS_DISTANCE_CONTRASTIVE_SIGNATURE                                                  \
+    (const fastloss_pair_loss_options *options, const void *x1_data,                            \
+     fastloss_index x1_row_stride, const void *x2_data, fastloss_index x2_row_stride,           \
+     const double *label, const double *grad_output, fastloss_index grad_output_stride,         \
+     double *loss_per_row, double *loss, void *grad1_data, fastloss_index grad1_row_stride,     \
+     void *grad2_data, fastloss_index grad2_row_stride)
+typedef int(*fastloss_distance_contrastive_kernel) FASTLOSS_DISTANCE_CONTRASTIVE_SIGNATURE;
+
+#define FASTLOSS_DISTANCE_TRIPLET_MARGIN_SIGNATURE                                               \
+    (const fastloss_pair_loss_options *options, const void *anchor_data,                        \
+     fastloss_index anchor_row_stride, const void *positive_data,                               \
+     fastloss_index positive_row_stride, const void *negative_data,                             \
+     fastloss_index negative_row_stride, const double *grad_output,                             \
+     fastloss_index grad_output_stride, double *loss_per_row, double *loss,                     \
+     void *grad_anchor_data, fastloss_index grad_anchor_row_stride, void *grad_positive_data,   \
+     fastloss_index grad_positive_row_stride, void *grad_negative_data,                         \
+     fastloss_index grad_negative_row_stride)
+typedef int(*fastloss_distance_triplet_margin_kernel) FASTLOSS_DISTANCE_TRIPLET_MARGIN_SIGNATURE;
 
 void fastloss_distance_select(int level); /* dispatch.c calls it */
-int fastloss_distance_matrix_float32_baseline FASTLOSS_DISTANCE_MATRIX_SIGNATURE(float);
-int fastloss_distance_matrix_float64_baseline FASTLOSS_DISTANCE_MATRIX_SIGNATURE(double);
-int fastloss_distance_matrix_float32_avx2 FASTLOSS_DISTANCE_MATRIX_SIGNATURE(float);
-int fastloss_distance_matrix_float64_avx2 FASTLOSS_DISTANCE_MATRIX_SIGNATURE(double);
-int fastloss_distance_matrix_float32_avx512 FASTLOSS_DISTANCE_MATRIX_SIGNATURE(float);
-int fastloss_distance_matrix_float64_avx512 FASTLOSS_DISTANCE_MATRIX_SIGNATURE(double);
-
-#define FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE(REAL_T)                                       \
-    (const fastloss_distance_rows_options *options, const uint64_t *nonzero_mask,               \
-     fastloss_index mask_row_words, const REAL_T *coef, fastloss_index coef_row_stride,         \
-     const REAL_T *rows, fastloss_index rows_row_stride, REAL_T *product,                       \
-     fastloss_index product_row_stride)
-
-int fastloss_distance_sparse_product_float32_baseline FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE(float);
-int fastloss_distance_sparse_product_float64_baseline FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE(double);
-int fastloss_distance_sparse_product_float32_avx2 FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE(float);
-int fastloss_distance_sparse_product_float64_avx2 FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE(double);
-int fastloss_distance_sparse_product_float32_avx512 FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE(float);
-int fastloss_distance_sparse_product_float64_avx512 FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE(double);
+int fastloss_distance_matrix_float32_baseline FASTLOSS_DISTANCE_MATRIX_SIGNATURE;
+int fastloss_distance_matrix_float64_baseline FASTLOSS_DISTANCE_MATRIX_SIGNATURE;
+int fastloss_distance_matrix_float32_avx2 FASTLOSS_DISTANCE_MATRIX_SIGNATURE;
+int fastloss_distance_matrix_float64_avx2 FASTLOSS_DISTANCE_MATRIX_SIGNATURE;
+int fastloss_distance_matrix_float32_avx512 FASTLOSS_DISTANCE_MATRIX_SIGNATURE;
+int fastloss_distance_matrix_float64_avx512 FASTLOSS_DISTANCE_MATRIX_SIGNATURE;
+int fastloss_distance_sparse_product_float32_baseline FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE;
+int fastloss_distance_sparse_product_float64_baseline FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE;
+int fastloss_distance_sparse_product_float32_avx2 FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE;
+int fastloss_distance_sparse_product_float64_avx2 FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE;
+int fastloss_distance_sparse_product_float32_avx512 FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE;
+int fastloss_distance_sparse_product_float64_avx512 FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE;
 
 /* Bits of a 64-bit word: how many are set, and the index of the lowest set one. */
 static inline int fastloss_popcount64(uint64_t bits)

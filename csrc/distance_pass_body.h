@@ -1,10 +1,13 @@
 /*
- * distance_pass_body.h -- the pass over the pairs (step 3 of distance.h) for one
- * storage type REAL, written once.  No include guard, on purpose:
- * distance_impl.h includes it for float and double, once per instruction set.
- * It expects REAL, REAL_NAME(name) (appends the dtype and the instruction set),
+ * distance_pass_body.h -- the pass over the pairs (step 3 of distance.h) and
+ * the sparse product for one storage type, written once.  No include guard, on
+ * purpose: distance_impl.h includes it per storage type (between
+ * storage_begin.h and storage_end.h: STORE_T, REAL, LOAD, STORE, STORE_WIDE,
+ * ROUND_WIDE, see storage.h), once per instruction set.  It expects
+ * REAL_NAME(name) (appends the dtype and the instruction set),
  * RECOMPUTE_TOLERANCE and DIRECT_GRADIENT_RATIO (see distance.c), and the row
- * helpers of distance_row_helpers.h.
+ * helpers of distance_row_helpers.h.  The tiles of coefficients and values
+ * hold REAL values already rounded to the storage type (ROUND_WIDE).
  */
 
 /* ---------------------------------------------------------------------------
@@ -14,9 +17,9 @@
 /* What every pair of one call shares. */
 typedef struct REAL_NAME(distance_call) {
     const fastloss_distance_matrix_options *options;
-    const REAL *x;
+    const STORE_T *x;
     fastloss_index x_row_stride;
-    const REAL *y;
+    const STORE_T *y;
     fastloss_index y_row_stride;
     const double *x_norm;
     const double *y_norm;
@@ -30,8 +33,8 @@ static inline double REAL_NAME(exact_distance)(const REAL_NAME(distance_call) *c
                                                fastloss_index i, fastloss_index j)
 {
     const fastloss_distance_matrix_options *options = call->options;
-    const REAL *a = call->x + i * call->x_row_stride;
-    const REAL *b = call->y + j * call->y_row_stride;
+    const STORE_T *a = call->x + i * call->x_row_stride;
+    const STORE_T *b = call->y + j * call->y_row_stride;
     if (options->metric == FASTLOSS_METRIC_COSINE)
         return REAL_NAME(cosine_distance)(a, call->x_norm[i], b, call->y_norm[j], options->eps,
                                           options->dim);
@@ -253,17 +256,12 @@ static int64_t REAL_NAME(row_estimate_dispatch)(
 #undef FL_ESTIMATE
 }
 
-int REAL_NAME(fastloss_distance_matrix)(
-    const fastloss_distance_matrix_options *options, const REAL *x, fastloss_index x_row_stride,
-    const REAL *y, fastloss_index y_row_stride, const double *x_norm, const double *y_norm,
-    const void *gram, fastloss_index gram_row_stride, double *direct_coef,
-    fastloss_index direct_coef_row_stride, const int64_t *labels,
-    const double *grad_output, fastloss_index grad_output_row_stride,
-    fastloss_index grad_output_col_stride, REAL *value, fastloss_index value_row_stride,
-    REAL *coef, fastloss_index coef_row_stride, double *x_sums, double *y_sums,
-    uint64_t *direct_mask, uint64_t *nonzero_mask, double *loss, int64_t *n_recomputed,
-    int64_t *n_direct, int64_t *n_nonzero)
+int REAL_NAME(fastloss_distance_matrix) FASTLOSS_DISTANCE_MATRIX_SIGNATURE
 {
+    const STORE_T *x = (const STORE_T *)x_data;
+    const STORE_T *y = (const STORE_T *)y_data;
+    STORE_T *value = (STORE_T *)value_data;
+    STORE_T *coef = (STORE_T *)coef_data;
     const int symmetric = options->symmetric;
     const fastloss_index n_rows = options->n_rows;
     const fastloss_index n_cols = symmetric ? n_rows : options->n_cols;
@@ -412,10 +410,10 @@ int REAL_NAME(fastloss_distance_matrix)(
                 REAL *tile_coef_row = tile_coef + (i - i0) * FASTLOSS_DISTANCE_TILE;
                 for (fastloss_index k = 0; k < FASTLOSS_DISTANCE_TILE; ++k) {
                     const int inside = k >= k_start && k < k_end;
-                    /* the product sees the coefficient rounded to REAL, and so must the
-                     * sums; a direct pair leaves the product (0) */
+                    /* the product sees the coefficient rounded to STORE_T, and so must
+                     * the sums; a direct pair leaves the product (0) */
                     const REAL stored = inside && !(any_flag && pair_flag[k])
-                                            ? (REAL)pair_coefficient[k] : (REAL)0;
+                                            ? ROUND_WIDE(pair_coefficient[k]) : (REAL)0;
                     tile_coef_row[k] = stored;
                     lane_w[k] = (double)stored;
                     lane_t[k] = inside ? (double)stored * pair_distance[k] : 0.0;
@@ -431,11 +429,11 @@ int REAL_NAME(fastloss_distance_matrix)(
                     }
                 loss_sum += fastloss_lanes_total(row_loss);
                 if (value) {
-                    REAL *value_row = value + i * value_row_stride;
+                    STORE_T *value_row = value + i * value_row_stride;
                     REAL *tile_value_row = tile_value + (i - i0) * FASTLOSS_DISTANCE_TILE;
                     for (fastloss_index j = j_start; j < j1; ++j) {
-                        const REAL stored = (REAL)pair_value[j - j0];
-                        value_row[j] = stored;
+                        const REAL stored = ROUND_WIDE(pair_value[j - j0]);
+                        STORE(value_row, j, stored);
                         tile_value_row[j - j0] = stored;
                     }
                 }
@@ -447,9 +445,9 @@ int REAL_NAME(fastloss_distance_matrix)(
                     col_w[k] += lane_w[k];
                     col_t[k] += lane_t[k];
                 }
-                REAL *coef_row = coef + i * coef_row_stride;
+                STORE_T *coef_row = coef + i * coef_row_stride;
                 for (fastloss_index j = j_start; j < j1; ++j)
-                    coef_row[j] = tile_coef_row[j - j0];
+                    STORE(coef_row, j, tile_coef_row[j - j0]);
                 if (nonzero_mask) {
                     uint64_t *mirror_nonzero = diagonal ? row_nonzero : col_nonzero;
                     uint64_t bits = 0;
@@ -481,14 +479,16 @@ int REAL_NAME(fastloss_distance_matrix)(
                 for (fastloss_index j = j0; j < j1; ++j) {
                     const fastloss_index i_end = diagonal ? j : i1;
                     if (coef) {
-                        REAL *coef_row = coef + j * coef_row_stride;
+                        STORE_T *coef_row = coef + j * coef_row_stride;
                         for (fastloss_index i = i0; i < i_end; ++i)
-                            coef_row[i] = tile_coef[(i - i0) * FASTLOSS_DISTANCE_TILE + (j - j0)];
+                            STORE(coef_row, i,
+                                  tile_coef[(i - i0) * FASTLOSS_DISTANCE_TILE + (j - j0)]);
                     }
                     if (value) {
-                        REAL *value_row = value + j * value_row_stride;
+                        STORE_T *value_row = value + j * value_row_stride;
                         for (fastloss_index i = i0; i < i_end; ++i)
-                            value_row[i] = tile_value[(i - i0) * FASTLOSS_DISTANCE_TILE + (j - j0)];
+                            STORE(value_row, i,
+                                  tile_value[(i - i0) * FASTLOSS_DISTANCE_TILE + (j - j0)]);
                     }
                 }
             }
@@ -545,12 +545,12 @@ int REAL_NAME(fastloss_distance_matrix)(
                     diagonal_coef *= 2.0 * grad_output[i * (grad_output_row_stride + grad_output_col_stride)];
             }
             if (symmetric && value)
-                value[i * value_row_stride + i] = (REAL)diagonal_value;
+                STORE_WIDE(value, i * value_row_stride + i, diagonal_value);
             if (!coef)
                 continue;
             if (symmetric) {
-                coef[i * coef_row_stride + i] = (REAL)diagonal_coef;
-                if (nonzero_mask && (REAL)diagonal_coef != 0)
+                STORE_WIDE(coef, i * coef_row_stride + i, diagonal_coef);
+                if (nonzero_mask && ROUND_WIDE(diagonal_coef) != 0)
                     nonzero_mask[i * col_tiles + i / 64] |= (uint64_t)1 << (i % 64);
             }
             double r = 0.0, s = 0.0;
@@ -558,7 +558,7 @@ int REAL_NAME(fastloss_distance_matrix)(
                 r += row_part[(b * n_rows + i) * 2];
                 s += row_part[(b * n_rows + i) * 2 + 1];
             }
-            const double stored = (double)(REAL)diagonal_coef;
+            const double stored = (double)ROUND_WIDE(diagonal_coef);
             x_sums[i] = r + stored;
             x_sums[n_rows + i] = s + stored * diagonal_value;
         }
@@ -602,12 +602,11 @@ int REAL_NAME(fastloss_distance_matrix)(
  * below a density of about 1/16 (benchmarks/bench_contrastive.py): a hinge loss
  * whose pairs are mostly outside their margins has mostly zero coefficients.
  */
-int REAL_NAME(fastloss_distance_sparse_product)(
-    const fastloss_distance_rows_options *options, const uint64_t *nonzero_mask,
-    fastloss_index mask_row_words, const REAL *coef, fastloss_index coef_row_stride,
-    const REAL *rows, fastloss_index rows_row_stride, REAL *product,
-    fastloss_index product_row_stride)
+int REAL_NAME(fastloss_distance_sparse_product) FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE
 {
+    const STORE_T *coef = (const STORE_T *)coef_data;
+    const STORE_T *rows = (const STORE_T *)rows_data;
+    STORE_T *product = (STORE_T *)product_data;
     const fastloss_index n_rows = options->n_rows, dim = options->dim;
     const int threads = fastloss_effective_threads(options->num_threads, n_rows * dim);
     double *sums = malloc((size_t)threads * (size_t)dim * sizeof(double) + 1);
@@ -630,15 +629,15 @@ int REAL_NAME(fastloss_distance_sparse_product)(
             for (fastloss_index word = 0; word < mask_row_words; ++word) {
                 for (uint64_t bits = words[word]; bits; bits &= bits - 1) {
                     const fastloss_index j = word * 64 + fastloss_lowest_bit64(bits);
-                    const double w = (double)coef[i * coef_row_stride + j];
-                    const REAL *FASTLOSS_RESTRICT p = rows + j * rows_row_stride;
+                    const double w = (double)LOAD(coef, i * coef_row_stride + j);
+                    const STORE_T *FASTLOSS_RESTRICT p = rows + j * rows_row_stride;
                     for (fastloss_index k = 0; k < dim; ++k)
-                        sum[k] += w * (double)p[k];
+                        sum[k] += w * (double)LOAD(p, k);
                 }
             }
-            REAL *out = product + i * product_row_stride;
+            STORE_T *out = product + i * product_row_stride;
             for (fastloss_index k = 0; k < dim; ++k)
-                out[k] = (REAL)sum[k];
+                STORE_WIDE(out, k, sum[k]);
         }
     }
     free(sums);

@@ -1,8 +1,9 @@
 /*
- * distance_row_helpers.h -- double sums over the rows of one storage type REAL,
- * written once.  No include guard, on purpose: included for float and double,
+ * distance_row_helpers.h -- double sums over the rows of one storage type,
+ * written once.  No include guard, on purpose: included per storage type
+ * (between storage_begin.h and storage_end.h: STORE_T and LOAD, see storage.h),
  * by the pass (once per instruction set) and by the row kernels.  It expects
- * REAL and REAL_NAME(name).
+ * REAL_NAME(name) for the instantiation's names.
  */
 
 /* ---------------------------------------------------------------------------
@@ -11,33 +12,35 @@
  * ------------------------------------------------------------------------- */
 
 /* sum_k (a_k a_scale - b_k b_scale + shift)**2 */
-static inline double REAL_NAME(squared_difference)(const REAL *a, double a_scale, const REAL *b,
-                                                   double b_scale, double shift, fastloss_index n)
+static inline double REAL_NAME(squared_difference)(const STORE_T *a, double a_scale,
+                                                   const STORE_T *b, double b_scale,
+                                                   double shift, fastloss_index n)
 {
     double lane[FASTLOSS_LANES] = {0.0};
     fastloss_index k = 0;
     for (; k + FASTLOSS_LANES <= n; k += FASTLOSS_LANES)
         for (int l = 0; l < FASTLOSS_LANES; ++l) {
-            const double v = (double)a[k + l] * a_scale - (double)b[k + l] * b_scale + shift;
+            const double v =
+                (double)LOAD(a, k + l) * a_scale - (double)LOAD(b, k + l) * b_scale + shift;
             lane[l] += v * v;
         }
     for (int l = 0; k < n; ++k, ++l) {
-        const double v = (double)a[k] * a_scale - (double)b[k] * b_scale + shift;
+        const double v = (double)LOAD(a, k) * a_scale - (double)LOAD(b, k) * b_scale + shift;
         lane[l] += v * v;
     }
     return fastloss_lanes_total(lane);
 }
 
 /* sum_k a_k b_k */
-static inline double REAL_NAME(dot)(const REAL *a, const REAL *b, fastloss_index n)
+static inline double REAL_NAME(dot)(const STORE_T *a, const STORE_T *b, fastloss_index n)
 {
     double lane[FASTLOSS_LANES] = {0.0};
     fastloss_index k = 0;
     for (; k + FASTLOSS_LANES <= n; k += FASTLOSS_LANES)
         for (int l = 0; l < FASTLOSS_LANES; ++l)
-            lane[l] += (double)a[k + l] * (double)b[k + l];
+            lane[l] += (double)LOAD(a, k + l) * (double)LOAD(b, k + l);
     for (int l = 0; k < n; ++k, ++l)
-        lane[l] += (double)a[k] * (double)b[k];
+        lane[l] += (double)LOAD(a, k) * (double)LOAD(b, k);
     return fastloss_lanes_total(lane);
 }
 
@@ -46,7 +49,7 @@ static inline double REAL_NAME(dot)(const REAL *a, const REAL *b, fastloss_index
  * |a^ - b^|**2 / 2 when both are unit vectors (no cancellation as they meet),
  * 1 - a^ . b^ when a norm is clamped to eps.
  */
-static inline double REAL_NAME(cosine_distance)(const REAL *a, double a_norm, const REAL *b,
+static inline double REAL_NAME(cosine_distance)(const STORE_T *a, double a_norm, const STORE_T *b,
                                                 double b_norm, double eps, fastloss_index n)
 {
     if (a_norm >= eps && b_norm >= eps) {
@@ -56,11 +59,11 @@ static inline double REAL_NAME(cosine_distance)(const REAL *a, double a_norm, co
         fastloss_index k = 0;
         for (; k + FASTLOSS_LANES <= n; k += FASTLOSS_LANES)
             for (int l = 0; l < FASTLOSS_LANES; ++l) {
-                const double v = (double)a[k + l] / a_norm - (double)b[k + l] / b_norm;
+                const double v = (double)LOAD(a, k + l) / a_norm - (double)LOAD(b, k + l) / b_norm;
                 lane[l] += v * v;
             }
         for (int l = 0; k < n; ++k, ++l) {
-            const double v = (double)a[k] / a_norm - (double)b[k] / b_norm;
+            const double v = (double)LOAD(a, k) / a_norm - (double)LOAD(b, k) / b_norm;
             lane[l] += v * v;
         }
         return 0.5 * fastloss_lanes_total(lane);

@@ -10,6 +10,7 @@ cdef extern from "common.h" nogil:
         FASTLOSS_OK
         FASTLOSS_ERROR_NO_MEMORY
         FASTLOSS_ERROR_BAD_TARGET
+        FASTLOSS_ERROR_BAD_DTYPE
     double fastloss_sum_float64(const double *values, fastloss_index n)
     void *fastloss_alloc_large(size_t bytes, int *mapped, int *huge_pages)
     void fastloss_free_large(void *pointer, size_t bytes, int mapped)
@@ -19,3 +20,8 @@ cdef extern from "common.h" nogil:
     int fastloss_simd_level()
     const char *fastloss_simd_path()
     int fastloss_set_simd_path(const char *name)
+
+cdef extern from "storage.h" nogil:
+    enum fastloss_dtype:
+        FASTLOSS_FLOAT32
+        FASTLOSS_FLOAT64

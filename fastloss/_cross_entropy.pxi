@@ -19,36 +19,23 @@ cdef extern from "cross_entropy.h" nogil:
         int reduction
         int num_threads
         fastloss_index *bad_target
-    int fastloss_cross_entropy_forward_float32(
-        const fastloss_ce_options *options, const float *logits, fastloss_index logits_row_stride,
-        const int64_t *target, const float *soft_target, fastloss_index soft_target_row_stride,
-        const float *weight, double *loss_per_row, double *lse, double *loss)
-    int fastloss_cross_entropy_forward_float64(
-        const fastloss_ce_options *options, const double *logits, fastloss_index logits_row_stride,
-        const int64_t *target, const double *soft_target, fastloss_index soft_target_row_stride,
-        const double *weight, double *loss_per_row, double *lse, double *loss)
-    int fastloss_cross_entropy_backward_float32(
-        const fastloss_ce_options *options, const float *logits, fastloss_index logits_row_stride,
-        const int64_t *target, const float *soft_target, fastloss_index soft_target_row_stride,
-        const float *weight, const double *lse, const double *grad_output,
-        fastloss_index grad_output_stride, float *grad, fastloss_index grad_row_stride)
-    int fastloss_cross_entropy_backward_float64(
-        const fastloss_ce_options *options, const double *logits, fastloss_index logits_row_stride,
-        const int64_t *target, const double *soft_target, fastloss_index soft_target_row_stride,
-        const double *weight, const double *lse, const double *grad_output,
-        fastloss_index grad_output_stride, double *grad, fastloss_index grad_row_stride)
-    int fastloss_cross_entropy_value_and_grad_float32(
-        const fastloss_ce_options *options, const float *logits, fastloss_index logits_row_stride,
-        const int64_t *target, const float *soft_target, fastloss_index soft_target_row_stride,
-        const float *weight, const double *grad_output, fastloss_index grad_output_stride,
-        double *loss_per_row, double *lse, double *loss, float *grad,
+    int fastloss_cross_entropy_forward(
+        int dtype, const fastloss_ce_options *options, const void *logits,
+        fastloss_index logits_row_stride, const int64_t *target, const void *soft_target,
+        fastloss_index soft_target_row_stride, const void *weight, double *loss_per_row,
+        double *lse, double *loss)
+    int fastloss_cross_entropy_backward(
+        int dtype, const fastloss_ce_options *options, const void *logits,
+        fastloss_index logits_row_stride, const int64_t *target, const void *soft_target,
+        fastloss_index soft_target_row_stride, const void *weight, const double *lse,
+        const double *grad_output, fastloss_index grad_output_stride, void *grad,
         fastloss_index grad_row_stride)
-    int fastloss_cross_entropy_value_and_grad_float64(
-        const fastloss_ce_options *options, const double *logits, fastloss_index logits_row_stride,
-        const int64_t *target, const double *soft_target, fastloss_index soft_target_row_stride,
-        const double *weight, const double *grad_output, fastloss_index grad_output_stride,
-        double *loss_per_row, double *lse, double *loss, double *grad,
-        fastloss_index grad_row_stride)
+    int fastloss_cross_entropy_value_and_grad(
+        int dtype, const fastloss_ce_options *options, const void *logits,
+        fastloss_index logits_row_stride, const int64_t *target, const void *soft_target,
+        fastloss_index soft_target_row_stride, const void *weight, const double *grad_output,
+        fastloss_index grad_output_stride, double *loss_per_row, double *lse, double *loss,
+        void *grad, fastloss_index grad_row_stride)
 
 
 # ce_call's modes
@@ -67,8 +54,7 @@ cdef inline bint _is_float_array(object value):
     """A float32/float64 ndarray the kernels can read as it is (aligned, native order)."""
     if not cnp.PyArray_Check(value):
         return False
-    cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray>value)
-    return ((typenum == cnp.NPY_FLOAT32 or typenum == cnp.NPY_FLOAT64)
+    return (_storage_code(cnp.PyArray_TYPE(<cnp.ndarray>value)) >= 0
             and cnp.PyArray_ISALIGNED(<cnp.ndarray>value)
             and not cnp.PyArray_ISBYTESWAPPED(<cnp.ndarray>value))
 
@@ -237,7 +223,6 @@ def ce_call(int mode, object logits, object target, object weight, object ignore
         logits_array.astype(compute_dtype) if widened else logits_array, n_classes)
     cdef fastloss_index n_rows = matrix.shape[0]
     options.n_rows = n_rows
-    cdef int typenum = cnp.PyArray_TYPE(matrix)
 
     # -- weight
     if weight is not None:
@@ -310,47 +295,26 @@ def ce_call(int mode, object logits, object target, object weight, object ignore
     cdef void *grad_ptr = _data_or_null(grad_matrix)
     cdef double total = 0.0
     cdef int status = 0
-    cdef bint is_float32 = typenum == cnp.NPY_FLOAT32
-    cdef int which = 0 if mode == CE_FORWARD else (1 if backward else 2)
+    cdef int dtype = _dtype_code(matrix, "logits")
+    cdef bint forward = mode == CE_FORWARD
     with nogil:
-        if is_float32:
-            if which == 0:
-                status = fastloss_cross_entropy_forward_float32(
-                    &options, <const float *>logits_ptr, logits_stride, target_ptr,
-                    <const float *>soft_ptr, soft_stride, <const float *>weight_ptr,
-                    loss_per_row_ptr, lse_out_ptr, &total)
-            elif which == 1:
-                status = fastloss_cross_entropy_backward_float32(
-                    &options, <const float *>logits_ptr, logits_stride, target_ptr,
-                    <const float *>soft_ptr, soft_stride, <const float *>weight_ptr, lse_in_ptr,
-                    grad_output_ptr, grad_output_stride, <float *>grad_ptr, grad_stride)
-            else:
-                status = fastloss_cross_entropy_value_and_grad_float32(
-                    &options, <const float *>logits_ptr, logits_stride, target_ptr,
-                    <const float *>soft_ptr, soft_stride, <const float *>weight_ptr,
-                    grad_output_ptr, grad_output_stride, loss_per_row_ptr, lse_out_ptr, &total,
-                    <float *>grad_ptr, grad_stride)
+        if forward:
+            status = fastloss_cross_entropy_forward(
+                dtype, &options, logits_ptr, logits_stride, target_ptr, soft_ptr, soft_stride,
+                weight_ptr, loss_per_row_ptr, lse_out_ptr, &total)
+        elif backward:
+            status = fastloss_cross_entropy_backward(
+                dtype, &options, logits_ptr, logits_stride, target_ptr, soft_ptr, soft_stride,
+                weight_ptr, lse_in_ptr, grad_output_ptr, grad_output_stride, grad_ptr,
+                grad_stride)
         else:
-            if which == 0:
-                status = fastloss_cross_entropy_forward_float64(
-                    &options, <const double *>logits_ptr, logits_stride, target_ptr,
-                    <const double *>soft_ptr, soft_stride, <const double *>weight_ptr,
-                    loss_per_row_ptr, lse_out_ptr, &total)
-            elif which == 1:
-                status = fastloss_cross_entropy_backward_float64(
-                    &options, <const double *>logits_ptr, logits_stride, target_ptr,
-                    <const double *>soft_ptr, soft_stride, <const double *>weight_ptr, lse_in_ptr,
-                    grad_output_ptr, grad_output_stride, <double *>grad_ptr, grad_stride)
-            else:
-                status = fastloss_cross_entropy_value_and_grad_float64(
-                    &options, <const double *>logits_ptr, logits_stride, target_ptr,
-                    <const double *>soft_ptr, soft_stride, <const double *>weight_ptr,
-                    grad_output_ptr, grad_output_stride, loss_per_row_ptr, lse_out_ptr, &total,
-                    <double *>grad_ptr, grad_stride)
+            status = fastloss_cross_entropy_value_and_grad(
+                dtype, &options, logits_ptr, logits_stride, target_ptr, soft_ptr, soft_stride,
+                weight_ptr, grad_output_ptr, grad_output_stride, loss_per_row_ptr, lse_out_ptr,
+                &total, grad_ptr, grad_stride)
     if status == FASTLOSS_ERROR_BAD_TARGET:
         _bad_target(hard[bad_position], bad_position, loss_shape, n_classes, ignore_index)
-    if status == FASTLOSS_ERROR_NO_MEMORY:
-        raise MemoryError("cross_entropy: could not allocate scratch space")
+    _check_status(status, "cross_entropy")
 
     # -- results
     if copy_back:
@@ -361,7 +325,7 @@ def ce_call(int mode, object logits, object target, object weight, object ignore
             loss = (<cnp.ndarray>per_row).reshape(loss_shape)
             if compute_dtype != numpy.float64:
                 loss = loss.astype(compute_dtype)
-        elif typenum == cnp.NPY_FLOAT32:
+        elif dtype == FASTLOSS_FLOAT32:
             loss = <double><float>total  # a Python float holding a float32 value
         else:
             loss = total

@@ -53,97 +53,51 @@ cdef extern from "distance.h" nogil:
         fastloss_index anchor_positive_dim
         fastloss_index anchor_negative_dim
         fastloss_index positive_negative_dim
-    void fastloss_distance_prepare_rows_float32(
-        const fastloss_distance_rows_options *options, const float *x, fastloss_index x_row_stride,
-        const double *shift, double *prepared, float *prepared_real, double *norm)
-    void fastloss_distance_prepare_rows_float64(
-        const fastloss_distance_rows_options *options, const double *x, fastloss_index x_row_stride,
-        const double *shift, double *prepared, double *prepared_real, double *norm)
-    int fastloss_distance_matrix_float32(
-        const fastloss_distance_matrix_options *options,
-        const float *x, fastloss_index x_row_stride, const float *y, fastloss_index y_row_stride,
+    int fastloss_distance_prepare_rows(
+        int dtype, const fastloss_distance_rows_options *options, const void *x,
+        fastloss_index x_row_stride, const double *shift, double *prepared,
+        void *prepared_real, double *norm)
+    int fastloss_distance_matrix(
+        int dtype, const fastloss_distance_matrix_options *options, const void *x,
+        fastloss_index x_row_stride, const void *y, fastloss_index y_row_stride,
         const double *x_norm, const double *y_norm, const void *gram,
         fastloss_index gram_row_stride, double *direct_coef,
         fastloss_index direct_coef_row_stride, const int64_t *labels,
-        const double *grad_output,
-        fastloss_index grad_output_row_stride, fastloss_index grad_output_col_stride,
-        float *value, fastloss_index value_row_stride, float *coef,
-        fastloss_index coef_row_stride, double *x_sums, double *y_sums, uint64_t *direct_mask,
-        uint64_t *nonzero_mask, double *loss, int64_t *n_recomputed, int64_t *n_direct,
-        int64_t *n_nonzero)
-    int fastloss_distance_matrix_float64(
-        const fastloss_distance_matrix_options *options,
-        const double *x, fastloss_index x_row_stride, const double *y, fastloss_index y_row_stride,
-        const double *x_norm, const double *y_norm, const void *gram,
-        fastloss_index gram_row_stride, double *direct_coef,
-        fastloss_index direct_coef_row_stride, const int64_t *labels,
-        const double *grad_output,
-        fastloss_index grad_output_row_stride, fastloss_index grad_output_col_stride,
-        double *value, fastloss_index value_row_stride, double *coef,
-        fastloss_index coef_row_stride, double *x_sums, double *y_sums, uint64_t *direct_mask,
-        uint64_t *nonzero_mask, double *loss, int64_t *n_recomputed, int64_t *n_direct,
-        int64_t *n_nonzero)
-    int fastloss_distance_sparse_product_float32(
-        const fastloss_distance_rows_options *options, const uint64_t *nonzero_mask,
-        fastloss_index mask_row_words, const float *coef, fastloss_index coef_row_stride,
-        const float *rows, fastloss_index rows_row_stride, float *product,
+        const double *grad_output, fastloss_index grad_output_row_stride,
+        fastloss_index grad_output_col_stride, void *value, fastloss_index value_row_stride,
+        void *coef, fastloss_index coef_row_stride, double *x_sums, double *y_sums,
+        uint64_t *direct_mask, uint64_t *nonzero_mask, double *loss, int64_t *n_recomputed,
+        int64_t *n_direct, int64_t *n_nonzero)
+    int fastloss_distance_sparse_product(
+        int dtype, const fastloss_distance_rows_options *options, const uint64_t *nonzero_mask,
+        fastloss_index mask_row_words, const void *coef, fastloss_index coef_row_stride,
+        const void *rows, fastloss_index rows_row_stride, void *product,
         fastloss_index product_row_stride)
-    int fastloss_distance_sparse_product_float64(
-        const fastloss_distance_rows_options *options, const uint64_t *nonzero_mask,
-        fastloss_index mask_row_words, const double *coef, fastloss_index coef_row_stride,
-        const double *rows, fastloss_index rows_row_stride, double *product,
-        fastloss_index product_row_stride)
-    int fastloss_distance_finish_rows_float32(
-        const fastloss_distance_rows_options *options, const float *prepared,
+    int fastloss_distance_finish_rows(
+        int dtype, const fastloss_distance_rows_options *options, const void *prepared,
         fastloss_index prepared_row_stride, const double *sums, const double *norm,
-        const float *product, fastloss_index product_row_stride, float *grad,
+        const void *product, fastloss_index product_row_stride, void *grad,
         fastloss_index grad_row_stride, const fastloss_distance_direct *direct,
-        const float *rows, fastloss_index rows_row_stride, const float *other,
+        const void *rows, fastloss_index rows_row_stride, const void *other,
         fastloss_index other_row_stride, const double *other_norm)
-    int fastloss_distance_finish_rows_float64(
-        const fastloss_distance_rows_options *options, const double *prepared,
-        fastloss_index prepared_row_stride, const double *sums, const double *norm,
-        const double *product, fastloss_index product_row_stride, double *grad,
-        fastloss_index grad_row_stride, const fastloss_distance_direct *direct,
-        const double *rows, fastloss_index rows_row_stride, const double *other,
-        fastloss_index other_row_stride, const double *other_norm)
-    void fastloss_distance_normalize_backward_float32(
-        const fastloss_distance_rows_options *options, const double *normalized,
-        const double *norm, const double *grad_normalized, float *grad,
+    int fastloss_distance_normalize_backward(
+        int dtype, const fastloss_distance_rows_options *options, const double *normalized,
+        const double *norm, const double *grad_normalized, void *grad,
         fastloss_index grad_row_stride)
-    void fastloss_distance_normalize_backward_float64(
-        const fastloss_distance_rows_options *options, const double *normalized,
-        const double *norm, const double *grad_normalized, double *grad,
-        fastloss_index grad_row_stride)
-    int fastloss_distance_contrastive_float32(
-        const fastloss_pair_loss_options *options, const float *x1, fastloss_index x1_row_stride,
-        const float *x2, fastloss_index x2_row_stride, const double *label,
-        const double *grad_output, fastloss_index grad_output_stride, double *loss_per_row,
-        double *loss, float *grad1, fastloss_index grad1_row_stride, float *grad2,
-        fastloss_index grad2_row_stride)
-    int fastloss_distance_contrastive_float64(
-        const fastloss_pair_loss_options *options, const double *x1, fastloss_index x1_row_stride,
-        const double *x2, fastloss_index x2_row_stride, const double *label,
-        const double *grad_output, fastloss_index grad_output_stride, double *loss_per_row,
-        double *loss, double *grad1, fastloss_index grad1_row_stride, double *grad2,
-        fastloss_index grad2_row_stride)
-    int fastloss_distance_triplet_margin_float32(
-        const fastloss_pair_loss_options *options, const float *anchor,
-        fastloss_index anchor_row_stride, const float *positive,
-        fastloss_index positive_row_stride, const float *negative,
+    int fastloss_distance_contrastive(
+        int dtype, const fastloss_pair_loss_options *options, const void *x1,
+        fastloss_index x1_row_stride, const void *x2, fastloss_index x2_row_stride,
+        const double *label, const double *grad_output, fastloss_index grad_output_stride,
+        double *loss_per_row, double *loss, void *grad1, fastloss_index grad1_row_stride,
+        void *grad2, fastloss_index grad2_row_stride)
+    int fastloss_distance_triplet_margin(
+        int dtype, const fastloss_pair_loss_options *options, const void *anchor,
+        fastloss_index anchor_row_stride, const void *positive,
+        fastloss_index positive_row_stride, const void *negative,
         fastloss_index negative_row_stride, const double *grad_output,
         fastloss_index grad_output_stride, double *loss_per_row, double *loss,
-        float *grad_anchor, fastloss_index grad_anchor_row_stride, float *grad_positive,
-        fastloss_index grad_positive_row_stride, float *grad_negative,
-        fastloss_index grad_negative_row_stride)
-    int fastloss_distance_triplet_margin_float64(
-        const fastloss_pair_loss_options *options, const double *anchor,
-        fastloss_index anchor_row_stride, const double *positive,
-        fastloss_index positive_row_stride, const double *negative,
-        fastloss_index negative_row_stride, const double *grad_output,
-        fastloss_index grad_output_stride, double *loss_per_row, double *loss,
-        double *grad_anchor, fastloss_index grad_anchor_row_stride, double *grad_positive,
-        fastloss_index grad_positive_row_stride, double *grad_negative,
+        void *grad_anchor, fastloss_index grad_anchor_row_stride, void *grad_positive,
+        fastloss_index grad_positive_row_stride, void *grad_negative,
         fastloss_index grad_negative_row_stride)
 
 
@@ -152,10 +106,13 @@ METRICS = {"euclidean": FASTLOSS_METRIC_EUCLIDEAN, "sqeuclidean": FASTLOSS_METRI
 
 
 cdef int _embedding_typenum(cnp.ndarray x, str name) except -1:
-    """float32 or float64, 2-d, aligned, native byte order."""
+    """A storage type of the kernels (_dtype_code: float32 or float64), 2-d, aligned,
+    native byte order; returns the NumPy type number (the kernels' dtype code is
+    _storage_code of it)."""
+    if x is None:
+        raise TypeError(f"{name}: expected an array, got None")
+    _dtype_code(x, name)
     cdef int typenum = cnp.PyArray_TYPE(x)
-    if typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64:
-        raise TypeError(f"{name}: expected float32 or float64, got {x.dtype}")
     _check_float(x, typenum, name)
     if cnp.PyArray_NDIM(x) != 2:
         raise ValueError(f"{name}: expected a 2-d array, got {x.ndim} dimensions")
@@ -204,15 +161,11 @@ def dist_prepare_rows(cnp.ndarray x not None, str metric, object shift, double e
     cdef double *prepared_ptr = <double *>cnp.PyArray_DATA(prepared)
     cdef void *real_ptr = _data_or_null(prepared_real)
     cdef double *norm_ptr = <double *>cnp.PyArray_DATA(norm)
+    cdef int dtype = _storage_code(typenum), status = 0
     with nogil:
-        if typenum == cnp.NPY_FLOAT32:
-            fastloss_distance_prepare_rows_float32(&options, <const float *>x_ptr, x_stride,
-                                                   shift_ptr, prepared_ptr, <float *>real_ptr,
-                                                   norm_ptr)
-        else:
-            fastloss_distance_prepare_rows_float64(&options, <const double *>x_ptr, x_stride,
-                                                   shift_ptr, prepared_ptr, <double *>real_ptr,
-                                                   norm_ptr)
+        status = fastloss_distance_prepare_rows(dtype, &options, x_ptr, x_stride, shift_ptr,
+                                                prepared_ptr, real_ptr, norm_ptr)
+    _check_status(status, "pairwise distances")
     return prepared, prepared_real, norm
 
 
@@ -342,24 +295,14 @@ def dist_matrix(cnp.ndarray x not None, object y, cnp.ndarray x_norm not None, o
                                   if coef is not None else NULL)
     cdef double total = 0.0
     cdef int64_t recomputed = 0, direct = 0, nonzero = 0
-    cdef int status = 0
+    cdef int dtype = _storage_code(typenum), status = 0
     with nogil:
-        if typenum == cnp.NPY_FLOAT32:
-            status = fastloss_distance_matrix_float32(
-                &options, <const float *>x_ptr, x_stride, <const float *>y_ptr, y_stride,
-                x_norm_ptr, y_norm_ptr, gram_ptr, gram_stride, direct_ptr, direct_stride,
-                labels_ptr, go_ptr, go_row, go_col,
-                <float *>value_ptr, value_stride, <float *>coef_ptr, coef_stride, x_sums_ptr,
-                y_sums_ptr, mask_ptr, nonzero_ptr, &total, &recomputed, &direct, &nonzero)
-        else:
-            status = fastloss_distance_matrix_float64(
-                &options, <const double *>x_ptr, x_stride, <const double *>y_ptr, y_stride,
-                x_norm_ptr, y_norm_ptr, gram_ptr, gram_stride, direct_ptr, direct_stride,
-                labels_ptr, go_ptr, go_row, go_col,
-                <double *>value_ptr, value_stride, <double *>coef_ptr, coef_stride, x_sums_ptr,
-                y_sums_ptr, mask_ptr, nonzero_ptr, &total, &recomputed, &direct, &nonzero)
-    if status == FASTLOSS_ERROR_NO_MEMORY:
-        raise MemoryError("pairwise distances: could not allocate scratch space")
+        status = fastloss_distance_matrix(
+            dtype, &options, x_ptr, x_stride, y_ptr, y_stride, x_norm_ptr, y_norm_ptr,
+            gram_ptr, gram_stride, direct_ptr, direct_stride, labels_ptr, go_ptr, go_row,
+            go_col, value_ptr, value_stride, coef_ptr, coef_stride, x_sums_ptr, y_sums_ptr,
+            mask_ptr, nonzero_ptr, &total, &recomputed, &direct, &nonzero)
+    _check_status(status, "pairwise distances")
     return total, recomputed, direct, nonzero
 
 
@@ -397,18 +340,12 @@ def dist_sparse_product(cnp.ndarray nonzero_mask not None, cnp.ndarray coef not 
     cdef const void *coef_ptr = cnp.PyArray_DATA(coef)
     cdef const void *rows_ptr = cnp.PyArray_DATA(rows)
     cdef void *product_ptr = cnp.PyArray_DATA(product)
-    cdef int status = 0
+    cdef int dtype = _storage_code(typenum), status = 0
     with nogil:
-        if typenum == cnp.NPY_FLOAT32:
-            status = fastloss_distance_sparse_product_float32(
-                &options, mask_ptr, words, <const float *>coef_ptr, coef_stride,
-                <const float *>rows_ptr, rows_stride, <float *>product_ptr, product_stride)
-        else:
-            status = fastloss_distance_sparse_product_float64(
-                &options, mask_ptr, words, <const double *>coef_ptr, coef_stride,
-                <const double *>rows_ptr, rows_stride, <double *>product_ptr, product_stride)
-    if status == FASTLOSS_ERROR_NO_MEMORY:
-        raise MemoryError("pairwise distances: could not allocate scratch space")
+        status = fastloss_distance_sparse_product(
+            dtype, &options, mask_ptr, words, coef_ptr, coef_stride, rows_ptr, rows_stride,
+            product_ptr, product_stride)
+    _check_status(status, "pairwise distances")
 
 
 def dist_finish_rows(cnp.ndarray prepared not None, cnp.ndarray sums not None,
@@ -479,22 +416,13 @@ def dist_finish_rows(cnp.ndarray prepared not None, cnp.ndarray sums not None,
     cdef const void *rows_ptr = cnp.PyArray_DATA(rows)
     cdef const void *other_ptr = cnp.PyArray_DATA(other)
     cdef const double *other_norm_ptr = <const double *>cnp.PyArray_DATA(other_norm)
-    cdef int status = 0
+    cdef int dtype = _storage_code(typenum), status = 0
     with nogil:
-        if typenum == cnp.NPY_FLOAT32:
-            status = fastloss_distance_finish_rows_float32(
-                &options, <const float *>prepared_ptr, prepared_stride, sums_ptr, norm_ptr,
-                <const float *>product_ptr, product_stride, <float *>grad_ptr, grad_stride,
-                direct_ptr, <const float *>rows_ptr, rows_stride, <const float *>other_ptr,
-                other_stride, other_norm_ptr)
-        else:
-            status = fastloss_distance_finish_rows_float64(
-                &options, <const double *>prepared_ptr, prepared_stride, sums_ptr, norm_ptr,
-                <const double *>product_ptr, product_stride, <double *>grad_ptr, grad_stride,
-                direct_ptr, <const double *>rows_ptr, rows_stride, <const double *>other_ptr,
-                other_stride, other_norm_ptr)
-    if status == FASTLOSS_ERROR_NO_MEMORY:
-        raise MemoryError("pairwise distances: could not allocate scratch space")
+        status = fastloss_distance_finish_rows(
+            dtype, &options, prepared_ptr, prepared_stride, sums_ptr, norm_ptr, product_ptr,
+            product_stride, grad_ptr, grad_stride, direct_ptr, rows_ptr, rows_stride,
+            other_ptr, other_stride, other_norm_ptr)
+    _check_status(status, "pairwise distances")
 
 
 def dist_normalize_backward(cnp.ndarray normalized not None, cnp.ndarray norm not None,
@@ -524,13 +452,11 @@ def dist_normalize_backward(cnp.ndarray normalized not None, cnp.ndarray norm no
     cdef const double *norm_ptr = <const double *>cnp.PyArray_DATA(norm)
     cdef const double *g_ptr = <const double *>cnp.PyArray_DATA(grad_normalized)
     cdef void *grad_ptr = cnp.PyArray_DATA(grad)
+    cdef int dtype = _storage_code(typenum), status = 0
     with nogil:
-        if typenum == cnp.NPY_FLOAT32:
-            fastloss_distance_normalize_backward_float32(&options, normalized_ptr, norm_ptr,
-                                                         g_ptr, <float *>grad_ptr, grad_stride)
-        else:
-            fastloss_distance_normalize_backward_float64(&options, normalized_ptr, norm_ptr,
-                                                         g_ptr, <double *>grad_ptr, grad_stride)
+        status = fastloss_distance_normalize_backward(dtype, &options, normalized_ptr, norm_ptr,
+                                                      g_ptr, grad_ptr, grad_stride)
+    _check_status(status, "pairwise distances")
 
 
 def dist_transpose(cnp.ndarray source not None, cnp.ndarray target not None, bint accumulate,
@@ -650,35 +576,19 @@ def dist_pair_loss_run(str loss, tuple rows, object label, object grad_output,
     cdef const double *go_ptr = <const double *>_data_or_null(grad_output) if grads else NULL
     cdef double *per_row_ptr = <double *>_data_or_null(loss_per_row)
     cdef double total = 0.0
-    cdef int status = 0
+    cdef int dtype = _storage_code(typenum), status = 0
     cdef bint contrastive = loss == "contrastive"
     with nogil:
-        if contrastive and typenum == cnp.NPY_FLOAT32:
-            status = fastloss_distance_contrastive_float32(
-                &options, <const float *>row_ptrs[0], row_strides[0],
-                <const float *>row_ptrs[1], row_strides[1], label_ptr, go_ptr, go_stride,
-                per_row_ptr, &total, <float *>grad_ptrs[0], grad_strides[0],
-                <float *>grad_ptrs[1], grad_strides[1])
-        elif contrastive:
-            status = fastloss_distance_contrastive_float64(
-                &options, <const double *>row_ptrs[0], row_strides[0],
-                <const double *>row_ptrs[1], row_strides[1], label_ptr, go_ptr, go_stride,
-                per_row_ptr, &total, <double *>grad_ptrs[0], grad_strides[0],
-                <double *>grad_ptrs[1], grad_strides[1])
-        elif typenum == cnp.NPY_FLOAT32:
-            status = fastloss_distance_triplet_margin_float32(
-                &options, <const float *>row_ptrs[0], row_strides[0],
-                <const float *>row_ptrs[1], row_strides[1], <const float *>row_ptrs[2],
-                row_strides[2], go_ptr, go_stride, per_row_ptr, &total,
-                <float *>grad_ptrs[0], grad_strides[0], <float *>grad_ptrs[1], grad_strides[1],
-                <float *>grad_ptrs[2], grad_strides[2])
+        if contrastive:
+            status = fastloss_distance_contrastive(
+                dtype, &options, row_ptrs[0], row_strides[0], row_ptrs[1], row_strides[1],
+                label_ptr, go_ptr, go_stride, per_row_ptr, &total, grad_ptrs[0],
+                grad_strides[0], grad_ptrs[1], grad_strides[1])
         else:
-            status = fastloss_distance_triplet_margin_float64(
-                &options, <const double *>row_ptrs[0], row_strides[0],
-                <const double *>row_ptrs[1], row_strides[1], <const double *>row_ptrs[2],
-                row_strides[2], go_ptr, go_stride, per_row_ptr, &total,
-                <double *>grad_ptrs[0], grad_strides[0], <double *>grad_ptrs[1],
-                grad_strides[1], <double *>grad_ptrs[2], grad_strides[2])
-    if status == FASTLOSS_ERROR_NO_MEMORY:
-        raise MemoryError(f"{loss}: could not allocate scratch space")
+            status = fastloss_distance_triplet_margin(
+                dtype, &options, row_ptrs[0], row_strides[0], row_ptrs[1], row_strides[1],
+                row_ptrs[2], row_strides[2], go_ptr, go_stride, per_row_ptr, &total,
+                grad_ptrs[0], grad_strides[0], grad_ptrs[1], grad_strides[1], grad_ptrs[2],
+                grad_strides[2])
+    _check_status(status, loss)
     return total

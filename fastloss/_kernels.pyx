@@ -55,6 +55,36 @@ cdef inline int _check_float(cnp.ndarray array, int typenum, str name) except -1
     return 0
 
 
+# The kernels' dtype codes (csrc/storage.h: enum fastloss_dtype), the one place that
+# maps a NumPy dtype to the storage type a C entry point is called with.  A new
+# storage type (bfloat16, float16) is one line here.
+cdef inline int _storage_code(int typenum) noexcept nogil:
+    """The dtype code of NumPy type number `typenum`, or -1 when no kernel stores it."""
+    if typenum == cnp.NPY_FLOAT32:
+        return FASTLOSS_FLOAT32
+    if typenum == cnp.NPY_FLOAT64:
+        return FASTLOSS_FLOAT64
+    return -1
+
+
+cdef inline int _dtype_code(cnp.ndarray array, str name) except -1:
+    """The dtype code of `array` (a float array the kernels store); TypeError naming
+    the argument otherwise."""
+    cdef int code = _storage_code(cnp.PyArray_TYPE(array))
+    if code < 0:
+        raise TypeError(f"{name}: expected float32 or float64, got {array.dtype}")
+    return code
+
+
+cdef inline int _check_status(int status, str what) except -1:
+    """Raise for a kernel's failure status (csrc/common.h), naming the loss."""
+    if status == FASTLOSS_ERROR_NO_MEMORY:
+        raise MemoryError(f"{what}: could not allocate scratch space")
+    if status == FASTLOSS_ERROR_BAD_DTYPE:
+        raise TypeError(f"{what}: no kernel for this dtype")
+    return 0
+
+
 cdef inline fastloss_index _row_stride(cnp.ndarray array, fastloss_index n_rows,
                                        fastloss_index n_cols, str name,
                                        bint writeable=False) except? -1:

@@ -1,0 +1,9 @@
+/* storage_end.h -- closes storage_begin.h.  No include guard, on purpose. */
+#undef STORE_T
+#undef REAL
+#undef LOAD
+#undef STORE
+#undef STORE_WIDE
+#undef ROUND_WIDE
+#undef STORAGE_IS_COMPUTE
+#undef STORAGE
