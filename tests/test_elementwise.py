@@ -1,4 +1,5 @@
-"""Regression and binary losses (mse, l1, huber, smooth_l1, bce_with_logits): the points
+"""The elementwise losses (mse, l1, huber, smooth_l1, bce_with_logits and, through the
+registry's generic tests, every other elementwise entry): the points
 known by hand (kinks, boundaries, extreme logits), NaN and inf, empty and 0-d inputs,
 broadcasting and dtype promotion, layouts and ``out=``, finite differences, the float64
 reference itself, and parity with torch.
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 import fastloss
-from fastloss import reference
+from fastloss import _registry, reference
 from loss_specs import (
     DTYPES,
     CONTRACT,
@@ -46,31 +47,47 @@ def functions(name, module=fastloss):
             getattr(module, f"{name}_value_and_grad"))
 
 
-def check_against_reference(name, pred, target, *, reductions=REDUCTIONS, dtype=None,
+def supported(spec, params):
+    """``params`` without the factor layouts (weight, pos_weight) that ``spec``'s loss does
+    not take (the losses added with the registry have no weight)."""
+    options = {option.name for option in _registry.LOSSES[spec.name].options}
+    return {key: value for key, value in params.items()
+            if key not in ("weight", "pos_weight") or key in options}
+
+
+def loss_shape(name, arrays, options):
+    """The shape of the loss's "none" result (gaussian_nll's var broadcasts after torch's
+    rule for a var one axis short)."""
+    return np.shape(getattr(reference, name)(*arrays, reduction="none", **options))
+
+
+def check_against_reference(name, pred, *others, reductions=REDUCTIONS, dtype=None,
                             **options):
     """Every entry point of ``name`` against the reference for each reduction: values,
-    types, shapes and the contract for ``dtype`` (default: pred's)."""
+    types, shapes and the contract for ``dtype`` (default: pred's). ``others`` are the
+    loss's other inputs (target, and a third where the loss has one)."""
     value, grad_fn, fused = functions(name)
     ref_value, ref_grad, _ = functions(name, reference)
     pred_array = np.asarray(pred)
     dtype = np.dtype(dtype or pred_array.dtype)
     # a gradient computed in float64 for a float32 pred is rounded to float32
     grad_dtype = np.float32 if np.float32 in (dtype, pred_array.dtype) else np.float64
-    shape = np.broadcast_shapes(pred_array.shape, np.shape(target))
+    arrays = (pred, *others)
+    shape = loss_shape(name, arrays, options)
     for reduction in reductions:
         opts = dict(options, reduction=reduction)
         upstream = (np.linspace(-1.5, 2.0, int(np.prod(shape))).reshape(shape)
                     if reduction == "none" else 0.75)
-        expected_loss = ref_value(pred, target, **opts)
-        expected_grad = ref_grad(pred, target, upstream, **opts)
-        loss = call_unmodified(value, pred, target, **opts)
+        expected_loss = ref_value(*arrays, **opts)
+        expected_grad = ref_grad(*arrays, upstream, **opts)
+        loss = call_unmodified(value, *arrays, **opts)
         assert_loss_type(loss, dtype, reduction, shape)
         assert_close_contract(loss, expected_loss, dtype, "loss", what=f"{name} {reduction}")
-        grad = call_unmodified(grad_fn, pred, target, upstream, **opts)
+        grad = call_unmodified(grad_fn, *arrays, upstream, **opts)
         assert_array_type(grad, pred_array.dtype, pred_array.shape)
         assert_close_contract(grad, expected_grad, grad_dtype, "grad",
                               what=f"{name}_grad {reduction}")
-        fused_loss, fused_grad = call_unmodified(fused, pred, target, upstream, **opts)
+        fused_loss, fused_grad = call_unmodified(fused, *arrays, upstream, **opts)
         assert_loss_type(fused_loss, dtype, reduction, shape)
         assert_array_type(fused_grad, pred_array.dtype, pred_array.shape)
         # The fused loop and the separate ones may round an element of a loop's scalar
@@ -505,56 +522,66 @@ STRIDED_VIEWS = {
 @specs
 @pytest.mark.parametrize("view", STRIDED_VIEWS)
 def test_strided_inputs(view, spec, dtype, rng):
-    (pred, target), options = spec.make_inputs(rng, dtype, {}, (40, 22))
+    arrays, options = spec.make_inputs(rng, dtype, {}, (40, 22))
     make_view = STRIDED_VIEWS[view]
-    check_against_reference(spec.name, make_view(pred), make_view(target), **options)
+    check_against_reference(spec.name, *(make_view(array) for array in arrays), **options)
 
 
 @dtypes
 @specs
 def test_read_only_and_memmapped_inputs(spec, dtype, rng, tmp_path):
-    (pred, target), options = spec.make_inputs(rng, dtype, {"weight": "class"}, (30, 7))
+    (pred, *others), options = spec.make_inputs(rng, dtype, supported(spec, {"weight": "class"}),
+                                                (30, 7))
     path = tmp_path / "pred.npy"
     np.save(path, pred)
     mapped = np.load(path, mmap_mode="r")
-    target.setflags(write=False)
-    check_against_reference(spec.name, mapped, target, **options)
+    for other in others:
+        other.setflags(write=False)
+    check_against_reference(spec.name, mapped, *others, **options)
 
 
 @dtypes
 @specs
 @reductions
 def test_out_preallocated_and_in_place(reduction, spec, dtype, rng):
-    (pred, target), options = spec.make_inputs(rng, dtype, {"weight": "class"}, (33, 9))
+    (pred, *others), options = spec.make_inputs(rng, dtype, supported(spec, {"weight": "class"}),
+                                                (33, 9))
     options["reduction"] = reduction
     upstream = rng.standard_normal(pred.shape) if reduction == "none" else 0.5
     _, grad_fn, fused = functions(spec.name)
     # out= changes where the gradient goes, never its bits: each entry point is
     # compared with itself
-    expected_loss, expected_grad = fused(pred, target, upstream, **options)
-    expected_grad_only = grad_fn(pred, target, upstream, **options)
+    expected_loss, expected_grad = fused(pred, *others, upstream, **options)
+    expected_grad_only = grad_fn(pred, *others, upstream, **options)
     out = np.full_like(pred, np.nan)
-    assert call_unmodified(grad_fn, pred, target, upstream, out=out, **options) is out
+    assert call_unmodified(grad_fn, pred, *others, upstream, out=out, **options) is out
     assert bitwise_equal(out, expected_grad_only)
     out = np.full_like(pred, np.nan)
-    loss, grad = call_unmodified(fused, pred, target, upstream, out=out, **options)
+    loss, grad = call_unmodified(fused, pred, *others, upstream, out=out, **options)
     assert grad is out and bitwise_equal(out, expected_grad)
     assert bitwise_equal(np.asarray(loss), np.asarray(expected_loss))
     # out=pred: the gradient replaces the input, with the same bits
     work = pred.copy()
-    loss, grad = fused(work, target, upstream, out=work, **options)
+    loss, grad = fused(work, *others, upstream, out=work, **options)
     assert grad is work and bitwise_equal(work, expected_grad)
     assert bitwise_equal(np.asarray(loss), np.asarray(expected_loss))
-    # a non-contiguous out, and one that overlaps the target (computed, then copied)
+    # a non-contiguous out, and one that overlaps each other input (computed, then
+    # copied): the other input shifted by 5 elements within one buffer with out
     wide = np.full((33, 18), np.nan, dtype)
-    assert grad_fn(pred, target, upstream, out=wide[:, ::2], **options).base is wide
+    assert grad_fn(pred, *others, upstream, out=wide[:, ::2], **options).base is wide
     assert bitwise_equal(wide[:, ::2], expected_grad_only)
-    shared = np.concatenate([target.ravel(), target.ravel()])
-    shifted_target = shared[5:5 + target.size].reshape(target.shape)
-    out = shared[:target.size].reshape(target.shape)
-    expected_shifted = grad_fn(pred, shifted_target.copy(), upstream, **options)
-    assert grad_fn(pred, shifted_target, upstream, out=out, **options) is out
-    assert bitwise_equal(out, expected_shifted)
+    for index, other in enumerate(others):
+        if other.shape != pred.shape or other.dtype != pred.dtype:
+            continue
+        shared = np.concatenate([other.ravel(), other.ravel()])
+        shifted = shared[5:5 + other.size].reshape(other.shape)
+        out = shared[:other.size].reshape(other.shape)
+        moved = list(others)
+        moved[index] = shifted.copy()
+        expected_shifted = grad_fn(pred, *moved, upstream, **options)
+        moved[index] = shifted
+        assert grad_fn(pred, *moved, upstream, out=out, **options) is out
+        assert bitwise_equal(out, expected_shifted)
 
 
 @pytest.mark.parametrize("name", REGRESSION_NAMES)
@@ -683,12 +710,12 @@ def test_float32_bce_at_least_as_accurate_as_naive_float32(rng):
 @specs
 def test_many_blocks_against_the_reference(spec, dtype, rng):
     # 2**16 + 1001 elements: several reduction blocks of 16384, threads, a ragged tail
-    (pred, target), options = spec.make_inputs(rng, dtype, {"weight": "class"},
-                                               (67, 1993))
+    arrays, options = spec.make_inputs(rng, dtype, supported(spec, {"weight": "class"}),
+                                       (67, 1993))
     for reduction in REDUCTIONS:
-        loss, grad = spec.public.value_and_grad(pred, target, 0.5, reduction=reduction,
+        loss, grad = spec.public.value_and_grad(*arrays, 0.5, reduction=reduction,
                                                 **options)
-        ref_loss, ref_grad = spec.reference.value_and_grad(pred, target, 0.5,
+        ref_loss, ref_grad = spec.reference.value_and_grad(*arrays, 0.5,
                                                            reduction=reduction, **options)
         assert_close_contract(loss, ref_loss, dtype, "loss")
         assert_close_contract(grad, ref_grad, dtype, "grad")
@@ -706,10 +733,10 @@ def test_every_simd_path_meets_the_contract(spec, simd, rng):
         pytest.skip(f"{simd} is not available on this CPU or build")
     try:
         for dtype in DTYPES:
-            (pred, target), options = spec.make_inputs(
-                rng, dtype, {"weight": "full", "pos_weight": "class"} if
-                spec.name == "bce_with_logits" else {"weight": "full"}, (21, 101))
-            check_against_reference(spec.name, pred, target, **options)
+            arrays, options = spec.make_inputs(
+                rng, dtype, supported(spec, {"weight": "full", "pos_weight": "class"}),
+                (21, 101))
+            check_against_reference(spec.name, *arrays, **options)
     finally:
         _kernels.set_simd_path(saved)
 

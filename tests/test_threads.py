@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import fastloss
-from fastloss import reference
+from fastloss import _registry, reference
 from loss_specs import (
     DTYPES,
     ELEMENTWISE_SPECS,
@@ -253,16 +253,17 @@ ELEMENTWISE_SHAPES = [
 ]
 
 
-def every_elementwise_result(spec, pred, target, options, num_threads):
+def every_elementwise_result(spec, arrays, options, num_threads):
     """Loss and gradient from every entry point and reduction of an elementwise spec."""
     results = {}
+    shape = np.shape(spec.reference.value(*arrays, reduction="none", **options))
     for reduction in REDUCTIONS:
         opts = dict(options, reduction=reduction, num_threads=num_threads)
-        upstream = (np.linspace(-1.0, 2.0, pred.size).reshape(pred.shape)
+        upstream = (np.linspace(-1.0, 2.0, int(np.prod(shape))).reshape(shape)
                     if reduction == "none" else 0.5)
-        results[f"{reduction} loss"] = np.asarray(spec.public.value(pred, target, **opts))
-        results[f"{reduction} grad"] = spec.public.grad(pred, target, upstream, **opts)
-        loss, grad = spec.public.value_and_grad(pred, target, upstream, **opts)
+        results[f"{reduction} loss"] = np.asarray(spec.public.value(*arrays, **opts))
+        results[f"{reduction} grad"] = spec.public.grad(*arrays, upstream, **opts)
+        loss, grad = spec.public.value_and_grad(*arrays, upstream, **opts)
         results[f"{reduction} fused loss"] = np.asarray(loss)
         results[f"{reduction} fused grad"] = grad
     return results
@@ -275,16 +276,19 @@ def test_elementwise_bit_identical_for_any_thread_count(shape, spec, dtype, rng)
     params = {"weight": "class"}
     if spec.name == "bce_with_logits":
         params.update(pos_weight="class", soft=True)
-    (pred, target), options = spec.make_inputs(rng, dtype, params, shape)
-    single = every_elementwise_result(spec, pred, target, options, 1)
+    options_taken = {option.name for option in _registry.LOSSES[spec.name].options}
+    params = {key: value for key, value in params.items()
+              if key not in ("weight", "pos_weight") or key in options_taken}
+    arrays, options = spec.make_inputs(rng, dtype, params, shape)
+    single = every_elementwise_result(spec, arrays, options, 1)
     for num_threads in THREAD_COUNTS[1:]:
-        assert_same_bits(every_elementwise_result(spec, pred, target, options, num_threads),
+        assert_same_bits(every_elementwise_result(spec, arrays, options, num_threads),
                          single, f"num_threads={num_threads}")
     assert_close_contract(single["sum loss"],
-                          spec.reference.value(pred, target, reduction="sum", **options),
+                          spec.reference.value(*arrays, reduction="sum", **options),
                           dtype, "loss")
     assert_close_contract(single["mean fused grad"],
-                          spec.reference.grad(pred, target, 0.5, **options), dtype, "grad")
+                          spec.reference.grad(*arrays, 0.5, **options), dtype, "grad")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
@@ -293,16 +297,18 @@ def test_elementwise_concurrent_calls_from_python_threads(dtype):
     for index in range(10):
         rng = np.random.default_rng(100 + index)
         spec = ELEMENTWISE_SPECS[index % len(ELEMENTWISE_SPECS)]
-        params = {"weight": "class"} if index % 2 else {}
-        (pred, target), options = spec.make_inputs(rng, dtype, params, (50 + index, 2001))
-        problems.append((spec, pred, target, options, 1 + index % 3))
+        takes_weight = any(option.name == "weight"
+                           for option in _registry.LOSSES[spec.name].options)
+        params = {"weight": "class"} if index % 2 and takes_weight else {}
+        arrays, options = spec.make_inputs(rng, dtype, params, (50 + index, 2001))
+        problems.append((spec, arrays, options, 1 + index % 3))
 
     def compute(problem):
-        spec, pred, target, options, num_threads = problem
+        spec, (pred, *others), options, num_threads = problem
         buffer = pred.copy()
-        loss, grad = spec.public.value_and_grad(buffer, target, 0.5, reduction="sum",
+        loss, grad = spec.public.value_and_grad(buffer, *others, 0.5, reduction="sum",
                                                 out=buffer, num_threads=num_threads, **options)
-        per_element = spec.public.value(pred, target, reduction="none",
+        per_element = spec.public.value(pred, *others, reduction="none",
                                         num_threads=num_threads, **options)
         return loss, grad, per_element
 
