@@ -26,9 +26,9 @@ C_SOURCES = [
     "csrc/elementwise.c",
     "csrc/elementwise_avx2.c",
     "csrc/elementwise_avx512.c",
-    "csrc/distance.c",
-    "csrc/distance_avx2.c",
-    "csrc/distance_avx512.c",
+    "csrc/contrastive.c",
+    "csrc/contrastive_avx2.c",
+    "csrc/contrastive_avx512.c",
     "csrc/box.c",
     "csrc/box_avx2.c",
     "csrc/box_avx512.c",
@@ -144,7 +144,7 @@ extensions = [
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         depends=[os.path.join("csrc", name) for name in os.listdir("csrc") if name.endswith(".h")]
         + ["fastloss/_cross_entropy.pxi", "fastloss/_elementwise.pxi", "fastloss/_common.pxd",
-           "fastloss/_distance.pxi", "fastloss/_box.pxi"],
+           "fastloss/_contrastive.pxi", "fastloss/_box.pxi"],
     )
 ]
 

@@ -4,13 +4,13 @@
  */
 #include "box_internal.h"
 #include "cross_entropy_internal.h"
-#include "distance_internal.h"
+#include "contrastive_internal.h"
 #include "elementwise_internal.h"
 
 void fastloss_select_kernels(int level)
 {
     fastloss_cross_entropy_select(level);
     fastloss_elementwise_select(level);
-    fastloss_distance_select(level);
+    fastloss_contrastive_select(level);
     fastloss_box_select(level);
 }

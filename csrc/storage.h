@@ -46,7 +46,7 @@
  * gradient row), it tests STORAGE_IS_COMPUTE and uses scratch of REAL instead.
  *
  * Done: cross-entropy (cross_entropy_*body.h) and distance (distance_*body.h,
- * distance_row_helpers.h).  Still to follow the pattern, each the same steps:
+ * contrastive_row_helpers.h).  Still to follow the pattern, each the same steps:
  *   - elementwise (elementwise_body.h, elementwise_impl.h, elementwise.{c,h},
  *     _elementwise.pxi): STORE_T / LOAD / STORE for pred, target, the third
  *     stream (aux: weight, pos_weight, var, ...) and the gradient, with REAL for

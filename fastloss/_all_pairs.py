@@ -20,7 +20,7 @@ SPARSE_PRODUCT_DENSITY = 1 / 16
 # one's cost) when a sample of rows suggests that at most this fraction of the pairs lie
 # inside or at their hinge: only the pairs outside it are decided from a float32 Gram
 # entry, and every other pair is recomputed from its rows, about twice a Gram entry's
-# cost (csrc/distance.h).  The results are the same either way; only the time differs.
+# cost (csrc/contrastive.h).  The results are the same either way; only the time differs.
 NARROW_GRAM_MAX_INSIDE = 0.15
 # Rows in that sample, and the fewest rows for which the float32 product is considered.
 NARROW_GRAM_SAMPLE_ROWS = 64

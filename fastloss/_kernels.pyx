@@ -222,5 +222,5 @@ def empty(shape, dtype):
 
 include "_cross_entropy.pxi"
 include "_elementwise.pxi"
-include "_distance.pxi"
+include "_contrastive.pxi"
 include "_box.pxi"

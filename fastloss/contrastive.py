@@ -3,7 +3,7 @@
 ``pairwise_distance``, ``contrastive``, ``contrastive_pairwise``, ``info_nce`` and
 ``triplet_margin``, each with its ``_grad`` and ``_value_and_grad`` twins. Gradients are
 w.r.t. every embedding input, as a tuple in argument order (one array when there is one
-input). The kernels are in csrc/distance.c; ``fastloss.reference`` has the float64
+input). The kernels are in csrc/contrastive.c; ``fastloss.reference`` has the float64
 oracle with the same semantics.
 
 Metrics (``metric=``), for rows x and y:
@@ -26,7 +26,7 @@ instead: any number of dimensions (the same for its three inputs), broadcasting,
 features on the last axis. The all-pairs functions form the Gram
 matrix of the (centred or normalised) rows with one BLAS product in float64, make one
 fused C pass over the pairs for distances, losses and gradient coefficients W, and form
-the gradient with one more product ``W @ rows`` in the input's dtype (see csrc/distance.c
+the gradient with one more product ``W @ rows`` in the input's dtype (see csrc/contrastive.c
 for the error model that decides which close pairs are recomputed from the rows). BLAS
 products use NumPy's BLAS threads, which ``num_threads`` does not set.
 """
@@ -233,7 +233,7 @@ def pairwise_distance(x, y=None, *, metric="euclidean", num_threads=None):
     The matrix comes from a float64 Gram product of the centred (or normalised) rows;
     pairs whose distance that form cannot give to the dtype's accuracy (close points)
     are recomputed from the differences, so every entry is accurate to the accuracy
-    contract, and a distance is never negative (csrc/distance.c has the error model).
+    contract, and a distance is never negative (csrc/contrastive.c has the error model).
     """
     value, _ = _pairwise_distance(x, y, None, metric, None, num_threads, True, False)
     return value
@@ -501,7 +501,7 @@ class _Triplet:
     """The checked inputs of a triplet_margin call, as torch shapes them: one number of
     dimensions, broadcasting, the features on the last axis (a 0-d input is one
     feature); laid out for the kernel as (M, D) rows of the broadcast shape, with the
-    length of each pair's difference (distance.h)."""
+    length of each pair's difference (contrastive.h)."""
 
     def __init__(self, anchor, positive, negative):
         named = [("anchor", anchor), ("positive", positive), ("negative", negative)]

@@ -16,7 +16,7 @@ kernel variants run here on every path this CPU has:
   pointwise losses of three inputs or a periodic quantile (sigmoid_focal, margin_ranking,
   poisson_nll, gaussian_nll, pinball) below, through ``ew_run``.
 
-(contrastive and triplet_margin have one build for every CPU, distance_body.h.) CI also
+(contrastive and triplet_margin have one build for every CPU, contrastive_body.h.) CI also
 runs the families' whole parity files once per path (``FASTLOSS_SIMD``, .ci/run), and
 asserts here that the build has every path the CPU can run, so that no path is skipped
 for want of a build.

@@ -1,12 +1,12 @@
 /*
- * distance_pass_body.h -- the pass over the pairs (step 3 of distance.h) and
+ * contrastive_pass_body.h -- the pass over the pairs (step 3 of contrastive.h) and
  * the sparse product for one storage type, written once.  No include guard, on
- * purpose: distance_impl.h includes it per storage type (between
+ * purpose: contrastive_impl.h includes it per storage type (between
  * storage_begin.h and storage_end.h: STORE_T, REAL, LOAD, STORE, STORE_WIDE,
  * ROUND_WIDE, see storage.h), once per instruction set.  It expects
  * REAL_NAME(name) (appends the dtype and the instruction set),
- * RECOMPUTE_TOLERANCE and DIRECT_GRADIENT_RATIO (see distance.c), and the row
- * helpers of distance_row_helpers.h.  The tiles of coefficients and values
+ * RECOMPUTE_TOLERANCE and DIRECT_GRADIENT_RATIO (see contrastive.c), and the row
+ * helpers of contrastive_row_helpers.h.  The tiles of coefficients and values
  * hold REAL values already rounded to the storage type (ROUND_WIDE).
  */
 
@@ -16,7 +16,7 @@
 
 /* What every pair of one call shares. */
 typedef struct REAL_NAME(distance_call) {
-    const fastloss_distance_matrix_options *options;
+    const fastloss_contrastive_matrix_options *options;
     const STORE_T *x;
     fastloss_index x_row_stride;
     const STORE_T *y;
@@ -32,7 +32,7 @@ typedef struct REAL_NAME(distance_call) {
 static inline double REAL_NAME(exact_distance)(const REAL_NAME(distance_call) *call,
                                                fastloss_index i, fastloss_index j)
 {
-    const fastloss_distance_matrix_options *options = call->options;
+    const fastloss_contrastive_matrix_options *options = call->options;
     const STORE_T *a = call->x + i * call->x_row_stride;
     const STORE_T *b = call->y + j * call->y_row_stride;
     if (options->metric == FASTLOSS_METRIC_COSINE)
@@ -44,7 +44,7 @@ static inline double REAL_NAME(exact_distance)(const REAL_NAME(distance_call) *c
 
 /*
  * The distance of pair (i, j) from its Gram entry, *bound a bound on that
- * distance's error (distance.c), and whether the Gram form falls short of tau
+ * distance's error (contrastive.c), and whether the Gram form falls short of tau
  * (close points; NaN too): then only the rows can give the distance.
  */
 static inline double REAL_NAME(gram_distance)(const REAL_NAME(distance_call) *call,
@@ -78,7 +78,7 @@ static inline pair_out REAL_NAME(pair_evaluate)(const REAL_NAME(distance_call) *
                                                 double upstream, int want_direct,
                                                 int64_t *recomputed)
 {
-    const fastloss_distance_matrix_options *options = call->options;
+    const fastloss_contrastive_matrix_options *options = call->options;
     const int metric = options->metric;
     double bound;
     int recompute;
@@ -149,7 +149,7 @@ FASTLOSS_INLINE int64_t REAL_NAME(row_estimate)(
     double *FASTLOSS_RESTRICT value_out, double *FASTLOSS_RESTRICT coefficient_out,
     int64_t *FASTLOSS_RESTRICT flag_out)
 {
-    const fastloss_distance_matrix_options *options = call->options;
+    const fastloss_contrastive_matrix_options *options = call->options;
     const double x_norm = call->x_norm[i];
     const double *FASTLOSS_RESTRICT y_norm = call->y_norm;
     const int64_t *FASTLOSS_RESTRICT labels = call->labels;
@@ -256,7 +256,7 @@ static int64_t REAL_NAME(row_estimate_dispatch)(
 #undef FL_ESTIMATE
 }
 
-int REAL_NAME(fastloss_distance_matrix) FASTLOSS_DISTANCE_MATRIX_SIGNATURE
+int REAL_NAME(fastloss_contrastive_matrix) FASTLOSS_CONTRASTIVE_MATRIX_SIGNATURE
 {
     const STORE_T *x = (const STORE_T *)x_data;
     const STORE_T *y = (const STORE_T *)y_data;
@@ -265,7 +265,7 @@ int REAL_NAME(fastloss_distance_matrix) FASTLOSS_DISTANCE_MATRIX_SIGNATURE
     const int symmetric = options->symmetric;
     const fastloss_index n_rows = options->n_rows;
     const fastloss_index n_cols = symmetric ? n_rows : options->n_cols;
-    const fastloss_index tile = FASTLOSS_DISTANCE_TILE;
+    const fastloss_index tile = FASTLOSS_CONTRASTIVE_TILE;
     const fastloss_index row_tiles = (n_rows + tile - 1) / tile;
     const fastloss_index col_tiles = (n_cols + tile - 1) / tile;
     /* symmetric: the tiles (I, J) with I <= J; else all of them */
@@ -283,7 +283,7 @@ int REAL_NAME(fastloss_distance_matrix) FASTLOSS_DISTANCE_MATRIX_SIGNATURE
     call.y_norm = symmetric ? x_norm : y_norm;
     call.labels = labels;
     /* a float32 Gram only for float32 data and the contrastive loss: a distance is
-     * decided from it where the pair lies outside its hinge (see distance.h) */
+     * decided from it where the pair lies outside its hinge (see contrastive.h) */
     const int narrow_gram = options->gram_float32 && sizeof(REAL) == sizeof(float) &&
                             options->loss == FASTLOSS_PAIRS_CONTRASTIVE;
     const double *gram_wide = narrow_gram ? NULL : (const double *)gram;
@@ -327,23 +327,23 @@ int REAL_NAME(fastloss_distance_matrix) FASTLOSS_DISTANCE_MATRIX_SIGNATURE
 #pragma omp parallel num_threads(threads) if (threads > 1)
 #endif
     {
-        double row_w[FASTLOSS_DISTANCE_TILE], row_t[FASTLOSS_DISTANCE_TILE];
-        double col_w[FASTLOSS_DISTANCE_TILE], col_t[FASTLOSS_DISTANCE_TILE];
+        double row_w[FASTLOSS_CONTRASTIVE_TILE], row_t[FASTLOSS_CONTRASTIVE_TILE];
+        double col_w[FASTLOSS_CONTRASTIVE_TILE], col_t[FASTLOSS_CONTRASTIVE_TILE];
         /* the tile's bits of the direct-pair mask: one 64-bit word per row of the
          * tile (and per row of its mirror), a word no other tile writes */
-        uint64_t row_mask[FASTLOSS_DISTANCE_TILE], col_mask[FASTLOSS_DISTANCE_TILE];
+        uint64_t row_mask[FASTLOSS_CONTRASTIVE_TILE], col_mask[FASTLOSS_CONTRASTIVE_TILE];
         /* likewise for the nonzero coefficients (the sparse product's index) */
-        uint64_t row_nonzero[FASTLOSS_DISTANCE_TILE], col_nonzero[FASTLOSS_DISTANCE_TILE];
+        uint64_t row_nonzero[FASTLOSS_CONTRASTIVE_TILE], col_nonzero[FASTLOSS_CONTRASTIVE_TILE];
         /* one row of a tile between the phases */
-        double pair_upstream[FASTLOSS_DISTANCE_TILE], pair_distance[FASTLOSS_DISTANCE_TILE];
-        double pair_value[FASTLOSS_DISTANCE_TILE], pair_coefficient[FASTLOSS_DISTANCE_TILE];
-        int64_t pair_flag[FASTLOSS_DISTANCE_TILE];
-        double lane_w[FASTLOSS_DISTANCE_TILE], lane_t[FASTLOSS_DISTANCE_TILE];
-        double lane_loss[FASTLOSS_DISTANCE_TILE];
+        double pair_upstream[FASTLOSS_CONTRASTIVE_TILE], pair_distance[FASTLOSS_CONTRASTIVE_TILE];
+        double pair_value[FASTLOSS_CONTRASTIVE_TILE], pair_coefficient[FASTLOSS_CONTRASTIVE_TILE];
+        int64_t pair_flag[FASTLOSS_CONTRASTIVE_TILE];
+        double lane_w[FASTLOSS_CONTRASTIVE_TILE], lane_t[FASTLOSS_CONTRASTIVE_TILE];
+        double lane_loss[FASTLOSS_CONTRASTIVE_TILE];
         /* the tile's coefficients and values, written out row by row and then, for the
          * mirror half, column by column */
-        REAL tile_coef[FASTLOSS_DISTANCE_TILE * FASTLOSS_DISTANCE_TILE];
-        REAL tile_value[FASTLOSS_DISTANCE_TILE * FASTLOSS_DISTANCE_TILE];
+        REAL tile_coef[FASTLOSS_CONTRASTIVE_TILE * FASTLOSS_CONTRASTIVE_TILE];
+        REAL tile_value[FASTLOSS_CONTRASTIVE_TILE * FASTLOSS_CONTRASTIVE_TILE];
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
@@ -407,8 +407,8 @@ int REAL_NAME(fastloss_distance_matrix) FASTLOSS_DISTANCE_MATRIX_SIGNATURE
                  * (0 outside [j_start, j1)) keep every sum in one fixed order and let the
                  * loops vectorise. */
                 const fastloss_index k_start = j_start - j0, k_end = j1 - j0;
-                REAL *tile_coef_row = tile_coef + (i - i0) * FASTLOSS_DISTANCE_TILE;
-                for (fastloss_index k = 0; k < FASTLOSS_DISTANCE_TILE; ++k) {
+                REAL *tile_coef_row = tile_coef + (i - i0) * FASTLOSS_CONTRASTIVE_TILE;
+                for (fastloss_index k = 0; k < FASTLOSS_CONTRASTIVE_TILE; ++k) {
                     const int inside = k >= k_start && k < k_end;
                     /* the product sees the coefficient rounded to STORE_T, and so must
                      * the sums; a direct pair leaves the product (0) */
@@ -421,7 +421,7 @@ int REAL_NAME(fastloss_distance_matrix) FASTLOSS_DISTANCE_MATRIX_SIGNATURE
                 }
                 double row_sum[FASTLOSS_LANES] = {0.0}, row_dsum[FASTLOSS_LANES] = {0.0};
                 double row_loss[FASTLOSS_LANES] = {0.0};
-                for (fastloss_index b = 0; b < FASTLOSS_DISTANCE_TILE; b += FASTLOSS_LANES)
+                for (fastloss_index b = 0; b < FASTLOSS_CONTRASTIVE_TILE; b += FASTLOSS_LANES)
                     for (int l = 0; l < FASTLOSS_LANES; ++l) {
                         row_sum[l] += lane_w[b + l];
                         row_dsum[l] += lane_t[b + l];
@@ -430,7 +430,7 @@ int REAL_NAME(fastloss_distance_matrix) FASTLOSS_DISTANCE_MATRIX_SIGNATURE
                 loss_sum += fastloss_lanes_total(row_loss);
                 if (value) {
                     STORE_T *value_row = value + i * value_row_stride;
-                    REAL *tile_value_row = tile_value + (i - i0) * FASTLOSS_DISTANCE_TILE;
+                    REAL *tile_value_row = tile_value + (i - i0) * FASTLOSS_CONTRASTIVE_TILE;
                     for (fastloss_index j = j_start; j < j1; ++j) {
                         const REAL stored = ROUND_WIDE(pair_value[j - j0]);
                         STORE(value_row, j, stored);
@@ -441,7 +441,7 @@ int REAL_NAME(fastloss_distance_matrix) FASTLOSS_DISTANCE_MATRIX_SIGNATURE
                     continue;
                 row_w[i - i0] = fastloss_lanes_total(row_sum);
                 row_t[i - i0] = fastloss_lanes_total(row_dsum);
-                for (fastloss_index k = 0; k < FASTLOSS_DISTANCE_TILE; ++k) {
+                for (fastloss_index k = 0; k < FASTLOSS_CONTRASTIVE_TILE; ++k) {
                     col_w[k] += lane_w[k];
                     col_t[k] += lane_t[k];
                 }
@@ -451,7 +451,7 @@ int REAL_NAME(fastloss_distance_matrix) FASTLOSS_DISTANCE_MATRIX_SIGNATURE
                 if (nonzero_mask) {
                     uint64_t *mirror_nonzero = diagonal ? row_nonzero : col_nonzero;
                     uint64_t bits = 0;
-                    for (fastloss_index k = 0; k < FASTLOSS_DISTANCE_TILE; ++k) {
+                    for (fastloss_index k = 0; k < FASTLOSS_CONTRASTIVE_TILE; ++k) {
                         const uint64_t nonzero = tile_coef_row[k] != 0;
                         bits |= nonzero << k;
                         mirror_nonzero[k] |= nonzero << (i - i0);
@@ -482,13 +482,13 @@ int REAL_NAME(fastloss_distance_matrix) FASTLOSS_DISTANCE_MATRIX_SIGNATURE
                         STORE_T *coef_row = coef + j * coef_row_stride;
                         for (fastloss_index i = i0; i < i_end; ++i)
                             STORE(coef_row, i,
-                                  tile_coef[(i - i0) * FASTLOSS_DISTANCE_TILE + (j - j0)]);
+                                  tile_coef[(i - i0) * FASTLOSS_CONTRASTIVE_TILE + (j - j0)]);
                     }
                     if (value) {
                         STORE_T *value_row = value + j * value_row_stride;
                         for (fastloss_index i = i0; i < i_end; ++i)
                             STORE(value_row, i,
-                                  tile_value[(i - i0) * FASTLOSS_DISTANCE_TILE + (j - j0)]);
+                                  tile_value[(i - i0) * FASTLOSS_CONTRASTIVE_TILE + (j - j0)]);
                     }
                 }
             }
@@ -602,7 +602,7 @@ int REAL_NAME(fastloss_distance_matrix) FASTLOSS_DISTANCE_MATRIX_SIGNATURE
  * below a density of about 1/16 (benchmarks/bench_contrastive.py): a hinge loss
  * whose pairs are mostly outside their margins has mostly zero coefficients.
  */
-int REAL_NAME(fastloss_distance_sparse_product) FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE
+int REAL_NAME(fastloss_contrastive_sparse_product) FASTLOSS_CONTRASTIVE_SPARSE_PRODUCT_SIGNATURE
 {
     const STORE_T *coef = (const STORE_T *)coef_data;
     const STORE_T *rows = (const STORE_T *)rows_data;

@@ -2,20 +2,20 @@
 
 from libc.stdint cimport uint64_t
 
-cdef extern from "distance.h" nogil:
+cdef extern from "contrastive.h" nogil:
     enum:
         FASTLOSS_METRIC_EUCLIDEAN
         FASTLOSS_METRIC_SQEUCLIDEAN
         FASTLOSS_METRIC_COSINE
         FASTLOSS_PAIRS_DISTANCE
         FASTLOSS_PAIRS_CONTRASTIVE
-    ctypedef struct fastloss_distance_rows_options:
+    ctypedef struct fastloss_contrastive_rows_options:
         fastloss_index n_rows
         fastloss_index dim
         int metric
         double eps
         int num_threads
-    ctypedef struct fastloss_distance_matrix_options:
+    ctypedef struct fastloss_contrastive_matrix_options:
         fastloss_index n_rows
         fastloss_index n_cols
         fastloss_index dim
@@ -28,14 +28,14 @@ cdef extern from "distance.h" nogil:
         double scale
         int num_threads
         int gram_float32
-    ctypedef struct fastloss_distance_direct:
+    ctypedef struct fastloss_contrastive_direct:
         const uint64_t *mask
         fastloss_index mask_row_words
         const double *coef
         fastloss_index coef_row_stride
         fastloss_index n_other
         int transposed
-    void fastloss_distance_transpose_float64(
+    void fastloss_contrastive_transpose_float64(
         fastloss_index n_rows, fastloss_index n_cols, const double *source,
         fastloss_index source_row_stride, double *target, fastloss_index target_row_stride,
         int accumulate, int num_threads)
@@ -53,12 +53,12 @@ cdef extern from "distance.h" nogil:
         fastloss_index anchor_positive_dim
         fastloss_index anchor_negative_dim
         fastloss_index positive_negative_dim
-    int fastloss_distance_prepare_rows(
-        int dtype, const fastloss_distance_rows_options *options, const void *x,
+    int fastloss_contrastive_prepare_rows(
+        int dtype, const fastloss_contrastive_rows_options *options, const void *x,
         fastloss_index x_row_stride, const double *shift, double *prepared,
         void *prepared_real, double *norm)
-    int fastloss_distance_matrix(
-        int dtype, const fastloss_distance_matrix_options *options, const void *x,
+    int fastloss_contrastive_matrix(
+        int dtype, const fastloss_contrastive_matrix_options *options, const void *x,
         fastloss_index x_row_stride, const void *y, fastloss_index y_row_stride,
         const double *x_norm, const double *y_norm, const void *gram,
         fastloss_index gram_row_stride, double *direct_coef,
@@ -68,29 +68,29 @@ cdef extern from "distance.h" nogil:
         void *coef, fastloss_index coef_row_stride, double *x_sums, double *y_sums,
         uint64_t *direct_mask, uint64_t *nonzero_mask, double *loss, int64_t *n_recomputed,
         int64_t *n_direct, int64_t *n_nonzero)
-    int fastloss_distance_sparse_product(
-        int dtype, const fastloss_distance_rows_options *options, const uint64_t *nonzero_mask,
+    int fastloss_contrastive_sparse_product(
+        int dtype, const fastloss_contrastive_rows_options *options, const uint64_t *nonzero_mask,
         fastloss_index mask_row_words, const void *coef, fastloss_index coef_row_stride,
         const void *rows, fastloss_index rows_row_stride, void *product,
         fastloss_index product_row_stride)
-    int fastloss_distance_finish_rows(
-        int dtype, const fastloss_distance_rows_options *options, const void *prepared,
+    int fastloss_contrastive_finish_rows(
+        int dtype, const fastloss_contrastive_rows_options *options, const void *prepared,
         fastloss_index prepared_row_stride, const double *sums, const double *norm,
         const void *product, fastloss_index product_row_stride, void *grad,
-        fastloss_index grad_row_stride, const fastloss_distance_direct *direct,
+        fastloss_index grad_row_stride, const fastloss_contrastive_direct *direct,
         const void *rows, fastloss_index rows_row_stride, const void *other,
         fastloss_index other_row_stride, const double *other_norm)
-    int fastloss_distance_normalize_backward(
-        int dtype, const fastloss_distance_rows_options *options, const double *normalized,
+    int fastloss_contrastive_normalize_backward(
+        int dtype, const fastloss_contrastive_rows_options *options, const double *normalized,
         const double *norm, const double *grad_normalized, void *grad,
         fastloss_index grad_row_stride)
-    int fastloss_distance_contrastive(
+    int fastloss_contrastive_contrastive(
         int dtype, const fastloss_pair_loss_options *options, const void *x1,
         fastloss_index x1_row_stride, const void *x2, fastloss_index x2_row_stride,
         const double *label, const double *grad_output, fastloss_index grad_output_stride,
         double *loss_per_row, double *loss, void *grad1, fastloss_index grad1_row_stride,
         void *grad2, fastloss_index grad2_row_stride)
-    int fastloss_distance_triplet_margin(
+    int fastloss_contrastive_triplet_margin(
         int dtype, const fastloss_pair_loss_options *options, const void *anchor,
         fastloss_index anchor_row_stride, const void *positive,
         fastloss_index positive_row_stride, const void *negative,
@@ -142,7 +142,7 @@ def dist_prepare_rows(cnp.ndarray x not None, str metric, object shift, double e
     norms of x for cosine)."""
     cdef int typenum = _embedding_typenum(x, "x")
     _check_metric_and_threads(metric, num_threads)
-    cdef fastloss_distance_rows_options options
+    cdef fastloss_contrastive_rows_options options
     options.n_rows = x.shape[0]
     options.dim = x.shape[1]
     options.metric = METRICS[metric]
@@ -163,7 +163,7 @@ def dist_prepare_rows(cnp.ndarray x not None, str metric, object shift, double e
     cdef double *norm_ptr = <double *>cnp.PyArray_DATA(norm)
     cdef int dtype = _storage_code(typenum), status = 0
     with nogil:
-        status = fastloss_distance_prepare_rows(dtype, &options, x_ptr, x_stride, shift_ptr,
+        status = fastloss_contrastive_prepare_rows(dtype, &options, x_ptr, x_stride, shift_ptr,
                                                 prepared_ptr, real_ptr, norm_ptr)
     _check_status(status, "pairwise distances")
     return prepared, prepared_real, norm
@@ -175,11 +175,11 @@ def dist_matrix(cnp.ndarray x not None, object y, cnp.ndarray x_norm not None, o
                 object coef, object x_sums, object y_sums, object direct_mask,
                 object nonzero_mask, str metric, str loss, double pos_margin,
                 double neg_margin, double eps, double scale, int num_threads):
-    """The pass over the pairs (csrc/distance.h, step 3).
+    """The pass over the pairs (csrc/contrastive.h, step 3).
 
     x (N, D) and y (M, D) or None (y is x: symmetric); norms float64 from
     dist_prepare_rows; gram float64 (N, M), the upper triangle read when symmetric
-    (float32 for float32 data and loss "contrastive": see distance.h);
+    (float32 for float32 data and loss "contrastive": see contrastive.h);
     direct_coef float64 (N, M), writeable, with coef (the direct pairs' coefficients;
     may be gram itself); labels int64 (N,) for loss "contrastive"; grad_output float64
     (N, M) or None (all ones); value and coef (N, M) in x's dtype or None; with coef: x_sums float64 (2N,), y_sums (2M,)
@@ -191,7 +191,7 @@ def dist_matrix(cnp.ndarray x not None, object y, cnp.ndarray x_norm not None, o
     _check_metric_and_threads(metric, num_threads)
     if loss not in ("distance", "contrastive"):
         raise ValueError(f"loss: unknown {loss!r}")
-    cdef fastloss_distance_matrix_options options
+    cdef fastloss_contrastive_matrix_options options
     cdef bint symmetric = y is None
     options.n_rows = x.shape[0]
     options.n_cols = x.shape[0] if symmetric else y.shape[0]
@@ -220,7 +220,7 @@ def dist_matrix(cnp.ndarray x not None, object y, cnp.ndarray x_norm not None, o
         _check_vector(y_norm, cnp.NPY_FLOAT64, m, "y_norm")
     _check_vector(x_norm, cnp.NPY_FLOAT64, n, "x_norm")
     if options.gram_float32:
-        # a float32 Gram: float32 data and the contrastive loss only (distance.h)
+        # a float32 Gram: float32 data and the contrastive loss only (contrastive.h)
         if typenum != cnp.NPY_FLOAT32 or options.loss != FASTLOSS_PAIRS_CONTRASTIVE:
             raise TypeError("gram: float32 only for float32 data and the contrastive loss")
         if coef is not None and direct_coef is gram:
@@ -297,7 +297,7 @@ def dist_matrix(cnp.ndarray x not None, object y, cnp.ndarray x_norm not None, o
     cdef int64_t recomputed = 0, direct = 0, nonzero = 0
     cdef int dtype = _storage_code(typenum), status = 0
     with nogil:
-        status = fastloss_distance_matrix(
+        status = fastloss_contrastive_matrix(
             dtype, &options, x_ptr, x_stride, y_ptr, y_stride, x_norm_ptr, y_norm_ptr,
             gram_ptr, gram_stride, direct_ptr, direct_stride, labels_ptr, go_ptr, go_row,
             go_col, value_ptr, value_stride, coef_ptr, coef_stride, x_sums_ptr, y_sums_ptr,
@@ -316,7 +316,7 @@ def dist_sparse_product(cnp.ndarray nonzero_mask not None, cnp.ndarray coef not 
         raise ValueError("num_threads: expected an integer >= 1")
     if cnp.PyArray_NDIM(coef) != 2:
         raise ValueError(f"coef: expected a 2-d array, got {cnp.PyArray_NDIM(coef)}-d")
-    cdef fastloss_distance_rows_options options
+    cdef fastloss_contrastive_rows_options options
     options.n_rows = coef.shape[0]
     options.dim = rows.shape[1]
     options.metric = FASTLOSS_METRIC_EUCLIDEAN
@@ -342,7 +342,7 @@ def dist_sparse_product(cnp.ndarray nonzero_mask not None, cnp.ndarray coef not 
     cdef void *product_ptr = cnp.PyArray_DATA(product)
     cdef int dtype = _storage_code(typenum), status = 0
     with nogil:
-        status = fastloss_distance_sparse_product(
+        status = fastloss_contrastive_sparse_product(
             dtype, &options, mask_ptr, words, coef_ptr, coef_stride, rows_ptr, rows_stride,
             product_ptr, product_stride)
     _check_status(status, "pairwise distances")
@@ -353,7 +353,7 @@ def dist_finish_rows(cnp.ndarray prepared not None, cnp.ndarray sums not None,
                      cnp.ndarray grad not None, object direct_mask, object direct_coef,
                      bint transposed, cnp.ndarray rows not None, cnp.ndarray other not None,
                      cnp.ndarray other_norm not None, str metric, double eps, int num_threads):
-    """Gradient rows from the product W @ P (csrc/distance.h, step 5): prepared, product
+    """Gradient rows from the product W @ P (csrc/contrastive.h, step 5): prepared, product
     and grad (N, D) in one float dtype (grad may be product), sums float64 (2N,), norm
     float64 (N,).  direct_mask (uint64, the pass's) and direct_coef (float64, the pass's
     gram), or None when the pass marked no direct pair; transposed: this side is y of
@@ -361,7 +361,7 @@ def dist_finish_rows(cnp.ndarray prepared not None, cnp.ndarray sums not None,
     other, other_norm float64 (M,)."""
     cdef int typenum = _embedding_typenum(prepared, "prepared")
     _check_metric_and_threads(metric, num_threads)
-    cdef fastloss_distance_rows_options options
+    cdef fastloss_contrastive_rows_options options
     options.n_rows = prepared.shape[0]
     options.dim = prepared.shape[1]
     options.metric = METRICS[metric]
@@ -383,8 +383,8 @@ def dist_finish_rows(cnp.ndarray prepared not None, cnp.ndarray sums not None,
     _check_float(other, typenum, "other")
     cdef fastloss_index other_stride = _row_stride(other, m, d, "other")
     _check_vector(other_norm, cnp.NPY_FLOAT64, m, "other_norm")
-    cdef fastloss_distance_direct direct
-    cdef fastloss_distance_direct *direct_ptr = NULL
+    cdef fastloss_contrastive_direct direct
+    cdef fastloss_contrastive_direct *direct_ptr = NULL
     if direct_mask is not None:
         pairs_rows, pairs_cols = (m, n) if transposed else (n, m)
         _check_float(direct_mask, cnp.NPY_UINT64, "direct_mask")
@@ -418,7 +418,7 @@ def dist_finish_rows(cnp.ndarray prepared not None, cnp.ndarray sums not None,
     cdef const double *other_norm_ptr = <const double *>cnp.PyArray_DATA(other_norm)
     cdef int dtype = _storage_code(typenum), status = 0
     with nogil:
-        status = fastloss_distance_finish_rows(
+        status = fastloss_contrastive_finish_rows(
             dtype, &options, prepared_ptr, prepared_stride, sums_ptr, norm_ptr, product_ptr,
             product_stride, grad_ptr, grad_stride, direct_ptr, rows_ptr, rows_stride,
             other_ptr, other_stride, other_norm_ptr)
@@ -433,7 +433,7 @@ def dist_normalize_backward(cnp.ndarray normalized not None, cnp.ndarray norm no
     cdef int typenum = _embedding_typenum(grad, "out")
     if num_threads < 1:
         raise ValueError("num_threads: expected an integer >= 1")
-    cdef fastloss_distance_rows_options options
+    cdef fastloss_contrastive_rows_options options
     options.n_rows = grad.shape[0]
     options.dim = grad.shape[1]
     options.metric = FASTLOSS_METRIC_COSINE
@@ -454,7 +454,7 @@ def dist_normalize_backward(cnp.ndarray normalized not None, cnp.ndarray norm no
     cdef void *grad_ptr = cnp.PyArray_DATA(grad)
     cdef int dtype = _storage_code(typenum), status = 0
     with nogil:
-        status = fastloss_distance_normalize_backward(dtype, &options, normalized_ptr, norm_ptr,
+        status = fastloss_contrastive_normalize_backward(dtype, &options, normalized_ptr, norm_ptr,
                                                       g_ptr, grad_ptr, grad_stride)
     _check_status(status, "pairwise distances")
 
@@ -477,7 +477,7 @@ def dist_transpose(cnp.ndarray source not None, cnp.ndarray target not None, bin
     cdef const double *source_ptr = <const double *>cnp.PyArray_DATA(source)
     cdef double *target_ptr = <double *>cnp.PyArray_DATA(target)
     with nogil:
-        fastloss_distance_transpose_float64(n, m, source_ptr, source_stride, target_ptr,
+        fastloss_contrastive_transpose_float64(n, m, source_ptr, source_stride, target_ptr,
                                             target_stride, accumulate, num_threads)
 
 
@@ -504,7 +504,7 @@ def dist_pair_loss_run(str loss, tuple rows, object label, object grad_output,
     (N,) or (1,), needed with grads; loss_per_row float64 (N,) or None; grads: a tuple
     of (N, D) writeable arrays like the rows, or () for the forward.  pair_dims
     (triplet): the lengths of the differences (anchor, positive), (anchor, negative),
-    (positive, negative), each D or 1 (distance.h); None: all D.  Returns the reduced
+    (positive, negative), each D or 1 (contrastive.h); None: all D.  Returns the reduced
     loss (meaningless for "none").
     """
     if loss not in ("contrastive", "triplet"):
@@ -580,12 +580,12 @@ def dist_pair_loss_run(str loss, tuple rows, object label, object grad_output,
     cdef bint contrastive = loss == "contrastive"
     with nogil:
         if contrastive:
-            status = fastloss_distance_contrastive(
+            status = fastloss_contrastive_contrastive(
                 dtype, &options, row_ptrs[0], row_strides[0], row_ptrs[1], row_strides[1],
                 label_ptr, go_ptr, go_stride, per_row_ptr, &total, grad_ptrs[0],
                 grad_strides[0], grad_ptrs[1], grad_strides[1])
         else:
-            status = fastloss_distance_triplet_margin(
+            status = fastloss_contrastive_triplet_margin(
                 dtype, &options, row_ptrs[0], row_strides[0], row_ptrs[1], row_strides[1],
                 row_ptrs[2], row_strides[2], go_ptr, go_stride, per_row_ptr, &total,
                 grad_ptrs[0], grad_strides[0], grad_ptrs[1], grad_strides[1], grad_ptrs[2],

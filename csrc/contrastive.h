@@ -1,11 +1,11 @@
 /*
- * distance.h -- pairwise distances and the losses built on them (contrastive
+ * contrastive.h -- pairwise distances and the losses built on them (contrastive
  * over pairs, contrastive over all pairs of a batch, triplet margin), for
  * every storage type of storage.h (float32 and float64).  Every entry point
  * takes the dtype code (enum fastloss_dtype) of its embedding-typed arrays
  * (rows, prepared rows in the storage type, values, coefficients, gradients:
  * the `void *` ones) and returns FASTLOSS_ERROR_BAD_DTYPE, writing nothing,
- * for a code this build has no kernel for.  See distance.c for the formulas, the error model of
+ * for a code this build has no kernel for.  See contrastive.c for the formulas, the error model of
  * the Gram-matrix form and the references.
  *
  * Layout: embeddings are n_rows rows of dim contiguous values, row i at
@@ -14,19 +14,19 @@
  *
  * The all-pairs functions are the pieces between two BLAS products that the
  * caller (the Python layer, with NumPy's matmul) makes:
- *   1. fastloss_distance_prepare_rows: centred rows (euclidean metrics) or
+ *   1. fastloss_contrastive_prepare_rows: centred rows (euclidean metrics) or
  *      unit rows (cosine), in double, and their norms;
  *   2. the caller forms the Gram matrix of the prepared rows, in double;
- *   3. fastloss_distance_matrix: one pass over the pairs (the upper triangle
+ *   3. fastloss_contrastive_matrix: one pass over the pairs (the upper triangle
  *      when y is x) for distances, losses and gradient coefficients W;
  *   4. the caller forms W @ prepared rows (in the storage dtype);
- *   5. fastloss_distance_finish_rows: the gradient from that product.
+ *   5. fastloss_contrastive_finish_rows: the gradient from that product.
  *
  * Preconditions the caller checks (the Cython layer does): labels, margins,
  * eps and p as documented per function; outputs do not overlap inputs.
  */
-#ifndef FASTLOSS_DISTANCE_H
-#define FASTLOSS_DISTANCE_H
+#ifndef FASTLOSS_CONTRASTIVE_H
+#define FASTLOSS_CONTRASTIVE_H
 
 #include "common.h"
 #include "storage.h"
@@ -46,13 +46,13 @@ enum fastloss_pairs_loss {
     FASTLOSS_PAIRS_CONTRASTIVE = 1    /* y relu(d - pos_margin)**2 + (1 - y) relu(neg_margin - d)**2 */
 };
 
-typedef struct fastloss_distance_rows_options {
+typedef struct fastloss_contrastive_rows_options {
     fastloss_index n_rows;
     fastloss_index dim;
     int metric;          /* enum fastloss_metric */
     double eps;          /* cosine: norms below eps count as eps (F.normalize) */
     int num_threads;     /* upper bound on OpenMP threads (>= 1) */
-} fastloss_distance_rows_options;
+} fastloss_contrastive_rows_options;
 
 /*
  * Step 1.  Euclidean metrics: prepared_i = x_i - shift (shift: dim values,
@@ -63,12 +63,12 @@ typedef struct fastloss_distance_rows_options {
  * receives the same rows rounded to the storage type (the operand of the backward
  * product).
  */
-int fastloss_distance_prepare_rows(
-    int dtype, const fastloss_distance_rows_options *options, const void *x,
+int fastloss_contrastive_prepare_rows(
+    int dtype, const fastloss_contrastive_rows_options *options, const void *x,
     fastloss_index x_row_stride, const double *shift, double *prepared, void *prepared_real,
     double *norm);
 
-typedef struct fastloss_distance_matrix_options {
+typedef struct fastloss_contrastive_matrix_options {
     fastloss_index n_rows;   /* N: rows of x */
     fastloss_index n_cols;   /* M: rows of y (N when symmetric) */
     fastloss_index dim;
@@ -81,7 +81,7 @@ typedef struct fastloss_distance_matrix_options {
     double scale;            /* every pair's upstream gradient is multiplied by it */
     int num_threads;
     int gram_float32;        /* gram holds floats (float32 data only), else doubles */
-} fastloss_distance_matrix_options;
+} fastloss_contrastive_matrix_options;
 
 /*
  * Step 3.  Arguments (IN unless marked OUT):
@@ -113,9 +113,9 @@ typedef struct fastloss_distance_matrix_options {
  *   direct_mask     OUT with coef: N x ceil(M / 64) words; bit j % 64 of word
  *                   (i, j / 64) marks a direct pair (i, j) (symmetric: both
  *                   (i, j) and (j, i)): close points whose pull the product
- *                   cannot give accurately (see distance.c)
+ *                   cannot give accurately (see contrastive.c)
  *   nonzero_mask    OUT with coef, or NULL: like direct_mask, the nonzero entries of
- *                   W (for fastloss_distance_sparse_product)
+ *                   W (for fastloss_contrastive_sparse_product)
  *   loss            OUT, the sum of the per-pair values over the pairs, or NULL
  *   n_recomputed    OUT, how many pairs were recomputed from the rows, or NULL
  *   n_direct        OUT, how many pairs are direct, or NULL
@@ -125,11 +125,11 @@ typedef struct fastloss_distance_matrix_options {
  *                      (p the prepared rows, r = x_sums)
  *   cosine:            ((r_i - t_i) p_i - (W P_y)_i + direct pulls) / |x_i|  (|x_i| >= eps)
  *                      -(W P_y)_i / eps                                  (|x_i| < eps)
- * (fastloss_distance_finish_rows), and likewise for y with W^T and y_sums.
+ * (fastloss_contrastive_finish_rows), and likewise for y with W^T and y_sums.
  * Return FASTLOSS_OK or FASTLOSS_ERROR_NO_MEMORY (nothing is written then).
  */
-int fastloss_distance_matrix(
-    int dtype, const fastloss_distance_matrix_options *options,
+int fastloss_contrastive_matrix(
+    int dtype, const fastloss_contrastive_matrix_options *options,
     const void *x, fastloss_index x_row_stride, const void *y, fastloss_index y_row_stride,
     const double *x_norm, const double *y_norm, const void *gram, fastloss_index gram_row_stride,
     double *direct_coef, fastloss_index direct_coef_row_stride, const int64_t *labels,
@@ -144,21 +144,21 @@ int fastloss_distance_matrix(
  * having as many rows as W has columns), over the set bits of the pass's
  * nonzero_mask, summed in double.  Return FASTLOSS_OK or FASTLOSS_ERROR_NO_MEMORY.
  */
-int fastloss_distance_sparse_product(
-    int dtype, const fastloss_distance_rows_options *options, const uint64_t *nonzero_mask,
+int fastloss_contrastive_sparse_product(
+    int dtype, const fastloss_contrastive_rows_options *options, const uint64_t *nonzero_mask,
     fastloss_index mask_row_words, const void *coef, fastloss_index coef_row_stride,
     const void *rows, fastloss_index rows_row_stride, void *product,
     fastloss_index product_row_stride);
 
 /* The direct pairs of a pass, for the side being finished. */
-typedef struct fastloss_distance_direct {
+typedef struct fastloss_contrastive_direct {
     const uint64_t *mask;             /* the pass's direct_mask */
     fastloss_index mask_row_words;    /* ceil(M / 64) */
     const double *coef;               /* the pass's gram: w_ij of the direct pairs */
     fastloss_index coef_row_stride;
     fastloss_index n_other;           /* rows of the other side */
     int transposed;                   /* this side's rows are the columns j of (i, j) */
-} fastloss_distance_direct;
+} fastloss_contrastive_direct;
 
 /*
  * Step 5.  grad_i from the prepared rows (storage type, the product's operand),
@@ -168,11 +168,11 @@ typedef struct fastloss_distance_direct {
  * (cosine).  grad may be product itself (same stride).
  * Return FASTLOSS_OK or FASTLOSS_ERROR_NO_MEMORY.
  */
-int fastloss_distance_finish_rows(
-    int dtype, const fastloss_distance_rows_options *options, const void *prepared,
+int fastloss_contrastive_finish_rows(
+    int dtype, const fastloss_contrastive_rows_options *options, const void *prepared,
     fastloss_index prepared_row_stride, const double *sums, const double *norm,
     const void *product, fastloss_index product_row_stride, void *grad,
-    fastloss_index grad_row_stride, const fastloss_distance_direct *direct, const void *rows,
+    fastloss_index grad_row_stride, const fastloss_contrastive_direct *direct, const void *rows,
     fastloss_index rows_row_stride, const void *other, fastloss_index other_row_stride,
     const double *other_norm);
 
@@ -181,8 +181,8 @@ int fastloss_distance_finish_rows(
  * (prepare_rows, cosine), their norms and the gradient w.r.t. x^ (all double,
  * contiguous), grad = (g - x^ (x^ . g)) / |x| where |x| > eps, g / eps elsewhere.
  */
-int fastloss_distance_normalize_backward(
-    int dtype, const fastloss_distance_rows_options *options, const double *normalized,
+int fastloss_contrastive_normalize_backward(
+    int dtype, const fastloss_contrastive_rows_options *options, const double *normalized,
     const double *norm, const double *grad_normalized, void *grad,
     fastloss_index grad_row_stride);
 
@@ -192,7 +192,7 @@ int fastloss_distance_normalize_backward(
  * cache line at a time (InfoNCE's column-wise cross-entropy and its gradient).
  * source and target do not overlap.
  */
-void fastloss_distance_transpose_float64(fastloss_index n_rows, fastloss_index n_cols,
+void fastloss_contrastive_transpose_float64(fastloss_index n_rows, fastloss_index n_cols,
                                          const double *source, fastloss_index source_row_stride,
                                          double *target, fastloss_index target_row_stride,
                                          int accumulate, int num_threads);
@@ -222,7 +222,7 @@ typedef struct fastloss_pair_loss_options {
  * cross_entropy.h (stride 0: one scalar); grad1, grad2 NULL for the forward.
  * loss_per_row (n_rows doubles) and loss are OUT or NULL.
  */
-int fastloss_distance_contrastive(
+int fastloss_contrastive_contrastive(
     int dtype, const fastloss_pair_loss_options *options, const void *x1,
     fastloss_index x1_row_stride, const void *x2, fastloss_index x2_row_stride,
     const double *label, const double *grad_output, fastloss_index grad_output_stride,
@@ -231,7 +231,7 @@ int fastloss_distance_contrastive(
 
 /* Triplet margin loss (torch.nn.functional.triplet_margin_loss) over rows of dim
  * elements, the pairs' lengths in options; otherwise as above. */
-int fastloss_distance_triplet_margin(
+int fastloss_contrastive_triplet_margin(
     int dtype, const fastloss_pair_loss_options *options, const void *anchor,
     fastloss_index anchor_row_stride, const void *positive, fastloss_index positive_row_stride,
     const void *negative, fastloss_index negative_row_stride, const double *grad_output,
@@ -244,4 +244,4 @@ int fastloss_distance_triplet_margin(
 }
 #endif
 
-#endif /* FASTLOSS_DISTANCE_H */
+#endif /* FASTLOSS_CONTRASTIVE_H */

@@ -1,21 +1,21 @@
 /*
- * distance_internal.h -- what the distance kernels share across dtypes and
+ * contrastive_internal.h -- what the distance kernels share across dtypes and
  * instruction sets; not part of the public C interface.
  */
-#ifndef FASTLOSS_DISTANCE_INTERNAL_H
-#define FASTLOSS_DISTANCE_INTERNAL_H
+#ifndef FASTLOSS_CONTRASTIVE_INTERNAL_H
+#define FASTLOSS_CONTRASTIVE_INTERNAL_H
 
 #include <float.h>
 #include <math.h>
 #include <stdlib.h>
 
-#include "distance.h"
+#include "contrastive.h"
 
 /* Pairs per tile side: a 64 x 64 tile of the double Gram matrix (32 KiB) and
  * of the coefficients and their mirror stays in L2 while it is visited. */
-#define FASTLOSS_DISTANCE_TILE 64
+#define FASTLOSS_CONTRASTIVE_TILE 64
 /* the pass keeps one uint64 mask word per row of a tile (bit k: column k of the tile) */
-_Static_assert(FASTLOSS_DISTANCE_TILE == 64, "one 64-bit mask word per tile row");
+_Static_assert(FASTLOSS_CONTRASTIVE_TILE == 64, "one 64-bit mask word per tile row");
 
 /* lambda of the probabilistic bound above. */
 #define FASTLOSS_GRAM_LAMBDA 7.0
@@ -27,7 +27,7 @@ static inline double relu_nan(double value)
 }
 
 /* Bound on the error of a Gram entry per unit of |p_i| |p_j|: 3 (gamma + 2u) of
- * distance.c, the 2u room for the rounding of the prepared rows; u is the unit
+ * contrastive.c, the 2u room for the rounding of the prepared rows; u is the unit
  * roundoff of the Gram's own arithmetic (double, or float for a float32 Gram
  * of the prepared rows rounded to float32). */
 static inline double gram_error_bound(fastloss_index dim, double unit_roundoff)
@@ -96,7 +96,7 @@ static inline double p_distance_slope(double v, double p, double distance, doubl
     return v != 0.0 ? sign * pow(fabs(v), p - 1.0) / factor : 0.0;
 }
 
-/* tau of distance.c, and DIRECT_GRADIENT_RATIO = 2 (u / tau_g)**2 */
+/* tau of contrastive.c, and DIRECT_GRADIENT_RATIO = 2 (u / tau_g)**2 */
 #define FASTLOSS_RECOMPUTE_TOLERANCE_FLOAT32 (FLT_EPSILON / 2.0)
 #define FASTLOSS_RECOMPUTE_TOLERANCE_FLOAT64 2.5e-13
 #define FASTLOSS_DIRECT_GRADIENT_RATIO_FLOAT32 (1.0 / 128.0)
@@ -105,15 +105,15 @@ static inline double p_distance_slope(double v, double p, double distance, doubl
 /*
  * The kernels' signatures, one per operation for every storage type: the
  * arrays of the storage type (storage.h) are `void *` (suffix _data), so that
- * distance.c keeps each operation's instantiations in a table indexed by
+ * contrastive.c keeps each operation's instantiations in a table indexed by
  * [enum fastloss_dtype].  The pass over the pairs and the sparse product have
  * one instantiation per (storage type, instruction set), in
- * distance_pass_body.h, and the table holds the widest the CPU runs (the
+ * contrastive_pass_body.h, and the table holds the widest the CPU runs (the
  * pass's phase 1 vectorises, with AVX2 and AVX-512); the row kernels
- * (distance_body.h) one per storage type.
+ * (contrastive_body.h) one per storage type.
  */
-#define FASTLOSS_DISTANCE_MATRIX_SIGNATURE                                                       \
-    (const fastloss_distance_matrix_options *options, const void *x_data,                        \
+#define FASTLOSS_CONTRASTIVE_MATRIX_SIGNATURE                                                       \
+    (const fastloss_contrastive_matrix_options *options, const void *x_data,                        \
      fastloss_index x_row_stride, const void *y_data, fastloss_index y_row_stride,               \
      const double *x_norm, const double *y_norm, const void *gram,                             \
      fastloss_index gram_row_stride, double *direct_coef, fastloss_index direct_coef_row_stride, \
@@ -122,46 +122,46 @@ static inline double p_distance_slope(double v, double p, double distance, doubl
      void *coef_data, fastloss_index coef_row_stride, double *x_sums, double *y_sums,            \
      uint64_t *direct_mask, uint64_t *nonzero_mask, double *loss, int64_t *n_recomputed,         \
      int64_t *n_direct, int64_t *n_nonzero)
-typedef int(*fastloss_distance_matrix_kernel) FASTLOSS_DISTANCE_MATRIX_SIGNATURE;
+typedef int(*fastloss_contrastive_matrix_kernel) FASTLOSS_CONTRASTIVE_MATRIX_SIGNATURE;
 
-#define FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE                                               \
-    (const fastloss_distance_rows_options *options, const uint64_t *nonzero_mask,               \
+#define FASTLOSS_CONTRASTIVE_SPARSE_PRODUCT_SIGNATURE                                               \
+    (const fastloss_contrastive_rows_options *options, const uint64_t *nonzero_mask,               \
      fastloss_index mask_row_words, const void *coef_data, fastloss_index coef_row_stride,      \
      const void *rows_data, fastloss_index rows_row_stride, void *product_data,                 \
      fastloss_index product_row_stride)
-typedef int(*fastloss_distance_sparse_product_kernel) FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE;
+typedef int(*fastloss_contrastive_sparse_product_kernel) FASTLOSS_CONTRASTIVE_SPARSE_PRODUCT_SIGNATURE;
 
-#define FASTLOSS_DISTANCE_PREPARE_ROWS_SIGNATURE                                                 \
-    (const fastloss_distance_rows_options *options, const void *x_data,                         \
+#define FASTLOSS_CONTRASTIVE_PREPARE_ROWS_SIGNATURE                                                 \
+    (const fastloss_contrastive_rows_options *options, const void *x_data,                         \
      fastloss_index x_row_stride, const double *shift, double *prepared,                        \
      void *prepared_real_data, double *norm)
-typedef int(*fastloss_distance_prepare_rows_kernel) FASTLOSS_DISTANCE_PREPARE_ROWS_SIGNATURE;
+typedef int(*fastloss_contrastive_prepare_rows_kernel) FASTLOSS_CONTRASTIVE_PREPARE_ROWS_SIGNATURE;
 
-#define FASTLOSS_DISTANCE_FINISH_ROWS_SIGNATURE                                                  \
-    (const fastloss_distance_rows_options *options, const void *prepared_data,                  \
+#define FASTLOSS_CONTRASTIVE_FINISH_ROWS_SIGNATURE                                                  \
+    (const fastloss_contrastive_rows_options *options, const void *prepared_data,                  \
      fastloss_index prepared_row_stride, const double *sums, const double *norm,                \
      const void *product_data, fastloss_index product_row_stride, void *grad_data,              \
-     fastloss_index grad_row_stride, const fastloss_distance_direct *direct,                    \
+     fastloss_index grad_row_stride, const fastloss_contrastive_direct *direct,                    \
      const void *rows_data, fastloss_index rows_row_stride, const void *other_data,             \
      fastloss_index other_row_stride, const double *other_norm)
-typedef int(*fastloss_distance_finish_rows_kernel) FASTLOSS_DISTANCE_FINISH_ROWS_SIGNATURE;
+typedef int(*fastloss_contrastive_finish_rows_kernel) FASTLOSS_CONTRASTIVE_FINISH_ROWS_SIGNATURE;
 
-#define FASTLOSS_DISTANCE_NORMALIZE_BACKWARD_SIGNATURE                                           \
-    (const fastloss_distance_rows_options *options, const double *normalized,                   \
+#define FASTLOSS_CONTRASTIVE_NORMALIZE_BACKWARD_SIGNATURE                                           \
+    (const fastloss_contrastive_rows_options *options, const double *normalized,                   \
      const double *norm, const double *grad_normalized, void *grad_data,                        \
      fastloss_index grad_row_stride)
-typedef int(*fastloss_distance_normalize_backward_kernel)
-    FASTLOSS_DISTANCE_NORMALIZE_BACKWARD_SIGNATURE;
+typedef int(*fastloss_contrastive_normalize_backward_kernel)
+    FASTLOSS_CONTRASTIVE_NORMALIZE_BACKWARD_SIGNATURE;
 
-#define FASTLOSS_DISTANCE_CONTRASTIVE_SIGNATURE                                                  \
+#define FASTLOSS_CONTRASTIVE_CONTRASTIVE_SIGNATURE                                                  \
     (const fastloss_pair_loss_options *options, const void *x1_data,                            \
      fastloss_index x1_row_stride, const void *x2_data, fastloss_index x2_row_stride,           \
      const double *label, const double *grad_output, fastloss_index grad_output_stride,         \
      double *loss_per_row, double *loss, void *grad1_data, fastloss_index grad1_row_stride,     \
      void *grad2_data, fastloss_index grad2_row_stride)
-typedef int(*fastloss_distance_contrastive_kernel) FASTLOSS_DISTANCE_CONTRASTIVE_SIGNATURE;
+typedef int(*fastloss_contrastive_contrastive_kernel) FASTLOSS_CONTRASTIVE_CONTRASTIVE_SIGNATURE;
 
-#define FASTLOSS_DISTANCE_TRIPLET_MARGIN_SIGNATURE                                               \
+#define FASTLOSS_CONTRASTIVE_TRIPLET_MARGIN_SIGNATURE                                               \
     (const fastloss_pair_loss_options *options, const void *anchor_data,                        \
      fastloss_index anchor_row_stride, const void *positive_data,                               \
      fastloss_index positive_row_stride, const void *negative_data,                             \
@@ -170,21 +170,21 @@ typedef int(*fastloss_distance_contrastive_kernel) FASTLOSS_DISTANCE_CONTRASTIVE
      void *grad_anchor_data, fastloss_index grad_anchor_row_stride, void *grad_positive_data,   \
      fastloss_index grad_positive_row_stride, void *grad_negative_data,                         \
      fastloss_index grad_negative_row_stride)
-typedef int(*fastloss_distance_triplet_margin_kernel) FASTLOSS_DISTANCE_TRIPLET_MARGIN_SIGNATURE;
+typedef int(*fastloss_contrastive_triplet_margin_kernel) FASTLOSS_CONTRASTIVE_TRIPLET_MARGIN_SIGNATURE;
 
-void fastloss_distance_select(int level); /* dispatch.c calls it */
-int fastloss_distance_matrix_float32_baseline FASTLOSS_DISTANCE_MATRIX_SIGNATURE;
-int fastloss_distance_matrix_float64_baseline FASTLOSS_DISTANCE_MATRIX_SIGNATURE;
-int fastloss_distance_matrix_float32_avx2 FASTLOSS_DISTANCE_MATRIX_SIGNATURE;
-int fastloss_distance_matrix_float64_avx2 FASTLOSS_DISTANCE_MATRIX_SIGNATURE;
-int fastloss_distance_matrix_float32_avx512 FASTLOSS_DISTANCE_MATRIX_SIGNATURE;
-int fastloss_distance_matrix_float64_avx512 FASTLOSS_DISTANCE_MATRIX_SIGNATURE;
-int fastloss_distance_sparse_product_float32_baseline FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE;
-int fastloss_distance_sparse_product_float64_baseline FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE;
-int fastloss_distance_sparse_product_float32_avx2 FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE;
-int fastloss_distance_sparse_product_float64_avx2 FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE;
-int fastloss_distance_sparse_product_float32_avx512 FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE;
-int fastloss_distance_sparse_product_float64_avx512 FASTLOSS_DISTANCE_SPARSE_PRODUCT_SIGNATURE;
+void fastloss_contrastive_select(int level); /* dispatch.c calls it */
+int fastloss_contrastive_matrix_float32_baseline FASTLOSS_CONTRASTIVE_MATRIX_SIGNATURE;
+int fastloss_contrastive_matrix_float64_baseline FASTLOSS_CONTRASTIVE_MATRIX_SIGNATURE;
+int fastloss_contrastive_matrix_float32_avx2 FASTLOSS_CONTRASTIVE_MATRIX_SIGNATURE;
+int fastloss_contrastive_matrix_float64_avx2 FASTLOSS_CONTRASTIVE_MATRIX_SIGNATURE;
+int fastloss_contrastive_matrix_float32_avx512 FASTLOSS_CONTRASTIVE_MATRIX_SIGNATURE;
+int fastloss_contrastive_matrix_float64_avx512 FASTLOSS_CONTRASTIVE_MATRIX_SIGNATURE;
+int fastloss_contrastive_sparse_product_float32_baseline FASTLOSS_CONTRASTIVE_SPARSE_PRODUCT_SIGNATURE;
+int fastloss_contrastive_sparse_product_float64_baseline FASTLOSS_CONTRASTIVE_SPARSE_PRODUCT_SIGNATURE;
+int fastloss_contrastive_sparse_product_float32_avx2 FASTLOSS_CONTRASTIVE_SPARSE_PRODUCT_SIGNATURE;
+int fastloss_contrastive_sparse_product_float64_avx2 FASTLOSS_CONTRASTIVE_SPARSE_PRODUCT_SIGNATURE;
+int fastloss_contrastive_sparse_product_float32_avx512 FASTLOSS_CONTRASTIVE_SPARSE_PRODUCT_SIGNATURE;
+int fastloss_contrastive_sparse_product_float64_avx512 FASTLOSS_CONTRASTIVE_SPARSE_PRODUCT_SIGNATURE;
 
 /* Bits of a 64-bit word: how many are set, and the index of the lowest set one. */
 static inline int fastloss_popcount64(uint64_t bits)
@@ -213,4 +213,4 @@ static inline int fastloss_lowest_bit64(uint64_t bits)
 #endif
 }
 
-#endif /* FASTLOSS_DISTANCE_INTERNAL_H */
+#endif /* FASTLOSS_CONTRASTIVE_INTERNAL_H */

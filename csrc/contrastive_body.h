@@ -1,14 +1,14 @@
 /*
- * distance_body.h -- the row kernels (steps 1 and 5 of distance.h, the
+ * contrastive_body.h -- the row kernels (steps 1 and 5 of contrastive.h, the
  * normalisation's backward, contrastive and triplet margin over row pairs) for
- * one storage type, written once.  No include guard, on purpose: distance.c
+ * one storage type, written once.  No include guard, on purpose: contrastive.c
  * includes it per storage type, between storage_begin.h and storage_end.h
  * (STORE_T, REAL, LOAD, STORE, STORE_WIDE: every array of the storage type is
  * read and written through them, see storage.h).  It expects REAL_NAME(name)
- * and the row helpers of distance_row_helpers.h.  The arrays of the storage
+ * and the row helpers of contrastive_row_helpers.h.  The arrays of the storage
  * type come in as `const void *` / `void *`, so that each kernel has one
- * signature for every storage type (distance_internal.h), the type of
- * distance.c's tables.  These kernels stream their rows once and are bound by
+ * signature for every storage type (contrastive_internal.h), the type of
+ * contrastive.c's tables.  These kernels stream their rows once and are bound by
  * memory, not arithmetic: one build serves every CPU.
  */
 
@@ -16,7 +16,7 @@
  * Step 1: prepared rows and norms.
  * ------------------------------------------------------------------------- */
 
-static int REAL_NAME(distance_prepare_rows) FASTLOSS_DISTANCE_PREPARE_ROWS_SIGNATURE
+static int REAL_NAME(distance_prepare_rows) FASTLOSS_CONTRASTIVE_PREPARE_ROWS_SIGNATURE
 {
     const STORE_T *x = (const STORE_T *)x_data;
     STORE_T *prepared_real = (STORE_T *)prepared_real_data;
@@ -59,7 +59,7 @@ static int REAL_NAME(distance_prepare_rows) FASTLOSS_DISTANCE_PREPARE_ROWS_SIGNA
  * Step 5: the gradient from the product W @ P, and the direct pairs.
  * ------------------------------------------------------------------------- */
 
-static int REAL_NAME(distance_finish_rows) FASTLOSS_DISTANCE_FINISH_ROWS_SIGNATURE
+static int REAL_NAME(distance_finish_rows) FASTLOSS_CONTRASTIVE_FINISH_ROWS_SIGNATURE
 {
     const STORE_T *prepared = (const STORE_T *)prepared_data;
     const STORE_T *product = (const STORE_T *)product_data;
@@ -149,7 +149,7 @@ static int REAL_NAME(distance_finish_rows) FASTLOSS_DISTANCE_FINISH_ROWS_SIGNATU
     return FASTLOSS_OK;
 }
 
-static int REAL_NAME(distance_normalize_backward) FASTLOSS_DISTANCE_NORMALIZE_BACKWARD_SIGNATURE
+static int REAL_NAME(distance_normalize_backward) FASTLOSS_CONTRASTIVE_NORMALIZE_BACKWARD_SIGNATURE
 {
     STORE_T *grad = (STORE_T *)grad_data;
     const fastloss_index n_rows = options->n_rows, dim = options->dim;
@@ -189,7 +189,7 @@ static double REAL_NAME(reduce_rows)(const double *row_loss, fastloss_index n_ro
     return reduction == FASTLOSS_REDUCTION_MEAN ? total / (double)n_rows : total;
 }
 
-static int REAL_NAME(distance_contrastive) FASTLOSS_DISTANCE_CONTRASTIVE_SIGNATURE
+static int REAL_NAME(distance_contrastive) FASTLOSS_CONTRASTIVE_CONTRASTIVE_SIGNATURE
 {
     const STORE_T *x1 = (const STORE_T *)x1_data;
     const STORE_T *x2 = (const STORE_T *)x2_data;
@@ -272,7 +272,7 @@ static int REAL_NAME(distance_contrastive) FASTLOSS_DISTANCE_CONTRASTIVE_SIGNATU
     return FASTLOSS_OK;
 }
 
-/* |v|_p of v = a - b + eps over n elements, for any p (distance_internal.h) */
+/* |v|_p of v = a - b + eps over n elements, for any p (contrastive_internal.h) */
 static inline double REAL_NAME(p_distance)(const STORE_T *a, const STORE_T *b, double eps, double p,
                                            fastloss_index n)
 {
@@ -316,7 +316,7 @@ static inline double REAL_NAME(p_distance_gradient_factor)(const STORE_T *a, con
     return p_distance_factor(distance, p, ties);
 }
 
-static int REAL_NAME(distance_triplet_margin) FASTLOSS_DISTANCE_TRIPLET_MARGIN_SIGNATURE
+static int REAL_NAME(distance_triplet_margin) FASTLOSS_CONTRASTIVE_TRIPLET_MARGIN_SIGNATURE
 {
     const STORE_T *anchor = (const STORE_T *)anchor_data;
     const STORE_T *positive = (const STORE_T *)positive_data;

@@ -1,12 +1,12 @@
 /*
- * distance_impl.h -- instantiates the pass over the pairs and the sparse
+ * contrastive_impl.h -- instantiates the pass over the pairs and the sparse
  * product per storage type (storage.h: float32, float64) under the name suffix
- * FASTLOSS_ISA (baseline, avx2, avx512).  Included once by distance.c and
- * once, under the instruction set's target, by distance_avx2.c and
- * distance_avx512.c.  A new storage type is one block below (and its slots in
- * distance.c's tables).  No include guard, on purpose.
+ * FASTLOSS_ISA (baseline, avx2, avx512).  Included once by contrastive.c and
+ * once, under the instruction set's target, by contrastive_avx2.c and
+ * contrastive_avx512.c.  A new storage type is one block below (and its slots in
+ * contrastive.c's tables).  No include guard, on purpose.
  */
-#include "distance_internal.h"
+#include "contrastive_internal.h"
 
 #define FL_DISTANCE_NAME_(name, dtype, isa) name##_##dtype##_##isa
 #define FL_DISTANCE_NAME(name, dtype, isa) FL_DISTANCE_NAME_(name, dtype, isa)
@@ -16,8 +16,8 @@
 #define REAL_NAME(name) FL_DISTANCE_NAME(name, float32, FASTLOSS_ISA)
 #define RECOMPUTE_TOLERANCE FASTLOSS_RECOMPUTE_TOLERANCE_FLOAT32
 #define DIRECT_GRADIENT_RATIO FASTLOSS_DIRECT_GRADIENT_RATIO_FLOAT32
-#include "distance_row_helpers.h"
-#include "distance_pass_body.h"
+#include "contrastive_row_helpers.h"
+#include "contrastive_pass_body.h"
 #undef REAL_NAME
 #undef RECOMPUTE_TOLERANCE
 #undef DIRECT_GRADIENT_RATIO
@@ -28,8 +28,8 @@
 #define REAL_NAME(name) FL_DISTANCE_NAME(name, float64, FASTLOSS_ISA)
 #define RECOMPUTE_TOLERANCE FASTLOSS_RECOMPUTE_TOLERANCE_FLOAT64
 #define DIRECT_GRADIENT_RATIO FASTLOSS_DIRECT_GRADIENT_RATIO_FLOAT64
-#include "distance_row_helpers.h"
-#include "distance_pass_body.h"
+#include "contrastive_row_helpers.h"
+#include "contrastive_pass_body.h"
 #undef REAL_NAME
 #undef RECOMPUTE_TOLERANCE
 #undef DIRECT_GRADIENT_RATIO

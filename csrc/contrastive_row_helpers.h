@@ -1,5 +1,5 @@
 /*
- * distance_row_helpers.h -- double sums over the rows of one storage type,
+ * contrastive_row_helpers.h -- double sums over the rows of one storage type,
  * written once.  No include guard, on purpose: included per storage type
  * (between storage_begin.h and storage_end.h: STORE_T and LOAD, see storage.h),
  * by the pass (once per instruction set) and by the row kernels.  It expects

@@ -1,5 +1,5 @@
 /*
- * distance.c -- pairwise distances, contrastive losses and the triplet margin
+ * contrastive.c -- pairwise distances, contrastive losses and the triplet margin
  * loss, for every storage type of storage.h (float32 and float64).
  *
  * Metrics, for rows x and y:
@@ -20,7 +20,7 @@
  *     y_ij relu(d_ij - pos_margin)**2 + (1 - y_ij) relu(neg_margin - d_ij)**2
  *   triplet margin (Balntas et al. 2016; torch.nn.functional.triplet_margin_loss):
  *     max(margin + d(a, p) - d(a, n), 0),  d(a, n) -> min(d(a, n), d(p, n)) with swap,
- *     d(u, v) = |u - v + eps|_p for any p torch's vector_norm takes (distance_internal.h)
+ *     d(u, v) = |u - v + eps|_p for any p torch's vector_norm takes (contrastive_internal.h)
  *
  * All pairs from a Gram matrix.  With p_i the prepared rows (centred for the
  * euclidean metrics: distances do not change under a shift, and the shift
@@ -77,45 +77,45 @@
  * slot of its own, and the slots are then added in tile order.  The tiles
  * depend on N and M alone, so the results are identical for any thread count.
  */
-#include "distance_internal.h"
+#include "contrastive_internal.h"
 
 #define FASTLOSS_ISA baseline
-#include "distance_impl.h"
+#include "contrastive_impl.h"
 
-/* The row kernels, one build for every CPU (distance_body.h), per storage type. */
+/* The row kernels, one build for every CPU (contrastive_body.h), per storage type. */
 #define STORAGE float32
 #include "storage_begin.h"
 #define REAL_NAME(name) name##_float32
-#include "distance_row_helpers.h"
-#include "distance_body.h"
+#include "contrastive_row_helpers.h"
+#include "contrastive_body.h"
 #undef REAL_NAME
 #include "storage_end.h"
 
 #define STORAGE float64
 #include "storage_begin.h"
 #define REAL_NAME(name) name##_float64
-#include "distance_row_helpers.h"
-#include "distance_body.h"
+#include "contrastive_row_helpers.h"
+#include "contrastive_body.h"
 #undef REAL_NAME
 #include "storage_end.h"
 
 /* Every operation's kernels by storage type (enum fastloss_dtype).  The pass and
- * the sparse product are those this CPU runs best: fastloss_distance_select fills
+ * the sparse product are those this CPU runs best: fastloss_contrastive_select fills
  * their slots (see fastloss_select_kernels); baseline until then.  A new storage
  * type is one more line in each list. */
 static struct {
-    fastloss_distance_matrix_kernel matrix[FASTLOSS_N_DTYPES];
-    fastloss_distance_sparse_product_kernel sparse_product[FASTLOSS_N_DTYPES];
-    fastloss_distance_prepare_rows_kernel prepare_rows[FASTLOSS_N_DTYPES];
-    fastloss_distance_finish_rows_kernel finish_rows[FASTLOSS_N_DTYPES];
-    fastloss_distance_normalize_backward_kernel normalize_backward[FASTLOSS_N_DTYPES];
-    fastloss_distance_contrastive_kernel contrastive[FASTLOSS_N_DTYPES];
-    fastloss_distance_triplet_margin_kernel triplet_margin[FASTLOSS_N_DTYPES];
+    fastloss_contrastive_matrix_kernel matrix[FASTLOSS_N_DTYPES];
+    fastloss_contrastive_sparse_product_kernel sparse_product[FASTLOSS_N_DTYPES];
+    fastloss_contrastive_prepare_rows_kernel prepare_rows[FASTLOSS_N_DTYPES];
+    fastloss_contrastive_finish_rows_kernel finish_rows[FASTLOSS_N_DTYPES];
+    fastloss_contrastive_normalize_backward_kernel normalize_backward[FASTLOSS_N_DTYPES];
+    fastloss_contrastive_contrastive_kernel contrastive[FASTLOSS_N_DTYPES];
+    fastloss_contrastive_triplet_margin_kernel triplet_margin[FASTLOSS_N_DTYPES];
 } distance_kernels = {
-    .matrix = {[FASTLOSS_FLOAT32] = fastloss_distance_matrix_float32_baseline,
-               [FASTLOSS_FLOAT64] = fastloss_distance_matrix_float64_baseline},
-    .sparse_product = {[FASTLOSS_FLOAT32] = fastloss_distance_sparse_product_float32_baseline,
-                       [FASTLOSS_FLOAT64] = fastloss_distance_sparse_product_float64_baseline},
+    .matrix = {[FASTLOSS_FLOAT32] = fastloss_contrastive_matrix_float32_baseline,
+               [FASTLOSS_FLOAT64] = fastloss_contrastive_matrix_float64_baseline},
+    .sparse_product = {[FASTLOSS_FLOAT32] = fastloss_contrastive_sparse_product_float32_baseline,
+                       [FASTLOSS_FLOAT64] = fastloss_contrastive_sparse_product_float64_baseline},
     .prepare_rows = {[FASTLOSS_FLOAT32] = distance_prepare_rows_float32,
                      [FASTLOSS_FLOAT64] = distance_prepare_rows_float64},
     .finish_rows = {[FASTLOSS_FLOAT32] = distance_finish_rows_float32,
@@ -128,21 +128,21 @@ static struct {
                        [FASTLOSS_FLOAT64] = distance_triplet_margin_float64},
 };
 
-void fastloss_distance_select(int level)
+void fastloss_contrastive_select(int level)
 {
     distance_kernels.matrix[FASTLOSS_FLOAT32] =
-        FASTLOSS_PICK(fastloss_distance_matrix_float32, level);
+        FASTLOSS_PICK(fastloss_contrastive_matrix_float32, level);
     distance_kernels.matrix[FASTLOSS_FLOAT64] =
-        FASTLOSS_PICK(fastloss_distance_matrix_float64, level);
+        FASTLOSS_PICK(fastloss_contrastive_matrix_float64, level);
     distance_kernels.sparse_product[FASTLOSS_FLOAT32] =
-        FASTLOSS_PICK(fastloss_distance_sparse_product_float32, level);
+        FASTLOSS_PICK(fastloss_contrastive_sparse_product_float32, level);
     distance_kernels.sparse_product[FASTLOSS_FLOAT64] =
-        FASTLOSS_PICK(fastloss_distance_sparse_product_float64, level);
+        FASTLOSS_PICK(fastloss_contrastive_sparse_product_float64, level);
 }
 
 /* The entry points: the kernel of the dtype code, or FASTLOSS_ERROR_BAD_DTYPE. */
 
-int fastloss_distance_prepare_rows(int dtype, const fastloss_distance_rows_options *options,
+int fastloss_contrastive_prepare_rows(int dtype, const fastloss_contrastive_rows_options *options,
                                    const void *x, fastloss_index x_row_stride,
                                    const double *shift, double *prepared, void *prepared_real,
                                    double *norm)
@@ -153,7 +153,7 @@ int fastloss_distance_prepare_rows(int dtype, const fastloss_distance_rows_optio
                                                 prepared_real, norm);
 }
 
-int fastloss_distance_matrix(int dtype, const fastloss_distance_matrix_options *options,
+int fastloss_contrastive_matrix(int dtype, const fastloss_contrastive_matrix_options *options,
                              const void *x, fastloss_index x_row_stride, const void *y,
                              fastloss_index y_row_stride, const double *x_norm,
                              const double *y_norm, const void *gram,
@@ -177,7 +177,7 @@ int fastloss_distance_matrix(int dtype, const fastloss_distance_matrix_options *
                                           n_nonzero);
 }
 
-int fastloss_distance_sparse_product(int dtype, const fastloss_distance_rows_options *options,
+int fastloss_contrastive_sparse_product(int dtype, const fastloss_contrastive_rows_options *options,
                                      const uint64_t *nonzero_mask, fastloss_index mask_row_words,
                                      const void *coef, fastloss_index coef_row_stride,
                                      const void *rows, fastloss_index rows_row_stride,
@@ -190,12 +190,12 @@ int fastloss_distance_sparse_product(int dtype, const fastloss_distance_rows_opt
                                                   product_row_stride);
 }
 
-int fastloss_distance_finish_rows(int dtype, const fastloss_distance_rows_options *options,
+int fastloss_contrastive_finish_rows(int dtype, const fastloss_contrastive_rows_options *options,
                                   const void *prepared, fastloss_index prepared_row_stride,
                                   const double *sums, const double *norm, const void *product,
                                   fastloss_index product_row_stride, void *grad,
                                   fastloss_index grad_row_stride,
-                                  const fastloss_distance_direct *direct, const void *rows,
+                                  const fastloss_contrastive_direct *direct, const void *rows,
                                   fastloss_index rows_row_stride, const void *other,
                                   fastloss_index other_row_stride, const double *other_norm)
 {
@@ -207,7 +207,7 @@ int fastloss_distance_finish_rows(int dtype, const fastloss_distance_rows_option
                                                other_row_stride, other_norm);
 }
 
-int fastloss_distance_normalize_backward(int dtype, const fastloss_distance_rows_options *options,
+int fastloss_contrastive_normalize_backward(int dtype, const fastloss_contrastive_rows_options *options,
                                          const double *normalized, const double *norm,
                                          const double *grad_normalized, void *grad,
                                          fastloss_index grad_row_stride)
@@ -218,7 +218,7 @@ int fastloss_distance_normalize_backward(int dtype, const fastloss_distance_rows
                                                       grad, grad_row_stride);
 }
 
-int fastloss_distance_contrastive(int dtype, const fastloss_pair_loss_options *options,
+int fastloss_contrastive_contrastive(int dtype, const fastloss_pair_loss_options *options,
                                   const void *x1, fastloss_index x1_row_stride, const void *x2,
                                   fastloss_index x2_row_stride, const double *label,
                                   const double *grad_output, fastloss_index grad_output_stride,
@@ -233,7 +233,7 @@ int fastloss_distance_contrastive(int dtype, const fastloss_pair_loss_options *o
                                                grad1, grad1_row_stride, grad2, grad2_row_stride);
 }
 
-int fastloss_distance_triplet_margin(int dtype, const fastloss_pair_loss_options *options,
+int fastloss_contrastive_triplet_margin(int dtype, const fastloss_pair_loss_options *options,
                                      const void *anchor, fastloss_index anchor_row_stride,
                                      const void *positive, fastloss_index positive_row_stride,
                                      const void *negative, fastloss_index negative_row_stride,
@@ -254,12 +254,12 @@ int fastloss_distance_triplet_margin(int dtype, const fastloss_pair_loss_options
                                                   grad_negative, grad_negative_row_stride);
 }
 
-void fastloss_distance_transpose_float64(fastloss_index n_rows, fastloss_index n_cols,
+void fastloss_contrastive_transpose_float64(fastloss_index n_rows, fastloss_index n_cols,
                                          const double *source, fastloss_index source_row_stride,
                                          double *target, fastloss_index target_row_stride,
                                          int accumulate, int num_threads)
 {
-    const fastloss_index block = FASTLOSS_DISTANCE_TILE;
+    const fastloss_index block = FASTLOSS_CONTRASTIVE_TILE;
     const fastloss_index row_blocks = (n_rows + block - 1) / block;
     const fastloss_index col_blocks = (n_cols + block - 1) / block;
     const int threads = fastloss_effective_threads(num_threads, n_rows * n_cols);
