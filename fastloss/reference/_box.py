@@ -210,3 +210,7 @@ def _make(kind, torchvision_name):
 giou_loss, giou_loss_grad, giou_loss_value_and_grad = _make("giou", "generalized_box_iou_loss")
 diou_loss, diou_loss_grad, diou_loss_value_and_grad = _make("diou", "distance_box_iou_loss")
 ciou_loss, ciou_loss_grad, ciou_loss_value_and_grad = _make("ciou", "complete_box_iou_loss")
+
+__all__ = ["giou_loss", "giou_loss_grad", "giou_loss_value_and_grad",
+           "diou_loss", "diou_loss_grad", "diou_loss_value_and_grad",
+           "ciou_loss", "ciou_loss_grad", "ciou_loss_value_and_grad"]

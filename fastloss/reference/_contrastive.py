@@ -568,3 +568,10 @@ def triplet_margin_value_and_grad(anchor, positive, negative, grad_output=1.0, *
     options = dict(margin=margin, p=p, eps=eps, swap=swap, reduction=reduction)
     return (triplet_margin(anchor, positive, negative, **options),
             triplet_margin_grad(anchor, positive, negative, grad_output, **options))
+
+
+# every public function of this module is a loss's entry point (fastloss.reference
+# exports them): a function added here is exported without another line
+__all__ = [_name for _name, _value in list(globals().items())
+           if callable(_value) and not _name.startswith("_")
+           and getattr(_value, "__module__", None) == __name__]

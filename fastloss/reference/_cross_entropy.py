@@ -264,3 +264,10 @@ def cross_entropy_value_and_grad(logits, target, grad_output=1.0, *, weight=None
     loss = cross_entropy(logits, target, **options)
     grad = cross_entropy_grad(logits, target, grad_output, **options)
     return loss, grad
+
+
+# every public function of this module is a loss's entry point (fastloss.reference
+# exports them): a function added here is exported without another line
+__all__ = [_name for _name, _value in list(globals().items())
+           if callable(_value) and not _name.startswith("_")
+           and getattr(_value, "__module__", None) == __name__]

@@ -803,10 +803,11 @@ def pinball(pred, target, *, quantile=0.5, reduction="mean"):
 
 def pinball_grad(pred, target, grad_output=1.0, *, quantile=0.5, reduction="mean",
                  wrt="pred"):
-    r"""Gradient of ``grad_output * pinball(...)`` w.r.t. ``pred`` and/or ``target``, as
-    torch's autograd of ``torch.maximum(q * r, (q - 1) * r)``, which splits the gradient
-    evenly between equal arguments and passes it whole to both where they compare
-    neither way (NaN)::
+    r"""Gradient of ``grad_output * pinball(...)`` w.r.t. ``pred`` and/or ``target``.
+
+    As torch's autograd of ``torch.maximum(q * r, (q - 1) * r)``, which splits the
+    gradient evenly between equal arguments and passes it whole to both where they
+    compare neither way (NaN)::
 
         d/dpred = -q (r > 0),  1 - q (r < 0),  0.5 - q (r == 0),  1 - 2 q (r NaN)
         d/dtarget = -d/dpred
@@ -825,3 +826,10 @@ def pinball_value_and_grad(pred, target, grad_output=1.0, *, quantile=0.5, reduc
     options = dict(quantile=quantile, reduction=reduction)
     return (pinball(pred, target, **options),
             pinball_grad(pred, target, grad_output, wrt=wrt, **options))
+
+
+# every public function of this module is a loss's entry point (fastloss.reference
+# exports them): a function added here is exported without another line
+__all__ = [_name for _name, _value in list(globals().items())
+           if callable(_value) and not _name.startswith("_")
+           and getattr(_value, "__module__", None) == __name__]
