@@ -51,7 +51,9 @@ enum fastloss_elementwise_loss {
     /* pred = input, target, aux = var; param[0] = full (0 or 1), param[1] = eps (> 0) */
     FASTLOSS_LOSS_GAUSSIAN_NLL = 8,
     /* pred, target; factor = quantile (required, each in (0, 1)) */
-    FASTLOSS_LOSS_PINBALL = 9
+    FASTLOSS_LOSS_PINBALL = 9,
+    /* pred = input, target = y (labels of +-1, or any reals); no gradient w.r.t. target */
+    FASTLOSS_LOSS_SOFT_MARGIN = 10
 };
 
 #define FASTLOSS_ELEMENTWISE_PARAMS 3

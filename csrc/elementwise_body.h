@@ -700,6 +700,41 @@ static void EW(pinball_tile)(const REAL *FASTLOSS_RESTRICT pred,
                   r > 0 ? -q : (r < 0 ? 1 - q : (r == 0 ? (REAL)0.5 - q : 1 - 2 * q)));
 }
 
+/*
+ * soft_margin (torch.nn.functional.soft_margin_loss), x = input, y = target:
+ *   z = y x,  loss = log(1 + exp(-z)) = max(-z, 0) + log1p(e),  e = exp(-|z|),
+ *   slope (d/dx) = -y sigmoid(-z) = -y (z >= 0 ? e / (1 + e) : 1 / (1 + e)).
+ * Every term is >= 0 and exp never sees a positive argument, so nothing cancels
+ * or overflows.  z = y x is exact for labels of +-1 (torch's use); for other
+ * labels its rounding would cost float32 a relative u |z| where the loss is
+ * about exp(-z), so a tile with any |y| != 1 is computed in WIDE.  At an
+ * infinite z the slope is its limit (-y or 0; torch's formula gives NaN for
+ * z = -inf).
+ */
+#define EW_SOFT_MARGIN_ELEMENT(T, EXP)                                                      \
+    const T z = (T)target[k] * (T)pred[k];                                                  \
+    const T e = EXP(z < 0 ? z : -z);                                                        \
+    const T tail = z >= 0 ? e / (1 + e) : 1 / (1 + e);                                      \
+    (void)tail /* the value-only loop does not use it; the compiler drops it there */
+
+static void EW(soft_margin_tile)(const REAL *FASTLOSS_RESTRICT pred,
+                                 const REAL *FASTLOSS_RESTRICT target, fastloss_index m,
+                                 REAL *FASTLOSS_RESTRICT value, REAL *FASTLOSS_RESTRICT slope)
+{
+    int labels = 1;
+    for (fastloss_index k = 0; k < m; ++k)
+        labels &= (target[k] == 1) | (target[k] == -1);
+    if (labels)
+        EW_TILE_LOOPS(EW_SOFT_MARGIN_ELEMENT(REAL, EW_EXP_NONPOSITIVE),
+                      (z < 0 ? -z : 0) + EW_LOG1P_UNIT(e), -target[k] * tail);
+    else
+        EW_TILE_LOOPS(EW_SOFT_MARGIN_ELEMENT(EW_WIDE, EW_WIDE_EXP_NONPOSITIVE),
+                      (REAL)((z < 0 ? -z : 0) + EW_WIDE_LOG1P_UNIT(e)),
+                      (REAL)(-(EW_WIDE)target[k] * tail));
+}
+
+#undef EW_SOFT_MARGIN_ELEMENT
+
 /* ---------------------------------------------------------------------------
  * The runner
  * ------------------------------------------------------------------------- */
@@ -766,6 +801,9 @@ static void EW(compute_tile)(const EW(call) *call, fastloss_index start, fastlos
     case FASTLOSS_LOSS_GAUSSIAN_NLL:
         EW(gaussian_tile)(pred, target, call->aux + start, m, call->eps, call->constant, value,
                           slope);
+        break;
+    case FASTLOSS_LOSS_SOFT_MARGIN:
+        EW(soft_margin_tile)(pred, target, m, value, slope);
         break;
     default: /* FASTLOSS_LOSS_PINBALL */
         EW(pinball_tile)(pred, target, factor, m, value, slope);

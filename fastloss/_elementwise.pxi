@@ -12,6 +12,7 @@ cdef extern from "elementwise.h" nogil:
         FASTLOSS_LOSS_POISSON_NLL
         FASTLOSS_LOSS_GAUSSIAN_NLL
         FASTLOSS_LOSS_PINBALL
+        FASTLOSS_LOSS_SOFT_MARGIN
         FASTLOSS_ELEMENTWISE_PARAMS
     ctypedef struct fastloss_elementwise_options:
         fastloss_index n
@@ -59,7 +60,8 @@ ELEMENTWISE_LOSSES = {"mse": FASTLOSS_LOSS_MSE, "l1": FASTLOSS_LOSS_L1,
                       "margin_ranking": FASTLOSS_LOSS_MARGIN_RANKING,
                       "poisson_nll": FASTLOSS_LOSS_POISSON_NLL,
                       "gaussian_nll": FASTLOSS_LOSS_GAUSSIAN_NLL,
-                      "pinball": FASTLOSS_LOSS_PINBALL}
+                      "pinball": FASTLOSS_LOSS_PINBALL,
+                      "soft_margin": FASTLOSS_LOSS_SOFT_MARGIN}
 
 # What each loss reads beyond pred and target (elementwise.h): the names of its params
 # (in order; ew_run's `params`), its third input `aux` (None: it has none), the name
@@ -76,6 +78,7 @@ EW_LOSS_SIGNATURES = {
     "poisson_nll": (("log_input", "full", "eps"), None, None, False, ("target",)),
     "gaussian_nll": (("full", "eps"), "var", None, False, ("target", "aux")),
     "pinball": ((), None, "quantile", True, ("target",)),
+    "soft_margin": ((), None, None, False, ()),
 }
 
 

@@ -753,6 +753,32 @@ PINBALL = Loss(
 )
 
 
+SOFT_MARGIN = Loss(
+    name="soft_margin", family="elementwise", inputs=("input", "target"),
+    differentiable=("input",),
+    torch=Torch("soft_margin_loss", "torch.nn.functional.soft_margin_loss",
+                "input, target, " + _LEGACY + "reduction='mean'",
+                {"input": "input", "target": "target"}, "SoftMarginLoss", "SoftMarginLoss",
+                _LEGACY + "reduction='mean'", not_differentiable=("target",)),
+    make_inputs=lambda rng, dtype, params, shape: (
+        (rng.standard_normal(shape).astype(dtype) * params.get("scale", 2.0),
+         (np.where(rng.random(shape) < 0.5, -1.0, 1.0) * params.get("label", 1.0))
+         .astype(dtype)), {}),
+    loss_shape=_same_shape,
+    cases=(Case("labels", {}), Case("large", {"scale": 40.0}),
+           Case("real-labels", {"label": 0.7})),
+    bench=True, bench_inputs=("pred", "signs"), kernel="soft_margin",
+    doc="""Soft margin loss, as torch.nn.functional.soft_margin_loss: per element
+    ``log(1 + exp(-target * input))``, the two-class logistic loss on labels of +-1.
+    input and target broadcast. reduction and num_threads as in :func:`mse`.
+    """,
+    grad_doc="""Gradient of ``grad_output * soft_margin(input, target, ...)`` w.r.t. the
+    input: ``-target * sigmoid(-target * input)``; the target is not differentiated, as
+    torch's. Arguments as in :func:`mse_grad`.
+    """,
+)
+
+
 # --- box regression (fastloss/box.py, csrc/box.c): pairs of (..., 4) boxes ---------------------
 
 def box_inputs(rng, dtype, params, shape):
@@ -856,7 +882,7 @@ TRIPLET_MARGIN = Loss(name="triplet_margin", family="contrastive",
 LOSSES = {loss.name: loss for loss in (
     CROSS_ENTROPY,
     MSE, L1, HUBER, SMOOTH_L1, BCE_WITH_LOGITS,
-    SIGMOID_FOCAL, MARGIN_RANKING, POISSON_NLL, GAUSSIAN_NLL, PINBALL,
+    SIGMOID_FOCAL, MARGIN_RANKING, POISSON_NLL, GAUSSIAN_NLL, PINBALL, SOFT_MARGIN,
     GIOU_LOSS, DIOU_LOSS, CIOU_LOSS,
     PAIRWISE_DISTANCE, CONTRASTIVE, CONTRASTIVE_PAIRWISE, INFO_NCE, TRIPLET_MARGIN,
 )}

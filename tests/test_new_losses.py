@@ -177,3 +177,37 @@ def test_box_modules_average_and_functions_keep_torchvision_default():
     assert torch.equal(module(boxes1, boxes2), per_pair.mean())
     module(boxes1, boxes2).backward()
     assert boxes1.grad.shape == (2, 4) and torch.isfinite(boxes1.grad).all()
+
+
+# --- soft_margin --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_soft_margin_never_overflows_and_keeps_tiny_losses(dtype):
+    x = np.array([-200.0, -30.0, 0.0, 30.0, 200.0], dtype=dtype)
+    y = np.ones(5, dtype=dtype)
+    loss, grad = fastloss.soft_margin_value_and_grad(x, y, reduction="none",
+                                                     grad_output=np.ones(5))
+    ref_loss, ref_grad = reference.soft_margin_value_and_grad(x, y, reduction="none",
+                                                              grad_output=np.ones(5))
+    # exp(-30) kept (not 1 + tiny rounded away); 200 exactly where log(1 + exp(200)) is
+    assert np.all(np.isfinite(loss)) and loss[3] > 0 and loss[0] == 200
+    assert_close_contract(loss, ref_loss, dtype, "loss")
+    assert_close_contract(grad, ref_grad, dtype, "grad")
+    # labels other than +-1 take the double path for float32: still the contract
+    y = np.full(5, 0.3, dtype=dtype)
+    assert_close_contract(fastloss.soft_margin(x, y, reduction="none"),
+                          reference.soft_margin(x, y, reduction="none"), dtype, "loss")
+
+
+def test_soft_margin_target_is_not_differentiable_as_in_torch():
+    with pytest.raises(ValueError, match="^wrt: target: .* not differentiable"):
+        fastloss.soft_margin_grad(np.zeros(3), np.ones(3), wrt="target")
+    torch = pytest.importorskip("torch")
+    import fastloss.torch as FL
+
+    x = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    y = torch.ones(3, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(RuntimeError, match="not differentiable"):
+        FL.soft_margin_loss(x, y)
+    with pytest.raises(RuntimeError, match="not differentiable"):
+        torch.nn.functional.soft_margin_loss(x, y)

@@ -828,6 +828,42 @@ def pinball_value_and_grad(pred, target, grad_output=1.0, *, quantile=0.5, reduc
             pinball_grad(pred, target, grad_output, wrt=wrt, **options))
 
 
+def soft_margin(input, target, *, reduction="mean"):
+    r"""Soft margin loss, as ``torch.nn.functional.soft_margin_loss``: per element, with
+    ``z = target * input`` (labels of +-1)::
+
+        loss = log(1 + exp(-z))
+
+    evaluated as ``max(-z, 0) + log1p(exp(-|z|))``, so that no term overflows.
+    """
+    call = _Pointwise({"input": input, "target": target}, reduction)
+    with np.errstate(invalid="ignore", over="ignore"):
+        z = call.values["target"] * call.values["input"]
+        return call.reduce(np.maximum(-z, 0.0) + np.log1p(np.exp(-np.abs(z))))
+
+
+def soft_margin_grad(input, target, grad_output=1.0, *, reduction="mean", wrt="input"):
+    r"""Gradient of ``grad_output * soft_margin(...)`` w.r.t. the input::
+
+        d/dinput = -target * sigmoid(-target * input)
+
+    (the target is not differentiated, as torch's).
+    """
+    call = _Pointwise({"input": input, "target": target}, reduction)
+    y = call.values["target"]
+    with np.errstate(invalid="ignore", over="ignore"):
+        z = y * call.values["input"]
+        e = np.exp(-np.abs(z))
+        tail = np.where(z >= 0, e / (1.0 + e), 1.0 / (1.0 + e))
+    return call.grads(wrt, grad_output, {"input": -y * tail})
+
+
+def soft_margin_value_and_grad(input, target, grad_output=1.0, *, reduction="mean",
+                               wrt="input"):
+    """``(soft_margin(...), soft_margin_grad(...))``."""
+    return (soft_margin(input, target, reduction=reduction),
+            soft_margin_grad(input, target, grad_output, reduction=reduction, wrt=wrt))
+
 # every public function of this module is a loss's entry point (fastloss.reference
 # exports them): a function added here is exported without another line
 __all__ = [_name for _name, _value in list(globals().items())
