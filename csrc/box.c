@@ -65,73 +65,58 @@
 
 /* The kernels this CPU runs best: fastloss_box_select fills the table (see
  * fastloss_select_kernels); baseline until then. */
-static struct {
-    int (*run_float32) FASTLOSS_BOX_RUN_SIGNATURE(float);
-    int (*run_float64) FASTLOSS_BOX_RUN_SIGNATURE(double);
-    void (*atan_float64)(const double *x, fastloss_index n, double *out);
-} box_kernels = {fastloss_box_run_float32_baseline, fastloss_box_run_float64_baseline,
-                 fastloss_box_atan_float64_baseline};
+static fastloss_box_run box_kernels[FASTLOSS_N_DTYPES] = {
+    [FASTLOSS_FLOAT32] = fastloss_box_run_float32_baseline,
+    [FASTLOSS_FLOAT64] = fastloss_box_run_float64_baseline,
+};
+static void (*box_atan)(const double *x, fastloss_index n, double *out) =
+    fastloss_box_atan_float64_baseline;
 
 void fastloss_box_select(int level)
 {
-    box_kernels.run_float32 = FASTLOSS_PICK(fastloss_box_run_float32, level);
-    box_kernels.run_float64 = FASTLOSS_PICK(fastloss_box_run_float64, level);
-    box_kernels.atan_float64 = FASTLOSS_PICK(fastloss_box_atan_float64, level);
+    box_kernels[FASTLOSS_FLOAT32] = FASTLOSS_PICK(fastloss_box_run_float32, level);
+    box_kernels[FASTLOSS_FLOAT64] = FASTLOSS_PICK(fastloss_box_run_float64, level);
+    box_atan = FASTLOSS_PICK(fastloss_box_atan_float64, level);
 }
 
-int fastloss_box_forward_float32(const fastloss_box_options *options, const float *boxes1,
-                                 const float *boxes2, float *loss_per_box, double *loss)
+static fastloss_box_run box_kernel(int dtype)
 {
-    return box_kernels.run_float32(options, boxes1, boxes2, NULL, 0, loss_per_box, loss, NULL,
-                                   NULL);
+    return fastloss_dtype_known(dtype) ? box_kernels[dtype] : NULL;
 }
 
-int fastloss_box_forward_float64(const fastloss_box_options *options, const double *boxes1,
-                                 const double *boxes2, double *loss_per_box, double *loss)
+int fastloss_box_forward(int dtype, const fastloss_box_options *options, const void *boxes1,
+                         const void *boxes2, void *loss_per_box, double *loss)
 {
-    return box_kernels.run_float64(options, boxes1, boxes2, NULL, 0, loss_per_box, loss, NULL,
-                                   NULL);
+    const fastloss_box_run run = box_kernel(dtype);
+    if (!run)
+        return FASTLOSS_ERROR_BAD_DTYPE;
+    return run(options, boxes1, boxes2, NULL, 0, loss_per_box, loss, NULL, NULL);
 }
 
-int fastloss_box_backward_float32(const fastloss_box_options *options, const float *boxes1,
-                                  const float *boxes2, const double *grad_output,
-                                  fastloss_index grad_output_stride, float *grad1, float *grad2)
+int fastloss_box_backward(int dtype, const fastloss_box_options *options, const void *boxes1,
+                          const void *boxes2, const double *grad_output,
+                          fastloss_index grad_output_stride, void *grad1, void *grad2)
 {
-    return box_kernels.run_float32(options, boxes1, boxes2, grad_output, grad_output_stride,
-                                   NULL, NULL, grad1, grad2);
+    const fastloss_box_run run = box_kernel(dtype);
+    if (!run)
+        return FASTLOSS_ERROR_BAD_DTYPE;
+    return run(options, boxes1, boxes2, grad_output, grad_output_stride, NULL, NULL, grad1,
+               grad2);
 }
 
-int fastloss_box_backward_float64(const fastloss_box_options *options, const double *boxes1,
-                                  const double *boxes2, const double *grad_output,
-                                  fastloss_index grad_output_stride, double *grad1,
-                                  double *grad2)
+int fastloss_box_value_and_grad(int dtype, const fastloss_box_options *options,
+                                const void *boxes1, const void *boxes2,
+                                const double *grad_output, fastloss_index grad_output_stride,
+                                void *loss_per_box, double *loss, void *grad1, void *grad2)
 {
-    return box_kernels.run_float64(options, boxes1, boxes2, grad_output, grad_output_stride,
-                                   NULL, NULL, grad1, grad2);
-}
-
-int fastloss_box_value_and_grad_float32(const fastloss_box_options *options,
-                                        const float *boxes1, const float *boxes2,
-                                        const double *grad_output,
-                                        fastloss_index grad_output_stride, float *loss_per_box,
-                                        double *loss, float *grad1, float *grad2)
-{
-    return box_kernels.run_float32(options, boxes1, boxes2, grad_output, grad_output_stride,
-                                   loss_per_box, loss, grad1, grad2);
-}
-
-int fastloss_box_value_and_grad_float64(const fastloss_box_options *options,
-                                        const double *boxes1, const double *boxes2,
-                                        const double *grad_output,
-                                        fastloss_index grad_output_stride,
-                                        double *loss_per_box, double *loss, double *grad1,
-                                        double *grad2)
-{
-    return box_kernels.run_float64(options, boxes1, boxes2, grad_output, grad_output_stride,
-                                   loss_per_box, loss, grad1, grad2);
+    const fastloss_box_run run = box_kernel(dtype);
+    if (!run)
+        return FASTLOSS_ERROR_BAD_DTYPE;
+    return run(options, boxes1, boxes2, grad_output, grad_output_stride, loss_per_box, loss,
+               grad1, grad2);
 }
 
 void fastloss_box_atan_float64(const double *x, fastloss_index n, double *out)
 {
-    box_kernels.atan_float64(x, n, out);
+    box_atan(x, n, out);
 }

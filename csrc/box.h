@@ -21,6 +21,7 @@
 #define FASTLOSS_BOX_H
 
 #include "common.h"
+#include "storage.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -53,34 +54,23 @@ typedef struct fastloss_box_options {
  *                    (reduction none), or one value for every pair with stride 0
  *   grad1, grad2     OUT, n x 4 values: the gradient of grad_output * loss w.r.t.
  *                    boxes1 and boxes2 (per pair, before any broadcast sum), or NULL
- * Every per-pair quantity is computed in double, whatever the storage type, and
- * rounded once when stored.  Return FASTLOSS_OK (the kernels allocate nothing).
+ * The arrays are of the storage type `dtype` names (enum fastloss_dtype,
+ * storage.h).  Every per-pair quantity is computed in double, whatever the
+ * storage type, and rounded once when stored.  Return FASTLOSS_OK (the kernels
+ * allocate nothing) or FASTLOSS_ERROR_BAD_DTYPE for an unknown code.
  */
-int fastloss_box_forward_float32(const fastloss_box_options *options, const float *boxes1,
-                                 const float *boxes2, float *loss_per_box, double *loss);
-int fastloss_box_forward_float64(const fastloss_box_options *options, const double *boxes1,
-                                 const double *boxes2, double *loss_per_box, double *loss);
+int fastloss_box_forward(int dtype, const fastloss_box_options *options, const void *boxes1,
+                         const void *boxes2, void *loss_per_box, double *loss);
 
-int fastloss_box_backward_float32(const fastloss_box_options *options, const float *boxes1,
-                                  const float *boxes2, const double *grad_output,
-                                  fastloss_index grad_output_stride, float *grad1, float *grad2);
-int fastloss_box_backward_float64(const fastloss_box_options *options, const double *boxes1,
-                                  const double *boxes2, const double *grad_output,
-                                  fastloss_index grad_output_stride, double *grad1,
-                                  double *grad2);
+int fastloss_box_backward(int dtype, const fastloss_box_options *options, const void *boxes1,
+                          const void *boxes2, const double *grad_output,
+                          fastloss_index grad_output_stride, void *grad1, void *grad2);
 
 /* Loss and both gradients in one pass over the boxes. */
-int fastloss_box_value_and_grad_float32(const fastloss_box_options *options,
-                                        const float *boxes1, const float *boxes2,
-                                        const double *grad_output,
-                                        fastloss_index grad_output_stride, float *loss_per_box,
-                                        double *loss, float *grad1, float *grad2);
-int fastloss_box_value_and_grad_float64(const fastloss_box_options *options,
-                                        const double *boxes1, const double *boxes2,
-                                        const double *grad_output,
-                                        fastloss_index grad_output_stride,
-                                        double *loss_per_box, double *loss, double *grad1,
-                                        double *grad2);
+int fastloss_box_value_and_grad(int dtype, const fastloss_box_options *options,
+                                const void *boxes1, const void *boxes2,
+                                const double *grad_output, fastloss_index grad_output_stride,
+                                void *loss_per_box, double *loss, void *grad1, void *grad2);
 
 /* fastmath.h's atan on n contiguous doubles (for the tests of its accuracy). */
 void fastloss_box_atan_float64(const double *x, fastloss_index n, double *out);

@@ -1,12 +1,12 @@
 /*
- * box_body.h -- the box-loss kernels for one storage type REAL, written once.
- * No include guard, on purpose: box_impl.h includes it for float and double.
- * It expects REAL, BOX(name) (this instantiation's names) and RUN (the
- * runner's name).
+ * box_body.h -- the box-loss kernels for one storage type, written once.
+ * No include guard, on purpose: box_impl.h includes it once per storage type
+ * (storage.h's pattern: STORE_T, LOAD, STORE_WIDE from storage_begin.h), with
+ * BOX(name) (this instantiation's names) and RUN (the runner's name).
  *
- * Every per-pair quantity is computed in double whatever REAL is (box.c says
- * why); REAL is only how the boxes, the per-pair loss and the gradients are
- * stored.
+ * Every per-pair quantity is computed in double whatever the storage type is
+ * (box.c says why); the arrays are read through LOAD when a tile is filled and
+ * written through STORE_WIDE (one rounding) when the loss and gradients are.
  */
 
 /* A tile of pairs as structure of arrays: the coordinates read from both box
@@ -217,32 +217,33 @@ static void BOX(compute)(BOX(tile) *FASTLOSS_RESTRICT tile, fastloss_index m, in
  * view) into the tile's coordinate arrays, in double.  The contiguous loop reads
  * the interleaved coordinates with vector loads and lets the compiler
  * deinterleave them. */
-static void BOX(load)(const REAL *FASTLOSS_RESTRICT boxes, fastloss_index stride,
+static void BOX(load)(const STORE_T *FASTLOSS_RESTRICT boxes, fastloss_index stride,
                       fastloss_index m, double (*FASTLOSS_RESTRICT coordinate)[FASTLOSS_BOX_TILE])
 {
     if (stride == 4) {
         for (fastloss_index k = 0; k < m; ++k) {
-            coordinate[0][k] = (double)boxes[4 * k];
-            coordinate[1][k] = (double)boxes[4 * k + 1];
-            coordinate[2][k] = (double)boxes[4 * k + 2];
-            coordinate[3][k] = (double)boxes[4 * k + 3];
+            coordinate[0][k] = (double)LOAD(boxes, 4 * k);
+            coordinate[1][k] = (double)LOAD(boxes, 4 * k + 1);
+            coordinate[2][k] = (double)LOAD(boxes, 4 * k + 2);
+            coordinate[3][k] = (double)LOAD(boxes, 4 * k + 3);
         }
     } else {
         for (fastloss_index k = 0; k < m; ++k)
             for (int c = 0; c < 4; ++c)
-                coordinate[c][k] = (double)boxes[stride * k + c];
+                coordinate[c][k] = (double)LOAD(boxes, stride * k + c);
     }
 }
 
-/* The tile's gradient of m pairs, rounded to REAL and interleaved into (m, 4). */
+/* The tile's gradient of m pairs, rounded once to the storage type and interleaved
+ * into (m, 4). */
 static void BOX(store)(const double (*FASTLOSS_RESTRICT coordinate)[FASTLOSS_BOX_TILE],
-                       fastloss_index m, REAL *FASTLOSS_RESTRICT out)
+                       fastloss_index m, STORE_T *FASTLOSS_RESTRICT out)
 {
     for (fastloss_index k = 0; k < m; ++k) {
-        out[4 * k] = (REAL)coordinate[0][k];
-        out[4 * k + 1] = (REAL)coordinate[1][k];
-        out[4 * k + 2] = (REAL)coordinate[2][k];
-        out[4 * k + 3] = (REAL)coordinate[3][k];
+        STORE_WIDE(out, 4 * k, coordinate[0][k]);
+        STORE_WIDE(out, 4 * k + 1, coordinate[1][k]);
+        STORE_WIDE(out, 4 * k + 2, coordinate[2][k]);
+        STORE_WIDE(out, 4 * k + 3, coordinate[3][k]);
     }
 }
 
@@ -250,12 +251,12 @@ static void BOX(store)(const double (*FASTLOSS_RESTRICT coordinate)[FASTLOSS_BOX
 typedef struct BOX(call_s) {
     int kind;
     double eps_iou, eps;
-    const REAL *boxes1, *boxes2;
+    const STORE_T *boxes1, *boxes2;
     fastloss_index stride1, stride2;
     const double *grad_output;     /* per pair (reduction none), or NULL: use scale */
     double scale;                  /* grad_output, / n for the mean */
     int want_sum, grads;
-    REAL *loss_per_box, *grad1, *grad2;
+    STORE_T *loss_per_box, *grad1, *grad2;
 } BOX(call);
 
 /*
@@ -283,9 +284,9 @@ static double BOX(block)(const BOX(call) *call, fastloss_index start, fastloss_i
         }
         BOX(compute)(&tile, m, call->kind, call->grads, call->eps_iou, call->eps);
         if (call->loss_per_box) {
-            REAL *FASTLOSS_RESTRICT out = call->loss_per_box + i;
+            STORE_T *FASTLOSS_RESTRICT out = call->loss_per_box + i;
             for (fastloss_index k = 0; k < m; ++k)
-                out[k] = (REAL)tile.loss[k];
+                STORE_WIDE(out, k, tile.loss[k]);
         }
         if (call->want_sum) {
             fastloss_index k = 0;
@@ -304,10 +305,12 @@ static double BOX(block)(const BOX(call) *call, fastloss_index start, fastloss_i
     return fastloss_lanes_total(lane) + tail;
 }
 
-int RUN(const fastloss_box_options *options, const REAL *boxes1, const REAL *boxes2,
-        const double *grad_output, fastloss_index grad_output_stride, REAL *loss_per_box,
-        double *loss, REAL *grad1, REAL *grad2)
+int RUN FASTLOSS_BOX_RUN_SIGNATURE
 {
+    const STORE_T *boxes1 = (const STORE_T *)boxes1_data;
+    const STORE_T *boxes2 = (const STORE_T *)boxes2_data;
+    STORE_T *loss_per_box = (STORE_T *)loss_per_box_data;
+    STORE_T *grad1 = (STORE_T *)grad1_data, *grad2 = (STORE_T *)grad2_data;
     const fastloss_index n = options->n;
     const fastloss_index n_blocks = (n + FASTLOSS_BOX_BLOCK - 1) / FASTLOSS_BOX_BLOCK;
     const int mean = options->reduction == FASTLOSS_REDUCTION_MEAN;

@@ -1,5 +1,5 @@
 /*
- * box_impl.h -- instantiates box_body.h for float32 and float64 under the name
+ * box_impl.h -- instantiates box_body.h per storage type (float32, float64) under the name
  * suffix FASTLOSS_ISA (baseline, avx2, avx512).  Included once by box.c and
  * once by each of box_avx2.c and box_avx512.c under their target pragmas.  No
  * include guard, on purpose.
@@ -21,24 +21,26 @@
 #pragma clang fp contract(off)
 #endif
 
-#define FL_BOX_PASTE_(name, real_tag, isa) name##_##real_tag##_##isa
-#define FL_BOX_PASTE(name, real_tag, isa) FL_BOX_PASTE_(name, real_tag, isa)
+#define FL_BOX_PASTE_(name, storage, isa) name##_##storage##_##isa
+#define FL_BOX_PASTE(name, storage, isa) FL_BOX_PASTE_(name, storage, isa)
 
-#define REAL float
+#define STORAGE float32
+#include "storage_begin.h"
 #define BOX(name) FL_BOX_PASTE(fastloss_box_##name, float32, FASTLOSS_ISA)
 #define RUN FL_BOX_PASTE(fastloss_box_run, float32, FASTLOSS_ISA)
 #include "box_body.h"
-#undef REAL
 #undef BOX
 #undef RUN
+#include "storage_end.h"
 
-#define REAL double
+#define STORAGE float64
+#include "storage_begin.h"
 #define BOX(name) FL_BOX_PASTE(fastloss_box_##name, float64, FASTLOSS_ISA)
 #define RUN FL_BOX_PASTE(fastloss_box_run, float64, FASTLOSS_ISA)
 #include "box_body.h"
-#undef REAL
 #undef BOX
 #undef RUN
+#include "storage_end.h"
 
 #undef FL_BOX_PASTE_
 #undef FL_BOX_PASTE

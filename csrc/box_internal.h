@@ -36,22 +36,28 @@
 #define FASTLOSS_BOX_TILE 64
 #endif
 
-#define FASTLOSS_BOX_RUN_SIGNATURE(REAL_T)                                                   \
-    (const fastloss_box_options *options, const REAL_T *boxes1, const REAL_T *boxes2,        \
-     const double *grad_output, fastloss_index grad_output_stride, REAL_T *loss_per_box,     \
-     double *loss, REAL_T *grad1, REAL_T *grad2)
+/* One runner per (storage type, ISA), in box_body.h, over `void *` arrays of the
+ * storage type: forward when grad1 and grad2 are NULL, gradients only when loss
+ * and loss_per_box are NULL, fused otherwise.  box.c calls it from a table
+ * indexed by the dtype code. */
+#define FASTLOSS_BOX_RUN_SIGNATURE                                                           \
+    (const fastloss_box_options *options, const void *boxes1_data,                           \
+     const void *boxes2_data, const double *grad_output, fastloss_index grad_output_stride,  \
+     void *loss_per_box_data, double *loss, void *grad1_data, void *grad2_data)
+typedef int(*fastloss_box_run) FASTLOSS_BOX_RUN_SIGNATURE;
 
 void fastloss_box_select(int level); /* dispatch.c calls it */
+
 #define FL_BOX_ATAN_NAME_(isa) fastloss_box_atan_float64_##isa
 #define FL_BOX_ATAN_NAME(isa) FL_BOX_ATAN_NAME_(isa)
 void fastloss_box_atan_float64_baseline(const double *x, fastloss_index n, double *out);
 void fastloss_box_atan_float64_avx2(const double *x, fastloss_index n, double *out);
 void fastloss_box_atan_float64_avx512(const double *x, fastloss_index n, double *out);
-int fastloss_box_run_float32_baseline FASTLOSS_BOX_RUN_SIGNATURE(float);
-int fastloss_box_run_float64_baseline FASTLOSS_BOX_RUN_SIGNATURE(double);
-int fastloss_box_run_float32_avx2 FASTLOSS_BOX_RUN_SIGNATURE(float);
-int fastloss_box_run_float64_avx2 FASTLOSS_BOX_RUN_SIGNATURE(double);
-int fastloss_box_run_float32_avx512 FASTLOSS_BOX_RUN_SIGNATURE(float);
-int fastloss_box_run_float64_avx512 FASTLOSS_BOX_RUN_SIGNATURE(double);
+int fastloss_box_run_float32_baseline FASTLOSS_BOX_RUN_SIGNATURE;
+int fastloss_box_run_float64_baseline FASTLOSS_BOX_RUN_SIGNATURE;
+int fastloss_box_run_float32_avx2 FASTLOSS_BOX_RUN_SIGNATURE;
+int fastloss_box_run_float64_avx2 FASTLOSS_BOX_RUN_SIGNATURE;
+int fastloss_box_run_float32_avx512 FASTLOSS_BOX_RUN_SIGNATURE;
+int fastloss_box_run_float64_avx512 FASTLOSS_BOX_RUN_SIGNATURE;
 
 #endif /* FASTLOSS_BOX_INTERNAL_H */

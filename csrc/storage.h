@@ -45,22 +45,17 @@
  * array it would otherwise share with the output (cross-entropy's exps in the
  * gradient row), it tests STORAGE_IS_COMPUTE and uses scratch of REAL instead.
  *
- * Done: cross-entropy (cross_entropy_*body.h) and distance (distance_*body.h,
- * contrastive_row_helpers.h).  Still to follow the pattern, each the same steps:
+ * Done: cross-entropy (cross_entropy_*body.h), contrastive (contrastive_*body.h,
+ * contrastive_row_helpers.h) and box (box_body.h).  Still to follow the pattern:
  *   - elementwise (elementwise_body.h, elementwise_impl.h, elementwise.{c,h},
  *     _elementwise.pxi): STORE_T / LOAD / STORE for pred, target, the third
- *     stream (aux: weight, pos_weight, var, ...) and the gradient, with REAL for
- *     the per-element value and slope functions; storage_begin.h /
- *     storage_end.h around each instantiation in elementwise_impl.h instead of
- *     `#define REAL`; the fastloss_elementwise_{forward,backward,
- *     value_and_grad}_<dtype> entries replaced by one each taking the code and
- *     `void *` arrays, over a [dtype] table filled per SIMD level (as
- *     cross_entropy.c); the ladder in _elementwise.pxi replaced by one call
- *     with _dtype_code;
- *   - box (box_body.h, box_impl.h, box.{c,h}, _box.pxi, added after this
- *     header): the same, for boxes1, boxes2 and the two gradients (its tiles,
- *     read as structure of arrays, are REAL or double scratch: LOAD when a tile
- *     is filled, STORE when the gradient is written).
+ *     stream (aux: var, the ranking label), the periodic factors (weight,
+ *     pos_weight, quantile) and the gradients, with REAL for the per-element
+ *     value and slope functions; storage_begin.h / storage_end.h around each
+ *     instantiation in elementwise_impl.h instead of `#define REAL`; one entry
+ *     per operation taking the code and `void *` arrays over a [dtype] table
+ *     (as box.c); the ladder in _elementwise.pxi replaced by one call with
+ *     _dtype_code.
  * Where a body keeps a value it also stores (a rounded coefficient that later
  * sums must agree with), it keeps ROUND_WIDE(v) in REAL, not a STORE_T copy.
  */

@@ -13,28 +13,18 @@ cdef extern from "box.h" nogil:
         fastloss_index boxes2_stride
         int reduction
         int num_threads
-    int fastloss_box_forward_float32(
-        const fastloss_box_options *options, const float *boxes1, const float *boxes2,
-        float *loss_per_box, double *loss)
-    int fastloss_box_forward_float64(
-        const fastloss_box_options *options, const double *boxes1, const double *boxes2,
-        double *loss_per_box, double *loss)
-    int fastloss_box_backward_float32(
-        const fastloss_box_options *options, const float *boxes1, const float *boxes2,
-        const double *grad_output, fastloss_index grad_output_stride, float *grad1,
-        float *grad2)
-    int fastloss_box_backward_float64(
-        const fastloss_box_options *options, const double *boxes1, const double *boxes2,
-        const double *grad_output, fastloss_index grad_output_stride, double *grad1,
-        double *grad2)
-    int fastloss_box_value_and_grad_float32(
-        const fastloss_box_options *options, const float *boxes1, const float *boxes2,
-        const double *grad_output, fastloss_index grad_output_stride, float *loss_per_box,
-        double *loss, float *grad1, float *grad2)
-    int fastloss_box_value_and_grad_float64(
-        const fastloss_box_options *options, const double *boxes1, const double *boxes2,
-        const double *grad_output, fastloss_index grad_output_stride, double *loss_per_box,
-        double *loss, double *grad1, double *grad2)
+    int fastloss_box_forward(int dtype, const fastloss_box_options *options,
+                             const void *boxes1, const void *boxes2, void *loss_per_box,
+                             double *loss)
+    int fastloss_box_backward(int dtype, const fastloss_box_options *options,
+                              const void *boxes1, const void *boxes2,
+                              const double *grad_output, fastloss_index grad_output_stride,
+                              void *grad1, void *grad2)
+    int fastloss_box_value_and_grad(int dtype, const fastloss_box_options *options,
+                                    const void *boxes1, const void *boxes2,
+                                    const double *grad_output,
+                                    fastloss_index grad_output_stride, void *loss_per_box,
+                                    double *loss, void *grad1, void *grad2)
     void fastloss_box_atan_float64(const double *x, fastloss_index n, double *out)
 
 
@@ -103,9 +93,8 @@ def box_run(str mode, str loss, cnp.ndarray boxes1 not None, cnp.ndarray boxes2 
     needs at least one.  eps: > 0 and finite.
     Returns the reduced loss as a float (meaningless for backward or "none").
     """
+    cdef int dtype = _dtype_code(boxes1, "boxes1")
     cdef int typenum = cnp.PyArray_TYPE(boxes1)
-    if typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64:
-        raise TypeError(f"boxes1: expected float32 or float64, got {boxes1.dtype}")
     if mode not in ("forward", "backward", "value_and_grad"):
         raise ValueError(f"mode: unknown {mode!r}")
     if loss not in BOX_LOSSES:
@@ -163,39 +152,23 @@ def box_run(str mode, str loss, cnp.ndarray boxes1 not None, cnp.ndarray boxes2 
     cdef void *grad1_ptr = _data_or_null(grad1)
     cdef void *grad2_ptr = _data_or_null(grad2)
     cdef double total = 0.0
-    cdef bint is_float32 = typenum == cnp.NPY_FLOAT32
     cdef int which = 0 if mode == "forward" else (1 if mode == "backward" else 2)
+    cdef int status
 
     with nogil:
-        if is_float32:
-            if which == 0:
-                fastloss_box_forward_float32(
-                    &options, <const float *>boxes1_ptr, <const float *>boxes2_ptr,
-                    <float *>loss_per_box_ptr, &total)
-            elif which == 1:
-                fastloss_box_backward_float32(
-                    &options, <const float *>boxes1_ptr, <const float *>boxes2_ptr,
-                    grad_output_ptr, grad_output_stride, <float *>grad1_ptr, <float *>grad2_ptr)
-            else:
-                fastloss_box_value_and_grad_float32(
-                    &options, <const float *>boxes1_ptr, <const float *>boxes2_ptr,
-                    grad_output_ptr, grad_output_stride, <float *>loss_per_box_ptr, &total,
-                    <float *>grad1_ptr, <float *>grad2_ptr)
+        if which == 0:
+            status = fastloss_box_forward(dtype, &options, boxes1_ptr, boxes2_ptr,
+                                          loss_per_box_ptr, &total)
+        elif which == 1:
+            status = fastloss_box_backward(dtype, &options, boxes1_ptr, boxes2_ptr,
+                                           grad_output_ptr, grad_output_stride, grad1_ptr,
+                                           grad2_ptr)
         else:
-            if which == 0:
-                fastloss_box_forward_float64(
-                    &options, <const double *>boxes1_ptr, <const double *>boxes2_ptr,
-                    <double *>loss_per_box_ptr, &total)
-            elif which == 1:
-                fastloss_box_backward_float64(
-                    &options, <const double *>boxes1_ptr, <const double *>boxes2_ptr,
-                    grad_output_ptr, grad_output_stride, <double *>grad1_ptr,
-                    <double *>grad2_ptr)
-            else:
-                fastloss_box_value_and_grad_float64(
-                    &options, <const double *>boxes1_ptr, <const double *>boxes2_ptr,
-                    grad_output_ptr, grad_output_stride, <double *>loss_per_box_ptr, &total,
-                    <double *>grad1_ptr, <double *>grad2_ptr)
+            status = fastloss_box_value_and_grad(dtype, &options, boxes1_ptr, boxes2_ptr,
+                                                 grad_output_ptr, grad_output_stride,
+                                                 loss_per_box_ptr, &total, grad1_ptr,
+                                                 grad2_ptr)
+    _check_status(status, loss)
     return total
 
 
