@@ -85,3 +85,74 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     if report.failed and item.module.__name__.endswith("test_fuzz"):
         report.sections.append(("fuzz seed", _fuzz_replay()))
+
+
+# ----------------------------------------------------------------------------------------
+# The torch tests really ran: with FASTLOSS_REQUIRE_TORCH=1 (set by .ci/run, where torch is
+# installed) a run fails if a test was skipped because torch could not be imported, or if
+# no test of the torch adapter passed.  A broken torch install, or one the sanitizers'
+# preloaded runtimes keep from importing, would otherwise turn every torch test into a skip
+# and the run green.
+# ----------------------------------------------------------------------------------------
+
+_torch_accounting = {"adapter_passed": 0, "import_skips": []}
+
+
+def _skip_reason(report):
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2])
+    return str(longrepr)
+
+
+def _is_torch_import_skip(report):
+    """pytest.importorskip("torch") or a skip that says torch is missing."""
+    reason = _skip_reason(report)
+    return "'torch'" in reason or "No module named 'torch" in reason or (
+        "torch" in reason and ("import" in reason or "not installed" in reason))
+
+
+def _torch_required():
+    return os.environ.get("FASTLOSS_REQUIRE_TORCH", "") not in ("", "0")
+
+
+def pytest_collectreport(report):
+    """A test module skipped at import (a module-level importorskip)."""
+    if report.skipped and _is_torch_import_skip(report):
+        _torch_accounting["import_skips"].append(f"{report.nodeid}: {_skip_reason(report)}")
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and _is_torch_import_skip(report):
+        _torch_accounting["import_skips"].append(f"{report.nodeid}: {_skip_reason(report)}")
+    elif (report.when == "call" and report.passed
+          and os.path.basename(report.nodeid.split("::")[0]).startswith("test_torch")):
+        _torch_accounting["adapter_passed"] += 1
+
+
+def _torch_accounting_failures():
+    if not _torch_required():
+        return []
+    failures = []
+    skips = _torch_accounting["import_skips"]
+    if skips:
+        failures.append(f"FASTLOSS_REQUIRE_TORCH=1, but {len(skips)} test(s) or module(s) were "
+                        f"skipped because torch could not be imported; first: {skips[0]}")
+    if not _torch_accounting["adapter_passed"]:
+        failures.append("FASTLOSS_REQUIRE_TORCH=1, but no test of the torch adapter "
+                        "(tests/test_torch_*.py) passed")
+    return failures
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if _torch_required():
+        terminalreporter.write_line(
+            f"torch: {_torch_accounting['adapter_passed']} adapter tests passed, "
+            f"{len(_torch_accounting['import_skips'])} skipped for want of torch")
+    for failure in _torch_accounting_failures():
+        terminalreporter.write_line(failure, red=True, bold=True)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _torch_accounting_failures() and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

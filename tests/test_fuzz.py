@@ -6,7 +6,8 @@ fastloss.reference under the accuracy contract, and must leave its inputs unmodi
 Every generator knows whether what it drew is valid: a valid call that raises fails, and
 so does an invalid one that returns.
 
-The suite replays a fixed set of examples (derandomized, 150 per property).  With
+The suite replays a fixed set of examples (derandomized, 150 per property: cross-entropy,
+each elementwise loss, each contrastive loss; one in LARGE_ONE_IN at a large shape).  With
 FASTLOSS_FUZZ_SEED (or FASTLOSS_FUZZ_EXAMPLES, which then picks a seed at random) the
 examples are drawn at random from that seed; pytest's header prints the seed and the
 command that replays the run (tests/fuzz/README.md).
@@ -15,7 +16,7 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import HealthCheck, event, given, seed, settings
 from hypothesis import strategies as st
 
 import fastloss
@@ -38,6 +39,21 @@ def FUZZ(test):
 GOOD_DTYPES = (np.float32, np.float64)
 BAD_DTYPES = (np.float16, np.int32, np.bool_, np.complex64, object)
 REDUCTIONS = ("mean", "sum", "none")
+
+# One call in LARGE_ONE_IN is drawn past the kernels' small-shape cut-offs, which the small
+# shapes never reach: cross-entropy's 16-row, 64-class small path (rows beyond one block of
+# 16, the per-row path above 64 classes, several chunks of 2048 classes), the elementwise
+# reduction blocks of 16384 elements and tiles of 128, the distance tiles of 64 rows, the
+# Gram product's strips and float32 product (512 rows), and the 2**15 elements below which
+# a call runs on one thread (csrc/common.c): only these calls split across threads.
+LARGE_ONE_IN = 8
+
+
+def draw_large(draw):
+    """Whether this call is drawn at a large shape (an event in the statistics)."""
+    large = draw(st.integers(1, LARGE_ONE_IN)) == LARGE_ONE_IN  # (shrinks to small)
+    event("large shape" if large else "small shape")
+    return large
 
 
 # ----------------------------------------------------------------------------------------
@@ -102,10 +118,13 @@ def call_or_refuse(public, args, kwargs, argument_names, invalid):
     except (TypeError, ValueError) as error:
         assert invalid, f"a valid call raised {error!r}"
         assert _names_an_argument(error, argument_names), f"unclear error: {error!r}"
+        event("invalid call, refused")
         return None
     finally:
         _assert_unmodified(copies, args)
     assert not invalid, f"an invalid call ({', '.join(invalid)}) returned instead of raising"
+    empty = any(isinstance(a, np.ndarray) and a.size == 0 for a in args)
+    event("valid call, an empty input" if empty else "valid call")
     return result
 
 
@@ -142,11 +161,16 @@ CE_ARGUMENTS = ("logits", "target", "weight", "ignore_index", "reduction", "labe
 
 @st.composite
 def cross_entropy_calls(draw):
-    batch = tuple(draw(st.lists(st.integers(0, 4), min_size=0, max_size=2)))
+    large = draw_large(draw)
+    if large:  # 17 x 2049 and 17 x 4100 run on several threads
+        batch = (draw(st.sampled_from([17, 33])),)
+    else:
+        batch = tuple(draw(st.lists(st.integers(0, 4), min_size=0, max_size=2)))
     bad = draw(st.sampled_from([None] * 6 + ["dtype", "target", "reduction", "smoothing",
                                              "softcap", "weight", "threads", "z_loss",
                                              "no classes"]))
-    n_classes = 0 if bad == "no classes" else draw(st.sampled_from([1, 2, 3, 7, 40]))
+    n_classes = 0 if bad == "no classes" else draw(st.sampled_from(
+        [40, 64, 65, 130, 2049, 4100] if large else [1, 2, 3, 7, 40]))
     dtype = draw(st.sampled_from(BAD_DTYPES)) if bad == "dtype" else draw(st.sampled_from(GOOD_DTYPES))
     logits = draw(float_arrays(batch + (n_classes,), dtype))
     soft = draw(st.booleans()) and bad != "target"
@@ -157,8 +181,11 @@ def cross_entropy_calls(draw):
         target = (probs if n_classes else np.zeros(batch + (0,))).astype(
             np.float64 if dtype is object else (dtype if dtype in GOOD_DTYPES else np.float64))
     else:
+        # an integer dtype that holds every class index (int8 would wrap 130 to -126)
+        holds = [t for t in (np.int64, np.int32, np.uint8, np.int8)
+                 if np.iinfo(t).max >= n_classes - 1]
         target = rng.integers(0, max(n_classes, 1), size=batch).astype(
-            draw(st.sampled_from([np.int64, np.int32, np.uint8, np.int8])))
+            draw(st.sampled_from(holds)))
         kwargs["ignore_index"] = draw(st.sampled_from([-100, 0, n_classes - 1]))
         if target.size and draw(st.booleans()) and (
                 target.dtype.kind == "i" or kwargs["ignore_index"] >= 0):
@@ -237,9 +264,12 @@ def _broadcast(*shapes):
 
 
 @st.composite
-def elementwise_calls(draw):
-    name = draw(st.sampled_from(sorted(ELEMENTWISE)))
-    shape = tuple(draw(st.lists(st.integers(0, 5), min_size=0, max_size=3)))
+def elementwise_calls(draw, name):
+    if draw_large(draw):  # several blocks and tiles, ragged; 2**15 elements and more
+        shape = draw(st.sampled_from([(16385,), (40000,), (3, 11001), (129, 257),
+                                      (2, 3, 5477)]))
+    else:
+        shape = tuple(draw(st.lists(st.integers(0, 5), min_size=0, max_size=3)))
     bad = draw(st.sampled_from([None] * 6 + ["dtype", "shape", "reduction", "parameter",
                                              "pos_weight"]))
     dtype = draw(st.sampled_from(BAD_DTYPES)) if bad == "dtype" else draw(st.sampled_from(GOOD_DTYPES))
@@ -283,10 +313,11 @@ def elementwise_calls(draw):
     return name, pred, target, kwargs, tuple(invalid)
 
 
+@pytest.mark.parametrize("name", sorted(ELEMENTWISE))
 @FUZZ
-@given(call=elementwise_calls(), fused=st.booleans())
-def test_fuzz_elementwise(call, fused):
-    name, pred, target, kwargs, invalid = call
+@given(data=st.data(), fused=st.booleans())
+def test_fuzz_elementwise(name, data, fused):
+    name, pred, target, kwargs, invalid = data.draw(elementwise_calls(name), label="call")
     if fused:
         check_call(getattr(fastloss, f"{name}_value_and_grad"),
                    getattr(reference, f"{name}_value_and_grad"), (pred, target), kwargs,
@@ -300,6 +331,8 @@ def test_fuzz_elementwise(call, fused):
 # Pairwise distances and contrastive losses
 # ----------------------------------------------------------------------------------------
 
+CONTRASTIVE_LOSSES = ("pairwise_distance", "contrastive", "contrastive_pairwise", "info_nce",
+                      "triplet_margin")
 CONTRASTIVE_ARGUMENTS = ("x", "y", "x1", "x2", "label", "labels", "embeddings", "query", "key",
                          "anchor", "positive", "negative", "metric", "margin", "pos_margin",
                          "neg_margin", "temperature", "p", "eps", "reduction", "grad_output",
@@ -314,11 +347,14 @@ def _flatten(result):
 
 
 @st.composite
-def contrastive_calls(draw):
-    name = draw(st.sampled_from(["pairwise_distance", "contrastive", "contrastive_pairwise",
-                                 "info_nce", "triplet_margin"]))
-    n_rows = draw(st.integers(0 if name != "info_nce" else 1, 6))
-    dim = draw(st.integers(1, 5))
+def contrastive_calls(draw, name):
+    large = draw_large(draw)
+    if large:  # past a tile of 64 rows, 2**15 pairs, the float32 Gram product
+        n_rows = draw(st.sampled_from([65, 190, 520]))
+        dim = draw(st.sampled_from([1, 3, 17]))
+    else:
+        n_rows = draw(st.integers(0 if name != "info_nce" else 1, 6))
+        dim = draw(st.integers(1, 5))
     bad = draw(st.sampled_from([None] * 6 + ["dtype", "dim", "rank", "option"]))
     dtype = draw(st.sampled_from(BAD_DTYPES)) if bad == "dtype" else draw(st.sampled_from(GOOD_DTYPES))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
@@ -338,7 +374,8 @@ def contrastive_calls(draw):
     kwargs = {}
     metric_options = ["euclidean", "sqeuclidean", "cosine"]
     if name == "pairwise_distance":
-        args = (first, rows(n=draw(st.integers(0, 4)), d=second_dim) if draw(st.booleans()) else None)
+        args = (first, rows(n=draw(st.sampled_from([3, 200]) if large else st.integers(0, 4)),
+                            d=second_dim) if draw(st.booleans()) else None)
         kwargs["metric"] = "manhattan" if bad == "option" else draw(st.sampled_from(metric_options))
         args = tuple(a for a in args if a is not None)
     elif name == "contrastive":
@@ -376,10 +413,11 @@ def contrastive_calls(draw):
     return name, args, kwargs, tuple(invalid)
 
 
+@pytest.mark.parametrize("name", CONTRASTIVE_LOSSES)
 @FUZZ
-@given(call=contrastive_calls(), fused=st.booleans())
-def test_fuzz_contrastive(call, fused):
-    name, args, kwargs, invalid = call
+@given(data=st.data(), fused=st.booleans())
+def test_fuzz_contrastive(name, data, fused):
+    name, args, kwargs, invalid = data.draw(contrastive_calls(name), label="call")
     public = getattr(fastloss, f"{name}_value_and_grad" if fused else name)
     ref = getattr(reference, f"{name}_value_and_grad" if fused else name)
     result = call_or_refuse(public, args, kwargs, CONTRASTIVE_ARGUMENTS, invalid)
