@@ -4,6 +4,7 @@ import importlib.util
 import os
 import re
 import subprocess
+import tempfile
 import sys
 
 import numpy as np
@@ -260,11 +261,14 @@ def _pytest_benchmarks(*args, code=None, **environment):
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(fastloss.__file__)))
     env["PYTHONPATH"] = os.pathsep.join(
         [package_parent] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    argv = ["benchmarks", "-p", "no:cacheprovider", "-q", *args]
+    argv = [BENCHMARKS, "--rootdir", ROOT, "-p", "no:cacheprovider", "-q", *args]
     command = ([sys.executable, "-c", code, *argv] if code is not None
                else [sys.executable, "-m", "pytest", *argv])
-    return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+    # run from elsewhere: `python -m` and `-c` put the current directory first on
+    # sys.path, and a checkout that is not built in place (CI tests the installed
+    # package) would hide the package under test
+    return subprocess.run(command, env=env, cwd=tempfile.gettempdir(), capture_output=True,
+                          text=True, timeout=600)
 
 
 def _collected(completed):
