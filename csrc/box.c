@@ -41,11 +41,13 @@
  * contract's 2e-6 there by orders of magnitude (an iou of 0.999 keeps three
  * digits of 1 - iou).  Computing in double and rounding each result once keeps
  * float32 within half an ulp of the float64 value, and costs the float32 kernel
- * half its vector width.  Measured (benchmarks/bench_box.py, 2**23 float32
- * pairs, mean, 2-core AMD EPYC shared with other jobs, load average ~5): the
- * value-and-grad w.r.t. boxes1 takes 7x (giou, diou) and 13x (ciou) np.copyto
- * of one box array: compute-bound, far from the 2x goal.  What a float32
- * evaluation would save has not been measured yet.
+ * half its vector width.  Measured (fastloss bench, elementwise table, 2**23
+ * float32 pairs, mean, 2 threads, AMD EPYC Zen 5 with 2 vCPUs, quiet: load
+ * 0.85, 2026-11-26): the value-and-grad w.r.t. boxes1 takes 2.32x (giou),
+ * 2.44x (diou) and 4.62x (ciou) np.copyto of one box array, against the 2x
+ * goal; the forward alone 1.07x, 1.04x and 2.23x.  Compute-bound (ciou's two
+ * atans); what a float32 evaluation with a per-pair bound would save has not
+ * been measured.
  *
  * Vectorisation: a tile of pairs is read into one double array per coordinate,
  * and one loop over the tile computes every pair's loss and gradients with
