@@ -577,6 +577,11 @@ def test_gaussian_float32_pass_keeps_every_element_to_the_contract(full, rng):
             _kernels.ew_run("forward", "gaussian_nll", flat[0], flat[1], None, None, None,
                             alone, None, (full, eps), "none", 1, aux=flat[2])
             assert np.array_equal(alone, loss, equal_nan=True), path
+            grad_alone = np.empty_like(flat[0])
+            _kernels.ew_run("backward", "gaussian_nll", flat[0], flat[1], None, None,
+                            np.ones(flat[0].size), None, grad_alone, (full, eps), "none", 1,
+                            aux=flat[2])
+            assert np.array_equal(grad_alone, grad, equal_nan=True), path
             total, _ = _kernels.ew_run("forward", "gaussian_nll", flat[0], flat[1], None,
                                        None, None, None, None, (full, eps), "sum", 1,
                                        aux=flat[2])
