@@ -9,8 +9,11 @@
  *
  * Every per-element term of the regression losses and pinball is computed in
  * REAL, except bce_with_logits slopes that float32 cannot give to the contract
- * (see there); sigmoid_focal, margin_ranking, poisson_nll and gaussian_nll
- * compute in WIDE (double) and round once (see each); sums accumulate in double.
+ * (see there); sigmoid_focal, margin_ranking and poisson_nll compute in WIDE
+ * (double) and round once, except sigmoid_focal's float32 pass for hard labels;
+ * gaussian_nll computes float32 in float32 with a bound on each element's error
+ * and redoes in double the elements the bound cannot clear (see each); sums
+ * accumulate in double.
  */
 
 /* ---------------------------------------------------------------------------
@@ -642,8 +645,9 @@ static void EW(poisson_target_tile)(const REAL *FASTLOSS_RESTRICT pred,
  * torch clamps a clone of var under no_grad, so its var gradient is the
  * formula's derivative at the clamped v passed straight through, also where
  * var < eps; so is this one.  NaN var stays NaN (var < eps is false), as
- * torch's clamp.  In double for float32: log v and r**2 / v cancel where the
- * loss is near 0, and 1 - r**2 / v near the best variance.
+ * torch's clamp.  This double form serves float64, float32's var slope (1 -
+ * r**2 / v cancels near the best variance) and the float32 elements in doubt:
+ * log v and r**2 / v cancel where the loss is near 0 (gaussian_tile below).
  */
 FASTLOSS_INLINE EW(pair) EW(gaussian_element)(REAL input, REAL target, REAL variance,
                                               EW_WIDE eps, EW_WIDE constant)
