@@ -289,10 +289,10 @@ FASTLOSS_INLINE float fastloss_logf_normal(float x)
     return exponent * ln2_hi + (log_z + exponent * ln2_lo);
 }
 
-#if defined(__FMA__)
 /*
- * log(x) as an unevaluated sum hi + lo, for positive normal finite float x, where
- * fused multiply-adds are native (fmaf would be a libm call elsewhere): the
+ * log(x) as an unevaluated sum hi + lo, for positive normal finite float x, for
+ * callers where fused multiply-adds are native (fmaf is a libm call elsewhere;
+ * defined whatever the target, so that the include order never matters): the
  * reduction of fastloss_logf_normal, then the leading terms of
  *   log x = k ln2_hi + f - f**2/2 + t (f**2/2 + R) + k ln2_lo
  * added without rounding error (k ln2_hi + f and then - f**2/2 by Fast2Sum,
@@ -334,7 +334,6 @@ FASTLOSS_INLINE float fastloss_logf_normal_hilo(float x, float *lo)
     *lo = (e1 + e2) + ((t * (half_f2 + r) - 0.5f * f2_lo) + exponent * ln2_lo);
     return s2;
 }
-#endif
 
 /*
  * atan(x) for double x, written to vectorise (the complete-IoU box loss takes
