@@ -9,8 +9,11 @@
  *
  * Every per-element term of the regression losses and pinball is computed in
  * REAL, except bce_with_logits slopes that float32 cannot give to the contract
- * (see there); sigmoid_focal, margin_ranking, poisson_nll and gaussian_nll
- * compute in WIDE (double) and round once (see each); sums accumulate in double.
+ * (see there); sigmoid_focal, margin_ranking and poisson_nll compute in WIDE
+ * (double) and round once, except sigmoid_focal's float32 pass for hard labels;
+ * gaussian_nll computes float32 in float32 with a bound on each element's error
+ * and redoes in double the elements the bound cannot clear (see each); sums
+ * accumulate in double.
  */
 
 /* ---------------------------------------------------------------------------
@@ -642,8 +645,9 @@ static void EW(poisson_target_tile)(const REAL *FASTLOSS_RESTRICT pred,
  * torch clamps a clone of var under no_grad, so its var gradient is the
  * formula's derivative at the clamped v passed straight through, also where
  * var < eps; so is this one.  NaN var stays NaN (var < eps is false), as
- * torch's clamp.  In double for float32: log v and r**2 / v cancel where the
- * loss is near 0, and 1 - r**2 / v near the best variance.
+ * torch's clamp.  This double form serves float64, float32's var slope (1 -
+ * r**2 / v cancels near the best variance) and the float32 elements in doubt:
+ * log v and r**2 / v cancel where the loss is near 0 (gaussian_tile below).
  */
 FASTLOSS_INLINE EW(pair) EW(gaussian_element)(REAL input, REAL target, REAL variance,
                                               EW_WIDE eps, EW_WIDE constant)
@@ -657,15 +661,197 @@ FASTLOSS_INLINE EW(pair) EW(gaussian_element)(REAL input, REAL target, REAL vari
     return result;
 }
 
+#ifdef EW_BCE_SLOPE_CHECK
+/*
+ * float32 only: the elements of a tile that a float32 pass could not give to the
+ * contract (doubt[k] nonzero), listed by index in increasing order; returns their
+ * count.  The flags are packed 32 to a word first (a loop that vectorises), so
+ * that only the words with a flag are looked into, one set bit at a time: a
+ * plain scan with a branch or a branch-free compaction cost 1 to 1.5 cycles an
+ * element at a few percent of flags.
+ */
+FASTLOSS_INLINE int EW(doubt_list)(const int *FASTLOSS_RESTRICT doubt, fastloss_index m,
+                                   int *FASTLOSS_RESTRICT list)
+{
+    int count = 0;
+    for (fastloss_index base = 0; base < m; base += 32) {
+        const int width = m - base < 32 ? (int)(m - base) : 32;
+        uint32_t bits = 0;
+        for (int j = 0; j < width; ++j)
+            bits |= (uint32_t)(doubt[base + j] != 0) << j;
+        while (bits) {
+            list[count++] = (int)base + __builtin_ctz(bits);
+            bits &= bits - 1;
+        }
+    }
+    return count;
+}
+
+/*
+ * float32 only: gaussian_nll in float32 arithmetic (16 lanes on AVX-512, against
+ * 8 for double with its 11-term log and two double divisions), with a bound on
+ * each element's error; the elements the bound cannot clear are computed again,
+ * one by one, by gaussian_element in double.  Which elements those are depends on
+ * their own inputs alone, so threads never change a bit.  u = 2**-24.
+ *   v = max(var, eps): var < eps iff var < eps_up, the least float >= eps, so the
+ *       float comparison is torch's; v = eps_up is exact unless eps is not a float
+ *       (then a clamped element is in doubt).  v must be a positive normal finite
+ *       float (else in doubt: 0, subnormal, negative, infinite, NaN).
+ *   r = x - t rounds once: r (1 + d1), |d1| <= u.
+ *   slope = r / v: r/v (1 + d1)(1 + d2), within 2u + u**2 = 1.2e-7 of itself (a
+ *       subnormal slope within half a subnormal ulp more: what rounding the exact
+ *       slope to float gives too).  In doubt only where not finite (r infinite or
+ *       NaN, or r / v beyond float's range).
+ *   q = slope r = r**2/v (1 + d1)**2 (1 + d2)(1 + d3): within 4.01u q.
+ *   L = log v (fastloss_logf_normal): within 1e-7 |L| = 1.68u |L|.
+ *   S = L + q rounds once more (u |S|); value = 0.5 S + C with C = 0.5 log(2 pi)
+ *       or 0 rounded to float (u C), and the sum rounds (u |value|); since
+ *       |S| <= 2 (|value| + C) (1 + 2u),
+ * |value - exact| <= 0.5 (1.68u |L| + 4.01u q) + 0.5u |S| + u C + u |value|
+ *                 <= 5.0e-8 |L| + 1.2e-7 q + 1.2e-7 C + 1.2e-7 |value|.
+ * The budget is 1.8e-6 |value| (the rest of 2e-6 for the weight's product and the
+ * margin between |value| and the exact value): in doubt unless
+ *   5.0e-8 |L| + 1.2e-7 q + 1.2e-7 C < 1.68e-6 |value|,
+ * i.e. 0.030 |L| + 0.072 (q + C) < |value|; the test takes 0.032 and 0.075
+ * (computed in float: the margin covers its own roundings), and is false for a
+ * NaN or infinite value, which are in doubt too (x or t infinite or NaN, q
+ * beyond float's range).  q or L subnormal: absolute errors of a subnormal ulp,
+ * which the exact value's own rounding has too.  In doubt is where log v and
+ * r**2 / v cancel to under about a tenth of their size: about 3% of elements
+ * for standard normal x and t with var uniform in [0.1, 2].
+ *
+ * Where FMA is native (the AVX2 and AVX-512 paths built by gcc, which defines
+ * __FMA__ under their target pragmas) the cancelling sum is compensated instead,
+ * so that an element is in doubt only where the terms cancel to under about 1%
+ * of log v (about 0.3% of the elements above), at some ten operations more:
+ *   x - t = r + r_err exactly (TwoSum); r - slope v = rho exactly (FMA), and
+ *   r = slope v + rho, so (r + r_err)**2 / v = p + p_err + slope (rho + 2 r_err)
+ *   + (rho**2 + 2 r_err rho + r_err**2) / v with p + p_err = slope r exactly
+ *   (FMA).  The last term is under 4u**2 q; q_lo = p_err + slope (rho + 2 r_err)
+ *   rounds three times on terms under 4u q: q = p + q_lo within 14u**2 q.
+ *   L = hi + lo (fastloss_logf_normal_hilo) within 2e-8 |L|, |lo| <= 0.1 |L|.
+ *   hi + p = s3 + s3_err exactly (TwoSum); the tail (s3_err + lo) + q_lo rounds
+ *   twice on terms under u |s3| + 0.1 |L| + u q: within 0.2u |L| + 2u**2 (|s3| + q),
+ *   1.2e-8 |L| + 1.2e-14 (|L| + q); and S = s3 + tail rounds once (u |S|).
+ * So |S - exact| <= 3.2e-8 |L| + 6e-14 q + u |S| (the 6e-14 q also covers
+ * 1.2e-14 |L|), and as above
+ *   |value - exact| <= 1.6e-8 |L| + 3e-14 q + 1.2e-7 C + 1.2e-7 |value|:
+ * in doubt unless 1.6e-8 |L| + 3e-14 q + 1.2e-7 C < 1.68e-6 |value|, i.e.
+ * 0.0096 |L| + 1.8e-8 q + 0.072 C < |value|; the test takes 0.01, 1e-7 (of p,
+ * within u of q) and 0.075.
+ */
+typedef struct EW(narrow_s) {
+    REAL value, slope;
+    int value_doubt, slope_doubt;
+} EW(narrow);
+
+FASTLOSS_INLINE EW(narrow) EW(gaussian_narrow_element)(REAL input, REAL target, REAL variance,
+                                                       REAL eps_up, int eps_inexact,
+                                                       REAL constant)
+{
+    const int clamped = variance < eps_up;
+    const REAL v = clamped ? eps_up : variance;
+    const REAL r = input - target;
+    const REAL slope = r / v;
+#if defined(__FMA__)
+    /* the compensated form (see above): L and q as unevaluated sums, added exactly */
+    const REAL r_back = r - input;
+    const REAL r_err = (input - (r - r_back)) + (-target - r_back); /* TwoSum: x - t = r + r_err */
+    const REAL rho = fmaf(-slope, v, r);                           /* r - slope v, exact */
+    const REAL p = slope * r;
+    const REAL p_err = fmaf(slope, r, -p);                         /* slope r - p, exact */
+    const REAL q_lo = p_err + slope * (rho + 2 * r_err);
+    REAL log_lo;
+    const REAL log_v = fastloss_logf_normal_hilo(v, &log_lo);
+    const REAL s3 = log_v + p;
+    const REAL s3_back = s3 - log_v;
+    const REAL s3_err = (log_v - (s3 - s3_back)) + (p - s3_back);  /* TwoSum */
+    const REAL sum = s3 + ((s3_err + log_lo) + q_lo);
+    const REAL value = (REAL)0.5 * sum + constant;
+    const REAL doubt_size = EW_ABS(log_v) * (REAL)0.01 + p * (REAL)1e-7 + constant * (REAL)0.075;
+#else
+    const REAL q = slope * r;
+    const REAL log_v = fastloss_logf_normal(v);
+    const REAL value = (REAL)0.5 * (log_v + q) + constant;
+    const REAL doubt_size = EW_ABS(log_v) * (REAL)0.032 + (q + constant) * (REAL)0.075;
+#endif
+    uint32_t v_bits;
+    memcpy(&v_bits, &v, sizeof v_bits);
+    /* v in [2**-126, 2**128): one unsigned compare on the bits */
+    const int input_doubt = (clamped & eps_inexact) | ((v_bits - 0x00800000u) >= 0x7f000000u);
+    EW(narrow) result;
+    result.value = value;
+    result.slope = slope;
+    result.slope_doubt = input_doubt | !(EW_ABS(slope) <= 0x1.fffffep127f);
+    result.value_doubt = input_doubt | !(doubt_size < EW_ABS(value));
+    return result;
+}
+#endif
+
 static void EW(gaussian_tile)(const REAL *FASTLOSS_RESTRICT pred,
                               const REAL *FASTLOSS_RESTRICT target,
                               const REAL *FASTLOSS_RESTRICT variance, fastloss_index m,
-                              EW_WIDE eps, EW_WIDE constant, REAL *FASTLOSS_RESTRICT value,
-                              REAL *FASTLOSS_RESTRICT slope)
+                              EW_WIDE eps, EW_WIDE constant, REAL eps_up, int eps_inexact,
+                              REAL *FASTLOSS_RESTRICT value, REAL *FASTLOSS_RESTRICT slope)
 {
+#ifdef EW_BCE_SLOPE_CHECK
+    /* the float32 pass, the value into a private array (value may be the caller's
+     * output, written once at the end, after the elements in doubt are redone from
+     * the inputs) */
+    REAL narrow_value[FASTLOSS_EW_TILE];
+    int doubt[FASTLOSS_EW_TILE];
+    const REAL narrow_constant = (REAL)constant;
+    int in_doubt = 0;
+#define EW_GAUSSIAN_NARROW                                                                  \
+    const EW(narrow) f = EW(gaussian_narrow_element)(pred[k], target[k], variance[k], eps_up, \
+                                                     eps_inexact, narrow_constant)
+    if (value && slope) {
+        for (fastloss_index k = 0; k < m; ++k) {
+            EW_GAUSSIAN_NARROW;
+            narrow_value[k] = f.value;
+            slope[k] = f.slope;
+            doubt[k] = f.value_doubt | f.slope_doubt << 1;
+            in_doubt += doubt[k];
+        }
+    } else if (value) {
+        for (fastloss_index k = 0; k < m; ++k) {
+            EW_GAUSSIAN_NARROW;
+            narrow_value[k] = f.value;
+            doubt[k] = f.value_doubt;
+            in_doubt += doubt[k];
+        }
+    } else {
+        for (fastloss_index k = 0; k < m; ++k) {
+            EW_GAUSSIAN_NARROW;
+            slope[k] = f.slope;
+            doubt[k] = f.slope_doubt << 1;
+            in_doubt += doubt[k];
+        }
+    }
+#undef EW_GAUSSIAN_NARROW
+    /* doubt[k]: 1 for the value, 2 for the slope; each is redone only where its own
+     * bound failed, so that the fused, value-only and slope-only calls agree bit for bit */
+    if (in_doubt) {
+        int list[FASTLOSS_EW_TILE];
+        const int count = EW(doubt_list)(doubt, m, list);
+        for (int j = 0; j < count; ++j) {
+            const fastloss_index k = list[j];
+            const EW(pair) f = EW(gaussian_element)(pred[k], target[k], variance[k], eps, constant);
+            if (doubt[k] & 1)
+                narrow_value[k] = (REAL)f.value;
+            if (doubt[k] & 2)
+                slope[k] = (REAL)f.slope;
+        }
+    }
+    if (value)
+        memcpy(value, narrow_value, (size_t)m * sizeof *value);
+#else
+    (void)eps_up;
+    (void)eps_inexact;
     EW_TILE_LOOPS(const EW(pair) f = EW(gaussian_element)(pred[k], target[k], variance[k], eps,
                                                           constant),
                   (REAL)f.value, (REAL)f.slope);
+#endif
 }
 
 static void EW(gaussian_var_tile)(const REAL *FASTLOSS_RESTRICT pred,
@@ -749,6 +935,8 @@ typedef struct EW(call_s) {
     int log_input, full;           /* poisson_nll (full also gaussian_nll) */
     EW_WIDE eps;                   /* poisson_nll, gaussian_nll */
     EW_WIDE constant;              /* gaussian_nll: 0.5 log(2 pi) when full, else 0 */
+    REAL eps_up;                   /* gaussian_nll: the least REAL >= eps (float32 pass) */
+    int eps_inexact;               /* gaussian_nll: eps_up != eps */
     const REAL *pred, *target, *aux;
     const REAL *weight, *factor;
     fastloss_index weight_period, factor_period;
@@ -799,8 +987,8 @@ static void EW(compute_tile)(const EW(call) *call, fastloss_index start, fastlos
         EW(poisson_tile)(pred, target, m, call->eps, call->log_input, call->full, value, slope);
         break;
     case FASTLOSS_LOSS_GAUSSIAN_NLL:
-        EW(gaussian_tile)(pred, target, call->aux + start, m, call->eps, call->constant, value,
-                          slope);
+        EW(gaussian_tile)(pred, target, call->aux + start, m, call->eps, call->constant,
+                          call->eps_up, call->eps_inexact, value, slope);
         break;
     case FASTLOSS_LOSS_SOFT_MARGIN:
         EW(soft_margin_tile)(pred, target, m, value, slope);
@@ -960,6 +1148,8 @@ static void EW(set_params)(EW(call) *call, const fastloss_elementwise_options *o
     call->log_input = call->full = 0;
     call->eps = 0;
     call->constant = 0;
+    call->eps_up = 0;
+    call->eps_inexact = 1;
     switch (call->loss) {
     case FASTLOSS_LOSS_HUBER:
     case FASTLOSS_LOSS_SMOOTH_L1:
@@ -995,6 +1185,12 @@ static void EW(set_params)(EW(call) *call, const fastloss_elementwise_options *o
         call->full = param[0] != 0;
         call->eps = param[1];
         call->constant = call->full ? 0.5 * log(EW_TWO_PI) : 0;
+        call->eps_up = (REAL)call->eps;
+#ifdef EW_BCE_SLOPE_CHECK
+        if ((EW_WIDE)call->eps_up < call->eps)
+            call->eps_up = nextafterf(call->eps_up, HUGE_VALF);
+#endif
+        call->eps_inexact = !((EW_WIDE)call->eps_up == call->eps);
         break;
     default:
         break;

@@ -507,6 +507,87 @@ def test_gaussian_var_below_eps_and_nan(dtype):
     assert np.isnan(loss[3:]).all() and np.isnan(grad_var[3:]).all()
 
 
+def each_simd_path():
+    """Yield each SIMD path this CPU and build run, with the path forced; the process's
+    path is put back afterwards."""
+    saved = _kernels.build_info()["simd_path"]
+    try:
+        for path in ("baseline", "avx2", "avx512"):
+            try:
+                _kernels.set_simd_path(path)
+            except ValueError:
+                continue
+            yield path
+    finally:
+        _kernels.set_simd_path(saved)
+
+
+def _gaussian_hard_region(rng):
+    """float32 inputs where log v and r**2 / v cancel (the loss near 0, of either sign),
+    around the clamp at eps, at the ends of float's range, and ordinary ones."""
+    n = 40000
+    v = np.exp(rng.uniform(np.log(1e-7), np.log(1e7), n))
+    # r**2 / v = -log v (1 + delta), delta down to 1e-7: the float32 pass must give way
+    delta = np.exp(rng.uniform(np.log(1e-7), np.log(1.0), n)) * rng.choice([-1.0, 1.0], n)
+    target_q = np.maximum(-np.log(v) * (1 + delta), 0.0)
+    r = np.sqrt(target_q * v) * rng.choice([-1.0, 1.0], n)
+    x = rng.normal(0.0, 2.0, n)
+    t = x - r
+    # ordinary data, the tile ends, and extremes of v and r
+    x2, t2 = rng.normal(size=n), rng.normal(size=n)
+    v2 = rng.uniform(0.01, 2.0, n)
+    # (x - t overflows float32 at 2e38 - -2e38 where the loss does not)
+    extremes_v = np.array([1e-38, 1.2e-38, 1e-30, 1e-9, 1e-6, 9.9e-7, 1.0, 1.0, 3e38, 3e38,
+                           3e38, 1e-20, 0.5, 0.5, 2.0, 1.0])
+    extremes_x = np.array([1.0, 1e-20, 1e15, 0.3, 0.3, 0.3, 1.0, 0.0, 1e19, 2e38, -1.5e38,
+                           1e-30, 1e19, 1e-25, -1.0, 1e-23])
+    extremes_t = np.array([0.0, 0.0, -1e15, 0.3, 0.0, 0.3, 1.0, 0.0, -1e19, -2e38, 1.5e38,
+                           0.0, 0.0, 0.0, 1.0, 0.0])
+    return [np.concatenate(a).astype(np.float32) for a in
+            ((x, x2, extremes_x), (t, t2, extremes_t), (v, v2, extremes_v))]
+
+
+@pytest.mark.parametrize("full", [0, 1])
+def test_gaussian_float32_pass_keeps_every_element_to_the_contract(full, rng):
+    # float32 arithmetic serves gaussian_nll where its error bound clears the contract, and
+    # double the rest: every loss within 2e-6 of itself and every gradient to the contract,
+    # on every SIMD path, fused and alone
+    data = _gaussian_hard_region(rng)
+    for eps in (1e-6, 2.0 ** -20):  # eps not a float32 (clamped elements in doubt), and one
+        options = dict(full=bool(full), eps=eps, reduction="none")
+        ref_loss = reference.gaussian_nll(*rounded(data, np.float32), **options)
+        ref_grad = reference.gaussian_nll_grad(*rounded(data, np.float32), wrt=("input",),
+                                               **options)[0]
+        for path in each_simd_path():
+            loss, grad, _, _ = kernel_none("gaussian_nll", data, (full, eps), np.float32)
+            finite = (np.abs(ref_loss) <= 3.4e38) & (np.abs(ref_loss) > 1e-37)
+            error = np.abs(loss.astype(np.float64) - ref_loss)
+            worst = np.argmax(np.where(finite, error / np.maximum(np.abs(ref_loss), 1e-300), 0))
+            assert np.all(error[finite] <= 2e-6 * np.abs(ref_loss[finite])), (
+                path, eps, [d[worst] for d in data], loss[worst], ref_loss[worst])
+            assert np.array_equal(np.isnan(loss), np.isnan(ref_loss)), path
+            assert_close_contract(loss, ref_loss, np.float32, "loss", path)
+            assert_close_contract(grad, ref_grad, np.float32, "grad", path)
+            normal = (np.abs(ref_grad) > 1e-37) & (np.abs(ref_grad) <= 3.4e38)
+            gerror = np.abs(grad.astype(np.float64) - ref_grad)
+            assert np.all(gerror[normal] <= 2e-6 * np.abs(ref_grad[normal])), path
+            # the value alone and the slope alone take the same float32 pass
+            flat = [np.ascontiguousarray(a) for a in data]
+            alone = np.empty_like(flat[0])
+            _kernels.ew_run("forward", "gaussian_nll", flat[0], flat[1], None, None, None,
+                            alone, None, (full, eps), "none", 1, aux=flat[2])
+            assert np.array_equal(alone, loss, equal_nan=True), path
+            grad_alone = np.empty_like(flat[0])
+            _kernels.ew_run("backward", "gaussian_nll", flat[0], flat[1], None, None,
+                            np.ones(flat[0].size), None, grad_alone, (full, eps), "none", 1,
+                            aux=flat[2])
+            assert np.array_equal(grad_alone, grad, equal_nan=True), path
+            total, _ = _kernels.ew_run("forward", "gaussian_nll", flat[0], flat[1], None,
+                                       None, None, None, None, (full, eps), "sum", 1,
+                                       aux=flat[2])
+            assert np.isfinite(total) or not np.all(np.isfinite(ref_loss))
+
+
 @dtypes
 def test_pinball_kink_and_nan(dtype):
     # torch.maximum's backward: half to each at a tie, all to both for NaN
