@@ -7,12 +7,14 @@ arguments map, the cases ``fastloss check`` and the tests run, the sizes ``fastl
 bench`` times, and the tolerance class of its accuracy contract. What reads it:
 
 - the public NumPy functions ``NAME``, ``NAME_grad``, ``NAME_value_and_grad`` of the
-  elementwise (pointwise) family are generated from their entries (``fastloss/elementwise.py``);
+  elementwise (pointwise) and box families are generated from their entries
+  (``public_functions``, called by ``fastloss/elementwise.py`` and ``fastloss/box.py``);
   the other families' are written by hand and looked up by name;
-- ``fastloss.torch`` generates the elementwise losses' functions and ``nn.Module``
-  classes from ``Loss.torch``;
-- ``fastloss check`` runs ``Loss.cases`` against the reference;
-- ``fastloss bench`` times the elementwise losses marked ``bench``;
+- ``fastloss.torch`` generates the elementwise and box losses' functions and
+  ``nn.Module`` classes from ``Loss.torch``;
+- ``fastloss check`` runs the elementwise entries' ``Loss.cases`` against the reference;
+- ``fastloss bench`` times the elementwise and box losses marked ``bench``;
+- the docs' table of losses (docs/_ext/registry_table.py) lists every entry;
 - the test suite's generic tables (parity, finite differences, bad input, threads,
   torch parity) are parametrised over ``LOSSES``.
 
@@ -161,9 +163,6 @@ class Loss:
 
         return tuple(getattr(reference, self.name + suffix)
                      for suffix in ("", "_grad", "_value_and_grad"))
-
-    def option(self, name):
-        return next(option for option in self.options if option.name == name)
 
 
 def make_function(name, parameters, body, namespace, doc, module):
