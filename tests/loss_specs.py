@@ -298,6 +298,29 @@ def elementwise_spec(entry):
 
 ELEMENTWISE_SPECS = tuple(elementwise_spec(entry) for entry in _registry.family("elementwise"))
 
+# The options an input maker draws from a layout name ("full", "class", "row"): the
+# weight, and the periodic factors the kernels read beside it (pos_weight, quantile).
+LAYOUT_OPTIONS = frozenset({"weight"} | {entry.factor for entry in
+                                         _registry.family("elementwise") if entry.factor})
+
+
+def declared_params(name, params):
+    """``params`` without the option layouts (``LAYOUT_OPTIONS``) that loss ``name`` does
+    not declare: a generic test asks for ``{"weight": "class", "quantile": "class"}`` and
+    each entry draws the factors it takes (the losses added with the registry have no
+    weight; only pinball has a quantile)."""
+    declared = {option.name for option in _registry.LOSSES[name].options}
+    return {key: value for key, value in params.items()
+            if key not in LAYOUT_OPTIONS or key in declared}
+
+
+def reference_loss_shape(name, arrays, options):
+    """The shape of loss ``name``'s "none" result for ``arrays``, as the reference
+    computes it (the inputs' broadcast shape; gaussian_nll's var one axis short of the
+    input is first given its axis back, as torch unsqueezes it)."""
+    options = {key: value for key, value in options.items() if key != "reduction"}
+    return np.shape(getattr(reference, name)(*arrays, reduction="none", **options))
+
 
 # --- embeddings: pairwise distances and contrastive losses -------------------------------
 

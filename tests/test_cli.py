@@ -526,17 +526,18 @@ def test_more_bad_usage_exits_2_with_usage(args):
 
 def test_bench_has_the_adapter_rows_of_every_family():
     pytest.importorskip("torch")
-    from fastloss import bench
-
-    from fastloss.bench import _cases
+    from fastloss import _registry, bench
 
     sizes = {"cross_entropy": (8, 300), "cross_entropy_few_classes": (64, 10),
              "elementwise": (3000,), "contrastive": (64, 16)}
-    # elementwise: every bench entry of the registry with an adapter (box losses too)
+    # elementwise: one row per loss the registry puts in the bench (the elementwise and
+    # box families) with a fastloss.torch adapter, named after the adapter
+    elementwise = [f"fastloss.torch.{entry.torch.function} forward+backward"
+                   for entry in _registry.family("elementwise") + _registry.family("box")
+                   if entry.bench and entry.torch is not None and entry.torch.function]
+    assert len(elementwise) >= 14  # every elementwise and box loss has one today (11 + 3)
     expected = {"cross_entropy": 2, "cross_entropy_few_classes": 1,
-                "elementwise": sum(map(_cases._has_adapter, _cases.ELEMENTWISE_ENTRIES)),
-                "contrastive": 3}
-    assert expected["elementwise"] >= 13
+                "elementwise": len(elementwise), "contrastive": 3}
     for family, size in sizes.items():
         report = bench.run(family, size=size, repeat=1, threads=1, progress=False,
                            torch_compile=False)
@@ -544,3 +545,5 @@ def test_bench_has_the_adapter_rows_of_every_family():
         # one per loss; cross-entropy's also with inplace_backward=True
         assert len(adapter) == expected[family], family
         assert all(row["median_ms"] > 0 for row in adapter)
+        if family == "elementwise":
+            assert [row["name"] for row in adapter] == elementwise

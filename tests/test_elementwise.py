@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import fastloss
-from fastloss import _registry, reference
+from fastloss import reference
 from loss_specs import (
     DTYPES,
     CONTRACT,
@@ -29,9 +29,11 @@ from loss_specs import (
     bitwise_equal,
     call_unmodified,
     central_differences,
+    declared_params,
     dtype_id,
     make_binary_inputs,
     make_regression_inputs,
+    reference_loss_shape,
 )
 
 dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
@@ -47,18 +49,9 @@ def functions(name, module=fastloss):
             getattr(module, f"{name}_value_and_grad"))
 
 
-def supported(spec, params):
-    """``params`` without the factor layouts (weight, pos_weight) that ``spec``'s loss does
-    not take (the losses added with the registry have no weight)."""
-    options = {option.name for option in _registry.LOSSES[spec.name].options}
-    return {key: value for key, value in params.items()
-            if key not in ("weight", "pos_weight") or key in options}
-
-
-def loss_shape(name, arrays, options):
-    """The shape of the loss's "none" result (gaussian_nll's var broadcasts after torch's
-    rule for a var one axis short)."""
-    return np.shape(getattr(reference, name)(*arrays, reduction="none", **options))
+# Every option layout the makers draw: each entry keeps those it declares
+# (loss_specs.declared_params): weight, bce's pos_weight and pinball's quantile per class.
+FACTORS = {"weight": "class", "pos_weight": "class", "quantile": "class"}
 
 
 def check_against_reference(name, pred, *others, reductions=REDUCTIONS, dtype=None,
@@ -73,7 +66,7 @@ def check_against_reference(name, pred, *others, reductions=REDUCTIONS, dtype=No
     # a gradient computed in float64 for a float32 pred is rounded to float32
     grad_dtype = np.float32 if np.float32 in (dtype, pred_array.dtype) else np.float64
     arrays = (pred, *others)
-    shape = loss_shape(name, arrays, options)
+    shape = reference_loss_shape(name, arrays, options)
     for reduction in reductions:
         opts = dict(options, reduction=reduction)
         upstream = (np.linspace(-1.5, 2.0, int(np.prod(shape))).reshape(shape)
@@ -530,24 +523,32 @@ def test_strided_inputs(view, spec, dtype, rng):
 @dtypes
 @specs
 def test_read_only_and_memmapped_inputs(spec, dtype, rng, tmp_path):
-    (pred, *others), options = spec.make_inputs(rng, dtype, supported(spec, {"weight": "class"}),
-                                                (30, 7))
-    path = tmp_path / "pred.npy"
-    np.save(path, pred)
-    mapped = np.load(path, mmap_mode="r")
-    for other in others:
-        other.setflags(write=False)
-    check_against_reference(spec.name, mapped, *others, **options)
+    arrays, options = spec.make_inputs(rng, dtype, declared_params(spec.name, FACTORS),
+                                       (30, 7))
+    # every input memory-mapped read-only from a file
+    mapped = []
+    for index, array in enumerate(arrays):
+        path = tmp_path / f"input{index}.npy"
+        np.save(path, array)
+        mapped.append(np.load(path, mmap_mode="r"))
+        assert isinstance(mapped[-1], np.memmap) and not mapped[-1].flags.writeable
+    check_against_reference(spec.name, *mapped, **options)
+    # every input (and array option) an in-memory array marked read-only
+    for array in (*arrays, *options.values()):
+        if isinstance(array, np.ndarray):
+            array.setflags(write=False)
+    check_against_reference(spec.name, *arrays, **options)
 
 
 @dtypes
 @specs
 @reductions
 def test_out_preallocated_and_in_place(reduction, spec, dtype, rng):
-    (pred, *others), options = spec.make_inputs(rng, dtype, supported(spec, {"weight": "class"}),
+    (pred, *others), options = spec.make_inputs(rng, dtype, declared_params(spec.name, FACTORS),
                                                 (33, 9))
+    shape = reference_loss_shape(spec.name, (pred, *others), options)
     options["reduction"] = reduction
-    upstream = rng.standard_normal(pred.shape) if reduction == "none" else 0.5
+    upstream = rng.standard_normal(shape) if reduction == "none" else 0.5
     _, grad_fn, fused = functions(spec.name)
     # out= changes where the gradient goes, never its bits: each entry point is
     # compared with itself
@@ -565,23 +566,52 @@ def test_out_preallocated_and_in_place(reduction, spec, dtype, rng):
     loss, grad = fused(work, *others, upstream, out=work, **options)
     assert grad is work and bitwise_equal(work, expected_grad)
     assert bitwise_equal(np.asarray(loss), np.asarray(expected_loss))
-    # a non-contiguous out, and one that overlaps each other input (computed, then
-    # copied): the other input shifted by 5 elements within one buffer with out
+    # a non-contiguous out
     wide = np.full((33, 18), np.nan, dtype)
     assert grad_fn(pred, *others, upstream, out=wide[:, ::2], **options).base is wide
     assert bitwise_equal(wide[:, ::2], expected_grad_only)
-    for index, other in enumerate(others):
-        if other.shape != pred.shape or other.dtype != pred.dtype:
-            continue
-        shared = np.concatenate([other.ravel(), other.ravel()])
-        shifted = shared[5:5 + other.size].reshape(other.shape)
-        out = shared[:other.size].reshape(other.shape)
-        moved = list(others)
-        moved[index] = shifted.copy()
-        expected_shifted = grad_fn(pred, *moved, upstream, **options)
-        moved[index] = shifted
-        assert grad_fn(pred, *moved, upstream, out=out, **options) is out
-        assert bitwise_equal(out, expected_shifted)
+    # out= exactly another input of pred's shape and dtype (the target of the two-input
+    # losses; x2 and target of margin_ranking, target and var of gaussian_nll): that
+    # input is read before its gradient overwrites it, or computed, then copied
+    arrays = (pred, *others)
+    overlapped = [index for index, array in enumerate(arrays)
+                  if array.shape == pred.shape and array.dtype == pred.dtype]
+    assert overlapped[1:], f"{spec.name}: no input but pred that an out= can overlap"
+    for index in overlapped[1:]:
+        moved = list(arrays)
+        moved[index] = work = arrays[index].copy()
+        assert grad_fn(*moved, upstream, out=work, **options) is work
+        assert bitwise_equal(work, expected_grad_only), f"out= input {index}"
+        moved[index] = work = arrays[index].copy()
+        loss, grad = fused(*moved, upstream, out=work, **options)
+        assert grad is work and bitwise_equal(work, expected_grad), f"out= input {index}"
+        assert bitwise_equal(np.asarray(loss), np.asarray(expected_loss))
+    # an out that overlaps an input (pred, or each other input) without being it:
+    # computed, then copied. The input and out are 5 elements apart within one buffer,
+    # the input ahead of out and behind it (where a tile's gradient would overwrite the
+    # next tile's input before it is read), and the result is the input's copy's.
+    for index in overlapped:
+        array = arrays[index]
+        for ahead in (True, False):
+            def overlapping():
+                shared = np.concatenate([array.ravel(), array.ravel()])
+                first, second = (shared[5:5 + array.size].reshape(array.shape),
+                                 shared[:array.size].reshape(array.shape))
+                return (first, second) if ahead else (second, first)
+
+            what = f"out overlapping input {index} ({'ahead' if ahead else 'behind'})"
+            moved = list(arrays)
+            shifted, out = overlapping()
+            moved[index] = shifted.copy()
+            expected_shifted = grad_fn(*moved, upstream, **options)
+            expected_shifted_loss, expected_shifted_grad = fused(*moved, upstream, **options)
+            moved[index] = shifted
+            assert grad_fn(*moved, upstream, out=out, **options) is out
+            assert bitwise_equal(out, expected_shifted), what
+            moved[index], out = overlapping()
+            loss, grad = fused(*moved, upstream, out=out, **options)
+            assert grad is out and bitwise_equal(out, expected_shifted_grad), "fused " + what
+            assert bitwise_equal(np.asarray(loss), np.asarray(expected_shifted_loss)), what
 
 
 @pytest.mark.parametrize("name", REGRESSION_NAMES)
@@ -710,7 +740,7 @@ def test_float32_bce_at_least_as_accurate_as_naive_float32(rng):
 @specs
 def test_many_blocks_against_the_reference(spec, dtype, rng):
     # 2**16 + 1001 elements: several reduction blocks of 16384, threads, a ragged tail
-    arrays, options = spec.make_inputs(rng, dtype, supported(spec, {"weight": "class"}),
+    arrays, options = spec.make_inputs(rng, dtype, declared_params(spec.name, FACTORS),
                                        (67, 1993))
     for reduction in REDUCTIONS:
         loss, grad = spec.public.value_and_grad(*arrays, 0.5, reduction=reduction,
@@ -731,12 +761,16 @@ def test_every_simd_path_meets_the_contract(spec, simd, rng):
         _kernels.set_simd_path(simd)
     except ValueError:
         pytest.skip(f"{simd} is not available on this CPU or build")
+    # the factors each entry takes, then each case the registry declares for it (every
+    # option's branch of the kernel: gaussian_nll's var per row, poisson's full, ...)
+    params = [declared_params(spec.name, {"weight": "full", "pos_weight": "class",
+                                          "quantile": "class"})]
+    params += [case.params for case in spec.cases]
     try:
         for dtype in DTYPES:
-            arrays, options = spec.make_inputs(
-                rng, dtype, supported(spec, {"weight": "full", "pos_weight": "class"}),
-                (21, 101))
-            check_against_reference(spec.name, *arrays, **options)
+            for case in params:
+                arrays, options = spec.make_inputs(rng, dtype, case, (21, 101))
+                check_against_reference(spec.name, *arrays, **options)
     finally:
         _kernels.set_simd_path(saved)
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import fastloss
-from fastloss import _registry, reference
+from fastloss import reference
 from loss_specs import (
     DTYPES,
     ELEMENTWISE_SPECS,
@@ -19,10 +19,12 @@ from loss_specs import (
     REDUCTIONS,
     assert_close_contract,
     bitwise_equal,
+    declared_params,
     dtype_id,
     make_ce_hard_inputs,
     make_ce_soft_inputs,
     random_embeddings,
+    reference_loss_shape,
 )
 
 THREAD_COUNTS = (1, 2, 3, 7)
@@ -256,7 +258,7 @@ ELEMENTWISE_SHAPES = [
 def every_elementwise_result(spec, arrays, options, num_threads):
     """Loss and gradient from every entry point and reduction of an elementwise spec."""
     results = {}
-    shape = np.shape(spec.reference.value(*arrays, reduction="none", **options))
+    shape = reference_loss_shape(spec.name, arrays, options)
     for reduction in REDUCTIONS:
         opts = dict(options, reduction=reduction, num_threads=num_threads)
         upstream = (np.linspace(-1.0, 2.0, int(np.prod(shape))).reshape(shape)
@@ -273,12 +275,12 @@ def every_elementwise_result(spec, arrays, options, num_threads):
 @pytest.mark.parametrize("spec", ELEMENTWISE_SPECS, ids=str)
 @pytest.mark.parametrize("shape", ELEMENTWISE_SHAPES)
 def test_elementwise_bit_identical_for_any_thread_count(shape, spec, dtype, rng):
-    params = {"weight": "class"}
+    # the per-class factors each entry takes (weight; bce's pos_weight, pinball's
+    # quantile): at 129x1031 they are longer than the 1024 they would be repeated to
+    params = declared_params(spec.name, {"weight": "class", "pos_weight": "class",
+                                         "quantile": "class"})
     if spec.name == "bce_with_logits":
-        params.update(pos_weight="class", soft=True)
-    options_taken = {option.name for option in _registry.LOSSES[spec.name].options}
-    params = {key: value for key, value in params.items()
-              if key not in ("weight", "pos_weight") or key in options_taken}
+        params.update(soft=True)
     arrays, options = spec.make_inputs(rng, dtype, params, shape)
     single = every_elementwise_result(spec, arrays, options, 1)
     for num_threads in THREAD_COUNTS[1:]:
@@ -294,13 +296,13 @@ def test_elementwise_bit_identical_for_any_thread_count(shape, spec, dtype, rng)
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_elementwise_concurrent_calls_from_python_threads(dtype):
     problems = []
-    for index in range(10):
+    # every entry twice: plain, and with the per-class factors it takes (weight, quantile)
+    for index, (spec, factors) in enumerate(
+            (spec, factors) for spec in ELEMENTWISE_SPECS for factors in (False, True)):
         rng = np.random.default_rng(100 + index)
-        spec = ELEMENTWISE_SPECS[index % len(ELEMENTWISE_SPECS)]
-        takes_weight = any(option.name == "weight"
-                           for option in _registry.LOSSES[spec.name].options)
-        params = {"weight": "class"} if index % 2 and takes_weight else {}
-        arrays, options = spec.make_inputs(rng, dtype, params, (50 + index, 2001))
+        params = declared_params(spec.name, {"weight": "class", "quantile": "class"}) \
+            if factors else {}
+        arrays, options = spec.make_inputs(rng, dtype, params, (50 + index % 10, 2001))
         problems.append((spec, arrays, options, 1 + index % 3))
 
     def compute(problem):
