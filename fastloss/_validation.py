@@ -167,3 +167,16 @@ def periodic_factor(array, shape, dtype):
     if period.size < MIN_PERIOD:
         period = np.tile(period, -(-MIN_PERIOD // period.size))
     return period
+
+
+def _address(array):
+    return array.__array_interface__["data"][0]
+
+
+def _sum_to_shape(grad, shape):
+    """Sum `grad` over the axes that broadcasting added or stretched, down to `shape`
+    (the gradient of a broadcast, as autograd computes it), in float64."""
+    lead = grad.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + axis for axis, size in enumerate(shape) if size == 1 and grad.shape[lead + axis] != 1)
+    return np.asarray(grad.sum(axis=axes, dtype=np.float64)).reshape(shape)

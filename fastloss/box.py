@@ -19,25 +19,12 @@ import numpy as np
 
 from fastloss import _kernels, _registry
 from fastloss._config import resolve_num_threads
-from fastloss._validation import (float_array, grad_output_arg, out_arg, real_scalar,
-                                  reduction_arg, rows_view)
+from fastloss._validation import (_address, _sum_to_shape, float_array, grad_output_arg,
+                                  out_arg, real_scalar, reduction_arg, rows_view)
 
 
 _NAMES = ("boxes1", "boxes2")
 _KERNELS = ("giou", "diou", "ciou")
-
-
-def _address(array):
-    return array.__array_interface__["data"][0]
-
-
-def _sum_to_shape(grad, shape):
-    """``grad`` summed over the axes broadcasting added or stretched, down to ``shape``
-    (the gradient of a broadcast, as autograd computes it), in float64."""
-    lead = grad.ndim - len(shape)
-    axes = tuple(range(lead)) + tuple(
-        lead + axis for axis, size in enumerate(shape) if size == 1 and grad.shape[lead + axis] != 1)
-    return np.asarray(grad.sum(axis=axes, dtype=np.float64)).reshape(shape)
 
 
 class _BoxProblem:

@@ -23,6 +23,8 @@ import numpy as np
 from fastloss import _kernels, _registry
 from fastloss._config import resolve_num_threads
 from fastloss._validation import (
+    _address,
+    _sum_to_shape,
     broadcast_to_shape,
     float_array,
     grad_output_arg,
@@ -40,19 +42,6 @@ def _flat(array, shape, dtype):
         array = np.broadcast_to(array, shape)
     # contiguous, aligned and native (ascontiguousarray alone keeps a misaligned array)
     return np.require(array, dtype=dtype, requirements="CA").reshape(-1)
-
-
-def _address(array):
-    return array.__array_interface__["data"][0]
-
-
-def _sum_to_shape(grad, shape):
-    """Sum `grad` over the axes that broadcasting added or stretched, down to `shape`
-    (the gradient of a broadcast, as autograd computes it), in float64."""
-    lead = grad.ndim - len(shape)
-    axes = tuple(range(lead)) + tuple(
-        lead + axis for axis, size in enumerate(shape) if size == 1 and grad.shape[lead + axis] != 1)
-    return np.asarray(grad.sum(axis=axes, dtype=np.float64)).reshape(shape)
 
 
 # Each float32 term comes out of the kernel within about 5e-7 of itself (bce's exp and

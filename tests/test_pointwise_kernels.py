@@ -19,6 +19,7 @@ import pytest
 
 import fastloss.reference as reference
 from fastloss import _kernels
+from counterparts import torch_focal
 from loss_specs import (DTYPES, REDUCTIONS, assert_close_contract, central_differences,
                         dtype_id)
 
@@ -768,18 +769,6 @@ def test_reference_value_and_grad_and_broadcast_gradients(rng):
 
 def _torch():
     return pytest.importorskip("torch")
-
-
-def torch_focal(torch, x, y, alpha, gamma):
-    """torchvision.ops.sigmoid_focal_loss (reduction none), written out in torch ops."""
-    functional = torch.nn.functional
-    p = torch.sigmoid(x)
-    ce = functional.binary_cross_entropy_with_logits(x, y, reduction="none")
-    p_t = p * y + (1 - p) * (1 - y)
-    loss = ce * ((1 - p_t) ** gamma)
-    if alpha >= 0:
-        loss = (alpha * y + (1 - alpha) * (1 - y)) * loss
-    return loss
 
 
 def _torch_loss(torch, case, tensors, options, reduction):
