@@ -111,6 +111,7 @@ static struct {
     fastloss_contrastive_normalize_backward_kernel normalize_backward[FASTLOSS_N_DTYPES];
     fastloss_contrastive_contrastive_kernel contrastive[FASTLOSS_N_DTYPES];
     fastloss_contrastive_triplet_margin_kernel triplet_margin[FASTLOSS_N_DTYPES];
+    fastloss_contrastive_nce_kernel nce_float32;
 } distance_kernels = {
     .matrix = {[FASTLOSS_FLOAT32] = fastloss_contrastive_matrix_float32_baseline,
                [FASTLOSS_FLOAT64] = fastloss_contrastive_matrix_float64_baseline},
@@ -126,6 +127,7 @@ static struct {
                     [FASTLOSS_FLOAT64] = distance_contrastive_float64},
     .triplet_margin = {[FASTLOSS_FLOAT32] = distance_triplet_margin_float32,
                        [FASTLOSS_FLOAT64] = distance_triplet_margin_float64},
+    .nce_float32 = fastloss_contrastive_nce_float32_baseline,
 };
 
 void fastloss_contrastive_select(int level)
@@ -138,6 +140,7 @@ void fastloss_contrastive_select(int level)
         FASTLOSS_PICK(fastloss_contrastive_sparse_product_float32, level);
     distance_kernels.sparse_product[FASTLOSS_FLOAT64] =
         FASTLOSS_PICK(fastloss_contrastive_sparse_product_float64, level);
+    distance_kernels.nce_float32 = FASTLOSS_PICK(fastloss_contrastive_nce_float32, level);
 }
 
 /* The entry points: the kernel of the dtype code, or FASTLOSS_ERROR_BAD_DTYPE. */
@@ -279,4 +282,71 @@ void fastloss_contrastive_transpose_float64(fastloss_index n_rows, fastloss_inde
             }
         }
     }
+}
+
+int fastloss_contrastive_nce_float32(const fastloss_contrastive_nce_options *options, float *s,
+                                     fastloss_index s_row_stride, const double *scale,
+                                     fastloss_index scale_stride, double *row_loss,
+                                     double *col_loss, int want_grad)
+{
+    return distance_kernels.nce_float32(options, s, s_row_stride, scale, scale_stride, row_loss,
+                                        col_loss, want_grad);
+}
+
+int fastloss_contrastive_unit_rows_float32(const fastloss_contrastive_rows_options *options,
+                                           const float *x, fastloss_index x_row_stride,
+                                           float *unit, double *norm)
+{
+    const fastloss_index n_rows = options->n_rows, dim = options->dim;
+    const double eps = options->eps;
+    const int threads = fastloss_effective_threads(options->num_threads, n_rows * dim);
+    (void)threads;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+#endif
+    for (fastloss_index i = 0; i < n_rows; ++i) {
+        const float *row = x + i * x_row_stride;
+        double lane[FASTLOSS_LANES] = {0.0};
+        for (fastloss_index k = 0; k < dim; ++k)
+            lane[k % FASTLOSS_LANES] += (double)row[k] * (double)row[k];
+        const double length = sqrt(fastloss_lanes_total(lane));
+        /* x / max(|x|, eps), a division as in F.normalize */
+        const double denominator = length >= eps ? length : eps;
+        float *out = unit + i * dim;
+        for (fastloss_index k = 0; k < dim; ++k)
+            out[k] = (float)((double)row[k] / denominator);
+        norm[i] = length;
+    }
+    return FASTLOSS_OK;
+}
+
+int fastloss_contrastive_unit_backward_float32(const fastloss_contrastive_rows_options *options,
+                                               const float *unit, const double *norm,
+                                               const float *grad_unit, float *grad,
+                                               fastloss_index grad_row_stride)
+{
+    const fastloss_index n_rows = options->n_rows, dim = options->dim;
+    const double eps = options->eps;
+    const int threads = fastloss_effective_threads(options->num_threads, n_rows * dim);
+    (void)threads;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+#endif
+    for (fastloss_index i = 0; i < n_rows; ++i) {
+        const float *u = unit + i * dim;
+        const float *g = grad_unit + i * dim;
+        float *out = grad + i * grad_row_stride;
+        if (norm[i] >= eps) {
+            double lane[FASTLOSS_LANES] = {0.0};
+            for (fastloss_index k = 0; k < dim; ++k)
+                lane[k % FASTLOSS_LANES] += (double)u[k] * (double)g[k];
+            const double along = fastloss_lanes_total(lane);
+            for (fastloss_index k = 0; k < dim; ++k)
+                out[k] = (float)(((double)g[k] - (double)u[k] * along) / norm[i]);
+        } else {
+            for (fastloss_index k = 0; k < dim; ++k)
+                out[k] = (float)((double)g[k] / eps);
+        }
+    }
+    return FASTLOSS_OK;
 }

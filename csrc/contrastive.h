@@ -197,6 +197,42 @@ void fastloss_contrastive_transpose_float64(fastloss_index n_rows, fastloss_inde
                                          double *target, fastloss_index target_row_stride,
                                          int accumulate, int num_threads);
 
+/*
+ * InfoNCE over float32 products (contrastive_nce_body.h has the method).  s is the
+ * N x M matrix q^_i . k^_j of the unit rows (M >= N; M == N with symmetric), read
+ * as s / temperature; row_loss (N doubles) receives each query's cross-entropy of
+ * its row with target i, col_loss (N doubles, symmetric only, else NULL) that of
+ * its column; with want_grad, s is overwritten by the gradient of
+ * sum_i scale_i (row_loss_i [+ col_loss_i]) with respect to s (scale: N doubles,
+ * or one with scale_stride 0).
+ */
+typedef struct fastloss_contrastive_nce_options {
+    fastloss_index n_rows;
+    fastloss_index n_cols;
+    double temperature;  /* > 0, 1 / temperature finite in float32 */
+    int symmetric;
+    int num_threads;
+} fastloss_contrastive_nce_options;
+
+int fastloss_contrastive_nce_float32(const fastloss_contrastive_nce_options *options, float *s,
+                                     fastloss_index s_row_stride, const double *scale,
+                                     fastloss_index scale_stride, double *row_loss,
+                                     double *col_loss, int want_grad);
+
+/* unit (n_rows x dim floats, contiguous) = x / max(|x|, eps) and norm = |x| (the
+ * norm in double, each element rounded once), for float32 rows. */
+int fastloss_contrastive_unit_rows_float32(const fastloss_contrastive_rows_options *options,
+                                           const float *x, fastloss_index x_row_stride,
+                                           float *unit, double *norm);
+
+/* grad = (g - unit (unit . g)) / norm, or g / eps where norm < eps: the backward of
+ * x / max(|x|, eps) for float32 unit rows and their gradient g (both contiguous),
+ * computed in double and rounded once. */
+int fastloss_contrastive_unit_backward_float32(const fastloss_contrastive_rows_options *options,
+                                               const float *unit, const double *norm,
+                                               const float *grad_unit, float *grad,
+                                               fastloss_index grad_row_stride);
+
 typedef struct fastloss_pair_loss_options {
     fastloss_index n_rows;
     fastloss_index dim;

@@ -7,6 +7,7 @@
  * contrastive.c's tables).  No include guard, on purpose.
  */
 #include "contrastive_internal.h"
+#include "fastmath.h"
 
 #define FL_DISTANCE_NAME_(name, dtype, isa) name##_##dtype##_##isa
 #define FL_DISTANCE_NAME(name, dtype, isa) FL_DISTANCE_NAME_(name, dtype, isa)
@@ -18,6 +19,7 @@
 #define DIRECT_GRADIENT_RATIO FASTLOSS_DIRECT_GRADIENT_RATIO_FLOAT32
 #include "contrastive_row_helpers.h"
 #include "contrastive_pass_body.h"
+#include "contrastive_nce_body.h"
 #undef REAL_NAME
 #undef RECOMPUTE_TOLERANCE
 #undef DIRECT_GRADIENT_RATIO

@@ -172,7 +172,16 @@ typedef int(*fastloss_contrastive_contrastive_kernel) FASTLOSS_CONTRASTIVE_CONTR
      fastloss_index grad_negative_row_stride)
 typedef int(*fastloss_contrastive_triplet_margin_kernel) FASTLOSS_CONTRASTIVE_TRIPLET_MARGIN_SIGNATURE;
 
+#define FASTLOSS_CONTRASTIVE_NCE_SIGNATURE                                                          \
+    (const fastloss_contrastive_nce_options *options, float *s, fastloss_index s_row_stride,      \
+     const double *scale, fastloss_index scale_stride, double *row_loss, double *col_loss,      \
+     int want_grad)
+typedef int(*fastloss_contrastive_nce_kernel) FASTLOSS_CONTRASTIVE_NCE_SIGNATURE;
+
 void fastloss_contrastive_select(int level); /* dispatch.c calls it */
+int fastloss_contrastive_nce_float32_baseline FASTLOSS_CONTRASTIVE_NCE_SIGNATURE;
+int fastloss_contrastive_nce_float32_avx2 FASTLOSS_CONTRASTIVE_NCE_SIGNATURE;
+int fastloss_contrastive_nce_float32_avx512 FASTLOSS_CONTRASTIVE_NCE_SIGNATURE;
 int fastloss_contrastive_matrix_float32_baseline FASTLOSS_CONTRASTIVE_MATRIX_SIGNATURE;
 int fastloss_contrastive_matrix_float64_baseline FASTLOSS_CONTRASTIVE_MATRIX_SIGNATURE;
 int fastloss_contrastive_matrix_float32_avx2 FASTLOSS_CONTRASTIVE_MATRIX_SIGNATURE;

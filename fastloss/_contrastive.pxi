@@ -35,6 +35,22 @@ cdef extern from "contrastive.h" nogil:
         fastloss_index coef_row_stride
         fastloss_index n_other
         int transposed
+    ctypedef struct fastloss_contrastive_nce_options:
+        fastloss_index n_rows
+        fastloss_index n_cols
+        double temperature
+        int symmetric
+        int num_threads
+    int fastloss_contrastive_nce_float32(
+        const fastloss_contrastive_nce_options *options, float *s, fastloss_index s_row_stride,
+        const double *scale, fastloss_index scale_stride, double *row_loss, double *col_loss,
+        int want_grad)
+    int fastloss_contrastive_unit_rows_float32(
+        const fastloss_contrastive_rows_options *options, const float *x,
+        fastloss_index x_row_stride, float *unit, double *norm)
+    int fastloss_contrastive_unit_backward_float32(
+        const fastloss_contrastive_rows_options *options, const float *unit, const double *norm,
+        const float *grad_unit, float *grad, fastloss_index grad_row_stride)
     void fastloss_contrastive_transpose_float64(
         fastloss_index n_rows, fastloss_index n_cols, const double *source,
         fastloss_index source_row_stride, double *target, fastloss_index target_row_stride,
@@ -592,3 +608,109 @@ def dist_pair_loss_run(str loss, tuple rows, object label, object grad_output,
                 grad_strides[2])
     _check_status(status, loss)
     return total
+
+
+# ---------------------------------------------------------------------------------------
+# InfoNCE over float32 products
+# ---------------------------------------------------------------------------------------
+
+def nce_unit_rows(cnp.ndarray x not None, double eps, int num_threads):
+    """(unit rows float32 (N, D) contiguous, norms float64 (N,)) of float32 rows x:
+    x / max(|x|, eps), the norm in double."""
+    _check_float(x, cnp.NPY_FLOAT32, "x")
+    if cnp.PyArray_NDIM(x) != 2:
+        raise ValueError("x: expected a 2-d array")
+    if num_threads < 1:
+        raise ValueError("num_threads: expected an integer >= 1")
+    cdef fastloss_contrastive_rows_options options
+    options.n_rows = x.shape[0]
+    options.dim = x.shape[1]
+    options.metric = FASTLOSS_METRIC_COSINE
+    options.eps = eps
+    options.num_threads = num_threads
+    cdef fastloss_index x_stride = _row_stride(x, options.n_rows, options.dim, "x")
+    cdef cnp.ndarray unit = numpy.empty((options.n_rows, options.dim), dtype=numpy.float32)
+    cdef cnp.ndarray norm = numpy.empty(options.n_rows, dtype=numpy.float64)
+    cdef const float *x_ptr = <const float *>cnp.PyArray_DATA(x)
+    cdef float *unit_ptr = <float *>cnp.PyArray_DATA(unit)
+    cdef double *norm_ptr = <double *>cnp.PyArray_DATA(norm)
+    with nogil:
+        fastloss_contrastive_unit_rows_float32(&options, x_ptr, x_stride, unit_ptr, norm_ptr)
+    return unit, norm
+
+
+def nce_unit_backward(cnp.ndarray unit not None, cnp.ndarray norm not None,
+                      cnp.ndarray grad_unit not None, cnp.ndarray grad not None, double eps,
+                      int num_threads):
+    """grad (N, D) float32 = the backward of x / max(|x|, eps) applied to grad_unit:
+    unit and grad_unit contiguous float32 (N, D), norm float64 (N,)."""
+    _check_float(grad, cnp.NPY_FLOAT32, "out")
+    if cnp.PyArray_NDIM(grad) != 2:
+        raise ValueError("out: expected a 2-d array")
+    if num_threads < 1:
+        raise ValueError("num_threads: expected an integer >= 1")
+    cdef fastloss_contrastive_rows_options options
+    options.n_rows = grad.shape[0]
+    options.dim = grad.shape[1]
+    options.metric = FASTLOSS_METRIC_COSINE
+    options.eps = eps
+    options.num_threads = num_threads
+    cdef fastloss_index n = options.n_rows, d = options.dim
+    cdef fastloss_index grad_stride = _row_stride(grad, n, d, "out", True)
+    for name, array in (("unit", unit), ("grad_unit", grad_unit)):
+        _check_float(array, cnp.NPY_FLOAT32, name)
+        if cnp.PyArray_NDIM(array) != 2 or _row_stride(array, n, d, name) != d:
+            raise ValueError(f"{name}: expected a contiguous array of shape {(n, d)}")
+        if cnp.PyArray_SIZE(grad) and _may_overlap(grad, array):
+            raise ValueError("out: overlaps an input")
+    _check_vector(norm, cnp.NPY_FLOAT64, n, "norm")
+    cdef const float *unit_ptr = <const float *>cnp.PyArray_DATA(unit)
+    cdef const double *norm_ptr = <const double *>cnp.PyArray_DATA(norm)
+    cdef const float *g_ptr = <const float *>cnp.PyArray_DATA(grad_unit)
+    cdef float *grad_ptr = <float *>cnp.PyArray_DATA(grad)
+    with nogil:
+        fastloss_contrastive_unit_backward_float32(&options, unit_ptr, norm_ptr, g_ptr, grad_ptr,
+                                                   grad_stride)
+
+
+def nce_softmax(cnp.ndarray s not None, double temperature, bint symmetric, object scale,
+                bint want_grad, int num_threads):
+    """InfoNCE's softmax over s (N, M) float32, the unit rows' products (contiguous
+    rows, M >= N): returns (row losses, column losses or None), float64 (N,), and with
+    want_grad writes over s the gradient of sum_i scale_i (row_i [+ column_i]) with
+    respect to s (scale float64: N values, or one)."""
+    _check_float(s, cnp.NPY_FLOAT32, "s")
+    if cnp.PyArray_NDIM(s) != 2:
+        raise ValueError("s: expected a 2-d array")
+    if num_threads < 1:
+        raise ValueError("num_threads: expected an integer >= 1")
+    cdef fastloss_contrastive_nce_options options
+    options.n_rows = s.shape[0]
+    options.n_cols = s.shape[1]
+    options.temperature = temperature
+    options.symmetric = symmetric
+    options.num_threads = num_threads
+    cdef fastloss_index n = options.n_rows
+    if options.n_cols < n or (symmetric and options.n_cols != n):
+        raise ValueError("s: expected at least as many columns as rows (as many, symmetric)")
+    if not (temperature > 0) or not (1.0 / temperature < 3.4e38):
+        raise ValueError("temperature: expected 1 / temperature finite in float32")
+    cdef fastloss_index s_stride = _row_stride(s, n, options.n_cols, "s", True)
+    cdef fastloss_index scale_stride = 1
+    if scale.shape[0] == 1 and n != 1:
+        scale_stride = 0
+        _check_vector(scale, cnp.NPY_FLOAT64, 1, "scale")
+    else:
+        _check_vector(scale, cnp.NPY_FLOAT64, n, "scale")
+    cdef cnp.ndarray row_loss = numpy.empty(n, dtype=numpy.float64)
+    cdef object col_loss = numpy.empty(n, dtype=numpy.float64) if symmetric else None
+    cdef float *s_ptr = <float *>cnp.PyArray_DATA(s)
+    cdef const double *scale_ptr = <const double *>cnp.PyArray_DATA(scale)
+    cdef double *row_ptr = <double *>cnp.PyArray_DATA(row_loss)
+    cdef double *col_ptr = <double *>_data_or_null(col_loss)
+    cdef int status = 0
+    with nogil:
+        status = fastloss_contrastive_nce_float32(&options, s_ptr, s_stride, scale_ptr,
+                                                  scale_stride, row_ptr, col_ptr, want_grad)
+    _check_status(status, "info_nce")
+    return row_loss, col_loss

@@ -735,8 +735,55 @@ def _redo_cancelled_rows(weights, weight_sums, other_unit, norm, grad_unit, resu
     return True
 
 
+PRECISIONS = ("input", "float64")
+
+# The float32 path reads s / temperature in float32: 1 / temperature must be finite there.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _precision_arg(precision):
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
+def _info_nce_float32(q, k, upstream, per_row, temperature, symmetric, reduction, targets,
+                      threads, want_grad):
+    """info_nce of float32 rows with float32 products: the unit rows (float32, norms in
+    double), s = q^ k^T (BLAS), one C kernel for the softmax of the rows (and columns)
+    that writes d loss / d s over s, then G @ k^ and G^T @ q^ (BLAS, the transpose
+    read in place) and the normalisation's backward."""
+    n = q.shape[0]
+    q_unit, q_norm = _kernels.nce_unit_rows(q, NORMALIZE_EPS, threads)
+    k_unit, k_norm = _kernels.nce_unit_rows(k, NORMALIZE_EPS, threads)
+    similarities = q_unit @ k_unit.T
+    half = 0.5 if symmetric else 1.0
+    if not want_grad:
+        scale = np.zeros(1)
+    elif per_row:
+        scale = np.ascontiguousarray(upstream * half, dtype=np.float64)
+    else:
+        scale = np.array([float(upstream[0]) * half / (n if reduction == "mean" else 1)])
+    row_loss, column_loss = _kernels.nce_softmax(similarities, temperature, bool(symmetric),
+                                                 scale, want_grad, threads)
+    per_query = 0.5 * (row_loss + column_loss) if symmetric else row_loss
+    if reduction == "none":
+        loss = per_query.astype(np.float32)
+    else:
+        loss = _loss_value(per_query.sum() / (n if reduction == "mean" else 1), q.dtype)
+    if not want_grad:
+        return loss, None
+    grad_logits = similarities  # the kernel wrote the gradient over the similarities
+    for (_, target, _), weights, other_unit, unit, norm in (
+            (targets[0], grad_logits, k_unit, q_unit, q_norm),
+            (targets[1], grad_logits.T, q_unit, k_unit, k_norm)):
+        grad_unit = weights @ other_unit
+        _kernels.nce_unit_backward(unit, norm, grad_unit, target, NORMALIZE_EPS, threads)
+    return loss, tuple(_finish_targets(targets))
+
+
 def _info_nce(query, key, grad_output, temperature, symmetric, reduction, out, num_threads,
-              want_grad):
+              want_grad, precision="input"):
     from fastloss.cross_entropy import cross_entropy, cross_entropy_value_and_grad
 
     arrays, dtypes, dtype = _embedding_set([("query", query), ("key", key)], same_rows=False)
@@ -752,6 +799,7 @@ def _info_nce(query, key, grad_output, temperature, symmetric, reduction, out, n
                          f"got shape {k.shape}")
     temperature = real_scalar(temperature, "temperature", low=0.0, low_open=True)
     reduction = reduction_arg(reduction)
+    precision = _precision_arg(precision)
     threads = resolve_num_threads(num_threads)
     upstream = grad_output_arg(grad_output, reduction, (n,)) if want_grad else None
     targets = []
@@ -763,6 +811,10 @@ def _info_nce(query, key, grad_output, temperature, symmetric, reduction, out, n
         for _, target, _ in targets:
             target[...] = 0
         return loss, (tuple(_finish_targets(targets)) if want_grad else None)
+    per_row = want_grad and reduction == "none" and np.ndim(grad_output) != 0
+    if dtype == np.float32 and precision == "input" and 1.0 / temperature < _FLOAT32_MAX:
+        return _info_nce_float32(q, k, upstream, per_row, temperature, symmetric, reduction,
+                                 targets, threads, want_grad)
 
     # Unit rows and similarities in float64 whatever the dtype: the logits are scaled by
     # 1 / temperature (20 by default), which would magnify float32 rounding past the
@@ -786,7 +838,6 @@ def _info_nce(query, key, grad_output, temperature, symmetric, reduction, out, n
             loss = 0.5 * (loss + cross_entropy(columns, target, **options))
         return (loss.astype(dtype) if reduction == "none" else _loss_value(loss, dtype)), None
     half = 0.5 if symmetric else 1.0
-    per_row = reduction == "none" and np.ndim(grad_output) != 0
     row_upstream = upstream * half if per_row else float(upstream[0]) * half
     # the cross-entropy kernel writes d loss / d logits over the logits
     loss, grad_logits = cross_entropy_value_and_grad(logits, target, row_upstream,
@@ -831,7 +882,7 @@ def _info_nce(query, key, grad_output, temperature, symmetric, reduction, out, n
 
 
 def info_nce(query, key, *, temperature=0.05, symmetric=False, reduction="mean",
-             num_threads=None):
+             precision="input", num_threads=None):
     """InfoNCE with in-batch negatives (van den Oord et al. 2018; CLIP with symmetric).
 
     Rows of ``query`` and ``key`` are L2-normalised (``F.normalize``, eps 1e-12),
@@ -841,12 +892,16 @@ def info_nce(query, key, *, temperature=0.05, symmetric=False, reduction="mean",
     ``symmetric=True`` (square s only) averages it with the cross-entropy of column i
     (CLIP's loss). "none" returns the per-query loss (N,); "mean" averages over N.
 
-    The N x M similarities and their gradient are computed in float64 for both dtypes
-    (the 1 / temperature scale magnifies float32 rounding past the accuracy contract);
-    the cross-entropy kernel runs on them in place (and on their transpose). The two
-    backward products ``G @ k^`` and ``G.T @ q^`` run in the inputs' dtype; for float32,
-    rows whose terms cancel (duplicated keys, a gradient along the row itself, a row
-    below eps) are recomputed in float64.
+    The products (the similarities ``q^ k^T``, and in the backward ``G k^`` and
+    ``G^T q^``) are matrix products (NumPy's BLAS) in the inputs' precision, as every
+    framework computes them; one C pass over the similarities gives the losses and
+    their gradient (the softmax of the rows and, with ``symmetric``, of the columns,
+    without a transposed copy). For float32 inputs the error is therefore the
+    accuracy contract plus the products' rounding carried through the loss
+    (docs/accuracy.rst, "Losses that multiply matrices"). ``precision="float64"``
+    computes the similarities and their cross-entropy in float64 instead (and
+    recomputes in float64 the backward rows whose terms cancel), which meets the
+    float32 contract itself, at about twice the time.
 
     Parameters
     ----------
@@ -855,24 +910,29 @@ def info_nce(query, key, *, temperature=0.05, symmetric=False, reduction="mean",
     temperature : float > 0
     symmetric : bool
     reduction : {"mean", "sum", "none"}
+    precision : {"input", "float64"}
+        The precision of the products: the inputs' (float32 for float32 inputs), or
+        float64 (the same for float64 inputs). Float32 inputs whose ``1 / temperature``
+        overflows float32 compute in float64.
     num_threads : int, optional
+        OpenMP threads of the C pass; the products use NumPy's BLAS threads.
     """
     loss, _ = _info_nce(query, key, None, temperature, symmetric, reduction, None, num_threads,
-                        False)
+                        False, precision)
     return loss
 
 
 def info_nce_grad(query, key, grad_output=1.0, *, temperature=0.05, symmetric=False,
-                  reduction="mean", out=None, num_threads=None):
+                  reduction="mean", precision="input", out=None, num_threads=None):
     """Gradient of ``grad_output * info_nce(...)`` w.r.t. ``(query, key)``; ``out`` a
     tuple of two arrays."""
     _, grads = _info_nce(query, key, grad_output, temperature, symmetric, reduction, out,
-                         num_threads, True)
+                         num_threads, True, precision)
     return grads
 
 
 def info_nce_value_and_grad(query, key, grad_output=1.0, *, temperature=0.05, symmetric=False,
-                            reduction="mean", out=None, num_threads=None):
+                            reduction="mean", precision="input", out=None, num_threads=None):
     """``(info_nce(...), info_nce_grad(...))`` from one forward and backward."""
     return _info_nce(query, key, grad_output, temperature, symmetric, reduction, out,
-                     num_threads, True)
+                     num_threads, True, precision)
