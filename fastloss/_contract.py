@@ -12,7 +12,8 @@ import dataclasses
 
 import numpy as np
 
-__all__ = ["CONTRACT", "Tolerance", "bound", "tolerance"]
+__all__ = ["CONTRACT", "UNIT_ROUNDOFF", "Tolerance", "bound", "dot_gamma",
+           "info_nce_products_bound", "tolerance"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,3 +71,123 @@ def bound(ref, rule):
     finite = np.isfinite(ref)
     scale = float(np.max(np.abs(ref[finite]))) if finite.any() else 0.0
     return rule.rtol * np.abs(ref) + rule.floor * scale + rule.atol
+
+
+# ----------------------------------------------------------------------------------------
+# Losses that multiply matrices (docs/accuracy.rst, "Losses that multiply matrices")
+# ----------------------------------------------------------------------------------------
+
+#: unit roundoff u of each precision a product may be computed in (half an ulp of 1)
+UNIT_ROUNDOFF = {_F32: 2.0**-24, _F64: 2.0**-53}
+
+#: relative roundings of one softmax entry as the float32 pass computes it from its
+#: perturbed logits (the exp, the division by the sum, the rounding to float32), with room
+ROUNDINGS_PER_SOFTMAX_ENTRY = 8
+
+# F.normalize's eps, below which a row is normalised as x / eps
+_NORMALIZE_EPS = 1e-12
+
+
+def dot_gamma(n, dtype):
+    """``gamma_n = n u / (1 - n u)``: the standard bound of a dot product of length n in
+    the precision of ``dtype`` (Higham, "Accuracy and Stability of Numerical
+    Algorithms", 2nd ed., Sec. 3.1): ``|fl(a . b) - a . b| <= gamma_n sum_k |a_k| |b_k|``
+    in any order of summation."""
+    unit = UNIT_ROUNDOFF[np.dtype(dtype)]
+    if n * unit >= 1:
+        return np.inf
+    return n * unit / (1 - n * unit)
+
+
+def info_nce_products_bound(query, key, *, temperature, symmetric=False, reduction="mean",
+                            grad_output=1.0, dtype=np.float32):
+    """What info_nce's products may add to the accuracy contract, computed in ``dtype``'s
+    precision: ``(loss, grad_query, grad_key)``, the loss's bound of the shape of the
+    loss, each gradient's elementwise (docs/accuracy.rst has the derivation; the names
+    below are its names).
+
+    With q^, k^ the unit rows (float64), A = |q^| |k^|^T, u the unit roundoff, D the
+    features, tau the temperature:
+
+    - each logit S_ij = fl(q^_i . k^_j) / tau, and the shift the softmax subtracts from
+      it, miss by at most ``eps_ij = (gamma_{D+4} A_ij + 2 u max A) / tau``;
+    - the loss of row i, ``log(1 + sum_{j != i} exp(S_ij - S_ii))``, then by
+      ``exp(4 e_i) sum_{j != i} P_ij (eps_ij + eps_ii)`` (e_i the row's largest eps_ij,
+      P its softmax): small next to the loss itself where the row has converged; a
+      column likewise with the columns' softmax Q; a query's loss is the mean of its
+      two with ``symmetric``; plus 2 u (float64) per query, the reference's own rounding
+      of ``log(sum of exps)`` near 1 (a converged loss of 1e-16);
+    - every entry of G = d loss / d S by ``rho |G|``, ``rho = expm1(2 e_i) +
+      8 u`` (row i's part; column j's with its own);
+    - G @ k^ (inner length M) by ``E_id = sum_j (rho + gamma_{M+2} (1 + rho)) |G_ij|
+      |k^_jd|``, and the normalisation's backward (g - q^ (q^ . g)) / max(|q|, eps)
+      by ``(E_id + |q^_id| (|q^_i| . E_i) + 2 u |q^_id| (|q^_i| . T_i)) / max(|q_i|,
+      eps)`` with T_id = sum_j |G_ij| |k^_jd| (the projection's own rounding); the
+      key's gradient likewise with G^T, the query rows and inner length N.
+    """
+    from fastloss import reference
+
+    unit = UNIT_ROUNDOFF[np.dtype(dtype)]
+    query = np.asarray(query, np.float64)
+    key = np.asarray(key, np.float64)
+    n_rows, dim = query.shape
+    n_keys = key.shape[0]
+    q_unit, q_norm = reference._normalize(query)
+    k_unit, k_norm = reference._normalize(key)
+    q_abs, k_abs = np.abs(q_unit), np.abs(k_unit)
+    magnitude = q_abs @ k_abs.T
+    largest = float(magnitude.max()) if magnitude.size else 0.0
+    logit_error = (dot_gamma(dim + 4, dtype) * magnitude + 2 * unit * largest) / temperature
+    logits = q_unit @ k_unit.T / temperature
+    eye = np.eye(n_rows, n_keys)
+
+    def softmax(axis):
+        shifted = np.exp(logits - logits.max(axis=axis, keepdims=True))
+        return shifted / shifted.sum(axis=axis, keepdims=True)
+
+    rows = softmax(1)
+    row_worst = logit_error.max(axis=1)
+    target_error = np.diagonal(logit_error)
+    off_target = 1.0 - eye
+    per_query = np.exp(4 * row_worst) * np.sum(
+        rows * off_target * (logit_error + target_error[:, None]), axis=1)
+    half = 0.5 if symmetric else 1.0
+    upstream = np.abs(np.broadcast_to(np.asarray(grad_output, np.float64), (n_rows,)))
+    if reduction == "mean":
+        upstream = upstream / max(n_rows, 1)
+    scale = half * upstream / temperature
+    parts = [(np.abs(rows - eye) * scale[:, None], np.expm1(2 * row_worst)[:, None])]
+    if symmetric:
+        columns = softmax(0)
+        column_worst = logit_error.max(axis=0)
+        per_query = 0.5 * (per_query + np.exp(4 * column_worst) * np.sum(
+            columns * off_target * (logit_error + target_error[None, :]), axis=0))
+        parts.append((np.abs(columns - eye) * scale[None, :],
+                      np.expm1(2 * column_worst)[None, :]))
+    # and the float64 reference's own rounding of log(sum of exps) near 1: a converged
+    # loss of 1e-16 is log(1 + 1e-16) there, which float64 gives to about its unit
+    per_query = per_query + 2 * UNIT_ROUNDOFF[_F64]
+    if reduction == "none":
+        loss = per_query
+    else:
+        loss = float(per_query.sum() if reduction == "sum" else per_query.mean())
+
+    grads = []
+    for transpose, own_abs, other_abs, norm, inner in ((False, q_abs, k_abs, q_norm, n_keys),
+                                                       (True, k_abs, q_abs, k_norm, n_rows)):
+        gamma = dot_gamma(inner + 2, dtype)
+        terms = 0.0
+        weights = 0.0
+        for size, spread in parts:
+            rho = spread + ROUNDINGS_PER_SOFTMAX_ENTRY * unit
+            terms = terms + size
+            weights = weights + (rho + gamma * (1 + rho)) * size
+        if transpose:
+            terms, weights = terms.T, weights.T
+        product_error = weights @ other_abs
+        product_terms = terms @ other_abs
+        along_error = np.sum(own_abs * product_error, axis=1, keepdims=True)
+        along_terms = np.sum(own_abs * product_terms, axis=1, keepdims=True)
+        grads.append((product_error + own_abs * along_error + 2 * unit * own_abs * along_terms)
+                     / np.maximum(norm, _NORMALIZE_EPS)[:, None])
+    return loss, grads[0], grads[1]

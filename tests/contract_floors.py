@@ -23,7 +23,7 @@ is 0, the others are the contract of those losses as the docs write it.
 
 import numpy as np
 
-from fastloss import reference
+from fastloss import _contract, reference
 from loss_specs import CONTRACT
 
 #: unit roundoff u of each dtype (half an ulp of 1)
@@ -64,46 +64,12 @@ def zero_floor(dtype, *, loss, wrt, grad_output=1.0):
 
 def info_nce_products_bound(query, key, dtype, *, temperature, symmetric=False,
                             reduction="mean", grad_output=1.0):
-    """docs/accuracy.rst's bound for info_nce's products: ``(loss, grad_query, grad_key)``,
-    each to be added to the contract's bound.
-
-    The similarities and their cross-entropy are computed in float64 for either dtype, so
-    the loss of each query may miss by ``2 gamma_D / tau`` with ``u = 2**-53`` (each
-    similarity by ``gamma_D |q^_i| |k^_j| / tau``, carried through ``sum_j |p_ij - [i = j]|
-    <= 2``), times N for ``reduction="sum"``. The backward products run in the inputs'
-    precision: each element of row i of the query's gradient may miss by
-    ``2 gamma_{M + D + 4} max_d sum_j |G_ij| |k^_jd| / (tau max(|q_i|, eps))``, ``G`` the
-    gradient with respect to the similarities (both halves when symmetric), and the key's
-    likewise with ``G^T`` and the query rows.
-    """
-    query = np.asarray(query, np.float64)
-    key = np.asarray(key, np.float64)
-    n_rows, dim = query.shape
-    q_unit, q_norm = reference._normalize(query)
-    k_unit, k_norm = reference._normalize(key)
-    similarities = q_unit @ k_unit.T / temperature
-    target = np.arange(n_rows)
-    if reduction == "mean":
-        row_scale = np.full(n_rows, float(grad_output) / max(n_rows, 1))
-    else:
-        row_scale = np.broadcast_to(np.asarray(grad_output, np.float64), (n_rows,))
-    half = 0.5 if symmetric else 1.0
-    weights = np.abs(reference.cross_entropy_grad(similarities, target, half * row_scale,
-                                                  reduction="none"))
-    if symmetric:
-        weights = weights + np.abs(reference.cross_entropy_grad(
-            similarities.T, target, half * row_scale, reduction="none")).T
-    loss_gamma = dim * UNIT_ROUNDOFF[np.dtype(np.float64)]
-    per_query = np.full(n_rows, 2.0 * loss_gamma / temperature)
-    loss = per_query if reduction == "none" else (
-        per_query.sum() if reduction == "sum" else per_query.mean() if n_rows else 0.0)
-    gamma = (similarities.shape[1] + dim + 4) * UNIT_ROUNDOFF[np.dtype(dtype)]
-    grads = []
-    for rows, other, norm in ((weights, np.abs(k_unit), q_norm),
-                              (weights.T, np.abs(q_unit), k_norm)):
-        terms = np.max(rows @ other, axis=1, keepdims=True) / temperature
-        grads.append(2.0 * gamma * terms / np.maximum(norm, NORMALIZE_EPS)[:, None])
-    return loss, grads[0], grads[1]
+    """docs/accuracy.rst's bound for info_nce's products, computed in ``dtype``'s
+    precision (fastloss._contract.info_nce_products_bound, which has the formulas):
+    ``(loss, grad_query, grad_key)``, each to be added to the contract's bound."""
+    return _contract.info_nce_products_bound(query, key, temperature=temperature,
+                                             symmetric=symmetric, reduction=reduction,
+                                             grad_output=grad_output, dtype=dtype)
 
 
 def broadcast_sum_bound(dtype, input_shape, broadcast_shape, *, pairs, reduction,
