@@ -115,8 +115,9 @@ def info_nce_products_bound(query, key, *, temperature, symmetric=False, reducti
       ``exp(4 e_i) sum_{j != i} P_ij (eps_ij + eps_ii)`` (e_i the row's largest eps_ij,
       P its softmax): small next to the loss itself where the row has converged; a
       column likewise with the columns' softmax Q; a query's loss is the mean of its
-      two with ``symmetric``; plus 2 u (float64) per query, the reference's own rounding
-      of ``log(sum of exps)`` near 1 (a converged loss of 1e-16);
+      two with ``symmetric``; plus gamma_{M+2} of float64 per query, the reference's own
+      rounding of ``log(sum of exps)`` (a converged loss near 1e-15 is the log of a
+      sum of M terms near 1);
     - every entry of G = d loss / d S by ``rho |G|``, ``rho = expm1(2 e_i) +
       8 u`` (row i's part; column j's with its own);
     - G @ k^ (inner length M) by ``E_id = sum_j (rho + gamma_{M+2} (1 + rho)) |G_ij|
@@ -164,9 +165,10 @@ def info_nce_products_bound(query, key, *, temperature, symmetric=False, reducti
             columns * off_target * (logit_error + target_error[None, :]), axis=0))
         parts.append((np.abs(columns - eye) * scale[None, :],
                       np.expm1(2 * column_worst)[None, :]))
-    # and the float64 reference's own rounding of log(sum of exps) near 1: a converged
-    # loss of 1e-16 is log(1 + 1e-16) there, which float64 gives to about its unit
-    per_query = per_query + 2 * UNIT_ROUNDOFF[_F64]
+    # and the float64 reference's own rounding of log(sum of exps): the sum of M terms
+    # near 1 (a converged row: 1 + 1e-15) carries gamma_{M+2} of float64, which a loss
+    # near 1e-15 does not have to spare
+    per_query = per_query + dot_gamma(max(n_rows, n_keys) + 2, _F64)
     if reduction == "none":
         loss = per_query
     else:
