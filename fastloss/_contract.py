@@ -12,8 +12,8 @@ import dataclasses
 
 import numpy as np
 
-__all__ = ["CONTRACT", "UNIT_ROUNDOFF", "Tolerance", "bound", "dot_gamma",
-           "info_nce_products_bound", "tolerance"]
+__all__ = ["CONTRACT", "UNIT_ROUNDOFF", "Tolerance", "all_pairs_products_bound", "bound",
+           "dot_gamma", "info_nce_products_bound", "tolerance"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,3 +193,68 @@ def info_nce_products_bound(query, key, *, temperature, symmetric=False, reducti
         grads.append((product_error + own_abs * along_error + 2 * unit * own_abs * along_terms)
                      / np.maximum(norm, _NORMALIZE_EPS)[:, None])
     return loss, grads[0], grads[1]
+
+
+def all_pairs_products_bound(x, y=None, grad_output=1.0, *, metric, labels=None,
+                             pos_margin=0.0, neg_margin=1.0, reduction=None, dtype):
+    """What the backward product of the all-pairs functions may add to the accuracy
+    contract of their gradients (docs/accuracy.rst): ``(grad_x,)`` or ``(grad_x,
+    grad_y)``, elementwise.
+
+    ``pairwise_distance`` (labels None) and ``contrastive_pairwise`` (labels given, y
+    None) form the gradient of the prepared rows p (centred on the batch mean for the
+    euclidean metrics, unit rows for the cosine) as ``r_i p_i - (W P)_i``, W the pairs'
+    coefficients (``w_ij = dL/dd_ij`` times ``1 / d_ij``, 2, or 1 for the euclidean,
+    squared and cosine distances) rounded to ``dtype`` and the product in ``dtype``'s
+    precision: the standard bound of its inner length n (the other side's rows) gives
+    ``gamma_{n+2} sum_j |w_ij| (|p_jd| + |p_id|)``, divided by ``max(|x_i|, eps)`` for the
+    cosine (the normalisation's backward).
+    """
+    from fastloss import reference
+
+    x = np.asarray(x, np.float64)
+    symmetric = y is None
+    y_rows = x if symmetric else np.asarray(y, np.float64)
+    distance = reference.pairwise_distance(x, None if symmetric else y_rows, metric=metric)
+    upstream = np.abs(np.broadcast_to(np.asarray(grad_output, np.float64), distance.shape))
+    if labels is not None:  # contrastive_pairwise: d loss / d distance of each pair
+        labels = np.asarray(labels)
+        same = labels[:, None] == labels[None, :]
+        slope = 2 * np.where(same, np.maximum(distance - pos_margin, 0),
+                             np.maximum(neg_margin - distance, 0))
+        np.fill_diagonal(slope, 0.0)
+        n_rows = x.shape[0]
+        if reduction != "none":
+            # each pair i < j once; the coefficient of both of its rows
+            per_pair = upstream / (n_rows * (n_rows - 1) // 2 if reduction == "mean"
+                                   and n_rows > 1 else 1)
+            weights = slope * per_pair
+        else:
+            weights = slope * (upstream + upstream.T)
+    else:
+        weights = upstream + upstream.T if symmetric else upstream
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if metric == "euclidean":
+            weights = np.where(distance > 0, weights / distance, 0.0)
+        elif metric == "sqeuclidean":
+            weights = 2 * weights
+    if metric == "cosine":
+        x_prepared, x_norm = reference._normalize(x)
+        y_prepared, y_norm = reference._normalize(y_rows)
+    else:
+        stacked = x if symmetric else np.concatenate([x, y_rows])
+        shift = stacked.mean(axis=0) if stacked.shape[0] else 0.0
+        x_prepared, y_prepared = x - shift, y_rows - shift
+        x_norm = y_norm = None
+    sides = [(np.abs(weights), np.abs(x_prepared), np.abs(y_prepared), x_norm)]
+    if not symmetric:
+        sides.append((np.abs(weights).T, np.abs(y_prepared), np.abs(x_prepared), y_norm))
+    bounds = []
+    for side_weights, own, other, norm in sides:
+        gamma = dot_gamma(other.shape[0] + 2, dtype)
+        terms = side_weights @ other + side_weights.sum(axis=1, keepdims=True) * own
+        bound = gamma * terms
+        if norm is not None:
+            bound = bound / np.maximum(norm, _NORMALIZE_EPS)[:, None]
+        bounds.append(bound)
+    return tuple(bounds)

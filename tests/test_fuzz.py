@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 import fastloss
 from fastloss import reference
+from fastloss._contract import all_pairs_products_bound
 
 from contract_floors import assert_close_at_scale, broadcast_sum_bound, info_nce_products_bound
 
@@ -433,11 +434,20 @@ def test_fuzz_contrastive(name, data, fused):
     embeddings = [a for a in args if a.dtype.kind == "f" and a.ndim == 2]
     value_dtype = np.result_type(*embeddings)
     dtypes = [value_dtype] + [a.dtype for a in embeddings] if fused else [value_dtype]
-    # the contracts of docs/accuracy.rst's own: info_nce multiplies matrices; a broadcast
-    # triplet_margin input sums its terms in another order than torch's
+    # the contracts of docs/accuracy.rst's own: info_nce multiplies matrices, and so do
+    # the all-pairs functions' backward; a broadcast triplet_margin input sums its terms
+    # in another order than torch's
     extra = [0.0] * len(wanted)
     if name == "info_nce":
         extra = info_nce_products_bound(*args, value_dtype, **ref_kwargs)[:len(wanted)]
+    elif name in ("pairwise_distance", "contrastive_pairwise") and fused:
+        # the gradient is a product W @ rows in the dtype: the products' bound
+        options = {k: v for k, v in ref_kwargs.items() if k != "reduction"}
+        if name == "contrastive_pairwise":
+            options.update(labels=args[1], reduction=kwargs["reduction"])
+        pair_rows = args[:1] if name == "contrastive_pairwise" else args
+        extra = [0.0] + list(all_pairs_products_bound(*pair_rows, dtype=value_dtype,
+                                                      **options))
     elif name == "triplet_margin" and fused:
         shape = np.broadcast_shapes(*(a.shape for a in args))
         extra = [0.0] + [broadcast_sum_bound(a.dtype, a.shape, shape, pairs=2,
