@@ -649,6 +649,19 @@ def _nce_fused(inputs, threads):
         x, key, symmetric=True, out=(buffers[0], buffers[1]), num_threads=threads))
 
 
+def _nce_fused_float64(inputs, threads):
+    x, key, buffers = inputs["x"], inputs["key"], inputs["buffers"]
+    return Timed(lambda: fastloss.info_nce_value_and_grad(
+        x, key, symmetric=True, precision="float64", out=(buffers[0], buffers[1]),
+        num_threads=threads), note="the similarities and their softmax in float64")
+
+
+def _nce_matmul(inputs, threads):
+    x, key = inputs["x"], inputs["key"]
+    return Timed(lambda: x @ key.T,
+                 note="info_nce's limit: three such products and one pass over their result")
+
+
 def _nce_torch(inputs, threads):
     torch = _torch()
     if torch is None:
@@ -756,6 +769,9 @@ CONTRASTIVE = Family(
         Case("fastloss.torch.contrastive_pairwise forward+backward",
              _contrastive_adapter("contrastive_pairwise"), requires="torch"),
         Case("fastloss info_nce value_and_grad (symmetric)", _nce_fused),
+        Case("fastloss info_nce value_and_grad (symmetric, precision='float64')",
+             _nce_fused_float64),
+        Case("q @ k.T (float32 matmul)", _nce_matmul),
         Case("torch info_nce (symmetric) forward+backward", _nce_torch, requires="torch"),
         Case("fastloss.torch.info_nce (symmetric) forward+backward",
              _contrastive_adapter("info_nce"), requires="torch"),
@@ -774,6 +790,10 @@ TARGETS[CONTRASTIVE.name] = (
     Target("torch / contrastive_pairwise >= 4", "torch cdist + contrastive + backward",
            "fastloss contrastive_pairwise value_and_grad (out= preallocated)", 4.0, "min",
            CP_FULL_SIZE),
+    Target("info_nce / q @ k.T <= 3.5", "fastloss info_nce value_and_grad (symmetric)",
+           "q @ k.T (float32 matmul)", 3.5, "max", CP_FULL_SIZE),
+    Target("torch / info_nce >= 1.7", "torch info_nce (symmetric) forward+backward",
+           "fastloss info_nce value_and_grad (symmetric)", 1.7, "min", CP_FULL_SIZE),
 )
 
 
