@@ -40,6 +40,18 @@ if ("GOMP_SPINCOUNT" not in _os.environ and "OMP_WAIT_POLICY" not in _os.environ
     _os.environ["GOMP_SPINCOUNT"] = "10000"
     _openmp_at_import["spincount_default_set"] = True
 
+# The other way round: OpenBLAS's threads (NumPy's BLAS) spin for 2**28 cycles (about
+# 0.1 s) after each product before they sleep, and the kernels' OpenMP threads that follow
+# a product (info_nce's pass over its similarities, between its three products) share the
+# cores with them meanwhile: measured at twice the pass's time on 2 cores.  2**15 cycles
+# (about 10 us, as GOMP_SPINCOUNT above) ends that.  Only a default, never over the
+# process's own OPENBLAS_THREAD_TIMEOUT, and set only before NumPy (and its OpenBLAS,
+# which reads it once when it loads) is imported.
+_blas_at_import = {"thread_timeout_default_set": False}
+if "OPENBLAS_THREAD_TIMEOUT" not in _os.environ and "numpy" not in __import__("sys").modules:
+    _os.environ["OPENBLAS_THREAD_TIMEOUT"] = "15"
+    _blas_at_import["thread_timeout_default_set"] = True
+
 
 def _unbuilt_checkout_error():
     """The ImportError for a copy of fastloss whose C extension was never built.
