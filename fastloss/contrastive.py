@@ -816,9 +816,11 @@ def _info_nce(query, key, grad_output, temperature, symmetric, reduction, out, n
         return _info_nce_float32(q, k, upstream, per_row, temperature, symmetric, reduction,
                                  targets, threads, want_grad)
 
-    # Unit rows and similarities in float64 whatever the dtype: the logits are scaled by
-    # 1 / temperature (20 by default), which would magnify float32 rounding past the
-    # accuracy contract. The backward products run in the dtype, as contrastive_pairwise's.
+    # float64 inputs, or precision="float64": unit rows and similarities in float64
+    # whatever the dtype, so that the 1 / temperature scale (20 by default) does not
+    # magnify float32 rounding past the accuracy contract; the cross-entropy kernel on
+    # them (and on their transpose). The backward products run in the dtype, as
+    # contrastive_pairwise's, with the rows whose terms cancel redone in float64.
     single = dtype == np.float32 and want_grad
     q_unit, q_unit_real, q_norm = _kernels.dist_prepare_rows(q, "cosine", None, NORMALIZE_EPS,
                                                              single, threads)
