@@ -234,3 +234,22 @@ def test_float32_pass_is_bit_identical_for_any_thread_count(n_rows, symmetric):
         for grad, ref, wrt, bound in zip(results[0][1], ref_grads, (query, key), bounds[1:]):
             assert_close_at_scale(grad, ref, np.float32, "grad", loss=ref_loss, wrt=wrt,
                                   extra=bound)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("side", ["query", "key"])
+def test_float32_pass_puts_nan_where_the_reference_does(symmetric, bad, side):
+    rng = np.random.default_rng(9)
+    query, key = nce_inputs(rng, 70, 70 if symmetric else 75, 3, "random")
+    (query if side == "query" else key)[2, 1] = bad
+    loss, grads = fastloss.info_nce_value_and_grad(query, key, symmetric=symmetric,
+                                                   reduction="none")
+    with np.errstate(all="ignore"):
+        ref_loss, ref_grads = reference.info_nce_value_and_grad(
+            query.astype(np.float64), key.astype(np.float64), symmetric=symmetric,
+            reduction="none")
+    assert np.isnan(ref_loss).any()
+    for ours, ref in ((loss, ref_loss),) + tuple(zip(grads, ref_grads)):
+        assert np.array_equal(np.isnan(ours), np.isnan(ref))
+        assert np.array_equal(np.isinf(ours), np.isinf(ref))
