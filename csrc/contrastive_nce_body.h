@@ -45,6 +45,67 @@ static inline double REAL_NAME(nce_loss)(double shift, double off, double target
     return log(off + exp(target - shift)) + (shift - target);
 }
 
+/* Row i's largest value of s / temperature (and, with cand, each column's candidate max
+ * raised to it). */
+static inline float REAL_NAME(nce_row_max)(const float *row, fastloss_index m, float inv_t,
+                                           float *cand)
+{
+    float top = -INFINITY;
+    if (cand) {
+#pragma omp simd reduction(max : top)
+        for (fastloss_index j = 0; j < m; ++j) {
+            const float x = row[j] * inv_t;
+            top = x > top ? x : top;
+            cand[j] = x > cand[j] ? x : cand[j];
+        }
+    } else {
+#pragma omp simd reduction(max : top)
+        for (fastloss_index j = 0; j < m; ++j) {
+            const float x = row[j] * inv_t;
+            top = x > top ? x : top;
+        }
+    }
+    return top;
+}
+
+/* Row i's sum of exp(s_ij / temperature - top) over j != i (in float64), and with gmax
+ * the columns' sums gsum_j += exp(s_ij / temperature - gmax_j), j != i.  The exps of a
+ * chunk go through a small buffer first: loops of one exp each, which the compiler
+ * vectorises (the sums' lanes, in a loop of their own, do not stop it). */
+#define NCE_CHUNK 256
+static inline double REAL_NAME(nce_row_sums)(const float *row, fastloss_index m,
+                                             fastloss_index i, float inv_t, float top,
+                                             const float *gmax, double *gsum)
+{
+    float e[NCE_CHUNK];
+    double lane[FASTLOSS_LANES] = {0.0};
+    for (int part = 0; part < 2; ++part) {
+        const fastloss_index lo = part ? i + 1 : 0, hi = part ? m : i;
+        for (fastloss_index j0 = lo; j0 < hi; j0 += NCE_CHUNK) {
+            const fastloss_index len = hi - j0 < NCE_CHUNK ? hi - j0 : NCE_CHUNK;
+            const float *chunk = row + j0;
+            if (gmax) {
+                const float *cmax = gmax + j0;
+                double *csum = gsum + j0;
+                for (fastloss_index c = 0; c < len; ++c)
+                    e[c] = fastloss_expf_nonpositive(chunk[c] * inv_t - cmax[c]);
+                for (fastloss_index c = 0; c < len; ++c)
+                    csum[c] += (double)e[c];
+            }
+            for (fastloss_index c = 0; c < len; ++c)
+                e[c] = fastloss_expf_nonpositive(chunk[c] * inv_t - top);
+            fastloss_index c = 0;
+            for (; c + FASTLOSS_LANES <= len; c += FASTLOSS_LANES)
+                for (int k = 0; k < FASTLOSS_LANES; ++k)
+                    lane[k] += (double)e[c + k];
+            for (; c < len; ++c)
+                lane[c % FASTLOSS_LANES] += (double)e[c];
+        }
+    }
+    return fastloss_lanes_total(lane);
+}
+#undef NCE_CHUNK
+
 int REAL_NAME(fastloss_contrastive_nce) FASTLOSS_CONTRASTIVE_NCE_SIGNATURE
 {
     const fastloss_index n = options->n_rows, m = options->n_cols;
@@ -84,25 +145,9 @@ int REAL_NAME(fastloss_contrastive_nce) FASTLOSS_CONTRASTIVE_NCE_SIGNATURE
 #endif
         for (fastloss_index i = 0; i < n; ++i) {
             const float *row = s + i * s_row_stride;
-            float top = -INFINITY;
-#pragma omp simd reduction(max : top)
-            for (fastloss_index j = 0; j < m; ++j) {
-                const float x = row[j] * inv_t;
-                top = x > top ? x : top;
-            }
-            double lane[FASTLOSS_LANES] = {0.0};
-            double tail = 0.0;
-            for (int part = 0; part < 2; ++part) {
-                const fastloss_index lo = part ? i + 1 : 0, hi = part ? m : i;
-                fastloss_index j = lo;
-                for (; j + FASTLOSS_LANES <= hi; j += FASTLOSS_LANES)
-                    for (int k = 0; k < FASTLOSS_LANES; ++k)
-                        lane[k] += (double)fastloss_expf_nonpositive(row[j + k] * inv_t - top);
-                for (; j < hi; ++j)
-                    tail += (double)fastloss_expf_nonpositive(row[j] * inv_t - top);
-            }
+            const float top = REAL_NAME(nce_row_max)(row, m, inv_t, NULL);
             row_max[i] = top;
-            row_off[i] = fastloss_lanes_total(lane) + tail;
+            row_off[i] = REAL_NAME(nce_row_sums)(row, m, i, inv_t, top, NULL, NULL);
             row_loss[i] = REAL_NAME(nce_loss)(top, row_off[i], row[i] * inv_t);
         }
     } else {
@@ -126,17 +171,8 @@ int REAL_NAME(fastloss_contrastive_nce) FASTLOSS_CONTRASTIVE_NCE_SIGNATURE
                 const fastloss_index i0 = b * NCE_BLOCK_ROWS;
                 const fastloss_index i1 = i0 + NCE_BLOCK_ROWS < n ? i0 + NCE_BLOCK_ROWS : n;
                 memcpy(cand, gmax, (size_t)m * sizeof(float));
-                for (fastloss_index i = i0; i < i1; ++i) {
-                    const float *row = s + i * s_row_stride;
-                    float top = -INFINITY;
-#pragma omp simd reduction(max : top)
-                    for (fastloss_index j = 0; j < m; ++j) {
-                        const float x = row[j] * inv_t;
-                        top = x > top ? x : top;
-                        cand[j] = x > cand[j] ? x : cand[j];
-                    }
-                    row_max[i] = top;
-                }
+                for (fastloss_index i = i0; i < i1; ++i)
+                    row_max[i] = REAL_NAME(nce_row_max)(s + i * s_row_stride, m, inv_t, cand);
                 /* the group's sums rescaled to the raised maxima */
                 for (fastloss_index j = 0; j < m; ++j) {
                     if (cand[j] > gmax[j]) {
@@ -146,26 +182,8 @@ int REAL_NAME(fastloss_contrastive_nce) FASTLOSS_CONTRASTIVE_NCE_SIGNATURE
                 }
                 for (fastloss_index i = i0; i < i1; ++i) {
                     const float *row = s + i * s_row_stride;
-                    const float top = row_max[i];
-                    double lane[FASTLOSS_LANES] = {0.0};
-                    double tail = 0.0;
-                    for (int part = 0; part < 2; ++part) {
-                        const fastloss_index lo = part ? i + 1 : 0, hi = part ? m : i;
-                        fastloss_index j = lo;
-                        for (; j + FASTLOSS_LANES <= hi; j += FASTLOSS_LANES)
-                            for (int k = 0; k < FASTLOSS_LANES; ++k) {
-                                const float x = row[j + k] * inv_t;
-                                lane[k] += (double)fastloss_expf_nonpositive(x - top);
-                                gsum[j + k] += (double)fastloss_expf_nonpositive(x - gmax[j + k]);
-                            }
-                        for (; j < hi; ++j) {
-                            const float x = row[j] * inv_t;
-                            tail += (double)fastloss_expf_nonpositive(x - top);
-                            gsum[j] += (double)fastloss_expf_nonpositive(x - gmax[j]);
-                        }
-                    }
-                    row_off[i] = fastloss_lanes_total(lane) + tail;
-                    row_loss[i] = REAL_NAME(nce_loss)(top, row_off[i], row[i] * inv_t);
+                    row_off[i] = REAL_NAME(nce_row_sums)(row, m, i, inv_t, row_max[i], gmax, gsum);
+                    row_loss[i] = REAL_NAME(nce_loss)(row_max[i], row_off[i], row[i] * inv_t);
                 }
             }
         }
