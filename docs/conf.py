@@ -56,7 +56,8 @@ numpydoc_show_class_members = False  # the Module classes list no torch members
 numpydoc_class_members_toctree = False
 
 # Whose ``__all__`` must be documented, each name somewhere in the pages.
-api_coverage_modules = ["fastloss", "fastloss.reference", "fastloss.torch"]
+api_coverage_modules = ["fastloss", "fastloss.reference", "fastloss.torch",
+                        "fastloss.torch.distributed"]
 
 # -- Markdown (BENCHMARKS.md is included as it is in the repository) ----------------------
 myst_heading_anchors = 3
