@@ -189,9 +189,12 @@ def cross_entropy_from_stats(stats, target, *, ignore_index=-100, reduction="mea
 
     ``stats`` covers every class of each row (cross_entropy_merge_stats of the blocks'
     statistics); ``target`` is the rows' class indices, or None when the blocks had
-    probability targets.  The other arguments, and the result, are cross_entropy's; the
-    loss equals cross_entropy on the whole logits within the accuracy contract.  A
-    non-ignored row whose target lies in no block, or in two, raises ValueError.
+    probability targets.  The other arguments are cross_entropy's, and so is the result,
+    but computed in float64 whatever the logits' dtype (the statistics are float64): a
+    Python float, or a float64 array for "none"; ``return_lse=True`` adds the per-row
+    log-sum-exp.  The loss equals cross_entropy on the whole logits within the accuracy
+    contract.  A non-ignored row whose target lies in no block, or in two, raises
+    ValueError.
     """
     loss, lse = _kernels.ce_from_stats(stats, target, ignore_index, reduction,
                                        label_smoothing, z_loss, return_lse)
