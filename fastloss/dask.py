@@ -56,6 +56,15 @@ def _as_dask(da, value, name, chunks):
     return da.from_array(array, chunks=chunks(array))
 
 
+def _chunks_like(array, layouts):
+    """The chunks of the first (shape, chunks) of ``layouts`` whose shape is the array's;
+    one chunk if none is (the shape check that follows names the argument)."""
+    for shape, chunks in layouts:
+        if array.shape == shape:
+            return chunks
+    return array.shape
+
+
 def _logits_arg(da, logits):
     # an array in memory or memory-mapped: chunks of rows of dask's default size
     logits = _as_dask(da, logits, "logits",
@@ -71,8 +80,8 @@ def _logits_arg(da, logits):
 
 def _target_arg(da, target, logits):
     """The target as a dask array chunked with the logits' rows (and classes, soft)."""
-    target = _as_dask(da, target, "target", lambda a: logits.chunks[:a.ndim]
-                      if a.ndim in (logits.ndim - 1, logits.ndim) else a.shape)
+    target = _as_dask(da, target, "target", lambda a: _chunks_like(
+        a, [(logits.shape, logits.chunks), (logits.shape[:-1], logits.chunks[:-1])]))
     soft = np.issubdtype(target.dtype, np.floating)
     expected = logits.shape if soft else logits.shape[:-1]
     if target.shape != expected:
@@ -87,8 +96,8 @@ def _target_arg(da, target, logits):
 def _weight_arg(da, weight, logits):
     if weight is None:
         return None
-    weight = _as_dask(da, weight, "weight",
-                      lambda a: logits.chunks[-1:] if a.ndim == 1 else a.shape)
+    weight = _as_dask(da, weight, "weight", lambda a: _chunks_like(
+        a, [(logits.shape[-1:], logits.chunks[-1:])]))
     if weight.shape != logits.shape[-1:]:
         raise ValueError(f"weight: expected shape {logits.shape[-1:]}, got {weight.shape}")
     return weight.rechunk(logits.chunks[-1:])
