@@ -120,13 +120,6 @@ def _indices(ndim):
     return letters, letters[:-1]
 
 
-def _rows_block(logits, target, weight=None, **options):
-    """One chunk of rows with all its classes: the in-memory kernel, loss and lse stacked."""
-    loss, lse = fastloss.cross_entropy(logits, target, weight=weight, reduction="none",
-                                       return_lse=True, **options)
-    return np.stack([loss.astype(np.float64), lse], axis=-1)
-
-
 def cross_entropy(logits, target, *, weight=None, ignore_index=-100, label_smoothing=0.0,
                   z_loss=0.0, softcap=None, return_lse=False, num_threads=None):
     """Per-row softmax cross-entropy of a dask array of logits, as a lazy dask array.
@@ -192,35 +185,77 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, label_smoot
     options = dict(ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss,
                    softcap=softcap, num_threads=num_threads)
     loss_dtype = _probe(logits, target, weight, soft, options)
-    both = _rows(da, logits, target, weight, soft, options)
+    both = _loss_and_lse(da, logits, target, weight, soft, options)
     loss = both[..., 0].astype(loss_dtype)
     return (loss, both[..., 1]) if return_lse else loss
 
 
-def _rows(da, logits, target, weight, soft, options):
-    """The (loss, lse) pairs, shape (..., 2), from chunks of whole rows."""
+# ----------------------------------------------------------------------------------------
+# The graphs: per row chunk, an array (..., 2) of each row's loss (in float64) and lse
+# ----------------------------------------------------------------------------------------
+
+_PAIR = "Z"      # the blockwise index of the (loss, lse) axis
+_FIELDS = "Y"    # the blockwise index of the statistics' fields
+
+
+def _loss_and_lse(da, logits, target, weight, soft, options):
     index, rows = _indices(logits.ndim)
-    pair = string.ascii_uppercase[0]
     arguments = [logits, index, target, index if soft else rows]
     if weight is not None:
         arguments += [weight, index[-1]]
-        block = _rows_block
-    else:
-        block = _rows_block_unweighted
-    if logits.numblocks[-1] > 1:
-        logits = logits.rechunk({logits.ndim - 1: -1})
-        arguments[0] = logits
-        if soft:
-            arguments[2] = target.rechunk(logits.chunks)
-        if weight is not None:
-            arguments[4] = weight.rechunk(-1)
-    return da.blockwise(block, rows + pair, *arguments, new_axes={pair: 2},
-                        dtype=np.float64, concatenate=True,
-                        meta=np.empty((0,) * len(rows + pair), np.float64), **options)
+    if logits.numblocks[-1] == 1:
+        return da.blockwise(_whole_rows, rows + _PAIR, *arguments, new_axes={_PAIR: 2},
+                            concatenate=True, dtype=np.float64, meta=np.empty((0,) * logits.ndim, np.float64),
+                            **options)
+    return _class_blocks(da, logits, target, soft, index, rows, arguments, options)
 
 
-def _rows_block_unweighted(logits, target, **options):
-    return _rows_block(logits, target, None, **options)
+def _whole_rows(logits, target, *weight, **options):
+    """A chunk of rows with all their classes: one call of the in-memory kernel."""
+    loss, lse = fastloss.cross_entropy(logits, target, weight=weight[0] if weight else None,
+                                       reduction="none", return_lse=True, **options)
+    return np.stack([loss.astype(np.float64), lse], axis=-1)
+
+
+def _class_blocks(da, logits, target, soft, index, rows, arguments, options):
+    """Chunks along the classes: each chunk's block statistics (a task per chunk, 9 float64
+    per row out), then per chunk of rows the merge in the class axis' order and the loss
+    from the merged statistics."""
+    block_options = dict(options)
+    z_loss = block_options.pop("z_loss")
+    # each class chunk learns its offset from the first class index of its chunk of these
+    offsets = da.arange(logits.shape[-1], chunks=logits.chunks[-1:])
+    stats = da.blockwise(
+        _block_stats, _FIELDS + index, offsets, index[-1], *arguments,
+        new_axes={_FIELDS: len(fastloss.CROSS_ENTROPY_STATS_FIELDS)},
+        adjust_chunks={index[-1]: 1}, dtype=np.float64,
+        meta=np.empty((0,) * (logits.ndim + 1), np.float64), num_classes=logits.shape[-1],
+        **block_options)
+    merge_arguments = [stats, _FIELDS + index] + ([] if soft else [target, rows])
+    return da.blockwise(
+        _merged_rows, rows + _PAIR, *merge_arguments, new_axes={_PAIR: 2}, concatenate=False,
+        dtype=np.float64, meta=np.empty((0,) * logits.ndim, np.float64),
+        ignore_index=options["ignore_index"], label_smoothing=options["label_smoothing"],
+        z_loss=z_loss)
+
+
+def _block_stats(offsets, logits, target, *weight, **options):
+    """The statistics (fields first, a trailing axis of 1: the chunk's place along the
+    classes) of one chunk of rows and classes."""
+    stats = fastloss.cross_entropy_block_stats(
+        logits, target, class_offset=int(offsets[0]), weight=weight[0] if weight else None,
+        **options)
+    return stats[..., np.newaxis]
+
+
+def _merged_rows(stats, target=None, **options):
+    """The blocks' statistics of a chunk of rows (a list over the fields' single chunk of
+    lists over the class chunks, in order), merged; the loss and lse from them."""
+    (blocks,) = stats
+    merged = fastloss.cross_entropy_merge_stats([block[..., 0] for block in blocks])
+    loss, lse = fastloss.cross_entropy_from_stats(merged, target, reduction="none",
+                                                  return_lse=True, **options)
+    return np.stack([np.asarray(loss, np.float64), lse], axis=-1)
 
 
 def logsumexp(logits, *, softcap=None, num_threads=None):
@@ -250,4 +285,4 @@ def logsumexp(logits, *, softcap=None, num_threads=None):
     options = dict(ignore_index=-100, label_smoothing=0.0, z_loss=0.0, softcap=softcap,
                    num_threads=num_threads)
     _probe(logits, target, None, False, options)
-    return _rows(da, logits, target, None, False, options)[..., 1]
+    return _loss_and_lse(da, logits, target, None, False, options)[..., 1]
