@@ -96,6 +96,32 @@ def test_class_chunks_meet_the_contract(rng, kind, case, dtype, layout):
     assert_close(got_lse, ref_lse, LSE_TOLERANCE[np.dtype(dtype)], what="lse")
 
 
+def test_class_chunks_are_never_put_together(rng, monkeypatch):
+    """Chunked along the classes, the kernel sees each chunk as it is (its statistics),
+    never a whole row: the in-memory call is not made, no rechunk is."""
+    (logits, target), options = make_ce_hard_inputs(
+        rng, np.float64, {"weight": True, "ignore_fraction": 0.2, "label_smoothing": 0.1,
+                          "z_loss": 1e-3}, (90, 40))
+    want = reference.cross_entropy(logits, target, reduction="none", **options)
+    seen = []
+    block_stats = fastloss.cross_entropy_block_stats
+
+    def recorded(logits_block, target, *, class_offset, **kwargs):
+        seen.append((logits_block.shape, class_offset))
+        return block_stats(logits_block, target, class_offset=class_offset, **kwargs)
+
+    x = da.from_array(logits, chunks=(30, (10, 25, 5)))
+    loss = fd.cross_entropy(x, target, **options)
+    assert not any("rechunk" in name for name in loss.__dask_graph__().layers)
+    monkeypatch.setattr(fd.fastloss, "cross_entropy_block_stats", recorded)
+    monkeypatch.setattr(fd.fastloss, "cross_entropy", None)
+    got = loss.compute(scheduler="sync")
+    monkeypatch.undo()
+    assert sorted(seen) == sorted(((30, w), o) for w, o in [(10, 0), (25, 10), (5, 35)]
+                                  for _ in range(3))
+    assert_close_contract(got, want, np.float64, "loss")
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("chunks", [(30, -1), (30, 8)], ids=["rows", "rows+classes"])
 @pytest.mark.parametrize("softcap", [None, 3.0])
@@ -176,7 +202,9 @@ def test_lazy_and_one_read_per_chunk(rng):
 def test_the_threaded_scheduler_runs_chunks_concurrently(rng, monkeypatch):
     """The kernel releases the GIL: two scheduler threads are inside it at the same time.
     (Were the GIL held, the calls' intervals, recorded around the kernel, could not
-    overlap, however the operating system scheduled the threads.)"""
+    overlap, however the operating system scheduled the threads.)  Soft-capping makes each
+    call about 40 ms (a tanh per logit), long against the scheduler's own work between
+    calls (a few ms), so that two calls overlap when they can."""
     logits = rng.standard_normal((8 * 4000, 1000)).astype(np.float32)
     target = rng.integers(0, 1000, 8 * 4000)
     intervals = []
@@ -188,7 +216,8 @@ def test_the_threaded_scheduler_runs_chunks_concurrently(rng, monkeypatch):
         intervals.append((start, time.perf_counter()))
         return result
 
-    loss = fd.cross_entropy(da.from_array(logits, chunks=(4000, -1)), target, num_threads=1)
+    loss = fd.cross_entropy(da.from_array(logits, chunks=(4000, -1)), target, softcap=30.0,
+                            num_threads=1)
     monkeypatch.setattr(fd.fastloss, "cross_entropy", timed)
     got = loss.compute(scheduler="threads", num_workers=2)
     monkeypatch.undo()
@@ -196,7 +225,7 @@ def test_the_threaded_scheduler_runs_chunks_concurrently(rng, monkeypatch):
     intervals.sort()
     overlaps = sum(b_start < a_end for (_, a_end), (b_start, _) in zip(intervals, intervals[1:]))
     assert overlaps > 0, f"no two chunks ran at once: {intervals}"
-    want, _ = _in_memory(logits, target, {})
+    want, _ = _in_memory(logits, target, {"softcap": 30.0})
     assert bitwise_equal(got, want)
 
 
