@@ -67,8 +67,10 @@ def _chunks_like(array, layouts):
 
 def _logits_arg(da, logits):
     # an array in memory or memory-mapped: chunks of rows of dask's default size
-    logits = _as_dask(da, logits, "logits",
-                      lambda a: ("auto",) * (a.ndim - 1) + (-1,) if a.ndim else ())
+    # (one chunk when it is empty: dask cannot size chunks of nothing, and the probe
+    # below names what is wrong with it)
+    logits = _as_dask(da, logits, "logits", lambda a: (
+        ("auto",) * (a.ndim - 1) + (-1,) if a.ndim and a.size else a.shape))
     if logits.ndim < 1:
         raise ValueError("logits: expected at least one axis (the classes, last), got a scalar")
     if logits.dtype not in (np.float32, np.float64):

@@ -175,6 +175,19 @@ def test_array_likes_and_memmaps(rng, tmp_path):
         assert bitwise_equal(got.compute(scheduler="threads"), want)
 
 
+@pytest.mark.parametrize("chunks", [-1, 2], ids=["whole", "classes"])
+def test_one_row_and_no_rows(chunks):
+    """1-D logits (one row, a 0-d loss) and zero rows, with whole rows and class chunks."""
+    row = np.array([1.0, -2.0, 3.0, 0.5])
+    got = fd.cross_entropy(da.from_array(row, chunks=chunks), 2).compute(scheduler="sync")
+    want = fastloss.cross_entropy(row, np.int64(2), reduction="none")
+    assert got.shape == () and np.isclose(got, want, rtol=1e-15, atol=0)
+    empty = da.from_array(np.zeros((0, 4)), chunks=(5, chunks))
+    for result in (fd.cross_entropy(empty, np.zeros(0, np.int64)), fd.logsumexp(empty)):
+        computed = result.compute(scheduler="sync")
+        assert computed.shape == (0,) and computed.dtype == np.float64
+
+
 def test_lazy_and_one_read_per_chunk(rng):
     """Building the graph reads nothing; computing the loss and the lse together reads each
     chunk of logits once."""
@@ -275,6 +288,9 @@ T = np.zeros(10, np.int64)
     (lambda: fd.cross_entropy(X.astype(np.int32), T), TypeError, "logits"),
     (lambda: fd.cross_entropy(np.float64(1.0), T), ValueError, "logits"),
     (lambda: fd.cross_entropy("x", T), TypeError, "logits"),
+    (lambda: fd.cross_entropy(np.zeros((3, 0)), np.zeros(3, np.int64)), ValueError,
+     "logits"),
+    (lambda: fd.cross_entropy(X, np.array(list("abcdefghij"))), TypeError, "target"),
     (lambda: fd.cross_entropy(X, np.zeros(9, np.int64)), ValueError, "target"),
     (lambda: fd.cross_entropy(X, np.zeros((10, 4), np.int64)), ValueError, "target"),
     (lambda: fd.cross_entropy(X, np.zeros((10, 3))), ValueError, "target"),
