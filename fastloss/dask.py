@@ -206,16 +206,23 @@ def _loss_and_lse(da, logits, target, weight, soft, options):
     if weight is not None:
         arguments += [weight, index[-1]]
     if logits.numblocks[-1] == 1:
+        # concatenate=False: the class axis (in no output) arrives as a list of its one
+        # chunk, unwrapped by _whole_rows; concatenating it would copy every chunk
         return da.blockwise(_whole_rows, rows + _PAIR, *arguments, new_axes={_PAIR: 2},
-                            concatenate=True, dtype=np.float64, meta=np.empty((0,) * logits.ndim, np.float64),
+                            concatenate=False, dtype=np.float64, meta=np.empty((0,) * logits.ndim, np.float64),
                             **options)
     return _class_blocks(da, logits, target, soft, index, rows, arguments, options)
 
 
 def _whole_rows(logits, target, *weight, **options):
-    """A chunk of rows with all their classes: one call of the in-memory kernel."""
-    loss, lse = fastloss.cross_entropy(logits, target, weight=weight[0] if weight else None,
-                                       reduction="none", return_lse=True, **options)
+    """A chunk of rows with all their classes: one call of the in-memory kernel.  The
+    arrays with a class axis come as a list of their one chunk along it."""
+    (logits,) = logits
+    if isinstance(target, list):   # probabilities
+        (target,) = target
+    weight = weight[0][0] if weight else None
+    loss, lse = fastloss.cross_entropy(logits, target, weight=weight, reduction="none",
+                                       return_lse=True, **options)
     return np.stack([loss.astype(np.float64), lse], axis=-1)
 
 
