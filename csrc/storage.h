@@ -133,6 +133,37 @@ FASTLOSS_INLINE double fastloss_round_float64(double value)
     return value;
 }
 
+/* float32 stored, computed in double: not a dtype code of its own (its arrays are
+ * float32's), but a tag for a second instantiation of a body over float32 arrays
+ * that computes every term in double, reading the float32 values exactly, with
+ * no float64 copy of the arrays (the elementwise family redoes a sum whose float32
+ * terms cancelled with it: elementwise.c).  A storage type computed in float
+ * (bfloat16, float16) can have its own _wide tag the same way. */
+typedef float fastloss_storage_float32_wide;
+typedef double fastloss_compute_float32_wide;
+#define FASTLOSS_STORAGE_IS_COMPUTE_float32_wide 0
+
+FASTLOSS_INLINE double fastloss_load_float32_wide(const float *array, fastloss_index i)
+{
+    return (double)array[i];
+}
+
+FASTLOSS_INLINE void fastloss_store_float32_wide(float *array, fastloss_index i, double value)
+{
+    array[i] = (float)value;
+}
+
+FASTLOSS_INLINE void fastloss_store_wide_float32_wide(float *array, fastloss_index i,
+                                                      double value)
+{
+    array[i] = (float)value;
+}
+
+FASTLOSS_INLINE double fastloss_round_float32_wide(double value)
+{
+    return (double)(float)value;
+}
+
 /* Names of a storage tag's pieces (the tag is a macro argument, expanded first). */
 #define FASTLOSS_STORAGE_T(tag) FASTLOSS_STORAGE_PASTE_(fastloss_storage_, tag)
 #define FASTLOSS_COMPUTE_T(tag) FASTLOSS_STORAGE_PASTE_(fastloss_compute_, tag)
