@@ -46,16 +46,9 @@
  * gradient row), it tests STORAGE_IS_COMPUTE and uses scratch of REAL instead.
  *
  * Done: cross-entropy (cross_entropy_*body.h), contrastive (contrastive_*body.h,
- * contrastive_row_helpers.h) and box (box_body.h).  Still to follow the pattern:
- *   - elementwise (elementwise_body.h, elementwise_impl.h, elementwise.{c,h},
- *     _elementwise.pxi): STORE_T / LOAD / STORE for pred, target, the third
- *     stream (aux: var, the ranking label), the periodic factors (weight,
- *     pos_weight, quantile) and the gradients, with REAL for the per-element
- *     value and slope functions; storage_begin.h / storage_end.h around each
- *     instantiation in elementwise_impl.h instead of `#define REAL`; one entry
- *     per operation taking the code and `void *` arrays over a [dtype] table
- *     (as box.c); the ladder in _elementwise.pxi replaced by one call with
- *     _dtype_code.
+ * contrastive_row_helpers.h), box (box_body.h) and elementwise
+ * (elementwise_body.h; its float32_wide instantiation, float32 storage computed
+ * in double, redoes a float32 sum whose terms cancelled: elementwise.c).
  * Where a body keeps a value it also stores (a rounded coefficient that later
  * sums must agree with), it keeps ROUND_WIDE(v) in REAL, not a STORE_T copy.
  */
