@@ -41,6 +41,8 @@ typedef struct fastloss_box_options {
     fastloss_index boxes2_stride;  /* likewise for boxes2 */
     int reduction;                 /* enum fastloss_reduction */
     int num_threads;               /* upper bound on OpenMP threads (>= 1) */
+    int gradients_summed;          /* 1: the caller sums the gradients over pairs (a
+                                      broadcast): no float32 pass (box_body.h) */
 } fastloss_box_options;
 
 /*

@@ -13,6 +13,7 @@ cdef extern from "box.h" nogil:
         fastloss_index boxes2_stride
         int reduction
         int num_threads
+        int gradients_summed
     int fastloss_box_forward(int dtype, const fastloss_box_options *options,
                              const void *boxes1, const void *boxes2, void *loss_per_box,
                              double *loss)
@@ -79,7 +80,7 @@ cdef int _check_box_grad(object grad, cnp.ndarray boxes1, fastloss_index stride1
 
 def box_run(str mode, str loss, cnp.ndarray boxes1 not None, cnp.ndarray boxes2 not None,
             object grad_output, object loss_per_box, object grad1, object grad2, double eps,
-            str reduction, int num_threads):
+            str reduction, int num_threads, bint gradients_summed=False):
     """Run one box-loss kernel.
 
     mode: "forward", "backward" or "value_and_grad"; loss: a key of BOX_LOSSES.
@@ -91,6 +92,8 @@ def box_run(str mode, str loss, cnp.ndarray boxes1 not None, cnp.ndarray boxes2 
     grad2: writeable C-contiguous (n, 4) arrays in the boxes' dtype, or None; either
     may be exactly boxes1 or boxes2 (in place), nothing else may overlap; a gradient mode
     needs at least one.  eps: > 0 and finite.
+    gradients_summed: the caller sums the gradients over pairs afterwards (a broadcast
+    box): the float32 kernels then compute every pair in double (csrc/box_body.h).
     Returns the reduced loss as a float (meaningless for backward or "none").
     """
     cdef int dtype = _dtype_code(boxes1, "boxes1")
@@ -117,6 +120,7 @@ def box_run(str mode, str loss, cnp.ndarray boxes1 not None, cnp.ndarray boxes2 
     options.boxes2_stride = _box_stride(boxes2, typenum, n, "boxes2")
     options.reduction = REDUCTIONS[reduction]
     options.num_threads = num_threads
+    options.gradients_summed = gradients_summed
 
     cdef fastloss_index grad_output_stride = 0
     if mode != "backward" and reduction == "none":

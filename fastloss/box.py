@@ -153,9 +153,13 @@ class _BoxProblem:
                     buffers[name] = self._grad_buffer(index, outs[name], upstream, label)
         grad1 = buffers["boxes1"][0] if "boxes1" in buffers else None
         grad2 = buffers["boxes2"][0] if "boxes2" in buffers else None
+        # a gradient summed over broadcast pairs afterwards adds up the pairs' errors:
+        # the kernel then keeps every pair in double (csrc/box_body.h's float32 pass)
+        summed = any(self.inputs[index].shape[:-1] != self.shape
+                     for index, name in enumerate(_NAMES) if name in buffers)
         total = _kernels.box_run(mode, self.kernel, self.rows[0], self.rows[1], upstream,
                                  per_box, grad1, grad2, self.eps, self.reduction,
-                                 self.num_threads)
+                                 self.num_threads, summed)
         if mode == "backward":
             loss = None
         elif per_box is None:  # a Python float holding a value of the loss's dtype
