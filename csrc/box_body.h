@@ -798,6 +798,20 @@ static double BOX(nblock)(const BOX(call) *call, fastloss_index start, fastloss_
 }
 #endif /* BOX_NARROW */
 
+#ifdef BOX_NARROW
+/* Whether a box of the n (stride apart) has x2 < x1 or y2 < y1, or a NaN side. */
+static int BOX(any_negative_side)(const STORE_T *boxes, fastloss_index stride, fastloss_index n)
+{
+    int found = 0;
+    for (fastloss_index k = 0; k < n; ++k) {
+        const float w = (float)LOAD(boxes, stride * k + 2) - (float)LOAD(boxes, stride * k);
+        const float h = (float)LOAD(boxes, stride * k + 3) - (float)LOAD(boxes, stride * k + 1);
+        found |= !(w >= 0.0f) | !(h >= 0.0f);
+    }
+    return found;
+}
+#endif
+
 /* Every block of the call, in parallel; returns the sum of the per-pair losses (in
  * block order: the same for any thread count) and in *fast_total the float path's. */
 static double BOX(pass)(const BOX(call) *call, fastloss_index n, fastloss_index n_blocks,
@@ -878,31 +892,39 @@ int RUN FASTLOSS_BOX_RUN_SIGNATURE
      * add the pairs' errors up) */
     call.narrow = !options->gradients_summed && call.stride1 != 0 && call.stride2 != 0 &&
                   call.eps >= 0x1p-100 && call.eps <= 0x1p20;
-    /* a gradient written over its boxes (in place) with a reduced loss: the sum's
-     * second pass below could no longer read them */
-    if (call.want_sum && ((const void *)grad1 == boxes1_data || (const void *)grad1 == boxes2_data ||
-                          (const void *)grad2 == boxes1_data || (const void *)grad2 == boxes2_data))
-        call.narrow = 0;
 #endif
     if (!call.want_sum && !call.loss_per_box && !call.grads)
         return FASTLOSS_OK; /* nothing asked for */
 
     int threads = fastloss_effective_threads(options->num_threads, 4 * n);
-    double fast_total = 0.0;
-    double total = BOX(pass)(&call, n, n_blocks, threads, &fast_total);
+    double fast_total = 0.0, total;
 #ifdef BOX_NARROW
-    /* every float-path loss is >= 0 and within 1.9e-6 of its own: so is their sum,
+    /* Every float-path loss is >= 0 and within 1.9e-6 of its own: so is their sum,
      * fast_total, and the total stays within the contract while fast_total <=
-     * |total|.  Double-path losses of the other sign (inverted boxes) can cancel the
-     * total below that: sum every loss again in double. */
-    if (call.narrow && call.want_sum && fast_total > fabs(total)) {
-        BOX(call) again = call;
-        again.narrow = 0;
-        again.grads = 0;
-        again.grad1 = again.grad2 = NULL;
-        again.loss_per_box = NULL;
-        total = BOX(pass)(&again, n, n_blocks, threads, &fast_total);
-    }
+     * |total|.  Double-path losses of the other sign can cancel the total below
+     * that; only a pair with a negative side has a negative loss (with every side
+     * >= 0, iou <= 1 and C >= U).  Then every loss is summed again in double: after
+     * the pass, or before it where a gradient is written over its boxes (in place)
+     * and some box has a negative (or NaN) side, so that the result is the same. */
+    BOX(call) again = call;
+    again.narrow = 0;
+    again.grads = 0;
+    again.grad1 = again.grad2 = NULL;
+    again.loss_per_box = NULL;
+    double again_total = 0.0, unused;
+    const int in_place = (const void *)grad1 == boxes1_data ||
+                         (const void *)grad1 == boxes2_data ||
+                         (const void *)grad2 == boxes1_data || (const void *)grad2 == boxes2_data;
+    const int early = call.narrow && call.want_sum && in_place &&
+                      (BOX(any_negative_side)(boxes1, call.stride1, call.stride1 ? n : 1) ||
+                       BOX(any_negative_side)(boxes2, call.stride2, call.stride2 ? n : 1));
+    if (early)
+        again_total = BOX(pass)(&again, n, n_blocks, threads, &unused);
+    total = BOX(pass)(&call, n, n_blocks, threads, &fast_total);
+    if (call.narrow && call.want_sum && fast_total > fabs(total))
+        total = early ? again_total : BOX(pass)(&again, n, n_blocks, threads, &unused);
+#else
+    total = BOX(pass)(&call, n, n_blocks, threads, &fast_total);
 #endif
     if (call.want_sum)
         /* torchvision: the mean of no pairs is 0.0 * loss.sum() = 0, their sum 0 */
