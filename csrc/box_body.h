@@ -319,16 +319,23 @@ static void BOX(store)(const double (*FASTLOSS_RESTRICT coordinate)[FASTLOSS_BOX
  */
 #define BOX_NU 0x1p-24f
 #define BOX_NARROW_TINY 0x1p-80f
+#ifndef BOX_PREFETCH
+#define BOX_PREFETCH 512
+#endif
 
 typedef struct BOX(ntile_s) {
     float in1[4][FASTLOSS_BOX_TILE];
     float in2[4][FASTLOSS_BOX_TILE];
     float upstream[FASTLOSS_BOX_TILE];
     float loss[FASTLOSS_BOX_TILE];
-    float loss_error[FASTLOSS_BOX_TILE];
-    float g1[4][FASTLOSS_BOX_TILE], e1[4][FASTLOSS_BOX_TILE];
-    float g2[4][FASTLOSS_BOX_TILE], e2[4][FASTLOSS_BOX_TILE];
-    int ok[FASTLOSS_BOX_TILE];          /* the pair is inside the checked ranges */
+    int loss_pass[FASTLOSS_BOX_TILE];   /* the loss's bound holds */
+    float g1[4][FASTLOSS_BOX_TILE];     /* the gradients (times the upstream) */
+    float g2[4][FASTLOSS_BOX_TILE];
+    /* per box, over its four components: the least 1.9e-6 (|g| - E) - E (-inf
+     * outside the checked ranges: the pair fails whatever the floor), and the
+     * largest |g| - E (0 outside them) */
+    float slack1[FASTLOSS_BOX_TILE], slack2[FASTLOSS_BOX_TILE];
+    float top1[FASTLOSS_BOX_TILE], top2[FASTLOSS_BOX_TILE];
 } BOX(ntile);
 
 FASTLOSS_INLINE float BOX(fmax0)(float a, float b) { return a > b ? a : b; }
@@ -356,7 +363,7 @@ FASTLOSS_INLINE float BOX(fmin0)(float a, float b) { return a < b ? a : b; }
 
 /* One gradient component: the intersection's or the enclosing box's part (by
  * `bounds`), plus ciou's angle part and the centre's, times the upstream. */
-#define BOX_COMPONENT(out, out_err, bounds, sign, vin, Ein, vout, Eout, extra, E_extra,    \
+#define BOX_COMPONENT(out, slack, top, bounds, sign, vin, Ein, vout, Eout, extra, E_extra, \
                       centre, E_centre)                                                     \
     do {                                                                                    \
         const float base_ = (bounds) ? (sign) * (vin) : -(sign) * (vout);                   \
@@ -364,15 +371,20 @@ FASTLOSS_INLINE float BOX(fmin0)(float a, float b) { return a < b ? a : b; }
         const float v_ = t_ + (centre);                                                     \
         const float e_ = ((bounds) ? (Ein) : (Eout)) + (E_extra) + (E_centre) +             \
                          BOX_NU * fabsf(t_) + BOX_NU * fabsf(v_) + BOX_NARROW_TINY;         \
-        out = v_ * g;                                                                       \
-        out_err = e_ * fabsf(g) * (1.0f + 4.0f * BOX_NU) + 2.0f * BOX_NU * fabsf(out) +     \
-                  0x1p-149f;                                                                \
+        const float o_ = v_ * g;                                                            \
+        const float oe_ = e_ * fabsf(g) * (1.0f + 4.0f * BOX_NU) +                          \
+                          2.0f * BOX_NU * fabsf(o_) + 0x1p-149f;                            \
+        const float low_ = BOX(fmax0)(fabsf(o_) - oe_, 0.0f);                               \
+        out = o_;                                                                           \
+        slack = BOX(fmin0)(slack, 1.9e-6f * low_ - oe_);                                    \
+        top = BOX(fmax0)(top, low_);                                                        \
     } while (0)
 
 FASTLOSS_INLINE void BOX(npair)(BOX(ntile) *FASTLOSS_RESTRICT t, fastloss_index k,
-                                const int kind, const int grads, const float eps_iou,
-                                const float eps)
+                                const int kind, const int want1, const int want2,
+                                const float eps_iou, const float eps)
 {
+    const int grads = want1 || want2;
     const float x1 = t->in1[0][k], y1 = t->in1[1][k], x2 = t->in1[2][k], y2 = t->in1[3][k];
     const float u1 = t->in2[0][k], v1 = t->in2[1][k], u2 = t->in2[2][k], v2 = t->in2[3][k];
     const float w1 = x2 - x1, h1 = y2 - y1, w2 = u2 - u1, h2 = v2 - v1;
@@ -492,9 +504,8 @@ FASTLOSS_INLINE void BOX(npair)(BOX(ntile) *FASTLOSS_RESTRICT t, fastloss_index 
         }
         E_loss += 2.0f * BOX_NU * loss;
     }
-    t->ok[k] = ok;
     t->loss[k] = loss;
-    t->loss_error[k] = E_loss + BOX_NARROW_TINY;
+    t->loss_pass[k] = ok & (E_loss + BOX_NARROW_TINY <= 1.9e-6f * loss) & (loss >= 0x1p-20f);
     if (!grads)
         return;
 
@@ -509,58 +520,72 @@ FASTLOSS_INLINE void BOX(npair)(BOX(ntile) *FASTLOSS_RESTRICT t, fastloss_index 
     BOX_OUTER(out_u1, E_out_u1, h2, kx, E_kx);
     BOX_INNER(in_v1, E_in_v1, iw, q, w2);
     BOX_OUTER(out_v1, E_out_v1, w2, ky, E_ky);
-    BOX_COMPONENT(t->g1[0][k], t->e1[0][k], x1 > u1, 1.0f, in_x1, E_in_x1, out_x1, E_out_x1,
-                  -aw1, E_aw1, hx, E_hx);
-    BOX_COMPONENT(t->g1[2][k], t->e1[2][k], x2 < u2, -1.0f, in_x1, E_in_x1, out_x1, E_out_x1,
-                  aw1, E_aw1, hx, E_hx);
-    BOX_COMPONENT(t->g1[1][k], t->e1[1][k], y1 > v1, 1.0f, in_y1, E_in_y1, out_y1, E_out_y1,
-                  -ah1, E_ah1, hy, E_hy);
-    BOX_COMPONENT(t->g1[3][k], t->e1[3][k], y2 < v2, -1.0f, in_y1, E_in_y1, out_y1, E_out_y1,
-                  ah1, E_ah1, hy, E_hy);
-    BOX_COMPONENT(t->g2[0][k], t->e2[0][k], u1 > x1, 1.0f, in_u1, E_in_u1, out_u1, E_out_u1,
-                  -aw2, E_aw2, -hx, E_hx);
-    BOX_COMPONENT(t->g2[2][k], t->e2[2][k], u2 < x2, -1.0f, in_u1, E_in_u1, out_u1, E_out_u1,
-                  aw2, E_aw2, -hx, E_hx);
-    BOX_COMPONENT(t->g2[1][k], t->e2[1][k], v1 > y1, 1.0f, in_v1, E_in_v1, out_v1, E_out_v1,
-                  -ah2, E_ah2, -hy, E_hy);
-    BOX_COMPONENT(t->g2[3][k], t->e2[3][k], v2 < y2, -1.0f, in_v1, E_in_v1, out_v1, E_out_v1,
-                  ah2, E_ah2, -hy, E_hy);
+    if (want1) {
+        float slack = ok ? INFINITY : -INFINITY, top = 0.0f;
+        BOX_COMPONENT(t->g1[0][k], slack, top, x1 > u1, 1.0f, in_x1, E_in_x1, out_x1, E_out_x1,
+                      -aw1, E_aw1, hx, E_hx);
+        BOX_COMPONENT(t->g1[2][k], slack, top, x2 < u2, -1.0f, in_x1, E_in_x1, out_x1,
+                      E_out_x1, aw1, E_aw1, hx, E_hx);
+        BOX_COMPONENT(t->g1[1][k], slack, top, y1 > v1, 1.0f, in_y1, E_in_y1, out_y1, E_out_y1,
+                      -ah1, E_ah1, hy, E_hy);
+        BOX_COMPONENT(t->g1[3][k], slack, top, y2 < v2, -1.0f, in_y1, E_in_y1, out_y1,
+                      E_out_y1, ah1, E_ah1, hy, E_hy);
+        /* NaN (an upstream out of range) fails: the comparison in BOX(nblock) */
+        t->slack1[k] = slack;
+        t->top1[k] = ok ? top : 0.0f;
+    }
+    if (want2) {
+        float slack = ok ? INFINITY : -INFINITY, top = 0.0f;
+        BOX_COMPONENT(t->g2[0][k], slack, top, u1 > x1, 1.0f, in_u1, E_in_u1, out_u1, E_out_u1,
+                      -aw2, E_aw2, -hx, E_hx);
+        BOX_COMPONENT(t->g2[2][k], slack, top, u2 < x2, -1.0f, in_u1, E_in_u1, out_u1,
+                      E_out_u1, aw2, E_aw2, -hx, E_hx);
+        BOX_COMPONENT(t->g2[1][k], slack, top, v1 > y1, 1.0f, in_v1, E_in_v1, out_v1, E_out_v1,
+                      -ah2, E_ah2, -hy, E_hy);
+        BOX_COMPONENT(t->g2[3][k], slack, top, v2 < y2, -1.0f, in_v1, E_in_v1, out_v1,
+                      E_out_v1, ah2, E_ah2, -hy, E_hy);
+        t->slack2[k] = slack;
+        t->top2[k] = ok ? top : 0.0f;
+    }
 }
 #undef BOX_INNER
 #undef BOX_OUTER
 #undef BOX_COMPONENT
 
 FASTLOSS_INLINE void BOX(ncompute_loop)(BOX(ntile) *FASTLOSS_RESTRICT t, fastloss_index m,
-                                        const int kind, const int grads, float eps_iou,
-                                        float eps)
+                                        const int kind, const int want1, const int want2,
+                                        float eps_iou, float eps)
 {
     for (fastloss_index k = 0; k < m; ++k)
-        BOX(npair)(t, k, kind, grads, eps_iou, eps);
+        BOX(npair)(t, k, kind, want1, want2, eps_iou, eps);
 }
 
+/* The tile's m pairs in float, for one loss and the gradients asked for (each
+ * combination its own straight-line loop). */
 static void BOX(ncompute)(BOX(ntile) *FASTLOSS_RESTRICT t, fastloss_index m, int kind,
-                          int grads, float eps_iou, float eps)
+                          int want1, int want2, float eps_iou, float eps)
 {
-    switch (kind * 2 + (grads != 0)) {
-    case FASTLOSS_BOX_GIOU * 2:
-        BOX(ncompute_loop)(t, m, FASTLOSS_BOX_GIOU, 0, eps_iou, eps);
+#define BOX_NCASE(KIND)                                                                     \
+    case KIND * 4:                                                                          \
+        BOX(ncompute_loop)(t, m, KIND, 0, 0, eps_iou, eps);                                 \
+        break;                                                                              \
+    case KIND * 4 + 1:                                                                      \
+        BOX(ncompute_loop)(t, m, KIND, 1, 0, eps_iou, eps);                                 \
+        break;                                                                              \
+    case KIND * 4 + 2:                                                                      \
+        BOX(ncompute_loop)(t, m, KIND, 0, 1, eps_iou, eps);                                 \
+        break;                                                                              \
+    case KIND * 4 + 3:                                                                      \
+        BOX(ncompute_loop)(t, m, KIND, 1, 1, eps_iou, eps);                                 \
         break;
-    case FASTLOSS_BOX_GIOU * 2 + 1:
-        BOX(ncompute_loop)(t, m, FASTLOSS_BOX_GIOU, 1, eps_iou, eps);
-        break;
-    case FASTLOSS_BOX_DIOU * 2:
-        BOX(ncompute_loop)(t, m, FASTLOSS_BOX_DIOU, 0, eps_iou, eps);
-        break;
-    case FASTLOSS_BOX_DIOU * 2 + 1:
-        BOX(ncompute_loop)(t, m, FASTLOSS_BOX_DIOU, 1, eps_iou, eps);
-        break;
-    case FASTLOSS_BOX_CIOU * 2:
-        BOX(ncompute_loop)(t, m, FASTLOSS_BOX_CIOU, 0, eps_iou, eps);
-        break;
+    switch (kind * 4 + (want1 != 0) + 2 * (want2 != 0)) {
+        BOX_NCASE(FASTLOSS_BOX_GIOU)
+        BOX_NCASE(FASTLOSS_BOX_DIOU)
+        BOX_NCASE(FASTLOSS_BOX_CIOU)
     default:
-        BOX(ncompute_loop)(t, m, FASTLOSS_BOX_CIOU, 1, eps_iou, eps);
         break;
     }
+#undef BOX_NCASE
 }
 
 /* m boxes of `boxes` (float storage) into the float tile's coordinate arrays. */
@@ -581,28 +606,29 @@ static void BOX(nload)(const STORE_T *FASTLOSS_RESTRICT boxes, fastloss_index st
     }
 }
 
-/* The largest |g| - E over the tile's float-path components (a lower bound of the
- * array's max|ref|), and per pair whether all four components clear the contract. */
-static void BOX(ngrad_pass)(const BOX(ntile) *FASTLOSS_RESTRICT t, fastloss_index m,
-                            const float (*FASTLOSS_RESTRICT g)[FASTLOSS_BOX_TILE],
-                            const float (*FASTLOSS_RESTRICT e)[FASTLOSS_BOX_TILE],
-                            int *FASTLOSS_RESTRICT pass)
+/* Per pair of the tile, whether its box's four components clear the contract:
+ * slack + 0.95e-6 top >= 0, top the largest |g| - E over the tile's float-path
+ * components (a lower bound of the array's max|ref|); returns whether one failed. */
+static int BOX(ngrad_pass)(fastloss_index m, const float *FASTLOSS_RESTRICT slack,
+                           const float *FASTLOSS_RESTRICT top, int *FASTLOSS_RESTRICT pass)
 {
-    float top = 0.0f;
-    for (fastloss_index k = 0; k < m; ++k)
-        for (int c = 0; c < 4; ++c) {
-            const float low = t->ok[k] ? fabsf(g[c][k]) - e[c][k] : 0.0f;
-            top = low > top ? low : top;
-        }
-    const float floor = 0.95e-6f * top;
-    for (fastloss_index k = 0; k < m; ++k) {
-        int all = t->ok[k];
-        for (int c = 0; c < 4; ++c) {
-            const float low = BOX(fmax0)(fabsf(g[c][k]) - e[c][k], 0.0f);
-            all &= e[c][k] <= 1.9e-6f * low + floor;
-        }
-        pass[k] = all;
+    float lanes[16] = {0.0f};
+    fastloss_index k = 0;
+    for (; k + 16 <= m; k += 16)
+        for (int j = 0; j < 16; ++j)
+            lanes[j] = BOX(fmax0)(lanes[j], top[k + j]);
+    for (; k < m; ++k)
+        lanes[0] = BOX(fmax0)(lanes[0], top[k]);
+    float largest = 0.0f;
+    for (int j = 0; j < 16; ++j)
+        largest = BOX(fmax0)(largest, lanes[j]);
+    const float floor = 0.95e-6f * largest;
+    int failed = 0;
+    for (k = 0; k < m; ++k) {
+        pass[k] = slack[k] + floor >= 0.0f;
+        failed |= !pass[k];
     }
+    return failed;
 }
 
 /* The float tile's gradient of m pairs interleaved into (m, 4). */
@@ -681,9 +707,9 @@ static double BOX(block)(const BOX(call) *call, fastloss_index start, fastloss_i
 #ifdef BOX_NARROW
 /* BOX(block) with the float pass (see BOX(npair)): each tile in float, then in
  * double the pairs whose bound failed, each result only where its own did.
- * *fast_sum gets the sum of the float-path losses (for RUN's check of the total). */
+ * *negative is set where a double-path loss is < 0 (for RUN's check of the total). */
 static double BOX(nblock)(const BOX(call) *call, fastloss_index start, fastloss_index end,
-                          double *fast_sum)
+                          int *negative)
 {
     BOX(ntile) nt;
     BOX(tile) wide;
@@ -691,7 +717,8 @@ static double BOX(nblock)(const BOX(call) *call, fastloss_index start, fastloss_
     int loss_pass[FASTLOSS_BOX_TILE], pass1[FASTLOSS_BOX_TILE], pass2[FASTLOSS_BOX_TILE];
     fastloss_index at[FASTLOSS_BOX_TILE];
     double lane[FASTLOSS_LANES] = {0.0};
-    double tail = 0.0, fast = 0.0;
+    double tail = 0.0;
+    int below = 0;
     const int want_loss = call->want_sum || call->loss_per_box != NULL;
     const float eps_iou = (float)call->eps_iou, eps = (float)call->eps;
     fastloss_index m;
@@ -699,6 +726,16 @@ static double BOX(nblock)(const BOX(call) *call, fastloss_index start, fastloss_
         m = end - i < FASTLOSS_BOX_TILE ? end - i : FASTLOSS_BOX_TILE;
         const STORE_T *b1 = call->boxes1 + i * call->stride1;
         const STORE_T *b2 = call->boxes2 + i * call->stride2;
+        /* the float pass is fast enough for the memory's latency to show: the boxes
+         * of the tile BOX_PREFETCH pairs ahead (contiguous rows only), and the
+         * gradient's lines there */
+        if (i + BOX_PREFETCH + m <= end && call->stride1 == 4 && call->stride2 == 4)
+            for (fastloss_index j = 0; j < m; j += 64 / (fastloss_index)(4 * sizeof(STORE_T))) {
+                __builtin_prefetch(b1 + 4 * (BOX_PREFETCH + j), 0, 0);
+                __builtin_prefetch(b2 + 4 * (BOX_PREFETCH + j), 0, 0);
+                if (call->grad1)
+                    __builtin_prefetch(call->grad1 + 4 * (i + BOX_PREFETCH + j), 1, 0);
+            }
         BOX(nload)(b1, call->stride1, m, nt.in1);
         BOX(nload)(b2, call->stride2, m, nt.in2);
         if (call->grads) {
@@ -717,28 +754,20 @@ static double BOX(nblock)(const BOX(call) *call, fastloss_index start, fastloss_
                     nt.upstream[k] = up;
             }
         }
-        BOX(ncompute)(&nt, m, call->kind, call->grads, eps_iou, eps);
+        BOX(ncompute)(&nt, m, call->kind, call->grad1 != NULL, call->grad2 != NULL, eps_iou,
+                      eps);
         int redo_loss = 0, redo1 = 0, redo2 = 0;
         if (want_loss)
             for (fastloss_index k = 0; k < m; ++k) {
-                const float l = nt.loss[k];
-                loss_pass[k] = nt.ok[k] & (nt.loss_error[k] <= 1.9e-6f * l) & (l >= 0x1p-20f);
+                loss_pass[k] = nt.loss_pass[k];
                 redo_loss |= !loss_pass[k];
-                sum_loss[k] = (double)l;
+                sum_loss[k] = (double)nt.loss[k];
             }
-        if (call->grad1) {
-            BOX(ngrad_pass)(&nt, m, (const float (*)[FASTLOSS_BOX_TILE])nt.g1,
-                            (const float (*)[FASTLOSS_BOX_TILE])nt.e1, pass1);
-            /* a NaN upstream (out of range) fails every bound */
-            for (fastloss_index k = 0; k < m; ++k)
-                redo1 |= !pass1[k];
-        }
-        if (call->grad2) {
-            BOX(ngrad_pass)(&nt, m, (const float (*)[FASTLOSS_BOX_TILE])nt.g2,
-                            (const float (*)[FASTLOSS_BOX_TILE])nt.e2, pass2);
-            for (fastloss_index k = 0; k < m; ++k)
-                redo2 |= !pass2[k];
-        }
+        /* a NaN upstream (out of range) fails every bound */
+        if (call->grad1)
+            redo1 = BOX(ngrad_pass)(m, nt.slack1, nt.top1, pass1);
+        if (call->grad2)
+            redo2 = BOX(ngrad_pass)(m, nt.slack2, nt.top2, pass2);
         if (redo_loss || redo1 || redo2) {
             /* the pairs in doubt, read again from the arrays in double, computed and
              * scattered back (rounded once to float) */
@@ -762,6 +791,7 @@ static double BOX(nblock)(const BOX(call) *call, fastloss_index start, fastloss_
                 if (redo_loss && !loss_pass[k]) {
                     nt.loss[k] = (float)wide.loss[c];
                     sum_loss[k] = wide.loss[c];
+                    below |= wide.loss[c] < 0.0;
                 }
                 if (redo1 && !pass1[k])
                     for (int j = 0; j < 4; ++j)
@@ -784,8 +814,6 @@ static double BOX(nblock)(const BOX(call) *call, fastloss_index start, fastloss_
                     lane[j] += sum_loss[k + j];
             for (; k < m; ++k)
                 tail += sum_loss[k];
-            for (k = 0; k < m; ++k)
-                fast += loss_pass[k] ? sum_loss[k] : 0.0;
         }
         /* written after the tile's boxes were read: grad1 may be boxes1 (in place) */
         if (call->grad1)
@@ -793,7 +821,7 @@ static double BOX(nblock)(const BOX(call) *call, fastloss_index start, fastloss_
         if (call->grad2)
             BOX(nstore)((const float (*)[FASTLOSS_BOX_TILE])nt.g2, m, call->grad2 + 4 * i);
     }
-    *fast_sum = fast;
+    *negative = below;
     return fastloss_lanes_total(lane) + tail;
 }
 #endif /* BOX_NARROW */
@@ -813,11 +841,13 @@ static int BOX(any_negative_side)(const STORE_T *boxes, fastloss_index stride, f
 #endif
 
 /* Every block of the call, in parallel; returns the sum of the per-pair losses (in
- * block order: the same for any thread count) and in *fast_total the float path's. */
+ * block order: the same for any thread count), and sets *negative where a double-path
+ * loss of the float pass is < 0. */
 static double BOX(pass)(const BOX(call) *call, fastloss_index n, fastloss_index n_blocks,
-                        int threads, double *fast_total)
+                        int threads, int *negative)
 {
-    double total = 0.0, fast = 0.0;
+    double total = 0.0;
+    int below = 0;
     /* Regions of at most FASTLOSS_BOX_REGION_BLOCKS blocks, one after the other: their
      * partials live on the stack, and each region's are added in block order. */
     for (fastloss_index first = 0; first < n_blocks; first += FASTLOSS_BOX_REGION_BLOCKS) {
@@ -825,7 +855,7 @@ static double BOX(pass)(const BOX(call) *call, fastloss_index n, fastloss_index 
                                          ? n_blocks - first
                                          : FASTLOSS_BOX_REGION_BLOCKS;
         double partials[FASTLOSS_BOX_REGION_BLOCKS];
-        double fast_partials[FASTLOSS_BOX_REGION_BLOCKS];
+        int negatives[FASTLOSS_BOX_REGION_BLOCKS];
         /* never more threads than blocks: a thread without a block would only cost
          * its wake-up */
         const int region_threads = threads > count ? (int)count : threads;
@@ -836,23 +866,22 @@ static double BOX(pass)(const BOX(call) *call, fastloss_index n, fastloss_index 
         for (fastloss_index b = 0; b < count; ++b) {
             const fastloss_index start = (first + b) * FASTLOSS_BOX_BLOCK;
             const fastloss_index end = n - start < FASTLOSS_BOX_BLOCK ? n : start + FASTLOSS_BOX_BLOCK;
-            fast_partials[b] = 0.0;
+            negatives[b] = 0;
 #ifdef BOX_NARROW
             if (call->narrow)
-                partials[b] = BOX(nblock)(call, start, end, &fast_partials[b]);
+                partials[b] = BOX(nblock)(call, start, end, &negatives[b]);
             else
 #endif
                 partials[b] = BOX(block)(call, start, end);
         }
-        double region = 0.0, region_fast = 0.0;
+        double region = 0.0;
         for (fastloss_index b = 0; b < count; ++b) {
             region += partials[b];
-            region_fast += fast_partials[b];
+            below |= negatives[b];
         }
         total += region;
-        fast += region_fast;
     }
-    *fast_total = fast;
+    *negative = below;
     return total;
 }
 
@@ -897,21 +926,23 @@ int RUN FASTLOSS_BOX_RUN_SIGNATURE
         return FASTLOSS_OK; /* nothing asked for */
 
     int threads = fastloss_effective_threads(options->num_threads, 4 * n);
-    double fast_total = 0.0, total;
+    int negative = 0;
+    double total;
 #ifdef BOX_NARROW
     /* Every float-path loss is >= 0 and within 1.9e-6 of its own: so is their sum,
-     * fast_total, and the total stays within the contract while fast_total <=
-     * |total|.  Double-path losses of the other sign can cancel the total below
-     * that; only a pair with a negative side has a negative loss (with every side
-     * >= 0, iou <= 1 and C >= U).  Then every loss is summed again in double: after
-     * the pass, or before it where a gradient is written over its boxes (in place)
-     * and some box has a negative (or NaN) side, so that the result is the same. */
+     * and the total keeps the contract unless double-path losses < 0 cancel it.
+     * Only a pair with a negative side has a negative loss (with every side >= 0,
+     * iou <= 1 and C >= U).  Where one is < 0 every loss is summed again in double:
+     * after the pass, or before it where a gradient is written over its boxes (in
+     * place) and some box has a negative (or NaN) side, so that the result is the
+     * same. */
     BOX(call) again = call;
     again.narrow = 0;
     again.grads = 0;
     again.grad1 = again.grad2 = NULL;
     again.loss_per_box = NULL;
-    double again_total = 0.0, unused;
+    double again_total = 0.0;
+    int unused;
     const int in_place = (const void *)grad1 == boxes1_data ||
                          (const void *)grad1 == boxes2_data ||
                          (const void *)grad2 == boxes1_data || (const void *)grad2 == boxes2_data;
@@ -920,11 +951,11 @@ int RUN FASTLOSS_BOX_RUN_SIGNATURE
                        BOX(any_negative_side)(boxes2, call.stride2, call.stride2 ? n : 1));
     if (early)
         again_total = BOX(pass)(&again, n, n_blocks, threads, &unused);
-    total = BOX(pass)(&call, n, n_blocks, threads, &fast_total);
-    if (call.narrow && call.want_sum && fast_total > fabs(total))
+    total = BOX(pass)(&call, n, n_blocks, threads, &negative);
+    if (call.narrow && call.want_sum && negative)
         total = early ? again_total : BOX(pass)(&again, n, n_blocks, threads, &unused);
 #else
-    total = BOX(pass)(&call, n, n_blocks, threads, &fast_total);
+    total = BOX(pass)(&call, n, n_blocks, threads, &negative);
 #endif
     if (call.want_sum)
         /* torchvision: the mean of no pairs is 0.0 * loss.sum() = 0, their sum 0 */
