@@ -417,7 +417,8 @@ FASTLOSS_INLINE void BOX(npair)(BOX(ntile) *FASTLOSS_RESTRICT t, fastloss_index 
     const float E_omi = overlap ? 16.0f * BOX_NU * omi : 0.0f;
     const float iou = inter * r_su;
 
-    float loss, E_loss, a, E_a, kx, ky, E_kx, E_ky;
+    float loss, E_loss, a, E_a;
+    float out_x1, E_out_x1, out_y1, E_out_y1, out_u1, E_out_u1, out_v1, E_out_v1;
     float hx = 0.0f, hy = 0.0f, E_hx = 0.0f, E_hy = 0.0f;
     float aw1 = 0.0f, ah1 = 0.0f, aw2 = 0.0f, ah2 = 0.0f;
     float E_aw1 = 0.0f, E_ah1 = 0.0f, E_aw2 = 0.0f, E_ah2 = 0.0f;
@@ -437,13 +438,35 @@ FASTLOSS_INLINE void BOX(npair)(BOX(ntile) *FASTLOSS_RESTRICT t, fastloss_index 
         const float diff = t1 - omi;
         a = diff * r_sc;
         E_a = (E_t1 + E_omi + 7.0f * BOX_NU * fabsf(diff)) * r_sc;
-        const float one_minus_pen = 1.0f - penalty;
-        const float c = one_minus_pen * r_sc;
-        const float E_c = (E_pen + BOX_NU * fabsf(one_minus_pen)) * r_sc + 6.0f * BOX_NU * fabsf(c);
-        kx = c * ch;
-        ky = c * cw;
-        E_kx = E_c * ch + 2.0f * BOX_NU * fabsf(kx);
-        E_ky = E_c * cw + 2.0f * BOX_NU * fabsf(ky);
+        /* A coordinate that bounds the enclosing box: a h1 + c ch with c = Su / Sc**2
+         * cancels (giou's own gradient is small there), so it is written as
+         *   iou h1 / Su + (Su ch - Sc h1) / Sc**2,
+         *   Su ch - Sc h1 = ch (U - cw h1) + eps (ch - h1) = ch (w2 s - q r) + eps s
+         * (cw = w1 + q, ch = h1 + s, U - cw h1 = A2 - I - q h1; disjoint: w2 h2 - q h1),
+         * a first term of one sign and a second of products of the small sides.
+         * Bounds: iou / Su 21 u, times the side 23 u; each product of two sides 5 u,
+         * the bracket 9 u of its magnitude ch (w2 s + q r) + eps s, 1 / Sc**2 11 u,
+         * the second term 21 u of that magnitude over Sc**2. */
+        const float t_iou = iou * r_su;
+        const float r_sc2 = r_sc * r_sc;
+#define BOX_GIOU_OUTER(val, err, side, enc, P1, P2, z)                                      \
+    do {                                                                                    \
+        const float t1_ = t_iou * (side);                                                   \
+        const float p1_ = (P1), p2_ = (P2);                                                 \
+        const float br_ = (enc) * (p1_ - p2_) + eps * (z);                                  \
+        const float m_ = (enc) * (p1_ + p2_) + eps * (z);                                   \
+        val = t1_ + br_ * r_sc2;                                                            \
+        err = 23.0f * BOX_NU * t1_ + 21.0f * BOX_NU * m_ * r_sc2 + BOX_NU * fabsf(val);     \
+    } while (0)
+        BOX_GIOU_OUTER(out_x1, E_out_x1, h1, ch, overlap ? w2 * s : w2 * h2,
+                       overlap ? q * r : q * h1, s);
+        BOX_GIOU_OUTER(out_y1, E_out_y1, w1, cw, overlap ? q * h2 : w2 * h2,
+                       overlap ? s * p : s * w1, q);
+        BOX_GIOU_OUTER(out_u1, E_out_u1, h2, ch, overlap ? w1 * r : area1,
+                       overlap ? p * s : p * h2, r);
+        BOX_GIOU_OUTER(out_v1, E_out_v1, w2, cw, overlap ? p * h1 : area1,
+                       overlap ? r * q : r * w2, p);
+#undef BOX_GIOU_OUTER
     } else {
         const float diagonal = cw * cw + ch * ch + eps_iou;
         const float r_d = 1.0f / diagonal;
@@ -459,10 +482,13 @@ FASTLOSS_INLINE void BOX(npair)(BOX(ntile) *FASTLOSS_RESTRICT t, fastloss_index 
         E_a = 21.0f * BOX_NU * a;
         const float c_d = 2.0f * ratio * r_d;
         const float E_cd = 2.0f * E_ratio * r_d + 8.0f * BOX_NU * c_d;
-        kx = -c_d * cw;
-        ky = -c_d * ch;
-        E_kx = E_cd * cw + 2.0f * BOX_NU * fabsf(kx);
-        E_ky = E_cd * ch + 2.0f * BOX_NU * fabsf(ky);
+        const float kx = -c_d * cw, ky = -c_d * ch;
+        const float E_kx = E_cd * cw + 2.0f * BOX_NU * fabsf(kx);
+        const float E_ky = E_cd * ch + 2.0f * BOX_NU * fabsf(ky);
+        BOX_OUTER(out_x1, E_out_x1, h1, kx, E_kx);
+        BOX_OUTER(out_y1, E_out_y1, w1, ky, E_ky);
+        BOX_OUTER(out_u1, E_out_u1, h2, kx, E_kx);
+        BOX_OUTER(out_v1, E_out_v1, w2, ky, E_ky);
         hx = dx * r_d;
         hy = dy * r_d;
         E_hx = 2.0f * BOX_NU * mx * r_d + 8.0f * BOX_NU * fabsf(hx);
@@ -510,16 +536,11 @@ FASTLOSS_INLINE void BOX(npair)(BOX(ntile) *FASTLOSS_RESTRICT t, fastloss_index 
         return;
 
     const float g = t->upstream[k];
-    float in_x1, E_in_x1, out_x1, E_out_x1, in_y1, E_in_y1, out_y1, E_out_y1;
-    float in_u1, E_in_u1, out_u1, E_out_u1, in_v1, E_in_v1, out_v1, E_out_v1;
+    float in_x1, E_in_x1, in_y1, E_in_y1, in_u1, E_in_u1, in_v1, E_in_v1;
     BOX_INNER(in_x1, E_in_x1, ih, r, h1);
-    BOX_OUTER(out_x1, E_out_x1, h1, kx, E_kx);
     BOX_INNER(in_y1, E_in_y1, iw, p, w1);
-    BOX_OUTER(out_y1, E_out_y1, w1, ky, E_ky);
     BOX_INNER(in_u1, E_in_u1, ih, s, h2);
-    BOX_OUTER(out_u1, E_out_u1, h2, kx, E_kx);
     BOX_INNER(in_v1, E_in_v1, iw, q, w2);
-    BOX_OUTER(out_v1, E_out_v1, w2, ky, E_ky);
     if (want1) {
         float slack = ok ? INFINITY : -INFINITY, top = 0.0f;
         BOX_COMPONENT(t->g1[0][k], slack, top, x1 > u1, 1.0f, in_x1, E_in_x1, out_x1, E_out_x1,
