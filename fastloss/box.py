@@ -159,7 +159,7 @@ class _BoxProblem:
                      for index, name in enumerate(_NAMES) if name in buffers)
         total = _kernels.box_run(mode, self.kernel, self.rows[0], self.rows[1], upstream,
                                  per_box, grad1, grad2, self.eps, self.reduction,
-                                 self.num_threads, summed)
+                                 self.num_threads, -1 if summed else 0)
         if mode == "backward":
             loss = None
         elif per_box is None:  # a Python float holding a value of the loss's dtype

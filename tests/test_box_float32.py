@@ -1,11 +1,12 @@
 """The float32 pass of the box losses (csrc/box_body.h, BOX_NARROW): each pair computed in
 float with an a-priori error bound, and in double where the bound cannot promise the
-accuracy contract.  Inputs chosen to take the float path (overlapping boxes of moderate
-size), to leave it (tiny or huge boxes, zero sides, ties, inverted boxes, eps outside its
-range) and to mix both in one tile, on every SIMD path, against the float64 reference;
-that each path is really taken (the forced-double kernel gives other bits on the float
-path and the same bits off it); thread invariance; forward, backward and fused calls
-agreeing bit for bit."""
+accuracy contract.  The public functions take it for ciou; the kernel's ``float_pass=1``
+takes it for all three losses, and the tests run both.  Inputs chosen to take the float
+path (overlapping boxes of moderate size), to leave it (tiny or huge boxes, zero sides,
+ties, inverted boxes, eps outside its range) and to mix both in one tile, on every SIMD
+path, against the float64 reference; that each path is really taken (the double kernel,
+``float_pass=-1``, gives other bits on the float path and the same bits off it); thread
+invariance; forward, backward and fused calls agreeing bit for bit."""
 
 import numpy as np
 import pytest
@@ -82,33 +83,51 @@ SCENARIOS = ("overlapping", "tiny", "huge", "near", "degenerate", "mixed")
 ALL_DOUBLE = ("tiny", "huge", "degenerate")  # no pair of these may take the float path
 
 
-def forced_double(kind, boxes1, boxes2, grad_output, eps, reduction):
-    """The kernel with the float pass off (as for a gradient summed over a broadcast):
-    (loss, grad1, grad2), every pair computed in double."""
+def kernel(kind, boxes1, boxes2, grad_output, eps, reduction, float_pass, threads=1,
+           mode="value_and_grad", wrt=BOTH, out=None):
+    """The kernel itself on (n, 4) float32 boxes: (loss, (grad1, grad2)), each None where
+    ``mode`` and ``wrt`` do not ask for it.  ``float_pass``: -1 every pair in double (as
+    for a gradient summed over a broadcast), 0 the public functions' choice, 1 the float
+    pass for every loss.  ``out``: (grad1, grad2) buffers (in place when they are the
+    boxes)."""
     n = len(boxes1)
-    per_box = np.empty(n, np.float32) if reduction == "none" else None
-    grad1, grad2 = np.empty_like(boxes1), np.empty_like(boxes2)
-    upstream = np.ascontiguousarray(grad_output, dtype=np.float64).reshape(-1)
-    total = _kernels.box_run("value_and_grad", kind, boxes1, boxes2, upstream, per_box,
-                             grad1, grad2, eps, reduction, 1, True)
-    return (per_box if reduction == "none" else total), grad1, grad2
+    per_box = (np.empty(n, np.float32) if reduction == "none" and mode != "backward"
+               else None)
+    grad1 = grad2 = upstream = None
+    if mode != "forward":
+        grad1, grad2 = out if out is not None else (np.empty_like(boxes1),
+                                                     np.empty_like(boxes2))
+        grad1 = grad1 if "boxes1" in wrt else None
+        grad2 = grad2 if "boxes2" in wrt else None
+        upstream = np.ascontiguousarray(grad_output, dtype=np.float64).reshape(-1)
+    total = _kernels.box_run(mode, kind, boxes1, boxes2, upstream, per_box, grad1, grad2,
+                             eps, reduction, threads, float_pass)
+    value = None if mode == "backward" else (per_box if reduction == "none" else total)
+    return value, (grad1, grad2)
 
 
-def fused(kind, boxes1, boxes2, grad_output, eps, reduction, threads=None):
-    function = getattr(fastloss, f"{kind}_loss_value_and_grad")
-    return function(boxes1, boxes2, grad_output, eps=eps, reduction=reduction, wrt=BOTH,
-                    num_threads=threads)
+def forced_double(kind, boxes1, boxes2, grad_output, eps, reduction):
+    value, (grad1, grad2) = kernel(kind, boxes1, boxes2, grad_output, eps, reduction, -1)
+    return value, grad1, grad2
+
+
+def fused(kind, boxes1, boxes2, grad_output, eps, reduction, threads=1, float_pass=1):
+    return kernel(kind, boxes1, boxes2, grad_output, eps, reduction, float_pass, threads)
 
 
 def check_contract(kind, boxes1, boxes2, grad_output, eps, reduction):
-    value, grads = fused(kind, boxes1, boxes2, grad_output, eps, reduction)
+    """The float pass (every loss) and the public function against the reference."""
     ref_value, ref_grads = getattr(reference, f"{kind}_loss_value_and_grad")(
         boxes1.astype(np.float64), boxes2.astype(np.float64), grad_output, eps=eps,
         reduction=reduction, wrt=BOTH)
-    assert_close_contract(value, ref_value, np.float32, "loss")
-    for name, got, want in zip(BOTH, grads, ref_grads):
-        assert_close_contract(got, want, np.float32, "grad", what=f"grad {name}")
-    return value, grads
+    public = getattr(fastloss, f"{kind}_loss_value_and_grad")
+    for value, grads in (fused(kind, boxes1, boxes2, grad_output, eps, reduction),
+                         public(boxes1, boxes2, grad_output, eps=eps, reduction=reduction,
+                                wrt=BOTH)):
+        assert_close_contract(value, ref_value, np.float32, "loss")
+        for name, got, want in zip(BOTH, grads, ref_grads):
+            assert_close_contract(got, want, np.float32, "grad", what=f"grad {name}")
+    return fused(kind, boxes1, boxes2, grad_output, eps, reduction)
 
 
 @kinds
@@ -165,6 +184,13 @@ def test_each_path_is_taken(simd_path, kind, name, rng):
         assert (~same).mean() > 0.5
     elif name == "mixed":
         assert 0 < same.sum() < n
+    # the public functions: the float pass for ciou, double for giou and diou
+    public_value, public_grads = getattr(fastloss, f"{kind}_loss_value_and_grad")(
+        boxes1, boxes2, upstream, reduction="none", wrt=BOTH)
+    chosen = (value, grads) if kind == "ciou" else (want[0], want[1:])
+    assert bitwise_equal(public_value, chosen[0])
+    assert bitwise_equal(public_grads[0], chosen[1][0])
+    assert bitwise_equal(public_grads[1], chosen[1][1])
 
 
 @kinds
@@ -186,15 +212,17 @@ def test_forward_backward_and_fused_agree(kind, name, rng):
     # Each result takes the path its own bound chose: the loss alone, one gradient alone
     # or both give the same bits.
     boxes1, boxes2 = scenario(name, rng, 900)
-    loss, grad, value_and_grad = (getattr(fastloss, f"{kind}_loss{suffix}")
-                                  for suffix in ("", "_grad", "_value_and_grad"))
     for reduction in ("none", "mean"):
-        value, grads = value_and_grad(boxes1, boxes2, reduction=reduction, wrt=BOTH)
-        assert bitwise_equal(np.asarray(loss(boxes1, boxes2, reduction=reduction)),
-                             np.asarray(value))
-        assert bitwise_equal(grad(boxes1, boxes2, reduction=reduction), grads[0])
-        assert bitwise_equal(grad(boxes1, boxes2, reduction=reduction, wrt="boxes2"), grads[1])
-        alone, first = value_and_grad(boxes1, boxes2, reduction=reduction)
+        upstream = rng.uniform(0.5, 2.0, 900) if reduction == "none" else 1.0
+        run = lambda **how: kernel(kind, boxes1, boxes2, upstream, 1e-7, reduction, 1,  # noqa: E731
+                                   **how)
+        value, grads = run()
+        assert bitwise_equal(np.asarray(run(mode="forward")[0]), np.asarray(value))
+        both = run(mode="backward")[1]
+        assert bitwise_equal(both[0], grads[0]) and bitwise_equal(both[1], grads[1])
+        assert bitwise_equal(run(mode="backward", wrt=("boxes1",))[1][0], grads[0])
+        assert bitwise_equal(run(mode="backward", wrt=("boxes2",))[1][1], grads[1])
+        alone, (first, _) = run(wrt=("boxes1",))
         assert bitwise_equal(np.asarray(alone), np.asarray(value))
         assert bitwise_equal(first, grads[0])
 
@@ -210,8 +238,8 @@ def test_inverted_boxes_cancelling_the_sum(kind, rng):
     for reduction in ("sum", "mean"):
         value, grads = check_contract(kind, boxes1, boxes2, 1.0, 1e-7, reduction)
         work1, work2 = boxes1.copy(), boxes2.copy()
-        function = getattr(fastloss, f"{kind}_loss_value_and_grad")
-        again, _ = function(work1, work2, reduction=reduction, wrt=BOTH, out=(work1, work2))
+        again, _ = kernel(kind, work1, work2, 1.0, 1e-7, reduction, 1,
+                          out=(work1, work2))
         assert again == value
         assert bitwise_equal(work1, grads[0]) and bitwise_equal(work2, grads[1])
 
@@ -223,7 +251,8 @@ def test_broadcast_gradients_stay_in_double(kind, rng):
     # float pass's errors up)
     boxes1, boxes2 = scenario("overlapping", rng, 400)
     one = boxes1[:1]
-    value, grads = fused(kind, one, boxes2, 1.0, 1e-7, "sum")
+    function = getattr(fastloss, f"{kind}_loss_value_and_grad")
+    value, grads = function(one, boxes2, eps=1e-7, reduction="sum", wrt=BOTH)
     ref_value, ref_grads = getattr(reference, f"{kind}_loss_value_and_grad")(
         one.astype(np.float64), boxes2.astype(np.float64), eps=1e-7, reduction="sum",
         wrt=BOTH)
@@ -231,7 +260,7 @@ def test_broadcast_gradients_stay_in_double(kind, rng):
     for got, want in zip(grads, ref_grads):
         assert_close_contract(got, want, np.float32, "grad")
     left, right = boxes1[:20, None], boxes2[None, :20]
-    value, grads = fused(kind, left, right, 1.0, 1e-7, "mean")
+    value, grads = function(left, right, eps=1e-7, reduction="mean", wrt=BOTH)
     ref_value, ref_grads = getattr(reference, f"{kind}_loss_value_and_grad")(
         left.astype(np.float64), right.astype(np.float64), eps=1e-7, reduction="mean",
         wrt=BOTH)
