@@ -67,7 +67,7 @@ int fastloss_cross_entropy_forward(int dtype, const fastloss_ce_options *options
     const fastloss_ce_run run = ce_kernel(dtype);
     if (!run)
         return FASTLOSS_ERROR_BAD_DTYPE;
-    return run(options, logits, logits_row_stride, target, soft_target, soft_target_row_stride,
+    return run(CE_MODE_ROWS, NULL, NULL, options, logits, logits_row_stride, target, soft_target, soft_target_row_stride,
                weight, NULL, NULL, 0, loss_per_row, lse, loss, NULL, 0);
 }
 
@@ -82,7 +82,7 @@ int fastloss_cross_entropy_backward(int dtype, const fastloss_ce_options *option
     const fastloss_ce_run run = ce_kernel(dtype);
     if (!run)
         return FASTLOSS_ERROR_BAD_DTYPE;
-    return run(options, logits, logits_row_stride, target, soft_target, soft_target_row_stride,
+    return run(CE_MODE_ROWS, NULL, NULL, options, logits, logits_row_stride, target, soft_target, soft_target_row_stride,
                weight, lse, grad_output, grad_output_stride, NULL, NULL, NULL, grad,
                grad_row_stride);
 }
@@ -99,7 +99,154 @@ int fastloss_cross_entropy_value_and_grad(int dtype, const fastloss_ce_options *
     const fastloss_ce_run run = ce_kernel(dtype);
     if (!run)
         return FASTLOSS_ERROR_BAD_DTYPE;
-    return run(options, logits, logits_row_stride, target, soft_target, soft_target_row_stride,
+    return run(CE_MODE_ROWS, NULL, NULL, options, logits, logits_row_stride, target, soft_target, soft_target_row_stride,
                weight, NULL, grad_output, grad_output_stride, loss_per_row, lse, loss, grad,
                grad_row_stride);
+}
+
+int fastloss_cross_entropy_block_stats(int dtype, const fastloss_ce_options *options,
+                                       const void *logits, fastloss_index logits_row_stride,
+                                       const int64_t *target, const void *soft_target,
+                                       fastloss_index soft_target_row_stride, const void *weight,
+                                       double *stats)
+{
+    const fastloss_ce_run run = ce_kernel(dtype);
+    if (!run)
+        return FASTLOSS_ERROR_BAD_DTYPE;
+    return run(CE_MODE_BLOCK_STATS, NULL, stats, options, logits, logits_row_stride, target,
+               soft_target, soft_target_row_stride, weight, NULL, NULL, 0, NULL, NULL, NULL,
+               NULL, 0);
+}
+
+int fastloss_cross_entropy_grad_from_stats(int dtype, const fastloss_ce_options *options,
+                                           const void *logits, fastloss_index logits_row_stride,
+                                           const int64_t *target, const void *soft_target,
+                                           fastloss_index soft_target_row_stride,
+                                           const void *weight, const double *stats,
+                                           const double *grad_output,
+                                           fastloss_index grad_output_stride, void *grad,
+                                           fastloss_index grad_row_stride)
+{
+    const fastloss_ce_run run = ce_kernel(dtype);
+    if (!run)
+        return FASTLOSS_ERROR_BAD_DTYPE;
+    return run(CE_MODE_BLOCK_GRAD, stats, NULL, options, logits, logits_row_stride, target,
+               soft_target, soft_target_row_stride, weight, NULL, grad_output,
+               grad_output_stride, NULL, NULL, NULL, grad, grad_row_stride);
+}
+
+/* One record of `stats` (row i of n_rows) rebased onto new_max, in place. */
+static void ce_rebase_record(double *stats, fastloss_index n_rows, fastloss_index i,
+                             double new_max)
+{
+    ce_rebase(stats[FASTLOSS_CE_STAT_MAX * n_rows + i], new_max, 1,
+              stats[FASTLOSS_CE_STAT_MASS * n_rows + i], &stats[FASTLOSS_CE_STAT_SUM * n_rows + i],
+              &stats[FASTLOSS_CE_STAT_SUM_OTHERS * n_rows + i],
+              &stats[FASTLOSS_CE_STAT_DIST * n_rows + i]);
+    stats[FASTLOSS_CE_STAT_MAX * n_rows + i] = new_max;
+}
+
+void fastloss_cross_entropy_rebase_stats(fastloss_index n_rows, double *stats,
+                                         const double *new_max)
+{
+    for (fastloss_index i = 0; i < n_rows; ++i)
+        ce_rebase_record(stats, n_rows, i, new_max[i]);
+}
+
+void fastloss_cross_entropy_merge_stats(fastloss_index n_rows, fastloss_index n_blocks,
+                                        const double *const *blocks, double *merged)
+{
+    for (fastloss_index i = 0; i < n_rows; ++i) {
+        double new_max = -INFINITY;
+        for (fastloss_index k = 0; k < n_blocks; ++k)
+            new_max = ce_max_merge(new_max, blocks[k][FASTLOSS_CE_STAT_MAX * n_rows + i]);
+        double acc[FASTLOSS_CE_STATS_FIELDS] = {0.0};
+        for (fastloss_index k = 0; k < n_blocks; ++k) {
+            double record[FASTLOSS_CE_STATS_FIELDS];
+            for (int f = 0; f < FASTLOSS_CE_STATS_FIELDS; ++f)
+                record[f] = blocks[k][f * n_rows + i];
+            ce_rebase(record[FASTLOSS_CE_STAT_MAX], new_max, 1, record[FASTLOSS_CE_STAT_MASS],
+                      &record[FASTLOSS_CE_STAT_SUM], &record[FASTLOSS_CE_STAT_SUM_OTHERS],
+                      &record[FASTLOSS_CE_STAT_DIST]);
+            for (int f = 1; f < FASTLOSS_CE_STATS_FIELDS; ++f)
+                acc[f] += record[f];
+        }
+        acc[FASTLOSS_CE_STAT_MAX] = new_max;
+        for (int f = 0; f < FASTLOSS_CE_STATS_FIELDS; ++f)
+            merged[f * n_rows + i] = acc[f];
+    }
+}
+
+int fastloss_cross_entropy_from_stats(const fastloss_ce_options *options, const double *stats,
+                                      const int64_t *target, double *loss_per_row, double *lse,
+                                      double *loss)
+{
+    const fastloss_index n_rows = options->n_rows;
+    const int soft = target == NULL;
+    const double one = 1.0;
+    double *rows = malloc(2 * (size_t)(n_rows > 0 ? n_rows : 1) * sizeof(double));
+    if (!rows)
+        return FASTLOSS_ERROR_NO_MEMORY;
+    double *row_ce = rows, *row_z = rows + n_rows;
+    /* the mean's denominators in row order, as the runner counts them */
+    double n_valid = (double)n_rows, weight_sum = (double)n_rows;
+    if (!soft) {
+        n_valid = 0.0;
+        weight_sum = 0.0;
+        for (fastloss_index i = 0; i < n_rows; ++i) {
+            if (target[i] == options->ignore_index)
+                continue;
+            n_valid += 1.0;
+            weight_sum += stats[FASTLOSS_CE_STAT_TARGET_WEIGHT * n_rows + i];
+        }
+    }
+    ce_call call = {0};
+    call.n_classes = options->total_classes;
+    call.total_classes = options->total_classes;
+    call.ignore_index = options->ignore_index;
+    call.soft = soft;
+    call.reduction = options->reduction;
+    call.smoothing = options->label_smoothing;
+    call.z_loss = options->z_loss;
+    call.grad_output = &one;
+    call.ce_factor = 1.0;
+    call.z_factor = 1.0;
+    for (fastloss_index i = 0; i < n_rows; ++i) {
+        if (!soft && target[i] == options->ignore_index) {
+            row_ce[i] = row_z[i] = 0.0;
+            if (lse)
+                lse[i] = 0.0;
+            continue;
+        }
+        ce_row_stats row;
+        ce_row_coef coef;
+        row.max = stats[FASTLOSS_CE_STAT_MAX * n_rows + i];
+        row.sum = stats[FASTLOSS_CE_STAT_SUM * n_rows + i];
+        row.log_sum = log(row.sum);
+        row.dist = stats[FASTLOSS_CE_STAT_DIST * n_rows + i];
+        row.mass = stats[FASTLOSS_CE_STAT_MASS * n_rows + i];
+        row.excl = stats[FASTLOSS_CE_STAT_SUM_OTHERS * n_rows + i];
+        /* the coefficients of the float64 rows: the same formulas in double */
+        ce_coefficients_f64_f64_baseline(&call, &row,
+                                         stats[FASTLOSS_CE_STAT_TARGET_LOGIT * n_rows + i],
+                                         stats[FASTLOSS_CE_STAT_TARGET_WEIGHT * n_rows + i], 0,
+                                         &coef);
+        row_ce[i] = coef.ce;
+        row_z[i] = coef.z_term;
+        if (lse)
+            lse[i] = coef.lse;
+    }
+    if (loss_per_row)
+        for (fastloss_index i = 0; i < n_rows; ++i)
+            loss_per_row[i] = row_ce[i] + row_z[i];
+    if (loss) {
+        const double ce_total = fastloss_sum_float64(row_ce, n_rows);
+        const double z_total = fastloss_sum_float64(row_z, n_rows);
+        if (options->reduction == FASTLOSS_REDUCTION_MEAN)
+            *loss = ce_total / weight_sum + (options->z_loss > 0.0 ? z_total / n_valid : 0.0);
+        else
+            *loss = ce_total + z_total;
+    }
+    free(rows);
+    return FASTLOSS_OK;
 }

@@ -33,9 +33,36 @@ typedef struct fastloss_ce_options {
     int reduction;                /* enum fastloss_reduction */
     int num_threads;              /* upper bound on OpenMP threads (>= 1) */
     fastloss_index *bad_target;   /* OUT, or NULL: the first row whose hard target is
-                                     outside [0, n_classes) and not ignore_index, when
-                                     a call returns FASTLOSS_ERROR_BAD_TARGET */
+                                     outside [0, total_classes) and not ignore_index,
+                                     when a call returns FASTLOSS_ERROR_BAD_TARGET */
+    /* Blocks of classes (block statistics, and the gradient from merged statistics):
+     * the logits are the classes [class_offset, class_offset + n_classes) of rows of
+     * total_classes classes; hard targets are global indices, soft targets and weight
+     * the block's own.  A whole row is class_offset 0, total_classes n_classes (or 0,
+     * which means the same). */
+    fastloss_index class_offset;
+    fastloss_index total_classes;
 } fastloss_ce_options;
+
+/*
+ * Block statistics: FASTLOSS_CE_STATS_FIELDS float64 arrays of n_rows values, field f
+ * of row i at stats[f * n_rows + i] (the layout of the NumPy array (fields, rows)).
+ * Sums are relative to the shift s = max (0 when max is -inf); u are the smoothing
+ * weights (w_c with label smoothing and hard targets, w_c q'_c with soft targets).
+ * docs/block_statistics.rst describes them; fastloss.reference computes them.
+ */
+enum fastloss_ce_stat {
+    FASTLOSS_CE_STAT_MAX = 0,           /* max_c y_c (merged by maximum) */
+    FASTLOSS_CE_STAT_SUM = 1,           /* sum_c exp(y_c - s) */
+    FASTLOSS_CE_STAT_SUM_OTHERS = 2,    /* the same without the hard target's term */
+    FASTLOSS_CE_STAT_DIST = 3,          /* sum_c u_c (s - y_c) */
+    FASTLOSS_CE_STAT_MASS = 4,          /* sum_c u_c */
+    FASTLOSS_CE_STAT_TARGET_LOGIT = 5,  /* y_t when t is in the block, else 0 */
+    FASTLOSS_CE_STAT_TARGET_WEIGHT = 6, /* w_t when t is in the block, else 0 */
+    FASTLOSS_CE_STAT_TARGET_COUNT = 7,  /* 1 when t is in the block, else 0 */
+    FASTLOSS_CE_STAT_CLASSES = 8,       /* the block's width */
+    FASTLOSS_CE_STATS_FIELDS = 9
+};
 
 /*
  * Arguments shared by the three entry points (IN unless marked OUT):
@@ -84,6 +111,45 @@ int fastloss_cross_entropy_value_and_grad(
     const void *weight, const double *grad_output, fastloss_index grad_output_stride,
     double *loss_per_row, double *lse, double *loss,
     void *grad, fastloss_index grad_row_stride);
+
+/* The statistics of the block of classes options->class_offset + [0, n_classes) of
+ * every row into `stats` (OUT, FASTLOSS_CE_STATS_FIELDS x n_rows).  Ignored rows get
+ * the neutral record (max -inf, sums 0, their width).  Errors as the forward's. */
+int fastloss_cross_entropy_block_stats(
+    int dtype, const fastloss_ce_options *options,
+    const void *logits, fastloss_index logits_row_stride,
+    const int64_t *target, const void *soft_target, fastloss_index soft_target_row_stride,
+    const void *weight, double *stats);
+
+/* The gradient of a block (options->class_offset, n_classes wide) from the statistics
+ * of the whole rows (merged): one read of the block, one write.  options->total_classes
+ * is the merged `classes`; every non-ignored hard row's merged target_count must be 1
+ * (the caller checks).  Arguments as fastloss_cross_entropy_backward's. */
+int fastloss_cross_entropy_grad_from_stats(
+    int dtype, const fastloss_ce_options *options,
+    const void *logits, fastloss_index logits_row_stride,
+    const int64_t *target, const void *soft_target, fastloss_index soft_target_row_stride,
+    const void *weight, const double *stats,
+    const double *grad_output, fastloss_index grad_output_stride,
+    void *grad, fastloss_index grad_row_stride);
+
+/* stats (IN/OUT, n_rows records) rebased onto new_max (n_rows values, each >= the
+ * record's max): the sums become relative to it. */
+void fastloss_cross_entropy_rebase_stats(fastloss_index n_rows, double *stats,
+                                         const double *new_max);
+
+/* The merge of n_blocks records of n_rows rows (blocks[k], each FIELDS x n_rows) into
+ * merged (OUT, which may be none of the blocks), in block order. */
+void fastloss_cross_entropy_merge_stats(fastloss_index n_rows, fastloss_index n_blocks,
+                                        const double *const *blocks, double *merged);
+
+/* The loss from merged statistics: soft (no hard targets; target NULL) or hard
+ * (target: the rows' class indices, ignore_index per options).  options->total_classes
+ * is the merged `classes`; n_classes, softcap and num_threads are not read.  Outputs as
+ * the forward's (loss_per_row, lse and loss may each be NULL). */
+int fastloss_cross_entropy_from_stats(const fastloss_ce_options *options, const double *stats,
+                                      const int64_t *target, double *loss_per_row, double *lse,
+                                      double *loss);
 
 #ifdef __cplusplus
 }

@@ -13,6 +13,10 @@
 /* What the threads of one call share (set up by RUN, read by RUN_ROWS). */
 typedef struct RUN_JOB {
     const ce_call *call;
+    int block_mode;                 /* CE_MODE_* */
+    fastloss_index class_offset;
+    const double *stats_in;         /* CE_MODE_BLOCK_GRAD: the merged statistics */
+    double *stats_out;              /* CE_MODE_BLOCK_STATS: the block's statistics */
     const STORE_T *logits;
     fastloss_index logits_row_stride;
     const int64_t *target;
@@ -80,11 +84,14 @@ static void RUN_ROWS(const RUN_JOB *job, int thread, int n_threads)
                                      (REAL *)tile, lanes, row_ce, row_z, row_lse);
         return;
     }
+    const int block_mode = job->block_mode;
+    const double *stats_in = job->stats_in;
+    double *stats_out = job->stats_out;
     for (fastloss_index i = begin; i < end; ++i) {
         const STORE_T *x = logits + i * logits_row_stride;
         const STORE_T *q = soft ? soft_target + i * soft_target_row_stride : NULL;
         STORE_T *g = grad ? grad + i * grad_row_stride : NULL;
-        fastloss_index t = -1;
+        fastloss_index t = -1; /* the hard target's position in the row read, or -1 */
         double target_weight = 1.0, target_logit = 0.0;
         if (!soft) {
             t = target[i];
@@ -95,24 +102,50 @@ static void RUN_ROWS(const RUN_JOB *job, int thread, int n_threads)
                 if (g)
                     for (fastloss_index c = 0; c < n_classes; ++c)
                         STORE(g, c, (REAL)0);
+                if (stats_out) /* the neutral record */
+                    for (int f = 0; f < FASTLOSS_CE_STATS_FIELDS; ++f)
+                        stats_out[f * n_rows + i] = f == FASTLOSS_CE_STAT_MAX ? -INFINITY
+                                                    : f == FASTLOSS_CE_STAT_CLASSES ? (double)n_classes
+                                                    : 0.0;
                 continue;
             }
-            target_weight = weight ? (double)LOAD(weight, t) : 1.0;
+            t -= job->class_offset;
+            if (t < 0 || t >= n_classes)
+                t = -1; /* in another block */
+            if (block_mode == CE_MODE_BLOCK_GRAD)
+                target_weight = stats_in[FASTLOSS_CE_STAT_TARGET_WEIGHT * n_rows + i];
+            else if (t >= 0)
+                target_weight = weight ? (double)LOAD(weight, t) : 1.0;
+            else
+                target_weight = 0.0;
         }
         ce_row_stats stats = {0.0, 1.0, 0.0, 0.0, 0.0, 0.0};
-        ce_row_coef coef;
+        ce_row_coef coef = {0.0}; /* (unread for a block's statistics) */
+        if (block_mode == CE_MODE_BLOCK_GRAD) {
+            /* the whole row's statistics, merged over its blocks */
+            stats.max = stats_in[FASTLOSS_CE_STAT_MAX * n_rows + i];
+            stats.sum = stats_in[FASTLOSS_CE_STAT_SUM * n_rows + i];
+            stats.log_sum = log(stats.sum);
+            stats.dist = stats_in[FASTLOSS_CE_STAT_DIST * n_rows + i];
+            stats.mass = stats_in[FASTLOSS_CE_STAT_MASS * n_rows + i];
+            stats.excl = stats_in[FASTLOSS_CE_STAT_SUM_OTHERS * n_rows + i];
+            target_logit = stats_in[FASTLOSS_CE_STAT_TARGET_LOGIT * n_rows + i];
+        }
         if (backward && soft)
             stats.mass = ROW_SAME(ce_soft_mass)(q, n_classes, weight, call_ptr->q_scale, call_ptr->q_offset);
         if (!wide) {
-            if (!soft)
+            if (t >= 0 && block_mode != CE_MODE_BLOCK_GRAD)
                 target_logit = (double)LOAD(x, t); /* before an in-place pass overwrites it */
             /* the exps: in the gradient row (STORE_T is REAL there: see
              * private_e), or the private row, or one chunk at a time for the
              * forward */
             REAL *e_row = private_e ? e_private : (REAL *)g;
-            if (!backward || !ROW_SAME(ce_row_shifted)(call_ptr, x, t, lse_in[i], e_row, chunk_data, &stats))
+            if (block_mode == CE_MODE_BLOCK_GRAD)
+                ROW_SAME(ce_row_rebased)(call_ptr, x, stats.max, e_row, chunk_data);
+            else if (!backward || !ROW_SAME(ce_row_shifted)(call_ptr, x, t, lse_in[i], e_row, chunk_data, &stats))
                 ROW_SAME(ce_row_stats)(call_ptr, x, q, weight, t, e_row, (REAL *)tile, chunk_data, &stats);
-            ROW_SAME(ce_coefficients)(call_ptr, &stats, target_logit, target_weight, i, &coef);
+            if (block_mode != CE_MODE_BLOCK_STATS)
+                ROW_SAME(ce_coefficients)(call_ptr, &stats, target_logit, target_weight, i, &coef);
             if (g)
                 ROW_SAME(ce_row_grad)(call_ptr, q, weight, t, &coef, e_row, chunk_data, NULL, g);
         } else {
@@ -132,14 +165,30 @@ static void RUN_ROWS(const RUN_JOB *job, int thread, int n_threads)
                     slope[c] = 4.0 * e / ((1.0 + e) * (1.0 + e));
                 }
             }
-            if (!soft)
+            if (t >= 0 && block_mode != CE_MODE_BLOCK_GRAD)
                 target_logit = capped[t];
-            if (!backward || !ROW_WIDE(ce_row_shifted)(call_ptr, capped, t, lse_in[i], e_wide, chunk_data, &stats))
+            if (block_mode == CE_MODE_BLOCK_GRAD)
+                ROW_WIDE(ce_row_rebased)(call_ptr, capped, stats.max, e_wide, chunk_data);
+            else if (!backward || !ROW_WIDE(ce_row_shifted)(call_ptr, capped, t, lse_in[i], e_wide, chunk_data, &stats))
                 ROW_WIDE(ce_row_stats)(call_ptr, capped, q, weight, t, e_wide, tile, chunk_data, &stats);
-            ROW_WIDE(ce_coefficients)(call_ptr, &stats, target_logit, target_weight, i, &coef);
+            if (block_mode != CE_MODE_BLOCK_STATS)
+                ROW_WIDE(ce_coefficients)(call_ptr, &stats, target_logit, target_weight, i, &coef);
             if (g)
                 ROW_WIDE(ce_row_grad)(call_ptr, q, weight, t, &coef, e_wide, chunk_data,
                                       softcap ? slope : NULL, g);
+        }
+        if (stats_out) {
+            /* the block's record (the layout of cross_entropy.h) */
+            stats_out[FASTLOSS_CE_STAT_MAX * n_rows + i] = stats.max;
+            stats_out[FASTLOSS_CE_STAT_SUM * n_rows + i] = stats.sum;
+            stats_out[FASTLOSS_CE_STAT_SUM_OTHERS * n_rows + i] = stats.excl;
+            stats_out[FASTLOSS_CE_STAT_DIST * n_rows + i] = stats.dist;
+            stats_out[FASTLOSS_CE_STAT_MASS * n_rows + i] = stats.mass;
+            stats_out[FASTLOSS_CE_STAT_TARGET_LOGIT * n_rows + i] = target_logit;
+            stats_out[FASTLOSS_CE_STAT_TARGET_WEIGHT * n_rows + i] = soft ? 0.0 : target_weight;
+            stats_out[FASTLOSS_CE_STAT_TARGET_COUNT * n_rows + i] = t >= 0 ? 1.0 : 0.0;
+            stats_out[FASTLOSS_CE_STAT_CLASSES * n_rows + i] = (double)n_classes;
+            continue;
         }
         row_ce[i] = coef.ce;
         row_z[i] = coef.z_term;
@@ -147,7 +196,8 @@ static void RUN_ROWS(const RUN_JOB *job, int thread, int n_threads)
     }
 }
 
-int RUN(const fastloss_ce_options *options, const void *logits_data,
+int RUN(int block_mode, const double *stats_in, double *stats_out,
+        const fastloss_ce_options *options, const void *logits_data,
         fastloss_index logits_row_stride, const int64_t *target, const void *soft_target_data,
         fastloss_index soft_target_row_stride, const void *weight_data, const double *lse_in,
         const double *grad_output, fastloss_index grad_output_stride, double *loss_per_row,
@@ -174,6 +224,8 @@ int RUN(const fastloss_ce_options *options, const void *logits_data,
      * non-ignored rows for hard targets, the number of rows for soft ones.  The
      * same scan checks the class indices, before anything is written: it is
      * the only pass over the targets before the rows. */
+    const fastloss_index total_classes = options->total_classes > 0 ? options->total_classes
+                                                                      : n_classes;
     double n_valid = (double)n_rows, weight_sum = (double)n_rows;
     if (!soft) {
         n_valid = 0.0;
@@ -182,18 +234,24 @@ int RUN(const fastloss_ce_options *options, const void *logits_data,
             const int64_t t = target[i];
             if (t == options->ignore_index)
                 continue;
-            if (t < 0 || t >= n_classes) {
+            if (t < 0 || t >= total_classes) {
                 if (options->bad_target)
                     *options->bad_target = i;
                 return FASTLOSS_ERROR_BAD_TARGET;
             }
             n_valid += 1.0;
-            weight_sum += weight ? (double)LOAD(weight, t) : 1.0;
+            /* a block's gradient: w_t from the merged statistics (t may be in another
+             * block); a block's statistics need no denominator */
+            if (block_mode == CE_MODE_BLOCK_GRAD)
+                weight_sum += stats_in[FASTLOSS_CE_STAT_TARGET_WEIGHT * n_rows + i];
+            else if (block_mode == CE_MODE_ROWS)
+                weight_sum += weight ? (double)LOAD(weight, t) : 1.0;
         }
     }
 
     ce_call call;
     call.n_classes = n_classes;
+    call.total_classes = total_classes;
     call.n_chunks = n_chunks;
     call.ignore_index = options->ignore_index;
     call.soft = soft;
@@ -202,7 +260,7 @@ int RUN(const fastloss_ce_options *options, const void *logits_data,
     call.z_loss = options->z_loss;
     call.softcap = options->softcap;
     call.q_scale = 1.0 - options->label_smoothing;
-    call.q_offset = options->label_smoothing / (double)n_classes;
+    call.q_offset = options->label_smoothing / (double)total_classes;
     call.ce_factor = options->reduction == FASTLOSS_REDUCTION_MEAN ? 1.0 / weight_sum : 1.0;
     call.z_factor = options->reduction == FASTLOSS_REDUCTION_MEAN ? 1.0 / n_valid : 1.0;
     call.grad_output = grad_output ? grad_output : &one;
@@ -210,7 +268,8 @@ int RUN(const fastloss_ce_options *options, const void *logits_data,
 
     /* Rows with few classes go CE_SMALL_ROWS at a time, one per SIMD lane
      * (cross_entropy_small_body.h): the same numbers, laid out for vectors. */
-    const int small = !wide && !soft && n_classes <= CE_SMALL_MAX_CLASSES;
+    const int small = !wide && !soft && n_classes <= CE_SMALL_MAX_CLASSES &&
+                      block_mode == CE_MODE_ROWS;
     const fastloss_index n_units = small ? (n_rows + CE_SMALL_ROWS - 1) / CE_SMALL_ROWS : n_rows;
 
     /* Everything allocated once, before the parallel region. */
@@ -271,7 +330,7 @@ int RUN(const fastloss_ce_options *options, const void *logits_data,
     /* The rows, in fixed contiguous ranges per thread; one thread runs them with
      * no OpenMP call at all (a parallel region of one still costs a few hundred ns
      * and wakes libgomp's pool, a visible part of a call on a small batch). */
-    RUN_JOB job = {&call, logits, logits_row_stride, target, soft_target,
+    RUN_JOB job = {&call, block_mode, options->class_offset, stats_in, stats_out, logits, logits_row_stride, target, soft_target,
                    soft_target_row_stride, weight, lse_in, grad, grad_row_stride, n_rows,
                    n_units, small, wide, softcap, backward, private_e, options->softcap,
                    thread_scratch, per_thread, scratch_bytes, row_ce, row_z, row_lse};

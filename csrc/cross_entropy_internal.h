@@ -5,6 +5,8 @@
 #ifndef FASTLOSS_CROSS_ENTROPY_INTERNAL_H
 #define FASTLOSS_CROSS_ENTROPY_INTERNAL_H
 
+#include <math.h>
+
 #include "cross_entropy.h"
 #include "storage.h"
 
@@ -43,7 +45,8 @@ enum {
 
 /* What every row of one call shares; set up once before the parallel loop. */
 typedef struct ce_call {
-    fastloss_index n_classes;
+    fastloss_index n_classes;          /* of the rows (or blocks) read */
+    fastloss_index total_classes;      /* C of the loss (the whole rows) */
     fastloss_index n_chunks;
     fastloss_index ignore_index;
     int soft;                          /* soft (probability) targets */
@@ -51,7 +54,9 @@ typedef struct ce_call {
     double smoothing;                  /* epsilon */
     double z_loss;
     double softcap;                    /* 0: off */
-    double weight_total;               /* W = sum_c w_c (n_classes without weights) */
+    double weight_total;               /* W = sum_c w_c (n_classes without weights) of the
+                                          rows read (the loss takes the row's W from its
+                                          statistics' mass) */
     const double *chunk_weight_sum;    /* W_k per chunk, hard targets with smoothing */
     double q_scale, q_offset;          /* soft: q' = q_scale * q + q_offset */
     double ce_factor, z_factor;        /* 1 / denominator for mean, 1 otherwise */
@@ -84,7 +89,35 @@ typedef struct ce_row_coef {
     double alpha_z; /* multiplies softmax_c: the z-loss part, added last (see ce_row_grad) */
     double gamma;  /* multiplies u_c */
     double ce_scale; /* grad_output times the mean's factor, for the target class */
+    double weight_total; /* W of the row (hard targets with smoothing) */
 } ce_row_coef;
+
+/*
+ * The merge of statistics, written once: a record (max m, sum, sum without the
+ * target, dist, mass; sums relative to the shift m, or 0 when m is -inf) rebased onto
+ * M >= m.  ce_row_stats merges a row's chunks with it, the block merge its blocks.  A
+ * record with no finite value keeps its sums (relative to 0, they hold no exp); the
+ * record of the max itself needs no exp call (with few classes per row it is a
+ * visible cost).  dist is rebased only when need_dist (otherwise 0, and (M - m) * 0
+ * would be NaN for M = +inf).
+ */
+static inline void ce_rebase(double m, double new_max, int need_dist, double mass,
+                             double *sum, double *sum_others, double *dist)
+{
+    if (m == -INFINITY)
+        return;
+    const double rescale = m == new_max ? 1.0 : exp(m - new_max);
+    *sum *= rescale;
+    *sum_others *= rescale;
+    if (need_dist)
+        *dist += (new_max - m) * mass;
+}
+
+/* The largest of the maxima, NaN skipped (as ce_max skips it: a NaN reaches the sums). */
+static inline double ce_max_merge(double acc, double m)
+{
+    return m > acc ? m : acc;
+}
 
 /*
  * One generic runner per (storage type, ISA), in cross_entropy_impl.h: forward
@@ -94,12 +127,17 @@ typedef struct ce_row_coef {
  * cross_entropy.c keeps them in a table indexed by [enum fastloss_dtype].
  */
 #define FASTLOSS_CE_RUN_SIGNATURE                                                            \
-    (const fastloss_ce_options *options, const void *logits_data,                            \
+    (int block_mode, const double *stats_in, double *stats_out,                              \
+     const fastloss_ce_options *options, const void *logits_data,                            \
      fastloss_index logits_row_stride, const int64_t *target, const void *soft_target_data,  \
      fastloss_index soft_target_row_stride, const void *weight_data, const double *lse_in,   \
      const double *grad_output, fastloss_index grad_output_stride, double *loss_per_row,     \
      double *lse_out, double *loss, void *grad_data, fastloss_index grad_row_stride)
 typedef int(*fastloss_ce_run) FASTLOSS_CE_RUN_SIGNATURE;
+
+/* The runners' modes: rows whole, or a block (its statistics, or its gradient from
+ * merged statistics). */
+enum { CE_MODE_ROWS = 0, CE_MODE_BLOCK_STATS = 1, CE_MODE_BLOCK_GRAD = 2 };
 
 #define FASTLOSS_CE_RUN_NAME_(storage, isa) fastloss_ce_run_##storage##_##isa
 #define FASTLOSS_CE_RUN_NAME(storage, isa) FASTLOSS_CE_RUN_NAME_(storage, isa)

@@ -214,29 +214,21 @@ static void ROW(ce_row_stats)(const ce_call *call, const ROW_IN_T *y, const STOR
         chunk[CE_CHUNK_SUM] = ROW(ce_chunk_sum)(e, n, target - start, &target_chunk, k, &excl);
     }
 
+    /* the merge of the chunks' records (ce_rebase, as blocks merge), in chunk order */
     double row_max = -INFINITY;
-    for (fastloss_index k = 0; k < call->n_chunks; ++k) {
-        const double m = chunk_data[k * CE_CHUNK_FIELDS + CE_CHUNK_MAX];
-        row_max = m > row_max ? m : row_max;
-    }
+    for (fastloss_index k = 0; k < call->n_chunks; ++k)
+        row_max = ce_max_merge(row_max, chunk_data[k * CE_CHUNK_FIELDS + CE_CHUNK_MAX]);
     double sum = 0.0, sum_excl = 0.0, dist = 0.0, mass = 0.0;
     for (fastloss_index k = 0; k < call->n_chunks; ++k) {
         const double *chunk = chunk_data + k * CE_CHUNK_FIELDS;
-        const double chunk_excl = k == target_chunk ? excl : chunk[CE_CHUNK_SUM];
-        if (chunk[CE_CHUNK_MAX] == -INFINITY) {
-            /* its sum is 0 (or NaN) and its distance +inf (or NaN): pass them on */
-            sum += chunk[CE_CHUNK_SUM];
-            sum_excl += chunk_excl;
-            dist += chunk[CE_CHUNK_DIST];
-        } else {
-            /* the chunk holding the max needs no rescaling (and no exp call:
-             * with few classes per row these calls are a visible cost) */
-            const double rescale = chunk[CE_CHUNK_SHIFT] == row_max ? 1.0 : exp(chunk[CE_CHUNK_SHIFT] - row_max);
-            sum += chunk[CE_CHUNK_SUM] * rescale;
-            sum_excl += chunk_excl * rescale;
-            if (need_dist)
-                dist += chunk[CE_CHUNK_DIST] + (row_max - chunk[CE_CHUNK_SHIFT]) * chunk[CE_CHUNK_MASS];
-        }
+        double chunk_sum = chunk[CE_CHUNK_SUM];
+        double chunk_excl = k == target_chunk ? excl : chunk_sum;
+        double chunk_dist = chunk[CE_CHUNK_DIST];
+        ce_rebase(chunk[CE_CHUNK_MAX], row_max, need_dist, chunk[CE_CHUNK_MASS], &chunk_sum,
+                  &chunk_excl, &chunk_dist);
+        sum += chunk_sum;
+        sum_excl += chunk_excl;
+        dist += chunk_dist;
         mass += chunk[CE_CHUNK_MASS];
     }
     stats->max = row_max;
@@ -285,7 +277,32 @@ static int ROW(ce_row_shifted)(const ce_call *call, const ROW_IN_T *y, fastloss_
     stats->sum = sum;
     stats->log_sum = log(sum);
     stats->excl = sum_excl;
+    if (!call->soft)
+        stats->mass = call->weight_total; /* W, for the smoothing terms */
     return sum >= 0.5 && sum <= 2.0;
+}
+
+/*
+ * The exps of a block for its gradient from merged statistics: e_c = exp(y_c - M)
+ * with M the whole row's max, so that softmax_c = e_c / S (every chunk has shift M,
+ * which ce_row_grad then scales by 1 / S).  `e_row` may be `y` (in place): the target's
+ * logit comes from the statistics.
+ */
+static void ROW(ce_row_rebased)(const ce_call *call, const ROW_IN_T *y, double row_max,
+                                VAL *e_row, double *chunk_data)
+{
+    const VAL max_hi = (VAL)row_max;
+    const VAL max_lo = (VAL)(row_max - (double)max_hi);
+    for (fastloss_index k = 0; k < call->n_chunks; ++k) {
+        const fastloss_index start = k * FASTLOSS_CE_CHUNK;
+        const fastloss_index n = call->n_classes - start < FASTLOSS_CE_CHUNK
+                                     ? call->n_classes - start
+                                     : FASTLOSS_CE_CHUNK;
+        double *chunk = chunk_data + k * CE_CHUNK_FIELDS;
+        ROW(ce_exp)(y + start, n, max_hi, max_lo, e_row + start);
+        chunk[CE_CHUNK_SHIFT] = row_max;
+        chunk[CE_CHUNK_MAX] = row_max;
+    }
 }
 
 /* Soft targets, backward from a known lse: U = sum_c w_c q'_c. */
@@ -364,7 +381,7 @@ FASTLOSS_INLINE void ROW(ce_coefficients)(const ce_call *call, const ce_row_stat
 {
     const double eps = call->smoothing;
     const int smoothing = eps > 0.0, soft = call->soft;
-    const double inv_classes = 1.0 / (double)call->n_classes;
+    const double inv_classes = 1.0 / (double)call->total_classes;
     const double lse = stats->max + stats->log_sum;
     const double upstream = call->grad_output[row * call->grad_output_stride];
     const double ce_scale = upstream * call->ce_factor;
@@ -375,10 +392,12 @@ FASTLOSS_INLINE void ROW(ce_coefficients)(const ce_call *call, const ce_row_stat
     /* hard: nll = lse - y_t, written so that nothing cancels when y_t is the max;
      * with smoothing, torch's (1 - eps) w_t nll + eps / C sum_c w_c (lse - y_c) */
     const double nll = (stats->max - target_logit) + stats->log_sum;
-    const double smooth = stats->dist + call->weight_total * stats->log_sum;
+    /* W: the row's mass, the sum of the weights of all its classes (of every block) */
+    const double weight_total = stats->mass;
+    const double smooth = stats->dist + weight_total * stats->log_sum;
     const double smooth_ce = (1.0 - eps) * target_weight * nll + eps * inv_classes * smooth;
     const double smooth_alpha =
-        ce_scale * ((1.0 - eps) * target_weight + eps * inv_classes * call->weight_total);
+        ce_scale * ((1.0 - eps) * target_weight + eps * inv_classes * weight_total);
     const double plain_ce = target_weight * nll, plain_alpha = ce_scale * target_weight;
     const double smooth_gamma = ce_scale * eps * inv_classes;
     const double hard_ce = smoothing ? smooth_ce : plain_ce;
@@ -400,6 +419,7 @@ FASTLOSS_INLINE void ROW(ce_coefficients)(const ce_call *call, const ce_row_stat
     const double target_gap = target_logit - lse;
     coef->p_target = fastloss_exp_nonpositive(target_gap < 0.0 ? target_gap : 0.0);
     coef->ce_scale = ce_scale;
+    coef->weight_total = weight_total;
     /* A row whose log-sum-exp is not finite (+inf or NaN logit, or every logit
      * -inf) has no softmax: its loss and gradient are NaN, as in torch. */
     const int finite = isfinite(lse);
@@ -430,7 +450,7 @@ FASTLOSS_INLINE double ROW(ce_target_grad)(const ce_call *call, const ce_row_coe
     const double eps = call->smoothing;
     const double plain = (1.0 - eps) * target_weight * p_minus_1;
     const double smoothed =
-        plain + eps / (double)call->n_classes * (call->weight_total * p_t - target_weight);
+        plain + eps / (double)call->total_classes * (coef->weight_total * p_t - target_weight);
     const double ce_t = eps > 0.0 ? smoothed : plain;
     return coef->ce_scale * ce_t + coef->alpha_z * p_t;
 }

@@ -43,88 +43,155 @@
  * result is bit-identical for any number of threads; blocks run in parallel.
  *
  * Memory traffic: pred and target are read once and the gradient (or the
- * per-element loss) written once; the per-tile scratch stays in L1.
+ * per-element loss) written once; the per-tile scratch stays in L1.  (The
+ * policy below adds a pass where float32 terms cancel, or where an in-place
+ * gradient would overwrite what a redo needs.)
+ *
+ * Storage and compute: the kernels are elementwise_body.h instantiated per
+ * storage type (storage.h): every array is read through LOAD and written
+ * through STORE, the terms are computed in REAL.  float32 is computed in float
+ * (where float meets the contract, per element: elementwise_body.h) and
+ * float64 in double; float32_wide is float32 storage computed in double.
+ *
+ * The numerical policy, one place for all of it (float32, and any storage type
+ * computed in float):
+ *   1. Each term and slope is computed in float where float arithmetic meets the
+ *      contract (2e-6 of itself) and in double where it cannot, decided per loss
+ *      and, where a bound on a float result's error says so, per tile or element
+ *      (elementwise_body.h: bce's and sigmoid_focal's slopes, gaussian_nll's
+ *      terms, soft_margin's labels).  Each float32 term is then within about
+ *      5e-7 of itself (exp, log1p, the product with the weight).
+ *   2. Terms accumulate in double in a fixed order (blocks, lanes).  A sum of
+ *      terms each within 5e-7 of itself is within 5e-7 of the terms' magnitude,
+ *      sum |term|, which the pass returns beside the sum.  That meets the
+ *      contract while |sum| >= 0.5 sum |term|, always when no term is negative.
+ *      Terms of both signs (a negative weight or pos_weight, a bce_with_logits
+ *      or sigmoid_focal target outside [0, 1], sigmoid_focal's alpha above 1,
+ *      poisson_nll's and gaussian_nll's signed terms) can cancel further; then
+ *      the sum or mean is computed again by a forward pass of the float32_wide
+ *      instantiation over the same float32 arrays (every term in double, no
+ *      copy of the inputs: float64's arithmetic on the exact inputs), and that
+ *      is the loss returned.  Only the reduced loss is redone: the per-element
+ *      losses and the gradients are each held to the contract element by
+ *      element, which step 1 gives.
+ *   3. In place (the gradient written over pred, target or aux), a redo after
+ *      the fused pass would read the gradient instead of the inputs.  So where a
+ *      term of the call may be negative (the sign test of elementwise_body.h:
+ *      the loss, one period of the weight and factor, and the target of bce and
+ *      sigmoid_focal), the loss is taken first by a forward pass (and redone if
+ *      it cancelled), and the gradients then by a backward pass; otherwise the
+ *      fused pass, whose sum cannot cancel.
+ * float64 is computed in double throughout, as the float64 reference; no redo.
  */
 #include "elementwise.h"
 
 #define FASTLOSS_ISA baseline
 #include "elementwise_impl.h"
+#undef FASTLOSS_ISA
 
-/* The kernels this CPU runs best: fastloss_elementwise_select fills the table
- * (see fastloss_select_kernels); baseline until then. */
-static struct {
-    int (*run_float32) FASTLOSS_EW_RUN_SIGNATURE(float32);
-    int (*run_float64) FASTLOSS_EW_RUN_SIGNATURE(float64);
-} ew_kernels = {fastloss_ew_run_float32_baseline, fastloss_ew_run_float64_baseline};
+/* The kernels of one storage type: its runner, and, for a storage type computed
+ * in float, its runner computed in double and its sign test (NULL otherwise). */
+typedef struct ew_kernels_s {
+    fastloss_ew_run run, wide;
+    fastloss_ew_signs may_be_negative;
+} ew_kernels_t;
+
+/* The kernels this CPU runs best: fastloss_elementwise_select fills the table (see
+ * fastloss_select_kernels); baseline until then. */
+static ew_kernels_t ew_kernels[FASTLOSS_N_DTYPES] = {
+    [FASTLOSS_FLOAT32] = {fastloss_ew_run_float32_baseline, fastloss_ew_run_float32_wide_baseline,
+                          fastloss_ew_may_be_negative_float32_baseline},
+    [FASTLOSS_FLOAT64] = {fastloss_ew_run_float64_baseline, NULL, NULL},
+};
 
 void fastloss_elementwise_select(int level)
 {
-    ew_kernels.run_float32 = FASTLOSS_PICK(fastloss_ew_run_float32, level);
-    ew_kernels.run_float64 = FASTLOSS_PICK(fastloss_ew_run_float64, level);
+    ew_kernels[FASTLOSS_FLOAT32].run = FASTLOSS_PICK(fastloss_ew_run_float32, level);
+    ew_kernels[FASTLOSS_FLOAT32].wide = FASTLOSS_PICK(fastloss_ew_run_float32_wide, level);
+    ew_kernels[FASTLOSS_FLOAT32].may_be_negative =
+        FASTLOSS_PICK(fastloss_ew_may_be_negative_float32, level);
+    ew_kernels[FASTLOSS_FLOAT64].run = FASTLOSS_PICK(fastloss_ew_run_float64, level);
 }
 
-int fastloss_elementwise_forward_float32(const fastloss_elementwise_options *options,
-                                         const float *pred, const float *target, const float *aux,
-                                         const float *weight, const float *factor,
-                                         float *loss_per_element, double *loss)
+/* Whether a float sum of terms `loss` (sum or mean, magnitude) may miss the contract
+ * (policy, step 2); false for NaN. */
+static int ew_cancelled(const double *loss)
 {
-    const fastloss_ew_inputs_float32 in = {pred, target, aux, weight, factor};
-    const fastloss_ew_outputs_float32 out = {loss_per_element, loss, NULL, NULL, NULL};
-    return ew_kernels.run_float32(options, &in, NULL, 0, &out);
+    return fabs(loss[0]) < 0.5 * loss[1];
 }
 
-int fastloss_elementwise_forward_float64(const fastloss_elementwise_options *options,
-                                         const double *pred, const double *target, const double *aux,
-                                         const double *weight, const double *factor,
-                                         double *loss_per_element, double *loss)
+/* The reduced loss into loss[0..1] by a forward pass, redone in double where its terms
+ * cancelled (policy, step 2). */
+static int ew_reduced_loss(const ew_kernels_t *kernels, const fastloss_elementwise_options *options,
+                           const fastloss_ew_inputs *in, double *loss)
 {
-    const fastloss_ew_inputs_float64 in = {pred, target, aux, weight, factor};
-    const fastloss_ew_outputs_float64 out = {loss_per_element, loss, NULL, NULL, NULL};
-    return ew_kernels.run_float64(options, &in, NULL, 0, &out);
+    const fastloss_ew_outputs loss_only = {NULL, loss, NULL, NULL, NULL};
+    const int status = kernels->run(options, in, NULL, 0, &loss_only);
+    if (status != FASTLOSS_OK || !ew_cancelled(loss))
+        return status;
+    return kernels->wide(options, in, NULL, 0, &loss_only);
 }
 
-int fastloss_elementwise_backward_float32(const fastloss_elementwise_options *options,
-                                          const float *pred, const float *target, const float *aux,
-                                          const float *weight, const float *factor,
-                                          const double *grad_output,
-                                          fastloss_index grad_output_stride, float *grad,
-                                          float *grad_target, float *grad_aux)
+/* One call of any mode, under the numerical policy above. */
+static int ew_call(int dtype, const fastloss_elementwise_options *options,
+                   const fastloss_ew_inputs *in, const double *grad_output,
+                   fastloss_index grad_output_stride, const fastloss_ew_outputs *out)
 {
-    const fastloss_ew_inputs_float32 in = {pred, target, aux, weight, factor};
-    const fastloss_ew_outputs_float32 out = {NULL, NULL, grad, grad_target, grad_aux};
-    return ew_kernels.run_float32(options, &in, grad_output, grad_output_stride, &out);
+    if (!fastloss_dtype_known(dtype))
+        return FASTLOSS_ERROR_BAD_DTYPE;
+    const ew_kernels_t *kernels = &ew_kernels[dtype];
+    const int want_sum = out->loss != NULL && options->reduction != FASTLOSS_REDUCTION_NONE;
+    if (!kernels->wide || !want_sum)
+        return kernels->run(options, in, grad_output, grad_output_stride, out);
+    const int grads = out->grad || out->grad_target || out->grad_aux;
+    const int in_place =
+        out->grad && (out->grad == in->pred || out->grad == in->target || out->grad == in->aux);
+    if (grads && in_place && kernels->may_be_negative(options, in)) {
+        /* step 3: the loss while the inputs are whole, then the gradients */
+        const int status = ew_reduced_loss(kernels, options, in, out->loss);
+        if (status != FASTLOSS_OK)
+            return status;
+        const fastloss_ew_outputs grads_only = {NULL, NULL, out->grad, out->grad_target,
+                                                out->grad_aux};
+        return kernels->run(options, in, grad_output, grad_output_stride, &grads_only);
+    }
+    const int status = kernels->run(options, in, grad_output, grad_output_stride, out);
+    if (status != FASTLOSS_OK || !ew_cancelled(out->loss))
+        return status;
+    const fastloss_ew_outputs loss_only = {NULL, out->loss, NULL, NULL, NULL};
+    return kernels->wide(options, in, NULL, 0, &loss_only);
 }
 
-int fastloss_elementwise_backward_float64(const fastloss_elementwise_options *options,
-                                          const double *pred, const double *target, const double *aux,
-                                          const double *weight, const double *factor,
-                                          const double *grad_output,
-                                          fastloss_index grad_output_stride, double *grad,
-                                          double *grad_target, double *grad_aux)
+int fastloss_elementwise_forward(int dtype, const fastloss_elementwise_options *options,
+                                 const void *pred, const void *target, const void *aux,
+                                 const void *weight, const void *factor,
+                                 void *loss_per_element, double *loss)
 {
-    const fastloss_ew_inputs_float64 in = {pred, target, aux, weight, factor};
-    const fastloss_ew_outputs_float64 out = {NULL, NULL, grad, grad_target, grad_aux};
-    return ew_kernels.run_float64(options, &in, grad_output, grad_output_stride, &out);
+    const fastloss_ew_inputs in = {pred, target, aux, weight, factor};
+    const fastloss_ew_outputs out = {loss_per_element, loss, NULL, NULL, NULL};
+    return ew_call(dtype, options, &in, NULL, 0, &out);
 }
 
-int fastloss_elementwise_value_and_grad_float32(
-    const fastloss_elementwise_options *options, const float *pred, const float *target,
-    const float *aux, const float *weight, const float *factor, const double *grad_output,
-    fastloss_index grad_output_stride, float *loss_per_element, double *loss, float *grad,
-    float *grad_target, float *grad_aux)
+int fastloss_elementwise_backward(int dtype, const fastloss_elementwise_options *options,
+                                  const void *pred, const void *target, const void *aux,
+                                  const void *weight, const void *factor,
+                                  const double *grad_output, fastloss_index grad_output_stride,
+                                  void *grad, void *grad_target, void *grad_aux)
 {
-    const fastloss_ew_inputs_float32 in = {pred, target, aux, weight, factor};
-    const fastloss_ew_outputs_float32 out = {loss_per_element, loss, grad, grad_target, grad_aux};
-    return ew_kernels.run_float32(options, &in, grad_output, grad_output_stride, &out);
+    const fastloss_ew_inputs in = {pred, target, aux, weight, factor};
+    const fastloss_ew_outputs out = {NULL, NULL, grad, grad_target, grad_aux};
+    return ew_call(dtype, options, &in, grad_output, grad_output_stride, &out);
 }
 
-int fastloss_elementwise_value_and_grad_float64(
-    const fastloss_elementwise_options *options, const double *pred, const double *target,
-    const double *aux, const double *weight, const double *factor, const double *grad_output,
-    fastloss_index grad_output_stride, double *loss_per_element, double *loss, double *grad,
-    double *grad_target, double *grad_aux)
+int fastloss_elementwise_value_and_grad(int dtype, const fastloss_elementwise_options *options,
+                                        const void *pred, const void *target, const void *aux,
+                                        const void *weight, const void *factor,
+                                        const double *grad_output,
+                                        fastloss_index grad_output_stride,
+                                        void *loss_per_element, double *loss, void *grad,
+                                        void *grad_target, void *grad_aux)
 {
-    const fastloss_ew_inputs_float64 in = {pred, target, aux, weight, factor};
-    const fastloss_ew_outputs_float64 out = {loss_per_element, loss, grad, grad_target, grad_aux};
-    return ew_kernels.run_float64(options, &in, grad_output, grad_output_stride, &out);
+    const fastloss_ew_inputs in = {pred, target, aux, weight, factor};
+    const fastloss_ew_outputs out = {loss_per_element, loss, grad, grad_target, grad_aux};
+    return ew_call(dtype, options, &in, grad_output, grad_output_stride, &out);
 }

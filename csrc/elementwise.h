@@ -1,8 +1,9 @@
 /*
  * elementwise.h -- the losses that are a sum of one term per element: mse,
  * l1, huber, smooth_l1, bce_with_logits, sigmoid_focal, margin_ranking,
- * poisson_nll, gaussian_nll and pinball, for float32 and float64.  See
- * elementwise.c for the formulas.
+ * poisson_nll, gaussian_nll, pinball and soft_margin, for the storage types of
+ * storage.h (float32, float64).  See elementwise.c for the formulas and the
+ * numerical policy.
  *
  * Layout: pred, target and (for the losses of three inputs) aux are n
  * contiguous values (the Python layer broadcasts them to one shape and makes
@@ -17,14 +18,14 @@
  * a factor only with bce_with_logits (optional) and pinball (required); aux
  * exactly with margin_ranking and gaussian_nll; grad_target not with
  * sigmoid_focal; grad_aux only with gaussian_nll; weight_sum_repeats >= 1;
- * grad is either the pred, target or aux buffer itself (in place: each tile
- * is read before its gradient is written) or overlaps no input; grad_target,
- * grad_aux and loss_per_element overlap nothing.
+ * grad is either the pred, target or aux buffer itself (in place) or overlaps
+ * no input; grad_target, grad_aux and loss_per_element overlap nothing.
  */
 #ifndef FASTLOSS_ELEMENTWISE_H
 #define FASTLOSS_ELEMENTWISE_H
 
 #include "common.h"
+#include "storage.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -75,6 +76,8 @@ typedef struct fastloss_elementwise_options {
 
 /*
  * Arguments shared by the three entry points (IN unless marked OUT):
+ *   dtype             the storage type of every array below but loss and
+ *                     grad_output (enum fastloss_dtype, storage.h)
  *   pred, target      n values each
  *   aux               n values of the third input (margin_ranking's y, gaussian_nll's
  *                     var), or NULL for the losses of two inputs
@@ -84,45 +87,39 @@ typedef struct fastloss_elementwise_options {
  *   loss_per_element  OUT, n values of the weighted loss (reduction none), or NULL
  *   loss              OUT, two float64 values (unused for none), or NULL:
  *                     loss[0] the sum or mean, loss[1] the same of |term|, the
- *                     terms' magnitude.  Where terms of both signs (a negative
- *                     weight) cancel, the rounding of each float32 term is
- *                     relative to loss[1], not loss[0]: the caller compares them.
+ *                     terms' magnitude.  For float32, where terms of both signs
+ *                     cancel, loss[0] is computed again in double (the policy in
+ *                     elementwise.c): it meets the contract either way.
  *   grad_output       IN, the upstream gradient: n values with stride 1, or one
  *                     value for every element with stride 0
- *   grad              OUT, the gradient of grad_output * loss w.r.t. pred, or NULL
+ *   grad              OUT, the gradient of grad_output * loss w.r.t. pred, or NULL;
+ *                     may be pred, target or aux itself (in place: the loss is
+ *                     taken from the inputs before they are overwritten)
  *   grad_target       OUT, the same w.r.t. target, or NULL (see elementwise.c)
  *   grad_aux          OUT, the same w.r.t. aux (gaussian_nll's var), or NULL
- * Return FASTLOSS_OK or FASTLOSS_ERROR_NO_MEMORY (nothing is written then).
+ * Return FASTLOSS_OK, FASTLOSS_ERROR_NO_MEMORY (nothing is written then) or
+ * FASTLOSS_ERROR_BAD_DTYPE for an unknown code.
  */
-int fastloss_elementwise_forward_float32(
-    const fastloss_elementwise_options *options, const float *pred, const float *target,
-    const float *aux, const float *weight, const float *factor, float *loss_per_element,
-    double *loss);
-int fastloss_elementwise_forward_float64(
-    const fastloss_elementwise_options *options, const double *pred, const double *target,
-    const double *aux, const double *weight, const double *factor, double *loss_per_element,
-    double *loss);
+int fastloss_elementwise_forward(int dtype, const fastloss_elementwise_options *options,
+                                 const void *pred, const void *target, const void *aux,
+                                 const void *weight, const void *factor,
+                                 void *loss_per_element, double *loss);
 
-int fastloss_elementwise_backward_float32(
-    const fastloss_elementwise_options *options, const float *pred, const float *target,
-    const float *aux, const float *weight, const float *factor, const double *grad_output,
-    fastloss_index grad_output_stride, float *grad, float *grad_target, float *grad_aux);
-int fastloss_elementwise_backward_float64(
-    const fastloss_elementwise_options *options, const double *pred, const double *target,
-    const double *aux, const double *weight, const double *factor, const double *grad_output,
-    fastloss_index grad_output_stride, double *grad, double *grad_target, double *grad_aux);
+int fastloss_elementwise_backward(int dtype, const fastloss_elementwise_options *options,
+                                  const void *pred, const void *target, const void *aux,
+                                  const void *weight, const void *factor,
+                                  const double *grad_output, fastloss_index grad_output_stride,
+                                  void *grad, void *grad_target, void *grad_aux);
 
-/* Loss and gradients in one pass over the inputs. */
-int fastloss_elementwise_value_and_grad_float32(
-    const fastloss_elementwise_options *options, const float *pred, const float *target,
-    const float *aux, const float *weight, const float *factor, const double *grad_output,
-    fastloss_index grad_output_stride, float *loss_per_element, double *loss, float *grad,
-    float *grad_target, float *grad_aux);
-int fastloss_elementwise_value_and_grad_float64(
-    const fastloss_elementwise_options *options, const double *pred, const double *target,
-    const double *aux, const double *weight, const double *factor, const double *grad_output,
-    fastloss_index grad_output_stride, double *loss_per_element, double *loss, double *grad,
-    double *grad_target, double *grad_aux);
+/* Loss and gradients in one pass over the inputs (two where the gradient overwrites
+ * an input and the loss might need its redo: see elementwise.c). */
+int fastloss_elementwise_value_and_grad(int dtype, const fastloss_elementwise_options *options,
+                                        const void *pred, const void *target, const void *aux,
+                                        const void *weight, const void *factor,
+                                        const double *grad_output,
+                                        fastloss_index grad_output_stride,
+                                        void *loss_per_element, double *loss, void *grad,
+                                        void *grad_target, void *grad_aux);
 
 #ifdef __cplusplus
 }

@@ -1,20 +1,41 @@
 /*
- * elementwise_body.h -- the elementwise kernels for one storage type REAL,
- * written once.  No include guard, on purpose: elementwise_impl.h includes it
- * for float and double.  It expects REAL, EW(name) (this instantiation's
- * names), RUN (the runner's name), EW_ABS, EW_EXP_NONPOSITIVE and
- * EW_LOG1P_UNIT (fabs and fastmath.h's exp and log1p for REAL), EW_WIDE
- * (double) with EW_WIDE_ABS, EW_WIDE_EXP_NONPOSITIVE and EW_WIDE_LOG1P_UNIT,
- * and, for float32 only, EW_BCE_SLOPE_CHECK.
+ * elementwise_body.h -- the elementwise kernels for one storage type, written
+ * once.  No include guard, on purpose: elementwise_impl.h includes it once per
+ * storage type (storage.h's pattern: STORE_T, REAL, LOAD, STORE, STORE_WIDE and
+ * STORAGE_IS_COMPUTE from storage_begin.h), with EW(name) (this
+ * instantiation's names), RUN (the runner's name), where REAL is float
+ * EW_FLOAT_COMPUTE, and where elementwise.c may redo a sum MAY_BE_NEGATIVE
+ * (the name of the sign test at the end).
  *
- * Every per-element term of the regression losses and pinball is computed in
- * REAL, except bce_with_logits slopes that float32 cannot give to the contract
- * (see there); sigmoid_focal, margin_ranking and poisson_nll compute in WIDE
- * (double) and round once, except sigmoid_focal's float32 pass for hard labels;
- * gaussian_nll computes float32 in float32 with a bound on each element's error
- * and redoes in double the elements the bound cannot clear (see each); sums
- * accumulate in double.
+ * pred, target, aux, weight, factor, the per-element loss and the gradients
+ * are read through LOAD and written through STORE or STORE_WIDE only; the
+ * per-element value and slope functions, and the tiles' scratch, are in REAL.
+ * Where REAL is float (EW_FLOAT_COMPUTE), every per-element term of the
+ * regression losses and pinball is computed in float, except bce_with_logits
+ * slopes that float cannot give to the contract (see there); sigmoid_focal,
+ * margin_ranking and poisson_nll compute in EW_WIDE (double) and round once,
+ * except sigmoid_focal's float pass for hard labels; gaussian_nll computes in
+ * float with a bound on each element's error and redoes in double the
+ * elements the bound cannot clear (see each).  Where REAL is double (float64
+ * storage, and float32 storage computed in double: elementwise.c's redo of a
+ * cancelled sum) every term is computed in double.  Sums accumulate in double.
  */
+
+/* The compute type's abs, exp(x <= 0) and log1p(u in [0, 1]) (fastmath.h), and
+ * EW_WIDE, double, with its own. */
+#ifdef EW_FLOAT_COMPUTE
+#define EW_ABS fabsf
+#define EW_EXP_NONPOSITIVE fastloss_expf_nonpositive
+#define EW_LOG1P_UNIT fastloss_log1pf_unit
+#else
+#define EW_ABS fabs
+#define EW_EXP_NONPOSITIVE fastloss_exp_nonpositive
+#define EW_LOG1P_UNIT fastloss_log1p_unit
+#endif
+#define EW_WIDE double
+#define EW_WIDE_ABS fabs
+#define EW_WIDE_EXP_NONPOSITIVE fastloss_exp_nonpositive
+#define EW_WIDE_LOG1P_UNIT fastloss_log1p_unit
 
 /* ---------------------------------------------------------------------------
  * Per-element loss ("value") and its derivative w.r.t. pred ("slope"), r = pred - target.
@@ -142,7 +163,7 @@ FASTLOSS_INLINE REAL EW(bce_target_slope)(REAL x, REAL pos_weight)
     return (REAL)(slope_of_x * wide_x + (p - 1) * log1p_e);
 }
 
-#ifdef EW_BCE_SLOPE_CHECK
+#ifdef EW_FLOAT_COMPUTE
 /*
  * float32 only: whether slope = t - q or q - t (t = 1 - y or y, as
  * bce_slope_plain), computed in float32, might be further than 2e-6 |slope|
@@ -165,34 +186,38 @@ FASTLOSS_INLINE int EW(bce_slope_in_doubt)(REAL t, REAL q, REAL slope)
  * caller's gradient buffer (in place): these loops only read them.
  * ------------------------------------------------------------------------- */
 
-static void EW(mse_tile)(const REAL *FASTLOSS_RESTRICT pred, const REAL *FASTLOSS_RESTRICT target,
+static void EW(mse_tile)(const STORE_T *FASTLOSS_RESTRICT pred,
+                         const STORE_T *FASTLOSS_RESTRICT target,
                          fastloss_index m, REAL *FASTLOSS_RESTRICT value,
                          REAL *FASTLOSS_RESTRICT slope)
 {
-    EW_TILE_LOOPS(const REAL r = pred[k] - target[k], r * r, 2 * r);
+    EW_TILE_LOOPS(const REAL r = LOAD(pred, k) - LOAD(target, k), r * r, 2 * r);
 }
 
-static void EW(l1_tile)(const REAL *FASTLOSS_RESTRICT pred, const REAL *FASTLOSS_RESTRICT target,
+static void EW(l1_tile)(const STORE_T *FASTLOSS_RESTRICT pred,
+                        const STORE_T *FASTLOSS_RESTRICT target,
                         fastloss_index m, REAL *FASTLOSS_RESTRICT value,
                         REAL *FASTLOSS_RESTRICT slope)
 {
-    EW_TILE_LOOPS(const REAL r = pred[k] - target[k], EW_ABS(r), EW(sign)(r));
+    EW_TILE_LOOPS(const REAL r = LOAD(pred, k) - LOAD(target, k), EW_ABS(r), EW(sign)(r));
 }
 
-static void EW(huber_tile)(const REAL *FASTLOSS_RESTRICT pred, const REAL *FASTLOSS_RESTRICT target,
+static void EW(huber_tile)(const STORE_T *FASTLOSS_RESTRICT pred,
+                           const STORE_T *FASTLOSS_RESTRICT target,
                            fastloss_index m, REAL delta, REAL *FASTLOSS_RESTRICT value,
                            REAL *FASTLOSS_RESTRICT slope)
 {
-    EW_TILE_LOOPS(const REAL r = pred[k] - target[k], EW(huber_value)(r, delta),
+    EW_TILE_LOOPS(const REAL r = LOAD(pred, k) - LOAD(target, k), EW(huber_value)(r, delta),
                   EW(huber_slope)(r, delta));
 }
 
-static void EW(smooth_l1_tile)(const REAL *FASTLOSS_RESTRICT pred,
-                               const REAL *FASTLOSS_RESTRICT target, fastloss_index m,
+static void EW(smooth_l1_tile)(const STORE_T *FASTLOSS_RESTRICT pred,
+                               const STORE_T *FASTLOSS_RESTRICT target, fastloss_index m,
                                REAL beta, REAL half_inv_beta, REAL inv_beta,
                                REAL *FASTLOSS_RESTRICT value, REAL *FASTLOSS_RESTRICT slope)
 {
-    EW_TILE_LOOPS(const REAL r = pred[k] - target[k], EW(smooth_l1_value)(r, beta, half_inv_beta),
+    EW_TILE_LOOPS(const REAL r = LOAD(pred, k) - LOAD(target, k),
+                  EW(smooth_l1_value)(r, beta, half_inv_beta),
                   EW(smooth_l1_slope)(r, beta, inv_beta));
 }
 
@@ -201,8 +226,8 @@ static void EW(smooth_l1_tile)(const REAL *FASTLOSS_RESTRICT pred,
  * (Sharing one division between log1p's t = e / (e + 2) and q = e / (1 + e)
  * measured slower on AVX2: it lengthens the chain each element waits on.) */
 #define EW_BCE_ELEMENT                                                                      \
-    const REAL x = logits[k];                                                               \
-    const REAL y = target[k];                                                               \
+    const REAL x = LOAD(logits, k);                                                         \
+    const REAL y = LOAD(target, k);                                                         \
     const REAL e = EW_EXP_NONPOSITIVE(-EW_ABS(x));                                          \
     const EW_WIDE e_wide = EW_WIDE_EXP_NONPOSITIVE(-EW_WIDE_ABS((EW_WIDE)x));               \
     (void)e;                                                                                \
@@ -210,26 +235,28 @@ static void EW(smooth_l1_tile)(const REAL *FASTLOSS_RESTRICT pred,
 
 /* The loss from e in REAL and the slope from e in WIDE, as asked (value or slope
  * NULL: that loop alone). */
-static void EW(bce_tile_wide)(const REAL *FASTLOSS_RESTRICT logits,
-                              const REAL *FASTLOSS_RESTRICT target,
-                              const REAL *FASTLOSS_RESTRICT pos_weight, fastloss_index m,
+static void EW(bce_tile_wide)(const STORE_T *FASTLOSS_RESTRICT logits,
+                              const STORE_T *FASTLOSS_RESTRICT target,
+                              const STORE_T *FASTLOSS_RESTRICT pos_weight, fastloss_index m,
                               REAL *FASTLOSS_RESTRICT value, REAL *FASTLOSS_RESTRICT slope)
 {
     if (pos_weight)
-        EW_TILE_LOOPS(EW_BCE_ELEMENT, EW(bce_value)(x, y, pos_weight[k], EW_LOG1P_UNIT(e)),
-                      EW(bce_slope)(x, y, pos_weight[k], e_wide));
+        EW_TILE_LOOPS(EW_BCE_ELEMENT,
+                      EW(bce_value)(x, y, LOAD(pos_weight, k), EW_LOG1P_UNIT(e)),
+                      EW(bce_slope)(x, y, LOAD(pos_weight, k), e_wide));
     else
         EW_TILE_LOOPS(EW_BCE_ELEMENT, EW(bce_value_plain)(x, y, EW_LOG1P_UNIT(e)),
                       EW(bce_slope_plain)(x, y, e_wide));
 }
 
 /* wide_mode: set once a tile of the block needed double slopes (float32 only). */
-static void EW(bce_tile)(const REAL *FASTLOSS_RESTRICT logits, const REAL *FASTLOSS_RESTRICT target,
-                         const REAL *FASTLOSS_RESTRICT pos_weight, fastloss_index m,
+static void EW(bce_tile)(const STORE_T *FASTLOSS_RESTRICT logits,
+                         const STORE_T *FASTLOSS_RESTRICT target,
+                         const STORE_T *FASTLOSS_RESTRICT pos_weight, fastloss_index m,
                          REAL *FASTLOSS_RESTRICT value, REAL *FASTLOSS_RESTRICT slope,
                          int *wide_mode)
 {
-#ifdef EW_BCE_SLOPE_CHECK
+#ifdef EW_FLOAT_COMPUTE
     /* float32 first: without pos_weight the slopes in float32 with their doubt, and
      * the tile's slopes again in double if any is in doubt.  Soft labels put nearly
      * every tile in doubt, so after the first such tile the rest of the block goes
@@ -247,14 +274,14 @@ static void EW(bce_tile)(const REAL *FASTLOSS_RESTRICT logits, const REAL *FASTL
     in_doubt += EW(bce_slope_in_doubt)(t, q, narrow)
         if (value) {
             for (fastloss_index k = 0; k < m; ++k) {
-                const REAL x = logits[k], y = target[k];
+                const REAL x = LOAD(logits, k), y = LOAD(target, k);
                 const REAL e = EW_EXP_NONPOSITIVE(-EW_ABS(x));
                 value[k] = EW(bce_value_plain)(x, y, EW_LOG1P_UNIT(e));
                 EW_BCE_NARROW_SLOPE;
             }
         } else {
             for (fastloss_index k = 0; k < m; ++k) {
-                const REAL x = logits[k], y = target[k];
+                const REAL x = LOAD(logits, k), y = LOAD(target, k);
                 const REAL e = EW_EXP_NONPOSITIVE(-EW_ABS(x));
                 EW_BCE_NARROW_SLOPE;
             }
@@ -280,16 +307,16 @@ static void EW(bce_tile)(const REAL *FASTLOSS_RESTRICT logits, const REAL *FASTL
 #undef EW_BCE_ELEMENT
 
 /* bce's slopes w.r.t. the target of m elements (pos_weight NULL: p = 1). */
-static void EW(bce_target_tile)(const REAL *FASTLOSS_RESTRICT logits,
-                                const REAL *FASTLOSS_RESTRICT pos_weight, fastloss_index m,
+static void EW(bce_target_tile)(const STORE_T *FASTLOSS_RESTRICT logits,
+                                const STORE_T *FASTLOSS_RESTRICT pos_weight, fastloss_index m,
                                 REAL *FASTLOSS_RESTRICT target_slope)
 {
     if (pos_weight)
         for (fastloss_index k = 0; k < m; ++k)
-            target_slope[k] = EW(bce_target_slope)(logits[k], pos_weight[k]);
+            target_slope[k] = EW(bce_target_slope)(LOAD(logits, k), LOAD(pos_weight, k));
     else
         for (fastloss_index k = 0; k < m; ++k)
-            target_slope[k] = -logits[k];
+            target_slope[k] = -LOAD(logits, k);
 }
 
 /* ---------------------------------------------------------------------------
@@ -371,12 +398,12 @@ FASTLOSS_INLINE EW(pair) EW(focal_element)(REAL logit, REAL label, EW_WIDE alpha
 }
 
 #define EW_FOCAL_LOOPS(KIND)                                                                \
-    EW_TILE_LOOPS(const EW(pair) f = EW(focal_element)(logits[k], target[k], alpha_pos,     \
-                                                       alpha_neg, gamma, KIND),             \
+    EW_TILE_LOOPS(const EW(pair) f = EW(focal_element)(LOAD(logits, k), LOAD(target, k),    \
+                                                       alpha_pos, alpha_neg, gamma, KIND),  \
                   (REAL)f.value, (REAL)f.slope)
 
-static void EW(focal_tile_wide)(const REAL *FASTLOSS_RESTRICT logits,
-                                const REAL *FASTLOSS_RESTRICT target, fastloss_index m,
+static void EW(focal_tile_wide)(const STORE_T *FASTLOSS_RESTRICT logits,
+                                const STORE_T *FASTLOSS_RESTRICT target, fastloss_index m,
                                 EW_WIDE alpha_pos, EW_WIDE alpha_neg, EW_WIDE gamma,
                                 int gamma_kind, REAL *FASTLOSS_RESTRICT value,
                                 REAL *FASTLOSS_RESTRICT slope)
@@ -397,7 +424,7 @@ static void EW(focal_tile_wide)(const REAL *FASTLOSS_RESTRICT logits,
     }
 }
 
-#ifdef EW_BCE_SLOPE_CHECK
+#ifdef EW_FLOAT_COMPUTE
 /*
  * float32 only: sigmoid_focal for gamma 0, 1 and 2 in float32 arithmetic, with
  * the doubt of each slope, as bce's (double arithmetic on 8 lanes, with exp and
@@ -455,23 +482,23 @@ FASTLOSS_INLINE EW(focal_narrow) EW(focal_narrow_element)(REAL x, REAL y, REAL a
     do {                                                                                   \
         if (value && slope) {                                                              \
             for (fastloss_index k = 0; k < m; ++k) {                                       \
-                const EW(focal_narrow) f =                                                 \
-                    EW(focal_narrow_element)(logits[k], target[k], alpha_p, alpha_n, KIND); \
+                const EW(focal_narrow) f = EW(focal_narrow_element)(                       \
+                    LOAD(logits, k), LOAD(target, k), alpha_p, alpha_n, KIND);             \
                 value[k] = f.value;                                                        \
                 slope[k] = f.slope;                                                        \
                 in_doubt += f.slope_doubt;                                                 \
             }                                                                              \
         } else if (value) {                                                                \
             for (fastloss_index k = 0; k < m; ++k) {                                       \
-                const EW(focal_narrow) f =                                                 \
-                    EW(focal_narrow_element)(logits[k], target[k], alpha_p, alpha_n, KIND); \
+                const EW(focal_narrow) f = EW(focal_narrow_element)(                       \
+                    LOAD(logits, k), LOAD(target, k), alpha_p, alpha_n, KIND);             \
                 value[k] = f.value;                                                        \
                 in_doubt += f.value_doubt;                                                 \
             }                                                                              \
         } else {                                                                           \
             for (fastloss_index k = 0; k < m; ++k) {                                       \
-                const EW(focal_narrow) f =                                                 \
-                    EW(focal_narrow_element)(logits[k], target[k], alpha_p, alpha_n, KIND); \
+                const EW(focal_narrow) f = EW(focal_narrow_element)(                       \
+                    LOAD(logits, k), LOAD(target, k), alpha_p, alpha_n, KIND);             \
                 slope[k] = f.slope;                                                        \
                 in_doubt += f.slope_doubt;                                                 \
             }                                                                              \
@@ -481,13 +508,13 @@ FASTLOSS_INLINE EW(focal_narrow) EW(focal_narrow_element)(REAL x, REAL y, REAL a
 
 /* wide_mode: set once a tile of the block needed double (float32 only); narrow_ok:
  * the call's alpha_t has no negative term (alpha in [0, 1], or no alpha). */
-static void EW(focal_tile)(const REAL *FASTLOSS_RESTRICT logits,
-                           const REAL *FASTLOSS_RESTRICT target, fastloss_index m,
+static void EW(focal_tile)(const STORE_T *FASTLOSS_RESTRICT logits,
+                           const STORE_T *FASTLOSS_RESTRICT target, fastloss_index m,
                            EW_WIDE alpha_pos, EW_WIDE alpha_neg, EW_WIDE gamma, int gamma_kind,
                            int narrow_ok, REAL *FASTLOSS_RESTRICT value,
                            REAL *FASTLOSS_RESTRICT slope, int *wide_mode)
 {
-#ifdef EW_BCE_SLOPE_CHECK
+#ifdef EW_FLOAT_COMPUTE
     if (narrow_ok && gamma_kind != EW_FOCAL_GAMMA_ANY && !*wide_mode) {
         const REAL alpha_p = (REAL)alpha_pos, alpha_n = (REAL)alpha_neg;
         int in_doubt = 0;
@@ -508,7 +535,7 @@ static void EW(focal_tile)(const REAL *FASTLOSS_RESTRICT logits,
     EW(focal_tile_wide)(logits, target, m, alpha_pos, alpha_neg, gamma, gamma_kind, value, slope);
 }
 
-#ifdef EW_BCE_SLOPE_CHECK
+#ifdef EW_FLOAT_COMPUTE
 #undef EW_FOCAL_NARROW_LOOPS
 #endif
 #undef EW_FOCAL_LOOPS
@@ -524,14 +551,15 @@ static void EW(focal_tile)(const REAL *FASTLOSS_RESTRICT logits,
  * contract wherever z is small next to y d.  NaN propagates through the value
  * (z < 0 ? 0 : z).
  */
-static void EW(margin_ranking_tile)(const REAL *FASTLOSS_RESTRICT x1,
-                                    const REAL *FASTLOSS_RESTRICT x2,
-                                    const REAL *FASTLOSS_RESTRICT label, fastloss_index m,
+static void EW(margin_ranking_tile)(const STORE_T *FASTLOSS_RESTRICT x1,
+                                    const STORE_T *FASTLOSS_RESTRICT x2,
+                                    const STORE_T *FASTLOSS_RESTRICT label, fastloss_index m,
                                     EW_WIDE margin, REAL *FASTLOSS_RESTRICT value,
                                     REAL *FASTLOSS_RESTRICT slope)
 {
-    EW_TILE_LOOPS(const REAL y = label[k];
-                  const EW_WIDE z = margin - (EW_WIDE)y * ((EW_WIDE)x1[k] - (EW_WIDE)x2[k]),
+    EW_TILE_LOOPS(const REAL y = LOAD(label, k);
+                  const EW_WIDE z =
+                      margin - (EW_WIDE)y * ((EW_WIDE)LOAD(x1, k) - (EW_WIDE)LOAD(x2, k)),
                   (REAL)(z < 0 ? 0 : z), -y * (REAL)(z >= 0));
 }
 
@@ -589,12 +617,12 @@ FASTLOSS_INLINE EW_WIDE EW(poisson_target_slope)(REAL input, REAL count, EW_WIDE
 }
 
 #define EW_POISSON_LOOPS(LOG_INPUT, FULL)                                                   \
-    EW_TILE_LOOPS(const EW(pair) f = EW(poisson_element)(pred[k], target[k], eps, LOG_INPUT,  \
-                                                         FULL),                             \
+    EW_TILE_LOOPS(const EW(pair) f = EW(poisson_element)(LOAD(pred, k), LOAD(target, k), eps, \
+                                                         LOG_INPUT, FULL),                  \
                   (REAL)f.value, (REAL)f.slope)
 
-static void EW(poisson_tile)(const REAL *FASTLOSS_RESTRICT pred,
-                             const REAL *FASTLOSS_RESTRICT target, fastloss_index m,
+static void EW(poisson_tile)(const STORE_T *FASTLOSS_RESTRICT pred,
+                             const STORE_T *FASTLOSS_RESTRICT target, fastloss_index m,
                              EW_WIDE eps, int log_input, int full,
                              REAL *FASTLOSS_RESTRICT value, REAL *FASTLOSS_RESTRICT slope)
 {
@@ -613,15 +641,15 @@ static void EW(poisson_tile)(const REAL *FASTLOSS_RESTRICT pred,
 
 #undef EW_POISSON_LOOPS
 
-static void EW(poisson_target_tile)(const REAL *FASTLOSS_RESTRICT pred,
-                                    const REAL *FASTLOSS_RESTRICT target, fastloss_index m,
+static void EW(poisson_target_tile)(const STORE_T *FASTLOSS_RESTRICT pred,
+                                    const STORE_T *FASTLOSS_RESTRICT target, fastloss_index m,
                                     EW_WIDE eps, int log_input, int full,
                                     REAL *FASTLOSS_RESTRICT target_slope)
 {
 #define EW_POISSON_TARGET_LOOP(LOG_INPUT, FULL)                                             \
     for (fastloss_index k = 0; k < m; ++k)                                                  \
-        target_slope[k] = (REAL)EW(poisson_target_slope)(pred[k], target[k], eps, LOG_INPUT, \
-                                                         FULL)
+        target_slope[k] = (REAL)EW(poisson_target_slope)(LOAD(pred, k), LOAD(target, k), eps,  \
+                                                         LOG_INPUT, FULL)
     if (log_input) {
         if (full)
             EW_POISSON_TARGET_LOOP(1, 1);
@@ -661,7 +689,7 @@ FASTLOSS_INLINE EW(pair) EW(gaussian_element)(REAL input, REAL target, REAL vari
     return result;
 }
 
-#ifdef EW_BCE_SLOPE_CHECK
+#ifdef EW_FLOAT_COMPUTE
 /*
  * float32 only: the elements of a tile that a float32 pass could not give to the
  * contract (doubt[k] nonzero), listed by index in increasing order; returns their
@@ -788,13 +816,13 @@ FASTLOSS_INLINE EW(narrow) EW(gaussian_narrow_element)(REAL input, REAL target, 
 }
 #endif
 
-static void EW(gaussian_tile)(const REAL *FASTLOSS_RESTRICT pred,
-                              const REAL *FASTLOSS_RESTRICT target,
-                              const REAL *FASTLOSS_RESTRICT variance, fastloss_index m,
+static void EW(gaussian_tile)(const STORE_T *FASTLOSS_RESTRICT pred,
+                              const STORE_T *FASTLOSS_RESTRICT target,
+                              const STORE_T *FASTLOSS_RESTRICT variance, fastloss_index m,
                               EW_WIDE eps, EW_WIDE constant, REAL eps_up, int eps_inexact,
                               REAL *FASTLOSS_RESTRICT value, REAL *FASTLOSS_RESTRICT slope)
 {
-#ifdef EW_BCE_SLOPE_CHECK
+#ifdef EW_FLOAT_COMPUTE
     /* the float32 pass, the value into a private array (value may be the caller's
      * output, written once at the end, after the elements in doubt are redone from
      * the inputs) */
@@ -803,8 +831,9 @@ static void EW(gaussian_tile)(const REAL *FASTLOSS_RESTRICT pred,
     const REAL narrow_constant = (REAL)constant;
     int in_doubt = 0;
 #define EW_GAUSSIAN_NARROW                                                                  \
-    const EW(narrow) f = EW(gaussian_narrow_element)(pred[k], target[k], variance[k], eps_up, \
-                                                     eps_inexact, narrow_constant)
+    const EW(narrow) f = EW(gaussian_narrow_element)(LOAD(pred, k), LOAD(target, k),       \
+                                                     LOAD(variance, k), eps_up, eps_inexact, \
+                                                     narrow_constant)
     if (value && slope) {
         for (fastloss_index k = 0; k < m; ++k) {
             EW_GAUSSIAN_NARROW;
@@ -836,7 +865,8 @@ static void EW(gaussian_tile)(const REAL *FASTLOSS_RESTRICT pred,
         const int count = EW(doubt_list)(doubt, m, list);
         for (int j = 0; j < count; ++j) {
             const fastloss_index k = list[j];
-            const EW(pair) f = EW(gaussian_element)(pred[k], target[k], variance[k], eps, constant);
+            const EW(pair) f = EW(gaussian_element)(LOAD(pred, k), LOAD(target, k),
+                                                    LOAD(variance, k), eps, constant);
             if (doubt[k] & 1)
                 narrow_value[k] = (REAL)f.value;
             if (doubt[k] & 2)
@@ -848,20 +878,20 @@ static void EW(gaussian_tile)(const REAL *FASTLOSS_RESTRICT pred,
 #else
     (void)eps_up;
     (void)eps_inexact;
-    EW_TILE_LOOPS(const EW(pair) f = EW(gaussian_element)(pred[k], target[k], variance[k], eps,
-                                                          constant),
+    EW_TILE_LOOPS(const EW(pair) f = EW(gaussian_element)(LOAD(pred, k), LOAD(target, k),
+                                                          LOAD(variance, k), eps, constant),
                   (REAL)f.value, (REAL)f.slope);
 #endif
 }
 
-static void EW(gaussian_var_tile)(const REAL *FASTLOSS_RESTRICT pred,
-                                  const REAL *FASTLOSS_RESTRICT target,
-                                  const REAL *FASTLOSS_RESTRICT variance, fastloss_index m,
+static void EW(gaussian_var_tile)(const STORE_T *FASTLOSS_RESTRICT pred,
+                                  const STORE_T *FASTLOSS_RESTRICT target,
+                                  const STORE_T *FASTLOSS_RESTRICT variance, fastloss_index m,
                                   EW_WIDE eps, REAL *FASTLOSS_RESTRICT var_slope)
 {
     for (fastloss_index k = 0; k < m; ++k) {
-        const EW_WIDE v = (EW_WIDE)variance[k] < eps ? eps : (EW_WIDE)variance[k];
-        const EW_WIDE r = (EW_WIDE)pred[k] - (EW_WIDE)target[k];
+        const EW_WIDE v = (EW_WIDE)LOAD(variance, k) < eps ? eps : (EW_WIDE)LOAD(variance, k);
+        const EW_WIDE r = (EW_WIDE)LOAD(pred, k) - (EW_WIDE)LOAD(target, k);
         var_slope[k] = (REAL)(0.5 * (1 - r * r / v) / v);
     }
 }
@@ -876,12 +906,12 @@ static void EW(gaussian_var_tile)(const REAL *FASTLOSS_RESTRICT pred,
  * finite slope, as torch).  The target slope is minus the slope.  In REAL: r
  * and each product round once.
  */
-static void EW(pinball_tile)(const REAL *FASTLOSS_RESTRICT pred,
-                             const REAL *FASTLOSS_RESTRICT target,
-                             const REAL *FASTLOSS_RESTRICT quantile, fastloss_index m,
+static void EW(pinball_tile)(const STORE_T *FASTLOSS_RESTRICT pred,
+                             const STORE_T *FASTLOSS_RESTRICT target,
+                             const STORE_T *FASTLOSS_RESTRICT quantile, fastloss_index m,
                              REAL *FASTLOSS_RESTRICT value, REAL *FASTLOSS_RESTRICT slope)
 {
-    EW_TILE_LOOPS(const REAL q = quantile[k]; const REAL r = target[k] - pred[k],
+    EW_TILE_LOOPS(const REAL q = LOAD(quantile, k); const REAL r = LOAD(target, k) - LOAD(pred, k),
                   r >= 0 ? q * r : (q - 1) * r,
                   r > 0 ? -q : (r < 0 ? 1 - q : (r == 0 ? (REAL)0.5 - q : 1 - 2 * q)));
 }
@@ -898,25 +928,25 @@ static void EW(pinball_tile)(const REAL *FASTLOSS_RESTRICT pred,
  * z = -inf).
  */
 #define EW_SOFT_MARGIN_ELEMENT(T, EXP)                                                      \
-    const T z = (T)target[k] * (T)pred[k];                                                  \
+    const T z = (T)LOAD(target, k) * (T)LOAD(pred, k);                                      \
     const T e = EXP(z < 0 ? z : -z);                                                        \
     const T tail = z >= 0 ? e / (1 + e) : 1 / (1 + e);                                      \
     (void)tail /* the value-only loop does not use it; the compiler drops it there */
 
-static void EW(soft_margin_tile)(const REAL *FASTLOSS_RESTRICT pred,
-                                 const REAL *FASTLOSS_RESTRICT target, fastloss_index m,
+static void EW(soft_margin_tile)(const STORE_T *FASTLOSS_RESTRICT pred,
+                                 const STORE_T *FASTLOSS_RESTRICT target, fastloss_index m,
                                  REAL *FASTLOSS_RESTRICT value, REAL *FASTLOSS_RESTRICT slope)
 {
     int labels = 1;
     for (fastloss_index k = 0; k < m; ++k)
-        labels &= (target[k] == 1) | (target[k] == -1);
+        labels &= (LOAD(target, k) == 1) | (LOAD(target, k) == -1);
     if (labels)
         EW_TILE_LOOPS(EW_SOFT_MARGIN_ELEMENT(REAL, EW_EXP_NONPOSITIVE),
-                      (z < 0 ? -z : 0) + EW_LOG1P_UNIT(e), -target[k] * tail);
+                      (z < 0 ? -z : 0) + EW_LOG1P_UNIT(e), -LOAD(target, k) * tail);
     else
         EW_TILE_LOOPS(EW_SOFT_MARGIN_ELEMENT(EW_WIDE, EW_WIDE_EXP_NONPOSITIVE),
                       (REAL)((z < 0 ? -z : 0) + EW_WIDE_LOG1P_UNIT(e)),
-                      (REAL)(-(EW_WIDE)target[k] * tail));
+                      (REAL)(-(EW_WIDE)LOAD(target, k) * tail));
 }
 
 #undef EW_SOFT_MARGIN_ELEMENT
@@ -927,9 +957,9 @@ static void EW(soft_margin_tile)(const REAL *FASTLOSS_RESTRICT pred,
 
 /* What every block of one call shares; set up once before the parallel loop. */
 typedef struct EW(call_s) {
-    int loss;                      /* enum fastloss_elementwise_loss (smooth_l1 with beta 0 -> l1) */
+    int loss;                      /* enum fastloss_elementwise_loss (smooth_l1, beta 0: l1) */
     REAL threshold, half_inv_threshold, inv_threshold; /* huber, smooth_l1 */
-    EW_WIDE alpha_pos, alpha_neg, gamma;  /* sigmoid_focal: a_t = alpha_pos y + alpha_neg (1 - y) */
+    EW_WIDE alpha_pos, alpha_neg, gamma; /* sigmoid_focal: a_t = alpha_pos y + alpha_neg (1 - y) */
     int gamma_kind;                /* sigmoid_focal: EW_FOCAL_GAMMA_* */
     EW_WIDE margin;                /* margin_ranking */
     int log_input, full;           /* poisson_nll (full also gaussian_nll) */
@@ -937,13 +967,13 @@ typedef struct EW(call_s) {
     EW_WIDE constant;              /* gaussian_nll: 0.5 log(2 pi) when full, else 0 */
     REAL eps_up;                   /* gaussian_nll: the least REAL >= eps (float32 pass) */
     int eps_inexact;               /* gaussian_nll: eps_up != eps */
-    const REAL *pred, *target, *aux;
-    const REAL *weight, *factor;
+    const STORE_T *pred, *target, *aux;
+    const STORE_T *weight, *factor;
     fastloss_index weight_period, factor_period;
     const double *grad_output;     /* per element (reduction none), or NULL: use scale */
     REAL scale;                    /* grad_output, divided by n for the mean */
     int want_sum;
-    REAL *loss_per_element, *grad, *grad_target, *grad_aux;
+    STORE_T *loss_per_element, *grad, *grad_target, *grad_aux;
 } EW(call);
 
 /* Whether the loss's gradient w.r.t. target is something else than minus its slope. */
@@ -955,9 +985,9 @@ static int EW(own_target_slope)(int loss)
 /* The value and slope of m elements from `start`, per the call's loss (factor:
  * the periodic factor's values for these elements, or NULL). */
 static void EW(compute_tile)(const EW(call) *call, fastloss_index start, fastloss_index m,
-                             const REAL *factor, REAL *value, REAL *slope, int *wide_mode)
+                             const STORE_T *factor, REAL *value, REAL *slope, int *wide_mode)
 {
-    const REAL *pred = call->pred + start, *target = call->target + start;
+    const STORE_T *pred = call->pred + start, *target = call->target + start;
     switch (call->loss) {
     case FASTLOSS_LOSS_MSE:
         EW(mse_tile)(pred, target, m, value, slope);
@@ -1001,7 +1031,7 @@ static void EW(compute_tile)(const EW(call) *call, fastloss_index start, fastlos
 
 /* The slopes w.r.t. target of the losses whose own_target_slope is true. */
 static void EW(compute_target_tile)(const EW(call) *call, fastloss_index start, fastloss_index m,
-                                    const REAL *factor, REAL *target_slope)
+                                    const STORE_T *factor, REAL *target_slope)
 {
     if (call->loss == FASTLOSS_LOSS_BCE_WITH_LOGITS)
         EW(bce_target_tile)(call->pred + start, factor, m, target_slope);
@@ -1013,25 +1043,25 @@ static void EW(compute_target_tile)(const EW(call) *call, fastloss_index start, 
 /* out[k] = slope[k] * weight[k] (when given) * the upstream gradient for the m
  * elements from i: per element (reduction none, in double) or the call's scale. */
 static void EW(write_grad)(const EW(call) *call, fastloss_index i, fastloss_index m,
-                           const REAL *FASTLOSS_RESTRICT weight,
-                           const REAL *FASTLOSS_RESTRICT slope, REAL *FASTLOSS_RESTRICT out)
+                           const STORE_T *FASTLOSS_RESTRICT weight,
+                           const REAL *FASTLOSS_RESTRICT slope, STORE_T *FASTLOSS_RESTRICT out)
 {
     if (call->grad_output) {
         const double *FASTLOSS_RESTRICT upstream = call->grad_output + i;
         if (weight)
             for (fastloss_index k = 0; k < m; ++k)
-                out[k] = (REAL)((double)(slope[k] * weight[k]) * upstream[k]);
+                STORE_WIDE(out, k, (double)(slope[k] * LOAD(weight, k)) * upstream[k]);
         else
             for (fastloss_index k = 0; k < m; ++k)
-                out[k] = (REAL)((double)slope[k] * upstream[k]);
+                STORE_WIDE(out, k, (double)slope[k] * upstream[k]);
     } else {
         const REAL scale = call->scale;
         if (weight)
             for (fastloss_index k = 0; k < m; ++k)
-                out[k] = slope[k] * weight[k] * scale;
+                STORE(out, k, slope[k] * LOAD(weight, k) * scale);
         else
             for (fastloss_index k = 0; k < m; ++k)
-                out[k] = slope[k] * scale;
+                STORE(out, k, slope[k] * scale);
     }
 }
 
@@ -1062,7 +1092,7 @@ static double EW(block)(const EW(call) *call, fastloss_index start, fastloss_ind
     fastloss_index m;
     for (fastloss_index i = start; i < end; i += m) {
         m = end - i < FASTLOSS_EW_TILE ? end - i : FASTLOSS_EW_TILE;
-        const REAL *weight = NULL, *factor = NULL;
+        const STORE_T *weight = NULL, *factor = NULL;
         if (call->weight) {
             const fastloss_index phase = i % call->weight_period;
             m = call->weight_period - phase < m ? call->weight_period - phase : m;
@@ -1073,10 +1103,16 @@ static double EW(block)(const EW(call) *call, fastloss_index start, fastloss_ind
             m = call->factor_period - phase < m ? call->factor_period - phase : m;
             factor = call->factor + phase;
         }
-        /* reduction none writes the loss straight into the output */
+        /* reduction none writes the loss straight into the output where it is stored
+         * in the compute type, else into the tile, stored below */
+#if STORAGE_IS_COMPUTE
         REAL *FASTLOSS_RESTRICT value = call->loss_per_element ? call->loss_per_element + i
                                         : call->want_sum        ? value_tile
                                                                 : NULL;
+#else
+        REAL *FASTLOSS_RESTRICT value =
+            call->loss_per_element || call->want_sum ? value_tile : NULL;
+#endif
         REAL *FASTLOSS_RESTRICT slope = want_slope ? slope_tile : NULL;
         if (value || slope)
             EW(compute_tile)(call, i, m, factor, value, slope, &wide_mode);
@@ -1095,7 +1131,12 @@ static double EW(block)(const EW(call) *call, fastloss_index start, fastloss_ind
         if (value) {
             if (weight)
                 for (fastloss_index k = 0; k < m; ++k)
-                    value[k] *= weight[k];
+                    value[k] *= LOAD(weight, k);
+#if !STORAGE_IS_COMPUTE
+            if (call->loss_per_element)
+                for (fastloss_index k = 0; k < m; ++k)
+                    STORE(call->loss_per_element + i, k, value[k]);
+#endif
             if (call->want_sum) {
                 fastloss_index k = 0;
                 for (; k + FASTLOSS_LANES <= m; k += FASTLOSS_LANES)
@@ -1186,7 +1227,7 @@ static void EW(set_params)(EW(call) *call, const fastloss_elementwise_options *o
         call->eps = param[1];
         call->constant = call->full ? 0.5 * log(EW_TWO_PI) : 0;
         call->eps_up = (REAL)call->eps;
-#ifdef EW_BCE_SLOPE_CHECK
+#ifdef EW_FLOAT_COMPUTE
         if ((EW_WIDE)call->eps_up < call->eps)
             call->eps_up = nextafterf(call->eps_up, HUGE_VALF);
 #endif
@@ -1197,33 +1238,34 @@ static void EW(set_params)(EW(call) *call, const fastloss_elementwise_options *o
     }
 }
 
-int RUN(const fastloss_elementwise_options *options, const EW_INPUTS *in,
-        const double *grad_output, fastloss_index grad_output_stride, const EW_OUTPUTS *out)
+int RUN FASTLOSS_EW_RUN_SIGNATURE
 {
     const fastloss_index n = options->n;
     const fastloss_index n_blocks = (n + FASTLOSS_EW_BLOCK - 1) / FASTLOSS_EW_BLOCK;
     const int mean = options->reduction == FASTLOSS_REDUCTION_MEAN;
-    const REAL *weight = in->weight;
+    const STORE_T *weight = (const STORE_T *)in->weight;
     double *loss = out->loss;
 
     EW(call) call;
     call.loss = options->loss;
     EW(set_params)(&call, options);
-    call.pred = in->pred;
-    call.target = in->target;
-    call.aux = in->aux;
+    call.pred = (const STORE_T *)in->pred;
+    call.target = (const STORE_T *)in->target;
+    call.aux = (const STORE_T *)in->aux;
     call.weight = weight;
     call.factor = call.loss == FASTLOSS_LOSS_BCE_WITH_LOGITS || call.loss == FASTLOSS_LOSS_PINBALL
-                      ? in->factor
+                      ? (const STORE_T *)in->factor
                       : NULL;
     call.weight_period = options->weight_period;
     call.factor_period = options->factor_period;
     call.want_sum = loss != NULL && options->reduction != FASTLOSS_REDUCTION_NONE;
-    call.loss_per_element =
-        options->reduction == FASTLOSS_REDUCTION_NONE ? out->loss_per_element : NULL;
-    call.grad = out->grad;
-    call.grad_target = call.loss == FASTLOSS_LOSS_SIGMOID_FOCAL ? NULL : out->grad_target;
-    call.grad_aux = call.loss == FASTLOSS_LOSS_GAUSSIAN_NLL ? out->grad_aux : NULL;
+    call.loss_per_element = options->reduction == FASTLOSS_REDUCTION_NONE
+                                ? (STORE_T *)out->loss_per_element
+                                : NULL;
+    call.grad = (STORE_T *)out->grad;
+    call.grad_target =
+        call.loss == FASTLOSS_LOSS_SIGMOID_FOCAL ? NULL : (STORE_T *)out->grad_target;
+    call.grad_aux = call.loss == FASTLOSS_LOSS_GAUSSIAN_NLL ? (STORE_T *)out->grad_aux : NULL;
     const int want_grad = call.grad != NULL || call.grad_target != NULL || call.grad_aux != NULL;
     call.grad_output = want_grad && grad_output && grad_output_stride != 0 ? grad_output : NULL;
     /* The mean's denominator: the element count, except for mse and l1 with a weight,
@@ -1236,9 +1278,9 @@ int RUN(const fastloss_elementwise_options *options, const EW_INPUTS *in,
         const fastloss_index period = options->weight_period;
         double period_sum = 0.0, rest_sum = 0.0;
         for (fastloss_index k = 0; k < period; ++k) {
-            period_sum += (double)weight[k];
+            period_sum += (double)LOAD(weight, k);
             if (k < n % period)
-                rest_sum += (double)weight[k];
+                rest_sum += (double)LOAD(weight, k);
         }
         denominator = (period_sum * (double)(n / period) + rest_sum) /
                       (double)options->weight_sum_repeats;
@@ -1290,3 +1332,67 @@ int RUN(const fastloss_elementwise_options *options, const EW_INPUTS *in,
     }
     return FASTLOSS_OK;
 }
+
+#ifdef MAY_BE_NEGATIVE
+/*
+ * Whether a term of this call may be negative, so that terms of both signs may
+ * cancel in the sum (elementwise.c's policy): the losses with terms of either
+ * sign (poisson_nll, gaussian_nll), a negative weight, a negative pos_weight, a
+ * quantile outside [0, 1], sigmoid_focal's alpha above 1 (1 - alpha < 0), and a
+ * target outside [0, 1] for bce_with_logits and sigmoid_focal.  Every other
+ * term is >= 0 or NaN.  Reads one period of the weight and the factor, and the
+ * target of bce_with_logits and sigmoid_focal (in parallel: a yes or no, the
+ * same for any number of threads).
+ */
+static int EW(any_outside)(const STORE_T *array, fastloss_index count, REAL low, REAL high,
+                           int num_threads)
+{
+    const fastloss_index n_blocks = (count + FASTLOSS_EW_BLOCK - 1) / FASTLOSS_EW_BLOCK;
+    int threads = fastloss_effective_threads(num_threads, count);
+    if (threads > n_blocks)
+        threads = n_blocks > 1 ? (int)n_blocks : 1;
+    int outside = 0;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static) \
+    reduction(| : outside)
+#endif
+    for (fastloss_index b = 0; b < n_blocks; ++b) {
+        const fastloss_index start = b * FASTLOSS_EW_BLOCK;
+        const fastloss_index end =
+            count - start < FASTLOSS_EW_BLOCK ? count : start + FASTLOSS_EW_BLOCK;
+        int found = 0;
+        for (fastloss_index k = start; k < end; ++k)
+            found |= (LOAD(array, k) < low) | (LOAD(array, k) > high);
+        outside |= found;
+    }
+    return outside;
+}
+
+int MAY_BE_NEGATIVE FASTLOSS_EW_SIGNS_SIGNATURE
+{
+    const int loss = options->loss, threads = options->num_threads;
+    const int bce = loss == FASTLOSS_LOSS_BCE_WITH_LOGITS;
+    const int focal = loss == FASTLOSS_LOSS_SIGMOID_FOCAL;
+    if (loss == FASTLOSS_LOSS_POISSON_NLL || loss == FASTLOSS_LOSS_GAUSSIAN_NLL)
+        return 1;
+    if (focal && options->param[0] > 1)
+        return 1;
+    if (in->weight &&
+        EW(any_outside)((const STORE_T *)in->weight, options->weight_period, 0, INFINITY, threads))
+        return 1;
+    if (in->factor && (bce || loss == FASTLOSS_LOSS_PINBALL) &&
+        EW(any_outside)((const STORE_T *)in->factor, options->factor_period, 0,
+                        bce ? INFINITY : 1, threads))
+        return 1;
+    return (bce || focal) &&
+           EW(any_outside)((const STORE_T *)in->target, options->n, 0, 1, threads);
+}
+#endif
+
+#undef EW_ABS
+#undef EW_EXP_NONPOSITIVE
+#undef EW_LOG1P_UNIT
+#undef EW_WIDE
+#undef EW_WIDE_ABS
+#undef EW_WIDE_EXP_NONPOSITIVE
+#undef EW_WIDE_LOG1P_UNIT

@@ -1,71 +1,54 @@
 /*
- * elementwise_impl.h -- instantiates elementwise_body.h for float32 and
- * float64 under the name suffix FASTLOSS_ISA (baseline, avx2, avx512).
- * Included once by elementwise.c and once by each of elementwise_avx2.c and
- * elementwise_avx512.c under their target pragmas.  No include guard, on purpose.
+ * elementwise_impl.h -- instantiates elementwise_body.h per storage type
+ * under the name suffix FASTLOSS_ISA (baseline, avx2, avx512): float32 and
+ * float64, each computed as itself, and float32 computed in double
+ * (float32_wide, for elementwise.c's redo of a cancelled sum).  Included once
+ * by elementwise.c and once by each of elementwise_avx2.c and
+ * elementwise_avx512.c under their target pragmas.  No include guard, on
+ * purpose.  A storage type computed in float (bfloat16, float16) is one more
+ * block with EW_FLOAT_COMPUTE, and one more computed in double for its redo.
  */
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "elementwise_internal.h"
 #include "fastmath.h"
+#include "storage.h"
 
-#define FL_EW_PASTE_(name, real_tag, isa) name##_##real_tag##_##isa
-#define FL_EW_PASTE(name, real_tag, isa) FL_EW_PASTE_(name, real_tag, isa)
+#define FL_EW_PASTE_(name, storage, isa) name##_##storage##_##isa
+#define FL_EW_PASTE(name, storage, isa) FL_EW_PASTE_(name, storage, isa)
 
-#define REAL float
-#define EW_INPUTS fastloss_ew_inputs_float32
-#define EW_OUTPUTS fastloss_ew_outputs_float32
+#define STORAGE float32
+#include "storage_begin.h"
 #define EW(name) FL_EW_PASTE(fastloss_ew_##name, float32, FASTLOSS_ISA)
 #define RUN FL_EW_PASTE(fastloss_ew_run, float32, FASTLOSS_ISA)
-#define EW_ABS fabsf
-#define EW_EXP_NONPOSITIVE fastloss_expf_nonpositive
-#define EW_LOG1P_UNIT fastloss_log1pf_unit
-#define EW_WIDE double
-#define EW_WIDE_ABS fabs
-#define EW_WIDE_EXP_NONPOSITIVE fastloss_exp_nonpositive
-#define EW_WIDE_LOG1P_UNIT fastloss_log1p_unit
-#define EW_BCE_SLOPE_CHECK
+#define MAY_BE_NEGATIVE FL_EW_PASTE(fastloss_ew_may_be_negative, float32, FASTLOSS_ISA)
+#define EW_FLOAT_COMPUTE
 #include "elementwise_body.h"
-#undef EW_BCE_SLOPE_CHECK
-#undef REAL
-#undef EW_INPUTS
-#undef EW_OUTPUTS
+#undef EW_FLOAT_COMPUTE
 #undef EW
 #undef RUN
-#undef EW_ABS
-#undef EW_EXP_NONPOSITIVE
-#undef EW_LOG1P_UNIT
-#undef EW_WIDE
-#undef EW_WIDE_ABS
-#undef EW_WIDE_EXP_NONPOSITIVE
-#undef EW_WIDE_LOG1P_UNIT
+#undef MAY_BE_NEGATIVE
+#include "storage_end.h"
 
-#define REAL double
-#define EW_INPUTS fastloss_ew_inputs_float64
-#define EW_OUTPUTS fastloss_ew_outputs_float64
+#define STORAGE float64
+#include "storage_begin.h"
 #define EW(name) FL_EW_PASTE(fastloss_ew_##name, float64, FASTLOSS_ISA)
 #define RUN FL_EW_PASTE(fastloss_ew_run, float64, FASTLOSS_ISA)
-#define EW_ABS fabs
-#define EW_EXP_NONPOSITIVE fastloss_exp_nonpositive
-#define EW_LOG1P_UNIT fastloss_log1p_unit
-#define EW_WIDE double
-#define EW_WIDE_ABS fabs
-#define EW_WIDE_EXP_NONPOSITIVE fastloss_exp_nonpositive
-#define EW_WIDE_LOG1P_UNIT fastloss_log1p_unit
 #include "elementwise_body.h"
-#undef REAL
-#undef EW_INPUTS
-#undef EW_OUTPUTS
 #undef EW
 #undef RUN
-#undef EW_ABS
-#undef EW_EXP_NONPOSITIVE
-#undef EW_LOG1P_UNIT
-#undef EW_WIDE
-#undef EW_WIDE_ABS
-#undef EW_WIDE_EXP_NONPOSITIVE
-#undef EW_WIDE_LOG1P_UNIT
+#include "storage_end.h"
+
+#define STORAGE float32_wide
+#include "storage_begin.h"
+#define EW(name) FL_EW_PASTE(fastloss_ew_##name, float32_wide, FASTLOSS_ISA)
+#define RUN FL_EW_PASTE(fastloss_ew_run, float32_wide, FASTLOSS_ISA)
+#include "elementwise_body.h"
+#undef EW
+#undef RUN
+#include "storage_end.h"
 
 #undef FL_EW_PASTE_
 #undef FL_EW_PASTE

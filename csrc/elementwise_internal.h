@@ -69,45 +69,52 @@
 enum { EW_FOCAL_GAMMA_0 = 0, EW_FOCAL_GAMMA_1 = 1, EW_FOCAL_GAMMA_2 = 2, EW_FOCAL_GAMMA_ANY = 3 };
 
 /*
- * The arrays of one call, bundled so that the runner's signature stays short.
+ * The arrays of one call, bundled so that the runner's signature stays short,
+ * each of the call's storage type (void *, as the entry points take them).
  * Inputs: pred, target and aux (NULL for the losses of two inputs) of n values,
  * weight and factor periodic or NULL.  Outputs, each NULL when not asked for:
  * loss_per_element (reduction none), loss (two doubles: see elementwise.h),
  * and the gradients w.r.t. pred, target and aux.
  */
-typedef struct fastloss_ew_inputs_float32 {
-    const float *pred, *target, *aux, *weight, *factor;
-} fastloss_ew_inputs_float32;
-typedef struct fastloss_ew_inputs_float64 {
-    const double *pred, *target, *aux, *weight, *factor;
-} fastloss_ew_inputs_float64;
-typedef struct fastloss_ew_outputs_float32 {
-    float *loss_per_element;
+typedef struct fastloss_ew_inputs {
+    const void *pred, *target, *aux, *weight, *factor;
+} fastloss_ew_inputs;
+typedef struct fastloss_ew_outputs {
+    void *loss_per_element;
     double *loss;
-    float *grad, *grad_target, *grad_aux;
-} fastloss_ew_outputs_float32;
-typedef struct fastloss_ew_outputs_float64 {
-    double *loss_per_element;
-    double *loss;
-    double *grad, *grad_target, *grad_aux;
-} fastloss_ew_outputs_float64;
+    void *grad, *grad_target, *grad_aux;
+} fastloss_ew_outputs;
 
 /*
- * One generic runner per (dtype, ISA), in elementwise_body.h: forward when
- * the gradients are NULL, gradients only when loss and loss_per_element
- * are both NULL, fused otherwise.  elementwise.c dispatches to it.
+ * One generic runner per (storage type, compute type, ISA), in
+ * elementwise_body.h: one pass over the inputs, forward when the gradients are
+ * NULL, gradients only when loss and loss_per_element are both NULL, fused
+ * otherwise.  And the sign test of elementwise_body.h: whether a term of the
+ * call may be negative.  elementwise.c calls them from a table indexed by the
+ * dtype code, under the numerical policy written there.
  */
-#define FASTLOSS_EW_RUN_SIGNATURE(TAG)                                                       \
-    (const fastloss_elementwise_options *options, const fastloss_ew_inputs_##TAG *in,       \
+#define FASTLOSS_EW_RUN_SIGNATURE                                                            \
+    (const fastloss_elementwise_options *options, const fastloss_ew_inputs *in,             \
      const double *grad_output, fastloss_index grad_output_stride,                           \
-     const fastloss_ew_outputs_##TAG *out)
+     const fastloss_ew_outputs *out)
+#define FASTLOSS_EW_SIGNS_SIGNATURE                                                          \
+    (const fastloss_elementwise_options *options, const fastloss_ew_inputs *in)
+typedef int(*fastloss_ew_run) FASTLOSS_EW_RUN_SIGNATURE;
+typedef int(*fastloss_ew_signs) FASTLOSS_EW_SIGNS_SIGNATURE;
 
 void fastloss_elementwise_select(int level); /* dispatch.c calls it */
-int fastloss_ew_run_float32_baseline FASTLOSS_EW_RUN_SIGNATURE(float32);
-int fastloss_ew_run_float64_baseline FASTLOSS_EW_RUN_SIGNATURE(float64);
-int fastloss_ew_run_float32_avx2 FASTLOSS_EW_RUN_SIGNATURE(float32);
-int fastloss_ew_run_float64_avx2 FASTLOSS_EW_RUN_SIGNATURE(float64);
-int fastloss_ew_run_float32_avx512 FASTLOSS_EW_RUN_SIGNATURE(float32);
-int fastloss_ew_run_float64_avx512 FASTLOSS_EW_RUN_SIGNATURE(float64);
+
+/* The instantiations of elementwise_impl.h: float32 and float64 stored and
+ * computed as themselves, and float32 stored, computed in double (float32_wide);
+ * the sign test of the storage types computed in float. */
+#define FL_EW_DECLARE_ISA(isa)                                                               \
+    int fastloss_ew_run_float32_##isa FASTLOSS_EW_RUN_SIGNATURE;                             \
+    int fastloss_ew_run_float64_##isa FASTLOSS_EW_RUN_SIGNATURE;                             \
+    int fastloss_ew_run_float32_wide_##isa FASTLOSS_EW_RUN_SIGNATURE;                        \
+    int fastloss_ew_may_be_negative_float32_##isa FASTLOSS_EW_SIGNS_SIGNATURE;
+FL_EW_DECLARE_ISA(baseline)
+FL_EW_DECLARE_ISA(avx2)
+FL_EW_DECLARE_ISA(avx512)
+#undef FL_EW_DECLARE_ISA
 
 #endif /* FASTLOSS_ELEMENTWISE_INTERNAL_H */

@@ -46,16 +46,9 @@
  * gradient row), it tests STORAGE_IS_COMPUTE and uses scratch of REAL instead.
  *
  * Done: cross-entropy (cross_entropy_*body.h), contrastive (contrastive_*body.h,
- * contrastive_row_helpers.h) and box (box_body.h).  Still to follow the pattern:
- *   - elementwise (elementwise_body.h, elementwise_impl.h, elementwise.{c,h},
- *     _elementwise.pxi): STORE_T / LOAD / STORE for pred, target, the third
- *     stream (aux: var, the ranking label), the periodic factors (weight,
- *     pos_weight, quantile) and the gradients, with REAL for the per-element
- *     value and slope functions; storage_begin.h / storage_end.h around each
- *     instantiation in elementwise_impl.h instead of `#define REAL`; one entry
- *     per operation taking the code and `void *` arrays over a [dtype] table
- *     (as box.c); the ladder in _elementwise.pxi replaced by one call with
- *     _dtype_code.
+ * contrastive_row_helpers.h), box (box_body.h) and elementwise
+ * (elementwise_body.h; its float32_wide instantiation, float32 storage computed
+ * in double, redoes a float32 sum whose terms cancelled: elementwise.c).
  * Where a body keeps a value it also stores (a rounded coefficient that later
  * sums must agree with), it keeps ROUND_WIDE(v) in REAL, not a STORE_T copy.
  */
@@ -131,6 +124,37 @@ FASTLOSS_INLINE void fastloss_store_wide_float64(double *array, fastloss_index i
 FASTLOSS_INLINE double fastloss_round_float64(double value)
 {
     return value;
+}
+
+/* float32 stored, computed in double: not a dtype code of its own (its arrays are
+ * float32's), but a tag for a second instantiation of a body over float32 arrays
+ * that computes every term in double, reading the float32 values exactly, with
+ * no float64 copy of the arrays (the elementwise family redoes a sum whose float32
+ * terms cancelled with it: elementwise.c).  A storage type computed in float
+ * (bfloat16, float16) can have its own _wide tag the same way. */
+typedef float fastloss_storage_float32_wide;
+typedef double fastloss_compute_float32_wide;
+#define FASTLOSS_STORAGE_IS_COMPUTE_float32_wide 0
+
+FASTLOSS_INLINE double fastloss_load_float32_wide(const float *array, fastloss_index i)
+{
+    return (double)array[i];
+}
+
+FASTLOSS_INLINE void fastloss_store_float32_wide(float *array, fastloss_index i, double value)
+{
+    array[i] = (float)value;
+}
+
+FASTLOSS_INLINE void fastloss_store_wide_float32_wide(float *array, fastloss_index i,
+                                                      double value)
+{
+    array[i] = (float)value;
+}
+
+FASTLOSS_INLINE double fastloss_round_float32_wide(double value)
+{
+    return (double)(float)value;
 }
 
 /* Names of a storage tag's pieces (the tag is a macro argument, expanded first). */

@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "_ex
 
 # Whether the real torch is importable, decided before any stand-in is installed.
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
+HAVE_DASK = importlib.util.find_spec("dask") is not None   # fastloss.dask's examples
 if not HAVE_TORCH:
     import torch_stub
 
@@ -56,7 +57,8 @@ numpydoc_show_class_members = False  # the Module classes list no torch members
 numpydoc_class_members_toctree = False
 
 # Whose ``__all__`` must be documented, each name somewhere in the pages.
-api_coverage_modules = ["fastloss", "fastloss.reference", "fastloss.torch"]
+api_coverage_modules = ["fastloss", "fastloss.reference", "fastloss.torch",
+                        "fastloss.torch.distributed", "fastloss.dask"]
 
 # -- Markdown (BENCHMARKS.md is included as it is in the repository) ----------------------
 myst_heading_anchors = 3
@@ -70,6 +72,7 @@ import fastloss
 from fastloss import reference
 np.set_printoptions(precision=6, suppress=True)
 have_torch = {HAVE_TORCH!r}
+have_dask = {HAVE_DASK!r}
 """
 doctest_global_cleanup = """
 np.set_printoptions()

@@ -115,5 +115,14 @@ for _loss in _LOSSES.values():
                                                   _loss.name + _suffix)
 del _loss, _suffix
 
+# cross-entropy over blocks of classes (docs/block_statistics.rst)
+from fastloss.cross_entropy import (CROSS_ENTROPY_STATS_FIELDS, cross_entropy_block_stats,
+                                    cross_entropy_from_stats, cross_entropy_merge_stats,
+                                    cross_entropy_rebase_stats)
+
+_BLOCK_STATISTICS = ["CROSS_ENTROPY_STATS_FIELDS", "cross_entropy_block_stats",
+                     "cross_entropy_from_stats", "cross_entropy_merge_stats",
+                     "cross_entropy_rebase_stats"]
+
 __all__ = ["__version__", "get_num_threads", "reference", "release_memory",
-           "set_num_threads", "show_config", *_PUBLIC]
+           "set_num_threads", "show_config", *_PUBLIC, *_BLOCK_STATISTICS]

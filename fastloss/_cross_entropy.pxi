@@ -19,6 +19,31 @@ cdef extern from "cross_entropy.h" nogil:
         int reduction
         int num_threads
         fastloss_index *bad_target
+        fastloss_index class_offset
+        fastloss_index total_classes
+    enum:
+        FASTLOSS_CE_STAT_MAX
+        FASTLOSS_CE_STAT_SUM
+        FASTLOSS_CE_STAT_TARGET_COUNT
+        FASTLOSS_CE_STAT_CLASSES
+        FASTLOSS_CE_STATS_FIELDS
+    int fastloss_cross_entropy_block_stats(
+        int dtype, const fastloss_ce_options *options, const void *logits,
+        fastloss_index logits_row_stride, const int64_t *target, const void *soft_target,
+        fastloss_index soft_target_row_stride, const void *weight, double *stats)
+    int fastloss_cross_entropy_grad_from_stats(
+        int dtype, const fastloss_ce_options *options, const void *logits,
+        fastloss_index logits_row_stride, const int64_t *target, const void *soft_target,
+        fastloss_index soft_target_row_stride, const void *weight, const double *stats,
+        const double *grad_output, fastloss_index grad_output_stride, void *grad,
+        fastloss_index grad_row_stride)
+    void fastloss_cross_entropy_rebase_stats(fastloss_index n_rows, double *stats,
+                                             const double *new_max)
+    void fastloss_cross_entropy_merge_stats(fastloss_index n_rows, fastloss_index n_blocks,
+                                            const double *const *blocks, double *merged)
+    int fastloss_cross_entropy_from_stats(const fastloss_ce_options *options,
+                                          const double *stats, const int64_t *target,
+                                          double *loss_per_row, double *lse, double *loss)
     int fastloss_cross_entropy_forward(
         int dtype, const fastloss_ce_options *options, const void *logits,
         fastloss_index logits_row_stride, const int64_t *target, const void *soft_target,
@@ -145,14 +170,16 @@ cdef object _grad_output_vector(object grad_output, int reduction, tuple loss_sh
 def ce_call(int mode, object logits, object target, object weight, object ignore_index,
             object reduction, object label_smoothing, object z_loss, object softcap,
             int num_threads, object grad_output=None, object lse=None, object out=None,
-            bint want_lse=False):
+            bint want_lse=False, object class_offset=0, object stats=None):
     """One cross-entropy call, from the public API's arguments to its results.
 
     mode: CE_FORWARD, CE_GRAD (from ``lse`` when given, else the fused pass; the loss
     is not computed then) or CE_VALUE_AND_GRAD.  Returns ``(loss, lse, grad)``: the loss
     as the public functions return it (a Python float, or an array of the batch shape
     for "none"), the float64 per-row log-sum-exp when ``want_lse``, and the gradient
-    (``out`` when given) for the gradient modes; None where not asked.
+    (``out`` when given) for the gradient modes; None where not asked.  ``stats`` (the
+    merged block statistics; CE_GRAD only) makes the logits the block of classes from
+    ``class_offset`` and the result that block of the gradient.
     """
     if mode < CE_FORWARD or mode > CE_VALUE_AND_GRAD:
         raise ValueError(f"mode: unknown {mode!r}")
@@ -186,6 +213,29 @@ def ce_call(int mode, object logits, object target, object weight, object ignore
     options.num_threads = num_threads
     options.n_classes = n_classes
     options.bad_target = &bad_position
+    options.class_offset = 0
+    options.total_classes = 0
+
+    # -- a block of classes, with the merged statistics of the whole rows
+    if type(class_offset) is not int:
+        class_offset = integer_scalar(class_offset, "class_offset")
+    if class_offset < 0:
+        raise ValueError(f"class_offset: expected an integer >= 0, got {class_offset}")
+    cdef object stats_in = None
+    cdef fastloss_index total_classes = n_classes
+    if stats is not None:
+        if mode != CE_GRAD:
+            raise ValueError("stats: only the gradient of a block takes the statistics")
+        if lse is not None:
+            raise ValueError("lse: does not combine with stats= (the statistics hold the lse)")
+        stats_in = _stats_matrix(stats, "stats", loss_shape)
+        total_classes = _stats_classes(stats_in, class_offset, n_classes)
+        options.class_offset = class_offset
+        options.total_classes = total_classes
+    elif class_offset != 0:
+        raise ValueError(f"class_offset: a block's gradient needs stats= (the merged "
+                         f"statistics of the whole rows), got class_offset={class_offset} "
+                         f"without them")
 
     # -- target: class indices, or probabilities (which may promote the computation)
     if not cnp.PyArray_Check(target):
@@ -197,10 +247,14 @@ def ce_call(int mode, object logits, object target, object weight, object ignore
     if kind == "i" or kind == "u":
         if ignore_index < -_INT64_MAX - 1 or ignore_index > _INT64_MAX:
             raise ValueError(f"ignore_index: expected a 64-bit integer, got {ignore_index}")
-        hard = _hard_target(target_array, loss_shape, n_classes, ignore_index)
+        hard = _hard_target(target_array, loss_shape, total_classes, ignore_index)
         options.ignore_index = ignore_index
     elif kind == "f":
         if (<object>target_array).shape != shape:
+            if stats_in is not None:
+                raise ValueError(f"target: expected the block's probabilities of shape "
+                                 f"{shape} (like logits) or class indices of shape "
+                                 f"{loss_shape}, got {(<object>target_array).shape}")
             raise ValueError(f"target: expected probabilities of shape {shape} (like logits) "
                              f"or class indices of shape {loss_shape}, "
                              f"got {(<object>target_array).shape}")
@@ -230,8 +284,12 @@ def ce_call(int mode, object logits, object target, object weight, object ignore
         if weight.dtype.kind not in "fiu":
             raise TypeError(f"weight: expected real numbers, got dtype {weight.dtype}")
         if weight.shape != (n_classes,):
-            raise ValueError(f"weight: expected shape ({n_classes},), got {weight.shape}")
+            raise ValueError(f"weight: expected shape ({n_classes},)"
+                             f"{' (the block of classes)' if stats_in is not None else ''}, "
+                             f"got {weight.shape}")
         weight = numpy.require(weight, dtype=compute_dtype, requirements="CA")
+    if stats_in is not None:
+        _check_stats_targets(stats_in, hard, ignore_index, loss_shape)
 
     # -- gradient arguments
     cdef object upstream = None, lse_in = None
@@ -266,8 +324,8 @@ def ce_call(int mode, object logits, object target, object weight, object ignore
         else:
             out_arg(out, shape, logits_dtype)
             grad = out
-            grad_matrix = None if widened else _out_rows(out, matrix, n_classes,
-                                                          (hard, soft, weight, upstream, lse_in))
+            grad_matrix = None if widened else _out_rows(
+                out, matrix, n_classes, (hard, soft, weight, upstream, lse_in, stats_in))
         if grad_matrix is None:
             # out= has a layout the kernel cannot write, overlaps an input in a way other
             # than exactly in place, or the computation is wider than the logits:
@@ -289,6 +347,7 @@ def ce_call(int mode, object logits, object target, object weight, object ignore
     cdef const void *soft_ptr = _data_or_null(soft)
     cdef const void *weight_ptr = _data_or_null(weight)
     cdef const double *lse_in_ptr = <const double *>_data_or_null(lse_in)
+    cdef const double *stats_ptr = <const double *>_data_or_null(stats_in)
     cdef const double *grad_output_ptr = <const double *>_data_or_null(upstream)
     cdef double *loss_per_row_ptr = <double *>_data_or_null(per_row)
     cdef double *lse_out_ptr = <double *>_data_or_null(lse_out)
@@ -302,6 +361,11 @@ def ce_call(int mode, object logits, object target, object weight, object ignore
             status = fastloss_cross_entropy_forward(
                 dtype, &options, logits_ptr, logits_stride, target_ptr, soft_ptr, soft_stride,
                 weight_ptr, loss_per_row_ptr, lse_out_ptr, &total)
+        elif stats_ptr != NULL:
+            status = fastloss_cross_entropy_grad_from_stats(
+                dtype, &options, logits_ptr, logits_stride, target_ptr, soft_ptr, soft_stride,
+                weight_ptr, stats_ptr, grad_output_ptr, grad_output_stride, grad_ptr,
+                grad_stride)
         elif backward:
             status = fastloss_cross_entropy_backward(
                 dtype, &options, logits_ptr, logits_stride, target_ptr, soft_ptr, soft_stride,
@@ -313,7 +377,7 @@ def ce_call(int mode, object logits, object target, object weight, object ignore
                 weight_ptr, grad_output_ptr, grad_output_stride, loss_per_row_ptr, lse_out_ptr,
                 &total, grad_ptr, grad_stride)
     if status == FASTLOSS_ERROR_BAD_TARGET:
-        _bad_target(hard[bad_position], bad_position, loss_shape, n_classes, ignore_index)
+        _bad_target(hard[bad_position], bad_position, loss_shape, total_classes, ignore_index)
     _check_status(status, "cross_entropy")
 
     # -- results
@@ -363,3 +427,286 @@ cdef object _out_rows(cnp.ndarray out, cnp.ndarray matrix, fastloss_index n_clas
         if other is not None and _may_overlap(rows, <cnp.ndarray>other):
             return None
     return rows
+
+
+# ----------------------------------------------------------------------------------------
+# Block statistics (docs/block_statistics.rst; the layout in csrc/cross_entropy.h)
+# ----------------------------------------------------------------------------------------
+
+cdef object _stats_matrix(object stats, str name, object loss_shape):
+    """``stats`` as the C-contiguous float64 (FIELDS, n_rows) matrix the kernels read (a
+    copy only when it is not already one), checked against the batch shape when given."""
+    stats = as_array(stats, name)
+    if stats.dtype.kind not in "fiu":
+        raise TypeError(f"{name}: expected real numbers (cross_entropy_block_stats), got "
+                        f"dtype {stats.dtype}")
+    if stats.ndim == 0 or stats.shape[0] != FASTLOSS_CE_STATS_FIELDS:
+        raise ValueError(f"{name}: expected shape ({FASTLOSS_CE_STATS_FIELDS}, ...) "
+                         f"(cross_entropy_block_stats), got {stats.shape}")
+    if loss_shape is not None and stats.shape[1:] != loss_shape:
+        raise ValueError(f"{name}: expected shape {(FASTLOSS_CE_STATS_FIELDS,) + loss_shape} "
+                         f"(a statistic per row of the logits), got {stats.shape}")
+    return numpy.require(stats.reshape(FASTLOSS_CE_STATS_FIELDS, -1), dtype=numpy.float64,
+                         requirements="CA")
+
+
+cdef fastloss_index _stats_classes(object matrix, fastloss_index class_offset,
+                                   fastloss_index width) except -1:
+    """C, the merged ``classes`` of the rows (the same in every row), checked against the
+    block; ``class_offset + width`` where there are no rows."""
+    classes = matrix[FASTLOSS_CE_STAT_CLASSES]
+    if classes.size == 0:
+        return class_offset + width
+    first = classes[0]
+    if not (first >= 1 and first == int(first)) or numpy.any(classes != first):
+        raise ValueError(f"stats: the rows' 'classes' differ or are not counts "
+                         f"({classes[:4]}...): not merged statistics of the same blocks")
+    if class_offset + width > first:
+        raise ValueError(f"class_offset: the block [{class_offset}, {class_offset + width}) "
+                         f"ends past the {int(first)} classes of stats")
+    return <fastloss_index>first
+
+
+cdef _check_stats_targets(object matrix, object hard, object ignore_index, object loss_shape):
+    """Every non-ignored row's target in exactly one merged block (hard targets), or the
+    statistics of probability targets (none counted)."""
+    counts = matrix[FASTLOSS_CE_STAT_TARGET_COUNT]
+    if hard is None:
+        if numpy.any(counts != 0):
+            raise ValueError("target: the statistics are of class-index targets; pass them "
+                             "(not probabilities, nor None)")
+        return
+    wrong = numpy.flatnonzero((hard != ignore_index) & (counts != 1))
+    if wrong.size:
+        row = wrong[0]
+        position = tuple(int(p) for p in numpy.unravel_index(row, loss_shape)) if loss_shape else ()
+        raise ValueError(f"stats: the target {int(hard[row])} of row {position} lies in "
+                         f"{counts[row]:g} of the merged blocks, not 1 (a block is missing, "
+                         f"overlaps another, or the statistics had other targets)")
+
+
+def ce_block_stats(object logits, object target, object class_offset, object num_classes,
+                   object weight, object ignore_index, object label_smoothing,
+                   object softcap, int num_threads):
+    """cross_entropy_block_stats (fastloss/cross_entropy.py): the checked call."""
+    if not _is_float_array(logits):
+        logits = float_array(logits, "logits_block")
+    cdef cnp.ndarray logits_array = <cnp.ndarray>logits
+    cdef int ndim = cnp.PyArray_NDIM(logits_array)
+    if ndim == 0:
+        raise ValueError("logits_block: expected at least 1 dimension (..., width), got a "
+                         "scalar")
+    shape = (<object>logits_array).shape
+    cdef fastloss_index width = shape[ndim - 1]
+    if width == 0:
+        raise ValueError(f"logits_block: expected at least one class, got shape {shape}")
+    loss_shape = shape[:ndim - 1]
+    if type(class_offset) is not int:
+        class_offset = integer_scalar(class_offset, "class_offset")
+    if class_offset < 0:
+        raise ValueError(f"class_offset: expected an integer >= 0, got {class_offset}")
+    if num_classes is None:
+        num_classes = class_offset + width
+    elif type(num_classes) is not int:
+        num_classes = integer_scalar(num_classes, "num_classes")
+    if num_classes < 1 or num_classes > _INT64_MAX:
+        raise ValueError(f"num_classes: expected an integer >= 1, got {num_classes}")
+    if class_offset + width > num_classes:
+        raise ValueError(f"class_offset: the block [{class_offset}, {class_offset + width}) "
+                         f"ends past num_classes={num_classes}")
+
+    cdef fastloss_ce_options options
+    cdef fastloss_index bad_position = -1
+    options.reduction = FASTLOSS_REDUCTION_NONE
+    options.z_loss = 0.0
+    if type(ignore_index) is not int:
+        ignore_index = integer_scalar(ignore_index, "ignore_index")
+    options.label_smoothing = _unit_real(label_smoothing, "label_smoothing")
+    options.softcap = 0.0
+    if softcap is not None:
+        options.softcap = real_scalar(softcap, "softcap", low=0.0, low_open=True)
+    if num_threads < 1:
+        raise ValueError(f"num_threads: expected an integer >= 1, got {num_threads}")
+    options.num_threads = num_threads
+    options.n_classes = width
+    options.bad_target = &bad_position
+    options.class_offset = class_offset
+    options.total_classes = num_classes
+
+    if not cnp.PyArray_Check(target):
+        target = as_array(target, "target")
+    cdef cnp.ndarray target_array = <cnp.ndarray>target
+    cdef object hard = None, soft = None
+    kind = target_array.dtype.kind
+    compute_dtype = logits_array.dtype
+    if kind == "i" or kind == "u":
+        if ignore_index < -_INT64_MAX - 1 or ignore_index > _INT64_MAX:
+            raise ValueError(f"ignore_index: expected a 64-bit integer, got {ignore_index}")
+        hard = _hard_target(target_array, loss_shape, num_classes, ignore_index)
+        options.ignore_index = ignore_index
+    elif kind == "f":
+        if (<object>target_array).shape != shape:
+            raise ValueError(f"target: expected the block's probabilities of shape {shape} "
+                             f"(like logits_block) or class indices of shape {loss_shape}, "
+                             f"got {(<object>target_array).shape}")
+        if ignore_index >= 0:
+            raise ValueError("ignore_index: not supported with probability targets "
+                             f"(got {ignore_index})")
+        options.ignore_index = -1
+        if target_array.dtype.itemsize > compute_dtype.itemsize:
+            compute_dtype = numpy.dtype(numpy.float64)
+        soft = _class_rows(numpy.require(target_array, dtype=compute_dtype,
+                                         requirements="A"), width)
+    else:
+        raise TypeError(f"target: expected integer class indices or float probabilities, "
+                        f"got dtype {target_array.dtype}")
+    cdef cnp.ndarray matrix = _class_rows(
+        logits_array.astype(compute_dtype) if compute_dtype != logits_array.dtype
+        else logits_array, width)
+    cdef fastloss_index n_rows = matrix.shape[0]
+    options.n_rows = n_rows
+    if weight is not None:
+        weight = as_array(weight, "weight")
+        if weight.dtype.kind not in "fiu":
+            raise TypeError(f"weight: expected real numbers, got dtype {weight.dtype}")
+        if weight.shape != (width,):
+            raise ValueError(f"weight: expected the block's shape ({width},), got "
+                             f"{weight.shape}")
+        weight = numpy.require(weight, dtype=compute_dtype, requirements="CA")
+
+    stats = cnp.PyArray_EMPTY(2, [FASTLOSS_CE_STATS_FIELDS, n_rows], cnp.NPY_FLOAT64, 0)
+    cdef fastloss_index logits_stride = cnp.PyArray_STRIDE(matrix, 0) // cnp.PyArray_ITEMSIZE(matrix)
+    cdef fastloss_index soft_stride = 0
+    if soft is not None:
+        soft_stride = cnp.PyArray_STRIDE(<cnp.ndarray>soft, 0) // cnp.PyArray_ITEMSIZE(<cnp.ndarray>soft)
+    cdef const void *logits_ptr = cnp.PyArray_DATA(matrix)
+    cdef const int64_t *target_ptr = <const int64_t *>_data_or_null(hard)
+    cdef const void *soft_ptr = _data_or_null(soft)
+    cdef const void *weight_ptr = _data_or_null(weight)
+    cdef double *stats_ptr = <double *>cnp.PyArray_DATA(<cnp.ndarray>stats)
+    cdef int dtype = _dtype_code(matrix, "logits_block")
+    cdef int status
+    with nogil:
+        status = fastloss_cross_entropy_block_stats(
+            dtype, &options, logits_ptr, logits_stride, target_ptr, soft_ptr, soft_stride,
+            weight_ptr, stats_ptr)
+    if status == FASTLOSS_ERROR_BAD_TARGET:
+        _bad_target(hard[bad_position], bad_position, loss_shape, num_classes, ignore_index)
+    _check_status(status, "cross_entropy_block_stats")
+    return stats.reshape((FASTLOSS_CE_STATS_FIELDS,) + loss_shape)
+
+
+def ce_rebase_stats(object stats, object new_max):
+    """cross_entropy_rebase_stats: a new array."""
+    matrix = _stats_matrix(stats, "stats", None)
+    batch = as_array(stats, "stats").shape[1:]
+    new_max = as_array(new_max, "new_max")
+    if new_max.dtype.kind not in "fiu":
+        raise TypeError(f"new_max: expected real numbers, got dtype {new_max.dtype}")
+    try:
+        new_max = numpy.broadcast_to(new_max, batch)
+    except ValueError:
+        raise ValueError(f"new_max: expected a shape that broadcasts to {batch}, got "
+                         f"{new_max.shape}") from None
+    new_max = numpy.require(new_max.reshape(-1), dtype=numpy.float64, requirements="CA")
+    if numpy.any(new_max < matrix[FASTLOSS_CE_STAT_MAX]):
+        row = int(numpy.flatnonzero(new_max < matrix[FASTLOSS_CE_STAT_MAX])[0])
+        raise ValueError(f"new_max: {new_max[row]} is below the row's max "
+                         f"{matrix[FASTLOSS_CE_STAT_MAX, row]} (row {row}): it must be at "
+                         f"least the largest max over the blocks")
+    result = numpy.array(matrix, dtype=numpy.float64, order="C", copy=True)
+    cdef fastloss_index n_rows = result.shape[1]
+    cdef double *stats_ptr = <double *>cnp.PyArray_DATA(<cnp.ndarray>result)
+    cdef const double *max_ptr = <const double *>cnp.PyArray_DATA(<cnp.ndarray>new_max)
+    with nogil:
+        fastloss_cross_entropy_rebase_stats(n_rows, stats_ptr, max_ptr)
+    return result.reshape((FASTLOSS_CE_STATS_FIELDS,) + batch)
+
+
+def ce_merge_stats(object stats_sequence):
+    """cross_entropy_merge_stats: the blocks' records merged in the sequence's order."""
+    if isinstance(stats_sequence, numpy.ndarray) and stats_sequence.ndim >= 2 \
+            and stats_sequence.shape[0] == FASTLOSS_CE_STATS_FIELDS:
+        raise TypeError("stats_sequence: expected a sequence of statistics arrays, got one "
+                        "array (wrap it in a list)")
+    try:
+        blocks = list(stats_sequence)
+    except TypeError:
+        raise TypeError(f"stats_sequence: expected a sequence of statistics arrays, got "
+                        f"{type(stats_sequence).__name__}") from None
+    if not blocks:
+        raise ValueError("stats_sequence: expected at least one statistics array, got none")
+    batch = as_array(blocks[0], "stats_sequence").shape[1:]
+    matrices = []
+    for k, block in enumerate(blocks):
+        matrix = _stats_matrix(block, f"stats_sequence[{k}]", None)
+        if as_array(block, "stats_sequence").shape[1:] != batch:
+            raise ValueError(f"stats_sequence[{k}]: shape "
+                             f"{as_array(block, 'stats_sequence').shape} differs from "
+                             f"stats_sequence[0]'s {(FASTLOSS_CE_STATS_FIELDS,) + batch}")
+        matrices.append(matrix)
+    cdef fastloss_index n_rows = matrices[0].shape[1]
+    cdef fastloss_index n_blocks = len(matrices)
+    merged = cnp.PyArray_EMPTY(2, [FASTLOSS_CE_STATS_FIELDS, n_rows], cnp.NPY_FLOAT64, 0)
+    pointers = numpy.array([(<cnp.ndarray>m).__array_interface__["data"][0] for m in matrices],
+                           dtype=numpy.uintp)
+    cdef const double *const *blocks_ptr = <const double *const *>cnp.PyArray_DATA(
+        <cnp.ndarray>pointers)
+    cdef double *merged_ptr = <double *>cnp.PyArray_DATA(<cnp.ndarray>merged)
+    with nogil:
+        fastloss_cross_entropy_merge_stats(n_rows, n_blocks, blocks_ptr, merged_ptr)
+    return merged.reshape((FASTLOSS_CE_STATS_FIELDS,) + batch)
+
+
+def ce_from_stats(object stats, object target, object ignore_index, object reduction,
+                  object label_smoothing, object z_loss, bint want_lse):
+    """cross_entropy_from_stats: ``(loss, lse)``, lse None unless wanted."""
+    matrix = _stats_matrix(stats, "stats", None)
+    batch = as_array(stats, "stats").shape[1:]
+    cdef fastloss_ce_options options
+    options.reduction = _reduction_code(reduction)
+    if type(ignore_index) is not int:
+        ignore_index = integer_scalar(ignore_index, "ignore_index")
+    if ignore_index < -_INT64_MAX - 1 or ignore_index > _INT64_MAX:
+        raise ValueError(f"ignore_index: expected a 64-bit integer, got {ignore_index}")
+    options.ignore_index = ignore_index
+    options.label_smoothing = _unit_real(label_smoothing, "label_smoothing")
+    options.z_loss = _nonnegative_real(z_loss, "z_loss")
+    options.softcap = 0.0
+    options.num_threads = 1
+    options.bad_target = NULL
+    options.class_offset = 0
+    cdef fastloss_index n_rows = matrix.shape[1]
+    options.n_rows = n_rows
+    cdef object hard = None
+    if target is not None:
+        target = as_array(target, "target")
+        kind = target.dtype.kind
+        if kind == "i" or kind == "u":
+            if target.shape != batch:
+                raise ValueError(f"target: expected class indices of shape {batch}, got "
+                                 f"{target.shape}")
+            hard = numpy.require(target.reshape(-1), dtype=numpy.int64, requirements="CA")
+        elif kind != "f":
+            raise TypeError(f"target: expected integer class indices, or None for "
+                            f"probability targets, got dtype {target.dtype}")
+    cdef fastloss_index classes = _stats_classes(matrix, 0, 1) if n_rows else 1
+    options.total_classes = classes
+    options.n_classes = classes
+    _check_stats_targets(matrix, hard, ignore_index, batch)
+    per_row = None
+    if options.reduction == FASTLOSS_REDUCTION_NONE:
+        per_row = cnp.PyArray_EMPTY(1, [n_rows], cnp.NPY_FLOAT64, 0)
+    lse = cnp.PyArray_EMPTY(1, [n_rows], cnp.NPY_FLOAT64, 0) if want_lse else None
+    cdef const double *stats_ptr = <const double *>cnp.PyArray_DATA(<cnp.ndarray>matrix)
+    cdef const int64_t *target_ptr = <const int64_t *>_data_or_null(hard)
+    cdef double *per_row_ptr = <double *>_data_or_null(per_row)
+    cdef double *lse_ptr = <double *>_data_or_null(lse)
+    cdef double total = 0.0
+    cdef int status
+    with nogil:
+        status = fastloss_cross_entropy_from_stats(&options, stats_ptr, target_ptr,
+                                                   per_row_ptr, lse_ptr, &total)
+    _check_status(status, "cross_entropy_from_stats")
+    loss = total if per_row is None else per_row.reshape(batch)
+    return loss, (None if lse is None else lse.reshape(batch))

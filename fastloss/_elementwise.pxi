@@ -23,35 +23,21 @@ cdef extern from "elementwise.h" nogil:
         fastloss_index weight_sum_repeats
         int reduction
         int num_threads
-    int fastloss_elementwise_forward_float32(
-        const fastloss_elementwise_options *options, const float *pred, const float *target,
-        const float *aux, const float *weight, const float *factor, float *loss_per_element,
-        double *loss)
-    int fastloss_elementwise_forward_float64(
-        const fastloss_elementwise_options *options, const double *pred, const double *target,
-        const double *aux, const double *weight, const double *factor,
-        double *loss_per_element, double *loss)
-    int fastloss_elementwise_backward_float32(
-        const fastloss_elementwise_options *options, const float *pred, const float *target,
-        const float *aux, const float *weight, const float *factor, const double *grad_output,
-        fastloss_index grad_output_stride, float *grad, float *grad_target, float *grad_aux)
-    int fastloss_elementwise_backward_float64(
-        const fastloss_elementwise_options *options, const double *pred, const double *target,
-        const double *aux, const double *weight, const double *factor,
-        const double *grad_output, fastloss_index grad_output_stride, double *grad,
-        double *grad_target, double *grad_aux)
-    int fastloss_elementwise_value_and_grad_float32(
-        const fastloss_elementwise_options *options, const float *pred, const float *target,
-        const float *aux, const float *weight, const float *factor, const double *grad_output,
-        fastloss_index grad_output_stride, float *loss_per_element, double *loss, float *grad,
-        float *grad_target, float *grad_aux)
-    int fastloss_elementwise_value_and_grad_float64(
-        const fastloss_elementwise_options *options, const double *pred, const double *target,
-        const double *aux, const double *weight, const double *factor,
+    int fastloss_elementwise_forward(
+        int dtype, const fastloss_elementwise_options *options, const void *pred,
+        const void *target, const void *aux, const void *weight, const void *factor,
+        void *loss_per_element, double *loss)
+    int fastloss_elementwise_backward(
+        int dtype, const fastloss_elementwise_options *options, const void *pred,
+        const void *target, const void *aux, const void *weight, const void *factor,
+        const double *grad_output, fastloss_index grad_output_stride, void *grad,
+        void *grad_target, void *grad_aux)
+    int fastloss_elementwise_value_and_grad(
+        int dtype, const fastloss_elementwise_options *options, const void *pred,
+        const void *target, const void *aux, const void *weight, const void *factor,
         const double *grad_output, fastloss_index grad_output_stride,
-        double *loss_per_element, double *loss, double *grad, double *grad_target,
-        double *grad_aux)
-
+        void *loss_per_element, double *loss, void *grad, void *grad_target,
+        void *grad_aux)
 
 ELEMENTWISE_LOSSES = {"mse": FASTLOSS_LOSS_MSE, "l1": FASTLOSS_LOSS_L1,
                       "huber": FASTLOSS_LOSS_HUBER, "smooth_l1": FASTLOSS_LOSS_SMOOTH_L1,
@@ -148,11 +134,12 @@ def ew_run(str mode, str loss, cnp.ndarray pred not None, cnp.ndarray target not
     others overlap nothing; a gradient mode needs at least one of them.
     weight_sum_repeats (>= 1): see elementwise.h (the weighted mean of mse and l1).
     Returns (the reduced loss, the same reduction of |term|), floats, meaningless
-    for backward or "none".
+    for backward or "none".  The reduced loss meets the accuracy contract as it is:
+    where float32 terms cancel, the C entry has already computed it again in double
+    from the float32 inputs (csrc/elementwise.c's policy), in place too.
     """
+    cdef int dtype = _dtype_code(pred, "pred")
     cdef int typenum = cnp.PyArray_TYPE(pred)
-    if typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64:
-        raise TypeError(f"pred: expected float32 or float64, got {pred.dtype}")
     if mode not in ("forward", "backward", "value_and_grad"):
         raise ValueError(f"mode: unknown {mode!r}")
     if loss not in ELEMENTWISE_LOSSES:
@@ -263,46 +250,21 @@ def ew_run(str mode, str loss, cnp.ndarray pred not None, cnp.ndarray target not
     cdef double total[2]
     total[0] = total[1] = 0.0
     cdef int status = 0
-    cdef bint is_float32 = typenum == cnp.NPY_FLOAT32
     cdef int which = 0 if mode == "forward" else (1 if mode == "backward" else 2)
 
     with nogil:
-        if is_float32:
-            if which == 0:
-                status = fastloss_elementwise_forward_float32(
-                    &options, <const float *>pred_ptr, <const float *>target_ptr,
-                    <const float *>aux_ptr, <const float *>weight_ptr, <const float *>factor_ptr,
-                    <float *>loss_per_element_ptr, total)
-            elif which == 1:
-                status = fastloss_elementwise_backward_float32(
-                    &options, <const float *>pred_ptr, <const float *>target_ptr,
-                    <const float *>aux_ptr, <const float *>weight_ptr, <const float *>factor_ptr,
-                    grad_output_ptr, grad_output_stride, <float *>grad_ptr,
-                    <float *>grad_target_ptr, <float *>grad_aux_ptr)
-            else:
-                status = fastloss_elementwise_value_and_grad_float32(
-                    &options, <const float *>pred_ptr, <const float *>target_ptr,
-                    <const float *>aux_ptr, <const float *>weight_ptr, <const float *>factor_ptr,
-                    grad_output_ptr, grad_output_stride, <float *>loss_per_element_ptr, total,
-                    <float *>grad_ptr, <float *>grad_target_ptr, <float *>grad_aux_ptr)
+        if which == 0:
+            status = fastloss_elementwise_forward(
+                dtype, &options, pred_ptr, target_ptr, aux_ptr, weight_ptr, factor_ptr,
+                loss_per_element_ptr, total)
+        elif which == 1:
+            status = fastloss_elementwise_backward(
+                dtype, &options, pred_ptr, target_ptr, aux_ptr, weight_ptr, factor_ptr,
+                grad_output_ptr, grad_output_stride, grad_ptr, grad_target_ptr, grad_aux_ptr)
         else:
-            if which == 0:
-                status = fastloss_elementwise_forward_float64(
-                    &options, <const double *>pred_ptr, <const double *>target_ptr,
-                    <const double *>aux_ptr, <const double *>weight_ptr, <const double *>factor_ptr,
-                    <double *>loss_per_element_ptr, total)
-            elif which == 1:
-                status = fastloss_elementwise_backward_float64(
-                    &options, <const double *>pred_ptr, <const double *>target_ptr,
-                    <const double *>aux_ptr, <const double *>weight_ptr, <const double *>factor_ptr,
-                    grad_output_ptr, grad_output_stride, <double *>grad_ptr,
-                    <double *>grad_target_ptr, <double *>grad_aux_ptr)
-            else:
-                status = fastloss_elementwise_value_and_grad_float64(
-                    &options, <const double *>pred_ptr, <const double *>target_ptr,
-                    <const double *>aux_ptr, <const double *>weight_ptr, <const double *>factor_ptr,
-                    grad_output_ptr, grad_output_stride, <double *>loss_per_element_ptr, total,
-                    <double *>grad_ptr, <double *>grad_target_ptr, <double *>grad_aux_ptr)
-    if status == FASTLOSS_ERROR_NO_MEMORY:
-        raise MemoryError(f"{loss}: could not allocate scratch space")
+            status = fastloss_elementwise_value_and_grad(
+                dtype, &options, pred_ptr, target_ptr, aux_ptr, weight_ptr, factor_ptr,
+                grad_output_ptr, grad_output_stride, loss_per_element_ptr, total, grad_ptr,
+                grad_target_ptr, grad_aux_ptr)
+    _check_status(status, loss)
     return total[0], total[1]

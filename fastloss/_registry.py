@@ -118,11 +118,10 @@ class Loss:
     ``params(options) -> tuple`` (the C parameters), ``factor`` (the option the kernel
     reads as a periodic per-element factor beside ``weight``), ``weighted_mean``
     (torch's mean divides by the weight's sum: mse, l1), ``same_shape`` (inputs must
-    have one shape rather than broadcast), ``signed_terms`` (terms of both signs even
-    with positive weights: float32 sums that cancel are redone in float64),
-    ``prepare(arrays, options) -> arrays`` (the loss's own shape rules and checks on the
-    input arrays before they broadcast), ``doc`` and ``grad_doc`` (the docstrings of
-    ``NAME`` and ``NAME_grad``)."""
+    have one shape rather than broadcast), ``prepare(arrays, options) -> arrays`` (the
+    loss's own shape rules and checks on the input arrays before they broadcast), ``doc``
+    and ``grad_doc`` (the docstrings of ``NAME`` and ``NAME_grad``). (Which terms can be
+    negative, and so cancel in a float32 sum, the C kernel knows: csrc/elementwise.c.)"""
 
     name: str
     family: str
@@ -143,7 +142,6 @@ class Loss:
     factor: Optional[str] = None
     weighted_mean: bool = False
     same_shape: bool = False
-    signed_terms: bool = False
     prepare: Optional[Callable] = None
     doc: str = ""
     grad_doc: str = ""
@@ -678,7 +676,7 @@ POISSON_NLL = Loss(
     make_inputs=poisson_inputs, loss_shape=_same_shape,
     cases=(Case("log_input", {}), Case("rate", {"log_input": False}),
            Case("full", {"full": True}), Case("rate+full", {"log_input": False, "full": True})),
-    bench=True, bench_inputs=("pred", "counts"), kernel="poisson_nll", signed_terms=True,
+    bench=True, bench_inputs=("pred", "counts"), kernel="poisson_nll",
     params=lambda options: (options["log_input"], options["full"], options["eps"]),
     doc="""Poisson negative log-likelihood, as torch.nn.functional.poisson_nll_loss: per
     element ``exp(input) - target * input`` (``log_input=True``: input is the log-rate) or
@@ -706,7 +704,7 @@ GAUSSIAN_NLL = Loss(
     cases=(Case("plain", {}), Case("var-per-row", {"var": "row"}),
            Case("full", {"full": True}), Case("small-var", {"small_var": True, "eps": 1e-4})),
     bench=True, bench_inputs=("pred", "target", "positive"), kernel="gaussian_nll",
-    signed_terms=True, prepare=_gaussian_prepare,
+    prepare=_gaussian_prepare,
     params=lambda options: (options["full"], options["eps"]),
     doc="""Gaussian negative log-likelihood, as torch.nn.functional.gaussian_nll_loss: per
     element, with ``v = max(var, eps)``, ``0.5 (log v + (input - target)**2 / v)`` (plus

@@ -8,7 +8,16 @@ with the same semantics.
 from fastloss import _kernels
 from fastloss._config import resolve_num_threads
 
-__all__ = ["cross_entropy", "cross_entropy_grad", "cross_entropy_value_and_grad"]
+__all__ = ["CROSS_ENTROPY_STATS_FIELDS", "cross_entropy", "cross_entropy_block_stats",
+           "cross_entropy_from_stats", "cross_entropy_grad", "cross_entropy_merge_stats",
+           "cross_entropy_rebase_stats", "cross_entropy_value_and_grad"]
+
+#: The fields of a statistics array (cross_entropy_block_stats), in the order of its first
+#: axis: ``stats[CROSS_ENTROPY_STATS_FIELDS.index("sum")]`` is the row's scaled sum.  The
+#: first (``max``) merges by maximum, every other by a sum once rebased onto the common
+#: maximum (cross_entropy_rebase_stats).
+CROSS_ENTROPY_STATS_FIELDS = ("max", "sum", "sum_others", "dist", "mass", "target_logit",
+                              "target_weight", "target_count", "classes")
 
 
 def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
@@ -69,7 +78,7 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
 
 def cross_entropy_grad(logits, target, grad_output=1.0, *, weight=None, ignore_index=-100,
                        reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None,
-                       lse=None, out=None, num_threads=None):
+                       lse=None, class_offset=0, stats=None, out=None, num_threads=None):
     """Gradient of ``grad_output * cross_entropy(logits, target, ...)`` w.r.t. the logits.
 
     grad_output is a scalar for "mean"/"sum" and an array shaped like the
@@ -79,10 +88,20 @@ def cross_entropy_grad(logits, target, grad_output=1.0, *, weight=None, ignore_i
     ``out`` receives the gradient (shape and dtype of the logits); ``out=logits``
     overwrites the logits in place.  Returns the gradient (``out`` if given).
     Rows whose target is ignore_index get a zero gradient.
+
+    The gradient of one block of classes: given ``stats``, the statistics of the whole
+    class axis (cross_entropy_block_stats of every block, merged), ``logits`` is the block
+    of classes ``[class_offset, class_offset + width)`` of each row, ``weight`` the block's
+    slice of the class weights, ``target`` the rows' class indices (global) or the
+    block's probability targets; the result is that block of the gradient of the whole
+    row's loss, with the log-sum-exp, C, the weight total and the mean's denominators
+    read from ``stats`` (one read of the block, one write; nothing else is needed from
+    the other blocks).  ``lse`` does not combine with ``stats``.
     """
     _, _, grad = _kernels.ce_call(
         _kernels.CE_GRAD, logits, target, weight, ignore_index, reduction, label_smoothing,
-        z_loss, softcap, resolve_num_threads(num_threads), grad_output, lse, out)
+        z_loss, softcap, resolve_num_threads(num_threads), grad_output, lse, out,
+        class_offset=class_offset, stats=stats)
     return grad
 
 
@@ -100,3 +119,83 @@ def cross_entropy_value_and_grad(logits, target, grad_output=1.0, *, weight=None
         label_smoothing, z_loss, softcap, resolve_num_threads(num_threads), grad_output,
         None, out)
     return loss, grad
+
+
+def cross_entropy_block_stats(logits_block, target, *, class_offset=0, num_classes=None,
+                              weight=None, ignore_index=-100, label_smoothing=0.0,
+                              softcap=None, num_threads=None):
+    """Statistics of the classes ``[class_offset, class_offset + width)`` of each row,
+    which merge (cross_entropy_merge_stats) into those of the whole row.
+
+    Parameters
+    ----------
+    logits_block : array_like, float32 or float64, shape (..., width)
+        Those classes of the logits.
+    target : array_like
+        The rows' class indices (global, shape (...)), or the block's probability
+        targets (shape (..., width)).
+    class_offset : int >= 0
+        The global index of the block's first class.
+    num_classes : int, optional
+        The global number of classes C (default ``class_offset + width``): the block must
+        end within it, class indices must be below it, and probability targets are
+        smoothed as ``(1 - eps) q + eps / C``.
+    weight : array_like, shape (width,), optional
+        The block's slice of the class weights.
+    ignore_index, label_smoothing, softcap, num_threads
+        As in cross_entropy; pass the same to the merge's other blocks and to
+        cross_entropy_from_stats / cross_entropy_grad.
+
+    Returns
+    -------
+    stats : ndarray of float64, shape (9, ...)
+        One statistic per entry of the first axis, in the order of
+        CROSS_ENTROPY_STATS_FIELDS (fastloss.reference.cross_entropy_block_stats gives the
+        formulas): ``max``, ``sum``, ``sum_others``, ``dist``, ``mass``,
+        ``target_logit``, ``target_weight``, ``target_count``, ``classes``.  Ignored rows
+        get the neutral record (max -inf, sums 0).  Results are identical for any
+        number of threads.
+    """
+    return _kernels.ce_block_stats(logits_block, target, class_offset, num_classes, weight,
+                                   ignore_index, label_smoothing, softcap,
+                                   resolve_num_threads(num_threads))
+
+
+def cross_entropy_rebase_stats(stats, new_max):
+    """``stats`` (a new array) with its sums taken relative to ``new_max`` (per row,
+    at least the row's ``max``; broadcast) instead of its own ``max``.
+
+    The step of a distributed merge between its two all-reduces: the maximum of the
+    ``max`` field over the ranks (MAX), then this on each rank, then the sum of every
+    other field (SUM).  ``new_max`` below a row's max raises ValueError.
+    """
+    return _kernels.ce_rebase_stats(stats, new_max)
+
+
+def cross_entropy_merge_stats(stats_sequence):
+    """The statistics of the union of the blocks of ``stats_sequence`` (arrays of one
+    shape from cross_entropy_block_stats), merged in the sequence's order.
+
+    The merge takes the maximum of ``max``, rebases each record onto it and adds the
+    other fields in order: associative up to rounding, and the same bits for the same
+    sequence whatever the threads.  Blocks must not overlap; they may come in any order.
+    """
+    return _kernels.ce_merge_stats(stats_sequence)
+
+
+def cross_entropy_from_stats(stats, target, *, ignore_index=-100, reduction="mean",
+                             label_smoothing=0.0, z_loss=0.0, return_lse=False):
+    """The cross-entropy of rows from their merged statistics.
+
+    ``stats`` covers every class of each row (cross_entropy_merge_stats of the blocks'
+    statistics); ``target`` is the rows' class indices, or None when the blocks had
+    probability targets.  The other arguments are cross_entropy's, and so is the result,
+    but computed in float64 whatever the logits' dtype (the statistics are float64): a
+    Python float, or a float64 array for "none"; ``return_lse=True`` adds the per-row
+    log-sum-exp.  The loss equals cross_entropy on the whole logits within the accuracy
+    contract.  A non-ignored row whose target lies in no block, or in two, raises
+    ValueError.
+    """
+    loss, lse = _kernels.ce_from_stats(stats, target, ignore_index, reduction,
+                                       label_smoothing, z_loss, return_lse)
+    return (loss, lse) if return_lse else loss

@@ -44,14 +44,6 @@ def _flat(array, shape, dtype):
     return np.require(array, dtype=dtype, requirements="CA").reshape(-1)
 
 
-# Each float32 term comes out of the kernel within about 5e-7 of itself (bce's exp and
-# log1p, the products with the weight), so their sum keeps the accuracy contract (2e-6)
-# while terms of both signs cancel to no less than half their magnitude.  Terms are >= 0
-# except under a negative weight or pos_weight, or a bce target outside [0, 1]; where such
-# terms cancel further, the loss is computed again from the inputs in float64.
-_CANCELLATION = 0.5
-
-
 class _Problem:
     """Checked arguments of one call of elementwise loss ``entry`` (a registry Loss), in
     the layout the kernels read: the entry's inputs (two or three) broadcast to the
@@ -202,20 +194,11 @@ class _Problem:
         kernel_mode = mode
         if mode != "forward" and all(buffer is None for buffer in buffers):
             kernel_mode = "forward" if mode == "value_and_grad" else None  # the weight's alone
-        reduced = mode != "backward" and per_element is None
         total = 0.0
-        if kernel_mode is None:
-            pass
-        elif (reduced and buffers[0] is not None and self.dtype == np.float32
-                and any(np.may_share_memory(buffers[0], data) for data in self.flat[:2])
-                and self._terms_may_be_negative()):
-            # in place, the inputs are gone once the gradient is written: the loss first
-            total = self._reduced_loss(*self._kernel("forward", None, None, [None] * 3))
-            self._kernel("backward", upstream, None, buffers)
-        else:
-            total, magnitude = self._kernel(kernel_mode, upstream, per_element, buffers)
-            if reduced:
-                total = self._reduced_loss(total, magnitude)
+        if kernel_mode is not None:
+            # the loss meets the contract as the kernel returns it, where float32 terms
+            # cancel and in place too (csrc/elementwise.c's numerical policy)
+            total, _ = self._kernel(kernel_mode, upstream, per_element, buffers)
         if per_element is None:  # a Python float holding a value of the loss's dtype
             loss = float(self.dtype.type(total))
         else:
@@ -253,12 +236,6 @@ class _Problem:
                                per_element, buffers[0], self.params,
                                reduction or self.reduction, self.num_threads, **extra)
 
-    def _wide_inputs(self):
-        """The call's streams, weight and factor in float64."""
-        return ([array.astype(np.float64, copy=False) for array in self.flat],
-                *(None if a is None else a.astype(np.float64, copy=False)
-                  for a in (self.weight, self.factor)))
-
     def _weight_grad(self, upstream):
         """The gradient w.r.t. the weight over the loss's shape (float64), from the
         unweighted loss per element l: ``l * grad_output`` (/ n for the mean), or through
@@ -271,7 +248,8 @@ class _Problem:
         weighted mean its terms cancel in proportion to how little the loss depends on
         the weights, which a float32 l would not survive."""
         unweighted = np.empty(self.pred.size, dtype=np.float64)
-        flat, _, factor = self._wide_inputs()
+        flat = [array.astype(np.float64, copy=False) for array in self.flat]
+        factor = None if self.factor is None else self.factor.astype(np.float64, copy=False)
         self._kernel("forward", None, unweighted, [None] * 3, inputs=(flat, None, factor),
                      reduction="none")
         loss = unweighted.reshape(self.shape)
@@ -310,24 +288,6 @@ class _Problem:
             return grad.astype(dtype, copy=False)
         np.copyto(out, grad, casting="unsafe")
         return out
-
-    def _terms_may_be_negative(self):
-        if self.entry.signed_terms:
-            return True
-        factors = [f for f in (self.weight, self.factor) if f is not None]
-        if any(np.any(f < 0) for f in factors):
-            return True
-        target = self.flat[1]
-        return self.loss == "bce_with_logits" and bool(
-            target.size and (target.min() < 0 or target.max() > 1))
-
-    def _reduced_loss(self, total, magnitude):
-        """The kernel's sum or mean, or, where float32 terms cancelled (_CANCELLATION),
-        the same from the inputs in float64."""
-        if self.dtype == np.float32 and abs(total) < _CANCELLATION * magnitude:
-            total, _ = self._kernel("forward", None, None, [None] * 3,
-                                    inputs=self._wide_inputs())
-        return total
 
     def _grad_buffer(self, out, upstream):
         """(1-d buffer the kernel writes, the gradient to return), or (buffer, None) when

@@ -132,6 +132,17 @@ def case_call(n_scale):
             target = np.abs(target)
         function = getattr(fastloss, case + "_value_and_grad")
         return lambda: function(pred, target, out=pred, **options), 0
+    if case in ("mse cancelling in place", "mse cancelling out"):
+        # weights of both signs whose float32 terms cancel (the loss is a few units, the
+        # terms' magnitude n): the C entry redoes the sum in double from the float32
+        # arrays, in place after a forward pass first (csrc/elementwise.c's policy)
+        pred = touched((ew // 4096, 4096), value=1.0)
+        pred.reshape(-1)[::89] = 1.5
+        target = touched((ew // 4096, 4096))
+        weight = np.tile(np.array([1.0, -1.0], np.float32), 2048)
+        out = pred if case.endswith("in place") else touched((ew // 4096, 4096))
+        return lambda: fastloss.mse_value_and_grad(pred, target, weight=weight, out=out,
+                                                   reduction="sum"), 0
     if case == "contrastive":
         x1, x2 = pattern((pairs, D)), pattern((pairs, D)) * 0.5
         label = np.arange(pairs) % 2
@@ -219,6 +230,9 @@ RSS_CASES = [
     ("huber", SLACK, "an n-sized scratch (or the broadcast weight materialised)"),
     ("bce_with_logits", SLACK, "an n-sized scratch (or pos_weight materialised)"),
     ("mse allocating", SLACK, "an n-sized scratch besides the gradient"),
+    # a float32 sum that cancels is redone from the float32 arrays, not float64 copies
+    ("mse cancelling in place", SLACK, "a float64 copy of the inputs for the redo"),
+    ("mse cancelling out", SLACK, "a float64 copy of the inputs for the redo"),
     # 2**18 pairs of 64 float32 = 64 MiB per input: O(N) per-pair values
     ("contrastive", SLACK + 32 * (1 << 18), "an N x D scratch"),
     ("triplet_margin", SLACK + 48 * (1 << 18), "an N x D scratch"),

@@ -60,6 +60,7 @@ def install():
             "torch.autograd.function",
             {"Function": function_class, "once_differentiable": lambda function: function}),
         "torch.autograd.graph": _module("torch.autograd.graph"),
+        "torch.distributed": _module("torch.distributed"),  # fastloss.torch.distributed
     }
     for name, module in modules.items():
         sys.modules[name] = module

@@ -282,6 +282,172 @@ CROSS_ENTROPY_FEW_CLASSES = Family(
 )
 
 # ----------------------------------------------------------------------------------------
+# Cross-entropy over blocks of classes (block statistics) and over ranks (vocab-parallel)
+# ----------------------------------------------------------------------------------------
+
+CE_BLOCK_COUNTS = (1, 4, 16)
+
+
+def _ce_block_forward(k):
+    """The forward by block statistics over ``k`` equal blocks of classes (views of the
+    logits, no copy): each block's statistics, the merge, the loss."""
+    def setup(inputs, threads):
+        logits, target = inputs["logits"], inputs["target"]
+        n_classes = logits.shape[1]
+        bounds = [n_classes * j // k for j in range(k + 1)]
+        if len(set(bounds)) < len(bounds):
+            raise Unavailable(f"{n_classes} classes do not make {k} blocks")
+
+        def call():
+            stats = [fastloss.cross_entropy_block_stats(
+                logits[:, a:b], target, class_offset=a, num_classes=n_classes,
+                num_threads=threads) for a, b in zip(bounds[:-1], bounds[1:])]
+            return fastloss.cross_entropy_from_stats(
+                fastloss.cross_entropy_merge_stats(stats), target)
+
+        return Timed(call, note=f"{k} blocks of about {n_classes // k} classes")
+    return setup
+
+
+def _ce_block_name(k):
+    return f"fastloss forward by block statistics, k={k}"
+
+
+# The vocab-parallel row: two spawned ranks in a gloo group on 127.0.0.1, each holding
+# half the classes, started once per size and driven through pipes (one step per call).
+VOCAB_PARALLEL_RANKS = 2
+_VOCAB_POOL = {}
+
+
+def _vocab_parallel_rank(rank, world, port, size, dtype_name, connection):
+    """One rank: forward+backward of vocab_parallel_cross_entropy on its slice per "step"
+    received, answering (its own seconds, the bytes it sent to the collectives)."""
+    import time
+
+    import torch
+    import torch.distributed as dist
+
+    from fastloss.torch.distributed import vocab_parallel_cross_entropy
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    sent = [0]
+
+    def counting(collective, payload):
+        def call(*args, **kwargs):
+            tensor = payload(*args)
+            sent[0] += tensor.numel() * tensor.element_size()
+            return collective(*args, **kwargs)
+        return call
+
+    dist.all_reduce = counting(dist.all_reduce, lambda tensor, *rest: tensor)
+    dist.all_gather = counting(dist.all_gather, lambda tensors, tensor, *rest: tensor)
+    n_rows, n_classes = size
+    start, end = n_classes * rank // world, n_classes * (rank + 1) // world
+    rng = np.random.default_rng(rank + 1)
+    local = torch.from_numpy((rng.standard_normal((n_rows, end - start), dtype=np.float32)
+                              * 3).astype(dtype_name)).requires_grad_(True)
+    target = torch.from_numpy(np.random.default_rng(0).integers(0, n_classes, n_rows))
+    connection.send("ready")
+    while connection.recv() == "step":
+        sent[0] = 0
+        begin = time.perf_counter()
+        vocab_parallel_cross_entropy(local, target, vocab_start=start,
+                                     num_threads=1).backward()
+        local.grad = None
+        connection.send((time.perf_counter() - begin, sent[0]))
+    dist.destroy_process_group()
+
+
+def _stop_vocab_pool():
+    for connections, processes in _VOCAB_POOL.values():
+        for connection in connections:
+            try:
+                connection.send("stop")
+            except (BrokenPipeError, OSError):
+                pass
+        for process in processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+    _VOCAB_POOL.clear()
+
+
+def _vocab_parallel(inputs, threads):
+    """Each step: both ranks' forward+backward (one thread each), in parallel; the row is
+    the step's wall time, the note the bytes each rank sent."""
+    torch = _torch()
+    if torch is None:
+        return None
+    import atexit
+    import socket
+
+    import torch.multiprocessing as mp
+
+    size = inputs["logits"].shape
+    dtype_name = inputs["logits"].dtype.name
+    key = (size, dtype_name)
+    if key not in _VOCAB_POOL:
+        _stop_vocab_pool()
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        context = mp.get_context("spawn")
+        connections, processes = [], []
+        for rank in range(VOCAB_PARALLEL_RANKS):
+            mine, theirs = context.Pipe()
+            process = context.Process(target=_vocab_parallel_rank, daemon=True,
+                                      args=(rank, VOCAB_PARALLEL_RANKS, port, size,
+                                            dtype_name, theirs))
+            process.start()
+            connections.append(mine)
+            processes.append(process)
+        _VOCAB_POOL[key] = (connections, processes)
+        atexit.register(_stop_vocab_pool)
+        for connection in connections:
+            if not connection.poll(300) or connection.recv() != "ready":
+                _stop_vocab_pool()
+                raise Unavailable("the vocab-parallel ranks did not start")
+    connections, _ = _VOCAB_POOL[key]
+    last = {}
+
+    def step():
+        for connection in connections:
+            connection.send("step")
+        last["ranks"] = [connection.recv() for connection in connections]
+
+    step()  # one step untimed: the bytes for the note
+    sent = [sent_bytes for _, sent_bytes in last["ranks"]]
+    n_rows = size[0]
+    return Timed(step, note=f"{VOCAB_PARALLEL_RANKS} gloo ranks on 127.0.0.1, one thread "
+                            f"each, half the classes each; bytes sent per rank per step: "
+                            f"{sent[0]} ({sent[0] / n_rows:.1f} per row)")
+
+
+CE_BLOCKS_FORWARD = "fastloss forward"
+CE_VOCAB_PARALLEL = (f"vocab_parallel_cross_entropy forward+backward, "
+                     f"{VOCAB_PARALLEL_RANKS} gloo ranks")
+
+CROSS_ENTROPY_BLOCKS = Family(
+    name="cross_entropy_blocks",
+    title="cross-entropy by block statistics and over ranks (mean, hard targets)",
+    make_inputs=_ce_inputs,
+    sizes={"full": CE_FULL_SIZE, "quick": (1024, 50257), "tiny": (16, 300)},
+    size_names=("N", "C"),
+    cases=(
+        Case(CE_BLOCKS_FORWARD, _ce_forward, read_only=True),
+        *(Case(_ce_block_name(k), _ce_block_forward(k), read_only=True)
+          for k in CE_BLOCK_COUNTS),
+        Case("fastloss.torch.cross_entropy forward+backward", _ce_adapter_forward_backward,
+             requires="torch"),
+        Case(CE_VOCAB_PARALLEL, _vocab_parallel, requires="torch"),
+        Case("np.copyto (logits -> buffer)", _copy, role="copy"),
+        Case("logits.max()", _read, role="read", read_only=True),
+    ),
+)
+
+
+# ----------------------------------------------------------------------------------------
 # Regression and binary (elementwise) losses
 # ----------------------------------------------------------------------------------------
 
@@ -535,6 +701,9 @@ TARGETS = {
         _speed_up_from_threads("fused", CE_ONE_THREAD, CE_FUSED,
                                "np.copyto (logits -> buffer)", 1.3, CE_FULL_SIZE),
     ),
+    "cross_entropy_blocks": tuple(
+        Target(f"blocks k={k} / forward <= 1.1", _ce_block_name(k), CE_BLOCKS_FORWARD, 1.1,
+               "max", CE_FULL_SIZE) for k in CE_BLOCK_COUNTS),
     "cross_entropy_few_classes": (
         Target("fused (out=) / copy <= 3", CE_FUSED, "np.copyto (logits -> buffer)", 3.0,
                "max", FEW_CLASSES_SIZE),
@@ -994,5 +1163,5 @@ ELEMENTWISE_SMALL = Grid(
 )
 
 FAMILIES = {family.name: family for family in (
-    CROSS_ENTROPY, CROSS_ENTROPY_FEW_CLASSES, CROSS_ENTROPY_SMALL, ELEMENTWISE,
+    CROSS_ENTROPY, CROSS_ENTROPY_FEW_CLASSES, CROSS_ENTROPY_BLOCKS, CROSS_ENTROPY_SMALL, ELEMENTWISE,
     ELEMENTWISE_SMALL, CONTRASTIVE, CONTRASTIVE_PIECES)}

@@ -178,8 +178,20 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
     return loss
 
 
+def _grad_output_array(grad_output, reduction, loss_shape):
+    grad_output = np.asarray(grad_output, dtype=np.float64)
+    if reduction != "none" and grad_output.ndim != 0:
+        raise ValueError(f"grad_output: expected a scalar for reduction={reduction!r}, "
+                         f"got shape {grad_output.shape}")
+    if grad_output.ndim != 0 and grad_output.shape != loss_shape:
+        raise ValueError(f"grad_output: expected a scalar or shape {loss_shape}, "
+                         f"got {grad_output.shape}")
+    return grad_output
+
+
 def cross_entropy_grad(logits, target, grad_output=1.0, *, weight=None, ignore_index=-100,
-                       reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None):
+                       reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None,
+                       class_offset=0, stats=None):
     r"""Gradient of ``grad_output * cross_entropy(logits, target, ...)`` w.r.t. logits.
 
     Same options and notation as :func:`cross_entropy`; matches torch autograd through
@@ -199,22 +211,29 @@ def cross_entropy_grad(logits, target, grad_output=1.0, *, weight=None, ignore_i
     shape ``logits.shape[:-1]``, or a scalar broadcast), ``grad_output`` for "sum", and
     ``grad_output / D_ce`` and ``grad_output / D_z`` for "mean". Ignored rows get exactly 0.
 
+    With ``stats`` (the statistics of the whole class axis merged, see
+    :func:`cross_entropy_block_stats`), ``logits`` is the block of classes
+    ``[class_offset, class_offset + width)``, ``weight`` its slice of the class weights,
+    ``target`` the rows' class indices or the block's probabilities; the result is that
+    block of the full gradient, with lse, C, W, the target's 1 - p_t
+    (``sum_others / sum``) and the mean's denominators taken from ``stats``.
+
     Returns
     -------
     grad : ndarray
         float64, shape ``logits.shape``.
     """
+    if stats is not None:
+        return _block_grad(logits, target, grad_output, class_offset, stats, weight,
+                           ignore_index, reduction, label_smoothing, z_loss, softcap)
+    if class_offset != 0:
+        raise ValueError(f"class_offset: a block's gradient needs stats= (the merged "
+                         f"statistics), got class_offset={class_offset} without them")
     logits, target, weight, soft = _check_cross_entropy(
         logits, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap)
     n_classes = logits.shape[-1]
     eps = label_smoothing
-    grad_output = np.asarray(grad_output, dtype=np.float64)
-    if reduction != "none" and grad_output.ndim != 0:
-        raise ValueError(f"grad_output: expected a scalar for reduction={reduction!r}, "
-                         f"got shape {grad_output.shape}")
-    if grad_output.ndim != 0 and grad_output.shape != logits.shape[:-1]:
-        raise ValueError(f"grad_output: expected a scalar or shape {logits.shape[:-1]}, "
-                         f"got {grad_output.shape}")
+    grad_output = _grad_output_array(grad_output, reduction, logits.shape[:-1])
     # nan and inf inputs propagate as IEEE arithmetic says; a mean over nothing divides by 0.
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         y, logp, lse = _log_softmax(logits, softcap)
@@ -264,6 +283,319 @@ def cross_entropy_value_and_grad(logits, target, grad_output=1.0, *, weight=None
     loss = cross_entropy(logits, target, **options)
     grad = cross_entropy_grad(logits, target, grad_output, **options)
     return loss, grad
+
+
+
+# ----------------------------------------------------------------------------------------
+# Block statistics: cross-entropy over pieces of the class axis
+# ----------------------------------------------------------------------------------------
+# The layout of a statistics array: float64, shape (CE_STATS_FIELDS, *batch), one row of
+# fields per statistic (fastloss.cross_entropy documents it; docs/block_statistics.rst).
+_MAX, _SUM, _SUM_OTHERS, _DIST, _MASS, _TARGET_LOGIT, _TARGET_WEIGHT, _TARGET_COUNT, \
+    _CLASSES = range(9)
+_STATS_FIELDS = 9
+
+
+def _block_arguments(logits_block, target, class_offset, num_classes, weight, ignore_index,
+                     label_smoothing, softcap):
+    """Checked float64 ``(y, x, target, weight, soft, num_classes)`` of one block: ``y``
+    the (capped) logits, ``x`` the logits as given."""
+    x = np.asarray(logits_block)
+    if x.dtype.kind not in "fiu":
+        raise TypeError(f"logits_block: expected a real numeric array, got dtype {x.dtype}")
+    if x.ndim == 0 or x.shape[-1] == 0:
+        raise ValueError(f"logits_block: expected shape (..., width) with width >= 1, "
+                         f"got {x.shape}")
+    x = x.astype(np.float64)
+    width = x.shape[-1]
+    if int(class_offset) != class_offset or class_offset < 0:
+        raise ValueError(f"class_offset: expected an integer >= 0, got {class_offset}")
+    class_offset = int(class_offset)
+    if num_classes is None:
+        num_classes = class_offset + width
+    if class_offset + width > num_classes:
+        raise ValueError(f"class_offset: the block [{class_offset}, {class_offset + width}) "
+                         f"ends past num_classes={num_classes}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing: expected a value in [0, 1], got {label_smoothing}")
+    if softcap is not None and not softcap > 0.0:
+        raise ValueError(f"softcap: expected None or a value > 0, got {softcap}")
+    target = np.asarray(target)
+    soft = target.dtype.kind == "f"
+    if soft:
+        if target.shape != x.shape:
+            raise ValueError(f"target: expected probabilities of shape {x.shape}, "
+                             f"got {target.shape}")
+        target = target.astype(np.float64)
+    elif target.dtype.kind in "iu":
+        if target.shape != x.shape[:-1]:
+            raise ValueError(f"target: expected class indices of shape {x.shape[:-1]}, "
+                             f"got {target.shape}")
+        bad = (target != ignore_index) & ((target < 0) | (target >= num_classes))
+        if np.any(bad):
+            position = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(f"target: value {target[position]} at position {position} is out "
+                             f"of range for {num_classes} classes "
+                             f"(ignore_index={ignore_index})")
+    else:
+        raise TypeError("target: expected integer class indices or float probabilities, "
+                        f"got dtype {target.dtype}")
+    if weight is None:
+        weight = np.ones(width)
+    else:
+        weight = np.asarray(weight, dtype=np.float64)
+        if weight.shape != (width,):
+            raise ValueError(f"weight: expected the block's shape ({width},), "
+                             f"got {weight.shape}")
+    y = x if softcap is None else softcap * np.tanh(x / softcap)
+    return y, x, target, weight, soft, num_classes, class_offset
+
+
+def cross_entropy_block_stats(logits_block, target, *, class_offset=0, num_classes=None,
+                              weight=None, ignore_index=-100, label_smoothing=0.0,
+                              softcap=None):
+    r"""Statistics of the classes ``[class_offset, class_offset + width)`` of each row.
+
+    ``logits_block`` (..., width) holds those classes of the logits; ``target`` is the
+    rows' class indices (global, shape (...)) or the block's probability targets (...,
+    width); ``weight`` is the block's slice of the class weights (width,); ``num_classes``
+    is the global C (default ``class_offset + width``), used to check the block and the
+    targets and, for probability targets, in ``q' = (1 - eps) q + eps / C``.
+
+    Returns a float64 array of shape ``(9, ...)``, one statistic per row of fields, each
+    relative to the shift ``s = m`` (``s = 0`` when ``m = -inf``), with y the capped
+    logits of the block and u the smoothing weights (u_c = w_c with label smoothing and
+    class indices, w_c q'_c with probabilities, none otherwise)::
+
+        0 max            m = max_c y_c
+        1 sum            sum_c exp(y_c - s)
+        2 sum_others     the same sum without the target's term
+        3 dist           sum_c u_c (s - y_c)
+        4 mass           sum_c u_c
+        5 target_logit   y_t when the target t is in the block, else 0
+        6 target_weight  w_t when t is in the block, else 0
+        7 target_count   1 when t is in the block, else 0
+        8 classes        the block's width
+
+    A row whose target is ignore_index gets the neutral record (max -inf, every sum 0)
+    but its width.
+    """
+    y, _, target, weight, soft, num_classes, class_offset = _block_arguments(
+        logits_block, target, class_offset, num_classes, weight, ignore_index,
+        label_smoothing, softcap)
+    eps = label_smoothing
+    width = y.shape[-1]
+    stats = np.zeros((_STATS_FIELDS,) + y.shape[:-1])
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        m = np.max(y, axis=-1)
+        shift = np.where(m == -np.inf, 0.0, m)
+        e = np.exp(y - shift[..., None])
+        stats[_MAX] = m
+        stats[_SUM] = np.sum(e, axis=-1)
+        if soft:
+            u = weight * ((1.0 - eps) * target + eps / num_classes)
+            stats[_DIST] = np.sum(u * (shift[..., None] - y), axis=-1)
+            stats[_MASS] = np.sum(u, axis=-1)
+            stats[_SUM_OTHERS] = stats[_SUM]
+        else:
+            local = target - class_offset
+            valid = target != ignore_index
+            inside = valid & (local >= 0) & (local < width)
+            safe = np.where(inside, local, 0)
+            one_hot = (np.arange(width) == safe[..., None]) & inside[..., None]
+            stats[_SUM_OTHERS] = np.sum(np.where(one_hot, 0.0, e), axis=-1)
+            if eps > 0.0:
+                stats[_DIST] = np.sum(weight * (shift[..., None] - y), axis=-1)
+                stats[_MASS] = np.sum(weight)
+            stats[_TARGET_LOGIT] = np.where(
+                inside, np.take_along_axis(y, safe[..., None], axis=-1)[..., 0], 0.0)
+            stats[_TARGET_WEIGHT] = np.where(inside, weight[safe], 0.0)
+            stats[_TARGET_COUNT] = inside
+            neutral = (-np.inf, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+            for field, value in enumerate(neutral):
+                stats[field] = np.where(valid, stats[field], value)
+    stats[_CLASSES] = width
+    return stats
+
+
+def _stats_array(stats, name="stats"):
+    stats = np.asarray(stats, dtype=np.float64)
+    if stats.ndim == 0 or stats.shape[0] != _STATS_FIELDS:
+        raise ValueError(f"{name}: expected shape ({_STATS_FIELDS}, ...) (cross_entropy_"
+                         f"block_stats), got {stats.shape}")
+    return stats
+
+
+def cross_entropy_rebase_stats(stats, new_max):
+    r"""``stats`` with every sum taken relative to ``new_max`` (>= each row's max) instead
+    of its own max: the step between the MAX and the SUM all-reduce of distributed use::
+
+        f = exp(m - M):   sum *= f,  sum_others *= f,  dist += (M - m) * mass,  max = M
+
+    (a record with m = -inf keeps its sums: they are relative to 0 and hold no exp).
+    """
+    stats = _stats_array(stats).copy()
+    new_max = np.broadcast_to(np.asarray(new_max, dtype=np.float64), stats.shape[1:])
+    m = stats[_MAX]
+    with np.errstate(invalid="ignore", over="ignore"):
+        finite = m != -np.inf
+        scale = np.where(finite, np.exp(np.where(finite, m, 0.0) - new_max), 1.0)
+        scale = np.where(m == new_max, 1.0, scale)
+        stats[_SUM] = stats[_SUM] * scale
+        stats[_SUM_OTHERS] = stats[_SUM_OTHERS] * scale
+        stats[_DIST] = np.where(finite, stats[_DIST] + (new_max - m) * stats[_MASS],
+                                stats[_DIST])
+    stats[_MAX] = new_max
+    return stats
+
+
+def cross_entropy_merge_stats(stats_sequence):
+    r"""The statistics of the union of the blocks, in the sequence's order.
+
+    ``M = max_k m_k`` (NaN maxima skipped, as the kernels do; a NaN still reaches the
+    sums), every record rebased onto M (:func:`cross_entropy_rebase_stats`), then each
+    field except ``max`` summed in order.
+    """
+    records = [_stats_array(s, "stats_sequence") for s in stats_sequence]
+    if not records:
+        raise ValueError("stats_sequence: expected at least one statistics array")
+    shape = records[0].shape
+    for record in records:
+        if record.shape != shape:
+            raise ValueError(f"stats_sequence: shapes differ, {shape} and {record.shape}")
+    new_max = np.full(shape[1:], -np.inf)
+    for record in records:
+        new_max = np.fmax(new_max, record[_MAX])
+    merged = np.zeros(shape)
+    for record in records:
+        merged[1:] += cross_entropy_rebase_stats(record, new_max)[1:]
+    merged[_MAX] = new_max
+    return merged
+
+
+def _stats_rows(stats, target, ignore_index):
+    """``(valid, soft)`` of the rows of merged statistics."""
+    soft = target is None or np.asarray(target).dtype.kind == "f"
+    if soft:
+        if np.any(stats[_TARGET_COUNT] != 0):
+            raise ValueError("target: the statistics are of class-index targets; pass them")
+        return np.ones(stats.shape[1:], dtype=bool), True
+    target = np.asarray(target)
+    if target.dtype.kind not in "iu":
+        raise TypeError(f"target: expected integer class indices or None, got dtype "
+                        f"{target.dtype}")
+    if target.shape != stats.shape[1:]:
+        raise ValueError(f"target: expected shape {stats.shape[1:]}, got {target.shape}")
+    valid = target != ignore_index
+    counted = stats[_TARGET_COUNT]
+    if np.any(valid & (counted != 1)):
+        position = tuple(int(i) for i in np.argwhere(valid & (counted != 1))[0])
+        raise ValueError(f"stats: the target of row {position} is in {counted[position]:g} "
+                         f"of the merged blocks, not 1 (blocks missing or overlapping)")
+    return valid, False
+
+
+def cross_entropy_from_stats(stats, target, *, ignore_index=-100, reduction="mean",
+                             label_smoothing=0.0, z_loss=0.0):
+    r"""The cross-entropy from statistics merged over the whole class axis.
+
+    ``target``: the rows' class indices (batch shape), or None for probability targets.
+    With ``lse = max + log(sum)``, ``C`` the merged ``classes`` and ``W`` the merged
+    ``mass``::
+
+        hard: (1 - eps) w_t (lse - y_t) + eps / C (dist + W log(sum)) + z_loss lse**2
+        soft: dist + mass log(sum) + z_loss lse**2
+
+    reduced as :func:`cross_entropy` does (the weighted mean divides by the sum of the
+    merged ``target_weight`` over the non-ignored rows).
+    """
+    stats = _stats_array(stats)
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction: expected one of {_REDUCTIONS}, got {reduction!r}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing: expected a value in [0, 1], got {label_smoothing}")
+    if not (np.isfinite(z_loss) and z_loss >= 0.0):
+        raise ValueError(f"z_loss: expected a finite value >= 0, got {z_loss}")
+    valid, soft = _stats_rows(stats, target, ignore_index)
+    eps = label_smoothing
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        log_sum = np.log(stats[_SUM])
+        lse = stats[_MAX] + log_sum
+        if soft:
+            ce = stats[_DIST] + stats[_MASS] * log_sum
+            ce_denominator = z_denominator = lse.size
+        else:
+            nll = (stats[_MAX] - stats[_TARGET_LOGIT]) + log_sum
+            ce = (1.0 - eps) * stats[_TARGET_WEIGHT] * nll
+            if eps > 0.0:
+                ce = ce + eps / stats[_CLASSES] * (stats[_DIST] + stats[_MASS] * log_sum)
+            ce_denominator = np.sum(np.where(valid, stats[_TARGET_WEIGHT], 0.0))
+            z_denominator = np.count_nonzero(valid)
+        ce = np.where(np.isfinite(lse), ce, np.nan)
+        ce = np.where(valid, ce, 0.0)
+        lse = np.where(valid, lse, 0.0)
+        loss_per_row = ce + z_loss * lse**2
+        if reduction == "none":
+            return np.asarray(loss_per_row, dtype=np.float64)
+        if reduction == "sum":
+            return float(np.sum(loss_per_row))
+        return float(np.sum(ce) / np.float64(ce_denominator)
+                     + z_loss * np.sum(lse**2) / np.float64(z_denominator))
+
+
+def _block_grad(logits_block, target, grad_output, class_offset, stats, weight, ignore_index,
+                reduction, label_smoothing, z_loss, softcap):
+    """cross_entropy_grad of one block from merged statistics (see cross_entropy_grad)."""
+    stats = _stats_array(stats)
+    width = np.shape(logits_block)[-1] if np.ndim(logits_block) else 0
+    # C, the merged classes (the same in every row)
+    num_classes = int(stats[_CLASSES].flat[0]) if stats[0].size else None
+    y, x, target, weight, soft, _, class_offset = _block_arguments(
+        logits_block, target, class_offset, num_classes, weight, ignore_index,
+        label_smoothing, softcap)
+    if stats.shape[1:] != y.shape[:-1]:
+        raise ValueError(f"stats: expected shape ({_STATS_FIELDS},) + {y.shape[:-1]}, "
+                         f"got {stats.shape}")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction: expected one of {_REDUCTIONS}, got {reduction!r}")
+    valid, _ = _stats_rows(stats, None if soft else target, ignore_index)
+    eps = label_smoothing
+    width = y.shape[-1]
+    grad_output = _grad_output_array(grad_output, reduction, y.shape[:-1])
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        lse = (stats[_MAX] + np.log(stats[_SUM]))[..., None]
+        probs = np.exp(y - lse)
+        n_classes = stats[_CLASSES][..., None]
+        if soft:
+            u = weight * ((1.0 - eps) * target + eps / n_classes)
+            grad_ce = stats[_MASS][..., None] * probs - u
+            ce_denominator = z_denominator = valid.size
+        else:
+            local = target - class_offset
+            inside = valid & (local >= 0) & (local < width)
+            one_hot = (np.arange(width) == np.where(inside, local, -1)[..., None])
+            complement = (stats[_SUM_OTHERS] / stats[_SUM])[..., None]
+            delta = np.where(one_hot, -complement, probs)
+            target_weight = stats[_TARGET_WEIGHT][..., None]
+            grad_ce = (1.0 - eps) * target_weight * delta
+            if eps > 0.0:
+                grad_ce = grad_ce + (eps / n_classes) * (stats[_MASS][..., None] * probs
+                                                         - weight)
+            ce_denominator = np.sum(np.where(valid, stats[_TARGET_WEIGHT], 0.0))
+            z_denominator = np.count_nonzero(valid)
+        grad_z = 2.0 * z_loss * lse * probs
+        if reduction == "none":
+            ce_scale = z_scale = grad_output[..., None]
+        elif reduction == "sum":
+            ce_scale = z_scale = grad_output
+        else:
+            ce_scale = grad_output / np.float64(ce_denominator)
+            z_scale = grad_output / np.float64(z_denominator)
+        grad = ce_scale * grad_ce + z_scale * grad_z
+        if softcap is not None:
+            grad = grad / np.cosh(x / softcap) ** 2
+        grad = np.where(valid[..., None], grad, 0.0)
+    return grad
 
 
 # every public function of this module is a loss's entry point (fastloss.reference

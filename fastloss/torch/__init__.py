@@ -928,3 +928,13 @@ for _entry in _registry.family("elementwise") + _registry.family("box"):
         globals()[_module.__name__] = _module
         __all__ += [_function.__name__, _module.__name__]
 del _entry, _function, _module
+
+
+def __getattr__(name):
+    """``fastloss.torch.distributed`` on first use: ``import fastloss.torch`` does not
+    import torch.distributed."""
+    if name == "distributed":
+        import importlib
+
+        return importlib.import_module("fastloss.torch.distributed")
+    raise AttributeError(f"module 'fastloss.torch' has no attribute {name!r}")
