@@ -220,9 +220,10 @@ _LOSS_DOC = """{title}, as torchvision.ops.{torchvision}: per pair of boxes,
     -------
     float or ndarray
         A float for "mean"/"sum"; for "none" an array of the broadcast leading shape. Its
-        dtype is float64 if either box array is, else float32. Every per-pair quantity is
-        computed in double and rounded once, for float32 boxes too (so a float32 result is
-        as accurate as the float64 one, rounded; torch's float32 evaluation is not).
+        dtype is float64 if either box array is, else float32. For float32 boxes each pair
+        is computed in double and rounded once, or (ciou) in float32 where an error bound
+        computed with it proves the result within the accuracy contract, and in double
+        elsewhere (torch's float32 evaluation keeps neither).
     """
 
 _GRAD_DOC = """Gradient of ``grad_output * {name}(boxes1, boxes2, ...)``: torch's autograd of
