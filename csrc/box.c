@@ -39,7 +39,8 @@
  * pair is computed in float from formulas that do not cancel, with an
  * a-priori bound on each result's error, and again in double where the bound
  * does not prove the accuracy contract.  The rest of this paragraph is why a
- * plain float32 evaluation would not do.  In float32 the formula cancels where training ends up: 1 - iou and
+ * plain float32 evaluation would not do.  In float32 the formula cancels where
+ * training ends up: 1 - iou and
  * cw ch - union are differences of nearly equal areas when the boxes nearly
  * coincide, and alpha divides by 1 - iou + v; a float32 evaluation misses the
  * contract's 2e-6 there by orders of magnitude (an iou of 0.999 keeps three
