@@ -35,7 +35,12 @@
  * autograd's.  NaN and inf propagate as IEEE arithmetic (and those steps) say.
  *
  * Precision: every per-pair quantity is computed in double, for float32 boxes
- * too.  In float32 the formula cancels where training ends up: 1 - iou and
+ * too, except in box_body.h's float32 pass (on by default for ciou): there a
+ * pair is computed in float from formulas that do not cancel, with an
+ * a-priori bound on each result's error, and again in double where the bound
+ * does not prove the accuracy contract.  The rest of this paragraph is why a
+ * plain float32 evaluation would not do.  In float32 the formula cancels where
+ * training ends up: 1 - iou and
  * cw ch - union are differences of nearly equal areas when the boxes nearly
  * coincide, and alpha divides by 1 - iou + v; a float32 evaluation misses the
  * contract's 2e-6 there by orders of magnitude (an iou of 0.999 keeps three

@@ -33,6 +33,14 @@ enum fastloss_box_loss {
     FASTLOSS_BOX_CIOU = 2  /* torchvision.ops.complete_box_iou_loss */
 };
 
+/* Where the float32 kernels compute pairs in float (box_body.h, BOX_NARROW). */
+enum fastloss_box_float_pass {
+    FASTLOSS_BOX_FLOAT_PASS_NEVER = -1,  /* every pair in double (a gradient the caller
+                                            sums over pairs: their errors would add up) */
+    FASTLOSS_BOX_FLOAT_PASS_DEFAULT = 0, /* where it pays: ciou (box_body.h says why) */
+    FASTLOSS_BOX_FLOAT_PASS_ALWAYS = 1   /* every loss (tests) */
+};
+
 typedef struct fastloss_box_options {
     fastloss_index n;              /* pairs of boxes */
     int loss;                      /* enum fastloss_box_loss */
@@ -41,6 +49,8 @@ typedef struct fastloss_box_options {
     fastloss_index boxes2_stride;  /* likewise for boxes2 */
     int reduction;                 /* enum fastloss_reduction */
     int num_threads;               /* upper bound on OpenMP threads (>= 1) */
+    int float_pass;                /* float32 storage: the float pass of box_body.h,
+                                      enum fastloss_box_float_pass */
 } fastloss_box_options;
 
 /*

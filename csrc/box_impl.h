@@ -28,7 +28,9 @@
 #include "storage_begin.h"
 #define BOX(name) FL_BOX_PASTE(fastloss_box_##name, float32, FASTLOSS_ISA)
 #define RUN FL_BOX_PASTE(fastloss_box_run, float32, FASTLOSS_ISA)
+#define BOX_NARROW 1
 #include "box_body.h"
+#undef BOX_NARROW
 #undef BOX
 #undef RUN
 #include "storage_end.h"

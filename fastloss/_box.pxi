@@ -13,6 +13,7 @@ cdef extern from "box.h" nogil:
         fastloss_index boxes2_stride
         int reduction
         int num_threads
+        int float_pass
     int fastloss_box_forward(int dtype, const fastloss_box_options *options,
                              const void *boxes1, const void *boxes2, void *loss_per_box,
                              double *loss)
@@ -79,7 +80,7 @@ cdef int _check_box_grad(object grad, cnp.ndarray boxes1, fastloss_index stride1
 
 def box_run(str mode, str loss, cnp.ndarray boxes1 not None, cnp.ndarray boxes2 not None,
             object grad_output, object loss_per_box, object grad1, object grad2, double eps,
-            str reduction, int num_threads):
+            str reduction, int num_threads, int float_pass=0):
     """Run one box-loss kernel.
 
     mode: "forward", "backward" or "value_and_grad"; loss: a key of BOX_LOSSES.
@@ -91,6 +92,9 @@ def box_run(str mode, str loss, cnp.ndarray boxes1 not None, cnp.ndarray boxes2 
     grad2: writeable C-contiguous (n, 4) arrays in the boxes' dtype, or None; either
     may be exactly boxes1 or boxes2 (in place), nothing else may overlap; a gradient mode
     needs at least one.  eps: > 0 and finite.
+    float_pass: where the float32 kernels compute pairs in float (csrc/box_body.h): -1
+    never (a gradient the caller sums over pairs afterwards: a broadcast box), 0 where
+    it pays (ciou), 1 for every loss (the tests).
     Returns the reduced loss as a float (meaningless for backward or "none").
     """
     cdef int dtype = _dtype_code(boxes1, "boxes1")
@@ -117,6 +121,9 @@ def box_run(str mode, str loss, cnp.ndarray boxes1 not None, cnp.ndarray boxes2 
     options.boxes2_stride = _box_stride(boxes2, typenum, n, "boxes2")
     options.reduction = REDUCTIONS[reduction]
     options.num_threads = num_threads
+    if float_pass not in (-1, 0, 1):
+        raise ValueError(f"float_pass: expected -1, 0 or 1, got {float_pass}")
+    options.float_pass = float_pass
 
     cdef fastloss_index grad_output_stride = 0
     if mode != "backward" and reduction == "none":
