@@ -324,9 +324,11 @@ def test_without_dask_the_import_error_says_what_to_install(monkeypatch):
         fd.logsumexp(np.zeros((2, 3)))
 
 
-def test_importing_fastloss_and_fastloss_dask_imports_no_dask():
+def test_importing_fastloss_and_fastloss_dask_imports_no_dask(tmp_path):
     code = ("import sys, fastloss, fastloss.dask; "
             "print(any(m == 'dask' or m.startswith('dask.') for m in sys.modules))")
+    # from a directory without a fastloss source tree (python -c puts the current
+    # directory first on sys.path: an unbuilt checkout would shadow the installed package)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, check=True).stdout
+                         timeout=120, check=True, cwd=tmp_path).stdout
     assert out.strip() == "False"

@@ -137,8 +137,9 @@ def test_process_group_not_initialised():
         vocab_parallel_cross_entropy(torch.zeros(2, 3), torch.tensor([0, 1]), vocab_start=0)
 
 
-def test_import_is_lazy():
-    """import fastloss.torch does not import torch.distributed's wrapper until used."""
+def test_import_is_lazy(tmp_path):
+    """import fastloss.torch does not import torch.distributed's wrapper until used (run
+    from a directory without a fastloss source tree, which python -c would import first)."""
     import subprocess
     import sys
 
@@ -147,7 +148,7 @@ def test_import_is_lazy():
             "import fastloss.torch as FL; FL.distributed.vocab_parallel_cross_entropy; "
             "print('ok')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=120)
+                            timeout=120, cwd=tmp_path)
     assert result.stdout.strip() == "ok", result.stderr
 
 

@@ -322,6 +322,7 @@ _VOCAB_POOL = {}
 def _vocab_parallel_rank(rank, world, port, size, dtype_name, connection):
     """One rank: forward+backward of vocab_parallel_cross_entropy on its slice per "step"
     received, answering (its own seconds, the bytes it sent to the collectives)."""
+    import os
     import time
 
     import torch
@@ -357,6 +358,8 @@ def _vocab_parallel_rank(rank, world, port, size, dtype_name, connection):
         local.grad = None
         connection.send((time.perf_counter() - begin, sent[0]))
     dist.destroy_process_group()
+    # skip the interpreter's teardown, where gloo's remaining threads can abort the process
+    os._exit(0)
 
 
 def _stop_vocab_pool():
