@@ -257,17 +257,8 @@ def cross_entropy_grad(logits, target, grad_output=1.0, *, weight=None, ignore_i
             ce_denominator = np.sum(np.where(valid, target_weight, 0.0))
             z_denominator = np.count_nonzero(valid)
         grad_z = 2.0 * z_loss * lse[..., None] * probs
-        if reduction == "none":
-            ce_scale = z_scale = grad_output[..., None]
-        elif reduction == "sum":
-            ce_scale = z_scale = grad_output
-        else:
-            ce_scale = grad_output / np.float64(ce_denominator)
-            z_scale = grad_output / np.float64(z_denominator)
-        grad = ce_scale * grad_ce + z_scale * grad_z
-        if softcap is not None:
-            grad = grad / np.cosh(logits / softcap) ** 2
-        grad = np.where(valid[..., None], grad, 0.0)
+        grad = _finish_grad(grad_ce, grad_z, grad_output, reduction, ce_denominator,
+                            z_denominator, softcap, logits, valid)
     return grad
 
 
@@ -584,18 +575,26 @@ def _block_grad(logits_block, target, grad_output, class_offset, stats, weight, 
             ce_denominator = np.sum(np.where(valid, stats[_TARGET_WEIGHT], 0.0))
             z_denominator = np.count_nonzero(valid)
         grad_z = 2.0 * z_loss * lse * probs
-        if reduction == "none":
-            ce_scale = z_scale = grad_output[..., None]
-        elif reduction == "sum":
-            ce_scale = z_scale = grad_output
-        else:
-            ce_scale = grad_output / np.float64(ce_denominator)
-            z_scale = grad_output / np.float64(z_denominator)
-        grad = ce_scale * grad_ce + z_scale * grad_z
-        if softcap is not None:
-            grad = grad / np.cosh(x / softcap) ** 2
-        grad = np.where(valid[..., None], grad, 0.0)
+        grad = _finish_grad(grad_ce, grad_z, grad_output, reduction, ce_denominator,
+                            z_denominator, softcap, x, valid)
     return grad
+
+
+def _finish_grad(grad_ce, grad_z, grad_output, reduction, ce_denominator, z_denominator,
+                 softcap, logits, valid):
+    """The gradient from its cross-entropy and z-loss parts: scaled by the reduction (the
+    mean's denominators apart), through the softcap's tanh, zero on ignored rows."""
+    if reduction == "none":
+        ce_scale = z_scale = grad_output[..., None]
+    elif reduction == "sum":
+        ce_scale = z_scale = grad_output
+    else:
+        ce_scale = grad_output / np.float64(ce_denominator)
+        z_scale = grad_output / np.float64(z_denominator)
+    grad = ce_scale * grad_ce + z_scale * grad_z
+    if softcap is not None:
+        grad = grad / np.cosh(logits / softcap) ** 2
+    return np.where(valid[..., None], grad, 0.0)
 
 
 # every public function of this module is a loss's entry point (fastloss.reference
@@ -603,3 +602,4 @@ def _block_grad(logits_block, target, grad_output, class_offset, stats, weight, 
 __all__ = [_name for _name, _value in list(globals().items())
            if callable(_value) and not _name.startswith("_")
            and getattr(_value, "__module__", None) == __name__]
+
