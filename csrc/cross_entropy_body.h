@@ -85,6 +85,10 @@ static void RUN_ROWS(const RUN_JOB *job, int thread, int n_threads)
         return;
     }
     const int block_mode = job->block_mode;
+    /* The forward's rows that are not contiguous in memory, or short, are prefetched a
+     * row ahead (each short row would otherwise start a new stream for the hardware
+     * prefetcher to find); a long contiguous row streams in on its own. */
+    const int prefetch_rows = logits_row_stride != n_classes || n_classes * (fastloss_index)sizeof(STORE_T) <= CE_PREFETCH_ROW_BYTES;
     const double *stats_in = job->stats_in;
     double *stats_out = job->stats_out;
     for (fastloss_index i = begin; i < end; ++i) {
@@ -143,7 +147,8 @@ static void RUN_ROWS(const RUN_JOB *job, int thread, int n_threads)
             if (block_mode == CE_MODE_BLOCK_GRAD)
                 ROW_SAME(ce_row_rebased)(call_ptr, x, stats.max, e_row, chunk_data);
             else if (!backward || !ROW_SAME(ce_row_shifted)(call_ptr, x, t, lse_in[i], e_row, chunk_data, &stats))
-                ROW_SAME(ce_row_stats)(call_ptr, x, q, weight, t, e_row, (REAL *)tile, chunk_data, &stats);
+                ROW_SAME(ce_row_stats)(call_ptr, x, q, weight, t, e_row, (REAL *)tile, chunk_data,
+                                       i + 1 < end && prefetch_rows ? x + logits_row_stride : NULL, &stats);
             if (block_mode != CE_MODE_BLOCK_STATS)
                 ROW_SAME(ce_coefficients)(call_ptr, &stats, target_logit, target_weight, i, &coef);
             if (g)
@@ -170,7 +175,7 @@ static void RUN_ROWS(const RUN_JOB *job, int thread, int n_threads)
             if (block_mode == CE_MODE_BLOCK_GRAD)
                 ROW_WIDE(ce_row_rebased)(call_ptr, capped, stats.max, e_wide, chunk_data);
             else if (!backward || !ROW_WIDE(ce_row_shifted)(call_ptr, capped, t, lse_in[i], e_wide, chunk_data, &stats))
-                ROW_WIDE(ce_row_stats)(call_ptr, capped, q, weight, t, e_wide, tile, chunk_data, &stats);
+                ROW_WIDE(ce_row_stats)(call_ptr, capped, q, weight, t, e_wide, tile, chunk_data, NULL, &stats);
             if (block_mode != CE_MODE_BLOCK_STATS)
                 ROW_WIDE(ce_coefficients)(call_ptr, &stats, target_logit, target_weight, i, &coef);
             if (g)
@@ -303,7 +308,9 @@ int RUN(int block_mode, const double *stats_in, double *stats_out,
     for (int part = 0; part < 5; ++part)
         per_thread += (scratch_bytes[part] + 63) / 64 * 64;
     const size_t row_bytes = (size_t)n_rows * sizeof(double);
-    char *scratch = malloc(per_thread * (size_t)threads + 3 * row_bytes + (size_t)n_chunks * sizeof(double) + 64);
+    const fastloss_index n_online = (n_classes + FASTLOSS_CE_ONLINE_CHUNK - 1) / FASTLOSS_CE_ONLINE_CHUNK;
+    char *scratch = malloc(per_thread * (size_t)threads + 3 * row_bytes +
+                           (size_t)(n_chunks + n_online) * sizeof(double) + 64);
     if (!scratch)
         return FASTLOSS_ERROR_NO_MEMORY;
     double *row_ce = (double *)scratch;
@@ -311,7 +318,8 @@ int RUN(int block_mode, const double *stats_in, double *stats_out,
     double *row_lse = lse_out ? lse_out : row_z + n_rows;
     double *chunk_weight_sum = row_z + 2 * n_rows;
     /* 64-byte aligned, and each thread's part a multiple of 64 bytes: no false sharing */
-    char *thread_scratch = (char *)(((uintptr_t)(chunk_weight_sum + n_chunks) + 63) & ~(uintptr_t)63);
+    double *online_weight_sum = chunk_weight_sum + n_chunks;
+    char *thread_scratch = (char *)(((uintptr_t)(online_weight_sum + n_online) + 63) & ~(uintptr_t)63);
 
     /* W and, for label smoothing, W_k per chunk (the class counts without weights). */
     double weight_total = 0.0;
@@ -324,8 +332,18 @@ int RUN(int block_mode, const double *stats_in, double *stats_out,
         chunk_weight_sum[k] = chunk_sum;
         weight_total += chunk_sum;
     }
+    for (fastloss_index k = 0; k < n_online; ++k) {
+        const fastloss_index start = k * FASTLOSS_CE_ONLINE_CHUNK;
+        const fastloss_index end = start + FASTLOSS_CE_ONLINE_CHUNK < n_classes
+                                       ? start + FASTLOSS_CE_ONLINE_CHUNK : n_classes;
+        double chunk_sum = 0.0;
+        for (fastloss_index c = start; c < end; ++c)
+            chunk_sum += weight ? (double)LOAD(weight, c) : 1.0;
+        online_weight_sum[k] = chunk_sum;
+    }
     call.weight_total = weight_total;
     call.chunk_weight_sum = chunk_weight_sum;
+    call.online_weight_sum = online_weight_sum;
 
     /* The rows, in fixed contiguous ranges per thread; one thread runs them with
      * no OpenMP call at all (a parallel region of one still costs a few hundred ns

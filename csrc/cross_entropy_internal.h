@@ -23,6 +23,23 @@
 #endif
 
 /*
+ * Classes per sub-chunk of the forward's single read of a row (ce_row_stats_online):
+ * the first sub-chunk of a row is read by a max pass alone, so it is short; shorter
+ * still would add per-sub-chunk overhead (a max merge, a sum of lanes).  At most
+ * FASTLOSS_CE_CHUNK (its exps go in the chunk's tile), and a multiple of 64.
+ */
+#ifndef FASTLOSS_CE_ONLINE_CHUNK
+#define FASTLOSS_CE_ONLINE_CHUNK 512
+#endif
+/* Rows up to this size are prefetched a row ahead by the forward (see RUN_ROWS). */
+#ifndef CE_PREFETCH_ROW_BYTES
+#define CE_PREFETCH_ROW_BYTES 65536
+#endif
+#if FASTLOSS_CE_ONLINE_CHUNK > FASTLOSS_CE_CHUNK || FASTLOSS_CE_ONLINE_CHUNK % 64 != 0
+#error "FASTLOSS_CE_ONLINE_CHUNK must be a multiple of 64, at most FASTLOSS_CE_CHUNK"
+#endif
+
+/*
  * Rows with at most CE_SMALL_MAX_CLASSES classes are computed CE_SMALL_ROWS at
  * a time, one row per SIMD lane (cross_entropy_small_body.h): 16 lanes are one
  * AVX-512 vector of float32.  The bound is where the per-row path, which
@@ -58,6 +75,8 @@ typedef struct ce_call {
                                           rows read (the loss takes the row's W from its
                                           statistics' mass) */
     const double *chunk_weight_sum;    /* W_k per chunk, hard targets with smoothing */
+    const double *online_weight_sum;   /* the same per sub-chunk of the forward's single
+                                          read (FASTLOSS_CE_ONLINE_CHUNK classes) */
     double q_scale, q_offset;          /* soft: q' = q_scale * q + q_offset */
     double ce_factor, z_factor;        /* 1 / denominator for mean, 1 otherwise */
     const double *grad_output;

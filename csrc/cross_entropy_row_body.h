@@ -166,6 +166,69 @@ FASTLOSS_INLINE double ROW(ce_chunk_sum)(VAL *e, fastloss_index n, fastloss_inde
 }
 
 /*
+ * The statistics of a row read once, for the forward alone (no exps kept for a
+ * gradient): the row goes in sub-chunks of FASTLOSS_CE_ONLINE_CHUNK classes under a
+ * running maximum M (the online log-sum-exp).  Each sub-chunk's max is taken while
+ * the previous one's exps are computed (ce_exp_next_max), so only the first
+ * sub-chunk is read by a pass with no arithmetic beside it; when a sub-chunk's max
+ * exceeds M, the sums so far are rebased onto it (ce_rebase, as chunks and blocks
+ * merge: a few times a row for logits in no particular order), and the sub-chunk's
+ * exps are taken relative to the new M, so no per-sub-chunk record is kept and no
+ * merge follows.  Narrow rows (a block of a row's classes) gain most: with 2048
+ * classes per chunk, a block of 3141 read half its bytes by a max pass alone.
+ * Results depend on the row alone (never on threads); they are the chunked pass's
+ * within rounding, not bit for bit.
+ */
+static void ROW(ce_row_stats_online)(const ce_call *call, const ROW_IN_T *y, const STORE_T *q,
+                                     const STORE_T *weight, fastloss_index target, VAL *tile,
+                                     const ROW_IN_T *ahead, ce_row_stats *stats)
+{
+    const fastloss_index n_classes = call->n_classes;
+    const fastloss_index width = FASTLOSS_CE_ONLINE_CHUNK;
+    const int need_dist = call->soft || call->smoothing > 0.0;
+    fastloss_index target_chunk = -1;
+    double excl = 0.0;
+    double row_max = -INFINITY, sum = 0.0, sum_excl = 0.0, dist = 0.0, mass = 0.0;
+    VAL m = ROW(ce_max)(y, n_classes < width ? n_classes : width);
+    for (fastloss_index k = 0, start = 0; start < n_classes; ++k, start += width) {
+        const fastloss_index n = n_classes - start < width ? n_classes - start : width;
+        const fastloss_index next_start = start + n;
+        const fastloss_index n_next = n_classes - next_start < width ? n_classes - next_start
+                                                                    : width;
+        /* the running max, NaN skipped (a NaN reaches the sums through its exp) */
+        const double new_max = ce_max_merge(row_max, (double)m);
+        if (new_max != row_max) {
+            ce_rebase(row_max, new_max, need_dist, mass, &sum, &sum_excl, &dist);
+            row_max = new_max;
+        }
+        /* every class so far -inf (masked): shift 0, so that exp sees -inf, not NaN */
+        const VAL shift = row_max == -INFINITY ? (VAL)0 : (VAL)row_max;
+        if (call->soft) {
+            double chunk_mass;
+            dist += ROW(ce_soft_dist)(y + start, n, shift, q + start, weight ? weight + start : NULL,
+                                      call->q_scale, call->q_offset, &chunk_mass);
+            mass += chunk_mass;
+        } else if (need_dist) {
+            dist += ROW(ce_dist)(y + start, n, shift, weight ? weight + start : NULL);
+            mass += call->online_weight_sum[k];
+        }
+        if (ahead) /* the next row's same classes, a row ahead of their use */
+            for (fastloss_index c = start; c < next_start; c += 64 / (fastloss_index)sizeof(ROW_IN_T))
+                __builtin_prefetch(ahead + c, 0, 3);
+        m = ROW(ce_exp_next_max)(y + start, n, shift, tile, y + next_start, n_next);
+        const double chunk_sum = ROW(ce_chunk_sum)(tile, n, target - start, &target_chunk, k, &excl);
+        sum += chunk_sum;
+        sum_excl += k == target_chunk ? excl : chunk_sum;
+    }
+    stats->max = row_max;
+    stats->sum = sum;
+    stats->log_sum = log(sum);
+    stats->dist = dist;
+    stats->mass = mass;
+    stats->excl = sum_excl;
+}
+
+/*
  * Statistics of one row: for each chunk its max, sum of exp, and (when the
  * loss needs them) the smoothing / soft-target sums; then the merge into
  *   M = max_k m_k,   S = sum_k s_k exp(m_k - M),   A = sum_k [D_k + (M - m_k) U_k]
@@ -176,8 +239,12 @@ FASTLOSS_INLINE double ROW(ce_chunk_sum)(VAL *e, fastloss_index n, fastloss_inde
  */
 static void ROW(ce_row_stats)(const ce_call *call, const ROW_IN_T *y, const STORE_T *q,
                               const STORE_T *weight, fastloss_index target, VAL *e_row, VAL *tile,
-                              double *chunk_data, ce_row_stats *stats)
+                              double *chunk_data, const ROW_IN_T *ahead, ce_row_stats *stats)
 {
+    if (!e_row) { /* the forward: no exps to keep, one read of the row */
+        ROW(ce_row_stats_online)(call, y, q, weight, target, tile, ahead, stats);
+        return;
+    }
     const fastloss_index n_classes = call->n_classes;
     const int need_dist = call->soft || call->smoothing > 0.0;
     fastloss_index target_chunk = -1;
