@@ -85,10 +85,9 @@ static void RUN_ROWS(const RUN_JOB *job, int thread, int n_threads)
         return;
     }
     const int block_mode = job->block_mode;
-    /* The forward's rows that are not contiguous in memory, or short, are prefetched a
-     * row ahead (each short row would otherwise start a new stream for the hardware
-     * prefetcher to find); a long contiguous row streams in on its own. */
-    const int prefetch_rows = logits_row_stride != n_classes || n_classes * (fastloss_index)sizeof(STORE_T) <= CE_PREFETCH_ROW_BYTES;
+    /* the forward's rows prefetched ahead (see CE_PREFETCH_DISTANCE) */
+    const int prefetch_rows = logits_row_stride != n_classes ||
+                              n_classes * (fastloss_index)sizeof(STORE_T) <= CE_PREFETCH_DISTANCE;
     const double *stats_in = job->stats_in;
     double *stats_out = job->stats_out;
     for (fastloss_index i = begin; i < end; ++i) {

@@ -31,9 +31,17 @@
 #ifndef FASTLOSS_CE_ONLINE_CHUNK
 #define FASTLOSS_CE_ONLINE_CHUNK 512
 #endif
-/* Rows up to this size are prefetched a row ahead by the forward (see RUN_ROWS). */
-#ifndef CE_PREFETCH_ROW_BYTES
-#define CE_PREFETCH_ROW_BYTES 65536
+/*
+ * The forward prefetches the classes CE_PREFETCH_DISTANCE bytes ahead of those it
+ * reads, at most a row (then the next row's same classes), for rows that are not
+ * contiguous in memory (a block of classes: each of its rows would start a new
+ * stream for the hardware prefetcher to find, which costs more than a sixth of a
+ * block of 3141 float32) or are at most that long; a long contiguous row streams in
+ * on its own.  Measured (N=4096, C=50257 float32, 16 blocks, one thread): a row
+ * ahead beat 4 and 16 KiB ahead.
+ */
+#ifndef CE_PREFETCH_DISTANCE
+#define CE_PREFETCH_DISTANCE 65536
 #endif
 #if FASTLOSS_CE_ONLINE_CHUNK > FASTLOSS_CE_CHUNK || FASTLOSS_CE_ONLINE_CHUNK % 64 != 0
 #error "FASTLOSS_CE_ONLINE_CHUNK must be a multiple of 64, at most FASTLOSS_CE_CHUNK"

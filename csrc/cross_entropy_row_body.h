@@ -189,6 +189,9 @@ static void ROW(ce_row_stats_online)(const ce_call *call, const ROW_IN_T *y, con
     fastloss_index target_chunk = -1;
     double excl = 0.0;
     double row_max = -INFINITY, sum = 0.0, sum_excl = 0.0, dist = 0.0, mass = 0.0;
+    /* the prefetch distance: CE_PREFETCH_DISTANCE bytes, at most a row */
+    fastloss_index lead = CE_PREFETCH_DISTANCE / (fastloss_index)sizeof(ROW_IN_T);
+    lead = lead < n_classes ? lead : n_classes;
     VAL m = ROW(ce_max)(y, n_classes < width ? n_classes : width);
     for (fastloss_index k = 0, start = 0; start < n_classes; ++k, start += width) {
         const fastloss_index n = n_classes - start < width ? n_classes - start : width;
@@ -212,9 +215,17 @@ static void ROW(ce_row_stats_online)(const ce_call *call, const ROW_IN_T *y, con
             dist += ROW(ce_dist)(y + start, n, shift, weight ? weight + start : NULL);
             mass += call->online_weight_sum[k];
         }
-        if (ahead) /* the next row's same classes, a row ahead of their use */
-            for (fastloss_index c = start; c < next_start; c += 64 / (fastloss_index)sizeof(ROW_IN_T))
+        if (ahead) {
+            /* the classes `lead` ahead: of this row, then of the next */
+            const fastloss_index line = 64 / (fastloss_index)sizeof(ROW_IN_T);
+            const fastloss_index from = start + lead, to = next_start + lead;
+            const fastloss_index split = to < n_classes ? to : n_classes;
+            for (fastloss_index c = from; c < split; c += line)
+                __builtin_prefetch(y + c, 0, 3);
+            for (fastloss_index c = (from > n_classes ? from : n_classes) - n_classes;
+                 c < to - n_classes; c += line)
                 __builtin_prefetch(ahead + c, 0, 3);
+        }
         m = ROW(ce_exp_next_max)(y + start, n, shift, tile, y + next_start, n_next);
         const double chunk_sum = ROW(ce_chunk_sum)(tile, n, target - start, &target_chunk, k, &excl);
         sum += chunk_sum;
