@@ -29,6 +29,7 @@ typedef struct RUN_JOB {
     fastloss_index n_rows;
     fastloss_index n_units;
     int small, wide, softcap, backward, private_e;
+    int prefetch_rows;              /* the forward prefetches rows ahead (CE_PREFETCH_DISTANCE) */
     double softcap_value;
     char *thread_scratch;
     size_t per_thread;
@@ -85,9 +86,7 @@ static void RUN_ROWS(const RUN_JOB *job, int thread, int n_threads)
         return;
     }
     const int block_mode = job->block_mode;
-    /* the forward's rows prefetched ahead (see CE_PREFETCH_DISTANCE) */
-    const int prefetch_rows = logits_row_stride != n_classes ||
-                              n_classes * (fastloss_index)sizeof(STORE_T) <= CE_PREFETCH_DISTANCE;
+    const int prefetch_rows = job->prefetch_rows;
     const double *stats_in = job->stats_in;
     double *stats_out = job->stats_out;
     for (fastloss_index i = begin; i < end; ++i) {
@@ -307,7 +306,12 @@ int RUN(int block_mode, const double *stats_in, double *stats_out,
     for (int part = 0; part < 5; ++part)
         per_thread += (scratch_bytes[part] + 63) / 64 * 64;
     const size_t row_bytes = (size_t)n_rows * sizeof(double);
-    const fastloss_index n_online = (n_classes + FASTLOSS_CE_ONLINE_CHUNK - 1) / FASTLOSS_CE_ONLINE_CHUNK;
+    /* The forward's rows not contiguous in memory (a block of classes), or short, are
+     * prefetched ahead (CE_PREFETCH_DISTANCE); decided per call, never per row. */
+    const int prefetch_rows = logits_row_stride != n_classes ||
+                              n_classes * (fastloss_index)sizeof(STORE_T) <= CE_PREFETCH_DISTANCE;
+    const fastloss_index online_width = FASTLOSS_CE_ONLINE_CHUNK;
+    const fastloss_index n_online = (n_classes + online_width - 1) / online_width;
     char *scratch = malloc(per_thread * (size_t)threads + 3 * row_bytes +
                            (size_t)(n_chunks + n_online) * sizeof(double) + 64);
     if (!scratch)
@@ -332,9 +336,8 @@ int RUN(int block_mode, const double *stats_in, double *stats_out,
         weight_total += chunk_sum;
     }
     for (fastloss_index k = 0; k < n_online; ++k) {
-        const fastloss_index start = k * FASTLOSS_CE_ONLINE_CHUNK;
-        const fastloss_index end = start + FASTLOSS_CE_ONLINE_CHUNK < n_classes
-                                       ? start + FASTLOSS_CE_ONLINE_CHUNK : n_classes;
+        const fastloss_index start = k * online_width;
+        const fastloss_index end = start + online_width < n_classes ? start + online_width : n_classes;
         double chunk_sum = 0.0;
         for (fastloss_index c = start; c < end; ++c)
             chunk_sum += weight ? (double)LOAD(weight, c) : 1.0;
@@ -343,13 +346,15 @@ int RUN(int block_mode, const double *stats_in, double *stats_out,
     call.weight_total = weight_total;
     call.chunk_weight_sum = chunk_weight_sum;
     call.online_weight_sum = online_weight_sum;
+    call.online_width = online_width;
+    call.stats_only = block_mode == CE_MODE_BLOCK_STATS;
 
     /* The rows, in fixed contiguous ranges per thread; one thread runs them with
      * no OpenMP call at all (a parallel region of one still costs a few hundred ns
      * and wakes libgomp's pool, a visible part of a call on a small batch). */
     RUN_JOB job = {&call, block_mode, options->class_offset, stats_in, stats_out, logits, logits_row_stride, target, soft_target,
                    soft_target_row_stride, weight, lse_in, grad, grad_row_stride, n_rows,
-                   n_units, small, wide, softcap, backward, private_e, options->softcap,
+                   n_units, small, wide, softcap, backward, private_e, prefetch_rows, options->softcap,
                    thread_scratch, per_thread, scratch_bytes, row_ce, row_z, row_lse};
     if (threads == 1) {
         RUN_ROWS(&job, 0, 1);

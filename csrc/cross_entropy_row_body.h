@@ -184,7 +184,7 @@ static void ROW(ce_row_stats_online)(const ce_call *call, const ROW_IN_T *y, con
                                      const ROW_IN_T *ahead, ce_row_stats *stats)
 {
     const fastloss_index n_classes = call->n_classes;
-    const fastloss_index width = FASTLOSS_CE_ONLINE_CHUNK;
+    const fastloss_index width = call->online_width;
     const int need_dist = call->soft || call->smoothing > 0.0;
     fastloss_index target_chunk = -1;
     double excl = 0.0;
@@ -233,7 +233,7 @@ static void ROW(ce_row_stats_online)(const ce_call *call, const ROW_IN_T *y, con
     }
     stats->max = row_max;
     stats->sum = sum;
-    stats->log_sum = log(sum);
+    stats->log_sum = call->stats_only ? 0.0 : log(sum); /* a block's record keeps no log */
     stats->dist = dist;
     stats->mass = mass;
     stats->excl = sum_excl;
