@@ -338,15 +338,17 @@ int RUN(int block_mode, const double *stats_in, double *stats_out,
     for (fastloss_index k = 0; k < n_online; ++k) {
         const fastloss_index start = k * online_width;
         const fastloss_index end = start + online_width < n_classes ? start + online_width : n_classes;
-        double chunk_sum = 0.0;
-        for (fastloss_index c = start; c < end; ++c)
-            chunk_sum += weight ? (double)LOAD(weight, c) : 1.0;
+        double chunk_sum = (double)(end - start); /* (without weights: the count) */
+        if (weight) {
+            chunk_sum = 0.0;
+            for (fastloss_index c = start; c < end; ++c)
+                chunk_sum += (double)LOAD(weight, c);
+        }
         online_weight_sum[k] = chunk_sum;
     }
     call.weight_total = weight_total;
     call.chunk_weight_sum = chunk_weight_sum;
     call.online_weight_sum = online_weight_sum;
-    call.online_width = online_width;
     call.stats_only = block_mode == CE_MODE_BLOCK_STATS;
 
     /* The rows, in fixed contiguous ranges per thread; one thread runs them with

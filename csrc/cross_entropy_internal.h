@@ -89,8 +89,7 @@ typedef struct ce_call {
                                           statistics' mass) */
     const double *chunk_weight_sum;    /* W_k per chunk, hard targets with smoothing */
     const double *online_weight_sum;   /* the same per sub-chunk of the forward's single
-                                          read (online_width classes) */
-    fastloss_index online_width;       /* classes per sub-chunk of that read */
+                                          read (FASTLOSS_CE_ONLINE_CHUNK classes) */
     int stats_only;                    /* a block's statistics: no log S needed */
     double q_scale, q_offset;          /* soft: q' = q_scale * q + q_offset */
     double ce_factor, z_factor;        /* 1 / denominator for mean, 1 otherwise */

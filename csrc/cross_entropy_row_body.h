@@ -59,7 +59,11 @@ FASTLOSS_INLINE void ROW(ce_exp)(const ROW_IN_T *values, fastloss_index n, VAL s
 FASTLOSS_INLINE VAL ROW(ce_exp_next_max)(const ROW_IN_T *values, fastloss_index n, VAL shift,
                                          VAL *out, const ROW_IN_T *next, fastloss_index n_next)
 {
-    const fastloss_index both = n < n_next ? n : n_next;
+    /* the fused part in whole vectors of 64 bytes, so that neither loop below ends in
+     * a scalar tail but at the chunk's end (a short next chunk, the last of a row or a
+     * block, would otherwise leave one in each) */
+    const fastloss_index vector = 64 / (fastloss_index)sizeof(VAL);
+    const fastloss_index both = (n < n_next ? n : n_next) / vector * vector;
     VAL next_max = -(VAL)INFINITY;
 #pragma omp simd reduction(max : next_max)
     for (fastloss_index c = 0; c < both; ++c) {
@@ -165,6 +169,22 @@ FASTLOSS_INLINE double ROW(ce_chunk_sum)(VAL *e, fastloss_index n, fastloss_inde
     return *excl + (double)e_t;
 }
 
+/* Prefetch the lines of values[from, to) (none when to <= from), four a step. */
+FASTLOSS_INLINE void ROW(ce_prefetch)(const ROW_IN_T *values, fastloss_index from,
+                                      fastloss_index to)
+{
+    const fastloss_index line = 64 / (fastloss_index)sizeof(ROW_IN_T);
+    fastloss_index c = from;
+    for (; c + 3 * line < to; c += 4 * line) {
+        __builtin_prefetch(values + c, 0, 3);
+        __builtin_prefetch(values + c + line, 0, 3);
+        __builtin_prefetch(values + c + 2 * line, 0, 3);
+        __builtin_prefetch(values + c + 3 * line, 0, 3);
+    }
+    for (; c < to; c += line)
+        __builtin_prefetch(values + c, 0, 3);
+}
+
 /*
  * The statistics of a row read once, for the forward alone (no exps kept for a
  * gradient): the row goes in sub-chunks of FASTLOSS_CE_ONLINE_CHUNK classes under a
@@ -184,7 +204,7 @@ static void ROW(ce_row_stats_online)(const ce_call *call, const ROW_IN_T *y, con
                                      const ROW_IN_T *ahead, ce_row_stats *stats)
 {
     const fastloss_index n_classes = call->n_classes;
-    const fastloss_index width = call->online_width;
+    const fastloss_index width = FASTLOSS_CE_ONLINE_CHUNK;
     const int need_dist = call->soft || call->smoothing > 0.0;
     fastloss_index target_chunk = -1;
     double excl = 0.0;
@@ -217,14 +237,10 @@ static void ROW(ce_row_stats_online)(const ce_call *call, const ROW_IN_T *y, con
         }
         if (ahead) {
             /* the classes `lead` ahead: of this row, then of the next */
-            const fastloss_index line = 64 / (fastloss_index)sizeof(ROW_IN_T);
             const fastloss_index from = start + lead, to = next_start + lead;
-            const fastloss_index split = to < n_classes ? to : n_classes;
-            for (fastloss_index c = from; c < split; c += line)
-                __builtin_prefetch(y + c, 0, 3);
-            for (fastloss_index c = (from > n_classes ? from : n_classes) - n_classes;
-                 c < to - n_classes; c += line)
-                __builtin_prefetch(ahead + c, 0, 3);
+            ROW(ce_prefetch)(y, from, to < n_classes ? to : n_classes);
+            ROW(ce_prefetch)(ahead, (from > n_classes ? from : n_classes) - n_classes,
+                             to - n_classes);
         }
         m = ROW(ce_exp_next_max)(y + start, n, shift, tile, y + next_start, n_next);
         const double chunk_sum = ROW(ce_chunk_sum)(tile, n, target - start, &target_chunk, k, &excl);
