@@ -176,13 +176,13 @@ FASTLOSS_INLINE void ROW(ce_prefetch)(const ROW_IN_T *values, fastloss_index fro
     const fastloss_index line = 64 / (fastloss_index)sizeof(ROW_IN_T);
     fastloss_index c = from;
     for (; c + 3 * line < to; c += 4 * line) {
-        __builtin_prefetch(values + c, 0, 3);
-        __builtin_prefetch(values + c + line, 0, 3);
-        __builtin_prefetch(values + c + 2 * line, 0, 3);
-        __builtin_prefetch(values + c + 3 * line, 0, 3);
+        __builtin_prefetch(values + c, 0, CE_PREFETCH_LOCALITY);
+        __builtin_prefetch(values + c + line, 0, CE_PREFETCH_LOCALITY);
+        __builtin_prefetch(values + c + 2 * line, 0, CE_PREFETCH_LOCALITY);
+        __builtin_prefetch(values + c + 3 * line, 0, CE_PREFETCH_LOCALITY);
     }
     for (; c < to; c += line)
-        __builtin_prefetch(values + c, 0, 3);
+        __builtin_prefetch(values + c, 0, CE_PREFETCH_LOCALITY);
 }
 
 /*
