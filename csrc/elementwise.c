@@ -137,7 +137,7 @@ static int ew_call(int dtype, const fastloss_elementwise_options *options,
                    const fastloss_ew_inputs *in, const double *grad_output,
                    fastloss_index grad_output_stride, const fastloss_ew_outputs *out)
 {
-    if (!fastloss_dtype_known(dtype))
+    if (!fastloss_dtype_known(dtype) || !ew_kernels[dtype].run)
         return FASTLOSS_ERROR_BAD_DTYPE;
     const ew_kernels_t *kernels = &ew_kernels[dtype];
     const int want_sum = out->loss != NULL && options->reduction != FASTLOSS_REDUCTION_NONE;
