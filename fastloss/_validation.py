@@ -37,9 +37,6 @@ def is_float(dtype):
     return dtype.kind == "f" or is_bfloat16(dtype)
 
 
-#: The dtypes of the arrays the kernels store, by whether the call takes half precision.
-FLOAT_DTYPES = "float32 or float64"
-HALF_DTYPES = "float32, float64, float16 or bfloat16 (ml_dtypes)"
 
 
 def float_array(value, name, half=False):
@@ -53,7 +50,8 @@ def float_array(value, name, half=False):
     array = as_array(value, name)
     dtype = array.dtype
     if not ((dtype.kind == "f" and dtype.itemsize in (4, 8)) or (half and is_half(dtype))):
-        raise TypeError(f"{name}: expected a {HALF_DTYPES if half else FLOAT_DTYPES} array, "
+        raise TypeError(f"{name}: expected a float32 or float64 array"
+                        f"{', or float16 / ml_dtypes.bfloat16' if half else ''}, "
                         f"got dtype {array.dtype}")
     if not array.dtype.isnative or not array.flags.aligned:
         array = np.require(array, dtype=array.dtype.newbyteorder("="), requirements="A")
