@@ -338,3 +338,76 @@ def test_cross_entropy_against_torch_bfloat16(rng):
     theirs = ulps(torch_grad, expected)
     assert ours.max() <= 1
     assert theirs.max() > ours.max()
+
+
+# ----------------------------------------------------------------------------------------
+# The torch adapter: torch.bfloat16 / torch.float16 tensors, zero-copy
+# ----------------------------------------------------------------------------------------
+
+TORCH_OPTIONS = [
+    pytest.param({}, id="plain"),
+    pytest.param({"label_smoothing": 0.1}, id="label_smoothing"),
+    pytest.param({"reduction": "none"}, id="none"),
+    pytest.param({"softcap": 3.0, "z_loss": 1e-3}, id="softcap-z_loss"),
+]
+
+
+@pytest.mark.parametrize("torch_dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("options", TORCH_OPTIONS)
+@pytest.mark.parametrize("mode", ["fused", "lse", "inplace"])
+def test_torch_cross_entropy_half(torch_dtype, options, mode, rng):
+    torch = pytest.importorskip("torch")
+    import fastloss.torch as FL
+    dtype = getattr(torch, torch_dtype)
+    numpy_dtype = BFLOAT16 if torch_dtype == "bfloat16" else FLOAT16
+    logits = (rng.standard_normal((3, 70, 5)) * 3.0).astype(np.float32)  # (N, C, d1)
+    target = torch.from_numpy(rng.integers(0, 70, (3, 5)))
+    leaf = torch.from_numpy(logits).to(dtype).requires_grad_(True)
+    data_pointer = leaf.data_ptr()
+    input = leaf * 1 if mode == "inplace" else leaf
+    loss = FL.cross_entropy(input, target, inplace_backward=mode == "inplace",
+                            grad_in_forward=mode != "lse", **options)
+    assert loss.dtype == dtype  # torch's dtype for the loss
+    upstream = torch.ones_like(loss) if options.get("reduction") == "none" else None
+    loss.backward(upstream)
+    assert leaf.data_ptr() == data_pointer and leaf.grad.dtype == dtype
+
+    # the reference on the same rounded inputs, class axis last
+    x64 = leaf.detach().float().numpy().astype(np.float64).transpose(0, 2, 1)
+    t = target.numpy()
+    reference_loss = reference.cross_entropy(x64, t, **options)
+    reference_grad = reference.cross_entropy_grad(x64, t, **options).transpose(0, 2, 1)
+    grad_bits = leaf.grad.contiguous().view(torch.int16).numpy().view(numpy_dtype)
+    assert_gradient_contract(grad_bits, reference_grad, numpy_dtype)
+    # the loss: the float32 loss rounded once to the tensor's dtype
+    got = loss.detach().float().numpy().astype(numpy_dtype)  # exact: a value of the dtype
+    assert ulps(got, round_to(reference_loss, numpy_dtype)).max() <= 1
+
+
+def test_torch_cross_entropy_half_mixed_inputs(rng):
+    torch = pytest.importorskip("torch")
+    import fastloss.torch as FL
+    x = torch.from_numpy(rng.standard_normal((5, 20)).astype(np.float32)).bfloat16()
+    x.requires_grad_(True)
+    probabilities = torch.softmax(torch.from_numpy(rng.standard_normal((5, 20))), -1)
+    x64 = x.detach().float().numpy().astype(np.float64)
+    for target, loss_dtype in ((probabilities.float(), torch.float32),
+                               (probabilities, torch.float64)):
+        x.grad = None
+        loss = FL.cross_entropy(x, target)
+        assert loss.dtype == loss_dtype  # torch's promotion
+        loss.backward()
+        assert x.grad.dtype == torch.bfloat16
+        q = target.numpy().astype(np.float64)
+        assert_close_contract(loss.item(), reference.cross_entropy(x64, q), np.float32, "loss")
+        assert_gradient_contract(x.grad.view(torch.int16).numpy().view(BFLOAT16),
+                                 reference.cross_entropy_grad(x64, q), BFLOAT16)
+    # class weights in float32 or bfloat16 beside bfloat16 logits
+    target = torch.from_numpy(rng.integers(0, 20, 5))
+    for weight in (torch.rand(20) + 0.5, (torch.rand(20) + 0.5).bfloat16()):
+        x.grad = None
+        FL.cross_entropy(x, target, weight=weight).backward()
+        w = weight.float().numpy().astype(np.float64)
+        assert_gradient_contract(x.grad.view(torch.int16).numpy().view(BFLOAT16),
+                                 reference.cross_entropy_grad(x64, target.numpy(), weight=w),
+                                 BFLOAT16)
