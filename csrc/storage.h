@@ -355,6 +355,40 @@ FASTLOSS_HALF_TAG32_(float16_grad32, fastloss_float16_to_float)
 #define FASTLOSS_STORAGE_IS_COMPUTE_bfloat16_grad32 0
 #define FASTLOSS_STORAGE_IS_COMPUTE_float16_grad32 0
 
+/* bfloat16 and float16 stored, computed in double: the elementwise family's redo of
+ * a cancelled sum (as float32_wide), and the box family, which computes in double
+ * whatever the storage.  Not dtype codes of their own. */
+#define FASTLOSS_HALF_WIDE_TAG_(tag, to_float, from_float)                                   \
+    typedef uint16_t fastloss_storage_##tag;                                                  \
+    typedef double fastloss_compute_##tag;                                                    \
+    typedef uint16_t fastloss_grad_##tag;                                                     \
+    typedef uint16_t fastloss_aux_##tag;                                                      \
+    FASTLOSS_INLINE double fastloss_load_##tag(const uint16_t *array, fastloss_index i)      \
+    {                                                                                         \
+        return (double)to_float(array[i]);                                                    \
+    }                                                                                         \
+    FASTLOSS_INLINE double fastloss_aux_load_##tag(const uint16_t *array, fastloss_index i)  \
+    {                                                                                         \
+        return (double)to_float(array[i]);                                                    \
+    }                                                                                         \
+    FASTLOSS_INLINE void fastloss_store_##tag(uint16_t *array, fastloss_index i, double value) \
+    {                                                                                         \
+        array[i] = from_float(fastloss_double_to_float_odd(value));                           \
+    }                                                                                         \
+    FASTLOSS_INLINE void fastloss_store_wide_##tag(uint16_t *array, fastloss_index i,        \
+                                                   double value)                              \
+    {                                                                                         \
+        array[i] = from_float(fastloss_double_to_float_odd(value));                           \
+    }                                                                                         \
+    FASTLOSS_INLINE double fastloss_round_##tag(double value)                                 \
+    {                                                                                         \
+        return (double)to_float(from_float(fastloss_double_to_float_odd(value)));             \
+    }
+FASTLOSS_HALF_WIDE_TAG_(bfloat16_wide, fastloss_bfloat16_to_float, fastloss_float_to_bfloat16)
+FASTLOSS_HALF_WIDE_TAG_(float16_wide, fastloss_float16_to_float, fastloss_float_to_float16)
+#define FASTLOSS_STORAGE_IS_COMPUTE_bfloat16_wide 0
+#define FASTLOSS_STORAGE_IS_COMPUTE_float16_wide 0
+
 /* Names of a storage tag's pieces (the tag is a macro argument, expanded first). */
 #define FASTLOSS_STORAGE_T(tag) FASTLOSS_STORAGE_PASTE_(fastloss_storage_, tag)
 #define FASTLOSS_COMPUTE_T(tag) FASTLOSS_STORAGE_PASTE_(fastloss_compute_, tag)

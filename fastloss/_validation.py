@@ -39,6 +39,15 @@ def is_float(dtype):
 
 
 
+def promote_float(first, second):
+    """NumPy's promotion of two float dtypes, with float16 and bfloat16 (which NumPy
+    cannot promote together) giving float32, as torch does."""
+    try:
+        return np.promote_types(first, second)
+    except TypeError:
+        return np.dtype(np.float32)
+
+
 def float_array(value, name, half=False):
     """`value` as a float32/float64 ndarray (native byte order, aligned); with `half`,
     float16 and ml_dtypes.bfloat16 arrays are taken too.
@@ -146,7 +155,7 @@ def out_arg(out, shape, dtype, name="out"):
 def real_array(value, name):
     """`value` as an ndarray of real numbers (bool, integer or float dtype), else TypeError."""
     array = as_array(value, name)
-    if array.dtype.kind not in "biuf":
+    if array.dtype.kind not in "biuf" and not is_bfloat16(array.dtype):
         raise TypeError(f"{name}: expected real numbers, got dtype {array.dtype}")
     return array
 

@@ -54,7 +54,7 @@ from torch.autograd.function import once_differentiable
 import fastloss
 from fastloss import _kernels, _registry
 from fastloss._config import resolve_num_threads
-from fastloss._validation import reduction_arg
+from fastloss._validation import is_bfloat16, reduction_arg
 
 # the hand-written losses; the elementwise ones' functions and modules join at the end,
 # generated from the registry
@@ -108,13 +108,45 @@ def _float_tensor(tensor, name, function):
 
 
 def _real_tensor(tensor, name, function):
-    """A float32/float64, integer or bool CPU tensor (regression targets)."""
+    """A float32/float64 (or half), integer or bool CPU tensor (regression targets)."""
     _cpu_tensor(tensor, name, function)
     if tensor.dtype.is_complex or (tensor.dtype.is_floating_point
-                                   and tensor.dtype not in _FLOAT_DTYPES + (torch.float16,)):
-        raise TypeError(f"{function}: {name}: expected a float32, float64, integer or bool "
-                        f"tensor, got {tensor.dtype}")
+                                   and tensor.dtype not in _CE_INPUT_DTYPES):
+        raise TypeError(f"{function}: {name}: expected a float32, float64, bfloat16, "
+                        f"float16, integer or bool tensor, got {tensor.dtype}")
     return tensor
+
+
+def _half_float_tensor(tensor, name, function):
+    """A float32, float64, bfloat16 or float16 CPU tensor (the pointwise losses' first
+    input)."""
+    _cpu_tensor(tensor, name, function)
+    if tensor.dtype not in _CE_INPUT_DTYPES:
+        raise TypeError(f"{function}: {name}: expected a float32, float64, bfloat16 or "
+                        f"float16 tensor, got {tensor.dtype}")
+    return tensor
+
+
+def _numpy_any(tensor):
+    """_numpy, and a bfloat16 tensor as an ml_dtypes.bfloat16 array over its memory (the
+    pointwise losses compute on NumPy arrays of the dtype; ml_dtypes is needed there)."""
+    if tensor is None or tensor.dtype != torch.bfloat16:
+        return _numpy(tensor)
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise TypeError("fastloss.torch: a bfloat16 tensor for this loss needs ml_dtypes "
+                        "(pip install ml_dtypes; cross_entropy needs nothing)") from None
+    return tensor.detach().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+
+
+def _tensor_any(array):
+    """torch.from_numpy, and an ml_dtypes.bfloat16 array as a torch.bfloat16 tensor over
+    its memory."""
+    array = np.asarray(array)
+    if is_bfloat16(array.dtype):
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
 
 
 def _no_grad_needed(tensor, name, function):
@@ -564,7 +596,7 @@ class _Elementwise(torch.autograd.Function):
         # computes gradients in its forward
         recording = options.pop("recording")
         wanted = _elementwise_wanted(entry, ctx.needs_input_grad) if recording else ()
-        arrays = [_numpy(tensor) for tensor in tensors]
+        arrays = [_numpy_any(tensor) for tensor in tensors]
         inputs = arrays[:len(entry.inputs)]
         keywords = dict(options, **dict(zip(names[len(entry.inputs):],
                                             arrays[len(entry.inputs):])))
@@ -579,6 +611,8 @@ class _Elementwise(torch.autograd.Function):
         ctx.save_for_backward(*tensors)
         ctx.entry, ctx.options = entry, options
         dtype = _elementwise_loss_dtype(entry, dict(zip(names, tensors)))
+        if isinstance(loss, np.ndarray):
+            return _tensor_any(loss).to(dtype)
         return _loss_tensor(loss, dtype).to(dtype)
 
     @staticmethod
@@ -593,18 +627,19 @@ class _Elementwise(torch.autograd.Function):
             # the first backward takes the forward's gradients (then owned by autograd)
             by_name, ctx.grads = ctx.grads, None
             scale = grad_output.item()
-            by_name = {key: torch.from_numpy(np.asarray(grad)) for key, grad in by_name.items()}
+            by_name = {key: _tensor_any(grad) for key, grad in by_name.items()}
             if scale != 1.0:
                 by_name = {key: grad.mul_(scale) for key, grad in by_name.items()}
         else:
-            arrays = [_numpy(tensor) for tensor in ctx.saved_tensors]
+            arrays = [_numpy_any(tensor) for tensor in ctx.saved_tensors]
             inputs = arrays[:len(entry.inputs)]
             keywords = dict(ctx.options, **dict(zip(names[len(entry.inputs):],
                                                     arrays[len(entry.inputs):])))
+            upstream = (grad_output.detach().double().numpy()
+                        if ctx.options["reduction"] == "none" else float(grad_output))
             grads = getattr(fastloss, f"{entry.name}_grad")(
-                *inputs, _upstream(grad_output, ctx.options["reduction"]), wrt=wanted,
-                **keywords)
-            by_name = dict(zip(wanted, (torch.from_numpy(np.asarray(grad)) for grad in grads)))
+                *inputs, upstream, wrt=wanted, **keywords)
+            by_name = dict(zip(wanted, (_tensor_any(grad) for grad in grads)))
         return (None, None, *(by_name.get(name) for name in names))
 
 
@@ -643,7 +678,7 @@ def _elementwise(entry, tensors, options, reduction, num_threads):
     torch_name = form.function
     by_torch_name = {ours: theirs for theirs, ours in form.arguments.items()}
     first = tensors[entry.inputs[0]]
-    _float_tensor(first, by_torch_name[entry.inputs[0]], function)
+    _half_float_tensor(first, by_torch_name[entry.inputs[0]], function)
     for name in entry.inputs[1:]:
         tensor = tensors[name]
         if isinstance(tensor, (int, float)) and not isinstance(tensor, bool):
