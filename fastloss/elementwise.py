@@ -175,13 +175,13 @@ class _Problem:
         if not names or len(set(names)) != len(names):
             raise ValueError(f"wrt: expected distinct names from {allowed}, got {wrt!r}")
         for name, dtype in zip(self.names[1:], self.input_dtypes[1:]):
-            if name in names and dtype.kind != "f":
+            if name in names and not is_float(dtype):
                 raise TypeError(f"wrt: {name}: a {dtype} {name} has no gradient (a float "
                                 f"{name} has)")
         if "weight" in names:
             if self.weight_array is None:
                 raise ValueError("wrt: weight: no weight was given")
-            if self.weight_array.dtype.kind != "f":
+            if not is_float(self.weight_array.dtype):
                 raise TypeError(f"wrt: weight: a {self.weight_array.dtype} weight has no "
                                 f"gradient (a float weight has)")
         if single:

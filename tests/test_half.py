@@ -482,3 +482,91 @@ def test_pointwise_meets_the_half_contract(entry, params, shape, reduction, dtyp
     assert_gradient_contract(grad, reference_grad, dtype)
     grad_alone = grad_function(*args, upstream, reduction=reduction, **options)
     np.testing.assert_array_equal(grad_alone.view(np.uint16), grad.view(np.uint16))
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+def test_pointwise_mixed_inputs_and_widening(dtype, rng):
+    pred = rng.standard_normal((30, 7)).astype(dtype)
+    pred64 = pred.astype(np.float64)
+    # a float32 target promotes (as torch): float32 loss, the gradient in pred's dtype
+    target = rng.standard_normal((30, 7)).astype(np.float32)
+    loss, grad = fastloss.mse_value_and_grad(pred, target, reduction="none")
+    assert loss.dtype == np.float32 and grad.dtype == dtype
+    assert_gradient_contract(grad, reference.mse_grad(pred64, target.astype(np.float64),
+                                                      reduction="none"), dtype)
+    # float16 with bfloat16 gives float32
+    other = (FLOAT16 if dtype == BFLOAT16 else BFLOAT16)
+    half_target = rng.standard_normal((30, 7)).astype(other)
+    assert fastloss.mse(pred, half_target, reduction="none").dtype == np.float32
+    # a weight the half type cannot hold widens the computation, results still half
+    target = rng.standard_normal((30, 7)).astype(dtype)
+    weight = rng.uniform(0.5, 1.5, 7)  # float64 values: promotes to float64
+    assert fastloss.mse(pred, target, weight=weight, reduction="none").dtype == np.float64
+    quantile = 0.1  # a scalar (weak): computed in float32, loss in the half type
+    loss = fastloss.pinball(pred, target, quantile=quantile, reduction="none")
+    assert loss.dtype == dtype
+    assert_gradient_contract(loss, reference.pinball(pred64, target.astype(np.float64),
+                                                     quantile=quantile, reduction="none"),
+                             dtype)
+    # a broadcast target's gradient: summed in float32, rounded once
+    row_target = rng.standard_normal((1, 7)).astype(dtype)
+    grad = fastloss.mse_grad(pred, row_target, wrt="target")
+    assert grad.dtype == dtype and grad.shape == (1, 7)
+    assert_gradient_contract(grad, reference.mse_grad(pred64, row_target.astype(np.float64),
+                                                      wrt="target"), dtype)
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+def test_pointwise_every_simd_path_and_thread_count(dtype, rng):
+    pred = (rng.standard_normal(50000) * 4).astype(dtype)
+    target = rng.uniform(0.0, 1.0, 50000).astype(dtype)
+    pred64, target64 = pred.astype(np.float64), target.astype(np.float64)
+    saved = _kernels.build_info()["simd_path"]
+    results = []
+    try:
+        for path in PATHS:
+            try:
+                _kernels.set_simd_path(path)
+            except ValueError:
+                continue
+            for name in ("bce_with_logits", "huber", "sigmoid_focal"):
+                value_and_grad = getattr(fastloss, f"{name}_value_and_grad")
+                loss, grad = value_and_grad(pred, target, num_threads=1)
+                loss2, grad2 = value_and_grad(pred, target, num_threads=2)
+                assert loss == loss2
+                np.testing.assert_array_equal(grad.view(np.uint16), grad2.view(np.uint16))
+                assert_loss_contract(loss, getattr(reference, name)(pred64, target64))
+                assert_gradient_contract(
+                    grad, getattr(reference, f"{name}_grad")(pred64, target64), dtype)
+                results.append(name)
+    finally:
+        _kernels.set_simd_path(saved)
+    assert results
+
+
+@pytest.mark.parametrize("torch_dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("name, torch_name", [("mse", "mse_loss"),
+                                              ("bce_with_logits",
+                                               "binary_cross_entropy_with_logits"),
+                                              ("huber", "huber_loss")])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_torch_pointwise_half(torch_dtype, name, torch_name, reduction, rng):
+    torch = pytest.importorskip("torch")
+    import fastloss.torch as FL
+    dtype = getattr(torch, torch_dtype)
+    numpy_dtype = BFLOAT16 if torch_dtype == "bfloat16" else FLOAT16
+    x = torch.from_numpy(rng.standard_normal((13, 9)).astype(np.float32)).to(dtype)
+    t = torch.from_numpy(rng.uniform(0.0, 1.0, (13, 9)).astype(np.float32)).to(dtype)
+    x.requires_grad_(True)
+    loss = getattr(FL, torch_name)(x, t, reduction=reduction)
+    assert loss.dtype == dtype
+    loss.backward(torch.ones_like(loss) if reduction == "none" else None)
+    assert x.grad.dtype == dtype
+    x64 = x.detach().float().numpy().astype(np.float64)
+    t64 = t.float().numpy().astype(np.float64)
+    grad = x.grad.view(torch.int16).numpy().view(numpy_dtype)
+    assert_gradient_contract(
+        grad, getattr(reference, f"{name}_grad")(x64, t64, reduction=reduction), numpy_dtype)
+    expected = getattr(reference, name)(x64, t64, reduction=reduction)
+    got = loss.detach().view(torch.int16).numpy().view(numpy_dtype)
+    assert_gradient_contract(got, np.asarray(expected), numpy_dtype)
