@@ -826,6 +826,32 @@ TARGETS = {
     ),
 }
 
+def _ew_bf16_read(inputs, threads):
+    bits = inputs["pred"].view(np.uint16)
+    return Timed(lambda: bits.max(), note="read-only limit (the bits as uint16: "
+                                           "ml_dtypes' own max is not vectorised)")
+
+
+EW_BF16_READ = "pred.view(uint16).max()"
+# The same losses on bfloat16 inputs (where ml_dtypes is installed): half the bytes.
+ELEMENTWISE_BFLOAT16 = Family(
+    name="elementwise_bfloat16",
+    title="elementwise and box losses, bfloat16 inputs (mean)",
+    make_inputs=_ew_inputs,
+    sizes={"full": EW_FULL_SIZE, "quick": (1 << 22,), "tiny": (3000,)},
+    size_names=("n",),
+    dtype="bfloat16",
+    cases=(
+        *(Case(_ew_fused_name(entry), _ew_fused(entry)) for entry in ELEMENTWISE_ENTRIES),
+        Case("np.copyto (pred -> buffer)", _ew_copy, role="copy"),
+        Case(EW_BF16_READ, _ew_bf16_read, role="read", read_only=True),
+    ),
+)
+TARGETS[ELEMENTWISE_BFLOAT16.name] = tuple(
+    Target(f"{entry.name} / copy <= 2", _ew_fused_name(entry), "np.copyto (pred -> buffer)",
+           2.0, "max", EW_FULL_SIZE) for entry in ELEMENTWISE_ENTRIES)
+
+
 # ----------------------------------------------------------------------------------------
 # Contrastive: all pairs of a batch, and InfoNCE / triplet on the same embeddings
 # ----------------------------------------------------------------------------------------
@@ -1291,3 +1317,4 @@ FAMILIES = {family.name: family for family in (
     ELEMENTWISE_SMALL, CONTRASTIVE, CONTRASTIVE_PIECES)}
 if ml_dtypes is not None:
     FAMILIES[CROSS_ENTROPY_BFLOAT16.name] = CROSS_ENTROPY_BFLOAT16
+    FAMILIES[ELEMENTWISE_BFLOAT16.name] = ELEMENTWISE_BFLOAT16
