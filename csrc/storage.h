@@ -45,6 +45,16 @@
  * array it would otherwise share with the output (cross-entropy's exps in the
  * gradient row), it tests STORAGE_IS_COMPUTE and uses scratch of REAL instead.
  *
+ * Beside STORE_T, a tag names GRAD_T, the type of the gradient STORE writes (STORE_T,
+ * or float for the half types' _grad32 tags), and AUX_T with AUX_LOAD, the type of the
+ * auxiliary arrays cross-entropy reads (class weights, soft targets: float for the half
+ * types).  Families whose bodies use STORE_T for every array see GRAD_T == AUX_T ==
+ * STORE_T on their tags.
+ *
+ * Half types, done: bfloat16 and float16 (and _grad32) for cross-entropy; bfloat16 and
+ * float16 computed in float plus their _wide tags (computed in double) for the
+ * elementwise family; the _wide tags for the box family.  Not done: contrastive.
+ *
  * Done: cross-entropy (cross_entropy_*body.h), contrastive (contrastive_*body.h,
  * contrastive_row_helpers.h), box (box_body.h) and elementwise
  * (elementwise_body.h; its float32_wide instantiation, float32 storage computed
