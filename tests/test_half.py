@@ -570,3 +570,33 @@ def test_torch_pointwise_half(torch_dtype, name, torch_name, reduction, rng):
     expected = getattr(reference, name)(x64, t64, reduction=reduction)
     got = loss.detach().view(torch.int16).numpy().view(numpy_dtype)
     assert_gradient_contract(got, np.asarray(expected), numpy_dtype)
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+def test_half_layouts_empty_and_nan(dtype, rng):
+    # strided logits (a view with a step: copied to rows), 3-d batches, no rows at all
+    wide_logits = (rng.standard_normal((6, 40)) * 2).astype(dtype)
+    logits = wide_logits[:, ::2]
+    target = rng.integers(0, 20, 6)
+    x64 = logits.astype(np.float64)
+    loss, grad = fastloss.cross_entropy_value_and_grad(logits, target)
+    assert_loss_contract(loss, reference.cross_entropy(x64, target))
+    assert_gradient_contract(grad, reference.cross_entropy_grad(x64, target), dtype)
+    batch = logits.reshape(2, 3, 20)
+    loss3, grad3 = fastloss.cross_entropy_value_and_grad(batch, target.reshape(2, 3))
+    assert loss3 == loss
+    np.testing.assert_array_equal(grad3.reshape(6, 20).view(np.uint16), grad.view(np.uint16))
+    empty = np.zeros((0, 5), dtype)
+    loss, grad = fastloss.cross_entropy_value_and_grad(empty, np.zeros(0, np.int64),
+                                                       reduction="sum")
+    assert loss == 0.0 and grad.shape == (0, 5) and grad.dtype == dtype
+    # NaN inputs of the pointwise losses give NaN where the reference does, in place too
+    pred = rng.standard_normal(300).astype(dtype)
+    pred[[3, 100]] = np.nan
+    target = rng.standard_normal(300).astype(dtype)
+    reference_grad = reference.huber_grad(pred.astype(np.float64), target.astype(np.float64),
+                                          reduction="sum")
+    work = pred.copy()
+    loss, grad = fastloss.huber_value_and_grad(work, target, reduction="sum", out=work)
+    assert np.isnan(loss) and grad is work
+    assert_gradient_contract(grad, reference_grad, dtype)
