@@ -2,16 +2,19 @@
  * cross_entropy_row_body.h -- the per-row algorithm, written once.  No include
  * guard, on purpose: cross_entropy_impl.h includes it once per triple of
  *   VAL      the type the row is computed in: REAL, or double ("wide" rows)
- *   STORAGE  the storage of weights, soft targets and the gradient (storage.h:
- *            STORE_T, LOAD, STORE, STORE_WIDE from storage_begin.h)
+ *   STORAGE  the storage tag of the call (storage.h, from storage_begin.h): the
+ *            gradient is GRAD_T (STORE, STORE_WIDE), weights and soft targets AUX_T
+ *            (AUX_LOAD); both are STORE_T but for the half types (float32 AUX_T,
+ *            and GRAD_T with grad_dtype="float32")
  *   ROW_IN   the storage of the row's values y: STORAGE itself (the logits), or
  *            float64 for wide rows (the row widened, or soft-capped, into scratch)
  * with ROW(name) giving each instantiation its own names, STORE_VAL the store of
  * a VAL (STORE, or STORE_WIDE when VAL is double), and VAL_EXP and
  * VAL_EXP_NONPOSITIVE the vectorisable exps of fastmath.h for VAL.  (VAL,
- * STORAGE, ROW_IN) is (float, float32, float32), (double, float64, float64), or
+ * STORAGE, ROW_IN) is (float, float32, float32), (double, float64, float64),
  * (double, float32, float64) for soft-capped float32 logits, whose capped values
- * are kept in double so their rounding stays out of the softmax.  The exps
+ * are kept in double so their rounding stays out of the softmax, and for each
+ * half tag (float, tag, tag) and (double, tag, float64).  The exps
  * (e_row, tile) are VAL scratch, or the gradient row itself when the runner
  * knows STORE_T is VAL; y and e_row may be the same memory (in place).
  */
