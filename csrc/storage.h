@@ -325,12 +325,14 @@ FASTLOSS_HALF_TAG_(float16, fastloss_float16_to_float, uint16_t, fastloss_float_
 
 FASTLOSS_INLINE float fastloss_round_bfloat16(double value)
 {
-    return fastloss_bfloat16_to_float(fastloss_float_to_bfloat16(fastloss_double_to_float_odd(value)));
+    const float odd = fastloss_double_to_float_odd(value);
+    return fastloss_bfloat16_to_float(fastloss_float_to_bfloat16(odd));
 }
 
 FASTLOSS_INLINE float fastloss_round_float16(double value)
 {
-    return fastloss_float16_to_float(fastloss_float_to_float16(fastloss_double_to_float_odd(value)));
+    const float odd = fastloss_double_to_float_odd(value);
+    return fastloss_float16_to_float(fastloss_float_to_float16(odd));
 }
 
 /* The same storage, gradient in float32 (the half type's option grad_dtype="float32"). */

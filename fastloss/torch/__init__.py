@@ -441,7 +441,8 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     Parameters as torch's: ``input`` of shape (C), (N, C) or (N, C, d1, ..., dK), float32,
     float64, bfloat16 or float16 (half precision is read in place, computed in float32,
     and its gradient written in the input's dtype, rounded once: docs/accuracy.rst; the
-    loss is returned in torch's dtype, a rounding of the float32 loss); ``target`` of class indices (any integer dtype) of shape (), (N) or
+    loss is returned in torch's dtype, a rounding of the float32 loss); ``target`` of
+    class indices (any integer dtype) of shape (), (N) or
     (N, d1, ..., dK), or of probabilities shaped like ``input`` (float32 or float64; a
     float64 target with a float32 input is not rounded: the loss is float64, as torch's);
     ``weight`` (C,); ``ignore_index``; ``reduction``; ``label_smoothing``. Keyword-only
