@@ -193,12 +193,20 @@ static void NAME(tlp_rows)(const NAME(tlp_job) *job, int thread, int n_threads)
         /* A row with no finite log-sum-exp (a +inf or NaN logit, or every logit -inf)
          * has no softmax: NaN, as torch's log_softmax gives. */
         const int finite = isfinite(stats.max) && isfinite(stats.log_sum);
+        /* log p_t = a_t - log S; where the target holds at least half the mass, as
+         * -log1p(others / e_t) instead, and log S as a_t + log1p(others / e_t): a
+         * converged row's log p_t and entropy are tiny, and log S of an S near 1 would
+         * keep only their absolute accuracy */
+        const double a_t = ((double)LOAD(x, t) - stats.max) * inv_temperature;
+        const double e_t = finite ? exp(a_t) : 0.0;
+        const int dominant = finite && e_t >= stats.others;
+        const double share = dominant ? log1p(stats.others / e_t) : 0.0;
+        const double log_prob = dominant ? -share : a_t - stats.log_sum;
+        const double log_sum = dominant ? a_t + share : stats.log_sum;
         if (job->log_prob)
-            job->log_prob[i] = finite ? ((double)LOAD(x, t) - stats.max) * inv_temperature -
-                                            stats.log_sum
-                                      : NAN;
+            job->log_prob[i] = finite ? log_prob : NAN;
         if (job->entropy)
-            job->entropy[i] = finite ? stats.log_sum - stats.weighted / stats.sum : NAN;
+            job->entropy[i] = finite ? log_sum - stats.weighted / stats.sum : NAN;
         if (g) {
             const double upstream_log_prob =
                 job->grad_log_prob ? job->grad_log_prob[i * job->grad_log_prob_stride] : 0.0;

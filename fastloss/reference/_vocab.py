@@ -33,11 +33,18 @@ def _temperature(temperature):
 
 def _log_softmax(logits, temperature):
     """log softmax(logits / temperature) over the last axis (NaN rows where the
-    log-sum-exp is not finite: a +inf or NaN logit, or every logit -inf)."""
+    log-sum-exp is not finite: a +inf or NaN logit, or every logit -inf).
+
+    With a = logits / T - max, the sum of exps is 1 (the max's own term, exactly) plus
+    the others', so log S = log1p(the others' sum): a converged row's log-probabilities
+    near 0 keep their relative accuracy (log of an S near 1 would not)."""
     scaled = logits / temperature
     with np.errstate(invalid="ignore"):
         shifted = scaled - np.max(scaled, axis=-1, keepdims=True)
-        return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+        others = np.exp(shifted)
+        top = np.argmax(scaled, axis=-1)[..., None]
+        np.put_along_axis(others, top, 0.0, axis=-1)
+        return shifted - np.log1p(np.sum(others, axis=-1, keepdims=True))
 
 
 def _xlogy_rows(p, log_value):
@@ -108,12 +115,15 @@ def token_log_probs_grad(logits, target, grad_output=1.0, *, grad_entropy=None,
                         _per_row(grad_entropy, "grad_entropy", loss_shape))[..., None]
     log_p = _log_softmax(logits, temperature)
     p = np.exp(log_p)
-    onehot = np.zeros_like(logits)
-    np.put_along_axis(onehot, np.where(ignored, 0, target)[..., None], 1.0, axis=-1)
+    # onehot - p, with 1 - p_t at the target as -expm1(log p_t): exact where p_t is near 1
+    d_log_prob = -p
+    index = np.where(ignored, 0, target)[..., None]
+    np.put_along_axis(d_log_prob, index,
+                      -np.expm1(np.take_along_axis(log_p, index, axis=-1)), axis=-1)
     entropy = -_xlogy_rows(p, log_p)[..., None]
     with np.errstate(invalid="ignore"):
         d_entropy = np.where(p == 0.0, 0.0, -p * (log_p + entropy))
-    grad = (upstream * (onehot - p) + upstream_entropy * d_entropy) / temperature
+    grad = (upstream * d_log_prob + upstream_entropy * d_entropy) / temperature
     return np.where(ignored[..., None], 0.0, grad)
 
 
