@@ -301,3 +301,46 @@ def test_torch_unfused_formulas(name, options):
     assert_close_contract(loss, theirs.item(), np.float32, "loss")
     for grad, leaf in zip(grads, leaves):
         assert_close_contract(grad, leaf.grad.numpy(), np.float32, "grad")
+
+
+@pytest.mark.parametrize("reduction", ["batchmean", "sum", "none"])
+@pytest.mark.parametrize("name, options", DIVERGENCES)
+def test_torch_adapter_and_module(name, options, reduction):
+    torch = pytest.importorskip("torch")
+    import fastloss.torch as FL
+
+    rng = np.random.default_rng(13)
+    student, teacher = _pair(rng, (2, 4, 700), np.float64)
+    labels = _labels(rng, (2, 4, 700))
+    ours = [torch.from_numpy(a.copy()).requires_grad_(True) for a in (student, teacher)]
+    theirs = [torch.from_numpy(a.copy()).requires_grad_(True) for a in (student, teacher)]
+    kw = dict(options, temperature=1.3, reduction=reduction)
+    loss = getattr(FL, name)(*ours, torch.from_numpy(labels), **kw)
+    assert loss.dtype == torch.float64
+    upstream = torch.from_numpy(rng.standard_normal(loss.shape)) if reduction == "none" \
+        else torch.tensor(0.7, dtype=torch.float64)
+    (loss * upstream).sum().backward()
+    expected = getattr(reference, name)(student, teacher, target=labels, **kw)
+    assert_close_contract(loss.detach().numpy(), expected, np.float64, "loss")
+    grads = getattr(reference, name + "_grad")(student, teacher, upstream.numpy(), target=labels,
+                                               wrt=BOTH, **kw)
+    for leaf, ref in zip(ours, grads):
+        assert_close_contract(leaf.grad.numpy(), ref, np.float64, "grad")
+    module = {"distill_kl": FL.DistillKLLoss, "jsd": FL.JSDLoss}[name](**kw)
+    frozen = module(theirs[0], theirs[1].detach(), torch.from_numpy(labels))
+    assert torch.equal(frozen, loss.detach())
+    (frozen * upstream).sum().backward()
+    assert torch.equal(theirs[0].grad, ours[0].grad) and theirs[1].grad is None
+
+
+def test_torch_second_backward_recomputes():
+    torch = pytest.importorskip("torch")
+    import fastloss.torch as FL
+
+    student = torch.randn(3, 20, dtype=torch.float64, requires_grad=True)
+    teacher = torch.randn(3, 20, dtype=torch.float64)
+    loss = FL.jsd(student, teacher, beta=0.2)
+    loss.backward(retain_graph=True)
+    first = student.grad.clone()
+    loss.backward()
+    assert torch.allclose(student.grad, 2 * first, rtol=1e-14, atol=0)

@@ -240,3 +240,35 @@ def test_torch_unfused_formulas():
     grad = fastloss.token_log_probs_grad(logits, target, g, grad_entropy=h,
                                          temperature=temperature)
     assert_close_contract(grad, leaf.grad.numpy(), np.float32, "grad")
+
+
+@pytest.mark.parametrize("return_entropy", [False, True])
+def test_torch_adapter_and_module(return_entropy):
+    torch = pytest.importorskip("torch")
+    import fastloss.torch as FL
+
+    rng = np.random.default_rng(17)
+    logits, target = _inputs(rng, (3, 4, 900), np.float64)
+    leaf = torch.from_numpy(logits.copy()).requires_grad_(True)
+    value = FL.token_log_probs(leaf, torch.from_numpy(target), temperature=0.9,
+                               return_entropy=return_entropy)
+    g = rng.standard_normal((3, 4))
+    h = rng.standard_normal((3, 4)) if return_entropy else None
+    if return_entropy:
+        (value[0] * torch.from_numpy(g) + value[1] * torch.from_numpy(h)).sum().backward()
+        log_prob = value[0]
+    else:
+        (value * torch.from_numpy(g)).sum().backward()
+        log_prob = value
+    assert_close_contract(log_prob.detach().numpy(), reference.token_log_probs(
+        logits, target, temperature=0.9), np.float64, "loss")
+    assert_close_contract(leaf.grad.numpy(), reference.token_log_probs_grad(
+        logits, target, g, grad_entropy=h, temperature=0.9), np.float64, "grad")
+    module = FL.TokenLogProbs(temperature=0.9, return_entropy=return_entropy)
+    again = module(leaf, torch.from_numpy(target))
+    assert torch.equal(again[0] if return_entropy else again, log_prob)
+    if return_entropy:  # only the entropy used: grad_output of the log-probs is 0
+        leaf.grad = None
+        again[1].sum().backward()
+        assert_close_contract(leaf.grad.numpy(), reference.token_log_probs_grad(
+            logits, target, 0.0, grad_entropy=1.0, temperature=0.9), np.float64, "grad")
