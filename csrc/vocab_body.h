@@ -40,58 +40,90 @@ FASTLOSS_INLINE double NAME(vocab_sum)(const REAL *FASTLOSS_RESTRICT values, fas
 }
 
 /* e_c = exp(a_c) and (when weighted is not NULL) e_c a_c, a_c = (x_c - shift) / T, for
- * one chunk.  e a is 0 where e is (a = -inf: a masked class, whose 0 log 0 is 0). */
-FASTLOSS_INLINE void NAME(vocab_exps)(const STORE_T *FASTLOSS_RESTRICT x, fastloss_index n,
+ * one chunk.  e a is 0 where e is (a = -inf: a masked class, whose 0 log 0 is 0).  The
+ * same loop finds the max of the next chunk (`next`, n_next values): it streams in from
+ * memory while this chunk's exps are computed, rather than in a sweep of its own that
+ * would leave the arithmetic idle (cross_entropy_row_body.h does the same). */
+FASTLOSS_INLINE REAL NAME(vocab_exps)(const STORE_T *FASTLOSS_RESTRICT x, fastloss_index n,
                                      REAL shift, REAL inv_temperature,
                                      REAL *FASTLOSS_RESTRICT exps,
-                                     REAL *FASTLOSS_RESTRICT weighted)
+                                     REAL *FASTLOSS_RESTRICT weighted,
+                                     const STORE_T *FASTLOSS_RESTRICT next,
+                                     fastloss_index n_next)
 {
+    const fastloss_index both = n < n_next ? n : n_next;
+    REAL next_max = -(REAL)INFINITY;
     if (weighted) {
-        for (fastloss_index c = 0; c < n; ++c) {
+#pragma omp simd reduction(max : next_max)
+        for (fastloss_index c = 0; c < both; ++c) {
+            const REAL a = ((REAL)LOAD(x, c) - shift) * inv_temperature;
+            const REAL e = REAL_EXP_NONPOSITIVE(a);
+            exps[c] = e;
+            weighted[c] = e == (REAL)0 ? (REAL)0 : e * a;
+            const REAL value = LOAD(next, c);
+            next_max = value > next_max ? value : next_max;
+        }
+        for (fastloss_index c = both; c < n; ++c) {
             const REAL a = ((REAL)LOAD(x, c) - shift) * inv_temperature;
             const REAL e = REAL_EXP_NONPOSITIVE(a);
             exps[c] = e;
             weighted[c] = e == (REAL)0 ? (REAL)0 : e * a;
         }
     } else {
-        for (fastloss_index c = 0; c < n; ++c)
+#pragma omp simd reduction(max : next_max)
+        for (fastloss_index c = 0; c < both; ++c) {
+            exps[c] = REAL_EXP_NONPOSITIVE(((REAL)LOAD(x, c) - shift) * inv_temperature);
+            const REAL value = LOAD(next, c);
+            next_max = value > next_max ? value : next_max;
+        }
+        for (fastloss_index c = both; c < n; ++c)
             exps[c] = REAL_EXP_NONPOSITIVE(((REAL)LOAD(x, c) - shift) * inv_temperature);
     }
+    const REAL rest = NAME(vocab_max)(next + both, n_next - both);
+    return rest > next_max ? rest : next_max;
 }
 
 /*
  * The softmax statistics of one row (vocab_internal.h: vocab_row_stats), chunk by
- * chunk: a sweep for the chunk's max (which brings it from memory), one for its exps
- * (from L1), the sums of the tiles in double; then the chunks' records merge.  The
+ * chunk: its exps (from L1: the previous chunk's exp loop brought it in while finding
+ * its max), the sums of the tiles in double; then the chunks' records merge.  The
  * target's term (target: its position, or -1) is left out of the lanes and added last,
  * so that `others` holds the sum without it (1 - p_t = others / S keeps its digits
- * where p_t is nearly 1).
+ * where p_t is nearly 1).  The exps stay in `exps_row` (exp((x_c - shift_k) / T), each
+ * chunk relative to its own shift) when it is given, else one chunk at a time in
+ * tile_exps.
  */
 static void NAME(vocab_row_stats)(const STORE_T *x, fastloss_index n_classes,
                                   fastloss_index n_chunks, double inv_temperature,
                                   fastloss_index target, int need_weighted, REAL *tile_exps,
-                                  REAL *tile_weighted, double *chunk_data,
+                                  REAL *tile_weighted, REAL *exps_row, double *chunk_data,
                                   vocab_row_stats *stats)
 {
     const REAL inv_t = (REAL)inv_temperature;
+    REAL m = NAME(vocab_max)(x, n_classes < FASTLOSS_VOCAB_CHUNK ? n_classes
+                                                                 : FASTLOSS_VOCAB_CHUNK);
     for (fastloss_index k = 0; k < n_chunks; ++k) {
         const fastloss_index start = k * FASTLOSS_VOCAB_CHUNK;
         const fastloss_index n = n_classes - start < FASTLOSS_VOCAB_CHUNK ? n_classes - start
                                                                           : FASTLOSS_VOCAB_CHUNK;
+        const fastloss_index next_start = start + n;
+        const fastloss_index n_next = n_classes - next_start < FASTLOSS_VOCAB_CHUNK
+                                          ? n_classes - next_start
+                                          : FASTLOSS_VOCAB_CHUNK;
         double *chunk = chunk_data + k * VOCAB_CHUNK_FIELDS;
-        const REAL m = NAME(vocab_max)(x + start, n);
+        chunk[VOCAB_CHUNK_MAX] = (double)m;
         /* a chunk of -inf gets shift 0, so that exp sees -inf rather than NaN */
         const REAL shift = m == -(REAL)INFINITY ? (REAL)0 : m;
-        NAME(vocab_exps)(x + start, n, shift, inv_t, tile_exps,
-                         need_weighted ? tile_weighted : NULL);
+        REAL *exps = exps_row ? exps_row + start : tile_exps;
+        m = NAME(vocab_exps)(x + start, n, shift, inv_t, exps,
+                             need_weighted ? tile_weighted : NULL, x + next_start, n_next);
         const fastloss_index t = target - start;
         REAL e_t = 0;
         if (t >= 0 && t < n) {
-            e_t = tile_exps[t];
-            tile_exps[t] = 0;
+            e_t = exps[t];
+            exps[t] = 0;
         }
-        const double others = NAME(vocab_sum)(tile_exps, n);
-        chunk[VOCAB_CHUNK_MAX] = (double)m;
+        const double others = NAME(vocab_sum)(exps, n);
         chunk[VOCAB_CHUNK_OTHERS] = others;
         chunk[VOCAB_CHUNK_SUM] = others + (double)e_t;
         chunk[VOCAB_CHUNK_WEIGHTED] = need_weighted ? NAME(vocab_sum)(tile_weighted, n) : 0.0;
@@ -189,7 +221,7 @@ static void NAME(tlp_rows)(const NAME(tlp_job) *job, int thread, int n_threads)
         }
         vocab_row_stats stats;
         NAME(vocab_row_stats)(x, n_classes, job->n_chunks, inv_temperature, t, need_weighted,
-                              tile_exps, tile_weighted, chunk_data, &stats);
+                              tile_exps, tile_weighted, NULL, chunk_data, &stats);
         /* A row with no finite log-sum-exp (a +inf or NaN logit, or every logit -inf)
          * has no softmax: NaN, as torch's log_softmax gives. */
         const int finite = isfinite(stats.max) && isfinite(stats.log_sum);
@@ -270,13 +302,37 @@ int TLP_RUN(const fastloss_vocab_options *options, const void *logits_data,
 
 /* The per-row numbers of the element passes, in REAL (see vocab.c for the formulas). */
 typedef struct NAME(distill_row) {
-    REAL max_s, max_t;       /* the rows' maxima M_s, M_t */
-    REAL inv_sum_s, inv_sum_t; /* 1 / S_s, 1 / S_t */
-    REAL log_ratio;          /* log S_t - log S_s: log p - log q = (a_t - a_s) - log_ratio */
     REAL log_beta, log_beta_c; /* log beta, log(1 - beta) (JSD) */
-    REAL log_odds;           /* log beta - log(1 - beta) */
-    REAL kl_s, kl_t;         /* the row totals the gradients subtract (pass B) */
+    REAL log_odds;             /* log beta - log(1 - beta) */
+    REAL kl_s, kl_t;           /* the row totals the gradients subtract (pass B) */
 } NAME(distill_row);
+
+/* What a chunk's elements need: with e_c = exp((x_c - shift) / T) as pass A left it,
+ * q_c = e_c scale and log q_c = (x_c - shift) / T + log_scale, per model; log_ratio is
+ * log_scale_t - log_scale_s, so that log p - log q = (a_t - a_s) + log_ratio. */
+typedef struct NAME(distill_chunk) {
+    REAL shift_s, shift_t, scale_s, scale_t, log_ratio;
+} NAME(distill_chunk);
+
+FASTLOSS_INLINE void NAME(distill_chunk_of)(const double *student_chunk,
+                                            const double *teacher_chunk,
+                                            const vocab_row_stats *student,
+                                            const vocab_row_stats *teacher,
+                                            double inv_temperature,
+                                            NAME(distill_chunk) *chunk)
+{
+    const double m_s = student_chunk[VOCAB_CHUNK_MAX], m_t = teacher_chunk[VOCAB_CHUNK_MAX];
+    /* a chunk with no finite value: shift 0 and every e 0 (its scale is then unused) */
+    const double shift_s = m_s == -INFINITY ? 0.0 : m_s;
+    const double shift_t = m_t == -INFINITY ? 0.0 : m_t;
+    const double log_scale_s = (shift_s - student->max) * inv_temperature - student->log_sum;
+    const double log_scale_t = (shift_t - teacher->max) * inv_temperature - teacher->log_sum;
+    chunk->shift_s = (REAL)shift_s;
+    chunk->shift_t = (REAL)shift_t;
+    chunk->scale_s = (REAL)exp(log_scale_s);
+    chunk->scale_t = (REAL)exp(log_scale_t);
+    chunk->log_ratio = (REAL)(log_scale_t - log_scale_s);
+}
 
 typedef struct NAME(distill_job) {
     const fastloss_vocab_options *options;
@@ -294,127 +350,182 @@ typedef struct NAME(distill_job) {
     size_t per_thread;
 } NAME(distill_job);
 
-/*
- * Pass B over one row (both inputs from the cache): the divergence's two sums,
- *   K_t = sum_c p_c (log p_c - log r_c),  K_s = sum_c q_c (log q_c - log r_c)
- * with r = q for the forward KL (only K_t), r = p for the reverse KL (only K_s), and
- * r = m = beta p + (1 - beta) q for the JSD.  Terms are formed in REAL a tile at a
- * time, summed in double.  A class whose probability is 0 adds 0 (0 log 0 = 0, also
- * where its log-probability is -inf); NaN propagates.
- */
-static void NAME(distill_row_sums)(int divergence, const STORE_T *xs, const STORE_T *xt,
-                                   fastloss_index n_classes, REAL inv_t,
-                                   const NAME(distill_row) *row, REAL *tile_s, REAL *tile_t,
-                                   double *kl_s, double *kl_t)
+/* Per-thread scratch of the distillation: two chunk records per chunk and two rows of
+ * exps (the two models'), 64-byte aligned parts. */
+static size_t NAME(distill_scratch_bytes)(fastloss_index n_chunks, fastloss_index n_classes)
 {
-    double sum_s = 0.0, sum_t = 0.0;
-    for (fastloss_index start = 0; start < n_classes; start += FASTLOSS_VOCAB_CHUNK) {
-        const fastloss_index n = n_classes - start < FASTLOSS_VOCAB_CHUNK ? n_classes - start
-                                                                          : FASTLOSS_VOCAB_CHUNK;
-        const STORE_T *s = xs + start, *t = xt + start;
-        if (divergence == FASTLOSS_DIVERGENCE_FORWARD_KL) {
-            for (fastloss_index c = 0; c < n; ++c) {
-                const REAL a_s = ((REAL)LOAD(s, c) - row->max_s) * inv_t;
-                const REAL a_t = ((REAL)LOAD(t, c) - row->max_t) * inv_t;
-                const REAL e_t = REAL_EXP_NONPOSITIVE(a_t);
-                const REAL p = e_t * row->inv_sum_t;
-                tile_t[c] = e_t == (REAL)0 ? (REAL)0 : p * ((a_t - a_s) - row->log_ratio);
-            }
-            sum_t += NAME(vocab_sum)(tile_t, n);
-        } else if (divergence == FASTLOSS_DIVERGENCE_REVERSE_KL) {
-            for (fastloss_index c = 0; c < n; ++c) {
-                const REAL a_s = ((REAL)LOAD(s, c) - row->max_s) * inv_t;
-                const REAL a_t = ((REAL)LOAD(t, c) - row->max_t) * inv_t;
-                const REAL e_s = REAL_EXP_NONPOSITIVE(a_s);
-                const REAL q = e_s * row->inv_sum_s;
-                tile_s[c] = e_s == (REAL)0 ? (REAL)0 : q * ((a_s - a_t) + row->log_ratio);
-            }
-            sum_s += NAME(vocab_sum)(tile_s, n);
-        } else {
-            /* delta = log(beta p) - log((1 - beta) q); log m is the larger of the two
-             * plus L = log1p(exp(-|delta|)), so that
-             *   log p - log m = min(delta, 0) - log beta - L
-             *   log q - log m = -max(delta, 0) - log(1 - beta) - L
-             * with no log of a probability (exact where either underflows) */
-            for (fastloss_index c = 0; c < n; ++c) {
-                const REAL a_s = ((REAL)LOAD(s, c) - row->max_s) * inv_t;
-                const REAL a_t = ((REAL)LOAD(t, c) - row->max_t) * inv_t;
-                const REAL e_s = REAL_EXP_NONPOSITIVE(a_s);
-                const REAL e_t = REAL_EXP_NONPOSITIVE(a_t);
-                const REAL delta = ((a_t - a_s) - row->log_ratio) + row->log_odds;
-                const REAL abs_delta = delta < (REAL)0 ? -delta : delta;
-                const REAL mix = REAL_LOG1P_UNIT(REAL_EXP_NONPOSITIVE(-abs_delta));
-                const REAL gap_t = ((delta < (REAL)0 ? delta : (REAL)0) - row->log_beta) - mix;
-                const REAL gap_s = ((delta > (REAL)0 ? -delta : (REAL)0) - row->log_beta_c) - mix;
-                tile_t[c] = e_t == (REAL)0 ? (REAL)0 : (e_t * row->inv_sum_t) * gap_t;
-                tile_s[c] = e_s == (REAL)0 ? (REAL)0 : (e_s * row->inv_sum_s) * gap_s;
-            }
-            sum_t += NAME(vocab_sum)(tile_t, n);
-            sum_s += NAME(vocab_sum)(tile_s, n);
-        }
-    }
-    *kl_s = sum_s;
-    *kl_t = sum_t;
+    const size_t records = ((size_t)n_chunks * 2 * VOCAB_CHUNK_FIELDS * sizeof(double) + 63) / 64 * 64;
+    const size_t tiles = (2 * FASTLOSS_VOCAB_CHUNK * sizeof(REAL) + 63) / 64 * 64;
+    const size_t row = ((size_t)n_classes * sizeof(REAL) + 63) / 64 * 64;
+    return records + tiles + 2 * row;
 }
 
 /*
- * Pass C: the gradients of one row, scale = grad_output * factor / T:
+ * One chunk of pass B (the divergence's two sums) or C (the gradients), with the exps
+ * of pass A: e_s, e_t.  The sums, formed in REAL into the tiles and summed in double:
+ *   K_t = sum_c p_c (log p_c - log r_c),  K_s = sum_c q_c (log q_c - log r_c)
+ * with r = q for the forward KL (K_t only), r = p for the reverse KL (K_s only), and
+ * r = m = beta p + (1 - beta) q for the JSD.  A class whose probability is 0 adds 0
+ * (0 log 0 = 0, also where its log-probability is -inf); NaN propagates.  For the JSD,
+ * delta = log(beta p) - log((1 - beta) q) and L = log1p(exp(-|delta|)) give
+ *   log p - log m = min(delta, 0) - log beta - L,
+ *   log q - log m = -max(delta, 0) - log(1 - beta) - L
+ * with no log of a probability (exact where either underflows).  The gradients, scale
+ * = grad_output * factor / T (times beta or 1 - beta for the JSD's):
  *   student  forward  scale (q - p)
  *            reverse  scale q (log q - log p - K_s)
  *            JSD      scale (1 - beta) q (log q - log m - K_s)
  *   teacher  forward  scale p (log p - log q - K_t)
  *            reverse  scale (p - q)
  *            JSD      scale beta p (log p - log m - K_t)
- * (the softmax's Jacobian applied to d loss / d log q and d loss / d log p).
+ * (the softmax's Jacobian applied to d loss / d log q and d loss / d log p).  The mode
+ * arguments are constants at every call (the function is inlined into one loop per
+ * divergence and set of outputs), so that each loop vectorises with no test inside.
+ * With `sums`, the loss terms go to the tiles (pass B, or a pass C that needs no K:
+ * the forward KL's student gradient, the reverse KL's teacher gradient).
  */
-static void NAME(distill_row_grad)(int divergence, const STORE_T *xs, const STORE_T *xt,
-                                   fastloss_index n_classes, REAL inv_t,
-                                   const NAME(distill_row) *row, REAL scale_s, REAL scale_t,
-                                   STORE_T *gs, STORE_T *gt)
+FASTLOSS_INLINE void NAME(distill_range)(const int divergence, const int want_s,
+                                         const int want_t, const int sums,
+                                         const STORE_T *FASTLOSS_RESTRICT xs,
+                                         const STORE_T *FASTLOSS_RESTRICT xt,
+                                         const REAL *FASTLOSS_RESTRICT es,
+                                         const REAL *FASTLOSS_RESTRICT et, fastloss_index n,
+                                         REAL inv_t, const NAME(distill_chunk) *chunk,
+                                         const NAME(distill_row) *row, REAL scale_s,
+                                         REAL scale_t, REAL *FASTLOSS_RESTRICT tile_s,
+                                         REAL *FASTLOSS_RESTRICT tile_t, STORE_T *gs,
+                                         STORE_T *gt)
 {
-    for (fastloss_index c = 0; c < n_classes; ++c) {
-        const REAL a_s = ((REAL)LOAD(xs, c) - row->max_s) * inv_t;
-        const REAL a_t = ((REAL)LOAD(xt, c) - row->max_t) * inv_t;
-        const REAL e_s = REAL_EXP_NONPOSITIVE(a_s);
-        const REAL e_t = REAL_EXP_NONPOSITIVE(a_t);
-        const REAL q = e_s * row->inv_sum_s, p = e_t * row->inv_sum_t;
-        const REAL log_pq = (a_t - a_s) - row->log_ratio; /* log p - log q */
-        REAL g_s, g_t;
+    const REAL shift_s = chunk->shift_s, shift_t = chunk->shift_t;
+    const REAL unit_s = chunk->scale_s, unit_t = chunk->scale_t;
+    const REAL log_ratio = chunk->log_ratio, log_odds = row->log_odds;
+    const REAL log_beta = row->log_beta, log_beta_c = row->log_beta_c;
+    const REAL kl_s = row->kl_s, kl_t = row->kl_t;
+    for (fastloss_index c = 0; c < n; ++c) {
+        const REAL a_s = ((REAL)LOAD(xs, c) - shift_s) * inv_t;
+        const REAL a_t = ((REAL)LOAD(xt, c) - shift_t) * inv_t;
+        const REAL e_s = es[c], e_t = et[c];
+        const REAL q = e_s * unit_s, p = e_t * unit_t;
+        const REAL log_pq = (a_t - a_s) + log_ratio; /* log p - log q */
+        REAL term_s = 0, term_t = 0, g_s = 0, g_t = 0;
         if (divergence == FASTLOSS_DIVERGENCE_FORWARD_KL) {
+            term_t = e_t == (REAL)0 ? (REAL)0 : p * log_pq;
             g_s = q - p;
-            g_t = e_t == (REAL)0 ? (REAL)0 : p * (log_pq - row->kl_t);
+            g_t = e_t == (REAL)0 ? (REAL)0 : p * (log_pq - kl_t);
         } else if (divergence == FASTLOSS_DIVERGENCE_REVERSE_KL) {
-            g_s = e_s == (REAL)0 ? (REAL)0 : q * (-log_pq - row->kl_s);
+            term_s = e_s == (REAL)0 ? (REAL)0 : q * -log_pq;
+            g_s = e_s == (REAL)0 ? (REAL)0 : q * (-log_pq - kl_s);
             g_t = p - q;
         } else {
-            const REAL delta = log_pq + row->log_odds;
+            const REAL delta = log_pq + log_odds;
             const REAL abs_delta = delta < (REAL)0 ? -delta : delta;
             const REAL mix = REAL_LOG1P_UNIT(REAL_EXP_NONPOSITIVE(-abs_delta));
-            const REAL gap_t = ((delta < (REAL)0 ? delta : (REAL)0) - row->log_beta) - mix;
-            const REAL gap_s = ((delta > (REAL)0 ? -delta : (REAL)0) - row->log_beta_c) - mix;
-            g_s = e_s == (REAL)0 ? (REAL)0 : q * (gap_s - row->kl_s);
-            g_t = e_t == (REAL)0 ? (REAL)0 : p * (gap_t - row->kl_t);
+            const REAL gap_t = ((delta < (REAL)0 ? delta : (REAL)0) - log_beta) - mix;
+            const REAL gap_s = ((delta > (REAL)0 ? -delta : (REAL)0) - log_beta_c) - mix;
+            term_t = e_t == (REAL)0 ? (REAL)0 : p * gap_t;
+            term_s = e_s == (REAL)0 ? (REAL)0 : q * gap_s;
+            g_s = e_s == (REAL)0 ? (REAL)0 : q * (gap_s - kl_s);
+            g_t = e_t == (REAL)0 ? (REAL)0 : p * (gap_t - kl_t);
         }
-        if (gs)
+        if (sums && divergence != FASTLOSS_DIVERGENCE_REVERSE_KL)
+            tile_t[c] = term_t;
+        if (sums && divergence != FASTLOSS_DIVERGENCE_FORWARD_KL)
+            tile_s[c] = term_s;
+        if (want_s)
             STORE(gs, c, scale_s * g_s);
-        if (gt)
+        if (want_t)
             STORE(gt, c, scale_t * g_t);
+    }
+}
+
+/* Passes B and C over one row, chunk by chunk (the chunks of pass A, whose records are
+ * student_chunks and teacher_chunks); see distill_range.  kl_s and kl_t are summed
+ * when `sums` (OUT), read from `row` otherwise. */
+static void NAME(distill_pass)(int divergence, int sums, const STORE_T *xs, const STORE_T *xt,
+                               const REAL *es_row, const REAL *et_row, fastloss_index n_classes,
+                               fastloss_index n_chunks, double inv_temperature,
+                               const double *student_chunks, const double *teacher_chunks,
+                               const vocab_row_stats *student, const vocab_row_stats *teacher,
+                               const NAME(distill_row) *row, REAL scale_s, REAL scale_t,
+                               REAL *tile_s, REAL *tile_t, STORE_T *gs, STORE_T *gt,
+                               double *kl_s, double *kl_t)
+{
+    const REAL inv_t = (REAL)inv_temperature;
+    double sum_s = 0.0, sum_t = 0.0;
+    for (fastloss_index k = 0; k < n_chunks; ++k) {
+        const fastloss_index start = k * FASTLOSS_VOCAB_CHUNK;
+        const fastloss_index n = n_classes - start < FASTLOSS_VOCAB_CHUNK ? n_classes - start
+                                                                          : FASTLOSS_VOCAB_CHUNK;
+        NAME(distill_chunk) chunk;
+        NAME(distill_chunk_of)(student_chunks + k * VOCAB_CHUNK_FIELDS,
+                               teacher_chunks + k * VOCAB_CHUNK_FIELDS, student, teacher,
+                               inv_temperature, &chunk);
+        const STORE_T *s = xs + start, *t = xt + start;
+        const REAL *es = es_row + start, *et = et_row + start;
+        STORE_T *gsk = gs ? gs + start : NULL, *gtk = gt ? gt + start : NULL;
+#define VOCAB_RANGE(div, ws, wt, with_sums)                                                  \
+    NAME(distill_range)(div, ws, wt, with_sums, s, t, es, et, n, inv_t, &chunk, row, scale_s, \
+                        scale_t, tile_s, tile_t, gsk, gtk)
+#define VOCAB_OUTPUTS(div, with_sums)                                                        \
+    do {                                                                                     \
+        if (gsk && gtk)                                                                      \
+            VOCAB_RANGE(div, 1, 1, with_sums);                                               \
+        else if (gsk)                                                                        \
+            VOCAB_RANGE(div, 1, 0, with_sums);                                               \
+        else if (gtk)                                                                        \
+            VOCAB_RANGE(div, 0, 1, with_sums);                                               \
+        else                                                                                 \
+            VOCAB_RANGE(div, 0, 0, with_sums);                                               \
+    } while (0)
+        if (divergence == FASTLOSS_DIVERGENCE_FORWARD_KL) {
+            if (sums)
+                VOCAB_OUTPUTS(FASTLOSS_DIVERGENCE_FORWARD_KL, 1);
+            else
+                VOCAB_OUTPUTS(FASTLOSS_DIVERGENCE_FORWARD_KL, 0);
+        } else if (divergence == FASTLOSS_DIVERGENCE_REVERSE_KL) {
+            if (sums)
+                VOCAB_OUTPUTS(FASTLOSS_DIVERGENCE_REVERSE_KL, 1);
+            else
+                VOCAB_OUTPUTS(FASTLOSS_DIVERGENCE_REVERSE_KL, 0);
+        } else {
+            if (sums)
+                VOCAB_OUTPUTS(FASTLOSS_DIVERGENCE_JSD, 1);
+            else
+                VOCAB_OUTPUTS(FASTLOSS_DIVERGENCE_JSD, 0);
+        }
+#undef VOCAB_OUTPUTS
+#undef VOCAB_RANGE
+        if (sums && divergence != FASTLOSS_DIVERGENCE_REVERSE_KL)
+            sum_t += NAME(vocab_sum)(tile_t, n);
+        if (sums && divergence != FASTLOSS_DIVERGENCE_FORWARD_KL)
+            sum_s += NAME(vocab_sum)(tile_s, n);
+    }
+    if (sums) {
+        *kl_s = sum_s;
+        *kl_t = sum_t;
     }
 }
 
 static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_threads)
 {
     const fastloss_vocab_options *options = job->options;
-    const fastloss_index n_classes = options->n_classes;
+    const fastloss_index n_classes = options->n_classes, n_chunks = job->n_chunks;
     const int divergence = options->divergence;
     const double inv_temperature = 1.0 / options->temperature;
-    const REAL inv_t = (REAL)inv_temperature;
     const double beta = options->beta;
     char *mine = job->scratch + job->per_thread * (size_t)thread;
-    double *chunk_data = (double *)mine;
-    REAL *tile_s = (REAL *)(chunk_data + job->n_chunks * VOCAB_CHUNK_FIELDS);
+    double *student_chunks = (double *)mine;
+    double *teacher_chunks = student_chunks + n_chunks * VOCAB_CHUNK_FIELDS;
+    mine += ((size_t)n_chunks * 2 * VOCAB_CHUNK_FIELDS * sizeof(double) + 63) / 64 * 64;
+    REAL *tile_s = (REAL *)mine;
     REAL *tile_t = tile_s + FASTLOSS_VOCAB_CHUNK;
-    const int want_grad = job->grad_student != NULL || job->grad_teacher != NULL;
+    mine += (2 * FASTLOSS_VOCAB_CHUNK * sizeof(REAL) + 63) / 64 * 64;
+    REAL *es_row = (REAL *)mine;
+    REAL *et_row = (REAL *)(mine + ((size_t)n_classes * sizeof(REAL) + 63) / 64 * 64);
+    NAME(distill_row) row;
+    row.log_beta = (REAL)log(beta);
+    row.log_beta_c = (REAL)log1p(-beta);
+    row.log_odds = (REAL)(log(beta) - log1p(-beta));
     VOCAB_ROW_RANGE(options->n_rows, thread, n_threads, begin, end);
     for (fastloss_index i = begin; i < end; ++i) {
         const STORE_T *xs = job->student + i * job->student_row_stride;
@@ -433,44 +544,46 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
             }
             continue;
         }
-        /* pass A: each row's max and sum of exps, read from memory once */
+        /* pass A: each row's max and sum of exps, read from memory once; the exps stay
+         * in the rows es_row, et_row */
         vocab_row_stats student, teacher;
-        NAME(vocab_row_stats)(xs, n_classes, job->n_chunks, inv_temperature, -1, 0, tile_s,
-                              tile_t, chunk_data, &student);
-        NAME(vocab_row_stats)(xt, n_classes, job->n_chunks, inv_temperature, -1, 0, tile_s,
-                              tile_t, chunk_data, &teacher);
-        NAME(distill_row) row;
-        row.max_s = (REAL)student.max;
-        row.max_t = (REAL)teacher.max;
-        row.inv_sum_s = (REAL)(1.0 / student.sum);
-        row.inv_sum_t = (REAL)(1.0 / teacher.sum);
-        row.log_ratio = (REAL)(teacher.log_sum - student.log_sum);
-        row.log_beta = (REAL)log(beta);
-        row.log_beta_c = (REAL)log1p(-beta);
-        row.log_odds = (REAL)(log(beta) - log1p(-beta));
-        /* pass B: the divergence (and the totals its gradients subtract) */
-        double kl_s = 0.0, kl_t = 0.0;
-        NAME(distill_row_sums)(divergence, xs, xt, n_classes, inv_t, &row, tile_s, tile_t,
-                               &kl_s, &kl_t);
-        const double loss = divergence == FASTLOSS_DIVERGENCE_FORWARD_KL   ? kl_t
-                            : divergence == FASTLOSS_DIVERGENCE_REVERSE_KL ? kl_s
-                                                                           : beta * kl_t + (1.0 - beta) * kl_s;
+        NAME(vocab_row_stats)(xs, n_classes, n_chunks, inv_temperature, -1, 0, tile_s, tile_t,
+                              es_row, student_chunks, &student);
+        NAME(vocab_row_stats)(xt, n_classes, n_chunks, inv_temperature, -1, 0, tile_s, tile_t,
+                              et_row, teacher_chunks, &teacher);
         /* A row with no finite log-sum-exp (a +inf or NaN logit, or every logit -inf)
          * has no distribution: its loss and gradients are NaN. */
         const int finite = isfinite(student.max) && isfinite(student.log_sum) &&
                            isfinite(teacher.max) && isfinite(teacher.log_sum);
-        job->row_loss[i] = finite ? loss : NAN;
-        if (!want_grad)
-            continue;
-        row.kl_s = (REAL)kl_s;
-        row.kl_t = (REAL)kl_t;
         const double upstream = job->grad_output[i * job->grad_output_stride];
         const double scale = finite ? upstream * job->factor * inv_temperature : NAN;
         const double weight_s = divergence == FASTLOSS_DIVERGENCE_JSD ? 1.0 - beta : 1.0;
         const double weight_t = divergence == FASTLOSS_DIVERGENCE_JSD ? beta : 1.0;
-        /* pass C: the gradients, the rows again from the cache */
-        NAME(distill_row_grad)(divergence, xs, xt, n_classes, inv_t, &row,
-                               (REAL)(scale * weight_s), (REAL)(scale * weight_t), gs, gt);
+        const REAL scale_s = (REAL)(scale * weight_s), scale_t = (REAL)(scale * weight_t);
+        /* the gradients that subtract no row total can be written in the pass that sums
+         * the divergence; the others need pass B's totals first */
+        const int needs_totals = (gs && divergence != FASTLOSS_DIVERGENCE_FORWARD_KL) ||
+                                 (gt && divergence != FASTLOSS_DIVERGENCE_REVERSE_KL);
+        double kl_s = 0.0, kl_t = 0.0;
+        row.kl_s = row.kl_t = 0;
+        /* pass B: the divergence (with the gradients when they need no totals) */
+        NAME(distill_pass)(divergence, 1, xs, xt, es_row, et_row, n_classes, n_chunks,
+                           inv_temperature, student_chunks, teacher_chunks, &student, &teacher,
+                           &row, scale_s, scale_t, tile_s, tile_t, needs_totals ? NULL : gs,
+                           needs_totals ? NULL : gt, &kl_s, &kl_t);
+        /* pass C: the gradients that subtract the totals, the rows again from the cache */
+        if (needs_totals) {
+            row.kl_s = (REAL)kl_s;
+            row.kl_t = (REAL)kl_t;
+            NAME(distill_pass)(divergence, 0, xs, xt, es_row, et_row, n_classes, n_chunks,
+                               inv_temperature, student_chunks, teacher_chunks, &student,
+                               &teacher, &row, scale_s, scale_t, tile_s, tile_t, gs, gt, NULL,
+                               NULL);
+        }
+        const double loss = divergence == FASTLOSS_DIVERGENCE_FORWARD_KL   ? kl_t
+                            : divergence == FASTLOSS_DIVERGENCE_REVERSE_KL ? kl_s
+                                                                           : beta * kl_t + (1.0 - beta) * kl_s;
+        job->row_loss[i] = finite ? loss : NAN;
     }
 }
 
@@ -495,7 +608,7 @@ int DISTILL_RUN(const fastloss_vocab_options *options, const void *student_data,
     int threads = fastloss_effective_threads(options->num_threads, n_rows * n_classes);
     if (threads > n_rows)
         threads = n_rows > 1 ? (int)n_rows : 1;
-    const size_t per_thread = NAME(vocab_scratch_bytes)(n_chunks);
+    const size_t per_thread = NAME(distill_scratch_bytes)(n_chunks, n_classes);
     char *allocation = malloc(per_thread * (size_t)threads + 64 +
                               (size_t)(n_rows > 0 ? n_rows : 1) * sizeof(double));
     if (!allocation)
