@@ -169,23 +169,49 @@ typedef struct NAME(tlp_job) {
  *   the target:       (1/T) (g (1 - p_t) - h p_t (a_t - W / S))
  * with a_c = (x_c - M) / T, e_c = exp(a_c), p_c = e_c / S, A = -(g - h W / S) / (T S),
  * B = -h / (T S): log p_c + H = a_c - W / S.  1 - p_t is others / S (no cancellation
- * where p_t is nearly 1), and the target is written from double.
+ * where p_t is nearly 1), and the target is written from double.  When the statistics
+ * pass left its exps in the gradient row itself (`exps_in_place`: exp((x_c - m_k) / T)
+ * per chunk k, relative to the chunk's shift), they are rescaled there by the chunk's
+ * exp((m_k - M) / T) rather than computed again.
  */
 static void NAME(tlp_row_grad)(const STORE_T *x, fastloss_index n_classes,
-                               fastloss_index target, double inv_temperature,
-                               const vocab_row_stats *stats, double upstream_log_prob,
-                               double upstream_entropy, STORE_T *g)
+                               fastloss_index n_chunks, fastloss_index target,
+                               double inv_temperature, const vocab_row_stats *stats,
+                               const double *chunk_data, int exps_in_place,
+                               double upstream_log_prob, double upstream_entropy, STORE_T *g)
 {
     const double mean_a = stats->weighted / stats->sum;
     const double scale = inv_temperature / stats->sum;
-    const REAL coef_a = (REAL)(-(upstream_log_prob - upstream_entropy * mean_a) * scale);
-    const REAL coef_b = (REAL)(-upstream_entropy * scale);
+    const double coef_a = -(upstream_log_prob - upstream_entropy * mean_a) * scale;
+    const double coef_b = -upstream_entropy * scale;
     const REAL max = (REAL)stats->max;
     const REAL inv_t = (REAL)inv_temperature;
-    for (fastloss_index c = 0; c < n_classes; ++c) {
-        const REAL a = ((REAL)LOAD(x, c) - max) * inv_t;
-        const REAL e = REAL_EXP_NONPOSITIVE(a);
-        STORE(g, c, e == (REAL)0 ? (REAL)0 : e * (coef_a + coef_b * a));
+    if (!exps_in_place) {
+        const REAL a0 = (REAL)coef_a, b0 = (REAL)coef_b;
+        for (fastloss_index c = 0; c < n_classes; ++c) {
+            const REAL a = ((REAL)LOAD(x, c) - max) * inv_t;
+            const REAL e = REAL_EXP_NONPOSITIVE(a);
+            STORE(g, c, e == (REAL)0 ? (REAL)0 : e * (a0 + b0 * a));
+        }
+    } else {
+        REAL *e_row = (REAL *)g; /* STORE_T is REAL here (the caller checks) */
+        for (fastloss_index k = 0; k < n_chunks; ++k) {
+            const fastloss_index start = k * FASTLOSS_VOCAB_CHUNK;
+            const fastloss_index n = n_classes - start < FASTLOSS_VOCAB_CHUNK
+                                         ? n_classes - start
+                                         : FASTLOSS_VOCAB_CHUNK;
+            const double m = chunk_data[k * VOCAB_CHUNK_FIELDS + VOCAB_CHUNK_MAX];
+            /* a chunk of -inf has every e 0 (and its factor is unused) */
+            const double rescale = m == -INFINITY ? 0.0 : exp((m - stats->max) * inv_temperature);
+            const REAL a0 = (REAL)(coef_a * rescale), b0 = (REAL)(coef_b * rescale);
+            const STORE_T *xk = x + start;
+            REAL *ek = e_row + start;
+            for (fastloss_index c = 0; c < n; ++c) {
+                const REAL a = ((REAL)LOAD(xk, c) - max) * inv_t;
+                const REAL e = ek[c];
+                ek[c] = e == (REAL)0 ? (REAL)0 : e * (a0 + b0 * a);
+            }
+        }
     }
     const double a_t = ((double)LOAD(x, target) - stats->max) * inv_temperature;
     const double p_t = exp(a_t) / stats->sum;
@@ -219,9 +245,14 @@ static void NAME(tlp_rows)(const NAME(tlp_job) *job, int thread, int n_threads)
                     STORE(g, c, (REAL)0);
             continue;
         }
+        /* with a gradient of the storage type computed in (never the logits: the Cython
+         * layer gives the kernel a gradient that overlaps no input), the statistics pass
+         * leaves its exps in the gradient row, and the gradient pass rescales them there */
+        const int exps_in_place = g != NULL && STORAGE_IS_COMPUTE;
         vocab_row_stats stats;
         NAME(vocab_row_stats)(x, n_classes, job->n_chunks, inv_temperature, t, need_weighted,
-                              tile_exps, tile_weighted, NULL, chunk_data, &stats);
+                              tile_exps, tile_weighted, exps_in_place ? (REAL *)g : NULL,
+                              chunk_data, &stats);
         /* A row with no finite log-sum-exp (a +inf or NaN logit, or every logit -inf)
          * has no softmax: NaN, as torch's log_softmax gives. */
         const int finite = isfinite(stats.max) && isfinite(stats.log_sum);
@@ -245,8 +276,9 @@ static void NAME(tlp_rows)(const NAME(tlp_job) *job, int thread, int n_threads)
             const double upstream_entropy =
                 job->grad_entropy ? job->grad_entropy[i * job->grad_entropy_stride] : 0.0;
             if (finite) {
-                NAME(tlp_row_grad)(x, n_classes, t, inv_temperature, &stats,
-                                   upstream_log_prob, upstream_entropy, g);
+                NAME(tlp_row_grad)(x, n_classes, job->n_chunks, t, inv_temperature, &stats,
+                                   chunk_data, exps_in_place, upstream_log_prob,
+                                   upstream_entropy, g);
             } else {
                 for (fastloss_index c = 0; c < n_classes; ++c)
                     STORE(g, c, (REAL)NAN);
