@@ -49,7 +49,9 @@
 #include "vocab_impl.h"
 
 /* The kernels this CPU runs best, by storage type: fastloss_vocab_select fills the
- * tables (see fastloss_select_kernels); baseline until then. */
+ * tables (see fastloss_select_kernels); baseline until then.  The half-precision codes
+ * have no vocabulary kernels yet: their slots stay NULL, and the entry points refuse
+ * them (FASTLOSS_ERROR_BAD_DTYPE). */
 static fastloss_tlp_run tlp_kernels[FASTLOSS_N_DTYPES] = {
     [FASTLOSS_FLOAT32] = fastloss_tlp_run_float32_baseline,
     [FASTLOSS_FLOAT64] = fastloss_tlp_run_float64_baseline,
@@ -74,7 +76,7 @@ int fastloss_token_log_probs(int dtype, const fastloss_vocab_options *options,
                              const double *grad_entropy, fastloss_index grad_entropy_stride,
                              void *grad, fastloss_index grad_row_stride)
 {
-    if (!fastloss_dtype_known(dtype))
+    if (!fastloss_dtype_known(dtype) || !tlp_kernels[dtype])
         return FASTLOSS_ERROR_BAD_DTYPE;
     return tlp_kernels[dtype](options, logits, logits_row_stride, target, log_prob, entropy,
                               grad_log_prob, grad_log_prob_stride, grad_entropy,
@@ -89,7 +91,7 @@ int fastloss_distill(int dtype, const fastloss_vocab_options *options, const voi
                      fastloss_index grad_student_row_stride, void *grad_teacher,
                      fastloss_index grad_teacher_row_stride)
 {
-    if (!fastloss_dtype_known(dtype))
+    if (!fastloss_dtype_known(dtype) || !distill_kernels[dtype])
         return FASTLOSS_ERROR_BAD_DTYPE;
     return distill_kernels[dtype](options, student, student_row_stride, teacher,
                                   teacher_row_stride, target, loss_per_row, loss, grad_output,

@@ -50,6 +50,9 @@ cdef tuple _vocab_logits(object logits, str name):
     if not _is_float_array(logits):
         logits = float_array(logits, name)
     cdef cnp.ndarray array = <cnp.ndarray>logits
+    if cnp.PyArray_TYPE(array) != cnp.NPY_FLOAT32 and cnp.PyArray_TYPE(array) != cnp.NPY_FLOAT64:
+        # (bfloat16 and float16 have no vocabulary kernels yet)
+        raise TypeError(f"{name}: expected float32 or float64, got {array.dtype}")
     cdef int ndim = cnp.PyArray_NDIM(array)
     if ndim == 0:
         raise ValueError(f"{name}: expected at least 1 dimension (..., V), got a scalar")

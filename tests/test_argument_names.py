@@ -4,8 +4,9 @@ raises TypeError or ValueError whose message starts with that argument's name: n
 NumPy's own "could not convert string to float" or "inhomogeneous shape", which name none.
 
 Arguments whose None is a documented default (weight, pos_weight, y, softcap, lse,
-num_threads, stats, grad_entropy, the distillation's target) are not given None; return_lse
-and return_entropy take any truth value, as Python's ``if`` does; ``wrt`` (the elementwise losses) is left to test_elementwise_errors.py.
+num_threads, stats, grad_dtype, grad_entropy, the distillation's target) are not given None;
+return_lse and return_entropy take any truth value, as Python's ``if`` does; ``wrt`` (the
+elementwise losses) is left to test_elementwise_errors.py.
 """
 
 import inspect
@@ -44,7 +45,7 @@ BAD = {
 }
 
 NONE_IS_A_DEFAULT = {"weight", "pos_weight", "y", "softcap", "lse", "num_threads", "stats",
-                     "grad_entropy"}
+                     "grad_dtype", "grad_entropy"}
 # the distillation's hard labels are optional (None: no row ignored); cross_entropy's are not
 NONE_IS_A_DEFAULT_OF = {"distill_kl": {"target"}, "jsd": {"target"}}
 NOT_HERE = {"return_lse", "return_entropy", "wrt", "out"}
