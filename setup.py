@@ -32,6 +32,9 @@ C_SOURCES = [
     "csrc/box.c",
     "csrc/box_avx2.c",
     "csrc/box_avx512.c",
+    "csrc/vocab.c",
+    "csrc/vocab_avx2.c",
+    "csrc/vocab_avx512.c",
 ]
 
 OPENMP_PROBE = """

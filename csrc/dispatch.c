@@ -6,6 +6,7 @@
 #include "cross_entropy_internal.h"
 #include "contrastive_internal.h"
 #include "elementwise_internal.h"
+#include "vocab_internal.h"
 
 void fastloss_select_kernels(int level)
 {
@@ -13,4 +14,5 @@ void fastloss_select_kernels(int level)
     fastloss_elementwise_select(level);
     fastloss_contrastive_select(level);
     fastloss_box_select(level);
+    fastloss_vocab_select(level);
 }

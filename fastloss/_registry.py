@@ -877,16 +877,45 @@ TRIPLET_MARGIN = Loss(name="triplet_margin", family="contrastive",
                                   "TripletMarginLoss", "TripletMarginLoss"))
 
 
+# --- objectives of language models over the vocabulary (fastloss/distill.py, csrc/vocab.c) ---
+
+TOKEN_LOG_PROBS = Loss(
+    name="token_log_probs", family="distill", inputs=("logits", "target"),
+    differentiable=("logits",),
+    options=(Option("temperature", 1.0), Option("ignore_index", -100),
+             Option("return_entropy", False)),
+    torch=Torch("token_log_probs", None, "", {}, "TokenLogProbs", note=(
+        "``log_softmax(logits / T).gather(-1, target)`` and the entropy "
+        "``-(softmax * log_softmax).sum(-1)`` (TRL's and torchrl's log-probs of sampled "
+        "tokens)")))
+DISTILL_KL = Loss(
+    name="distill_kl", family="distill", inputs=("student_logits", "teacher_logits"),
+    differentiable=("student_logits", "teacher_logits"),
+    options=(Option("temperature", 1.0), Option("direction", "forward"), Option("target"),
+             Option("ignore_index", -100)),
+    torch=Torch("distill_kl", None, "", {}, "DistillKLLoss", note=(
+        "``F.kl_div`` of ``log_softmax(logits / T)`` of both models with "
+        "``log_target=True``, reduction \"batchmean\" over the rows not ignored")))
+JSD = Loss(
+    name="jsd", family="distill", inputs=("student_logits", "teacher_logits"),
+    differentiable=("student_logits", "teacher_logits"),
+    options=(Option("beta", 0.5), Option("temperature", 1.0), Option("target"),
+             Option("ignore_index", -100)),
+    torch=Torch("jsd", None, "", {}, "JSDLoss", note=(
+        "Liger-Kernel's ``LigerJSD`` and TRL's ``generalized_jsd_loss`` over "
+        "``log_softmax(logits / T)``")))
+
 LOSSES = {loss.name: loss for loss in (
     CROSS_ENTROPY,
     MSE, L1, HUBER, SMOOTH_L1, BCE_WITH_LOGITS,
     SIGMOID_FOCAL, MARGIN_RANKING, POISSON_NLL, GAUSSIAN_NLL, PINBALL, SOFT_MARGIN,
     GIOU_LOSS, DIOU_LOSS, CIOU_LOSS,
     PAIRWISE_DISTANCE, CONTRASTIVE, CONTRASTIVE_PAIRWISE, INFO_NCE, TRIPLET_MARGIN,
+    TOKEN_LOG_PROBS, DISTILL_KL, JSD,
 )}
 
 
 def family(name):
     """The entries of family ``name`` ("cross_entropy", "elementwise", "box",
-    "contrastive"), in the registry's order."""
+    "contrastive", "distill"), in the registry's order."""
     return tuple(loss for loss in LOSSES.values() if loss.family == name)

@@ -510,6 +510,103 @@ def _add_distance_checks():
 _add_distance_checks()
 
 
+# --- objectives over the vocabulary: token log-probs, distillation ------------------------
+
+_VOCAB_SHAPE = (24, 3000)  # two chunks of the kernels' 2048 classes per row
+
+
+def _vocab_inputs(case_id, dtype):
+    """``(logits, teacher, labels)``: 3 standard normals each (the teacher correlated with
+    the first), every fifth label ignored."""
+    rng = _rng("vocab", case_id, np.dtype(dtype).name)
+    logits = (rng.standard_normal(_VOCAB_SHAPE) * 3).astype(dtype)
+    teacher = (rng.standard_normal(_VOCAB_SHAPE) * 3 + 0.5 * logits).astype(dtype)
+    labels = rng.integers(0, _VOCAB_SHAPE[1], _VOCAB_SHAPE[0])
+    labels[::5] = -100
+    return logits, teacher, labels
+
+
+def _tlp_row(dtype, temperature, what):
+    """``what``: "log_prob", "entropy" or "grad" (of g log_prob + h entropy)."""
+    def run():
+        logits, _, labels = _vocab_inputs("token_log_probs", dtype)
+        options = {"temperature": temperature}
+        if what != "grad":
+            index = ("log_prob", "entropy").index(what)
+            return (fastloss.token_log_probs(logits, labels, return_entropy=True, **options)[index],
+                    reference.token_log_probs(logits, labels, return_entropy=True,
+                                              **options)[index], dtype, "loss")
+        g = np.linspace(-1.0, 1.0, _VOCAB_SHAPE[0])
+        h = np.linspace(0.5, -0.25, _VOCAB_SHAPE[0])
+        return (fastloss.token_log_probs_grad(logits, labels, g, grad_entropy=h, **options),
+                reference.token_log_probs_grad(logits, labels, g, grad_entropy=h, **options),
+                dtype, "grad")
+    return run
+
+
+_DISTILL_CASES = (
+    ("distill_kl", "forward", {"direction": "forward"}),
+    ("distill_kl", "reverse", {"direction": "reverse"}),
+    ("jsd", "beta=0.5", {"beta": 0.5}),
+    ("jsd", "beta=0.2", {"beta": 0.2}),
+)
+
+
+def _distill_row(case, dtype, reduction, what):
+    """``what``: "loss", "grad student_logits" or "grad teacher_logits"."""
+    function, case_id, params = case
+
+    def run():
+        student, teacher, labels = _vocab_inputs(function + case_id, dtype)
+        options = dict(params, temperature=1.5, target=labels, reduction=reduction)
+        if what == "loss":
+            return (getattr(fastloss, function)(student, teacher, **options),
+                    getattr(reference, function)(student, teacher, **options), dtype, "loss")
+        wrt = what.split(" ", 1)[1]
+        upstream = (np.linspace(-1.0, 1.0, _VOCAB_SHAPE[0]) if reduction == "none" else 0.75)
+        return (getattr(fastloss, f"{function}_grad")(student, teacher, upstream, wrt=wrt,
+                                                      **options),
+                getattr(reference, f"{function}_grad")(student, teacher, upstream, wrt=wrt,
+                                                       **options), dtype, "grad")
+    return run
+
+
+def _vocab_threads_row(case, dtype):
+    """Bitwise comparison of num_threads=2 with num_threads=1: loss and both gradients."""
+    function, case_id, params = case
+
+    def compute(num_threads):
+        student, teacher, labels = _vocab_inputs(function + case_id, dtype)
+        loss, grads = getattr(fastloss, f"{function}_value_and_grad")(
+            student, teacher, target=labels, wrt=("student_logits", "teacher_logits"),
+            num_threads=num_threads, **params)
+        return np.concatenate([[loss]] + [g.astype(np.float64).ravel() for g in grads])
+
+    def run():
+        return compute(2), compute(1), dtype, "bitwise"
+
+    return run
+
+
+def _add_vocab_checks():
+    for dtype in (np.float32, np.float64):
+        name = np.dtype(dtype).name
+        for temperature in (1.0, 0.7):
+            for what in ("log_prob", "entropy", "grad"):
+                add_check(f"token_log_probs T={temperature:g} {name} {what}",
+                          _tlp_row(dtype, temperature, what))
+        for case in _DISTILL_CASES:
+            for reduction in ("batchmean", "sum", "none"):
+                for what in ("loss", "grad student_logits", "grad teacher_logits"):
+                    add_check(f"{case[0]} {case[1]} {name} {reduction} {what}",
+                              _distill_row(case, dtype, reduction, what))
+            add_check(f"{case[0]} {case[1]} {name} threads 1 vs 2",
+                      _vocab_threads_row(case, dtype))
+
+
+_add_vocab_checks()
+
+
 # ----------------------------------------------------------------------------------------
 # Running
 # ----------------------------------------------------------------------------------------

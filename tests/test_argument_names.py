@@ -4,8 +4,9 @@ raises TypeError or ValueError whose message starts with that argument's name: n
 NumPy's own "could not convert string to float" or "inhomogeneous shape", which name none.
 
 Arguments whose None is a documented default (weight, pos_weight, y, softcap, lse,
-num_threads, stats, grad_dtype) are not given None; return_lse takes any truth value, as Python's
-``if`` does; ``wrt`` (the elementwise losses) is left to test_elementwise_errors.py.
+num_threads, stats, grad_dtype, grad_entropy, the distillation's target) are not given None;
+return_lse and return_entropy take any truth value, as Python's ``if`` does; ``wrt`` (the
+elementwise losses) is left to test_elementwise_errors.py.
 """
 
 import inspect
@@ -29,6 +30,9 @@ GOOD = {
     "contrastive_pairwise": dict(embeddings=X, labels=np.array([0, 1, 0, 2, 1, 0])),
     "info_nce": dict(query=X, key=X[::-1]),
     "triplet_margin": dict(anchor=X, positive=X[::-1], negative=X + 1.0),
+    "token_log_probs": dict(logits=X, target=np.array([0, 1, 2, 3, 0, 1])),
+    "distill_kl": dict(student_logits=X, teacher_logits=X[::-1]),
+    "jsd": dict(student_logits=X, teacher_logits=X[::-1]),
 }
 
 BAD = {
@@ -41,8 +45,10 @@ BAD = {
 }
 
 NONE_IS_A_DEFAULT = {"weight", "pos_weight", "y", "softcap", "lse", "num_threads", "stats",
-                     "grad_dtype"}
-NOT_HERE = {"return_lse", "wrt", "out"}
+                     "grad_dtype", "grad_entropy"}
+# the distillation's hard labels are optional (None: no row ignored); cross_entropy's are not
+NONE_IS_A_DEFAULT_OF = {"distill_kl": {"target"}, "jsd": {"target"}}
+NOT_HERE = {"return_lse", "return_entropy", "wrt", "out"}
 
 
 def _cases():
@@ -54,7 +60,8 @@ def _cases():
                 if parameter in NOT_HERE:
                     continue
                 for bad_id, bad in BAD.items():
-                    if bad is None and parameter in NONE_IS_A_DEFAULT:
+                    if bad is None and (parameter in NONE_IS_A_DEFAULT or
+                                        parameter in NONE_IS_A_DEFAULT_OF.get(name, ())):
                         continue
                     cases.append(pytest.param(name + suffix, arguments, parameter, bad,
                                               id=f"{name}{suffix}-{parameter}-{bad_id}"))

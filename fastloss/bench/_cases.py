@@ -1312,9 +1312,157 @@ ELEMENTWISE_SMALL = Grid(
          "the bytes moved",
 )
 
+# ----------------------------------------------------------------------------------------
+# Objectives over the vocabulary: token log-probabilities, distillation (fastloss/distill.py)
+# ----------------------------------------------------------------------------------------
+
+def _distill_inputs(size, dtype):
+    """Two models' logits (3 standard normals each, the teacher's correlated with the
+    student's), the tokens, and two touched N x V buffers."""
+    student, target = _ce_logits_and_target(size, dtype)
+    rng = np.random.default_rng(1)
+    teacher = rng.standard_normal(student.shape, dtype=np.float32).astype(dtype, copy=False)
+    teacher *= 3
+    teacher += 0.5 * student
+    buffer = np.empty_like(student)
+    buffer.fill(0)
+    second = np.empty_like(student)
+    second.fill(0)
+    return {"logits": student, "teacher": teacher, "target": target, "buffer": buffer,
+            "second": second}
+
+
+def _tlp_forward(inputs, threads):
+    logits, target = inputs["logits"], inputs["target"]
+    return Timed(lambda: fastloss.token_log_probs(logits, target, return_entropy=True,
+                                                  num_threads=threads))
+
+
+def _tlp_grad(inputs, threads):
+    logits, target, buffer = inputs["logits"], inputs["target"], inputs["buffer"]
+    return Timed(lambda: fastloss.token_log_probs_grad(
+        logits, target, 1.0, grad_entropy=0.01, out=buffer, num_threads=threads))
+
+
+def _distill_fused(name, **options):
+    def setup(inputs, threads):
+        student, teacher, buffer = inputs["logits"], inputs["teacher"], inputs["buffer"]
+        function = getattr(fastloss, name + "_value_and_grad")
+        return Timed(lambda: function(student, teacher, out=buffer, num_threads=threads,
+                                      **options))
+    return setup
+
+
+def _distill_forward(inputs, threads):
+    student, teacher = inputs["logits"], inputs["teacher"]
+    return Timed(lambda: fastloss.distill_kl(student, teacher, num_threads=threads))
+
+
+def _three_streams(inputs, threads):
+    student, teacher, buffer = inputs["logits"], inputs["teacher"], inputs["buffer"]
+    return Timed(lambda: np.add(student, teacher, out=buffer),
+                 note="reads both logits, writes one N x V array: the fused calls' traffic")
+
+
+def _tlp_torch(inputs, threads):
+    torch = _torch()
+    if torch is None:
+        return None
+    logits = torch.from_numpy(inputs["logits"]).requires_grad_(True)
+    target = torch.from_numpy(inputs["target"])
+
+    def call():
+        log_p = torch.log_softmax(logits, dim=-1)
+        log_prob = log_p.gather(-1, target[:, None]).squeeze(-1)
+        entropy = -(log_p.exp() * log_p).sum(-1)
+        (log_prob.sum() + 0.01 * entropy.sum()).backward()
+        logits.grad = None
+
+    return Timed(call, note="log_softmax, gather, -(p log p).sum(-1), backward")
+
+
+def _kl_torch(inputs, threads):
+    torch = _torch()
+    if torch is None:
+        return None
+    import torch.nn.functional as F
+
+    student = torch.from_numpy(inputs["logits"]).requires_grad_(True)
+    teacher = torch.from_numpy(inputs["teacher"])
+
+    def call():
+        loss = F.kl_div(F.log_softmax(student, -1), F.log_softmax(teacher, -1),
+                        reduction="batchmean", log_target=True)
+        loss.backward()
+        student.grad = None
+
+    return Timed(call, note="F.kl_div of the log_softmax of both, backward to the student")
+
+
+def _jsd_torch(inputs, threads):
+    torch = _torch()
+    if torch is None:
+        return None
+    import torch.nn.functional as F
+
+    student = torch.from_numpy(inputs["logits"]).requires_grad_(True)
+    teacher = torch.from_numpy(inputs["teacher"])
+    beta = 0.5
+
+    def call():
+        log_q, log_p = F.log_softmax(student, -1), F.log_softmax(teacher, -1)
+        log_m = torch.logsumexp(torch.stack([log_q + np.log(1 - beta), log_p + np.log(beta)]),
+                                dim=0)
+        loss = (beta * F.kl_div(log_m, log_p, reduction="batchmean", log_target=True)
+                + (1 - beta) * F.kl_div(log_m, log_q, reduction="batchmean", log_target=True))
+        loss.backward()
+        student.grad = None
+
+    return Timed(call, note="TRL's generalized_jsd_loss written out, backward to the student")
+
+
+DISTILL_TLP = "fastloss token_log_probs (with entropy)"
+DISTILL_FORWARD_KL = "fastloss distill_kl value_and_grad (forward KL, out= preallocated)"
+DISTILL_REVERSE_KL = "fastloss distill_kl value_and_grad (reverse KL, out= preallocated)"
+DISTILL_JSD = "fastloss jsd value_and_grad (beta=0.5, out= preallocated)"
+DISTILL_THREE_STREAMS = "np.add(student, teacher, out=buffer)"
+
+DISTILL = Family(
+    name="distill",
+    title="token log-probs and distillation over the vocabulary (batchmean, T=1)",
+    make_inputs=_distill_inputs,
+    sizes={"full": CE_FULL_SIZE, "quick": (1024, 50257), "tiny": (16, 300)},
+    size_names=("N", "V"),
+    cases=(
+        Case(DISTILL_TLP, _tlp_forward, read_only=True),
+        Case("fastloss token_log_probs_grad (out= preallocated)", _tlp_grad),
+        Case(DISTILL_FORWARD_KL, _distill_fused("distill_kl")),
+        Case(DISTILL_REVERSE_KL, _distill_fused("distill_kl", direction="reverse")),
+        Case(DISTILL_JSD, _distill_fused("jsd")),
+        Case("fastloss distill_kl forward", _distill_forward, read_only=True),
+        Case(DISTILL_THREE_STREAMS, _three_streams),
+        Case("np.copyto (logits -> buffer)", _copy, role="copy"),
+        Case("logits.max()", _read, role="read", read_only=True),
+        Case("torch log_softmax + gather + entropy forward+backward", _tlp_torch,
+             requires="torch"),
+        Case("torch F.kl_div(log_softmax) forward+backward", _kl_torch, requires="torch"),
+        Case("torch JSD (beta=0.5, written out) forward+backward", _jsd_torch,
+             requires="torch"),
+    ),
+)
+
+TARGETS["distill"] = (
+    Target("token_log_probs with entropy / max <= 1.3", DISTILL_TLP, "logits.max()", 1.3,
+           "max", CE_FULL_SIZE),
+    *(Target(f"{label} / three streams <= 1.5", row, DISTILL_THREE_STREAMS, 1.5, "max",
+             CE_FULL_SIZE)
+      for label, row in (("forward KL", DISTILL_FORWARD_KL), ("reverse KL", DISTILL_REVERSE_KL),
+                         ("JSD", DISTILL_JSD))),
+)
+
 FAMILIES = {family.name: family for family in (
     CROSS_ENTROPY, CROSS_ENTROPY_FEW_CLASSES, CROSS_ENTROPY_BLOCKS, CROSS_ENTROPY_SMALL, ELEMENTWISE,
-    ELEMENTWISE_SMALL, CONTRASTIVE, CONTRASTIVE_PIECES)}
+    ELEMENTWISE_SMALL, CONTRASTIVE, CONTRASTIVE_PIECES, DISTILL)}
 if ml_dtypes is not None:
     FAMILIES[CROSS_ENTROPY_BFLOAT16.name] = CROSS_ENTROPY_BFLOAT16
     FAMILIES[ELEMENTWISE_BFLOAT16.name] = ELEMENTWISE_BFLOAT16

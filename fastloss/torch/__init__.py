@@ -1026,6 +1026,223 @@ class InfoNCELoss(torch.nn.Module):
 
 
 # ----------------------------------------------------------------------------------------
+# Objectives over the vocabulary: token log-probabilities, distillation (fastloss/distill.py)
+# ----------------------------------------------------------------------------------------
+
+def _logits_tensor(tensor, name, function):
+    """A float CPU tensor as the array the kernels read: its own memory, or a copy when
+    its last axis is not contiguous."""
+    _float_tensor(tensor, name, function)
+    detached = tensor.detach()
+    if detached.dim() and detached.size(-1) > 1 and detached.stride(-1) != 1:
+        detached = detached.contiguous()
+    return detached.numpy()
+
+
+def _label_tensor(tensor, name, function):
+    _cpu_tensor(tensor, name, function)
+    if tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool:
+        raise TypeError(f"{function}: {name}: expected an integer tensor, got {tensor.dtype}")
+    return tensor.numpy()
+
+
+class _TokenLogProbs(torch.autograd.Function):
+    """fastloss.token_log_probs: the forward computes the values only (the gradient
+    depends on both upstream gradients, known in the backward); the backward is
+    token_log_probs_grad, one read of the logits and one write."""
+
+    @staticmethod
+    def forward(ctx, logits, target, options, return_entropy):
+        array = _logits_tensor(logits, "logits", "fastloss.torch.token_log_probs")
+        labels = _label_tensor(target, "target", "fastloss.torch.token_log_probs")
+        value = fastloss.token_log_probs(array, labels, return_entropy=True, **options) \
+            if return_entropy else fastloss.token_log_probs(array, labels, **options)
+        ctx.save_for_backward(logits)
+        ctx.labels, ctx.options = labels, options
+        ctx.set_materialize_grads(False)
+        if return_entropy:
+            return torch.from_numpy(value[0]), torch.from_numpy(value[1])
+        return torch.from_numpy(value)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_log_prob, grad_entropy=None):
+        (logits,) = ctx.saved_tensors
+        if grad_log_prob is None and grad_entropy is None:
+            return None, None, None, None
+        upstream = 0.0 if grad_log_prob is None else grad_log_prob.detach().numpy()
+        upstream_entropy = None if grad_entropy is None else grad_entropy.detach().numpy()
+        grad = fastloss.token_log_probs_grad(
+            _logits_tensor(logits, "logits", "fastloss.torch.token_log_probs"), ctx.labels,
+            upstream, grad_entropy=upstream_entropy, **ctx.options)
+        return torch.from_numpy(grad), None, None, None
+
+
+def token_log_probs(logits, target, *, temperature=1.0, ignore_index=-100,
+                    return_entropy=False, num_threads=None):
+    """:func:`fastloss.token_log_probs` on tensors: ``log_softmax(logits / T, -1)`` gathered
+    at ``target`` (shape (...) for logits (..., V)), and with ``return_entropy`` the
+    entropy ``-(softmax * log_softmax).sum(-1)``; 0 for rows whose target is
+    ``ignore_index``. Differentiable w.r.t. the logits (the gradient of any weighted sum of
+    both outputs, in one read of the logits and one write)."""
+    _float_tensor(logits, "logits", "fastloss.torch.token_log_probs")
+    options = {"temperature": temperature, "ignore_index": ignore_index,
+               "num_threads": num_threads}
+    return _TokenLogProbs.apply(logits, target, options, bool(return_entropy))
+
+
+_DISTILL_INPUTS = ("student_logits", "teacher_logits")
+
+
+class _Distill(torch.autograd.Function):
+    """fastloss.distill_kl / jsd: when autograd will ask for a gradient of a reduced loss,
+    the forward is the fused pass (each input read once, the wanted gradients written
+    once) and keeps the gradients until the backward, which scales them by grad_output
+    when that is not 1; for "none", or a second backward, the backward calls NAME_grad."""
+
+    @staticmethod
+    def forward(ctx, name, options, student, teacher):
+        function = f"fastloss.torch.{name}"
+        arrays = (_logits_tensor(student, "student_logits", function),
+                  _logits_tensor(teacher, "teacher_logits", function))
+        options = dict(options)
+        recording = options.pop("recording")
+        wrt = tuple(argument for argument, needed in zip(_DISTILL_INPUTS,
+                                                         ctx.needs_input_grad[2:4]) if needed)
+        ctx.grads = None
+        if recording and wrt and options["reduction"] != "none":
+            loss, grads = getattr(fastloss, f"{name}_value_and_grad")(*arrays, wrt=wrt,
+                                                                      **options)
+            ctx.grads = dict(zip(wrt, grads))
+        else:
+            loss = getattr(fastloss, name)(*arrays, **options)
+        ctx.save_for_backward(student, teacher)
+        ctx.name, ctx.options, ctx.wrt = name, options, wrt
+        return _loss_tensor(loss, student.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        if ctx.grads is not None:
+            grads, ctx.grads = ctx.grads, None
+            scale = float(grad_output)
+            grads = {argument: torch.from_numpy(grad) for argument, grad in grads.items()}
+            if scale != 1.0:
+                grads = {argument: grad.mul_(scale) for argument, grad in grads.items()}
+        else:
+            student, teacher = ctx.saved_tensors
+            function = f"fastloss.torch.{ctx.name}"
+            arrays = (_logits_tensor(student, "student_logits", function),
+                      _logits_tensor(teacher, "teacher_logits", function))
+            computed = getattr(fastloss, f"{ctx.name}_grad")(
+                *arrays, _upstream(grad_output, ctx.options["reduction"]), wrt=ctx.wrt,
+                **ctx.options)
+            grads = {argument: torch.from_numpy(grad)
+                     for argument, grad in zip(ctx.wrt, computed)}
+        return (None, None, grads.get("student_logits"), grads.get("teacher_logits"))
+
+
+def _distill(name, student_logits, teacher_logits, target, options):
+    function = f"fastloss.torch.{name}"
+    _float_tensor(student_logits, "student_logits", function)
+    _float_tensor(teacher_logits, "teacher_logits", function)
+    options = dict(options, recording=torch.is_grad_enabled())
+    if target is not None:
+        options["target"] = _label_tensor(target, "target", function)
+    return _Distill.apply(name, options, student_logits, teacher_logits)
+
+
+def distill_kl(student_logits, teacher_logits, target=None, *, temperature=1.0,
+               direction="forward", ignore_index=-100, reduction="batchmean",
+               num_threads=None):
+    """:func:`fastloss.distill_kl` on tensors: ``direction="forward"`` is
+    ``F.kl_div(log_softmax(student / T), log_softmax(teacher / T), log_target=True)``
+    summed over the vocabulary (KL(teacher || student)), "reverse" KL(student || teacher);
+    "batchmean" averages over the rows whose ``target`` is not ``ignore_index``.
+    Gradients w.r.t. whichever of the two logits require grad (the teacher's usually do
+    not), from one fused pass."""
+    options = {"temperature": temperature, "direction": direction,
+               "ignore_index": ignore_index, "reduction": reduction,
+               "num_threads": num_threads}
+    return _distill("distill_kl", student_logits, teacher_logits, target, options)
+
+
+def jsd(student_logits, teacher_logits, target=None, *, beta=0.5, temperature=1.0,
+        ignore_index=-100, reduction="batchmean", num_threads=None):
+    """:func:`fastloss.jsd` on tensors: the generalised Jensen-Shannon divergence
+    ``beta KL(P || M) + (1 - beta) KL(Q || M)``, ``M = beta P + (1 - beta) Q`` (P the
+    teacher's, Q the student's softmax at temperature T), as Liger-Kernel's ``LigerJSD``
+    and TRL's ``generalized_jsd_loss`` (beta = 0 and 1: the forward and reverse KL)."""
+    options = {"beta": beta, "temperature": temperature, "ignore_index": ignore_index,
+               "reduction": reduction, "num_threads": num_threads}
+    return _distill("jsd", student_logits, teacher_logits, target, options)
+
+
+class TokenLogProbs(torch.nn.Module):
+    """:func:`token_log_probs` as a module: ``forward(logits, target)``."""
+
+    def __init__(self, temperature=1.0, ignore_index=-100, return_entropy=False, *,
+                 num_threads=None):
+        super().__init__()
+        self.temperature, self.ignore_index = temperature, ignore_index
+        self.return_entropy, self.num_threads = return_entropy, num_threads
+
+    def forward(self, logits, target):
+        return token_log_probs(logits, target, temperature=self.temperature,
+                               ignore_index=self.ignore_index,
+                               return_entropy=self.return_entropy,
+                               num_threads=self.num_threads)
+
+    def extra_repr(self):
+        return (f"temperature={self.temperature}, ignore_index={self.ignore_index}, "
+                f"return_entropy={self.return_entropy}")
+
+
+class DistillKLLoss(torch.nn.Module):
+    """:func:`distill_kl` as a module: ``forward(student_logits, teacher_logits,
+    target=None)``."""
+
+    def __init__(self, temperature=1.0, direction="forward", ignore_index=-100,
+                 reduction="batchmean", *, num_threads=None):
+        super().__init__()
+        self.temperature, self.direction = temperature, direction
+        self.ignore_index, self.reduction, self.num_threads = ignore_index, reduction, num_threads
+
+    def forward(self, student_logits, teacher_logits, target=None):
+        return distill_kl(student_logits, teacher_logits, target,
+                          temperature=self.temperature, direction=self.direction,
+                          ignore_index=self.ignore_index, reduction=self.reduction,
+                          num_threads=self.num_threads)
+
+    def extra_repr(self):
+        return (f"temperature={self.temperature}, direction={self.direction!r}, "
+                f"reduction={self.reduction!r}")
+
+
+class JSDLoss(torch.nn.Module):
+    """:func:`jsd` as a module: ``forward(student_logits, teacher_logits, target=None)``."""
+
+    def __init__(self, beta=0.5, temperature=1.0, ignore_index=-100, reduction="batchmean",
+                 *, num_threads=None):
+        super().__init__()
+        self.beta, self.temperature = beta, temperature
+        self.ignore_index, self.reduction, self.num_threads = ignore_index, reduction, num_threads
+
+    def forward(self, student_logits, teacher_logits, target=None):
+        return jsd(student_logits, teacher_logits, target, beta=self.beta,
+                   temperature=self.temperature, ignore_index=self.ignore_index,
+                   reduction=self.reduction, num_threads=self.num_threads)
+
+    def extra_repr(self):
+        return (f"beta={self.beta}, temperature={self.temperature}, "
+                f"reduction={self.reduction!r}")
+
+
+__all__ += ["distill_kl", "jsd", "token_log_probs", "DistillKLLoss", "JSDLoss",
+            "TokenLogProbs"]
+
+
+# ----------------------------------------------------------------------------------------
 # The elementwise losses' functions and modules, generated from the registry
 # ----------------------------------------------------------------------------------------
 

@@ -1,0 +1,108 @@
+/*
+ * vocab_internal.h -- types shared by the generic bodies of vocab.c; not part of the
+ * public C interface.
+ */
+#ifndef FASTLOSS_VOCAB_INTERNAL_H
+#define FASTLOSS_VOCAB_INTERNAL_H
+
+#include <math.h>
+
+#include "vocab.h"
+
+/*
+ * Classes per chunk of the statistics pass: the chunk's max is found in one sweep that
+ * brings it from memory, and its exps in a second that finds it in L1 (2048 float32
+ * are 8 KiB per input, two inputs and two tiles of exps 32 KiB).  The cross-entropy
+ * kernel's chunk (FASTLOSS_CE_CHUNK), sized from the same L1.
+ */
+#ifndef FASTLOSS_VOCAB_CHUNK
+#define FASTLOSS_VOCAB_CHUNK 2048
+#endif
+
+/* A chunk's record: its max m_k and, relative to the shift (m_k, or 0 when m_k is
+ * -inf), S_k = sum exp(a_c), W_k = sum exp(a_c) a_c and the S_k of the classes other
+ * than the row's target, a_c = (x_c - shift) / temperature. */
+enum {
+    VOCAB_CHUNK_MAX = 0,
+    VOCAB_CHUNK_SUM = 1,
+    VOCAB_CHUNK_WEIGHTED = 2,
+    VOCAB_CHUNK_OTHERS = 3,
+    VOCAB_CHUNK_FIELDS = 4
+};
+
+/* A row's softmax statistics: with M the row's max and a_c = (x_c - M) / temperature,
+ *   sum = S = sum_c exp(a_c),  weighted = W = sum_c exp(a_c) a_c,  others = S without
+ * the target's term; so lse = M / temperature + log S and the entropy is log S - W / S. */
+typedef struct vocab_row_stats {
+    double max;
+    double sum;
+    double log_sum;
+    double weighted;
+    double others;
+} vocab_row_stats;
+
+/* The merge of chunk records into a row's statistics (in chunk order). */
+static inline void vocab_merge_chunks(const double *chunk_data, fastloss_index n_chunks,
+                                      double inv_temperature, vocab_row_stats *stats)
+{
+    double row_max = -INFINITY;
+    for (fastloss_index k = 0; k < n_chunks; ++k) {
+        const double m = chunk_data[k * VOCAB_CHUNK_FIELDS + VOCAB_CHUNK_MAX];
+        row_max = m > row_max ? m : row_max; /* NaN skipped: it reaches the sums */
+    }
+    double sum = 0.0, weighted = 0.0, others = 0.0;
+    for (fastloss_index k = 0; k < n_chunks; ++k) {
+        const double *chunk = chunk_data + k * VOCAB_CHUNK_FIELDS;
+        const double m = chunk[VOCAB_CHUNK_MAX];
+        if (m == -INFINITY) /* every value -inf: no exp, no term */
+            continue;
+        /* a_c relative to M is a_c relative to m_k plus delta = (m_k - M) / T, so
+         * S_k scales by exp(delta) and W_k becomes exp(delta) (W_k + delta S_k) */
+        const double delta = m == row_max ? 0.0 : (m - row_max) * inv_temperature;
+        const double rescale = m == row_max ? 1.0 : exp(delta);
+        sum += chunk[VOCAB_CHUNK_SUM] * rescale;
+        others += chunk[VOCAB_CHUNK_OTHERS] * rescale;
+        weighted += rescale * (chunk[VOCAB_CHUNK_WEIGHTED] + delta * chunk[VOCAB_CHUNK_SUM]);
+    }
+    stats->max = row_max;
+    stats->sum = sum;
+    stats->log_sum = log(sum);
+    stats->weighted = weighted;
+    stats->others = others;
+}
+
+#define FASTLOSS_TLP_RUN_SIGNATURE                                                          \
+    (const fastloss_vocab_options *options, const void *logits_data,                        \
+     fastloss_index logits_row_stride, const int64_t *target, double *log_prob,             \
+     double *entropy, const double *grad_log_prob, fastloss_index grad_log_prob_stride,     \
+     const double *grad_entropy, fastloss_index grad_entropy_stride, void *grad_data,       \
+     fastloss_index grad_row_stride)
+typedef int(*fastloss_tlp_run) FASTLOSS_TLP_RUN_SIGNATURE;
+
+#define FASTLOSS_DISTILL_RUN_SIGNATURE                                                      \
+    (const fastloss_vocab_options *options, const void *student_data,                       \
+     fastloss_index student_row_stride, const void *teacher_data,                           \
+     fastloss_index teacher_row_stride, const int64_t *target, double *loss_per_row,        \
+     double *loss, const double *grad_output, fastloss_index grad_output_stride,            \
+     void *grad_student_data, fastloss_index grad_student_row_stride,                       \
+     void *grad_teacher_data, fastloss_index grad_teacher_row_stride)
+typedef int(*fastloss_distill_run) FASTLOSS_DISTILL_RUN_SIGNATURE;
+
+#define FASTLOSS_VOCAB_NAME_(kind, storage, isa) fastloss_##kind##_##storage##_##isa
+#define FASTLOSS_VOCAB_NAME(kind, storage, isa) FASTLOSS_VOCAB_NAME_(kind, storage, isa)
+
+void fastloss_vocab_select(int level); /* dispatch.c calls it */
+int fastloss_tlp_run_float32_baseline FASTLOSS_TLP_RUN_SIGNATURE;
+int fastloss_tlp_run_float64_baseline FASTLOSS_TLP_RUN_SIGNATURE;
+int fastloss_tlp_run_float32_avx2 FASTLOSS_TLP_RUN_SIGNATURE;
+int fastloss_tlp_run_float64_avx2 FASTLOSS_TLP_RUN_SIGNATURE;
+int fastloss_tlp_run_float32_avx512 FASTLOSS_TLP_RUN_SIGNATURE;
+int fastloss_tlp_run_float64_avx512 FASTLOSS_TLP_RUN_SIGNATURE;
+int fastloss_distill_run_float32_baseline FASTLOSS_DISTILL_RUN_SIGNATURE;
+int fastloss_distill_run_float64_baseline FASTLOSS_DISTILL_RUN_SIGNATURE;
+int fastloss_distill_run_float32_avx2 FASTLOSS_DISTILL_RUN_SIGNATURE;
+int fastloss_distill_run_float64_avx2 FASTLOSS_DISTILL_RUN_SIGNATURE;
+int fastloss_distill_run_float32_avx512 FASTLOSS_DISTILL_RUN_SIGNATURE;
+int fastloss_distill_run_float64_avx512 FASTLOSS_DISTILL_RUN_SIGNATURE;
+
+#endif /* FASTLOSS_VOCAB_INTERNAL_H */

@@ -1,0 +1,295 @@
+"""Objectives of language models over the vocabulary, in float64 (see fastloss.reference):
+token log-probabilities and entropy, and distillation between a student's and a
+teacher's logits (forward KL, reverse KL, generalised Jensen-Shannon divergence).
+
+Each distribution is ``softmax(logits / temperature)`` over the last axis. Rows whose
+``target`` equals ``ignore_index`` contribute nothing.
+"""
+
+import numpy as np
+
+__all__ = ["distill_kl", "distill_kl_grad", "distill_kl_value_and_grad", "jsd", "jsd_grad",
+           "jsd_value_and_grad", "token_log_probs", "token_log_probs_grad",
+           "token_log_probs_value_and_grad"]
+
+_DISTILL_REDUCTIONS = ("batchmean", "sum", "none")
+_DIRECTIONS = ("forward", "reverse")
+
+
+def _logits_array(logits, name):
+    logits = np.asarray(logits)
+    if logits.dtype.kind not in "fiu":
+        raise TypeError(f"{name}: expected a real numeric array, got dtype {logits.dtype}")
+    if logits.ndim == 0 or logits.shape[-1] == 0:
+        raise ValueError(f"{name}: expected shape (..., V) with V >= 1, got {logits.shape}")
+    return logits.astype(np.float64)
+
+
+def _temperature(temperature):
+    if not (np.isfinite(temperature) and temperature > 0.0):
+        raise ValueError(f"temperature: expected a finite value > 0, got {temperature}")
+    return float(temperature)
+
+
+def _log_softmax(logits, temperature):
+    """log softmax(logits / temperature) over the last axis (NaN rows where the
+    log-sum-exp is not finite: a +inf or NaN logit, or every logit -inf).
+
+    With a = logits / T - max, the sum of exps is 1 (the max's own term, exactly) plus
+    the others', so log S = log1p(the others' sum): a converged row's log-probabilities
+    near 0 keep their relative accuracy (log of an S near 1 would not)."""
+    scaled = logits / temperature
+    with np.errstate(invalid="ignore"):
+        shifted = scaled - np.max(scaled, axis=-1, keepdims=True)
+        others = np.exp(shifted)
+        top = np.argmax(scaled, axis=-1)[..., None]
+        np.put_along_axis(others, top, 0.0, axis=-1)
+        return shifted - np.log1p(np.sum(others, axis=-1, keepdims=True))
+
+
+def _xlogy_rows(p, log_value):
+    """sum_c p_c log_value_c over the last axis with 0 where p_c is 0 (0 log 0 = 0)."""
+    with np.errstate(invalid="ignore"):
+        return np.sum(np.where(p == 0.0, 0.0, p * log_value), axis=-1)
+
+
+def _per_row(value, name, loss_shape):
+    """A scalar or an array broadcast to the rows' shape, as float64."""
+    value = np.asarray(value, dtype=np.float64)
+    try:
+        return np.broadcast_to(value, loss_shape)
+    except ValueError:
+        raise ValueError(f"{name}: expected a scalar or shape {loss_shape}, "
+                         f"got {value.shape}") from None
+
+
+# ----------------------------------------------------------------------------------------
+# Token log-probabilities and entropy
+# ----------------------------------------------------------------------------------------
+
+def _check_tokens(logits, target, temperature, ignore_index):
+    logits = _logits_array(logits, "logits")
+    target = np.asarray(target)
+    if target.dtype.kind not in "iu":
+        raise TypeError(f"target: expected integer class indices, got dtype {target.dtype}")
+    if target.shape != logits.shape[:-1]:
+        raise ValueError(f"target: expected class indices of shape {logits.shape[:-1]}, "
+                         f"got {target.shape}")
+    n_classes = logits.shape[-1]
+    bad = (target != ignore_index) & ((target < 0) | (target >= n_classes))
+    if np.any(bad):
+        position = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"target: value {target[position]} at position {position} is out "
+                         f"of range for {n_classes} classes (ignore_index={ignore_index})")
+    return logits, target, _temperature(temperature), target == ignore_index
+
+
+def token_log_probs(logits, target, *, temperature=1.0, ignore_index=-100,
+                    return_entropy=False):
+    """``log softmax(logits / temperature)[target]`` per row and, with ``return_entropy``,
+    the entropy ``-sum_c p_c log p_c`` of that distribution; both 0 where ``target`` is
+    ``ignore_index``. (torch: ``log_softmax(logits / T, -1).gather(-1, target[..., None])``
+    and ``-(p * log p).sum(-1)``.)"""
+    logits, target, temperature, ignored = _check_tokens(logits, target, temperature,
+                                                         ignore_index)
+    log_p = _log_softmax(logits, temperature)
+    safe = np.where(ignored, 0, target)
+    log_prob = np.take_along_axis(log_p, safe[..., None], axis=-1)[..., 0]
+    log_prob = np.where(ignored, 0.0, log_prob)
+    if not return_entropy:
+        return log_prob
+    entropy = -_xlogy_rows(np.exp(log_p), log_p)
+    return log_prob, np.where(ignored, 0.0, entropy)
+
+
+def token_log_probs_grad(logits, target, grad_output=1.0, *, grad_entropy=None,
+                         temperature=1.0, ignore_index=-100):
+    """Gradient of ``sum(grad_output * log_prob + grad_entropy * entropy)`` w.r.t. the
+    logits: ``(onehot - p) / T`` for the log-probability and ``-p (log p + H) / T`` for
+    the entropy; zero rows where ignored."""
+    logits, target, temperature, ignored = _check_tokens(logits, target, temperature,
+                                                         ignore_index)
+    loss_shape = logits.shape[:-1]
+    upstream = _per_row(grad_output, "grad_output", loss_shape)[..., None]
+    upstream_entropy = (np.zeros(loss_shape) if grad_entropy is None else
+                        _per_row(grad_entropy, "grad_entropy", loss_shape))[..., None]
+    log_p = _log_softmax(logits, temperature)
+    p = np.exp(log_p)
+    # onehot - p, with 1 - p_t at the target as -expm1(log p_t): exact where p_t is near 1
+    d_log_prob = -p
+    index = np.where(ignored, 0, target)[..., None]
+    np.put_along_axis(d_log_prob, index,
+                      -np.expm1(np.take_along_axis(log_p, index, axis=-1)), axis=-1)
+    entropy = -_xlogy_rows(p, log_p)[..., None]
+    with np.errstate(invalid="ignore"):
+        d_entropy = np.where(p == 0.0, 0.0, -p * (log_p + entropy))
+    grad = (upstream * d_log_prob + upstream_entropy * d_entropy) / temperature
+    return np.where(ignored[..., None], 0.0, grad)
+
+
+def token_log_probs_value_and_grad(logits, target, grad_output=1.0, *, grad_entropy=None,
+                                   temperature=1.0, ignore_index=-100, return_entropy=False):
+    """``(token_log_probs(...), token_log_probs_grad(...))``."""
+    value = token_log_probs(logits, target, temperature=temperature, ignore_index=ignore_index,
+                            return_entropy=return_entropy)
+    grad = token_log_probs_grad(logits, target, grad_output, grad_entropy=grad_entropy,
+                                temperature=temperature, ignore_index=ignore_index)
+    return value, grad
+
+
+# ----------------------------------------------------------------------------------------
+# Distillation
+# ----------------------------------------------------------------------------------------
+
+def _check_distill(student_logits, teacher_logits, temperature, target, ignore_index,
+                   reduction):
+    student = _logits_array(student_logits, "student_logits")
+    teacher = _logits_array(teacher_logits, "teacher_logits")
+    if teacher.shape != student.shape:
+        raise ValueError(f"teacher_logits: expected the student's shape {student.shape}, "
+                         f"got {teacher.shape}")
+    if reduction not in _DISTILL_REDUCTIONS:
+        raise ValueError(f"reduction: expected one of {_DISTILL_REDUCTIONS}, got {reduction!r}")
+    ignored = np.zeros(student.shape[:-1], dtype=bool)
+    if target is not None:
+        target = np.asarray(target)
+        if target.dtype.kind not in "iu":
+            raise TypeError(f"target: expected integer labels, got dtype {target.dtype}")
+        if target.shape != student.shape[:-1]:
+            raise ValueError(f"target: expected labels of shape {student.shape[:-1]}, "
+                             f"got {target.shape}")
+        ignored = target == ignore_index
+    return student, teacher, _temperature(temperature), ignored
+
+
+def _beta(beta):
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta: expected a value in [0, 1], got {beta}")
+    return float(beta)
+
+
+def _divergence(student, teacher, temperature, beta):
+    """Per row: the loss, d loss / d student, d loss / d teacher (unscaled), for
+    ``beta`` 0 (forward KL(P || Q)), 1 (reverse KL(Q || P)) or between (JSD)."""
+    log_q = _log_softmax(student, temperature)
+    log_p = _log_softmax(teacher, temperature)
+    q, p = np.exp(log_q), np.exp(log_p)
+    with np.errstate(invalid="ignore"):
+        if beta == 0.0:
+            kl = _xlogy_rows(p, log_p - log_q)
+            loss = kl
+            d_student = q - p
+            d_teacher = np.where(p == 0.0, 0.0, p * (log_p - log_q - kl[..., None]))
+        elif beta == 1.0:
+            kl = _xlogy_rows(q, log_q - log_p)
+            loss = kl
+            d_student = np.where(q == 0.0, 0.0, q * (log_q - log_p - kl[..., None]))
+            d_teacher = p - q
+        else:
+            log_m = np.logaddexp(np.log(beta) + log_p, np.log1p(-beta) + log_q)
+            kl_p = _xlogy_rows(p, log_p - log_m)
+            kl_q = _xlogy_rows(q, log_q - log_m)
+            loss = beta * kl_p + (1.0 - beta) * kl_q
+            d_student = (1.0 - beta) * np.where(q == 0.0, 0.0,
+                                                q * (log_q - log_m - kl_q[..., None]))
+            d_teacher = beta * np.where(p == 0.0, 0.0, p * (log_p - log_m - kl_p[..., None]))
+    return loss, d_student / temperature, d_teacher / temperature
+
+
+def _reduce(loss, ignored, reduction):
+    loss = np.where(ignored, 0.0, loss)
+    if reduction == "none":
+        return loss
+    total = float(np.sum(loss))
+    if reduction == "sum":
+        return total
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return float(np.float64(total) / np.float64(np.sum(~ignored)))
+
+
+def _distill_value_and_grad(student_logits, teacher_logits, grad_output, beta, temperature,
+                            target, ignore_index, reduction, wrt):
+    student, teacher, temperature, ignored = _check_distill(
+        student_logits, teacher_logits, temperature, target, ignore_index, reduction)
+    loss, d_student, d_teacher = _divergence(student, teacher, temperature, beta)
+    value = _reduce(loss, ignored, reduction)
+    names = (wrt,) if isinstance(wrt, str) else tuple(wrt)
+    for name in names:
+        if name not in ("student_logits", "teacher_logits"):
+            raise ValueError(f"wrt: expected 'student_logits' and/or 'teacher_logits', "
+                             f"got {name!r}")
+    loss_shape = student.shape[:-1]
+    if reduction == "none":
+        scale = _per_row(grad_output, "grad_output", loss_shape)
+    else:
+        scale = np.broadcast_to(np.float64(grad_output), loss_shape)
+        if reduction == "batchmean":
+            scale = scale / np.sum(~ignored)
+    scale = np.where(ignored, 0.0, scale)[..., None]
+    grads = {"student_logits": np.where(ignored[..., None], 0.0, scale * d_student),
+             "teacher_logits": np.where(ignored[..., None], 0.0, scale * d_teacher)}
+    grad = grads[wrt] if isinstance(wrt, str) else tuple(grads[name] for name in names)
+    return value, grad
+
+
+def _direction_beta(direction):
+    if direction not in _DIRECTIONS:
+        raise ValueError(f"direction: expected one of {_DIRECTIONS}, got {direction!r}")
+    return 0.0 if direction == "forward" else 1.0
+
+
+def distill_kl(student_logits, teacher_logits, *, temperature=1.0, direction="forward",
+               target=None, ignore_index=-100, reduction="batchmean"):
+    """KL divergence between the teacher's P and the student's Q = softmax(logits / T):
+    ``direction="forward"``: KL(P || Q) = sum_c p_c (log p_c - log q_c) (torch:
+    ``F.kl_div(log_softmax(student / T), log_softmax(teacher / T), log_target=True)``);
+    ``"reverse"``: KL(Q || P). "batchmean" sums over the vocabulary and averages over the
+    rows whose ``target`` is not ``ignore_index`` (all rows when target is None)."""
+    return _distill_value_and_grad(student_logits, teacher_logits, 1.0,
+                                   _direction_beta(direction), temperature, target,
+                                   ignore_index, reduction, "student_logits")[0]
+
+
+def distill_kl_grad(student_logits, teacher_logits, grad_output=1.0, *, temperature=1.0,
+                    direction="forward", target=None, ignore_index=-100,
+                    reduction="batchmean", wrt="student_logits"):
+    """Gradient of ``grad_output * distill_kl(...)`` w.r.t. ``wrt`` ("student_logits",
+    "teacher_logits", or a tuple of both)."""
+    return _distill_value_and_grad(student_logits, teacher_logits, grad_output,
+                                   _direction_beta(direction), temperature, target,
+                                   ignore_index, reduction, wrt)[1]
+
+
+def distill_kl_value_and_grad(student_logits, teacher_logits, grad_output=1.0, *,
+                              temperature=1.0, direction="forward", target=None,
+                              ignore_index=-100, reduction="batchmean", wrt="student_logits"):
+    """``(distill_kl(...), distill_kl_grad(...))``."""
+    return _distill_value_and_grad(student_logits, teacher_logits, grad_output,
+                                   _direction_beta(direction), temperature, target,
+                                   ignore_index, reduction, wrt)
+
+
+def jsd(student_logits, teacher_logits, *, beta=0.5, temperature=1.0, target=None,
+        ignore_index=-100, reduction="batchmean"):
+    """Generalised Jensen-Shannon divergence ``beta KL(P || M) + (1 - beta) KL(Q || M)``,
+    ``M = beta P + (1 - beta) Q``, P the teacher's and Q the student's softmax(logits / T);
+    as Liger-Kernel's and TRL's, ``beta = 0`` is the forward KL(P || Q) and ``beta = 1``
+    the reverse KL(Q || P). Reductions as in :func:`distill_kl`."""
+    return _distill_value_and_grad(student_logits, teacher_logits, 1.0, _beta(beta),
+                                   temperature, target, ignore_index, reduction,
+                                   "student_logits")[0]
+
+
+def jsd_grad(student_logits, teacher_logits, grad_output=1.0, *, beta=0.5, temperature=1.0,
+             target=None, ignore_index=-100, reduction="batchmean", wrt="student_logits"):
+    """Gradient of ``grad_output * jsd(...)`` w.r.t. ``wrt``."""
+    return _distill_value_and_grad(student_logits, teacher_logits, grad_output, _beta(beta),
+                                   temperature, target, ignore_index, reduction, wrt)[1]
+
+
+def jsd_value_and_grad(student_logits, teacher_logits, grad_output=1.0, *, beta=0.5,
+                       temperature=1.0, target=None, ignore_index=-100,
+                       reduction="batchmean", wrt="student_logits"):
+    """``(jsd(...), jsd_grad(...))``."""
+    return _distill_value_and_grad(student_logits, teacher_logits, grad_output, _beta(beta),
+                                   temperature, target, ignore_index, reduction, wrt)
