@@ -8,7 +8,7 @@ gradients (hidden's and classifier's, the inputs' size) are preallocated for fas
 (out=) and counted apart for torch (they land in .grad), so both columns are the memory
 beyond the inputs and the gradients.
 
-    python benchmarks/linear_cross_entropy_memory.py [N H V]
+    python benchmarks/linear_cross_entropy_memory.py [N H V [VARIANT-SUBSTRING]]
 
 Linux only (/proc). Prints one line per variant, in MiB and as a share of the N x V
 logits.
@@ -95,7 +95,8 @@ def main(argv):
     logits = size[0] * size[2] * 4
     print(f"N={size[0]} H={size[1]} V={size[2]} float32: logits {logits / 2**20:.0f} MiB; "
           f"peak RSS growth beyond the inputs and the returned gradients")
-    for variant in VARIANTS:
+    chosen = argv[4] if len(argv) >= 5 else ""
+    for variant in (v for v in VARIANTS if chosen in v):
         extra, error = measure(variant, size)
         if extra is None:
             print(f"  {variant:70s} failed: {error}")

@@ -21,9 +21,10 @@ Block size. Each block streams the classifier through the BLAS twice and the cla
 gradient once more, so fewer, taller blocks run closer to the speed of the three products
 done whole, and shorter blocks keep less scratch. The rows per block are those whose
 logits fill ``_SCRATCH_BYTES`` (8 MiB), at least ``_MIN_BLOCK_ROWS``: measured at N=2048,
-H=1024, V=32000 float32 (BENCHMARKS.md, "linear cross-entropy"), 64-row blocks (8 MiB, 3%
-of the logits) cost about 1.2x the three whole products, 256-row blocks (31 MiB, 12.5%)
-about 1.07x. ``block_rows=`` trades one for the other per call. The scratch is independent
+H=1024, V=32000 float32 on one core (BENCHMARKS.md, "Linear cross-entropy"), 64-row blocks
+(8 MiB, 3.4% of the logits) cost 1.22x the three whole products, 128-row blocks 1.10x,
+256-row blocks (31 MiB, 12.9%) 1.02x. The default keeps the issue's memory bound (5% of
+the logits there); ``block_rows=`` trades memory for speed per call. The scratch is independent
 of V up to V = _SCRATCH_BYTES / (_MIN_BLOCK_ROWS * itemsize) classes (131072 in float32),
 and grows as _MIN_BLOCK_ROWS rows of V beyond.
 
