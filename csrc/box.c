@@ -75,6 +75,8 @@
 static fastloss_box_run box_kernels[FASTLOSS_N_DTYPES] = {
     [FASTLOSS_FLOAT32] = fastloss_box_run_float32_baseline,
     [FASTLOSS_FLOAT64] = fastloss_box_run_float64_baseline,
+    [FASTLOSS_BFLOAT16] = fastloss_box_run_bfloat16_baseline,
+    [FASTLOSS_FLOAT16] = fastloss_box_run_float16_baseline,
 };
 static void (*box_atan)(const double *x, fastloss_index n, double *out) =
     fastloss_box_atan_float64_baseline;
@@ -83,6 +85,8 @@ void fastloss_box_select(int level)
 {
     box_kernels[FASTLOSS_FLOAT32] = FASTLOSS_PICK(fastloss_box_run_float32, level);
     box_kernels[FASTLOSS_FLOAT64] = FASTLOSS_PICK(fastloss_box_run_float64, level);
+    box_kernels[FASTLOSS_BFLOAT16] = FASTLOSS_PICK(fastloss_box_run_bfloat16, level);
+    box_kernels[FASTLOSS_FLOAT16] = FASTLOSS_PICK(fastloss_box_run_float16, level);
     box_atan = FASTLOSS_PICK(fastloss_box_atan_float64, level);
 }
 

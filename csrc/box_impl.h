@@ -1,5 +1,6 @@
 /*
- * box_impl.h -- instantiates box_body.h per storage type (float32, float64) under the name
+ * box_impl.h -- instantiates box_body.h per storage type (float32, float64, and
+ * bfloat16 and float16 computed in double) under the name
  * suffix FASTLOSS_ISA (baseline, avx2, avx512).  Included once by box.c and
  * once by each of box_avx2.c and box_avx512.c under their target pragmas.  No
  * include guard, on purpose.
@@ -39,6 +40,26 @@
 #include "storage_begin.h"
 #define BOX(name) FL_BOX_PASTE(fastloss_box_##name, float64, FASTLOSS_ISA)
 #define RUN FL_BOX_PASTE(fastloss_box_run, float64, FASTLOSS_ISA)
+#include "box_body.h"
+#undef BOX
+#undef RUN
+#include "storage_end.h"
+
+/* bfloat16: stored in half, computed in double as float64 (storage.h's bfloat16_wide) */
+#define STORAGE bfloat16_wide
+#include "storage_begin.h"
+#define BOX(name) FL_BOX_PASTE(fastloss_box_##name, bfloat16, FASTLOSS_ISA)
+#define RUN FL_BOX_PASTE(fastloss_box_run, bfloat16, FASTLOSS_ISA)
+#include "box_body.h"
+#undef BOX
+#undef RUN
+#include "storage_end.h"
+
+/* float16: stored in half, computed in double as float64 (storage.h's float16_wide) */
+#define STORAGE float16_wide
+#include "storage_begin.h"
+#define BOX(name) FL_BOX_PASTE(fastloss_box_##name, float16, FASTLOSS_ISA)
+#define RUN FL_BOX_PASTE(fastloss_box_run, float16, FASTLOSS_ISA)
 #include "box_body.h"
 #undef BOX
 #undef RUN

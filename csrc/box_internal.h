@@ -59,5 +59,11 @@ int fastloss_box_run_float32_avx2 FASTLOSS_BOX_RUN_SIGNATURE;
 int fastloss_box_run_float64_avx2 FASTLOSS_BOX_RUN_SIGNATURE;
 int fastloss_box_run_float32_avx512 FASTLOSS_BOX_RUN_SIGNATURE;
 int fastloss_box_run_float64_avx512 FASTLOSS_BOX_RUN_SIGNATURE;
+int fastloss_box_run_bfloat16_baseline FASTLOSS_BOX_RUN_SIGNATURE;
+int fastloss_box_run_float16_baseline FASTLOSS_BOX_RUN_SIGNATURE;
+int fastloss_box_run_bfloat16_avx2 FASTLOSS_BOX_RUN_SIGNATURE;
+int fastloss_box_run_float16_avx2 FASTLOSS_BOX_RUN_SIGNATURE;
+int fastloss_box_run_bfloat16_avx512 FASTLOSS_BOX_RUN_SIGNATURE;
+int fastloss_box_run_float16_avx512 FASTLOSS_BOX_RUN_SIGNATURE;
 
 #endif /* FASTLOSS_BOX_INTERNAL_H */

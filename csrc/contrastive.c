@@ -150,7 +150,7 @@ int fastloss_contrastive_prepare_rows(int dtype, const fastloss_contrastive_rows
                                    const double *shift, double *prepared, void *prepared_real,
                                    double *norm)
 {
-    if (!fastloss_dtype_known(dtype))
+    if (!fastloss_dtype_known(dtype) || !distance_kernels.prepare_rows[dtype])
         return FASTLOSS_ERROR_BAD_DTYPE;
     return distance_kernels.prepare_rows[dtype](options, x, x_row_stride, shift, prepared,
                                                 prepared_real, norm);
@@ -169,7 +169,7 @@ int fastloss_contrastive_matrix(int dtype, const fastloss_contrastive_matrix_opt
                              uint64_t *direct_mask, uint64_t *nonzero_mask, double *loss,
                              int64_t *n_recomputed, int64_t *n_direct, int64_t *n_nonzero)
 {
-    if (!fastloss_dtype_known(dtype))
+    if (!fastloss_dtype_known(dtype) || !distance_kernels.matrix[dtype])
         return FASTLOSS_ERROR_BAD_DTYPE;
     return distance_kernels.matrix[dtype](options, x, x_row_stride, y, y_row_stride, x_norm, y_norm,
                                           gram, gram_row_stride, direct_coef,
@@ -186,7 +186,7 @@ int fastloss_contrastive_sparse_product(int dtype, const fastloss_contrastive_ro
                                      const void *rows, fastloss_index rows_row_stride,
                                      void *product, fastloss_index product_row_stride)
 {
-    if (!fastloss_dtype_known(dtype))
+    if (!fastloss_dtype_known(dtype) || !distance_kernels.sparse_product[dtype])
         return FASTLOSS_ERROR_BAD_DTYPE;
     return distance_kernels.sparse_product[dtype](options, nonzero_mask, mask_row_words, coef,
                                                   coef_row_stride, rows, rows_row_stride, product,
@@ -202,7 +202,7 @@ int fastloss_contrastive_finish_rows(int dtype, const fastloss_contrastive_rows_
                                   fastloss_index rows_row_stride, const void *other,
                                   fastloss_index other_row_stride, const double *other_norm)
 {
-    if (!fastloss_dtype_known(dtype))
+    if (!fastloss_dtype_known(dtype) || !distance_kernels.finish_rows[dtype])
         return FASTLOSS_ERROR_BAD_DTYPE;
     return distance_kernels.finish_rows[dtype](options, prepared, prepared_row_stride, sums, norm,
                                                product, product_row_stride, grad, grad_row_stride,
@@ -215,7 +215,7 @@ int fastloss_contrastive_normalize_backward(int dtype, const fastloss_contrastiv
                                          const double *grad_normalized, void *grad,
                                          fastloss_index grad_row_stride)
 {
-    if (!fastloss_dtype_known(dtype))
+    if (!fastloss_dtype_known(dtype) || !distance_kernels.normalize_backward[dtype])
         return FASTLOSS_ERROR_BAD_DTYPE;
     return distance_kernels.normalize_backward[dtype](options, normalized, norm, grad_normalized,
                                                       grad, grad_row_stride);
@@ -229,7 +229,7 @@ int fastloss_contrastive_contrastive(int dtype, const fastloss_pair_loss_options
                                   fastloss_index grad1_row_stride, void *grad2,
                                   fastloss_index grad2_row_stride)
 {
-    if (!fastloss_dtype_known(dtype))
+    if (!fastloss_dtype_known(dtype) || !distance_kernels.contrastive[dtype])
         return FASTLOSS_ERROR_BAD_DTYPE;
     return distance_kernels.contrastive[dtype](options, x1, x1_row_stride, x2, x2_row_stride, label,
                                                grad_output, grad_output_stride, loss_per_row, loss,
@@ -246,7 +246,7 @@ int fastloss_contrastive_triplet_margin(int dtype, const fastloss_pair_loss_opti
                                      fastloss_index grad_positive_row_stride, void *grad_negative,
                                      fastloss_index grad_negative_row_stride)
 {
-    if (!fastloss_dtype_known(dtype))
+    if (!fastloss_dtype_known(dtype) || !distance_kernels.triplet_margin[dtype])
         return FASTLOSS_ERROR_BAD_DTYPE;
     return distance_kernels.triplet_margin[dtype](options, anchor, anchor_row_stride, positive,
                                                   positive_row_stride, negative,

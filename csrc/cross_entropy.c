@@ -44,12 +44,22 @@
 static fastloss_ce_run ce_kernels[FASTLOSS_N_DTYPES] = {
     [FASTLOSS_FLOAT32] = fastloss_ce_run_float32_baseline,
     [FASTLOSS_FLOAT64] = fastloss_ce_run_float64_baseline,
+    [FASTLOSS_BFLOAT16] = fastloss_ce_run_bfloat16_baseline,
+    [FASTLOSS_FLOAT16] = fastloss_ce_run_float16_baseline,
+    [FASTLOSS_BFLOAT16_GRAD_FLOAT32] = fastloss_ce_run_bfloat16_grad32_baseline,
+    [FASTLOSS_FLOAT16_GRAD_FLOAT32] = fastloss_ce_run_float16_grad32_baseline,
 };
 
 void fastloss_cross_entropy_select(int level)
 {
     ce_kernels[FASTLOSS_FLOAT32] = FASTLOSS_PICK(fastloss_ce_run_float32, level);
     ce_kernels[FASTLOSS_FLOAT64] = FASTLOSS_PICK(fastloss_ce_run_float64, level);
+    ce_kernels[FASTLOSS_BFLOAT16] = FASTLOSS_PICK(fastloss_ce_run_bfloat16, level);
+    ce_kernels[FASTLOSS_FLOAT16] = FASTLOSS_PICK(fastloss_ce_run_float16, level);
+    ce_kernels[FASTLOSS_BFLOAT16_GRAD_FLOAT32] =
+        FASTLOSS_PICK(fastloss_ce_run_bfloat16_grad32, level);
+    ce_kernels[FASTLOSS_FLOAT16_GRAD_FLOAT32] =
+        FASTLOSS_PICK(fastloss_ce_run_float16_grad32, level);
 }
 
 /* The runner of a dtype code, or NULL for a code this build does not know. */

@@ -1,7 +1,8 @@
 /*
  * cross_entropy_body.h -- the runner for one storage type, written once.  No
  * include guard, on purpose: cross_entropy_impl.h includes it per storage type,
- * between storage_begin.h and storage_end.h (STORE_T, REAL, LOAD, STORE; see
+ * between storage_begin.h and storage_end.h (STORE_T, REAL, LOAD, STORE, and
+ * GRAD_T / AUX_T for the gradient and the weights and soft targets; see
  * storage.h), with RUN (the runner's name), ROW_SAME(name) (the row routines
  * computing in REAL from the stored logits) and ROW_WIDE(name) (computing in
  * double from the row widened into scratch: soft-capped rows, and float32 rows
@@ -20,11 +21,11 @@ typedef struct RUN_JOB {
     const STORE_T *logits;
     fastloss_index logits_row_stride;
     const int64_t *target;
-    const STORE_T *soft_target;
+    const AUX_T *soft_target;
     fastloss_index soft_target_row_stride;
-    const STORE_T *weight;
+    const AUX_T *weight;
     const double *lse_in;
-    STORE_T *grad;
+    GRAD_T *grad;
     fastloss_index grad_row_stride;
     fastloss_index n_rows;
     fastloss_index n_units;
@@ -52,11 +53,11 @@ static void RUN_ROWS(const RUN_JOB *job, int thread, int n_threads)
     const STORE_T *logits = job->logits;
     const fastloss_index logits_row_stride = job->logits_row_stride;
     const int64_t *target = job->target;
-    const STORE_T *soft_target = job->soft_target;
+    const AUX_T *soft_target = job->soft_target;
     const fastloss_index soft_target_row_stride = job->soft_target_row_stride;
-    const STORE_T *weight = job->weight;
+    const AUX_T *weight = job->weight;
     const double *lse_in = job->lse_in;
-    STORE_T *grad = job->grad;
+    GRAD_T *grad = job->grad;
     const fastloss_index grad_row_stride = job->grad_row_stride;
     const int soft = soft_target != NULL, wide = job->wide, softcap = job->softcap;
     const int backward = job->backward, private_e = job->private_e;
@@ -89,8 +90,8 @@ static void RUN_ROWS(const RUN_JOB *job, int thread, int n_threads)
     double *stats_out = job->stats_out;
     for (fastloss_index i = begin; i < end; ++i) {
         const STORE_T *x = logits + i * logits_row_stride;
-        const STORE_T *q = soft ? soft_target + i * soft_target_row_stride : NULL;
-        STORE_T *g = grad ? grad + i * grad_row_stride : NULL;
+        const AUX_T *q = soft ? soft_target + i * soft_target_row_stride : NULL;
+        GRAD_T *g = grad ? grad + i * grad_row_stride : NULL;
         fastloss_index t = -1; /* the hard target's position in the row read, or -1 */
         double target_weight = 1.0, target_logit = 0.0;
         if (!soft) {
@@ -115,7 +116,7 @@ static void RUN_ROWS(const RUN_JOB *job, int thread, int n_threads)
             if (block_mode == CE_MODE_BLOCK_GRAD)
                 target_weight = stats_in[FASTLOSS_CE_STAT_TARGET_WEIGHT * n_rows + i];
             else if (t >= 0)
-                target_weight = weight ? (double)LOAD(weight, t) : 1.0;
+                target_weight = weight ? (double)AUX_LOAD(weight, t) : 1.0;
             else
                 target_weight = 0.0;
         }
@@ -204,9 +205,9 @@ int RUN(int block_mode, const double *stats_in, double *stats_out,
         double *lse_out, double *loss, void *grad_data, fastloss_index grad_row_stride)
 {
     const STORE_T *logits = (const STORE_T *)logits_data;
-    const STORE_T *soft_target = (const STORE_T *)soft_target_data;
-    const STORE_T *weight = (const STORE_T *)weight_data;
-    STORE_T *grad = (STORE_T *)grad_data;
+    const AUX_T *soft_target = (const AUX_T *)soft_target_data;
+    const AUX_T *weight = (const AUX_T *)weight_data;
+    GRAD_T *grad = (GRAD_T *)grad_data;
     const fastloss_index n_rows = options->n_rows;
     const fastloss_index n_classes = options->n_classes;
     const fastloss_index n_chunks = (n_classes + FASTLOSS_CE_CHUNK - 1) / FASTLOSS_CE_CHUNK;
@@ -245,7 +246,7 @@ int RUN(int block_mode, const double *stats_in, double *stats_out,
             if (block_mode == CE_MODE_BLOCK_GRAD)
                 weight_sum += stats_in[FASTLOSS_CE_STAT_TARGET_WEIGHT * n_rows + i];
             else if (block_mode == CE_MODE_ROWS)
-                weight_sum += weight ? (double)LOAD(weight, t) : 1.0;
+                weight_sum += weight ? (double)AUX_LOAD(weight, t) : 1.0;
         }
     }
 
@@ -320,7 +321,7 @@ int RUN(int block_mode, const double *stats_in, double *stats_out,
         const fastloss_index end = start + FASTLOSS_CE_CHUNK < n_classes ? start + FASTLOSS_CE_CHUNK : n_classes;
         double chunk_sum = 0.0;
         for (fastloss_index c = start; c < end; ++c)
-            chunk_sum += weight ? (double)LOAD(weight, c) : 1.0;
+            chunk_sum += weight ? (double)AUX_LOAD(weight, c) : 1.0;
         chunk_weight_sum[k] = chunk_sum;
         weight_total += chunk_sum;
     }

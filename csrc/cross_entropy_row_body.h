@@ -2,16 +2,19 @@
  * cross_entropy_row_body.h -- the per-row algorithm, written once.  No include
  * guard, on purpose: cross_entropy_impl.h includes it once per triple of
  *   VAL      the type the row is computed in: REAL, or double ("wide" rows)
- *   STORAGE  the storage of weights, soft targets and the gradient (storage.h:
- *            STORE_T, LOAD, STORE, STORE_WIDE from storage_begin.h)
+ *   STORAGE  the storage tag of the call (storage.h, from storage_begin.h): the
+ *            gradient is GRAD_T (STORE, STORE_WIDE), weights and soft targets AUX_T
+ *            (AUX_LOAD); both are STORE_T but for the half types (float32 AUX_T,
+ *            and GRAD_T with grad_dtype="float32")
  *   ROW_IN   the storage of the row's values y: STORAGE itself (the logits), or
  *            float64 for wide rows (the row widened, or soft-capped, into scratch)
  * with ROW(name) giving each instantiation its own names, STORE_VAL the store of
  * a VAL (STORE, or STORE_WIDE when VAL is double), and VAL_EXP and
  * VAL_EXP_NONPOSITIVE the vectorisable exps of fastmath.h for VAL.  (VAL,
- * STORAGE, ROW_IN) is (float, float32, float32), (double, float64, float64), or
+ * STORAGE, ROW_IN) is (float, float32, float32), (double, float64, float64),
  * (double, float32, float64) for soft-capped float32 logits, whose capped values
- * are kept in double so their rounding stays out of the softmax.  The exps
+ * are kept in double so their rounding stays out of the softmax, and for each
+ * half tag (float, tag, tag) and (double, tag, float64).  The exps
  * (e_row, tile) are VAL scratch, or the gradient row itself when the runner
  * knows STORE_T is VAL; y and e_row may be the same memory (in place).
  */
@@ -94,7 +97,7 @@ FASTLOSS_INLINE double ROW(ce_sum)(const VAL *FASTLOSS_RESTRICT values, fastloss
 
 /* sum_c u_c (shift - values[c]) with u = weight (or 1 when weight is NULL). */
 FASTLOSS_INLINE double ROW(ce_dist)(const ROW_IN_T *FASTLOSS_RESTRICT values, fastloss_index n,
-                                    VAL shift, const STORE_T *FASTLOSS_RESTRICT weight)
+                                    VAL shift, const AUX_T *FASTLOSS_RESTRICT weight)
 {
     double lane[FASTLOSS_LANES] = {0.0};
     double tail = 0.0;
@@ -102,10 +105,10 @@ FASTLOSS_INLINE double ROW(ce_dist)(const ROW_IN_T *FASTLOSS_RESTRICT values, fa
     if (weight) {
         for (; c + FASTLOSS_LANES <= n; c += FASTLOSS_LANES)
             for (int k = 0; k < FASTLOSS_LANES; ++k)
-                lane[k] += (double)LOAD(weight, c + k) *
+                lane[k] += (double)AUX_LOAD(weight, c + k) *
                            (double)(shift - (VAL)ROW_LOAD(values, c + k));
         for (; c < n; ++c)
-            tail += (double)LOAD(weight, c) * (double)(shift - (VAL)ROW_LOAD(values, c));
+            tail += (double)AUX_LOAD(weight, c) * (double)(shift - (VAL)ROW_LOAD(values, c));
     } else {
         for (; c + FASTLOSS_LANES <= n; c += FASTLOSS_LANES)
             for (int k = 0; k < FASTLOSS_LANES; ++k)
@@ -119,8 +122,8 @@ FASTLOSS_INLINE double ROW(ce_dist)(const ROW_IN_T *FASTLOSS_RESTRICT values, fa
 /* Soft targets: u_c = w_c q'_c with q' = q_scale q + q_offset; returns
  * sum_c u_c (shift - values[c]) and stores sum_c u_c in *mass. */
 FASTLOSS_INLINE double ROW(ce_soft_dist)(const ROW_IN_T *FASTLOSS_RESTRICT values, fastloss_index n,
-                                         VAL shift, const STORE_T *FASTLOSS_RESTRICT q,
-                                         const STORE_T *FASTLOSS_RESTRICT weight, double q_scale,
+                                         VAL shift, const AUX_T *FASTLOSS_RESTRICT q,
+                                         const AUX_T *FASTLOSS_RESTRICT weight, double q_scale,
                                          double q_offset, double *mass)
 {
     double dist_lane[FASTLOSS_LANES] = {0.0}, mass_lane[FASTLOSS_LANES] = {0.0};
@@ -128,16 +131,16 @@ FASTLOSS_INLINE double ROW(ce_soft_dist)(const ROW_IN_T *FASTLOSS_RESTRICT value
     fastloss_index c = 0;
     for (; c + FASTLOSS_LANES <= n; c += FASTLOSS_LANES)
         for (int k = 0; k < FASTLOSS_LANES; ++k) {
-            double u = q_scale * (double)LOAD(q, c + k) + q_offset;
+            double u = q_scale * (double)AUX_LOAD(q, c + k) + q_offset;
             if (weight)
-                u *= (double)LOAD(weight, c + k);
+                u *= (double)AUX_LOAD(weight, c + k);
             mass_lane[k] += u;
             dist_lane[k] += u * (double)(shift - (VAL)ROW_LOAD(values, c + k));
         }
     for (; c < n; ++c) {
-        double u = q_scale * (double)LOAD(q, c) + q_offset;
+        double u = q_scale * (double)AUX_LOAD(q, c) + q_offset;
         if (weight)
-            u *= (double)LOAD(weight, c);
+            u *= (double)AUX_LOAD(weight, c);
         mass_tail += u;
         dist_tail += u * (double)(shift - (VAL)ROW_LOAD(values, c));
     }
@@ -174,8 +177,8 @@ FASTLOSS_INLINE double ROW(ce_chunk_sum)(VAL *e, fastloss_index n, fastloss_inde
  * receives it.  Every term of A is >= 0 for non-negative weights, so the
  * smoothing sum has no cancellation even for logits near 1e4.
  */
-static void ROW(ce_row_stats)(const ce_call *call, const ROW_IN_T *y, const STORE_T *q,
-                              const STORE_T *weight, fastloss_index target, VAL *e_row, VAL *tile,
+static void ROW(ce_row_stats)(const ce_call *call, const ROW_IN_T *y, const AUX_T *q,
+                              const AUX_T *weight, fastloss_index target, VAL *e_row, VAL *tile,
                               double *chunk_data, ce_row_stats *stats)
 {
     const fastloss_index n_classes = call->n_classes;
@@ -306,8 +309,8 @@ static void ROW(ce_row_rebased)(const ce_call *call, const ROW_IN_T *y, double r
 }
 
 /* Soft targets, backward from a known lse: U = sum_c w_c q'_c. */
-FASTLOSS_INLINE double ROW(ce_soft_mass)(const STORE_T *FASTLOSS_RESTRICT q, fastloss_index n,
-                                         const STORE_T *FASTLOSS_RESTRICT weight, double q_scale,
+FASTLOSS_INLINE double ROW(ce_soft_mass)(const AUX_T *FASTLOSS_RESTRICT q, fastloss_index n,
+                                         const AUX_T *FASTLOSS_RESTRICT weight, double q_scale,
                                          double q_offset)
 {
     double lane[FASTLOSS_LANES] = {0.0};
@@ -315,43 +318,51 @@ FASTLOSS_INLINE double ROW(ce_soft_mass)(const STORE_T *FASTLOSS_RESTRICT q, fas
     fastloss_index c = 0;
     for (; c + FASTLOSS_LANES <= n; c += FASTLOSS_LANES)
         for (int k = 0; k < FASTLOSS_LANES; ++k)
-            lane[k] += (q_scale * (double)LOAD(q, c + k) + q_offset) *
-                       (weight ? (double)LOAD(weight, c + k) : 1.0);
+            lane[k] += (q_scale * (double)AUX_LOAD(q, c + k) + q_offset) *
+                       (weight ? (double)AUX_LOAD(weight, c + k) : 1.0);
     for (; c < n; ++c)
-        tail += (q_scale * (double)LOAD(q, c) + q_offset) *
-                (weight ? (double)LOAD(weight, c) : 1.0);
+        tail += (q_scale * (double)AUX_LOAD(q, c) + q_offset) *
+                (weight ? (double)AUX_LOAD(weight, c) : 1.0);
     return ROW(ce_lane_total)(lane, tail);
 }
 
 /*
  * Gradient of a range of classes from e = exp(y - shift):
- *   g_c = (factor * e_c - gamma * u_c) + factor_z * e_c
+ *   g_c = [(factor * e_c - gamma * u_c) + factor_z * e_c] slope_c
  * where u_c is w_c (hard targets with smoothing), w_c q'_c (soft targets,
- * gamma = the row's CE scale) or absent (gamma = 0), and factor_z is the z-loss
- * part.  With a u term the first two products can nearly cancel (targets
+ * gamma = the row's CE scale) or absent (gamma = 0), factor_z is the z-loss
+ * part, and slope_c = dy/dx with softcap (slope NULL otherwise; only wide rows
+ * have one).  With a u term the first two products can nearly cancel (targets
  * close to the softmax), so that difference is taken in double before the
- * z part is added and the sum rounded to STORE_T.  `e` may be `g` (in place).
+ * z part is added, and the whole rounded to GRAD_T once.  `e` may be `g` (in
+ * place).
  */
+#define CE_SLOPED(value, c) (slope ? (value) * slope[c] : (value))
 FASTLOSS_INLINE void ROW(ce_grad_range)(const VAL *e, fastloss_index n, double factor,
                                         double factor_z, double gamma,
-                                        const STORE_T *FASTLOSS_RESTRICT weight,
-                                        const STORE_T *FASTLOSS_RESTRICT q, double q_scale,
-                                        double q_offset, STORE_T *g)
+                                        const AUX_T *FASTLOSS_RESTRICT weight,
+                                        const AUX_T *FASTLOSS_RESTRICT q, double q_scale,
+                                        double q_offset, const double *FASTLOSS_RESTRICT slope,
+                                        GRAD_T *g)
 {
     if (q) {
         for (fastloss_index c = 0; c < n; ++c) {
-            double u = q_scale * (double)LOAD(q, c) + q_offset;
+            double u = q_scale * (double)AUX_LOAD(q, c) + q_offset;
             if (weight)
-                u *= (double)LOAD(weight, c);
-            STORE_WIDE(g, c, (factor * (double)e[c] - gamma * u) + factor_z * (double)e[c]);
+                u *= (double)AUX_LOAD(weight, c);
+            STORE_WIDE(g, c, CE_SLOPED((factor * (double)e[c] - gamma * u) + factor_z * (double)e[c], c));
         }
     } else if (gamma != 0.0 && weight) {
         for (fastloss_index c = 0; c < n; ++c)
-            STORE_WIDE(g, c, (factor * (double)e[c] - gamma * (double)LOAD(weight, c)) +
-                                 factor_z * (double)e[c]);
+            STORE_WIDE(g, c, CE_SLOPED((factor * (double)e[c] - gamma * (double)AUX_LOAD(weight, c)) +
+                                           factor_z * (double)e[c], c));
     } else if (gamma != 0.0) {
         for (fastloss_index c = 0; c < n; ++c)
-            STORE_WIDE(g, c, (factor * (double)e[c] - gamma) + factor_z * (double)e[c]);
+            STORE_WIDE(g, c, CE_SLOPED((factor * (double)e[c] - gamma) + factor_z * (double)e[c], c));
+    } else if (slope) {
+        const double factor_w = factor + factor_z;
+        for (fastloss_index c = 0; c < n; ++c)
+            STORE_WIDE(g, c, factor_w * (double)e[c] * slope[c]);
     } else {
         /* nothing cancels here (the target class is written apart) */
         const VAL factor_v = (VAL)(factor + factor_z);
@@ -359,14 +370,7 @@ FASTLOSS_INLINE void ROW(ce_grad_range)(const VAL *e, fastloss_index n, double f
             STORE_VAL(g, c, factor_v * e[c]);
     }
 }
-
-/* Soft-capping: dy/dx = sech**2(x / c), precomputed per class in `slope`. */
-FASTLOSS_INLINE void ROW(ce_softcap_chain)(const double *FASTLOSS_RESTRICT slope,
-                                           fastloss_index n, STORE_T *FASTLOSS_RESTRICT g)
-{
-    for (fastloss_index c = 0; c < n; ++c)
-        STORE_WIDE(g, c, (double)LOAD(g, c) * slope[c]);
-}
+#undef CE_SLOPED
 
 /*
  * The row's loss and the coefficients of its gradient (see cross_entropy.c).
@@ -461,9 +465,9 @@ FASTLOSS_INLINE double ROW(ce_target_grad)(const ce_call *call, const ce_row_coe
  * is dy/dx per class with softcap, else NULL.  The target class is written
  * between two ranges so that no element is written twice.
  */
-static void ROW(ce_row_grad)(const ce_call *call, const STORE_T *q, const STORE_T *weight,
+static void ROW(ce_row_grad)(const ce_call *call, const AUX_T *q, const AUX_T *weight,
                              fastloss_index target, const ce_row_coef *coef, const VAL *e_row,
-                             const double *chunk_data, const double *slope, STORE_T *g)
+                             const double *chunk_data, const double *slope, GRAD_T *g)
 {
     const fastloss_index n_classes = call->n_classes;
     for (fastloss_index k = 0; k < call->n_chunks; ++k) {
@@ -482,9 +486,10 @@ static void ROW(ce_row_grad)(const ce_call *call, const STORE_T *q, const STORE_
         else
             rel = exp(chunk[CE_CHUNK_SHIFT] - coef->lse);
         const double factor = coef->alpha * rel;
-        const STORE_T *w = weight ? weight + start : NULL;
-        const STORE_T *qk = q ? q + start : NULL;
-        STORE_T *gk = g + start;
+        const AUX_T *w = weight ? weight + start : NULL;
+        const AUX_T *qk = q ? q + start : NULL;
+        const double *sk = slope ? slope + start : NULL;
+        GRAD_T *gk = g + start;
         const fastloss_index t = target - start;
         /* The z-loss part (factor_z) is added after the cross-entropy part, which
          * can cancel to nearly zero in a converged row: folded into one factor,
@@ -492,17 +497,16 @@ static void ROW(ce_row_grad)(const ce_call *call, const STORE_T *q, const STORE_
         const double factor_z = coef->alpha_z * rel;
         if (t >= 0 && t < n) {
             ROW(ce_grad_range)(e, t, factor, factor_z, coef->gamma, w, qk, call->q_scale,
-                               call->q_offset, gk);
-            STORE_WIDE(gk, t, ROW(ce_target_grad)(call, coef, w ? (double)LOAD(w, t) : 1.0));
+                               call->q_offset, sk, gk);
+            const double g_t = ROW(ce_target_grad)(call, coef, w ? (double)AUX_LOAD(w, t) : 1.0);
+            STORE_WIDE(gk, t, sk ? g_t * sk[t] : g_t);
             ROW(ce_grad_range)(e + t + 1, n - t - 1, factor, factor_z, coef->gamma,
                                w ? w + t + 1 : NULL, qk ? qk + t + 1 : NULL, call->q_scale,
-                               call->q_offset, gk + t + 1);
+                               call->q_offset, sk ? sk + t + 1 : NULL, gk + t + 1);
         } else {
             ROW(ce_grad_range)(e, n, factor, factor_z, coef->gamma, w, qk, call->q_scale,
-                               call->q_offset, gk);
+                               call->q_offset, sk, gk);
         }
-        if (slope)
-            ROW(ce_softcap_chain)(slope + start, n, gk);
     }
 }
 

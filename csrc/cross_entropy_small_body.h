@@ -3,8 +3,8 @@
  * time with one row per SIMD lane.  No include guard, on purpose:
  * cross_entropy_impl.h includes it for (VAL, STORAGE) = (REAL, float32) and
  * (REAL, float64), after cross_entropy_row_body.h of the same ROW names.  The
- * logits, weights and gradient are read and written through LOAD and STORE
- * (storage.h); the tile is VAL scratch.
+ * logits, weights and gradient are read and written through LOAD, AUX_LOAD and
+ * STORE (storage.h); the tile is VAL scratch.
  *
  * Why: the per-row algorithm (cross_entropy_row_body.h) vectorises along the
  * classes.  With C = 10 a row is shorter than one AVX-512 vector, so every exp
@@ -38,7 +38,7 @@ FASTLOSS_INLINE void ROW(ce_small_load)(const STORE_T *logits, fastloss_index ro
 
 /* Row r of the class-major tile (from tile + r) into the gradient row g. */
 FASTLOSS_INLINE void ROW(ce_small_store)(const VAL *FASTLOSS_RESTRICT column,
-                                         fastloss_index n_classes, STORE_T *FASTLOSS_RESTRICT g)
+                                         fastloss_index n_classes, GRAD_T *FASTLOSS_RESTRICT g)
 {
     for (fastloss_index c = 0; c < n_classes; ++c)
         STORE(g, c, column[c * CE_SMALL_ROWS]);
@@ -89,7 +89,7 @@ FASTLOSS_INLINE void ROW(ce_small_sum)(const VAL *FASTLOSS_RESTRICT tile, fastlo
 /* sum_c w_c (shift[r] - values[c][r]) per lane, as ce_dist. */
 FASTLOSS_INLINE void ROW(ce_small_dist)(const VAL *FASTLOSS_RESTRICT tile, fastloss_index n_classes,
                                         const VAL *FASTLOSS_RESTRICT shift,
-                                        const STORE_T *FASTLOSS_RESTRICT weight,
+                                        const AUX_T *FASTLOSS_RESTRICT weight,
                                         double *FASTLOSS_RESTRICT lanes, double *FASTLOSS_RESTRICT total)
 {
     const fastloss_index full = n_classes - n_classes % FASTLOSS_LANES;
@@ -97,7 +97,7 @@ FASTLOSS_INLINE void ROW(ce_small_dist)(const VAL *FASTLOSS_RESTRICT tile, fastl
     for (fastloss_index c = 0; c < n_classes; ++c) {
         double *sum = c < full ? lanes + (c % FASTLOSS_LANES) * CE_SMALL_ROWS : total;
         if (weight) {
-            const double w = (double)LOAD(weight, c);
+            const double w = (double)AUX_LOAD(weight, c);
 #pragma omp simd
             for (int r = 0; r < CE_SMALL_ROWS; ++r)
                 sum[r] += w * (double)(shift[r] - tile[c * CE_SMALL_ROWS + r]);
@@ -119,7 +119,7 @@ FASTLOSS_INLINE void ROW(ce_small_dist)(const VAL *FASTLOSS_RESTRICT tile, fastl
  */
 static void ROW(ce_small_block)(const ce_call *call, const STORE_T *logits,
                                 fastloss_index logits_row_stride, const int64_t *target,
-                                const STORE_T *weight, const double *lse_in, STORE_T *grad,
+                                const AUX_T *weight, const double *lse_in, GRAD_T *grad,
                                 fastloss_index grad_row_stride, fastloss_index n_rows,
                                 fastloss_index first_row, VAL *tile, double *lanes,
                                 double *row_ce, double *row_z, double *row_lse)
@@ -210,7 +210,7 @@ static void ROW(ce_small_block)(const ce_call *call, const STORE_T *logits,
     double target_grad[R], ce[R], z_term[R], row_lse_value[R];
     double target_weight[R];
     for (int r = 0; r < R; ++r)
-        target_weight[r] = weight && valid[r] ? (double)LOAD(weight, t[r]) : 1.0;
+        target_weight[r] = weight && valid[r] ? (double)AUX_LOAD(weight, t[r]) : 1.0;
     /* (every value computed, then selected: arithmetic under a condition would
      * keep the loop scalar) */
     double log_sum[R];
@@ -267,7 +267,7 @@ static void ROW(ce_small_block)(const ce_call *call, const STORE_T *logits,
                 tile[c * R + r] = factor_v[r] * tile[c * R + r];
     } else {
         for (fastloss_index c = 0; c < n_classes; ++c) {
-            const double w = weight ? (double)LOAD(weight, c) : 1.0;
+            const double w = weight ? (double)AUX_LOAD(weight, c) : 1.0;
 #pragma omp simd
             for (int r = 0; r < R; ++r) {
                 const double e = (double)tile[c * R + r];
@@ -279,7 +279,7 @@ static void ROW(ce_small_block)(const ce_call *call, const STORE_T *logits,
         }
     }
     for (fastloss_index r = 0; r < stored; ++r) {
-        STORE_T *g = grad + row[r] * grad_row_stride;
+        GRAD_T *g = grad + row[r] * grad_row_stride;
         if (!valid[r]) {
             for (fastloss_index c = 0; c < n_classes; ++c)
                 STORE(g, c, (REAL)0);

@@ -102,6 +102,11 @@ static ew_kernels_t ew_kernels[FASTLOSS_N_DTYPES] = {
     [FASTLOSS_FLOAT32] = {fastloss_ew_run_float32_baseline, fastloss_ew_run_float32_wide_baseline,
                           fastloss_ew_may_be_negative_float32_baseline},
     [FASTLOSS_FLOAT64] = {fastloss_ew_run_float64_baseline, NULL, NULL},
+    [FASTLOSS_BFLOAT16] = {fastloss_ew_run_bfloat16_baseline,
+                           fastloss_ew_run_bfloat16_wide_baseline,
+                           fastloss_ew_may_be_negative_bfloat16_baseline},
+    [FASTLOSS_FLOAT16] = {fastloss_ew_run_float16_baseline, fastloss_ew_run_float16_wide_baseline,
+                          fastloss_ew_may_be_negative_float16_baseline},
 };
 
 void fastloss_elementwise_select(int level)
@@ -111,6 +116,14 @@ void fastloss_elementwise_select(int level)
     ew_kernels[FASTLOSS_FLOAT32].may_be_negative =
         FASTLOSS_PICK(fastloss_ew_may_be_negative_float32, level);
     ew_kernels[FASTLOSS_FLOAT64].run = FASTLOSS_PICK(fastloss_ew_run_float64, level);
+    ew_kernels[FASTLOSS_BFLOAT16].run = FASTLOSS_PICK(fastloss_ew_run_bfloat16, level);
+    ew_kernels[FASTLOSS_BFLOAT16].wide = FASTLOSS_PICK(fastloss_ew_run_bfloat16_wide, level);
+    ew_kernels[FASTLOSS_BFLOAT16].may_be_negative =
+        FASTLOSS_PICK(fastloss_ew_may_be_negative_bfloat16, level);
+    ew_kernels[FASTLOSS_FLOAT16].run = FASTLOSS_PICK(fastloss_ew_run_float16, level);
+    ew_kernels[FASTLOSS_FLOAT16].wide = FASTLOSS_PICK(fastloss_ew_run_float16_wide, level);
+    ew_kernels[FASTLOSS_FLOAT16].may_be_negative =
+        FASTLOSS_PICK(fastloss_ew_may_be_negative_float16, level);
 }
 
 /* Whether a float sum of terms `loss` (sum or mean, magnitude) may miss the contract
@@ -137,7 +150,7 @@ static int ew_call(int dtype, const fastloss_elementwise_options *options,
                    const fastloss_ew_inputs *in, const double *grad_output,
                    fastloss_index grad_output_stride, const fastloss_ew_outputs *out)
 {
-    if (!fastloss_dtype_known(dtype))
+    if (!fastloss_dtype_known(dtype) || !ew_kernels[dtype].run)
         return FASTLOSS_ERROR_BAD_DTYPE;
     const ew_kernels_t *kernels = &ew_kernels[dtype];
     const int want_sum = out->loss != NULL && options->reduction != FASTLOSS_REDUCTION_NONE;

@@ -5,8 +5,8 @@
  * (float32_wide, for elementwise.c's redo of a cancelled sum).  Included once
  * by elementwise.c and once by each of elementwise_avx2.c and
  * elementwise_avx512.c under their target pragmas.  No include guard, on
- * purpose.  A storage type computed in float (bfloat16, float16) is one more
- * block with EW_FLOAT_COMPUTE, and one more computed in double for its redo.
+ * purpose.  bfloat16 and float16 (computed in float, EW_FLOAT_COMPUTE) have
+ * a block each, and one more computed in double for the redo (_wide).
  */
 #include <math.h>
 #include <stdlib.h>
@@ -45,6 +45,52 @@
 #include "storage_begin.h"
 #define EW(name) FL_EW_PASTE(fastloss_ew_##name, float32_wide, FASTLOSS_ISA)
 #define RUN FL_EW_PASTE(fastloss_ew_run, float32_wide, FASTLOSS_ISA)
+#include "elementwise_body.h"
+#undef EW
+#undef RUN
+#include "storage_end.h"
+
+/* bfloat16: stored in half, computed in float (and in double for the redo) */
+#define STORAGE bfloat16
+#include "storage_begin.h"
+#define EW(name) FL_EW_PASTE(fastloss_ew_##name, bfloat16, FASTLOSS_ISA)
+#define RUN FL_EW_PASTE(fastloss_ew_run, bfloat16, FASTLOSS_ISA)
+#define MAY_BE_NEGATIVE FL_EW_PASTE(fastloss_ew_may_be_negative, bfloat16, FASTLOSS_ISA)
+#define EW_FLOAT_COMPUTE
+#include "elementwise_body.h"
+#undef EW_FLOAT_COMPUTE
+#undef EW
+#undef RUN
+#undef MAY_BE_NEGATIVE
+#include "storage_end.h"
+
+#define STORAGE bfloat16_wide
+#include "storage_begin.h"
+#define EW(name) FL_EW_PASTE(fastloss_ew_##name, bfloat16_wide, FASTLOSS_ISA)
+#define RUN FL_EW_PASTE(fastloss_ew_run, bfloat16_wide, FASTLOSS_ISA)
+#include "elementwise_body.h"
+#undef EW
+#undef RUN
+#include "storage_end.h"
+
+/* float16: stored in half, computed in float (and in double for the redo) */
+#define STORAGE float16
+#include "storage_begin.h"
+#define EW(name) FL_EW_PASTE(fastloss_ew_##name, float16, FASTLOSS_ISA)
+#define RUN FL_EW_PASTE(fastloss_ew_run, float16, FASTLOSS_ISA)
+#define MAY_BE_NEGATIVE FL_EW_PASTE(fastloss_ew_may_be_negative, float16, FASTLOSS_ISA)
+#define EW_FLOAT_COMPUTE
+#include "elementwise_body.h"
+#undef EW_FLOAT_COMPUTE
+#undef EW
+#undef RUN
+#undef MAY_BE_NEGATIVE
+#include "storage_end.h"
+
+#define STORAGE float16_wide
+#include "storage_begin.h"
+#define EW(name) FL_EW_PASTE(fastloss_ew_##name, float16_wide, FASTLOSS_ISA)
+#define RUN FL_EW_PASTE(fastloss_ew_run, float16_wide, FASTLOSS_ISA)
 #include "elementwise_body.h"
 #undef EW
 #undef RUN

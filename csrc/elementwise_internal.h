@@ -111,7 +111,13 @@ void fastloss_elementwise_select(int level); /* dispatch.c calls it */
     int fastloss_ew_run_float32_##isa FASTLOSS_EW_RUN_SIGNATURE;                             \
     int fastloss_ew_run_float64_##isa FASTLOSS_EW_RUN_SIGNATURE;                             \
     int fastloss_ew_run_float32_wide_##isa FASTLOSS_EW_RUN_SIGNATURE;                        \
-    int fastloss_ew_may_be_negative_float32_##isa FASTLOSS_EW_SIGNS_SIGNATURE;
+    int fastloss_ew_may_be_negative_float32_##isa FASTLOSS_EW_SIGNS_SIGNATURE;              \
+    int fastloss_ew_run_bfloat16_##isa FASTLOSS_EW_RUN_SIGNATURE;                            \
+    int fastloss_ew_run_bfloat16_wide_##isa FASTLOSS_EW_RUN_SIGNATURE;                       \
+    int fastloss_ew_may_be_negative_bfloat16_##isa FASTLOSS_EW_SIGNS_SIGNATURE;             \
+    int fastloss_ew_run_float16_##isa FASTLOSS_EW_RUN_SIGNATURE;                             \
+    int fastloss_ew_run_float16_wide_##isa FASTLOSS_EW_RUN_SIGNATURE;                        \
+    int fastloss_ew_may_be_negative_float16_##isa FASTLOSS_EW_SIGNS_SIGNATURE;
 FL_EW_DECLARE_ISA(baseline)
 FL_EW_DECLARE_ISA(avx2)
 FL_EW_DECLARE_ISA(avx512)

@@ -45,6 +45,16 @@
  * array it would otherwise share with the output (cross-entropy's exps in the
  * gradient row), it tests STORAGE_IS_COMPUTE and uses scratch of REAL instead.
  *
+ * Beside STORE_T, a tag names GRAD_T, the type of the gradient STORE writes (STORE_T,
+ * or float for the half types' _grad32 tags), and AUX_T with AUX_LOAD, the type of the
+ * auxiliary arrays cross-entropy reads (class weights, soft targets: float for the half
+ * types).  Families whose bodies use STORE_T for every array see GRAD_T == AUX_T ==
+ * STORE_T on their tags.
+ *
+ * Half types, done: bfloat16 and float16 (and _grad32) for cross-entropy; bfloat16 and
+ * float16 computed in float plus their _wide tags (computed in double) for the
+ * elementwise family; the _wide tags for the box family.  Not done: contrastive.
+ *
  * Done: cross-entropy (cross_entropy_*body.h), contrastive (contrastive_*body.h,
  * contrastive_row_helpers.h), box (box_body.h) and elementwise
  * (elementwise_body.h; its float32_wide instantiation, float32 storage computed
@@ -55,6 +65,10 @@
 #ifndef FASTLOSS_STORAGE_H
 #define FASTLOSS_STORAGE_H
 
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
 #include "common.h"
 
 #ifdef __cplusplus
@@ -62,15 +76,22 @@ extern "C" {
 #endif
 
 /* The storage type of a call's floating-point arrays: the index of the
- * families' kernel tables.  (Codes 2 and 3 are kept for bfloat16 and float16.) */
+ * families' kernel tables.  The half types come twice: with the gradient in
+ * the input's type, and (_GRAD_FLOAT32) with a float32 gradient.  A family
+ * that has no kernel for a code leaves its slot NULL, and its entry points
+ * answer FASTLOSS_ERROR_BAD_DTYPE. */
 enum fastloss_dtype {
     FASTLOSS_FLOAT32 = 0,
     FASTLOSS_FLOAT64 = 1,
-    FASTLOSS_N_DTYPES = 2
+    FASTLOSS_BFLOAT16 = 2,
+    FASTLOSS_FLOAT16 = 3,
+    FASTLOSS_BFLOAT16_GRAD_FLOAT32 = 4,
+    FASTLOSS_FLOAT16_GRAD_FLOAT32 = 5,
+    FASTLOSS_N_DTYPES = 6
 };
 
 /* Whether `dtype` is a code of this build: the entry points check it before
- * they index their tables. */
+ * they index their tables (and then that the slot is not NULL). */
 static inline int fastloss_dtype_known(int dtype)
 {
     return dtype >= 0 && dtype < FASTLOSS_N_DTYPES;
@@ -80,6 +101,13 @@ static inline int fastloss_dtype_known(int dtype)
 typedef float fastloss_storage_float32;
 typedef float fastloss_compute_float32;
 #define FASTLOSS_STORAGE_IS_COMPUTE_float32 1
+typedef float fastloss_grad_float32;
+typedef float fastloss_aux_float32;
+
+FASTLOSS_INLINE float fastloss_aux_load_float32(const float *array, fastloss_index i)
+{
+    return array[i];
+}
 
 FASTLOSS_INLINE float fastloss_load_float32(const float *array, fastloss_index i)
 {
@@ -105,6 +133,13 @@ FASTLOSS_INLINE float fastloss_round_float32(double value)
 typedef double fastloss_storage_float64;
 typedef double fastloss_compute_float64;
 #define FASTLOSS_STORAGE_IS_COMPUTE_float64 1
+typedef double fastloss_grad_float64;
+typedef double fastloss_aux_float64;
+
+FASTLOSS_INLINE double fastloss_aux_load_float64(const double *array, fastloss_index i)
+{
+    return array[i];
+}
 
 FASTLOSS_INLINE double fastloss_load_float64(const double *array, fastloss_index i)
 {
@@ -135,6 +170,13 @@ FASTLOSS_INLINE double fastloss_round_float64(double value)
 typedef float fastloss_storage_float32_wide;
 typedef double fastloss_compute_float32_wide;
 #define FASTLOSS_STORAGE_IS_COMPUTE_float32_wide 0
+typedef float fastloss_grad_float32_wide;
+typedef float fastloss_aux_float32_wide;
+
+FASTLOSS_INLINE double fastloss_aux_load_float32_wide(const float *array, fastloss_index i)
+{
+    return (double)array[i];
+}
 
 FASTLOSS_INLINE double fastloss_load_float32_wide(const float *array, fastloss_index i)
 {
@@ -157,9 +199,215 @@ FASTLOSS_INLINE double fastloss_round_float32_wide(double value)
     return (double)(float)value;
 }
 
+/*
+ * Half precision: bfloat16 and float16 stored, computed in float (and summed
+ * in double, as everywhere).  The arrays are uint16_t bit patterns, converted
+ * by the integer and float arithmetic below, written branch-free so that the
+ * compiler vectorises every loop that loads or stores them, on every ISA
+ * (baseline SSE2, AVX2, AVX-512): a load is a few vector instructions, a
+ * store about eight.  (Not the AVX512_BF16 instruction vcvtneps2bf16: it
+ * flushes subnormal inputs and results to zero, whatever MXCSR says, so its
+ * results differ from round-to-nearest-even on them.)
+ *
+ * The gradient of a half-precision call is half too (_GRAD_FLOAT32: float32),
+ * and the class weights and soft targets (AUX) are float32 for every half tag:
+ * the Python layer converts them exactly from half, and rounds float64 ones to
+ * float32, the precision the row is computed in.
+ *
+ * Rounding is to nearest, ties to even, once: a float to half directly; a
+ * double (STORE_WIDE) first to float rounding to odd (truncate, then set the
+ * last bit when inexact), which float's 13 or more extra bits make exact for
+ * the second rounding (Boldo & Melquiond, "When double rounding is odd",
+ * 2005).  NaN stays NaN (made quiet), infinities stay, overflow gives inf.
+ */
+FASTLOSS_INLINE uint32_t fastloss_float_bits(float value)
+{
+    uint32_t bits;
+    memcpy(&bits, &value, sizeof bits);
+    return bits;
+}
+
+FASTLOSS_INLINE float fastloss_bits_float(uint32_t bits)
+{
+    float value;
+    memcpy(&value, &bits, sizeof value);
+    return value;
+}
+
+/* bfloat16: the upper half of a float32. */
+FASTLOSS_INLINE float fastloss_bfloat16_to_float(uint16_t half)
+{
+    return fastloss_bits_float((uint32_t)half << 16);
+}
+
+FASTLOSS_INLINE uint16_t fastloss_float_to_bfloat16(float value)
+{
+    const uint32_t bits = fastloss_float_bits(value);
+    /* adding 0x7fff plus the lowest kept bit rounds to nearest, ties to even
+     * (a carry into the exponent is the right answer, up to inf) */
+    const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+    const uint32_t quiet_nan = (bits >> 16) | 0x40u;
+    return (uint16_t)((bits & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
+}
+
+/* float16: 1 sign, 5 exponent (bias 15), 10 fraction bits. */
+FASTLOSS_INLINE float fastloss_float16_to_float(uint16_t half)
+{
+    const uint32_t sign = ((uint32_t)half & 0x8000u) << 16;
+    const uint32_t magnitude = (uint32_t)half & 0x7fffu;
+    /* exponent and fraction moved into place, then scaled by 2**(127 - 15):
+     * exact for normal and subnormal halves alike */
+    const float scaled = fastloss_bits_float(magnitude << 13) * 0x1p112f;
+    const uint32_t special = (magnitude << 13) | 0x7f800000u; /* inf, NaN (payload kept) */
+    const uint32_t bits = magnitude >= 0x7c00u ? special : fastloss_float_bits(scaled);
+    return fastloss_bits_float(bits | sign);
+}
+
+FASTLOSS_INLINE uint16_t fastloss_float_to_float16(float value)
+{
+    const uint32_t all = fastloss_float_bits(value);
+    const uint32_t sign = (all >> 16) & 0x8000u;
+    const uint32_t bits = all & 0x7fffffffu;
+    /* normal results: rebias the exponent and round the 13 dropped bits to
+     * nearest even with the integer trick of bfloat16 (a carry out of the
+     * largest finite half gives inf, 0x7c00) */
+    const uint32_t normal =
+        (bits + ((uint32_t)(15 - 127) << 23) + 0xfffu + ((bits >> 13) & 1u)) >> 13;
+    /* results below 2**-14: adding 0.5 puts the half's subnormal grid on
+     * float's last bit, so the float addition rounds to nearest even */
+    const uint32_t subnormal = fastloss_float_bits(fastloss_bits_float(bits) + 0.5f) - 0x3f000000u;
+    uint32_t result = bits < 0x38800000u ? subnormal : normal;
+    result = bits >= 0x47800000u ? 0x7c00u : result;     /* >= 65536: inf */
+    result = bits > 0x7f800000u ? 0x7e00u | (bits >> 13) : result; /* NaN, quiet */
+    return (uint16_t)(result | sign);
+}
+
+/* A double rounded to float toward zero with the last bit set when inexact
+ * ("round to odd"): rounding that to half is the double's correct rounding. */
+FASTLOSS_INLINE float fastloss_double_to_float_odd(double value)
+{
+    const float nearest = (float)value;
+    const double back = (double)nearest;
+    uint32_t bits = fastloss_float_bits(nearest);
+    bits -= fabs(back) > fabs(value) ? 1u : 0u; /* rounded away from zero: step back */
+    bits |= back != value ? 1u : 0u;             /* (NaN: stays NaN) */
+    return fastloss_bits_float(bits);
+}
+
+#define FASTLOSS_HALF_TAG_(tag, to_float, grad_t, store_body)                                 \
+    typedef uint16_t fastloss_storage_##tag;                                                  \
+    typedef float fastloss_compute_##tag;                                                     \
+    typedef grad_t fastloss_grad_##tag;                                                       \
+    typedef float fastloss_aux_##tag;                                                         \
+    FASTLOSS_INLINE float fastloss_load_##tag(const uint16_t *array, fastloss_index i)       \
+    {                                                                                         \
+        return to_float(array[i]);                                                            \
+    }                                                                                         \
+    FASTLOSS_INLINE float fastloss_aux_load_##tag(const float *array, fastloss_index i)      \
+    {                                                                                         \
+        return array[i];                                                                      \
+    }                                                                                         \
+    FASTLOSS_INLINE void fastloss_store_##tag(grad_t *array, fastloss_index i, float value)  \
+    {                                                                                         \
+        array[i] = store_body(value);                                                         \
+    }                                                                                         \
+    FASTLOSS_INLINE void fastloss_store_wide_##tag(grad_t *array, fastloss_index i,          \
+                                                   double value)                              \
+    {                                                                                         \
+        array[i] = store_body(fastloss_double_to_float_odd(value));                           \
+    }
+
+/* bfloat16 and float16 storage, gradient in the same type. */
+FASTLOSS_HALF_TAG_(bfloat16, fastloss_bfloat16_to_float, uint16_t, fastloss_float_to_bfloat16)
+FASTLOSS_HALF_TAG_(float16, fastloss_float16_to_float, uint16_t, fastloss_float_to_float16)
+#define FASTLOSS_STORAGE_IS_COMPUTE_bfloat16 0
+#define FASTLOSS_STORAGE_IS_COMPUTE_float16 0
+
+FASTLOSS_INLINE float fastloss_round_bfloat16(double value)
+{
+    const float odd = fastloss_double_to_float_odd(value);
+    return fastloss_bfloat16_to_float(fastloss_float_to_bfloat16(odd));
+}
+
+FASTLOSS_INLINE float fastloss_round_float16(double value)
+{
+    const float odd = fastloss_double_to_float_odd(value);
+    return fastloss_float16_to_float(fastloss_float_to_float16(odd));
+}
+
+/* The same storage, gradient in float32 (the half type's option grad_dtype="float32"). */
+#define FASTLOSS_HALF_TAG32_(tag, to_float)                                                    \
+    typedef uint16_t fastloss_storage_##tag;                                                  \
+    typedef float fastloss_compute_##tag;                                                     \
+    typedef float fastloss_grad_##tag;                                                        \
+    typedef float fastloss_aux_##tag;                                                         \
+    FASTLOSS_INLINE float fastloss_load_##tag(const uint16_t *array, fastloss_index i)       \
+    {                                                                                         \
+        return to_float(array[i]);                                                            \
+    }                                                                                         \
+    FASTLOSS_INLINE float fastloss_aux_load_##tag(const float *array, fastloss_index i)      \
+    {                                                                                         \
+        return array[i];                                                                      \
+    }                                                                                         \
+    FASTLOSS_INLINE void fastloss_store_##tag(float *array, fastloss_index i, float value)   \
+    {                                                                                         \
+        array[i] = value;                                                                     \
+    }                                                                                         \
+    FASTLOSS_INLINE void fastloss_store_wide_##tag(float *array, fastloss_index i,           \
+                                                   double value)                              \
+    {                                                                                         \
+        array[i] = (float)value;                                                              \
+    }                                                                                         \
+    FASTLOSS_INLINE float fastloss_round_##tag(double value)                                  \
+    {                                                                                         \
+        return (float)value;                                                                  \
+    }
+FASTLOSS_HALF_TAG32_(bfloat16_grad32, fastloss_bfloat16_to_float)
+FASTLOSS_HALF_TAG32_(float16_grad32, fastloss_float16_to_float)
+#define FASTLOSS_STORAGE_IS_COMPUTE_bfloat16_grad32 0
+#define FASTLOSS_STORAGE_IS_COMPUTE_float16_grad32 0
+
+/* bfloat16 and float16 stored, computed in double: the elementwise family's redo of
+ * a cancelled sum (as float32_wide), and the box family, which computes in double
+ * whatever the storage.  Not dtype codes of their own. */
+#define FASTLOSS_HALF_WIDE_TAG_(tag, to_float, from_float)                                   \
+    typedef uint16_t fastloss_storage_##tag;                                                  \
+    typedef double fastloss_compute_##tag;                                                    \
+    typedef uint16_t fastloss_grad_##tag;                                                     \
+    typedef uint16_t fastloss_aux_##tag;                                                      \
+    FASTLOSS_INLINE double fastloss_load_##tag(const uint16_t *array, fastloss_index i)      \
+    {                                                                                         \
+        return (double)to_float(array[i]);                                                    \
+    }                                                                                         \
+    FASTLOSS_INLINE double fastloss_aux_load_##tag(const uint16_t *array, fastloss_index i)  \
+    {                                                                                         \
+        return (double)to_float(array[i]);                                                    \
+    }                                                                                         \
+    FASTLOSS_INLINE void fastloss_store_##tag(uint16_t *array, fastloss_index i, double value) \
+    {                                                                                         \
+        array[i] = from_float(fastloss_double_to_float_odd(value));                           \
+    }                                                                                         \
+    FASTLOSS_INLINE void fastloss_store_wide_##tag(uint16_t *array, fastloss_index i,        \
+                                                   double value)                              \
+    {                                                                                         \
+        array[i] = from_float(fastloss_double_to_float_odd(value));                           \
+    }                                                                                         \
+    FASTLOSS_INLINE double fastloss_round_##tag(double value)                                 \
+    {                                                                                         \
+        return (double)to_float(from_float(fastloss_double_to_float_odd(value)));             \
+    }
+FASTLOSS_HALF_WIDE_TAG_(bfloat16_wide, fastloss_bfloat16_to_float, fastloss_float_to_bfloat16)
+FASTLOSS_HALF_WIDE_TAG_(float16_wide, fastloss_float16_to_float, fastloss_float_to_float16)
+#define FASTLOSS_STORAGE_IS_COMPUTE_bfloat16_wide 0
+#define FASTLOSS_STORAGE_IS_COMPUTE_float16_wide 0
+
 /* Names of a storage tag's pieces (the tag is a macro argument, expanded first). */
 #define FASTLOSS_STORAGE_T(tag) FASTLOSS_STORAGE_PASTE_(fastloss_storage_, tag)
 #define FASTLOSS_COMPUTE_T(tag) FASTLOSS_STORAGE_PASTE_(fastloss_compute_, tag)
+#define FASTLOSS_GRAD_T(tag) FASTLOSS_STORAGE_PASTE_(fastloss_grad_, tag)
+#define FASTLOSS_AUX_T(tag) FASTLOSS_STORAGE_PASTE_(fastloss_aux_, tag)
+#define FASTLOSS_AUX_LOAD(tag, array, i) \
+    FASTLOSS_STORAGE_PASTE_(fastloss_aux_load_, tag)((array), (i))
 #define FASTLOSS_LOAD(tag, array, i) FASTLOSS_STORAGE_PASTE_(fastloss_load_, tag)((array), (i))
 #define FASTLOSS_STORE(tag, array, i, value) \
     FASTLOSS_STORAGE_PASTE_(fastloss_store_, tag)((array), (i), (value))

@@ -13,3 +13,9 @@
 #define STORE_WIDE(array, i, value) FASTLOSS_STORE_WIDE(STORAGE, array, i, value)
 #define ROUND_WIDE(value) FASTLOSS_ROUND_WIDE(STORAGE, value)
 #define STORAGE_IS_COMPUTE FASTLOSS_STORAGE_IS_COMPUTE(STORAGE)
+/* the gradient's type (STORE_T, or float32 for a half type's float32 gradient),
+ * and that of the auxiliary arrays (class weights, soft targets: STORE_T, or
+ * float32 for the half types), read with AUX_LOAD */
+#define GRAD_T FASTLOSS_GRAD_T(STORAGE)
+#define AUX_T FASTLOSS_AUX_T(STORAGE)
+#define AUX_LOAD(array, i) FASTLOSS_AUX_LOAD(STORAGE, array, i)

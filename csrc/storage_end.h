@@ -6,4 +6,7 @@
 #undef STORE_WIDE
 #undef ROUND_WIDE
 #undef STORAGE_IS_COMPUTE
+#undef GRAD_T
+#undef AUX_T
+#undef AUX_LOAD
 #undef STORAGE

@@ -25,3 +25,7 @@ cdef extern from "storage.h" nogil:
     enum fastloss_dtype:
         FASTLOSS_FLOAT32
         FASTLOSS_FLOAT64
+        FASTLOSS_BFLOAT16
+        FASTLOSS_FLOAT16
+        FASTLOSS_BFLOAT16_GRAD_FLOAT32
+        FASTLOSS_FLOAT16_GRAD_FLOAT32

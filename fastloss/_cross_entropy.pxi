@@ -76,12 +76,59 @@ cdef inline void *_data_or_null(object array):
 
 
 cdef inline bint _is_float_array(object value):
-    """A float32/float64 ndarray the kernels can read as it is (aligned, native order)."""
+    """A float32/float64 (or float16/bfloat16) ndarray the kernels can read as it is
+    (aligned, native order)."""
     if not cnp.PyArray_Check(value):
         return False
     return (_storage_code(cnp.PyArray_TYPE(<cnp.ndarray>value)) >= 0
             and cnp.PyArray_ISALIGNED(<cnp.ndarray>value)
             and not cnp.PyArray_ISBYTESWAPPED(<cnp.ndarray>value))
+
+
+cdef bint _float_kind(object dtype):
+    """Whether `dtype` holds probabilities the kernels take: a float, or bfloat16."""
+    return dtype.kind == "f" or _is_bfloat16(dtype)
+
+
+cdef tuple _logits_input(object logits, object bits, str name):
+    """The logits as the ndarray the kernels read, and their dtype code.  ``bits``
+    "bfloat16": `logits` is a 16-bit integer array holding bfloat16 bit patterns (the
+    torch adapter's zero-copy view of a torch.bfloat16 tensor; no ml_dtypes needed)."""
+    if bits is not None:
+        if bits != "bfloat16":
+            raise ValueError(f"bits: expected None or 'bfloat16', got {bits!r}")
+        if (not cnp.PyArray_Check(logits) or logits.dtype.kind not in "iu"
+                or logits.dtype.itemsize != 2 or not logits.dtype.isnative
+                or not logits.flags.aligned):
+            raise TypeError(f"{name}: bits='bfloat16' takes an aligned array of 16-bit "
+                            f"integers, got {getattr(logits, 'dtype', type(logits))}")
+        return logits, FASTLOSS_BFLOAT16
+    if not _is_float_array(logits):
+        logits = float_array(logits, name, half=True)
+    return logits, _dtype_code(<cnp.ndarray>logits, name)
+
+
+cdef int _grad_code(object grad_dtype, int code, object logits_dtype) except -1:
+    """The dtype code of the kernel for a gradient of ``grad_dtype``: None (the logits'
+    dtype), the logits' dtype, or float32 for half-precision logits."""
+    if grad_dtype is None:
+        return code
+    if isinstance(grad_dtype, (str, type, numpy.dtype)):
+        try:
+            wanted = numpy.dtype(grad_dtype)
+        except (TypeError, ValueError):
+            wanted = None
+    else:
+        wanted = None
+    if wanted is None:
+        raise TypeError(f"grad_dtype: expected None or a dtype (the logits' dtype, or "
+                        f"float32 for float16 / bfloat16 logits), got {grad_dtype!r:.80}")
+    if _is_half_code(code) and wanted == numpy.float32:
+        return _grad_float32_code(code)
+    if wanted == logits_dtype:
+        return code
+    raise ValueError(f"grad_dtype: expected None, the logits' dtype ({logits_dtype})"
+                     f"{' or float32' if _is_half_code(code) else ''}, got {wanted}")
 
 
 cdef inline cnp.ndarray _class_rows(cnp.ndarray array, fastloss_index n_classes):
@@ -170,7 +217,8 @@ cdef object _grad_output_vector(object grad_output, int reduction, tuple loss_sh
 def ce_call(int mode, object logits, object target, object weight, object ignore_index,
             object reduction, object label_smoothing, object z_loss, object softcap,
             int num_threads, object grad_output=None, object lse=None, object out=None,
-            bint want_lse=False, object class_offset=0, object stats=None):
+            bint want_lse=False, object class_offset=0, object stats=None,
+            object grad_dtype=None, object bits=None):
     """One cross-entropy call, from the public API's arguments to its results.
 
     mode: CE_FORWARD, CE_GRAD (from ``lse`` when given, else the fused pass; the loss
@@ -179,13 +227,16 @@ def ce_call(int mode, object logits, object target, object weight, object ignore
     for "none"), the float64 per-row log-sum-exp when ``want_lse``, and the gradient
     (``out`` when given) for the gradient modes; None where not asked.  ``stats`` (the
     merged block statistics; CE_GRAD only) makes the logits the block of classes from
-    ``class_offset`` and the result that block of the gradient.
+    ``class_offset`` and the result that block of the gradient.  ``grad_dtype``: the
+    gradient's dtype (None: the logits'; float32 for float16 / bfloat16 logits).
+    ``bits="bfloat16"``: the logits (and ``out``) are 16-bit integer arrays holding
+    bfloat16 values, and so is the gradient returned.
     """
     if mode < CE_FORWARD or mode > CE_VALUE_AND_GRAD:
         raise ValueError(f"mode: unknown {mode!r}")
     # -- logits
-    if not _is_float_array(logits):
-        logits = float_array(logits, "logits")
+    cdef int code
+    logits, code = _logits_input(logits, bits, "logits")
     cdef cnp.ndarray logits_array = <cnp.ndarray>logits
     cdef int ndim = cnp.PyArray_NDIM(logits_array)
     if ndim == 0:
@@ -196,6 +247,12 @@ def ce_call(int mode, object logits, object target, object weight, object ignore
         raise ValueError(f"logits: expected at least one class, got shape {shape}")
     loss_shape = shape[:ndim - 1]
     logits_dtype = logits_array.dtype
+    cdef bint half = _is_half_code(code)
+    cdef int kernel_code = code
+    if mode != CE_FORWARD:
+        kernel_code = _grad_code(grad_dtype, code, logits_dtype)
+    elif grad_dtype is not None:
+        raise ValueError("grad_dtype: only the gradient functions take it")
 
     # -- options
     cdef fastloss_ce_options options
@@ -244,12 +301,14 @@ def ce_call(int mode, object logits, object target, object weight, object ignore
     cdef object hard = None, soft = None
     kind = target_array.dtype.kind
     compute_dtype = logits_dtype
+    # the class weights and probabilities of half-precision logits are read as float32
+    aux_dtype = numpy.dtype(numpy.float32) if half else logits_dtype
     if kind == "i" or kind == "u":
         if ignore_index < -_INT64_MAX - 1 or ignore_index > _INT64_MAX:
             raise ValueError(f"ignore_index: expected a 64-bit integer, got {ignore_index}")
         hard = _hard_target(target_array, loss_shape, total_classes, ignore_index)
         options.ignore_index = ignore_index
-    elif kind == "f":
+    elif _float_kind(target_array.dtype):
         if (<object>target_array).shape != shape:
             if stats_in is not None:
                 raise ValueError(f"target: expected the block's probabilities of shape "
@@ -262,12 +321,18 @@ def ce_call(int mode, object logits, object target, object weight, object ignore
             raise ValueError("ignore_index: not supported with probability targets "
                              f"(got {ignore_index})")
         options.ignore_index = -1
-        if target_array.dtype.itemsize > logits_dtype.itemsize:
+        if target_array.dtype.itemsize > max(logits_dtype.itemsize, aux_dtype.itemsize):
             # torch promotes: float64 probabilities with float32 logits are not rounded;
-            # the logits are widened instead (exactly) and the loss is float64
-            compute_dtype = numpy.dtype(numpy.float64)
+            # the logits are widened instead (exactly) and the loss is float64 (float32
+            # or half probabilities with half logits are read as float32: no widening)
+            if bits is not None:
+                raise TypeError("target: float64 probabilities with bits='bfloat16' "
+                                "logits (widen the logits first)")
+            compute_dtype = aux_dtype = numpy.dtype(numpy.float64)
+            kernel_code = FASTLOSS_FLOAT64
+            half = False
         # aligned and in native order, as the kernels read it (np.require copies otherwise)
-        soft = _class_rows(numpy.require(target_array, dtype=compute_dtype,
+        soft = _class_rows(numpy.require(target_array, dtype=aux_dtype,
                                          requirements="A"), n_classes)
     else:
         raise TypeError(f"target: expected integer class indices or float probabilities, "
@@ -281,13 +346,13 @@ def ce_call(int mode, object logits, object target, object weight, object ignore
     # -- weight
     if weight is not None:
         weight = as_array(weight, "weight")
-        if weight.dtype.kind not in "fiu":
+        if weight.dtype.kind not in "fiu" and not _is_bfloat16(weight.dtype):
             raise TypeError(f"weight: expected real numbers, got dtype {weight.dtype}")
         if weight.shape != (n_classes,):
             raise ValueError(f"weight: expected shape ({n_classes},)"
                              f"{' (the block of classes)' if stats_in is not None else ''}, "
                              f"got {weight.shape}")
-        weight = numpy.require(weight, dtype=compute_dtype, requirements="CA")
+        weight = numpy.require(weight, dtype=aux_dtype, requirements="CA")
     if stats_in is not None:
         _check_stats_targets(stats_in, hard, ignore_index, loss_shape)
 
@@ -316,13 +381,20 @@ def ce_call(int mode, object logits, object target, object weight, object ignore
         per_row = cnp.PyArray_EMPTY(1, [n_rows], cnp.NPY_FLOAT64, 0)
     if want_lse:
         lse_out = cnp.PyArray_EMPTY(1, [n_rows], cnp.NPY_FLOAT64, 0)
+    # the gradient's dtype: the logits', or float32 (grad_dtype) for half logits
+    cdef bint grad32 = (kernel_code == FASTLOSS_BFLOAT16_GRAD_FLOAT32
+                        or kernel_code == FASTLOSS_FLOAT16_GRAD_FLOAT32)
+    result_dtype = numpy.dtype(numpy.float32) if grad32 else logits_dtype
+    if widened and grad_dtype is not None:
+        result_dtype = numpy.dtype(grad_dtype)
     if mode != CE_FORWARD:
         if out is None:
-            grad = _empty_like(logits_array)
+            grad = (_empty_like(logits_array) if result_dtype == logits_dtype
+                    else empty(shape, result_dtype))
             if not widened:
                 grad_matrix = grad if ndim == 2 else (<cnp.ndarray>grad).reshape(-1, n_classes)
         else:
-            out_arg(out, shape, logits_dtype)
+            out_arg(out, shape, result_dtype)
             grad = out
             grad_matrix = None if widened else _out_rows(
                 out, matrix, n_classes, (hard, soft, weight, upstream, lse_in, stats_in))
@@ -330,7 +402,8 @@ def ce_call(int mode, object logits, object target, object weight, object ignore
             # out= has a layout the kernel cannot write, overlaps an input in a way other
             # than exactly in place, or the computation is wider than the logits:
             # compute into a fresh buffer, then copy (and round) into the result.
-            grad_matrix = empty((n_rows, n_classes), compute_dtype)
+            grad_matrix = empty((n_rows, n_classes),
+                                compute_dtype if widened else result_dtype)
             copy_back = True
 
     # -- run
@@ -354,7 +427,7 @@ def ce_call(int mode, object logits, object target, object weight, object ignore
     cdef void *grad_ptr = _data_or_null(grad_matrix)
     cdef double total = 0.0
     cdef int status = 0
-    cdef int dtype = _dtype_code(matrix, "logits")
+    cdef int dtype = kernel_code
     cdef bint forward = mode == CE_FORWARD
     with nogil:
         if forward:
@@ -388,8 +461,9 @@ def ce_call(int mode, object logits, object target, object weight, object ignore
         if per_row is not None:
             loss = (<cnp.ndarray>per_row).reshape(loss_shape)
             if compute_dtype != numpy.float64:
-                loss = loss.astype(compute_dtype)
-        elif dtype == FASTLOSS_FLOAT32:
+                # float32 for half-precision logits too: the loss is computed in float32
+                loss = loss.astype(numpy.float32 if half else compute_dtype)
+        elif dtype != FASTLOSS_FLOAT64:
             loss = <double><float>total  # a Python float holding a float32 value
         else:
             loss = total
@@ -489,8 +563,8 @@ def ce_block_stats(object logits, object target, object class_offset, object num
                    object weight, object ignore_index, object label_smoothing,
                    object softcap, int num_threads):
     """cross_entropy_block_stats (fastloss/cross_entropy.py): the checked call."""
-    if not _is_float_array(logits):
-        logits = float_array(logits, "logits_block")
+    cdef int code
+    logits, code = _logits_input(logits, None, "logits_block")
     cdef cnp.ndarray logits_array = <cnp.ndarray>logits
     cdef int ndim = cnp.PyArray_NDIM(logits_array)
     if ndim == 0:
@@ -539,12 +613,13 @@ def ce_block_stats(object logits, object target, object class_offset, object num
     cdef object hard = None, soft = None
     kind = target_array.dtype.kind
     compute_dtype = logits_array.dtype
+    aux_dtype = numpy.dtype(numpy.float32) if _is_half_code(code) else compute_dtype
     if kind == "i" or kind == "u":
         if ignore_index < -_INT64_MAX - 1 or ignore_index > _INT64_MAX:
             raise ValueError(f"ignore_index: expected a 64-bit integer, got {ignore_index}")
         hard = _hard_target(target_array, loss_shape, num_classes, ignore_index)
         options.ignore_index = ignore_index
-    elif kind == "f":
+    elif _float_kind(target_array.dtype):
         if (<object>target_array).shape != shape:
             raise ValueError(f"target: expected the block's probabilities of shape {shape} "
                              f"(like logits_block) or class indices of shape {loss_shape}, "
@@ -553,9 +628,9 @@ def ce_block_stats(object logits, object target, object class_offset, object num
             raise ValueError("ignore_index: not supported with probability targets "
                              f"(got {ignore_index})")
         options.ignore_index = -1
-        if target_array.dtype.itemsize > compute_dtype.itemsize:
-            compute_dtype = numpy.dtype(numpy.float64)
-        soft = _class_rows(numpy.require(target_array, dtype=compute_dtype,
+        if target_array.dtype.itemsize > max(compute_dtype.itemsize, aux_dtype.itemsize):
+            compute_dtype = aux_dtype = numpy.dtype(numpy.float64)
+        soft = _class_rows(numpy.require(target_array, dtype=aux_dtype,
                                          requirements="A"), width)
     else:
         raise TypeError(f"target: expected integer class indices or float probabilities, "
@@ -567,12 +642,12 @@ def ce_block_stats(object logits, object target, object class_offset, object num
     options.n_rows = n_rows
     if weight is not None:
         weight = as_array(weight, "weight")
-        if weight.dtype.kind not in "fiu":
+        if weight.dtype.kind not in "fiu" and not _is_bfloat16(weight.dtype):
             raise TypeError(f"weight: expected real numbers, got dtype {weight.dtype}")
         if weight.shape != (width,):
             raise ValueError(f"weight: expected the block's shape ({width},), got "
                              f"{weight.shape}")
-        weight = numpy.require(weight, dtype=compute_dtype, requirements="CA")
+        weight = numpy.require(weight, dtype=aux_dtype, requirements="CA")
 
     stats = cnp.PyArray_EMPTY(2, [FASTLOSS_CE_STATS_FIELDS, n_rows], cnp.NPY_FLOAT64, 0)
     cdef fastloss_index logits_stride = cnp.PyArray_STRIDE(matrix, 0) // cnp.PyArray_ITEMSIZE(matrix)

@@ -13,7 +13,7 @@ from libc.math cimport INFINITY
 from libc.stdint cimport int64_t
 
 from fastloss._validation import (as_array, float_array, grad_output_arg, integer_scalar,
-                                  out_arg, real_scalar, reduction_arg, rows_view)
+                                  is_bfloat16, out_arg, real_scalar, reduction_arg, rows_view)
 
 from fastloss._common cimport *
 
@@ -55,15 +55,36 @@ cdef inline int _check_float(cnp.ndarray array, int typenum, str name) except -1
     return 0
 
 
+# ml_dtypes' bfloat16 is a user-defined NumPy dtype, numbered when ml_dtypes registers
+# it: its number is learnt from the first such dtype seen (fastloss never imports
+# ml_dtypes, an optional dependency).
+cdef int _bfloat16_typenum = -1
+
+
+cdef bint _is_bfloat16(object dtype):
+    """Whether `dtype` is ml_dtypes.bfloat16 (and remember its type number)."""
+    global _bfloat16_typenum
+    if _bfloat16_typenum >= 0:
+        return dtype.num == _bfloat16_typenum
+    if is_bfloat16(dtype):
+        _bfloat16_typenum = dtype.num
+        return True
+    return False
+
+
 # The kernels' dtype codes (csrc/storage.h: enum fastloss_dtype), the one place that
 # maps a NumPy dtype to the storage type a C entry point is called with.  A new
-# storage type (bfloat16, float16) is one line here.
+# storage type is one line here.
 cdef inline int _storage_code(int typenum) noexcept nogil:
     """The dtype code of NumPy type number `typenum`, or -1 when no kernel stores it."""
     if typenum == cnp.NPY_FLOAT32:
         return FASTLOSS_FLOAT32
     if typenum == cnp.NPY_FLOAT64:
         return FASTLOSS_FLOAT64
+    if typenum == cnp.NPY_FLOAT16:
+        return FASTLOSS_FLOAT16
+    if typenum == _bfloat16_typenum and typenum >= 0:
+        return FASTLOSS_BFLOAT16
     return -1
 
 
@@ -71,9 +92,21 @@ cdef inline int _dtype_code(cnp.ndarray array, str name) except -1:
     """The dtype code of `array` (a float array the kernels store); TypeError naming
     the argument otherwise."""
     cdef int code = _storage_code(cnp.PyArray_TYPE(array))
+    if code < 0 and _is_bfloat16(array.dtype):
+        code = FASTLOSS_BFLOAT16
     if code < 0:
         raise TypeError(f"{name}: expected float32 or float64, got {array.dtype}")
     return code
+
+
+cdef inline bint _is_half_code(int code) noexcept nogil:
+    return code == FASTLOSS_BFLOAT16 or code == FASTLOSS_FLOAT16
+
+
+cdef inline int _grad_float32_code(int code) noexcept nogil:
+    """The code of the half type `code` with its gradient in float32."""
+    return (FASTLOSS_BFLOAT16_GRAD_FLOAT32 if code == FASTLOSS_BFLOAT16
+            else FASTLOSS_FLOAT16_GRAD_FLOAT32)
 
 
 cdef inline int _check_status(int status, str what) except -1:

@@ -30,7 +30,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from fastloss._validation import real_scalar
+from fastloss._validation import is_bfloat16, real_scalar
 
 __all__ = ["Case", "LOSSES", "Loss", "Option", "Torch", "family", "make_function",
            "public_functions"]
@@ -510,7 +510,7 @@ def _boolean(name):
 
 def _quantile(value):
     quantile = np.asarray(value)
-    if quantile.dtype.kind not in "biuf":
+    if quantile.dtype.kind not in "biuf" and not is_bfloat16(quantile.dtype):
         raise TypeError(f"quantile: expected a number or an array of numbers in (0, 1), "
                         f"got {value!r}")
     inside = (quantile > 0) & (quantile < 1)

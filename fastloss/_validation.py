@@ -20,15 +20,48 @@ def as_array(value, name):
                           f"that NumPy cannot convert ({error})") from None
 
 
-def float_array(value, name):
-    """`value` as a float32/float64 ndarray (native byte order, aligned).
+def is_bfloat16(dtype):
+    """Whether `dtype` is ml_dtypes.bfloat16 (without importing ml_dtypes: an array of
+    it exists only where the caller imported it)."""
+    return (dtype.kind == "V" and dtype.itemsize == 2 and dtype.name == "bfloat16"
+            and getattr(dtype.type, "__module__", "").split(".")[0] == "ml_dtypes")
 
-    Integer, bool, float16, complex and object input raise TypeError: casting
-    them silently would hide a bug in the caller.
+
+def is_half(dtype):
+    """Whether `dtype` is a half-precision type the kernels store: float16 or bfloat16."""
+    return (dtype.kind == "f" and dtype.itemsize == 2) or is_bfloat16(dtype)
+
+
+def is_float(dtype):
+    """float16, bfloat16, float32 or float64 (and the like: any real float dtype)."""
+    return dtype.kind == "f" or is_bfloat16(dtype)
+
+
+
+
+def promote_float(first, second):
+    """NumPy's promotion of two float dtypes, with float16 and bfloat16 (which NumPy
+    cannot promote together) giving float32, as torch does."""
+    try:
+        return np.promote_types(first, second)
+    except TypeError:
+        return np.dtype(np.float32)
+
+
+def float_array(value, name, half=False):
+    """`value` as a float32/float64 ndarray (native byte order, aligned); with `half`,
+    float16 and ml_dtypes.bfloat16 arrays are taken too.
+
+    Integer, bool, complex and object input, and float16 / bfloat16 without `half`,
+    raise TypeError naming the dtypes accepted: casting them silently would hide a
+    bug in the caller.
     """
     array = as_array(value, name)
-    if array.dtype.kind != "f" or array.dtype.itemsize not in (4, 8):
-        raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {array.dtype}")
+    dtype = array.dtype
+    if not ((dtype.kind == "f" and dtype.itemsize in (4, 8)) or (half and is_half(dtype))):
+        raise TypeError(f"{name}: expected a float32 or float64 array"
+                        f"{', or float16 / ml_dtypes.bfloat16' if half else ''}, "
+                        f"got dtype {array.dtype}")
     if not array.dtype.isnative or not array.flags.aligned:
         array = np.require(array, dtype=array.dtype.newbyteorder("="), requirements="A")
     return array
@@ -122,7 +155,7 @@ def out_arg(out, shape, dtype, name="out"):
 def real_array(value, name):
     """`value` as an ndarray of real numbers (bool, integer or float dtype), else TypeError."""
     array = as_array(value, name)
-    if array.dtype.kind not in "biuf":
+    if array.dtype.kind not in "biuf" and not is_bfloat16(array.dtype):
         raise TypeError(f"{name}: expected real numbers, got dtype {array.dtype}")
     return array
 

@@ -20,7 +20,8 @@ import numpy as np
 from fastloss import _kernels, _registry
 from fastloss._config import resolve_num_threads
 from fastloss._validation import (_address, _sum_to_shape, float_array, grad_output_arg,
-                                  out_arg, real_scalar, reduction_arg, rows_view)
+                                  is_half, out_arg, promote_float, real_scalar, reduction_arg,
+                                  rows_view)
 
 
 _NAMES = ("boxes1", "boxes2")
@@ -39,8 +40,8 @@ class _BoxProblem:
         if kernel not in _KERNELS:
             raise ValueError(f"box loss: unknown kernel {kernel!r}")
         self.kernel = kernel
-        boxes1 = float_array(arrays[0], "boxes1")
-        boxes2 = float_array(arrays[1], "boxes2")
+        boxes1 = float_array(arrays[0], "boxes1", half=True)
+        boxes2 = float_array(arrays[1], "boxes2", half=True)
         for name, boxes in zip(_NAMES, (boxes1, boxes2)):
             if boxes.ndim < 1 or boxes.shape[-1] != 4:
                 raise ValueError(f"{name}: expected shape (..., 4) of boxes (x1, y1, x2, y2), "
@@ -53,7 +54,7 @@ class _BoxProblem:
         self.eps = real_scalar(options.get("eps", 1e-7), "eps", low=0.0, low_open=True)
         self.reduction = reduction_arg(reduction)
         self.num_threads = resolve_num_threads(num_threads)
-        self.dtype = np.promote_types(boxes1.dtype, boxes2.dtype)
+        self.dtype = promote_float(boxes1.dtype, boxes2.dtype)
         self.shape = shape
         self.n = math.prod(shape)
         self.inputs = (boxes1, boxes2)
@@ -163,7 +164,8 @@ class _BoxProblem:
         if mode == "backward":
             loss = None
         elif per_box is None:  # a Python float holding a value of the loss's dtype
-            loss = float(self.dtype.type(total))
+            # (float32 for half-precision boxes: computed in double, summed in float64)
+            loss = float(np.float32(total) if is_half(self.dtype) else self.dtype.type(total))
         else:
             loss = per_box.reshape(self.shape)
         if mode == "forward":

@@ -4,6 +4,7 @@
 whose return value is the exit code (argparse's usage errors give 2).
 """
 import argparse
+import importlib.util
 import sys
 
 __all__ = ["main"]
@@ -12,6 +13,9 @@ __all__ = ["main"]
 FAMILY_NAMES = ("cross_entropy", "cross_entropy_few_classes", "cross_entropy_blocks",
                 "cross_entropy_small", "elementwise", "elementwise_small", "contrastive",
                 "contrastive_pieces", "linear_cross_entropy")
+# the bfloat16 table needs ml_dtypes (an optional dependency), looked up, not imported
+if importlib.util.find_spec("ml_dtypes") is not None:
+    FAMILY_NAMES += ("cross_entropy_bfloat16", "elementwise_bfloat16")
 
 
 def _positive_int(text):

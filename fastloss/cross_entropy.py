@@ -27,8 +27,12 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
 
     Parameters
     ----------
-    logits : array_like, float32 or float64, shape (..., C)
-        Unnormalised scores, class axis last (torch puts it at dim 1).
+    logits : array_like, float32, float64, float16 or bfloat16, shape (..., C)
+        Unnormalised scores, class axis last (torch puts it at dim 1).  float16 and
+        ``ml_dtypes.bfloat16`` logits are read as they are stored, computed in float32
+        and summed in float64 (docs/accuracy.rst, "Half precision"); their class
+        weights and probability targets may be half, float32 (read as float32) or
+        float64 (which widens the computation to float64).
     target : array_like
         Integer class indices of shape (...) (any integer dtype), or float
         probabilities of shape (..., C) (soft targets).
@@ -55,7 +59,7 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
     -------
     loss : float or ndarray
         A float for "mean"/"sum"; for "none" an array of shape (...), float64 if the
-        logits or the probability targets are, else float32.
+        logits or the probability targets are, else float32 (half logits included).
     lse : ndarray of float64, shape (...)
         Only with return_lse=True.
 
@@ -78,7 +82,8 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
 
 def cross_entropy_grad(logits, target, grad_output=1.0, *, weight=None, ignore_index=-100,
                        reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None,
-                       lse=None, class_offset=0, stats=None, out=None, num_threads=None):
+                       lse=None, class_offset=0, stats=None, out=None, grad_dtype=None,
+                       num_threads=None):
     """Gradient of ``grad_output * cross_entropy(logits, target, ...)`` w.r.t. the logits.
 
     grad_output is a scalar for "mean"/"sum" and an array shaped like the
@@ -97,17 +102,22 @@ def cross_entropy_grad(logits, target, grad_output=1.0, *, weight=None, ignore_i
     row's loss, with the log-sum-exp, C, the weight total and the mean's denominators
     read from ``stats`` (one read of the block, one write; nothing else is needed from
     the other blocks).  ``lse`` does not combine with ``stats``.
+
+    ``grad_dtype``: the gradient's dtype; None (the default) gives the logits' dtype.
+    For float16 and bfloat16 logits, ``"float32"`` (or ``np.float32``) gives a float32
+    gradient instead, rounded once from the same computation (``out`` is then float32).
     """
     _, _, grad = _kernels.ce_call(
         _kernels.CE_GRAD, logits, target, weight, ignore_index, reduction, label_smoothing,
         z_loss, softcap, resolve_num_threads(num_threads), grad_output, lse, out,
-        class_offset=class_offset, stats=stats)
+        class_offset=class_offset, stats=stats, grad_dtype=grad_dtype)
     return grad
 
 
 def cross_entropy_value_and_grad(logits, target, grad_output=1.0, *, weight=None,
                                  ignore_index=-100, reduction="mean", label_smoothing=0.0,
-                                 z_loss=0.0, softcap=None, out=None, num_threads=None):
+                                 z_loss=0.0, softcap=None, out=None, grad_dtype=None,
+                                 num_threads=None):
     """``(cross_entropy(...), cross_entropy_grad(...))`` from one pass over the logits.
 
     Reads each row of logits from memory once and writes the gradient once;
@@ -117,7 +127,7 @@ def cross_entropy_value_and_grad(logits, target, grad_output=1.0, *, weight=None
     loss, _, grad = _kernels.ce_call(
         _kernels.CE_VALUE_AND_GRAD, logits, target, weight, ignore_index, reduction,
         label_smoothing, z_loss, softcap, resolve_num_threads(num_threads), grad_output,
-        None, out)
+        None, out, grad_dtype=grad_dtype)
     return loss, grad
 
 

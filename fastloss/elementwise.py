@@ -28,11 +28,21 @@ from fastloss._validation import (
     broadcast_to_shape,
     float_array,
     grad_output_arg,
+    is_float,
+    is_half,
     out_arg,
     periodic_factor,
+    promote_float,
     real_array,
     reduction_arg,
 )
+
+
+def _exact_in(array, dtype):
+    """Whether every value of `array` is a value of `dtype` (so converting loses nothing)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.array_equal(array.astype(dtype).astype(np.float64),
+                                   array.astype(np.float64), equal_nan=True))
 
 
 def _flat(array, shape, dtype):
@@ -56,7 +66,7 @@ class _Problem:
         self.pred_name = names[0]
         checked = {option.name: option.checked(options[option.name])
                    for option in entry.options}
-        arrays = [float_array(arrays[0], names[0])] + [
+        arrays = [float_array(arrays[0], names[0], half=True)] + [
             real_array(array, name) for array, name in zip(arrays[1:], names[1:])]
         # the shapes the caller gave (each gradient has its argument's), then the loss's
         # own rules (gaussian_nll's var one axis short of input)
@@ -67,11 +77,27 @@ class _Problem:
         self.expanded_shapes = tuple(array.shape for array in arrays)
         dtype = arrays[0].dtype
         for array, name in zip(arrays[1:], names[1:]):
-            if array.dtype.kind == "f" and array.dtype != dtype:
-                dtype = np.promote_types(dtype, array.dtype)
-                if dtype not in (np.float32, np.float64):
-                    raise TypeError(f"{name}: expected a float32, float64 or integer array, "
-                                    f"got dtype {array.dtype}")
+            if is_float(array.dtype) and array.dtype != dtype:
+                dtype = promote_float(dtype, array.dtype)
+                if not (dtype in (np.float32, np.float64) or is_half(dtype)):
+                    raise TypeError(f"{name}: expected a float32, float64, float16, bfloat16 "
+                                    f"or integer array, got dtype {array.dtype}")
+        widen = False  # a half-precision computation done in float32 (results in half)
+        if is_half(dtype):
+            # the kernels read the weight and the factor in the inputs' dtype: one whose
+            # values the half type does not hold exactly widens the computation rather
+            # than be rounded: a float array promotes (as torch), a scalar or integers
+            # (weak, as in torch) make it float32 with results still in the half type
+            for extra_name in ("weight", entry.factor):
+                extra = checked.get(extra_name) if extra_name else None
+                if extra is not None and is_half(dtype):
+                    extra = real_array(extra, extra_name)
+                    if extra.dtype == dtype or _exact_in(extra, dtype):
+                        continue
+                    if extra.ndim and is_float(extra.dtype):
+                        dtype = promote_float(dtype, extra.dtype)
+                    else:
+                        widen = True
         shape = arrays[0].shape
         for array, name in zip(arrays[1:], names[1:]):
             if array.shape == shape:
@@ -95,6 +121,14 @@ class _Problem:
         self.pred_shape, self.pred_dtype = self.input_shapes[0], self.input_dtypes[0]
         self.shape = shape
         self.dtype = np.dtype(dtype)
+        # half precision: the per-element loss is returned in the half type, rounded once;
+        # where a gradient is summed over broadcast axes (a sum of rounded halves would
+        # round twice), or a weight or factor needs it, the kernels compute and store
+        # float32, rounded to the half type at the end
+        self.result_dtype = self.dtype
+        if is_half(self.dtype) and (widen or any(expanded != shape
+                                                 for expanded in self.expanded_shapes)):
+            self.dtype = dtype = np.dtype(np.float32)
         self.flat = [_flat(array, shape, dtype) for array in arrays]
         self.pred = self.flat[0]
         self.weight = self.factor = self.weight_array = None
@@ -141,13 +175,13 @@ class _Problem:
         if not names or len(set(names)) != len(names):
             raise ValueError(f"wrt: expected distinct names from {allowed}, got {wrt!r}")
         for name, dtype in zip(self.names[1:], self.input_dtypes[1:]):
-            if name in names and dtype.kind != "f":
+            if name in names and not is_float(dtype):
                 raise TypeError(f"wrt: {name}: a {dtype} {name} has no gradient (a float "
                                 f"{name} has)")
         if "weight" in names:
             if self.weight_array is None:
                 raise ValueError("wrt: weight: no weight was given")
-            if self.weight_array.dtype.kind != "f":
+            if not is_float(self.weight_array.dtype):
                 raise TypeError(f"wrt: weight: a {self.weight_array.dtype} weight has no "
                                 f"gradient (a float weight has)")
         if single:
@@ -200,9 +234,11 @@ class _Problem:
             # cancel and in place too (csrc/elementwise.c's numerical policy)
             total, _ = self._kernel(kernel_mode, upstream, per_element, buffers)
         if per_element is None:  # a Python float holding a value of the loss's dtype
-            loss = float(self.dtype.type(total))
+            # (float32 for half-precision inputs: computed and summed in float32 / float64)
+            loss = float(np.float32(total) if is_half(self.result_dtype)
+                         else self.dtype.type(total))
         else:
-            loss = per_element.reshape(self.shape)
+            loss = per_element.reshape(self.shape).astype(self.result_dtype, copy=False)
         if mode == "forward":
             return loss, None
         grads = []

@@ -4,7 +4,7 @@ raises TypeError or ValueError whose message starts with that argument's name: n
 NumPy's own "could not convert string to float" or "inhomogeneous shape", which name none.
 
 Arguments whose None is a documented default (weight, pos_weight, y, softcap, lse,
-num_threads, stats) are not given None; return_lse takes any truth value, as Python's
+num_threads, stats, grad_dtype) are not given None; return_lse takes any truth value, as Python's
 ``if`` does; ``wrt`` (the elementwise losses) is left to test_elementwise_errors.py.
 """
 
@@ -40,7 +40,8 @@ BAD = {
     "dict": {"a": 1},
 }
 
-NONE_IS_A_DEFAULT = {"weight", "pos_weight", "y", "softcap", "lse", "num_threads", "stats"}
+NONE_IS_A_DEFAULT = {"weight", "pos_weight", "y", "softcap", "lse", "num_threads", "stats",
+                     "grad_dtype"}
 NOT_HERE = {"return_lse", "wrt", "out"}
 
 

@@ -41,7 +41,8 @@ CASES = [
     *case("logits-bool", TypeError, "logits", logits=LOGITS > 0),
     *case("logits-object", TypeError, "logits", logits=LOGITS.astype(object)),
     *case("logits-complex", TypeError, "logits", logits=LOGITS.astype(np.complex128)),
-    *case("logits-float16", TypeError, "logits", logits=LOGITS.astype(np.float16)),
+    # (float16 and bfloat16 are taken: tests/test_half.py; the message lists them)
+    *case("logits-int16", TypeError, "logits: expected a float32 or float64 array, or float16 / ml_dtypes.bfloat16", logits=LOGITS.astype(np.int16)),
     *case("logits-string", TypeError, "logits", logits=np.full((4, 5), "x")),
     # logits: shape
     *case("logits-0d", ValueError, "logits", logits=np.float64(1.5), target=np.int64(0)),

@@ -257,6 +257,100 @@ CROSS_ENTROPY = Family(
     ),
 )
 
+# bfloat16 logits (ml_dtypes' NumPy dtype; the family exists where ml_dtypes is
+# installed): the same cases over half the bytes, torch's own bfloat16 cross-entropy beside.
+try:
+    import ml_dtypes
+except ImportError:  # an optional dependency: no bfloat16 family then
+    ml_dtypes = None
+
+
+def _bf16_torch_logits(inputs, key="logits"):
+    """A torch.bfloat16 tensor over the memory of the bfloat16 array inputs[key]."""
+    torch = _torch()
+    return torch.from_numpy(inputs[key].view(np.int16)).view(torch.bfloat16)
+
+
+def _ce_bf16_read(inputs, threads):
+    bits = inputs["logits"].view(np.uint16)
+    return Timed(lambda: bits.max(), note="read-only limit (the bits as uint16: "
+                                           "ml_dtypes' own max is not vectorised)")
+
+
+def _ce_bf16_torch_forward_backward(inputs, threads):
+    torch = _torch()
+    if torch is None:
+        return None
+    import torch.nn.functional as F
+
+    logits = _bf16_torch_logits(inputs).requires_grad_(True)
+    target = torch.from_numpy(inputs["target"])
+
+    def clear():
+        logits.grad = None
+
+    return Timed(lambda: F.cross_entropy(logits, target).backward(), prepare=clear,
+                 note="torch.bfloat16 over the same memory; backward into a fresh .grad")
+
+
+def _ce_bf16_adapter_forward_backward(inputs, threads):
+    torch = _torch()
+    if torch is None:
+        return None
+    import fastloss.torch as fastloss_torch
+
+    logits = _bf16_torch_logits(inputs).requires_grad_(True)
+    target = torch.from_numpy(inputs["target"])
+
+    def clear():
+        logits.grad = None
+
+    return Timed(lambda: fastloss_torch.cross_entropy(logits, target,
+                                                      num_threads=threads).backward(),
+                 prepare=clear, note="torch.bfloat16, zero-copy; backward into a fresh .grad")
+
+
+def _ce_bf16_torch_forward(inputs, threads):
+    torch = _torch()
+    if torch is None:
+        return None
+    import torch.nn.functional as F
+
+    logits = _bf16_torch_logits(inputs)
+    target = torch.from_numpy(inputs["target"])
+
+    def call():
+        with torch.no_grad():
+            return F.cross_entropy(logits, target)
+
+    return Timed(call, note="torch.bfloat16, under torch.no_grad()")
+
+
+CE_BF16_READ = "logits.view(uint16).max()"
+CROSS_ENTROPY_BFLOAT16 = Family(
+    name="cross_entropy_bfloat16",
+    title="cross-entropy, bfloat16 logits (mean, hard targets)",
+    make_inputs=_ce_inputs,
+    sizes={"full": CE_FULL_SIZE, "quick": (1024, 50257), "tiny": (16, 300)},
+    size_names=("N", "C"),
+    dtype="bfloat16",
+    cases=(
+        Case(CE_FUSED, _ce_fused_out),
+        Case("fastloss value_and_grad (out=logits, in place)", _ce_fused_in_place),
+        Case("fastloss forward", _ce_forward, read_only=True),
+        Case("fastloss grad from lse", _ce_grad_from_lse),
+        Case("np.copyto (logits -> buffer)", _copy, role="copy"),
+        Case(CE_BF16_READ, _ce_bf16_read, role="read", read_only=True),
+        Case("torch F.cross_entropy forward+backward (bfloat16)",
+             _ce_bf16_torch_forward_backward, requires="torch"),
+        Case("fastloss.torch.cross_entropy forward+backward (bfloat16)",
+             _ce_bf16_adapter_forward_backward, requires="torch"),
+        Case("torch forward (bfloat16)", _ce_bf16_torch_forward, read_only=True,
+             requires="torch"),
+    ),
+)
+
+
 # Few classes: per-row work is short, so fixed costs per row and per call show.
 FEW_CLASSES_SIZE = (65536, 10)
 
@@ -731,6 +825,32 @@ TARGETS = {
                                2.0, EW_FULL_SIZE),
     ),
 }
+
+def _ew_bf16_read(inputs, threads):
+    bits = inputs["pred"].view(np.uint16)
+    return Timed(lambda: bits.max(), note="read-only limit (the bits as uint16: "
+                                           "ml_dtypes' own max is not vectorised)")
+
+
+EW_BF16_READ = "pred.view(uint16).max()"
+# The same losses on bfloat16 inputs (where ml_dtypes is installed): half the bytes.
+ELEMENTWISE_BFLOAT16 = Family(
+    name="elementwise_bfloat16",
+    title="elementwise and box losses, bfloat16 inputs (mean)",
+    make_inputs=_ew_inputs,
+    sizes={"full": EW_FULL_SIZE, "quick": (1 << 22,), "tiny": (3000,)},
+    size_names=("n",),
+    dtype="bfloat16",
+    cases=(
+        *(Case(_ew_fused_name(entry), _ew_fused(entry)) for entry in ELEMENTWISE_ENTRIES),
+        Case("np.copyto (pred -> buffer)", _ew_copy, role="copy"),
+        Case(EW_BF16_READ, _ew_bf16_read, role="read", read_only=True),
+    ),
+)
+TARGETS[ELEMENTWISE_BFLOAT16.name] = tuple(
+    Target(f"{entry.name} / copy <= 2", _ew_fused_name(entry), "np.copyto (pred -> buffer)",
+           2.0, "max", EW_FULL_SIZE) for entry in ELEMENTWISE_ENTRIES)
+
 
 # ----------------------------------------------------------------------------------------
 # Contrastive: all pairs of a batch, and InfoNCE / triplet on the same embeddings
@@ -1300,6 +1420,13 @@ CROSS_ENTROPY_SMALL = Grid(
          "the cell's threads",
 )
 
+TARGETS[CROSS_ENTROPY_BFLOAT16.name] = (
+    Target("fused (out=) / copy <= 1.3", CE_FUSED, "np.copyto (logits -> buffer)", 1.3,
+           "max", CE_FULL_SIZE),
+    Target("forward / read <= 1.5", "fastloss forward", CE_BF16_READ, 1.5, "max",
+           CE_FULL_SIZE),
+)
+
 TARGETS[CROSS_ENTROPY_SMALL.name] = (
     Target("torch / adapter >= 1 (never slower)", "torch F.cross_entropy forward+backward",
            _ADAPTER, 1.0, "min", None),
@@ -1334,3 +1461,6 @@ ELEMENTWISE_SMALL = Grid(
 FAMILIES = {family.name: family for family in (
     CROSS_ENTROPY, CROSS_ENTROPY_FEW_CLASSES, CROSS_ENTROPY_BLOCKS, CROSS_ENTROPY_SMALL, ELEMENTWISE,
     ELEMENTWISE_SMALL, CONTRASTIVE, CONTRASTIVE_PIECES, LINEAR_CROSS_ENTROPY)}
+if ml_dtypes is not None:
+    FAMILIES[CROSS_ENTROPY_BFLOAT16.name] = CROSS_ENTROPY_BFLOAT16
+    FAMILIES[ELEMENTWISE_BFLOAT16.name] = ELEMENTWISE_BFLOAT16

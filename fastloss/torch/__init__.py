@@ -54,7 +54,7 @@ from torch.autograd.function import once_differentiable
 import fastloss
 from fastloss import _kernels, _registry
 from fastloss._config import resolve_num_threads
-from fastloss._validation import reduction_arg
+from fastloss._validation import is_bfloat16, reduction_arg
 
 # the hand-written losses; the elementwise ones' functions and modules join at the end,
 # generated from the registry
@@ -73,6 +73,11 @@ __all__ = [
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+# cross-entropy takes half precision too: float16 tensors are NumPy float16 arrays, and
+# bfloat16 tensors go to the kernels as their 16-bit patterns (an int16 view, no copy;
+# no ml_dtypes needed)
+_HALF_DTYPES = (torch.bfloat16, torch.float16)
+_CE_INPUT_DTYPES = _FLOAT_DTYPES + _HALF_DTYPES
 
 
 # ----------------------------------------------------------------------------------------
@@ -103,13 +108,45 @@ def _float_tensor(tensor, name, function):
 
 
 def _real_tensor(tensor, name, function):
-    """A float32/float64, integer or bool CPU tensor (regression targets)."""
+    """A float32/float64 (or half), integer or bool CPU tensor (regression targets)."""
     _cpu_tensor(tensor, name, function)
     if tensor.dtype.is_complex or (tensor.dtype.is_floating_point
-                                   and tensor.dtype not in _FLOAT_DTYPES + (torch.float16,)):
-        raise TypeError(f"{function}: {name}: expected a float32, float64, integer or bool "
-                        f"tensor, got {tensor.dtype}")
+                                   and tensor.dtype not in _CE_INPUT_DTYPES):
+        raise TypeError(f"{function}: {name}: expected a float32, float64, bfloat16, "
+                        f"float16, integer or bool tensor, got {tensor.dtype}")
     return tensor
+
+
+def _half_float_tensor(tensor, name, function):
+    """A float32, float64, bfloat16 or float16 CPU tensor (the pointwise losses' first
+    input)."""
+    _cpu_tensor(tensor, name, function)
+    if tensor.dtype not in _CE_INPUT_DTYPES:
+        raise TypeError(f"{function}: {name}: expected a float32, float64, bfloat16 or "
+                        f"float16 tensor, got {tensor.dtype}")
+    return tensor
+
+
+def _numpy_any(tensor):
+    """_numpy, and a bfloat16 tensor as an ml_dtypes.bfloat16 array over its memory (the
+    pointwise losses compute on NumPy arrays of the dtype; ml_dtypes is needed there)."""
+    if tensor is None or tensor.dtype != torch.bfloat16:
+        return _numpy(tensor)
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise TypeError("fastloss.torch: a bfloat16 tensor for this loss needs ml_dtypes "
+                        "(pip install ml_dtypes; cross_entropy needs nothing)") from None
+    return tensor.detach().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+
+
+def _tensor_any(array):
+    """torch.from_numpy, and an ml_dtypes.bfloat16 array as a torch.bfloat16 tensor over
+    its memory."""
+    array = np.asarray(array)
+    if is_bfloat16(array.dtype):
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
 
 
 def _no_grad_needed(tensor, name, function):
@@ -129,14 +166,39 @@ def _numpy(tensor):
 
 def _class_last(tensor):
     """An array view of `tensor` with dim 1 (torch's class axis) moved last, made
-    contiguous along it when it is not (the kernels read each row as one run)."""
+    contiguous along it when it is not (the kernels read each row as one run); a
+    bfloat16 tensor's view holds its bit patterns as int16."""
     moved = tensor.detach()
     dim = moved.dim()
     if dim > 2:
         moved = moved.movedim(1, -1)
     if dim and moved.stride(-1) != 1 and moved.size(-1) > 1:
         moved = moved.contiguous()
+    if moved.dtype == torch.bfloat16:
+        return moved.view(torch.int16).numpy()
     return moved.numpy()
+
+
+def _memory(tensor):
+    """The tensor's memory as a NumPy array (bfloat16: as int16), for overlap tests."""
+    tensor = tensor.detach()
+    return (tensor.view(torch.int16) if tensor.dtype == torch.bfloat16 else tensor).numpy()
+
+
+def _float32_numpy(tensor):
+    """A bfloat16 tensor (weights, probabilities beside half logits) as float32 numbers
+    (the kernels read them so); any other tensor as it is."""
+    if tensor is not None and tensor.dtype == torch.bfloat16:
+        return tensor.detach().float()
+    return tensor
+
+
+def _gradient_tensor(grad, dtype):
+    """The kernels' gradient array as a tensor of `dtype` (bfloat16: from its bits)."""
+    tensor = torch.from_numpy(grad)
+    if dtype == torch.bfloat16 and tensor.dtype == torch.int16:
+        return tensor.view(torch.bfloat16)
+    return tensor
 
 
 def _reduction(size_average, reduce, reduction):
@@ -177,10 +239,11 @@ class _CrossEntropyCall:
     """The checked options of one fastloss.torch.cross_entropy call."""
 
     __slots__ = ("soft", "dtype", "ignore_index", "reduction", "label_smoothing", "z_loss",
-                 "softcap", "num_threads", "inplace", "grad_in_forward", "recording")
+                 "softcap", "num_threads", "inplace", "grad_in_forward", "recording",
+                 "loss_dtype", "input_dtype", "bits")
 
     def __init__(self, soft, dtype, ignore_index, reduction, label_smoothing, z_loss, softcap,
-                 num_threads, inplace, grad_in_forward):
+                 num_threads, inplace, grad_in_forward, loss_dtype=None, input_dtype=None):
         # whether autograd records this call: ctx.needs_input_grad says only which inputs
         # require grad, under torch.no_grad() too (and the forward always runs in no_grad)
         self.recording = torch.is_grad_enabled()
@@ -189,12 +252,27 @@ class _CrossEntropyCall:
         self.label_smoothing, self.z_loss, self.softcap = label_smoothing, z_loss, softcap
         self.num_threads = num_threads
         self.inplace, self.grad_in_forward = inplace, grad_in_forward
+        # half precision: the loss's torch dtype (the kernels' float32 loss is rounded to
+        # it, as torch returns it), the input's, and how its memory reaches the kernels
+        self.loss_dtype, self.input_dtype = loss_dtype, input_dtype
+        self.bits = "bfloat16" if input_dtype == torch.bfloat16 else None
 
     def run(self, mode, logits, target, weight, grad_output=None, lse=None, out=None,
             want_lse=False):
         return _kernels.ce_call(mode, logits, target, weight, self.ignore_index,
                                 self.reduction, self.label_smoothing, self.z_loss, self.softcap,
-                                self.num_threads, grad_output, lse, out, want_lse)
+                                self.num_threads, grad_output, lse, out, want_lse,
+                                bits=self.bits)
+
+    def loss_tensor(self, loss):
+        """The kernels' loss (a float, or an array for "none") as torch returns it."""
+        if self.loss_dtype is None:
+            if type(loss) is float:
+                return torch.from_numpy(np.array(loss, self.dtype))
+            return torch.from_numpy(loss)
+        if type(loss) is float:
+            return torch.tensor(loss, dtype=torch.float64).to(self.loss_dtype)
+        return torch.from_numpy(loss).to(self.loss_dtype)
 
 
 class _CrossEntropy(torch.autograd.Function):
@@ -213,14 +291,14 @@ class _CrossEntropy(torch.autograd.Function):
         need_input, need_target, need_weight, _ = (ctx.needs_input_grad if call.recording
                                                    else (False,) * 4)
         logits = _class_last(input)
-        target_array = _class_last(target) if call.soft else target.numpy()
-        weight_array = None if weight is None else _numpy(weight)
+        target_array = _class_last(_float32_numpy(target)) if call.soft else target.numpy()
+        weight_array = None if weight is None else _numpy(_float32_numpy(weight))
         ctx.call = call
         ctx.grad = None
         if need_input and call.grad_in_forward and not (need_target or need_weight):
             loss, _, grad = call.run(_kernels.CE_VALUE_AND_GRAD, logits, target_array,
                                      weight_array, 1.0, out=logits if call.inplace else None)
-            if call.inplace and np.shares_memory(grad, _numpy(input)):
+            if call.inplace and np.shares_memory(grad, _memory(input)):
                 # Other graph nodes that saved the logits now fail loudly instead of
                 # reading the gradient (as after any in-place operation).
                 torch.autograd.graph.increment_version(input)
@@ -237,9 +315,7 @@ class _CrossEntropy(torch.autograd.Function):
             ctx.save_for_backward(input, target, weight)
         else:
             loss, _, _ = call.run(_kernels.CE_FORWARD, logits, target_array, weight_array)
-        if type(loss) is float:
-            return torch.from_numpy(np.array(loss, call.dtype))
-        return torch.from_numpy(loss)
+        return call.loss_tensor(loss)
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -258,9 +334,11 @@ class _CrossEntropy(torch.autograd.Function):
         if need_input:
             grad, ctx.grad = ctx.grad, None  # the first backward takes it (autograd owns it)
             if grad is not None:
-                grad_input = _scaled(torch.from_numpy(grad), grad_output, call.reduction)
+                grad_input = _scaled(_gradient_tensor(grad, call.input_dtype), grad_output,
+                                     call.reduction)
             else:
-                grad_input = torch.from_numpy(_CrossEntropy._recompute(ctx, grad_output))
+                grad_input = _gradient_tensor(_CrossEntropy._recompute(ctx, grad_output),
+                                              call.input_dtype)
             if grad_input.dim() >= 2:
                 grad_input = grad_input.movedim(-1, 1)  # torch's layout: a view, no copy
         if need_target or need_weight:
@@ -288,14 +366,15 @@ class _CrossEntropy(torch.autograd.Function):
                     "and the first backward took it): pass grad_in_forward=False to keep them "
                     "for retain_graph=True")
         logits = _class_last(input)
-        target_array = _class_last(target) if call.soft else _numpy(target)
-        upstream = (grad_output.detach().numpy() if call.reduction == "none"
+        target_array = _class_last(_float32_numpy(target)) if call.soft else _numpy(target)
+        upstream = (grad_output.detach().double().numpy() if call.reduction == "none"
                     else float(grad_output))
         # inplace: the gradient overwrites the logits (or the contiguous copy _class_last
         # made of them), as fastloss's out=logits: no N x C allocation.
-        _, _, grad = call.run(_kernels.CE_GRAD, logits, target_array, _numpy(weight), upstream,
-                              lse=lse, out=logits if call.inplace else None)
-        if call.inplace and np.shares_memory(grad, _numpy(input)):
+        _, _, grad = call.run(_kernels.CE_GRAD, logits, target_array,
+                              _numpy(_float32_numpy(weight)), upstream, lse=lse,
+                              out=logits if call.inplace else None)
+        if call.inplace and np.shares_memory(grad, _memory(input)):
             torch.autograd.graph.increment_version(input)
         return grad
 
@@ -359,8 +438,11 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
                   num_threads=None):
     """``torch.nn.functional.cross_entropy`` computed by fastloss's kernels.
 
-    Parameters as torch's: ``input`` of shape (C), (N, C) or (N, C, d1, ..., dK), float32
-    or float64; ``target`` of class indices (any integer dtype) of shape (), (N) or
+    Parameters as torch's: ``input`` of shape (C), (N, C) or (N, C, d1, ..., dK), float32,
+    float64, bfloat16 or float16 (half precision is read in place, computed in float32,
+    and its gradient written in the input's dtype, rounded once: docs/accuracy.rst; the
+    loss is returned in torch's dtype, a rounding of the float32 loss); ``target`` of
+    class indices (any integer dtype) of shape (), (N) or
     (N, d1, ..., dK), or of probabilities shaped like ``input`` (float32 or float64; a
     float64 target with a float32 input is not rounded: the loss is float64, as torch's);
     ``weight`` (C,); ``ignore_index``; ``reduction``; ``label_smoothing``. Keyword-only
@@ -394,7 +476,11 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     does this (RuntimeError if it requires grad). First order (``once_differentiable``).
     """
     function = "fastloss.torch.cross_entropy"
-    _check_float_tensor(input, "input", function)
+    if not (isinstance(input, torch.Tensor) and input.dtype in _CE_INPUT_DTYPES
+            and input.is_cpu and input.layout is torch.strided):
+        _cpu_tensor(input, "input", function)
+        raise TypeError(f"{function}: input: expected a float32, float64, bfloat16 or "
+                        f"float16 tensor, got {input.dtype}")
     if input.dim() == 0:
         raise ValueError(f"{function}: input: expected shape (C), (N, C) or "
                          f"(N, C, d1, ...), got a 0-d tensor")
@@ -403,16 +489,25 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
         _cpu_tensor(target, "target", function)
     soft = target.dtype.is_floating_point
     dtype = input.dtype
+    half = dtype in _HALF_DTYPES
     if soft:
-        if target.dtype not in _FLOAT_DTYPES:
+        if target.dtype not in (_CE_INPUT_DTYPES if half else _FLOAT_DTYPES):
             raise TypeError(f"{function}: target: expected class indices (an integer tensor) "
-                            f"or float32/float64 probabilities, got {target.dtype}")
+                            f"or float32/float64{'/bfloat16/float16' if half else ''} "
+                            f"probabilities, got {target.dtype}")
         dtype = torch.promote_types(dtype, target.dtype)
+        if half and dtype == torch.float64:
+            # float64 probabilities widen the computation (as torch promotes): the
+            # logits are converted, and autograd brings the gradient back to their dtype
+            return cross_entropy(input.double(), target, weight, None, ignore_index, None,
+                                 reduction, label_smoothing, z_loss=z_loss, softcap=softcap,
+                                 grad_in_forward=grad_in_forward, num_threads=num_threads)
     elif target.dtype == torch.bool or target.dtype.is_complex:
         raise TypeError(f"{function}: target: expected class indices (an integer tensor) "
                         f"or float32/float64 probabilities, got {target.dtype}")
     if weight is not None:
-        _check_float_tensor(weight, "weight", function)
+        if not (half and isinstance(weight, torch.Tensor) and weight.dtype in _HALF_DTYPES):
+            _check_float_tensor(weight, "weight", function)
         if not soft and weight.requires_grad and torch.is_grad_enabled():
             raise NotImplementedError(
                 f"{function}: weight requires grad, but cross-entropy with class indices is "
@@ -423,6 +518,12 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
                          f"output of a layer): the gradient would overwrite this leaf tensor")
     if size_average is not None or reduce is not None:
         reduction = _reduction(size_average, reduce, reduction)
+    if half:
+        call = _CrossEntropyCall(soft, np.float32, ignore_index, reduction, label_smoothing,
+                                 z_loss, softcap, resolve_num_threads(num_threads),
+                                 bool(inplace_backward), bool(grad_in_forward),
+                                 loss_dtype=dtype, input_dtype=input.dtype)
+        return _cross_entropy_apply(input, target, weight, call)
     call = _CrossEntropyCall(soft, _NUMPY_DTYPES[dtype], ignore_index, reduction,
                              label_smoothing, z_loss, softcap, resolve_num_threads(num_threads),
                              bool(inplace_backward), bool(grad_in_forward))
@@ -496,7 +597,7 @@ class _Elementwise(torch.autograd.Function):
         # computes gradients in its forward
         recording = options.pop("recording")
         wanted = _elementwise_wanted(entry, ctx.needs_input_grad) if recording else ()
-        arrays = [_numpy(tensor) for tensor in tensors]
+        arrays = [_numpy_any(tensor) for tensor in tensors]
         inputs = arrays[:len(entry.inputs)]
         keywords = dict(options, **dict(zip(names[len(entry.inputs):],
                                             arrays[len(entry.inputs):])))
@@ -511,6 +612,8 @@ class _Elementwise(torch.autograd.Function):
         ctx.save_for_backward(*tensors)
         ctx.entry, ctx.options = entry, options
         dtype = _elementwise_loss_dtype(entry, dict(zip(names, tensors)))
+        if isinstance(loss, np.ndarray):
+            return _tensor_any(loss).to(dtype)
         return _loss_tensor(loss, dtype).to(dtype)
 
     @staticmethod
@@ -525,18 +628,19 @@ class _Elementwise(torch.autograd.Function):
             # the first backward takes the forward's gradients (then owned by autograd)
             by_name, ctx.grads = ctx.grads, None
             scale = grad_output.item()
-            by_name = {key: torch.from_numpy(np.asarray(grad)) for key, grad in by_name.items()}
+            by_name = {key: _tensor_any(grad) for key, grad in by_name.items()}
             if scale != 1.0:
                 by_name = {key: grad.mul_(scale) for key, grad in by_name.items()}
         else:
-            arrays = [_numpy(tensor) for tensor in ctx.saved_tensors]
+            arrays = [_numpy_any(tensor) for tensor in ctx.saved_tensors]
             inputs = arrays[:len(entry.inputs)]
             keywords = dict(ctx.options, **dict(zip(names[len(entry.inputs):],
                                                     arrays[len(entry.inputs):])))
+            upstream = (grad_output.detach().double().numpy()
+                        if ctx.options["reduction"] == "none" else float(grad_output))
             grads = getattr(fastloss, f"{entry.name}_grad")(
-                *inputs, _upstream(grad_output, ctx.options["reduction"]), wrt=wanted,
-                **keywords)
-            by_name = dict(zip(wanted, (torch.from_numpy(np.asarray(grad)) for grad in grads)))
+                *inputs, upstream, wrt=wanted, **keywords)
+            by_name = dict(zip(wanted, (_tensor_any(grad) for grad in grads)))
         return (None, None, *(by_name.get(name) for name in names))
 
 
@@ -575,7 +679,7 @@ def _elementwise(entry, tensors, options, reduction, num_threads):
     torch_name = form.function
     by_torch_name = {ours: theirs for theirs, ours in form.arguments.items()}
     first = tensors[entry.inputs[0]]
-    _float_tensor(first, by_torch_name[entry.inputs[0]], function)
+    _half_float_tensor(first, by_torch_name[entry.inputs[0]], function)
     for name in entry.inputs[1:]:
         tensor = tensors[name]
         if isinstance(tensor, (int, float)) and not isinstance(tensor, bool):
