@@ -12,7 +12,7 @@ __all__ = ["main"]
 # fastloss.bench.FAMILIES, in its order (not imported here: `fastloss --help` stays light)
 FAMILY_NAMES = ("cross_entropy", "cross_entropy_few_classes", "cross_entropy_blocks",
                 "cross_entropy_small", "elementwise", "elementwise_small", "contrastive",
-                "contrastive_pieces", "distill")
+                "contrastive_pieces", "distill", "linear_cross_entropy")
 # the bfloat16 table needs ml_dtypes (an optional dependency), looked up, not imported
 if importlib.util.find_spec("ml_dtypes") is not None:
     FAMILY_NAMES += ("cross_entropy_bfloat16", "elementwise_bfloat16")
