@@ -837,6 +837,19 @@ CROSS_ENTROPY = Loss(
                 note="with the class axis moved from dim 1 to the last"),
 )
 
+LINEAR_CROSS_ENTROPY = Loss(
+    name="linear_cross_entropy", family="linear_cross_entropy",
+    inputs=("hidden", "classifier", "target"),
+    differentiable=("hidden", "classifier", "bias"),
+    options=(Option("bias", None, array=True), _WEIGHT, Option("ignore_index", -100),
+             Option("label_smoothing", 0.0), Option("z_loss", 0.0), Option("softcap", None)),
+    tolerance="products",
+    torch=Torch("linear_cross_entropy", "torch.nn.functional.linear_cross_entropy", "", {},
+                "LinearCrossEntropyLoss", "LinearCrossEntropyLoss",
+                note="(``F.linear`` + ``F.cross_entropy`` for ``z_loss`` and ``softcap``); "
+                     "the logits are never formed"),
+)
+
 _METRIC = Option("metric", "euclidean")
 
 PAIRWISE_DISTANCE = Loss(name="pairwise_distance", family="contrastive", inputs=("x", "y"),
@@ -877,7 +890,7 @@ TRIPLET_MARGIN = Loss(name="triplet_margin", family="contrastive",
 
 
 LOSSES = {loss.name: loss for loss in (
-    CROSS_ENTROPY,
+    CROSS_ENTROPY, LINEAR_CROSS_ENTROPY,
     MSE, L1, HUBER, SMOOTH_L1, BCE_WITH_LOGITS,
     SIGMOID_FOCAL, MARGIN_RANKING, POISSON_NLL, GAUSSIAN_NLL, PINBALL, SOFT_MARGIN,
     GIOU_LOSS, DIOU_LOSS, CIOU_LOSS,
@@ -886,6 +899,6 @@ LOSSES = {loss.name: loss for loss in (
 
 
 def family(name):
-    """The entries of family ``name`` ("cross_entropy", "elementwise", "box",
-    "contrastive"), in the registry's order."""
+    """The entries of family ``name`` ("cross_entropy", "linear_cross_entropy",
+    "elementwise", "box", "contrastive"), in the registry's order."""
     return tuple(loss for loss in LOSSES.values() if loss.family == name)

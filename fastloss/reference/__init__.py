@@ -16,11 +16,13 @@ module's public functions (its ``__all__``) are exported here, and
 """
 
 from fastloss.reference import _box, _contrastive, _cross_entropy, _elementwise
+from fastloss.reference import _linear_cross_entropy
 from fastloss.reference._box import *  # noqa: F401,F403
 from fastloss.reference._contrastive import *  # noqa: F401,F403
 from fastloss.reference._contrastive import _normalize  # noqa: F401 (F.normalize's rows, for tests)
 from fastloss.reference._cross_entropy import *  # noqa: F401,F403
 from fastloss.reference._elementwise import *  # noqa: F401,F403
+from fastloss.reference._linear_cross_entropy import *  # noqa: F401,F403
 
 __all__ = [*_cross_entropy.__all__, *_elementwise.__all__, *_contrastive.__all__,
-           *_box.__all__]
+           *_box.__all__, *_linear_cross_entropy.__all__]

@@ -930,6 +930,12 @@ for _entry in _registry.family("elementwise") + _registry.family("box"):
 del _entry, _function, _module
 
 
+from fastloss.torch._linear_cross_entropy import (  # noqa: E402 (uses the helpers above)
+    LinearCrossEntropyLoss, linear_cross_entropy)
+
+__all__ += ["linear_cross_entropy", "LinearCrossEntropyLoss"]
+
+
 def __getattr__(name):
     """``fastloss.torch.distributed`` on first use: ``import fastloss.torch`` does not
     import torch.distributed."""

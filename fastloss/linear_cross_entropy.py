@@ -1,0 +1,388 @@
+"""Cross-entropy of a linear layer's logits, without the logits (the public NumPy API).
+
+``linear_cross_entropy(hidden, classifier, target)`` is
+``cross_entropy(hidden @ classifier.T + bias, target)``, computed one block of rows at a
+time so that the N x V logits never exist. Per block of R rows (the scratch, R x V, is
+reused by every block)::
+
+    scratch  = hidden[rows] @ classifier.T (+ bias)       BLAS (NumPy's matmul, out=)
+    stats    = cross_entropy_block_stats(scratch)        the softmax engine (C, OpenMP)
+    scratch  = cross_entropy_grad(scratch, stats=stats)  in place: d loss / d logits
+    d hidden[rows]  = scratch @ classifier               BLAS, into the result
+    d classifier   += scratch.T @ hidden[rows]           BLAS, in class tiles
+    d bias         += sum of the scratch's rows          float64
+
+and the loss is cross_entropy_from_stats of the N rows' statistics (float64, O(N)), so
+that "mean" divides by the whole batch's denominators, as cross_entropy does. The three
+products are the ones any implementation needs; the softmax, its statistics and its
+gradient are the block-statistics engine's (docs/block_statistics.rst), not a second copy.
+
+Block size. Each block streams the classifier through the BLAS twice and the classifier's
+gradient once more, so fewer, taller blocks run closer to the speed of the three products
+done whole, and shorter blocks keep less scratch. The rows per block are those whose
+logits fill ``_SCRATCH_BYTES`` (8 MiB), at least ``_MIN_BLOCK_ROWS``: measured at N=2048,
+H=1024, V=32000 float32 (BENCHMARKS.md, "linear cross-entropy"), 64-row blocks (8 MiB, 3%
+of the logits) cost about 1.2x the three whole products, 256-row blocks (31 MiB, 12.5%)
+about 1.07x. ``block_rows=`` trades one for the other per call. The scratch is independent
+of V up to V = _SCRATCH_BYTES / (_MIN_BLOCK_ROWS * itemsize) classes (131072 in float32),
+and grows as _MIN_BLOCK_ROWS rows of V beyond.
+
+NumPy's matmul cannot accumulate into its output (BLAS's beta = 1), so the classifier's
+gradient takes each block's product in tiles of ``_TILE_BYTES`` (classes x H) and adds
+each tile while it is in cache; the first block writes straight into the result.
+"""
+import math
+
+import numpy as np
+
+from fastloss import _kernels
+from fastloss._config import resolve_num_threads
+from fastloss._validation import (as_array, float_array, grad_output_arg, out_arg,
+                                  real_scalar, reduction_arg)
+from fastloss.cross_entropy import CROSS_ENTROPY_STATS_FIELDS
+
+__all__ = ["linear_cross_entropy", "linear_cross_entropy_grad",
+           "linear_cross_entropy_value_and_grad"]
+
+#: Bytes of logits per block of rows (the scratch), and the fewest rows per block.
+_SCRATCH_BYTES = 8 << 20
+_MIN_BLOCK_ROWS = 16
+#: Bytes of one tile of a block's product scratch.T @ hidden[rows] (classes x H), added
+#: into the classifier's gradient while it is in cache.
+_TILE_BYTES = 1 << 20
+
+_INT64_MAX = np.iinfo(np.int64).max
+
+
+def _block_rows(n_rows, n_classes, itemsize, block_rows):
+    """Rows per block: ``block_rows`` if given, else those whose logits fill
+    _SCRATCH_BYTES (at least _MIN_BLOCK_ROWS); then evened out over the blocks, so that
+    the last block is not a sliver."""
+    if block_rows is None:
+        block_rows = max(_MIN_BLOCK_ROWS, _SCRATCH_BYTES // max(1, n_classes * itemsize))
+    else:
+        if isinstance(block_rows, (bool, np.bool_)) or not isinstance(
+                block_rows, (int, np.integer)) or block_rows < 1:
+            raise ValueError(f"block_rows: expected None or an integer >= 1, got "
+                             f"{block_rows!r}")
+        block_rows = int(block_rows)
+    if n_rows == 0:
+        return 1
+    n_blocks = -(-n_rows // block_rows)
+    return -(-n_rows // n_blocks)
+
+
+def _hard_target(target, batch_shape, n_classes, ignore_index):
+    """Class indices as a flat int64 vector, every one in [0, V) or ignore_index."""
+    if target.shape != batch_shape:
+        raise ValueError(f"target: expected class indices of shape {batch_shape} (hidden's "
+                         f"batch shape) or probabilities of shape {batch_shape + (n_classes,)},"
+                         f" got {target.shape}")
+    flat = target.reshape(-1)
+    if flat.dtype.kind == "u" and flat.dtype.itemsize == 8 and flat.size:
+        too_big = np.flatnonzero(flat > _INT64_MAX)
+        if too_big.size:
+            _bad_target(flat[too_big[0]], too_big[0], batch_shape, n_classes, ignore_index)
+    flat = np.require(flat, dtype=np.int64, requirements="CA")
+    bad = np.flatnonzero((flat != ignore_index) & ((flat < 0) | (flat >= n_classes)))
+    if bad.size:
+        _bad_target(flat[bad[0]], bad[0], batch_shape, n_classes, ignore_index)
+    return flat
+
+
+def _bad_target(value, flat_position, batch_shape, n_classes, ignore_index):
+    position = tuple(int(p) for p in np.unravel_index(flat_position, batch_shape)) \
+        if batch_shape else ()
+    raise ValueError(f"target: value {int(value)} at position {position} is out of range "
+                     f"for {n_classes} classes (ignore_index={ignore_index})")
+
+
+class _Problem:
+    """The checked arguments of one call: hidden as (N, H) rows, the classifier (V, H),
+    the flat target, bias and weight in the inputs' dtype."""
+
+    def __init__(self, hidden, classifier, target, bias, weight, ignore_index, reduction,
+                 label_smoothing, z_loss, softcap):
+        hidden = float_array(hidden, "hidden")
+        classifier = float_array(classifier, "classifier")
+        if classifier.ndim != 2:
+            raise ValueError(f"classifier: expected a 2-d array (V, H), got shape "
+                             f"{classifier.shape}")
+        n_classes, n_features = classifier.shape
+        if n_classes == 0:
+            raise ValueError(f"classifier: expected at least one class (row), got shape "
+                             f"{classifier.shape}")
+        if classifier.dtype != hidden.dtype:
+            raise TypeError(f"classifier: expected the dtype of hidden ({hidden.dtype}), "
+                            f"got {classifier.dtype}")
+        if hidden.ndim == 0 or hidden.shape[-1] != n_features:
+            raise ValueError(f"hidden: expected shape (..., {n_features}) (the H of "
+                             f"classifier {classifier.shape}), got {hidden.shape}")
+        if not (classifier.flags.c_contiguous or classifier.flags.f_contiguous):
+            # the BLAS reads either layout; any other strides would be copied per block
+            classifier = np.ascontiguousarray(classifier)
+        dtype = hidden.dtype
+        if bias is not None:
+            bias = float_array(bias, "bias")
+            if bias.dtype != dtype:
+                raise TypeError(f"bias: expected the dtype of hidden ({dtype}), "
+                                f"got {bias.dtype}")
+            if bias.shape != (n_classes,):
+                raise ValueError(f"bias: expected shape ({n_classes},) (the V of classifier),"
+                                 f" got {bias.shape}")
+        if weight is not None:
+            weight = as_array(weight, "weight")
+            if weight.dtype.kind not in "fiu":
+                raise TypeError(f"weight: expected real numbers, got dtype {weight.dtype}")
+            if weight.shape != (n_classes,):
+                raise ValueError(f"weight: expected shape ({n_classes},) (the V of "
+                                 f"classifier), got {weight.shape}")
+            # as the kernels read it: in the logits' dtype
+            weight = np.require(weight, dtype=dtype, requirements="CA")
+        self.reduction = reduction_arg(reduction)
+        # checked here as well as by the engine: a batch of no rows never reaches it
+        self.label_smoothing = real_scalar(label_smoothing, "label_smoothing", low=0.0,
+                                           high=1.0)
+        self.z_loss = real_scalar(z_loss, "z_loss", low=0.0)
+        self.softcap = real_scalar(softcap, "softcap", low=0.0, low_open=True,
+                                   allow_none=True)
+        batch_shape = hidden.shape[:-1]
+        if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(
+                ignore_index, (int, np.integer)):
+            raise TypeError(f"ignore_index: expected an integer, got {ignore_index!r}")
+        ignore_index = int(ignore_index)
+        target = as_array(target, "target")
+        if target.dtype.kind in "iu":
+            self.soft = False
+            target = _hard_target(target, batch_shape, n_classes, ignore_index)
+        elif target.dtype.kind == "f":
+            if target.shape != batch_shape + (n_classes,):
+                raise ValueError(f"target: expected probabilities of shape "
+                                 f"{batch_shape + (n_classes,)} or class indices of shape "
+                                 f"{batch_shape}, got {target.shape}")
+            if target.dtype != dtype:
+                raise TypeError(f"target: expected probabilities of the dtype of hidden "
+                                f"({dtype}), got {target.dtype}")
+            if ignore_index >= 0:
+                raise ValueError(f"ignore_index: not supported with probability targets "
+                                 f"(got {ignore_index})")
+            self.soft = True
+            target = target.reshape(-1, n_classes)
+        else:
+            raise TypeError(f"target: expected integer class indices or float probabilities,"
+                            f" got dtype {target.dtype}")
+        self.hidden_shape = hidden.shape
+        self.batch_shape = batch_shape
+        self.hidden = hidden.reshape(-1, n_features)
+        self.classifier, self.target, self.bias, self.weight = classifier, target, bias, weight
+        self.dtype = dtype
+        self.n_rows, self.n_classes, self.n_features = (self.hidden.shape[0], n_classes,
+                                                       n_features)
+        self.ignore_index = ignore_index
+
+    def mean_denominators(self):
+        """The mean's denominators over the whole batch (cross_entropy's): the sum of
+        w[t] over the rows not ignored and their number; N and N for probabilities."""
+        if self.soft:
+            return float(self.n_rows), float(self.n_rows)
+        valid = self.target[self.target != self.ignore_index]
+        if self.weight is None:
+            return float(valid.size), float(valid.size)
+        return float(np.sum(self.weight[valid], dtype=np.float64)), float(valid.size)
+
+
+def _grad_outputs(out, problem, want):
+    """The gradients' arrays: ``out`` (a tuple, one per gradient) checked, or new ones."""
+    shapes = {"hidden": problem.hidden_shape,
+              "classifier": (problem.n_classes, problem.n_features),
+              "bias": (problem.n_classes,)}
+    names = [name for name in ("hidden", "classifier", "bias")
+             if name != "bias" or problem.bias is not None]
+    if out is None:
+        return {name: (np.empty(shapes[name], problem.dtype) if name in want else None)
+                for name in names}
+    if not isinstance(out, tuple) or len(out) != len(names):
+        raise TypeError(f"out: expected a tuple of {len(names)} arrays (the gradients of "
+                        f"{', '.join(names)}), got {type(out).__name__}"
+                        f"{' of length ' + str(len(out)) if isinstance(out, tuple) else ''}")
+    arrays = {}
+    for name, array in zip(names, out):
+        out_arg(array, shapes[name], problem.dtype, name=f"out ({name})")
+        if not array.flags.c_contiguous:
+            raise ValueError(f"out ({name}): expected a C-contiguous array")
+        for input_name, source in (("hidden", problem.hidden),
+                                   ("classifier", problem.classifier),
+                                   ("target", problem.target), ("bias", problem.bias)):
+            if source is not None and np.may_share_memory(array, source):
+                raise ValueError(f"out ({name}): overlaps the input {input_name}")
+        arrays[name] = array
+    return arrays
+
+
+def _run(hidden, classifier, target, bias, weight, ignore_index, reduction, label_smoothing,
+         z_loss, softcap, num_threads, block_rows, grad_output=None, want=(), out=None):
+    """The loss, and the gradients named in ``want`` (a dict name -> array or None)."""
+    problem = _Problem(hidden, classifier, target, bias, weight, ignore_index, reduction,
+                       label_smoothing, z_loss, softcap)
+    label_smoothing, z_loss, softcap = problem.label_smoothing, problem.z_loss, problem.softcap
+    threads = resolve_num_threads(num_threads)
+    n_rows, n_classes = problem.n_rows, problem.n_classes
+    rows_per_block = _block_rows(n_rows, n_classes, problem.dtype.itemsize, block_rows)
+    hidden_rows, classifier = problem.hidden, problem.classifier
+    ignore = problem.ignore_index
+    soft = problem.soft
+
+    grads = None
+    if want:
+        grads = _grad_outputs(out, problem, want)
+        upstream = grad_output_arg(grad_output, problem.reduction, problem.batch_shape)
+        # Each block's gradient is the engine's for its rows alone: "none" and "sum" are
+        # that already; "mean" becomes "sum" with the whole batch's denominators, the
+        # z-loss term rescaled so that it keeps its own (cross_entropy's mean divides the
+        # cross-entropy by the sum of w[t] and the z-loss by the count of rows).
+        block_reduction, block_z_loss = problem.reduction, z_loss
+        if problem.reduction == "mean":
+            block_reduction = "sum"
+            ce_denominator, z_denominator = problem.mean_denominators()
+            with np.errstate(divide="ignore", invalid="ignore"):
+                upstream = upstream / np.float64(ce_denominator)
+                if z_loss and z_denominator:
+                    block_z_loss = float(np.float64(z_loss) * ce_denominator / z_denominator)
+        grad_hidden = grads["hidden"]
+        grad_hidden_rows = None if grad_hidden is None else grad_hidden.reshape(-1, problem.n_features)
+        grad_classifier = grads["classifier"]
+        grad_bias = None
+        if grads.get("bias") is not None:
+            grad_bias = np.zeros(n_classes, np.float64)
+        if grad_classifier is not None:
+            tile_classes = max(1, _TILE_BYTES // max(1, problem.n_features * problem.dtype.itemsize))
+            tile = np.empty((min(tile_classes, n_classes), problem.n_features), problem.dtype)
+
+    stats = np.empty((len(CROSS_ENTROPY_STATS_FIELDS), n_rows), np.float64)
+    scratch = np.empty((min(rows_per_block, max(n_rows, 1)), n_classes), problem.dtype)
+    for start in range(0, n_rows, rows_per_block):
+        stop = min(start + rows_per_block, n_rows)
+        logits = scratch[:stop - start]
+        rows = hidden_rows[start:stop]
+        np.matmul(rows, classifier.T, out=logits)
+        if problem.bias is not None:
+            np.add(logits, problem.bias, out=logits)
+        block_target = problem.target[start:stop]
+        block_stats = _kernels.ce_block_stats(logits, block_target, 0, n_classes,
+                                              problem.weight, ignore, label_smoothing, softcap,
+                                              threads)
+        stats[:, start:stop] = block_stats
+        if not want:
+            continue
+        block_upstream = (float(upstream[0]) if upstream.shape[0] == 1
+                          else upstream[start:stop])
+        _kernels.ce_call(_kernels.CE_GRAD, logits, block_target, problem.weight, ignore,
+                         block_reduction, label_smoothing, block_z_loss, softcap, threads,
+                         block_upstream, None, logits, stats=block_stats)
+        if grad_hidden_rows is not None:
+            np.matmul(logits, classifier, out=grad_hidden_rows[start:stop])
+        if grad_classifier is not None:
+            if start == 0:
+                np.matmul(logits.T, rows, out=grad_classifier)
+            else:
+                for first in range(0, n_classes, tile.shape[0]):
+                    last = min(first + tile.shape[0], n_classes)
+                    part = tile[:last - first]
+                    np.matmul(logits[:, first:last].T, rows, out=part)
+                    np.add(grad_classifier[first:last], part, out=grad_classifier[first:last])
+        if grad_bias is not None:
+            grad_bias += np.add.reduce(logits, axis=0, dtype=np.float64)
+
+    loss = _kernels.ce_from_stats(stats, None if soft else problem.target, ignore,
+                                  problem.reduction, label_smoothing, z_loss, False)[0]
+    if problem.reduction == "none":
+        loss = np.asarray(loss, dtype=problem.dtype).reshape(problem.batch_shape)
+    if not want:
+        return loss, None
+    if grad_classifier is not None and n_rows == 0:
+        grad_classifier[...] = 0
+    if grad_bias is not None:
+        grads["bias"][...] = grad_bias
+    return loss, grads
+
+
+def linear_cross_entropy(hidden, classifier, target, *, bias=None, weight=None,
+                         ignore_index=-100, reduction="mean", label_smoothing=0.0, z_loss=0.0,
+                         softcap=None, block_rows=None, num_threads=None):
+    """Cross-entropy of the logits ``hidden @ classifier.T + bias``, which are never formed.
+
+    The same value as ``cross_entropy(hidden @ classifier.T + bias, target, ...)``
+    (torch's ``F.linear_cross_entropy``), computed one block of rows at a time in a
+    scratch of a few MiB: the logits of a block come from the BLAS (NumPy's matmul) and
+    their softmax statistics from the cross-entropy engine (C, OpenMP).
+
+    Parameters
+    ----------
+    hidden : array_like, float32 or float64, shape (..., H)
+        The features (a language model's last hidden states), batch axes first.
+    classifier : array_like, shape (V, H), the dtype of hidden
+        The output layer's weight (``torch.nn.Linear(H, V).weight``).
+    target : array_like
+        Integer class indices of shape ``hidden.shape[:-1]``, or probabilities of shape
+        ``hidden.shape[:-1] + (V,)`` in hidden's dtype.
+    bias : array_like, shape (V,), optional
+        Added to the logits.
+    weight, ignore_index, reduction, label_smoothing, z_loss, softcap
+        As in :func:`fastloss.cross_entropy`.
+    block_rows : int, optional
+        Rows per block (default: as many as fill 8 MiB of logits, at least 16). Taller
+        blocks run closer to the speed of the whole products and keep more scratch
+        (``block_rows * V`` values).
+    num_threads : int, optional
+        OpenMP threads of the softmax passes; the products use NumPy's BLAS threads.
+
+    Returns
+    -------
+    loss : float or ndarray
+        A float for "mean"/"sum"; an array of shape ``hidden.shape[:-1]`` in hidden's
+        dtype for "none".
+
+    Notes
+    -----
+    The products are computed in the inputs' precision by the BLAS, as every framework
+    computes them, so float32 results carry the products' rounding (the accuracy
+    contract for losses that multiply matrices, docs/accuracy.rst). Memory beyond the
+    inputs and the results: the scratch (``block_rows x V``) and 72 bytes per row of
+    statistics; with the gradient, one tile of 1 MiB more.
+    """
+    loss, _ = _run(hidden, classifier, target, bias, weight, ignore_index, reduction,
+                   label_smoothing, z_loss, softcap, num_threads, block_rows)
+    return loss
+
+
+def linear_cross_entropy_grad(hidden, classifier, target, grad_output=1.0, *, bias=None,
+                              weight=None, ignore_index=-100, reduction="mean",
+                              label_smoothing=0.0, z_loss=0.0, softcap=None, block_rows=None,
+                              out=None, num_threads=None):
+    """Gradients of ``grad_output * linear_cross_entropy(...)``.
+
+    Returns ``(grad_hidden, grad_classifier)``, and ``grad_bias`` third when ``bias`` is
+    given, each of its input's shape and dtype: with G the gradient of the logits (the
+    engine's, one block of rows at a time), ``G @ classifier``, ``G.T @ hidden`` and the
+    sum of G's rows (accumulated in float64). ``grad_output`` is a scalar for
+    "mean"/"sum" and an array of shape ``hidden.shape[:-1]`` (or a scalar) for "none".
+    ``out`` is a tuple of C-contiguous arrays, one per gradient, written and returned.
+    Other arguments as in :func:`linear_cross_entropy`.
+    """
+    _, grads = _run(hidden, classifier, target, bias, weight, ignore_index, reduction,
+                    label_smoothing, z_loss, softcap, num_threads, block_rows, grad_output,
+                    ("hidden", "classifier", "bias"), out)
+    return tuple(grads.values())
+
+
+def linear_cross_entropy_value_and_grad(hidden, classifier, target, grad_output=1.0, *,
+                                        bias=None, weight=None, ignore_index=-100,
+                                        reduction="mean", label_smoothing=0.0, z_loss=0.0,
+                                        softcap=None, block_rows=None, out=None,
+                                        num_threads=None):
+    """``(linear_cross_entropy(...), linear_cross_entropy_grad(...))`` from one pass: each
+    block's logits are formed once, and their gradient replaces them in the scratch."""
+    loss, grads = _run(hidden, classifier, target, bias, weight, ignore_index, reduction,
+                       label_smoothing, z_loss, softcap, num_threads, block_rows, grad_output,
+                       ("hidden", "classifier", "bias"), out)
+    return loss, tuple(grads.values())
