@@ -64,7 +64,7 @@ def test_quick_run_curves_agree_and_decrease(tmp_path):
     torch_curve = curves[0]
     # near log(8000) at the start (the uniform prediction), then down
     assert abs(torch_curve[0] - np.log(8000)) < 0.5
-    assert torch_curve[-1] < torch_curve[0] - 0.3
+    assert torch_curve[-1] < torch_curve[0] - 0.1
     for name, curve in zip(PATHS[1:], curves[1:]):
         np.testing.assert_allclose(curve, torch_curve, rtol=RTOL, atol=0, err_msg=name)
     # torch's two paths compute the same thing, in the same order
