@@ -11,7 +11,7 @@ __all__ = ["main"]
 # fastloss.bench.FAMILIES, in its order (not imported here: `fastloss --help` stays light)
 FAMILY_NAMES = ("cross_entropy", "cross_entropy_few_classes", "cross_entropy_blocks",
                 "cross_entropy_small", "elementwise", "elementwise_small", "contrastive",
-                "contrastive_pieces")
+                "contrastive_pieces", "linear_cross_entropy")
 
 
 def _positive_int(text):

@@ -970,6 +970,152 @@ TARGETS[CONTRASTIVE.name] = (
 
 
 # ----------------------------------------------------------------------------------------
+# Linear cross-entropy: the classifier's products and the loss, the logits never formed
+# ----------------------------------------------------------------------------------------
+
+def _lce_inputs(size, dtype):
+    n_rows, n_features, n_classes = size
+    rng = np.random.default_rng(0)
+    hidden = rng.standard_normal((n_rows, n_features), dtype=np.float32).astype(dtype,
+                                                                                copy=False)
+    # logits of a few units, as a language model's
+    classifier = (rng.standard_normal((n_classes, n_features), dtype=np.float32)
+                  * np.float32(2.0 / np.sqrt(n_features))).astype(dtype, copy=False)
+    target = rng.integers(0, n_classes, n_rows)
+    return {"hidden": hidden, "classifier": classifier, "target": target}
+
+
+def _touched(shape, dtype):
+    array = np.empty(shape, dtype)
+    array.fill(0)  # every page touched before timing
+    return array
+
+
+def _lce_fused(block_rows=None):
+    def setup(inputs, threads):
+        hidden, classifier = inputs["hidden"], inputs["classifier"]
+        out = (_touched(hidden.shape, hidden.dtype), _touched(classifier.shape, hidden.dtype))
+        return Timed(lambda: fastloss.linear_cross_entropy_value_and_grad(
+            hidden, classifier, inputs["target"], out=out, block_rows=block_rows,
+            num_threads=threads),
+            note=("" if block_rows is None else
+                  f"scratch {block_rows} x V ({block_rows * classifier.shape[0] * hidden.itemsize / 2**20:.0f} MiB)"))
+    return setup
+
+
+def _lce_products(inputs, threads):
+    """The three products alone, into preallocated results: the logits (N x V), the
+    hidden's gradient and the classifier's."""
+    hidden, classifier = inputs["hidden"], inputs["classifier"]
+    logits = _touched((hidden.shape[0], classifier.shape[0]), hidden.dtype)
+    grad_hidden = _touched(hidden.shape, hidden.dtype)
+    grad_classifier = _touched(classifier.shape, hidden.dtype)
+
+    def call():
+        np.matmul(hidden, classifier.T, out=logits)
+        np.matmul(logits, classifier, out=grad_hidden)
+        np.matmul(logits.T, hidden, out=grad_classifier)
+
+    return Timed(call, note="h @ W.T, G @ W, G.T @ h (NumPy's BLAS, out=): the limit")
+
+
+def _lce_one_product(inputs, threads):
+    hidden, classifier = inputs["hidden"], inputs["classifier"]
+    logits = _touched((hidden.shape[0], classifier.shape[0]), hidden.dtype)
+    return Timed(lambda: np.matmul(hidden, classifier.T, out=logits))
+
+
+def _lce_torch(kind):
+    """torch's forward+backward: ``F.linear`` + ``F.cross_entropy`` ("linear"),
+    ``F.linear_cross_entropy`` ("default"), or with ``LinearCrossEntropyOptions()``
+    ("options"); gradients into fresh .grad."""
+    def setup(inputs, threads):
+        torch = _torch()
+        if torch is None:
+            return None
+        import torch.nn.functional as F
+
+        if kind != "linear" and not hasattr(F, "linear_cross_entropy"):
+            raise Unavailable(f"torch {torch.__version__} has no F.linear_cross_entropy")
+        hidden = torch.from_numpy(inputs["hidden"]).requires_grad_(True)
+        classifier = torch.from_numpy(inputs["classifier"]).requires_grad_(True)
+        target = torch.from_numpy(inputs["target"])
+        options = torch.nn.LinearCrossEntropyOptions() if kind == "options" else None
+
+        def clear():
+            hidden.grad = classifier.grad = None
+
+        def call():
+            if kind == "linear":
+                loss = F.cross_entropy(F.linear(hidden, classifier), target)
+            else:
+                loss = F.linear_cross_entropy(hidden, classifier, target, options=options)
+            loss.backward()
+
+        return Timed(call, prepare=clear)
+    return setup
+
+
+def _lce_adapter(inputs, threads):
+    torch = _torch()
+    if torch is None:
+        return None
+    import fastloss.torch as FL
+
+    hidden = torch.from_numpy(inputs["hidden"]).requires_grad_(True)
+    classifier = torch.from_numpy(inputs["classifier"]).requires_grad_(True)
+    target = torch.from_numpy(inputs["target"])
+
+    def clear():
+        hidden.grad = classifier.grad = None
+
+    def call():
+        FL.linear_cross_entropy(hidden, classifier, target, num_threads=threads).backward()
+
+    return Timed(call, prepare=clear)
+
+
+LCE_FULL_SIZE = (2048, 1024, 32000)
+LCE_FUSED = "fastloss linear_cross_entropy value_and_grad (out= preallocated)"
+LCE_PRODUCTS = "three products alone (h @ W.T, G @ W, G.T @ h)"
+LCE_TORCH_LINEAR = "torch F.linear + F.cross_entropy forward+backward"
+LCE_TORCH_DEFAULT = "torch F.linear_cross_entropy forward+backward"
+LCE_TORCH_OPTIONS = ("torch F.linear_cross_entropy(options=LinearCrossEntropyOptions()) "
+                     "forward+backward")
+#: taller blocks than the default's 8 MiB of logits: the trade of memory for speed
+LCE_TALL_BLOCKS = 256
+
+LINEAR_CROSS_ENTROPY = Family(
+    name="linear_cross_entropy",
+    title="linear cross-entropy forward+backward (mean, hard targets, no bias)",
+    make_inputs=_lce_inputs,
+    sizes={"full": LCE_FULL_SIZE, "quick": (1024, 512, 32000), "tiny": (16, 8, 50)},
+    size_names=("N", "H", "V"),
+    cases=(
+        Case(LCE_FUSED, _lce_fused()),
+        Case(f"fastloss linear_cross_entropy value_and_grad (block_rows={LCE_TALL_BLOCKS})",
+             _lce_fused(LCE_TALL_BLOCKS)),
+        Case("fastloss.torch.linear_cross_entropy forward+backward", _lce_adapter,
+             requires="torch"),
+        Case(LCE_PRODUCTS, _lce_products, role="copy"),
+        Case("h @ W.T (one product)", _lce_one_product),
+        Case(LCE_TORCH_LINEAR, _lce_torch("linear"), requires="torch"),
+        Case(LCE_TORCH_DEFAULT, _lce_torch("default"), requires="torch"),
+        Case(LCE_TORCH_OPTIONS, _lce_torch("options"), requires="torch"),
+    ),
+)
+
+TARGETS[LINEAR_CROSS_ENTROPY.name] = (
+    Target("linear_cross_entropy / three products <= 1.1", LCE_FUSED, LCE_PRODUCTS, 1.1,
+           "max", LCE_FULL_SIZE),
+    Target("torch chunked / linear_cross_entropy >= 1.5", LCE_TORCH_OPTIONS, LCE_FUSED, 1.5,
+           "min", LCE_FULL_SIZE),
+    Target("torch F.linear + F.cross_entropy / linear_cross_entropy >= 1", LCE_TORCH_LINEAR,
+           LCE_FUSED, 1.0, "min", LCE_FULL_SIZE),
+)
+
+
+# ----------------------------------------------------------------------------------------
 # The pieces of contrastive_pairwise: the sweeps behind its two tuned constants
 # ----------------------------------------------------------------------------------------
 
@@ -1187,4 +1333,4 @@ ELEMENTWISE_SMALL = Grid(
 
 FAMILIES = {family.name: family for family in (
     CROSS_ENTROPY, CROSS_ENTROPY_FEW_CLASSES, CROSS_ENTROPY_BLOCKS, CROSS_ENTROPY_SMALL, ELEMENTWISE,
-    ELEMENTWISE_SMALL, CONTRASTIVE, CONTRASTIVE_PIECES)}
+    ELEMENTWISE_SMALL, CONTRASTIVE, CONTRASTIVE_PIECES, LINEAR_CROSS_ENTROPY)}
