@@ -339,7 +339,8 @@ def linear_cross_entropy(hidden, classifier, target, *, bias=None, weight=None,
         blocks run closer to the speed of the whole products and keep more scratch
         (``block_rows * V`` values).
     num_threads : int, optional
-        OpenMP threads of the softmax passes; the products use NumPy's BLAS threads.
+        OpenMP threads of the softmax passes (the results do not depend on it); the
+        products use NumPy's BLAS threads, whose number can change the last bits.
 
     Returns
     -------
