@@ -125,7 +125,7 @@ static int ew_cancelled(const double *loss)
 static int ew_reduced_loss(const ew_kernels_t *kernels, const fastloss_elementwise_options *options,
                            const fastloss_ew_inputs *in, double *loss)
 {
-    const fastloss_ew_outputs loss_only = {NULL, loss, NULL, NULL, NULL};
+    const fastloss_ew_outputs loss_only = {NULL, loss, NULL, NULL, NULL, NULL};
     const int status = kernels->run(options, in, NULL, 0, &loss_only);
     if (status != FASTLOSS_OK || !ew_cancelled(loss))
         return status;
@@ -143,55 +143,57 @@ static int ew_call(int dtype, const fastloss_elementwise_options *options,
     const int want_sum = out->loss != NULL && options->reduction != FASTLOSS_REDUCTION_NONE;
     if (!kernels->wide || !want_sum)
         return kernels->run(options, in, grad_output, grad_output_stride, out);
-    const int grads = out->grad || out->grad_target || out->grad_aux;
-    const int in_place =
-        out->grad && (out->grad == in->pred || out->grad == in->target || out->grad == in->aux);
+    const int grads = out->grad || out->grad_target || out->grad_aux || out->grad_aux2;
+    const int in_place = out->grad && (out->grad == in->pred || out->grad == in->target ||
+                                       out->grad == in->aux || out->grad == in->aux2);
     if (grads && in_place && kernels->may_be_negative(options, in)) {
         /* step 3: the loss while the inputs are whole, then the gradients */
         const int status = ew_reduced_loss(kernels, options, in, out->loss);
         if (status != FASTLOSS_OK)
             return status;
         const fastloss_ew_outputs grads_only = {NULL, NULL, out->grad, out->grad_target,
-                                                out->grad_aux};
+                                                out->grad_aux, out->grad_aux2};
         return kernels->run(options, in, grad_output, grad_output_stride, &grads_only);
     }
     const int status = kernels->run(options, in, grad_output, grad_output_stride, out);
     if (status != FASTLOSS_OK || !ew_cancelled(out->loss))
         return status;
-    const fastloss_ew_outputs loss_only = {NULL, out->loss, NULL, NULL, NULL};
+    const fastloss_ew_outputs loss_only = {NULL, out->loss, NULL, NULL, NULL, NULL};
     return kernels->wide(options, in, NULL, 0, &loss_only);
 }
 
 int fastloss_elementwise_forward(int dtype, const fastloss_elementwise_options *options,
                                  const void *pred, const void *target, const void *aux,
-                                 const void *weight, const void *factor,
+                                 const void *aux2, const void *weight, const void *factor,
                                  void *loss_per_element, double *loss)
 {
-    const fastloss_ew_inputs in = {pred, target, aux, weight, factor};
-    const fastloss_ew_outputs out = {loss_per_element, loss, NULL, NULL, NULL};
+    const fastloss_ew_inputs in = {pred, target, aux, aux2, weight, factor};
+    const fastloss_ew_outputs out = {loss_per_element, loss, NULL, NULL, NULL, NULL};
     return ew_call(dtype, options, &in, NULL, 0, &out);
 }
 
 int fastloss_elementwise_backward(int dtype, const fastloss_elementwise_options *options,
                                   const void *pred, const void *target, const void *aux,
-                                  const void *weight, const void *factor,
+                                  const void *aux2, const void *weight, const void *factor,
                                   const double *grad_output, fastloss_index grad_output_stride,
-                                  void *grad, void *grad_target, void *grad_aux)
+                                  void *grad, void *grad_target, void *grad_aux,
+                                  void *grad_aux2)
 {
-    const fastloss_ew_inputs in = {pred, target, aux, weight, factor};
-    const fastloss_ew_outputs out = {NULL, NULL, grad, grad_target, grad_aux};
+    const fastloss_ew_inputs in = {pred, target, aux, aux2, weight, factor};
+    const fastloss_ew_outputs out = {NULL, NULL, grad, grad_target, grad_aux, grad_aux2};
     return ew_call(dtype, options, &in, grad_output, grad_output_stride, &out);
 }
 
 int fastloss_elementwise_value_and_grad(int dtype, const fastloss_elementwise_options *options,
                                         const void *pred, const void *target, const void *aux,
-                                        const void *weight, const void *factor,
-                                        const double *grad_output,
+                                        const void *aux2, const void *weight,
+                                        const void *factor, const double *grad_output,
                                         fastloss_index grad_output_stride,
                                         void *loss_per_element, double *loss, void *grad,
-                                        void *grad_target, void *grad_aux)
+                                        void *grad_target, void *grad_aux, void *grad_aux2)
 {
-    const fastloss_ew_inputs in = {pred, target, aux, weight, factor};
-    const fastloss_ew_outputs out = {loss_per_element, loss, grad, grad_target, grad_aux};
+    const fastloss_ew_inputs in = {pred, target, aux, aux2, weight, factor};
+    const fastloss_ew_outputs out = {loss_per_element, loss, grad, grad_target, grad_aux,
+                                     grad_aux2};
     return ew_call(dtype, options, &in, grad_output, grad_output_stride, &out);
 }

@@ -10,17 +10,19 @@ float64: a Python float for ``reduction="mean"`` / ``"sum"``, an array for ``"no
 Validation is light: enough that a bad argument raises instead of giving a silently
 wrong number. Complete, friendly error messages are the public API's job.
 
-One module per family (``_cross_entropy``, ``_elementwise``, ``_contrastive``, ``_box``); each
+One module per family (``_cross_entropy``, ``_elementwise``, ``_contrastive``, ``_box``,
+``_preference``); each
 module's public functions (its ``__all__``) are exported here, and
 ``fastloss.reference.NAME`` is how to call it.
 """
 
-from fastloss.reference import _box, _contrastive, _cross_entropy, _elementwise
+from fastloss.reference import _box, _contrastive, _cross_entropy, _elementwise, _preference
 from fastloss.reference._box import *  # noqa: F401,F403
 from fastloss.reference._contrastive import *  # noqa: F401,F403
 from fastloss.reference._contrastive import _normalize  # noqa: F401 (F.normalize's rows, for tests)
 from fastloss.reference._cross_entropy import *  # noqa: F401,F403
 from fastloss.reference._elementwise import *  # noqa: F401,F403
+from fastloss.reference._preference import *  # noqa: F401,F403
 
 __all__ = [*_cross_entropy.__all__, *_elementwise.__all__, *_contrastive.__all__,
-           *_box.__all__]
+           *_box.__all__, *_preference.__all__]

@@ -139,9 +139,10 @@ def _class_last(tensor):
     return moved.numpy()
 
 
-def _reduction(size_average, reduce, reduction):
+def _reduction(size_average, reduce, reduction, extra=()):
     """torch's reduction string, with the deprecated size_average / reduce as torch reads
-    them (and its deprecation warning)."""
+    them (and its deprecation warning); ``extra``: the loss's own reductions beside
+    torch's three (kl_div's "batchmean")."""
     if size_average is not None or reduce is not None:
         if size_average is None:
             size_average = True
@@ -150,7 +151,7 @@ def _reduction(size_average, reduce, reduction):
         reduction = "mean" if size_average and reduce else ("sum" if reduce else "none")
         warnings.warn("size_average and reduce args will be deprecated, please use "
                       f"reduction='{reduction}' instead.", stacklevel=3)
-    return reduction_arg(reduction)
+    return reduction_arg(reduction, extra)
 
 
 def _loss_tensor(loss, dtype):
@@ -627,8 +628,8 @@ def _generate_elementwise(entry):
     scalars = "{" + ", ".join(f"{ours!r}: {theirs}" for theirs, ours in form.arguments.items()
                               if ours not in arrays) + "}"
     legacy = "size_average" in form.signature
-    reduction = ("_reduction(size_average, reduce, reduction)" if legacy
-                 else "reduction_arg(reduction)")
+    reduction = ("_reduction(size_average, reduce, reduction, _entry.reductions)" if legacy
+                 else "reduction_arg(reduction, _entry.reductions)")
     namespace = {"_elementwise": _elementwise, "_entry": entry, "_reduction": _reduction,
                  "reduction_arg": reduction_arg}
     differentiable = ", ".join(by_torch_name.get(name, name)
