@@ -30,7 +30,12 @@ def _sigmoid(z):
 
 def _bradley_terry_z(chosen, rejected, margin, reduction):
     call = _Pointwise({"chosen": chosen, "rejected": rejected}, reduction)
-    margin = np.asarray(margin, dtype=np.float64)
+    margin = np.asarray(margin)
+    if margin.dtype.kind not in "biuf":
+        raise TypeError(f"margin: expected real numbers, got dtype {margin.dtype}")
+    margin = margin.astype(np.float64)
+    if not np.all(np.isfinite(margin)):
+        raise ValueError("margin: expected finite values")
     if np.broadcast_shapes(margin.shape, call.shape) != call.shape:
         raise ValueError(f"margin: shape {margin.shape} does not broadcast to {call.shape}")
     return call, call.values["chosen"] - call.values["rejected"] - margin
@@ -172,9 +177,11 @@ def dpo_value_and_grad(policy_chosen, policy_rejected, reference_chosen, referen
 # KL divergence (torch.nn.functional.kl_div)
 # ----------------------------------------------------------------------------------------
 
-def _kl_div_call(input, target, reduction):
+def _kl_div_call(input, target, reduction, log_target):
     """(the pointwise call, the divisor of the reduced loss): "batchmean" is the sum
     divided by input's first dimension (nothing for a 0-d input), as torch."""
+    if not isinstance(log_target, (bool, np.bool_)) and log_target not in (0, 1):
+        raise TypeError(f"log_target: expected a bool, got {log_target!r}")
     divisor = 1.0
     if reduction == "batchmean":
         reduction = "sum"
@@ -197,7 +204,7 @@ def kl_div(input, target, *, reduction="mean", log_target=False):
     ``reduction`` "none", "sum", "mean" (over every element) or "batchmean" (the sum
     divided by ``input.shape[0]``, the KL divergence per sample).
     """
-    call, divisor = _kl_div_call(input, target, reduction)
+    call, divisor = _kl_div_call(input, target, reduction, log_target)
     x, t = call.values["input"], call.values["target"]
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         if log_target:
@@ -218,7 +225,7 @@ def kl_div_grad(input, target, grad_output=1.0, *, reduction="mean", log_target=
         log_target True:   d/dinput = -exp(target),
                            d/dtarget = exp(target) (target - input + 1)
     """
-    call, divisor = _kl_div_call(input, target, reduction)
+    call, divisor = _kl_div_call(input, target, reduction, log_target)
     x, t = call.values["input"], call.values["target"]
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         if log_target:
