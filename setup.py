@@ -32,6 +32,7 @@ C_SOURCES = [
     "csrc/box.c",
     "csrc/box_avx2.c",
     "csrc/box_avx512.c",
+    "csrc/sequence.c",
 ]
 
 OPENMP_PROBE = """
@@ -144,7 +145,7 @@ extensions = [
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         depends=[os.path.join("csrc", name) for name in os.listdir("csrc") if name.endswith(".h")]
         + ["fastloss/_cross_entropy.pxi", "fastloss/_elementwise.pxi", "fastloss/_common.pxd",
-           "fastloss/_contrastive.pxi", "fastloss/_box.pxi"],
+           "fastloss/_contrastive.pxi", "fastloss/_box.pxi", "fastloss/_sequence.pxi"],
     )
 ]
 

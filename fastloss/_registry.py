@@ -1121,6 +1121,15 @@ TRIPLET_MARGIN = Loss(name="triplet_margin", family="contrastive",
                                   "TripletMarginLoss", "TripletMarginLoss"))
 
 
+# sequence log-probabilities (fastloss/preference.py, csrc/sequence.c): rows of tokens
+SEQUENCE_LOG_PROBS = Loss(
+    name="sequence_log_probs", family="sequence", inputs=("token_log_probs", "mask"),
+    differentiable=("token_log_probs",), options=(Option("average", False),),
+    torch=Torch("sequence_log_probs", None, "", {}, "", note=(
+        "TRL's ``(per_token_logps * loss_mask).sum(-1)``, and its ``average_log_prob`` "
+        "divided by ``loss_mask.sum(-1)``")))
+
+
 LOSSES = {loss.name: loss for loss in (
     CROSS_ENTROPY,
     MSE, L1, HUBER, SMOOTH_L1, BCE_WITH_LOGITS,
@@ -1128,10 +1137,11 @@ LOSSES = {loss.name: loss for loss in (
     BRADLEY_TERRY, DPO, KL_DIV,
     GIOU_LOSS, DIOU_LOSS, CIOU_LOSS,
     PAIRWISE_DISTANCE, CONTRASTIVE, CONTRASTIVE_PAIRWISE, INFO_NCE, TRIPLET_MARGIN,
+    SEQUENCE_LOG_PROBS,
 )}
 
 
 def family(name):
     """The entries of family ``name`` ("cross_entropy", "elementwise", "box",
-    "contrastive"), in the registry's order."""
+    "contrastive", "sequence"), in the registry's order."""
     return tuple(loss for loss in LOSSES.values() if loss.family == name)

@@ -261,12 +261,14 @@ def _sequence_call(token_log_probs, mask):
 
 def sequence_log_probs(token_log_probs, mask, *, average=False):
     r"""The log-probability of each sequence: over the last axis (tokens),
-    ``sum(mask * token_log_probs)``, or with ``average`` that divided by ``sum(mask)``
+    ``sum(mask * token_log_probs)`` over the tokens whose mask is not 0 (a NaN or -inf
+    at a masked-out token is skipped), or with ``average`` that divided by ``sum(mask)``
     (TRL's ``average_log_prob``; IPO's length-normalised form; NaN for a row whose mask
     is all 0). (..., T) -> (...).
     """
     values, mask = _sequence_call(token_log_probs, mask)
-    total = np.sum(mask * values, axis=-1)
+    with np.errstate(invalid="ignore"):
+        total = np.sum(np.where(mask != 0, mask * values, 0.0), axis=-1)
     if average:
         with np.errstate(invalid="ignore", divide="ignore"):
             total = total / np.sum(mask, axis=-1)
