@@ -33,7 +33,7 @@ def test_every_entry_is_public_and_has_a_reference(entry):
         assert name in fastloss.__all__, name
         assert callable(getattr(fastloss, name))
         assert callable(getattr(reference, name)), f"fastloss.reference.{name}"
-    assert entry.family in ("cross_entropy", "elementwise", "contrastive", "box")
+    assert entry.family in ("cross_entropy", "elementwise", "contrastive", "box", "sequence")
     assert set(entry.differentiable) <= set(entry.inputs) | {o.name for o in entry.options}
 
 

@@ -931,6 +931,12 @@ for _entry in _registry.family("elementwise") + _registry.family("box"):
 del _entry, _function, _module
 
 
+# per-sequence log-probabilities for preference training (fastloss/torch/_preference.py)
+from fastloss.torch._preference import sequence_log_probs  # noqa: E402
+
+__all__ += ["sequence_log_probs"]
+
+
 def __getattr__(name):
     """``fastloss.torch.distributed`` on first use: ``import fastloss.torch`` does not
     import torch.distributed."""
