@@ -608,6 +608,8 @@ def _elementwise(entry, tensors, options, reduction, num_threads):
         _real_tensor(tensor, argument, function)
         if option.name in form.not_differentiable:
             _not_differentiable(tensor, argument, function, torch_name)
+        elif option.name in form.no_gradient:  # bradley_terry's margin
+            _no_gradient(tensor, argument, function, form)
         elif option.name == "weight" and tensor.shape != first.shape:
             raise ValueError(f"{function}: {argument}: expected the input's size "
                              f"{first.shape}, got {tensor.shape}")
