@@ -61,6 +61,8 @@ def bradley_terry_grad(chosen, rejected, grad_output=1.0, *, margin=0.0, reducti
     ``rejected``::
 
         d/dchosen = -sigmoid(-z),   d/drejected = sigmoid(-z),   z = chosen - rejected - margin
+
+    The margin is not differentiated.
     """
     call, z = _bradley_terry_z(chosen, rejected, margin, reduction)
     with np.errstate(invalid="ignore"):
@@ -224,6 +226,8 @@ def kl_div_grad(input, target, grad_output=1.0, *, reduction="mean", log_target=
                            (NaN where target == 0, as torch's autograd of xlogy)
         log_target True:   d/dinput = -exp(target),
                            d/dtarget = exp(target) (target - input + 1)
+
+    For "batchmean" both are divided by ``input.shape[0]``.
     """
     call, divisor = _kl_div_call(input, target, reduction, log_target)
     x, t = call.values["input"], call.values["target"]
