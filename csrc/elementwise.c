@@ -19,6 +19,12 @@
  *   poisson_nll      exp(x) - y x or x - y log(x + eps) (+ Stirling)  poisson_nll_loss
  *   gaussian_nll     0.5 (log v + (x - t)**2 / v), v = max(var, eps), aux = var
  *   pinball          max(q r, (q - 1) r), r = target - pred, q = factor (quantile)
+ *   soft_margin      log(1 + exp(-y x))                     soft_margin_loss
+ * and the preference and distillation terms of issue 16 (in double, rounded once):
+ *   bradley_terry    softplus(-z), z = chosen - rejected - margin (factor)
+ *   kl_div           t (log t - x), or exp(t) (t - x) with log_target    kl_div
+ *   dpo              of h = (pred - target) - (aux - aux2): sigmoid (cDPO), hinge
+ *                    or ipo, as TRL's DPOTrainer.dpo_loss; aux2 is the fourth input
  * Each term is multiplied by its weight; "mean" divides the weighted sum by
  * n, the number of elements, except for mse and l1 with a weight, where torch
  * (2.13) takes a weighted mean: the sum of the weight as paired with pred (see
@@ -26,10 +32,12 @@
  * grad_output, divided as the mean is.
  *
  * The gradient w.r.t. target: the regression losses depend on r alone, so it
- * is minus the slope (so are margin_ranking's w.r.t. x2 and pinball's); bce's is
- * w (-x + (p - 1) softplus(-x)), torch's binary_cross_entropy_with_logits_target_backward
- * (see bce_target_slope); poisson_nll's its own (poisson_target_slope).  The
- * gradient w.r.t. aux is gaussian_nll's w.r.t. var only.
+ * is minus the slope (so are margin_ranking's w.r.t. x2, pinball's, bradley_terry's
+ * and dpo's); bce's is w (-x + (p - 1) softplus(-x)), torch's
+ * binary_cross_entropy_with_logits_target_backward (see bce_target_slope);
+ * poisson_nll's and kl_div's their own (poisson_target_slope, kl_div_target_slope).
+ * The gradient w.r.t. aux is gaussian_nll's w.r.t. var, and dpo's minus the slope;
+ * w.r.t. aux2 dpo's slope.
  *
  * Stability (bce): softplus(-x) = max(-x, 0) + log1p(exp(-|x|)), and the
  * loss is evaluated per sign of x so that no large terms cancel; the sigmoid
