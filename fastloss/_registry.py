@@ -1105,7 +1105,8 @@ CONTRASTIVE_PAIRWISE = Loss(name="contrastive_pairwise", family="contrastive",
                                             "``torch.triu_indices(N, N, 1)``")))
 INFO_NCE = Loss(name="info_nce", family="contrastive", inputs=("query", "key"),
                 differentiable=("query", "key"),
-                options=(Option("temperature", 0.05), Option("symmetric", False)),
+                options=(Option("temperature", 0.05), Option("symmetric", False),
+                         Option("precision", "input")),
                 tolerance="products",
                 torch=Torch("info_nce", None, "", {}, "InfoNCELoss", note=(
                     "``F.cross_entropy`` of the similarities of rows normalised by "

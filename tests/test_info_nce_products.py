@@ -253,3 +253,30 @@ def test_float32_pass_puts_nan_where_the_reference_does(symmetric, bad, side):
     for ours, ref in ((loss, ref_loss),) + tuple(zip(grads, ref_grads)):
         assert np.array_equal(np.isnan(ours), np.isnan(ref))
         assert np.array_equal(np.isinf(ours), np.isinf(ref))
+
+
+@pytest.mark.parametrize("precision", ["input", "float64"])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_torch_adapter_passes_precision(precision, symmetric):
+    """fastloss.torch.info_nce and InfoNCELoss give the NumPy API's loss and gradients for
+    either precision, bit for bit."""
+    torch = pytest.importorskip("torch")
+    import fastloss.torch as ft
+
+    rng = np.random.default_rng([11, symmetric, len(precision)])
+    query, key = nce_inputs(rng, 40, 40 if symmetric else 56, 64, "random")
+    options = dict(temperature=0.05, symmetric=symmetric, precision=precision)
+    loss, grads = fastloss.info_nce_value_and_grad(query, key, 1.0, **options)
+    for module in (False, True):
+        q = torch.from_numpy(query.copy()).requires_grad_(True)
+        k = torch.from_numpy(key.copy()).requires_grad_(True)
+        if module:
+            out = ft.InfoNCELoss(**options)(q, k)
+        else:
+            out = ft.info_nce(q, k, **options)
+        out.backward()
+        assert out.item() == loss
+        assert bitwise_equal(q.grad.numpy(), grads[0])
+        assert bitwise_equal(k.grad.numpy(), grads[1])
+    with pytest.raises(ValueError, match="precision"):
+        ft.info_nce(torch.from_numpy(query), torch.from_numpy(key), precision="double")

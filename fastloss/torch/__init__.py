@@ -811,14 +811,16 @@ def contrastive_pairwise(embeddings, labels, *, pos_margin=0.0, neg_margin=1.0,
 
 
 def info_nce(query, key, *, temperature=0.05, symmetric=False, reduction="mean",
-             num_threads=None):
+             precision="input", num_threads=None):
     """:func:`fastloss.info_nce` on tensors: rows L2-normalised, ``s = q k^T / temperature``,
     cross-entropy of row i with target i (in-batch negatives; sentence-transformers'
     MultipleNegativesRankingLoss with ``scale = 1 / temperature``); ``symmetric=True``
     averages it with the column-wise loss (CLIP). Gradients w.r.t. ``query`` (N, D) and
-    ``key`` (M, D)."""
+    ``key`` (M, D). ``precision``: the products' precision, the inputs' ("input", as
+    torch computes them) or "float64" (see docs/accuracy.rst)."""
     options = {"temperature": temperature, "symmetric": symmetric,
-               "reduction": reduction_arg(reduction), "num_threads": num_threads}
+               "reduction": reduction_arg(reduction), "precision": precision,
+               "num_threads": num_threads}
     return _embedding_loss("info_nce", "fastloss.torch.info_nce",
                            [("query", query), ("key", key)], [], options)
 
@@ -906,18 +908,20 @@ class InfoNCELoss(torch.nn.Module):
     """:func:`info_nce` as a module: ``loss(query, key)``."""
 
     def __init__(self, temperature=0.05, symmetric=False, reduction="mean", *,
-                 num_threads=None):
+                 precision="input", num_threads=None):
         super().__init__()
         self.temperature, self.symmetric, self.reduction = temperature, symmetric, reduction
+        self.precision = precision
         self.num_threads = num_threads
 
     def forward(self, query, key):
         return info_nce(query, key, temperature=self.temperature, symmetric=self.symmetric,
-                        reduction=self.reduction, num_threads=self.num_threads)
+                        reduction=self.reduction, precision=self.precision,
+                        num_threads=self.num_threads)
 
     def extra_repr(self):
         return (f"temperature={self.temperature}, symmetric={self.symmetric}, "
-                f"reduction={self.reduction!r}")
+                f"reduction={self.reduction!r}, precision={self.precision!r}")
 
 
 # ----------------------------------------------------------------------------------------
