@@ -6,6 +6,7 @@ cdef extern from "sequence.h" nogil:
         fastloss_index n_tokens
         fastloss_index row_stride
         int average
+        int mask_is_bytes
         int num_threads
     int fastloss_sequence_log_probs(
         int dtype, const fastloss_sequence_options *options, const void *token_log_probs,
@@ -18,8 +19,8 @@ def sequence_run(cnp.ndarray token_log_probs not None, cnp.ndarray mask not None
                  int num_threads):
     """Run the sequence log-probability kernel.
 
-    token_log_probs, mask: C-contiguous (n_rows, n_tokens) float32 or float64 arrays of
-    one dtype.  sums: None, or a writeable contiguous float64 array of n_rows (the rows'
+    token_log_probs, mask: C-contiguous (n_rows, n_tokens) arrays: token_log_probs
+    float32 or float64, the mask of its dtype or bool (read as bytes).  sums: None, or a writeable contiguous float64 array of n_rows (the rows'
     sums, or averages).  grad: None, or a writeable C-contiguous array like
     token_log_probs for the gradient w.r.t. the token log-probabilities; it may be
     token_log_probs itself and overlaps nothing else.  grad_output: float64,
@@ -34,10 +35,15 @@ def sequence_run(cnp.ndarray token_log_probs not None, cnp.ndarray mask not None
                          f"{(<object>token_log_probs).shape}")
     cdef fastloss_index n_rows = token_log_probs.shape[0]
     cdef fastloss_index n_tokens = token_log_probs.shape[1]
+    cdef bint mask_is_bytes = cnp.PyArray_TYPE(mask) == cnp.NPY_BOOL
     for array, name in ((token_log_probs, "token_log_probs"), (mask, "mask"), (grad, "grad")):
         if array is None:
             continue
-        _check_float(array, typenum, name)
+        if array is mask and mask_is_bytes:
+            if not cnp.PyArray_ISALIGNED(mask):
+                raise ValueError("mask: expected an aligned array")
+        else:
+            _check_float(array, typenum, name)
         if array.shape != (<object>token_log_probs).shape:
             raise ValueError(f"{name}: expected shape {(<object>token_log_probs).shape}, "
                              f"got {array.shape}")
@@ -75,6 +81,7 @@ def sequence_run(cnp.ndarray token_log_probs not None, cnp.ndarray mask not None
     options.n_tokens = n_tokens
     options.row_stride = n_tokens
     options.average = average
+    options.mask_is_bytes = mask_is_bytes
     options.num_threads = num_threads
     cdef const void *x_ptr = cnp.PyArray_DATA(token_log_probs)
     cdef const void *mask_ptr = cnp.PyArray_DATA(mask)

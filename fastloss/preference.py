@@ -28,7 +28,7 @@ def _average_arg(average):
 
 class _Problem:
     """The checked arguments of one call: token_log_probs and the mask as C-contiguous
-    (rows, tokens) arrays of one float dtype (the mask converted to it)."""
+    (rows, tokens) arrays, the mask bool or converted to token_log_probs' dtype."""
 
     def __init__(self, token_log_probs, mask, average, num_threads):
         values = float_array(token_log_probs, "token_log_probs")
@@ -49,7 +49,10 @@ class _Problem:
         n_tokens = values.shape[-1]
         n_rows = int(np.prod(self.rows_shape, dtype=np.int64))
         self.values = np.require(values, requirements="CA").reshape(n_rows, n_tokens)
-        self.mask = np.require(mask, dtype=values.dtype, requirements="CA").reshape(
+        # a bool mask is read as bytes by the kernel (no conversion pass); any other
+        # takes the values' dtype
+        mask_dtype = np.bool_ if mask.dtype == np.bool_ else values.dtype
+        self.mask = np.require(mask, dtype=mask_dtype, requirements="CA").reshape(
             n_rows, n_tokens)
         self.n_rows = n_rows
 
