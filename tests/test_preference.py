@@ -303,6 +303,17 @@ def test_sequence_log_probs_threads_out_and_in_place(rng):
                                                              out=values)
     assert grad is values and np.array_equal(values, one[1])
     assert np.array_equal(value, fastloss.sequence_log_probs(before, mask, average=True))
+    # a bool mask is read as bytes; the same bits as the mask in the values' dtype
+    for average in (False, True):
+        as_bool = fastloss.sequence_log_probs_value_and_grad(before, mask, 0.5, average=average)
+        as_float = fastloss.sequence_log_probs_value_and_grad(before, mask.astype(np.float32),
+                                                              0.5, average=average)
+        as_int = fastloss.sequence_log_probs_value_and_grad(before, mask.astype(np.int8), 0.5,
+                                                            average=average)
+        for ours, other in zip(as_bool, as_float):
+            assert np.array_equal(ours, other)
+        for ours, other in zip(as_bool, as_int):
+            assert np.array_equal(ours, other)
     strided = before[:, ::2]
     assert np.array_equal(fastloss.sequence_log_probs(strided, mask[:, ::2]),
                           fastloss.sequence_log_probs(strided.copy(), mask[:, ::2].copy()))
