@@ -35,6 +35,7 @@ C_SOURCES = [
     "csrc/vocab.c",
     "csrc/vocab_avx2.c",
     "csrc/vocab_avx512.c",
+    "csrc/sequence.c",
 ]
 
 OPENMP_PROBE = """
@@ -147,7 +148,7 @@ extensions = [
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         depends=[os.path.join("csrc", name) for name in os.listdir("csrc") if name.endswith(".h")]
         + ["fastloss/_cross_entropy.pxi", "fastloss/_elementwise.pxi", "fastloss/_common.pxd",
-           "fastloss/_contrastive.pxi", "fastloss/_box.pxi"],
+           "fastloss/_contrastive.pxi", "fastloss/_box.pxi", "fastloss/_sequence.pxi"],
     )
 ]
 

@@ -19,6 +19,12 @@
  *   poisson_nll      exp(x) - y x or x - y log(x + eps) (+ Stirling)  poisson_nll_loss
  *   gaussian_nll     0.5 (log v + (x - t)**2 / v), v = max(var, eps), aux = var
  *   pinball          max(q r, (q - 1) r), r = target - pred, q = factor (quantile)
+ *   soft_margin      log(1 + exp(-y x))                     soft_margin_loss
+ * and the preference and distillation terms of issue 16 (in double, rounded once):
+ *   bradley_terry    softplus(-z), z = chosen - rejected - margin (factor)
+ *   kl_div           t (log t - x), or exp(t) (t - x) with log_target    kl_div
+ *   dpo              of h = (pred - target) - (aux - aux2): sigmoid (cDPO), hinge
+ *                    or ipo, as TRL's DPOTrainer.dpo_loss; aux2 is the fourth input
  * Each term is multiplied by its weight; "mean" divides the weighted sum by
  * n, the number of elements, except for mse and l1 with a weight, where torch
  * (2.13) takes a weighted mean: the sum of the weight as paired with pred (see
@@ -26,10 +32,12 @@
  * grad_output, divided as the mean is.
  *
  * The gradient w.r.t. target: the regression losses depend on r alone, so it
- * is minus the slope (so are margin_ranking's w.r.t. x2 and pinball's); bce's is
- * w (-x + (p - 1) softplus(-x)), torch's binary_cross_entropy_with_logits_target_backward
- * (see bce_target_slope); poisson_nll's its own (poisson_target_slope).  The
- * gradient w.r.t. aux is gaussian_nll's w.r.t. var only.
+ * is minus the slope (so are margin_ranking's w.r.t. x2, pinball's, bradley_terry's
+ * and dpo's); bce's is w (-x + (p - 1) softplus(-x)), torch's
+ * binary_cross_entropy_with_logits_target_backward (see bce_target_slope);
+ * poisson_nll's and kl_div's their own (poisson_target_slope, kl_div_target_slope).
+ * The gradient w.r.t. aux is gaussian_nll's w.r.t. var, and dpo's minus the slope;
+ * w.r.t. aux2 dpo's slope.
  *
  * Stability (bce): softplus(-x) = max(-x, 0) + log1p(exp(-|x|)), and the
  * loss is evaluated per sign of x so that no large terms cancel; the sigmoid
@@ -138,7 +146,7 @@ static int ew_cancelled(const double *loss)
 static int ew_reduced_loss(const ew_kernels_t *kernels, const fastloss_elementwise_options *options,
                            const fastloss_ew_inputs *in, double *loss)
 {
-    const fastloss_ew_outputs loss_only = {NULL, loss, NULL, NULL, NULL};
+    const fastloss_ew_outputs loss_only = {NULL, loss, NULL, NULL, NULL, NULL};
     const int status = kernels->run(options, in, NULL, 0, &loss_only);
     if (status != FASTLOSS_OK || !ew_cancelled(loss))
         return status;
@@ -156,55 +164,57 @@ static int ew_call(int dtype, const fastloss_elementwise_options *options,
     const int want_sum = out->loss != NULL && options->reduction != FASTLOSS_REDUCTION_NONE;
     if (!kernels->wide || !want_sum)
         return kernels->run(options, in, grad_output, grad_output_stride, out);
-    const int grads = out->grad || out->grad_target || out->grad_aux;
-    const int in_place =
-        out->grad && (out->grad == in->pred || out->grad == in->target || out->grad == in->aux);
+    const int grads = out->grad || out->grad_target || out->grad_aux || out->grad_aux2;
+    const int in_place = out->grad && (out->grad == in->pred || out->grad == in->target ||
+                                       out->grad == in->aux || out->grad == in->aux2);
     if (grads && in_place && kernels->may_be_negative(options, in)) {
         /* step 3: the loss while the inputs are whole, then the gradients */
         const int status = ew_reduced_loss(kernels, options, in, out->loss);
         if (status != FASTLOSS_OK)
             return status;
         const fastloss_ew_outputs grads_only = {NULL, NULL, out->grad, out->grad_target,
-                                                out->grad_aux};
+                                                out->grad_aux, out->grad_aux2};
         return kernels->run(options, in, grad_output, grad_output_stride, &grads_only);
     }
     const int status = kernels->run(options, in, grad_output, grad_output_stride, out);
     if (status != FASTLOSS_OK || !ew_cancelled(out->loss))
         return status;
-    const fastloss_ew_outputs loss_only = {NULL, out->loss, NULL, NULL, NULL};
+    const fastloss_ew_outputs loss_only = {NULL, out->loss, NULL, NULL, NULL, NULL};
     return kernels->wide(options, in, NULL, 0, &loss_only);
 }
 
 int fastloss_elementwise_forward(int dtype, const fastloss_elementwise_options *options,
                                  const void *pred, const void *target, const void *aux,
-                                 const void *weight, const void *factor,
+                                 const void *aux2, const void *weight, const void *factor,
                                  void *loss_per_element, double *loss)
 {
-    const fastloss_ew_inputs in = {pred, target, aux, weight, factor};
-    const fastloss_ew_outputs out = {loss_per_element, loss, NULL, NULL, NULL};
+    const fastloss_ew_inputs in = {pred, target, aux, aux2, weight, factor};
+    const fastloss_ew_outputs out = {loss_per_element, loss, NULL, NULL, NULL, NULL};
     return ew_call(dtype, options, &in, NULL, 0, &out);
 }
 
 int fastloss_elementwise_backward(int dtype, const fastloss_elementwise_options *options,
                                   const void *pred, const void *target, const void *aux,
-                                  const void *weight, const void *factor,
+                                  const void *aux2, const void *weight, const void *factor,
                                   const double *grad_output, fastloss_index grad_output_stride,
-                                  void *grad, void *grad_target, void *grad_aux)
+                                  void *grad, void *grad_target, void *grad_aux,
+                                  void *grad_aux2)
 {
-    const fastloss_ew_inputs in = {pred, target, aux, weight, factor};
-    const fastloss_ew_outputs out = {NULL, NULL, grad, grad_target, grad_aux};
+    const fastloss_ew_inputs in = {pred, target, aux, aux2, weight, factor};
+    const fastloss_ew_outputs out = {NULL, NULL, grad, grad_target, grad_aux, grad_aux2};
     return ew_call(dtype, options, &in, grad_output, grad_output_stride, &out);
 }
 
 int fastloss_elementwise_value_and_grad(int dtype, const fastloss_elementwise_options *options,
                                         const void *pred, const void *target, const void *aux,
-                                        const void *weight, const void *factor,
-                                        const double *grad_output,
+                                        const void *aux2, const void *weight,
+                                        const void *factor, const double *grad_output,
                                         fastloss_index grad_output_stride,
                                         void *loss_per_element, double *loss, void *grad,
-                                        void *grad_target, void *grad_aux)
+                                        void *grad_target, void *grad_aux, void *grad_aux2)
 {
-    const fastloss_ew_inputs in = {pred, target, aux, weight, factor};
-    const fastloss_ew_outputs out = {loss_per_element, loss, grad, grad_target, grad_aux};
+    const fastloss_ew_inputs in = {pred, target, aux, aux2, weight, factor};
+    const fastloss_ew_outputs out = {loss_per_element, loss, grad, grad_target, grad_aux,
+                                     grad_aux2};
     return ew_call(dtype, options, &in, grad_output, grad_output_stride, &out);
 }

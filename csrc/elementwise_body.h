@@ -952,6 +952,186 @@ static void EW(soft_margin_tile)(const STORE_T *FASTLOSS_RESTRICT pred,
 #undef EW_SOFT_MARGIN_ELEMENT
 
 /* ---------------------------------------------------------------------------
+ * The preference and distillation terms of issue 16: bradley_terry, kl_div and
+ * dpo.  Each is computed in WIDE (double) from the exact inputs and rounded to
+ * REAL once: their arguments are differences of inputs (chosen - rejected,
+ * log t - x, four log-probabilities), which float32 arithmetic would round
+ * before the loss could keep them, and they are read from per-pair or per-token
+ * arrays whose cost is the memory, not the arithmetic.
+ * ------------------------------------------------------------------------- */
+
+/*
+ * softplus(-z) = -log sigmoid(z) = max(-z, 0) + log1p(exp(-|z|)) and
+ * sigmoid(-z) = (z >= 0 ? e / (1 + e) : 1 / (1 + e)), e = exp(-|z|): exp never
+ * sees a positive argument, and each form is a sum of terms >= 0.  NaN z gives a
+ * NaN value and slope; z = +-inf the limits (0 and 0, inf and 1).
+ */
+FASTLOSS_INLINE EW_WIDE EW(softplus_minus)(EW_WIDE z, EW_WIDE e)
+{
+    return (z < 0 ? -z : 0) + EW_WIDE_LOG1P_UNIT(e);
+}
+
+FASTLOSS_INLINE EW_WIDE EW(sigmoid_minus)(EW_WIDE z, EW_WIDE e)
+{
+    return z >= 0 ? e / (1 + e) : 1 / (1 + e);
+}
+
+/*
+ * bradley_terry (the reward model's loss; torchrl's reward_model_loss, TRL's
+ * RewardTrainer), c = chosen = pred, r = rejected = target, m = margin = factor:
+ *   z = c - r - m,  loss = -log sigmoid(z) = softplus(-z),
+ *   d/dc = -sigmoid(-z),  d/dr = sigmoid(-z)  (minus the slope).
+ * c - r is exact in double for float32 inputs, so z rounds once.
+ */
+static void EW(bradley_terry_tile)(const STORE_T *FASTLOSS_RESTRICT chosen,
+                                   const STORE_T *FASTLOSS_RESTRICT rejected,
+                                   const STORE_T *FASTLOSS_RESTRICT margin, fastloss_index m,
+                                   REAL *FASTLOSS_RESTRICT value, REAL *FASTLOSS_RESTRICT slope)
+{
+    EW_TILE_LOOPS(const EW_WIDE z = ((EW_WIDE)LOAD(chosen, k) - (EW_WIDE)LOAD(rejected, k)) -
+                                    (EW_WIDE)LOAD(margin, k);
+                  const EW_WIDE e = EW_WIDE_EXP_NONPOSITIVE(-EW_WIDE_ABS(z)),
+                  (REAL)EW(softplus_minus)(z, e), (REAL)-EW(sigmoid_minus)(z, e));
+}
+
+/*
+ * kl_div (torch.nn.functional.kl_div), x = input (log-probabilities), t = target:
+ *   log_target 0:  torch's xlogy(t, t) - t x, computed as t (log t - x), and
+ *                  0 - t x where t == 0 (0 log 0 = 0; NaN for an infinite x, as
+ *                  torch's 0 * inf); t < 0 gives NaN (log t), as torch's xlogy.
+ *                  d/dx = -t;  d/dt = log t + 1 - x, and NaN at t == 0, where
+ *                  torch's autograd of xlogy(t, t) forms t / t.
+ *   log_target 1:  w = exp(t),  loss = w (t - x),  d/dx = -w,
+ *                  d/dt = w (t - x + 1)  (NaN at t = -inf, 0 * inf, as torch).
+ * The factored form t (log t - x) keeps the term's relative accuracy where
+ * log t and x agree (near convergence), where torch's difference of products
+ * cancels; in double, and rounded once, for float32.  Terms are of either sign
+ * (the sum, a divergence, is not): the sign test says so, and a float32 sum
+ * that cancels is redone in double (elementwise.c).
+ */
+FASTLOSS_INLINE EW(pair) EW(kl_div_element)(REAL input, REAL target, int log_target)
+{
+    const EW_WIDE x = input, t = target;
+    EW(pair) result;
+    if (log_target) {
+        const EW_WIDE w = fastloss_exp(t), d = t - x;
+        result.value = w * d;
+        result.slope = -w;
+    } else {
+        result.value = t == 0 ? 0 - t * x : t * (fastloss_log(t) - x);
+        result.slope = -t;
+    }
+    return result;
+}
+
+FASTLOSS_INLINE EW_WIDE EW(kl_div_target_slope)(REAL input, REAL target, int log_target)
+{
+    const EW_WIDE x = input, t = target;
+    if (log_target)
+        return fastloss_exp(t) * ((t - x) + 1);
+    return t == 0 ? NAN : (fastloss_log(t) + 1) - x;
+}
+
+static void EW(kl_div_tile)(const STORE_T *FASTLOSS_RESTRICT input,
+                            const STORE_T *FASTLOSS_RESTRICT target, fastloss_index m,
+                            int log_target, REAL *FASTLOSS_RESTRICT value,
+                            REAL *FASTLOSS_RESTRICT slope)
+{
+    if (log_target)
+        EW_TILE_LOOPS(const EW(pair) f = EW(kl_div_element)(LOAD(input, k), LOAD(target, k), 1),
+                      (REAL)f.value, (REAL)f.slope);
+    else
+        EW_TILE_LOOPS(const EW(pair) f = EW(kl_div_element)(LOAD(input, k), LOAD(target, k), 0),
+                      (REAL)f.value, (REAL)f.slope);
+}
+
+static void EW(kl_div_target_tile)(const STORE_T *FASTLOSS_RESTRICT input,
+                                   const STORE_T *FASTLOSS_RESTRICT target, fastloss_index m,
+                                   int log_target, REAL *FASTLOSS_RESTRICT target_slope)
+{
+    if (log_target)
+        for (fastloss_index k = 0; k < m; ++k)
+            target_slope[k] = (REAL)EW(kl_div_target_slope)(LOAD(input, k), LOAD(target, k), 1);
+    else
+        for (fastloss_index k = 0; k < m; ++k)
+            target_slope[k] = (REAL)EW(kl_div_target_slope)(LOAD(input, k), LOAD(target, k), 0);
+}
+
+/*
+ * dpo (Rafailov et al. 2023; TRL's DPOTrainer.dpo_loss), pc, pr = the policy's
+ * sequence log-probabilities of the chosen and rejected answers (pred, target),
+ * rc, rr = the reference model's (aux, aux2), beta > 0, ls = label_smoothing:
+ *   h = (pc - pr) - (rc - rr),  z = beta h,
+ *   sigmoid:  loss = (1 - ls) softplus(-z) + ls softplus(z)
+ *                  = -(1 - ls) log sigmoid(z) - ls log sigmoid(-z)  (cDPO),
+ *             d/dh = beta (ls - sigmoid(-z))
+ *   hinge:    loss = relu(1 - z),  d/dh = -beta where 1 - z > 0, else 0
+ *             (torch's relu backward: 0 at the kink, -beta for NaN)
+ *   ipo:      loss = (h - 1 / (2 beta))**2,  d/dh = 2 (h - 1 / (2 beta))
+ * d/dpc = d/dh, d/dpr = d/drc = -d/dh, d/drr = d/dh.  softplus(z) =
+ * softplus(-z) + z, written from e = exp(-|z|) as max(z, 0) + log1p(e).  The
+ * terms are >= 0.  h is computed in double (each difference of float32 values
+ * exact), so float32 rounds its terms once.
+ */
+FASTLOSS_INLINE EW(pair) EW(dpo_element)(REAL policy_chosen, REAL policy_rejected,
+                                         REAL reference_chosen, REAL reference_rejected,
+                                         EW_WIDE beta, int loss_type, EW_WIDE smoothing,
+                                         EW_WIDE ipo_target)
+{
+    const EW_WIDE h = ((EW_WIDE)policy_chosen - (EW_WIDE)policy_rejected) -
+                      ((EW_WIDE)reference_chosen - (EW_WIDE)reference_rejected);
+    EW(pair) result;
+    if (loss_type == FASTLOSS_DPO_SIGMOID) {
+        const EW_WIDE z = beta * h;
+        const EW_WIDE e = EW_WIDE_EXP_NONPOSITIVE(-EW_WIDE_ABS(z));
+        const EW_WIDE log1p_e = EW_WIDE_LOG1P_UNIT(e);
+        const EW_WIDE minus = (z < 0 ? -z : 0) + log1p_e; /* softplus(-z) */
+        const EW_WIDE plus = (z > 0 ? z : 0) + log1p_e;   /* softplus(z) */
+        result.value = (1 - smoothing) * minus + smoothing * plus;
+        result.slope = beta * (smoothing - EW(sigmoid_minus)(z, e));
+    } else if (loss_type == FASTLOSS_DPO_HINGE) {
+        const EW_WIDE u = 1 - beta * h;
+        result.value = u < 0 ? 0 : u;
+        result.slope = u <= 0 ? 0 : -beta;
+    } else {
+        const EW_WIDE d = h - ipo_target;
+        result.value = d * d;
+        result.slope = 2 * d;
+    }
+    return result;
+}
+
+#define EW_DPO_LOOPS(TYPE)                                                                  \
+    EW_TILE_LOOPS(const EW(pair) f = EW(dpo_element)(LOAD(policy_chosen, k),                \
+                                                     LOAD(policy_rejected, k),              \
+                                                     LOAD(reference_chosen, k),             \
+                                                     LOAD(reference_rejected, k), beta,     \
+                                                     TYPE, smoothing, ipo_target),          \
+                  (REAL)f.value, (REAL)f.slope)
+
+static void EW(dpo_tile)(const STORE_T *FASTLOSS_RESTRICT policy_chosen,
+                         const STORE_T *FASTLOSS_RESTRICT policy_rejected,
+                         const STORE_T *FASTLOSS_RESTRICT reference_chosen,
+                         const STORE_T *FASTLOSS_RESTRICT reference_rejected, fastloss_index m,
+                         EW_WIDE beta, int loss_type, EW_WIDE smoothing, EW_WIDE ipo_target,
+                         REAL *FASTLOSS_RESTRICT value, REAL *FASTLOSS_RESTRICT slope)
+{
+    switch (loss_type) {
+    case FASTLOSS_DPO_SIGMOID:
+        EW_DPO_LOOPS(FASTLOSS_DPO_SIGMOID);
+        break;
+    case FASTLOSS_DPO_HINGE:
+        EW_DPO_LOOPS(FASTLOSS_DPO_HINGE);
+        break;
+    default:
+        EW_DPO_LOOPS(FASTLOSS_DPO_IPO);
+        break;
+    }
+}
+
+#undef EW_DPO_LOOPS
+
+/* ---------------------------------------------------------------------------
  * The runner
  * ------------------------------------------------------------------------- */
 
@@ -967,19 +1147,23 @@ typedef struct EW(call_s) {
     EW_WIDE constant;              /* gaussian_nll: 0.5 log(2 pi) when full, else 0 */
     REAL eps_up;                   /* gaussian_nll: the least REAL >= eps (float32 pass) */
     int eps_inexact;               /* gaussian_nll: eps_up != eps */
-    const STORE_T *pred, *target, *aux;
+    int log_target;                /* kl_div */
+    EW_WIDE beta, smoothing, ipo_target; /* dpo: beta, label_smoothing, 1 / (2 beta) */
+    int dpo_type;                  /* dpo: enum fastloss_dpo_loss_type */
+    const STORE_T *pred, *target, *aux, *aux2;
     const STORE_T *weight, *factor;
     fastloss_index weight_period, factor_period;
     const double *grad_output;     /* per element (reduction none), or NULL: use scale */
     REAL scale;                    /* grad_output, divided by n for the mean */
     int want_sum;
-    STORE_T *loss_per_element, *grad, *grad_target, *grad_aux;
+    STORE_T *loss_per_element, *grad, *grad_target, *grad_aux, *grad_aux2;
 } EW(call);
 
 /* Whether the loss's gradient w.r.t. target is something else than minus its slope. */
 static int EW(own_target_slope)(int loss)
 {
-    return loss == FASTLOSS_LOSS_BCE_WITH_LOGITS || loss == FASTLOSS_LOSS_POISSON_NLL;
+    return loss == FASTLOSS_LOSS_BCE_WITH_LOGITS || loss == FASTLOSS_LOSS_POISSON_NLL ||
+           loss == FASTLOSS_LOSS_KL_DIV;
 }
 
 /* The value and slope of m elements from `start`, per the call's loss (factor:
@@ -1023,6 +1207,16 @@ static void EW(compute_tile)(const EW(call) *call, fastloss_index start, fastlos
     case FASTLOSS_LOSS_SOFT_MARGIN:
         EW(soft_margin_tile)(pred, target, m, value, slope);
         break;
+    case FASTLOSS_LOSS_BRADLEY_TERRY:
+        EW(bradley_terry_tile)(pred, target, factor, m, value, slope);
+        break;
+    case FASTLOSS_LOSS_KL_DIV:
+        EW(kl_div_tile)(pred, target, m, call->log_target, value, slope);
+        break;
+    case FASTLOSS_LOSS_DPO:
+        EW(dpo_tile)(pred, target, call->aux + start, call->aux2 + start, m, call->beta,
+                     call->dpo_type, call->smoothing, call->ipo_target, value, slope);
+        break;
     default: /* FASTLOSS_LOSS_PINBALL */
         EW(pinball_tile)(pred, target, factor, m, value, slope);
         break;
@@ -1035,6 +1229,9 @@ static void EW(compute_target_tile)(const EW(call) *call, fastloss_index start, 
 {
     if (call->loss == FASTLOSS_LOSS_BCE_WITH_LOGITS)
         EW(bce_target_tile)(call->pred + start, factor, m, target_slope);
+    else if (call->loss == FASTLOSS_LOSS_KL_DIV)
+        EW(kl_div_target_tile)(call->pred + start, call->target + start, m, call->log_target,
+                               target_slope);
     else /* FASTLOSS_LOSS_POISSON_NLL */
         EW(poisson_target_tile)(call->pred + start, call->target + start, m, call->eps,
                                 call->log_input, call->full, target_slope);
@@ -1083,9 +1280,11 @@ static double EW(block)(const EW(call) *call, fastloss_index start, fastloss_ind
     REAL target_slope_tile[FASTLOSS_EW_TILE];
     REAL aux_slope_tile[FASTLOSS_EW_TILE];
     const int own_target_slope = EW(own_target_slope)(call->loss);
+    const int dpo = call->loss == FASTLOSS_LOSS_DPO;
     /* the pred slopes: for pred's gradient, and negated for target's unless the
-     * loss has its own */
-    const int want_slope = call->grad || (call->grad_target && !own_target_slope);
+     * loss has its own (and dpo's aux and aux2 slopes are -slope and slope) */
+    const int want_slope = call->grad || (call->grad_target && !own_target_slope) ||
+                           (dpo && (call->grad_aux || call->grad_aux2));
     double lane[FASTLOSS_LANES] = {0.0}, negative_lane[FASTLOSS_LANES] = {0.0};
     double tail = 0.0, negative_tail = 0.0;
     int wide_mode = 0;
@@ -1124,7 +1323,10 @@ static double EW(block)(const EW(call) *call, fastloss_index start, fastloss_ind
                 for (fastloss_index k = 0; k < m; ++k)
                     target_slope_tile[k] = -slope[k];
         }
-        if (call->grad_aux) /* gaussian_nll's var, the only aux with a gradient */
+        if (call->grad_aux && dpo) /* reference_chosen's: minus the slope */
+            for (fastloss_index k = 0; k < m; ++k)
+                aux_slope_tile[k] = -slope[k];
+        else if (call->grad_aux) /* gaussian_nll's var */
             EW(gaussian_var_tile)(call->pred + i, call->target + i, call->aux + i, m, call->eps,
                                   aux_slope_tile);
 
@@ -1171,6 +1373,8 @@ static double EW(block)(const EW(call) *call, fastloss_index start, fastloss_ind
             EW(write_grad)(call, i, m, weight, target_slope_tile, call->grad_target + i);
         if (call->grad_aux)
             EW(write_grad)(call, i, m, weight, aux_slope_tile, call->grad_aux + i);
+        if (call->grad_aux2) /* dpo's reference_rejected: the slope itself */
+            EW(write_grad)(call, i, m, weight, slope, call->grad_aux2 + i);
     }
     const double sum = fastloss_lanes_total(lane) + tail;
     *magnitude = sum - 2.0 * (fastloss_lanes_total(negative_lane) + negative_tail);
@@ -1191,6 +1395,9 @@ static void EW(set_params)(EW(call) *call, const fastloss_elementwise_options *o
     call->constant = 0;
     call->eps_up = 0;
     call->eps_inexact = 1;
+    call->log_target = 0;
+    call->beta = call->smoothing = call->ipo_target = 0;
+    call->dpo_type = FASTLOSS_DPO_SIGMOID;
     switch (call->loss) {
     case FASTLOSS_LOSS_HUBER:
     case FASTLOSS_LOSS_SMOOTH_L1:
@@ -1233,6 +1440,17 @@ static void EW(set_params)(EW(call) *call, const fastloss_elementwise_options *o
 #endif
         call->eps_inexact = !((EW_WIDE)call->eps_up == call->eps);
         break;
+    case FASTLOSS_LOSS_KL_DIV:
+        call->log_target = param[0] != 0;
+        break;
+    case FASTLOSS_LOSS_DPO:
+        call->beta = param[0];
+        call->dpo_type = param[1] == 1 ? FASTLOSS_DPO_HINGE
+                         : param[1] == 2 ? FASTLOSS_DPO_IPO
+                                         : FASTLOSS_DPO_SIGMOID;
+        call->smoothing = call->dpo_type == FASTLOSS_DPO_SIGMOID ? param[2] : 0;
+        call->ipo_target = 1 / (2 * param[0]); /* TRL's 1 / (2 * beta) */
+        break;
     default:
         break;
     }
@@ -1252,8 +1470,11 @@ int RUN FASTLOSS_EW_RUN_SIGNATURE
     call.pred = (const STORE_T *)in->pred;
     call.target = (const STORE_T *)in->target;
     call.aux = (const STORE_T *)in->aux;
+    call.aux2 = call.loss == FASTLOSS_LOSS_DPO ? (const STORE_T *)in->aux2 : NULL;
     call.weight = weight;
-    call.factor = call.loss == FASTLOSS_LOSS_BCE_WITH_LOGITS || call.loss == FASTLOSS_LOSS_PINBALL
+    call.factor = call.loss == FASTLOSS_LOSS_BCE_WITH_LOGITS ||
+                          call.loss == FASTLOSS_LOSS_PINBALL ||
+                          call.loss == FASTLOSS_LOSS_BRADLEY_TERRY
                       ? (const STORE_T *)in->factor
                       : NULL;
     call.weight_period = options->weight_period;
@@ -1265,8 +1486,12 @@ int RUN FASTLOSS_EW_RUN_SIGNATURE
     call.grad = (STORE_T *)out->grad;
     call.grad_target =
         call.loss == FASTLOSS_LOSS_SIGMOID_FOCAL ? NULL : (STORE_T *)out->grad_target;
-    call.grad_aux = call.loss == FASTLOSS_LOSS_GAUSSIAN_NLL ? (STORE_T *)out->grad_aux : NULL;
-    const int want_grad = call.grad != NULL || call.grad_target != NULL || call.grad_aux != NULL;
+    call.grad_aux = call.loss == FASTLOSS_LOSS_GAUSSIAN_NLL || call.loss == FASTLOSS_LOSS_DPO
+                        ? (STORE_T *)out->grad_aux
+                        : NULL;
+    call.grad_aux2 = call.loss == FASTLOSS_LOSS_DPO ? (STORE_T *)out->grad_aux2 : NULL;
+    const int want_grad = call.grad != NULL || call.grad_target != NULL ||
+                          call.grad_aux != NULL || call.grad_aux2 != NULL;
     call.grad_output = want_grad && grad_output && grad_output_stride != 0 ? grad_output : NULL;
     /* The mean's denominator: the element count, except for mse and l1 with a weight,
      * where torch (2.13) takes sum(w * l) / sum(w) with the weight as paired with pred:
@@ -1337,7 +1562,7 @@ int RUN FASTLOSS_EW_RUN_SIGNATURE
 /*
  * Whether a term of this call may be negative, so that terms of both signs may
  * cancel in the sum (elementwise.c's policy): the losses with terms of either
- * sign (poisson_nll, gaussian_nll), a negative weight, a negative pos_weight, a
+ * sign (poisson_nll, gaussian_nll, kl_div), a negative weight, a negative pos_weight, a
  * quantile outside [0, 1], sigmoid_focal's alpha above 1 (1 - alpha < 0), and a
  * target outside [0, 1] for bce_with_logits and sigmoid_focal.  Every other
  * term is >= 0 or NaN.  Reads one period of the weight and the factor, and the
@@ -1373,7 +1598,8 @@ int MAY_BE_NEGATIVE FASTLOSS_EW_SIGNS_SIGNATURE
     const int loss = options->loss, threads = options->num_threads;
     const int bce = loss == FASTLOSS_LOSS_BCE_WITH_LOGITS;
     const int focal = loss == FASTLOSS_LOSS_SIGMOID_FOCAL;
-    if (loss == FASTLOSS_LOSS_POISSON_NLL || loss == FASTLOSS_LOSS_GAUSSIAN_NLL)
+    if (loss == FASTLOSS_LOSS_POISSON_NLL || loss == FASTLOSS_LOSS_GAUSSIAN_NLL ||
+        loss == FASTLOSS_LOSS_KL_DIV)
         return 1;
     if (focal && options->param[0] > 1)
         return 1;

@@ -71,18 +71,18 @@ enum { EW_FOCAL_GAMMA_0 = 0, EW_FOCAL_GAMMA_1 = 1, EW_FOCAL_GAMMA_2 = 2, EW_FOCA
 /*
  * The arrays of one call, bundled so that the runner's signature stays short,
  * each of the call's storage type (void *, as the entry points take them).
- * Inputs: pred, target and aux (NULL for the losses of two inputs) of n values,
- * weight and factor periodic or NULL.  Outputs, each NULL when not asked for:
- * loss_per_element (reduction none), loss (two doubles: see elementwise.h),
- * and the gradients w.r.t. pred, target and aux.
+ * Inputs: pred, target, aux and aux2 (NULL for the losses of fewer inputs) of n
+ * values, weight and factor periodic or NULL.  Outputs, each NULL when not asked
+ * for: loss_per_element (reduction none), loss (two doubles: see elementwise.h),
+ * and the gradients w.r.t. pred, target, aux and aux2.
  */
 typedef struct fastloss_ew_inputs {
-    const void *pred, *target, *aux, *weight, *factor;
+    const void *pred, *target, *aux, *aux2, *weight, *factor;
 } fastloss_ew_inputs;
 typedef struct fastloss_ew_outputs {
     void *loss_per_element;
     double *loss;
-    void *grad, *grad_target, *grad_aux;
+    void *grad, *grad_target, *grad_aux, *grad_aux2;
 } fastloss_ew_outputs;
 
 /*

@@ -115,13 +115,14 @@ from fastloss import cross_entropy as _cross_entropy
 from fastloss import distill as _distill
 from fastloss import elementwise as _elementwise
 from fastloss import linear_cross_entropy as _linear_cross_entropy
+from fastloss import preference as _preference
 from fastloss._registry import LOSSES as _LOSSES
 
 # Every loss's three public functions, by the registry's names: the elementwise ones are
 # generated from their entries, the others written by hand in their family's module.
 _FAMILY_MODULES = {"cross_entropy": _cross_entropy, "elementwise": _elementwise,
                    "box": _box, "contrastive": _contrastive, "distill": _distill,
-                   "linear_cross_entropy": _linear_cross_entropy}
+                   "linear_cross_entropy": _linear_cross_entropy, "sequence": _preference}
 _PUBLIC = [loss.name + suffix for loss in _LOSSES.values()
            for suffix in ("", "_grad", "_value_and_grad")]
 for _loss in _LOSSES.values():

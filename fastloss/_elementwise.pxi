@@ -13,6 +13,12 @@ cdef extern from "elementwise.h" nogil:
         FASTLOSS_LOSS_GAUSSIAN_NLL
         FASTLOSS_LOSS_PINBALL
         FASTLOSS_LOSS_SOFT_MARGIN
+        FASTLOSS_LOSS_BRADLEY_TERRY
+        FASTLOSS_LOSS_KL_DIV
+        FASTLOSS_LOSS_DPO
+        FASTLOSS_DPO_SIGMOID
+        FASTLOSS_DPO_HINGE
+        FASTLOSS_DPO_IPO
         FASTLOSS_ELEMENTWISE_PARAMS
     ctypedef struct fastloss_elementwise_options:
         fastloss_index n
@@ -25,19 +31,19 @@ cdef extern from "elementwise.h" nogil:
         int num_threads
     int fastloss_elementwise_forward(
         int dtype, const fastloss_elementwise_options *options, const void *pred,
-        const void *target, const void *aux, const void *weight, const void *factor,
-        void *loss_per_element, double *loss)
+        const void *target, const void *aux, const void *aux2, const void *weight,
+        const void *factor, void *loss_per_element, double *loss)
     int fastloss_elementwise_backward(
         int dtype, const fastloss_elementwise_options *options, const void *pred,
-        const void *target, const void *aux, const void *weight, const void *factor,
-        const double *grad_output, fastloss_index grad_output_stride, void *grad,
-        void *grad_target, void *grad_aux)
+        const void *target, const void *aux, const void *aux2, const void *weight,
+        const void *factor, const double *grad_output, fastloss_index grad_output_stride,
+        void *grad, void *grad_target, void *grad_aux, void *grad_aux2)
     int fastloss_elementwise_value_and_grad(
         int dtype, const fastloss_elementwise_options *options, const void *pred,
-        const void *target, const void *aux, const void *weight, const void *factor,
-        const double *grad_output, fastloss_index grad_output_stride,
+        const void *target, const void *aux, const void *aux2, const void *weight,
+        const void *factor, const double *grad_output, fastloss_index grad_output_stride,
         void *loss_per_element, double *loss, void *grad, void *grad_target,
-        void *grad_aux)
+        void *grad_aux, void *grad_aux2)
 
 ELEMENTWISE_LOSSES = {"mse": FASTLOSS_LOSS_MSE, "l1": FASTLOSS_LOSS_L1,
                       "huber": FASTLOSS_LOSS_HUBER, "smooth_l1": FASTLOSS_LOSS_SMOOTH_L1,
@@ -47,12 +53,20 @@ ELEMENTWISE_LOSSES = {"mse": FASTLOSS_LOSS_MSE, "l1": FASTLOSS_LOSS_L1,
                       "poisson_nll": FASTLOSS_LOSS_POISSON_NLL,
                       "gaussian_nll": FASTLOSS_LOSS_GAUSSIAN_NLL,
                       "pinball": FASTLOSS_LOSS_PINBALL,
-                      "soft_margin": FASTLOSS_LOSS_SOFT_MARGIN}
+                      "soft_margin": FASTLOSS_LOSS_SOFT_MARGIN,
+                      "bradley_terry": FASTLOSS_LOSS_BRADLEY_TERRY,
+                      "kl_div": FASTLOSS_LOSS_KL_DIV,
+                      "dpo": FASTLOSS_LOSS_DPO}
+
+# dpo's loss types, the code its param[1] carries (elementwise.h)
+DPO_LOSS_TYPES = {"sigmoid": FASTLOSS_DPO_SIGMOID, "hinge": FASTLOSS_DPO_HINGE,
+                  "ipo": FASTLOSS_DPO_IPO}
 
 # What each loss reads beyond pred and target (elementwise.h): the names of its params
 # (in order; ew_run's `params`), its third input `aux` (None: it has none), the name
 # of its periodic factor (None: it takes none) and whether the factor is required,
-# and which gradients it has besides pred's.
+# and which gradients it has besides pred's.  dpo alone has a fourth input, aux2
+# (EW_FOUR_INPUTS).
 EW_LOSS_SIGNATURES = {
     "mse": ((), None, None, False, ("target",)),
     "l1": ((), None, None, False, ("target",)),
@@ -65,7 +79,12 @@ EW_LOSS_SIGNATURES = {
     "gaussian_nll": (("full", "eps"), "var", None, False, ("target", "aux")),
     "pinball": ((), None, "quantile", True, ("target",)),
     "soft_margin": ((), None, None, False, ()),
+    "bradley_terry": ((), None, "margin", True, ("target",)),
+    "kl_div": (("log_target",), None, None, False, ("target",)),
+    "dpo": (("beta", "loss_type", "label_smoothing"), "reference_chosen", None, False,
+            ("target", "aux", "aux2")),
 }
+EW_FOUR_INPUTS = {"dpo": "reference_rejected"}
 
 
 cdef inline bint _finite(double value):
@@ -97,6 +116,15 @@ cdef int _check_params(str loss, double *param) except -1:
             raise ValueError(f"full: expected 0 or 1 (a bool), got {param[0]}")
         if not (0.0 < param[1] < float("inf")):
             raise ValueError(f"eps: expected a finite value > 0, got {param[1]}")
+    if loss == "kl_div" and param[0] != 0.0 and param[0] != 1.0:
+        raise ValueError(f"log_target: expected 0 or 1 (a bool), got {param[0]}")
+    if loss == "dpo":
+        if not (0.0 < param[0] < float("inf")):
+            raise ValueError(f"beta: expected a finite value > 0, got {param[0]}")
+        if param[1] not in (FASTLOSS_DPO_SIGMOID, FASTLOSS_DPO_HINGE, FASTLOSS_DPO_IPO):
+            raise ValueError(f"loss_type: unknown code {param[1]}")
+        if not (0.0 <= param[2] <= 0.5):
+            raise ValueError(f"label_smoothing: expected a value in [0, 0.5], got {param[2]}")
     return 0
 
 
@@ -116,22 +144,23 @@ def ew_run(str mode, str loss, cnp.ndarray pred not None, cnp.ndarray target not
            object weight, object factor, object grad_output, object loss_per_element,
            object grad, object params, str reduction, int num_threads, *,
            object grad_target=None, fastloss_index weight_sum_repeats=1, object aux=None,
-           object grad_aux=None):
+           object grad_aux=None, object aux2=None, object grad_aux2=None):
     """Run one elementwise kernel.
 
     mode: "forward", "backward" or "value_and_grad"; loss: a key of ELEMENTWISE_LOSSES.
     pred, target: contiguous 1-d float32 or float64 arrays of n elements, same dtype.
-    aux: the third input (margin_ranking's y, gaussian_nll's var, already broadcast),
-    like target; None for the losses of two inputs.  weight, factor: None, or one
+    aux: the third input (margin_ranking's y, gaussian_nll's var, dpo's
+    reference_chosen, already broadcast), like target; None for the losses of two
+    inputs.  aux2: dpo's fourth input (reference_rejected), None for the others.  weight, factor: None, or one
     period of a periodic factor (element i reads factor[i % len(factor)]), contiguous
     1-d in pred's dtype; factor is bce_with_logits' pos_weight (optional) or pinball's
     quantile (required).  params: the loss's scalars in EW_LOSS_SIGNATURES' order, a
     float (the first; huber's delta, smooth_l1's beta) or a sequence of up to
     FASTLOSS_ELEMENTWISE_PARAMS floats (bools as 0 or 1), the rest 0.  grad_output:
     float64 of shape (n,) (reduction "none" only) or (1,).  loss_per_element
-    (reduction "none"), grad, grad_target and grad_aux: writeable 1-d arrays of n
-    elements in pred's dtype, or None; grad may be pred, target or aux itself, the
-    others overlap nothing; a gradient mode needs at least one of them.
+    (reduction "none"), grad, grad_target, grad_aux and grad_aux2: writeable 1-d
+    arrays of n elements in pred's dtype, or None; grad may be pred, target, aux or
+    aux2 itself, the others overlap nothing; a gradient mode needs at least one of them.
     weight_sum_repeats (>= 1): see elementwise.h (the weighted mean of mse and l1).
     Returns (the reduced loss, the same reduction of |term|), floats, meaningless
     for backward or "none".  The reduced loss meets the accuracy contract as it is:
@@ -168,8 +197,8 @@ def ew_run(str mode, str loss, cnp.ndarray pred not None, cnp.ndarray target not
     options.reduction = REDUCTIONS[reduction]
     options.num_threads = num_threads
     if factor is not None and factor_name is None:
-        raise ValueError("factor: only bce_with_logits (pos_weight) and pinball (quantile) "
-                         "take one")
+        raise ValueError("factor: only bce_with_logits (pos_weight), pinball (quantile) and "
+                         "bradley_terry (margin) take one")
     if factor is None and factor_required:
         raise ValueError(f"factor: {loss} needs its {factor_name}")
     if aux_name is None and aux is not None:
@@ -178,6 +207,15 @@ def ew_run(str mode, str loss, cnp.ndarray pred not None, cnp.ndarray target not
         if aux is None:
             raise ValueError(f"aux: {loss} needs its third input ({aux_name})")
         _check_vector(aux, typenum, n, "aux")
+    aux2_name = EW_FOUR_INPUTS.get(loss)
+    if aux2_name is None and aux2 is not None:
+        raise ValueError(f"aux2: {loss} has no fourth input")
+    if aux2_name is not None:
+        if aux2 is None:
+            raise ValueError(f"aux2: {loss} needs its fourth input ({aux2_name})")
+        _check_vector(aux2, typenum, n, "aux2")
+    if grad_aux2 is not None and "aux2" not in gradients:
+        raise ValueError(f"grad_aux2: {loss} has no gradient w.r.t. aux2")
     if grad_target is not None and "target" not in gradients:
         raise ValueError(f"grad_target: {loss} has no gradient w.r.t. target")
     if grad_aux is not None and "aux" not in gradients:
@@ -193,19 +231,20 @@ def ew_run(str mode, str loss, cnp.ndarray pred not None, cnp.ndarray target not
         if loss_per_element is None:
             raise ValueError("loss_per_element: needed for reduction 'none'")
         _check_vector(loss_per_element, typenum, n, "loss_per_element", True)
-        for other in (pred, target, aux, weight, factor, grad_output, grad, grad_target,
-                      grad_aux):
+        for other in (pred, target, aux, aux2, weight, factor, grad_output, grad,
+                      grad_target, grad_aux, grad_aux2):
             if other is not None and n and _may_overlap(loss_per_element, other):
                 raise ValueError("loss_per_element: overlaps another argument")
     elif loss_per_element is not None:
         raise ValueError("loss_per_element: only for reduction 'none' with a loss")
     if mode == "forward" and (grad is not None or grad_target is not None
-                              or grad_aux is not None):
-        raise ValueError("grad, grad_target, grad_aux: not written by a forward")
+                              or grad_aux is not None or grad_aux2 is not None):
+        raise ValueError("grad, grad_target, grad_aux, grad_aux2: not written by a forward")
     if mode != "forward":
-        if (grad is None and grad_target is None and grad_aux is None) or grad_output is None:
-            raise ValueError("grad (or grad_target or grad_aux) and grad_output are needed "
-                             "for a gradient")
+        if (grad is None and grad_target is None and grad_aux is None
+                and grad_aux2 is None) or grad_output is None:
+            raise ValueError("grad (or grad_target, grad_aux or grad_aux2) and grad_output "
+                             "are needed for a gradient")
         if grad_output.shape[0] == n and n != 1:
             _check_vector(grad_output, cnp.NPY_FLOAT64, n, "grad_output")
             grad_output_stride = 1
@@ -219,27 +258,31 @@ def ew_run(str mode, str loss, cnp.ndarray pred not None, cnp.ndarray target not
             _check_vector(grad_target, typenum, n, "grad_target", True)
         if grad_aux is not None:
             _check_vector(grad_aux, typenum, n, "grad_aux", True)
+        if grad_aux2 is not None:
+            _check_vector(grad_aux2, typenum, n, "grad_aux2", True)
         if n and grad is not None:
             # the kernels read a tile of every input before they write its
             # gradient: exact in place is safe, any other overlap is not
-            for other in (pred, target, aux, weight, factor, grad_output):
+            for other in (pred, target, aux, aux2, weight, factor, grad_output):
                 if other is None or not _may_overlap(grad, other):
                     continue
-                if not ((other is pred or other is target or other is aux)
+                if not ((other is pred or other is target or other is aux or other is aux2)
                         and cnp.PyArray_DATA(grad) == cnp.PyArray_DATA(<cnp.ndarray>other)):
                     raise ValueError("out: overlaps an input (only out=pred in place is "
                                      "supported)")
-        for name, extra in (("grad_target", grad_target), ("grad_aux", grad_aux)):
+        for name, extra in (("grad_target", grad_target), ("grad_aux", grad_aux),
+                            ("grad_aux2", grad_aux2)):
             if not n or extra is None:
                 continue
-            for other in (pred, target, aux, weight, factor, grad_output, grad, grad_target,
-                          grad_aux):
+            for other in (pred, target, aux, aux2, weight, factor, grad_output, grad,
+                          grad_target, grad_aux, grad_aux2):
                 if other is not None and other is not extra and _may_overlap(extra, other):
                     raise ValueError(f"{name}: overlaps another argument")
 
     cdef const void *pred_ptr = cnp.PyArray_DATA(pred)
     cdef const void *target_ptr = cnp.PyArray_DATA(target)
     cdef const void *aux_ptr = _data_or_null(aux)
+    cdef const void *aux2_ptr = _data_or_null(aux2)
     cdef const void *weight_ptr = _data_or_null(weight)
     cdef const void *factor_ptr = _data_or_null(factor)
     cdef const double *grad_output_ptr = <const double *>_data_or_null(grad_output)
@@ -247,6 +290,7 @@ def ew_run(str mode, str loss, cnp.ndarray pred not None, cnp.ndarray target not
     cdef void *grad_ptr = _data_or_null(grad)
     cdef void *grad_target_ptr = _data_or_null(grad_target)
     cdef void *grad_aux_ptr = _data_or_null(grad_aux)
+    cdef void *grad_aux2_ptr = _data_or_null(grad_aux2)
     cdef double total[2]
     total[0] = total[1] = 0.0
     cdef int status = 0
@@ -255,16 +299,17 @@ def ew_run(str mode, str loss, cnp.ndarray pred not None, cnp.ndarray target not
     with nogil:
         if which == 0:
             status = fastloss_elementwise_forward(
-                dtype, &options, pred_ptr, target_ptr, aux_ptr, weight_ptr, factor_ptr,
-                loss_per_element_ptr, total)
+                dtype, &options, pred_ptr, target_ptr, aux_ptr, aux2_ptr, weight_ptr,
+                factor_ptr, loss_per_element_ptr, total)
         elif which == 1:
             status = fastloss_elementwise_backward(
-                dtype, &options, pred_ptr, target_ptr, aux_ptr, weight_ptr, factor_ptr,
-                grad_output_ptr, grad_output_stride, grad_ptr, grad_target_ptr, grad_aux_ptr)
+                dtype, &options, pred_ptr, target_ptr, aux_ptr, aux2_ptr, weight_ptr,
+                factor_ptr, grad_output_ptr, grad_output_stride, grad_ptr, grad_target_ptr,
+                grad_aux_ptr, grad_aux2_ptr)
         else:
             status = fastloss_elementwise_value_and_grad(
-                dtype, &options, pred_ptr, target_ptr, aux_ptr, weight_ptr, factor_ptr,
-                grad_output_ptr, grad_output_stride, loss_per_element_ptr, total, grad_ptr,
-                grad_target_ptr, grad_aux_ptr)
+                dtype, &options, pred_ptr, target_ptr, aux_ptr, aux2_ptr, weight_ptr,
+                factor_ptr, grad_output_ptr, grad_output_stride, loss_per_element_ptr, total,
+                grad_ptr, grad_target_ptr, grad_aux_ptr, grad_aux2_ptr)
     _check_status(status, loss)
     return total[0], total[1]

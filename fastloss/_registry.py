@@ -145,6 +145,7 @@ class Loss:
     prepare: Optional[Callable] = None
     doc: str = ""
     grad_doc: str = ""
+    reductions: tuple = ()      # reductions beyond mean, sum, none (kl_div's "batchmean")
 
     @property
     def public(self):
@@ -776,6 +777,250 @@ SOFT_MARGIN = Loss(
 )
 
 
+# --- preference and distillation (issue 16): bradley_terry, dpo, kl_div -------------------------
+
+def _margin(value):
+    """bradley_terry's margin: a finite number, or an array of them."""
+    margin = np.asarray(value)
+    if margin.dtype.kind not in "biuf" and not is_bfloat16(margin.dtype):
+        raise TypeError(f"margin: expected a number or an array of numbers, got {value!r}")
+    if not np.all(np.isfinite(margin.astype(np.float64))):
+        raise ValueError("margin: expected finite values, got "
+                         f"{margin if margin.ndim == 0 else margin[~np.isfinite(margin)][:3]}")
+    return margin
+
+
+DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo")
+
+
+def _loss_type(value):
+    if not isinstance(value, str):
+        raise TypeError(f"loss_type: expected one of {DPO_LOSS_TYPES}, got {value!r}")
+    if value not in DPO_LOSS_TYPES:
+        raise ValueError(f"loss_type: expected one of {DPO_LOSS_TYPES}, got {value!r}")
+    return value
+
+
+def _label_smoothing(value):
+    return real_scalar(value, "label_smoothing", low=0.0, high=0.5)
+
+
+def _dpo_params(options):
+    from fastloss._kernels import DPO_LOSS_TYPES as codes
+
+    return (options["beta"], codes[options["loss_type"]], options["label_smoothing"])
+
+
+def _dpo_prepare(arrays, options):
+    """TRL ignores label_smoothing for the hinge and ipo losses, with a warning; here it
+    is an error, so that a setting never silently does nothing."""
+    if options["label_smoothing"] and options["loss_type"] != "sigmoid":
+        raise ValueError(f"label_smoothing: only loss_type='sigmoid' takes it (conservative "
+                         f"DPO), got {options['label_smoothing']} with "
+                         f"loss_type={options['loss_type']!r}")
+    return arrays
+
+
+def bradley_terry_inputs(rng, dtype, params, shape):
+    """Rewards of the chosen and rejected answers (standard deviation ``scale``, default
+    2) and a margin: a number, or a layout name ("full", "row") for an array in [0, 1.5]."""
+    scale = params.get("scale", 2.0)
+    chosen = (rng.standard_normal(shape) * scale).astype(dtype)
+    rejected = (rng.standard_normal(shape) * scale).astype(dtype)
+    options = {}
+    margin = params.get("margin")
+    if isinstance(margin, str):
+        options["margin"] = random_factor(rng, margin, shape, dtype, 0.0, 1.5)
+    elif margin is not None:
+        options["margin"] = margin
+    return (chosen, rejected), options
+
+
+def dpo_inputs(rng, dtype, params, shape):
+    """Sequence log-probabilities: the reference model's in [-300, -10], the policy's
+    those moved by normal steps of ``spread`` (default 10), so that ``beta * logits``
+    crosses every kink and saturation the cases' betas have."""
+    spread = params.get("spread", 10.0)
+    reference_chosen = -rng.uniform(10.0, 300.0, shape)
+    reference_rejected = -rng.uniform(10.0, 300.0, shape)
+    policy_chosen = reference_chosen + rng.normal(0.0, spread, shape)
+    policy_rejected = reference_rejected + rng.normal(0.0, spread, shape)
+    options = {key: value for key, value in params.items() if key != "spread"}
+    return tuple(array.astype(dtype) for array in (
+        policy_chosen, policy_rejected, reference_chosen, reference_rejected)), options
+
+
+def kl_div_inputs(rng, dtype, params, shape):
+    """input: log-probabilities (log-softmax of normal logits over the last axis);
+    target: probabilities of other logits, or their logs with ``log_target``."""
+    def log_softmax(logits):
+        shifted = logits - logits.max(axis=-1, keepdims=True)
+        return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+    scale = params.get("scale", 1.0)
+    input = log_softmax(rng.standard_normal(shape) * scale)
+    log_target = log_softmax(rng.standard_normal(shape) * scale)
+    options = {key: value for key, value in params.items() if key != "scale"}
+    target = log_target if params.get("log_target") else np.exp(log_target)
+    return (input.astype(dtype), target.astype(dtype)), options
+
+
+BRADLEY_TERRY = Loss(
+    name="bradley_terry", family="elementwise", inputs=("chosen", "rejected"),
+    differentiable=("chosen", "rejected"),
+    options=(Option("margin", 0.0, _margin, ((math.nan, ValueError), (math.inf, ValueError),
+                                             ("1", TypeError)), array=True),),
+    torch=Torch("bradley_terry", None, "chosen, rejected, margin=0.0, reduction='mean'",
+                {"chosen": "chosen", "rejected": "rejected", "margin": "margin"},
+                "BradleyTerryLoss", None, "margin=0.0, reduction='mean'",
+                no_gradient=("margin",),
+                doc="``margin`` is a number or a tensor that broadcasts to the pairs. ",
+                note="torchrl's reward_model_loss, ``-F.logsigmoid(chosen - rejected - "
+                     "margin)`` (TRL's RewardTrainer)"),
+    make_inputs=bradley_terry_inputs, loss_shape=_same_shape,
+    cases=(Case("plain", {}), Case("margin=0.5", {"margin": 0.5}),
+           Case("margin-per-pair", {"margin": "full"}),
+           Case("margin-per-row", {"margin": "row"}),
+           Case("large", {"scale": 40.0})),
+    bench=True, kernel="bradley_terry", factor="margin",
+    doc="""Bradley-Terry loss of a reward model on preference pairs: per pair
+    ``-log sigmoid(chosen - rejected - margin)``, evaluated as
+    ``softplus(-(chosen - rejected - margin))`` with no overflow for rewards of any size.
+
+    torchrl's ``reward_model_loss`` and TRL's ``RewardTrainer`` (whose dataset may give
+    each pair a ``margin``).
+
+    Parameters
+    ----------
+    chosen, rejected : array_like, float32 or float64
+        The rewards of the preferred and the other answer; they broadcast.
+    margin : float or array_like
+        Finite; a number, or an array (one margin per pair, say) that broadcasts to the
+        pairs' shape. Not differentiated.
+    reduction : {"mean", "sum", "none"}
+    num_threads : int, optional
+    """,
+    grad_doc="""Gradient of ``grad_output * bradley_terry(chosen, rejected, ...)`` w.r.t.
+    ``chosen`` (``-sigmoid(-z)``, z = chosen - rejected - margin) and, with
+    ``wrt="rejected"`` or ``("chosen", "rejected")``, ``rejected`` (``sigmoid(-z)``).
+    Arguments as in :func:`mse_grad`.
+    """,
+)
+
+DPO = Loss(
+    name="dpo", family="elementwise",
+    inputs=("policy_chosen", "policy_rejected", "reference_chosen", "reference_rejected"),
+    differentiable=("policy_chosen", "policy_rejected", "reference_chosen",
+                    "reference_rejected"),
+    options=(Option("beta", 0.1, _positive("beta"), _BAD_POSITIVE),
+             Option("loss_type", "sigmoid", _loss_type,
+                    (("square", ValueError), ("", ValueError), (1, TypeError))),
+             Option("label_smoothing", 0.0, _label_smoothing,
+                    ((-0.1, ValueError), (0.6, ValueError), (math.nan, ValueError),
+                     ("0", TypeError)))),
+    torch=Torch("dpo", None,
+                "policy_chosen, policy_rejected, reference_chosen, reference_rejected, "
+                "beta=0.1, loss_type='sigmoid', label_smoothing=0.0, reduction='mean'",
+                {"policy_chosen": "policy_chosen", "policy_rejected": "policy_rejected",
+                 "reference_chosen": "reference_chosen",
+                 "reference_rejected": "reference_rejected", "beta": "beta",
+                 "loss_type": "loss_type", "label_smoothing": "label_smoothing"},
+                "DPOLoss", None,
+                "beta=0.1, loss_type='sigmoid', label_smoothing=0.0, reduction='mean'",
+                doc=("The reference log-probabilities are usually computed under "
+                     "``torch.no_grad()`` (TRL's); where they require grad they get "
+                     "theirs. "),
+                note="TRL's DPOTrainer.dpo_loss (loss_type sigmoid, hinge, ipo)"),
+    make_inputs=dpo_inputs, loss_shape=_same_shape,
+    cases=(Case("sigmoid", {}), Case("sigmoid+smoothing", {"label_smoothing": 0.2}),
+           Case("sigmoid-beta=2", {"beta": 2.0}),
+           Case("hinge", {"loss_type": "hinge"}),
+           Case("hinge-beta=0.5", {"loss_type": "hinge", "beta": 0.5}),
+           Case("ipo", {"loss_type": "ipo"}),
+           Case("ipo-beta=0.01", {"loss_type": "ipo", "beta": 0.01})),
+    bench=True, bench_inputs=("pred", "target", "log_probs", "positive"), kernel="dpo",
+    params=_dpo_params, prepare=_dpo_prepare,
+    doc="""Direct preference optimisation (Rafailov et al. 2023) from sequence
+    log-probabilities, as TRL's ``DPOTrainer.dpo_loss``: per pair, with
+    ``logits = (policy_chosen - policy_rejected) - (reference_chosen - reference_rejected)``,
+
+    - ``"sigmoid"``: ``-(1 - ls) log sigmoid(beta logits) - ls log sigmoid(-beta logits)``
+      (ls = label_smoothing: conservative DPO; 0 is DPO),
+    - ``"hinge"``: ``relu(1 - beta logits)`` (SLiC),
+    - ``"ipo"``: ``(logits - 1 / (2 beta))**2`` (IPO; TRL feeds it length-averaged
+      log-probabilities, :func:`sequence_log_probs` with ``average=True``).
+
+    Parameters
+    ----------
+    policy_chosen, policy_rejected, reference_chosen, reference_rejected : array_like
+        Sequence log-probabilities (float32 or float64), one per pair; they broadcast.
+    beta : float
+        > 0 (TRL's default 0.1).
+    loss_type : {"sigmoid", "hinge", "ipo"}
+    label_smoothing : float
+        In [0, 0.5] (TRL's range), for ``"sigmoid"`` only: a non-zero value with the
+        other loss types is a ValueError (TRL ignores it with a warning).
+    reduction : {"mean", "sum", "none"}
+    num_threads : int, optional
+    """,
+    grad_doc="""Gradient of ``grad_output * dpo(...)`` w.r.t. ``policy_chosen`` and, with
+    ``wrt``, any of the four inputs. With s the derivative w.r.t. ``logits``
+    (``beta (ls - sigmoid(-beta logits))``, ``-beta`` where the hinge is active and 0
+    elsewhere, or ``2 (logits - 1 / (2 beta))``): ``s`` for policy_chosen and
+    reference_rejected, ``-s`` for policy_rejected and reference_chosen. TRL treats the
+    reference's log-probabilities as constants; their gradients are there for a caller
+    who does not. Arguments as in :func:`mse_grad`.
+    """,
+)
+
+KL_DIV = Loss(
+    name="kl_div", family="elementwise", inputs=("input", "target"),
+    differentiable=("input", "target"),
+    options=(Option("log_target", False, _boolean("log_target"), _BAD_BOOL),),
+    torch=Torch("kl_div", "torch.nn.functional.kl_div",
+                "input, target, " + _LEGACY + "reduction='mean', log_target=False",
+                {"input": "input", "target": "target", "log_target": "log_target"},
+                "KLDivLoss", "KLDivLoss", _LEGACY + "reduction='mean', log_target=False",
+                doc=("``reduction='batchmean'`` divides the sum by ``input.size(0)``. "
+                     "Unlike torch, ``reduction='mean'`` does not warn. ")),
+    make_inputs=kl_div_inputs, loss_shape=_same_shape,
+    cases=(Case("probs", {}), Case("log_target", {"log_target": True}),
+           Case("sharp", {"scale": 6.0}),
+           Case("sharp+log_target", {"scale": 6.0, "log_target": True})),
+    bench=True, bench_inputs=("log_probs", "probs"), kernel="kl_div",
+    params=lambda options: (options["log_target"],), reductions=("batchmean",),
+    doc="""Pointwise KL divergence, as torch.nn.functional.kl_div: ``input`` holds
+    log-probabilities, ``target`` probabilities (``log_target=False``) or
+    log-probabilities; per element::
+
+        log_target False:  target * (log(target) - input)   (0 where target == 0)
+        log_target True:   exp(target) * (target - input)
+
+    torch's ``xlogy(target, target) - target * input``: 0 log 0 = 0, a negative target
+    gives NaN, and a zero target against an infinite input NaN (0 * inf), as in torch.
+    The factored form keeps each term's accuracy where ``log(target)`` and ``input`` agree.
+
+    Parameters
+    ----------
+    input : array_like, float32 or float64
+    target : array_like; broadcasts with input
+    reduction : {"mean", "batchmean", "sum", "none"}
+        "mean" averages over every element (torch's, which warns that it is not the
+        divergence); "batchmean" divides the sum by ``input.shape[0]``, the KL divergence
+        per sample of a (batch, classes) input.
+    log_target : bool
+    num_threads : int, optional
+    """,
+    grad_doc="""Gradient of ``grad_output * kl_div(input, target, ...)`` w.r.t. the input
+    (``-target``, or ``-exp(target)``) and, with ``wrt="target"`` or ``("input",
+    "target")``, the target (``log(target) + 1 - input``, NaN where target == 0 as
+    torch's autograd gives; or ``exp(target) (target - input + 1)``). Arguments as in
+    :func:`mse_grad`; for "batchmean" grad_output is a scalar and the gradient is divided
+    by ``input.shape[0]``.
+    """,
+)
+
+
 # --- box regression (fastloss/box.py, csrc/box.c): pairs of (..., 4) boxes ---------------------
 
 def box_inputs(rng, dtype, params, shape):
@@ -918,17 +1163,28 @@ JSD = Loss(
         "Liger-Kernel's ``LigerJSD`` and TRL's ``generalized_jsd_loss`` over "
         "``log_softmax(logits / T)``")))
 
+# sequence log-probabilities (fastloss/preference.py, csrc/sequence.c): rows of tokens
+SEQUENCE_LOG_PROBS = Loss(
+    name="sequence_log_probs", family="sequence", inputs=("token_log_probs", "mask"),
+    differentiable=("token_log_probs",), options=(Option("average", False),),
+    torch=Torch("sequence_log_probs", None, "", {}, "", note=(
+        "TRL's ``(per_token_logps * loss_mask).sum(-1)``, and its ``average_log_prob`` "
+        "divided by ``loss_mask.sum(-1)``")))
+
+
 LOSSES = {loss.name: loss for loss in (
     CROSS_ENTROPY, LINEAR_CROSS_ENTROPY,
     MSE, L1, HUBER, SMOOTH_L1, BCE_WITH_LOGITS,
     SIGMOID_FOCAL, MARGIN_RANKING, POISSON_NLL, GAUSSIAN_NLL, PINBALL, SOFT_MARGIN,
+    BRADLEY_TERRY, DPO, KL_DIV,
     GIOU_LOSS, DIOU_LOSS, CIOU_LOSS,
     PAIRWISE_DISTANCE, CONTRASTIVE, CONTRASTIVE_PAIRWISE, INFO_NCE, TRIPLET_MARGIN,
     TOKEN_LOG_PROBS, DISTILL_KL, JSD,
+    SEQUENCE_LOG_PROBS,
 )}
 
 
 def family(name):
     """The entries of family ``name`` ("cross_entropy", "linear_cross_entropy",
-    "elementwise", "box", "contrastive", "distill"), in the registry's order."""
+    "elementwise", "box", "contrastive", "distill", "sequence"), in the registry's order."""
     return tuple(loss for loss in LOSSES.values() if loss.family == name)

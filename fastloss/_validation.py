@@ -80,9 +80,12 @@ def rows_view(array, n_cols):
     return matrix
 
 
-def reduction_arg(reduction):
-    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
-        raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
+def reduction_arg(reduction, extra=()):
+    """``reduction`` if it is one of REDUCTIONS or of a loss's ``extra`` ones (kl_div's
+    "batchmean"), else a ValueError naming the argument."""
+    if not isinstance(reduction, str) or (reduction not in REDUCTIONS and reduction not in extra):
+        raise ValueError(f"reduction: expected one of {REDUCTIONS + tuple(extra)}, "
+                         f"got {reduction!r}")
     return reduction
 
 

@@ -356,8 +356,11 @@ def _add_elementwise_checks():
     )
     for dtype in (np.float32, np.float64):
         for entry in _registry.family("elementwise"):
+            # the entry's own reductions too (kl_div's batchmean)
+            own = tuple((reduction, what) for reduction in entry.reductions
+                        for what in ("loss", "grad"))
             for case in entry.cases:
-                for reduction, what in rows:
+                for reduction, what in rows + own:
                     name = f"{entry.name} {case.id} {np.dtype(dtype).name} {reduction} {what}"
                     add_check(name, _ew_row(entry, case, dtype, reduction, what))
             # threads: the cases with a periodic factor, and those of large inputs
@@ -369,6 +372,51 @@ def _add_elementwise_checks():
 
 
 _add_elementwise_checks()
+
+
+# --- sequence log-probabilities (fastloss/preference.py, csrc/sequence.c) ------------------------
+
+def _sequence_inputs(dtype):
+    """Token log-probabilities (37 sequences of 300 tokens), a 0/1 mask of answers that
+    start at random positions, and one upstream gradient per sequence."""
+    rng = _rng("sequence_log_probs", np.dtype(dtype).name)
+    values = np.log(rng.uniform(1e-4, 1.0, (37, 300))).astype(dtype)
+    mask = np.arange(300)[None, :] >= rng.integers(0, 200, (37, 1))
+    return values, mask, rng.uniform(-1.0, 2.0, 37)
+
+
+def _sequence_row(dtype, average, what):
+    def run():
+        values, mask, upstream = _sequence_inputs(dtype)
+        if what == "value":
+            return (fastloss.sequence_log_probs(values, mask, average=average),
+                    reference.sequence_log_probs(values, mask, average=average), dtype, "loss")
+        if what == "grad":
+            _, grad = fastloss.sequence_log_probs_value_and_grad(values, mask, upstream,
+                                                                 average=average)
+            return (grad, reference.sequence_log_probs_grad(values, mask, upstream,
+                                                            average=average), dtype, "grad")
+
+        def compute(num_threads):
+            value, grad = fastloss.sequence_log_probs_value_and_grad(
+                values, mask, upstream, average=average, num_threads=num_threads)
+            return np.concatenate([value.astype(np.float64), grad.astype(np.float64).ravel()])
+
+        return compute(2), compute(1), dtype, "bitwise"
+
+    return run
+
+
+def _add_sequence_checks():
+    for dtype in (np.float32, np.float64):
+        for average in (False, True):
+            for what in ("value", "grad", "threads 1 vs 2"):
+                name = (f"sequence_log_probs {'average' if average else 'sum'} "
+                        f"{np.dtype(dtype).name} {what}")
+                add_check(name, _sequence_row(dtype, average, what))
+
+
+_add_sequence_checks()
 
 
 # --- pairwise distances and contrastive losses --------------------------------------------

@@ -56,9 +56,9 @@ def _flat(array, shape, dtype):
 
 class _Problem:
     """Checked arguments of one call of elementwise loss ``entry`` (a registry Loss), in
-    the layout the kernels read: the entry's inputs (two or three) broadcast to the
-    loss's shape as contiguous 1-d arrays of one dtype, the kernel's ``pred``, ``target``
-    and ``aux`` streams in that order, with the periodic ``weight`` and factor."""
+    the layout the kernels read: the entry's inputs (two to four) broadcast to the
+    loss's shape as contiguous 1-d arrays of one dtype, the kernel's ``pred``, ``target``,
+    ``aux`` and ``aux2`` streams in that order, with the periodic ``weight`` and factor."""
 
     def __init__(self, entry, arrays, options, reduction, num_threads):
         self.entry = entry
@@ -115,7 +115,14 @@ class _Problem:
                                  + (f" and the other inputs' ({shape})"
                                     if shape != arrays[0].shape else "")) from None
         self.loss = entry.kernel
-        self.reduction = reduction_arg(reduction)
+        self.reduction = reduction_arg(reduction, entry.reductions)
+        # kl_div's "batchmean": the kernel's sum, divided by the first input's first
+        # dimension (none for a 0-d input), as torch's F.kl_div
+        self.divisor = None
+        if self.reduction == "batchmean":
+            self.reduction = "sum"
+            first = self.input_shapes[0]
+            self.divisor = np.float64(first[0] if first else 1)
         self.params = entry.params(checked)
         self.num_threads = resolve_num_threads(num_threads)
         self.pred_shape, self.pred_dtype = self.input_shapes[0], self.input_dtypes[0]
@@ -210,6 +217,9 @@ class _Problem:
         buffers = [None] * len(self.names)  # the kernel's gradient of each input stream
         if mode != "forward":
             upstream = grad_output_arg(grad_output, self.reduction, self.shape)
+            if self.divisor is not None:
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    upstream = upstream / self.divisor
             if self.pred_name in names:
                 buffers[0], grad = self._grad_buffer(outs[self.pred_name], upstream)
             for index in range(1, len(self.names)):
@@ -234,6 +244,9 @@ class _Problem:
             # cancel and in place too (csrc/elementwise.c's numerical policy)
             total, _ = self._kernel(kernel_mode, upstream, per_element, buffers)
         if per_element is None:  # a Python float holding a value of the loss's dtype
+            if self.divisor is not None:
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    total = np.float64(total) / self.divisor
             # (float32 for half-precision inputs: computed and summed in float32 / float64)
             loss = float(np.float32(total) if is_half(self.result_dtype)
                          else self.dtype.type(total))
@@ -266,6 +279,10 @@ class _Problem:
             extra["aux"] = flat[2]
             if len(buffers) > 2 and buffers[2] is not None:
                 extra["grad_aux"] = buffers[2]
+        if len(flat) > 3:  # dpo's reference_rejected
+            extra["aux2"] = flat[3]
+            if len(buffers) > 3 and buffers[3] is not None:
+                extra["grad_aux2"] = buffers[3]
         if self.weight_sum_repeats != 1:
             extra["weight_sum_repeats"] = self.weight_sum_repeats
         return _kernels.ew_run(mode, self.loss, flat[0], flat[1], weight, factor, upstream,

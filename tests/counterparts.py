@@ -1,7 +1,8 @@
 """The counterparts that are not importable here, written out in torch ops as their
 libraries write them: torchvision's focal and box losses (torchvision is optional, and
-its wheel may not match the installed torch), and the pinball loss (torch has none;
-scikit-learn's ``mean_pinball_loss`` is its NumPy form).
+its wheel may not match the installed torch), the pinball loss (torch has none;
+scikit-learn's ``mean_pinball_loss`` is its NumPy form), torchrl's reward-model loss
+(Bradley-Terry) and TRL's DPOTrainer.dpo_loss (neither package is installed).
 
 ``FORMULAS`` maps a registry entry's counterpart (``Torch.counterpart``, or its adapter's
 name where there is none) to a function with the adapter's keyword arguments, so the
@@ -99,6 +100,34 @@ def pinball_loss(input, target, quantile=0.5, reduction="mean"):
     return _reduce(torch.maximum(q * r, (q - 1) * r), reduction)
 
 
+def bradley_terry(chosen, rejected, margin=0.0, reduction="mean"):
+    """torchrl's reward_model_loss and TRL's RewardTrainer: -logsigmoid of the reward
+    difference less the pair's margin."""
+    import torch
+
+    return _reduce(-torch.nn.functional.logsigmoid(chosen - rejected - margin), reduction)
+
+
+def dpo(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta=0.1,
+        loss_type="sigmoid", label_smoothing=0.0, reduction="mean"):
+    """TRL's DPOTrainer.dpo_loss for loss_type sigmoid (cDPO's label smoothing), hinge
+    and ipo, in torch ops as TRL writes them."""
+    import torch
+
+    logsigmoid = torch.nn.functional.logsigmoid
+    pi_logratios = policy_chosen - policy_rejected
+    ref_logratios = reference_chosen - reference_rejected
+    logits = pi_logratios - ref_logratios
+    if loss_type == "sigmoid":
+        losses = (-logsigmoid(beta * logits) * (1 - label_smoothing)
+                  - logsigmoid(-beta * logits) * label_smoothing)
+    elif loss_type == "hinge":
+        losses = torch.relu(1 - beta * logits)
+    else:
+        losses = (logits - 1 / (2 * beta)) ** 2
+    return _reduce(losses, reduction)
+
+
 def _box(kind):
     def loss(boxes1, boxes2, reduction="none", eps=1e-7):
         import torch
@@ -113,4 +142,6 @@ FORMULAS = {
     "torchvision.ops.distance_box_iou_loss": _box("diou"),
     "torchvision.ops.complete_box_iou_loss": _box("ciou"),
     "pinball_loss": pinball_loss,
+    "bradley_terry": bradley_terry,
+    "dpo": dpo,
 }

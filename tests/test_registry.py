@@ -34,7 +34,7 @@ def test_every_entry_is_public_and_has_a_reference(entry):
         assert callable(getattr(fastloss, name))
         assert callable(getattr(reference, name)), f"fastloss.reference.{name}"
     assert entry.family in ("cross_entropy", "linear_cross_entropy", "elementwise",
-                            "contrastive", "box", "distill")
+                            "contrastive", "box", "distill", "sequence")
     assert set(entry.differentiable) <= set(entry.inputs) | {o.name for o in entry.options}
 
 

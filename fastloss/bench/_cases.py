@@ -587,6 +587,11 @@ class _Pool(dict):
             value = rng.uniform(0.1, 3.0, n).astype(dtype)
         elif key == "counts":
             value = rng.poisson(2.0, n).astype(dtype)
+        elif key == "log_probs":
+            # log-probabilities: kl_div's input, and a sequence log-probability for dpo
+            value = np.log(rng.uniform(1e-4, 1.0, n)).astype(dtype)
+        elif key == "probs":
+            value = rng.uniform(0.0, 1.0, n).astype(dtype)
         elif key in ("boxes1", "boxes2"):
             # n / 4 pairs of boxes (x1, y1, x2, y2), the second near the first
             if key == "boxes2":
@@ -667,9 +672,32 @@ def _ew_read(inputs, threads):
     return Timed(lambda: pred.max(), note="read-only limit (one stream)")
 
 
+def _torch_bradley_terry(chosen, rejected, reduction="mean"):
+    """torchrl's reward_model_loss in torch ops (torchrl is not a dependency)."""
+    import torch
+
+    return -torch.nn.functional.logsigmoid(chosen - rejected).mean()
+
+
+def _torch_dpo(policy_chosen, policy_rejected, reference_chosen, reference_rejected,
+               reduction="mean"):
+    """TRL's DPOTrainer.dpo_loss, sigmoid, beta 0.1 (fastloss.dpo's defaults), in torch
+    ops (TRL is not a dependency)."""
+    import torch
+
+    logits = (policy_chosen - policy_rejected) - (reference_chosen - reference_rejected)
+    return -torch.nn.functional.logsigmoid(0.1 * logits).mean()
+
+
+# The counterparts of the entries torch has no function for, as their libraries write
+# them in torch ops: the torch row of each times its formula.
+_TORCH_FORMULAS = {"bradley_terry": _torch_bradley_terry, "dpo": _torch_dpo}
+
+
 def _has_torch_counterpart(entry):
+    """Whether ``entry`` has a torch row: torch's function, or its formula in torch ops."""
     path = entry.torch.counterpart if entry.torch else None
-    return bool(path) and path.startswith("torch.")
+    return (bool(path) and path.startswith("torch.")) or entry.name in _TORCH_FORMULAS
 
 
 def _torch_function(entry):
@@ -692,9 +720,13 @@ def _ew_forward_backward(entry, adapter):
 
             function = getattr(fastloss_torch, entry.torch.function)
             keywords = {"num_threads": threads}
+        elif entry.name in _TORCH_FORMULAS:
+            function, keywords = _TORCH_FORMULAS[entry.name], {}
         else:
             function, keywords = _torch_function(entry), {}
-        keywords["reduction"] = "mean"  # torchvision's functions default to "none"
+        # torchvision's functions default to "none"; kl_div's divergence per sample is
+        # "batchmean" (its "mean" warns that it is not the divergence)
+        keywords["reduction"] = entry.reductions[0] if entry.reductions else "mean"
         tensors = [torch.from_numpy(array) for array in _ew_arrays(inputs, entry)]
         tensors[0].requires_grad_(True)
 
@@ -730,7 +762,8 @@ def _ew_fused_name(entry):
 def _ew_torch_name(entry, adapter):
     """The torch row's name (``adapter``: fastloss.torch's) of an entry with that row."""
     prefix = "fastloss.torch." if adapter else "torch "
-    return f"{prefix}{entry.torch.function} forward+backward"
+    formula = " (formula)" if not adapter and entry.name in _TORCH_FORMULAS else ""
+    return f"{prefix}{entry.torch.function}{formula} forward+backward"
 
 
 EW_ONE_THREAD = (f"fastloss {EW_THREADS_ENTRY.name} value_and_grad (out= preallocated, "

@@ -201,9 +201,10 @@ def _gradient_tensor(grad, dtype):
     return tensor
 
 
-def _reduction(size_average, reduce, reduction):
+def _reduction(size_average, reduce, reduction, extra=()):
     """torch's reduction string, with the deprecated size_average / reduce as torch reads
-    them (and its deprecation warning)."""
+    them (and its deprecation warning); ``extra``: the loss's own reductions beside
+    torch's three (kl_div's "batchmean")."""
     if size_average is not None or reduce is not None:
         if size_average is None:
             size_average = True
@@ -212,7 +213,7 @@ def _reduction(size_average, reduce, reduction):
         reduction = "mean" if size_average and reduce else ("sum" if reduce else "none")
         warnings.warn("size_average and reduce args will be deprecated, please use "
                       f"reduction='{reduction}' instead.", stacklevel=3)
-    return reduction_arg(reduction)
+    return reduction_arg(reduction, extra)
 
 
 def _loss_tensor(loss, dtype):
@@ -711,6 +712,8 @@ def _elementwise(entry, tensors, options, reduction, num_threads):
         _real_tensor(tensor, argument, function)
         if option.name in form.not_differentiable:
             _not_differentiable(tensor, argument, function, torch_name)
+        elif option.name in form.no_gradient:  # bradley_terry's margin
+            _no_gradient(tensor, argument, function, form)
         elif option.name == "weight" and tensor.shape != first.shape:
             raise ValueError(f"{function}: {argument}: expected the input's size "
                              f"{first.shape}, got {tensor.shape}")
@@ -731,8 +734,8 @@ def _generate_elementwise(entry):
     scalars = "{" + ", ".join(f"{ours!r}: {theirs}" for theirs, ours in form.arguments.items()
                               if ours not in arrays) + "}"
     legacy = "size_average" in form.signature
-    reduction = ("_reduction(size_average, reduce, reduction)" if legacy
-                 else "reduction_arg(reduction)")
+    reduction = ("_reduction(size_average, reduce, reduction, _entry.reductions)" if legacy
+                 else "reduction_arg(reduction, _entry.reductions)")
     namespace = {"_elementwise": _elementwise, "_entry": entry, "_reduction": _reduction,
                  "reduction_arg": reduction_arg}
     differentiable = ", ".join(by_torch_name.get(name, name)
@@ -1259,6 +1262,11 @@ from fastloss.torch._linear_cross_entropy import (  # noqa: E402 (uses the helpe
     LinearCrossEntropyLoss, linear_cross_entropy)
 
 __all__ += ["linear_cross_entropy", "LinearCrossEntropyLoss"]
+
+# per-sequence log-probabilities for preference training (fastloss/torch/_preference.py)
+from fastloss.torch._preference import sequence_log_probs  # noqa: E402
+
+__all__ += ["sequence_log_probs"]
 
 
 def __getattr__(name):

@@ -1,0 +1,150 @@
+"""Sequence log-probabilities for preference training (the public NumPy API).
+
+A preference batch reaches :func:`fastloss.dpo` (or a reward model's
+:func:`fastloss.bradley_terry`) through per-sequence log-probabilities: the sum, over
+the tokens of each answer, of the log-probability the model gives each token.
+:func:`sequence_log_probs` takes the token log-probabilities (B, T) and a mask of the
+answer's tokens and returns (B,), in one pass in C (csrc/sequence.c); its gradient is
+the mask times each row's upstream gradient. The bradley_terry, dpo and kl_div losses
+themselves are pointwise: generated from the registry with the elementwise family
+(fastloss/elementwise.py).
+"""
+import numpy as np
+
+from fastloss import _kernels
+from fastloss._config import resolve_num_threads
+from fastloss._validation import as_array, float_array, out_arg
+
+__all__ = ["sequence_log_probs", "sequence_log_probs_grad",
+           "sequence_log_probs_value_and_grad"]
+
+
+def _average_arg(average):
+    if isinstance(average, (bool, np.bool_)) or (
+            isinstance(average, (int, np.integer)) and average in (0, 1)):
+        return bool(average)
+    raise TypeError(f"average: expected a bool, got {average!r}")
+
+
+class _Problem:
+    """The checked arguments of one call: token_log_probs and the mask as C-contiguous
+    (rows, tokens) arrays, the mask bool or converted to token_log_probs' dtype."""
+
+    def __init__(self, token_log_probs, mask, average, num_threads):
+        values = float_array(token_log_probs, "token_log_probs")
+        if values.ndim < 1:
+            raise ValueError("token_log_probs: expected an array of at least one dimension "
+                             "(..., tokens), got a 0-d array")
+        mask = as_array(mask, "mask")
+        if mask.dtype.kind not in "biuf":
+            raise TypeError(f"mask: expected a bool, integer or float array, got dtype "
+                            f"{mask.dtype}")
+        if mask.shape != values.shape:
+            raise ValueError(f"mask: expected the shape of token_log_probs {values.shape}, "
+                             f"got {mask.shape}")
+        self.average = _average_arg(average)
+        self.num_threads = resolve_num_threads(num_threads)
+        self.shape, self.dtype = values.shape, values.dtype
+        self.rows_shape = values.shape[:-1]
+        n_tokens = values.shape[-1]
+        n_rows = int(np.prod(self.rows_shape, dtype=np.int64))
+        self.values = np.require(values, requirements="CA").reshape(n_rows, n_tokens)
+        # a bool mask is read as bytes by the kernel (no conversion pass); any other
+        # takes the values' dtype
+        mask_dtype = np.bool_ if mask.dtype == np.bool_ else values.dtype
+        self.mask = np.require(mask, dtype=mask_dtype, requirements="CA").reshape(
+            n_rows, n_tokens)
+        self.n_rows = n_rows
+
+    def run(self, want_value, grad_output=None, out=None):
+        sums = np.empty(self.n_rows, dtype=np.float64) if want_value else None
+        grad = result = upstream = None
+        if grad_output is not None:
+            upstream = as_array(grad_output, "grad_output")
+            if upstream.dtype.kind not in "biuf":
+                raise TypeError(f"grad_output: expected real numbers, got dtype "
+                                f"{upstream.dtype}")
+            if upstream.ndim and upstream.shape != self.rows_shape:
+                raise ValueError(f"grad_output: expected a scalar or the shape of the "
+                                 f"sequences {self.rows_shape}, got {upstream.shape}")
+            upstream = np.require(upstream.reshape(-1), dtype=np.float64, requirements="CA")
+            if out is not None:
+                out_arg(out, self.shape, self.dtype)
+            # out= is written directly where the kernel can (C-contiguous, not the mask)
+            direct = (out is not None and out.flags.c_contiguous
+                      and not np.may_share_memory(out, self.mask)
+                      and not np.may_share_memory(out, upstream)
+                      and (not np.may_share_memory(out, self.values)
+                           or out.__array_interface__["data"][0]
+                           == self.values.__array_interface__["data"][0]))
+            if direct:
+                grad, result = out.reshape(self.values.shape), out
+            else:
+                grad = np.empty(self.values.shape, dtype=self.dtype)
+        _kernels.sequence_run(self.values, self.mask, sums, upstream, grad, self.average,
+                              self.num_threads)
+        value = None if sums is None else sums.astype(self.dtype).reshape(self.rows_shape)
+        if grad is not None and result is None:
+            if out is None:
+                result = grad.reshape(self.shape)
+            else:
+                np.copyto(out, grad.reshape(self.shape))
+                result = out
+        return value, result
+
+
+def sequence_log_probs(token_log_probs, mask, *, average=False, num_threads=None):
+    r"""The log-probability of each sequence from its tokens' log-probabilities.
+
+    Over the last axis (the tokens), per sequence::
+
+        sum over tokens with mask != 0 of mask * token_log_probs
+
+    and with ``average=True`` that divided by ``sum(mask)`` (TRL's
+    ``average_log_prob``: the length-normalised log-probability that its IPO loss
+    uses). The sums accumulate in float64. A token whose mask is 0 is skipped, so a
+    NaN or -inf log-probability at a padded position leaves its row finite (TRL's
+    ``(logps * mask).sum(-1)`` would give NaN there); a row whose mask is all 0 sums
+    to 0 (its average is NaN).
+
+    Parameters
+    ----------
+    token_log_probs : array_like, float32 or float64, shape (..., T)
+        The log-probability of each token of each sequence (the target token's
+        log-softmax, e.g. from :func:`fastloss.cross_entropy` with reduction "none",
+        negated).
+    mask : array_like, bool, integer or float, shape (..., T)
+        1 (True) for the tokens of the answer, 0 for the prompt and padding; another
+        value weights its token.
+    average : bool
+    num_threads : int, optional
+
+    Returns
+    -------
+    ndarray, shape (...)
+        One value per sequence, in token_log_probs' dtype.
+    """
+    problem = _Problem(token_log_probs, mask, average, num_threads)
+    return problem.run(True)[0]
+
+
+def sequence_log_probs_grad(token_log_probs, mask, grad_output=1.0, *, average=False,
+                            out=None, num_threads=None):
+    r"""Gradient of ``sum(grad_output * sequence_log_probs(token_log_probs, mask))``
+    w.r.t. the token log-probabilities: ``mask * grad_output[..., None]`` (divided by
+    the row's ``sum(mask)`` with ``average``).
+
+    ``grad_output`` is a scalar (every sequence's) or has the sequences' shape (...).
+    The gradient has token_log_probs' shape and dtype; ``out`` receives it
+    (``out=token_log_probs`` overwrites the input in place).
+    """
+    problem = _Problem(token_log_probs, mask, average, num_threads)
+    return problem.run(False, grad_output, out)[1]
+
+
+def sequence_log_probs_value_and_grad(token_log_probs, mask, grad_output=1.0, *,
+                                      average=False, out=None, num_threads=None):
+    """``(sequence_log_probs(...), sequence_log_probs_grad(...))`` from one pass over
+    the inputs. Arguments as in :func:`sequence_log_probs_grad`."""
+    problem = _Problem(token_log_probs, mask, average, num_threads)
+    return problem.run(True, grad_output, out)
