@@ -26,9 +26,11 @@ def linear_token_log_probs(hidden, classifier, target, *, bias=None, temperature
 def linear_token_log_probs_grad(hidden, classifier, target, grad_output=1.0, *,
                                 grad_entropy=None, bias=None, temperature=1.0,
                                 ignore_index=-100):
-    """Gradients of ``sum(grad_output * log_prob + grad_entropy * entropy)``:
-    ``(d hidden, d classifier)``, and ``d bias`` third when a bias is given. With
-    ``G = token_log_probs_grad(logits, target, grad_output, grad_entropy=...)`` as (N, V)::
+    """Gradients of ``sum(grad_output * log_prob + grad_entropy * entropy)``, that is
+    ``(d hidden, d classifier)`` and ``d bias`` third when a bias is given.
+
+    With ``G = token_log_probs_grad(logits, target, grad_output, grad_entropy, ...)`` of
+    shape (N, V) (the batch axes of hidden flattened)::
 
         d hidden = G @ classifier,   d classifier = G.T @ hidden,   d bias = sum_i G_i
     """
