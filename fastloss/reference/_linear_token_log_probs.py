@@ -7,8 +7,6 @@ memory budget); the values and the gradient of the logits are
 the product gives the three gradients.
 """
 
-import numpy as np
-
 from fastloss.reference._linear_cross_entropy import _logits
 from fastloss.reference._vocab import token_log_probs, token_log_probs_grad
 
