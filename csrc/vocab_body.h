@@ -1,14 +1,17 @@
 /*
  * vocab_body.h -- the rows and runners of vocab.c, written once per storage type.  No
  * include guard, on purpose: vocab_impl.h includes it between storage_begin.h and
- * storage_end.h (STORE_T, REAL, LOAD, STORE, STORE_WIDE; see storage.h) with
+ * storage_end.h (STORE_T, REAL, LOAD, STORE, STORE_WIDE, GRAD_T; see storage.h) with
  *   NAME(name)     the instantiation's name of a routine (name_<storage>_<isa>)
  *   TLP_RUN        the token log-probabilities runner's name
  *   DISTILL_RUN    the distillation runner's name
  *   REAL_EXP_NONPOSITIVE, REAL_LOG1P_UNIT   fastmath.h's vectorisable exp for x <= 0 and
  *                  log(1 + u) on [0, 1], in REAL
  * Every array is read through LOAD and written through STORE; the per-element work is
- * in REAL, every sum in double (FASTLOSS_LANES accumulators in a fixed order).
+ * in REAL, every sum in double (FASTLOSS_LANES accumulators in a fixed order).  The
+ * inputs are STORE_T and the gradients GRAD_T (the same, or float32 for a half type's
+ * _grad32 tag); a half-precision gradient element is rounded once, from the REAL (or,
+ * STORE_WIDE, the double) it is computed in.
  */
 
 /* Largest value of a chunk (an OpenMP simd reduction: a max's order never changes its
@@ -156,7 +159,7 @@ typedef struct NAME(tlp_job) {
     double *log_prob, *entropy;
     const double *grad_log_prob, *grad_entropy;
     fastloss_index grad_log_prob_stride, grad_entropy_stride;
-    STORE_T *grad;
+    GRAD_T *grad;
     fastloss_index grad_row_stride;
     fastloss_index n_chunks;
     char *scratch;
@@ -178,7 +181,7 @@ static void NAME(tlp_row_grad)(const STORE_T *x, fastloss_index n_classes,
                                fastloss_index n_chunks, fastloss_index target,
                                double inv_temperature, const vocab_row_stats *stats,
                                const double *chunk_data, int exps_in_place,
-                               double upstream_log_prob, double upstream_entropy, STORE_T *g)
+                               double upstream_log_prob, double upstream_entropy, GRAD_T *g)
 {
     const double mean_a = stats->weighted / stats->sum;
     const double scale = inv_temperature / stats->sum;
@@ -194,7 +197,7 @@ static void NAME(tlp_row_grad)(const STORE_T *x, fastloss_index n_classes,
             STORE(g, c, e == (REAL)0 ? (REAL)0 : e * (a0 + b0 * a));
         }
     } else {
-        REAL *e_row = (REAL *)g; /* STORE_T is REAL here (the caller checks) */
+        REAL *e_row = (REAL *)g; /* GRAD_T is REAL here (the caller checks) */
         for (fastloss_index k = 0; k < n_chunks; ++k) {
             const fastloss_index start = k * FASTLOSS_VOCAB_CHUNK;
             const fastloss_index n = n_classes - start < FASTLOSS_VOCAB_CHUNK
@@ -233,7 +236,7 @@ static void NAME(tlp_rows)(const NAME(tlp_job) *job, int thread, int n_threads)
     VOCAB_ROW_RANGE(options->n_rows, thread, n_threads, begin, end);
     for (fastloss_index i = begin; i < end; ++i) {
         const STORE_T *x = job->logits + i * job->logits_row_stride;
-        STORE_T *g = job->grad ? job->grad + i * job->grad_row_stride : NULL;
+        GRAD_T *g = job->grad ? job->grad + i * job->grad_row_stride : NULL;
         const fastloss_index t = job->target[i];
         if (t == options->ignore_index) {
             if (job->log_prob)
@@ -314,7 +317,7 @@ int TLP_RUN(const fastloss_vocab_options *options, const void *logits_data,
     char *scratch = (char *)(((uintptr_t)allocation + 63) & ~(uintptr_t)63);
     NAME(tlp_job) job = {options, (const STORE_T *)logits_data, logits_row_stride, target,
                          log_prob, entropy, grad_log_prob, grad_entropy,
-                         grad_log_prob_stride, grad_entropy_stride, (STORE_T *)grad_data,
+                         grad_log_prob_stride, grad_entropy_stride, (GRAD_T *)grad_data,
                          grad_row_stride, n_chunks, scratch, per_thread};
     if (threads == 1) {
         NAME(tlp_rows)(&job, 0, 1);
@@ -375,7 +378,7 @@ typedef struct NAME(distill_job) {
     const double *grad_output;
     fastloss_index grad_output_stride;
     double factor; /* 1 / the valid rows for the batch mean, else 1 */
-    STORE_T *grad_student, *grad_teacher;
+    GRAD_T *grad_student, *grad_teacher;
     fastloss_index grad_student_row_stride, grad_teacher_row_stride;
     fastloss_index n_chunks;
     char *scratch;
@@ -425,8 +428,8 @@ FASTLOSS_INLINE void NAME(distill_range)(const int divergence, const int want_s,
                                          REAL inv_t, const NAME(distill_chunk) *chunk,
                                          const NAME(distill_row) *row, REAL scale_s,
                                          REAL scale_t, REAL *FASTLOSS_RESTRICT tile_s,
-                                         REAL *FASTLOSS_RESTRICT tile_t, STORE_T *gs,
-                                         STORE_T *gt)
+                                         REAL *FASTLOSS_RESTRICT tile_t, GRAD_T *gs,
+                                         GRAD_T *gt)
 {
     const REAL shift_s = chunk->shift_s, shift_t = chunk->shift_t;
     const REAL unit_s = chunk->scale_s, unit_t = chunk->scale_t;
@@ -479,7 +482,7 @@ static void NAME(distill_pass)(int divergence, int sums, const STORE_T *xs, cons
                                const double *student_chunks, const double *teacher_chunks,
                                const vocab_row_stats *student, const vocab_row_stats *teacher,
                                const NAME(distill_row) *row, REAL scale_s, REAL scale_t,
-                               REAL *tile_s, REAL *tile_t, STORE_T *gs, STORE_T *gt,
+                               REAL *tile_s, REAL *tile_t, GRAD_T *gs, GRAD_T *gt,
                                double *kl_s, double *kl_t)
 {
     const REAL inv_t = (REAL)inv_temperature;
@@ -494,7 +497,7 @@ static void NAME(distill_pass)(int divergence, int sums, const STORE_T *xs, cons
                                inv_temperature, &chunk);
         const STORE_T *s = xs + start, *t = xt + start;
         const REAL *es = es_row + start, *et = et_row + start;
-        STORE_T *gsk = gs ? gs + start : NULL, *gtk = gt ? gt + start : NULL;
+        GRAD_T *gsk = gs ? gs + start : NULL, *gtk = gt ? gt + start : NULL;
 #define VOCAB_RANGE(div, ws, wt, with_sums)                                                  \
     NAME(distill_range)(div, ws, wt, with_sums, s, t, es, et, n, inv_t, &chunk, row, scale_s, \
                         scale_t, tile_s, tile_t, gsk, gtk)
@@ -562,9 +565,9 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
     for (fastloss_index i = begin; i < end; ++i) {
         const STORE_T *xs = job->student + i * job->student_row_stride;
         const STORE_T *xt = job->teacher + i * job->teacher_row_stride;
-        STORE_T *gs = job->grad_student ? job->grad_student + i * job->grad_student_row_stride
+        GRAD_T *gs = job->grad_student ? job->grad_student + i * job->grad_student_row_stride
                                         : NULL;
-        STORE_T *gt = job->grad_teacher ? job->grad_teacher + i * job->grad_teacher_row_stride
+        GRAD_T *gt = job->grad_teacher ? job->grad_teacher + i * job->grad_teacher_row_stride
                                         : NULL;
         if (job->target && job->target[i] == options->ignore_index) {
             job->row_loss[i] = 0.0;
@@ -652,7 +655,7 @@ int DISTILL_RUN(const fastloss_vocab_options *options, const void *student_data,
                              teacher_row_stride, target, row_loss,
                              grad_output ? grad_output : &one,
                              grad_output ? grad_output_stride : 0, factor,
-                             (STORE_T *)grad_student_data, (STORE_T *)grad_teacher_data,
+                             (GRAD_T *)grad_student_data, (GRAD_T *)grad_teacher_data,
                              grad_student_row_stride, grad_teacher_row_stride, n_chunks,
                              scratch, per_thread};
     if (threads == 1) {
