@@ -320,3 +320,79 @@ def test_vocab_unsupported_dtypes_name_the_argument_and_the_dtypes():
         with pytest.raises(TypeError, match=r"^student_logits: expected a float32 or float64 "
                                             r"array, or float16 / ml_dtypes.bfloat16"):
             fastloss.jsd(logits.astype(bad), logits.astype(bad))
+
+
+# ----------------------------------------------------------------------------------------
+# The torch adapter: torch.bfloat16 / torch.float16 logits
+# ----------------------------------------------------------------------------------------
+
+def _numpy_of(tensor, dtype):
+    """A half tensor's values as a NumPy array of `dtype` (bfloat16 from its bits)."""
+    import torch
+    tensor = tensor.detach().contiguous()
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(BFLOAT16)
+    return tensor.numpy()
+
+
+@pytest.mark.parametrize("torch_dtype", ["bfloat16", "float16"])
+def test_torch_vocab_half(torch_dtype):
+    torch = pytest.importorskip("torch")
+    import fastloss.torch as FL
+    dtype = getattr(torch, torch_dtype)
+    numpy_dtype = BFLOAT16 if torch_dtype == "bfloat16" else FLOAT16
+    rng = np.random.default_rng(9)
+    logits = torch.from_numpy(rng.standard_normal((2, 3, 400)) * 3).to(dtype)
+    target = torch.from_numpy(rng.integers(0, 400, (2, 3)))
+    x = logits.clone().requires_grad_(True)
+    log_prob, entropy = FL.token_log_probs(x, target, return_entropy=True, temperature=1.3)
+    assert log_prob.dtype == dtype and entropy.dtype == dtype  # torch's dtype
+    (log_prob.sum() * 0.5 + entropy.sum() * 0.25).backward()
+    assert x.grad.dtype == dtype
+    values = _numpy_of(logits, numpy_dtype)
+    ref_lp, ref_h = reference.token_log_probs(wide(values), target.numpy(), return_entropy=True,
+                                              temperature=1.3)
+    ref_grad = reference.token_log_probs_grad(wide(values), target.numpy(), 0.5,
+                                              grad_entropy=0.25, temperature=1.3)
+    expected = torch.from_numpy(np.stack([ref_lp, ref_h])).to(dtype).double()
+    # the float32 values rounded once more to the half type: within one ulp of the
+    # rounded reference
+    got = torch.stack([log_prob, entropy]).detach().double()
+    assert torch.allclose(got, expected, rtol=2.0 ** -7, atol=0)
+    assert_gradient_contract(_numpy_of(x.grad, numpy_dtype), ref_grad, numpy_dtype)
+    # distillation: fused (reduced, gradient in the forward) and per-row
+    student = logits.clone().requires_grad_(True)
+    teacher = (logits.double() + torch.from_numpy(rng.standard_normal((2, 3, 400)))).to(
+        dtype).requires_grad_(True)
+    ref_s, ref_t = _numpy_of(logits, numpy_dtype), _numpy_of(teacher, numpy_dtype)
+    for name, options in (("distill_kl", {"direction": "reverse"}), ("jsd", {"beta": 0.3})):
+        for reduction in ("batchmean", "none"):
+            student.grad = teacher.grad = None
+            loss = getattr(FL, name)(student, teacher, reduction=reduction, **options)
+            assert loss.dtype == dtype
+            (loss if reduction == "batchmean" else loss.sum()).backward()
+            ref_grads = getattr(reference, f"{name}_grad")(
+                wide(ref_s), wide(ref_t), 1.0 if reduction == "batchmean" else np.ones((2, 3)),
+                wrt=BOTH, reduction=reduction, **options)
+            for tensor, ref_grad in zip((student, teacher), ref_grads):
+                assert tensor.grad.dtype == dtype
+                assert_gradient_contract(_numpy_of(tensor.grad, numpy_dtype), ref_grad,
+                                         numpy_dtype)
+    # the inputs are read in place, never modified
+    assert torch.equal(student.detach(), logits)
+
+
+def test_torch_vocab_half_errors():
+    torch = pytest.importorskip("torch")
+    import fastloss.torch as FL
+    x = torch.randn(3, 7)
+    target = torch.tensor([0, 1, 2])
+    with pytest.raises(TypeError, match=r"student's dtype.*float32, float64, bfloat16 or "
+                                        r"float16\), got torch.float32"):
+        FL.distill_kl(x.bfloat16(), x)
+    with pytest.raises(TypeError, match=r"logits: expected a float32, float64, bfloat16 or "
+                                        r"float16 tensor, got torch.int32"):
+        FL.token_log_probs(x.int(), target)
+    with pytest.raises(TypeError, match=r"student_logits: expected a float32, float64, "
+                                        r"bfloat16 or float16 tensor, got torch.complex64"):
+        FL.jsd(x.to(torch.complex64), x.to(torch.complex64))
