@@ -396,3 +396,110 @@ def test_torch_vocab_half_errors():
     with pytest.raises(TypeError, match=r"student_logits: expected a float32, float64, "
                                         r"bfloat16 or float16 tensor, got torch.complex64"):
         FL.jsd(x.to(torch.complex64), x.to(torch.complex64))
+
+
+# ----------------------------------------------------------------------------------------
+# sequence_log_probs
+# ----------------------------------------------------------------------------------------
+
+def sequence_inputs(dtype, mask_kind, rng, shape=(7, 300)):
+    values = (-rng.exponential(2.0, shape)).astype(dtype)
+    mask = rng.random(shape) < 0.7
+    if mask_kind == "int":
+        mask = mask.astype(np.int64)
+    elif mask_kind == "float":
+        mask = mask * rng.uniform(0.5, 1.5, shape)  # weights, read as float32
+        mask = mask.astype(np.float32)
+    elif mask_kind == "half":
+        mask = mask.astype(dtype)
+    mask[2] = 0  # a row with no answer token: sum 0, average NaN
+    return values, mask
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+@pytest.mark.parametrize("mask_kind", ["bool", "int", "float", "half"])
+@pytest.mark.parametrize("average", [False, True])
+def test_sequence_log_probs_contract(dtype, mask_kind, average):
+    rng = np.random.default_rng(10)
+    values, mask = sequence_inputs(dtype, mask_kind, rng)
+    mask64 = wide(mask)
+    upstream = rng.uniform(-2.0, 2.0, values.shape[0])
+    value = fastloss.sequence_log_probs(values, mask, average=average)
+    ref_value = reference.sequence_log_probs(wide(values), mask64, average=average)
+    assert value.dtype == np.float32
+    np.testing.assert_array_equal(np.isnan(value), np.isnan(ref_value))
+    finite = ~np.isnan(ref_value)
+    assert_loss_contract(value[finite], ref_value[finite])
+    for grad_output in (1.0, upstream):
+        grad = fastloss.sequence_log_probs_grad(values, mask, grad_output, average=average)
+        with np.errstate(invalid="ignore"):  # the row without tokens: NaN, as it should
+            ref_grad = reference.sequence_log_probs_grad(wide(values), mask64, grad_output,
+                                                         average=average)
+        assert_gradient_contract(grad, ref_grad, dtype)
+        fused_value, fused_grad = fastloss.sequence_log_probs_value_and_grad(
+            values, mask, grad_output, average=average)
+        same_bits(fused_value, value)
+        same_bits(fused_grad, grad)
+    # thread invariance, and out= in place over the values
+    same_bits(fastloss.sequence_log_probs_value_and_grad(values, mask, upstream,
+                                                         average=average, num_threads=1),
+              fastloss.sequence_log_probs_value_and_grad(values, mask, upstream,
+                                                         average=average, num_threads=3))
+    copy = values.copy()
+    assert fastloss.sequence_log_probs_grad(copy, mask, upstream, average=average,
+                                            out=copy) is copy
+    same_bits(copy, fastloss.sequence_log_probs_grad(values, mask, upstream, average=average))
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+def test_sequence_log_probs_half_layouts(dtype):
+    rng = np.random.default_rng(11)
+    values, mask = sequence_inputs(dtype, "bool", rng, (4, 2, 50))
+    strided = values[:, :, ::2]
+    for x, m in ((values, mask), (strided, mask[:, :, ::2]), (values[:0], mask[:0])):
+        value, grad = fastloss.sequence_log_probs_value_and_grad(x, m)
+        assert value.shape == x.shape[:-1] and grad.shape == x.shape and grad.dtype == dtype
+        if x.size:
+            assert_loss_contract(value, reference.sequence_log_probs(wide(x), wide(m)))
+            assert_gradient_contract(grad, reference.sequence_log_probs_grad(wide(x), wide(m)),
+                                     dtype)
+    # a NaN or -inf at a masked-out token does not reach its row
+    x = values.copy()
+    x[0, 0, ~mask[0, 0]] = np.nan
+    x[0, 1, ~mask[0, 1]] = -np.inf
+    same_bits(fastloss.sequence_log_probs(x, mask), fastloss.sequence_log_probs(values, mask))
+
+
+def test_sequence_log_probs_half_errors():
+    values = np.zeros((2, 3), np.float16)
+    for bad in (np.int16, np.complex64):
+        with pytest.raises(TypeError, match=r"^token_log_probs: expected a float32 or float64 "
+                                            r"array, or float16 / ml_dtypes.bfloat16"):
+            fastloss.sequence_log_probs(values.astype(bad), np.ones((2, 3), bool))
+    with pytest.raises(TypeError, match=r"^out: expected dtype float16"):
+        fastloss.sequence_log_probs_grad(values, np.ones((2, 3), bool),
+                                         out=np.empty((2, 3), np.float32))
+
+
+@pytest.mark.parametrize("torch_dtype", ["bfloat16", "float16"])
+def test_torch_sequence_log_probs_half(torch_dtype):
+    torch = pytest.importorskip("torch")
+    import fastloss.torch as FL
+    dtype = getattr(torch, torch_dtype)
+    numpy_dtype = BFLOAT16 if torch_dtype == "bfloat16" else FLOAT16
+    rng = np.random.default_rng(12)
+    values, mask = sequence_inputs(numpy_dtype, "bool", rng, (3, 40))
+    mask[2, 0] = True
+    x = torch.from_numpy(values.view(np.int16)).view(dtype) if numpy_dtype == BFLOAT16 \
+        else torch.from_numpy(values)
+    x = x.clone().requires_grad_(True)
+    upstream = torch.tensor([0.5, -1.0, 2.0], dtype=dtype)
+    out = FL.sequence_log_probs(x, torch.from_numpy(mask), average=True)
+    assert out.dtype == dtype
+    out.backward(upstream)
+    assert x.grad.dtype == dtype
+    ref_grad = reference.sequence_log_probs_grad(wide(values), wide(mask),
+                                                 upstream.double().numpy(), average=True)
+    assert_gradient_contract(_numpy_of(x.grad, numpy_dtype), ref_grad, numpy_dtype)
+    ref_value = reference.sequence_log_probs(wide(values), wide(mask), average=True)
+    assert torch.equal(out, torch.from_numpy(ref_value.astype(np.float32)).to(dtype))
