@@ -134,11 +134,14 @@ static void NAME(vocab_row_stats)(const STORE_T *x, fastloss_index n_classes,
     vocab_merge_chunks(chunk_data, n_chunks, inv_temperature, stats);
 }
 
-/* Per-thread scratch: chunk records and two tiles of a chunk. */
-static size_t NAME(vocab_scratch_bytes)(fastloss_index n_chunks)
+/* Per-thread scratch: chunk records and two tiles of a chunk, and where the gradient
+ * row cannot hold the exps (a half-precision or float32 gradient of half logits), a row
+ * of REAL for them. */
+static size_t NAME(vocab_scratch_bytes)(fastloss_index n_chunks, fastloss_index n_classes)
 {
     const size_t bytes = (size_t)n_chunks * VOCAB_CHUNK_FIELDS * sizeof(double) +
-                         2 * FASTLOSS_VOCAB_CHUNK * sizeof(REAL);
+                         2 * FASTLOSS_VOCAB_CHUNK * sizeof(REAL) +
+                         (STORAGE_IS_COMPUTE ? 0 : (size_t)n_classes * sizeof(REAL));
     return (bytes + 63) / 64 * 64; /* each thread's part on its own cache lines */
 }
 
@@ -173,14 +176,15 @@ typedef struct NAME(tlp_job) {
  * with a_c = (x_c - M) / T, e_c = exp(a_c), p_c = e_c / S, A = -(g - h W / S) / (T S),
  * B = -h / (T S): log p_c + H = a_c - W / S.  1 - p_t is others / S (no cancellation
  * where p_t is nearly 1), and the target is written from double.  When the statistics
- * pass left its exps in the gradient row itself (`exps_in_place`: exp((x_c - m_k) / T)
- * per chunk k, relative to the chunk's shift), they are rescaled there by the chunk's
- * exp((m_k - M) / T) rather than computed again.
+ * pass left its exps in a row (`e_row`: exp((x_c - m_k) / T) per chunk k, relative to
+ * the chunk's shift), they are rescaled there by the chunk's exp((m_k - M) / T) rather
+ * than computed again: in the gradient row itself where it is of the compute type, else
+ * in scratch, then stored (rounded once) to the gradient row.
  */
 static void NAME(tlp_row_grad)(const STORE_T *x, fastloss_index n_classes,
                                fastloss_index n_chunks, fastloss_index target,
                                double inv_temperature, const vocab_row_stats *stats,
-                               const double *chunk_data, int exps_in_place,
+                               const double *chunk_data, REAL *e_row,
                                double upstream_log_prob, double upstream_entropy, GRAD_T *g)
 {
     const double mean_a = stats->weighted / stats->sum;
@@ -189,7 +193,7 @@ static void NAME(tlp_row_grad)(const STORE_T *x, fastloss_index n_classes,
     const double coef_b = -upstream_entropy * scale;
     const REAL max = (REAL)stats->max;
     const REAL inv_t = (REAL)inv_temperature;
-    if (!exps_in_place) {
+    if (!e_row) {
         const REAL a0 = (REAL)coef_a, b0 = (REAL)coef_b;
         for (fastloss_index c = 0; c < n_classes; ++c) {
             const REAL a = ((REAL)LOAD(x, c) - max) * inv_t;
@@ -197,7 +201,6 @@ static void NAME(tlp_row_grad)(const STORE_T *x, fastloss_index n_classes,
             STORE(g, c, e == (REAL)0 ? (REAL)0 : e * (a0 + b0 * a));
         }
     } else {
-        REAL *e_row = (REAL *)g; /* GRAD_T is REAL here (the caller checks) */
         for (fastloss_index k = 0; k < n_chunks; ++k) {
             const fastloss_index start = k * FASTLOSS_VOCAB_CHUNK;
             const fastloss_index n = n_classes - start < FASTLOSS_VOCAB_CHUNK
@@ -215,6 +218,9 @@ static void NAME(tlp_row_grad)(const STORE_T *x, fastloss_index n_classes,
                 ek[c] = e == (REAL)0 ? (REAL)0 : e * (a0 + b0 * a);
             }
         }
+        if ((void *)e_row != (void *)g) /* the exps were in scratch: round once */
+            for (fastloss_index c = 0; c < n_classes; ++c)
+                STORE(g, c, e_row[c]);
     }
     const double a_t = ((double)LOAD(x, target) - stats->max) * inv_temperature;
     const double p_t = exp(a_t) / stats->sum;
@@ -232,6 +238,7 @@ static void NAME(tlp_rows)(const NAME(tlp_job) *job, int thread, int n_threads)
     double *chunk_data = (double *)mine;
     REAL *tile_exps = (REAL *)(chunk_data + job->n_chunks * VOCAB_CHUNK_FIELDS);
     REAL *tile_weighted = tile_exps + FASTLOSS_VOCAB_CHUNK;
+    REAL *row_exps = STORAGE_IS_COMPUTE ? NULL : tile_weighted + FASTLOSS_VOCAB_CHUNK;
     const int need_weighted = job->entropy != NULL || job->grad_entropy != NULL;
     VOCAB_ROW_RANGE(options->n_rows, thread, n_threads, begin, end);
     for (fastloss_index i = begin; i < end; ++i) {
@@ -248,14 +255,14 @@ static void NAME(tlp_rows)(const NAME(tlp_job) *job, int thread, int n_threads)
                     STORE(g, c, (REAL)0);
             continue;
         }
-        /* with a gradient of the storage type computed in (never the logits: the Cython
-         * layer gives the kernel a gradient that overlaps no input), the statistics pass
-         * leaves its exps in the gradient row, and the gradient pass rescales them there */
-        const int exps_in_place = g != NULL && STORAGE_IS_COMPUTE;
+        /* with a gradient, the statistics pass leaves its exps in a row and the gradient
+         * pass rescales them there: the gradient row itself where it is of the compute
+         * type (never the logits: the Cython layer gives the kernel a gradient that
+         * overlaps no input), else the thread's scratch row */
+        REAL *e_row = g == NULL ? NULL : STORAGE_IS_COMPUTE ? (REAL *)g : row_exps;
         vocab_row_stats stats;
         NAME(vocab_row_stats)(x, n_classes, job->n_chunks, inv_temperature, t, need_weighted,
-                              tile_exps, tile_weighted, exps_in_place ? (REAL *)g : NULL,
-                              chunk_data, &stats);
+                              tile_exps, tile_weighted, e_row, chunk_data, &stats);
         /* A row with no finite log-sum-exp (a +inf or NaN logit, or every logit -inf)
          * has no softmax: NaN, as torch's log_softmax gives. */
         const int finite = isfinite(stats.max) && isfinite(stats.log_sum);
@@ -280,7 +287,7 @@ static void NAME(tlp_rows)(const NAME(tlp_job) *job, int thread, int n_threads)
                 job->grad_entropy ? job->grad_entropy[i * job->grad_entropy_stride] : 0.0;
             if (finite) {
                 NAME(tlp_row_grad)(x, n_classes, job->n_chunks, t, inv_temperature, &stats,
-                                   chunk_data, exps_in_place, upstream_log_prob,
+                                   chunk_data, e_row, upstream_log_prob,
                                    upstream_entropy, g);
             } else {
                 for (fastloss_index c = 0; c < n_classes; ++c)
@@ -310,7 +317,7 @@ int TLP_RUN(const fastloss_vocab_options *options, const void *logits_data,
     int threads = fastloss_effective_threads(options->num_threads, n_rows * n_classes);
     if (threads > n_rows)
         threads = n_rows > 1 ? (int)n_rows : 1;
-    const size_t per_thread = NAME(vocab_scratch_bytes)(n_chunks);
+    const size_t per_thread = NAME(vocab_scratch_bytes)(n_chunks, n_classes);
     char *allocation = malloc(per_thread * (size_t)threads + 64);
     if (!allocation)
         return FASTLOSS_ERROR_NO_MEMORY;

@@ -25,7 +25,7 @@ def token_log_probs(logits, target, *, temperature=1.0, ignore_index=-100,
 
     Parameters
     ----------
-    logits : array_like, float32, float64, float16 or ml_dtypes.bfloat16, shape (..., V)
+    logits : array_like, float32, float64, float16 or bfloat16, shape (..., V)
         Unnormalised scores over the vocabulary (last axis). Half precision is read in
         place and computed in float32 (docs/accuracy.rst, "Half precision").
     target : array_like of int, shape (...)
@@ -129,8 +129,7 @@ def distill_kl(student_logits, teacher_logits, *, temperature=1.0, direction="fo
 
     Parameters
     ----------
-    student_logits, teacher_logits : array_like, float32, float64, float16 or
-            ml_dtypes.bfloat16, shape (..., V)
+    student_logits, teacher_logits : array_like, float32/64, float16 or bfloat16, (..., V)
         The two models' logits for the same rows (one shape, one dtype; half precision
         is computed in float32 and the loss returned in float32).
     temperature : float > 0

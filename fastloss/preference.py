@@ -115,7 +115,7 @@ def sequence_log_probs(token_log_probs, mask, *, average=False, num_threads=None
 
     Parameters
     ----------
-    token_log_probs : array_like, float32, float64, float16 or ml_dtypes.bfloat16, shape (..., T)
+    token_log_probs : array_like, float32, float64, float16 or bfloat16, shape (..., T)
         The log-probability of each token of each sequence (the target token's
         log-softmax, e.g. from :func:`fastloss.cross_entropy` with reduction "none",
         negated).

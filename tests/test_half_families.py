@@ -335,12 +335,17 @@ def _numpy_of(tensor, dtype):
     return tensor.numpy()
 
 
-@pytest.mark.parametrize("torch_dtype", ["bfloat16", "float16"])
-def test_torch_vocab_half(torch_dtype):
+def torch_half(torch_dtype):
+    """(torch, fastloss.torch, the torch dtype, the NumPy dtype) of a half type's name."""
     torch = pytest.importorskip("torch")
     import fastloss.torch as FL
-    dtype = getattr(torch, torch_dtype)
-    numpy_dtype = BFLOAT16 if torch_dtype == "bfloat16" else FLOAT16
+    return (torch, FL, getattr(torch, torch_dtype),
+            BFLOAT16 if torch_dtype == "bfloat16" else FLOAT16)
+
+
+@pytest.mark.parametrize("torch_dtype", ["bfloat16", "float16"])
+def test_torch_vocab_half(torch_dtype):
+    torch, FL, dtype, numpy_dtype = torch_half(torch_dtype)
     rng = np.random.default_rng(9)
     logits = torch.from_numpy(rng.standard_normal((2, 3, 400)) * 3).to(dtype)
     target = torch.from_numpy(rng.integers(0, 400, (2, 3)))
@@ -483,10 +488,7 @@ def test_sequence_log_probs_half_errors():
 
 @pytest.mark.parametrize("torch_dtype", ["bfloat16", "float16"])
 def test_torch_sequence_log_probs_half(torch_dtype):
-    torch = pytest.importorskip("torch")
-    import fastloss.torch as FL
-    dtype = getattr(torch, torch_dtype)
-    numpy_dtype = BFLOAT16 if torch_dtype == "bfloat16" else FLOAT16
+    torch, FL, dtype, numpy_dtype = torch_half(torch_dtype)
     rng = np.random.default_rng(12)
     values, mask = sequence_inputs(numpy_dtype, "bool", rng, (3, 40))
     mask[2, 0] = True
