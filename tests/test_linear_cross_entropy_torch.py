@@ -56,24 +56,25 @@ def _rounded(hidden, classifier, target, options, dtype):
 def _adapter(tensors, target, keywords, reduction, grad_output, block_rows, needs=(True,) * 3,
              twice=False):
     """The adapter's loss and the gradients of the leaves that require grad, from
-    loss.backward(grad_output); with ``twice``, a second backward through the retained
-    graph must give the same gradients again."""
+    loss.backward(grad_output); with ``twice``, also those of a second backward through
+    the retained graph (recomputed from the saved inputs: for "mean" and "sum" not bit
+    for bit the first's, which the forward computed for a grad_output of 1 and the
+    backward scaled), for the caller to check as the first."""
     leaves = [t.detach().clone().requires_grad_(need) for t, need in zip(tensors, needs)]
     loss = FL.linear_cross_entropy(leaves[0], leaves[1], target, linear_bias=leaves[2],
                                    reduction=reduction, block_rows=block_rows, **keywords)
     up = torch.as_tensor(grad_output, dtype=torch.float64).to(loss.dtype).expand_as(loss)
     loss.backward(up, retain_graph=twice)
     grads = [leaf.grad.clone() if need else None for leaf, need in zip(leaves, needs)]
-    if twice:
-        for leaf in leaves:
-            leaf.grad = None
-        loss.backward(up)
-        for leaf, grad in zip(leaves, grads):
-            if grad is not None:
-                assert torch.equal(leaf.grad, grad)
     for leaf, need in zip(leaves, needs):
         assert need or leaf.grad is None
-    return loss.detach(), grads
+    if not twice:
+        return loss.detach(), grads
+    for leaf in leaves:
+        leaf.grad = None
+    loss.backward(up)
+    again = [leaf.grad if need else None for leaf, need in zip(leaves, needs)]
+    return loss.detach(), grads, again
 
 
 def _grad_output(rng, reduction, batch):
@@ -95,15 +96,16 @@ def test_float64_every_option_matches_the_reference(case, reduction):
     grad_output = _grad_output(rng, reduction, batch)
     tensors, target_tensor, keywords = _tensors(hidden, classifier, target, options,
                                                 torch.float64)
-    loss, grads = _adapter(tensors, target_tensor, keywords, reduction, grad_output, 4,
-                           twice=True)
+    loss, grads, again = _adapter(tensors, target_tensor, keywords, reduction, grad_output,
+                                  4, twice=True)
     ref_loss, ref_grads = reference_of(hidden, classifier, target, grad_output,
                                        dict(options, reduction=reduction))
     assert loss.dtype == torch.float64 and loss.shape == np.shape(ref_loss)
     assert_close_contract(loss.numpy(), ref_loss, np.float64, "loss")
-    for grad, ref, name in zip(grads, ref_grads, NAMES):
-        assert grad.dtype == torch.float64
-        assert_close_contract(grad.numpy(), ref, np.float64, "grad", what=f"d/d{name}")
+    for grad, second, ref, name in zip(grads, again, ref_grads, NAMES):
+        for result in (grad, second):
+            assert result.dtype == torch.float64
+            assert_close_contract(result.numpy(), ref, np.float64, "grad", what=f"d/d{name}")
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -118,20 +120,21 @@ def test_float32_every_option_within_the_products_bound(case, reduction):
     grad_output = _grad_output(rng, reduction, batch)
     tensors, target_tensor, keywords = _tensors(hidden, classifier, target, options,
                                                 torch.float32)
-    loss, grads = _adapter(tensors, target_tensor, keywords, reduction, grad_output, 7,
-                           twice=reduction == "sum")
+    loss, grads, again = _adapter(tensors, target_tensor, keywords, reduction, grad_output,
+                                  7, twice=True)
     ref_loss, ref_grads = reference_of(hidden, classifier, target, grad_output,
                                        dict(options, reduction=reduction))
     bounds = products_bound(hidden, classifier, target, grad_output, reduction, np.float32,
                             options)
     assert loss.dtype == torch.float32
     assert_close_at_scale(loss.numpy(), ref_loss, np.float32, "loss", extra=bounds[0])
-    for grad, ref, bound, given, name in zip(grads, ref_grads, bounds[1:],
-                                             (hidden, classifier, options["bias"]), NAMES):
-        assert grad.dtype == torch.float32 and grad.shape == given.shape
-        assert_close_at_scale(grad.numpy(), ref, np.float32, "grad", loss=ref_loss,
-                              wrt=given, grad_output=grad_output, extra=bound,
-                              what=f"d/d{name}")
+    for grad, second, ref, bound, given, name in zip(
+            grads, again, ref_grads, bounds[1:], (hidden, classifier, options["bias"]), NAMES):
+        for result in (grad, second):
+            assert result.dtype == torch.float32 and result.shape == given.shape
+            assert_close_at_scale(result.numpy(), ref, np.float32, "grad", loss=ref_loss,
+                                  wrt=given, grad_output=grad_output, extra=bound,
+                                  what=f"d/d{name}")
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -168,13 +171,16 @@ def test_any_subset_of_inputs_gives_the_same_gradients(needs, reduction, dtype):
                                                       OPTIONS["weight-z_loss"])
     grad_output = _grad_output(rng, reduction, (19,))
     tensors, target_tensor, keywords = _tensors(hidden, classifier, target, options, dtype)
-    _, every = _adapter(tensors, target_tensor, keywords, reduction, grad_output, 6)
-    loss, some = _adapter(tensors, target_tensor, keywords, reduction, grad_output, 6,
-                          needs=needs, twice=True)
-    for grad, full, need in zip(some, every, needs):
-        assert (grad is None) == (not need)
+    _, every, every_again = _adapter(tensors, target_tensor, keywords, reduction,
+                                     grad_output, 6, twice=True)
+    _, some, some_again = _adapter(tensors, target_tensor, keywords, reduction, grad_output,
+                                   6, needs=needs, twice=True)
+    for grad, full, second, full_second, need in zip(some, every, some_again, every_again,
+                                                     needs):
+        assert (grad is None) == (not need) and (second is None) == (not need)
         if need:
             assert grad.dtype == dtype and torch.equal(grad, full)
+            assert second.dtype == dtype and torch.equal(second, full_second)
 
 
 def test_float32_error_at_most_twice_torch_own():
@@ -206,17 +212,20 @@ def test_no_numpy_blas_in_the_adapter(monkeypatch, dtype):
     hidden, classifier, target, options = make_inputs(rng, (10,), 8, 12, np.float32,
                                                       OPTIONS["all"])
     tensors, target_tensor, keywords = _tensors(hidden, classifier, target, options, dtype)
-    expected = _adapter(tensors, target_tensor, keywords, "none", 0.5, 3)
+    expected = [_adapter(tensors, target_tensor, keywords, reduction, 0.5, 3, twice=True)
+                for reduction in REDUCTIONS]
 
     def refuse(*args, **kwargs):
         raise AssertionError("NumPy's BLAS was called")
 
-    for name in ("matmul", "dot", "einsum", "inner", "tensordot"):
+    for name in ("matmul", "dot", "einsum", "inner", "tensordot", "vdot"):
         monkeypatch.setattr(np, name, refuse)
-    loss, grads = _adapter(tensors, target_tensor, keywords, "none", 0.5, 3, twice=True)
-    assert torch.equal(loss, expected[0])
-    for grad, same in zip(grads, expected[1]):
-        assert torch.equal(grad, same)
+    for reduction, (loss, grads, again) in zip(REDUCTIONS, expected):
+        same_loss, same_grads, same_again = _adapter(tensors, target_tensor, keywords,
+                                                     reduction, 0.5, 3, twice=True)
+        assert torch.equal(loss, same_loss)
+        for grad, same in zip(grads + again, same_grads + same_again):
+            assert torch.equal(grad, same)
 
 
 # ----------------------------------------------------------------------------------------
@@ -240,8 +249,8 @@ def test_half_within_the_products_bound(dtype, case, reduction):
                                                    dtype)
     grad_output = _grad_output(rng, reduction, batch)
     tensors, target_tensor, keywords = _tensors(hidden, classifier, target, options, dtype)
-    loss, grads = _adapter(tensors, target_tensor, keywords, reduction, grad_output,
-                           block_rows, twice=reduction == "mean")
+    loss, grads, again = _adapter(tensors, target_tensor, keywords, reduction, grad_output,
+                                  block_rows, twice=True)
     assert loss.dtype == dtype
     ref_loss, ref_grads = reference_of(hidden, classifier, target, grad_output,
                                        dict(options, reduction=reduction))
@@ -251,12 +260,15 @@ def test_half_within_the_products_bound(dtype, case, reduction):
                             options, half_unit=unit, blocks=blocks)
     assert_close_at_scale(loss.double().numpy(), ref_loss, np.float32, "loss",
                           extra=bounds[0] + unit * np.abs(ref_loss))
-    for grad, ref, bound, given, name in zip(grads, ref_grads, bounds[1:],
-                                             (hidden, classifier, options["bias"]), NAMES):
-        assert grad.dtype == dtype and grad.shape == given.shape
-        assert_close_at_scale(grad.double().numpy(), ref, np.float32, "grad", loss=ref_loss,
-                              wrt=given, grad_output=grad_output,
-                              extra=bound + unit * np.abs(ref), what=f"d/d{name}")
+    for grad, second, ref, bound, given, name in zip(
+            grads, again, ref_grads, bounds[1:], (hidden, classifier, options["bias"]), NAMES):
+        for result in (grad, second):
+            assert result.dtype == dtype and result.shape == given.shape
+            # a second backward of "mean"/"sum" scales the first's rounded gradient by
+            # grad_output: one rounding more
+            assert_close_at_scale(result.double().numpy(), ref, np.float32, "grad",
+                                  loss=ref_loss, wrt=given, grad_output=grad_output,
+                                  extra=bound + 2 * unit * np.abs(ref), what=f"d/d{name}")
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
