@@ -326,3 +326,19 @@ def test_half_bad_input():
         loss = FL.linear_cross_entropy(x, W, probabilities)
         assert loss.dtype == torch.bfloat16
         assert abs(float(loss) - np.log(5)) < 1e-2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_bit_identical_for_any_openmp_thread_count(dtype):
+    """num_threads sets the kernels' OpenMP threads only; the products are the same torch
+    calls whatever it is, so the results are identical bit for bit."""
+    rng = np.random.default_rng(9)
+    hidden, classifier, target, options = make_inputs(rng, (40,), 32, 300, np.float32,
+                                                      OPTIONS["all"])
+    tensors, target_tensor, keywords = _tensors(hidden, classifier, target, options, dtype)
+    results = [_adapter(tensors, target_tensor, dict(keywords, num_threads=threads), "mean",
+                        1.3, 16) for threads in (1, 2, 3)]
+    for loss, grads in results[1:]:
+        assert torch.equal(loss, results[0][0])
+        for grad, first in zip(grads, results[0][1]):
+            assert torch.equal(grad, first)
