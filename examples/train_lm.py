@@ -31,13 +31,27 @@ path's within --rtol at every step and the loss decreased.
     python examples/train_lm.py --quick            # a few seconds, for CI
     python examples/train_lm.py --paths torch fastloss --steps 100 --threads 2
 
+The default run (20 steps of 8 x 64 tokens, V = 32000) is sized to finish within two
+minutes on two idle cores: measured 2026-11-27 on the 2-core machine of BENCHMARKS.md
+under a load average of 9 to 13, the whole run took 125 s of CPU time in all its
+processes (about 2 s per step and path; 910 s of wall time, the cores being mostly
+other sessions'), that is about a minute of wall time where both cores are its own.
+The run prints its CPU time beside its wall time for that reason. The table "where a
+step's time goes" splits each step into the model's forward, the loss's forward, the
+loss's backward (up to the hidden states' gradient), the model's backward and the
+optimizer; fastloss computes the loss's gradients in its forward, so its backward is
+near zero. The fastloss path runs torch's products and fastloss's kernels in one
+thread pool: when its products went through NumPy's OpenBLAS instead, OpenBLAS's
+threads and torch's spun against each other on the two cores, and that path alone took
+minutes.
+
 How close the curves are: the paths compute the same function in float32, but not
 with the same roundings (the order of the sums in the products and in the softmax
 differs), so their losses may differ in the last bits at any step, and training, which
 feeds each step's weights to the next, carries those differences on. In a stable run
-they stay at float32's roundoff: over the default 30 steps (measured 2026-11-26) the
-largest relative difference from the torch path's curve was 0 for torch-lce (the same
-computation, bit for bit), 1.6e-7 for fastloss and 6.0e-7 for torch-lce-chunked
+they stay at float32's roundoff: over 30 steps of 8 x 128 tokens (measured 2026-11-26)
+the largest relative difference from the torch path's curve was 0 for torch-lce (the
+same computation, bit for bit), 1.6e-7 for fastloss and 6.0e-7 for torch-lce-chunked
 (float32's unit roundoff is 6e-8). An unstable run amplifies them: with AdamW at
 lr 3e-3 and no clipping, whose loss spiked at step 12, the chunked path's difference
 grew to 1.9e-4 by step 15. --rtol's default, 1e-4, is about 170 times the largest
