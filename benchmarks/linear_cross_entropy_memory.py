@@ -1,29 +1,40 @@
-"""Peak resident memory of one linear cross-entropy forward+backward, beside torch's.
+"""Peak resident memory and time of one linear cross-entropy forward+backward, beside
+torch's.
 
-Each variant runs in a fresh interpreter: it builds the inputs (hidden N x H, classifier
-V x H, float32) and the arrays the gradients go to, runs the variant once on small
-inputs (code, threads), resets the peak resident set (/proc/self/clear_refs, "5"), makes
-the call, and reports VmHWM - VmRSS before it: every byte any layer touched. The returned
-gradients (hidden's and classifier's, the inputs' size) are preallocated for fastloss
-(out=) and counted apart for torch (they land in .grad), so both columns are the memory
-beyond the inputs and the gradients.
+Each variant runs in a fresh interpreter (so that its peak is its own, and no other
+variant's thread pools are left spinning beside it): it builds the inputs (hidden N x H,
+classifier V x H, float32 unless the variant says bfloat16) and, for the NumPy API, the
+arrays the gradients go to; runs the variant once on small inputs (code, threads);
+resets the peak resident set (/proc/self/clear_refs, "5"), makes the call, and reports
+VmHWM - VmRSS before it: every byte any layer touched. The returned gradients (hidden's
+and classifier's, the inputs' size) are preallocated for the NumPy API (out=) and
+counted apart for torch's autograd (they land in .grad), so the memory column is the
+memory beyond the inputs and the gradients. Then, with --repeats R, the call R times
+more, timed (wall clock); the median is reported.
+
+"three products" times the three products any implementation needs (``h @ W.T``,
+``G @ W``, ``G.T @ h``, torch.matmul into preallocated results; G a random N x V
+matrix), the floor of the others.
 
     python benchmarks/linear_cross_entropy_memory.py [N H V [VARIANT-SUBSTRING]]
+        [--repeats R] [--skip SUBSTRING ...]
 
-Linux only (/proc). Prints one line per variant, in MiB and as a share of the N x V
-logits.
+Linux only (/proc). Prints one line per variant: the median time, the peak resident
+growth in MiB and as a share of the N x V float32 logits.
 """
+import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 
 CHILD = r"""
-import json, sys
+import json, sys, time
 import numpy as np
 
 variant = sys.argv[1]
-n_rows, n_features, n_classes = (int(a) for a in sys.argv[2:5])
+n_rows, n_features, n_classes, repeats = (int(a) for a in sys.argv[2:6])
 
 
 def status(key):
@@ -40,25 +51,44 @@ def setup(scale):
     classifier = rng.standard_normal((classes, n_features), dtype=np.float32) * np.float32(
         2 / np.sqrt(n_features))
     target = rng.integers(0, classes, rows)
-    if variant.startswith("fastloss"):
+    if variant.startswith("fastloss linear_cross_entropy"):
         import fastloss
         out = (np.zeros_like(hidden), np.zeros_like(classifier))
-        block_rows = 256 if variant == "fastloss block_rows=256" else None
+        block_rows = 256 if "block_rows=256" in variant else None
         return (lambda: fastloss.linear_cross_entropy_value_and_grad(
             hidden, classifier, target, out=out, block_rows=block_rows)), 0
     import torch
     import torch.nn.functional as F
-    h = torch.from_numpy(hidden).requires_grad_()
-    w = torch.from_numpy(classifier).requires_grad_()
+    dtype = torch.bfloat16 if "bfloat16" in variant else torch.float32
+    h = torch.from_numpy(hidden).to(dtype).requires_grad_()
+    w = torch.from_numpy(classifier).to(dtype).requires_grad_()
     t = torch.from_numpy(target)
-    if variant == "torch F.linear + F.cross_entropy":
-        call = lambda: F.cross_entropy(F.linear(h, w), t).backward()
-    elif variant == "torch F.linear_cross_entropy":
-        call = lambda: F.linear_cross_entropy(h, w, t).backward()
-    else:
+    returned = h.nbytes + w.nbytes
+    if variant.startswith("three products"):
+        with torch.no_grad():
+            g = torch.randn(rows, classes).to(dtype)
+            logits, grad_h, grad_w = torch.empty_like(g), torch.empty_like(h), torch.empty_like(w)
+        def call():
+            with torch.no_grad():
+                torch.matmul(h, w.T, out=logits)
+                torch.matmul(g, w, out=grad_h)
+                torch.matmul(g.T, h, out=grad_w)
+        return call, 0
+    if variant.startswith("fastloss.torch"):
+        import fastloss.torch as FL
+        block_rows = 256 if "block_rows=256" in variant else None
+        loss = lambda: FL.linear_cross_entropy(h, w, t, block_rows=block_rows)
+    elif variant.startswith("torch F.linear + F.cross_entropy"):
+        loss = lambda: F.cross_entropy(F.linear(h, w), t)
+    elif "options" in variant:
         options = torch.nn.LinearCrossEntropyOptions()
-        call = lambda: F.linear_cross_entropy(h, w, t, options=options).backward()
-    return call, hidden.nbytes + classifier.nbytes
+        loss = lambda: F.linear_cross_entropy(h, w, t, options=options)
+    else:
+        loss = lambda: F.linear_cross_entropy(h, w, t)
+    def call():
+        h.grad = w.grad = None
+        loss().backward()
+    return call, returned
 
 
 warm, _ = setup(16)
@@ -68,41 +98,70 @@ with open("/proc/self/clear_refs", "w") as f:
     f.write("5")
 before = status("VmRSS")
 call()
-print(json.dumps({"extra": status("VmHWM") - before, "returned": returned}))
+extra = status("VmHWM") - before
+times = []
+for _ in range(repeats):
+    started = time.perf_counter()
+    call()
+    times.append(time.perf_counter() - started)
+print(json.dumps({"extra": extra, "returned": returned, "times": times}))
 """
 
-VARIANTS = ("fastloss linear_cross_entropy_value_and_grad", "fastloss block_rows=256",
-            "torch F.linear + F.cross_entropy", "torch F.linear_cross_entropy",
-            "torch F.linear_cross_entropy(options=LinearCrossEntropyOptions())")
+VARIANTS = ("three products (torch.matmul)",
+            "fastloss.torch.linear_cross_entropy",
+            "fastloss.torch.linear_cross_entropy block_rows=256",
+            "fastloss linear_cross_entropy_value_and_grad (NumPy API)",
+            "fastloss linear_cross_entropy block_rows=256 (NumPy API)",
+            "torch F.linear + F.cross_entropy",
+            "torch F.linear_cross_entropy",
+            "torch F.linear_cross_entropy(options=LinearCrossEntropyOptions())",
+            "three products (torch.matmul) bfloat16",
+            "fastloss.torch.linear_cross_entropy bfloat16",
+            "torch F.linear + F.cross_entropy bfloat16")
 
 
-def measure(variant, size):
+def measure(variant, size, repeats=0):
+    """(peak resident growth beyond the returned gradients, the timed seconds, error)."""
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([here] + ([env["PYTHONPATH"]]
                                                   if env.get("PYTHONPATH") else []))
-    completed = subprocess.run([sys.executable, "-c", CHILD, variant, *map(str, size)],
+    completed = subprocess.run([sys.executable, "-c", CHILD, variant, *map(str, size),
+                                str(repeats)],
                                env=env, cwd=os.path.expanduser("~"), capture_output=True,
-                               text=True, timeout=1200)
+                               text=True, timeout=3600)
     if completed.returncode != 0:
-        return None, completed.stderr.strip().splitlines()[-1]
+        lines = completed.stderr.strip().splitlines() or [f"exit {completed.returncode}"]
+        return None, [], lines[-1]
     report = json.loads(completed.stdout.strip().splitlines()[-1])
-    return report["extra"] - report["returned"], ""
+    return report["extra"] - report["returned"], report["times"], ""
 
 
 def main(argv):
-    size = tuple(int(a) for a in argv[1:4]) if len(argv) >= 4 else (2048, 1024, 32000)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("size", nargs="*", type=str,
+                        help="N H V, and optionally a substring of the variants to run")
+    parser.add_argument("--repeats", type=int, default=0,
+                        help="timed calls after the measured one (default 0: memory only)")
+    parser.add_argument("--skip", nargs="*", default=[],
+                        help="leave out the variants containing any of these substrings")
+    args = parser.parse_args(argv[1:])
+    size = tuple(int(a) for a in args.size[:3]) if len(args.size) >= 3 else (2048, 1024, 32000)
+    chosen = args.size[3] if len(args.size) >= 4 else ""
     logits = size[0] * size[2] * 4
-    print(f"N={size[0]} H={size[1]} V={size[2]} float32: logits {logits / 2**20:.0f} MiB; "
-          f"peak RSS growth beyond the inputs and the returned gradients")
-    chosen = argv[4] if len(argv) >= 5 else ""
-    for variant in (v for v in VARIANTS if chosen in v):
-        extra, error = measure(variant, size)
+    print(f"N={size[0]} H={size[1]} V={size[2]}: float32 logits {logits / 2**20:.0f} MiB; "
+          f"peak RSS growth beyond the inputs and the returned gradients"
+          f"{'; median of %d timed calls' % args.repeats if args.repeats else ''}")
+    for variant in VARIANTS:
+        if chosen not in variant or any(skip in variant for skip in args.skip):
+            continue
+        extra, times, error = measure(variant, size, args.repeats)
         if extra is None:
-            print(f"  {variant:70s} failed: {error}")
-        else:
-            print(f"  {variant:70s} {extra / 2**20:8.1f} MiB  {100 * extra / logits:5.1f}% "
-                  f"of the logits")
+            print(f"  {variant:66s} failed: {error}", flush=True)
+            continue
+        timing = f"{1000 * statistics.median(times):9.0f} ms" if times else ""
+        print(f"  {variant:66s} {timing} {extra / 2**20:9.1f} MiB  "
+              f"{100 * extra / logits:6.1f}% of the logits", flush=True)
 
 
 if __name__ == "__main__":

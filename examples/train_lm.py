@@ -31,13 +31,27 @@ path's within --rtol at every step and the loss decreased.
     python examples/train_lm.py --quick            # a few seconds, for CI
     python examples/train_lm.py --paths torch fastloss --steps 100 --threads 2
 
+The default run (20 steps of 8 x 64 tokens, V = 32000) is sized to finish within two
+minutes on two idle cores: measured 2026-11-27 on the 2-core machine of BENCHMARKS.md
+under a load average of 9 to 13, the whole run took 125 s of CPU time in all its
+processes (about 2 s per step and path; 910 s of wall time, the cores being mostly
+other sessions'), that is about a minute of wall time where both cores are its own.
+The run prints its CPU time beside its wall time for that reason. The table "where a
+step's time goes" splits each step into the model's forward, the loss's forward, the
+loss's backward (up to the hidden states' gradient), the model's backward and the
+optimizer; fastloss computes the loss's gradients in its forward, so its backward is
+near zero. The fastloss path runs torch's products and fastloss's kernels in one
+thread pool: when its products went through NumPy's OpenBLAS instead, OpenBLAS's
+threads and torch's spun against each other on the two cores, and that path alone took
+minutes.
+
 How close the curves are: the paths compute the same function in float32, but not
 with the same roundings (the order of the sums in the products and in the softmax
 differs), so their losses may differ in the last bits at any step, and training, which
 feeds each step's weights to the next, carries those differences on. In a stable run
-they stay at float32's roundoff: over the default 30 steps (measured 2026-11-26) the
-largest relative difference from the torch path's curve was 0 for torch-lce (the same
-computation, bit for bit), 1.6e-7 for fastloss and 6.0e-7 for torch-lce-chunked
+they stay at float32's roundoff: over 30 steps of 8 x 128 tokens (measured 2026-11-26)
+the largest relative difference from the torch path's curve was 0 for torch-lce (the
+same computation, bit for bit), 1.6e-7 for fastloss and 6.0e-7 for torch-lce-chunked
 (float32's unit roundoff is 6e-8). An unstable run amplifies them: with AdamW at
 lr 3e-3 and no clipping, whose loss spiked at step 12, the chunked path's difference
 grew to 1.9e-4 by step 15. --rtol's default, 1e-4, is about 170 times the largest
@@ -61,6 +75,10 @@ import time
 import numpy as np
 
 PATHS = ("torch", "torch-lce", "torch-lce-chunked", "fastloss")
+# the parts of a training step, timed apart: the model's forward to the hidden states,
+# the loss's forward (classifier and cross-entropy), the loss's backward (to the hidden
+# states' gradient), the model's backward, and gradient clipping with AdamW's update
+PHASES = ("model fwd", "loss fwd", "loss bwd", "model bwd", "optimizer")
 DEFAULT_PATHS = ("torch", "torch-lce", "fastloss")
 
 # words (identifiers, keywords), numbers, line ends, and single punctuation marks
@@ -270,23 +288,36 @@ def train(args, path, tokens_file):
 
     memory = ResidentMemory()
     start_resident = memory.reset()
-    losses, seconds, step_peaks, run_peak = [], [], [], 0
+    losses, seconds, cpu_seconds, step_peaks, run_peak = [], [], [], [], 0
+    phases = {name: [] for name in PHASES}
     for inputs, target in batches:
         before = memory.reset()
-        started = time.perf_counter()
+        marks = []
+        started, cpu_started = time.perf_counter(), time.process_time()
         optimizer.zero_grad(set_to_none=False)
         hidden = model(inputs)
+        marks.append(time.perf_counter())
         loss = loss_of(hidden, model.classifier, target.reshape(-1))
+        marks.append(time.perf_counter())
+        # the hidden states' gradient is complete when the loss's own backward is done
+        # and the model's begins: where the step's backward splits
+        hidden.register_hook(lambda grad: marks.append(time.perf_counter()))
         loss.backward()
+        marks.append(time.perf_counter())
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         losses.append(loss.item())
-        seconds.append(time.perf_counter() - started)
+        marks.append(time.perf_counter())
+        seconds.append(marks[-1] - started)
+        cpu_seconds.append(time.process_time() - cpu_started)
+        for name, first, last in zip(PHASES, [started] + marks, marks):
+            phases[name].append(last - first)
         peak = memory.peak()
         step_peaks.append(peak - before if memory.resettable else None)
         run_peak = max(run_peak, peak - start_resident)
-    return {"path": path, "losses": losses, "seconds": seconds, "step_peaks": step_peaks,
-            "run_peak": run_peak, "threads": torch.get_num_threads()}
+    return {"path": path, "losses": losses, "seconds": seconds, "cpu_seconds": cpu_seconds,
+            "phases": phases, "step_peaks": step_peaks, "run_peak": run_peak,
+            "threads": torch.get_num_threads()}
 
 
 # ---------------------------------------------------------------------------------------
@@ -319,15 +350,25 @@ def report(args, results):
     # the first step is left out of the speed: it allocates AdamW's state, the gradients
     # and the thread pools once
     timed = slice(1, None) if args.steps > 1 else slice(None)
-    print(f"{'path':<18} {'tokens/s':>10} {'s/step':>8}  {'peak RSS growth':>15}  "
-          f"{'largest step peak':>17}")
+    print(f"{'path':<18} {'tokens/s':>10} {'s/step':>8} {'CPU s/step':>10}  "
+          f"{'peak RSS growth':>15}  {'largest step peak':>17}")
     for result in results:
         seconds = result["seconds"][timed]
         peaks = [peak for peak in result["step_peaks"][timed] if peak is not None]
         step_peak = mib(max(peaks)) if peaks else "n/a"
+        cpu = float(np.median(result["cpu_seconds"][timed])) if "cpu_seconds" in result \
+            else float("nan")
         print(f"{result['path']:<18} {tokens_per_step * len(seconds) / sum(seconds):>10,.0f} "
-              f"{float(np.median(seconds)):>8.3f}  {mib(result['run_peak']):>15}  "
-              f"{step_peak:>17}")
+              f"{float(np.median(seconds)):>8.3f} {cpu:>10.3f}  "
+              f"{mib(result['run_peak']):>15}  {step_peak:>17}")
+    if all("phases" in result for result in results):
+        print()
+        print("where a step's time goes (median ms)")
+        print(f"{'path':<18} " + " ".join(f"{name:>10}" for name in PHASES))
+        for result in results:
+            print(f"{result['path']:<18} " + " ".join(
+                f"{1000 * float(np.median(result['phases'][name][timed])):>10.0f}"
+                for name in PHASES))
 
     print()
     names = [result["path"] for result in results]
@@ -359,10 +400,10 @@ def report(args, results):
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=30, help="training steps (default 30)")
+    parser.add_argument("--steps", type=int, default=20, help="training steps (default 20)")
     parser.add_argument("--batch", type=int, default=8, help="sequences a step (default 8)")
-    parser.add_argument("--context", type=int, default=128,
-                        help="tokens a sequence (default 128)")
+    parser.add_argument("--context", type=int, default=64,
+                        help="tokens a sequence (default 64)")
     parser.add_argument("--hidden", type=int, default=256, help="model width H (default 256)")
     parser.add_argument("--layers", type=int, default=2, help="transformer blocks (default 2)")
     parser.add_argument("--heads", type=int, default=4, help="attention heads (default 4)")
@@ -447,7 +488,17 @@ def main(argv=None):
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     status = report(args, results)
-    print(f"whole run: {time.perf_counter() - started:.1f} s")
+    try:
+        import resource
+    except ImportError:                   # not on Windows
+        print(f"whole run: {time.perf_counter() - started:.1f} s")
+        return status
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = children.ru_utime + children.ru_stime + me.ru_utime + me.ru_stime
+    print(f"whole run: {time.perf_counter() - started:.1f} s ({cpu:.1f} s of CPU time in "
+          f"all its processes; on a busy machine the wall time is the larger by the share "
+          f"of the cores other work took)")
     return status
 
 

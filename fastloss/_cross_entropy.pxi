@@ -561,10 +561,12 @@ cdef _check_stats_targets(object matrix, object hard, object ignore_index, objec
 
 def ce_block_stats(object logits, object target, object class_offset, object num_classes,
                    object weight, object ignore_index, object label_smoothing,
-                   object softcap, int num_threads):
-    """cross_entropy_block_stats (fastloss/cross_entropy.py): the checked call."""
+                   object softcap, int num_threads, object bits=None):
+    """cross_entropy_block_stats (fastloss/cross_entropy.py): the checked call.
+    ``bits="bfloat16"``: the logits are 16-bit integers holding bfloat16 values (as in
+    ce_call; the torch adapter's zero-copy view)."""
     cdef int code
-    logits, code = _logits_input(logits, None, "logits_block")
+    logits, code = _logits_input(logits, bits, "logits_block")
     cdef cnp.ndarray logits_array = <cnp.ndarray>logits
     cdef int ndim = cnp.PyArray_NDIM(logits_array)
     if ndim == 0:
@@ -629,6 +631,9 @@ def ce_block_stats(object logits, object target, object class_offset, object num
                              f"(got {ignore_index})")
         options.ignore_index = -1
         if target_array.dtype.itemsize > max(compute_dtype.itemsize, aux_dtype.itemsize):
+            if bits is not None:
+                raise TypeError("target: float64 probabilities with bits='bfloat16' "
+                                "logits (widen the logits first)")
             compute_dtype = aux_dtype = numpy.dtype(numpy.float64)
         soft = _class_rows(numpy.require(target_array, dtype=aux_dtype,
                                          requirements="A"), width)
@@ -659,7 +664,7 @@ def ce_block_stats(object logits, object target, object class_offset, object num
     cdef const void *soft_ptr = _data_or_null(soft)
     cdef const void *weight_ptr = _data_or_null(weight)
     cdef double *stats_ptr = <double *>cnp.PyArray_DATA(<cnp.ndarray>stats)
-    cdef int dtype = _dtype_code(matrix, "logits_block")
+    cdef int dtype = code if bits is not None else _dtype_code(matrix, "logits_block")
     cdef int status
     with nogil:
         status = fastloss_cross_entropy_block_stats(

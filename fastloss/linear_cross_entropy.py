@@ -102,37 +102,21 @@ def _bad_target(value, flat_position, batch_shape, n_classes, ignore_index):
 
 class _Problem:
     """The checked arguments of one call: hidden as (N, H) rows, the classifier (V, H),
-    the flat target, bias and weight in the inputs' dtype."""
+    the flat target, bias and weight in the inputs' dtype.
+
+    ``checked_dtype``: the caller (the torch adapter, whose half-precision tensors NumPy
+    cannot hold) checked hidden, classifier and bias itself; they are kept as given (read
+    here for their shapes only), and weight and probability targets are read in this
+    NumPy dtype (float32 for half-precision inputs, as the kernels read them)."""
 
     def __init__(self, hidden, classifier, target, bias, weight, ignore_index, reduction,
-                 label_smoothing, z_loss, softcap):
-        hidden = float_array(hidden, "hidden")
-        classifier = float_array(classifier, "classifier")
-        if classifier.ndim != 2:
-            raise ValueError(f"classifier: expected a 2-d array (V, H), got shape "
-                             f"{classifier.shape}")
-        n_classes, n_features = classifier.shape
-        if n_classes == 0:
-            raise ValueError(f"classifier: expected at least one class (row), got shape "
-                             f"{classifier.shape}")
-        if classifier.dtype != hidden.dtype:
-            raise TypeError(f"classifier: expected the dtype of hidden ({hidden.dtype}), "
-                            f"got {classifier.dtype}")
-        if hidden.ndim == 0 or hidden.shape[-1] != n_features:
-            raise ValueError(f"hidden: expected shape (..., {n_features}) (the H of "
-                             f"classifier {classifier.shape}), got {hidden.shape}")
-        if not (classifier.flags.c_contiguous or classifier.flags.f_contiguous):
-            # the BLAS reads either layout; any other strides would be copied per block
-            classifier = np.ascontiguousarray(classifier)
-        dtype = hidden.dtype
-        if bias is not None:
-            bias = float_array(bias, "bias")
-            if bias.dtype != dtype:
-                raise TypeError(f"bias: expected the dtype of hidden ({dtype}), "
-                                f"got {bias.dtype}")
-            if bias.shape != (n_classes,):
-                raise ValueError(f"bias: expected shape ({n_classes},) (the V of classifier),"
-                                 f" got {bias.shape}")
+                 label_smoothing, z_loss, softcap, *, checked_dtype=None):
+        if checked_dtype is None:
+            hidden, classifier, bias = self._matrices(hidden, classifier, bias)
+            dtype = hidden.dtype
+        else:
+            dtype = np.dtype(checked_dtype)
+        n_classes, n_features = (int(n) for n in classifier.shape)
         if weight is not None:
             weight = as_array(weight, "weight")
             if weight.dtype.kind not in "fiu":
@@ -149,7 +133,7 @@ class _Problem:
         self.z_loss = real_scalar(z_loss, "z_loss", low=0.0)
         self.softcap = real_scalar(softcap, "softcap", low=0.0, low_open=True,
                                    allow_none=True)
-        batch_shape = hidden.shape[:-1]
+        batch_shape = tuple(hidden.shape[:-1])
         if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(
                 ignore_index, (int, np.integer)):
             raise TypeError(f"ignore_index: expected an integer, got {ignore_index!r}")
@@ -174,14 +158,45 @@ class _Problem:
         else:
             raise TypeError(f"target: expected integer class indices or float probabilities,"
                             f" got dtype {target.dtype}")
-        self.hidden_shape = hidden.shape
+        self.hidden_shape = tuple(hidden.shape)
         self.batch_shape = batch_shape
         self.hidden = hidden.reshape(-1, n_features)
         self.classifier, self.target, self.bias, self.weight = classifier, target, bias, weight
         self.dtype = dtype
-        self.n_rows, self.n_classes, self.n_features = (self.hidden.shape[0], n_classes,
+        self.n_rows, self.n_classes, self.n_features = (math.prod(batch_shape), n_classes,
                                                        n_features)
         self.ignore_index = ignore_index
+
+    @staticmethod
+    def _matrices(hidden, classifier, bias):
+        """hidden, classifier and bias (NumPy arrays) checked."""
+        hidden = float_array(hidden, "hidden")
+        classifier = float_array(classifier, "classifier")
+        if classifier.ndim != 2:
+            raise ValueError(f"classifier: expected a 2-d array (V, H), got shape "
+                             f"{classifier.shape}")
+        n_classes, n_features = classifier.shape
+        if n_classes == 0:
+            raise ValueError(f"classifier: expected at least one class (row), got shape "
+                             f"{classifier.shape}")
+        if classifier.dtype != hidden.dtype:
+            raise TypeError(f"classifier: expected the dtype of hidden ({hidden.dtype}), "
+                            f"got {classifier.dtype}")
+        if hidden.ndim == 0 or hidden.shape[-1] != n_features:
+            raise ValueError(f"hidden: expected shape (..., {n_features}) (the H of "
+                             f"classifier {classifier.shape}), got {hidden.shape}")
+        if not (classifier.flags.c_contiguous or classifier.flags.f_contiguous):
+            # the BLAS reads either layout; any other strides would be copied per block
+            classifier = np.ascontiguousarray(classifier)
+        if bias is not None:
+            bias = float_array(bias, "bias")
+            if bias.dtype != hidden.dtype:
+                raise TypeError(f"bias: expected the dtype of hidden ({hidden.dtype}), "
+                                f"got {bias.dtype}")
+            if bias.shape != (n_classes,):
+                raise ValueError(f"bias: expected shape ({n_classes},) (the V of classifier),"
+                                 f" got {bias.shape}")
+        return hidden, classifier, bias
 
     def mean_denominators(self):
         """The mean's denominators over the whole batch (cross_entropy's): the sum of
@@ -222,22 +237,88 @@ def _grad_outputs(out, problem, want):
     return arrays
 
 
-def _run(hidden, classifier, target, bias, weight, ignore_index, reduction, label_smoothing,
-         z_loss, softcap, num_threads, block_rows, grad_output=None, want=(), out=None):
-    """The loss, and the gradients named in ``want`` (a dict name -> array or None)."""
-    problem = _Problem(hidden, classifier, target, bias, weight, ignore_index, reduction,
-                       label_smoothing, z_loss, softcap)
+class _NumpyProducts:
+    """The products of the NumPy API: NumPy's matmul (the BLAS) on the arrays, into the
+    scratch and into the results (the torch adapter has its own, on torch's matmul:
+    fastloss/torch/_linear_cross_entropy.py). What _schedule asks of a back-end:
+
+    - ``scratch``: the R x V scratch as the kernels read it (``bits``: None, or
+      "bfloat16" when it holds bfloat16 values as 16-bit integers);
+    - ``logits(start, stop)``: fill the scratch's first rows with the logits of rows
+      [start, stop); return them (the kernels' view);
+    - ``backward(start, stop)``: the scratch holds those rows' d loss / d logits: add
+      their share to the gradients asked for;
+    - ``finish(n_rows)``: complete the gradients (the bias's, from its float64 sums)."""
+
+    bits = None
+
+    def __init__(self, problem, rows_per_block, grads=None):
+        self.hidden, self.classifier, self.bias = (problem.hidden, problem.classifier,
+                                                   problem.bias)
+        n_classes, n_features = problem.n_classes, problem.n_features
+        self.scratch = np.empty((min(rows_per_block, max(problem.n_rows, 1)), n_classes),
+                                problem.dtype)
+        self.grad_hidden = self.grad_classifier = self.grad_bias = self.bias_sums = None
+        if grads is None:
+            return
+        self.grads = grads
+        if grads["hidden"] is not None:
+            self.grad_hidden = grads["hidden"].reshape(-1, n_features)
+        self.grad_classifier = grads["classifier"]
+        if self.grad_classifier is not None:
+            tile_classes = max(1, _TILE_BYTES // max(1, n_features * problem.dtype.itemsize))
+            self.tile = np.empty((min(tile_classes, n_classes), n_features), problem.dtype)
+        if grads.get("bias") is not None:
+            self.bias_sums = np.zeros(n_classes, np.float64)
+
+    def logits(self, start, stop):
+        logits = self.scratch[:stop - start]
+        np.matmul(self.hidden[start:stop], self.classifier.T, out=logits)
+        if self.bias is not None:
+            np.add(logits, self.bias, out=logits)
+        return logits
+
+    def backward(self, start, stop):
+        grad = self.scratch[:stop - start]
+        rows = self.hidden[start:stop]
+        if self.grad_hidden is not None:
+            np.matmul(grad, self.classifier, out=self.grad_hidden[start:stop])
+        if self.grad_classifier is not None:
+            # by tiles of classes, even for the first block (which writes its product
+            # straight into the result): one call on the whole transposed scratch has the
+            # BLAS take a working copy of the scratch's size
+            n_classes = grad.shape[1]
+            for first in range(0, n_classes, self.tile.shape[0]):
+                last = min(first + self.tile.shape[0], n_classes)
+                result = self.grad_classifier[first:last]
+                if start == 0:
+                    np.matmul(grad[:, first:last].T, rows, out=result)
+                    continue
+                part = self.tile[:last - first]
+                np.matmul(grad[:, first:last].T, rows, out=part)
+                np.add(result, part, out=result)
+        if self.bias_sums is not None:
+            self.bias_sums += np.add.reduce(grad, axis=0, dtype=np.float64)
+
+    def finish(self, n_rows):
+        if self.grad_classifier is not None and n_rows == 0:
+            self.grad_classifier[...] = 0
+        if self.bias_sums is not None:
+            self.grads["bias"][...] = self.bias_sums
+
+
+def _schedule(problem, products, num_threads, rows_per_block, grad_output=None,
+              want=False):
+    """The block loop, one for every back-end of the products (NumPy's here, torch's in
+    the adapter): per block of rows, the logits from ``products``, their softmax
+    statistics from the engine, and when ``want`` the logits' gradient in place (the
+    engine's) and its products (``products.backward``). Returns the loss as
+    ce_from_stats gives it (a float, or a float64 array of the N rows for "none")."""
     label_smoothing, z_loss, softcap = problem.label_smoothing, problem.z_loss, problem.softcap
     threads = resolve_num_threads(num_threads)
     n_rows, n_classes = problem.n_rows, problem.n_classes
-    rows_per_block = _block_rows(n_rows, n_classes, problem.dtype.itemsize, block_rows)
-    hidden_rows, classifier = problem.hidden, problem.classifier
-    ignore = problem.ignore_index
-    soft = problem.soft
-
-    grads = None
+    ignore, bits = problem.ignore_index, products.bits
     if want:
-        grads = _grad_outputs(out, problem, want)
         upstream = grad_output_arg(grad_output, problem.reduction, problem.batch_shape)
         # Each block's gradient is the engine's for its rows alone: "none" and "sum" are
         # that already; "mean" becomes "sum" with the whole batch's denominators, the
@@ -251,29 +332,15 @@ def _run(hidden, classifier, target, bias, weight, ignore_index, reduction, labe
                 upstream = upstream / np.float64(ce_denominator)
                 if z_loss and z_denominator:
                     block_z_loss = float(np.float64(z_loss) * ce_denominator / z_denominator)
-        grad_hidden = grads["hidden"]
-        grad_hidden_rows = None if grad_hidden is None else grad_hidden.reshape(-1, problem.n_features)
-        grad_classifier = grads["classifier"]
-        grad_bias = None
-        if grads.get("bias") is not None:
-            grad_bias = np.zeros(n_classes, np.float64)
-        if grad_classifier is not None:
-            tile_classes = max(1, _TILE_BYTES // max(1, problem.n_features * problem.dtype.itemsize))
-            tile = np.empty((min(tile_classes, n_classes), problem.n_features), problem.dtype)
 
     stats = np.empty((len(CROSS_ENTROPY_STATS_FIELDS), n_rows), np.float64)
-    scratch = np.empty((min(rows_per_block, max(n_rows, 1)), n_classes), problem.dtype)
     for start in range(0, n_rows, rows_per_block):
         stop = min(start + rows_per_block, n_rows)
-        logits = scratch[:stop - start]
-        rows = hidden_rows[start:stop]
-        np.matmul(rows, classifier.T, out=logits)
-        if problem.bias is not None:
-            np.add(logits, problem.bias, out=logits)
+        logits = products.logits(start, stop)
         block_target = problem.target[start:stop]
         block_stats = _kernels.ce_block_stats(logits, block_target, 0, n_classes,
                                               problem.weight, ignore, label_smoothing, softcap,
-                                              threads)
+                                              threads, bits=bits)
         stats[:, start:stop] = block_stats
         if not want:
             continue
@@ -281,34 +348,27 @@ def _run(hidden, classifier, target, bias, weight, ignore_index, reduction, labe
                           else upstream[start:stop])
         _kernels.ce_call(_kernels.CE_GRAD, logits, block_target, problem.weight, ignore,
                          block_reduction, label_smoothing, block_z_loss, softcap, threads,
-                         block_upstream, None, logits, stats=block_stats)
-        if grad_hidden_rows is not None:
-            np.matmul(logits, classifier, out=grad_hidden_rows[start:stop])
-        if grad_classifier is not None:
-            # by tiles of classes, even for the first block (which writes its product
-            # straight into the result): one call on the whole transposed scratch has the
-            # BLAS take a working copy of the scratch's size
-            for first in range(0, n_classes, tile.shape[0]):
-                last = min(first + tile.shape[0], n_classes)
-                if start == 0:
-                    np.matmul(logits[:, first:last].T, rows, out=grad_classifier[first:last])
-                    continue
-                part = tile[:last - first]
-                np.matmul(logits[:, first:last].T, rows, out=part)
-                np.add(grad_classifier[first:last], part, out=grad_classifier[first:last])
-        if grad_bias is not None:
-            grad_bias += np.add.reduce(logits, axis=0, dtype=np.float64)
-
-    loss = _kernels.ce_from_stats(stats, None if soft else problem.target, ignore,
+                         block_upstream, None, logits, stats=block_stats, bits=bits)
+        products.backward(start, stop)
+    if want:
+        products.finish(n_rows)
+    return _kernels.ce_from_stats(stats, None if problem.soft else problem.target, ignore,
                                   problem.reduction, label_smoothing, z_loss, False)[0]
+
+
+def _run(hidden, classifier, target, bias, weight, ignore_index, reduction, label_smoothing,
+         z_loss, softcap, num_threads, block_rows, grad_output=None, want=(), out=None):
+    """The loss, and the gradients named in ``want`` (a dict name -> array or None)."""
+    problem = _Problem(hidden, classifier, target, bias, weight, ignore_index, reduction,
+                       label_smoothing, z_loss, softcap)
+    rows_per_block = _block_rows(problem.n_rows, problem.n_classes, problem.dtype.itemsize,
+                                 block_rows)
+    grads = _grad_outputs(out, problem, want) if want else None
+    products = _NumpyProducts(problem, rows_per_block, grads)
+    loss = _schedule(problem, products, num_threads, rows_per_block, grad_output,
+                     bool(want))
     if problem.reduction == "none":
         loss = np.asarray(loss, dtype=problem.dtype).reshape(problem.batch_shape)
-    if not want:
-        return loss, None
-    if grad_classifier is not None and n_rows == 0:
-        grad_classifier[...] = 0
-    if grad_bias is not None:
-        grads["bias"][...] = grad_bias
     return loss, grads
 
 

@@ -197,7 +197,8 @@ def _row_masses(target, options, n_classes):
     return np.where(valid, mass, 0.0), valid
 
 
-def products_bound(hidden, classifier, target, grad_output, reduction, dtype, options):
+def products_bound(hidden, classifier, target, grad_output, reduction, dtype, options,
+                   half_unit=0.0, blocks=1):
     """What float32 products may add to the contract: (loss, grad hidden, grad classifier,
     grad bias), first order in the products' errors (docs/accuracy.rst's argument, for
     linear_cross_entropy's three products).
@@ -213,7 +214,15 @@ def products_bound(hidden, classifier, target, grad_output, reduction, dtype, op
     P_ic = s_i (U_i + 2 z |lse_i| + 2 z e_i) p_ic + s_i b_ic (the part that moves, and the
     slope's) and rho_ic = expm1(2 e_i + 2 eps_ic / cap) + 8 u. The products with it add
     gamma of their inner lengths: V for G @ W, N for G.T @ h; the bias's gradient is
-    summed in float64."""
+    summed in float64.
+
+    ``half_unit`` (the unit roundoff of bfloat16 or float16, with dtype float32): the
+    products of the torch adapter's half-precision path, which accumulate in float32 and
+    round their results to the half type: each logit then misses by half_unit |x_ic|
+    more, the logits' gradient is rounded to the half type (half_unit more in rho), the
+    gradient of hidden is rounded once (half_unit more beside gamma_V), the classifier's
+    once per block of rows (``blocks`` times half_unit beside gamma_N) and the bias's
+    float64 sum once."""
     unit = _contract.UNIT_ROUNDOFF[np.dtype(dtype)]
     h, W = (np.asarray(a, np.float64) for a in (hidden, classifier))
     n_features = W.shape[1]
@@ -222,9 +231,10 @@ def products_bound(hidden, classifier, target, grad_output, reduction, dtype, op
     bias = options.get("bias")
     b = np.zeros(n_classes) if bias is None else np.asarray(bias, np.float64)
     magnitude = np.abs(h) @ np.abs(W).T + np.abs(b)
-    eps_logit = _contract.dot_gamma(n_features + 1, dtype) * magnitude
-    e_row = eps_logit.max(axis=1) if n_classes else np.zeros(h.shape[0])
     logits = h @ W.T + b
+    eps_logit = (_contract.dot_gamma(n_features + 1, dtype) * (1 + half_unit) * magnitude
+                 + half_unit * np.abs(logits))
+    e_row = eps_logit.max(axis=1) if n_classes else np.zeros(h.shape[0])
     cap = options.get("softcap")
     y = logits if cap is None else cap * np.tanh(logits / cap)
     shifted = np.exp(y - y.max(axis=1, keepdims=True))
@@ -276,14 +286,15 @@ def products_bound(hidden, classifier, target, grad_output, reduction, dtype, op
     moving = (row_scale * mass + z_scale * 2 * z * (np.abs(lse) + e_row))[:, None] * p
     size = np.where(valid[:, None], moving + row_scale[:, None] * fixed, 0.0)
     spread = 2 * e_row[:, None] + (2 * eps_logit / cap if cap is not None else 0.0)
-    rho = np.expm1(spread) + _contract.ROUNDINGS_PER_SOFTMAX_ENTRY * unit
+    rho = np.expm1(spread) + _contract.ROUNDINGS_PER_SOFTMAX_ENTRY * unit + half_unit
     grad_error = rho * size
-    gamma_v = _contract.dot_gamma(n_classes + 2, dtype)
-    gamma_n = _contract.dot_gamma(h.shape[0] + 2, dtype)
+    gamma_v = _contract.dot_gamma(n_classes + 2, dtype) * (1 + half_unit) + half_unit
+    gamma_n = (_contract.dot_gamma(h.shape[0] + 2, dtype) * (1 + half_unit) ** blocks
+               + blocks * half_unit * (1 + half_unit) ** blocks)
     grad_hidden = ((grad_error + gamma_v * (size + grad_error)) @ np.abs(W)).reshape(
         np.shape(hidden))
     grad_classifier = (grad_error + gamma_n * (size + grad_error)).T @ np.abs(h)
-    grad_bias = grad_error.sum(axis=0)
+    grad_bias = grad_error.sum(axis=0) + half_unit * (size + grad_error).sum(axis=0)
     return loss_bound, grad_hidden, grad_classifier, grad_bias
 
 

@@ -1,42 +1,143 @@
 """``fastloss.torch.linear_cross_entropy`` and ``LinearCrossEntropyLoss``: torch 2.13's
-``F.linear_cross_entropy`` and ``nn.LinearCrossEntropyLoss`` computed by
-:func:`fastloss.linear_cross_entropy` (blocks of rows; the logits never exist).
+``F.linear_cross_entropy`` and ``nn.LinearCrossEntropyLoss`` by blocks of rows (the
+logits never exist).
+
+The block schedule is fastloss.linear_cross_entropy's (``_schedule``: the softmax
+statistics and the logits' gradient from the cross-entropy engine's C kernels, on a
+zero-copy NumPy view of the scratch); its products here are torch's own matmul on the
+tensors (``_TorchProducts``), in the input's dtype, into a preallocated scratch and the
+gradients: one BLAS and one thread pool (torch's), no NumPy BLAS beside it, and
+bfloat16 / float16 inputs on torch's half-precision products.
 
 Imported by fastloss.torch, which exports both names.
 """
+import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
 from fastloss._config import resolve_num_threads
 from fastloss._validation import reduction_arg
-from fastloss.linear_cross_entropy import _run
-from fastloss.torch import (_FLOAT_DTYPES, _check_float_tensor, _cpu_tensor, _loss_tensor,
+from fastloss.linear_cross_entropy import _block_rows, _Problem, _schedule
+from fastloss.torch import (_FLOAT_DTYPES, _HALF_DTYPES, _cpu_tensor, _loss_tensor,
                             _numpy, _upstream)
 
 __all__ = ["linear_cross_entropy", "LinearCrossEntropyLoss"]
 
 _FUNCTION = "fastloss.torch.linear_cross_entropy"
 _GRADIENTS = ("hidden", "classifier", "bias")
+_INPUT_DTYPES = _FLOAT_DTYPES + _HALF_DTYPES
+# the NumPy dtype in which the kernels read class weights and probabilities
+_AUX_DTYPES = {torch.float32: np.float32, torch.float64: np.float64,
+               torch.bfloat16: np.float32, torch.float16: np.float32}
+
+
+def _kernel_view(tensor):
+    """The tensor's memory as the kernels read it: a NumPy array (float16, float32,
+    float64), or for bfloat16 its 16-bit patterns (int16) with bits="bfloat16"."""
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy()
+    return tensor.numpy()
+
+
+class _TorchProducts:
+    """The three products on torch's matmul, in the input's dtype (the back-end of
+    fastloss.linear_cross_entropy._schedule; see _NumpyProducts there for what it asks):
+    ``addmm`` into the scratch for the logits, ``mm`` into the rows of the hidden's
+    gradient, ``addmm_`` (beta = 1) accumulating the classifier's gradient in place, and
+    the bias's gradient as float64 column sums of the logits' gradient."""
+
+    def __init__(self, hidden, classifier, bias, rows_per_block, want=()):
+        self.hidden, self.classifier, self.bias = hidden, classifier, bias
+        n_rows, n_features = hidden.shape
+        n_classes = classifier.shape[0]
+        dtype = hidden.dtype
+        self.scratch_tensor = torch.empty((min(rows_per_block, max(n_rows, 1)), n_classes),
+                                          dtype=dtype)
+        self.scratch = _kernel_view(self.scratch_tensor)
+        self.bits = "bfloat16" if dtype == torch.bfloat16 else None
+        self.grad_hidden = (torch.empty((n_rows, n_features), dtype=dtype)
+                            if "hidden" in want else None)
+        self.grad_classifier = (torch.empty((n_classes, n_features), dtype=dtype)
+                                if "classifier" in want else None)
+        self.bias_sums = (torch.zeros(n_classes, dtype=torch.float64)
+                          if "bias" in want and bias is not None else None)
+        self.grad_bias = None
+
+    def logits(self, start, stop):
+        block = self.scratch_tensor[:stop - start]
+        rows = self.hidden[start:stop]
+        if self.bias is not None:
+            torch.addmm(self.bias, rows, self.classifier.T, out=block)
+        else:
+            torch.mm(rows, self.classifier.T, out=block)
+        return self.scratch[:stop - start]
+
+    def backward(self, start, stop):
+        grad = self.scratch_tensor[:stop - start]
+        if self.grad_hidden is not None:
+            torch.mm(grad, self.classifier, out=self.grad_hidden[start:stop])
+        if self.grad_classifier is not None:
+            if start == 0:
+                torch.mm(grad.T, self.hidden[start:stop], out=self.grad_classifier)
+            else:
+                self.grad_classifier.addmm_(grad.T, self.hidden[start:stop])
+        if self.bias_sums is not None:
+            self.bias_sums += grad.sum(0, dtype=torch.float64)
+
+    def finish(self, n_rows):
+        if self.grad_classifier is not None and n_rows == 0:
+            self.grad_classifier.zero_()
+        if self.bias_sums is not None:
+            self.grad_bias = self.bias_sums.to(self.hidden.dtype)
 
 
 class _Call:
     """The checked options of one call, and whether autograd records it."""
 
-    __slots__ = ("options", "reduction", "recording")
+    __slots__ = ("options", "reduction", "recording", "block_rows", "num_threads")
 
-    def __init__(self, options, reduction):
+    def __init__(self, options, reduction, block_rows, num_threads):
         self.options, self.reduction = options, reduction
+        self.block_rows, self.num_threads = block_rows, num_threads
         # ctx.needs_input_grad says which inputs require grad under torch.no_grad() too
         self.recording = torch.is_grad_enabled()
 
-    def run(self, arrays, grad_output=None, want=()):
-        hidden, classifier, bias, target, weight = arrays
-        return _run(hidden, classifier, target, bias, weight, reduction=self.reduction,
-                    grad_output=grad_output, want=want, **self.options)
+    def run(self, tensors, grad_output=None, want=()):
+        """The loss (a float, or a tensor of the batch shape for "none") and the
+        gradients named in ``want`` (a dict of tensors), on detached ``tensors``."""
+        input, linear_weight, linear_bias, target, weight = tensors
+        dtype = input.dtype
+        half = dtype in _HALF_DTYPES
+        if half:
+            # class weights and probabilities are read in float32 beside half logits
+            weight = None if weight is None else weight.float()
+            if target.dtype.is_floating_point:
+                target = target.float()
+            problem = _Problem(input, linear_weight, _numpy(target), linear_bias,
+                               _numpy(weight), reduction=self.reduction,
+                               checked_dtype=np.float32, **self.options)
+        else:
+            # float32 / float64: NumPy views (no copy) for _Problem's checks
+            problem = _Problem(_numpy(input), _numpy(linear_weight), _numpy(target),
+                               _numpy(linear_bias), _numpy(weight),
+                               reduction=self.reduction, **self.options)
+        hidden = input.reshape(-1, problem.n_features)
+        rows_per_block = _block_rows(problem.n_rows, problem.n_classes, dtype.itemsize,
+                                     self.block_rows)
+        products = _TorchProducts(hidden, linear_weight, linear_bias, rows_per_block, want)
+        loss = _schedule(problem, products, self.num_threads, rows_per_block, grad_output,
+                         bool(want))
+        if self.reduction == "none":
+            loss = torch.from_numpy(np.asarray(loss)).to(dtype).reshape(problem.batch_shape)
+        grads = {"hidden": products.grad_hidden, "classifier": products.grad_classifier,
+                 "bias": products.grad_bias}
+        if grads["hidden"] is not None:
+            grads["hidden"] = grads["hidden"].reshape(input.shape)
+        return loss, grads
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    """fastloss.linear_cross_entropy on tensors (zero-copy NumPy views of their memory).
+    """The block schedule on tensors: torch's products, fastloss's softmax kernels.
 
     For "mean" and "sum", when autograd will ask for gradients, the forward computes the
     loss and the gradients of the inputs that require grad (and only those) in one pass
@@ -49,15 +150,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, input, linear_weight, linear_bias, target, weight, call):
         needs = ctx.needs_input_grad[:3] if call.recording else (False,) * 3
         want = tuple(name for name, need in zip(_GRADIENTS, needs) if need)
-        arrays = tuple(_numpy(tensor) for tensor in (input, linear_weight, linear_bias,
-                                                     target, weight))
+        tensors = tuple(None if t is None else t.detach()
+                        for t in (input, linear_weight, linear_bias, target, weight))
         ctx.call, ctx.grads = call, None
         if want and call.reduction != "none":
-            loss, grads = call.run(arrays, 1.0, want)
-            ctx.grads = grads
+            loss, ctx.grads = call.run(tensors, 1.0, want)
         else:
-            loss, _ = call.run(arrays)
+            loss, _ = call.run(tensors)
         ctx.save_for_backward(input, linear_weight, linear_bias, target, weight)
+        if isinstance(loss, torch.Tensor):
+            return loss
         return _loss_tensor(loss, input.dtype)
 
     @staticmethod
@@ -70,16 +172,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
             # the first backward takes the forward's gradients (then owned by autograd)
             grads, ctx.grads = ctx.grads, None
             scale = float(grad_output)
-            grads = {name: torch.from_numpy(grad) for name, grad in grads.items()
-                     if grad is not None}
             if scale != 1.0:
                 for grad in grads.values():
-                    grad.mul_(scale)
+                    if grad is not None:
+                        grad.mul_(scale)
         else:
-            arrays = tuple(_numpy(tensor) for tensor in tensors)
-            _, grads = ctx.call.run(arrays, _upstream(grad_output, ctx.call.reduction), want)
-            grads = {name: torch.from_numpy(grad) for name, grad in grads.items()
-                     if grad is not None}
+            upstream = _upstream(grad_output.double() if ctx.call.reduction == "none"
+                                 else grad_output, ctx.call.reduction)
+            _, grads = ctx.call.run(tuple(None if t is None else t.detach() for t in tensors),
+                                    upstream, want)
         return (*(grads.get(name) if need else None for name, need in zip(_GRADIENTS, needs)),
                 None, None, None)
 
@@ -101,16 +202,24 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     ``input @ linear_weight.T + linear_bias`` never exist.
 
     Parameters as torch's: ``input`` (H) or (N, H) (and (..., H): every leading axis is
-    a batch axis, the classes last), float32 or float64; ``linear_weight`` (V, H) of
-    input's dtype (torch's K-dimensional weights are not supported); ``target`` class
-    indices of shape (), (N) or (...) (any integer dtype), or probabilities of shape
-    (..., V) in input's dtype; ``linear_bias`` (V,); ``weight`` (V,); ``reduction``;
+    a batch axis, the classes last), float32, float64, bfloat16 or float16;
+    ``linear_weight`` (V, H) of input's dtype (torch's K-dimensional weights are not
+    supported); ``target`` class indices of shape (), (N) or (...) (any integer dtype),
+    or probabilities of shape (..., V) in input's dtype (or float32 beside half
+    inputs); ``linear_bias`` (V,) of input's dtype; ``weight`` (V,); ``reduction``;
     ``ignore_index`` (None means -100, as torch); ``label_smoothing``; ``options`` (a
     ``torch.nn.LinearCrossEntropyOptions``, accepted for torch's signature: fastloss
     always works by blocks of rows, whatever its fields say). Keyword-only extras:
     ``z_loss`` (adds ``z_loss * lse**2`` per row) and ``softcap`` (logits become
     ``softcap * tanh(logits / softcap)``), which torch's function lacks; ``block_rows``
     and ``num_threads`` (see :func:`fastloss.linear_cross_entropy`).
+
+    The products are torch's matmul in the input's dtype (bfloat16 and float16 on
+    torch's half-precision path: each block's logits are rounded to the half type, as
+    ``F.linear`` rounds them, and read in place by the kernels, which compute in float32
+    and accumulate in float64); the softmax, its statistics and the logits' gradient are
+    fastloss's kernels (their OpenMP threads: ``num_threads``). The loss and the
+    gradients are returned in the input's dtype.
 
     Gradients w.r.t. ``input``, ``linear_weight`` and ``linear_bias``, each computed only
     when it requires grad; for "mean" and "sum" in the forward (one pass, three
@@ -120,19 +229,34 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     require grad). First order (``once_differentiable``); a second backward
     (retain_graph=True) recomputes from the saved inputs.
     """
-    _check_float_tensor(input, "input", _FUNCTION)
-    _check_float_tensor(linear_weight, "linear_weight", _FUNCTION)
+    _input_tensor(input, "input")
+    _input_tensor(linear_weight, "linear_weight")
     if input.dim() == 0:
         raise ValueError(f"{_FUNCTION}: input: expected shape (H) or (N, H), got a 0-d "
                          f"tensor")
     if linear_weight.dim() != 2:
         raise ValueError(f"{_FUNCTION}: linear_weight: expected shape (V, H) (fastloss has "
                          f"no K-dimensional weights), got {tuple(linear_weight.shape)}")
-    if linear_weight.dtype != input.dtype:
+    dtype = input.dtype
+    if linear_weight.dtype != dtype:
         raise TypeError(f"{_FUNCTION}: linear_weight: expected the dtype of input "
-                        f"({input.dtype}), got {linear_weight.dtype}")
+                        f"({dtype}), got {linear_weight.dtype}")
+    n_classes, n_features = linear_weight.shape
+    if n_classes == 0:
+        raise ValueError(f"{_FUNCTION}: linear_weight: expected at least one class (row), "
+                         f"got shape {tuple(linear_weight.shape)}")
+    if input.shape[-1] != n_features:
+        raise ValueError(f"{_FUNCTION}: input: expected shape (..., {n_features}) (the H of "
+                         f"linear_weight {tuple(linear_weight.shape)}), got "
+                         f"{tuple(input.shape)}")
     if linear_bias is not None:
-        _check_float_tensor(linear_bias, "linear_bias", _FUNCTION)
+        _input_tensor(linear_bias, "linear_bias")
+        if linear_bias.dtype != dtype:
+            raise TypeError(f"{_FUNCTION}: linear_bias: expected the dtype of input "
+                            f"({dtype}), got {linear_bias.dtype}")
+        if tuple(linear_bias.shape) != (n_classes,):
+            raise ValueError(f"{_FUNCTION}: linear_bias: expected shape ({n_classes},) (the "
+                             f"V of linear_weight), got {tuple(linear_bias.shape)}")
     _cpu_tensor(target, "target", _FUNCTION)
     for name, tensor in (("target", target), ("weight", weight)):
         if tensor is not None and tensor.requires_grad and torch.is_grad_enabled():
@@ -140,20 +264,31 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
                 f"{_FUNCTION}: {name} requires grad, but fastloss computes gradients with "
                 f"respect to input, linear_weight and linear_bias only; pass "
                 f"{name}.detach()")
+    half = dtype in _HALF_DTYPES
     if weight is not None:
-        _check_float_tensor(weight, "weight", _FUNCTION)
-    if target.dtype.is_floating_point and target.dtype not in _FLOAT_DTYPES:
+        _input_tensor(weight, "weight")
+        if not half and weight.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"{_FUNCTION}: weight: expected a float32 or float64 tensor "
+                            f"beside {dtype} inputs, got {weight.dtype}")
+    probabilities = (dtype, torch.float32) if half else _FLOAT_DTYPES
+    if target.dtype == torch.bool or target.dtype.is_complex or (
+            target.dtype.is_floating_point and target.dtype not in probabilities):
         raise TypeError(f"{_FUNCTION}: target: expected class indices (an integer tensor) or "
-                        f"float32/float64 probabilities, got {target.dtype}")
-    if target.dtype == torch.bool or target.dtype.is_complex:
-        raise TypeError(f"{_FUNCTION}: target: expected class indices (an integer tensor) or "
-                        f"float32/float64 probabilities, got {target.dtype}")
+                        f"{'/'.join(str(d).replace('torch.', '') for d in probabilities)} "
+                        f"probabilities, got {target.dtype}")
     _check_options(options)
     call = _Call({"ignore_index": -100 if ignore_index is None else ignore_index,
-                  "label_smoothing": label_smoothing, "z_loss": z_loss, "softcap": softcap,
-                  "num_threads": resolve_num_threads(num_threads), "block_rows": block_rows},
-                 reduction_arg(reduction))
+                  "label_smoothing": label_smoothing, "z_loss": z_loss, "softcap": softcap},
+                 reduction_arg(reduction), block_rows, resolve_num_threads(num_threads))
     return _LinearCrossEntropy.apply(input, linear_weight, linear_bias, target, weight, call)
+
+
+def _input_tensor(tensor, name):
+    """A float32, float64, bfloat16 or float16 CPU tensor (TypeError naming it)."""
+    _cpu_tensor(tensor, name, _FUNCTION)
+    if tensor.dtype not in _INPUT_DTYPES:
+        raise TypeError(f"{_FUNCTION}: {name}: expected a float32, float64, bfloat16 or "
+                        f"float16 tensor, got {tensor.dtype}")
 
 
 _MODULE_BASE = getattr(torch.nn, "LinearCrossEntropyLoss", None)
