@@ -1263,6 +1263,11 @@ from fastloss.torch._linear_cross_entropy import (  # noqa: E402 (uses the helpe
 
 __all__ += ["linear_cross_entropy", "LinearCrossEntropyLoss"]
 
+from fastloss.torch._linear_token_log_probs import (  # noqa: E402 (uses the helpers above)
+    LinearTokenLogProbs, linear_token_log_probs)
+
+__all__ += ["linear_token_log_probs", "LinearTokenLogProbs"]
+
 # per-sequence log-probabilities for preference training (fastloss/torch/_preference.py)
 from fastloss.torch._preference import sequence_log_probs  # noqa: E402
 
