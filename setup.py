@@ -36,6 +36,7 @@ C_SOURCES = [
     "csrc/vocab_avx2.c",
     "csrc/vocab_avx512.c",
     "csrc/sequence.c",
+    "csrc/half_convert.c",
 ]
 
 OPENMP_PROBE = """

@@ -204,10 +204,21 @@ FASTLOSS_INLINE double fastloss_round_float32_wide(double value)
  * in double, as everywhere).  The arrays are uint16_t bit patterns, converted
  * by the integer and float arithmetic below, written branch-free so that the
  * compiler vectorises every loop that loads or stores them, on every ISA
- * (baseline SSE2, AVX2, AVX-512): a load is a few vector instructions, a
- * store about eight.  (Not the AVX512_BF16 instruction vcvtneps2bf16: it
- * flushes subnormal inputs and results to zero, whatever MXCSR says, so its
- * results differ from round-to-nearest-even on them.)
+ * (baseline SSE2, AVX2, AVX-512): a load is two vector instructions per
+ * vector (vpmovzxwd, vpslld), a store about eight (checked in the objdump of
+ * the cross-entropy kernels; tests/test_half_conversions.py holds every path
+ * to the definition, bit for bit, through half_convert.c).
+ *
+ * The conversion instructions were measured against these functions over
+ * every float32 pattern with its low 12 bits zero plus every subnormal and
+ * NaN (Zen 5, 2026-11): AVX512_BF16's vcvtneps2bf16 differs on exactly the
+ * subnormal inputs whose result is not zero (it treats them as zero,
+ * whatever MXCSR says; NaNs agree); F16C's vcvtps2ph (imm RNE) agrees on all
+ * of them (incl. subnormal results and overflow); vcvtph2ps agrees but on the
+ * 1022 signalling-NaN halves, which it quiets.  They are not used: a
+ * vcvtneps2bf16 would need the integer path beside it for subnormals, and
+ * with the conversions vectorised as they are the kernels' time goes
+ * elsewhere (BENCHMARKS.md, "bfloat16 conversions").
  *
  * The gradient of a half-precision call is half too (_GRAD_FLOAT32: float32),
  * and the class weights and soft targets (AUX) are float32 for every half tag:
@@ -278,7 +289,9 @@ FASTLOSS_INLINE uint16_t fastloss_float_to_float16(float value)
     const uint32_t subnormal = fastloss_float_bits(fastloss_bits_float(bits) + 0.5f) - 0x3f000000u;
     uint32_t result = bits < 0x38800000u ? subnormal : normal;
     result = bits >= 0x47800000u ? 0x7c00u : result;     /* >= 65536: inf */
-    result = bits > 0x7f800000u ? 0x7e00u | (bits >> 13) : result; /* NaN, quiet */
+    /* NaN: quiet, the leading payload bits kept (only the fraction's: the
+     * exponent's bits shifted down would reach the sign) */
+    result = bits > 0x7f800000u ? 0x7e00u | ((bits >> 13) & 0x3ffu) : result;
     return (uint16_t)(result | sign);
 }
 

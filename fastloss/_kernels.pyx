@@ -10,7 +10,7 @@ import numpy
 
 cimport numpy as cnp
 from libc.math cimport INFINITY
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint16_t
 
 from fastloss._validation import (as_array, float_array, grad_output_arg, integer_scalar,
                                   is_bfloat16, out_arg, real_scalar, reduction_arg, rows_view)
@@ -259,3 +259,4 @@ include "_contrastive.pxi"
 include "_box.pxi"
 include "_vocab.pxi"
 include "_sequence.pxi"
+include "_half.pxi"

@@ -1,0 +1,33 @@
+/*
+ * half_convert.h -- the half-precision conversions of storage.h over whole arrays,
+ * on the SIMD path the kernels run (fastloss_simd_level): each ISA's build of the
+ * same LOAD / STORE / STORE_WIDE loops the kernel bodies use, so that a test can
+ * hold every path's vectorised conversion (and its scalar tail) to the exact
+ * definition, bit for bit.  Plain C99.
+ */
+#ifndef FASTLOSS_HALF_CONVERT_H
+#define FASTLOSS_HALF_CONVERT_H
+
+#include <stdint.h>
+
+#include "common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* out[i] = the float32 value of half bit pattern in[i], for dtype FASTLOSS_BFLOAT16 or
+ * FASTLOSS_FLOAT16; 0, or FASTLOSS_ERROR_BAD_DTYPE for another code. */
+int fastloss_half_load(int dtype, const uint16_t *in, float *out, fastloss_index n);
+
+/* out[i] = in[i] rounded to the half type (nearest, ties to even; NaN kept, quiet). */
+int fastloss_half_store(int dtype, const float *in, uint16_t *out, fastloss_index n);
+
+/* out[i] = in[i] (a double) rounded once to the half type (STORE_WIDE). */
+int fastloss_half_store_wide(int dtype, const double *in, uint16_t *out, fastloss_index n);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FASTLOSS_HALF_CONVERT_H */

@@ -1,0 +1,49 @@
+/*
+ * half_convert_body.h -- one ISA's array conversions (half_convert.c includes it once
+ * per FASTLOSS_ISA).  The loops are those a kernel body writes: an element at a time
+ * through the storage tag's LOAD and STORE, which the compiler vectorises.  No include
+ * guard, on purpose.
+ */
+#define HC_PASTE2_(a, b) a##_##b
+#define HC_PASTE_(a, b) HC_PASTE2_(a, b)
+#define HC_NAME(name) HC_PASTE_(name, FASTLOSS_ISA)
+
+static int HC_NAME(hc_load)(int dtype, const uint16_t *in, float *out, fastloss_index n)
+{
+    if (dtype == FASTLOSS_BFLOAT16) {
+        for (fastloss_index i = 0; i < n; ++i)
+            out[i] = FASTLOSS_LOAD(bfloat16, in, i);
+    } else {
+        for (fastloss_index i = 0; i < n; ++i)
+            out[i] = FASTLOSS_LOAD(float16, in, i);
+    }
+    return 0;
+}
+
+static int HC_NAME(hc_store)(int dtype, const float *in, uint16_t *out, fastloss_index n)
+{
+    if (dtype == FASTLOSS_BFLOAT16) {
+        for (fastloss_index i = 0; i < n; ++i)
+            FASTLOSS_STORE(bfloat16, out, i, in[i]);
+    } else {
+        for (fastloss_index i = 0; i < n; ++i)
+            FASTLOSS_STORE(float16, out, i, in[i]);
+    }
+    return 0;
+}
+
+static int HC_NAME(hc_store_wide)(int dtype, const double *in, uint16_t *out, fastloss_index n)
+{
+    if (dtype == FASTLOSS_BFLOAT16) {
+        for (fastloss_index i = 0; i < n; ++i)
+            FASTLOSS_STORE_WIDE(bfloat16, out, i, in[i]);
+    } else {
+        for (fastloss_index i = 0; i < n; ++i)
+            FASTLOSS_STORE_WIDE(float16, out, i, in[i]);
+    }
+    return 0;
+}
+
+#undef HC_NAME
+#undef HC_PASTE_
+#undef HC_PASTE2_

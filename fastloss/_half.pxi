@@ -1,0 +1,54 @@
+# The half-precision conversions over arrays (csrc/half_convert.h), included by
+# _kernels.pyx: what the kernels' LOAD and STORE do on the running SIMD path, for tests.
+
+cdef extern from "half_convert.h" nogil:
+    int fastloss_half_load(int dtype, const uint16_t *src, float *dst, fastloss_index n)
+    int fastloss_half_store(int dtype, const float *src, uint16_t *dst, fastloss_index n)
+    int fastloss_half_store_wide(int dtype, const double *src, uint16_t *dst,
+                                 fastloss_index n)
+
+
+cdef int _half_kind_code(str kind) except -1:
+    if kind == "bfloat16":
+        return FASTLOSS_BFLOAT16
+    if kind == "float16":
+        return FASTLOSS_FLOAT16
+    raise ValueError(f"kind: expected 'bfloat16' or 'float16', got {kind!r}")
+
+
+def half_load(str kind, cnp.ndarray bits not None):
+    """float32 values of the half bit patterns `bits` (uint16, contiguous, 1-D) of
+    `kind` ("bfloat16" or "float16"), converted as the kernels load them."""
+    cdef int code = _half_kind_code(kind)
+    _check_float(bits, cnp.NPY_UINT16, "bits")
+    if bits.ndim != 1 or not cnp.PyArray_IS_C_CONTIGUOUS(bits):
+        raise ValueError("bits: expected a contiguous 1-D array")
+    cdef cnp.ndarray out = numpy.empty(bits.shape[0], dtype=numpy.float32)
+    cdef fastloss_index n = bits.shape[0]
+    with nogil:
+        fastloss_half_load(code, <const uint16_t *>cnp.PyArray_DATA(bits),
+                           <float *>cnp.PyArray_DATA(out), n)
+    return out
+
+
+def half_store(str kind, cnp.ndarray values not None):
+    """Half bit patterns (uint16) of `kind` of `values` (float32, or float64 rounded
+    once as STORE_WIDE does; contiguous, 1-D), converted as the kernels store them."""
+    cdef int code = _half_kind_code(kind)
+    if values.ndim != 1 or not cnp.PyArray_IS_C_CONTIGUOUS(values):
+        raise ValueError("values: expected a contiguous 1-D array")
+    cdef cnp.ndarray out = numpy.empty(values.shape[0], dtype=numpy.uint16)
+    cdef fastloss_index n = values.shape[0]
+    cdef int wide = cnp.PyArray_TYPE(values) == cnp.NPY_FLOAT64
+    if not wide:
+        _check_float(values, cnp.NPY_FLOAT32, "values")
+    else:
+        _check_float(values, cnp.NPY_FLOAT64, "values")
+    with nogil:
+        if wide:
+            fastloss_half_store_wide(code, <const double *>cnp.PyArray_DATA(values),
+                                     <uint16_t *>cnp.PyArray_DATA(out), n)
+        else:
+            fastloss_half_store(code, <const float *>cnp.PyArray_DATA(values),
+                                <uint16_t *>cnp.PyArray_DATA(out), n)
+    return out
