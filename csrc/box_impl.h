@@ -25,45 +25,26 @@
 #define FL_BOX_PASTE_(name, storage, isa) name##_##storage##_##isa
 #define FL_BOX_PASTE(name, storage, isa) FL_BOX_PASTE_(name, storage, isa)
 
+/* One instance a storage type (box_instance.h): STORAGE, BOX_NAME, and
+ * BOX_NARROW for float32. */
 #define STORAGE float32
-#include "storage_begin.h"
-#define BOX(name) FL_BOX_PASTE(fastloss_box_##name, float32, FASTLOSS_ISA)
-#define RUN FL_BOX_PASTE(fastloss_box_run, float32, FASTLOSS_ISA)
+#define BOX_NAME float32
 #define BOX_NARROW 1
-#include "box_body.h"
-#undef BOX_NARROW
-#undef BOX
-#undef RUN
-#include "storage_end.h"
+#include "box_instance.h"
 
 #define STORAGE float64
-#include "storage_begin.h"
-#define BOX(name) FL_BOX_PASTE(fastloss_box_##name, float64, FASTLOSS_ISA)
-#define RUN FL_BOX_PASTE(fastloss_box_run, float64, FASTLOSS_ISA)
-#include "box_body.h"
-#undef BOX
-#undef RUN
-#include "storage_end.h"
+#define BOX_NAME float64
+#include "box_instance.h"
 
 /* bfloat16: stored in half, computed in double as float64 (storage.h's bfloat16_wide) */
 #define STORAGE bfloat16_wide
-#include "storage_begin.h"
-#define BOX(name) FL_BOX_PASTE(fastloss_box_##name, bfloat16, FASTLOSS_ISA)
-#define RUN FL_BOX_PASTE(fastloss_box_run, bfloat16, FASTLOSS_ISA)
-#include "box_body.h"
-#undef BOX
-#undef RUN
-#include "storage_end.h"
+#define BOX_NAME bfloat16
+#include "box_instance.h"
 
 /* float16: stored in half, computed in double as float64 (storage.h's float16_wide) */
 #define STORAGE float16_wide
-#include "storage_begin.h"
-#define BOX(name) FL_BOX_PASTE(fastloss_box_##name, float16, FASTLOSS_ISA)
-#define RUN FL_BOX_PASTE(fastloss_box_run, float16, FASTLOSS_ISA)
-#include "box_body.h"
-#undef BOX
-#undef RUN
-#include "storage_end.h"
+#define BOX_NAME float16
+#include "box_instance.h"
 
 #undef FL_BOX_PASTE_
 #undef FL_BOX_PASTE

@@ -337,6 +337,43 @@ static void ROW(ce_row_stats)(const ce_call *call, const ROW_IN_T *y, const AUX_
 }
 
 /*
+ * The exps of a row from a given shift (ce_row_shifted's lse, ce_row_rebased's
+ * max): e_c = exp(y_c - shift) in `e_row`, chunk by chunk, every chunk's shift and
+ * max set to `shift`, and, where `sum` is not NULL, each chunk's sum
+ * (ce_chunk_sum) with *sum the row's and *sum_excl that without the target's term.
+ * Inlined into both, where the NULL is a constant.
+ */
+FASTLOSS_INLINE void ROW(ce_row_exps)(const ce_call *call, const ROW_IN_T *y, double shift,
+                                      fastloss_index target, VAL *e_row, double *chunk_data,
+                                      double *sum, double *sum_excl)
+{
+    const VAL shift_hi = (VAL)shift;
+    const VAL shift_lo = (VAL)(shift - (double)shift_hi);
+    fastloss_index target_chunk = -1;
+    double total = 0.0, total_excl = 0.0, excl = 0.0;
+    for (fastloss_index k = 0; k < call->n_chunks; ++k) {
+        const fastloss_index start = k * FASTLOSS_CE_CHUNK;
+        const fastloss_index n = call->n_classes - start < FASTLOSS_CE_CHUNK
+                                     ? call->n_classes - start
+                                     : FASTLOSS_CE_CHUNK;
+        double *chunk = chunk_data + k * CE_CHUNK_FIELDS;
+        ROW(ce_exp)(y + start, n, shift_hi, shift_lo, e_row + start);
+        chunk[CE_CHUNK_SHIFT] = shift;
+        chunk[CE_CHUNK_MAX] = shift;
+        if (sum) {
+            chunk[CE_CHUNK_SUM] = ROW(ce_chunk_sum)(e_row + start, n, target - start,
+                                                   &target_chunk, k, &excl);
+            total += chunk[CE_CHUNK_SUM];
+            total_excl += k == target_chunk ? excl : chunk[CE_CHUNK_SUM];
+        }
+    }
+    if (sum) {
+        *sum = total;
+        *sum_excl = total_excl;
+    }
+}
+
+/*
  * The backward's statistics from a given lse: e_c = exp(y_c - lse) left in
  * `e_row`, and S' = sum_c e_c, so that the gradient pass takes the softmax as
  * e_c / S' (every chunk has shift lse).  One rounded float64 lse is not the
@@ -352,24 +389,8 @@ static void ROW(ce_row_stats)(const ce_call *call, const ROW_IN_T *y, const AUX_
 static int ROW(ce_row_shifted)(const ce_call *call, const ROW_IN_T *y, fastloss_index target,
                                double lse, VAL *e_row, double *chunk_data, ce_row_stats *stats)
 {
-    const VAL lse_hi = (VAL)lse;
-    const VAL lse_lo = (VAL)(lse - (double)lse_hi);
-    fastloss_index target_chunk = -1;
-    double sum = 0.0, sum_excl = 0.0, excl = 0.0;
-    for (fastloss_index k = 0; k < call->n_chunks; ++k) {
-        const fastloss_index start = k * FASTLOSS_CE_CHUNK;
-        const fastloss_index n = call->n_classes - start < FASTLOSS_CE_CHUNK
-                                     ? call->n_classes - start
-                                     : FASTLOSS_CE_CHUNK;
-        double *chunk = chunk_data + k * CE_CHUNK_FIELDS;
-        ROW(ce_exp)(y + start, n, lse_hi, lse_lo, e_row + start);
-        chunk[CE_CHUNK_SHIFT] = lse;
-        chunk[CE_CHUNK_MAX] = lse;
-        chunk[CE_CHUNK_SUM] = ROW(ce_chunk_sum)(e_row + start, n, target - start, &target_chunk,
-                                               k, &excl);
-        sum += chunk[CE_CHUNK_SUM];
-        sum_excl += k == target_chunk ? excl : chunk[CE_CHUNK_SUM];
-    }
+    double sum, sum_excl;
+    ROW(ce_row_exps)(call, y, lse, target, e_row, chunk_data, &sum, &sum_excl);
     stats->max = lse;
     stats->sum = sum;
     stats->log_sum = log(sum);
@@ -388,18 +409,7 @@ static int ROW(ce_row_shifted)(const ce_call *call, const ROW_IN_T *y, fastloss_
 static void ROW(ce_row_rebased)(const ce_call *call, const ROW_IN_T *y, double row_max,
                                 VAL *e_row, double *chunk_data)
 {
-    const VAL max_hi = (VAL)row_max;
-    const VAL max_lo = (VAL)(row_max - (double)max_hi);
-    for (fastloss_index k = 0; k < call->n_chunks; ++k) {
-        const fastloss_index start = k * FASTLOSS_CE_CHUNK;
-        const fastloss_index n = call->n_classes - start < FASTLOSS_CE_CHUNK
-                                     ? call->n_classes - start
-                                     : FASTLOSS_CE_CHUNK;
-        double *chunk = chunk_data + k * CE_CHUNK_FIELDS;
-        ROW(ce_exp)(y + start, n, max_hi, max_lo, e_row + start);
-        chunk[CE_CHUNK_SHIFT] = row_max;
-        chunk[CE_CHUNK_MAX] = row_max;
-    }
+    ROW(ce_row_exps)(call, y, row_max, -1, e_row, chunk_data, NULL, NULL);
 }
 
 /* Soft targets, backward from a known lse: U = sum_c w_c q'_c. */
