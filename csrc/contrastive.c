@@ -320,33 +320,24 @@ int fastloss_contrastive_unit_rows_float32(const fastloss_contrastive_rows_optio
     return FASTLOSS_OK;
 }
 
+/* float32 unit rows' backward: the row kernel of contrastive_body.h on float rows */
+#define FASTLOSS_STORE_FLOAT_(out, k, value) ((out)[k] = (float)(value))
+FASTLOSS_UNIT_BACKWARD_ROW_DEFINE(unit_backward_row_float32, float, float, FASTLOSS_STORE_FLOAT_)
+#undef FASTLOSS_STORE_FLOAT_
+
 int fastloss_contrastive_unit_backward_float32(const fastloss_contrastive_rows_options *options,
                                                const float *unit, const double *norm,
                                                const float *grad_unit, float *grad,
                                                fastloss_index grad_row_stride)
 {
     const fastloss_index n_rows = options->n_rows, dim = options->dim;
-    const double eps = options->eps;
     const int threads = fastloss_effective_threads(options->num_threads, n_rows * dim);
     (void)threads;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
 #endif
-    for (fastloss_index i = 0; i < n_rows; ++i) {
-        const float *u = unit + i * dim;
-        const float *g = grad_unit + i * dim;
-        float *out = grad + i * grad_row_stride;
-        if (norm[i] >= eps) {
-            double lane[FASTLOSS_LANES] = {0.0};
-            for (fastloss_index k = 0; k < dim; ++k)
-                lane[k % FASTLOSS_LANES] += (double)u[k] * (double)g[k];
-            const double along = fastloss_lanes_total(lane);
-            for (fastloss_index k = 0; k < dim; ++k)
-                out[k] = (float)(((double)g[k] - (double)u[k] * along) / norm[i]);
-        } else {
-            for (fastloss_index k = 0; k < dim; ++k)
-                out[k] = (float)((double)g[k] / eps);
-        }
-    }
+    for (fastloss_index i = 0; i < n_rows; ++i)
+        unit_backward_row_float32(unit + i * dim, grad_unit + i * dim, norm[i], options->eps,
+                                  dim, grad + i * grad_row_stride);
     return FASTLOSS_OK;
 }

@@ -149,32 +149,22 @@ static int REAL_NAME(distance_finish_rows) FASTLOSS_CONTRASTIVE_FINISH_ROWS_SIGN
     return FASTLOSS_OK;
 }
 
+FASTLOSS_UNIT_BACKWARD_ROW_DEFINE(REAL_NAME(distance_unit_backward_row), double, STORE_T,
+                                  STORE_WIDE)
+
 static int REAL_NAME(distance_normalize_backward) FASTLOSS_CONTRASTIVE_NORMALIZE_BACKWARD_SIGNATURE
 {
     STORE_T *grad = (STORE_T *)grad_data;
     const fastloss_index n_rows = options->n_rows, dim = options->dim;
-    const double eps = options->eps;
     const int threads = fastloss_effective_threads(options->num_threads, n_rows * dim);
     (void)threads;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
 #endif
-    for (fastloss_index i = 0; i < n_rows; ++i) {
-        const double *unit = normalized + i * dim;
-        const double *g = grad_normalized + i * dim;
-        STORE_T *out = grad + i * grad_row_stride;
-        if (norm[i] >= eps) {
-            double lane[FASTLOSS_LANES] = {0.0};
-            for (fastloss_index k = 0; k < dim; ++k)
-                lane[k % FASTLOSS_LANES] += unit[k] * g[k];
-            const double along = fastloss_lanes_total(lane);
-            for (fastloss_index k = 0; k < dim; ++k)
-                STORE_WIDE(out, k, (g[k] - unit[k] * along) / norm[i]);
-        } else {
-            for (fastloss_index k = 0; k < dim; ++k)
-                STORE_WIDE(out, k, g[k] / eps);
-        }
-    }
+    for (fastloss_index i = 0; i < n_rows; ++i)
+        REAL_NAME(distance_unit_backward_row)(normalized + i * dim, grad_normalized + i * dim,
+                                              norm[i], options->eps, dim,
+                                              grad + i * grad_row_stride);
     return FASTLOSS_OK;
 }
 

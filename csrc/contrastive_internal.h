@@ -103,6 +103,32 @@ static inline double p_distance_slope(double v, double p, double distance, doubl
 #define FASTLOSS_DIRECT_GRADIENT_RATIO_FLOAT64 3.9e-7
 
 /*
+ * One row of the backward of x^ = x / max(|x|, eps) (F.normalize): given the unit row
+ * u = x^ (type unit_t), the norm |x| and the gradient g w.r.t. x^ (unit_t), the
+ * gradient w.r.t. x, (g - u (u . g)) / |x| (g / eps below eps), computed in double and
+ * written with store(out, k, value).  Defines the static function `name`, once for
+ * contrastive.c's float32 unit rows (float) and once per storage type in
+ * contrastive_body.h (double unit rows, STORE_WIDE).
+ */
+#define FASTLOSS_UNIT_BACKWARD_ROW_DEFINE(name, unit_t, out_t, store)                           \
+    static inline void name(const unit_t *u, const unit_t *g, double norm, double eps,          \
+                            fastloss_index dim, out_t *out)                                     \
+    {                                                                                           \
+        if (norm >= eps) {                                                                      \
+            double lane[FASTLOSS_LANES] = {0.0};                                                \
+            for (fastloss_index k = 0; k < dim; ++k)                                            \
+                lane[k % FASTLOSS_LANES] += (double)u[k] * (double)g[k];                        \
+            const double along = fastloss_lanes_total(lane);                                    \
+            for (fastloss_index k = 0; k < dim; ++k)                                            \
+                store(out, k, ((double)g[k] - (double)u[k] * along) / norm);                    \
+        } else {                                                                                \
+            /* below eps the normalisation is x / eps, a linear map */                          \
+            for (fastloss_index k = 0; k < dim; ++k)                                            \
+                store(out, k, (double)g[k] / eps);                                              \
+        }                                                                                       \
+    }
+
+/*
  * The kernels' signatures, one per operation for every storage type: the
  * arrays of the storage type (storage.h) are `void *` (suffix _data), so that
  * contrastive.c keeps each operation's instantiations in a table indexed by

@@ -34,32 +34,19 @@
  * exp per element.
  */
 #include "cross_entropy.h"
+#include "dtype_table.h"
 
 #define FASTLOSS_ISA baseline
 #include "cross_entropy_impl.h"
 
 /* The kernels this CPU runs best, by storage type: fastloss_cross_entropy_select
  * fills the table (see fastloss_select_kernels); baseline until then.  A new
- * storage type (storage.h) is one more line in each of the two lists. */
-static fastloss_ce_run ce_kernels[FASTLOSS_N_DTYPES] = {
-    [FASTLOSS_FLOAT32] = fastloss_ce_run_float32_baseline,
-    [FASTLOSS_FLOAT64] = fastloss_ce_run_float64_baseline,
-    [FASTLOSS_BFLOAT16] = fastloss_ce_run_bfloat16_baseline,
-    [FASTLOSS_FLOAT16] = fastloss_ce_run_float16_baseline,
-    [FASTLOSS_BFLOAT16_GRAD_FLOAT32] = fastloss_ce_run_bfloat16_grad32_baseline,
-    [FASTLOSS_FLOAT16_GRAD_FLOAT32] = fastloss_ce_run_float16_grad32_baseline,
-};
+ * storage type (storage.h) is one more line in dtype_table.h. */
+static fastloss_ce_run ce_kernels[FASTLOSS_N_DTYPES] = FASTLOSS_DTYPE_TABLE(fastloss_ce_run);
 
 void fastloss_cross_entropy_select(int level)
 {
-    ce_kernels[FASTLOSS_FLOAT32] = FASTLOSS_PICK(fastloss_ce_run_float32, level);
-    ce_kernels[FASTLOSS_FLOAT64] = FASTLOSS_PICK(fastloss_ce_run_float64, level);
-    ce_kernels[FASTLOSS_BFLOAT16] = FASTLOSS_PICK(fastloss_ce_run_bfloat16, level);
-    ce_kernels[FASTLOSS_FLOAT16] = FASTLOSS_PICK(fastloss_ce_run_float16, level);
-    ce_kernels[FASTLOSS_BFLOAT16_GRAD_FLOAT32] =
-        FASTLOSS_PICK(fastloss_ce_run_bfloat16_grad32, level);
-    ce_kernels[FASTLOSS_FLOAT16_GRAD_FLOAT32] =
-        FASTLOSS_PICK(fastloss_ce_run_float16_grad32, level);
+    FASTLOSS_DTYPE_TABLE_SELECT(ce_kernels, fastloss_ce_run, level);
 }
 
 /* The runner of a dtype code, or NULL for a code this build does not know. */

@@ -1,10 +1,12 @@
 /*
  * sequence.h -- per-sequence sums of token log-probabilities under a mask (the
  * sequence log-probabilities that DPO and the reward models of preference
- * training compare), for the storage types of storage.h (float32, float64).
+ * training compare), for the storage types of storage.h (float32, float64,
+ * bfloat16 and float16).
  *
  * Per row b of an (n_rows, n_tokens) array x of token log-probabilities and a
- * mask m of the same shape, of x's storage type or of bytes (a bool mask, read
+ * mask m of the same shape, of x's storage type (float32 beside half-precision x:
+ * storage.h's AUX type) or of bytes (a bool mask, read
  * as it is stored: no conversion pass), 1 for a token of the answer, 0 for the
  * prompt and padding (any other value weights its token):
  *   sum:      s_b = sum over t with m_bt != 0 of m_bt x_bt

@@ -1,12 +1,15 @@
 /*
  * sequence_body.h -- sequence.h's kernel for one storage type, written once.  No
  * include guard, on purpose: sequence.c includes it per storage type between
- * storage_begin.h and storage_end.h (STORE_T, LOAD, STORE_WIDE), with SEQ(name)
- * naming this instantiation's functions.
+ * storage_begin.h and storage_end.h (STORE_T, LOAD, STORE_WIDE, AUX_T), with SEQ(name)
+ * naming this instantiation's functions.  The mask, when not bytes, is AUX_T: STORE_T
+ * for float32 and float64, float32 beside half-precision values (the Python layer
+ * converts it; a mask in half precision would round its weights).  The gradient is
+ * mask * scale computed in double and rounded once to STORE_T (STORE_WIDE).
  */
 
-/* Token t's mask weight: a byte (a bool mask, read as it is stored) or a STORE_T. */
-#define SEQ_WEIGHT(t) (bytes ? (double)mask_bytes[t] : (double)LOAD(mask_values, t))
+/* Token t's mask weight: a byte (a bool mask, read as it is stored) or an AUX_T. */
+#define SEQ_WEIGHT(t) (bytes ? (double)mask_bytes[t] : (double)AUX_LOAD(mask_values, t))
 
 /*
  * Row b's masked sum (into *sum) and mask sum (into *count), in double, in a fixed
@@ -16,7 +19,7 @@
  * are literal constants at each call, so each loop is specialised.
  */
 FASTLOSS_INLINE void SEQ(row_sums)(const STORE_T *FASTLOSS_RESTRICT x,
-                                   const STORE_T *FASTLOSS_RESTRICT mask_values,
+                                   const AUX_T *FASTLOSS_RESTRICT mask_values,
                                    const uint8_t *FASTLOSS_RESTRICT mask_bytes, int bytes,
                                    fastloss_index n_tokens, int want_sum, double *sum,
                                    double *count)
@@ -46,7 +49,7 @@ FASTLOSS_INLINE void SEQ(row_sums)(const STORE_T *FASTLOSS_RESTRICT x,
 }
 
 /* grad[t] = weight_t * scale for the row's tokens. */
-FASTLOSS_INLINE void SEQ(row_grad)(const STORE_T *FASTLOSS_RESTRICT mask_values,
+FASTLOSS_INLINE void SEQ(row_grad)(const AUX_T *FASTLOSS_RESTRICT mask_values,
                                    const uint8_t *FASTLOSS_RESTRICT mask_bytes, int bytes,
                                    fastloss_index n_tokens, double scale,
                                    STORE_T *FASTLOSS_RESTRICT grad)
@@ -63,7 +66,7 @@ static int SEQ(run)(const fastloss_sequence_options *options, const void *token_
 {
     const STORE_T *x_all = (const STORE_T *)token_log_probs;
     const int bytes = options->mask_is_bytes;
-    const STORE_T *values_all = bytes ? NULL : (const STORE_T *)mask;
+    const AUX_T *values_all = bytes ? NULL : (const AUX_T *)mask;
     const uint8_t *bytes_all = bytes ? (const uint8_t *)mask : NULL;
     STORE_T *grad_all = (STORE_T *)grad_out;
     const fastloss_index n_rows = options->n_rows, n_tokens = options->n_tokens;
@@ -77,7 +80,7 @@ static int SEQ(run)(const fastloss_sequence_options *options, const void *token_
 #endif
     for (fastloss_index b = 0; b < n_rows; ++b) {
         const STORE_T *x = x_all + b * stride;
-        const STORE_T *mask_values = bytes ? NULL : values_all + b * stride;
+        const AUX_T *mask_values = bytes ? NULL : values_all + b * stride;
         const uint8_t *mask_bytes = bytes ? bytes_all + b * stride : NULL;
         double sum = 0.0, count = 0.0;
         /* the mask's sum only where an average needs it; the sum only for the value */

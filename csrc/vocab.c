@@ -43,30 +43,23 @@
  * parallel in fixed ranges; the reduction sums the rows' losses in a fixed order
  * (fastloss_sum_float64): the same bits for any number of threads.
  */
+#include "dtype_table.h"
 #include "vocab_internal.h"
 
 #define FASTLOSS_ISA baseline
 #include "vocab_impl.h"
 
-/* The kernels this CPU runs best, by storage type: fastloss_vocab_select fills the
- * tables (see fastloss_select_kernels); baseline until then.  The half-precision codes
- * have no vocabulary kernels yet: their slots stay NULL, and the entry points refuse
- * them (FASTLOSS_ERROR_BAD_DTYPE). */
-static fastloss_tlp_run tlp_kernels[FASTLOSS_N_DTYPES] = {
-    [FASTLOSS_FLOAT32] = fastloss_tlp_run_float32_baseline,
-    [FASTLOSS_FLOAT64] = fastloss_tlp_run_float64_baseline,
-};
-static fastloss_distill_run distill_kernels[FASTLOSS_N_DTYPES] = {
-    [FASTLOSS_FLOAT32] = fastloss_distill_run_float32_baseline,
-    [FASTLOSS_FLOAT64] = fastloss_distill_run_float64_baseline,
-};
+/* The kernels this CPU runs best, by storage type (every code of storage.h, the half
+ * types with their gradient in the same type or in float32): fastloss_vocab_select
+ * fills the tables (see fastloss_select_kernels); baseline until then. */
+static fastloss_tlp_run tlp_kernels[FASTLOSS_N_DTYPES] = FASTLOSS_DTYPE_TABLE(fastloss_tlp_run);
+static fastloss_distill_run distill_kernels[FASTLOSS_N_DTYPES] =
+    FASTLOSS_DTYPE_TABLE(fastloss_distill_run);
 
 void fastloss_vocab_select(int level)
 {
-    tlp_kernels[FASTLOSS_FLOAT32] = FASTLOSS_PICK(fastloss_tlp_run_float32, level);
-    tlp_kernels[FASTLOSS_FLOAT64] = FASTLOSS_PICK(fastloss_tlp_run_float64, level);
-    distill_kernels[FASTLOSS_FLOAT32] = FASTLOSS_PICK(fastloss_distill_run_float32, level);
-    distill_kernels[FASTLOSS_FLOAT64] = FASTLOSS_PICK(fastloss_distill_run_float64, level);
+    FASTLOSS_DTYPE_TABLE_SELECT(tlp_kernels, fastloss_tlp_run, level);
+    FASTLOSS_DTYPE_TABLE_SELECT(distill_kernels, fastloss_distill_run, level);
 }
 
 int fastloss_token_log_probs(int dtype, const fastloss_vocab_options *options,

@@ -1,14 +1,17 @@
 /*
  * vocab_body.h -- the rows and runners of vocab.c, written once per storage type.  No
  * include guard, on purpose: vocab_impl.h includes it between storage_begin.h and
- * storage_end.h (STORE_T, REAL, LOAD, STORE, STORE_WIDE; see storage.h) with
+ * storage_end.h (STORE_T, REAL, LOAD, STORE, STORE_WIDE, GRAD_T; see storage.h) with
  *   NAME(name)     the instantiation's name of a routine (name_<storage>_<isa>)
  *   TLP_RUN        the token log-probabilities runner's name
  *   DISTILL_RUN    the distillation runner's name
  *   REAL_EXP_NONPOSITIVE, REAL_LOG1P_UNIT   fastmath.h's vectorisable exp for x <= 0 and
  *                  log(1 + u) on [0, 1], in REAL
  * Every array is read through LOAD and written through STORE; the per-element work is
- * in REAL, every sum in double (FASTLOSS_LANES accumulators in a fixed order).
+ * in REAL, every sum in double (FASTLOSS_LANES accumulators in a fixed order).  The
+ * inputs are STORE_T and the gradients GRAD_T (the same, or float32 for a half type's
+ * _grad32 tag); a half-precision gradient element is rounded once, from the REAL (or,
+ * STORE_WIDE, the double) it is computed in.
  */
 
 /* Largest value of a chunk (an OpenMP simd reduction: a max's order never changes its
@@ -131,11 +134,14 @@ static void NAME(vocab_row_stats)(const STORE_T *x, fastloss_index n_classes,
     vocab_merge_chunks(chunk_data, n_chunks, inv_temperature, stats);
 }
 
-/* Per-thread scratch: chunk records and two tiles of a chunk. */
-static size_t NAME(vocab_scratch_bytes)(fastloss_index n_chunks)
+/* Per-thread scratch: chunk records and two tiles of a chunk, and where the gradient
+ * row cannot hold the exps (a half-precision or float32 gradient of half logits), a row
+ * of REAL for them. */
+static size_t NAME(vocab_scratch_bytes)(fastloss_index n_chunks, fastloss_index n_classes)
 {
     const size_t bytes = (size_t)n_chunks * VOCAB_CHUNK_FIELDS * sizeof(double) +
-                         2 * FASTLOSS_VOCAB_CHUNK * sizeof(REAL);
+                         2 * FASTLOSS_VOCAB_CHUNK * sizeof(REAL) +
+                         (STORAGE_IS_COMPUTE ? 0 : (size_t)n_classes * sizeof(REAL));
     return (bytes + 63) / 64 * 64; /* each thread's part on its own cache lines */
 }
 
@@ -156,7 +162,7 @@ typedef struct NAME(tlp_job) {
     double *log_prob, *entropy;
     const double *grad_log_prob, *grad_entropy;
     fastloss_index grad_log_prob_stride, grad_entropy_stride;
-    STORE_T *grad;
+    GRAD_T *grad;
     fastloss_index grad_row_stride;
     fastloss_index n_chunks;
     char *scratch;
@@ -170,15 +176,16 @@ typedef struct NAME(tlp_job) {
  * with a_c = (x_c - M) / T, e_c = exp(a_c), p_c = e_c / S, A = -(g - h W / S) / (T S),
  * B = -h / (T S): log p_c + H = a_c - W / S.  1 - p_t is others / S (no cancellation
  * where p_t is nearly 1), and the target is written from double.  When the statistics
- * pass left its exps in the gradient row itself (`exps_in_place`: exp((x_c - m_k) / T)
- * per chunk k, relative to the chunk's shift), they are rescaled there by the chunk's
- * exp((m_k - M) / T) rather than computed again.
+ * pass left its exps in a row (`e_row`: exp((x_c - m_k) / T) per chunk k, relative to
+ * the chunk's shift), they are rescaled there by the chunk's exp((m_k - M) / T) rather
+ * than computed again: in the gradient row itself where it is of the compute type, else
+ * in scratch, then stored (rounded once) to the gradient row.
  */
 static void NAME(tlp_row_grad)(const STORE_T *x, fastloss_index n_classes,
                                fastloss_index n_chunks, fastloss_index target,
                                double inv_temperature, const vocab_row_stats *stats,
-                               const double *chunk_data, int exps_in_place,
-                               double upstream_log_prob, double upstream_entropy, STORE_T *g)
+                               const double *chunk_data, REAL *e_row,
+                               double upstream_log_prob, double upstream_entropy, GRAD_T *g)
 {
     const double mean_a = stats->weighted / stats->sum;
     const double scale = inv_temperature / stats->sum;
@@ -186,7 +193,7 @@ static void NAME(tlp_row_grad)(const STORE_T *x, fastloss_index n_classes,
     const double coef_b = -upstream_entropy * scale;
     const REAL max = (REAL)stats->max;
     const REAL inv_t = (REAL)inv_temperature;
-    if (!exps_in_place) {
+    if (!e_row) {
         const REAL a0 = (REAL)coef_a, b0 = (REAL)coef_b;
         for (fastloss_index c = 0; c < n_classes; ++c) {
             const REAL a = ((REAL)LOAD(x, c) - max) * inv_t;
@@ -194,7 +201,6 @@ static void NAME(tlp_row_grad)(const STORE_T *x, fastloss_index n_classes,
             STORE(g, c, e == (REAL)0 ? (REAL)0 : e * (a0 + b0 * a));
         }
     } else {
-        REAL *e_row = (REAL *)g; /* STORE_T is REAL here (the caller checks) */
         for (fastloss_index k = 0; k < n_chunks; ++k) {
             const fastloss_index start = k * FASTLOSS_VOCAB_CHUNK;
             const fastloss_index n = n_classes - start < FASTLOSS_VOCAB_CHUNK
@@ -212,6 +218,9 @@ static void NAME(tlp_row_grad)(const STORE_T *x, fastloss_index n_classes,
                 ek[c] = e == (REAL)0 ? (REAL)0 : e * (a0 + b0 * a);
             }
         }
+        if ((void *)e_row != (void *)g) /* the exps were in scratch: round once */
+            for (fastloss_index c = 0; c < n_classes; ++c)
+                STORE(g, c, e_row[c]);
     }
     const double a_t = ((double)LOAD(x, target) - stats->max) * inv_temperature;
     const double p_t = exp(a_t) / stats->sum;
@@ -229,11 +238,12 @@ static void NAME(tlp_rows)(const NAME(tlp_job) *job, int thread, int n_threads)
     double *chunk_data = (double *)mine;
     REAL *tile_exps = (REAL *)(chunk_data + job->n_chunks * VOCAB_CHUNK_FIELDS);
     REAL *tile_weighted = tile_exps + FASTLOSS_VOCAB_CHUNK;
+    REAL *row_exps = STORAGE_IS_COMPUTE ? NULL : tile_weighted + FASTLOSS_VOCAB_CHUNK;
     const int need_weighted = job->entropy != NULL || job->grad_entropy != NULL;
     VOCAB_ROW_RANGE(options->n_rows, thread, n_threads, begin, end);
     for (fastloss_index i = begin; i < end; ++i) {
         const STORE_T *x = job->logits + i * job->logits_row_stride;
-        STORE_T *g = job->grad ? job->grad + i * job->grad_row_stride : NULL;
+        GRAD_T *g = job->grad ? job->grad + i * job->grad_row_stride : NULL;
         const fastloss_index t = job->target[i];
         if (t == options->ignore_index) {
             if (job->log_prob)
@@ -245,14 +255,14 @@ static void NAME(tlp_rows)(const NAME(tlp_job) *job, int thread, int n_threads)
                     STORE(g, c, (REAL)0);
             continue;
         }
-        /* with a gradient of the storage type computed in (never the logits: the Cython
-         * layer gives the kernel a gradient that overlaps no input), the statistics pass
-         * leaves its exps in the gradient row, and the gradient pass rescales them there */
-        const int exps_in_place = g != NULL && STORAGE_IS_COMPUTE;
+        /* with a gradient, the statistics pass leaves its exps in a row and the gradient
+         * pass rescales them there: the gradient row itself where it is of the compute
+         * type (never the logits: the Cython layer gives the kernel a gradient that
+         * overlaps no input), else the thread's scratch row */
+        REAL *e_row = g == NULL ? NULL : STORAGE_IS_COMPUTE ? (REAL *)g : row_exps;
         vocab_row_stats stats;
         NAME(vocab_row_stats)(x, n_classes, job->n_chunks, inv_temperature, t, need_weighted,
-                              tile_exps, tile_weighted, exps_in_place ? (REAL *)g : NULL,
-                              chunk_data, &stats);
+                              tile_exps, tile_weighted, e_row, chunk_data, &stats);
         /* A row with no finite log-sum-exp (a +inf or NaN logit, or every logit -inf)
          * has no softmax: NaN, as torch's log_softmax gives. */
         const int finite = isfinite(stats.max) && isfinite(stats.log_sum);
@@ -277,7 +287,7 @@ static void NAME(tlp_rows)(const NAME(tlp_job) *job, int thread, int n_threads)
                 job->grad_entropy ? job->grad_entropy[i * job->grad_entropy_stride] : 0.0;
             if (finite) {
                 NAME(tlp_row_grad)(x, n_classes, job->n_chunks, t, inv_temperature, &stats,
-                                   chunk_data, exps_in_place, upstream_log_prob,
+                                   chunk_data, e_row, upstream_log_prob,
                                    upstream_entropy, g);
             } else {
                 for (fastloss_index c = 0; c < n_classes; ++c)
@@ -307,14 +317,14 @@ int TLP_RUN(const fastloss_vocab_options *options, const void *logits_data,
     int threads = fastloss_effective_threads(options->num_threads, n_rows * n_classes);
     if (threads > n_rows)
         threads = n_rows > 1 ? (int)n_rows : 1;
-    const size_t per_thread = NAME(vocab_scratch_bytes)(n_chunks);
+    const size_t per_thread = NAME(vocab_scratch_bytes)(n_chunks, n_classes);
     char *allocation = malloc(per_thread * (size_t)threads + 64);
     if (!allocation)
         return FASTLOSS_ERROR_NO_MEMORY;
     char *scratch = (char *)(((uintptr_t)allocation + 63) & ~(uintptr_t)63);
     NAME(tlp_job) job = {options, (const STORE_T *)logits_data, logits_row_stride, target,
                          log_prob, entropy, grad_log_prob, grad_entropy,
-                         grad_log_prob_stride, grad_entropy_stride, (STORE_T *)grad_data,
+                         grad_log_prob_stride, grad_entropy_stride, (GRAD_T *)grad_data,
                          grad_row_stride, n_chunks, scratch, per_thread};
     if (threads == 1) {
         NAME(tlp_rows)(&job, 0, 1);
@@ -375,7 +385,7 @@ typedef struct NAME(distill_job) {
     const double *grad_output;
     fastloss_index grad_output_stride;
     double factor; /* 1 / the valid rows for the batch mean, else 1 */
-    STORE_T *grad_student, *grad_teacher;
+    GRAD_T *grad_student, *grad_teacher;
     fastloss_index grad_student_row_stride, grad_teacher_row_stride;
     fastloss_index n_chunks;
     char *scratch;
@@ -425,8 +435,8 @@ FASTLOSS_INLINE void NAME(distill_range)(const int divergence, const int want_s,
                                          REAL inv_t, const NAME(distill_chunk) *chunk,
                                          const NAME(distill_row) *row, REAL scale_s,
                                          REAL scale_t, REAL *FASTLOSS_RESTRICT tile_s,
-                                         REAL *FASTLOSS_RESTRICT tile_t, STORE_T *gs,
-                                         STORE_T *gt)
+                                         REAL *FASTLOSS_RESTRICT tile_t, GRAD_T *gs,
+                                         GRAD_T *gt)
 {
     const REAL shift_s = chunk->shift_s, shift_t = chunk->shift_t;
     const REAL unit_s = chunk->scale_s, unit_t = chunk->scale_t;
@@ -479,7 +489,7 @@ static void NAME(distill_pass)(int divergence, int sums, const STORE_T *xs, cons
                                const double *student_chunks, const double *teacher_chunks,
                                const vocab_row_stats *student, const vocab_row_stats *teacher,
                                const NAME(distill_row) *row, REAL scale_s, REAL scale_t,
-                               REAL *tile_s, REAL *tile_t, STORE_T *gs, STORE_T *gt,
+                               REAL *tile_s, REAL *tile_t, GRAD_T *gs, GRAD_T *gt,
                                double *kl_s, double *kl_t)
 {
     const REAL inv_t = (REAL)inv_temperature;
@@ -494,7 +504,7 @@ static void NAME(distill_pass)(int divergence, int sums, const STORE_T *xs, cons
                                inv_temperature, &chunk);
         const STORE_T *s = xs + start, *t = xt + start;
         const REAL *es = es_row + start, *et = et_row + start;
-        STORE_T *gsk = gs ? gs + start : NULL, *gtk = gt ? gt + start : NULL;
+        GRAD_T *gsk = gs ? gs + start : NULL, *gtk = gt ? gt + start : NULL;
 #define VOCAB_RANGE(div, ws, wt, with_sums)                                                  \
     NAME(distill_range)(div, ws, wt, with_sums, s, t, es, et, n, inv_t, &chunk, row, scale_s, \
                         scale_t, tile_s, tile_t, gsk, gtk)
@@ -562,9 +572,9 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
     for (fastloss_index i = begin; i < end; ++i) {
         const STORE_T *xs = job->student + i * job->student_row_stride;
         const STORE_T *xt = job->teacher + i * job->teacher_row_stride;
-        STORE_T *gs = job->grad_student ? job->grad_student + i * job->grad_student_row_stride
+        GRAD_T *gs = job->grad_student ? job->grad_student + i * job->grad_student_row_stride
                                         : NULL;
-        STORE_T *gt = job->grad_teacher ? job->grad_teacher + i * job->grad_teacher_row_stride
+        GRAD_T *gt = job->grad_teacher ? job->grad_teacher + i * job->grad_teacher_row_stride
                                         : NULL;
         if (job->target && job->target[i] == options->ignore_index) {
             job->row_loss[i] = 0.0;
@@ -652,7 +662,7 @@ int DISTILL_RUN(const fastloss_vocab_options *options, const void *student_data,
                              teacher_row_stride, target, row_loss,
                              grad_output ? grad_output : &one,
                              grad_output ? grad_output_stride : 0, factor,
-                             (STORE_T *)grad_student_data, (STORE_T *)grad_teacher_data,
+                             (GRAD_T *)grad_student_data, (GRAD_T *)grad_teacher_data,
                              grad_student_row_stride, grad_teacher_row_stride, n_chunks,
                              scratch, per_thread};
     if (threads == 1) {

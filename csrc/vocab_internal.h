@@ -92,17 +92,21 @@ typedef int(*fastloss_distill_run) FASTLOSS_DISTILL_RUN_SIGNATURE;
 #define FASTLOSS_VOCAB_NAME(kind, storage, isa) FASTLOSS_VOCAB_NAME_(kind, storage, isa)
 
 void fastloss_vocab_select(int level); /* dispatch.c calls it */
-int fastloss_tlp_run_float32_baseline FASTLOSS_TLP_RUN_SIGNATURE;
-int fastloss_tlp_run_float64_baseline FASTLOSS_TLP_RUN_SIGNATURE;
-int fastloss_tlp_run_float32_avx2 FASTLOSS_TLP_RUN_SIGNATURE;
-int fastloss_tlp_run_float64_avx2 FASTLOSS_TLP_RUN_SIGNATURE;
-int fastloss_tlp_run_float32_avx512 FASTLOSS_TLP_RUN_SIGNATURE;
-int fastloss_tlp_run_float64_avx512 FASTLOSS_TLP_RUN_SIGNATURE;
-int fastloss_distill_run_float32_baseline FASTLOSS_DISTILL_RUN_SIGNATURE;
-int fastloss_distill_run_float64_baseline FASTLOSS_DISTILL_RUN_SIGNATURE;
-int fastloss_distill_run_float32_avx2 FASTLOSS_DISTILL_RUN_SIGNATURE;
-int fastloss_distill_run_float64_avx2 FASTLOSS_DISTILL_RUN_SIGNATURE;
-int fastloss_distill_run_float32_avx512 FASTLOSS_DISTILL_RUN_SIGNATURE;
-int fastloss_distill_run_float64_avx512 FASTLOSS_DISTILL_RUN_SIGNATURE;
+/* The runners of every storage tag and ISA (vocab_impl.h defines them). */
+#define FASTLOSS_VOCAB_DECLARE_ISA_(storage, isa)                                          \
+    int FASTLOSS_VOCAB_NAME(tlp_run, storage, isa) FASTLOSS_TLP_RUN_SIGNATURE;               \
+    int FASTLOSS_VOCAB_NAME(distill_run, storage, isa) FASTLOSS_DISTILL_RUN_SIGNATURE;
+#define FASTLOSS_VOCAB_DECLARE_(storage)                                                   \
+    FASTLOSS_VOCAB_DECLARE_ISA_(storage, baseline)                                          \
+    FASTLOSS_VOCAB_DECLARE_ISA_(storage, avx2)                                              \
+    FASTLOSS_VOCAB_DECLARE_ISA_(storage, avx512)
+FASTLOSS_VOCAB_DECLARE_(float32)
+FASTLOSS_VOCAB_DECLARE_(float64)
+FASTLOSS_VOCAB_DECLARE_(bfloat16)
+FASTLOSS_VOCAB_DECLARE_(float16)
+FASTLOSS_VOCAB_DECLARE_(bfloat16_grad32)
+FASTLOSS_VOCAB_DECLARE_(float16_grad32)
+#undef FASTLOSS_VOCAB_DECLARE_
+#undef FASTLOSS_VOCAB_DECLARE_ISA_
 
 #endif /* FASTLOSS_VOCAB_INTERNAL_H */

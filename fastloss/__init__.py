@@ -115,6 +115,7 @@ from fastloss import cross_entropy as _cross_entropy
 from fastloss import distill as _distill
 from fastloss import elementwise as _elementwise
 from fastloss import linear_cross_entropy as _linear_cross_entropy
+from fastloss import linear_token_log_probs as _linear_token_log_probs
 from fastloss import preference as _preference
 from fastloss._registry import LOSSES as _LOSSES
 
@@ -123,12 +124,14 @@ from fastloss._registry import LOSSES as _LOSSES
 _FAMILY_MODULES = {"cross_entropy": _cross_entropy, "elementwise": _elementwise,
                    "box": _box, "contrastive": _contrastive, "distill": _distill,
                    "linear_cross_entropy": _linear_cross_entropy, "sequence": _preference}
+# losses of a family whose functions live in a module of their own
+_LOSS_MODULES = {"linear_token_log_probs": _linear_token_log_probs}
 _PUBLIC = [loss.name + suffix for loss in _LOSSES.values()
            for suffix in ("", "_grad", "_value_and_grad")]
 for _loss in _LOSSES.values():
     for _suffix in ("", "_grad", "_value_and_grad"):
-        globals()[_loss.name + _suffix] = getattr(_FAMILY_MODULES[_loss.family],
-                                                  _loss.name + _suffix)
+        globals()[_loss.name + _suffix] = getattr(
+            _LOSS_MODULES.get(_loss.name, _FAMILY_MODULES[_loss.family]), _loss.name + _suffix)
 del _loss, _suffix
 
 # cross-entropy over blocks of classes (docs/block_statistics.rst)

@@ -1095,6 +1095,18 @@ LINEAR_CROSS_ENTROPY = Loss(
                      "the logits are never formed"),
 )
 
+LINEAR_TOKEN_LOG_PROBS = Loss(
+    name="linear_token_log_probs", family="linear_cross_entropy",
+    inputs=("hidden", "classifier", "target"),
+    differentiable=("hidden", "classifier", "bias"),
+    options=(Option("bias", None, array=True), Option("temperature", 1.0),
+             Option("ignore_index", -100), Option("return_entropy", False)),
+    tolerance="products",
+    torch=Torch("linear_token_log_probs", None, "", {}, "LinearTokenLogProbs", note=(
+        "``F.linear`` + ``log_softmax(logits / T).gather(-1, target)`` and the entropy; "
+        "the logits are never formed")),
+)
+
 _METRIC = Option("metric", "euclidean")
 
 PAIRWISE_DISTANCE = Loss(name="pairwise_distance", family="contrastive", inputs=("x", "y"),
@@ -1173,7 +1185,7 @@ SEQUENCE_LOG_PROBS = Loss(
 
 
 LOSSES = {loss.name: loss for loss in (
-    CROSS_ENTROPY, LINEAR_CROSS_ENTROPY,
+    CROSS_ENTROPY, LINEAR_CROSS_ENTROPY, LINEAR_TOKEN_LOG_PROBS,
     MSE, L1, HUBER, SMOOTH_L1, BCE_WITH_LOGITS,
     SIGMOID_FOCAL, MARGIN_RANKING, POISSON_NLL, GAUSSIAN_NLL, PINBALL, SOFT_MARGIN,
     BRADLEY_TERRY, DPO, KL_DIV,

@@ -20,7 +20,8 @@ def sequence_run(cnp.ndarray token_log_probs not None, cnp.ndarray mask not None
     """Run the sequence log-probability kernel.
 
     token_log_probs, mask: C-contiguous (n_rows, n_tokens) arrays: token_log_probs
-    float32 or float64, the mask of its dtype or bool (read as bytes).  sums: None, or a writeable contiguous float64 array of n_rows (the rows'
+    float32, float64, float16 or bfloat16, the mask of its dtype (float32 for half
+    token_log_probs) or bool (read as bytes).  sums: None, or a writeable contiguous float64 array of n_rows (the rows'
     sums, or averages).  grad: None, or a writeable C-contiguous array like
     token_log_probs for the gradient w.r.t. the token log-probabilities; it may be
     token_log_probs itself and overlaps nothing else.  grad_output: float64,
@@ -28,6 +29,8 @@ def sequence_run(cnp.ndarray token_log_probs not None, cnp.ndarray mask not None
     """
     cdef int dtype = _dtype_code(token_log_probs, "token_log_probs")
     cdef int typenum = cnp.PyArray_TYPE(token_log_probs)
+    # the mask's dtype: token_log_probs', or float32 beside half values (storage.h's AUX)
+    cdef int mask_typenum = cnp.NPY_FLOAT32 if _is_half_code(dtype) else typenum
     if num_threads < 1:
         raise ValueError("num_threads: expected an integer >= 1")
     if cnp.PyArray_NDIM(token_log_probs) != 2:
@@ -43,7 +46,7 @@ def sequence_run(cnp.ndarray token_log_probs not None, cnp.ndarray mask not None
             if not cnp.PyArray_ISALIGNED(mask):
                 raise ValueError("mask: expected an aligned array")
         else:
-            _check_float(array, typenum, name)
+            _check_float(array, mask_typenum if array is mask else typenum, name)
         if array.shape != (<object>token_log_probs).shape:
             raise ValueError(f"{name}: expected shape {(<object>token_log_probs).shape}, "
                              f"got {array.shape}")

@@ -45,21 +45,36 @@ DISTILL_REDUCTIONS = ("batchmean", "sum", "none")
 DISTILL_INPUTS = ("student_logits", "teacher_logits")
 
 
-cdef tuple _vocab_logits(object logits, str name):
-    """``(array, (rows, V) view or copy, batch shape)`` of a logits argument."""
-    if not _is_float_array(logits):
-        logits = float_array(logits, name)
+cdef tuple _vocab_logits(object logits, str name, object bits=None):
+    """``(array, dtype code, (rows, V) view or copy, batch shape)`` of a logits argument:
+    float32, float64, float16 or ml_dtypes.bfloat16 (or, ``bits="bfloat16"``, a 16-bit
+    integer array of bfloat16 bit patterns: the torch adapter's view of a tensor)."""
+    cdef int code
+    logits, code = _logits_input(logits, bits, name)
     cdef cnp.ndarray array = <cnp.ndarray>logits
-    if cnp.PyArray_TYPE(array) != cnp.NPY_FLOAT32 and cnp.PyArray_TYPE(array) != cnp.NPY_FLOAT64:
-        # (bfloat16 and float16 have no vocabulary kernels yet)
-        raise TypeError(f"{name}: expected float32 or float64, got {array.dtype}")
     cdef int ndim = cnp.PyArray_NDIM(array)
     if ndim == 0:
         raise ValueError(f"{name}: expected at least 1 dimension (..., V), got a scalar")
     shape = (<object>array).shape
     if shape[ndim - 1] == 0:
         raise ValueError(f"{name}: expected at least one class, got shape {shape}")
-    return array, _class_rows(array, shape[ndim - 1]), shape[:ndim - 1]
+    return array, code, _class_rows(array, shape[ndim - 1]), shape[:ndim - 1]
+
+
+cdef object _vocab_values(object values, int code, object dtype):
+    """Per-row float64 results (log-probabilities, entropies, divergences) in the dtype
+    the public functions return: the logits', or float32 for half-precision logits (the
+    rows are computed in float32; a half result would round them again)."""
+    return values.astype(numpy.float32 if _is_half_code(code) else dtype, copy=False)
+
+
+cdef tuple _vocab_grad_kind(object grad_dtype, int code, object logits_dtype):
+    """``(kernel code, gradient dtype)`` of a gradient call: the logits' dtype, or
+    float32 (``grad_dtype``) for half-precision logits."""
+    cdef int kernel_code = _grad_code(grad_dtype, code, logits_dtype)
+    if kernel_code == FASTLOSS_BFLOAT16_GRAD_FLOAT32 or kernel_code == FASTLOSS_FLOAT16_GRAD_FLOAT32:
+        return kernel_code, numpy.dtype(numpy.float32)
+    return kernel_code, logits_dtype
 
 
 cdef double _temperature_arg(object temperature) except? -1.0:
@@ -117,11 +132,21 @@ cdef fastloss_index _matrix_stride(object matrix):
 def tlp_call(bint want_grad, object logits, object target, object temperature,
              object ignore_index, bint want_log_prob, bint want_entropy,
              object grad_output=None, object grad_entropy=None, object out=None,
-             int num_threads=1):
+             int num_threads=1, object grad_dtype=None, object bits=None):
     """One token_log_probs call: returns ``(log_prob, entropy, grad)``, each None where
-    not asked; log_prob and entropy have the batch shape and the logits' dtype."""
+    not asked; log_prob and entropy have the batch shape and the logits' dtype (float32
+    for half logits).  ``grad_dtype``: the gradient's dtype (None: the logits'; float32
+    for float16 / bfloat16 logits).  ``bits="bfloat16"``: the logits (and ``out``) are
+    16-bit integer arrays of bfloat16 bit patterns, and so is the gradient."""
     cdef cnp.ndarray array, matrix
-    array, matrix, loss_shape = _vocab_logits(logits, "logits")
+    cdef int code
+    array, code, matrix, loss_shape = _vocab_logits(logits, "logits", bits)
+    cdef int dtype = code
+    grad_type = array.dtype
+    if want_grad:
+        dtype, grad_type = _vocab_grad_kind(grad_dtype, code, array.dtype)
+    elif grad_dtype is not None:
+        raise ValueError("grad_dtype: only the gradient functions take it")
     cdef fastloss_index n_classes = matrix.shape[1]
     cdef fastloss_index n_rows = matrix.shape[0]
     cdef fastloss_vocab_options options
@@ -156,12 +181,11 @@ def tlp_call(bint want_grad, object logits, object target, object temperature,
         if grad_entropy is not None:
             upstream_entropy = _row_values(grad_entropy, "grad_entropy", loss_shape)
         grad, grad_rows, copy_back = _gradient_target(
-            out, matrix, (<object>array).shape, array.dtype, n_classes,
+            out, matrix, (<object>array).shape, grad_type, n_classes,
             (matrix, hard, upstream, upstream_entropy), "out")
     log_prob = cnp.PyArray_EMPTY(1, [n_rows], cnp.NPY_FLOAT64, 0) if want_log_prob else None
     entropy = cnp.PyArray_EMPTY(1, [n_rows], cnp.NPY_FLOAT64, 0) if want_entropy else None
 
-    cdef int dtype = _dtype_code(matrix, "logits")
     cdef const void *logits_ptr = cnp.PyArray_DATA(matrix)
     cdef fastloss_index logits_stride = _matrix_stride(matrix)
     cdef const int64_t *target_ptr = <const int64_t *>_data_or_null(hard)
@@ -185,9 +209,9 @@ def tlp_call(bint want_grad, object logits, object target, object temperature,
     if copy_back:
         numpy.copyto(grad, (<cnp.ndarray>grad_rows).reshape((<object>array).shape))
     if log_prob is not None:
-        log_prob = log_prob.reshape(loss_shape).astype(array.dtype, copy=False)
+        log_prob = _vocab_values(log_prob.reshape(loss_shape), code, array.dtype)
     if entropy is not None:
-        entropy = entropy.reshape(loss_shape).astype(array.dtype, copy=False)
+        entropy = _vocab_values(entropy.reshape(loss_shape), code, array.dtype)
     return log_prob, entropy, grad
 
 
@@ -213,19 +237,32 @@ cdef tuple _wrt_names(object wrt):
 def distill_call(bint want_grad, object student_logits, object teacher_logits,
                  int divergence, double beta, object temperature, object target,
                  object ignore_index, object reduction, object grad_output=None,
-                 object wrt="student_logits", object out=None, int num_threads=1):
+                 object wrt="student_logits", object out=None, int num_threads=1,
+                 object grad_dtype=None, object bits=None):
     """One distillation call: returns ``(loss, grad)``; grad is None without want_grad,
-    an array for a single name in ``wrt``, a tuple in wrt's order otherwise."""
+    an array for a single name in ``wrt``, a tuple in wrt's order otherwise.  Half
+    logits: the loss in float32, the gradients in their dtype or (``grad_dtype``)
+    float32; ``bits`` as tlp_call's (both logits)."""
     cdef cnp.ndarray student_array, student, teacher_array, teacher
-    student_array, student, loss_shape = _vocab_logits(student_logits, "student_logits")
-    teacher_array, teacher, _ = _vocab_logits(teacher_logits, "teacher_logits")
+    cdef int code, teacher_code
+    student_array, code, student, loss_shape = _vocab_logits(student_logits, "student_logits",
+                                                             bits)
+    teacher_array, teacher_code, teacher, _ = _vocab_logits(teacher_logits, "teacher_logits",
+                                                            bits)
     shape = (<object>student_array).shape
     if (<object>teacher_array).shape != shape:
         raise ValueError(f"teacher_logits: expected the student's shape {shape}, got "
                          f"{(<object>teacher_array).shape}")
     if teacher_array.dtype != student_array.dtype:
-        raise TypeError(f"teacher_logits: expected the student's dtype {student_array.dtype}, "
-                        f"got {teacher_array.dtype}")
+        raise TypeError(f"teacher_logits: expected the student's dtype {student_array.dtype} "
+                        f"(the two logits in one dtype: float32, float64, float16 or "
+                        f"bfloat16), got {teacher_array.dtype}")
+    cdef int dtype = code
+    grad_type = student_array.dtype
+    if want_grad:
+        dtype, grad_type = _vocab_grad_kind(grad_dtype, code, student_array.dtype)
+    elif grad_dtype is not None:
+        raise ValueError("grad_dtype: only the gradient functions take it")
     cdef fastloss_index n_rows = student.shape[0], n_classes = student.shape[1]
     cdef fastloss_vocab_options options
     options.n_rows = n_rows
@@ -281,13 +318,12 @@ def distill_call(bint want_grad, object student_logits, object teacher_logits,
         for name, given in zip(names, outs):
             slot = DISTILL_INPUTS.index(name)
             results[slot], rows[slot], copies[slot] = _gradient_target(
-                given, student, shape, student_array.dtype, n_classes,
+                given, student, shape, grad_type, n_classes,
                 (student, teacher, hard, upstream,
                  *(rows[k] for k in range(2) if rows[k] is not None)), "out")
     per_row = (cnp.PyArray_EMPTY(1, [n_rows], cnp.NPY_FLOAT64, 0)
                if options.reduction == FASTLOSS_REDUCTION_NONE else None)
 
-    cdef int dtype = _dtype_code(student, "student_logits")
     cdef const void *student_ptr = cnp.PyArray_DATA(student)
     cdef const void *teacher_ptr = cnp.PyArray_DATA(teacher)
     cdef fastloss_index student_stride = _matrix_stride(student)
@@ -312,8 +348,8 @@ def distill_call(bint want_grad, object student_logits, object teacher_logits,
         if copies[slot]:
             numpy.copyto(results[slot], (<cnp.ndarray>rows[slot]).reshape(shape))
     if per_row is not None:
-        loss = per_row.reshape(loss_shape).astype(student_array.dtype, copy=False)
-    elif dtype == FASTLOSS_FLOAT32:
+        loss = _vocab_values(per_row.reshape(loss_shape), code, student_array.dtype)
+    elif code != FASTLOSS_FLOAT64:
         loss = <double><float>total
     else:
         loss = total

@@ -5,6 +5,10 @@ layer (fastloss/_cross_entropy.pxi, ``ce_call``), so that a call costs about a
 microsecond beyond its kernel; fastloss.reference.cross_entropy is the float64 oracle
 with the same semantics.
 """
+import numbers
+
+import numpy as np
+
 from fastloss import _kernels
 from fastloss._config import resolve_num_threads
 
@@ -18,6 +22,35 @@ __all__ = ["CROSS_ENTROPY_STATS_FIELDS", "cross_entropy", "cross_entropy_block_s
 #: maximum (cross_entropy_rebase_stats).
 CROSS_ENTROPY_STATS_FIELDS = ("max", "sum", "sum_others", "dist", "mass", "target_logit",
                               "target_weight", "target_count", "classes")
+
+
+def _check_stats_smoothing(stats, target, ignore_index, label_smoothing):
+    """Statistics of hard targets hold the smoothing sums (``dist``, ``mass``) only when
+    cross_entropy_block_stats had ``label_smoothing > 0``: the other way round the loss or
+    gradient would be silently wrong, so a mismatch raises. (Malformed arguments are left
+    to the kernel's checks, which name them.)"""
+    if (not isinstance(stats, np.ndarray) or stats.dtype != np.float64 or stats.ndim < 1
+            or stats.shape[0] != len(CROSS_ENTROPY_STATS_FIELDS)
+            or not isinstance(label_smoothing, numbers.Real)
+            or isinstance(label_smoothing, bool) or not isinstance(ignore_index, numbers.Integral)):
+        return
+    try:
+        target = np.asarray(target)
+    except (TypeError, ValueError):
+        return
+    if target.dtype.kind not in "iu" or target.shape != stats.shape[1:]:
+        return
+    field = CROSS_ENTROPY_STATS_FIELDS.index
+    rows = (target != ignore_index) & (stats[field("target_count")] > 0)
+    mass = stats[field("mass")][rows]
+    if label_smoothing > 0 and np.any((mass == 0) & (stats[field("target_weight")][rows] != 0)):
+        raise ValueError(f"label_smoothing: {label_smoothing} here, but the statistics were "
+                         f"computed without label smoothing (their mass field is 0): pass "
+                         f"the same label_smoothing to cross_entropy_block_stats")
+    if label_smoothing == 0 and np.any(mass != 0):
+        raise ValueError("label_smoothing: 0 here, but the statistics were computed with "
+                         "label smoothing (their mass field is set): pass the same "
+                         "label_smoothing to cross_entropy_block_stats")
 
 
 def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
@@ -107,6 +140,8 @@ def cross_entropy_grad(logits, target, grad_output=1.0, *, weight=None, ignore_i
     For float16 and bfloat16 logits, ``"float32"`` (or ``np.float32``) gives a float32
     gradient instead, rounded once from the same computation (``out`` is then float32).
     """
+    if stats is not None:
+        _check_stats_smoothing(stats, target, ignore_index, label_smoothing)
     _, _, grad = _kernels.ce_call(
         _kernels.CE_GRAD, logits, target, weight, ignore_index, reduction, label_smoothing,
         z_loss, softcap, resolve_num_threads(num_threads), grad_output, lse, out,
@@ -204,8 +239,11 @@ def cross_entropy_from_stats(stats, target, *, ignore_index=-100, reduction="mea
     Python float, or a float64 array for "none"; ``return_lse=True`` adds the per-row
     log-sum-exp.  The loss equals cross_entropy on the whole logits within the accuracy
     contract.  A non-ignored row whose target lies in no block, or in two, raises
-    ValueError.
+    ValueError, and so does a ``label_smoothing`` that the statistics were not computed
+    with (with class indices: the smoothing sums are there only for ``label_smoothing >
+    0``), here and in cross_entropy_grad with ``stats=``.
     """
+    _check_stats_smoothing(stats, target, ignore_index, label_smoothing)
     loss, lse = _kernels.ce_from_stats(stats, target, ignore_index, reduction,
                                        label_smoothing, z_loss, return_lse)
     return (loss, lse) if return_lse else loss

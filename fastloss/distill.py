@@ -25,8 +25,9 @@ def token_log_probs(logits, target, *, temperature=1.0, ignore_index=-100,
 
     Parameters
     ----------
-    logits : array_like, float32 or float64, shape (..., V)
-        Unnormalised scores over the vocabulary (last axis).
+    logits : array_like, float32, float64, float16 or bfloat16, shape (..., V)
+        Unnormalised scores over the vocabulary (last axis). Half precision is read in
+        place and computed in float32 (docs/accuracy.rst, "Half precision").
     target : array_like of int, shape (...)
         The token of each row (e.g. the sampled or the next token).
     temperature : float > 0
@@ -40,8 +41,8 @@ def token_log_probs(logits, target, *, temperature=1.0, ignore_index=-100,
 
     Returns
     -------
-    log_prob : ndarray, shape (...), the logits' dtype
-    entropy : ndarray, shape (...), the logits' dtype
+    log_prob : ndarray, shape (...), the logits' dtype (float32 for half logits)
+    entropy : ndarray, shape (...), the logits' dtype (float32 for half logits)
         Only with ``return_entropy=True``.
 
     Notes
@@ -60,7 +61,8 @@ def token_log_probs(logits, target, *, temperature=1.0, ignore_index=-100,
 
 
 def token_log_probs_grad(logits, target, grad_output=1.0, *, grad_entropy=None,
-                         temperature=1.0, ignore_index=-100, out=None, num_threads=None):
+                         temperature=1.0, ignore_index=-100, out=None, num_threads=None,
+                         grad_dtype=None):
     """Gradient of ``sum(grad_output * log_prob + grad_entropy * entropy)`` w.r.t. the logits.
 
     ``grad_output`` (the upstream gradient of the log-probabilities) and ``grad_entropy``
@@ -70,25 +72,28 @@ def token_log_probs_grad(logits, target, grad_output=1.0, *, grad_entropy=None,
         d log p_t / d x_j = ([j = t] - p_j) / T,   d H / d x_j = -p_j (log p_j + H) / T
 
     Ignored rows get a zero gradient. ``out`` (the logits' shape and dtype) receives it.
+    ``grad_dtype``: the gradient's dtype, None (the logits') or, for float16 / bfloat16
+    logits, float32.
     The row's statistics and the gradient take two sweeps of the row, the second from
     the cache: one read of the logits from memory and one write.
     """
     _, _, grad = _kernels.tlp_call(
         True, logits, target, temperature, ignore_index, False, False, grad_output,
-        grad_entropy, out, resolve_num_threads(num_threads))
+        grad_entropy, out, resolve_num_threads(num_threads), grad_dtype)
     return grad
 
 
 def token_log_probs_value_and_grad(logits, target, grad_output=1.0, *, grad_entropy=None,
                                    temperature=1.0, ignore_index=-100, return_entropy=False,
-                                   out=None, num_threads=None):
+                                   out=None, num_threads=None,
+                                   grad_dtype=None):
     """``(token_log_probs(...), token_log_probs_grad(...))`` from one visit to each row.
 
     The value is ``log_prob``, or ``(log_prob, entropy)`` with ``return_entropy=True``.
     """
     log_prob, entropy, grad = _kernels.tlp_call(
         True, logits, target, temperature, ignore_index, True, bool(return_entropy),
-        grad_output, grad_entropy, out, resolve_num_threads(num_threads))
+        grad_output, grad_entropy, out, resolve_num_threads(num_threads), grad_dtype)
     return ((log_prob, entropy) if return_entropy else log_prob), grad
 
 
@@ -124,8 +129,9 @@ def distill_kl(student_logits, teacher_logits, *, temperature=1.0, direction="fo
 
     Parameters
     ----------
-    student_logits, teacher_logits : array_like, float32 or float64, shape (..., V)
-        The two models' logits for the same rows (one shape, one dtype).
+    student_logits, teacher_logits : array_like, float32/64, float16 or bfloat16, (..., V)
+        The two models' logits for the same rows (one shape, one dtype; half precision
+        is computed in float32 and the loss returned in float32).
     temperature : float > 0
         Both distributions are ``softmax(logits / T)``: Q the student's, P the teacher's.
     direction : {"forward", "reverse"}
@@ -159,13 +165,15 @@ def distill_kl(student_logits, teacher_logits, *, temperature=1.0, direction="fo
 
 def distill_kl_grad(student_logits, teacher_logits, grad_output=1.0, *, temperature=1.0,
                     direction="forward", target=None, ignore_index=-100,
-                    reduction="batchmean", wrt="student_logits", out=None, num_threads=None):
+                    reduction="batchmean", wrt="student_logits", out=None, num_threads=None,
+                    grad_dtype=None):
     """Gradient of ``grad_output * distill_kl(...)`` w.r.t. ``wrt``.
 
     ``wrt`` is "student_logits" (the default: the teacher is usually frozen),
     "teacher_logits", or a tuple of both (the result is then a tuple in that order).
     ``grad_output`` is a scalar, or for "none" an array of the rows' shape. ``out`` is an
-    array (or a tuple, one per name in ``wrt``) of the logits' shape and dtype. Per row,
+    array (or a tuple, one per name in ``wrt``) of the logits' shape and dtype
+    (``grad_dtype``: None, the logits' dtype, or float32 for half logits). Per row,
     with scale ``s = grad_output / T`` (and / the valid rows for "batchmean")::
 
         forward KL:  d/d student = s (q - p),             d/d teacher = s p (log p - log q - KL)
@@ -176,18 +184,19 @@ def distill_kl_grad(student_logits, teacher_logits, grad_output=1.0, *, temperat
     return _kernels.distill_call(
         True, student_logits, teacher_logits, _direction(direction), 0.0, temperature,
         target, ignore_index, reduction, grad_output, wrt, out,
-        resolve_num_threads(num_threads))[1]
+        resolve_num_threads(num_threads), grad_dtype)[1]
 
 
 def distill_kl_value_and_grad(student_logits, teacher_logits, grad_output=1.0, *,
                               temperature=1.0, direction="forward", target=None,
                               ignore_index=-100, reduction="batchmean", wrt="student_logits",
-                              out=None, num_threads=None):
+                              out=None, num_threads=None,
+                              grad_dtype=None):
     """``(distill_kl(...), distill_kl_grad(...))`` from one visit to each row."""
     return _kernels.distill_call(
         True, student_logits, teacher_logits, _direction(direction), 0.0, temperature,
         target, ignore_index, reduction, grad_output, wrt, out,
-        resolve_num_threads(num_threads))
+        resolve_num_threads(num_threads), grad_dtype)
 
 
 def jsd(student_logits, teacher_logits, *, beta=0.5, temperature=1.0, target=None,
@@ -211,7 +220,8 @@ def jsd(student_logits, teacher_logits, *, beta=0.5, temperature=1.0, target=Non
 
 def jsd_grad(student_logits, teacher_logits, grad_output=1.0, *, beta=0.5, temperature=1.0,
              target=None, ignore_index=-100, reduction="batchmean", wrt="student_logits",
-             out=None, num_threads=None):
+             out=None, num_threads=None,
+             grad_dtype=None):
     """Gradient of ``grad_output * jsd(...)`` w.r.t. ``wrt`` (as in :func:`distill_kl_grad`).
 
     For 0 < beta < 1, with ``s = grad_output / T`` (and / the valid rows for
@@ -223,14 +233,17 @@ def jsd_grad(student_logits, teacher_logits, grad_output=1.0, *, beta=0.5, tempe
     divergence, beta = _jsd_divergence(beta)
     return _kernels.distill_call(
         True, student_logits, teacher_logits, divergence, beta, temperature, target,
-        ignore_index, reduction, grad_output, wrt, out, resolve_num_threads(num_threads))[1]
+        ignore_index, reduction, grad_output, wrt, out, resolve_num_threads(num_threads),
+        grad_dtype)[1]
 
 
 def jsd_value_and_grad(student_logits, teacher_logits, grad_output=1.0, *, beta=0.5,
                        temperature=1.0, target=None, ignore_index=-100, reduction="batchmean",
-                       wrt="student_logits", out=None, num_threads=None):
+                       wrt="student_logits", out=None, num_threads=None,
+                       grad_dtype=None):
     """``(jsd(...), jsd_grad(...))`` from one visit to each row."""
     divergence, beta = _jsd_divergence(beta)
     return _kernels.distill_call(
         True, student_logits, teacher_logits, divergence, beta, temperature, target,
-        ignore_index, reduction, grad_output, wrt, out, resolve_num_threads(num_threads))
+        ignore_index, reduction, grad_output, wrt, out, resolve_num_threads(num_threads),
+        grad_dtype)

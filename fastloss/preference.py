@@ -13,7 +13,7 @@ import numpy as np
 
 from fastloss import _kernels
 from fastloss._config import resolve_num_threads
-from fastloss._validation import as_array, float_array, out_arg
+from fastloss._validation import as_array, float_array, is_bfloat16, is_half, out_arg
 
 __all__ = ["sequence_log_probs", "sequence_log_probs_grad",
            "sequence_log_probs_value_and_grad"]
@@ -31,12 +31,12 @@ class _Problem:
     (rows, tokens) arrays, the mask bool or converted to token_log_probs' dtype."""
 
     def __init__(self, token_log_probs, mask, average, num_threads):
-        values = float_array(token_log_probs, "token_log_probs")
+        values = float_array(token_log_probs, "token_log_probs", half=True)
         if values.ndim < 1:
             raise ValueError("token_log_probs: expected an array of at least one dimension "
                              "(..., tokens), got a 0-d array")
         mask = as_array(mask, "mask")
-        if mask.dtype.kind not in "biuf":
+        if mask.dtype.kind not in "biuf" and not is_bfloat16(mask.dtype):
             raise TypeError(f"mask: expected a bool, integer or float array, got dtype "
                             f"{mask.dtype}")
         if mask.shape != values.shape:
@@ -50,8 +50,11 @@ class _Problem:
         n_rows = int(np.prod(self.rows_shape, dtype=np.int64))
         self.values = np.require(values, requirements="CA").reshape(n_rows, n_tokens)
         # a bool mask is read as bytes by the kernel (no conversion pass); any other
-        # takes the values' dtype
-        mask_dtype = np.bool_ if mask.dtype == np.bool_ else values.dtype
+        # takes the values' dtype, or float32 beside half values (a half mask would
+        # round its weights)
+        self.half = is_half(values.dtype)
+        mask_dtype = (np.bool_ if mask.dtype == np.bool_ else
+                      np.float32 if self.half else values.dtype)
         self.mask = np.require(mask, dtype=mask_dtype, requirements="CA").reshape(
             n_rows, n_tokens)
         self.n_rows = n_rows
@@ -83,7 +86,10 @@ class _Problem:
                 grad = np.empty(self.values.shape, dtype=self.dtype)
         _kernels.sequence_run(self.values, self.mask, sums, upstream, grad, self.average,
                               self.num_threads)
-        value = None if sums is None else sums.astype(self.dtype).reshape(self.rows_shape)
+        # the values in float32 for half token_log_probs (summed in float64: a half
+        # result would round them again)
+        value_dtype = np.float32 if self.half else self.dtype
+        value = None if sums is None else sums.astype(value_dtype).reshape(self.rows_shape)
         if grad is not None and result is None:
             if out is None:
                 result = grad.reshape(self.shape)
@@ -109,20 +115,20 @@ def sequence_log_probs(token_log_probs, mask, *, average=False, num_threads=None
 
     Parameters
     ----------
-    token_log_probs : array_like, float32 or float64, shape (..., T)
+    token_log_probs : array_like, float32, float64, float16 or bfloat16, shape (..., T)
         The log-probability of each token of each sequence (the target token's
         log-softmax, e.g. from :func:`fastloss.cross_entropy` with reduction "none",
         negated).
     mask : array_like, bool, integer or float, shape (..., T)
         1 (True) for the tokens of the answer, 0 for the prompt and padding; another
-        value weights its token.
+        value weights its token (read as float32 beside half token_log_probs).
     average : bool
     num_threads : int, optional
 
     Returns
     -------
     ndarray, shape (...)
-        One value per sequence, in token_log_probs' dtype.
+        One value per sequence, in token_log_probs' dtype (float32 for half ones).
     """
     problem = _Problem(token_log_probs, mask, average, num_threads)
     return problem.run(True)[0]

@@ -97,7 +97,8 @@ def run_cases(rank, world, port, out_dir):
     os._exit(0)
 
 
-# the bad inputs: name -> per rank (vocab_start, width, weight length, target override)
+# the bad inputs: name -> per rank (vocab_start, width, weight length, target override
+# [, other arguments: "rows" of the batch, options])
 BAD = {
     "overlap": [(0, 20, None, None), (15, 22, None, None)],
     "gap": [(0, 10, None, None), (12, 25, None, None)],
@@ -106,6 +107,16 @@ BAD = {
     "target_outside": [(0, 20, None, 37), (20, 17, None, 37)],
     "weight_length": [(0, 20, 19, None), (20, 17, None, None)],
     "vocab_size": [(0, 20, None, None), (20, 17, None, None)],
+    # what the ranks must agree on (each would otherwise leave a rank waiting or give a
+    # wrong loss): the class indices (one out of range on one rank only), the batch, options
+    "targets_differ": [(0, 20, None, None), (20, 17, None, 4)],
+    "target_outside_one_rank": [(0, 20, None, 37), (20, 17, None, None)],
+    "rows_differ": [(0, 20, None, None), (20, 17, None, None, {"rows": 5})],
+    "smoothing_differs": [(0, 20, None, None, {"label_smoothing": 0.1}),
+                          (20, 17, None, None)],
+    "reduction_differs": [(0, 20, None, None), (20, 17, None, None, {"reduction": "sum"})],
+    "options_equal_as_numbers": [(0, 20, None, None, {"label_smoothing": 0.25}),
+                                 (20, 17, None, None, {"label_smoothing": np.float64(0.25)})],
 }
 
 
@@ -118,15 +129,19 @@ def _bad_inputs(rank, out_dir):
 
     lines = []
     for name, per_rank in BAD.items():
-        start, width, weight_length, target_value = per_rank[rank]
-        local = torch.zeros(4, width, dtype=torch.float64, requires_grad=True)
-        target = torch.tensor([0, 1, 2, 3 if target_value is None else target_value])
+        start, width, weight_length, target_value, *more = per_rank[rank]
+        options = dict(more[0]) if more else {}
+        rows = options.pop("rows", 4)
+        local = torch.zeros(rows, width, dtype=torch.float64, requires_grad=True)
+        target = torch.tensor([0, 1, 2, 3 if target_value is None else target_value,
+                               4][:rows])
         weight = None if weight_length is None else torch.ones(weight_length,
                                                                 dtype=torch.float64)
         try:
-            vocab_parallel_cross_entropy(local, target, vocab_start=start, weight=weight,
-                                         vocab_size=36 if name == "vocab_size" else None)
-            lines.append(f"{name}\tnone\t")
+            loss = vocab_parallel_cross_entropy(
+                local, target, vocab_start=start, weight=weight,
+                vocab_size=36 if name == "vocab_size" else None, **options)
+            lines.append(f"{name}\tnone\t{float(loss):.17g}")
         except (TypeError, ValueError, RuntimeError) as error:
             lines.append(f"{name}\t{type(error).__name__}\t{error}".replace("\n", " "))
     # the group still works after every one of them

@@ -300,8 +300,11 @@ X = np.linspace(-2.0, 2.0, 40).reshape(4, 10)
 T = np.array([0, 3, 9, -100])
 
 
-def _merged():
-    return fastloss.cross_entropy_merge_stats(all_stats(fastloss, X, T, None, [0, 4, 10]))
+def _merged(label_smoothing=0.0):
+    return fastloss.cross_entropy_merge_stats(
+        [fastloss.cross_entropy_block_stats(X[:, a:b], T, class_offset=a, num_classes=10,
+                                            label_smoothing=label_smoothing)
+         for a, b in ((0, 4), (4, 10))])
 
 
 @pytest.mark.parametrize("call, error, message", [
@@ -359,8 +362,39 @@ def _merged():
     (lambda: fastloss.cross_entropy_grad(X[:, 4:], np.ones((4, 6)), class_offset=4,
                                          stats=_merged()), ValueError,
      "target: the statistics are of class-index targets"),
+    # statistics without the smoothing sums, asked for label smoothing (and the other way)
+    (lambda: fastloss.cross_entropy_from_stats(_merged(), T, label_smoothing=0.1),
+     ValueError, "label_smoothing: 0.1 here, but the statistics were computed without"),
+    (lambda: fastloss.cross_entropy_from_stats(_merged(0.1), T), ValueError,
+     "label_smoothing: 0 here, but the statistics were computed with label smoothing"),
+    (lambda: fastloss.cross_entropy_grad(X[:, 4:], T, class_offset=4, stats=_merged(),
+                                         label_smoothing=0.1), ValueError,
+     "label_smoothing: 0.1 here, but the statistics were computed without"),
+    (lambda: fastloss.cross_entropy_grad(X[:, 4:], T, class_offset=4, stats=_merged(0.1)),
+     ValueError, "label_smoothing: 0 here, but the statistics were computed with"),
 ])
 def test_bad_input_names_the_argument(call, error, message):
     with pytest.raises(error) as raised:
         call()
     assert str(raised.value).startswith(message), str(raised.value)
+
+
+def test_smoothing_check_passes_the_matching_statistics():
+    """The same label_smoothing on both sides gives cross_entropy's loss and gradient, and
+    rows whose target weight is 0 (all their classes weighted 0) do not trip the check."""
+    for eps in (0.0, 0.1):
+        loss = fastloss.cross_entropy_from_stats(_merged(eps), T, label_smoothing=eps)
+        assert loss == pytest.approx(fastloss.cross_entropy(X, T, label_smoothing=eps),
+                                     rel=1e-14)
+        grad = fastloss.cross_entropy_grad(X[:, 4:], T, class_offset=4, stats=_merged(eps),
+                                           label_smoothing=eps)
+        whole = fastloss.cross_entropy_grad(X, T, label_smoothing=eps)
+        np.testing.assert_allclose(grad, whole[:, 4:], rtol=1e-13, atol=1e-16)
+    weight = np.zeros(10)
+    stats = fastloss.cross_entropy_block_stats(X, T, weight=weight, label_smoothing=0.1)
+    assert fastloss.cross_entropy_from_stats(stats, T, label_smoothing=0.1,
+                                             reduction="sum") == 0.0
+    np.testing.assert_array_equal(
+        fastloss.cross_entropy_from_stats(stats, T, label_smoothing=0.1, reduction="none"),
+        fastloss.cross_entropy(X, T, weight=weight, label_smoothing=0.1, reduction="none"))
+

@@ -113,6 +113,16 @@ def test_bad_input_raises_on_every_rank(worlds):
                                          "for 37 classes"),
         "vocab_size": ("ValueError", "vocab_size: the ranks' slices cover 37 classes, "
                                      "not 36"),
+        "targets_differ": ("ValueError", "target: the ranks' class indices differ: "
+                                         "rank(s) [1] disagree with rank 0"),
+        "target_outside_one_rank": ("ValueError", "target: the ranks' class indices differ: "
+                                                  "rank(s) [1] disagree with rank 0"),
+        "rows_differ": ("ValueError", "local_logits: the ranks' batch shapes "
+                                      "(local_logits.shape[:-1]) differ: rank(s) [1]"),
+        "smoothing_differs": ("ValueError", "options: the ranks' options (ignore_index, "
+                                            "reduction, label_smoothing"),
+        "reduction_differs": ("ValueError", "options: the ranks' options (ignore_index, "
+                                            "reduction, label_smoothing"),
         "after": ("2", ""),
     }
     for rank in range(2):
@@ -122,6 +132,13 @@ def test_bad_input_raises_on_every_rank(worlds):
         for name, (kind, message) in expected.items():
             assert seen[name][0] == kind and seen[name][1].startswith(message), (rank, name,
                                                                                  seen[name])
+        # the same smoothing as a Python float on one rank and a NumPy one on the other:
+        # agreed, and the loss is the reference's on the gathered (zero) logits
+        kind, message = seen["options_equal_as_numbers"]
+        assert kind == "none", (rank, message)
+        expected_loss = reference.cross_entropy(np.zeros((4, 37)), np.array([0, 1, 2, 3]),
+                                                label_smoothing=0.25)
+        assert abs(float(message) - expected_loss) <= 1e-12 * abs(expected_loss)
         kind, message = seen["weight_length"]
         assert kind == "ValueError"
         assert message.startswith(

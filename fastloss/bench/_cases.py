@@ -1645,3 +1645,50 @@ FAMILIES = {family.name: family for family in (
 if ml_dtypes is not None:
     FAMILIES[CROSS_ENTROPY_BFLOAT16.name] = CROSS_ENTROPY_BFLOAT16
     FAMILIES[ELEMENTWISE_BFLOAT16.name] = ELEMENTWISE_BFLOAT16
+
+
+# ----------------------------------------------------------------------------------------
+# Token log-probs and entropy of a linear layer's logits (linear_token_log_probs), beside
+# the linear cross-entropy: the same inputs, products and sizes
+# ----------------------------------------------------------------------------------------
+
+def _ltlp_fused(inputs, threads):
+    hidden, classifier = inputs["hidden"], inputs["classifier"]
+    out = (_touched(hidden.shape, hidden.dtype), _touched(classifier.shape, hidden.dtype))
+    return Timed(lambda: fastloss.linear_token_log_probs_value_and_grad(
+        hidden, classifier, inputs["target"], 1.0, grad_entropy=0.01, return_entropy=True,
+        out=out, num_threads=threads))
+
+
+def _ltlp_torch(inputs, threads):
+    torch = _torch()
+    if torch is None:
+        return None
+    import torch.nn.functional as F
+
+    hidden = torch.from_numpy(inputs["hidden"]).requires_grad_(True)
+    classifier = torch.from_numpy(inputs["classifier"]).requires_grad_(True)
+    target = torch.from_numpy(inputs["target"])
+
+    def clear():
+        hidden.grad = classifier.grad = None
+
+    def call():
+        log_p = torch.log_softmax(F.linear(hidden, classifier), dim=-1)
+        log_prob = log_p.gather(-1, target[:, None]).squeeze(-1)
+        entropy = -(log_p.exp() * log_p).sum(-1)
+        (log_prob.sum() + 0.01 * entropy.sum()).backward()
+
+    return Timed(call, prepare=clear, note="F.linear, log_softmax, gather, entropy, backward")
+
+
+LTLP_FUSED = ("fastloss linear_token_log_probs value_and_grad (with entropy, out= "
+              "preallocated)")
+
+LINEAR_CROSS_ENTROPY = dataclasses.replace(LINEAR_CROSS_ENTROPY, cases=(
+    *LINEAR_CROSS_ENTROPY.cases,
+    Case(LTLP_FUSED, _ltlp_fused),
+    Case("torch F.linear + log_softmax + gather + entropy forward+backward", _ltlp_torch,
+         requires="torch"),
+))
+FAMILIES[LINEAR_CROSS_ENTROPY.name] = LINEAR_CROSS_ENTROPY

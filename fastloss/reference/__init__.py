@@ -11,12 +11,13 @@ Validation is light: enough that a bad argument raises instead of giving a silen
 wrong number. Complete, friendly error messages are the public API's job.
 
 One module per family (``_cross_entropy``, ``_elementwise``, ``_contrastive``, ``_box``,
-``_vocab``, ``_linear_cross_entropy``, ``_preference``); each module's public functions
-(its ``__all__``) are exported here, and ``fastloss.reference.NAME`` is how to call it.
+``_vocab``, ``_linear_cross_entropy``, ``_linear_token_log_probs``, ``_preference``);
+each module's public functions (its ``__all__``) are exported here, and
+``fastloss.reference.NAME`` is how to call it.
 """
 
 from fastloss.reference import _box, _contrastive, _cross_entropy, _elementwise, _vocab
-from fastloss.reference import _linear_cross_entropy, _preference
+from fastloss.reference import _linear_cross_entropy, _linear_token_log_probs, _preference
 from fastloss.reference._box import *  # noqa: F401,F403
 from fastloss.reference._contrastive import *  # noqa: F401,F403
 from fastloss.reference._contrastive import _normalize  # noqa: F401 (F.normalize's rows, for tests)
@@ -24,8 +25,9 @@ from fastloss.reference._cross_entropy import *  # noqa: F401,F403
 from fastloss.reference._elementwise import *  # noqa: F401,F403
 from fastloss.reference._vocab import *  # noqa: F401,F403
 from fastloss.reference._linear_cross_entropy import *  # noqa: F401,F403
+from fastloss.reference._linear_token_log_probs import *  # noqa: F401,F403
 from fastloss.reference._preference import *  # noqa: F401,F403
 
 __all__ = [*_cross_entropy.__all__, *_elementwise.__all__, *_contrastive.__all__,
            *_box.__all__, *_vocab.__all__, *_linear_cross_entropy.__all__,
-           *_preference.__all__]
+           *_linear_token_log_probs.__all__, *_preference.__all__]

@@ -1033,13 +1033,49 @@ class InfoNCELoss(torch.nn.Module):
 # ----------------------------------------------------------------------------------------
 
 def _logits_tensor(tensor, name, function):
-    """A float CPU tensor as the array the kernels read: its own memory, or a copy when
-    its last axis is not contiguous."""
-    _float_tensor(tensor, name, function)
+    """A float32, float64, bfloat16 or float16 CPU tensor as the array the kernels read:
+    its own memory (bfloat16: its bit patterns as int16), or a copy when its last axis
+    is not contiguous."""
+    _half_float_tensor(tensor, name, function)
     detached = tensor.detach()
     if detached.dim() and detached.size(-1) > 1 and detached.stride(-1) != 1:
         detached = detached.contiguous()
-    return detached.numpy()
+    return _memory(detached)
+
+
+def _vocab_bits(tensor):
+    """The kernels' ``bits`` for logits of `tensor`'s dtype (bfloat16 arrives as int16)."""
+    return "bfloat16" if tensor.dtype == torch.bfloat16 else None
+
+
+def _upstream_numpy(grad):
+    """A per-row upstream gradient as a NumPy array (half ones as float32: the kernels
+    read float64 upstream values, and NumPy has no bfloat16)."""
+    grad = grad.detach()
+    return (grad.float() if grad.dtype in _HALF_DTYPES else grad).numpy()
+
+
+def _distill_run(name, want_grad, arrays, options, bits, grad_output=None, wrt=()):
+    """One fastloss.distill_kl / jsd call on the kernels' arrays (``bits``: bfloat16
+    logits as int16 arrays): ``(loss, grads)`` as _kernels.distill_call returns them."""
+    from fastloss import distill as numpy_api
+
+    options = dict(options)
+    if name == "distill_kl":
+        divergence, beta = numpy_api._direction(options.pop("direction")), 0.0
+    else:
+        divergence, beta = numpy_api._jsd_divergence(options.pop("beta"))
+    return _kernels.distill_call(
+        want_grad, *arrays, divergence, beta, options["temperature"], options.get("target"),
+        options["ignore_index"], options["reduction"], grad_output, wrt or "student_logits",
+        None, resolve_num_threads(options["num_threads"]), None, bits)
+
+
+def _vocab_value(array, dtype):
+    """A per-row result of the kernels (float32 for half logits) as a tensor of the
+    logits' dtype, as torch returns it (half: a rounding of the float32 value)."""
+    tensor = torch.from_numpy(array)
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
 
 
 def _label_tensor(tensor, name, function):
@@ -1058,14 +1094,16 @@ class _TokenLogProbs(torch.autograd.Function):
     def forward(ctx, logits, target, options, return_entropy):
         array = _logits_tensor(logits, "logits", "fastloss.torch.token_log_probs")
         labels = _label_tensor(target, "target", "fastloss.torch.token_log_probs")
-        value = fastloss.token_log_probs(array, labels, return_entropy=True, **options) \
-            if return_entropy else fastloss.token_log_probs(array, labels, **options)
+        log_prob, entropy, _ = _kernels.tlp_call(
+            False, array, labels, options["temperature"], options["ignore_index"], True,
+            return_entropy, num_threads=resolve_num_threads(options["num_threads"]),
+            bits=_vocab_bits(logits))
         ctx.save_for_backward(logits)
         ctx.labels, ctx.options = labels, options
         ctx.set_materialize_grads(False)
         if return_entropy:
-            return torch.from_numpy(value[0]), torch.from_numpy(value[1])
-        return torch.from_numpy(value)
+            return _vocab_value(log_prob, logits.dtype), _vocab_value(entropy, logits.dtype)
+        return _vocab_value(log_prob, logits.dtype)
 
     @staticmethod
     @once_differentiable
@@ -1073,12 +1111,15 @@ class _TokenLogProbs(torch.autograd.Function):
         (logits,) = ctx.saved_tensors
         if grad_log_prob is None and grad_entropy is None:
             return None, None, None, None
-        upstream = 0.0 if grad_log_prob is None else grad_log_prob.detach().numpy()
-        upstream_entropy = None if grad_entropy is None else grad_entropy.detach().numpy()
-        grad = fastloss.token_log_probs_grad(
-            _logits_tensor(logits, "logits", "fastloss.torch.token_log_probs"), ctx.labels,
-            upstream, grad_entropy=upstream_entropy, **ctx.options)
-        return torch.from_numpy(grad), None, None, None
+        upstream = 0.0 if grad_log_prob is None else _upstream_numpy(grad_log_prob)
+        upstream_entropy = None if grad_entropy is None else _upstream_numpy(grad_entropy)
+        _, _, grad = _kernels.tlp_call(
+            True, _logits_tensor(logits, "logits", "fastloss.torch.token_log_probs"),
+            ctx.labels, ctx.options["temperature"], ctx.options["ignore_index"], False, False,
+            upstream, upstream_entropy,
+            num_threads=resolve_num_threads(ctx.options["num_threads"]),
+            bits=_vocab_bits(logits))
+        return _gradient_tensor(grad, logits.dtype), None, None, None
 
 
 def token_log_probs(logits, target, *, temperature=1.0, ignore_index=-100,
@@ -1088,7 +1129,7 @@ def token_log_probs(logits, target, *, temperature=1.0, ignore_index=-100,
     entropy ``-(softmax * log_softmax).sum(-1)``; 0 for rows whose target is
     ``ignore_index``. Differentiable w.r.t. the logits (the gradient of any weighted sum of
     both outputs, in one read of the logits and one write)."""
-    _float_tensor(logits, "logits", "fastloss.torch.token_log_probs")
+    _half_float_tensor(logits, "logits", "fastloss.torch.token_log_probs")
     options = {"temperature": temperature, "ignore_index": ignore_index,
                "num_threads": num_threads}
     return _TokenLogProbs.apply(logits, target, options, bool(return_entropy))
@@ -1112,43 +1153,52 @@ class _Distill(torch.autograd.Function):
         recording = options.pop("recording")
         wrt = tuple(argument for argument, needed in zip(_DISTILL_INPUTS,
                                                          ctx.needs_input_grad[2:4]) if needed)
+        bits = _vocab_bits(student) if student.dtype == teacher.dtype else None
         ctx.grads = None
         if recording and wrt and options["reduction"] != "none":
-            loss, grads = getattr(fastloss, f"{name}_value_and_grad")(*arrays, wrt=wrt,
-                                                                      **options)
-            ctx.grads = dict(zip(wrt, grads))
+            loss, grads = _distill_run(name, True, arrays, options, bits, 1.0, wrt)
+            ctx.grads = dict(zip(wrt, grads if isinstance(grads, tuple) else (grads,)))
         else:
-            loss = getattr(fastloss, name)(*arrays, **options)
+            loss, _ = _distill_run(name, False, arrays, options, bits)
         ctx.save_for_backward(student, teacher)
-        ctx.name, ctx.options, ctx.wrt = name, options, wrt
-        return _loss_tensor(loss, student.dtype)
+        ctx.name, ctx.options, ctx.wrt, ctx.bits = name, options, wrt, bits
+        if isinstance(loss, np.ndarray):
+            return _vocab_value(loss, student.dtype)
+        return torch.tensor(loss, dtype=torch.float64).to(student.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output):
+        student, teacher = ctx.saved_tensors
         if ctx.grads is not None:
             grads, ctx.grads = ctx.grads, None
             scale = float(grad_output)
-            grads = {argument: torch.from_numpy(grad) for argument, grad in grads.items()}
+            grads = {argument: _gradient_tensor(grad, student.dtype)
+                     for argument, grad in grads.items()}
             if scale != 1.0:
                 grads = {argument: grad.mul_(scale) for argument, grad in grads.items()}
         else:
-            student, teacher = ctx.saved_tensors
             function = f"fastloss.torch.{ctx.name}"
             arrays = (_logits_tensor(student, "student_logits", function),
                       _logits_tensor(teacher, "teacher_logits", function))
-            computed = getattr(fastloss, f"{ctx.name}_grad")(
-                *arrays, _upstream(grad_output, ctx.options["reduction"]), wrt=ctx.wrt,
-                **ctx.options)
-            grads = {argument: torch.from_numpy(grad)
+            upstream = (_upstream_numpy(grad_output) if ctx.options["reduction"] == "none"
+                        else float(grad_output))
+            _, computed = _distill_run(ctx.name, True, arrays, ctx.options, ctx.bits,
+                                       upstream, ctx.wrt)
+            computed = computed if isinstance(computed, tuple) else (computed,)
+            grads = {argument: _gradient_tensor(grad, student.dtype)
                      for argument, grad in zip(ctx.wrt, computed)}
         return (None, None, grads.get("student_logits"), grads.get("teacher_logits"))
 
 
 def _distill(name, student_logits, teacher_logits, target, options):
     function = f"fastloss.torch.{name}"
-    _float_tensor(student_logits, "student_logits", function)
-    _float_tensor(teacher_logits, "teacher_logits", function)
+    _half_float_tensor(student_logits, "student_logits", function)
+    _half_float_tensor(teacher_logits, "teacher_logits", function)
+    if teacher_logits.dtype != student_logits.dtype:
+        raise TypeError(f"{function}: teacher_logits: expected the student's dtype "
+                        f"{student_logits.dtype} (the two logits in one dtype: float32, "
+                        f"float64, bfloat16 or float16), got {teacher_logits.dtype}")
     options = dict(options, recording=torch.is_grad_enabled())
     if target is not None:
         options["target"] = _label_tensor(target, "target", function)
@@ -1262,6 +1312,11 @@ from fastloss.torch._linear_cross_entropy import (  # noqa: E402 (uses the helpe
     LinearCrossEntropyLoss, linear_cross_entropy)
 
 __all__ += ["linear_cross_entropy", "LinearCrossEntropyLoss"]
+
+from fastloss.torch._linear_token_log_probs import (  # noqa: E402 (uses the helpers above)
+    LinearTokenLogProbs, linear_token_log_probs)
+
+__all__ += ["linear_token_log_probs", "LinearTokenLogProbs"]
 
 # per-sequence log-probabilities for preference training (fastloss/torch/_preference.py)
 from fastloss.torch._preference import sequence_log_probs  # noqa: E402

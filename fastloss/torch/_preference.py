@@ -17,12 +17,14 @@ class _SequenceLogProbs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, token_log_probs, mask, average, num_threads):
-        values = fastloss.sequence_log_probs(token_log_probs.detach().numpy(),
-                                             mask.detach().numpy(), average=average,
-                                             num_threads=num_threads)
+        from fastloss.torch import _numpy_any
+
+        values = fastloss.sequence_log_probs(_numpy_any(token_log_probs), _numpy_any(mask),
+                                             average=average, num_threads=num_threads)
         ctx.save_for_backward(token_log_probs, mask)
         ctx.average, ctx.num_threads = average, num_threads
-        return torch.from_numpy(np.asarray(values))
+        # half token_log_probs: the float32 values rounded to their dtype, as torch returns
+        return torch.from_numpy(np.asarray(values)).to(token_log_probs.dtype)
 
     @staticmethod
     @once_differentiable
@@ -30,11 +32,13 @@ class _SequenceLogProbs(torch.autograd.Function):
         token_log_probs, mask = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None, None
+        from fastloss.torch import _numpy_any, _tensor_any
+
         grad = fastloss.sequence_log_probs_grad(
-            token_log_probs.detach().numpy(), mask.detach().numpy(),
+            _numpy_any(token_log_probs), _numpy_any(mask),
             grad_output.detach().to(torch.float64).numpy(), average=ctx.average,
             num_threads=ctx.num_threads)
-        return torch.from_numpy(grad), None, None, None
+        return _tensor_any(grad), None, None, None
 
 
 def sequence_log_probs(token_log_probs, mask, average=False, *, num_threads=None):
@@ -43,11 +47,12 @@ def sequence_log_probs(token_log_probs, mask, average=False, *, num_threads=None
     ``average`` that divided by ``mask.sum(-1)``; tokens whose mask is 0 are skipped
     (a NaN or -inf there does not reach the sum). Gradients w.r.t. token_log_probs;
     the mask (bool, integer or float) is not differentiated: one that requires grad
-    raises a RuntimeError."""
-    from fastloss.torch import _cpu_tensor, _float_tensor
+    raises a RuntimeError. bfloat16 and float16 token_log_probs are computed in float64
+    and their gradient rounded once to their dtype (bfloat16 needs ml_dtypes here)."""
+    from fastloss.torch import _cpu_tensor, _half_float_tensor
 
     function = "fastloss.torch.sequence_log_probs"
-    _float_tensor(token_log_probs, "token_log_probs", function)
+    _half_float_tensor(token_log_probs, "token_log_probs", function)
     _cpu_tensor(mask, "mask", function)
     if mask.requires_grad and torch.is_grad_enabled():
         raise RuntimeError(f"{function}: mask: fastloss computes no gradient with respect "

@@ -19,6 +19,8 @@ the statistics and the merge.
 
 Any backend with MAX and SUM all-reduces of float64 tensors works (gloo on CPU).
 """
+import zlib
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -94,16 +96,48 @@ def _local_checks(local_logits, target, vocab_start, weight, reduction, vocab_si
     return None
 
 
-def _slices(group, local_logits, vocab_start, local_error, vocab_size):
+def _crc(data):
+    """A 32-bit checksum of bytes (the same on every rank for the same data)."""
+    return zlib.crc32(data) & 0xFFFFFFFF
+
+
+def _fingerprints(local_logits, target, options):
+    """What every rank must agree on, as checksums: the batch's shape, the class indices
+    (probability targets are each rank's own slice: not compared) and the options."""
+    batch = tuple(int(d) for d in local_logits.shape[:-1])
+    if target.is_floating_point():
+        indices = 0
+    else:
+        indices = _crc(target.detach().to(torch.int64).contiguous().numpy().tobytes())
+    return [_crc(repr(batch).encode()), indices, _crc(repr(options).encode())]
+
+
+def _plain(value):
+    """An option as the same Python value on every rank (0.1 and np.float64(0.1) alike)."""
+    if isinstance(value, (bool, str)) or value is None:
+        return value
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _slices(group, local_logits, target, vocab_start, local_error, vocab_size, options):
     """The global vocabulary size, after every rank has seen every rank's slice: an
-    all-gather of (vocab_start, width, error flag) per rank, so that all ranks raise
-    together on bad input instead of leaving the others waiting in a collective."""
-    width = int(local_logits.shape[-1]) if local_error is None else 0
-    start = int(vocab_start) if local_error is None else 0
-    mine = torch.tensor([start, width, 0 if local_error is None else 1], dtype=torch.int64)
+    all-gather of (vocab_start, width, error flag, checksums of the batch's shape, of the
+    class indices and of the options) per rank, so that all ranks raise together on bad
+    input (a slice, a batch or targets that differ between ranks) instead of leaving the
+    others waiting in a collective."""
+    if local_error is None:
+        mine = [int(vocab_start), int(local_logits.shape[-1]), 0,
+                *_fingerprints(local_logits, target, options)]
+    else:
+        mine = [0, 0, 1, 0, 0, 0]
     world = dist.get_world_size(group)
-    gathered = [torch.empty(3, dtype=torch.int64) for _ in range(world)]
-    dist.all_gather(gathered, mine, group=group)
+    gathered = [torch.empty(len(mine), dtype=torch.int64) for _ in range(world)]
+    dist.all_gather(gathered, torch.tensor(mine, dtype=torch.int64), group=group)
     if local_error is not None:
         raise local_error
     rows = [tuple(int(v) for v in g) for g in gathered]
@@ -111,14 +145,24 @@ def _slices(group, local_logits, vocab_start, local_error, vocab_size):
     if failed:
         raise ValueError(f"vocab_parallel_cross_entropy: bad input on rank(s) {failed} of the "
                          f"group (each raised its own error)")
-    for rank, (rank_start, _, _) in enumerate(rows):
-        if rank_start < 0:
-            raise ValueError(f"vocab_start: expected an integer >= 0, got {rank_start} on "
+    for field, argument, what in ((3, "local_logits", "batch shapes (local_logits.shape[:-1])"),
+                                  (4, "target", "class indices"),
+                                  (5, "options", "options (ignore_index, reduction, "
+                                                 "label_smoothing, z_loss, softcap, weight "
+                                                 "given or not)")):
+        differ = [rank for rank, row in enumerate(rows) if row[field] != rows[0][field]]
+        if differ:
+            raise ValueError(f"{argument}: the ranks' {what} differ: rank(s) {differ} "
+                             f"disagree with rank 0 (every rank must pass the whole batch's "
+                             f"target and the same options)")
+    for rank, row in enumerate(rows):
+        if row[0] < 0:
+            raise ValueError(f"vocab_start: expected an integer >= 0, got {row[0]} on "
                              f"rank {rank}")
     order = sorted(range(world), key=lambda rank: rows[rank][0])
     expected = 0
     for rank in order:
-        rank_start, rank_width, _ = rows[rank]
+        rank_start, rank_width = rows[rank][:2]
         if rank_start != expected:
             kind = "overlap" if rank_start < expected else "leave a gap"
             raise ValueError(f"vocab_start: the ranks' slices {kind} at class {expected}: "
@@ -132,12 +176,23 @@ def _slices(group, local_logits, vocab_start, local_error, vocab_size):
     return expected
 
 
-def _merged_stats(group, stats):
+def _merged_stats(group, stats, batch, local_error):
     """The whole rows' statistics from this rank's: MAX of the maxima, then SUM of the
-    sums rebased onto them (the layout of fastloss.CROSS_ENTROPY_STATS_FIELDS)."""
-    row_max = torch.from_numpy(stats[0].copy())  # (stats keeps its own maxima)
-    dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
-    merged = fastloss.cross_entropy_rebase_stats(stats, row_max.numpy())
+    sums rebased onto them (the layout of fastloss.CROSS_ENTROPY_STATS_FIELDS). A rank
+    whose own statistics failed (``local_error``) says so in one more element of the MAX
+    all-reduce, so that every rank raises before the SUM instead of waiting in it."""
+    rows = int(np.prod(batch, dtype=np.int64))
+    buffer = torch.full((rows + 1,), -np.inf, dtype=torch.float64)
+    if local_error is None:
+        buffer[:rows] = torch.from_numpy(stats[0].reshape(-1))  # (a copy: stats keeps its own)
+    buffer[rows] = 0.0 if local_error is None else 1.0
+    dist.all_reduce(buffer, op=dist.ReduceOp.MAX, group=group)
+    if local_error is not None:
+        raise local_error
+    if buffer[rows] > 0:
+        raise ValueError("vocab_parallel_cross_entropy: bad input on another rank of the "
+                         "group (it raised its own error)")
+    merged = fastloss.cross_entropy_rebase_stats(stats, buffer[:rows].numpy().reshape(batch))
     sums = torch.from_numpy(merged[1:])  # contiguous: the fields come first
     dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
     return merged
@@ -152,11 +207,15 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         soft = target.is_floating_point()
         target_array = target.detach().numpy()
         weight_array = None if weight is None else weight.detach().numpy()
-        stats = fastloss.cross_entropy_block_stats(
-            logits, target_array, class_offset=vocab_start, num_classes=vocab_size,
-            weight=weight_array, ignore_index=ignore_index, label_smoothing=label_smoothing,
-            softcap=softcap, num_threads=num_threads)
-        merged = _merged_stats(group, stats)
+        stats, local_error = None, None
+        try:
+            stats = fastloss.cross_entropy_block_stats(
+                logits, target_array, class_offset=vocab_start, num_classes=vocab_size,
+                weight=weight_array, ignore_index=ignore_index,
+                label_smoothing=label_smoothing, softcap=softcap, num_threads=num_threads)
+        except (TypeError, ValueError) as error:
+            local_error = error
+        merged = _merged_stats(group, stats, logits.shape[:-1], local_error)
         loss = fastloss.cross_entropy_from_stats(
             merged, None if soft else target_array, ignore_index=ignore_index,
             reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss)
@@ -220,8 +279,9 @@ def vocab_parallel_cross_entropy(local_logits, target, *, vocab_start, group=Non
         backward gives ``local_logits`` this rank's slice of the gradient of the loss on
         the gathered logits, and communicates nothing.
 
-    Communication per call: an all-gather of 3 int64 per rank (the slices, checked on
-    every rank), and all-reduces of N float64 (MAX) and 8 N float64 (SUM).
+    Communication per call: an all-gather of 6 int64 per rank (the slices, and checksums
+    of the batch's shape, the class indices and the options, checked on every rank), and
+    all-reduces of N + 1 float64 (MAX: the maxima and an error flag) and 8 N float64 (SUM).
 
     Raises
     ------
@@ -229,13 +289,17 @@ def vocab_parallel_cross_entropy(local_logits, target, *, vocab_start, group=Non
         torch.distributed is not initialised (``group``).
     ValueError, TypeError
         Slices that overlap or leave a gap, a negative ``vocab_start``, a class index
-        outside the global vocabulary, a ``weight`` of the wrong length, ... (every rank
-        raises: the slices are exchanged before any rank checks them).
+        outside the global vocabulary, a ``weight`` of the wrong length, batch shapes,
+        class indices or options that differ between ranks, ... (every rank raises: the
+        slices and the checksums are exchanged before any rank checks them).
     """
     group = _group_ready(group)
     local_error = _local_checks(local_logits, target, vocab_start, weight, reduction,
                                 vocab_size)
-    num_classes = _slices(group, local_logits, vocab_start, local_error, vocab_size)
+    agreed = tuple(_plain(v) for v in (ignore_index, reduction, label_smoothing, z_loss,
+                                        softcap, weight is None))
+    num_classes = _slices(group, local_logits, target, vocab_start, local_error, vocab_size,
+                          agreed)
     options = (group, int(vocab_start), num_classes, ignore_index, reduction,
                label_smoothing, z_loss, softcap, resolve_num_threads(num_threads))
     if not target.is_floating_point():
