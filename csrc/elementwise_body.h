@@ -443,6 +443,10 @@ static void EW(focal_tile_wide)(const STORE_T *FASTLOSS_RESTRICT logits,
  * element in doubt is computed again in double (focal_tile_wide), and so is the
  * rest of its block, as bce's: the path depends on the block's data alone.
  */
+typedef struct EW(pair_narrow_s) {
+    REAL value, slope;
+} EW(pair_narrow);
+
 typedef struct EW(focal_narrow_s) {
     REAL value, slope;
     int value_doubt, slope_doubt;
@@ -506,6 +510,56 @@ FASTLOSS_INLINE EW(focal_narrow) EW(focal_narrow_element)(REAL x, REAL y, REAL a
     } while (0)
 #endif
 
+#ifdef EW_FLOAT_COMPUTE
+/*
+ * float32 only: a tile of hard labels (every y 0 or 1; gamma 0, 1 or 2, alpha_t >= 0)
+ * has a form with no cancellation at all, so it needs no doubt.  With z = x for
+ * y = 0 and -x for y = 1, sigma = sigmoid(z) is u = 1 - p_t, ce = softplus(z), and
+ *   d/dz [ce sigma**gamma] = sigma**gamma [sigma + gamma ce (1 - sigma)],
+ *   slope (d/dx) = (1 - 2 y) a_t sigma**gamma [sigma + gamma ce (1 - sigma)],
+ * every term >= 0 (focal_element's slope with u = sigma, s - y = (1 - 2 y) sigma
+ * and s c = sigma (1 - sigma), which hold for a hard label).  With
+ * q = sigmoid(-|z|), sigma and 1 - sigma are q and 1 - q per the sign of z.  Errors
+ * (as focal_narrow_element's): q within 3.8e-7, 1 - q within 4.4e-7 (q <= 1/2),
+ * ce within 5.6e-7; q's error enters the bracket's two terms with opposite signs, so
+ * the bracket is within 10.6e-7 and sigma**2 within 9.4e-7: the slope within 2.1e-6
+ * at the worst alignment of every rounding (the general form's bound is no tighter),
+ * the value as focal_narrow_element's.  ce is bce_value_plain, so x = -inf gives NaN
+ * as torch's formula.  About 45 operations a vector against 70 for the general form
+ * with its two doubt tests.
+ */
+FASTLOSS_INLINE EW(pair_narrow) EW(focal_hard_element)(REAL x, REAL y, REAL alpha_pos,
+                                                      REAL alpha_neg, int gamma_kind)
+{
+    const REAL z = y != 0 ? -x : x;
+    const REAL e = EW_EXP_NONPOSITIVE(-EW_ABS(x));
+    const REAL q = e / (1 + e);
+    const REAL sigma = z >= 0 ? 1 - q : q;      /* 1 - p_t */
+    const REAL sigma_c = z >= 0 ? q : 1 - q;    /* p_t */
+    const REAL ce = EW(bce_value_plain)(x, y, EW_LOG1P_UNIT(e));
+    const REAL alpha_t = y != 0 ? alpha_pos : alpha_neg;
+    const REAL signed_alpha = y != 0 ? -alpha_pos : alpha_neg; /* (1 - 2 y) a_t */
+    EW(pair_narrow) result;
+    if (gamma_kind == EW_FOCAL_GAMMA_0) {
+        result.value = alpha_t * ce;
+        result.slope = signed_alpha * sigma;
+    } else if (gamma_kind == EW_FOCAL_GAMMA_1) {
+        result.value = alpha_t * ce * sigma;
+        result.slope = signed_alpha * sigma * (sigma + ce * sigma_c);
+    } else {
+        const REAL sigma2 = sigma * sigma;
+        result.value = alpha_t * ce * sigma2;
+        result.slope = signed_alpha * sigma2 * (sigma + 2 * ce * sigma_c);
+    }
+    return result;
+}
+
+#define EW_FOCAL_HARD_LOOPS(KIND)                                                           \
+    EW_TILE_LOOPS(const EW(pair_narrow) f = EW(focal_hard_element)(                         \
+                      LOAD(logits, k), LOAD(target, k), alpha_p, alpha_n, KIND),            \
+                  f.value, f.slope)
+#endif
+
 /* wide_mode: set once a tile of the block needed double (float32 only); narrow_ok:
  * the call's alpha_t has no negative term (alpha in [0, 1], or no alpha). */
 static void EW(focal_tile)(const STORE_T *FASTLOSS_RESTRICT logits,
@@ -515,6 +569,21 @@ static void EW(focal_tile)(const STORE_T *FASTLOSS_RESTRICT logits,
                            REAL *FASTLOSS_RESTRICT slope, int *wide_mode)
 {
 #ifdef EW_FLOAT_COMPUTE
+    if (narrow_ok && gamma_kind != EW_FOCAL_GAMMA_ANY) {
+        const REAL alpha_p = (REAL)alpha_pos, alpha_n = (REAL)alpha_neg;
+        int soft = 0;
+        for (fastloss_index k = 0; k < m; ++k)
+            soft += (LOAD(target, k) != 0) & (LOAD(target, k) != 1);
+        if (!soft) {
+            if (gamma_kind == EW_FOCAL_GAMMA_0)
+                EW_FOCAL_HARD_LOOPS(EW_FOCAL_GAMMA_0);
+            else if (gamma_kind == EW_FOCAL_GAMMA_1)
+                EW_FOCAL_HARD_LOOPS(EW_FOCAL_GAMMA_1);
+            else
+                EW_FOCAL_HARD_LOOPS(EW_FOCAL_GAMMA_2);
+            return;
+        }
+    }
     if (narrow_ok && gamma_kind != EW_FOCAL_GAMMA_ANY && !*wide_mode) {
         const REAL alpha_p = (REAL)alpha_pos, alpha_n = (REAL)alpha_neg;
         int in_doubt = 0;
@@ -537,6 +606,7 @@ static void EW(focal_tile)(const STORE_T *FASTLOSS_RESTRICT logits,
 
 #ifdef EW_FLOAT_COMPUTE
 #undef EW_FOCAL_NARROW_LOOPS
+#undef EW_FOCAL_HARD_LOOPS
 #endif
 #undef EW_FOCAL_LOOPS
 

@@ -1,0 +1,190 @@
+"""The fast float32 paths of the pointwise elementwise kernels, element by element.
+
+sigmoid_focal computes a tile whose labels are all 0 or 1 by a form with no cancellation
+(elementwise_body.h, focal_hard_element), with no doubt test; a tile with any other label
+takes the general float32 pass with its doubt, or double.  The block's sums add each term
+and the negative ones apart (EW(block)).  These
+tests hold each element of each path to the contract (2e-6 of itself, not only of the
+array's largest term), on every SIMD path this CPU runs, across tile boundaries (tiles
+of 128 elements, vectors of 8 and 16) and scalar tails, for strided inputs through the
+public API, and for bfloat16/float16 storage, which computes in float as float32 does.
+"""
+
+import numpy as np
+import pytest
+
+import fastloss
+import fastloss.reference as reference
+from fastloss import _kernels
+from loss_specs import assert_close_contract
+from test_pointwise_kernels import kernel_none
+
+PATHS = ("baseline", "avx2", "avx512")
+TILE = 128
+
+
+@pytest.fixture(params=PATHS)
+def simd_path(request):
+    saved = _kernels.build_info()["simd_path"]
+    try:
+        _kernels.set_simd_path(request.param)
+    except ValueError:
+        pytest.skip(f"{request.param} is not available on this CPU or build")
+    yield request.param
+    _kernels.set_simd_path(saved)
+
+
+def assert_each_element(actual, ref, what):
+    """Each element within 2e-6 of its own reference value (where that is a normal float32;
+    below, float32's flush of exp leaves values under 1e-37)."""
+    normal = np.abs(ref) > 1e-37
+    error = np.abs(actual.astype(np.float64) - ref)
+    worst = np.max(error[normal] / np.abs(ref[normal]), initial=0.0)
+    assert worst <= 2e-6, f"{what}: relative error {worst:.3g}"
+    assert np.all(np.abs(actual[~normal]) <= 1e-37), what
+
+
+def focal_logits(rng, n):
+    # every regime: z near 0, the tails where sigma or 1 - sigma is tiny, exp's flush
+    x = np.concatenate([rng.normal(0.0, 3.0, n // 2), rng.uniform(-90.0, 90.0, n - n // 2)])
+    rng.shuffle(x)
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 1.0, 2.0])
+@pytest.mark.parametrize("alpha", [0.25, -1.0, 0.0, 1.0, 0.6])
+def test_focal_hard_tiles_each_element(simd_path, gamma, alpha, rng):
+    # n = 40 tiles and a tail of 37 (a vector body and a scalar remainder)
+    n = 40 * TILE + 37
+    x = focal_logits(rng, n)
+    y = (rng.uniform(size=n) < 0.5).astype(np.float32)
+    loss, grad, _, _ = kernel_none("sigmoid_focal", [x, y], (alpha, gamma), np.float32)
+    options = dict(alpha=alpha, gamma=gamma, reduction="none")
+    assert_each_element(loss, reference.sigmoid_focal(x, y, **options), "loss")
+    assert_each_element(grad, reference.sigmoid_focal_grad(x, y, **options), "grad")
+
+
+@pytest.mark.parametrize("gamma", [0.0, 1.0, 2.0])
+def test_focal_hard_and_soft_tiles_mixed(simd_path, gamma, rng):
+    # tiles of hard labels beside tiles with one soft label (the general pass, whose doubt
+    # may send the rest of the block to double), and a soft label in the last tail
+    n = 24 * TILE + 5
+    x = focal_logits(rng, n)
+    y = (rng.uniform(size=n) < 0.5).astype(np.float32)
+    for tile in (3, 7, 8, 20):
+        y[tile * TILE + 17] = 0.3
+    y[-2] = 0.75
+    loss, grad, _, _ = kernel_none("sigmoid_focal", [x, y], (0.25, gamma), np.float32)
+    options = dict(alpha=0.25, gamma=gamma, reduction="none")
+    ref_loss = reference.sigmoid_focal(x, y, **options)
+    ref_grad = reference.sigmoid_focal_grad(x, y, **options)
+    hard = np.ones(n, bool)
+    for tile in (3, 7, 8, 20):
+        hard[tile * TILE:(tile + 1) * TILE] = False
+    hard[(n // TILE) * TILE:] = False
+    # the hard tiles element by element; the others (soft labels, which may cancel in
+    # s - y) to the contract of the array
+    assert_each_element(loss[hard], ref_loss[hard], "loss")
+    assert_each_element(grad[hard], ref_grad[hard], "grad")
+    assert_close_contract(loss, ref_loss, np.float32)
+    assert_close_contract(grad, ref_grad, np.float32, "grad")
+
+
+def test_focal_hard_tile_special_values(simd_path):
+    # the hard form at the extremes: torch's formula's NaN at x = -inf (bce's -inf + inf),
+    # exact limits at +-1e4, and NaN logits
+    x = np.array([1e4, -1e4, 1e4, -1e4, 0.0, -0.0, np.nan, -np.inf, 88.0, -88.0],
+                 np.float32)
+    y = np.array([1, 0, 0, 1, 1, 0, 1, 0, 0, 1], np.float32)
+    loss, grad, _, _ = kernel_none("sigmoid_focal", [x, y], (0.25, 2.0), np.float32)
+    assert loss[0] == 0 and loss[1] == 0 and grad[0] == 0 and grad[1] == 0
+    assert loss[2] == pytest.approx(0.75e4, rel=1e-7) and grad[2] == pytest.approx(0.75)
+    assert loss[3] == pytest.approx(0.25e4, rel=1e-7) and grad[3] == pytest.approx(-0.25)
+    assert np.isnan(loss[6]) and np.isnan(grad[6])
+    assert np.isnan(loss[7]) and np.isnan(grad[7])
+    keep = np.array([4, 5, 8, 9])
+    options = dict(alpha=0.25, gamma=2.0, reduction="none")
+    assert_each_element(loss[keep], reference.sigmoid_focal(x[keep], y[keep], **options),
+                        "loss")
+    assert_each_element(grad[keep], reference.sigmoid_focal_grad(x[keep], y[keep], **options),
+                        "grad")
+
+
+@pytest.mark.parametrize("mode", ["forward", "grad"])
+def test_focal_hard_tiles_agree_across_modes(simd_path, mode, rng):
+    # the value-only and slope-only loops of the hard form against the fused one (to an
+    # ulp: gcc may contract a loop's scalar remainder differently, elementwise_body.h)
+    n = 9 * TILE + 11
+    x = focal_logits(rng, n)
+    y = (rng.uniform(size=n) < 0.5).astype(np.float32)
+    loss, grad = fastloss.sigmoid_focal_value_and_grad(x, y, reduction="none")
+    if mode == "forward":
+        alone, fused = fastloss.sigmoid_focal(x, y, reduction="none"), loss
+    else:
+        alone, fused = fastloss.sigmoid_focal_grad(x, y, reduction="none"), grad
+    assert np.all(np.abs(alone.astype(np.float64) - fused) <= 2.4e-7 * np.abs(fused) + 1e-45)
+
+
+def test_focal_hard_tiles_strided_and_reduced(rng):
+    # strided views through the public API, sum and mean, one thread and two (the same bits)
+    n = 5000
+    base_x = focal_logits(rng, 2 * n)
+    base_y = (rng.uniform(size=2 * n) < 0.5).astype(np.float32)
+    x, y = base_x[::2], base_y[1::2]
+    xd, yd = x.astype(np.float64), y.astype(np.float64)
+    for reduction in ("sum", "mean"):
+        loss, grad = fastloss.sigmoid_focal_value_and_grad(x, y, reduction=reduction,
+                                                           num_threads=1)
+        again = fastloss.sigmoid_focal_value_and_grad(x, y, reduction=reduction,
+                                                      num_threads=2)
+        assert loss == again[0] and np.array_equal(grad, again[1])
+        ref = reference.sigmoid_focal(xd, yd, reduction=reduction)
+        assert loss == pytest.approx(ref, rel=2e-6)
+        assert_close_contract(grad, reference.sigmoid_focal_grad(xd, yd, reduction=reduction),
+                              np.float32, "grad")
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_focal_hard_tiles_half_storage(dtype, rng):
+    # half storage computes in float as float32 does: the same hard path, rounded to the
+    # half type once.  Against the float32 kernel on the same (exactly widened) values.
+    ml_dtypes = pytest.importorskip("ml_dtypes") if dtype == "bfloat16" else None
+    half = getattr(ml_dtypes, dtype) if ml_dtypes else np.float16
+    n = 3 * TILE + 9
+    x = np.clip(focal_logits(rng, n), -60, 60).astype(half)
+    y = (rng.uniform(size=n) < 0.5).astype(half)
+    loss, grad = fastloss.sigmoid_focal_value_and_grad(x, y, reduction="none")
+    wide_loss, wide_grad = fastloss.sigmoid_focal_value_and_grad(
+        x.astype(np.float32), y.astype(np.float32), reduction="none")
+    assert loss.dtype == half and grad.dtype == half
+    # each the float32 result rounded once to the half type
+    assert np.array_equal(loss.astype(np.float32), wide_loss.astype(half).astype(np.float32))
+    assert np.array_equal(grad.astype(np.float32), wide_grad.astype(half).astype(np.float32))
+
+
+@pytest.mark.parametrize("loss_name", ["poisson_nll", "gaussian_nll"])
+def test_sums_with_negative_terms_keep_their_magnitude(simd_path, loss_name, rng):
+    # tiles with negative terms and tiles without, and a tail: the sum and mean to the
+    # contract, and a sum that cancels (terms of both signs) redone to the contract too
+    n = 11 * TILE + 29
+    if loss_name == "poisson_nll":
+        x = rng.normal(0.0, 1.0, n).astype(np.float32)
+        t = rng.poisson(2.0, n).astype(np.float32)
+        t[: 3 * TILE] = 0  # tiles of positive terms alone (exp(x) with y = 0)
+        args = (x, t)
+    else:
+        x = rng.normal(0.0, 1.0, n).astype(np.float32)
+        t = rng.normal(0.0, 1.0, n).astype(np.float32)
+        v = rng.uniform(0.1, 3.0, n).astype(np.float32)
+        v[: 3 * TILE] = rng.uniform(1.5, 3.0, 3 * TILE)  # log v > 0: positive terms
+        args = (x, t, v)
+    function = getattr(fastloss, f"{loss_name}_value_and_grad")
+    ref_function = getattr(reference, loss_name)
+    wide = [a.astype(np.float64) for a in args]
+    for reduction in ("sum", "mean"):
+        loss, _ = function(*args, reduction=reduction)
+        ref = ref_function(*wide, reduction=reduction)
+        terms = ref_function(*wide, reduction="none")
+        # the contract on the sum: 2e-6 of its magnitude where it does not cancel, else
+        # redone in double (float64's arithmetic): then to 2e-6 of itself as well
+        assert abs(loss - ref) <= 2e-6 * abs(ref) + 1e-12 * np.abs(terms).sum(), reduction
