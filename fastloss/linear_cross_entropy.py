@@ -247,7 +247,8 @@ class _NumpyProducts:
     - ``logits(start, stop)``: fill the scratch's first rows with the logits of rows
       [start, stop); return them (the kernels' view);
     - ``backward(start, stop)``: the scratch holds those rows' d loss / d logits: add
-      their share to the gradients asked for;
+      their share to the gradients asked for (``grad=``: they are in that array instead,
+      as linear_token_log_probs keeps them);
     - ``finish(n_rows)``: complete the gradients (the bias's, from its float64 sums)."""
 
     bits = None
@@ -278,8 +279,9 @@ class _NumpyProducts:
             np.add(logits, self.bias, out=logits)
         return logits
 
-    def backward(self, start, stop):
-        grad = self.scratch[:stop - start]
+    def backward(self, start, stop, grad=None):
+        if grad is None:  # the engine wrote the logits' gradient over them
+            grad = self.scratch[:stop - start]
         rows = self.hidden[start:stop]
         if self.grad_hidden is not None:
             np.matmul(grad, self.classifier, out=self.grad_hidden[start:stop])

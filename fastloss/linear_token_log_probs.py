@@ -26,7 +26,8 @@ import numpy as np
 from fastloss import _kernels
 from fastloss._config import resolve_num_threads
 from fastloss._validation import as_array, real_scalar
-from fastloss.linear_cross_entropy import _TILE_BYTES, _block_rows, _grad_outputs, _Problem
+from fastloss.linear_cross_entropy import (_block_rows, _grad_outputs, _NumpyProducts,
+                                           _Problem)
 
 __all__ = ["linear_token_log_probs", "linear_token_log_probs_grad",
            "linear_token_log_probs_value_and_grad"]
@@ -77,39 +78,26 @@ def _run(hidden, classifier, target, bias, temperature, ignore_index, return_ent
                                     ignore_index)
     return_entropy = bool(return_entropy)
     threads = resolve_num_threads(num_threads)
-    n_rows, n_classes, n_features = problem.n_rows, problem.n_classes, problem.n_features
-    dtype = problem.dtype
+    n_rows, n_classes, dtype = problem.n_rows, problem.n_classes, problem.dtype
     rows_per_block = _block_rows(n_rows, n_classes, dtype.itemsize, block_rows)
-    hidden_rows, classifier = problem.hidden, problem.classifier
     ignore = problem.ignore_index
 
-    grads = grad_hidden_rows = grad_classifier = grad_bias = grad_block = None
-    upstream = upstream_entropy = None
+    grads = grad_block = upstream = upstream_entropy = None
     if want:
         grads = _grad_outputs(out, problem, want)
         upstream = _per_row(grad_output, "grad_output", problem.batch_shape)
         if grad_entropy is not None:
             upstream_entropy = _per_row(grad_entropy, "grad_entropy", problem.batch_shape)
-        if grads["hidden"] is not None:
-            grad_hidden_rows = grads["hidden"].reshape(-1, n_features)
-        grad_classifier = grads["classifier"]
-        if grads.get("bias") is not None:
-            grad_bias = np.zeros(n_classes, np.float64)
-        if grad_classifier is not None:
-            tile_classes = max(1, _TILE_BYTES // max(1, n_features * dtype.itemsize))
-            tile = np.empty((min(tile_classes, n_classes), n_features), dtype)
         grad_block = np.empty((min(rows_per_block, max(n_rows, 1)), n_classes), dtype)
+    # the products (the logits into its scratch, the gradients' from grad_block) are
+    # linear_cross_entropy's
+    products = _NumpyProducts(problem, rows_per_block, grads)
 
     log_prob = np.empty(n_rows, dtype) if want_value else None
     entropy = np.empty(n_rows, dtype) if want_value and return_entropy else None
-    scratch = np.empty((min(rows_per_block, max(n_rows, 1)), n_classes), dtype)
     for start in range(0, n_rows, rows_per_block):
         stop = min(start + rows_per_block, n_rows)
-        logits = scratch[:stop - start]
-        rows = hidden_rows[start:stop]
-        np.matmul(rows, classifier.T, out=logits)
-        if problem.bias is not None:
-            np.add(logits, problem.bias, out=logits)
+        logits = products.logits(start, stop)
         gradient = None if grad_block is None else grad_block[:stop - start]
         block_log_prob, block_entropy, gradient = _kernels.tlp_call(
             gradient is not None, logits, problem.target[start:stop], temperature, ignore,
@@ -120,33 +108,15 @@ def _run(hidden, classifier, target, bias, temperature, ignore_index, return_ent
             log_prob[start:stop] = block_log_prob
             if return_entropy:
                 entropy[start:stop] = block_entropy
-        if gradient is None:
-            continue
-        if grad_hidden_rows is not None:
-            np.matmul(gradient, classifier, out=grad_hidden_rows[start:stop])
-        if grad_classifier is not None:
-            # by tiles of classes (as linear_cross_entropy: one product on the whole
-            # transposed block has the BLAS take a working copy of the block's size)
-            for first in range(0, n_classes, tile.shape[0]):
-                last = min(first + tile.shape[0], n_classes)
-                if start == 0:
-                    np.matmul(gradient[:, first:last].T, rows, out=grad_classifier[first:last])
-                    continue
-                part = tile[:last - first]
-                np.matmul(gradient[:, first:last].T, rows, out=part)
-                np.add(grad_classifier[first:last], part, out=grad_classifier[first:last])
-        if grad_bias is not None:
-            grad_bias += np.add.reduce(gradient, axis=0, dtype=np.float64)
+        if gradient is not None:
+            products.backward(start, stop, gradient)
+    if want:
+        products.finish(n_rows)
 
     if want_value:
         log_prob = log_prob.reshape(problem.batch_shape)
         if entropy is not None:
             entropy = entropy.reshape(problem.batch_shape)
-    if want:
-        if grad_classifier is not None and n_rows == 0:
-            grad_classifier[...] = 0
-        if grad_bias is not None:
-            grads["bias"][...] = grad_bias
     return log_prob, entropy, grads
 
 

@@ -156,3 +156,19 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 def pytest_sessionfinish(session, exitstatus):
     if _torch_accounting_failures() and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(params=("baseline", "avx2", "avx512"))
+def simd_path(request):
+    """Run the test on one SIMD path of the kernels (skipped where this CPU or build
+    cannot run it), and put the process's path back afterwards."""
+    from fastloss import _kernels
+
+    saved = _kernels.build_info()["simd_path"]
+    try:
+        _kernels.set_simd_path(request.param)
+    except ValueError:
+        pytest.skip(f"{request.param} is not available on this CPU or build")
+    assert _kernels.build_info()["simd_path"] == request.param
+    yield request.param
+    _kernels.set_simd_path(saved)

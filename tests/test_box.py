@@ -252,17 +252,6 @@ def test_thread_invariance_across_regions(rng):
     assert_close_contract(values.pop(), reference.giou_loss(boxes1, boxes2), np.float32)
 
 
-@pytest.fixture(params=("baseline", "avx2", "avx512"))
-def simd_path(request):
-    saved = _kernels.build_info()["simd_path"]
-    try:
-        _kernels.set_simd_path(request.param)
-    except ValueError:
-        pytest.skip(f"this CPU or build has no {request.param} path")
-    yield request.param
-    _kernels.set_simd_path(saved)
-
-
 @kinds
 @dtypes
 @pytest.mark.parametrize("reduction", ["mean", "none"])

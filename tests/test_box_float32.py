@@ -17,21 +17,8 @@ from loss_specs import assert_close_contract, bitwise_equal
 
 KINDS = ("giou", "diou", "ciou")
 BOTH = ("boxes1", "boxes2")
-PATHS = ("baseline", "avx2", "avx512")
 
 kinds = pytest.mark.parametrize("kind", KINDS)
-
-
-@pytest.fixture(params=PATHS)
-def simd_path(request):
-    """Run the test on one SIMD path (skipped where this CPU or build lacks it)."""
-    saved = _kernels.build_info()["simd_path"]
-    try:
-        _kernels.set_simd_path(request.param)
-    except ValueError:
-        pytest.skip(f"{request.param} is not available on this CPU or build")
-    yield request.param
-    _kernels.set_simd_path(saved)
 
 
 def overlapping(rng, n, scale=1.0):

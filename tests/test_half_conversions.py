@@ -27,17 +27,6 @@ KINDS = {
 }
 
 
-@pytest.fixture(params=("baseline", "avx2", "avx512"))
-def simd_path(request):
-    saved = _kernels.build_info()["simd_path"]
-    try:
-        _kernels.set_simd_path(request.param)
-    except ValueError:
-        pytest.skip(f"this CPU or build has no {request.param} path")
-    yield request.param
-    _kernels.set_simd_path(saved)
-
-
 def decode(kind, bits):
     """The exact float64 value of each half pattern (NaN for NaNs)."""
     bits = np.asarray(bits, dtype=np.int64)

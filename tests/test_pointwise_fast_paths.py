@@ -15,23 +15,10 @@ import pytest
 
 import fastloss
 import fastloss.reference as reference
-from fastloss import _kernels
 from loss_specs import assert_close_contract
 from test_pointwise_kernels import kernel_none
 
-PATHS = ("baseline", "avx2", "avx512")
 TILE = 128
-
-
-@pytest.fixture(params=PATHS)
-def simd_path(request):
-    saved = _kernels.build_info()["simd_path"]
-    try:
-        _kernels.set_simd_path(request.param)
-    except ValueError:
-        pytest.skip(f"{request.param} is not available on this CPU or build")
-    yield request.param
-    _kernels.set_simd_path(saved)
 
 
 def assert_each_element(actual, ref, what):

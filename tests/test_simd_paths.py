@@ -40,7 +40,6 @@ from test_pointwise_kernels import check_case as check_pointwise_case
 from test_pointwise_kernels import \
     test_focal_float32_pass_keeps_every_element_to_the_contract as check_focal_float32
 
-PATHS = ("baseline", "avx2", "avx512")
 
 #: the CPU features each path needs (common.c's detect_simd_level)
 PATH_FEATURES = {
@@ -61,20 +60,6 @@ def cpu_flags():
     except OSError:
         pass
     return None
-
-
-@pytest.fixture(params=PATHS)
-def simd_path(request):
-    """Run the test on one SIMD path (skipped where this CPU cannot run it), and put the
-    process's path back afterwards."""
-    saved = _kernels.build_info()["simd_path"]
-    try:
-        _kernels.set_simd_path(request.param)
-    except ValueError:
-        pytest.skip(f"{request.param} is not available on this CPU or build")
-    assert _kernels.build_info()["simd_path"] == request.param
-    yield request.param
-    _kernels.set_simd_path(saved)
 
 
 @pytest.mark.skipif(cpu_flags() is None, reason="no /proc/cpuinfo to read the CPU's features")
