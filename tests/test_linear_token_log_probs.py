@@ -6,11 +6,6 @@ float32 computation), finite differences of both outputs, blocks of any height,
 ignore_index, temperature, bias, threads, bad input, the torch adapter and module against
 ``F.linear`` + ``log_softmax``, and the peak resident memory, which must not grow with N.
 """
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
@@ -19,6 +14,7 @@ from fastloss import _contract, reference
 
 from contract_floors import assert_close_at_scale
 from loss_specs import assert_close_contract, bitwise_equal, call_unmodified
+from peak_rss import CHILD_HEAD, CHILD_TAIL, needs_plain_malloc, needs_proc, run_child
 
 NAMES = ("hidden", "classifier", "bias")
 # upstream gradients of the log-probabilities and of the entropies
@@ -673,27 +669,8 @@ def test_torch_bad_input(call, error, match):
 
 MiB = 1 << 20
 THREADS = 2
-RSS_CHILD = r"""
-import json
-import sys
-
-import numpy as np
-import fastloss
-
+RSS_CHILD = CHILD_HEAD + r"""
 n_rows, n_features, n_classes = (int(a) for a in sys.argv[1:4])
-
-
-def status(key):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-
-
-def touched(shape, value=0.0):
-    array = np.empty(shape, np.float32)
-    array.fill(value)
-    return array
 
 
 def inputs(rows):
@@ -710,41 +687,18 @@ def inputs(rows):
         return_entropy=True, out=out)
 
 
-inputs(64)()                       # code, OpenMP and BLAS threads
+warm = inputs(64)
 call = inputs(n_rows)
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")
-before = status("VmRSS")
-call()
-print(json.dumps({"extra": status("VmHWM") - before}))
-"""
-
-
-def _can_reset_peak():
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+""" + CHILD_TAIL
 
 
 def extra_resident_bytes(tmp_path, n_rows, n_features, n_classes):
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(fastloss.__file__)))
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", FASTLOSS_NUM_THREADS=str(THREADS))
-    env["PYTHONPATH"] = os.pathsep.join(
-        [package_parent] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    completed = subprocess.run(
-        [sys.executable, "-c", RSS_CHILD, str(n_rows), str(n_features), str(n_classes)],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stderr
-    return json.loads(completed.stdout.strip().splitlines()[-1])["extra"]
+    return run_child(RSS_CHILD, (n_rows, n_features, n_classes), cwd=tmp_path,
+                     FASTLOSS_NUM_THREADS=str(THREADS))["extra"]
 
 
-@pytest.mark.skipif(not (os.path.exists("/proc/self/status") and _can_reset_peak()),
-                    reason="needs Linux's /proc/self/status and clear_refs")
-@pytest.mark.skipif("libasan" in os.environ.get("LD_PRELOAD", ""),
-                    reason="under AddressSanitizer resident memory is the sanitizer's")
+@needs_proc
+@needs_plain_malloc
 def test_peak_memory_is_the_scratch_whatever_N(tmp_path):
     """With the gradients in out=, the call touches the two blocks of scratch (logits and
     their gradient, 8 MiB each), the tile of the classifier's gradient (1 MiB), the

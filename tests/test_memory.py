@@ -50,10 +50,9 @@ def test_in_place_value_and_grad_allocates_per_row_not_per_element(reduction):
 # elementwise or pairs loss, is far above the bounds; test_the_measurement_sees_a_c_malloc
 # shows that a C malloc of that size during the call is caught.
 
-import json
 import os
-import subprocess
-import sys
+
+from peak_rss import needs_plain_malloc, needs_proc, run_child  # noqa: E402
 
 MiB = 1 << 20
 # what a call may touch besides its documented outputs: Python objects, the result
@@ -183,38 +182,13 @@ print(json.dumps({"extra": peak - before, "returned": returned}))
 """
 
 
-def _can_reset_peak():
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def extra_resident_bytes(case, c_malloc=0):
     """(bytes the call touched beyond those resident before it, bytes of the arrays it
     returns) in a fresh interpreter."""
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(fastloss.__file__)))
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join(
-        [package_parent] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    completed = subprocess.run([sys.executable, "-c", RSS_CHILD, case, str(c_malloc)],
-                               env=env, cwd=package_parent, capture_output=True, text=True,
-                               timeout=600)
-    assert completed.returncode == 0, completed.stderr
-    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    report = run_child(RSS_CHILD, (case, c_malloc), cwd=package_parent, timeout=600)
     return report["extra"], report["returned"]
 
-
-needs_proc = pytest.mark.skipif(not (os.path.exists("/proc/self/status") and _can_reset_peak()),
-                                reason="needs Linux's /proc/self/status and clear_refs")
-# AddressSanitizer's allocator (redzones, quarantine) and shadow memory are resident
-# memory of their own: the bounds are for the real allocator
-needs_plain_malloc = pytest.mark.skipif(
-    "libasan" in os.environ.get("LD_PRELOAD", ""),
-    reason="under AddressSanitizer (.ci/run's sanitizer stage) resident memory is the "
-           "sanitizer's")
 
 #: (case, bound on the extra resident bytes besides the returned arrays, what it rules out)
 RSS_CASES = [
