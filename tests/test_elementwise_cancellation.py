@@ -16,7 +16,6 @@ import fastloss
 import fastloss.reference as reference
 from fastloss import _kernels, _registry
 from loss_specs import assert_close_contract
-from test_simd_paths import simd_path  # noqa: F401  (the fixture: every SIMD path)
 
 #: three reduction blocks and a ragged one (csrc/elementwise_internal.h)
 N = 3 * 16384 + 1000
