@@ -1178,6 +1178,19 @@ def _lce_one_product(inputs, threads):
     return Timed(lambda: np.matmul(hidden, classifier.T, out=logits))
 
 
+def _torch_linear_inputs(torch, inputs):
+    """hidden and classifier as leaf tensors that require grad (zero-copy), the target,
+    and the untimed ``clear`` that drops their .grad before each call."""
+    hidden = torch.from_numpy(inputs["hidden"]).requires_grad_(True)
+    classifier = torch.from_numpy(inputs["classifier"]).requires_grad_(True)
+    target = torch.from_numpy(inputs["target"])
+
+    def clear():
+        hidden.grad = classifier.grad = None
+
+    return hidden, classifier, target, clear
+
+
 def _lce_torch(kind):
     """torch's forward+backward: ``F.linear`` + ``F.cross_entropy`` ("linear"),
     ``F.linear_cross_entropy`` ("default"), or with ``LinearCrossEntropyOptions()``
@@ -1190,13 +1203,8 @@ def _lce_torch(kind):
 
         if kind != "linear" and not hasattr(F, "linear_cross_entropy"):
             raise Unavailable(f"torch {torch.__version__} has no F.linear_cross_entropy")
-        hidden = torch.from_numpy(inputs["hidden"]).requires_grad_(True)
-        classifier = torch.from_numpy(inputs["classifier"]).requires_grad_(True)
-        target = torch.from_numpy(inputs["target"])
+        hidden, classifier, target, clear = _torch_linear_inputs(torch, inputs)
         options = torch.nn.LinearCrossEntropyOptions() if kind == "options" else None
-
-        def clear():
-            hidden.grad = classifier.grad = None
 
         def call():
             if kind == "linear":
@@ -1215,12 +1223,7 @@ def _lce_adapter(inputs, threads):
         return None
     import fastloss.torch as FL
 
-    hidden = torch.from_numpy(inputs["hidden"]).requires_grad_(True)
-    classifier = torch.from_numpy(inputs["classifier"]).requires_grad_(True)
-    target = torch.from_numpy(inputs["target"])
-
-    def clear():
-        hidden.grad = classifier.grad = None
+    hidden, classifier, target, clear = _torch_linear_inputs(torch, inputs)
 
     def call():
         FL.linear_cross_entropy(hidden, classifier, target, num_threads=threads).backward()
@@ -1666,12 +1669,7 @@ def _ltlp_torch(inputs, threads):
         return None
     import torch.nn.functional as F
 
-    hidden = torch.from_numpy(inputs["hidden"]).requires_grad_(True)
-    classifier = torch.from_numpy(inputs["classifier"]).requires_grad_(True)
-    target = torch.from_numpy(inputs["target"])
-
-    def clear():
-        hidden.grad = classifier.grad = None
+    hidden, classifier, target, clear = _torch_linear_inputs(torch, inputs)
 
     def call():
         log_p = torch.log_softmax(F.linear(hidden, classifier), dim=-1)
