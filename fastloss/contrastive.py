@@ -20,8 +20,12 @@ other apart); the functions of row pairs (``contrastive``, ``triplet_margin``) a
 ``F.pairwise_distance``, which adds ``eps`` (1e-6) to the difference, so a zero
 difference has the finite gradient of ``|eps * ones|``.
 
-Embeddings are 2-d, (N, D), float32 or float64 (mixed inputs compute in float64; each
-gradient has its input's dtype); any strides. ``triplet_margin`` takes torch's shapes
+Embeddings are 2-d, (N, D), float32 or float64, or float16 / ml_dtypes.bfloat16 (read in
+place, computed in float32 and float64 as float32 rows; the losses and distances float32,
+each gradient rounded once to the half type, or float32 with ``grad_dtype="float32"``;
+docs/accuracy.rst, "Half precision"); mixed inputs compute in their promotion (float64,
+or float32 for a half type beside float32 or another half type; each gradient has its
+input's dtype); any strides. ``triplet_margin`` takes torch's shapes
 instead: any number of dimensions (the same for its three inputs), broadcasting, the
 features on the last axis. The all-pairs functions form the Gram
 matrix of the (centred or normalised) rows with one BLAS product in float64, make one
