@@ -312,7 +312,7 @@ def pairwise_distance(x, y=None, *, metric="euclidean", num_threads=None):
 
     Parameters
     ----------
-    x : array_like, float32 or float64, shape (N, D)
+    x : array_like, float32, float64, float16 or bfloat16, shape (N, D)
     y : array_like, shape (M, D), optional
         Default: x itself (the matrix is then exactly symmetric with a zero diagonal,
         except the cosine distance of a row below eps to itself, ``1 - (|x| / eps)**2``).
@@ -444,7 +444,7 @@ def contrastive_pairwise(embeddings, labels, *, pos_margin=0.0, neg_margin=1.0,
 
     Parameters
     ----------
-    embeddings : array_like, float32 or float64, shape (N, D)
+    embeddings : array_like, float32, float64, float16 or bfloat16, shape (N, D)
     labels : array_like of integers, shape (N,)
     pos_margin, neg_margin : float >= 0
     metric : {"euclidean", "sqeuclidean", "cosine"}
@@ -560,7 +560,7 @@ def contrastive(x1, x2, label, *, margin=1.0, metric="euclidean", reduction="mea
 
     Parameters
     ----------
-    x1, x2 : array_like, float32 or float64, shape (N, D)
+    x1, x2 : array_like, float32, float64, float16 or bfloat16, shape (N, D)
     label : array_like of reals (bool, integer or float), shape (N,)
     margin : float >= 0
     metric : {"euclidean", "sqeuclidean", "cosine"}
@@ -763,7 +763,7 @@ def triplet_margin(anchor, positive, negative, *, margin=1.0, p=2.0, eps=1e-6, s
 
     Parameters
     ----------
-    anchor, positive, negative : array_like, float32 or float64
+    anchor, positive, negative : array_like, float32, float64, float16 or bfloat16
         Shapes as torch takes them: the same number of dimensions, broadcasting together,
         the features on the last axis: (N, D), (D) for one triplet, (B, N, D), ...;
         0-d inputs are one feature. A pair of inputs that both have one feature on the
@@ -1039,7 +1039,7 @@ def info_nce(query, key, *, temperature=0.05, symmetric=False, reduction="mean",
 
     Parameters
     ----------
-    query : array_like, float32 or float64, shape (N, D)
+    query : array_like, float32, float64, float16 or bfloat16, shape (N, D)
     key : array_like, shape (M, D), M >= N (M == N with symmetric)
     temperature : float > 0
     symmetric : bool
