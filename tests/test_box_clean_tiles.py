@@ -163,3 +163,28 @@ def test_streamed_gradients_equal_cached_ones(kind, dtype, layout, rng):
     assert_close_contract(got[0][:2000], ref_loss, dtype, "loss")
     assert_close_contract(got[1][:2000], ref_grads[0], dtype, "grad", what="grad boxes1")
     assert_close_contract(got[2][:2000], ref_grads[1], dtype, "grad", what="grad boxes2")
+
+
+@kinds
+@pytest.mark.parametrize("dtype", ("float16", "bfloat16"))
+@pytest.mark.parametrize("skip", (0, 2, 6))
+def test_streamed_half_gradients_equal_cached_ones(kind, dtype, skip, rng):
+    """Half boxes (computed in double): 2**20 pairs, 8 MiB a gradient, both streamed, into
+    buffers 0, 2 and 6 bytes off 16-byte alignment."""
+    if dtype == "bfloat16":
+        ml_dtypes = pytest.importorskip("ml_dtypes")
+        dtype = np.dtype(ml_dtypes.bfloat16)
+    dtype = np.dtype(dtype)
+    n = 2 ** 20 + 5
+    boxes1, boxes2 = overlapping(rng, n, dtype)
+    boxes1[77] = boxes2[77]  # one general tile
+    grad_output = rng.uniform(0.5, 2.0, n)
+    want = chunked(kind, boxes1, boxes2, grad_output, 0, 2 ** 16)
+    raw = np.empty(2 * n * 4 * dtype.itemsize + 128, np.uint8)
+    start = (-raw.ctypes.data) % 64 + skip
+    flat = raw[start:start + 2 * n * 4 * dtype.itemsize].view(dtype).reshape(2, n, 4)
+    flat.fill(-7.0)
+    got = run(kind, boxes1, boxes2, grad_output, 0, out=(flat[0], flat[1]), threads=2)
+    for what, a, b in zip(("loss", "grad1", "grad2"), got, want):
+        np.testing.assert_array_equal(a.view(np.uint16), b.view(np.uint16),
+                                      err_msg=f"{kind} {what}")
