@@ -58,7 +58,7 @@ def status(key):
 
 
 def block_height(rows, classes):
-    """The rows of one block of the variant (fastloss's default unless it says 256)."""
+    # the rows of one block of the variant (fastloss's default unless it says 256)
     itemsize = 2 if "bfloat16" in variant else 4
     return _block_rows(rows, classes, itemsize, 256 if "block_rows=256" in variant else None)
 
