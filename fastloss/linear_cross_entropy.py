@@ -33,6 +33,10 @@ gradient takes each block's product in tiles of ``_TILE_BYTES`` (classes x H) an
 each tile while it is in cache; the first block writes its tiles straight into the result.
 (One product on the whole transposed scratch would also have OpenBLAS take a working copy
 of about the scratch's size: measured, 25 MiB for a 31 MiB scratch.)
+
+float16 and bfloat16 inputs take another schedule (_HalfTiles): tiles of classes outer,
+chunks of rows inner, on float32 copies of the tiles, so that each half gradient is
+rounded once from its complete float32 sum.
 """
 import math
 
@@ -612,21 +616,22 @@ def linear_cross_entropy(hidden, classifier, target, *, bias=None, weight=None,
 
     Parameters
     ----------
-    hidden : array_like, float32 or float64, shape (..., H)
+    hidden : array_like, float32, float64, float16 or ml_dtypes.bfloat16, shape (..., H)
         The features (a language model's last hidden states), batch axes first.
     classifier : array_like, shape (V, H), the dtype of hidden
         The output layer's weight (``torch.nn.Linear(H, V).weight``).
     target : array_like
         Integer class indices of shape ``hidden.shape[:-1]``, or probabilities of shape
-        ``hidden.shape[:-1] + (V,)`` in hidden's dtype.
+        ``hidden.shape[:-1] + (V,)`` in hidden's dtype (or float32 beside half inputs).
     bias : array_like, shape (V,), optional
-        Added to the logits.
+        Added to the logits; the dtype of hidden.
     weight, ignore_index, reduction, label_smoothing, z_loss, softcap
         As in :func:`fastloss.cross_entropy`.
     block_rows : int, optional
         Rows per block (default: as many as fill 8 MiB of logits, at least 16). Taller
         blocks run closer to the speed of the whole products and keep more scratch
-        (``block_rows * V`` values).
+        (``block_rows * V`` values). Float16 and bfloat16 inputs run by tiles of their
+        own (below) and only check it.
     num_threads : int, optional
         OpenMP threads of the softmax passes (the results do not depend on it); the
         products use NumPy's BLAS threads, whose number can change the last bits.
@@ -635,7 +640,7 @@ def linear_cross_entropy(hidden, classifier, target, *, bias=None, weight=None,
     -------
     loss : float or ndarray
         A float for "mean"/"sum"; an array of shape ``hidden.shape[:-1]`` in hidden's
-        dtype for "none".
+        dtype for "none" (float32 for half inputs).
 
     Notes
     -----
@@ -644,6 +649,16 @@ def linear_cross_entropy(hidden, classifier, target, *, bias=None, weight=None,
     contract for losses that multiply matrices, docs/accuracy.rst). Memory beyond the
     inputs and the results: the scratch (``block_rows x V``) and 72 bytes per row of
     statistics; with the gradient, one tile of 1 MiB more.
+
+    float16 and bfloat16 inputs: NumPy has no fast half-precision product, so the
+    products run on NumPy's float32 BLAS from float32 copies of bounded tiles of the
+    inputs (classes x H and rows x H, 1 MiB each; the half values are exact in float32),
+    the softmax on float32 logits, and each gradient is rounded once to the input's dtype
+    (docs/accuracy.rst, "linear_cross_entropy in half precision"). The tiles of classes
+    are the outer loop so that each tile of the classifier's gradient is summed over all
+    rows before its rounding: the statistics take one pass (one product), the gradient a
+    second (three products), and the hidden's gradient is summed over the tiles in an
+    N x H float32 array (the result itself with ``grad_dtype="float32"``).
     """
     loss, _ = _run(hidden, classifier, target, bias, weight, ignore_index, reduction,
                    label_smoothing, z_loss, softcap, num_threads, block_rows)

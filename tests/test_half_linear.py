@@ -132,15 +132,19 @@ def test_float32_gradients_are_the_same_computation(dtype, case):
         np.testing.assert_array_equal(written, expected)
 
 
+@pytest.mark.parametrize("case", ["all", "soft-all", "soft-float32"])
 @pytest.mark.parametrize("dtype", HALF_DTYPES)
-def test_half_tiles_of_classes_and_rows(dtype, monkeypatch):
+def test_half_tiles_of_classes_and_rows(dtype, case, monkeypatch):
     """Many tiles of classes and chunks of rows (a small tile size), and a last partial
-    tile of each: the same contract, and only the last bits differ from one tile."""
+    tile of each: the same contract, and only the last bits differ from one tile;
+    probabilities in the half type or in float32 (read in place, a strided tile)."""
     lce = sys.modules["fastloss.linear_cross_entropy"]  # the module (the package's
     # attribute of that name is the function)
-    rng = np.random.default_rng([dtype.itemsize, 77])
-    half, target, wide, target_wide, options = rounded_case(rng, dtype, (45,), 32, 130,
-                                                            "all")
+    rng = np.random.default_rng([dtype.itemsize, len(case), 77])
+    half, target, wide, target_wide, options = rounded_case(
+        rng, dtype, (45,), 32, 130, "soft-all" if case == "soft-float32" else case)
+    if case == "soft-float32":
+        target = target_wide.astype(np.float32)  # the same values, in float32
     options.pop("bias")
     args = (half["hidden"], half["classifier"], target, 1.3)
     whole = fastloss.linear_cross_entropy_value_and_grad(*args, bias=half["bias"],
@@ -246,3 +250,70 @@ def test_linear_token_log_probs_refuses_half_inputs():
     hidden = np.zeros((3, 4), np.float16)
     with pytest.raises(TypeError, match="hidden: expected a float32 or float64 array"):
         fastloss.linear_token_log_probs(hidden, np.zeros((5, 4), np.float16), np.zeros(3, int))
+
+
+# ----------------------------------------------------------------------------------------
+# sequence_log_probs: the float32 gradient of half token_log_probs (grad_dtype)
+# ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+@pytest.mark.parametrize("mask_kind", ["bool", "float"])
+@pytest.mark.parametrize("average", [False, True])
+def test_sequence_log_probs_float32_gradient(dtype, mask_kind, average):
+    """grad_dtype="float32": the gradient ``mask * grad_output`` (over the mask's sum with
+    ``average``), computed in float64, rounded once to float32: against the float64
+    reference within the float32 contract, and rounded to the half type it is the half
+    gradient bit for bit (a float64 value rounded to float32 and then to the half type is
+    the direct rounding except at a double rounding's halfway case, which these inputs
+    have not: checked by the ulp distance, at most one)."""
+    from fastloss import reference
+    from loss_specs import assert_close_contract
+
+    rng = np.random.default_rng([dtype.itemsize, len(mask_kind), average])
+    shape = (6, 130)
+    values = (-rng.exponential(2.0, shape)).astype(dtype)
+    mask = rng.random(shape) < 0.7
+    if mask_kind == "float":
+        mask = (mask * rng.uniform(0.5, 1.5, shape)).astype(np.float32)
+    upstream = rng.uniform(-2.0, 2.0, shape[0])
+    for grad_output in (1.0, upstream):
+        grad32 = fastloss.sequence_log_probs_grad(values, mask, grad_output, average=average,
+                                                  grad_dtype="float32")
+        assert grad32.dtype == np.float32 and grad32.shape == shape
+        ref = reference.sequence_log_probs_grad(values.astype(np.float64),
+                                                np.asarray(mask, np.float64), grad_output,
+                                                average=average)
+        assert_close_contract(grad32, ref, np.float32, "grad")
+        np.testing.assert_array_equal(grad32, ref.astype(np.float32))  # rounded once
+        half = fastloss.sequence_log_probs_grad(values, mask, grad_output, average=average)
+        assert ulps(grad32.astype(dtype), half).max() <= 1
+        value, fused = fastloss.sequence_log_probs_value_and_grad(
+            values, mask, grad_output, average=average, grad_dtype=np.float32)
+        np.testing.assert_array_equal(fused, grad32)
+        np.testing.assert_array_equal(value, fastloss.sequence_log_probs(values, mask,
+                                                                         average=average))
+    # out= takes a float32 array; thread invariance
+    out = np.empty(shape, np.float32)
+    assert fastloss.sequence_log_probs_grad(values, mask, upstream, average=average, out=out,
+                                            grad_dtype="float32") is out
+    np.testing.assert_array_equal(out, fastloss.sequence_log_probs_grad(
+        values, mask, upstream, average=average, grad_dtype="float32", num_threads=3))
+
+
+def test_sequence_log_probs_grad_dtype_errors():
+    values = np.full((2, 5), -1.0, np.float16)
+    mask = np.ones((2, 5), bool)
+    with pytest.raises(TypeError, match="grad_dtype: expected None or a dtype"):
+        fastloss.sequence_log_probs_grad(values, mask, grad_dtype=3)
+    with pytest.raises(ValueError, match="grad_dtype: expected None"):
+        fastloss.sequence_log_probs_grad(values, mask, grad_dtype="float64")
+    with pytest.raises(ValueError, match="grad_dtype: expected None"):
+        fastloss.sequence_log_probs_grad(values.astype(np.float32), mask, grad_dtype="float16")
+    # float32 input: its own dtype is accepted
+    np.testing.assert_array_equal(
+        fastloss.sequence_log_probs_grad(values.astype(np.float32), mask,
+                                         grad_dtype="float32"), np.ones((2, 5), np.float32))
+    # a float32 out= of the wrong dtype, or the half input itself, is refused
+    with pytest.raises(TypeError, match="out"):
+        fastloss.sequence_log_probs_grad(values, mask, grad_dtype="float32",
+                                         out=np.empty((2, 5), np.float16))

@@ -29,7 +29,7 @@ _INPUT_DTYPES = _FLOAT_DTYPES + _HALF_DTYPES
 #: Bytes of float64 in which torch sums one tile of a block's columns (the bias's
 #: gradient): ``sum(0, dtype=torch.float64)`` converts its whole input to float64 first,
 #: which on the whole block is twice the scratch (measured: 16 MiB for an 8 MiB block).
-_BIAS_TILE_BYTES = 1 << 20
+_BIAS_TILE_BYTES = 1 << 18
 # the NumPy dtype in which the kernels read class weights and probabilities
 _AUX_DTYPES = {torch.float32: np.float32, torch.float64: np.float64,
                torch.bfloat16: np.float32, torch.float16: np.float32}
