@@ -8,6 +8,29 @@ from fastloss.reference._common import _REDUCTIONS
 # Cross-entropy (class axis last)
 # ----------------------------------------------------------------------------------------
 
+def _checked_target(target, logits_shape, n_classes, ignore_index):
+    """(target, soft): class indices checked against n_classes, or probabilities of the
+    logits' shape in float64."""
+    target = np.asarray(target)
+    if target.dtype.kind == "f":
+        if target.shape != logits_shape:
+            raise ValueError(f"target: expected probabilities of shape {logits_shape}, "
+                             f"got {target.shape}")
+        return target.astype(np.float64), True
+    if target.dtype.kind not in "iu":
+        raise TypeError("target: expected integer class indices or float probabilities, "
+                        f"got dtype {target.dtype}")
+    if target.shape != logits_shape[:-1]:
+        raise ValueError(f"target: expected class indices of shape {logits_shape[:-1]}, "
+                         f"got {target.shape}")
+    out_of_range = (target != ignore_index) & ((target < 0) | (target >= n_classes))
+    if np.any(out_of_range):
+        position = tuple(int(i) for i in np.argwhere(out_of_range)[0])
+        raise ValueError(f"target: value {target[position]} at position {position} is out "
+                         f"of range for {n_classes} classes (ignore_index={ignore_index})")
+    return target, False
+
+
 def _check_cross_entropy(logits, target, weight, ignore_index, reduction,
                          label_smoothing, z_loss, softcap):
     """Return ``(logits, target, weight, soft)`` with float64 logits and weight, or raise."""
@@ -19,28 +42,10 @@ def _check_cross_entropy(logits, target, weight, ignore_index, reduction,
     logits = logits.astype(np.float64)
     n_classes = logits.shape[-1]
 
-    target = np.asarray(target)
-    soft = target.dtype.kind == "f"
-    if soft:
-        if target.shape != logits.shape:
-            raise ValueError(f"target: expected probabilities of shape {logits.shape}, "
-                             f"got {target.shape}")
-        if ignore_index >= 0:
-            raise ValueError("ignore_index: must be negative with probability targets "
-                             f"(as in torch), got {ignore_index}")
-        target = target.astype(np.float64)
-    elif target.dtype.kind in "iu":
-        if target.shape != logits.shape[:-1]:
-            raise ValueError(f"target: expected class indices of shape {logits.shape[:-1]}, "
-                             f"got {target.shape}")
-        out_of_range = (target != ignore_index) & ((target < 0) | (target >= n_classes))
-        if np.any(out_of_range):
-            position = tuple(int(i) for i in np.argwhere(out_of_range)[0])
-            raise ValueError(f"target: value {target[position]} at position {position} is out "
-                             f"of range for {n_classes} classes (ignore_index={ignore_index})")
-    else:
-        raise TypeError("target: expected integer class indices or float probabilities, "
-                        f"got dtype {target.dtype}")
+    target, soft = _checked_target(target, logits.shape, n_classes, ignore_index)
+    if soft and ignore_index >= 0:
+        raise ValueError("ignore_index: must be negative with probability targets "
+                         f"(as in torch), got {ignore_index}")
 
     if weight is None:
         weight = np.ones(n_classes)
@@ -311,26 +316,7 @@ def _block_arguments(logits_block, target, class_offset, num_classes, weight, ig
         raise ValueError(f"label_smoothing: expected a value in [0, 1], got {label_smoothing}")
     if softcap is not None and not softcap > 0.0:
         raise ValueError(f"softcap: expected None or a value > 0, got {softcap}")
-    target = np.asarray(target)
-    soft = target.dtype.kind == "f"
-    if soft:
-        if target.shape != x.shape:
-            raise ValueError(f"target: expected probabilities of shape {x.shape}, "
-                             f"got {target.shape}")
-        target = target.astype(np.float64)
-    elif target.dtype.kind in "iu":
-        if target.shape != x.shape[:-1]:
-            raise ValueError(f"target: expected class indices of shape {x.shape[:-1]}, "
-                             f"got {target.shape}")
-        bad = (target != ignore_index) & ((target < 0) | (target >= num_classes))
-        if np.any(bad):
-            position = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise ValueError(f"target: value {target[position]} at position {position} is out "
-                             f"of range for {num_classes} classes "
-                             f"(ignore_index={ignore_index})")
-    else:
-        raise TypeError("target: expected integer class indices or float probabilities, "
-                        f"got dtype {target.dtype}")
+    target, soft = _checked_target(target, x.shape, num_classes, ignore_index)
     if weight is None:
         weight = np.ones(width)
     else:
