@@ -12,7 +12,8 @@
 #define SEQ_PASTE(name, storage) SEQ_PASTE_(name, storage)
 
 /* One instantiation per storage type (storage.h): float32, float64, and the half types
- * bfloat16 and float16 (their gradient in the same type). */
+ * bfloat16 and float16 (their gradient in the same type, and in float32: the _grad32
+ * tags). */
 #define STORAGE float32
 #define SEQ_TAG float32
 #include "sequence_instance.h"
@@ -27,6 +28,14 @@
 
 #define STORAGE float16
 #define SEQ_TAG float16
+#include "sequence_instance.h"
+
+#define STORAGE bfloat16_grad32
+#define SEQ_TAG bfloat16_grad32
+#include "sequence_instance.h"
+
+#define STORAGE float16_grad32
+#define SEQ_TAG float16_grad32
 #include "sequence_instance.h"
 
 int fastloss_sequence_log_probs(int dtype, const fastloss_sequence_options *options,
@@ -47,6 +56,12 @@ int fastloss_sequence_log_probs(int dtype, const fastloss_sequence_options *opti
     case FASTLOSS_FLOAT16:
         return fastloss_sequence_run_float16(options, token_log_probs, mask, sums, grad_output,
                                              grad_output_stride, grad);
+    case FASTLOSS_BFLOAT16_GRAD_FLOAT32:
+        return fastloss_sequence_run_bfloat16_grad32(options, token_log_probs, mask, sums,
+                                                     grad_output, grad_output_stride, grad);
+    case FASTLOSS_FLOAT16_GRAD_FLOAT32:
+        return fastloss_sequence_run_float16_grad32(options, token_log_probs, mask, sums,
+                                                    grad_output, grad_output_stride, grad);
     default:
         return FASTLOSS_ERROR_BAD_DTYPE;
     }

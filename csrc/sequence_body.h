@@ -5,7 +5,8 @@
  * naming this instantiation's functions.  The mask, when not bytes, is AUX_T: STORE_T
  * for float32 and float64, float32 beside half-precision values (the Python layer
  * converts it; a mask in half precision would round its weights).  The gradient is
- * mask * scale computed in double and rounded once to STORE_T (STORE_WIDE).
+ * mask * scale computed in double and rounded once to GRAD_T (STORE_WIDE): STORE_T, or
+ * float32 on a half type's _grad32 tag (grad_dtype="float32").
  */
 
 /* Token t's mask weight: a byte (a bool mask, read as it is stored) or an AUX_T. */
@@ -52,7 +53,7 @@ FASTLOSS_INLINE void SEQ(row_sums)(const STORE_T *FASTLOSS_RESTRICT x,
 FASTLOSS_INLINE void SEQ(row_grad)(const AUX_T *FASTLOSS_RESTRICT mask_values,
                                    const uint8_t *FASTLOSS_RESTRICT mask_bytes, int bytes,
                                    fastloss_index n_tokens, double scale,
-                                   STORE_T *FASTLOSS_RESTRICT grad)
+                                   GRAD_T *FASTLOSS_RESTRICT grad)
 {
     for (fastloss_index t = 0; t < n_tokens; ++t)
         STORE_WIDE(grad, t, SEQ_WEIGHT(t) * scale);
@@ -68,7 +69,7 @@ static int SEQ(run)(const fastloss_sequence_options *options, const void *token_
     const int bytes = options->mask_is_bytes;
     const AUX_T *values_all = bytes ? NULL : (const AUX_T *)mask;
     const uint8_t *bytes_all = bytes ? (const uint8_t *)mask : NULL;
-    STORE_T *grad_all = (STORE_T *)grad_out;
+    GRAD_T *grad_all = (GRAD_T *)grad_out;
     const fastloss_index n_rows = options->n_rows, n_tokens = options->n_tokens;
     const fastloss_index stride = options->row_stride;
     const int average = options->average;
@@ -97,7 +98,7 @@ static int SEQ(run)(const fastloss_sequence_options *options, const void *token_
         if (grad_all) {
             const double upstream = grad_output[b * grad_output_stride];
             const double scale = average ? upstream / count : upstream;
-            STORE_T *grad = grad_all + b * stride;
+            GRAD_T *grad = grad_all + b * stride;
             if (bytes)
                 SEQ(row_grad)(mask_values, mask_bytes, 1, n_tokens, scale, grad);
             else

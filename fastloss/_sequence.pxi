@@ -16,7 +16,7 @@ cdef extern from "sequence.h" nogil:
 
 def sequence_run(cnp.ndarray token_log_probs not None, cnp.ndarray mask not None,
                  object sums, object grad_output, object grad, bint average,
-                 int num_threads):
+                 int num_threads, bint grad_float32=False):
     """Run the sequence log-probability kernel.
 
     token_log_probs, mask: C-contiguous (n_rows, n_tokens) arrays: token_log_probs
@@ -25,10 +25,17 @@ def sequence_run(cnp.ndarray token_log_probs not None, cnp.ndarray mask not None
     sums, or averages).  grad: None, or a writeable C-contiguous array like
     token_log_probs for the gradient w.r.t. the token log-probabilities; it may be
     token_log_probs itself and overlaps nothing else.  grad_output: float64,
-    contiguous, (n_rows,) or (1,) (every row's), needed with grad.
+    contiguous, (n_rows,) or (1,) (every row's), needed with grad.  grad_float32: the
+    gradient is float32 beside half token_log_probs (grad_dtype="float32"; then grad
+    overlaps nothing, token_log_probs included).
     """
     cdef int dtype = _dtype_code(token_log_probs, "token_log_probs")
     cdef int typenum = cnp.PyArray_TYPE(token_log_probs)
+    cdef int grad_typenum = typenum
+    if grad_float32:
+        if not _is_half_code(dtype):
+            raise ValueError("grad_float32: only for float16 / bfloat16 token_log_probs")
+        grad_typenum = cnp.NPY_FLOAT32
     # the mask's dtype: token_log_probs', or float32 beside half values (storage.h's AUX)
     cdef int mask_typenum = cnp.NPY_FLOAT32 if _is_half_code(dtype) else typenum
     if num_threads < 1:
@@ -46,7 +53,8 @@ def sequence_run(cnp.ndarray token_log_probs not None, cnp.ndarray mask not None
             if not cnp.PyArray_ISALIGNED(mask):
                 raise ValueError("mask: expected an aligned array")
         else:
-            _check_float(array, mask_typenum if array is mask else typenum, name)
+            _check_float(array, mask_typenum if array is mask else
+                         grad_typenum if array is grad else typenum, name)
         if array.shape != (<object>token_log_probs).shape:
             raise ValueError(f"{name}: expected shape {(<object>token_log_probs).shape}, "
                              f"got {array.shape}")
@@ -73,12 +81,13 @@ def sequence_run(cnp.ndarray token_log_probs not None, cnp.ndarray mask not None
                 if _may_overlap(grad, other):
                     raise ValueError("grad: overlaps an input (only token_log_probs itself, "
                                      "in place, is allowed)")
-            if _may_overlap(grad, token_log_probs) and not (
-                    cnp.PyArray_DATA(grad) == cnp.PyArray_DATA(token_log_probs)):
+            if _may_overlap(grad, token_log_probs) and (grad_float32 or not (
+                    cnp.PyArray_DATA(grad) == cnp.PyArray_DATA(token_log_probs))):
                 raise ValueError("grad: overlaps token_log_probs other than exactly in place")
     elif sums is None:
         raise ValueError("sums or grad: nothing to compute")
 
+    cdef int code = _grad_float32_code(dtype) if grad_float32 else dtype
     cdef fastloss_sequence_options options
     options.n_rows = n_rows
     options.n_tokens = n_tokens
@@ -93,6 +102,6 @@ def sequence_run(cnp.ndarray token_log_probs not None, cnp.ndarray mask not None
     cdef void *grad_ptr = _data_or_null(grad)
     cdef int status
     with nogil:
-        status = fastloss_sequence_log_probs(dtype, &options, x_ptr, mask_ptr, sums_ptr,
+        status = fastloss_sequence_log_probs(code, &options, x_ptr, mask_ptr, sums_ptr,
                                              grad_output_ptr, grad_output_stride, grad_ptr)
     _check_status(status, "sequence_log_probs")

@@ -33,6 +33,10 @@ gradient takes each block's product in tiles of ``_TILE_BYTES`` (classes x H) an
 each tile while it is in cache; the first block writes its tiles straight into the result.
 (One product on the whole transposed scratch would also have OpenBLAS take a working copy
 of about the scratch's size: measured, 25 MiB for a 31 MiB scratch.)
+
+float16 and bfloat16 inputs take another schedule (_HalfTiles): tiles of classes outer,
+chunks of rows inner, on float32 copies of the tiles, so that each half gradient is
+rounded once from its complete float32 sum.
 """
 import math
 
@@ -40,8 +44,8 @@ import numpy as np
 
 from fastloss import _kernels
 from fastloss._config import resolve_num_threads
-from fastloss._validation import (as_array, float_array, grad_output_arg, out_arg,
-                                  real_scalar, reduction_arg)
+from fastloss._validation import (as_array, float_array, grad_output_arg, is_half,
+                                  out_arg, real_scalar, reduction_arg)
 from fastloss.cross_entropy import CROSS_ENTROPY_STATS_FIELDS
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_grad",
@@ -53,6 +57,9 @@ _MIN_BLOCK_ROWS = 16
 #: Bytes of one tile of a block's product scratch.T @ hidden[rows] (classes x H), added
 #: into the classifier's gradient while it is in cache.
 _TILE_BYTES = 1 << 20
+#: float16 / bfloat16 inputs: bytes of one float32 tile of the classifier (classes x H)
+#: and of one chunk of the hidden's rows (rows x H), see _HalfTiles.
+_HALF_TILE_BYTES = 1 << 20
 
 _INT64_MAX = np.iinfo(np.int64).max
 
@@ -110,12 +117,16 @@ class _Problem:
     NumPy dtype (float32 for half-precision inputs, as the kernels read them)."""
 
     def __init__(self, hidden, classifier, target, bias, weight, ignore_index, reduction,
-                 label_smoothing, z_loss, softcap, *, checked_dtype=None):
+                 label_smoothing, z_loss, softcap, *, checked_dtype=None, half=False):
         if checked_dtype is None:
-            hidden, classifier, bias = self._matrices(hidden, classifier, bias)
+            hidden, classifier, bias = self._matrices(hidden, classifier, bias, half)
             dtype = hidden.dtype
         else:
             dtype = np.dtype(checked_dtype)
+        # float16 / bfloat16 inputs (NumPy API): class weights and probabilities are read
+        # in float32, as the kernels read them beside half-precision logits
+        self.half = is_half(dtype)
+        aux_dtype = np.dtype(np.float32) if self.half else dtype
         n_classes, n_features = (int(n) for n in classifier.shape)
         if weight is not None:
             weight = as_array(weight, "weight")
@@ -124,8 +135,8 @@ class _Problem:
             if weight.shape != (n_classes,):
                 raise ValueError(f"weight: expected shape ({n_classes},) (the V of "
                                  f"classifier), got {weight.shape}")
-            # as the kernels read it: in the logits' dtype
-            weight = np.require(weight, dtype=dtype, requirements="CA")
+            # as the kernels read it: in the logits' dtype (float32 for half inputs)
+            weight = np.require(weight, dtype=aux_dtype, requirements="CA")
         self.reduction = reduction_arg(reduction)
         # checked here as well as by the engine: a batch of no rows never reaches it
         self.label_smoothing = real_scalar(label_smoothing, "label_smoothing", low=0.0,
@@ -142,14 +153,15 @@ class _Problem:
         if target.dtype.kind in "iu":
             self.soft = False
             target = _hard_target(target, batch_shape, n_classes, ignore_index)
-        elif target.dtype.kind == "f":
+        elif target.dtype.kind == "f" or is_half(target.dtype):
             if target.shape != batch_shape + (n_classes,):
                 raise ValueError(f"target: expected probabilities of shape "
                                  f"{batch_shape + (n_classes,)} or class indices of shape "
                                  f"{batch_shape}, got {target.shape}")
-            if target.dtype != dtype:
+            if target.dtype != dtype and target.dtype != aux_dtype:
                 raise TypeError(f"target: expected probabilities of the dtype of hidden "
-                                f"({dtype}), got {target.dtype}")
+                                f"({dtype}{', or float32' if self.half else ''}), got "
+                                f"{target.dtype}")
             if ignore_index >= 0:
                 raise ValueError(f"ignore_index: not supported with probability targets "
                                  f"(got {ignore_index})")
@@ -168,10 +180,11 @@ class _Problem:
         self.ignore_index = ignore_index
 
     @staticmethod
-    def _matrices(hidden, classifier, bias):
-        """hidden, classifier and bias (NumPy arrays) checked."""
-        hidden = float_array(hidden, "hidden")
-        classifier = float_array(classifier, "classifier")
+    def _matrices(hidden, classifier, bias, half):
+        """hidden, classifier and bias (NumPy arrays) checked; float16 and
+        ml_dtypes.bfloat16 taken with ``half``."""
+        hidden = float_array(hidden, "hidden", half=half)
+        classifier = float_array(classifier, "classifier", half=half)
         if classifier.ndim != 2:
             raise ValueError(f"classifier: expected a 2-d array (V, H), got shape "
                              f"{classifier.shape}")
@@ -189,7 +202,7 @@ class _Problem:
             # the BLAS reads either layout; any other strides would be copied per block
             classifier = np.ascontiguousarray(classifier)
         if bias is not None:
-            bias = float_array(bias, "bias")
+            bias = float_array(bias, "bias", half=half)
             if bias.dtype != hidden.dtype:
                 raise TypeError(f"bias: expected the dtype of hidden ({hidden.dtype}), "
                                 f"got {bias.dtype}")
@@ -209,15 +222,17 @@ class _Problem:
         return float(np.sum(self.weight[valid], dtype=np.float64)), float(valid.size)
 
 
-def _grad_outputs(out, problem, want):
-    """The gradients' arrays: ``out`` (a tuple, one per gradient) checked, or new ones."""
+def _grad_outputs(out, problem, want, dtype=None):
+    """The gradients' arrays (of ``dtype``, default the inputs'): ``out`` (a tuple, one
+    per gradient) checked, or new ones."""
+    dtype = problem.dtype if dtype is None else dtype
     shapes = {"hidden": problem.hidden_shape,
               "classifier": (problem.n_classes, problem.n_features),
               "bias": (problem.n_classes,)}
     names = [name for name in ("hidden", "classifier", "bias")
              if name != "bias" or problem.bias is not None]
     if out is None:
-        return {name: (np.empty(shapes[name], problem.dtype) if name in want else None)
+        return {name: (np.empty(shapes[name], dtype) if name in want else None)
                 for name in names}
     if not isinstance(out, tuple) or len(out) != len(names):
         raise TypeError(f"out: expected a tuple of {len(names)} arrays (the gradients of "
@@ -225,7 +240,7 @@ def _grad_outputs(out, problem, want):
                         f"{' of length ' + str(len(out)) if isinstance(out, tuple) else ''}")
     arrays = {}
     for name, array in zip(names, out):
-        out_arg(array, shapes[name], problem.dtype, name=f"out ({name})")
+        out_arg(array, shapes[name], dtype, name=f"out ({name})")
         if not array.flags.c_contiguous:
             raise ValueError(f"out ({name}): expected a C-contiguous array")
         for input_name, source in (("hidden", problem.hidden),
@@ -309,6 +324,26 @@ class _NumpyProducts:
             self.grads["bias"][...] = self.bias_sums
 
 
+def _block_upstream(problem, grad_output):
+    """``(upstream, reduction, z_loss)`` of the engine's gradient of one block of rows.
+
+    Each block's gradient is the engine's for its rows alone: "none" and "sum" are that
+    already; "mean" becomes "sum" with the whole batch's denominators, the z-loss term
+    rescaled so that it keeps its own (cross_entropy's mean divides the cross-entropy by
+    the sum of w[t] and the z-loss by the count of rows)."""
+    z_loss = problem.z_loss
+    upstream = grad_output_arg(grad_output, problem.reduction, problem.batch_shape)
+    block_reduction, block_z_loss = problem.reduction, z_loss
+    if problem.reduction == "mean":
+        block_reduction = "sum"
+        ce_denominator, z_denominator = problem.mean_denominators()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            upstream = upstream / np.float64(ce_denominator)
+            if z_loss and z_denominator:
+                block_z_loss = float(np.float64(z_loss) * ce_denominator / z_denominator)
+    return upstream, block_reduction, block_z_loss
+
+
 def _schedule(problem, products, num_threads, rows_per_block, grad_output=None,
               want=False):
     """The block loop, one for every back-end of the products (NumPy's here, torch's in
@@ -321,19 +356,7 @@ def _schedule(problem, products, num_threads, rows_per_block, grad_output=None,
     n_rows, n_classes = problem.n_rows, problem.n_classes
     ignore, bits = problem.ignore_index, products.bits
     if want:
-        upstream = grad_output_arg(grad_output, problem.reduction, problem.batch_shape)
-        # Each block's gradient is the engine's for its rows alone: "none" and "sum" are
-        # that already; "mean" becomes "sum" with the whole batch's denominators, the
-        # z-loss term rescaled so that it keeps its own (cross_entropy's mean divides the
-        # cross-entropy by the sum of w[t] and the z-loss by the count of rows).
-        block_reduction, block_z_loss = problem.reduction, z_loss
-        if problem.reduction == "mean":
-            block_reduction = "sum"
-            ce_denominator, z_denominator = problem.mean_denominators()
-            with np.errstate(divide="ignore", invalid="ignore"):
-                upstream = upstream / np.float64(ce_denominator)
-                if z_loss and z_denominator:
-                    block_z_loss = float(np.float64(z_loss) * ce_denominator / z_denominator)
+        upstream, block_reduction, block_z_loss = _block_upstream(problem, grad_output)
 
     stats = np.empty((len(CROSS_ENTROPY_STATS_FIELDS), n_rows), np.float64)
     for start in range(0, n_rows, rows_per_block):
@@ -358,11 +381,218 @@ def _schedule(problem, products, num_threads, rows_per_block, grad_output=None,
                                   problem.reduction, label_smoothing, z_loss, False)[0]
 
 
+def _grad_dtype_arg(grad_dtype, dtype):
+    """The gradients' dtype: None (the inputs'), the inputs' dtype, or float32 for
+    float16 / bfloat16 inputs (as cross_entropy_grad's ``grad_dtype``)."""
+    if grad_dtype is None:
+        return dtype
+    wanted = None
+    if isinstance(grad_dtype, (str, type, np.dtype)):
+        try:
+            wanted = np.dtype(grad_dtype)
+        except (TypeError, ValueError):
+            wanted = None
+    if wanted is None:
+        raise TypeError(f"grad_dtype: expected None or a dtype (the inputs' dtype, or "
+                        f"float32 for float16 / bfloat16 inputs), got {grad_dtype!r:.80}")
+    if wanted == dtype or (is_half(dtype) and wanted == np.float32):
+        return wanted
+    raise ValueError(f"grad_dtype: expected None, the inputs' dtype ({dtype})"
+                     f"{' or float32' if is_half(dtype) else ''}, got {wanted}")
+
+
+class _HalfTiles:
+    """float16 / bfloat16 inputs on NumPy's float32 BLAS (NumPy has no fast half-precision
+    product): the logits are formed one tile of classes x one chunk of rows at a time,
+    from float32 copies of the classifier's tile and of the hidden's rows (exact: every
+    half value is a float32), in float32 scratch that the kernels read as float32 logits.
+
+    Classes outer, rows inner, so that each tile of the classifier's gradient is complete
+    (summed over every row, in float32) before it is rounded once to its dtype: the
+    statistics of the whole rows come first (one pass, one product: each tile's
+    statistics merged into the rows' running ones), then the gradient (a second pass
+    that forms the same logits again, bit for bit, and takes each tile's gradient from
+    the merged statistics: three products). The hidden's gradient sums over the tiles of
+    classes in float32 (an N x H float32 array; the result itself when grad_dtype is
+    float32) and is rounded once at the end; the bias's sums in float64.
+
+    Memory beyond the inputs and the results: float32 tiles of _HALF_TILE_BYTES (the
+    classifier's, the hidden's rows, the classifier's gradient and its partial product),
+    the R x T scratch, the N x H float32 sums of the hidden's gradient (unless
+    grad_dtype is float32) and the statistics (two records of N rows)."""
+
+    def __init__(self, problem, num_threads):
+        self.problem = problem
+        self.threads = resolve_num_threads(num_threads)
+        n_rows, n_classes, n_features = problem.n_rows, problem.n_classes, problem.n_features
+        per_tile = max(_MIN_BLOCK_ROWS, _HALF_TILE_BYTES // max(1, 4 * n_features))
+        self.tile_classes = min(per_tile, n_classes)
+        self.chunk_rows = max(1, min(per_tile, n_rows))
+        self.classifier32 = np.empty((self.tile_classes, n_features), np.float32)
+        self.hidden32 = np.empty((self.chunk_rows, n_features), np.float32)
+        self.scratch = np.empty((self.chunk_rows, self.tile_classes), np.float32)
+        self.bias32 = (None if problem.bias is None
+                       else np.empty(self.tile_classes, np.float32))
+        self.soft32 = (np.empty((self.chunk_rows, self.tile_classes), np.float32)
+                       if problem.soft and problem.target.dtype != np.float32 else None)
+
+    def tiles(self):
+        """(first, last) of each tile of classes."""
+        n_classes = self.problem.n_classes
+        return [(first, min(first + self.tile_classes, n_classes))
+                for first in range(0, n_classes, self.tile_classes)]
+
+    def chunks(self):
+        n_rows = self.problem.n_rows
+        return [(start, min(start + self.chunk_rows, n_rows))
+                for start in range(0, n_rows, self.chunk_rows)]
+
+    def load_tile(self, first, last):
+        """The classifier's (and the bias's) tile in float32."""
+        classifier = self.classifier32[:last - first]
+        np.copyto(classifier, self.problem.classifier[first:last])
+        if self.bias32 is not None:
+            np.copyto(self.bias32[:last - first], self.problem.bias[first:last])
+        return classifier
+
+    def logits(self, classifier, first, last, start, stop):
+        """The float32 logits of rows [start, stop) and classes [first, last), and those
+        rows of the hidden in float32."""
+        rows = self.hidden32[:stop - start]
+        np.copyto(rows, self.problem.hidden[start:stop])
+        logits = self.scratch[:stop - start, :last - first]
+        np.matmul(rows, classifier.T, out=logits)
+        if self.bias32 is not None:
+            np.add(logits, self.bias32[:last - first], out=logits)
+        return logits, rows
+
+    def target(self, first, last, start, stop):
+        """The rows' class indices, or their probabilities on the tile (float32)."""
+        problem = self.problem
+        if not problem.soft:
+            return problem.target[start:stop]
+        block = problem.target[start:stop, first:last]
+        if self.soft32 is None:
+            return block
+        soft = self.soft32[:stop - start, :last - first]
+        np.copyto(soft, block)
+        return soft
+
+    def weight(self, first, last):
+        return None if self.problem.weight is None else self.problem.weight[first:last]
+
+    def statistics(self):
+        """The merged softmax statistics of every row (pass 1)."""
+        problem = self.problem
+        merged = None
+        tile_stats = np.empty((len(CROSS_ENTROPY_STATS_FIELDS), problem.n_rows), np.float64)
+        for first, last in self.tiles():
+            classifier = self.load_tile(first, last)
+            for start, stop in self.chunks():
+                logits, _ = self.logits(classifier, first, last, start, stop)
+                tile_stats[:, start:stop] = _kernels.ce_block_stats(
+                    logits, self.target(first, last, start, stop), first, problem.n_classes,
+                    self.weight(first, last), problem.ignore_index, problem.label_smoothing,
+                    problem.softcap, self.threads)
+            merged = (tile_stats.copy() if merged is None
+                      else _kernels.ce_merge_stats([merged, tile_stats]))
+        return merged
+
+    def gradients(self, stats, grads, grad_output):
+        """The gradients named in ``grads`` (pass 2), written into its arrays."""
+        problem = self.problem
+        n_rows, n_features = problem.n_rows, problem.n_features
+        upstream, block_reduction, block_z_loss = _block_upstream(problem, grad_output)
+        grad_hidden = grads.get("hidden")
+        grad_classifier = grads.get("classifier")
+        sums_hidden = part_hidden = sums_classifier = part_classifier = bias_sums = None
+        if grad_hidden is not None:
+            grad_hidden = grad_hidden.reshape(n_rows, n_features)
+            sums_hidden = (grad_hidden if grad_hidden.dtype == np.float32
+                           else np.empty((n_rows, n_features), np.float32))
+            part_hidden = np.empty((self.chunk_rows, n_features), np.float32)
+        if grad_classifier is not None:
+            sums_classifier = np.empty((self.tile_classes, n_features), np.float32)
+            part_classifier = np.empty((self.tile_classes, n_features), np.float32)
+        if grads.get("bias") is not None:
+            bias_sums = np.zeros(problem.n_classes, np.float64)
+        for first, last in self.tiles():
+            classifier = self.load_tile(first, last)
+            for start, stop in self.chunks():
+                logits, rows = self.logits(classifier, first, last, start, stop)
+                block_upstream = (float(upstream[0]) if upstream.shape[0] == 1
+                                  else upstream[start:stop])
+                _kernels.ce_call(_kernels.CE_GRAD, logits, self.target(first, last, start, stop),
+                                 self.weight(first, last), problem.ignore_index,
+                                 block_reduction, problem.label_smoothing, block_z_loss,
+                                 problem.softcap, self.threads, block_upstream, None, logits,
+                                 class_offset=first, stats=stats[:, start:stop])
+                if sums_hidden is not None:
+                    if first == 0:
+                        np.matmul(logits, classifier, out=sums_hidden[start:stop])
+                    else:
+                        part = part_hidden[:stop - start]
+                        np.matmul(logits, classifier, out=part)
+                        np.add(sums_hidden[start:stop], part, out=sums_hidden[start:stop])
+                if sums_classifier is not None:
+                    tile = sums_classifier[:last - first]
+                    if start == 0:
+                        np.matmul(logits.T, rows, out=tile)
+                    else:
+                        part = part_classifier[:last - first]
+                        np.matmul(logits.T, rows, out=part)
+                        np.add(tile, part, out=tile)
+                if bias_sums is not None:
+                    bias_sums[first:last] += np.add.reduce(logits, axis=0, dtype=np.float64)
+            if grad_classifier is not None:
+                if n_rows == 0:
+                    grad_classifier[first:last] = 0
+                else:  # rounded once (to nearest even) to the result's dtype
+                    np.copyto(grad_classifier[first:last], sums_classifier[:last - first],
+                              casting="unsafe")
+        if grad_hidden is not None and sums_hidden is not grad_hidden:
+            np.copyto(grad_hidden, sums_hidden, casting="unsafe")
+        if bias_sums is not None:
+            _store_wide(grads["bias"], bias_sums)
+
+
+def _store_wide(out, values):
+    """float64 ``values`` written into ``out`` rounded once (to nearest even): float32 by
+    NumPy, float16 / bfloat16 by the kernels' conversion (a cast through float32 would
+    round twice)."""
+    if out.dtype == np.float32 or out.dtype == np.float64:
+        np.copyto(out, values, casting="unsafe")
+        return
+    kind = "float16" if out.dtype == np.float16 else "bfloat16"
+    out.view(np.uint16)[...] = _kernels.half_store(kind, np.ascontiguousarray(values))
+
+
+def _run_half(problem, num_threads, grad_output, want, out, grad_dtype):
+    """The half-precision path of _run (see _HalfTiles)."""
+    tiles = _HalfTiles(problem, num_threads)
+    grads = _grad_outputs(out, problem, want, grad_dtype) if want else None
+    stats = tiles.statistics() if problem.n_rows else np.empty(
+        (len(CROSS_ENTROPY_STATS_FIELDS), 0), np.float64)
+    if want:
+        tiles.gradients(stats, grads, grad_output)
+    loss = _kernels.ce_from_stats(stats, None if problem.soft else problem.target,
+                                  problem.ignore_index, problem.reduction,
+                                  problem.label_smoothing, problem.z_loss, False)[0]
+    if problem.reduction == "none":
+        loss = np.asarray(loss, dtype=np.float32).reshape(problem.batch_shape)
+    return loss, grads
+
+
 def _run(hidden, classifier, target, bias, weight, ignore_index, reduction, label_smoothing,
-         z_loss, softcap, num_threads, block_rows, grad_output=None, want=(), out=None):
+         z_loss, softcap, num_threads, block_rows, grad_output=None, want=(), out=None,
+         grad_dtype=None):
     """The loss, and the gradients named in ``want`` (a dict name -> array or None)."""
     problem = _Problem(hidden, classifier, target, bias, weight, ignore_index, reduction,
-                       label_smoothing, z_loss, softcap)
+                       label_smoothing, z_loss, softcap, half=True)
+    grad_dtype = _grad_dtype_arg(grad_dtype, problem.dtype)
+    if problem.half:
+        _block_rows(problem.n_rows, problem.n_classes, 4, block_rows)  # checked
+        return _run_half(problem, num_threads, grad_output, want, out, grad_dtype)
     rows_per_block = _block_rows(problem.n_rows, problem.n_classes, problem.dtype.itemsize,
                                  block_rows)
     grads = _grad_outputs(out, problem, want) if want else None
@@ -386,21 +616,22 @@ def linear_cross_entropy(hidden, classifier, target, *, bias=None, weight=None,
 
     Parameters
     ----------
-    hidden : array_like, float32 or float64, shape (..., H)
+    hidden : array_like, float32, float64, float16 or ml_dtypes.bfloat16, shape (..., H)
         The features (a language model's last hidden states), batch axes first.
     classifier : array_like, shape (V, H), the dtype of hidden
         The output layer's weight (``torch.nn.Linear(H, V).weight``).
     target : array_like
         Integer class indices of shape ``hidden.shape[:-1]``, or probabilities of shape
-        ``hidden.shape[:-1] + (V,)`` in hidden's dtype.
+        ``hidden.shape[:-1] + (V,)`` in hidden's dtype (or float32 beside half inputs).
     bias : array_like, shape (V,), optional
-        Added to the logits.
+        Added to the logits; the dtype of hidden.
     weight, ignore_index, reduction, label_smoothing, z_loss, softcap
         As in :func:`fastloss.cross_entropy`.
     block_rows : int, optional
         Rows per block (default: as many as fill 8 MiB of logits, at least 16). Taller
         blocks run closer to the speed of the whole products and keep more scratch
-        (``block_rows * V`` values).
+        (``block_rows * V`` values). Float16 and bfloat16 inputs run by tiles of their
+        own (below) and only check it.
     num_threads : int, optional
         OpenMP threads of the softmax passes (the results do not depend on it); the
         products use NumPy's BLAS threads, whose number can change the last bits.
@@ -409,7 +640,7 @@ def linear_cross_entropy(hidden, classifier, target, *, bias=None, weight=None,
     -------
     loss : float or ndarray
         A float for "mean"/"sum"; an array of shape ``hidden.shape[:-1]`` in hidden's
-        dtype for "none".
+        dtype for "none" (float32 for half inputs).
 
     Notes
     -----
@@ -418,6 +649,16 @@ def linear_cross_entropy(hidden, classifier, target, *, bias=None, weight=None,
     contract for losses that multiply matrices, docs/accuracy.rst). Memory beyond the
     inputs and the results: the scratch (``block_rows x V``) and 72 bytes per row of
     statistics; with the gradient, one tile of 1 MiB more.
+
+    float16 and bfloat16 inputs: NumPy has no fast half-precision product, so the
+    products run on NumPy's float32 BLAS from float32 copies of bounded tiles of the
+    inputs (classes x H and rows x H, 1 MiB each; the half values are exact in float32),
+    the softmax on float32 logits, and each gradient is rounded once to the input's dtype
+    (docs/accuracy.rst, "linear_cross_entropy in half precision"). The tiles of classes
+    are the outer loop so that each tile of the classifier's gradient is summed over all
+    rows before its rounding: the statistics take one pass (one product), the gradient a
+    second (three products), and the hidden's gradient is summed over the tiles in an
+    N x H float32 array (the result itself with ``grad_dtype="float32"``).
     """
     loss, _ = _run(hidden, classifier, target, bias, weight, ignore_index, reduction,
                    label_smoothing, z_loss, softcap, num_threads, block_rows)
@@ -427,7 +668,7 @@ def linear_cross_entropy(hidden, classifier, target, *, bias=None, weight=None,
 def linear_cross_entropy_grad(hidden, classifier, target, grad_output=1.0, *, bias=None,
                               weight=None, ignore_index=-100, reduction="mean",
                               label_smoothing=0.0, z_loss=0.0, softcap=None, block_rows=None,
-                              out=None, num_threads=None):
+                              out=None, grad_dtype=None, num_threads=None):
     """Gradients of ``grad_output * linear_cross_entropy(...)``.
 
     Returns ``(grad_hidden, grad_classifier)``, and ``grad_bias`` third when ``bias`` is
@@ -436,11 +677,14 @@ def linear_cross_entropy_grad(hidden, classifier, target, grad_output=1.0, *, bi
     sum of G's rows (accumulated in float64). ``grad_output`` is a scalar for
     "mean"/"sum" and an array of shape ``hidden.shape[:-1]`` (or a scalar) for "none".
     ``out`` is a tuple of C-contiguous arrays, one per gradient, written and returned.
+    ``grad_dtype``: the gradients' dtype; None (the default) gives the inputs' dtype, and
+    for float16 / bfloat16 inputs ``"float32"`` (or ``np.float32``) gives float32
+    gradients instead, from the same computation (``out`` is then float32).
     Other arguments as in :func:`linear_cross_entropy`.
     """
     _, grads = _run(hidden, classifier, target, bias, weight, ignore_index, reduction,
                     label_smoothing, z_loss, softcap, num_threads, block_rows, grad_output,
-                    ("hidden", "classifier", "bias"), out)
+                    ("hidden", "classifier", "bias"), out, grad_dtype)
     return tuple(grads.values())
 
 
@@ -448,10 +692,10 @@ def linear_cross_entropy_value_and_grad(hidden, classifier, target, grad_output=
                                         bias=None, weight=None, ignore_index=-100,
                                         reduction="mean", label_smoothing=0.0, z_loss=0.0,
                                         softcap=None, block_rows=None, out=None,
-                                        num_threads=None):
+                                        grad_dtype=None, num_threads=None):
     """``(linear_cross_entropy(...), linear_cross_entropy_grad(...))`` from one pass: each
     block's logits are formed once, and their gradient replaces them in the scratch."""
     loss, grads = _run(hidden, classifier, target, bias, weight, ignore_index, reduction,
                        label_smoothing, z_loss, softcap, num_threads, block_rows, grad_output,
-                       ("hidden", "classifier", "bias"), out)
+                       ("hidden", "classifier", "bias"), out, grad_dtype)
     return loss, tuple(grads.values())

@@ -59,7 +59,29 @@ class _Problem:
             n_rows, n_tokens)
         self.n_rows = n_rows
 
-    def run(self, want_value, grad_output=None, out=None):
+    def grad_dtype(self, grad_dtype):
+        """The gradient's dtype: None (token_log_probs'), token_log_probs' dtype, or
+        float32 for float16 / bfloat16 token_log_probs (grad_dtype="float32")."""
+        if grad_dtype is None:
+            return self.dtype
+        wanted = None
+        if isinstance(grad_dtype, (str, type, np.dtype)):
+            try:
+                wanted = np.dtype(grad_dtype)
+            except (TypeError, ValueError):
+                wanted = None
+        if wanted is None:
+            raise TypeError(f"grad_dtype: expected None or a dtype (token_log_probs' dtype, "
+                            f"or float32 for float16 / bfloat16 token_log_probs), got "
+                            f"{grad_dtype!r:.80}")
+        if wanted == self.dtype or (self.half and wanted == np.float32):
+            return wanted
+        raise ValueError(f"grad_dtype: expected None, token_log_probs' dtype ({self.dtype})"
+                         f"{' or float32' if self.half else ''}, got {wanted}")
+
+    def run(self, want_value, grad_output=None, out=None, grad_dtype=None):
+        grad_dtype = self.grad_dtype(grad_dtype)
+        grad_float32 = grad_dtype != self.dtype
         sums = np.empty(self.n_rows, dtype=np.float64) if want_value else None
         grad = result = upstream = None
         if grad_output is not None:
@@ -72,20 +94,21 @@ class _Problem:
                                  f"sequences {self.rows_shape}, got {upstream.shape}")
             upstream = np.require(upstream.reshape(-1), dtype=np.float64, requirements="CA")
             if out is not None:
-                out_arg(out, self.shape, self.dtype)
-            # out= is written directly where the kernel can (C-contiguous, not the mask)
+                out_arg(out, self.shape, grad_dtype)
+            # out= is written directly where the kernel can (C-contiguous, not the mask;
+            # token_log_probs itself only in place, in its own dtype)
             direct = (out is not None and out.flags.c_contiguous
                       and not np.may_share_memory(out, self.mask)
                       and not np.may_share_memory(out, upstream)
                       and (not np.may_share_memory(out, self.values)
-                           or out.__array_interface__["data"][0]
-                           == self.values.__array_interface__["data"][0]))
+                           or (not grad_float32 and out.__array_interface__["data"][0]
+                               == self.values.__array_interface__["data"][0])))
             if direct:
                 grad, result = out.reshape(self.values.shape), out
             else:
-                grad = np.empty(self.values.shape, dtype=self.dtype)
+                grad = np.empty(self.values.shape, dtype=grad_dtype)
         _kernels.sequence_run(self.values, self.mask, sums, upstream, grad, self.average,
-                              self.num_threads)
+                              self.num_threads, grad_float32 and grad is not None)
         # the values in float32 for half token_log_probs (summed in float64: a half
         # result would round them again)
         value_dtype = np.float32 if self.half else self.dtype
@@ -135,22 +158,26 @@ def sequence_log_probs(token_log_probs, mask, *, average=False, num_threads=None
 
 
 def sequence_log_probs_grad(token_log_probs, mask, grad_output=1.0, *, average=False,
-                            out=None, num_threads=None):
+                            out=None, grad_dtype=None, num_threads=None):
     r"""Gradient of ``sum(grad_output * sequence_log_probs(token_log_probs, mask))``
     w.r.t. the token log-probabilities: ``mask * grad_output[..., None]`` (divided by
     the row's ``sum(mask)`` with ``average``).
 
     ``grad_output`` is a scalar (every sequence's) or has the sequences' shape (...).
     The gradient has token_log_probs' shape and dtype; ``out`` receives it
-    (``out=token_log_probs`` overwrites the input in place).
+    (``out=token_log_probs`` overwrites the input in place). ``grad_dtype``: the
+    gradient's dtype; None (the default) gives token_log_probs' dtype, and for float16 /
+    bfloat16 token_log_probs ``"float32"`` (or ``np.float32``) gives a float32 gradient
+    instead, rounded once from the same float64 computation (``out`` is then float32).
     """
     problem = _Problem(token_log_probs, mask, average, num_threads)
-    return problem.run(False, grad_output, out)[1]
+    return problem.run(False, grad_output, out, grad_dtype)[1]
 
 
 def sequence_log_probs_value_and_grad(token_log_probs, mask, grad_output=1.0, *,
-                                      average=False, out=None, num_threads=None):
+                                      average=False, out=None, grad_dtype=None,
+                                      num_threads=None):
     """``(sequence_log_probs(...), sequence_log_probs_grad(...))`` from one pass over
     the inputs. Arguments as in :func:`sequence_log_probs_grad`."""
     problem = _Problem(token_log_probs, mask, average, num_threads)
-    return problem.run(True, grad_output, out)
+    return problem.run(True, grad_output, out, grad_dtype)

@@ -18,6 +18,8 @@ import fastloss  # noqa: E402
 import fastloss.torch as FL  # noqa: E402
 from contract_floors import assert_close_at_scale  # noqa: E402
 from loss_specs import assert_close_contract  # noqa: E402
+from peak_rss import (CHILD_HEAD, CHILD_TAIL, needs_plain_malloc, needs_proc,  # noqa: E402
+                      run_child)
 from test_linear_cross_entropy import (OPTIONS, REDUCTIONS, make_inputs,  # noqa: E402
                                        norm_error, products_bound, reference_of)
 
@@ -342,3 +344,81 @@ def test_bit_identical_for_any_openmp_thread_count(dtype):
         assert torch.equal(loss, results[0][0])
         for grad, first in zip(grads, results[0][1]):
             assert torch.equal(grad, first)
+
+
+# ----------------------------------------------------------------------------------------
+# Peak resident memory of the adapter: its scratch does not grow with V
+# ----------------------------------------------------------------------------------------
+
+MiB = 1 << 20
+THREADS = 2  # the child's OpenMP threads (the engine keeps rows of V per thread)
+
+RSS_CHILD = CHILD_HEAD + r"""
+import ctypes
+
+import torch
+import fastloss.torch as FL
+from fastloss.linear_cross_entropy import _block_rows
+
+torch.set_num_threads(2)
+n_rows, n_features, n_classes = (int(a) for a in sys.argv[1:4])
+
+
+def inputs(scale):
+    rows, classes = n_rows // scale, n_classes // scale
+    hidden = torch.from_numpy(touched((rows, n_features), 0.5)).requires_grad_()
+    classifier = torch.from_numpy(touched((classes, n_features), -0.25)).requires_grad_()
+    bias = torch.from_numpy(touched(classes, 0.1)).requires_grad_()
+    target = torch.from_numpy((np.arange(rows) * 7) % classes)
+
+    def call():
+        hidden.grad = classifier.grad = bias.grad = None
+        FL.linear_cross_entropy(hidden, classifier, target, linear_bias=bias,
+                                label_smoothing=0.1).backward()
+    return call, hidden, classifier, bias
+
+
+warm, *_ = inputs(16)
+call, hidden, classifier, bias = inputs(1)
+# The BLAS's working memory: torch's MKL allocates per-thread packing buffers at the first
+# product of a shape (about 4.7 MiB a thread for a 64 x 1024 block by a 32000 x 1024
+# classifier, whatever V beyond a few thousand; BENCHMARKS.md) and keeps them for later
+# products of that shape. Any product of the shape allocates them, so torch's products
+# of one block (the adapter's height) allocate them here, before the measurement; then
+# the heap's free memory goes back to the system (glibc), so that none is reused unseen.
+with torch.no_grad():
+    block = hidden[:_block_rows(n_rows, n_classes, 4, None)]
+    logits = torch.addmm(bias, block, classifier.T)
+    torch.mm(logits, classifier)
+    torch.mm(logits.T, block)
+    del block, logits
+trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+if trim is not None:
+    trim(0)
+returned = hidden.nbytes + classifier.nbytes + bias.nbytes  # the gradients, in .grad
+""" + CHILD_TAIL.replace('print(json.dumps({"extra": status("VmHWM") - before}))',
+                         'print(json.dumps({"extra": status("VmHWM") - before - returned}))')
+
+
+def adapter_extra_resident_bytes(tmp_path, n_rows, n_features, n_classes):
+    return run_child(RSS_CHILD, (n_rows, n_features, n_classes), cwd=tmp_path,
+                     FASTLOSS_NUM_THREADS=str(THREADS))["extra"]
+
+
+@needs_proc
+@needs_plain_malloc
+def test_adapter_peak_memory_is_the_scratch_whatever_V(tmp_path):
+    """Beyond the inputs, the gradients it returns (in .grad) and torch's BLAS working
+    memory, a forward+backward touches the scratch (8 MiB of logits, at any V), O(N)
+    statistics and vectors of V values: the engine's rows in float64 (two per OpenMP
+    thread with label smoothing), the bias's float64 sums and each block's float64
+    column sums. From V = 16384 to V = 65536 (N x V logits of 64 and 256 MiB) only those
+    vectors grow, and the whole stays under 5% of the larger logits; a block x V scratch
+    at a fixed block height, a second block or a copy of the classifier's gradient would
+    grow by several MiB."""
+    n_rows, n_features, small_v, large_v = 1024, 64, 16384, 65536
+    small = adapter_extra_resident_bytes(tmp_path, n_rows, n_features, small_v)
+    large = adapter_extra_resident_bytes(tmp_path, n_rows, n_features, large_v)
+    assert large <= 0.05 * n_rows * large_v * 4, large / MiB
+    vectors = (2 * THREADS + 3) * 8 * (large_v - small_v)
+    assert large <= small + vectors + MiB // 2, (small / MiB, large / MiB, vectors / MiB)
