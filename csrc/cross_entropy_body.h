@@ -30,7 +30,7 @@ typedef struct RUN_JOB {
     fastloss_index n_rows;
     fastloss_index n_units;
     int small, wide, softcap, backward, private_e;
-    int prefetch_rows;              /* the forward prefetches rows ahead (CE_PREFETCH_DISTANCE) */
+    int prefetch_rows;              /* the forward prefetches this many rows ahead (0: none) */
     double softcap_value;
     char *thread_scratch;
     size_t per_thread;
@@ -143,11 +143,16 @@ static void RUN_ROWS(const RUN_JOB *job, int thread, int n_threads)
              * private_e), or the private row, or one chunk at a time for the
              * forward */
             REAL *e_row = private_e ? e_private : (REAL *)g;
+            /* a gradient row apart from the exps (and from the logits) is brought into
+             * cache during the exp pass (ce_touch_grad) */
+            GRAD_T *touch = private_e && (const void *)g != (const void *)x ? g : NULL;
             if (block_mode == CE_MODE_BLOCK_GRAD)
-                ROW_SAME(ce_row_rebased)(call_ptr, x, stats.max, e_row, chunk_data);
-            else if (!backward || !ROW_SAME(ce_row_shifted)(call_ptr, x, t, lse_in[i], e_row, chunk_data, &stats))
+                ROW_SAME(ce_row_rebased)(call_ptr, x, stats.max, e_row, chunk_data, touch);
+            else if (!backward || !ROW_SAME(ce_row_shifted)(call_ptr, x, t, lse_in[i], e_row, chunk_data, touch, &stats))
                 ROW_SAME(ce_row_stats)(call_ptr, x, q, weight, t, e_row, (REAL *)tile, chunk_data,
-                                       i + 1 < end && prefetch_rows ? x + logits_row_stride : NULL, &stats);
+                                       i + prefetch_rows < end && prefetch_rows
+                                           ? x + prefetch_rows * logits_row_stride : NULL,
+                                       touch, &stats);
             if (block_mode != CE_MODE_BLOCK_STATS)
                 ROW_SAME(ce_coefficients)(call_ptr, &stats, target_logit, target_weight, i, &coef);
             if (g)
@@ -171,10 +176,11 @@ static void RUN_ROWS(const RUN_JOB *job, int thread, int n_threads)
             }
             if (t >= 0 && block_mode != CE_MODE_BLOCK_GRAD)
                 target_logit = capped[t];
+            GRAD_T *touch = (const void *)g != (const void *)x ? g : NULL;
             if (block_mode == CE_MODE_BLOCK_GRAD)
-                ROW_WIDE(ce_row_rebased)(call_ptr, capped, stats.max, e_wide, chunk_data);
-            else if (!backward || !ROW_WIDE(ce_row_shifted)(call_ptr, capped, t, lse_in[i], e_wide, chunk_data, &stats))
-                ROW_WIDE(ce_row_stats)(call_ptr, capped, q, weight, t, e_wide, tile, chunk_data, NULL, &stats);
+                ROW_WIDE(ce_row_rebased)(call_ptr, capped, stats.max, e_wide, chunk_data, touch);
+            else if (!backward || !ROW_WIDE(ce_row_shifted)(call_ptr, capped, t, lse_in[i], e_wide, chunk_data, touch, &stats))
+                ROW_WIDE(ce_row_stats)(call_ptr, capped, q, weight, t, e_wide, tile, chunk_data, NULL, touch, &stats);
             if (block_mode != CE_MODE_BLOCK_STATS)
                 ROW_WIDE(ce_coefficients)(call_ptr, &stats, target_logit, target_weight, i, &coef);
             if (g)
@@ -309,8 +315,12 @@ int RUN(int block_mode, const double *stats_in, double *stats_out,
     const size_t row_bytes = (size_t)n_rows * sizeof(double);
     /* The forward's rows not contiguous in memory (a block of classes), or short, are
      * prefetched ahead (CE_PREFETCH_DISTANCE); decided per call, never per row. */
-    const int prefetch_rows = logits_row_stride != n_classes ||
-                              n_classes * (fastloss_index)sizeof(STORE_T) <= CE_PREFETCH_DISTANCE;
+    const fastloss_index row_bytes_read = n_classes * (fastloss_index)sizeof(STORE_T);
+    int prefetch_rows = 0;
+    if (logits_row_stride != n_classes || row_bytes_read <= CE_PREFETCH_DISTANCE) {
+        const fastloss_index ahead = CE_PREFETCH_DISTANCE / (row_bytes_read > 0 ? row_bytes_read : 1);
+        prefetch_rows = ahead < 1 ? 1 : ahead > CE_PREFETCH_MAX_ROWS ? CE_PREFETCH_MAX_ROWS : (int)ahead;
+    }
     const fastloss_index online_width = FASTLOSS_CE_ONLINE_CHUNK;
     const fastloss_index n_online = (n_classes + online_width - 1) / online_width;
     char *scratch = malloc(per_thread * (size_t)threads + 3 * row_bytes +
