@@ -1264,8 +1264,9 @@ FASTLOSS_INLINE EW_WIDE EW(kl_div_target_slope)(REAL input, REAL target, int log
  *       value, as the double form.
  *   log_target 1:  w = exp(t) within 2 ulp (fastloss_expf), d = t - x and w d round
  *       once each: the value within 3.6e-7 and the slope -w within 2.4e-7, no
- *       cancellation.  In doubt where t is outside [-87, 88] (exp's flush to 0 and
- *       its overflow, where w d may still be a float) or NaN.
+ *       cancellation.  In doubt where t is outside [-86, 88] or NaN: below, the
+ *       general fastloss_expf builds 2**(n - 1) in the exponent field and flushes to
+ *       0 from about -86.6 (w d may still be a normal float); above, w overflows.
  */
 FASTLOSS_INLINE EW(narrow) EW(kl_div_narrow_element)(REAL x, REAL t, int log_target)
 {
@@ -1274,7 +1275,7 @@ FASTLOSS_INLINE EW(narrow) EW(kl_div_narrow_element)(REAL x, REAL t, int log_tar
         const REAL w = fastloss_expf(t);
         result.value = w * (t - x);
         result.slope = -w;
-        result.value_doubt = result.slope_doubt = !((t >= (REAL)-87) & (t <= (REAL)88));
+        result.value_doubt = result.slope_doubt = !((t >= (REAL)-86) & (t <= (REAL)88));
         return result;
     }
 #if defined(__FMA__)
