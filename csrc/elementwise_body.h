@@ -14,9 +14,10 @@
  * regression losses and pinball is computed in float, except bce_with_logits
  * slopes that float cannot give to the contract (see there); sigmoid_focal,
  * margin_ranking and poisson_nll compute in EW_WIDE (double) and round once,
- * except sigmoid_focal's float pass for hard labels; gaussian_nll computes in
- * float with a bound on each element's error and redoes in double the
- * elements the bound cannot clear (see each).  Where REAL is double (float64
+ * except sigmoid_focal's float pass for hard labels; gaussian_nll, kl_div,
+ * bradley_terry and dpo's sigmoid loss compute in float with a bound on each
+ * element's error and redo in double the elements the bound cannot clear (see
+ * each; EW_NARROW_TILE).  Where REAL is double (float64
  * storage, and float32 storage computed in double: elementwise.c's redo of a
  * cancelled sum) every term is computed in double.  Sums accumulate in double.
  */
@@ -1076,11 +1077,13 @@ static void EW(soft_margin_tile)(const STORE_T *FASTLOSS_RESTRICT pred,
 
 /* ---------------------------------------------------------------------------
  * The preference and distillation terms of issue 16: bradley_terry, kl_div and
- * dpo.  Each is computed in WIDE (double) from the exact inputs and rounded to
- * REAL once: their arguments are differences of inputs (chosen - rejected,
- * log t - x, four log-probabilities), which float32 arithmetic would round
- * before the loss could keep them, and they are read from per-pair or per-token
- * arrays whose cost is the memory, not the arithmetic.
+ * dpo.  Their arguments are differences of inputs (chosen - rejected, log t - x,
+ * four log-probabilities), which float32 arithmetic would round before the loss
+ * could keep them: the double forms below compute everything in WIDE from the
+ * exact inputs and round once (float64, and the elements in doubt); float32
+ * forms the differences in double and computes the rest in float
+ * (logistic_narrow_element, kl_div_narrow_element; dpo's hinge and ipo, a few
+ * operations, stay in double).
  * ------------------------------------------------------------------------- */
 
 /*
