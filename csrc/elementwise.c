@@ -20,7 +20,8 @@
  *   gaussian_nll     0.5 (log v + (x - t)**2 / v), v = max(var, eps), aux = var
  *   pinball          max(q r, (q - 1) r), r = target - pred, q = factor (quantile)
  *   soft_margin      log(1 + exp(-y x))                     soft_margin_loss
- * and the preference and distillation terms of issue 16 (in double, rounded once):
+ * and the preference and distillation terms of issue 16 (their differences of inputs in
+ * double; elementwise_body.h):
  *   bradley_terry    softplus(-z), z = chosen - rejected - margin (factor)
  *   kl_div           t (log t - x), or exp(t) (t - x) with log_target    kl_div
  *   dpo              of h = (pred - target) - (aux - aux2): sigmoid (cDPO), hinge

@@ -14,9 +14,10 @@
  * regression losses and pinball is computed in float, except bce_with_logits
  * slopes that float cannot give to the contract (see there); sigmoid_focal,
  * margin_ranking and poisson_nll compute in EW_WIDE (double) and round once,
- * except sigmoid_focal's float pass for hard labels; gaussian_nll computes in
- * float with a bound on each element's error and redoes in double the
- * elements the bound cannot clear (see each).  Where REAL is double (float64
+ * except sigmoid_focal's float pass for hard labels; gaussian_nll, kl_div,
+ * bradley_terry and dpo's sigmoid loss compute in float with a bound on each
+ * element's error and redo in double the elements the bound cannot clear (see
+ * each; EW_NARROW_TILE).  Where REAL is double (float64
  * storage, and float32 storage computed in double: elementwise.c's redo of a
  * cancelled sum) every term is computed in double.  Sums accumulate in double.
  */
@@ -786,6 +787,59 @@ FASTLOSS_INLINE int EW(doubt_list)(const int *FASTLOSS_RESTRICT doubt, fastloss_
 }
 
 /*
+ * float32 only: the loops of a tile computed by a float32 pass with a doubt on each
+ * result, then the elements in doubt computed again in double.  NARROW declares f,
+ * an EW(narrow), for element k; WIDE declares g, an EW(pair) in double, for element
+ * k.  The value and the slope are each redone only where their own bound failed
+ * (doubt bit 1 and 2), so that the fused, value-only and slope-only calls agree bit
+ * for bit; which elements those are depends on their own inputs alone, so threads
+ * never change a bit.  value and slope are the tile's outputs (NULL when not
+ * wanted); the inputs are only read, and the redo reads them again (an output never
+ * overlaps an input: elementwise.h).  Used inside the tile functions, whose m,
+ * value and slope it names.
+ */
+#define EW_NARROW_TILE(NARROW, WIDE)                                                        \
+    do {                                                                                    \
+        int doubt_[FASTLOSS_EW_TILE];                                                       \
+        int in_doubt_ = 0;                                                                  \
+        if (value && slope) {                                                               \
+            for (fastloss_index k = 0; k < m; ++k) {                                        \
+                NARROW;                                                                     \
+                value[k] = f.value;                                                         \
+                slope[k] = f.slope;                                                         \
+                doubt_[k] = f.value_doubt | f.slope_doubt << 1;                             \
+                in_doubt_ += doubt_[k];                                                     \
+            }                                                                               \
+        } else if (value) {                                                                 \
+            for (fastloss_index k = 0; k < m; ++k) {                                        \
+                NARROW;                                                                     \
+                value[k] = f.value;                                                         \
+                doubt_[k] = f.value_doubt;                                                  \
+                in_doubt_ += doubt_[k];                                                     \
+            }                                                                               \
+        } else {                                                                            \
+            for (fastloss_index k = 0; k < m; ++k) {                                        \
+                NARROW;                                                                     \
+                slope[k] = f.slope;                                                         \
+                doubt_[k] = f.slope_doubt << 1;                                             \
+                in_doubt_ += doubt_[k];                                                     \
+            }                                                                               \
+        }                                                                                   \
+        if (in_doubt_) {                                                                    \
+            int list_[FASTLOSS_EW_TILE];                                                    \
+            const int count_ = EW(doubt_list)(doubt_, m, list_);                            \
+            for (int j_ = 0; j_ < count_; ++j_) {                                           \
+                const fastloss_index k = list_[j_];                                         \
+                WIDE;                                                                       \
+                if (doubt_[k] & 1)                                                          \
+                    value[k] = (REAL)g.value;                                               \
+                if (doubt_[k] & 2)                                                          \
+                    slope[k] = (REAL)g.slope;                                               \
+            }                                                                               \
+        }                                                                                   \
+    } while (0)
+
+/*
  * float32 only: gaussian_nll in float32 arithmetic (16 lanes on AVX-512, against
  * 8 for double with its 11-term log and two double divisions), with a bound on
  * each element's error; the elements the bound cannot clear are computed again,
@@ -1023,11 +1077,13 @@ static void EW(soft_margin_tile)(const STORE_T *FASTLOSS_RESTRICT pred,
 
 /* ---------------------------------------------------------------------------
  * The preference and distillation terms of issue 16: bradley_terry, kl_div and
- * dpo.  Each is computed in WIDE (double) from the exact inputs and rounded to
- * REAL once: their arguments are differences of inputs (chosen - rejected,
- * log t - x, four log-probabilities), which float32 arithmetic would round
- * before the loss could keep them, and they are read from per-pair or per-token
- * arrays whose cost is the memory, not the arithmetic.
+ * dpo.  Their arguments are differences of inputs (chosen - rejected, log t - x,
+ * four log-probabilities), which float32 arithmetic would round before the loss
+ * could keep them: the double forms below compute everything in WIDE from the
+ * exact inputs and round once (float64, and the elements in doubt); float32
+ * forms the differences in double and computes the rest in float
+ * (logistic_narrow_element, kl_div_narrow_element; dpo's hinge and ipo, a few
+ * operations, stay in double).
  * ------------------------------------------------------------------------- */
 
 /*
@@ -1051,17 +1107,107 @@ FASTLOSS_INLINE EW_WIDE EW(sigmoid_minus)(EW_WIDE z, EW_WIDE e)
  * RewardTrainer), c = chosen = pred, r = rejected = target, m = margin = factor:
  *   z = c - r - m,  loss = -log sigmoid(z) = softplus(-z),
  *   d/dc = -sigmoid(-z),  d/dr = sigmoid(-z)  (minus the slope).
- * c - r is exact in double for float32 inputs, so z rounds once.
+ * c - r is exact in double for float32 inputs, so z rounds once.  This double
+ * form serves float64, and the float32 elements the float pass below cannot
+ * clear.
  */
+FASTLOSS_INLINE EW_WIDE EW(bradley_terry_z)(REAL chosen, REAL rejected, REAL margin)
+{
+    return ((EW_WIDE)chosen - (EW_WIDE)rejected) - (EW_WIDE)margin;
+}
+
+FASTLOSS_INLINE EW(pair) EW(bradley_terry_element)(REAL chosen, REAL rejected, REAL margin)
+{
+    const EW_WIDE z = EW(bradley_terry_z)(chosen, rejected, margin);
+    const EW_WIDE e = EW_WIDE_EXP_NONPOSITIVE(-EW_WIDE_ABS(z));
+    EW(pair) result;
+    result.value = EW(softplus_minus)(z, e);
+    result.slope = -EW(sigmoid_minus)(z, e);
+    return result;
+}
+
+#ifdef EW_FLOAT_COMPUTE
+/*
+ * float32 only: the logistic terms of bradley_terry and of dpo's sigmoid loss in
+ * float32 arithmetic (16 lanes on AVX-512; in double, exp, log1p and the sigmoid's
+ * division on 8 lanes cost three times bce_with_logits), from their argument z
+ * computed in double (a difference of inputs that float32 would round where the
+ * loss needs it exactly: the loss is about exp(-z), so z's rounding error is the
+ * loss's relative error).  z is split: hi = z rounded to float, lo = (z - hi) rounded
+ * to float (z - hi is exact in double), |lo| <= 2**-24 |hi|, and the functions of
+ * z are those of hi corrected to first order in lo:
+ *   softplus(-z) = softplus(-hi) - s lo,     s = sigmoid(-hi), c = sigmoid(hi) = 1 - s,
+ *   softplus(z)  = softplus(hi) + c lo,
+ *   sigmoid(-z)  = s - s c lo,
+ * the neglected terms under lo**2 of each (relative), 2.7e-11 for |hi| <= 87.  With
+ * e = exp(-|hi|) and i = 1 / (1 + e), s and c are e i and i per the sign of hi
+ * (exp never sees a positive argument), and softplus(-hi) = max(-hi, 0) + log1p(e),
+ * a sum of terms >= 0 (bce_value_plain's form).  Errors, as bce's and
+ * focal_narrow_element's (u = 2**-24): e within 2.6e-7, i within 2u, e i within
+ * 4.4e-7; log1p(e) within 5.6e-7; the correction's roundings are under u of a term
+ * under |lo| <= 5.2e-6 of the result; the sums round once each.  So the value is
+ * within 7e-7 of itself, and sigmoid(-z) within 5e-7: the loss and the slope of
+ * bradley_terry (and of dpo without label smoothing: beta's and the scale's products
+ * add a rounding each) meet the 2e-6 budget with room, with no doubt.  With label
+ * smoothing ls, dpo's value (1 - ls) softplus(-z) + ls softplus(z) is a sum of terms
+ * >= 0 (its coefficients rounded to float: u of each term), and its slope
+ * beta (ls - sigmoid(-z)) cancels where sigmoid(-z) is near ls: in doubt where
+ * 5e-7 sigmoid(-z) + 6e-8 ls (ls's rounding) exceeds 1.5e-6 |ls - sigmoid(-z)|
+ * (bce_slope_in_doubt's test with 0.34 for its 0.27).  In doubt also: hi above 87
+ * (exp's flush to 0 would lose a loss of about exp(-z), and the slope), hi infinite
+ * or NaN, and, with label smoothing, hi below -87 (softplus(z) is then about exp(z));
+ * those elements are computed again in double.
+ */
+FASTLOSS_INLINE EW(narrow) EW(logistic_narrow_element)(EW_WIDE z, int smoothed, REAL keep,
+                                                       REAL smoothing, REAL slope_scale)
+{
+    const REAL hi = (REAL)z;
+    const REAL lo = (REAL)(z - (EW_WIDE)hi);
+    const REAL e = EW_EXP_NONPOSITIVE(-EW_ABS(hi));
+    const REAL inverse = 1 / (1 + e); /* sigmoid(|hi|) */
+    const REAL q = e * inverse;       /* sigmoid(-|hi|) */
+    const REAL s = hi >= 0 ? q : inverse;
+    const REAL c = hi >= 0 ? inverse : q;
+    const REAL log1p_e = EW_LOG1P_UNIT(e);
+    const REAL minus = ((hi < 0 ? -hi : 0) + log1p_e) - s * lo; /* softplus(-z) */
+    const REAL sigmoid_minus = s - (s * c) * lo;                 /* sigmoid(-z) */
+    EW(narrow) result;
+    if (smoothed) {
+        const REAL plus = ((hi > 0 ? hi : 0) + log1p_e) + c * lo; /* softplus(z) */
+        const REAL bracket = smoothing - sigmoid_minus;
+        result.value = keep * minus + smoothing * plus;
+        result.slope = slope_scale * bracket;
+        result.value_doubt = !(EW_ABS(hi) <= (REAL)87);
+        result.slope_doubt = result.value_doubt |
+                             (sigmoid_minus * (REAL)0.34 + smoothing * (REAL)0.04 >
+                              EW_ABS(bracket));
+    } else {
+        result.value = minus;
+        result.slope = -slope_scale * sigmoid_minus;
+        result.value_doubt = result.slope_doubt = !((hi <= (REAL)87) & (hi >= -0x1p127f));
+    }
+    return result;
+}
+#endif
+
 static void EW(bradley_terry_tile)(const STORE_T *FASTLOSS_RESTRICT chosen,
                                    const STORE_T *FASTLOSS_RESTRICT rejected,
                                    const STORE_T *FASTLOSS_RESTRICT margin, fastloss_index m,
                                    REAL *FASTLOSS_RESTRICT value, REAL *FASTLOSS_RESTRICT slope)
 {
-    EW_TILE_LOOPS(const EW_WIDE z = ((EW_WIDE)LOAD(chosen, k) - (EW_WIDE)LOAD(rejected, k)) -
-                                    (EW_WIDE)LOAD(margin, k);
-                  const EW_WIDE e = EW_WIDE_EXP_NONPOSITIVE(-EW_WIDE_ABS(z)),
-                  (REAL)EW(softplus_minus)(z, e), (REAL)-EW(sigmoid_minus)(z, e));
+#ifdef EW_FLOAT_COMPUTE
+    EW_NARROW_TILE(const EW(narrow) f = EW(logistic_narrow_element)(
+                       EW(bradley_terry_z)(LOAD(chosen, k), LOAD(rejected, k), LOAD(margin, k)),
+                       0, 1, 0, 1),
+                   const EW(pair) g = EW(bradley_terry_element)(LOAD(chosen, k),
+                                                                LOAD(rejected, k),
+                                                                LOAD(margin, k)));
+#else
+    EW_TILE_LOOPS(const EW(pair) f = EW(bradley_terry_element)(LOAD(chosen, k),
+                                                               LOAD(rejected, k),
+                                                               LOAD(margin, k)),
+                  (REAL)f.value, (REAL)f.slope);
+#endif
 }
 
 /*
@@ -1102,11 +1248,79 @@ FASTLOSS_INLINE EW_WIDE EW(kl_div_target_slope)(REAL input, REAL target, int log
     return t == 0 ? NAN : (fastloss_log(t) + 1) - x;
 }
 
+#ifdef EW_FLOAT_COMPUTE
+/*
+ * float32 only: kl_div in float32 arithmetic (in double, its log on 8 lanes cost
+ * twice the rest of the call), with a bound on each element's error; the elements
+ * it cannot clear are computed again in double (kl_div_element).  u = 2**-24.
+ *   log_target 0:  d = log t - x, value = t d, slope = -t (exact).  t must be a
+ *       positive normal finite float (else in doubt: 0, subnormal, negative,
+ *       infinite, NaN keep the double path's semantics).  Where FMA is native,
+ *       log t = hi + lo within 2e-8 |log t| (fastloss_logf_normal_hilo), and
+ *       d = (hi - x) + lo rounds twice: |d - exact| <= 2e-8 |log t| + 1.2e-7 |d|;
+ *       elsewhere log t within 1e-7 |log t| (fastloss_logf_normal), and
+ *       |d - exact| <= 1e-7 |log t| + 6e-8 |d|.  The product with t rounds once
+ *       more.  Budget 1.8e-6 |value|: in doubt unless 2e-8 |log t| < 1.6e-6 |d|, i.e.
+ *       0.0125 |log t| < |d| (the test takes 0.012), or without FMA
+ *       0.0625 |log t| < |d| (0.06): where log t and x agree to about 1% (6%).  The
+ *       strict compare is false for NaN d; an infinite x gives an infinite d and
+ *       value, as the double form.
+ *   log_target 1:  w = exp(t) within 2 ulp (fastloss_expf), d = t - x and w d round
+ *       once each: the value within 3.6e-7 and the slope -w within 2.4e-7, no
+ *       cancellation.  In doubt where t is outside [-86, 88] or NaN: below, the
+ *       general fastloss_expf builds 2**(n - 1) in the exponent field and flushes to
+ *       0 from about -86.6 (w d may still be a normal float); above, w overflows.
+ */
+FASTLOSS_INLINE EW(narrow) EW(kl_div_narrow_element)(REAL x, REAL t, int log_target)
+{
+    EW(narrow) result;
+    if (log_target) {
+        const REAL w = fastloss_expf(t);
+        result.value = w * (t - x);
+        result.slope = -w;
+        result.value_doubt = result.slope_doubt = !((t >= (REAL)-86) & (t <= (REAL)88));
+        return result;
+    }
+#if defined(__FMA__)
+    REAL log_lo;
+    const REAL log_t = fastloss_logf_normal_hilo(t, &log_lo);
+    const REAL d = (log_t - x) + log_lo;
+    const REAL doubt_size = EW_ABS(log_t) * (REAL)0.012;
+#else
+    const REAL log_t = fastloss_logf_normal(t);
+    const REAL d = log_t - x;
+    const REAL doubt_size = EW_ABS(log_t) * (REAL)0.06;
+#endif
+    uint32_t t_bits;
+    memcpy(&t_bits, &t, sizeof t_bits);
+    /* t in [2**-126, 2**128): one unsigned compare on the bits */
+    const int input_doubt = (t_bits - 0x00800000u) >= 0x7f000000u;
+    result.value = t * d;
+    result.slope = -t;
+    result.value_doubt = input_doubt | !(doubt_size < EW_ABS(d));
+    result.slope_doubt = 0;
+    return result;
+}
+#endif
+
 static void EW(kl_div_tile)(const STORE_T *FASTLOSS_RESTRICT input,
                             const STORE_T *FASTLOSS_RESTRICT target, fastloss_index m,
                             int log_target, REAL *FASTLOSS_RESTRICT value,
                             REAL *FASTLOSS_RESTRICT slope)
 {
+#ifdef EW_FLOAT_COMPUTE
+#define EW_KL_NARROW(LOG_TARGET)                                                            \
+    EW_NARROW_TILE(const EW(narrow) f = EW(kl_div_narrow_element)(LOAD(input, k),           \
+                                                                  LOAD(target, k), LOG_TARGET), \
+                   const EW(pair) g = EW(kl_div_element)(LOAD(input, k), LOAD(target, k),  \
+                                                         LOG_TARGET))
+    if (log_target)
+        EW_KL_NARROW(1);
+    else
+        EW_KL_NARROW(0);
+#undef EW_KL_NARROW
+    return;
+#endif
     if (log_target)
         EW_TILE_LOOPS(const EW(pair) f = EW(kl_div_element)(LOAD(input, k), LOAD(target, k), 1),
                       (REAL)f.value, (REAL)f.slope);
@@ -1143,13 +1357,20 @@ static void EW(kl_div_target_tile)(const STORE_T *FASTLOSS_RESTRICT input,
  * terms are >= 0.  h is computed in double (each difference of float32 values
  * exact), so float32 rounds its terms once.
  */
+FASTLOSS_INLINE EW_WIDE EW(dpo_h)(REAL policy_chosen, REAL policy_rejected,
+                                  REAL reference_chosen, REAL reference_rejected)
+{
+    return ((EW_WIDE)policy_chosen - (EW_WIDE)policy_rejected) -
+           ((EW_WIDE)reference_chosen - (EW_WIDE)reference_rejected);
+}
+
 FASTLOSS_INLINE EW(pair) EW(dpo_element)(REAL policy_chosen, REAL policy_rejected,
                                          REAL reference_chosen, REAL reference_rejected,
                                          EW_WIDE beta, int loss_type, EW_WIDE smoothing,
                                          EW_WIDE ipo_target)
 {
-    const EW_WIDE h = ((EW_WIDE)policy_chosen - (EW_WIDE)policy_rejected) -
-                      ((EW_WIDE)reference_chosen - (EW_WIDE)reference_rejected);
+    const EW_WIDE h = EW(dpo_h)(policy_chosen, policy_rejected, reference_chosen,
+                                reference_rejected);
     EW(pair) result;
     if (loss_type == FASTLOSS_DPO_SIGMOID) {
         const EW_WIDE z = beta * h;
@@ -1186,6 +1407,29 @@ static void EW(dpo_tile)(const STORE_T *FASTLOSS_RESTRICT policy_chosen,
                          EW_WIDE beta, int loss_type, EW_WIDE smoothing, EW_WIDE ipo_target,
                          REAL *FASTLOSS_RESTRICT value, REAL *FASTLOSS_RESTRICT slope)
 {
+#ifdef EW_FLOAT_COMPUTE
+    /* the sigmoid loss in float32 (logistic_narrow_element), its doubt redone in double */
+    if (loss_type == FASTLOSS_DPO_SIGMOID) {
+        const REAL keep = (REAL)(1 - smoothing), narrow_smoothing = (REAL)smoothing;
+        const REAL narrow_beta = (REAL)beta;
+#define EW_DPO_NARROW(SMOOTHED)                                                             \
+    EW_NARROW_TILE(const EW(narrow) f = EW(logistic_narrow_element)(                        \
+                       beta * EW(dpo_h)(LOAD(policy_chosen, k), LOAD(policy_rejected, k),   \
+                                        LOAD(reference_chosen, k),                          \
+                                        LOAD(reference_rejected, k)),                       \
+                       SMOOTHED, keep, narrow_smoothing, narrow_beta),                      \
+                   const EW(pair) g = EW(dpo_element)(                                      \
+                       LOAD(policy_chosen, k), LOAD(policy_rejected, k),                    \
+                       LOAD(reference_chosen, k), LOAD(reference_rejected, k), beta,        \
+                       FASTLOSS_DPO_SIGMOID, smoothing, ipo_target))
+        if (smoothing != 0)
+            EW_DPO_NARROW(1);
+        else
+            EW_DPO_NARROW(0);
+#undef EW_DPO_NARROW
+        return;
+    }
+#endif
     switch (loss_type) {
     case FASTLOSS_DPO_SIGMOID:
         EW_DPO_LOOPS(FASTLOSS_DPO_SIGMOID);

@@ -574,7 +574,10 @@ def _gaussian_prepare(arrays, options):
     input's without its last axis (given a trailing axis), or the input's number of axes
     with one mismatched axis, of size 1."""
     input, target, var = arrays
-    if np.any(var < 0):
+    # the least entry first: a read-only pass (a NaN makes it NaN: then every entry is
+    # compared); np.any(var < 0) would also write a bool array as large as var
+    least = np.min(var) if var.size else 0
+    if least < 0 or (least != least and np.any(var < 0)):
         raise ValueError("var: has negative entries (a variance is >= 0)")
     if var.shape != input.shape and var.ndim:  # a number is every element's variance
         if input.ndim and var.shape == input.shape[:-1]:
