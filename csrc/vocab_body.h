@@ -637,260 +637,6 @@ static void NAME(distill_pass)(int divergence, int sums, const STORE_T *xs, cons
     }
 }
 
-/* The floor under d = (own logit - other logit) / T in the products e d: where the
- * weighting model's class is -inf (e = 0), d is -inf or NaN (both -inf) and the product
- * must be 0; d = +inf (the other model rules out a class this one gives mass) stays
- * +inf: KL = inf, as F.kl_div.  A NaN logit makes the row's sum NaN anyway. */
-#define DISTILL_D_FLOOR ((REAL)-1e30)
-#define DISTILL_FLOORED(d) ((d) > DISTILL_D_FLOOR ? (d) : DISTILL_D_FLOOR)
-
-/* One element of distill_range_a (lane j): both models' exps, kept (store) and summed,
- * the cross term, and the next chunk's maxes (with_next). */
-#define DISTILL_A_STEP(i, j)                                                        \
-    do {                                                                            \
-        const REAL zs_ = LOAD(xs, i), zt_ = LOAD(xt, i);                            \
-        const REAL es_ = REAL_EXP_NONPOSITIVE((zs_ - shift_s) * inv_t);             \
-        const REAL et_ = REAL_EXP_NONPOSITIVE((zt_ - shift_t) * inv_t);             \
-        if (store) {                                                                \
-            es[i] = es_;                                                            \
-            et[i] = et_;                                                            \
-        }                                                                           \
-        part_s[j] += es_;                                                           \
-        part_t[j] += et_;                                                           \
-        if (cross == DISTILL_CROSS_TEACHER) {                                       \
-            const REAL d_ = (zt_ - zs_) * inv_t;                                    \
-            part_c[j] += et_ * DISTILL_FLOORED(d_);                                 \
-        } else if (cross == DISTILL_CROSS_STUDENT) {                                \
-            const REAL d_ = (zs_ - zt_) * inv_t;                                    \
-            part_c[j] += es_ * DISTILL_FLOORED(d_);                                 \
-        }                                                                           \
-        if (with_next) {                                                            \
-            const REAL vs_ = LOAD(next_s, i), vt_ = LOAD(next_t, i);                \
-            next_lane_s[j] = next_lane_s[j] < vs_ ? vs_ : next_lane_s[j];           \
-            next_lane_t[j] = next_lane_t[j] < vt_ ? vt_ : next_lane_t[j];           \
-        }                                                                           \
-    } while (0)
-
-/*
- * Pass A over a range of a chunk of both rows, in the lanes of vocab_range: the exps
- * e_s = exp((z - shift_s) / T), e_t = exp((u - shift_t) / T) (kept in es, et when
- * `store`), their sums, and the cross sum C of the KL with its weighting model's exps
- * (`cross`): sums[0] the student's, sums[1] the teacher's, sums[2] C.  with_next, the
- * maxes of next_s[0, n), next_t[0, n) go to next_max[0], [1] (else -inf).
- */
-FASTLOSS_INLINE void NAME(distill_range_a)(const int store, const int cross, const int with_next,
-                                           const STORE_T *FASTLOSS_RESTRICT xs,
-                                           const STORE_T *FASTLOSS_RESTRICT xt, fastloss_index n,
-                                           REAL shift_s, REAL shift_t, REAL inv_t,
-                                           REAL *FASTLOSS_RESTRICT es, REAL *FASTLOSS_RESTRICT et,
-                                           const STORE_T *FASTLOSS_RESTRICT next_s,
-                                           const STORE_T *FASTLOSS_RESTRICT next_t,
-                                           double *sums, REAL *next_max)
-{
-    double lane_s[VOCAB_LANES] = {0.0}, lane_t[VOCAB_LANES] = {0.0};
-    double lane_c[VOCAB_LANES] = {0.0};
-    REAL next_lane_s[VOCAB_LANES], next_lane_t[VOCAB_LANES];
-    for (int j = 0; j < VOCAB_LANES; ++j)
-        next_lane_s[j] = next_lane_t[j] = -(REAL)INFINITY;
-    fastloss_index c = 0;
-    while (c < n) {
-        /* a fold of VOCAB_FOLD elements (the last one shorter: whole vectors, then
-         * one element at a time) */
-        const fastloss_index end = n - c < VOCAB_FOLD ? n : c + VOCAB_FOLD;
-        REAL part_s[VOCAB_LANES] = {0}, part_t[VOCAB_LANES] = {0}, part_c[VOCAB_LANES] = {0};
-        for (; c + VOCAB_LANES <= end; c += VOCAB_LANES) {
-#pragma omp simd
-            for (int j = 0; j < VOCAB_LANES; ++j)
-                DISTILL_A_STEP(c + j, j);
-        }
-        for (int j = 0; c < end; ++c, ++j)
-            DISTILL_A_STEP(c, j);
-#pragma omp simd
-        for (int j = 0; j < VOCAB_LANES; ++j) {
-            lane_s[j] += (double)part_s[j];
-            lane_t[j] += (double)part_t[j];
-            lane_c[j] += (double)part_c[j];
-        }
-    }
-    sums[0] = vocab_lanes_total(lane_s);
-    sums[1] = vocab_lanes_total(lane_t);
-    sums[2] = cross ? vocab_lanes_total(lane_c) : 0.0;
-    next_max[0] = next_max[1] = -(REAL)INFINITY;
-    for (int j = 0; j < VOCAB_LANES; ++j) {
-        next_max[0] = next_lane_s[j] > next_max[0] ? next_lane_s[j] : next_max[0];
-        next_max[1] = next_lane_t[j] > next_max[1] ? next_lane_t[j] : next_max[1];
-    }
-}
-#undef DISTILL_A_STEP
-
-/* One chunk record of pass A (vocab_internal.h), cross sum in VOCAB_CHUNK_CROSS. */
-FASTLOSS_INLINE void NAME(distill_record)(double *chunk, REAL max, double sum, double cross)
-{
-    chunk[VOCAB_CHUNK_MAX] = (double)max;
-    chunk[VOCAB_CHUNK_SUM] = sum;
-    chunk[VOCAB_CHUNK_WEIGHTED] = 0.0;
-    chunk[VOCAB_CHUNK_OTHERS] = sum;
-    chunk[VOCAB_CHUNK_CROSS] = cross;
-}
-
-/*
- * Pass A: both rows' softmax statistics in one loop per chunk (each chunk relative to
- * its own maxes, found by the previous chunk's loop), the exps kept in es_row, et_row
- * when `store`, and the cross sum of the KL (`cross`) merged into *cross_total =
- * sum_c e_c d_c relative to the weighting model's row max.  Each input read from
- * memory once.
- */
-FASTLOSS_INLINE void NAME(distill_pass_a)(const int store, const int cross, const STORE_T *xs,
-                                          const STORE_T *xt, fastloss_index n_classes,
-                                          fastloss_index n_chunks, double inv_temperature,
-                                          REAL *es_row, REAL *et_row, double *student_chunks,
-                                          double *teacher_chunks, vocab_row_stats *student,
-                                          vocab_row_stats *teacher, double *cross_total)
-{
-    const REAL inv_t = (REAL)inv_temperature;
-    const fastloss_index first = n_classes < FASTLOSS_VOCAB_CHUNK ? n_classes
-                                                                  : FASTLOSS_VOCAB_CHUNK;
-    REAL m[2] = {NAME(vocab_max)(xs, first), NAME(vocab_max)(xt, first)};
-    for (fastloss_index k = 0; k < n_chunks; ++k) {
-        const fastloss_index start = k * FASTLOSS_VOCAB_CHUNK;
-        const fastloss_index n = n_classes - start < FASTLOSS_VOCAB_CHUNK ? n_classes - start
-                                                                          : FASTLOSS_VOCAB_CHUNK;
-        const fastloss_index next_start = start + n;
-        const fastloss_index n_next = n_classes - next_start < FASTLOSS_VOCAB_CHUNK
-                                          ? n_classes - next_start
-                                          : FASTLOSS_VOCAB_CHUNK;
-        const REAL max_s = m[0], max_t = m[1];
-        /* a chunk of -inf gets shift 0, so that exp sees -inf rather than NaN */
-        const REAL shift_s = max_s == -(REAL)INFINITY ? (REAL)0 : max_s;
-        const REAL shift_t = max_t == -(REAL)INFINITY ? (REAL)0 : max_t;
-        REAL *es = store ? es_row + start : NULL, *et = store ? et_row + start : NULL;
-        const fastloss_index both = n < n_next ? n : n_next;
-        double sums[3], rest[3] = {0.0, 0.0, 0.0};
-        NAME(distill_range_a)(store, cross, 1, xs + start, xt + start, both, shift_s, shift_t,
-                              inv_t, es, et, xs + next_start, xt + next_start, sums, m);
-        if (both < n) { /* the row's last chunk, or the one before a short last chunk */
-            REAL unused[2];
-            NAME(distill_range_a)(store, cross, 0, xs + start + both, xt + start + both,
-                                  n - both, shift_s, shift_t, inv_t, store ? es + both : NULL,
-                                  store ? et + both : NULL, NULL, NULL, rest, unused);
-        }
-        if (both < n_next) {
-            const REAL rest_s = NAME(vocab_max)(xs + next_start + both, n_next - both);
-            const REAL rest_t = NAME(vocab_max)(xt + next_start + both, n_next - both);
-            m[0] = rest_s > m[0] ? rest_s : m[0];
-            m[1] = rest_t > m[1] ? rest_t : m[1];
-        }
-        const double cross_sum = sums[2] + rest[2];
-        NAME(distill_record)(student_chunks + k * VOCAB_CHUNK_FIELDS, max_s, sums[0] + rest[0],
-                             cross == DISTILL_CROSS_STUDENT ? cross_sum : 0.0);
-        NAME(distill_record)(teacher_chunks + k * VOCAB_CHUNK_FIELDS, max_t, sums[1] + rest[1],
-                             cross == DISTILL_CROSS_TEACHER ? cross_sum : 0.0);
-    }
-    vocab_merge_chunks(student_chunks, n_chunks, inv_temperature, student);
-    vocab_merge_chunks(teacher_chunks, n_chunks, inv_temperature, teacher);
-    /* the cross sum relative to its model's row max: chunk k's scaled by
-     * exp((m_k - M) / T), as its sum of exps */
-    const double *own = cross == DISTILL_CROSS_STUDENT ? student_chunks : teacher_chunks;
-    const double row_max = cross == DISTILL_CROSS_STUDENT ? student->max : teacher->max;
-    double total = 0.0;
-    if (cross)
-        for (fastloss_index k = 0; k < n_chunks; ++k) {
-            const double mk = own[k * VOCAB_CHUNK_FIELDS + VOCAB_CHUNK_MAX];
-            if (mk == -INFINITY)
-                continue;
-            const double rescale = mk == row_max ? 1.0 : exp((mk - row_max) * inv_temperature);
-            total += own[k * VOCAB_CHUNK_FIELDS + VOCAB_CHUNK_CROSS] * rescale;
-        }
-    *cross_total = total;
-}
-
-/*
- * The KL's gradients from pass A's exps, chunk by chunk (q_c = e_s unit_s, p_c = e_t
- * unit_t with the chunk's units, distill_chunk_of), d = (u - z) / T floored
- * (DISTILL_FLOORED: 0 where the weighting exp is 0), s = the row's scale:
- *   forward  student s (q - p),                  teacher s p (d - (lse_diff + K))
- *   reverse  student s q ((lse_diff - K) - d),   teacher s (p - q)
- * with log p - log q = d - lse_diff, lse_diff = lse_t - lse_s (the row constant
- * `offset` is lse_diff + K forward, K - lse_diff reverse).  The mode arguments are
- * constants at every call.
- */
-FASTLOSS_INLINE void NAME(distill_kl_grad_range)(const int divergence, const int want_s,
-                                                 const int want_t,
-                                                 const STORE_T *FASTLOSS_RESTRICT xs,
-                                                 const STORE_T *FASTLOSS_RESTRICT xt,
-                                                 const REAL *FASTLOSS_RESTRICT es,
-                                                 const REAL *FASTLOSS_RESTRICT et,
-                                                 fastloss_index n, REAL inv_t, REAL unit_s,
-                                                 REAL unit_t, REAL offset,
-                                                 GRAD_T *FASTLOSS_RESTRICT gs,
-                                                 GRAD_T *FASTLOSS_RESTRICT gt)
-{
-    for (fastloss_index c = 0; c < n; ++c) {
-        const REAL q = es[c] * unit_s, p = et[c] * unit_t;
-        if (divergence == FASTLOSS_DIVERGENCE_FORWARD_KL) {
-            if (want_s)
-                STORE(gs, c, q - p);
-            if (want_t) {
-                const REAL d = ((REAL)LOAD(xt, c) - (REAL)LOAD(xs, c)) * inv_t;
-                STORE(gt, c, p * (DISTILL_FLOORED(d) - offset));
-            }
-        } else {
-            if (want_s) {
-                const REAL d = ((REAL)LOAD(xs, c) - (REAL)LOAD(xt, c)) * inv_t;
-                STORE(gs, c, q * (DISTILL_FLOORED(d) - offset));
-            }
-            if (want_t)
-                STORE(gt, c, p - q);
-        }
-    }
-}
-
-static void NAME(distill_kl_grad)(int divergence, const STORE_T *xs, const STORE_T *xt,
-                                  const REAL *es_row, const REAL *et_row,
-                                  fastloss_index n_classes, fastloss_index n_chunks,
-                                  double inv_temperature, const double *student_chunks,
-                                  const double *teacher_chunks, const vocab_row_stats *student,
-                                  const vocab_row_stats *teacher, double scale, double offset,
-                                  GRAD_T *gs, GRAD_T *gt)
-{
-    const REAL inv_t = (REAL)inv_temperature;
-    for (fastloss_index k = 0; k < n_chunks; ++k) {
-        const fastloss_index start = k * FASTLOSS_VOCAB_CHUNK;
-        const fastloss_index n = n_classes - start < FASTLOSS_VOCAB_CHUNK ? n_classes - start
-                                                                          : FASTLOSS_VOCAB_CHUNK;
-        NAME(distill_chunk) chunk;
-        NAME(distill_chunk_of)(student_chunks + k * VOCAB_CHUNK_FIELDS,
-                               teacher_chunks + k * VOCAB_CHUNK_FIELDS, student, teacher,
-                               inv_temperature, &chunk);
-        /* the row's scale goes into the units: q s, p s */
-        const REAL unit_s = (REAL)(scale * (double)chunk.scale_s);
-        const REAL unit_t = (REAL)(scale * (double)chunk.scale_t);
-        const STORE_T *s = xs + start, *t = xt + start;
-        const REAL *es = es_row + start, *et = et_row + start;
-        GRAD_T *gsk = gs ? gs + start : NULL, *gtk = gt ? gt + start : NULL;
-/* the student's gradient and the teacher's in loops of their own (the chunk's exps are
- * in L1 for the second): each is then one loop whatever the other, the same bits
- * whether one or both are asked for (a compiler may contract p - q into a multiply-add
- * either way, differently in different loops) */
-#define DISTILL_KL_GRAD(div)                                                                  \
-    do {                                                                                      \
-        if (gsk)                                                                              \
-            NAME(distill_kl_grad_range)(div, 1, 0, s, t, es, et, n, inv_t, unit_s, unit_t,    \
-                                        (REAL)offset, gsk, NULL);                             \
-        if (gtk)                                                                              \
-            NAME(distill_kl_grad_range)(div, 0, 1, s, t, es, et, n, inv_t, unit_s, unit_t,    \
-                                        (REAL)offset, NULL, gtk);                             \
-    } while (0)
-        if (divergence == FASTLOSS_DIVERGENCE_FORWARD_KL)
-            DISTILL_KL_GRAD(FASTLOSS_DIVERGENCE_FORWARD_KL);
-        else
-            DISTILL_KL_GRAD(FASTLOSS_DIVERGENCE_REVERSE_KL);
-#undef DISTILL_KL_GRAD
-    }
-}
-#undef DISTILL_FLOORED
-#undef DISTILL_D_FLOOR
-
 static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_threads)
 {
     const fastloss_vocab_options *options = job->options;
@@ -930,76 +676,44 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
             continue;
         }
         /* pass A: each row's max and sum of exps, read from memory once; the exps stay
-         * in the rows es_row, et_row where a later pass needs them; for the KL its
-         * cross sum (the whole loss) */
-        const int want_grad = gs != NULL || gt != NULL;
+         * in the rows es_row, et_row */
         vocab_row_stats student, teacher;
-        double cross = 0.0;
-        if (divergence == FASTLOSS_DIVERGENCE_JSD)
-            NAME(distill_pass_a)(1, DISTILL_CROSS_NONE, xs, xt, n_classes, n_chunks,
-                                 inv_temperature, es_row, et_row, student_chunks,
-                                 teacher_chunks, &student, &teacher, &cross);
-        else if (divergence == FASTLOSS_DIVERGENCE_FORWARD_KL && want_grad)
-            NAME(distill_pass_a)(1, DISTILL_CROSS_TEACHER, xs, xt, n_classes, n_chunks,
-                                 inv_temperature, es_row, et_row, student_chunks,
-                                 teacher_chunks, &student, &teacher, &cross);
-        else if (divergence == FASTLOSS_DIVERGENCE_FORWARD_KL)
-            NAME(distill_pass_a)(0, DISTILL_CROSS_TEACHER, xs, xt, n_classes, n_chunks,
-                                 inv_temperature, NULL, NULL, student_chunks, teacher_chunks,
-                                 &student, &teacher, &cross);
-        else if (want_grad)
-            NAME(distill_pass_a)(1, DISTILL_CROSS_STUDENT, xs, xt, n_classes, n_chunks,
-                                 inv_temperature, es_row, et_row, student_chunks,
-                                 teacher_chunks, &student, &teacher, &cross);
-        else
-            NAME(distill_pass_a)(0, DISTILL_CROSS_STUDENT, xs, xt, n_classes, n_chunks,
-                                 inv_temperature, NULL, NULL, student_chunks, teacher_chunks,
-                                 &student, &teacher, &cross);
+        NAME(vocab_row_stats)(xs, n_classes, n_chunks, inv_temperature, -1, 0,
+                              es_row, student_chunks, &student);
+        NAME(vocab_row_stats)(xt, n_classes, n_chunks, inv_temperature, -1, 0,
+                              et_row, teacher_chunks, &teacher);
         /* A row with no finite log-sum-exp (a +inf or NaN logit, or every logit -inf)
          * has no distribution: its loss and gradients are NaN. */
         const int finite = isfinite(student.max) && isfinite(student.log_sum) &&
                            isfinite(teacher.max) && isfinite(teacher.log_sum);
         const double upstream = job->grad_output[i * job->grad_output_stride];
         const double scale = finite ? upstream * job->factor * inv_temperature : NAN;
-        double loss;
-        if (divergence != FASTLOSS_DIVERGENCE_JSD) {
-            /* KL(own || other) = C / S_own - (lse_own - lse_other): C = sum e_c d_c with
-             * the own model's exps and d = (own - other) / T, so that
-             * sum_c p_c (log p_c - log q_c) = E_p[d] - lse_diff (forward) */
-            const double lse_diff = (teacher.max - student.max) * inv_temperature +
-                                    (teacher.log_sum - student.log_sum);
-            const int forward = divergence == FASTLOSS_DIVERGENCE_FORWARD_KL;
-            loss = forward ? cross / teacher.sum - lse_diff : cross / student.sum + lse_diff;
-            if (want_grad)
-                NAME(distill_kl_grad)(divergence, xs, xt, es_row, et_row, n_classes, n_chunks,
-                                      inv_temperature, student_chunks, teacher_chunks,
-                                      &student, &teacher, scale,
-                                      forward ? lse_diff + loss : loss - lse_diff, gs, gt);
-        } else {
-            const REAL scale_s = (REAL)(scale * (1.0 - beta)), scale_t = (REAL)(scale * beta);
-            /* the gradients that subtract no row total can be written in the pass that
-             * sums the divergence; the others need pass B's totals first (the JSD's
-             * both do) */
-            const int needs_totals = want_grad;
-            double kl_s = 0.0, kl_t = 0.0;
-            row.kl_s = row.kl_t = 0;
-            /* pass B: the divergence */
-            NAME(distill_pass)(divergence, 1, xs, xt, es_row, et_row, n_classes, n_chunks,
+        const double weight_s = divergence == FASTLOSS_DIVERGENCE_JSD ? 1.0 - beta : 1.0;
+        const double weight_t = divergence == FASTLOSS_DIVERGENCE_JSD ? beta : 1.0;
+        const REAL scale_s = (REAL)(scale * weight_s), scale_t = (REAL)(scale * weight_t);
+        /* the gradients that subtract no row total can be written in the pass that sums
+         * the divergence; the others need pass B's totals first */
+        const int needs_totals = (gs && divergence != FASTLOSS_DIVERGENCE_FORWARD_KL) ||
+                                 (gt && divergence != FASTLOSS_DIVERGENCE_REVERSE_KL);
+        double kl_s = 0.0, kl_t = 0.0;
+        row.kl_s = row.kl_t = 0;
+        /* pass B: the divergence (with the gradients when they need no totals) */
+        NAME(distill_pass)(divergence, 1, xs, xt, es_row, et_row, n_classes, n_chunks,
+                           inv_temperature, student_chunks, teacher_chunks, &student, &teacher,
+                           &row, scale_s, scale_t, tile_s, tile_t, needs_totals ? NULL : gs,
+                           needs_totals ? NULL : gt, &kl_s, &kl_t);
+        /* pass C: the gradients that subtract the totals, the rows again from the cache */
+        if (needs_totals) {
+            row.kl_s = (REAL)kl_s;
+            row.kl_t = (REAL)kl_t;
+            NAME(distill_pass)(divergence, 0, xs, xt, es_row, et_row, n_classes, n_chunks,
                                inv_temperature, student_chunks, teacher_chunks, &student,
-                               &teacher, &row, scale_s, scale_t, tile_s, tile_t, NULL, NULL,
-                               &kl_s, &kl_t);
-            /* pass C: the gradients, which subtract the totals, the rows again from the
-             * cache */
-            if (needs_totals) {
-                row.kl_s = (REAL)kl_s;
-                row.kl_t = (REAL)kl_t;
-                NAME(distill_pass)(divergence, 0, xs, xt, es_row, et_row, n_classes,
-                                   n_chunks, inv_temperature, student_chunks, teacher_chunks,
-                                   &student, &teacher, &row, scale_s, scale_t, tile_s, tile_t,
-                                   gs, gt, NULL, NULL);
-            }
-            loss = beta * kl_t + (1.0 - beta) * kl_s;
+                               &teacher, &row, scale_s, scale_t, tile_s, tile_t, gs, gt, NULL,
+                               NULL);
         }
+        const double loss = divergence == FASTLOSS_DIVERGENCE_FORWARD_KL   ? kl_t
+                            : divergence == FASTLOSS_DIVERGENCE_REVERSE_KL ? kl_s
+                                                                           : beta * kl_t + (1.0 - beta) * kl_s;
         job->row_loss[i] = finite ? loss : NAN;
     }
 }

@@ -34,10 +34,6 @@ enum {
     VOCAB_CHUNK_FIELDS = 5
 };
 
-/* Which model's exps weight the distillation's cross sum C_k: none (the JSD), the
- * teacher's (the forward KL) or the student's (the reverse KL). */
-enum { DISTILL_CROSS_NONE = 0, DISTILL_CROSS_TEACHER = 1, DISTILL_CROSS_STUDENT = 2 };
-
 /*
  * The element loops sum in VOCAB_LANES partial sums of the compute type (lane j takes
  * the elements j, j + VOCAB_LANES, ... of a range), and every VOCAB_FOLD elements
