@@ -138,6 +138,7 @@ FASTLOSS_INLINE REAL NAME(vocab_range)(const int store, const int with_w, const 
  * each chunk relative to its own shift; 0 at the target) when it is given.
  */
 FASTLOSS_INLINE void NAME(vocab_row_stats_mode)(const int store, const int with_w,
+                                               const int exact,
                                                const STORE_T *x, fastloss_index n_classes,
                                                fastloss_index n_chunks, double inv_temperature,
                                                fastloss_index target, REAL *exps_row,
@@ -194,6 +195,9 @@ FASTLOSS_INLINE void NAME(vocab_row_stats_mode)(const int store, const int with_
                 const REAL rest = NAME(vocab_max)(next + both, n_next - both);
                 m = rest > m ? rest : m;
             }
+            /* exact: the kept exps summed in double instead (see vocab_row_stats) */
+            if (exact)
+                sum = NAME(vocab_sum)(exps, n);
             others = sum;
         }
         chunk[VOCAB_CHUNK_OTHERS] = others;
@@ -204,23 +208,33 @@ FASTLOSS_INLINE void NAME(vocab_row_stats_mode)(const int store, const int with_
     vocab_merge_chunks(chunk_data, n_chunks, inv_temperature, stats);
 }
 
-/* vocab_row_stats_mode with its modes picked once per row (each a loop of its own). */
+/*
+ * vocab_row_stats_mode with its modes picked once per row (each a loop of its own).
+ * `exact` (the distillation, target -1, exps_row given): each chunk's sum of the kept
+ * exps in double, every exp rounded once and nothing else: the KL's
+ * log S_t - log S_s would carry the float lanes' roundings (about 1e-8 of S, where
+ * the KL of two close distributions is 1e-3 or less), while the token log-prob and
+ * the entropy take them relative to their own size.
+ */
 static void NAME(vocab_row_stats)(const STORE_T *x, fastloss_index n_classes,
                                   fastloss_index n_chunks, double inv_temperature,
-                                  fastloss_index target, int need_weighted, REAL *exps_row,
-                                  double *chunk_data, vocab_row_stats *stats)
+                                  fastloss_index target, int need_weighted, int exact,
+                                  REAL *exps_row, double *chunk_data, vocab_row_stats *stats)
 {
-    if (exps_row && need_weighted)
-        NAME(vocab_row_stats_mode)(1, 1, x, n_classes, n_chunks, inv_temperature, target,
+    if (exact)
+        NAME(vocab_row_stats_mode)(1, 0, 1, x, n_classes, n_chunks, inv_temperature, -1,
+                                   exps_row, chunk_data, stats);
+    else if (exps_row && need_weighted)
+        NAME(vocab_row_stats_mode)(1, 1, 0, x, n_classes, n_chunks, inv_temperature, target,
                                    exps_row, chunk_data, stats);
     else if (exps_row)
-        NAME(vocab_row_stats_mode)(1, 0, x, n_classes, n_chunks, inv_temperature, target,
+        NAME(vocab_row_stats_mode)(1, 0, 0, x, n_classes, n_chunks, inv_temperature, target,
                                    exps_row, chunk_data, stats);
     else if (need_weighted)
-        NAME(vocab_row_stats_mode)(0, 1, x, n_classes, n_chunks, inv_temperature, target,
+        NAME(vocab_row_stats_mode)(0, 1, 0, x, n_classes, n_chunks, inv_temperature, target,
                                    NULL, chunk_data, stats);
     else
-        NAME(vocab_row_stats_mode)(0, 0, x, n_classes, n_chunks, inv_temperature, target,
+        NAME(vocab_row_stats_mode)(0, 0, 0, x, n_classes, n_chunks, inv_temperature, target,
                                    NULL, chunk_data, stats);
 }
 
@@ -350,7 +364,7 @@ static void NAME(tlp_rows)(const NAME(tlp_job) *job, int thread, int n_threads)
          * overlaps no input), else the thread's scratch row */
         REAL *e_row = g == NULL ? NULL : STORAGE_IS_COMPUTE ? (REAL *)g : row_exps;
         vocab_row_stats stats;
-        NAME(vocab_row_stats)(x, n_classes, job->n_chunks, inv_temperature, t, need_weighted,
+        NAME(vocab_row_stats)(x, n_classes, job->n_chunks, inv_temperature, t, need_weighted, 0,
                               e_row, chunk_data, &stats);
         /* A row with no finite log-sum-exp (a +inf or NaN logit, or every logit -inf)
          * has no softmax: NaN, as torch's log_softmax gives. */
@@ -678,9 +692,9 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
         /* pass A: each row's max and sum of exps, read from memory once; the exps stay
          * in the rows es_row, et_row */
         vocab_row_stats student, teacher;
-        NAME(vocab_row_stats)(xs, n_classes, n_chunks, inv_temperature, -1, 0,
+        NAME(vocab_row_stats)(xs, n_classes, n_chunks, inv_temperature, -1, 0, 1,
                               es_row, student_chunks, &student);
-        NAME(vocab_row_stats)(xt, n_classes, n_chunks, inv_temperature, -1, 0,
+        NAME(vocab_row_stats)(xt, n_classes, n_chunks, inv_temperature, -1, 0, 1,
                               et_row, teacher_chunks, &teacher);
         /* A row with no finite log-sum-exp (a +inf or NaN logit, or every logit -inf)
          * has no distribution: its loss and gradients are NaN. */
