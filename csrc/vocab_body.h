@@ -59,7 +59,8 @@ FASTLOSS_INLINE double NAME(vocab_sum)(const REAL *FASTLOSS_RESTRICT values, fas
         const REAL e_ = REAL_EXP_NONPOSITIVE(a_);                                  \
         if (store)                                                                 \
             exps[i] = e_;                                                          \
-        part_s[j] += e_;                                                           \
+        if (sums)                                                                  \
+            part_s[j] += e_;                                                       \
         if (with_w)                                                                \
             part_w[j] += e_ * (a_ < VOCAB_A_FLOOR ? VOCAB_A_FLOOR : a_);           \
         if (with_next) {                                                           \
@@ -75,10 +76,12 @@ FASTLOSS_INLINE double NAME(vocab_sum)(const REAL *FASTLOSS_RESTRICT values, fas
  * the max of next[0, n) (the next chunk streams in from memory while this one's exps are
  * computed, rather than in a sweep of its own that would leave the arithmetic idle;
  * cross_entropy_row_body.h does the same) and returns it, else -inf.  One loop: the
- * exp, a store, an add and a multiply-add per element, no conversion to double.  The
+ * exp, a store, an add and a multiply-add per element, no conversion to double (no
+ * sums where `sums` is 0: the caller sums the kept exps itself).  The
  * mode arguments are constants at every call (the function is inlined).
  */
-FASTLOSS_INLINE REAL NAME(vocab_range)(const int store, const int with_w, const int with_next,
+FASTLOSS_INLINE REAL NAME(vocab_range)(const int store, const int sums, const int with_w,
+                                       const int with_next,
                                        const STORE_T *FASTLOSS_RESTRICT x, fastloss_index n,
                                        REAL shift, REAL inv_t, REAL *FASTLOSS_RESTRICT exps,
                                        const STORE_T *FASTLOSS_RESTRICT next, double *sum,
@@ -116,7 +119,7 @@ FASTLOSS_INLINE REAL NAME(vocab_range)(const int store, const int with_w, const 
             lane_w[j] += (double)part_w[j];
         }
     }
-    *sum = vocab_lanes_total(lane_s);
+    *sum = sums ? vocab_lanes_total(lane_s) : 0.0;
     if (with_w)
         *weighted = vocab_lanes_total(lane_w);
     REAL next_max = -(REAL)INFINITY;
@@ -165,9 +168,9 @@ FASTLOSS_INLINE void NAME(vocab_row_stats_mode)(const int store, const int with_
         double sum = 0.0, weighted = 0.0, others;
         if (t >= 0 && t < n) {
             double sum_after = 0.0, weighted_after = 0.0;
-            NAME(vocab_range)(store, with_w, 0, xk, t, shift, inv_t, exps, NULL, &sum,
+            NAME(vocab_range)(store, !exact, with_w, 0, xk, t, shift, inv_t, exps, NULL, &sum,
                               &weighted);
-            NAME(vocab_range)(store, with_w, 0, xk + t + 1, n - t - 1, shift, inv_t,
+            NAME(vocab_range)(store, !exact, with_w, 0, xk + t + 1, n - t - 1, shift, inv_t,
                               store ? exps + t + 1 : NULL, NULL, &sum_after, &weighted_after);
             const REAL a_t = ((REAL)LOAD(xk, t) - shift) * inv_t;
             const REAL e_t = REAL_EXP_NONPOSITIVE(a_t);
@@ -182,11 +185,11 @@ FASTLOSS_INLINE void NAME(vocab_row_stats_mode)(const int store, const int with_
             /* the part with a next element beside each element (all of it but in the
              * row's last chunk, and in the chunk before a short last one) */
             const fastloss_index both = n < n_next ? n : n_next;
-            m = NAME(vocab_range)(store, with_w, 1, xk, both, shift, inv_t, exps, next, &sum,
-                                  &weighted);
+            m = NAME(vocab_range)(store, !exact, with_w, 1, xk, both, shift, inv_t, exps, next,
+                                  &sum, &weighted);
             if (both < n) { /* the row's last chunk (no next) or a short next chunk */
                 double sum_rest = 0.0, weighted_rest = 0.0;
-                NAME(vocab_range)(store, with_w, 0, xk + both, n - both, shift, inv_t,
+                NAME(vocab_range)(store, !exact, with_w, 0, xk + both, n - both, shift, inv_t,
                                   store ? exps + both : NULL, NULL, &sum_rest, &weighted_rest);
                 sum += sum_rest;
                 weighted += weighted_rest;
