@@ -51,13 +51,17 @@
  * 0.85, 2026-11-26): the value-and-grad w.r.t. boxes1 takes 2.32x (giou),
  * 2.44x (diou) and 4.62x (ciou) np.copyto of one box array, against the 2x
  * goal; the forward alone 1.07x, 1.04x and 2.23x.  Compute-bound (ciou's two
- * atans); what a float32 evaluation with a per-pair bound would save has not
- * been measured.
+ * atans); the float pass and the clean tiles below since: BENCHMARKS.md, "Box
+ * losses: where the time goes".
  *
  * Vectorisation: a tile of pairs is read into one double array per coordinate,
  * and one loop over the tile computes every pair's loss and gradients with
  * selects only (fastmath.h's atan included), so it vectorises across pairs;
- * the gradients are written back interleaved.
+ * the gradients are written back interleaved (with streaming stores in calls
+ * writing 16 MiB of them or more: box_internal.h).  A tile with no NaN
+ * coordinate and no tie between corresponding coordinates takes a loop with
+ * plain comparisons for maximum, minimum and their backward (BOX(clean) in
+ * box_body.h: the same operations, without the NaN tests and the half shares).
  *
  * Determinism: pairs are cut into blocks of FASTLOSS_BOX_BLOCK, each summed in a
  * fixed order into a double, and the block sums are added in block order by one

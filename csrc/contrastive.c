@@ -99,6 +99,40 @@
 #undef REAL_NAME
 #include "storage_end.h"
 
+/* The half types: rows read in place, gradients rounded once from double to the half
+ * type, or (the _grad32 tags) to float32; the prepared rows and products in float32. */
+#define STORAGE bfloat16
+#include "storage_begin.h"
+#define REAL_NAME(name) name##_bfloat16
+#include "contrastive_row_helpers.h"
+#include "contrastive_body.h"
+#undef REAL_NAME
+#include "storage_end.h"
+
+#define STORAGE float16
+#include "storage_begin.h"
+#define REAL_NAME(name) name##_float16
+#include "contrastive_row_helpers.h"
+#include "contrastive_body.h"
+#undef REAL_NAME
+#include "storage_end.h"
+
+#define STORAGE bfloat16_grad32
+#include "storage_begin.h"
+#define REAL_NAME(name) name##_bfloat16_grad32
+#include "contrastive_row_helpers.h"
+#include "contrastive_body.h"
+#undef REAL_NAME
+#include "storage_end.h"
+
+#define STORAGE float16_grad32
+#include "storage_begin.h"
+#define REAL_NAME(name) name##_float16_grad32
+#include "contrastive_row_helpers.h"
+#include "contrastive_body.h"
+#undef REAL_NAME
+#include "storage_end.h"
+
 /* Every operation's kernels by storage type (enum fastloss_dtype).  The pass and
  * the sparse product are those this CPU runs best: fastloss_contrastive_select fills
  * their slots (see fastloss_select_kernels); baseline until then.  A new storage
@@ -113,33 +147,53 @@ static struct {
     fastloss_contrastive_triplet_margin_kernel triplet_margin[FASTLOSS_N_DTYPES];
     fastloss_contrastive_nce_kernel nce_float32;
 } distance_kernels = {
-    .matrix = {[FASTLOSS_FLOAT32] = fastloss_contrastive_matrix_float32_baseline,
-               [FASTLOSS_FLOAT64] = fastloss_contrastive_matrix_float64_baseline},
-    .sparse_product = {[FASTLOSS_FLOAT32] = fastloss_contrastive_sparse_product_float32_baseline,
-                       [FASTLOSS_FLOAT64] = fastloss_contrastive_sparse_product_float64_baseline},
-    .prepare_rows = {[FASTLOSS_FLOAT32] = distance_prepare_rows_float32,
-                     [FASTLOSS_FLOAT64] = distance_prepare_rows_float64},
-    .finish_rows = {[FASTLOSS_FLOAT32] = distance_finish_rows_float32,
-                    [FASTLOSS_FLOAT64] = distance_finish_rows_float64},
-    .normalize_backward = {[FASTLOSS_FLOAT32] = distance_normalize_backward_float32,
-                           [FASTLOSS_FLOAT64] = distance_normalize_backward_float64},
-    .contrastive = {[FASTLOSS_FLOAT32] = distance_contrastive_float32,
-                    [FASTLOSS_FLOAT64] = distance_contrastive_float64},
-    .triplet_margin = {[FASTLOSS_FLOAT32] = distance_triplet_margin_float32,
-                       [FASTLOSS_FLOAT64] = distance_triplet_margin_float64},
+    /* the pass and the sparse product write no gradient: a half type's float32-gradient
+     * code shares the half code's */
+#define FL_BY_STORAGE_(prefix, suffix)                                                     \
+    {[FASTLOSS_FLOAT32] = prefix##_float32##suffix,                                        \
+     [FASTLOSS_FLOAT64] = prefix##_float64##suffix,                                        \
+     [FASTLOSS_BFLOAT16] = prefix##_bfloat16##suffix,                                      \
+     [FASTLOSS_FLOAT16] = prefix##_float16##suffix,                                        \
+     [FASTLOSS_BFLOAT16_GRAD_FLOAT32] = prefix##_bfloat16##suffix,                         \
+     [FASTLOSS_FLOAT16_GRAD_FLOAT32] = prefix##_float16##suffix}
+    .matrix = FL_BY_STORAGE_(fastloss_contrastive_matrix, _baseline),
+    .sparse_product = FL_BY_STORAGE_(fastloss_contrastive_sparse_product, _baseline),
+#undef FL_BY_STORAGE_
+    /* the row kernels: one per dtype code (those of a half type and of its
+     * float32-gradient code differ in the gradient's type alone) */
+#define FL_BY_DTYPE_(prefix)                                                               \
+    {[FASTLOSS_FLOAT32] = prefix##_float32,                                                \
+     [FASTLOSS_FLOAT64] = prefix##_float64,                                                \
+     [FASTLOSS_BFLOAT16] = prefix##_bfloat16,                                              \
+     [FASTLOSS_FLOAT16] = prefix##_float16,                                                \
+     [FASTLOSS_BFLOAT16_GRAD_FLOAT32] = prefix##_bfloat16_grad32,                          \
+     [FASTLOSS_FLOAT16_GRAD_FLOAT32] = prefix##_float16_grad32}
+    .prepare_rows = FL_BY_DTYPE_(distance_prepare_rows),
+    .finish_rows = FL_BY_DTYPE_(distance_finish_rows),
+    .normalize_backward = FL_BY_DTYPE_(distance_normalize_backward),
+    .contrastive = FL_BY_DTYPE_(distance_contrastive),
+    .triplet_margin = FL_BY_DTYPE_(distance_triplet_margin),
+#undef FL_BY_DTYPE_
     .nce_float32 = fastloss_contrastive_nce_float32_baseline,
 };
 
 void fastloss_contrastive_select(int level)
 {
-    distance_kernels.matrix[FASTLOSS_FLOAT32] =
-        FASTLOSS_PICK(fastloss_contrastive_matrix_float32, level);
-    distance_kernels.matrix[FASTLOSS_FLOAT64] =
-        FASTLOSS_PICK(fastloss_contrastive_matrix_float64, level);
-    distance_kernels.sparse_product[FASTLOSS_FLOAT32] =
-        FASTLOSS_PICK(fastloss_contrastive_sparse_product_float32, level);
-    distance_kernels.sparse_product[FASTLOSS_FLOAT64] =
-        FASTLOSS_PICK(fastloss_contrastive_sparse_product_float64, level);
+#define FL_SELECT_(kernel, code, tag)                                                       \
+    distance_kernels.kernel[code] = FASTLOSS_PICK(fastloss_contrastive_##kernel##_##tag, level)
+    FL_SELECT_(matrix, FASTLOSS_FLOAT32, float32);
+    FL_SELECT_(matrix, FASTLOSS_FLOAT64, float64);
+    FL_SELECT_(matrix, FASTLOSS_BFLOAT16, bfloat16);
+    FL_SELECT_(matrix, FASTLOSS_FLOAT16, float16);
+    FL_SELECT_(matrix, FASTLOSS_BFLOAT16_GRAD_FLOAT32, bfloat16);
+    FL_SELECT_(matrix, FASTLOSS_FLOAT16_GRAD_FLOAT32, float16);
+    FL_SELECT_(sparse_product, FASTLOSS_FLOAT32, float32);
+    FL_SELECT_(sparse_product, FASTLOSS_FLOAT64, float64);
+    FL_SELECT_(sparse_product, FASTLOSS_BFLOAT16, bfloat16);
+    FL_SELECT_(sparse_product, FASTLOSS_FLOAT16, float16);
+    FL_SELECT_(sparse_product, FASTLOSS_BFLOAT16_GRAD_FLOAT32, bfloat16);
+    FL_SELECT_(sparse_product, FASTLOSS_FLOAT16_GRAD_FLOAT32, float16);
+#undef FL_SELECT_
     distance_kernels.nce_float32 = FASTLOSS_PICK(fastloss_contrastive_nce_float32, level);
 }
 
@@ -293,51 +347,122 @@ int fastloss_contrastive_nce_float32(const fastloss_contrastive_nce_options *opt
                                         col_loss, want_grad);
 }
 
+/* x / max(|x|, eps) rounded once to float, and |x| in double, of rows of storage tag
+ * `tag` (read with its LOAD) */
+#define FL_UNIT_ROWS_DEFINE_(tag)                                                            \
+    static void unit_rows_##tag(const fastloss_contrastive_rows_options *options,            \
+                                const void *x_data, fastloss_index x_row_stride, float *unit, \
+                                double *norm)                                                \
+    {                                                                                        \
+        const FASTLOSS_STORAGE_T(tag) *x = (const FASTLOSS_STORAGE_T(tag) *)x_data;          \
+        const fastloss_index n_rows = options->n_rows, dim = options->dim;                   \
+        const double eps = options->eps;                                                     \
+        const int threads = fastloss_effective_threads(options->num_threads, n_rows * dim);  \
+        (void)threads;                                                                       \
+        FL_OMP_ROWS_                                                                         \
+        for (fastloss_index i = 0; i < n_rows; ++i) {                                        \
+            const FASTLOSS_STORAGE_T(tag) *row = x + i * x_row_stride;                       \
+            double lane[FASTLOSS_LANES] = {0.0};                                             \
+            for (fastloss_index k = 0; k < dim; ++k) {                                       \
+                const double v = (double)FASTLOSS_LOAD(tag, row, k);                         \
+                lane[k % FASTLOSS_LANES] += v * v;                                           \
+            }                                                                                \
+            const double length = sqrt(fastloss_lanes_total(lane));                          \
+            /* x / max(|x|, eps), a division as in F.normalize */                            \
+            const double denominator = length >= eps ? length : eps;                         \
+            float *out = unit + i * dim;                                                     \
+            for (fastloss_index k = 0; k < dim; ++k)                                         \
+                out[k] = (float)((double)FASTLOSS_LOAD(tag, row, k) / denominator);          \
+            norm[i] = length;                                                                \
+        }                                                                                    \
+    }
+#ifdef _OPENMP
+#define FL_OMP_ROWS_ _Pragma("omp parallel for schedule(static) num_threads(threads) if (threads > 1)")
+#else
+#define FL_OMP_ROWS_
+#endif
+FL_UNIT_ROWS_DEFINE_(float32)
+FL_UNIT_ROWS_DEFINE_(bfloat16)
+FL_UNIT_ROWS_DEFINE_(float16)
+#undef FL_UNIT_ROWS_DEFINE_
+
+int fastloss_contrastive_unit_rows(int dtype, const fastloss_contrastive_rows_options *options,
+                                   const void *x, fastloss_index x_row_stride, float *unit,
+                                   double *norm)
+{
+    if (dtype == FASTLOSS_FLOAT32)
+        unit_rows_float32(options, x, x_row_stride, unit, norm);
+    else if (dtype == FASTLOSS_BFLOAT16)
+        unit_rows_bfloat16(options, x, x_row_stride, unit, norm);
+    else if (dtype == FASTLOSS_FLOAT16)
+        unit_rows_float16(options, x, x_row_stride, unit, norm);
+    else
+        return FASTLOSS_ERROR_BAD_DTYPE;
+    return FASTLOSS_OK;
+}
+
 int fastloss_contrastive_unit_rows_float32(const fastloss_contrastive_rows_options *options,
                                            const float *x, fastloss_index x_row_stride,
                                            float *unit, double *norm)
 {
-    const fastloss_index n_rows = options->n_rows, dim = options->dim;
-    const double eps = options->eps;
-    const int threads = fastloss_effective_threads(options->num_threads, n_rows * dim);
-    (void)threads;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-#endif
-    for (fastloss_index i = 0; i < n_rows; ++i) {
-        const float *row = x + i * x_row_stride;
-        double lane[FASTLOSS_LANES] = {0.0};
-        for (fastloss_index k = 0; k < dim; ++k)
-            lane[k % FASTLOSS_LANES] += (double)row[k] * (double)row[k];
-        const double length = sqrt(fastloss_lanes_total(lane));
-        /* x / max(|x|, eps), a division as in F.normalize */
-        const double denominator = length >= eps ? length : eps;
-        float *out = unit + i * dim;
-        for (fastloss_index k = 0; k < dim; ++k)
-            out[k] = (float)((double)row[k] / denominator);
-        norm[i] = length;
-    }
-    return FASTLOSS_OK;
+    return fastloss_contrastive_unit_rows(FASTLOSS_FLOAT32, options, x, x_row_stride, unit,
+                                          norm);
 }
 
-/* float32 unit rows' backward: the row kernel of contrastive_body.h on float rows */
-#define FASTLOSS_STORE_FLOAT_(out, k, value) ((out)[k] = (float)(value))
-FASTLOSS_UNIT_BACKWARD_ROW_DEFINE(unit_backward_row_float32, float, float, FASTLOSS_STORE_FLOAT_)
-#undef FASTLOSS_STORE_FLOAT_
+/* float32 unit rows' backward: the row kernel of contrastive_body.h on float rows, the
+ * gradient stored by the storage tag's STORE_WIDE (float32, or rounded once to half) */
+#define FL_STORE_WIDE_float32_(out, k, value) FASTLOSS_STORE_WIDE(float32, out, k, value)
+#define FL_STORE_WIDE_bfloat16_(out, k, value) FASTLOSS_STORE_WIDE(bfloat16, out, k, value)
+#define FL_STORE_WIDE_float16_(out, k, value) FASTLOSS_STORE_WIDE(float16, out, k, value)
+FASTLOSS_UNIT_BACKWARD_ROW_DEFINE(unit_backward_row_float32, float, float, FL_STORE_WIDE_float32_)
+FASTLOSS_UNIT_BACKWARD_ROW_DEFINE(unit_backward_row_bfloat16, float, uint16_t,
+                                  FL_STORE_WIDE_bfloat16_)
+FASTLOSS_UNIT_BACKWARD_ROW_DEFINE(unit_backward_row_float16, float, uint16_t,
+                                  FL_STORE_WIDE_float16_)
+
+#define FL_UNIT_BACKWARD_DEFINE_(tag)                                                         \
+    static void unit_backward_##tag(const fastloss_contrastive_rows_options *options,         \
+                                    const float *unit, const double *norm,                    \
+                                    const float *grad_unit, void *grad_data,                  \
+                                    fastloss_index grad_row_stride)                           \
+    {                                                                                         \
+        FASTLOSS_GRAD_T(tag) *grad = (FASTLOSS_GRAD_T(tag) *)grad_data;                       \
+        const fastloss_index n_rows = options->n_rows, dim = options->dim;                    \
+        const int threads = fastloss_effective_threads(options->num_threads, n_rows * dim);   \
+        (void)threads;                                                                        \
+        FL_OMP_ROWS_                                                                          \
+        for (fastloss_index i = 0; i < n_rows; ++i)                                           \
+            unit_backward_row_##tag(unit + i * dim, grad_unit + i * dim, norm[i],             \
+                                    options->eps, dim, grad + i * grad_row_stride);           \
+    }
+FL_UNIT_BACKWARD_DEFINE_(float32)
+FL_UNIT_BACKWARD_DEFINE_(bfloat16)
+FL_UNIT_BACKWARD_DEFINE_(float16)
+#undef FL_UNIT_BACKWARD_DEFINE_
+#undef FL_OMP_ROWS_
+
+int fastloss_contrastive_unit_backward(int grad_dtype,
+                                       const fastloss_contrastive_rows_options *options,
+                                       const float *unit, const double *norm,
+                                       const float *grad_unit, void *grad,
+                                       fastloss_index grad_row_stride)
+{
+    if (grad_dtype == FASTLOSS_FLOAT32)
+        unit_backward_float32(options, unit, norm, grad_unit, grad, grad_row_stride);
+    else if (grad_dtype == FASTLOSS_BFLOAT16)
+        unit_backward_bfloat16(options, unit, norm, grad_unit, grad, grad_row_stride);
+    else if (grad_dtype == FASTLOSS_FLOAT16)
+        unit_backward_float16(options, unit, norm, grad_unit, grad, grad_row_stride);
+    else
+        return FASTLOSS_ERROR_BAD_DTYPE;
+    return FASTLOSS_OK;
+}
 
 int fastloss_contrastive_unit_backward_float32(const fastloss_contrastive_rows_options *options,
                                                const float *unit, const double *norm,
                                                const float *grad_unit, float *grad,
                                                fastloss_index grad_row_stride)
 {
-    const fastloss_index n_rows = options->n_rows, dim = options->dim;
-    const int threads = fastloss_effective_threads(options->num_threads, n_rows * dim);
-    (void)threads;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-#endif
-    for (fastloss_index i = 0; i < n_rows; ++i)
-        unit_backward_row_float32(unit + i * dim, grad_unit + i * dim, norm[i], options->eps,
-                                  dim, grad + i * grad_row_stride);
-    return FASTLOSS_OK;
+    return fastloss_contrastive_unit_backward(FASTLOSS_FLOAT32, options, unit, norm, grad_unit,
+                                              grad, grad_row_stride);
 }

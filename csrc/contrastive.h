@@ -1,7 +1,11 @@
 /*
  * contrastive.h -- pairwise distances and the losses built on them (contrastive
  * over pairs, contrastive over all pairs of a batch, triplet margin), for
- * every storage type of storage.h (float32 and float64).  Every entry point
+ * every storage type of storage.h (float32, float64, bfloat16 and float16, and the
+ * half types with a float32 gradient).  For a half type the rows are read in place
+ * (LOAD), every array the backward product reads or writes (prepared_real, coef,
+ * value, product: "AUX") is float32, and the gradients are the half type (rounded
+ * once from double) or, with the _GRAD_FLOAT32 codes, float32.  Every entry point
  * takes the dtype code (enum fastloss_dtype) of its embedding-typed arrays
  * (rows, prepared rows in the storage type, values, coefficients, gradients:
  * the `void *` ones) and returns FASTLOSS_ERROR_BAD_DTYPE, writing nothing,
@@ -224,6 +228,21 @@ int fastloss_contrastive_nce_float32(const fastloss_contrastive_nce_options *opt
 int fastloss_contrastive_unit_rows_float32(const fastloss_contrastive_rows_options *options,
                                            const float *x, fastloss_index x_row_stride,
                                            float *unit, double *norm);
+
+/* The same for rows of any storage code: float32, bfloat16 or float16 rows x (read in
+ * place) to float32 unit rows; FASTLOSS_ERROR_BAD_DTYPE for another code. */
+int fastloss_contrastive_unit_rows(int dtype, const fastloss_contrastive_rows_options *options,
+                                   const void *x, fastloss_index x_row_stride, float *unit,
+                                   double *norm);
+
+/* The backward below with the gradient written as grad_dtype: FASTLOSS_FLOAT32, or
+ * FASTLOSS_BFLOAT16 / FASTLOSS_FLOAT16 (each element computed in double and rounded once
+ * to the half type); FASTLOSS_ERROR_BAD_DTYPE for another code. */
+int fastloss_contrastive_unit_backward(int grad_dtype,
+                                       const fastloss_contrastive_rows_options *options,
+                                       const float *unit, const double *norm,
+                                       const float *grad_unit, void *grad,
+                                       fastloss_index grad_row_stride);
 
 /* grad = (g - unit (unit . g)) / norm, or g / eps where norm < eps: the backward of
  * x / max(|x|, eps) for float32 unit rows and their gradient g (both contiguous),

@@ -4,7 +4,13 @@
  * one storage type, written once.  No include guard, on purpose: contrastive.c
  * includes it per storage type, between storage_begin.h and storage_end.h
  * (STORE_T, REAL, LOAD, STORE, STORE_WIDE: every array of the storage type is
- * read and written through them, see storage.h).  It expects REAL_NAME(name)
+ * read and written through them, see storage.h).  Three array types: the rows
+ * (STORE_T, read with LOAD: the caller's arrays, half precision read in place),
+ * the gradients (GRAD_T, written with STORE / STORE_WIDE: the storage type, or
+ * float32 for the half types' _grad32 tags) and the intermediate arrays the
+ * products read and write (AUX_T: the prepared rows rounded for the backward
+ * product, the product itself; float32 for the half types, whose products are
+ * float32 ones, else STORE_T), read and written directly.  It expects REAL_NAME(name)
  * and the row helpers of contrastive_row_helpers.h.  The arrays of the storage
  * type come in as `const void *` / `void *`, so that each kernel has one
  * signature for every storage type (contrastive_internal.h), the type of
@@ -19,7 +25,7 @@
 static int REAL_NAME(distance_prepare_rows) FASTLOSS_CONTRASTIVE_PREPARE_ROWS_SIGNATURE
 {
     const STORE_T *x = (const STORE_T *)x_data;
-    STORE_T *prepared_real = (STORE_T *)prepared_real_data;
+    AUX_T *prepared_real = (AUX_T *)prepared_real_data;
     const fastloss_index n_rows = options->n_rows, dim = options->dim;
     const int cosine = options->metric == FASTLOSS_METRIC_COSINE;
     const double eps = options->eps;
@@ -47,9 +53,9 @@ static int REAL_NAME(distance_prepare_rows) FASTLOSS_CONTRASTIVE_PREPARE_ROWS_SI
             norm[i] = fastloss_lanes_total(lane);
         }
         if (prepared_real) {
-            STORE_T *out_real = prepared_real + i * dim;
+            AUX_T *out_real = prepared_real + i * dim;
             for (fastloss_index k = 0; k < dim; ++k)
-                STORE_WIDE(out_real, k, out[k]);
+                out_real[k] = (AUX_T)out[k];
         }
     }
     return FASTLOSS_OK;
@@ -61,9 +67,9 @@ static int REAL_NAME(distance_prepare_rows) FASTLOSS_CONTRASTIVE_PREPARE_ROWS_SI
 
 static int REAL_NAME(distance_finish_rows) FASTLOSS_CONTRASTIVE_FINISH_ROWS_SIGNATURE
 {
-    const STORE_T *prepared = (const STORE_T *)prepared_data;
-    const STORE_T *product = (const STORE_T *)product_data;
-    STORE_T *grad = (STORE_T *)grad_data;
+    const AUX_T *prepared = (const AUX_T *)prepared_data;
+    const AUX_T *product = (const AUX_T *)product_data;
+    GRAD_T *grad = (GRAD_T *)grad_data;
     const STORE_T *rows = (const STORE_T *)rows_data;
     const STORE_T *other = (const STORE_T *)other_data;
     const fastloss_index n_rows = options->n_rows, dim = options->dim;
@@ -88,9 +94,9 @@ static int REAL_NAME(distance_finish_rows) FASTLOSS_CONTRASTIVE_FINISH_ROWS_SIGN
         double *pull = pulls;
 #endif
         for (fastloss_index i = 0; i < n_rows; ++i) {
-            const STORE_T *p = prepared + i * prepared_row_stride;
-            const STORE_T *wp = product + i * product_row_stride;
-            STORE_T *g = grad + i * grad_row_stride;
+            const AUX_T *p = prepared + i * prepared_row_stride;
+            const AUX_T *wp = product + i * product_row_stride;
+            GRAD_T *g = grad + i * grad_row_stride;
             const double r = sums[i], t = sums[n_rows + i];
             const int unit = norm[i] >= eps;
             /* sum over the direct pairs (i, o) of w (x_i - x_o), or for cosine of
@@ -126,14 +132,14 @@ static int REAL_NAME(distance_finish_rows) FASTLOSS_CONTRASTIVE_FINISH_ROWS_SIGN
             }
             if (!cosine) {
                 for (fastloss_index k = 0; k < dim; ++k)
-                    STORE_WIDE(g, k, r * (double)LOAD(p, k) - (double)LOAD(wp, k) +
+                    STORE_WIDE(g, k, r * (double)p[k] - (double)wp[k] +
                                          (pulled ? pull[k] : 0.0));
             } else if (unit) {
                 /* ((r - t) x^ - W P + pull - (sum w d) x^) / |x|, x^ of the pull from the row */
                 const double length = norm[i];
                 const STORE_T *a = pulled ? rows + i * rows_row_stride : NULL;
                 for (fastloss_index k = 0; k < dim; ++k) {
-                    double value = (r - t) * (double)LOAD(p, k) - (double)LOAD(wp, k);
+                    double value = (r - t) * (double)p[k] - (double)wp[k];
                     if (pulled)
                         value += pull[k] - pull_distance * ((double)LOAD(a, k) / length);
                     STORE_WIDE(g, k, value / length);
@@ -141,7 +147,7 @@ static int REAL_NAME(distance_finish_rows) FASTLOSS_CONTRASTIVE_FINISH_ROWS_SIGN
             } else {
                 /* below eps the normalisation is x / eps, a linear map */
                 for (fastloss_index k = 0; k < dim; ++k)
-                    STORE_WIDE(g, k, -(double)LOAD(wp, k) / eps);
+                    STORE_WIDE(g, k, -(double)wp[k] / eps);
             }
         }
     }
@@ -149,12 +155,12 @@ static int REAL_NAME(distance_finish_rows) FASTLOSS_CONTRASTIVE_FINISH_ROWS_SIGN
     return FASTLOSS_OK;
 }
 
-FASTLOSS_UNIT_BACKWARD_ROW_DEFINE(REAL_NAME(distance_unit_backward_row), double, STORE_T,
+FASTLOSS_UNIT_BACKWARD_ROW_DEFINE(REAL_NAME(distance_unit_backward_row), double, GRAD_T,
                                   STORE_WIDE)
 
 static int REAL_NAME(distance_normalize_backward) FASTLOSS_CONTRASTIVE_NORMALIZE_BACKWARD_SIGNATURE
 {
-    STORE_T *grad = (STORE_T *)grad_data;
+    GRAD_T *grad = (GRAD_T *)grad_data;
     const fastloss_index n_rows = options->n_rows, dim = options->dim;
     const int threads = fastloss_effective_threads(options->num_threads, n_rows * dim);
     (void)threads;
@@ -183,8 +189,8 @@ static int REAL_NAME(distance_contrastive) FASTLOSS_CONTRASTIVE_CONTRASTIVE_SIGN
 {
     const STORE_T *x1 = (const STORE_T *)x1_data;
     const STORE_T *x2 = (const STORE_T *)x2_data;
-    STORE_T *grad1 = (STORE_T *)grad1_data;
-    STORE_T *grad2 = (STORE_T *)grad2_data;
+    GRAD_T *grad1 = (GRAD_T *)grad1_data;
+    GRAD_T *grad2 = (GRAD_T *)grad2_data;
     const fastloss_index n_rows = options->n_rows, dim = options->dim;
     const int metric = options->metric;
     const double eps = options->eps, norm_eps = options->norm_eps, margin = options->margin;
@@ -217,8 +223,8 @@ static int REAL_NAME(distance_contrastive) FASTLOSS_CONTRASTIVE_CONTRASTIVE_SIGN
         row_loss[i] = 0.5 * (y * distance * distance + (1.0 - y) * hinge * hinge);
         if (!grad1)
             continue;
-        STORE_T *g1 = grad1 + i * grad1_row_stride;
-        STORE_T *g2 = grad2 + i * grad2_row_stride;
+        GRAD_T *g1 = grad1 + i * grad1_row_stride;
+        GRAD_T *g2 = grad2 + i * grad2_row_stride;
         /* d loss / d distance, times the upstream gradient */
         const double slope = grad_output[i * grad_output_stride] * factor *
                              (y * distance - (1.0 - y) * hinge);
@@ -311,9 +317,9 @@ static int REAL_NAME(distance_triplet_margin) FASTLOSS_CONTRASTIVE_TRIPLET_MARGI
     const STORE_T *anchor = (const STORE_T *)anchor_data;
     const STORE_T *positive = (const STORE_T *)positive_data;
     const STORE_T *negative = (const STORE_T *)negative_data;
-    STORE_T *grad_anchor = (STORE_T *)grad_anchor_data;
-    STORE_T *grad_positive = (STORE_T *)grad_positive_data;
-    STORE_T *grad_negative = (STORE_T *)grad_negative_data;
+    GRAD_T *grad_anchor = (GRAD_T *)grad_anchor_data;
+    GRAD_T *grad_positive = (GRAD_T *)grad_positive_data;
+    GRAD_T *grad_negative = (GRAD_T *)grad_negative_data;
     const fastloss_index n_rows = options->n_rows, dim = options->dim;
     const fastloss_index dim_ap = options->anchor_positive_dim;
     const fastloss_index dim_an = options->anchor_negative_dim;
@@ -359,9 +365,9 @@ static int REAL_NAME(distance_triplet_margin) FASTLOSS_CONTRASTIVE_TRIPLET_MARGI
         row_loss[i] = active ? excess : 0.0;
         if (!grad_anchor)
             continue;
-        STORE_T *ga = grad_anchor + i * grad_anchor_row_stride;
-        STORE_T *gp = grad_positive + i * grad_positive_row_stride;
-        STORE_T *gn = grad_negative + i * grad_negative_row_stride;
+        GRAD_T *ga = grad_anchor + i * grad_anchor_row_stride;
+        GRAD_T *gp = grad_positive + i * grad_positive_row_stride;
+        GRAD_T *gn = grad_negative + i * grad_negative_row_stride;
         if (!active) {
             for (fastloss_index k = 0; k < dim; ++k) {
                 STORE(ga, k, (REAL)0);

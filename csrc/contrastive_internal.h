@@ -220,6 +220,18 @@ int fastloss_contrastive_sparse_product_float32_avx2 FASTLOSS_CONTRASTIVE_SPARSE
 int fastloss_contrastive_sparse_product_float64_avx2 FASTLOSS_CONTRASTIVE_SPARSE_PRODUCT_SIGNATURE;
 int fastloss_contrastive_sparse_product_float32_avx512 FASTLOSS_CONTRASTIVE_SPARSE_PRODUCT_SIGNATURE;
 int fastloss_contrastive_sparse_product_float64_avx512 FASTLOSS_CONTRASTIVE_SPARSE_PRODUCT_SIGNATURE;
+#define FL_HALF_DECLARE_(tag)                                                              \
+    int fastloss_contrastive_matrix_##tag##_baseline FASTLOSS_CONTRASTIVE_MATRIX_SIGNATURE;         \
+    int fastloss_contrastive_matrix_##tag##_avx2 FASTLOSS_CONTRASTIVE_MATRIX_SIGNATURE;             \
+    int fastloss_contrastive_matrix_##tag##_avx512 FASTLOSS_CONTRASTIVE_MATRIX_SIGNATURE;           \
+    int fastloss_contrastive_sparse_product_##tag##_baseline                                      \
+        FASTLOSS_CONTRASTIVE_SPARSE_PRODUCT_SIGNATURE;                                            \
+    int fastloss_contrastive_sparse_product_##tag##_avx2 FASTLOSS_CONTRASTIVE_SPARSE_PRODUCT_SIGNATURE; \
+    int fastloss_contrastive_sparse_product_##tag##_avx512                                        \
+        FASTLOSS_CONTRASTIVE_SPARSE_PRODUCT_SIGNATURE;
+FL_HALF_DECLARE_(bfloat16)
+FL_HALF_DECLARE_(float16)
+#undef FL_HALF_DECLARE_
 
 /* Bits of a 64-bit word: how many are set, and the index of the lowest set one. */
 static inline int fastloss_popcount64(uint64_t bits)

@@ -6,13 +6,19 @@
  * ROUND_WIDE, see storage.h), once per instruction set.  It expects
  * REAL_NAME(name) (appends the dtype and the instruction set),
  * RECOMPUTE_TOLERANCE and DIRECT_GRADIENT_RATIO (see contrastive.c), and the row
- * helpers of contrastive_row_helpers.h.  The tiles of coefficients and values
- * hold REAL values already rounded to the storage type (ROUND_WIDE).
+ * helpers of contrastive_row_helpers.h.  The rows are STORE_T (read with LOAD:
+ * half precision in place); the values and the coefficients W, and the operands of
+ * the sparse product, are AUX_T (the storage type, or float32 for the half types,
+ * whose backward products are float32 ones), written directly.  The tiles of
+ * coefficients and values hold REAL values already rounded to AUX_T (AUX_ROUND).
  */
 
 /* ---------------------------------------------------------------------------
  * Step 3: the pass over the pairs.
  * ------------------------------------------------------------------------- */
+
+/* a double rounded once to AUX_T (AUX_T is REAL for every tag), as it is stored */
+#define AUX_ROUND(value) ((REAL)(AUX_T)(value))
 
 /* What every pair of one call shares. */
 typedef struct REAL_NAME(distance_call) {
@@ -260,8 +266,8 @@ int REAL_NAME(fastloss_contrastive_matrix) FASTLOSS_CONTRASTIVE_MATRIX_SIGNATURE
 {
     const STORE_T *x = (const STORE_T *)x_data;
     const STORE_T *y = (const STORE_T *)y_data;
-    STORE_T *value = (STORE_T *)value_data;
-    STORE_T *coef = (STORE_T *)coef_data;
+    AUX_T *value = (AUX_T *)value_data;
+    AUX_T *coef = (AUX_T *)coef_data;
     const int symmetric = options->symmetric;
     const fastloss_index n_rows = options->n_rows;
     const fastloss_index n_cols = symmetric ? n_rows : options->n_cols;
@@ -410,10 +416,10 @@ int REAL_NAME(fastloss_contrastive_matrix) FASTLOSS_CONTRASTIVE_MATRIX_SIGNATURE
                 REAL *tile_coef_row = tile_coef + (i - i0) * FASTLOSS_CONTRASTIVE_TILE;
                 for (fastloss_index k = 0; k < FASTLOSS_CONTRASTIVE_TILE; ++k) {
                     const int inside = k >= k_start && k < k_end;
-                    /* the product sees the coefficient rounded to STORE_T, and so must
+                    /* the product sees the coefficient rounded to AUX_T, and so must
                      * the sums; a direct pair leaves the product (0) */
                     const REAL stored = inside && !(any_flag && pair_flag[k])
-                                            ? ROUND_WIDE(pair_coefficient[k]) : (REAL)0;
+                                            ? AUX_ROUND(pair_coefficient[k]) : (REAL)0;
                     tile_coef_row[k] = stored;
                     lane_w[k] = (double)stored;
                     lane_t[k] = inside ? (double)stored * pair_distance[k] : 0.0;
@@ -429,11 +435,11 @@ int REAL_NAME(fastloss_contrastive_matrix) FASTLOSS_CONTRASTIVE_MATRIX_SIGNATURE
                     }
                 loss_sum += fastloss_lanes_total(row_loss);
                 if (value) {
-                    STORE_T *value_row = value + i * value_row_stride;
+                    AUX_T *value_row = value + i * value_row_stride;
                     REAL *tile_value_row = tile_value + (i - i0) * FASTLOSS_CONTRASTIVE_TILE;
                     for (fastloss_index j = j_start; j < j1; ++j) {
-                        const REAL stored = ROUND_WIDE(pair_value[j - j0]);
-                        STORE(value_row, j, stored);
+                        const REAL stored = AUX_ROUND(pair_value[j - j0]);
+                        value_row[j] = (AUX_T)stored;
                         tile_value_row[j - j0] = stored;
                     }
                 }
@@ -445,9 +451,9 @@ int REAL_NAME(fastloss_contrastive_matrix) FASTLOSS_CONTRASTIVE_MATRIX_SIGNATURE
                     col_w[k] += lane_w[k];
                     col_t[k] += lane_t[k];
                 }
-                STORE_T *coef_row = coef + i * coef_row_stride;
+                AUX_T *coef_row = coef + i * coef_row_stride;
                 for (fastloss_index j = j_start; j < j1; ++j)
-                    STORE(coef_row, j, tile_coef_row[j - j0]);
+                    coef_row[j] = (AUX_T)tile_coef_row[j - j0];
                 if (nonzero_mask) {
                     uint64_t *mirror_nonzero = diagonal ? row_nonzero : col_nonzero;
                     uint64_t bits = 0;
@@ -479,16 +485,16 @@ int REAL_NAME(fastloss_contrastive_matrix) FASTLOSS_CONTRASTIVE_MATRIX_SIGNATURE
                 for (fastloss_index j = j0; j < j1; ++j) {
                     const fastloss_index i_end = diagonal ? j : i1;
                     if (coef) {
-                        STORE_T *coef_row = coef + j * coef_row_stride;
+                        AUX_T *coef_row = coef + j * coef_row_stride;
                         for (fastloss_index i = i0; i < i_end; ++i)
-                            STORE(coef_row, i,
-                                  tile_coef[(i - i0) * FASTLOSS_CONTRASTIVE_TILE + (j - j0)]);
+                            coef_row[i] =
+                                (AUX_T)tile_coef[(i - i0) * FASTLOSS_CONTRASTIVE_TILE + (j - j0)];
                     }
                     if (value) {
-                        STORE_T *value_row = value + j * value_row_stride;
+                        AUX_T *value_row = value + j * value_row_stride;
                         for (fastloss_index i = i0; i < i_end; ++i)
-                            STORE(value_row, i,
-                                  tile_value[(i - i0) * FASTLOSS_CONTRASTIVE_TILE + (j - j0)]);
+                            value_row[i] =
+                                (AUX_T)tile_value[(i - i0) * FASTLOSS_CONTRASTIVE_TILE + (j - j0)];
                     }
                 }
             }
@@ -545,12 +551,12 @@ int REAL_NAME(fastloss_contrastive_matrix) FASTLOSS_CONTRASTIVE_MATRIX_SIGNATURE
                     diagonal_coef *= 2.0 * grad_output[i * (grad_output_row_stride + grad_output_col_stride)];
             }
             if (symmetric && value)
-                STORE_WIDE(value, i * value_row_stride + i, diagonal_value);
+                value[i * value_row_stride + i] = (AUX_T)diagonal_value;
             if (!coef)
                 continue;
             if (symmetric) {
-                STORE_WIDE(coef, i * coef_row_stride + i, diagonal_coef);
-                if (nonzero_mask && ROUND_WIDE(diagonal_coef) != 0)
+                coef[i * coef_row_stride + i] = (AUX_T)diagonal_coef;
+                if (nonzero_mask && AUX_ROUND(diagonal_coef) != 0)
                     nonzero_mask[i * col_tiles + i / 64] |= (uint64_t)1 << (i % 64);
             }
             double r = 0.0, s = 0.0;
@@ -558,7 +564,7 @@ int REAL_NAME(fastloss_contrastive_matrix) FASTLOSS_CONTRASTIVE_MATRIX_SIGNATURE
                 r += row_part[(b * n_rows + i) * 2];
                 s += row_part[(b * n_rows + i) * 2 + 1];
             }
-            const double stored = (double)ROUND_WIDE(diagonal_coef);
+            const double stored = (double)AUX_ROUND(diagonal_coef);
             x_sums[i] = r + stored;
             x_sums[n_rows + i] = s + stored * diagonal_value;
         }
@@ -604,9 +610,9 @@ int REAL_NAME(fastloss_contrastive_matrix) FASTLOSS_CONTRASTIVE_MATRIX_SIGNATURE
  */
 int REAL_NAME(fastloss_contrastive_sparse_product) FASTLOSS_CONTRASTIVE_SPARSE_PRODUCT_SIGNATURE
 {
-    const STORE_T *coef = (const STORE_T *)coef_data;
-    const STORE_T *rows = (const STORE_T *)rows_data;
-    STORE_T *product = (STORE_T *)product_data;
+    const AUX_T *coef = (const AUX_T *)coef_data;
+    const AUX_T *rows = (const AUX_T *)rows_data;
+    AUX_T *product = (AUX_T *)product_data;
     const fastloss_index n_rows = options->n_rows, dim = options->dim;
     const int threads = fastloss_effective_threads(options->num_threads, n_rows * dim);
     double *sums = malloc((size_t)threads * (size_t)dim * sizeof(double) + 1);
@@ -629,17 +635,19 @@ int REAL_NAME(fastloss_contrastive_sparse_product) FASTLOSS_CONTRASTIVE_SPARSE_P
             for (fastloss_index word = 0; word < mask_row_words; ++word) {
                 for (uint64_t bits = words[word]; bits; bits &= bits - 1) {
                     const fastloss_index j = word * 64 + fastloss_lowest_bit64(bits);
-                    const double w = (double)LOAD(coef, i * coef_row_stride + j);
-                    const STORE_T *FASTLOSS_RESTRICT p = rows + j * rows_row_stride;
+                    const double w = (double)coef[i * coef_row_stride + j];
+                    const AUX_T *FASTLOSS_RESTRICT p = rows + j * rows_row_stride;
                     for (fastloss_index k = 0; k < dim; ++k)
-                        sum[k] += w * (double)LOAD(p, k);
+                        sum[k] += w * (double)p[k];
                 }
             }
-            STORE_T *out = product + i * product_row_stride;
+            AUX_T *out = product + i * product_row_stride;
             for (fastloss_index k = 0; k < dim; ++k)
-                STORE_WIDE(out, k, sum[k]);
+                out[k] = (AUX_T)sum[k];
         }
     }
     free(sums);
     return FASTLOSS_OK;
 }
+
+#undef AUX_ROUND

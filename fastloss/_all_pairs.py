@@ -6,6 +6,7 @@ The losses, their arguments and their results are in ``fastloss.contrastive``.""
 import numpy as np
 
 from fastloss import _kernels
+from fastloss._validation import is_half
 
 # torch.nn.functional.normalize's eps: norms below it are taken as it.
 NORMALIZE_EPS = 1e-12
@@ -44,8 +45,10 @@ class _AllPairs:
                 total = total + y.sum(axis=0, dtype=np.float64)
             shift = np.ascontiguousarray(total / max(stacked_rows, 1))
         # the backward product runs in the input's dtype: float32 data need the
-        # prepared rows rounded to float32 too
-        want_real = want_grad and self.dtype == np.float32
+        # prepared rows rounded to float32 too; half data (read in place) compute it in
+        # float32, the kernels' AUX type: prepared rows, coefficients and product float32
+        self.aux_dtype = np.dtype(np.float32) if is_half(self.dtype) else self.dtype
+        want_real = want_grad and self.aux_dtype == np.float32
         self.px, px_real, self.x_norm = _kernels.dist_prepare_rows(
             x, metric, shift, NORMALIZE_EPS, want_real, num_threads)
         self.px_real = px_real if want_real else self.px
@@ -102,7 +105,7 @@ class _AllPairs:
         m = n if self.y is None else self.y.shape[0]
         self.coef = self.x_sums = self.y_sums = self.direct_mask = self.nonzero_mask = None
         if want_grad:
-            self.coef = np.empty((n, m), dtype=self.dtype)
+            self.coef = np.empty((n, m), dtype=self.aux_dtype)
             self.x_sums = np.empty(2 * n)
             if self.y is not None:
                 self.y_sums = np.empty(2 * m)
@@ -126,7 +129,7 @@ class _AllPairs:
         coefficients are zero."""
         n = self.x.shape[0]
         if self.n_nonzero <= SPARSE_PRODUCT_DENSITY * n * n:
-            product = np.empty(self.px_real.shape, dtype=self.dtype)
+            product = np.empty(self.px_real.shape, dtype=self.aux_dtype)
             _kernels.dist_sparse_product(self.nonzero_mask, self.coef, self.px_real, product,
                                          self.num_threads)
             return product

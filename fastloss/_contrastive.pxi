@@ -45,12 +45,13 @@ cdef extern from "contrastive.h" nogil:
         const fastloss_contrastive_nce_options *options, float *s, fastloss_index s_row_stride,
         const double *scale, fastloss_index scale_stride, double *row_loss, double *col_loss,
         int want_grad)
-    int fastloss_contrastive_unit_rows_float32(
-        const fastloss_contrastive_rows_options *options, const float *x,
+    int fastloss_contrastive_unit_rows(
+        int dtype, const fastloss_contrastive_rows_options *options, const void *x,
         fastloss_index x_row_stride, float *unit, double *norm)
-    int fastloss_contrastive_unit_backward_float32(
-        const fastloss_contrastive_rows_options *options, const float *unit, const double *norm,
-        const float *grad_unit, float *grad, fastloss_index grad_row_stride)
+    int fastloss_contrastive_unit_backward(
+        int grad_dtype, const fastloss_contrastive_rows_options *options, const float *unit,
+        const double *norm, const float *grad_unit, void *grad,
+        fastloss_index grad_row_stride)
     void fastloss_contrastive_transpose_float64(
         fastloss_index n_rows, fastloss_index n_cols, const double *source,
         fastloss_index source_row_stride, double *target, fastloss_index target_row_stride,
@@ -122,9 +123,9 @@ METRICS = {"euclidean": FASTLOSS_METRIC_EUCLIDEAN, "sqeuclidean": FASTLOSS_METRI
 
 
 cdef int _embedding_typenum(cnp.ndarray x, str name) except -1:
-    """A storage type of the kernels (_dtype_code: float32 or float64), 2-d, aligned,
-    native byte order; returns the NumPy type number (the kernels' dtype code is
-    _storage_code of it)."""
+    """A storage type of the kernels (_dtype_code: float32, float64, bfloat16, float16),
+    2-d, aligned, native byte order; returns the NumPy type number (the kernels' dtype
+    code is _storage_code of it)."""
     if x is None:
         raise TypeError(f"{name}: expected an array, got None")
     _dtype_code(x, name)
@@ -133,6 +134,24 @@ cdef int _embedding_typenum(cnp.ndarray x, str name) except -1:
     if cnp.PyArray_NDIM(x) != 2:
         raise ValueError(f"{name}: expected a 2-d array, got {x.ndim} dimensions")
     return typenum
+
+
+cdef inline int _aux_typenum(int typenum) noexcept:
+    """The type of the arrays the backward products read and write (prepared rows,
+    coefficients, values, products: contrastive.h's AUX): the rows' type, float32 for
+    half rows."""
+    return cnp.NPY_FLOAT32 if _is_half_code(_storage_code(typenum)) else typenum
+
+
+cdef int _grad_kernel_code(int typenum, cnp.ndarray grad, str name) except -1:
+    """The kernels' dtype code for rows of NumPy type `typenum` and a gradient array
+    `grad`: of the rows' type, or float32 beside half rows (the _GRAD_FLOAT32 code)."""
+    cdef int code = _storage_code(typenum)
+    if _is_half_code(code) and grad is not None and cnp.PyArray_TYPE(grad) == cnp.NPY_FLOAT32:
+        _check_float(grad, cnp.NPY_FLOAT32, name)
+        return _grad_float32_code(code)
+    _check_float(grad, typenum, name)
+    return code
 
 
 cdef int _check_metric_and_threads(str metric, int num_threads) except -1:
@@ -154,8 +173,8 @@ def dist_prepare_rows(cnp.ndarray x not None, str metric, object shift, double e
                       bint want_real, int num_threads):
     """Prepared rows of x (N, D): centred on `shift` (float64 (D,)) for the euclidean
     metrics, unit rows for cosine; returns (prepared float64 (N, D), the same rounded to
-    x's dtype or None, norms float64 (N,): squared norms of the prepared rows, or the
-    norms of x for cosine)."""
+    x's dtype (float32 for half x) or None, norms float64 (N,): squared norms of the
+    prepared rows, or the norms of x for cosine)."""
     cdef int typenum = _embedding_typenum(x, "x")
     _check_metric_and_threads(metric, num_threads)
     cdef fastloss_contrastive_rows_options options
@@ -171,7 +190,8 @@ def dist_prepare_rows(cnp.ndarray x not None, str metric, object shift, double e
     cdef cnp.ndarray norm = numpy.empty(options.n_rows, dtype=numpy.float64)
     cdef object prepared_real = None
     if want_real:
-        prepared_real = numpy.empty((options.n_rows, options.dim), dtype=x.dtype)
+        prepared_real = numpy.empty((options.n_rows, options.dim),
+                                    dtype=cnp.PyArray_DescrFromType(_aux_typenum(typenum)))
     cdef const void *x_ptr = cnp.PyArray_DATA(x)
     cdef const double *shift_ptr = <const double *>_data_or_null(shift)
     cdef double *prepared_ptr = <double *>cnp.PyArray_DATA(prepared)
@@ -198,7 +218,7 @@ def dist_matrix(cnp.ndarray x not None, object y, cnp.ndarray x_norm not None, o
     (float32 for float32 data and loss "contrastive": see contrastive.h);
     direct_coef float64 (N, M), writeable, with coef (the direct pairs' coefficients;
     may be gram itself); labels int64 (N,) for loss "contrastive"; grad_output float64
-    (N, M) or None (all ones); value and coef (N, M) in x's dtype or None; with coef: x_sums float64 (2N,), y_sums (2M,)
+    (N, M) or None (all ones); value and coef (N, M) in x's dtype (float32 for half x) or None; with coef: x_sums float64 (2N,), y_sums (2M,)
     when not symmetric, direct_mask uint64 (N, ceil(M / 64)), nonzero_mask like it or
     None.  Returns (loss sum over the pairs, pairs recomputed from the rows, direct
     pairs, nonzero entries of W off its diagonal).
@@ -260,11 +280,12 @@ def dist_matrix(cnp.ndarray x not None, object y, cnp.ndarray x_norm not None, o
         go_row = grad_output.strides[0] // 8
         go_col = grad_output.strides[1] // 8
     cdef fastloss_index value_stride = 0, coef_stride = 0
+    cdef int aux_typenum = _aux_typenum(typenum)
     if value is not None:
-        _check_float(value, typenum, "value")
+        _check_float(value, aux_typenum, "value")
         value_stride = _row_stride(value, n, m, "value", True)
     if coef is not None:
-        _check_float(coef, typenum, "coef")
+        _check_float(coef, aux_typenum, "coef")
         coef_stride = _row_stride(coef, n, m, "coef", True)
         _check_vector(x_sums, cnp.NPY_FLOAT64, 2 * n, "x_sums", True)
         if not symmetric:
@@ -370,12 +391,17 @@ def dist_finish_rows(cnp.ndarray prepared not None, cnp.ndarray sums not None,
                      bint transposed, cnp.ndarray rows not None, cnp.ndarray other not None,
                      cnp.ndarray other_norm not None, str metric, double eps, int num_threads):
     """Gradient rows from the product W @ P (csrc/contrastive.h, step 5): prepared, product
-    and grad (N, D) in one float dtype (grad may be product), sums float64 (2N,), norm
+    and grad (N, D) in the rows' float dtype (grad may be product); for half rows prepared
+    and product float32, grad half or float32; sums float64 (2N,), norm
     float64 (N,).  direct_mask (uint64, the pass's) and direct_coef (float64, the pass's
     gram), or None when the pass marked no direct pair; transposed: this side is y of
     the pass.  rows (N, D) and other (M, D): the original rows of this side and of the
     other, other_norm float64 (M,)."""
-    cdef int typenum = _embedding_typenum(prepared, "prepared")
+    cdef int typenum = _embedding_typenum(rows, "rows")
+    cdef int aux_typenum = _aux_typenum(typenum)
+    _check_float(prepared, aux_typenum, "prepared")
+    if cnp.PyArray_NDIM(prepared) != 2:
+        raise ValueError("prepared: expected a 2-d array")
     _check_metric_and_threads(metric, num_threads)
     cdef fastloss_contrastive_rows_options options
     options.n_rows = prepared.shape[0]
@@ -388,9 +414,9 @@ def dist_finish_rows(cnp.ndarray prepared not None, cnp.ndarray sums not None,
         raise ValueError(f"other: expected a 2-d array, got {cnp.PyArray_NDIM(other)}-d")
     cdef fastloss_index m = other.shape[0]
     cdef fastloss_index prepared_stride = _row_stride(prepared, n, d, "prepared")
-    _check_float(product, typenum, "product")
+    _check_float(product, aux_typenum, "product")
     cdef fastloss_index product_stride = _row_stride(product, n, d, "product")
-    _check_float(grad, typenum, "out")
+    cdef int dtype = _grad_kernel_code(typenum, grad, "out")
     cdef fastloss_index grad_stride = _row_stride(grad, n, d, "out", True)
     _check_vector(sums, cnp.NPY_FLOAT64, 2 * n, "sums")
     _check_vector(norm, cnp.NPY_FLOAT64, n, "norm")
@@ -432,7 +458,7 @@ def dist_finish_rows(cnp.ndarray prepared not None, cnp.ndarray sums not None,
     cdef const void *rows_ptr = cnp.PyArray_DATA(rows)
     cdef const void *other_ptr = cnp.PyArray_DATA(other)
     cdef const double *other_norm_ptr = <const double *>cnp.PyArray_DATA(other_norm)
-    cdef int dtype = _storage_code(typenum), status = 0
+    cdef int status = 0
     with nogil:
         status = fastloss_contrastive_finish_rows(
             dtype, &options, prepared_ptr, prepared_stride, sums_ptr, norm_ptr, product_ptr,
@@ -444,7 +470,8 @@ def dist_finish_rows(cnp.ndarray prepared not None, cnp.ndarray sums not None,
 def dist_normalize_backward(cnp.ndarray normalized not None, cnp.ndarray norm not None,
                             cnp.ndarray grad_normalized not None, cnp.ndarray grad not None,
                             double eps, int num_threads):
-    """grad (N, D) float32/float64 from the gradient w.r.t. x / max(|x|, eps): normalized
+    """grad (N, D) float32/float64/bfloat16/float16 (rounded once) from the gradient
+    w.r.t. x / max(|x|, eps): normalized
     and grad_normalized contiguous float64 (N, D), norm float64 (N,)."""
     cdef int typenum = _embedding_typenum(grad, "out")
     if num_threads < 1:
@@ -516,9 +543,10 @@ def dist_pair_loss_run(str loss, tuple rows, object label, object grad_output,
     """Contrastive (loss "contrastive", rows (x1, x2), label float64 (N,)) or triplet
     margin (loss "triplet", rows (anchor, positive, negative)) over row pairs.
 
-    rows: (N, D) arrays of one float dtype with contiguous rows; grad_output float64
-    (N,) or (1,), needed with grads; loss_per_row float64 (N,) or None; grads: a tuple
-    of (N, D) writeable arrays like the rows, or () for the forward.  pair_dims
+    rows: (N, D) arrays of one float dtype with contiguous rows (half: read in place);
+    grad_output float64 (N,) or (1,), needed with grads; loss_per_row float64 (N,) or
+    None; grads: a tuple of (N, D) writeable arrays of the rows' dtype (or all float32
+    beside half rows), or () for the forward.  pair_dims
     (triplet): the lengths of the differences (anchor, positive), (anchor, negative),
     (positive, negative), each D or 1 (contrastive.h); None: all D.  Returns the reduced
     loss (meaningless for "none").
@@ -575,12 +603,14 @@ def dist_pair_loss_run(str loss, tuple rows, object label, object grad_output,
     if loss_per_row is not None:
         _check_vector(loss_per_row, cnp.NPY_FLOAT64, n, "loss_per_row", True)
     cdef fastloss_index go_stride = 0
+    cdef int dtype = _storage_code(typenum), status = 0
     if grads:
         if grad_output is None:
             raise ValueError("grad_output: needed for a gradient")
         go_stride = _grad_output_stride(grad_output, n, reduction)
+        dtype = _grad_kernel_code(typenum, grads[0], "out")
         for index in range(n_inputs):
-            _check_float(grads[index], typenum, "out")
+            _check_float(grads[index], cnp.PyArray_TYPE(grads[0]), "out")
             grad_strides[index] = _row_stride(grads[index], n, d, "out", True)
             grad_ptrs[index] = cnp.PyArray_DATA(grads[index])
             if cnp.PyArray_SIZE(grads[index]):
@@ -592,7 +622,6 @@ def dist_pair_loss_run(str loss, tuple rows, object label, object grad_output,
     cdef const double *go_ptr = <const double *>_data_or_null(grad_output) if grads else NULL
     cdef double *per_row_ptr = <double *>_data_or_null(loss_per_row)
     cdef double total = 0.0
-    cdef int dtype = _storage_code(typenum), status = 0
     cdef bint contrastive = loss == "contrastive"
     with nogil:
         if contrastive:
@@ -615,9 +644,12 @@ def dist_pair_loss_run(str loss, tuple rows, object label, object grad_output,
 # ---------------------------------------------------------------------------------------
 
 def nce_unit_rows(cnp.ndarray x not None, double eps, int num_threads):
-    """(unit rows float32 (N, D) contiguous, norms float64 (N,)) of float32 rows x:
-    x / max(|x|, eps), the norm in double."""
-    _check_float(x, cnp.NPY_FLOAT32, "x")
+    """(unit rows float32 (N, D) contiguous, norms float64 (N,)) of float32, bfloat16 or
+    float16 rows x (read in place): x / max(|x|, eps), the norm in double."""
+    cdef int code = _dtype_code(x, "x")
+    if code == FASTLOSS_FLOAT64:
+        raise TypeError("x: expected float32, bfloat16 or float16 rows, got float64")
+    _check_float(x, cnp.PyArray_TYPE(x), "x")
     if cnp.PyArray_NDIM(x) != 2:
         raise ValueError("x: expected a 2-d array")
     if num_threads < 1:
@@ -631,20 +663,27 @@ def nce_unit_rows(cnp.ndarray x not None, double eps, int num_threads):
     cdef fastloss_index x_stride = _row_stride(x, options.n_rows, options.dim, "x")
     cdef cnp.ndarray unit = numpy.empty((options.n_rows, options.dim), dtype=numpy.float32)
     cdef cnp.ndarray norm = numpy.empty(options.n_rows, dtype=numpy.float64)
-    cdef const float *x_ptr = <const float *>cnp.PyArray_DATA(x)
+    cdef const void *x_ptr = cnp.PyArray_DATA(x)
     cdef float *unit_ptr = <float *>cnp.PyArray_DATA(unit)
     cdef double *norm_ptr = <double *>cnp.PyArray_DATA(norm)
+    cdef int status = 0
     with nogil:
-        fastloss_contrastive_unit_rows_float32(&options, x_ptr, x_stride, unit_ptr, norm_ptr)
+        status = fastloss_contrastive_unit_rows(code, &options, x_ptr, x_stride, unit_ptr,
+                                                norm_ptr)
+    _check_status(status, "info_nce")
     return unit, norm
 
 
 def nce_unit_backward(cnp.ndarray unit not None, cnp.ndarray norm not None,
                       cnp.ndarray grad_unit not None, cnp.ndarray grad not None, double eps,
                       int num_threads):
-    """grad (N, D) float32 = the backward of x / max(|x|, eps) applied to grad_unit:
-    unit and grad_unit contiguous float32 (N, D), norm float64 (N,)."""
-    _check_float(grad, cnp.NPY_FLOAT32, "out")
+    """grad (N, D) float32, bfloat16 or float16 (each element rounded once from double) =
+    the backward of x / max(|x|, eps) applied to grad_unit: unit and grad_unit contiguous
+    float32 (N, D), norm float64 (N,)."""
+    cdef int code = _dtype_code(grad, "out")
+    if code == FASTLOSS_FLOAT64:
+        raise TypeError("out: expected float32, bfloat16 or float16, got float64")
+    _check_float(grad, cnp.PyArray_TYPE(grad), "out")
     if cnp.PyArray_NDIM(grad) != 2:
         raise ValueError("out: expected a 2-d array")
     if num_threads < 1:
@@ -667,10 +706,12 @@ def nce_unit_backward(cnp.ndarray unit not None, cnp.ndarray norm not None,
     cdef const float *unit_ptr = <const float *>cnp.PyArray_DATA(unit)
     cdef const double *norm_ptr = <const double *>cnp.PyArray_DATA(norm)
     cdef const float *g_ptr = <const float *>cnp.PyArray_DATA(grad_unit)
-    cdef float *grad_ptr = <float *>cnp.PyArray_DATA(grad)
+    cdef void *grad_ptr = cnp.PyArray_DATA(grad)
+    cdef int status = 0
     with nogil:
-        fastloss_contrastive_unit_backward_float32(&options, unit_ptr, norm_ptr, g_ptr, grad_ptr,
-                                                   grad_stride)
+        status = fastloss_contrastive_unit_backward(code, &options, unit_ptr, norm_ptr, g_ptr,
+                                                    grad_ptr, grad_stride)
+    _check_status(status, "info_nce")
 
 
 def nce_softmax(cnp.ndarray s not None, double temperature, bint symmetric, object scale,

@@ -20,8 +20,12 @@ other apart); the functions of row pairs (``contrastive``, ``triplet_margin``) a
 ``F.pairwise_distance``, which adds ``eps`` (1e-6) to the difference, so a zero
 difference has the finite gradient of ``|eps * ones|``.
 
-Embeddings are 2-d, (N, D), float32 or float64 (mixed inputs compute in float64; each
-gradient has its input's dtype); any strides. ``triplet_margin`` takes torch's shapes
+Embeddings are 2-d, (N, D), float32 or float64, or float16 / ml_dtypes.bfloat16 (read in
+place, computed in float32 and float64 as float32 rows; the losses and distances float32,
+each gradient rounded once to the half type, or float32 with ``grad_dtype="float32"``;
+docs/accuracy.rst, "Half precision"); mixed inputs compute in their promotion (float64,
+or float32 for a half type beside float32 or another half type; each gradient has its
+input's dtype); any strides. ``triplet_margin`` takes torch's shapes
 instead: any number of dimensions (the same for its three inputs), broadcasting, the
 features on the last axis. The all-pairs functions form the Gram
 matrix of the (centred or normalised) rows with one BLAS product in float64, make one
@@ -42,7 +46,10 @@ from fastloss._validation import (
     as_array,
     float_array,
     grad_output_arg,
+    is_bfloat16,
+    is_half,
     out_arg,
+    promote_float,
     real_array,
     real_scalar,
     reduction_arg,
@@ -69,7 +76,7 @@ PAIRWISE_EPS = 1e-6
 # ----------------------------------------------------------------------------------------
 
 def _embeddings(value, name):
-    array = float_array(value, name)
+    array = float_array(value, name, half=True)
     if array.ndim != 2:
         raise ValueError(f"{name}: expected a 2-d array (N, D), got shape {array.shape}")
     if array.shape[1] == 0:
@@ -94,9 +101,85 @@ def _embedding_set(named, *, same_rows=True):
             raise ValueError(f"{name}: expected {first.shape[0]} rows (the N of {first_name}), "
                              f"got shape {array.shape}")
     dtypes = [array.dtype for array in arrays]
-    dtype = np.result_type(*dtypes)
+    dtype = _common_dtype(dtypes)
     arrays = [array if array.dtype == dtype else array.astype(dtype) for array in arrays]
     return arrays, dtypes, dtype
+
+
+def _common_dtype(dtypes):
+    """The dtype a call computes in: the inputs' one dtype, else their promotion
+    (float16 with bfloat16, and a half type with float32, give float32)."""
+    dtype = dtypes[0]
+    for other in dtypes[1:]:
+        if other != dtype:
+            dtype = promote_float(dtype, other)
+    return np.dtype(dtype)
+
+
+def _value_dtype(dtype):
+    """The dtype of the values (losses, distances) of a call computed in `dtype`: float32
+    for the half types (the losses meet the float32 contract), else `dtype`."""
+    dtype = np.dtype(dtype)
+    return np.dtype(np.float32) if is_half(dtype) else dtype
+
+
+def _grad_dtypes(grad_dtype, dtypes):
+    """The gradients' dtypes: each input's (``grad_dtype`` None, or that dtype), or
+    float32 (``grad_dtype="float32"``) for float16 / bfloat16 inputs."""
+    if grad_dtype is None:
+        return list(dtypes)
+    wanted = None
+    if isinstance(grad_dtype, (str, type, np.dtype)):
+        try:
+            wanted = np.dtype(grad_dtype)
+        except (TypeError, ValueError):
+            wanted = None
+    if wanted is None:
+        raise TypeError(f"grad_dtype: expected None or a dtype (the inputs' dtype, or "
+                        f"float32 for float16 / bfloat16 inputs), got {grad_dtype!r:.80}")
+    result = []
+    for dtype in dtypes:
+        if wanted == dtype or (wanted == np.float32 and is_half(dtype)):
+            result.append(wanted)
+        else:
+            raise ValueError(f"grad_dtype: expected None, the inputs' dtype ({dtype})"
+                             f"{' or float32' if is_half(dtype) else ''}, got {wanted}")
+    return result
+
+
+def _kernel_grad_dtype(dtype, grad_dtypes):
+    """The dtype the kernels write the gradients of a call computed in `dtype` in: that
+    dtype, or float32 for half inputs whose gradients are all wanted in float32."""
+    if is_half(dtype) and all(grad == np.float32 for grad in grad_dtypes):
+        return np.dtype(np.float32)
+    return dtype
+
+
+def _half_kind(dtype):
+    return "bfloat16" if is_bfloat16(dtype) else "float16"
+
+
+def _round_into(target, source):
+    """target[...] = source: into a half target rounded once (to nearest even) from the
+    float32 or float64 values of source, else NumPy's same-kind copy."""
+    if is_half(target.dtype) and source.dtype != target.dtype:
+        values = np.ascontiguousarray(source, dtype=np.float64 if source.dtype == np.float64
+                                      else np.float32).reshape(-1)
+        bits = _kernels.half_store(_half_kind(target.dtype), values)
+        target.view(np.uint16)[...] = bits.reshape(target.shape)
+    else:
+        np.copyto(target, source, casting="same_kind")
+
+
+def _as_dtype(array, dtype):
+    """`array` in `dtype` (a half dtype rounded once, as _round_into)."""
+    if array.dtype == dtype:
+        return array
+    if is_half(dtype):
+        result = np.empty(array.shape, dtype)
+        _round_into(result, array)
+        return result
+    return array.astype(dtype)
 
 
 def _metric_arg(metric):
@@ -106,8 +189,9 @@ def _metric_arg(metric):
 
 
 def _loss_value(total, dtype):
-    """A reduced loss: a Python float holding a value of `dtype`."""
-    return float(dtype.type(total))
+    """A reduced loss: a Python float holding a value of `dtype` (float32 for the half
+    types)."""
+    return float(_value_dtype(dtype).type(total))
 
 
 def _grad_targets(out, shapes, dtypes, inputs, name="out"):
@@ -149,25 +233,41 @@ def _finish_targets(targets):
     results = []
     for returned, written, copy in targets:
         if copy:
-            np.copyto(returned, written, casting="same_kind")
+            _round_into(returned, written)
         results.append(returned)
     return results
+
+
+def _kernel_outputs(targets, dtype):
+    """The arrays the kernels write the gradients of `targets` (_grad_targets) in: each
+    target's own array where it has the kernels' dtype `dtype`, else a fresh one."""
+    return [t[1] if t[1].dtype == dtype else np.empty(t[1].shape, dtype) for t in targets]
+
+
+def _copy_back(targets, written):
+    """Gradients the kernels wrote aside into their targets (rounded once to a half
+    target's dtype)."""
+    for (_, target, _), result in zip(targets, written):
+        if result is not target:
+            _round_into(target, result)
 
 
 # ----------------------------------------------------------------------------------------
 # pairwise_distance
 # ----------------------------------------------------------------------------------------
 
-def _pairwise_distance(x, y, grad_output, metric, out, num_threads, want_value, want_grad):
+def _pairwise_distance(x, y, grad_output, metric, out, num_threads, want_value, want_grad,
+                       grad_dtype=None):
     named = [("x", x)] if y is None else [("x", x), ("y", y)]
     arrays, dtypes, dtype = _embedding_set(named, same_rows=False)
+    dtypes = _grad_dtypes(grad_dtype, dtypes)
     metric = _metric_arg(metric)
     threads = resolve_num_threads(num_threads)
     x_rows = arrays[0]
     y_rows = None if y is None else arrays[1]
     n = x_rows.shape[0]
     m = n if y_rows is None else y_rows.shape[0]
-    value = np.empty((n, m), dtype=dtype) if want_value else None
+    value = np.empty((n, m), dtype=_value_dtype(dtype)) if want_value else None
     if n == 0 or m == 0:  # no pairs: a zero gradient
         grads = None
         if want_grad:
@@ -199,11 +299,9 @@ def _pairwise_distance(x, y, grad_output, metric, out, num_threads, want_value, 
     if want_grad:
         shapes = [array.shape for array in arrays]
         targets = _grad_targets(out, shapes, dtypes, arrays + [x, y])
-        written = [t[1] if t[1].dtype == dtype else np.empty(t[1].shape, dtype) for t in targets]
+        written = _kernel_outputs(targets, _kernel_grad_dtype(dtype, dtypes))
         pairs.backward(written)
-        for (returned, target, _), result in zip(targets, written):
-            if result is not target:
-                np.copyto(target, result, casting="same_kind")
+        _copy_back(targets, written)
         grads = _finish_targets(targets)
         grads = grads[0] if y is None else tuple(grads)
     return value, grads
@@ -214,7 +312,7 @@ def pairwise_distance(x, y=None, *, metric="euclidean", num_threads=None):
 
     Parameters
     ----------
-    x : array_like, float32 or float64, shape (N, D)
+    x : array_like, float32, float64, float16 or bfloat16, shape (N, D)
     y : array_like, shape (M, D), optional
         Default: x itself (the matrix is then exactly symmetric with a zero diagonal,
         except the cosine distance of a row below eps to itself, ``1 - (|x| / eps)**2``).
@@ -240,22 +338,25 @@ def pairwise_distance(x, y=None, *, metric="euclidean", num_threads=None):
 
 
 def pairwise_distance_grad(x, y=None, grad_output=1.0, *, metric="euclidean", out=None,
-                           num_threads=None):
+                           num_threads=None, grad_dtype=None):
     """Gradient of ``sum(grad_output * pairwise_distance(x, y))`` w.r.t. x (and y).
 
     grad_output is a scalar or an (N, M) array. Returns the gradient w.r.t. x when y is
     None (both arguments are x), else ``(grad_x, grad_y)``. At zero euclidean distance
     the pair contributes no gradient (torch.cdist's convention). ``out``: an array, or a
-    tuple of two when y is given.
+    tuple of two when y is given. ``grad_dtype``: the gradients' dtype, None (each
+    input's) or float32 for float16 / bfloat16 inputs.
     """
-    _, grads = _pairwise_distance(x, y, grad_output, metric, out, num_threads, False, True)
+    _, grads = _pairwise_distance(x, y, grad_output, metric, out, num_threads, False, True,
+                                  grad_dtype)
     return grads
 
 
 def pairwise_distance_value_and_grad(x, y=None, grad_output=1.0, *, metric="euclidean",
-                                     out=None, num_threads=None):
+                                     out=None, num_threads=None, grad_dtype=None):
     """``(pairwise_distance(...), pairwise_distance_grad(...))`` from one pass."""
-    return _pairwise_distance(x, y, grad_output, metric, out, num_threads, True, True)
+    return _pairwise_distance(x, y, grad_output, metric, out, num_threads, True, True,
+                              grad_dtype)
 
 
 # ----------------------------------------------------------------------------------------
@@ -277,8 +378,9 @@ def _labels_arg(labels, n_rows):
 
 
 def _contrastive_pairwise(embeddings, labels, grad_output, pos_margin, neg_margin, metric,
-                          reduction, out, num_threads, want_grad):
+                          reduction, out, num_threads, want_grad, grad_dtype=None):
     arrays, dtypes, dtype = _embedding_set([("embeddings", embeddings)])
+    dtypes = _grad_dtypes(grad_dtype, dtypes)
     x = arrays[0]
     n = x.shape[0]
     labels = _labels_arg(labels, n)
@@ -300,7 +402,7 @@ def _contrastive_pairwise(embeddings, labels, grad_output, pos_margin, neg_margi
             scale = float(grad_output_arg(grad_output, reduction, ())[0])
             if reduction == "mean":
                 scale = scale / n_pairs if n_pairs else 0.0
-    value = np.empty((n, n), dtype=dtype) if reduction == "none" else None
+    value = np.empty((n, n), dtype=_value_dtype(dtype)) if reduction == "none" else None
     if n == 0:
         loss = value if reduction == "none" else _loss_value(
             0.0 if reduction == "sum" else math.nan, dtype)
@@ -320,10 +422,9 @@ def _contrastive_pairwise(embeddings, labels, grad_output, pos_margin, neg_margi
     grad = None
     if want_grad:
         targets = _grad_targets(out, [x.shape], dtypes, [x, embeddings])
-        written = targets[0][1] if targets[0][1].dtype == dtype else np.empty(x.shape, dtype)
-        pairs.backward([written])
-        if written is not targets[0][1]:
-            np.copyto(targets[0][1], written, casting="same_kind")
+        written = _kernel_outputs(targets, _kernel_grad_dtype(dtype, dtypes))
+        pairs.backward(written)
+        _copy_back(targets, written)
         grad = _finish_targets(targets)[0]
     return loss, grad
 
@@ -343,7 +444,7 @@ def contrastive_pairwise(embeddings, labels, *, pos_margin=0.0, neg_margin=1.0,
 
     Parameters
     ----------
-    embeddings : array_like, float32 or float64, shape (N, D)
+    embeddings : array_like, float32, float64, float16 or bfloat16, shape (N, D)
     labels : array_like of integers, shape (N,)
     pos_margin, neg_margin : float >= 0
     metric : {"euclidean", "sqeuclidean", "cosine"}
@@ -369,25 +470,27 @@ def contrastive_pairwise(embeddings, labels, *, pos_margin=0.0, neg_margin=1.0,
 
 def contrastive_pairwise_grad(embeddings, labels, grad_output=1.0, *, pos_margin=0.0,
                               neg_margin=1.0, metric="euclidean", reduction="mean", out=None,
-                              num_threads=None):
+                              num_threads=None, grad_dtype=None):
     """Gradient of ``grad_output * contrastive_pairwise(...)`` w.r.t. the embeddings.
 
     grad_output is a scalar for "mean"/"sum" and an (N, N) array (or a scalar) for
     "none". The gradient is ``r_i x_i - (W @ x)_i`` with W the N x N gradient
     coefficients of the fused pass: one more product, in the embeddings' dtype (float32
-    rounding of that product is within the gradient contract's floor).
+    rounding of that product is within the gradient contract's floor; float32 for
+    float16 / bfloat16 embeddings). ``grad_dtype``: None (the embeddings' dtype) or
+    float32 for half embeddings.
     """
     _, grad = _contrastive_pairwise(embeddings, labels, grad_output, pos_margin, neg_margin,
-                                    metric, reduction, out, num_threads, True)
+                                    metric, reduction, out, num_threads, True, grad_dtype)
     return grad
 
 
 def contrastive_pairwise_value_and_grad(embeddings, labels, grad_output=1.0, *, pos_margin=0.0,
                                         neg_margin=1.0, metric="euclidean", reduction="mean",
-                                        out=None, num_threads=None):
+                                        out=None, num_threads=None, grad_dtype=None):
     """``(contrastive_pairwise(...), contrastive_pairwise_grad(...))`` from one pass."""
     return _contrastive_pairwise(embeddings, labels, grad_output, pos_margin, neg_margin,
-                                 metric, reduction, out, num_threads, True)
+                                 metric, reduction, out, num_threads, True, grad_dtype)
 
 
 # ----------------------------------------------------------------------------------------
@@ -395,8 +498,9 @@ def contrastive_pairwise_value_and_grad(embeddings, labels, grad_output=1.0, *, 
 # ----------------------------------------------------------------------------------------
 
 def _pair_loss(loss_name, named, label, grad_output, metric, margin, p, eps, swap, reduction,
-               out, num_threads, want_grad):
+               out, num_threads, want_grad, grad_dtype=None):
     arrays, dtypes, dtype = _embedding_set(named)
+    dtypes = _grad_dtypes(grad_dtype, dtypes)
     n = arrays[0].shape[0]
     reduction = reduction_arg(reduction)
     threads = resolve_num_threads(num_threads)
@@ -416,29 +520,29 @@ def _pair_loss(loss_name, named, label, grad_output, metric, margin, p, eps, swa
             a for a in (label_array, label, upstream, grad_output) if isinstance(a, np.ndarray)]
         targets = _grad_targets(out, [a.shape for a in arrays], dtypes, inputs)
     if n == 0:
-        loss = per_row.astype(dtype) if reduction == "none" else _loss_value(
+        loss = per_row.astype(_value_dtype(dtype)) if reduction == "none" else _loss_value(
             0.0 if reduction == "sum" else math.nan, dtype)
         return loss, (tuple(_finish_targets(targets)) if want_grad else None)
-    written = [t[1] if t[1].dtype == dtype else np.empty(t[1].shape, dtype) for t in targets]
+    written = _kernel_outputs(targets, _kernel_grad_dtype(dtype, dtypes))
     total = _kernels.dist_pair_loss_run(
         loss_name, tuple(arrays), label_array, upstream, per_row, tuple(written), metric,
         margin, p, eps, NORMALIZE_EPS, swap, reduction, threads)
-    loss = per_row.astype(dtype) if reduction == "none" else _loss_value(total, dtype)
+    loss = per_row.astype(_value_dtype(dtype)) if reduction == "none" else _loss_value(total,
+                                                                                        dtype)
     grads = None
     if want_grad:
-        for (_, target, _), result in zip(targets, written):
-            if result is not target:
-                np.copyto(target, result, casting="same_kind")
+        _copy_back(targets, written)
         grads = tuple(_finish_targets(targets))
     return loss, grads
 
 
 def _contrastive(x1, x2, label, grad_output, margin, metric, reduction, out, num_threads,
-                 want_grad):
+                 want_grad, grad_dtype=None):
     margin = real_scalar(margin, "margin", low=0.0)
     metric = _metric_arg(metric)
     return _pair_loss("contrastive", [("x1", x1), ("x2", x2)], label, grad_output, metric,
-                      margin, 2.0, PAIRWISE_EPS, False, reduction, out, num_threads, want_grad)
+                      margin, 2.0, PAIRWISE_EPS, False, reduction, out, num_threads, want_grad,
+                      grad_dtype)
 
 
 def contrastive(x1, x2, label, *, margin=1.0, metric="euclidean", reduction="mean",
@@ -456,7 +560,7 @@ def contrastive(x1, x2, label, *, margin=1.0, metric="euclidean", reduction="mea
 
     Parameters
     ----------
-    x1, x2 : array_like, float32 or float64, shape (N, D)
+    x1, x2 : array_like, float32, float64, float16 or bfloat16, shape (N, D)
     label : array_like of reals (bool, integer or float), shape (N,)
     margin : float >= 0
     metric : {"euclidean", "sqeuclidean", "cosine"}
@@ -469,20 +573,21 @@ def contrastive(x1, x2, label, *, margin=1.0, metric="euclidean", reduction="mea
 
 
 def contrastive_grad(x1, x2, label, grad_output=1.0, *, margin=1.0, metric="euclidean",
-                     reduction="mean", out=None, num_threads=None):
+                     reduction="mean", out=None, num_threads=None, grad_dtype=None):
     """Gradient of ``grad_output * contrastive(...)`` w.r.t. ``(x1, x2)``; ``out`` a
-    tuple of two arrays."""
+    tuple of two arrays; ``grad_dtype`` None (each input's dtype) or float32 for float16 /
+    bfloat16 inputs."""
     _, grads = _contrastive(x1, x2, label, grad_output, margin, metric, reduction, out,
-                            num_threads, True)
+                            num_threads, True, grad_dtype)
     return grads
 
 
 def contrastive_value_and_grad(x1, x2, label, grad_output=1.0, *, margin=1.0,
                                metric="euclidean", reduction="mean", out=None,
-                               num_threads=None):
+                               num_threads=None, grad_dtype=None):
     """``(contrastive(...), contrastive_grad(...))`` from one pass over the rows."""
     return _contrastive(x1, x2, label, grad_output, margin, metric, reduction, out,
-                        num_threads, True)
+                        num_threads, True, grad_dtype)
 
 
 def _norm_order(p):
@@ -503,9 +608,9 @@ class _Triplet:
     feature); laid out for the kernel as (M, D) rows of the broadcast shape, with the
     length of each pair's difference (contrastive.h)."""
 
-    def __init__(self, anchor, positive, negative):
+    def __init__(self, anchor, positive, negative, grad_dtype=None):
         named = [("anchor", anchor), ("positive", positive), ("negative", negative)]
-        arrays = [float_array(value, name) for name, value in named]
+        arrays = [float_array(value, name, half=True) for name, value in named]
         if len({array.ndim for array in arrays}) != 1:
             raise ValueError("anchor, positive, negative: expected the same number of "
                              "dimensions (as torch), got shapes "
@@ -518,9 +623,8 @@ class _Triplet:
                              + ", ".join(str(array.shape) for array in arrays)
                              + " do not broadcast together") from None
         self.shapes = [array.shape for array in arrays]
-        self.dtypes = [array.dtype for array in arrays]
-        self.dtype = self.dtypes[0] if self.dtypes[0] == self.dtypes[1] == self.dtypes[2] \
-            else np.result_type(*self.dtypes)
+        self.dtype = _common_dtype([array.dtype for array in arrays])
+        self.dtypes = _grad_dtypes(grad_dtype, [array.dtype for array in arrays])
         self.loss_shape = shape[:-1]
         self.dim = shape[-1] if shape else 1
         self.n_rows = math.prod(self.loss_shape)
@@ -558,9 +662,16 @@ class _Triplet:
                     if np.may_share_memory(buffer, other):
                         raise ValueError(f"out[{index}]: shares memory with another out= "
                                          f"buffer")
+        full = self.loss_shape + (self.dim,)
+        # the kernels write every gradient in one dtype: the rows', or float32 beside half
+        # rows where a gradient is wanted in float32 or needs a sum over broadcast axes
+        # (rounded once to the half type after it)
+        kernel_dtype = _kernel_grad_dtype(self.dtype, self.dtypes)
+        if is_half(self.dtype) and any(shape != full for shape in self.shapes):
+            kernel_dtype = np.dtype(np.float32)
         buffers = []
         for index, (shape, dtype) in enumerate(zip(self.shapes, self.dtypes)):
-            direct = shape == self.loss_shape + (self.dim,) and dtype == self.dtype
+            direct = shape == full and dtype == kernel_dtype
             if direct and out is None:  # a fresh gradient, laid out as the rows
                 returned = np.empty(shape, dtype)
                 buffers.append((returned.reshape(self.n_rows, self.dim), returned))
@@ -574,7 +685,7 @@ class _Triplet:
                                                 + [upstream]):
                     buffers.append((view, returned))
                     continue
-            buffers.append((np.empty((self.n_rows, self.dim), self.dtype), None))
+            buffers.append((np.empty((self.n_rows, self.dim), kernel_dtype), None))
         return buffers
 
     def finish(self, buffers, out):
@@ -586,7 +697,10 @@ class _Triplet:
                 grad = _sum_to_shape(full, shape if shape else (1,)).reshape(shape) \
                     if full.shape != shape else full
                 if out is None:
-                    returned = np.asarray(grad).astype(self.dtypes[index], copy=False)
+                    returned = _as_dtype(np.asarray(grad), self.dtypes[index])
+                elif is_half(out[index].dtype):
+                    returned = out[index]
+                    _round_into(returned, np.asarray(grad))
                 else:
                     returned = out[index]
                     np.copyto(returned, grad, casting="unsafe")
@@ -595,7 +709,7 @@ class _Triplet:
 
 
 def _triplet(anchor, positive, negative, grad_output, margin, p, eps, swap, reduction, out,
-             num_threads, want_grad):
+             num_threads, want_grad, grad_dtype=None):
     margin = real_scalar(margin, "margin", low=0.0, low_open=True)
     p = _norm_order(p)
     eps = real_scalar(eps, "eps")
@@ -603,7 +717,7 @@ def _triplet(anchor, positive, negative, grad_output, margin, p, eps, swap, redu
         raise TypeError(f"swap: expected a bool, got {swap!r}")
     reduction = reduction_arg(reduction)
     threads = resolve_num_threads(num_threads)
-    call = _Triplet(anchor, positive, negative)
+    call = _Triplet(anchor, positive, negative, grad_dtype)
     if call.dim == 0 and not 0.0 <= p < math.inf:
         raise ValueError(f"p: the {p} norm of no elements is not defined (as torch); the "
                          f"inputs have no features")
@@ -624,7 +738,7 @@ def _triplet(anchor, positive, negative, grad_output, margin, p, eps, swap, redu
             margin, p, eps, NORMALIZE_EPS, bool(swap), reduction, threads,
             pair_dims=call.pair_dims)
     if reduction == "none":
-        loss = per_row.astype(call.dtype).reshape(call.loss_shape)
+        loss = per_row.astype(_value_dtype(call.dtype)).reshape(call.loss_shape)
     else:
         loss = _loss_value(total, call.dtype)
     return loss, (call.finish(buffers, out) if want_grad else None)
@@ -649,7 +763,7 @@ def triplet_margin(anchor, positive, negative, *, margin=1.0, p=2.0, eps=1e-6, s
 
     Parameters
     ----------
-    anchor, positive, negative : array_like, float32 or float64
+    anchor, positive, negative : array_like, float32, float64, float16 or bfloat16
         Shapes as torch takes them: the same number of dimensions, broadcasting together,
         the features on the last axis: (N, D), (D) for one triplet, (B, N, D), ...;
         0-d inputs are one feature. A pair of inputs that both have one feature on the
@@ -668,21 +782,23 @@ def triplet_margin(anchor, positive, negative, *, margin=1.0, p=2.0, eps=1e-6, s
 
 
 def triplet_margin_grad(anchor, positive, negative, grad_output=1.0, *, margin=1.0, p=2.0,
-                        eps=1e-6, swap=False, reduction="mean", out=None, num_threads=None):
+                        eps=1e-6, swap=False, reduction="mean", out=None, num_threads=None,
+                        grad_dtype=None):
     """Gradient of ``grad_output * triplet_margin(...)`` w.r.t. ``(anchor, positive,
     negative)``, each of its input's shape (summed over the axes broadcasting added or
-    stretched) and dtype; ``out`` a tuple of three arrays."""
+    stretched) and dtype (``grad_dtype="float32"``: float32 for float16 / bfloat16
+    inputs); ``out`` a tuple of three arrays."""
     _, grads = _triplet(anchor, positive, negative, grad_output, margin, p, eps, swap,
-                        reduction, out, num_threads, True)
+                        reduction, out, num_threads, True, grad_dtype)
     return grads
 
 
 def triplet_margin_value_and_grad(anchor, positive, negative, grad_output=1.0, *, margin=1.0,
                                   p=2.0, eps=1e-6, swap=False, reduction="mean", out=None,
-                                  num_threads=None):
+                                  num_threads=None, grad_dtype=None):
     """``(triplet_margin(...), triplet_margin_grad(...))`` from one pass over the rows."""
     return _triplet(anchor, positive, negative, grad_output, margin, p, eps, swap, reduction,
-                    out, num_threads, True)
+                    out, num_threads, True, grad_dtype)
 
 
 # ----------------------------------------------------------------------------------------
@@ -711,7 +827,8 @@ def _redo_cancelled_rows(weights, weight_sums, other_unit, norm, grad_unit, resu
     terms = weight_sums / temperature  # the unit rows have |p^_j| <= 1
     cancelled = size < _CANCELLED * terms
     if single:
-        kept = np.sqrt(np.einsum("ij,ij->i", result, result, dtype=np.float64))
+        values = result.astype(np.float32) if is_half(result.dtype) else result
+        kept = np.sqrt(np.einsum("ij,ij->i", values, values, dtype=np.float64))
         cancelled |= ((norm < NORMALIZE_EPS)
                       | (kept * np.maximum(norm, NORMALIZE_EPS) < _CANCELLED * size))
     rows = np.flatnonzero(cancelled)
@@ -749,10 +866,11 @@ def _precision_arg(precision):
 
 def _info_nce_float32(q, k, upstream, per_row, temperature, symmetric, reduction, targets,
                       threads, want_grad):
-    """info_nce of float32 rows with float32 products: the unit rows (float32, norms in
-    double), s = q^ k^T (BLAS), one C kernel for the softmax of the rows (and columns)
-    that writes d loss / d s over s, then G @ k^ and G^T @ q^ (BLAS, the transpose
-    read in place) and the normalisation's backward."""
+    """info_nce of float32 (or half, read in place) rows with float32 products: the unit
+    rows (float32, norms in double), s = q^ k^T (BLAS), one C kernel for the softmax of
+    the rows (and columns) that writes d loss / d s over s, then G @ k^ and G^T @ q^
+    (BLAS, the transpose read in place) and the normalisation's backward (each gradient
+    element rounded once to its target's dtype: float32 or half)."""
     n = q.shape[0]
     q_unit, q_norm = _kernels.nce_unit_rows(q, NORMALIZE_EPS, threads)
     k_unit, k_norm = _kernels.nce_unit_rows(k, NORMALIZE_EPS, threads)
@@ -770,7 +888,7 @@ def _info_nce_float32(q, k, upstream, per_row, temperature, symmetric, reduction
     if reduction == "none":
         loss = per_query.astype(np.float32)
     else:
-        loss = _loss_value(per_query.sum() / (n if reduction == "mean" else 1), q.dtype)
+        loss = _loss_value(per_query.sum() / (n if reduction == "mean" else 1), np.float32)
     if not want_grad:
         return loss, None
     grad_logits = similarities  # the kernel wrote the gradient over the similarities
@@ -783,10 +901,11 @@ def _info_nce_float32(q, k, upstream, per_row, temperature, symmetric, reduction
 
 
 def _info_nce(query, key, grad_output, temperature, symmetric, reduction, out, num_threads,
-              want_grad, precision="input"):
+              want_grad, precision="input", grad_dtype=None):
     from fastloss.cross_entropy import cross_entropy, cross_entropy_value_and_grad
 
     arrays, dtypes, dtype = _embedding_set([("query", query), ("key", key)], same_rows=False)
+    dtypes = _grad_dtypes(grad_dtype, dtypes)
     q, k = arrays
     n, m = q.shape[0], k.shape[0]
     if m < n:
@@ -806,13 +925,24 @@ def _info_nce(query, key, grad_output, temperature, symmetric, reduction, out, n
     if want_grad:
         targets = _grad_targets(out, [q.shape, k.shape], dtypes, arrays + [query, key])
     if n == 0:
-        loss = (np.empty(0, dtype) if reduction == "none"
+        loss = (np.empty(0, _value_dtype(dtype)) if reduction == "none"
                 else _loss_value(0.0 if reduction == "sum" else math.nan, dtype))
         for _, target, _ in targets:
             target[...] = 0
         return loss, (tuple(_finish_targets(targets)) if want_grad else None)
     per_row = want_grad and reduction == "none" and np.ndim(grad_output) != 0
-    if dtype == np.float32 and precision == "input" and 1.0 / temperature < _FLOAT32_MAX:
+    narrow = dtype == np.float32 or is_half(dtype)  # float32 products
+    if narrow and precision == "input" and 1.0 / temperature < _FLOAT32_MAX:
+        if want_grad and any(t[1].dtype not in (np.float32, dtype) for t in targets):
+            # a gradient the kernel does not write (a half one of a call promoted to
+            # float32: a mixed call): float32 into a scratch array, rounded after
+            scratch = [(r, t if t.dtype in (np.float32, dtype) else np.empty(t.shape,
+                                                                             np.float32), c)
+                       for r, t, c in targets]
+            loss, _ = _info_nce_float32(q, k, upstream, per_row, temperature, symmetric,
+                                        reduction, scratch, threads, want_grad)
+            _copy_back(targets, [t for _, t, _ in scratch])
+            return loss, tuple(_finish_targets(targets))
         return _info_nce_float32(q, k, upstream, per_row, temperature, symmetric, reduction,
                                  targets, threads, want_grad)
 
@@ -821,7 +951,7 @@ def _info_nce(query, key, grad_output, temperature, symmetric, reduction, out, n
     # magnify float32 rounding past the accuracy contract; the cross-entropy kernel on
     # them (and on their transpose). The backward products run in the dtype, as
     # contrastive_pairwise's, with the rows whose terms cancel redone in float64.
-    single = dtype == np.float32 and want_grad
+    single = narrow and want_grad
     q_unit, q_unit_real, q_norm = _kernels.dist_prepare_rows(q, "cosine", None, NORMALIZE_EPS,
                                                              single, threads)
     k_unit, k_unit_real, k_norm = _kernels.dist_prepare_rows(k, "cosine", None, NORMALIZE_EPS,
@@ -838,7 +968,8 @@ def _info_nce(query, key, grad_output, temperature, symmetric, reduction, out, n
         loss = cross_entropy(logits, target, **options)
         if symmetric:
             loss = 0.5 * (loss + cross_entropy(columns, target, **options))
-        return (loss.astype(dtype) if reduction == "none" else _loss_value(loss, dtype)), None
+        return (loss.astype(_value_dtype(dtype)) if reduction == "none"
+                else _loss_value(loss, dtype)), None
     half = 0.5 if symmetric else 1.0
     row_upstream = upstream * half if per_row else float(upstream[0]) * half
     # the cross-entropy kernel writes d loss / d logits over the logits
@@ -869,8 +1000,9 @@ def _info_nce(query, key, grad_output, temperature, symmetric, reduction, out, n
              (grad_logits.T, column_sums, q_unit, k_unit, k_norm, grad_k_unit, False))
     for (_, target_array, _), (weights, weight_sums, other_unit, unit, norm, grad_unit,
                                zero_sum_rows) in zip(targets, sides):
-        result = target_array if target_array.dtype == dtype else np.empty(target_array.shape,
-                                                                            dtype)
+        # the kernel writes float32, float64 and the half types (rounded once)
+        result = target_array if target_array.dtype == dtype or (
+            narrow and target_array.dtype == np.float32) else np.empty(target_array.shape, dtype)
         _kernels.dist_normalize_backward(unit, norm, grad_unit, result, NORMALIZE_EPS, threads)
         if ((single or zero_sum_rows)
                 and _redo_cancelled_rows(weights, weight_sums, other_unit, norm, grad_unit,
@@ -878,8 +1010,8 @@ def _info_nce(query, key, grad_output, temperature, symmetric, reduction, out, n
             _kernels.dist_normalize_backward(unit, norm, grad_unit, result, NORMALIZE_EPS,
                                              threads)
         if result is not target_array:
-            np.copyto(target_array, result, casting="same_kind")
-    loss = loss.astype(dtype) if reduction == "none" else _loss_value(loss, dtype)
+            _round_into(target_array, result)
+    loss = loss.astype(_value_dtype(dtype)) if reduction == "none" else _loss_value(loss, dtype)
     return loss, tuple(_finish_targets(targets))
 
 
@@ -907,7 +1039,7 @@ def info_nce(query, key, *, temperature=0.05, symmetric=False, reduction="mean",
 
     Parameters
     ----------
-    query : array_like, float32 or float64, shape (N, D)
+    query : array_like, float32, float64, float16 or bfloat16, shape (N, D)
     key : array_like, shape (M, D), M >= N (M == N with symmetric)
     temperature : float > 0
     symmetric : bool
@@ -925,16 +1057,19 @@ def info_nce(query, key, *, temperature=0.05, symmetric=False, reduction="mean",
 
 
 def info_nce_grad(query, key, grad_output=1.0, *, temperature=0.05, symmetric=False,
-                  reduction="mean", precision="input", out=None, num_threads=None):
+                  reduction="mean", precision="input", out=None, num_threads=None,
+                  grad_dtype=None):
     """Gradient of ``grad_output * info_nce(...)`` w.r.t. ``(query, key)``; ``out`` a
-    tuple of two arrays."""
+    tuple of two arrays; ``grad_dtype`` None (each input's dtype) or float32 for float16 /
+    bfloat16 inputs."""
     _, grads = _info_nce(query, key, grad_output, temperature, symmetric, reduction, out,
-                         num_threads, True, precision)
+                         num_threads, True, precision, grad_dtype)
     return grads
 
 
 def info_nce_value_and_grad(query, key, grad_output=1.0, *, temperature=0.05, symmetric=False,
-                            reduction="mean", precision="input", out=None, num_threads=None):
+                            reduction="mean", precision="input", out=None, num_threads=None,
+                            grad_dtype=None):
     """``(info_nce(...), info_nce_grad(...))`` from one forward and backward."""
     return _info_nce(query, key, grad_output, temperature, symmetric, reduction, out,
-                     num_threads, True, precision)
+                     num_threads, True, precision, grad_dtype)

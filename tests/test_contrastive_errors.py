@@ -51,7 +51,7 @@ CASES = [
     *embedding_cases("no-features", ValueError, np.zeros((6, 0))),
     *embedding_cases("int64", TypeError, np.ones((6, 4), np.int64)),
     *embedding_cases("complex", TypeError, X.astype(np.complex128)),
-    *embedding_cases("float16", TypeError, X.astype(np.float16)),
+    *embedding_cases("uint16", TypeError, X.astype(np.uint16)),  # float16: test_half_contrastive
     *embedding_cases("object", TypeError, X.astype(object)),
     # mismatched D, mismatched N
     *case("D-mismatch", ValueError, "y", names=("pairwise_distance",), y=np.zeros((5, 3))),

@@ -797,11 +797,15 @@ class _Embedding(torch.autograd.Function):
     (one pass: for the all-pairs losses the Gram product is not formed twice) and keeps
     the gradients, one array per embedding input (N x D, the inputs' size); the backward
     scales them by grad_output. For "none", or a second backward (retain_graph), the
-    backward calls NAME_grad with the per-sample grad_output."""
+    backward calls NAME_grad with the per-sample grad_output.
+
+    bfloat16 and float16 embeddings are read in place (bfloat16 as an ml_dtypes.bfloat16
+    view of its memory); the loss comes back in the embeddings' torch dtype (a rounding
+    of fastloss's float32 value) and each gradient in its input's dtype."""
 
     @staticmethod
     def forward(ctx, name, options, n_embeddings, *tensors):
-        arrays = [_numpy(tensor) for tensor in tensors]
+        arrays = [_numpy_any(tensor) for tensor in tensors]
         # ctx.needs_input_grad holds under torch.no_grad() too: only a recorded call
         # computes gradients in its forward
         options = dict(options)
@@ -818,7 +822,8 @@ class _Embedding(torch.autograd.Function):
         dtype = tensors[0].dtype
         for tensor in tensors[1:n_embeddings]:
             dtype = torch.promote_types(dtype, tensor.dtype)
-        return _loss_tensor(loss, dtype)
+        result = _loss_tensor(loss, dtype)
+        return result if result.dtype == dtype else result.to(dtype)
 
     @staticmethod
     @once_differentiable
@@ -830,14 +835,16 @@ class _Embedding(torch.autograd.Function):
             # the first backward takes the forward's gradients (then owned by autograd)
             grads, ctx.grads = ctx.grads, None
             scale = float(grad_output)
-            grads = [torch.from_numpy(grad) for grad in grads]
+            grads = [_tensor_any(grad) for grad in grads]
             if scale != 1.0:
                 grads = [grad.mul_(scale) for grad in grads]
         else:
-            arrays = [_numpy(tensor) for tensor in tensors]
+            arrays = [_numpy_any(tensor) for tensor in tensors]
+            upstream = (grad_output.float() if grad_output.dtype in _HALF_DTYPES
+                        else grad_output)
             grads = getattr(fastloss, f"{ctx.name}_grad")(
-                *arrays, _upstream(grad_output, reduction), **ctx.options)
-            grads = [torch.from_numpy(grad)
+                *arrays, _upstream(upstream, reduction), **ctx.options)
+            grads = [_tensor_any(grad)
                      for grad in (grads if isinstance(grads, tuple) else (grads,))]
         grads = [grad if needed else None
                  for grad, needed in zip(grads, ctx.needs_input_grad[3:3 + n_embeddings])]
@@ -847,9 +854,10 @@ class _Embedding(torch.autograd.Function):
 def _embedding_loss(name, function, embeddings, others, options):
     """Check the tensors and run fastloss.NAME: ``embeddings`` are (argument name, float
     tensor) pairs, ``others`` (name, tensor, kind) with kind "labels" (integers) or
-    "label" (reals, not differentiated)."""
+    "label" (reals, not differentiated).  Embeddings may be float32, float64, bfloat16
+    or float16 (bfloat16 needs ml_dtypes, as the pointwise losses)."""
     for argument, tensor in embeddings:
-        _float_tensor(tensor, argument, function)
+        _half_float_tensor(tensor, argument, function)
     tensors = [tensor for _, tensor in embeddings]
     for argument, tensor, kind in others:
         if kind == "labels":
@@ -878,7 +886,7 @@ def triplet_margin_loss(anchor, positive, negative, margin=1.0, p=2, eps=1e-6, s
     reduction = _reduction(size_average, reduce, reduction)
     named = [("anchor", anchor), ("positive", positive), ("negative", negative)]
     for argument, tensor in named:
-        _float_tensor(tensor, argument, function)
+        _half_float_tensor(tensor, argument, function)
     if len({tensor.dim() for _, tensor in named}) != 1:
         raise ValueError(f"{function}: anchor, positive and negative must have the same "
                          f"number of dimensions, got {anchor.dim()}, {positive.dim()} and "
