@@ -42,65 +42,110 @@ FASTLOSS_INLINE double NAME(vocab_sum)(const REAL *FASTLOSS_RESTRICT values, fas
     return fastloss_lanes_total(lane) + tail;
 }
 
-/* e_c = exp(a_c) and (when weighted is not NULL) e_c a_c, a_c = (x_c - shift) / T, for
- * one chunk.  e a is 0 where e is (a = -inf: a masked class, whose 0 log 0 is 0).  The
- * same loop finds the max of the next chunk (`next`, n_next values): it streams in from
- * memory while this chunk's exps are computed, rather than in a sweep of its own that
- * would leave the arithmetic idle (cross_entropy_row_body.h does the same). */
-FASTLOSS_INLINE REAL NAME(vocab_exps)(const STORE_T *FASTLOSS_RESTRICT x, fastloss_index n,
-                                     REAL shift, REAL inv_temperature,
-                                     REAL *FASTLOSS_RESTRICT exps,
-                                     REAL *FASTLOSS_RESTRICT weighted,
-                                     const STORE_T *FASTLOSS_RESTRICT next,
-                                     fastloss_index n_next)
+/* A floor under a in the products e a: a masked class (a = -inf, e = 0) adds 0 rather
+ * than 0 * -inf; every a below it has e = 0 (the exp flushes a < -87.3, float, or
+ * -708.3, double, to 0), and a NaN stays NaN. */
+#define VOCAB_A_FLOOR ((REAL)-1e30)
+
+/*
+ * One element of vocab_range, lane j of the REAL partial sums: e = exp(a),
+ * a = (x_i - shift) / T, kept (store) and summed, with e a (with_w; 0 where e is 0, so
+ * that a masked class, a = -inf, adds 0 log 0 = 0: VOCAB_A_FLOOR), and the max of the
+ * next chunk's element i (with_next).
+ */
+#define VOCAB_RANGE_STEP(i, j)                                                     \
+    do {                                                                           \
+        const REAL a_ = ((REAL)LOAD(x, i) - shift) * inv_t;                        \
+        const REAL e_ = REAL_EXP_NONPOSITIVE(a_);                                  \
+        if (store)                                                                 \
+            exps[i] = e_;                                                          \
+        if (sums)                                                                  \
+            part_s[j] += e_;                                                       \
+        if (with_w)                                                                \
+            part_w[j] += e_ * (a_ < VOCAB_A_FLOOR ? VOCAB_A_FLOOR : a_);           \
+        if (with_next) {                                                           \
+            const REAL v_ = LOAD(next, i);                                         \
+            next_lane[j] = next_lane[j] < v_ ? v_ : next_lane[j];                  \
+        }                                                                          \
+    } while (0)
+
+/*
+ * The exps of a range of a chunk, e_c = exp((x_c - shift) / T) for c in [0, n): into
+ * `exps` (store), with *sum = sum e_c and (with_w) *weighted = sum e_c a_c, in the
+ * lanes of VOCAB_LANES / VOCAB_FOLD (vocab_internal.h); with_next, the same loop takes
+ * the max of next[0, n) (the next chunk streams in from memory while this one's exps are
+ * computed, rather than in a sweep of its own that would leave the arithmetic idle;
+ * cross_entropy_row_body.h does the same) and returns it, else -inf.  One loop: the
+ * exp, a store, an add and a multiply-add per element, no conversion to double (no
+ * sums where `sums` is 0: the caller sums the kept exps itself).  The
+ * mode arguments are constants at every call (the function is inlined).
+ */
+FASTLOSS_INLINE REAL NAME(vocab_range)(const int store, const int sums, const int with_w,
+                                       const int with_next,
+                                       const STORE_T *FASTLOSS_RESTRICT x, fastloss_index n,
+                                       REAL shift, REAL inv_t, REAL *FASTLOSS_RESTRICT exps,
+                                       const STORE_T *FASTLOSS_RESTRICT next, double *sum,
+                                       double *weighted)
 {
-    const fastloss_index both = n < n_next ? n : n_next;
-    REAL next_max = -(REAL)INFINITY;
-    if (weighted) {
-#pragma omp simd reduction(max : next_max)
-        for (fastloss_index c = 0; c < both; ++c) {
-            const REAL a = ((REAL)LOAD(x, c) - shift) * inv_temperature;
-            const REAL e = REAL_EXP_NONPOSITIVE(a);
-            exps[c] = e;
-            weighted[c] = e == (REAL)0 ? (REAL)0 : e * a;
-            const REAL value = LOAD(next, c);
-            next_max = value > next_max ? value : next_max;
+    double lane_s[VOCAB_LANES] = {0.0}, lane_w[VOCAB_LANES] = {0.0};
+    REAL next_lane[VOCAB_LANES];
+    for (int j = 0; j < VOCAB_LANES; ++j)
+        next_lane[j] = -(REAL)INFINITY;
+    fastloss_index c = 0;
+    for (; c + VOCAB_FOLD <= n; c += VOCAB_FOLD) {
+        REAL part_s[VOCAB_LANES] = {0}, part_w[VOCAB_LANES] = {0};
+        for (fastloss_index v = c; v < c + VOCAB_FOLD; v += VOCAB_LANES) {
+#pragma omp simd
+            for (int j = 0; j < VOCAB_LANES; ++j)
+                VOCAB_RANGE_STEP(v + j, j);
         }
-        for (fastloss_index c = both; c < n; ++c) {
-            const REAL a = ((REAL)LOAD(x, c) - shift) * inv_temperature;
-            const REAL e = REAL_EXP_NONPOSITIVE(a);
-            exps[c] = e;
-            weighted[c] = e == (REAL)0 ? (REAL)0 : e * a;
+#pragma omp simd
+        for (int j = 0; j < VOCAB_LANES; ++j) {
+            lane_s[j] += (double)part_s[j];
+            lane_w[j] += (double)part_w[j];
         }
-    } else {
-#pragma omp simd reduction(max : next_max)
-        for (fastloss_index c = 0; c < both; ++c) {
-            exps[c] = REAL_EXP_NONPOSITIVE(((REAL)LOAD(x, c) - shift) * inv_temperature);
-            const REAL value = LOAD(next, c);
-            next_max = value > next_max ? value : next_max;
-        }
-        for (fastloss_index c = both; c < n; ++c)
-            exps[c] = REAL_EXP_NONPOSITIVE(((REAL)LOAD(x, c) - shift) * inv_temperature);
     }
-    const REAL rest = NAME(vocab_max)(next + both, n_next - both);
-    return rest > next_max ? rest : next_max;
+    if (c < n) { /* the last, partial fold: whole vectors, then one element at a time */
+        REAL part_s[VOCAB_LANES] = {0}, part_w[VOCAB_LANES] = {0};
+        for (; c + VOCAB_LANES <= n; c += VOCAB_LANES) {
+#pragma omp simd
+            for (int j = 0; j < VOCAB_LANES; ++j)
+                VOCAB_RANGE_STEP(c + j, j);
+        }
+        for (int j = 0; c + j < n; ++j)
+            VOCAB_RANGE_STEP(c + j, j);
+        for (int j = 0; j < VOCAB_LANES; ++j) {
+            lane_s[j] += (double)part_s[j];
+            lane_w[j] += (double)part_w[j];
+        }
+    }
+    *sum = sums ? vocab_lanes_total(lane_s) : 0.0;
+    if (with_w)
+        *weighted = vocab_lanes_total(lane_w);
+    REAL next_max = -(REAL)INFINITY;
+    for (int j = 0; j < VOCAB_LANES; ++j)
+        next_max = next_lane[j] > next_max ? next_lane[j] : next_max;
+    return next_max;
 }
+#undef VOCAB_RANGE_STEP
+#undef VOCAB_A_FLOOR
 
 /*
  * The softmax statistics of one row (vocab_internal.h: vocab_row_stats), chunk by
- * chunk: its exps (from L1: the previous chunk's exp loop brought it in while finding
- * its max), the sums of the tiles in double; then the chunks' records merge.  The
+ * chunk, each chunk's exps relative to its own max (found by the previous chunk's loop,
+ * vocab_range) and its sums (vocab_range's lanes), then the chunks' records merge.  The
  * target's term (target: its position, or -1) is left out of the lanes and added last,
  * so that `others` holds the sum without it (1 - p_t = others / S keeps its digits
- * where p_t is nearly 1).  The exps stay in `exps_row` (exp((x_c - shift_k) / T), each
- * chunk relative to its own shift) when it is given, else one chunk at a time in
- * tile_exps.
+ * where p_t is nearly 1): its chunk goes in two ranges around it, and the next chunk's
+ * max in a sweep of its own.  The exps stay in `exps_row` (exp((x_c - shift_k) / T),
+ * each chunk relative to its own shift; 0 at the target) when it is given.
  */
-static void NAME(vocab_row_stats)(const STORE_T *x, fastloss_index n_classes,
-                                  fastloss_index n_chunks, double inv_temperature,
-                                  fastloss_index target, int need_weighted, REAL *tile_exps,
-                                  REAL *tile_weighted, REAL *exps_row, double *chunk_data,
-                                  vocab_row_stats *stats)
+FASTLOSS_INLINE void NAME(vocab_row_stats_mode)(const int store, const int with_w,
+                                               const int exact,
+                                               const STORE_T *x, fastloss_index n_classes,
+                                               fastloss_index n_chunks, double inv_temperature,
+                                               fastloss_index target, REAL *exps_row,
+                                               double *chunk_data, vocab_row_stats *stats)
 {
     const REAL inv_t = (REAL)inv_temperature;
     REAL m = NAME(vocab_max)(x, n_classes < FASTLOSS_VOCAB_CHUNK ? n_classes
@@ -117,31 +162,91 @@ static void NAME(vocab_row_stats)(const STORE_T *x, fastloss_index n_classes,
         chunk[VOCAB_CHUNK_MAX] = (double)m;
         /* a chunk of -inf gets shift 0, so that exp sees -inf rather than NaN */
         const REAL shift = m == -(REAL)INFINITY ? (REAL)0 : m;
-        REAL *exps = exps_row ? exps_row + start : tile_exps;
-        m = NAME(vocab_exps)(x + start, n, shift, inv_t, exps,
-                             need_weighted ? tile_weighted : NULL, x + next_start, n_next);
+        const STORE_T *xk = x + start, *next = x + next_start;
+        REAL *exps = store ? exps_row + start : NULL;
         const fastloss_index t = target - start;
-        REAL e_t = 0;
+        double sum = 0.0, weighted = 0.0, others;
         if (t >= 0 && t < n) {
-            e_t = exps[t];
-            exps[t] = 0;
+            double sum_after = 0.0, weighted_after = 0.0;
+            NAME(vocab_range)(store, !exact, with_w, 0, xk, t, shift, inv_t, exps, NULL, &sum,
+                              &weighted);
+            NAME(vocab_range)(store, !exact, with_w, 0, xk + t + 1, n - t - 1, shift, inv_t,
+                              store ? exps + t + 1 : NULL, NULL, &sum_after, &weighted_after);
+            const REAL a_t = ((REAL)LOAD(xk, t) - shift) * inv_t;
+            const REAL e_t = REAL_EXP_NONPOSITIVE(a_t);
+            if (store)
+                exps[t] = 0; /* the gradient writes the target from double */
+            others = sum + sum_after;
+            sum = others + (double)e_t;
+            weighted = (weighted + weighted_after) +
+                       (e_t == (REAL)0 ? 0.0 : (double)e_t * (double)a_t);
+            m = NAME(vocab_max)(next, n_next);
+        } else {
+            /* the part with a next element beside each element (all of it but in the
+             * row's last chunk, and in the chunk before a short last one) */
+            const fastloss_index both = n < n_next ? n : n_next;
+            m = NAME(vocab_range)(store, !exact, with_w, 1, xk, both, shift, inv_t, exps, next,
+                                  &sum, &weighted);
+            if (both < n) { /* the row's last chunk (no next) or a short next chunk */
+                double sum_rest = 0.0, weighted_rest = 0.0;
+                NAME(vocab_range)(store, !exact, with_w, 0, xk + both, n - both, shift, inv_t,
+                                  store ? exps + both : NULL, NULL, &sum_rest, &weighted_rest);
+                sum += sum_rest;
+                weighted += weighted_rest;
+            }
+            if (both < n_next) {
+                const REAL rest = NAME(vocab_max)(next + both, n_next - both);
+                m = rest > m ? rest : m;
+            }
+            /* exact: the kept exps summed in double instead (see vocab_row_stats) */
+            if (exact)
+                sum = NAME(vocab_sum)(exps, n);
+            others = sum;
         }
-        const double others = NAME(vocab_sum)(exps, n);
         chunk[VOCAB_CHUNK_OTHERS] = others;
-        chunk[VOCAB_CHUNK_SUM] = others + (double)e_t;
-        chunk[VOCAB_CHUNK_WEIGHTED] = need_weighted ? NAME(vocab_sum)(tile_weighted, n) : 0.0;
+        chunk[VOCAB_CHUNK_SUM] = sum;
+        chunk[VOCAB_CHUNK_WEIGHTED] = with_w ? weighted : 0.0;
+        chunk[VOCAB_CHUNK_CROSS] = 0.0;
     }
     vocab_merge_chunks(chunk_data, n_chunks, inv_temperature, stats);
 }
 
-/* Per-thread scratch: chunk records and two tiles of a chunk, and where the gradient
- * row cannot hold the exps (a half-precision or float32 gradient of half logits), a row
- * of REAL for them. */
+/*
+ * vocab_row_stats_mode with its modes picked once per row (each a loop of its own).
+ * `exact` (the distillation, target -1, exps_row given): each chunk's sum of the kept
+ * exps in double, every exp rounded once and nothing else: the KL's
+ * log S_t - log S_s would carry the float lanes' roundings (about 1e-8 of S, where
+ * the KL of two close distributions is 1e-3 or less), while the token log-prob and
+ * the entropy take them relative to their own size.
+ */
+static void NAME(vocab_row_stats)(const STORE_T *x, fastloss_index n_classes,
+                                  fastloss_index n_chunks, double inv_temperature,
+                                  fastloss_index target, int need_weighted, int exact,
+                                  REAL *exps_row, double *chunk_data, vocab_row_stats *stats)
+{
+    if (exact)
+        NAME(vocab_row_stats_mode)(1, 0, 1, x, n_classes, n_chunks, inv_temperature, -1,
+                                   exps_row, chunk_data, stats);
+    else if (exps_row && need_weighted)
+        NAME(vocab_row_stats_mode)(1, 1, 0, x, n_classes, n_chunks, inv_temperature, target,
+                                   exps_row, chunk_data, stats);
+    else if (exps_row)
+        NAME(vocab_row_stats_mode)(1, 0, 0, x, n_classes, n_chunks, inv_temperature, target,
+                                   exps_row, chunk_data, stats);
+    else if (need_weighted)
+        NAME(vocab_row_stats_mode)(0, 1, 0, x, n_classes, n_chunks, inv_temperature, target,
+                                   NULL, chunk_data, stats);
+    else
+        NAME(vocab_row_stats_mode)(0, 0, 0, x, n_classes, n_chunks, inv_temperature, target,
+                                   NULL, chunk_data, stats);
+}
+
+/* Per-thread scratch: chunk records and, where the gradient row cannot hold the exps
+ * (a half-precision or float32 gradient of half logits), a row of REAL for them. */
 static size_t NAME(vocab_scratch_bytes)(fastloss_index n_chunks, fastloss_index n_classes)
 {
-    const size_t bytes = (size_t)n_chunks * VOCAB_CHUNK_FIELDS * sizeof(double) +
-                         2 * FASTLOSS_VOCAB_CHUNK * sizeof(REAL) +
-                         (STORAGE_IS_COMPUTE ? 0 : (size_t)n_classes * sizeof(REAL));
+    const size_t records = ((size_t)n_chunks * VOCAB_CHUNK_FIELDS * sizeof(double) + 63) / 64 * 64;
+    const size_t bytes = records + (STORAGE_IS_COMPUTE ? 0 : (size_t)n_classes * sizeof(REAL));
     return (bytes + 63) / 64 * 64; /* each thread's part on its own cache lines */
 }
 
@@ -236,9 +341,10 @@ static void NAME(tlp_rows)(const NAME(tlp_job) *job, int thread, int n_threads)
     const double inv_temperature = 1.0 / options->temperature;
     char *mine = job->scratch + job->per_thread * (size_t)thread;
     double *chunk_data = (double *)mine;
-    REAL *tile_exps = (REAL *)(chunk_data + job->n_chunks * VOCAB_CHUNK_FIELDS);
-    REAL *tile_weighted = tile_exps + FASTLOSS_VOCAB_CHUNK;
-    REAL *row_exps = STORAGE_IS_COMPUTE ? NULL : tile_weighted + FASTLOSS_VOCAB_CHUNK;
+    REAL *row_exps = STORAGE_IS_COMPUTE
+                         ? NULL
+                         : (REAL *)(mine + ((size_t)job->n_chunks * VOCAB_CHUNK_FIELDS *
+                                                sizeof(double) + 63) / 64 * 64);
     const int need_weighted = job->entropy != NULL || job->grad_entropy != NULL;
     VOCAB_ROW_RANGE(options->n_rows, thread, n_threads, begin, end);
     for (fastloss_index i = begin; i < end; ++i) {
@@ -261,8 +367,8 @@ static void NAME(tlp_rows)(const NAME(tlp_job) *job, int thread, int n_threads)
          * overlaps no input), else the thread's scratch row */
         REAL *e_row = g == NULL ? NULL : STORAGE_IS_COMPUTE ? (REAL *)g : row_exps;
         vocab_row_stats stats;
-        NAME(vocab_row_stats)(x, n_classes, job->n_chunks, inv_temperature, t, need_weighted,
-                              tile_exps, tile_weighted, e_row, chunk_data, &stats);
+        NAME(vocab_row_stats)(x, n_classes, job->n_chunks, inv_temperature, t, need_weighted, 0,
+                              e_row, chunk_data, &stats);
         /* A row with no finite log-sum-exp (a +inf or NaN logit, or every logit -inf)
          * has no softmax: NaN, as torch's log_softmax gives. */
         const int finite = isfinite(stats.max) && isfinite(stats.log_sum);
@@ -589,9 +695,9 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
         /* pass A: each row's max and sum of exps, read from memory once; the exps stay
          * in the rows es_row, et_row */
         vocab_row_stats student, teacher;
-        NAME(vocab_row_stats)(xs, n_classes, n_chunks, inv_temperature, -1, 0, tile_s, tile_t,
+        NAME(vocab_row_stats)(xs, n_classes, n_chunks, inv_temperature, -1, 0, 1,
                               es_row, student_chunks, &student);
-        NAME(vocab_row_stats)(xt, n_classes, n_chunks, inv_temperature, -1, 0, tile_s, tile_t,
+        NAME(vocab_row_stats)(xt, n_classes, n_chunks, inv_temperature, -1, 0, 1,
                               et_row, teacher_chunks, &teacher);
         /* A row with no finite log-sum-exp (a +inf or NaN logit, or every logit -inf)
          * has no distribution: its loss and gradients are NaN. */

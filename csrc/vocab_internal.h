@@ -21,14 +21,43 @@
 
 /* A chunk's record: its max m_k and, relative to the shift (m_k, or 0 when m_k is
  * -inf), S_k = sum exp(a_c), W_k = sum exp(a_c) a_c and the S_k of the classes other
- * than the row's target, a_c = (x_c - shift) / temperature. */
+ * than the row's target, a_c = (x_c - shift) / temperature; and, for the distillation,
+ * C_k = sum exp(a_c) d_c with d_c = (u_c - z_c) / temperature the difference of the
+ * teacher's and the student's logits (no shift in it: the merge scales it by exp(delta)
+ * alone). */
 enum {
     VOCAB_CHUNK_MAX = 0,
     VOCAB_CHUNK_SUM = 1,
     VOCAB_CHUNK_WEIGHTED = 2,
     VOCAB_CHUNK_OTHERS = 3,
-    VOCAB_CHUNK_FIELDS = 4
+    VOCAB_CHUNK_CROSS = 4,
+    VOCAB_CHUNK_FIELDS = 5
 };
+
+/*
+ * The element loops sum in VOCAB_LANES partial sums of the compute type (lane j takes
+ * the elements j, j + VOCAB_LANES, ... of a range), and every VOCAB_FOLD elements
+ * (VOCAB_FOLD / VOCAB_LANES = 8 terms per lane) fold them into VOCAB_LANES double
+ * lanes, combined pairwise at the end of the range: the same order on every ISA, and
+ * no conversion to double in the element loop.  A float lane of 8 terms of one sign
+ * is within 7 u (u = 2**-24: 4.2e-7) of their exact sum, relative, and the doubles add
+ * nothing of that size; the float32 contract allows 2e-6 on a loss.  (The sums of a
+ * row were float32 products summed in double before; each term still rounds once.)
+ */
+#define VOCAB_LANES 16
+#define VOCAB_FOLD (8 * VOCAB_LANES)
+#if VOCAB_LANES != 2 * FASTLOSS_LANES
+#error "vocab_lanes_total combines VOCAB_LANES = 2 * FASTLOSS_LANES lanes"
+#endif
+
+/* The total of VOCAB_LANES double lanes, in a fixed order. */
+static inline double vocab_lanes_total(const double *lane)
+{
+    double half[FASTLOSS_LANES];
+    for (int j = 0; j < FASTLOSS_LANES; ++j)
+        half[j] = lane[j] + lane[j + FASTLOSS_LANES];
+    return fastloss_lanes_total(half);
+}
 
 /* A row's softmax statistics: with M the row's max and a_c = (x_c - M) / temperature,
  *   sum = S = sum_c exp(a_c),  weighted = W = sum_c exp(a_c) a_c,  others = S without

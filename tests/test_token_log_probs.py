@@ -273,3 +273,29 @@ def test_torch_adapter_and_module(return_entropy):
         again[1].sum().backward()
         assert_close_contract(leaf.grad.numpy(), reference.token_log_probs_grad(
             logits, target, 0.0, grad_entropy=1.0, temperature=0.9), np.float64, "grad")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_every_simd_path(simd_path, rng, dtype):
+    """Each SIMD path of the kernels against the reference: rows of several chunks with a
+    short last one, the target first, last, in the middle of a chunk and on a chunk's
+    edge, a dominant target (p_t near 1), masked classes, and a temperature."""
+    shape = (6, 2 * 2048 + 100)
+    logits, _ = _inputs(rng, shape, dtype, ignored=False)
+    target = np.array([0, shape[1] - 1, 3000, 2047, 2048, 100])
+    logits[5, 100] = 60.0  # the target holds nearly all the mass
+    logits[2, 10:20] = -np.inf
+    upstream, upstream_entropy = rng.standard_normal(6), rng.standard_normal(6)
+    (log_prob, entropy), grad = fastloss.token_log_probs_value_and_grad(
+        logits, target, upstream, grad_entropy=upstream_entropy, temperature=0.9,
+        return_entropy=True)
+    ref_log_prob, ref_entropy = reference.token_log_probs(
+        logits, target, temperature=0.9, return_entropy=True)
+    assert_close_contract(log_prob, ref_log_prob, dtype, "loss", "log_prob")
+    assert_close_contract(entropy, ref_entropy, dtype, "loss", "entropy")
+    assert_close_contract(grad, reference.token_log_probs_grad(
+        logits, target, upstream, grad_entropy=upstream_entropy, temperature=0.9),
+        dtype, "grad")
+    assert np.all(grad[2, 10:20] == 0)
+    alone = fastloss.token_log_probs(logits, target, temperature=0.9, return_entropy=True)
+    assert np.array_equal(alone[0], log_prob) and np.array_equal(alone[1], entropy)
