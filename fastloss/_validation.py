@@ -67,6 +67,26 @@ def float_array(value, name, half=False):
     return array
 
 
+def grad_dtype_arg(grad_dtype, dtype, owner="the inputs'", what="inputs"):
+    """The gradient's dtype from a ``grad_dtype`` argument: None (``dtype``), ``dtype``
+    itself, or float32 when ``dtype`` is float16 / bfloat16."""
+    if grad_dtype is None:
+        return np.dtype(dtype)
+    wanted = None
+    if isinstance(grad_dtype, (str, type, np.dtype)):
+        try:
+            wanted = np.dtype(grad_dtype)
+        except (TypeError, ValueError):
+            wanted = None
+    if wanted is None:
+        raise TypeError(f"grad_dtype: expected None or a dtype ({owner} dtype, or "
+                        f"float32 for float16 / bfloat16 {what}), got {grad_dtype!r:.80}")
+    if wanted == dtype or (is_half(dtype) and wanted == np.float32):
+        return wanted
+    raise ValueError(f"grad_dtype: expected None, {owner} dtype ({dtype})"
+                     f"{' or float32' if is_half(dtype) else ''}, got {wanted}")
+
+
 def rows_view(array, n_cols):
     """A 2-d (rows, n_cols) view of `array` whose last axis is contiguous, or None where
     that would need a copy (for out= buffers, which must be written in place)."""

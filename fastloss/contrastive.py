@@ -45,6 +45,7 @@ from fastloss._config import resolve_num_threads
 from fastloss._validation import (
     as_array,
     float_array,
+    grad_dtype_arg,
     grad_output_arg,
     is_bfloat16,
     is_half,
@@ -126,25 +127,7 @@ def _value_dtype(dtype):
 def _grad_dtypes(grad_dtype, dtypes):
     """The gradients' dtypes: each input's (``grad_dtype`` None, or that dtype), or
     float32 (``grad_dtype="float32"``) for float16 / bfloat16 inputs."""
-    if grad_dtype is None:
-        return list(dtypes)
-    wanted = None
-    if isinstance(grad_dtype, (str, type, np.dtype)):
-        try:
-            wanted = np.dtype(grad_dtype)
-        except (TypeError, ValueError):
-            wanted = None
-    if wanted is None:
-        raise TypeError(f"grad_dtype: expected None or a dtype (the inputs' dtype, or "
-                        f"float32 for float16 / bfloat16 inputs), got {grad_dtype!r:.80}")
-    result = []
-    for dtype in dtypes:
-        if wanted == dtype or (wanted == np.float32 and is_half(dtype)):
-            result.append(wanted)
-        else:
-            raise ValueError(f"grad_dtype: expected None, the inputs' dtype ({dtype})"
-                             f"{' or float32' if is_half(dtype) else ''}, got {wanted}")
-    return result
+    return [grad_dtype_arg(grad_dtype, dtype) for dtype in dtypes]
 
 
 def _kernel_grad_dtype(dtype, grad_dtypes):

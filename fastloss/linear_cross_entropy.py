@@ -44,8 +44,8 @@ import numpy as np
 
 from fastloss import _kernels
 from fastloss._config import resolve_num_threads
-from fastloss._validation import (as_array, float_array, grad_output_arg, is_half,
-                                  out_arg, real_scalar, reduction_arg)
+from fastloss._validation import (as_array, float_array, grad_dtype_arg, grad_output_arg,
+                                  is_half, out_arg, real_scalar, reduction_arg)
 from fastloss.cross_entropy import CROSS_ENTROPY_STATS_FIELDS
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_grad",
@@ -381,26 +381,6 @@ def _schedule(problem, products, num_threads, rows_per_block, grad_output=None,
                                   problem.reduction, label_smoothing, z_loss, False)[0]
 
 
-def _grad_dtype_arg(grad_dtype, dtype):
-    """The gradients' dtype: None (the inputs'), the inputs' dtype, or float32 for
-    float16 / bfloat16 inputs (as cross_entropy_grad's ``grad_dtype``)."""
-    if grad_dtype is None:
-        return dtype
-    wanted = None
-    if isinstance(grad_dtype, (str, type, np.dtype)):
-        try:
-            wanted = np.dtype(grad_dtype)
-        except (TypeError, ValueError):
-            wanted = None
-    if wanted is None:
-        raise TypeError(f"grad_dtype: expected None or a dtype (the inputs' dtype, or "
-                        f"float32 for float16 / bfloat16 inputs), got {grad_dtype!r:.80}")
-    if wanted == dtype or (is_half(dtype) and wanted == np.float32):
-        return wanted
-    raise ValueError(f"grad_dtype: expected None, the inputs' dtype ({dtype})"
-                     f"{' or float32' if is_half(dtype) else ''}, got {wanted}")
-
-
 class _HalfTiles:
     """float16 / bfloat16 inputs on NumPy's float32 BLAS (NumPy has no fast half-precision
     product): the logits are formed one tile of classes x one chunk of rows at a time,
@@ -589,7 +569,7 @@ def _run(hidden, classifier, target, bias, weight, ignore_index, reduction, labe
     """The loss, and the gradients named in ``want`` (a dict name -> array or None)."""
     problem = _Problem(hidden, classifier, target, bias, weight, ignore_index, reduction,
                        label_smoothing, z_loss, softcap, half=True)
-    grad_dtype = _grad_dtype_arg(grad_dtype, problem.dtype)
+    grad_dtype = grad_dtype_arg(grad_dtype, problem.dtype)
     if problem.half:
         _block_rows(problem.n_rows, problem.n_classes, 4, block_rows)  # checked
         return _run_half(problem, num_threads, grad_output, want, out, grad_dtype)

@@ -13,7 +13,8 @@ import numpy as np
 
 from fastloss import _kernels
 from fastloss._config import resolve_num_threads
-from fastloss._validation import as_array, float_array, is_bfloat16, is_half, out_arg
+from fastloss._validation import (as_array, float_array, grad_dtype_arg, is_bfloat16, is_half,
+                                  out_arg)
 
 __all__ = ["sequence_log_probs", "sequence_log_probs_grad",
            "sequence_log_probs_value_and_grad"]
@@ -62,22 +63,7 @@ class _Problem:
     def grad_dtype(self, grad_dtype):
         """The gradient's dtype: None (token_log_probs'), token_log_probs' dtype, or
         float32 for float16 / bfloat16 token_log_probs (grad_dtype="float32")."""
-        if grad_dtype is None:
-            return self.dtype
-        wanted = None
-        if isinstance(grad_dtype, (str, type, np.dtype)):
-            try:
-                wanted = np.dtype(grad_dtype)
-            except (TypeError, ValueError):
-                wanted = None
-        if wanted is None:
-            raise TypeError(f"grad_dtype: expected None or a dtype (token_log_probs' dtype, "
-                            f"or float32 for float16 / bfloat16 token_log_probs), got "
-                            f"{grad_dtype!r:.80}")
-        if wanted == self.dtype or (self.half and wanted == np.float32):
-            return wanted
-        raise ValueError(f"grad_dtype: expected None, token_log_probs' dtype ({self.dtype})"
-                         f"{' or float32' if self.half else ''}, got {wanted}")
+        return grad_dtype_arg(grad_dtype, self.dtype, "token_log_probs'", "token_log_probs")
 
     def run(self, want_value, grad_output=None, out=None, grad_dtype=None):
         grad_dtype = self.grad_dtype(grad_dtype)

@@ -18,6 +18,7 @@ import pytest
 
 from fastloss import _kernels, reference
 from loss_specs import assert_close_contract
+from test_box_float32 import overlapping_pairs
 
 KINDS = ("giou", "diou", "ciou")
 BOTH = ("boxes1", "boxes2")
@@ -30,12 +31,7 @@ dtypes = pytest.mark.parametrize("dtype", (np.float32, np.float64), ids=("float3
 def overlapping(rng, n, dtype):
     """The bench's kind of pairs: corners in [0, 10], sides in [0.5, 5], the second box the
     first moved by about a side and resized a little: no ties (almost surely)."""
-    corner = rng.uniform(0.0, 10.0, (n, 2))
-    size = rng.uniform(0.5, 5.0, (n, 2))
-    boxes1 = np.concatenate([corner, corner + size], axis=1)
-    shift = rng.normal(0.0, 1.5, (n, 2))
-    boxes2 = boxes1 + np.concatenate([shift, shift], axis=1)
-    boxes2[:, 2:] += rng.uniform(-0.25, 0.25, (n, 2))
+    boxes1, boxes2 = overlapping_pairs(rng, n)
     # a few disjoint pairs (the intersection's mask) in every tile
     boxes2[5::17] += 20.0
     return boxes1.astype(dtype), boxes2.astype(dtype)
@@ -129,8 +125,12 @@ def chunked(kind, boxes1, boxes2, grad_output, float_pass, chunk):
 
 
 @kinds
-@dtypes
-@pytest.mark.parametrize("layout", ("aligned", "offset4", "offset8", "in_place"))
+@pytest.mark.parametrize("dtype, layout", [
+    pytest.param(dtype, layout, id=f"{np.dtype(dtype).name}-{layout}")
+    for dtype in (np.float32, np.float64)
+    for layout in ("aligned", "offset4", "offset8", "in_place")
+    # a float64 array is never 4 bytes off its alignment
+    if not (dtype == np.float64 and layout == "offset4")])
 def test_streamed_gradients_equal_cached_ones(kind, dtype, layout, rng):
     # 2**19 pairs: 8 MiB (float32) or 16 MiB (float64) a gradient, both written: streamed
     n = 2 ** 19 + 37
@@ -148,8 +148,6 @@ def test_streamed_gradients_equal_cached_ones(kind, dtype, layout, rng):
             raw = np.empty(2 * n * 4 * itemsize + 128, np.uint8)
             start = (-raw.ctypes.data) % 64 + skip
             flat = raw[start:start + 2 * n * 4 * itemsize]
-            if itemsize == 8 and skip == 4:
-                pytest.skip("a float64 array is never 4 bytes off its alignment")
             flat = flat.view(dtype).reshape(2, n, 4)
             flat.fill(-7.0)
             out = (flat[0], flat[1])

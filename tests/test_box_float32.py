@@ -21,15 +21,21 @@ BOTH = ("boxes1", "boxes2")
 kinds = pytest.mark.parametrize("kind", KINDS)
 
 
-def overlapping(rng, n, scale=1.0):
-    """The bench's kind of pairs: corners in [0, 10], sides in [0.5, 5], the second box the
-    first moved by about a side and resized a little (times ``scale``)."""
+def overlapping_pairs(rng, n):
+    """The bench's kind of pairs, in float64: corners in [0, 10], sides in [0.5, 5], the
+    second box the first moved by about a side and resized a little."""
     corner = rng.uniform(0.0, 10.0, (n, 2))
     size = rng.uniform(0.5, 5.0, (n, 2))
     boxes1 = np.concatenate([corner, corner + size], axis=1)
     shift = rng.normal(0.0, 1.5, (n, 2))
     boxes2 = boxes1 + np.concatenate([shift, shift], axis=1)
     boxes2[:, 2:] += rng.uniform(-0.25, 0.25, (n, 2))
+    return boxes1, boxes2
+
+
+def overlapping(rng, n, scale=1.0):
+    """overlapping_pairs times ``scale``, in float32."""
+    boxes1, boxes2 = overlapping_pairs(rng, n)
     return (boxes1 * scale).astype(np.float32), (boxes2 * scale).astype(np.float32)
 
 

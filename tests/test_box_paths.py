@@ -12,10 +12,12 @@ import pytest
 
 from fastloss import _kernels, reference
 from loss_specs import assert_close_contract
+from simd_paths import available_paths
+from simd_paths import on_path as forced_path
+from test_box_float32 import overlapping_pairs
 
 KINDS = ("giou", "diou", "ciou")
 BOTH = ("boxes1", "boxes2")
-PATHS = ("baseline", "avx2", "avx512")
 # around the widths (4 doubles, 8 doubles or floats, 16 floats), the tile (64 pairs) and
 # the reduction lanes
 COUNTS = (1, 2, 3, 5, 7, 8, 9, 15, 16, 17, 31, 33, 63, 64, 65, 127, 129, 200)
@@ -25,39 +27,15 @@ FLOAT_PASSES = {np.float32: (-1, 1), np.float64: (0,)}
 kinds = pytest.mark.parametrize("kind", KINDS)
 
 
-def available_paths():
-    saved = _kernels.build_info()["simd_path"]
-    found = []
-    try:
-        for path in PATHS:
-            try:
-                _kernels.set_simd_path(path)
-            except ValueError:
-                continue
-            found.append(path)
-    finally:
-        _kernels.set_simd_path(saved)
-    return found
-
-
 def on_path(path, function, *args):
-    saved = _kernels.build_info()["simd_path"]
-    _kernels.set_simd_path(path)
-    try:
+    with forced_path(path):
         return function(*args)
-    finally:
-        _kernels.set_simd_path(saved)
 
 
 def pairs(rng, n, dtype):
     """Overlapping pairs of moderate size (the float pass's domain) with degenerate ones at
     the lane and tile boundaries that fall inside [0, n)."""
-    corner = rng.uniform(0.0, 10.0, (n, 2))
-    size = rng.uniform(0.5, 5.0, (n, 2))
-    boxes1 = np.concatenate([corner, corner + size], axis=1)
-    shift = rng.normal(0.0, 1.5, (n, 2))
-    boxes2 = boxes1 + np.concatenate([shift, shift], axis=1)
-    boxes2[:, 2:] += rng.uniform(-0.25, 0.25, (n, 2))
+    boxes1, boxes2 = overlapping_pairs(rng, n)
     cases = {
         3: lambda b1, b2: b1.__setitem__(2, b1[0]),                    # zero width
         4: lambda b1, b2: b2.__setitem__(3, b2[1]),                    # zero height

@@ -751,28 +751,17 @@ def test_many_blocks_against_the_reference(spec, dtype, rng):
         assert_close_contract(grad, ref_grad, dtype, "grad")
 
 
-@pytest.mark.parametrize("simd", ["baseline", "avx2", "avx512"])
 @specs
-def test_every_simd_path_meets_the_contract(spec, simd, rng):
-    from fastloss import _kernels
-
-    saved = _kernels.build_info()["simd_path"]
-    try:
-        _kernels.set_simd_path(simd)
-    except ValueError:
-        pytest.skip(f"{simd} is not available on this CPU or build")
+def test_every_simd_path_meets_the_contract(spec, simd_path, rng):
     # the factors each entry takes, then each case the registry declares for it (every
     # option's branch of the kernel: gaussian_nll's var per row, poisson's full, ...)
     params = [declared_params(spec.name, {"weight": "full", "pos_weight": "class",
                                           "quantile": "class"})]
     params += [case.params for case in spec.cases]
-    try:
-        for dtype in DTYPES:
-            for case in params:
-                arrays, options = spec.make_inputs(rng, dtype, case, (21, 101))
-                check_against_reference(spec.name, *arrays, **options)
-    finally:
-        _kernels.set_simd_path(saved)
+    for dtype in DTYPES:
+        for case in params:
+            arrays, options = spec.make_inputs(rng, dtype, case, (21, 101))
+            check_against_reference(spec.name, *arrays, **options)
 
 
 # ----------------------------------------------------------------------------------------

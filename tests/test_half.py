@@ -11,15 +11,14 @@ import numpy as np
 import pytest
 
 import fastloss
-from fastloss import _kernels, _registry, reference
+from fastloss import _registry, reference
 from loss_specs import assert_close_contract
+from simd_paths import simd_paths
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 FLOAT16 = np.dtype(np.float16)
 HALF_DTYPES = [pytest.param(BFLOAT16, id="bfloat16"), pytest.param(FLOAT16, id="float16")]
-
-PATHS = ("baseline", "avx2", "avx512")
 
 
 # ----------------------------------------------------------------------------------------
@@ -190,16 +189,11 @@ def test_cross_entropy_meets_the_half_contract(dtype, option, shape, rng):
 
 @pytest.mark.parametrize("dtype", HALF_DTYPES)
 def test_cross_entropy_every_simd_path(dtype, rng):
-    saved = _kernels.build_info()["simd_path"]
     cases = [ce_inputs(dtype, shape, option, rng)
              for shape in CE_SHAPES for option in ("plain", "label_smoothing", "softcap")]
     ran = 0
-    try:
-        for path in PATHS:
-            try:
-                _kernels.set_simd_path(path)
-            except ValueError:
-                continue
+    with simd_paths() as paths:
+        for path in paths:
             ran += 1
             for logits, target, kwargs in cases:
                 x64 = logits.astype(np.float64)
@@ -207,8 +201,6 @@ def test_cross_entropy_every_simd_path(dtype, rng):
                 assert_loss_contract(loss, reference.cross_entropy(x64, target, **wide(kwargs)))
                 assert_gradient_contract(
                     grad, reference.cross_entropy_grad(x64, target, **wide(kwargs)), dtype)
-    finally:
-        _kernels.set_simd_path(saved)
     assert ran >= 1
 
 
@@ -521,14 +513,9 @@ def test_pointwise_every_simd_path_and_thread_count(dtype, rng):
     pred = (rng.standard_normal(50000) * 4).astype(dtype)
     target = rng.uniform(0.0, 1.0, 50000).astype(dtype)
     pred64, target64 = pred.astype(np.float64), target.astype(np.float64)
-    saved = _kernels.build_info()["simd_path"]
     results = []
-    try:
-        for path in PATHS:
-            try:
-                _kernels.set_simd_path(path)
-            except ValueError:
-                continue
+    with simd_paths() as paths:
+        for path in paths:
             for name in ("bce_with_logits", "huber", "sigmoid_focal"):
                 value_and_grad = getattr(fastloss, f"{name}_value_and_grad")
                 loss, grad = value_and_grad(pred, target, num_threads=1)
@@ -539,8 +526,6 @@ def test_pointwise_every_simd_path_and_thread_count(dtype, rng):
                 assert_gradient_contract(
                     grad, getattr(reference, f"{name}_grad")(pred64, target64), dtype)
                 results.append(name)
-    finally:
-        _kernels.set_simd_path(saved)
     assert results
 
 

@@ -20,8 +20,9 @@ import fastloss
 from fastloss import _kernels, reference
 from fastloss._contract import all_pairs_products_bound, info_nce_products_bound
 from loss_specs import assert_close_contract
+from simd_paths import simd_paths
 
-from test_half import (BFLOAT16, FLOAT16, HALF_DTYPES, PATHS, assert_gradient_contract,
+from test_half import (BFLOAT16, FLOAT16, HALF_DTYPES, assert_gradient_contract,
                        assert_loss_contract, round_to, ulps)
 
 METRICS = ("euclidean", "sqeuclidean", "cosine")
@@ -358,14 +359,9 @@ def family_calls(dtype, rng):
 def test_thread_invariance_and_every_simd_path(dtype):
     rng = np.random.default_rng(8)
     calls = family_calls(dtype, rng)
-    saved = _kernels.build_info()["simd_path"]
     ran, results = 0, {}
-    try:
-        for path in PATHS:
-            try:
-                _kernels.set_simd_path(path)
-            except ValueError:
-                continue
+    with simd_paths() as paths:
+        for path in paths:
             ran += 1
             for name, call in calls:
                 one = call(1)
@@ -373,8 +369,6 @@ def test_thread_invariance_and_every_simd_path(dtype):
                 if name in results:  # the pass's SIMD builds give the same bits
                     same_bits(one, results[name])
                 results[name] = one
-    finally:
-        _kernels.set_simd_path(saved)
     assert ran >= 1
 
 

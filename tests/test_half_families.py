@@ -13,8 +13,9 @@ import pytest
 import fastloss
 from fastloss import reference
 from loss_specs import assert_close_contract
+from simd_paths import simd_paths
 
-from test_half import (BFLOAT16, FLOAT16, HALF_DTYPES, PATHS, assert_gradient_contract,
+from test_half import (BFLOAT16, FLOAT16, HALF_DTYPES, assert_gradient_contract,
                        assert_loss_contract)
 
 WIDE = np.float64
@@ -191,19 +192,12 @@ def test_vocab_every_simd_path(dtype):
     # several chunks of 2048 classes, and a tail
     rng = np.random.default_rng(3)
     calls = vocab_calls(dtype, rng, (3, 4500))
-    saved = fastloss._kernels.build_info()["simd_path"]
     ran = 0
-    try:
-        for path in PATHS:
-            try:
-                fastloss._kernels.set_simd_path(path)
-            except ValueError:
-                continue
+    with simd_paths() as paths:
+        for path in paths:
             ran += 1
             for name, call in calls:
                 check_vocab_call(call(fastloss), call(reference), dtype)
-    finally:
-        fastloss._kernels.set_simd_path(saved)
     assert ran >= 1
 
 

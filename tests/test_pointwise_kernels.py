@@ -22,6 +22,7 @@ from fastloss import _kernels
 from counterparts import torch_focal
 from loss_specs import (DTYPES, REDUCTIONS, assert_close_contract, central_differences,
                         dtype_id)
+from simd_paths import simd_paths
 
 dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 
@@ -496,21 +497,6 @@ def test_gaussian_var_below_eps_and_nan(dtype):
     assert np.isnan(loss[3:]).all() and np.isnan(grad_var[3:]).all()
 
 
-def each_simd_path():
-    """Yield each SIMD path this CPU and build run, with the path forced; the process's
-    path is put back afterwards."""
-    saved = _kernels.build_info()["simd_path"]
-    try:
-        for path in ("baseline", "avx2", "avx512"):
-            try:
-                _kernels.set_simd_path(path)
-            except ValueError:
-                continue
-            yield path
-    finally:
-        _kernels.set_simd_path(saved)
-
-
 def _gaussian_hard_region(rng):
     """float32 inputs where log v and r**2 / v cancel (the loss near 0, of either sign),
     around the clamp at eps, at the ends of float's range, and ordinary ones."""
@@ -547,34 +533,36 @@ def test_gaussian_float32_pass_keeps_every_element_to_the_contract(full, rng):
         ref_loss = reference.gaussian_nll(*rounded(data, np.float32), **options)
         ref_grad = reference.gaussian_nll_grad(*rounded(data, np.float32), wrt=("input",),
                                                **options)[0]
-        for path in each_simd_path():
-            loss, grad, _, _ = kernel_none("gaussian_nll", data, (full, eps), np.float32)
-            finite = (np.abs(ref_loss) <= 3.4e38) & (np.abs(ref_loss) > 1e-37)
-            error = np.abs(loss.astype(np.float64) - ref_loss)
-            worst = np.argmax(np.where(finite, error / np.maximum(np.abs(ref_loss), 1e-300), 0))
-            assert np.all(error[finite] <= 2e-6 * np.abs(ref_loss[finite])), (
-                path, eps, [d[worst] for d in data], loss[worst], ref_loss[worst])
-            assert np.array_equal(np.isnan(loss), np.isnan(ref_loss)), path
-            assert_close_contract(loss, ref_loss, np.float32, "loss", path)
-            assert_close_contract(grad, ref_grad, np.float32, "grad", path)
-            normal = (np.abs(ref_grad) > 1e-37) & (np.abs(ref_grad) <= 3.4e38)
-            gerror = np.abs(grad.astype(np.float64) - ref_grad)
-            assert np.all(gerror[normal] <= 2e-6 * np.abs(ref_grad[normal])), path
-            # the value alone and the slope alone take the same float32 pass
-            flat = [np.ascontiguousarray(a) for a in data]
-            alone = np.empty_like(flat[0])
-            _kernels.ew_run("forward", "gaussian_nll", flat[0], flat[1], None, None, None,
-                            alone, None, (full, eps), "none", 1, aux=flat[2])
-            assert np.array_equal(alone, loss, equal_nan=True), path
-            grad_alone = np.empty_like(flat[0])
-            _kernels.ew_run("backward", "gaussian_nll", flat[0], flat[1], None, None,
-                            np.ones(flat[0].size), None, grad_alone, (full, eps), "none", 1,
-                            aux=flat[2])
-            assert np.array_equal(grad_alone, grad, equal_nan=True), path
-            total, _ = _kernels.ew_run("forward", "gaussian_nll", flat[0], flat[1], None,
-                                       None, None, None, None, (full, eps), "sum", 1,
-                                       aux=flat[2])
-            assert np.isfinite(total) or not np.all(np.isfinite(ref_loss))
+        with simd_paths() as paths:
+            for path in paths:
+                loss, grad, _, _ = kernel_none("gaussian_nll", data, (full, eps), np.float32)
+                finite = (np.abs(ref_loss) <= 3.4e38) & (np.abs(ref_loss) > 1e-37)
+                error = np.abs(loss.astype(np.float64) - ref_loss)
+                relative = error / np.maximum(np.abs(ref_loss), 1e-300)
+                worst = np.argmax(np.where(finite, relative, 0))
+                assert np.all(error[finite] <= 2e-6 * np.abs(ref_loss[finite])), (
+                    path, eps, [d[worst] for d in data], loss[worst], ref_loss[worst])
+                assert np.array_equal(np.isnan(loss), np.isnan(ref_loss)), path
+                assert_close_contract(loss, ref_loss, np.float32, "loss", path)
+                assert_close_contract(grad, ref_grad, np.float32, "grad", path)
+                normal = (np.abs(ref_grad) > 1e-37) & (np.abs(ref_grad) <= 3.4e38)
+                gerror = np.abs(grad.astype(np.float64) - ref_grad)
+                assert np.all(gerror[normal] <= 2e-6 * np.abs(ref_grad[normal])), path
+                # the value alone and the slope alone take the same float32 pass
+                flat = [np.ascontiguousarray(a) for a in data]
+                alone = np.empty_like(flat[0])
+                _kernels.ew_run("forward", "gaussian_nll", flat[0], flat[1], None, None, None,
+                                alone, None, (full, eps), "none", 1, aux=flat[2])
+                assert np.array_equal(alone, loss, equal_nan=True), path
+                grad_alone = np.empty_like(flat[0])
+                _kernels.ew_run("backward", "gaussian_nll", flat[0], flat[1], None, None,
+                                np.ones(flat[0].size), None, grad_alone, (full, eps), "none", 1,
+                                aux=flat[2])
+                assert np.array_equal(grad_alone, grad, equal_nan=True), path
+                total, _ = _kernels.ew_run("forward", "gaussian_nll", flat[0], flat[1], None,
+                                           None, None, None, None, (full, eps), "sum", 1,
+                                           aux=flat[2])
+                assert np.isfinite(total) or not np.all(np.isfinite(ref_loss))
 
 
 @dtypes
