@@ -6,11 +6,16 @@ the compiler can build the AVX2 + FMA and AVX-512 variants of the kernels that
 are chosen at run time.  Always ``-O3``; never ``-ffast-math`` (it reorders sums and breaks
 inf/NaN handling, which the kernels rely on).  FASTLOSS_SANITIZE=1 builds with
 AddressSanitizer and UndefinedBehaviorSanitizer for the hardening tests.
+
+The extension's C sources compile in parallel, one compiler process per core
+(FASTLOSS_BUILD_JOBS=N sets the number; 1 compiles them one after another): setuptools
+itself compiles the sources of one extension serially.
 """
 import os
 import shutil
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy
 from Cython.Build import cythonize
@@ -86,6 +91,47 @@ def _compiles(compiler, source, compile_args, link_args=()):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _build_jobs():
+    """How many sources to compile at once: FASTLOSS_BUILD_JOBS, else the usable cores."""
+    value = os.environ.get("FASTLOSS_BUILD_JOBS", "")
+    if value:
+        jobs = int(value)
+        if jobs < 1:
+            raise ValueError(f"FASTLOSS_BUILD_JOBS must be a positive integer, got {value!r}")
+        return jobs
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _compile_in_parallel(compiler, jobs):
+    """Make ``compiler.compile`` run one compiler process per source, ``jobs`` at a time.
+
+    The object files and their folders are set up serially (``_setup_compile``, as
+    distutils' own ``compile`` does); only the compiler processes run side by side.
+    """
+    def compile(sources, output_dir=None, macros=None, include_dirs=None, debug=0,
+                extra_preargs=None, extra_postargs=None, depends=None):
+        macros, objects, extra_postargs, pp_opts, build = compiler._setup_compile(
+            output_dir, macros, include_dirs, sources, depends, extra_postargs)
+        cc_args = compiler._get_cc_args(pp_opts, debug, extra_preargs)
+
+        def one(obj):
+            src, ext = build[obj]
+            compiler._compile(obj, src, ext, cc_args, extra_postargs, pp_opts)
+
+        # the biggest sources first, so that the longest compile does not start last
+        pending = sorted((obj for obj in objects if obj in build),
+                         key=lambda obj: -os.path.getsize(build[obj][0]))
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            for future in [pool.submit(one, obj) for obj in pending]:
+                future.result()  # re-raise a compile error
+        return objects
+
+    compiler.compile = compile
+
+
 class BuildExt(build_ext):
     """build_ext that probes the compiler before building."""
 
@@ -138,6 +184,9 @@ class BuildExt(build_ext):
             ext.extra_compile_args = compile_args + list(ext.extra_compile_args)
             ext.extra_link_args = link_args + list(ext.extra_link_args)
             ext.define_macros = macros + list(ext.define_macros)
+        jobs = _build_jobs()
+        if jobs > 1 and not is_msvc:
+            _compile_in_parallel(compiler, jobs)
         super().build_extensions()
 
 
