@@ -175,3 +175,131 @@ def test_sums_with_negative_terms_keep_their_magnitude(simd_path, loss_name, rng
         # the contract on the sum: 2e-6 of its magnitude where it does not cancel, else
         # redone in double (float64's arithmetic): then to 2e-6 of itself as well
         assert abs(loss - ref) <= 2e-6 * abs(ref) + 1e-12 * np.abs(terms).sum(), reduction
+
+
+def poisson_hard_inputs(rng, n):
+    """log-rates and counts over every regime of poisson_nll's float32 pass: x near
+    log y (exp(x) - y and exp(x) - y x cancel: the elements in doubt), counts of 0 (no
+    cancellation), |x| up to and past 80 (the pass's range: beyond it the elements go
+    to double, e flushed or huge), and non-integer counts."""
+    y = rng.poisson(3.0, n).astype(np.float64)
+    y[rng.random(n) < 0.1] = 0.0
+    soft = rng.random(n) < 0.2
+    y[soft] = rng.uniform(0.0, 50.0, soft.sum())
+    x = rng.normal(0.0, 2.0, n)
+    near = (rng.random(n) < 0.3) & (y > 0)
+    # x within a few ulps to a few percent of log y: e - y cancels to any depth
+    x[near] = np.log(y[near]) * (1.0 + rng.choice([0.0, 1e-7, 1e-5, 1e-3, 3e-2], near.sum()))
+    wide = rng.random(n) < 0.05
+    x[wide] = rng.uniform(-100.0, 100.0, wide.sum())
+    return x.astype(np.float32), y.astype(np.float32)
+
+
+def test_poisson_float_pass_each_element(simd_path, rng):
+    # log_input without full runs in float32 with a bound per element and redoes the
+    # elements in doubt in double (elementwise_body.h, poisson_narrow_element): every
+    # element within 2e-6 of its own reference, across tiles and a scalar tail
+    n = 30 * TILE + 45
+    x, y = poisson_hard_inputs(rng, n)
+    loss, grad, grad_target, _ = kernel_none("poisson_nll", [x, y], (1, 0, 1e-8), np.float32)
+    xd, yd = x.astype(np.float64), y.astype(np.float64)
+    finite = np.abs(xd) <= 88.0  # exp(x) within float's range
+    ref_loss = reference.poisson_nll(xd, yd, reduction="none")
+    ref_grad, ref_target = reference.poisson_nll_grad(xd, yd, reduction="none",
+                                                      wrt=("input", "target"))
+    assert_each_element(loss[finite], ref_loss[finite], "loss")
+    assert_each_element(grad[finite], ref_grad[finite], "grad")
+    assert np.array_equal(grad_target, -x)
+    # past float's range: torch's float32 overflow to inf (x > 88.7)
+    assert np.all(np.isposinf(loss[xd > 89.0])) and np.all(np.isposinf(grad[xd > 89.0]))
+    assert_close_contract(loss[finite], ref_loss[finite], np.float32)
+
+
+def test_poisson_float_pass_edge_values(simd_path):
+    # the range of the float pass (|x| <= 80) and past it, exp's flush, NaN and inf
+    # inputs, huge counts (y x beyond float's range), a count equal to exp(x) rounded
+    x = np.array([80.0, -80.0, 80.5, -80.5, 87.0, -87.0, -100.0, 88.5, np.nan, 1.0,
+                  -np.inf, np.inf, 2.0, 1e-30, -1e-30, 0.0, 3.0, 50.0, 1.0, 0.5], np.float32)
+    y = np.array([1.0, 1e30, 0.0, 2.0, 1.0, 0.0, 0.0, 3.0, 1.0, np.nan,
+                  1.0, 0.0, 3e38, 0.0, 1.0, 1.0, np.float32(np.exp(3.0)), 1e20, np.inf,
+                  np.float32(np.exp(0.5))], np.float32)
+    loss, grad, _, _ = kernel_none("poisson_nll", [x, y], (1, 0, 1e-8), np.float32)
+    with np.errstate(all="ignore"):
+        xd, yd = x.astype(np.float64), y.astype(np.float64)
+        ref_loss = np.exp(xd) - yd * xd
+        ref_grad = np.exp(xd) - yd
+    for actual, ref in ((loss, ref_loss), (grad, ref_grad)):
+        with np.errstate(over="ignore"):
+            rounded = ref.astype(np.float32)  # float32's own overflow and NaN, as torch's
+        special = ~np.isfinite(rounded)
+        assert np.array_equal(np.isnan(actual), np.isnan(rounded))
+        assert np.array_equal(actual[special & ~np.isnan(rounded)],
+                              rounded[special & ~np.isnan(rounded)])
+        ok = ~special & (np.abs(ref) > 1e-37)
+        assert_each_element(actual[ok], ref[ok], "edge")
+        # exp(x) flushed below float's range: the value y (-x) or 0 to within float's
+        # smallest normal, as the double path rounds it
+        small = ~special & (np.abs(ref) <= 1e-37)
+        assert np.all(np.abs(actual[small]) <= 1e-37)
+
+
+@pytest.mark.parametrize("mode", ["forward", "grad"])
+def test_poisson_float_pass_agrees_across_modes(simd_path, mode, rng):
+    # the value-only and slope-only loops against the fused one: each element takes the
+    # float or the double path by its own bound, the same in every mode (to an ulp:
+    # gcc may contract a loop's scalar remainder differently)
+    n = 9 * TILE + 11
+    x, y = poisson_hard_inputs(rng, n)
+    loss, grad = fastloss.poisson_nll_value_and_grad(x, y, reduction="none")
+    if mode == "forward":
+        alone, fused = fastloss.poisson_nll(x, y, reduction="none"), loss
+    else:
+        alone, fused = fastloss.poisson_nll_grad(x, y, reduction="none"), grad
+    ok = np.isfinite(fused)
+    assert np.array_equal(np.isfinite(alone), ok)
+    assert np.all(np.abs(alone[ok].astype(np.float64) - fused[ok])
+                  <= 2.4e-7 * np.abs(fused[ok]) + 1e-45)
+
+
+def test_poisson_float_pass_threads_and_reductions(rng):
+    # several blocks (FASTLOSS_EW_BLOCK = 16384 elements): one thread and two give the
+    # same bits; the sum and mean to the contract
+    n = 3 * 16384 + 77
+    x, y = poisson_hard_inputs(rng, n)
+    x = np.clip(x, -60, 60)
+    xd, yd = x.astype(np.float64), y.astype(np.float64)
+    for reduction in ("sum", "mean"):
+        one = fastloss.poisson_nll_value_and_grad(x, y, reduction=reduction, num_threads=1)
+        two = fastloss.poisson_nll_value_and_grad(x, y, reduction=reduction, num_threads=2)
+        assert one[0] == two[0] and np.array_equal(one[1], two[1])
+        assert_close_contract(np.float64(one[0]), reference.poisson_nll(xd, yd,
+                                                                         reduction=reduction),
+                              np.float32)
+        assert_close_contract(one[1], reference.poisson_nll_grad(xd, yd, reduction=reduction),
+                              np.float32, "grad")
+
+
+@pytest.mark.parametrize("loss_name", ["poisson_nll", "gaussian_nll", "mse"])
+def test_streamed_gradients_are_the_cached_ones(loss_name, rng):
+    # gradients of at least 16 MiB are written with streaming stores through a buffer
+    # (elementwise_internal.h, FASTLOSS_EW_STREAM_BYTES): the same bits as a call that
+    # writes them through the cache, in place and not, aligned or not, every SIMD path
+    n = (1 << 22) + 13  # 16 MiB of float32 and a tail
+    big = rng.normal(0.0, 1.0, n + 1).astype(np.float32)
+    second = rng.poisson(2.0, n + 1).astype(np.float32)
+    third = rng.uniform(0.1, 3.0, n + 1).astype(np.float32)
+    function = getattr(fastloss, f"{loss_name}_value_and_grad")
+    for offset in (0, 1):  # a view one float in: the stores misaligned
+        args = [a[offset:offset + n] for a in (big, second, third)][
+            : 3 if loss_name == "gaussian_nll" else 2]
+        loss, grad = function(*args, reduction="sum")
+        # the head of the same arrays (under the threshold: cached stores) gives the same
+        # bits element by element
+        head = 5000
+        assert np.array_equal(grad[:head], function(*[a[:head] for a in args],
+                                                    reduction="sum")[1])
+        # in place over the first input: the same gradient
+        inputs = [a.copy() for a in args]
+        loss_in_place, grad_in_place = function(*inputs, reduction="sum", out=inputs[0])
+        assert grad_in_place is inputs[0]
+        assert loss_in_place == loss and np.array_equal(grad_in_place, grad)
