@@ -18,40 +18,26 @@ time with its speed-up over torch's step.
 """
 import argparse
 import json
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
 import fastloss.torch as ft
+from fastloss.bench._run import cpu_model
+
+from _timing import median_ms
 
 
-def _cpu():
-    model, flags = "unknown CPU", set()
+def _half_flags():
+    """The CPU's AMX, AVX512_BF16 and AVX512_FP16 flags (from /proc/cpuinfo)."""
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
+            flags = next((line.split(":", 1)[1].split() for line in f
+                          if line.startswith("flags")), [])
     except OSError:
-        pass
-    return model, sorted(flag for flag in flags if flag.startswith(("amx", "avx512_bf16",
-                                                                     "avx512_fp16")))
-
-
-def _median_ms(step, repeat):
-    step()
-    step()  # warm-up: allocator, thread pool, first touch
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+        flags = []
+    return sorted(flag for flag in set(flags)
+                  if flag.startswith(("amx", "avx512_bf16", "avx512_fp16")))
 
 
 def main(argv=None):
@@ -89,9 +75,9 @@ def main(argv=None):
         "fastloss.torch.linear_cross_entropy": lambda: ft.linear_cross_entropy(
             x, model.weight, target, linear_bias=model.bias, num_threads=threads),
     }
-    model_name, flags = _cpu()
+    model_name, flags = cpu_model(), _half_flags()
     weight = model.weight.detach()
-    product_ms = _median_ms(lambda: x @ weight.T, args.repeat)
+    product_ms = median_ms(lambda: x @ weight.T, args.repeat, warmup=2)
     print(f"CPU: {model_name}; flags: {' '.join(flags) or 'no AMX, no AVX512_BF16'}; "
           f"{threads} threads; torch {torch.__version__}")
     print(f"step: Linear {args.hidden} -> {args.classes} in bfloat16, N={args.rows}, SGD; "
@@ -101,7 +87,7 @@ def main(argv=None):
                "product_ms": product_ms, "steps": {}}
     base = None
     for name, loss_of in variants.items():
-        ms = _median_ms(step(loss_of), args.repeat)
+        ms = median_ms(step(loss_of), args.repeat, warmup=2)
         base = base or ms
         results["steps"][name] = ms
         print(f"{name:48s} {ms:9.1f} ms  {base / ms:5.2f}x torch's step", flush=True)

@@ -14,35 +14,14 @@ the bandwidth column (NumPy's copy runs on one thread).
 import argparse
 import json
 import os
-import platform
-import statistics
-import time
 
 import numpy as np
 
 import fastloss
 from fastloss._config import config
+from fastloss.bench._run import cpu_model
 
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def _median_ms(call, repeat):
-    call()  # warm-up: first touch of outputs, thread pool start
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+from _timing import median_ms
 
 
 def _cases(rng):
@@ -91,9 +70,9 @@ def main(argv=None):
 
     rng = np.random.default_rng(0)
     cases, logits, grad = _cases(rng)
-    copy_ms = _median_ms(lambda: np.copyto(grad, logits), args.repeat)
+    copy_ms = median_ms(lambda: np.copyto(grad, logits), args.repeat)
     info = config()
-    print(f"CPU: {_cpu_model()} ({cores} cores usable); fastloss {info['version']}, "
+    print(f"CPU: {cpu_model()} ({cores} cores usable); fastloss {info['version']}, "
           f"simd {info.get('simd_path', '?')}, openmp {info.get('openmp', '?')}")
     print(f"np.copyto of the logits (one thread): {copy_ms:.2f} ms, "
           f"{2 * logits.nbytes / copy_ms / 1e6:.1f} GB/s")
@@ -102,7 +81,7 @@ def main(argv=None):
     for name, nbytes, call in cases:
         base = None
         for t in args.threads:
-            ms = _median_ms(lambda: call(t), args.repeat)
+            ms = median_ms(lambda: call(t), args.repeat)
             base = base or ms
             rows.append({"case": name, "threads": t, "median_ms": ms, "speedup": base / ms,
                          "gb_per_s": nbytes / ms / 1e6})
@@ -110,7 +89,7 @@ def main(argv=None):
                   flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"cpu": _cpu_model(), "cores": cores, "copy_ms": copy_ms, "rows": rows},
+            json.dump({"cpu": cpu_model(), "cores": cores, "copy_ms": copy_ms, "rows": rows},
                       f, indent=1)
 
 
