@@ -692,186 +692,11 @@ FASTLOSS_INLINE EW_WIDE EW(poisson_target_slope)(REAL input, REAL count, EW_WIDE
                                                          LOG_INPUT, FULL),                  \
                   (REAL)f.value, (REAL)f.slope)
 
-#ifdef EW_FLOAT_COMPUTE
-/* A float32 pass's value and slope of one element, each with its doubt (nonzero:
- * its error bound cannot clear the contract; redone in double). */
-typedef struct EW(narrow_s) {
-    REAL value, slope;
-    int value_doubt, slope_doubt;
-} EW(narrow);
-
-/*
- * float32 only: the elements of a tile that a float32 pass could not give to the
- * contract (doubt[k] nonzero), listed by index in increasing order; returns their
- * count.  The flags are packed 32 to a word first (a loop that vectorises), so
- * that only the words with a flag are looked into, one set bit at a time: a
- * plain scan with a branch or a branch-free compaction cost 1 to 1.5 cycles an
- * element at a few percent of flags.
- */
-FASTLOSS_INLINE int EW(doubt_list)(const int *FASTLOSS_RESTRICT doubt, fastloss_index m,
-                                   int *FASTLOSS_RESTRICT list)
-{
-    int count = 0;
-    for (fastloss_index base = 0; base < m; base += 32) {
-        const int width = m - base < 32 ? (int)(m - base) : 32;
-        uint32_t bits = 0;
-        for (int j = 0; j < width; ++j)
-            bits |= (uint32_t)(doubt[base + j] != 0) << j;
-        while (bits) {
-            list[count++] = (int)base + __builtin_ctz(bits);
-            bits &= bits - 1;
-        }
-    }
-    return count;
-}
-
-/*
- * float32 only: poisson_nll with log_input and without full (the default) in float
- * arithmetic, 16 lanes on AVX-512 against 8 for double with its 13-term exp, with a
- * bound on each result's error; the results the bound cannot clear are computed
- * again in double, by poisson_element, in one vectorised loop over the tile's
- * elements in doubt (poisson_redo).  Which elements those are depends on their own
- * inputs alone, so threads never change a bit.  u = 2**-24.
- *   e = fastloss_expf_bounded(x) for |x| <= 80 (e a normal float): within
- *       FASTLOSS_EXPF_BOUNDED_REL_ERROR e = 1.1e-7 e (fastmath.h; measured over
- *       every float there).  Elsewhere, and for NaN x, both results are in doubt.
- *   slope = e - y rounds once: within 1.1e-7 e + u |slope|.
- *   value = e - y x: the product rounds (u |y x|) and the difference once
- *       (u |value|): within 1.1e-7 e + u |y x| + u |value|; where FMA is native
- *       (gcc's AVX2 and AVX-512 paths define __FMA__) one fmaf: within 1.1e-7 e +
- *       u |value|.
- * The budget is 1.8e-6 of each result, less its own rounding (as gaussian_nll's:
- * the rest of 2e-6 for the products with the weight and the scale): in doubt unless
- *   slope: 1.1e-7 e < 1.68e-6 |slope|,          i.e. 0.0655 e < |slope|,
- *   value: 1.1e-7 e + u |y x| < 1.68e-6 |value|, i.e. 0.0655 e + 0.0355 |y x| < |value|
- *          (with FMA, 0.0655 e < |value|);
- * the tests take 0.07 and 0.038 (computed in float: the margin covers their own
- * roundings), and are false for NaN and infinite results (y infinite or NaN, y x
- * beyond float's range), which are in doubt too.  A result under 2**-100 is in
- * doubt (a subnormal result's rounding is absolute).  In doubt is where e and y (or
- * y x) cancel to under 7% of e: about 4% of the elements for
- * x = 2 N(0, 1), y ~ Poisson(2) (the bench's).
- */
-FASTLOSS_INLINE EW(narrow) EW(poisson_narrow_element)(REAL input, REAL count)
-{
-    const REAL e = fastloss_expf_bounded(input);
-    const REAL slope = e - count;
-    const int input_doubt = !(EW_ABS(input) <= (REAL)80);
-#if defined(__FMA__)
-    /* one rounding: no u |y x| term (fmaf is a libm call where FMA is not native) */
-    const REAL value = fmaf(-count, input, e);
-    const REAL doubt_size = e * (REAL)0.07;
-#else
-    const REAL product = count * input;
-    const REAL value = e - product;
-    const REAL doubt_size = e * (REAL)0.07 + EW_ABS(product) * (REAL)0.038;
-#endif
-    EW(narrow) result;
-    result.value = value;
-    result.slope = slope;
-    result.value_doubt = input_doubt | !(doubt_size < EW_ABS(value)) |
-                         !(EW_ABS(value) >= (REAL)0x1p-100);
-    result.slope_doubt = input_doubt | !(e * (REAL)0.07 < EW_ABS(slope)) |
-                         !(EW_ABS(slope) >= (REAL)0x1p-100);
-    return result;
-}
-
-/* The elements of the tile listed in list[0..count) (doubt[k]: 1 the value, 2 the
- * slope), computed again in double by poisson_element with log_input and without
- * full: read into dense arrays, computed by one loop that vectorises, and written
- * back, each result only where its own bound failed.  The dense arrays are padded
- * with zeros to a multiple of EW_REDO_PAD, so that the loop runs whole vectors (a
- * tile has a few elements in doubt: a scalar remainder would be most of them); the
- * padding is computed and never written back.  value is the tile's private array. */
-#define EW_REDO_PAD 8
-static void EW(poisson_redo)(const STORE_T *FASTLOSS_RESTRICT pred,
-                             const STORE_T *FASTLOSS_RESTRICT target,
-                             const int *FASTLOSS_RESTRICT doubt,
-                             const int *FASTLOSS_RESTRICT list, int count,
-                             REAL *FASTLOSS_RESTRICT value, REAL *FASTLOSS_RESTRICT slope)
-{
-    REAL x[FASTLOSS_EW_TILE], y[FASTLOSS_EW_TILE];
-    REAL wide_value[FASTLOSS_EW_TILE], wide_slope[FASTLOSS_EW_TILE];
-    const int padded = (count + EW_REDO_PAD - 1) / EW_REDO_PAD * EW_REDO_PAD;
-    for (int j = 0; j < count; ++j) {
-        x[j] = LOAD(pred, list[j]);
-        y[j] = LOAD(target, list[j]);
-    }
-    for (int j = count; j < padded; ++j)
-        x[j] = y[j] = 0;
-    for (int j = 0; j < padded; ++j) {
-        const EW(pair) f = EW(poisson_element)(x[j], y[j], 0.0, 1, 0);
-        wide_value[j] = (REAL)f.value;
-        wide_slope[j] = (REAL)f.slope;
-    }
-    for (int j = 0; j < count; ++j) {
-        const int k = list[j];
-        value[k] = doubt[k] & 1 ? wide_value[j] : value[k];
-    }
-    if (slope)
-        for (int j = 0; j < count; ++j) {
-            const int k = list[j];
-            slope[k] = doubt[k] & 2 ? wide_slope[j] : slope[k];
-        }
-}
-
-/* poisson_nll with log_input and without full, float32: the float pass and the redo
- * (see poisson_narrow_element). */
-static void EW(poisson_narrow_tile)(const STORE_T *FASTLOSS_RESTRICT pred,
-                                    const STORE_T *FASTLOSS_RESTRICT target, fastloss_index m,
-                                    REAL *FASTLOSS_RESTRICT value, REAL *FASTLOSS_RESTRICT slope)
-{
-    /* the value into a private array, written to value at the end (as gaussian_tile) */
-    REAL narrow_value[FASTLOSS_EW_TILE];
-    int doubt[FASTLOSS_EW_TILE];
-    int in_doubt = 0;
-#define EW_POISSON_NARROW                                                                   \
-    const EW(narrow) f = EW(poisson_narrow_element)(LOAD(pred, k), LOAD(target, k))
-    if (value && slope) {
-        for (fastloss_index k = 0; k < m; ++k) {
-            EW_POISSON_NARROW;
-            narrow_value[k] = f.value;
-            slope[k] = f.slope;
-            doubt[k] = f.value_doubt | f.slope_doubt << 1;
-            in_doubt += doubt[k];
-        }
-    } else if (value) {
-        for (fastloss_index k = 0; k < m; ++k) {
-            EW_POISSON_NARROW;
-            narrow_value[k] = f.value;
-            doubt[k] = f.value_doubt;
-            in_doubt += doubt[k];
-        }
-    } else {
-        for (fastloss_index k = 0; k < m; ++k) {
-            EW_POISSON_NARROW;
-            slope[k] = f.slope;
-            doubt[k] = f.slope_doubt << 1;
-            in_doubt += doubt[k];
-        }
-    }
-#undef EW_POISSON_NARROW
-    if (in_doubt) {
-        int list[FASTLOSS_EW_TILE];
-        const int count = EW(doubt_list)(doubt, m, list);
-        EW(poisson_redo)(pred, target, doubt, list, count, narrow_value, slope);
-    }
-    if (value)
-        memcpy(value, narrow_value, (size_t)m * sizeof *value);
-}
-#endif
-
 static void EW(poisson_tile)(const STORE_T *FASTLOSS_RESTRICT pred,
                              const STORE_T *FASTLOSS_RESTRICT target, fastloss_index m,
                              EW_WIDE eps, int log_input, int full,
                              REAL *FASTLOSS_RESTRICT value, REAL *FASTLOSS_RESTRICT slope)
 {
-#ifdef EW_FLOAT_COMPUTE
-    if (log_input && !full) {
-        EW(poisson_narrow_tile)(pred, target, m, value, slope);
-        return;
-    }
-#endif
     if (log_input) {
         if (full)
             EW_POISSON_LOOPS(1, 1);
@@ -936,6 +761,31 @@ FASTLOSS_INLINE EW(pair) EW(gaussian_element)(REAL input, REAL target, REAL vari
 }
 
 #ifdef EW_FLOAT_COMPUTE
+/*
+ * float32 only: the elements of a tile that a float32 pass could not give to the
+ * contract (doubt[k] nonzero), listed by index in increasing order; returns their
+ * count.  The flags are packed 32 to a word first (a loop that vectorises), so
+ * that only the words with a flag are looked into, one set bit at a time: a
+ * plain scan with a branch or a branch-free compaction cost 1 to 1.5 cycles an
+ * element at a few percent of flags.
+ */
+FASTLOSS_INLINE int EW(doubt_list)(const int *FASTLOSS_RESTRICT doubt, fastloss_index m,
+                                   int *FASTLOSS_RESTRICT list)
+{
+    int count = 0;
+    for (fastloss_index base = 0; base < m; base += 32) {
+        const int width = m - base < 32 ? (int)(m - base) : 32;
+        uint32_t bits = 0;
+        for (int j = 0; j < width; ++j)
+            bits |= (uint32_t)(doubt[base + j] != 0) << j;
+        while (bits) {
+            list[count++] = (int)base + __builtin_ctz(bits);
+            bits &= bits - 1;
+        }
+    }
+    return count;
+}
+
 /*
  * float32 only: the loops of a tile computed by a float32 pass with a doubt on each
  * result, then the elements in doubt computed again in double.  NARROW declares f,
@@ -1042,6 +892,11 @@ FASTLOSS_INLINE EW(pair) EW(gaussian_element)(REAL input, REAL target, REAL vari
  * 0.0096 |L| + 1.8e-8 q + 0.072 C < |value|; the test takes 0.01, 1e-7 (of p,
  * within u of q) and 0.075.
  */
+typedef struct EW(narrow_s) {
+    REAL value, slope;
+    int value_doubt, slope_doubt;
+} EW(narrow);
+
 FASTLOSS_INLINE EW(narrow) EW(gaussian_narrow_element)(REAL input, REAL target, REAL variance,
                                                        REAL eps_up, int eps_inexact,
                                                        REAL constant)
@@ -1128,38 +983,19 @@ static void EW(gaussian_tile)(const STORE_T *FASTLOSS_RESTRICT pred,
     }
 #undef EW_GAUSSIAN_NARROW
     /* doubt[k]: 1 for the value, 2 for the slope; each is redone only where its own
-     * bound failed, so that the fused, value-only and slope-only calls agree bit for
-     * bit.  The elements in doubt are read into dense arrays and computed by one loop
-     * that vectorises, then written back (as poisson_redo). */
+     * bound failed, so that the fused, value-only and slope-only calls agree bit for bit */
     if (in_doubt) {
         int list[FASTLOSS_EW_TILE];
-        REAL x[FASTLOSS_EW_TILE], t[FASTLOSS_EW_TILE], v[FASTLOSS_EW_TILE];
-        REAL wide_value[FASTLOSS_EW_TILE], wide_slope[FASTLOSS_EW_TILE];
         const int count = EW(doubt_list)(doubt, m, list);
-        const int padded = (count + EW_REDO_PAD - 1) / EW_REDO_PAD * EW_REDO_PAD;
         for (int j = 0; j < count; ++j) {
-            x[j] = LOAD(pred, list[j]);
-            t[j] = LOAD(target, list[j]);
-            v[j] = LOAD(variance, list[j]);
+            const fastloss_index k = list[j];
+            const EW(pair) f = EW(gaussian_element)(LOAD(pred, k), LOAD(target, k),
+                                                    LOAD(variance, k), eps, constant);
+            if (doubt[k] & 1)
+                narrow_value[k] = (REAL)f.value;
+            if (doubt[k] & 2)
+                slope[k] = (REAL)f.slope;
         }
-        for (int j = count; j < padded; ++j) { /* computed, never written back */
-            x[j] = t[j] = 0;
-            v[j] = 1;
-        }
-        for (int j = 0; j < padded; ++j) {
-            const EW(pair) f = EW(gaussian_element)(x[j], t[j], v[j], eps, constant);
-            wide_value[j] = (REAL)f.value;
-            wide_slope[j] = (REAL)f.slope;
-        }
-        for (int j = 0; j < count; ++j) {
-            const int k = list[j];
-            narrow_value[k] = doubt[k] & 1 ? wide_value[j] : narrow_value[k];
-        }
-        if (slope)
-            for (int j = 0; j < count; ++j) {
-                const int k = list[j];
-                slope[k] = doubt[k] & 2 ? wide_slope[j] : slope[k];
-            }
     }
     if (value)
         memcpy(value, narrow_value, (size_t)m * sizeof *value);

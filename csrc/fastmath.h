@@ -420,37 +420,4 @@ FASTLOSS_INLINE float fastloss_atanf(float x)
     return copysignf(result, x);
 }
 
-/*
- * exp(x) for float x with |x| <= 80 only (the result a normal float; outside, and
- * for NaN, the result is meaningless but harmless: the callers test the range and
- * send those elements to double), for the float32 passes that bound each result's
- * error (elementwise_body.h, poisson_nll).  fastloss_expf's reduction with the
- * Taylor polynomial one degree higher (7: truncation 0.347**8 / 8! < 5.3e-9
- * relative, where degree 6 leaves 1.2e-7), so that the error is the roundings'
- * alone, and no range checks.  Measured against double exp over every float in
- * [-80, 80] (tests/tools/expf_bounded_error.c): at most 7.9e-8 (1.32 ulp of
- * 2**-24) with FMA contraction (gcc -O2 -mfma), 1.03e-7 (1.72) without;
- * FASTLOSS_EXPF_BOUNDED_REL_ERROR, 1.1e-7, bounds both.
- */
-#define FASTLOSS_EXPF_BOUNDED_REL_ERROR 1.1e-7
-FASTLOSS_INLINE float fastloss_expf_bounded(float x)
-{
-    const float round_magic = 12582912.0f; /* 1.5 * 2**23 */
-    const float inv_ln2 = 1.44269504088896341f;
-    const float ln2_hi = 0.693359375f;
-    const float ln2_lo = -2.12194440e-4f;
-    const float shifted = x * inv_ln2 + round_magic;
-    const float n = shifted - round_magic;
-    const float r = (x - n * ln2_hi) - n * ln2_lo;
-    float poly = 1.0f / 5040.0f;
-    poly = poly * r + 1.0f / 720.0f;
-    poly = poly * r + 1.0f / 120.0f;
-    poly = poly * r + 1.0f / 24.0f;
-    poly = poly * r + 1.0f / 6.0f;
-    poly = poly * r + 0.5f;
-    poly = poly * r + 1.0f;
-    poly = poly * r + 1.0f;
-    return poly * fastloss_expf_scale(shifted, 127u);
-}
-
 #endif /* FASTLOSS_FASTMATH_H */

@@ -178,10 +178,10 @@ def test_sums_with_negative_terms_keep_their_magnitude(simd_path, loss_name, rng
 
 
 def poisson_hard_inputs(rng, n):
-    """log-rates and counts over every regime of poisson_nll's float32 pass: x near
-    log y (exp(x) - y and exp(x) - y x cancel: the elements in doubt), counts of 0 (no
-    cancellation), |x| up to and past 80 (the pass's range: beyond it the elements go
-    to double, e flushed or huge), and non-integer counts."""
+    """log-rates and counts over every regime of poisson_nll with log_input: x near
+    log y (exp(x) - y and exp(x) - y x cancel to any depth), counts of 0 (no
+    cancellation), |x| up to 100 (exp flushed, or beyond float's range), and
+    non-integer counts."""
     y = rng.poisson(3.0, n).astype(np.float64)
     y[rng.random(n) < 0.1] = 0.0
     soft = rng.random(n) < 0.2
@@ -195,10 +195,10 @@ def poisson_hard_inputs(rng, n):
     return x.astype(np.float32), y.astype(np.float32)
 
 
-def test_poisson_float_pass_each_element(simd_path, rng):
-    # log_input without full runs in float32 with a bound per element and redoes the
-    # elements in doubt in double (elementwise_body.h, poisson_narrow_element): every
-    # element within 2e-6 of its own reference, across tiles and a scalar tail
+def test_poisson_log_input_each_element(simd_path, rng):
+    # float32 log_input without full, where exp(x) and y (or y x) cancel: every element
+    # within 2e-6 of its own reference (not only of the array's largest), across tiles
+    # and a scalar tail, on every SIMD path
     n = 30 * TILE + 45
     x, y = poisson_hard_inputs(rng, n)
     loss, grad, grad_target, _ = kernel_none("poisson_nll", [x, y], (1, 0, 1e-8), np.float32)
@@ -215,9 +215,9 @@ def test_poisson_float_pass_each_element(simd_path, rng):
     assert_close_contract(loss[finite], ref_loss[finite], np.float32)
 
 
-def test_poisson_float_pass_edge_values(simd_path):
-    # the range of the float pass (|x| <= 80) and past it, exp's flush, NaN and inf
-    # inputs, huge counts (y x beyond float's range), a count equal to exp(x) rounded
+def test_poisson_log_input_edge_values(simd_path):
+    # |x| around 80 and 88 (float's exp range), exp's flush, NaN and inf inputs, huge
+    # counts (y x beyond float's range), a count equal to exp(x) rounded to float
     x = np.array([80.0, -80.0, 80.5, -80.5, 87.0, -87.0, -100.0, 88.5, np.nan, 1.0,
                   -np.inf, np.inf, 2.0, 1e-30, -1e-30, 0.0, 3.0, 50.0, 1.0, 0.5], np.float32)
     y = np.array([1.0, 1e30, 0.0, 2.0, 1.0, 0.0, 0.0, 3.0, 1.0, np.nan,
@@ -244,10 +244,9 @@ def test_poisson_float_pass_edge_values(simd_path):
 
 
 @pytest.mark.parametrize("mode", ["forward", "grad"])
-def test_poisson_float_pass_agrees_across_modes(simd_path, mode, rng):
-    # the value-only and slope-only loops against the fused one: each element takes the
-    # float or the double path by its own bound, the same in every mode (to an ulp:
-    # gcc may contract a loop's scalar remainder differently)
+def test_poisson_log_input_agrees_across_modes(simd_path, mode, rng):
+    # the value-only and slope-only loops against the fused one (to an ulp: gcc may
+    # contract a loop's scalar remainder differently)
     n = 9 * TILE + 11
     x, y = poisson_hard_inputs(rng, n)
     loss, grad = fastloss.poisson_nll_value_and_grad(x, y, reduction="none")
@@ -261,7 +260,7 @@ def test_poisson_float_pass_agrees_across_modes(simd_path, mode, rng):
                   <= 2.4e-7 * np.abs(fused[ok]) + 1e-45)
 
 
-def test_poisson_float_pass_threads_and_reductions(rng):
+def test_poisson_log_input_threads_and_reductions(rng):
     # several blocks (FASTLOSS_EW_BLOCK = 16384 elements): one thread and two give the
     # same bits; the sum and mean to the contract
     n = 3 * 16384 + 77
