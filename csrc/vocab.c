@@ -35,11 +35,12 @@
  *    (No T**2 factor: as TRL's and Liger's, the caller scales the loss if it wants
  *    Hinton's.)
  *
- * Passes per row: A, each row's max and sum of exps, chunk by chunk (a sweep for the
- * chunk's max from memory, one for its exps from L1); B, the divergence and the totals
- * its gradient subtracts; C, the gradients.  B and C find the rows in the cache (two
- * rows of 50257 float32 are 400 KiB, within a core's L2), so each input is read from
- * memory once and each gradient written once.  Rows are independent and run in
+ * Passes per row: A, both rows' maxima and sums of exps in one loop per chunk (the
+ * chunk's max found by the previous chunk's loop, the chunk after the next prefetched),
+ * keeping each model's exps and the differences a_t - a_s in rows of their own; B, the
+ * divergence and the totals its gradient subtracts; C, the gradients.  B and C read the
+ * kept rows from the cache, never the logits, so each input is read from memory once
+ * and each gradient written once.  Rows are independent and run in
  * parallel in fixed ranges; the reduction sums the rows' losses in a fixed order
  * (fastloss_sum_float64): the same bits for any number of threads.
  */

@@ -10,7 +10,7 @@
  * Every index is 64-bit.
  *
  * Preconditions the caller checks (the Cython layer does): temperature > 0 and
- * finite, beta in [0, 1], outputs that do not overlap the inputs.  Hard targets of
+ * finite, beta in [0, 1], outputs that do not overlap the inputs or each other.  Hard targets of
  * token log-probabilities are checked by the kernel itself, before anything is
  * written.
  */

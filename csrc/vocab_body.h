@@ -27,21 +27,6 @@ FASTLOSS_INLINE REAL NAME(vocab_max)(const STORE_T *values, fastloss_index n)
     return result;
 }
 
-/* Sum of a tile in double: element c into lane c % FASTLOSS_LANES, lanes combined
- * pairwise, then the tail; the same order on every ISA. */
-FASTLOSS_INLINE double NAME(vocab_sum)(const REAL *FASTLOSS_RESTRICT values, fastloss_index n)
-{
-    double lane[FASTLOSS_LANES] = {0.0};
-    double tail = 0.0;
-    fastloss_index c = 0;
-    for (; c + FASTLOSS_LANES <= n; c += FASTLOSS_LANES)
-        for (int k = 0; k < FASTLOSS_LANES; ++k)
-            lane[k] += (double)values[c + k];
-    for (; c < n; ++c)
-        tail += (double)values[c];
-    return fastloss_lanes_total(lane) + tail;
-}
-
 /* A floor under a in the products e a: a masked class (a = -inf, e = 0) adds 0 rather
  * than 0 * -inf; every a below it has e = 0 (the exp flushes a < -87.3, float, or
  * -708.3, double, to 0), and a NaN stays NaN. */
@@ -95,6 +80,11 @@ FASTLOSS_INLINE REAL NAME(vocab_range)(const int store, const int sums, const in
     for (; c + VOCAB_FOLD <= n; c += VOCAB_FOLD) {
         REAL part_s[VOCAB_LANES] = {0}, part_w[VOCAB_LANES] = {0};
         for (fastloss_index v = c; v < c + VOCAB_FOLD; v += VOCAB_LANES) {
+            if (with_next) { /* see VOCAB_PREFETCH_AHEAD */
+                __builtin_prefetch(next + v + VOCAB_PREFETCH_AHEAD, 0, 3);
+                if (store)
+                    __builtin_prefetch(exps + v + VOCAB_PREFETCH_AHEAD, 1, 3);
+            }
 #pragma omp simd
             for (int j = 0; j < VOCAB_LANES; ++j)
                 VOCAB_RANGE_STEP(v + j, j);
@@ -141,7 +131,6 @@ FASTLOSS_INLINE REAL NAME(vocab_range)(const int store, const int sums, const in
  * each chunk relative to its own shift; 0 at the target) when it is given.
  */
 FASTLOSS_INLINE void NAME(vocab_row_stats_mode)(const int store, const int with_w,
-                                               const int exact,
                                                const STORE_T *x, fastloss_index n_classes,
                                                fastloss_index n_chunks, double inv_temperature,
                                                fastloss_index target, REAL *exps_row,
@@ -168,9 +157,9 @@ FASTLOSS_INLINE void NAME(vocab_row_stats_mode)(const int store, const int with_
         double sum = 0.0, weighted = 0.0, others;
         if (t >= 0 && t < n) {
             double sum_after = 0.0, weighted_after = 0.0;
-            NAME(vocab_range)(store, !exact, with_w, 0, xk, t, shift, inv_t, exps, NULL, &sum,
+            NAME(vocab_range)(store, 1, with_w, 0, xk, t, shift, inv_t, exps, NULL, &sum,
                               &weighted);
-            NAME(vocab_range)(store, !exact, with_w, 0, xk + t + 1, n - t - 1, shift, inv_t,
+            NAME(vocab_range)(store, 1, with_w, 0, xk + t + 1, n - t - 1, shift, inv_t,
                               store ? exps + t + 1 : NULL, NULL, &sum_after, &weighted_after);
             const REAL a_t = ((REAL)LOAD(xk, t) - shift) * inv_t;
             const REAL e_t = REAL_EXP_NONPOSITIVE(a_t);
@@ -185,11 +174,11 @@ FASTLOSS_INLINE void NAME(vocab_row_stats_mode)(const int store, const int with_
             /* the part with a next element beside each element (all of it but in the
              * row's last chunk, and in the chunk before a short last one) */
             const fastloss_index both = n < n_next ? n : n_next;
-            m = NAME(vocab_range)(store, !exact, with_w, 1, xk, both, shift, inv_t, exps, next,
+            m = NAME(vocab_range)(store, 1, with_w, 1, xk, both, shift, inv_t, exps, next,
                                   &sum, &weighted);
             if (both < n) { /* the row's last chunk (no next) or a short next chunk */
                 double sum_rest = 0.0, weighted_rest = 0.0;
-                NAME(vocab_range)(store, !exact, with_w, 0, xk + both, n - both, shift, inv_t,
+                NAME(vocab_range)(store, 1, with_w, 0, xk + both, n - both, shift, inv_t,
                                   store ? exps + both : NULL, NULL, &sum_rest, &weighted_rest);
                 sum += sum_rest;
                 weighted += weighted_rest;
@@ -198,9 +187,6 @@ FASTLOSS_INLINE void NAME(vocab_row_stats_mode)(const int store, const int with_
                 const REAL rest = NAME(vocab_max)(next + both, n_next - both);
                 m = rest > m ? rest : m;
             }
-            /* exact: the kept exps summed in double instead (see vocab_row_stats) */
-            if (exact)
-                sum = NAME(vocab_sum)(exps, n);
             others = sum;
         }
         chunk[VOCAB_CHUNK_OTHERS] = others;
@@ -211,33 +197,23 @@ FASTLOSS_INLINE void NAME(vocab_row_stats_mode)(const int store, const int with_
     vocab_merge_chunks(chunk_data, n_chunks, inv_temperature, stats);
 }
 
-/*
- * vocab_row_stats_mode with its modes picked once per row (each a loop of its own).
- * `exact` (the distillation, target -1, exps_row given): each chunk's sum of the kept
- * exps in double, every exp rounded once and nothing else: the KL's
- * log S_t - log S_s would carry the float lanes' roundings (about 1e-8 of S, where
- * the KL of two close distributions is 1e-3 or less), while the token log-prob and
- * the entropy take them relative to their own size.
- */
+/* vocab_row_stats_mode with its modes picked once per row (each a loop of its own). */
 static void NAME(vocab_row_stats)(const STORE_T *x, fastloss_index n_classes,
                                   fastloss_index n_chunks, double inv_temperature,
-                                  fastloss_index target, int need_weighted, int exact,
-                                  REAL *exps_row, double *chunk_data, vocab_row_stats *stats)
+                                  fastloss_index target, int need_weighted, REAL *exps_row,
+                                  double *chunk_data, vocab_row_stats *stats)
 {
-    if (exact)
-        NAME(vocab_row_stats_mode)(1, 0, 1, x, n_classes, n_chunks, inv_temperature, -1,
-                                   exps_row, chunk_data, stats);
-    else if (exps_row && need_weighted)
-        NAME(vocab_row_stats_mode)(1, 1, 0, x, n_classes, n_chunks, inv_temperature, target,
+    if (exps_row && need_weighted)
+        NAME(vocab_row_stats_mode)(1, 1, x, n_classes, n_chunks, inv_temperature, target,
                                    exps_row, chunk_data, stats);
     else if (exps_row)
-        NAME(vocab_row_stats_mode)(1, 0, 0, x, n_classes, n_chunks, inv_temperature, target,
+        NAME(vocab_row_stats_mode)(1, 0, x, n_classes, n_chunks, inv_temperature, target,
                                    exps_row, chunk_data, stats);
     else if (need_weighted)
-        NAME(vocab_row_stats_mode)(0, 1, 0, x, n_classes, n_chunks, inv_temperature, target,
+        NAME(vocab_row_stats_mode)(0, 1, x, n_classes, n_chunks, inv_temperature, target,
                                    NULL, chunk_data, stats);
     else
-        NAME(vocab_row_stats_mode)(0, 0, 0, x, n_classes, n_chunks, inv_temperature, target,
+        NAME(vocab_row_stats_mode)(0, 0, x, n_classes, n_chunks, inv_temperature, target,
                                    NULL, chunk_data, stats);
 }
 
@@ -367,7 +343,7 @@ static void NAME(tlp_rows)(const NAME(tlp_job) *job, int thread, int n_threads)
          * overlaps no input), else the thread's scratch row */
         REAL *e_row = g == NULL ? NULL : STORAGE_IS_COMPUTE ? (REAL *)g : row_exps;
         vocab_row_stats stats;
-        NAME(vocab_row_stats)(x, n_classes, job->n_chunks, inv_temperature, t, need_weighted, 0,
+        NAME(vocab_row_stats)(x, n_classes, job->n_chunks, inv_temperature, t, need_weighted,
                               e_row, chunk_data, &stats);
         /* A row with no finite log-sum-exp (a +inf or NaN logit, or every logit -inf)
          * has no softmax: NaN, as torch's log_softmax gives. */
@@ -498,108 +474,281 @@ typedef struct NAME(distill_job) {
     size_t per_thread;
 } NAME(distill_job);
 
-/* Per-thread scratch of the distillation: two chunk records per chunk and two rows of
- * exps (the two models'), 64-byte aligned parts. */
+/* Per-thread scratch of the distillation: two chunk records per chunk and four rows of
+ * REAL (pass A's exps of each model where its gradient row cannot hold them, the
+ * differences d_c, the JSD's teacher gaps), 64-byte aligned parts. */
 static size_t NAME(distill_scratch_bytes)(fastloss_index n_chunks, fastloss_index n_classes)
 {
     const size_t records = ((size_t)n_chunks * 2 * VOCAB_CHUNK_FIELDS * sizeof(double) + 63) / 64 * 64;
-    const size_t tiles = (2 * FASTLOSS_VOCAB_CHUNK * sizeof(REAL) + 63) / 64 * 64;
     const size_t row = ((size_t)n_classes * sizeof(REAL) + 63) / 64 * 64;
-    return records + tiles + 2 * row;
+    return records + 4 * row;
 }
 
 /*
- * One chunk of pass B (the divergence's two sums) or C (the gradients), with the exps
- * of pass A: e_s, e_t.  The sums, formed in REAL into the tiles and summed in double:
+ * One element of distill_stats_range, lane j: both models' exps e = exp(a),
+ * a = (x_c - shift) / T (each model's chunk shift), kept in es and et, the difference
+ * d_c = a_t - a_s kept in d (log p_c - log q_c is d_c plus a constant of the chunk), the
+ * exps summed in double lanes (each exp rounded once and nothing else: the KL takes
+ * log S_t - log S_s absolutely, where float lanes' roundings of S would show), and,
+ * with_next, each model's max of the next chunk's element c.
+ */
+#define DISTILL_STATS_STEP(i, j)                                                   \
+    do {                                                                           \
+        const REAL a_s_ = ((REAL)LOAD(xs, i) - shift_s) * inv_t;                   \
+        const REAL a_t_ = ((REAL)LOAD(xt, i) - shift_t) * inv_t;                   \
+        const REAL e_s_ = REAL_EXP_NONPOSITIVE(a_s_);                              \
+        const REAL e_t_ = REAL_EXP_NONPOSITIVE(a_t_);                              \
+        es[i] = e_s_;                                                              \
+        et[i] = e_t_;                                                              \
+        d[i] = a_t_ - a_s_;                                                        \
+        lane_s[j] += (double)e_s_;                                                 \
+        lane_t[j] += (double)e_t_;                                                 \
+        if (with_next) {                                                           \
+            const REAL v_s_ = LOAD(next_s, i), v_t_ = LOAD(next_t, i);             \
+            next_lane_s[j] = next_lane_s[j] < v_s_ ? v_s_ : next_lane_s[j];        \
+            next_lane_t[j] = next_lane_t[j] < v_t_ ? v_t_ : next_lane_t[j];        \
+        }                                                                          \
+    } while (0)
+
+/* Pass A over a range of a chunk of both rows, n elements (DISTILL_STATS_STEP): the
+ * sums of the two models' exps (*sum_s, *sum_t) and, with_next, the maxima of
+ * next_s[0, n) and next_t[0, n) (the next chunk streams in from memory while this one's
+ * exps are computed), else -inf.  Element c goes to lane c % VOCAB_LANES, the lanes
+ * combined pairwise: the same order on every ISA. */
+FASTLOSS_INLINE void NAME(distill_stats_range)(const int with_next,
+                                               const STORE_T *FASTLOSS_RESTRICT xs,
+                                               const STORE_T *FASTLOSS_RESTRICT xt,
+                                               fastloss_index n, REAL shift_s, REAL shift_t,
+                                               REAL inv_t, REAL *FASTLOSS_RESTRICT es,
+                                               REAL *FASTLOSS_RESTRICT et,
+                                               REAL *FASTLOSS_RESTRICT d,
+                                               const STORE_T *FASTLOSS_RESTRICT next_s,
+                                               const STORE_T *FASTLOSS_RESTRICT next_t,
+                                               double *sum_s, double *sum_t, REAL *max_s,
+                                               REAL *max_t)
+{
+    double lane_s[VOCAB_LANES] = {0.0}, lane_t[VOCAB_LANES] = {0.0};
+    REAL next_lane_s[VOCAB_LANES], next_lane_t[VOCAB_LANES];
+    for (int j = 0; j < VOCAB_LANES; ++j)
+        next_lane_s[j] = next_lane_t[j] = -(REAL)INFINITY;
+    fastloss_index c = 0;
+    for (; c + VOCAB_LANES <= n; c += VOCAB_LANES) {
+        if (with_next) { /* see VOCAB_PREFETCH_AHEAD */
+            __builtin_prefetch(next_s + c + VOCAB_PREFETCH_AHEAD, 0, 3);
+            __builtin_prefetch(next_t + c + VOCAB_PREFETCH_AHEAD, 0, 3);
+            __builtin_prefetch(es + c + VOCAB_PREFETCH_AHEAD, 1, 3);
+        }
+#pragma omp simd
+        for (int j = 0; j < VOCAB_LANES; ++j)
+            DISTILL_STATS_STEP(c + j, j);
+    }
+    for (int j = 0; c + j < n; ++j)
+        DISTILL_STATS_STEP(c + j, j);
+    *sum_s = vocab_lanes_total(lane_s);
+    *sum_t = vocab_lanes_total(lane_t);
+    REAL m_s = -(REAL)INFINITY, m_t = -(REAL)INFINITY;
+    for (int j = 0; j < VOCAB_LANES; ++j) {
+        m_s = next_lane_s[j] > m_s ? next_lane_s[j] : m_s;
+        m_t = next_lane_t[j] > m_t ? next_lane_t[j] : m_t;
+    }
+    *max_s = m_s;
+    *max_t = m_t;
+}
+#undef DISTILL_STATS_STEP
+
+/* A chunk's record of pass A: its max m and the sum of its exps relative to the shift
+ * (no target: `others` is the sum). */
+FASTLOSS_INLINE void NAME(distill_record)(double *chunk, REAL max, double sum)
+{
+    chunk[VOCAB_CHUNK_MAX] = (double)max;
+    chunk[VOCAB_CHUNK_SUM] = sum;
+    chunk[VOCAB_CHUNK_OTHERS] = sum;
+    chunk[VOCAB_CHUNK_WEIGHTED] = 0.0;
+    chunk[VOCAB_CHUNK_CROSS] = 0.0;
+}
+
+/*
+ * Pass A of the distillation: both rows' softmax statistics (vocab_row_stats: max, sum,
+ * log_sum) in one loop per chunk over the two models, each chunk's exps relative to its
+ * own max (found by the previous chunk's loop), then the chunks' records merge.  The
+ * exps stay in es_row and et_row (exp((x_c - shift_k) / T), chunk k relative to its own
+ * shift), and d_row holds a_t - a_s: the later passes read these three rows (from the
+ * cache) and not the logits.
+ */
+static void NAME(distill_stats)(const STORE_T *xs, const STORE_T *xt, fastloss_index n_classes,
+                                fastloss_index n_chunks, double inv_temperature, REAL *es_row,
+                                REAL *et_row, REAL *d_row, double *student_chunks,
+                                double *teacher_chunks, vocab_row_stats *student,
+                                vocab_row_stats *teacher)
+{
+    const REAL inv_t = (REAL)inv_temperature;
+    const fastloss_index first = n_classes < FASTLOSS_VOCAB_CHUNK ? n_classes
+                                                                  : FASTLOSS_VOCAB_CHUNK;
+    REAL m_s = NAME(vocab_max)(xs, first), m_t = NAME(vocab_max)(xt, first);
+    for (fastloss_index k = 0; k < n_chunks; ++k) {
+        const fastloss_index start = k * FASTLOSS_VOCAB_CHUNK;
+        const fastloss_index n = n_classes - start < FASTLOSS_VOCAB_CHUNK ? n_classes - start
+                                                                          : FASTLOSS_VOCAB_CHUNK;
+        const fastloss_index next_start = start + n;
+        const fastloss_index n_next = n_classes - next_start < FASTLOSS_VOCAB_CHUNK
+                                          ? n_classes - next_start
+                                          : FASTLOSS_VOCAB_CHUNK;
+        /* a chunk of -inf gets shift 0, so that exp sees -inf rather than NaN */
+        const REAL shift_s = m_s == -(REAL)INFINITY ? (REAL)0 : m_s;
+        const REAL shift_t = m_t == -(REAL)INFINITY ? (REAL)0 : m_t;
+        /* the part with a next element beside each element (all of it but in the row's
+         * last chunk, and in the chunk before a short last one) */
+        const fastloss_index both = n < n_next ? n : n_next;
+        double sum_s, sum_t;
+        REAL next_max_s, next_max_t;
+        NAME(distill_stats_range)(1, xs + start, xt + start, both, shift_s, shift_t, inv_t,
+                                  es_row + start, et_row + start, d_row + start,
+                                  xs + next_start, xt + next_start, &sum_s, &sum_t,
+                                  &next_max_s, &next_max_t);
+        if (both < n) { /* the row's last chunk (no next) or a short next chunk */
+            double rest_s, rest_t;
+            REAL unused_s, unused_t;
+            NAME(distill_stats_range)(0, xs + start + both, xt + start + both, n - both,
+                                      shift_s, shift_t, inv_t, es_row + start + both,
+                                      et_row + start + both, d_row + start + both, NULL,
+                                      NULL, &rest_s, &rest_t, &unused_s, &unused_t);
+            sum_s += rest_s;
+            sum_t += rest_t;
+        }
+        if (both < n_next) {
+            const REAL rest_s = NAME(vocab_max)(xs + next_start + both, n_next - both);
+            const REAL rest_t = NAME(vocab_max)(xt + next_start + both, n_next - both);
+            next_max_s = rest_s > next_max_s ? rest_s : next_max_s;
+            next_max_t = rest_t > next_max_t ? rest_t : next_max_t;
+        }
+        NAME(distill_record)(student_chunks + k * VOCAB_CHUNK_FIELDS, m_s, sum_s);
+        NAME(distill_record)(teacher_chunks + k * VOCAB_CHUNK_FIELDS, m_t, sum_t);
+        m_s = next_max_s;
+        m_t = next_max_t;
+    }
+    vocab_merge_chunks(student_chunks, n_chunks, inv_temperature, student);
+    vocab_merge_chunks(teacher_chunks, n_chunks, inv_temperature, teacher);
+}
+
+/*
+ * One element of distill_range, lane j.  The sums, each term formed in REAL and summed
+ * in double lanes:
  *   K_t = sum_c p_c (log p_c - log r_c),  K_s = sum_c q_c (log q_c - log r_c)
  * with r = q for the forward KL (K_t only), r = p for the reverse KL (K_s only), and
  * r = m = beta p + (1 - beta) q for the JSD.  A class whose probability is 0 adds 0
- * (0 log 0 = 0, also where its log-probability is -inf); NaN propagates.  For the JSD,
+ * (0 log 0 = 0, also where its log-probability is -inf); NaN propagates.  Here
+ * log p - log q = d_c + log_ratio, never from rounded log-probabilities.  For the JSD,
  * delta = log(beta p) - log((1 - beta) q) and L = log1p(exp(-|delta|)) give
- *   log p - log m = min(delta, 0) - log beta - L,
- *   log q - log m = -max(delta, 0) - log(1 - beta) - L
- * with no log of a probability (exact where either underflows).  The gradients, scale
- * = grad_output * factor / T (times beta or 1 - beta for the JSD's):
- *   student  forward  scale (q - p)
- *            reverse  scale q (log q - log p - K_s)
- *            JSD      scale (1 - beta) q (log q - log m - K_s)
- *   teacher  forward  scale p (log p - log q - K_t)
- *            reverse  scale (p - q)
- *            JSD      scale beta p (log p - log m - K_t)
- * (the softmax's Jacobian applied to d loss / d log q and d loss / d log p).  The mode
- * arguments are constants at every call (the function is inlined into one loop per
- * divergence and set of outputs), so that each loop vectorises with no test inside.
- * With `sums`, the loss terms go to the tiles (pass B, or a pass C that needs no K:
- * the forward KL's student gradient, the reverse KL's teacher gradient).
+ *   gap_t = log p - log m = min(delta, 0) - log beta - L,
+ *   gap_s = log q - log m = -max(delta, 0) - log(1 - beta) - L
+ * with no log of a probability (exact where either underflows); pass B keeps them (in
+ * d, which pass C no longer needs, and `gap` when both gradients are wanted) so that
+ * pass C takes no exp or log.  The gradients, scale = grad_output * factor / T (times
+ * beta or 1 - beta for the JSD's):
+ *   student  forward  scale (q - p)                              (pass B)
+ *            reverse  scale q (log q - log p - K_s)              (pass C)
+ *            JSD      scale (1 - beta) q (log q - log m - K_s)   (pass C)
+ *   teacher  forward  scale p (log p - log q - K_t)              (pass C)
+ *            reverse  scale (p - q)                              (pass B)
+ *            JSD      scale beta p (log p - log m - K_t)         (pass C)
+ * (the softmax's Jacobian applied to d loss / d log q and d loss / d log p).  A
+ * gradient row may be the row of that model's exps (es == gs, et == gt): each element
+ * is read before it is written, in the same step.
  */
-FASTLOSS_INLINE void NAME(distill_range)(const int divergence, const int want_s,
-                                         const int want_t, const int sums,
-                                         const STORE_T *FASTLOSS_RESTRICT xs,
-                                         const STORE_T *FASTLOSS_RESTRICT xt,
-                                         const REAL *FASTLOSS_RESTRICT es,
-                                         const REAL *FASTLOSS_RESTRICT et, fastloss_index n,
-                                         REAL inv_t, const NAME(distill_chunk) *chunk,
+#define DISTILL_STEP(i, j)                                                                  \
+    do {                                                                                    \
+        const REAL e_s = es[i], e_t = et[i];                                                \
+        const REAL q = e_s * unit_s, p = e_t * unit_t;                                      \
+        if (divergence == FASTLOSS_DIVERGENCE_FORWARD_KL) {                                 \
+            const REAL log_pq = d[i] + log_ratio; /* log p - log q */                       \
+            if (!pass_c) {                                                                  \
+                lane_t[j] += (double)(e_t == (REAL)0 ? (REAL)0 : p * log_pq);               \
+                if (want_s)                                                                 \
+                    STORE(gs, i, scale_s * (q - p));                                        \
+            } else {                                                                        \
+                STORE(gt, i, scale_t * (e_t == (REAL)0 ? (REAL)0 : p * (log_pq - kl_t)));   \
+            }                                                                               \
+        } else if (divergence == FASTLOSS_DIVERGENCE_REVERSE_KL) {                          \
+            const REAL log_pq = d[i] + log_ratio;                                           \
+            if (!pass_c) {                                                                  \
+                lane_s[j] += (double)(e_s == (REAL)0 ? (REAL)0 : q * -log_pq);              \
+                if (want_t)                                                                 \
+                    STORE(gt, i, scale_t * (p - q));                                        \
+            } else {                                                                        \
+                STORE(gs, i, scale_s * (e_s == (REAL)0 ? (REAL)0 : q * (-log_pq - kl_s)));  \
+            }                                                                               \
+        } else if (!pass_c) {                                                               \
+            const REAL delta = (d[i] + log_ratio) + log_odds;                               \
+            const REAL abs_delta = delta < (REAL)0 ? -delta : delta;                        \
+            const REAL mix = REAL_LOG1P_UNIT(REAL_EXP_NONPOSITIVE(-abs_delta));             \
+            const REAL gap_t = ((delta < (REAL)0 ? delta : (REAL)0) - log_beta) - mix;      \
+            const REAL gap_s = ((delta > (REAL)0 ? -delta : (REAL)0) - log_beta_c) - mix;   \
+            lane_t[j] += (double)(e_t == (REAL)0 ? (REAL)0 : p * gap_t);                    \
+            lane_s[j] += (double)(e_s == (REAL)0 ? (REAL)0 : q * gap_s);                    \
+            if (want_s)                                                                     \
+                d[i] = gap_s;                                                               \
+            if (want_t)                                                                     \
+                gap_t_row[i] = gap_t;                                                       \
+        } else {                                                                            \
+            if (want_s)                                                                     \
+                STORE(gs, i, scale_s * (e_s == (REAL)0 ? (REAL)0 : q * (d[i] - kl_s)));     \
+            if (want_t)                                                                     \
+                STORE(gt, i, scale_t * (e_t == (REAL)0 ? (REAL)0 : p * (gap_t_row[i] - kl_t))); \
+        }                                                                                   \
+    } while (0)
+
+/*
+ * One chunk of pass B (!pass_c: the divergence's sums, *sum_s and *sum_t, and the
+ * gradients that subtract no total) or C (the other gradients), from the rows pass A
+ * left: es, et, d (DISTILL_STEP).  gap_t_row is where the JSD's pass B keeps gap_t
+ * (d itself when only the teacher's gradient is wanted).  The mode arguments are
+ * constants at every call (the function is inlined into one loop per divergence, pass
+ * and set of outputs), so that each loop vectorises with no test inside.  Element c
+ * goes to lane c % VOCAB_LANES, the lanes combined pairwise.
+ */
+FASTLOSS_INLINE void NAME(distill_range)(const int divergence, const int pass_c,
+                                         const int want_s, const int want_t, const REAL *es,
+                                         const REAL *et, REAL *d, REAL *gap_t_row,
+                                         fastloss_index n, const NAME(distill_chunk) *chunk,
                                          const NAME(distill_row) *row, REAL scale_s,
-                                         REAL scale_t, REAL *FASTLOSS_RESTRICT tile_s,
-                                         REAL *FASTLOSS_RESTRICT tile_t, GRAD_T *gs,
-                                         GRAD_T *gt)
+                                         REAL scale_t, GRAD_T *gs, GRAD_T *gt, double *sum_s,
+                                         double *sum_t)
 {
-    const REAL shift_s = chunk->shift_s, shift_t = chunk->shift_t;
     const REAL unit_s = chunk->scale_s, unit_t = chunk->scale_t;
     const REAL log_ratio = chunk->log_ratio, log_odds = row->log_odds;
     const REAL log_beta = row->log_beta, log_beta_c = row->log_beta_c;
     const REAL kl_s = row->kl_s, kl_t = row->kl_t;
-    for (fastloss_index c = 0; c < n; ++c) {
-        const REAL a_s = ((REAL)LOAD(xs, c) - shift_s) * inv_t;
-        const REAL a_t = ((REAL)LOAD(xt, c) - shift_t) * inv_t;
-        const REAL e_s = es[c], e_t = et[c];
-        const REAL q = e_s * unit_s, p = e_t * unit_t;
-        const REAL log_pq = (a_t - a_s) + log_ratio; /* log p - log q */
-        REAL term_s = 0, term_t = 0, g_s = 0, g_t = 0;
-        if (divergence == FASTLOSS_DIVERGENCE_FORWARD_KL) {
-            term_t = e_t == (REAL)0 ? (REAL)0 : p * log_pq;
-            g_s = q - p;
-            g_t = e_t == (REAL)0 ? (REAL)0 : p * (log_pq - kl_t);
-        } else if (divergence == FASTLOSS_DIVERGENCE_REVERSE_KL) {
-            term_s = e_s == (REAL)0 ? (REAL)0 : q * -log_pq;
-            g_s = e_s == (REAL)0 ? (REAL)0 : q * (-log_pq - kl_s);
-            g_t = p - q;
-        } else {
-            const REAL delta = log_pq + log_odds;
-            const REAL abs_delta = delta < (REAL)0 ? -delta : delta;
-            const REAL mix = REAL_LOG1P_UNIT(REAL_EXP_NONPOSITIVE(-abs_delta));
-            const REAL gap_t = ((delta < (REAL)0 ? delta : (REAL)0) - log_beta) - mix;
-            const REAL gap_s = ((delta > (REAL)0 ? -delta : (REAL)0) - log_beta_c) - mix;
-            term_t = e_t == (REAL)0 ? (REAL)0 : p * gap_t;
-            term_s = e_s == (REAL)0 ? (REAL)0 : q * gap_s;
-            g_s = e_s == (REAL)0 ? (REAL)0 : q * (gap_s - kl_s);
-            g_t = e_t == (REAL)0 ? (REAL)0 : p * (gap_t - kl_t);
-        }
-        if (sums && divergence != FASTLOSS_DIVERGENCE_REVERSE_KL)
-            tile_t[c] = term_t;
-        if (sums && divergence != FASTLOSS_DIVERGENCE_FORWARD_KL)
-            tile_s[c] = term_s;
-        if (want_s)
-            STORE(gs, c, scale_s * g_s);
-        if (want_t)
-            STORE(gt, c, scale_t * g_t);
+    double lane_s[VOCAB_LANES] = {0.0}, lane_t[VOCAB_LANES] = {0.0};
+    fastloss_index c = 0;
+    for (; c + VOCAB_LANES <= n; c += VOCAB_LANES) {
+#pragma omp simd
+        for (int j = 0; j < VOCAB_LANES; ++j)
+            DISTILL_STEP(c + j, j);
+    }
+    for (int j = 0; c + j < n; ++j)
+        DISTILL_STEP(c + j, j);
+    if (!pass_c) {
+        *sum_s = divergence == FASTLOSS_DIVERGENCE_FORWARD_KL ? 0.0 : vocab_lanes_total(lane_s);
+        *sum_t = divergence == FASTLOSS_DIVERGENCE_REVERSE_KL ? 0.0 : vocab_lanes_total(lane_t);
     }
 }
+#undef DISTILL_STEP
 
-/* Passes B and C over one row, chunk by chunk (the chunks of pass A, whose records are
- * student_chunks and teacher_chunks); see distill_range.  kl_s and kl_t are summed
- * when `sums` (OUT), read from `row` otherwise. */
-static void NAME(distill_pass)(int divergence, int sums, const STORE_T *xs, const STORE_T *xt,
-                               const REAL *es_row, const REAL *et_row, fastloss_index n_classes,
-                               fastloss_index n_chunks, double inv_temperature,
-                               const double *student_chunks, const double *teacher_chunks,
-                               const vocab_row_stats *student, const vocab_row_stats *teacher,
-                               const NAME(distill_row) *row, REAL scale_s, REAL scale_t,
-                               REAL *tile_s, REAL *tile_t, GRAD_T *gs, GRAD_T *gt,
+/* Pass B (!pass_c: kl_s and kl_t summed, OUT) or C (read from `row`) over one row,
+ * chunk by chunk (the chunks of pass A, whose records are student_chunks and
+ * teacher_chunks); see distill_range.  gs, gt: the gradient rows wanted, or NULL. */
+static void NAME(distill_pass)(int divergence, int pass_c, const REAL *es_row,
+                               const REAL *et_row, REAL *d_row, REAL *gap_row,
+                               fastloss_index n_classes, fastloss_index n_chunks,
+                               double inv_temperature, const double *student_chunks,
+                               const double *teacher_chunks, const vocab_row_stats *student,
+                               const vocab_row_stats *teacher, const NAME(distill_row) *row,
+                               REAL scale_s, REAL scale_t, GRAD_T *gs, GRAD_T *gt,
                                double *kl_s, double *kl_t)
 {
-    const REAL inv_t = (REAL)inv_temperature;
-    double sum_s = 0.0, sum_t = 0.0;
+    double total_s = 0.0, total_t = 0.0;
+    /* the JSD's teacher gaps: in d when the student's gradient does not keep its own there */
+    REAL *gap_t_rows = gs ? gap_row : d_row;
     for (fastloss_index k = 0; k < n_chunks; ++k) {
         const fastloss_index start = k * FASTLOSS_VOCAB_CHUNK;
         const fastloss_index n = n_classes - start < FASTLOSS_VOCAB_CHUNK ? n_classes - start
@@ -608,49 +757,53 @@ static void NAME(distill_pass)(int divergence, int sums, const STORE_T *xs, cons
         NAME(distill_chunk_of)(student_chunks + k * VOCAB_CHUNK_FIELDS,
                                teacher_chunks + k * VOCAB_CHUNK_FIELDS, student, teacher,
                                inv_temperature, &chunk);
-        const STORE_T *s = xs + start, *t = xt + start;
         const REAL *es = es_row + start, *et = et_row + start;
+        REAL *d = d_row + start, *gap_t = gap_t_rows + start;
         GRAD_T *gsk = gs ? gs + start : NULL, *gtk = gt ? gt + start : NULL;
-#define VOCAB_RANGE(div, ws, wt, with_sums)                                                  \
-    NAME(distill_range)(div, ws, wt, with_sums, s, t, es, et, n, inv_t, &chunk, row, scale_s, \
-                        scale_t, tile_s, tile_t, gsk, gtk)
-#define VOCAB_OUTPUTS(div, with_sums)                                                        \
-    do {                                                                                     \
-        if (gsk && gtk)                                                                      \
-            VOCAB_RANGE(div, 1, 1, with_sums);                                               \
-        else if (gsk)                                                                        \
-            VOCAB_RANGE(div, 1, 0, with_sums);                                               \
-        else if (gtk)                                                                        \
-            VOCAB_RANGE(div, 0, 1, with_sums);                                               \
-        else                                                                                 \
-            VOCAB_RANGE(div, 0, 0, with_sums);                                               \
-    } while (0)
-        if (divergence == FASTLOSS_DIVERGENCE_FORWARD_KL) {
-            if (sums)
-                VOCAB_OUTPUTS(FASTLOSS_DIVERGENCE_FORWARD_KL, 1);
-            else
-                VOCAB_OUTPUTS(FASTLOSS_DIVERGENCE_FORWARD_KL, 0);
-        } else if (divergence == FASTLOSS_DIVERGENCE_REVERSE_KL) {
-            if (sums)
-                VOCAB_OUTPUTS(FASTLOSS_DIVERGENCE_REVERSE_KL, 1);
-            else
-                VOCAB_OUTPUTS(FASTLOSS_DIVERGENCE_REVERSE_KL, 0);
+        double sum_s = 0.0, sum_t = 0.0;
+#define VOCAB_RANGE(div, c, ws, wt)                                                           \
+    NAME(distill_range)(div, c, ws, wt, es, et, d, gap_t, n, &chunk, row, scale_s, scale_t, \
+                        gsk, gtk, &sum_s, &sum_t)
+        if (!pass_c) {
+            if (divergence == FASTLOSS_DIVERGENCE_FORWARD_KL) {
+                if (gsk)
+                    VOCAB_RANGE(FASTLOSS_DIVERGENCE_FORWARD_KL, 0, 1, 0);
+                else
+                    VOCAB_RANGE(FASTLOSS_DIVERGENCE_FORWARD_KL, 0, 0, 0);
+            } else if (divergence == FASTLOSS_DIVERGENCE_REVERSE_KL) {
+                if (gtk)
+                    VOCAB_RANGE(FASTLOSS_DIVERGENCE_REVERSE_KL, 0, 0, 1);
+                else
+                    VOCAB_RANGE(FASTLOSS_DIVERGENCE_REVERSE_KL, 0, 0, 0);
+            } else {
+                if (gsk && gtk)
+                    VOCAB_RANGE(FASTLOSS_DIVERGENCE_JSD, 0, 1, 1);
+                else if (gsk)
+                    VOCAB_RANGE(FASTLOSS_DIVERGENCE_JSD, 0, 1, 0);
+                else if (gtk)
+                    VOCAB_RANGE(FASTLOSS_DIVERGENCE_JSD, 0, 0, 1);
+                else
+                    VOCAB_RANGE(FASTLOSS_DIVERGENCE_JSD, 0, 0, 0);
+            }
         } else {
-            if (sums)
-                VOCAB_OUTPUTS(FASTLOSS_DIVERGENCE_JSD, 1);
+            if (divergence == FASTLOSS_DIVERGENCE_FORWARD_KL)
+                VOCAB_RANGE(FASTLOSS_DIVERGENCE_FORWARD_KL, 1, 0, 1);
+            else if (divergence == FASTLOSS_DIVERGENCE_REVERSE_KL)
+                VOCAB_RANGE(FASTLOSS_DIVERGENCE_REVERSE_KL, 1, 1, 0);
+            else if (gsk && gtk)
+                VOCAB_RANGE(FASTLOSS_DIVERGENCE_JSD, 1, 1, 1);
+            else if (gsk)
+                VOCAB_RANGE(FASTLOSS_DIVERGENCE_JSD, 1, 1, 0);
             else
-                VOCAB_OUTPUTS(FASTLOSS_DIVERGENCE_JSD, 0);
+                VOCAB_RANGE(FASTLOSS_DIVERGENCE_JSD, 1, 0, 1);
         }
-#undef VOCAB_OUTPUTS
 #undef VOCAB_RANGE
-        if (sums && divergence != FASTLOSS_DIVERGENCE_REVERSE_KL)
-            sum_t += NAME(vocab_sum)(tile_t, n);
-        if (sums && divergence != FASTLOSS_DIVERGENCE_FORWARD_KL)
-            sum_s += NAME(vocab_sum)(tile_s, n);
+        total_s += sum_s;
+        total_t += sum_t;
     }
-    if (sums) {
-        *kl_s = sum_s;
-        *kl_t = sum_t;
+    if (!pass_c) {
+        *kl_s = total_s;
+        *kl_t = total_t;
     }
 }
 
@@ -665,11 +818,9 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
     double *student_chunks = (double *)mine;
     double *teacher_chunks = student_chunks + n_chunks * VOCAB_CHUNK_FIELDS;
     mine += ((size_t)n_chunks * 2 * VOCAB_CHUNK_FIELDS * sizeof(double) + 63) / 64 * 64;
-    REAL *tile_s = (REAL *)mine;
-    REAL *tile_t = tile_s + FASTLOSS_VOCAB_CHUNK;
-    mine += (2 * FASTLOSS_VOCAB_CHUNK * sizeof(REAL) + 63) / 64 * 64;
-    REAL *es_row = (REAL *)mine;
-    REAL *et_row = (REAL *)(mine + ((size_t)n_classes * sizeof(REAL) + 63) / 64 * 64);
+    const size_t row_bytes = ((size_t)n_classes * sizeof(REAL) + 63) / 64 * 64;
+    REAL *scratch_es = (REAL *)mine, *scratch_et = (REAL *)(mine + row_bytes);
+    REAL *d_row = (REAL *)(mine + 2 * row_bytes), *gap_row = (REAL *)(mine + 3 * row_bytes);
     NAME(distill_row) row;
     row.log_beta = (REAL)log(beta);
     row.log_beta_c = (REAL)log1p(-beta);
@@ -692,13 +843,17 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
             }
             continue;
         }
-        /* pass A: each row's max and sum of exps, read from memory once; the exps stay
-         * in the rows es_row, et_row */
+        /* pass A: both rows' max and sum of exps, each row read from memory once; the
+         * exps stay in a model's gradient row where it is of the compute type (never an
+         * input: the Cython layer gives the kernel gradients that overlap no input and
+         * not each other), else in scratch, and so do the differences a_t - a_s, so
+         * that the later passes read three rows rather than the two logits' and two
+         * of exps */
+        REAL *es_row = gs && STORAGE_IS_COMPUTE ? (REAL *)gs : scratch_es;
+        REAL *et_row = gt && STORAGE_IS_COMPUTE ? (REAL *)gt : scratch_et;
         vocab_row_stats student, teacher;
-        NAME(vocab_row_stats)(xs, n_classes, n_chunks, inv_temperature, -1, 0, 1,
-                              es_row, student_chunks, &student);
-        NAME(vocab_row_stats)(xt, n_classes, n_chunks, inv_temperature, -1, 0, 1,
-                              et_row, teacher_chunks, &teacher);
+        NAME(distill_stats)(xs, xt, n_classes, n_chunks, inv_temperature, es_row, et_row,
+                            d_row, student_chunks, teacher_chunks, &student, &teacher);
         /* A row with no finite log-sum-exp (a +inf or NaN logit, or every logit -inf)
          * has no distribution: its loss and gradients are NaN. */
         const int finite = isfinite(student.max) && isfinite(student.log_sum) &&
@@ -708,25 +863,25 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
         const double weight_s = divergence == FASTLOSS_DIVERGENCE_JSD ? 1.0 - beta : 1.0;
         const double weight_t = divergence == FASTLOSS_DIVERGENCE_JSD ? beta : 1.0;
         const REAL scale_s = (REAL)(scale * weight_s), scale_t = (REAL)(scale * weight_t);
-        /* the gradients that subtract no row total can be written in the pass that sums
-         * the divergence; the others need pass B's totals first */
-        const int needs_totals = (gs && divergence != FASTLOSS_DIVERGENCE_FORWARD_KL) ||
-                                 (gt && divergence != FASTLOSS_DIVERGENCE_REVERSE_KL);
         double kl_s = 0.0, kl_t = 0.0;
         row.kl_s = row.kl_t = 0;
-        /* pass B: the divergence (with the gradients when they need no totals) */
-        NAME(distill_pass)(divergence, 1, xs, xt, es_row, et_row, n_classes, n_chunks,
+        /* pass B: the divergence, with the gradients that subtract no row total (the
+         * forward KL's student's, the reverse KL's teacher's) */
+        NAME(distill_pass)(divergence, 0, es_row, et_row, d_row, gap_row, n_classes, n_chunks,
                            inv_temperature, student_chunks, teacher_chunks, &student, &teacher,
-                           &row, scale_s, scale_t, tile_s, tile_t, needs_totals ? NULL : gs,
-                           needs_totals ? NULL : gt, &kl_s, &kl_t);
-        /* pass C: the gradients that subtract the totals, the rows again from the cache */
+                           &row, scale_s, scale_t, gs, gt, &kl_s, &kl_t);
+        /* pass C: the gradients that subtract the totals, from the kept rows */
+        const int needs_totals = (gs && divergence != FASTLOSS_DIVERGENCE_FORWARD_KL) ||
+                                 (gt && divergence != FASTLOSS_DIVERGENCE_REVERSE_KL);
         if (needs_totals) {
             row.kl_s = (REAL)kl_s;
             row.kl_t = (REAL)kl_t;
-            NAME(distill_pass)(divergence, 0, xs, xt, es_row, et_row, n_classes, n_chunks,
-                               inv_temperature, student_chunks, teacher_chunks, &student,
-                               &teacher, &row, scale_s, scale_t, tile_s, tile_t, gs, gt, NULL,
-                               NULL);
+            NAME(distill_pass)(divergence, 1, es_row, et_row, d_row, gap_row, n_classes,
+                               n_chunks, inv_temperature, student_chunks, teacher_chunks,
+                               &student, &teacher, &row, scale_s, scale_t,
+                               divergence == FASTLOSS_DIVERGENCE_FORWARD_KL ? NULL : gs,
+                               divergence == FASTLOSS_DIVERGENCE_REVERSE_KL ? NULL : gt,
+                               NULL, NULL);
         }
         const double loss = divergence == FASTLOSS_DIVERGENCE_FORWARD_KL   ? kl_t
                             : divergence == FASTLOSS_DIVERGENCE_REVERSE_KL ? kl_s

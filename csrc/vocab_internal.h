@@ -19,6 +19,22 @@
 #define FASTLOSS_VOCAB_CHUNK 2048
 #endif
 
+/*
+ * How far ahead of the element it works on a statistics loop that also reads the next
+ * chunk asks for data (software prefetch, in classes): the chunk after the next one of
+ * each input row and, with write intent, the next chunk of the row its exps are kept in
+ * (the gradient row, met for the first time).  Without it the next chunk's loads, the
+ * first touch of the row in memory, stalled the loop: the hardware prefetcher does not
+ * run far enough ahead of a loop that spends most of its time on exps.  One thread,
+ * N=64, V=50257, float32, AVX-512, loaded machine: distill_kl value_and_grad 0.80 ->
+ * 0.58 ns per element (0.50 with the rows in cache), token_log_probs with entropy
+ * 0.24 -> 0.215, token_log_probs_grad 0.39 -> 0.30.  A prefetch never faults, also
+ * past the end of an array.
+ */
+#ifndef VOCAB_PREFETCH_AHEAD
+#define VOCAB_PREFETCH_AHEAD FASTLOSS_VOCAB_CHUNK
+#endif
+
 /* A chunk's record: its max m_k and, relative to the shift (m_k, or 0 when m_k is
  * -inf), S_k = sum exp(a_c), W_k = sum exp(a_c) a_c and the S_k of the classes other
  * than the row's target, a_c = (x_c - shift) / temperature; and, for the distillation,
