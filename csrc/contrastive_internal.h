@@ -17,6 +17,13 @@
 /* the pass keeps one uint64 mask word per row of a tile (bit k: column k of the tile) */
 _Static_assert(FASTLOSS_CONTRASTIVE_TILE == 64, "one 64-bit mask word per tile row");
 
+/* Elements of a row converted to float at a time, where the row kernels read half rows
+ * (contrastive_row_helpers.h, contrastive_body.h): whole groups of the FASTLOSS_LANES
+ * accumulators, and a few KiB of stack per row. */
+#define FASTLOSS_CONTRASTIVE_ROW_CHUNK 256
+_Static_assert(FASTLOSS_CONTRASTIVE_ROW_CHUNK % FASTLOSS_LANES == 0,
+               "row chunks are whole groups of lanes");
+
 /* lambda of the probabilistic bound above. */
 #define FASTLOSS_GRAM_LAMBDA 7.0
 

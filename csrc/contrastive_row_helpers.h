@@ -48,14 +48,9 @@ static inline double REAL_NAME(dot)(const STORE_T *a, const STORE_T *b, fastloss
 /* Half storage: a LOAD widened straight to double (16-bit lanes to 64-bit ones through
  * the conversion's integer arithmetic) is not vectorised, so the rows are converted to
  * float a chunk at a time (exactly, by the loop half_convert.c vectorises) and summed
- * from the chunks as float32 rows are.  Element k still goes to lane k % FASTLOSS_LANES
- * in the order of k (the chunks are whole groups of lanes): the same sums, bit for bit. */
-#ifndef FASTLOSS_CONTRASTIVE_ROW_CHUNK
-#define FASTLOSS_CONTRASTIVE_ROW_CHUNK 256
-_Static_assert(FASTLOSS_CONTRASTIVE_ROW_CHUNK % FASTLOSS_LANES == 0,
-               "row chunks are whole groups of lanes");
-#endif
-
+ * from the chunks as float32 rows are (FASTLOSS_CONTRASTIVE_ROW_CHUNK elements,
+ * contrastive_internal.h).  Element k still goes to lane k % FASTLOSS_LANES in the order
+ * of k (the chunks are whole groups of lanes): the same sums, bit for bit. */
 static inline void REAL_NAME(load_chunk)(const STORE_T *row, fastloss_index n, float *out)
 {
     for (fastloss_index k = 0; k < n; ++k)
