@@ -1,6 +1,6 @@
 /*
  * contrastive.c -- pairwise distances, contrastive losses and the triplet margin
- * loss, for every storage type of storage.h (float32 and float64).
+ * loss, for every storage type of storage.h (float32, float64, bfloat16, float16).
  *
  * Metrics, for rows x and y:
  *   euclidean    d = |x - y|
@@ -82,61 +82,10 @@
 #define FASTLOSS_ISA baseline
 #include "contrastive_impl.h"
 
-/* The row kernels, one build for every CPU (contrastive_body.h), per storage type. */
-#define STORAGE float32
-#include "storage_begin.h"
-#define REAL_NAME(name) name##_float32
-#include "contrastive_row_helpers.h"
-#include "contrastive_body.h"
-#undef REAL_NAME
-#include "storage_end.h"
-
-#define STORAGE float64
-#include "storage_begin.h"
-#define REAL_NAME(name) name##_float64
-#include "contrastive_row_helpers.h"
-#include "contrastive_body.h"
-#undef REAL_NAME
-#include "storage_end.h"
-
-/* The half types: rows read in place, gradients rounded once from double to the half
- * type, or (the _grad32 tags) to float32; the prepared rows and products in float32. */
-#define STORAGE bfloat16
-#include "storage_begin.h"
-#define REAL_NAME(name) name##_bfloat16
-#include "contrastive_row_helpers.h"
-#include "contrastive_body.h"
-#undef REAL_NAME
-#include "storage_end.h"
-
-#define STORAGE float16
-#include "storage_begin.h"
-#define REAL_NAME(name) name##_float16
-#include "contrastive_row_helpers.h"
-#include "contrastive_body.h"
-#undef REAL_NAME
-#include "storage_end.h"
-
-#define STORAGE bfloat16_grad32
-#include "storage_begin.h"
-#define REAL_NAME(name) name##_bfloat16_grad32
-#include "contrastive_row_helpers.h"
-#include "contrastive_body.h"
-#undef REAL_NAME
-#include "storage_end.h"
-
-#define STORAGE float16_grad32
-#include "storage_begin.h"
-#define REAL_NAME(name) name##_float16_grad32
-#include "contrastive_row_helpers.h"
-#include "contrastive_body.h"
-#undef REAL_NAME
-#include "storage_end.h"
-
-/* Every operation's kernels by storage type (enum fastloss_dtype).  The pass and
- * the sparse product are those this CPU runs best: fastloss_contrastive_select fills
- * their slots (see fastloss_select_kernels); baseline until then.  A new storage
- * type is one more line in each list. */
+/* Every operation's kernels by storage type (enum fastloss_dtype).  The pass, the
+ * sparse product and the row kernels are those this CPU runs best:
+ * fastloss_contrastive_select fills their slots (see fastloss_select_kernels); baseline
+ * until then.  A new storage type is one more line in each list. */
 static struct {
     fastloss_contrastive_matrix_kernel matrix[FASTLOSS_N_DTYPES];
     fastloss_contrastive_sparse_product_kernel sparse_product[FASTLOSS_N_DTYPES];
@@ -161,13 +110,13 @@ static struct {
 #undef FL_BY_STORAGE_
     /* the row kernels: one per dtype code (those of a half type and of its
      * float32-gradient code differ in the gradient's type alone) */
-#define FL_BY_DTYPE_(prefix)                                                               \
-    {[FASTLOSS_FLOAT32] = prefix##_float32,                                                \
-     [FASTLOSS_FLOAT64] = prefix##_float64,                                                \
-     [FASTLOSS_BFLOAT16] = prefix##_bfloat16,                                              \
-     [FASTLOSS_FLOAT16] = prefix##_float16,                                                \
-     [FASTLOSS_BFLOAT16_GRAD_FLOAT32] = prefix##_bfloat16_grad32,                          \
-     [FASTLOSS_FLOAT16_GRAD_FLOAT32] = prefix##_float16_grad32}
+#define FL_BY_DTYPE_(kernel)                                                               \
+    {[FASTLOSS_FLOAT32] = fastloss_contrastive_##kernel##_float32_baseline,                \
+     [FASTLOSS_FLOAT64] = fastloss_contrastive_##kernel##_float64_baseline,                \
+     [FASTLOSS_BFLOAT16] = fastloss_contrastive_##kernel##_bfloat16_baseline,              \
+     [FASTLOSS_FLOAT16] = fastloss_contrastive_##kernel##_float16_baseline,                \
+     [FASTLOSS_BFLOAT16_GRAD_FLOAT32] = fastloss_contrastive_##kernel##_bfloat16_grad32_baseline, \
+     [FASTLOSS_FLOAT16_GRAD_FLOAT32] = fastloss_contrastive_##kernel##_float16_grad32_baseline}
     .prepare_rows = FL_BY_DTYPE_(distance_prepare_rows),
     .finish_rows = FL_BY_DTYPE_(distance_finish_rows),
     .normalize_backward = FL_BY_DTYPE_(distance_normalize_backward),
@@ -194,6 +143,24 @@ void fastloss_contrastive_select(int level)
     FL_SELECT_(sparse_product, FASTLOSS_BFLOAT16_GRAD_FLOAT32, bfloat16);
     FL_SELECT_(sparse_product, FASTLOSS_FLOAT16_GRAD_FLOAT32, float16);
 #undef FL_SELECT_
+    /* the row kernels, per dtype code (contrastive_impl.h) */
+#define FL_SELECT_ROWS_(kernel, code, tag)                                                  \
+    distance_kernels.kernel[code] =                                                         \
+        FASTLOSS_PICK(fastloss_contrastive_distance_##kernel##_##tag, level)
+#define FL_SELECT_ROWS_ALL_(kernel)                                                         \
+    FL_SELECT_ROWS_(kernel, FASTLOSS_FLOAT32, float32);                                     \
+    FL_SELECT_ROWS_(kernel, FASTLOSS_FLOAT64, float64);                                     \
+    FL_SELECT_ROWS_(kernel, FASTLOSS_BFLOAT16, bfloat16);                                   \
+    FL_SELECT_ROWS_(kernel, FASTLOSS_FLOAT16, float16);                                     \
+    FL_SELECT_ROWS_(kernel, FASTLOSS_BFLOAT16_GRAD_FLOAT32, bfloat16_grad32);               \
+    FL_SELECT_ROWS_(kernel, FASTLOSS_FLOAT16_GRAD_FLOAT32, float16_grad32)
+    FL_SELECT_ROWS_ALL_(prepare_rows);
+    FL_SELECT_ROWS_ALL_(finish_rows);
+    FL_SELECT_ROWS_ALL_(normalize_backward);
+    FL_SELECT_ROWS_ALL_(contrastive);
+    FL_SELECT_ROWS_ALL_(triplet_margin);
+#undef FL_SELECT_ROWS_ALL_
+#undef FL_SELECT_ROWS_
     distance_kernels.nce_float32 = FASTLOSS_PICK(fastloss_contrastive_nce_float32, level);
 }
 

@@ -14,15 +14,83 @@
  * and the row helpers of contrastive_row_helpers.h.  The arrays of the storage
  * type come in as `const void *` / `void *`, so that each kernel has one
  * signature for every storage type (contrastive_internal.h), the type of
- * contrastive.c's tables.  These kernels stream their rows once and are bound by
- * memory, not arithmetic: one build serves every CPU.
+ * contrastive.c's tables.  contrastive_impl.h builds them per instruction set
+ * (baseline, AVX2, AVX-512), picked at run time like the pass: they stream their rows
+ * once, but a half-precision row costs a conversion per element read (LOAD) and
+ * written (STORE_WIDE: double to float rounded to odd, then to the half type).  Built
+ * for the baseline only and converting inside the double arithmetic, where the
+ * compiler vectorises neither, bfloat16 rows took 1.8-6.2x and float16 rows 3.4-16x the
+ * float32 time (contrastive and triplet_margin, N=4096, D=768, one thread); the row
+ * helpers and the gradient loops now convert a chunk of each row at a time (below,
+ * and contrastive_row_helpers.h).  The builds compute the same operations in the same
+ * order (no contraction into FMA: contrastive_impl.h), so every path gives the same
+ * bits.
  */
+
+/* The gradient loops of the row pairs go over chunks of the rows
+ * (FASTLOSS_CONTRASTIVE_ROW_CHUNK elements, contrastive_row_helpers.h).  For half storage
+ * a chunk of each row is converted to float first and the chunk's gradient values are
+ * kept in double and stored after (STORE_WIDE), each its own loop, which the compiler
+ * vectorises; computed in one loop with the arithmetic, neither conversion is.  Float32
+ * and float64 rows are read and written in place.  The values are the same either way.
+ *   ROW_CHUNK(row, start, m, len, buffer)  elements [start, start + m) of a row of len
+ *                                          elements (those past len are not read; a half
+ *                                          chunk holds 0 there), as ROW_CHUNK_T
+ *   CHUNK_AT(chunk, k)                     its element k, as double
+ *   GRAD_PUT(g, start, buffer, k, value)   gradient element start + k = value
+ *   GRAD_FLUSH(g, start, buffer, m)        the chunk's gradient elements stored */
+#if STORAGE_IS_COMPUTE
+#define ROW_CHUNK_T STORE_T
+#define ROW_CHUNK(row, start, m, len, buffer) ((void)(buffer), (void)(len), (row) + (start))
+#define CHUNK_AT(chunk, k) ((double)LOAD(chunk, k))
+#define GRAD_PUT(g, start, buffer, k, value) STORE_WIDE((g) + (start), k, value)
+#define GRAD_FLUSH(g, start, buffer, m) ((void)(buffer))
+#else
+#define ROW_CHUNK_T float
+#define ROW_CHUNK(row, start, m, len, buffer) \
+    REAL_NAME(row_chunk)((row) + (start), m, (len) - (start), buffer)
+#define CHUNK_AT(chunk, k) ((double)(chunk)[k])
+#define GRAD_PUT(g, start, buffer, k, value) ((buffer)[k] = (value))
+#define GRAD_FLUSH(g, start, buffer, m) REAL_NAME(store_chunk)((g) + (start), buffer, m)
+
+/* m elements from a row that has `left` more (0 past them), as float */
+static inline const float *REAL_NAME(row_chunk)(const STORE_T *row, fastloss_index m,
+                                                fastloss_index left, float *buffer)
+{
+    const fastloss_index read = left < 0 ? 0 : left < m ? left : m;
+    REAL_NAME(load_chunk)(row, read, buffer);
+    for (fastloss_index k = read; k < m; ++k)
+        buffer[k] = 0.0f;
+    return buffer;
+}
+
+/* g[k] = values[k] rounded once to the gradient's type, k < m.  A half gradient: to float
+ * rounding to odd first, then to the half type, as STORE_WIDE does, in two loops (one
+ * loop of both, 64-bit lanes into 16-bit ones, is not vectorised); a float32 gradient
+ * (the _grad32 tags): STORE_WIDE, rounded to nearest. */
+static inline void REAL_NAME(store_chunk)(GRAD_T *g, const double *values, fastloss_index m)
+{
+    if (sizeof(GRAD_T) == sizeof(float)) {
+        for (fastloss_index k = 0; k < m; ++k)
+            STORE_WIDE(g, k, values[k]);
+        return;
+    }
+    float odd[FASTLOSS_CONTRASTIVE_ROW_CHUNK];
+    for (fastloss_index k = 0; k < m; ++k)
+        odd[k] = fastloss_double_to_float_odd(values[k]);
+    for (fastloss_index k = 0; k < m; ++k)
+        STORE(g, k, odd[k]);
+}
+#endif
+#define CHUNK_LENGTH(start, n)                                                                  \
+    ((n) - (start) < FASTLOSS_CONTRASTIVE_ROW_CHUNK ? (n) - (start)                             \
+                                                    : FASTLOSS_CONTRASTIVE_ROW_CHUNK)
 
 /* ---------------------------------------------------------------------------
  * Step 1: prepared rows and norms.
  * ------------------------------------------------------------------------- */
 
-static int REAL_NAME(distance_prepare_rows) FASTLOSS_CONTRASTIVE_PREPARE_ROWS_SIGNATURE
+int REAL_NAME(distance_prepare_rows) FASTLOSS_CONTRASTIVE_PREPARE_ROWS_SIGNATURE
 {
     const STORE_T *x = (const STORE_T *)x_data;
     AUX_T *prepared_real = (AUX_T *)prepared_real_data;
@@ -65,7 +133,7 @@ static int REAL_NAME(distance_prepare_rows) FASTLOSS_CONTRASTIVE_PREPARE_ROWS_SI
  * Step 5: the gradient from the product W @ P, and the direct pairs.
  * ------------------------------------------------------------------------- */
 
-static int REAL_NAME(distance_finish_rows) FASTLOSS_CONTRASTIVE_FINISH_ROWS_SIGNATURE
+int REAL_NAME(distance_finish_rows) FASTLOSS_CONTRASTIVE_FINISH_ROWS_SIGNATURE
 {
     const AUX_T *prepared = (const AUX_T *)prepared_data;
     const AUX_T *product = (const AUX_T *)product_data;
@@ -158,7 +226,7 @@ static int REAL_NAME(distance_finish_rows) FASTLOSS_CONTRASTIVE_FINISH_ROWS_SIGN
 FASTLOSS_UNIT_BACKWARD_ROW_DEFINE(REAL_NAME(distance_unit_backward_row), double, GRAD_T,
                                   STORE_WIDE)
 
-static int REAL_NAME(distance_normalize_backward) FASTLOSS_CONTRASTIVE_NORMALIZE_BACKWARD_SIGNATURE
+int REAL_NAME(distance_normalize_backward) FASTLOSS_CONTRASTIVE_NORMALIZE_BACKWARD_SIGNATURE
 {
     GRAD_T *grad = (GRAD_T *)grad_data;
     const fastloss_index n_rows = options->n_rows, dim = options->dim;
@@ -185,7 +253,7 @@ static double REAL_NAME(reduce_rows)(const double *row_loss, fastloss_index n_ro
     return reduction == FASTLOSS_REDUCTION_MEAN ? total / (double)n_rows : total;
 }
 
-static int REAL_NAME(distance_contrastive) FASTLOSS_CONTRASTIVE_CONTRASTIVE_SIGNATURE
+int REAL_NAME(distance_contrastive) FASTLOSS_CONTRASTIVE_CONTRASTIVE_SIGNATURE
 {
     const STORE_T *x1 = (const STORE_T *)x1_data;
     const STORE_T *x2 = (const STORE_T *)x2_data;
@@ -225,6 +293,8 @@ static int REAL_NAME(distance_contrastive) FASTLOSS_CONTRASTIVE_CONTRASTIVE_SIGN
             continue;
         GRAD_T *g1 = grad1 + i * grad1_row_stride;
         GRAD_T *g2 = grad2 + i * grad2_row_stride;
+        float a_buffer[FASTLOSS_CONTRASTIVE_ROW_CHUNK], b_buffer[FASTLOSS_CONTRASTIVE_ROW_CHUNK];
+        double g1_buffer[FASTLOSS_CONTRASTIVE_ROW_CHUNK], g2_buffer[FASTLOSS_CONTRASTIVE_ROW_CHUNK];
         /* d loss / d distance, times the upstream gradient */
         const double slope = grad_output[i * grad_output_stride] * factor *
                              (y * distance - (1.0 - y) * hinge);
@@ -237,13 +307,22 @@ static int REAL_NAME(distance_contrastive) FASTLOSS_CONTRASTIVE_CONTRASTIVE_SIGN
             const double a_length = a_norm >= norm_eps ? a_norm : norm_eps;
             const double b_length = b_norm >= norm_eps ? b_norm : norm_eps;
             const int a_unit = a_norm >= norm_eps, b_unit = b_norm >= norm_eps;
-            for (fastloss_index k = 0; k < dim; ++k) {
-                const double a_hat = (double)LOAD(a, k) / a_length;
-                const double b_hat = (double)LOAD(b, k) / b_length;
-                const double to_b = (a_unit ? (b_hat - a_hat) + a_hat * distance : b_hat) / a_length;
-                const double to_a = (b_unit ? (a_hat - b_hat) + b_hat * distance : a_hat) / b_length;
-                STORE_WIDE(g1, k, -slope * to_b);
-                STORE_WIDE(g2, k, -slope * to_a);
+            for (fastloss_index start = 0; start < dim; start += FASTLOSS_CONTRASTIVE_ROW_CHUNK) {
+                const fastloss_index m = CHUNK_LENGTH(start, dim);
+                const ROW_CHUNK_T *ca = ROW_CHUNK(a, start, m, dim, a_buffer);
+                const ROW_CHUNK_T *cb = ROW_CHUNK(b, start, m, dim, b_buffer);
+                for (fastloss_index k = 0; k < m; ++k) {
+                    const double a_hat = CHUNK_AT(ca, k) / a_length;
+                    const double b_hat = CHUNK_AT(cb, k) / b_length;
+                    const double to_b =
+                        (a_unit ? (b_hat - a_hat) + a_hat * distance : b_hat) / a_length;
+                    const double to_a =
+                        (b_unit ? (a_hat - b_hat) + b_hat * distance : a_hat) / b_length;
+                    GRAD_PUT(g1, start, g1_buffer, k, -slope * to_b);
+                    GRAD_PUT(g2, start, g2_buffer, k, -slope * to_a);
+                }
+                GRAD_FLUSH(g1, start, g1_buffer, m);
+                GRAD_FLUSH(g2, start, g2_buffer, m);
             }
         } else {
             /* d distance / d x1 = v / distance (euclidean; 0 at distance 0, as
@@ -254,10 +333,17 @@ static int REAL_NAME(distance_contrastive) FASTLOSS_CONTRASTIVE_CONTRASTIVE_SIGN
             else
                 per_v = grad_output[i * grad_output_stride] * factor *
                         (y - (distance != 0.0 ? (1.0 - y) * hinge / distance : 0.0));
-            for (fastloss_index k = 0; k < dim; ++k) {
-                const double v = (double)LOAD(a, k) - (double)LOAD(b, k) + eps;
-                STORE_WIDE(g1, k, per_v * v);
-                STORE_WIDE(g2, k, -per_v * v);
+            for (fastloss_index start = 0; start < dim; start += FASTLOSS_CONTRASTIVE_ROW_CHUNK) {
+                const fastloss_index m = CHUNK_LENGTH(start, dim);
+                const ROW_CHUNK_T *ca = ROW_CHUNK(a, start, m, dim, a_buffer);
+                const ROW_CHUNK_T *cb = ROW_CHUNK(b, start, m, dim, b_buffer);
+                for (fastloss_index k = 0; k < m; ++k) {
+                    const double v = CHUNK_AT(ca, k) - CHUNK_AT(cb, k) + eps;
+                    GRAD_PUT(g1, start, g1_buffer, k, per_v * v);
+                    GRAD_PUT(g2, start, g2_buffer, k, -per_v * v);
+                }
+                GRAD_FLUSH(g1, start, g1_buffer, m);
+                GRAD_FLUSH(g2, start, g2_buffer, m);
             }
         }
     }
@@ -312,7 +398,7 @@ static inline double REAL_NAME(p_distance_gradient_factor)(const STORE_T *a, con
     return p_distance_factor(distance, p, ties);
 }
 
-static int REAL_NAME(distance_triplet_margin) FASTLOSS_CONTRASTIVE_TRIPLET_MARGIN_SIGNATURE
+int REAL_NAME(distance_triplet_margin) FASTLOSS_CONTRASTIVE_TRIPLET_MARGIN_SIGNATURE
 {
     const STORE_T *anchor = (const STORE_T *)anchor_data;
     const STORE_T *positive = (const STORE_T *)positive_data;
@@ -382,23 +468,40 @@ static int REAL_NAME(distance_triplet_margin) FASTLOSS_CONTRASTIVE_TRIPLET_MARGI
             ? REAL_NAME(p_distance_gradient_factor)(a, neg, eps, p, d_an, dim_an) : 0.0;
         const double f_pn = weight_pn != 0.0
             ? REAL_NAME(p_distance_gradient_factor)(pos, neg, eps, p, d_pn, dim_pn) : 0.0;
-        /* a pair of length 1 (below dim) has its gradient in column 0 alone */
-        for (fastloss_index k = 0; k < dim; ++k) {
-            const double u_ap = k < dim_ap
-                ? p_distance_slope((double)LOAD(a, k) - (double)LOAD(pos, k) + eps, p, d_ap,
-                                   f_ap)
-                : 0.0;
-            const double u_an = weight_an != 0.0 && k < dim_an
-                ? weight_an * p_distance_slope((double)LOAD(a, k) - (double)LOAD(neg, k) + eps,
-                                               p, d_an, f_an)
-                : 0.0;
-            const double u_pn = weight_pn != 0.0 && k < dim_pn
-                ? weight_pn * p_distance_slope((double)LOAD(pos, k) - (double)LOAD(neg, k) + eps,
-                                               p, d_pn, f_pn)
-                : 0.0;
-            STORE_WIDE(ga, k, upstream * (u_ap - u_an));
-            STORE_WIDE(gp, k, upstream * (-u_ap - u_pn));
-            STORE_WIDE(gn, k, upstream * (u_an + u_pn));
+        /* a pair of length 1 (below dim) has its gradient in column 0 alone; each row is
+         * read up to the longest pair it is in */
+        const fastloss_index a_length = dim_ap > dim_an ? dim_ap : dim_an;
+        const fastloss_index pos_length = dim_ap > dim_pn ? dim_ap : dim_pn;
+        const fastloss_index neg_length = dim_an > dim_pn ? dim_an : dim_pn;
+        float a_buffer[FASTLOSS_CONTRASTIVE_ROW_CHUNK], pos_buffer[FASTLOSS_CONTRASTIVE_ROW_CHUNK];
+        float neg_buffer[FASTLOSS_CONTRASTIVE_ROW_CHUNK];
+        double ga_buffer[FASTLOSS_CONTRASTIVE_ROW_CHUNK], gp_buffer[FASTLOSS_CONTRASTIVE_ROW_CHUNK];
+        double gn_buffer[FASTLOSS_CONTRASTIVE_ROW_CHUNK];
+        for (fastloss_index start = 0; start < dim; start += FASTLOSS_CONTRASTIVE_ROW_CHUNK) {
+            const fastloss_index m = CHUNK_LENGTH(start, dim);
+            const ROW_CHUNK_T *ca = ROW_CHUNK(a, start, m, a_length, a_buffer);
+            const ROW_CHUNK_T *cp = ROW_CHUNK(pos, start, m, pos_length, pos_buffer);
+            const ROW_CHUNK_T *cn = ROW_CHUNK(neg, start, m, neg_length, neg_buffer);
+            for (fastloss_index k = 0; k < m; ++k) {
+                const fastloss_index column = start + k;
+                const double u_ap = column < dim_ap
+                    ? p_distance_slope(CHUNK_AT(ca, k) - CHUNK_AT(cp, k) + eps, p, d_ap, f_ap)
+                    : 0.0;
+                const double u_an = weight_an != 0.0 && column < dim_an
+                    ? weight_an * p_distance_slope(CHUNK_AT(ca, k) - CHUNK_AT(cn, k) + eps, p,
+                                                   d_an, f_an)
+                    : 0.0;
+                const double u_pn = weight_pn != 0.0 && column < dim_pn
+                    ? weight_pn * p_distance_slope(CHUNK_AT(cp, k) - CHUNK_AT(cn, k) + eps, p,
+                                                   d_pn, f_pn)
+                    : 0.0;
+                GRAD_PUT(ga, start, ga_buffer, k, upstream * (u_ap - u_an));
+                GRAD_PUT(gp, start, gp_buffer, k, upstream * (-u_ap - u_pn));
+                GRAD_PUT(gn, start, gn_buffer, k, upstream * (u_an + u_pn));
+            }
+            GRAD_FLUSH(ga, start, ga_buffer, m);
+            GRAD_FLUSH(gp, start, gp_buffer, m);
+            GRAD_FLUSH(gn, start, gn_buffer, m);
         }
     }
     if (loss)
@@ -407,3 +510,10 @@ static int REAL_NAME(distance_triplet_margin) FASTLOSS_CONTRASTIVE_TRIPLET_MARGI
         free(row_loss);
     return FASTLOSS_OK;
 }
+
+#undef CHUNK_LENGTH
+#undef GRAD_FLUSH
+#undef GRAD_PUT
+#undef CHUNK_AT
+#undef ROW_CHUNK
+#undef ROW_CHUNK_T

@@ -17,6 +17,13 @@
 /* the pass keeps one uint64 mask word per row of a tile (bit k: column k of the tile) */
 _Static_assert(FASTLOSS_CONTRASTIVE_TILE == 64, "one 64-bit mask word per tile row");
 
+/* Elements of a row converted to float at a time, where the row kernels read half rows
+ * (contrastive_row_helpers.h, contrastive_body.h): whole groups of the FASTLOSS_LANES
+ * accumulators, and a few KiB of stack per row. */
+#define FASTLOSS_CONTRASTIVE_ROW_CHUNK 256
+_Static_assert(FASTLOSS_CONTRASTIVE_ROW_CHUNK % FASTLOSS_LANES == 0,
+               "row chunks are whole groups of lanes");
+
 /* lambda of the probabilistic bound above. */
 #define FASTLOSS_GRAM_LAMBDA 7.0
 
@@ -232,6 +239,32 @@ int fastloss_contrastive_sparse_product_float64_avx512 FASTLOSS_CONTRASTIVE_SPAR
 FL_HALF_DECLARE_(bfloat16)
 FL_HALF_DECLARE_(float16)
 #undef FL_HALF_DECLARE_
+
+/* The row kernels of contrastive_body.h, per storage tag and instruction set
+ * (contrastive_impl.h). */
+#define FL_ROWS_DECLARE_ISA_(tag, isa)                                                        \
+    int fastloss_contrastive_distance_prepare_rows_##tag##_##isa                              \
+        FASTLOSS_CONTRASTIVE_PREPARE_ROWS_SIGNATURE;                                          \
+    int fastloss_contrastive_distance_finish_rows_##tag##_##isa                               \
+        FASTLOSS_CONTRASTIVE_FINISH_ROWS_SIGNATURE;                                           \
+    int fastloss_contrastive_distance_normalize_backward_##tag##_##isa                        \
+        FASTLOSS_CONTRASTIVE_NORMALIZE_BACKWARD_SIGNATURE;                                    \
+    int fastloss_contrastive_distance_contrastive_##tag##_##isa                               \
+        FASTLOSS_CONTRASTIVE_CONTRASTIVE_SIGNATURE;                                           \
+    int fastloss_contrastive_distance_triplet_margin_##tag##_##isa                            \
+        FASTLOSS_CONTRASTIVE_TRIPLET_MARGIN_SIGNATURE;
+#define FL_ROWS_DECLARE_(tag)                                                                 \
+    FL_ROWS_DECLARE_ISA_(tag, baseline)                                                       \
+    FL_ROWS_DECLARE_ISA_(tag, avx2)                                                           \
+    FL_ROWS_DECLARE_ISA_(tag, avx512)
+FL_ROWS_DECLARE_(float32)
+FL_ROWS_DECLARE_(float64)
+FL_ROWS_DECLARE_(bfloat16)
+FL_ROWS_DECLARE_(float16)
+FL_ROWS_DECLARE_(bfloat16_grad32)
+FL_ROWS_DECLARE_(float16_grad32)
+#undef FL_ROWS_DECLARE_
+#undef FL_ROWS_DECLARE_ISA_
 
 /* Bits of a 64-bit word: how many are set, and the index of the lowest set one. */
 static inline int fastloss_popcount64(uint64_t bits)

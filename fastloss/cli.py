@@ -15,7 +15,8 @@ FAMILY_NAMES = ("cross_entropy", "cross_entropy_few_classes", "cross_entropy_blo
                 "contrastive_pieces", "distill", "linear_cross_entropy")
 # the bfloat16 table needs ml_dtypes (an optional dependency), looked up, not imported
 if importlib.util.find_spec("ml_dtypes") is not None:
-    FAMILY_NAMES += ("cross_entropy_bfloat16", "elementwise_bfloat16")
+    FAMILY_NAMES += ("cross_entropy_bfloat16", "elementwise_bfloat16",
+                     "contrastive_bfloat16")
 
 
 def _positive_int(text):

@@ -373,6 +373,55 @@ def test_thread_invariance_and_every_simd_path(dtype):
 
 
 @pytest.mark.parametrize("dtype", HALF_DTYPES)
+def test_row_pairs_by_chunks_on_every_simd_path(dtype):
+    """contrastive and triplet_margin on rows longer than the kernels' chunk of conversion
+    (256 elements): two whole chunks and a short third one (D = 600, not a multiple of
+    the 8 lanes), a row broadcast over one column, on every SIMD path: the half contract
+    for the values and each gradient, the float32 gradients within the float32 contract,
+    and the same bits on every path and thread count."""
+    rng = np.random.default_rng([dtype.itemsize, 12])
+    dim = 600
+    x1, x2, x3 = (rows_of(dtype, (33, dim), rng) for _ in range(3))
+    x2[:3] = x1[:3]  # duplicated rows
+    x1[5] = 0  # a zero row
+    label = rng.random(33) < 0.5
+    narrow = rows_of(dtype, (33, 1), rng)  # torch broadcasts a one-column row
+    upstream = rng.uniform(-2.0, 2.0, 33)
+    margins = {"euclidean": 36.0, "sqeuclidean": 1200.0, "cosine": 0.9}
+    calls = [(f"contrastive-{metric}", fastloss.contrastive_value_and_grad,
+              reference.contrastive_value_and_grad, (x1, x2, label),
+              dict(metric=metric, margin=margins[metric], reduction="none"))
+             for metric in METRICS]
+    calls += [("triplet-swap", fastloss.triplet_margin_value_and_grad,
+               reference.triplet_margin_value_and_grad, (x1, x2, x3),
+               dict(swap=True, margin=8.0, reduction="none")),
+              ("triplet-narrow", fastloss.triplet_margin_value_and_grad,
+               reference.triplet_margin_value_and_grad, (x1, narrow, x3),
+               dict(swap=True, margin=8.0, reduction="none"))]
+    results = {}
+    with simd_paths() as paths:
+        for path in paths:
+            for name, function, ref_function, args, options in calls:
+                wide_args = [wide(a) if a.dtype == dtype else a for a in args]
+                ref_value, ref_grads = ref_function(*wide_args, upstream, **options)
+                value, grads = function(*args, upstream, num_threads=1, **options)
+                assert value.dtype == np.float32
+                assert_loss_contract(value, ref_value)
+                for grad, ref_grad in zip(grads, ref_grads):
+                    assert_gradient_contract(grad, ref_grad, dtype)
+                _, grads32 = function(*args, upstream, grad_dtype="float32", num_threads=1,
+                                      **options)
+                for grad, ref_grad in zip(grads32, ref_grads):
+                    assert_close_contract(grad, ref_grad, np.float32, "grad")
+                    assert_gradient_contract(round_to(grad, dtype), ref_grad, dtype)
+                same_bits((value, grads), function(*args, upstream, num_threads=3, **options))
+                if name in results:
+                    same_bits((value, grads, grads32), results[name])
+                results[name] = (value, grads, grads32)
+    assert len(results) == len(calls)
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
 def test_inputs_read_in_place_and_never_modified(dtype):
     # the kernels read half rows where they are: no copy of the embeddings is made
     rng = np.random.default_rng(9)

@@ -247,11 +247,19 @@ def test_float_path_grad_dtype_is_its_own_dtype():
         np.testing.assert_array_equal(a, b)
 
 
-def test_linear_token_log_probs_refuses_half_inputs():
-    """linear_token_log_probs has no half path (yet): a clear TypeError naming hidden."""
-    hidden = np.zeros((3, 4), np.float16)
-    with pytest.raises(TypeError, match="hidden: expected a float32 or float64 array"):
-        fastloss.linear_token_log_probs(hidden, np.zeros((5, 4), np.float16), np.zeros(3, int))
+def test_linear_token_log_probs_takes_half_inputs():
+    """linear_token_log_probs takes float16 and bfloat16 too (its own tests:
+    tests/test_half_linear_token_log_probs.py); other dtypes still get a TypeError naming
+    hidden and the dtypes taken."""
+    for dtype in (BFLOAT16, FLOAT16):
+        log_prob = fastloss.linear_token_log_probs(np.zeros((3, 4), dtype),
+                                                   np.zeros((5, 4), dtype), np.zeros(3, int))
+        assert log_prob.dtype == np.float32
+        np.testing.assert_allclose(log_prob, -np.log(5), rtol=1e-6)
+    with pytest.raises(TypeError, match="hidden: expected a float32 or float64 array, or "
+                                        "float16 / ml_dtypes.bfloat16, got dtype int16"):
+        fastloss.linear_token_log_probs(np.zeros((3, 4), np.int16),
+                                        np.zeros((5, 4), np.int16), np.zeros(3, int))
 
 
 # ----------------------------------------------------------------------------------------

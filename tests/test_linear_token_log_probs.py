@@ -176,7 +176,7 @@ def test_finite_differences(wrt, kind, temperature):
 # ----------------------------------------------------------------------------------------
 
 def products_bound(hidden, classifier, target, bias, grad_output, grad_entropy, temperature,
-                   ignore_index=-100, dtype=np.float32):
+                   ignore_index=-100, dtype=np.float32, half_unit=0.0, blocks=1):
     """What float32 products may add to the contract: (log_prob, entropy, grad hidden,
     grad classifier, grad bias), first order in the products' errors (docs/accuracy.rst,
     "linear_token_log_probs").
@@ -190,16 +190,25 @@ def products_bound(hidden, classifier, target, bias, grad_output, grad_entropy, 
     them) moves by a factor within rho = expm1(2 e_i) + 8 u, and log p_c + H by
     2 (1 + log V) e_i; the float32 pass rounds a_c and the entropy's coefficients (8 u of
     p_c |h| (|a_c - max| + |mean a|)). The products with G add gamma of their inner
-    lengths: V + 2 for G @ W, N + 2 for G.T @ h; the bias's gradient is summed in float64."""
+    lengths: V + 2 for G @ W, N + 2 for G.T @ h; the bias's gradient is summed in float64.
+
+    ``half_unit`` (the unit roundoff of bfloat16 or float16, with dtype float32): the
+    torch adapter's half-precision products, which accumulate in float32 and round their
+    results to the half type (test_linear_cross_entropy.products_bound's argument): each
+    logit misses by half_unit |x_ic| / T more, each entry of the logits' gradient by
+    half_unit of its size (its rounding to the half type), the hidden's gradient is
+    rounded once (half_unit beside gamma_V), the classifier's once per block of rows
+    (``blocks`` times half_unit beside gamma_N) and the bias's float64 sum once."""
     unit = _contract.UNIT_ROUNDOFF[np.dtype(dtype)]
     W = np.asarray(classifier, np.float64)
     n_classes, n_features = W.shape
     x = np.asarray(hidden, np.float64).reshape(-1, n_features)
     b = np.zeros(n_classes) if bias is None else np.asarray(bias, np.float64)
-    eps = (_contract.dot_gamma(n_features + 1, dtype) * (np.abs(x) @ np.abs(W).T + np.abs(b))
-           / temperature)
+    logits = x @ W.T + b
+    eps = (_contract.dot_gamma(n_features + 1, dtype) * (1 + half_unit)
+           * (np.abs(x) @ np.abs(W).T + np.abs(b)) + half_unit * np.abs(logits)) / temperature
     e = eps.max(axis=1)
-    a = (x @ W.T + b) / temperature
+    a = logits / temperature
     shifted = a - a.max(axis=1, keepdims=True)
     log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     p = np.exp(log_p)
@@ -224,14 +233,16 @@ def products_bound(hidden, classifier, target, bias, grad_output, grad_entropy, 
     grad_error = (rho * moving + (1 + rho) * h * p * 2 * (1 + log_v) * e[:, None]
                   + _contract.ROUNDINGS_PER_SOFTMAX_ENTRY * unit * h * p
                   * (np.abs(shifted) + np.abs(mean_a))) / temperature
+    grad_error = grad_error + half_unit * (size + grad_error)
     grad_error = np.where(valid[:, None], grad_error, 0.0)
     size = np.where(valid[:, None], size, 0.0)
-    gamma_v = _contract.dot_gamma(n_classes + 2, dtype)
-    gamma_n = _contract.dot_gamma(x.shape[0] + 2, dtype)
+    gamma_v = _contract.dot_gamma(n_classes + 2, dtype) * (1 + half_unit) + half_unit
+    gamma_n = (_contract.dot_gamma(x.shape[0] + 2, dtype) * (1 + half_unit) ** blocks
+               + blocks * half_unit * (1 + half_unit) ** blocks)
     grad_hidden = ((grad_error + gamma_v * (size + grad_error)) @ np.abs(W)).reshape(
         np.shape(hidden))
     grad_classifier = (grad_error + gamma_n * (size + grad_error)).T @ np.abs(x)
-    grad_bias = grad_error.sum(axis=0)
+    grad_bias = grad_error.sum(axis=0) + half_unit * (size + grad_error).sum(axis=0)
     return log_prob_bound, entropy_bound, grad_hidden, grad_classifier, grad_bias
 
 

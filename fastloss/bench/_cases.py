@@ -1690,3 +1690,123 @@ LINEAR_CROSS_ENTROPY = dataclasses.replace(LINEAR_CROSS_ENTROPY, cases=(
          requires="torch"),
 ))
 FAMILIES[LINEAR_CROSS_ENTROPY.name] = LINEAR_CROSS_ENTROPY
+
+
+# ----------------------------------------------------------------------------------------
+# The contrastive family on half-precision embeddings (where ml_dtypes is installed):
+# each loss on bfloat16, float16 and float32 copies of the same values, so that the table
+# gives each half type's time against float32's
+# ----------------------------------------------------------------------------------------
+
+CP_HALF_DTYPES = ("bfloat16", "float16", "float32")
+# contrastive's margin: about the distance of a pair (x, key), so that both hinges work
+CP_HALF_MARGIN = 14.0
+
+
+def _cp_half_inputs(size, dtype):
+    """_cp_inputs in bfloat16 (x, key, other, and buffers of their dtype), the same values
+    in float16 and float32 under ``<name>_<dtype>``, and a label per row pair."""
+    inputs = _cp_inputs(size, dtype)
+    for name in CP_HALF_DTYPES:
+        kind = np.dtype(name if name != "bfloat16" else dtype)
+        for key in ("x", "key", "other"):
+            inputs[f"{key}_{name}"] = inputs[key].astype(kind)
+        buffers = [np.empty(inputs["x"].shape, kind) for _ in range(3)]
+        for buffer in buffers:
+            buffer.fill(0)  # every page touched before timing
+        inputs[f"buffers_{name}"] = buffers
+    inputs["pair_label"] = np.random.default_rng(2).random(size[0]) < 0.5
+    return inputs
+
+
+def _cp_half_case(loss, name):
+    """fastloss's value_and_grad of ``loss`` on the ``name`` copies (out= preallocated)."""
+    def setup(inputs, threads):
+        x, key, other = (inputs[f"{field}_{name}"] for field in ("x", "key", "other"))
+        buffers = inputs[f"buffers_{name}"]
+        if loss == "contrastive":
+            return Timed(lambda: fastloss.contrastive_value_and_grad(
+                x, key, inputs["pair_label"], margin=CP_HALF_MARGIN, out=tuple(buffers[:2]),
+                num_threads=threads))
+        if loss == "triplet_margin":
+            return Timed(lambda: fastloss.triplet_margin_value_and_grad(
+                x, key, other, swap=True, out=tuple(buffers), num_threads=threads))
+        if loss == "contrastive_pairwise":
+            return Timed(lambda: fastloss.contrastive_pairwise_value_and_grad(
+                x, inputs["labels"], out=buffers[0], num_threads=threads))
+        return Timed(lambda: fastloss.info_nce_value_and_grad(
+            x, key, symmetric=True, out=tuple(buffers[:2]), num_threads=threads))
+
+    return setup
+
+
+def _cp_half_name(loss, name):
+    extra = {"contrastive": f"euclidean, margin {CP_HALF_MARGIN:g}", "triplet_margin": "swap",
+             "info_nce": "symmetric"}.get(loss)
+    return f"fastloss {loss} value_and_grad ({f'{extra}, ' if extra else ''}{name})"
+
+
+def _cp_half_copy(inputs, threads):
+    x, buffer = inputs["x"], inputs["buffers"][0]
+    return Timed(lambda: np.copyto(buffer, x), note="memory-bandwidth limit")
+
+
+def _cp_half_read(inputs, threads):
+    bits = inputs["x"].view(np.uint16)
+    return Timed(lambda: bits.max(), note="read-only limit (the bits as uint16)")
+
+
+def _cp_half_torch_triplet(adapter):
+    """torch's own bfloat16 triplet_margin_loss, or fastloss.torch's, forward+backward on
+    bfloat16 tensors over the same memory."""
+    def setup(inputs, threads):
+        torch = _torch()
+        if torch is None:
+            return None
+        import torch.nn.functional as F
+
+        tensors = [_bf16_torch_logits(inputs, key).requires_grad_(True)
+                   for key in ("x", "key", "other")]
+        if adapter:
+            import fastloss.torch as fastloss_torch
+
+            def loss():
+                return fastloss_torch.triplet_margin_loss(*tensors, swap=True,
+                                                          num_threads=threads)
+        else:
+            def loss():
+                return F.triplet_margin_loss(*tensors, swap=True)
+
+        def clear():
+            for tensor in tensors:
+                tensor.grad = None
+
+        return Timed(lambda: loss().backward(), prepare=clear,
+                     note="torch.bfloat16; backward into a fresh .grad")
+
+    return setup
+
+
+CP_HALF_LOSSES = ("contrastive", "triplet_margin", "contrastive_pairwise", "info_nce")
+
+CONTRASTIVE_BFLOAT16 = Family(
+    name="contrastive_bfloat16",
+    title="contrastive family on bfloat16 embeddings, beside float16 and float32 copies "
+          "(contrastive_pairwise euclidean, 41 rows per class)",
+    make_inputs=_cp_half_inputs,
+    sizes={"full": CP_FULL_SIZE, "quick": (1024, 768), "tiny": (64, 16)},
+    size_names=("N", "D"),
+    dtype="bfloat16",
+    cases=(
+        *(Case(_cp_half_name(loss, name), _cp_half_case(loss, name))
+          for loss in CP_HALF_LOSSES for name in CP_HALF_DTYPES),
+        Case("np.copyto (x -> buffer)", _cp_half_copy, role="copy"),
+        Case("x.view(uint16).max()", _cp_half_read, role="read", read_only=True),
+        Case("torch triplet_margin_loss (swap) forward+backward (bfloat16)",
+             _cp_half_torch_triplet(False), requires="torch"),
+        Case("fastloss.torch.triplet_margin_loss (swap) forward+backward (bfloat16)",
+             _cp_half_torch_triplet(True), requires="torch"),
+    ),
+)
+if ml_dtypes is not None:
+    FAMILIES[CONTRASTIVE_BFLOAT16.name] = CONTRASTIVE_BFLOAT16
