@@ -307,11 +307,11 @@ static void BOX(store)(const double (*FASTLOSS_RESTRICT coordinate)[FASTLOSS_BOX
 static void BOX(store_out)(const double (*FASTLOSS_RESTRICT coordinate)[FASTLOSS_BOX_TILE],
                            fastloss_index m, STORE_T *FASTLOSS_RESTRICT out, int stream)
 {
-#ifdef FASTLOSS_BOX_STREAMING
+#ifdef FASTLOSS_STREAMING
     if (stream) {
         STORE_T buffer[4 * FASTLOSS_BOX_TILE];
         BOX(store)(coordinate, m, buffer);
-        fastloss_box_stream_copy(out, buffer, (size_t)m * 4 * sizeof(STORE_T));
+        fastloss_stream_copy(out, buffer, (size_t)m * 4 * sizeof(STORE_T));
         return;
     }
 #endif
@@ -746,11 +746,11 @@ static void BOX(nstore)(const float (*FASTLOSS_RESTRICT coordinate)[FASTLOSS_BOX
 static void BOX(nstore_out)(const float (*FASTLOSS_RESTRICT coordinate)[FASTLOSS_BOX_TILE],
                             fastloss_index m, STORE_T *FASTLOSS_RESTRICT out, int stream)
 {
-#ifdef FASTLOSS_BOX_STREAMING
+#ifdef FASTLOSS_STREAMING
     if (stream) {
         STORE_T buffer[4 * FASTLOSS_BOX_TILE];
         BOX(nstore)(coordinate, m, buffer);
-        fastloss_box_stream_copy(out, buffer, (size_t)m * 4 * sizeof(STORE_T));
+        fastloss_stream_copy(out, buffer, (size_t)m * 4 * sizeof(STORE_T));
         return;
     }
 #endif
@@ -819,9 +819,9 @@ static double BOX(block)(const BOX(call) *call, fastloss_index start, fastloss_i
             BOX(store_out)((const double (*)[FASTLOSS_BOX_TILE])tile.out2, m,
                            call->grad2 + 4 * i, call->stream);
     }
-#ifdef FASTLOSS_BOX_STREAMING
+#ifdef FASTLOSS_STREAMING
     if (call->stream)
-        fastloss_box_stream_fence();
+        fastloss_stream_fence();
 #endif
     return fastloss_lanes_total(lane) + tail;
 }
@@ -945,9 +945,9 @@ static double BOX(nblock)(const BOX(call) *call, fastloss_index start, fastloss_
             BOX(nstore_out)((const float (*)[FASTLOSS_BOX_TILE])nt.g2, m, call->grad2 + 4 * i,
                             call->stream);
     }
-#ifdef FASTLOSS_BOX_STREAMING
+#ifdef FASTLOSS_STREAMING
     if (call->stream)
-        fastloss_box_stream_fence();
+        fastloss_stream_fence();
 #endif
     *negative = below;
     return fastloss_lanes_total(lane) + tail;
@@ -1045,7 +1045,7 @@ int RUN FASTLOSS_BOX_RUN_SIGNATURE
     call.narrow = 0;
     /* the gradients this call writes, in bytes: streamed past the caches when large */
     call.stream = ((grad1 != NULL) + (grad2 != NULL)) * (double)n * 4 * sizeof(STORE_T) >=
-                  (double)FASTLOSS_BOX_STREAM_BYTES;
+                  (double)FASTLOSS_STREAM_BYTES;
 #ifdef BOX_NARROW
     /* The float pass's per-call conditions (BOX(npair)): eps in range, and no
      * gradient the caller sums over pairs afterwards (a broadcast box: the sum would

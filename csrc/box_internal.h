@@ -36,46 +36,8 @@
 #define FASTLOSS_BOX_TILE 64
 #endif
 
-/*
- * Streaming stores for the gradients of large calls.  A cached store first reads
- * the line it writes (write-allocate): a fused call over (n, 4) boxes then moves
- * the gradient twice, as many bytes as both box arrays.  Where the gradients
- * written by one call reach FASTLOSS_BOX_STREAM_BYTES (more than the caches hold,
- * so no caller finds them there anyway), a tile's gradient is rounded into a small
- * buffer (in L1) and copied out with non-temporal stores, which write whole lines
- * without reading them; a fence at the end of each block orders them before the
- * block's end is seen by the thread that reads the result.  x86-64 only (SSE2,
- * every ISA level); elsewhere plain stores.
- */
-#define FASTLOSS_BOX_STREAM_BYTES ((fastloss_index)1 << 24)
-#if defined(__x86_64__) || defined(_M_X64)
-#include <emmintrin.h>
-#include <string.h>
-#define FASTLOSS_BOX_STREAMING 1
-
-/* bytes from src to dst: the 16-byte-aligned part of dst with streaming stores,
- * the rest (a misaligned head, a tail) with plain ones */
-static inline void fastloss_box_stream_copy(void *dst, const void *src, size_t bytes)
-{
-    char *d = (char *)dst;
-    const char *s = (const char *)src;
-    size_t head = (16 - ((uintptr_t)d & 15)) & 15;
-    if (head > bytes)
-        head = bytes;
-    memcpy(d, s, head);
-    d += head;
-    s += head;
-    bytes -= head;
-    for (; bytes >= 16; bytes -= 16, d += 16, s += 16)
-        _mm_stream_si128((__m128i *)d, _mm_loadu_si128((const __m128i *)s));
-    memcpy(d, s, bytes);
-}
-
-static inline void fastloss_box_stream_fence(void)
-{
-    _mm_sfence();
-}
-#endif
+/* streaming stores for large gradients: stream_store.h */
+#include "stream_store.h"
 
 /* One runner per (storage type, ISA), in box_body.h, over `void *` arrays of the
  * storage type: forward when grad1 and grad2 are NULL, gradients only when loss

@@ -1583,11 +1583,11 @@ static void EW(write_grad)(const EW(call) *call, fastloss_index i, fastloss_inde
                            const STORE_T *FASTLOSS_RESTRICT weight,
                            const REAL *FASTLOSS_RESTRICT slope, STORE_T *FASTLOSS_RESTRICT out)
 {
-#ifdef FASTLOSS_EW_STREAMING
+#ifdef FASTLOSS_STREAMING
     if (call->stream) {
         STORE_T buffer[FASTLOSS_EW_TILE];
         EW(store_grad)(call, i, m, weight, slope, buffer);
-        fastloss_ew_stream_copy(out, buffer, (size_t)m * sizeof(STORE_T));
+        fastloss_stream_copy(out, buffer, (size_t)m * sizeof(STORE_T));
         return;
     }
 #endif
@@ -1708,9 +1708,9 @@ static double EW(block)(const EW(call) *call, fastloss_index start, fastloss_ind
         if (call->grad_aux2) /* dpo's reference_rejected: the slope itself */
             EW(write_grad)(call, i, m, weight, slope, call->grad_aux2 + i);
     }
-#ifdef FASTLOSS_EW_STREAMING
+#ifdef FASTLOSS_STREAMING
     if (call->stream)
-        fastloss_ew_stream_fence();
+        fastloss_stream_fence();
 #endif
     const double sum = fastloss_lanes_total(lane) + tail;
     *magnitude = sum - 2.0 * (fastloss_lanes_total(negative_lane) + negative_tail);
@@ -1831,7 +1831,7 @@ int RUN FASTLOSS_EW_RUN_SIGNATURE
     /* the gradients this call writes, in bytes: streamed past the caches when large */
     call.stream = ((call.grad != NULL) + (call.grad_target != NULL) + (call.grad_aux != NULL) +
                    (call.grad_aux2 != NULL)) * (double)n * sizeof(STORE_T) >=
-                  (double)FASTLOSS_EW_STREAM_BYTES;
+                  (double)FASTLOSS_STREAM_BYTES;
     call.grad_output = want_grad && grad_output && grad_output_stride != 0 ? grad_output : NULL;
     /* The mean's denominator: the element count, except for mse and l1 with a weight,
      * where torch (2.13) takes sum(w * l) / sum(w) with the weight as paired with pred:

@@ -65,48 +65,8 @@
         }                                                                                    \
     } while (0)
 
-/*
- * Streaming stores for the gradients of large calls (as the box kernels',
- * box_internal.h).  A cached store first reads the line it writes
- * (write-allocate), so a fused call moves each gradient twice.  Where the
- * gradients written by one call reach FASTLOSS_EW_STREAM_BYTES (more than the
- * caches hold, so no caller finds them there anyway), a tile's gradient is
- * written into a small buffer (in L1) and copied out with non-temporal stores,
- * which write whole lines without reading them; a fence at the end of each block
- * orders them before the block's end is seen by the thread that reads the result.
- * The bits written are the same either way.  x86-64 only (SSE2, every ISA
- * level); elsewhere plain stores.
- */
-#define FASTLOSS_EW_STREAM_BYTES ((fastloss_index)1 << 24)
-#if defined(__x86_64__) || defined(_M_X64)
-#include <emmintrin.h>
-#include <stdint.h>
-#include <string.h>
-#define FASTLOSS_EW_STREAMING 1
-
-/* bytes from src to dst: the 16-byte-aligned part of dst with streaming stores,
- * the rest (a misaligned head, a tail) with plain ones */
-static inline void fastloss_ew_stream_copy(void *dst, const void *src, size_t bytes)
-{
-    char *d = (char *)dst;
-    const char *s = (const char *)src;
-    size_t head = (16 - ((uintptr_t)d & 15)) & 15;
-    if (head > bytes)
-        head = bytes;
-    memcpy(d, s, head);
-    d += head;
-    s += head;
-    bytes -= head;
-    for (; bytes >= 16; bytes -= 16, d += 16, s += 16)
-        _mm_stream_si128((__m128i *)d, _mm_loadu_si128((const __m128i *)s));
-    memcpy(d, s, bytes);
-}
-
-static inline void fastloss_ew_stream_fence(void)
-{
-    _mm_sfence();
-}
-#endif
+/* streaming stores for large gradients: stream_store.h */
+#include "stream_store.h"
 
 /* sigmoid_focal's power u**gamma (elementwise_body.h): 1, u, u u, or exp(gamma log u). */
 enum { EW_FOCAL_GAMMA_0 = 0, EW_FOCAL_GAMMA_1 = 1, EW_FOCAL_GAMMA_2 = 2, EW_FOCAL_GAMMA_ANY = 3 };

@@ -9,7 +9,7 @@ clean tile as in a tile that a tie elsewhere makes general, on every SIMD path, 
 float64; the tied and NaN pairs themselves meet the contract against the float64
 reference.
 
-Calls whose gradients reach 16 MiB write them with streaming stores (box_internal.h): the
+Calls whose gradients reach 16 MiB write them with streaming stores (stream_store.h): the
 same bits as the same pairs cut into calls below the threshold, also into a gradient
 buffer that is not 16-byte aligned and in place over the boxes."""
 

@@ -281,7 +281,7 @@ def test_poisson_log_input_threads_and_reductions(rng):
 @pytest.mark.parametrize("loss_name", ["poisson_nll", "gaussian_nll", "mse"])
 def test_streamed_gradients_are_the_cached_ones(loss_name, rng):
     # gradients of at least 16 MiB are written with streaming stores through a buffer
-    # (elementwise_internal.h, FASTLOSS_EW_STREAM_BYTES): the same bits as a call that
+    # (stream_store.h, FASTLOSS_STREAM_BYTES): the same bits as a call that
     # writes them through the cache, in place and not, aligned or not, every SIMD path
     n = (1 << 22) + 13  # 16 MiB of float32 and a tail
     big = rng.normal(0.0, 1.0, n + 1).astype(np.float32)
