@@ -266,10 +266,10 @@ static void ROW(ce_row_stats_online)(const ce_call *call, const ROW_IN_T *y, con
             dist += ROW(ce_dist)(y + start, n, shift, weight ? weight + start : NULL);
             mass += call->online_weight_sum[k];
         }
-        /* the classes `lead` ahead (of this row, then of the next), in two halves: one
-         * before the exps, one before their sum (CE_PREFETCH_SPLIT) */
+        /* the classes `lead` ahead (of this row, then of the next), in two parts: one
+         * before the exps, one before their sum (CE_PREFETCH_BEFORE) */
         const fastloss_index from = start + lead, to = next_start + lead;
-        const fastloss_index mid = from + (to - from) * (CE_PREFETCH_SPLIT - 1) / CE_PREFETCH_SPLIT;
+        const fastloss_index mid = from + (to - from) * CE_PREFETCH_BEFORE / 4;
         if (ahead)
             ROW(ce_prefetch_ahead)(y, ahead, n_classes, from, mid);
         m = ROW(ce_exp_next_max)(y + start, n, shift, tile, y + next_start, n_next);
