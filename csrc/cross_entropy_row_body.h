@@ -303,6 +303,17 @@ FASTLOSS_INLINE void ROW(ce_prefetch)(const ROW_IN_T *values, fastloss_index fro
         __builtin_prefetch(values + c, 0, CE_PREFETCH_LOCALITY);
 }
 
+/* Prefetch the classes [from, to) of the stream that runs on from row y (n_classes
+ * long) into the row `ahead`: those below n_classes are y's, the others ahead's (less
+ * n_classes). */
+FASTLOSS_INLINE void ROW(ce_prefetch_ahead)(const ROW_IN_T *y, const ROW_IN_T *ahead,
+                                            fastloss_index n_classes, fastloss_index from,
+                                            fastloss_index to)
+{
+    ROW(ce_prefetch)(y, from, to < n_classes ? to : n_classes);
+    ROW(ce_prefetch)(ahead, (from > n_classes ? from : n_classes) - n_classes, to - n_classes);
+}
+
 /*
  * Prefetch for writing the lines of the gradient g[from, to) (g NULL: nothing): rows
  * whose exps are kept apart from the gradient (half storage, wide rows, the in-place
@@ -370,14 +381,15 @@ static void ROW(ce_row_stats_online)(const ce_call *call, const ROW_IN_T *y, con
             dist += ROW(ce_dist)(y + start, n, shift, weight ? weight + start : NULL);
             mass += call->online_weight_sum[k];
         }
-        if (ahead) {
-            /* the classes `lead` ahead: of this row, then of the next */
-            const fastloss_index from = start + lead, to = next_start + lead;
-            ROW(ce_prefetch)(y, from, to < n_classes ? to : n_classes);
-            ROW(ce_prefetch)(ahead, (from > n_classes ? from : n_classes) - n_classes,
-                             to - n_classes);
-        }
+        /* the classes `lead` ahead (of this row, then of the next), in two parts: one
+         * before the exps, one before their sum (CE_PREFETCH_BEFORE) */
+        const fastloss_index from = start + lead, to = next_start + lead;
+        const fastloss_index mid = from + (to - from) * CE_PREFETCH_BEFORE / 4;
+        if (ahead)
+            ROW(ce_prefetch_ahead)(y, ahead, n_classes, from, mid);
         m = ROW(ce_exp_next_max)(y + start, n, shift, tile, y + next_start, n_next);
+        if (ahead)
+            ROW(ce_prefetch_ahead)(y, ahead, n_classes, mid, to);
         const double chunk_sum = ROW(ce_chunk_sum)(tile, n, target - start, &target_chunk, k, &excl);
         sum += chunk_sum;
         sum_excl += k == target_chunk ? excl : chunk_sum;

@@ -9,6 +9,7 @@ import pytest
 import fastloss
 from fastloss import reference
 from loss_specs import DTYPES, assert_close_contract, bitwise_equal, call_unmodified, dtype_id
+from simd_paths import simd_paths
 
 FIELDS = fastloss.CROSS_ENTROPY_STATS_FIELDS
 N_ROWS, N_CLASSES = 11, 150
@@ -398,3 +399,87 @@ def test_smoothing_check_passes_the_matching_statistics():
         fastloss.cross_entropy_from_stats(stats, T, label_smoothing=0.1, reduction="none"),
         fastloss.cross_entropy(X, T, weight=weight, label_smoothing=0.1, reduction="none"))
 
+
+
+# ----------------------------------------------------------------------------------------
+# Prefetched rows.  The forward prefetches the rows ahead of those it reads when they are
+# not contiguous in memory (a block's rows, views of wider logits) or short, in parts
+# spread over each sub-chunk (CE_PREFETCH_*, csrc/cross_entropy_internal.h), and leaves
+# long contiguous rows to the hardware: each row's results must be the same bits either
+# way, whatever the rows beside it, up to the last row of each thread's range.
+# ----------------------------------------------------------------------------------------
+
+#: Rows of more than 64 KiB (CE_PREFETCH_DISTANCE): not prefetched when contiguous.
+LONG_WIDTH = {np.float32: 16400, np.float64: 8200}
+PREFETCH_OPTIONS = [dict(weighted=False, label_smoothing=0.0, soft=False),
+                    dict(weighted=True, label_smoothing=0.0, soft=False),
+                    dict(weighted=True, label_smoothing=0.2, soft=False),
+                    dict(weighted=True, label_smoothing=0.0, soft=True)]
+
+
+def strided_inputs(dtype, option, n_rows, width, rng, pad=5):
+    """A block of `width` classes, columns [pad, pad + width) of wider logits (a strided
+    view), with its target, weight and the options of cross_entropy_block_stats; every
+    third row ignored (hard targets), and targets inside and outside the block."""
+    n_classes = width + 2 * pad
+    wide = (rng.standard_normal((n_rows, n_classes)) * 3.0).astype(dtype)
+    wide[0, pad] = 30.0  # a row whose softmax is nearly one class
+    block = wide[:, pad:pad + width]
+    if option["soft"]:
+        target = rng.random((n_rows, width))
+        target = (target / target.sum(-1, keepdims=True)).astype(dtype)
+    else:
+        target = rng.integers(0, n_classes, n_rows)
+        target[1::3] = -100
+    weight = rng.uniform(0.25, 2.0, width).astype(dtype) if option["weighted"] else None
+    options = dict(class_offset=pad, num_classes=n_classes, weight=weight,
+                   label_smoothing=option["label_smoothing"])
+    return block, target, options
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("option", PREFETCH_OPTIONS, ids=option_id)
+def test_prefetched_rows_equal_rows_not_prefetched(dtype, option, rng):
+    """A strided block of long rows (prefetched) against its contiguous copy (not
+    prefetched): the same statistics, and cross_entropy the same per-row loss and lse,
+    to the bit, on every SIMD path."""
+    block, target, options = strided_inputs(dtype, option, 7, LONG_WIDTH[dtype], rng)
+    assert not block.flags.c_contiguous
+    copy = np.ascontiguousarray(block)
+    # the whole rows' forward on the same rows: hard targets within the block
+    hard = target if option["soft"] else np.where(target == -100, -100, target % block.shape[1])
+    whole_options = dict(weight=options["weight"], label_smoothing=options["label_smoothing"],
+                         reduction="none", return_lse=True)
+    with simd_paths() as paths:
+        for path in paths:
+            strided = call_unmodified(fastloss.cross_entropy_block_stats, block, target,
+                                      **options)
+            alone = fastloss.cross_entropy_block_stats(copy, target, **options)
+            assert bitwise_equal(strided, alone), path
+            loss, lse = call_unmodified(fastloss.cross_entropy, block, hard, **whole_options)
+            loss_alone, lse_alone = fastloss.cross_entropy(copy, hard, **whole_options)
+            assert bitwise_equal(loss, loss_alone) and bitwise_equal(lse, lse_alone), path
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("option", PREFETCH_OPTIONS, ids=option_id)
+@pytest.mark.parametrize("width", [1, 3, 64, 513, 3141])
+def test_prefetched_rows_equal_each_row_alone(dtype, option, width, rng):
+    """Blocks of 1 to 3141 classes of 1 to 9 rows (every third row ignored): each row's
+    statistics are those of the row alone (no row ahead to prefetch), whatever the rows
+    beside it and the threads, and within the contract of the reference."""
+    with simd_paths() as paths:
+        for path in paths:
+            for n_rows in (1, 2, 3, 4, 5, 7, 9):
+                block, target, options = strided_inputs(dtype, option, n_rows, width, rng)
+                alone = np.stack([fastloss.cross_entropy_block_stats(
+                    block[i:i + 1], target[i:i + 1], **options)[:, 0]
+                    for i in range(n_rows)], axis=1)
+                for threads in (1, 2, 3):
+                    together = fastloss.cross_entropy_block_stats(block, target,
+                                                                  num_threads=threads, **options)
+                    assert bitwise_equal(together, alone), (path, n_rows, threads)
+                ref = reference.cross_entropy_block_stats(block, target, **options)
+                for index, name in enumerate(FIELDS):
+                    assert_close_contract(alone[index], ref[index], dtype, "loss",
+                                          what=f"{path} {n_rows} rows: {name}")
