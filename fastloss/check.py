@@ -659,11 +659,25 @@ _add_vocab_checks()
 # Running
 # ----------------------------------------------------------------------------------------
 
-def run_checks(pattern=None, stream=None, verbose=True):
-    """Run every check whose name contains ``pattern`` (all when None), print one line
-    per check to ``stream`` (only failures unless ``verbose``), and return the results."""
-    stream = sys.stdout if stream is None else stream
+def select_checks(pattern=None, shard=None):
+    """The names of the checks that contain ``pattern`` (all when None); with ``shard``
+    ``(k, n)``, every n-th of them from the k-th on, so that n processes with k = 0 .. n-1
+    run each check exactly once between them."""
     names = [name for name in CHECKS if pattern is None or pattern in name]
+    if shard is not None:
+        k, n = shard
+        if not (isinstance(k, int) and isinstance(n, int) and 0 <= k < n):
+            raise ValueError(f"shard must be (k, n) with integers 0 <= k < n, got {shard!r}")
+        names = names[k::n]
+    return names
+
+
+def run_checks(pattern=None, stream=None, verbose=True, shard=None):
+    """Run every check whose name contains ``pattern`` (all when None; one shard of them
+    with ``shard``, see select_checks), print one line per check to ``stream`` (only
+    failures unless ``verbose``), and return the results."""
+    stream = sys.stdout if stream is None else stream
+    names = select_checks(pattern, shard)
     width = max((len(name) for name in names), default=0)
     results = []
     for name in names:
@@ -692,11 +706,11 @@ def _format(result, width):
     return line
 
 
-def main(pattern=None, verbose=True, stream=None):
+def main(pattern=None, verbose=True, stream=None, shard=None):
     """Run the checks, print a summary line; return 0 if all pass, 1 otherwise."""
     stream = sys.stdout if stream is None else stream
     start = time.perf_counter()
-    results = run_checks(pattern, stream, verbose)
+    results = run_checks(pattern, stream, verbose, shard)
     failed = [result for result in results if not result.passed]
     seconds = time.perf_counter() - start
     if not results:

@@ -28,6 +28,18 @@ def _positive_int(text):
     return value
 
 
+def _shard(text):
+    """'K/N' -> (K, N), integers with 0 <= K < N."""
+    k, _, n = text.partition("/")
+    try:
+        shard = (int(k, 10), int(n, 10))
+    except ValueError:
+        shard = None
+    if shard is None or not 0 <= shard[0] < shard[1]:
+        raise argparse.ArgumentTypeError(f"expected K/N with integers 0 <= K < N, got {text!r}")
+    return shard
+
+
 def _size(text):
     """'N,C' -> (N, C) or 'n' -> (n,), integers >= 1 (the hidden --size option, for tests)."""
     parts = text.split(",")
@@ -62,6 +74,9 @@ def _parser():
                        help="run only the checks whose name contains TEXT")
     check.add_argument("-q", "--quiet", action="store_true",
                        help="print only failed checks and the summary")
+    check.add_argument("--shard", type=_shard, metavar="K/N",
+                       help="run only every N-th check from the K-th on (K = 0 .. N-1), to "
+                            "split the checks across N processes")
 
     bench = commands.add_parser(
         "bench", help="benchmark table against the NumPy reference and PyTorch",
@@ -118,7 +133,7 @@ def main(argv=None):
     if args.command == "check":
         from fastloss import check
 
-        return check.main(pattern=args.pattern, verbose=not args.quiet)
+        return check.main(pattern=args.pattern, verbose=not args.quiet, shard=args.shard)
     if args.command == "bench":
         from fastloss import bench
 

@@ -547,3 +547,27 @@ def test_bench_has_the_adapter_rows_of_every_family():
         assert all(row["median_ms"] > 0 for row in adapter)
         if family == "elementwise":
             assert [row["name"] for row in adapter] == elementwise
+
+
+def test_check_shards_split_the_checks_exactly():
+    everything = check.select_checks()
+    for n in (1, 2, 3, 7):
+        shards = [check.select_checks(shard=(k, n)) for k in range(n)]
+        assert sorted(name for shard in shards for name in shard) == sorted(everything)
+        assert sum(len(shard) for shard in shards) == len(everything)
+    assert check.select_checks("mse", (1, 2)) == check.select_checks("mse")[1::2]
+    for bad in ((2, 2), (-1, 2), (0, 0), (1.0, 2)):
+        with pytest.raises(ValueError, match="shard"):
+            check.select_checks(shard=bad)
+
+
+def test_check_shard_option():
+    result = run_fastloss("check", "-q", "-k", "pinball", "--shard", "1/3")
+    assert result.returncode == 0, result.stderr
+    summary = result.stdout.strip().splitlines()[-1]
+    expected = len(check.select_checks("pinball", (1, 3)))
+    assert summary.startswith(f"{expected} of {expected} checks passed"), summary
+    for bad in ("3/3", "x/2", "1", "-1/2"):
+        result = run_fastloss("check", f"--shard={bad}")
+        assert result.returncode == 2
+        assert "--shard" in result.stderr and repr(bad) in result.stderr

@@ -8,9 +8,12 @@ errors whose stack, or the stack of an uninitialised value's origin, has a
 frame in fastloss's extension module.  Leaks are not checked: the interpreter
 does not free modules' type objects at exit, which memcheck reports as leaks.  Usage:
 
-    python tests/tools/memcheck.py [-- COMMAND ...]      (default: fastloss check)
+    python tests/tools/memcheck.py [-k TEXT] [-- COMMAND ...]   (default: fastloss check)
 
-Exit status 0 when there are none, 1 otherwise (the offending stacks are printed).
+The default command is split into one shard per usable core (``fastloss check --shard
+K/N``), each under its own memcheck, run side by side: memcheck runs a process's threads
+one at a time, so one process would use one core; ``-k TEXT`` runs only the checks whose
+name contains TEXT. Exit status 0 when there are none, 1 otherwise (the offending stacks are printed).
 """
 import os
 import subprocess
@@ -46,24 +49,39 @@ def describe(error):
 def main(argv):
     import fastloss  # the one the command must run: installed, or built in place
 
-    command = argv[argv.index("--") + 1:] if "--" in argv else [sys.executable, "-m", "fastloss", "check", "-q"]
+    if "--" in argv:
+        commands = [argv[argv.index("--") + 1:]]
+    else:
+        check = [sys.executable, "-m", "fastloss", "check", "-q"]
+        if "-k" in argv:
+            check += ["-k", argv[argv.index("-k") + 1]]
+        jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        commands = ([check + [f"--shard={k}/{jobs}"] for k in range(jobs)] if jobs > 1
+                    else [check])
     # run beside that package: from a source checkout's root, `-m` would import the
     # checkout's unbuilt fastloss/ instead
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(fastloss.__file__)))
+    env = dict(os.environ, PYTHONMALLOC="malloc")  # let memcheck see every allocation
+    failed = False
+    errors = []
     with tempfile.TemporaryDirectory() as tmp:
-        xml_path = os.path.join(tmp, "memcheck.xml")
-        env = dict(os.environ, PYTHONMALLOC="malloc")  # let memcheck see every allocation
-        completed = subprocess.run(
-            ["valgrind", "--tool=memcheck", "--track-origins=yes", "--leak-check=no", "--xml=yes",
-             f"--xml-file={xml_path}", *command], env=env, cwd=package_parent)
-        if completed.returncode != 0:
-            print(f"memcheck: the command exited with {completed.returncode}", file=sys.stderr)
-            return 1
-        errors = fastloss_errors(xml_path)
+        running = []
+        for index, command in enumerate(commands):
+            xml_path = os.path.join(tmp, f"memcheck-{index}.xml")
+            running.append((xml_path, command, subprocess.Popen(
+                ["valgrind", "--tool=memcheck", "--track-origins=yes", "--leak-check=no",
+                 "--xml=yes", f"--xml-file={xml_path}", *command], env=env, cwd=package_parent)))
+        for xml_path, command, process in running:
+            if process.wait() != 0:
+                print(f"memcheck: {' '.join(command[1:])} exited with {process.returncode}",
+                      file=sys.stderr)
+                failed = True
+            else:
+                errors += fastloss_errors(xml_path)
     for error in errors:
         print(describe(error), file=sys.stderr)
     print(f"memcheck: {len(errors)} error(s) involving fastloss")
-    return 1 if errors else 0
+    return 1 if errors or failed else 0
 
 
 if __name__ == "__main__":
