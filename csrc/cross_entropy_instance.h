@@ -31,10 +31,16 @@
 #define VAL double
 #define VAL_EXP fastloss_exp
 #define VAL_EXP_NONPOSITIVE fastloss_exp_nonpositive
-#else
+#elif FASTLOSS_STORAGE_IS_COMPUTE(STORAGE)
 #define VAL float
 #define VAL_EXP fastloss_expf
 #define VAL_EXP_NONPOSITIVE fastloss_expf_nonpositive
+#else
+/* the half types: half the bytes of float32 for the same exps, so the exp bounds them;
+ * fastloss_expf5 is two vector operations shorter and as accurate (fastmath.h) */
+#define VAL float
+#define VAL_EXP fastloss_expf5
+#define VAL_EXP_NONPOSITIVE fastloss_expf5_nonpositive
 #endif
 #define ROW_IN STORAGE
 #define STORE_VAL STORE

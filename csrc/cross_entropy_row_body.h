@@ -22,6 +22,61 @@
 #define ROW_IN_T FASTLOSS_STORAGE_T(ROW_IN)
 #define ROW_LOAD(array, i) FASTLOSS_LOAD(ROW_IN, array, i)
 
+/*
+ * Half-precision rows (ROW_IN a half tag, VAL float: CE_PAIRS) are read two classes
+ * at a time, as one 32-bit word: class 2p in its low half, 2p + 1 in its high half
+ * (little-endian).  A bfloat16 word gives both floats with one instruction each (a
+ * shift left, an and), where a class at a time costs a widening, and for a vector of
+ * 32 classes a load and an extract more.  Their exps are kept in "pair order" in each
+ * chunk (e_row, or the forward's tile): for a chunk of n classes and h = n / 2, class
+ * 2p's at p, class 2p + 1's at h + p, and an odd n's last class at n - 1 (ce_slot).
+ * Every reader of a chunk's exps takes them in that order: its sums (which add every
+ * exp in any order), the target's slot (ce_chunk_sum), and the gradient pass, which
+ * writes the pair again as one word (ce_grad_pairs).  The gradient, the loss and the
+ * statistics are those of the class-by-class order, up to the order of the sums.
+ */
+#if !FASTLOSS_STORAGE_IS_COMPUTE(ROW_IN) && defined(__BYTE_ORDER__) && \
+    __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define CE_PAIRS 1
+#else
+#define CE_PAIRS 0
+#endif
+
+/* The slot of class c's exp in a chunk of n classes (see CE_PAIRS). */
+FASTLOSS_INLINE fastloss_index ROW(ce_slot)(fastloss_index c, fastloss_index n)
+{
+#if CE_PAIRS
+    const fastloss_index half = n / 2;
+    return c >= 2 * half ? c : (c & 1) ? half + c / 2 : c / 2;
+#else
+    (void)n;
+    return c;
+#endif
+}
+
+#if CE_PAIRS
+/* classes 2p and 2p + 1 of `values` as one word (any alignment) */
+FASTLOSS_INLINE uint32_t ROW(ce_pair)(const ROW_IN_T *values, fastloss_index p)
+{
+    uint32_t word;
+    memcpy(&word, values + 2 * p, sizeof word);
+    return word;
+}
+
+/* class 2p (the low half) and class 2p + 1 (the high half) of a word, as VAL */
+FASTLOSS_INLINE VAL ROW(ce_pair_lo)(uint32_t word)
+{
+    const ROW_IN_T half = (ROW_IN_T)(word & 0xffffu);
+    return ROW_LOAD(&half, 0);
+}
+
+FASTLOSS_INLINE VAL ROW(ce_pair_hi)(uint32_t word)
+{
+    const ROW_IN_T half = (ROW_IN_T)(word >> 16);
+    return ROW_LOAD(&half, 0);
+}
+#endif
+
 /* Largest value.  The order of a max does not change its value, so an
  * OpenMP simd reduction (gcc does not vectorise this loop without one, as
  * NaN makes `>` non-associative) costs nothing in determinism.  Whether a NaN
@@ -30,9 +85,20 @@
 FASTLOSS_INLINE VAL ROW(ce_max)(const ROW_IN_T *values, fastloss_index n)
 {
     VAL result = -(VAL)INFINITY;
+    fastloss_index c = 0;
+#if CE_PAIRS
 #pragma omp simd reduction(max : result)
-    for (fastloss_index c = 0; c < n; ++c) {
-        const VAL value = ROW_LOAD(values, c);
+    for (fastloss_index p = 0; p < n / 2; ++p) {
+        const uint32_t word = ROW(ce_pair)(values, p);
+        const VAL lo = ROW(ce_pair_lo)(word), hi = ROW(ce_pair_hi)(word);
+        const VAL value = lo > hi ? lo : hi;
+        result = value > result ? value : result;
+    }
+    c = n / 2 * 2;
+#endif
+#pragma omp simd reduction(max : result)
+    for (fastloss_index k = c; k < n; ++k) {
+        const VAL value = ROW_LOAD(values, k);
         result = value > result ? value : result;
     }
     return result;
@@ -48,7 +114,19 @@ FASTLOSS_INLINE VAL ROW(ce_max)(const ROW_IN_T *values, fastloss_index n)
 FASTLOSS_INLINE void ROW(ce_exp)(const ROW_IN_T *values, fastloss_index n, VAL shift_hi,
                                  VAL shift_lo, VAL *out)
 {
-    for (fastloss_index c = 0; c < n; ++c)
+    fastloss_index c = 0;
+#if CE_PAIRS
+    /* in pair order (out is a float row, never the half values) */
+    const fastloss_index half = n / 2;
+#pragma omp simd
+    for (fastloss_index p = 0; p < half; ++p) {
+        const uint32_t word = ROW(ce_pair)(values, p);
+        out[p] = VAL_EXP((ROW(ce_pair_lo)(word) - shift_hi) - shift_lo);
+        out[half + p] = VAL_EXP((ROW(ce_pair_hi)(word) - shift_hi) - shift_lo);
+    }
+    c = 2 * half;
+#endif
+    for (; c < n; ++c)
         out[c] = VAL_EXP(((VAL)ROW_LOAD(values, c) - shift_hi) - shift_lo);
 }
 
@@ -66,6 +144,34 @@ FASTLOSS_INLINE VAL ROW(ce_exp_next_max)(const ROW_IN_T *values, fastloss_index 
      * a scalar tail but at the chunk's end (a short next chunk, the last of a row or a
      * block, would otherwise leave one in each) */
     const fastloss_index vector = 64 / (fastloss_index)sizeof(VAL);
+#if CE_PAIRS
+    {
+        /* pairs: a vector's words are 2 * vector classes */
+        const fastloss_index half = n / 2;
+        const fastloss_index both = (half < n_next / 2 ? half : n_next / 2) / vector * vector;
+        VAL next_max = -(VAL)INFINITY;
+#pragma omp simd reduction(max : next_max)
+        for (fastloss_index p = 0; p < both; ++p) {
+            const uint32_t word = ROW(ce_pair)(values, p);
+            out[p] = VAL_EXP_NONPOSITIVE(ROW(ce_pair_lo)(word) - shift);
+            out[half + p] = VAL_EXP_NONPOSITIVE(ROW(ce_pair_hi)(word) - shift);
+            const uint32_t next_word = ROW(ce_pair)(next, p);
+            const VAL lo = ROW(ce_pair_lo)(next_word), hi = ROW(ce_pair_hi)(next_word);
+            const VAL next_value = lo > hi ? lo : hi;
+            next_max = next_value > next_max ? next_value : next_max;
+        }
+#pragma omp simd
+        for (fastloss_index p = both; p < half; ++p) {
+            const uint32_t word = ROW(ce_pair)(values, p);
+            out[p] = VAL_EXP_NONPOSITIVE(ROW(ce_pair_lo)(word) - shift);
+            out[half + p] = VAL_EXP_NONPOSITIVE(ROW(ce_pair_hi)(word) - shift);
+        }
+        if (n & 1)
+            out[n - 1] = VAL_EXP_NONPOSITIVE((VAL)ROW_LOAD(values, n - 1) - shift);
+        const VAL rest = ROW(ce_max)(next + 2 * both, n_next - 2 * both);
+        return rest > next_max ? rest : next_max;
+    }
+#endif
     const fastloss_index both = (n < n_next ? n : n_next) / vector * vector;
     VAL next_max = -(VAL)INFINITY;
 #pragma omp simd reduction(max : next_max)
@@ -91,6 +197,14 @@ FASTLOSS_INLINE double ROW(ce_sum)(const VAL *FASTLOSS_RESTRICT values, fastloss
     double lane[FASTLOSS_LANES] = {0.0};
     double tail = 0.0;
     fastloss_index c = 0;
+#if CE_PAIRS
+    /* the half rows' exps (each within 2.5e-7 of itself, none negative) are added in
+     * twos in float before the double lanes: one more rounding, 2**-24 of the pair, so
+     * at most 6e-8 of the sum (relative), for half the conversions to double */
+    for (; c + 2 * FASTLOSS_LANES <= n; c += 2 * FASTLOSS_LANES)
+        for (int k = 0; k < FASTLOSS_LANES; ++k)
+            lane[k] += (double)(values[c + k] + values[c + FASTLOSS_LANES + k]);
+#endif
     for (; c + FASTLOSS_LANES <= n; c += FASTLOSS_LANES)
         for (int k = 0; k < FASTLOSS_LANES; ++k)
             lane[k] += (double)values[c + k];
@@ -156,8 +270,8 @@ FASTLOSS_INLINE double ROW(ce_soft_dist)(const ROW_IN_T *FASTLOSS_RESTRICT value
  * A chunk's sum of exps.  When the chunk holds the row's hard target t (a
  * position in the chunk, else outside [0, n)), its term is left out of the
  * lanes and added last: *excl gets the sum without it (for 1 - p_t) and
- * *target_chunk the chunk's number.  e[t] is then 0: the gradient pass writes
- * the target class from 1 - p_t, never from e[t].
+ * *target_chunk the chunk's number.  e[t] (in its slot, ce_slot) is then 0: the
+ * gradient pass writes the target class from 1 - p_t, never from e[t].
  */
 FASTLOSS_INLINE double ROW(ce_chunk_sum)(VAL *e, fastloss_index n, fastloss_index t,
                                          fastloss_index *target_chunk, fastloss_index k,
@@ -165,8 +279,9 @@ FASTLOSS_INLINE double ROW(ce_chunk_sum)(VAL *e, fastloss_index n, fastloss_inde
 {
     if (t < 0 || t >= n)
         return ROW(ce_sum)(e, n);
-    const VAL e_t = e[t];
-    e[t] = 0;
+    const fastloss_index slot = ROW(ce_slot)(t, n);
+    const VAL e_t = e[slot];
+    e[slot] = 0;
     *excl = ROW(ce_sum)(e, n);
     *target_chunk = k;
     return *excl + (double)e_t;
@@ -497,6 +612,52 @@ FASTLOSS_INLINE void ROW(ce_grad_range)(const VAL *e, fastloss_index n, double f
 }
 #undef CE_SLOPED
 
+#if CE_PAIRS
+/*
+ * ce_grad_range for a whole chunk whose exps are in pair order (CE_PAIRS): every class
+ * is written, the target's too (the caller then writes it again from its definition).
+ * The half rows computed here have no u term and no slope (soft targets, label
+ * smoothing and softcap make the rows wide), so each pair is two products rounded
+ * once to GRAD_T, as ce_grad_range's last case, and a 16-bit gradient is stored as one
+ * word.  Other options take ce_grad_range a class at a time.
+ */
+FASTLOSS_INLINE void ROW(ce_grad_pairs)(const VAL *e, fastloss_index n, double factor,
+                                        double factor_z, double gamma,
+                                        const AUX_T *FASTLOSS_RESTRICT weight,
+                                        const AUX_T *FASTLOSS_RESTRICT q, double q_scale,
+                                        double q_offset, const double *FASTLOSS_RESTRICT slope,
+                                        GRAD_T *g)
+{
+    if (q || gamma != 0.0 || slope) {
+        for (fastloss_index c = 0; c < n; ++c)
+            ROW(ce_grad_range)(e + ROW(ce_slot)(c, n), 1, factor, factor_z, gamma,
+                               weight ? weight + c : NULL, q ? q + c : NULL, q_scale, q_offset,
+                               slope ? slope + c : NULL, g + c);
+        return;
+    }
+    const VAL factor_v = (VAL)(factor + factor_z);
+    const fastloss_index half = n / 2;
+    if (sizeof(GRAD_T) == sizeof(uint16_t)) {
+#pragma omp simd
+        for (fastloss_index p = 0; p < half; ++p) {
+            GRAD_T lo, hi;
+            STORE_VAL(&lo, 0, factor_v * e[p]);
+            STORE_VAL(&hi, 0, factor_v * e[half + p]);
+            const uint32_t word = (uint32_t)lo | (uint32_t)hi << 16;
+            memcpy(g + 2 * p, &word, sizeof word);
+        }
+    } else {
+#pragma omp simd
+        for (fastloss_index p = 0; p < half; ++p) {
+            STORE_VAL(g, 2 * p, factor_v * e[p]);
+            STORE_VAL(g, 2 * p + 1, factor_v * e[half + p]);
+        }
+    }
+    if (n & 1)
+        STORE_VAL(g, n - 1, factor_v * e[n - 1]);
+}
+#endif
+
 /*
  * The row's loss and the coefficients of its gradient (see cross_entropy.c).
  * Inline and branch-free: every option's terms are computed and the call's
@@ -620,6 +781,15 @@ static void ROW(ce_row_grad)(const ce_call *call, const AUX_T *q, const AUX_T *w
          * can cancel to nearly zero in a converged row: folded into one factor,
          * the z part would inherit the rounding error of the two large terms. */
         const double factor_z = coef->alpha_z * rel;
+#if CE_PAIRS
+        ROW(ce_grad_pairs)(e, n, factor, factor_z, coef->gamma, w, qk, call->q_scale,
+                           call->q_offset, sk, gk);
+        if (t >= 0 && t < n) {
+            const double g_t = ROW(ce_target_grad)(call, coef, w ? (double)AUX_LOAD(w, t) : 1.0);
+            STORE_WIDE(gk, t, sk ? g_t * sk[t] : g_t);
+        }
+        continue;
+#endif
         if (t >= 0 && t < n) {
             ROW(ce_grad_range)(e, t, factor, factor_z, coef->gamma, w, qk, call->q_scale,
                                call->q_offset, sk, gk);
@@ -635,5 +805,6 @@ static void ROW(ce_row_grad)(const ce_call *call, const AUX_T *q, const AUX_T *w
     }
 }
 
+#undef CE_PAIRS
 #undef ROW_IN_T
 #undef ROW_LOAD

@@ -85,6 +85,62 @@ FASTLOSS_INLINE float fastloss_expf(float x)
     return x > 88.72283f ? HUGE_VALF : result;
 }
 
+/*
+ * exp(x) in float with two vector operations fewer than fastloss_expf: the
+ * half-precision cross-entropy rows (bfloat16, float16) read half the bytes of
+ * float32 ones for the same number of exps, so the exp is their bound
+ * (BENCHMARKS.md).  The reduction is fastloss_expf_poly's (Cody & Waite, n * ln2_hi
+ * exact); then
+ *   - exp(r) = 1 + r + r**2 q(r) with q of degree 3 (5 multiply-adds by Horner, one
+ *     fewer than the degree-6 Taylor polynomial), q fitted by iteratively reweighted
+ *     least squares (Lawson) toward minimax relative error of the whole on
+ *     |r| <= ln2/2 and rounded to float: its own error is 1.05e-7 relative;
+ *   - the exponent bias is in the rounding constant (1.5 * 2**23 + 127), so that 2**n
+ *     is the sum's bits shifted into the exponent field, with no integer add.
+ * Measured in float arithmetic on every 61st float of [-87.3, 0] (18 million): at
+ * most 1.75e-7 relative with one rounding per multiply-add (FMA), 1.93e-7 with two
+ * (the baseline SSE2 path), against 2.27e-7 for fastloss_expf (FMA) from the Taylor
+ * polynomial's truncation and the same roundings.  FASTLOSS_EXPF5_REL_ERROR is what
+ * callers may assume; tests/test_half_exp.py holds every SIMD path to it.
+ * Range: every result of at least 2**-126 (float's smallest normal number) is kept,
+ * x below ln(2**-126) = -87.33654 gives +0 (fastloss_expf flushes up to 2**-125),
+ * -inf gives 0 and NaN gives NaN; fastloss_expf5 gives +inf above 88.376 (results
+ * above 2**127.5, 1.9e38: 2**n must have a normal exponent, n <= 127).
+ */
+#define FASTLOSS_EXPF5_REL_ERROR 2.5e-7
+FASTLOSS_INLINE float fastloss_expf5_nonpositive(float x)
+{
+    const float round_magic = 12583039.0f; /* 1.5 * 2**23 + 127 */
+    const float inv_ln2 = 1.44269504088896341f;
+    const float ln2_hi = 0.693359375f;    /* 8 significant bits: n * ln2_hi is exact */
+    const float ln2_lo = -2.12194440e-4f; /* ln 2 - ln2_hi */
+    /* the low bits of `shifted` are n + 127, the biased exponent of 2**n: at least 1
+     * wherever the result is kept (x >= -87.33654, n >= -126) */
+    const float shifted = x * inv_ln2 + round_magic;
+    const float n = shifted - round_magic;
+    const float r = (x - n * ln2_hi) - n * ln2_lo;
+    float poly = 0x1.10625p-7f;       /* 0.0083125010 */
+    poly = poly * r + 0x1.572a64p-5f; /* 0.041890331 */
+    poly = poly * r + 0x1.5557bp-3f;  /* 0.16667116 */
+    poly = poly * r + 0x1.fffdfcp-2f; /* 0.49999231 */
+    poly = poly * r + 1.0f;
+    poly = poly * r + 1.0f;
+    uint32_t bits;
+    memcpy(&bits, &shifted, sizeof bits);
+    const uint32_t scale_bits = bits << 23;
+    float scale;
+    memcpy(&scale, &scale_bits, sizeof scale);
+    const float result = poly * scale;
+    return x < -87.33654f ? 0.0f : result;
+}
+
+/* exp(x) for every float x, +inf above 88.376 (see above) */
+FASTLOSS_INLINE float fastloss_expf5(float x)
+{
+    const float result = fastloss_expf5_nonpositive(x);
+    return x > 88.376f ? HUGE_VALF : result;
+}
+
 FASTLOSS_INLINE double fastloss_exp_poly(double x, double *shifted_out)
 {
     const double round_magic = 6755399441055744.0; /* 1.5 * 2**52 */

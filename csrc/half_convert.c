@@ -4,6 +4,7 @@
  */
 #include "half_convert.h"
 
+#include "fastmath.h"
 #include "storage.h"
 
 #define FASTLOSS_ISA baseline
@@ -69,4 +70,9 @@ int fastloss_half_store_wide(int dtype, const double *in, uint16_t *out, fastlos
     if (!half_code(dtype))
         return FASTLOSS_ERROR_BAD_DTYPE;
     HC_CALL(hc_store_wide, (dtype, in, out, n));
+}
+
+int fastloss_half_exp(const float *in, float *out, fastloss_index n, int nonpositive)
+{
+    HC_CALL(hc_exp, (in, out, n, nonpositive));
 }

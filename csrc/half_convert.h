@@ -26,6 +26,11 @@ int fastloss_half_store(int dtype, const float *in, uint16_t *out, fastloss_inde
 /* out[i] = in[i] (a double) rounded once to the half type (STORE_WIDE). */
 int fastloss_half_store_wide(int dtype, const double *in, uint16_t *out, fastloss_index n);
 
+/* out[i] = exp(in[i]) by fastloss_expf5_nonpositive (nonpositive != 0) or fastloss_expf5
+ * (csrc/fastmath.h), the exp of the half-precision cross-entropy rows, vectorised as
+ * there: for tests of its error bound on every SIMD path.  Returns 0. */
+int fastloss_half_exp(const float *in, float *out, fastloss_index n, int nonpositive);
+
 #ifdef __cplusplus
 }
 #endif

@@ -44,6 +44,18 @@ static int HC_NAME(hc_store_wide)(int dtype, const double *in, uint16_t *out, fa
     return 0;
 }
 
+static int HC_NAME(hc_exp)(const float *in, float *out, fastloss_index n, int nonpositive)
+{
+    if (nonpositive) {
+        for (fastloss_index i = 0; i < n; ++i)
+            out[i] = fastloss_expf5_nonpositive(in[i]);
+    } else {
+        for (fastloss_index i = 0; i < n; ++i)
+            out[i] = fastloss_expf5(in[i]);
+    }
+    return 0;
+}
+
 #undef HC_NAME
 #undef HC_PASTE_
 #undef HC_PASTE2_

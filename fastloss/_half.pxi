@@ -6,6 +6,7 @@ cdef extern from "half_convert.h" nogil:
     int fastloss_half_store(int dtype, const float *src, uint16_t *dst, fastloss_index n)
     int fastloss_half_store_wide(int dtype, const double *src, uint16_t *dst,
                                  fastloss_index n)
+    int fastloss_half_exp(const float *src, float *dst, fastloss_index n, int nonpositive)
 
 
 cdef int _half_kind_code(str kind) except -1:
@@ -51,4 +52,20 @@ def half_store(str kind, cnp.ndarray values not None):
         else:
             fastloss_half_store(code, <const float *>cnp.PyArray_DATA(values),
                                 <uint16_t *>cnp.PyArray_DATA(out), n)
+    return out
+
+
+def half_exp(cnp.ndarray values not None, bint nonpositive=True):
+    """exp of `values` (float32, contiguous, 1-D) by the half-precision cross-entropy
+    rows' exp (csrc/fastmath.h: fastloss_expf5_nonpositive, or fastloss_expf5 for
+    ``nonpositive=False``) on the running SIMD path, for tests of its error bound."""
+    _check_float(values, cnp.NPY_FLOAT32, "values")
+    if values.ndim != 1 or not cnp.PyArray_IS_C_CONTIGUOUS(values):
+        raise ValueError("values: expected a contiguous 1-D array")
+    cdef cnp.ndarray out = numpy.empty(values.shape[0], dtype=numpy.float32)
+    cdef fastloss_index n = values.shape[0]
+    cdef int flag = 1 if nonpositive else 0
+    with nogil:
+        fastloss_half_exp(<const float *>cnp.PyArray_DATA(values),
+                          <float *>cnp.PyArray_DATA(out), n, flag)
     return out
