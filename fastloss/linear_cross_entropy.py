@@ -19,20 +19,28 @@ gradient are the block-statistics engine's (docs/block_statistics.rst), not a se
 
 Block size. Each block streams the classifier through the BLAS twice and the classifier's
 gradient once more, so fewer, taller blocks run closer to the speed of the three products
-done whole, and shorter blocks keep less scratch. The rows per block are those whose
-logits fill ``_SCRATCH_BYTES`` (8 MiB), at least ``_MIN_BLOCK_ROWS``: measured at N=2048,
-H=1024, V=32000 float32 on one core (BENCHMARKS.md, "Linear cross-entropy"), 64-row blocks
-(8 MiB, 3.4% of the logits) cost 1.22x the three whole products, 128-row blocks 1.10x,
-256-row blocks (31 MiB, 12.9%) 1.02x. The default keeps the issue's memory bound (5% of
-the logits there); ``block_rows=`` trades memory for speed per call. The scratch is independent
-of V up to V = _SCRATCH_BYTES / (_MIN_BLOCK_ROWS * itemsize) classes (131072 in float32),
-and grows as _MIN_BLOCK_ROWS rows of V beyond.
+done whole, and shorter blocks keep less scratch. The default block is the tallest whose
+scratch fits the call's working-memory budget, ``_WORK_BYTES`` (12 MiB whatever V: 5% of
+the logits at N=2048, V=32000 float32), after the statistics (72 bytes a row) and the
+float64 vectors of V values (the engine's rows, the bias's sums): at that shape 10.9 MiB
+of scratch, blocks of 86 rows (the previous default, a fixed 8 MiB, gave 64-row blocks).
+At least _MIN_BLOCK_ROWS rows: past V = 131072 in float32 (fewer with a bias) the scratch
+is 16 rows of V. ``block_rows=`` trades memory for speed per call. Where the time goes, measured at
+N=2048, H=1024, V=32000 float32 on one core (BENCHMARKS.md, "Linear cross-entropy: the
+block height from the memory budget"): OpenBLAS's products of a block of R rows run
+slower than the whole products (it packs the classifier again for every call, and a
+packed element serves only R rows): at R=96 the logits' product costs 1.22x its whole
+counterpart, the hidden's gradient 1.10x, the classifier's gradient 1.17x (half of that
+the additions of its partial products); the engine's softmax passes are about 1%.
 
 NumPy's matmul cannot accumulate into its output (BLAS's beta = 1), so the classifier's
-gradient takes each block's product in tiles of ``_TILE_BYTES`` (classes x H) and adds
-each tile while it is in cache; the first block writes its tiles straight into the result.
-(One product on the whole transposed scratch would also have OpenBLAS take a working copy
-of about the scratch's size: measured, 25 MiB for a 31 MiB scratch.)
+gradient takes each later block's product in tiles (classes x H, at most _TILE_BYTES)
+and adds each tile while it is in cache; the first block writes its tiles straight into
+the result. The tiles live in the rows of the hidden's gradient that the block has not
+yet written (its own rows and the later blocks', written after), so they cost no memory;
+only without the hidden's gradient (or for a last block of fewer than 16 rows) is there
+a tile of its own. (One product on the whole transposed scratch would also have OpenBLAS
+take a working copy of about the scratch's size: measured, 25 MiB for a 31 MiB scratch.)
 
 float16 and bfloat16 inputs take another schedule (_HalfTiles): tiles of classes outer,
 chunks of rows inner, on float32 copies of the tiles, so that each half gradient is
@@ -51,9 +59,22 @@ from fastloss.cross_entropy import CROSS_ENTROPY_STATS_FIELDS
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_grad",
            "linear_cross_entropy_value_and_grad"]
 
-#: Bytes of logits per block of rows (the scratch), and the fewest rows per block.
-_SCRATCH_BYTES = 8 << 20
+#: The working memory of one call beyond its inputs and its results, that the default
+#: block height fills: 12 MiB whatever V (5% of the float32 logits at N=2048, V=32000 is
+#: 12.5 MiB). The scratch (block_rows x V logits) takes what is left of it after the
+#: statistics (_STATS_BYTES_PER_ROW per row), the float64 vectors of V values
+#: (_ENGINE_VECTORS: the engine's rows, up to two per OpenMP thread for two threads; with
+#: a bias, the back-end's float64 sums of its gradient) and, when one is needed, the tile
+#: of the classifier's gradient.
+_WORK_BYTES = 12 << 20
+_STATS_BYTES_PER_ROW = 8 * 9
+_ENGINE_VECTORS = 4
+#: The fewest rows per block (the scratch grows as _MIN_BLOCK_ROWS rows of V beyond the
+#: V at which the budget holds no more).
 _MIN_BLOCK_ROWS = 16
+#: The block height of callers that keep their own budget (linear_token_log_probs, whose
+#: scratch is two blocks): the rows whose logits fill this many bytes.
+_SCRATCH_BYTES = 8 << 20
 #: Bytes of one tile of a block's product scratch.T @ hidden[rows] (classes x H), added
 #: into the classifier's gradient while it is in cache.
 _TILE_BYTES = 1 << 20
@@ -64,12 +85,12 @@ _HALF_TILE_BYTES = 1 << 20
 _INT64_MAX = np.iinfo(np.int64).max
 
 
-def _block_rows(n_rows, n_classes, itemsize, block_rows):
+def _block_rows(n_rows, n_classes, itemsize, block_rows, scratch_bytes=_SCRATCH_BYTES):
     """Rows per block: ``block_rows`` if given, else those whose logits fill
-    _SCRATCH_BYTES (at least _MIN_BLOCK_ROWS); then evened out over the blocks, so that
-    the last block is not a sliver."""
+    ``scratch_bytes`` (at least _MIN_BLOCK_ROWS); then evened out over the blocks, so
+    that the last block is not a sliver."""
     if block_rows is None:
-        block_rows = max(_MIN_BLOCK_ROWS, _SCRATCH_BYTES // max(1, n_classes * itemsize))
+        block_rows = max(_MIN_BLOCK_ROWS, scratch_bytes // max(1, n_classes * itemsize))
     else:
         if isinstance(block_rows, (bool, np.bool_)) or not isinstance(
                 block_rows, (int, np.integer)) or block_rows < 1:
@@ -80,6 +101,25 @@ def _block_rows(n_rows, n_classes, itemsize, block_rows):
         return 1
     n_blocks = -(-n_rows // block_rows)
     return -(-n_rows // n_blocks)
+
+
+def _budget_block_rows(n_rows, n_classes, itemsize, block_rows, reserved_bytes=0,
+                       vectors=0):
+    """_block_rows with the default height from the call's memory budget: the scratch
+    is what _WORK_BYTES leaves after the statistics, _ENGINE_VECTORS + ``vectors``
+    float64 vectors of V values (``vectors``: the back-end's bias sums) and
+    ``reserved_bytes`` (a tile of the classifier's gradient, the bias's); at least
+    _MIN_BLOCK_ROWS rows. The height depends on the shapes and on whether there is a
+    bias, never on the number of threads. At N=2048, V=32000 float32 without a bias:
+    10.9 MiB of scratch, blocks of 86 rows."""
+    scratch_bytes = (_WORK_BYTES - reserved_bytes - _STATS_BYTES_PER_ROW * n_rows
+                     - 8 * (_ENGINE_VECTORS + vectors) * n_classes)
+    return _block_rows(n_rows, n_classes, itemsize, block_rows, max(0, scratch_bytes))
+
+
+def _tile_classes(n_classes, n_features, itemsize):
+    """Classes per tile of the classifier's gradient: _TILE_BYTES of classes x H."""
+    return min(n_classes, max(1, _TILE_BYTES // max(1, n_features * itemsize)))
 
 
 def _hard_target(target, batch_shape, n_classes, ignore_index):
@@ -281,9 +321,11 @@ class _NumpyProducts:
         if grads["hidden"] is not None:
             self.grad_hidden = grads["hidden"].reshape(-1, n_features)
         self.grad_classifier = grads["classifier"]
+        self.tile = None
         if self.grad_classifier is not None:
-            tile_classes = max(1, _TILE_BYTES // max(1, n_features * problem.dtype.itemsize))
-            self.tile = np.empty((min(tile_classes, n_classes), n_features), problem.dtype)
+            self.tile_classes = _tile_classes(n_classes, n_features, problem.dtype.itemsize)
+            if self.grad_hidden is None:
+                self.tile = np.empty((self.tile_classes, n_features), problem.dtype)
         if grads.get("bias") is not None:
             self.bias_sums = np.zeros(n_classes, np.float64)
 
@@ -298,24 +340,48 @@ class _NumpyProducts:
         if grad is None:  # the engine wrote the logits' gradient over them
             grad = self.scratch[:stop - start]
         rows = self.hidden[start:stop]
+        if self.grad_classifier is not None:
+            self._classifier_grad(grad, rows, start)
+        # after the classifier's gradient, whose partial products may have used these
+        # rows of the result
         if self.grad_hidden is not None:
             np.matmul(grad, self.classifier, out=self.grad_hidden[start:stop])
-        if self.grad_classifier is not None:
-            # by tiles of classes, even for the first block (which writes its product
-            # straight into the result): one call on the whole transposed scratch has the
-            # BLAS take a working copy of the scratch's size
-            n_classes = grad.shape[1]
-            for first in range(0, n_classes, self.tile.shape[0]):
-                last = min(first + self.tile.shape[0], n_classes)
-                result = self.grad_classifier[first:last]
-                if start == 0:
-                    np.matmul(grad[:, first:last].T, rows, out=result)
-                    continue
-                part = self.tile[:last - first]
-                np.matmul(grad[:, first:last].T, rows, out=part)
-                np.add(result, part, out=result)
         if self.bias_sums is not None:
             self.bias_sums += np.add.reduce(grad, axis=0, dtype=np.float64)
+
+    def _classifier_grad(self, grad, rows, start):
+        """Adds the block's ``grad.T @ rows`` into the classifier's gradient by tiles of
+        classes, each added while it is in cache; the first block writes its tiles
+        straight into the result. (By tiles even then: one call on the whole transposed
+        scratch has the BLAS take a working copy of the scratch's size.)
+
+        NumPy's matmul cannot accumulate into its output, so the later blocks' tiles
+        go through a buffer: the rows of the hidden's gradient from this block on, not
+        yet written (the block's own rows are written after this), when that gradient
+        is computed; else a tile of its own (_TILE_BYTES, counted in the block height's
+        budget)."""
+        n_classes = grad.shape[1]
+        if start == 0:
+            parts = None
+        elif self.tile is not None:
+            parts = self.tile
+        else:
+            parts = self.grad_hidden[start:start + self.tile_classes]
+            if parts.shape[0] < _MIN_BLOCK_ROWS < self.tile_classes:
+                # a last block of a few rows (block_rows= below the minimum): a tile
+                # of its own rather than thousands of products of a few classes
+                self.tile = np.empty((self.tile_classes, rows.shape[1]), rows.dtype)
+                parts = self.tile
+        step = self.tile_classes if parts is None else parts.shape[0]
+        for first in range(0, n_classes, step):
+            last = min(first + step, n_classes)
+            result = self.grad_classifier[first:last]
+            if parts is None:
+                np.matmul(grad[:, first:last].T, rows, out=result)
+                continue
+            part = parts[:last - first]
+            np.matmul(grad[:, first:last].T, rows, out=part)
+            np.add(result, part, out=result)
 
     def finish(self, n_rows):
         if self.grad_classifier is not None and n_rows == 0:
@@ -573,8 +639,15 @@ def _run(hidden, classifier, target, bias, weight, ignore_index, reduction, labe
     if problem.half:
         _block_rows(problem.n_rows, problem.n_classes, 4, block_rows)  # checked
         return _run_half(problem, num_threads, grad_output, want, out, grad_dtype)
-    rows_per_block = _block_rows(problem.n_rows, problem.n_classes, problem.dtype.itemsize,
-                                 block_rows)
+    # a tile of the classifier's gradient of its own only without the hidden's gradient
+    # (_NumpyProducts._classifier_grad)
+    reserved = (_tile_classes(problem.n_classes, problem.n_features, problem.dtype.itemsize)
+                * problem.n_features * problem.dtype.itemsize
+                if "classifier" in want and "hidden" not in want else 0)
+    # with a bias: its float64 sums and each block's float64 column sums
+    rows_per_block = _budget_block_rows(problem.n_rows, problem.n_classes,
+                                        problem.dtype.itemsize, block_rows, reserved,
+                                        2 if problem.bias is not None else 0)
     grads = _grad_outputs(out, problem, want) if want else None
     products = _NumpyProducts(problem, rows_per_block, grads)
     loss = _schedule(problem, products, num_threads, rows_per_block, grad_output,
@@ -608,10 +681,11 @@ def linear_cross_entropy(hidden, classifier, target, *, bias=None, weight=None,
     weight, ignore_index, reduction, label_smoothing, z_loss, softcap
         As in :func:`fastloss.cross_entropy`.
     block_rows : int, optional
-        Rows per block (default: as many as fill 8 MiB of logits, at least 16). Taller
-        blocks run closer to the speed of the whole products and keep more scratch
-        (``block_rows * V`` values). Float16 and bfloat16 inputs run by tiles of their
-        own (below) and only check it.
+        Rows per block (default: the tallest block whose logits, with the statistics and
+        the vectors of V values, fit a 12 MiB working-memory budget, whatever V; at
+        least 16 rows). Taller blocks run closer to the speed of the whole products and
+        keep more scratch (``block_rows * V`` values). Float16 and bfloat16 inputs run
+        by tiles of their own (below) and only check it.
     num_threads : int, optional
         OpenMP threads of the softmax passes (the results do not depend on it); the
         products use NumPy's BLAS threads, whose number can change the last bits.
@@ -627,8 +701,8 @@ def linear_cross_entropy(hidden, classifier, target, *, bias=None, weight=None,
     The products are computed in the inputs' precision by the BLAS, as every framework
     computes them, so float32 results carry the products' rounding (the accuracy
     contract for losses that multiply matrices, docs/accuracy.rst). Memory beyond the
-    inputs and the results: the scratch (``block_rows x V``) and 72 bytes per row of
-    statistics; with the gradient, one tile of 1 MiB more.
+    inputs and the results: the scratch (``block_rows x V``), 72 bytes per row of
+    statistics and a few float64 vectors of V values; about 12 MiB by default.
 
     float16 and bfloat16 inputs: NumPy has no fast half-precision product, so the
     products run on NumPy's float32 BLAS from float32 copies of bounded tiles of the

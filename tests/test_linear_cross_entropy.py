@@ -139,6 +139,65 @@ def test_any_block_height_gives_the_same_results(block_rows):
         assert_close_contract(grad, ref, np.float64, "grad")
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("block_rows", [16, 23, 70])
+def test_classifier_grad_partials_in_the_hidden_grads_rows(dtype, block_rows):
+    """The later blocks' partial products of the classifier's gradient go through the
+    rows of the hidden's gradient not yet written (then overwritten by their own
+    product): with out= arrays full of NaN, every result is the reference's, and the
+    same as from one block (whose products go straight into the result). 70 rows, 300
+    classes: blocks of 16 (the last 6 rows: a tile of its own), 18 and 70 rows; the
+    tiles of classes are as tall as the rows left (54, 52, ... 16)."""
+    rng = np.random.default_rng(block_rows)
+    hidden, classifier, target, options = make_inputs(rng, (70,), 8, 300, dtype,
+                                                      OPTIONS["all"])
+    out = (np.full(hidden.shape, np.nan, dtype), np.full(classifier.shape, np.nan, dtype),
+           np.full(300, np.nan, dtype))
+    loss, grads = fastloss.linear_cross_entropy_value_and_grad(
+        hidden, classifier, target, 0.7, block_rows=block_rows, out=out, **options)
+    assert all(grad is array for grad, array in zip(grads, out))
+    whole = fastloss.linear_cross_entropy_value_and_grad(hidden, classifier, target, 0.7,
+                                                         block_rows=70, **options)
+    ref_loss, ref_grads = reference_of(hidden, classifier, target, 0.7, options)
+    for grad, one_block, ref in zip(grads, whole[1], ref_grads):
+        assert np.isfinite(grad).all()
+        assert_close_contract(grad, one_block, dtype, "grad")
+        if dtype == np.float64:
+            assert_close_contract(grad, ref, dtype, "grad")
+    assert_close_contract(loss, whole[0], dtype, "loss")
+
+
+def test_default_block_height_fills_the_memory_budget():
+    """The default block is the tallest (evened out over the blocks) whose scratch, with
+    the statistics and the float64 vectors of V values, fits the working-memory budget
+    (12 MiB, 5% of the logits at N=2048, V=32000 float32), whatever V: one block fewer
+    would not fit; past the V at which 16 rows no longer fit, 16 rows."""
+    from fastloss.linear_cross_entropy import (_ENGINE_VECTORS, _MIN_BLOCK_ROWS,
+                                               _STATS_BYTES_PER_ROW, _WORK_BYTES,
+                                               _budget_block_rows)
+
+    def memory(n_rows, rows, n_classes, itemsize, vectors):
+        return (rows * n_classes * itemsize + _STATS_BYTES_PER_ROW * n_rows
+                + 8 * (_ENGINE_VECTORS + vectors) * n_classes)
+
+    for n_rows, n_classes, itemsize, vectors in [
+            (2048, 32000, 4, 0), (2048, 32000, 4, 2), (2048, 32000, 8, 0),
+            (1024, 16384, 4, 2), (1024, 65536, 4, 2), (4096, 50257, 4, 0),
+            (8192, 128256, 4, 0), (100000, 1000, 4, 0)]:
+        rows = _budget_block_rows(n_rows, n_classes, itemsize, None, vectors=vectors)
+        n_blocks = -(-n_rows // rows)
+        assert memory(n_rows, rows, n_classes, itemsize, vectors) <= _WORK_BYTES or \
+            rows == _MIN_BLOCK_ROWS, (n_rows, n_classes, rows)
+        if n_blocks > 1 and rows > _MIN_BLOCK_ROWS:
+            taller = -(-n_rows // (n_blocks - 1))
+            assert memory(n_rows, taller, n_classes, itemsize, vectors) > _WORK_BYTES
+    # the issue's shape: within 5% of the N x V float32 logits
+    rows = _budget_block_rows(2048, 32000, 4, None)
+    assert memory(2048, rows, 32000, 4, 0) <= 0.05 * 2048 * 32000 * 4
+    # a tile of the classifier's gradient, when one is needed, comes out of the scratch
+    assert _budget_block_rows(2048, 32000, 4, None, reserved_bytes=1 << 20) < rows
+
+
 @pytest.mark.parametrize("wrt", ["hidden", "classifier", "bias"])
 @pytest.mark.parametrize("case", ["plain", "all", "soft-all"])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -798,13 +857,15 @@ def extra_resident_bytes(tmp_path, n_rows, n_features, n_classes):
 @needs_proc
 @needs_plain_malloc
 def test_peak_memory_is_the_scratch_whatever_V(tmp_path):
-    """With the gradients in out=, the call touches the scratch (8 MiB of logits, at any
-    V), the tile of the classifier's gradient (1 MiB), O(N) statistics, the BLAS's
-    buffers, and vectors of V values: the engine's rows in float64 (two per OpenMP thread
-    for float32 with label smoothing) and the bias's float64 sums (two). From V = 16384
-    to V = 65536 (N x V logits of 64 and 256 MiB) only those vectors grow, and the whole
-    stays under 5% of the larger logits. An N x V or a block x V scratch (at a fixed block
-    height) would grow by tens of MiB."""
+    """With the gradients in out=, the call touches the scratch (what the 12 MiB budget
+    leaves after the rest), O(N) statistics, the BLAS's buffers, and vectors of V
+    values: the engine's rows in float64 (two per OpenMP thread for float32 with label
+    smoothing) and the bias's float64 sums (two); the partial products of the
+    classifier's gradient go through the hidden's gradient's rows (no tile). From
+    V = 16384 to V = 65536 (N x V logits of 64 and 256 MiB) only those vectors grow (the
+    scratch shrinks by what the budget reserves for them), and the whole stays under 5%
+    of the larger logits. An N x V or a block x V scratch (at a fixed block height) would
+    grow by tens of MiB."""
     n_rows, n_features, small_v, large_v = 1024, 64, 16384, 65536
     small = extra_resident_bytes(tmp_path, n_rows, n_features, small_v)
     large = extra_resident_bytes(tmp_path, n_rows, n_features, large_v)

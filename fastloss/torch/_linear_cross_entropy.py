@@ -17,7 +17,7 @@ from torch.autograd.function import once_differentiable
 
 from fastloss._config import resolve_num_threads
 from fastloss._validation import reduction_arg
-from fastloss.linear_cross_entropy import _block_rows, _Problem, _schedule
+from fastloss.linear_cross_entropy import _budget_block_rows, _Problem, _schedule
 from fastloss.torch import (_FLOAT_DTYPES, _HALF_DTYPES, _cpu_tensor, _loss_tensor,
                             _numpy, _upstream)
 
@@ -130,8 +130,13 @@ class _Call:
                                _numpy(linear_bias), _numpy(weight),
                                reduction=self.reduction, **self.options)
         hidden = input.reshape(-1, problem.n_features)
-        rows_per_block = _block_rows(problem.n_rows, problem.n_classes, dtype.itemsize,
-                                     self.block_rows)
+        # the block height from the NumPy API's budget (the classifier's gradient
+        # accumulates in place: no tile); with a bias, its float64 tile of column sums,
+        # its float64 sums and their conversion
+        bias = linear_bias is not None
+        rows_per_block = _budget_block_rows(problem.n_rows, problem.n_classes,
+                                            dtype.itemsize, self.block_rows,
+                                            _BIAS_TILE_BYTES if bias else 0, 3 if bias else 0)
         products = _TorchProducts(hidden, linear_weight, linear_bias, rows_per_block, want)
         loss = _schedule(problem, products, self.num_threads, rows_per_block, grad_output,
                          bool(want))
