@@ -15,7 +15,7 @@ more, timed (wall clock); the median is reported.
 "three products" times the three products any implementation needs (``h @ W.T``,
 ``G @ W``, ``G.T @ h``, torch.matmul into preallocated results; G a random N x V
 matrix), the floor of the others. "one block's logits product" is the BLAS alone: the
-first product of one block of rows (fastloss's default height for the shape, 64 rows at
+first product of one block of rows (fastloss's default height for the shape, 86 rows at
 V=32000 float32), ``h[:rows] @ W.T``, into a result whose pages are already resident
 (torch.mm: torch's BLAS, MKL on x86; np.matmul: NumPy's OpenBLAS), so that its growth is
 the BLAS's own working memory for that shape (MKL keeps it for later calls of the shape).
@@ -44,7 +44,7 @@ import sys
 CHILD = r"""
 import ctypes, json, sys, time
 import numpy as np
-from fastloss.linear_cross_entropy import _block_rows
+from fastloss.linear_cross_entropy import _budget_block_rows
 
 variant = sys.argv[1]
 n_rows, n_features, n_classes, repeats, warm_blas = (int(a) for a in sys.argv[2:7])
@@ -60,7 +60,7 @@ def status(key):
 def block_height(rows, classes):
     # the rows of one block of the variant (fastloss's default unless it says 256)
     itemsize = 2 if "bfloat16" in variant else 4
-    return _block_rows(rows, classes, itemsize, 256 if "block_rows=256" in variant else None)
+    return _budget_block_rows(rows, classes, itemsize, 256 if "block_rows=256" in variant else None)
 
 
 def setup(scale):
