@@ -12,8 +12,9 @@ does not free modules' type objects at exit, which memcheck reports as leaks.  U
 
 The default command is split into one shard per usable core (``fastloss check --shard
 K/N``), each under its own memcheck, run side by side: memcheck runs a process's threads
-one at a time, so one process would use one core; ``-k TEXT`` runs only the checks whose
-name contains TEXT. Exit status 0 when there are none, 1 otherwise (the offending stacks are printed).
+one at a time, so one process would use one core (never more shards than checks);
+``-k TEXT`` runs only the checks whose name contains TEXT. Exit status 0 when there are
+none, 1 otherwise (the offending stacks are printed).
 """
 import os
 import subprocess
@@ -52,10 +53,14 @@ def main(argv):
     if "--" in argv:
         commands = [argv[argv.index("--") + 1:]]
     else:
+        from fastloss.check import select_checks
+
         check = [sys.executable, "-m", "fastloss", "check", "-q"]
-        if "-k" in argv:
-            check += ["-k", argv[argv.index("-k") + 1]]
-        jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        pattern = argv[argv.index("-k") + 1] if "-k" in argv else None
+        if pattern is not None:
+            check += ["-k", pattern]
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        jobs = max(1, min(cores, len(select_checks(pattern))))
         commands = ([check + [f"--shard={k}/{jobs}"] for k in range(jobs)] if jobs > 1
                     else [check])
     # run beside that package: from a source checkout's root, `-m` would import the
