@@ -137,16 +137,12 @@ FASTLOSS_INLINE void NAME(vocab_row_stats_mode)(const int store, const int with_
                                                double *chunk_data, vocab_row_stats *stats)
 {
     const REAL inv_t = (REAL)inv_temperature;
-    REAL m = NAME(vocab_max)(x, n_classes < FASTLOSS_VOCAB_CHUNK ? n_classes
-                                                                 : FASTLOSS_VOCAB_CHUNK);
+    REAL m = NAME(vocab_max)(x, fastloss_vocab_chunk_length(n_classes, 0));
     for (fastloss_index k = 0; k < n_chunks; ++k) {
         const fastloss_index start = k * FASTLOSS_VOCAB_CHUNK;
-        const fastloss_index n = n_classes - start < FASTLOSS_VOCAB_CHUNK ? n_classes - start
-                                                                          : FASTLOSS_VOCAB_CHUNK;
+        const fastloss_index n = fastloss_vocab_chunk_length(n_classes, start);
         const fastloss_index next_start = start + n;
-        const fastloss_index n_next = n_classes - next_start < FASTLOSS_VOCAB_CHUNK
-                                          ? n_classes - next_start
-                                          : FASTLOSS_VOCAB_CHUNK;
+        const fastloss_index n_next = fastloss_vocab_chunk_length(n_classes, next_start);
         double *chunk = chunk_data + k * VOCAB_CHUNK_FIELDS;
         chunk[VOCAB_CHUNK_MAX] = (double)m;
         /* a chunk of -inf gets shift 0, so that exp sees -inf rather than NaN */
@@ -284,9 +280,7 @@ static void NAME(tlp_row_grad)(const STORE_T *x, fastloss_index n_classes,
     } else {
         for (fastloss_index k = 0; k < n_chunks; ++k) {
             const fastloss_index start = k * FASTLOSS_VOCAB_CHUNK;
-            const fastloss_index n = n_classes - start < FASTLOSS_VOCAB_CHUNK
-                                         ? n_classes - start
-                                         : FASTLOSS_VOCAB_CHUNK;
+            const fastloss_index n = fastloss_vocab_chunk_length(n_classes, start);
             const double m = chunk_data[k * VOCAB_CHUNK_FIELDS + VOCAB_CHUNK_MAX];
             /* a chunk of -inf has every e 0 (and its factor is unused) */
             const double rescale = m == -INFINITY ? 0.0 : exp((m - stats->max) * inv_temperature);
@@ -582,17 +576,13 @@ static void NAME(distill_stats)(const STORE_T *xs, const STORE_T *xt, fastloss_i
                                 vocab_row_stats *teacher)
 {
     const REAL inv_t = (REAL)inv_temperature;
-    const fastloss_index first = n_classes < FASTLOSS_VOCAB_CHUNK ? n_classes
-                                                                  : FASTLOSS_VOCAB_CHUNK;
+    const fastloss_index first = fastloss_vocab_chunk_length(n_classes, 0);
     REAL m_s = NAME(vocab_max)(xs, first), m_t = NAME(vocab_max)(xt, first);
     for (fastloss_index k = 0; k < n_chunks; ++k) {
         const fastloss_index start = k * FASTLOSS_VOCAB_CHUNK;
-        const fastloss_index n = n_classes - start < FASTLOSS_VOCAB_CHUNK ? n_classes - start
-                                                                          : FASTLOSS_VOCAB_CHUNK;
+        const fastloss_index n = fastloss_vocab_chunk_length(n_classes, start);
         const fastloss_index next_start = start + n;
-        const fastloss_index n_next = n_classes - next_start < FASTLOSS_VOCAB_CHUNK
-                                          ? n_classes - next_start
-                                          : FASTLOSS_VOCAB_CHUNK;
+        const fastloss_index n_next = fastloss_vocab_chunk_length(n_classes, next_start);
         /* a chunk of -inf gets shift 0, so that exp sees -inf rather than NaN */
         const REAL shift_s = m_s == -(REAL)INFINITY ? (REAL)0 : m_s;
         const REAL shift_t = m_t == -(REAL)INFINITY ? (REAL)0 : m_t;
@@ -751,8 +741,7 @@ static void NAME(distill_pass)(int divergence, int pass_c, const REAL *es_row,
     REAL *gap_t_rows = gs ? gap_row : d_row;
     for (fastloss_index k = 0; k < n_chunks; ++k) {
         const fastloss_index start = k * FASTLOSS_VOCAB_CHUNK;
-        const fastloss_index n = n_classes - start < FASTLOSS_VOCAB_CHUNK ? n_classes - start
-                                                                          : FASTLOSS_VOCAB_CHUNK;
+        const fastloss_index n = fastloss_vocab_chunk_length(n_classes, start);
         NAME(distill_chunk) chunk;
         NAME(distill_chunk_of)(student_chunks + k * VOCAB_CHUNK_FIELDS,
                                teacher_chunks + k * VOCAB_CHUNK_FIELDS, student, teacher,

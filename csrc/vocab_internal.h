@@ -19,6 +19,15 @@
 #define FASTLOSS_VOCAB_CHUNK 2048
 #endif
 
+/* the classes of the chunk that starts at class `start` of a row of n_classes (0 past the
+ * row's end) */
+static inline fastloss_index fastloss_vocab_chunk_length(fastloss_index n_classes,
+                                                         fastloss_index start)
+{
+    const fastloss_index left = n_classes - start;
+    return left < FASTLOSS_VOCAB_CHUNK ? left : FASTLOSS_VOCAB_CHUNK;
+}
+
 /*
  * How far ahead of the element it works on a statistics loop that also reads the next
  * chunk asks for data (software prefetch, in classes): the chunk after the next one of
