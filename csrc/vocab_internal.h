@@ -84,6 +84,14 @@ static inline double vocab_lanes_total(const double *lane)
     return fastloss_lanes_total(half);
 }
 
+/* 1 / (k + 2)! for k = 0, 1, ...: g(y) / y**2 = sum_k y**k / (k + 2)! for
+ * g(y) = exp(y) - 1 - y, the distillation's terms (vocab_body.h, "Distillation"). */
+static const double vocab_g_series[14] = {
+    1.0 / 2.0,         1.0 / 6.0,          1.0 / 24.0,           1.0 / 120.0,
+    1.0 / 720.0,       1.0 / 5040.0,       1.0 / 40320.0,        1.0 / 362880.0,
+    1.0 / 3628800.0,   1.0 / 39916800.0,   1.0 / 479001600.0,    1.0 / 6227020800.0,
+    1.0 / 87178291200.0, 1.0 / 1307674368000.0};
+
 /* A row's softmax statistics: with M the row's max and a_c = (x_c - M) / temperature,
  *   sum = S = sum_c exp(a_c),  weighted = W = sum_c exp(a_c) a_c,  others = S without
  * the target's term; so lse = M / temperature + log S and the entropy is log S - W / S. */

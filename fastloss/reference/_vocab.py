@@ -189,28 +189,36 @@ def _g(y):
         return np.where(small, t * t * series, np.expm1(y) - y)
 
 
-def _log_sum_exp(scaled):
-    """log sum_c exp(scaled_c) over the last axis (keeping it), as _log_softmax forms it."""
-    top = np.max(scaled, axis=-1, keepdims=True)
+def _difference(a, b):
+    """a - b as its rounded value and the rounding error (Knuth's two-sum): hi + lo is
+    exact; lo is 0 where hi is not finite."""
+    hi = a - b
     with np.errstate(invalid="ignore"):
-        others = np.exp(scaled - top)
-        np.put_along_axis(others, np.argmax(scaled, axis=-1)[..., None], 0.0, axis=-1)
-        return top + np.log1p(np.sum(others, axis=-1, keepdims=True))
+        back = hi - a
+        lo = (a - (hi - back)) - (b + back)
+    return hi, np.where(np.isfinite(hi), lo, 0.0)
 
 
 def _log_ratio(student, teacher, temperature, q, p):
     """y = log q - log p per class, with its relative accuracy where the models are close.
 
-    y is the logits' own difference (x_s - x_t) / T plus one constant per row, the
-    log-sum-exps' difference lse_t - lse_s: no difference of two rounded log-probabilities.
-    That constant is rounded (to about 1e-16 of the log-sum-exps), an error c shared by
-    the whole row which the gradient q - p = p expm1(y) of a close pair would show; it is
-    removed with sum_c q_c = 1: where |y| < 1/2, p e^y = q e^(-c), so
+    y is the logits' own difference less the rows' maxima's, ((x_s - x_t) - (M_s - M_t))
+    / T, rounded once (both differences carried as value and rounding error, so that a
+    constant between the two models' logits loses nothing), plus the log-sums' difference
+    log S_t - log S_s (S = sum_c exp((x_c - M) / T)): no difference of two rounded
+    log-probabilities.  That constant is rounded (to about 1e-16 of the log-sums), an
+    error c shared by the whole row which the gradient q - p = p expm1(y) of a close pair
+    would show; it is removed with sum_c q_c = 1: where |y| < 1/2, p e^y = q e^(-c), so
         s = sum_(|y| < 1/2) p expm1(y) + sum_(others) (q - p) = expm1(-c) sum_(|y| < 1/2) q
     and c = -log1p(s / that sum), itself accurate to about 1e-16 of |c|."""
+    top_s = np.max(student, axis=-1, keepdims=True)
+    top_t = np.max(teacher, axis=-1, keepdims=True)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        y = ((student - teacher) / temperature
-             + (_log_sum_exp(teacher / temperature) - _log_sum_exp(student / temperature)))
+        hi, lo = _difference(student, teacher)
+        top_hi, top_lo = _difference(top_s, top_t)
+        log_sum_s = np.log(np.sum(np.exp((student - top_s) / temperature), axis=-1, keepdims=True))
+        log_sum_t = np.log(np.sum(np.exp((teacher - top_t) / temperature), axis=-1, keepdims=True))
+        y = ((hi - top_hi) + (lo - top_lo)) / temperature + (log_sum_t - log_sum_s)
         small = np.abs(y) < 0.5
         s = np.sum(np.where(small, p * np.expm1(y), q - p), axis=-1, keepdims=True)
         q_small = np.sum(np.where(small, q, 0.0), axis=-1, keepdims=True)
