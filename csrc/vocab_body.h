@@ -434,15 +434,32 @@ int TLP_RUN(const fastloss_vocab_options *options, const void *logits_data,
 #define DISTILL_JSD_SERIES_BELOW ((REAL)(DISTILL_IN_DOUBLE ? 0.25 : 0.69314718055994531))
 #define DISTILL_SERIES_TERMS (DISTILL_IN_DOUBLE ? 12 : 10)
 
-/* g(y) / y**2 = sum_k y**k / (k + 2)! for |y| < DISTILL_SERIES_BELOW (Horner's rule; the
- * loop has a constant count and is unrolled) */
+/* g(y) / y**2 = sum_k y**k / (k + 2)! for |y| < DISTILL_SERIES_BELOW, by Horner's rule
+ * written out (no loop: gcc would not unroll three of them in the JSD's element step, and
+ * a loop left inside keeps the element loop from vectorising); the steps past
+ * DISTILL_SERIES_TERMS are constant-false and fold away. */
+#define DISTILL_HORNER(k)                                                          \
+    if ((k) <= DISTILL_SERIES_TERMS - 2)                                           \
+    poly = poly * y + (REAL)vocab_g_series[k]
 FASTLOSS_INLINE REAL NAME(distill_series)(REAL y)
 {
     REAL poly = (REAL)vocab_g_series[DISTILL_SERIES_TERMS - 1];
-    for (int k = DISTILL_SERIES_TERMS - 2; k >= 0; --k)
-        poly = poly * y + (REAL)vocab_g_series[k];
+    DISTILL_HORNER(12);
+    DISTILL_HORNER(11);
+    DISTILL_HORNER(10);
+    DISTILL_HORNER(9);
+    DISTILL_HORNER(8);
+    DISTILL_HORNER(7);
+    DISTILL_HORNER(6);
+    DISTILL_HORNER(5);
+    DISTILL_HORNER(4);
+    DISTILL_HORNER(3);
+    DISTILL_HORNER(2);
+    DISTILL_HORNER(1);
+    DISTILL_HORNER(0);
     return poly;
 }
+#undef DISTILL_HORNER
 
 /* The per-row numbers of the element passes, in REAL (see vocab.c for the formulas). */
 typedef struct NAME(distill_row) {
@@ -790,30 +807,30 @@ static void NAME(distill_offsets)(const double *student_chunks, double *close,
                 STORE(gs, i, scale_s * (e_s == (REAL)0 ? (REAL)0 : q * (y - kl_s)));        \
             }                                                                               \
         } else if (!pass_c) {                                                               \
+            /* near 0: expm1(y), expm1(-y) = -expm1(y) / (1 + expm1(y)), both in [-1/2, 1] */ \
             const REAL abs_y = y < (REAL)0 ? -y : y;                                        \
-            const int near = abs_y < DISTILL_JSD_SERIES_BELOW;                              \
-            /* near: expm1(y), expm1(-y) = -expm1(y) / (1 + expm1(y)) in [-1/2, 1] */        \
             const REAL em = y + y * y * NAME(distill_series)(y);                            \
             const REAL em_neg = -em / ((REAL)1 + em);                                       \
-            const REAL u_near = REAL_LOG1P_UNIT(beta_c * em);                               \
-            const REAL v_near = REAL_LOG1P_UNIT(beta * em_neg);                             \
+            const REAL u = REAL_LOG1P_UNIT(beta_c * em);                                    \
+            const REAL v = REAL_LOG1P_UNIT(beta * em_neg);                                  \
+            /* beyond: the gaps -u = log p - log m and -v = log q - log m */                \
             const REAL delta = log_odds - y;                                                \
             const REAL abs_delta = delta < (REAL)0 ? -delta : delta;                        \
             const REAL mix = REAL_LOG1P_UNIT(REAL_EXP_NONPOSITIVE(-abs_delta));             \
-            const REAL u_far = (log_beta - (delta < (REAL)0 ? delta : (REAL)0)) + mix;      \
-            const REAL v_far = (log_beta_c + (delta > (REAL)0 ? delta : (REAL)0)) + mix;    \
-            const REAL u = near ? u_near : u_far;                                           \
-            const REAL v = near ? v_near : v_far;                                           \
-            const REAL g_u = u * u * NAME(distill_series)(u);                               \
-            const REAL g_v = v * v * NAME(distill_series)(v);                               \
-            const REAL far_t = e_t == (REAL)0 ? beta_c * q : beta_c * (q - p) - p * u;      \
-            const REAL far_s = e_s == (REAL)0 ? beta * p : beta * (p - q) - q * v;          \
-            lane_t[j] += (double)(near ? p * g_u : far_t);                                  \
-            lane_s[j] += (double)(near ? q * g_v : far_s);                                  \
+            const REAL gap_t = ((delta < (REAL)0 ? delta : (REAL)0) - log_beta) - mix;      \
+            const REAL gap_s = ((delta > (REAL)0 ? -delta : (REAL)0) - log_beta_c) - mix;   \
+            const REAL far_t = e_t == (REAL)0 ? beta_c * q : beta_c * (q - p) + p * gap_t;  \
+            const REAL far_s = e_s == (REAL)0 ? beta * p : beta * (p - q) + q * gap_s;      \
+            lane_t[j] += (double)(abs_y < DISTILL_JSD_SERIES_BELOW                          \
+                                      ? p * (u * u * NAME(distill_series)(u))               \
+                                      : far_t);                                             \
+            lane_s[j] += (double)(abs_y < DISTILL_JSD_SERIES_BELOW                          \
+                                      ? q * (v * v * NAME(distill_series)(v))               \
+                                      : far_s);                                             \
             if (want_s)                                                                     \
-                d[i] = -v;                                                                  \
+                d[i] = abs_y < DISTILL_JSD_SERIES_BELOW ? -v : gap_s;                       \
             if (want_t)                                                                     \
-                gap_t_row[i] = -u;                                                          \
+                gap_t_row[i] = abs_y < DISTILL_JSD_SERIES_BELOW ? -u : gap_t;               \
         } else {                                                                            \
             if (want_s)                                                                     \
                 STORE(gs, i, scale_s * (e_s == (REAL)0 ? (REAL)0 : q * (d[i] - kl_s)));     \
