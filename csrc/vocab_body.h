@@ -433,17 +433,21 @@ int TLP_RUN(const fastloss_vocab_options *options, const void *logits_data,
 #define DISTILL_SERIES_BELOW ((REAL)(DISTILL_IN_DOUBLE ? 0.25 : 1.0))
 #define DISTILL_JSD_SERIES_BELOW ((REAL)(DISTILL_IN_DOUBLE ? 0.25 : 0.69314718055994531))
 #define DISTILL_SERIES_TERMS (DISTILL_IN_DOUBLE ? 12 : 10)
+/* Pass A's expm1 (for the sums D, distill_offsets) needs less: in float, |w| < 1/2 and 7
+ * terms (the tail is below 4.3e-8 of g there); the rest is the exps' e_t - e_s. */
+#define DISTILL_A_BELOW ((REAL)(DISTILL_IN_DOUBLE ? 0.25 : 0.5))
+#define DISTILL_A_TERMS (DISTILL_IN_DOUBLE ? 12 : 7)
 
 /* g(y) / y**2 = sum_k y**k / (k + 2)! for |y| < DISTILL_SERIES_BELOW, by Horner's rule
  * written out (no loop: gcc would not unroll three of them in the JSD's element step, and
  * a loop left inside keeps the element loop from vectorising); the steps past
  * DISTILL_SERIES_TERMS are constant-false and fold away. */
 #define DISTILL_HORNER(k)                                                          \
-    if ((k) <= DISTILL_SERIES_TERMS - 2)                                           \
+    if ((k) <= terms - 2)                                                          \
     poly = poly * y + (REAL)vocab_g_series[k]
-FASTLOSS_INLINE REAL NAME(distill_series)(REAL y)
+FASTLOSS_INLINE REAL NAME(distill_series_of)(REAL y, const int terms)
 {
-    REAL poly = (REAL)vocab_g_series[DISTILL_SERIES_TERMS - 1];
+    REAL poly = (REAL)vocab_g_series[terms - 1];
     DISTILL_HORNER(12);
     DISTILL_HORNER(11);
     DISTILL_HORNER(10);
@@ -460,6 +464,9 @@ FASTLOSS_INLINE REAL NAME(distill_series)(REAL y)
     return poly;
 }
 #undef DISTILL_HORNER
+/* g(y) / y**2 for |y| < DISTILL_SERIES_BELOW */
+#define DISTILL_G(y) NAME(distill_series_of)(y, DISTILL_SERIES_TERMS)
+
 
 /* The per-row numbers of the element passes, in REAL (see vocab.c for the formulas). */
 typedef struct NAME(distill_row) {
@@ -517,7 +524,8 @@ typedef struct NAME(distill_job) {
 #define DISTILL_CHUNK_DOUBLES (2 * VOCAB_CHUNK_FIELDS + 3)
 static size_t NAME(distill_scratch_bytes)(fastloss_index n_chunks, fastloss_index n_classes)
 {
-    const size_t records = ((size_t)n_chunks * DISTILL_CHUNK_DOUBLES * sizeof(double) + 63) / 64 * 64;
+    const size_t records =
+        ((size_t)n_chunks * DISTILL_CHUNK_DOUBLES * sizeof(double) + 63) / 64 * 64;
     const size_t row = ((size_t)n_classes * sizeof(REAL) + 63) / 64 * 64;
     return records + 4 * row;
 }
@@ -531,7 +539,9 @@ static size_t NAME(distill_scratch_bytes)(fastloss_index n_chunks, fastloss_inde
  * shift_lo), so that a close pair's d_c keeps its relative accuracy even where the two
  * models' logits differ by a constant (a_t - a_s, each a rounded shifted logit, would
  * not); the error is NaN where a logit is -inf and then left out.  The exps are summed in
- * double lanes (each exp rounded once and nothing else), and, with_next, each model's max
+ * the lanes of VOCAB_LANES / VOCAB_FOLD (vocab_internal.h: 8 float terms of one sign, then
+ * double; the divergence takes no difference of the two sums, distill_offsets), and,
+ * with_next, each model's max
  * of the next chunk's element c.  Beside them, for kappa, D = sum_c e_s,c expm1(-d_c)
  * (e_t = e_s exp(-d) in exact arithmetic), by g's series where |d_c| is small and as
  * e_t - e_s beyond (distill_offsets).
@@ -548,14 +558,14 @@ static size_t NAME(distill_scratch_bytes)(fastloss_index n_chunks, fastloss_inde
         const REAL lo_ = ((x_s_ - (hi_ - back_)) - (x_t_ + back_)) - shift_lo;     \
         const REAL d_ = ((hi_ - shift_hi) + (lo_ == lo_ ? lo_ : (REAL)0)) * inv_t; \
         const REAL w_ = -d_;                                                       \
-        const REAL em_ = w_ + w_ * w_ * NAME(distill_series)(w_);                  \
+        const REAL em_ = w_ + w_ * w_ * NAME(distill_series_of)(w_, DISTILL_A_TERMS); \
         const REAL abs_w_ = d_ < (REAL)0 ? -d_ : d_;                               \
         es[i] = e_s_;                                                              \
         et[i] = e_t_;                                                              \
         d[i] = d_;                                                                 \
-        lane_s[j] += (double)e_s_;                                                 \
-        lane_t[j] += (double)e_t_;                                                 \
-        lane_d[j] += (double)(abs_w_ < DISTILL_SERIES_BELOW ? e_s_ * em_ : e_t_ - e_s_); \
+        part_s[j] += e_s_;                                                         \
+        part_t[j] += e_t_;                                                         \
+        lane_d[j] += (double)(abs_w_ < DISTILL_A_BELOW ? e_s_ * em_ : e_t_ - e_s_); \
         if (with_next) {                                                           \
             const REAL v_s_ = LOAD(next_s, i), v_t_ = LOAD(next_t, i);             \
             next_lane_s[j] = next_lane_s[j] < v_s_ ? v_s_ : next_lane_s[j];        \
@@ -587,18 +597,38 @@ FASTLOSS_INLINE void NAME(distill_stats_range)(const int with_next,
     for (int j = 0; j < VOCAB_LANES; ++j)
         next_lane_s[j] = next_lane_t[j] = -(REAL)INFINITY;
     fastloss_index c = 0;
-    for (; c + VOCAB_LANES <= n; c += VOCAB_LANES) {
-        if (with_next) { /* see VOCAB_PREFETCH_AHEAD */
-            __builtin_prefetch(next_s + c + VOCAB_PREFETCH_AHEAD, 0, 3);
-            __builtin_prefetch(next_t + c + VOCAB_PREFETCH_AHEAD, 0, 3);
-            __builtin_prefetch(es + c + VOCAB_PREFETCH_AHEAD, 1, 3);
+    for (; c + VOCAB_FOLD <= n; c += VOCAB_FOLD) {
+        REAL part_s[VOCAB_LANES] = {0}, part_t[VOCAB_LANES] = {0};
+        for (fastloss_index v = c; v < c + VOCAB_FOLD; v += VOCAB_LANES) {
+            if (with_next) { /* see VOCAB_PREFETCH_AHEAD */
+                __builtin_prefetch(next_s + v + VOCAB_PREFETCH_AHEAD, 0, 3);
+                __builtin_prefetch(next_t + v + VOCAB_PREFETCH_AHEAD, 0, 3);
+                __builtin_prefetch(es + v + VOCAB_PREFETCH_AHEAD, 1, 3);
+            }
+#pragma omp simd
+            for (int j = 0; j < VOCAB_LANES; ++j)
+                DISTILL_STATS_STEP(v + j, j);
         }
 #pragma omp simd
-        for (int j = 0; j < VOCAB_LANES; ++j)
-            DISTILL_STATS_STEP(c + j, j);
+        for (int j = 0; j < VOCAB_LANES; ++j) {
+            lane_s[j] += (double)part_s[j];
+            lane_t[j] += (double)part_t[j];
+        }
     }
-    for (int j = 0; c + j < n; ++j)
-        DISTILL_STATS_STEP(c + j, j);
+    if (c < n) { /* the last, partial fold: whole vectors, then one element at a time */
+        REAL part_s[VOCAB_LANES] = {0}, part_t[VOCAB_LANES] = {0};
+        for (; c + VOCAB_LANES <= n; c += VOCAB_LANES) {
+#pragma omp simd
+            for (int j = 0; j < VOCAB_LANES; ++j)
+                DISTILL_STATS_STEP(c + j, j);
+        }
+        for (int j = 0; c + j < n; ++j)
+            DISTILL_STATS_STEP(c + j, j);
+        for (int j = 0; j < VOCAB_LANES; ++j) {
+            lane_s[j] += (double)part_s[j];
+            lane_t[j] += (double)part_t[j];
+        }
+    }
     *sum_s = vocab_lanes_total(lane_s);
     *sum_t = vocab_lanes_total(lane_t);
     *sum_d = vocab_lanes_total(lane_d);
@@ -659,7 +689,8 @@ static void NAME(distill_stats)(const STORE_T *xs, const STORE_T *xt, fastloss_i
         double sum_s, sum_t, sum_d;
         REAL next_max_s, next_max_t;
         NAME(distill_stats_range)(1, xs + start, xt + start, both, shift_s, shift_t,
-                                  shift_hi, shift_lo, inv_t, es_row + start, et_row + start, d_row + start,
+                                  shift_hi, shift_lo, inv_t, es_row + start, et_row + start,
+                                  d_row + start,
                                   xs + next_start, xt + next_start, &sum_s, &sum_t, &sum_d,
                                   &next_max_s, &next_max_t);
         if (both < n) { /* the row's last chunk (no next) or a short next chunk */
@@ -780,10 +811,10 @@ static void NAME(distill_offsets)(const double *student_chunks, double *close,
     do {                                                                                    \
         const REAL e_s = es[i], e_t = et[i];                                                \
         const REAL q = e_s * unit_s, p = e_t * unit_t;                                      \
-        const REAL y = d[i] + offset; /* log q - log p */                                    \
+        const REAL y = d[i] + offset; /* log q - log p */                                   \
         if (divergence == FASTLOSS_DIVERGENCE_FORWARD_KL) {                                 \
             if (!pass_c) {                                                                  \
-                const REAL g = y * y * NAME(distill_series)(y);                             \
+                const REAL g = y * y * DISTILL_G(y);                                        \
                 const REAL abs_y = y < (REAL)0 ? -y : y;                                    \
                 const REAL far = e_t == (REAL)0 ? q : (q - p) - p * y;                      \
                 lane_t[j] += (double)(abs_y < DISTILL_SERIES_BELOW ? p * g : far);          \
@@ -796,7 +827,7 @@ static void NAME(distill_offsets)(const double *student_chunks, double *close,
         } else if (divergence == FASTLOSS_DIVERGENCE_REVERSE_KL) {                          \
             if (!pass_c) {                                                                  \
                 const REAL z = -y; /* log p - log q */                                      \
-                const REAL g = z * z * NAME(distill_series)(z);                             \
+                const REAL g = z * z * DISTILL_G(z);                                        \
                 const REAL abs_z = z < (REAL)0 ? -z : z;                                    \
                 const REAL far = e_s == (REAL)0 ? p : (p - q) - q * z;                      \
                 lane_s[j] += (double)(abs_z < DISTILL_SERIES_BELOW ? q * g : far);          \
@@ -809,7 +840,7 @@ static void NAME(distill_offsets)(const double *student_chunks, double *close,
         } else if (!pass_c) {                                                               \
             /* near 0: expm1(y), expm1(-y) = -expm1(y) / (1 + expm1(y)), both in [-1/2, 1] */ \
             const REAL abs_y = y < (REAL)0 ? -y : y;                                        \
-            const REAL em = y + y * y * NAME(distill_series)(y);                            \
+            const REAL em = y + y * y * DISTILL_G(y);                                       \
             const REAL em_neg = -em / ((REAL)1 + em);                                       \
             const REAL u = REAL_LOG1P_UNIT(beta_c * em);                                    \
             const REAL v = REAL_LOG1P_UNIT(beta * em_neg);                                  \
@@ -822,10 +853,10 @@ static void NAME(distill_offsets)(const double *student_chunks, double *close,
             const REAL far_t = e_t == (REAL)0 ? beta_c * q : beta_c * (q - p) + p * gap_t;  \
             const REAL far_s = e_s == (REAL)0 ? beta * p : beta * (p - q) + q * gap_s;      \
             lane_t[j] += (double)(abs_y < DISTILL_JSD_SERIES_BELOW                          \
-                                      ? p * (u * u * NAME(distill_series)(u))               \
+                                      ? p * (u * u * DISTILL_G(u))                          \
                                       : far_t);                                             \
             lane_s[j] += (double)(abs_y < DISTILL_JSD_SERIES_BELOW                          \
-                                      ? q * (v * v * NAME(distill_series)(v))               \
+                                      ? q * (v * v * DISTILL_G(v))                          \
                                       : far_s);                                             \
             if (want_s)                                                                     \
                 d[i] = abs_y < DISTILL_JSD_SERIES_BELOW ? -v : gap_s;                       \
@@ -904,7 +935,7 @@ static void NAME(distill_pass)(int divergence, int pass_c, const REAL *es_row,
         REAL *d = d_row + start, *gap_t = gap_t_rows + start;
         GRAD_T *gsk = gs ? gs + start : NULL, *gtk = gt ? gt + start : NULL;
         double sum_s = 0.0, sum_t = 0.0;
-#define VOCAB_RANGE(div, c, ws, wt)                                                           \
+#define VOCAB_RANGE(div, c, ws, wt)                                                         \
     NAME(distill_range)(div, c, ws, wt, es, et, d, gap_t, n, &chunk, row, scale_s, scale_t, \
                         gsk, gtk, &sum_s, &sum_t)
         if (!pass_c) {
@@ -1099,3 +1130,6 @@ int DISTILL_RUN(const fastloss_vocab_options *options, const void *student_data,
 #undef DISTILL_JSD_SERIES_BELOW
 #undef DISTILL_SERIES_BELOW
 #undef DISTILL_IN_DOUBLE
+#undef DISTILL_A_BELOW
+#undef DISTILL_A_TERMS
+#undef DISTILL_G
