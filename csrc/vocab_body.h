@@ -819,7 +819,8 @@ static void NAME(distill_offsets)(const double *student_chunks, double *close,
  *   JSD         K_t = sum_c p g(u),  K_s = sum_c q g(v)
  * with u = log m - log p = log1p((1 - beta) expm1(y)), v = log m - log q =
  * log1p(beta expm1(-y)), m = beta p + (1 - beta) q: every term >= 0 (vocab.c).  Where
- * |y| is small, g is the series (distill_series) and expm1(y) = y + g(y); beyond, each
+ * |y| is small, g is the series (DISTILL_G), expm1(y) = y + g(y), and the JSD's u and v
+ * their series (distill_cgf); beyond, each
  * term is p g(y) = q - p - p y (and m - p - p u for the JSD), which is also the term of a
  * class whose probability p is 0 (adding q; 0 y is taken as 0, y being +inf where the
  * logit is -inf) and gives +inf where q is 0 and p is not, as the definition does; the
