@@ -83,6 +83,24 @@ def test_gradients_pass_finite_differences(rng, name, options):
     np.testing.assert_allclose(grads[1], numeric_teacher, rtol=1e-8, atol=1e-11)
 
 
+@pytest.mark.parametrize("name, options", DIVERGENCES)
+def test_gradients_pass_finite_differences_at_a_close_pair(rng, name, options):
+    """As above for a teacher 0.02 from the student (plus a constant), where the terms of
+    the divergence are of the order of 4e-4 and its gradient of 0.02: central differences
+    of the reference's loss with step 1e-4 (truncation about 1e-8 * 0.02 / 6)."""
+    student = rng.standard_normal((3, 7)) * 1.5
+    teacher = student + 0.02 * rng.standard_normal(student.shape) + 0.3
+    kw = dict(options, temperature=0.8, reduction="sum")
+    grads = getattr(fastloss, name + "_grad")(student, teacher, 1.0, wrt=BOTH, **kw)
+    loss = getattr(reference, name)
+    numeric_student = central_differences(lambda x: loss(x, teacher, **kw), student, 1e-4)
+    numeric_teacher = central_differences(lambda x: loss(student, x, **kw), teacher, 1e-4)
+    for grad, numeric in ((grads[0], numeric_student), (grads[1], numeric_teacher)):
+        scale = np.max(np.abs(numeric))
+        assert scale > 1e-4  # a gradient of the order of the distance (times 1 - beta)
+        np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-8 * scale)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
 def test_beta_zero_and_one_are_the_two_kls(rng, dtype):
     """Liger-Kernel's and TRL's convention: jsd(beta=0) is KL(teacher || student), jsd(beta=1)
