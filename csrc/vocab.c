@@ -24,9 +24,19 @@
  *    Liger-Kernel's and TRL's generalised Jensen-Shannon divergence (GKD, Agarwal et
  *    al. 2024, arXiv:2306.13649), whose beta = 0 and beta = 1 are, by their convention,
  *    the forward and the reverse KL (the Python API maps them; the kernel's JSD has
- *    0 < beta < 1).  log p - log q = (a_t - a_s) - (log S_t - log S_s) is formed from
- *    the shifted logits, never from rounded log-probabilities; the JSD's log m_c is
- *    the larger of log(beta p_c), log((1 - beta) q_c) plus log1p(exp(-|difference|)).
+ *    0 < beta < 1).  Each is a sum of terms >= 0 (a close pair's divergence, of the
+ *    order of the squared difference, is then no remainder of larger terms that
+ *    cancel): with y_c = log q_c - log p_c and g(y) = exp(y) - 1 - y >= 0, sum p = sum q
+ *    = 1 gives
+ *      KL(P || Q) = sum_c p (-y) = sum_c p (e^y - 1 - y) = sum_c p g(y),
+ *      KL(Q || P) = sum_c q g(-y),
+ *      KL(P || M) = sum_c p g(u),  KL(Q || M) = sum_c q g(v),
+ *    u = log m - log p = log1p((1 - beta) expm1(y)), v = log m - log q = u - y
+ *    (a class with p = 0 adds q, or m, the same formula's q - p - p y with 0 y = 0).
+ *    y_c is the logits' own difference (x_s,c - x_t,c) / T, rounded once (vocab_body.h,
+ *    DISTILL_STATS_STEP), plus one constant of the row, kappa = log(Z_t / Z_s), which
+ *    pass A gets to the relative accuracy of the models' difference (distill_kappa);
+ *    never from rounded log-probabilities.  q - p = p expm1(y), p - q = q expm1(-y).
  *    With d loss / d log q_c = g_c the gradient w.r.t. z is (g_j - q_j sum_c g_c) / T:
  *      forward KL  d/dz = (q - p) / T,               d/du = p (log p - log q - KL) / T
  *      reverse KL  d/dz = q (log q - log p - KL) / T, d/du = (p - q) / T
@@ -37,7 +47,8 @@
  *
  * Passes per row: A, both rows' maxima and sums of exps in one loop per chunk (the
  * chunk's max found by the previous chunk's loop, the chunk after the next prefetched),
- * keeping each model's exps and the differences a_t - a_s in rows of their own; B, the
+ * keeping each model's exps and the differences a_s - a_t in rows of their own, and
+ * the sums that give kappa; B, the
  * divergence and the totals its gradient subtracts; C, the gradients.  B and C read the
  * kept rows from the cache, never the logits, so each input is read from memory once
  * and each gradient written once.  Rows are independent and run in

@@ -418,38 +418,121 @@ int TLP_RUN(const fastloss_vocab_options *options, const void *logits_data,
  * Distillation: forward KL, reverse KL, generalised JSD
  * =================================================================================== */
 
+/*
+ * The divergences are sums of terms that are all >= 0, from y_c = log q_c - log p_c and
+ * g(y) = exp(y) - 1 - y >= 0 (vocab.c): KL(P || Q) = sum_c p g(y), so that a close pair's
+ * divergence, of the order of y**2, is not what is left of terms of the order of y that
+ * cancel.  g is its series y**2 sum_k y**k / (k + 2)! (vocab_g_series) where |y| is below
+ * DISTILL_SERIES_BELOW (the tail cut off is below 4e-9 of g in float, 1.4e-18 in double,
+ * a tenth of a rounding) and the term's own q - p - p y beyond it (a cancellation
+ * of a factor of at most 6.5 in float at |y| = 1, 75 in double at |y| = 1/4).  The JSD's
+ * series branch is narrower in float (|y| < log 2), so that log1p((1 - beta) expm1(y))
+ * and log1p(beta expm1(-y)) have arguments in [-1/2, 1], REAL_LOG1P_UNIT's range.
+ */
+#define DISTILL_IN_DOUBLE (sizeof(REAL) == sizeof(double))
+#define DISTILL_SERIES_BELOW ((REAL)(DISTILL_IN_DOUBLE ? 0.25 : 1.0))
+#define DISTILL_JSD_SERIES_BELOW ((REAL)(DISTILL_IN_DOUBLE ? 0.25 : 0.69314718055994531))
+#define DISTILL_SERIES_TERMS (DISTILL_IN_DOUBLE ? 12 : 10)
+/* Pass A's expm1 (for the sums D, distill_offsets) needs less: in float, |w| < 1/2 and 7
+ * terms (the tail is below 4.3e-8 of g there); the rest is the exps' e_t - e_s. */
+#define DISTILL_A_BELOW ((REAL)(DISTILL_IN_DOUBLE ? 0.25 : 0.5))
+#define DISTILL_A_TERMS (DISTILL_IN_DOUBLE ? 12 : 7)
+
+/* g(y) / y**2 = sum_k y**k / (k + 2)! for |y| < DISTILL_SERIES_BELOW, by Horner's rule
+ * written out (no loop: gcc would not unroll three of them in the JSD's element step, and
+ * a loop left inside keeps the element loop from vectorising); the steps past
+ * DISTILL_SERIES_TERMS are constant-false and fold away. */
+#define DISTILL_HORNER(k)                                                          \
+    if ((k) <= terms - 2)                                                          \
+    poly = poly * y + (REAL)vocab_g_series[k]
+FASTLOSS_INLINE REAL NAME(distill_series_of)(REAL y, const int terms)
+{
+    REAL poly = (REAL)vocab_g_series[terms - 1];
+    DISTILL_HORNER(12);
+    DISTILL_HORNER(11);
+    DISTILL_HORNER(10);
+    DISTILL_HORNER(9);
+    DISTILL_HORNER(8);
+    DISTILL_HORNER(7);
+    DISTILL_HORNER(6);
+    DISTILL_HORNER(5);
+    DISTILL_HORNER(4);
+    DISTILL_HORNER(3);
+    DISTILL_HORNER(2);
+    DISTILL_HORNER(1);
+    DISTILL_HORNER(0);
+    return poly;
+}
+#undef DISTILL_HORNER
+/* The JSD's u = log m - log p = K_(1 - beta)(y) and v = log m - log q = K_beta(-y) near 0,
+ * K_pi the cumulant generating function of a Bernoulli(pi) variable
+ * (vocab_bernoulli_cgf, analytic for |y| < pi): DISTILL_JSD_TERMS terms of its series,
+ * for |y| < DISTILL_JSD_SERIES_BELOW, leave less than 6e-10 of it out in float (|y| <
+ * log 2, 12 terms), 3e-16 in double (|y| < 1/4, 16 terms).  Polynomials rather than
+ * log1p((1 - beta) expm1(y)): no division (three per element, which set the JSD's speed). */
+#define DISTILL_JSD_TERMS (DISTILL_IN_DOUBLE ? 16 : 12)
+#define DISTILL_CGF_HORNER(k)                                                      \
+    if ((k) <= DISTILL_JSD_TERMS - 2)                                              \
+    poly = poly * t + coef[k]
+/* sum_k coef[k] t**k, k < DISTILL_JSD_TERMS, by Horner's rule written out */
+FASTLOSS_INLINE REAL NAME(distill_cgf)(const REAL *coef, REAL t)
+{
+    REAL poly = coef[DISTILL_JSD_TERMS - 1];
+    DISTILL_CGF_HORNER(14);
+    DISTILL_CGF_HORNER(13);
+    DISTILL_CGF_HORNER(12);
+    DISTILL_CGF_HORNER(11);
+    DISTILL_CGF_HORNER(10);
+    DISTILL_CGF_HORNER(9);
+    DISTILL_CGF_HORNER(8);
+    DISTILL_CGF_HORNER(7);
+    DISTILL_CGF_HORNER(6);
+    DISTILL_CGF_HORNER(5);
+    DISTILL_CGF_HORNER(4);
+    DISTILL_CGF_HORNER(3);
+    DISTILL_CGF_HORNER(2);
+    DISTILL_CGF_HORNER(1);
+    DISTILL_CGF_HORNER(0);
+    return poly;
+}
+#undef DISTILL_CGF_HORNER
+
+/* g(y) / y**2 for |y| < DISTILL_SERIES_BELOW */
+#define DISTILL_G(y) NAME(distill_series_of)(y, DISTILL_SERIES_TERMS)
+
+
 /* The per-row numbers of the element passes, in REAL (see vocab.c for the formulas). */
 typedef struct NAME(distill_row) {
+    REAL beta, beta_c;         /* beta, 1 - beta (JSD) */
+    REAL cgf_u[VOCAB_CGF_TERMS], cgf_v[VOCAB_CGF_TERMS]; /* u's and v's series (JSD) */
     REAL log_beta, log_beta_c; /* log beta, log(1 - beta) (JSD) */
     REAL log_odds;             /* log beta - log(1 - beta) */
     REAL kl_s, kl_t;           /* the row totals the gradients subtract (pass B) */
 } NAME(distill_row);
 
 /* What a chunk's elements need: with e_c = exp((x_c - shift) / T) as pass A left it,
- * q_c = e_c scale and log q_c = (x_c - shift) / T + log_scale, per model; log_ratio is
- * log_scale_t - log_scale_s, so that log p - log q = (a_t - a_s) + log_ratio. */
+ * q_c = e_c scale, per model, and y_c = log q_c - log p_c = d_c + offset (d_c = a_s - a_t
+ * from pass A, offset = close[0]: distill_offsets). */
 typedef struct NAME(distill_chunk) {
-    REAL shift_s, shift_t, scale_s, scale_t, log_ratio;
+    REAL scale_s, scale_t, offset;
 } NAME(distill_chunk);
 
 FASTLOSS_INLINE void NAME(distill_chunk_of)(const double *student_chunk,
-                                            const double *teacher_chunk,
+                                            const double *teacher_chunk, const double *close,
                                             const vocab_row_stats *student,
                                             const vocab_row_stats *teacher,
                                             double inv_temperature,
                                             NAME(distill_chunk) *chunk)
 {
+    chunk->offset = (REAL)close[0];
     const double m_s = student_chunk[VOCAB_CHUNK_MAX], m_t = teacher_chunk[VOCAB_CHUNK_MAX];
     /* a chunk with no finite value: shift 0 and every e 0 (its scale is then unused) */
     const double shift_s = m_s == -INFINITY ? 0.0 : m_s;
     const double shift_t = m_t == -INFINITY ? 0.0 : m_t;
     const double log_scale_s = (shift_s - student->max) * inv_temperature - student->log_sum;
     const double log_scale_t = (shift_t - teacher->max) * inv_temperature - teacher->log_sum;
-    chunk->shift_s = (REAL)shift_s;
-    chunk->shift_t = (REAL)shift_t;
     chunk->scale_s = (REAL)exp(log_scale_s);
     chunk->scale_t = (REAL)exp(log_scale_t);
-    chunk->log_ratio = (REAL)(log_scale_t - log_scale_s);
 }
 
 typedef struct NAME(distill_job) {
@@ -468,12 +551,15 @@ typedef struct NAME(distill_job) {
     size_t per_thread;
 } NAME(distill_job);
 
-/* Per-thread scratch of the distillation: two chunk records per chunk and four rows of
- * REAL (pass A's exps of each model where its gradient row cannot hold them, the
- * differences d_c, the JSD's teacher gaps), 64-byte aligned parts. */
+/* Per-thread scratch of the distillation: two chunk records and three doubles (c_k as
+ * two parts, D_k: distill_stats) per chunk and four rows of REAL (pass A's exps of each model where
+ * its gradient row cannot hold them, the differences d_c, the JSD's teacher gaps),
+ * 64-byte aligned parts. */
+#define DISTILL_CHUNK_DOUBLES (2 * VOCAB_CHUNK_FIELDS + 3)
 static size_t NAME(distill_scratch_bytes)(fastloss_index n_chunks, fastloss_index n_classes)
 {
-    const size_t records = ((size_t)n_chunks * 2 * VOCAB_CHUNK_FIELDS * sizeof(double) + 63) / 64 * 64;
+    const size_t records =
+        ((size_t)n_chunks * DISTILL_CHUNK_DOUBLES * sizeof(double) + 63) / 64 * 64;
     const size_t row = ((size_t)n_classes * sizeof(REAL) + 63) / 64 * 64;
     return records + 4 * row;
 }
@@ -481,22 +567,39 @@ static size_t NAME(distill_scratch_bytes)(fastloss_index n_chunks, fastloss_inde
 /*
  * One element of distill_stats_range, lane j: both models' exps e = exp(a),
  * a = (x_c - shift) / T (each model's chunk shift), kept in es and et, the difference
- * d_c = a_t - a_s kept in d (log p_c - log q_c is d_c plus a constant of the chunk), the
- * exps summed in double lanes (each exp rounded once and nothing else: the KL takes
- * log S_t - log S_s absolutely, where float lanes' roundings of S would show), and,
- * with_next, each model's max of the next chunk's element c.
+ * d_c = a_s - a_t = ((x_s - x_t) - (shift_s - shift_t)) / T kept in d (log q_c - log p_c
+ * is d_c plus a constant of the chunk), rounded once: x_s - x_t is split into its rounded
+ * value and rounding error (Knuth's two-sum), and so is shift_s - shift_t (shift_hi,
+ * shift_lo), so that a close pair's d_c keeps its relative accuracy even where the two
+ * models' logits differ by a constant (a_t - a_s, each a rounded shifted logit, would
+ * not); the error is NaN where a logit is -inf and then left out.  The exps are summed in
+ * the lanes of VOCAB_LANES / VOCAB_FOLD (vocab_internal.h: 8 float terms of one sign, then
+ * double; the divergence takes no difference of the two sums, distill_offsets), and,
+ * with_next, each model's max
+ * of the next chunk's element c.  Beside them, for kappa, D = sum_c e_s,c expm1(-d_c)
+ * (e_t = e_s exp(-d) in exact arithmetic), by g's series where |d_c| is small and as
+ * e_t - e_s beyond (distill_offsets).
  */
 #define DISTILL_STATS_STEP(i, j)                                                   \
     do {                                                                           \
-        const REAL a_s_ = ((REAL)LOAD(xs, i) - shift_s) * inv_t;                   \
-        const REAL a_t_ = ((REAL)LOAD(xt, i) - shift_t) * inv_t;                   \
+        const REAL x_s_ = (REAL)LOAD(xs, i), x_t_ = (REAL)LOAD(xt, i);             \
+        const REAL a_s_ = (x_s_ - shift_s) * inv_t;                                \
+        const REAL a_t_ = (x_t_ - shift_t) * inv_t;                                \
         const REAL e_s_ = REAL_EXP_NONPOSITIVE(a_s_);                              \
         const REAL e_t_ = REAL_EXP_NONPOSITIVE(a_t_);                              \
+        const REAL hi_ = x_s_ - x_t_;                                              \
+        const REAL back_ = hi_ - x_s_;                                             \
+        const REAL lo_ = ((x_s_ - (hi_ - back_)) - (x_t_ + back_)) - shift_lo;     \
+        const REAL d_ = ((hi_ - shift_hi) + (lo_ == lo_ ? lo_ : (REAL)0)) * inv_t; \
+        const REAL w_ = -d_;                                                       \
+        const REAL em_ = w_ + w_ * w_ * NAME(distill_series_of)(w_, DISTILL_A_TERMS); \
+        const REAL abs_w_ = d_ < (REAL)0 ? -d_ : d_;                               \
         es[i] = e_s_;                                                              \
         et[i] = e_t_;                                                              \
-        d[i] = a_t_ - a_s_;                                                        \
-        lane_s[j] += (double)e_s_;                                                 \
-        lane_t[j] += (double)e_t_;                                                 \
+        d[i] = d_;                                                                 \
+        part_s[j] += e_s_;                                                         \
+        part_t[j] += e_t_;                                                         \
+        lane_d[j] += (double)(abs_w_ < DISTILL_A_BELOW ? e_s_ * em_ : e_t_ - e_s_); \
         if (with_next) {                                                           \
             const REAL v_s_ = LOAD(next_s, i), v_t_ = LOAD(next_t, i);             \
             next_lane_s[j] = next_lane_s[j] < v_s_ ? v_s_ : next_lane_s[j];        \
@@ -505,7 +608,7 @@ static size_t NAME(distill_scratch_bytes)(fastloss_index n_chunks, fastloss_inde
     } while (0)
 
 /* Pass A over a range of a chunk of both rows, n elements (DISTILL_STATS_STEP): the
- * sums of the two models' exps (*sum_s, *sum_t) and, with_next, the maxima of
+ * sums of the two models' exps (*sum_s, *sum_t), D (*sum_d) and, with_next, the maxima of
  * next_s[0, n) and next_t[0, n) (the next chunk streams in from memory while this one's
  * exps are computed), else -inf.  Element c goes to lane c % VOCAB_LANES, the lanes
  * combined pairwise: the same order on every ISA. */
@@ -513,33 +616,56 @@ FASTLOSS_INLINE void NAME(distill_stats_range)(const int with_next,
                                                const STORE_T *FASTLOSS_RESTRICT xs,
                                                const STORE_T *FASTLOSS_RESTRICT xt,
                                                fastloss_index n, REAL shift_s, REAL shift_t,
-                                               REAL inv_t, REAL *FASTLOSS_RESTRICT es,
+                                               REAL shift_hi, REAL shift_lo, REAL inv_t,
+                                               REAL *FASTLOSS_RESTRICT es,
                                                REAL *FASTLOSS_RESTRICT et,
                                                REAL *FASTLOSS_RESTRICT d,
                                                const STORE_T *FASTLOSS_RESTRICT next_s,
                                                const STORE_T *FASTLOSS_RESTRICT next_t,
-                                               double *sum_s, double *sum_t, REAL *max_s,
-                                               REAL *max_t)
+                                               double *sum_s, double *sum_t, double *sum_d,
+                                               REAL *max_s, REAL *max_t)
 {
     double lane_s[VOCAB_LANES] = {0.0}, lane_t[VOCAB_LANES] = {0.0};
+    double lane_d[VOCAB_LANES] = {0.0};
     REAL next_lane_s[VOCAB_LANES], next_lane_t[VOCAB_LANES];
     for (int j = 0; j < VOCAB_LANES; ++j)
         next_lane_s[j] = next_lane_t[j] = -(REAL)INFINITY;
     fastloss_index c = 0;
-    for (; c + VOCAB_LANES <= n; c += VOCAB_LANES) {
-        if (with_next) { /* see VOCAB_PREFETCH_AHEAD */
-            __builtin_prefetch(next_s + c + VOCAB_PREFETCH_AHEAD, 0, 3);
-            __builtin_prefetch(next_t + c + VOCAB_PREFETCH_AHEAD, 0, 3);
-            __builtin_prefetch(es + c + VOCAB_PREFETCH_AHEAD, 1, 3);
+    for (; c + VOCAB_FOLD <= n; c += VOCAB_FOLD) {
+        REAL part_s[VOCAB_LANES] = {0}, part_t[VOCAB_LANES] = {0};
+        for (fastloss_index v = c; v < c + VOCAB_FOLD; v += VOCAB_LANES) {
+            if (with_next) { /* see VOCAB_PREFETCH_AHEAD */
+                __builtin_prefetch(next_s + v + VOCAB_PREFETCH_AHEAD, 0, 3);
+                __builtin_prefetch(next_t + v + VOCAB_PREFETCH_AHEAD, 0, 3);
+                __builtin_prefetch(es + v + VOCAB_PREFETCH_AHEAD, 1, 3);
+            }
+#pragma omp simd
+            for (int j = 0; j < VOCAB_LANES; ++j)
+                DISTILL_STATS_STEP(v + j, j);
         }
 #pragma omp simd
-        for (int j = 0; j < VOCAB_LANES; ++j)
-            DISTILL_STATS_STEP(c + j, j);
+        for (int j = 0; j < VOCAB_LANES; ++j) {
+            lane_s[j] += (double)part_s[j];
+            lane_t[j] += (double)part_t[j];
+        }
     }
-    for (int j = 0; c + j < n; ++j)
-        DISTILL_STATS_STEP(c + j, j);
+    if (c < n) { /* the last, partial fold: whole vectors, then one element at a time */
+        REAL part_s[VOCAB_LANES] = {0}, part_t[VOCAB_LANES] = {0};
+        for (; c + VOCAB_LANES <= n; c += VOCAB_LANES) {
+#pragma omp simd
+            for (int j = 0; j < VOCAB_LANES; ++j)
+                DISTILL_STATS_STEP(c + j, j);
+        }
+        for (int j = 0; c + j < n; ++j)
+            DISTILL_STATS_STEP(c + j, j);
+        for (int j = 0; j < VOCAB_LANES; ++j) {
+            lane_s[j] += (double)part_s[j];
+            lane_t[j] += (double)part_t[j];
+        }
+    }
     *sum_s = vocab_lanes_total(lane_s);
     *sum_t = vocab_lanes_total(lane_t);
+    *sum_d = vocab_lanes_total(lane_d);
     REAL m_s = -(REAL)INFINITY, m_t = -(REAL)INFINITY;
     for (int j = 0; j < VOCAB_LANES; ++j) {
         m_s = next_lane_s[j] > m_s ? next_lane_s[j] : m_s;
@@ -566,14 +692,16 @@ FASTLOSS_INLINE void NAME(distill_record)(double *chunk, REAL max, double sum)
  * log_sum) in one loop per chunk over the two models, each chunk's exps relative to its
  * own max (found by the previous chunk's loop), then the chunks' records merge.  The
  * exps stay in es_row and et_row (exp((x_c - shift_k) / T), chunk k relative to its own
- * shift), and d_row holds a_t - a_s: the later passes read these three rows (from the
- * cache) and not the logits.
+ * shift), and d_row holds a_s - a_t: the later passes read these three rows (from the
+ * cache) and not the logits.  close[3 k], close[3 k + 1] and close[3 k + 2] receive chunk
+ * k's shift_s - shift_t (as shift_hi and shift_lo) and D (DISTILL_STATS_STEP) for
+ * distill_offsets.
  */
 static void NAME(distill_stats)(const STORE_T *xs, const STORE_T *xt, fastloss_index n_classes,
                                 fastloss_index n_chunks, double inv_temperature, REAL *es_row,
                                 REAL *et_row, REAL *d_row, double *student_chunks,
-                                double *teacher_chunks, vocab_row_stats *student,
-                                vocab_row_stats *teacher)
+                                double *teacher_chunks, double *close,
+                                vocab_row_stats *student, vocab_row_stats *teacher)
 {
     const REAL inv_t = (REAL)inv_temperature;
     const fastloss_index first = fastloss_vocab_chunk_length(n_classes, 0);
@@ -586,24 +714,30 @@ static void NAME(distill_stats)(const STORE_T *xs, const STORE_T *xt, fastloss_i
         /* a chunk of -inf gets shift 0, so that exp sees -inf rather than NaN */
         const REAL shift_s = m_s == -(REAL)INFINITY ? (REAL)0 : m_s;
         const REAL shift_t = m_t == -(REAL)INFINITY ? (REAL)0 : m_t;
+        /* shift_s - shift_t = shift_hi + shift_lo exactly (two-sum) */
+        const REAL shift_hi = shift_s - shift_t, shift_back = shift_hi - shift_s;
+        const REAL shift_lo = (shift_s - (shift_hi - shift_back)) - (shift_t + shift_back);
         /* the part with a next element beside each element (all of it but in the row's
          * last chunk, and in the chunk before a short last one) */
         const fastloss_index both = n < n_next ? n : n_next;
-        double sum_s, sum_t;
+        double sum_s, sum_t, sum_d;
         REAL next_max_s, next_max_t;
-        NAME(distill_stats_range)(1, xs + start, xt + start, both, shift_s, shift_t, inv_t,
-                                  es_row + start, et_row + start, d_row + start,
-                                  xs + next_start, xt + next_start, &sum_s, &sum_t,
+        NAME(distill_stats_range)(1, xs + start, xt + start, both, shift_s, shift_t,
+                                  shift_hi, shift_lo, inv_t, es_row + start, et_row + start,
+                                  d_row + start,
+                                  xs + next_start, xt + next_start, &sum_s, &sum_t, &sum_d,
                                   &next_max_s, &next_max_t);
         if (both < n) { /* the row's last chunk (no next) or a short next chunk */
-            double rest_s, rest_t;
+            double rest_s, rest_t, rest_d;
             REAL unused_s, unused_t;
             NAME(distill_stats_range)(0, xs + start + both, xt + start + both, n - both,
-                                      shift_s, shift_t, inv_t, es_row + start + both,
+                                      shift_s, shift_t, shift_hi, shift_lo, inv_t,
+                                      es_row + start + both,
                                       et_row + start + both, d_row + start + both, NULL,
-                                      NULL, &rest_s, &rest_t, &unused_s, &unused_t);
+                                      NULL, &rest_s, &rest_t, &rest_d, &unused_s, &unused_t);
             sum_s += rest_s;
             sum_t += rest_t;
+            sum_d += rest_d;
         }
         if (both < n_next) {
             const REAL rest_s = NAME(vocab_max)(xs + next_start + both, n_next - both);
@@ -613,6 +747,9 @@ static void NAME(distill_stats)(const STORE_T *xs, const STORE_T *xt, fastloss_i
         }
         NAME(distill_record)(student_chunks + k * VOCAB_CHUNK_FIELDS, m_s, sum_s);
         NAME(distill_record)(teacher_chunks + k * VOCAB_CHUNK_FIELDS, m_t, sum_t);
+        close[3 * k] = (double)shift_hi;
+        close[3 * k + 1] = (double)shift_lo;
+        close[3 * k + 2] = sum_d;
         m_s = next_max_s;
         m_t = next_max_t;
     }
@@ -621,26 +758,86 @@ static void NAME(distill_stats)(const STORE_T *xs, const STORE_T *xt, fastloss_i
 }
 
 /*
- * One element of distill_range, lane j.  The sums, each term formed in REAL and summed
- * in double lanes:
- *   K_t = sum_c p_c (log p_c - log r_c),  K_s = sum_c q_c (log q_c - log r_c)
- * with r = q for the forward KL (K_t only), r = p for the reverse KL (K_s only), and
- * r = m = beta p + (1 - beta) q for the JSD.  A class whose probability is 0 adds 0
- * (0 log 0 = 0, also where its log-probability is -inf); NaN propagates.  Here
- * log p - log q = d_c + log_ratio, never from rounded log-probabilities.  For the JSD,
- * delta = log(beta p) - log((1 - beta) q) and L = log1p(exp(-|delta|)) give
- *   gap_t = log p - log m = min(delta, 0) - log beta - L,
- *   gap_s = log q - log m = -max(delta, 0) - log(1 - beta) - L
- * with no log of a probability (exact where either underflows); pass B keeps them (in
- * d, which pass C no longer needs, and `gap` when both gradients are wanted) so that
- * pass C takes no exp or log.  The gradients, scale = grad_output * factor / T (times
- * beta or 1 - beta for the JSD's):
- *   student  forward  scale (q - p)                              (pass B)
- *            reverse  scale q (log q - log p - K_s)              (pass C)
- *            JSD      scale (1 - beta) q (log q - log m - K_s)   (pass C)
- *   teacher  forward  scale p (log p - log q - K_t)              (pass C)
- *            reverse  scale (p - q)                              (pass B)
- *            JSD      scale beta p (log p - log m - K_t)         (pass C)
+ * The constants of the chunks in y_c = log q_c - log p_c = d_c + offset_k (chunk k, d_c
+ * = a_s - a_t from pass A).  With Z the sums of exp(x / T), y_c = (x_s,c - x_t,c) / T +
+ * log(Z_t / Z_s) and d_c = ((x_s,c - x_t,c) - c_k) / T, c_k = shift_s - shift_t of chunk
+ * k (pass A's shift_hi + shift_lo, close[3 k], close[3 k + 1]).  Relative to chunk r, the
+ * one that holds the student's max, with delta_k = (c_k - c_r) / T,
+ *   offset_k = kappa + delta_k,  kappa = log(Z_t / Z_s) + c_r / T
+ *            = log sum_c q_c exp(-(d_c + delta_k)),
+ * and in the records of pass A chunk k (shift s_k of the student, sum S_k of its exps
+ * e_s, f_k = exp((s_k - M_s) / T), D_k = close[3 k + 2]) adds f_k exp(-delta_k)
+ * sum_c e_s,c exp(-d_c) = f_k exp(-delta_k) (S_k + D_k) to S_s exp(kappa), so that
+ *   exp(kappa) - 1 = sum_k f_k (expm1(-delta_k) S_k + exp(-delta_k) D_k) / S_s,
+ * whose terms are each of the order of the two models' difference (a constant between
+ * their logits is in c_r, exactly): kappa comes out with the relative accuracy of that
+ * difference (a float32 pair at distance 1e-5 gets it to about 1e-12, where log S_t -
+ * log S_s would carry the exps' roundings, about 1e-8, into every y_c and so into the
+ * gradient q - p = p expm1(y)).  Where that sum is not finite or below -1/2 (log1p would
+ * lose accuracy; the models are then far apart) kappa is taken from the row statistics,
+ * (M_t - M_s + c_r) / T + log S_t - log S_s.  close[3 k] receives offset_k.
+ */
+static void NAME(distill_offsets)(const double *student_chunks, double *close,
+                                  fastloss_index n_chunks, double inv_temperature,
+                                  const vocab_row_stats *student,
+                                  const vocab_row_stats *teacher)
+{
+    fastloss_index r = 0;
+    for (fastloss_index k = 0; k < n_chunks; ++k)
+        if (student_chunks[k * VOCAB_CHUNK_FIELDS + VOCAB_CHUNK_MAX] == student->max) {
+            r = k;
+            break;
+        }
+    const double c_hi = close[3 * r], c_lo = close[3 * r + 1];
+    double excess = 0.0;
+    for (fastloss_index k = 0; k < n_chunks; ++k) {
+        const double m = student_chunks[k * VOCAB_CHUNK_FIELDS + VOCAB_CHUNK_MAX];
+        const double sum = student_chunks[k * VOCAB_CHUNK_FIELDS + VOCAB_CHUNK_SUM];
+        const double delta = ((close[3 * k] - c_hi) + (close[3 * k + 1] - c_lo)) * inv_temperature;
+        const double extra = close[3 * k + 2];
+        const double log_f = ((m == -INFINITY ? 0.0 : m) - student->max) * inv_temperature;
+        if (sum != 0.0) /* a chunk the student rules out has no term (and may have f = inf) */
+            excess += exp(log_f) * expm1(-delta) * sum;
+        if (extra != 0.0)
+            excess += exp(log_f - delta) * extra;
+        close[3 * k + 2] = delta; /* D_k is used: keep delta_k for the second loop */
+    }
+    const double ratio = excess / student->sum;
+    const double kappa = isfinite(ratio) && ratio >= -0.5
+                             ? log1p(ratio)
+                             : ((teacher->max - student->max) + (c_hi + c_lo)) * inv_temperature +
+                                   teacher->log_sum - student->log_sum;
+    for (fastloss_index k = 0; k < n_chunks; ++k)
+        close[3 * k] = kappa + close[3 * k + 2];
+}
+
+/*
+ * One element of distill_range, lane j.  With y = d_c + offset = log q - log p (d from
+ * pass A, offset: distill_chunk), the sums, each term formed in REAL and summed in double lanes:
+ *   forward KL  K_t = sum_c p g(y)                                       (y = log q - log p)
+ *   reverse KL  K_s = sum_c q g(z)                                       (z = -y)
+ *   JSD         K_t = sum_c p g(u),  K_s = sum_c q g(v)
+ * with u = log m - log p = log1p((1 - beta) expm1(y)), v = log m - log q =
+ * log1p(beta expm1(-y)), m = beta p + (1 - beta) q: every term >= 0 (vocab.c).  Where
+ * |y| is small, g is the series (DISTILL_G), expm1(y) = y + g(y), and the JSD's u and v
+ * their series (distill_cgf); beyond, each
+ * term is p g(y) = q - p - p y (and m - p - p u for the JSD), which is also the term of a
+ * class whose probability p is 0 (adding q; 0 y is taken as 0, y being +inf where the
+ * logit is -inf) and gives +inf where q is 0 and p is not, as the definition does; the
+ * JSD's u and v there are the log-add-exp form: delta = log(beta p) - log((1 - beta) q)
+ * and L = log1p(exp(-|delta|)) give
+ *   -u = log p - log m = min(delta, 0) - log beta - L,
+ *   -v = log q - log m = -max(delta, 0) - log(1 - beta) - L.
+ * A class that both models rule out adds 0.  Pass B keeps the JSD's -v and -u (in d,
+ * which pass C no longer needs, and `gap` when both gradients are wanted) so that pass C
+ * takes no exp or log.  The gradients, scale = grad_output * factor / T (times beta or
+ * 1 - beta for the JSD's):
+ *   student  forward  scale (q - p) = scale p expm1(y)                (pass B)
+ *            reverse  scale q (y - K_s)                              (pass C)
+ *            JSD      scale (1 - beta) q (-v - K_s)                  (pass C)
+ *   teacher  forward  scale p (-y - K_t)                             (pass C)
+ *            reverse  scale (p - q) = scale q expm1(z)                (pass B)
+ *            JSD      scale beta p (-u - K_t)                        (pass C)
  * (the softmax's Jacobian applied to d loss / d log q and d loss / d log p).  A
  * gradient row may be the row of that model's exps (es == gs, et == gt): each element
  * is read before it is written, in the same step.
@@ -649,36 +846,55 @@ static void NAME(distill_stats)(const STORE_T *xs, const STORE_T *xt, fastloss_i
     do {                                                                                    \
         const REAL e_s = es[i], e_t = et[i];                                                \
         const REAL q = e_s * unit_s, p = e_t * unit_t;                                      \
+        const REAL y = d[i] + offset; /* log q - log p */                                   \
         if (divergence == FASTLOSS_DIVERGENCE_FORWARD_KL) {                                 \
-            const REAL log_pq = d[i] + log_ratio; /* log p - log q */                       \
             if (!pass_c) {                                                                  \
-                lane_t[j] += (double)(e_t == (REAL)0 ? (REAL)0 : p * log_pq);               \
+                const REAL g = y * y * DISTILL_G(y);                                        \
+                const REAL abs_y = y < (REAL)0 ? -y : y;                                    \
+                const REAL far = e_t == (REAL)0 ? q : (q - p) - p * y;                      \
+                lane_t[j] += (double)(abs_y < DISTILL_SERIES_BELOW ? p * g : far);          \
                 if (want_s)                                                                 \
-                    STORE(gs, i, scale_s * (q - p));                                        \
+                    STORE(gs, i, scale_s * (abs_y < DISTILL_SERIES_BELOW ? p * (y + g)      \
+                                                                         : q - p));         \
             } else {                                                                        \
-                STORE(gt, i, scale_t * (e_t == (REAL)0 ? (REAL)0 : p * (log_pq - kl_t)));   \
+                STORE(gt, i, scale_t * (e_t == (REAL)0 ? (REAL)0 : p * (-y - kl_t)));       \
             }                                                                               \
         } else if (divergence == FASTLOSS_DIVERGENCE_REVERSE_KL) {                          \
-            const REAL log_pq = d[i] + log_ratio;                                           \
             if (!pass_c) {                                                                  \
-                lane_s[j] += (double)(e_s == (REAL)0 ? (REAL)0 : q * -log_pq);              \
+                const REAL z = -y; /* log p - log q */                                      \
+                const REAL g = z * z * DISTILL_G(z);                                        \
+                const REAL abs_z = z < (REAL)0 ? -z : z;                                    \
+                const REAL far = e_s == (REAL)0 ? p : (p - q) - q * z;                      \
+                lane_s[j] += (double)(abs_z < DISTILL_SERIES_BELOW ? q * g : far);          \
                 if (want_t)                                                                 \
-                    STORE(gt, i, scale_t * (p - q));                                        \
+                    STORE(gt, i, scale_t * (abs_z < DISTILL_SERIES_BELOW ? q * (z + g)      \
+                                                                         : p - q));         \
             } else {                                                                        \
-                STORE(gs, i, scale_s * (e_s == (REAL)0 ? (REAL)0 : q * (-log_pq - kl_s)));  \
+                STORE(gs, i, scale_s * (e_s == (REAL)0 ? (REAL)0 : q * (y - kl_s)));        \
             }                                                                               \
         } else if (!pass_c) {                                                               \
-            const REAL delta = (d[i] + log_ratio) + log_odds;                               \
+            /* near 0: u = log m - log p, v = log m - log q by their series */               \
+            const REAL abs_y = y < (REAL)0 ? -y : y;                                        \
+            const REAL u = y * NAME(distill_cgf)(cgf_u, y);                                 \
+            const REAL v = -y * NAME(distill_cgf)(cgf_v, -y);                               \
+            /* beyond: the gaps -u = log p - log m and -v = log q - log m */                \
+            const REAL delta = log_odds - y;                                                \
             const REAL abs_delta = delta < (REAL)0 ? -delta : delta;                        \
             const REAL mix = REAL_LOG1P_UNIT(REAL_EXP_NONPOSITIVE(-abs_delta));             \
             const REAL gap_t = ((delta < (REAL)0 ? delta : (REAL)0) - log_beta) - mix;      \
             const REAL gap_s = ((delta > (REAL)0 ? -delta : (REAL)0) - log_beta_c) - mix;   \
-            lane_t[j] += (double)(e_t == (REAL)0 ? (REAL)0 : p * gap_t);                    \
-            lane_s[j] += (double)(e_s == (REAL)0 ? (REAL)0 : q * gap_s);                    \
+            const REAL far_t = e_t == (REAL)0 ? beta_c * q : beta_c * (q - p) + p * gap_t;  \
+            const REAL far_s = e_s == (REAL)0 ? beta * p : beta * (p - q) + q * gap_s;      \
+            lane_t[j] += (double)(abs_y < DISTILL_JSD_SERIES_BELOW                          \
+                                      ? p * (u * u * DISTILL_G(u))                          \
+                                      : far_t);                                             \
+            lane_s[j] += (double)(abs_y < DISTILL_JSD_SERIES_BELOW                          \
+                                      ? q * (v * v * DISTILL_G(v))                          \
+                                      : far_s);                                             \
             if (want_s)                                                                     \
-                d[i] = gap_s;                                                               \
+                d[i] = abs_y < DISTILL_JSD_SERIES_BELOW ? -v : gap_s;                       \
             if (want_t)                                                                     \
-                gap_t_row[i] = gap_t;                                                       \
+                gap_t_row[i] = abs_y < DISTILL_JSD_SERIES_BELOW ? -u : gap_t;               \
         } else {                                                                            \
             if (want_s)                                                                     \
                 STORE(gs, i, scale_s * (e_s == (REAL)0 ? (REAL)0 : q * (d[i] - kl_s)));     \
@@ -705,7 +921,13 @@ FASTLOSS_INLINE void NAME(distill_range)(const int divergence, const int pass_c,
                                          double *sum_t)
 {
     const REAL unit_s = chunk->scale_s, unit_t = chunk->scale_t;
-    const REAL log_ratio = chunk->log_ratio, log_odds = row->log_odds;
+    const REAL offset = chunk->offset, log_odds = row->log_odds;
+    const REAL beta = row->beta, beta_c = row->beta_c;
+    REAL cgf_u[VOCAB_CGF_TERMS], cgf_v[VOCAB_CGF_TERMS]; /* local: no aliasing with d */
+    for (int k = 0; k < VOCAB_CGF_TERMS; ++k) {
+        cgf_u[k] = row->cgf_u[k];
+        cgf_v[k] = row->cgf_v[k];
+    }
     const REAL log_beta = row->log_beta, log_beta_c = row->log_beta_c;
     const REAL kl_s = row->kl_s, kl_t = row->kl_t;
     double lane_s[VOCAB_LANES] = {0.0}, lane_t[VOCAB_LANES] = {0.0};
@@ -731,7 +953,8 @@ static void NAME(distill_pass)(int divergence, int pass_c, const REAL *es_row,
                                const REAL *et_row, REAL *d_row, REAL *gap_row,
                                fastloss_index n_classes, fastloss_index n_chunks,
                                double inv_temperature, const double *student_chunks,
-                               const double *teacher_chunks, const vocab_row_stats *student,
+                               const double *teacher_chunks, const double *close,
+                               const vocab_row_stats *student,
                                const vocab_row_stats *teacher, const NAME(distill_row) *row,
                                REAL scale_s, REAL scale_t, GRAD_T *gs, GRAD_T *gt,
                                double *kl_s, double *kl_t)
@@ -744,13 +967,13 @@ static void NAME(distill_pass)(int divergence, int pass_c, const REAL *es_row,
         const fastloss_index n = fastloss_vocab_chunk_length(n_classes, start);
         NAME(distill_chunk) chunk;
         NAME(distill_chunk_of)(student_chunks + k * VOCAB_CHUNK_FIELDS,
-                               teacher_chunks + k * VOCAB_CHUNK_FIELDS, student, teacher,
-                               inv_temperature, &chunk);
+                               teacher_chunks + k * VOCAB_CHUNK_FIELDS, close + 3 * k, student,
+                               teacher, inv_temperature, &chunk);
         const REAL *es = es_row + start, *et = et_row + start;
         REAL *d = d_row + start, *gap_t = gap_t_rows + start;
         GRAD_T *gsk = gs ? gs + start : NULL, *gtk = gt ? gt + start : NULL;
         double sum_s = 0.0, sum_t = 0.0;
-#define VOCAB_RANGE(div, c, ws, wt)                                                           \
+#define VOCAB_RANGE(div, c, ws, wt)                                                         \
     NAME(distill_range)(div, c, ws, wt, es, et, d, gap_t, n, &chunk, row, scale_s, scale_t, \
                         gsk, gtk, &sum_s, &sum_t)
         if (!pass_c) {
@@ -806,11 +1029,25 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
     char *mine = job->scratch + job->per_thread * (size_t)thread;
     double *student_chunks = (double *)mine;
     double *teacher_chunks = student_chunks + n_chunks * VOCAB_CHUNK_FIELDS;
-    mine += ((size_t)n_chunks * 2 * VOCAB_CHUNK_FIELDS * sizeof(double) + 63) / 64 * 64;
+    double *close = teacher_chunks + n_chunks * VOCAB_CHUNK_FIELDS;
+    mine += ((size_t)n_chunks * DISTILL_CHUNK_DOUBLES * sizeof(double) + 63) / 64 * 64;
     const size_t row_bytes = ((size_t)n_classes * sizeof(REAL) + 63) / 64 * 64;
     REAL *scratch_es = (REAL *)mine, *scratch_et = (REAL *)(mine + row_bytes);
     REAL *d_row = (REAL *)(mine + 2 * row_bytes), *gap_row = (REAL *)(mine + 3 * row_bytes);
     NAME(distill_row) row;
+    row.beta = (REAL)beta;
+    {
+        double cgf_u[VOCAB_CGF_TERMS] = {0.0}, cgf_v[VOCAB_CGF_TERMS] = {0.0};
+        if (divergence == FASTLOSS_DIVERGENCE_JSD) {
+            vocab_bernoulli_cgf(1.0 - beta, DISTILL_JSD_TERMS, cgf_u);
+            vocab_bernoulli_cgf(beta, DISTILL_JSD_TERMS, cgf_v);
+        }
+        for (int k = 0; k < VOCAB_CGF_TERMS; ++k) {
+            row.cgf_u[k] = (REAL)cgf_u[k];
+            row.cgf_v[k] = (REAL)cgf_v[k];
+        }
+    }
+    row.beta_c = (REAL)(1.0 - beta);
     row.log_beta = (REAL)log(beta);
     row.log_beta_c = (REAL)log1p(-beta);
     row.log_odds = (REAL)(log(beta) - log1p(-beta));
@@ -842,7 +1079,9 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
         REAL *et_row = gt && STORAGE_IS_COMPUTE ? (REAL *)gt : scratch_et;
         vocab_row_stats student, teacher;
         NAME(distill_stats)(xs, xt, n_classes, n_chunks, inv_temperature, es_row, et_row,
-                            d_row, student_chunks, teacher_chunks, &student, &teacher);
+                            d_row, student_chunks, teacher_chunks, close, &student, &teacher);
+        NAME(distill_offsets)(student_chunks, close, n_chunks, inv_temperature, &student,
+                              &teacher);
         /* A row with no finite log-sum-exp (a +inf or NaN logit, or every logit -inf)
          * has no distribution: its loss and gradients are NaN. */
         const int finite = isfinite(student.max) && isfinite(student.log_sum) &&
@@ -857,8 +1096,8 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
         /* pass B: the divergence, with the gradients that subtract no row total (the
          * forward KL's student's, the reverse KL's teacher's) */
         NAME(distill_pass)(divergence, 0, es_row, et_row, d_row, gap_row, n_classes, n_chunks,
-                           inv_temperature, student_chunks, teacher_chunks, &student, &teacher,
-                           &row, scale_s, scale_t, gs, gt, &kl_s, &kl_t);
+                           inv_temperature, student_chunks, teacher_chunks, close, &student,
+                           &teacher, &row, scale_s, scale_t, gs, gt, &kl_s, &kl_t);
         /* pass C: the gradients that subtract the totals, from the kept rows */
         const int needs_totals = (gs && divergence != FASTLOSS_DIVERGENCE_FORWARD_KL) ||
                                  (gt && divergence != FASTLOSS_DIVERGENCE_REVERSE_KL);
@@ -867,7 +1106,7 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
             row.kl_t = (REAL)kl_t;
             NAME(distill_pass)(divergence, 1, es_row, et_row, d_row, gap_row, n_classes,
                                n_chunks, inv_temperature, student_chunks, teacher_chunks,
-                               &student, &teacher, &row, scale_s, scale_t,
+                               close, &student, &teacher, &row, scale_s, scale_t,
                                divergence == FASTLOSS_DIVERGENCE_FORWARD_KL ? NULL : gs,
                                divergence == FASTLOSS_DIVERGENCE_REVERSE_KL ? NULL : gt,
                                NULL, NULL);
@@ -935,3 +1174,12 @@ int DISTILL_RUN(const fastloss_vocab_options *options, const void *student_data,
 }
 
 #undef VOCAB_ROW_RANGE
+#undef DISTILL_CHUNK_DOUBLES
+#undef DISTILL_SERIES_TERMS
+#undef DISTILL_JSD_SERIES_BELOW
+#undef DISTILL_SERIES_BELOW
+#undef DISTILL_IN_DOUBLE
+#undef DISTILL_A_BELOW
+#undef DISTILL_A_TERMS
+#undef DISTILL_G
+#undef DISTILL_JSD_TERMS

@@ -84,6 +84,48 @@ static inline double vocab_lanes_total(const double *lane)
     return fastloss_lanes_total(half);
 }
 
+/* 1 / (k + 2)! for k = 0, 1, ...: g(y) / y**2 = sum_k y**k / (k + 2)! for
+ * g(y) = exp(y) - 1 - y, the distillation's terms (vocab_body.h, "Distillation"). */
+static const double vocab_g_series[14] = {
+    1.0 / 2.0,         1.0 / 6.0,          1.0 / 24.0,           1.0 / 120.0,
+    1.0 / 720.0,       1.0 / 5040.0,       1.0 / 40320.0,        1.0 / 362880.0,
+    1.0 / 3628800.0,   1.0 / 39916800.0,   1.0 / 479001600.0,    1.0 / 6227020800.0,
+    1.0 / 87178291200.0, 1.0 / 1307674368000.0};
+
+/* The most terms of vocab_bernoulli_cgf's series. */
+#define VOCAB_CGF_TERMS 16
+
+/*
+ * coef[n - 1] = kappa_n / n!, n = 1 .. terms (at most VOCAB_CGF_TERMS): the Taylor series
+ * at 0 of K(t) = log(1 - pi + pi e^t), the cumulant generating function of a Bernoulli(pi)
+ * variable (the JSD's log m - log p, vocab_body.h).  K' = s(t) = the logistic of
+ * t + log(pi / (1 - pi)), and s' = s (1 - s), so that the n-th derivative of s is a
+ * polynomial P_n(s): P_0(s) = s, P_(n+1)(s) = P_n'(s) (s - s**2), and kappa_(n+1) =
+ * P_n(pi).  K is analytic in the disc |t| < sqrt(log(pi / (1 - pi))**2 + pi**2) (>= pi,
+ * the circle's pi), where the log's argument vanishes.  In double, once per call.
+ */
+static inline void vocab_bernoulli_cgf(double pi, int terms, double *coef)
+{
+    double poly[VOCAB_CGF_TERMS + 2] = {0.0}, next[VOCAB_CGF_TERMS + 2];
+    poly[1] = 1.0; /* P_0(s) = s: the coefficients of s**0, s**1, ... */
+    double factorial = 1.0;
+    for (int n = 0; n < terms; ++n) {
+        double value = 0.0;
+        for (int k = n + 1; k >= 0; --k) /* P_n has degree n + 1 */
+            value = value * pi + poly[k];
+        factorial *= (double)(n + 1);
+        coef[n] = value / factorial;
+        for (int k = 0; k < VOCAB_CGF_TERMS + 2; ++k)
+            next[k] = 0.0;
+        for (int k = 1; k <= n + 1 && k + 1 < VOCAB_CGF_TERMS + 2; ++k) {
+            next[k] += (double)k * poly[k];     /* P_n' s */
+            next[k + 1] -= (double)k * poly[k]; /* -P_n' s**2 */
+        }
+        for (int k = 0; k < VOCAB_CGF_TERMS + 2; ++k)
+            poly[k] = next[k];
+    }
+}
+
 /* A row's softmax statistics: with M the row's max and a_c = (x_c - M) / temperature,
  *   sum = S = sum_c exp(a_c),  weighted = W = sum_c exp(a_c) a_c,  others = S without
  * the target's term; so lse = M / temperature + log S and the entropy is log S - W / S. */

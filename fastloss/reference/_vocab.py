@@ -6,6 +6,8 @@ Each distribution is ``softmax(logits / temperature)`` over the last axis. Rows 
 ``target`` equals ``ignore_index`` contribute nothing.
 """
 
+import math
+
 import numpy as np
 
 __all__ = ["distill_kl", "distill_kl_grad", "distill_kl_value_and_grad", "jsd", "jsd_grad",
@@ -168,31 +170,105 @@ def _beta(beta):
     return float(beta)
 
 
+#: |y| below which g(y) = exp(y) - 1 - y is summed as its series (whose tail after
+#: _SERIES_TERMS terms is below 0.5**20 / 22! < 1e-27 of g); above it expm1(y) - y loses
+#: at most a factor of 8 to cancellation (at y = -0.5).
+_SERIES_BELOW = 0.5
+_SERIES_TERMS = 20
+
+
+def _g(y):
+    """g(y) = exp(y) - 1 - y >= 0 elementwise with its relative accuracy: y**2 times
+    sum_k y**k / (k + 2)! where |y| < _SERIES_BELOW, expm1(y) - y elsewhere."""
+    small = np.abs(y) < _SERIES_BELOW
+    t = np.where(small, y, 0.0)
+    series = np.zeros_like(t)
+    for k in reversed(range(_SERIES_TERMS)):  # Horner's rule
+        series = series * t + 1.0 / math.factorial(k + 2)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.where(small, t * t * series, np.expm1(y) - y)
+
+
+def _difference(a, b):
+    """a - b as its rounded value and the rounding error (Knuth's two-sum): hi + lo is
+    exact; lo is 0 where hi is not finite."""
+    hi = a - b
+    with np.errstate(invalid="ignore"):
+        back = hi - a
+        lo = (a - (hi - back)) - (b + back)
+    return hi, np.where(np.isfinite(hi), lo, 0.0)
+
+
+def _log_ratio(student, teacher, temperature, q, p):
+    """y = log q - log p per class, with its relative accuracy where the models are close.
+
+    y is the logits' own difference less the rows' maxima's, ((x_s - x_t) - (M_s - M_t))
+    / T, rounded once (both differences carried as value and rounding error, so that a
+    constant between the two models' logits loses nothing), plus the log-sums' difference
+    log S_t - log S_s (S = sum_c exp((x_c - M) / T)): no difference of two rounded
+    log-probabilities.  That constant is rounded (to about 1e-16 of the log-sums), an
+    error c shared by the whole row which the gradient q - p = p expm1(y) of a close pair
+    would show; it is removed with sum_c q_c = 1: where |y| < 1/2, p e^y = q e^(-c), so
+        s = sum_(|y| < 1/2) p expm1(y) + sum_(others) (q - p) = expm1(-c) sum_(|y| < 1/2) q
+    and c = -log1p(s / that sum), itself accurate to about 1e-16 of |c|."""
+    top_s = np.max(student, axis=-1, keepdims=True)
+    top_t = np.max(teacher, axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        hi, lo = _difference(student, teacher)
+        top_hi, top_lo = _difference(top_s, top_t)
+        log_sum_s = np.log(np.sum(np.exp((student - top_s) / temperature), axis=-1, keepdims=True))
+        log_sum_t = np.log(np.sum(np.exp((teacher - top_t) / temperature), axis=-1, keepdims=True))
+        y = ((hi - top_hi) + (lo - top_lo)) / temperature + (log_sum_t - log_sum_s)
+        small = np.abs(y) < 0.5
+        s = np.sum(np.where(small, p * np.expm1(y), q - p), axis=-1, keepdims=True)
+        q_small = np.sum(np.where(small, q, 0.0), axis=-1, keepdims=True)
+        correction = np.log1p(s / q_small)
+        # no class near the other model's (or a row with no distribution): no correction
+        return y - np.where(np.isfinite(correction), correction, 0.0)
+
+
 def _divergence(student, teacher, temperature, beta):
     """Per row: the loss, d loss / d student, d loss / d teacher (unscaled), for
-    ``beta`` 0 (forward KL(P || Q)), 1 (reverse KL(Q || P)) or between (JSD)."""
+    ``beta`` 0 (forward KL(P || Q)), 1 (reverse KL(Q || P)) or between (JSD).
+
+    Every divergence is summed in terms that are all >= 0, from y = log q - log p
+    (_log_ratio) and g(y) = exp(y) - 1 - y (_g): sum_c p_c = sum_c q_c = 1 gives
+        KL(P || Q) = sum_c p (-y) = sum_c p (e^y - 1 - y) = sum_c p g(y)
+    (a class with p = 0 adds q: p g(y) is q - p - p y), so a close pair's KL, of the
+    order of y**2, is not the remainder of terms of the order of y that cancel.  Likewise
+    KL(Q || P) = sum_c q g(-y), and for the JSD, with u = log m - log p =
+    log1p((1 - beta) expm1(y)) and v = log m - log q = log1p(beta expm1(-y)) (u between
+    0 and y, v between 0 and -y: log m lies between log p and log q):
+        KL(P || M) = sum_c p g(u)  (p = 0 adds m = (1 - beta) q),
+        KL(Q || M) = sum_c q g(v)  (q = 0 adds m = beta p).
+    Gradients: q - p = p expm1(y), p - q = q expm1(-y), and p (log p - log r - KL)."""
     log_q = _log_softmax(student, temperature)
     log_p = _log_softmax(teacher, temperature)
     q, p = np.exp(log_q), np.exp(log_p)
-    with np.errstate(invalid="ignore"):
+    y = _log_ratio(student, teacher, temperature, q, p)
+    with np.errstate(invalid="ignore", over="ignore"):
         if beta == 0.0:
-            kl = _xlogy_rows(p, log_p - log_q)
+            kl = np.sum(np.where(p == 0.0, q, p * _g(y)), axis=-1)
             loss = kl
-            d_student = q - p
-            d_teacher = np.where(p == 0.0, 0.0, p * (log_p - log_q - kl[..., None]))
+            d_student = np.where(p == 0.0, q, p * np.expm1(y))
+            d_teacher = np.where(p == 0.0, 0.0, p * (-y - kl[..., None]))
         elif beta == 1.0:
-            kl = _xlogy_rows(q, log_q - log_p)
+            kl = np.sum(np.where(q == 0.0, p, q * _g(-y)), axis=-1)
             loss = kl
-            d_student = np.where(q == 0.0, 0.0, q * (log_q - log_p - kl[..., None]))
-            d_teacher = p - q
+            d_student = np.where(q == 0.0, 0.0, q * (y - kl[..., None]))
+            d_teacher = np.where(q == 0.0, p, q * np.expm1(-y))
         else:
-            log_m = np.logaddexp(np.log(beta) + log_p, np.log1p(-beta) + log_q)
-            kl_p = _xlogy_rows(p, log_p - log_m)
-            kl_q = _xlogy_rows(q, log_q - log_m)
+            # log1p of expm1 near y = 0, log-add-exp beyond (where expm1 could overflow)
+            near = np.abs(y) < 1.0
+            u = np.where(near, np.log1p((1.0 - beta) * np.expm1(y)),
+                         np.logaddexp(np.log(beta), np.log1p(-beta) + y))
+            v = np.where(near, np.log1p(beta * np.expm1(-y)),
+                         np.logaddexp(np.log(beta) - y, np.log1p(-beta)))
+            kl_p = np.sum(np.where(p == 0.0, (1.0 - beta) * q, p * _g(u)), axis=-1)
+            kl_q = np.sum(np.where(q == 0.0, beta * p, q * _g(v)), axis=-1)
             loss = beta * kl_p + (1.0 - beta) * kl_q
-            d_student = (1.0 - beta) * np.where(q == 0.0, 0.0,
-                                                q * (log_q - log_m - kl_q[..., None]))
-            d_teacher = beta * np.where(p == 0.0, 0.0, p * (log_p - log_m - kl_p[..., None]))
+            d_student = (1.0 - beta) * np.where(q == 0.0, 0.0, q * (-v - kl_q[..., None]))
+            d_teacher = beta * np.where(p == 0.0, 0.0, p * (-u - kl_p[..., None]))
     return loss, d_student / temperature, d_teacher / temperature
 
 
