@@ -31,6 +31,7 @@ typedef struct RUN_JOB {
     fastloss_index n_units;
     int small, wide, softcap, backward, private_e;
     int prefetch_rows;              /* the forward prefetches this many rows ahead (0: none) */
+    int stream;                     /* half rows' gradients by streaming stores (ce_row_grad) */
     double softcap_value;
     char *thread_scratch;
     size_t per_thread;
@@ -145,7 +146,7 @@ static void RUN_ROWS(const RUN_JOB *job, int thread, int n_threads)
             REAL *e_row = private_e ? e_private : (REAL *)g;
             /* a gradient row apart from the exps (and from the logits) is brought into
              * cache during the exp pass (ce_touch_grad) */
-            GRAD_T *touch = private_e && (const void *)g != (const void *)x ? g : NULL;
+            GRAD_T *touch = private_e && !job->stream && (const void *)g != (const void *)x ? g : NULL;
             if (block_mode == CE_MODE_BLOCK_GRAD)
                 ROW_SAME(ce_row_rebased)(call_ptr, x, stats.max, e_row, chunk_data, touch);
             else if (!backward || !ROW_SAME(ce_row_shifted)(call_ptr, x, t, lse_in[i], e_row, chunk_data, touch, &stats))
@@ -156,7 +157,8 @@ static void RUN_ROWS(const RUN_JOB *job, int thread, int n_threads)
             if (block_mode != CE_MODE_BLOCK_STATS)
                 ROW_SAME(ce_coefficients)(call_ptr, &stats, target_logit, target_weight, i, &coef);
             if (g)
-                ROW_SAME(ce_row_grad)(call_ptr, q, weight, t, &coef, e_row, chunk_data, NULL, g);
+                ROW_SAME(ce_row_grad)(call_ptr, q, weight, t, &coef, e_row, chunk_data, NULL, g,
+                                      job->stream ? (GRAD_T *)tile : NULL);
         } else {
             if (!softcap) {
                 for (fastloss_index c = 0; c < n_classes; ++c)
@@ -185,7 +187,7 @@ static void RUN_ROWS(const RUN_JOB *job, int thread, int n_threads)
                 ROW_WIDE(ce_coefficients)(call_ptr, &stats, target_logit, target_weight, i, &coef);
             if (g)
                 ROW_WIDE(ce_row_grad)(call_ptr, q, weight, t, &coef, e_wide, chunk_data,
-                                      softcap ? slope : NULL, g);
+                                      softcap ? slope : NULL, g, NULL);
         }
         if (stats_out) {
             /* the block's record (the layout of cross_entropy.h) */
@@ -204,6 +206,10 @@ static void RUN_ROWS(const RUN_JOB *job, int thread, int n_threads)
         row_z[i] = coef.z_term;
         row_lse[i] = coef.lse;
     }
+#ifdef FASTLOSS_STREAMING
+    if (job->stream) /* the streaming stores ordered before the rows' end is seen */
+        fastloss_stream_fence();
+#endif
 }
 
 int RUN(int block_mode, const double *stats_in, double *stats_out,
@@ -321,6 +327,17 @@ int RUN(int block_mode, const double *stats_in, double *stats_out,
         const fastloss_index ahead = CE_PREFETCH_DISTANCE / (row_bytes_read > 0 ? row_bytes_read : 1);
         prefetch_rows = ahead < 1 ? 1 : ahead > CE_PREFETCH_MAX_ROWS ? CE_PREFETCH_MAX_ROWS : (int)ahead;
     }
+    /* The half rows keep their exps apart from the gradient (private_e), so nothing
+     * reads a gradient line before the gradient pass writes it: where the call's
+     * gradient is larger than the caches hold, it is streamed (ce_row_grad). */
+#ifdef FASTLOSS_STREAMING
+    const int stream = grad && private_e && !wide && !STORAGE_IS_COMPUTE && !small &&
+                       block_mode != CE_MODE_BLOCK_STATS &&
+                       (double)n_rows * (double)n_classes * (double)sizeof(GRAD_T) >=
+                           (double)FASTLOSS_STREAM_BYTES;
+#else
+    const int stream = 0;
+#endif
     const fastloss_index online_width = FASTLOSS_CE_ONLINE_CHUNK;
     const fastloss_index n_online = (n_classes + online_width - 1) / online_width;
     char *scratch = malloc(per_thread * (size_t)threads + 3 * row_bytes +
@@ -367,7 +384,7 @@ int RUN(int block_mode, const double *stats_in, double *stats_out,
      * and wakes libgomp's pool, a visible part of a call on a small batch). */
     RUN_JOB job = {&call, block_mode, options->class_offset, stats_in, stats_out, logits, logits_row_stride, target, soft_target,
                    soft_target_row_stride, weight, lse_in, grad, grad_row_stride, n_rows,
-                   n_units, small, wide, softcap, backward, private_e, prefetch_rows, options->softcap,
+                   n_units, small, wide, softcap, backward, private_e, prefetch_rows, stream, options->softcap,
                    thread_scratch, per_thread, scratch_bytes, row_ce, row_z, row_lse};
     if (threads == 1) {
         RUN_ROWS(&job, 0, 1);
