@@ -31,7 +31,6 @@ typedef struct RUN_JOB {
     fastloss_index n_units;
     int small, wide, softcap, backward, private_e;
     int prefetch_rows;              /* the forward prefetches this many rows ahead (0: none) */
-    int stream;                     /* half rows' gradients by streaming stores (ce_row_grad) */
     double softcap_value;
     char *thread_scratch;
     size_t per_thread;
@@ -89,6 +88,14 @@ static void RUN_ROWS(const RUN_JOB *job, int thread, int n_threads)
     }
     const int block_mode = job->block_mode;
     const int prefetch_rows = job->prefetch_rows;
+    /* the rows ahead that the statistics prefetch: the forward's, and, for the rows
+     * whose exps go to a private row apart from the gradient (the half rows' fused
+     * pass), the next row, whose logits the hardware prefetcher alone brought in too
+     * late there (perf, bfloat16 fused, one thread: 43% of the statistics pass at the
+     * load of the logits; 8.75 -> 7.4-7.8 ms CPU for N=512, C=50257).  Not for float32
+     * rows, whose exps are written into the gradient row (9.5 -> 10.4 ms), nor the
+     * backward from an lse (7.5 -> 8.1 ms): measured slower. */
+    const int ahead_rows = prefetch_rows ? prefetch_rows : (grad && private_e ? 1 : 0);
     const double *stats_in = job->stats_in;
     double *stats_out = job->stats_out;
     for (fastloss_index i = begin; i < end; ++i) {
@@ -146,19 +153,18 @@ static void RUN_ROWS(const RUN_JOB *job, int thread, int n_threads)
             REAL *e_row = private_e ? e_private : (REAL *)g;
             /* a gradient row apart from the exps (and from the logits) is brought into
              * cache during the exp pass (ce_touch_grad) */
-            GRAD_T *touch = private_e && !job->stream && (const void *)g != (const void *)x ? g : NULL;
+            GRAD_T *touch = private_e && (const void *)g != (const void *)x ? g : NULL;
+            const STORE_T *ahead = i + ahead_rows < end && ahead_rows
+                                       ? x + ahead_rows * logits_row_stride : NULL;
             if (block_mode == CE_MODE_BLOCK_GRAD)
                 ROW_SAME(ce_row_rebased)(call_ptr, x, stats.max, e_row, chunk_data, touch);
             else if (!backward || !ROW_SAME(ce_row_shifted)(call_ptr, x, t, lse_in[i], e_row, chunk_data, touch, &stats))
                 ROW_SAME(ce_row_stats)(call_ptr, x, q, weight, t, e_row, (REAL *)tile, chunk_data,
-                                       i + prefetch_rows < end && prefetch_rows
-                                           ? x + prefetch_rows * logits_row_stride : NULL,
-                                       touch, &stats);
+                                       ahead, touch, &stats);
             if (block_mode != CE_MODE_BLOCK_STATS)
                 ROW_SAME(ce_coefficients)(call_ptr, &stats, target_logit, target_weight, i, &coef);
             if (g)
-                ROW_SAME(ce_row_grad)(call_ptr, q, weight, t, &coef, e_row, chunk_data, NULL, g,
-                                      job->stream ? (GRAD_T *)tile : NULL);
+                ROW_SAME(ce_row_grad)(call_ptr, q, weight, t, &coef, e_row, chunk_data, NULL, g);
         } else {
             if (!softcap) {
                 for (fastloss_index c = 0; c < n_classes; ++c)
@@ -187,7 +193,7 @@ static void RUN_ROWS(const RUN_JOB *job, int thread, int n_threads)
                 ROW_WIDE(ce_coefficients)(call_ptr, &stats, target_logit, target_weight, i, &coef);
             if (g)
                 ROW_WIDE(ce_row_grad)(call_ptr, q, weight, t, &coef, e_wide, chunk_data,
-                                      softcap ? slope : NULL, g, NULL);
+                                      softcap ? slope : NULL, g);
         }
         if (stats_out) {
             /* the block's record (the layout of cross_entropy.h) */
@@ -206,10 +212,6 @@ static void RUN_ROWS(const RUN_JOB *job, int thread, int n_threads)
         row_z[i] = coef.z_term;
         row_lse[i] = coef.lse;
     }
-#ifdef FASTLOSS_STREAMING
-    if (job->stream) /* the streaming stores ordered before the rows' end is seen */
-        fastloss_stream_fence();
-#endif
 }
 
 int RUN(int block_mode, const double *stats_in, double *stats_out,
@@ -327,17 +329,6 @@ int RUN(int block_mode, const double *stats_in, double *stats_out,
         const fastloss_index ahead = CE_PREFETCH_DISTANCE / (row_bytes_read > 0 ? row_bytes_read : 1);
         prefetch_rows = ahead < 1 ? 1 : ahead > CE_PREFETCH_MAX_ROWS ? CE_PREFETCH_MAX_ROWS : (int)ahead;
     }
-    /* The half rows keep their exps apart from the gradient (private_e), so nothing
-     * reads a gradient line before the gradient pass writes it: where the call's
-     * gradient is larger than the caches hold, it is streamed (ce_row_grad). */
-#ifdef FASTLOSS_STREAMING
-    const int stream = grad && private_e && !wide && !STORAGE_IS_COMPUTE && !small &&
-                       block_mode != CE_MODE_BLOCK_STATS &&
-                       (double)n_rows * (double)n_classes * (double)sizeof(GRAD_T) >=
-                           (double)FASTLOSS_STREAM_BYTES;
-#else
-    const int stream = 0;
-#endif
     const fastloss_index online_width = FASTLOSS_CE_ONLINE_CHUNK;
     const fastloss_index n_online = (n_classes + online_width - 1) / online_width;
     char *scratch = malloc(per_thread * (size_t)threads + 3 * row_bytes +
@@ -384,7 +375,7 @@ int RUN(int block_mode, const double *stats_in, double *stats_out,
      * and wakes libgomp's pool, a visible part of a call on a small batch). */
     RUN_JOB job = {&call, block_mode, options->class_offset, stats_in, stats_out, logits, logits_row_stride, target, soft_target,
                    soft_target_row_stride, weight, lse_in, grad, grad_row_stride, n_rows,
-                   n_units, small, wide, softcap, backward, private_e, prefetch_rows, stream, options->softcap,
+                   n_units, small, wide, softcap, backward, private_e, prefetch_rows, options->softcap,
                    thread_scratch, per_thread, scratch_bytes, row_ce, row_z, row_lse};
     if (threads == 1) {
         RUN_ROWS(&job, 0, 1);

@@ -19,8 +19,6 @@
  * knows STORE_T is VAL; y and e_row may be the same memory (in place).
  */
 
-#include "stream_store.h"
-
 #define ROW_IN_T FASTLOSS_STORAGE_T(ROW_IN)
 #define ROW_LOAD(array, i) FASTLOSS_LOAD(ROW_IN, array, i)
 
@@ -426,6 +424,8 @@ static void ROW(ce_row_stats)(const ce_call *call, const ROW_IN_T *y, const AUX_
     const int need_dist = call->soft || call->smoothing > 0.0;
     fastloss_index target_chunk = -1;
     double excl = 0.0;
+    fastloss_index lead = CE_PREFETCH_DISTANCE / (fastloss_index)sizeof(ROW_IN_T);
+    lead = lead < n_classes ? lead : n_classes;
     VAL m = ROW(ce_max)(y, n_classes < FASTLOSS_CE_CHUNK ? n_classes : FASTLOSS_CE_CHUNK);
     for (fastloss_index k = 0; k < call->n_chunks; ++k) {
         const fastloss_index start = k * FASTLOSS_CE_CHUNK;
@@ -455,6 +455,8 @@ static void ROW(ce_row_stats)(const ce_call *call, const ROW_IN_T *y, const AUX_
         }
         VAL *e = e_row ? e_row + start : tile;
         ROW(ce_touch_grad)(touch, start, start + n);
+        if (ahead) /* the classes `lead` ahead, of this row and then of the next */
+            ROW(ce_prefetch_ahead)(y, ahead, n_classes, start + lead, next_start + lead);
         m = ROW(ce_exp_next_max)(y + start, n, shift, e, y + next_start, n_next);
         chunk[CE_CHUNK_SUM] = ROW(ce_chunk_sum)(e, n, target - start, &target_chunk, k, &excl);
     }
@@ -763,21 +765,12 @@ FASTLOSS_INLINE double ROW(ce_target_grad)(const ce_call *call, const ce_row_coe
  * The gradient pass of a row, from e = exp(y_c - shift_k) left in `e_row` by
  * ce_row_stats (fused) or ce_row_shifted (backward from a given lse); `slope`
  * is dy/dx per class with softcap, else NULL.  The target class is written
- * between two ranges so that no element is written twice.  With `stage` (half
- * rows whose exps are kept apart from the gradient, in calls that stream: see the
- * runner), each chunk's gradient is written there (FASTLOSS_CE_CHUNK elements, in L1)
- * and copied out by streaming stores, which write whole lines of the gradient without
- * first reading them: the same bits, a third less memory traffic for a call whose
- * gradient no cache holds.
+ * between two ranges so that no element is written twice.
  */
 static void ROW(ce_row_grad)(const ce_call *call, const AUX_T *q, const AUX_T *weight,
                              fastloss_index target, const ce_row_coef *coef, const VAL *e_row,
-                             const double *chunk_data, const double *slope, GRAD_T *g,
-                             GRAD_T *stage)
+                             const double *chunk_data, const double *slope, GRAD_T *g)
 {
-#if !CE_PAIRS || !defined(FASTLOSS_STREAMING)
-    (void)stage;
-#endif
     const fastloss_index n_classes = call->n_classes;
     for (fastloss_index k = 0; k < call->n_chunks; ++k) {
         const fastloss_index start = k * FASTLOSS_CE_CHUNK;
@@ -799,10 +792,6 @@ static void ROW(ce_row_grad)(const ce_call *call, const AUX_T *q, const AUX_T *w
         const AUX_T *qk = q ? q + start : NULL;
         const double *sk = slope ? slope + start : NULL;
         GRAD_T *gk = g + start;
-#if CE_PAIRS && defined(FASTLOSS_STREAMING)
-        if (stage)
-            gk = stage;
-#endif
         const fastloss_index t = target - start;
         /* The z-loss part (factor_z) is added after the cross-entropy part, which
          * can cancel to nearly zero in a converged row: folded into one factor,
@@ -815,10 +804,6 @@ static void ROW(ce_row_grad)(const ce_call *call, const AUX_T *q, const AUX_T *w
             const double g_t = ROW(ce_target_grad)(call, coef, w ? (double)AUX_LOAD(w, t) : 1.0);
             STORE_WIDE(gk, t, sk ? g_t * sk[t] : g_t);
         }
-#ifdef FASTLOSS_STREAMING
-        if (stage)
-            fastloss_stream_copy(g + start, stage, (size_t)n * sizeof(GRAD_T));
-#endif
         continue;
 #endif
         if (t >= 0 && t < n) {
