@@ -424,6 +424,8 @@ static void ROW(ce_row_stats)(const ce_call *call, const ROW_IN_T *y, const AUX_
     const int need_dist = call->soft || call->smoothing > 0.0;
     fastloss_index target_chunk = -1;
     double excl = 0.0;
+    fastloss_index lead = CE_PREFETCH_DISTANCE / (fastloss_index)sizeof(ROW_IN_T);
+    lead = lead < n_classes ? lead : n_classes;
     VAL m = ROW(ce_max)(y, n_classes < FASTLOSS_CE_CHUNK ? n_classes : FASTLOSS_CE_CHUNK);
     for (fastloss_index k = 0; k < call->n_chunks; ++k) {
         const fastloss_index start = k * FASTLOSS_CE_CHUNK;
@@ -453,6 +455,8 @@ static void ROW(ce_row_stats)(const ce_call *call, const ROW_IN_T *y, const AUX_
         }
         VAL *e = e_row ? e_row + start : tile;
         ROW(ce_touch_grad)(touch, start, start + n);
+        if (ahead) /* the classes `lead` ahead, of this row and then of the next */
+            ROW(ce_prefetch_ahead)(y, ahead, n_classes, start + lead, next_start + lead);
         m = ROW(ce_exp_next_max)(y + start, n, shift, e, y + next_start, n_next);
         chunk[CE_CHUNK_SUM] = ROW(ce_chunk_sum)(e, n, target - start, &target_chunk, k, &excl);
     }

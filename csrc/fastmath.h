@@ -14,16 +14,24 @@
  *   - exp(r) is the Taylor polynomial, degree 6 for float (truncation error
  *     0.347**7 / 7! < 1.3e-7 relative, about one ulp) and degree 13 for double
  *     (0.347**14 / 14! < 5e-18), evaluated by Horner's rule.
- *   - 2**n is built in the exponent field.  The general exp builds 2**(n-1) and
- *     multiplies by 2 afterwards so that n = max exponent + 1 (x just below the
- *     overflow threshold) still has a representable scale; the variant for
- *     x <= 0 (n <= 0) needs no such care and saves the multiply.
- * Range: results below about 2**-125 (float) / 2**-1021 (double), that is
- * x below about -86.6 / -707.7, are flushed to +0; x above the overflow
- * threshold gives +inf; -inf gives 0 and NaN gives NaN.  The flush changes a
- * result by less than 2.4e-38 (float) / 4.5e-308 (double) in absolute terms,
- * far below every tolerance in the accuracy contract.  Elsewhere the error is
- * about 1 ulp.
+ *   - 2**n is built in the exponent field, which holds 2**-126 to 2**127: the
+ *     results below 2**-126 (x below about -87.34 / -708.4) are kept as subnormal
+ *     numbers (gradual underflow), not flushed.  The variant for x <= 0 (n <= 0)
+ *     evaluates the polynomial with every coefficient times 2**-24 (2**-53 for
+ *     double) and builds 2**(n + 24): scaling by a power of two commutes with
+ *     rounding, so a normal result has the bits of poly * 2**n, and a subnormal one
+ *     rounds once, in the last product.  The general exp covers n from -150 to 128,
+ *     more than one exponent field holds, so it builds 2**(n + 40) times 2**-40 for
+ *     x < 0 and 2**(n - 1) times 2 for x >= 0 (x just below the overflow
+ *     threshold, n = max exponent + 1); its first product is exact.
+ * Range: results down to the smallest subnormal (x above about -103.97 / -744.4)
+ * are kept, each within its relative error plus half a unit of the smallest
+ * subnormal; x below -104 / -745.2 gives +0; x above the overflow threshold gives
+ * +inf; -inf gives 0 and NaN gives NaN.  Elsewhere the error is about 1 ulp.
+ * (Flushing the subnormal results would break the float32 contract where the
+ * whole gradient is that small: a row whose other classes sit 88 below its target,
+ * [0, -88], has the gradient [-6.05e-39, 6.05e-39], which float32 holds to 2e-7;
+ * tests/test_half_exp.py holds every SIMD path to it.)
  */
 #ifndef FASTLOSS_FASTMATH_H
 #define FASTLOSS_FASTMATH_H
@@ -67,21 +75,39 @@ FASTLOSS_INLINE float fastloss_expf_scale(float shifted, uint32_t bias)
     return scale;
 }
 
+/* exp(x) for x <= 0 (and NaN), with gradual underflow: the reduction of
+ * fastloss_expf_poly, its polynomial with every coefficient times 2**-24, and 2**(n + 24)
+ * (n + 24 >= -126 for every n >= -150 kept; x must be below about 72) */
 FASTLOSS_INLINE float fastloss_expf_nonpositive(float x)
 {
-    float shifted;
-    float poly = fastloss_expf_poly(x, &shifted);
-    float result = poly * fastloss_expf_scale(shifted, 127u);
-    return x < -87.3f ? 0.0f : result;
+    const float round_magic = 12582912.0f; /* 1.5 * 2**23 */
+    const float inv_ln2 = 1.44269504088896341f;
+    const float ln2_hi = 0.693359375f;
+    const float ln2_lo = -2.12194440e-4f;
+    const float shifted = x * inv_ln2 + round_magic;
+    const float n = shifted - round_magic;
+    const float r = (x - n * ln2_hi) - n * ln2_lo;
+    float poly = 0x1p-24f / 720.0f; /* fastloss_expf_poly's Taylor coefficients, times 2**-24 */
+    poly = poly * r + 0x1p-24f / 120.0f;
+    poly = poly * r + 0x1p-24f / 24.0f;
+    poly = poly * r + 0x1p-24f / 6.0f;
+    poly = poly * r + 0x1p-25f;
+    poly = poly * r + 0x1p-24f;
+    poly = poly * r + 0x1p-24f;
+    const float result = poly * fastloss_expf_scale(shifted, 127u + 24u);
+    return x < -104.0f ? 0.0f : result;
 }
 
-/* exp(x) for every float x. */
+/* exp(x) for every float x, with gradual underflow (see the top of this file) */
 FASTLOSS_INLINE float fastloss_expf(float x)
 {
     float shifted;
-    float poly = fastloss_expf_poly(x, &shifted);
-    float result = (poly * fastloss_expf_scale(shifted, 126u)) * 2.0f;
-    result = x < -87.3f ? 0.0f : result;
+    const float poly = fastloss_expf_poly(x, &shifted);
+    const int negative = x < 0.0f;
+    const uint32_t bias = negative ? 127u + 40u : 126u;
+    const float unscale = negative ? 0x1p-40f : 2.0f;
+    float result = (poly * fastloss_expf_scale(shifted, bias)) * unscale;
+    result = x < -104.0f ? 0.0f : result;
     return x > 88.72283f ? HUGE_VALF : result;
 }
 
@@ -103,7 +129,7 @@ FASTLOSS_INLINE float fastloss_expf(float x)
  * polynomial's truncation and the same roundings.  FASTLOSS_EXPF5_REL_ERROR is what
  * callers may assume; tests/test_half_exp.py holds every SIMD path to it.
  * Range: every result of at least 2**-126 (float's smallest normal number) is kept,
- * x below ln(2**-126) = -87.33654 gives +0 (fastloss_expf flushes up to 2**-125),
+ * x below ln(2**-126) = -87.33654 gives +0 (fastloss_expf keeps subnormals too),
  * -inf gives 0 and NaN gives NaN; fastloss_expf5 gives +inf above 88.376 (results
  * above 2**127.5, 1.9e38: 2**n must have a normal exponent, n <= 127).
  */
@@ -178,20 +204,45 @@ FASTLOSS_INLINE double fastloss_exp_scale(double shifted, uint64_t bias)
     return scale;
 }
 
+/* exp(x) for x <= 0 (and NaN), with gradual underflow as fastloss_expf_nonpositive:
+ * fastloss_exp_poly's coefficients times 2**-53, and 2**(n + 53) */
 FASTLOSS_INLINE double fastloss_exp_nonpositive(double x)
 {
-    double shifted;
-    double poly = fastloss_exp_poly(x, &shifted);
-    double result = poly * fastloss_exp_scale(shifted, 1023u);
-    return x < -708.3 ? 0.0 : result;
+    const double round_magic = 6755399441055744.0; /* 1.5 * 2**52 */
+    const double inv_ln2 = 1.4426950408889634074;
+    const double ln2_hi = 6.93147180369123816490e-01;
+    const double ln2_lo = 1.90821492927058770002e-10;
+    const double shifted = x * inv_ln2 + round_magic;
+    const double n = shifted - round_magic;
+    const double r = (x - n * ln2_hi) - n * ln2_lo;
+    const double down = 0x1p-53;
+    double poly = down / 6227020800.0; /* 1/13!, and on as fastloss_exp_poly, times 2**-53 */
+    poly = poly * r + down / 479001600.0;
+    poly = poly * r + down / 39916800.0;
+    poly = poly * r + down / 3628800.0;
+    poly = poly * r + down / 362880.0;
+    poly = poly * r + down / 40320.0;
+    poly = poly * r + down / 5040.0;
+    poly = poly * r + down / 720.0;
+    poly = poly * r + down / 120.0;
+    poly = poly * r + down / 24.0;
+    poly = poly * r + down / 6.0;
+    poly = poly * r + down / 2.0;
+    poly = poly * r + down;
+    poly = poly * r + down;
+    const double result = poly * fastloss_exp_scale(shifted, 1023u + 53u);
+    return x < -745.2 ? 0.0 : result;
 }
 
 FASTLOSS_INLINE double fastloss_exp(double x)
 {
     double shifted;
-    double poly = fastloss_exp_poly(x, &shifted);
-    double result = (poly * fastloss_exp_scale(shifted, 1022u)) * 2.0;
-    result = x < -708.3 ? 0.0 : result;
+    const double poly = fastloss_exp_poly(x, &shifted);
+    const int negative = x < 0.0;
+    const uint64_t bias = negative ? 1023u + 80u : 1022u;
+    const double unscale = negative ? 0x1p-80 : 2.0;
+    double result = (poly * fastloss_exp_scale(shifted, bias)) * unscale;
+    result = x < -745.2 ? 0.0 : result;
     return x > 709.782712893384 ? HUGE_VAL : result;
 }
 

@@ -76,3 +76,13 @@ int fastloss_half_exp(const float *in, float *out, fastloss_index n, int nonposi
 {
     HC_CALL(hc_exp, (in, out, n, nonpositive));
 }
+
+int fastloss_fast_exp(const float *in, float *out, fastloss_index n, int nonpositive)
+{
+    HC_CALL(hc_fast_exp, (in, out, n, nonpositive));
+}
+
+int fastloss_fast_exp_double(const double *in, double *out, fastloss_index n, int nonpositive)
+{
+    HC_CALL(hc_fast_exp_double, (in, out, n, nonpositive));
+}

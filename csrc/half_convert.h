@@ -31,6 +31,13 @@ int fastloss_half_store_wide(int dtype, const double *in, uint16_t *out, fastlos
  * there: for tests of its error bound on every SIMD path.  Returns 0. */
 int fastloss_half_exp(const float *in, float *out, fastloss_index n, int nonpositive);
 
+/* out[i] = exp(in[i]) by the float32 rows' exps (csrc/fastmath.h):
+ * fastloss_expf_nonpositive (nonpositive != 0) or fastloss_expf, and the float64 rows'
+ * fastloss_exp_nonpositive or fastloss_exp, vectorised on the running SIMD path: for
+ * tests of their range (gradual underflow) and error.  Return 0. */
+int fastloss_fast_exp(const float *in, float *out, fastloss_index n, int nonpositive);
+int fastloss_fast_exp_double(const double *in, double *out, fastloss_index n, int nonpositive);
+
 #ifdef __cplusplus
 }
 #endif

@@ -56,6 +56,31 @@ static int HC_NAME(hc_exp)(const float *in, float *out, fastloss_index n, int no
     return 0;
 }
 
+static int HC_NAME(hc_fast_exp)(const float *in, float *out, fastloss_index n, int nonpositive)
+{
+    if (nonpositive) {
+        for (fastloss_index i = 0; i < n; ++i)
+            out[i] = fastloss_expf_nonpositive(in[i]);
+    } else {
+        for (fastloss_index i = 0; i < n; ++i)
+            out[i] = fastloss_expf(in[i]);
+    }
+    return 0;
+}
+
+static int HC_NAME(hc_fast_exp_double)(const double *in, double *out, fastloss_index n,
+                                      int nonpositive)
+{
+    if (nonpositive) {
+        for (fastloss_index i = 0; i < n; ++i)
+            out[i] = fastloss_exp_nonpositive(in[i]);
+    } else {
+        for (fastloss_index i = 0; i < n; ++i)
+            out[i] = fastloss_exp(in[i]);
+    }
+    return 0;
+}
+
 #undef HC_NAME
 #undef HC_PASTE_
 #undef HC_PASTE2_

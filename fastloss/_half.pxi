@@ -7,6 +7,9 @@ cdef extern from "half_convert.h" nogil:
     int fastloss_half_store_wide(int dtype, const double *src, uint16_t *dst,
                                  fastloss_index n)
     int fastloss_half_exp(const float *src, float *dst, fastloss_index n, int nonpositive)
+    int fastloss_fast_exp(const float *src, float *dst, fastloss_index n, int nonpositive)
+    int fastloss_fast_exp_double(const double *src, double *dst, fastloss_index n,
+                                 int nonpositive)
 
 
 cdef int _half_kind_code(str kind) except -1:
@@ -68,4 +71,27 @@ def half_exp(cnp.ndarray values not None, bint nonpositive=True):
     with nogil:
         fastloss_half_exp(<const float *>cnp.PyArray_DATA(values),
                           <float *>cnp.PyArray_DATA(out), n, flag)
+    return out
+
+
+def fast_exp(cnp.ndarray values not None, bint nonpositive=True):
+    """exp of `values` (float32 or float64, contiguous, 1-D) by the float32 or float64
+    rows' exp (csrc/fastmath.h: fastloss_expf_nonpositive / fastloss_expf, or
+    fastloss_exp_nonpositive / fastloss_exp for ``nonpositive=False``) on the running
+    SIMD path, for tests of their range and error bound."""
+    cdef int code = cnp.PyArray_TYPE(values)
+    if code != cnp.NPY_FLOAT32 and code != cnp.NPY_FLOAT64:
+        raise TypeError(f"values: expected a float32 or float64 array, got {values.dtype}")
+    if values.ndim != 1 or not cnp.PyArray_IS_C_CONTIGUOUS(values):
+        raise ValueError("values: expected a contiguous 1-D array")
+    cdef cnp.ndarray out = numpy.empty(values.shape[0], dtype=values.dtype)
+    cdef fastloss_index n = values.shape[0]
+    cdef int flag = 1 if nonpositive else 0
+    with nogil:
+        if code == cnp.NPY_FLOAT32:
+            fastloss_fast_exp(<const float *>cnp.PyArray_DATA(values),
+                              <float *>cnp.PyArray_DATA(out), n, flag)
+        else:
+            fastloss_fast_exp_double(<const double *>cnp.PyArray_DATA(values),
+                                     <double *>cnp.PyArray_DATA(out), n, flag)
     return out
