@@ -1267,9 +1267,9 @@ FASTLOSS_INLINE EW_WIDE EW(kl_div_target_slope)(REAL input, REAL target, int log
  *       value, as the double form.
  *   log_target 1:  w = exp(t) within 2 ulp (fastloss_expf), d = t - x and w d round
  *       once each: the value within 3.6e-7 and the slope -w within 2.4e-7, no
- *       cancellation.  In doubt where t is outside [-86, 88] or NaN: below, the
- *       general fastloss_expf builds 2**(n - 1) in the exponent field and flushes to
- *       0 from about -86.6 (w d may still be a normal float); above, w overflows.
+ *       cancellation.  In doubt where t is outside [-86, 88] or NaN: below, w is
+ *       subnormal or 0 (fastloss_expf keeps gradual underflow) and loses relative
+ *       accuracy, while w d may still be a normal float; above, w overflows.
  */
 FASTLOSS_INLINE EW(narrow) EW(kl_div_narrow_element)(REAL x, REAL t, int log_target)
 {

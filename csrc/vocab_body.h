@@ -28,8 +28,8 @@ FASTLOSS_INLINE REAL NAME(vocab_max)(const STORE_T *values, fastloss_index n)
 }
 
 /* A floor under a in the products e a: a masked class (a = -inf, e = 0) adds 0 rather
- * than 0 * -inf; every a below it has e = 0 (the exp flushes a < -87.3, float, or
- * -708.3, double, to 0), and a NaN stays NaN. */
+ * than 0 * -inf; every a below it has e = 0 (the exp gives 0 below about -104,
+ * float, or -745.2, double), and a NaN stays NaN. */
 #define VOCAB_A_FLOOR ((REAL)-1e30)
 
 /*
