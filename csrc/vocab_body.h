@@ -210,10 +210,11 @@ FASTLOSS_INLINE void NAME(vocab_row_stats_mode)(const int store, const int with_
 }
 
 /* vocab_row_stats_mode with its modes picked once per row (each a loop of its own). */
-static void NAME(vocab_row_stats)(const STORE_T *x, fastloss_index n_classes,
-                                  fastloss_index n_chunks, double inv_temperature,
-                                  fastloss_index target, int need_weighted, REAL *exps_row,
-                                  double *chunk_data, vocab_row_stats *stats)
+FASTLOSS_INLINE void NAME(vocab_row_stats_modes)(const STORE_T *x, fastloss_index n_classes,
+                                                fastloss_index n_chunks,
+                                                double inv_temperature, fastloss_index target,
+                                                int need_weighted, REAL *exps_row,
+                                                double *chunk_data, vocab_row_stats *stats)
 {
     if (exps_row && need_weighted)
         NAME(vocab_row_stats_mode)(1, 1, x, n_classes, n_chunks, inv_temperature, target,
@@ -227,6 +228,27 @@ static void NAME(vocab_row_stats)(const STORE_T *x, fastloss_index n_classes,
     else
         NAME(vocab_row_stats_mode)(0, 0, x, n_classes, n_chunks, inv_temperature, target,
                                    NULL, chunk_data, stats);
+}
+
+/*
+ * The statistics of a row (vocab_row_stats_mode), with T = 1, the usual case, as a
+ * constant: the element loops then drop their multiply by 1 / T (x * 1 is x: the same
+ * bits), one of the eleven multiplies and multiply-adds per vector of the loop with
+ * the entropy.  One thread, V=50257, float32, AVX-512, CPU time, loaded machine:
+ * token_log_probs with entropy 0.170 -> 0.150 ns per element at N=8 (in cache),
+ * 0.208 -> 0.185 at N=512 (the logits read from memory once).
+ */
+static void NAME(vocab_row_stats)(const STORE_T *x, fastloss_index n_classes,
+                                  fastloss_index n_chunks, double inv_temperature,
+                                  fastloss_index target, int need_weighted, REAL *exps_row,
+                                  double *chunk_data, vocab_row_stats *stats)
+{
+    if (inv_temperature == 1.0)
+        NAME(vocab_row_stats_modes)(x, n_classes, n_chunks, 1.0, target, need_weighted,
+                                    exps_row, chunk_data, stats);
+    else
+        NAME(vocab_row_stats_modes)(x, n_classes, n_chunks, inv_temperature, target,
+                                    need_weighted, exps_row, chunk_data, stats);
 }
 
 /* Per-thread scratch: chunk records and, where the gradient row cannot hold the exps
