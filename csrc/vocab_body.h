@@ -27,6 +27,22 @@ FASTLOSS_INLINE REAL NAME(vocab_max)(const STORE_T *values, fastloss_index n)
     return result;
 }
 
+/*
+ * exp(a) for a <= 0 in the token log-probabilities' statistics (vocab_range and the
+ * target's term): in float, fastmath.h's fastloss_expf5_nonpositive, two vector
+ * operations shorter than fastloss_expf_nonpositive and as accurate (within
+ * FASTLOSS_EXPF5_REL_ERROR; e = 0 below -87.34 rather than -87.3, both far below the
+ * contract); REAL's own otherwise.  The gradient pass rescales these kept exps, so
+ * both passes see the same e.  One thread, N=8 (in cache), V=50257, float32, AVX-512,
+ * CPU time, loaded machine: token_log_probs with entropy 0.187 -> 0.169 ns per element.
+ */
+FASTLOSS_INLINE REAL NAME(tlp_exp)(REAL a)
+{
+    if (sizeof(REAL) == sizeof(float))
+        return (REAL)fastloss_expf5_nonpositive((float)a);
+    return REAL_EXP_NONPOSITIVE(a);
+}
+
 /* A floor under a in the products e a: a masked class (a = -inf, e = 0) adds 0 rather
  * than 0 * -inf; every a below it has e = 0 (the exp gives 0 below about -104,
  * float, or -745.2, double), and a NaN stays NaN. */
@@ -41,7 +57,7 @@ FASTLOSS_INLINE REAL NAME(vocab_max)(const STORE_T *values, fastloss_index n)
 #define VOCAB_RANGE_STEP(i, j)                                                     \
     do {                                                                           \
         const REAL a_ = ((REAL)LOAD(x, i) - shift) * inv_t;                        \
-        const REAL e_ = REAL_EXP_NONPOSITIVE(a_);                                  \
+        const REAL e_ = NAME(tlp_exp)(a_);                                  \
         if (store)                                                                 \
             exps[i] = e_;                                                          \
         if (sums)                                                                  \
@@ -158,7 +174,7 @@ FASTLOSS_INLINE void NAME(vocab_row_stats_mode)(const int store, const int with_
             NAME(vocab_range)(store, 1, with_w, 0, xk + t + 1, n - t - 1, shift, inv_t,
                               store ? exps + t + 1 : NULL, NULL, &sum_after, &weighted_after);
             const REAL a_t = ((REAL)LOAD(xk, t) - shift) * inv_t;
-            const REAL e_t = REAL_EXP_NONPOSITIVE(a_t);
+            const REAL e_t = NAME(tlp_exp)(a_t);
             if (store)
                 exps[t] = 0; /* the gradient writes the target from double */
             others = sum + sum_after;
@@ -194,10 +210,11 @@ FASTLOSS_INLINE void NAME(vocab_row_stats_mode)(const int store, const int with_
 }
 
 /* vocab_row_stats_mode with its modes picked once per row (each a loop of its own). */
-static void NAME(vocab_row_stats)(const STORE_T *x, fastloss_index n_classes,
-                                  fastloss_index n_chunks, double inv_temperature,
-                                  fastloss_index target, int need_weighted, REAL *exps_row,
-                                  double *chunk_data, vocab_row_stats *stats)
+FASTLOSS_INLINE void NAME(vocab_row_stats_modes)(const STORE_T *x, fastloss_index n_classes,
+                                                fastloss_index n_chunks,
+                                                double inv_temperature, fastloss_index target,
+                                                int need_weighted, REAL *exps_row,
+                                                double *chunk_data, vocab_row_stats *stats)
 {
     if (exps_row && need_weighted)
         NAME(vocab_row_stats_mode)(1, 1, x, n_classes, n_chunks, inv_temperature, target,
@@ -211,6 +228,27 @@ static void NAME(vocab_row_stats)(const STORE_T *x, fastloss_index n_classes,
     else
         NAME(vocab_row_stats_mode)(0, 0, x, n_classes, n_chunks, inv_temperature, target,
                                    NULL, chunk_data, stats);
+}
+
+/*
+ * The statistics of a row (vocab_row_stats_mode), with T = 1, the usual case, as a
+ * constant: the element loops then drop their multiply by 1 / T (x * 1 is x: the same
+ * bits), one of the eleven multiplies and multiply-adds per vector of the loop with
+ * the entropy.  One thread, V=50257, float32, AVX-512, CPU time, loaded machine:
+ * token_log_probs with entropy 0.170 -> 0.150 ns per element at N=8 (in cache),
+ * 0.208 -> 0.185 at N=512 (the logits read from memory once).
+ */
+static void NAME(vocab_row_stats)(const STORE_T *x, fastloss_index n_classes,
+                                  fastloss_index n_chunks, double inv_temperature,
+                                  fastloss_index target, int need_weighted, REAL *exps_row,
+                                  double *chunk_data, vocab_row_stats *stats)
+{
+    if (inv_temperature == 1.0)
+        NAME(vocab_row_stats_modes)(x, n_classes, n_chunks, 1.0, target, need_weighted,
+                                    exps_row, chunk_data, stats);
+    else
+        NAME(vocab_row_stats_modes)(x, n_classes, n_chunks, inv_temperature, target,
+                                    need_weighted, exps_row, chunk_data, stats);
 }
 
 /* Per-thread scratch: chunk records and, where the gradient row cannot hold the exps
@@ -274,7 +312,7 @@ static void NAME(tlp_row_grad)(const STORE_T *x, fastloss_index n_classes,
         const REAL a0 = (REAL)coef_a, b0 = (REAL)coef_b;
         for (fastloss_index c = 0; c < n_classes; ++c) {
             const REAL a = ((REAL)LOAD(x, c) - max) * inv_t;
-            const REAL e = REAL_EXP_NONPOSITIVE(a);
+            const REAL e = NAME(tlp_exp)(a);
             STORE(g, c, e == (REAL)0 ? (REAL)0 : e * (a0 + b0 * a));
         }
     } else {

@@ -299,3 +299,39 @@ def test_every_simd_path(simd_path, rng, dtype):
     assert np.all(grad[2, 10:20] == 0)
     alone = fastloss.token_log_probs(logits, target, temperature=0.9, return_entropy=True)
     assert np.array_equal(alone[0], log_prob) and np.array_equal(alone[1], entropy)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("temperature", [1.0, 0.9])
+def test_exps_over_their_whole_range_on_every_simd_path(simd_path, rng, dtype, temperature):
+    """The statistics pass's exp over every a = (x - max) / T it meets, on each SIMD path:
+    rows whose shifted logits spread evenly from 0 past float's flush to 0 (below
+    -87.3), so that terms of every size reach S = sum e and W = sum e a; a row of equal
+    logits (entropy log V, p = 1/V exactly); and a row whose other classes all sit
+    just above and below the flush, beside a target holding nearly all the mass."""
+    n_classes = 2 * 2048 + 100
+    spread = np.linspace(0.0, -100.0 * temperature, n_classes)
+    logits = np.stack([
+        rng.permutation(spread) + 5.0,
+        rng.permutation(spread) * 0.5 - 3.0,
+        np.full(n_classes, 2.5),
+        rng.uniform(-87.5, -87.1, n_classes) * temperature,
+    ]).astype(dtype)
+    target = np.array([1000, 2048, 7, 4000])
+    logits[3, 4000] = 0.0
+    upstream, upstream_entropy = rng.standard_normal(4), rng.standard_normal(4)
+    (log_prob, entropy), grad = fastloss.token_log_probs_value_and_grad(
+        logits, target, upstream, grad_entropy=upstream_entropy, temperature=temperature,
+        return_entropy=True)
+    ref_log_prob, ref_entropy = reference.token_log_probs(
+        logits, target, temperature=temperature, return_entropy=True)
+    assert_close_contract(log_prob, ref_log_prob, dtype, "loss", "log_prob")
+    assert_close_contract(entropy, ref_entropy, dtype, "loss", "entropy")
+    assert_close_contract(grad, reference.token_log_probs_grad(
+        logits, target, upstream, grad_entropy=upstream_entropy, temperature=temperature),
+        dtype, "grad")
+    # equal logits: every a is 0 and exp(0) = 1, so S = V, W = 0 exactly
+    assert entropy[2] == dtype(np.log(n_classes)) and log_prob[2] == dtype(-np.log(n_classes))
+    alone = fastloss.token_log_probs(logits, target, temperature=temperature,
+                                     return_entropy=True)
+    assert np.array_equal(alone[0], log_prob) and np.array_equal(alone[1], entropy)
