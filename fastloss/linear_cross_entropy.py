@@ -33,8 +33,10 @@ packed element serves only R rows): at R=96 the logits' product costs 1.22x its 
 counterpart, the hidden's gradient 1.10x, the classifier's gradient 1.17x (half of that
 the additions of its partial products); the engine's softmax passes are about 1%.
 
-NumPy's matmul cannot accumulate into its output (BLAS's beta = 1), so the classifier's
-gradient takes each later block's product in tiles (classes x H, at most _TILE_BYTES)
+NumPy's matmul cannot accumulate into its output (BLAS's beta = 1). Where NumPy's BLAS
+is an OpenBLAS mapped into the process (its Linux wheels), the classifier's gradient is
+accumulated by that library's gemm with beta = 1, one call per block (_BlasGemm). Else
+the classifier's gradient takes each later block's product in tiles (classes x H, at most _TILE_BYTES)
 and adds each tile while it is in cache; the first block writes its tiles straight into
 the result. The tiles live in the rows of the hidden's gradient that the block has not
 yet written (its own rows and the later blocks', written after), so they cost no memory;
@@ -471,8 +473,10 @@ class _NumpyProducts:
             self.bias_sums += np.add.reduce(grad, axis=0, dtype=np.float64)
 
     def _classifier_grad(self, grad, rows, start):
-        """Adds the block's ``grad.T @ rows`` into the classifier's gradient by tiles of
-        classes, each added while it is in cache; the first block writes its tiles
+        """Adds the block's ``grad.T @ rows`` into the classifier's gradient: one call of
+        the BLAS's gemm with beta = 1 (beta = 0 for the first block) where _BlasGemm has
+        it and the rows' layout suits it; else by tiles of classes, each added while it
+        is in cache; the first block writes its tiles
         straight into the result. (By tiles even then: one call on the whole transposed
         scratch has the BLAS take a working copy of the scratch's size.)
 
