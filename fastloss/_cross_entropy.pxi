@@ -110,25 +110,12 @@ cdef tuple _logits_input(object logits, object bits, str name):
 
 cdef int _grad_code(object grad_dtype, int code, object logits_dtype) except -1:
     """The dtype code of the kernel for a gradient of ``grad_dtype``: None (the logits'
-    dtype), the logits' dtype, or float32 for half-precision logits."""
-    if grad_dtype is None:
-        return code
-    if isinstance(grad_dtype, (str, type, numpy.dtype)):
-        try:
-            wanted = numpy.dtype(grad_dtype)
-        except (TypeError, ValueError):
-            wanted = None
-    else:
-        wanted = None
-    if wanted is None:
-        raise TypeError(f"grad_dtype: expected None or a dtype (the logits' dtype, or "
-                        f"float32 for float16 / bfloat16 logits), got {grad_dtype!r:.80}")
-    if _is_half_code(code) and wanted == numpy.float32:
-        return _grad_float32_code(code)
-    if wanted == logits_dtype:
-        return code
-    raise ValueError(f"grad_dtype: expected None, the logits' dtype ({logits_dtype})"
-                     f"{' or float32' if _is_half_code(code) else ''}, got {wanted}")
+    dtype), the logits' dtype, or float32 for half-precision logits (grad_dtype_arg
+    checks the argument; with bits="bfloat16" the logits' dtype is their 16-bit integers,
+    so the half-ness comes from ``code``)."""
+    wanted = grad_dtype_arg(grad_dtype, logits_dtype, "the logits'", "logits",
+                            half=_is_half_code(code))
+    return code if wanted == logits_dtype else _grad_float32_code(code)
 
 
 cdef inline cnp.ndarray _class_rows(cnp.ndarray array, fastloss_index n_classes):

@@ -67,9 +67,11 @@ def float_array(value, name, half=False):
     return array
 
 
-def grad_dtype_arg(grad_dtype, dtype, owner="the inputs'", what="inputs"):
+def grad_dtype_arg(grad_dtype, dtype, owner="the inputs'", what="inputs", half=None):
     """The gradient's dtype from a ``grad_dtype`` argument: None (``dtype``), ``dtype``
-    itself, or float32 when ``dtype`` is float16 / bfloat16."""
+    itself, or float32 when ``dtype`` is float16 / bfloat16 (``half``: whether it is, where
+    ``dtype`` alone cannot say, as for bfloat16 bit patterns held in 16-bit integers)."""
+    half = is_half(dtype) if half is None else half
     if grad_dtype is None:
         return np.dtype(dtype)
     wanted = None
@@ -81,10 +83,10 @@ def grad_dtype_arg(grad_dtype, dtype, owner="the inputs'", what="inputs"):
     if wanted is None:
         raise TypeError(f"grad_dtype: expected None or a dtype ({owner} dtype, or "
                         f"float32 for float16 / bfloat16 {what}), got {grad_dtype!r:.80}")
-    if wanted == dtype or (is_half(dtype) and wanted == np.float32):
+    if wanted == dtype or (half and wanted == np.float32):
         return wanted
     raise ValueError(f"grad_dtype: expected None, {owner} dtype ({dtype})"
-                     f"{' or float32' if is_half(dtype) else ''}, got {wanted}")
+                     f"{' or float32' if half else ''}, got {wanted}")
 
 
 def rows_view(array, n_cols):
