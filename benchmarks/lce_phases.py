@@ -8,7 +8,8 @@ Runs the NumPy API's block schedule (fastloss/linear_cross_entropy.py, ``_schedu
 the engine's statistics, the engine's gradient, the classifier's gradient (its products
 and its additions timed apart) and the hidden's gradient; beside the three products alone
 (``h @ W.T``, ``G @ W``, ``G.T @ h`` on the whole arrays) and the real call
-(``linear_cross_entropy_value_and_grad``), all in this process, taken in turn, medians
+(``linear_cross_entropy_value_and_grad``, and the same with the classifier's gradient by
+matmul's tiles instead of the BLAS's accumulation), all in this process, taken in turn, medians
 of ``--rounds``; ``--clock cpu`` reads process_time instead (the CPU time of
 every thread, spinning included). The thread count is set before NumPy loads (OPENBLAS_NUM_THREADS,
 OMP_NUM_THREADS), so run one process per count. Wall time (perf_counter), not CPU time:
@@ -64,6 +65,17 @@ def main():
         lce.linear_cross_entropy_value_and_grad(hidden, classifier, target, out=out,
                                                 block_rows=args.block_rows,
                                                 num_threads=threads)
+
+    found = {dtype: lce._BlasGemm.get(dtype) for dtype in (np.dtype(np.float32),)}
+
+    def call_tiles():
+        """The call with the classifier's gradient by matmul's tiles (no BLAS
+        accumulation), for the A/B in turn with ``call``."""
+        lce._BlasGemm._found = dict.fromkeys(found)
+        try:
+            call()
+        finally:
+            lce._BlasGemm._found = dict(found)
 
     clock = time.perf_counter if args.clock == "wall" else time.process_time
 
@@ -131,17 +143,20 @@ def main():
     call()
     three_products()
     phased()
-    rows = {"three products": [], "value_and_grad": []}
+    call_tiles()
+    rows = {"three products": [], "value_and_grad": [], "value_and_grad, tiles": []}
     phase_rows = {}
     for _ in range(args.rounds):
         rows["three products"].append(timed(three_products))
         rows["value_and_grad"].append(timed(call))
+        rows["value_and_grad, tiles"].append(timed(call_tiles))
         for name, value in phased().items():
             phase_rows.setdefault(name, []).append(value)
     med = {name: float(np.median(v)) for name, v in {**rows, **phase_rows}.items()}
     products_ms = med["three products"] * 1e3
     block = lce._budget_block_rows(n_rows, n_classes, 4, args.block_rows)
     print(f"clock={args.clock} threads={threads} N,H,V={tuple(args.size)} block_rows={block} "
+          f"BLAS accumulation={'yes' if found[np.dtype(np.float32)] else 'no'} "
           f"load={os.getloadavg()[0]:.2f}")
     for name, seconds in med.items():
         ms = seconds * 1e3
