@@ -112,7 +112,10 @@ typedef struct fastloss_elementwise_options {
  *   loss_per_element  OUT, n values of the weighted loss (reduction none), or NULL
  *   loss              OUT, two float64 values (unused for none), or NULL:
  *                     loss[0] the sum or mean, loss[1] the same of |term|, the
- *                     terms' magnitude.  For float32, where terms of both signs
+ *                     terms' magnitude (for a storage type computed in float, its
+ *                     negative terms summed in float lanes a tile at a time: within
+ *                     5e-7 of it, +inf where such a partial overflows, and then
+ *                     loss[0] is redone in double).  For float32, where terms of both signs
  *                     cancel, loss[0] is computed again in double (the policy in
  *                     elementwise.c): it meets the contract either way.
  *   grad_output       IN, the upstream gradient: n values with stride 1, or one

@@ -177,6 +177,58 @@ def test_sums_with_negative_terms_keep_their_magnitude(simd_path, loss_name, rng
         assert abs(loss - ref) <= 2e-6 * abs(ref) + 1e-12 * np.abs(terms).sum(), reduction
 
 
+def _kernel_sum(name, arrays, weight=None, dtype=np.float32):
+    """The kernel's (sum, magnitude) of one forward call with reduction "sum", 1 thread."""
+    from fastloss import _kernels, _registry
+
+    entry = _registry.LOSSES[name]
+    checked = {option.name: option.checked(option.default) for option in entry.options}
+    params = entry.params(checked) if entry.params else ()
+    flat = [np.ascontiguousarray(a, dtype=dtype).reshape(-1) for a in arrays]
+    extra = {"aux": flat[2]} if len(flat) > 2 else {}
+    return _kernels.ew_run("forward", entry.kernel, flat[0], flat[1], weight, None, None, None,
+                           None, params, "sum", 1, **extra)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("loss_name", ["poisson_nll", "gaussian_nll"])
+def test_magnitude_of_signed_terms(simd_path, loss_name, dtype, rng):
+    # the magnitude the kernel returns beside the sum (sum |term|, its negative terms summed
+    # in float lanes a tile at a time where the compute type is float: EW(block)) is within
+    # 5e-7 of the reference's, and is what decides the double redo of elementwise.c
+    n = 23 * TILE + 45
+    x = rng.normal(0.0, 1.0, n)
+    if loss_name == "poisson_nll":
+        arrays = [x, rng.poisson(2.0, n).astype(np.float64)]
+    else:
+        arrays = [x, rng.normal(0.0, 1.0, n), rng.uniform(0.1, 3.0, n)]
+    arrays = [a.astype(dtype).astype(np.float64) for a in arrays]
+    terms = getattr(reference, loss_name)(*arrays, reduction="none")
+    assert (terms < 0).mean() > 0.05 and (terms > 0).mean() > 0.05  # both signs in play
+    total, magnitude = _kernel_sum(loss_name, arrays, dtype=dtype)
+    ref_magnitude = np.abs(terms).sum()
+    assert abs(magnitude - ref_magnitude) <= 5e-7 * ref_magnitude
+    assert abs(total - terms.sum()) <= 2e-6 * abs(terms.sum())
+
+
+def test_magnitude_overflowing_a_float_lane_redoes_the_sum(simd_path):
+    # negative terms of -3e38 (near float32's largest), several to a lane of the float
+    # negative sum: the lane overflows to -inf, the float pass's magnitude is +inf, so
+    # elementwise.c takes the sum again in double, whose sum and magnitude (to 1e-12,
+    # which only the double pass gives) are what this call returns
+    n = 3 * TILE + 7
+    pred = np.full(n, 1e19, np.float32)
+    target = np.zeros(n, np.float32)
+    weight = np.full(n, -3.0, np.float32)
+    weight[::5] = 2.0  # terms of both signs
+    total, magnitude = _kernel_sum("mse", [pred, target], weight=weight)
+    wide = [a.astype(np.float64) for a in (pred, target, weight)]
+    terms = wide[2] * (wide[0] - wide[1]) ** 2
+    ref = terms.sum()
+    assert np.isfinite(ref) and abs(total - ref) <= 1e-12 * abs(ref)
+    assert abs(magnitude - np.abs(terms).sum()) <= 1e-12 * np.abs(terms).sum()
+
+
 def poisson_hard_inputs(rng, n):
     """log-rates and counts over every regime of poisson_nll with log_input: x near
     log y (exp(x) - y and exp(x) - y x cancel to any depth), counts of 0 (no
