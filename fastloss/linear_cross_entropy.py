@@ -33,8 +33,10 @@ packed element serves only R rows): at R=96 the logits' product costs 1.22x its 
 counterpart, the hidden's gradient 1.10x, the classifier's gradient 1.17x (half of that
 the additions of its partial products); the engine's softmax passes are about 1%.
 
-NumPy's matmul cannot accumulate into its output (BLAS's beta = 1), so the classifier's
-gradient takes each later block's product in tiles (classes x H, at most _TILE_BYTES)
+NumPy's matmul cannot accumulate into its output (BLAS's beta = 1). Where NumPy's BLAS
+is an OpenBLAS mapped into the process (its Linux wheels), the classifier's gradient is
+accumulated by that library's gemm with beta = 1, one call per block (_BlasGemm). Else
+the classifier's gradient takes each later block's product in tiles (classes x H, at most _TILE_BYTES)
 and adds each tile while it is in cache; the first block writes its tiles straight into
 the result. The tiles live in the rows of the hidden's gradient that the block has not
 yet written (its own rows and the later blocks', written after), so they cost no memory;
@@ -46,7 +48,10 @@ float16 and bfloat16 inputs take another schedule (_HalfTiles): tiles of classes
 chunks of rows inner, on float32 copies of the tiles, so that each half gradient is
 rounded once from its complete float32 sum.
 """
+import ctypes
 import math
+import os
+import sys
 
 import numpy as np
 
@@ -292,6 +297,123 @@ def _grad_outputs(out, problem, want, dtype=None):
     return arrays
 
 
+class _BlasGemm:
+    """``c += a.T @ b`` (BLAS's gemm with beta = 1) in NumPy's own BLAS, or None.
+
+    NumPy's matmul cannot accumulate into its output, and the classifier's gradient is a
+    sum over the blocks of rows: through matmul, each block's product goes by tiles of
+    classes (125 products of 256 classes at V = 32000) with an addition after each, on one
+    thread. At 2 threads that is thousands of short BLAS calls a step, OpenBLAS's worker
+    woken and put to sleep for each while NumPy's addition runs alone (measured: 13.7x the
+    CPU time of the three products whole under load, 4.1x with one accumulating call per
+    block). So where NumPy's BLAS is an OpenBLAS mapped into this process (NumPy's wheels
+    on Linux: scipy-openblas, ILP64), its ``cblas_sgemm`` / ``cblas_dgemm`` are called
+    through ctypes, once per block, with beta = 1: the same BLAS, its own threads (the
+    ctypes call releases the GIL). The library is found once, and each routine is checked
+    once against np.matmul on a small product before it is used; anything else (another
+    BLAS, another system, a failed check) leaves the tiles of matmul (``None``).
+
+    Integers are passed as 64-bit: right for an ILP64 library, and for an LP64 one on
+    x86-64 and aarch64 Linux (the only systems with /proc/self/maps looked at) a 32-bit
+    argument is the low half of its 64-bit register or stack slot."""
+
+    _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
+    _found = {}
+
+    def __init__(self, function, ctype, dtype):
+        self.function, self.ctype, self.dtype = function, ctype, dtype
+
+    @classmethod
+    def get(cls, dtype):
+        dtype = np.dtype(dtype)
+        if dtype not in cls._found:
+            cls._found[dtype] = cls._find(dtype)
+        return cls._found[dtype]
+
+    @classmethod
+    def _find(cls, dtype):
+        if os.environ.get("FASTLOSS_LCE_BLAS_ACCUMULATE", "1") == "0":
+            return None
+        if dtype == np.float32:
+            letter, ctype = "s", ctypes.c_float
+        elif dtype == np.float64:
+            letter, ctype = "d", ctypes.c_double
+        else:
+            return None
+        if not sys.platform.startswith("linux"):
+            return None
+        try:
+            with open("/proc/self/maps") as maps:
+                paths = sorted({line.split()[-1] for line in maps
+                                if "openblas" in line.rsplit("/", 1)[-1].lower()})
+        except OSError:
+            return None
+        if len(paths) != 1:  # none, or several (SciPy's beside NumPy's): which is NumPy's?
+            return None
+        try:
+            library = ctypes.CDLL(paths[0])
+        except OSError:
+            return None
+        # NumPy's wheels: scipy_cblas_sgemm64_ (ILP64); a system OpenBLAS: cblas_sgemm
+        for name in (f"scipy_cblas_{letter}gemm64_", f"cblas_{letter}gemm64_",
+                     f"cblas_{letter}gemm"):
+            function = getattr(library, name, None)
+            if function is not None:
+                break
+        else:
+            return None
+        integer, pointer = ctypes.c_int64, ctypes.c_void_p
+        function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, integer, integer,
+                             integer, ctype, pointer, integer, pointer, integer, ctype,
+                             pointer, integer]
+        function.restype = None
+        gemm = cls(function, ctype, dtype)
+        return gemm if gemm._agrees(dtype) else None
+
+    def _agrees(self, dtype):
+        """The routine's ``c += a.T @ b`` against np.matmul's on a small product."""
+        rng = np.random.default_rng(0)
+        a = rng.standard_normal((7, 13)).astype(dtype)
+        b = rng.standard_normal((7, 5)).astype(dtype)
+        c = rng.standard_normal((13, 5)).astype(dtype)
+        expected = c + np.matmul(a.T, b)
+        self.accumulate(a, b, c)
+        scale = np.abs(a).T @ np.abs(b) + np.abs(expected)
+        return bool(np.all(np.abs(c - expected) <= 16 * np.finfo(dtype).eps * scale))
+
+    @staticmethod
+    def _leading(array):
+        """The BLAS's leading dimension of a matrix of unit-stride rows, or None."""
+        rows, columns = array.shape
+        item = array.itemsize
+        if columns > 1 and array.strides[1] != item:
+            return None
+        if rows == 1:
+            return max(1, columns)
+        stride = array.strides[0]
+        if stride % item or stride // item < max(1, columns):
+            return None
+        return stride // item
+
+    def accumulate(self, a, b, c, beta=1.0):
+        """``c = a.T @ b + beta * c`` for a (K, M), b (K, N), c (M, N) of the routine's
+        dtype; False (nothing done) when a matrix is not rows of unit stride."""
+        if not (a.dtype == b.dtype == c.dtype == self.dtype):
+            return False
+        k, m = a.shape
+        n = b.shape[1]
+        lda, ldb, ldc = self._leading(a), self._leading(b), self._leading(c)
+        if lda is None or ldb is None or ldc is None:
+            return False
+        if m and n and k:
+            self.function(self._ROW_MAJOR, self._TRANS, self._NO_TRANS, m, n, k,
+                          self.ctype(1.0), a.ctypes.data, lda, b.ctypes.data, ldb,
+                          self.ctype(beta), c.ctypes.data, ldc)
+        elif m and n and beta == 0.0:
+            c[...] = 0
+        return True
+
+
 class _NumpyProducts:
     """The products of the NumPy API: NumPy's matmul (the BLAS) on the arrays, into the
     scratch and into the results (the torch adapter has its own, on torch's matmul:
@@ -321,10 +443,11 @@ class _NumpyProducts:
         if grads["hidden"] is not None:
             self.grad_hidden = grads["hidden"].reshape(-1, n_features)
         self.grad_classifier = grads["classifier"]
-        self.tile = None
+        self.tile = self.gemm = None
         if self.grad_classifier is not None:
+            self.gemm = _BlasGemm.get(problem.dtype)
             self.tile_classes = _tile_classes(n_classes, n_features, problem.dtype.itemsize)
-            if self.grad_hidden is None:
+            if self.grad_hidden is None and self.gemm is None:
                 self.tile = np.empty((self.tile_classes, n_features), problem.dtype)
         if grads.get("bias") is not None:
             self.bias_sums = np.zeros(n_classes, np.float64)
@@ -350,8 +473,10 @@ class _NumpyProducts:
             self.bias_sums += np.add.reduce(grad, axis=0, dtype=np.float64)
 
     def _classifier_grad(self, grad, rows, start):
-        """Adds the block's ``grad.T @ rows`` into the classifier's gradient by tiles of
-        classes, each added while it is in cache; the first block writes its tiles
+        """Adds the block's ``grad.T @ rows`` into the classifier's gradient: one call of
+        the BLAS's gemm with beta = 1 (beta = 0 for the first block) where _BlasGemm has
+        it and the rows' layout suits it; else by tiles of classes, each added while it
+        is in cache; the first block writes its tiles
         straight into the result. (By tiles even then: one call on the whole transposed
         scratch has the BLAS take a working copy of the scratch's size.)
 
@@ -360,10 +485,16 @@ class _NumpyProducts:
         yet written (the block's own rows are written after this), when that gradient
         is computed; else a tile of its own (_TILE_BYTES, counted in the block height's
         budget)."""
+        if self.gemm is not None and self.gemm.accumulate(
+                grad, rows, self.grad_classifier, 0.0 if start == 0 else 1.0):
+            return
         n_classes = grad.shape[1]
         if start == 0:
             parts = None
         elif self.tile is not None:
+            parts = self.tile
+        elif self.grad_hidden is None:  # rows the BLAS could not take: a tile after all
+            self.tile = np.empty((self.tile_classes, rows.shape[1]), rows.dtype)
             parts = self.tile
         else:
             parts = self.grad_hidden[start:start + self.tile_classes]
@@ -643,7 +774,8 @@ def _run(hidden, classifier, target, bias, weight, ignore_index, reduction, labe
     # (_NumpyProducts._classifier_grad)
     reserved = (_tile_classes(problem.n_classes, problem.n_features, problem.dtype.itemsize)
                 * problem.n_features * problem.dtype.itemsize
-                if "classifier" in want and "hidden" not in want else 0)
+                if "classifier" in want and "hidden" not in want
+                and _BlasGemm.get(problem.dtype) is None else 0)
     # with a bias: its float64 sums and each block's float64 column sums
     rows_per_block = _budget_block_rows(problem.n_rows, problem.n_classes,
                                         problem.dtype.itemsize, block_rows, reserved,

@@ -7,6 +7,8 @@ input, the torch adapter against ``F.linear_cross_entropy`` (and ``F.linear`` +
 ``F.cross_entropy`` for the options torch's function lacks), and the scratch's peak
 resident memory, which must not grow with V.
 """
+import importlib
+
 import numpy as np
 import pytest
 
@@ -139,9 +141,23 @@ def test_any_block_height_gives_the_same_results(block_rows):
         assert_close_contract(grad, ref, np.float64, "grad")
 
 
+LCE = importlib.import_module("fastloss.linear_cross_entropy")
+
+
+@pytest.fixture(params=["blas", "tiles"])
+def classifier_grad_path(request, monkeypatch):
+    """The classifier's gradient accumulated by NumPy's BLAS through ctypes (where
+    _BlasGemm finds it), or forced onto the tiles of np.matmul and their additions."""
+    if request.param == "tiles":
+        monkeypatch.setattr(LCE._BlasGemm, "_found",
+                            {np.dtype(np.float32): None, np.dtype(np.float64): None})
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("block_rows", [16, 23, 70])
-def test_classifier_grad_partials_in_the_hidden_grads_rows(dtype, block_rows):
+def test_classifier_grad_partials_in_the_hidden_grads_rows(dtype, block_rows,
+                                                           classifier_grad_path):
     """The later blocks' partial products of the classifier's gradient go through the
     rows of the hidden's gradient not yet written (then overwritten by their own
     product): with out= arrays full of NaN, every result is the reference's, and the
@@ -165,6 +181,73 @@ def test_classifier_grad_partials_in_the_hidden_grads_rows(dtype, block_rows):
         if dtype == np.float64:
             assert_close_contract(grad, ref, dtype, "grad")
     assert_close_contract(loss, whole[0], dtype, "loss")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("want", ["both", "classifier"])
+def test_blas_accumulation_and_tiles_agree(dtype, want, monkeypatch):
+    """The classifier's gradient summed over blocks by the BLAS (beta = 1, one call per
+    block) and by np.matmul's tiles plus additions: the same values to the products'
+    rounding, into out= arrays full of NaN, with and without the hidden's gradient (whose
+    unwritten rows are the tiles' buffer), hidden rows of a stride of their own."""
+    rng = np.random.default_rng(7)
+    wide, classifier, target, options = make_inputs(rng, (53,), 24, 700, dtype,
+                                                    OPTIONS["all"])
+    hidden = wide[:, ::2]  # elements of stride 2: not the BLAS's, the tiles after all
+    classifier = classifier[:, :12].copy()
+    results = {}
+    for path in ("blas", "tiles"):
+        if path == "tiles":
+            monkeypatch.setattr(LCE._BlasGemm, "_found",
+                                {np.dtype(np.float32): None, np.dtype(np.float64): None})
+        for rows in (hidden, np.ascontiguousarray(hidden)):
+            out = (np.full(rows.shape, np.nan, dtype), np.full(classifier.shape, np.nan, dtype),
+                   np.full(700, np.nan, dtype))
+            if want == "both":
+                loss, grads = LCE.linear_cross_entropy_value_and_grad(
+                    rows, classifier, target, 0.3, block_rows=11, out=out, **options)
+            else:
+                loss, grads = LCE._run(
+                    rows, classifier, target, options["bias"], options["weight"],
+                    options.get("ignore_index", -100), "mean", options["label_smoothing"],
+                    options["z_loss"], options["softcap"], None, 11, 0.3, ("classifier",))
+            results[path, rows.flags.c_contiguous] = grads
+    ref_loss, ref_grads = reference_of(hidden, classifier, target, 0.3, options)
+    for grads in results.values():
+        grad_classifier = grads["classifier"] if isinstance(grads, dict) else grads[1]
+        assert np.isfinite(grad_classifier).all()
+        assert_close_contract(grad_classifier, ref_grads[1], dtype, "grad")
+    blas = results["blas", True]
+    tiles = results["tiles", True]
+    pick = (lambda g: g["classifier"]) if want == "classifier" else (lambda g: g[1])
+    np.testing.assert_allclose(pick(blas), pick(tiles),
+                               rtol=0, atol=64 * np.finfo(dtype).eps
+                               * float(np.abs(pick(tiles)).max()))
+
+
+def test_blas_gemm_accumulates_like_matmul():
+    """_BlasGemm (NumPy's OpenBLAS through ctypes, where found): c = a.T @ b + beta c for
+    beta 0 and 1, strided rows, a NaN-filled c under beta = 0, and False (nothing done)
+    for a matrix whose elements are not of unit stride or of another dtype."""
+    for dtype in (np.float32, np.float64):
+        gemm = LCE._BlasGemm.get(dtype)
+        if gemm is None:
+            pytest.skip("NumPy's BLAS is not an OpenBLAS that _BlasGemm finds here")
+        rng = np.random.default_rng(3)
+        a = rng.standard_normal((9, 40)).astype(dtype)[:, 3:31]  # row stride 40
+        b = rng.standard_normal((9, 6)).astype(dtype)
+        c0 = rng.standard_normal((28, 6)).astype(dtype)
+        tol = 32 * np.finfo(dtype).eps * (np.abs(a).T @ np.abs(b) + np.abs(c0))
+        c = c0.copy()
+        assert gemm.accumulate(a, b, c, 1.0)
+        assert np.all(np.abs(c - (c0 + a.T @ b)) <= tol)
+        c = np.full_like(c0, np.nan)
+        assert gemm.accumulate(a, b, c, 0.0)
+        assert np.all(np.abs(c - a.T @ b) <= tol)
+        c = c0.copy()
+        assert not gemm.accumulate(a[:, ::2], b, c[:14])
+        assert not gemm.accumulate(a.astype(np.float16), b, c)
+        np.testing.assert_array_equal(c, c0)
 
 
 def test_default_block_height_fills_the_memory_budget():
