@@ -51,6 +51,7 @@ rounded once from its complete float32 sum.
 import ctypes
 import math
 import os
+import platform
 import sys
 
 import numpy as np
@@ -340,7 +341,10 @@ class _BlasGemm:
             letter, ctype = "d", ctypes.c_double
         else:
             return None
-        if not sys.platform.startswith("linux"):
+        # the integer arguments below are 64-bit, which an LP64 library reads correctly
+        # only where a 32-bit argument is the low half of its slot: x86-64 and aarch64
+        if not sys.platform.startswith("linux") or platform.machine() not in ("x86_64",
+                                                                              "aarch64"):
             return None
         try:
             with open("/proc/self/maps") as maps:
