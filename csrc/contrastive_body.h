@@ -246,13 +246,6 @@ int REAL_NAME(distance_normalize_backward) FASTLOSS_CONTRASTIVE_NORMALIZE_BACKWA
  * Row pairs: contrastive and triplet margin.
  * ------------------------------------------------------------------------- */
 
-/* Reduced loss from per-row values, in a fixed order. */
-static double REAL_NAME(reduce_rows)(const double *row_loss, fastloss_index n_rows, int reduction)
-{
-    const double total = fastloss_sum_float64(row_loss, n_rows);
-    return reduction == FASTLOSS_REDUCTION_MEAN ? total / (double)n_rows : total;
-}
-
 int REAL_NAME(distance_contrastive) FASTLOSS_CONTRASTIVE_CONTRASTIVE_SIGNATURE
 {
     const STORE_T *x1 = (const STORE_T *)x1_data;
@@ -263,12 +256,9 @@ int REAL_NAME(distance_contrastive) FASTLOSS_CONTRASTIVE_CONTRASTIVE_SIGNATURE
     const int metric = options->metric;
     const double eps = options->eps, norm_eps = options->norm_eps, margin = options->margin;
     const double factor = options->reduction == FASTLOSS_REDUCTION_MEAN ? 1.0 / (double)n_rows : 1.0;
-    double *row_loss = loss_per_row;
-    if (!row_loss) {
-        row_loss = malloc((size_t)n_rows * sizeof(double) + 1);
-        if (!row_loss)
-            return FASTLOSS_ERROR_NO_MEMORY;
-    }
+    double *row_loss = fastloss_row_pairs_losses(loss_per_row, n_rows);
+    if (!row_loss)
+        return FASTLOSS_ERROR_NO_MEMORY;
     const int threads = fastloss_effective_threads(options->num_threads, n_rows * dim);
     (void)threads;
 #ifdef _OPENMP
@@ -347,10 +337,7 @@ int REAL_NAME(distance_contrastive) FASTLOSS_CONTRASTIVE_CONTRASTIVE_SIGNATURE
             }
         }
     }
-    if (loss)
-        *loss = REAL_NAME(reduce_rows)(row_loss, n_rows, options->reduction);
-    if (!loss_per_row)
-        free(row_loss);
+    fastloss_row_pairs_finish(row_loss, loss_per_row, n_rows, options->reduction, loss);
     return FASTLOSS_OK;
 }
 
@@ -412,12 +399,9 @@ int REAL_NAME(distance_triplet_margin) FASTLOSS_CONTRASTIVE_TRIPLET_MARGIN_SIGNA
     const fastloss_index dim_pn = options->positive_negative_dim;
     const double eps = options->eps, p = options->p, margin = options->margin;
     const double factor = options->reduction == FASTLOSS_REDUCTION_MEAN ? 1.0 / (double)n_rows : 1.0;
-    double *row_loss = loss_per_row;
-    if (!row_loss) {
-        row_loss = malloc((size_t)n_rows * sizeof(double) + 1);
-        if (!row_loss)
-            return FASTLOSS_ERROR_NO_MEMORY;
-    }
+    double *row_loss = fastloss_row_pairs_losses(loss_per_row, n_rows);
+    if (!row_loss)
+        return FASTLOSS_ERROR_NO_MEMORY;
     const int threads = fastloss_effective_threads(options->num_threads, n_rows * dim);
     (void)threads;
 #ifdef _OPENMP
@@ -504,10 +488,7 @@ int REAL_NAME(distance_triplet_margin) FASTLOSS_CONTRASTIVE_TRIPLET_MARGIN_SIGNA
             GRAD_FLUSH(gn, start, gn_buffer, m);
         }
     }
-    if (loss)
-        *loss = REAL_NAME(reduce_rows)(row_loss, n_rows, options->reduction);
-    if (!loss_per_row)
-        free(row_loss);
+    fastloss_row_pairs_finish(row_loss, loss_per_row, n_rows, options->reduction, loss);
     return FASTLOSS_OK;
 }
 

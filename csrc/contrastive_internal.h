@@ -27,6 +27,28 @@ _Static_assert(FASTLOSS_CONTRASTIVE_ROW_CHUNK % FASTLOSS_LANES == 0,
 /* lambda of the probabilistic bound above. */
 #define FASTLOSS_GRAM_LAMBDA 7.0
 
+/* The row-pair kernels (contrastive, triplet margin) write their per-row losses to the
+ * caller's loss_per_row, or to scratch (NULL when out of memory) that
+ * fastloss_row_pairs_finish frees. */
+static inline double *fastloss_row_pairs_losses(double *loss_per_row, fastloss_index n_rows)
+{
+    return loss_per_row ? loss_per_row : malloc((size_t)n_rows * sizeof(double) + 1);
+}
+
+/* The reduced loss (where loss is not NULL) from the per-row losses, summed in a fixed
+ * order; then the scratch, if it was, is freed. */
+static inline void fastloss_row_pairs_finish(double *row_loss, const double *loss_per_row,
+                                             fastloss_index n_rows, int reduction,
+                                             double *loss)
+{
+    if (loss) {
+        const double total = fastloss_sum_float64(row_loss, n_rows);
+        *loss = reduction == FASTLOSS_REDUCTION_MEAN ? total / (double)n_rows : total;
+    }
+    if (!loss_per_row)
+        free(row_loss);
+}
+
 /* A ReLU that lets NaN through (as torch's relu and clamp_min do). */
 static inline double relu_nan(double value)
 {

@@ -1,5 +1,6 @@
 """The benchmark cases of every family: inputs, the calls timed, and their targets."""
 import dataclasses
+import functools
 from typing import Callable
 
 import numpy as np
@@ -7,6 +8,11 @@ import numpy as np
 import fastloss
 from fastloss import _registry, reference
 from fastloss.bench._types import Case, Family, Target, Timed, Unavailable
+
+try:
+    import ml_dtypes
+except ImportError:  # an optional dependency: no bfloat16 families then
+    ml_dtypes = None
 
 
 # ----------------------------------------------------------------------------------------
@@ -108,42 +114,60 @@ def _torch():
     return torch
 
 
-def _ce_torch_forward_backward(inputs, threads):
-    torch = _torch()
-    if torch is None:
-        return None
-    import torch.nn.functional as F
+def _with_torch(build):
+    """A case that needs torch: ``build(torch, inputs, threads)`` makes its Timed call.
+    Without torch the case gives None (its row says torch is not importable)."""
+    @functools.wraps(build)
+    def setup(inputs, threads):
+        torch = _torch()
+        return None if torch is None else build(torch, inputs, threads)
+    return setup
 
-    logits = torch.from_numpy(inputs["logits"]).requires_grad_(True)
-    target = torch.from_numpy(inputs["target"])
+
+def _tensor(torch, array):
+    """A tensor over the array's memory, no copy (an ml_dtypes bfloat16 array through
+    its bits, as torch.bfloat16)."""
+    if ml_dtypes is not None and array.dtype == ml_dtypes.bfloat16:
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
+
+
+def _leaves(torch, inputs, *keys):
+    """Leaf tensors over ``inputs[key]`` for each key (no copy) that require grad, and
+    the untimed ``clear`` that drops their .grad before each call, so that each backward
+    allocates a fresh gradient, as in training."""
+    tensors = [_tensor(torch, inputs[key]).requires_grad_(True) for key in keys]
 
     def clear():
-        logits.grad = None  # so backward allocates a fresh gradient, as in training
+        for tensor in tensors:
+            tensor.grad = None
 
-    def call():
-        F.cross_entropy(logits, target).backward()
-
-    return Timed(call, prepare=clear, note="torch.from_numpy inputs; backward into a fresh .grad")
+    return (*tensors, clear)
 
 
-def _ce_adapter_forward_backward(inputs, threads):
-    torch = _torch()
-    if torch is None:
-        return None
+@_with_torch
+def _ce_torch_forward_backward(torch, inputs, threads):
+    logits, clear = _leaves(torch, inputs, "logits")
+    target = torch.from_numpy(inputs["target"])
+    return Timed(lambda: torch.nn.functional.cross_entropy(logits, target).backward(),
+                 prepare=clear, note=f"{logits.dtype} over the arrays' memory; backward into "
+                                     "a fresh .grad")
+
+
+@_with_torch
+def _ce_adapter_forward_backward(torch, inputs, threads):
     import fastloss.torch as fastloss_torch
 
-    logits = torch.from_numpy(inputs["logits"]).requires_grad_(True)
+    logits, clear = _leaves(torch, inputs, "logits")
     target = torch.from_numpy(inputs["target"])
-
-    def clear():
-        logits.grad = None  # a fresh gradient, as torch's row
-
     return Timed(lambda: fastloss_torch.cross_entropy(logits, target,
                                                       num_threads=threads).backward(),
-                 prepare=clear, note="autograd, backward into a fresh .grad (as torch's row)")
+                 prepare=clear, note=f"{logits.dtype}, zero-copy; autograd, backward into a "
+                                     "fresh .grad (as torch's row)")
 
 
-def _ce_adapter_in_place(inputs, threads):
+@_with_torch
+def _ce_adapter_in_place(torch, inputs, threads):
     """The adapter with inplace_backward=True: the gradient overwrites the logits.
 
     Its input must not be a leaf: in training it is a layer's output. Here it is a view
@@ -153,9 +177,6 @@ def _ce_adapter_in_place(inputs, threads):
     rows. (Not w.r.t. the view itself: the forward bumps the logits' version, and a view
     whose version moved gets a new grad_fn, no longer the one the loss's graph holds.)
     The logits are restored, untimed, before each call."""
-    torch = _torch()
-    if torch is None:
-        return None
     import fastloss.torch as fastloss_torch
 
     logits, work = inputs["logits"], inputs["work"]
@@ -173,24 +194,20 @@ def _ce_adapter_in_place(inputs, threads):
                       "(non-leaf, as a layer's output); torch.autograd.grad w.r.t. the leaf")
 
 
-def _ce_torch_compile_forward_backward(inputs, threads):
+@_with_torch
+def _ce_torch_compile_forward_backward(torch, inputs, threads):
     """torch.compile(F.cross_entropy), static shapes, forward+backward into a fresh .grad.
 
     The compile (of forward and backward) runs here, untimed, on the timed inputs
     themselves; when it fails on this machine (no working C++ compiler, an unsupported
     platform) the row reports that it cannot run."""
-    torch = _torch()
-    if torch is None:
-        return None
-    import torch.nn.functional as F
-
-    logits = torch.from_numpy(inputs["logits"]).requires_grad_(True)
+    logits, clear = _leaves(torch, inputs, "logits")
     target = torch.from_numpy(inputs["target"])
     saved_threads = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)  # the thread count its code is generated for
         torch.compiler.reset()  # a fresh cache: no earlier shape's recompile limit
-        compiled = torch.compile(F.cross_entropy, dynamic=False)
+        compiled = torch.compile(torch.nn.functional.cross_entropy, dynamic=False)
         compiled(logits, target).backward()
     except Exception as error:  # any failure to compile means this row cannot run here
         first_line = (str(error).strip().splitlines() or [""])[0][:120]
@@ -198,30 +215,22 @@ def _ce_torch_compile_forward_backward(inputs, threads):
                           f"{first_line}") from None
     finally:
         torch.set_num_threads(saved_threads)
-        logits.grad = None
-
-    def clear():
-        logits.grad = None
-
+        clear()
     return Timed(lambda: compiled(logits, target).backward(), prepare=clear,
                  note="torch.compile(F.cross_entropy, dynamic=False), compiled untimed; "
                       "backward into a fresh .grad")
 
 
-def _ce_torch_forward(inputs, threads):
-    torch = _torch()
-    if torch is None:
-        return None
-    import torch.nn.functional as F
-
-    logits = torch.from_numpy(inputs["logits"])
+@_with_torch
+def _ce_torch_forward(torch, inputs, threads):
+    logits = _tensor(torch, inputs["logits"])
     target = torch.from_numpy(inputs["target"])
 
     def call():
         with torch.no_grad():
-            return F.cross_entropy(logits, target)
+            return torch.nn.functional.cross_entropy(logits, target)
 
-    return Timed(call, note="under torch.no_grad()")
+    return Timed(call, note=f"{logits.dtype}, under torch.no_grad()")
 
 
 # The size of the cross-entropy targets: 4096 tokens over GPT-2's vocabulary.
@@ -259,71 +268,15 @@ CROSS_ENTROPY = Family(
 
 # bfloat16 logits (ml_dtypes' NumPy dtype; the family exists where ml_dtypes is
 # installed): the same cases over half the bytes, torch's own bfloat16 cross-entropy beside.
-try:
-    import ml_dtypes
-except ImportError:  # an optional dependency: no bfloat16 family then
-    ml_dtypes = None
 
-
-def _bf16_torch_logits(inputs, key="logits"):
-    """A torch.bfloat16 tensor over the memory of the bfloat16 array inputs[key]."""
-    torch = _torch()
-    return torch.from_numpy(inputs[key].view(np.int16)).view(torch.bfloat16)
-
-
-def _ce_bf16_read(inputs, threads):
-    bits = inputs["logits"].view(np.uint16)
-    return Timed(lambda: bits.max(), note="read-only limit (the bits as uint16: "
-                                           "ml_dtypes' own max is not vectorised)")
-
-
-def _ce_bf16_torch_forward_backward(inputs, threads):
-    torch = _torch()
-    if torch is None:
-        return None
-    import torch.nn.functional as F
-
-    logits = _bf16_torch_logits(inputs).requires_grad_(True)
-    target = torch.from_numpy(inputs["target"])
-
-    def clear():
-        logits.grad = None
-
-    return Timed(lambda: F.cross_entropy(logits, target).backward(), prepare=clear,
-                 note="torch.bfloat16 over the same memory; backward into a fresh .grad")
-
-
-def _ce_bf16_adapter_forward_backward(inputs, threads):
-    torch = _torch()
-    if torch is None:
-        return None
-    import fastloss.torch as fastloss_torch
-
-    logits = _bf16_torch_logits(inputs).requires_grad_(True)
-    target = torch.from_numpy(inputs["target"])
-
-    def clear():
-        logits.grad = None
-
-    return Timed(lambda: fastloss_torch.cross_entropy(logits, target,
-                                                      num_threads=threads).backward(),
-                 prepare=clear, note="torch.bfloat16, zero-copy; backward into a fresh .grad")
-
-
-def _ce_bf16_torch_forward(inputs, threads):
-    torch = _torch()
-    if torch is None:
-        return None
-    import torch.nn.functional as F
-
-    logits = _bf16_torch_logits(inputs)
-    target = torch.from_numpy(inputs["target"])
-
-    def call():
-        with torch.no_grad():
-            return F.cross_entropy(logits, target)
-
-    return Timed(call, note="torch.bfloat16, under torch.no_grad()")
+def _bits_max(key):
+    """The read-only limit of the half-precision array ``inputs[key]``: the max of its
+    bits as uint16."""
+    def setup(inputs, threads):
+        bits = inputs[key].view(np.uint16)
+        return Timed(lambda: bits.max(), note="read-only limit (the bits as uint16: "
+                                               "ml_dtypes' own max is not vectorised)")
+    return setup
 
 
 CE_BF16_READ = "logits.view(uint16).max()"
@@ -340,12 +293,12 @@ CROSS_ENTROPY_BFLOAT16 = Family(
         Case("fastloss forward", _ce_forward, read_only=True),
         Case("fastloss grad from lse", _ce_grad_from_lse),
         Case("np.copyto (logits -> buffer)", _copy, role="copy"),
-        Case(CE_BF16_READ, _ce_bf16_read, role="read", read_only=True),
+        Case(CE_BF16_READ, _bits_max("logits"), role="read", read_only=True),
         Case("torch F.cross_entropy forward+backward (bfloat16)",
-             _ce_bf16_torch_forward_backward, requires="torch"),
+             _ce_torch_forward_backward, requires="torch"),
         Case("fastloss.torch.cross_entropy forward+backward (bfloat16)",
-             _ce_bf16_adapter_forward_backward, requires="torch"),
-        Case("torch forward (bfloat16)", _ce_bf16_torch_forward, read_only=True,
+             _ce_adapter_forward_backward, requires="torch"),
+        Case("torch forward (bfloat16)", _ce_torch_forward, read_only=True,
              requires="torch"),
     ),
 )
@@ -470,12 +423,10 @@ def _stop_vocab_pool():
     _VOCAB_POOL.clear()
 
 
-def _vocab_parallel(inputs, threads):
+@_with_torch
+def _vocab_parallel(torch, inputs, threads):
     """Each step: both ranks' forward+backward (one thread each), in parallel; the row is
     the step's wall time, the note the bytes each rank sent."""
-    torch = _torch()
-    if torch is None:
-        return None
     import atexit
     import socket
 
@@ -711,10 +662,8 @@ def _torch_function(entry):
 def _ew_forward_backward(entry, adapter):
     """torch's forward+backward of ``entry`` (or fastloss.torch's with ``adapter``), the
     gradient w.r.t. the first input into a fresh .grad, as in training."""
-    def setup(inputs, threads):
-        torch = _torch()
-        if torch is None:
-            return None
+    @_with_torch
+    def setup(torch, inputs, threads):
         if adapter:
             import fastloss.torch as fastloss_torch
 
@@ -859,12 +808,6 @@ TARGETS = {
     ),
 }
 
-def _ew_bf16_read(inputs, threads):
-    bits = inputs["pred"].view(np.uint16)
-    return Timed(lambda: bits.max(), note="read-only limit (the bits as uint16: "
-                                           "ml_dtypes' own max is not vectorised)")
-
-
 EW_BF16_READ = "pred.view(uint16).max()"
 # The same losses on bfloat16 inputs (where ml_dtypes is installed): half the bytes.
 ELEMENTWISE_BFLOAT16 = Family(
@@ -877,7 +820,7 @@ ELEMENTWISE_BFLOAT16 = Family(
     cases=(
         *(Case(_ew_fused_name(entry), _ew_fused(entry)) for entry in ELEMENTWISE_ENTRIES),
         Case("np.copyto (pred -> buffer)", _ew_copy, role="copy"),
-        Case(EW_BF16_READ, _ew_bf16_read, role="read", read_only=True),
+        Case(EW_BF16_READ, _bits_max("pred"), role="read", read_only=True),
     ),
 )
 TARGETS[ELEMENTWISE_BFLOAT16.name] = tuple(
@@ -947,16 +890,11 @@ def _cp_matmul(inputs, threads):
     return Timed(lambda: x @ x.T, note="the family's limit: one BLAS product (NumPy's threads)")
 
 
-def _cp_torch(inputs, threads):
-    torch = _torch()
-    if torch is None:
-        return None
-    x = torch.from_numpy(inputs["x"]).requires_grad_(True)
+@_with_torch
+def _cp_torch(torch, inputs, threads):
+    x, clear = _leaves(torch, inputs, "x")
     labels = torch.from_numpy(inputs["labels"])
     n_pairs = x.shape[0] * (x.shape[0] - 1) / 2
-
-    def clear():
-        x.grad = None
 
     def call():
         distance = torch.cdist(x, x)
@@ -987,18 +925,11 @@ def _nce_matmul(inputs, threads):
                  note="info_nce's limit: three such products and one pass over their result")
 
 
-def _nce_torch(inputs, threads):
-    torch = _torch()
-    if torch is None:
-        return None
-    import torch.nn.functional as F
-
-    query = torch.from_numpy(inputs["x"]).requires_grad_(True)
-    key = torch.from_numpy(inputs["key"]).requires_grad_(True)
+@_with_torch
+def _nce_torch(torch, inputs, threads):
+    F = torch.nn.functional
+    query, key, clear = _leaves(torch, inputs, "x", "key")
     target = torch.arange(query.shape[0])
-
-    def clear():
-        query.grad = key.grad = None
 
     def call():
         logits = F.normalize(query) @ F.normalize(key).T / 0.05
@@ -1013,59 +944,36 @@ def _triplet_fused(inputs, threads):
         x, key, other, swap=True, out=tuple(buffers), num_threads=threads))
 
 
-def _triplet_torch(inputs, threads):
-    torch = _torch()
-    if torch is None:
-        return None
-    import torch.nn.functional as F
-
-    tensors = [torch.from_numpy(inputs[name]).requires_grad_(True)
-               for name in ("x", "key", "other")]
-
-    def clear():
-        for tensor in tensors:
-            tensor.grad = None
-
-    def call():
-        F.triplet_margin_loss(*tensors, swap=True).backward()
-
-    return Timed(call, prepare=clear)
+@_with_torch
+def _triplet_torch(torch, inputs, threads):
+    *tensors, clear = _leaves(torch, inputs, "x", "key", "other")
+    return Timed(lambda: torch.nn.functional.triplet_margin_loss(*tensors, swap=True).backward(),
+                 prepare=clear)
 
 
 def _contrastive_adapter(name):
     """The PyTorch adapter's forward+backward of one contrastive-family loss, on the
     inputs of the fastloss row beside it."""
-    def setup(inputs, threads):
-        torch = _torch()
-        if torch is None:
-            return None
+    @_with_torch
+    def setup(torch, inputs, threads):
         import fastloss.torch as fastloss_torch
 
-        def tensor(key):
-            return torch.from_numpy(inputs[key]).requires_grad_(True)
-
+        keys = {"contrastive_pairwise": ("x",), "info_nce": ("x", "key")}.get(
+            name, ("x", "key", "other"))
+        *tensors, clear = _leaves(torch, inputs, *keys)
         if name == "contrastive_pairwise":
-            tensors = [tensor("x")]
             labels = torch.from_numpy(inputs["labels"])
 
             def loss():
                 return fastloss_torch.contrastive_pairwise(tensors[0], labels,
                                                            num_threads=threads)
         elif name == "info_nce":
-            tensors = [tensor("x"), tensor("key")]
-
             def loss():
                 return fastloss_torch.info_nce(*tensors, symmetric=True, num_threads=threads)
         else:
-            tensors = [tensor("x"), tensor("key"), tensor("other")]
-
             def loss():
                 return fastloss_torch.triplet_margin_loss(*tensors, swap=True,
                                                           num_threads=threads)
-
-        def clear():
-            for each in tensors:
-                each.grad = None
 
         return Timed(lambda: loss().backward(), prepare=clear,
                      note="autograd; backward into a fresh .grad")
@@ -1181,26 +1089,17 @@ def _lce_one_product(inputs, threads):
 def _torch_linear_inputs(torch, inputs):
     """hidden and classifier as leaf tensors that require grad (zero-copy), the target,
     and the untimed ``clear`` that drops their .grad before each call."""
-    hidden = torch.from_numpy(inputs["hidden"]).requires_grad_(True)
-    classifier = torch.from_numpy(inputs["classifier"]).requires_grad_(True)
-    target = torch.from_numpy(inputs["target"])
-
-    def clear():
-        hidden.grad = classifier.grad = None
-
-    return hidden, classifier, target, clear
+    hidden, classifier, clear = _leaves(torch, inputs, "hidden", "classifier")
+    return hidden, classifier, torch.from_numpy(inputs["target"]), clear
 
 
 def _lce_torch(kind):
     """torch's forward+backward: ``F.linear`` + ``F.cross_entropy`` ("linear"),
     ``F.linear_cross_entropy`` ("default"), or with ``LinearCrossEntropyOptions()``
     ("options"); gradients into fresh .grad."""
-    def setup(inputs, threads):
-        torch = _torch()
-        if torch is None:
-            return None
-        import torch.nn.functional as F
-
+    @_with_torch
+    def setup(torch, inputs, threads):
+        F = torch.nn.functional
         if kind != "linear" and not hasattr(F, "linear_cross_entropy"):
             raise Unavailable(f"torch {torch.__version__} has no F.linear_cross_entropy")
         hidden, classifier, target, clear = _torch_linear_inputs(torch, inputs)
@@ -1217,10 +1116,8 @@ def _lce_torch(kind):
     return setup
 
 
-def _lce_adapter(inputs, threads):
-    torch = _torch()
-    if torch is None:
-        return None
+@_with_torch
+def _lce_adapter(torch, inputs, threads):
     import fastloss.torch as FL
 
     hidden, classifier, target, clear = _torch_linear_inputs(torch, inputs)
@@ -1546,61 +1443,46 @@ def _three_streams(inputs, threads):
                  note="reads both logits, writes one N x V array: the fused calls' traffic")
 
 
-def _tlp_torch(inputs, threads):
-    torch = _torch()
-    if torch is None:
-        return None
-    logits = torch.from_numpy(inputs["logits"]).requires_grad_(True)
-    target = torch.from_numpy(inputs["target"])
-
-    def call():
-        log_p = torch.log_softmax(logits, dim=-1)
-        log_prob = log_p.gather(-1, target[:, None]).squeeze(-1)
-        entropy = -(log_p.exp() * log_p).sum(-1)
-        (log_prob.sum() + 0.01 * entropy.sum()).backward()
-        logits.grad = None
-
-    return Timed(call, note="log_softmax, gather, -(p log p).sum(-1), backward")
+def _torch_vocab_case(formula, other, note):
+    """torch's forward+backward of ``formula(torch, logits, inputs[other])`` (a loss), the
+    backward into a fresh .grad of the logits (the student's)."""
+    @_with_torch
+    def setup(torch, inputs, threads):
+        logits, clear = _leaves(torch, inputs, "logits")
+        tensor = torch.from_numpy(inputs[other])
+        return Timed(lambda: formula(torch, logits, tensor).backward(), prepare=clear,
+                     note=note)
+    return setup
 
 
-def _kl_torch(inputs, threads):
-    torch = _torch()
-    if torch is None:
-        return None
-    import torch.nn.functional as F
-
-    student = torch.from_numpy(inputs["logits"]).requires_grad_(True)
-    teacher = torch.from_numpy(inputs["teacher"])
-
-    def call():
-        loss = F.kl_div(F.log_softmax(student, -1), F.log_softmax(teacher, -1),
-                        reduction="batchmean", log_target=True)
-        loss.backward()
-        student.grad = None
-
-    return Timed(call, note="F.kl_div of the log_softmax of both, backward to the student")
+def _tlp_torch_formula(torch, logits, target):
+    log_p = torch.log_softmax(logits, dim=-1)
+    log_prob = log_p.gather(-1, target[:, None]).squeeze(-1)
+    entropy = -(log_p.exp() * log_p).sum(-1)
+    return log_prob.sum() + 0.01 * entropy.sum()
 
 
-def _jsd_torch(inputs, threads):
-    torch = _torch()
-    if torch is None:
-        return None
-    import torch.nn.functional as F
+def _kl_torch_formula(torch, student, teacher):
+    F = torch.nn.functional
+    return F.kl_div(F.log_softmax(student, -1), F.log_softmax(teacher, -1),
+                    reduction="batchmean", log_target=True)
 
-    student = torch.from_numpy(inputs["logits"]).requires_grad_(True)
-    teacher = torch.from_numpy(inputs["teacher"])
-    beta = 0.5
 
-    def call():
-        log_q, log_p = F.log_softmax(student, -1), F.log_softmax(teacher, -1)
-        log_m = torch.logsumexp(torch.stack([log_q + np.log(1 - beta), log_p + np.log(beta)]),
-                                dim=0)
-        loss = (beta * F.kl_div(log_m, log_p, reduction="batchmean", log_target=True)
-                + (1 - beta) * F.kl_div(log_m, log_q, reduction="batchmean", log_target=True))
-        loss.backward()
-        student.grad = None
+def _jsd_torch_formula(torch, student, teacher, beta=0.5):
+    F = torch.nn.functional
+    log_q, log_p = F.log_softmax(student, -1), F.log_softmax(teacher, -1)
+    log_m = torch.logsumexp(torch.stack([log_q + np.log(1 - beta), log_p + np.log(beta)]),
+                            dim=0)
+    return (beta * F.kl_div(log_m, log_p, reduction="batchmean", log_target=True)
+            + (1 - beta) * F.kl_div(log_m, log_q, reduction="batchmean", log_target=True))
 
-    return Timed(call, note="TRL's generalized_jsd_loss written out, backward to the student")
+
+_tlp_torch = _torch_vocab_case(_tlp_torch_formula, "target",
+                               "log_softmax, gather, -(p log p).sum(-1), backward")
+_kl_torch = _torch_vocab_case(_kl_torch_formula, "teacher",
+                              "F.kl_div of the log_softmax of both, backward to the student")
+_jsd_torch = _torch_vocab_case(_jsd_torch_formula, "teacher",
+                               "TRL's generalized_jsd_loss written out, backward to the student")
 
 
 DISTILL_TLP = "fastloss token_log_probs (with entropy)"
@@ -1663,12 +1545,9 @@ def _ltlp_fused(inputs, threads):
         out=out, num_threads=threads))
 
 
-def _ltlp_torch(inputs, threads):
-    torch = _torch()
-    if torch is None:
-        return None
-    import torch.nn.functional as F
-
+@_with_torch
+def _ltlp_torch(torch, inputs, threads):
+    F = torch.nn.functional
     hidden, classifier, target, clear = _torch_linear_inputs(torch, inputs)
 
     def call():
@@ -1751,22 +1630,12 @@ def _cp_half_copy(inputs, threads):
     return Timed(lambda: np.copyto(buffer, x), note="memory-bandwidth limit")
 
 
-def _cp_half_read(inputs, threads):
-    bits = inputs["x"].view(np.uint16)
-    return Timed(lambda: bits.max(), note="read-only limit (the bits as uint16)")
-
-
 def _cp_half_torch_triplet(adapter):
     """torch's own bfloat16 triplet_margin_loss, or fastloss.torch's, forward+backward on
     bfloat16 tensors over the same memory."""
-    def setup(inputs, threads):
-        torch = _torch()
-        if torch is None:
-            return None
-        import torch.nn.functional as F
-
-        tensors = [_bf16_torch_logits(inputs, key).requires_grad_(True)
-                   for key in ("x", "key", "other")]
+    @_with_torch
+    def setup(torch, inputs, threads):
+        *tensors, clear = _leaves(torch, inputs, "x", "key", "other")
         if adapter:
             import fastloss.torch as fastloss_torch
 
@@ -1775,11 +1644,7 @@ def _cp_half_torch_triplet(adapter):
                                                           num_threads=threads)
         else:
             def loss():
-                return F.triplet_margin_loss(*tensors, swap=True)
-
-        def clear():
-            for tensor in tensors:
-                tensor.grad = None
+                return torch.nn.functional.triplet_margin_loss(*tensors, swap=True)
 
         return Timed(lambda: loss().backward(), prepare=clear,
                      note="torch.bfloat16; backward into a fresh .grad")
@@ -1801,7 +1666,7 @@ CONTRASTIVE_BFLOAT16 = Family(
         *(Case(_cp_half_name(loss, name), _cp_half_case(loss, name))
           for loss in CP_HALF_LOSSES for name in CP_HALF_DTYPES),
         Case("np.copyto (x -> buffer)", _cp_half_copy, role="copy"),
-        Case("x.view(uint16).max()", _cp_half_read, role="read", read_only=True),
+        Case("x.view(uint16).max()", _bits_max("x"), role="read", read_only=True),
         Case("torch triplet_margin_loss (swap) forward+backward (bfloat16)",
              _cp_half_torch_triplet(False), requires="torch"),
         Case("fastloss.torch.triplet_margin_loss (swap) forward+backward (bfloat16)",
