@@ -346,16 +346,11 @@ class _BlasGemm:
         if not sys.platform.startswith("linux") or platform.machine() not in ("x86_64",
                                                                               "aarch64"):
             return None
-        try:
-            with open("/proc/self/maps") as maps:
-                paths = sorted({line.split()[-1] for line in maps
-                                if "openblas" in line.rsplit("/", 1)[-1].lower()})
-        except OSError:
-            return None
-        if len(paths) != 1:  # none, or several (SciPy's beside NumPy's): which is NumPy's?
+        path = cls._numpy_openblas()
+        if path is None:
             return None
         try:
-            library = ctypes.CDLL(paths[0])
+            library = ctypes.CDLL(path)
         except OSError:
             return None
         # NumPy's wheels: scipy_cblas_sgemm64_ (ILP64); a system OpenBLAS: cblas_sgemm
@@ -373,6 +368,28 @@ class _BlasGemm:
         function.restype = None
         gemm = cls(function, ctype, dtype)
         return gemm if gemm._agrees(dtype) else None
+
+    @staticmethod
+    def _numpy_openblas(mapped=None):
+        """The path of the OpenBLAS mapped into this process that is NumPy's: the only one
+        mapped, or, where another is mapped beside it (SciPy's wheels bring their own),
+        the one in the folder of libraries of NumPy's wheel (site-packages/numpy.libs);
+        None when there is none, or no way to tell. ``mapped``: the paths of the mapped
+        files (default: those of /proc/self/maps)."""
+        if mapped is None:
+            try:
+                with open("/proc/self/maps") as maps:
+                    mapped = [line.split()[-1] for line in maps if "/" in line]
+            except OSError:
+                return None
+        paths = sorted({path for path in mapped
+                        if "openblas" in path.rsplit("/", 1)[-1].lower()})
+        if len(paths) > 1:
+            own = os.path.realpath(os.path.join(os.path.dirname(np.__file__), os.pardir,
+                                                "numpy.libs"))
+            paths = [path for path in paths
+                     if os.path.dirname(os.path.realpath(path)) == own]
+        return paths[0] if len(paths) == 1 else None
 
     def _agrees(self, dtype):
         """The routine's ``c += a.T @ b`` against np.matmul's on a small product."""

@@ -9,6 +9,8 @@ resident memory, which must not grow with V.
 """
 import importlib
 
+import os
+
 import numpy as np
 import pytest
 
@@ -223,6 +225,21 @@ def test_blas_accumulation_and_tiles_agree(dtype, want, monkeypatch):
     np.testing.assert_allclose(pick(blas), pick(tiles),
                                rtol=0, atol=64 * np.finfo(dtype).eps
                                * float(np.abs(pick(tiles)).max()))
+
+
+def test_blas_gemm_picks_numpys_openblas():
+    """Among the mapped files, NumPy's OpenBLAS: the only one, or the one in NumPy's
+    wheel's folder of libraries where another (SciPy's) is mapped beside it; None where
+    there is none or no way to tell."""
+    numpy_libs = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
+    ours = os.path.join(numpy_libs, "libscipy_openblas64_-1.so")
+    scipys = os.path.join(numpy_libs, os.pardir, "scipy.libs", "libscipy_openblas-2.so")
+    pick = LCE._BlasGemm._numpy_openblas
+    assert pick(["/usr/lib/libc.so.6", scipys]) == scipys
+    assert pick([scipys, ours, "/usr/lib/libm.so.6", ours]) == ours
+    assert pick(["/opt/a/libopenblas.so.0", "/opt/b/libopenblas.so.0"]) is None
+    assert pick(["/usr/lib/libc.so.6"]) is None
+    assert pick([]) is None
 
 
 def test_blas_gemm_accumulates_like_matmul():
