@@ -165,8 +165,13 @@ static void RUN_ROWS(const RUN_JOB *job, int thread, int n_threads)
                                        ahead, touch, &stats);
             if (block_mode != CE_MODE_BLOCK_STATS)
                 ROW_SAME(ce_coefficients)(call_ptr, &stats, target_logit, target_weight, i, &coef);
+            /* A finite lse leaves every exp finite: in [0, 1] from the chunks' maxima
+             * (a NaN or +inf logit makes the lse NaN), at most S' <= 2 from a given lse
+             * (ce_row_shifted); not so for a block's exps from merged statistics. */
+            const int exps_finite = block_mode != CE_MODE_BLOCK_GRAD && isfinite(coef.lse);
             if (g)
-                ROW_SAME(ce_row_grad)(call_ptr, q, weight, t, &coef, e_row, chunk_data, NULL, g);
+                ROW_SAME(ce_row_grad)(call_ptr, q, weight, t, &coef, e_row, chunk_data, NULL,
+                                      exps_finite, g);
         } else {
             if (!softcap) {
                 for (fastloss_index c = 0; c < n_classes; ++c)
@@ -195,7 +200,7 @@ static void RUN_ROWS(const RUN_JOB *job, int thread, int n_threads)
                 ROW_WIDE(ce_coefficients)(call_ptr, &stats, target_logit, target_weight, i, &coef);
             if (g)
                 ROW_WIDE(ce_row_grad)(call_ptr, q, weight, t, &coef, e_wide, chunk_data,
-                                      softcap ? slope : NULL, g);
+                                      softcap ? slope : NULL, 0, g);
         }
         if (stats_out) {
             /* the block's record (the layout of cross_entropy.h) */

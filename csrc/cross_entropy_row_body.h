@@ -671,20 +671,43 @@ FASTLOSS_INLINE void ROW(ce_grad_range)(const VAL *e, fastloss_index n, double f
 #undef CE_SLOPED
 
 #if CE_PAIRS
+/* The 16-bit gradient of `half` pairs, one word each: STORE, or, where `not_nan` (a
+ * constant once inlined), STORE_NOT_NAN. */
+FASTLOSS_INLINE void ROW(ce_grad_words)(const VAL *e, fastloss_index half, VAL factor_v,
+                                        GRAD_T *g, const int not_nan)
+{
+#pragma omp simd
+    for (fastloss_index p = 0; p < half; ++p) {
+        GRAD_T lo, hi;
+        if (not_nan) {
+            STORE_NOT_NAN(&lo, 0, factor_v * e[p]);
+            STORE_NOT_NAN(&hi, 0, factor_v * e[half + p]);
+        } else {
+            STORE_VAL(&lo, 0, factor_v * e[p]);
+            STORE_VAL(&hi, 0, factor_v * e[half + p]);
+        }
+        const uint32_t word = (uint32_t)lo | (uint32_t)hi << 16;
+        memcpy(g + 2 * p, &word, sizeof word);
+    }
+}
+
 /*
  * ce_grad_range for a whole chunk whose exps are in pair order (CE_PAIRS): every class
  * is written, the target's too (the caller then writes it again from its definition).
  * The half rows computed here have no u term and no slope (soft targets, label
  * smoothing and softcap make the rows wide), so each pair is two products rounded
  * once to GRAD_T, as ce_grad_range's last case, and a 16-bit gradient is stored as one
- * word.  Other options take ce_grad_range a class at a time.
+ * word.  Other options take ce_grad_range a class at a time.  `exps_finite`: the
+ * caller knows every e is finite; with a finite factor no product is then NaN, and
+ * the rounding skips its NaN case (STORE_NOT_NAN: measured 11.7-11.8 -> 10.7-11.0 ms,
+ * bfloat16 value_and_grad, N=512, C=50257, one thread, AVX-512, Zen 4).
  */
 FASTLOSS_INLINE void ROW(ce_grad_pairs)(const VAL *e, fastloss_index n, double factor,
                                         double factor_z, double gamma,
                                         const AUX_T *FASTLOSS_RESTRICT weight,
                                         const AUX_T *FASTLOSS_RESTRICT q, double q_scale,
                                         double q_offset, const double *FASTLOSS_RESTRICT slope,
-                                        GRAD_T *g)
+                                        int exps_finite, GRAD_T *g)
 {
     if (q || gamma != 0.0 || slope) {
         for (fastloss_index c = 0; c < n; ++c)
@@ -696,14 +719,10 @@ FASTLOSS_INLINE void ROW(ce_grad_pairs)(const VAL *e, fastloss_index n, double f
     const VAL factor_v = (VAL)(factor + factor_z);
     const fastloss_index half = n / 2;
     if (sizeof(GRAD_T) == sizeof(uint16_t)) {
-#pragma omp simd
-        for (fastloss_index p = 0; p < half; ++p) {
-            GRAD_T lo, hi;
-            STORE_VAL(&lo, 0, factor_v * e[p]);
-            STORE_VAL(&hi, 0, factor_v * e[half + p]);
-            const uint32_t word = (uint32_t)lo | (uint32_t)hi << 16;
-            memcpy(g + 2 * p, &word, sizeof word);
-        }
+        if (exps_finite && isfinite(factor_v))
+            ROW(ce_grad_words)(e, half, factor_v, g, 1);
+        else
+            ROW(ce_grad_words)(e, half, factor_v, g, 0);
     } else {
 #pragma omp simd
         for (fastloss_index p = 0; p < half; ++p) {
@@ -807,11 +826,13 @@ FASTLOSS_INLINE double ROW(ce_target_grad)(const ce_call *call, const ce_row_coe
  * The gradient pass of a row, from e = exp(y_c - shift_k) left in `e_row` by
  * ce_row_stats (fused) or ce_row_shifted (backward from a given lse); `slope`
  * is dy/dx per class with softcap, else NULL.  The target class is written
- * between two ranges so that no element is written twice.
+ * between two ranges so that no element is written twice.  `exps_finite`: the
+ * caller knows every exp of e_row is finite (ce_grad_pairs).
  */
 static void ROW(ce_row_grad)(const ce_call *call, const AUX_T *q, const AUX_T *weight,
                              fastloss_index target, const ce_row_coef *coef, const VAL *e_row,
-                             const double *chunk_data, const double *slope, GRAD_T *g)
+                             const double *chunk_data, const double *slope, int exps_finite,
+                             GRAD_T *g)
 {
     const fastloss_index n_classes = call->n_classes;
     for (fastloss_index k = 0; k < call->n_chunks; ++k) {
@@ -841,7 +862,7 @@ static void ROW(ce_row_grad)(const ce_call *call, const AUX_T *q, const AUX_T *w
         const double factor_z = coef->alpha_z * rel;
 #if CE_PAIRS
         ROW(ce_grad_pairs)(e, n, factor, factor_z, coef->gamma, w, qk, call->q_scale,
-                           call->q_offset, sk, gk);
+                           call->q_offset, sk, exps_finite, gk);
         if (t >= 0 && t < n) {
             const double g_t = ROW(ce_target_grad)(call, coef, w ? (double)AUX_LOAD(w, t) : 1.0);
             STORE_WIDE(gk, t, sk ? g_t * sk[t] : g_t);
