@@ -223,7 +223,8 @@ FASTLOSS_INLINE VAL ROW(ce_exp_next_max)(const ROW_IN_T *values, fastloss_index 
         /* pairs: a vector's words are 2 * vector classes */
         const fastloss_index half = n / 2;
         const fastloss_index both = (half < n_next / 2 ? half : n_next / 2) / vector * vector;
-        const fastloss_index block = CE_PREFETCH_BLOCK;
+        /* (without prefetches, one block: the forward's loop as it was) */
+        const fastloss_index block = prefetch ? CE_PREFETCH_BLOCK : half + 1;
         VAL next_max = -(VAL)INFINITY;
         for (fastloss_index p0 = 0; p0 < both; p0 += block) {
             const fastloss_index p1 = p0 + block < both ? p0 + block : both;
