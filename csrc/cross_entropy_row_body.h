@@ -104,32 +104,6 @@ FASTLOSS_INLINE VAL ROW(ce_max)(const ROW_IN_T *values, fastloss_index n)
     return result;
 }
 
-/*
- * out[c] = exp((values[c] - shift_hi) - shift_lo).  Splitting the shift lets
- * float32 rows subtract a float64 log-sum-exp without converting every element:
- * values[c] - shift_hi is exact when the two are within a factor of two
- * (Sterbenz), and elsewhere exp() of the difference is negligible.  `out` may
- * be `values` itself (in-place gradient), so no restrict here.
- */
-FASTLOSS_INLINE void ROW(ce_exp)(const ROW_IN_T *values, fastloss_index n, VAL shift_hi,
-                                 VAL shift_lo, VAL *out)
-{
-    fastloss_index c = 0;
-#if CE_PAIRS
-    /* in pair order (out is a float row, never the half values) */
-    const fastloss_index half = n / 2;
-#pragma omp simd
-    for (fastloss_index p = 0; p < half; ++p) {
-        const uint32_t word = ROW(ce_pair)(values, p);
-        out[p] = VAL_EXP((ROW(ce_pair_lo)(word) - shift_hi) - shift_lo);
-        out[half + p] = VAL_EXP((ROW(ce_pair_hi)(word) - shift_hi) - shift_lo);
-    }
-    c = 2 * half;
-#endif
-    for (; c < n; ++c)
-        out[c] = VAL_EXP(((VAL)ROW_LOAD(values, c) - shift_hi) - shift_lo);
-}
-
 /* Prefetch the lines of values[from, to) (none when to <= from), four a step. */
 FASTLOSS_INLINE void ROW(ce_prefetch)(const ROW_IN_T *values, fastloss_index from,
                                       fastloss_index to)
@@ -177,11 +151,12 @@ FASTLOSS_INLINE void ROW(ce_touch_grad)(GRAD_T *g, fastloss_index from, fastloss
 
 /*
  * The prefetches that go with one chunk's exps in the fused statistics pass
- * (ce_row_stats): the gradient row's lines for writing (`touch`, the chunk's first
- * class; NULL: none) and the logits CE_PREFETCH_DISTANCE ahead, of this row and then of
- * the next (`ahead`; NULL: none), class c of the chunk going with class
- * `ahead_from` + c of that stream.  ce_exp_next_max issues them a block of classes
- * at a time, between its blocks of exps (CE_PREFETCH_BLOCK).
+ * (ce_row_stats) and the exps from a given shift (ce_row_exps): the gradient row's lines
+ * for writing (`touch`, the chunk's first class; NULL: none) and the logits
+ * CE_PREFETCH_DISTANCE ahead, of this row and then of the next (`ahead`; NULL: none),
+ * class c of the chunk going with class `ahead_from` + c of that stream.
+ * ce_exp_next_max and ce_exp issue them a block of classes at a time, between their
+ * blocks of exps (CE_PREFETCH_BLOCK).
  */
 typedef struct ROW(ce_chunk_prefetch) {
     GRAD_T *touch;
@@ -199,6 +174,39 @@ FASTLOSS_INLINE void ROW(ce_chunk_prefetch_part)(const ROW(ce_chunk_prefetch) *p
     if (plan->ahead)
         ROW(ce_prefetch_ahead)(plan->y, plan->ahead, plan->n_classes, plan->ahead_from + from,
                                plan->ahead_from + to);
+}
+
+/*
+ * out[c] = exp((values[c] - shift_hi) - shift_lo).  Splitting the shift lets
+ * float32 rows subtract a float64 log-sum-exp without converting every element:
+ * values[c] - shift_hi is exact when the two are within a factor of two
+ * (Sterbenz), and elsewhere exp() of the difference is negligible.  `out` may
+ * be `values` itself (in-place gradient), so no restrict here.  `prefetch` (NULL:
+ * none) as in ce_exp_next_max.
+ */
+FASTLOSS_INLINE void ROW(ce_exp)(const ROW_IN_T *values, fastloss_index n, VAL shift_hi,
+                                 VAL shift_lo, VAL *out, const ROW(ce_chunk_prefetch) *prefetch)
+{
+    fastloss_index c = 0;
+#if CE_PAIRS
+    /* in pair order (out is a float row, never the half values) */
+    const fastloss_index half = n / 2;
+    const fastloss_index block = prefetch ? CE_PREFETCH_BLOCK : half + 1;
+    for (fastloss_index p0 = 0; p0 < half; p0 += block) {
+        const fastloss_index p1 = p0 + block < half ? p0 + block : half;
+        ROW(ce_chunk_prefetch_part)(prefetch, 2 * p0, 2 * p1);
+#pragma omp simd
+        for (fastloss_index p = p0; p < p1; ++p) {
+            const uint32_t word = ROW(ce_pair)(values, p);
+            out[p] = VAL_EXP((ROW(ce_pair_lo)(word) - shift_hi) - shift_lo);
+            out[half + p] = VAL_EXP((ROW(ce_pair_hi)(word) - shift_hi) - shift_lo);
+        }
+    }
+    c = 2 * half;
+#endif
+    ROW(ce_chunk_prefetch_part)(prefetch, c, n);
+    for (; c < n; ++c)
+        out[c] = VAL_EXP(((VAL)ROW_LOAD(values, c) - shift_hi) - shift_lo);
 }
 
 /*
@@ -550,8 +558,9 @@ FASTLOSS_INLINE void ROW(ce_row_exps)(const ce_call *call, const ROW_IN_T *y, do
                                      ? call->n_classes - start
                                      : FASTLOSS_CE_CHUNK;
         double *chunk = chunk_data + k * CE_CHUNK_FIELDS;
-        ROW(ce_touch_grad)(touch, start, start + n);
-        ROW(ce_exp)(y + start, n, shift_hi, shift_lo, e_row + start);
+        const ROW(ce_chunk_prefetch) prefetch = {touch ? touch + start : NULL, y, NULL,
+                                                 call->n_classes, 0};
+        ROW(ce_exp)(y + start, n, shift_hi, shift_lo, e_row + start, &prefetch);
         chunk[CE_CHUNK_SHIFT] = shift;
         chunk[CE_CHUNK_MAX] = shift;
         if (sum) {
