@@ -94,7 +94,10 @@ static void RUN_ROWS(const RUN_JOB *job, int thread, int n_threads)
      * late there (perf, bfloat16 fused, one thread: 43% of the statistics pass at the
      * load of the logits; 8.75 -> 7.4-7.8 ms CPU for N=512, C=50257).  Not for float32
      * rows, whose exps are written into the gradient row (9.5 -> 10.4 ms), nor the
-     * backward from an lse (7.5 -> 8.1 ms): measured slower. */
+     * backward from an lse (7.5 -> 8.1 ms): measured slower.  (Zen 5.  On Zen 4 the
+     * half rows gain from it only with the prefetches spread through the exp loop,
+     * CE_PREFETCH_BLOCK: bfloat16 N=512 one thread, 12.7 -> 11.2 ms (out=) and
+     * 11.7 -> 9.7 ms (in place) spread, 14.1-15.0 -> 14.7-15.7 ms (out=) all at once.) */
     const int ahead_rows = prefetch_rows ? prefetch_rows : (grad && private_e ? 1 : 0);
     const double *stats_in = job->stats_in;
     double *stats_out = job->stats_out;
@@ -163,8 +166,13 @@ static void RUN_ROWS(const RUN_JOB *job, int thread, int n_threads)
                                        ahead, touch, &stats);
             if (block_mode != CE_MODE_BLOCK_STATS)
                 ROW_SAME(ce_coefficients)(call_ptr, &stats, target_logit, target_weight, i, &coef);
+            /* A finite lse leaves every exp finite: in [0, 1] from the chunks' maxima
+             * (a NaN or +inf logit makes the lse NaN), at most S' <= 2 from a given lse
+             * (ce_row_shifted); not so for a block's exps from merged statistics. */
+            const int exps_finite = block_mode != CE_MODE_BLOCK_GRAD && isfinite(coef.lse);
             if (g)
-                ROW_SAME(ce_row_grad)(call_ptr, q, weight, t, &coef, e_row, chunk_data, NULL, g);
+                ROW_SAME(ce_row_grad)(call_ptr, q, weight, t, &coef, e_row, chunk_data, NULL,
+                                      exps_finite, g);
         } else {
             if (!softcap) {
                 for (fastloss_index c = 0; c < n_classes; ++c)
@@ -193,7 +201,7 @@ static void RUN_ROWS(const RUN_JOB *job, int thread, int n_threads)
                 ROW_WIDE(ce_coefficients)(call_ptr, &stats, target_logit, target_weight, i, &coef);
             if (g)
                 ROW_WIDE(ce_row_grad)(call_ptr, q, weight, t, &coef, e_wide, chunk_data,
-                                      softcap ? slope : NULL, g);
+                                      softcap ? slope : NULL, 0, g);
         }
         if (stats_out) {
             /* the block's record (the layout of cross_entropy.h) */

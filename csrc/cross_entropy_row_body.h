@@ -117,28 +117,107 @@ FASTLOSS_INLINE VAL ROW(ce_max)(const ROW_IN_T *values, fastloss_index n)
     return result;
 }
 
+/* Prefetch the lines of values[from, to) (none when to <= from), four a step. */
+FASTLOSS_INLINE void ROW(ce_prefetch)(const ROW_IN_T *values, fastloss_index from,
+                                      fastloss_index to)
+{
+    const fastloss_index line = 64 / (fastloss_index)sizeof(ROW_IN_T);
+    fastloss_index c = from;
+    for (; c + 3 * line < to; c += 4 * line) {
+        __builtin_prefetch(values + c, 0, CE_PREFETCH_LOCALITY);
+        __builtin_prefetch(values + c + line, 0, CE_PREFETCH_LOCALITY);
+        __builtin_prefetch(values + c + 2 * line, 0, CE_PREFETCH_LOCALITY);
+        __builtin_prefetch(values + c + 3 * line, 0, CE_PREFETCH_LOCALITY);
+    }
+    for (; c < to; c += line)
+        __builtin_prefetch(values + c, 0, CE_PREFETCH_LOCALITY);
+}
+
+/* Prefetch the classes [from, to) of the stream that runs on from row y (n_classes
+ * long) into the row `ahead`: those below n_classes are y's, the others ahead's (less
+ * n_classes). */
+FASTLOSS_INLINE void ROW(ce_prefetch_ahead)(const ROW_IN_T *y, const ROW_IN_T *ahead,
+                                            fastloss_index n_classes, fastloss_index from,
+                                            fastloss_index to)
+{
+    ROW(ce_prefetch)(y, from, to < n_classes ? to : n_classes);
+    ROW(ce_prefetch)(ahead, (from > n_classes ? from : n_classes) - n_classes, to - n_classes);
+}
+
+/*
+ * Prefetch for writing the lines of the gradient g[from, to) (g NULL: nothing): rows
+ * whose exps are kept apart from the gradient (half storage, wide rows, the in-place
+ * backward) would otherwise first touch the gradient row in the gradient pass, each
+ * store a miss that waits for its line (perf: 58% of that pass at the store).  Issued
+ * chunk by chunk during the exp pass (for the half rows a block of classes at a time
+ * between blocks of exps: CE_PREFETCH_BLOCK), the lines arrive while the exps are
+ * computed, as float32's gradient row does by holding the exps.
+ */
+FASTLOSS_INLINE void ROW(ce_touch_grad)(GRAD_T *g, fastloss_index from, fastloss_index to)
+{
+    if (!g)
+        return;
+    const char *begin = (const char *)(g + from), *end = (const char *)(g + to);
+    for (const char *p = begin; p < end; p += 64)
+        __builtin_prefetch(p, 1, CE_PREFETCH_LOCALITY);
+}
+
+/*
+ * The prefetches that go with one chunk's exps in the fused statistics pass
+ * (ce_row_stats) and the exps from a given shift (ce_row_exps): the gradient row's lines
+ * for writing (`touch`, the chunk's first class; NULL: none) and the logits
+ * CE_PREFETCH_DISTANCE ahead, of this row and then of the next (`ahead`; NULL: none),
+ * class c of the chunk going with class `ahead_from` + c of that stream.
+ * ce_exp_next_max and ce_exp issue them a block of classes at a time, between their
+ * blocks of exps (CE_PREFETCH_BLOCK).
+ */
+typedef struct ROW(ce_chunk_prefetch) {
+    GRAD_T *touch;
+    const ROW_IN_T *y, *ahead;
+    fastloss_index n_classes, ahead_from;
+} ROW(ce_chunk_prefetch);
+
+/* The prefetches of the chunk's classes [from, to) (plan NULL: none). */
+FASTLOSS_INLINE void ROW(ce_chunk_prefetch_part)(const ROW(ce_chunk_prefetch) *plan,
+                                                 fastloss_index from, fastloss_index to)
+{
+    if (!plan)
+        return;
+    ROW(ce_touch_grad)(plan->touch, from, to);
+    if (plan->ahead)
+        ROW(ce_prefetch_ahead)(plan->y, plan->ahead, plan->n_classes, plan->ahead_from + from,
+                               plan->ahead_from + to);
+}
+
 /*
  * out[c] = exp((values[c] - shift_hi) - shift_lo).  Splitting the shift lets
  * float32 rows subtract a float64 log-sum-exp without converting every element:
  * values[c] - shift_hi is exact when the two are within a factor of two
  * (Sterbenz), and elsewhere exp() of the difference is negligible.  `out` may
- * be `values` itself (in-place gradient), so no restrict here.
+ * be `values` itself (in-place gradient), so no restrict here.  `prefetch` (NULL:
+ * none) as in ce_exp_next_max.
  */
 FASTLOSS_INLINE void ROW(ce_exp)(const ROW_IN_T *values, fastloss_index n, VAL shift_hi,
-                                 VAL shift_lo, VAL *out)
+                                 VAL shift_lo, VAL *out, const ROW(ce_chunk_prefetch) *prefetch)
 {
     fastloss_index c = 0;
 #if CE_PAIRS
     /* in pair order (out is a float row, never the half values) */
     const fastloss_index half = n / 2;
+    const fastloss_index block = prefetch ? CE_PREFETCH_BLOCK : half + 1;
+    for (fastloss_index p0 = 0; p0 < half; p0 += block) {
+        const fastloss_index p1 = p0 + block < half ? p0 + block : half;
+        ROW(ce_chunk_prefetch_part)(prefetch, 2 * p0, 2 * p1);
 #pragma omp simd
-    for (fastloss_index p = 0; p < half; ++p) {
-        const uint32_t word = ROW(ce_pair)(values, p);
-        out[p] = VAL_EXP((ROW(ce_pair_lo)(word) - shift_hi) - shift_lo);
-        out[half + p] = VAL_EXP((ROW(ce_pair_hi)(word) - shift_hi) - shift_lo);
+        for (fastloss_index p = p0; p < p1; ++p) {
+            const uint32_t word = ROW(ce_pair)(values, p);
+            out[p] = VAL_EXP((ROW(ce_pair_lo)(word) - shift_hi) - shift_lo);
+            out[half + p] = VAL_EXP((ROW(ce_pair_hi)(word) - shift_hi) - shift_lo);
+        }
     }
     c = 2 * half;
 #endif
+    ROW(ce_chunk_prefetch_part)(prefetch, c, n);
     for (; c < n; ++c)
         out[c] = VAL_EXP(((VAL)ROW_LOAD(values, c) - shift_hi) - shift_lo);
 }
@@ -148,10 +227,13 @@ FASTLOSS_INLINE void ROW(ce_exp)(const ROW_IN_T *values, fastloss_index n, VAL s
  * chunk in the same loop: the next chunk streams in from memory while this
  * one's exps are computed, instead of in a separate pass that would leave the
  * arithmetic units idle.  `out` may be `values` (in place); it never overlaps
- * `next`, which is what the simd pragma asserts.
+ * `next`, which is what the simd pragma asserts.  `prefetch` (NULL: none) is issued
+ * a block of CE_PREFETCH_BLOCK pairs at a time between the blocks of half rows' exps,
+ * and all at once before the exps of other rows.
  */
 FASTLOSS_INLINE VAL ROW(ce_exp_next_max)(const ROW_IN_T *values, fastloss_index n, VAL shift,
-                                         VAL *out, const ROW_IN_T *next, fastloss_index n_next)
+                                         VAL *out, const ROW_IN_T *next, fastloss_index n_next,
+                                         const ROW(ce_chunk_prefetch) *prefetch)
 {
     /* the fused part in whole vectors of 64 bytes, so that neither loop below ends in
      * a scalar tail but at the chunk's end (a short next chunk, the last of a row or a
@@ -162,29 +244,41 @@ FASTLOSS_INLINE VAL ROW(ce_exp_next_max)(const ROW_IN_T *values, fastloss_index 
         /* pairs: a vector's words are 2 * vector classes */
         const fastloss_index half = n / 2;
         const fastloss_index both = (half < n_next / 2 ? half : n_next / 2) / vector * vector;
+        /* (without prefetches, one block: the forward's loop as it was) */
+        const fastloss_index block = prefetch ? CE_PREFETCH_BLOCK : half + 1;
         VAL next_max = -(VAL)INFINITY;
+        for (fastloss_index p0 = 0; p0 < both; p0 += block) {
+            const fastloss_index p1 = p0 + block < both ? p0 + block : both;
+            ROW(ce_chunk_prefetch_part)(prefetch, 2 * p0, 2 * p1);
 #pragma omp simd reduction(max : next_max)
-        for (fastloss_index p = 0; p < both; ++p) {
-            const uint32_t word = ROW(ce_pair)(values, p);
-            out[p] = VAL_EXP_NONPOSITIVE(ROW(ce_pair_lo)(word) - shift);
-            out[half + p] = VAL_EXP_NONPOSITIVE(ROW(ce_pair_hi)(word) - shift);
-            const uint32_t next_word = ROW(ce_pair)(next, p);
-            const VAL lo = ROW(ce_pair_lo)(next_word), hi = ROW(ce_pair_hi)(next_word);
-            const VAL next_value = lo > hi ? lo : hi;
-            next_max = next_value > next_max ? next_value : next_max;
+            for (fastloss_index p = p0; p < p1; ++p) {
+                const uint32_t word = ROW(ce_pair)(values, p);
+                out[p] = VAL_EXP_NONPOSITIVE(ROW(ce_pair_lo)(word) - shift);
+                out[half + p] = VAL_EXP_NONPOSITIVE(ROW(ce_pair_hi)(word) - shift);
+                const uint32_t next_word = ROW(ce_pair)(next, p);
+                const VAL lo = ROW(ce_pair_lo)(next_word), hi = ROW(ce_pair_hi)(next_word);
+                const VAL next_value = lo > hi ? lo : hi;
+                next_max = next_value > next_max ? next_value : next_max;
+            }
         }
+        for (fastloss_index p0 = both; p0 < half; p0 += block) {
+            const fastloss_index p1 = p0 + block < half ? p0 + block : half;
+            ROW(ce_chunk_prefetch_part)(prefetch, 2 * p0, 2 * p1);
 #pragma omp simd
-        for (fastloss_index p = both; p < half; ++p) {
-            const uint32_t word = ROW(ce_pair)(values, p);
-            out[p] = VAL_EXP_NONPOSITIVE(ROW(ce_pair_lo)(word) - shift);
-            out[half + p] = VAL_EXP_NONPOSITIVE(ROW(ce_pair_hi)(word) - shift);
+            for (fastloss_index p = p0; p < p1; ++p) {
+                const uint32_t word = ROW(ce_pair)(values, p);
+                out[p] = VAL_EXP_NONPOSITIVE(ROW(ce_pair_lo)(word) - shift);
+                out[half + p] = VAL_EXP_NONPOSITIVE(ROW(ce_pair_hi)(word) - shift);
+            }
         }
+        ROW(ce_chunk_prefetch_part)(prefetch, 2 * half, n);
         if (n & 1)
             out[n - 1] = VAL_EXP_NONPOSITIVE((VAL)ROW_LOAD(values, n - 1) - shift);
         const VAL rest = ROW(ce_max)(next + 2 * both, n_next - 2 * both);
         return rest > next_max ? rest : next_max;
     }
 #endif
+    ROW(ce_chunk_prefetch_part)(prefetch, 0, n);
     const fastloss_index both = (n < n_next ? n : n_next) / vector * vector;
     VAL next_max = -(VAL)INFINITY;
 #pragma omp simd reduction(max : next_max)
@@ -300,50 +394,6 @@ FASTLOSS_INLINE double ROW(ce_chunk_sum)(VAL *e, fastloss_index n, fastloss_inde
     return *excl + (double)e_t;
 }
 
-/* Prefetch the lines of values[from, to) (none when to <= from), four a step. */
-FASTLOSS_INLINE void ROW(ce_prefetch)(const ROW_IN_T *values, fastloss_index from,
-                                      fastloss_index to)
-{
-    const fastloss_index line = 64 / (fastloss_index)sizeof(ROW_IN_T);
-    fastloss_index c = from;
-    for (; c + 3 * line < to; c += 4 * line) {
-        __builtin_prefetch(values + c, 0, CE_PREFETCH_LOCALITY);
-        __builtin_prefetch(values + c + line, 0, CE_PREFETCH_LOCALITY);
-        __builtin_prefetch(values + c + 2 * line, 0, CE_PREFETCH_LOCALITY);
-        __builtin_prefetch(values + c + 3 * line, 0, CE_PREFETCH_LOCALITY);
-    }
-    for (; c < to; c += line)
-        __builtin_prefetch(values + c, 0, CE_PREFETCH_LOCALITY);
-}
-
-/* Prefetch the classes [from, to) of the stream that runs on from row y (n_classes
- * long) into the row `ahead`: those below n_classes are y's, the others ahead's (less
- * n_classes). */
-FASTLOSS_INLINE void ROW(ce_prefetch_ahead)(const ROW_IN_T *y, const ROW_IN_T *ahead,
-                                            fastloss_index n_classes, fastloss_index from,
-                                            fastloss_index to)
-{
-    ROW(ce_prefetch)(y, from, to < n_classes ? to : n_classes);
-    ROW(ce_prefetch)(ahead, (from > n_classes ? from : n_classes) - n_classes, to - n_classes);
-}
-
-/*
- * Prefetch for writing the lines of the gradient g[from, to) (g NULL: nothing): rows
- * whose exps are kept apart from the gradient (half storage, wide rows, the in-place
- * backward) would otherwise first touch the gradient row in the gradient pass, each
- * store a miss that waits for its line (perf: 58% of that pass at the store).  Issued
- * chunk by chunk during the exp pass, the lines arrive while the exps are computed, as
- * float32's gradient row does by holding the exps.
- */
-FASTLOSS_INLINE void ROW(ce_touch_grad)(GRAD_T *g, fastloss_index from, fastloss_index to)
-{
-    if (!g)
-        return;
-    const char *begin = (const char *)(g + from), *end = (const char *)(g + to);
-    for (const char *p = begin; p < end; p += 64)
-        __builtin_prefetch(p, 1, CE_PREFETCH_LOCALITY);
-}
-
 /*
  * The statistics of a row read once, for the forward alone (no exps kept for a
  * gradient): the row goes in sub-chunks of FASTLOSS_CE_ONLINE_CHUNK classes under a
@@ -400,7 +450,7 @@ static void ROW(ce_row_stats_online)(const ce_call *call, const ROW_IN_T *y, con
         const fastloss_index mid = from + (to - from) * CE_PREFETCH_BEFORE / 4;
         if (ahead)
             ROW(ce_prefetch_ahead)(y, ahead, n_classes, from, mid);
-        m = ROW(ce_exp_next_max)(y + start, n, shift, tile, y + next_start, n_next);
+        m = ROW(ce_exp_next_max)(y + start, n, shift, tile, y + next_start, n_next, NULL);
         if (ahead)
             ROW(ce_prefetch_ahead)(y, ahead, n_classes, mid, to);
         const double chunk_sum = ROW(ce_chunk_sum)(tile, n, target - start, &target_chunk, k, &excl);
@@ -467,10 +517,11 @@ static void ROW(ce_row_stats)(const ce_call *call, const ROW_IN_T *y, const AUX_
             chunk[CE_CHUNK_MASS] = call->chunk_weight_sum[k];
         }
         VAL *e = e_row ? e_row + start : tile;
-        ROW(ce_touch_grad)(touch, start, start + n);
-        if (ahead) /* the classes `lead` ahead, of this row and then of the next */
-            ROW(ce_prefetch_ahead)(y, ahead, n_classes, start + lead, next_start + lead);
-        m = ROW(ce_exp_next_max)(y + start, n, shift, e, y + next_start, n_next);
+        /* the chunk's gradient lines, and the classes `lead` ahead, of this row and then
+         * of the next */
+        const ROW(ce_chunk_prefetch) prefetch = {touch ? touch + start : NULL, y, ahead, n_classes,
+                                                 start + lead};
+        m = ROW(ce_exp_next_max)(y + start, n, shift, e, y + next_start, n_next, &prefetch);
         chunk[CE_CHUNK_SUM] = ROW(ce_chunk_sum)(e, n, target - start, &target_chunk, k, &excl);
     }
 
@@ -520,8 +571,9 @@ FASTLOSS_INLINE void ROW(ce_row_exps)(const ce_call *call, const ROW_IN_T *y, do
                                      ? call->n_classes - start
                                      : FASTLOSS_CE_CHUNK;
         double *chunk = chunk_data + k * CE_CHUNK_FIELDS;
-        ROW(ce_touch_grad)(touch, start, start + n);
-        ROW(ce_exp)(y + start, n, shift_hi, shift_lo, e_row + start);
+        const ROW(ce_chunk_prefetch) prefetch = {touch ? touch + start : NULL, y, NULL,
+                                                 call->n_classes, 0};
+        ROW(ce_exp)(y + start, n, shift_hi, shift_lo, e_row + start, &prefetch);
         chunk[CE_CHUNK_SHIFT] = shift;
         chunk[CE_CHUNK_MAX] = shift;
         if (sum) {
@@ -642,20 +694,43 @@ FASTLOSS_INLINE void ROW(ce_grad_range)(const VAL *e, fastloss_index n, double f
 #undef CE_SLOPED
 
 #if CE_PAIRS
+/* The 16-bit gradient of `half` pairs, one word each: STORE, or, where `not_nan` (a
+ * constant once inlined), STORE_NOT_NAN. */
+FASTLOSS_INLINE void ROW(ce_grad_words)(const VAL *e, fastloss_index half, VAL factor_v,
+                                        GRAD_T *g, const int not_nan)
+{
+#pragma omp simd
+    for (fastloss_index p = 0; p < half; ++p) {
+        GRAD_T lo, hi;
+        if (not_nan) {
+            STORE_NOT_NAN(&lo, 0, factor_v * e[p]);
+            STORE_NOT_NAN(&hi, 0, factor_v * e[half + p]);
+        } else {
+            STORE_VAL(&lo, 0, factor_v * e[p]);
+            STORE_VAL(&hi, 0, factor_v * e[half + p]);
+        }
+        const uint32_t word = (uint32_t)lo | (uint32_t)hi << 16;
+        memcpy(g + 2 * p, &word, sizeof word);
+    }
+}
+
 /*
  * ce_grad_range for a whole chunk whose exps are in pair order (CE_PAIRS): every class
  * is written, the target's too (the caller then writes it again from its definition).
  * The half rows computed here have no u term and no slope (soft targets, label
  * smoothing and softcap make the rows wide), so each pair is two products rounded
  * once to GRAD_T, as ce_grad_range's last case, and a 16-bit gradient is stored as one
- * word.  Other options take ce_grad_range a class at a time.
+ * word.  Other options take ce_grad_range a class at a time.  `exps_finite`: the
+ * caller knows every e is finite; with a finite factor no product is then NaN, and
+ * the rounding skips its NaN case (STORE_NOT_NAN: measured 11.7-11.8 -> 10.7-11.0 ms,
+ * bfloat16 value_and_grad, N=512, C=50257, one thread, AVX-512, Zen 4).
  */
 FASTLOSS_INLINE void ROW(ce_grad_pairs)(const VAL *e, fastloss_index n, double factor,
                                         double factor_z, double gamma,
                                         const AUX_T *FASTLOSS_RESTRICT weight,
                                         const AUX_T *FASTLOSS_RESTRICT q, double q_scale,
                                         double q_offset, const double *FASTLOSS_RESTRICT slope,
-                                        GRAD_T *g)
+                                        int exps_finite, GRAD_T *g)
 {
     if (q || gamma != 0.0 || slope) {
         for (fastloss_index c = 0; c < n; ++c)
@@ -667,14 +742,10 @@ FASTLOSS_INLINE void ROW(ce_grad_pairs)(const VAL *e, fastloss_index n, double f
     const VAL factor_v = (VAL)(factor + factor_z);
     const fastloss_index half = n / 2;
     if (sizeof(GRAD_T) == sizeof(uint16_t)) {
-#pragma omp simd
-        for (fastloss_index p = 0; p < half; ++p) {
-            GRAD_T lo, hi;
-            STORE_VAL(&lo, 0, factor_v * e[p]);
-            STORE_VAL(&hi, 0, factor_v * e[half + p]);
-            const uint32_t word = (uint32_t)lo | (uint32_t)hi << 16;
-            memcpy(g + 2 * p, &word, sizeof word);
-        }
+        if (exps_finite && isfinite(factor_v))
+            ROW(ce_grad_words)(e, half, factor_v, g, 1);
+        else
+            ROW(ce_grad_words)(e, half, factor_v, g, 0);
     } else {
 #pragma omp simd
         for (fastloss_index p = 0; p < half; ++p) {
@@ -778,11 +849,13 @@ FASTLOSS_INLINE double ROW(ce_target_grad)(const ce_call *call, const ce_row_coe
  * The gradient pass of a row, from e = exp(y_c - shift_k) left in `e_row` by
  * ce_row_stats (fused) or ce_row_shifted (backward from a given lse); `slope`
  * is dy/dx per class with softcap, else NULL.  The target class is written
- * between two ranges so that no element is written twice.
+ * between two ranges so that no element is written twice.  `exps_finite`: the
+ * caller knows every exp of e_row is finite (ce_grad_pairs).
  */
 static void ROW(ce_row_grad)(const ce_call *call, const AUX_T *q, const AUX_T *weight,
                              fastloss_index target, const ce_row_coef *coef, const VAL *e_row,
-                             const double *chunk_data, const double *slope, GRAD_T *g)
+                             const double *chunk_data, const double *slope, int exps_finite,
+                             GRAD_T *g)
 {
     const fastloss_index n_classes = call->n_classes;
     for (fastloss_index k = 0; k < call->n_chunks; ++k) {
@@ -812,7 +885,7 @@ static void ROW(ce_row_grad)(const ce_call *call, const AUX_T *q, const AUX_T *w
         const double factor_z = coef->alpha_z * rel;
 #if CE_PAIRS
         ROW(ce_grad_pairs)(e, n, factor, factor_z, coef->gamma, w, qk, call->q_scale,
-                           call->q_offset, sk, gk);
+                           call->q_offset, sk, exps_finite, gk);
         if (t >= 0 && t < n) {
             const double g_t = ROW(ce_target_grad)(call, coef, w ? (double)AUX_LOAD(w, t) : 1.0);
             STORE_WIDE(gk, t, sk ? g_t * sk[t] : g_t);

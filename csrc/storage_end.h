@@ -3,6 +3,7 @@
 #undef REAL
 #undef LOAD
 #undef STORE
+#undef STORE_NOT_NAN
 #undef STORE_WIDE
 #undef ROUND_WIDE
 #undef STORAGE_IS_COMPUTE
