@@ -1025,58 +1025,13 @@ static void EW(gaussian_tile)(const STORE_T *FASTLOSS_RESTRICT pred,
                               REAL *FASTLOSS_RESTRICT value, REAL *FASTLOSS_RESTRICT slope)
 {
 #ifdef EW_FLOAT_COMPUTE
-    /* the float32 pass, the value into a private array (value may be the caller's
-     * output, written once at the end, after the elements in doubt are redone from
-     * the inputs) */
-    REAL narrow_value[FASTLOSS_EW_TILE];
-    int doubt[FASTLOSS_EW_TILE];
+    /* the float32 pass, its doubt redone in double (EW_NARROW_TILE) */
     const REAL narrow_constant = (REAL)constant;
-    int in_doubt = 0;
-#define EW_GAUSSIAN_NARROW                                                                  \
-    const EW(narrow) f = EW(gaussian_narrow_element)(LOAD(pred, k), LOAD(target, k),       \
-                                                     LOAD(variance, k), eps_up, eps_inexact, \
-                                                     narrow_constant)
-    if (value && slope) {
-        for (fastloss_index k = 0; k < m; ++k) {
-            EW_GAUSSIAN_NARROW;
-            narrow_value[k] = f.value;
-            slope[k] = f.slope;
-            doubt[k] = f.value_doubt | f.slope_doubt << 1;
-            in_doubt += doubt[k];
-        }
-    } else if (value) {
-        for (fastloss_index k = 0; k < m; ++k) {
-            EW_GAUSSIAN_NARROW;
-            narrow_value[k] = f.value;
-            doubt[k] = f.value_doubt;
-            in_doubt += doubt[k];
-        }
-    } else {
-        for (fastloss_index k = 0; k < m; ++k) {
-            EW_GAUSSIAN_NARROW;
-            slope[k] = f.slope;
-            doubt[k] = f.slope_doubt << 1;
-            in_doubt += doubt[k];
-        }
-    }
-#undef EW_GAUSSIAN_NARROW
-    /* doubt[k]: 1 for the value, 2 for the slope; each is redone only where its own
-     * bound failed, so that the fused, value-only and slope-only calls agree bit for bit */
-    if (in_doubt) {
-        int list[FASTLOSS_EW_TILE];
-        const int count = EW(doubt_list)(doubt, m, list);
-        for (int j = 0; j < count; ++j) {
-            const fastloss_index k = list[j];
-            const EW(pair) f = EW(gaussian_element)(LOAD(pred, k), LOAD(target, k),
-                                                    LOAD(variance, k), eps, constant);
-            if (doubt[k] & 1)
-                narrow_value[k] = (REAL)f.value;
-            if (doubt[k] & 2)
-                slope[k] = (REAL)f.slope;
-        }
-    }
-    if (value)
-        memcpy(value, narrow_value, (size_t)m * sizeof *value);
+    EW_NARROW_TILE(const EW(narrow) f = EW(gaussian_narrow_element)(
+                       LOAD(pred, k), LOAD(target, k), LOAD(variance, k), eps_up, eps_inexact,
+                       narrow_constant),
+                   const EW(pair) g = EW(gaussian_element)(LOAD(pred, k), LOAD(target, k),
+                                                           LOAD(variance, k), eps, constant));
 #else
     (void)eps_up;
     (void)eps_inexact;
