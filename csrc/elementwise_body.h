@@ -15,9 +15,10 @@
  * slopes that float cannot give to the contract (see there); sigmoid_focal,
  * margin_ranking and poisson_nll compute in EW_WIDE (double) and round once,
  * except sigmoid_focal's float pass for hard labels; gaussian_nll, kl_div,
- * bradley_terry and dpo's sigmoid loss compute in float with a bound on each
- * element's error and redo in double the elements the bound cannot clear (see
- * each; EW_NARROW_TILE).  Where REAL is double (float64
+ * bradley_terry, dpo's sigmoid loss and (where FMA is native) poisson_nll with
+ * log_input and without full compute in float with a bound on each element's
+ * error and redo in double the elements the bound cannot clear (see each;
+ * EW_NARROW_TILE).  Where REAL is double (float64
  * storage, and float32 storage computed in double: elementwise.c's redo of a
  * cancelled sum) every term is computed in double.  Sums accumulate in double.
  */
@@ -730,7 +731,8 @@ FASTLOSS_INLINE int EW(doubt_list)(const int *FASTLOSS_RESTRICT doubt, fastloss_
  *   full adds Stirling's term where y > 1 (torch masks y <= 1 to 0):
  *                y log y - y + 0.5 log(2 pi y),     target slope + log y + 1 / (2 y)
  * All in double for float32 (exp(x) and y x cancel near the optimum exp(x) = y,
- * and x + eps would round eps away).  torch's autograd of its masked Stirling
+ * and x + eps would round eps away), except log_input without full where FMA is
+ * native: a float32 pass with a bound, poisson_narrow_element below.  torch's autograd of its masked Stirling
  * term gives NaN w.r.t. the target where y <= 0 (0 * log 0 in the masked
  * branch's backward); this kernel gives the masked term's derivative, 0 (a
  * deliberate difference).  Infinities and NaN propagate as in torch's formula
