@@ -15,9 +15,10 @@
  * slopes that float cannot give to the contract (see there); sigmoid_focal,
  * margin_ranking and poisson_nll compute in EW_WIDE (double) and round once,
  * except sigmoid_focal's float pass for hard labels; gaussian_nll, kl_div,
- * bradley_terry and dpo's sigmoid loss compute in float with a bound on each
- * element's error and redo in double the elements the bound cannot clear (see
- * each; EW_NARROW_TILE).  Where REAL is double (float64
+ * bradley_terry, dpo's sigmoid loss and (where FMA is native) poisson_nll with
+ * log_input and without full compute in float with a bound on each element's
+ * error and redo in double the elements the bound cannot clear (see each;
+ * EW_NARROW_TILE).  Where REAL is double (float64
  * storage, and float32 storage computed in double: elementwise.c's redo of a
  * cancelled sum) every term is computed in double.  Sums accumulate in double.
  */
@@ -634,133 +635,14 @@ static void EW(margin_ranking_tile)(const STORE_T *FASTLOSS_RESTRICT x1,
                   (REAL)(z < 0 ? 0 : z), -y * (REAL)(z >= 0));
 }
 
-/*
- * poisson_nll (torch.nn.functional.poisson_nll_loss), x = input, y = target:
- *   log_input:   loss = exp(x) - y x,               slope = exp(x) - y,
- *                target slope = -x
- *   otherwise:   loss = x - y log(x + eps),         slope = 1 - y / (x + eps),
- *                target slope = -log(x + eps)
- *   full adds Stirling's term where y > 1 (torch masks y <= 1 to 0):
- *                y log y - y + 0.5 log(2 pi y),     target slope + log y + 1 / (2 y)
- * All in double for float32 (exp(x) and y x cancel near the optimum exp(x) = y,
- * and x + eps would round eps away).  torch's autograd of its masked Stirling
- * term gives NaN w.r.t. the target where y <= 0 (0 * log 0 in the masked
- * branch's backward); this kernel gives the masked term's derivative, 0 (a
- * deliberate difference).  Infinities and NaN propagate as in torch's formula
- * (log of x + eps <= 0 is -inf or NaN; y = 0 there gives 0 * -inf = NaN).
- */
-#ifndef EW_TWO_PI
-#define EW_TWO_PI 6.283185307179586476925286766559
-#define EW_LOG_TWO_PI 1.8378770664093454835606594728112
-#endif
-
-FASTLOSS_INLINE EW(pair) EW(poisson_element)(REAL input, REAL count, EW_WIDE eps,
-                                             int log_input, int full)
-{
-    const EW_WIDE x = input, y = count;
-    EW(pair) result;
-    if (log_input) {
-        const EW_WIDE exp_x = fastloss_exp(x);
-        result.value = exp_x - y * x;
-        result.slope = exp_x - y;
-    } else {
-        const EW_WIDE shifted = x + eps;
-        result.value = x - y * fastloss_log(shifted);
-        result.slope = 1 - y / shifted;
-    }
-    if (full) {
-        const EW_WIDE log_y = fastloss_log(y);
-        /* 0.5 log(2 pi y) as 0.5 (log(2 pi) + log y): one log fewer */
-        const EW_WIDE stirling = y * log_y - y + 0.5 * (EW_LOG_TWO_PI + log_y);
-        result.value += y <= 1 ? 0 : stirling; /* NaN y is not masked, as torch */
-    }
-    return result;
-}
-
-FASTLOSS_INLINE EW_WIDE EW(poisson_target_slope)(REAL input, REAL count, EW_WIDE eps,
-                                                 int log_input, int full)
-{
-    const EW_WIDE x = input, y = count;
-    EW_WIDE slope = log_input ? -x : -fastloss_log(x + eps);
-    if (full)
-        slope += y <= 1 ? 0 : fastloss_log(y) + 0.5 / y;
-    return slope;
-}
-
-#define EW_POISSON_LOOPS(LOG_INPUT, FULL)                                                   \
-    EW_TILE_LOOPS(const EW(pair) f = EW(poisson_element)(LOAD(pred, k), LOAD(target, k), eps, \
-                                                         LOG_INPUT, FULL),                  \
-                  (REAL)f.value, (REAL)f.slope)
-
-static void EW(poisson_tile)(const STORE_T *FASTLOSS_RESTRICT pred,
-                             const STORE_T *FASTLOSS_RESTRICT target, fastloss_index m,
-                             EW_WIDE eps, int log_input, int full,
-                             REAL *FASTLOSS_RESTRICT value, REAL *FASTLOSS_RESTRICT slope)
-{
-    if (log_input) {
-        if (full)
-            EW_POISSON_LOOPS(1, 1);
-        else
-            EW_POISSON_LOOPS(1, 0);
-    } else {
-        if (full)
-            EW_POISSON_LOOPS(0, 1);
-        else
-            EW_POISSON_LOOPS(0, 0);
-    }
-}
-
-#undef EW_POISSON_LOOPS
-
-static void EW(poisson_target_tile)(const STORE_T *FASTLOSS_RESTRICT pred,
-                                    const STORE_T *FASTLOSS_RESTRICT target, fastloss_index m,
-                                    EW_WIDE eps, int log_input, int full,
-                                    REAL *FASTLOSS_RESTRICT target_slope)
-{
-#define EW_POISSON_TARGET_LOOP(LOG_INPUT, FULL)                                             \
-    for (fastloss_index k = 0; k < m; ++k)                                                  \
-        target_slope[k] = (REAL)EW(poisson_target_slope)(LOAD(pred, k), LOAD(target, k), eps,  \
-                                                         LOG_INPUT, FULL)
-    if (log_input) {
-        if (full)
-            EW_POISSON_TARGET_LOOP(1, 1);
-        else
-            EW_POISSON_TARGET_LOOP(1, 0);
-    } else {
-        if (full)
-            EW_POISSON_TARGET_LOOP(0, 1);
-        else
-            EW_POISSON_TARGET_LOOP(0, 0);
-    }
-#undef EW_POISSON_TARGET_LOOP
-}
-
-/*
- * gaussian_nll (torch.nn.functional.gaussian_nll_loss), x = input, t = target,
- * var = aux (already broadcast to the loss's shape):
- *   v = max(var, eps),  r = x - t,
- *   loss = 0.5 (log v + r**2 / v)  (+ 0.5 log(2 pi) when full)
- *   slope = r / v,  target slope = -r / v,  var slope = 0.5 (1 - r**2 / v) / v.
- * torch clamps a clone of var under no_grad, so its var gradient is the
- * formula's derivative at the clamped v passed straight through, also where
- * var < eps; so is this one.  NaN var stays NaN (var < eps is false), as
- * torch's clamp.  This double form serves float64, float32's var slope (1 -
- * r**2 / v cancels near the best variance) and the float32 elements in doubt:
- * log v and r**2 / v cancel where the loss is near 0 (gaussian_tile below).
- */
-FASTLOSS_INLINE EW(pair) EW(gaussian_element)(REAL input, REAL target, REAL variance,
-                                              EW_WIDE eps, EW_WIDE constant)
-{
-    const EW_WIDE v = (EW_WIDE)variance < eps ? eps : (EW_WIDE)variance;
-    const EW_WIDE r = (EW_WIDE)input - (EW_WIDE)target;
-    const EW_WIDE inverse = 1 / v; /* one division for both (a rounding more than torch's) */
-    EW(pair) result;
-    result.value = 0.5 * (fastloss_log(v) + r * r * inverse) + constant;
-    result.slope = r * inverse;
-    return result;
-}
-
 #ifdef EW_FLOAT_COMPUTE
+/* A float32 pass's result for one element: its value and slope, each with its doubt
+ * (nonzero: the bound cannot clear it, and the double form redoes it). */
+typedef struct EW(narrow_s) {
+    REAL value, slope;
+    int value_doubt, slope_doubt;
+} EW(narrow);
+
 /*
  * float32 only: the elements of a tile that a float32 pass could not give to the
  * contract (doubt[k] nonzero), listed by index in increasing order; returns their
@@ -838,7 +720,210 @@ FASTLOSS_INLINE int EW(doubt_list)(const int *FASTLOSS_RESTRICT doubt, fastloss_
             }                                                                               \
         }                                                                                   \
     } while (0)
+#endif
 
+/*
+ * poisson_nll (torch.nn.functional.poisson_nll_loss), x = input, y = target:
+ *   log_input:   loss = exp(x) - y x,               slope = exp(x) - y,
+ *                target slope = -x
+ *   otherwise:   loss = x - y log(x + eps),         slope = 1 - y / (x + eps),
+ *                target slope = -log(x + eps)
+ *   full adds Stirling's term where y > 1 (torch masks y <= 1 to 0):
+ *                y log y - y + 0.5 log(2 pi y),     target slope + log y + 1 / (2 y)
+ * All in double for float32 (exp(x) and y x cancel near the optimum exp(x) = y,
+ * and x + eps would round eps away), except log_input without full where FMA is
+ * native: a float32 pass with a bound, poisson_narrow_element below.  torch's autograd of its masked Stirling
+ * term gives NaN w.r.t. the target where y <= 0 (0 * log 0 in the masked
+ * branch's backward); this kernel gives the masked term's derivative, 0 (a
+ * deliberate difference).  Infinities and NaN propagate as in torch's formula
+ * (log of x + eps <= 0 is -inf or NaN; y = 0 there gives 0 * -inf = NaN).
+ */
+#ifndef EW_TWO_PI
+#define EW_TWO_PI 6.283185307179586476925286766559
+#define EW_LOG_TWO_PI 1.8378770664093454835606594728112
+#endif
+
+FASTLOSS_INLINE EW(pair) EW(poisson_element)(REAL input, REAL count, EW_WIDE eps,
+                                             int log_input, int full)
+{
+    const EW_WIDE x = input, y = count;
+    EW(pair) result;
+    if (log_input) {
+        const EW_WIDE exp_x = fastloss_exp(x);
+        result.value = exp_x - y * x;
+        result.slope = exp_x - y;
+    } else {
+        const EW_WIDE shifted = x + eps;
+        result.value = x - y * fastloss_log(shifted);
+        result.slope = 1 - y / shifted;
+    }
+    if (full) {
+        const EW_WIDE log_y = fastloss_log(y);
+        /* 0.5 log(2 pi y) as 0.5 (log(2 pi) + log y): one log fewer */
+        const EW_WIDE stirling = y * log_y - y + 0.5 * (EW_LOG_TWO_PI + log_y);
+        result.value += y <= 1 ? 0 : stirling; /* NaN y is not masked, as torch */
+    }
+    return result;
+}
+
+FASTLOSS_INLINE EW_WIDE EW(poisson_target_slope)(REAL input, REAL count, EW_WIDE eps,
+                                                 int log_input, int full)
+{
+    const EW_WIDE x = input, y = count;
+    EW_WIDE slope = log_input ? -x : -fastloss_log(x + eps);
+    if (full)
+        slope += y <= 1 ? 0 : fastloss_log(y) + 0.5 / y;
+    return slope;
+}
+
+#if defined(EW_FLOAT_COMPUTE) && defined(__FMA__)
+/*
+ * float32 only, where FMA is native (the AVX2 and AVX-512 paths): poisson_nll with
+ * log_input and without full in float32 arithmetic, with a bound on each element's
+ * error; the elements it cannot clear are computed again in double (poisson_element).
+ * u = 2**-24.  exp(x) = 2**n (1 + p) with n = round(x / ln 2), r = x - n ln 2 and
+ * p = exp(r) - 1, and the terms that cancel are formed around 2**n, exactly or
+ * with one rounding, before the small part 2**n p is added:
+ *   slope = (2**n - y) + 2**n p,     value = (2**n - y x) + 2**n p
+ * (2**n - y rounds once, u |d|, and is exact wherever the slope cancels: there
+ * y is within a factor 2 of 2**n (Sterbenz); 2**n - y x is one FMA, u |A|).
+ *   r: n ln2_hi and x - n ln2_hi are exact (fastloss_expf_poly's reduction), the
+ *      FMA with ln2_lo rounds once (u |r|), and ln2_hi + ln2_lo is within 1.3e-11
+ *      of ln 2: r within u |r| + 1.7e-9 of x - n ln 2 (|n| <= 128).
+ *   p = r + r (r h(r)), h the Taylor polynomial of (exp(r) - 1 - r) / r**2 to
+ *      r**6 / 8! (|r| <= ln2 / 2: truncation under 8.3e-10 |r|), by Horner with
+ *      FMAs (h in [0.44, 0.57], within 0.7u), r h rounded once, and the last FMA
+ *      once: p within u |p| + 0.44u |r| + 8.3e-10 |r| of exp(r) - 1, and r's own
+ *      error moves exp(r) by at most 1.415 (u |r| + 1.7e-9).
+ * So 2**n p is within 2**n u (|p| + 1.87 |r| + 0.04) <= 2**n u (3.07 |r| + 0.04)
+ * of exp(x) - 2**n (|p| <= 1.2 |r| for |r| <= ln2 / 2; 2**n p is exact: x in
+ * [-80, 88] keeps 2**n normal, and an underflow of 2**n p, under 2**-150, is
+ * inside the last term).  The slope before its last rounding is within u |d| +
+ * that, the value within u |A| + that; the budget is 1.68e-6 of each (as
+ * gaussian_nll's, the rest of 2e-6 for the last rounding, the weight's and the
+ * scale's products): in doubt unless
+ *   |slope| - 0.0355 |d| > 2**n (0.109 |r| + 0.00142)
+ * (the value likewise with |A|); the test takes 0.036, 0.112 and 0.0015 (computed
+ * in float: the margins cover its own roundings), and is false for NaN and
+ * infinite results (y or y x infinite or NaN).  In doubt also: x outside
+ * [-80, 88] or NaN.  An element is in doubt where exp(x) is within about 3% of y
+ * (the slope) or of y x (the value): 1.1% of the bench's (x normal with sigma 2,
+ * y Poisson of mean 2).
+ */
+FASTLOSS_INLINE EW(narrow) EW(poisson_narrow_element)(REAL x, REAL y)
+{
+    const float round_magic = 12582912.0f; /* 1.5 * 2**23 */
+    const float inv_ln2 = 1.44269504088896341f;
+    const float ln2_hi = 0.693359375f;     /* 9 significant bits: n ln2_hi is exact */
+    const float ln2_lo = -2.12194440e-4f;  /* ln 2 - ln2_hi */
+    const float shifted = fmaf(x, inv_ln2, round_magic);
+    const float n = shifted - round_magic;
+    const float r = fmaf(-n, ln2_lo, fmaf(-n, ln2_hi, x));
+    float h = 1.0f / 40320.0f;
+    h = fmaf(h, r, 1.0f / 5040.0f);
+    h = fmaf(h, r, 1.0f / 720.0f);
+    h = fmaf(h, r, 1.0f / 120.0f);
+    h = fmaf(h, r, 1.0f / 24.0f);
+    h = fmaf(h, r, 1.0f / 6.0f);
+    h = fmaf(h, r, 0.5f);
+    const float p = fmaf(r * h, r, r);
+    const float scale = fastloss_expf_scale(shifted, 127u); /* 2**n */
+    const float d = scale - y;
+    const float a = fmaf(-y, x, scale);
+    const float small = scale * fmaf(0.112f, EW_ABS(r), 0.0015f);
+    EW(narrow) result;
+    result.slope = fmaf(scale, p, d);
+    result.value = fmaf(scale, p, a);
+    const int range_doubt = !((x >= -80.0f) & (x <= 88.0f));
+    result.slope_doubt = range_doubt | !(fmaf(-0.036f, EW_ABS(d), EW_ABS(result.slope)) > small);
+    result.value_doubt = range_doubt | !(fmaf(-0.036f, EW_ABS(a), EW_ABS(result.value)) > small);
+    return result;
+}
+#endif
+
+#define EW_POISSON_LOOPS(LOG_INPUT, FULL)                                                   \
+    EW_TILE_LOOPS(const EW(pair) f = EW(poisson_element)(LOAD(pred, k), LOAD(target, k), eps, \
+                                                         LOG_INPUT, FULL),                  \
+                  (REAL)f.value, (REAL)f.slope)
+
+static void EW(poisson_tile)(const STORE_T *FASTLOSS_RESTRICT pred,
+                             const STORE_T *FASTLOSS_RESTRICT target, fastloss_index m,
+                             EW_WIDE eps, int log_input, int full,
+                             REAL *FASTLOSS_RESTRICT value, REAL *FASTLOSS_RESTRICT slope)
+{
+#if defined(EW_FLOAT_COMPUTE) && defined(__FMA__)
+    if (log_input && !full) {
+        EW_NARROW_TILE(const EW(narrow) f = EW(poisson_narrow_element)(LOAD(pred, k),
+                                                                      LOAD(target, k)),
+                       const EW(pair) g = EW(poisson_element)(LOAD(pred, k), LOAD(target, k),
+                                                              eps, 1, 0));
+        return;
+    }
+#endif
+    if (log_input) {
+        if (full)
+            EW_POISSON_LOOPS(1, 1);
+        else
+            EW_POISSON_LOOPS(1, 0);
+    } else {
+        if (full)
+            EW_POISSON_LOOPS(0, 1);
+        else
+            EW_POISSON_LOOPS(0, 0);
+    }
+}
+
+#undef EW_POISSON_LOOPS
+
+static void EW(poisson_target_tile)(const STORE_T *FASTLOSS_RESTRICT pred,
+                                    const STORE_T *FASTLOSS_RESTRICT target, fastloss_index m,
+                                    EW_WIDE eps, int log_input, int full,
+                                    REAL *FASTLOSS_RESTRICT target_slope)
+{
+#define EW_POISSON_TARGET_LOOP(LOG_INPUT, FULL)                                             \
+    for (fastloss_index k = 0; k < m; ++k)                                                  \
+        target_slope[k] = (REAL)EW(poisson_target_slope)(LOAD(pred, k), LOAD(target, k), eps,  \
+                                                         LOG_INPUT, FULL)
+    if (log_input) {
+        if (full)
+            EW_POISSON_TARGET_LOOP(1, 1);
+        else
+            EW_POISSON_TARGET_LOOP(1, 0);
+    } else {
+        if (full)
+            EW_POISSON_TARGET_LOOP(0, 1);
+        else
+            EW_POISSON_TARGET_LOOP(0, 0);
+    }
+#undef EW_POISSON_TARGET_LOOP
+}
+
+/*
+ * gaussian_nll (torch.nn.functional.gaussian_nll_loss), x = input, t = target,
+ * var = aux (already broadcast to the loss's shape):
+ *   v = max(var, eps),  r = x - t,
+ *   loss = 0.5 (log v + r**2 / v)  (+ 0.5 log(2 pi) when full)
+ *   slope = r / v,  target slope = -r / v,  var slope = 0.5 (1 - r**2 / v) / v.
+ * torch clamps a clone of var under no_grad, so its var gradient is the
+ * formula's derivative at the clamped v passed straight through, also where
+ * var < eps; so is this one.  NaN var stays NaN (var < eps is false), as
+ * torch's clamp.  This double form serves float64, float32's var slope (1 -
+ * r**2 / v cancels near the best variance) and the float32 elements in doubt:
+ * log v and r**2 / v cancel where the loss is near 0 (gaussian_tile below).
+ */
+FASTLOSS_INLINE EW(pair) EW(gaussian_element)(REAL input, REAL target, REAL variance,
+                                              EW_WIDE eps, EW_WIDE constant)
+{
+    const EW_WIDE v = (EW_WIDE)variance < eps ? eps : (EW_WIDE)variance;
+    const EW_WIDE r = (EW_WIDE)input - (EW_WIDE)target;
+    const EW_WIDE inverse = 1 / v; /* one division for both (a rounding more than torch's) */
+    EW(pair) result;
+    result.value = 0.5 * (fastloss_log(v) + r * r * inverse) + constant;
+    result.slope = r * inverse;
+    return result;
+}
+
+#ifdef EW_FLOAT_COMPUTE
 /*
  * float32 only: gaussian_nll in float32 arithmetic (16 lanes on AVX-512, against
  * 8 for double with its 11-term log and two double divisions), with a bound on
@@ -892,11 +977,6 @@ FASTLOSS_INLINE int EW(doubt_list)(const int *FASTLOSS_RESTRICT doubt, fastloss_
  * 0.0096 |L| + 1.8e-8 q + 0.072 C < |value|; the test takes 0.01, 1e-7 (of p,
  * within u of q) and 0.075.
  */
-typedef struct EW(narrow_s) {
-    REAL value, slope;
-    int value_doubt, slope_doubt;
-} EW(narrow);
-
 FASTLOSS_INLINE EW(narrow) EW(gaussian_narrow_element)(REAL input, REAL target, REAL variance,
                                                        REAL eps_up, int eps_inexact,
                                                        REAL constant)
@@ -947,58 +1027,13 @@ static void EW(gaussian_tile)(const STORE_T *FASTLOSS_RESTRICT pred,
                               REAL *FASTLOSS_RESTRICT value, REAL *FASTLOSS_RESTRICT slope)
 {
 #ifdef EW_FLOAT_COMPUTE
-    /* the float32 pass, the value into a private array (value may be the caller's
-     * output, written once at the end, after the elements in doubt are redone from
-     * the inputs) */
-    REAL narrow_value[FASTLOSS_EW_TILE];
-    int doubt[FASTLOSS_EW_TILE];
+    /* the float32 pass, its doubt redone in double (EW_NARROW_TILE) */
     const REAL narrow_constant = (REAL)constant;
-    int in_doubt = 0;
-#define EW_GAUSSIAN_NARROW                                                                  \
-    const EW(narrow) f = EW(gaussian_narrow_element)(LOAD(pred, k), LOAD(target, k),       \
-                                                     LOAD(variance, k), eps_up, eps_inexact, \
-                                                     narrow_constant)
-    if (value && slope) {
-        for (fastloss_index k = 0; k < m; ++k) {
-            EW_GAUSSIAN_NARROW;
-            narrow_value[k] = f.value;
-            slope[k] = f.slope;
-            doubt[k] = f.value_doubt | f.slope_doubt << 1;
-            in_doubt += doubt[k];
-        }
-    } else if (value) {
-        for (fastloss_index k = 0; k < m; ++k) {
-            EW_GAUSSIAN_NARROW;
-            narrow_value[k] = f.value;
-            doubt[k] = f.value_doubt;
-            in_doubt += doubt[k];
-        }
-    } else {
-        for (fastloss_index k = 0; k < m; ++k) {
-            EW_GAUSSIAN_NARROW;
-            slope[k] = f.slope;
-            doubt[k] = f.slope_doubt << 1;
-            in_doubt += doubt[k];
-        }
-    }
-#undef EW_GAUSSIAN_NARROW
-    /* doubt[k]: 1 for the value, 2 for the slope; each is redone only where its own
-     * bound failed, so that the fused, value-only and slope-only calls agree bit for bit */
-    if (in_doubt) {
-        int list[FASTLOSS_EW_TILE];
-        const int count = EW(doubt_list)(doubt, m, list);
-        for (int j = 0; j < count; ++j) {
-            const fastloss_index k = list[j];
-            const EW(pair) f = EW(gaussian_element)(LOAD(pred, k), LOAD(target, k),
-                                                    LOAD(variance, k), eps, constant);
-            if (doubt[k] & 1)
-                narrow_value[k] = (REAL)f.value;
-            if (doubt[k] & 2)
-                slope[k] = (REAL)f.slope;
-        }
-    }
-    if (value)
-        memcpy(value, narrow_value, (size_t)m * sizeof *value);
+    EW_NARROW_TILE(const EW(narrow) f = EW(gaussian_narrow_element)(
+                       LOAD(pred, k), LOAD(target, k), LOAD(variance, k), eps_up, eps_inexact,
+                       narrow_constant),
+                   const EW(pair) g = EW(gaussian_element)(LOAD(pred, k), LOAD(target, k),
+                                                           LOAD(variance, k), eps, constant));
 #else
     (void)eps_up;
     (void)eps_inexact;
