@@ -870,8 +870,8 @@ static void NAME(distill_offsets)(const double *student_chunks, double *close,
 
 /*
  * One element of distill_range, lane j.  With y = d_c + offset = log q - log p (d from
- * pass A, offset: distill_chunk), the sums, each term formed in REAL and summed in the
- * lanes of VOCAB_FOLDED_LOOP:
+ * pass A, offset: distill_chunk), the sums, each term formed in REAL and summed in double
+ * lanes:
  *   forward KL  K_t = sum_c p g(y)                                       (y = log q - log p)
  *   reverse KL  K_s = sum_c q g(z)                                       (z = -y)
  *   JSD         beta K_t + (1 - beta) K_s = sum_c beta p g(u) + (1 - beta) q g(v)
@@ -914,7 +914,7 @@ static void NAME(distill_offsets)(const double *student_chunks, double *close,
             if (!pass_c) {                                                                  \
                 const REAL g = y * y * DISTILL_G(y);                                        \
                 const REAL far = e_t == (REAL)0 ? q : (q - p) - p * y;                      \
-                part_t[j] += abs_y < DISTILL_SERIES_BELOW ? p * g : far;                    \
+                lane_t[j] += (double)(abs_y < DISTILL_SERIES_BELOW ? p * g : far);          \
                 if (want_s)                                                                 \
                     STORE(gs, i, scale_s * (abs_y < DISTILL_SERIES_BELOW ? p * (y + g)      \
                                                                          : q - p));         \
@@ -926,7 +926,7 @@ static void NAME(distill_offsets)(const double *student_chunks, double *close,
                 const REAL z = -y; /* log p - log q */                                      \
                 const REAL g = z * z * DISTILL_G(z);                                        \
                 const REAL far = e_s == (REAL)0 ? p : (p - q) - q * z;                      \
-                part_s[j] += abs_y < DISTILL_SERIES_BELOW ? q * g : far;                    \
+                lane_s[j] += (double)(abs_y < DISTILL_SERIES_BELOW ? q * g : far);          \
                 if (want_t)                                                                 \
                     STORE(gt, i, scale_t * (abs_y < DISTILL_SERIES_BELOW ? q * (z + g)      \
                                                                          : p - q));         \
@@ -949,15 +949,15 @@ static void NAME(distill_offsets)(const double *student_chunks, double *close,
             const REAL gap_s = ((delta > (REAL)0 ? -delta : (REAL)0) - log_beta_c) - mix;   \
             const REAL far_term = (e_t == (REAL)0 ? (REAL)0 : beta * p * gap_t) +           \
                                   (e_s == (REAL)0 ? (REAL)0 : beta_c * q * gap_s);          \
-            part_l[j] += near ? near_term : far_term;                                       \
+            lane_l[j] += (double)(near ? near_term : far_term);                             \
             /* both totals in every variant, so that each of them is computed the same      \
              * way whichever gradients are asked (a value with fewer uses may be fused      \
              * into a multiply-add; a loop with one side only did not vectorise where       \
              * that side had a series of its own) */                                        \
             const REAL neg_v = near ? -(small + v_of_y * y) : gap_s;                        \
             const REAL neg_u = near ? -(small + u_of_y * y) : gap_t;                        \
-            part_s[j] += e_s == (REAL)0 ? (REAL)0 : q * neg_v;                              \
-            part_t[j] += e_t == (REAL)0 ? (REAL)0 : p * neg_u;                              \
+            lane_s[j] += (double)(e_s == (REAL)0 ? (REAL)0 : q * neg_v);                    \
+            lane_t[j] += (double)(e_t == (REAL)0 ? (REAL)0 : p * neg_u);                    \
             if (want_s)                                                                     \
                 d[i] = neg_v;                                                               \
             if (want_t)                                                                     \
@@ -976,9 +976,11 @@ static void NAME(distill_offsets)(const double *student_chunks, double *close,
  * left: es, et, d (DISTILL_STEP).  gap_t_row is where the JSD's pass B keeps gap_t
  * (d itself when only the teacher's gradient is wanted).  The mode arguments are
  * constants at every call (the function is inlined into one loop per divergence, pass
- * and set of outputs), so that each loop vectorises with no test inside.  The terms,
- * all >= 0, are summed in the lanes of VOCAB_FOLDED_LOOP (8 float terms of one sign, then
- * double), the same order on every ISA.
+ * and set of outputs), so that each loop vectorises with no test inside.  Each term is
+ * formed in REAL and added to double lanes (element c to lane c % VOCAB_LANES), the same
+ * order on every ISA: summed in float lanes instead, the divergence came out with other
+ * bits when a gradient was asked beside it (half rows; gcc fuses a product into the
+ * lane's addition in one loop and not in another), and the conversion keeps them apart.
  */
 FASTLOSS_INLINE void NAME(distill_range)(const int divergence, const int pass_c,
                                          const int want_s, const int want_t, const REAL *es,
@@ -1006,19 +1008,10 @@ FASTLOSS_INLINE void NAME(distill_range)(const int divergence, const int pass_c,
     const REAL kl_s = row->kl_s, kl_t = row->kl_t;
     double lane_s[VOCAB_LANES] = {0.0}, lane_t[VOCAB_LANES] = {0.0};
     double lane_l[VOCAB_LANES] = {0.0};
-    REAL part_s[VOCAB_LANES] = {0}, part_t[VOCAB_LANES] = {0}, part_l[VOCAB_LANES] = {0};
     const int jsd = divergence == FASTLOSS_DIVERGENCE_JSD;
-#define DISTILL_FOLD()                                                      \
-    do {                                                                    \
-        if (!pass_c) {                                                      \
-            NAME(vocab_fold)(lane_s, part_s);                               \
-            NAME(vocab_fold)(lane_t, part_t);                               \
-            if (jsd)                                                        \
-                NAME(vocab_fold)(lane_l, part_l);                           \
-        }                                                                   \
-    } while (0)
-    VOCAB_FOLDED_LOOP(n, DISTILL_STEP, VOCAB_NO_PREFETCH, DISTILL_FOLD);
-#undef DISTILL_FOLD
+#define DISTILL_NO_FOLD() ((void)0)
+    VOCAB_FOLDED_LOOP(n, DISTILL_STEP, VOCAB_NO_PREFETCH, DISTILL_NO_FOLD);
+#undef DISTILL_NO_FOLD
     if (!pass_c) {
         *sum_s = divergence == FASTLOSS_DIVERGENCE_FORWARD_KL ? 0.0 : vocab_lanes_total(lane_s);
         *sum_t = divergence == FASTLOSS_DIVERGENCE_REVERSE_KL ? 0.0 : vocab_lanes_total(lane_t);
