@@ -892,8 +892,8 @@ static void NAME(distill_offsets)(const double *student_chunks, double *close,
  * error, that of a term -v, reaches them, so these sums need no series.  A class that
  * both models rule out adds 0.  Pass B keeps the JSD's -v and -u (in d, which pass C no
  * longer needs, and `gap` when both gradients are wanted) so that pass C takes no exp or
- * log.  The gradients, scale = grad_output *
- * factor / T (times beta or 1 - beta for the JSD's):
+ * log.  The gradients, scale = grad_output * factor / T (times beta or 1 - beta for the
+ * JSD's):
  *   student  forward  scale (q - p) = scale p expm1(y)                (pass B)
  *            reverse  scale q (y - K_s)                              (pass C)
  *            JSD      scale (1 - beta) q (-v - K_s)                  (pass C)
