@@ -75,6 +75,41 @@ enum {
 #error "vocab_lanes_total combines VOCAB_LANES = 2 * FASTLOSS_LANES lanes"
 #endif
 
+/*
+ * The element loop of a range of n elements in those lanes: STEP(i, j) takes element i in
+ * lane j (i - j a multiple of VOCAB_LANES from the range's start), adding to the caller's
+ * partial sums of the compute type; FOLD() moves them into its double lanes (and zeroes
+ * them) after each whole fold of VOCAB_FOLD elements and after the last, partial one
+ * (whole vectors, then one element at a time).  PREFETCH(v) runs before each vector of a
+ * whole fold.  Every ISA adds the same terms in the same order.  (Its own names start
+ * with vocab_ and end with _: a STEP's locals must not be called so.)
+ */
+#define VOCAB_FOLDED_LOOP(n, STEP, PREFETCH, FOLD)                                       \
+    do {                                                                                \
+        fastloss_index vocab_c_ = 0;                                                    \
+        for (; vocab_c_ + VOCAB_FOLD <= (n); vocab_c_ += VOCAB_FOLD) {                  \
+            for (fastloss_index vocab_v_ = vocab_c_; vocab_v_ < vocab_c_ + VOCAB_FOLD;   \
+                 vocab_v_ += VOCAB_LANES) {                                             \
+                PREFETCH(vocab_v_);                                                     \
+                _Pragma("omp simd") for (int vocab_j_ = 0; vocab_j_ < VOCAB_LANES;      \
+                                         ++vocab_j_)                                    \
+                    STEP(vocab_v_ + vocab_j_, vocab_j_);                                \
+            }                                                                           \
+            FOLD();                                                                     \
+        }                                                                               \
+        if (vocab_c_ < (n)) {                                                           \
+            for (; vocab_c_ + VOCAB_LANES <= (n); vocab_c_ += VOCAB_LANES) {            \
+                _Pragma("omp simd") for (int vocab_j_ = 0; vocab_j_ < VOCAB_LANES;      \
+                                         ++vocab_j_)                                    \
+                    STEP(vocab_c_ + vocab_j_, vocab_j_);                                \
+            }                                                                           \
+            for (int vocab_j_ = 0; vocab_c_ + vocab_j_ < (n); ++vocab_j_)               \
+                STEP(vocab_c_ + vocab_j_, vocab_j_);                                    \
+            FOLD();                                                                     \
+        }                                                                               \
+    } while (0)
+#define VOCAB_NO_PREFETCH(v) ((void)(v))
+
 /* The total of VOCAB_LANES double lanes, in a fixed order. */
 static inline double vocab_lanes_total(const double *lane)
 {
@@ -92,8 +127,9 @@ static const double vocab_g_series[14] = {
     1.0 / 3628800.0,   1.0 / 39916800.0,   1.0 / 479001600.0,    1.0 / 6227020800.0,
     1.0 / 87178291200.0, 1.0 / 1307674368000.0};
 
-/* The most terms of vocab_bernoulli_cgf's series. */
-#define VOCAB_CGF_TERMS 16
+/* The most terms of vocab_bernoulli_cgf's series (the JSD's takes one more than the
+ * terms of its own series: vocab_body.h). */
+#define VOCAB_CGF_TERMS 17
 
 /*
  * coef[n - 1] = kappa_n / n!, n = 1 .. terms (at most VOCAB_CGF_TERMS): the Taylor series
