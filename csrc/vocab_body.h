@@ -15,12 +15,21 @@
  */
 
 /* Largest value of a chunk (an OpenMP simd reduction: a max's order never changes its
- * value).  A NaN may win or be skipped: it reaches the row's sums either way. */
+ * value).  A NaN may win or be skipped: it reaches the row's sums either way.  The simd
+ * loop runs over whole vectors of 64 bytes and a plain loop takes the tail, as
+ * cross-entropy's ce_max (cross_entropy_row_body.h) does: gcc's scalar epilogue of a
+ * simd reduction stalls on a store-forwarding miss. */
 FASTLOSS_INLINE REAL NAME(vocab_max)(const STORE_T *values, fastloss_index n)
 {
+    const fastloss_index body = n / (64 / (fastloss_index)sizeof(REAL)) *
+                                (64 / (fastloss_index)sizeof(REAL));
     REAL result = -(REAL)INFINITY;
 #pragma omp simd reduction(max : result)
-    for (fastloss_index c = 0; c < n; ++c) {
+    for (fastloss_index c = 0; c < body; ++c) {
+        const REAL value = LOAD(values, c);
+        result = value > result ? value : result;
+    }
+    for (fastloss_index c = body; c < n; ++c) {
         const REAL value = LOAD(values, c);
         result = value > result ? value : result;
     }
