@@ -146,6 +146,15 @@ def info_nce_products_bound(query, key, *, temperature, symmetric=False, reducti
         shifted = np.exp(logits - logits.max(axis=axis, keepdims=True))
         return shifted / shifted.sum(axis=axis, keepdims=True)
 
+    def minus_eye(weights, axis):
+        """|weights - eye| with each target's entry 1 - P_ii taken as the sum of the
+        other weights along ``axis``: computed as a difference it rounds to 0 in float64
+        once the others are below 1e-16 (a converged row), where the gradient of that
+        entry, and of the whole row, is the others' sum."""
+        result = np.abs(weights - eye)
+        others = np.sum(weights * (1.0 - eye), axis=axis, keepdims=True)
+        return np.where(eye == 1.0, np.broadcast_to(others, result.shape), result)
+
     rows = softmax(1)
     row_worst = logit_error.max(axis=1)
     target_error = np.diagonal(logit_error)
@@ -157,13 +166,13 @@ def info_nce_products_bound(query, key, *, temperature, symmetric=False, reducti
     if reduction == "mean":
         upstream = upstream / max(n_rows, 1)
     scale = half * upstream / temperature
-    parts = [(np.abs(rows - eye) * scale[:, None], np.expm1(2 * row_worst)[:, None])]
+    parts = [(minus_eye(rows, 1) * scale[:, None], np.expm1(2 * row_worst)[:, None])]
     if symmetric:
         columns = softmax(0)
         column_worst = logit_error.max(axis=0)
         per_query = 0.5 * (per_query + np.exp(4 * column_worst) * np.sum(
             columns * off_target * (logit_error + target_error[None, :]), axis=0))
-        parts.append((np.abs(columns - eye) * scale[None, :],
+        parts.append((minus_eye(columns, 0) * scale[None, :],
                       np.expm1(2 * column_worst)[None, :]))
     # and the float64 reference's own rounding of log(sum of exps): the sum of M terms
     # near 1 (a converged row: 1 + 1e-15) carries gamma_{M+2} of float64, which a loss
