@@ -41,6 +41,9 @@ cdef extern from "contrastive.h" nogil:
         double temperature
         int symmetric
         int num_threads
+        const float *q_unit
+        const float *k_unit
+        fastloss_index dim
     int fastloss_contrastive_nce_float32(
         const fastloss_contrastive_nce_options *options, float *s, fastloss_index s_row_stride,
         const double *scale, fastloss_index scale_stride, double *row_loss, double *col_loss,
@@ -715,11 +718,14 @@ def nce_unit_backward(cnp.ndarray unit not None, cnp.ndarray norm not None,
 
 
 def nce_softmax(cnp.ndarray s not None, double temperature, bint symmetric, object scale,
-                bint want_grad, int num_threads):
+                bint want_grad, int num_threads, object q_unit=None, object k_unit=None):
     """InfoNCE's softmax over s (N, M) float32, the unit rows' products (contiguous
     rows, M >= N): returns (row losses, column losses or None), float64 (N,), and with
     want_grad writes over s the gradient of sum_i scale_i (row_i [+ column_i]) with
-    respect to s (scale float64: N values, or one)."""
+    respect to s (scale float64: N values, or one).  Given the unit rows q_unit (N, D)
+    and k_unit (M, D) (contiguous float32) whose products s holds, the entries that
+    carry their row's (or column's) softmax weight are first recomputed in float64
+    (csrc/contrastive.h)."""
     _check_float(s, cnp.NPY_FLOAT32, "s")
     if cnp.PyArray_NDIM(s) != 2:
         raise ValueError("s: expected a 2-d array")
@@ -737,6 +743,24 @@ def nce_softmax(cnp.ndarray s not None, double temperature, bint symmetric, obje
     if not (temperature > 0) or not (1.0 / temperature < 3.4e38):
         raise ValueError("temperature: expected 1 / temperature finite in float32")
     cdef fastloss_index s_stride = _row_stride(s, n, options.n_cols, "s", True)
+    options.q_unit = NULL
+    options.k_unit = NULL
+    options.dim = 0
+    if (q_unit is None) != (k_unit is None):
+        raise ValueError("q_unit, k_unit: expected both or neither")
+    if q_unit is not None:
+        for name, array, rows in (("q_unit", q_unit, n), ("k_unit", k_unit, options.n_cols)):
+            _check_float(array, cnp.NPY_FLOAT32, name)
+            if (cnp.PyArray_NDIM(array) != 2 or array.shape[0] != rows
+                    or array.shape[1] != q_unit.shape[1]
+                    or _row_stride(array, rows, array.shape[1], name) != array.shape[1]):
+                raise ValueError(f"{name}: expected a contiguous array of shape "
+                                 f"{(rows, q_unit.shape[1])}")
+            if cnp.PyArray_SIZE(array) and _may_overlap(s, array):
+                raise ValueError("s: overlaps an input")
+        options.q_unit = <const float *>cnp.PyArray_DATA(q_unit)
+        options.k_unit = <const float *>cnp.PyArray_DATA(k_unit)
+        options.dim = q_unit.shape[1]
     cdef fastloss_index scale_stride = 1
     if scale.shape[0] == 1 and n != 1:
         scale_stride = 0

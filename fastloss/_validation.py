@@ -143,16 +143,21 @@ def integer_scalar(value, name):
         raise TypeError(f"{name}: expected an integer, got {value!r}") from None
 
 
-def grad_output_arg(grad_output, reduction, loss_shape):
-    """grad_output as the float64 vector the kernels read: one value per row
-    for reduction "none" (a scalar is broadcast), else a single value."""
+def real_grad_output(grad_output):
+    """grad_output as a float64 array of any shape (real numbers only)."""
     if isinstance(grad_output, np.ndarray) and grad_output.dtype.kind not in "fiu":
         raise TypeError(f"grad_output: expected real numbers, got dtype {grad_output.dtype}")
     upstream = as_array(grad_output, "grad_output")
     if upstream.dtype.kind not in "biuf":  # a string, None, a complex number, any object
         raise TypeError(f"grad_output: expected a real number or an array of them, got "
                         f"{grad_output!r:.80}")
-    upstream = upstream.astype(np.float64, copy=False)
+    return upstream.astype(np.float64, copy=False)
+
+
+def grad_output_arg(grad_output, reduction, loss_shape):
+    """grad_output as the float64 vector the kernels read: one value per row
+    for reduction "none" (a scalar is broadcast), else a single value."""
+    upstream = real_grad_output(grad_output)
     if reduction != "none" or upstream.ndim == 0:
         if upstream.ndim != 0:
             raise ValueError(f"grad_output: expected a scalar for reduction {reduction!r}, "
@@ -175,6 +180,19 @@ def out_arg(out, shape, dtype, name="out"):
     if not out.flags.writeable:
         raise ValueError(f"{name}: array is read-only")
     return out
+
+
+def outs_per_name(out, names, single):
+    """The `out` of a function with `wrt` names, one entry (or None) per name: `out` itself
+    for a single name, None for each, or a tuple with one array per name."""
+    if single:
+        return dict(zip(names, (out,)))
+    if out is None:
+        return dict.fromkeys(names)
+    if isinstance(out, tuple) and len(out) == len(names):
+        return dict(zip(names, out))
+    raise TypeError(f"out: expected a tuple of {len(names)} arrays (one per name in "
+                    f"wrt), or None, got {type(out).__name__}")
 
 
 def real_array(value, name):

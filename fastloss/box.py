@@ -20,8 +20,8 @@ import numpy as np
 from fastloss import _kernels, _registry
 from fastloss._config import resolve_num_threads
 from fastloss._validation import (_address, _sum_to_shape, float_array, grad_output_arg,
-                                  is_half, out_arg, promote_float, real_scalar, reduction_arg,
-                                  rows_view)
+                                  is_half, out_arg, outs_per_name, promote_float, real_scalar,
+                                  reduction_arg, rows_view)
 
 
 _NAMES = ("boxes1", "boxes2")
@@ -86,16 +86,7 @@ class _BoxProblem:
                 raise ValueError(f"wrt: expected names from {_NAMES}, got {name!r}")
         if not names or len(set(names)) != len(names):
             raise ValueError(f"wrt: expected distinct names from {_NAMES}, got {wrt!r}")
-        if single:
-            outs = (out,)
-        elif out is None:
-            outs = (None,) * len(names)
-        elif isinstance(out, tuple) and len(out) == len(names):
-            outs = out
-        else:
-            raise TypeError(f"out: expected a tuple of {len(names)} arrays (one per name in "
-                            f"wrt), or None, got {type(out).__name__}")
-        return names, single, dict(zip(names, outs))
+        return names, single, outs_per_name(out, names, single)
 
     def _grad_buffer(self, index, out, upstream, name):
         """(the (n, 4) buffer the kernel writes, the gradient to return or None when the

@@ -31,6 +31,7 @@ from fastloss._validation import (
     is_float,
     is_half,
     out_arg,
+    outs_per_name,
     periodic_factor,
     promote_float,
     real_array,
@@ -191,16 +192,7 @@ class _Problem:
             if not is_float(self.weight_array.dtype):
                 raise TypeError(f"wrt: weight: a {self.weight_array.dtype} weight has no "
                                 f"gradient (a float weight has)")
-        if single:
-            outs = (out,)
-        elif out is None:
-            outs = (None,) * len(names)
-        elif isinstance(out, tuple) and len(out) == len(names):
-            outs = out
-        else:
-            raise TypeError(f"out: expected a tuple of {len(names)} arrays (one per name in "
-                            f"wrt), or None, got {type(out).__name__}")
-        return names, single, dict(zip(names, outs))
+        return names, single, outs_per_name(out, names, single)
 
     def run(self, mode, *, grad_output=None, out=None, wrt=None):
         """Call the kernel; returns (loss, grad) with the loss shaped for the reduction

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import fastloss
-from fastloss import _contract, reference
+from fastloss import _contract, _kernels, reference
 
 from contract_floors import assert_close_at_scale
 from loss_specs import assert_close_contract, bitwise_equal
@@ -234,6 +234,44 @@ def test_float32_pass_is_bit_identical_for_any_thread_count(n_rows, symmetric):
         for grad, ref, wrt, bound in zip(results[0][1], ref_grads, (query, key), bounds[1:]):
             assert_close_at_scale(grad, ref, np.float32, "grad", loss=ref_loss, wrt=wrt,
                                   extra=bound)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("temperature, refined", [(0.02, True), (1.0, False)])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_float32_pass_recomputes_the_dominant_similarities_in_float64(symmetric, temperature,
+                                                                        refined, threads):
+    # csrc/contrastive.c: the entries within T log 1000 of their row's (or column's) max,
+    # as float64 dot products rounded once, while there are at most 4 a row on average
+    n_rows = 90
+    rng = np.random.default_rng(21)
+    query, key = nce_inputs(rng, n_rows, n_rows + (0 if symmetric else 5), 64, "duplicated")
+    q_unit, _ = _kernels.nce_unit_rows(query, 1e-12, 1)
+    k_unit, _ = _kernels.nce_unit_rows(key, 1e-12, 1)
+    similarities = q_unit @ k_unit.T
+    before = similarities.copy()
+    _kernels.nce_softmax(similarities, temperature, symmetric, np.zeros(1), False, threads,
+                         q_unit, k_unit)
+    margin = temperature * np.log(1000.0)
+    wide = before.astype(np.float64)
+    selected = wide >= wide.max(axis=1, keepdims=True) - margin
+    if symmetric:
+        selected |= wide >= wide.max(axis=0, keepdims=True) - margin
+    assert (selected.sum() <= 4 * n_rows) == refined
+    exact = (q_unit.astype(np.float64) @ k_unit.astype(np.float64).T).astype(np.float32)
+    expected = np.where(selected, exact, before) if refined else before
+    assert bitwise_equal(similarities, expected)
+    if refined:  # the test sees entries the product missed
+        assert not bitwise_equal(before, expected)
+
+
+def test_float32_pass_refuses_one_unit_side_or_a_wrong_shape():
+    unit = np.eye(3, dtype=np.float32)
+    for q_unit, k_unit, name in ((unit, None, "q_unit, k_unit"), (None, unit, "q_unit, k_unit"),
+                                 (unit[:2], unit, "q_unit"), (unit, unit[:, :2], "k_unit")):
+        with pytest.raises(ValueError, match=name):
+            _kernels.nce_softmax(unit @ unit.T, 0.1, True, np.zeros(1), False, 1, q_unit,
+                                 k_unit)
 
 
 @pytest.mark.parametrize("symmetric", [False, True])
