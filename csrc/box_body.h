@@ -269,54 +269,61 @@ static void BOX(compute)(BOX(tile) *FASTLOSS_RESTRICT tile, fastloss_index m, in
 }
 
 /* m boxes from `boxes` (stride 4: contiguous, 0: one box for all, else a strided
- * view) into the tile's coordinate arrays, in double.  The contiguous loop reads
- * the interleaved coordinates with vector loads and lets the compiler
- * deinterleave them. */
+ * view) into the tile's coordinate arrays of type T (double; float in the float pass).
+ * The contiguous loop reads the interleaved coordinates with vector loads and lets the
+ * compiler deinterleave them. */
+#define BOX_LOAD_BODY_(T)                                                                   \
+    if (stride == 4) {                                                                      \
+        for (fastloss_index k = 0; k < m; ++k) {                                            \
+            coordinate[0][k] = (T)LOAD(boxes, 4 * k);                                       \
+            coordinate[1][k] = (T)LOAD(boxes, 4 * k + 1);                                   \
+            coordinate[2][k] = (T)LOAD(boxes, 4 * k + 2);                                   \
+            coordinate[3][k] = (T)LOAD(boxes, 4 * k + 3);                                   \
+        }                                                                                   \
+    } else {                                                                                \
+        for (fastloss_index k = 0; k < m; ++k)                                              \
+            for (int c = 0; c < 4; ++c)                                                     \
+                coordinate[c][k] = (T)LOAD(boxes, stride * k + c);                          \
+    }
 static void BOX(load)(const STORE_T *FASTLOSS_RESTRICT boxes, fastloss_index stride,
                       fastloss_index m, double (*FASTLOSS_RESTRICT coordinate)[FASTLOSS_BOX_TILE])
 {
-    if (stride == 4) {
-        for (fastloss_index k = 0; k < m; ++k) {
-            coordinate[0][k] = (double)LOAD(boxes, 4 * k);
-            coordinate[1][k] = (double)LOAD(boxes, 4 * k + 1);
-            coordinate[2][k] = (double)LOAD(boxes, 4 * k + 2);
-            coordinate[3][k] = (double)LOAD(boxes, 4 * k + 3);
-        }
-    } else {
-        for (fastloss_index k = 0; k < m; ++k)
-            for (int c = 0; c < 4; ++c)
-                coordinate[c][k] = (double)LOAD(boxes, stride * k + c);
-    }
+    BOX_LOAD_BODY_(double)
 }
 
-/* The tile's gradient of m pairs, rounded once to the storage type and interleaved
- * into (m, 4). */
-static void BOX(store)(const double (*FASTLOSS_RESTRICT coordinate)[FASTLOSS_BOX_TILE],
+/* The tile's gradient of m pairs (`wide`, or the float pass's `narrow` where that is not
+ * NULL) rounded once to the storage type and interleaved into (m, 4). */
+#define BOX_INTERLEAVE_(STORE_OP, coordinate)                                               \
+    for (fastloss_index k = 0; k < m; ++k)                                                  \
+        for (int c = 0; c < 4; ++c)                                                         \
+            STORE_OP(out, 4 * k + c, coordinate[c][k])
+static void BOX(store)(const double (*FASTLOSS_RESTRICT wide)[FASTLOSS_BOX_TILE],
+                       const float (*FASTLOSS_RESTRICT narrow)[FASTLOSS_BOX_TILE],
                        fastloss_index m, STORE_T *FASTLOSS_RESTRICT out)
 {
-    for (fastloss_index k = 0; k < m; ++k) {
-        STORE_WIDE(out, 4 * k, coordinate[0][k]);
-        STORE_WIDE(out, 4 * k + 1, coordinate[1][k]);
-        STORE_WIDE(out, 4 * k + 2, coordinate[2][k]);
-        STORE_WIDE(out, 4 * k + 3, coordinate[3][k]);
-    }
+    if (narrow)
+        BOX_INTERLEAVE_(STORE, narrow);
+    else
+        BOX_INTERLEAVE_(STORE_WIDE, wide);
 }
+#undef BOX_INTERLEAVE_
 
 /* BOX(store), with streaming stores where `stream` (box_internal.h): the tile is
  * rounded into a buffer in L1 first, then copied out. */
-static void BOX(store_out)(const double (*FASTLOSS_RESTRICT coordinate)[FASTLOSS_BOX_TILE],
+static void BOX(store_out)(const double (*FASTLOSS_RESTRICT wide)[FASTLOSS_BOX_TILE],
+                           const float (*FASTLOSS_RESTRICT narrow)[FASTLOSS_BOX_TILE],
                            fastloss_index m, STORE_T *FASTLOSS_RESTRICT out, int stream)
 {
 #ifdef FASTLOSS_STREAMING
     if (stream) {
         STORE_T buffer[4 * FASTLOSS_BOX_TILE];
-        BOX(store)(coordinate, m, buffer);
+        BOX(store)(wide, narrow, m, buffer);
         fastloss_stream_copy(out, buffer, (size_t)m * 4 * sizeof(STORE_T));
         return;
     }
 #endif
     (void)stream;
-    BOX(store)(coordinate, m, out);
+    BOX(store)(wide, narrow, m, out);
 }
 
 #ifdef BOX_NARROW
@@ -700,18 +707,7 @@ static void BOX(ncompute)(BOX(ntile) *FASTLOSS_RESTRICT t, fastloss_index m, int
 static void BOX(nload)(const STORE_T *FASTLOSS_RESTRICT boxes, fastloss_index stride,
                        fastloss_index m, float (*FASTLOSS_RESTRICT coordinate)[FASTLOSS_BOX_TILE])
 {
-    if (stride == 4) {
-        for (fastloss_index k = 0; k < m; ++k) {
-            coordinate[0][k] = (float)LOAD(boxes, 4 * k);
-            coordinate[1][k] = (float)LOAD(boxes, 4 * k + 1);
-            coordinate[2][k] = (float)LOAD(boxes, 4 * k + 2);
-            coordinate[3][k] = (float)LOAD(boxes, 4 * k + 3);
-        }
-    } else {
-        for (fastloss_index k = 0; k < m; ++k)
-            for (int c = 0; c < 4; ++c)
-                coordinate[c][k] = (float)LOAD(boxes, stride * k + c);
-    }
+    BOX_LOAD_BODY_(float)
 }
 
 /* Per pair of the tile, whether its box's four components clear the contract:
@@ -737,33 +733,6 @@ static int BOX(ngrad_pass)(fastloss_index m, const float *FASTLOSS_RESTRICT slac
     return failed;
 }
 
-/* The float tile's gradient of m pairs interleaved into (m, 4). */
-static void BOX(nstore)(const float (*FASTLOSS_RESTRICT coordinate)[FASTLOSS_BOX_TILE],
-                        fastloss_index m, STORE_T *FASTLOSS_RESTRICT out)
-{
-    for (fastloss_index k = 0; k < m; ++k) {
-        STORE(out, 4 * k, coordinate[0][k]);
-        STORE(out, 4 * k + 1, coordinate[1][k]);
-        STORE(out, 4 * k + 2, coordinate[2][k]);
-        STORE(out, 4 * k + 3, coordinate[3][k]);
-    }
-}
-
-/* BOX(nstore), with streaming stores where `stream` (BOX(store_out)). */
-static void BOX(nstore_out)(const float (*FASTLOSS_RESTRICT coordinate)[FASTLOSS_BOX_TILE],
-                            fastloss_index m, STORE_T *FASTLOSS_RESTRICT out, int stream)
-{
-#ifdef FASTLOSS_STREAMING
-    if (stream) {
-        STORE_T buffer[4 * FASTLOSS_BOX_TILE];
-        BOX(nstore)(coordinate, m, buffer);
-        fastloss_stream_copy(out, buffer, (size_t)m * 4 * sizeof(STORE_T));
-        return;
-    }
-#endif
-    (void)stream;
-    BOX(nstore)(coordinate, m, out);
-}
 #undef BOX_NU
 #endif /* BOX_NARROW */
 
@@ -820,10 +789,10 @@ static double BOX(block)(const BOX(call) *call, fastloss_index start, fastloss_i
         }
         /* written after the tile's boxes were read: grad1 may be boxes1 (in place) */
         if (call->grad1)
-            BOX(store_out)((const double (*)[FASTLOSS_BOX_TILE])tile.out1, m,
+            BOX(store_out)((const double (*)[FASTLOSS_BOX_TILE])tile.out1, NULL, m,
                            call->grad1 + 4 * i, call->stream);
         if (call->grad2)
-            BOX(store_out)((const double (*)[FASTLOSS_BOX_TILE])tile.out2, m,
+            BOX(store_out)((const double (*)[FASTLOSS_BOX_TILE])tile.out2, NULL, m,
                            call->grad2 + 4 * i, call->stream);
     }
 #ifdef FASTLOSS_STREAMING
@@ -946,10 +915,10 @@ static double BOX(nblock)(const BOX(call) *call, fastloss_index start, fastloss_
         }
         /* written after the tile's boxes were read: grad1 may be boxes1 (in place) */
         if (call->grad1)
-            BOX(nstore_out)((const float (*)[FASTLOSS_BOX_TILE])nt.g1, m, call->grad1 + 4 * i,
+            BOX(store_out)(NULL, (const float (*)[FASTLOSS_BOX_TILE])nt.g1, m, call->grad1 + 4 * i,
                             call->stream);
         if (call->grad2)
-            BOX(nstore_out)((const float (*)[FASTLOSS_BOX_TILE])nt.g2, m, call->grad2 + 4 * i,
+            BOX(store_out)(NULL, (const float (*)[FASTLOSS_BOX_TILE])nt.g2, m, call->grad2 + 4 * i,
                             call->stream);
     }
 #ifdef FASTLOSS_STREAMING
@@ -1112,3 +1081,5 @@ int RUN FASTLOSS_BOX_RUN_SIGNATURE
         loss[0] = mean ? (n > 0 ? total / (double)n : 0.0) : total;
     return FASTLOSS_OK;
 }
+
+#undef BOX_LOAD_BODY_
