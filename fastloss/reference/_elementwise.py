@@ -489,6 +489,14 @@ def sigmoid_focal(logits, target, *, alpha=0.25, gamma=2.0, reduction="mean"):
     so ``1 - p_t`` keeps its relative accuracy where torchvision's rounds to 0 (there
     torchvision's loss is 0 and this one is the tiny exact value).
     """
+    call, _, _, gamma, (_, _, ce, u, alpha_t) = _focal_call(logits, target, alpha, gamma,
+                                                           reduction)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        return call.reduce(alpha_t * ce * u**gamma)
+
+
+def _focal_call(logits, target, alpha, gamma, reduction):
+    """The checked call, x, y, gamma and ``(s, 1 - s, ce, u = 1 - p_t, alpha_t)``."""
     call = _Pointwise({"logits": logits, "target": target}, reduction, same_shape=True)
     alpha = _finite_number(alpha, "alpha")
     gamma = _finite_number(gamma, "gamma")
@@ -499,7 +507,7 @@ def sigmoid_focal(logits, target, *, alpha=0.25, gamma=2.0, reduction="mean"):
         s, c, ce = _focal_parts(x, y)
         u = s * (1.0 - y) + c * y
         alpha_t = alpha * y + (1.0 - alpha) * (1.0 - y) if alpha >= 0 else 1.0
-        return call.reduce(alpha_t * ce * u**gamma)
+    return call, x, y, gamma, (s, c, ce, u, alpha_t)
 
 
 def _focal_parts(x, y):
@@ -528,16 +536,9 @@ def sigmoid_focal_grad(logits, target, grad_output=1.0, *, alpha=0.25, gamma=2.0
     with exponent 0), and where ``u == 0`` (then ``s (1 - s) / u`` is bounded and
     ``u**gamma = 0``: the limit; torch's autograd gives NaN there for 0 < gamma < 1).
     """
-    call = _Pointwise({"logits": logits, "target": target}, reduction, same_shape=True)
-    alpha = _finite_number(alpha, "alpha")
-    gamma = _finite_number(gamma, "gamma")
-    if gamma < 0:
-        raise ValueError(f"gamma: expected a value >= 0, got {gamma}")
-    x, y = call.values["logits"], call.values["target"]
+    call, x, y, gamma, (s, c, ce, u, alpha_t) = _focal_call(logits, target, alpha, gamma,
+                                                           reduction)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        s, c, ce = _focal_parts(x, y)
-        u = s * (1.0 - y) + c * y
-        alpha_t = alpha * y + (1.0 - alpha) * (1.0 - y) if alpha >= 0 else 1.0
         ce_slope = np.where(x >= 0, (1.0 - y) - c, s - y)
         first = ce_slope * u**gamma
         if gamma == 0:
