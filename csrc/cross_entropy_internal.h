@@ -47,10 +47,40 @@
  * (better for 16 blocks, worse for 4).
  */
 /* __builtin_prefetch's locality: 3, into L1 (1, into L2 only, made 16 blocks 1.8x the
- * whole rows instead of 1.36x: one thread, the same run) */
+ * whole rows instead of 1.36x: one thread, the same run; Zen 5) */
 #ifndef CE_PREFETCH_LOCALITY
 #define CE_PREFETCH_LOCALITY 3
 #endif
+/*
+ * The locality of the forward's prefetches ahead (ce_row_stats_online: the rows of a
+ * block of classes, and short rows): 2 (prefetcht1 on x86).  On a Zen 4 the
+ * prefetcht0 of a block's next rows stalled the loop (perf: 12% of 16 blocks' time at
+ * one burst's prefetches, and about as much at the loads they were to serve); with
+ * prefetcht1 the rows wait in L2 and the L1's own prefetcher brings them on.  Measured
+ * (N=4096, C=50257 float32, one thread, CPU time, AVX-512, load 4-9, least of 5, four
+ * runs each): 16 blocks 1.43-1.51x the whole rows with 3, 1.20-1.24x with 2, 1.22 with
+ * 1, 1.40 with 0; 4 blocks 1.14-1.19x with 3, 1.03-1.06x with 2.  Prefetching only
+ * every 2nd, 4th or 16th line (the hardware prefetcher to fill in) was slower than
+ * every line (16 blocks 1.59-1.73x), and so were the prefetches spread through the
+ * exp loop in blocks of 32-128 classes (1.25-1.57x).
+ */
+#ifndef CE_PREFETCH_AHEAD_LOCALITY
+#define CE_PREFETCH_AHEAD_LOCALITY 2
+#endif
+
+/* __builtin_prefetch of `p` for reading with a locality that may be a variable (the
+ * builtin takes only a constant): folded to one instruction where it is inlined. */
+FASTLOSS_INLINE void ce_prefetch_line(const void *p, int locality)
+{
+    if (locality >= 3)
+        __builtin_prefetch(p, 0, 3);
+    else if (locality == 2)
+        __builtin_prefetch(p, 0, 2);
+    else if (locality == 1)
+        __builtin_prefetch(p, 0, 1);
+    else
+        __builtin_prefetch(p, 0, 0);
+}
 /* The rows ahead that the forward prefetches: CE_PREFETCH_DISTANCE bytes of rows, at
  * least one and at most CE_PREFETCH_MAX_ROWS.  Measured (N=4096, C=50257 float32, one
  * thread, CPU time, load 8-14, two runs each): 16 blocks 1.40-1.42x the whole rows two
