@@ -67,6 +67,13 @@
 #ifndef CE_PREFETCH_AHEAD_LOCALITY
 #define CE_PREFETCH_AHEAD_LOCALITY 2
 #endif
+/* ... for rows of at least this many bytes; shorter rows keep CE_PREFETCH_LOCALITY: 2
+ * blocks of 50 classes (200 bytes a row, N=262144) took 35.0 -> 39.9 ms with 2 (one
+ * thread, Zen 4), where blocks of 500 classes (2000 bytes) took 44.8 -> 39.9 ms.  (The
+ * bound between them is not measured.) */
+#ifndef CE_PREFETCH_AHEAD_L2_BYTES
+#define CE_PREFETCH_AHEAD_L2_BYTES 1024
+#endif
 
 /* __builtin_prefetch of `p` for reading with a locality that may be a variable (the
  * builtin takes only a constant): folded to one instruction where it is inlined. */
@@ -160,6 +167,10 @@ typedef struct ce_call {
     const double *online_weight_sum;   /* the same per sub-chunk of the forward's single
                                           read (FASTLOSS_CE_ONLINE_CHUNK classes) */
     int stats_only;                    /* a block's statistics: no log S needed */
+    int ahead_to_l2;                   /* the forward's prefetches ahead with
+                                          CE_PREFETCH_AHEAD_LOCALITY (rows of at least
+                                          CE_PREFETCH_AHEAD_L2_BYTES), else
+                                          CE_PREFETCH_LOCALITY */
     double q_scale, q_offset;          /* soft: q' = q_scale * q + q_offset */
     double ce_factor, z_factor;        /* 1 / denominator for mean, 1 otherwise */
     const double *grad_output;

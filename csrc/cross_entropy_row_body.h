@@ -146,6 +146,18 @@ FASTLOSS_INLINE void ROW(ce_prefetch_ahead)(const ROW_IN_T *y, const ROW_IN_T *a
                      locality);
 }
 
+/* ce_prefetch_ahead with CE_PREFETCH_AHEAD_LOCALITY (to_l2) or CE_PREFETCH_LOCALITY:
+ * one constant locality in each branch. */
+FASTLOSS_INLINE void ROW(ce_prefetch_ahead_to)(const ROW_IN_T *y, const ROW_IN_T *ahead,
+                                               fastloss_index n_classes, fastloss_index from,
+                                               fastloss_index to, int to_l2)
+{
+    if (to_l2)
+        ROW(ce_prefetch_ahead)(y, ahead, n_classes, from, to, CE_PREFETCH_AHEAD_LOCALITY);
+    else
+        ROW(ce_prefetch_ahead)(y, ahead, n_classes, from, to, CE_PREFETCH_LOCALITY);
+}
+
 /*
  * Prefetch for writing the lines of the gradient g[from, to) (g NULL: nothing): rows
  * whose exps are kept apart from the gradient (half storage, wide rows, the in-place
@@ -452,10 +464,10 @@ static void ROW(ce_row_stats_online)(const ce_call *call, const ROW_IN_T *y, con
         const fastloss_index from = start + lead, to = next_start + lead;
         const fastloss_index mid = from + (to - from) * CE_PREFETCH_BEFORE / 4;
         if (ahead)
-            ROW(ce_prefetch_ahead)(y, ahead, n_classes, from, mid, CE_PREFETCH_AHEAD_LOCALITY);
+            ROW(ce_prefetch_ahead_to)(y, ahead, n_classes, from, mid, call->ahead_to_l2);
         m = ROW(ce_exp_next_max)(y + start, n, shift, tile, y + next_start, n_next, NULL);
         if (ahead)
-            ROW(ce_prefetch_ahead)(y, ahead, n_classes, mid, to, CE_PREFETCH_AHEAD_LOCALITY);
+            ROW(ce_prefetch_ahead_to)(y, ahead, n_classes, mid, to, call->ahead_to_l2);
         const double chunk_sum = ROW(ce_chunk_sum)(tile, n, target - start, &target_chunk, k, &excl);
         sum += chunk_sum;
         sum_excl += k == target_chunk ? excl : chunk_sum;
