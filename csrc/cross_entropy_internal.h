@@ -54,8 +54,8 @@
 /*
  * The locality of the forward's prefetches ahead (ce_row_stats_online: the rows of a
  * block of classes, and short rows): 2 (prefetcht1 on x86).  On a Zen 4 the
- * prefetcht0 of a block's next rows stalled the loop (perf: 12% of 16 blocks' time at
- * one burst's prefetches, and about as much at the loads they were to serve); with
+ * prefetcht0 of a block's next rows stalled the loop (perf: 15% of 16 blocks' time at
+ * the prefetches' bursts, 6% at the loads they were to serve); with
  * prefetcht1 the rows wait in L2 and the L1's own prefetcher brings them on.  Measured
  * (N=4096, C=50257 float32, one thread, CPU time, AVX-512, load 4-9, least of 5, four
  * runs each): 16 blocks 1.43-1.51x the whole rows with 3, 1.20-1.24x with 2, 1.22 with
