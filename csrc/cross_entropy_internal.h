@@ -47,7 +47,7 @@
  * (better for 16 blocks, worse for 4).
  */
 /* __builtin_prefetch's locality: 3, into L1 (1, into L2 only, made 16 blocks 1.8x the
- * whole rows instead of 1.36x: one thread, the same run; Zen 5) */
+ * whole rows instead of 1.36x: one thread, the same run) */
 #ifndef CE_PREFETCH_LOCALITY
 #define CE_PREFETCH_LOCALITY 3
 #endif
