@@ -377,6 +377,7 @@ int RUN(int block_mode, const double *stats_in, double *stats_out,
     call.chunk_weight_sum = chunk_weight_sum;
     call.online_weight_sum = online_weight_sum;
     call.stats_only = block_mode == CE_MODE_BLOCK_STATS;
+    call.ahead_to_l2 = row_bytes_read >= CE_PREFETCH_AHEAD_L2_BYTES;
 
     /* The rows, in fixed contiguous ranges per thread; one thread runs them with
      * no OpenMP call at all (a parallel region of one still costs a few hundred ns

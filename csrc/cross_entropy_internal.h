@@ -51,6 +51,43 @@
 #ifndef CE_PREFETCH_LOCALITY
 #define CE_PREFETCH_LOCALITY 3
 #endif
+/*
+ * The locality of the forward's prefetches ahead (ce_row_stats_online: the rows of a
+ * block of classes, and short rows): 2 (prefetcht1 on x86).  On a Zen 4 the
+ * prefetcht0 of a block's next rows stalled the loop (perf: 15% of 16 blocks' time at
+ * the prefetches' bursts, 6% at the loads they were to serve); with
+ * prefetcht1 the rows wait in L2 and the L1's own prefetcher brings them on.  Measured
+ * (N=4096, C=50257 float32, one thread, CPU time, AVX-512, load 4-9, least of 5, four
+ * runs each): 16 blocks 1.43-1.51x the whole rows with 3, 1.20-1.24x with 2, 1.22 with
+ * 1, 1.40 with 0; 4 blocks 1.14-1.19x with 3, 1.03-1.06x with 2.  Prefetching only
+ * every 2nd, 4th or 16th line (the hardware prefetcher to fill in) was slower than
+ * every line (16 blocks 1.59-1.73x), and so were the prefetches spread through the
+ * exp loop in blocks of 32-128 classes (1.25-1.57x).
+ */
+#ifndef CE_PREFETCH_AHEAD_LOCALITY
+#define CE_PREFETCH_AHEAD_LOCALITY 2
+#endif
+/* ... for rows of at least this many bytes; shorter rows keep CE_PREFETCH_LOCALITY: 2
+ * blocks of 50 classes (200 bytes a row, N=262144) took 35.0 -> 39.9 ms with 2 (one
+ * thread, Zen 4), where blocks of 500 classes (2000 bytes) took 44.8 -> 39.9 ms.  (The
+ * bound between them is not measured.) */
+#ifndef CE_PREFETCH_AHEAD_L2_BYTES
+#define CE_PREFETCH_AHEAD_L2_BYTES 1024
+#endif
+
+/* __builtin_prefetch of `p` for reading with a locality that may be a variable (the
+ * builtin takes only a constant): folded to one instruction where it is inlined. */
+FASTLOSS_INLINE void ce_prefetch_line(const void *p, int locality)
+{
+    if (locality >= 3)
+        __builtin_prefetch(p, 0, 3);
+    else if (locality == 2)
+        __builtin_prefetch(p, 0, 2);
+    else if (locality == 1)
+        __builtin_prefetch(p, 0, 1);
+    else
+        __builtin_prefetch(p, 0, 0);
+}
 /* The rows ahead that the forward prefetches: CE_PREFETCH_DISTANCE bytes of rows, at
  * least one and at most CE_PREFETCH_MAX_ROWS.  Measured (N=4096, C=50257 float32, one
  * thread, CPU time, load 8-14, two runs each): 16 blocks 1.40-1.42x the whole rows two
@@ -130,6 +167,10 @@ typedef struct ce_call {
     const double *online_weight_sum;   /* the same per sub-chunk of the forward's single
                                           read (FASTLOSS_CE_ONLINE_CHUNK classes) */
     int stats_only;                    /* a block's statistics: no log S needed */
+    int ahead_to_l2;                   /* the forward's prefetches ahead with
+                                          CE_PREFETCH_AHEAD_LOCALITY (rows of at least
+                                          CE_PREFETCH_AHEAD_L2_BYTES), else
+                                          CE_PREFETCH_LOCALITY */
     double q_scale, q_offset;          /* soft: q' = q_scale * q + q_offset */
     double ce_factor, z_factor;        /* 1 / denominator for mean, 1 otherwise */
     const double *grad_output;

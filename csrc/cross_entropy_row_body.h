@@ -117,20 +117,21 @@ FASTLOSS_INLINE VAL ROW(ce_max)(const ROW_IN_T *values, fastloss_index n)
     return result;
 }
 
-/* Prefetch the lines of values[from, to) (none when to <= from), four a step. */
+/* Prefetch the lines of values[from, to) (none when to <= from), four a step, with
+ * the given locality (a constant where inlined: ce_prefetch_line). */
 FASTLOSS_INLINE void ROW(ce_prefetch)(const ROW_IN_T *values, fastloss_index from,
-                                      fastloss_index to)
+                                      fastloss_index to, int locality)
 {
     const fastloss_index line = 64 / (fastloss_index)sizeof(ROW_IN_T);
     fastloss_index c = from;
     for (; c + 3 * line < to; c += 4 * line) {
-        __builtin_prefetch(values + c, 0, CE_PREFETCH_LOCALITY);
-        __builtin_prefetch(values + c + line, 0, CE_PREFETCH_LOCALITY);
-        __builtin_prefetch(values + c + 2 * line, 0, CE_PREFETCH_LOCALITY);
-        __builtin_prefetch(values + c + 3 * line, 0, CE_PREFETCH_LOCALITY);
+        ce_prefetch_line(values + c, locality);
+        ce_prefetch_line(values + c + line, locality);
+        ce_prefetch_line(values + c + 2 * line, locality);
+        ce_prefetch_line(values + c + 3 * line, locality);
     }
     for (; c < to; c += line)
-        __builtin_prefetch(values + c, 0, CE_PREFETCH_LOCALITY);
+        ce_prefetch_line(values + c, locality);
 }
 
 /* Prefetch the classes [from, to) of the stream that runs on from row y (n_classes
@@ -138,10 +139,23 @@ FASTLOSS_INLINE void ROW(ce_prefetch)(const ROW_IN_T *values, fastloss_index fro
  * n_classes). */
 FASTLOSS_INLINE void ROW(ce_prefetch_ahead)(const ROW_IN_T *y, const ROW_IN_T *ahead,
                                             fastloss_index n_classes, fastloss_index from,
-                                            fastloss_index to)
+                                            fastloss_index to, int locality)
 {
-    ROW(ce_prefetch)(y, from, to < n_classes ? to : n_classes);
-    ROW(ce_prefetch)(ahead, (from > n_classes ? from : n_classes) - n_classes, to - n_classes);
+    ROW(ce_prefetch)(y, from, to < n_classes ? to : n_classes, locality);
+    ROW(ce_prefetch)(ahead, (from > n_classes ? from : n_classes) - n_classes, to - n_classes,
+                     locality);
+}
+
+/* ce_prefetch_ahead with CE_PREFETCH_AHEAD_LOCALITY (to_l2) or CE_PREFETCH_LOCALITY:
+ * one constant locality in each branch. */
+FASTLOSS_INLINE void ROW(ce_prefetch_ahead_to)(const ROW_IN_T *y, const ROW_IN_T *ahead,
+                                               fastloss_index n_classes, fastloss_index from,
+                                               fastloss_index to, int to_l2)
+{
+    if (to_l2)
+        ROW(ce_prefetch_ahead)(y, ahead, n_classes, from, to, CE_PREFETCH_AHEAD_LOCALITY);
+    else
+        ROW(ce_prefetch_ahead)(y, ahead, n_classes, from, to, CE_PREFETCH_LOCALITY);
 }
 
 /*
@@ -186,7 +200,7 @@ FASTLOSS_INLINE void ROW(ce_chunk_prefetch_part)(const ROW(ce_chunk_prefetch) *p
     ROW(ce_touch_grad)(plan->touch, from, to);
     if (plan->ahead)
         ROW(ce_prefetch_ahead)(plan->y, plan->ahead, plan->n_classes, plan->ahead_from + from,
-                               plan->ahead_from + to);
+                               plan->ahead_from + to, CE_PREFETCH_LOCALITY);
 }
 
 /*
@@ -445,14 +459,15 @@ static void ROW(ce_row_stats_online)(const ce_call *call, const ROW_IN_T *y, con
             mass += call->online_weight_sum[k];
         }
         /* the classes `lead` ahead (of this row, then of the next), in two parts: one
-         * before the exps, one before their sum (CE_PREFETCH_BEFORE) */
+         * before the exps, one before their sum (CE_PREFETCH_BEFORE), into L2
+         * (CE_PREFETCH_AHEAD_LOCALITY) */
         const fastloss_index from = start + lead, to = next_start + lead;
         const fastloss_index mid = from + (to - from) * CE_PREFETCH_BEFORE / 4;
         if (ahead)
-            ROW(ce_prefetch_ahead)(y, ahead, n_classes, from, mid);
+            ROW(ce_prefetch_ahead_to)(y, ahead, n_classes, from, mid, call->ahead_to_l2);
         m = ROW(ce_exp_next_max)(y + start, n, shift, tile, y + next_start, n_next, NULL);
         if (ahead)
-            ROW(ce_prefetch_ahead)(y, ahead, n_classes, mid, to);
+            ROW(ce_prefetch_ahead_to)(y, ahead, n_classes, mid, to, call->ahead_to_l2);
         const double chunk_sum = ROW(ce_chunk_sum)(tile, n, target - start, &target_chunk, k, &excl);
         sum += chunk_sum;
         sum_excl += k == target_chunk ? excl : chunk_sum;
