@@ -455,7 +455,7 @@ static int nce_refine(const fastloss_contrastive_nce_options *options, float *s,
                 const float *cf = col_floor ? col_floor + j0 : NULL;
                 if (nce_count(row + j0, len, floor, cf))
                     for (fastloss_index j = j0; j < j0 + len; ++j)
-                        if (nce_count(row + j, 1, floor, cf ? cf + (j - j0) : NULL))
+                        if (row[j] >= floor || (col_floor && row[j] >= col_floor[j]))
                             mine[used++] = i * m + j;
             }
         }

@@ -212,11 +212,9 @@ void fastloss_contrastive_transpose_float64(fastloss_index n_rows, fastloss_inde
  *
  * With the unit rows given, the similarities within temperature * log(1000) of their
  * row's max (symmetric: or their column's) are first recomputed as float64 dot
- * products, rounded once, while there are at most 4 of them a row on average (a
- * float32 product misses each entry by a few units in the last place, and not alike for
- * equal rows; at a low temperature those misses over the temperature are most of the
- * loss's error; where more entries carry weight the softmax is flat and the misses
- * average out).  FASTLOSS_ERROR_NO_MEMORY if a work array cannot be allocated.
+ * products, rounded once, while there are at most 4 of them a row on average
+ * (contrastive.c, nce_refine, says why).  FASTLOSS_ERROR_NO_MEMORY if a work array
+ * cannot be allocated.
  */
 typedef struct fastloss_contrastive_nce_options {
     fastloss_index n_rows;
@@ -227,7 +225,7 @@ typedef struct fastloss_contrastive_nce_options {
     /* The unit rows whose products s holds (q_unit N x dim, k_unit M x dim, contiguous
      * float32), or NULL: then s is taken as it is.  Given, the entries of s that carry
      * their row's (symmetric: or column's) softmax weight are first recomputed, in
-     * place, as float64 dot products rounded once (see fastloss_contrastive_nce_float32). */
+     * place, as float64 dot products rounded once (above). */
     const float *q_unit;
     const float *k_unit;
     fastloss_index dim;
