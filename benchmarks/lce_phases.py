@@ -110,7 +110,7 @@ def main():
                                0.0, None, half=True)
         rows = lce._budget_block_rows(n_rows, n_classes, 4, args.block_rows)
         grads = lce._grad_outputs(out, problem, ("hidden", "classifier", "bias"))
-        products = Timed(problem, rows, grads, phases=phases)
+        products = Timed(problem, rows, args.threads, grads, phases=phases)
         upstream, block_reduction, block_z_loss = lce._block_upstream(problem, 1.0)
         stats = np.empty((len(lce.CROSS_ENTROPY_STATS_FIELDS), n_rows), np.float64)
         for start in range(0, n_rows, rows):

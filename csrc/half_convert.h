@@ -38,6 +38,16 @@ int fastloss_half_exp(const float *in, float *out, fastloss_index n, int nonposi
 int fastloss_fast_exp(const float *in, float *out, fastloss_index n, int nonpositive);
 int fastloss_fast_exp_double(const double *in, double *out, fastloss_index n, int nonpositive);
 
+/* acc[c] += the sum over rows r = 0 .. rows - 1, in that order, of x[r * row_stride + c],
+ * for c < cols: x of dtype FASTLOSS_FLOAT32, FASTLOSS_FLOAT64, FASTLOSS_BFLOAT16 or
+ * FASTLOSS_FLOAT16 (bit patterns), each value added exactly in double, one addition
+ * at a time onto acc's value.  Threads take blocks of columns, so the sums are the
+ * same bits for any num_threads.  The bias's gradient of a linear layer from its
+ * logits' gradient, block by block.  Returns 0, or FASTLOSS_ERROR_BAD_DTYPE for
+ * another code. */
+int fastloss_column_sums(int dtype, const void *x, fastloss_index rows, fastloss_index cols,
+                         fastloss_index row_stride, double *acc, int num_threads);
+
 #ifdef __cplusplus
 }
 #endif

@@ -81,6 +81,40 @@ static int HC_NAME(hc_fast_exp_double)(const double *in, double *out, fastloss_i
     return 0;
 }
 
+/* acc[c] += x[r][c] for r = 0, 1, ... rows - 1 in that order, c in [first, last): each
+ * value exact in double, one double addition per value (the column sums of
+ * fastloss_column_sums). */
+#define HC_COLUMN_SUMS_(tag)                                                              \
+    for (fastloss_index r = 0; r < rows; ++r) {                                           \
+        const FASTLOSS_STORAGE_T(tag) *restrict row =                                     \
+            (const FASTLOSS_STORAGE_T(tag) *)x + r * row_stride;                          \
+        for (fastloss_index c = first; c < last; ++c)                                     \
+            acc[c] += (double)FASTLOSS_LOAD(tag, row, c);                                 \
+    }
+
+static int HC_NAME(hc_column_sums)(int dtype, const void *x, fastloss_index rows,
+                                   fastloss_index first, fastloss_index last,
+                                   fastloss_index row_stride, double *restrict acc)
+{
+    switch (dtype) {
+    case FASTLOSS_FLOAT32:
+        HC_COLUMN_SUMS_(float32)
+        break;
+    case FASTLOSS_FLOAT64:
+        HC_COLUMN_SUMS_(float64)
+        break;
+    case FASTLOSS_BFLOAT16:
+        HC_COLUMN_SUMS_(bfloat16)
+        break;
+    default:
+        HC_COLUMN_SUMS_(float16)
+        break;
+    }
+    return 0;
+}
+
+#undef HC_COLUMN_SUMS_
+
 #undef HC_NAME
 #undef HC_PASTE_
 #undef HC_PASTE2_

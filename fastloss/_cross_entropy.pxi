@@ -546,6 +546,31 @@ cdef _check_stats_targets(object matrix, object hard, object ignore_index, objec
                          f"overlaps another, or the statistics had other targets)")
 
 
+def column_sums(object values, cnp.ndarray acc not None, int num_threads, object bits=None):
+    """``acc += values.sum(axis=0)`` in float64, the rows added one at a time in order
+    (csrc/half_convert.h, fastloss_column_sums): ``values`` a 2-d array (float32,
+    float64, float16 or bfloat16; or 16-bit integers holding bfloat16 with
+    ``bits="bfloat16"``) whose last axis is contiguous, ``acc`` a contiguous float64
+    vector of its columns.  The linear cross-entropy's bias gradient, block by block."""
+    cdef int code
+    values, code = _logits_input(values, bits, "values")
+    cdef cnp.ndarray array = <cnp.ndarray>values
+    if cnp.PyArray_NDIM(array) != 2:
+        raise ValueError(f"values: expected a 2-d array, got shape {(<object>array).shape}")
+    cdef fastloss_index rows = array.shape[0], cols = array.shape[1]
+    _check_vector(acc, cnp.NPY_FLOAT64, cols, "acc", writeable=True)
+    if rows == 0 or cols == 0:
+        return  # nothing to add (an empty array's strides say nothing)
+    cdef fastloss_index stride = _row_stride(array, rows, cols, "values")
+    if _may_overlap(array, acc):
+        raise ValueError("acc: must not overlap values")
+    cdef int status
+    with nogil:
+        status = fastloss_column_sums(code, cnp.PyArray_DATA(array), rows, cols, stride,
+                                      <double *>cnp.PyArray_DATA(acc), num_threads)
+    _check_status(status, "column_sums")
+
+
 def ce_block_stats(object logits, object target, object class_offset, object num_classes,
                    object weight, object ignore_index, object label_smoothing,
                    object softcap, int num_threads, object bits=None):

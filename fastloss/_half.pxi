@@ -10,6 +10,9 @@ cdef extern from "half_convert.h" nogil:
     int fastloss_fast_exp(const float *src, float *dst, fastloss_index n, int nonpositive)
     int fastloss_fast_exp_double(const double *src, double *dst, fastloss_index n,
                                  int nonpositive)
+    int fastloss_column_sums(int dtype, const void *x, fastloss_index rows,
+                             fastloss_index cols, fastloss_index row_stride, double *acc,
+                             int num_threads)
 
 
 cdef int _half_kind_code(str kind) except -1:

@@ -451,9 +451,10 @@ class _NumpyProducts:
 
     bits = None
 
-    def __init__(self, problem, rows_per_block, grads=None):
+    def __init__(self, problem, rows_per_block, threads, grads=None):
         self.hidden, self.classifier, self.bias = (problem.hidden, problem.classifier,
                                                    problem.bias)
+        self.threads = threads
         n_classes, n_features = problem.n_classes, problem.n_features
         self.scratch = np.empty((min(rows_per_block, max(problem.n_rows, 1)), n_classes),
                                 problem.dtype)
@@ -491,7 +492,7 @@ class _NumpyProducts:
         if self.grad_hidden is not None:
             np.matmul(grad, self.classifier, out=self.grad_hidden[start:stop])
         if self.bias_sums is not None:
-            self.bias_sums += np.add.reduce(grad, axis=0, dtype=np.float64)
+            _kernels.column_sums(grad, self.bias_sums, self.threads)
 
     def _classifier_grad(self, grad, rows, start):
         """Adds the block's ``grad.T @ rows`` into the classifier's gradient: one call of
@@ -741,7 +742,7 @@ class _HalfTiles:
                         np.matmul(logits.T, rows, out=part)
                         np.add(tile, part, out=tile)
                 if bias_sums is not None:
-                    bias_sums[first:last] += np.add.reduce(logits, axis=0, dtype=np.float64)
+                    _kernels.column_sums(logits, bias_sums[first:last], self.threads)
             if grad_classifier is not None:
                 if n_rows == 0:
                     grad_classifier[first:last] = 0
@@ -797,12 +798,13 @@ def _run(hidden, classifier, target, bias, weight, ignore_index, reduction, labe
                 * problem.n_features * problem.dtype.itemsize
                 if "classifier" in want and "hidden" not in want
                 and _BlasGemm.get(problem.dtype) is None else 0)
-    # with a bias: its float64 sums and each block's float64 column sums
+    # with a bias: its float64 sums
     rows_per_block = _budget_block_rows(problem.n_rows, problem.n_classes,
                                         problem.dtype.itemsize, block_rows, reserved,
-                                        2 if problem.bias is not None else 0)
+                                        1 if problem.bias is not None else 0)
     grads = _grad_outputs(out, problem, want) if want else None
-    products = _NumpyProducts(problem, rows_per_block, grads)
+    products = _NumpyProducts(problem, rows_per_block, resolve_num_threads(num_threads),
+                              grads)
     loss = _schedule(problem, products, num_threads, rows_per_block, grad_output,
                      bool(want))
     if problem.reduction == "none":

@@ -89,8 +89,8 @@ class _NumpyBlocks:
 
     bits = None
 
-    def __init__(self, problem, rows_per_block, grads):
-        self.products = _NumpyProducts(problem, rows_per_block, grads)
+    def __init__(self, problem, rows_per_block, threads, grads):
+        self.products = _NumpyProducts(problem, rows_per_block, threads, grads)
         self.grad_block = None
         if grads is not None:
             self.grad_block = np.empty_like(self.products.scratch)
@@ -119,9 +119,9 @@ class _HalfProducts:
 
     bits = None
 
-    def __init__(self, problem, rows_per_block, grads):
+    def __init__(self, problem, rows_per_block, threads, grads):
         n_rows, n_classes, n_features = problem.n_rows, problem.n_classes, problem.n_features
-        self.hidden = problem.hidden
+        self.hidden, self.threads = problem.hidden, threads
         self.classifier = np.empty((n_classes, n_features), np.float32)
         np.copyto(self.classifier, problem.classifier)
         self.bias = None
@@ -179,7 +179,7 @@ class _HalfProducts:
                 np.matmul(grad[:, first:last].T, rows, out=part)
                 np.add(sums, part, out=sums)
         if self.bias_sums is not None:
-            self.bias_sums += np.add.reduce(grad, axis=0, dtype=np.float64)
+            _kernels.column_sums(grad, self.bias_sums, self.threads)
 
     def finish(self, n_rows):
         if self.sums_classifier is not None:
@@ -257,7 +257,7 @@ def _run(hidden, classifier, target, bias, temperature, ignore_index, return_ent
         grads = _grad_outputs(out, problem, want, grad_dtype)
     upstream, upstream_entropy = _upstreams(problem, bool(want), grad_output, grad_entropy)
     back_end = _HalfProducts if problem.half else _NumpyBlocks
-    products = back_end(problem, rows_per_block, grads)
+    products = back_end(problem, rows_per_block, threads, grads)
     log_prob, entropy = _schedule(problem, temperature, products, threads, rows_per_block,
                                   return_entropy, want_value, upstream, upstream_entropy,
                                   bool(want))

@@ -358,8 +358,7 @@ import ctypes
 
 import torch
 import fastloss.torch as FL
-from fastloss.linear_cross_entropy import _budget_block_rows
-from fastloss.torch._linear_cross_entropy import _BIAS_TILE_BYTES
+from fastloss.torch._linear_cross_entropy import _block_height
 
 torch.set_num_threads(2)
 n_rows, n_features, n_classes = (int(a) for a in sys.argv[1:4])
@@ -389,7 +388,7 @@ call, hidden, classifier, bias = inputs(1)
 # the heap's free memory goes back to the system (glibc), so that none is reused unseen.
 with torch.no_grad():
     # the adapter's block height with a bias
-    block = hidden[:_budget_block_rows(n_rows, n_classes, 4, None, _BIAS_TILE_BYTES, 3)]
+    block = hidden[:_block_height(n_rows, n_classes, 4, None, True)]
     logits = torch.addmm(bias, block, classifier.T)
     torch.mm(logits, classifier)
     torch.mm(logits.T, block)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
+from fastloss import _kernels
 from fastloss._config import resolve_num_threads
 from fastloss._validation import reduction_arg
 from fastloss.linear_cross_entropy import _budget_block_rows, _Problem, _schedule
@@ -26,10 +27,6 @@ __all__ = ["linear_cross_entropy", "LinearCrossEntropyLoss"]
 _FUNCTION = "fastloss.torch.linear_cross_entropy"
 _GRADIENTS = ("hidden", "classifier", "bias")
 _INPUT_DTYPES = _FLOAT_DTYPES + _HALF_DTYPES
-#: Bytes of float64 in which torch sums one tile of a block's columns (the bias's
-#: gradient): ``sum(0, dtype=torch.float64)`` converts its whole input to float64 first,
-#: which on the whole block is twice the scratch (measured: 16 MiB for an 8 MiB block).
-_BIAS_TILE_BYTES = 1 << 18
 # the NumPy dtype in which the kernels read class weights and probabilities
 _AUX_DTYPES = {torch.float32: np.float32, torch.float64: np.float64,
                torch.bfloat16: np.float32, torch.float16: np.float32}
@@ -48,11 +45,13 @@ class _TorchProducts:
     fastloss.linear_cross_entropy._schedule; see _NumpyProducts there for what it asks):
     ``addmm`` into the scratch for the logits, ``mm`` into the rows of the hidden's
     gradient, ``addmm_`` (beta = 1) accumulating the classifier's gradient in place, and
-    the bias's gradient as float64 column sums of the logits' gradient (by tiles of
-    columns, _BIAS_TILE_BYTES of float64 each)."""
+    the bias's gradient as float64 column sums of the logits' gradient (the kernels'
+    column_sums: torch's ``sum(0, dtype=torch.float64)`` would convert the whole block
+    to float64 first)."""
 
-    def __init__(self, hidden, classifier, bias, rows_per_block, want=()):
+    def __init__(self, hidden, classifier, bias, rows_per_block, threads, want=()):
         self.hidden, self.classifier, self.bias = hidden, classifier, bias
+        self.threads = threads
         n_rows, n_features = hidden.shape
         n_classes = classifier.shape[0]
         dtype = hidden.dtype
@@ -64,9 +63,8 @@ class _TorchProducts:
                             if "hidden" in want else None)
         self.grad_classifier = (torch.empty((n_classes, n_features), dtype=dtype)
                                 if "classifier" in want else None)
-        self.bias_sums = (torch.zeros(n_classes, dtype=torch.float64)
+        self.bias_sums = (np.zeros(n_classes, np.float64)
                           if "bias" in want and bias is not None else None)
-        self.bias_tile = max(1, _BIAS_TILE_BYTES // (8 * self.scratch_tensor.shape[0]))
         self.grad_bias = None
 
     def logits(self, start, stop):
@@ -88,15 +86,21 @@ class _TorchProducts:
             else:
                 self.grad_classifier.addmm_(grad.T, self.hidden[start:stop])
         if self.bias_sums is not None:
-            for first in range(0, grad.shape[1], self.bias_tile):
-                last = first + self.bias_tile
-                self.bias_sums[first:last] += grad[:, first:last].sum(0, dtype=torch.float64)
+            _kernels.column_sums(self.scratch[:stop - start], self.bias_sums, self.threads,
+                                 bits=self.bits)
 
     def finish(self, n_rows):
         if self.grad_classifier is not None and n_rows == 0:
             self.grad_classifier.zero_()
         if self.bias_sums is not None:
-            self.grad_bias = self.bias_sums.to(self.hidden.dtype)
+            self.grad_bias = torch.from_numpy(self.bias_sums).to(self.hidden.dtype)
+
+
+def _block_height(n_rows, n_classes, itemsize, block_rows, bias):
+    """The adapter's rows per block: from the NumPy API's budget (the classifier's
+    gradient accumulates in place: no tile); with a bias, its float64 sums and their
+    conversion."""
+    return _budget_block_rows(n_rows, n_classes, itemsize, block_rows, 0, 2 if bias else 0)
 
 
 class _Call:
@@ -130,14 +134,10 @@ class _Call:
                                _numpy(linear_bias), _numpy(weight),
                                reduction=self.reduction, **self.options)
         hidden = input.reshape(-1, problem.n_features)
-        # the block height from the NumPy API's budget (the classifier's gradient
-        # accumulates in place: no tile); with a bias, its float64 tile of column sums,
-        # its float64 sums and their conversion
-        bias = linear_bias is not None
-        rows_per_block = _budget_block_rows(problem.n_rows, problem.n_classes,
-                                            dtype.itemsize, self.block_rows,
-                                            _BIAS_TILE_BYTES if bias else 0, 3 if bias else 0)
-        products = _TorchProducts(hidden, linear_weight, linear_bias, rows_per_block, want)
+        rows_per_block = _block_height(problem.n_rows, problem.n_classes, dtype.itemsize,
+                                       self.block_rows, linear_bias is not None)
+        products = _TorchProducts(hidden, linear_weight, linear_bias, rows_per_block,
+                                  self.num_threads, want)
         loss = _schedule(problem, products, self.num_threads, rows_per_block, grad_output,
                          bool(want))
         if self.reduction == "none":

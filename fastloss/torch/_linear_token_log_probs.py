@@ -35,8 +35,8 @@ class _TorchHalfBlocks(_TorchProducts):
     after the kernel the two blocks trade places, so that ``backward`` reads the gradient
     where linear_cross_entropy's reads it, and the next block's logits go into the other."""
 
-    def __init__(self, hidden, classifier, bias, rows_per_block, want=()):
-        super().__init__(hidden, classifier, bias, rows_per_block, want)
+    def __init__(self, hidden, classifier, bias, rows_per_block, threads, want=()):
+        super().__init__(hidden, classifier, bias, rows_per_block, threads, want)
         self.other_tensor = torch.empty_like(self.scratch_tensor) if want else None
         self.other = None if self.other_tensor is None else _kernel_view(self.other_tensor)
 
@@ -60,7 +60,8 @@ def _run_half(hidden, classifier, bias, target, options, return_entropy, want_va
     rows_per_block = _block_rows(problem.n_rows, problem.n_classes, hidden.dtype.itemsize,
                                  options["block_rows"])
     upstream, upstream_entropy = _upstreams(problem, bool(want), grad_output, grad_entropy)
-    products = _TorchHalfBlocks(problem.hidden, classifier, bias, rows_per_block, want)
+    products = _TorchHalfBlocks(problem.hidden, classifier, bias, rows_per_block,
+                                options["num_threads"], want)
     log_prob, entropy = _schedule(problem, temperature, products, options["num_threads"],
                                   rows_per_block, return_entropy, want_value, upstream,
                                   upstream_entropy, bool(want))
