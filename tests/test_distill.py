@@ -477,6 +477,77 @@ def test_teacher_equal_and_close_to_the_student(rng, dtype, name, options):
                                                   "grad", (where, what))
 
 
+# pass A's chunks of classes (csrc/vocab_internal.h, FASTLOSS_VOCAB_CHUNK) and its near test
+# |d_c| < 1/2 (csrc/vocab_body.h, DISTILL_A_BELOW in float), mirrored to place the rows
+VOCAB_CHUNK = 2048
+
+
+def _near_share(student, teacher):
+    """The teacher's probability on the classes pass A counts as near, per row (T = 1):
+    d_c = (x_s - x_t) less the chunk's difference of the two maxima, |d_c| < 1/2."""
+    student = student.astype(np.float64)
+    teacher = teacher.astype(np.float64)
+    p = np.exp(teacher - teacher.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    share = np.zeros(student.shape[0])
+    for start in range(0, student.shape[-1], VOCAB_CHUNK):
+        xs, xt = student[:, start:start + VOCAB_CHUNK], teacher[:, start:start + VOCAB_CHUNK]
+        d = (xs - xt) - (xs.max(axis=-1, keepdims=True) - xt.max(axis=-1, keepdims=True))
+        share += np.where(np.abs(d) < 0.5, p[:, start:start + VOCAB_CHUNK], 0.0).sum(axis=-1)
+    return share
+
+
+def _mostly_far_pair(rng, fractions, n_classes, dtype):
+    """Rows whose teacher equals the student (to 1e-4) on a random share of the classes and
+    on each chunk's largest logit, and elsewhere differs by 0.5 to about 2 (up a quarter of
+    the time, down otherwise, below the chunk's largest), so that the two sums of exps
+    nearly agree: q - p is small on the equal classes and not elsewhere."""
+    student = rng.standard_normal((len(fractions), n_classes))
+    near = rng.random(student.shape) < np.asarray(fractions)[:, None]
+    top = np.empty_like(student)
+    for start in range(0, n_classes, VOCAB_CHUNK):
+        chunk = student[:, start:start + VOCAB_CHUNK]
+        top[:, start:start + VOCAB_CHUNK] = chunk.max(axis=-1, keepdims=True)
+        near[np.arange(len(fractions)), start + chunk.argmax(axis=-1)] = True
+    step = 0.5 + 0.5 * np.abs(rng.standard_normal(student.shape))
+    step = np.where(rng.random(student.shape) < 0.25, step, -step)
+    teacher = np.where(near, student + 1e-4 * rng.standard_normal(student.shape),
+                       np.minimum(student + step, top - 0.01))
+    return student.astype(dtype), teacher.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("name, options", CLOSE_DIVERGENCES)
+def test_rows_on_either_side_of_the_close_pair_test(rng, dtype, name, options):
+    """kappa's accurate sums are taken only for a row with more than 1/8 of the teacher's
+    probability on classes where the two models are near (distill_is_close,
+    csrc/vocab_body.h); a row below that takes the sums of exps.  Rows of 2 chunks and a
+    tail with near shares from about 0.05 to 0.25 (both sides of 1/8, the equal classes
+    carrying q - p near 0 beside far ones), on every SIMD path, each set of gradients, at
+    T = 1 and T = 0.7, against the reference within the contract."""
+    fractions = [0.03, 0.06, 0.08, 0.1, 0.12, 0.14, 0.2]
+    student, teacher = _mostly_far_pair(rng, fractions, 2 * VOCAB_CHUNK + 1029, dtype)
+    share = _near_share(student, teacher)
+    assert np.any((share > 0.08) & (share <= 0.125)) and np.any(share > 0.125), share
+    with simd_paths() as paths:
+        for path in paths:
+            for temperature in (1.0, 0.7):
+                kw = dict(options, temperature=temperature, reduction="none")
+                ref_loss, ref_grads = getattr(reference, name + "_value_and_grad")(
+                    student, teacher, 1.0, wrt=BOTH, **kw)
+                for wrt in EACH_GRADIENT:
+                    loss, grads = getattr(fastloss, name + "_value_and_grad")(
+                        student, teacher, 1.0, wrt=wrt, **kw)
+                    grads = grads if isinstance(grads, tuple) else (grads,)
+                    where = (path, temperature, wrt)
+                    assert_close_contract(loss, ref_loss, dtype, "loss", where)
+                    for what, grad in zip(wrt, grads):
+                        # row by row: the floor of one row's gradient is its own max
+                        for i in range(len(fractions)):
+                            assert_close_contract(grad[i], ref_grads[BOTH.index(what)][i],
+                                                  dtype, "grad", (where, what, i))
+
+
 def _exact_divergence(student, teacher, temperature, beta):
     """One row's divergence and gradients in 60-digit arithmetic (mpmath), from the
     definitions: log p - log q of the two log-softmaxes, no rearrangement."""
