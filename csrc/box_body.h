@@ -64,11 +64,11 @@ FASTLOSS_INLINE void BOX(minimum_backward)(double a, double b, double upstream,
 }
 
 /*
- * Pair k of the tile: its loss, and with `grads` the gradients of upstream *
- * loss w.r.t. both boxes, the chain rule written out in the order torch's
+ * Pair k of the tile: its loss, and with `want1` (`want2`) the gradient of
+ * upstream * loss w.r.t. boxes1 (boxes2), the chain rule written out in the order torch's
  * autograd takes it through torchvision's formula (box.c lists the steps), so
  * that every select, every masked zero and every inf or NaN is autograd's.
- * `kind`, `grads` and `clean` are constants where it is inlined, so each loop is
+ * `kind`, `want1`, `want2` and `clean` are constants where it is inlined, so each loop is
  * one loss's straight-line code.  `clean`: the tile passed BOX(clean), no
  * coordinate is NaN and no two corresponding ones are equal (x1 != u1, ...), so
  * maximum and minimum are plain comparisons and their backward sends each
@@ -81,9 +81,10 @@ FASTLOSS_INLINE void BOX(minimum_backward)(double a, double b, double upstream,
  *   torchvision's default 1e-7 whatever the caller's eps).
  */
 FASTLOSS_INLINE void BOX(pair)(BOX(tile) *FASTLOSS_RESTRICT tile, fastloss_index k,
-                               const int kind, const int grads, const int clean,
-                               const double eps_iou, const double eps)
+                               const int kind, const int want1, const int want2,
+                               const int clean, const double eps_iou, const double eps)
 {
+    const int grads = want1 || want2;
     const double x1 = tile->in1[0][k], y1 = tile->in1[1][k];
     const double x2 = tile->in1[2][k], y2 = tile->in1[3][k];
     const double u1 = tile->in2[0][k], v1 = tile->in2[1][k];
@@ -199,14 +200,18 @@ FASTLOSS_INLINE void BOX(pair)(BOX(tile) *FASTLOSS_RESTRICT tile, fastloss_index
         BOX(maximum_backward)(x2, u2, grad_cw, &gx2, &gu2);
         BOX(maximum_backward)(y2, v2, grad_ch, &gy2, &gv2);
     }
-    tile->out1[0][k] = gx1;
-    tile->out1[1][k] = gy1;
-    tile->out1[2][k] = gx2;
-    tile->out1[3][k] = gy2;
-    tile->out2[0][k] = gu1;
-    tile->out2[1][k] = gv1;
-    tile->out2[2][k] = gu2;
-    tile->out2[3][k] = gv2;
+    if (want1) {
+        tile->out1[0][k] = gx1;
+        tile->out1[1][k] = gy1;
+        tile->out1[2][k] = gx2;
+        tile->out1[3][k] = gy2;
+    }
+    if (want2) {
+        tile->out2[0][k] = gu1;
+        tile->out2[1][k] = gv1;
+        tile->out2[2][k] = gu2;
+        tile->out2[3][k] = gv2;
+    }
 }
 
 /* Whether the tile's m pairs are all clean (BOX(pair)): every coordinate compares
@@ -222,50 +227,60 @@ static int BOX(clean)(const BOX(tile) *FASTLOSS_RESTRICT tile, fastloss_index m)
     return clean;
 }
 
-/* The m pairs of a tile, for one loss (`kind`, `grads`, `clean`: constants where
- * inlined). */
+/* The m pairs of a tile, for one loss and the gradients asked for (`kind`, `want1`,
+ * `want2`, `clean`: constants where inlined). */
 FASTLOSS_INLINE void BOX(compute_loop)(BOX(tile) *FASTLOSS_RESTRICT tile, fastloss_index m,
-                                       const int kind, const int grads, const int clean,
-                                       double eps_iou, double eps)
+                                       const int kind, const int want1, const int want2,
+                                       const int clean, double eps_iou, double eps)
 {
     for (fastloss_index k = 0; k < m; ++k)
-        BOX(pair)(tile, k, kind, grads, clean, eps_iou, eps);
+        BOX(pair)(tile, k, kind, want1, want2, clean, eps_iou, eps);
 }
 
 /* ... a clean tile (BOX(clean)) by the loop without NaN checks and tie shares. */
 FASTLOSS_INLINE void BOX(compute_tile)(BOX(tile) *FASTLOSS_RESTRICT tile, fastloss_index m,
-                                       const int kind, const int grads, double eps_iou,
-                                       double eps)
+                                       const int kind, const int want1, const int want2,
+                                       double eps_iou, double eps)
 {
     if (BOX(clean)(tile, m))
-        BOX(compute_loop)(tile, m, kind, grads, 1, eps_iou, eps);
+        BOX(compute_loop)(tile, m, kind, want1, want2, 1, eps_iou, eps);
     else
-        BOX(compute_loop)(tile, m, kind, grads, 0, eps_iou, eps);
+        BOX(compute_loop)(tile, m, kind, want1, want2, 0, eps_iou, eps);
 }
 
-static void BOX(compute)(BOX(tile) *FASTLOSS_RESTRICT tile, fastloss_index m, int kind,
-                         int grads, double eps_iou, double eps)
-{
-    switch (kind * 2 + (grads != 0)) {
-    case FASTLOSS_BOX_GIOU * 2:
-        BOX(compute_tile)(tile, m, FASTLOSS_BOX_GIOU, 0, eps_iou, eps);
-        break;
-    case FASTLOSS_BOX_GIOU * 2 + 1:
-        BOX(compute_tile)(tile, m, FASTLOSS_BOX_GIOU, 1, eps_iou, eps);
-        break;
-    case FASTLOSS_BOX_DIOU * 2:
-        BOX(compute_tile)(tile, m, FASTLOSS_BOX_DIOU, 0, eps_iou, eps);
-        break;
-    case FASTLOSS_BOX_DIOU * 2 + 1:
-        BOX(compute_tile)(tile, m, FASTLOSS_BOX_DIOU, 1, eps_iou, eps);
-        break;
-    case FASTLOSS_BOX_CIOU * 2:
-        BOX(compute_tile)(tile, m, FASTLOSS_BOX_CIOU, 0, eps_iou, eps);
-        break;
-    default:
-        BOX(compute_tile)(tile, m, FASTLOSS_BOX_CIOU, 1, eps_iou, eps);
-        break;
+/* The switch of BOX(compute) and BOX(ncompute): CALL(kind, want1, want2) with each
+ * a constant, so that every loss and every set of gradients asked for has its own
+ * straight-line loop (a gradient not asked for is not computed). */
+#define BOX_CASES_(CALL, kind, want1, want2)                                                \
+    switch ((kind) * 4 + ((want1) != 0) + 2 * ((want2) != 0)) {                             \
+        BOX_CASES_KIND_(CALL, FASTLOSS_BOX_GIOU)                                            \
+        BOX_CASES_KIND_(CALL, FASTLOSS_BOX_DIOU)                                            \
+        BOX_CASES_KIND_(CALL, FASTLOSS_BOX_CIOU)                                            \
+    default:                                                                                \
+        break;                                                                              \
     }
+#define BOX_CASES_KIND_(CALL, KIND)                                                         \
+    case KIND * 4:                                                                          \
+        CALL(KIND, 0, 0);                                                                   \
+        break;                                                                              \
+    case KIND * 4 + 1:                                                                      \
+        CALL(KIND, 1, 0);                                                                   \
+        break;                                                                              \
+    case KIND * 4 + 2:                                                                      \
+        CALL(KIND, 0, 1);                                                                   \
+        break;                                                                              \
+    case KIND * 4 + 3:                                                                      \
+        CALL(KIND, 1, 1);                                                                   \
+        break;
+
+/* The tile's m pairs in double: the loss, and the gradients w.r.t. boxes1 (`want1`)
+ * and boxes2 (`want2`) into out1 and out2. */
+static void BOX(compute)(BOX(tile) *FASTLOSS_RESTRICT tile, fastloss_index m, int kind,
+                         int want1, int want2, double eps_iou, double eps)
+{
+#define BOX_CALL_(KIND, W1, W2) BOX(compute_tile)(tile, m, KIND, W1, W2, eps_iou, eps)
+    BOX_CASES_(BOX_CALL_, kind, want1, want2)
+#undef BOX_CALL_
 }
 
 /* m boxes from `boxes` (stride 4: contiguous, 0: one box for all, else a strided
@@ -405,9 +420,6 @@ static void BOX(store_out)(const double (*FASTLOSS_RESTRICT wide)[FASTLOSS_BOX_T
  */
 #define BOX_NU 0x1p-24f
 #define BOX_NARROW_TINY 0x1p-80f
-#ifndef BOX_PREFETCH
-#define BOX_PREFETCH 128
-#endif
 
 typedef struct BOX(ntile_s) {
     float in1[4][FASTLOSS_BOX_TILE];
@@ -680,27 +692,9 @@ FASTLOSS_INLINE void BOX(ncompute_loop)(BOX(ntile) *FASTLOSS_RESTRICT t, fastlos
 static void BOX(ncompute)(BOX(ntile) *FASTLOSS_RESTRICT t, fastloss_index m, int kind,
                           int want1, int want2, float eps_iou, float eps)
 {
-#define BOX_NCASE(KIND)                                                                     \
-    case KIND * 4:                                                                          \
-        BOX(ncompute_loop)(t, m, KIND, 0, 0, eps_iou, eps);                                 \
-        break;                                                                              \
-    case KIND * 4 + 1:                                                                      \
-        BOX(ncompute_loop)(t, m, KIND, 1, 0, eps_iou, eps);                                 \
-        break;                                                                              \
-    case KIND * 4 + 2:                                                                      \
-        BOX(ncompute_loop)(t, m, KIND, 0, 1, eps_iou, eps);                                 \
-        break;                                                                              \
-    case KIND * 4 + 3:                                                                      \
-        BOX(ncompute_loop)(t, m, KIND, 1, 1, eps_iou, eps);                                 \
-        break;
-    switch (kind * 4 + (want1 != 0) + 2 * (want2 != 0)) {
-        BOX_NCASE(FASTLOSS_BOX_GIOU)
-        BOX_NCASE(FASTLOSS_BOX_DIOU)
-        BOX_NCASE(FASTLOSS_BOX_CIOU)
-    default:
-        break;
-    }
-#undef BOX_NCASE
+#define BOX_CALL_(KIND, W1, W2) BOX(ncompute_loop)(t, m, KIND, W1, W2, eps_iou, eps)
+    BOX_CASES_(BOX_CALL_, kind, want1, want2)
+#undef BOX_CALL_
 }
 
 /* m boxes of `boxes` (float storage) into the float tile's coordinate arrays. */
@@ -773,7 +767,8 @@ static double BOX(block)(const BOX(call) *call, fastloss_index start, fastloss_i
                 for (fastloss_index k = 0; k < m; ++k)
                     tile.upstream[k] = call->scale;
         }
-        BOX(compute)(&tile, m, call->kind, call->grads, call->eps_iou, call->eps);
+        BOX(compute)(&tile, m, call->kind, call->grad1 != NULL, call->grad2 != NULL,
+                     call->eps_iou, call->eps);
         if (call->loss_per_box) {
             STORE_T *FASTLOSS_RESTRICT out = call->loss_per_box + i;
             for (fastloss_index k = 0; k < m; ++k)
@@ -824,16 +819,6 @@ static double BOX(nblock)(const BOX(call) *call, fastloss_index start, fastloss_
         m = end - i < FASTLOSS_BOX_TILE ? end - i : FASTLOSS_BOX_TILE;
         const STORE_T *b1 = call->boxes1 + i * call->stride1;
         const STORE_T *b2 = call->boxes2 + i * call->stride2;
-        /* the float pass is fast enough for the memory's latency to show: the boxes
-         * of the tile BOX_PREFETCH pairs ahead (contiguous rows only), and the
-         * gradient's lines there */
-        if (BOX_PREFETCH > 0 && i + BOX_PREFETCH + m <= end && call->stride1 == 4 && call->stride2 == 4)
-            for (fastloss_index j = 0; j < m; j += 64 / (fastloss_index)(4 * sizeof(STORE_T))) {
-                __builtin_prefetch(b1 + 4 * (BOX_PREFETCH + j), 0, 3);
-                __builtin_prefetch(b2 + 4 * (BOX_PREFETCH + j), 0, 3);
-                if (call->grad1)
-                    __builtin_prefetch(call->grad1 + 4 * (i + BOX_PREFETCH + j), 1, 3);
-            }
         BOX(nload)(b1, call->stride1, m, nt.in1);
         BOX(nload)(b2, call->stride2, m, nt.in2);
         if (call->grads) {
@@ -883,7 +868,7 @@ static double BOX(nblock)(const BOX(call) *call, fastloss_index start, fastloss_
                 if (redo_grads)
                     wide.upstream[c] = call->grad_output ? call->grad_output[i + k] : call->scale;
             }
-            BOX(compute)(&wide, count, call->kind, redo_grads, call->eps_iou, call->eps);
+            BOX(compute)(&wide, count, call->kind, redo1, redo2, call->eps_iou, call->eps);
             for (fastloss_index c = 0; c < count; ++c) {
                 const fastloss_index k = at[c];
                 if (redo_loss && !loss_pass[k]) {
@@ -1029,11 +1014,16 @@ int RUN FASTLOSS_BOX_RUN_SIGNATURE
      * thread, CPU time, 2**23 bench pairs, 2026-11-26) the float pass takes 6.0 ns a
      * pair against 7.2 in double for ciou, but 4.7 against 3.9 (giou) and 4.5
      * against 4.0 (diou): in cache the three are as fast as double or faster
-     * (3.8, 3.8, 5.5 against 3.8, 4.0, 7.3), out of it the float pass waits longer on
-     * memory, for a reason not found yet.  Since the clean loop (BOX(clean)) the
-     * double path is faster still in cache (2026-11-27, same machine, 2**16 pairs:
-     * 2.3 and 2.4 ns against the float pass's 3.5 and 3.4 for giou and diou; ciou
-     * 5.6 against 4.9).  FASTLOSS_BOX_FLOAT_PASS_ALWAYS turns it on for giou and
+     * (3.8, 3.8, 5.5 against 3.8, 4.0, 7.3), out of it the float pass waited longer on
+     * memory.  Part of that was its software prefetch (the boxes 128 pairs ahead, and
+     * the gradient's lines there, which the streaming stores then had to evict),
+     * removed 2026-11-27: AMD EPYC Zen 4, 1 thread, CPU time, 2**21 bench pairs, ciou
+     * 2.23-2.31 ns an element without it against 2.44-2.54 with it (load 9).  Since
+     * the clean loop (BOX(clean)) the double path is faster still in cache
+     * (2026-11-27, Zen 5, 2**16 pairs: 2.3 and 2.4 ns against the float pass's 3.5
+     * and 3.4 for giou and diou; ciou 5.6 against 4.9); on the Zen 4 without the
+     * prefetch, out of cache, the float pass still loses for diou (1.64 against 1.22
+     * ns an element).  FASTLOSS_BOX_FLOAT_PASS_ALWAYS turns it on for giou and
      * diou (the tests run it). */
     call.narrow = options->float_pass != FASTLOSS_BOX_FLOAT_PASS_NEVER &&
                   (options->float_pass == FASTLOSS_BOX_FLOAT_PASS_ALWAYS ||
@@ -1083,3 +1073,5 @@ int RUN FASTLOSS_BOX_RUN_SIGNATURE
 }
 
 #undef BOX_LOAD_BODY_
+#undef BOX_CASES_
+#undef BOX_CASES_KIND_
