@@ -114,9 +114,12 @@ FASTLOSS_INLINE void ce_prefetch_line(const void *p, int locality)
  * 1: the forward's rows prefetched ahead into L2 (CE_PREFETCH_AHEAD_L2_BYTES) also bring
  * the next row's first sub-chunk into L1 (prefetcht0) before the current row's last
  * exps, so that the max pass that reads it alone (ce_row_stats_online) does not wait on
- * L2 at every row's start; 0: not.  Measured (N=4096, C=50257 float32, 16 blocks, one
- * thread, CPU time, AVX-512, Zen 4, load 10-14, least of 5, three runs each): 83.4-85.7
- * ms without, 77.0-81.6 ms with.
+ * L2 at every row's start; 0: not.  Measured with a C driver (N=4096, C=50257 float32,
+ * 16 blocks, one thread, CPU time, AVX-512, Zen 4, load 3-9, least of 7, five runs
+ * alternated): 83.1-86.8 ms without, 76.0-79.9 ms with (the forward about 67-70 ms);
+ * issued one sub-chunk earlier, 76.4-78.6 ms (kept as is).  Prefetching (into L2) only
+ * the first 0, 8 or 32 lines of the rows ahead instead of all of them made 16 blocks
+ * 1.4-2.7x the forward.
  */
 #ifndef CE_PREFETCH_NEXT_START
 #define CE_PREFETCH_NEXT_START 1
