@@ -159,8 +159,11 @@ static void RUN_ROWS(const RUN_JOB *job, int thread, int n_threads)
             GRAD_T *touch = private_e && (const void *)g != (const void *)x ? g : NULL;
             const STORE_T *ahead = i + ahead_rows < end && ahead_rows
                                        ? x + ahead_rows * logits_row_stride : NULL;
-            /* the row after this one, for the forward's rows prefetched ahead */
-            const STORE_T *next = i + 1 < end && prefetch_rows ? x + logits_row_stride : NULL;
+            /* the row after this one, for the forward's rows prefetched ahead that are not
+             * contiguous in memory (a block of classes): a contiguous next row streams in
+             * on its own (CE_PREFETCH_NEXT_START) */
+            const STORE_T *next = i + 1 < end && prefetch_rows && logits_row_stride != n_classes
+                                      ? x + logits_row_stride : NULL;
             if (block_mode == CE_MODE_BLOCK_GRAD)
                 ROW_SAME(ce_row_rebased)(call_ptr, x, stats.max, e_row, chunk_data, touch);
             else if (!backward || !ROW_SAME(ce_row_shifted)(call_ptr, x, t, lse_in[i], e_row, chunk_data, touch, &stats))
