@@ -422,7 +422,7 @@ FASTLOSS_INLINE double ROW(ce_chunk_sum)(VAL *e, fastloss_index n, fastloss_inde
  * Results depend on the row alone (never on threads); they are the chunked pass's
  * within rounding, not bit for bit.  `ahead` (NULL: none) is the row whose classes are
  * prefetched `lead` ahead; `next` (NULL: none), the row read after this one, whose first
- * sub-chunk goes into L1 during this row's last (CE_PREFETCH_NEXT_START).
+ * sub-chunk goes into L1 while this row is read (CE_PREFETCH_NEXT_START).
  */
 static void ROW(ce_row_stats_online)(const ce_call *call, const ROW_IN_T *y, const AUX_T *q,
                                      const AUX_T *weight, fastloss_index target, VAL *tile,
@@ -439,6 +439,10 @@ static void ROW(ce_row_stats_online)(const ce_call *call, const ROW_IN_T *y, con
     fastloss_index lead = CE_PREFETCH_DISTANCE / (fastloss_index)sizeof(ROW_IN_T);
     lead = lead < n_classes ? lead : n_classes;
     VAL m = ROW(ce_max)(y, n_classes < width ? n_classes : width);
+    /* the next row's first sub-chunk, which its max pass reads alone, from L2 into L1
+     * while this row is read (outside the loop below, which it slowed when there) */
+    if (CE_PREFETCH_NEXT_START && next && call->ahead_to_l2)
+        ROW(ce_prefetch)(next, 0, n_classes < width ? n_classes : width, CE_PREFETCH_LOCALITY);
     for (fastloss_index k = 0, start = 0; start < n_classes; ++k, start += width) {
         const fastloss_index n = n_classes - start < width ? n_classes - start : width;
         const fastloss_index next_start = start + n;
@@ -468,10 +472,6 @@ static void ROW(ce_row_stats_online)(const ce_call *call, const ROW_IN_T *y, con
         const fastloss_index mid = from + (to - from) * CE_PREFETCH_BEFORE / 4;
         if (ahead)
             ROW(ce_prefetch_ahead_to)(y, ahead, n_classes, from, mid, call->ahead_to_l2);
-        /* the next row's first sub-chunk, which its max pass reads alone, from L2 into L1
-         * before this row's last exps */
-        if (CE_PREFETCH_NEXT_START && next && call->ahead_to_l2 && next_start >= n_classes)
-            ROW(ce_prefetch)(next, 0, n_classes < width ? n_classes : width, CE_PREFETCH_LOCALITY);
         m = ROW(ce_exp_next_max)(y + start, n, shift, tile, y + next_start, n_next, NULL);
         if (ahead)
             ROW(ce_prefetch_ahead_to)(y, ahead, n_classes, mid, to, call->ahead_to_l2);
