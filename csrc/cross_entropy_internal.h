@@ -113,16 +113,18 @@ FASTLOSS_INLINE void ce_prefetch_line(const void *p, int locality)
 /*
  * 1: the forward's rows prefetched ahead into L2 (CE_PREFETCH_AHEAD_L2_BYTES) that are not
  * contiguous in memory (a block of classes) also bring the next row's first sub-chunk
- * into L1 (prefetcht0) before the current row's last exps, so that the max pass that
- * reads it alone (ce_row_stats_online) does not wait on L2 at every row's start; 0: not.
- * Measured with a C driver (N=4096, C=50257 float32, 16 blocks, one thread, CPU time,
- * AVX-512, Zen 4, load 3-9, least of 7, five runs alternated): 83.1-86.8 ms without,
- * 76.0-79.9 ms with (the forward about 67-70 ms); issued one sub-chunk earlier,
- * 76.4-78.6 ms (kept as is).  Prefetching (into L2) only the first 0, 8 or 32 lines of
- * the rows ahead instead of all of them made 16 blocks 1.4-2.7x the forward.  (Python,
- * one thread, least of 7, load 5, two runs each: 2 blocks of 500 classes, N=131072,
- * 84.1-84.6 -> 73.3-77.5 ms; but the C=1000 forward, whose rows are contiguous,
- * 54.2-54.4 -> 56.6-59.0 ms: contiguous rows are left out.)
+ * into L1 (prefetcht0) at the start of the current row, so that the max pass that reads
+ * it alone (ce_row_stats_online) does not wait on L2 at every row's start; 0: not.
+ * Measured (N=4096, C=50257 float32, 16 blocks, one thread, CPU time, AVX-512, Zen 4):
+ * issued before the row's last exps, with a C driver (load 3-9, least of 7, five runs
+ * alternated), 83.1-86.8 ms without, 76.0-79.9 ms with (the forward about 67-70 ms), and
+ * one sub-chunk earlier 76.4-78.6 ms; but inside the sub-chunk loop it seemed to slow the
+ * C=1000 forward (Python, 54.5 -> 56.6-59.0 ms, not confirmed later), so it is issued
+ * before the loop: through Python (load 3, least of 5, two runs), 16 blocks 89.5-91.2 ->
+ * 82.0-82.8 ms (1.31-1.32x -> 1.19-1.21x the forward), 4 blocks 73.1-74.0 -> 75.2-75.8
+ * ms (within the noise?), 2 blocks of 500 classes (N=131072) 85.1-89.1 -> 75.0-76.1 ms,
+ * the C=1000 and C=8192 forwards unchanged.  Prefetching (into L2) only the first 0, 8 or
+ * 32 lines of the rows ahead instead of all of them made 16 blocks 1.4-2.7x the forward.
  */
 #ifndef CE_PREFETCH_NEXT_START
 #define CE_PREFETCH_NEXT_START 1
