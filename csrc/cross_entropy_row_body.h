@@ -440,7 +440,7 @@ static void ROW(ce_row_stats_online)(const ce_call *call, const ROW_IN_T *y, con
     lead = lead < n_classes ? lead : n_classes;
     VAL m = ROW(ce_max)(y, n_classes < width ? n_classes : width);
     /* the next row's first sub-chunk, which its max pass reads alone, from L2 into L1
-     * while this row is read (outside the loop below, which it slowed when there) */
+     * while this row is read (before the loop below, whose code stays as without it) */
     if (CE_PREFETCH_NEXT_START && next && call->ahead_to_l2)
         ROW(ce_prefetch)(next, 0, n_classes < width ? n_classes : width, CE_PREFETCH_LOCALITY);
     for (fastloss_index k = 0, start = 0; start < n_classes; ++k, start += width) {
