@@ -159,11 +159,16 @@ static void RUN_ROWS(const RUN_JOB *job, int thread, int n_threads)
             GRAD_T *touch = private_e && (const void *)g != (const void *)x ? g : NULL;
             const STORE_T *ahead = i + ahead_rows < end && ahead_rows
                                        ? x + ahead_rows * logits_row_stride : NULL;
+            /* the row after this one, for the forward's rows prefetched ahead that are not
+             * contiguous in memory (a block of classes): a contiguous next row streams in
+             * on its own (CE_PREFETCH_NEXT_START) */
+            const STORE_T *next = i + 1 < end && prefetch_rows && logits_row_stride != n_classes
+                                      ? x + logits_row_stride : NULL;
             if (block_mode == CE_MODE_BLOCK_GRAD)
                 ROW_SAME(ce_row_rebased)(call_ptr, x, stats.max, e_row, chunk_data, touch);
             else if (!backward || !ROW_SAME(ce_row_shifted)(call_ptr, x, t, lse_in[i], e_row, chunk_data, touch, &stats))
                 ROW_SAME(ce_row_stats)(call_ptr, x, q, weight, t, e_row, (REAL *)tile, chunk_data,
-                                       ahead, touch, &stats);
+                                       ahead, next, touch, &stats);
             if (block_mode != CE_MODE_BLOCK_STATS)
                 ROW_SAME(ce_coefficients)(call_ptr, &stats, target_logit, target_weight, i, &coef);
             /* A finite lse leaves every exp finite: in [0, 1] from the chunks' maxima
@@ -196,7 +201,8 @@ static void RUN_ROWS(const RUN_JOB *job, int thread, int n_threads)
             if (block_mode == CE_MODE_BLOCK_GRAD)
                 ROW_WIDE(ce_row_rebased)(call_ptr, capped, stats.max, e_wide, chunk_data, touch);
             else if (!backward || !ROW_WIDE(ce_row_shifted)(call_ptr, capped, t, lse_in[i], e_wide, chunk_data, touch, &stats))
-                ROW_WIDE(ce_row_stats)(call_ptr, capped, q, weight, t, e_wide, tile, chunk_data, NULL, touch, &stats);
+                ROW_WIDE(ce_row_stats)(call_ptr, capped, q, weight, t, e_wide, tile, chunk_data, NULL, NULL,
+                                       touch, &stats);
             if (block_mode != CE_MODE_BLOCK_STATS)
                 ROW_WIDE(ce_coefficients)(call_ptr, &stats, target_logit, target_weight, i, &coef);
             if (g)

@@ -111,6 +111,25 @@ FASTLOSS_INLINE void ce_prefetch_line(const void *p, int locality)
 #define CE_PREFETCH_BEFORE 2
 #endif
 /*
+ * 1: the forward's rows prefetched ahead into L2 (CE_PREFETCH_AHEAD_L2_BYTES) that are not
+ * contiguous in memory (a block of classes) also bring the next row's first sub-chunk
+ * into L1 (prefetcht0) at the start of the current row, so that the max pass that reads
+ * it alone (ce_row_stats_online) does not wait on L2 at every row's start; 0: not.
+ * Measured (N=4096, C=50257 float32, 16 blocks, one thread, CPU time, AVX-512, Zen 4):
+ * issued before the row's last exps, with a C driver (load 3-9, least of 7, five runs
+ * alternated), 83.1-86.8 ms without, 76.0-79.9 ms with (the forward about 67-70 ms), and
+ * one sub-chunk earlier 76.4-78.6 ms; but inside the sub-chunk loop it seemed to slow the
+ * C=1000 forward (Python, 54.5 -> 56.6-59.0 ms, not confirmed later), so it is issued
+ * before the loop: through Python (load 3, least of 5, two runs), 16 blocks 89.5-91.2 ->
+ * 82.0-82.8 ms (1.31-1.32x -> 1.19-1.21x the forward), 4 blocks 73.1-74.0 -> 75.2-75.8
+ * ms (within the noise?), 2 blocks of 500 classes (N=131072) 85.1-89.1 -> 75.0-76.1 ms,
+ * the C=1000 and C=8192 forwards unchanged.  Prefetching (into L2) only the first 0, 8 or
+ * 32 lines of the rows ahead instead of all of them: 16 blocks 119-183 ms (C driver).
+ */
+#ifndef CE_PREFETCH_NEXT_START
+#define CE_PREFETCH_NEXT_START 1
+#endif
+/*
  * The fused statistics pass of the half rows (their exps in a private row) issues a
  * chunk's prefetches (the next row's logits, the gradient row's lines) between blocks
  * of CE_PREFETCH_BLOCK pairs of classes of its exp loop (ce_exp_next_max), not all

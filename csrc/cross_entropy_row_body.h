@@ -420,11 +420,14 @@ FASTLOSS_INLINE double ROW(ce_chunk_sum)(VAL *e, fastloss_index n, fastloss_inde
  * merge follows.  Narrow rows (a block of a row's classes) gain most: with 2048
  * classes per chunk, a block of 3141 read half its bytes by a max pass alone.
  * Results depend on the row alone (never on threads); they are the chunked pass's
- * within rounding, not bit for bit.
+ * within rounding, not bit for bit.  `ahead` (NULL: none) is the row whose classes are
+ * prefetched `lead` ahead; `next` (NULL: none), the row read after this one, whose first
+ * sub-chunk goes into L1 while this row is read (CE_PREFETCH_NEXT_START).
  */
 static void ROW(ce_row_stats_online)(const ce_call *call, const ROW_IN_T *y, const AUX_T *q,
                                      const AUX_T *weight, fastloss_index target, VAL *tile,
-                                     const ROW_IN_T *ahead, ce_row_stats *stats)
+                                     const ROW_IN_T *ahead, const ROW_IN_T *next,
+                                     ce_row_stats *stats)
 {
     const fastloss_index n_classes = call->n_classes;
     const fastloss_index width = FASTLOSS_CE_ONLINE_CHUNK;
@@ -436,6 +439,10 @@ static void ROW(ce_row_stats_online)(const ce_call *call, const ROW_IN_T *y, con
     fastloss_index lead = CE_PREFETCH_DISTANCE / (fastloss_index)sizeof(ROW_IN_T);
     lead = lead < n_classes ? lead : n_classes;
     VAL m = ROW(ce_max)(y, n_classes < width ? n_classes : width);
+    /* the next row's first sub-chunk, which its max pass reads alone, from L2 into L1
+     * while this row is read (before the loop below, whose code stays as without it) */
+    if (CE_PREFETCH_NEXT_START && next && call->ahead_to_l2)
+        ROW(ce_prefetch)(next, 0, n_classes < width ? n_classes : width, CE_PREFETCH_LOCALITY);
     for (fastloss_index k = 0, start = 0; start < n_classes; ++k, start += width) {
         const fastloss_index n = n_classes - start < width ? n_classes - start : width;
         const fastloss_index next_start = start + n;
@@ -491,11 +498,11 @@ static void ROW(ce_row_stats_online)(const ce_call *call, const ROW_IN_T *y, con
  */
 static void ROW(ce_row_stats)(const ce_call *call, const ROW_IN_T *y, const AUX_T *q,
                               const AUX_T *weight, fastloss_index target, VAL *e_row, VAL *tile,
-                              double *chunk_data, const ROW_IN_T *ahead, GRAD_T *touch,
-                              ce_row_stats *stats)
+                              double *chunk_data, const ROW_IN_T *ahead, const ROW_IN_T *next,
+                              GRAD_T *touch, ce_row_stats *stats)
 {
     if (!e_row) { /* the forward: no exps to keep, one read of the row */
-        ROW(ce_row_stats_online)(call, y, q, weight, target, tile, ahead, stats);
+        ROW(ce_row_stats_online)(call, y, q, weight, target, tile, ahead, next, stats);
         return;
     }
     const fastloss_index n_classes = call->n_classes;
