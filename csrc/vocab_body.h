@@ -582,9 +582,14 @@ FASTLOSS_INLINE void NAME(distill_chunk_of)(const double *student_chunk,
                                             NAME(distill_chunk) *chunk)
 {
     chunk->offset = (REAL)close[0];
+    const double m_s = student_chunk[VOCAB_CHUNK_MAX], m_t = teacher_chunk[VOCAB_CHUNK_MAX];
     /* a chunk with no finite value: shift 0 and every e 0 (its scale is then unused) */
-    chunk->scale_s = (REAL)exp(vocab_chunk_log_scale(student_chunk, student, inv_temperature));
-    chunk->scale_t = (REAL)exp(vocab_chunk_log_scale(teacher_chunk, teacher, inv_temperature));
+    const double shift_s = m_s == -INFINITY ? 0.0 : m_s;
+    const double shift_t = m_t == -INFINITY ? 0.0 : m_t;
+    const double log_scale_s = (shift_s - student->max) * inv_temperature - student->log_sum;
+    const double log_scale_t = (shift_t - teacher->max) * inv_temperature - teacher->log_sum;
+    chunk->scale_s = (REAL)exp(log_scale_s);
+    chunk->scale_t = (REAL)exp(log_scale_t);
 }
 
 typedef struct NAME(distill_job) {
@@ -628,10 +633,16 @@ static size_t NAME(distill_scratch_bytes)(fastloss_index n_chunks, fastloss_inde
  * the lanes of VOCAB_LANES / VOCAB_FOLD (vocab_internal.h: 8 float terms of one sign, then
  * double; the divergence takes no difference of the two sums, distill_offsets), and,
  * with_next, each model's max
- * of the next chunk's element c.  Beside them, in the same lanes, W = the sum of e_t over
- * the elements with |d_c| < DISTILL_A_BELOW (the near ones), from which distill_rows
- * decides whether kappa needs its accurate sum D (distill_kappa_sums, a pass of its own
- * over the kept rows, for close pairs only).
+ * of the next chunk's element c.  Beside them, for kappa, D = sum_c e_s,c expm1(-d_c)
+ * (e_t = e_s exp(-d) in exact arithmetic), by g's series where |d_c| is small and as
+ * e_t - e_s beyond (distill_offsets), in the same lanes: its terms have both signs, and 8
+ * of them in float are within 7 u of the sum of their sizes, where each term already
+ * carries roundings of that order; kappa's error enters the divergence only at second
+ * order (sum_c (q - p) = 0) and the gradients as that of every y_c, of the order of the
+ * difference's own rounding (measured against the float64 kernel, close pairs at 1e-1,
+ * 1e-3, 1e-5: no error grew past 7% of the contract, as with D summed in double).  One
+ * thread, V=50257, N=16, float32, AVX-512, CPU time, loaded machine: forward KL
+ * value_and_grad 1.30 -> 1.24 ns per element.
  */
 #define DISTILL_STATS_STEP(i, j)                                                   \
     do {                                                                           \
@@ -644,12 +655,14 @@ static size_t NAME(distill_scratch_bytes)(fastloss_index n_chunks, fastloss_inde
         const REAL back_ = hi_ - x_s_;                                             \
         const REAL lo_ = ((x_s_ - (hi_ - back_)) - (x_t_ + back_)) - shift_lo;     \
         const REAL d_ = ((hi_ - shift_hi) + (lo_ == lo_ ? lo_ : (REAL)0)) * inv_t; \
+        const REAL w_ = -d_;                                                       \
+        const REAL em_ = w_ + w_ * w_ * NAME(distill_series_of)(w_, DISTILL_A_TERMS); \
         es[i] = e_s_;                                                              \
         et[i] = e_t_;                                                              \
         d[i] = d_;                                                                 \
         part_s[j] += e_s_;                                                         \
         part_t[j] += e_t_;                                                         \
-        part_w[j] += NAME(vocab_abs)(d_) < DISTILL_A_BELOW ? e_t_ : (REAL)0;       \
+        part_d[j] += NAME(vocab_abs)(d_) < DISTILL_A_BELOW ? e_s_ * em_ : e_t_ - e_s_;   \
         if (with_next) {                                                           \
             const REAL v_s_ = LOAD(next_s, i), v_t_ = LOAD(next_t, i);             \
             next_lane_s[j] = next_lane_s[j] < v_s_ ? v_s_ : next_lane_s[j];        \
@@ -658,8 +671,7 @@ static size_t NAME(distill_scratch_bytes)(fastloss_index n_chunks, fastloss_inde
     } while (0)
 
 /* Pass A over a range of a chunk of both rows, n elements (DISTILL_STATS_STEP): the
- * sums of the two models' exps (*sum_s, *sum_t), the near elements' e_t (*sum_w) and,
- * with_next, the maxima of
+ * sums of the two models' exps (*sum_s, *sum_t), D (*sum_d) and, with_next, the maxima of
  * next_s[0, n) and next_t[0, n) (the next chunk streams in from memory while this one's
  * exps are computed), else -inf.  Element c goes to lane c % VOCAB_LANES, the lanes
  * combined pairwise: the same order on every ISA. */
@@ -673,12 +685,12 @@ FASTLOSS_INLINE void NAME(distill_stats_range)(const int with_next,
                                                REAL *FASTLOSS_RESTRICT d,
                                                const STORE_T *FASTLOSS_RESTRICT next_s,
                                                const STORE_T *FASTLOSS_RESTRICT next_t,
-                                               double *sum_s, double *sum_t, double *sum_w,
+                                               double *sum_s, double *sum_t, double *sum_d,
                                                REAL *max_s, REAL *max_t)
 {
     double lane_s[VOCAB_LANES] = {0.0}, lane_t[VOCAB_LANES] = {0.0};
-    double lane_w[VOCAB_LANES] = {0.0};
-    REAL part_s[VOCAB_LANES] = {0}, part_t[VOCAB_LANES] = {0}, part_w[VOCAB_LANES] = {0};
+    double lane_d[VOCAB_LANES] = {0.0};
+    REAL part_s[VOCAB_LANES] = {0}, part_t[VOCAB_LANES] = {0}, part_d[VOCAB_LANES] = {0};
     REAL next_lane_s[VOCAB_LANES], next_lane_t[VOCAB_LANES];
     for (int j = 0; j < VOCAB_LANES; ++j)
         next_lane_s[j] = next_lane_t[j] = -(REAL)INFINITY;
@@ -694,14 +706,14 @@ FASTLOSS_INLINE void NAME(distill_stats_range)(const int with_next,
     do {                                                                    \
         NAME(vocab_fold)(lane_s, part_s);                                   \
         NAME(vocab_fold)(lane_t, part_t);                                   \
-        NAME(vocab_fold)(lane_w, part_w);                                   \
+        NAME(vocab_fold)(lane_d, part_d);                                   \
     } while (0)
     VOCAB_FOLDED_LOOP(n, DISTILL_STATS_STEP, DISTILL_STATS_PREFETCH, DISTILL_STATS_FOLD);
 #undef DISTILL_STATS_FOLD
 #undef DISTILL_STATS_PREFETCH
     *sum_s = vocab_lanes_total(lane_s);
     *sum_t = vocab_lanes_total(lane_t);
-    *sum_w = vocab_lanes_total(lane_w);
+    *sum_d = vocab_lanes_total(lane_d);
     REAL m_s = -(REAL)INFINITY, m_t = -(REAL)INFINITY;
     for (int j = 0; j < VOCAB_LANES; ++j) {
         m_s = next_lane_s[j] > m_s ? next_lane_s[j] : m_s;
@@ -730,9 +742,8 @@ FASTLOSS_INLINE void NAME(distill_record)(double *chunk, REAL max, double sum)
  * exps stay in es_row and et_row (exp((x_c - shift_k) / T), chunk k relative to its own
  * shift), and d_row holds a_s - a_t: the later passes read these three rows (from the
  * cache) and not the logits.  close[3 k], close[3 k + 1] and close[3 k + 2] receive chunk
- * k's shift_s - shift_t (as shift_hi and shift_lo) and W, its near elements' sum of e_t
- * (DISTILL_STATS_STEP), which distill_rows replaces with D (distill_kappa_sums or
- * distill_far_sums) for distill_offsets.
+ * k's shift_s - shift_t (as shift_hi and shift_lo) and D (DISTILL_STATS_STEP) for
+ * distill_offsets.
  */
 FASTLOSS_INLINE void NAME(distill_stats_at)(const STORE_T *xs, const STORE_T *xt,
                                             fastloss_index n_classes, fastloss_index n_chunks,
@@ -758,24 +769,24 @@ FASTLOSS_INLINE void NAME(distill_stats_at)(const STORE_T *xs, const STORE_T *xt
         /* the part with a next element beside each element (all of it but in the row's
          * last chunk, and in the chunk before a short last one) */
         const fastloss_index both = n < n_next ? n : n_next;
-        double sum_s, sum_t, sum_w;
+        double sum_s, sum_t, sum_d;
         REAL next_max_s, next_max_t;
         NAME(distill_stats_range)(1, xs + start, xt + start, both, shift_s, shift_t,
                                   shift_hi, shift_lo, inv_t, es_row + start, et_row + start,
                                   d_row + start,
-                                  xs + next_start, xt + next_start, &sum_s, &sum_t, &sum_w,
+                                  xs + next_start, xt + next_start, &sum_s, &sum_t, &sum_d,
                                   &next_max_s, &next_max_t);
         if (both < n) { /* the row's last chunk (no next) or a short next chunk */
-            double rest_s, rest_t, rest_w;
+            double rest_s, rest_t, rest_d;
             REAL unused_s, unused_t;
             NAME(distill_stats_range)(0, xs + start + both, xt + start + both, n - both,
                                       shift_s, shift_t, shift_hi, shift_lo, inv_t,
                                       es_row + start + both,
                                       et_row + start + both, d_row + start + both, NULL,
-                                      NULL, &rest_s, &rest_t, &rest_w, &unused_s, &unused_t);
+                                      NULL, &rest_s, &rest_t, &rest_d, &unused_s, &unused_t);
             sum_s += rest_s;
             sum_t += rest_t;
-            sum_w += rest_w;
+            sum_d += rest_d;
         }
         if (both < n_next) {
             const REAL rest_s = NAME(vocab_max)(xs + next_start + both, n_next - both);
@@ -787,7 +798,7 @@ FASTLOSS_INLINE void NAME(distill_stats_at)(const STORE_T *xs, const STORE_T *xt
         NAME(distill_record)(teacher_chunks + k * VOCAB_CHUNK_FIELDS, m_t, sum_t);
         close[3 * k] = (double)shift_hi;
         close[3 * k + 1] = (double)shift_lo;
-        close[3 * k + 2] = sum_w;
+        close[3 * k + 2] = sum_d;
         m_s = next_max_s;
         m_t = next_max_t;
     }
@@ -810,98 +821,6 @@ static void NAME(distill_stats)(const STORE_T *xs, const STORE_T *xt, fastloss_i
     else
         NAME(distill_stats_at)(xs, xt, n_classes, n_chunks, inv_temperature, es_row, et_row,
                                d_row, student_chunks, teacher_chunks, close, student, teacher);
-}
-
-/*
- * kappa's sums D_k = sum_c e_s,c expm1(-d_c) (distill_offsets) for a close pair: each
- * element's term by expm1's series where |d_c| < DISTILL_A_BELOW (e_t - e_s there would
- * carry both exps' roundings, of the order of e_t, into a term of the order of e_t d_c)
- * and as e_t - e_s beyond, in the float lanes (8 terms, then double; its terms have both
- * signs, and 8 of them in float are within 7 u of the sum of their sizes, where each term
- * already carries roundings of that order: kappa's error enters the divergence only at
- * second order, sum_c (q - p) = 0, and the gradients as that of every y_c, of the order of
- * the difference's own rounding).  Read from the rows pass A kept, over pass A's ranges
- * (distill_stats_at: a chunk's part beside the next chunk, then its rest), element c in
- * lane c % VOCAB_LANES: the sums pass A itself took before (session 26), bit for bit.
- */
-#define DISTILL_KAPPA_STEP(i, j)                                                          \
-    do {                                                                                  \
-        const REAL d_ = d[i], w_ = -d_;                                                   \
-        const REAL em_ = w_ + w_ * w_ * NAME(distill_series_of)(w_, DISTILL_A_TERMS);     \
-        part_d[j] += NAME(vocab_abs)(d_) < DISTILL_A_BELOW ? es[i] * em_ : et[i] - es[i]; \
-    } while (0)
-FASTLOSS_INLINE double NAME(distill_kappa_range)(const REAL *FASTLOSS_RESTRICT es,
-                                                 const REAL *FASTLOSS_RESTRICT et,
-                                                 const REAL *FASTLOSS_RESTRICT d,
-                                                 fastloss_index n)
-{
-    double lane_d[VOCAB_LANES] = {0.0};
-    REAL part_d[VOCAB_LANES] = {0};
-#define DISTILL_KAPPA_FOLD() NAME(vocab_fold)(lane_d, part_d)
-    VOCAB_FOLDED_LOOP(n, DISTILL_KAPPA_STEP, VOCAB_NO_PREFETCH, DISTILL_KAPPA_FOLD);
-#undef DISTILL_KAPPA_FOLD
-    return vocab_lanes_total(lane_d);
-}
-#undef DISTILL_KAPPA_STEP
-
-static void NAME(distill_kappa_sums)(const REAL *es_row, const REAL *et_row, const REAL *d_row,
-                                     fastloss_index n_classes, fastloss_index n_chunks,
-                                     double *close)
-{
-    for (fastloss_index k = 0; k < n_chunks; ++k) {
-        const fastloss_index start = k * FASTLOSS_VOCAB_CHUNK;
-        const fastloss_index n = fastloss_vocab_chunk_length(n_classes, start);
-        const fastloss_index n_next = fastloss_vocab_chunk_length(n_classes, start + n);
-        const fastloss_index both = n < n_next ? n : n_next;
-        double sum = NAME(distill_kappa_range)(es_row + start, et_row + start, d_row + start,
-                                               both);
-        if (both < n)
-            sum += NAME(distill_kappa_range)(es_row + start + both, et_row + start + both,
-                                             d_row + start + both, n - both);
-        close[3 * k + 2] = sum;
-    }
-}
-
-/*
- * Close pair or far (distill_rows): the share of the teacher's probability on the near
- * elements (W_k, close[3 k + 2] as pass A left it, times chunk k's scale).  Where it is
- * at most DISTILL_FAR_SHARE, D_k is taken as S_t,k - S_s,k (distill_far_sums), pass A's
- * own sums, which that pass no longer splits by element: it differs from
- * distill_kappa_sums' D_k only in the near terms, e_t - e_s for e_s expm1(-d) (exact in
- * float there: e_t / e_s lies within [1/2, 2]), that is by the two exps' roundings of
- * those e_t (in float at most 2 x 1.75e-7 of each, FASTLOSS_EXPF5_REL_ERROR) and the series'
- * (3 u): kappa, so every y_c, moves by at most 5.3e-7 x 1/8 = 6.6e-8, about the rounding
- * of y_c = d_c + offset where |y_c| is 1 (u |y_c|), on a row with at least 7/8 of the
- * teacher's probability on elements whose |d_c| is 1/2 or more, where kappa carries the
- * roundings of those elements' exps anyway; the sums S themselves scale every q and p.
- * A close pair (more than 1/8 near, or a share that is not a number) gets the accurate
- * sums, its results bit for bit those of session 26.  A row's decision depends on that
- * row alone (not on the threads).  One thread, N=16, V=50257, float32, AVX-512, CPU time:
- * forward KL value_and_grad 1.22 -> 1.07 ns per element (the bench's pair: about 4% of
- * the teacher's probability near).
- */
-#define DISTILL_FAR_SHARE 0.125
-static int NAME(distill_is_close)(const double *teacher_chunks, const double *close,
-                                  fastloss_index n_chunks, double inv_temperature,
-                                  const vocab_row_stats *teacher)
-{
-    double share = 0.0;
-    for (fastloss_index k = 0; k < n_chunks; ++k) {
-        const double near = close[3 * k + 2];
-        if (near != 0.0) /* a chunk with no near element may have no finite scale */
-            share += near * exp(vocab_chunk_log_scale(teacher_chunks + k * VOCAB_CHUNK_FIELDS,
-                                                      teacher, inv_temperature));
-    }
-    return !(share <= DISTILL_FAR_SHARE);
-}
-
-/* D_k of a far pair (distill_is_close): S_t,k - S_s,k, into close[3 k + 2] */
-static void NAME(distill_far_sums)(const double *student_chunks, const double *teacher_chunks,
-                                   fastloss_index n_chunks, double *close)
-{
-    for (fastloss_index k = 0; k < n_chunks; ++k)
-        close[3 * k + 2] = teacher_chunks[k * VOCAB_CHUNK_FIELDS + VOCAB_CHUNK_SUM] -
-                           student_chunks[k * VOCAB_CHUNK_FIELDS + VOCAB_CHUNK_SUM];
 }
 
 /*
@@ -1016,8 +935,7 @@ static void NAME(distill_offsets)(const double *student_chunks, double *close,
                     STORE(gs, i, scale_s * (abs_y < DISTILL_SERIES_BELOW ? p * (y + g)      \
                                                                          : q - p));         \
             } else {                                                                        \
-                STORE(gt, i, grad_unit_t * (e_t == (REAL)0 ? (REAL)0                        \
-                                                           : e_t * -(d[i] + offset_kl_t))); \
+                STORE(gt, i, scale_t * (e_t == (REAL)0 ? (REAL)0 : p * (-y - kl_t)));       \
             }                                                                               \
         } else if (divergence == FASTLOSS_DIVERGENCE_REVERSE_KL) {                          \
             if (!pass_c) {                                                                  \
@@ -1029,8 +947,7 @@ static void NAME(distill_offsets)(const double *student_chunks, double *close,
                     STORE(gt, i, scale_t * (abs_y < DISTILL_SERIES_BELOW ? q * (z + g)      \
                                                                          : p - q));         \
             } else {                                                                        \
-                STORE(gs, i, grad_unit_s * (e_s == (REAL)0 ? (REAL)0                        \
-                                                           : e_s * (d[i] + offset_kl_s))); \
+                STORE(gs, i, scale_s * (e_s == (REAL)0 ? (REAL)0 : q * (y - kl_s)));        \
             }                                                                               \
         } else if (!pass_c) {                                                               \
             const int near = abs_y < DISTILL_JSD_SERIES_BELOW;                              \
@@ -1108,12 +1025,6 @@ FASTLOSS_INLINE void NAME(distill_range)(const int divergence, const int pass_c,
     const REAL u_of_y = row->u_of_y, v_of_y = row->v_of_y;
     const REAL log_beta = row->log_beta, log_beta_c = row->log_beta_c;
     const REAL kl_s = row->kl_s, kl_t = row->kl_t;
-    /* the KLs' pass C: scale q = (scale unit_s) e_s, y - K_s = d + (offset - K_s) and
-     * -y - K_t = -(d + (offset + K_t)), the factors constants of the chunk (two operations
-     * fewer per element than q, y and the difference formed one by one; one rounding of
-     * y - K_s fewer) */
-    const REAL grad_unit_s = scale_s * unit_s, grad_unit_t = scale_t * unit_t;
-    const REAL offset_kl_s = offset - kl_s, offset_kl_t = offset + kl_t;
     double lane_s[VOCAB_LANES] = {0.0}, lane_t[VOCAB_LANES] = {0.0};
     double lane_l[VOCAB_LANES] = {0.0};
     REAL part_s[VOCAB_LANES] = {0}, part_t[VOCAB_LANES] = {0}, part_l[VOCAB_LANES] = {0};
@@ -1294,10 +1205,6 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
         vocab_row_stats student, teacher;
         NAME(distill_stats)(xs, xt, n_classes, n_chunks, inv_temperature, es_row, et_row,
                             d_row, student_chunks, teacher_chunks, close, &student, &teacher);
-        if (NAME(distill_is_close)(teacher_chunks, close, n_chunks, inv_temperature, &teacher))
-            NAME(distill_kappa_sums)(es_row, et_row, d_row, n_classes, n_chunks, close);
-        else
-            NAME(distill_far_sums)(student_chunks, teacher_chunks, n_chunks, close);
         NAME(distill_offsets)(student_chunks, close, n_chunks, inv_temperature, &student,
                               &teacher);
         /* A row with no finite log-sum-exp (a +inf or NaN logit, or every logit -inf)
@@ -1396,7 +1303,6 @@ int DISTILL_RUN(const fastloss_vocab_options *options, const void *student_data,
 #undef DISTILL_IN_DOUBLE
 #undef DISTILL_A_BELOW
 #undef DISTILL_A_TERMS
-#undef DISTILL_FAR_SHARE
 #undef DISTILL_G
 #undef DISTILL_JSD_TERMS
 #undef DISTILL_JSD_F_TERMS

@@ -203,15 +203,6 @@ static inline void vocab_merge_chunks(const double *chunk_data, fastloss_index n
     stats->others = others;
 }
 
-/* log of the factor that turns chunk k's exps (relative to its own max, shift 0 for a
- * chunk of -inf) into probabilities: (shift_k - M) / T - log S */
-static inline double vocab_chunk_log_scale(const double *chunk, const vocab_row_stats *stats,
-                                           double inv_temperature)
-{
-    const double m = chunk[VOCAB_CHUNK_MAX];
-    return ((m == -INFINITY ? 0.0 : m) - stats->max) * inv_temperature - stats->log_sum;
-}
-
 #define FASTLOSS_TLP_RUN_SIGNATURE                                                          \
     (const fastloss_vocab_options *options, const void *logits_data,                        \
      fastloss_index logits_row_stride, const int64_t *target, double *log_prob,             \
