@@ -64,19 +64,16 @@ def test_sums_are_the_rows_added_in_order(kind, rows, cols, stride_extra, simd_p
 @pytest.mark.parametrize("kind", KINDS)
 def test_inputs_are_not_modified_and_nan_and_inf_propagate(kind):
     rng = np.random.default_rng(3)
-    values, bits, values64 = make(kind, 4, 40, rng)
+    values, bits, _ = make(kind, 4, 40, rng)
+    values = values.copy()
     if bits is None:
-        values = values.copy()
         values[1, 3], values[2, 5], values[0, 6], values[3, 6] = np.nan, np.inf, np.inf, -np.inf
-    else:
-        values = values.copy()
-        values[1, 3] = np.int16(0x7FC0)        # NaN
-        values[2, 5] = np.int16(0x7F80)        # +inf
-        values[0, 6] = np.int16(0x7F80)
-        values[3, 6] = np.uint16(0xFF80).view(np.int16)  # -inf
-        values64 = bfloat16_values(values)
-    if bits is None:
         values64 = values.astype(np.float64)
+    else:  # bfloat16 patterns: NaN, +inf, +inf, -inf
+        for (r, c), pattern in {(1, 3): 0x7FC0, (2, 5): 0x7F80, (0, 6): 0x7F80,
+                                (3, 6): 0xFF80}.items():
+            values[r, c] = np.uint16(pattern).view(np.int16)
+        values64 = bfloat16_values(values)
     before = values.copy()
     acc = np.zeros(40)
     _kernels.column_sums(values, acc, 2, bits=bits)
