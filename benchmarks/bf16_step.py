@@ -10,11 +10,14 @@ classes)`` on a batch of ``rows``. The variants differ only in the loss:
 - fastloss: ``fastloss.torch.cross_entropy`` (and with ``inplace_backward=True``, the
   gradient written over the logits' storage);
 - fastloss linear: ``fastloss.torch.linear_cross_entropy`` on the bfloat16 hidden states
-  and classifier, the N x V logits never formed whole.
+  and classifier, the N x V logits never formed whole (blocks of rows from the memory
+  budget; and in one block of all N rows, whose products are whole ones).
 
 Printed: the CPU and whether it has AMX (whose bfloat16 products make the loss the larger
-part of the step), the bfloat16 product ``x @ W.T`` alone, and each variant's median step
-time with its speed-up over torch's step.
+part of the step), the bfloat16 product ``x @ W.T`` alone, each variant's median step
+time with its speed-up over torch's step, and the bound: the same step with the logits'
+gradient given instead of computed by a loss (products, bias and SGD only), the fastest
+step any loss could give.
 """
 import argparse
 import json
@@ -66,6 +69,16 @@ def main(argv=None):
             opt.step()
         return run
 
+    # the step with a free loss: the logits' gradient is given (made once, outside the
+    # timing), so only the products, the bias's add and sum, and SGD remain: no loss,
+    # fused or not, can make a step faster than this
+    given_grad = torch.randn(args.rows, args.classes, dtype=torch.bfloat16) / args.rows
+
+    def bound_step():
+        opt.zero_grad(set_to_none=True)
+        model(x).backward(given_grad)
+        opt.step()
+
     variants = {
         "torch F.cross_entropy": lambda: F.cross_entropy(model(x), target),
         "fastloss.torch.cross_entropy": lambda: ft.cross_entropy(
@@ -74,6 +87,9 @@ def main(argv=None):
             model(x), target, inplace_backward=True, num_threads=threads),
         "fastloss.torch.linear_cross_entropy": lambda: ft.linear_cross_entropy(
             x, model.weight, target, linear_bias=model.bias, num_threads=threads),
+        "fastloss.torch.linear_cross_entropy, one block": lambda: ft.linear_cross_entropy(
+            x, model.weight, target, linear_bias=model.bias, block_rows=args.rows,
+            num_threads=threads),
     }
     model_name, flags = cpu_model(), _half_flags()
     weight = model.weight.detach()
@@ -91,6 +107,10 @@ def main(argv=None):
         base = base or ms
         results["steps"][name] = ms
         print(f"{name:48s} {ms:9.1f} ms  {base / ms:5.2f}x torch's step", flush=True)
+    bound_ms = median_ms(bound_step, args.repeat, warmup=2)
+    results["bound_ms"] = bound_ms
+    print(f"{'bound: no loss (the logits gradient given)':48s} {bound_ms:9.1f} ms  "
+          f"{base / bound_ms:5.2f}x torch's step (the most any loss can reach)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
