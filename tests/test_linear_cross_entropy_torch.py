@@ -423,3 +423,38 @@ def test_adapter_peak_memory_is_the_scratch_whatever_V(tmp_path):
     assert large <= 0.05 * n_rows * large_v * 4, large / MiB
     vectors = (2 * THREADS + 3) * 8 * (large_v - small_v)
     assert large <= small + vectors + MiB // 2, (small / MiB, large / MiB, vectors / MiB)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16,
+                                   torch.float16])
+def test_gradients_in_numpy_memory_behave_as_torch_own(dtype):
+    """The adapter's gradients and scratch are tensors over NumPy-allocated memory (NumPy
+    asks for transparent huge pages, torch's allocator does not): of the input's dtype
+    and shape, contiguous and writable; they accumulate over two backwards into .grad
+    (the second adds to the first, as torch does) and a Module holding them moves to
+    shared memory."""
+    from fastloss.torch import _empty
+    buffer = _empty((3, 5), dtype)
+    assert (buffer.dtype, buffer.shape, buffer.is_contiguous()) == (dtype, (3, 5), True)
+    buffer.fill_(2.0)
+    assert buffer.float().sum().item() == 30.0
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(8, 11).to(dtype)
+    hidden = torch.randn(6, 8, dtype=dtype, requires_grad=True)
+    target = torch.randint(0, 11, (6,))
+
+    def backward():
+        FL.linear_cross_entropy(hidden, layer.weight, target, linear_bias=layer.bias,
+                                block_rows=4).backward()
+
+    backward()
+    first = {name: p.grad.clone() for name, p in
+             (("hidden", hidden), ("classifier", layer.weight), ("bias", layer.bias))}
+    backward()
+    for name, p in (("hidden", hidden), ("classifier", layer.weight), ("bias", layer.bias)):
+        assert p.grad.dtype == dtype and p.grad.shape == p.shape, name
+        # the same gradient twice: the sum is twice the first, rounded once
+        assert torch.equal(p.grad, first[name] + first[name]), name
+    layer.share_memory()
+    assert layer.weight.grad.is_shared() and layer.bias.grad.is_shared()

@@ -19,7 +19,7 @@ from fastloss import _kernels
 from fastloss._config import resolve_num_threads
 from fastloss._validation import reduction_arg
 from fastloss.linear_cross_entropy import _budget_block_rows, _Problem, _schedule
-from fastloss.torch import (_FLOAT_DTYPES, _HALF_DTYPES, _cpu_tensor, _loss_tensor,
+from fastloss.torch import (_FLOAT_DTYPES, _HALF_DTYPES, _cpu_tensor, _empty, _loss_tensor,
                             _numpy, _upstream)
 
 __all__ = ["linear_cross_entropy", "LinearCrossEntropyLoss"]
@@ -55,13 +55,11 @@ class _TorchProducts:
         n_rows, n_features = hidden.shape
         n_classes = classifier.shape[0]
         dtype = hidden.dtype
-        self.scratch_tensor = torch.empty((min(rows_per_block, max(n_rows, 1)), n_classes),
-                                          dtype=dtype)
+        self.scratch_tensor = _empty((min(rows_per_block, max(n_rows, 1)), n_classes), dtype)
         self.scratch = _kernel_view(self.scratch_tensor)
         self.bits = "bfloat16" if dtype == torch.bfloat16 else None
-        self.grad_hidden = (torch.empty((n_rows, n_features), dtype=dtype)
-                            if "hidden" in want else None)
-        self.grad_classifier = (torch.empty((n_classes, n_features), dtype=dtype)
+        self.grad_hidden = _empty((n_rows, n_features), dtype) if "hidden" in want else None
+        self.grad_classifier = (_empty((n_classes, n_features), dtype)
                                 if "classifier" in want else None)
         self.bias_sums = (np.zeros(n_classes, np.float64)
                           if "bias" in want and bias is not None else None)

@@ -18,7 +18,7 @@ from torch.autograd.function import once_differentiable
 from fastloss._config import resolve_num_threads
 from fastloss.linear_cross_entropy import _block_rows
 from fastloss.linear_token_log_probs import _problem, _run, _schedule, _upstreams
-from fastloss.torch import _FLOAT_DTYPES, _HALF_DTYPES, _cpu_tensor, _numpy
+from fastloss.torch import _FLOAT_DTYPES, _HALF_DTYPES, _cpu_tensor, _empty, _numpy
 from fastloss.torch._linear_cross_entropy import _kernel_view, _TorchProducts
 
 __all__ = ["linear_token_log_probs", "LinearTokenLogProbs"]
@@ -37,7 +37,8 @@ class _TorchHalfBlocks(_TorchProducts):
 
     def __init__(self, hidden, classifier, bias, rows_per_block, threads, want=()):
         super().__init__(hidden, classifier, bias, rows_per_block, threads, want)
-        self.other_tensor = torch.empty_like(self.scratch_tensor) if want else None
+        self.other_tensor = (_empty(self.scratch_tensor.shape, self.scratch_tensor.dtype)
+                             if want else None)
         self.other = None if self.other_tensor is None else _kernel_view(self.other_tensor)
 
     def gradient(self, n_rows):
