@@ -428,9 +428,10 @@ def test_adapter_peak_memory_is_the_scratch_whatever_V(tmp_path):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16,
                                    torch.float16])
 def test_gradients_in_numpy_memory_behave_as_torch_own(dtype):
-    """The adapter's gradients and scratch are tensors over NumPy-allocated memory (NumPy
-    asks for transparent huge pages, torch's allocator does not): of the input's dtype
-    and shape, contiguous and writable; they accumulate over two backwards into .grad
+    """The adapter's gradients and scratch are tensors over memory from fastloss's
+    allocator of large outputs (huge pages and the kept block, as the NumPy API's
+    gradients; torch's allocator advises no huge pages): of the input's dtype and shape,
+    contiguous and writable; they accumulate over two backwards into .grad
     (the second adds to the first, as torch does) and a Module holding them moves to
     shared memory."""
     from fastloss.torch import _empty

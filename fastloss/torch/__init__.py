@@ -198,15 +198,17 @@ _STORAGE_DTYPES = {**_NUMPY_DTYPES, torch.float16: np.float16, torch.bfloat16: n
 
 
 def _empty(shape, dtype):
-    """``torch.empty(shape, dtype=dtype)`` over memory that NumPy allocates.
+    """``torch.empty(shape, dtype=dtype)`` over memory from fastloss's allocator of large
+    outputs (``_kernels.empty``: huge pages advised, and the kept block of the last large
+    buffer freed; docs/memory.rst), as the NumPy API's gradients are.
 
-    NumPy asks Linux for transparent huge pages on large arrays (madvise); torch's CPU
-    allocator does not, and the first touch of each 4 KiB page of a fresh allocation is a
-    page fault. On a virtual machine that costs more than writing the memory: a fresh
-    128 MiB tensor filled by one thread took 65 ms of CPU time, the same from np.empty
-    13 ms (2-core Zen 4 VM, 2026-11-28). The adapter's own large buffers (the linear
-    cross-entropy's gradients and scratch) come from here, as the NumPy API's outputs do."""
-    tensor = torch.from_numpy(np.empty(shape, _STORAGE_DTYPES[dtype]))
+    torch's CPU allocator advises no huge pages, and the first touch of each 4 KiB page
+    of a fresh allocation is a page fault. On a virtual machine that costs more than
+    writing the memory: a fresh 128 MiB tensor filled by one thread took 65 ms of CPU
+    time from torch.empty, 13 ms from huge pages (2-core Zen 4 VM, 2026-11-28). The
+    adapter's own large buffers (the linear cross-entropy's gradients and scratch) come
+    from here."""
+    tensor = torch.from_numpy(_kernels.empty(shape, _STORAGE_DTYPES[dtype]))
     return tensor.view(torch.bfloat16) if dtype == torch.bfloat16 else tensor
 
 
