@@ -220,7 +220,7 @@ class _Problem:
                     if outs[name] is not None:
                         out_arg(outs[name], self.input_shapes[index], self.input_dtypes[index],
                                 f"out ({name})")
-                    buffers[index] = np.empty(n, dtype=self.dtype)
+                    buffers[index] = _kernels.empty((n,), self.dtype)
             if "weight" in names and outs["weight"] is not None:
                 out_arg(outs["weight"], self.weight_array.shape, self.weight_array.dtype,
                         "out (weight)")
@@ -342,7 +342,7 @@ class _Problem:
         if out is None:
             if not direct:
                 return np.empty(self.pred.size, dtype=self.dtype), None
-            grad = np.empty(self.shape, dtype=self.dtype)
+            grad = _kernels.empty(self.shape, self.dtype)
             return grad.reshape(-1), grad
         out_arg(out, self.pred_shape, self.pred_dtype)
         if direct and out.flags.c_contiguous:

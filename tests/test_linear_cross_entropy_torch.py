@@ -427,7 +427,7 @@ def test_adapter_peak_memory_is_the_scratch_whatever_V(tmp_path):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16,
                                    torch.float16])
-def test_gradients_in_numpy_memory_behave_as_torch_own(dtype):
+def test_gradients_in_fastloss_memory_behave_as_torch_own(dtype):
     """The adapter's gradients and scratch are tensors over memory from fastloss's
     allocator of large outputs (huge pages and the kept block, as the NumPy API's
     gradients; torch's allocator advises no huge pages): of the input's dtype and shape,

@@ -236,3 +236,36 @@ def test_the_measurement_sees_a_c_malloc():
     logits_bytes = 2048 * 32768 * 4
     extra, returned = extra_resident_bytes("cross_entropy in place", c_malloc=logits_bytes // 10)
     assert extra - returned > SLACK, f"a 25.6 MiB C malloc was not seen: {extra / MiB:.1f} MiB"
+
+
+@pytest.mark.parametrize("wrt", ["x1", ("x1", "x2")])
+def test_a_freed_elementwise_gradient_serves_the_next_one(wrt):
+    # As cross-entropy's (tests/test_torch_cross_entropy.py): the gradients of the
+    # pointwise losses (8 MiB here, every input's) come from the allocator of large
+    # outputs, so the block of the last one freed is reused by the next call of its size.
+    fastloss.release_memory()
+    rng = np.random.default_rng(0)
+    x1, x2 = rng.standard_normal((2, 1 << 21)).astype(np.float32)
+    target = np.sign(rng.standard_normal(1 << 21)).astype(np.float32)
+
+    def grads():
+        result = fastloss.margin_ranking_grad(x1, x2, target, wrt=wrt)
+        return result if isinstance(result, tuple) else (result,)
+
+    def owner(array):  # the object that owns a view's memory
+        while isinstance(array, np.ndarray):
+            array = array.base
+        return array
+
+    first = grads()
+    assert not any(owner(grad).reused for grad in first)
+    expected = [grad.copy() for grad in first]
+    pointers = {grad.__array_interface__["data"][0] for grad in first}
+    del first
+    second = grads()
+    # the block of the last one freed is kept, and the next call's first request of its
+    # size (the first gradient it allocates) takes it
+    assert second[0].__array_interface__["data"][0] in pointers and owner(second[0]).reused
+    assert all(np.array_equal(grad, value) for grad, value in zip(second, expected))
+    del second
+    assert fastloss.release_memory() >= x1.nbytes
