@@ -261,7 +261,8 @@ int fastloss_cross_entropy_from_stats(const fastloss_ce_options *options, const 
             loss_per_row[i] = row_ce[i] + row_z[i];
     if (loss) {
         const double ce_total = fastloss_sum_float64(row_ce, n_rows);
-        const double z_total = fastloss_sum_float64(row_z, n_rows);
+        /* without a z-loss every row's term is 0.0 exactly (ce_coefficients) */
+        const double z_total = options->z_loss > 0.0 ? fastloss_sum_float64(row_z, n_rows) : 0.0;
         if (options->reduction == FASTLOSS_REDUCTION_MEAN)
             *loss = ce_total / weight_sum + (options->z_loss > 0.0 ? z_total / n_valid : 0.0);
         else

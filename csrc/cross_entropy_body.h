@@ -260,24 +260,44 @@ int RUN(int block_mode, const double *stats_in, double *stats_out,
                                                                       : n_classes;
     double n_valid = (double)n_rows, weight_sum = (double)n_rows;
     if (!soft) {
-        n_valid = 0.0;
-        weight_sum = 0.0;
+        /* The count and the check in one vector loop: a chain of double adds of 1.0
+         * cost 4 cycles a row, 12% of a call at N=65536, C=10.  A count of ones is
+         * the sum of ones exactly (below 2**53), so the bits are the same. */
+        const int64_t ignore_index = options->ignore_index;
+        const uint64_t n_targets = (uint64_t)total_classes;
+        fastloss_index count = 0;
+        int bad = 0;
+#pragma omp simd reduction(+ : count) reduction(| : bad)
         for (fastloss_index i = 0; i < n_rows; ++i) {
             const int64_t t = target[i];
-            if (t == options->ignore_index)
-                continue;
-            if (t < 0 || t >= total_classes) {
-                if (options->bad_target)
-                    *options->bad_target = i;
-                return FASTLOSS_ERROR_BAD_TARGET;
+            const int kept = t != ignore_index;
+            count += kept;
+            bad |= kept & ((uint64_t)t >= n_targets);
+        }
+        if (bad) {
+            for (fastloss_index i = 0; i < n_rows; ++i) {
+                const int64_t t = target[i];
+                if (t != ignore_index && (t < 0 || t >= total_classes)) {
+                    if (options->bad_target)
+                        *options->bad_target = i;
+                    return FASTLOSS_ERROR_BAD_TARGET;
+                }
             }
-            n_valid += 1.0;
-            /* a block's gradient: w_t from the merged statistics (t may be in another
-             * block); a block's statistics need no denominator */
-            if (block_mode == CE_MODE_BLOCK_GRAD)
-                weight_sum += stats_in[FASTLOSS_CE_STAT_TARGET_WEIGHT * n_rows + i];
-            else if (block_mode == CE_MODE_ROWS)
-                weight_sum += weight ? (double)AUX_LOAD(weight, t) : 1.0;
+        }
+        n_valid = (double)count;
+        /* a block's gradient: w_t from the merged statistics (t may be in another
+         * block); a block's statistics need no denominator; rows without class
+         * weights: the count */
+        weight_sum = block_mode == CE_MODE_ROWS && !weight ? n_valid : 0.0;
+        if (block_mode == CE_MODE_BLOCK_GRAD || (block_mode == CE_MODE_ROWS && weight)) {
+            for (fastloss_index i = 0; i < n_rows; ++i) {
+                const int64_t t = target[i];
+                if (t == ignore_index)
+                    continue;
+                weight_sum += block_mode == CE_MODE_BLOCK_GRAD
+                                  ? stats_in[FASTLOSS_CE_STAT_TARGET_WEIGHT * n_rows + i]
+                                  : (double)AUX_LOAD(weight, t);
+            }
         }
     }
 
@@ -406,7 +426,8 @@ int RUN(int block_mode, const double *stats_in, double *stats_out,
             loss_per_row[i] = row_ce[i] + row_z[i];
     if (loss && !backward) {
         const double ce_total = fastloss_sum_float64(row_ce, n_rows);
-        const double z_total = fastloss_sum_float64(row_z, n_rows);
+        /* without a z-loss every row's term is 0.0 exactly (ce_coefficients) */
+        const double z_total = options->z_loss > 0.0 ? fastloss_sum_float64(row_z, n_rows) : 0.0;
         if (options->reduction == FASTLOSS_REDUCTION_MEAN)
             *loss = ce_total / weight_sum + (options->z_loss > 0.0 ? z_total / n_valid : 0.0);
         else
