@@ -278,7 +278,7 @@ def _grad_outputs(out, problem, want, dtype=None):
     names = [name for name in ("hidden", "classifier", "bias")
              if name != "bias" or problem.bias is not None]
     if out is None:
-        return {name: (np.empty(shapes[name], dtype) if name in want else None)
+        return {name: (_kernels.empty(shapes[name], dtype) if name in want else None)
                 for name in names}
     if not isinstance(out, tuple) or len(out) != len(names):
         raise TypeError(f"out: expected a tuple of {len(names)} arrays (the gradients of "
