@@ -500,7 +500,7 @@ class _Triplet:
         for index, (shape, dtype) in enumerate(zip(self.shapes, self.dtypes)):
             direct = shape == full and dtype == kernel_dtype
             if direct and out is None:  # a fresh gradient, laid out as the rows
-                returned = np.empty(shape, dtype)
+                returned = _kernels.empty(shape, dtype)
                 buffers.append((returned.reshape(self.n_rows, self.dim), returned))
                 continue
             if direct:
