@@ -110,6 +110,10 @@ enum {
     } while (0)
 #define VOCAB_NO_PREFETCH(v) ((void)(v))
 
+/* The products e a of the entropy's W = sum e a in vocab_body.h's vocab_range: none,
+ * as they are, or with a floor under a (a masked class adds 0, not 0 * -inf). */
+enum { VOCAB_W_NONE = 0, VOCAB_W_PLAIN = 1, VOCAB_W_FLOORED = 2 };
+
 /* The total of VOCAB_LANES double lanes, in a fixed order. */
 static inline double vocab_lanes_total(const double *lane)
 {

@@ -130,6 +130,54 @@ def test_masked_classes_and_one_class(dtype):
                                                 grad_entropy=1.0) == 0)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("temperature", [1.0, 0.8])
+def test_masked_classes_in_every_range_on_every_simd_path(simd_path, rng, dtype, temperature):
+    """-inf logits (e = 0, e a = 0 log 0 = 0 in the entropy's W = sum e a) in every range
+    the statistics pass splits a row into: before and after the target in its chunk, the
+    part read beside the next chunk, the last chunk; and a finite logit whose shifted
+    value a = x - max overflows to -inf.  Such ranges take W again with a floor under a
+    (vocab_body.h, VOCAB_W_FLOORED); values and gradients against the reference, the
+    same bits from the forward, value_and_grad and any thread count."""
+    n_classes = 3 * 2048 + 100
+    logits, _ = _inputs(rng, (5, n_classes), dtype, ignored=False)
+    target = np.array([1000, 2048 + 5, 4096 + 500, 30, 100])
+    logits[0, [3, 999, 1001, 2047]] = -np.inf            # around the target, chunk 0
+    logits[1, [2048, 2052, 3000, 4096, 6000]] = -np.inf   # target chunk, next, rest
+    logits[2, [4100, 6100]] = -np.inf                     # beside the short next chunk
+    logits[2, 6144:6144 + 50] = -np.inf                   # the short last chunk
+    logits[2, -3:] = -np.inf
+    logits[3, ::97] = -np.inf                             # every chunk, every range
+    logits[3, 30] = 1.0
+    big = np.finfo(dtype).max / 2 * 1.5
+    logits[4, 100] = big                                  # the max, and a finite logit
+    logits[4, [200, 2100, 5000]] = -big                   # whose x - max is -inf
+    upstream, upstream_entropy = rng.standard_normal(5), rng.standard_normal(5)
+    (log_prob, entropy), grad = fastloss.token_log_probs_value_and_grad(
+        logits, target, upstream, grad_entropy=upstream_entropy, temperature=temperature,
+        return_entropy=True)
+    ref_log_prob, ref_entropy = reference.token_log_probs(
+        logits, target, temperature=temperature, return_entropy=True)
+    assert np.all(np.isfinite(entropy[:4])) and np.all(np.isfinite(log_prob[:4]))
+    assert_close_contract(log_prob[:4], ref_log_prob[:4], dtype, "loss", "log_prob")
+    assert_close_contract(entropy[:4], ref_entropy[:4], dtype, "loss", "entropy")
+    assert_close_contract(grad[:4], reference.token_log_probs_grad(
+        logits[:4], target[:4], upstream[:4], grad_entropy=upstream_entropy[:4],
+        temperature=temperature), dtype, "grad")
+    assert np.all(grad[1, [2048, 2052, 3000, 4096, 6000]] == 0)
+    # row 4: the max holds all the mass (every other e underflows): log p = H = 0.  (In
+    # float64 the chunks' merge gives this row's entropy NaN, before this test as after:
+    # its exp(delta) (W_k + delta S_k) is 0 * -inf where delta S_k overflows.)
+    assert log_prob[4] == 0
+    if dtype == np.float32:
+        assert entropy[4] == 0
+    for threads in (1, 2, 3):
+        alone = fastloss.token_log_probs(logits, target, temperature=temperature,
+                                         return_entropy=True, num_threads=threads)
+        assert np.array_equal(alone[0], log_prob)
+        assert np.array_equal(alone[1], entropy, equal_nan=True)  # (float64's row 4)
+
+
 def test_rows_without_a_softmax_are_nan():
     logits = np.array([[0.0, np.nan, 1.0], [np.inf, 0.0, 1.0], [-np.inf] * 3, [0.0, 1.0, 2.0]])
     target = np.array([0, 0, 0, 1])
