@@ -20,6 +20,25 @@ def _inputs(rng, shape, dtype, scale=3.0, ignored=True):
     return logits, target
 
 
+def _value_and_grad_checked(rng, logits, target, dtype, temperature, rows=slice(None)):
+    """token_log_probs_value_and_grad with the entropy and random upstreams for both, its
+    values and gradient held to the reference on `rows`; returns ((log_prob, entropy),
+    grad)."""
+    upstream = rng.standard_normal(len(target))
+    upstream_entropy = rng.standard_normal(len(target))
+    (log_prob, entropy), grad = fastloss.token_log_probs_value_and_grad(
+        logits, target, upstream, grad_entropy=upstream_entropy, temperature=temperature,
+        return_entropy=True)
+    ref_log_prob, ref_entropy = reference.token_log_probs(
+        logits[rows], target[rows], temperature=temperature, return_entropy=True)
+    assert_close_contract(log_prob[rows], ref_log_prob, dtype, "loss", "log_prob")
+    assert_close_contract(entropy[rows], ref_entropy, dtype, "loss", "entropy")
+    assert_close_contract(grad[rows], reference.token_log_probs_grad(
+        logits[rows], target[rows], upstream[rows], grad_entropy=upstream_entropy[rows],
+        temperature=temperature), dtype, "grad")
+    return (log_prob, entropy), grad
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
 @pytest.mark.parametrize("temperature", [1.0, 0.5, 2.5])
 @pytest.mark.parametrize("shape", [(9, 1000), (2, 3, 4100), (5, 1)], ids=str)
@@ -152,30 +171,18 @@ def test_masked_classes_in_every_range_on_every_simd_path(simd_path, rng, dtype,
     big = np.finfo(dtype).max / 2 * 1.5
     logits[4, 100] = big                                  # the max, and a finite logit
     logits[4, [200, 2100, 5000]] = -big                   # whose x - max is -inf
-    upstream, upstream_entropy = rng.standard_normal(5), rng.standard_normal(5)
-    (log_prob, entropy), grad = fastloss.token_log_probs_value_and_grad(
-        logits, target, upstream, grad_entropy=upstream_entropy, temperature=temperature,
-        return_entropy=True)
-    ref_log_prob, ref_entropy = reference.token_log_probs(
-        logits, target, temperature=temperature, return_entropy=True)
+    (log_prob, entropy), grad = _value_and_grad_checked(rng, logits, target, dtype,
+                                                        temperature, rows=slice(4))
     assert np.all(np.isfinite(entropy[:4])) and np.all(np.isfinite(log_prob[:4]))
-    assert_close_contract(log_prob[:4], ref_log_prob[:4], dtype, "loss", "log_prob")
-    assert_close_contract(entropy[:4], ref_entropy[:4], dtype, "loss", "entropy")
-    assert_close_contract(grad[:4], reference.token_log_probs_grad(
-        logits[:4], target[:4], upstream[:4], grad_entropy=upstream_entropy[:4],
-        temperature=temperature), dtype, "grad")
     assert np.all(grad[1, [2048, 2052, 3000, 4096, 6000]] == 0)
-    # row 4: the max holds all the mass (every other e underflows): log p = H = 0.  (In
-    # float64 the chunks' merge gives this row's entropy NaN, before this test as after:
-    # its exp(delta) (W_k + delta S_k) is 0 * -inf where delta S_k overflows.)
-    assert log_prob[4] == 0
-    if dtype == np.float32:
-        assert entropy[4] == 0
+    # row 4: the max holds all the mass (every other e underflows): log p = H = 0 (in
+    # float64 the chunks' merge once made H NaN: exp(delta) (W_k + delta S_k) was
+    # 0 * -inf where delta S_k overflows)
+    assert log_prob[4] == 0 and entropy[4] == 0
     for threads in (1, 2, 3):
         alone = fastloss.token_log_probs(logits, target, temperature=temperature,
                                          return_entropy=True, num_threads=threads)
-        assert np.array_equal(alone[0], log_prob)
-        assert np.array_equal(alone[1], entropy, equal_nan=True)  # (float64's row 4)
+        assert np.array_equal(alone[0], log_prob) and np.array_equal(alone[1], entropy)
 
 
 def test_rows_without_a_softmax_are_nan():
@@ -333,17 +340,7 @@ def test_every_simd_path(simd_path, rng, dtype):
     target = np.array([0, shape[1] - 1, 3000, 2047, 2048, 100])
     logits[5, 100] = 60.0  # the target holds nearly all the mass
     logits[2, 10:20] = -np.inf
-    upstream, upstream_entropy = rng.standard_normal(6), rng.standard_normal(6)
-    (log_prob, entropy), grad = fastloss.token_log_probs_value_and_grad(
-        logits, target, upstream, grad_entropy=upstream_entropy, temperature=0.9,
-        return_entropy=True)
-    ref_log_prob, ref_entropy = reference.token_log_probs(
-        logits, target, temperature=0.9, return_entropy=True)
-    assert_close_contract(log_prob, ref_log_prob, dtype, "loss", "log_prob")
-    assert_close_contract(entropy, ref_entropy, dtype, "loss", "entropy")
-    assert_close_contract(grad, reference.token_log_probs_grad(
-        logits, target, upstream, grad_entropy=upstream_entropy, temperature=0.9),
-        dtype, "grad")
+    (log_prob, entropy), grad = _value_and_grad_checked(rng, logits, target, dtype, 0.9)
     assert np.all(grad[2, 10:20] == 0)
     alone = fastloss.token_log_probs(logits, target, temperature=0.9, return_entropy=True)
     assert np.array_equal(alone[0], log_prob) and np.array_equal(alone[1], entropy)
@@ -367,17 +364,8 @@ def test_exps_over_their_whole_range_on_every_simd_path(simd_path, rng, dtype, t
     ]).astype(dtype)
     target = np.array([1000, 2048, 7, 4000])
     logits[3, 4000] = 0.0
-    upstream, upstream_entropy = rng.standard_normal(4), rng.standard_normal(4)
-    (log_prob, entropy), grad = fastloss.token_log_probs_value_and_grad(
-        logits, target, upstream, grad_entropy=upstream_entropy, temperature=temperature,
-        return_entropy=True)
-    ref_log_prob, ref_entropy = reference.token_log_probs(
-        logits, target, temperature=temperature, return_entropy=True)
-    assert_close_contract(log_prob, ref_log_prob, dtype, "loss", "log_prob")
-    assert_close_contract(entropy, ref_entropy, dtype, "loss", "entropy")
-    assert_close_contract(grad, reference.token_log_probs_grad(
-        logits, target, upstream, grad_entropy=upstream_entropy, temperature=temperature),
-        dtype, "grad")
+    (log_prob, entropy), grad = _value_and_grad_checked(rng, logits, target, dtype,
+                                                        temperature)
     # equal logits: every a is 0 and exp(0) = 1, so S = V, W = 0 exactly
     assert entropy[2] == dtype(np.log(n_classes)) and log_prob[2] == dtype(-np.log(n_classes))
     alone = fastloss.token_log_probs(logits, target, temperature=temperature,
