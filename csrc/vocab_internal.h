@@ -110,6 +110,10 @@ enum {
     } while (0)
 #define VOCAB_NO_PREFETCH(v) ((void)(v))
 
+/* The products e a of the entropy's W = sum e a in vocab_body.h's vocab_range: none,
+ * as they are, or with a floor under a (a masked class adds 0, not 0 * -inf). */
+enum { VOCAB_W_NONE = 0, VOCAB_W_PLAIN = 1, VOCAB_W_FLOORED = 2 };
+
 /* The total of VOCAB_LANES double lanes, in a fixed order. */
 static inline double vocab_lanes_total(const double *lane)
 {
@@ -194,7 +198,11 @@ static inline void vocab_merge_chunks(const double *chunk_data, fastloss_index n
         const double rescale = m == row_max ? 1.0 : exp(delta);
         sum += chunk[VOCAB_CHUNK_SUM] * rescale;
         others += chunk[VOCAB_CHUNK_OTHERS] * rescale;
-        weighted += rescale * (chunk[VOCAB_CHUNK_WEIGHTED] + delta * chunk[VOCAB_CHUNK_SUM]);
+        /* a chunk whose exp(delta) is 0 adds 0 (or its NaN), also where delta S_k
+         * would overflow (a max near the float64 limit: 0 * -inf); the same expression
+         * otherwise, so that the FMA paths contract it as before */
+        const double delta_w = rescale == 0.0 ? 0.0 : delta;
+        weighted += rescale * (chunk[VOCAB_CHUNK_WEIGHTED] + delta_w * chunk[VOCAB_CHUNK_SUM]);
     }
     stats->max = row_max;
     stats->sum = sum;

@@ -20,6 +20,25 @@ def _inputs(rng, shape, dtype, scale=3.0, ignored=True):
     return logits, target
 
 
+def _value_and_grad_checked(rng, logits, target, dtype, temperature, rows=slice(None)):
+    """token_log_probs_value_and_grad with the entropy and random upstreams for both, its
+    values and gradient held to the reference on `rows`; returns ((log_prob, entropy),
+    grad)."""
+    upstream = rng.standard_normal(len(target))
+    upstream_entropy = rng.standard_normal(len(target))
+    (log_prob, entropy), grad = fastloss.token_log_probs_value_and_grad(
+        logits, target, upstream, grad_entropy=upstream_entropy, temperature=temperature,
+        return_entropy=True)
+    ref_log_prob, ref_entropy = reference.token_log_probs(
+        logits[rows], target[rows], temperature=temperature, return_entropy=True)
+    assert_close_contract(log_prob[rows], ref_log_prob, dtype, "loss", "log_prob")
+    assert_close_contract(entropy[rows], ref_entropy, dtype, "loss", "entropy")
+    assert_close_contract(grad[rows], reference.token_log_probs_grad(
+        logits[rows], target[rows], upstream[rows], grad_entropy=upstream_entropy[rows],
+        temperature=temperature), dtype, "grad")
+    return (log_prob, entropy), grad
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
 @pytest.mark.parametrize("temperature", [1.0, 0.5, 2.5])
 @pytest.mark.parametrize("shape", [(9, 1000), (2, 3, 4100), (5, 1)], ids=str)
@@ -128,6 +147,42 @@ def test_masked_classes_and_one_class(dtype):
     assert np.all(log_prob == 0) and np.all(entropy == 0)
     assert np.all(fastloss.token_log_probs_grad(one, np.array([0, 0]), 1.0,
                                                 grad_entropy=1.0) == 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("temperature", [1.0, 0.8])
+def test_masked_classes_in_every_range_on_every_simd_path(simd_path, rng, dtype, temperature):
+    """-inf logits (e = 0, e a = 0 log 0 = 0 in the entropy's W = sum e a) in every range
+    the statistics pass splits a row into: before and after the target in its chunk, the
+    part read beside the next chunk, the last chunk; and a finite logit whose shifted
+    value a = x - max overflows to -inf.  Such ranges take W again with a floor under a
+    (vocab_body.h, VOCAB_W_FLOORED); values and gradients against the reference, the
+    same bits from the forward, value_and_grad and any thread count."""
+    n_classes = 3 * 2048 + 100
+    logits, _ = _inputs(rng, (5, n_classes), dtype, ignored=False)
+    target = np.array([1000, 2048 + 5, 4096 + 500, 30, 100])
+    logits[0, [3, 999, 1001, 2047]] = -np.inf            # around the target, chunk 0
+    logits[1, [2048, 2052, 3000, 4096, 6000]] = -np.inf   # target chunk, next, rest
+    logits[2, [4100, 6100]] = -np.inf                     # beside the short next chunk
+    logits[2, 6144:6144 + 50] = -np.inf                   # the short last chunk
+    logits[2, -3:] = -np.inf
+    logits[3, ::97] = -np.inf                             # every chunk, every range
+    logits[3, 30] = 1.0
+    big = np.finfo(dtype).max / 2 * 1.5
+    logits[4, 100] = big                                  # the max, and a finite logit
+    logits[4, [200, 2100, 5000]] = -big                   # whose x - max is -inf
+    (log_prob, entropy), grad = _value_and_grad_checked(rng, logits, target, dtype,
+                                                        temperature, rows=slice(4))
+    assert np.all(np.isfinite(entropy[:4])) and np.all(np.isfinite(log_prob[:4]))
+    assert np.all(grad[1, [2048, 2052, 3000, 4096, 6000]] == 0)
+    # row 4: the max holds all the mass (every other e underflows): log p = H = 0 (in
+    # float64 the chunks' merge once made H NaN: exp(delta) (W_k + delta S_k) was
+    # 0 * -inf where delta S_k overflows)
+    assert log_prob[4] == 0 and entropy[4] == 0
+    for threads in (1, 2, 3):
+        alone = fastloss.token_log_probs(logits, target, temperature=temperature,
+                                         return_entropy=True, num_threads=threads)
+        assert np.array_equal(alone[0], log_prob) and np.array_equal(alone[1], entropy)
 
 
 def test_rows_without_a_softmax_are_nan():
@@ -285,17 +340,7 @@ def test_every_simd_path(simd_path, rng, dtype):
     target = np.array([0, shape[1] - 1, 3000, 2047, 2048, 100])
     logits[5, 100] = 60.0  # the target holds nearly all the mass
     logits[2, 10:20] = -np.inf
-    upstream, upstream_entropy = rng.standard_normal(6), rng.standard_normal(6)
-    (log_prob, entropy), grad = fastloss.token_log_probs_value_and_grad(
-        logits, target, upstream, grad_entropy=upstream_entropy, temperature=0.9,
-        return_entropy=True)
-    ref_log_prob, ref_entropy = reference.token_log_probs(
-        logits, target, temperature=0.9, return_entropy=True)
-    assert_close_contract(log_prob, ref_log_prob, dtype, "loss", "log_prob")
-    assert_close_contract(entropy, ref_entropy, dtype, "loss", "entropy")
-    assert_close_contract(grad, reference.token_log_probs_grad(
-        logits, target, upstream, grad_entropy=upstream_entropy, temperature=0.9),
-        dtype, "grad")
+    (log_prob, entropy), grad = _value_and_grad_checked(rng, logits, target, dtype, 0.9)
     assert np.all(grad[2, 10:20] == 0)
     alone = fastloss.token_log_probs(logits, target, temperature=0.9, return_entropy=True)
     assert np.array_equal(alone[0], log_prob) and np.array_equal(alone[1], entropy)
@@ -319,17 +364,8 @@ def test_exps_over_their_whole_range_on_every_simd_path(simd_path, rng, dtype, t
     ]).astype(dtype)
     target = np.array([1000, 2048, 7, 4000])
     logits[3, 4000] = 0.0
-    upstream, upstream_entropy = rng.standard_normal(4), rng.standard_normal(4)
-    (log_prob, entropy), grad = fastloss.token_log_probs_value_and_grad(
-        logits, target, upstream, grad_entropy=upstream_entropy, temperature=temperature,
-        return_entropy=True)
-    ref_log_prob, ref_entropy = reference.token_log_probs(
-        logits, target, temperature=temperature, return_entropy=True)
-    assert_close_contract(log_prob, ref_log_prob, dtype, "loss", "log_prob")
-    assert_close_contract(entropy, ref_entropy, dtype, "loss", "entropy")
-    assert_close_contract(grad, reference.token_log_probs_grad(
-        logits, target, upstream, grad_entropy=upstream_entropy, temperature=temperature),
-        dtype, "grad")
+    (log_prob, entropy), grad = _value_and_grad_checked(rng, logits, target, dtype,
+                                                        temperature)
     # equal logits: every a is 0 and exp(0) = 1, so S = V, W = 0 exactly
     assert entropy[2] == dtype(np.log(n_classes)) and log_prob[2] == dtype(-np.log(n_classes))
     alone = fastloss.token_log_probs(logits, target, temperature=temperature,
