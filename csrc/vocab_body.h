@@ -688,7 +688,7 @@ static size_t NAME(distill_scratch_bytes)(fastloss_index n_chunks, fastloss_inde
  * the lanes of VOCAB_LANES / VOCAB_FOLD (vocab_internal.h: 8 float terms of one sign, then
  * double; the divergence takes no difference of the two sums, distill_offsets), and,
  * with_next, each model's max
- * of the next chunk's element c.  Beside them, for kappa, D = sum_c e_s,c expm1(-d_c)
+ * of the next chunk's element c.  Beside them, with_d (the JSD), for kappa, D = sum_c e_s,c expm1(-d_c)
  * (e_t = e_s exp(-d) in exact arithmetic), by g's series where |d_c| is small and as
  * e_t - e_s beyond (distill_offsets), in the same lanes: its terms have both signs, and 8
  * of them in float are within 7 u of the sum of their sizes, where each term already
@@ -697,8 +697,26 @@ static size_t NAME(distill_scratch_bytes)(fastloss_index n_chunks, fastloss_inde
  * difference's own rounding (measured against the float64 kernel, close pairs at 1e-1,
  * 1e-3, 1e-5: no error grew past 7% of the contract, as with D summed in double).  One
  * thread, V=50257, N=16, float32, AVX-512, CPU time, loaded machine: forward KL
- * value_and_grad 1.30 -> 1.24 ns per element.
+ * value_and_grad 1.30 -> 1.24 ns per element.  The KLs take no D (about 13 of the
+ * loop's 54 vector operations): their kappa is corrected after pass B from sums that
+ * pass B forms anyway (distill_rows).
+ *
+ * The prefetches of the chunk after next (and of the gradient row, with write intent)
+ * go to L2 (locality 2: prefetcht1), as cross-entropy's far-ahead ones do
+ * (CE_PREFETCH_AHEAD_LOCALITY): into L1 they stalled the loop once it had no D to
+ * compute.  One thread, N=512 (from memory), V=50257, float32, AVX-512, CPU time, load
+ * 4-6, the loop without D: forward KL value_and_grad 1.37 (locality 3) -> 1.16 (reads 2)
+ * -> 1.14 (reads and writes 2) ns per element; main's (with D, locality 3) 1.29.
  */
+#ifndef DISTILL_PREFETCH_AHEAD
+#define DISTILL_PREFETCH_AHEAD VOCAB_PREFETCH_AHEAD
+#endif
+#ifndef DISTILL_PREFETCH_LOCALITY
+#define DISTILL_PREFETCH_LOCALITY 2
+#endif
+#ifndef DISTILL_WRITE_LOCALITY
+#define DISTILL_WRITE_LOCALITY 2
+#endif
 #define DISTILL_STATS_STEP(i, j)                                                   \
     do {                                                                           \
         const REAL x_s_ = (REAL)LOAD(xs, i), x_t_ = (REAL)LOAD(xt, i);             \
@@ -710,14 +728,16 @@ static size_t NAME(distill_scratch_bytes)(fastloss_index n_chunks, fastloss_inde
         const REAL back_ = hi_ - x_s_;                                             \
         const REAL lo_ = ((x_s_ - (hi_ - back_)) - (x_t_ + back_)) - shift_lo;     \
         const REAL d_ = ((hi_ - shift_hi) + (lo_ == lo_ ? lo_ : (REAL)0)) * inv_t; \
-        const REAL w_ = -d_;                                                       \
-        const REAL em_ = w_ + w_ * w_ * NAME(distill_series_of)(w_, DISTILL_A_TERMS); \
         es[i] = e_s_;                                                              \
         et[i] = e_t_;                                                              \
         d[i] = d_;                                                                 \
         part_s[j] += e_s_;                                                         \
         part_t[j] += e_t_;                                                         \
-        part_d[j] += NAME(vocab_abs)(d_) < DISTILL_A_BELOW ? e_s_ * em_ : e_t_ - e_s_;   \
+        if (with_d) {                                                              \
+            const REAL w_ = -d_;                                                   \
+            const REAL em_ = w_ + w_ * w_ * NAME(distill_series_of)(w_, DISTILL_A_TERMS); \
+            part_d[j] += NAME(vocab_abs)(d_) < DISTILL_A_BELOW ? e_s_ * em_ : e_t_ - e_s_; \
+        }                                                                          \
         if (with_next) {                                                           \
             const REAL v_s_ = LOAD(next_s, i), v_t_ = LOAD(next_t, i);             \
             next_lane_s[j] = next_lane_s[j] < v_s_ ? v_s_ : next_lane_s[j];        \
@@ -730,7 +750,7 @@ static size_t NAME(distill_scratch_bytes)(fastloss_index n_chunks, fastloss_inde
  * next_s[0, n) and next_t[0, n) (the next chunk streams in from memory while this one's
  * exps are computed), else -inf.  Element c goes to lane c % VOCAB_LANES, the lanes
  * combined pairwise: the same order on every ISA. */
-FASTLOSS_INLINE void NAME(distill_stats_range)(const int with_next,
+FASTLOSS_INLINE void NAME(distill_stats_range)(const int with_d, const int with_next,
                                                const STORE_T *FASTLOSS_RESTRICT xs,
                                                const STORE_T *FASTLOSS_RESTRICT xt,
                                                fastloss_index n, REAL shift_s, REAL shift_t,
@@ -752,23 +772,24 @@ FASTLOSS_INLINE void NAME(distill_stats_range)(const int with_next,
 #define DISTILL_STATS_PREFETCH(v)                                           \
     do {                                                                    \
         if (with_next) { /* see VOCAB_PREFETCH_AHEAD */                     \
-            __builtin_prefetch(next_s + (v) + VOCAB_PREFETCH_AHEAD, 0, 3);  \
-            __builtin_prefetch(next_t + (v) + VOCAB_PREFETCH_AHEAD, 0, 3);  \
-            __builtin_prefetch(es + (v) + VOCAB_PREFETCH_AHEAD, 1, 3);      \
+            __builtin_prefetch(next_s + (v) + DISTILL_PREFETCH_AHEAD, 0, DISTILL_PREFETCH_LOCALITY); \
+            __builtin_prefetch(next_t + (v) + DISTILL_PREFETCH_AHEAD, 0, DISTILL_PREFETCH_LOCALITY); \
+            __builtin_prefetch(es + (v) + VOCAB_PREFETCH_AHEAD, 1, DISTILL_WRITE_LOCALITY); \
         }                                                                   \
     } while (0)
 #define DISTILL_STATS_FOLD()                                                \
     do {                                                                    \
         NAME(vocab_fold)(lane_s, part_s);                                   \
         NAME(vocab_fold)(lane_t, part_t);                                   \
-        NAME(vocab_fold)(lane_d, part_d);                                   \
+        if (with_d)                                                         \
+            NAME(vocab_fold)(lane_d, part_d);                               \
     } while (0)
     VOCAB_FOLDED_LOOP(n, DISTILL_STATS_STEP, DISTILL_STATS_PREFETCH, DISTILL_STATS_FOLD);
 #undef DISTILL_STATS_FOLD
 #undef DISTILL_STATS_PREFETCH
     *sum_s = vocab_lanes_total(lane_s);
     *sum_t = vocab_lanes_total(lane_t);
-    *sum_d = vocab_lanes_total(lane_d);
+    *sum_d = with_d ? vocab_lanes_total(lane_d) : 0.0;
     REAL m_s = -(REAL)INFINITY, m_t = -(REAL)INFINITY;
     for (int j = 0; j < VOCAB_LANES; ++j) {
         m_s = next_lane_s[j] > m_s ? next_lane_s[j] : m_s;
@@ -800,7 +821,8 @@ FASTLOSS_INLINE void NAME(distill_record)(double *chunk, REAL max, double sum)
  * k's shift_s - shift_t (as shift_hi and shift_lo) and D (DISTILL_STATS_STEP) for
  * distill_offsets.
  */
-FASTLOSS_INLINE void NAME(distill_stats_at)(const STORE_T *xs, const STORE_T *xt,
+FASTLOSS_INLINE void NAME(distill_stats_at)(const int with_d, const STORE_T *xs,
+                                            const STORE_T *xt,
                                             fastloss_index n_classes, fastloss_index n_chunks,
                                             double inv_temperature, REAL *es_row,
                                             REAL *et_row, REAL *d_row, double *student_chunks,
@@ -826,7 +848,7 @@ FASTLOSS_INLINE void NAME(distill_stats_at)(const STORE_T *xs, const STORE_T *xt
         const fastloss_index both = n < n_next ? n : n_next;
         double sum_s, sum_t, sum_d;
         REAL next_max_s, next_max_t;
-        NAME(distill_stats_range)(1, xs + start, xt + start, both, shift_s, shift_t,
+        NAME(distill_stats_range)(with_d, 1, xs + start, xt + start, both, shift_s, shift_t,
                                   shift_hi, shift_lo, inv_t, es_row + start, et_row + start,
                                   d_row + start,
                                   xs + next_start, xt + next_start, &sum_s, &sum_t, &sum_d,
@@ -834,7 +856,8 @@ FASTLOSS_INLINE void NAME(distill_stats_at)(const STORE_T *xs, const STORE_T *xt
         if (both < n) { /* the row's last chunk (no next) or a short next chunk */
             double rest_s, rest_t, rest_d;
             REAL unused_s, unused_t;
-            NAME(distill_stats_range)(0, xs + start + both, xt + start + both, n - both,
+            NAME(distill_stats_range)(with_d, 0, xs + start + both, xt + start + both,
+                                      n - both,
                                       shift_s, shift_t, shift_hi, shift_lo, inv_t,
                                       es_row + start + both,
                                       et_row + start + both, d_row + start + both, NULL,
@@ -864,18 +887,25 @@ FASTLOSS_INLINE void NAME(distill_stats_at)(const STORE_T *xs, const STORE_T *xt
 /* Pass A (distill_stats_at), with T = 1, the usual case, as a constant: the element loop
  * then drops its three multiplies by 1 / T (x * 1 is x: the same bits), as
  * vocab_row_stats does. */
-static void NAME(distill_stats)(const STORE_T *xs, const STORE_T *xt, fastloss_index n_classes,
-                                fastloss_index n_chunks, double inv_temperature, REAL *es_row,
-                                REAL *et_row, REAL *d_row, double *student_chunks,
-                                double *teacher_chunks, double *close,
-                                vocab_row_stats *student, vocab_row_stats *teacher)
+static void NAME(distill_stats)(int with_d, const STORE_T *xs, const STORE_T *xt,
+                                fastloss_index n_classes, fastloss_index n_chunks,
+                                double inv_temperature, REAL *es_row, REAL *et_row,
+                                REAL *d_row, double *student_chunks, double *teacher_chunks,
+                                double *close, vocab_row_stats *student,
+                                vocab_row_stats *teacher)
 {
-    if (inv_temperature == 1.0)
-        NAME(distill_stats_at)(xs, xt, n_classes, n_chunks, 1.0, es_row, et_row, d_row,
-                               student_chunks, teacher_chunks, close, student, teacher);
+#define DISTILL_STATS_AT(w, inv_t)                                                           \
+    NAME(distill_stats_at)(w, xs, xt, n_classes, n_chunks, inv_t, es_row, et_row, d_row,   \
+                           student_chunks, teacher_chunks, close, student, teacher)
+    if (with_d && inv_temperature == 1.0)
+        DISTILL_STATS_AT(1, 1.0);
+    else if (with_d)
+        DISTILL_STATS_AT(1, inv_temperature);
+    else if (inv_temperature == 1.0)
+        DISTILL_STATS_AT(0, 1.0);
     else
-        NAME(distill_stats_at)(xs, xt, n_classes, n_chunks, inv_temperature, es_row, et_row,
-                               d_row, student_chunks, teacher_chunks, close, student, teacher);
+        DISTILL_STATS_AT(0, inv_temperature);
+#undef DISTILL_STATS_AT
 }
 
 /*
@@ -896,9 +926,11 @@ static void NAME(distill_stats)(const STORE_T *xs, const STORE_T *xt, fastloss_i
  * log S_s would carry the exps' roundings, about 1e-8, into every y_c and so into the
  * gradient q - p = p expm1(y)).  Where that sum is not finite or below -1/2 (log1p would
  * lose accuracy; the models are then far apart) kappa is taken from the row statistics,
- * (M_t - M_s + c_r) / T + log S_t - log S_s.  close[3 k] receives offset_k.
+ * (M_t - M_s + c_r) / T + log S_t - log S_s.  close[3 k] receives offset_k.  Without
+ * D (with_d = 0: the KLs) kappa is that last form, and distill_rows corrects it after
+ * pass B.
  */
-static void NAME(distill_offsets)(const double *student_chunks, double *close,
+static void NAME(distill_offsets)(int with_d, const double *student_chunks, double *close,
                                   fastloss_index n_chunks, double inv_temperature,
                                   const vocab_row_stats *student,
                                   const vocab_row_stats *teacher)
@@ -924,7 +956,7 @@ static void NAME(distill_offsets)(const double *student_chunks, double *close,
         close[3 * k + 2] = delta; /* D_k is used: keep delta_k for the second loop */
     }
     const double ratio = excess / student->sum;
-    const double kappa = isfinite(ratio) && ratio >= -0.5
+    const double kappa = with_d && isfinite(ratio) && ratio >= -0.5
                              ? log1p(ratio)
                              : ((teacher->max - student->max) + (c_hi + c_lo)) * inv_temperature +
                                    teacher->log_sum - student->log_sum;
@@ -986,9 +1018,10 @@ static void NAME(distill_offsets)(const double *student_chunks, double *close,
                 const REAL g = y * y * DISTILL_G(y);                                        \
                 const REAL far = e_t == (REAL)0 ? q : (q - p) - p * y;                      \
                 part_t[j] += DISTILL_ALONE(abs_y < DISTILL_SERIES_BELOW ? p * g : far);     \
+                const REAL t = abs_y < DISTILL_SERIES_BELOW ? p * (y + g) : q - p;          \
                 if (want_s)                                                                 \
-                    STORE(gs, i, scale_s * (abs_y < DISTILL_SERIES_BELOW ? p * (y + g)      \
-                                                                         : q - p));         \
+                    es[i] = t;                                                              \
+                part_r[j] += DISTILL_ALONE(t);                                              \
             } else {                                                                        \
                 STORE(gt, i, scale_t * (e_t == (REAL)0 ? (REAL)0 : p * (-y - kl_t)));       \
             }                                                                               \
@@ -998,9 +1031,10 @@ static void NAME(distill_offsets)(const double *student_chunks, double *close,
                 const REAL g = z * z * DISTILL_G(z);                                        \
                 const REAL far = e_s == (REAL)0 ? p : (p - q) - q * z;                      \
                 part_s[j] += DISTILL_ALONE(abs_y < DISTILL_SERIES_BELOW ? q * g : far);     \
+                const REAL t = abs_y < DISTILL_SERIES_BELOW ? q * (z + g) : p - q;          \
                 if (want_t)                                                                 \
-                    STORE(gt, i, scale_t * (abs_y < DISTILL_SERIES_BELOW ? q * (z + g)      \
-                                                                         : p - q));         \
+                    et[i] = t;                                                              \
+                part_r[j] += DISTILL_ALONE(t);                                              \
             } else {                                                                        \
                 STORE(gs, i, scale_s * (e_s == (REAL)0 ? (REAL)0 : q * (y - kl_s)));        \
             }                                                                               \
@@ -1057,12 +1091,12 @@ static void NAME(distill_offsets)(const double *student_chunks, double *close,
  * vector for the divergence).
  */
 FASTLOSS_INLINE void NAME(distill_range)(const int divergence, const int pass_c,
-                                         const int want_s, const int want_t, const REAL *es,
-                                         const REAL *et, REAL *d, REAL *gap_t_row,
+                                         const int want_s, const int want_t, REAL *es,
+                                         REAL *et, REAL *d, REAL *gap_t_row,
                                          fastloss_index n, const NAME(distill_chunk) *chunk,
                                          const NAME(distill_row) *row, REAL scale_s,
                                          REAL scale_t, GRAD_T *gs, GRAD_T *gt, double *sum_s,
-                                         double *sum_t, double *sum_l)
+                                         double *sum_t, double *sum_l, double *sum_r)
 {
     const REAL unit_s = chunk->scale_s, unit_t = chunk->scale_t;
     const REAL offset = chunk->offset, log_odds = row->log_odds;
@@ -1081,8 +1115,9 @@ FASTLOSS_INLINE void NAME(distill_range)(const int divergence, const int pass_c,
     const REAL log_beta = row->log_beta, log_beta_c = row->log_beta_c;
     const REAL kl_s = row->kl_s, kl_t = row->kl_t;
     double lane_s[VOCAB_LANES] = {0.0}, lane_t[VOCAB_LANES] = {0.0};
-    double lane_l[VOCAB_LANES] = {0.0};
+    double lane_l[VOCAB_LANES] = {0.0}, lane_r[VOCAB_LANES] = {0.0};
     REAL part_s[VOCAB_LANES] = {0}, part_t[VOCAB_LANES] = {0}, part_l[VOCAB_LANES] = {0};
+    REAL part_r[VOCAB_LANES] = {0};
     const int jsd = divergence == FASTLOSS_DIVERGENCE_JSD;
     /* the divergences' terms (>= 0) in the float lanes of VOCAB_FOLDED_LOOP; the JSD's
      * totals in double (their terms have both signs) */
@@ -1094,6 +1129,8 @@ FASTLOSS_INLINE void NAME(distill_range)(const int divergence, const int pass_c,
             NAME(vocab_fold)(lane_s, part_s);                                \
         if (!pass_c && jsd)                                                  \
             NAME(vocab_fold)(lane_l, part_l);                                \
+        if (!pass_c && !jsd)                                                 \
+            NAME(vocab_fold)(lane_r, part_r);                                \
     } while (0)
     VOCAB_FOLDED_LOOP(n, DISTILL_STEP, VOCAB_NO_PREFETCH, DISTILL_FOLD);
 #undef DISTILL_FOLD
@@ -1102,6 +1139,7 @@ FASTLOSS_INLINE void NAME(distill_range)(const int divergence, const int pass_c,
         *sum_t = divergence == FASTLOSS_DIVERGENCE_REVERSE_KL ? 0.0 : vocab_lanes_total(lane_t);
         *sum_l = jsd ? vocab_lanes_total(lane_l)
                      : divergence == FASTLOSS_DIVERGENCE_FORWARD_KL ? *sum_t : *sum_s;
+        *sum_r = jsd ? 0.0 : vocab_lanes_total(lane_r);
     }
 }
 #undef DISTILL_STEP
@@ -1110,8 +1148,8 @@ FASTLOSS_INLINE void NAME(distill_range)(const int divergence, const int pass_c,
 /* Pass B (!pass_c: kl_s and kl_t summed, OUT) or C (read from `row`) over one row,
  * chunk by chunk (the chunks of pass A, whose records are student_chunks and
  * teacher_chunks); see distill_range.  gs, gt: the gradient rows wanted, or NULL. */
-FASTLOSS_INLINE void NAME(distill_pass)(int divergence, int pass_c, const REAL *es_row,
-                                        const REAL *et_row, REAL *d_row, REAL *gap_row,
+FASTLOSS_INLINE void NAME(distill_pass)(int divergence, int pass_c, REAL *es_row,
+                                        REAL *et_row, REAL *d_row, REAL *gap_row,
                                         fastloss_index n_classes, fastloss_index n_chunks,
                                         double inv_temperature, const double *student_chunks,
                                         const double *teacher_chunks, const double *close,
@@ -1119,9 +1157,10 @@ FASTLOSS_INLINE void NAME(distill_pass)(int divergence, int pass_c, const REAL *
                                         const vocab_row_stats *teacher,
                                         const NAME(distill_row) *row,
                                         REAL scale_s, REAL scale_t, GRAD_T *gs, GRAD_T *gt,
-                                        double *kl_s, double *kl_t, double *loss)
+                                        double *kl_s, double *kl_t, double *loss,
+                                        double *excess)
 {
-    double total_s = 0.0, total_t = 0.0, total_l = 0.0;
+    double total_s = 0.0, total_t = 0.0, total_l = 0.0, total_r = 0.0;
     /* the JSD's teacher gaps: in d when the student's gradient does not keep its own there */
     REAL *gap_t_rows = gs ? gap_row : d_row;
     for (fastloss_index k = 0; k < n_chunks; ++k) {
@@ -1131,13 +1170,13 @@ FASTLOSS_INLINE void NAME(distill_pass)(int divergence, int pass_c, const REAL *
         NAME(distill_chunk_of)(student_chunks + k * VOCAB_CHUNK_FIELDS,
                                teacher_chunks + k * VOCAB_CHUNK_FIELDS, close + 3 * k, student,
                                teacher, inv_temperature, &chunk);
-        const REAL *es = es_row + start, *et = et_row + start;
+        REAL *es = es_row + start, *et = et_row + start;
         REAL *d = d_row + start, *gap_t = gap_t_rows + start;
         GRAD_T *gsk = gs ? gs + start : NULL, *gtk = gt ? gt + start : NULL;
-        double sum_s = 0.0, sum_t = 0.0, sum_l = 0.0;
+        double sum_s = 0.0, sum_t = 0.0, sum_l = 0.0, sum_r = 0.0;
 #define VOCAB_RANGE(div, c, ws, wt)                                                         \
     NAME(distill_range)(div, c, ws, wt, es, et, d, gap_t, n, &chunk, row, scale_s, scale_t, \
-                        gsk, gtk, &sum_s, &sum_t, &sum_l)
+                        gsk, gtk, &sum_s, &sum_t, &sum_l, &sum_r)
         if (!pass_c) {
             if (divergence == FASTLOSS_DIVERGENCE_FORWARD_KL) {
                 if (gsk)
@@ -1175,11 +1214,48 @@ FASTLOSS_INLINE void NAME(distill_pass)(int divergence, int pass_c, const REAL *
         total_s += sum_s;
         total_t += sum_t;
         total_l += sum_l;
+        total_r += sum_r;
     }
     if (!pass_c) {
         *kl_s = total_s;
         *kl_t = total_t;
         *loss = total_l;
+        *excess = total_r;
+    }
+}
+
+/*
+ * The KLs' correction of the gradient that pass B wrote (the forward KL's student's,
+ * the reverse KL's teacher's), from pass B's excess R (distill_rows): pass B kept
+ * t_c = p expm1(y0) (forward; reverse: q expm1(z0)) in t_row, and the gradient is
+ * scale (t_c - R p_c) / (1 + R), p_c = e_c unit_k (e_row: the other model's exps, unit_k
+ * its chunk's scale), stored (rounded once) to g.
+ */
+static void NAME(distill_correct)(int divergence, const REAL *t_row, const REAL *e_row,
+                                  fastloss_index n_classes, fastloss_index n_chunks,
+                                  double inv_temperature, const double *student_chunks,
+                                  const double *teacher_chunks, const double *close,
+                                  const vocab_row_stats *student,
+                                  const vocab_row_stats *teacher, double scale,
+                                  double excess, GRAD_T *g)
+{
+    const REAL a = (REAL)(scale / (1.0 + excess));
+    const double b_unit = -scale * excess / (1.0 + excess);
+    for (fastloss_index k = 0; k < n_chunks; ++k) {
+        const fastloss_index start = k * FASTLOSS_VOCAB_CHUNK;
+        const fastloss_index n = fastloss_vocab_chunk_length(n_classes, start);
+        NAME(distill_chunk) chunk;
+        NAME(distill_chunk_of)(student_chunks + k * VOCAB_CHUNK_FIELDS,
+                               teacher_chunks + k * VOCAB_CHUNK_FIELDS, close + 3 * k, student,
+                               teacher, inv_temperature, &chunk);
+        const REAL b = (REAL)(b_unit * (divergence == FASTLOSS_DIVERGENCE_FORWARD_KL
+                                            ? (double)chunk.scale_t
+                                            : (double)chunk.scale_s));
+        const REAL *tk = t_row + start, *ek = e_row + start;
+        GRAD_T *gk = g + start;
+#pragma omp simd
+        for (fastloss_index c = 0; c < n; ++c)
+            STORE(gk, c, a * tk[c] + b * ek[c]);
     }
 }
 
@@ -1190,6 +1266,7 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
     const int divergence = options->divergence;
     const double inv_temperature = 1.0 / options->temperature;
     const double beta = options->beta;
+    const int jsd = divergence == FASTLOSS_DIVERGENCE_JSD;
     char *mine = job->scratch + job->per_thread * (size_t)thread;
     double *student_chunks = (double *)mine;
     double *teacher_chunks = student_chunks + n_chunks * VOCAB_CHUNK_FIELDS;
@@ -1258,9 +1335,10 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
         REAL *es_row = gs && STORAGE_IS_COMPUTE ? (REAL *)gs : scratch_es;
         REAL *et_row = gt && STORAGE_IS_COMPUTE ? (REAL *)gt : scratch_et;
         vocab_row_stats student, teacher;
-        NAME(distill_stats)(xs, xt, n_classes, n_chunks, inv_temperature, es_row, et_row,
-                            d_row, student_chunks, teacher_chunks, close, &student, &teacher);
-        NAME(distill_offsets)(student_chunks, close, n_chunks, inv_temperature, &student,
+        NAME(distill_stats)(jsd, xs, xt, n_classes, n_chunks, inv_temperature, es_row,
+                            et_row, d_row, student_chunks, teacher_chunks, close, &student,
+                            &teacher);
+        NAME(distill_offsets)(jsd, student_chunks, close, n_chunks, inv_temperature, &student,
                               &teacher);
         /* A row with no finite log-sum-exp (a +inf or NaN logit, or every logit -inf)
          * has no distribution: its loss and gradients are NaN. */
@@ -1271,13 +1349,41 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
         const double weight_s = divergence == FASTLOSS_DIVERGENCE_JSD ? 1.0 - beta : 1.0;
         const double weight_t = divergence == FASTLOSS_DIVERGENCE_JSD ? beta : 1.0;
         const REAL scale_s = (REAL)(scale * weight_s), scale_t = (REAL)(scale * weight_t);
-        double kl_s = 0.0, kl_t = 0.0, loss = 0.0;
+        double kl_s = 0.0, kl_t = 0.0, loss = 0.0, excess = 0.0;
         row.kl_s = row.kl_t = 0;
         /* pass B: the divergence, with the gradients that subtract no row total (the
          * forward KL's student's, the reverse KL's teacher's) */
         NAME(distill_pass)(divergence, 0, es_row, et_row, d_row, gap_row, n_classes, n_chunks,
                            inv_temperature, student_chunks, teacher_chunks, close, &student,
-                           &teacher, &row, scale_s, scale_t, gs, gt, &kl_s, &kl_t, &loss);
+                           &teacher, &row, scale_s, scale_t, gs, gt, &kl_s, &kl_t, &loss,
+                           &excess);
+        if (!jsd) {
+            /* The KLs' kappa (distill_offsets, without D) carries the roundings of the
+             * sums of exps (about 1e-8), so pass B's y0 = d + offset is y - eps with a
+             * constant eps; a close pair's q - p and y are as small as the models'
+             * distance, so eps must go.  Pass B summed, beside L0 = sum_c p g(y0), R =
+             * sum_c p expm1(y0) (forward; the reverse KL the same with q and z0 = -y0),
+             * each term as accurate as the gradient's (it is that term: near 0 by g's
+             * series, p (y0 + g(y0)), beyond as q - p).  sum_c q = sum_c p e^y = 1
+             * gives e^eps = 1 / (1 + R) (reverse: e^-eps), so that, exactly,
+             *   KL = sum_c p g(y0 + eps) = L0 - R + log1p(R),
+             *   q - p = (t_c - R p) / (1 + R)  (t_c = p expm1(y0), distill_correct),
+             * and the totals the other gradients subtract with y0 in place of y,
+             * K + eps (forward KL's teacher: p (-y - K)) and K - eps (reverse KL's
+             * student: q (y - K)), are both L0 - R.  The JSD keeps D in pass A. */
+            kl_s = kl_t = loss - excess;
+            loss = kl_s + log1p(excess);
+            GRAD_T *g = divergence == FASTLOSS_DIVERGENCE_FORWARD_KL ? gs : gt;
+            if (g)
+                NAME(distill_correct)(divergence,
+                                      divergence == FASTLOSS_DIVERGENCE_FORWARD_KL ? es_row
+                                                                                  : et_row,
+                                      divergence == FASTLOSS_DIVERGENCE_FORWARD_KL ? et_row
+                                                                                  : es_row,
+                                      n_classes, n_chunks, inv_temperature, student_chunks,
+                                      teacher_chunks, close, &student, &teacher, scale,
+                                      excess, g);
+        }
         /* pass C: the gradients that subtract the totals, from the kept rows */
         const int needs_totals = (gs && divergence != FASTLOSS_DIVERGENCE_FORWARD_KL) ||
                                  (gt && divergence != FASTLOSS_DIVERGENCE_REVERSE_KL);
@@ -1289,7 +1395,7 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
                                close, &student, &teacher, &row, scale_s, scale_t,
                                divergence == FASTLOSS_DIVERGENCE_FORWARD_KL ? NULL : gs,
                                divergence == FASTLOSS_DIVERGENCE_REVERSE_KL ? NULL : gt,
-                               NULL, NULL, NULL);
+                               NULL, NULL, NULL, NULL);
         }
         job->row_loss[i] = finite ? loss : NAN;
     }
