@@ -624,19 +624,25 @@ typedef struct NAME(distill_row) {
 
 /* What a chunk's elements need: with e_c = exp((x_c - shift) / T) as pass A left it,
  * q_c = e_c scale, per model, and y_c = log q_c - log p_c = d_c + offset (d_c = a_s - a_t
- * from pass A, offset = close[0]: distill_offsets). */
+ * from pass A, offset = close[3 k]: distill_offsets). */
 typedef struct NAME(distill_chunk) {
     REAL scale_s, scale_t, offset;
 } NAME(distill_chunk);
 
-FASTLOSS_INLINE void NAME(distill_chunk_of)(const double *student_chunk,
-                                            const double *teacher_chunk, const double *close,
-                                            const vocab_row_stats *student,
-                                            const vocab_row_stats *teacher,
-                                            double inv_temperature,
-                                            NAME(distill_chunk) *chunk)
+/* Chunk k's (from both models' chunk statistics and `close`, three values a chunk);
+ * returns the chunk's length. */
+FASTLOSS_INLINE fastloss_index NAME(distill_chunk_of)(fastloss_index k, fastloss_index n_classes,
+                                                      const double *student_chunks,
+                                                      const double *teacher_chunks,
+                                                      const double *close,
+                                                      const vocab_row_stats *student,
+                                                      const vocab_row_stats *teacher,
+                                                      double inv_temperature,
+                                                      NAME(distill_chunk) *chunk)
 {
-    chunk->offset = (REAL)close[0];
+    const double *student_chunk = student_chunks + k * VOCAB_CHUNK_FIELDS;
+    const double *teacher_chunk = teacher_chunks + k * VOCAB_CHUNK_FIELDS;
+    chunk->offset = (REAL)close[3 * k];
     const double m_s = student_chunk[VOCAB_CHUNK_MAX], m_t = teacher_chunk[VOCAB_CHUNK_MAX];
     /* a chunk with no finite value: shift 0 and every e 0 (its scale is then unused) */
     const double shift_s = m_s == -INFINITY ? 0.0 : m_s;
@@ -645,7 +651,9 @@ FASTLOSS_INLINE void NAME(distill_chunk_of)(const double *student_chunk,
     const double log_scale_t = (shift_t - teacher->max) * inv_temperature - teacher->log_sum;
     chunk->scale_s = (REAL)exp(log_scale_s);
     chunk->scale_t = (REAL)exp(log_scale_t);
+    return fastloss_vocab_chunk_length(n_classes, k * FASTLOSS_VOCAB_CHUNK);
 }
+
 
 typedef struct NAME(distill_job) {
     const fastloss_vocab_options *options;
@@ -1165,11 +1173,10 @@ FASTLOSS_INLINE void NAME(distill_pass)(int divergence, int pass_c, REAL *es_row
     REAL *gap_t_rows = gs ? gap_row : d_row;
     for (fastloss_index k = 0; k < n_chunks; ++k) {
         const fastloss_index start = k * FASTLOSS_VOCAB_CHUNK;
-        const fastloss_index n = fastloss_vocab_chunk_length(n_classes, start);
         NAME(distill_chunk) chunk;
-        NAME(distill_chunk_of)(student_chunks + k * VOCAB_CHUNK_FIELDS,
-                               teacher_chunks + k * VOCAB_CHUNK_FIELDS, close + 3 * k, student,
-                               teacher, inv_temperature, &chunk);
+        const fastloss_index n = NAME(distill_chunk_of)(k, n_classes, student_chunks,
+                                                        teacher_chunks, close, student, teacher,
+                                                        inv_temperature, &chunk);
         REAL *es = es_row + start, *et = et_row + start;
         REAL *d = d_row + start, *gap_t = gap_t_rows + start;
         GRAD_T *gsk = gs ? gs + start : NULL, *gtk = gt ? gt + start : NULL;
@@ -1243,11 +1250,10 @@ static void NAME(distill_correct)(int divergence, const REAL *t_row, const REAL 
     const double b_unit = -scale * excess / (1.0 + excess);
     for (fastloss_index k = 0; k < n_chunks; ++k) {
         const fastloss_index start = k * FASTLOSS_VOCAB_CHUNK;
-        const fastloss_index n = fastloss_vocab_chunk_length(n_classes, start);
         NAME(distill_chunk) chunk;
-        NAME(distill_chunk_of)(student_chunks + k * VOCAB_CHUNK_FIELDS,
-                               teacher_chunks + k * VOCAB_CHUNK_FIELDS, close + 3 * k, student,
-                               teacher, inv_temperature, &chunk);
+        const fastloss_index n = NAME(distill_chunk_of)(k, n_classes, student_chunks,
+                                                        teacher_chunks, close, student, teacher,
+                                                        inv_temperature, &chunk);
         const REAL b = (REAL)(b_unit * (divergence == FASTLOSS_DIVERGENCE_FORWARD_KL
                                             ? (double)chunk.scale_t
                                             : (double)chunk.scale_s));
