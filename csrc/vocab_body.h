@@ -654,7 +654,6 @@ FASTLOSS_INLINE fastloss_index NAME(distill_chunk_of)(fastloss_index k, fastloss
     return fastloss_vocab_chunk_length(n_classes, k * FASTLOSS_VOCAB_CHUNK);
 }
 
-
 typedef struct NAME(distill_job) {
     const fastloss_vocab_options *options;
     const STORE_T *student, *teacher;
