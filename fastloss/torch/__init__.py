@@ -208,8 +208,7 @@ def _empty(shape, dtype):
     time from torch.empty, 13 ms from huge pages (2-core Zen 4 VM, 2026-11-28). The
     adapter's own large buffers (the linear cross-entropy's gradients and scratch) come
     from here."""
-    tensor = torch.from_numpy(_kernels.empty(shape, _STORAGE_DTYPES[dtype]))
-    return tensor.view(torch.bfloat16) if dtype == torch.bfloat16 else tensor
+    return _gradient_tensor(_kernels.empty(shape, _STORAGE_DTYPES[dtype]), dtype)
 
 
 def _gradient_tensor(grad, dtype):
