@@ -1162,25 +1162,72 @@ FASTLOSS_INLINE EW(pair) EW(bradley_terry_element)(REAL chosen, REAL rejected, R
 }
 
 #ifdef EW_FLOAT_COMPUTE
+/* float32 only: a + b = sum + *error exactly where a, b and sum are finite (Knuth's
+ * TwoSum: no branch, no product for gcc to contract); an infinite or NaN operand or
+ * sum makes *error NaN or infinite. */
+FASTLOSS_INLINE REAL EW(two_sum)(REAL a, REAL b, REAL *error)
+{
+    const REAL sum = a + b;
+    const REAL b_part = sum - a;
+    *error = (a - (sum - b_part)) + (b - b_part);
+    return sum;
+}
+
+/* float32 only: z in double split as hi = z rounded to float, *lo = z - hi (exact in
+ * double, |lo| <= 2**-24 |hi|, rounded to float: within 2**-48 |hi|). */
+FASTLOSS_INLINE REAL EW(split_wide)(EW_WIDE z, REAL *lo)
+{
+    const REAL hi = (REAL)z;
+    *lo = (REAL)(z - (EW_WIDE)hi);
+    return hi;
+}
+
+/*
+ * float32 only: bradley_terry's z = c - r - m split in float, without double: TwoSum
+ * gives c - r = d + d_error exactly and, with a margin, d - m = hi + m_error exactly,
+ * so z = hi + d_error + m_error, and lo = d_error + m_error rounds once (within u |lo|:
+ * 2**-40 |hi| where |lo| <= L, the bound of logistic_narrow_element).  Without a margin
+ * (with_margin 0: the tile's margins all zero, z = c - r) hi and lo are those of the
+ * double split (hi = c - r rounded, lo its exact error).  *doubt is set where |lo| > L
+ * (a margin that cancels c - r: |lo| can then reach half an ulp of c - r while hi is
+ * small) or lo is NaN (an overflow or an infinite input): logistic_narrow_element's
+ * bound needs |lo| <= L, and those elements are computed again in double.
+ */
+FASTLOSS_INLINE REAL EW(bradley_terry_split)(REAL chosen, REAL rejected, REAL margin,
+                                             int with_margin, REAL *lo, int *doubt)
+{
+    REAL d_error, m_error = 0;
+    REAL hi = EW(two_sum)(chosen, -rejected, &d_error);
+    if (with_margin)
+        hi = EW(two_sum)(hi, -margin, &m_error);
+    *lo = d_error + m_error;
+    *doubt = !(EW_ABS(*lo) <= 0x1p-17f + 0x1p-22f * EW_ABS(hi));
+    return hi;
+}
+
 /*
  * float32 only: the logistic terms of bradley_terry and of dpo's sigmoid loss in
  * float32 arithmetic (16 lanes on AVX-512; in double, exp, log1p and the sigmoid's
  * division on 8 lanes cost three times bce_with_logits), from their argument z
- * computed in double (a difference of inputs that float32 would round where the
- * loss needs it exactly: the loss is about exp(-z), so z's rounding error is the
- * loss's relative error).  z is split: hi = z rounded to float, lo = (z - hi) rounded
- * to float (z - hi is exact in double), |lo| <= 2**-24 |hi|, and the functions of
- * z are those of hi corrected to first order in lo:
+ * split as z = hi + lo, both floats (z is a difference of inputs that float32 would
+ * round where the loss needs it exactly: the loss is about exp(-z), so z's error is
+ * the loss's relative error).  The callers' splits (EW(split_wide),
+ * EW(bradley_terry_split)) give z within 2**-40 |hi| of hi + lo and, unless they
+ * flag split_doubt, |lo| <= L = 2**-17 + 2**-22 |hi| (a rounded split has |lo| <=
+ * 2**-24 |hi|); the functions of z are those of hi corrected to first order in lo:
  *   softplus(-z) = softplus(-hi) - s lo,     s = sigmoid(-hi), c = sigmoid(hi) = 1 - s,
  *   softplus(z)  = softplus(hi) + c lo,
  *   sigmoid(-z)  = s - s c lo,
- * the neglected terms under lo**2 of each (relative), 2.7e-11 for |hi| <= 87.  With
+ * the neglected terms under c lo**2 of each (relative: the second derivatives are s c
+ * times at most 1, and softplus(-hi) >= s), 8.1e-10 for |hi| <= 87 (L <= 2.84e-5),
+ * and under exp(hi) (2**-17 + 2**-22 |hi|)**2 below -87.  With
  * e = exp(-|hi|) and i = 1 / (1 + e), s and c are e i and i per the sign of hi
  * (exp never sees a positive argument), and softplus(-hi) = max(-hi, 0) + log1p(e),
  * a sum of terms >= 0 (bce_value_plain's form).  Errors, as bce's and
  * focal_narrow_element's (u = 2**-24): e within 2.6e-7, i within 2u, e i within
  * 4.4e-7; log1p(e) within 5.6e-7; the correction's roundings are under u of a term
- * under |lo| <= 5.2e-6 of the result; the sums round once each.  So the value is
+ * under L <= 2.84e-5 of the result (hi >= 0: s <= softplus(-hi); hi < 0:
+ * softplus(-hi) >= max(ln 2, -hi)); the sums round once each.  So the value is
  * within 7e-7 of itself, and sigmoid(-z) within 5e-7: the loss and the slope of
  * bradley_terry (and of dpo without label smoothing: beta's and the scale's products
  * add a rounding each) meet the 2e-6 budget with room, with no doubt.  With label
@@ -1190,14 +1237,13 @@ FASTLOSS_INLINE EW(pair) EW(bradley_terry_element)(REAL chosen, REAL rejected, R
  * 5e-7 sigmoid(-z) + 6e-8 ls (ls's rounding) exceeds 1.5e-6 |ls - sigmoid(-z)|
  * (bce_slope_in_doubt's test with 0.34 for its 0.27).  In doubt also: hi above 87
  * (exp's flush to 0 would lose a loss of about exp(-z), and the slope), hi infinite
- * or NaN, and, with label smoothing, hi below -87 (softplus(z) is then about exp(z));
- * those elements are computed again in double.
+ * or NaN, with label smoothing, hi below -87 (softplus(z) is then about exp(z)), and
+ * split_doubt; those elements are computed again in double.
  */
-FASTLOSS_INLINE EW(narrow) EW(logistic_narrow_element)(EW_WIDE z, int smoothed, REAL keep,
-                                                       REAL smoothing, REAL slope_scale)
+FASTLOSS_INLINE EW(narrow) EW(logistic_narrow_element)(REAL hi, REAL lo, int split_doubt,
+                                                       int smoothed, REAL keep, REAL smoothing,
+                                                       REAL slope_scale)
 {
-    const REAL hi = (REAL)z;
-    const REAL lo = (REAL)(z - (EW_WIDE)hi);
     const REAL e = EW_EXP_NONPOSITIVE(-EW_ABS(hi));
     const REAL inverse = 1 / (1 + e); /* sigmoid(|hi|) */
     const REAL q = e * inverse;       /* sigmoid(-|hi|) */
@@ -1212,14 +1258,15 @@ FASTLOSS_INLINE EW(narrow) EW(logistic_narrow_element)(EW_WIDE z, int smoothed, 
         const REAL bracket = smoothing - sigmoid_minus;
         result.value = keep * minus + smoothing * plus;
         result.slope = slope_scale * bracket;
-        result.value_doubt = !(EW_ABS(hi) <= (REAL)87);
+        result.value_doubt = split_doubt | !(EW_ABS(hi) <= (REAL)87);
         result.slope_doubt = result.value_doubt |
                              (sigmoid_minus * (REAL)0.34 + smoothing * (REAL)0.04 >
                               EW_ABS(bracket));
     } else {
         result.value = minus;
         result.slope = -slope_scale * sigmoid_minus;
-        result.value_doubt = result.slope_doubt = !((hi <= (REAL)87) & (hi >= -0x1p127f));
+        result.value_doubt = result.slope_doubt =
+            split_doubt | !((hi <= (REAL)87) & (hi >= -0x1p127f));
     }
     return result;
 }
@@ -1231,12 +1278,25 @@ static void EW(bradley_terry_tile)(const STORE_T *FASTLOSS_RESTRICT chosen,
                                    REAL *FASTLOSS_RESTRICT value, REAL *FASTLOSS_RESTRICT slope)
 {
 #ifdef EW_FLOAT_COMPUTE
-    EW_NARROW_TILE(const EW(narrow) f = EW(logistic_narrow_element)(
-                       EW(bradley_terry_z)(LOAD(chosen, k), LOAD(rejected, k), LOAD(margin, k)),
-                       0, 1, 0, 1),
-                   const EW(pair) g = EW(bradley_terry_element)(LOAD(chosen, k),
-                                                                LOAD(rejected, k),
-                                                                LOAD(margin, k)));
+    /* a tile whose margins are all zero (the default margin) skips the second TwoSum */
+    int margin_zero = 1;
+    for (fastloss_index k = 0; k < m; ++k)
+        margin_zero &= LOAD(margin, k) == 0;
+#define EW_BRADLEY_TERRY_NARROW(WITH_MARGIN)                                                \
+    EW_NARROW_TILE(REAL lo; int split_doubt;                                                \
+                   const REAL hi = EW(bradley_terry_split)(LOAD(chosen, k), LOAD(rejected, k), \
+                                                           LOAD(margin, k), WITH_MARGIN,    \
+                                                           &lo, &split_doubt);              \
+                   const EW(narrow) f =                                                     \
+                       EW(logistic_narrow_element)(hi, lo, split_doubt, 0, 1, 0, 1),        \
+                   const EW(pair) g = EW(bradley_terry_element)(LOAD(chosen, k),            \
+                                                                LOAD(rejected, k),          \
+                                                                LOAD(margin, k)))
+    if (margin_zero)
+        EW_BRADLEY_TERRY_NARROW(0);
+    else
+        EW_BRADLEY_TERRY_NARROW(1);
+#undef EW_BRADLEY_TERRY_NARROW
 #else
     EW_TILE_LOOPS(const EW(pair) f = EW(bradley_terry_element)(LOAD(chosen, k),
                                                                LOAD(rejected, k),
@@ -1448,11 +1508,14 @@ static void EW(dpo_tile)(const STORE_T *FASTLOSS_RESTRICT policy_chosen,
         const REAL keep = (REAL)(1 - smoothing), narrow_smoothing = (REAL)smoothing;
         const REAL narrow_beta = (REAL)beta;
 #define EW_DPO_NARROW(SMOOTHED)                                                             \
-    EW_NARROW_TILE(const EW(narrow) f = EW(logistic_narrow_element)(                        \
+    EW_NARROW_TILE(REAL lo;                                                                 \
+                   const REAL hi = EW(split_wide)(                                          \
                        beta * EW(dpo_h)(LOAD(policy_chosen, k), LOAD(policy_rejected, k),   \
                                         LOAD(reference_chosen, k),                          \
                                         LOAD(reference_rejected, k)),                       \
-                       SMOOTHED, keep, narrow_smoothing, narrow_beta),                      \
+                       &lo);                                                                \
+                   const EW(narrow) f = EW(logistic_narrow_element)(                        \
+                       hi, lo, 0, SMOOTHED, keep, narrow_smoothing, narrow_beta),           \
                    const EW(pair) g = EW(dpo_element)(                                      \
                        LOAD(policy_chosen, k), LOAD(policy_rejected, k),                    \
                        LOAD(reference_chosen, k), LOAD(reference_rejected, k), beta,        \

@@ -66,6 +66,35 @@ def test_bradley_terry_float_pass(simd_path, margin, rng):
                               grads[0], equal_nan=True)
 
 
+def test_bradley_terry_margin_cancels(simd_path, rng):
+    """A margin per element that cancels a large chosen - rejected: the float split's
+    error term (half an ulp of chosen - rejected, up to 0.03 here) is then far beyond its
+    bound next to a small z (the loss would miss by about its square), so those elements
+    go back to double; zero margins in the same array take the one-TwoSum split."""
+    n = 30000
+    z = np.concatenate([rng.normal(0.0, 3.0, n // 2), rng.uniform(-95.0, 95.0, n // 2)])
+    rejected = rng.normal(0.0, 1.0, n).astype(F32)
+    chosen = (10.0 ** rng.uniform(2.0, 6.5, n) * rng.choice([-1, 1], n)).astype(F32)
+    # margin: chosen - rejected - z rounded to float32, zero in one element of 7
+    margin = (chosen.astype(np.float64) - rejected - z).astype(F32)
+    margin[::7] = 0
+    options = dict(margin=margin, reduction="none")
+    loss, grads = fastloss.bradley_terry_value_and_grad(chosen, rejected,
+                                                        wrt=("chosen", "rejected"), **options)
+    ref_loss, ref_grads = reference.bradley_terry_value_and_grad(
+        chosen.astype(np.float64), rejected.astype(np.float64), wrt=("chosen", "rejected"),
+        margin=margin.astype(np.float64), reduction="none")
+    _each_within(loss, ref_loss, "loss")
+    _each_within(grads[0], ref_grads[0], "grad chosen")
+    _each_within(grads[1], ref_grads[1], "grad rejected")
+    for threads in (1, 2):
+        assert np.array_equal(fastloss.bradley_terry(chosen, rejected, num_threads=threads,
+                                                     **options), loss, equal_nan=True)
+        assert np.array_equal(fastloss.bradley_terry_grad(chosen, rejected,
+                                                          num_threads=threads, **options),
+                              grads[0], equal_nan=True)
+
+
 @pytest.mark.parametrize("beta,smoothing", [(0.1, 0.0), (0.1, 0.2), (2.0, 0.0), (2.0, 0.1),
                                             (0.5, 0.5)])
 def test_dpo_sigmoid_float_pass(simd_path, beta, smoothing, rng):
