@@ -1487,6 +1487,41 @@ FASTLOSS_INLINE EW(pair) EW(dpo_element)(REAL policy_chosen, REAL policy_rejecte
     return result;
 }
 
+#if defined(EW_FLOAT_COMPUTE) && defined(__FMA__)
+/*
+ * float32 only, where FMA is native: dpo's z = beta h split in float, without double.
+ * TwoSum gives pc - pr = a + a_error, rc - rr = b + b_error and a - b = h_hi + h_error
+ * exactly; t = a_error - b_error and h_lo = h_error + t round once each, so h_hi + h_lo
+ * is h within u (|t| + |h_lo|).  beta = beta_hi + beta_low within 2**-48 beta (beta_hi
+ * normal: the caller's 2**-60 <= beta <= 2**60); then hi = beta_hi h_hi, its exact error
+ * by FMA, and lo = beta_hi h_lo + beta_low h_hi + that error (two FMAs, u |lo| each;
+ * beta_low h_lo, under 2**-24 beta |h_lo|, left out).  With |h_lo| <= u |h_hi| + 1.0001
+ * |t|, z's error is under 3 beta u |t| + 2**-46 |z| (+ u L, L = logistic_narrow_element's
+ * bound on lo): *doubt is set where beta_hi |t| > 2**-10 (error_limit = 2**-10 /
+ * beta_hi: then the error is under 1.8e-10, a relative error of the loss and the slope
+ * under 1.8e-10), where |lo| > L, and where anything is NaN (an infinite input, an
+ * overflow).  |t| is half an ulp of pc - pr and rc - rr at most, so only differences
+ * of log-probabilities beyond about 2**14 / beta go back to double.
+ */
+FASTLOSS_INLINE REAL EW(dpo_split)(REAL policy_chosen, REAL policy_rejected,
+                                   REAL reference_chosen, REAL reference_rejected,
+                                   REAL beta_hi, REAL beta_low, REAL error_limit, REAL *lo,
+                                   int *doubt)
+{
+    REAL a_error, b_error, h_error;
+    const REAL a = EW(two_sum)(policy_chosen, -policy_rejected, &a_error);
+    const REAL b = EW(two_sum)(reference_chosen, -reference_rejected, &b_error);
+    const REAL h_hi = EW(two_sum)(a, -b, &h_error);
+    const REAL t = a_error - b_error;
+    const REAL h_lo = h_error + t;
+    const REAL hi = beta_hi * h_hi;
+    *lo = fmaf(beta_hi, h_lo, fmaf(beta_low, h_hi, fmaf(beta_hi, h_hi, -hi)));
+    *doubt = !((EW_ABS(t) <= error_limit) &
+               (EW_ABS(*lo) <= 0x1p-17f + 0x1p-22f * EW_ABS(hi)));
+    return hi;
+}
+#endif
+
 #define EW_DPO_LOOPS(TYPE)                                                                  \
     EW_TILE_LOOPS(const EW(pair) f = EW(dpo_element)(LOAD(policy_chosen, k),                \
                                                      LOAD(policy_rejected, k),              \
@@ -1507,23 +1542,49 @@ static void EW(dpo_tile)(const STORE_T *FASTLOSS_RESTRICT policy_chosen,
     if (loss_type == FASTLOSS_DPO_SIGMOID) {
         const REAL keep = (REAL)(1 - smoothing), narrow_smoothing = (REAL)smoothing;
         const REAL narrow_beta = (REAL)beta;
-#define EW_DPO_NARROW(SMOOTHED)                                                             \
-    EW_NARROW_TILE(REAL lo;                                                                 \
-                   const REAL hi = EW(split_wide)(                                          \
-                       beta * EW(dpo_h)(LOAD(policy_chosen, k), LOAD(policy_rejected, k),   \
-                                        LOAD(reference_chosen, k),                          \
-                                        LOAD(reference_rejected, k)),                       \
-                       &lo);                                                                \
+#ifdef __FMA__
+        /* the split in float (dpo_split) where beta's is exact enough (beta_hi normal) */
+        const REAL beta_low = (REAL)(beta - (EW_WIDE)narrow_beta);
+        const REAL error_limit = 0x1p-10f / narrow_beta;
+        const int float_split = beta >= 0x1p-60 && beta <= 0x1p60;
+#define EW_DPO_FLOAT_SPLIT(SMOOTHED)                                                        \
+    EW_DPO_NARROW(REAL lo; int split_doubt;                                                 \
+                  const REAL hi = EW(dpo_split)(LOAD(policy_chosen, k),                     \
+                                                LOAD(policy_rejected, k),                   \
+                                                LOAD(reference_chosen, k),                  \
+                                                LOAD(reference_rejected, k), narrow_beta,   \
+                                                beta_low, error_limit, &lo, &split_doubt),  \
+                  split_doubt, SMOOTHED)
+#else
+        const int float_split = 0;
+#define EW_DPO_FLOAT_SPLIT(SMOOTHED) EW_DPO_WIDE_SPLIT(SMOOTHED)
+#endif
+#define EW_DPO_WIDE_SPLIT(SMOOTHED)                                                         \
+    EW_DPO_NARROW(REAL lo;                                                                  \
+                  const REAL hi = EW(split_wide)(                                           \
+                      beta * EW(dpo_h)(LOAD(policy_chosen, k), LOAD(policy_rejected, k),    \
+                                       LOAD(reference_chosen, k),                           \
+                                       LOAD(reference_rejected, k)),                        \
+                      &lo),                                                                 \
+                  0, SMOOTHED)
+#define EW_DPO_NARROW(SPLIT, SPLIT_DOUBT, SMOOTHED)                                         \
+    EW_NARROW_TILE(SPLIT;                                                                   \
                    const EW(narrow) f = EW(logistic_narrow_element)(                        \
-                       hi, lo, 0, SMOOTHED, keep, narrow_smoothing, narrow_beta),           \
+                       hi, lo, SPLIT_DOUBT, SMOOTHED, keep, narrow_smoothing, narrow_beta), \
                    const EW(pair) g = EW(dpo_element)(                                      \
                        LOAD(policy_chosen, k), LOAD(policy_rejected, k),                    \
                        LOAD(reference_chosen, k), LOAD(reference_rejected, k), beta,        \
                        FASTLOSS_DPO_SIGMOID, smoothing, ipo_target))
-        if (smoothing != 0)
-            EW_DPO_NARROW(1);
+        if (float_split && smoothing != 0)
+            EW_DPO_FLOAT_SPLIT(1);
+        else if (float_split)
+            EW_DPO_FLOAT_SPLIT(0);
+        else if (smoothing != 0)
+            EW_DPO_WIDE_SPLIT(1);
         else
-            EW_DPO_NARROW(0);
+            EW_DPO_WIDE_SPLIT(0);
+#undef EW_DPO_FLOAT_SPLIT
+#undef EW_DPO_WIDE_SPLIT
 #undef EW_DPO_NARROW
         return;
     }
