@@ -126,6 +126,33 @@ def test_dpo_sigmoid_float_pass(simd_path, beta, smoothing, rng):
                               grads[0], equal_nan=True)
 
 
+@pytest.mark.parametrize("beta", [0.1, 3.0])
+def test_dpo_large_differences(simd_path, beta, rng):
+    """Log-probability differences from 1e3 to 1e12 whose policy and reference parts
+    cancel to a moderate z: the float split's error terms (half an ulp of each
+    difference) go beyond their bounds there, and those elements back to double."""
+    n = 20000
+    big = 10.0 ** rng.uniform(3.0, 12.0, n)
+    logits = rng.normal(0.0, 5.0 / beta, n)
+    policy_rejected = -rng.uniform(10.0, 300.0, n)
+    reference_rejected = -rng.uniform(10.0, 300.0, n)
+    policy_chosen = policy_rejected - big
+    reference_chosen = reference_rejected - big - logits
+    arrays = [a.astype(F32) for a in (policy_chosen, policy_rejected, reference_chosen,
+                                      reference_rejected)]
+    names = ("policy_chosen", "policy_rejected", "reference_chosen", "reference_rejected")
+    options = dict(beta=beta, reduction="none")
+    loss, grads = fastloss.dpo_value_and_grad(*arrays, wrt=names, **options)
+    ref_loss, ref_grads = reference.dpo_value_and_grad(
+        *(a.astype(np.float64) for a in arrays), wrt=names, **options)
+    _each_within(loss, ref_loss, "loss")
+    for grad, ref, name in zip(grads, ref_grads, names):
+        _each_within(grad, ref, name)
+    for threads in (1, 2):
+        assert np.array_equal(fastloss.dpo(*arrays, num_threads=threads, **options), loss,
+                              equal_nan=True)
+
+
 @pytest.mark.parametrize("log_target", [False, True])
 def test_kl_div_float_pass(simd_path, log_target, rng):
     n = 30000
