@@ -1182,6 +1182,13 @@ FASTLOSS_INLINE REAL EW(split_wide)(EW_WIDE z, REAL *lo)
     return hi;
 }
 
+/* float32 only: whether a split's lo is beyond logistic_narrow_element's bound L =
+ * 2**-17 + 2**-22 |hi|, or NaN. */
+FASTLOSS_INLINE int EW(split_beyond_bound)(REAL hi, REAL lo)
+{
+    return !(EW_ABS(lo) <= 0x1p-17f + 0x1p-22f * EW_ABS(hi));
+}
+
 /*
  * float32 only: bradley_terry's z = c - r - m split in float, without double: TwoSum
  * gives c - r = d + d_error exactly and, with a margin, d - m = hi + m_error exactly,
@@ -1201,7 +1208,7 @@ FASTLOSS_INLINE REAL EW(bradley_terry_split)(REAL chosen, REAL rejected, REAL ma
     if (with_margin)
         hi = EW(two_sum)(hi, -margin, &m_error);
     *lo = d_error + m_error;
-    *doubt = !(EW_ABS(*lo) <= 0x1p-17f + 0x1p-22f * EW_ABS(hi));
+    *doubt = EW(split_beyond_bound)(hi, *lo);
     return hi;
 }
 
@@ -1516,8 +1523,7 @@ FASTLOSS_INLINE REAL EW(dpo_split)(REAL policy_chosen, REAL policy_rejected,
     const REAL h_lo = h_error + t;
     const REAL hi = beta_hi * h_hi;
     *lo = fmaf(beta_hi, h_lo, fmaf(beta_low, h_hi, fmaf(beta_hi, h_hi, -hi)));
-    *doubt = !((EW_ABS(t) <= error_limit) &
-               (EW_ABS(*lo) <= 0x1p-17f + 0x1p-22f * EW_ABS(hi)));
+    *doubt = EW(split_beyond_bound)(hi, *lo) | !(EW_ABS(t) <= error_limit);
     return hi;
 }
 #endif
