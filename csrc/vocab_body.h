@@ -419,6 +419,7 @@ static void NAME(tlp_rows)(const NAME(tlp_job) *job, int thread, int n_threads)
     const int need_weighted = job->entropy != NULL || job->grad_entropy != NULL;
     /* the rows claimed a few at a time by whichever thread is free (common.h) */
     const fastloss_index claim = fastloss_claim_items(options->n_rows, n_threads);
+    (void)claim; /* (a serial build) */
 #pragma omp for schedule(dynamic, claim) nowait
     for (fastloss_index i = 0; i < options->n_rows; ++i) {
         const STORE_T *x = job->logits + i * job->logits_row_stride;
@@ -1312,6 +1313,7 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
     row.log_odds = (REAL)(log(beta) - log1p(-beta));
     /* the rows claimed a few at a time by whichever thread is free (common.h) */
     const fastloss_index claim = fastloss_claim_items(options->n_rows, n_threads);
+    (void)claim; /* (a serial build) */
 #pragma omp for schedule(dynamic, claim) nowait
     for (fastloss_index i = 0; i < options->n_rows; ++i) {
         const STORE_T *xs = job->student + i * job->student_row_stride;
