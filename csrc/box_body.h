@@ -948,9 +948,13 @@ static double BOX(pass)(const BOX(call) *call, fastloss_index n, fastloss_index 
         /* never more threads than blocks: a thread without a block would only cost
          * its wake-up */
         const int region_threads = threads > count ? (int)count : threads;
+        /* the blocks claimed a few at a time by whichever thread is free (common.h) */
+        const fastloss_index claim = fastloss_claim_items(count, region_threads);
         (void)region_threads;
+        (void)claim;
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(region_threads) if (region_threads > 1) schedule(static)
+#pragma omp parallel for num_threads(region_threads) if (region_threads > 1) \
+    schedule(dynamic, claim)
 #endif
         for (fastloss_index b = 0; b < count; ++b) {
             const fastloss_index start = (first + b) * FASTLOSS_BOX_BLOCK;

@@ -29,6 +29,7 @@ typedef struct RUN_JOB {
     fastloss_index grad_row_stride;
     fastloss_index n_rows;
     fastloss_index n_units;
+    fastloss_index claim;           /* units per claim (common.h) */
     int small, wide, softcap, backward, private_e;
     int prefetch_rows;              /* the forward prefetches this many rows ahead (0: none) */
     double softcap_value;
@@ -39,18 +40,17 @@ typedef struct RUN_JOB {
 } RUN_JOB;
 
 /*
- * The rows of thread `thread` of `n_threads`: units (rows, or blocks of
- * CE_SMALL_ROWS rows) [thread * U / T, (thread + 1) * U / T), each thread with
- * its own part of the scratch.  Every row's result is the same whichever
- * thread computes it.
+ * The rows of one thread: units (rows, or blocks of CE_SMALL_ROWS rows) claimed
+ * job->claim at a time by whichever thread is free (common.h), each thread with
+ * its own part of the scratch.  Every row's result is the same whichever thread
+ * computes it.
  */
-static void RUN_ROWS(const RUN_JOB *job, int thread, int n_threads)
+static void RUN_ROWS(const RUN_JOB *job, int thread)
 {
     const ce_call *call_ptr = job->call;
     const fastloss_index n_classes = call_ptr->n_classes;
     const fastloss_index n_rows = job->n_rows;
-    const fastloss_index begin = job->n_units * thread / n_threads;
-    const fastloss_index end = job->n_units * (thread + 1) / n_threads;
+    const fastloss_index n_units = job->n_units, claim = job->claim;
     const STORE_T *logits = job->logits;
     const fastloss_index logits_row_stride = job->logits_row_stride;
     const int64_t *target = job->target;
@@ -80,7 +80,8 @@ static void RUN_ROWS(const RUN_JOB *job, int thread, int n_threads)
         /* the lanes after the tile, 64-byte aligned as the tile's size is a
          * multiple of CE_SMALL_ROWS values */
         double *lanes = (double *)((char *)tile + (size_t)n_classes * CE_SMALL_ROWS * sizeof(REAL));
-        for (fastloss_index block = begin; block < end; ++block)
+#pragma omp for schedule(dynamic, claim) nowait
+        for (fastloss_index block = 0; block < n_units; ++block)
             ROW_SAME(ce_small_block)(call_ptr, logits, logits_row_stride, target, weight, lse_in,
                                      grad, grad_row_stride, n_rows, block * CE_SMALL_ROWS,
                                      (REAL *)tile, lanes, row_ce, row_z, row_lse);
@@ -101,7 +102,12 @@ static void RUN_ROWS(const RUN_JOB *job, int thread, int n_threads)
     const int ahead_rows = prefetch_rows ? prefetch_rows : (grad && private_e ? 1 : 0);
     const double *stats_in = job->stats_in;
     double *stats_out = job->stats_out;
-    for (fastloss_index i = begin; i < end; ++i) {
+#pragma omp for schedule(dynamic, claim) nowait
+    for (fastloss_index i = 0; i < n_units; ++i) {
+        /* the end of i's claim (a dynamic schedule's chunks start at multiples of
+         * the claim): the rows prefetched ahead are this thread's */
+        const fastloss_index end = (i / claim + 1) * claim < n_units ? (i / claim + 1) * claim
+                                                                    : n_units;
         const STORE_T *x = logits + i * logits_row_stride;
         const AUX_T *q = soft ? soft_target + i * soft_target_row_stride : NULL;
         GRAD_T *g = grad ? grad + i * grad_row_stride : NULL;
@@ -328,6 +334,7 @@ int RUN(int block_mode, const double *stats_in, double *stats_out,
     int threads = fastloss_effective_threads(options->num_threads, n_rows * n_classes);
     if (threads > n_units) /* rows (or blocks) are the unit of work: more threads would idle */
         threads = n_units > 1 ? (int)n_units : 1;
+    const fastloss_index claim = fastloss_claim_items(n_units, threads);
     /* The in-place backward keeps its exps in a private row (`e_private`): the
      * logits must survive until the row's lse is known to be the right one.  So
      * does every row read in REAL whose storage is not REAL (the gradient row
@@ -405,19 +412,19 @@ int RUN(int block_mode, const double *stats_in, double *stats_out,
     call.stats_only = block_mode == CE_MODE_BLOCK_STATS;
     call.ahead_to_l2 = row_bytes_read >= CE_PREFETCH_AHEAD_L2_BYTES;
 
-    /* The rows, in fixed contiguous ranges per thread; one thread runs them with
+    /* The rows, claimed by the threads a few at a time; one thread runs them with
      * no OpenMP call at all (a parallel region of one still costs a few hundred ns
      * and wakes libgomp's pool, a visible part of a call on a small batch). */
     RUN_JOB job = {&call, block_mode, options->class_offset, stats_in, stats_out, logits, logits_row_stride, target, soft_target,
                    soft_target_row_stride, weight, lse_in, grad, grad_row_stride, n_rows,
-                   n_units, small, wide, softcap, backward, private_e, prefetch_rows, options->softcap,
+                   n_units, claim, small, wide, softcap, backward, private_e, prefetch_rows, options->softcap,
                    thread_scratch, per_thread, scratch_bytes, row_ce, row_z, row_lse};
     if (threads == 1) {
-        RUN_ROWS(&job, 0, 1);
+        RUN_ROWS(&job, 0);
     } else {
 #ifdef _OPENMP
 #pragma omp parallel num_threads(threads)
-        RUN_ROWS(&job, omp_get_thread_num(), omp_get_num_threads());
+        RUN_ROWS(&job, omp_get_thread_num());
 #endif
     }
 

@@ -2047,8 +2047,11 @@ int RUN FASTLOSS_EW_RUN_SIGNATURE
     int threads = fastloss_effective_threads(options->num_threads, n);
     if (threads > n_blocks)
         threads = n_blocks > 1 ? (int)n_blocks : 1;
+    /* the blocks claimed a few at a time by whichever thread is free (common.h) */
+    const fastloss_index claim = fastloss_claim_items(n_blocks, threads);
+    (void)claim;
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
+#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(dynamic, claim)
 #endif
     for (fastloss_index b = 0; b < n_blocks; ++b) {
         const fastloss_index start = b * FASTLOSS_EW_BLOCK;

@@ -76,8 +76,11 @@ static int SEQ(run)(const fastloss_sequence_options *options, const void *token_
     int threads = fastloss_effective_threads(options->num_threads, n_rows * n_tokens);
     if (threads > n_rows)
         threads = n_rows > 1 ? (int)n_rows : 1;
+    /* the rows claimed a few at a time by whichever thread is free (common.h) */
+    const fastloss_index claim = fastloss_claim_items(n_rows, threads);
+    (void)claim;
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
+#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(dynamic, claim)
 #endif
     for (fastloss_index b = 0; b < n_rows; ++b) {
         const STORE_T *x = x_all + b * stride;

@@ -328,11 +328,6 @@ static size_t NAME(vocab_scratch_bytes)(fastloss_index n_chunks, fastloss_index 
     return (bytes + 63) / 64 * 64; /* each thread's part on its own cache lines */
 }
 
-/* The rows [begin, end) of a parallel loop of n_rows rows: thread's share, fixed. */
-#define VOCAB_ROW_RANGE(n_rows, thread, n_threads, begin, end) \
-    const fastloss_index begin = (n_rows) * (thread) / (n_threads);   \
-    const fastloss_index end = (n_rows) * ((thread) + 1) / (n_threads)
-
 /* ===================================================================================
  * Token log-probabilities and entropy
  * =================================================================================== */
@@ -422,8 +417,11 @@ static void NAME(tlp_rows)(const NAME(tlp_job) *job, int thread, int n_threads)
                          : (REAL *)(mine + ((size_t)job->n_chunks * VOCAB_CHUNK_FIELDS *
                                                 sizeof(double) + 63) / 64 * 64);
     const int need_weighted = job->entropy != NULL || job->grad_entropy != NULL;
-    VOCAB_ROW_RANGE(options->n_rows, thread, n_threads, begin, end);
-    for (fastloss_index i = begin; i < end; ++i) {
+    /* the rows claimed a few at a time by whichever thread is free (common.h) */
+    const fastloss_index claim = fastloss_claim_items(options->n_rows, n_threads);
+    (void)claim; /* (a serial build) */
+#pragma omp for schedule(dynamic, claim) nowait
+    for (fastloss_index i = 0; i < options->n_rows; ++i) {
         const STORE_T *x = job->logits + i * job->logits_row_stride;
         GRAD_T *g = job->grad ? job->grad + i * job->grad_row_stride : NULL;
         const fastloss_index t = job->target[i];
@@ -1313,8 +1311,11 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
     row.log_beta = (REAL)log(beta);
     row.log_beta_c = (REAL)log1p(-beta);
     row.log_odds = (REAL)(log(beta) - log1p(-beta));
-    VOCAB_ROW_RANGE(options->n_rows, thread, n_threads, begin, end);
-    for (fastloss_index i = begin; i < end; ++i) {
+    /* the rows claimed a few at a time by whichever thread is free (common.h) */
+    const fastloss_index claim = fastloss_claim_items(options->n_rows, n_threads);
+    (void)claim; /* (a serial build) */
+#pragma omp for schedule(dynamic, claim) nowait
+    for (fastloss_index i = 0; i < options->n_rows; ++i) {
         const STORE_T *xs = job->student + i * job->student_row_stride;
         const STORE_T *xt = job->teacher + i * job->teacher_row_stride;
         GRAD_T *gs = job->grad_student ? job->grad_student + i * job->grad_student_row_stride
@@ -1461,7 +1462,6 @@ int DISTILL_RUN(const fastloss_vocab_options *options, const void *student_data,
     return FASTLOSS_OK;
 }
 
-#undef VOCAB_ROW_RANGE
 #undef DISTILL_CHUNK_DOUBLES
 #undef DISTILL_SERIES_TERMS
 #undef DISTILL_JSD_SERIES_BELOW
