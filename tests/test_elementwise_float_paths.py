@@ -43,18 +43,15 @@ def _bt_inputs(rng):
     return chosen, rejected.astype(F32)
 
 
-@pytest.mark.parametrize("margin", [0.0, 0.3, -2.5])
-def test_bradley_terry_float_pass(simd_path, margin, rng):
-    chosen, rejected = _bt_inputs(rng)
-    chosen[:4] = [np.nan, np.inf, -np.inf, 1.0]
-    rejected[4:6] = [np.inf, np.nan]
-    data = [chosen.astype(np.float64), rejected.astype(np.float64)]
+def _check_bradley_terry(chosen, rejected, margin, ref_margin):
+    """The loss and both gradients within the contract of the float64 reference, and the
+    forward and the gradient alone the same bits at 1 and 2 threads."""
     options = dict(margin=margin, reduction="none")
-    ref_margin = dict(margin=np.float64(F32(margin)), reduction="none")
-    loss, grads = fastloss.bradley_terry_value_and_grad(chosen, rejected,
-                                                        wrt=("chosen", "rejected"), **options)
+    wrt = ("chosen", "rejected")
+    loss, grads = fastloss.bradley_terry_value_and_grad(chosen, rejected, wrt=wrt, **options)
     ref_loss, ref_grads = reference.bradley_terry_value_and_grad(
-        *data, wrt=("chosen", "rejected"), **ref_margin)
+        chosen.astype(np.float64), rejected.astype(np.float64), wrt=wrt, margin=ref_margin,
+        reduction="none")
     _each_within(loss, ref_loss, "loss")
     _each_within(grads[0], ref_grads[0], "grad chosen")
     _each_within(grads[1], ref_grads[1], "grad rejected")
@@ -64,6 +61,14 @@ def test_bradley_terry_float_pass(simd_path, margin, rng):
         assert np.array_equal(fastloss.bradley_terry_grad(chosen, rejected,
                                                           num_threads=threads, **options),
                               grads[0], equal_nan=True)
+
+
+@pytest.mark.parametrize("margin", [0.0, 0.3, -2.5])
+def test_bradley_terry_float_pass(simd_path, margin, rng):
+    chosen, rejected = _bt_inputs(rng)
+    chosen[:4] = [np.nan, np.inf, -np.inf, 1.0]
+    rejected[4:6] = [np.inf, np.nan]
+    _check_bradley_terry(chosen, rejected, margin, np.float64(F32(margin)))
 
 
 def test_bradley_terry_margin_cancels(simd_path, rng):
@@ -78,20 +83,25 @@ def test_bradley_terry_margin_cancels(simd_path, rng):
     # margin: chosen - rejected - z rounded to float32, zero in one element of 7
     margin = (chosen.astype(np.float64) - rejected - z).astype(F32)
     margin[::7] = 0
-    options = dict(margin=margin, reduction="none")
-    loss, grads = fastloss.bradley_terry_value_and_grad(chosen, rejected,
-                                                        wrt=("chosen", "rejected"), **options)
-    ref_loss, ref_grads = reference.bradley_terry_value_and_grad(
-        chosen.astype(np.float64), rejected.astype(np.float64), wrt=("chosen", "rejected"),
-        margin=margin.astype(np.float64), reduction="none")
+    _check_bradley_terry(chosen, rejected, margin, margin.astype(np.float64))
+
+
+_DPO_NAMES = ("policy_chosen", "policy_rejected", "reference_chosen", "reference_rejected")
+
+
+def _check_dpo(arrays, options):
+    """The loss and the four gradients within the contract of the float64 reference, and
+    the forward and the gradient alone the same bits at 1 and 2 threads."""
+    loss, grads = fastloss.dpo_value_and_grad(*arrays, wrt=_DPO_NAMES, **options)
+    ref_loss, ref_grads = reference.dpo_value_and_grad(
+        *(a.astype(np.float64) for a in arrays), wrt=_DPO_NAMES, **options)
     _each_within(loss, ref_loss, "loss")
-    _each_within(grads[0], ref_grads[0], "grad chosen")
-    _each_within(grads[1], ref_grads[1], "grad rejected")
+    for grad, ref, name in zip(grads, ref_grads, _DPO_NAMES):
+        _each_within(grad, ref, name)
     for threads in (1, 2):
-        assert np.array_equal(fastloss.bradley_terry(chosen, rejected, num_threads=threads,
-                                                     **options), loss, equal_nan=True)
-        assert np.array_equal(fastloss.bradley_terry_grad(chosen, rejected,
-                                                          num_threads=threads, **options),
+        assert np.array_equal(fastloss.dpo(*arrays, num_threads=threads, **options), loss,
+                              equal_nan=True)
+        assert np.array_equal(fastloss.dpo_grad(*arrays, num_threads=threads, **options),
                               grads[0], equal_nan=True)
 
 
@@ -111,19 +121,7 @@ def test_dpo_sigmoid_float_pass(simd_path, beta, smoothing, rng):
     arrays = [a.astype(F32) for a in (policy_chosen, policy_rejected, reference_chosen,
                                       reference_rejected)]
     arrays[0][:2] = [np.nan, np.inf]
-    names = ("policy_chosen", "policy_rejected", "reference_chosen", "reference_rejected")
-    options = dict(beta=beta, label_smoothing=smoothing, reduction="none")
-    loss, grads = fastloss.dpo_value_and_grad(*arrays, wrt=names, **options)
-    ref_loss, ref_grads = reference.dpo_value_and_grad(
-        *(a.astype(np.float64) for a in arrays), wrt=names, **options)
-    _each_within(loss, ref_loss, "loss")
-    for grad, ref, name in zip(grads, ref_grads, names):
-        _each_within(grad, ref, name)
-    for threads in (1, 2):
-        assert np.array_equal(fastloss.dpo(*arrays, num_threads=threads, **options), loss,
-                              equal_nan=True)
-        assert np.array_equal(fastloss.dpo_grad(*arrays, num_threads=threads, **options),
-                              grads[0], equal_nan=True)
+    _check_dpo(arrays, dict(beta=beta, label_smoothing=smoothing, reduction="none"))
 
 
 @pytest.mark.parametrize("beta", [0.1, 3.0])
@@ -140,17 +138,7 @@ def test_dpo_large_differences(simd_path, beta, rng):
     reference_chosen = reference_rejected - big - logits
     arrays = [a.astype(F32) for a in (policy_chosen, policy_rejected, reference_chosen,
                                       reference_rejected)]
-    names = ("policy_chosen", "policy_rejected", "reference_chosen", "reference_rejected")
-    options = dict(beta=beta, reduction="none")
-    loss, grads = fastloss.dpo_value_and_grad(*arrays, wrt=names, **options)
-    ref_loss, ref_grads = reference.dpo_value_and_grad(
-        *(a.astype(np.float64) for a in arrays), wrt=names, **options)
-    _each_within(loss, ref_loss, "loss")
-    for grad, ref, name in zip(grads, ref_grads, names):
-        _each_within(grad, ref, name)
-    for threads in (1, 2):
-        assert np.array_equal(fastloss.dpo(*arrays, num_threads=threads, **options), loss,
-                              equal_nan=True)
+    _check_dpo(arrays, dict(beta=beta, reduction="none"))
 
 
 @pytest.mark.parametrize("log_target", [False, True])
