@@ -72,7 +72,7 @@ static inline double fastloss_lanes_total(const double *lane)
  * The work of a parallel loop is handed out in claims.  Where each item's result
  * (a row's, a block's) is stored apart and the results are combined in item order
  * after the loop, the items go `fastloss_claim_items(...)` at a time to whichever
- * thread asks next (OpenMP's schedule(dynamic, claim)), not in fixed shares: on a
+ * thread asks next (schedule(dynamic, claim), or fastloss_claim_next), not in fixed shares: on a
  * machine shared with other work, a thread that another process slows then leaves
  * its items to the others.  Which thread computes an item changes no bit.  A claim
  * is 1 / FASTLOSS_CLAIMS_PER_THREAD of a thread's share: few claims, so that each
@@ -84,6 +84,30 @@ static inline double fastloss_lanes_total(const double *lane)
  * quiet machine: the same times, and the same CPU time on one thread.
  */
 #define FASTLOSS_CLAIMS_PER_THREAD 16
+
+/* The next claim of `claim` items of n_items from the counter *next, which the
+ * threads share: [*begin, *end), or 0 when every item is claimed.  An atomic add,
+ * no OpenMP call (one thread takes its one claim without waking libgomp). */
+static inline int fastloss_claim_next(fastloss_index *next, fastloss_index claim,
+                                      fastloss_index n_items, fastloss_index *begin,
+                                      fastloss_index *end)
+{
+    fastloss_index first;
+#if defined(__GNUC__) || defined(__clang__)
+    first = __atomic_fetch_add(next, claim, __ATOMIC_RELAXED);
+#else
+#pragma omp critical(fastloss_claim)
+    {
+        first = *next;
+        *next += claim;
+    }
+#endif
+    if (first >= n_items)
+        return 0;
+    *begin = first;
+    *end = n_items - first < claim ? n_items : first + claim;
+    return 1;
+}
 
 /* Items per claim, for n_items over `threads` threads: at least one. */
 static inline fastloss_index fastloss_claim_items(fastloss_index n_items, int threads)

@@ -30,6 +30,7 @@ typedef struct RUN_JOB {
     fastloss_index n_rows;
     fastloss_index n_units;
     fastloss_index claim;           /* units per claim (common.h) */
+    fastloss_index *next_unit;      /* the first unit not yet claimed */
     int small, wide, softcap, backward, private_e;
     int prefetch_rows;              /* the forward prefetches this many rows ahead (0: none) */
     double softcap_value;
@@ -51,6 +52,7 @@ static void RUN_ROWS(const RUN_JOB *job, int thread)
     const fastloss_index n_classes = call_ptr->n_classes;
     const fastloss_index n_rows = job->n_rows;
     const fastloss_index n_units = job->n_units, claim = job->claim;
+    fastloss_index begin, end; /* the thread's current claim */
     const STORE_T *logits = job->logits;
     const fastloss_index logits_row_stride = job->logits_row_stride;
     const int64_t *target = job->target;
@@ -80,11 +82,12 @@ static void RUN_ROWS(const RUN_JOB *job, int thread)
         /* the lanes after the tile, 64-byte aligned as the tile's size is a
          * multiple of CE_SMALL_ROWS values */
         double *lanes = (double *)((char *)tile + (size_t)n_classes * CE_SMALL_ROWS * sizeof(REAL));
-#pragma omp for schedule(dynamic, claim) nowait
-        for (fastloss_index block = 0; block < n_units; ++block)
-            ROW_SAME(ce_small_block)(call_ptr, logits, logits_row_stride, target, weight, lse_in,
-                                     grad, grad_row_stride, n_rows, block * CE_SMALL_ROWS,
-                                     (REAL *)tile, lanes, row_ce, row_z, row_lse);
+        while (fastloss_claim_next(job->next_unit, claim, n_units, &begin, &end))
+            for (fastloss_index block = begin; block < end; ++block)
+                ROW_SAME(ce_small_block)(call_ptr, logits, logits_row_stride, target, weight,
+                                         lse_in, grad, grad_row_stride, n_rows,
+                                         block * CE_SMALL_ROWS, (REAL *)tile, lanes, row_ce,
+                                         row_z, row_lse);
         return;
     }
     const int block_mode = job->block_mode;
@@ -102,12 +105,8 @@ static void RUN_ROWS(const RUN_JOB *job, int thread)
     const int ahead_rows = prefetch_rows ? prefetch_rows : (grad && private_e ? 1 : 0);
     const double *stats_in = job->stats_in;
     double *stats_out = job->stats_out;
-#pragma omp for schedule(dynamic, claim) nowait
-    for (fastloss_index i = 0; i < n_units; ++i) {
-        /* the end of i's claim (a dynamic schedule's chunks start at multiples of
-         * the claim): the rows prefetched ahead are this thread's */
-        const fastloss_index end = (i / claim + 1) * claim < n_units ? (i / claim + 1) * claim
-                                                                    : n_units;
+    while (fastloss_claim_next(job->next_unit, claim, n_units, &begin, &end))
+    for (fastloss_index i = begin; i < end; ++i) {
         const STORE_T *x = logits + i * logits_row_stride;
         const AUX_T *q = soft ? soft_target + i * soft_target_row_stride : NULL;
         GRAD_T *g = grad ? grad + i * grad_row_stride : NULL;
@@ -415,9 +414,10 @@ int RUN(int block_mode, const double *stats_in, double *stats_out,
     /* The rows, claimed by the threads a few at a time; one thread runs them with
      * no OpenMP call at all (a parallel region of one still costs a few hundred ns
      * and wakes libgomp's pool, a visible part of a call on a small batch). */
+    fastloss_index next_unit = 0;
     RUN_JOB job = {&call, block_mode, options->class_offset, stats_in, stats_out, logits, logits_row_stride, target, soft_target,
                    soft_target_row_stride, weight, lse_in, grad, grad_row_stride, n_rows,
-                   n_units, claim, small, wide, softcap, backward, private_e, prefetch_rows, options->softcap,
+                   n_units, claim, &next_unit, small, wide, softcap, backward, private_e, prefetch_rows, options->softcap,
                    thread_scratch, per_thread, scratch_bytes, row_ce, row_z, row_lse};
     if (threads == 1) {
         RUN_ROWS(&job, 0);

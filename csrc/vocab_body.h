@@ -345,6 +345,7 @@ typedef struct NAME(tlp_job) {
     fastloss_index n_chunks;
     char *scratch;
     size_t per_thread;
+    fastloss_index *next_row; /* the first row not yet claimed (common.h) */
 } NAME(tlp_job);
 
 /*
@@ -419,9 +420,9 @@ static void NAME(tlp_rows)(const NAME(tlp_job) *job, int thread, int n_threads)
     const int need_weighted = job->entropy != NULL || job->grad_entropy != NULL;
     /* the rows claimed a few at a time by whichever thread is free (common.h) */
     const fastloss_index claim = fastloss_claim_items(options->n_rows, n_threads);
-    (void)claim; /* (a serial build) */
-#pragma omp for schedule(dynamic, claim) nowait
-    for (fastloss_index i = 0; i < options->n_rows; ++i) {
+    fastloss_index begin, end;
+    while (fastloss_claim_next(job->next_row, claim, options->n_rows, &begin, &end))
+    for (fastloss_index i = begin; i < end; ++i) {
         const STORE_T *x = job->logits + i * job->logits_row_stride;
         GRAD_T *g = job->grad ? job->grad + i * job->grad_row_stride : NULL;
         const fastloss_index t = job->target[i];
@@ -502,10 +503,11 @@ int TLP_RUN(const fastloss_vocab_options *options, const void *logits_data,
     if (!allocation)
         return FASTLOSS_ERROR_NO_MEMORY;
     char *scratch = (char *)(((uintptr_t)allocation + 63) & ~(uintptr_t)63);
+    fastloss_index next_row = 0;
     NAME(tlp_job) job = {options, (const STORE_T *)logits_data, logits_row_stride, target,
                          log_prob, entropy, grad_log_prob, grad_entropy,
                          grad_log_prob_stride, grad_entropy_stride, (GRAD_T *)grad_data,
-                         grad_row_stride, n_chunks, scratch, per_thread};
+                         grad_row_stride, n_chunks, scratch, per_thread, &next_row};
     if (threads == 1) {
         NAME(tlp_rows)(&job, 0, 1);
     } else {
@@ -666,6 +668,7 @@ typedef struct NAME(distill_job) {
     fastloss_index n_chunks;
     char *scratch;
     size_t per_thread;
+    fastloss_index *next_row; /* the first row not yet claimed (common.h) */
 } NAME(distill_job);
 
 /* Per-thread scratch of the distillation: two chunk records and three doubles (c_k as
@@ -1313,9 +1316,9 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
     row.log_odds = (REAL)(log(beta) - log1p(-beta));
     /* the rows claimed a few at a time by whichever thread is free (common.h) */
     const fastloss_index claim = fastloss_claim_items(options->n_rows, n_threads);
-    (void)claim; /* (a serial build) */
-#pragma omp for schedule(dynamic, claim) nowait
-    for (fastloss_index i = 0; i < options->n_rows; ++i) {
+    fastloss_index begin, end;
+    while (fastloss_claim_next(job->next_row, claim, options->n_rows, &begin, &end))
+    for (fastloss_index i = begin; i < end; ++i) {
         const STORE_T *xs = job->student + i * job->student_row_stride;
         const STORE_T *xt = job->teacher + i * job->teacher_row_stride;
         GRAD_T *gs = job->grad_student ? job->grad_student + i * job->grad_student_row_stride
@@ -1435,6 +1438,7 @@ int DISTILL_RUN(const fastloss_vocab_options *options, const void *student_data,
         return FASTLOSS_ERROR_NO_MEMORY;
     char *scratch = (char *)(((uintptr_t)allocation + 63) & ~(uintptr_t)63);
     double *row_loss = (double *)(scratch + per_thread * (size_t)threads);
+    fastloss_index next_row = 0;
     NAME(distill_job) job = {options, (const STORE_T *)student_data,
                              (const STORE_T *)teacher_data, student_row_stride,
                              teacher_row_stride, target, row_loss,
@@ -1442,7 +1446,7 @@ int DISTILL_RUN(const fastloss_vocab_options *options, const void *student_data,
                              grad_output ? grad_output_stride : 0, factor,
                              (GRAD_T *)grad_student_data, (GRAD_T *)grad_teacher_data,
                              grad_student_row_stride, grad_teacher_row_stride, n_chunks,
-                             scratch, per_thread};
+                             scratch, per_thread, &next_row};
     if (threads == 1) {
         NAME(distill_rows)(&job, 0, 1);
     } else {
