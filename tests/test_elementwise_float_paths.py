@@ -124,6 +124,49 @@ def test_dpo_sigmoid_float_pass(simd_path, beta, smoothing, rng):
     _check_dpo(arrays, dict(beta=beta, label_smoothing=smoothing, reduction="none"))
 
 
+def _floats_between(low, high):
+    """Every float32 in [low, high] (0 < low < high)."""
+    bits = np.arange(F32(low).view(np.uint32), F32(high).view(np.uint32) + 1, dtype=np.uint32)
+    return bits.view(F32)
+
+
+@pytest.mark.parametrize("smoothing", [0.1, 0.2])
+def test_dpo_smoothed_slope_near_its_root(simd_path, smoothing, rng):
+    """Every float z where dpo's smoothed slope ls - sigmoid(-z) is under a tenth of
+    sigmoid(-z) (beta 1 and the other inputs 0, so z is policy_chosen exactly), and
+    some further out: each within 2e-6 of the reference.  The slope cancels there, so
+    logistic_narrow_element's doubt test must send back to double every element whose
+    float slope would miss.  bradley_terry's float pass computes the same float
+    sigmoid(-z) (z = chosen, rejected 0: lo = 0 in both), so the float slope
+    fl(ls - sigmoid(-z)) is known here; it is the kernel's wherever the doubt test
+    clears an element (checked where |ls - sigmoid(-z)| > 0.5 sigmoid(-z)), and the
+    band holds elements that a doubt test of 0.03 sigmoid(-z) + 0.04 ls (a tenth of the
+    derived 0.34, or none at all) would clear while their float slope misses 2e-6 of
+    itself: with such a test the check fails."""
+    def root(sigmoid_minus):  # z where sigmoid(-z) is sigmoid_minus
+        return np.log(1 / sigmoid_minus - 1)
+
+    near = _floats_between(root(smoothing * 1.1), root(smoothing * 0.9))
+    far = np.concatenate([rng.uniform(root(smoothing * 3), root(smoothing * 2.5), 5000),
+                          rng.uniform(root(smoothing * 0.5), root(smoothing * 0.25), 5000)])
+    z = np.concatenate([near, far.astype(F32)])
+    zeros = np.zeros_like(z)
+    options = dict(beta=1.0, label_smoothing=smoothing, reduction="none")
+    _check_dpo([z, zeros, zeros, zeros], options)
+
+    sigmoid_float = -fastloss.bradley_terry_grad(z, zeros, reduction="none")
+    slope_float = (F32(smoothing) - sigmoid_float).astype(np.float64)
+    sigmoid_exact = np.exp(-np.logaddexp(0.0, z.astype(np.float64)))
+    slope_exact = smoothing - sigmoid_exact
+    clear = np.abs(slope_float) > 0.5 * sigmoid_float
+    assert clear.sum() >= 9000
+    assert np.array_equal(fastloss.dpo_grad(z, zeros, zeros, zeros, **options)[clear],
+                          slope_float[clear].astype(F32))
+    misses = np.abs(slope_float - slope_exact) > 2e-6 * np.abs(slope_exact)
+    loose_clears = np.abs(slope_float) >= 0.03 * sigmoid_float + 0.04 * F32(smoothing)
+    assert np.any(misses & loose_clears)
+
+
 @pytest.mark.parametrize("beta", [0.1, 3.0])
 def test_dpo_large_differences(simd_path, beta, rng):
     """Log-probability differences from 1e3 to 1e12 whose policy and reference parts
