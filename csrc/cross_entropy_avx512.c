@@ -7,6 +7,7 @@
 #include "common.h"
 
 #ifdef FASTLOSS_HAVE_AVX512
+#include <immintrin.h> /* the small path's transposes (cross_entropy_small_body.h) */
 #include "isa_avx512_begin.h"
 #include "cross_entropy_impl.h"
 #include "isa_end.h"

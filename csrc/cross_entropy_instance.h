@@ -35,6 +35,10 @@
 #define VAL float
 #define VAL_EXP fastloss_expf
 #define VAL_EXP_NONPOSITIVE fastloss_expf_nonpositive
+#ifdef FASTLOSS_ISA_AVX512
+/* float rows, a float gradient: the small path transposes them in registers */
+#define CE_SMALL_FLOAT_AVX512 1
+#endif
 #else
 /* the half types: half the bytes of float32 for the same exps, so the exp bounds them;
  * fastloss_expf5 is two vector operations shorter and as accurate (fastmath.h) */
@@ -53,6 +57,7 @@
 #undef VAL_EXP
 #undef VAL_EXP_NONPOSITIVE
 #undef ROW
+#undef CE_SMALL_FLOAT_AVX512
 
 /* the wide rows (double, from float64 scratch) */
 #if !CE_OWN_DOUBLE

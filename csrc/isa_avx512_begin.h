@@ -11,3 +11,6 @@
 #pragma GCC target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma,prefer-vector-width=512")
 #endif
 #define FASTLOSS_ISA avx512
+/* for the few bodies with AVX-512 intrinsics (their translation unit includes
+ * <immintrin.h> before this header) */
+#define FASTLOSS_ISA_AVX512 1

@@ -5,3 +5,4 @@
 #pragma GCC pop_options
 #endif
 #undef FASTLOSS_ISA
+#undef FASTLOSS_ISA_AVX512
