@@ -127,6 +127,14 @@ FASTLOSS_INLINE void ROW(ce_small_prefetch)(const float *base, fastloss_index ro
     }
 }
 
+/* The group of up to 16 classes from `first`: how many (*count) and their mask. */
+FASTLOSS_INLINE __mmask16 ROW(ce_small_group)(fastloss_index n_classes, fastloss_index first,
+                                              fastloss_index *count)
+{
+    *count = n_classes - first < 16 ? n_classes - first : 16;
+    return (__mmask16)((1u << *count) - 1u);
+}
+
 /* ce_small_load_scalar, 16 classes at a time in registers (up to
  * CE_SMALL_VECTOR_CLASSES classes). */
 FASTLOSS_INLINE void ROW(ce_small_load)(const STORE_T *logits, fastloss_index row_stride,
@@ -139,8 +147,8 @@ FASTLOSS_INLINE void ROW(ce_small_load)(const STORE_T *logits, fastloss_index ro
     }
     ROW(ce_small_prefetch)(logits, row_stride, row[0] + CE_SMALL_ROWS, next_rows, n_classes, 0);
     for (fastloss_index first = 0; first < n_classes; first += 16) {
-        const fastloss_index count = n_classes - first < 16 ? n_classes - first : 16;
-        const __mmask16 mask = (__mmask16)((1u << count) - 1u);
+        fastloss_index count;
+        const __mmask16 mask = ROW(ce_small_group)(n_classes, first, &count);
         __m512 v[CE_SMALL_ROWS];
         for (int r = 0; r < CE_SMALL_ROWS; ++r)
             v[r] = _mm512_maskz_loadu_ps(mask, logits + row[r] * row_stride + first);
@@ -167,8 +175,8 @@ FASTLOSS_INLINE void ROW(ce_small_store)(const VAL *FASTLOSS_RESTRICT tile, fast
     }
     ROW(ce_small_prefetch)(grad, grad_row_stride, row[0] + CE_SMALL_ROWS, next_rows, n_classes, 1);
     for (fastloss_index first = 0; first < n_classes; first += 16) {
-        const fastloss_index count = n_classes - first < 16 ? n_classes - first : 16;
-        const __mmask16 mask = (__mmask16)((1u << count) - 1u);
+        fastloss_index count;
+        const __mmask16 mask = ROW(ce_small_group)(n_classes, first, &count);
         __m512 v[CE_SMALL_ROWS];
 #pragma GCC unroll 16
         for (int c = 0; c < 16; ++c)
