@@ -68,7 +68,12 @@ def _time_all(timed_cases, repeat, warmup, progress):
     Every case gets ``warmup`` untimed calls, then the cases take turns, one timed call
     each per round, for ``repeat`` rounds: a change in the machine's load during the run
     then shifts all cases alike instead of skewing the ratios of the cases timed while
-    it lasted.
+    it lasted.  Each round takes the cases in its own order (a permutation seeded by
+    the round's number: the same on every run), so that no case always follows the
+    same one: the call after a heavy torch row (gigabytes of fresh pages) is slower
+    whatever it is (BENCHMARKS.md, "The call after a torch row"), and the medians should
+    not charge that to the case that happens to come next.  (A rotation would not do:
+    it keeps each case's predecessor within the round.)
     """
     times = [[] for _ in timed_cases]
     gc_was_enabled = gc.isenabled()
@@ -83,7 +88,9 @@ def _time_all(timed_cases, repeat, warmup, progress):
                 timed.call()
                 progress.update()
         for round_index in range(repeat):
-            for (name, timed), case_times in zip(timed_cases, times):
+            order = np.random.default_rng(round_index).permutation(len(timed_cases))
+            for index in order:
+                (name, timed), case_times = timed_cases[index], times[index]
                 progress.describe(f"round {round_index + 1}/{repeat}: {name}")
                 if timed.prepare is not None:
                     timed.prepare()
