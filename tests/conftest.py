@@ -112,7 +112,11 @@ def _is_torch_import_skip(report):
         "torch" in reason and ("import" in reason or "not installed" in reason))
 
 
-def _torch_required():
+def _torch_required(config=None):
+    """Whether this process judges the torch accounting: not a pytest-xdist worker (its
+    reports reach the controller, which counts them all)."""
+    if config is not None and hasattr(config, "workerinput"):
+        return False
     return os.environ.get("FASTLOSS_REQUIRE_TORCH", "") not in ("", "0")
 
 
@@ -130,8 +134,8 @@ def pytest_runtest_logreport(report):
         _torch_accounting["adapter_passed"] += 1
 
 
-def _torch_accounting_failures():
-    if not _torch_required():
+def _torch_accounting_failures(config):
+    if not _torch_required(config):
         return []
     failures = []
     skips = _torch_accounting["import_skips"]
@@ -145,16 +149,16 @@ def _torch_accounting_failures():
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    if _torch_required():
+    if _torch_required(config):
         terminalreporter.write_line(
             f"torch: {_torch_accounting['adapter_passed']} adapter tests passed, "
             f"{len(_torch_accounting['import_skips'])} skipped for want of torch")
-    for failure in _torch_accounting_failures():
+    for failure in _torch_accounting_failures(config):
         terminalreporter.write_line(failure, red=True, bold=True)
 
 
 def pytest_sessionfinish(session, exitstatus):
-    if _torch_accounting_failures() and session.exitstatus == 0:
+    if _torch_accounting_failures(session.config) and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 

@@ -257,6 +257,10 @@ def _pytest_benchmarks(*args, code=None, **environment):
     env = dict(os.environ)
     for name in ("FASTLOSS_BENCH_FULL", "FASTLOSS_BENCH_TINY", "FASTLOSS_BENCH_NO_COMPILE"):
         env.pop(name, None)
+    # under pytest-xdist this process is a worker: its variables would make the child's
+    # pytest-benchmark believe it runs distributed too, and turn the benchmarks off
+    for name in [name for name in env if name.startswith("PYTEST_XDIST")]:
+        env.pop(name)
     env.update(environment)
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(fastloss.__file__)))
     env["PYTHONPATH"] = os.pathsep.join(
