@@ -181,6 +181,21 @@ cdef object _hard_target(cnp.ndarray target, tuple loss_shape, fastloss_index n_
     return numpy.require(flat, dtype=numpy.int64, requirements="CA")
 
 
+cdef object _compared_labels(cnp.ndarray target, object ignore_index):
+    """Integer labels that are only compared with ``ignore_index`` (an int64) as the
+    contiguous int64 vector the kernels read.  A uint64 label above 2**63 - 1 equals no
+    int64, yet the cast would wrap it to a negative number (ignore_index itself, for
+    2**64 - 100): it becomes another value that is not ignore_index, as it compares."""
+    cdef cnp.ndarray flat = target.reshape(-1)
+    if flat.dtype.kind == "u" and flat.dtype.itemsize == 8 and flat.size:
+        too_big = flat > _INT64_MAX
+        if numpy.any(too_big):
+            labels = flat.astype(numpy.int64)  # a copy: the caller's array stays as it is
+            labels[too_big] = 1 if ignore_index == 0 else 0
+            return labels
+    return numpy.require(flat, dtype=numpy.int64, requirements="CA")
+
+
 cdef _bad_target(object value, fastloss_index flat_position, tuple loss_shape,
                  fastloss_index n_classes, object ignore_index):
     position = numpy.unravel_index(flat_position, loss_shape) if loss_shape else ()
@@ -778,7 +793,7 @@ def ce_from_stats(object stats, object target, object ignore_index, object reduc
             if target.shape != batch:
                 raise ValueError(f"target: expected class indices of shape {batch}, got "
                                  f"{target.shape}")
-            hard = numpy.require(target.reshape(-1), dtype=numpy.int64, requirements="CA")
+            hard = _compared_labels(target, ignore_index)
         elif kind != "f":
             raise TypeError(f"target: expected integer class indices, or None for "
                             f"probability targets, got dtype {target.dtype}")

@@ -297,8 +297,7 @@ def distill_call(bint want_grad, object student_logits, object teacher_logits,
         if (<object>target).shape != loss_shape:
             raise ValueError(f"target: expected labels of shape {loss_shape}, got "
                              f"{(<object>target).shape}")
-        hard = numpy.require((<cnp.ndarray>target).reshape(-1), dtype=numpy.int64,
-                             requirements="CA")
+        hard = _compared_labels(<cnp.ndarray>target, ignore_index)
 
     cdef object upstream = None, grads = None
     cdef list results = [None, None], rows = [None, None], copies = [False, False]

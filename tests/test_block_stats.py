@@ -380,6 +380,21 @@ def test_bad_input_names_the_argument(call, error, message):
     assert str(raised.value).startswith(message), str(raised.value)
 
 
+def test_uint64_targets_above_int64_are_not_ignore_index():
+    # Found by hunt10: cross_entropy_from_stats cast a uint64 target of 2**64 - 100 to
+    # int64 as -100, the default ignore_index, and left its row out of the loss (the
+    # reference counts it: no int64 equals it). Only compared with ignore_index here.
+    counted = np.array([0, 3, 9, 5])
+    stats = fastloss.cross_entropy_block_stats(X, counted)
+    target = counted.astype(np.uint64)
+    target[1] = 2**64 - 100
+    got = fastloss.cross_entropy_from_stats(stats, target, reduction="none")
+    expected = reference.cross_entropy_from_stats(stats, target, reduction="none")
+    assert_close_contract(got, expected, np.float64, "loss")
+    assert got[1] == fastloss.cross_entropy_from_stats(stats, counted, reduction="none")[1] > 0
+    assert target[1] == 2**64 - 100
+
+
 def test_smoothing_check_passes_the_matching_statistics():
     """The same label_smoothing on both sides gives cross_entropy's loss and gradient, and
     rows whose target weight is 0 (all their classes weighted 0) do not trip the check."""
