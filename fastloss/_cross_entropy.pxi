@@ -69,6 +69,8 @@ CE_GRAD = 1            # the gradient (from lse= when given, else the fused pass
 CE_VALUE_AND_GRAD = 2
 
 _INT64_MAX = 2**63 - 1
+# the most classes a statistics record may count: every count below it is exact in float64
+_MAX_CLASSES = 2**53
 
 
 cdef inline void *_data_or_null(object array):
@@ -534,7 +536,8 @@ cdef fastloss_index _stats_classes(object matrix, fastloss_index class_offset,
     if classes.size == 0:
         return class_offset + width
     first = classes[0]
-    if not (first >= 1 and first == int(first)) or numpy.any(classes != first):
+    if (not (1 <= first <= _MAX_CLASSES and first == int(first))
+            or numpy.any(classes != first)):
         raise ValueError(f"stats: the rows' 'classes' differ or are not counts "
                          f"({classes[:4]}...): not merged statistics of the same blocks")
     if class_offset + width > first:

@@ -373,11 +373,26 @@ def _merged(label_smoothing=0.0):
      "label_smoothing: 0.1 here, but the statistics were computed without"),
     (lambda: fastloss.cross_entropy_grad(X[:, 4:], T, class_offset=4, stats=_merged(0.1)),
      ValueError, "label_smoothing: 0 here, but the statistics were computed with"),
+    # found by hunt10: a 'classes' field of inf or past int64 raised OverflowError
+    (lambda: fastloss.cross_entropy_from_stats(_with_classes(np.inf), T), ValueError,
+     "stats: the rows' 'classes' differ or are not counts"),
+    (lambda: fastloss.cross_entropy_from_stats(_with_classes(1e30), T), ValueError,
+     "stats: the rows' 'classes' differ or are not counts"),
+    (lambda: fastloss.cross_entropy_grad(X[:, 4:], T, class_offset=4,
+                                         stats=_with_classes(1e30)), ValueError,
+     "stats: the rows' 'classes' differ or are not counts"),
 ])
 def test_bad_input_names_the_argument(call, error, message):
     with pytest.raises(error) as raised:
         call()
     assert str(raised.value).startswith(message), str(raised.value)
+
+
+def _with_classes(count):
+    """Merged statistics whose 'classes' field is ``count`` in every row."""
+    stats = _merged().copy()
+    stats[fastloss.CROSS_ENTROPY_STATS_FIELDS.index("classes")] = count
+    return stats
 
 
 def test_uint64_targets_above_int64_are_not_ignore_index():
