@@ -373,6 +373,20 @@ def _merged(label_smoothing=0.0):
      "label_smoothing: 0.1 here, but the statistics were computed without"),
     (lambda: fastloss.cross_entropy_grad(X[:, 4:], T, class_offset=4, stats=_merged(0.1)),
      ValueError, "label_smoothing: 0 here, but the statistics were computed with"),
+    # found by hunt10: the check was skipped for statistics that are not a float64 ndarray
+    # (float32 after a float32 all-reduce, a list) and for a 0-d array label_smoothing,
+    # which the kernels take all the same
+    (lambda: fastloss.cross_entropy_from_stats(_merged().astype(np.float32), T,
+                                               label_smoothing=0.1),
+     ValueError, "label_smoothing: 0.1 here, but the statistics were computed without"),
+    (lambda: fastloss.cross_entropy_from_stats(_merged().tolist(), T, label_smoothing=0.1),
+     ValueError, "label_smoothing: 0.1 here, but the statistics were computed without"),
+    (lambda: fastloss.cross_entropy_from_stats(_merged(), T,
+                                               label_smoothing=np.array(0.1)),
+     ValueError, "label_smoothing: 0.1 here, but the statistics were computed without"),
+    (lambda: fastloss.cross_entropy_grad(X[:, 4:], T, class_offset=4,
+                                         stats=_merged(0.1).astype(np.float32)),
+     ValueError, "label_smoothing: 0 here, but the statistics were computed with"),
     # found by hunt10: a 'classes' field of inf or past int64 raised OverflowError
     (lambda: fastloss.cross_entropy_from_stats(_with_classes(np.inf), T), ValueError,
      "stats: the rows' 'classes' differ or are not counts"),
