@@ -91,7 +91,10 @@ def grad_dtype_arg(grad_dtype, dtype, owner="the inputs'", what="inputs", half=N
 
 def rows_view(array, n_cols):
     """A 2-d (rows, n_cols) view of `array` whose last axis is contiguous, or None where
-    that would need a copy (for out= buffers, which must be written in place)."""
+    that would need a copy (for out= buffers, which must be written in place), or where
+    the array is misaligned (the kernels read and write aligned elements only)."""
+    if not array.flags.aligned:
+        return None
     matrix = array.reshape(-1, n_cols)
     if matrix.size and not np.may_share_memory(matrix, array):  # reshape had to copy
         return None

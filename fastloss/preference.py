@@ -81,9 +81,9 @@ class _Problem:
             upstream = np.require(upstream.reshape(-1), dtype=np.float64, requirements="CA")
             if out is not None:
                 out_arg(out, self.shape, grad_dtype)
-            # out= is written directly where the kernel can (C-contiguous, not the mask;
-            # token_log_probs itself only in place, in its own dtype)
-            direct = (out is not None and out.flags.c_contiguous
+            # out= is written directly where the kernel can (C-contiguous, aligned, not the
+            # mask; token_log_probs itself only in place, in its own dtype)
+            direct = (out is not None and out.flags.c_contiguous and out.flags.aligned
                       and not np.may_share_memory(out, self.mask)
                       and not np.may_share_memory(out, upstream)
                       and (not np.may_share_memory(out, self.values)
