@@ -554,3 +554,22 @@ def test_uint64_labels_above_int64_are_not_ignore_index():
         assert_close_contract(grad, ref_grad, np.float64, "grad")
     assert labels[0] == 2**64 - 100  # the caller's labels are left as they were
 
+
+def test_one_buffer_for_both_gradients_is_refused():
+    # Found by hunt10: out=(buffer, buffer) with wrt both logits returned the teacher's
+    # gradient twice (the second overwrote the first); a buffer cannot hold both.
+    rng = np.random.default_rng(12)
+    student, teacher = rng.standard_normal((2, 3, 5))
+    buffer = np.empty_like(student)
+    both = ("student_logits", "teacher_logits")
+    for out in ((buffer, buffer), (buffer, buffer[::-1])):
+        with pytest.raises(ValueError, match="^out: .*share memory"):
+            fastloss.distill_kl_grad(student, teacher, wrt=both, out=out)
+        with pytest.raises(ValueError, match="^out: .*share memory"):
+            fastloss.jsd_value_and_grad(student, teacher, wrt=both, out=out)
+    # two buffers: each gradient in its own
+    outs = (np.empty_like(student), np.empty_like(student))
+    got = fastloss.distill_kl_grad(student, teacher, wrt=both, out=outs)
+    expected = fastloss.distill_kl_grad(student, teacher, wrt=both)
+    assert got[0] is outs[0] and got[1] is outs[1]
+    assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])

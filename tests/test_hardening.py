@@ -456,3 +456,23 @@ def test_misaligned_out_receives_the_plain_gradient(dtype):
         if fused:
             assert bitwise_equal(got[0], expected[0]), function.__name__
 
+
+def test_one_out_buffer_for_two_gradients_is_refused():
+    # Found by hunt10: out=(buffer, buffer) with two names in wrt returned the second
+    # gradient twice (elementwise losses), or raised naming an internal buffer (box
+    # losses: "grad1: overlaps another argument"). Refused, naming out.
+    rng = np.random.default_rng(9)
+    pred, target = rng.standard_normal((2, 4, 5))
+    boxes1 = np.concatenate([rng.uniform(0, 4, (4, 2)), rng.uniform(5, 9, (4, 2))], 1)
+    boxes2 = np.concatenate([rng.uniform(0, 4, (4, 2)), rng.uniform(5, 9, (4, 2))], 1)
+    for function, args, wrt in ((fastloss.mse_grad, (pred, target), ("pred", "target")),
+                                (fastloss.giou_loss_grad, (boxes1, boxes2),
+                                 ("boxes1", "boxes2"))):
+        buffer = np.empty_like(args[0])
+        with pytest.raises(ValueError, match="^out: .*share memory"):
+            function(*args, wrt=wrt, out=(buffer, buffer))
+        outs = (np.empty_like(args[0]), np.empty_like(args[1]))
+        got = function(*args, wrt=wrt, out=outs)
+        expected = function(*args, wrt=wrt)
+        assert got[0] is outs[0] and got[1] is outs[1]
+        assert bitwise_equal(got[0], expected[0]) and bitwise_equal(got[1], expected[1])
