@@ -354,6 +354,12 @@ def test_sequence_log_probs_refuses_bad_input_naming_it(rng):
         fastloss.sequence_log_probs(values, mask, average="yes")
     with pytest.raises(ValueError, match="out"):
         fastloss.sequence_log_probs_grad(values, mask, out=np.empty((3, 4)))
+    # found by hunt10: grad_output=None was taken as "no gradient" and the kernel's wrapper
+    # raised "sums or grad: nothing to compute" (ValueError from the fused call)
+    for function in (fastloss.sequence_log_probs_grad,
+                     fastloss.sequence_log_probs_value_and_grad):
+        with pytest.raises(TypeError, match="^grad_output"):
+            function(values, mask, None)
 
 
 def test_sequence_log_probs_adapter(rng):
