@@ -36,7 +36,7 @@ typedef struct fastloss_sequence_options {
     fastloss_index n_rows, n_tokens;
     fastloss_index row_stride;   /* elements between rows of x, m and the gradient */
     int average;                 /* 0: sums, 1: divided by the mask's row sums */
-    int mask_is_bytes;           /* 1: the mask is uint8 (0 or 1, a bool mask); 0: STORE_T */
+    int mask_is_bytes;           /* 1: the mask is bool bytes (any byte but 0 is 1); 0: STORE_T */
     int num_threads;             /* upper bound on OpenMP threads (>= 1) */
 } fastloss_sequence_options;
 

@@ -9,8 +9,9 @@
  * float32 on a half type's _grad32 tag (grad_dtype="float32").
  */
 
-/* Token t's mask weight: a byte (a bool mask, read as it is stored) or an AUX_T. */
-#define SEQ_WEIGHT(t) (bytes ? (double)mask_bytes[t] : (double)AUX_LOAD(mask_values, t))
+/* Token t's mask weight: a byte (a bool mask: any byte but 0 is True, as NumPy reads a
+ * bool that a view of other bytes holds, e.g. 2) or an AUX_T. */
+#define SEQ_WEIGHT(t) (bytes ? (double)(mask_bytes[t] != 0) : (double)AUX_LOAD(mask_values, t))
 
 /*
  * Row b's masked sum (into *sum) and mask sum (into *count), in double, in a fixed

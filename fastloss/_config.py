@@ -8,7 +8,8 @@ __all__ = ["get_num_threads", "set_num_threads", "show_config", "config", "resol
 
 
 def _parse_threads(value, name):
-    """An integer >= 1 from `value` (an int, or a string from the environment)."""
+    """An integer >= 1 from `value` (an int, or a string from the environment), at most
+    MAX_THREADS."""
     message = f"{name}: expected an integer >= 1, got {value!r}"
     if isinstance(value, bool):
         raise ValueError(message)
@@ -18,7 +19,9 @@ def _parse_threads(value, name):
         raise ValueError(message) from None
     if count < 1:
         raise ValueError(message)
-    return count
+    # a thread count is an upper bound (the results are the same for any): one past what
+    # OpenMP can create would end the process (libgomp: "Thread creation failed")
+    return min(count, MAX_THREADS)
 
 
 def _available_cpus():
@@ -36,11 +39,16 @@ def _default_threads():
     return _available_cpus()
 
 
+#: The most threads a call uses, whatever num_threads asks for: four per CPU this process
+#: may use, at least 256 (more only oversubscribe the cores).
+MAX_THREADS = max(256, 4 * _available_cpus())
+
 _num_threads = _default_threads()
 
 
 def set_num_threads(n):
-    """Set the default number of threads used by every kernel (n >= 1)."""
+    """Set the default number of threads used by every kernel (n >= 1; at most
+    fastloss._config.MAX_THREADS are used)."""
     global _num_threads
     _num_threads = _parse_threads(n, "n")
 

@@ -69,6 +69,8 @@ CE_GRAD = 1            # the gradient (from lse= when given, else the fused pass
 CE_VALUE_AND_GRAD = 2
 
 _INT64_MAX = 2**63 - 1
+# the most classes a statistics record may count: every count below it is exact in float64
+_MAX_CLASSES = 2**53
 
 
 cdef inline void *_data_or_null(object array):
@@ -178,6 +180,21 @@ cdef object _hard_target(cnp.ndarray target, tuple loss_shape, fastloss_index n_
         if too_big.size:
             _bad_target(flat[too_big[0]], too_big[0], loss_shape, n_classes, ignore_index)
     # contiguous, aligned, native order (ascontiguousarray alone keeps a misaligned array)
+    return numpy.require(flat, dtype=numpy.int64, requirements="CA")
+
+
+cdef object _compared_labels(cnp.ndarray target, object ignore_index):
+    """Integer labels that are only compared with ``ignore_index`` (an int64) as the
+    contiguous int64 vector the kernels read.  A uint64 label above 2**63 - 1 equals no
+    int64, yet the cast would wrap it to a negative number (ignore_index itself, for
+    2**64 - 100): it becomes another value that is not ignore_index, as it compares."""
+    cdef cnp.ndarray flat = target.reshape(-1)
+    if flat.dtype.kind == "u" and flat.dtype.itemsize == 8 and flat.size:
+        too_big = flat > _INT64_MAX
+        if numpy.any(too_big):
+            labels = flat.astype(numpy.int64)  # a copy: the caller's array stays as it is
+            labels[too_big] = 1 if ignore_index == 0 else 0
+            return labels
     return numpy.require(flat, dtype=numpy.int64, requirements="CA")
 
 
@@ -519,7 +536,8 @@ cdef fastloss_index _stats_classes(object matrix, fastloss_index class_offset,
     if classes.size == 0:
         return class_offset + width
     first = classes[0]
-    if not (first >= 1 and first == int(first)) or numpy.any(classes != first):
+    if (not (1 <= first <= _MAX_CLASSES and first == int(first))
+            or numpy.any(classes != first)):
         raise ValueError(f"stats: the rows' 'classes' differ or are not counts "
                          f"({classes[:4]}...): not merged statistics of the same blocks")
     if class_offset + width > first:
@@ -778,7 +796,7 @@ def ce_from_stats(object stats, object target, object ignore_index, object reduc
             if target.shape != batch:
                 raise ValueError(f"target: expected class indices of shape {batch}, got "
                                  f"{target.shape}")
-            hard = numpy.require(target.reshape(-1), dtype=numpy.int64, requirements="CA")
+            hard = _compared_labels(target, ignore_index)
         elif kind != "f":
             raise TypeError(f"target: expected integer class indices, or None for "
                             f"probability targets, got dtype {target.dtype}")

@@ -91,7 +91,10 @@ def grad_dtype_arg(grad_dtype, dtype, owner="the inputs'", what="inputs", half=N
 
 def rows_view(array, n_cols):
     """A 2-d (rows, n_cols) view of `array` whose last axis is contiguous, or None where
-    that would need a copy (for out= buffers, which must be written in place)."""
+    that would need a copy (for out= buffers, which must be written in place), or where
+    the array is misaligned (the kernels read and write aligned elements only)."""
+    if not array.flags.aligned:
+        return None
     matrix = array.reshape(-1, n_cols)
     if matrix.size and not np.may_share_memory(matrix, array):  # reshape had to copy
         return None
@@ -190,6 +193,14 @@ def outs_per_name(out, names, single):
     if out is None:
         return dict.fromkeys(names)
     if isinstance(out, tuple) and len(out) == len(names):
+        for index, buffer in enumerate(out):
+            for other in range(index):
+                if (isinstance(buffer, np.ndarray) and isinstance(out[other], np.ndarray)
+                        and buffer.size and np.may_share_memory(buffer, out[other])):
+                    # one buffer cannot hold two gradients: the later would overwrite it
+                    raise ValueError(f"out: the buffers for {names[other]} and "
+                                     f"{names[index]} share memory (each gradient needs "
+                                     f"its own)")
         return dict(zip(names, out))
     raise TypeError(f"out: expected a tuple of {len(names)} arrays (one per name in "
                     f"wrt), or None, got {type(out).__name__}")

@@ -297,8 +297,7 @@ def distill_call(bint want_grad, object student_logits, object teacher_logits,
         if (<object>target).shape != loss_shape:
             raise ValueError(f"target: expected labels of shape {loss_shape}, got "
                              f"{(<object>target).shape}")
-        hard = numpy.require((<cnp.ndarray>target).reshape(-1), dtype=numpy.int64,
-                             requirements="CA")
+        hard = _compared_labels(<cnp.ndarray>target, ignore_index)
 
     cdef object upstream = None, grads = None
     cdef list results = [None, None], rows = [None, None], copies = [False, False]
@@ -315,6 +314,12 @@ def distill_call(bint want_grad, object student_logits, object teacher_logits,
         if not isinstance(outs, tuple) or len(outs) != len(names):
             raise ValueError(f"out: expected {len(names)} arrays (one per name in wrt), "
                              f"got {out!r:.80}")
+        if (len(outs) == 2 and isinstance(outs[0], numpy.ndarray)
+                and isinstance(outs[1], numpy.ndarray) and outs[0].size
+                and numpy.may_share_memory(outs[0], outs[1])):
+            # one buffer cannot hold both gradients: the second would overwrite the first
+            raise ValueError(f"out: the buffers for {names[0]} and {names[1]} share memory "
+                             f"(each gradient needs its own)")
         for name, given in zip(names, outs):
             slot = DISTILL_INPUTS.index(name)
             results[slot], rows[slot], copies[slot] = _gradient_target(

@@ -100,7 +100,7 @@ class _BoxProblem:
                 return np.empty((self.n, 4), dtype=self.dtype), None
             grad = _kernels.empty(self.shape + (4,), self.dtype)
             return grad.reshape(self.n, 4), grad
-        if direct and out.flags.c_contiguous:
+        if direct and out.flags.c_contiguous and out.flags.aligned:
             flat = out.reshape(self.n, 4)
             # the kernel reads a tile of both box arrays before it writes the tile's
             # gradient: the gradient may be either of them exactly, never overlap otherwise

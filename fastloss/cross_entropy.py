@@ -11,6 +11,7 @@ import numpy as np
 
 from fastloss import _kernels
 from fastloss._config import resolve_num_threads
+from fastloss._validation import real_scalar
 
 __all__ = ["CROSS_ENTROPY_STATS_FIELDS", "cross_entropy", "cross_entropy_block_stats",
            "cross_entropy_from_stats", "cross_entropy_grad", "cross_entropy_merge_stats",
@@ -29,14 +30,15 @@ def _check_stats_smoothing(stats, target, ignore_index, label_smoothing):
     cross_entropy_block_stats had ``label_smoothing > 0``: the other way round the loss or
     gradient would be silently wrong, so a mismatch raises. (Malformed arguments are left
     to the kernel's checks, which name them.)"""
-    if (not isinstance(stats, np.ndarray) or stats.dtype != np.float64 or stats.ndim < 1
-            or stats.shape[0] != len(CROSS_ENTROPY_STATS_FIELDS)
-            or not isinstance(label_smoothing, numbers.Real)
-            or isinstance(label_smoothing, bool) or not isinstance(ignore_index, numbers.Integral)):
-        return
-    try:
+    try:  # any array of real numbers (float32 statistics, a list), as the kernels take
+        stats = np.asarray(stats)
         target = np.asarray(target)
+        label_smoothing = real_scalar(label_smoothing, "label_smoothing", low=0.0, high=1.0)
     except (TypeError, ValueError):
+        return
+    if (stats.dtype.kind not in "fiu" or stats.ndim < 1
+            or stats.shape[0] != len(CROSS_ENTROPY_STATS_FIELDS)
+            or isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)):
         return
     if target.dtype.kind not in "iu" or target.shape != stats.shape[1:]:
         return

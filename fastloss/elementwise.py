@@ -345,7 +345,7 @@ class _Problem:
             grad = _kernels.empty(self.shape, self.dtype)
             return grad.reshape(-1), grad
         out_arg(out, self.pred_shape, self.pred_dtype)
-        if direct and out.flags.c_contiguous:
+        if direct and out.flags.c_contiguous and out.flags.aligned:
             flat = out.reshape(-1)
             # The kernel reads a tile of pred and target before it writes that tile's
             # gradient: the gradient may be one of them exactly, never overlap otherwise.

@@ -20,6 +20,10 @@ __all__ = ["sequence_log_probs", "sequence_log_probs_grad",
            "sequence_log_probs_value_and_grad"]
 
 
+# run()'s grad_output when no gradient is wanted
+_NO_GRADIENT = object()
+
+
 def _average_arg(average):
     if isinstance(average, (bool, np.bool_)) or (
             isinstance(average, (int, np.integer)) and average in (0, 1)):
@@ -65,12 +69,14 @@ class _Problem:
         float32 for float16 / bfloat16 token_log_probs (grad_dtype="float32")."""
         return grad_dtype_arg(grad_dtype, self.dtype, "token_log_probs'", "token_log_probs")
 
-    def run(self, want_value, grad_output=None, out=None, grad_dtype=None):
+    def run(self, want_value, grad_output=_NO_GRADIENT, out=None, grad_dtype=None):
+        """``(values or None, gradient or None)``: the gradient unless ``grad_output`` is
+        _NO_GRADIENT (a caller's None is a bad grad_output, refused naming it)."""
         grad_dtype = self.grad_dtype(grad_dtype)
         grad_float32 = grad_dtype != self.dtype
         sums = np.empty(self.n_rows, dtype=np.float64) if want_value else None
         grad = result = upstream = None
-        if grad_output is not None:
+        if grad_output is not _NO_GRADIENT:
             upstream = as_array(grad_output, "grad_output")
             if upstream.dtype.kind not in "biuf":
                 raise TypeError(f"grad_output: expected real numbers, got dtype "
@@ -81,9 +87,9 @@ class _Problem:
             upstream = np.require(upstream.reshape(-1), dtype=np.float64, requirements="CA")
             if out is not None:
                 out_arg(out, self.shape, grad_dtype)
-            # out= is written directly where the kernel can (C-contiguous, not the mask;
-            # token_log_probs itself only in place, in its own dtype)
-            direct = (out is not None and out.flags.c_contiguous
+            # out= is written directly where the kernel can (C-contiguous, aligned, not the
+            # mask; token_log_probs itself only in place, in its own dtype)
+            direct = (out is not None and out.flags.c_contiguous and out.flags.aligned
                       and not np.may_share_memory(out, self.mask)
                       and not np.may_share_memory(out, upstream)
                       and (not np.may_share_memory(out, self.values)

@@ -373,11 +373,55 @@ def _merged(label_smoothing=0.0):
      "label_smoothing: 0.1 here, but the statistics were computed without"),
     (lambda: fastloss.cross_entropy_grad(X[:, 4:], T, class_offset=4, stats=_merged(0.1)),
      ValueError, "label_smoothing: 0 here, but the statistics were computed with"),
+    # found by hunt10: the check was skipped for statistics that are not a float64 ndarray
+    # (float32 after a float32 all-reduce, a list) and for a 0-d array label_smoothing,
+    # which the kernels take all the same
+    (lambda: fastloss.cross_entropy_from_stats(_merged().astype(np.float32), T,
+                                               label_smoothing=0.1),
+     ValueError, "label_smoothing: 0.1 here, but the statistics were computed without"),
+    (lambda: fastloss.cross_entropy_from_stats(_merged().tolist(), T, label_smoothing=0.1),
+     ValueError, "label_smoothing: 0.1 here, but the statistics were computed without"),
+    (lambda: fastloss.cross_entropy_from_stats(_merged(), T,
+                                               label_smoothing=np.array(0.1)),
+     ValueError, "label_smoothing: 0.1 here, but the statistics were computed without"),
+    (lambda: fastloss.cross_entropy_grad(X[:, 4:], T, class_offset=4,
+                                         stats=_merged(0.1).astype(np.float32)),
+     ValueError, "label_smoothing: 0 here, but the statistics were computed with"),
+    # found by hunt10: a 'classes' field of inf or past int64 raised OverflowError
+    (lambda: fastloss.cross_entropy_from_stats(_with_classes(np.inf), T), ValueError,
+     "stats: the rows' 'classes' differ or are not counts"),
+    (lambda: fastloss.cross_entropy_from_stats(_with_classes(1e30), T), ValueError,
+     "stats: the rows' 'classes' differ or are not counts"),
+    (lambda: fastloss.cross_entropy_grad(X[:, 4:], T, class_offset=4,
+                                         stats=_with_classes(1e30)), ValueError,
+     "stats: the rows' 'classes' differ or are not counts"),
 ])
 def test_bad_input_names_the_argument(call, error, message):
     with pytest.raises(error) as raised:
         call()
     assert str(raised.value).startswith(message), str(raised.value)
+
+
+def _with_classes(count):
+    """Merged statistics whose 'classes' field is ``count`` in every row."""
+    stats = _merged().copy()
+    stats[fastloss.CROSS_ENTROPY_STATS_FIELDS.index("classes")] = count
+    return stats
+
+
+def test_uint64_targets_above_int64_are_not_ignore_index():
+    # Found by hunt10: cross_entropy_from_stats cast a uint64 target of 2**64 - 100 to
+    # int64 as -100, the default ignore_index, and left its row out of the loss (the
+    # reference counts it: no int64 equals it). Only compared with ignore_index here.
+    counted = np.array([0, 3, 9, 5])
+    stats = fastloss.cross_entropy_block_stats(X, counted)
+    target = counted.astype(np.uint64)
+    target[1] = 2**64 - 100
+    got = fastloss.cross_entropy_from_stats(stats, target, reduction="none")
+    expected = reference.cross_entropy_from_stats(stats, target, reduction="none")
+    assert_close_contract(got, expected, np.float64, "loss")
+    assert got[1] == fastloss.cross_entropy_from_stats(stats, counted, reduction="none")[1] > 0
+    assert target[1] == 2**64 - 100
 
 
 def test_smoothing_check_passes_the_matching_statistics():

@@ -531,3 +531,45 @@ def test_reference_is_exact_for_close_pairs(rng, beta, noise):
                 exact = np.array([float(v) for v in exact]) / temperature
                 scale = np.max(np.abs(exact))
                 np.testing.assert_allclose(grad[i], exact, rtol=1e-14, atol=1e-15 * scale)
+
+
+def test_uint64_labels_above_int64_are_not_ignore_index():
+    # Found by hunt10: a uint64 label of 2**64 - 100 was cast to int64 as -100, the
+    # default ignore_index, and its row silently left out of the loss; it equals no int64
+    # (the reference compares it so), so its row counts.
+    rng = np.random.default_rng(11)
+    student, teacher = rng.standard_normal((2, 4, 7))
+    labels = np.array([2**64 - 100, 1, 2**63, 3], np.uint64)
+    for ignore_index in (-100, 0, 1):
+        got = fastloss.distill_kl(student, teacher, target=labels, ignore_index=ignore_index,
+                                  reduction="none")
+        expected = reference.distill_kl(student, teacher, target=labels,
+                                        ignore_index=ignore_index, reduction="none")
+        assert_close_contract(got, expected, np.float64, "loss")
+        value, grad = fastloss.jsd_value_and_grad(student, teacher, target=labels,
+                                                  ignore_index=ignore_index)
+        ref_value, ref_grad = reference.jsd_value_and_grad(student, teacher, target=labels,
+                                                           ignore_index=ignore_index)
+        assert_close_contract(value, ref_value, np.float64, "loss")
+        assert_close_contract(grad, ref_grad, np.float64, "grad")
+    assert labels[0] == 2**64 - 100  # the caller's labels are left as they were
+
+
+def test_one_buffer_for_both_gradients_is_refused():
+    # Found by hunt10: out=(buffer, buffer) with wrt both logits returned the teacher's
+    # gradient twice (the second overwrote the first); a buffer cannot hold both.
+    rng = np.random.default_rng(12)
+    student, teacher = rng.standard_normal((2, 3, 5))
+    buffer = np.empty_like(student)
+    both = ("student_logits", "teacher_logits")
+    for out in ((buffer, buffer), (buffer, buffer[::-1])):
+        with pytest.raises(ValueError, match="^out: .*share memory"):
+            fastloss.distill_kl_grad(student, teacher, wrt=both, out=out)
+        with pytest.raises(ValueError, match="^out: .*share memory"):
+            fastloss.jsd_value_and_grad(student, teacher, wrt=both, out=out)
+    # two buffers: each gradient in its own
+    outs = (np.empty_like(student), np.empty_like(student))
+    got = fastloss.distill_kl_grad(student, teacher, wrt=both, out=outs)
+    expected = fastloss.distill_kl_grad(student, teacher, wrt=both)
+    assert got[0] is outs[0] and got[1] is outs[1]
+    assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])

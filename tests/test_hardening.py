@@ -415,3 +415,64 @@ def test_misaligned_inputs_are_copied_never_read_misaligned(dtype):
     expected = fastloss.contrastive_value_and_grad(x[:6], x[6:], pair_label)
     got = fastloss.contrastive_value_and_grad(x[:6], x[6:], misaligned(pair_label))
     assert bitwise_equal(got[0], expected[0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_misaligned_out_receives_the_plain_gradient(dtype):
+    # Found by hunt10: a misaligned out= (a view at an odd byte offset) made the box and
+    # sequence losses raise naming their internal buffers ("grad1: expected an aligned
+    # array"), the elementwise ones raise, and cross-entropy and the vocabulary losses
+    # hand it to the kernels as it was (misaligned stores). It is a valid buffer: the
+    # gradient is computed aside and copied in, as for any layout the kernels cannot write.
+    rng = np.random.default_rng(8)
+    logits, teacher = rng.standard_normal((2, 6, 9)).astype(dtype)
+    target = rng.integers(0, 9, 6)
+    boxes1 = np.concatenate([rng.uniform(0, 4, (6, 2)), rng.uniform(5, 9, (6, 2))], 1)
+    boxes2 = np.concatenate([rng.uniform(0, 4, (6, 2)), rng.uniform(5, 9, (6, 2))], 1)
+    mask = rng.uniform(size=(6, 9)) < 0.6
+    calls = [
+        (fastloss.cross_entropy_grad, (logits, target), {}),
+        (fastloss.cross_entropy_value_and_grad, (logits, target), {}),
+        (fastloss.token_log_probs_grad, (logits, target), {}),
+        (fastloss.distill_kl_grad, (logits, teacher), {}),
+        (fastloss.jsd_value_and_grad, (logits, teacher), {"wrt": "teacher_logits"}),
+        (fastloss.sequence_log_probs_grad, (logits, mask), {}),
+        (fastloss.sequence_log_probs_value_and_grad, (logits, mask), {"average": True}),
+        (fastloss.mse_grad, (logits, teacher), {}),
+        (fastloss.bce_with_logits_value_and_grad, (logits, 1 / (1 + np.exp(-teacher))), {}),
+        (fastloss.giou_loss_grad, (boxes1.astype(dtype), boxes2.astype(dtype)), {}),
+        (fastloss.ciou_loss_value_and_grad, (boxes1.astype(dtype), boxes2.astype(dtype)),
+         {"wrt": "boxes2"}),
+    ]
+    for function, args, kwargs in calls:
+        expected = function(*args, **kwargs)
+        shape_of = args[1] if kwargs.get("wrt") in ("teacher_logits", "boxes2") else args[0]
+        out = misaligned(np.zeros_like(shape_of))
+        got = function(*args, out=out, **kwargs)
+        fused = isinstance(got, tuple)
+        grad, expected_grad = (got[1], expected[1]) if fused else (got, expected)
+        assert grad is out, function.__name__
+        assert bitwise_equal(out, expected_grad), function.__name__
+        if fused:
+            assert bitwise_equal(got[0], expected[0]), function.__name__
+
+
+def test_one_out_buffer_for_two_gradients_is_refused():
+    # Found by hunt10: out=(buffer, buffer) with two names in wrt returned the second
+    # gradient twice (elementwise losses), or raised naming an internal buffer (box
+    # losses: "grad1: overlaps another argument"). Refused, naming out.
+    rng = np.random.default_rng(9)
+    pred, target = rng.standard_normal((2, 4, 5))
+    boxes1 = np.concatenate([rng.uniform(0, 4, (4, 2)), rng.uniform(5, 9, (4, 2))], 1)
+    boxes2 = np.concatenate([rng.uniform(0, 4, (4, 2)), rng.uniform(5, 9, (4, 2))], 1)
+    for function, args, wrt in ((fastloss.mse_grad, (pred, target), ("pred", "target")),
+                                (fastloss.giou_loss_grad, (boxes1, boxes2),
+                                 ("boxes1", "boxes2"))):
+        buffer = np.empty_like(args[0])
+        with pytest.raises(ValueError, match="^out: .*share memory"):
+            function(*args, wrt=wrt, out=(buffer, buffer))
+        outs = (np.empty_like(args[0]), np.empty_like(args[1]))
+        got = function(*args, wrt=wrt, out=outs)
+        expected = function(*args, wrt=wrt)
+        assert got[0] is outs[0] and got[1] is outs[1]
+        assert bitwise_equal(got[0], expected[0]) and bitwise_equal(got[1], expected[1])

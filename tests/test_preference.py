@@ -12,7 +12,7 @@ import pytest
 
 import fastloss
 from fastloss import reference
-from loss_specs import DTYPES, assert_close_contract, central_differences
+from loss_specs import DTYPES, assert_close_contract, bitwise_equal, central_differences
 
 torch = pytest.importorskip("torch")
 import fastloss.torch as FL  # noqa: E402
@@ -319,6 +319,25 @@ def test_sequence_log_probs_threads_out_and_in_place(rng):
                           fastloss.sequence_log_probs(strided.copy(), mask[:, ::2].copy()))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sequence_log_probs_bool_mask_of_other_bytes_is_true_not_its_byte(dtype):
+    # Found by hunt10: a bool mask viewed from bytes other than 0 and 1 (a uint8
+    # attention mask .view(bool), np.frombuffer) is True where its byte is not 0, as NumPy
+    # reads it (mask.astype(float) is 1.0); the kernel multiplied by the byte itself (2 -> 2x).
+    values = np.array([[1.0, 2.0, 3.0, 4.0], [-1.0, -2.0, -3.0, -4.0]], dtype=dtype)
+    raw = np.array([[2, 1, 0, 255], [0, 7, 0, 1]], np.uint8)
+    mask = raw.view(np.bool_)
+    canonical = raw != 0
+    for average in (False, True):
+        got = fastloss.sequence_log_probs_value_and_grad(values, mask, np.array([1.0, 2.0]),
+                                                         average=average)
+        expected = fastloss.sequence_log_probs_value_and_grad(values, canonical,
+                                                              np.array([1.0, 2.0]),
+                                                              average=average)
+        assert bitwise_equal(got[0], expected[0]) and bitwise_equal(got[1], expected[1])
+        assert np.allclose(got[0], reference.sequence_log_probs(values, mask, average=average))
+
+
 def test_sequence_log_probs_refuses_bad_input_naming_it(rng):
     values, mask = _sequence_inputs(rng, (3, 5), np.float64)
     with pytest.raises(ValueError, match="mask"):
@@ -335,6 +354,12 @@ def test_sequence_log_probs_refuses_bad_input_naming_it(rng):
         fastloss.sequence_log_probs(values, mask, average="yes")
     with pytest.raises(ValueError, match="out"):
         fastloss.sequence_log_probs_grad(values, mask, out=np.empty((3, 4)))
+    # found by hunt10: grad_output=None was taken as "no gradient" and the kernel's wrapper
+    # raised "sums or grad: nothing to compute" (ValueError from the fused call)
+    for function in (fastloss.sequence_log_probs_grad,
+                     fastloss.sequence_log_probs_value_and_grad):
+        with pytest.raises(TypeError, match="^grad_output"):
+            function(values, mask, None)
 
 
 def test_sequence_log_probs_adapter(rng):

@@ -152,6 +152,26 @@ def run_python(code, unset=(), **environment):
     return completed.stdout.strip()
 
 
+def test_a_huge_thread_count_is_capped_not_fatal():
+    # Found by hunt10: num_threads=50000 on a call large enough to run threaded ended the
+    # process (libgomp: "Thread creation failed: Resource temporarily unavailable"), and
+    # 2**40 raised OverflowError. A thread count is an upper bound; the most a call uses is
+    # fastloss._config.MAX_THREADS (the results are the same bits for any count).
+    code = (
+        "import numpy as np, fastloss\n"
+        "from fastloss._config import MAX_THREADS\n"
+        "x = np.linspace(-3, 3, 200000 * 8, dtype=np.float32).reshape(200000, 8)\n"
+        "t = np.arange(200000) % 8\n"
+        "one = fastloss.token_log_probs(x, t, num_threads=1)\n"
+        "for n in (10**6, 2**40):\n"
+        "    assert np.array_equal(fastloss.token_log_probs(x, t, num_threads=n), one)\n"
+        "fastloss.set_num_threads(10**6)\n"
+        "assert fastloss.get_num_threads() == MAX_THREADS\n"
+        "assert np.array_equal(fastloss.token_log_probs(x, t), one)\n"
+        "print('ok')\n")
+    assert run_python(code) == "ok"
+
+
 @pytest.mark.parametrize("value", ["1", "3", "7"])
 def test_environment_variable_sets_the_default(value):
     code = "import fastloss; print(fastloss.get_num_threads())"
