@@ -1292,10 +1292,13 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
         double cgf[VOCAB_CGF_TERMS] = {0.0}, jsd_f[VOCAB_CGF_TERMS] = {0.0};
         const int u_smaller = beta >= 0.5;
         if (divergence == FASTLOSS_DIVERGENCE_JSD) {
-            /* u's series, c_k = kappa_(k+1) / (k + 1)!, one term more for f's */
+            /* u's series, c_k = kappa_(k+1) / (k + 1)! of Bernoulli(1 - beta), one term
+             * more for f's; each from the smaller of beta and 1 - beta (exact where beta
+             * >= 1/2), the one the series are accurate at (vocab_bernoulli_cgf) */
             double u_series[VOCAB_CGF_TERMS] = {0.0};
-            vocab_bernoulli_cgf(1.0 - beta, DISTILL_JSD_F_TERMS + 1, u_series);
-            vocab_bernoulli_cgf(u_smaller ? 1.0 - beta : beta, DISTILL_JSD_TERMS, cgf);
+            const double smaller = beta < 0.5 ? beta : 1.0 - beta;
+            vocab_bernoulli_cgf(smaller, beta < 0.5, DISTILL_JSD_F_TERMS + 1, u_series);
+            vocab_bernoulli_cgf(smaller, 0, DISTILL_JSD_TERMS, cgf); /* u_smaller ? 1 - beta : beta */
             if (!u_smaller) /* v = sum_k c_k (-y)**(k + 1) = y sum_k (-1)**(k + 1) c_k y**k */
                 for (int k = 0; k < VOCAB_CGF_TERMS; k += 2)
                     cgf[k] = -cgf[k];

@@ -573,3 +573,27 @@ def test_one_buffer_for_both_gradients_is_refused():
     expected = fastloss.distill_kl_grad(student, teacher, wrt=both)
     assert got[0] is outs[0] and got[1] is outs[1]
     assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("beta", [1e-3, 1e-7, 1e-12, 1e-16, 1 - 1e-7, 1 - 1e-12])
+def test_jsd_with_beta_near_zero_or_one_keeps_the_contract(rng, dtype, beta):
+    """beta in (0, 1) near either end: the JSD tends to beta KL(P || Q) (or its mirror),
+    and its series near y = 0 come from the Bernoulli cumulants of the smaller of beta and
+    1 - beta (from 1 - beta itself, rounded, the float64 loss lost 1e-12 relative at beta
+    = 1e-7 and its fourth digit at 1e-12).  Close and far pairs, each set of gradients, on
+    every SIMD path, against the reference within the contract."""
+    student = (rng.standard_normal((4, 2048 + 301)) * 2).astype(dtype)
+    far = (rng.standard_normal(student.shape) * 2).astype(dtype)
+    close = (student + 0.05 * rng.standard_normal(student.shape)).astype(dtype)
+    with simd_paths() as paths:
+        for path in paths:
+            for teacher in (close, far):
+                kw = dict(beta=beta, reduction="none")
+                loss, grads = fastloss.jsd_value_and_grad(student, teacher, 1.0, wrt=BOTH, **kw)
+                ref_loss, ref_grads = reference.jsd_value_and_grad(student, teacher, 1.0,
+                                                                   wrt=BOTH, **kw)
+                assert np.all(ref_loss > 0)
+                assert_close_contract(loss, ref_loss, dtype, "loss", what=(path, "loss"))
+                for grad, ref_grad, name in zip(grads, ref_grads, BOTH):
+                    assert_close_contract(grad, ref_grad, dtype, "grad", what=(path, name))
