@@ -576,7 +576,9 @@ FASTLOSS_INLINE REAL NAME(distill_series_of)(REAL y, const int terms)
  * for |y| < DISTILL_JSD_SERIES_BELOW, leave less than 6e-10 of it out in float (|y| <
  * log 2, 12 terms), 3e-16 in double (|y| < 1/4, 16 terms); the series of the JSD's term
  * m f(y) (DISTILL_STEP), DISTILL_JSD_F_TERMS terms, less than 3.1e-9 of f (13 terms) and
- * 4e-18 (16 terms), for beta in [0.01, 0.99] (mpmath, 200 points of each range).
+ * 4e-18 (16 terms), for beta in [0.01, 0.99] (mpmath, 200 points of each range); nearer 0
+ * or 1 the coefficients come from the smaller of beta and 1 - beta (vocab_bernoulli_cgf)
+ * and tests/test_distill.py holds beta = 1e-16 .. 1 - 1e-12 to the contract.
  * Polynomials rather than log1p((1 - beta) expm1(y)): no division (three per element,
  * which set the JSD's speed). */
 #define DISTILL_JSD_TERMS (DISTILL_IN_DOUBLE ? 16 : 12)
