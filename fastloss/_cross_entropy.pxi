@@ -493,7 +493,7 @@ cdef object _out_rows(cnp.ndarray out, cnp.ndarray matrix, fastloss_index n_clas
     than being exactly the logits (in place).  The kernel reads every input while it
     writes the gradient row by row; class indices overwritten by a gradient would
     index outside the rows, so every input is checked."""
-    view = rows_view(out, n_classes)
+    view = rows_view(out, n_classes, written=True)
     if view is None:
         return None
     cdef cnp.ndarray rows = <cnp.ndarray>view

@@ -143,7 +143,7 @@ def _grad_targets(out, shapes, dtypes, inputs, name="out"):
                 raise ValueError(f"{label}: shares memory with another out= buffer")
     targets = []
     for buffer, shape, dtype in zip(out, shapes, dtypes):
-        view = rows_view(buffer, shape[1]) if buffer.size else buffer
+        view = rows_view(buffer, shape[1], written=True) if buffer.size else buffer
         usable = view is not None and not any(
             np.may_share_memory(buffer, a) for a in inputs if isinstance(a, np.ndarray))
         if usable:

@@ -134,6 +134,9 @@ cdef inline fastloss_index _row_stride(cnp.ndarray array, fastloss_index n_rows,
         raise ValueError(f"{name}: row stride is not a multiple of the item size")
     if writeable and not cnp.PyArray_ISWRITEABLE(array):
         raise ValueError(f"{name}: array is read-only")
+    if writeable and n_rows > 1 and abs(array.strides[0]) < n_cols * itemsize:
+        raise ValueError(f"{name}: its rows overlap (row stride {array.strides[0]} bytes): "
+                         f"each row needs memory of its own")
     return array.strides[0] // itemsize
 
 

@@ -89,10 +89,14 @@ def grad_dtype_arg(grad_dtype, dtype, owner="the inputs'", what="inputs", half=N
                      f"{' or float32' if half else ''}, got {wanted}")
 
 
-def rows_view(array, n_cols):
+def rows_view(array, n_cols, written=False):
     """A 2-d (rows, n_cols) view of `array` whose last axis is contiguous, or None where
     that would need a copy (for out= buffers, which must be written in place), or where
-    the array is misaligned (the kernels read and write aligned elements only)."""
+    the array is misaligned (the kernels read and write aligned elements only).
+    `written`: also None where the rows overlap (a zero or short row stride, as
+    ``as_strided(..., writeable=True)`` makes): the kernel's threads would write the
+    same memory at once, where a copy into it writes the rows one after another, as
+    NumPy does."""
     if not array.flags.aligned:
         return None
     matrix = array.reshape(-1, n_cols)
@@ -101,6 +105,8 @@ def rows_view(array, n_cols):
     if n_cols > 1 and matrix.strides[1] != matrix.itemsize:
         return None
     if matrix.strides[0] % matrix.itemsize:
+        return None
+    if written and matrix.shape[0] > 1 and abs(matrix.strides[0]) < n_cols * matrix.itemsize:
         return None
     return matrix
 

@@ -114,7 +114,7 @@ cdef tuple _gradient_target(object out, cnp.ndarray matrix, tuple shape, object 
         result = empty(shape, dtype)
         return result, (<cnp.ndarray>result).reshape(-1, n_classes), False
     out_arg(out, shape, dtype, name)
-    view = rows_view(out, n_classes)
+    view = rows_view(out, n_classes, written=True)
     if view is not None:
         for other in inputs:
             if other is not None and _may_overlap(<cnp.ndarray>view, <cnp.ndarray>other):

@@ -505,7 +505,7 @@ class _Triplet:
                 continue
             if direct:
                 returned = out[index]
-                view = rows_view(returned, self.dim) if returned.size else \
+                view = rows_view(returned, self.dim, written=True) if returned.size else \
                     returned.reshape(self.n_rows, self.dim)
                 if view is not None and not any(np.may_share_memory(returned, array)
                                                 for array in self.inputs + self.rows
