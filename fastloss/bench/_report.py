@@ -64,8 +64,8 @@ def format_report(report):
         f"numpy {machine['numpy']}, torch {machine['torch'] or 'not installed'}, "
         f"fastloss {machine['fastloss']} (simd: {cfg['fastloss'].get('simd_path')}, "
         f"openmp: {cfg['fastloss'].get('openmp')})",
-        f"median (and min) of {cfg['repeat']} rounds (cases take turns, in an order of their own each round) after "
-        f"{cfg['warmup']} warm-up call; "
+        f"median (and min) of {cfg['repeat']} rounds (cases take turns, in an order of "
+        f"their own each round) after {cfg['warmup']} warm-up call; "
         f"load average at start {machine['load_average_1min']}",
         "",
     ]
