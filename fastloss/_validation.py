@@ -191,6 +191,18 @@ def out_arg(out, shape, dtype, name="out"):
     return out
 
 
+def distinct_outs(out, names):
+    """A ValueError naming both where two of the out= buffers ``out`` (one per name in
+    ``names``) share memory: one buffer cannot hold two gradients, the later would
+    overwrite the earlier."""
+    for index, buffer in enumerate(out):
+        for other in range(index):
+            if (isinstance(buffer, np.ndarray) and isinstance(out[other], np.ndarray)
+                    and buffer.size and np.may_share_memory(buffer, out[other])):
+                raise ValueError(f"out: the buffers for {names[other]} and {names[index]} "
+                                 f"share memory (each gradient needs its own)")
+
+
 def outs_per_name(out, names, single):
     """The `out` of a function with `wrt` names, one entry (or None) per name: `out` itself
     for a single name, None for each, or a tuple with one array per name."""
@@ -199,14 +211,7 @@ def outs_per_name(out, names, single):
     if out is None:
         return dict.fromkeys(names)
     if isinstance(out, tuple) and len(out) == len(names):
-        for index, buffer in enumerate(out):
-            for other in range(index):
-                if (isinstance(buffer, np.ndarray) and isinstance(out[other], np.ndarray)
-                        and buffer.size and np.may_share_memory(buffer, out[other])):
-                    # one buffer cannot hold two gradients: the later would overwrite it
-                    raise ValueError(f"out: the buffers for {names[other]} and "
-                                     f"{names[index]} share memory (each gradient needs "
-                                     f"its own)")
+        distinct_outs(out, names)
         return dict(zip(names, out))
     raise TypeError(f"out: expected a tuple of {len(names)} arrays (one per name in "
                     f"wrt), or None, got {type(out).__name__}")

@@ -314,12 +314,7 @@ def distill_call(bint want_grad, object student_logits, object teacher_logits,
         if not isinstance(outs, tuple) or len(outs) != len(names):
             raise ValueError(f"out: expected {len(names)} arrays (one per name in wrt), "
                              f"got {out!r:.80}")
-        if (len(outs) == 2 and isinstance(outs[0], numpy.ndarray)
-                and isinstance(outs[1], numpy.ndarray) and outs[0].size
-                and numpy.may_share_memory(outs[0], outs[1])):
-            # one buffer cannot hold both gradients: the second would overwrite the first
-            raise ValueError(f"out: the buffers for {names[0]} and {names[1]} share memory "
-                             f"(each gradient needs its own)")
+        distinct_outs(outs, names)
         for name, given in zip(names, outs):
             slot = DISTILL_INPUTS.index(name)
             results[slot], rows[slot], copies[slot] = _gradient_target(
