@@ -92,8 +92,9 @@ def _parser():
     bench.add_argument("--family", choices=("all",) + FAMILY_NAMES, default="all",
                        help="which table to run (default: all, one after the other)")
     bench.add_argument("--quick", action="store_true",
-                       help="smaller sizes (N=1024, 2**22 elements, part of the small-shape "
-                            "grid) and fewer repeats, in about a minute; each target is "
+                       help="smaller sizes (N=1024 rows or fewer, 2**22 elements, part of "
+                            "the small-shape grid) and fewer repeats, in a minute or two; "
+                            "each target is "
                             "judged only at the size it is set for (most at the full "
                             "sizes), elsewhere shown")
     bench.add_argument("--json", dest="json_file", metavar="FILE",

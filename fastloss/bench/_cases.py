@@ -1142,7 +1142,7 @@ LINEAR_CROSS_ENTROPY = Family(
     name="linear_cross_entropy",
     title="linear cross-entropy forward+backward (mean, hard targets, no bias)",
     make_inputs=_lce_inputs,
-    sizes={"full": LCE_FULL_SIZE, "quick": (1024, 512, 32000), "tiny": (16, 8, 50)},
+    sizes={"full": LCE_FULL_SIZE, "quick": (256, 512, 32000), "tiny": (16, 8, 50)},
     size_names=("N", "H", "V"),
     cases=(
         Case(LCE_FUSED, _lce_fused()),
@@ -1156,6 +1156,9 @@ LINEAR_CROSS_ENTROPY = Family(
         Case(LCE_TORCH_DEFAULT, _lce_torch("default"), requires="torch"),
         Case(LCE_TORCH_OPTIONS, _lce_torch("options"), requires="torch"),
     ),
+    # calls of 0.1-2 s (torch's chunked variant about 1.6 s even at --quick's 256 rows):
+    # --quick takes fewer rounds to stay within its minute
+    repeats={"full": 10, "quick": 3},
 )
 
 TARGETS[LINEAR_CROSS_ENTROPY.name] = (
@@ -1495,7 +1498,9 @@ DISTILL = Family(
     name="distill",
     title="token log-probs and distillation over the vocabulary (batchmean, T=1)",
     make_inputs=_distill_inputs,
-    sizes={"full": CE_FULL_SIZE, "quick": (1024, 50257), "tiny": (16, 300)},
+    # --quick: 256 rows, so that torch's written-out JSD (about 3 s a call at 1024 rows)
+    # keeps the quick run to its minute
+    sizes={"full": CE_FULL_SIZE, "quick": (256, 50257), "tiny": (16, 300)},
     size_names=("N", "V"),
     cases=(
         Case(DISTILL_TLP, _tlp_forward, read_only=True),
