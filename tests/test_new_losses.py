@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import fastloss
-from fastloss import reference
+from fastloss import _registry, reference
 from loss_specs import DTYPES, assert_close_contract
 
 
@@ -95,6 +95,27 @@ def test_pinball_gradient_at_a_tie_is_the_average_of_the_two_slopes():
 def test_pinball_quantile_must_fit_the_last_axis():
     with pytest.raises(ValueError, match="^quantile"):
         fastloss.pinball(np.zeros((4, 3)), np.zeros((4, 3)), quantile=np.full(4, 0.5))
+
+
+@pytest.mark.parametrize("name, factor", [("pinball", {}), ("pinball", {"quantile": [0.2, 0.9]}),
+                                          ("bradley_terry", {}),
+                                          ("bradley_terry", {"margin": 0.5})], ids=str)
+@pytest.mark.parametrize("shape", [(0,), (0, 2), (3, 0)], ids=str)
+def test_a_loss_with_a_factor_takes_empty_inputs(name, factor, shape):
+    # as every other elementwise loss (test_elementwise.py::test_empty_input): the mean
+    # of nothing is NaN, the sum 0, and the gradients empty, never "needs its quantile"
+    if "quantile" in factor and shape[-1] != 2:
+        factor = {"quantile": np.full(shape[-1:], 0.3)}
+    inputs = [np.zeros(shape) for _ in _registry.LOSSES[name].inputs]
+    assert np.isnan(getattr(fastloss, name)(*inputs, **factor))
+    for reduction in ("mean", "sum", "none"):
+        expected = getattr(reference, name)(*inputs, reduction=reduction, **factor)
+        loss = getattr(fastloss, name)(*inputs, reduction=reduction, **factor)
+        np.testing.assert_array_equal(loss, expected)
+        upstream = np.zeros(shape) if reduction == "none" else 1.0
+        loss, grad = getattr(fastloss, f"{name}_value_and_grad")(*inputs, upstream,
+                                                                 reduction=reduction, **factor)
+        assert grad.shape == shape and grad.dtype == np.float64
 
 
 # --- sigmoid_focal ------------------------------------------------------------------------------
