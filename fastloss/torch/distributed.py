@@ -24,11 +24,11 @@ import zlib
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.autograd.function import once_differentiable
 
 import fastloss
 from fastloss._config import resolve_num_threads
 from fastloss._validation import reduction_arg
+from fastloss.torch._autograd import first_order
 
 __all__ = ["VocabParallelCrossEntropyLoss", "vocab_parallel_cross_entropy"]
 
@@ -227,7 +227,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         return torch.tensor(loss, dtype=local_logits.dtype)
 
     @staticmethod
-    @once_differentiable
+    @first_order
     def backward(ctx, grad_output):
         (_, vocab_start, _, ignore_index, reduction, label_smoothing, z_loss, softcap,
          num_threads) = ctx.options
