@@ -131,7 +131,7 @@ class _Call:
             problem = _Problem(_numpy(input), _numpy(linear_weight), _numpy(target),
                                _numpy(linear_bias), _numpy(weight),
                                reduction=self.reduction, **self.options)
-        hidden = input.reshape(-1, problem.n_features)
+        hidden = input.reshape(problem.n_rows, problem.n_features)
         rows_per_block = _block_height(problem.n_rows, problem.n_classes, dtype.itemsize,
                                        self.block_rows, linear_bias is not None)
         products = _TorchProducts(hidden, linear_weight, linear_bias, rows_per_block,
