@@ -159,6 +159,25 @@ def test_adapter_refuses_a_target_gradient_it_does_not_compute():
                        FL.sigmoid_focal_loss(x, y.detach().clone()))
 
 
+def test_adapter_refuses_a_quantile_that_requires_grad():
+    # pinball's quantile tensor (its loss depends on it: d loss / d q = target - pred)
+    # was taken and its gradient silently left out (q.grad None after backward)
+    torch = pytest.importorskip("torch")
+    import fastloss.torch as FL
+
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(4, 3, dtype=torch.float64)
+    q = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="quantile: fastloss computes no gradient"):
+        FL.pinball_loss(x, t, quantile=q.clone().requires_grad_())
+    with pytest.raises(RuntimeError, match="quantile: fastloss computes no gradient"):
+        FL.PinballLoss(quantile=q.clone().requires_grad_())(x, t)
+    with torch.no_grad():  # nothing differentiates it there
+        FL.pinball_loss(x, t, quantile=q.clone().requires_grad_())
+    FL.pinball_loss(x, t, quantile=q).backward()
+    assert x.grad is not None
+
+
 def test_adapter_poisson_full_target_gradient_is_finite_where_torch_is_nan():
     torch = pytest.importorskip("torch")
     import fastloss.torch as FL

@@ -678,8 +678,8 @@ def _no_gradient(tensor, name, function, form):
     if tensor is not None and tensor.requires_grad and torch.is_grad_enabled():
         raise RuntimeError(
             f"{function}: {name}: fastloss computes no gradient with respect to {name} "
-            f"({form.counterpart or form.function} has one); this input cannot have "
-            f"requires_grad True; pass {name}.detach()")
+            f"({f'{form.counterpart} has one' if form.counterpart else 'the loss depends on it'}"
+            f"); this input cannot have requires_grad True; pass {name}.detach()")
 
 
 def _elementwise(entry, tensors, options, reduction, num_threads):
