@@ -503,7 +503,8 @@ def test_bench_plot_without_matplotlib_fails_before_running(tmp_path, monkeypatc
         raise AssertionError("the benchmark ran although the plot cannot be drawn")
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
-    monkeypatch.setattr(bench, "run", must_not_run)
+    # bench.main runs the name `run` of fastloss.bench._main, not the package's
+    monkeypatch.setattr(bench._main, "run", must_not_run)
     path = tmp_path / "bench.png"
     assert main(["bench", "--quick", "--plot", str(path)]) == 1
     captured = capsys.readouterr()
