@@ -117,4 +117,8 @@ def show_config():
 
 _simd = os.environ.get("FASTLOSS_SIMD", "").strip()
 if _simd:
-    _kernels.set_simd_path(_simd)
+    try:
+        _kernels.set_simd_path(_simd)
+    except ValueError as error:
+        raise ValueError(f"FASTLOSS_SIMD: {error} (expected 'baseline', 'avx2' or 'avx512', "
+                         f"got {_simd!r})") from None

@@ -733,7 +733,7 @@ PINBALL = Loss(
                      (math.nan, ValueError), ("0.5", TypeError)), array=True),),
     torch=Torch("pinball_loss", None, "input, target, quantile=0.5, reduction='mean'",
                 {"input": "pred", "target": "target", "quantile": "quantile"},
-                "PinballLoss", None, "quantile=0.5, reduction='mean'",
+                "PinballLoss", None, "quantile=0.5, reduction='mean'", no_gradient=("quantile",),
                 note="the quantile loss; scikit-learn's mean_pinball_loss for one quantile"),
     make_inputs=pinball_inputs, loss_shape=_same_shape,
     cases=(Case("q=0.5", {}), Case("q=0.1", {"quantile": 0.1}),

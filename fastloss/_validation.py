@@ -250,10 +250,12 @@ def periodic_factor(array, shape, dtype):
     leading axes of length 1 are dropped, the rest is broadcast to the matching
     trailing axes of `shape` (so a per-class factor of C values over (..., C) data
     stays C values long), and a period shorter than MIN_PERIOD is repeated up to it.
-    Returns None when `shape` has no elements. The caller has checked broadcasting.
+    When `shape` has no elements nothing is read, but a loss whose kernel requires its
+    factor (pinball's quantile, bradley_terry's margin) still gets one: a period of one
+    zero. The caller has checked broadcasting.
     """
     if math.prod(shape) == 0:
-        return None
+        return np.zeros(1, dtype)
     factor = np.asarray(array)
     leading_ones = 0
     while leading_ones < factor.ndim and factor.shape[leading_ones] == 1:

@@ -5,6 +5,7 @@ whose return value is the exit code (argparse's usage errors give 2).
 """
 import argparse
 import importlib.util
+import os
 import sys
 
 __all__ = ["main"]
@@ -27,6 +28,28 @@ def _positive_int(text):
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
     return value
+
+
+def _thread_count(text):
+    """--threads: an integer >= 1, capped at fastloss._config.MAX_THREADS as num_threads=
+    is (torch, given the same count, ends the process with a segmentation fault at
+    100000 threads: torch 2.13)."""
+    from fastloss._config import MAX_THREADS
+
+    return min(_positive_int(text), MAX_THREADS)
+
+
+def _cannot_write(path):
+    """Why the file ``path`` cannot be written (a directory, a missing or read-only
+    directory), or None: the benchmark's outputs are checked before it runs."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        return "it is a directory"
+    if not os.path.isdir(directory):
+        return f"no directory {directory}"
+    if not os.access(path if os.path.exists(path) else directory, os.W_OK):
+        return "permission denied"
+    return None
 
 
 def _shard(text):
@@ -102,8 +125,9 @@ def _parser():
     bench.add_argument("--plot", dest="plot_file", metavar="FILE.png",
                        help="also draw the ratios as bar charts, one per family, to FILE.png "
                             "(needs matplotlib: pip install 'fastloss[plot]')")
-    bench.add_argument("--threads", type=_positive_int, metavar="N",
-                       help="threads for fastloss and torch (default: fastloss's default)")
+    bench.add_argument("--threads", type=_thread_count, metavar="N",
+                       help="threads for fastloss and torch (default: fastloss's default; "
+                            "at most fastloss's MAX_THREADS)")
     bench.add_argument("--repeat", type=_positive_int, metavar="R",
                        help="timed calls per case (default 10, 5 with --quick; 100 and 40 "
                             "in the few-classes table; in the small-shape grid the least "
@@ -139,17 +163,21 @@ def main(argv=None):
     if args.command == "bench":
         from fastloss import bench
 
+        problem = None
         if args.size is not None:
-            problem = None
             if args.family == "all":
                 problem = "--size needs --family"
             elif len(args.size) != len(bench.FAMILIES[args.family].size_names):
                 names = ",".join(bench.FAMILIES[args.family].size_names)
                 problem = f"--size for {args.family} is {names}"
-            if problem:
-                parser.print_usage(sys.stderr)
-                print(f"fastloss: error: {problem}", file=sys.stderr)
-                return 2
+        for option, path in (("--json", args.json_file), ("--plot", args.plot_file)):
+            why = None if path is None or problem else _cannot_write(path)
+            if why:
+                problem = f"{option}: cannot write {path}: {why}"
+        if problem:
+            parser.print_usage(sys.stderr)
+            print(f"fastloss: error: {problem}", file=sys.stderr)
+            return 2
         return bench.main(quick=args.quick, json_file=args.json_file, threads=args.threads,
                           repeat=args.repeat, size=args.size, progress=args.progress,
                           family=args.family, plot_file=args.plot_file,

@@ -77,6 +77,12 @@ def _logits_arg(da, logits):
         raise TypeError(f"logits: expected a float32 or float64 array, got dtype {logits.dtype}")
     if any(np.isnan(n) for n in logits.shape):
         raise ValueError("logits: the shape must be known (call compute_chunk_sizes() first)")
+    widths = logits.chunks[-1]
+    if 0 in widths and len(widths) > 1:
+        # a chunk of no classes has no first class for its block's offset, and no
+        # statistics: the rows' chunks are kept, those chunks dropped (no data moves)
+        logits = logits.rechunk(logits.chunks[:-1] + (tuple(w for w in widths if w)
+                                                      or (0,),))
     return logits
 
 

@@ -158,7 +158,8 @@ class _Problem:
             name = entry.factor
             factor = real_array(factor, name)
             try:
-                broadcast_to_shape(factor, shape, name, f"the {self.pred_name}' shape")
+                owner = self.pred_name + ("'" if self.pred_name.endswith("s") else "'s")
+                broadcast_to_shape(factor, shape, name, f"the {owner} shape")
             except ValueError as error:
                 expected = (f"one value per class of the last axis, shape ({shape[-1]},)"
                             if shape else f"a 0-d {name} for 0-d {self.pred_name}, as torch")

@@ -218,7 +218,8 @@ class _Problem:
                             f" got dtype {target.dtype}")
         self.hidden_shape = tuple(hidden.shape)
         self.batch_shape = batch_shape
-        self.hidden = hidden.reshape(-1, n_features)
+        # (n_rows, not -1: a hidden size of 0 leaves -1 undetermined)
+        self.hidden = hidden.reshape(math.prod(batch_shape), n_features)
         self.classifier, self.target, self.bias, self.weight = classifier, target, bias, weight
         self.dtype = dtype
         self.n_rows, self.n_classes, self.n_features = (math.prod(batch_shape), n_classes,
@@ -463,7 +464,7 @@ class _NumpyProducts:
             return
         self.grads = grads
         if grads["hidden"] is not None:
-            self.grad_hidden = grads["hidden"].reshape(-1, n_features)
+            self.grad_hidden = grads["hidden"].reshape(problem.n_rows, n_features)
         self.grad_classifier = grads["classifier"]
         self.tile = self.gemm = None
         if self.grad_classifier is not None:

@@ -138,6 +138,7 @@ class _HalfProducts:
         self.grad_block = np.empty((block, n_classes), np.float32)
         if grads["hidden"] is not None:
             self.part_hidden = np.empty((block, n_features), np.float32)
+            self.grad_hidden = grads["hidden"].reshape(n_rows, n_features)
         classifier = grads["classifier"]
         if classifier is not None:
             self.sums_classifier = (classifier if classifier.dtype == np.float32
@@ -165,7 +166,7 @@ class _HalfProducts:
             part = self.part_hidden[:stop - start]
             np.matmul(grad, self.classifier, out=part)
             # rounded once (to nearest even) to the result's dtype
-            np.copyto(self.grads["hidden"].reshape(-1, part.shape[1])[start:stop], part,
+            np.copyto(self.grad_hidden[start:stop], part,
                       casting="unsafe")
         if self.sums_classifier is not None:
             n_classes = grad.shape[1]

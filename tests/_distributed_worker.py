@@ -106,6 +106,8 @@ BAD = {
     "not_from_zero": [(1, 18, None, None), (19, 18, None, None)],
     "target_outside": [(0, 20, None, 37), (20, 17, None, 37)],
     "weight_length": [(0, 20, 19, None), (20, 17, None, None)],
+    # a start whose classes do not fit int64 (the slices are exchanged as int64)
+    "start_beyond_int64": [(2**63 - 10, 20, None, None), (20, 17, None, None)],
     "vocab_size": [(0, 20, None, None), (20, 17, None, None)],
     # what the ranks must agree on (each would otherwise leave a rank waiting or give a
     # wrong loss): the class indices (one out of range on one rank only), the batch, options

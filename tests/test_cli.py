@@ -503,12 +503,46 @@ def test_bench_plot_without_matplotlib_fails_before_running(tmp_path, monkeypatc
         raise AssertionError("the benchmark ran although the plot cannot be drawn")
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
-    monkeypatch.setattr(bench, "run", must_not_run)
+    # bench.main runs the name `run` of fastloss.bench._main, not the package's
+    monkeypatch.setattr(bench._main, "run", must_not_run)
     path = tmp_path / "bench.png"
     assert main(["bench", "--quick", "--plot", str(path)]) == 1
     captured = capsys.readouterr()
     assert "matplotlib" in captured.err and "fastloss[plot]" in captured.err
     assert captured.out == "" and not path.exists()
+
+
+@pytest.mark.parametrize("option", ["--json", "--plot"])
+@pytest.mark.parametrize("where", ["missing-directory", "a-directory"])
+def test_an_output_file_that_cannot_be_written_exits_2_before_running(tmp_path, monkeypatch,
+                                                                      capsys, option, where):
+    # the file was opened after the whole benchmark: a traceback and exit status 1
+    from fastloss import bench
+    from fastloss.cli import main
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the benchmark ran although its output cannot be written")
+
+    monkeypatch.setattr(bench, "main", must_not_run)
+    path = tmp_path / "no-such-directory" / "out" if where == "missing-directory" else tmp_path
+    assert main(["bench", "--quick", option, str(path)]) == 2
+    captured = capsys.readouterr()
+    assert f"fastloss: error: {option}: cannot write {path}" in captured.err
+    assert "Traceback" not in captured.err and captured.out == ""
+
+
+def test_bench_threads_are_capped_as_num_threads_is(monkeypatch, capsys):
+    # --threads 100000 went to torch.set_num_threads as it was: a segmentation fault in
+    # torch's binary_cross_entropy_with_logits (torch 2.13); fastloss uses at most
+    # MAX_THREADS, and so does the benchmark now
+    from fastloss import _config, bench
+    from fastloss.cli import main
+
+    asked = []
+    monkeypatch.setattr(bench, "main", lambda **options: asked.append(options["threads"]) or 0)
+    assert main(["bench", "--threads", "100000"]) == 0
+    assert main(["bench", "--threads", "3"]) == 0
+    assert asked == [min(100000, _config.MAX_THREADS), 3]
 
 
 @pytest.mark.parametrize("args", [

@@ -37,6 +37,8 @@ ROW_LAYOUTS = {
 CLASS_LAYOUTS = {
     "rows+classes": ((203, 37), (50, 10)),
     "classes-uneven": ((64, 50), (64, (7, 20, 1, 22))),
+    # chunks of no classes (dask allows them: slicing, rechunking) and of no rows
+    "classes-empty-chunks": ((64, 50), ((30, 0, 34), (0, 7, 20, 0, 1, 22, 0))),
     "rows+classes-3d": ((4, 9, 23), (3, 4, 6)),
 }
 CASES = ([("hard", case) for case in CE_HARD_CASES]

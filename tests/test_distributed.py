@@ -139,11 +139,15 @@ def test_bad_input_raises_on_every_rank(worlds):
         expected_loss = reference.cross_entropy(np.zeros((4, 37)), np.array([0, 1, 2, 3]),
                                                 label_smoothing=0.25)
         assert abs(float(message) - expected_loss) <= 1e-12 * abs(expected_loss)
-        kind, message = seen["weight_length"]
-        assert kind == "ValueError"
-        assert message.startswith(
-            "weight: expected this rank's slice of the class weights, shape (20,), got (19,)"
-            if rank == 0 else "vocab_parallel_cross_entropy: bad input on rank(s) [0]"), message
+        for name, own in (("weight_length", "weight: expected this rank's slice of the class "
+                                            "weights, shape (20,), got (19,)"),
+                          ("start_beyond_int64", "vocab_start: expected classes within "
+                                                 "int64, got 9223372036854775798 for 20")):
+            kind, message = seen[name]
+            assert kind == "ValueError", (rank, name, message)
+            assert message.startswith(
+                own if rank == 0 else "vocab_parallel_cross_entropy: bad input on rank(s) [0]"
+            ), (rank, name, message)
 
 
 def test_process_group_not_initialised():

@@ -154,6 +154,10 @@ def test_shape_mismatch_messages_name_both_shapes():
     with pytest.raises(ValueError, match=r"pos_weight: shape \(4,\) does not broadcast to the "
                                          r"logits' shape \(4, 5\).*shape \(5,\)"):
         fastloss.bce_with_logits(PRED, TARGET, pos_weight=np.ones(4))
+    # a singular name takes 's (the message said "the pred' shape")
+    with pytest.raises(ValueError, match=r"quantile: shape \(4,\) does not broadcast to the "
+                                         r"pred's shape \(4, 5\).*shape \(5,\)"):
+        fastloss.pinball(PRED, TARGET, quantile=np.full(4, 0.5))
     with pytest.raises(ValueError, match=r"delta: expected a finite value in \(0\.0, inf\), "
                                          r"got -1"):
         fastloss.huber(PRED, TARGET, delta=-1)

@@ -44,7 +44,7 @@ def make_inputs(rng, batch, n_features, n_classes, dtype, params, bias=True):
     logits span a few units so that the softmax is neither flat nor one-hot."""
     params = dict(params)
     hidden = rng.standard_normal(batch + (n_features,))
-    classifier = rng.standard_normal((n_classes, n_features)) * (2.0 / np.sqrt(n_features))
+    classifier = rng.standard_normal((n_classes, n_features)) * (2.0 / np.sqrt(max(n_features, 1)))
     options = {}
     if bias:
         options["bias"] = rng.standard_normal(n_classes).astype(dtype)
@@ -613,6 +613,24 @@ def test_empty_batch_and_all_rows_ignored(reduction):
     np.testing.assert_array_equal(loss, expected_loss)
     for grad, ref in zip(grads, expected):
         np.testing.assert_array_equal(grad, ref)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("batch", [(6,), (2, 3), (0,)], ids=str)
+def test_hidden_size_zero(batch, reduction):
+    # logits of the bias alone (torch's F.linear_cross_entropy takes such a hidden); the
+    # rows' reshape(-1, 0) raised "cannot reshape array of size 0"
+    rng = np.random.default_rng(12)
+    hidden, classifier, target, options = make_inputs(rng, batch, 0, 5, np.float64, {})
+    upstream = np.ones(batch) if reduction == "none" else 1.0
+    loss, grads = fastloss.linear_cross_entropy_value_and_grad(
+        hidden, classifier, target, upstream, reduction=reduction, **options)
+    expected_loss, expected = reference_of(hidden, classifier, target, upstream,
+                                           dict(options, reduction=reduction))
+    assert_close_contract(loss, expected_loss, np.float64, "loss")
+    for grad, ref in zip(grads, expected):
+        assert grad.shape == ref.shape
+        assert_close_contract(grad, ref, np.float64, "grad")
 
 
 def test_extreme_logits_stay_finite():

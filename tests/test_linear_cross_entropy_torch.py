@@ -459,3 +459,31 @@ def test_gradients_in_fastloss_memory_behave_as_torch_own(dtype):
         assert torch.equal(p.grad, first[name] + first[name]), name
     layer.share_memory()
     assert layer.weight.grad.is_shared() and layer.bias.grad.is_shared()
+
+
+@pytest.mark.parametrize("function, reduction",
+                         [("linear_cross_entropy", reduction) for reduction in REDUCTIONS]
+                         + [("linear_token_log_probs", None)])
+def test_hidden_size_zero_matches_torch(function, reduction):
+    # logits of the bias alone, as torch's F.linear and F.linear_cross_entropy give them
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 3, 0, dtype=torch.float64, requires_grad=True)
+    classifier = torch.randn(5, 0, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([[0, 1, 2], [3, -100, 4]])
+    if function == "linear_cross_entropy":
+        loss = FL.linear_cross_entropy(hidden, classifier, target, linear_bias=bias,
+                                       reduction=reduction)
+        expected = F.cross_entropy(F.linear(hidden, classifier, bias).movedim(-1, 1), target,
+                                   reduction=reduction)
+    else:
+        loss = FL.linear_token_log_probs(hidden, classifier, target, bias=bias)
+        logits = F.linear(hidden, classifier, bias).log_softmax(-1)
+        expected = logits.gather(-1, target.clamp(min=0)[..., None])[..., 0] * (target >= 0)
+    grads = torch.autograd.grad(loss.sum(), (hidden, classifier, bias))
+    expected_grads = torch.autograd.grad(expected.sum(), (hidden, classifier, bias))
+    assert loss.shape == expected.shape
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+    for grad, ref in zip(grads, expected_grads):
+        assert grad.shape == ref.shape
+        torch.testing.assert_close(grad, ref, rtol=1e-12, atol=1e-12)

@@ -434,6 +434,22 @@ def test_empty_batch_and_all_rows_ignored():
             assert not np.any(grad)
 
 
+@pytest.mark.parametrize("batch", [(6,), (2, 3), (0,)], ids=str)
+def test_hidden_size_zero(batch):
+    # logits of the bias alone; the rows' reshape(-1, 0) raised
+    rng = np.random.default_rng(12)
+    hidden, classifier, target, bias = make_inputs(rng, batch, 0, 5, np.float64)
+    (log_prob, entropy), grads = fastloss.linear_token_log_probs_value_and_grad(
+        hidden, classifier, target, 1.0, grad_entropy=1.0, bias=bias, return_entropy=True)
+    (ref_log_prob, ref_entropy), expected = reference_of(hidden, classifier, target, bias,
+                                                         1.0, 1.0)
+    assert_close_contract(log_prob, ref_log_prob, np.float64, "loss")
+    assert_close_contract(entropy, ref_entropy, np.float64, "loss")
+    for grad, ref in zip(grads, expected):
+        assert grad.shape == ref.shape
+        assert_close_contract(grad, ref, np.float64, "grad")
+
+
 def test_extreme_logits_stay_finite():
     """Logits near +-1e4 (a product of large features): the kernel's shifted exps."""
     hidden = np.array([[100.0, 0.0], [0.0, -100.0], [50.0, 50.0]])

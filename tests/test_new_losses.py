@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import fastloss
-from fastloss import reference
+from fastloss import _registry, reference
 from loss_specs import DTYPES, assert_close_contract
 
 
@@ -97,6 +97,27 @@ def test_pinball_quantile_must_fit_the_last_axis():
         fastloss.pinball(np.zeros((4, 3)), np.zeros((4, 3)), quantile=np.full(4, 0.5))
 
 
+@pytest.mark.parametrize("name, factor", [("pinball", {}), ("pinball", {"quantile": [0.2, 0.9]}),
+                                          ("bradley_terry", {}),
+                                          ("bradley_terry", {"margin": 0.5})], ids=str)
+@pytest.mark.parametrize("shape", [(0,), (0, 2), (3, 0)], ids=str)
+def test_a_loss_with_a_factor_takes_empty_inputs(name, factor, shape):
+    # as every other elementwise loss (test_elementwise.py::test_empty_input): the mean
+    # of nothing is NaN, the sum 0, and the gradients empty, never "needs its quantile"
+    if "quantile" in factor and shape[-1] != 2:
+        factor = {"quantile": np.full(shape[-1:], 0.3)}
+    inputs = [np.zeros(shape) for _ in _registry.LOSSES[name].inputs]
+    assert np.isnan(getattr(fastloss, name)(*inputs, **factor))
+    for reduction in ("mean", "sum", "none"):
+        expected = getattr(reference, name)(*inputs, reduction=reduction, **factor)
+        loss = getattr(fastloss, name)(*inputs, reduction=reduction, **factor)
+        np.testing.assert_array_equal(loss, expected)
+        upstream = np.zeros(shape) if reduction == "none" else 1.0
+        loss, grad = getattr(fastloss, f"{name}_value_and_grad")(*inputs, upstream,
+                                                                 reduction=reduction, **factor)
+        assert grad.shape == shape and grad.dtype == np.float64
+
+
 # --- sigmoid_focal ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -136,6 +157,25 @@ def test_adapter_refuses_a_target_gradient_it_does_not_compute():
     # detached, as the message says: fine, and the same as without the flag
     assert torch.equal(FL.sigmoid_focal_loss(x, y.detach()),
                        FL.sigmoid_focal_loss(x, y.detach().clone()))
+
+
+def test_adapter_refuses_a_quantile_that_requires_grad():
+    # pinball's quantile tensor (its loss depends on it: d loss / d q = target - pred)
+    # was taken and its gradient silently left out (q.grad None after backward)
+    torch = pytest.importorskip("torch")
+    import fastloss.torch as FL
+
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(4, 3, dtype=torch.float64)
+    q = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="quantile: fastloss computes no gradient"):
+        FL.pinball_loss(x, t, quantile=q.clone().requires_grad_())
+    with pytest.raises(RuntimeError, match="quantile: fastloss computes no gradient"):
+        FL.PinballLoss(quantile=q.clone().requires_grad_())(x, t)
+    with torch.no_grad():  # nothing differentiates it there
+        FL.pinball_loss(x, t, quantile=q.clone().requires_grad_())
+    FL.pinball_loss(x, t, quantile=q).backward()
+    assert x.grad is not None
 
 
 def test_adapter_poisson_full_target_gradient_is_finite_where_torch_is_nan():

@@ -178,6 +178,20 @@ def test_environment_variable_sets_the_default(value):
     assert run_python(code, FASTLOSS_NUM_THREADS=value) == value
 
 
+@pytest.mark.parametrize("variable, value", [("FASTLOSS_SIMD", "bogus"),
+                                             ("FASTLOSS_SIMD", "AVX2"),
+                                             ("FASTLOSS_NUM_THREADS", "zero")])
+def test_a_bad_environment_variable_is_named(variable, value):
+    # FASTLOSS_SIMD=bogus said only "simd path 'bogus' is not available on this CPU or
+    # build", naming no variable (fastloss's own num_threads errors name theirs)
+    code = ("try:\n"
+            "    import fastloss\n"
+            "except ValueError as error:\n"
+            "    print(error)\n")
+    message = run_python(code, **{variable: value})
+    assert message.startswith(f"{variable}: ") and repr(value) in message, message
+
+
 def test_set_num_threads_overrides_the_environment_variable():
     code = "import fastloss; fastloss.set_num_threads(5); print(fastloss.get_num_threads())"
     assert run_python(code, FASTLOSS_NUM_THREADS="3") == "5"

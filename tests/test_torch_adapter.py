@@ -675,6 +675,62 @@ def test_double_backward_is_refused():
         grad.sum().backward()
 
 
+def _first_order_cases():
+    """(name, function of x giving a loss) for each of the adapter's autograd Functions."""
+    torch.manual_seed(0)
+    classes = torch.tensor([0, 1, 2, 3])
+    other = torch.randn(4, 5, dtype=torch.float64)
+    weight = torch.randn(5, 3, dtype=torch.float64)
+    return [
+        ("cross_entropy", lambda x: FL.cross_entropy(x, classes)),
+        ("cross_entropy lse", lambda x: FL.cross_entropy(x, classes, grad_in_forward=False)),
+        ("cross_entropy none", lambda x: FL.cross_entropy(x, classes, reduction="none").sum()),
+        ("cross_entropy soft", lambda x: FL.cross_entropy(x, other.softmax(1))),
+        ("mse_loss", lambda x: FL.mse_loss(x, other)),
+        ("mse_loss none", lambda x: FL.mse_loss(x, other, reduction="none").sum()),
+        ("triplet_margin_loss", lambda x: FL.triplet_margin_loss(x, other, other.flip(0))),
+        ("token_log_probs", lambda x: FL.token_log_probs(x, classes).sum()),
+        ("distill_kl", lambda x: FL.distill_kl(x, other)),
+        ("linear_cross_entropy", lambda x: FL.linear_cross_entropy(x[:, :3], weight, classes)),
+        ("linear_token_log_probs",
+         lambda x: FL.linear_token_log_probs(x[:, :3], weight, classes).sum()),
+        ("sequence_log_probs",
+         lambda x: FL.sequence_log_probs(x, torch.ones(4, 5, dtype=torch.bool)).sum()),
+    ]
+
+
+@pytest.mark.parametrize("name, loss_of", _first_order_cases(), ids=lambda v: v
+                         if isinstance(v, str) else "")
+def test_second_derivatives_raise_also_when_the_upstream_needs_no_grad(name, loss_of):
+    # create_graph=True with the usual upstream (a constant 1): torch's once_differentiable
+    # attaches its error only when grad_output requires grad, so the gradient came back
+    # as a constant and a second derivative through it silently lost fastloss's term
+    # (torch.autograd.functional.hessian gave zeros; loss + x**2 gave 2, torch 2 + 1/n)
+    x = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(loss_of(x), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        torch.autograd.grad(grad.sum(), x)
+    (grad,) = torch.autograd.grad(loss_of(x) + (x ** 2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        torch.autograd.grad(grad.sum(), x)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        torch.autograd.functional.hessian(loss_of, x.detach())
+    # first order under create_graph=True stays as it was
+    (first,) = torch.autograd.grad(loss_of(x), x, create_graph=True)
+    assert torch.equal(first.detach(), torch.autograd.grad(loss_of(x), x)[0])
+
+
+def test_a_differentiable_gradient_without_its_logits_is_refused_at_once():
+    # the fused cross-entropy keeps no reference to its logits; when they are gone nothing
+    # ties the gradient to the graph, so create_graph=True cannot mark it: it raises
+    x = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    loss = FL.cross_entropy(x * 2.0, torch.tensor([0, 1, 2, 3]))  # logits freed here
+    with pytest.raises(RuntimeError, match="first-order gradients only"):
+        torch.autograd.grad(loss, x, create_graph=True)
+    loss = FL.cross_entropy(x * 2.0, torch.tensor([0, 1, 2, 3]))
+    torch.autograd.grad(loss, x)  # first order: as before
+
+
 # ----------------------------------------------------------------------------------------
 # Zero copy, threads and import hygiene
 # ----------------------------------------------------------------------------------------

@@ -67,7 +67,7 @@ def linear_cross_entropy_grad(hidden, classifier, target, grad_output=1.0, *, bi
                                      softcap=softcap)
     n_classes = classifier.shape[0]
     grad_rows = grad_logits.reshape(-1, n_classes)
-    hidden_rows = hidden.reshape(-1, classifier.shape[1])
+    hidden_rows = hidden.reshape(grad_rows.shape[0], classifier.shape[1])  # (H may be 0)
     grads = ((grad_rows @ classifier).reshape(hidden.shape), grad_rows.T @ hidden_rows)
     if bias is not None:
         grads += (grad_rows.sum(axis=0),)

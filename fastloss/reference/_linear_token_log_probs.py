@@ -37,7 +37,7 @@ def linear_token_log_probs_grad(hidden, classifier, target, grad_output=1.0, *,
                                        temperature=temperature, ignore_index=ignore_index)
     n_classes, n_features = classifier.shape
     grad_rows = grad_logits.reshape(-1, n_classes)
-    hidden_rows = hidden.reshape(-1, n_features)
+    hidden_rows = hidden.reshape(grad_rows.shape[0], n_features)  # (H may be 0)
     grads = ((grad_rows @ classifier).reshape(hidden.shape), grad_rows.T @ hidden_rows)
     if bias is not None:
         grads += (grad_rows.sum(axis=0),)

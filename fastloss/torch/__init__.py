@@ -27,7 +27,8 @@ writes its gradient over the logits themselves; ``grad_in_forward=False`` keeps 
 per-row log-sum-exp (N float64 values) and reads the logits again in the backward. The
 embedding losses keep gradients of the embeddings' size, never N x N, so the Gram product
 is formed once. A second backward (``retain_graph=True``) computes the gradients again.
-Gradients are first order (``once_differentiable``).
+Gradients are first order: differentiating one again raises (fastloss/torch/_autograd.py),
+also when create_graph=True was given a constant upstream gradient.
 
 Inputs must be float32 or float64 CPU tensors; other dtypes raise TypeError, tensors on
 another device ValueError. Gradients come for every argument torch differentiates: the
@@ -49,12 +50,12 @@ import weakref
 
 import numpy as np
 import torch
-from torch.autograd.function import once_differentiable
 
 import fastloss
 from fastloss import _kernels, _registry
 from fastloss._config import resolve_num_threads
 from fastloss._validation import is_bfloat16, reduction_arg
+from fastloss.torch._autograd import first_order
 
 # the hand-written losses; the elementwise ones' functions and modules join at the end,
 # generated from the registry
@@ -337,16 +338,8 @@ class _CrossEntropy(torch.autograd.Function):
         return call.loss_tensor(loss)
 
     @staticmethod
+    @first_order
     def backward(ctx, grad_output):
-        # First order only. Under create_graph=True (grad mode on here) the result is
-        # marked as once_differentiable marks it; otherwise nothing records a graph, and
-        # that wrapper's no_grad context would only cost a microsecond of a small call.
-        if torch.is_grad_enabled():
-            return _CrossEntropy._backward_once(ctx, grad_output)
-        return _CrossEntropy._backward(ctx, grad_output)
-
-    @staticmethod
-    def _backward(ctx, grad_output):
         call = ctx.call
         need_input, need_target, need_weight, _ = ctx.needs_input_grad
         grad_input = grad_target = grad_weight = None
@@ -366,8 +359,6 @@ class _CrossEntropy(torch.autograd.Function):
                                                           grad_output, need_target,
                                                           need_weight)
         return grad_input, grad_target, grad_weight, None
-
-    _backward_once = staticmethod(once_differentiable(_backward.__func__))
 
     @staticmethod
     def _recompute(ctx, grad_output):
@@ -492,7 +483,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
 
     Gradients: w.r.t. ``input``, and w.r.t. probability targets and ``weight`` with them
     (as torch); with class indices torch gives no gradient for ``weight``, and neither
-    does this (RuntimeError if it requires grad). First order (``once_differentiable``).
+    does this (RuntimeError if it requires grad). First order (a second derivative raises).
     """
     function = "fastloss.torch.cross_entropy"
     if not (isinstance(input, torch.Tensor) and input.dtype in _CE_INPUT_DTYPES
@@ -636,7 +627,7 @@ class _Elementwise(torch.autograd.Function):
         return _loss_tensor(loss, dtype).to(dtype)
 
     @staticmethod
-    @once_differentiable
+    @first_order
     def backward(ctx, grad_output):
         entry = ctx.entry
         names = _array_names(entry)
@@ -687,8 +678,8 @@ def _no_gradient(tensor, name, function, form):
     if tensor is not None and tensor.requires_grad and torch.is_grad_enabled():
         raise RuntimeError(
             f"{function}: {name}: fastloss computes no gradient with respect to {name} "
-            f"({form.counterpart or form.function} has one); this input cannot have "
-            f"requires_grad True; pass {name}.detach()")
+            f"({f'{form.counterpart} has one' if form.counterpart else 'the loss depends on it'}"
+            f"); this input cannot have requires_grad True; pass {name}.detach()")
 
 
 def _elementwise(entry, tensors, options, reduction, num_threads):
@@ -844,7 +835,7 @@ class _Embedding(torch.autograd.Function):
         return result if result.dtype == dtype else result.to(dtype)
 
     @staticmethod
-    @once_differentiable
+    @first_order
     def backward(ctx, grad_output):
         tensors = ctx.saved_tensors
         n_embeddings = ctx.n_embeddings
@@ -1132,7 +1123,7 @@ class _TokenLogProbs(torch.autograd.Function):
         return _vocab_value(log_prob, logits.dtype)
 
     @staticmethod
-    @once_differentiable
+    @first_order
     def backward(ctx, grad_log_prob, grad_entropy=None):
         (logits,) = ctx.saved_tensors
         if grad_log_prob is None and grad_entropy is None:
@@ -1193,7 +1184,7 @@ class _Distill(torch.autograd.Function):
         return torch.tensor(loss, dtype=torch.float64).to(student.dtype)
 
     @staticmethod
-    @once_differentiable
+    @first_order
     def backward(ctx, grad_output):
         student, teacher = ctx.saved_tensors
         if ctx.grads is not None:

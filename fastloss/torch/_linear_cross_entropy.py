@@ -13,7 +13,6 @@ Imported by fastloss.torch, which exports both names.
 """
 import numpy as np
 import torch
-from torch.autograd.function import once_differentiable
 
 from fastloss import _kernels
 from fastloss._config import resolve_num_threads
@@ -21,6 +20,7 @@ from fastloss._validation import reduction_arg
 from fastloss.linear_cross_entropy import _budget_block_rows, _Problem, _schedule
 from fastloss.torch import (_FLOAT_DTYPES, _HALF_DTYPES, _cpu_tensor, _empty, _loss_tensor,
                             _numpy, _upstream)
+from fastloss.torch._autograd import first_order
 
 __all__ = ["linear_cross_entropy", "LinearCrossEntropyLoss"]
 
@@ -131,7 +131,7 @@ class _Call:
             problem = _Problem(_numpy(input), _numpy(linear_weight), _numpy(target),
                                _numpy(linear_bias), _numpy(weight),
                                reduction=self.reduction, **self.options)
-        hidden = input.reshape(-1, problem.n_features)
+        hidden = input.reshape(problem.n_rows, problem.n_features)
         rows_per_block = _block_height(problem.n_rows, problem.n_classes, dtype.itemsize,
                                        self.block_rows, linear_bias is not None)
         products = _TorchProducts(hidden, linear_weight, linear_bias, rows_per_block,
@@ -174,7 +174,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return _loss_tensor(loss, input.dtype)
 
     @staticmethod
-    @once_differentiable
+    @first_order
     def backward(ctx, grad_output):
         needs = ctx.needs_input_grad[:3]
         want = tuple(name for name, need in zip(_GRADIENTS, needs) if need)
@@ -237,7 +237,7 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     products), kept until the backward: the size of the inputs that require grad, never
     N x V. For "none", the backward runs the pass (the per-row grad_output is needed in
     it). ``target`` and ``weight`` are not differentiated (NotImplementedError if they
-    require grad). First order (``once_differentiable``); a second backward
+    require grad). First order (a second derivative raises); a second backward
     (retain_graph=True) recomputes from the saved inputs.
     """
     _input_tensor(input, "input")

@@ -13,13 +13,13 @@ Imported by fastloss.torch, which exports both names.
 """
 import numpy as np
 import torch
-from torch.autograd.function import once_differentiable
 
 from fastloss._config import resolve_num_threads
 from fastloss.linear_cross_entropy import _block_rows
 from fastloss.linear_token_log_probs import _problem, _run, _schedule, _upstreams
 from fastloss.torch import _FLOAT_DTYPES, _HALF_DTYPES, _cpu_tensor, _empty, _numpy
 from fastloss.torch._linear_cross_entropy import _kernel_view, _TorchProducts
+from fastloss.torch._autograd import first_order
 
 __all__ = ["linear_token_log_probs", "LinearTokenLogProbs"]
 
@@ -112,7 +112,7 @@ class _LinearTokenLogProbs(torch.autograd.Function):
         return log_prob
 
     @staticmethod
-    @once_differentiable
+    @first_order
     def backward(ctx, grad_log_prob, grad_entropy=None):
         needs = ctx.needs_input_grad[:3]
         tensors = ctx.saved_tensors  # torch's error if the graph was freed
@@ -155,7 +155,7 @@ def linear_token_log_probs(hidden, classifier, target, *, bias=None, temperature
     w.r.t. ``hidden``, ``classifier`` and ``bias`` (each computed only when it requires
     grad) for any weighted sum of both outputs: the backward forms each block's logits
     again (one more product per block) and never keeps N x V. ``target`` is not
-    differentiable. First order (``once_differentiable``).
+    differentiable. First order (a second derivative raises).
     """
     _input_tensor(hidden, "hidden")
     _input_tensor(classifier, "classifier")

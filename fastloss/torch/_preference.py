@@ -3,9 +3,9 @@ fastloss.sequence_log_probs under autograd (bradley_terry, dpo and kl_div, point
 are generated from the registry in fastloss/torch/__init__.py)."""
 import numpy as np
 import torch
-from torch.autograd.function import once_differentiable
 
 import fastloss
+from fastloss.torch._autograd import first_order
 
 __all__ = ["sequence_log_probs"]
 
@@ -27,7 +27,7 @@ class _SequenceLogProbs(torch.autograd.Function):
         return torch.from_numpy(np.asarray(values)).to(token_log_probs.dtype)
 
     @staticmethod
-    @once_differentiable
+    @first_order
     def backward(ctx, grad_output):
         token_log_probs, mask = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:

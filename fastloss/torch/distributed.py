@@ -24,11 +24,11 @@ import zlib
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.autograd.function import once_differentiable
 
 import fastloss
 from fastloss._config import resolve_num_threads
 from fastloss._validation import reduction_arg
+from fastloss.torch._autograd import first_order
 
 __all__ = ["VocabParallelCrossEntropyLoss", "vocab_parallel_cross_entropy"]
 
@@ -76,6 +76,12 @@ def _local_checks(local_logits, target, vocab_start, weight, reduction, vocab_si
                              f"rank), got {tuple(target.shape)}")
         if isinstance(vocab_start, bool) or not isinstance(vocab_start, (int, np.integer)):
             raise TypeError(f"vocab_start: expected an integer, got {vocab_start!r}")
+        width = local_logits.shape[-1]
+        if not -2**63 <= int(vocab_start) <= 2**63 - 1 - width:
+            # (the slices are exchanged as int64; a negative start is refused after the
+            # exchange, on every rank alike)
+            raise ValueError(f"vocab_start: expected classes within int64, got "
+                             f"{int(vocab_start)} for {width} classes")
         if weight is not None:
             if not isinstance(weight, torch.Tensor):
                 raise TypeError(f"weight: expected a torch.Tensor, got "
@@ -227,7 +233,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         return torch.tensor(loss, dtype=local_logits.dtype)
 
     @staticmethod
-    @once_differentiable
+    @first_order
     def backward(ctx, grad_output):
         (_, vocab_start, _, ignore_index, reduction, label_smoothing, z_loss, softcap,
          num_threads) = ctx.options
