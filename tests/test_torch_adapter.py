@@ -256,6 +256,29 @@ def test_cross_entropy_inplace_backward_guards(generator):
     assert leaf.grad is not None
 
 
+@pytest.mark.parametrize("view", [lambda t: t[:], lambda t: t.view(6, 5),
+                                  lambda t: t.view_as(t)[2:], lambda t: t.t().t(),
+                                  lambda t: t.view(30).view(6, 5)])
+def test_cross_entropy_inplace_backward_refuses_a_view_of_a_leaf(generator, view):
+    # the gradient would be written over the leaf's values (a parameter, in training),
+    # silently: torch refuses an in-place operation there too
+    leaf = torch.randn(6, 5, generator=generator, requires_grad=True)
+    before = leaf.detach().clone()
+    target = torch.randint(0, 5, (6,), generator=generator)
+    logits = view(leaf)
+    with pytest.raises(ValueError, match="inplace_backward.*the leaf tensor it is a view of"):
+        FL.cross_entropy(logits, target[:logits.shape[0]], inplace_backward=True)
+    assert torch.equal(leaf.detach(), before)
+    # a view of a layer's output is fine: its memory is not the leaf's
+    output = leaf * 1.0
+    loss = FL.cross_entropy(view(output), target[:logits.shape[0]], inplace_backward=True)
+    loss.backward()
+    assert torch.equal(leaf.detach(), before)
+    check = leaf.detach().clone().requires_grad_(True)
+    torch.nn.functional.cross_entropy(view(check * 1.0), target[:logits.shape[0]]).backward()
+    torch.testing.assert_close(leaf.grad, check.grad, rtol=1e-6, atol=1e-7)
+
+
 def test_cross_entropy_legacy_reduction_arguments(generator):
     logits = torch.randn(8, 5, generator=generator, dtype=torch.float64)
     target = torch.randint(0, 5, (8,), generator=generator)

@@ -170,28 +170,37 @@ def _ce_adapter_forward_backward(torch, inputs, threads):
 def _ce_adapter_in_place(torch, inputs, threads):
     """The adapter with inplace_backward=True: the gradient overwrites the logits.
 
-    Its input must not be a leaf: in training it is a layer's output. Here it is a view
-    of a leaf made in the timed call (a few microseconds, no copy), and the call ends with
-    torch.autograd.grad with respect to the leaf (through the view's backward, a view of
-    the gradient: no copy), so that the backward stops at the logits as in the other
-    rows. (Not w.r.t. the view itself: the forward bumps the logits' version, and a view
-    whose version moved gets a new grad_fn, no longer the one the loss's graph holds.)
-    The logits are restored, untimed, before each call."""
+    Its input must be a layer's output, not a leaf nor a view of one (whose memory the
+    gradient would overwrite). Here the layer is an autograd Function whose forward
+    returns the logits already computed, untimed, into memory of their own (``work``,
+    restored before each call, as a layer writes its output) and whose backward passes
+    the gradient on unchanged (a view: no copy); the call ends with torch.autograd.grad
+    with respect to the layer's input, so that the backward stops at the logits as in the
+    other rows."""
     import fastloss.torch as fastloss_torch
 
     logits, work = inputs["logits"], inputs["work"]
-    leaf = torch.from_numpy(work).requires_grad_(True)
+    layer_input = torch.from_numpy(logits).requires_grad_(True)
     target = torch.from_numpy(inputs["target"])
 
+    class Layer(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return torch.from_numpy(work)  # the output's memory, not x's
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad
+
     def call():
-        layer_output = leaf.view_as(leaf)  # a non-leaf over the same memory
-        loss = fastloss_torch.cross_entropy(layer_output, target, inplace_backward=True,
-                                            num_threads=threads)
-        return torch.autograd.grad(loss, leaf)
+        loss = fastloss_torch.cross_entropy(Layer.apply(layer_input), target,
+                                            inplace_backward=True, num_threads=threads)
+        return torch.autograd.grad(loss, layer_input)
 
     return Timed(call, prepare=lambda: np.copyto(work, logits),
-                 note="logits restored (untimed) before each call; input a view of a leaf "
-                      "(non-leaf, as a layer's output); torch.autograd.grad w.r.t. the leaf")
+                 note="logits restored (untimed) before each call, as a layer's output "
+                      "(an autograd Function's, over memory of its own); "
+                      "torch.autograd.grad w.r.t. the layer's input")
 
 
 @_with_torch

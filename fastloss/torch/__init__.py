@@ -473,7 +473,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     ``input`` (fastloss's ``out=logits``): one read, one write, no N x C allocation. The
     logits hold the gradient from the forward on, so use it only when nothing reads them
     afterwards (compute accuracy or argmax before the loss); ``input`` must not be a leaf
-    tensor (its gradient would overwrite it), and other autograd nodes that saved it raise
+    tensor nor a view of one (the gradient would overwrite the leaf), and other autograd nodes that saved it raise
     torch's in-place modification error rather than read the gradient (its version counter
     moves in the forward, as after any in-place operation: so ``torch.autograd.grad`` with
     respect to a *view* passed as ``input`` finds a new grad_fn there; take it with respect
@@ -523,9 +523,14 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
                 f"{function}: weight requires grad, but cross-entropy with class indices is "
                 f"not differentiable with respect to weight (as torch's nll_loss); pass "
                 f"weight.detach()")
-    if inplace_backward and input.is_leaf and input.requires_grad and torch.is_grad_enabled():
-        raise ValueError(f"{function}: inplace_backward=True needs a non-leaf input (the "
-                         f"output of a layer): the gradient would overwrite this leaf tensor")
+    if inplace_backward and input.requires_grad and torch.is_grad_enabled():
+        # the memory written is the view's base's: a leaf there is a parameter (torch
+        # refuses an in-place operation on a view of a leaf that requires grad, too)
+        base = input if input._base is None else input._base
+        if base.is_leaf and base.requires_grad:
+            what = "this leaf tensor" if base is input else "the leaf tensor it is a view of"
+            raise ValueError(f"{function}: inplace_backward=True needs a non-leaf input "
+                             f"(the output of a layer): the gradient would overwrite {what}")
     if size_average is not None or reduce is not None:
         reduction = _reduction(size_average, reduce, reduction)
     if half:
