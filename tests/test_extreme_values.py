@@ -65,3 +65,62 @@ def test_pinball_quantile_near_0_or_1_keeps_q_and_1_minus_q(quantile, reduction,
         ref_grad = reference.pinball_grad(*wide, grad_output, quantile=quantile,
                                           reduction=reduction, wrt=name)
         assert_close_contract(grad, ref_grad, dtype, "grad", what=f"grad {name}")
+
+
+def _divergence_mp(student, teacher, beta):
+    """beta KL(P || M) + (1 - beta) KL(Q || M) of one row in 60-digit arithmetic, with
+    P = softmax(teacher), Q = softmax(student), M = beta P + (1 - beta) Q: beta 0 is
+    the forward KL(P || Q), 1 the reverse KL(Q || P)."""
+    mpmath = pytest.importorskip("mpmath")
+    with mpmath.workdps(60):
+        def softmax(row):
+            exps = [mpmath.exp(mpmath.mpf(float(value))) for value in row]
+            total = mpmath.fsum(exps)
+            return [e / total for e in exps]
+        p, q = softmax(teacher), softmax(student)
+        if beta == 0.0:
+            return float(mpmath.fsum(a * mpmath.log(a / b) for a, b in zip(p, q)))
+        if beta == 1.0:
+            return float(mpmath.fsum(b * mpmath.log(b / a) for a, b in zip(p, q)))
+        m = [beta * a + (1 - beta) * b for a, b in zip(p, q)]
+        return float(beta * mpmath.fsum(a * mpmath.log(a / c) for a, c in zip(p, m))
+                     + (1 - beta) * mpmath.fsum(b * mpmath.log(b / c) for b, c in zip(q, m)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("beta", (0.0, 0.5, 1.0))
+@pytest.mark.parametrize("swap", (False, True), ids=("student-sharp", "teacher-sharp"))
+def test_divergence_where_one_model_puts_exp_minus_745_on_a_class(swap, beta, dtype):
+    # One model's three classes 745 above the rest leave the others a probability of
+    # about 1e-324 (subnormal): the reference's q g(-y) = q (e^-y - 1 + y) overflowed to
+    # inf there (e^745) (and p g(y) likewise), where the true value, q e^-y = p, is finite
+    # and the kernels were right. Checked against 60-digit arithmetic, then the kernels
+    # against the reference.
+    rng = np.random.default_rng(3)
+    plain = rng.standard_normal((6, 37)) * 3
+    sharp = plain.copy()
+    sharp[:, :3] = 745.2 + rng.standard_normal((6, 3))  # not plain's + a constant, whose
+    # gradients would be 0 less the rounding of terms of 745
+    student, teacher = (plain, sharp) if swap else (sharp, plain)
+    ref = reference.jsd(student, teacher, beta=beta, reduction="none")
+    exact = [_divergence_mp(s, t, beta) for s, t in zip(student, teacher)]
+    np.testing.assert_allclose(ref, exact, rtol=1e-13)
+    grad_output = rng.standard_normal(6)
+    wrt = ("student_logits", "teacher_logits")
+    ref_grads = reference.jsd_grad(student, teacher, grad_output, beta=beta,
+                                   reduction="none", wrt=wrt)
+    assert all(np.isfinite(grad).all() for grad in ref_grads)
+    s, t = student.astype(dtype), teacher.astype(dtype)
+    ref = reference.jsd(s.astype(np.float64), t.astype(np.float64), beta=beta,
+                        reduction="none")
+    ref_grads = reference.jsd_grad(s.astype(np.float64), t.astype(np.float64),
+                                   grad_output, beta=beta, reduction="none", wrt=wrt)
+    runs = [(fastloss.jsd(s, t, beta=beta, reduction="none", num_threads=threads),
+             fastloss.jsd_grad(s, t, grad_output, beta=beta, reduction="none", wrt=wrt,
+                               num_threads=threads)) for threads in (1, 2)]
+    loss, grads = runs[0]
+    assert bitwise_equal(runs[1][0], loss)
+    assert all(bitwise_equal(a, b) for a, b in zip(runs[1][1], grads))
+    assert_close_contract(loss, ref, dtype, "loss")
+    for name, grad, ref_grad in zip(wrt, grads, ref_grads):
+        assert_close_contract(grad, ref_grad, dtype, "grad", what=f"grad {name}")
