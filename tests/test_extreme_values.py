@@ -124,3 +124,20 @@ def test_divergence_where_one_model_puts_exp_minus_745_on_a_class(swap, beta, dt
     assert_close_contract(loss, ref, dtype, "loss")
     for name, grad, ref_grad in zip(wrt, grads, ref_grads):
         assert_close_contract(grad, ref_grad, dtype, "grad", what=f"grad {name}")
+
+
+@pytest.mark.parametrize("var", (1e-160, 1e-200, 1e-300))
+def test_gaussian_nll_var_gradient_at_a_variance_whose_square_underflows(var):
+    # d/dvar = 0.5 (1 / v - r**2 / v**2): the reference's v**2 underflowed to 0 below
+    # v = 1e-154 and gave 0 / 0 = NaN where the kernels gave the true value; with r = 0
+    # it is 0.5 / v exactly, with r = v 0.5 (1 / v - 1), with r = 2 v 0.5 (1 / v - 4).
+    v = np.full(6, var)
+    target = np.zeros(6)
+    pred = np.array([0.0, var, 2 * var, -var, 0.0, 3 * var])
+    closed = 0.5 * (1 / v - (pred / v) ** 2)
+    ref = reference.gaussian_nll_grad(pred, target, v, reduction="none", wrt="var", eps=1e-320)
+    np.testing.assert_allclose(ref, closed, rtol=1e-15)
+    grads = [fastloss.gaussian_nll_grad(pred, target, v, reduction="none", wrt="var",
+                                        eps=1e-320, num_threads=threads) for threads in (1, 2)]
+    assert bitwise_equal(grads[0], grads[1])
+    assert_close_contract(grads[0], ref, np.float64, "grad")
