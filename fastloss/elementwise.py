@@ -46,6 +46,21 @@ def _exact_in(array, dtype):
                                    array.astype(np.float64), equal_nan=True))
 
 
+def _quantile_needs_double(quantile, dtype):
+    """Whether float32 (``dtype``) rounds a quantile q so far that q or 1 - q, which
+    pinball's kernel forms from it (``max(q r, (q - 1) r)``), moves by more than 2**-21
+    of itself (8 float32 units): q = 0.999 rounds to 0.99900001287, 1 - q by 1.3e-5 of
+    itself, more than the contract's 2e-6, while q = 0.9 (2.4e-7) or a float32 quantile
+    (exact) leave room for the kernel's own roundings. Such a quantile is computed in
+    float64 and the results rounded once to float32."""
+    if np.dtype(dtype) != np.float32:
+        return False
+    q = np.asarray(quantile, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        moved = np.abs(q.astype(np.float32).astype(np.float64) - q)
+    return bool(np.any(moved > 2.0**-21 * np.minimum(q, 1 - q)))
+
+
 def _flat(array, shape, dtype):
     """`array` broadcast to `shape` as a contiguous 1-d array of `dtype` (a view when it
     already is one)."""
@@ -137,6 +152,8 @@ class _Problem:
         if is_half(self.dtype) and (widen or any(expanded != shape
                                                  for expanded in self.expanded_shapes)):
             self.dtype = dtype = np.dtype(np.float32)
+        elif entry.factor == "quantile" and _quantile_needs_double(checked["quantile"], dtype):
+            self.dtype = dtype = np.dtype(np.float64)
         self.flat = [_flat(array, shape, dtype) for array in arrays]
         self.pred = self.flat[0]
         self.weight = self.factor = self.weight_array = None
@@ -242,7 +259,7 @@ class _Problem:
                     total = np.float64(total) / self.divisor
             # (float32 for half-precision inputs: computed and summed in float32 / float64)
             loss = float(np.float32(total) if is_half(self.result_dtype)
-                         else self.dtype.type(total))
+                         else self.result_dtype.type(total))
         else:
             loss = per_element.reshape(self.shape).astype(self.result_dtype, copy=False)
         if mode == "forward":

@@ -749,7 +749,8 @@ def gaussian_nll_grad(input, target, var, grad_output=1.0, *, full=False, eps=1e
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         slopes = {"input": r / v, "target": -r / v}
         if call.var_shape_given is not None:
-            slopes["var"] = 0.5 * (1.0 / v - r**2 / v**2)
+            # (r / v)**2, not r**2 / v**2: v**2 underflows to 0 below v = 1e-154
+            slopes["var"] = 0.5 * (1.0 / v - (r / v)**2)
     grads = call.grads(wrt, grad_output, slopes)
     if call.var_shape_given is None or call.shapes["var"] == call.var_shape_given:
         return grads

@@ -189,6 +189,18 @@ def _g(y):
         return np.where(small, t * t * series, np.expm1(y) - y)
 
 
+def _times_g(w, y, w_exp_y):
+    """w g(y) and w expm1(y) elementwise, given w e^y (the other distribution's
+    probability, which is finite): where e^y overflows (y > 709) beside a w so small
+    that w e^y is a number (a subnormal or tiny probability against a likely one), the
+    products are taken as w e^y - w - w y and w e^y - w instead of overflowing to inf."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        times_g, times_expm1 = w * _g(y), w * np.expm1(y)
+        overflow = np.isinf(times_expm1) & np.isfinite(y)
+        return (np.where(overflow, (w_exp_y - w) - w * y, times_g),
+                np.where(overflow, w_exp_y - w, times_expm1))
+
+
 def _difference(a, b):
     """a - b as its rounded value and the rounding error (Knuth's two-sum): hi + lo is
     exact; lo is 0 where hi is not finite."""
@@ -248,15 +260,17 @@ def _divergence(student, teacher, temperature, beta):
     y = _log_ratio(student, teacher, temperature, q, p)
     with np.errstate(invalid="ignore", over="ignore"):
         if beta == 0.0:
-            kl = np.sum(np.where(p == 0.0, q, p * _g(y)), axis=-1)
+            p_g, p_expm1 = _times_g(p, y, q)
+            kl = np.sum(np.where(p == 0.0, q, p_g), axis=-1)
             loss = kl
-            d_student = np.where(p == 0.0, q, p * np.expm1(y))
+            d_student = np.where(p == 0.0, q, p_expm1)
             d_teacher = np.where(p == 0.0, 0.0, p * (-y - kl[..., None]))
         elif beta == 1.0:
-            kl = np.sum(np.where(q == 0.0, p, q * _g(-y)), axis=-1)
+            q_g, q_expm1 = _times_g(q, -y, p)
+            kl = np.sum(np.where(q == 0.0, p, q_g), axis=-1)
             loss = kl
             d_student = np.where(q == 0.0, 0.0, q * (y - kl[..., None]))
-            d_teacher = np.where(q == 0.0, p, q * np.expm1(-y))
+            d_teacher = np.where(q == 0.0, p, q_expm1)
         else:
             # log1p of expm1 near y = 0, log-add-exp beyond (where expm1 could overflow)
             near = np.abs(y) < 1.0
@@ -264,8 +278,9 @@ def _divergence(student, teacher, temperature, beta):
                          np.logaddexp(np.log(beta), np.log1p(-beta) + y))
             v = np.where(near, np.log1p(beta * np.expm1(-y)),
                          np.logaddexp(np.log(beta) - y, np.log1p(-beta)))
-            kl_p = np.sum(np.where(p == 0.0, (1.0 - beta) * q, p * _g(u)), axis=-1)
-            kl_q = np.sum(np.where(q == 0.0, beta * p, q * _g(v)), axis=-1)
+            m = beta * p + (1.0 - beta) * q
+            kl_p = np.sum(np.where(p == 0.0, (1.0 - beta) * q, _times_g(p, u, m)[0]), axis=-1)
+            kl_q = np.sum(np.where(q == 0.0, beta * p, _times_g(q, v, m)[0]), axis=-1)
             loss = beta * kl_p + (1.0 - beta) * kl_q
             d_student = (1.0 - beta) * np.where(q == 0.0, 0.0, q * (-v - kl_q[..., None]))
             d_teacher = beta * np.where(p == 0.0, 0.0, p * (-u - kl_p[..., None]))
