@@ -473,13 +473,13 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     ``input`` (fastloss's ``out=logits``): one read, one write, no N x C allocation. The
     logits hold the gradient from the forward on, so use it only when nothing reads them
     afterwards (compute accuracy or argmax before the loss); ``input`` must not be a leaf
-    tensor nor a view of one (the gradient would overwrite the leaf), and other autograd nodes that saved it raise
-    torch's in-place modification error rather than read the gradient (its version counter
-    moves in the forward, as after any in-place operation: so ``torch.autograd.grad`` with
-    respect to a *view* passed as ``input`` finds a new grad_fn there; take it with respect
-    to what the view came from, or call ``backward()``). A second backward
-    through the graph (retain_graph=True) recomputes the gradient from the logits if they
-    are still alive and unchanged, else raises.
+    tensor nor a view of one (the gradient would overwrite the leaf), and other autograd
+    nodes that saved it raise torch's in-place modification error rather than read the
+    gradient (its version counter moves in the forward, as after any in-place operation:
+    so ``torch.autograd.grad`` with respect to a *view* passed as ``input`` finds a new
+    grad_fn there; take it with respect to what the view came from, or call
+    ``backward()``). A second backward through the graph (retain_graph=True) recomputes
+    the gradient from the logits if they are still alive and unchanged, else raises.
 
     Gradients: w.r.t. ``input``, and w.r.t. probability targets and ``weight`` with them
     (as torch); with class indices torch gives no gradient for ``weight``, and neither
