@@ -141,3 +141,32 @@ def test_gaussian_nll_var_gradient_at_a_variance_whose_square_underflows(var):
                                         eps=1e-320, num_threads=threads) for threads in (1, 2)]
     assert bitwise_equal(grads[0], grads[1])
     assert_close_contract(grads[0], ref, np.float64, "grad")
+
+
+@pytest.mark.parametrize("quantile", (0.999, np.resize([0.5, 0.99, 0.999999, 1 - 1e-12], 45),
+                                      np.resize([0.1, 0.999, 0.5], 45)),
+                         ids=("0.999", "per class >= 0.5", "per class both sides"))
+def test_pinball_quantile_near_1_in_place_and_per_class(quantile):
+    # A float32 call whose quantiles float32 cannot hold runs pinball(target, pred, 1 - q)
+    # when every q >= 0.5 (one vector on both sides of 0.5 runs in float64): the gradients
+    # written over pred or target themselves are the fresh call's bits, within contract.
+    pred, target = _pinball_inputs(np.float32)
+    wide = [pred.astype(np.float64), target.astype(np.float64)]
+    fresh = fastloss.pinball_grad(pred, target, quantile=quantile, reduction="sum",
+                                  wrt=("pred", "target"))
+    for name, ref_grad in zip(("pred", "target"), fresh):
+        expected = reference.pinball_grad(*wide, quantile=quantile, reduction="sum",
+                                          wrt=name)
+        assert_close_contract(ref_grad, expected, np.float32, "grad", what=f"grad {name}")
+    for over in ("pred", "target"):
+        work = {"pred": pred.copy(), "target": target.copy()}
+        got = fastloss.pinball_grad(work["pred"], work["target"], quantile=quantile,
+                                    reduction="sum", out=work[over])
+        assert got is work[over]
+        assert bitwise_equal(got, fresh[0])
+    work = {"pred": pred.copy(), "target": target.copy()}
+    both = fastloss.pinball_grad(work["pred"], work["target"], quantile=quantile,
+                                 reduction="sum", wrt=("pred", "target"),
+                                 out=(work["pred"], work["target"]))
+    assert both[0] is work["pred"] and both[1] is work["target"]
+    assert bitwise_equal(both[0], fresh[0]) and bitwise_equal(both[1], fresh[1])
