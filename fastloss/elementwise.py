@@ -164,14 +164,13 @@ class _Problem:
         # round twice), or a weight or factor needs it, the kernels compute and store
         # float32, rounded to the half type at the end
         self.result_dtype = self.dtype
+        self.mirrored_quantile = None
         if is_half(self.dtype) and (widen or any(expanded != shape
                                                  for expanded in self.expanded_shapes)):
             self.dtype = dtype = np.dtype(np.float32)
-        # pinball with a quantile float32 cannot hold (_quantile_needs_double): its mirror
-        # image in float32 where there is one, else float64
-        self.mirrored_quantile = None
-        if (not is_half(self.dtype) and entry.factor == "quantile"
-                and _quantile_needs_double(checked["quantile"], dtype)):
+        elif entry.factor == "quantile" and _quantile_needs_double(checked["quantile"], dtype):
+            # pinball with a quantile float32 cannot hold: its mirror image in float32
+            # where there is one, else float64
             self.mirrored_quantile = _mirrored_quantile(checked["quantile"], dtype)
             if self.mirrored_quantile is None:
                 self.dtype = dtype = np.dtype(np.float64)
