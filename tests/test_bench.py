@@ -212,9 +212,13 @@ def test_every_family_runs_at_its_tiny_size():
             size = family.sizes["tiny"]
         report = bench.run(name, size=size, threads=2, repeat=1, progress=False,
                            torch_compile=False)
-        assert report["results"], name
         text = bench.format_report(report)
         assert text.startswith("fastloss bench: "), name
+        if not HAVE_TORCH and all(case.requires == "torch" for case in family.cases):
+            # the small-shape grid times the adapter against torch: nothing to time
+            assert not report["results"], name
+            continue
+        assert report["results"], name
         if isinstance(family, bench.Grid):
             assert all(row["ratio"] is not None for row in report["results"]
                        if set(family.ratio) <= set(row["cases"])), name
@@ -328,4 +332,6 @@ def test_the_driver_times_every_case_at_tiny_sizes():
         assert counts.get("skipped", 0) == compiles, output  # only the torch.compile rows
     # conftest's summary: each group's medians as ratios to its baselines
     assert "ratios of medians to the group's baselines" in output
-    assert "x copy" in output and "x adapter" in output
+    assert "x copy" in output
+    if HAVE_TORCH:  # the adapter's rows (and the ratios to them) need torch
+        assert "x adapter" in output
