@@ -502,8 +502,8 @@ CROSS_ENTROPY_BLOCKS = Family(
         Case(CE_BLOCKS_FORWARD, _ce_forward, read_only=True),
         *(Case(_ce_block_name(k), _ce_block_forward(k), read_only=True)
           for k in CE_BLOCK_COUNTS),
-        # shown, not judged: the engine's cost at k=16 without the strided pattern's
-        # (BENCHMARKS.md, "Block rows cost a plain copy too")
+        # shown, not judged: k=16 without the strided pattern (BENCHMARKS.md, "What 16
+        # blocks cost is the short rows, not their layout": the same time as the views)
         Case(_ce_block_name(CE_BLOCK_COUNTS[-1], own_arrays=True),
              _ce_block_forward(CE_BLOCK_COUNTS[-1], own_arrays=True), read_only=True),
         Case("fastloss.torch.cross_entropy forward+backward", _ce_adapter_forward_backward,
@@ -1177,7 +1177,7 @@ LINEAR_CROSS_ENTROPY = Family(
         Case(LCE_TORCH_OPTIONS, _lce_torch("options"), requires="torch"),
     ),
     # calls of 0.1-2 s (torch's chunked variant about 1.6 s even at --quick's 256 rows):
-    # --quick takes fewer rounds to stay within its minute
+    # --quick takes fewer rounds to stay quick
     repeats={"full": 10, "quick": 3},
 )
 
@@ -1519,7 +1519,7 @@ DISTILL = Family(
     title="token log-probs and distillation over the vocabulary (batchmean, T=1)",
     make_inputs=_distill_inputs,
     # --quick: 256 rows, so that torch's written-out JSD (about 3 s a call at 1024 rows)
-    # keeps the quick run to its minute
+    # does not dominate the quick run
     sizes={"full": CE_FULL_SIZE, "quick": (256, 50257), "tiny": (16, 300)},
     size_names=("N", "V"),
     cases=(
