@@ -113,7 +113,9 @@ def _pairwise_distance(x, y, grad_output, metric, out, num_threads, want_value, 
     pairs = _AllPairs(x_rows, y_rows, metric, threads, want_grad)
     upstream, scale = None, 1.0
     if want_grad:
-        upstream = real_grad_output(grad_output)
+        # aligned and native-order (a misaligned float64 view stays one through
+        # real_grad_output's astype, and the kernel reads aligned elements only)
+        upstream = np.require(real_grad_output(grad_output), requirements="A")
         if upstream.ndim == 0:
             # every entry of the matrix gets this gradient; symmetric: a pair twice
             scale = float(upstream) * (2.0 if y_rows is None else 1.0)
