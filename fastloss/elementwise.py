@@ -407,7 +407,8 @@ class _Problem:
             return grad.reshape(-1), grad
         out_arg(out, self.pred_shape, self.pred_dtype)
         if direct and out.flags.c_contiguous and out.flags.aligned:
-            flat = out.reshape(-1)
+            # (as a base ndarray: an np.matrix out reshapes to a (1, n) matrix)
+            flat = out.view(np.ndarray).reshape(-1)
             # The kernel reads a tile of pred and target before it writes that tile's
             # gradient: the gradient may be one of them exactly, never overlap otherwise.
             safe = not flat.size or all(

@@ -614,6 +614,24 @@ def test_out_preallocated_and_in_place(reduction, spec, dtype, rng):
             assert bitwise_equal(np.asarray(loss), np.asarray(expected_shifted_loss)), what
 
 
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+@specs
+def test_out_of_an_ndarray_subclass(spec, rng):
+    # Found by hunt13: an np.matrix out of pred's shape was refused ("out: expected shape
+    # (60,), got (1, 60)": its flat view is a (1, n) matrix), where every other family
+    # writes it. It is written and returned, as any C-contiguous out.
+    (pred, *others), options = spec.make_inputs(rng, np.float64, {}, (6, 10))
+    _, grad_fn, fused = functions(spec.name)
+    expected_loss, expected = fused(pred, *others, **options)
+    out = np.asmatrix(np.full(pred.shape, np.nan))
+    assert grad_fn(pred, *others, out=out, **options) is out
+    assert bitwise_equal(np.asarray(out), expected)
+    out = np.asmatrix(np.full(pred.shape, np.nan))
+    loss, grad = fused(pred, *others, out=out, **options)
+    assert grad is out and bitwise_equal(np.asarray(out), expected)
+    assert loss == expected_loss
+
+
 @pytest.mark.parametrize("name", REGRESSION_NAMES)
 def test_out_with_broadcast_or_promoted_pred(name, rng):
     pred = rng.standard_normal((3, 1)).astype(np.float32)
