@@ -269,9 +269,12 @@ class _Problem:
         return float(np.sum(self.weight[valid], dtype=np.float64)), float(valid.size)
 
 
-def _grad_outputs(out, problem, want, dtype=None):
+def _grad_outputs(out, problem, want, dtype=None, upstreams=()):
     """The gradients' arrays (of ``dtype``, default the inputs'): ``out`` (a tuple, one
-    per gradient) checked, or new ones."""
+    per gradient) checked, or new ones. An out that shares memory with anything the
+    computation reads is refused: the inputs, the class weight, and the upstream
+    gradients ``upstreams`` ((name, value) pairs: grad_output, grad_entropy), which the
+    blocks of rows read after earlier blocks wrote their gradients."""
     dtype = problem.dtype if dtype is None else dtype
     shapes = {"hidden": problem.hidden_shape,
               "classifier": (problem.n_classes, problem.n_features),
@@ -292,8 +295,9 @@ def _grad_outputs(out, problem, want, dtype=None):
             raise ValueError(f"out ({name}): expected a C-contiguous array")
         for input_name, source in (("hidden", problem.hidden),
                                    ("classifier", problem.classifier),
-                                   ("target", problem.target), ("bias", problem.bias)):
-            if source is not None and np.may_share_memory(array, source):
+                                   ("target", problem.target), ("bias", problem.bias),
+                                   ("weight", getattr(problem, "weight", None)), *upstreams):
+            if isinstance(source, np.ndarray) and np.may_share_memory(array, source):
                 raise ValueError(f"out ({name}): overlaps the input {input_name}")
         arrays[name] = array
     return arrays
@@ -770,7 +774,8 @@ def _store_wide(out, values):
 def _run_half(problem, num_threads, grad_output, want, out, grad_dtype):
     """The half-precision path of _run (see _HalfTiles)."""
     tiles = _HalfTiles(problem, num_threads)
-    grads = _grad_outputs(out, problem, want, grad_dtype) if want else None
+    grads = _grad_outputs(out, problem, want, grad_dtype,
+                          (("grad_output", grad_output),)) if want else None
     stats = tiles.statistics() if problem.n_rows else np.empty(
         (len(CROSS_ENTROPY_STATS_FIELDS), 0), np.float64)
     if want:
@@ -803,7 +808,8 @@ def _run(hidden, classifier, target, bias, weight, ignore_index, reduction, labe
     rows_per_block = _budget_block_rows(problem.n_rows, problem.n_classes,
                                         problem.dtype.itemsize, block_rows, reserved,
                                         1 if problem.bias is not None else 0)
-    grads = _grad_outputs(out, problem, want) if want else None
+    grads = _grad_outputs(out, problem, want, upstreams=(("grad_output", grad_output),)) \
+        if want else None
     products = _NumpyProducts(problem, rows_per_block, resolve_num_threads(num_threads),
                               grads)
     loss = _schedule(problem, products, num_threads, rows_per_block, grad_output,

@@ -255,7 +255,8 @@ def _run(hidden, classifier, target, bias, temperature, ignore_index, return_ent
     rows_per_block = _block_rows(problem.n_rows, problem.n_classes, itemsize, block_rows)
     grads = None
     if want:
-        grads = _grad_outputs(out, problem, want, grad_dtype)
+        grads = _grad_outputs(out, problem, want, grad_dtype,
+                              (("grad_output", grad_output), ("grad_entropy", grad_entropy)))
     upstream, upstream_entropy = _upstreams(problem, bool(want), grad_output, grad_entropy)
     back_end = _HalfProducts if problem.half else _NumpyBlocks
     products = back_end(problem, rows_per_block, threads, grads)

@@ -732,6 +732,39 @@ def test_bad_out(out, error, match):
                                            CLASSIFIER, TARGET, out=out)
 
 
+@pytest.mark.parametrize("overlapped, half", [("weight", False), ("grad_output", False),
+                                              ("grad_output", True)])
+def test_out_overlapping_the_weight_or_grad_output_is_refused(overlapped, half):
+    # Found by hunt13: an out= sharing memory with the class weight or grad_output (a
+    # shifted view of one buffer) was written while later blocks of rows still read
+    # them: silently wrong gradients and loss. Refused, as an overlap with the inputs is.
+    # (A half weight is read as a float32 copy, which no out can overlap.)
+    rng = np.random.default_rng(3)
+    n, n_features, n_classes = 9, 4, 7
+    dtype = np.float16 if half else np.float64
+    hidden = rng.standard_normal((n, n_features)).astype(dtype)
+    classifier = rng.standard_normal((n_classes, n_features)).astype(dtype)
+    target = rng.integers(0, n_classes, n)
+    weight = rng.uniform(0.5, 2.0, n_classes).astype(dtype)
+    upstream = rng.uniform(0.5, 1.5, n).astype(dtype)
+    options = {"weight": weight, "reduction": "none", "block_rows": 2}
+    grad_dtype = np.float32 if half else dtype
+    source = weight if overlapped == "weight" else upstream
+    # out (hidden) starts one element after the overlapped array in one buffer
+    memory = np.zeros(n * n_features + 1, grad_dtype)
+    view = memory[:source.size] if source.dtype == grad_dtype else None
+    if view is None:  # half inputs: the overlapped array in the same bytes
+        view = memory.view(source.dtype)[:source.size]
+    view[...] = source
+    options[overlapped] = view
+    args = (hidden, classifier, target, options.pop("grad_output", upstream))
+    out = (memory[1:].reshape(n, n_features), np.empty((n_classes, n_features), grad_dtype))
+    for function in (fastloss.linear_cross_entropy_grad,
+                     fastloss.linear_cross_entropy_value_and_grad):
+        with pytest.raises(ValueError, match=rf"out \(hidden\): overlaps the input {overlapped}"):
+            function(*args, out=out, grad_dtype=grad_dtype, **options)
+
+
 def test_bad_grad_output():
     with pytest.raises(ValueError, match="grad_output"):
         fastloss.linear_cross_entropy_grad(HIDDEN, CLASSIFIER, TARGET, np.ones(3))

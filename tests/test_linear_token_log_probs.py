@@ -552,6 +552,29 @@ def test_bad_out(out, error, match):
         fastloss.linear_token_log_probs_grad(HIDDEN, CLASSIFIER, TARGET, out=out)
 
 
+@pytest.mark.parametrize("overlapped", ["grad_output", "grad_entropy"])
+def test_out_overlapping_an_upstream_gradient_is_refused(overlapped):
+    # Found by hunt13: an out= sharing memory with grad_output (or grad_entropy) was
+    # written while later blocks of rows still read it: silently wrong gradients.
+    # Refused, as an overlap with the inputs is.
+    rng = np.random.default_rng(4)
+    n, n_features, n_classes = 9, 4, 7
+    hidden = rng.standard_normal((n, n_features))
+    classifier = rng.standard_normal((n_classes, n_features))
+    target = rng.integers(0, n_classes, n)
+    upstreams = {"grad_output": rng.uniform(0.5, 1.5, n),
+                 "grad_entropy": rng.uniform(-1.0, 1.0, n)}
+    memory = np.zeros(n * n_features + 1)
+    memory[:n] = upstreams[overlapped]
+    upstreams[overlapped] = memory[:n]
+    out = (memory[1:].reshape(n, n_features), np.empty((n_classes, n_features)))
+    for function in (fastloss.linear_token_log_probs_grad,
+                     fastloss.linear_token_log_probs_value_and_grad):
+        with pytest.raises(ValueError, match=f"out \\(hidden\\): overlaps the input {overlapped}"):
+            function(hidden, classifier, target, upstreams["grad_output"],
+                     grad_entropy=upstreams["grad_entropy"], block_rows=2, out=out)
+
+
 # ----------------------------------------------------------------------------------------
 # torch: the adapter and the module against F.linear + log_softmax
 # ----------------------------------------------------------------------------------------
