@@ -59,7 +59,7 @@ import numpy as np
 from fastloss import _kernels
 from fastloss._config import resolve_num_threads
 from fastloss._validation import (as_array, float_array, grad_dtype_arg, grad_output_arg,
-                                  is_half, out_arg, real_scalar, reduction_arg)
+                                  is_bfloat16, is_half, out_arg, real_scalar, reduction_arg)
 from fastloss.cross_entropy import CROSS_ENTROPY_STATS_FIELDS
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_grad",
@@ -176,7 +176,7 @@ class _Problem:
         n_classes, n_features = (int(n) for n in classifier.shape)
         if weight is not None:
             weight = as_array(weight, "weight")
-            if weight.dtype.kind not in "fiu":
+            if weight.dtype.kind not in "fiu" and not is_bfloat16(weight.dtype):
                 raise TypeError(f"weight: expected real numbers, got dtype {weight.dtype}")
             if weight.shape != (n_classes,):
                 raise ValueError(f"weight: expected shape ({n_classes},) (the V of "

@@ -237,6 +237,26 @@ def test_mixed_dtypes_are_refused_naming_the_argument():
         assert abs(loss - np.log(6)) < 1e-3
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, *HALF_DTYPES], ids=str)
+def test_class_weight_of_any_real_dtype(dtype):
+    # Found by hunt13: a bfloat16 class weight was refused ("weight: expected real
+    # numbers, got dtype bfloat16") where cross_entropy takes it, as a float16 one is
+    # here. Any real dtype holding the same values gives the same loss and gradients.
+    rng = np.random.default_rng(11)
+    hidden = rng.standard_normal((7, 4)).astype(dtype)
+    classifier = rng.standard_normal((6, 4)).astype(dtype)
+    target = rng.integers(0, 6, 7)
+    weight = rng.uniform(0.5, 2.0, 6).astype(BFLOAT16)  # values every dtype here holds
+    expected = fastloss.linear_cross_entropy_value_and_grad(
+        hidden, classifier, target, weight=weight.astype(np.float32), reduction="none")
+    for weight_dtype in (BFLOAT16, FLOAT16, np.float32, np.float64):
+        loss, grads = fastloss.linear_cross_entropy_value_and_grad(
+            hidden, classifier, target, weight=weight.astype(weight_dtype), reduction="none")
+        assert np.array_equal(loss, expected[0]), weight_dtype
+        for grad, want in zip(grads, expected[1]):
+            assert np.array_equal(grad, want), weight_dtype
+
+
 def test_float_path_grad_dtype_is_its_own_dtype():
     rng = np.random.default_rng(8)
     hidden, classifier, target, _ = make_inputs(rng, (7,), 5, 9, np.float32, {}, bias=False)
