@@ -546,9 +546,11 @@ cdef fastloss_index _stats_classes(object matrix, fastloss_index class_offset,
     return <fastloss_index>first
 
 
-cdef _check_stats_targets(object matrix, object hard, object ignore_index, object loss_shape):
+cdef _check_stats_targets(object matrix, object hard, object ignore_index, object loss_shape,
+                          object labels=None):
     """Every non-ignored row's target in exactly one merged block (hard targets), or the
-    statistics of probability targets (none counted)."""
+    statistics of probability targets (none counted). ``labels``: the caller's targets,
+    for the message (``hard`` holds a uint64 label above 2**63 - 1 as another value)."""
     counts = matrix[FASTLOSS_CE_STAT_TARGET_COUNT]
     if hard is None:
         if numpy.any(counts != 0):
@@ -559,7 +561,8 @@ cdef _check_stats_targets(object matrix, object hard, object ignore_index, objec
     if wrong.size:
         row = wrong[0]
         position = tuple(int(p) for p in numpy.unravel_index(row, loss_shape)) if loss_shape else ()
-        raise ValueError(f"stats: the target {int(hard[row])} of row {position} lies in "
+        value = hard[row] if labels is None else numpy.asarray(labels).reshape(-1)[row]
+        raise ValueError(f"stats: the target {int(value)} of row {position} lies in "
                          f"{counts[row]:g} of the merged blocks, not 1 (a block is missing, "
                          f"overlaps another, or the statistics had other targets)")
 
@@ -803,7 +806,7 @@ def ce_from_stats(object stats, object target, object ignore_index, object reduc
     cdef fastloss_index classes = _stats_classes(matrix, 0, 1) if n_rows else 1
     options.total_classes = classes
     options.n_classes = classes
-    _check_stats_targets(matrix, hard, ignore_index, batch)
+    _check_stats_targets(matrix, hard, ignore_index, batch, target)
     per_row = None
     if options.reduction == FASTLOSS_REDUCTION_NONE:
         per_row = cnp.PyArray_EMPTY(1, [n_rows], cnp.NPY_FLOAT64, 0)

@@ -424,6 +424,16 @@ def test_uint64_targets_above_int64_are_not_ignore_index():
     assert target[1] == 2**64 - 100
 
 
+def test_a_uint64_target_in_no_block_is_named_by_its_own_value():
+    # Found by hunt13: a uint64 target above 2**63 - 1 of a row whose statistics count no
+    # target was reported as "the target 0 of row (1,)" (the value it is compared as).
+    stats = fastloss.cross_entropy_block_stats(X, np.array([0, -100, 9, 5]))
+    target = np.array([0, 2**64 - 100, 9, 5], np.uint64)
+    with pytest.raises(ValueError, match=r"^stats: the target 18446744073709551516 of "
+                                         r"row \(1,\) lies in 0 of the merged blocks"):
+        fastloss.cross_entropy_from_stats(stats, target)
+
+
 def test_smoothing_check_passes_the_matching_statistics():
     """The same label_smoothing on both sides gives cross_entropy's loss and gradient, and
     rows whose target weight is 0 (all their classes weighted 0) do not trip the check."""
