@@ -78,7 +78,7 @@ class _Problem:
         grad = result = upstream = None
         if grad_output is not _NO_GRADIENT:
             upstream = as_array(grad_output, "grad_output")
-            if upstream.dtype.kind not in "biuf":
+            if upstream.dtype.kind not in "biuf" and not is_bfloat16(upstream.dtype):
                 raise TypeError(f"grad_output: expected real numbers, got dtype "
                                 f"{upstream.dtype}")
             if upstream.ndim and upstream.shape != self.rows_shape:
