@@ -61,6 +61,25 @@ def _quantile_needs_double(quantile, dtype):
     return bool(np.any(moved > 2.0**-21 * np.minimum(q, 1 - q)))
 
 
+#: the loss's threshold option, which the float32 kernels hold (with smooth_l1's 1 / beta
+#: and 0.5 / beta) in float
+_THRESHOLD_OPTION = {"huber": "delta", "smooth_l1": "beta"}
+
+
+def _threshold_needs_double(entry, checked, dtype):
+    """Whether a computation in float (float32, and the half types) would round huber's
+    delta or smooth_l1's beta (or smooth_l1's 1 / beta and 0.5 / beta) out of float's
+    normal range: a subnormal float holds beta = 1e-40 to 3.5e-6 of itself, more than the
+    contract's 2e-6, and 1e200 becomes inf (inf - inf in the loss). Such a threshold is
+    computed in float64 and the results rounded once; 0 (smooth_l1's l1) and every
+    threshold in [2**-125, 2**125] stay in float."""
+    option = _THRESHOLD_OPTION.get(entry.kernel)
+    if option is None or not (np.dtype(dtype) == np.float32 or is_half(dtype)):
+        return False
+    threshold = float(checked[option])
+    return threshold != 0.0 and not 2.0**-125 <= threshold <= 2.0**125
+
+
 def _mirrored_quantile(quantile, dtype):
     """1 - q (exact in float64 for q >= 0.5), when every quantile q is at least 0.5 and
     float32 holds 1 - q where it cannot hold q (``_quantile_needs_double``), else None.
@@ -174,6 +193,8 @@ class _Problem:
             self.mirrored_quantile = _mirrored_quantile(checked["quantile"], dtype)
             if self.mirrored_quantile is None:
                 self.dtype = dtype = np.dtype(np.float64)
+        if _threshold_needs_double(entry, checked, dtype):
+            self.dtype = dtype = np.dtype(np.float64)
         self.flat = [_flat(array, shape, dtype) for array in arrays]
         self.pred = self.flat[0]
         self.weight = self.factor = self.weight_array = None
