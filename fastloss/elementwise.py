@@ -61,6 +61,25 @@ def _quantile_needs_double(quantile, dtype):
     return bool(np.any(moved > 2.0**-21 * np.minimum(q, 1 - q)))
 
 
+def _margin_needs_double(margin, dtype):
+    """Whether float32 (``dtype``) would move bradley_terry's margin by more than 2**-22.
+    z = chosen - rejected - margin then moves by as much, and the loss softplus(-z) and
+    its slope sigmoid(-z) by up to that much relative (their logarithmic slopes are at
+    most 1): margin = 990.1 rounds by 2.4e-5, beyond the contract's 2e-6, and 1e30 next
+    to chosen = float32(1e30) turns a loss of 0 into log 2. The reference takes the
+    margin as given; such a margin is computed in float64 and the results rounded once.
+    A margin float32 holds, or any below 8 in magnitude (0.1: 1.5e-9), stays in float32."""
+    if np.dtype(dtype) != np.float32:
+        return False
+    margin = np.asarray(margin)
+    if margin.dtype == np.float32 or is_half(margin.dtype) or margin.dtype == np.bool_:
+        return False  # exact in float32: no pass over a per-pair margin
+    margin = margin.astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        moved = np.abs(margin.astype(np.float32).astype(np.float64) - margin)
+    return bool(np.any(moved > 2.0**-22))
+
+
 #: the loss's threshold option, which the float32 kernels hold (with smooth_l1's 1 / beta
 #: and 0.5 / beta) in float
 _THRESHOLD_OPTION = {"huber": "delta", "smooth_l1": "beta"}
@@ -193,7 +212,8 @@ class _Problem:
             self.mirrored_quantile = _mirrored_quantile(checked["quantile"], dtype)
             if self.mirrored_quantile is None:
                 self.dtype = dtype = np.dtype(np.float64)
-        if _threshold_needs_double(entry, checked, dtype):
+        if _threshold_needs_double(entry, checked, dtype) or (
+                entry.factor == "margin" and _margin_needs_double(checked["margin"], dtype)):
             self.dtype = dtype = np.dtype(np.float64)
         self.flat = [_flat(array, shape, dtype) for array in arrays]
         self.pred = self.flat[0]
