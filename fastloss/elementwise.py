@@ -69,10 +69,13 @@ def _margin_needs_double(margin, dtype):
     to chosen = float32(1e30) turns a loss of 0 into log 2. The reference takes the
     margin as given; such a margin is computed in float64 and the results rounded once.
     A margin float32 holds, or any below 8 in magnitude (0.1: 1.5e-9), stays in float32."""
-    if np.dtype(dtype) != np.float32:
+    if dtype != np.float32:
         return False
     margin = np.asarray(margin)
-    if margin.dtype == np.float32 or is_half(margin.dtype) or margin.dtype == np.bool_:
+    if margin.ndim == 0:
+        if abs(float(margin)) < 8.0:
+            return False  # float32 rounds it by at most 2**-22 (the usual call)
+    elif margin.dtype == np.float32 or is_half(margin.dtype) or margin.dtype == np.bool_:
         return False  # exact in float32: no pass over a per-pair margin
     margin = margin.astype(np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
@@ -93,10 +96,12 @@ def _threshold_needs_double(entry, checked, dtype):
     computed in float64 and the results rounded once; 0 (smooth_l1's l1) and every
     threshold in [2**-125, 2**125] stay in float."""
     option = _THRESHOLD_OPTION.get(entry.kernel)
-    if option is None or not (np.dtype(dtype) == np.float32 or is_half(dtype)):
+    if option is None:
         return False
-    threshold = float(checked[option])
-    return threshold != 0.0 and not 2.0**-125 <= threshold <= 2.0**125
+    threshold = checked[option]
+    if threshold == 0.0 or 2.0**-125 <= threshold <= 2.0**125:
+        return False
+    return dtype == np.float32 or is_half(dtype)
 
 
 def _mirrored_quantile(quantile, dtype):
