@@ -66,11 +66,26 @@ FASTLOSS_INLINE REAL EW(huber_slope)(REAL r, REAL delta)
 }
 
 /* smooth_l1 (beta > 0): |r| < beta ? r**2 / (2 beta) : |r| - beta / 2; the slope
- * is r / beta clamped to [-1, 1].  half_inv_beta = 0.5 / beta, inv_beta = 1 / beta. */
+ * is r / beta clamped to [-1, 1].  half_inv_beta = 0.5 / beta, inv_beta = 1 / beta.
+ * r half_inv_beta is below 1/2 where it is used (|r| < beta), so the product with r
+ * cannot overflow (r r could, for a beta above the square root of REAL's largest). */
 FASTLOSS_INLINE REAL EW(smooth_l1_value)(REAL r, REAL beta, REAL half_inv_beta)
 {
     const REAL a = EW_ABS(r);
-    return a < beta ? r * r * half_inv_beta : a - (REAL)0.5 * beta;
+    return a < beta ? r * half_inv_beta * r : a - (REAL)0.5 * beta;
+}
+
+/* The same where 1 / beta overflows REAL (a subnormal beta): q = r / beta divided, in
+ * [-1, 1] where used; the value r (q / 2), as the reference computes it. */
+FASTLOSS_INLINE REAL EW(smooth_l1_value_divided)(REAL r, REAL beta)
+{
+    const REAL a = EW_ABS(r);
+    return a < beta ? r * ((REAL)0.5 * (r / beta)) : a - (REAL)0.5 * beta;
+}
+
+FASTLOSS_INLINE REAL EW(smooth_l1_slope_divided)(REAL r, REAL beta)
+{
+    return r < -beta ? (REAL)-1 : (r > beta ? (REAL)1 : r / beta);
 }
 
 FASTLOSS_INLINE REAL EW(smooth_l1_slope)(REAL r, REAL beta, REAL inv_beta)
@@ -221,6 +236,19 @@ static void EW(smooth_l1_tile)(const STORE_T *FASTLOSS_RESTRICT pred,
     EW_TILE_LOOPS(const REAL r = LOAD(pred, k) - LOAD(target, k),
                   EW(smooth_l1_value)(r, beta, half_inv_beta),
                   EW(smooth_l1_slope)(r, beta, inv_beta));
+}
+
+/* smooth_l1 where 1 / beta overflows REAL (EW(set_params)): divided by beta.  Kept out
+ * of line (cold): inlined beside smooth_l1_tile it cost the usual beta 10 instructions a
+ * tile, 1.5% of float32's (callgrind, AVX2). */
+__attribute__((noinline, cold)) static void EW(smooth_l1_divided_tile)(const STORE_T *FASTLOSS_RESTRICT pred,
+                                       const STORE_T *FASTLOSS_RESTRICT target,
+                                       fastloss_index m, REAL beta,
+                                       REAL *FASTLOSS_RESTRICT value,
+                                       REAL *FASTLOSS_RESTRICT slope)
+{
+    EW_TILE_LOOPS(const REAL r = LOAD(pred, k) - LOAD(target, k),
+                  EW(smooth_l1_value_divided)(r, beta), EW(smooth_l1_slope_divided)(r, beta));
 }
 
 /* What the bce loss and slope share: e = exp(-|x|), in REAL for the loss and in
@@ -1621,6 +1649,7 @@ static void EW(dpo_tile)(const STORE_T *FASTLOSS_RESTRICT policy_chosen,
 typedef struct EW(call_s) {
     int loss;                      /* enum fastloss_elementwise_loss (smooth_l1, beta 0: l1) */
     REAL threshold, half_inv_threshold, inv_threshold; /* huber, smooth_l1 */
+    int threshold_divide;          /* smooth_l1: 1 / beta overflows REAL: divide by beta */
     EW_WIDE alpha_pos, alpha_neg, gamma; /* sigmoid_focal: a_t = alpha_pos y + alpha_neg (1 - y) */
     int gamma_kind;                /* sigmoid_focal: EW_FOCAL_GAMMA_* */
     EW_WIDE margin;                /* margin_ranking */
@@ -1666,8 +1695,11 @@ static void EW(compute_tile)(const EW(call) *call, fastloss_index start, fastlos
         EW(huber_tile)(pred, target, m, call->threshold, value, slope);
         break;
     case FASTLOSS_LOSS_SMOOTH_L1:
-        EW(smooth_l1_tile)(pred, target, m, call->threshold, call->half_inv_threshold,
-                           call->inv_threshold, value, slope);
+        if (call->threshold_divide)
+            EW(smooth_l1_divided_tile)(pred, target, m, call->threshold, value, slope);
+        else
+            EW(smooth_l1_tile)(pred, target, m, call->threshold, call->half_inv_threshold,
+                               call->inv_threshold, value, slope);
         break;
     case FASTLOSS_LOSS_BCE_WITH_LOGITS:
         EW(bce_tile)(pred, target, factor, m, value, slope, wide_mode);
@@ -1896,6 +1928,7 @@ static void EW(set_params)(EW(call) *call, const fastloss_elementwise_options *o
 {
     const double *param = options->param;
     call->threshold = call->half_inv_threshold = call->inv_threshold = 0;
+    call->threshold_divide = 0;
     call->alpha_pos = call->alpha_neg = 1;
     call->gamma = 0;
     call->gamma_kind = EW_FOCAL_GAMMA_0;
@@ -1918,6 +1951,11 @@ static void EW(set_params)(EW(call) *call, const fastloss_elementwise_options *o
             call->loss = FASTLOSS_LOSS_L1;
         call->half_inv_threshold = call->threshold > 0 ? (REAL)(0.5 / param[0]) : 0;
         call->inv_threshold = call->threshold > 0 ? (REAL)(1.0 / param[0]) : 0;
+        /* a subnormal beta: 0.5 / beta or 1 / beta is inf in REAL, and r inv_beta would
+         * be inf or NaN (0 inf) below beta: those tiles divide by beta instead */
+        call->threshold_divide = call->loss == FASTLOSS_LOSS_SMOOTH_L1 &&
+                                 (isinf(call->half_inv_threshold) ||
+                                  isinf(call->inv_threshold));
         break;
     case FASTLOSS_LOSS_SIGMOID_FOCAL:
         /* torchvision: alpha_t = alpha y + (1 - alpha)(1 - y) when alpha >= 0, else 1 */

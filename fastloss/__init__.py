@@ -107,7 +107,16 @@ if _machinery.PathFinder.find_spec("fastloss._kernels", __path__) is None:
 del _machinery
 
 from fastloss import reference
-from fastloss._config import get_num_threads, set_num_threads, show_config
+try:  # reads FASTLOSS_NUM_THREADS and FASTLOSS_SIMD
+    from fastloss._config import get_num_threads, set_num_threads, show_config
+except ValueError as _error:
+    # the command line (`python -m fastloss`, the console script) says what is wrong in
+    # one line, status 2, as argparse's usage errors; an import raises
+    from fastloss import cli as _cli
+
+    if _cli.invoked_as_command_line():
+        _cli.exit_for_environment_error(_error)
+    raise
 from fastloss._kernels import release_memory
 from fastloss import box as _box
 from fastloss import contrastive as _contrastive

@@ -4,7 +4,13 @@ import os
 
 from fastloss import _kernels
 
-__all__ = ["get_num_threads", "set_num_threads", "show_config", "config", "resolve_num_threads"]
+__all__ = ["get_num_threads", "set_num_threads", "show_config", "config", "resolve_num_threads",
+           "EnvironmentVariableError"]
+
+
+class EnvironmentVariableError(ValueError):
+    """A FASTLOSS_* environment variable fastloss cannot use, found when it is imported:
+    the message starts with the variable's name."""
 
 
 def _parse_threads(value, name):
@@ -43,7 +49,10 @@ def _default_threads():
 #: may use, at least 256 (more only oversubscribe the cores).
 MAX_THREADS = max(256, 4 * _available_cpus())
 
-_num_threads = _default_threads()
+try:
+    _num_threads = _default_threads()
+except ValueError as _error:
+    raise EnvironmentVariableError(str(_error)) from None
 
 
 def set_num_threads(n):
@@ -120,5 +129,6 @@ if _simd:
     try:
         _kernels.set_simd_path(_simd)
     except ValueError as error:
-        raise ValueError(f"FASTLOSS_SIMD: {error} (expected 'baseline', 'avx2' or 'avx512', "
-                         f"got {_simd!r})") from None
+        raise EnvironmentVariableError(
+            f"FASTLOSS_SIMD: {error} (expected 'baseline', 'avx2' or 'avx512', "
+            f"got {_simd!r})") from None

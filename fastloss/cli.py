@@ -20,6 +20,28 @@ if importlib.util.find_spec("ml_dtypes") is not None:
                      "contrastive_bfloat16")
 
 
+def invoked_as_command_line():
+    """Whether this process runs fastloss's command line: ``python [options] -m fastloss``
+    (while it imports the package, runpy has set sys.argv[0] to "-m") or the console
+    script pip writes, a file named fastloss run as __main__."""
+    if sys.argv and sys.argv[0] == "-m":
+        argv = getattr(sys, "orig_argv", [])
+        return any(arg == "-mfastloss" or (arg == "fastloss" and argv[i - 1].startswith("-")
+                                          and argv[i - 1].endswith("m"))
+                   for i, arg in enumerate(argv) if i > 0)
+    script = getattr(sys.modules.get("__main__"), "__file__", None)
+    return bool(sys.argv and script and os.path.basename(script) == "fastloss"
+                and os.path.abspath(script) == os.path.abspath(sys.argv[0]))
+
+
+def exit_for_environment_error(error):
+    """End the command line over a FASTLOSS_* variable fastloss cannot use (``error``,
+    raised by ``import fastloss``): one line, no traceback, status 2 (argparse's usage
+    errors' status)."""
+    print(f"fastloss: error: {error}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def _positive_int(text):
     try:
         value = int(text, 10)

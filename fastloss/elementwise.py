@@ -61,6 +61,49 @@ def _quantile_needs_double(quantile, dtype):
     return bool(np.any(moved > 2.0**-21 * np.minimum(q, 1 - q)))
 
 
+def _margin_needs_double(margin, dtype):
+    """Whether float32 (``dtype``) would move bradley_terry's margin by more than 2**-22.
+    z = chosen - rejected - margin then moves by as much, and the loss softplus(-z) and
+    its slope sigmoid(-z) by up to that much relative (their logarithmic slopes are at
+    most 1): margin = 990.1 rounds by 2.4e-5, beyond the contract's 2e-6, and 1e30 next
+    to chosen = float32(1e30) turns a loss of 0 into log 2. The reference takes the
+    margin as given; such a margin is computed in float64 and the results rounded once.
+    A margin float32 holds, or any below 8 in magnitude (0.1: 1.5e-9), stays in float32."""
+    if dtype != np.float32:
+        return False
+    margin = np.asarray(margin)
+    if margin.ndim == 0:
+        if abs(float(margin)) < 8.0:
+            return False  # float32 rounds it by at most 2**-22 (the usual call)
+    elif margin.dtype == np.float32 or is_half(margin.dtype) or margin.dtype == np.bool_:
+        return False  # exact in float32: no pass over a per-pair margin
+    margin = margin.astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        moved = np.abs(margin.astype(np.float32).astype(np.float64) - margin)
+    return bool(np.any(moved > 2.0**-22))
+
+
+#: the loss's threshold option, which the float32 kernels hold (with smooth_l1's 1 / beta
+#: and 0.5 / beta) in float
+_THRESHOLD_OPTION = {"huber": "delta", "smooth_l1": "beta"}
+
+
+def _threshold_needs_double(entry, checked, dtype):
+    """Whether a computation in float (float32, and the half types) would round huber's
+    delta or smooth_l1's beta (or smooth_l1's 1 / beta and 0.5 / beta) out of float's
+    normal range: a subnormal float holds beta = 1e-40 to 3.5e-6 of itself, more than the
+    contract's 2e-6, and 1e200 becomes inf (inf - inf in the loss). Such a threshold is
+    computed in float64 and the results rounded once; 0 (smooth_l1's l1) and every
+    threshold in [2**-125, 2**125] stay in float."""
+    option = _THRESHOLD_OPTION.get(entry.kernel)
+    if option is None:
+        return False
+    threshold = checked[option]
+    if threshold == 0.0 or 2.0**-125 <= threshold <= 2.0**125:
+        return False
+    return dtype == np.float32 or is_half(dtype)
+
+
 def _mirrored_quantile(quantile, dtype):
     """1 - q (exact in float64 for q >= 0.5), when every quantile q is at least 0.5 and
     float32 holds 1 - q where it cannot hold q (``_quantile_needs_double``), else None.
@@ -174,6 +217,9 @@ class _Problem:
             self.mirrored_quantile = _mirrored_quantile(checked["quantile"], dtype)
             if self.mirrored_quantile is None:
                 self.dtype = dtype = np.dtype(np.float64)
+        if _threshold_needs_double(entry, checked, dtype) or (
+                entry.factor == "margin" and _margin_needs_double(checked["margin"], dtype)):
+            self.dtype = dtype = np.dtype(np.float64)
         self.flat = [_flat(array, shape, dtype) for array in arrays]
         self.pred = self.flat[0]
         self.weight = self.factor = self.weight_array = None

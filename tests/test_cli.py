@@ -16,16 +16,18 @@ import fastloss
 from fastloss import check
 
 
-def run_fastloss(*args, timeout=120):
-    """``python -m fastloss ARGS`` with this fastloss importable; the CompletedProcess."""
+def run_fastloss(*args, timeout=120, environment=None, command=None):
+    """``python -m fastloss ARGS`` (or ``python COMMAND ARGS``) with this fastloss
+    importable and the variables in ``environment`` set; the CompletedProcess."""
     env = dict(os.environ)
+    env.update(environment or {})
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(fastloss.__file__)))
     env["PYTHONPATH"] = os.pathsep.join(
         [package_parent] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     # cwd too: `-m` puts the working directory first on sys.path, where a source
     # checkout's unbuilt fastloss/ would shadow the installed one
-    return subprocess.run([sys.executable, "-m", "fastloss", *args], env=env, cwd=package_parent,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, *(command or ["-m", "fastloss"]), *args], env=env,
+                          cwd=package_parent, capture_output=True, text=True, timeout=timeout)
 
 
 def test_info_shows_the_build():
@@ -34,6 +36,40 @@ def test_info_shows_the_build():
     assert "simd" in completed.stdout
     assert fastloss.__version__ in completed.stdout
     assert "openmp" in completed.stdout
+
+
+# the console script pip writes for pyproject's [project.scripts] fastloss = "fastloss.cli:main"
+CONSOLE_SCRIPT = """import sys
+from fastloss.cli import main
+if __name__ == "__main__":
+    sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("form", ("python -m fastloss", "console script"))
+@pytest.mark.parametrize("variable, value", [("FASTLOSS_SIMD", "bogus"),
+                                             ("FASTLOSS_SIMD", "AVX2"),
+                                             ("FASTLOSS_NUM_THREADS", "zero"),
+                                             ("FASTLOSS_NUM_THREADS", "0")])
+def test_a_bad_environment_variable_is_a_usage_error_not_a_traceback(variable, value, form,
+                                                                     tmp_path):
+    # FASTLOSS_SIMD=bogus fastloss info ended in a traceback of the package's import
+    # (status 1): the command line says what is wrong in one line, as argparse does for
+    # its own usage errors (status 2). `import fastloss` itself still raises ValueError
+    # (test_threads.py).
+    command = None
+    if form == "console script":
+        script = tmp_path / "fastloss"
+        script.write_text(CONSOLE_SCRIPT)
+        command = [str(script)]
+    for args in (("info",), ("check", "--quiet", "mse")):
+        completed = run_fastloss(*args, environment={variable: value}, command=command)
+        assert completed.returncode == 2, completed.stderr
+        assert "Traceback" not in completed.stderr, completed.stderr
+        lines = completed.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"fastloss: error: {variable}: "), lines
+        assert repr(value) in lines[0], lines
+        assert completed.stdout == ""
 
 
 def run_python_code(code, **environment):

@@ -248,7 +248,9 @@ def huber_value_and_grad(pred, target, grad_output=1.0, *, delta=1.0, weight=Non
 
 def _smooth_l1_loss(r, beta):
     a = np.abs(r)
-    return a if beta == 0.0 else np.where(a < beta, 0.5 * r**2 / beta, a - 0.5 * beta)
+    # r (r / beta) / 2: r / beta is below 1 where it is used, so neither r**2 (a beta
+    # above 1e154) nor 1 / beta (a subnormal beta) overflows on the way
+    return a if beta == 0.0 else np.where(a < beta, r * (0.5 * (r / beta)), a - 0.5 * beta)
 
 
 def _smooth_l1_slope(r, beta):

@@ -194,6 +194,14 @@ def _float32_numpy(tensor):
     return tensor
 
 
+def _weight_numpy(weight):
+    """A class weight as the kernels read it: a float16 or bfloat16 weight as float32
+    (exact: torch takes one beside any probability target), any other as it is."""
+    if weight is not None and weight.dtype in _HALF_DTYPES:
+        return _numpy(weight.detach().float())
+    return _numpy(weight)
+
+
 # the NumPy dtype that holds each tensor dtype's memory (bfloat16: its bits as int16)
 _STORAGE_DTYPES = {**_NUMPY_DTYPES, torch.float16: np.float16, torch.bfloat16: np.int16}
 
@@ -312,7 +320,7 @@ class _CrossEntropy(torch.autograd.Function):
                                                    else (False,) * 4)
         logits = _class_last(input)
         target_array = _class_last(_float32_numpy(target)) if call.soft else target.numpy()
-        weight_array = None if weight is None else _numpy(_float32_numpy(weight))
+        weight_array = None if weight is None else _weight_numpy(weight)
         ctx.call = call
         ctx.grad = None
         if need_input and call.grad_in_forward and not (need_target or need_weight):
@@ -382,7 +390,7 @@ class _CrossEntropy(torch.autograd.Function):
         # inplace: the gradient overwrites the logits (or the contiguous copy _class_last
         # made of them), as fastloss's out=logits: no N x C allocation.
         _, _, grad = call.run(_kernels.CE_GRAD, logits, target_array,
-                              _numpy(_float32_numpy(weight)), upstream, lse=lse,
+                              _weight_numpy(weight), upstream, lse=lse,
                               out=logits if call.inplace else None)
         if call.inplace and np.shares_memory(grad, _memory(input)):
             torch.autograd.graph.increment_version(input)
@@ -455,7 +463,8 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     class indices (any integer dtype) of shape (), (N) or
     (N, d1, ..., dK), or of probabilities shaped like ``input`` (float32 or float64; a
     float64 target with a float32 input is not rounded: the loss is float64, as torch's);
-    ``weight`` (C,); ``ignore_index``; ``reduction``; ``label_smoothing``. Keyword-only
+    ``weight`` (C,) (with probabilities, any float dtype, and the loss in the promotion
+    of the input's, the target's and the weight's dtypes, as torch's); ``ignore_index``; ``reduction``; ``label_smoothing``. Keyword-only
     extras: ``z_loss`` (adds ``z_loss * lse**2`` per row), ``softcap`` (logits become
     ``softcap * tanh(logits / softcap)``), ``num_threads`` (see
     :func:`fastloss.cross_entropy`), ``grad_in_forward`` and ``inplace_backward``.
@@ -515,9 +524,17 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     elif target.dtype == torch.bool or target.dtype.is_complex:
         raise TypeError(f"{function}: target: expected class indices (an integer tensor) "
                         f"or float32/float64 probabilities, got {target.dtype}")
+    loss_dtype = None
     if weight is not None:
-        if not (half and isinstance(weight, torch.Tensor) and weight.dtype in _HALF_DTYPES):
+        if not ((half or soft) and isinstance(weight, torch.Tensor)
+                and weight.dtype in _HALF_DTYPES):
             _check_float_tensor(weight, "weight", function)
+        if soft and weight.dtype != dtype:
+            # torch's -(log_softmax(input) * target * weight): the loss in the promotion
+            # of the three dtypes (a float64 weight makes a float32 call's loss float64);
+            # the computation stays in the input's and target's (the weight is read
+            # exactly, or rounded to float32: a relative 6e-8 of the loss)
+            loss_dtype = torch.promote_types(dtype, weight.dtype)
         if not soft and weight.requires_grad and torch.is_grad_enabled():
             raise NotImplementedError(
                 f"{function}: weight requires grad, but cross-entropy with class indices is "
@@ -537,11 +554,12 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
         call = _CrossEntropyCall(soft, np.float32, ignore_index, reduction, label_smoothing,
                                  z_loss, softcap, resolve_num_threads(num_threads),
                                  bool(inplace_backward), bool(grad_in_forward),
-                                 loss_dtype=dtype, input_dtype=input.dtype)
+                                 loss_dtype=loss_dtype or dtype, input_dtype=input.dtype)
         return _cross_entropy_apply(input, target, weight, call)
     call = _CrossEntropyCall(soft, _NUMPY_DTYPES[dtype], ignore_index, reduction,
                              label_smoothing, z_loss, softcap, resolve_num_threads(num_threads),
-                             bool(inplace_backward), bool(grad_in_forward))
+                             bool(inplace_backward), bool(grad_in_forward),
+                             loss_dtype=None if loss_dtype == dtype else loss_dtype)
     return _cross_entropy_apply(input, target, weight, call)
 
 
