@@ -13,11 +13,14 @@ class EnvironmentVariableError(ValueError):
     the message starts with the variable's name."""
 
 
-def _parse_threads(value, name):
-    """An integer >= 1 from `value` (an int, or a string from the environment), at most
+def _parse_threads(value, name, environment=False):
+    """An integer >= 1 from `value` (an int; a string only from the environment), at most
     MAX_THREADS."""
     message = f"{name}: expected an integer >= 1, got {value!r}"
     if isinstance(value, bool):
+        raise ValueError(message)
+    if isinstance(value, str) and not environment:
+        # a count, not its text (as a float count: both are refused, not converted)
         raise ValueError(message)
     try:
         count = int(value, 10) if isinstance(value, str) else operator.index(value)
@@ -41,7 +44,7 @@ def _available_cpus():
 def _default_threads():
     env = os.environ.get("FASTLOSS_NUM_THREADS", "").strip()
     if env:
-        return _parse_threads(env, "FASTLOSS_NUM_THREADS")
+        return _parse_threads(env, "FASTLOSS_NUM_THREADS", environment=True)
     return _available_cpus()
 
 

@@ -116,6 +116,7 @@ CASES = [
           reduction="avg"),
     # threads
     *case("num_threads-zero", ValueError, "num_threads", num_threads=0),
+    *case("num_threads-string", ValueError, "num_threads", num_threads="2"),
 ]
 
 

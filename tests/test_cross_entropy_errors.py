@@ -80,6 +80,7 @@ CASES = [
     *case("weight-scalar", ValueError, "weight", weight=np.float64(2.0)),
     *case("num_threads-zero", ValueError, "num_threads", num_threads=0),
     *case("num_threads-negative", ValueError, "num_threads", num_threads=-3),
+    *case("num_threads-string", ValueError, "num_threads", num_threads="2"),
     *case("soft-target-ignore_index-0", ValueError, "ignore_index", target=SOFT_TARGET,
           ignore_index=0),
     *case("soft-target-ignore_index-positive", ValueError, "ignore_index",

@@ -89,6 +89,7 @@ CASES = [
     *case("num_threads-zero", ValueError, "num_threads", num_threads=0),
     *case("num_threads-negative", ValueError, "num_threads", num_threads=-3),
     *case("num_threads-float", ValueError, "num_threads", num_threads=2.5),
+    *case("num_threads-string", ValueError, "num_threads", num_threads="2"),
     # gradient-only arguments
     *case("grad_output-array-for-mean", ValueError, "grad_output", suffixes=GRAD_SUFFIXES,
           grad_output=np.ones((4, 5))),

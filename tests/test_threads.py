@@ -128,6 +128,15 @@ def test_set_num_threads_rejects_values_below_one(bad, restore_num_threads):
     assert fastloss.get_num_threads() == 2
 
 
+@pytest.mark.parametrize("bad", ["2", "4", 2.0, True])
+def test_set_num_threads_rejects_counts_that_are_not_integers(bad, restore_num_threads):
+    # a string is read only from FASTLOSS_NUM_THREADS, never as an argument
+    fastloss.set_num_threads(2)
+    with pytest.raises(ValueError, match="^n: expected an integer >= 1"):
+        fastloss.set_num_threads(bad)
+    assert fastloss.get_num_threads() == 2
+
+
 def test_default_num_threads_is_positive():
     assert isinstance(fastloss.get_num_threads(), int) and fastloss.get_num_threads() >= 1
 
