@@ -14,7 +14,7 @@ from libc.stdint cimport int64_t, uint16_t
 
 from fastloss._validation import (as_array, distinct_outs, float_array, grad_dtype_arg,
                                   grad_output_arg, integer_scalar, is_bfloat16, out_arg,
-                                  real_scalar, reduction_arg, rows_view)
+                                  real_grad_output, real_scalar, reduction_arg, rows_view)
 
 from fastloss._common cimport *
 

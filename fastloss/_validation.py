@@ -152,16 +152,16 @@ def integer_scalar(value, name):
         raise TypeError(f"{name}: expected an integer, got {value!r}") from None
 
 
-def real_grad_output(grad_output):
-    """grad_output as a float64 array of any shape (real numbers only: integers and floats,
-    ml_dtypes.bfloat16 too)."""
+def real_grad_output(grad_output, name="grad_output"):
+    """An upstream gradient (``name``: grad_output, grad_entropy) as a float64 array of any
+    shape (real numbers only: integers and floats, ml_dtypes.bfloat16 too)."""
     if isinstance(grad_output, np.ndarray) and grad_output.dtype.kind not in "fiu" \
             and not is_bfloat16(grad_output.dtype):
-        raise TypeError(f"grad_output: expected real numbers, got dtype {grad_output.dtype}")
-    upstream = as_array(grad_output, "grad_output")
+        raise TypeError(f"{name}: expected real numbers, got dtype {grad_output.dtype}")
+    upstream = as_array(grad_output, name)
     # a string, None, a complex number, any object
     if upstream.dtype.kind not in "biuf" and not is_bfloat16(upstream.dtype):
-        raise TypeError(f"grad_output: expected a real number or an array of them, got "
+        raise TypeError(f"{name}: expected a real number or an array of them, got "
                         f"{grad_output!r:.80}")
     return upstream.astype(np.float64, copy=False)
 

@@ -86,14 +86,7 @@ cdef double _temperature_arg(object temperature) except? -1.0:
 cdef object _row_values(object value, str name, tuple loss_shape):
     """A per-row upstream gradient as the float64 vector the kernel reads: one value
     (a scalar, broadcast by stride 0) or one per row."""
-    if isinstance(value, numpy.ndarray) and value.dtype.kind not in "fiu" \
-            and not _is_bfloat16(value.dtype):
-        raise TypeError(f"{name}: expected real numbers, got dtype {value.dtype}")
-    upstream = as_array(value, name)
-    if upstream.dtype.kind not in "biuf" and not _is_bfloat16(upstream.dtype):
-        raise TypeError(f"{name}: expected a real number or an array of them, got "
-                        f"{value!r:.80}")
-    upstream = upstream.astype(numpy.float64, copy=False)
+    upstream = real_grad_output(value, name)
     if upstream.ndim == 0:
         return upstream.reshape(1)
     if upstream.shape != loss_shape:

@@ -37,7 +37,7 @@ import numpy as np
 
 from fastloss import _kernels
 from fastloss._config import resolve_num_threads
-from fastloss._validation import as_array, grad_dtype_arg, is_bfloat16, real_scalar
+from fastloss._validation import as_array, grad_dtype_arg, real_grad_output, real_scalar
 from fastloss.linear_cross_entropy import (_TILE_BYTES, _block_rows, _grad_outputs,
                                            _NumpyProducts, _Problem, _store_wide)
 
@@ -47,14 +47,7 @@ __all__ = ["linear_token_log_probs", "linear_token_log_probs_grad",
 
 def _per_row(value, name, batch_shape):
     """An upstream gradient as a float64 vector: one value (shape (1,)) or one per row."""
-    if isinstance(value, np.ndarray) and value.dtype.kind not in "fiu" \
-            and not is_bfloat16(value.dtype):
-        raise TypeError(f"{name}: expected real numbers, got dtype {value.dtype}")
-    array = as_array(value, name)
-    if array.dtype.kind not in "biuf" and not is_bfloat16(array.dtype):
-        raise TypeError(f"{name}: expected a real number or an array of them, got "
-                        f"{value!r:.80}")
-    array = array.astype(np.float64, copy=False)
+    array = real_grad_output(value, name)
     if array.ndim == 0:
         return array.reshape(1)
     if array.shape != tuple(batch_shape):
