@@ -78,9 +78,9 @@ cdef inline void *_data_or_null(object array):
 
 
 cdef inline bint _is_float_array(object value):
-    """A float32/float64 (or float16/bfloat16) ndarray the kernels can read as it is
-    (aligned, native order)."""
-    if not cnp.PyArray_Check(value):
+    """A plain float32/float64 (or float16/bfloat16) ndarray the kernels can read as it is
+    (aligned, native order); a subclass (a masked array) goes through float_array."""
+    if not cnp.PyArray_CheckExact(value):
         return False
     return (_storage_code(cnp.PyArray_TYPE(<cnp.ndarray>value)) >= 0
             and cnp.PyArray_ISALIGNED(<cnp.ndarray>value)
@@ -299,7 +299,7 @@ def ce_call(int mode, object logits, object target, object weight, object ignore
                          f"without them")
 
     # -- target: class indices, or probabilities (which may promote the computation)
-    if not cnp.PyArray_Check(target):
+    if not cnp.PyArray_CheckExact(target):
         target = as_array(target, "target")
     cdef cnp.ndarray target_array = <cnp.ndarray>target
     cdef object hard = None, soft = None
@@ -642,7 +642,7 @@ def ce_block_stats(object logits, object target, object class_offset, object num
     options.class_offset = class_offset
     options.total_classes = num_classes
 
-    if not cnp.PyArray_Check(target):
+    if not cnp.PyArray_CheckExact(target):
         target = as_array(target, "target")
     cdef cnp.ndarray target_array = <cnp.ndarray>target
     cdef object hard = None, soft = None
@@ -749,7 +749,7 @@ def ce_merge_stats(object stats_sequence):
                         f"{type(stats_sequence).__name__}") from None
     if not blocks:
         raise ValueError("stats_sequence: expected at least one statistics array, got none")
-    batch = as_array(blocks[0], "stats_sequence").shape[1:]
+    batch = as_array(blocks[0], "stats_sequence[0]").shape[1:]
     matrices = []
     for k, block in enumerate(blocks):
         matrix = _stats_matrix(block, f"stats_sequence[{k}]", None)

@@ -30,7 +30,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from fastloss._validation import is_bfloat16, real_scalar
+from fastloss._validation import as_array, is_bfloat16, real_scalar
 
 __all__ = ["Case", "LOSSES", "Loss", "Option", "Torch", "family", "make_function",
            "public_functions"]
@@ -510,7 +510,7 @@ def _boolean(name):
 
 
 def _quantile(value):
-    quantile = np.asarray(value)
+    quantile = as_array(value, "quantile")
     if quantile.dtype.kind not in "biuf" and not is_bfloat16(quantile.dtype):
         raise TypeError(f"quantile: expected a number or an array of numbers in (0, 1), "
                         f"got {value!r}")
@@ -784,7 +784,7 @@ SOFT_MARGIN = Loss(
 
 def _margin(value):
     """bradley_terry's margin: a finite number, or an array of them."""
-    margin = np.asarray(value)
+    margin = as_array(value, "margin")
     if margin.dtype.kind not in "biuf" and not is_bfloat16(margin.dtype):
         raise TypeError(f"margin: expected a number or an array of numbers, got {value!r}")
     if not np.all(np.isfinite(margin.astype(np.float64))):

@@ -12,7 +12,17 @@ REDUCTIONS = ("mean", "sum", "none")
 
 def as_array(value, name):
     """np.asarray(value), with NumPy's own conversion errors (a ragged nested list, an
-    object NumPy cannot hold) raised again naming the argument."""
+    object NumPy cannot hold) raised again naming the argument.
+
+    A masked array with masked elements is refused: np.asarray would drop its mask and
+    the masked elements would enter the loss with whatever data they hold (where NumPy's
+    own reductions skip them).  One with nothing masked is its data."""
+    if isinstance(value, np.ma.MaskedArray) and np.ma.getmask(value) is not np.ma.nomask \
+            and value.mask.any():
+        raise ValueError(f"{name}: a masked array with {np.count_nonzero(value.mask)} masked "
+                         f"element(s); fastloss does not skip masked elements: pass "
+                         f"{name}.filled(...) or the unmasked rows, or use ignore_index / "
+                         f"a weight of 0 where the loss has one")
     try:
         return np.asarray(value)
     except (TypeError, ValueError) as error:

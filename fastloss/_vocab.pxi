@@ -160,7 +160,7 @@ def tlp_call(bint want_grad, object logits, object target, object temperature,
         raise ValueError(f"num_threads: expected an integer >= 1, got {num_threads}")
     options.num_threads = num_threads
     options.bad_target = &bad_position
-    if not cnp.PyArray_Check(target):
+    if not cnp.PyArray_CheckExact(target):
         target = as_array(target, "target")
     if (<cnp.ndarray>target).dtype.kind not in "iu":
         raise TypeError(f"target: expected integer class indices, got dtype "
@@ -283,7 +283,7 @@ def distill_call(bint want_grad, object student_logits, object teacher_logits,
     options.num_threads = num_threads
     hard = None
     if target is not None:
-        if not cnp.PyArray_Check(target):
+        if not cnp.PyArray_CheckExact(target):
             target = as_array(target, "target")
         if (<cnp.ndarray>target).dtype.kind not in "iu":
             raise TypeError(f"target: expected integer labels (only compared with "

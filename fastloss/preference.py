@@ -14,7 +14,7 @@ import numpy as np
 from fastloss import _kernels
 from fastloss._config import resolve_num_threads
 from fastloss._validation import (as_array, float_array, grad_dtype_arg, is_bfloat16, is_half,
-                                  out_arg)
+                                  out_arg, real_grad_output)
 
 __all__ = ["sequence_log_probs", "sequence_log_probs_grad",
            "sequence_log_probs_value_and_grad"]
@@ -77,10 +77,7 @@ class _Problem:
         sums = np.empty(self.n_rows, dtype=np.float64) if want_value else None
         grad = result = upstream = None
         if grad_output is not _NO_GRADIENT:
-            upstream = as_array(grad_output, "grad_output")
-            if upstream.dtype.kind not in "biuf" and not is_bfloat16(upstream.dtype):
-                raise TypeError(f"grad_output: expected real numbers, got dtype "
-                                f"{upstream.dtype}")
+            upstream = real_grad_output(grad_output)
             if upstream.ndim and upstream.shape != self.rows_shape:
                 raise ValueError(f"grad_output: expected a scalar or the shape of the "
                                  f"sequences {self.rows_shape}, got {upstream.shape}")

@@ -360,6 +360,12 @@ def test_sequence_log_probs_refuses_bad_input_naming_it(rng):
                      fastloss.sequence_log_probs_value_and_grad):
         with pytest.raises(TypeError, match="^grad_output"):
             function(values, mask, None)
+        # a bool array of upstream gradients is refused, as every other family refuses it
+        # (it was read as 0 / 1 here alone); a complex one names grad_output too
+        with pytest.raises(TypeError, match="^grad_output: expected real numbers, got dtype bool"):
+            function(values, mask, np.ones(3, dtype=bool))
+        with pytest.raises(TypeError, match="^grad_output"):
+            function(values, mask, np.ones(3, dtype=complex))
 
 
 def test_sequence_log_probs_adapter(rng):
