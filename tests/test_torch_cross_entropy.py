@@ -279,3 +279,55 @@ def test_the_block_of_a_freed_gradient_serves_the_next_one():
     assert fastloss.release_memory() == 0
     third = fastloss.cross_entropy_grad(logits, target)
     assert not third.base.reused
+
+
+def _half_numpy(tensor):
+    """A float16 / bfloat16 tensor as the NumPy array of its values (ml_dtypes.bfloat16)."""
+    import ml_dtypes
+
+    tensor = tensor.detach()
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return tensor.numpy()
+
+
+@pytest.mark.parametrize("logits_dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("target_dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_half_probability_targets_beside_full_precision_logits(logits_dtype, target_dtype,
+                                                               smoothing, generator):
+    # torch takes float16 / bfloat16 probabilities beside float32 or float64 logits (the
+    # loss in the promotion of the two dtypes); the adapter refused them (TypeError)
+    from test_half import assert_gradient_contract
+
+    logits = (3 * torch.randn(10, 9, generator=generator, dtype=torch.float64)).to(logits_dtype)
+    target = probabilities(generator, (10, 9), torch.float64).to(target_dtype)
+    ours_logits = logits.clone().requires_grad_(True)
+    ours_target = target.clone().requires_grad_(True)
+    loss = FL.cross_entropy(ours_logits, ours_target, label_smoothing=smoothing)
+    assert loss.dtype == F.cross_entropy(logits, target, label_smoothing=smoothing).dtype
+    # against float64 on the same (already rounded) inputs: torch's own float32 call
+    # rounds the smoothed target to the target's half dtype (6.7e-4 of the loss with
+    # bfloat16), which the contract does not allow
+    theirs_logits = logits.to(torch.float64, copy=True).requires_grad_(True)
+    theirs_target = target.double().requires_grad_(True)
+    expected = F.cross_entropy(theirs_logits, theirs_target, label_smoothing=smoothing)
+    assert_close(loss, expected.to(logits_dtype), logits_dtype, LOSS_TOLERANCE, "loss")
+    upstream = torch.tensor(0.625, dtype=torch.float64)
+    grad_logits, grad_target = torch.autograd.grad(loss, [ours_logits, ours_target],
+                                                   upstream.to(loss.dtype))
+    expected_logits, expected_target = torch.autograd.grad(
+        expected, [theirs_logits, theirs_target], upstream)
+    assert_close(grad_logits, expected_logits.to(logits_dtype), logits_dtype, GRAD_TOLERANCE,
+                 "grad logits")
+    assert grad_target.dtype == target_dtype
+    assert_gradient_contract(_half_numpy(grad_target), expected_target.numpy(),
+                             _half_numpy(target).dtype)
+    # the logits alone, and the NumPy API on the same arrays
+    (alone,) = torch.autograd.grad(FL.cross_entropy(ours_logits, target,
+                                                    label_smoothing=smoothing),
+                                   [ours_logits])
+    torch.testing.assert_close(alone * 0.625, grad_logits)
+    loss_np = fastloss.cross_entropy(logits.numpy(), _half_numpy(target),
+                                     label_smoothing=smoothing)
+    assert loss_np == pytest.approx(loss.item(), rel=1e-15, abs=0)

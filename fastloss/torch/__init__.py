@@ -461,8 +461,11 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     and its gradient written in the input's dtype, rounded once: docs/accuracy.rst; the
     loss is returned in torch's dtype, a rounding of the float32 loss); ``target`` of
     class indices (any integer dtype) of shape (), (N) or
-    (N, d1, ..., dK), or of probabilities shaped like ``input`` (float32 or float64; a
-    float64 target with a float32 input is not rounded: the loss is float64, as torch's);
+    (N, d1, ..., dK), or of probabilities shaped like ``input`` (float32, float64,
+    bfloat16 or float16, beside any input: the loss in the promotion of the two dtypes,
+    as torch's; a float64 target with a float32 input is not rounded: the loss is float64;
+    half probabilities are read as float32, exactly, and label smoothing is applied to
+    them in the computation's precision, not rounded to the half type as torch rounds it);
     ``weight`` (C,) (with probabilities, any float dtype, and the loss in the promotion
     of the input's, the target's and the weight's dtypes, as torch's); ``ignore_index``; ``reduction``; ``label_smoothing``. Keyword-only
     extras: ``z_loss`` (adds ``z_loss * lse**2`` per row), ``softcap`` (logits become
@@ -510,10 +513,10 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     dtype = input.dtype
     half = dtype in _HALF_DTYPES
     if soft:
-        if target.dtype not in (_CE_INPUT_DTYPES if half else _FLOAT_DTYPES):
+        if target.dtype not in _CE_INPUT_DTYPES:
             raise TypeError(f"{function}: target: expected class indices (an integer tensor) "
-                            f"or float32/float64{'/bfloat16/float16' if half else ''} "
-                            f"probabilities, got {target.dtype}")
+                            f"or float32/float64/bfloat16/float16 probabilities, got "
+                            f"{target.dtype}")
         dtype = torch.promote_types(dtype, target.dtype)
         if half and dtype == torch.float64:
             # float64 probabilities widen the computation (as torch promotes): the
