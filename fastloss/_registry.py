@@ -760,7 +760,8 @@ SOFT_MARGIN = Loss(
     torch=Torch("soft_margin_loss", "torch.nn.functional.soft_margin_loss",
                 "input, target, " + _LEGACY + "reduction='mean'",
                 {"input": "input", "target": "target"}, "SoftMarginLoss", "SoftMarginLoss",
-                _LEGACY + "reduction='mean'", not_differentiable=("target",)),
+                _LEGACY + "reduction='mean'", not_differentiable=("target",),
+                loss_dtype="input"),
     make_inputs=lambda rng, dtype, params, shape: (
         (rng.standard_normal(shape).astype(dtype) * params.get("scale", 2.0),
          (np.where(rng.random(shape) < 0.5, -1.0, 1.0) * params.get("label", 1.0))

@@ -529,6 +529,42 @@ def test_bce_loss_has_the_dtype_of_torchs_loss(generator):
                                              reduction="none").dtype == F64
 
 
+# the adapter's elementwise losses that torch.nn.functional has, and their second argument's
+# values (labels of +-1 where the loss reads a sign, probabilities for bce's and kl_div's)
+TORCH_ELEMENTWISE = sorted(
+    entry.torch.function for entry in fastloss._registry.family("elementwise")
+    if entry.torch is not None and entry.torch.counterpart
+    and entry.torch.counterpart.startswith("torch.nn.functional."))
+
+
+@pytest.mark.parametrize("name", TORCH_ELEMENTWISE)
+def test_every_elementwise_loss_has_the_dtype_of_torchs_loss(name, generator):
+    """Each input of float32, float64, float16 or bfloat16 beside the first input's
+    dtype: the adapter's loss has torch's dtype (soft_margin_loss's is its input's: a
+    float64 target beside float32 input gave float64, found by hunt14), and each
+    gradient its input's."""
+    pytest.importorskip("ml_dtypes")
+    ours, theirs = getattr(FL, name), getattr(F, name)
+    count = 3 if name in ("margin_ranking_loss", "gaussian_nll_loss") else 2
+    dtypes = (F32, F64, torch.float16, torch.bfloat16)
+    for first in dtypes:
+        for other in dtypes:
+            for reduction in ("mean", "none"):
+                tensors = [rand((3, 4), first, generator, 0.5, 1.5)]
+                tensors += [rand((3, 4), other, generator, 0.5, 1.0) for _ in range(count - 1)]
+                if name in ("margin_ranking_loss", "soft_margin_loss"):
+                    tensors[-1] = torch.where(tensors[-1] < 0.75, -1.0, 1.0).to(other)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # kl_div's "mean"
+                    expected = theirs(*tensors, reduction=reduction)
+                    tensors[0].requires_grad_(True)
+                    loss = ours(*tensors, reduction=reduction)
+                what = f"{name}({first}, {other}, reduction={reduction!r})"
+                assert loss.dtype == expected.dtype, what
+                (grad,) = torch.autograd.grad(loss.sum(), tensors[0])
+                assert grad.dtype == first, what
+
+
 # ----------------------------------------------------------------------------------------
 # triplet_margin_loss: every p, broadcasting, N-d inputs
 # ----------------------------------------------------------------------------------------
