@@ -103,7 +103,7 @@ def _dpo_call(inputs, beta, loss_type, label_smoothing, reduction):
     v = call.values
     logits = (v["policy_chosen"] - v["policy_rejected"]) - (
         v["reference_chosen"] - v["reference_rejected"])
-    return call, logits, beta
+    return call, logits, beta, label_smoothing
 
 
 def dpo(policy_chosen, policy_rejected, reference_chosen, reference_rejected, *, beta=0.1,
@@ -120,7 +120,8 @@ def dpo(policy_chosen, policy_rejected, reference_chosen, reference_rejected, *,
 
     ``beta > 0``; ``label_smoothing`` in [0, 0.5], for the sigmoid loss only.
     """
-    call, logits, beta = _dpo_call(
+    # label_smoothing as a float: a NumPy scalar's 1 - label_smoothing is in its dtype
+    call, logits, beta, label_smoothing = _dpo_call(
         (policy_chosen, policy_rejected, reference_chosen, reference_rejected),
         beta, loss_type, label_smoothing, reduction)
     with np.errstate(invalid="ignore", over="ignore"):
@@ -148,7 +149,8 @@ def dpo_grad(policy_chosen, policy_rejected, reference_chosen, reference_rejecte
     d/dpolicy_chosen = s, d/dpolicy_rejected = -s, d/dreference_chosen = -s,
     d/dreference_rejected = s.
     """
-    call, logits, beta = _dpo_call(
+    # label_smoothing as a float: a NumPy scalar's 1 - label_smoothing is in its dtype
+    call, logits, beta, label_smoothing = _dpo_call(
         (policy_chosen, policy_rejected, reference_chosen, reference_rejected),
         beta, loss_type, label_smoothing, reduction)
     with np.errstate(invalid="ignore", over="ignore"):
