@@ -234,7 +234,7 @@ def _nonnegative(name):
 
 _WEIGHT = Option("weight", None, array=True)
 _BAD_THRESHOLD = ((-1.0, ValueError), (math.inf, ValueError), (math.nan, ValueError),
-                  ("1", TypeError))
+                  ("1", TypeError), (10**400, ValueError))
 
 
 # ----------------------------------------------------------------------------------------
@@ -521,7 +521,8 @@ def _quantile(value):
     return quantile
 
 
-_BAD_FINITE = ((math.nan, ValueError), (math.inf, ValueError), ("1", TypeError))
+_BAD_FINITE = ((math.nan, ValueError), (math.inf, ValueError), ("1", TypeError),
+               (10**400, ValueError))
 _BAD_POSITIVE = ((0.0, ValueError), (-1.0, ValueError)) + _BAD_FINITE
 _BAD_BOOL = (("yes", TypeError), (2, TypeError))
 

@@ -193,7 +193,10 @@ def l1_value_and_grad(pred, target, grad_output=1.0, *, weight=None, reduction="
 def _check_positive(value, name, allow_zero):
     if isinstance(value, (str, bytes)) or not np.isrealobj(value) or np.ndim(value):
         raise TypeError(f"{name}: expected a real number, got {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer no float64 holds
+        value = math.inf
     if not (math.isfinite(value) and (value >= 0.0 if allow_zero else value > 0.0)):
         raise ValueError(f"{name}: expected a finite value {'>=' if allow_zero else '>'} 0, "
                          f"got {value}")
@@ -470,8 +473,10 @@ def _finite_number(value, name):
         number = float(value)
     except (TypeError, ValueError):
         raise TypeError(f"{name}: expected a real number, got {value!r}") from None
+    except OverflowError:  # an integer no float64 holds
+        number = math.inf
     if not math.isfinite(number):
-        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+        raise ValueError(f"{name}: expected a finite number, got {value!r:.40}")
     return number
 
 
