@@ -317,6 +317,23 @@ def test_a_class_index_out_of_range_raises_at_compute():
         loss.compute(scheduler="sync")
 
 
+@pytest.mark.parametrize("chunks", [(2, 2, -1), (3, 3, 4), (1, 5, 2), (4, 5, -1)])
+def test_a_class_index_out_of_range_is_named_by_its_position_in_the_whole_array(chunks):
+    """The error names the value and its position as the in-memory call does, not its
+    position in its chunk (found by hunt14: "at position (0,)" for the row 6 of the
+    logits, the first of its chunk), with chunks of rows and of classes."""
+    logits = np.zeros((4, 5, 6))
+    target = np.zeros((4, 5), np.int64)
+    target[3, 4] = -7
+    with pytest.raises(ValueError) as in_memory:
+        fastloss.cross_entropy(logits, target)
+    loss = fd.cross_entropy(da.from_array(logits, chunks=chunks), target)
+    with pytest.raises(ValueError) as chunked:
+        loss.compute(scheduler="sync")
+    assert str(chunked.value) == str(in_memory.value)
+    assert "at position (3, 4)" in str(chunked.value)
+
+
 def test_without_dask_the_import_error_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "dask", None)
     monkeypatch.setitem(sys.modules, "dask.array", None)
