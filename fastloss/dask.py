@@ -74,6 +74,9 @@ def _logits_arg(da, logits):
         ("auto",) * (a.ndim - 1) + (-1,) if a.ndim and a.size else a.shape))
     if logits.ndim < 1:
         raise ValueError("logits: expected at least one axis (the classes, last), got a scalar")
+    if logits.shape[-1] == 0:
+        # (the probe below would name the shape of its zero rows, (0, 0))
+        raise ValueError(f"logits: expected at least one class, got shape {logits.shape}")
     if logits.dtype not in (np.float32, np.float64):
         raise TypeError(f"logits: expected a float32 or float64 array, got dtype {logits.dtype}")
     if any(np.isnan(n) for n in logits.shape):

@@ -10,6 +10,7 @@ run the kernel concurrently: it releases the GIL) and a ``distributed.LocalClust
 worker processes, bounded in time.
 """
 import os
+import re
 import subprocess
 import sys
 import time
@@ -309,6 +310,15 @@ T = np.zeros(10, np.int64)
 def test_bad_arguments_are_named_when_the_graph_is_built(call, error, name):
     with pytest.raises(error, match=f"^{name}"):
         call()
+
+
+@pytest.mark.parametrize("shape", [(3, 0), (2, 5, 0)])
+def test_logits_of_no_class_are_named_with_their_shape(shape):
+    """Found by hunt14: the error named the shape of the zero-row probe, (0, 0)."""
+    for call in (lambda: fd.cross_entropy(np.zeros(shape), np.zeros(shape[:-1], np.int64)),
+                 lambda: fd.logsumexp(np.zeros(shape))):
+        with pytest.raises(ValueError, match=rf"^logits: .*{re.escape(str(shape))}"):
+            call()
 
 
 def test_a_class_index_out_of_range_raises_at_compute():
