@@ -541,7 +541,8 @@ def sigmoid_focal_grad(logits, target, grad_output=1.0, *, alpha=0.25, gamma=2.0
     ``s - y`` per the sign of x as bce's (``(1 - y) - sigmoid(-x)`` or
     ``sigmoid(x) - y``). The second term is 0 where ``gamma == 0`` (torch's pow backward
     with exponent 0), and where ``u == 0`` (then ``s (1 - s) / u`` is bounded and
-    ``u**gamma = 0``: the limit; torch's autograd gives NaN there for 0 < gamma < 1).
+    ``u**gamma = 0``: the limit; torch's autograd gives NaN there for 0 < gamma < 1)
+    unless the loss is NaN there (x = +-inf on its label's side: ce is 0 * inf).
     """
     call, x, y, gamma, (s, c, ce, u, alpha_t) = _focal_call(logits, target, alpha, gamma,
                                                            reduction)
@@ -551,7 +552,9 @@ def sigmoid_focal_grad(logits, target, grad_output=1.0, *, alpha=0.25, gamma=2.0
         if gamma == 0:
             second = np.zeros_like(x)
         else:
-            second = np.where(u == 0, 0.0,
+            # 0 * ce: NaN where the loss is (an infinite logit on its own label's side,
+            # x = inf with y = 1: ce is 0 * inf), as torch's autograd and the kernels
+            second = np.where(u == 0, 0.0 * ce,
                               gamma * ce * u**(gamma - 1.0) * s * c * (1.0 - 2.0 * y))
         slope = alpha_t * (first + second)
     return call.grads(wrt, grad_output, {"logits": slope})
