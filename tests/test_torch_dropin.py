@@ -565,6 +565,48 @@ def test_every_elementwise_loss_has_the_dtype_of_torchs_loss(name, generator):
                 assert grad.dtype == first, what
 
 
+# a number option of each torch-counterpart function, with its tensors
+NUMBER_OPTIONS = [
+    ("huber_loss", "delta", 0.5), ("smooth_l1_loss", "beta", 0.5),
+    ("margin_ranking_loss", "margin", 0.2), ("poisson_nll_loss", "eps", 1e-3),
+    ("gaussian_nll_loss", "eps", 1e-3), ("cross_entropy", "label_smoothing", 0.1),
+    ("cross_entropy", "z_loss", 0.01), ("cross_entropy", "softcap", 2.0),
+    ("triplet_margin_loss", "margin", 0.5), ("triplet_margin_loss", "p", 1.0),
+    ("triplet_margin_loss", "eps", 1e-3), ("huber_loss", "delta", 2),
+]
+
+
+@pytest.mark.parametrize("name, option, value", NUMBER_OPTIONS)
+def test_a_number_option_given_as_a_0d_tensor_is_its_number(name, option, value, generator):
+    """torch's functions take a 0-d tensor (that requires no grad) for a float argument:
+    so do the adapter's, as the number it holds (found by hunt14: "delta: expected a real
+    number, got tensor(0.5000)"); one that requires grad is a TypeError, as torch's."""
+    x = randn((3, 4), F64, generator, requires_grad=True)
+    y = rand((3, 4), F64, generator)
+    tensors = {"margin_ranking_loss": (x, y, torch.sign(y - 0.5)),
+               "gaussian_nll_loss": (x, y, y + 0.1), "cross_entropy": (x, torch.tensor([0, 1, 3])),
+               "triplet_margin_loss": (x, y, x.detach() + 1)}.get(name, (x, y))
+    ours = getattr(FL, name)
+    for tensor in (torch.tensor(value), torch.tensor(value, dtype=F32)):
+        expected = ours(*tensors, **{option: tensor.item()})  # float32's 0.1: 0.100000001
+        (expected_grad,) = torch.autograd.grad(expected, x)
+        got = ours(*tensors, **{option: tensor})
+        (grad,) = torch.autograd.grad(got, x)
+        assert torch.equal(got, expected) and torch.equal(grad, expected_grad)
+        if name != "cross_entropy" or option == "label_smoothing":  # torch's own take it
+            torch.testing.assert_close(getattr(F, name)(*tensors, **{option: tensor}),
+                                       expected)
+    with pytest.raises(TypeError, match=option):
+        ours(*tensors, **{option: torch.tensor(float(value), requires_grad=True)})
+
+
+def test_triplet_margin_that_is_no_number_is_named(generator):
+    x = randn((3, 4), F64, generator)
+    for margin in ("1", None):
+        with pytest.raises(TypeError, match="^margin"):
+            FL.triplet_margin_loss(x, x + 1, x - 1, margin=margin)
+
+
 # ----------------------------------------------------------------------------------------
 # triplet_margin_loss: every p, broadcasting, N-d inputs
 # ----------------------------------------------------------------------------------------
