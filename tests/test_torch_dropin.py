@@ -573,6 +573,8 @@ NUMBER_OPTIONS = [
     ("cross_entropy", "z_loss", 0.01), ("cross_entropy", "softcap", 2.0),
     ("triplet_margin_loss", "margin", 0.5), ("triplet_margin_loss", "p", 1.0),
     ("triplet_margin_loss", "eps", 1e-3), ("huber_loss", "delta", 2),
+    ("linear_cross_entropy", "label_smoothing", 0.1), ("linear_cross_entropy", "z_loss", 0.01),
+    ("linear_cross_entropy", "ignore_index", 1),
 ]
 
 
@@ -585,19 +587,24 @@ def test_a_number_option_given_as_a_0d_tensor_is_its_number(name, option, value,
     y = rand((3, 4), F64, generator)
     tensors = {"margin_ranking_loss": (x, y, torch.sign(y - 0.5)),
                "gaussian_nll_loss": (x, y, y + 0.1), "cross_entropy": (x, torch.tensor([0, 1, 3])),
-               "triplet_margin_loss": (x, y, x.detach() + 1)}.get(name, (x, y))
+               "triplet_margin_loss": (x, y, x.detach() + 1),
+               "linear_cross_entropy": (x, rand((5, 4), F64, generator),
+                                        torch.tensor([0, 1, 3]))}.get(name, (x, y))
     ours = getattr(FL, name)
-    for tensor in (torch.tensor(value), torch.tensor(value, dtype=F32)):
+    other = F32 if isinstance(value, float) or option == "delta" else torch.int32
+    for tensor in (torch.tensor(value), torch.tensor(value, dtype=other)):
         expected = ours(*tensors, **{option: tensor.item()})  # float32's 0.1: 0.100000001
         (expected_grad,) = torch.autograd.grad(expected, x)
         got = ours(*tensors, **{option: tensor})
         (grad,) = torch.autograd.grad(got, x)
         assert torch.equal(got, expected) and torch.equal(grad, expected_grad)
-        if name != "cross_entropy" or option == "label_smoothing":  # torch's own take it
+        if option in ("label_smoothing", "ignore_index") or "cross_entropy" not in name:
+            # (torch's own take it; z_loss and softcap are fastloss's)
             torch.testing.assert_close(getattr(F, name)(*tensors, **{option: tensor}),
                                        expected)
-    with pytest.raises(TypeError, match=option):
-        ours(*tensors, **{option: torch.tensor(float(value), requires_grad=True)})
+    if isinstance(value, float):
+        with pytest.raises(TypeError, match=option):
+            ours(*tensors, **{option: torch.tensor(value, requires_grad=True)})
 
 
 def test_triplet_margin_that_is_no_number_is_named(generator):
