@@ -503,7 +503,8 @@ def _finite(name):
 def _boolean(name):
     def check(value):
         if isinstance(value, (bool, np.bool_)) or (
-                isinstance(value, (int, np.integer)) and value in (0, 1)):
+                isinstance(value, (int, np.integer)) and value in (0, 1)
+                and not isinstance(value, np.timedelta64)):  # (a NumPy signed integer)
             return bool(value)
         raise TypeError(f"{name}: expected a bool, got {value!r}")
     return check
@@ -524,7 +525,7 @@ def _quantile(value):
 _BAD_FINITE = ((math.nan, ValueError), (math.inf, ValueError), ("1", TypeError),
                (10**400, ValueError))
 _BAD_POSITIVE = ((0.0, ValueError), (-1.0, ValueError)) + _BAD_FINITE
-_BAD_BOOL = (("yes", TypeError), (2, TypeError))
+_BAD_BOOL = (("yes", TypeError), (2, TypeError), (np.timedelta64(1), TypeError))
 
 
 def margin_inputs(rng, dtype, params, shape):

@@ -617,7 +617,11 @@ def margin_ranking_value_and_grad(x1, x2, target, grad_output=1.0, *, margin=0.0
 
 
 def _check_bool(value, name):
-    if not (isinstance(value, (bool, np.bool_)) or (isinstance(value, int) and value in (0, 1))):
+    """A bool, or an integer 0 or 1 (a NumPy one too, not a np.timedelta64, which NumPy
+    makes a signed integer), as fastloss takes them."""
+    if not (isinstance(value, (bool, np.bool_)) or (
+            isinstance(value, (int, np.integer)) and not isinstance(value, np.timedelta64)
+            and value in (0, 1))):
         raise TypeError(f"{name}: expected a bool, got {value!r}")
 
 

@@ -4,7 +4,7 @@ model's Bradley-Terry loss, DPO and its variants, the KL divergence of
 
 import numpy as np
 
-from fastloss.reference._elementwise import _finite_number, _Pointwise
+from fastloss.reference._elementwise import _check_bool, _finite_number, _Pointwise
 
 __all__ = [
     "bradley_terry", "bradley_terry_grad", "bradley_terry_value_and_grad",
@@ -184,8 +184,7 @@ def dpo_value_and_grad(policy_chosen, policy_rejected, reference_chosen, referen
 def _kl_div_call(input, target, reduction, log_target):
     """(the pointwise call, the divisor of the reduced loss): "batchmean" is the sum
     divided by input's first dimension (nothing for a 0-d input), as torch."""
-    if not isinstance(log_target, (bool, np.bool_)) and log_target not in (0, 1):
-        raise TypeError(f"log_target: expected a bool, got {log_target!r}")
+    _check_bool(log_target, "log_target")
     divisor = 1.0
     if reduction == "batchmean":
         reduction = "sum"
