@@ -210,7 +210,9 @@ cdef object _grad_output_vector(object grad_output, int reduction, tuple loss_sh
     """grad_output as the float64 vector the kernels read: one value per row for
     reduction "none" (a scalar is broadcast), else a single value."""
     cdef cnp.ndarray upstream
-    if type(grad_output) is float or type(grad_output) is int:
+    if type(grad_output) is float or (type(grad_output) is int
+                                      and -2**63 <= grad_output < 2**63):
+        # (an int beyond int64's range is grad_output_arg's: 10**400 has no double)
         upstream = cnp.PyArray_EMPTY(1, [1], cnp.NPY_FLOAT64, 0)
         (<double *>cnp.PyArray_DATA(upstream))[0] = <double>grad_output
         return upstream

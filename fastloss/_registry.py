@@ -234,7 +234,7 @@ def _nonnegative(name):
 
 _WEIGHT = Option("weight", None, array=True)
 _BAD_THRESHOLD = ((-1.0, ValueError), (math.inf, ValueError), (math.nan, ValueError),
-                  ("1", TypeError))
+                  ("1", TypeError), (10**400, ValueError))
 
 
 # ----------------------------------------------------------------------------------------
@@ -503,7 +503,8 @@ def _finite(name):
 def _boolean(name):
     def check(value):
         if isinstance(value, (bool, np.bool_)) or (
-                isinstance(value, (int, np.integer)) and value in (0, 1)):
+                isinstance(value, (int, np.integer)) and value in (0, 1)
+                and not isinstance(value, np.timedelta64)):  # (a NumPy signed integer)
             return bool(value)
         raise TypeError(f"{name}: expected a bool, got {value!r}")
     return check
@@ -521,9 +522,10 @@ def _quantile(value):
     return quantile
 
 
-_BAD_FINITE = ((math.nan, ValueError), (math.inf, ValueError), ("1", TypeError))
+_BAD_FINITE = ((math.nan, ValueError), (math.inf, ValueError), ("1", TypeError),
+               (10**400, ValueError))
 _BAD_POSITIVE = ((0.0, ValueError), (-1.0, ValueError)) + _BAD_FINITE
-_BAD_BOOL = (("yes", TypeError), (2, TypeError))
+_BAD_BOOL = (("yes", TypeError), (2, TypeError), (np.timedelta64(1), TypeError))
 
 
 def margin_inputs(rng, dtype, params, shape):
@@ -760,7 +762,8 @@ SOFT_MARGIN = Loss(
     torch=Torch("soft_margin_loss", "torch.nn.functional.soft_margin_loss",
                 "input, target, " + _LEGACY + "reduction='mean'",
                 {"input": "input", "target": "target"}, "SoftMarginLoss", "SoftMarginLoss",
-                _LEGACY + "reduction='mean'", not_differentiable=("target",)),
+                _LEGACY + "reduction='mean'", not_differentiable=("target",),
+                loss_dtype="input"),
     make_inputs=lambda rng, dtype, params, shape: (
         (rng.standard_normal(shape).astype(dtype) * params.get("scale", 2.0),
          (np.where(rng.random(shape) < 0.5, -1.0, 1.0) * params.get("label", 1.0))

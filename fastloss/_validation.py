@@ -139,7 +139,7 @@ def real_scalar(value, name, *, low=None, high=None, low_open=False, allow_none=
     if isinstance(value, np.ndarray):
         if value.ndim != 0 or value.dtype.kind not in "fiu":
             raise TypeError(f"{name}: expected a real number, got {value!r}")
-    number = float(value)
+    number = _float_or_infinity(value)
     ok = math.isfinite(number)
     if ok and low is not None:
         ok = number > low if low_open else number >= low
@@ -151,6 +151,16 @@ def real_scalar(value, name, *, low=None, high=None, low_open=False, allow_none=
                   f"{high if high is not None else 'inf'}{']' if high is not None else ')'}")
         raise ValueError(f"{name}: expected a finite value in {bounds}, got {value!r}")
     return number
+
+
+def _float_or_infinity(value):
+    """float(value), and an integer beyond float64's range (10**400) as the infinity of
+    its sign, which the callers refuse naming the argument, instead of float's
+    OverflowError."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def integer_scalar(value, name):
@@ -168,6 +178,13 @@ def real_grad_output(grad_output, name="grad_output"):
     if isinstance(grad_output, np.ndarray) and grad_output.dtype.kind not in "fiu" \
             and not is_bfloat16(grad_output.dtype):
         raise TypeError(f"{name}: expected real numbers, got dtype {grad_output.dtype}")
+    if type(grad_output) is int and not -2**63 <= grad_output < 2**64:
+        # an integer NumPy would hold only as an object: a float64 if it has one
+        number = _float_or_infinity(grad_output)
+        if not math.isfinite(number):
+            raise ValueError(f"{name}: expected a finite number, got an integer of "
+                             f"{len(str(abs(grad_output)))} digits")
+        grad_output = number
     upstream = as_array(grad_output, name)
     # a string, None, a complex number, any object
     if upstream.dtype.kind not in "biuf" and not is_bfloat16(upstream.dtype):

@@ -425,10 +425,13 @@ def _norm_order(p):
         raise TypeError(f"p: expected a real number, got {p!r}")
     if isinstance(p, np.ndarray) and (p.ndim != 0 or p.dtype.kind not in "fiu"):
         raise TypeError(f"p: expected a real number, got {p!r}")
-    p = float(p)
-    if math.isnan(p):
-        raise ValueError(f"p: expected a number or +-inf, got {p}")
-    return p
+    try:
+        number = float(p)
+    except OverflowError:  # an integer beyond float64's range (10**400)
+        number = math.nan
+    if math.isnan(number):
+        raise ValueError(f"p: expected a number or +-inf, got {p!r}")
+    return number
 
 
 class _Triplet:

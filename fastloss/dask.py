@@ -23,6 +23,7 @@ accuracy contract, without a row's whole width in memory at once.
 dask is optional: ``import fastloss`` never imports it, and this module imports it only
 when one of its functions is called (``pip install "fastloss[dask]"``).
 """
+import re
 import string
 
 import numpy as np
@@ -73,6 +74,9 @@ def _logits_arg(da, logits):
         ("auto",) * (a.ndim - 1) + (-1,) if a.ndim and a.size else a.shape))
     if logits.ndim < 1:
         raise ValueError("logits: expected at least one axis (the classes, last), got a scalar")
+    if logits.shape[-1] == 0:
+        # (the probe below would name the shape of its zero rows, (0, 0))
+        raise ValueError(f"logits: expected at least one class, got shape {logits.shape}")
     if logits.dtype not in (np.float32, np.float64):
         raise TypeError(f"logits: expected a float32 or float64 array, got dtype {logits.dtype}")
     if any(np.isnan(n) for n in logits.shape):
@@ -206,9 +210,43 @@ _PAIR = "Z"      # the blockwise index of the (loss, lse) axis
 _FIELDS = "Y"    # the blockwise index of the statistics' fields
 
 
+def _row_starts(da, logits, rows):
+    """Per row axis, its indices chunked as the logits' rows (blockwise arguments): each
+    task learns where its chunk of rows starts from their first, to name an offending
+    target by its position in the whole array, not in the chunk."""
+    arguments = []
+    for axis, letter in enumerate(rows):
+        arguments += [da.arange(logits.shape[axis], chunks=logits.chunks[axis]), letter]
+    return arguments
+
+
+def _chunk_error(starts, call, *arguments, **options):
+    """``call(*arguments, **options)``; a ValueError that names a position (a target out
+    of range, found by the kernel in its chunk) has the position moved by the chunk's
+    first row, ``starts`` (one index array per row axis)."""
+    try:
+        return call(*arguments, **options)
+    except ValueError as error:
+        first = tuple(int(axis[0]) if axis.size else 0 for axis in starts)
+        message = str(error)
+        found = _POSITION.search(message)
+        if not found or not any(first):
+            raise
+        local = [int(part) for part in found.group(2).split(",") if part.strip()]
+        if len(local) != len(first):
+            raise
+        position = tuple(index + start for index, start in zip(local, first))
+        raise ValueError(message[:found.start(1)] + str(position)
+                         + message[found.end(1):]) from None
+
+
+_POSITION = re.compile(r"(?:at position|of row) (\(([-0-9, ]*)\))")
+
+
 def _loss_and_lse(da, logits, target, weight, soft, options):
     index, rows = _indices(logits.ndim)
-    arguments = [logits, index, target, index if soft else rows]
+    arguments = _row_starts(da, logits, rows) + [logits, index, target,
+                                                  index if soft else rows]
     if weight is not None:
         arguments += [weight, index[-1]]
     if logits.numblocks[-1] == 1:
@@ -216,19 +254,21 @@ def _loss_and_lse(da, logits, target, weight, soft, options):
         # chunk, unwrapped by _whole_rows; concatenating it would copy every chunk
         return da.blockwise(_whole_rows, rows + _PAIR, *arguments, new_axes={_PAIR: 2},
                             concatenate=False, dtype=np.float64, meta=np.empty((0,) * logits.ndim, np.float64),
-                            **options)
+                            row_axes=len(rows), **options)
     return _class_blocks(da, logits, target, soft, index, rows, arguments, options)
 
 
-def _whole_rows(logits, target, *weight, **options):
+def _whole_rows(*arrays, row_axes, **options):
     """A chunk of rows with all their classes: one call of the in-memory kernel.  The
-    arrays with a class axis come as a list of their one chunk along it."""
+    arrays with a class axis come as a list of their one chunk along it; the first
+    ``row_axes`` arrays are the rows' indices (_row_starts)."""
+    starts, (logits, target, *weight) = arrays[:row_axes], arrays[row_axes:]
     (logits,) = logits
     if isinstance(target, list):   # probabilities
         (target,) = target
     weight = weight[0][0] if weight else None
-    loss, lse = fastloss.cross_entropy(logits, target, weight=weight, reduction="none",
-                                       return_lse=True, **options)
+    loss, lse = _chunk_error(starts, fastloss.cross_entropy, logits, target, weight=weight,
+                             reduction="none", return_lse=True, **options)
     return np.stack([loss.astype(np.float64), lse], axis=-1)
 
 
@@ -245,31 +285,38 @@ def _class_blocks(da, logits, target, soft, index, rows, arguments, options):
         new_axes={_FIELDS: len(fastloss.CROSS_ENTROPY_STATS_FIELDS)},
         adjust_chunks={index[-1]: 1}, dtype=np.float64,
         meta=np.empty((0,) * (logits.ndim + 1), np.float64), num_classes=logits.shape[-1],
-        **block_options)
-    merge_arguments = [stats, _FIELDS + index] + ([] if soft else [target, rows])
+        row_axes=len(rows), **block_options)
+    merge_arguments = (_row_starts(da, logits, rows) + [stats, _FIELDS + index]
+                       + ([] if soft else [target, rows]))
     return da.blockwise(
         _merged_rows, rows + _PAIR, *merge_arguments, new_axes={_PAIR: 2}, concatenate=False,
         dtype=np.float64, meta=np.empty((0,) * logits.ndim, np.float64),
         ignore_index=options["ignore_index"], label_smoothing=options["label_smoothing"],
-        z_loss=z_loss)
+        z_loss=z_loss, row_axes=len(rows))
 
 
-def _block_stats(offsets, logits, target, *weight, **options):
+def _block_stats(offsets, *arrays, row_axes, **options):
     """The statistics (fields first, a trailing axis of 1: the chunk's place along the
-    classes) of one chunk of rows and classes."""
-    stats = fastloss.cross_entropy_block_stats(
-        logits, target, class_offset=int(offsets[0]), weight=weight[0] if weight else None,
-        **options)
+    classes) of one chunk of rows and classes; the first ``row_axes`` arrays are the
+    rows' indices (_row_starts)."""
+    starts, (logits, target, *weight) = arrays[:row_axes], arrays[row_axes:]
+    stats = _chunk_error(
+        starts, fastloss.cross_entropy_block_stats, logits, target,
+        class_offset=int(offsets[0]), weight=weight[0] if weight else None, **options)
     return stats[..., np.newaxis]
 
 
-def _merged_rows(stats, target=None, **options):
+def _merged_rows(*arrays, row_axes, **options):
     """The blocks' statistics of a chunk of rows (a list over the fields' single chunk of
-    lists over the class chunks, in order), merged; the loss and lse from them."""
+    lists over the class chunks, in order), merged; the loss and lse from them. The first
+    ``row_axes`` arrays are the rows' indices (_row_starts), then the statistics and, for
+    class indices, the target."""
+    starts, (stats, *target) = arrays[:row_axes], arrays[row_axes:]
     (blocks,) = stats
     merged = fastloss.cross_entropy_merge_stats([block[..., 0] for block in blocks])
-    loss, lse = fastloss.cross_entropy_from_stats(merged, target, reduction="none",
-                                                  return_lse=True, **options)
+    loss, lse = _chunk_error(starts, fastloss.cross_entropy_from_stats, merged,
+                             target[0] if target else None, reduction="none",
+                             return_lse=True, **options)
     return np.stack([np.asarray(loss, np.float64), lse], axis=-1)
 
 

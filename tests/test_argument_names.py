@@ -1,6 +1,6 @@
 """Every argument of every public function, given something NumPy cannot turn into numbers
-(a string, None, an arbitrary object, a ragged nested list, a complex number, a dict),
-raises TypeError or ValueError whose message starts with that argument's name: never
+(a string, None, an arbitrary object, a ragged nested list, a complex number, a dict, an
+integer no float64 holds), raises TypeError or ValueError whose message starts with that argument's name: never
 NumPy's own "could not convert string to float" or "inhomogeneous shape", which name none.
 
 Arguments whose None is a documented default (weight, pos_weight, y, softcap, lse,
@@ -42,7 +42,12 @@ BAD = {
     "ragged": [[1.0, 2.0], [3.0]],
     "complex": 1j,
     "dict": {"a": 1},
+    # an integer no float64 holds: float() raises OverflowError, which names nothing
+    # (found by hunt14: delta, margin, temperature, label_smoothing, grad_output, ...)
+    "int-beyond-float64": 10**400,
 }
+# a thread count above MAX_THREADS is capped, as documented, not refused
+CAPPED = {"num_threads"}
 
 NONE_IS_A_DEFAULT = {"weight", "pos_weight", "y", "softcap", "lse", "num_threads", "stats",
                      "grad_dtype", "grad_entropy"}
@@ -60,6 +65,8 @@ def _cases():
                 if parameter in NOT_HERE:
                     continue
                 for bad_id, bad in BAD.items():
+                    if bad_id == "int-beyond-float64" and parameter in CAPPED:
+                        continue
                     if bad is None and (parameter in NONE_IS_A_DEFAULT or
                                         parameter in NONE_IS_A_DEFAULT_OF.get(name, ())):
                         continue
@@ -84,3 +91,16 @@ def test_grad_output_none_is_refused_not_nan():
         fastloss.cross_entropy_grad(X, np.arange(6) % 4, None)
     with pytest.raises(TypeError, match="^grad_output"):
         fastloss.mse_grad(X, X, None)
+
+
+@pytest.mark.parametrize("name", sorted(GOOD))
+def test_grad_output_integer_beyond_int64_is_its_float(name):
+    """A Python integer NumPy holds only as an object (2**70) is a grad_output like any
+    number: the gradient is the one of float(2**70), in every family (cross_entropy's
+    took it, the others refused it as an object array)."""
+    gradient = getattr(fastloss, name + "_grad")
+    expected = gradient(**GOOD[name], grad_output=float(2**70))
+    got = gradient(**GOOD[name], grad_output=2**70)
+    for got_one, expected_one in zip(got if isinstance(got, tuple) else (got,),
+                                     expected if isinstance(got, tuple) else (expected,)):
+        np.testing.assert_array_equal(got_one, expected_one)

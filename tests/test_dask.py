@@ -10,6 +10,7 @@ run the kernel concurrently: it releases the GIL) and a ``distributed.LocalClust
 worker processes, bounded in time.
 """
 import os
+import re
 import subprocess
 import sys
 import time
@@ -311,10 +312,36 @@ def test_bad_arguments_are_named_when_the_graph_is_built(call, error, name):
         call()
 
 
+@pytest.mark.parametrize("shape", [(3, 0), (2, 5, 0)])
+def test_logits_of_no_class_are_named_with_their_shape(shape):
+    """Found by hunt14: the error named the shape of the zero-row probe, (0, 0)."""
+    for call in (lambda: fd.cross_entropy(np.zeros(shape), np.zeros(shape[:-1], np.int64)),
+                 lambda: fd.logsumexp(np.zeros(shape))):
+        with pytest.raises(ValueError, match=rf"^logits: .*{re.escape(str(shape))}"):
+            call()
+
+
 def test_a_class_index_out_of_range_raises_at_compute():
     loss = fd.cross_entropy(X, np.array([0, 1, 2, 3, 0, 1, 2, 4, 0, 0]))
     with pytest.raises(ValueError, match="^target"):
         loss.compute(scheduler="sync")
+
+
+@pytest.mark.parametrize("chunks", [(2, 2, -1), (3, 3, 4), (1, 5, 2), (4, 5, -1)])
+def test_a_class_index_out_of_range_is_named_by_its_position_in_the_whole_array(chunks):
+    """The error names the value and its position as the in-memory call does, not its
+    position in its chunk (found by hunt14: "at position (0,)" for the row 6 of the
+    logits, the first of its chunk), with chunks of rows and of classes."""
+    logits = np.zeros((4, 5, 6))
+    target = np.zeros((4, 5), np.int64)
+    target[3, 4] = -7
+    with pytest.raises(ValueError) as in_memory:
+        fastloss.cross_entropy(logits, target)
+    loss = fd.cross_entropy(da.from_array(logits, chunks=chunks), target)
+    with pytest.raises(ValueError) as chunked:
+        loss.compute(scheduler="sync")
+    assert str(chunked.value) == str(in_memory.value)
+    assert "at position (3, 4)" in str(chunked.value)
 
 
 def test_without_dask_the_import_error_says_what_to_install(monkeypatch):

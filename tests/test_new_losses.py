@@ -142,6 +142,34 @@ def test_sigmoid_focal_keeps_tiny_losses_that_torchvision_rounds_to_zero():
                                                         reduction="sum"), np.float64, "loss")
 
 
+@pytest.mark.parametrize("gamma", [0.5, 1.0, 2.0, 3.0])
+@pytest.mark.parametrize("alpha", [0.25, -1.0])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sigmoid_focal_gradient_at_infinite_logits(gamma, alpha, dtype):
+    """At x = inf with y = 1 (and x = -inf with y = 0) the loss is NaN (ce = 0 * inf, as
+    torch's); so is the gradient, in the kernels and in torch's autograd of torchvision's
+    formula. Found by hunt14: the reference gave 0 there (its limit for 1 - p_t = 0
+    assumed a finite ce)."""
+    x = np.array([np.inf, -np.inf, np.inf, -np.inf, 800.0, -800.0, 3.0], dtype)
+    y = np.array([1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0], dtype)
+    options = dict(alpha=alpha, gamma=gamma, reduction="none")
+    expected = reference.sigmoid_focal_grad(x, y, **options)
+    assert np.isnan(expected[:2]).all()
+    assert_close_contract(fastloss.sigmoid_focal_grad(x, y, **options), expected, dtype,
+                          "grad")
+    torch = pytest.importorskip("torch")
+    logits = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    target = torch.tensor(y, dtype=torch.float64)
+    p = torch.sigmoid(logits)
+    ce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target,
+                                                              reduction="none")
+    loss = ce * (1 - (p * target + (1 - p) * (1 - target))) ** gamma
+    if alpha >= 0:
+        loss = (alpha * target + (1 - alpha) * (1 - target)) * loss
+    (theirs,) = torch.autograd.grad(loss.sum(), logits)
+    np.testing.assert_array_equal(np.isnan(expected[:4]), np.isnan(theirs.numpy()[:4]))
+
+
 # --- the torch adapter: what fastloss does not differentiate is refused, never zero ------------
 
 def test_adapter_refuses_a_target_gradient_it_does_not_compute():

@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 
+import fastloss
 from fastloss import reference
 from loss_specs import central_differences
 
@@ -368,3 +369,60 @@ def test_bad_arguments_raise(arguments, error):
                      **arguments)
     with pytest.raises(error):
         reference.cross_entropy_grad(**arguments)
+
+
+def _numpy_scalar_option_calls():
+    rng = np.random.default_rng(14)
+    x, y = rng.standard_normal((2, 4, 6))
+    labels = rng.integers(0, 6, 4)
+    hidden, classifier = rng.standard_normal((4, 3)), rng.standard_normal((6, 3))
+    embeddings = rng.standard_normal((3, 5, 3))
+    boxes1 = np.array([[0.0, 0.0, 2.0, 2.0], [1.0, 1.0, 3.0, 4.0]])
+    boxes2 = np.array([[0.5, 0.0, 2.0, 3.0], [1.0, 2.0, 3.0, 3.0]])
+    half, single = np.float16(0.3), np.float32(0.3)
+    return [
+        ("cross_entropy", (x, labels), "label_smoothing", half),
+        ("cross_entropy", (x, labels), "label_smoothing", single),
+        ("cross_entropy", (x, labels), "z_loss", half),
+        ("cross_entropy", (x, labels), "softcap", np.float16(1.7)),
+        ("linear_cross_entropy", (hidden, classifier, labels), "label_smoothing", half),
+        ("dpo", (x, y, 0.5 * x, 0.5 * y), "label_smoothing", half),
+        ("dpo", (x, y, 0.5 * x, 0.5 * y), "beta", half),
+        ("triplet_margin", tuple(embeddings), "p", np.float16(1.7)),
+        ("triplet_margin", tuple(embeddings), "eps", half),
+        ("triplet_margin", tuple(embeddings), "margin", half),
+        ("huber", (x, y), "delta", half),
+        ("pinball", (x, y), "quantile", half),
+        ("sigmoid_focal", (x, np.abs(np.tanh(y))), "gamma", np.float16(1.7)),
+        ("jsd", (x, y), "beta", half),
+        ("token_log_probs", (x, labels), "temperature", np.float16(0.7)),
+        ("giou_loss", (boxes1, boxes2), "eps", np.array(0.25, np.float32)),
+        ("ciou_loss", (boxes1, boxes2), "eps", np.float32(0.25)),
+    ]
+
+
+@pytest.mark.parametrize("name, arrays, option, value", [
+    pytest.param(*call, id=f"{call[0]}-{call[2]}={call[3]!r}")
+    for call in _numpy_scalar_option_calls()])
+def test_numpy_scalar_options_are_their_float64_value(name, arrays, option, value):
+    """An option given as a NumPy scalar or 0-d array (np.float16(0.3), what a config
+    read with NumPy holds) means its value, float(value): the reference computes with it
+    in float64, as the kernels do. Found by hunt14: the reference's cross_entropy,
+    linear_cross_entropy and dpo took label_smoothing's ``1 - eps`` and ``eps / C`` in
+    float16 (the loss 2.01962 for the kernels' 2.01901), triplet_margin its p's 1 / p;
+    giou_loss/diou_loss/ciou_loss refused a NumPy or 0-d eps that fastloss takes."""
+    function = getattr(reference, name)
+    expected = function(*arrays, **{option: float(value)})
+    got = function(*arrays, **{option: value})
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+    if hasattr(reference, name + "_grad"):
+        gradient = getattr(reference, name + "_grad")
+        got = gradient(*arrays, **{option: value})
+        expected_grad = gradient(*arrays, **{option: float(value)})
+        for got_one, expected_one in zip(got if isinstance(got, tuple) else (got,),
+                                         expected_grad if isinstance(got, tuple)
+                                         else (expected_grad,)):
+            np.testing.assert_array_equal(got_one, expected_one)
+    # and the kernels read the same number
+    np.testing.assert_allclose(getattr(fastloss, name)(*arrays, **{option: value}), expected,
+                               rtol=1e-12)

@@ -67,7 +67,7 @@ def _refusals():
         for option in entry.options:
             for value, error in option.refused:
                 yield pytest.param(entry, option.name, value, error,
-                                   id=f"{entry.name}-{option.name}={value!r}")
+                                   id=f"{entry.name}-{option.name}={value!r:.24}")
 
 
 @pytest.mark.parametrize("entry, option, value, error", list(_refusals()))

@@ -529,6 +529,91 @@ def test_bce_loss_has_the_dtype_of_torchs_loss(generator):
                                              reduction="none").dtype == F64
 
 
+# the adapter's elementwise losses that torch.nn.functional has, and their second argument's
+# values (labels of +-1 where the loss reads a sign, probabilities for bce's and kl_div's)
+TORCH_ELEMENTWISE = sorted(
+    entry.torch.function for entry in fastloss._registry.family("elementwise")
+    if entry.torch is not None and entry.torch.counterpart
+    and entry.torch.counterpart.startswith("torch.nn.functional."))
+
+
+@pytest.mark.parametrize("name", TORCH_ELEMENTWISE)
+def test_every_elementwise_loss_has_the_dtype_of_torchs_loss(name, generator):
+    """Each input of float32, float64, float16 or bfloat16 beside the first input's
+    dtype: the adapter's loss has torch's dtype (soft_margin_loss's is its input's: a
+    float64 target beside float32 input gave float64, found by hunt14), and each
+    gradient its input's."""
+    pytest.importorskip("ml_dtypes")
+    ours, theirs = getattr(FL, name), getattr(F, name)
+    count = 3 if name in ("margin_ranking_loss", "gaussian_nll_loss") else 2
+    dtypes = (F32, F64, torch.float16, torch.bfloat16)
+    for first in dtypes:
+        for other in dtypes:
+            for reduction in ("mean", "none"):
+                tensors = [rand((3, 4), first, generator, 0.5, 1.5)]
+                tensors += [rand((3, 4), other, generator, 0.5, 1.0) for _ in range(count - 1)]
+                if name in ("margin_ranking_loss", "soft_margin_loss"):
+                    tensors[-1] = torch.where(tensors[-1] < 0.75, -1.0, 1.0).to(other)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # kl_div's "mean"
+                    expected = theirs(*tensors, reduction=reduction)
+                    tensors[0].requires_grad_(True)
+                    loss = ours(*tensors, reduction=reduction)
+                what = f"{name}({first}, {other}, reduction={reduction!r})"
+                assert loss.dtype == expected.dtype, what
+                (grad,) = torch.autograd.grad(loss.sum(), tensors[0])
+                assert grad.dtype == first, what
+
+
+# a number option of each torch-counterpart function, with its tensors
+NUMBER_OPTIONS = [
+    ("huber_loss", "delta", 0.5), ("smooth_l1_loss", "beta", 0.5),
+    ("margin_ranking_loss", "margin", 0.2), ("poisson_nll_loss", "eps", 1e-3),
+    ("gaussian_nll_loss", "eps", 1e-3), ("cross_entropy", "label_smoothing", 0.1),
+    ("cross_entropy", "z_loss", 0.01), ("cross_entropy", "softcap", 2.0),
+    ("triplet_margin_loss", "margin", 0.5), ("triplet_margin_loss", "p", 1.0),
+    ("triplet_margin_loss", "eps", 1e-3), ("huber_loss", "delta", 2),
+    ("linear_cross_entropy", "label_smoothing", 0.1), ("linear_cross_entropy", "z_loss", 0.01),
+    ("linear_cross_entropy", "ignore_index", 1),
+]
+
+
+@pytest.mark.parametrize("name, option, value", NUMBER_OPTIONS)
+def test_a_number_option_given_as_a_0d_tensor_is_its_number(name, option, value, generator):
+    """torch's functions take a 0-d tensor (that requires no grad) for a float argument:
+    so do the adapter's, as the number it holds (found by hunt14: "delta: expected a real
+    number, got tensor(0.5000)"); one that requires grad is a TypeError, as torch's."""
+    x = randn((3, 4), F64, generator, requires_grad=True)
+    y = rand((3, 4), F64, generator)
+    tensors = {"margin_ranking_loss": (x, y, torch.sign(y - 0.5)),
+               "gaussian_nll_loss": (x, y, y + 0.1), "cross_entropy": (x, torch.tensor([0, 1, 3])),
+               "triplet_margin_loss": (x, y, x.detach() + 1),
+               "linear_cross_entropy": (x, rand((5, 4), F64, generator),
+                                        torch.tensor([0, 1, 3]))}.get(name, (x, y))
+    ours = getattr(FL, name)
+    other = F32 if isinstance(value, float) or option == "delta" else torch.int32
+    for tensor in (torch.tensor(value), torch.tensor(value, dtype=other)):
+        expected = ours(*tensors, **{option: tensor.item()})  # float32's 0.1: 0.100000001
+        (expected_grad,) = torch.autograd.grad(expected, x)
+        got = ours(*tensors, **{option: tensor})
+        (grad,) = torch.autograd.grad(got, x)
+        assert torch.equal(got, expected) and torch.equal(grad, expected_grad)
+        if option in ("label_smoothing", "ignore_index") or "cross_entropy" not in name:
+            # (torch's own take it; z_loss and softcap are fastloss's)
+            torch.testing.assert_close(getattr(F, name)(*tensors, **{option: tensor}),
+                                       expected)
+    if isinstance(value, float):
+        with pytest.raises(TypeError, match=option):
+            ours(*tensors, **{option: torch.tensor(value, requires_grad=True)})
+
+
+def test_triplet_margin_that_is_no_number_is_named(generator):
+    x = randn((3, 4), F64, generator)
+    for margin in ("1", None):
+        with pytest.raises(TypeError, match="^margin"):
+            FL.triplet_margin_loss(x, x + 1, x - 1, margin=margin)
+
+
 # ----------------------------------------------------------------------------------------
 # triplet_margin_loss: every p, broadcasting, N-d inputs
 # ----------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ added or stretched, back to its argument's shape.
 """
 
 import math
+import numbers
 
 import numpy as np
 
@@ -68,8 +69,16 @@ def _box_loss(kind, boxes1, boxes2, eps, reduction, grad_output=None, wrt=()):
     b2 = _coordinates(boxes2, "boxes2")
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction: expected one of {_REDUCTIONS}, got {reduction!r}")
-    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
-        raise ValueError(f"eps: expected a finite value > 0, got {eps!r}")
+    number = math.nan
+    if (isinstance(eps, numbers.Real) and not isinstance(eps, (bool, np.bool_))) or (
+            isinstance(eps, np.ndarray) and eps.ndim == 0 and eps.dtype.kind in "fiu"):
+        try:
+            number = float(eps)  # NumPy's scalars and 0-d arrays too
+        except OverflowError:  # an integer no float64 holds
+            number = math.inf
+    if not (math.isfinite(number) and number > 0):
+        raise ValueError(f"eps: expected a finite value > 0, got {eps!r:.40}")
+    eps = number
     shape = np.broadcast_shapes(b1.shape[:-1], b2.shape[:-1])
     x1, y1, x2, y2 = (np.broadcast_to(b1[..., i], shape) for i in range(4))
     u1, v1, u2, v2 = (np.broadcast_to(b2[..., i], shape) for i in range(4))

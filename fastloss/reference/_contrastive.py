@@ -478,6 +478,7 @@ def _check_triplet(anchor, positive, negative, margin, p, eps, reduction):
 def _triplet_parts(anchor, positive, negative, p, eps, swap):
     """The differences and distances of the three pairs (broadcast as torch), and the
     negative distance with its split between d(a, n) and d(p, n)."""
+    p, eps = float(p), float(eps)  # NumPy scalars too: 1 / p in float64, not float16
     a, pos, neg = anchor, positive, negative
     v_ap, v_an, v_pn = a - pos + eps, a - neg + eps, pos - neg + eps
     d_ap, d_an = _p_norm(v_ap, p), _p_norm(v_an, p)

@@ -150,7 +150,7 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
     logits, target, weight, soft = _check_cross_entropy(
         logits, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap)
     n_classes = logits.shape[-1]
-    eps = label_smoothing
+    eps = float(label_smoothing)  # a NumPy scalar too: eps / C in float64
     # nan and inf inputs propagate as IEEE arithmetic says; 0/0 in an empty mean is nan.
     with np.errstate(invalid="ignore", divide="ignore"):
         _, logp, lse = _log_softmax(logits, softcap)
@@ -237,7 +237,7 @@ def cross_entropy_grad(logits, target, grad_output=1.0, *, weight=None, ignore_i
     logits, target, weight, soft = _check_cross_entropy(
         logits, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap)
     n_classes = logits.shape[-1]
-    eps = label_smoothing
+    eps = float(label_smoothing)  # a NumPy scalar too: eps / C in float64
     grad_output = _grad_output_array(grad_output, reduction, logits.shape[:-1])
     # nan and inf inputs propagate as IEEE arithmetic says; a mean over nothing divides by 0.
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
@@ -360,7 +360,7 @@ def cross_entropy_block_stats(logits_block, target, *, class_offset=0, num_class
     y, _, target, weight, soft, num_classes, class_offset = _block_arguments(
         logits_block, target, class_offset, num_classes, weight, ignore_index,
         label_smoothing, softcap)
-    eps = label_smoothing
+    eps = float(label_smoothing)  # a NumPy scalar too: eps / C in float64
     width = y.shape[-1]
     stats = np.zeros((_STATS_FIELDS,) + y.shape[:-1])
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
@@ -494,7 +494,7 @@ def cross_entropy_from_stats(stats, target, *, ignore_index=-100, reduction="mea
     if not (np.isfinite(z_loss) and z_loss >= 0.0):
         raise ValueError(f"z_loss: expected a finite value >= 0, got {z_loss}")
     valid, soft = _stats_rows(stats, target, ignore_index)
-    eps = label_smoothing
+    eps = float(label_smoothing)  # a NumPy scalar too: eps / C in float64
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         log_sum = np.log(stats[_SUM])
         lse = stats[_MAX] + log_sum
@@ -536,7 +536,7 @@ def _block_grad(logits_block, target, grad_output, class_offset, stats, weight, 
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction: expected one of {_REDUCTIONS}, got {reduction!r}")
     valid, _ = _stats_rows(stats, None if soft else target, ignore_index)
-    eps = label_smoothing
+    eps = float(label_smoothing)  # a NumPy scalar too: eps / C in float64
     width = y.shape[-1]
     grad_output = _grad_output_array(grad_output, reduction, y.shape[:-1])
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):

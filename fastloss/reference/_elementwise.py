@@ -193,7 +193,10 @@ def l1_value_and_grad(pred, target, grad_output=1.0, *, weight=None, reduction="
 def _check_positive(value, name, allow_zero):
     if isinstance(value, (str, bytes)) or not np.isrealobj(value) or np.ndim(value):
         raise TypeError(f"{name}: expected a real number, got {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer no float64 holds
+        value = math.inf
     if not (math.isfinite(value) and (value >= 0.0 if allow_zero else value > 0.0)):
         raise ValueError(f"{name}: expected a finite value {'>=' if allow_zero else '>'} 0, "
                          f"got {value}")
@@ -470,8 +473,10 @@ def _finite_number(value, name):
         number = float(value)
     except (TypeError, ValueError):
         raise TypeError(f"{name}: expected a real number, got {value!r}") from None
+    except OverflowError:  # an integer no float64 holds
+        number = math.inf
     if not math.isfinite(number):
-        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+        raise ValueError(f"{name}: expected a finite number, got {value!r:.40}")
     return number
 
 
@@ -536,7 +541,8 @@ def sigmoid_focal_grad(logits, target, grad_output=1.0, *, alpha=0.25, gamma=2.0
     ``s - y`` per the sign of x as bce's (``(1 - y) - sigmoid(-x)`` or
     ``sigmoid(x) - y``). The second term is 0 where ``gamma == 0`` (torch's pow backward
     with exponent 0), and where ``u == 0`` (then ``s (1 - s) / u`` is bounded and
-    ``u**gamma = 0``: the limit; torch's autograd gives NaN there for 0 < gamma < 1).
+    ``u**gamma = 0``: the limit; torch's autograd gives NaN there for 0 < gamma < 1)
+    unless the loss is NaN there (x = +-inf on its label's side: ce is 0 * inf).
     """
     call, x, y, gamma, (s, c, ce, u, alpha_t) = _focal_call(logits, target, alpha, gamma,
                                                            reduction)
@@ -546,7 +552,9 @@ def sigmoid_focal_grad(logits, target, grad_output=1.0, *, alpha=0.25, gamma=2.0
         if gamma == 0:
             second = np.zeros_like(x)
         else:
-            second = np.where(u == 0, 0.0,
+            # 0 * ce: NaN where the loss is (an infinite logit on its own label's side,
+            # x = inf with y = 1: ce is 0 * inf), as torch's autograd and the kernels
+            second = np.where(u == 0, 0.0 * ce,
                               gamma * ce * u**(gamma - 1.0) * s * c * (1.0 - 2.0 * y))
         slope = alpha_t * (first + second)
     return call.grads(wrt, grad_output, {"logits": slope})
@@ -609,7 +617,11 @@ def margin_ranking_value_and_grad(x1, x2, target, grad_output=1.0, *, margin=0.0
 
 
 def _check_bool(value, name):
-    if not (isinstance(value, (bool, np.bool_)) or (isinstance(value, int) and value in (0, 1))):
+    """A bool, or an integer 0 or 1 (a NumPy one too, not a np.timedelta64, which NumPy
+    makes a signed integer), as fastloss takes them."""
+    if not (isinstance(value, (bool, np.bool_)) or (
+            isinstance(value, (int, np.integer)) and not isinstance(value, np.timedelta64)
+            and value in (0, 1))):
         raise TypeError(f"{name}: expected a bool, got {value!r}")
 
 

@@ -4,7 +4,7 @@ model's Bradley-Terry loss, DPO and its variants, the KL divergence of
 
 import numpy as np
 
-from fastloss.reference._elementwise import _finite_number, _Pointwise
+from fastloss.reference._elementwise import _check_bool, _finite_number, _Pointwise
 
 __all__ = [
     "bradley_terry", "bradley_terry_grad", "bradley_terry_value_and_grad",
@@ -103,7 +103,7 @@ def _dpo_call(inputs, beta, loss_type, label_smoothing, reduction):
     v = call.values
     logits = (v["policy_chosen"] - v["policy_rejected"]) - (
         v["reference_chosen"] - v["reference_rejected"])
-    return call, logits, beta
+    return call, logits, beta, label_smoothing
 
 
 def dpo(policy_chosen, policy_rejected, reference_chosen, reference_rejected, *, beta=0.1,
@@ -120,7 +120,8 @@ def dpo(policy_chosen, policy_rejected, reference_chosen, reference_rejected, *,
 
     ``beta > 0``; ``label_smoothing`` in [0, 0.5], for the sigmoid loss only.
     """
-    call, logits, beta = _dpo_call(
+    # label_smoothing as a float: a NumPy scalar's 1 - label_smoothing is in its dtype
+    call, logits, beta, label_smoothing = _dpo_call(
         (policy_chosen, policy_rejected, reference_chosen, reference_rejected),
         beta, loss_type, label_smoothing, reduction)
     with np.errstate(invalid="ignore", over="ignore"):
@@ -148,7 +149,8 @@ def dpo_grad(policy_chosen, policy_rejected, reference_chosen, reference_rejecte
     d/dpolicy_chosen = s, d/dpolicy_rejected = -s, d/dreference_chosen = -s,
     d/dreference_rejected = s.
     """
-    call, logits, beta = _dpo_call(
+    # label_smoothing as a float: a NumPy scalar's 1 - label_smoothing is in its dtype
+    call, logits, beta, label_smoothing = _dpo_call(
         (policy_chosen, policy_rejected, reference_chosen, reference_rejected),
         beta, loss_type, label_smoothing, reduction)
     with np.errstate(invalid="ignore", over="ignore"):
@@ -182,8 +184,7 @@ def dpo_value_and_grad(policy_chosen, policy_rejected, reference_chosen, referen
 def _kl_div_call(input, target, reduction, log_target):
     """(the pointwise call, the divisor of the reduced loss): "batchmean" is the sum
     divided by input's first dimension (nothing for a 0-d input), as torch."""
-    if not isinstance(log_target, (bool, np.bool_)) and log_target not in (0, 1):
-        raise TypeError(f"log_target: expected a bool, got {log_target!r}")
+    _check_bool(log_target, "log_target")
     divisor = 1.0
     if reduction == "batchmean":
         reduction = "sum"

@@ -45,6 +45,7 @@ not ``torch.set_num_threads``; ``num_threads=`` overrides it per call or per mod
 This module is imported only by ``import fastloss.torch``: ``import fastloss`` never
 imports torch, and torch is not a build or run-time dependency of fastloss.
 """
+import numbers
 import warnings
 import weakref
 
@@ -156,6 +157,17 @@ def _no_grad_needed(tensor, name, function):
         raise NotImplementedError(
             f"{function}: {name} requires grad, but fastloss computes no gradient with respect "
             f"to {name}; pass {name}.detach(), or use torch.nn.functional for this call")
+
+
+def _number(value):
+    """A 0-d real tensor that requires no grad, given for a number option (``delta``,
+    ``label_smoothing``, ``margin``, ...), as the Python number it holds: torch's
+    functions take one there. Anything else as it is (the NumPy API's check names what
+    is wrong with it; a bool tensor stays a tensor, as torch refuses it)."""
+    if (isinstance(value, torch.Tensor) and value.dim() == 0 and not value.requires_grad
+            and value.dtype != torch.bool and not value.dtype.is_complex):
+        return value.item()
+    return value
 
 
 def _numpy(tensor):
@@ -498,6 +510,9 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     does this (RuntimeError if it requires grad). First order (a second derivative raises).
     """
     function = "fastloss.torch.cross_entropy"
+    if type(label_smoothing) is not float or type(z_loss) is not float or softcap is not None:
+        label_smoothing, z_loss = _number(label_smoothing), _number(z_loss)
+        softcap = _number(softcap)
     if not (isinstance(input, torch.Tensor) and input.dtype in _CE_INPUT_DTYPES
             and input.is_cpu and input.layout is torch.strided):
         _cpu_tensor(input, "input", function)
@@ -752,6 +767,7 @@ def _elementwise(entry, tensors, options, reduction, num_threads):
         elif option.name == "weight" and tensor.shape != first.shape:
             raise ValueError(f"{function}: {argument}: expected the input's size "
                              f"{first.shape}, got {tensor.shape}")
+    options = {name: _number(value) for name, value in options.items()}
     options = dict(options, reduction=reduction, num_threads=num_threads,
                    recording=torch.is_grad_enabled())
     return _Elementwise.apply(entry, options,
@@ -919,6 +935,7 @@ def triplet_margin_loss(anchor, positive, negative, margin=1.0, p=2, eps=1e-6, s
     torch's graph has none, zeros)."""
     function = "fastloss.torch.triplet_margin_loss"
     reduction = _reduction(size_average, reduce, reduction)
+    margin, p, eps = _number(margin), _number(p), _number(eps)
     named = [("anchor", anchor), ("positive", positive), ("negative", negative)]
     for argument, tensor in named:
         _half_float_tensor(tensor, argument, function)
@@ -926,7 +943,8 @@ def triplet_margin_loss(anchor, positive, negative, margin=1.0, p=2, eps=1e-6, s
         raise ValueError(f"{function}: anchor, positive and negative must have the same "
                          f"number of dimensions, got {anchor.dim()}, {positive.dim()} and "
                          f"{negative.dim()}")
-    if margin <= 0:
+    if isinstance(margin, numbers.Real) and not isinstance(margin, bool) and margin <= 0:
+        # (anything but a number: the NumPy API's check names margin)
         raise ValueError(f"{function}: margin must be greater than 0, got {margin}")
     options = {"margin": margin, "p": p, "eps": eps, "swap": swap, "reduction": reduction,
                "num_threads": num_threads}

@@ -19,7 +19,7 @@ from fastloss._config import resolve_num_threads
 from fastloss._validation import reduction_arg
 from fastloss.linear_cross_entropy import _budget_block_rows, _Problem, _schedule
 from fastloss.torch import (_FLOAT_DTYPES, _HALF_DTYPES, _cpu_tensor, _empty, _loss_tensor,
-                            _numpy, _upstream)
+                            _number, _numpy, _upstream)
 from fastloss.torch._autograd import first_order
 
 __all__ = ["linear_cross_entropy", "LinearCrossEntropyLoss"]
@@ -288,8 +288,10 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
                         f"{'/'.join(str(d).replace('torch.', '') for d in probabilities)} "
                         f"probabilities, got {target.dtype}")
     _check_options(options)
-    call = _Call({"ignore_index": -100 if ignore_index is None else ignore_index,
-                  "label_smoothing": label_smoothing, "z_loss": z_loss, "softcap": softcap},
+    # a 0-d tensor for a number is its number, as torch takes it
+    call = _Call({"ignore_index": -100 if ignore_index is None else _number(ignore_index),
+                  "label_smoothing": _number(label_smoothing), "z_loss": _number(z_loss),
+                  "softcap": _number(softcap)},
                  reduction_arg(reduction), block_rows, resolve_num_threads(num_threads))
     return _LinearCrossEntropy.apply(input, linear_weight, linear_bias, target, weight, call)
 
