@@ -15,7 +15,7 @@ from fastloss import _registry, reference
 from loss_specs import assert_close_contract
 from simd_paths import simd_paths
 
-ml_dtypes = pytest.importorskip("ml_dtypes")
+import ml_dtypes  # noqa: E402 (in the test extra)
 BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 FLOAT16 = np.dtype(np.float16)
 HALF_DTYPES = [pytest.param(BFLOAT16, id="bfloat16"), pytest.param(FLOAT16, id="float16")]
@@ -60,6 +60,17 @@ def ordinal(array):
     -0 and +0 are one position)."""
     bits = np.asarray(array).view(np.uint16).astype(np.int64)
     return np.where(bits >= 0x8000, 0x8000 - bits, bits)
+
+
+def half_numpy(tensor):
+    """A torch tensor's values as a NumPy array of its dtype (bfloat16 as
+    ml_dtypes.bfloat16, from its bits; float16 and the others as they are)."""
+    import torch
+
+    tensor = tensor.detach().contiguous()
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(BFLOAT16)
+    return tensor.numpy()
 
 
 def ulps(result, expected):

@@ -22,7 +22,7 @@ from fastloss._contract import all_pairs_products_bound, info_nce_products_bound
 from loss_specs import assert_close_contract
 from simd_paths import simd_paths
 
-from test_half import (BFLOAT16, FLOAT16, HALF_DTYPES, assert_gradient_contract,
+from test_half import (BFLOAT16, FLOAT16, HALF_DTYPES, assert_gradient_contract, half_numpy,
                        assert_loss_contract, round_to, ulps)
 
 METRICS = ("euclidean", "sqeuclidean", "cosine")
@@ -622,14 +622,6 @@ def test_unsupported_dtypes_name_the_argument():
 # The torch adapter
 # ----------------------------------------------------------------------------------------
 
-def _numpy_of(tensor, dtype):
-    import torch
-    tensor = tensor.detach().contiguous()
-    if tensor.dtype == torch.bfloat16:
-        return tensor.view(torch.int16).numpy().view(BFLOAT16)
-    return tensor.numpy()
-
-
 @pytest.mark.parametrize("torch_dtype", ["bfloat16", "float16"])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_torch_family_half(torch_dtype, reduction):
@@ -669,14 +661,14 @@ def test_torch_family_half(torch_dtype, reduction):
         upstream = (torch.from_numpy(rng.uniform(0.5, 1.5, tuple(loss.shape)).astype(
             np.float32)).to(dtype) if reduction == "none" else None)
         loss.backward(upstream)
-        arrays = [wide(_numpy_of(t, numpy_dtype)) for t in base]
-        g = 1.0 if upstream is None else wide(_numpy_of(upstream, numpy_dtype))
+        arrays = [wide(half_numpy(t)) for t in base]
+        g = 1.0 if upstream is None else wide(half_numpy(upstream))
         ref_grads = ref_grad_call(*arrays, g)
         bounds = bound_call(*arrays, g) if bound_call else None
         for index in range(count):
             grad = tensors[index].grad
             assert grad.dtype == dtype, name
-            got = _numpy_of(grad, numpy_dtype)
+            got = half_numpy(grad)
             if bounds is None:
                 assert_gradient_contract(got, ref_grads[index], numpy_dtype)
             else:

@@ -15,7 +15,7 @@ from fastloss import reference
 from loss_specs import assert_close_contract
 from simd_paths import simd_paths
 
-from test_half import (BFLOAT16, FLOAT16, HALF_DTYPES, assert_gradient_contract,
+from test_half import (BFLOAT16, FLOAT16, HALF_DTYPES, assert_gradient_contract, half_numpy,
                        assert_loss_contract)
 
 WIDE = np.float64
@@ -321,15 +321,6 @@ def test_vocab_unsupported_dtypes_name_the_argument_and_the_dtypes():
 # The torch adapter: torch.bfloat16 / torch.float16 logits
 # ----------------------------------------------------------------------------------------
 
-def _numpy_of(tensor, dtype):
-    """A half tensor's values as a NumPy array of `dtype` (bfloat16 from its bits)."""
-    import torch
-    tensor = tensor.detach().contiguous()
-    if tensor.dtype == torch.bfloat16:
-        return tensor.view(torch.int16).numpy().view(BFLOAT16)
-    return tensor.numpy()
-
-
 def torch_half(torch_dtype):
     """(torch, fastloss.torch, the torch dtype, the NumPy dtype) of a half type's name."""
     torch = pytest.importorskip("torch")
@@ -349,7 +340,7 @@ def test_torch_vocab_half(torch_dtype):
     assert log_prob.dtype == dtype and entropy.dtype == dtype  # torch's dtype
     (log_prob.sum() * 0.5 + entropy.sum() * 0.25).backward()
     assert x.grad.dtype == dtype
-    values = _numpy_of(logits, numpy_dtype)
+    values = half_numpy(logits)
     ref_lp, ref_h = reference.token_log_probs(wide(values), target.numpy(), return_entropy=True,
                                               temperature=1.3)
     ref_grad = reference.token_log_probs_grad(wide(values), target.numpy(), 0.5,
@@ -359,12 +350,12 @@ def test_torch_vocab_half(torch_dtype):
     # rounded reference
     got = torch.stack([log_prob, entropy]).detach().double()
     assert torch.allclose(got, expected, rtol=2.0 ** -7, atol=0)
-    assert_gradient_contract(_numpy_of(x.grad, numpy_dtype), ref_grad, numpy_dtype)
+    assert_gradient_contract(half_numpy(x.grad), ref_grad, numpy_dtype)
     # distillation: fused (reduced, gradient in the forward) and per-row
     student = logits.clone().requires_grad_(True)
     teacher = (logits.double() + torch.from_numpy(rng.standard_normal((2, 3, 400)))).to(
         dtype).requires_grad_(True)
-    ref_s, ref_t = _numpy_of(logits, numpy_dtype), _numpy_of(teacher, numpy_dtype)
+    ref_s, ref_t = half_numpy(logits), half_numpy(teacher)
     for name, options in (("distill_kl", {"direction": "reverse"}), ("jsd", {"beta": 0.3})):
         for reduction in ("batchmean", "none"):
             student.grad = teacher.grad = None
@@ -376,7 +367,7 @@ def test_torch_vocab_half(torch_dtype):
                 wrt=BOTH, reduction=reduction, **options)
             for tensor, ref_grad in zip((student, teacher), ref_grads):
                 assert tensor.grad.dtype == dtype
-                assert_gradient_contract(_numpy_of(tensor.grad, numpy_dtype), ref_grad,
+                assert_gradient_contract(half_numpy(tensor.grad), ref_grad,
                                          numpy_dtype)
     # the inputs are read in place, never modified
     assert torch.equal(student.detach(), logits)
@@ -497,6 +488,6 @@ def test_torch_sequence_log_probs_half(torch_dtype):
     assert x.grad.dtype == dtype
     ref_grad = reference.sequence_log_probs_grad(wide(values), wide(mask),
                                                  upstream.double().numpy(), average=True)
-    assert_gradient_contract(_numpy_of(x.grad, numpy_dtype), ref_grad, numpy_dtype)
+    assert_gradient_contract(half_numpy(x.grad), ref_grad, numpy_dtype)
     ref_value = reference.sequence_log_probs(wide(values), wide(mask), average=True)
     assert torch.equal(out, torch.from_numpy(ref_value.astype(np.float32)).to(dtype))

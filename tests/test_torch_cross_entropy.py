@@ -281,16 +281,6 @@ def test_the_block_of_a_freed_gradient_serves_the_next_one():
     assert not third.base.reused
 
 
-def _half_numpy(tensor):
-    """A float16 / bfloat16 tensor as the NumPy array of its values (ml_dtypes.bfloat16)."""
-    import ml_dtypes
-
-    tensor = tensor.detach()
-    if tensor.dtype == torch.bfloat16:
-        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-    return tensor.numpy()
-
-
 @pytest.mark.parametrize("logits_dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("target_dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
@@ -298,7 +288,7 @@ def test_half_probability_targets_beside_full_precision_logits(logits_dtype, tar
                                                                smoothing, generator):
     # torch takes float16 / bfloat16 probabilities beside float32 or float64 logits (the
     # loss in the promotion of the two dtypes); the adapter refused them (TypeError)
-    from test_half import assert_gradient_contract
+    from test_half import assert_gradient_contract, half_numpy
 
     logits = (3 * torch.randn(10, 9, generator=generator, dtype=torch.float64)).to(logits_dtype)
     target = probabilities(generator, (10, 9), torch.float64).to(target_dtype)
@@ -321,13 +311,13 @@ def test_half_probability_targets_beside_full_precision_logits(logits_dtype, tar
     assert_close(grad_logits, expected_logits.to(logits_dtype), logits_dtype, GRAD_TOLERANCE,
                  "grad logits")
     assert grad_target.dtype == target_dtype
-    assert_gradient_contract(_half_numpy(grad_target), expected_target.numpy(),
-                             _half_numpy(target).dtype)
+    assert_gradient_contract(half_numpy(grad_target), expected_target.numpy(),
+                             half_numpy(target).dtype)
     # the logits alone, and the NumPy API on the same arrays
     (alone,) = torch.autograd.grad(FL.cross_entropy(ours_logits, target,
                                                     label_smoothing=smoothing),
                                    [ours_logits])
     torch.testing.assert_close(alone * 0.625, grad_logits)
-    loss_np = fastloss.cross_entropy(logits.numpy(), _half_numpy(target),
+    loss_np = fastloss.cross_entropy(logits.numpy(), half_numpy(target),
                                      label_smoothing=smoothing)
     assert loss_np == pytest.approx(loss.item(), rel=1e-15, abs=0)
