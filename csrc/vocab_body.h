@@ -621,7 +621,14 @@ typedef struct NAME(distill_row) {
     REAL u_of_y, v_of_y;       /* u = that + u_of_y y and v = that + v_of_y y: 0 or +-1 (JSD) */
     REAL log_beta, log_beta_c; /* log beta, log(1 - beta) (JSD) */
     REAL log_odds;             /* log beta - log(1 - beta) */
-    REAL kl_s, kl_t;           /* the row totals the gradients subtract (pass B) */
+    /* pass C's constants (distill_totals): per model, the reference class (the heaviest,
+     * or -1), what pass B kept there (ref), whether it is saturated (JSD), and the
+     * constants added to kept - ref (the KLs': per chunk, (delta_k - delta_ref) - D) */
+    fastloss_index heavy_s, heavy_t;
+    int sat_ref_s, sat_ref_t;
+    REAL ref_s, ref_t;
+    REAL sat1_s, sat0_s, sat1_t, sat0_t; /* the JSD's, for a saturated class and another */
+    double delta_ref_s, delta_ref_t, mean_s, mean_t;
 } NAME(distill_row);
 
 /* What a chunk's elements need: with e_c = exp((x_c - shift) / T) as pass A left it,
@@ -629,6 +636,8 @@ typedef struct NAME(distill_row) {
  * from pass A, offset = close[3 k]: distill_offsets). */
 typedef struct NAME(distill_chunk) {
     REAL scale_s, scale_t, offset;
+    double delta; /* delta_k = offset - kappa (distill_offsets: close[3 k + 2]) */
+    fastloss_index heavy_s, heavy_t; /* the row's reference classes, in the chunk's indices */
 } NAME(distill_chunk);
 
 /* Chunk k's (from both models' chunk statistics and `close`, three values a chunk);
@@ -645,6 +654,7 @@ FASTLOSS_INLINE fastloss_index NAME(distill_chunk_of)(fastloss_index k, fastloss
     const double *student_chunk = student_chunks + k * VOCAB_CHUNK_FIELDS;
     const double *teacher_chunk = teacher_chunks + k * VOCAB_CHUNK_FIELDS;
     chunk->offset = (REAL)close[3 * k];
+    chunk->delta = close[3 * k + 2];
     const double m_s = student_chunk[VOCAB_CHUNK_MAX], m_t = teacher_chunk[VOCAB_CHUNK_MAX];
     /* a chunk with no finite value: shift 0 and every e 0 (its scale is then unused) */
     const double shift_s = m_s == -INFINITY ? 0.0 : m_s;
@@ -1032,8 +1042,11 @@ static void NAME(distill_offsets)(int with_d, const double *student_chunks, doub
                 if (want_s)                                                                 \
                     es[i] = t;                                                              \
                 part_r[j] += DISTILL_ALONE(t);                                              \
+                if (want_t) /* for the teacher's pass C (distill_totals) */                 \
+                    part_m[j] += DISTILL_ALONE(e_t == (REAL)0 ? (REAL)0 : p * (d[i] - ref_t)); \
             } else {                                                                        \
-                STORE(gt, i, scale_t * (e_t == (REAL)0 ? (REAL)0 : p * (-y - kl_t)));       \
+                STORE(gt, i,                                                                \
+                      scale_t * (e_t == (REAL)0 ? (REAL)0 : p * ((ref_t - d[i]) - shift_t))); \
             }                                                                               \
         } else if (divergence == FASTLOSS_DIVERGENCE_REVERSE_KL) {                          \
             if (!pass_c) {                                                                  \
@@ -1045,8 +1058,11 @@ static void NAME(distill_offsets)(int with_d, const double *student_chunks, doub
                 if (want_t)                                                                 \
                     et[i] = t;                                                              \
                 part_r[j] += DISTILL_ALONE(t);                                              \
+                if (want_s) /* for the student's pass C (distill_totals) */                 \
+                    part_m[j] += DISTILL_ALONE(e_s == (REAL)0 ? (REAL)0 : q * (d[i] - ref_s)); \
             } else {                                                                        \
-                STORE(gs, i, scale_s * (e_s == (REAL)0 ? (REAL)0 : q * (y - kl_s)));        \
+                STORE(gs, i,                                                                \
+                      scale_s * (e_s == (REAL)0 ? (REAL)0 : q * ((d[i] - ref_s) + shift_s))); \
             }                                                                               \
         } else if (!pass_c) {                                                               \
             const int near = abs_y < DISTILL_JSD_SERIES_BELOW;                              \
@@ -1055,33 +1071,56 @@ static void NAME(distill_offsets)(int with_d, const double *student_chunks, doub
             const REAL m = beta * p + beta_c * q;                                           \
             const REAL f = y * y * NAME(distill_cgf)(jsd_f, y, DISTILL_JSD_F_TERMS);        \
             const REAL near_term = m * f;                                                   \
-            const REAL small = y * NAME(distill_cgf)(cgf, y, DISTILL_JSD_TERMS);            \
+            /* rounded alone: with one of -u and -v unused the other could fuse it */      \
+            const REAL small = DISTILL_ALONE(y * NAME(distill_cgf)(cgf, y, DISTILL_JSD_TERMS)); \
             /* beyond: the gaps -u = log p - log m and -v = log q - log m by log-add-exp,   \
              * and the term -(beta p u + (1 - beta) q v) (0 u = 0 where p is 0) */          \
             const REAL delta = log_odds - y;                                                \
             const REAL mix = REAL_LOG1P_UNIT(NAME(vocab_exp)(-NAME(vocab_abs)(delta)));     \
-            const REAL gap_t = ((delta < (REAL)0 ? delta : (REAL)0) - log_beta) - mix;      \
-            const REAL gap_s = ((delta > (REAL)0 ? -delta : (REAL)0) - log_beta_c) - mix;   \
+            const REAL sat_t = (delta < (REAL)0 ? delta : (REAL)0) - mix; /* -u + log beta */ \
+            const REAL sat_s = (delta > (REAL)0 ? -delta : (REAL)0) - mix; /* -v + log(1 - beta) */ \
+            const REAL gap_t = sat_t - log_beta;                                            \
+            const REAL gap_s = sat_s - log_beta_c;                                          \
             const REAL far_term = (e_t == (REAL)0 ? (REAL)0 : beta * p * gap_t) +           \
                                   (e_s == (REAL)0 ? (REAL)0 : beta_c * q * gap_s);          \
             part_l[j] += DISTILL_ALONE(near ? near_term : far_term);                        \
-            /* both totals in every variant, so that each of them is computed the same      \
-             * way whichever gradients are asked (a value with fewer uses may be fused      \
-             * into a multiply-add; a loop with one side only did not vectorise where       \
-             * that side had a series of its own) */                                        \
+            /* the gaps the gradients need, -v (student) and -u (teacher), kept less their  \
+             * saturation where one model has at least twice the other's probability: sat_s \
+             * (q >= 2 p) or sat_t (p >= 2 q); with the sums, over the classes but the       \
+             * model's reference (distill_totals), of w, w kept and w (saturated - that of   \
+             * the reference) */                                                            \
             const REAL neg_v = near ? -(small + v_of_y * y) : gap_s;                        \
             const REAL neg_u = near ? -(small + u_of_y * y) : gap_t;                        \
-            lane_s[j] += (double)(e_s == (REAL)0 ? (REAL)0 : q * neg_v);                    \
-            lane_t[j] += (double)(e_t == (REAL)0 ? (REAL)0 : p * neg_u);                    \
-            if (want_s)                                                                     \
-                d[i] = neg_v;                                                               \
-            if (want_t)                                                                     \
-                gap_t_row[i] = neg_u;                                                       \
+            const int saturated_s = q * (REAL)0.5 >= p, saturated_t = p * (REAL)0.5 >= q;   \
+            if (want_s) {                                                                   \
+                const REAL kept = saturated_s ? sat_s : neg_v;                              \
+                const REAL w = e_s == (REAL)0 || (i) == heavy_s ? (REAL)0 : q;              \
+                d[i] = kept;                                                                \
+                lane_s[j] += (double)(w == (REAL)0 ? (REAL)0 : w * kept);                   \
+                lane_ws[j] += (double)w;                                                    \
+                lane_xs[j] += (double)(saturated_s == sat_ref_s ? (REAL)0                   \
+                                                                : saturated_s ? w : -w);    \
+            }                                                                               \
+            if (want_t) {                                                                   \
+                const REAL kept = saturated_t ? sat_t : neg_u;                              \
+                const REAL w = e_t == (REAL)0 || (i) == heavy_t ? (REAL)0 : p;              \
+                gap_t_row[i] = kept;                                                        \
+                lane_t[j] += (double)(w == (REAL)0 ? (REAL)0 : w * kept);                   \
+                lane_wt[j] += (double)w;                                                    \
+                lane_xt[j] += (double)(saturated_t == sat_ref_t ? (REAL)0                   \
+                                                                : saturated_t ? w : -w);    \
+            }                                                                               \
         } else {                                                                            \
-            if (want_s)                                                                     \
-                STORE(gs, i, scale_s * (e_s == (REAL)0 ? (REAL)0 : q * (d[i] - kl_s)));     \
-            if (want_t)                                                                     \
-                STORE(gt, i, scale_t * (e_t == (REAL)0 ? (REAL)0 : p * (gap_t_row[i] - kl_t))); \
+            if (want_s) {                                                                   \
+                const REAL add = q * (REAL)0.5 >= p ? sat1_s : sat0_s;                      \
+                STORE(gs, i,                                                                \
+                      scale_s * (e_s == (REAL)0 ? (REAL)0 : q * ((d[i] - ref_s) + add)));   \
+            }                                                                               \
+            if (want_t) {                                                                   \
+                const REAL add = p * (REAL)0.5 >= q ? sat1_t : sat0_t;                      \
+                STORE(gt, i,                                                                \
+                      scale_t * (e_t == (REAL)0 ? (REAL)0 : p * ((gap_t_row[i] - ref_t) + add))); \
+            }                                                                               \
         }                                                                                   \
     } while (0)
 
@@ -1106,7 +1145,8 @@ FASTLOSS_INLINE void NAME(distill_range)(const int divergence, const int pass_c,
                                          fastloss_index n, const NAME(distill_chunk) *chunk,
                                          const NAME(distill_row) *row, REAL scale_s,
                                          REAL scale_t, GRAD_T *gs, GRAD_T *gt, double *sum_s,
-                                         double *sum_t, double *sum_l, double *sum_r)
+                                         double *sum_t, double *sum_l, double *sum_r,
+                                         double *more)
 {
     const REAL unit_s = chunk->scale_s, unit_t = chunk->scale_t;
     const REAL offset = chunk->offset, log_odds = row->log_odds;
@@ -1123,12 +1163,24 @@ FASTLOSS_INLINE void NAME(distill_range)(const int divergence, const int pass_c,
     }
     const REAL u_of_y = row->u_of_y, v_of_y = row->v_of_y;
     const REAL log_beta = row->log_beta, log_beta_c = row->log_beta_c;
-    const REAL kl_s = row->kl_s, kl_t = row->kl_t;
+    /* pass C's constants (distill_totals); the KLs': y - K = (d - ref) + shift */
+    const fastloss_index heavy_s = chunk->heavy_s, heavy_t = chunk->heavy_t;
+    const int sat_ref_s = row->sat_ref_s, sat_ref_t = row->sat_ref_t;
+    const REAL ref_s = row->ref_s, ref_t = row->ref_t;
+    const REAL sat1_s = row->sat1_s, sat0_s = row->sat0_s;
+    const REAL sat1_t = row->sat1_t, sat0_t = row->sat0_t;
+    const REAL shift_s = (REAL)((chunk->delta - row->delta_ref_s) - row->mean_s);
+    const REAL shift_t = (REAL)((chunk->delta - row->delta_ref_t) - row->mean_t);
     double lane_s[VOCAB_LANES] = {0.0}, lane_t[VOCAB_LANES] = {0.0};
     double lane_l[VOCAB_LANES] = {0.0}, lane_r[VOCAB_LANES] = {0.0};
+    double lane_m[VOCAB_LANES] = {0.0};
+    double lane_ws[VOCAB_LANES] = {0.0}, lane_wt[VOCAB_LANES] = {0.0};
+    double lane_xs[VOCAB_LANES] = {0.0}, lane_xt[VOCAB_LANES] = {0.0};
     REAL part_s[VOCAB_LANES] = {0}, part_t[VOCAB_LANES] = {0}, part_l[VOCAB_LANES] = {0};
-    REAL part_r[VOCAB_LANES] = {0};
+    REAL part_r[VOCAB_LANES] = {0}, part_m[VOCAB_LANES] = {0};
     const int jsd = divergence == FASTLOSS_DIVERGENCE_JSD;
+    const int sums_m = (divergence == FASTLOSS_DIVERGENCE_FORWARD_KL && want_t) ||
+                       (divergence == FASTLOSS_DIVERGENCE_REVERSE_KL && want_s);
     /* the divergences' terms (>= 0) in the float lanes of VOCAB_FOLDED_LOOP; the JSD's
      * totals in double (their terms have both signs) */
 #define DISTILL_FOLD()                                                       \
@@ -1141,6 +1193,8 @@ FASTLOSS_INLINE void NAME(distill_range)(const int divergence, const int pass_c,
             NAME(vocab_fold)(lane_l, part_l);                                \
         if (!pass_c && !jsd)                                                 \
             NAME(vocab_fold)(lane_r, part_r);                                \
+        if (!pass_c && sums_m)                                               \
+            NAME(vocab_fold)(lane_m, part_m);                                \
     } while (0)
     VOCAB_FOLDED_LOOP(n, DISTILL_STEP, VOCAB_NO_PREFETCH, DISTILL_FOLD);
 #undef DISTILL_FOLD
@@ -1150,6 +1204,21 @@ FASTLOSS_INLINE void NAME(distill_range)(const int divergence, const int pass_c,
         *sum_l = jsd ? vocab_lanes_total(lane_l)
                      : divergence == FASTLOSS_DIVERGENCE_FORWARD_KL ? *sum_t : *sum_s;
         *sum_r = jsd ? 0.0 : vocab_lanes_total(lane_r);
+        /* the sums pass C's constants come from (distill_totals): the KLs' sum_c w (d_c
+         * - ref) (w = q for the reverse KL's student, p for the forward KL's teacher), the
+         * JSD's per model */
+        if (sums_m)
+            more[0] += vocab_lanes_total(lane_m);
+        if (jsd && want_s) {
+            more[0] += *sum_s;
+            more[1] += vocab_lanes_total(lane_ws);
+            more[2] += vocab_lanes_total(lane_xs);
+        }
+        if (jsd && want_t) {
+            more[3] += *sum_t;
+            more[4] += vocab_lanes_total(lane_wt);
+            more[5] += vocab_lanes_total(lane_xt);
+        }
     }
 }
 #undef DISTILL_STEP
@@ -1168,7 +1237,7 @@ FASTLOSS_INLINE void NAME(distill_pass)(int divergence, int pass_c, REAL *es_row
                                         const NAME(distill_row) *row,
                                         REAL scale_s, REAL scale_t, GRAD_T *gs, GRAD_T *gt,
                                         double *kl_s, double *kl_t, double *loss,
-                                        double *excess)
+                                        double *excess, double *more)
 {
     double total_s = 0.0, total_t = 0.0, total_l = 0.0, total_r = 0.0;
     /* the JSD's teacher gaps: in d when the student's gradient does not keep its own there */
@@ -1182,19 +1251,31 @@ FASTLOSS_INLINE void NAME(distill_pass)(int divergence, int pass_c, REAL *es_row
         REAL *es = es_row + start, *et = et_row + start;
         REAL *d = d_row + start, *gap_t = gap_t_rows + start;
         GRAD_T *gsk = gs ? gs + start : NULL, *gtk = gt ? gt + start : NULL;
+        chunk.heavy_s = row->heavy_s - start; /* out of [0, n) where not in this chunk */
+        chunk.heavy_t = row->heavy_t - start;
         double sum_s = 0.0, sum_t = 0.0, sum_l = 0.0, sum_r = 0.0;
 #define VOCAB_RANGE(div, c, ws, wt)                                                         \
     NAME(distill_range)(div, c, ws, wt, es, et, d, gap_t, n, &chunk, row, scale_s, scale_t, \
-                        gsk, gtk, &sum_s, &sum_t, &sum_l, &sum_r)
+                        gsk, gtk, &sum_s, &sum_t, &sum_l, &sum_r, more)
         if (!pass_c) {
+            /* the KLs' pass B writes the gradient of the model whose flag it is given and
+             * sums, for the other model's pass C, sum_c w d_c */
             if (divergence == FASTLOSS_DIVERGENCE_FORWARD_KL) {
-                if (gsk)
+                if (gsk && gtk)
+                    VOCAB_RANGE(FASTLOSS_DIVERGENCE_FORWARD_KL, 0, 1, 1);
+                else if (gsk)
                     VOCAB_RANGE(FASTLOSS_DIVERGENCE_FORWARD_KL, 0, 1, 0);
+                else if (gtk)
+                    VOCAB_RANGE(FASTLOSS_DIVERGENCE_FORWARD_KL, 0, 0, 1);
                 else
                     VOCAB_RANGE(FASTLOSS_DIVERGENCE_FORWARD_KL, 0, 0, 0);
             } else if (divergence == FASTLOSS_DIVERGENCE_REVERSE_KL) {
-                if (gtk)
+                if (gsk && gtk)
+                    VOCAB_RANGE(FASTLOSS_DIVERGENCE_REVERSE_KL, 0, 1, 1);
+                else if (gtk)
                     VOCAB_RANGE(FASTLOSS_DIVERGENCE_REVERSE_KL, 0, 0, 1);
+                else if (gsk)
+                    VOCAB_RANGE(FASTLOSS_DIVERGENCE_REVERSE_KL, 0, 1, 0);
                 else
                     VOCAB_RANGE(FASTLOSS_DIVERGENCE_REVERSE_KL, 0, 0, 0);
             } else {
@@ -1240,6 +1321,71 @@ FASTLOSS_INLINE void NAME(distill_pass)(int divergence, int pass_c, REAL *es_row
  * scale (t_c - R p_c) / (1 + R), p_c = e_c unit_k (e_row: the other model's exps, unit_k
  * its chunk's scale), stored (rounded once) to g.
  */
+/*
+ * The totals pass C subtracts.  Each gradient that subtracts one is w_c (h_c - H),
+ * H = sum_c w h / sum_c w: the reverse KL's student's (w = q, h = y), the forward KL's
+ * teacher's (w = p, h = -y, as -(y - sum p y)) and the JSD's (w = q, h = -v; w = p,
+ * h = -u).  Where the models are far apart h_c and H are both large (a class the other
+ * model rules out by 20 nats puts about 20 into both), and where one class a holds
+ * nearly all of w, h_a and H agree to 1 - w_a: taken as the difference of the two, each
+ * rounded, the gradient kept their roundings (1e-6 and more of it in float).  So both
+ * are taken relative to the heaviest class a (distill_heaviest), the reference,
+ *   h_c - H = (h_c - h_a) - D,   D = sum_(c != a) w_c (h_c - h_a) / sum_c w_c,
+ * where a's own term is 0, not the remainder of two that cancel.
+ * The KLs: h_c - h_a = (d_c - d_a) + (delta_k - delta_(k_a)) (y = d + delta_k + kappa,
+ * distill_offsets: kappa, and its error, cancel), pass B sums sum_c w (d_c - d_a), and
+ * the chunks' W_k = sum of w over chunk k = exp(log scale_k) S_k give the rest
+ * (distill_mean); pass C stores w ((d_c - d_a) + ((delta_k - delta_(k_a)) - D)).
+ * The JSD: pass B keeps each class's gap less its saturation where it is saturated
+ * (kept_c = h_c - L [saturated_c], L = -log(1 - beta) for -v, -log beta for -u:
+ * DISTILL_STEP), so that a class near saturation keeps the small part of its gap; then
+ * h_c - h_a = (kept_c - kept_a) + L ([saturated_c] - [saturated_a]), and pass B sums,
+ * over c != a, w, w kept and w ([saturated_c] - [saturated_a]) (more[]).
+ * Dividing by sum w, 1 up to the exps' roundings, keeps those roundings out of D.
+ */
+static fastloss_index NAME(distill_heaviest)(const REAL *e_row, const double *chunks,
+                                             fastloss_index n_chunks,
+                                             fastloss_index n_classes, double max)
+{
+    for (fastloss_index k = 0; k < n_chunks; ++k) {
+        if (chunks[k * VOCAB_CHUNK_FIELDS + VOCAB_CHUNK_MAX] != max)
+            continue;
+        /* the chunk that holds the row's max: its largest exp (1, at the max) */
+        const fastloss_index start = k * FASTLOSS_VOCAB_CHUNK;
+        const fastloss_index n = fastloss_vocab_chunk_length(n_classes, start);
+        fastloss_index best = -1;
+        REAL top = 0;
+        for (fastloss_index c = 0; c < n; ++c)
+            if (e_row[start + c] > top) {
+                top = e_row[start + c];
+                best = start + c;
+            }
+        return best;
+    }
+    return -1;
+}
+
+/* The KLs' D (distill_heaviest): (weighted + sum_k W_k (delta_k - delta_ref)) / sum_k W_k,
+ * weighted = sum_c w (d_c - d_a) from pass B. */
+static double NAME(distill_mean)(const double *chunks, const double *close,
+                                 fastloss_index n_chunks, double inv_temperature,
+                                 const vocab_row_stats *model, double delta_ref,
+                                 double weighted)
+{
+    double mass = 0.0, moved = 0.0;
+    for (fastloss_index k = 0; k < n_chunks; ++k) {
+        const double m = chunks[k * VOCAB_CHUNK_FIELDS + VOCAB_CHUNK_MAX];
+        const double sum = chunks[k * VOCAB_CHUNK_FIELDS + VOCAB_CHUNK_SUM];
+        if (sum == 0.0) /* a chunk the model rules out */
+            continue;
+        const double shift = m == -INFINITY ? 0.0 : m;
+        const double w = exp((shift - model->max) * inv_temperature - model->log_sum) * sum;
+        mass += w;
+        moved += w * (close[3 * k + 2] - delta_ref);
+    }
+    return (weighted + moved) / mass;
+}
+
 static void NAME(distill_correct)(int divergence, const REAL *t_row, const REAL *e_row,
                                   fastloss_index n_classes, fastloss_index n_chunks,
                                   double inv_temperature, const double *student_chunks,
@@ -1364,13 +1510,51 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
         const double weight_t = divergence == FASTLOSS_DIVERGENCE_JSD ? beta : 1.0;
         const REAL scale_s = (REAL)(scale * weight_s), scale_t = (REAL)(scale * weight_t);
         double kl_s = 0.0, kl_t = 0.0, loss = 0.0, excess = 0.0;
-        row.kl_s = row.kl_t = 0;
+        double more[6] = {0.0};
+        /* the references of the gradients that subtract a total (distill_heaviest) */
+        const int total_s = gs && divergence != FASTLOSS_DIVERGENCE_FORWARD_KL;
+        const int total_t = gt && divergence != FASTLOSS_DIVERGENCE_REVERSE_KL;
+        row.heavy_s = total_s ? NAME(distill_heaviest)(es_row, student_chunks, n_chunks,
+                                                       n_classes, student.max)
+                              : -1;
+        row.heavy_t = total_t ? NAME(distill_heaviest)(et_row, teacher_chunks, n_chunks,
+                                                       n_classes, teacher.max)
+                              : -1;
+        row.sat_ref_s = row.sat_ref_t = 0;
+        row.ref_s = row.ref_t = 0;
+        row.sat1_s = row.sat0_s = row.sat1_t = row.sat0_t = 0;
+        row.delta_ref_s = row.delta_ref_t = row.mean_s = row.mean_t = 0.0;
+        REAL heavy_q = 0, heavy_p = 0; /* w at the references */
+        if (row.heavy_s >= 0) {
+            const fastloss_index a = row.heavy_s, k = a / FASTLOSS_VOCAB_CHUNK;
+            NAME(distill_chunk) chunk;
+            (void)NAME(distill_chunk_of)(k, n_classes, student_chunks, teacher_chunks, close,
+                                         &student, &teacher, inv_temperature, &chunk);
+            const REAL q = es_row[a] * chunk.scale_s, p = et_row[a] * chunk.scale_t;
+            heavy_q = q;
+            row.sat_ref_s = q * (REAL)0.5 >= p; /* as DISTILL_STEP decides */
+            row.delta_ref_s = chunk.delta;
+            if (!jsd)
+                row.ref_s = d_row[a];
+        }
+        if (row.heavy_t >= 0) {
+            const fastloss_index a = row.heavy_t, k = a / FASTLOSS_VOCAB_CHUNK;
+            NAME(distill_chunk) chunk;
+            (void)NAME(distill_chunk_of)(k, n_classes, student_chunks, teacher_chunks, close,
+                                         &student, &teacher, inv_temperature, &chunk);
+            const REAL q = es_row[a] * chunk.scale_s, p = et_row[a] * chunk.scale_t;
+            heavy_p = p;
+            row.sat_ref_t = p * (REAL)0.5 >= q;
+            row.delta_ref_t = chunk.delta;
+            if (!jsd)
+                row.ref_t = d_row[a];
+        }
         /* pass B: the divergence, with the gradients that subtract no row total (the
          * forward KL's student's, the reverse KL's teacher's) */
         NAME(distill_pass)(divergence, 0, es_row, et_row, d_row, gap_row, n_classes, n_chunks,
                            inv_temperature, student_chunks, teacher_chunks, close, &student,
                            &teacher, &row, scale_s, scale_t, gs, gt, &kl_s, &kl_t, &loss,
-                           &excess);
+                           &excess, more);
         if (!jsd) {
             /* The KLs' kappa (distill_offsets, without D) carries the roundings of the
              * sums of exps (about 1e-8), so pass B's y0 = d + offset is y - eps with a
@@ -1402,14 +1586,40 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
         const int needs_totals = (gs && divergence != FASTLOSS_DIVERGENCE_FORWARD_KL) ||
                                  (gt && divergence != FASTLOSS_DIVERGENCE_REVERSE_KL);
         if (needs_totals) {
-            row.kl_s = (REAL)kl_s;
-            row.kl_t = (REAL)kl_t;
+            /* pass C's constants (distill_heaviest) */
+            if (divergence == FASTLOSS_DIVERGENCE_REVERSE_KL)
+                row.mean_s = NAME(distill_mean)(student_chunks, close, n_chunks,
+                                                inv_temperature, &student, row.delta_ref_s,
+                                                more[0]);
+            if (divergence == FASTLOSS_DIVERGENCE_FORWARD_KL)
+                row.mean_t = NAME(distill_mean)(teacher_chunks, close, n_chunks,
+                                                inv_temperature, &teacher, row.delta_ref_t,
+                                                more[0]);
+            if (jsd && total_s) {
+                const double kept = row.heavy_s >= 0 ? (double)d_row[row.heavy_s] : 0.0;
+                const double l = -log1p(-beta), sat_ref = row.sat_ref_s;
+                const double mean =
+                    (more[0] - kept * more[1] + l * more[2]) / (more[1] + (double)heavy_q);
+                row.ref_s = (REAL)kept;
+                row.sat1_s = (REAL)((1.0 - sat_ref) * l - mean);
+                row.sat0_s = (REAL)(-sat_ref * l - mean);
+            }
+            if (jsd && total_t) {
+                const REAL *kept_row = gs ? gap_row : d_row; /* (distill_pass) */
+                const double kept = row.heavy_t >= 0 ? (double)kept_row[row.heavy_t] : 0.0;
+                const double l = -log(beta), sat_ref = row.sat_ref_t;
+                const double mean =
+                    (more[3] - kept * more[4] + l * more[5]) / (more[4] + (double)heavy_p);
+                row.ref_t = (REAL)kept;
+                row.sat1_t = (REAL)((1.0 - sat_ref) * l - mean);
+                row.sat0_t = (REAL)(-sat_ref * l - mean);
+            }
             NAME(distill_pass)(divergence, 1, es_row, et_row, d_row, gap_row, n_classes,
                                n_chunks, inv_temperature, student_chunks, teacher_chunks,
                                close, &student, &teacher, &row, scale_s, scale_t,
                                divergence == FASTLOSS_DIVERGENCE_FORWARD_KL ? NULL : gs,
                                divergence == FASTLOSS_DIVERGENCE_REVERSE_KL ? NULL : gt,
-                               NULL, NULL, NULL, NULL);
+                               NULL, NULL, NULL, NULL, NULL);
         }
         job->row_loss[i] = finite ? loss : NAN;
     }
