@@ -621,14 +621,16 @@ typedef struct NAME(distill_row) {
     REAL u_of_y, v_of_y;       /* u = that + u_of_y y and v = that + v_of_y y: 0 or +-1 (JSD) */
     REAL log_beta, log_beta_c; /* log beta, log(1 - beta) (JSD) */
     REAL log_odds;             /* log beta - log(1 - beta) */
-    /* pass C's constants (distill_totals): per model, the reference class (the heaviest,
-     * or -1), what pass B kept there (ref), whether it is saturated (JSD), and the
-     * constants added to kept - ref (the KLs': per chunk, (delta_k - delta_ref) - D) */
+    /* pass C's constants (distill_heaviest): per model, the reference class (the
+     * heaviest, or -1); the JSD's: what pass B kept there (ref), whether it is saturated,
+     * and the constants added to kept - ref, for a saturated class and another; the
+     * KLs': x_s - x_t at the reference (as hi + lo) and D */
     fastloss_index heavy_s, heavy_t;
     int sat_ref_s, sat_ref_t;
     REAL ref_s, ref_t;
-    REAL sat1_s, sat0_s, sat1_t, sat0_t; /* the JSD's, for a saturated class and another */
-    double delta_ref_s, delta_ref_t, mean_s, mean_t;
+    REAL sat1_s, sat0_s, sat1_t, sat0_t;
+    REAL hi_ref, lo_ref, mean;
+    REAL inv_t; /* 1 / T */
 } NAME(distill_row);
 
 /* What a chunk's elements need: with e_c = exp((x_c - shift) / T) as pass A left it,
@@ -636,7 +638,6 @@ typedef struct NAME(distill_row) {
  * from pass A, offset = close[3 k]: distill_offsets). */
 typedef struct NAME(distill_chunk) {
     REAL scale_s, scale_t, offset;
-    double delta; /* delta_k = offset - kappa (distill_offsets: close[3 k + 2]) */
     fastloss_index heavy_s, heavy_t; /* the row's reference classes, in the chunk's indices */
 } NAME(distill_chunk);
 
@@ -654,7 +655,6 @@ FASTLOSS_INLINE fastloss_index NAME(distill_chunk_of)(fastloss_index k, fastloss
     const double *student_chunk = student_chunks + k * VOCAB_CHUNK_FIELDS;
     const double *teacher_chunk = teacher_chunks + k * VOCAB_CHUNK_FIELDS;
     chunk->offset = (REAL)close[3 * k];
-    chunk->delta = close[3 * k + 2];
     const double m_s = student_chunk[VOCAB_CHUNK_MAX], m_t = teacher_chunk[VOCAB_CHUNK_MAX];
     /* a chunk with no finite value: shift 0 and every e 0 (its scale is then unused) */
     const double shift_s = m_s == -INFINITY ? 0.0 : m_s;
@@ -1027,6 +1027,17 @@ static void NAME(distill_offsets)(int with_d, const double *student_chunks, doub
  * than without (distill4); an FMA path rounds p g alone either way (the addition of 0
  * may itself become a multiply-add with 0: the same bits). */
 #define DISTILL_ALONE(term) ((term) + (REAL)0)
+/* The KLs' y_c - y_a (a the reference, distill_heaviest) from the logits themselves:
+ * ((x_s - x_t)_c - (x_s - x_t)_a) / T, each difference as its rounded value and rounding
+ * error (two-sum, as DISTILL_STATS_STEP; the error NaN where a logit is infinite, and
+ * then left out), rounded once more where the two are not close. */
+#define DISTILL_FROM_REF(name, i)                                                           \
+    const REAL name##_x_s = LOAD(xs, i), name##_x_t = LOAD(xt, i);                          \
+    const REAL name##_hi = name##_x_s - name##_x_t, name##_back = name##_hi - name##_x_s;   \
+    const REAL name##_lo =                                                                  \
+        ((name##_x_s - (name##_hi - name##_back)) - (name##_x_t + name##_back)) - lo_ref;   \
+    const REAL name =                                                                       \
+        ((name##_hi - hi_ref) + (name##_lo == name##_lo ? name##_lo : (REAL)0)) * inv_t
 #define DISTILL_STEP(i, j)                                                                  \
     do {                                                                                    \
         const REAL e_s = es[i], e_t = et[i];                                                \
@@ -1042,11 +1053,13 @@ static void NAME(distill_offsets)(int with_d, const double *student_chunks, doub
                 if (want_s)                                                                 \
                     es[i] = t;                                                              \
                 part_r[j] += DISTILL_ALONE(t);                                              \
-                if (want_t) /* for the teacher's pass C (distill_totals) */                 \
-                    part_m[j] += DISTILL_ALONE(e_t == (REAL)0 ? (REAL)0 : p * (d[i] - ref_t)); \
+                if (want_t) { /* for the teacher's pass C (distill_heaviest) */             \
+                    DISTILL_FROM_REF(v_, i);                                                \
+                    part_m[j] += DISTILL_ALONE(e_t == (REAL)0 ? (REAL)0 : p * v_);          \
+                }                                                                           \
             } else {                                                                        \
-                STORE(gt, i,                                                                \
-                      scale_t * (e_t == (REAL)0 ? (REAL)0 : p * ((ref_t - d[i]) - shift_t))); \
+                DISTILL_FROM_REF(v_, i);                                                    \
+                STORE(gt, i, scale_t * (e_t == (REAL)0 ? (REAL)0 : p * (mean - v_)));       \
             }                                                                               \
         } else if (divergence == FASTLOSS_DIVERGENCE_REVERSE_KL) {                          \
             if (!pass_c) {                                                                  \
@@ -1058,11 +1071,13 @@ static void NAME(distill_offsets)(int with_d, const double *student_chunks, doub
                 if (want_t)                                                                 \
                     et[i] = t;                                                              \
                 part_r[j] += DISTILL_ALONE(t);                                              \
-                if (want_s) /* for the student's pass C (distill_totals) */                 \
-                    part_m[j] += DISTILL_ALONE(e_s == (REAL)0 ? (REAL)0 : q * (d[i] - ref_s)); \
+                if (want_s) { /* for the student's pass C (distill_heaviest) */             \
+                    DISTILL_FROM_REF(v_, i);                                                \
+                    part_m[j] += DISTILL_ALONE(e_s == (REAL)0 ? (REAL)0 : q * v_);          \
+                }                                                                           \
             } else {                                                                        \
-                STORE(gs, i,                                                                \
-                      scale_s * (e_s == (REAL)0 ? (REAL)0 : q * ((d[i] - ref_s) + shift_s))); \
+                DISTILL_FROM_REF(v_, i);                                                    \
+                STORE(gs, i, scale_s * (e_s == (REAL)0 ? (REAL)0 : q * (v_ - mean)));       \
             }                                                                               \
         } else if (!pass_c) {                                                               \
             const int near = abs_y < DISTILL_JSD_SERIES_BELOW;                              \
@@ -1142,6 +1157,8 @@ static void NAME(distill_offsets)(int with_d, const double *student_chunks, doub
 FASTLOSS_INLINE void NAME(distill_range)(const int divergence, const int pass_c,
                                          const int want_s, const int want_t, REAL *es,
                                          REAL *et, REAL *d, REAL *gap_t_row,
+                                         const STORE_T *FASTLOSS_RESTRICT xs,
+                                         const STORE_T *FASTLOSS_RESTRICT xt,
                                          fastloss_index n, const NAME(distill_chunk) *chunk,
                                          const NAME(distill_row) *row, REAL scale_s,
                                          REAL scale_t, GRAD_T *gs, GRAD_T *gt, double *sum_s,
@@ -1169,8 +1186,8 @@ FASTLOSS_INLINE void NAME(distill_range)(const int divergence, const int pass_c,
     const REAL ref_s = row->ref_s, ref_t = row->ref_t;
     const REAL sat1_s = row->sat1_s, sat0_s = row->sat0_s;
     const REAL sat1_t = row->sat1_t, sat0_t = row->sat0_t;
-    const REAL shift_s = (REAL)((chunk->delta - row->delta_ref_s) - row->mean_s);
-    const REAL shift_t = (REAL)((chunk->delta - row->delta_ref_t) - row->mean_t);
+    const REAL hi_ref = row->hi_ref, lo_ref = row->lo_ref, mean = row->mean;
+    const REAL inv_t = row->inv_t;
     double lane_s[VOCAB_LANES] = {0.0}, lane_t[VOCAB_LANES] = {0.0};
     double lane_l[VOCAB_LANES] = {0.0}, lane_r[VOCAB_LANES] = {0.0};
     double lane_m[VOCAB_LANES] = {0.0};
@@ -1229,6 +1246,7 @@ FASTLOSS_INLINE void NAME(distill_range)(const int divergence, const int pass_c,
  * teacher_chunks); see distill_range.  gs, gt: the gradient rows wanted, or NULL. */
 FASTLOSS_INLINE void NAME(distill_pass)(int divergence, int pass_c, REAL *es_row,
                                         REAL *et_row, REAL *d_row, REAL *gap_row,
+                                        const STORE_T *xs_row, const STORE_T *xt_row,
                                         fastloss_index n_classes, fastloss_index n_chunks,
                                         double inv_temperature, const double *student_chunks,
                                         const double *teacher_chunks, const double *close,
@@ -1255,7 +1273,8 @@ FASTLOSS_INLINE void NAME(distill_pass)(int divergence, int pass_c, REAL *es_row
         chunk.heavy_t = row->heavy_t - start;
         double sum_s = 0.0, sum_t = 0.0, sum_l = 0.0, sum_r = 0.0;
 #define VOCAB_RANGE(div, c, ws, wt)                                                         \
-    NAME(distill_range)(div, c, ws, wt, es, et, d, gap_t, n, &chunk, row, scale_s, scale_t, \
+    NAME(distill_range)(div, c, ws, wt, es, et, d, gap_t, xs_row + start, xt_row + start, n,  \
+                        &chunk, row, scale_s, scale_t,                                      \
                         gsk, gtk, &sum_s, &sum_t, &sum_l, &sum_r, more)
         if (!pass_c) {
             /* the KLs' pass B writes the gradient of the model whose flag it is given and
@@ -1365,25 +1384,21 @@ static fastloss_index NAME(distill_heaviest)(const REAL *e_row, const double *ch
     return -1;
 }
 
-/* The KLs' D (distill_heaviest): (weighted + sum_k W_k (delta_k - delta_ref)) / sum_k W_k,
- * weighted = sum_c w (d_c - d_a) from pass B. */
-static double NAME(distill_mean)(const double *chunks, const double *close,
-                                 fastloss_index n_chunks, double inv_temperature,
-                                 const vocab_row_stats *model, double delta_ref,
-                                 double weighted)
+/* sum_c w_c of a model, as sum_k W_k, W_k = exp(log scale_k) S_k (the KLs' D divides by
+ * it: distill_heaviest). */
+static double NAME(distill_mass)(const double *chunks, fastloss_index n_chunks,
+                                 double inv_temperature, const vocab_row_stats *model)
 {
-    double mass = 0.0, moved = 0.0;
+    double mass = 0.0;
     for (fastloss_index k = 0; k < n_chunks; ++k) {
         const double m = chunks[k * VOCAB_CHUNK_FIELDS + VOCAB_CHUNK_MAX];
         const double sum = chunks[k * VOCAB_CHUNK_FIELDS + VOCAB_CHUNK_SUM];
         if (sum == 0.0) /* a chunk the model rules out */
             continue;
         const double shift = m == -INFINITY ? 0.0 : m;
-        const double w = exp((shift - model->max) * inv_temperature - model->log_sum) * sum;
-        mass += w;
-        moved += w * (close[3 * k + 2] - delta_ref);
+        mass += exp((shift - model->max) * inv_temperature - model->log_sum) * sum;
     }
-    return (weighted + moved) / mass;
+    return mass;
 }
 
 static void NAME(distill_correct)(int divergence, const REAL *t_row, const REAL *e_row,
@@ -1431,6 +1446,7 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
     REAL *d_row = (REAL *)(mine + 2 * row_bytes), *gap_row = (REAL *)(mine + 3 * row_bytes);
     NAME(distill_row) row;
     row.beta = (REAL)beta;
+    row.inv_t = (REAL)inv_temperature;
     {
         /* near 0, u = K_(1 - beta)(y) ~ (1 - beta) y and v = K_beta(-y) ~ -beta y
          * (distill_cgf): the smaller of the two by its series, y times
@@ -1523,7 +1539,7 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
         row.sat_ref_s = row.sat_ref_t = 0;
         row.ref_s = row.ref_t = 0;
         row.sat1_s = row.sat0_s = row.sat1_t = row.sat0_t = 0;
-        row.delta_ref_s = row.delta_ref_t = row.mean_s = row.mean_t = 0.0;
+        row.hi_ref = row.lo_ref = row.mean = 0;
         REAL heavy_q = 0, heavy_p = 0; /* w at the references */
         if (row.heavy_s >= 0) {
             const fastloss_index a = row.heavy_s, k = a / FASTLOSS_VOCAB_CHUNK;
@@ -1533,9 +1549,6 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
             const REAL q = es_row[a] * chunk.scale_s, p = et_row[a] * chunk.scale_t;
             heavy_q = q;
             row.sat_ref_s = q * (REAL)0.5 >= p; /* as DISTILL_STEP decides */
-            row.delta_ref_s = chunk.delta;
-            if (!jsd)
-                row.ref_s = d_row[a];
         }
         if (row.heavy_t >= 0) {
             const fastloss_index a = row.heavy_t, k = a / FASTLOSS_VOCAB_CHUNK;
@@ -1545,13 +1558,24 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
             const REAL q = es_row[a] * chunk.scale_s, p = et_row[a] * chunk.scale_t;
             heavy_p = p;
             row.sat_ref_t = p * (REAL)0.5 >= q;
-            row.delta_ref_t = chunk.delta;
-            if (!jsd)
-                row.ref_t = d_row[a];
+        }
+        {
+            /* the KLs' reference: x_s - x_t there as hi + lo (DISTILL_FROM_REF) */
+            const fastloss_index a = divergence == FASTLOSS_DIVERGENCE_REVERSE_KL ? row.heavy_s
+                                     : divergence == FASTLOSS_DIVERGENCE_FORWARD_KL ? row.heavy_t
+                                                                                    : -1;
+            if (a >= 0) {
+                const REAL x_s = LOAD(xs, a), x_t = LOAD(xt, a);
+                const REAL hi = x_s - x_t, back = hi - x_s;
+                const REAL lo = (x_s - (hi - back)) - (x_t + back);
+                row.hi_ref = hi;
+                row.lo_ref = lo == lo ? lo : (REAL)0;
+            }
         }
         /* pass B: the divergence, with the gradients that subtract no row total (the
          * forward KL's student's, the reverse KL's teacher's) */
-        NAME(distill_pass)(divergence, 0, es_row, et_row, d_row, gap_row, n_classes, n_chunks,
+        NAME(distill_pass)(divergence, 0, es_row, et_row, d_row, gap_row, xs, xt, n_classes,
+                           n_chunks,
                            inv_temperature, student_chunks, teacher_chunks, close, &student,
                            &teacher, &row, scale_s, scale_t, gs, gt, &kl_s, &kl_t, &loss,
                            &excess, more);
@@ -1588,13 +1612,11 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
         if (needs_totals) {
             /* pass C's constants (distill_heaviest) */
             if (divergence == FASTLOSS_DIVERGENCE_REVERSE_KL)
-                row.mean_s = NAME(distill_mean)(student_chunks, close, n_chunks,
-                                                inv_temperature, &student, row.delta_ref_s,
-                                                more[0]);
+                row.mean = (REAL)(more[0] / NAME(distill_mass)(student_chunks, n_chunks,
+                                                               inv_temperature, &student));
             if (divergence == FASTLOSS_DIVERGENCE_FORWARD_KL)
-                row.mean_t = NAME(distill_mean)(teacher_chunks, close, n_chunks,
-                                                inv_temperature, &teacher, row.delta_ref_t,
-                                                more[0]);
+                row.mean = (REAL)(more[0] / NAME(distill_mass)(teacher_chunks, n_chunks,
+                                                               inv_temperature, &teacher));
             if (jsd && total_s) {
                 const double kept = row.heavy_s >= 0 ? (double)d_row[row.heavy_s] : 0.0;
                 const double l = -log1p(-beta), sat_ref = row.sat_ref_s;
@@ -1614,7 +1636,7 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
                 row.sat1_t = (REAL)((1.0 - sat_ref) * l - mean);
                 row.sat0_t = (REAL)(-sat_ref * l - mean);
             }
-            NAME(distill_pass)(divergence, 1, es_row, et_row, d_row, gap_row, n_classes,
+            NAME(distill_pass)(divergence, 1, es_row, et_row, d_row, gap_row, xs, xt, n_classes,
                                n_chunks, inv_temperature, student_chunks, teacher_chunks,
                                close, &student, &teacher, &row, scale_s, scale_t,
                                divergence == FASTLOSS_DIVERGENCE_FORWARD_KL ? NULL : gs,

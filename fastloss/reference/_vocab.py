@@ -37,14 +37,15 @@ def _log_softmax(logits, temperature):
     """log softmax(logits / temperature) over the last axis (NaN rows where the
     log-sum-exp is not finite: a +inf or NaN logit, or every logit -inf).
 
-    With a = logits / T - max, the sum of exps is 1 (the max's own term, exactly) plus
+    With a = (logits - max) / T, the sum of exps is 1 (the max's own term, exactly) plus
     the others', so log S = log1p(the others' sum): a converged row's log-probabilities
-    near 0 keep their relative accuracy (log of an S near 1 would not)."""
-    scaled = logits / temperature
+    near 0 keep their relative accuracy (log of an S near 1 would not).  The max is taken
+    off before the division, so that a logit near a large max (1e4, say) keeps a's
+    accuracy (logits / T, each rounded to about 1e-16 of itself, would not)."""
     with np.errstate(invalid="ignore"):
-        shifted = scaled - np.max(scaled, axis=-1, keepdims=True)
+        shifted = (logits - np.max(logits, axis=-1, keepdims=True)) / temperature
         others = np.exp(shifted)
-        top = np.argmax(scaled, axis=-1)[..., None]
+        top = np.argmax(logits, axis=-1)[..., None]
         np.put_along_axis(others, top, 0.0, axis=-1)
         return shifted - np.log1p(np.sum(others, axis=-1, keepdims=True))
 
@@ -222,7 +223,11 @@ def _log_ratio(student, teacher, temperature, q, p):
     error c shared by the whole row which the gradient q - p = p expm1(y) of a close pair
     would show; it is removed with sum_c q_c = 1: where |y| < 1/2, p e^y = q e^(-c), so
         s = sum_(|y| < 1/2) p expm1(y) + sum_(others) (q - p) = expm1(-c) sum_(|y| < 1/2) q
-    and c = -log1p(s / that sum), itself accurate to about 1e-16 of |c|."""
+    and c = -log1p(s / that sum), itself accurate to about 1e-16 of |c| where that sum
+    holds at least half of q (a close pair's; s's terms, each up to q + p, then carry
+    at most 4e-16 into c).  With less, the models are far apart, s is a small remainder
+    of large terms over a small sum, and y is taken as it is (its own error, about 1e-16
+    of the log-sums, is then the smaller)."""
     top_s = np.max(student, axis=-1, keepdims=True)
     top_t = np.max(teacher, axis=-1, keepdims=True)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
@@ -235,8 +240,28 @@ def _log_ratio(student, teacher, temperature, q, p):
         s = np.sum(np.where(small, p * np.expm1(y), q - p), axis=-1, keepdims=True)
         q_small = np.sum(np.where(small, q, 0.0), axis=-1, keepdims=True)
         correction = np.log1p(s / q_small)
-        # no class near the other model's (or a row with no distribution): no correction
-        return y - np.where(np.isfinite(correction), correction, 0.0)
+        # no class near the other model's, or too few (a far pair), or a row with no
+        # distribution: no correction
+        return y - np.where(np.isfinite(correction) & (q_small >= 0.5), correction, 0.0)
+
+
+def _less_total(w, difference):
+    """w (h - H) per class, H = sum_c w h / sum_c w, given ``difference`` = h - h_a,
+    a the heaviest class of w in each row (its own difference exactly 0): H - h_a =
+    sum_c w (h - h_a) / sum_c w is then a sum of the other classes' terms, so that
+    neither a far pair (h and H both large) nor a class holding nearly all of w (h_a and
+    H equal to 1 - w_a) leaves the gradient the difference of two large rounded
+    numbers."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        terms = np.where(w == 0.0, 0.0, w * difference)
+        mean = np.sum(terms, axis=-1, keepdims=True) / np.sum(w, axis=-1, keepdims=True)
+        return np.where(w == 0.0, 0.0, w * (difference - mean))
+
+
+def _at_heaviest(w, values):
+    """values at each row's heaviest class of w (the first of the largest)."""
+    heaviest = np.argmax(w, axis=-1)[..., None]
+    return np.take_along_axis(values, heaviest, axis=-1)
 
 
 def _divergence(student, teacher, temperature, beta):
@@ -253,23 +278,42 @@ def _divergence(student, teacher, temperature, beta):
     0 and y, v between 0 and -y: log m lies between log p and log q):
         KL(P || M) = sum_c p g(u)  (p = 0 adds m = (1 - beta) q),
         KL(Q || M) = sum_c q g(v)  (q = 0 adds m = beta p).
-    Gradients: q - p = p expm1(y), p - q = q expm1(-y), and p (log p - log r - KL)."""
+    Gradients: q - p = p expm1(y), p - q = q expm1(-y), and p (log p - log r - KL),
+    the last relative to the heaviest class (_less_total): for the KLs y_c - y_a is the
+    logits' own difference (x_s - x_t)_c - (x_s - x_t)_a over T, rounded once; for the
+    JSD a class where one model has at least twice the other's probability (saturated)
+    keeps its gap less the gap's limit L (-log(1 - beta) for -v = log q - log m, -log
+    beta for -u), -softplus(log(beta / (1 - beta)) - y) or -softplus(y - log(beta /
+    (1 - beta))), the small part of a gap near its limit, and h_c - h_a is the kept
+    values' difference plus L times that of the saturation flags."""
     log_q = _log_softmax(student, temperature)
     log_p = _log_softmax(teacher, temperature)
     q, p = np.exp(log_q), np.exp(log_p)
     y = _log_ratio(student, teacher, temperature, q, p)
+    hi, lo = _difference(student, teacher)
+
+    def y_less_heaviest(w):  # y - y_a, a the heaviest class of w
+        with np.errstate(invalid="ignore"):
+            return ((hi - _at_heaviest(w, hi)) + (lo - _at_heaviest(w, lo))) / temperature
+
+    def gap_less_heaviest(w, gap, saturated, saturation, limit):  # the JSD's h - h_a
+        kept = np.where(saturated, saturation, gap)
+        with np.errstate(invalid="ignore"):
+            flags = saturated.astype(np.float64)
+            return (kept - _at_heaviest(w, kept)) + limit * (flags - _at_heaviest(w, flags))
+
     with np.errstate(invalid="ignore", over="ignore"):
         if beta == 0.0:
             p_g, p_expm1 = _times_g(p, y, q)
             kl = np.sum(np.where(p == 0.0, q, p_g), axis=-1)
             loss = kl
             d_student = np.where(p == 0.0, q, p_expm1)
-            d_teacher = np.where(p == 0.0, 0.0, p * (-y - kl[..., None]))
+            d_teacher = -_less_total(p, y_less_heaviest(p))
         elif beta == 1.0:
             q_g, q_expm1 = _times_g(q, -y, p)
             kl = np.sum(np.where(q == 0.0, p, q_g), axis=-1)
             loss = kl
-            d_student = np.where(q == 0.0, 0.0, q * (y - kl[..., None]))
+            d_student = _less_total(q, y_less_heaviest(q))
             d_teacher = np.where(q == 0.0, p, q_expm1)
         else:
             # log1p of expm1 near y = 0, log-add-exp beyond (where expm1 could overflow)
@@ -282,8 +326,13 @@ def _divergence(student, teacher, temperature, beta):
             kl_p = np.sum(np.where(p == 0.0, (1.0 - beta) * q, _times_g(p, u, m)[0]), axis=-1)
             kl_q = np.sum(np.where(q == 0.0, beta * p, _times_g(q, v, m)[0]), axis=-1)
             loss = beta * kl_p + (1.0 - beta) * kl_q
-            d_student = (1.0 - beta) * np.where(q == 0.0, 0.0, q * (-v - kl_q[..., None]))
-            d_teacher = beta * np.where(p == 0.0, 0.0, p * (-u - kl_p[..., None]))
+            log_odds = np.log(beta) - np.log1p(-beta)
+            saturation_s = -np.logaddexp(0.0, log_odds - y)  # -v - (-log(1 - beta))
+            saturation_t = -np.logaddexp(0.0, y - log_odds)  # -u - (-log beta)
+            d_student = (1.0 - beta) * _less_total(
+                q, gap_less_heaviest(q, -v, y >= np.log(2.0), saturation_s, -np.log1p(-beta)))
+            d_teacher = beta * _less_total(
+                p, gap_less_heaviest(p, -u, y <= -np.log(2.0), saturation_t, -np.log(beta)))
     return loss, d_student / temperature, d_teacher / temperature
 
 
