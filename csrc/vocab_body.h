@@ -1053,13 +1053,13 @@ static void NAME(distill_offsets)(int with_d, const double *student_chunks, doub
                 if (want_s)                                                                 \
                     es[i] = t;                                                              \
                 part_r[j] += DISTILL_ALONE(t);                                              \
-                if (want_t) { /* for the teacher's pass C (distill_heaviest) */             \
+                if (want_t) { /* for the teacher's pass C (distill_heaviest), kept in d */  \
                     DISTILL_FROM_REF(v_, i);                                                \
                     part_m[j] += DISTILL_ALONE(e_t == (REAL)0 ? (REAL)0 : p * v_);          \
+                    d[i] = v_;                                                              \
                 }                                                                           \
             } else {                                                                        \
-                DISTILL_FROM_REF(v_, i);                                                    \
-                STORE(gt, i, scale_t * (e_t == (REAL)0 ? (REAL)0 : p * (mean - v_)));       \
+                STORE(gt, i, scale_t * (e_t == (REAL)0 ? (REAL)0 : p * (mean - d[i])));     \
             }                                                                               \
         } else if (divergence == FASTLOSS_DIVERGENCE_REVERSE_KL) {                          \
             if (!pass_c) {                                                                  \
@@ -1071,13 +1071,13 @@ static void NAME(distill_offsets)(int with_d, const double *student_chunks, doub
                 if (want_t)                                                                 \
                     et[i] = t;                                                              \
                 part_r[j] += DISTILL_ALONE(t);                                              \
-                if (want_s) { /* for the student's pass C (distill_heaviest) */             \
+                if (want_s) { /* for the student's pass C (distill_heaviest), kept in d */  \
                     DISTILL_FROM_REF(v_, i);                                                \
                     part_m[j] += DISTILL_ALONE(e_s == (REAL)0 ? (REAL)0 : q * v_);          \
+                    d[i] = v_;                                                              \
                 }                                                                           \
             } else {                                                                        \
-                DISTILL_FROM_REF(v_, i);                                                    \
-                STORE(gs, i, scale_s * (e_s == (REAL)0 ? (REAL)0 : q * (v_ - mean)));       \
+                STORE(gs, i, scale_s * (e_s == (REAL)0 ? (REAL)0 : q * (d[i] - mean)));     \
             }                                                                               \
         } else if (!pass_c) {                                                               \
             const int near = abs_y < DISTILL_JSD_SERIES_BELOW;                              \
@@ -1112,18 +1112,16 @@ static void NAME(distill_offsets)(int with_d, const double *student_chunks, doub
                 const REAL w = e_s == (REAL)0 || (i) == heavy_s ? (REAL)0 : q;              \
                 d[i] = kept;                                                                \
                 lane_s[j] += (double)(w == (REAL)0 ? (REAL)0 : w * kept);                   \
-                lane_ws[j] += (double)w;                                                    \
-                lane_xs[j] += (double)(saturated_s == sat_ref_s ? (REAL)0                   \
-                                                                : saturated_s ? w : -w);    \
+                part_ws[j] += w;                                                            \
+                part_xs[j] += saturated_s == sat_ref_s ? (REAL)0 : saturated_s ? w : -w;    \
             }                                                                               \
             if (want_t) {                                                                   \
                 const REAL kept = saturated_t ? sat_t : neg_u;                              \
                 const REAL w = e_t == (REAL)0 || (i) == heavy_t ? (REAL)0 : p;              \
                 gap_t_row[i] = kept;                                                        \
                 lane_t[j] += (double)(w == (REAL)0 ? (REAL)0 : w * kept);                   \
-                lane_wt[j] += (double)w;                                                    \
-                lane_xt[j] += (double)(saturated_t == sat_ref_t ? (REAL)0                   \
-                                                                : saturated_t ? w : -w);    \
+                part_wt[j] += w;                                                            \
+                part_xt[j] += saturated_t == sat_ref_t ? (REAL)0 : saturated_t ? w : -w;    \
             }                                                                               \
         } else {                                                                            \
             if (want_s) {                                                                   \
@@ -1195,6 +1193,8 @@ FASTLOSS_INLINE void NAME(distill_range)(const int divergence, const int pass_c,
     double lane_xs[VOCAB_LANES] = {0.0}, lane_xt[VOCAB_LANES] = {0.0};
     REAL part_s[VOCAB_LANES] = {0}, part_t[VOCAB_LANES] = {0}, part_l[VOCAB_LANES] = {0};
     REAL part_r[VOCAB_LANES] = {0}, part_m[VOCAB_LANES] = {0};
+    REAL part_ws[VOCAB_LANES] = {0}, part_wt[VOCAB_LANES] = {0};
+    REAL part_xs[VOCAB_LANES] = {0}, part_xt[VOCAB_LANES] = {0};
     const int jsd = divergence == FASTLOSS_DIVERGENCE_JSD;
     const int sums_m = (divergence == FASTLOSS_DIVERGENCE_FORWARD_KL && want_t) ||
                        (divergence == FASTLOSS_DIVERGENCE_REVERSE_KL && want_s);
@@ -1212,6 +1212,14 @@ FASTLOSS_INLINE void NAME(distill_range)(const int divergence, const int pass_c,
             NAME(vocab_fold)(lane_r, part_r);                                \
         if (!pass_c && sums_m)                                               \
             NAME(vocab_fold)(lane_m, part_m);                                \
+        if (!pass_c && jsd && want_s) {                                      \
+            NAME(vocab_fold)(lane_ws, part_ws);                              \
+            NAME(vocab_fold)(lane_xs, part_xs);                              \
+        }                                                                    \
+        if (!pass_c && jsd && want_t) {                                      \
+            NAME(vocab_fold)(lane_wt, part_wt);                              \
+            NAME(vocab_fold)(lane_xt, part_xt);                              \
+        }                                                                    \
     } while (0)
     VOCAB_FOLDED_LOOP(n, DISTILL_STEP, VOCAB_NO_PREFETCH, DISTILL_FOLD);
 #undef DISTILL_FOLD
