@@ -1004,11 +1004,11 @@ static void NAME(distill_offsets)(int with_d, const double *student_chunks, doub
  *   -u = log p - log m = min(delta, 0) - log beta - L,
  *   -v = log q - log m = -max(delta, 0) - log(1 - beta) - L,
  * and near 0 the series of the smaller of u and v (distill_rows).  The JSD's gradients
- * subtract K_s = sum_c q (-v) and K_t = sum_c p (-u) (sum_c m - q = 0): only their absolute
- * error, that of a term -v, reaches them, so these sums need no series.  A class that
- * both models rule out adds 0.  Pass B keeps the JSD's -v and -u (in d, which pass C no
- * longer needs, and `gap` when both gradients are wanted) so that pass C takes no exp or
- * log.  The gradients, scale = grad_output * factor / T (times beta or 1 - beta for the
+ * subtract K_s = sum_c q (-v) and K_t = sum_c p (-u) (sum_c m - q = 0), both taken
+ * relative to the heaviest class (distill_heaviest).  A class that both models rule out
+ * adds 0.  Pass B keeps the JSD's -v and -u (in d, which pass C no longer needs, and
+ * `gap` when both gradients are wanted; a saturated class's less its limit) so that
+ * pass C takes no exp or log, and the KLs' y - y_a in d.  The gradients, scale = grad_output * factor / T (times beta or 1 - beta for the
  * JSD's):
  *   student  forward  scale (q - p) = scale p expm1(y)                (pass B)
  *            reverse  scale q (y - K_s)                              (pass C)
@@ -1102,7 +1102,7 @@ static void NAME(distill_offsets)(int with_d, const double *student_chunks, doub
             /* the gaps the gradients need, -v (student) and -u (teacher), kept less their  \
              * saturation where one model has at least twice the other's probability: sat_s \
              * (q >= 2 p) or sat_t (p >= 2 q); with the sums, over the classes but the       \
-             * model's reference (distill_totals), of w, w kept and w (saturated - that of   \
+             * model's reference (distill_heaviest), of w, w kept and w (saturated - that of \
              * the reference) */                                                            \
             const REAL neg_v = near ? -(small + v_of_y * y) : gap_s;                        \
             const REAL neg_u = near ? -(small + u_of_y * y) : gap_t;                        \
@@ -1146,8 +1146,8 @@ static void NAME(distill_offsets)(int with_d, const double *student_chunks, doub
  * and set of outputs), so that each loop vectorises with no test inside.  Each term is
  * formed in REAL (element c to lane c % VOCAB_LANES, the same order on every ISA): the
  * divergences' terms, all >= 0, are summed in the float lanes of VOCAB_FOLDED_LOOP (8
- * terms, then double), each rounded alone (DISTILL_ALONE); the JSD's totals K_s and K_t
- * are added to double lanes (their terms have both signs).  One thread, N=32, V=50257,
+ * terms, then double), each rounded alone (DISTILL_ALONE); the JSD's sums of w times its
+ * kept gaps are added to double lanes (their terms have both signs).  One thread, N=32, V=50257,
  * float32, AVX-512, CPU time, loaded machine: forward KL value_and_grad 1.49 -> 1.29 ns
  * per element, reverse 1.51 -> 1.44, JSD 2.71 -> 2.57 (no conversion to double per
  * vector for the divergence).
@@ -1178,7 +1178,7 @@ FASTLOSS_INLINE void NAME(distill_range)(const int divergence, const int pass_c,
     }
     const REAL u_of_y = row->u_of_y, v_of_y = row->v_of_y;
     const REAL log_beta = row->log_beta, log_beta_c = row->log_beta_c;
-    /* pass C's constants (distill_totals); the KLs': y - K = (d - ref) + shift */
+    /* pass C's constants (distill_heaviest) */
     const fastloss_index heavy_s = chunk->heavy_s, heavy_t = chunk->heavy_t;
     const int sat_ref_s = row->sat_ref_s, sat_ref_t = row->sat_ref_t;
     const REAL ref_s = row->ref_s, ref_t = row->ref_t;
@@ -1229,8 +1229,8 @@ FASTLOSS_INLINE void NAME(distill_range)(const int divergence, const int pass_c,
         *sum_l = jsd ? vocab_lanes_total(lane_l)
                      : divergence == FASTLOSS_DIVERGENCE_FORWARD_KL ? *sum_t : *sum_s;
         *sum_r = jsd ? 0.0 : vocab_lanes_total(lane_r);
-        /* the sums pass C's constants come from (distill_totals): the KLs' sum_c w (d_c
-         * - ref) (w = q for the reverse KL's student, p for the forward KL's teacher), the
+        /* the sums pass C's constants come from (distill_heaviest): the KLs' sum_c w (y_c
+         * - y_a) (w = q for the reverse KL's student, p for the forward KL's teacher), the
          * JSD's per model */
         if (sums_m)
             more[0] += vocab_lanes_total(lane_m);
@@ -1359,15 +1359,24 @@ FASTLOSS_INLINE void NAME(distill_pass)(int divergence, int pass_c, REAL *es_row
  * are taken relative to the heaviest class a (distill_heaviest), the reference,
  *   h_c - H = (h_c - h_a) - D,   D = sum_(c != a) w_c (h_c - h_a) / sum_c w_c,
  * where a's own term is 0, not the remainder of two that cancel.
- * The KLs: h_c - h_a = (d_c - d_a) + (delta_k - delta_(k_a)) (y = d + delta_k + kappa,
- * distill_offsets: kappa, and its error, cancel), pass B sums sum_c w (d_c - d_a), and
- * the chunks' W_k = sum of w over chunk k = exp(log scale_k) S_k give the rest
- * (distill_mean); pass C stores w ((d_c - d_a) + ((delta_k - delta_(k_a)) - D)).
+ * The KLs: h_c - h_a = y_c - y_a = ((x_s - x_t)_c - (x_s - x_t)_a) / T from the logits
+ * themselves (DISTILL_FROM_REF; kappa, and its error, cancel): d, rounded relative to its
+ * chunk's shifts, would carry its rounding (u times the other model's log-gap at a
+ * heavy class, 5-10 nats in float) into every difference.  Pass B keeps the difference
+ * in d and sums w times it; D divides that by sum_k W_k, W_k = exp(log scale_k) S_k the
+ * weight of chunk k (distill_mass); pass C stores w (d_c - D).  Reading the two logit
+ * rows again costs the reverse KL's value_and_grad about 17% (one thread, float32,
+ * V=50257: 1.16 -> 1.36-1.40 ns an element, BENCHMARKS.md).
  * The JSD: pass B keeps each class's gap less its saturation where it is saturated
  * (kept_c = h_c - L [saturated_c], L = -log(1 - beta) for -v, -log beta for -u:
  * DISTILL_STEP), so that a class near saturation keeps the small part of its gap; then
  * h_c - h_a = (kept_c - kept_a) + L ([saturated_c] - [saturated_a]), and pass B sums,
- * over c != a, w, w kept and w ([saturated_c] - [saturated_a]) (more[]).
+ * over c != a, w, w kept and w ([saturated_c] - [saturated_a]) (more[]).  (The kept
+ * gaps come from y = d + offset as rounded: where two saturated classes share the
+ * weight, their difference, about a seventh of either, carries y's rounding amplified,
+ * up to 7.7x the float32 contract from 20 nats apart and 2.3x float64's at 1e4; the
+ * known exception of docs/distillation.rst.  The JSD's value_and_grad: 2.57 -> 2.84 ns
+ * an element, as above.)
  * Dividing by sum w, 1 up to the exps' roundings, keeps those roundings out of D.
  */
 static fastloss_index NAME(distill_heaviest)(const REAL *e_row, const double *chunks,
