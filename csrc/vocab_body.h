@@ -1286,7 +1286,7 @@ FASTLOSS_INLINE void NAME(distill_pass)(int divergence, int pass_c, REAL *es_row
                         gsk, gtk, &sum_s, &sum_t, &sum_l, &sum_r, more)
         if (!pass_c) {
             /* the KLs' pass B writes the gradient of the model whose flag it is given and
-             * sums, for the other model's pass C, sum_c w d_c */
+             * sums, for the other model's pass C, sum_c w (y_c - y_a) (distill_heaviest) */
             if (divergence == FASTLOSS_DIVERGENCE_FORWARD_KL) {
                 if (gsk && gtk)
                     VOCAB_RANGE(FASTLOSS_DIVERGENCE_FORWARD_KL, 0, 1, 1);
