@@ -641,6 +641,16 @@ typedef struct NAME(distill_chunk) {
     fastloss_index heavy_s, heavy_t; /* the row's reference classes, in the chunk's indices */
 } NAME(distill_chunk);
 
+/* log of chunk k's scale for one model (its chunk record, its row statistics): a
+ * chunk with no finite value has shift 0 and every e 0 (its scale is then unused) */
+FASTLOSS_INLINE double NAME(distill_log_scale)(const double *chunk, const vocab_row_stats *model,
+                                               double inv_temperature)
+{
+    const double m = chunk[VOCAB_CHUNK_MAX];
+    const double shift = m == -INFINITY ? 0.0 : m;
+    return (shift - model->max) * inv_temperature - model->log_sum;
+}
+
 /* Chunk k's (from both models' chunk statistics and `close`, three values a chunk);
  * returns the chunk's length. */
 FASTLOSS_INLINE fastloss_index NAME(distill_chunk_of)(fastloss_index k, fastloss_index n_classes,
@@ -652,17 +662,11 @@ FASTLOSS_INLINE fastloss_index NAME(distill_chunk_of)(fastloss_index k, fastloss
                                                       double inv_temperature,
                                                       NAME(distill_chunk) *chunk)
 {
-    const double *student_chunk = student_chunks + k * VOCAB_CHUNK_FIELDS;
-    const double *teacher_chunk = teacher_chunks + k * VOCAB_CHUNK_FIELDS;
     chunk->offset = (REAL)close[3 * k];
-    const double m_s = student_chunk[VOCAB_CHUNK_MAX], m_t = teacher_chunk[VOCAB_CHUNK_MAX];
-    /* a chunk with no finite value: shift 0 and every e 0 (its scale is then unused) */
-    const double shift_s = m_s == -INFINITY ? 0.0 : m_s;
-    const double shift_t = m_t == -INFINITY ? 0.0 : m_t;
-    const double log_scale_s = (shift_s - student->max) * inv_temperature - student->log_sum;
-    const double log_scale_t = (shift_t - teacher->max) * inv_temperature - teacher->log_sum;
-    chunk->scale_s = (REAL)exp(log_scale_s);
-    chunk->scale_t = (REAL)exp(log_scale_t);
+    chunk->scale_s = (REAL)exp(NAME(distill_log_scale)(student_chunks + k * VOCAB_CHUNK_FIELDS,
+                                                       student, inv_temperature));
+    chunk->scale_t = (REAL)exp(NAME(distill_log_scale)(teacher_chunks + k * VOCAB_CHUNK_FIELDS,
+                                                       teacher, inv_temperature));
     return fastloss_vocab_chunk_length(n_classes, k * FASTLOSS_VOCAB_CHUNK);
 }
 
@@ -1031,13 +1035,15 @@ static void NAME(distill_offsets)(int with_d, const double *student_chunks, doub
  * ((x_s - x_t)_c - (x_s - x_t)_a) / T, each difference as its rounded value and rounding
  * error (two-sum, as DISTILL_STATS_STEP; the error NaN where a logit is infinite, and
  * then left out), rounded once more where the two are not close. */
-#define DISTILL_FROM_REF(name, i)                                                           \
-    const REAL name##_x_s = LOAD(xs, i), name##_x_t = LOAD(xt, i);                          \
+#define DISTILL_TWO_SUM(name, x_s, x_t) /* x_s - x_t = name##_hi + name##_lo exactly */      \
+    const REAL name##_x_s = (x_s), name##_x_t = (x_t);                                      \
     const REAL name##_hi = name##_x_s - name##_x_t, name##_back = name##_hi - name##_x_s;   \
-    const REAL name##_lo =                                                                  \
-        ((name##_x_s - (name##_hi - name##_back)) - (name##_x_t + name##_back)) - lo_ref;   \
+    const REAL name##_lo = (name##_x_s - (name##_hi - name##_back)) - (name##_x_t + name##_back)
+#define DISTILL_FROM_REF(name, i)                                                           \
+    DISTILL_TWO_SUM(name##_d, LOAD(xs, i), LOAD(xt, i));                                    \
+    const REAL name##_lo = name##_d_lo - lo_ref;                                            \
     const REAL name =                                                                       \
-        ((name##_hi - hi_ref) + (name##_lo == name##_lo ? name##_lo : (REAL)0)) * inv_t
+        ((name##_d_hi - hi_ref) + (name##_lo == name##_lo ? name##_lo : (REAL)0)) * inv_t
 #define DISTILL_STEP(i, j)                                                                  \
     do {                                                                                    \
         const REAL e_s = es[i], e_t = et[i];                                                \
@@ -1249,7 +1255,8 @@ FASTLOSS_INLINE void NAME(distill_range)(const int divergence, const int pass_c,
 #undef DISTILL_STEP
 #undef DISTILL_ALONE
 
-/* Pass B (!pass_c: kl_s and kl_t summed, OUT) or C (read from `row`) over one row,
+/* Pass B (!pass_c: the loss, the KLs' excess R and the sums of `more`, OUT) or C (the
+ * constants read from `row`) over one row,
  * chunk by chunk (the chunks of pass A, whose records are student_chunks and
  * teacher_chunks); see distill_range.  gs, gt: the gradient rows wanted, or NULL. */
 FASTLOSS_INLINE void NAME(distill_pass)(int divergence, int pass_c, REAL *es_row,
@@ -1262,10 +1269,9 @@ FASTLOSS_INLINE void NAME(distill_pass)(int divergence, int pass_c, REAL *es_row
                                         const vocab_row_stats *teacher,
                                         const NAME(distill_row) *row,
                                         REAL scale_s, REAL scale_t, GRAD_T *gs, GRAD_T *gt,
-                                        double *kl_s, double *kl_t, double *loss,
-                                        double *excess, double *more)
+                                        double *loss, double *excess, double *more)
 {
-    double total_s = 0.0, total_t = 0.0, total_l = 0.0, total_r = 0.0;
+    double total_l = 0.0, total_r = 0.0;
     /* the JSD's teacher gaps: in d when the student's gradient does not keep its own there */
     REAL *gap_t_rows = gs ? gap_row : d_row;
     for (fastloss_index k = 0; k < n_chunks; ++k) {
@@ -1328,14 +1334,10 @@ FASTLOSS_INLINE void NAME(distill_pass)(int divergence, int pass_c, REAL *es_row
                 VOCAB_RANGE(FASTLOSS_DIVERGENCE_JSD, 1, 0, 1);
         }
 #undef VOCAB_RANGE
-        total_s += sum_s;
-        total_t += sum_t;
         total_l += sum_l;
         total_r += sum_r;
     }
     if (!pass_c) {
-        *kl_s = total_s;
-        *kl_t = total_t;
         *loss = total_l;
         *excess = total_r;
     }
@@ -1408,12 +1410,10 @@ static double NAME(distill_mass)(const double *chunks, fastloss_index n_chunks,
 {
     double mass = 0.0;
     for (fastloss_index k = 0; k < n_chunks; ++k) {
-        const double m = chunks[k * VOCAB_CHUNK_FIELDS + VOCAB_CHUNK_MAX];
-        const double sum = chunks[k * VOCAB_CHUNK_FIELDS + VOCAB_CHUNK_SUM];
-        if (sum == 0.0) /* a chunk the model rules out */
-            continue;
-        const double shift = m == -INFINITY ? 0.0 : m;
-        mass += exp((shift - model->max) * inv_temperature - model->log_sum) * sum;
+        const double *chunk = chunks + k * VOCAB_CHUNK_FIELDS;
+        if (chunk[VOCAB_CHUNK_SUM] != 0.0) /* (a chunk the model rules out adds nothing) */
+            mass += exp(NAME(distill_log_scale)(chunk, model, inv_temperature)) *
+                    chunk[VOCAB_CHUNK_SUM];
     }
     return mass;
 }
@@ -1542,7 +1542,7 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
         const double weight_s = divergence == FASTLOSS_DIVERGENCE_JSD ? 1.0 - beta : 1.0;
         const double weight_t = divergence == FASTLOSS_DIVERGENCE_JSD ? beta : 1.0;
         const REAL scale_s = (REAL)(scale * weight_s), scale_t = (REAL)(scale * weight_t);
-        double kl_s = 0.0, kl_t = 0.0, loss = 0.0, excess = 0.0;
+        double loss = 0.0, excess = 0.0;
         double more[6] = {0.0};
         /* the references of the gradients that subtract a total (distill_heaviest) */
         const int total_s = gs && divergence != FASTLOSS_DIVERGENCE_FORWARD_KL;
@@ -1553,40 +1553,35 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
         row.heavy_t = total_t ? NAME(distill_heaviest)(et_row, teacher_chunks, n_chunks,
                                                        n_classes, teacher.max)
                               : -1;
-        row.sat_ref_s = row.sat_ref_t = 0;
         row.ref_s = row.ref_t = 0;
         row.sat1_s = row.sat0_s = row.sat1_t = row.sat0_t = 0;
         row.hi_ref = row.lo_ref = row.mean = 0;
-        REAL heavy_q = 0, heavy_p = 0; /* w at the references */
-        if (row.heavy_s >= 0) {
-            const fastloss_index a = row.heavy_s, k = a / FASTLOSS_VOCAB_CHUNK;
+        /* q and p at the references (as DISTILL_STEP forms them), and whether each is
+         * saturated as DISTILL_STEP decides */
+        REAL q_at[2] = {0, 0}, p_at[2] = {0, 0};
+        for (int side = 0; side < 2; ++side) {
+            const fastloss_index a = side == 0 ? row.heavy_s : row.heavy_t;
+            if (a < 0)
+                continue;
             NAME(distill_chunk) chunk;
-            (void)NAME(distill_chunk_of)(k, n_classes, student_chunks, teacher_chunks, close,
-                                         &student, &teacher, inv_temperature, &chunk);
-            const REAL q = es_row[a] * chunk.scale_s, p = et_row[a] * chunk.scale_t;
-            heavy_q = q;
-            row.sat_ref_s = q * (REAL)0.5 >= p; /* as DISTILL_STEP decides */
+            (void)NAME(distill_chunk_of)(a / FASTLOSS_VOCAB_CHUNK, n_classes, student_chunks,
+                                         teacher_chunks, close, &student, &teacher,
+                                         inv_temperature, &chunk);
+            q_at[side] = es_row[a] * chunk.scale_s;
+            p_at[side] = et_row[a] * chunk.scale_t;
         }
-        if (row.heavy_t >= 0) {
-            const fastloss_index a = row.heavy_t, k = a / FASTLOSS_VOCAB_CHUNK;
-            NAME(distill_chunk) chunk;
-            (void)NAME(distill_chunk_of)(k, n_classes, student_chunks, teacher_chunks, close,
-                                         &student, &teacher, inv_temperature, &chunk);
-            const REAL q = es_row[a] * chunk.scale_s, p = et_row[a] * chunk.scale_t;
-            heavy_p = p;
-            row.sat_ref_t = p * (REAL)0.5 >= q;
-        }
+        row.sat_ref_s = row.heavy_s >= 0 && q_at[0] * (REAL)0.5 >= p_at[0];
+        row.sat_ref_t = row.heavy_t >= 0 && p_at[1] * (REAL)0.5 >= q_at[1];
+        const REAL heavy_q = q_at[0], heavy_p = p_at[1]; /* w at the references */
         {
             /* the KLs' reference: x_s - x_t there as hi + lo (DISTILL_FROM_REF) */
             const fastloss_index a = divergence == FASTLOSS_DIVERGENCE_REVERSE_KL ? row.heavy_s
                                      : divergence == FASTLOSS_DIVERGENCE_FORWARD_KL ? row.heavy_t
                                                                                     : -1;
             if (a >= 0) {
-                const REAL x_s = LOAD(xs, a), x_t = LOAD(xt, a);
-                const REAL hi = x_s - x_t, back = hi - x_s;
-                const REAL lo = (x_s - (hi - back)) - (x_t + back);
-                row.hi_ref = hi;
-                row.lo_ref = lo == lo ? lo : (REAL)0;
+                DISTILL_TWO_SUM(ref, LOAD(xs, a), LOAD(xt, a));
+                row.hi_ref = ref_hi;
+                row.lo_ref = ref_lo == ref_lo ? ref_lo : (REAL)0;
             }
         }
         /* pass B: the divergence, with the gradients that subtract no row total (the
@@ -1594,8 +1589,7 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
         NAME(distill_pass)(divergence, 0, es_row, et_row, d_row, gap_row, xs, xt, n_classes,
                            n_chunks,
                            inv_temperature, student_chunks, teacher_chunks, close, &student,
-                           &teacher, &row, scale_s, scale_t, gs, gt, &kl_s, &kl_t, &loss,
-                           &excess, more);
+                           &teacher, &row, scale_s, scale_t, gs, gt, &loss, &excess, more);
         if (!jsd) {
             /* The KLs' kappa (distill_offsets, without D) carries the roundings of the
              * sums of exps (about 1e-8), so pass B's y0 = d + offset is y - eps with a
@@ -1606,12 +1600,10 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
              * series, p (y0 + g(y0)), beyond as q - p).  sum_c q = sum_c p e^y = 1
              * gives e^eps = 1 / (1 + R) (reverse: e^-eps), so that, exactly,
              *   KL = sum_c p g(y0 + eps) = L0 - R + log1p(R),
-             *   q - p = (t_c - R p) / (1 + R)  (t_c = p expm1(y0), distill_correct),
-             * and the totals the other gradients subtract with y0 in place of y,
-             * K + eps (forward KL's teacher: p (-y - K)) and K - eps (reverse KL's
-             * student: q (y - K)), are both L0 - R.  The JSD keeps D in pass A. */
-            kl_s = kl_t = loss - excess;
-            loss = kl_s + log1p(excess);
+             *   q - p = (t_c - R p) / (1 + R)  (t_c = p expm1(y0), distill_correct).
+             * (The gradients that subtract a total do not use y0: distill_heaviest.)
+             * The JSD keeps D in pass A. */
+            loss = (loss - excess) + log1p(excess);
             GRAD_T *g = divergence == FASTLOSS_DIVERGENCE_FORWARD_KL ? gs : gt;
             if (g)
                 NAME(distill_correct)(divergence,
@@ -1624,9 +1616,7 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
                                       excess, g);
         }
         /* pass C: the gradients that subtract the totals, from the kept rows */
-        const int needs_totals = (gs && divergence != FASTLOSS_DIVERGENCE_FORWARD_KL) ||
-                                 (gt && divergence != FASTLOSS_DIVERGENCE_REVERSE_KL);
-        if (needs_totals) {
+        if (total_s || total_t) {
             /* pass C's constants (distill_heaviest) */
             if (divergence == FASTLOSS_DIVERGENCE_REVERSE_KL)
                 row.mean = (REAL)(more[0] / NAME(distill_mass)(student_chunks, n_chunks,
@@ -1658,7 +1648,7 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
                                close, &student, &teacher, &row, scale_s, scale_t,
                                divergence == FASTLOSS_DIVERGENCE_FORWARD_KL ? NULL : gs,
                                divergence == FASTLOSS_DIVERGENCE_REVERSE_KL ? NULL : gt,
-                               NULL, NULL, NULL, NULL, NULL);
+                               NULL, NULL, NULL);
         }
         job->row_loss[i] = finite ? loss : NAN;
     }
@@ -1730,3 +1720,5 @@ int DISTILL_RUN(const fastloss_vocab_options *options, const void *student_data,
 #undef DISTILL_G
 #undef DISTILL_JSD_TERMS
 #undef DISTILL_JSD_F_TERMS
+#undef DISTILL_FROM_REF
+#undef DISTILL_TWO_SUM
