@@ -536,6 +536,7 @@ int TLP_RUN(const fastloss_vocab_options *options, const void *logits_data,
  * and log1p(beta expm1(-y)) have arguments in [-1/2, 1], REAL_LOG1P_UNIT's range.
  */
 #define DISTILL_IN_DOUBLE (sizeof(REAL) == sizeof(double))
+#define DISTILL_TINY ((REAL)(DISTILL_IN_DOUBLE ? DBL_MIN : FLT_MIN))
 #define DISTILL_SERIES_BELOW ((REAL)(DISTILL_IN_DOUBLE ? 0.25 : 1.0))
 #define DISTILL_JSD_SERIES_BELOW ((REAL)(DISTILL_IN_DOUBLE ? 0.25 : 0.69314718055994531))
 #define DISTILL_SERIES_TERMS (DISTILL_IN_DOUBLE ? 12 : 10)
@@ -631,6 +632,11 @@ typedef struct NAME(distill_row) {
     REAL sat1_s, sat0_s, sat1_t, sat0_t;
     REAL hi_ref, lo_ref, mean;
     REAL inv_t; /* 1 / T */
+    /* the JSD's exact differences (DISTILL_GAP_DIFF): per model, x_s - x_t at its
+     * reference and E there (E = r p / q for the student, q / (r p) for the teacher,
+     * r = beta / (1 - beta)); odds = r */
+    int exact_s, exact_t;
+    REAL hi_ref_s, lo_ref_s, hi_ref_t, lo_ref_t, e_ref_s, e_ref_t, odds, inv_odds;
 } NAME(distill_row);
 
 /* What a chunk's elements need: with e_c = exp((x_c - shift) / T) as pass A left it,
@@ -1039,11 +1045,54 @@ static void NAME(distill_offsets)(int with_d, const double *student_chunks, doub
     const REAL name##_x_s = (x_s), name##_x_t = (x_t);                                      \
     const REAL name##_hi = name##_x_s - name##_x_t, name##_back = name##_hi - name##_x_s;   \
     const REAL name##_lo = (name##_x_s - (name##_hi - name##_back)) - (name##_x_t + name##_back)
-#define DISTILL_FROM_REF(name, i)                                                           \
+#define DISTILL_FROM(name, i, hi_at, lo_at) /* ((x_s - x_t)_i - (hi_at + lo_at)) / T */ \
     DISTILL_TWO_SUM(name##_d, LOAD(xs, i), LOAD(xt, i));                                    \
-    const REAL name##_lo = name##_d_lo - lo_ref;                                            \
+    const REAL name##_lo = name##_d_lo - (lo_at);                                           \
     const REAL name =                                                                       \
-        ((name##_d_hi - hi_ref) + (name##_lo == name##_lo ? name##_lo : (REAL)0)) * inv_t
+        ((name##_d_hi - (hi_at)) + (name##_lo == name##_lo ? name##_lo : (REAL)0)) * inv_t
+#define DISTILL_FROM_REF(name, i) DISTILL_FROM(name, i, hi_ref, lo_ref)
+/* The JSD's gap of class c less that of the reference a, h(y_c) - h(y_a), exactly in
+ * terms of delta = y_c - y_a (student; the teacher's: y_a - y_c) from the logits:
+ * h = -log1p(E) + const (the student's E = r p / q, the teacher's q / (r p), r = beta /
+ * (1 - beta)), E_c = E_a e^-delta, so that with w_c = E_c / (1 + E_c) and wbar_c = 1 /
+ * (1 + E_c), both in [0, 1] (from p and q, no overflow where one is tiny),
+ *   h_c - h_a = log((1 + E_a) wbar_c) = log1p(t),
+ *   t = -E_a expm1(-delta) wbar_c (delta >= 0), expm1(delta) w_c (below):
+ * expm1 of a non-positive argument, by g's series near 0; log1p on [-1/2, 1], the log
+ * of the ratio beyond, where the difference is at least log 2 in size (its argument
+ * raised by the smallest normal number: a class whose wbar_c is below 1e-30 or so has
+ * a weight that small, and the log's domain is then the normal numbers).
+ *   Every value is finite (t >= -1, so log1p's division is by at least 1) and the
+ * choices between two of them are blends, DISTILL_BLEND: gcc sinks a division whose
+ * result only one arm of a choice uses into that arm, and then vectorises no loop
+ * around it (a division may trap); with the blends it vectorises. */
+/* Where that is needed: a model's reference class saturated (the other model gives it
+ * under half its probability) and either at least DISTILL_FAR times more likely under
+ * it than under the other (|y_a| >= log 3 = 1.1) or in a row whose chunks' offsets
+ * reach DISTILL_FAR_OFFSET (y = d + offset, each rounded: y's error is u (|d| +
+ * |offset|), and a far pair's heavy classes can have a small y from a large d and
+ * offset).  The kept gaps of pass B carry y's rounding, about u |y|, into the saturated
+ * classes' gaps, and where the heavy classes' y agree to 0.13 the row's gradient is a
+ * difference of two of them a sixteenth of y: 1.26x the contract's bound at |y_a| =
+ * 2.1 (float32, a far pair), about 0.66x at log 3 by that proportion.  Nearer rows keep
+ * pass B's speed (the exact differences cost about two thirds of pass B's time). */
+#define DISTILL_FAR ((REAL)3)
+#define DISTILL_FAR_OFFSET 4.0
+#define DISTILL_BLEND(choose_a, a, b) /* choose_a ? a : b, both finite: exactly */           \
+    ((REAL)(choose_a) * (a) + ((REAL)1 - (REAL)(choose_a)) * (b))
+#define DISTILL_GAP_DIFF(name, delta, w_c, wbar_c, e_a)                                     \
+    /* (NaN where both models rule the class out: its weight is then 0, and so is t) */   \
+    const REAL name##_delta = (delta) == (delta) ? (delta) : (REAL)0;                       \
+    const REAL name##_x = -NAME(vocab_abs)(name##_delta);                                   \
+    const REAL name##_m = name##_x > -DISTILL_SERIES_BELOW                                  \
+                              ? name##_x + name##_x * name##_x * DISTILL_G(name##_x)        \
+                              : NAME(vocab_exp)(name##_x) - (REAL)1;                        \
+    const REAL name##_t =                                                                   \
+        name##_m * DISTILL_BLEND(name##_delta >= (REAL)0, -(e_a) * (wbar_c), w_c);          \
+    const REAL name##_near = REAL_LOG1P_UNIT(name##_t);                                     \
+    const REAL name##_far = REAL_LOG(((REAL)1 + (e_a)) * (wbar_c) + DISTILL_TINY);          \
+    const REAL name = DISTILL_BLEND((name##_t >= (REAL)-0.5) & (name##_t <= (REAL)1),       \
+                                    name##_near, name##_far)
 #define DISTILL_STEP(i, j)                                                                  \
     do {                                                                                    \
         const REAL e_s = es[i], e_t = et[i];                                                \
@@ -1255,6 +1304,89 @@ FASTLOSS_INLINE void NAME(distill_range)(const int divergence, const int pass_c,
 #undef DISTILL_STEP
 #undef DISTILL_ALONE
 
+/*
+ * The JSD's exact kept gaps for one chunk of a row (pass B, after distill_range) where a
+ * model's reference class is far into saturation (distill_rows, DISTILL_FAR): for that
+ * model (want_s: the student, want_t: the teacher) each class's gap less the
+ * reference's, h_c - h_a, from the logits' own difference (DISTILL_FROM,
+ * DISTILL_GAP_DIFF), over what distill_range kept there (d, gap_t_row), and the sum
+ * over the classes but the reference of w (h_c - h_a) into more[6] (student) and
+ * more[7] (teacher), as distill_range's sums (w = q, p; their sum is more[1], more[4]).
+ * A loop of its own: in distill_range's, gcc vectorised none of it.
+ */
+FASTLOSS_INLINE void NAME(distill_exact_range)(const int want_s, const int want_t,
+                                               const REAL *es, const REAL *et, REAL *d,
+                                               REAL *gap_t_row,
+                                               const STORE_T *FASTLOSS_RESTRICT xs,
+                                               const STORE_T *FASTLOSS_RESTRICT xt,
+                                               fastloss_index n,
+                                               const NAME(distill_chunk) *chunk,
+                                               const NAME(distill_row) *row, double *more)
+{
+    const REAL unit_s = chunk->scale_s, unit_t = chunk->scale_t;
+    const fastloss_index heavy_s = chunk->heavy_s, heavy_t = chunk->heavy_t;
+    const REAL inv_t = row->inv_t, odds = row->odds;
+    const REAL hi_ref_s = row->hi_ref_s, lo_ref_s = row->lo_ref_s;
+    const REAL hi_ref_t = row->hi_ref_t, lo_ref_t = row->lo_ref_t;
+    const REAL e_ref_s = row->e_ref_s, e_ref_t = row->e_ref_t;
+    double lane_s[VOCAB_LANES] = {0.0}, lane_t[VOCAB_LANES] = {0.0};
+#define DISTILL_EXACT_STEP(i, j)                                                            \
+    do {                                                                                    \
+        const REAL e_s = es[i], e_t = et[i];                                                \
+        const REAL q = e_s * unit_s, p = e_t * unit_t;                                      \
+        /* the shares of m = beta p + (1 - beta) q: beta p / m and (1 - beta) q / m (0     \
+         * and 0 where both are 0) */                                                      \
+        const REAL mix_sum = odds * p + q;                                                  \
+        const REAL mix_div = mix_sum + (REAL)(mix_sum == (REAL)0);                          \
+        const REAL mix_p = odds * p / mix_div, mix_q = q / mix_div;                         \
+        if (want_s) {                                                                       \
+            DISTILL_FROM(dy_s, i, hi_ref_s, lo_ref_s);                                      \
+            DISTILL_GAP_DIFF(diff_s, dy_s, mix_p, mix_q, e_ref_s);                          \
+            const REAL w = e_s == (REAL)0 || (i) == heavy_s ? (REAL)0 : q;                  \
+            d[i] = diff_s;                                                                  \
+            lane_s[j] += (double)(w * diff_s);                                              \
+        }                                                                                   \
+        if (want_t) {                                                                       \
+            DISTILL_FROM(dy_t, i, hi_ref_t, lo_ref_t);                                      \
+            DISTILL_GAP_DIFF(diff_t, -dy_t, mix_q, mix_p, e_ref_t);                         \
+            const REAL w = e_t == (REAL)0 || (i) == heavy_t ? (REAL)0 : p;                  \
+            gap_t_row[i] = diff_t;                                                          \
+            lane_t[j] += (double)(w * diff_t);                                              \
+        }                                                                                   \
+    } while (0)
+#define DISTILL_EXACT_FOLD() ((void)0)
+    VOCAB_FOLDED_LOOP(n, DISTILL_EXACT_STEP, VOCAB_NO_PREFETCH, DISTILL_EXACT_FOLD);
+#undef DISTILL_EXACT_FOLD
+#undef DISTILL_EXACT_STEP
+    if (want_s)
+        more[6] += vocab_lanes_total(lane_s);
+    if (want_t)
+        more[7] += vocab_lanes_total(lane_t);
+}
+
+/* distill_exact_range for the models wanted (one loop each), out of line: inlined in
+ * distill_pass, the three loops slowed its ordinary JSD rows by 7% (one thread, float32,
+ * V=50257). */
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+static void NAME(distill_exact_chunk)(const int want_s, const int want_t, const REAL *es,
+                                      const REAL *et, REAL *d, REAL *gap_t_row,
+                                      const STORE_T *xs, const STORE_T *xt, fastloss_index n,
+                                      const NAME(distill_chunk) *chunk,
+                                      const NAME(distill_row) *row, double *more)
+{
+#define VOCAB_EXACT(ws, wt)                                                                 \
+    NAME(distill_exact_range)(ws, wt, es, et, d, gap_t_row, xs, xt, n, chunk, row, more)
+    if (want_s && want_t)
+        VOCAB_EXACT(1, 1);
+    else if (want_s)
+        VOCAB_EXACT(1, 0);
+    else if (want_t)
+        VOCAB_EXACT(0, 1);
+#undef VOCAB_EXACT
+}
+
 /* Pass B (!pass_c: the loss, the KLs' excess R and the sums of `more`, OUT) or C (the
  * constants read from `row`) over one row,
  * chunk by chunk (the chunks of pass A, whose records are student_chunks and
@@ -1320,6 +1452,12 @@ FASTLOSS_INLINE void NAME(distill_pass)(int divergence, int pass_c, REAL *es_row
                     VOCAB_RANGE(FASTLOSS_DIVERGENCE_JSD, 0, 0, 1);
                 else
                     VOCAB_RANGE(FASTLOSS_DIVERGENCE_JSD, 0, 0, 0);
+                /* a model whose reference is far into saturation: its kept gaps again,
+                 * exactly (distill_exact_range) */
+                if (row->exact_s || row->exact_t)
+                    NAME(distill_exact_chunk)(row->exact_s, row->exact_t, es, et, d, gap_t,
+                                              xs_row + start, xt_row + start, n, &chunk, row,
+                                              more);
             }
         } else {
             if (divergence == FASTLOSS_DIVERGENCE_FORWARD_KL)
@@ -1373,12 +1511,15 @@ FASTLOSS_INLINE void NAME(distill_pass)(int divergence, int pass_c, REAL *es_row
  * (kept_c = h_c - L [saturated_c], L = -log(1 - beta) for -v, -log beta for -u:
  * DISTILL_STEP), so that a class near saturation keeps the small part of its gap; then
  * h_c - h_a = (kept_c - kept_a) + L ([saturated_c] - [saturated_a]), and pass B sums,
- * over c != a, w, w kept and w ([saturated_c] - [saturated_a]) (more[]).  (The kept
+ * over c != a, w, w kept and w ([saturated_c] - [saturated_a]) (more[0..5]).  The kept
  * gaps come from y = d + offset as rounded: where two saturated classes share the
- * weight, their difference, about a seventh of either, carries y's rounding amplified,
- * up to 7.7x the float32 contract from 20 nats apart and 2.3x float64's at 1e4; the
- * known exception of docs/distillation.rst.  The JSD's value_and_grad: 2.57 -> 2.84 ns
- * an element, as above.)
+ * weight, their difference, a small part of either, carries y's rounding amplified (up
+ * to 7.7x the float32 contract from 20 nats apart and 2.3x float64's at 1e4).  So where
+ * a model's reference is saturated and far (DISTILL_FAR), distill_exact_range replaces
+ * that model's kept gaps by h_c - h_a itself, from the logits' own differences
+ * (DISTILL_GAP_DIFF), and sums w (h_c - h_a) (more[6], more[7]); D is then that sum over
+ * sum w.  (The JSD's value_and_grad: 2.57 -> 2.84 ns an element for the heaviest
+ * class, as above; about 4.4 in the rows of exact differences.)
  * Dividing by sum w, 1 up to the exps' roundings, keeps those roundings out of D.
  */
 static fastloss_index NAME(distill_heaviest)(const REAL *e_row, const double *chunks,
@@ -1464,6 +1605,8 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
     NAME(distill_row) row;
     row.beta = (REAL)beta;
     row.inv_t = (REAL)inv_temperature;
+    row.odds = (REAL)(beta / (1.0 - beta));
+    row.inv_odds = (REAL)((1.0 - beta) / beta);
     {
         /* near 0, u = K_(1 - beta)(y) ~ (1 - beta) y and v = K_beta(-y) ~ -beta y
          * (distill_cgf): the smaller of the two by its series, y times
@@ -1543,7 +1686,7 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
         const double weight_t = divergence == FASTLOSS_DIVERGENCE_JSD ? beta : 1.0;
         const REAL scale_s = (REAL)(scale * weight_s), scale_t = (REAL)(scale * weight_t);
         double loss = 0.0, excess = 0.0;
-        double more[6] = {0.0};
+        double more[8] = {0.0};
         /* the references of the gradients that subtract a total (distill_heaviest) */
         const int total_s = gs && divergence != FASTLOSS_DIVERGENCE_FORWARD_KL;
         const int total_t = gt && divergence != FASTLOSS_DIVERGENCE_REVERSE_KL;
@@ -1556,9 +1699,12 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
         row.ref_s = row.ref_t = 0;
         row.sat1_s = row.sat0_s = row.sat1_t = row.sat0_t = 0;
         row.hi_ref = row.lo_ref = row.mean = 0;
-        /* q and p at the references (as DISTILL_STEP forms them), and whether each is
-         * saturated as DISTILL_STEP decides */
-        REAL q_at[2] = {0, 0}, p_at[2] = {0, 0};
+        row.hi_ref_s = row.lo_ref_s = row.hi_ref_t = row.lo_ref_t = 0;
+        row.e_ref_s = row.e_ref_t = 0;
+        /* q and p at the references (as DISTILL_STEP forms them), whether each is
+         * saturated as DISTILL_STEP decides, and x_s - x_t there as hi + lo
+         * (DISTILL_FROM) */
+        REAL q_at[2] = {0, 0}, p_at[2] = {0, 0}, hi_at[2] = {0, 0}, lo_at[2] = {0, 0};
         for (int side = 0; side < 2; ++side) {
             const fastloss_index a = side == 0 ? row.heavy_s : row.heavy_t;
             if (a < 0)
@@ -1569,20 +1715,42 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
                                          inv_temperature, &chunk);
             q_at[side] = es_row[a] * chunk.scale_s;
             p_at[side] = et_row[a] * chunk.scale_t;
+            DISTILL_TWO_SUM(ref, LOAD(xs, a), LOAD(xt, a));
+            hi_at[side] = ref_hi;
+            lo_at[side] = ref_lo == ref_lo ? ref_lo : (REAL)0;
         }
         row.sat_ref_s = row.heavy_s >= 0 && q_at[0] * (REAL)0.5 >= p_at[0];
         row.sat_ref_t = row.heavy_t >= 0 && p_at[1] * (REAL)0.5 >= q_at[1];
         const REAL heavy_q = q_at[0], heavy_p = p_at[1]; /* w at the references */
-        {
-            /* the KLs' reference: x_s - x_t there as hi + lo (DISTILL_FROM_REF) */
-            const fastloss_index a = divergence == FASTLOSS_DIVERGENCE_REVERSE_KL ? row.heavy_s
-                                     : divergence == FASTLOSS_DIVERGENCE_FORWARD_KL ? row.heavy_t
-                                                                                    : -1;
-            if (a >= 0) {
-                DISTILL_TWO_SUM(ref, LOAD(xs, a), LOAD(xt, a));
-                row.hi_ref = ref_hi;
-                row.lo_ref = ref_lo == ref_lo ? ref_lo : (REAL)0;
+        /* the JSD's exact differences where a reference is far into saturation
+         * (DISTILL_GAP_DIFF) */
+        double far_offset = 0.0; /* the largest finite |offset_k| (DISTILL_FAR_OFFSET) */
+        if (jsd && (row.sat_ref_s || row.sat_ref_t))
+            for (fastloss_index k = 0; k < n_chunks; ++k) {
+                const double offset = fabs(close[3 * k]);
+                far_offset = offset > far_offset && offset <= DBL_MAX ? offset : far_offset;
             }
+        const REAL far_ratio = far_offset >= DISTILL_FAR_OFFSET ? (REAL)2 : DISTILL_FAR;
+        row.exact_s = jsd && row.sat_ref_s && q_at[0] > 0 && q_at[0] >= far_ratio * p_at[0];
+        row.exact_t = jsd && row.sat_ref_t && p_at[1] > 0 && p_at[1] >= far_ratio * q_at[1];
+        if (row.exact_s) {
+            row.e_ref_s = row.odds * p_at[0] / q_at[0]; /* as DISTILL_STEP's shares */
+            row.hi_ref_s = hi_at[0];
+            row.lo_ref_s = lo_at[0];
+        }
+        if (row.exact_t) {
+            row.e_ref_t = row.inv_odds * q_at[1] / p_at[1];
+            row.hi_ref_t = hi_at[1];
+            row.lo_ref_t = lo_at[1];
+        }
+        /* the KLs' reference (DISTILL_FROM_REF) */
+        if (divergence == FASTLOSS_DIVERGENCE_REVERSE_KL) {
+            row.hi_ref = hi_at[0];
+            row.lo_ref = lo_at[0];
+        }
+        if (divergence == FASTLOSS_DIVERGENCE_FORWARD_KL) {
+            row.hi_ref = hi_at[1];
+            row.lo_ref = lo_at[1];
         }
         /* pass B: the divergence, with the gradients that subtract no row total (the
          * forward KL's student's, the reverse KL's teacher's) */
@@ -1624,7 +1792,17 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
             if (divergence == FASTLOSS_DIVERGENCE_FORWARD_KL)
                 row.mean = (REAL)(more[0] / NAME(distill_mass)(teacher_chunks, n_chunks,
                                                                inv_temperature, &teacher));
-            if (jsd && total_s) {
+            if (jsd && total_s && row.exact_s) { /* every kept value is h_c - h_a */
+                const double mean = more[6] / (more[1] + (double)heavy_q);
+                row.ref_s = 0;
+                row.sat1_s = row.sat0_s = (REAL)-mean;
+            }
+            if (jsd && total_t && row.exact_t) {
+                const double mean = more[7] / (more[4] + (double)heavy_p);
+                row.ref_t = 0;
+                row.sat1_t = row.sat0_t = (REAL)-mean;
+            }
+            if (jsd && total_s && !row.exact_s) {
                 const double kept = row.heavy_s >= 0 ? (double)d_row[row.heavy_s] : 0.0;
                 const double l = -log1p(-beta), sat_ref = row.sat_ref_s;
                 const double mean =
@@ -1633,7 +1811,7 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
                 row.sat1_s = (REAL)((1.0 - sat_ref) * l - mean);
                 row.sat0_s = (REAL)(-sat_ref * l - mean);
             }
-            if (jsd && total_t) {
+            if (jsd && total_t && !row.exact_t) {
                 const REAL *kept_row = gs ? gap_row : d_row; /* (distill_pass) */
                 const double kept = row.heavy_t >= 0 ? (double)kept_row[row.heavy_t] : 0.0;
                 const double l = -log(beta), sat_ref = row.sat_ref_t;
@@ -1721,4 +1899,10 @@ int DISTILL_RUN(const fastloss_vocab_options *options, const void *student_data,
 #undef DISTILL_JSD_TERMS
 #undef DISTILL_JSD_F_TERMS
 #undef DISTILL_FROM_REF
+#undef DISTILL_FROM
+#undef DISTILL_GAP_DIFF
+#undef DISTILL_BLEND
+#undef DISTILL_TINY
+#undef DISTILL_FAR
+#undef DISTILL_FAR_OFFSET
 #undef DISTILL_TWO_SUM

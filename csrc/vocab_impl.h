@@ -7,6 +7,7 @@
  * in vocab_internal.h and one slot in vocab.c's tables (dtype_table.h).  No include
  * guard, on purpose.
  */
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 
@@ -21,32 +22,38 @@
 #define STORAGE_TAG float32
 #define VOCAB_EXP fastloss_expf_nonpositive
 #define VOCAB_LOG1P fastloss_log1pf_unit
+#define VOCAB_LOG fastloss_logf_normal
 #include "vocab_instance.h"
 
 #define STORAGE_TAG float64
 #define VOCAB_EXP fastloss_exp_nonpositive
 #define VOCAB_LOG1P fastloss_log1p_unit
+#define VOCAB_LOG fastloss_log
 #include "vocab_instance.h"
 
 /* the half types: stored in 16 bits, computed in float */
 #define STORAGE_TAG bfloat16
 #define VOCAB_EXP fastloss_expf_nonpositive
 #define VOCAB_LOG1P fastloss_log1pf_unit
+#define VOCAB_LOG fastloss_logf_normal
 #include "vocab_instance.h"
 
 #define STORAGE_TAG float16
 #define VOCAB_EXP fastloss_expf_nonpositive
 #define VOCAB_LOG1P fastloss_log1pf_unit
+#define VOCAB_LOG fastloss_logf_normal
 #include "vocab_instance.h"
 
 #define STORAGE_TAG bfloat16_grad32
 #define VOCAB_EXP fastloss_expf_nonpositive
 #define VOCAB_LOG1P fastloss_log1pf_unit
+#define VOCAB_LOG fastloss_logf_normal
 #include "vocab_instance.h"
 
 #define STORAGE_TAG float16_grad32
 #define VOCAB_EXP fastloss_expf_nonpositive
 #define VOCAB_LOG1P fastloss_log1pf_unit
+#define VOCAB_LOG fastloss_logf_normal
 #include "vocab_instance.h"
 
 #undef FL_VOCAB_PASTE

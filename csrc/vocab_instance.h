@@ -11,13 +11,16 @@
 #define DISTILL_RUN FASTLOSS_VOCAB_NAME(distill_run, STORAGE_TAG, FASTLOSS_ISA)
 #define REAL_EXP_NONPOSITIVE VOCAB_EXP
 #define REAL_LOG1P_UNIT VOCAB_LOG1P
+#define REAL_LOG VOCAB_LOG
 #include "vocab_body.h"
 #undef NAME
 #undef TLP_RUN
 #undef DISTILL_RUN
 #undef REAL_EXP_NONPOSITIVE
 #undef REAL_LOG1P_UNIT
+#undef REAL_LOG
 #include "storage_end.h"
 #undef STORAGE_TAG
 #undef VOCAB_EXP
 #undef VOCAB_LOG1P
+#undef VOCAB_LOG
