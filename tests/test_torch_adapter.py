@@ -656,6 +656,77 @@ def test_errors_name_the_argument():
         FL.cross_entropy(logits, torch.softmax(logits, 1), ignore_index=1)
 
 
+_X = torch.zeros(4, 5)
+_CLASSES = torch.tensor([0, 1, 2, 3])
+_OUT_OF_RANGE = torch.tensor([0, 1, 2, 9])
+NUMPY_LAYER_ERRORS = [
+    # (the NumPy layer's checks, under the adapter: function, call, type, message start)
+    ("cross_entropy", lambda: FL.cross_entropy(_X, _OUT_OF_RANGE), ValueError,
+     "target: value 9 at position"),
+    ("cross_entropy", lambda: FL.cross_entropy(_X, _CLASSES, ignore_index=1.5), TypeError,
+     "ignore_index: expected an integer"),
+    ("cross_entropy", lambda: FL.cross_entropy(_X, _CLASSES, label_smoothing=2.0),
+     ValueError, "label_smoothing:"),
+    ("mse_loss", lambda: FL.mse_loss(_X, torch.zeros(3, 5)), ValueError,
+     "target: shape (3, 5) does not broadcast with input's shape (4, 5)"),
+    ("huber_loss", lambda: FL.huber_loss(_X, _X, delta=-1.0), ValueError, "delta:"),
+    ("binary_cross_entropy_with_logits",
+     lambda: FL.binary_cross_entropy_with_logits(_X, _X, pos_weight=torch.ones(3)),
+     ValueError, "pos_weight: shape (3,) does not broadcast to the input's shape"),
+    ("margin_ranking_loss",
+     lambda: FL.margin_ranking_loss(torch.zeros(4), torch.zeros(3), torch.ones(4)),
+     ValueError, "input2: shape (3,) does not broadcast with input1's shape (4,)"),
+    ("kl_div", lambda: FL.kl_div(_X, _X, reduction="avg"), ValueError, "reduction:"),
+    ("gaussian_nll_loss", lambda: FL.gaussian_nll_loss(_X, _X, -torch.ones(4, 5)),
+     ValueError, "var: has negative entries"),
+    ("generalized_box_iou_loss",
+     lambda: FL.generalized_box_iou_loss(torch.zeros(4, 3), torch.zeros(4, 3)), ValueError,
+     "boxes1: expected shape (..., 4)"),
+    ("jsd", lambda: FL.jsd(_X, _X, beta=2.0), ValueError, "beta:"),
+    ("distill_kl", lambda: FL.distill_kl(_X, _X, temperature=0.0), ValueError,
+     "temperature:"),
+    ("token_log_probs", lambda: FL.token_log_probs(_X, _OUT_OF_RANGE), ValueError,
+     "target: value 9 at position"),
+    ("dpo", lambda: FL.dpo(*[torch.zeros(4)] * 4, loss_type="bogus"), ValueError,
+     "loss_type:"),
+    ("bradley_terry", lambda: FL.bradley_terry(torch.zeros(4), torch.zeros(4),
+                                               reduction="avg"), ValueError, "reduction:"),
+    ("info_nce", lambda: FL.info_nce(_X, _X, temperature=0.0), ValueError, "temperature:"),
+    ("contrastive", lambda: FL.contrastive(_X, _X, torch.ones(4), margin=-1.0), ValueError,
+     "margin:"),
+    ("linear_cross_entropy",
+     lambda: FL.linear_cross_entropy(_X, torch.zeros(7, 5), _OUT_OF_RANGE), ValueError,
+     "target: value 9 at position"),
+    ("linear_token_log_probs",
+     lambda: FL.linear_token_log_probs(_X, torch.zeros(7, 5), _OUT_OF_RANGE), ValueError,
+     "target: value 9 at position"),
+    ("sequence_log_probs", lambda: FL.sequence_log_probs(torch.zeros(4, 3), torch.ones(4, 2)),
+     ValueError, "mask: expected the shape of token_log_probs"),
+    ("MSELoss", lambda: FL.MSELoss()(_X, torch.zeros(3, 5)), ValueError,
+     "target: shape (3, 5)"),
+    ("CrossEntropyLoss", lambda: FL.CrossEntropyLoss(reduction="avg")(_X, _CLASSES),
+     ValueError, "reduction:"),
+]
+
+
+@pytest.mark.parametrize("name, call, error, start", NUMPY_LAYER_ERRORS,
+                         ids=[f"{case[0]}-{case[3].split(':')[0]}"
+                              for case in NUMPY_LAYER_ERRORS])
+def test_numpy_layer_errors_carry_the_function_name(name, call, error, start):
+    """docs/errors.rst: the adapter's messages start with the function's name, then the
+    argument's, as torch names it. The NumPy layer's own checks (options, shapes, class
+    indices) reached the user without either (session 34's hunt; `pred`, `x1`, `logits'`
+    for torch's `input`, `input1`, `input's`)."""
+    function = {"MSELoss": "mse_loss", "CrossEntropyLoss": "cross_entropy"}.get(name, name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (torch's broadcasting warning for mse_loss)
+        with pytest.raises(error) as raised:
+            call()
+    assert type(raised.value) is error
+    assert str(raised.value).startswith(f"fastloss.torch.{function}: {start}"), \
+        str(raised.value)
+
+
 def test_embedding_loss_errors(generator):
     x = torch.randn(6, 4)
     with pytest.raises(TypeError, match="labels: expected an integer tensor"):

@@ -45,7 +45,9 @@ not ``torch.set_num_threads``; ``num_threads=`` overrides it per call or per mod
 This module is imported only by ``import fastloss.torch``: ``import fastloss`` never
 imports torch, and torch is not a build or run-time dependency of fastloss.
 """
+import functools
 import numbers
+import re
 import warnings
 import weakref
 
@@ -85,6 +87,42 @@ _CE_INPUT_DTYPES = _FLOAT_DTYPES + _HALF_DTYPES
 # ----------------------------------------------------------------------------------------
 # Tensors in, arrays out, and the errors on the way
 # ----------------------------------------------------------------------------------------
+
+def _renamed(name, possessive):
+    """``name`` in place of another, with that one's possessive apostrophe, if any."""
+    if not possessive:
+        return name
+    return name + ("'" if name.endswith("s") else "'s")
+
+
+def _named_errors(function, torch_names=None):
+    """``function`` whose ValueError and TypeError from the NumPy layer start with its
+    name, as docs/errors.rst promises (``fastloss.torch.NAME: ARGUMENT: ...``), with the
+    arguments named as torch names them (``torch_names``: ours -> torch's). The
+    adapter's own messages start so already and pass unchanged, as does every other
+    exception (a subclass of either included)."""
+    prefix = f"fastloss.torch.{function.__name__}"
+    renames = {ours: theirs for ours, theirs in (torch_names or {}).items() if ours != theirs}
+    # (a plural's possessive, "logits'", becomes "input's")
+    names = (re.compile(r"\b(" + "|".join(map(re.escape, renames)) + r")\b('(?!s))?")
+             if renames else None)
+
+    @functools.wraps(function)
+    def named(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except (ValueError, TypeError) as error:
+            message = str(error)
+            if type(error) not in (ValueError, TypeError) or message.startswith("fastloss.torch"):
+                raise
+            if names is not None:
+                message = names.sub(lambda match: _renamed(renames[match.group(1)],
+                                                           match.group(2)), message)
+            raise type(error)(f"{prefix}: {message}").with_traceback(
+                error.__traceback__) from None
+
+    return named
+
 
 def _cpu_tensor(tensor, name, function):
     """Check that `tensor` is a strided CPU tensor (TypeError / ValueError naming it)."""
@@ -798,6 +836,7 @@ def _generate_elementwise(entry):
         f"{form.signature}, {'' if '*' in form.signature else '*, '}num_threads=None",
         f"return _elementwise(_entry, {tensors}, {scalars}, {reduction}, num_threads)",
         namespace, doc, __name__)
+    function = _named_errors(function, by_torch_name)
 
     # the module: torch's class (when torch has one) with a fastloss forward
     base = getattr(torch.nn, form.module_base) if form.module_base else torch.nn.Module
@@ -1383,6 +1422,16 @@ __all__ += ["linear_token_log_probs", "LinearTokenLogProbs"]
 from fastloss.torch._preference import sequence_log_probs  # noqa: E402
 
 __all__ += ["sequence_log_probs"]
+
+
+# the hand-written functions' errors named as the generated ones' (_named_errors); the
+# modules call them by these names
+for _name in __all__:
+    if _name[0].islower() and not hasattr(globals()[_name], "__wrapped__"):
+        globals()[_name] = _named_errors(globals()[_name],
+                                         {"logits": "input"} if _name == "cross_entropy"
+                                         else None)
+del _name
 
 
 def __getattr__(name):
