@@ -706,6 +706,16 @@ NUMPY_LAYER_ERRORS = [
      "target: shape (3, 5)"),
     ("CrossEntropyLoss", lambda: FL.CrossEntropyLoss(reduction="avg")(_X, _CLASSES),
      ValueError, "reduction:"),
+    ("LinearCrossEntropyLoss", lambda: FL.LinearCrossEntropyLoss(5, 7)(_X, _OUT_OF_RANGE),
+     ValueError, "target: value 9 at position"),
+    ("LinearTokenLogProbs", lambda: FL.LinearTokenLogProbs(5, 7)(_X, _OUT_OF_RANGE),
+     ValueError, "target: value 9 at position"),
+    # the NumPy layer's names for the linear form's arguments, as torch's
+    ("linear_cross_entropy", lambda: FL.linear_cross_entropy(_X, torch.zeros(7, 5), _CLASSES[:3]),
+     ValueError, "target: expected class indices of shape (4,) (input's batch shape)"),
+    ("linear_cross_entropy",
+     lambda: FL.linear_cross_entropy(_X, torch.zeros(7, 5), _CLASSES, weight=torch.ones(3)),
+     ValueError, "weight: expected shape (7,) (the V of linear_weight)"),
 ]
 
 
@@ -717,7 +727,9 @@ def test_numpy_layer_errors_carry_the_function_name(name, call, error, start):
     argument's, as torch names it. The NumPy layer's own checks (options, shapes, class
     indices) reached the user without either (session 34's hunt; `pred`, `x1`, `logits'`
     for torch's `input`, `input1`, `input's`)."""
-    function = {"MSELoss": "mse_loss", "CrossEntropyLoss": "cross_entropy"}.get(name, name)
+    function = {"MSELoss": "mse_loss", "CrossEntropyLoss": "cross_entropy",
+                "LinearCrossEntropyLoss": "linear_cross_entropy",
+                "LinearTokenLogProbs": "linear_token_log_probs"}.get(name, name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # (torch's broadcasting warning for mse_loss)
         with pytest.raises(error) as raised:

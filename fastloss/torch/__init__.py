@@ -1425,7 +1425,8 @@ __all__ += ["sequence_log_probs"]
 
 
 # the hand-written functions' errors named as the generated ones' (_named_errors); the
-# modules call them by these names
+# modules call them by these names (the linear forms are wrapped where they are defined,
+# with their own renames, so that their modules call the wrapped ones)
 for _name in __all__:
     if _name[0].islower() and not hasattr(globals()[_name], "__wrapped__"):
         globals()[_name] = _named_errors(globals()[_name],

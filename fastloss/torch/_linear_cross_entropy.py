@@ -19,7 +19,7 @@ from fastloss._config import resolve_num_threads
 from fastloss._validation import reduction_arg
 from fastloss.linear_cross_entropy import _budget_block_rows, _Problem, _schedule
 from fastloss.torch import (_FLOAT_DTYPES, _HALF_DTYPES, _cpu_tensor, _empty, _loss_tensor,
-                            _number, _numpy, _upstream)
+                            _named_errors, _number, _numpy, _upstream)
 from fastloss.torch._autograd import first_order
 
 __all__ = ["linear_cross_entropy", "LinearCrossEntropyLoss"]
@@ -294,6 +294,13 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
                   "softcap": _number(softcap)},
                  reduction_arg(reduction), block_rows, resolve_num_threads(num_threads))
     return _LinearCrossEntropy.apply(input, linear_weight, linear_bias, target, weight, call)
+
+
+# the NumPy layer's errors named as torch names the arguments (and the Module's too: its
+# forward calls this name)
+linear_cross_entropy = _named_errors(linear_cross_entropy, {"hidden": "input",
+                                                            "classifier": "linear_weight",
+                                                            "bias": "linear_bias"})
 
 
 def _input_tensor(tensor, name):

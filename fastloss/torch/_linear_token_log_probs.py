@@ -17,7 +17,8 @@ import torch
 from fastloss._config import resolve_num_threads
 from fastloss.linear_cross_entropy import _block_rows
 from fastloss.linear_token_log_probs import _problem, _run, _schedule, _upstreams
-from fastloss.torch import _FLOAT_DTYPES, _HALF_DTYPES, _cpu_tensor, _empty, _numpy
+from fastloss.torch import (_FLOAT_DTYPES, _HALF_DTYPES, _cpu_tensor, _empty, _named_errors,
+                            _numpy)
 from fastloss.torch._linear_cross_entropy import _kernel_view, _TorchProducts
 from fastloss.torch._autograd import first_order
 
@@ -175,6 +176,11 @@ def linear_token_log_probs(hidden, classifier, target, *, bias=None, temperature
                "block_rows": block_rows, "num_threads": resolve_num_threads(num_threads)}
     return _LinearTokenLogProbs.apply(hidden, classifier, bias, target, options,
                                       bool(return_entropy))
+
+
+# the NumPy layer's errors start with the function's name (and the Module's too: its
+# forward calls this name)
+linear_token_log_probs = _named_errors(linear_token_log_probs)
 
 
 def _input_tensor(tensor, name):
