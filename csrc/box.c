@@ -32,7 +32,10 @@
  * argument and half to each at a tie (identical boxes, shared edges); pairs
  * outside the intersection mask get an exact zero through the intersection; at
  * a box of zero height ciou's w / h is inf or NaN and its gradient NaN, as
- * autograd's.  NaN and inf propagate as IEEE arithmetic (and those steps) say.
+ * autograd's.  One step is not autograd's: the slopes of atan(w / h), taken so that
+ * no square overflows (box_body.h, BOX(atan_slopes)), where autograd's gives NaN for
+ * boxes flatter than 1.3e154 to 1 (float64).  NaN and inf propagate as IEEE
+ * arithmetic (and those steps) say.
  *
  * Precision: every per-pair quantity is computed in double, for float32 boxes
  * too, except in box_body.h's float32 pass (on by default for ciou): there a

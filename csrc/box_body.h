@@ -63,6 +63,25 @@ FASTLOSS_INLINE void BOX(minimum_backward)(double a, double b, double upstream,
     *grad_b += a < b ? 0.0 : share;
 }
 
+/* g times the slopes of atan(w / h) (q = w / h), h / (w**2 + h**2) and -w / (w**2 + h**2),
+ * into *grad_w and *grad_h, from the smaller in magnitude of q and t = h / w, so that no
+ * square overflows: with |q| <= 1, 1 / (h (1 + q**2)) and -q / (h (1 + q**2)); else
+ * t / (w (1 + t**2)) and -1 / (w (1 + t**2)).  Autograd's chain through q (g / (1 + q**2),
+ * then / h and * q / h) gives NaN for a box flatter than |q| = 1.3e154 (q**2 = inf, then
+ * 0 * inf), where the slopes are finite; those boxes get their value here (a float64
+ * input only: a float32 box's q is within 1e84).  A box of zero height gets NaN, as
+ * autograd's: w / h is not defined there.  NaN in, NaN out. */
+FASTLOSS_INLINE void BOX(atan_slopes)(double w, double h, double q, double g, double *grad_w,
+                                      double *grad_h)
+{
+    const int tall = fabs(q) <= 1.0; /* false for NaN: t is NaN then too */
+    const double t = tall ? q : h / w;
+    const double scaled = g / ((tall ? h : w) * (1.0 + t * t));
+    const double common = h == 0.0 ? (double)NAN : scaled;
+    *grad_w = tall ? common : common * t;
+    *grad_h = tall ? -(common * t) : -common;
+}
+
 /*
  * Pair k of the tile: its loss, and with `want1` (`want2`) the gradient of
  * upstream * loss w.r.t. boxes1 (boxes2), the chain rule written out in the order torch's
@@ -149,12 +168,8 @@ FASTLOSS_INLINE void BOX(pair)(BOX(tile) *FASTLOSS_RESTRICT tile, fastloss_index
             const double alpha = v / (1.0 - iou + v + eps);
             loss = loss + alpha * v;
             const double grad_angle = upstream * alpha * four_over_pi2 * (2.0 * angle);
-            const double grad_q2 = grad_angle / (q2 * q2 + 1.0);
-            const double grad_q1 = -grad_angle / (q1 * q1 + 1.0);
-            grad_w1 = grad_q1 / h1;
-            grad_h1 = -grad_q1 * (q1 / h1);
-            grad_w2 = grad_q2 / h2;
-            grad_h2 = -grad_q2 * (q2 / h2);
+            BOX(atan_slopes)(w1, h1, q1, -grad_angle, &grad_w1, &grad_h1);
+            BOX(atan_slopes)(w2, h2, q2, grad_angle, &grad_w2, &grad_h2);
         }
     }
     tile->loss[k] = loss;

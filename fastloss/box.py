@@ -235,7 +235,8 @@ _GRAD_DOC = """Gradient of ``grad_output * {name}(boxes1, boxes2, ...)``: torch'
     """
 
 _CIOU_EXTRA = (" A box of zero height makes ``w / h`` infinite or NaN, and, as in "
-               "autograd, its gradient NaN.")
+               "autograd, its gradient NaN. A box of any other height has a finite gradient, "
+               "however flat (autograd's is NaN beyond a ratio of 1.3e154).")
 
 def _run(entry, mode, arrays, options, reduction, num_threads, grad_output=None, out=None,
          wrt=None):

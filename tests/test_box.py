@@ -327,6 +327,34 @@ def test_ciou_zero_height_gives_nan_gradient_as_autograd(dtype):
     check_against_reference("ciou", boxes1, boxes2, dtype, "none", "value_and_grad")
 
 
+def _flat_pairs(height):
+    """Float64 pairs with one box `height` high and 1 wide, or 1 high and `height` wide
+    (boxes1 in rows 0-3, boxes2 in rows 4-7), against boxes of other shapes and places."""
+    flat = [[0, 0, 1, height], [0, 0, height, 1], [-1, 0, 3, height], [0, -1, height, 3]]
+    other = [[0, 0, 1, 1], [0, 0, 2, 1], [0, 1, 3, 2], [1, 0, 2, 4]]
+    return np.array(flat + other), np.array(other + flat)
+
+
+def test_ciou_flat_boxes_get_the_limit_of_their_gradient(simd_path):
+    """A box 1e160 or 1e300 times longer than high has a finite ciou gradient: to
+    rounding, that of the same pairs with the box 1e60 times longer (they differ by
+    terms of the order of the height), where autograd's chain through w / h still holds,
+    and the reference's. Autograd's chain gives NaN beyond 1.3e154 (q**2 = inf, then
+    0 * inf), and so did the kernels; the reference gave a wrong finite value."""
+    limit_value, limit_grads = fastloss.ciou_loss_value_and_grad(
+        *_flat_pairs(1e-60), reduction="none", wrt=BOTH)
+    for height in (1e-160, 1e-300):
+        boxes1, boxes2 = _flat_pairs(height)
+        check_against_reference("ciou", boxes1, boxes2, np.float64, "none", "value_and_grad")
+        value, grads = fastloss.ciou_loss_value_and_grad(boxes1, boxes2, reduction="none",
+                                                         wrt=BOTH)
+        np.testing.assert_allclose(value, limit_value, rtol=1e-15)
+        for got, limit in zip(grads, limit_grads):
+            assert np.all(np.isfinite(got))
+            np.testing.assert_allclose(got, limit, rtol=1e-13,
+                                       atol=1e-13 * np.max(np.abs(limit)))
+
+
 @kinds
 @dtypes
 def test_huge_coordinates(kind, dtype, rng):

@@ -63,6 +63,18 @@ def _min_backward(a, b, upstream):
     return np.where(a > b, 0.0, share), np.where(a < b, 0.0, share)
 
 
+def _atan_slopes(w, h):
+    """The slopes of atan(w / h): h / (w**2 + h**2) and -w / (w**2 + h**2), both scaled by
+    the larger of |w| and |h| so that no square overflows or underflows (autograd's chain
+    through w / h gives NaN for boxes flatter than 1.3e154 to 1); NaN at h = 0, as
+    autograd's (w / h is not defined there)."""
+    scale = np.maximum(np.abs(w), np.abs(h))
+    a, b = w / scale, h / scale
+    norm = scale * (a * a + b * b)
+    defined = np.where(h == 0, np.nan, 1.0)
+    return defined * b / norm, -defined * a / norm
+
+
 def _box_loss(kind, boxes1, boxes2, eps, reduction, grad_output=None, wrt=()):
     """(loss reduced, {name: gradient}) of loss ``kind`` ("giou", "diou", "ciou")."""
     b1 = _coordinates(boxes1, "boxes1")
@@ -149,10 +161,10 @@ def _box_loss(kind, boxes1, boxes2, eps, reduction, grad_output=None, wrt=()):
             g_dy = upstream / diagonal * 2 * dy
             if kind == "ciou":
                 g_angle = upstream * alpha * (4 / math.pi**2) * 2 * angle
-                g_q2 = g_angle / (q2**2 + 1)
-                g_q1 = -g_angle / (q1**2 + 1)
-                g_w1, g_h1 = g_q1 / h1, -g_q1 * q1 / h1
-                g_w2, g_h2 = g_q2 / h2, -g_q2 * q2 / h2
+                slope_w1, slope_h1 = _atan_slopes(w1, h1)
+                slope_w2, slope_h2 = _atan_slopes(w2, h2)
+                g_w1, g_h1 = -g_angle * slope_w1, -g_angle * slope_h1
+                g_w2, g_h2 = g_angle * slope_w2, g_angle * slope_h2
         g_union = g_union - g_iou * iou / (union + eps_iou)
         g_inter = g_iou / (union + eps_iou) - g_union
         g_iw = np.where(mask, g_inter * ih, 0.0)
