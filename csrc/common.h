@@ -19,7 +19,11 @@
 #define FASTLOSS_RESTRICT restrict
 #endif
 
-#if defined(__GNUC__) || defined(__clang__)
+/* Every FASTLOSS_INLINE function is inlined, so that a loop's mode arguments are constants
+ * in its body.  The sanitizers' build (setup.py) defines FASTLOSS_NO_FORCED_INLINE: the same
+ * code with the compiler's own choice of what to inline, which compiles vocab.c's
+ * instantiations ten times faster there (16 s against 156 s at -O1). */
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(FASTLOSS_NO_FORCED_INLINE)
 #define FASTLOSS_INLINE static inline __attribute__((always_inline))
 #else
 #define FASTLOSS_INLINE static inline
