@@ -625,18 +625,19 @@ typedef struct NAME(distill_row) {
     /* pass C's constants (distill_heaviest): per model, the reference class (the
      * heaviest, or -1); the JSD's: what pass B kept there (ref), whether it is saturated,
      * and the constants added to kept - ref, for a saturated class and another; the
-     * KLs': x_s - x_t at the reference (as hi + lo) and D */
+     * KLs': D */
     fastloss_index heavy_s, heavy_t;
     int sat_ref_s, sat_ref_t;
     REAL ref_s, ref_t;
     REAL sat1_s, sat0_s, sat1_t, sat0_t;
-    REAL hi_ref, lo_ref, mean;
+    REAL mean;
     REAL inv_t; /* 1 / T */
-    /* the JSD's exact differences (DISTILL_GAP_DIFF): per model, x_s - x_t at its
-     * reference and E there (E = r p / q for the student, q / (r p) for the teacher,
-     * r = beta / (1 - beta)); odds = r */
+    /* per model, x_s - x_t at its reference as hi + lo (DISTILL_FROM: the KLs', the
+     * reverse KL's reference the student's, the forward KL's the teacher's; the JSD's
+     * exact differences), and for those (DISTILL_GAP_DIFF) E there (E = r p / q for the
+     * student, q / (r p) for the teacher, r = beta / (1 - beta)); odds = r */
     int exact_s, exact_t;
-    REAL hi_ref_s, lo_ref_s, hi_ref_t, lo_ref_t, e_ref_s, e_ref_t, odds, inv_odds;
+    REAL hi_ref_s, lo_ref_s, hi_ref_t, lo_ref_t, e_ref_s, e_ref_t, odds;
 } NAME(distill_row);
 
 /* What a chunk's elements need: with e_c = exp((x_c - shift) / T) as pass A left it,
@@ -1239,7 +1240,9 @@ FASTLOSS_INLINE void NAME(distill_range)(const int divergence, const int pass_c,
     const REAL ref_s = row->ref_s, ref_t = row->ref_t;
     const REAL sat1_s = row->sat1_s, sat0_s = row->sat0_s;
     const REAL sat1_t = row->sat1_t, sat0_t = row->sat0_t;
-    const REAL hi_ref = row->hi_ref, lo_ref = row->lo_ref, mean = row->mean;
+    const int reverse = divergence == FASTLOSS_DIVERGENCE_REVERSE_KL;
+    const REAL hi_ref = reverse ? row->hi_ref_s : row->hi_ref_t;
+    const REAL lo_ref = reverse ? row->lo_ref_s : row->lo_ref_t, mean = row->mean;
     const REAL inv_t = row->inv_t;
     double lane_s[VOCAB_LANES] = {0.0}, lane_t[VOCAB_LANES] = {0.0};
     double lane_l[VOCAB_LANES] = {0.0}, lane_r[VOCAB_LANES] = {0.0};
@@ -1606,7 +1609,6 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
     row.beta = (REAL)beta;
     row.inv_t = (REAL)inv_temperature;
     row.odds = (REAL)(beta / (1.0 - beta));
-    row.inv_odds = (REAL)((1.0 - beta) / beta);
     {
         /* near 0, u = K_(1 - beta)(y) ~ (1 - beta) y and v = K_beta(-y) ~ -beta y
          * (distill_cgf): the smaller of the two by its series, y times
@@ -1698,8 +1700,7 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
                               : -1;
         row.ref_s = row.ref_t = 0;
         row.sat1_s = row.sat0_s = row.sat1_t = row.sat0_t = 0;
-        row.hi_ref = row.lo_ref = row.mean = 0;
-        row.hi_ref_s = row.lo_ref_s = row.hi_ref_t = row.lo_ref_t = 0;
+        row.mean = 0;
         row.e_ref_s = row.e_ref_t = 0;
         /* q and p at the references (as DISTILL_STEP forms them), whether each is
          * saturated as DISTILL_STEP decides, and x_s - x_t there as hi + lo
@@ -1733,25 +1734,14 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
         const REAL far_ratio = far_offset >= DISTILL_FAR_OFFSET ? (REAL)2 : DISTILL_FAR;
         row.exact_s = jsd && row.sat_ref_s && q_at[0] > 0 && q_at[0] >= far_ratio * p_at[0];
         row.exact_t = jsd && row.sat_ref_t && p_at[1] > 0 && p_at[1] >= far_ratio * q_at[1];
-        if (row.exact_s) {
-            row.e_ref_s = row.odds * p_at[0] / q_at[0]; /* as DISTILL_STEP's shares */
-            row.hi_ref_s = hi_at[0];
-            row.lo_ref_s = lo_at[0];
-        }
-        if (row.exact_t) {
-            row.e_ref_t = row.inv_odds * q_at[1] / p_at[1];
-            row.hi_ref_t = hi_at[1];
-            row.lo_ref_t = lo_at[1];
-        }
-        /* the KLs' reference (DISTILL_FROM_REF) */
-        if (divergence == FASTLOSS_DIVERGENCE_REVERSE_KL) {
-            row.hi_ref = hi_at[0];
-            row.lo_ref = lo_at[0];
-        }
-        if (divergence == FASTLOSS_DIVERGENCE_FORWARD_KL) {
-            row.hi_ref = hi_at[1];
-            row.lo_ref = lo_at[1];
-        }
+        if (row.exact_s) /* as DISTILL_STEP's shares */
+            row.e_ref_s = row.odds * p_at[0] / q_at[0];
+        if (row.exact_t)
+            row.e_ref_t = (REAL)((1.0 - beta) / beta) * q_at[1] / p_at[1];
+        row.hi_ref_s = hi_at[0];
+        row.lo_ref_s = lo_at[0];
+        row.hi_ref_t = hi_at[1];
+        row.lo_ref_t = lo_at[1];
         /* pass B: the divergence, with the gradients that subtract no row total (the
          * forward KL's student's, the reverse KL's teacher's) */
         NAME(distill_pass)(divergence, 0, es_row, et_row, d_row, gap_row, xs, xt, n_classes,
