@@ -409,7 +409,7 @@ class _CrossEntropy(torch.autograd.Function):
             else:
                 grad_input = _gradient_tensor(_CrossEntropy._recompute(ctx, grad_output),
                                               call.input_dtype)
-            if grad_input.dim() >= 2:
+            if grad_input.dim() > 2:  # (2-d: dim 1 is the last already)
                 grad_input = grad_input.movedim(-1, 1)  # torch's layout: a view, no copy
         if need_target or need_weight:
             input, target, weight = ctx.saved_tensors
