@@ -76,10 +76,16 @@ FASTLOSS_INLINE void BOX(atan_slopes)(double w, double h, double q, double g, do
 {
     const int tall = fabs(q) <= 1.0; /* false for NaN: t is NaN then too */
     const double t = tall ? q : h / w;
-    const double scaled = g / ((tall ? h : w) * (1.0 + t * t));
-    const double common = h == 0.0 ? (double)NAN : scaled;
-    *grad_w = tall ? common : common * t;
-    *grad_h = tall ? -(common * t) : -common;
+    const double common = g / ((tall ? h : w) * (1.0 + t * t));
+    const double slope_w = tall ? common : common * t;
+    const double slope_h = tall ? -(common * t) : -common;
+    /* at h = 0 the NaN that 0 / 0 gives on x86 (sign bit set), as autograd's chain made
+     * there and these kernels did before: a NaN's sign is not kept by the rewrites the
+     * compiler may make of the sums that follow (-a + b as b - a), so it is set here,
+     * after every negation, and those sums are as before (forward, backward and fused
+     * calls give the same bits: tests/test_box_float32.py) */
+    *grad_w = h == 0.0 ? -(double)NAN : slope_w;
+    *grad_h = h == 0.0 ? -(double)NAN : slope_h;
 }
 
 /*
