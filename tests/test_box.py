@@ -355,6 +355,51 @@ def test_ciou_flat_boxes_get_the_limit_of_their_gradient(simd_path):
                                        atol=1e-13 * np.max(np.abs(limit)))
 
 
+def _mp_ciou(mpmath, boxes1, boxes2, alpha=None):
+    """torchvision's complete_box_iou_loss of one pair in mpmath (eps 1e-7), and its
+    alpha; with `alpha` given, alpha held at it (torchvision's torch.no_grad)."""
+    eps = mpmath.mpf("1e-7")
+    x1, y1, x2, y2 = boxes1
+    u1, v1, u2, v2 = boxes2
+    w1, h1, w2, h2 = x2 - x1, y2 - y1, u2 - u1, v2 - v1
+    iw, ih = min(x2, u2) - max(x1, u1), min(y2, v2) - max(y1, v1)
+    inter = iw * ih if iw > 0 and ih > 0 else mpmath.mpf(0)
+    iou = inter / (w1 * h1 + w2 * h2 - inter + eps)
+    cw, ch = max(x2, u2) - min(x1, u1), max(y2, v2) - min(y1, v1)
+    centres = ((x1 + x2 - u1 - u2) / 2) ** 2 + ((y1 + y2 - v1 - v2) / 2) ** 2
+    v = 4 / mpmath.pi ** 2 * (mpmath.atan(w2 / h2) - mpmath.atan(w1 / h1)) ** 2
+    alpha = v / (1 - iou + v + eps) if alpha is None else alpha
+    return 1 - iou + centres / (cw ** 2 + ch ** 2 + eps) + alpha * v, alpha
+
+
+def test_ciou_gradient_of_flat_boxes_against_mpmath(rng):
+    """Pairs with one box flattened by 1 to 1e300 (either side, either box), float64:
+    the gradient w.r.t. boxes1 against 800-digit central differences of torchvision's
+    formula (alpha held), within 1e-14 of the largest component. Autograd's chain through
+    w / h (and the kernels before) gave NaN below 1 / 1.3e154."""
+    mpmath = pytest.importorskip("mpmath")
+    for _ in range(24):
+        boxes = rng.uniform(0.0, 3.0, (2, 4))
+        boxes[:, 2:] = boxes[:, :2] + rng.uniform(0.5, 3.0, (2, 2))
+        box, side = rng.integers(2), rng.integers(2)
+        boxes[box, side], boxes[box, 2 + side] = 0.0, 10.0 ** -rng.uniform(0.0, 300.0)
+        value, grad = fastloss.ciou_loss_value_and_grad(boxes[:1], boxes[1:], reduction="none")
+        with mpmath.workdps(800):
+            pair = [[mpmath.mpf(float(c)) for c in b] for b in boxes]
+            want_value, alpha = _mp_ciou(mpmath, *pair)
+            step = min(abs(b[2 + k] - b[k]) for b in pair for k in range(2)) * mpmath.mpf("1e-60")
+            want = []
+            for k in range(4):
+                def loss_at(coordinate, k=k):
+                    moved = list(pair[0])
+                    moved[k] = coordinate
+                    return _mp_ciou(mpmath, moved, pair[1], alpha)[0]
+                want.append(float(mpmath.diff(loss_at, pair[0][k], h=step)))
+        assert value[0] == pytest.approx(float(want_value), rel=1e-15)
+        assert np.all(np.isfinite(grad))
+        np.testing.assert_allclose(grad[0], want, rtol=0, atol=1e-14 * max(map(abs, want)))
+
+
 @kinds
 @dtypes
 def test_huge_coordinates(kind, dtype, rng):
