@@ -198,12 +198,9 @@ cdef object _compared_labels(cnp.ndarray target, object ignore_index):
     return numpy.require(flat, dtype=numpy.int64, requirements="CA")
 
 
-cdef _bad_target(object value, fastloss_index flat_position, tuple loss_shape,
+cdef _bad_target(object value, fastloss_index flat, tuple loss_shape,
                  fastloss_index n_classes, object ignore_index):
-    position = numpy.unravel_index(flat_position, loss_shape) if loss_shape else ()
-    position = tuple(int(p) for p in position)
-    raise ValueError(f"target: value {int(value)} at position {position} is out of range "
-                     f"for {n_classes} classes (ignore_index={ignore_index})")
+    raise target_out_of_range(value, flat, loss_shape, n_classes, ignore_index)
 
 
 cdef object _grad_output_vector(object grad_output, int reduction, tuple loss_shape):
@@ -562,11 +559,12 @@ cdef _check_stats_targets(object matrix, object hard, object ignore_index, objec
     wrong = numpy.flatnonzero((hard != ignore_index) & (counts != 1))
     if wrong.size:
         row = wrong[0]
-        position = tuple(int(p) for p in numpy.unravel_index(row, loss_shape)) if loss_shape else ()
         value = hard[row] if labels is None else numpy.asarray(labels).reshape(-1)[row]
-        raise ValueError(f"stats: the target {int(value)} of row {position} lies in "
-                         f"{counts[row]:g} of the merged blocks, not 1 (a block is missing, "
-                         f"overlaps another, or the statistics had other targets)")
+        raise positioned_error("stats: the target {value} of row {position} lies in {blocks} "
+                               "of the merged blocks, not 1 (a block is missing, overlaps "
+                               "another, or the statistics had other targets)",
+                               flat_position(row, loss_shape), value=int(value),
+                               blocks=f"{counts[row]:g}")
 
 
 def column_sums(object values, cnp.ndarray acc not None, int num_threads, object bits=None):

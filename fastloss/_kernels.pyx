@@ -12,9 +12,10 @@ cimport numpy as cnp
 from libc.math cimport INFINITY
 from libc.stdint cimport int64_t, uint16_t
 
-from fastloss._validation import (as_array, distinct_outs, float_array, grad_dtype_arg,
-                                  grad_output_arg, integer_scalar, is_bfloat16, out_arg,
-                                  real_grad_output, real_scalar, reduction_arg, rows_view)
+from fastloss._validation import (as_array, distinct_outs, flat_position, float_array,
+                                  grad_dtype_arg, grad_output_arg, integer_scalar, is_bfloat16,
+                                  out_arg, positioned_error, real_grad_output, real_scalar,
+                                  reduction_arg, rows_view, target_out_of_range)
 
 from fastloss._common cimport *
 

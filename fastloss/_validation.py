@@ -299,6 +299,30 @@ def periodic_factor(array, shape, dtype):
     return period
 
 
+def positioned_error(template, position, **fields):
+    """ValueError(template.format(position=position, **fields)), a message that names a
+    position of the target (a tuple of ints), with what made it kept on the exception
+    (``fastloss_position``): fastloss.dask names the position in the whole array by
+    formatting the template again with the chunk's position moved."""
+    error = ValueError(template.format(position=position, **fields))
+    error.fastloss_position = (template, position, fields)
+    return error
+
+
+def flat_position(flat, shape):
+    """The position (a tuple of ints) of flat index `flat` in an array of `shape`."""
+    return tuple(int(index) for index in np.unravel_index(flat, shape)) if shape else ()
+
+
+def target_out_of_range(value, flat, shape, n_classes, ignore_index):
+    """The ValueError of a class index `value` (not ignore_index) outside [0, n_classes),
+    at flat index `flat` of a target of `shape`."""
+    return positioned_error("target: value {value} at position {position} is out of range "
+                            "for {n_classes} classes (ignore_index={ignore_index})",
+                            flat_position(flat, shape), value=int(value),
+                            n_classes=n_classes, ignore_index=ignore_index)
+
+
 def _address(array):
     return array.__array_interface__["data"][0]
 

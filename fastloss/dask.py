@@ -23,12 +23,12 @@ accuracy contract, without a row's whole width in memory at once.
 dask is optional: ``import fastloss`` never imports it, and this module imports it only
 when one of its functions is called (``pip install "fastloss[dask]"``).
 """
-import re
 import string
 
 import numpy as np
 
 import fastloss
+from fastloss._validation import positioned_error
 
 __all__ = ["cross_entropy", "logsumexp"]
 
@@ -221,26 +221,22 @@ def _row_starts(da, logits, rows):
 
 
 def _chunk_error(starts, call, *arguments, **options):
-    """``call(*arguments, **options)``; a ValueError that names a position (a target out
-    of range, found by the kernel in its chunk) has the position moved by the chunk's
-    first row, ``starts`` (one index array per row axis)."""
+    """``call(*arguments, **options)``; a ValueError that names a position of the target
+    (a target out of range, found by the kernel in its chunk: _validation.positioned_error)
+    is raised again with the position moved by the chunk's first row, ``starts`` (one
+    index array per row axis)."""
     try:
         return call(*arguments, **options)
     except ValueError as error:
         first = tuple(int(axis[0]) if axis.size else 0 for axis in starts)
-        message = str(error)
-        found = _POSITION.search(message)
-        if not found or not any(first):
+        made = getattr(error, "fastloss_position", None)
+        if made is None or not any(first):
             raise
-        local = [int(part) for part in found.group(2).split(",") if part.strip()]
+        template, local, fields = made
         if len(local) != len(first):
             raise
         position = tuple(index + start for index, start in zip(local, first))
-        raise ValueError(message[:found.start(1)] + str(position)
-                         + message[found.end(1):]) from None
-
-
-_POSITION = re.compile(r"(?:at position|of row) (\(([-0-9, ]*)\))")
+        raise positioned_error(template, position, **fields) from None
 
 
 def _loss_and_lse(da, logits, target, weight, soft, options):

@@ -59,7 +59,8 @@ import numpy as np
 from fastloss import _kernels
 from fastloss._config import resolve_num_threads
 from fastloss._validation import (as_array, float_array, grad_dtype_arg, grad_output_arg,
-                                  is_bfloat16, is_half, out_arg, real_scalar, reduction_arg)
+                                  is_bfloat16, is_half, out_arg, real_scalar, reduction_arg,
+                                  target_out_of_range)
 from fastloss.cross_entropy import CROSS_ENTROPY_STATS_FIELDS
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_grad",
@@ -146,11 +147,8 @@ def _hard_target(target, batch_shape, n_classes, ignore_index):
     return flat
 
 
-def _bad_target(value, flat_position, batch_shape, n_classes, ignore_index):
-    position = tuple(int(p) for p in np.unravel_index(flat_position, batch_shape)) \
-        if batch_shape else ()
-    raise ValueError(f"target: value {int(value)} at position {position} is out of range "
-                     f"for {n_classes} classes (ignore_index={ignore_index})")
+def _bad_target(value, flat, batch_shape, n_classes, ignore_index):
+    raise target_out_of_range(value, flat, batch_shape, n_classes, ignore_index)
 
 
 class _Problem:
