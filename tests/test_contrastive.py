@@ -759,3 +759,20 @@ def test_cosine_distance_of_equal_rows_in_two_layouts_is_zero(dtype, rng):
         got = fastloss.contrastive(x1, x2, label, margin=0.0, metric="cosine",
                                    reduction="none")
         assert np.all(want == 0.0) and np.all(got == 0.0)
+
+
+def test_triplet_swap_tie_of_equal_rows_in_two_layouts(rng):
+    """anchor = positive = negative, positive and negative Fortran-ordered: d(a, n) and
+    d(p, n) tie, so swap's minimum gives each half the gradient (torch.minimum), in the
+    reference as in the kernels and torch. The reference's norms of the two layouts were
+    an ulp apart and broke the tie (anchor's gradient 0 against 0.5 / N: the fuzz, seed
+    1215713709, p = 1)."""
+    x = rng.standard_normal((65, 17)).astype(np.float32)
+    args = (x, np.asfortranarray(x), np.asfortranarray(x))
+    for p in (1.0, 2.0, 3.0):
+        want = reference.triplet_margin_grad(*[a.astype(np.float64) for a in args], p=p,
+                                             swap=True)
+        got = fastloss.triplet_margin_grad(*args, p=p, swap=True)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=2e-6, atol=1e-9)
+        assert np.all(want[0] > 0)  # the anchor keeps half of d(a, n)'s share

@@ -414,8 +414,10 @@ def _p_norm(v, p):
     """torch's ``linalg.vector_norm(v, p)`` over the last axis (pairwise_distance's): the
     max (min) of |v| for p = inf (-inf), the count of nonzero entries for p = 0, else
     ``sum(|v|**p)**(1/p)``, negative p included. One element's norm is |v| itself for
-    every p but 0 (exactly, as torch's norm of a 0-d tensor)."""
-    a = np.abs(v)
+    every p but 0 (exactly, as torch's norm of a 0-d tensor). Summed from a C-ordered
+    copy, as _normalize: equal rows in two layouts have equal norms (a tie of swap's
+    minimum stays a tie)."""
+    a = np.ascontiguousarray(np.abs(v))
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
         if a.shape[-1] == 1 and p != 0:
             return a[..., 0]
