@@ -139,16 +139,13 @@ def _hard_target(target, batch_shape, n_classes, ignore_index):
     if flat.dtype.kind == "u" and flat.dtype.itemsize == 8 and flat.size:
         too_big = np.flatnonzero(flat > _INT64_MAX)
         if too_big.size:
-            _bad_target(flat[too_big[0]], too_big[0], batch_shape, n_classes, ignore_index)
+            raise target_out_of_range(flat[too_big[0]], too_big[0], batch_shape, n_classes,
+                                      ignore_index)
     flat = np.require(flat, dtype=np.int64, requirements="CA")
     bad = np.flatnonzero((flat != ignore_index) & ((flat < 0) | (flat >= n_classes)))
     if bad.size:
-        _bad_target(flat[bad[0]], bad[0], batch_shape, n_classes, ignore_index)
+        raise target_out_of_range(flat[bad[0]], bad[0], batch_shape, n_classes, ignore_index)
     return flat
-
-
-def _bad_target(value, flat, batch_shape, n_classes, ignore_index):
-    raise target_out_of_range(value, flat, batch_shape, n_classes, ignore_index)
 
 
 class _Problem:
