@@ -63,7 +63,7 @@
  * float64 in double; float32_wide is float32 storage computed in double.
  *
  * The numerical policy, one place for all of it (float32, and any storage type
- * computed in float):
+ * computed in float; float64 at the end):
  *   1. Each term and slope is computed in float where float arithmetic meets the
  *      contract (2e-6 of itself) and in double where it cannot, decided per loss
  *      and, where a bound on a float result's error says so, per tile or element
@@ -79,10 +79,11 @@
  *      poisson_nll's and gaussian_nll's signed terms) can cancel further; then
  *      the sum or mean is computed again by a forward pass of the float32_wide
  *      instantiation over the same float32 arrays (every term in double, no
- *      copy of the inputs: float64's arithmetic on the exact inputs), and that
- *      is the loss returned.  Only the reduced loss is redone: the per-element
- *      losses and the gradients are each held to the contract element by
- *      element, which step 1 gives.
+ *      copy of the inputs: float64's arithmetic on the exact inputs), its terms
+ *      summed compensated (fastloss_ew_two_sum), and that is the loss returned.
+ *      Only the reduced loss is redone: the per-element losses and the
+ *      gradients are each held to the contract element by element, which step 1
+ *      gives.
  *   3. In place (the gradient written over pred, target or aux), a redo after
  *      the fused pass would read the gradient instead of the inputs.  So where a
  *      term of the call may be negative (the sign test of elementwise_body.h:
@@ -90,7 +91,13 @@
  *      sigmoid_focal), the loss is taken first by a forward pass (and redone if
  *      it cancelled), and the gradients then by a backward pass; otherwise the
  *      fused pass, whose sum cannot cancel.
- * float64 is computed in double throughout, as the float64 reference; no redo.
+ * float64 is computed in double throughout, as the float64 reference, under the
+ * same steps 2 and 3: a double sum of n terms is within about n u sum |term| of
+ * their exact sum, which the contract's 1e-12 |sum| no longer covers once terms of
+ * both signs cancel by more than about 1e4 (found by the fuzz run: smooth_l1's mean
+ * of 40000 terms with a weight of both signs, 7.7e-5 from a magnitude of 8.1, missed
+ * by 1.6e-12 of itself).  Where they cancelled, the float64 runner sums the terms
+ * again, compensated: within u |sum| + (n u)**2 sum |term| of their exact sum.
  */
 #include "elementwise.h"
 
@@ -98,10 +105,11 @@
 #include "elementwise_impl.h"
 #undef FASTLOSS_ISA
 
-/* The kernels of one storage type: its runner, and, for a storage type computed
- * in float, its runner computed in double and its sign test (NULL otherwise). */
+/* The kernels of one storage type: its runner, the runner that redoes a cancelled
+ * sum (compensated, and for a storage type computed in float computed in double:
+ * its _wide instantiation; float64's own runner), and its sign test. */
 typedef struct ew_kernels_s {
-    fastloss_ew_run run, wide;
+    fastloss_ew_run run, redo;
     fastloss_ew_signs may_be_negative;
 } ew_kernels_t;
 
@@ -110,7 +118,8 @@ typedef struct ew_kernels_s {
 static ew_kernels_t ew_kernels[FASTLOSS_N_DTYPES] = {
     [FASTLOSS_FLOAT32] = {fastloss_ew_run_float32_baseline, fastloss_ew_run_float32_wide_baseline,
                           fastloss_ew_may_be_negative_float32_baseline},
-    [FASTLOSS_FLOAT64] = {fastloss_ew_run_float64_baseline, NULL, NULL},
+    [FASTLOSS_FLOAT64] = {fastloss_ew_run_float64_baseline, fastloss_ew_run_float64_baseline,
+                          fastloss_ew_may_be_negative_float64_baseline},
     [FASTLOSS_BFLOAT16] = {fastloss_ew_run_bfloat16_baseline,
                            fastloss_ew_run_bfloat16_wide_baseline,
                            fastloss_ew_may_be_negative_bfloat16_baseline},
@@ -121,37 +130,49 @@ static ew_kernels_t ew_kernels[FASTLOSS_N_DTYPES] = {
 void fastloss_elementwise_select(int level)
 {
     ew_kernels[FASTLOSS_FLOAT32].run = FASTLOSS_PICK(fastloss_ew_run_float32, level);
-    ew_kernels[FASTLOSS_FLOAT32].wide = FASTLOSS_PICK(fastloss_ew_run_float32_wide, level);
+    ew_kernels[FASTLOSS_FLOAT32].redo = FASTLOSS_PICK(fastloss_ew_run_float32_wide, level);
     ew_kernels[FASTLOSS_FLOAT32].may_be_negative =
         FASTLOSS_PICK(fastloss_ew_may_be_negative_float32, level);
     ew_kernels[FASTLOSS_FLOAT64].run = FASTLOSS_PICK(fastloss_ew_run_float64, level);
+    ew_kernels[FASTLOSS_FLOAT64].redo = ew_kernels[FASTLOSS_FLOAT64].run;
+    ew_kernels[FASTLOSS_FLOAT64].may_be_negative =
+        FASTLOSS_PICK(fastloss_ew_may_be_negative_float64, level);
     ew_kernels[FASTLOSS_BFLOAT16].run = FASTLOSS_PICK(fastloss_ew_run_bfloat16, level);
-    ew_kernels[FASTLOSS_BFLOAT16].wide = FASTLOSS_PICK(fastloss_ew_run_bfloat16_wide, level);
+    ew_kernels[FASTLOSS_BFLOAT16].redo = FASTLOSS_PICK(fastloss_ew_run_bfloat16_wide, level);
     ew_kernels[FASTLOSS_BFLOAT16].may_be_negative =
         FASTLOSS_PICK(fastloss_ew_may_be_negative_bfloat16, level);
     ew_kernels[FASTLOSS_FLOAT16].run = FASTLOSS_PICK(fastloss_ew_run_float16, level);
-    ew_kernels[FASTLOSS_FLOAT16].wide = FASTLOSS_PICK(fastloss_ew_run_float16_wide, level);
+    ew_kernels[FASTLOSS_FLOAT16].redo = FASTLOSS_PICK(fastloss_ew_run_float16_wide, level);
     ew_kernels[FASTLOSS_FLOAT16].may_be_negative =
         FASTLOSS_PICK(fastloss_ew_may_be_negative_float16, level);
 }
 
-/* Whether a float sum of terms `loss` (sum or mean, magnitude) may miss the contract
+/* Whether a sum of terms `loss` (sum or mean, magnitude) may miss the contract
  * (policy, step 2); false for NaN. */
 static int ew_cancelled(const double *loss)
 {
     return fabs(loss[0]) < 0.5 * loss[1];
 }
 
-/* The reduced loss into loss[0..1] by a forward pass, redone in double where its terms
+/* The reduced loss into loss[0..1] again, compensated (and in double): the redo of a sum
+ * whose terms cancelled (policy, step 2). */
+static int ew_redo(const ew_kernels_t *kernels, const fastloss_elementwise_options *options,
+                   const fastloss_ew_inputs *in, double *loss)
+{
+    const fastloss_ew_outputs loss_only = {NULL, loss, NULL, NULL, NULL, NULL, 1};
+    return kernels->redo(options, in, NULL, 0, &loss_only);
+}
+
+/* The reduced loss into loss[0..1] by a forward pass, redone where its terms
  * cancelled (policy, step 2). */
 static int ew_reduced_loss(const ew_kernels_t *kernels, const fastloss_elementwise_options *options,
                            const fastloss_ew_inputs *in, double *loss)
 {
-    const fastloss_ew_outputs loss_only = {NULL, loss, NULL, NULL, NULL, NULL};
+    const fastloss_ew_outputs loss_only = {NULL, loss, NULL, NULL, NULL, NULL, 0};
     const int status = kernels->run(options, in, NULL, 0, &loss_only);
     if (status != FASTLOSS_OK || !ew_cancelled(loss))
         return status;
-    return kernels->wide(options, in, NULL, 0, &loss_only);
+    return ew_redo(kernels, options, in, loss);
 }
 
 /* One call of any mode, under the numerical policy above. */
@@ -163,7 +184,7 @@ static int ew_call(int dtype, const fastloss_elementwise_options *options,
         return FASTLOSS_ERROR_BAD_DTYPE;
     const ew_kernels_t *kernels = &ew_kernels[dtype];
     const int want_sum = out->loss != NULL && options->reduction != FASTLOSS_REDUCTION_NONE;
-    if (!kernels->wide || !want_sum)
+    if (!want_sum)
         return kernels->run(options, in, grad_output, grad_output_stride, out);
     const int grads = out->grad || out->grad_target || out->grad_aux || out->grad_aux2;
     const int in_place = out->grad && (out->grad == in->pred || out->grad == in->target ||
@@ -174,14 +195,13 @@ static int ew_call(int dtype, const fastloss_elementwise_options *options,
         if (status != FASTLOSS_OK)
             return status;
         const fastloss_ew_outputs grads_only = {NULL, NULL, out->grad, out->grad_target,
-                                                out->grad_aux, out->grad_aux2};
+                                                out->grad_aux, out->grad_aux2, 0};
         return kernels->run(options, in, grad_output, grad_output_stride, &grads_only);
     }
     const int status = kernels->run(options, in, grad_output, grad_output_stride, out);
     if (status != FASTLOSS_OK || !ew_cancelled(out->loss))
         return status;
-    const fastloss_ew_outputs loss_only = {NULL, out->loss, NULL, NULL, NULL, NULL};
-    return kernels->wide(options, in, NULL, 0, &loss_only);
+    return ew_redo(kernels, options, in, out->loss);
 }
 
 int fastloss_elementwise_forward(int dtype, const fastloss_elementwise_options *options,
@@ -190,7 +210,7 @@ int fastloss_elementwise_forward(int dtype, const fastloss_elementwise_options *
                                  void *loss_per_element, double *loss)
 {
     const fastloss_ew_inputs in = {pred, target, aux, aux2, weight, factor};
-    const fastloss_ew_outputs out = {loss_per_element, loss, NULL, NULL, NULL, NULL};
+    const fastloss_ew_outputs out = {loss_per_element, loss, NULL, NULL, NULL, NULL, 0};
     return ew_call(dtype, options, &in, NULL, 0, &out);
 }
 
@@ -202,7 +222,7 @@ int fastloss_elementwise_backward(int dtype, const fastloss_elementwise_options 
                                   void *grad_aux2)
 {
     const fastloss_ew_inputs in = {pred, target, aux, aux2, weight, factor};
-    const fastloss_ew_outputs out = {NULL, NULL, grad, grad_target, grad_aux, grad_aux2};
+    const fastloss_ew_outputs out = {NULL, NULL, grad, grad_target, grad_aux, grad_aux2, 0};
     return ew_call(dtype, options, &in, grad_output, grad_output_stride, &out);
 }
 
@@ -216,6 +236,6 @@ int fastloss_elementwise_value_and_grad(int dtype, const fastloss_elementwise_op
 {
     const fastloss_ew_inputs in = {pred, target, aux, aux2, weight, factor};
     const fastloss_ew_outputs out = {loss_per_element, loss, grad, grad_target, grad_aux,
-                                     grad_aux2};
+                                     grad_aux2, 0};
     return ew_call(dtype, options, &in, grad_output, grad_output_stride, &out);
 }

@@ -1667,6 +1667,7 @@ typedef struct EW(call_s) {
     const double *grad_output;     /* per element (reduction none), or NULL: use scale */
     REAL scale;                    /* grad_output, divided by n for the mean */
     int want_sum;
+    int compensated;               /* the sum compensated (fastloss_ew_outputs) */
     int stream;                    /* the gradients by streaming stores (elementwise_internal.h) */
     STORE_T *loss_per_element, *grad, *grad_target, *grad_aux, *grad_aux2;
 } EW(call);
@@ -1805,7 +1806,7 @@ static void EW(write_grad)(const EW(call) *call, fastloss_index i, fastloss_inde
  * on n and the periods alone.
  */
 static double EW(block)(const EW(call) *call, fastloss_index start, fastloss_index end,
-                        double *magnitude)
+                        double *magnitude, double *sum_error)
 {
     REAL value_tile[FASTLOSS_EW_TILE];
     REAL slope_tile[FASTLOSS_EW_TILE];
@@ -1818,6 +1819,7 @@ static double EW(block)(const EW(call) *call, fastloss_index start, fastloss_ind
     const int want_slope = call->grad || (call->grad_target && !own_target_slope) ||
                            (dpo && (call->grad_aux || call->grad_aux2));
     double lane[FASTLOSS_LANES] = {0.0}, negative_lane[EW_NEGATIVE_LANES] = {0.0};
+    double lane_error[FASTLOSS_LANES] = {0.0}; /* compensated: each lane's error sum */
     double tail = 0.0, negative_tail = 0.0;
     int wide_mode = 0;
     fastloss_index m;
@@ -1873,11 +1875,26 @@ static double EW(block)(const EW(call) *call, fastloss_index start, fastloss_ind
 #endif
             if (call->want_sum) {
                 fastloss_index k = 0;
-                for (; k + FASTLOSS_LANES <= m; k += FASTLOSS_LANES)
-                    for (int j = 0; j < FASTLOSS_LANES; ++j)
-                        lane[j] += (double)value[k + j];
-                for (; k < m; ++k)
-                    tail += (double)value[k];
+                if (call->compensated) {
+                    /* element k to lane k % 8, each lane a sum and its error */
+                    for (; k + FASTLOSS_LANES <= m; k += FASTLOSS_LANES)
+                        for (int j = 0; j < FASTLOSS_LANES; ++j) {
+                            double error;
+                            lane[j] = fastloss_ew_two_sum(lane[j], (double)value[k + j], &error);
+                            lane_error[j] += error;
+                        }
+                    for (int j = 0; k < m; ++k, ++j) {
+                        double error;
+                        lane[j] = fastloss_ew_two_sum(lane[j], (double)value[k], &error);
+                        lane_error[j] += error;
+                    }
+                } else {
+                    for (; k + FASTLOSS_LANES <= m; k += FASTLOSS_LANES)
+                        for (int j = 0; j < FASTLOSS_LANES; ++j)
+                            lane[j] += (double)value[k + j];
+                    for (; k < m; ++k)
+                        tail += (double)value[k];
+                }
                 /* the magnitude sum |term| = sum term - 2 sum of the negative terms,
                  * which a negative weight or factor, a bce target outside [0, 1], or
                  * the losses that can be negative (poisson_nll, gaussian_nll) make.
@@ -1915,12 +1932,39 @@ static double EW(block)(const EW(call) *call, fastloss_index start, fastloss_ind
     if (call->stream)
         fastloss_stream_fence();
 #endif
-    const double sum = fastloss_lanes_total(lane) + tail;
     double negative = negative_tail;
     for (int j = 0; j < EW_NEGATIVE_LANES; ++j)
         negative += negative_lane[j];
+    if (call->compensated) { /* the block's sum and its error */
+        const double sum = fastloss_ew_lanes_two_sum(lane, lane_error, sum_error);
+        *magnitude = sum - 2.0 * negative;
+        return sum;
+    }
+    const double sum = fastloss_lanes_total(lane) + tail;
     *magnitude = sum - 2.0 * negative;
     return sum;
+}
+
+/* The sum of the first `count` values of a weight, compensated: a weight of both signs
+ * may cancel in its sum as the terms may (in 8 lanes, each a sum and its error). */
+static double EW(weight_sum)(const STORE_T *weight, fastloss_index count)
+{
+    double lane[FASTLOSS_LANES] = {0.0}, lane_error[FASTLOSS_LANES] = {0.0};
+    fastloss_index k = 0;
+    for (; k + FASTLOSS_LANES <= count; k += FASTLOSS_LANES)
+        for (int j = 0; j < FASTLOSS_LANES; ++j) {
+            double error;
+            lane[j] = fastloss_ew_two_sum(lane[j], (double)LOAD(weight, k + j), &error);
+            lane_error[j] += error;
+        }
+    for (int j = 0; k < count; ++k, ++j) {
+        double error;
+        lane[j] = fastloss_ew_two_sum(lane[j], (double)LOAD(weight, k), &error);
+        lane_error[j] += error;
+    }
+    double error;
+    const double sum = fastloss_ew_lanes_two_sum(lane, lane_error, &error);
+    return fastloss_ew_two_sum_total(sum, error);
 }
 
 /* The loss's scalars from options->param (see the enum in elementwise.h). */
@@ -2053,13 +2097,8 @@ int RUN FASTLOSS_EW_RUN_SIGNATURE
     if (mean && weight && n > 0 &&
         (options->loss == FASTLOSS_LOSS_MSE || options->loss == FASTLOSS_LOSS_L1)) {
         const fastloss_index period = options->weight_period;
-        double period_sum = 0.0, rest_sum = 0.0;
-        for (fastloss_index k = 0; k < period; ++k) {
-            period_sum += (double)LOAD(weight, k);
-            if (k < n % period)
-                rest_sum += (double)LOAD(weight, k);
-        }
-        denominator = (period_sum * (double)(n / period) + rest_sum) /
+        denominator = (EW(weight_sum)(weight, period) * (double)(n / period) +
+                       EW(weight_sum)(weight, n % period)) /
                       (double)options->weight_sum_repeats;
     }
     {
@@ -2071,12 +2110,13 @@ int RUN FASTLOSS_EW_RUN_SIGNATURE
     if (!call.want_sum && !call.loss_per_element && !want_grad)
         return FASTLOSS_OK; /* nothing asked for */
 
-    /* The only allocation: one partial sum and magnitude per block, before the
-     * parallel region. */
+    /* The only allocation: one partial sum and magnitude per block (and, compensated,
+     * the sum's error), before the parallel region. */
     double *partials = NULL;
     const fastloss_index n_partials = n_blocks > 0 ? n_blocks : 1;
+    call.compensated = call.want_sum && out->compensated;
     if (call.want_sum) {
-        partials = malloc((size_t)n_partials * 2 * sizeof(double));
+        partials = malloc((size_t)n_partials * (call.compensated ? 3 : 2) * sizeof(double));
         if (!partials)
             return FASTLOSS_ERROR_NO_MEMORY;
     }
@@ -2094,16 +2134,30 @@ int RUN FASTLOSS_EW_RUN_SIGNATURE
     for (fastloss_index b = 0; b < n_blocks; ++b) {
         const fastloss_index start = b * FASTLOSS_EW_BLOCK;
         const fastloss_index end = n - start < FASTLOSS_EW_BLOCK ? n : start + FASTLOSS_EW_BLOCK;
-        double block_magnitude;
-        const double block_sum = EW(block)(&call, start, end, &block_magnitude);
+        double block_magnitude, block_error = 0.0;
+        const double block_sum = EW(block)(&call, start, end, &block_magnitude, &block_error);
         if (partials) {
             partials[b] = block_sum;
             partials[n_partials + b] = block_magnitude;
+            if (call.compensated)
+                partials[2 * n_partials + b] = block_error;
         }
     }
 
     if (call.want_sum) {
-        const double total = fastloss_sum_float64(partials, n_blocks);
+        double total;
+        if (call.compensated) { /* the blocks' sums and errors, compensated in block order */
+            double error = 0.0;
+            total = 0.0;
+            for (fastloss_index b = 0; b < n_blocks; ++b) {
+                double rounding;
+                total = fastloss_ew_two_sum(total, partials[b], &rounding);
+                error += rounding + partials[2 * n_partials + b];
+            }
+            total = fastloss_ew_two_sum_total(total, error);
+        } else {
+            total = fastloss_sum_float64(partials, n_blocks);
+        }
         const double magnitude = fastloss_sum_float64(partials + n_partials, n_blocks);
         /* torch: the mean of no elements is nan, their sum 0 */
         loss[0] = mean ? (n > 0 ? total / denominator : NAN) : total;

@@ -20,12 +20,14 @@
 #define FL_EW_PASTE(name, storage, isa) FL_EW_PASTE_(name, storage, isa)
 
 /* One instance a storage type (elementwise_instance.h): STORAGE, and
- * EW_FLOAT_COMPUTE where the tag computes in float. */
+ * EW_FLOAT_COMPUTE where the tag computes in float; float64 has the sign test
+ * too (EW_SIGN_TEST), for its compensated redo. */
 #define STORAGE float32
 #define EW_FLOAT_COMPUTE
 #include "elementwise_instance.h"
 
 #define STORAGE float64
+#define EW_SIGN_TEST
 #include "elementwise_instance.h"
 
 #define STORAGE float32_wide

@@ -5,6 +5,8 @@
 #ifndef FASTLOSS_ELEMENTWISE_INTERNAL_H
 #define FASTLOSS_ELEMENTWISE_INTERNAL_H
 
+#include <math.h>
+
 #include "elementwise.h"
 
 /*
@@ -86,7 +88,46 @@ typedef struct fastloss_ew_outputs {
     void *loss_per_element;
     double *loss;
     void *grad, *grad_target, *grad_aux, *grad_aux2;
+    int compensated; /* loss[0] summed compensated (fastloss_ew_two_sum): the redo of
+                      * elementwise.c's policy where terms of both signs cancelled */
 } fastloss_ew_outputs;
+
+/*
+ * a + b rounded, and the rounding's error exactly: a + b = s + *error (Knuth's TwoSum;
+ * no product, so nothing for the compiler to contract into an FMA, and -ffast-math is
+ * never on).  A sum kept as s + an error sum ("Sum2" of Ogita, Rump and Oishi) is
+ * within u |sum| + (n u)**2 sum |term| of the exact sum of its terms, where a plain
+ * double sum is within n u sum |term|: accurate however far its terms cancel.  An
+ * infinite or NaN operand leaves s infinite or NaN and the error NaN: the total is then
+ * s alone (fastloss_ew_two_sum_total).
+ */
+static inline double fastloss_ew_two_sum(double a, double b, double *error)
+{
+    const double s = a + b;
+    const double b_part = s - a;
+    *error = (a - (s - b_part)) + (b - b_part);
+    return s;
+}
+
+static inline double fastloss_ew_two_sum_total(double sum, double error)
+{
+    return isfinite(sum) ? sum + error : sum;
+}
+
+/* FASTLOSS_LANES compensated lanes (each a sum and its error sum) added in lane order
+ * into one sum, returned, and its error sum, into *error. */
+static inline double fastloss_ew_lanes_two_sum(const double *lane, const double *lane_error,
+                                               double *error)
+{
+    double sum = 0.0, sum_error = 0.0;
+    for (int j = 0; j < FASTLOSS_LANES; ++j) {
+        double rounding;
+        sum = fastloss_ew_two_sum(sum, lane[j], &rounding);
+        sum_error += rounding + lane_error[j];
+    }
+    *error = sum_error;
+    return sum;
+}
 
 /*
  * One generic runner per (storage type, compute type, ISA), in
@@ -109,10 +150,11 @@ void fastloss_elementwise_select(int level); /* dispatch.c calls it */
 
 /* The instantiations of elementwise_impl.h: float32 and float64 stored and
  * computed as themselves, and float32 stored, computed in double (float32_wide);
- * the sign test of the storage types computed in float. */
+ * the sign test of float64 and of the storage types computed in float. */
 #define FL_EW_DECLARE_ISA(isa)                                                               \
     int fastloss_ew_run_float32_##isa FASTLOSS_EW_RUN_SIGNATURE;                             \
     int fastloss_ew_run_float64_##isa FASTLOSS_EW_RUN_SIGNATURE;                             \
+    int fastloss_ew_may_be_negative_float64_##isa FASTLOSS_EW_SIGNS_SIGNATURE;              \
     int fastloss_ew_run_float32_wide_##isa FASTLOSS_EW_RUN_SIGNATURE;                        \
     int fastloss_ew_may_be_negative_float32_##isa FASTLOSS_EW_SIGNS_SIGNATURE;              \
     int fastloss_ew_run_bfloat16_##isa FASTLOSS_EW_RUN_SIGNATURE;                            \

@@ -205,12 +205,18 @@ class _Problem:
         # half precision: the per-element loss is returned in the half type, rounded once;
         # where a gradient is summed over broadcast axes (a sum of rounded halves would
         # round twice), or a weight or factor needs it, the kernels compute and store
-        # float32, rounded to the half type at the end
+        # float32, rounded to the half type at the end.  float32 inputs of which one is
+        # broadcast compute in float64 for the same reason: the terms of a broadcast
+        # input's gradient may cancel in their sum, which float32-rounded terms would
+        # leave with an error of their own size (the fuzz run: mse's 0-d pred against
+        # three targets, slopes of +-5 summing to -0.035, 7e-6 of itself off)
         self.result_dtype = self.dtype
         self.mirrored_quantile = None
-        if is_half(self.dtype) and (widen or any(expanded != shape
-                                                 for expanded in self.expanded_shapes)):
+        broadcast = any(expanded != shape for expanded in self.expanded_shapes)
+        if is_half(self.dtype) and (widen or broadcast):
             self.dtype = dtype = np.dtype(np.float32)
+        elif self.dtype == np.float32 and broadcast:
+            self.dtype = dtype = np.dtype(np.float64)
         elif entry.factor == "quantile" and _quantile_needs_double(checked["quantile"], dtype):
             # pinball with a quantile float32 cannot hold: its mirror image in float32
             # where there is one, else float64

@@ -12,10 +12,10 @@ absolute term as well, and the docs state both:
 - **Losses that multiply matrices** (``info_nce``): the standard dot-product bound of its
   products, carried through the loss and the normalisation's backward
   (``info_nce_products_bound``).
-- **Inputs that broadcast** (``triplet_margin``): their gradient is a sum of terms over
-  the broadcast axes, added in another order than torch's autograd (and the reference)
-  adds them; where the terms cancel, the two differ by a rounding of the terms' size
-  (``broadcast_sum_bound``).
+- **Gradients that sum terms** (``triplet_margin``: the anchor's two distances, the
+  swap's third, the elements of a broadcast axis): added in another order than torch's
+  autograd (and the reference) adds them, each term rounded its own way; where the terms
+  cancel, the two differ by a rounding of the terms' size (``triplet_terms_bound``).
 
 None widens a bound the contract already gives: the first applies only where that bound
 is 0, the others are the contract of those losses as the docs write it.
@@ -24,6 +24,7 @@ is 0, the others are the contract of those losses as the docs write it.
 import numpy as np
 
 from fastloss import _contract, reference
+from fastloss.reference._contrastive import _triplet_grad_magnitude
 from loss_specs import CONTRACT
 
 #: unit roundoff u of each dtype (half an ulp of 1)
@@ -72,28 +73,27 @@ def info_nce_products_bound(query, key, dtype, *, temperature, symmetric=False,
                                              grad_output=grad_output, dtype=dtype)
 
 
-def broadcast_sum_bound(dtype, input_shape, broadcast_shape, *, pairs, reduction,
-                        grad_output=1.0):
-    """docs/accuracy.rst's bound for the gradient of an input of ``input_shape`` broadcast
-    to ``broadcast_shape`` (0 where it is not broadcast): ``16 u n s`` with ``n`` the
-    terms each entry sums (``pairs`` distances the input is in, times the broadcast
-    elements), and ``s`` the largest term: the upstream gradient of a row (divided by
-    the rows for the mean) times a slope of at most 1 (a p-norm's, p >= 1)."""
-    input_shape, broadcast_shape = tuple(input_shape), tuple(broadcast_shape)
-    if input_shape == broadcast_shape:
-        return 0.0
-    n_rows = int(np.prod(broadcast_shape[:-1]))
-    summed = int(np.prod(broadcast_shape)) // max(int(np.prod(input_shape)), 1)
-    row_scale = _largest_finite(grad_output, 1.0) / (max(n_rows, 1) if reduction == "mean"
-                                                     else 1)
-    return ZERO_FLOOR_ROUNDINGS * UNIT_ROUNDOFF[np.dtype(dtype)] * pairs * summed * row_scale
+def triplet_terms_bound(anchor, positive, negative, **options):
+    """docs/accuracy.rst's bound for triplet_margin's gradients, each entry a sum of terms
+    (the anchor's two distances, the swap's third, the elements of a broadcast axis):
+    ``16 u sum|t|`` over the terms ``t`` the entry adds (their magnitudes from the
+    reference's own terms, ``u`` the input's dtype's), one array per input. Where the terms cancel, two orders of
+    adding them (fastloss's and autograd's) and two roundings of each term differ by
+    that much; for an entry of one term it is 16 u of the entry itself, which the
+    contract's rtol already covers."""
+    inputs = (anchor, positive, negative)
+    with np.errstate(all="ignore"):
+        magnitudes = _triplet_grad_magnitude(*(np.asarray(a, np.float64) for a in inputs),
+                                             **options)
+    return [ZERO_FLOOR_ROUNDINGS * UNIT_ROUNDOFF[np.asarray(a).dtype]
+            * np.where(np.isfinite(m), m, 0.0) for a, m in zip(inputs, magnitudes)]
 
 
 def assert_close_at_scale(actual, ref, dtype, kind, *, loss=None, wrt=None, grad_output=1.0,
                           extra=0.0, what=None):
     """The contract of docs/accuracy.rst for a ``kind`` ("loss" or "grad") result from
     inputs of ``dtype``: ``rtol |r| + floor max|r|``, plus ``extra`` (the bound of a loss
-    that multiplies matrices, or of a broadcast input's sum; or 0), plus ``zero_floor`` where the reference is zero
+    that multiplies matrices, or of a gradient that sums terms; or 0), plus ``zero_floor`` where the reference is zero
     in every finite entry of a gradient, exactly or up to its own rounding (within the
     float64 zero floor). NaN and infinities must match the reference exactly."""
     actual = np.asarray(actual, np.float64)

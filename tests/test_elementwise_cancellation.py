@@ -9,6 +9,8 @@ of the magnitude, so the float32 sum alone misses the contract by far (each case
 checks that it does); the loss must still meet it, on every SIMD path, for every entry
 point, in place over pred and over target, and for any number of threads.
 """
+import math
+
 import numpy as np
 import pytest
 
@@ -217,3 +219,118 @@ def test_the_kernel_redoes_the_sum_itself(make, rng):
                                         weight, factor, upstream, None, grad, params, "sum",
                                         1, **extra)
     assert total_in_place == total, f"{name}: in place, the loss after the overwrite"
+
+
+# ----------------------------------------------------------------------------------------
+# float64: the compensated redo
+# ----------------------------------------------------------------------------------------
+#
+# A double sum of n terms is within about n u sum |term| of their exact sum: no bound
+# relative to a sum that cancelled. Where the float64 terms cancel below half their
+# magnitude, the C entry sums them again compensated (within u |sum| + (n u)**2 sum |term|),
+# and the reference sums them exactly (math.fsum). These cases cancel to 1e-10 of the
+# magnitude, where a double sum misses the contract's 1e-12 by far; their terms take only
+# exactly rounded operations (a difference, a product), which the kernels and the
+# reference round alike, so that the two sums are of the same terms.
+
+#: what each float64 case leaves of the terms' magnitude
+LEFT64 = 1e-10
+F64 = np.float64
+
+
+def _take_back(terms, weight):
+    """The last weight set so that the weighted terms leave LEFT64 of the others' sum."""
+    rest = math.fsum(terms[:-1] * weight[:-1])
+    weight[-1] = -rest * (1 - LEFT64) / terms[-1]
+    return weight
+
+
+def mse_weights_float64(rng):
+    # every weight positive but the last: a weighted mean whose weights sum to no zero
+    pred = rng.uniform(0.5, 2.0, N)
+    weight = _take_back(pred**2, rng.uniform(0.5, 1.5, N))
+    return "mse", (pred, np.zeros(N)), {"weight": weight}
+
+
+def l1_signed_weights_float64(rng):
+    # weights of both signs at random, as the fuzz run drew them
+    pred, target = rng.standard_normal(N), rng.standard_normal(N)
+    weight = _take_back(np.abs(pred - target), rng.uniform(-5.0, 5.0, N))
+    return "l1", (pred, target), {"weight": weight}
+
+
+def smooth_l1_beta_0_float64(rng):
+    # the fuzz run's case (seed 2590642273): smooth_l1 with beta 0, a weight of both
+    # signs over 40000 elements, whose mean 7.7e-5 of a magnitude of 8.1 missed by 1.6e-12
+    # of itself; here cancelled deeper
+    pred, target = rng.standard_normal(N), rng.standard_normal(N)
+    weight = _take_back(np.abs(pred - target), rng.uniform(-5.0, 5.0, N))
+    return "smooth_l1", (pred, target), {"weight": weight, "beta": 0.0}
+
+
+CASES64 = [mse_weights_float64, l1_signed_weights_float64, smooth_l1_beta_0_float64]
+case64_param = pytest.mark.parametrize("make", CASES64, ids=lambda make: make.__name__)
+
+
+def check_cancels_float64(name, arrays, options):
+    """The case cancels: the reference's sum is below 1e-8 of the magnitude, and the
+    kernel's own terms (reduction none) summed in double miss the contract."""
+    value, _, ref_value, _ = functions(name)
+    ref = ref_value(*arrays, reduction="sum", **options)
+    terms = value(*arrays, reduction="none", **options)
+    magnitude = np.abs(terms).sum()
+    assert abs(ref) < 1e-8 * magnitude, f"{name}: the case no longer cancels"
+    with pytest.raises(AssertionError):
+        assert_close_contract(np.sum(terms), ref, F64, "loss")
+    with pytest.raises(AssertionError):
+        assert_close_contract(sum(terms.tolist()), ref, F64, "loss")
+
+
+@case64_param
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_cancelling_float64_loss_meets_the_contract(simd_path, make, reduction, rng):
+    name, arrays, options = make(rng)
+    check_cancels_float64(name, arrays, options)
+    value, fused, ref_value, ref_grad = functions(name)
+    ref = ref_value(*arrays, reduction=reduction, **options)
+    ref_g = ref_grad(*arrays, reduction=reduction, **options)
+    copies = [array.copy() for array in arrays]
+    what = f"{name} {reduction} {simd_path}"
+    loss = value(*arrays, reduction=reduction, **options)
+    assert_close_contract(loss, ref, F64, "loss", f"{what}: forward")
+    for threads in (1, 3):
+        assert value(*arrays, reduction=reduction, num_threads=threads, **options) == loss
+    out = np.empty_like(arrays[0])
+    fused_loss, grad = fused(*arrays, reduction=reduction, out=out, **options)
+    assert grad is out and fused_loss == loss
+    assert_close_contract(grad, ref_g, F64, "grad", f"{what}: fused gradient")
+    for array, copy in zip(arrays, copies):  # the redo read the inputs, wrote nothing
+        assert np.array_equal(array, copy)
+    # in place over pred, and over target: the loss is taken before they are overwritten
+    for index in (0, 1):
+        inputs = [array.copy() for array in arrays]
+        in_place_loss, in_place = fused(*inputs, reduction=reduction, out=inputs[index],
+                                        **options)
+        assert in_place is inputs[index]
+        place = ("pred", "target")[index]
+        assert in_place_loss == loss, f"{what}: in place over {place}"
+        assert np.array_equal(in_place, grad), f"{what}: in place over {place}: gradient"
+
+
+def test_a_cancelling_weight_sum_of_the_weighted_mean(rng):
+    """mse's and l1's mean divides by the sum of the weight (torch's weighted mean), which
+    a weight of both signs can cancel as the terms can: the kernel sums it compensated,
+    the reference exactly."""
+    pred = rng.standard_normal(N)
+    target = rng.standard_normal(N)
+    weight = rng.uniform(-5.0, 5.0, N)
+    weight[-1] = -math.fsum(weight[:-1]) * (1 - LEFT64)
+    total = math.fsum(weight)
+    assert abs(total) < 1e-8 * np.abs(weight).sum()
+    with pytest.raises(AssertionError):  # a double sum of the weight misses
+        assert_close_contract(sum(weight.tolist()), total, F64, "loss")
+    for name in ("mse", "l1"):
+        value, _, ref_value, _ = functions(name)
+        ref = ref_value(pred, target, weight=weight, reduction="mean")
+        assert_close_contract(value(pred, target, weight=weight, reduction="mean"), ref, F64,
+                              "loss", name)

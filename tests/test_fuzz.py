@@ -23,7 +23,7 @@ import fastloss
 from fastloss import reference
 from fastloss._contract import all_pairs_products_bound
 
-from contract_floors import assert_close_at_scale, broadcast_sum_bound, info_nce_products_bound
+from contract_floors import assert_close_at_scale, info_nce_products_bound, triplet_terms_bound
 
 EXAMPLES = int(os.environ.get("FASTLOSS_FUZZ_EXAMPLES", "150"))
 # conftest.py turns FASTLOSS_FUZZ_EXAMPLES without a seed into a random seed (and prints it)
@@ -436,8 +436,8 @@ def test_fuzz_contrastive(name, data, fused):
     value_dtype = np.result_type(*embeddings)
     dtypes = [value_dtype] + [a.dtype for a in embeddings] if fused else [value_dtype]
     # the contracts of docs/accuracy.rst's own: info_nce multiplies matrices, and so do
-    # the all-pairs functions' backward; a broadcast triplet_margin input sums its terms
-    # in another order than torch's
+    # the all-pairs functions' backward; triplet_margin's gradients sum terms (two
+    # distances, and a broadcast input's elements) in another order than torch's
     extra = [0.0] * len(wanted)
     if name == "info_nce":
         extra = info_nce_products_bound(*args, value_dtype, **ref_kwargs)[:len(wanted)]
@@ -450,9 +450,7 @@ def test_fuzz_contrastive(name, data, fused):
         extra = [0.0] + list(all_pairs_products_bound(*pair_rows, dtype=value_dtype,
                                                       **options))
     elif name == "triplet_margin" and fused:
-        shape = np.broadcast_shapes(*(a.shape for a in args))
-        extra = [0.0] + [broadcast_sum_bound(a.dtype, a.shape, shape, pairs=2,
-                                             reduction=kwargs["reduction"]) for a in args]
+        extra = [0.0] + triplet_terms_bound(*args, **ref_kwargs)
     for index, (got, want, dtype) in enumerate(zip(actual, wanted, dtypes)):
         assert_close_at_scale(got, want, dtype, "grad" if index else "loss", loss=wanted[0],
                               wrt=embeddings[index - 1] if index else None,

@@ -8,7 +8,7 @@ import pytest
 import fastloss
 from fastloss import reference
 
-from contract_floors import assert_close_at_scale
+from contract_floors import assert_close_at_scale, triplet_terms_bound
 
 
 @pytest.mark.parametrize("n_classes, share", [(5000, 0.97), (50000, 0.999)])
@@ -50,3 +50,77 @@ def _others_gradient_extended(n_classes, share):
     stored = np.longdouble(np.log(share))
     total = np.longdouble(n_classes - 1) + np.exp(stored)
     return np.longdouble(1) / total - np.longdouble(1) / np.longdouble(n_classes)
+
+
+def test_mse_gradient_of_a_0d_float32_pred_against_three_targets():
+    """Seed 1215713709: mse_value_and_grad of a 0-d float32 pred against three targets,
+    reduction sum. The gradient is the sum of three slopes 2 (p - t) of about +-5 that
+    cancel to -0.035; rounded to float32 before the sum, they left an error of their own
+    size, 7e-6 of the result (2.4e-7 against a bound of 1.0e-7). A float32 input that is
+    broadcast now computes in float64, its gradient rounded once after the sum."""
+    pred = np.array(-1.744109, np.float32)
+    target = np.array([-1.744109, -4.2458744, 0.77500737], np.float32)
+    loss, grad = fastloss.mse_value_and_grad(pred, target, reduction="sum")
+    ref_loss, ref_grad = reference.mse_value_and_grad(pred.astype(np.float64),
+                                                      target.astype(np.float64),
+                                                      reduction="sum")
+    assert grad.dtype == np.float32 and grad.shape == ()
+    assert_close_at_scale(loss, ref_loss, np.float32, "loss")
+    assert_close_at_scale(grad, ref_grad, np.float32, "grad", loss=ref_loss, wrt=pred)
+
+
+@pytest.mark.parametrize("name, options", [("mse", {}), ("huber", {"delta": 1000.0}),
+                                           ("smooth_l1", {"beta": 1000.0})])
+@pytest.mark.parametrize("wrt", ["pred", "target"])
+def test_a_broadcast_float32_input_s_gradient_that_cancels(name, options, wrt, rng):
+    """The broadcast input's gradient sums its slopes over the rows of the other, which
+    cancel here to about 1e-5 of their magnitude (every residual inside huber's delta and
+    smooth_l1's beta): float32 slopes would leave an error of about 1e-3 of the result,
+    the float64 ones leave their float64 rounding."""
+    n_rows, dim = 501, 64
+    row = rng.standard_normal((1, dim)).astype(np.float32)
+    others = (row + rng.standard_normal((n_rows, dim))).astype(np.float32)
+    # the last row takes back the others' offsets from `row`, leaving 1e-3 of one
+    offsets = others[:-1].astype(np.float64) - row
+    others[-1] = (row - offsets.sum(axis=0) + 1e-3).astype(np.float32)[0]
+    pred, target = (row, others) if wrt == "pred" else (others, row)
+    fused = getattr(fastloss, f"{name}_value_and_grad")
+    ref_fused = getattr(reference, f"{name}_value_and_grad")
+    for reduction in ("sum", "mean"):
+        loss, grad = fused(pred, target, reduction=reduction, wrt=wrt, **options)
+        ref_loss, ref_grad = ref_fused(pred.astype(np.float64), target.astype(np.float64),
+                                       reduction=reduction, wrt=wrt, **options)
+        assert grad.dtype == np.float32 and grad.shape == row.shape
+        # the case cancels: the summed slopes against their magnitude
+        _, slopes = ref_fused(np.broadcast_to(pred, others.shape).astype(np.float64),
+                              np.broadcast_to(target, others.shape).astype(np.float64),
+                              reduction=reduction, wrt=wrt, **options)
+        assert np.all(np.abs(ref_grad) < 1e-4 * np.abs(slopes).sum(axis=0))
+        assert_close_at_scale(loss, ref_loss, np.float32, "loss")
+        assert_close_at_scale(grad, ref_grad, np.float32, "grad", loss=ref_loss,
+                              wrt=row, what=f"{name} {reduction} w.r.t. {wrt}")
+
+
+def test_triplet_anchor_gradient_whose_two_slopes_cancel():
+    """Seed 1215713709: triplet_margin_value_and_grad in float64, p = 3, an anchor row of
+    zeros against equal positive and negative rows. The anchor's gradient there is the
+    difference of the two distances' terms, -0.4999994 and 0.4998884, which cancel to
+    1.1e-4; the kernels' rounding of one term (1.5e-16) was 1.5e-12 of the result, past
+    the contract's 1e-12. docs/accuracy.rst bounds an entry that sums terms by 16 u of
+    the terms' magnitudes besides (tests/contract_floors.py, triplet_terms_bound)."""
+    anchor = np.array([[-0.3895847252766329, 1.1497219104350627], [0.0, 0.0]])
+    positive = np.array([[-1.46226975592411, 0.01750795282118596]] * 2)
+    negative = np.array([[-1.3993522001810328, 0.09716965073033998]] * 2)
+    options = dict(margin=1.0, p=3.0, swap=False, reduction="mean")
+    inputs = (anchor, positive, negative)
+    loss, grads = fastloss.triplet_margin_value_and_grad(*inputs, **options)
+    ref_loss, ref_grads = reference.triplet_margin_value_and_grad(*inputs, **options)
+    bounds = triplet_terms_bound(*inputs, **options)
+    # the case cancels: the anchor's entry is 1.1e-4 of terms that add to about 1
+    assert abs(ref_grads[0][1, 0]) < 2e-4 and bounds[0][1, 0] > 0.9 * 16 * 2.0**-53
+    # an entry of one term (positive's and negative's, no swap) gets 16 u of itself
+    np.testing.assert_allclose(bounds[1], 16 * 2.0**-53 * np.abs(ref_grads[1]), rtol=1e-12)
+    assert_close_at_scale(loss, ref_loss, np.float64, "loss")
+    for got, want, bound, x in zip(grads, ref_grads, bounds, inputs):
+        assert_close_at_scale(got, want, np.float64, "grad", loss=ref_loss, wrt=x,
+                              extra=bound)

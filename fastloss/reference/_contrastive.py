@@ -519,19 +519,10 @@ def triplet_margin(anchor, positive, negative, *, margin=1.0, p=2.0, eps=1e-6, s
         return float(np.sum(loss) if reduction == "sum" else np.sum(loss) / np.float64(loss.size))
 
 
-def triplet_margin_grad(anchor, positive, negative, grad_output=1.0, *, margin=1.0, p=2.0,
-                        eps=1e-6, swap=False, reduction="mean"):
-    r"""Gradients of ``grad_output * triplet_margin(...)`` w.r.t. anchor, positive and
-    negative (a tuple, each of its input's shape), as torch's autograd: elements with
-    ``margin + d_ap - d_neg >= 0`` pass the gradient (clamp_min), ``u_xy = d |x - y +
-    eps|_p / d x`` (:func:`_p_norm_grad`), and with swap a tie between ``d(a, n)`` and
-    ``d(p, n)`` gives each half (torch.minimum)::
-
-        grad a = u_ap - w_an u_an,  grad p = -u_ap - w_pn u_pn,  grad n = w_an u_an + w_pn u_pn
-
-    each term summed over the axes broadcasting added or stretched, separately (a pair
-    whose inputs both have one feature compares those alone).
-    """
+def _triplet_grad_terms(anchor, positive, negative, grad_output, *, margin, p, eps, swap,
+                        reduction):
+    """The terms of each input's gradient (triplet_margin_grad's formulas): per input, its
+    shape and its (sign, term) pairs, each term over the broadcast shape."""
     shapes = [np.shape(anchor), np.shape(positive), np.shape(negative)]
     a, pos, neg = _check_triplet(anchor, positive, negative, margin, p, eps, reduction)
     v_ap, v_an, v_pn, d_ap, d_an, d_pn, weight_an, d_neg = _triplet_parts(
@@ -555,18 +546,48 @@ def triplet_margin_grad(anchor, positive, negative, grad_output=1.0, *, margin=1
         u_an = scale * weight_an[..., None] * _p_norm_grad(v_an, d_an, p)
         u_pn = (scale * (1.0 - weight_an)[..., None] * _p_norm_grad(v_pn, d_pn, p)
                 if swap else None)
+    return ((shapes[0], [(1, u_ap), (-1, u_an)]),
+            (shapes[1], [(-1, u_ap), (-1, u_pn)]),
+            (shapes[2], [(1, u_an), (1, u_pn)]))
 
-    def total(terms, shape):
-        padded = shape if shape else (1,)
-        grad = np.zeros(padded)
-        for sign, term in terms:
-            if term is not None:
-                grad = grad + sign * _sum_to(term, padded)
-        return grad.reshape(shape)
 
-    return (total([(1, u_ap), (-1, u_an)], shapes[0]),
-            total([(-1, u_ap), (-1, u_pn)], shapes[1]),
-            total([(1, u_an), (1, u_pn)], shapes[2]))
+def _triplet_sum_terms(shape, terms, magnitude=False):
+    """An input's gradient from its terms: each summed over the axes broadcasting added
+    or stretched, then added with its sign (with ``magnitude``, |term| added instead)."""
+    padded = shape if shape else (1,)
+    grad = np.zeros(padded)
+    for sign, term in terms:
+        if term is not None:
+            grad = grad + (_sum_to(np.abs(term), padded) if magnitude
+                           else sign * _sum_to(term, padded))
+    return grad.reshape(shape)
+
+
+def triplet_margin_grad(anchor, positive, negative, grad_output=1.0, *, margin=1.0, p=2.0,
+                        eps=1e-6, swap=False, reduction="mean"):
+    r"""Gradients of ``grad_output * triplet_margin(...)`` w.r.t. anchor, positive and
+    negative (a tuple, each of its input's shape), as torch's autograd: elements with
+    ``margin + d_ap - d_neg >= 0`` pass the gradient (clamp_min), ``u_xy = d |x - y +
+    eps|_p / d x`` (:func:`_p_norm_grad`), and with swap a tie between ``d(a, n)`` and
+    ``d(p, n)`` gives each half (torch.minimum)::
+
+        grad a = u_ap - w_an u_an,  grad p = -u_ap - w_pn u_pn,  grad n = w_an u_an + w_pn u_pn
+
+    each term summed over the axes broadcasting added or stretched, separately (a pair
+    whose inputs both have one feature compares those alone).
+    """
+    parts = _triplet_grad_terms(anchor, positive, negative, grad_output, margin=margin, p=p,
+                                eps=eps, swap=swap, reduction=reduction)
+    return tuple(_triplet_sum_terms(shape, terms) for shape, terms in parts)
+
+
+def _triplet_grad_magnitude(anchor, positive, negative, grad_output=1.0, *, margin=1.0,
+                            p=2.0, eps=1e-6, swap=False, reduction="mean"):
+    """Per input, the sum of the magnitudes of the terms each entry of its gradient adds
+    (docs/accuracy.rst's bound for a gradient that sums terms)."""
+    parts = _triplet_grad_terms(anchor, positive, negative, grad_output, margin=margin, p=p,
+                                eps=eps, swap=swap, reduction=reduction)
+    return tuple(_triplet_sum_terms(shape, terms, magnitude=True) for shape, terms in parts)
 
 
 def triplet_margin_value_and_grad(anchor, positive, negative, grad_output=1.0, *, margin=1.0,

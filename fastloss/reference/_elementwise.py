@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from fastloss.reference._common import _REDUCTIONS, _sum_to
+from fastloss.reference._common import _REDUCTIONS, _accurate_sum, _sum_to
 
 # ----------------------------------------------------------------------------------------
 # Regression and binary losses (one term per element)
@@ -61,13 +61,13 @@ class _Elementwise:
         if self.reduction == "none":
             return np.array(loss, dtype=np.float64)
         if self.reduction == "sum":
-            return float(np.sum(loss))
+            return float(_accurate_sum(loss))
         with np.errstate(invalid="ignore", divide="ignore"):
-            return float(np.float64(np.sum(loss)) / np.float64(self.denominator(weighted_mean)))
+            return float(_accurate_sum(loss) / np.float64(self.denominator(weighted_mean)))
 
     def denominator(self, weighted_mean):
         if weighted_mean and self.weight_given:
-            return np.sum(self.paired_weight)
+            return _accurate_sum(self.paired_weight)
         return self.pred.size
 
     def grads(self, wrt, grad_output, *, slope, target_slope, loss=None, weighted_mean=False):
@@ -104,7 +104,7 @@ class _Elementwise:
                     if not self.weight_given:
                         raise ValueError("weight: no weight was given to differentiate")
                     if weighted_mean and self.reduction == "mean":
-                        total = np.sum(self.weight * loss)
+                        total = _accurate_sum(self.weight * loss)
                         repeats = self.pred.size // max(self.paired_weight.size, 1)
                         grad = upstream * (loss * denominator - total / repeats) / denominator**2
                     else:
@@ -434,9 +434,9 @@ class _Pointwise:
         if self.reduction == "none":
             return np.array(loss, dtype=np.float64)
         if self.reduction == "sum":
-            return float(np.sum(loss))
+            return float(_accurate_sum(loss))
         with np.errstate(invalid="ignore", divide="ignore"):
-            return float(np.float64(np.sum(loss)) / np.float64(loss.size))
+            return float(_accurate_sum(loss) / np.float64(loss.size))
 
     def grads(self, wrt, grad_output, slopes):
         """The gradients of ``grad_output * loss`` w.r.t. the inputs ``wrt`` names, from
