@@ -178,7 +178,8 @@ cdef object _hard_target(cnp.ndarray target, tuple loss_shape, fastloss_index n_
         # values above 2**63 - 1 would wrap when cast to int64
         too_big = numpy.flatnonzero(flat > _INT64_MAX)
         if too_big.size:
-            _bad_target(flat[too_big[0]], too_big[0], loss_shape, n_classes, ignore_index)
+            raise target_out_of_range(flat[too_big[0]], too_big[0],
+                                      loss_shape, n_classes, ignore_index)
     # contiguous, aligned, native order (ascontiguousarray alone keeps a misaligned array)
     return numpy.require(flat, dtype=numpy.int64, requirements="CA")
 
@@ -196,11 +197,6 @@ cdef object _compared_labels(cnp.ndarray target, object ignore_index):
             labels[too_big] = 1 if ignore_index == 0 else 0
             return labels
     return numpy.require(flat, dtype=numpy.int64, requirements="CA")
-
-
-cdef _bad_target(object value, fastloss_index flat, tuple loss_shape,
-                 fastloss_index n_classes, object ignore_index):
-    raise target_out_of_range(value, flat, loss_shape, n_classes, ignore_index)
 
 
 cdef object _grad_output_vector(object grad_output, int reduction, tuple loss_shape):
@@ -453,7 +449,8 @@ def ce_call(int mode, object logits, object target, object weight, object ignore
                 weight_ptr, grad_output_ptr, grad_output_stride, loss_per_row_ptr, lse_out_ptr,
                 &total, grad_ptr, grad_stride)
     if status == FASTLOSS_ERROR_BAD_TARGET:
-        _bad_target(hard[bad_position], bad_position, loss_shape, total_classes, ignore_index)
+        raise target_out_of_range(hard[bad_position], bad_position,
+                                  loss_shape, total_classes, ignore_index)
     _check_status(status, "cross_entropy")
 
     # -- results
@@ -704,7 +701,8 @@ def ce_block_stats(object logits, object target, object class_offset, object num
             dtype, &options, logits_ptr, logits_stride, target_ptr, soft_ptr, soft_stride,
             weight_ptr, stats_ptr)
     if status == FASTLOSS_ERROR_BAD_TARGET:
-        _bad_target(hard[bad_position], bad_position, loss_shape, num_classes, ignore_index)
+        raise target_out_of_range(hard[bad_position], bad_position,
+                                  loss_shape, num_classes, ignore_index)
     _check_status(status, "cross_entropy_block_stats")
     return stats.reshape((FASTLOSS_CE_STATS_FIELDS,) + loss_shape)
 

@@ -198,7 +198,8 @@ def tlp_call(bint want_grad, object logits, object target, object temperature,
             upstream_ptr, upstream_stride, upstream_entropy_ptr, upstream_entropy_stride,
             grad_ptr, grad_stride)
     if status == FASTLOSS_ERROR_BAD_TARGET:
-        _bad_target(hard[bad_position], bad_position, loss_shape, n_classes, ignore_index)
+        raise target_out_of_range(hard[bad_position], bad_position,
+                                  loss_shape, n_classes, ignore_index)
     _check_status(status, "token_log_probs")
     if copy_back:
         numpy.copyto(grad, (<cnp.ndarray>grad_rows).reshape((<object>array).shape))
