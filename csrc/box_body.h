@@ -459,6 +459,13 @@ typedef struct BOX(ntile_s) {
 
 FASTLOSS_INLINE float BOX(fmax0)(float a, float b) { return a > b ? a : b; }
 FASTLOSS_INLINE float BOX(fmin0)(float a, float b) { return a < b ? a : b; }
+/* The least of a running slack and a component's: NaN stays (a NaN component, or a
+ * NaN slack, fails the pair), and so does -inf (a pair outside the checked ranges):
+ * `a < b ? a : b` would hand a NaN slack over to the next component's finite one. */
+FASTLOSS_INLINE float BOX(slack_min)(float slack, float b)
+{
+    return (b < slack) | (b != b) ? b : slack;
+}
 
 /* A float's bits (a float >= 0 orders as its bits do as integers). */
 FASTLOSS_INLINE int32_t BOX(bits)(float x)
@@ -503,7 +510,7 @@ FASTLOSS_INLINE int32_t BOX(bits)(float x)
                           2.0f * BOX_NU * fabsf(o_) + 0x1p-149f;                            \
         const float low_ = BOX(fmax0)(fabsf(o_) - oe_, 0.0f);                               \
         out = o_;                                                                           \
-        slack = BOX(fmin0)(slack, 1.9e-6f * low_ - oe_);                                    \
+        slack = BOX(slack_min)(slack, 1.9e-6f * low_ - oe_);                                \
         top = BOX(fmax0)(top, low_);                                                        \
     } while (0)
 

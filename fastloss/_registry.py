@@ -860,7 +860,7 @@ def kl_div_inputs(rng, dtype, params, shape):
     """input: log-probabilities (log-softmax of normal logits over the last axis);
     target: probabilities of other logits, or their logs with ``log_target``."""
     def log_softmax(logits):
-        shifted = logits - logits.max(axis=-1, keepdims=True)
+        shifted = logits - logits.max(axis=-1, keepdims=True, initial=-np.inf)  # (or empty)
         return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
     scale = params.get("scale", 1.0)

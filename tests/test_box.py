@@ -571,3 +571,36 @@ def test_runner_interface(rng):
     value, grad = problem.run("value_and_grad", grad_output=2.0, wrt=BOTH)
     assert grad[0].shape == (10, 4) and problem.run("forward") == (value, None)
     assert problem.run("backward", 2.0, None, "boxes2")[0] is None
+
+
+@kinds
+def test_an_infinite_side_gives_autograd_s_gradient(kind):
+    """Found by the registry fuzz (float32 ciou, boxes1 = (5.38, inf, -1e30, 5.62)): the
+    reference's atan slopes, scaled by max(|w|, |h|), divided inf by inf at an infinite
+    side and made NaN the y1 component that autograd (and the kernels) give as +inf; it
+    now takes autograd's chain through w / h there. Each NaN and infinity as autograd's,
+    the finite components within the contract: the reference against the torch formula
+    (where torch is installed) and the kernels against the reference."""
+    boxes1 = np.array([[5.3816433, np.inf, -1e30, 5.6179442],    # h = -inf
+                       [0.0, 0.0, np.inf, 2.0],                  # w = inf
+                       [-np.inf, 0.0, 1.0, 3.0],                 # w = inf, from x1
+                       [0.0, -np.inf, 2.0, np.inf],              # h = inf - -inf
+                       [1.0, 1.0, 3.0, np.inf]])                 # h = inf
+    boxes2 = np.array([[3.482072, 3.2257612, 6.019554, 5.039427],
+                       [0.5, 0.5, 2.0, 1.5], [0.0, 0.0, 1.0, 1.0], [1.0, 1.0, 2.0, 2.0],
+                       [0.0, 0.0, 2.0, 2.0]])
+    ref_value, ref_grads = oracle(kind)[2](boxes1, boxes2, reduction="none", wrt=BOTH)
+    for dtype in DTYPES:
+        value, grads = public(kind)[2](boxes1.astype(dtype), boxes2.astype(dtype),
+                                       reduction="none", wrt=BOTH)
+        assert_close_contract(value, ref_value, dtype, "loss")
+        for got, want in zip(grads, ref_grads):
+            assert_close_contract(got, want, dtype, "grad")
+    torch = pytest.importorskip("torch")
+    t1 = torch.tensor(boxes1, requires_grad=True)
+    t2 = torch.tensor(boxes2, requires_grad=True)
+    loss = torch_box_loss(torch, kind, t1, t2)
+    loss.backward(torch.ones(len(boxes1), dtype=torch.float64))
+    assert_close(ref_value, loss.detach().numpy(), TORCH_TOLERANCE, "loss")
+    for got, want in zip(ref_grads, (t1.grad.numpy(), t2.grad.numpy())):
+        assert_close(got, want, TORCH_TOLERANCE, "grad")

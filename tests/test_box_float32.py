@@ -13,6 +13,7 @@ import pytest
 
 import fastloss
 from fastloss import _kernels, reference
+from contract_floors import assert_close_at_scale
 from loss_specs import assert_close_contract, bitwise_equal
 
 KINDS = ("giou", "diou", "ciou")
@@ -278,3 +279,42 @@ def test_many_scales_and_offsets_meet_the_contract(kind, rng):
     upstream = rng.uniform(0.5, 2.0, n) * rng.choice([-1.0, 1.0], n)
     check_contract(kind, boxes1, boxes2, upstream, 1e-7, "none")
     check_contract(kind, boxes1, boxes2, 1.0, 1e-7, "mean")
+
+
+@kinds
+@pytest.mark.parametrize("reduction", ("none", "mean"))
+def test_pairs_whose_float_arithmetic_overflows_go_to_double(simd_path, kind, reduction,
+                                                             rng):
+    """Found by the registry fuzz (float32 ciou, five pairs, one box (0.41, -1e30, 4.77,
+    0.82)): outside the checked ranges the pair's slack starts at -inf, but a NaN
+    component (1e30**2 overflows float) handed the running minimum over to the next
+    component's finite slack, and the float pass kept wrong gradients (NaN, and 2.8e-32
+    for 4.4e-31). Alone, the pair took the double path and was right. Now a NaN or -inf
+    slack stays; each such pair gives the double path's bits, in tiles of normal pairs."""
+    n = 300
+    boxes1, boxes2 = overlapping(rng, n)
+    picks = rng.choice(n, 40, replace=False)
+    huge = np.array([-1e30, 1e30, 3e19, -3e19, 1e38, -1e38, 5e15], np.float32)
+    for index, k in enumerate(picks):
+        target = boxes1 if index % 2 else boxes2
+        target[k, index % 4] = huge[index % huge.size]
+    upstream = rng.uniform(0.5, 2.0, n) if reduction == "none" else 1.0
+    # (losses beyond float32's range: the contract against the reference rounded to it)
+    ref_value, ref_grads = getattr(reference, f"{kind}_loss_value_and_grad")(
+        boxes1.astype(np.float64), boxes2.astype(np.float64), upstream, reduction=reduction,
+        wrt=BOTH)
+    public = getattr(fastloss, f"{kind}_loss_value_and_grad")
+    for got_value, grads in (fused(kind, boxes1, boxes2, upstream, 1e-7, reduction),
+                             public(boxes1, boxes2, upstream, reduction=reduction, wrt=BOTH)):
+        with np.errstate(over="ignore"):  # the kernel's sum is a double, the public float32's
+            got_value = np.asarray(got_value).astype(np.float32)
+        assert_close_at_scale(got_value, ref_value, np.float32, "loss")
+        for name, got, want, boxes in zip(BOTH, grads, ref_grads, (boxes1, boxes2)):
+            assert_close_at_scale(got, want, np.float32, "grad", loss=ref_value, wrt=boxes,
+                                  what=f"grad {name}")
+    value, (grad1, grad2) = fused(kind, boxes1, boxes2, upstream, 1e-7, reduction)
+    want_value, want1, want2 = forced_double(kind, boxes1, boxes2, upstream, 1e-7, reduction)
+    assert bitwise_equal(grad1[picks], want1[picks]) and bitwise_equal(grad2[picks],
+                                                                       want2[picks])
+    if reduction == "none":
+        assert bitwise_equal(value[picks], want_value[picks])

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, event, given, seed, settings
 from hypothesis import strategies as st
 
 import fastloss
-from fastloss import reference
+from fastloss import _registry, reference
 from fastloss._contract import all_pairs_products_bound
 
 from contract_floors import assert_close_at_scale, info_nce_products_bound, triplet_terms_bound
@@ -83,12 +83,21 @@ def float_arrays(draw, shape, dtype, scale=3.0, extremes=True):
         picks = rng.integers(0, values.size, size=min(3, values.size))
         specials = np.array([np.inf, -np.inf, np.nan, 1e4, -1e4, 0.0])
         values.flat[picks] = specials[rng.integers(0, specials.size, size=picks.size)]
-    layout = draw(st.sampled_from(["C", "F", "strided", "reversed"]))
     if dtype is object:
         array = values.astype(object)
     else:
         with np.errstate(invalid="ignore", over="ignore"):
             array = values.astype(dtype)
+    array = draw(laid_out(array))
+    assert array.shape == tuple(shape)
+    return array
+
+
+@st.composite
+def laid_out(draw, array):
+    """The same values laid out C-ordered, Fortran-ordered, as a strided view of a larger
+    array, or with negative strides."""
+    layout = draw(st.sampled_from(["C", "F", "strided", "reversed"]))
     if layout == "F" and array.ndim:  # (np.asfortranarray makes a 0-d array 1-d)
         array = np.asfortranarray(array)
     elif layout == "strided" and array.ndim:
@@ -96,7 +105,6 @@ def float_arrays(draw, shape, dtype, scale=3.0, extremes=True):
         array = wide[..., ::2]
     elif layout == "reversed" and array.ndim:
         array = np.ascontiguousarray(array[..., ::-1])[..., ::-1]
-    assert array.shape == tuple(shape)
     return array
 
 
@@ -455,3 +463,86 @@ def test_fuzz_contrastive(name, data, fused):
         assert_close_at_scale(got, want, dtype, "grad" if index else "loss", loss=wanted[0],
                               wrt=embeddings[index - 1] if index else None,
                               extra=extra[index])
+
+
+# ----------------------------------------------------------------------------------------
+# Every loss whose inputs the registry draws (the pointwise losses and the box losses)
+# ----------------------------------------------------------------------------------------
+
+REGISTRY_LOSSES = sorted(name for name, entry in _registry.LOSSES.items()
+                         if entry.make_inputs is not None)
+
+
+@st.composite
+def registry_calls(draw, name):
+    """A valid call of the registry's loss `name`: one of its option cases (fastloss/
+    _registry.py), its own input maker at a random shape and dtype, each array in a random
+    layout, the first input with occasional extremes, and a random reduction, thread
+    count and differentiated input."""
+    entry = _registry.LOSSES[name]
+    case = draw(st.sampled_from(entry.cases))
+    dtype = np.dtype(draw(st.sampled_from(GOOD_DTYPES)))
+    if entry.family == "box":
+        rows = draw(st.sampled_from([2049, 9000])) if draw_large(draw) else draw(
+            st.integers(0, 6))
+        shape = (rows, 4)
+    elif draw_large(draw):
+        shape = draw(st.sampled_from([(16385,), (40000,), (129, 257), (3, 11001)]))
+    else:
+        shape = tuple(draw(st.lists(st.integers(0, 5), min_size=1, max_size=3)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    arrays, options = entry.make_inputs(rng, dtype, case.params, shape)
+    arrays = list(arrays)
+    first = np.array(arrays[0], copy=True)
+    if first.size and draw(st.integers(0, 3)) == 0:
+        picks = rng.integers(0, first.size, size=min(3, first.size))
+        specials = np.array([np.inf, -np.inf, np.nan, 1e30, -1e30, 0.0, 1e-30])
+        with np.errstate(over="ignore"):
+            first.flat[picks] = specials[rng.integers(0, specials.size, size=picks.size)]
+        arrays[0] = first
+    arrays = [draw(laid_out(np.asarray(a))) for a in arrays]
+    options = {key: (draw(laid_out(value)) if isinstance(value, np.ndarray) else value)
+               for key, value in options.items()}
+    options["reduction"] = draw(st.sampled_from(REDUCTIONS + tuple(entry.reductions)))
+    options["num_threads"] = draw(st.sampled_from([None, 1, 2]))
+    differentiable = [name for name in entry.inputs if name in entry.differentiable
+                      and np.asarray(arrays[entry.inputs.index(name)]).dtype.kind == "f"]
+    wrt = draw(st.sampled_from([None] + differentiable + [tuple(differentiable)]))
+    event(f"case {case.id}")
+    return entry, arrays, options, wrt
+
+
+@pytest.mark.parametrize("name", REGISTRY_LOSSES)
+@FUZZ
+@given(data=st.data(), fused=st.booleans())
+def test_fuzz_registry(name, data, fused):
+    entry, arrays, options, wrt = data.draw(registry_calls(name), label="call")
+    value, _, value_and_grad = entry.public
+    ref_value, _, ref_value_and_grad = entry.reference
+    grad_kwargs = {} if wrt is None else {"wrt": wrt}
+    public = value_and_grad if fused else value
+    kwargs = dict(options, **(grad_kwargs if fused else {}))
+    result = call_or_refuse(public, arrays, kwargs, entry.inputs + tuple(
+        option.name for option in entry.options) + ("reduction", "num_threads", "wrt"), ())
+    ref_kwargs = {k: v for k, v in kwargs.items() if k != "num_threads"}
+    with np.errstate(all="ignore"):
+        expected = (ref_value_and_grad if fused else ref_value)(
+            *[np.asarray(a, np.float64) if np.asarray(a).dtype.kind == "f" else a
+              for a in arrays], **ref_kwargs)
+    loss, ref_loss = (result[0], expected[0]) if fused else (result, expected)
+    # the loss in the promoted dtype of the float inputs, each gradient in its input's
+    loss_dtype = np.result_type(*[np.asarray(a) for a in arrays
+                                  if np.asarray(a).dtype.kind == "f"])
+    assert_close_at_scale(loss, ref_loss, loss_dtype, "loss")
+    if not fused:
+        return
+    names = (wrt,) if isinstance(wrt, str) else (entry.differentiable[0],) if wrt is None \
+        else wrt
+    grads = (result[1],) if wrt is None or isinstance(wrt, str) else result[1]
+    ref_grads = (expected[1],) if wrt is None or isinstance(wrt, str) else expected[1]
+    assert len(grads) == len(ref_grads) == len(names)
+    for grad_name, grad, ref_grad in zip(names, grads, ref_grads):
+        argument = np.asarray(arrays[entry.inputs.index(grad_name)])
+        assert np.shape(grad) == argument.shape and np.asarray(grad).dtype == argument.dtype
+        assert_close_at_scale(grad, ref_grad, argument.dtype, "grad", loss=ref_loss,
+                              wrt=argument, what=f"grad w.r.t. {grad_name}")

@@ -67,12 +67,19 @@ def _atan_slopes(w, h):
     """The slopes of atan(w / h): h / (w**2 + h**2) and -w / (w**2 + h**2), both scaled by
     the larger of |w| and |h| so that no square overflows or underflows (autograd's chain
     through w / h gives NaN for boxes flatter than 1.3e154 to 1); NaN at h = 0, as
-    autograd's (w / h is not defined there)."""
+    autograd's (w / h is not defined there). An infinite side takes autograd's chain
+    through q = w / h itself, where the scaling would divide inf by inf: slopes of 0 for an
+    infinite h, NaN for an infinite w (0 times inf)."""
     scale = np.maximum(np.abs(w), np.abs(h))
-    a, b = w / scale, h / scale
-    norm = scale * (a * a + b * b)
-    defined = np.where(h == 0, np.nan, 1.0)
-    return defined * b / norm, -defined * a / norm
+    with np.errstate(all="ignore"):
+        a, b = w / scale, h / scale
+        norm = scale * (a * a + b * b)
+        defined = np.where(h == 0, np.nan, 1.0)
+        q = w / h
+        chain = 1.0 + q * q
+        infinite = np.isinf(scale)
+        return (np.where(infinite, (1.0 / h) / chain, defined * b / norm),
+                np.where(infinite, (-w / (h * h)) / chain, -defined * a / norm))
 
 
 def _box_loss(kind, boxes1, boxes2, eps, reduction, grad_output=None, wrt=()):
