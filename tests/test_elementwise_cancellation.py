@@ -159,6 +159,18 @@ def check_cancels(name, arrays, options):
         assert_close_contract(terms.sum(), ref, F32, "loss")
 
 
+def check_in_place(fused, arrays, reduction, options, grad, what, check_loss):
+    """The fused call in place over pred, and over target: the loss (``check_loss``) is
+    taken before they are overwritten, and the gradient is ``grad``."""
+    for index in (0, 1):
+        inputs = [array.copy() for array in arrays]
+        loss, in_place = fused(*inputs, reduction=reduction, out=inputs[index], **options)
+        assert in_place is inputs[index]
+        where = f"{what}: in place over {('pred', 'target')[index]}"
+        check_loss(loss, where)
+        assert np.array_equal(in_place, grad), f"{where}: gradient"
+
+
 @case_param
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 def test_cancelling_float32_loss_meets_the_contract(simd_path, make, reduction, rng):
@@ -178,14 +190,8 @@ def test_cancelling_float32_loss_meets_the_contract(simd_path, make, reduction, 
     assert_close_contract(grad, ref_g, F32, "grad", f"{what}: fused gradient")
     for array, copy in zip(arrays, copies):  # the redo read the inputs, wrote nothing
         assert np.array_equal(array, copy)
-    # in place over pred, and over target: the loss is taken before they are overwritten
-    for index in (0, 1):
-        inputs = [array.copy() for array in arrays]
-        loss, in_place = fused(*inputs, reduction=reduction, out=inputs[index], **options)
-        assert in_place is inputs[index]
-        place = ("pred", "target")[index]
-        assert_close_contract(loss, ref, F32, "loss", f"{what}: in place over {place}")
-        assert np.array_equal(in_place, grad), f"{what}: in place over {place}: gradient"
+    check_in_place(fused, arrays, reduction, options, grad, what,
+                   lambda loss, where: assert_close_contract(loss, ref, F32, "loss", where))
 
 
 @case_param
@@ -306,15 +312,10 @@ def test_cancelling_float64_loss_meets_the_contract(simd_path, make, reduction, 
     assert_close_contract(grad, ref_g, F64, "grad", f"{what}: fused gradient")
     for array, copy in zip(arrays, copies):  # the redo read the inputs, wrote nothing
         assert np.array_equal(array, copy)
-    # in place over pred, and over target: the loss is taken before they are overwritten
-    for index in (0, 1):
-        inputs = [array.copy() for array in arrays]
-        in_place_loss, in_place = fused(*inputs, reduction=reduction, out=inputs[index],
-                                        **options)
-        assert in_place is inputs[index]
-        place = ("pred", "target")[index]
-        assert in_place_loss == loss, f"{what}: in place over {place}"
-        assert np.array_equal(in_place, grad), f"{what}: in place over {place}: gradient"
+
+    def same_loss(in_place_loss, where):
+        assert in_place_loss == loss, where
+    check_in_place(fused, arrays, reduction, options, grad, what, same_loss)
 
 
 def test_a_cancelling_weight_sum_of_the_weighted_mean(rng):
