@@ -421,8 +421,9 @@ class _Problem:
         if self.entry.weighted_mean:
             weight = self.weight_array.astype(np.float64)
             paired = np.broadcast_to(weight, np.broadcast_shapes(weight.shape, self.pred_shape))
-            weight_sum = np.sum(paired)
-            weighted_sum = np.sum(loss * weight)
+            # the two sums as the kernel's mean takes them: exact where they cancel
+            weight_sum = _cancel_safe_sum(paired)
+            weighted_sum = _cancel_safe_sum(loss * weight)
             with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
                 return scale * (loss * weight_sum - weighted_sum / self.weight_sum_repeats) \
                     / weight_sum**2
@@ -475,6 +476,20 @@ class _Problem:
         # broadcast axes or a cast, or out overlaps an input other than exactly in place:
         # compute into a fresh buffer, then finish into out.
         return np.empty(self.pred.size, dtype=self.dtype), None
+
+
+def _cancel_safe_sum(values):
+    """The sum of float64 ``values``; where terms of both signs cancel below half their
+    magnitude, their exactly rounded sum (the kernels redo such a sum compensated,
+    csrc/elementwise.c; a double sum is within n u sum|v| of it, no bound relative to
+    what is left)."""
+    total = np.sum(values)
+    if not (np.isfinite(total) and abs(total) < 0.5 * np.sum(np.abs(values))):
+        return total
+    try:
+        return math.fsum(np.ravel(values))
+    except OverflowError:  # a partial beyond float64's range
+        return total
 
 
 # ----------------------------------------------------------------------------------------

@@ -321,7 +321,8 @@ def test_cancelling_float64_loss_meets_the_contract(simd_path, make, reduction, 
 def test_a_cancelling_weight_sum_of_the_weighted_mean(rng):
     """mse's and l1's mean divides by the sum of the weight (torch's weighted mean), which
     a weight of both signs can cancel as the terms can: the kernel sums it compensated,
-    the reference exactly."""
+    the reference exactly, and the weight's gradient takes it (and the weighted sum)
+    exactly where it cancels."""
     pred = rng.standard_normal(N)
     target = rng.standard_normal(N)
     weight = rng.uniform(-5.0, 5.0, N)
@@ -331,7 +332,12 @@ def test_a_cancelling_weight_sum_of_the_weighted_mean(rng):
     with pytest.raises(AssertionError):  # a double sum of the weight misses
         assert_close_contract(sum(weight.tolist()), total, F64, "loss")
     for name in ("mse", "l1"):
-        value, _, ref_value, _ = functions(name)
+        value, fused, ref_value, _ = functions(name)
         ref = ref_value(pred, target, weight=weight, reduction="mean")
         assert_close_contract(value(pred, target, weight=weight, reduction="mean"), ref, F64,
                               "loss", name)
+        # the weight's gradient, grad_output (l W - S / R) / W**2, takes both sums too
+        _, grad = fused(pred, target, weight=weight, reduction="mean", wrt="weight")
+        _, ref_grad = getattr(reference, f"{name}_value_and_grad")(
+            pred, target, weight=weight, reduction="mean", wrt="weight")
+        assert_close_contract(grad, ref_grad, F64, "grad", f"{name}: the weight's gradient")

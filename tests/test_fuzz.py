@@ -478,7 +478,7 @@ def registry_calls(draw, name):
     """A valid call of the registry's loss `name`: one of its option cases (fastloss/
     _registry.py), its own input maker at a random shape and dtype, each array in a random
     layout, the first input with occasional extremes, and a random reduction, thread
-    count and differentiated input."""
+    count and differentiated input (the weight too, where one is drawn)."""
     entry = _registry.LOSSES[name]
     case = draw(st.sampled_from(entry.cases))
     dtype = np.dtype(draw(st.sampled_from(GOOD_DTYPES)))
@@ -507,6 +507,8 @@ def registry_calls(draw, name):
     options["num_threads"] = draw(st.sampled_from([None, 1, 2]))
     differentiable = [name for name in entry.inputs if name in entry.differentiable
                       and np.asarray(arrays[entry.inputs.index(name)]).dtype.kind == "f"]
+    if "weight" in entry.differentiable and isinstance(options.get("weight"), np.ndarray):
+        differentiable.append("weight")
     wrt = draw(st.sampled_from([None] + differentiable + [tuple(differentiable)]))
     event(f"case {case.id}")
     return entry, arrays, options, wrt
@@ -542,7 +544,8 @@ def test_fuzz_registry(name, data, fused):
     ref_grads = (expected[1],) if wrt is None or isinstance(wrt, str) else expected[1]
     assert len(grads) == len(ref_grads) == len(names)
     for grad_name, grad, ref_grad in zip(names, grads, ref_grads):
-        argument = np.asarray(arrays[entry.inputs.index(grad_name)])
+        argument = np.asarray(arrays[entry.inputs.index(grad_name)] if grad_name in entry.inputs
+                              else options[grad_name])
         assert np.shape(grad) == argument.shape and np.asarray(grad).dtype == argument.dtype
         assert_close_at_scale(grad, ref_grad, argument.dtype, "grad", loss=ref_loss,
                               wrt=argument, what=f"grad w.r.t. {grad_name}")
