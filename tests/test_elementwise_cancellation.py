@@ -159,6 +159,20 @@ def check_cancels(name, arrays, options):
         assert_close_contract(terms.sum(), ref, F32, "loss")
 
 
+def cancelling_case(make, rng, check, reduction, simd_path):
+    """A case of ``make``, checked to cancel by ``check``: (name, arrays, options, the
+    public value and fused functions, the reference's loss and gradient, copies of the
+    arrays, a label)."""
+    name, arrays, options = make(rng)
+    check(name, arrays, options)
+    value, fused, ref_value, ref_grad = functions(name)
+    ref = ref_value(*arrays, reduction=reduction, **options)
+    ref_g = ref_grad(*arrays, reduction=reduction, **options)
+    copies = [array.copy() for array in arrays]
+    return (name, arrays, options, value, fused, ref, ref_g, copies,
+            f"{name} {reduction} {simd_path}")
+
+
 def check_in_place(fused, arrays, reduction, options, grad, what, check_loss):
     """The fused call in place over pred, and over target: the loss (``check_loss``) is
     taken before they are overwritten, and the gradient is ``grad``."""
@@ -174,13 +188,8 @@ def check_in_place(fused, arrays, reduction, options, grad, what, check_loss):
 @case_param
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 def test_cancelling_float32_loss_meets_the_contract(simd_path, make, reduction, rng):
-    name, arrays, options = make(rng)
-    check_cancels(name, arrays, options)
-    value, fused, ref_value, ref_grad = functions(name)
-    ref = ref_value(*arrays, reduction=reduction, **options)
-    ref_g = ref_grad(*arrays, reduction=reduction, **options)
-    copies = [array.copy() for array in arrays]
-    what = f"{name} {reduction} {simd_path}"
+    name, arrays, options, value, fused, ref, ref_g, copies, what = cancelling_case(
+        make, rng, check_cancels, reduction, simd_path)
     assert_close_contract(value(*arrays, reduction=reduction, **options), ref, F32, "loss",
                           f"{what}: forward")
     out = np.empty_like(arrays[0])
@@ -295,13 +304,8 @@ def check_cancels_float64(name, arrays, options):
 @case64_param
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 def test_cancelling_float64_loss_meets_the_contract(simd_path, make, reduction, rng):
-    name, arrays, options = make(rng)
-    check_cancels_float64(name, arrays, options)
-    value, fused, ref_value, ref_grad = functions(name)
-    ref = ref_value(*arrays, reduction=reduction, **options)
-    ref_g = ref_grad(*arrays, reduction=reduction, **options)
-    copies = [array.copy() for array in arrays]
-    what = f"{name} {reduction} {simd_path}"
+    name, arrays, options, value, fused, ref, ref_g, copies, what = cancelling_case(
+        make, rng, check_cancels_float64, reduction, simd_path)
     loss = value(*arrays, reduction=reduction, **options)
     assert_close_contract(loss, ref, F64, "loss", f"{what}: forward")
     for threads in (1, 3):
