@@ -196,10 +196,29 @@ class BuildExt(build_ext):
             ext.extra_compile_args = compile_args + list(ext.extra_compile_args)
             ext.extra_link_args = link_args + list(ext.extra_link_args)
             ext.define_macros = macros + list(ext.define_macros)
+        # setuptools rebuilds an extension only when a source is newer than the module it
+        # built before, and it keeps that module in build/ between `pip install .` runs: a
+        # build with other flags (FASTLOSS_SANITIZE, FASTLOSS_NO_OPENMP, another compiler)
+        # would install the previous build's module as it was.  The flags are recorded
+        # beside the objects; a build whose flags differ from the last one's compiles again.
+        flags = repr((getattr(compiler, "compiler_so", None), getattr(compiler, "linker_so", None),
+                      [(ext.name, ext.extra_compile_args, ext.extra_link_args, ext.define_macros)
+                       for ext in self.extensions]))
+        stamp = os.path.join(self.build_temp, "fastloss-build-flags.txt")
+        try:
+            with open(stamp) as handle:
+                same_flags = handle.read() == flags
+        except OSError:
+            same_flags = False
+        if not same_flags:
+            self.force = True
         jobs = _build_jobs()
         if jobs > 1 and not is_msvc:
             _compile_in_parallel(compiler, jobs)
         super().build_extensions()
+        os.makedirs(self.build_temp, exist_ok=True)
+        with open(stamp, "w") as handle:
+            handle.write(flags)
 
 
 extensions = [
