@@ -1103,7 +1103,10 @@ static void NAME(distill_offsets)(int with_d, const double *student_chunks, doub
         if (divergence == FASTLOSS_DIVERGENCE_FORWARD_KL) {                                 \
             if (!pass_c) {                                                                  \
                 const REAL g = y * y * DISTILL_G(y);                                        \
-                const REAL far = e_t == (REAL)0 ? q : (q - p) - p * y;                      \
+                /* (p = 0, its logit -inf or its chunk's scale underflowed: q, or +inf   \
+                 * where q's logit alone is -inf, y = -inf) */                              \
+                const REAL far = p == (REAL)0 ? (y == -(REAL)INFINITY ? (REAL)INFINITY : q)   \
+                                              : (q - p) - p * y;                            \
                 part_t[j] += DISTILL_ALONE(abs_y < DISTILL_SERIES_BELOW ? p * g : far);     \
                 const REAL t = abs_y < DISTILL_SERIES_BELOW ? p * (y + g) : q - p;          \
                 if (want_s)                                                                 \
@@ -1121,7 +1124,10 @@ static void NAME(distill_offsets)(int with_d, const double *student_chunks, doub
             if (!pass_c) {                                                                  \
                 const REAL z = -y; /* log p - log q */                                      \
                 const REAL g = z * z * DISTILL_G(z);                                        \
-                const REAL far = e_s == (REAL)0 ? p : (p - q) - q * z;                      \
+                /* (q = 0, its logit -inf or its chunk's scale underflowed: p, or +inf   \
+                 * where p's logit alone is -inf, z = -inf) */                              \
+                const REAL far = q == (REAL)0 ? (z == -(REAL)INFINITY ? (REAL)INFINITY : p)   \
+                                              : (p - q) - q * z;                            \
                 part_s[j] += DISTILL_ALONE(abs_y < DISTILL_SERIES_BELOW ? q * g : far);     \
                 const REAL t = abs_y < DISTILL_SERIES_BELOW ? q * (z + g) : p - q;          \
                 if (want_t)                                                                 \
@@ -1589,6 +1595,25 @@ static void NAME(distill_correct)(int divergence, const REAL *t_row, const REAL 
     }
 }
 
+/* The gradient that subtracts a KL (the reverse KL's student's q (y - K_s), the forward
+ * KL's teacher's p (-y - K_t)) in a row whose KL is +inf: a class the other model rules
+ * out (its logit -inf) has mass under this one (its logit finite), however little, a
+ * probability that underflows included (DISTILL_STEP).  w (h - K) is then 0 where this
+ * model rules the class out (own logit -inf), inf - inf (NaN) at a class the other
+ * rules out, and -inf at every other class, times the scale: what pass C gives where
+ * no probability underflows, and the reference everywhere. */
+static void NAME(distill_infinite)(const STORE_T *own, const STORE_T *other,
+                                   fastloss_index n_classes, REAL scale, GRAD_T *g)
+{
+    for (fastloss_index c = 0; c < n_classes; ++c) {
+        const REAL x_own = LOAD(own, c), x_other = LOAD(other, c);
+        const REAL v = x_own == -(REAL)INFINITY    ? (REAL)0
+                       : x_other == -(REAL)INFINITY ? (REAL)NAN
+                                                    : -(REAL)INFINITY;
+        STORE(g, c, scale * v);
+    }
+}
+
 static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_threads)
 {
     const fastloss_vocab_options *options = job->options;
@@ -1773,8 +1798,14 @@ static void NAME(distill_rows)(const NAME(distill_job) *job, int thread, int n_t
                                       teacher_chunks, close, &student, &teacher, scale,
                                       excess, g);
         }
-        /* pass C: the gradients that subtract the totals, from the kept rows */
-        if (total_s || total_t) {
+        /* pass C: the gradients that subtract the totals, from the kept rows (a KL's
+         * own where it is +inf: distill_infinite) */
+        if (!jsd && loss == INFINITY && (total_s || total_t)) {
+            if (divergence == FASTLOSS_DIVERGENCE_REVERSE_KL)
+                NAME(distill_infinite)(xs, xt, n_classes, scale_s, gs);
+            else
+                NAME(distill_infinite)(xt, xs, n_classes, scale_t, gt);
+        } else if (total_s || total_t) {
             /* pass C's constants (distill_heaviest) */
             if (divergence == FASTLOSS_DIVERGENCE_REVERSE_KL)
                 row.mean = (REAL)(more[0] / NAME(distill_mass)(student_chunks, n_chunks,

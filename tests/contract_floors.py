@@ -16,6 +16,9 @@ absolute term as well, and the docs state both:
   swap's third, the elements of a broadcast axis): added in another order than torch's
   autograd (and the reference) adds them, each term rounded its own way; where the terms
   cancel, the two differ by a rounding of the terms' size (``triplet_terms_bound``).
+- **Gradients that subtract a total** (the distillation losses' ``w_c (h_c - H)``, H the
+  w-weighted mean of h): where a class's gap equals the mean, the entry is a rounding
+  of the terms' size (``distill_terms_bound``).
 
 None widens a bound the contract already gives: the first applies only where that bound
 is 0, the others are the contract of those losses as the docs write it.
@@ -25,6 +28,7 @@ import numpy as np
 
 from fastloss import _contract, reference
 from fastloss.reference._contrastive import _triplet_grad_magnitude
+from fastloss.reference._vocab import _direction_beta, _distill_grad_magnitude
 from loss_specs import CONTRACT
 
 #: unit roundoff u of each dtype (half an ulp of 1)
@@ -87,6 +91,25 @@ def triplet_terms_bound(anchor, positive, negative, **options):
                                              **options)
     return [ZERO_FLOOR_ROUNDINGS * UNIT_ROUNDOFF[np.asarray(a).dtype]
             * np.where(np.isfinite(m), m, 0.0) for a, m in zip(inputs, magnitudes)]
+
+
+def distill_terms_bound(name, student, teacher, grad_output=1.0, *, wrt="student_logits",
+                        **options):
+    """docs/accuracy.rst's bound for the distillation gradients that subtract a total
+    (``s w_c (h_c - H)``): ``16 u`` times the size of the terms, ``|s| w_c (|h_c| +
+    sum w |h| / sum w)`` (the reference's, ``u`` the logits' dtype's), one array per name
+    in ``wrt``.  Where the difference is near the terms' size it is within the contract's
+    rtol already; where the terms cancel (a class whose gap equals the mean) each entry
+    may miss by that rounding of the terms."""
+    options = dict(options)
+    beta = _direction_beta(options.pop("direction", "forward")) if name == "distill_kl" \
+        else options.pop("beta", 0.5)
+    with np.errstate(all="ignore"):
+        magnitudes = _distill_grad_magnitude(np.asarray(student, np.float64),
+                                             np.asarray(teacher, np.float64), grad_output,
+                                             beta=beta, wrt=wrt, **options)
+    u = UNIT_ROUNDOFF[np.asarray(student).dtype]
+    return [ZERO_FLOOR_ROUNDINGS * u * np.where(np.isfinite(m), m, 0.0) for m in magnitudes]
 
 
 def rounded_outside_normal_range(ref, dtype):

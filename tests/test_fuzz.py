@@ -23,7 +23,8 @@ import fastloss
 from fastloss import _registry, reference
 from fastloss._contract import all_pairs_products_bound
 
-from contract_floors import assert_close_at_scale, info_nce_products_bound, triplet_terms_bound
+from contract_floors import (assert_close_at_scale, distill_terms_bound, info_nce_products_bound,
+                             triplet_terms_bound)
 
 EXAMPLES = int(os.environ.get("FASTLOSS_FUZZ_EXAMPLES", "150"))
 # conftest.py turns FASTLOSS_FUZZ_EXAMPLES without a seed into a random seed (and prints it)
@@ -549,3 +550,137 @@ def test_fuzz_registry(name, data, fused):
         assert np.shape(grad) == argument.shape and np.asarray(grad).dtype == argument.dtype
         assert_close_at_scale(grad, ref_grad, argument.dtype, "grad", loss=ref_loss,
                               wrt=argument, what=f"grad w.r.t. {grad_name}")
+
+
+# ----------------------------------------------------------------------------------------
+# Objectives over the vocabulary: token log-probabilities, distillation (csrc/vocab.c)
+# ----------------------------------------------------------------------------------------
+
+VOCAB_LOSSES = ("token_log_probs", "distill_kl", "jsd")
+VOCAB_ARGUMENTS = ("logits", "target", "student_logits", "teacher_logits", "temperature",
+                   "direction", "beta", "ignore_index", "return_entropy", "reduction",
+                   "grad_output", "grad_entropy", "wrt", "num_threads")
+_DISTILL_INPUTS = ("student_logits", "teacher_logits")
+
+
+@st.composite
+def vocab_calls(draw, name):
+    """A call of `name` (token_log_probs, distill_kl or jsd) with logits of a random shape
+    (..., V), dtype and layout (extremes included: a row with +inf or NaN is NaN), targets
+    with ignored rows, and random options, upstream gradients and differentiated inputs;
+    or one bad value, and the reason the call is invalid."""
+    if draw_large(draw):  # several chunks of 2048 classes, or rows enough for threads
+        shape = draw(st.sampled_from([(3, 4100), (17, 2049), (70, 513), (1, 40000),
+                                      (2, 3, 2500)]))
+    else:
+        shape = tuple(draw(st.lists(st.integers(0, 4), min_size=0, max_size=2))) + (
+            draw(st.sampled_from([1, 2, 3, 7, 33, 130])),)
+    rows, n_classes = shape[:-1], shape[-1]
+    distill = name != "token_log_probs"
+    bad = draw(st.sampled_from([None] * 6 + ["dtype", "shape", "option", "target"]
+                               + (["reduction"] if distill else [])))
+    dtype = draw(st.sampled_from(BAD_DTYPES)) if bad == "dtype" else draw(
+        st.sampled_from(GOOD_DTYPES))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    first = draw(float_arrays(shape, dtype, scale=draw(st.sampled_from([1.0, 3.0, 30.0]))))
+    kwargs = {"temperature": draw(st.sampled_from([1.0, 1.0, 0.5, 2.0]))}
+    ignore_index = draw(st.sampled_from([-100, 0]))
+    if ignore_index != -100:
+        kwargs["ignore_index"] = ignore_index
+    target = rng.integers(0, n_classes, size=rows)
+    target[rng.random(rows) < 0.25] = ignore_index
+    invalid = [bad] if bad in ("dtype", "option", "reduction") else []
+    if bad == "target" and target.size:
+        if distill:
+            target = target.astype(np.float64)  # labels must be integers
+        else:
+            target.flat[rng.integers(target.size)] = n_classes  # out of range
+        invalid.append("target")
+    if distill:
+        second_shape = shape[:-1] + (n_classes + 1,) if bad == "shape" else shape
+        args = (first, draw(float_arrays(second_shape, dtype, scale=3.0)))
+        if bad == "shape":
+            invalid.append("teacher_logits of another shape")
+        if draw(st.booleans()) or bad == "target":
+            kwargs["target"] = target
+        if name == "distill_kl":
+            kwargs["direction"] = "sideways" if bad == "option" else draw(
+                st.sampled_from(["forward", "reverse"]))
+        else:
+            kwargs["beta"] = draw(st.sampled_from([1.5, -0.1])) if bad == "option" else draw(
+                st.sampled_from([0.5, 0.5, 0.0, 1.0, 0.1, 0.9]))
+        kwargs["reduction"] = "mean" if bad == "reduction" else draw(
+            st.sampled_from(["batchmean", "sum", "none"]))
+    else:
+        if bad == "shape":
+            target = rng.integers(0, n_classes, size=rows + (2,))
+            invalid.append("target of another shape")
+        args = (first, target)
+        if bad == "option":
+            kwargs["temperature"] = draw(st.sampled_from([0.0, -1.0, np.nan]))
+        kwargs["return_entropy"] = draw(st.booleans())
+    kwargs["num_threads"] = draw(st.sampled_from([None, 1, 2]))
+    return args, kwargs, tuple(invalid)
+
+
+def _row_gradient(draw, rows, scalar_only):
+    """An upstream gradient: a scalar, or (unless `scalar_only`) one value per row."""
+    if scalar_only or draw(st.booleans()):
+        return draw(st.sampled_from([1.0, -0.5, 3.0]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    return draw(laid_out(rng.standard_normal(rows)))
+
+
+@pytest.mark.parametrize("name", VOCAB_LOSSES)
+@FUZZ
+@given(data=st.data(), fused=st.booleans())
+def test_fuzz_vocab(name, data, fused):
+    args, kwargs, invalid = data.draw(vocab_calls(name), label="call")
+    distill = name != "token_log_probs"
+    rows = np.shape(args[0])[:-1]
+    if fused:
+        kwargs["grad_output"] = _row_gradient(
+            data.draw, rows, distill and kwargs["reduction"] != "none")
+        if distill:
+            kwargs["wrt"] = data.draw(st.sampled_from(
+                [None, "teacher_logits", _DISTILL_INPUTS, _DISTILL_INPUTS[::-1]]), label="wrt")
+            if kwargs["wrt"] is None:
+                del kwargs["wrt"]
+        elif data.draw(st.booleans(), label="entropy upstream"):
+            kwargs["grad_entropy"] = _row_gradient(data.draw, rows, False)
+    public = getattr(fastloss, f"{name}_value_and_grad" if fused else name)
+    result = call_or_refuse(public, args, kwargs, VOCAB_ARGUMENTS, invalid)
+    if result is None:
+        return
+    ref_kwargs = {k: v for k, v in kwargs.items() if k != "num_threads"}
+    with np.errstate(all="ignore"):
+        expected = getattr(reference, f"{name}_value_and_grad" if fused else name)(
+            np.asarray(args[0], np.float64),
+            np.asarray(args[1], np.float64) if distill else args[1], **ref_kwargs)
+    value, ref_value = (result[0], expected[0]) if fused else (result, expected)
+    dtype = np.asarray(args[0]).dtype
+    values = value if isinstance(value, tuple) else (value,)
+    ref_values = ref_value if isinstance(ref_value, tuple) else (ref_value,)
+    assert len(values) == len(ref_values) == (2 if kwargs.get("return_entropy") else 1)
+    for got, want, what in zip(values, ref_values, ("loss", "entropy")):
+        if isinstance(want, float):
+            assert type(got) is float, f"{what}: {type(got)}, not float"
+        else:
+            assert got.dtype == dtype and got.shape == rows, f"{what}: {got.dtype} {got.shape}"
+        assert_close_at_scale(got, want, dtype, "loss", what=what)
+    if not fused:
+        return
+    wrt = kwargs.get("wrt", "student_logits" if distill else "logits")
+    names = (wrt,) if isinstance(wrt, str) else wrt
+    grads = (result[1],) if isinstance(wrt, str) else result[1]
+    ref_grads = (expected[1],) if isinstance(wrt, str) else expected[1]
+    assert len(grads) == len(ref_grads) == len(names)
+    # the distillation gradients that subtract a total: docs/accuracy.rst's bound for them
+    extras = distill_terms_bound(name, *args, **dict(ref_kwargs, wrt=names)) if distill \
+        else [0.0]
+    for grad_name, grad, ref_grad, extra in zip(names, grads, ref_grads, extras):
+        argument = args[_DISTILL_INPUTS.index(grad_name)] if distill else args[0]
+        assert grad.shape == argument.shape and grad.dtype == argument.dtype
+        assert_close_at_scale(grad, ref_grad, dtype, "grad", loss=ref_values[0],
+                              wrt=argument, grad_output=kwargs["grad_output"], extra=extra,
+                              what=f"grad w.r.t. {grad_name}")

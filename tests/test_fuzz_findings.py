@@ -8,7 +8,7 @@ import pytest
 import fastloss
 from fastloss import reference
 
-from contract_floors import assert_close_at_scale, triplet_terms_bound
+from contract_floors import assert_close_at_scale, distill_terms_bound, triplet_terms_bound
 
 
 @pytest.mark.parametrize("n_classes, share", [(5000, 0.97), (50000, 0.999)])
@@ -123,4 +123,129 @@ def test_triplet_anchor_gradient_whose_two_slopes_cancel():
     assert_close_at_scale(loss, ref_loss, np.float64, "loss")
     for got, want, bound, x in zip(grads, ref_grads, bounds, inputs):
         assert_close_at_scale(got, want, np.float64, "grad", loss=ref_loss, wrt=x,
+                              extra=bound)
+
+
+# ----------------------------------------------------------------------------------------
+# The objectives over the vocabulary (test_fuzz_vocab, session 39)
+# ----------------------------------------------------------------------------------------
+
+BOTH = ("student_logits", "teacher_logits")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_token_log_probs_of_a_row_with_a_positive_infinite_logit_are_nan(dtype):
+    """The fixed examples: a row with a +inf logit has no softmax, and is NaN (as torch's
+    log_softmax, and as the kernels gave); the reference gave -inf for every other
+    target, from exp(x - inf) = 0 beside the inf class's own NaN."""
+    logits = np.array([[0.1, np.inf, -0.4, 2.0], [0.3, 0.2, 0.1, 0.0]], dtype)
+    target = np.array([0, 2])
+    for module in (fastloss, reference):
+        (log_prob, entropy), grad = module.token_log_probs_value_and_grad(
+            logits, target, grad_entropy=np.ones(2), return_entropy=True)
+        assert np.isnan(log_prob[0]) and np.isnan(entropy[0]) and np.all(np.isnan(grad[0]))
+        assert np.all(np.isfinite(log_prob[1:])) and np.all(np.isfinite(grad[1:]))
+
+
+def test_reference_divergence_of_equal_rows_in_two_layouts_is_zero():
+    """The fixed examples: a teacher equal to the student but Fortran-ordered.  The
+    reference's sums of exps added in an order of the layout's, so its log-sums differed
+    in the last bit, and its JSD was 9.5e-61 where fastloss gives (and the value is)
+    exactly 0.  The reference now computes in C order whatever the layout."""
+    rng = np.random.default_rng(0)
+    student = rng.standard_normal((3, 4100))
+    teacher = np.asfortranarray(student)
+    for name, options in (("jsd", {}), ("distill_kl", {"direction": "reverse"})):
+        value, grads = getattr(reference, name + "_value_and_grad")(
+            student, teacher, reduction="none", wrt=BOTH, **options)
+        assert np.all(value == 0.0) and all(np.all(grad == 0.0) for grad in grads)
+        assert np.all(getattr(fastloss, name)(student, teacher, reduction="none",
+                                              **options) == 0.0)
+
+
+def _infinite_kl_pair(dtype, far):
+    """A student that gives mass to a class the teacher rules out (logit -inf), that mass
+    exp(-far) below its largest class's; a class both rule out; another only the student
+    rules out."""
+    student = np.array([[far, 0.0, 1.0, -np.inf, 2.0, -np.inf]], dtype)
+    teacher = np.array([[1.0, -np.inf, 0.5, -np.inf, 0.2, 0.7]], dtype)
+    return student, teacher
+
+
+@pytest.mark.parametrize("dtype, far", [(np.float32, 120.0), (np.float64, 800.0),
+                                        (np.float32, 3.0)])
+@pytest.mark.parametrize("direction", ["reverse", "forward"])
+@pytest.mark.parametrize("grad_output", [1.0, -2.0])
+def test_kl_is_infinite_where_the_mass_the_other_model_rules_out_underflows(
+        dtype, far, direction, grad_output):
+    """Fixed examples (jsd with beta = 1, float32 (3, 3, 130)): the reverse KL(Q || P) of
+    a student whose probability at a class the teacher rules out is exp(-116) is +inf,
+    but that probability is 0 in float32, and the kernel added 0 for the class: a finite
+    loss (12.96).  Mass that underflows is still mass: the kernels give +inf wherever one
+    model's logit is -inf and the other's finite, and the gradient that subtracts the KL
+    its fixed pattern (0 where its model rules the class out, NaN where the other does,
+    -inf times the upstream sign elsewhere: docs/distillation.rst), in the float64
+    reference too (where exp(-800) underflows)."""
+    student, teacher = _infinite_kl_pair(dtype, far)
+    if direction == "forward":  # the same pair seen from the other side
+        student, teacher = teacher, student
+    options = dict(direction=direction, reduction="none", wrt=BOTH)
+    loss, grads = fastloss.distill_kl_value_and_grad(student, teacher, grad_output, **options)
+    ref_loss, ref_grads = reference.distill_kl_value_and_grad(
+        student.astype(np.float64), teacher.astype(np.float64), grad_output, **options)
+    assert loss[0] == np.inf and ref_loss[0] == np.inf
+    subtracting = 0 if direction == "reverse" else 1  # the gradient that subtracts the KL
+    own, other = (student, teacher) if direction == "reverse" else (teacher, student)
+    expected = np.where(own == -np.inf, 0.0,
+                        np.where(other == -np.inf, np.nan, -np.inf * np.sign(grad_output)))
+    for index, (grad, ref) in enumerate(zip(grads, ref_grads)):
+        if index == subtracting:
+            np.testing.assert_array_equal(grad, expected)
+            np.testing.assert_array_equal(ref, expected)
+        else:  # q - p or p - q: finite
+            assert np.all(np.isfinite(grad))
+            assert_close_at_scale(grad, ref, dtype, "grad", loss=1.0, wrt=own)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kl_is_infinite_where_the_other_model_s_chunk_underflows(dtype):
+    """Seed 11 (distill_kl, float32, 3 x 4100): a teacher with a logit of 1e4 in its
+    first chunk of 2048 classes, so that its second chunk's probabilities all underflow
+    (the chunk's scale exp(-9990) is 0), and a student that rules out a class of that
+    chunk (-inf).  The forward KL(P || Q) is +inf (the teacher's mass there, though
+    exp(-9990), is mass); the kernels took (q - p) - p y with p = 0 and y = -inf there,
+    0 * inf, and gave NaN."""
+    rng = np.random.default_rng(1)
+    student = rng.standard_normal((1, 4100)).astype(dtype)
+    teacher = rng.standard_normal((1, 4100)).astype(dtype)
+    teacher[0, 17] = 1e4
+    student[0, 3977] = -np.inf
+    for module in (fastloss, reference):
+        loss, grads = module.distill_kl_value_and_grad(student, teacher, reduction="none",
+                                                       wrt=BOTH)
+        assert loss[0] == np.inf
+        assert np.all(np.isfinite(grads[0]))  # q - p
+        assert np.isnan(grads[1][0, 3977]) and np.all(np.delete(grads[1], 3977) == -np.inf)
+
+
+def test_jsd_gradient_whose_gaps_equal_their_mean():
+    """Seed 14 (jsd, float32): a student that rules one class out (a logit of -1e4) and
+    has the teacher's logits at the other two.  Both of its classes then have one gap
+    log q - log m, equal to the q-weighted mean, and its gradient is exactly 0; the
+    kernels subtract the mean from sums of the gaps themselves, and gave -2.5e-11 and
+    -1.2e-10 (float32), a rounding of terms of about 0.2, where the zero floor (16 u
+    L / |x|, |x| = 1e4) is 1e-11.  docs/accuracy.rst bounds a gradient that subtracts a
+    total by 16 u of its terms' size (tests/contract_floors.py, distill_terms_bound)."""
+    student = np.array([[-1.0000000e+04, 8.5266724e-02, 1.6401390e+00]], np.float32)
+    teacher = np.array([[0.8823975, 0.085266724, 1.640139]], np.float32)
+    options = dict(beta=0.5, reduction="none", wrt=BOTH)
+    loss, grads = fastloss.jsd_value_and_grad(student, teacher, **options)
+    ref_loss, ref_grads = reference.jsd_value_and_grad(student.astype(np.float64),
+                                                       teacher.astype(np.float64), **options)
+    assert np.all(ref_grads[0] == 0.0)  # the case cancels exactly
+    bounds = distill_terms_bound("jsd", student, teacher, **options)
+    assert np.all(bounds[0][0, 1:] > 1e-9)  # a rounding of terms of about 0.1
+    assert_close_at_scale(loss, ref_loss, np.float32, "loss")
+    for grad, ref, bound, x in zip(grads, ref_grads, bounds, (student, teacher)):
+        assert_close_at_scale(grad, ref, np.float32, "grad", loss=ref_loss, wrt=x,
                               extra=bound)

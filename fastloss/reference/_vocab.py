@@ -24,7 +24,9 @@ def _logits_array(logits, name):
         raise TypeError(f"{name}: expected a real numeric array, got dtype {logits.dtype}")
     if logits.ndim == 0 or logits.shape[-1] == 0:
         raise ValueError(f"{name}: expected shape (..., V) with V >= 1, got {logits.shape}")
-    return logits.astype(np.float64)
+    # C order whatever the layout: numpy's sums (of the row's exponentials) add in an
+    # order that depends on it, and two models' equal rows must give equal sums
+    return np.ascontiguousarray(logits, dtype=np.float64)
 
 
 def _temperature(temperature):
@@ -43,11 +45,14 @@ def _log_softmax(logits, temperature):
     off before the division, so that a logit near a large max (1e4, say) keeps a's
     accuracy (logits / T, each rounded to about 1e-16 of itself, would not)."""
     with np.errstate(invalid="ignore"):
-        shifted = (logits - np.max(logits, axis=-1, keepdims=True)) / temperature
+        largest = np.max(logits, axis=-1, keepdims=True)
+        shifted = (logits - largest) / temperature
         others = np.exp(shifted)
         top = np.argmax(logits, axis=-1)[..., None]
         np.put_along_axis(others, top, 0.0, axis=-1)
-        return shifted - np.log1p(np.sum(others, axis=-1, keepdims=True))
+        log_p = shifted - np.log1p(np.sum(others, axis=-1, keepdims=True))
+    # a +inf logit makes inf - inf (NaN) at its own position only: the whole row is NaN
+    return np.where(np.isposinf(largest), np.nan, log_p)
 
 
 def _xlogy_rows(p, log_value):
@@ -205,8 +210,8 @@ def _times_g(w, y, w_exp_y):
 def _difference(a, b):
     """a - b as its rounded value and the rounding error (Knuth's two-sum): hi + lo is
     exact; lo is 0 where hi is not finite."""
-    hi = a - b
     with np.errstate(invalid="ignore"):
+        hi = a - b
         back = hi - a
         lo = (a - (hi - back)) - (b + back)
     return hi, np.where(np.isfinite(hi), lo, 0.0)
@@ -264,6 +269,28 @@ def _at_heaviest(w, values):
     return np.take_along_axis(values, heaviest, axis=-1)
 
 
+def _jsd_gaps(y, beta):
+    """u = log m - log p and v = log m - log q from y = log q - log p: log1p of expm1 near
+    y = 0, log-add-exp beyond (where expm1 could overflow)."""
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        near = np.abs(y) < 1.0
+        u = np.where(near, np.log1p((1.0 - beta) * np.expm1(y)),
+                     np.logaddexp(np.log(beta), np.log1p(-beta) + y))
+        v = np.where(near, np.log1p(beta * np.expm1(-y)),
+                     np.logaddexp(np.log(beta) - y, np.log1p(-beta)))
+    return u, v
+
+
+def _less_infinite_kl(kl, own, other, gradient):
+    """A KL's gradient that subtracts it (the forward KL's teacher's, the reverse KL's
+    student's), where the KL is +inf: a class the other model rules out (its logit -inf)
+    has mass under this one (its logit finite), however little, a probability that
+    underflows included.  w (h - KL) is then 0 where this model rules the class out,
+    inf - inf (NaN) where the other does, and -inf at every other class."""
+    pattern = np.where(own == -np.inf, 0.0, np.where(other == -np.inf, np.nan, -np.inf))
+    return np.where(np.isposinf(kl)[..., None], pattern, gradient)
+
+
 def _divergence(student, teacher, temperature, beta):
     """Per row: the loss, d loss / d student, d loss / d teacher (unscaled), for
     ``beta`` 0 (forward KL(P || Q)), 1 (reverse KL(Q || P)) or between (JSD).
@@ -305,23 +332,20 @@ def _divergence(student, teacher, temperature, beta):
     with np.errstate(invalid="ignore", over="ignore"):
         if beta == 0.0:
             p_g, p_expm1 = _times_g(p, y, q)
-            kl = np.sum(np.where(p == 0.0, q, p_g), axis=-1)
+            kl = np.sum(np.where(p == 0.0, np.where(y == -np.inf, np.inf, q), p_g), axis=-1)
             loss = kl
             d_student = np.where(p == 0.0, q, p_expm1)
-            d_teacher = -_less_total(p, y_less_heaviest(p))
+            d_teacher = _less_infinite_kl(kl, teacher, student, -_less_total(
+                p, y_less_heaviest(p)))
         elif beta == 1.0:
             q_g, q_expm1 = _times_g(q, -y, p)
-            kl = np.sum(np.where(q == 0.0, p, q_g), axis=-1)
+            kl = np.sum(np.where(q == 0.0, np.where(y == np.inf, np.inf, p), q_g), axis=-1)
             loss = kl
-            d_student = _less_total(q, y_less_heaviest(q))
+            d_student = _less_infinite_kl(kl, student, teacher, _less_total(
+                q, y_less_heaviest(q)))
             d_teacher = np.where(q == 0.0, p, q_expm1)
         else:
-            # log1p of expm1 near y = 0, log-add-exp beyond (where expm1 could overflow)
-            near = np.abs(y) < 1.0
-            u = np.where(near, np.log1p((1.0 - beta) * np.expm1(y)),
-                         np.logaddexp(np.log(beta), np.log1p(-beta) + y))
-            v = np.where(near, np.log1p(beta * np.expm1(-y)),
-                         np.logaddexp(np.log(beta) - y, np.log1p(-beta)))
+            u, v = _jsd_gaps(y, beta)
             m = beta * p + (1.0 - beta) * q
             kl_p = np.sum(np.where(p == 0.0, (1.0 - beta) * q, _times_g(p, u, m)[0]), axis=-1)
             kl_q = np.sum(np.where(q == 0.0, beta * p, _times_g(q, v, m)[0]), axis=-1)
@@ -333,7 +357,12 @@ def _divergence(student, teacher, temperature, beta):
                 q, gap_less_heaviest(q, -v, y >= np.log(2.0), saturation_s, -np.log1p(-beta)))
             d_teacher = beta * _less_total(
                 p, gap_less_heaviest(p, -u, y <= -np.log(2.0), saturation_t, -np.log(beta)))
-    return loss, d_student / temperature, d_teacher / temperature
+    # a row where either model has no distribution (a +inf or NaN logit, or every logit
+    # -inf: _log_softmax's NaN rows) is NaN throughout, its loss and both gradients
+    undefined = np.any(np.isnan(log_q) | np.isnan(log_p), axis=-1)
+    return (np.where(undefined, np.nan, loss),
+            np.where(undefined[..., None], np.nan, d_student / temperature),
+            np.where(undefined[..., None], np.nan, d_teacher / temperature))
 
 
 def _reduce(loss, ignored, reduction):
@@ -370,6 +399,48 @@ def _distill_value_and_grad(student_logits, teacher_logits, grad_output, beta, t
              "teacher_logits": np.where(ignored[..., None], 0.0, scale * d_teacher)}
     grad = grads[wrt] if isinstance(wrt, str) else tuple(grads[name] for name in names)
     return value, grad
+
+
+def _distill_grad_magnitude(student_logits, teacher_logits, grad_output=1.0, *, beta,
+                            temperature=1.0, target=None, ignore_index=-100,
+                            reduction="batchmean", wrt="student_logits"):
+    """Per name in ``wrt``, the size of the terms each entry of a gradient that subtracts
+    a total takes the difference of (docs/accuracy.rst, "Gradients that subtract a
+    total"): ``|s| w_c (|h_c| + sum_c' w_c' |h_c'| / sum_c' w_c')`` for the entry
+    ``s w_c (h_c - H)``, ``H = sum_c w_c h_c / sum_c w_c`` (``s`` = grad_output / T, and /
+    the rows for "batchmean"; ``w``, ``h``: the reverse KL's student's q and log q - log
+    p, the forward KL's teacher's p and log p - log q, the JSD's (1 - beta) q and log q -
+    log m, and beta p and log p - log m).  0 for the gradients that subtract none (the
+    forward KL's student's q - p, the reverse KL's teacher's p - q)."""
+    student, teacher, temperature, ignored = _check_distill(
+        student_logits, teacher_logits, temperature, target, ignore_index, reduction)
+    log_q, log_p = _log_softmax(student, temperature), _log_softmax(teacher, temperature)
+    q, p = np.exp(log_q), np.exp(log_p)
+    y = _log_ratio(student, teacher, temperature, q, p)
+    if beta == 0.0:
+        terms = {"student_logits": None, "teacher_logits": (p, -y)}
+    elif beta == 1.0:
+        terms = {"student_logits": (q, y), "teacher_logits": None}
+    else:
+        u, v = _jsd_gaps(y, beta)
+        terms = {"student_logits": ((1.0 - beta) * q, -v), "teacher_logits": (beta * p, -u)}
+    loss_shape = student.shape[:-1]
+    scale = np.abs(np.broadcast_to(np.asarray(grad_output, np.float64), loss_shape))
+    if reduction == "batchmean":
+        scale = scale / np.sum(~ignored)
+    scale = np.where(ignored, 0.0, scale)[..., None] / temperature
+
+    def magnitude(pair):
+        if pair is None:
+            return np.zeros(student.shape)
+        w, h = pair
+        with np.errstate(invalid="ignore", over="ignore"):
+            size = np.where(w == 0.0, 0.0, w * np.abs(h))
+            mean = np.sum(size, axis=-1, keepdims=True) / np.sum(w, axis=-1, keepdims=True)
+            return scale * np.where(w == 0.0, 0.0, w * np.abs(h) + w * mean)
+
+    names = (wrt,) if isinstance(wrt, str) else tuple(wrt)
+    return tuple(magnitude(terms[name]) for name in names)
 
 
 def _direction_beta(direction):
