@@ -249,3 +249,56 @@ def test_jsd_gradient_whose_gaps_equal_their_mean():
     for grad, ref, bound, x in zip(grads, ref_grads, bounds, (student, teacher)):
         assert_close_at_scale(grad, ref, np.float32, "grad", loss=ref_loss, wrt=x,
                               extra=bound)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_classes, top, temperature", [(50, 7, 1.0), (5000, 4097, 0.5),
+                                                         (3, 2, 1.0)])
+@pytest.mark.parametrize("gap", [20.0, 30.0])
+def test_entropy_of_a_row_another_class_than_the_target_holds(simd_path, dtype, n_classes,
+                                                               top, temperature, gap):
+    """Seeds 12, 13, 14 (token_log_probs, float32 and float64): the entropy of a confident
+    row whose target is not its likely class, 1.1e-4 with an error of 4.8e-9 (float32),
+    3.1e-6 with one of 8.5e-17 (float64).  H = log S - W / S, and S = 1 + the others' sum
+    was summed with the likely class's 1 in it, which leaves that sum (and H, about as
+    small) only S's absolute accuracy.  Where a class other than the target holds most of
+    the mass, the kernels now take that sum again without it (log S = log1p of it)."""
+    rng = np.random.default_rng(n_classes)
+    logits = rng.standard_normal((2, n_classes))
+    logits[:, top] = gap * temperature  # holds all but about n e^-gap of the mass
+    target = np.array([0, top])  # a target the likely class is not, and the likely class
+    logits = logits.astype(dtype)
+    (log_prob, entropy), grad = fastloss.token_log_probs_value_and_grad(
+        logits, target, temperature=temperature, return_entropy=True,
+        grad_entropy=np.ones(2))
+    (ref_log_prob, ref_entropy), ref_grad = reference.token_log_probs_value_and_grad(
+        logits.astype(np.float64), target, temperature=temperature, return_entropy=True,
+        grad_entropy=np.ones(2))
+    assert np.all(ref_entropy < 0.01)  # a confident row
+    for row in range(2):  # each row on its own: the contract relative to its own entropy
+        assert_close_at_scale(entropy[row], ref_entropy[row], dtype, "loss", what="entropy")
+        assert_close_at_scale(log_prob[row], ref_log_prob[row], dtype, "loss",
+                              what="log_prob")
+    assert_close_at_scale(grad, ref_grad, dtype, "grad", loss=ref_log_prob, wrt=logits)
+    # the same entropies without the gradient, and from the forward alone
+    _, forward_entropy = fastloss.token_log_probs(logits, target, temperature=temperature,
+                                                  return_entropy=True)
+    np.testing.assert_array_equal(forward_entropy, entropy)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_token_log_probs_gradient_of_a_target_the_row_rules_out(dtype):
+    """Seed 12 (token_log_probs, float32): logits [-inf, 1e4] and target 0.  log p_t is
+    -inf and its gradient [1 - p_0, -p_1] = [1, -1]; the kernels wrote the target's entry
+    with the entropy's term grad_entropy p_t (a_t - W / S), 0 * -inf, NaN, even with no
+    entropy upstream.  A target of probability 0 has no entropy term (0 log 0 = 0)."""
+    logits = np.array([[-np.inf, 1e4], [-np.inf, 0.5]], dtype)
+    target = np.array([0, 0])
+    for grad_entropy in (None, np.array([0.5, -2.0])):
+        log_prob, grad = fastloss.token_log_probs_value_and_grad(logits, target,
+                                                                 grad_entropy=grad_entropy)
+        ref_log_prob, ref_grad = reference.token_log_probs_value_and_grad(
+            logits, target, grad_entropy=grad_entropy)
+        assert np.all(log_prob == -np.inf) and np.all(ref_log_prob == -np.inf)
+        np.testing.assert_array_equal(grad, [[1.0, -1.0], [1.0, -1.0]])
+        np.testing.assert_array_equal(ref_grad, [[1.0, -1.0], [1.0, -1.0]])
