@@ -72,8 +72,10 @@ def _log_softmax(logits, softcap):
     ``lse = max(y) + log(sum(exp(y - max(y))))``.
 
     logp is evaluated in torch's order (shift, then subtract the log of the sum), not as
-    ``y - lse``, which cancels when a probability is close to 1. A row that is all -inf,
-    or holds +inf or nan, gives nan everywhere (``inf - inf``), as torch's log_softmax does.
+    ``y - lse``, which cancels when a probability is close to 1, and the log of the sum
+    as ``log1p`` of the others' terms (the max's own is 1), so that a converged row's
+    logp near 0 keeps its relative accuracy. A row that is all -inf, or holds +inf or
+    nan, gives nan everywhere (``inf - inf``), as torch's log_softmax does.
     """
     y = logits if softcap is None else softcap * np.tanh(logits / softcap)
     row_max = np.max(y, axis=-1, keepdims=True)
