@@ -162,6 +162,24 @@ def check_call(public, ref, args, kwargs, kinds, argument_names, invalid):
     return result
 
 
+def call_with_reference(name, fused, args, kwargs, argument_names, invalid):
+    """Call fastloss's `name` (its value_and_grad where `fused`) through call_or_refuse,
+    and for a valid call the reference's too, the float inputs in float64 and without the
+    thread count: ``(result, expected, ref_kwargs)``, or None for an invalid call
+    (refused as it must be)."""
+    suffix = "_value_and_grad" if fused else ""
+    result = call_or_refuse(getattr(fastloss, name + suffix), args, kwargs, argument_names,
+                            invalid)
+    if result is None:
+        return None
+    ref_kwargs = {k: v for k, v in kwargs.items() if k != "num_threads"}
+    with np.errstate(all="ignore"):
+        expected = getattr(reference, name + suffix)(
+            *[np.asarray(a, np.float64) if np.asarray(a).dtype.kind == "f" else a
+              for a in args], **ref_kwargs)
+    return result, expected, ref_kwargs
+
+
 # ----------------------------------------------------------------------------------------
 # Cross-entropy
 # ----------------------------------------------------------------------------------------
@@ -429,15 +447,10 @@ def contrastive_calls(draw, name):
 @given(data=st.data(), fused=st.booleans())
 def test_fuzz_contrastive(name, data, fused):
     name, args, kwargs, invalid = data.draw(contrastive_calls(name), label="call")
-    public = getattr(fastloss, f"{name}_value_and_grad" if fused else name)
-    ref = getattr(reference, f"{name}_value_and_grad" if fused else name)
-    result = call_or_refuse(public, args, kwargs, CONTRASTIVE_ARGUMENTS, invalid)
-    if result is None:
+    called = call_with_reference(name, fused, args, kwargs, CONTRASTIVE_ARGUMENTS, invalid)
+    if called is None:
         return
-    ref_kwargs = {k: v for k, v in kwargs.items() if k != "num_threads"}
-    with np.errstate(all="ignore"):
-        expected = ref(*[np.asarray(a, np.float64) if a.dtype.kind == "f" else a for a in args],
-                       **ref_kwargs)
+    result, expected, ref_kwargs = called
     actual, wanted = _flatten(result), _flatten(expected)
     assert len(actual) == len(wanted)
     # the value in the promoted dtype of the embeddings; each gradient in its input's dtype
@@ -653,15 +666,10 @@ def test_fuzz_vocab(name, data, fused):
                 del kwargs["wrt"]
         elif data.draw(st.booleans(), label="entropy upstream"):
             kwargs["grad_entropy"] = _row_gradient(data.draw, rows, False)
-    public = getattr(fastloss, f"{name}_value_and_grad" if fused else name)
-    result = call_or_refuse(public, args, kwargs, VOCAB_ARGUMENTS, invalid)
-    if result is None:
+    called = call_with_reference(name, fused, args, kwargs, VOCAB_ARGUMENTS, invalid)
+    if called is None:
         return
-    ref_kwargs = {k: v for k, v in kwargs.items() if k != "num_threads"}
-    with np.errstate(all="ignore"):
-        expected = getattr(reference, f"{name}_value_and_grad" if fused else name)(
-            np.asarray(args[0], np.float64),
-            np.asarray(args[1], np.float64) if distill else args[1], **ref_kwargs)
+    result, expected, ref_kwargs = called
     value, ref_value = (result[0], expected[0]) if fused else (result, expected)
     dtype = np.asarray(args[0]).dtype
     values = value if isinstance(value, tuple) else (value,)
