@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from fastloss.reference._common import _REDUCTIONS
+from fastloss.reference._common import _REDUCTIONS, _log_sum_shifted
 
 # ----------------------------------------------------------------------------------------
 # Cross-entropy (class axis last)
@@ -80,14 +80,7 @@ def _log_softmax(logits, softcap):
     y = logits if softcap is None else softcap * np.tanh(logits / softcap)
     row_max = np.max(y, axis=-1, keepdims=True)
     shifted = y - row_max
-    # the sum is the max's own 1 plus the others': log1p of the others' sum keeps a
-    # converged row's log-probabilities near 0 (its loss) to their relative accuracy,
-    # where the log of a sum near 1 would keep only their absolute accuracy
-    others = np.exp(shifted)
-    np.put_along_axis(others, np.argmax(y, axis=-1)[..., None], 0.0, axis=-1)
-    log_sum = np.log1p(np.sum(others, axis=-1, keepdims=True))
-    # a +inf logit makes inf - inf (NaN) at its own position only: the whole row is NaN
-    log_sum = np.where(np.isposinf(row_max), np.nan, log_sum)
+    log_sum = _log_sum_shifted(y, row_max, shifted)
     logp = shifted - log_sum
     lse = (row_max + log_sum)[..., 0]
     return y, logp, lse

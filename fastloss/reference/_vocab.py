@@ -10,6 +10,8 @@ import math
 
 import numpy as np
 
+from fastloss.reference._common import _log_sum_shifted
+
 __all__ = ["distill_kl", "distill_kl_grad", "distill_kl_value_and_grad", "jsd", "jsd_grad",
            "jsd_value_and_grad", "token_log_probs", "token_log_probs_grad",
            "token_log_probs_value_and_grad"]
@@ -47,12 +49,7 @@ def _log_softmax(logits, temperature):
     with np.errstate(invalid="ignore"):
         largest = np.max(logits, axis=-1, keepdims=True)
         shifted = (logits - largest) / temperature
-        others = np.exp(shifted)
-        top = np.argmax(logits, axis=-1)[..., None]
-        np.put_along_axis(others, top, 0.0, axis=-1)
-        log_p = shifted - np.log1p(np.sum(others, axis=-1, keepdims=True))
-    # a +inf logit makes inf - inf (NaN) at its own position only: the whole row is NaN
-    return np.where(np.isposinf(largest), np.nan, log_p)
+        return shifted - _log_sum_shifted(logits, largest, shifted)
 
 
 def _xlogy_rows(p, log_value):
