@@ -144,6 +144,26 @@ FASTLOSS_INLINE REAL EW(bce_value_plain)(REAL x, REAL y, REAL log1p_e)
     return (x * slope_of_x + nan_at_minus_inf) + log1p_e;
 }
 
+#ifdef EW_FLOAT_COMPUTE
+/*
+ * float32 only: the loss in double, rounded to float once, for a tile where a term may
+ * be negative (a target outside [0, 1], a pos_weight below 0, or NaN), so that
+ * (1 - y) x (or -p y x) and w log1p(e) can cancel: in float32 each carries an error
+ * of its own size, which the loss, small beside them, would keep (x = 0.9, y = 1.45
+ * gives a loss of 4e-8 from terms of 0.4: float32's was 6e-8 off).  The same
+ * expression as bce_value in double.
+ */
+FASTLOSS_INLINE REAL EW(bce_value_wide)(REAL x, REAL y, REAL pos_weight)
+{
+    const EW_WIDE wide_x = x, t = y, p = pos_weight;
+    const EW_WIDE log1p_e = EW_WIDE_LOG1P_UNIT(EW_WIDE_EXP_NONPOSITIVE(-EW_WIDE_ABS(wide_x)));
+    const EW_WIDE log_weight = 1 + (p - 1) * t;
+    const EW_WIDE slope_of_x = x >= 0 ? 1 - t : -p * t;
+    const EW_WIDE nan_at_minus_inf = x >= 0 ? 0 : wide_x - wide_x;
+    return (REAL)((wide_x * slope_of_x + nan_at_minus_inf) + log_weight * log1p_e);
+}
+#endif
+
 /* The slope from e = exp(-|x|) in WIDE (double, or REAL itself), rounded to REAL once. */
 FASTLOSS_INLINE REAL EW(bce_slope)(REAL x, REAL y, REAL pos_weight, EW_WIDE e)
 {
@@ -287,6 +307,27 @@ static void EW(bce_tile)(const STORE_T *FASTLOSS_RESTRICT logits,
                          int *wide_mode)
 {
 #ifdef EW_FLOAT_COMPUTE
+    /* The loss in float32 keeps its relative accuracy where every term is >= 0: targets
+     * in [0, 1] and pos_weight >= 0.  A tile with any other (NaN too) takes its losses
+     * in double (bce_value_wide); one pass over the target, vectorised. */
+    if (value) {
+        int signed_terms = 0;
+        for (fastloss_index k = 0; k < m; ++k) {
+            const REAL y = LOAD(target, k);
+            signed_terms |= !((y >= 0) & (y <= 1));
+        }
+        if (pos_weight)
+            for (fastloss_index k = 0; k < m; ++k)
+                signed_terms |= !(LOAD(pos_weight, k) >= 0);
+        if (signed_terms) {
+            for (fastloss_index k = 0; k < m; ++k)
+                value[k] = EW(bce_value_wide)(LOAD(logits, k), LOAD(target, k),
+                                              pos_weight ? LOAD(pos_weight, k) : (REAL)1);
+            value = NULL;
+            if (!slope)
+                return;
+        }
+    }
     /* float32 first: without pos_weight the slopes in float32 with their doubt, and
      * the tile's slopes again in double if any is in doubt.  Soft labels put nearly
      * every tile in doubt, so after the first such tile the rest of the block goes
@@ -1349,9 +1390,11 @@ static void EW(bradley_terry_tile)(const STORE_T *FASTLOSS_RESTRICT chosen,
  *                  torch's autograd of xlogy(t, t) forms t / t.
  *   log_target 1:  w = exp(t),  loss = w (t - x),  d/dx = -w,
  *                  d/dt = w (t - x + 1)  (NaN at t = -inf, 0 * inf, as torch).
- * The factored form t (log t - x) keeps the term's relative accuracy where
- * log t and x agree (near convergence), where torch's difference of products
- * cancels; in double, and rounded once, for float32.  Terms are of either sign
+ * The factored form t (log t - x) subtracts no large products where log t and x
+ * agree (near convergence), where torch's difference of products cancels; in
+ * double, and rounded once, for float32.  The rounding of log t itself remains,
+ * an error of u |t log t| that neither this nor NumPy's log avoids
+ * (docs/accuracy.rst, "Results whose terms cancel").  Terms are of either sign
  * (the sum, a divergence, is not): the sign test says so, and a float32 sum
  * that cancels is redone in double (elementwise.c).
  */

@@ -1004,7 +1004,9 @@ KL_DIV = Loss(
 
     torch's ``xlogy(target, target) - target * input``: 0 log 0 = 0, a negative target
     gives NaN, and a zero target against an infinite input NaN (0 * inf), as in torch.
-    The factored form keeps each term's accuracy where ``log(target)`` and ``input`` agree.
+    The factored form does not subtract the large products torch's does where ``log(target)``
+    and ``input`` agree; the rounding of ``log(target)`` remains (docs/accuracy.rst,
+    "Results whose terms cancel").
 
     Parameters
     ----------

@@ -19,6 +19,11 @@ absolute term as well, and the docs state both:
 - **Gradients that subtract a total** (the distillation losses' ``w_c (h_c - H)``, H the
   w-weighted mean of h): where a class's gap equals the mean, the entry is a rounding
   of the terms' size (``distill_terms_bound``).
+- **Results whose terms cancel** (``bce_with_logits``, ``poisson_nll``, ``gaussian_nll``,
+  ``kl_div``: an element that is a difference of an ``exp`` or ``log`` and another term,
+  or a reduced loss whose weighted terms have both signs): the kernels' ``exp`` and
+  ``log`` round otherwise than NumPy's, so where the terms cancel the two differ by a
+  rounding of the terms' size (``cancelling_terms_bound``).
 
 None widens a bound the contract already gives: the first applies only where that bound
 is 0, the others are the contract of those losses as the docs write it.
@@ -28,6 +33,9 @@ import numpy as np
 
 from fastloss import _contract, reference
 from fastloss.reference._contrastive import _triplet_grad_magnitude
+from fastloss.reference._elementwise import (_bce_with_logits_magnitudes,
+                                             _gaussian_nll_magnitudes, _poisson_nll_magnitudes)
+from fastloss.reference._preference import _kl_div_magnitudes
 from fastloss.reference._vocab import _direction_beta, _distill_grad_magnitude
 from loss_specs import CONTRACT
 
@@ -110,6 +118,32 @@ def distill_terms_bound(name, student, teacher, grad_output=1.0, *, wrt="student
                                              beta=beta, wrt=wrt, **options)
     u = UNIT_ROUNDOFF[np.asarray(student).dtype]
     return [ZERO_FLOOR_ROUNDINGS * u * np.where(np.isfinite(m), m, 0.0) for m in magnitudes]
+
+
+#: the losses whose elements (or weighted terms) may cancel terms that the kernels and
+#: NumPy round differently, and the reference's sizes of those terms
+CANCELLING_TERMS = {"bce_with_logits": _bce_with_logits_magnitudes,
+                    "gaussian_nll": _gaussian_nll_magnitudes,
+                    "poisson_nll": _poisson_nll_magnitudes, "kl_div": _kl_div_magnitudes}
+
+
+def cancelling_terms_bound(name, arrays, options, wrt):
+    """docs/accuracy.rst's bound for results whose terms cancel: ``16 u_64`` times the size
+    of the terms each result is formed from (the reference's, reduced and differentiated
+    as the results are), ``u_64 = 2**-53`` whatever the inputs' dtype, because every
+    dtype forms such terms in float64 where they may cancel (a float32 element whose own
+    bound does not prove the contract is formed again in float64).  ``(loss, [one array
+    per name in wrt])``, zeros for a loss whose terms the kernels round as NumPy does."""
+    names = (wrt,) if isinstance(wrt, str) else tuple(wrt)
+    sizes = CANCELLING_TERMS.get(name)
+    if sizes is None:
+        return 0.0, [0.0] * len(names)
+    with np.errstate(all="ignore"):
+        loss, grads = sizes(*(np.asarray(a, np.float64) if np.asarray(a).dtype.kind == "f"
+                              else a for a in arrays), wrt=names, **options)
+    scale = ZERO_FLOOR_ROUNDINGS * UNIT_ROUNDOFF[np.dtype(np.float64)]
+    finite = lambda m: np.where(np.isfinite(m), m, 0.0)  # noqa: E731
+    return scale * finite(np.asarray(loss, np.float64)), [scale * finite(g) for g in grads]
 
 
 def rounded_outside_normal_range(ref, dtype):

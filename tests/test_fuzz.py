@@ -23,8 +23,8 @@ import fastloss
 from fastloss import _registry, reference
 from fastloss._contract import all_pairs_products_bound
 
-from contract_floors import (assert_close_at_scale, distill_terms_bound, info_nce_products_bound,
-                             triplet_terms_bound)
+from contract_floors import (assert_close_at_scale, cancelling_terms_bound, distill_terms_bound,
+                             info_nce_products_bound, triplet_terms_bound)
 
 EXAMPLES = int(os.environ.get("FASTLOSS_FUZZ_EXAMPLES", "150"))
 # conftest.py turns FASTLOSS_FUZZ_EXAMPLES without a seed into a random seed (and prints it)
@@ -549,20 +549,22 @@ def test_fuzz_registry(name, data, fused):
     # the loss in the promoted dtype of the float inputs, each gradient in its input's
     loss_dtype = np.result_type(*[np.asarray(a) for a in arrays
                                   if np.asarray(a).dtype.kind == "f"])
-    assert_close_at_scale(loss, ref_loss, loss_dtype, "loss")
-    if not fused:
-        return
     names = (wrt,) if isinstance(wrt, str) else (entry.differentiable[0],) if wrt is None \
         else wrt
+    loss_extra, grad_extras = cancelling_terms_bound(
+        name, arrays, {k: v for k, v in ref_kwargs.items() if k != "wrt"}, names)
+    assert_close_at_scale(loss, ref_loss, loss_dtype, "loss", extra=loss_extra)
+    if not fused:
+        return
     grads = (result[1],) if wrt is None or isinstance(wrt, str) else result[1]
     ref_grads = (expected[1],) if wrt is None or isinstance(wrt, str) else expected[1]
     assert len(grads) == len(ref_grads) == len(names)
-    for grad_name, grad, ref_grad in zip(names, grads, ref_grads):
+    for grad_name, grad, ref_grad, extra in zip(names, grads, ref_grads, grad_extras):
         argument = np.asarray(arrays[entry.inputs.index(grad_name)] if grad_name in entry.inputs
                               else options[grad_name])
         assert np.shape(grad) == argument.shape and np.asarray(grad).dtype == argument.dtype
         assert_close_at_scale(grad, ref_grad, argument.dtype, "grad", loss=ref_loss,
-                              wrt=argument, what=f"grad w.r.t. {grad_name}")
+                              wrt=argument, what=f"grad w.r.t. {grad_name}", extra=extra)
 
 
 # ----------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Regression and binary losses, one term per element, in float64 (see
 fastloss.reference)."""
 
+import copy
 import math
 
 import numpy as np
@@ -112,6 +113,18 @@ class _Elementwise:
                     shape = self.weight_shape
                 results.append(_sum_to(np.broadcast_to(grad, self.shape), shape))
         return results[0] if single else tuple(results)
+
+    def magnitudes(self, wrt, grad_output, *, loss, slope, target_slope):
+        """The size of the terms each result is formed from (docs/accuracy.rst, "Results
+        whose terms cancel"), from each element's: ``loss``, ``slope`` and
+        ``target_slope`` sized (every term and factor taken positive), reduced and
+        differentiated as the results are, with the weight and ``grad_output`` taken
+        positive too. ``(loss, grads)``; no weighted mean (its divisor may cancel)."""
+        sized = copy.copy(self)
+        sized.weight, sized.paired_weight = np.abs(self.weight), np.abs(self.paired_weight)
+        return (sized.reduce(np.abs(loss)),
+                sized.grads(wrt, np.abs(np.asarray(grad_output, dtype=np.float64)),
+                            slope=np.abs(slope), target_slope=np.abs(target_slope)))
 
 
 def _wrt_names(wrt, pred_name, weight_differentiable):
@@ -385,6 +398,35 @@ def bce_with_logits_value_and_grad(logits, target, grad_output=1.0, *, weight=No
             bce_with_logits_grad(logits, target, grad_output, wrt=wrt, **options))
 
 
+def _bce_with_logits_magnitudes(logits, target, grad_output=1.0, *, weight=None,
+                                pos_weight=None, reduction="mean", wrt="logits"):
+    """The size of the terms of bce_with_logits's loss and gradients, per sign of x as
+    they are formed above, every term and factor taken positive: with
+    ``L = log1p(exp(-|x|))``, ``q = sigmoid(-|x|)`` and ``|w| <= 1 + (|p| + 1) |y|``::
+
+        loss:          (1 + |y|) |x|  (x >= 0)  or  |p y x|  (x < 0),  + |w| L
+        slope:         1 + |y| + |w| q            or  |w| q + |p y|
+        target slope:  |x|                        or  |p x|,          + (|p| + 1) L
+
+    For targets in [0, 1] and positive weights nothing cancels; beyond them (a target
+    above 1, a negative pos_weight or weight) the terms may, and ``(loss, grads)`` is
+    reduced and differentiated as the results are (docs/accuracy.rst)."""
+    call = _Elementwise(logits, target, weight, reduction, pred_name="logits",
+                        same_shape=True)
+    p = np.abs(_check_pos_weight(pos_weight, call.shape))
+    x, y = call.pred, np.abs(call.target)
+    with np.errstate(invalid="ignore", over="ignore"):
+        e = np.exp(-np.abs(x))
+        q, log1p_e = e / (1.0 + e), np.log1p(e)
+        w = 1.0 + (p + 1.0) * y
+        nonnegative = x >= 0
+        loss = np.where(nonnegative, (1.0 + y) * np.abs(x), p * y * np.abs(x)) + w * log1p_e
+        slope = np.where(nonnegative, 1.0 + y + w * q, w * q + p * y)
+        target_slope = np.where(nonnegative, 1.0, p) * np.abs(x) + (p + 1.0) * log1p_e
+    return call.magnitudes(wrt, grad_output, loss=loss, slope=slope,
+                           target_slope=target_slope)
+
+
 # ----------------------------------------------------------------------------------------
 # Pointwise losses of several inputs: sigmoid_focal, margin_ranking, poisson_nll,
 # gaussian_nll, pinball
@@ -463,6 +505,14 @@ class _Pointwise:
                 grad = np.broadcast_to(slopes[name] * upstream / denominator, self.shape)
                 results.append(_sum_to(grad, self.shapes[name]))
         return results[0] if single else tuple(results)
+
+    def magnitudes(self, wrt, grad_output, loss, slopes):
+        """The size of the terms each result is formed from (docs/accuracy.rst, "Results
+        whose terms cancel"), from each element's sizes of the loss and of the slopes,
+        reduced and differentiated as the results are: ``(loss, grads)``."""
+        return (self.reduce(np.abs(loss)),
+                self.grads(wrt, np.abs(np.asarray(grad_output, dtype=np.float64)),
+                           {name: np.abs(slope) for name, slope in slopes.items()}))
 
 
 def _finite_number(value, name):
@@ -690,6 +740,40 @@ def poisson_nll_value_and_grad(input, target, grad_output=1.0, *, log_input=True
             poisson_nll_grad(input, target, grad_output, wrt=wrt, **options))
 
 
+def _poisson_nll_magnitudes(input, target, grad_output=1.0, *, log_input=True, full=False,
+                            eps=1e-8, reduction="mean", wrt="input"):
+    """The size of the terms of poisson_nll's loss and gradients (every term positive),
+    which cancel where ``exp(x)`` nears ``y x`` or ``y`` (``x`` nears ``y log(x + eps)``,
+    ``y / (x + eps)`` nears 1)::
+
+        log_input=True:   loss exp(x) + |y x|,              d/dx exp(x) + |y|,   d/dy |x|
+        log_input=False:  loss |x| + |y log(x + eps)|,      d/dx 1 + |y / (x + eps)|,
+                          d/dy |log(x + eps)|
+        full, y > 1:      loss + |y log y| + y + 0.5 |log(2 pi y)|,  d/dy + |log y| + 0.5 / y
+
+    ``(loss, grads)`` reduced and differentiated as the results are (docs/accuracy.rst,
+    "Results whose terms cancel")."""
+    call = _Pointwise({"input": input, "target": target}, reduction)
+    eps = _poisson_options(log_input, full, eps)
+    x, y = call.values["input"], call.values["target"]
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        if log_input:
+            exp_x = np.exp(x)
+            loss, input_slope, target_slope = exp_x + np.abs(y * x), exp_x + np.abs(y), np.abs(x)
+        else:
+            log_x = np.abs(np.log(x + eps))
+            loss, input_slope, target_slope = (np.abs(x) + np.abs(y) * log_x,
+                                               1.0 + np.abs(y / (x + eps)), log_x)
+        if full:
+            large = y > 1
+            log_y = np.abs(np.log(y))
+            loss = loss + np.where(large, np.abs(y) * log_y + np.abs(y)
+                                   + 0.5 * np.abs(np.log(2.0 * math.pi * y)), 0.0)
+            target_slope = target_slope + np.where(large, log_y + 0.5 / np.abs(y), 0.0)
+    return call.magnitudes(wrt, grad_output, loss,
+                           {"input": input_slope, "target": target_slope})
+
+
 def _gaussian_call(input, target, var, full, eps, reduction):
     """The checked call and the clamped variance, with torch's rules for var's shape: the
     input's shape; the input's without its last axis (a trailing axis is added); or the
@@ -765,10 +849,14 @@ def gaussian_nll_grad(input, target, var, grad_output=1.0, *, full=False, eps=1e
         if call.var_shape_given is not None:
             # (r / v)**2, not r**2 / v**2: v**2 underflows to 0 below v = 1e-154
             slopes["var"] = 0.5 * (1.0 / v - (r / v)**2)
-    grads = call.grads(wrt, grad_output, slopes)
+    return _gaussian_var_shaped(call, wrt, call.grads(wrt, grad_output, slopes))
+
+
+def _gaussian_var_shaped(call, wrt, grads):
+    """The gradients with var's in its own shape: where var had the input's shape without
+    its last axis, the axis torch added is dropped."""
     if call.var_shape_given is None or call.shapes["var"] == call.var_shape_given:
         return grads
-    # var had the input's shape without its last axis: drop the axis torch added
     names = (wrt,) if isinstance(wrt, str) else tuple(wrt)
     fixed = [grad.reshape(call.var_shape_given) if name == "var" else grad
              for name, grad in zip(names, (grads,) if isinstance(wrt, str) else grads)]
@@ -781,6 +869,29 @@ def gaussian_nll_value_and_grad(input, target, var, grad_output=1.0, *, full=Fal
     options = dict(full=full, eps=eps, reduction=reduction)
     return (gaussian_nll(input, target, var, **options),
             gaussian_nll_grad(input, target, var, grad_output, wrt=wrt, **options))
+
+
+def _gaussian_nll_magnitudes(input, target, var, grad_output=1.0, *, full=False, eps=1e-6,
+                             reduction="mean", wrt="input"):
+    """The size of the terms of gaussian_nll's loss and gradients, which cancel where
+    ``r**2 / v`` nears ``-log(v)`` (the loss, ``v < 1``) or ``1`` (the var gradient)::
+
+        loss   0.5 (|log v| + r**2 / v)  (+ 0.5 log(2 pi) with full)
+        d/dinput, d/dtarget  |r / v|,    d/dvar  0.5 (1 / v + (r / v)**2)
+
+    ``(loss, grads)`` reduced and differentiated as the results are (docs/accuracy.rst,
+    "Results whose terms cancel")."""
+    call, v = _gaussian_call(input, target, var, full, eps, reduction)
+    r = call.values["input"] - call.values["target"]
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        loss = 0.5 * (np.abs(np.log(v)) + r**2 / v)
+        if full:
+            loss = loss + 0.5 * math.log(2.0 * math.pi)
+        slopes = {"input": np.abs(r / v), "target": np.abs(r / v)}
+        if call.var_shape_given is not None:
+            slopes["var"] = 0.5 * (1.0 / v + (r / v)**2)
+    loss, grads = call.magnitudes(wrt, grad_output, loss, slopes)
+    return loss, _gaussian_var_shaped(call, wrt, grads)
 
 
 def _pinball_quantile(quantile, shape):

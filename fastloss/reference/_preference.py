@@ -249,6 +249,35 @@ def kl_div_value_and_grad(input, target, grad_output=1.0, *, reduction="mean",
             kl_div_grad(input, target, grad_output, wrt=wrt, **options))
 
 
+def _kl_div_magnitudes(input, target, grad_output=1.0, *, reduction="mean", log_target=False,
+                       wrt="input"):
+    """The size of the terms of kl_div's loss and gradients, which cancel where ``x``
+    nears ``log t`` (the loss) or ``log t + 1`` (the target's gradient); ``w = exp(t)``::
+
+        log_target False:  loss |t| (|log t| + |x|) (0 at t == 0),  d/dinput |t|,
+                           d/dtarget |log t| + 1 + |x|
+        log_target True:   loss w (|t| + |x|),  d/dinput w,  d/dtarget w (|t| + |x| + 1)
+
+    ``(loss, grads)`` reduced and differentiated as the results are (docs/accuracy.rst,
+    "Results whose terms cancel")."""
+    call, divisor = _kl_div_call(input, target, reduction, log_target)
+    x, t = call.values["input"], call.values["target"]
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        if log_target:
+            w = np.exp(t)
+            loss = w * (np.abs(t) + np.abs(x))
+            slopes = {"input": w, "target": w * (np.abs(t) + np.abs(x) + 1.0)}
+        else:
+            log_t = np.abs(np.log(np.abs(t)))
+            loss = np.where(t == 0, 0.0, np.abs(t) * (log_t + np.abs(x)))
+            slopes = {"input": np.abs(t), "target": log_t + 1.0 + np.abs(x)}
+        upstream = np.asarray(grad_output, dtype=np.float64) / np.float64(divisor)
+    loss, grads = call.magnitudes(wrt, upstream, loss, slopes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (loss if divisor == 1.0 else float(np.float64(loss) / np.float64(divisor)),
+                grads)
+
+
 # ----------------------------------------------------------------------------------------
 # Sequence log-probabilities: per-row sums of token log-probabilities under a mask
 # ----------------------------------------------------------------------------------------
