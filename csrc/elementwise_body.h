@@ -299,6 +299,66 @@ static void EW(bce_tile_wide)(const STORE_T *FASTLOSS_RESTRICT logits,
                       EW(bce_slope_plain)(x, y, e_wide));
 }
 
+#ifdef EW_FLOAT_COMPUTE
+/*
+ * float32 only.  The loss in float32 keeps its relative accuracy where every term is
+ * >= 0: targets in [0, 1] and pos_weight >= 0.  The loops that compute it in float32
+ * also take the largest bits of the target (and pos_weight), an unsigned maximum
+ * that vectorises: a float in [+0, 1] has bits <= those of 1, and -0, a negative,
+ * one above 1 and NaN more (for -0 and NaN double is merely exact); pos_weight >= 0
+ * has bits <= those of +inf.  A tile with any other takes its losses again in
+ * double (bce_value_wide_tile).
+ */
+#ifndef EW_BITS_OF_ONE
+#define EW_BITS_OF_ONE 0x3f800000u
+#define EW_BITS_OF_INF 0x7f800000u
+#endif
+
+FASTLOSS_INLINE uint32_t EW(bits_max)(uint32_t most, REAL v)
+{
+    uint32_t bits;
+    memcpy(&bits, &v, sizeof bits);
+    return bits > most ? bits : most;
+}
+
+/* The losses of m elements in float32; nonzero where a term may be negative. */
+static int EW(bce_value_narrow_tile)(const STORE_T *FASTLOSS_RESTRICT logits,
+                                     const STORE_T *FASTLOSS_RESTRICT target,
+                                     const STORE_T *FASTLOSS_RESTRICT pos_weight,
+                                     fastloss_index m, REAL *FASTLOSS_RESTRICT value)
+{
+    uint32_t target_bits = 0, weight_bits = 0;
+    if (pos_weight) {
+        for (fastloss_index k = 0; k < m; ++k) {
+            const REAL x = LOAD(logits, k), y = LOAD(target, k), p = LOAD(pos_weight, k);
+            const REAL e = EW_EXP_NONPOSITIVE(-EW_ABS(x));
+            value[k] = EW(bce_value)(x, y, p, EW_LOG1P_UNIT(e));
+            target_bits = EW(bits_max)(target_bits, y);
+            weight_bits = EW(bits_max)(weight_bits, p);
+        }
+    } else {
+        for (fastloss_index k = 0; k < m; ++k) {
+            const REAL x = LOAD(logits, k), y = LOAD(target, k);
+            const REAL e = EW_EXP_NONPOSITIVE(-EW_ABS(x));
+            value[k] = EW(bce_value_plain)(x, y, EW_LOG1P_UNIT(e));
+            target_bits = EW(bits_max)(target_bits, y);
+        }
+    }
+    return target_bits > EW_BITS_OF_ONE || weight_bits > EW_BITS_OF_INF;
+}
+
+/* The losses of m elements in double, each rounded to float once. */
+static void EW(bce_value_wide_tile)(const STORE_T *FASTLOSS_RESTRICT logits,
+                                    const STORE_T *FASTLOSS_RESTRICT target,
+                                    const STORE_T *FASTLOSS_RESTRICT pos_weight,
+                                    fastloss_index m, REAL *FASTLOSS_RESTRICT value)
+{
+    for (fastloss_index k = 0; k < m; ++k)
+        value[k] = EW(bce_value_wide)(LOAD(logits, k), LOAD(target, k),
+                                      pos_weight ? LOAD(pos_weight, k) : (REAL)1);
+}
+#endif
+
 /* wide_mode: set once a tile of the block needed double slopes (float32 only). */
 static void EW(bce_tile)(const STORE_T *FASTLOSS_RESTRICT logits,
                          const STORE_T *FASTLOSS_RESTRICT target,
@@ -307,27 +367,6 @@ static void EW(bce_tile)(const STORE_T *FASTLOSS_RESTRICT logits,
                          int *wide_mode)
 {
 #ifdef EW_FLOAT_COMPUTE
-    /* The loss in float32 keeps its relative accuracy where every term is >= 0: targets
-     * in [0, 1] and pos_weight >= 0.  A tile with any other (NaN too) takes its losses
-     * in double (bce_value_wide); one pass over the target, vectorised. */
-    if (value) {
-        int signed_terms = 0;
-        for (fastloss_index k = 0; k < m; ++k) {
-            const REAL y = LOAD(target, k);
-            signed_terms |= !((y >= 0) & (y <= 1));
-        }
-        if (pos_weight)
-            for (fastloss_index k = 0; k < m; ++k)
-                signed_terms |= !(LOAD(pos_weight, k) >= 0);
-        if (signed_terms) {
-            for (fastloss_index k = 0; k < m; ++k)
-                value[k] = EW(bce_value_wide)(LOAD(logits, k), LOAD(target, k),
-                                              pos_weight ? LOAD(pos_weight, k) : (REAL)1);
-            value = NULL;
-            if (!slope)
-                return;
-        }
-    }
     /* float32 first: without pos_weight the slopes in float32 with their doubt, and
      * the tile's slopes again in double if any is in doubt.  Soft labels put nearly
      * every tile in doubt, so after the first such tile the rest of the block goes
@@ -337,6 +376,7 @@ static void EW(bce_tile)(const STORE_T *FASTLOSS_RESTRICT logits,
      * double always. */
     if (slope && !pos_weight && !*wide_mode) {
         int in_doubt = 0;
+        uint32_t target_bits = 0;
 #define EW_BCE_NARROW_SLOPE                                                                 \
     const REAL q = e / (1 + e);                                                             \
     const REAL t = x >= 0 ? 1 - y : y;                                                      \
@@ -348,8 +388,11 @@ static void EW(bce_tile)(const STORE_T *FASTLOSS_RESTRICT logits,
                 const REAL x = LOAD(logits, k), y = LOAD(target, k);
                 const REAL e = EW_EXP_NONPOSITIVE(-EW_ABS(x));
                 value[k] = EW(bce_value_plain)(x, y, EW_LOG1P_UNIT(e));
+                target_bits = EW(bits_max)(target_bits, y);
                 EW_BCE_NARROW_SLOPE;
             }
+            if (target_bits > EW_BITS_OF_ONE)
+                EW(bce_value_wide_tile)(logits, target, NULL, m, value);
         } else {
             for (fastloss_index k = 0; k < m; ++k) {
                 const REAL x = LOAD(logits, k), y = LOAD(target, k);
@@ -363,11 +406,14 @@ static void EW(bce_tile)(const STORE_T *FASTLOSS_RESTRICT logits,
         *wide_mode = 1;
         value = NULL; /* written; only the slopes are redone below */
     }
-    if (slope && value) {
+    if (value) {
         /* the loss in a loop of its own, so that the float32 exp serves it and the
-         * double exp only the slopes */
-        EW(bce_tile_wide)(logits, target, pos_weight, m, value, NULL);
+         * double exp only the slopes; in double where a term may be negative */
+        if (EW(bce_value_narrow_tile)(logits, target, pos_weight, m, value))
+            EW(bce_value_wide_tile)(logits, target, pos_weight, m, value);
         value = NULL;
+        if (!slope)
+            return;
     }
 #else
     (void)wide_mode;
