@@ -20,8 +20,9 @@ absolute term as well, and the docs state both:
   w-weighted mean of h): where a class's gap equals the mean, the entry is a rounding
   of the terms' size (``distill_terms_bound``).
 - **Results whose terms cancel** (``bce_with_logits``, ``poisson_nll``, ``gaussian_nll``,
-  ``kl_div``: an element that is a difference of an ``exp`` or ``log`` and another term,
-  or a reduced loss whose weighted terms have both signs): the kernels' ``exp`` and
+  ``kl_div``, ``dpo``'s smoothed sigmoid slope: an element that is a difference of an
+  ``exp`` or ``log`` and another term, or a reduced loss whose weighted terms have both
+  signs): the kernels' ``exp`` and
   ``log`` round otherwise than NumPy's, so where the terms cancel the two differ by a
   rounding of the terms' size (``cancelling_terms_bound``).
 
@@ -35,7 +36,7 @@ from fastloss import _contract, reference
 from fastloss.reference._contrastive import _triplet_grad_magnitude
 from fastloss.reference._elementwise import (_bce_with_logits_magnitudes,
                                              _gaussian_nll_magnitudes, _poisson_nll_magnitudes)
-from fastloss.reference._preference import _kl_div_magnitudes
+from fastloss.reference._preference import _dpo_magnitudes, _kl_div_magnitudes
 from fastloss.reference._vocab import _direction_beta, _distill_grad_magnitude
 from loss_specs import CONTRACT
 
@@ -124,7 +125,8 @@ def distill_terms_bound(name, student, teacher, grad_output=1.0, *, wrt="student
 #: NumPy round differently, and the reference's sizes of those terms
 CANCELLING_TERMS = {"bce_with_logits": _bce_with_logits_magnitudes,
                     "gaussian_nll": _gaussian_nll_magnitudes,
-                    "poisson_nll": _poisson_nll_magnitudes, "kl_div": _kl_div_magnitudes}
+                    "poisson_nll": _poisson_nll_magnitudes, "kl_div": _kl_div_magnitudes,
+                    "dpo": _dpo_magnitudes}
 
 
 def cancelling_terms_bound(name, arrays, options, wrt):

@@ -464,12 +464,13 @@ def test_float64_results_whose_terms_cancel(name, reduction):
 
 
 @pytest.mark.parametrize("name, wrt", [("kl_div", "target"), ("gaussian_nll", "var"),
-                                       ("poisson_nll", "input"), ("bce_with_logits", "logits")])
+                                       ("poisson_nll", "input"), ("bce_with_logits", "logits"),
+                                       ("dpo", "policy_chosen")])
 def test_float64_gradients_whose_terms_cancel(name, wrt):
     """The gradients that difference an exp or a log and another term, where every
-    element nearly cancels (log t + 1 - x; 1 / v - r**2 / v**2; exp(x) - y; sigmoid(x) - y),
-    so that the floor of the array's largest entry does not cover them: within 16 u of
-    their terms' size of the reference."""
+    element nearly cancels (log t + 1 - x; 1 / v - r**2 / v**2; exp(x) - y; sigmoid(x) - y;
+    dpo's 0.2 sigmoid(z) - 0.8 sigmoid(-z)), so that the floor of the array's largest
+    entry does not cover them: within 16 u of their terms' size of the reference."""
     rng = np.random.default_rng(7)
     n = 1000
     jitter = 1 + rng.normal(size=n) * 1e-7
@@ -482,10 +483,17 @@ def test_float64_gradients_whose_terms_cancel(name, wrt):
     elif name == "poisson_nll":
         x = rng.uniform(-3, 3, n)
         arrays = [x, np.exp(x) * jitter]
-    else:
+    elif name == "bce_with_logits":
         x = rng.uniform(-5, 5, n)
         arrays = [x, jitter / (1 + np.exp(-x))]
+    else:  # dpo at its root beta logits = log(0.8 / 0.2), beta 0.1, from answers of -100
+        logits = np.log(4.0) / 0.1 * jitter
+        reference_chosen, reference_rejected = rng.uniform(-300, -10, (2, n))
+        arrays = [reference_chosen + logits, reference_rejected, reference_chosen,
+                  reference_rejected]
     options = {"reduction": "none"}
+    if name == "dpo":
+        options.update(beta=0.1, label_smoothing=0.2)
     ones = np.ones(n)
     _, grad = getattr(fastloss, name + "_value_and_grad")(*arrays, ones, wrt=wrt, **options)
     ref_loss, ref_grad = getattr(reference, name + "_value_and_grad")(*arrays, ones, wrt=wrt,

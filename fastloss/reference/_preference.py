@@ -177,6 +177,31 @@ def dpo_value_and_grad(policy_chosen, policy_rejected, reference_chosen, referen
     return dpo(*inputs, **options), dpo_grad(*inputs, grad_output, wrt=wrt, **options)
 
 
+def _dpo_magnitudes(policy_chosen, policy_rejected, reference_chosen, reference_rejected,
+                    grad_output=1.0, *, beta=0.1, loss_type="sigmoid", label_smoothing=0.0,
+                    reduction="mean", wrt="policy_chosen"):
+    """The size of the terms of dpo's loss and gradients: the sigmoid loss's slope with
+    label smoothing, ``beta ((1 - label_smoothing) sigmoid(-z) + label_smoothing
+    sigmoid(z))``, cancels at its root, ``z = log((1 - label_smoothing) /
+    label_smoothing)``; its loss is a sum of terms >= 0, and hinge and ipo round as NumPy
+    does (each result its own size). ``(loss, grads)`` reduced and differentiated as the
+    results are (docs/accuracy.rst, "Results whose terms cancel")."""
+    call, logits, beta, label_smoothing = _dpo_call(
+        (policy_chosen, policy_rejected, reference_chosen, reference_rejected),
+        beta, loss_type, label_smoothing, reduction)
+    with np.errstate(invalid="ignore", over="ignore"):
+        if loss_type == "sigmoid":
+            z = beta * logits
+            loss = _softplus(-z) * (1 - label_smoothing) + _softplus(z) * label_smoothing
+            slope = beta * ((1 - label_smoothing) * _sigmoid(-z)
+                            + label_smoothing * _sigmoid(z))
+        elif loss_type == "hinge":
+            loss, slope = np.maximum(1 - beta * logits, 0.0), np.full(logits.shape, beta)
+        else:
+            loss, slope = (logits - 1 / (2 * beta)) ** 2, 2 * np.abs(logits - 1 / (2 * beta))
+    return call.magnitudes(wrt, grad_output, loss, dict(zip(_DPO_INPUTS, (slope,) * 4)))
+
+
 # ----------------------------------------------------------------------------------------
 # KL divergence (torch.nn.functional.kl_div)
 # ----------------------------------------------------------------------------------------
