@@ -33,7 +33,8 @@ def _average_arg(average):
 
 class _Problem:
     """The checked arguments of one call: token_log_probs and the mask as C-contiguous
-    (rows, tokens) arrays, the mask bool or converted to token_log_probs' dtype."""
+    (rows, tokens) arrays, the mask bool or converted to token_log_probs' dtype (both to
+    float64 where that dtype cannot hold the mask's weights: ``wide``)."""
 
     def __init__(self, token_log_probs, mask, average, num_threads):
         values = float_array(token_log_probs, "token_log_probs", half=True)
@@ -53,15 +54,22 @@ class _Problem:
         self.rows_shape = values.shape[:-1]
         n_tokens = values.shape[-1]
         n_rows = int(np.prod(self.rows_shape, dtype=np.int64))
-        self.values = np.require(values, requirements="CA").reshape(n_rows, n_tokens)
         # a bool mask is read as bytes by the kernel (no conversion pass); any other
         # takes the values' dtype, or float32 beside half values (a half mask would
-        # round its weights)
+        # round its weights).  Where that dtype cannot hold the mask's weights (float64
+        # weights such as 0.1, integers beyond 2**24, beside float32 values) the call
+        # computes in float64, torch's promotion: rounded weights would move a sum whose
+        # terms cancel by as much as the terms' rounding
         self.half = is_half(values.dtype)
         mask_dtype = (np.bool_ if mask.dtype == np.bool_ else
                       np.float32 if self.half else values.dtype)
-        self.mask = np.require(mask, dtype=mask_dtype, requirements="CA").reshape(
-            n_rows, n_tokens)
+        converted = np.require(mask, dtype=mask_dtype, requirements="CA")
+        self.wide = converted.dtype != mask.dtype and not np.array_equal(converted, mask)
+        if self.wide:
+            values = values.astype(np.float64)
+            converted = np.require(mask, dtype=np.float64, requirements="CA")
+        self.values = np.require(values, requirements="CA").reshape(n_rows, n_tokens)
+        self.mask = converted.reshape(n_rows, n_tokens)
         self.n_rows = n_rows
 
     def grad_dtype(self, grad_dtype):
@@ -85,8 +93,10 @@ class _Problem:
             if out is not None:
                 out_arg(out, self.shape, grad_dtype)
             # out= is written directly where the kernel can (C-contiguous, aligned, not the
-            # mask; token_log_probs itself only in place, in its own dtype)
-            direct = (out is not None and out.flags.c_contiguous and out.flags.aligned
+            # mask; token_log_probs itself only in place, in its own dtype; not where the
+            # call computes in float64 for the mask's sake)
+            direct = (out is not None and not self.wide and out.flags.c_contiguous
+                      and out.flags.aligned
                       and not np.may_share_memory(out, self.mask)
                       and not np.may_share_memory(out, upstream)
                       and (not np.may_share_memory(out, self.values)
@@ -95,16 +105,18 @@ class _Problem:
             if direct:
                 grad, result = out.reshape(self.values.shape), out
             else:
-                grad = np.empty(self.values.shape, dtype=grad_dtype)
+                grad = np.empty(self.values.shape,
+                                dtype=np.float64 if self.wide else grad_dtype)
         _kernels.sequence_run(self.values, self.mask, sums, upstream, grad, self.average,
-                              self.num_threads, grad_float32 and grad is not None)
+                              self.num_threads,
+                              grad_float32 and grad is not None and not self.wide)
         # the values in float32 for half token_log_probs (summed in float64: a half
         # result would round them again)
         value_dtype = np.float32 if self.half else self.dtype
         value = None if sums is None else sums.astype(value_dtype).reshape(self.rows_shape)
         if grad is not None and result is None:
             if out is None:
-                result = grad.reshape(self.shape)
+                result = grad.astype(grad_dtype, copy=False).reshape(self.shape)
             else:
                 np.copyto(out, grad.reshape(self.shape))
                 result = out

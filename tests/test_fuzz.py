@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, event, given, seed, settings
 from hypothesis import strategies as st
 
 import fastloss
-from fastloss import _registry, reference
+from fastloss import _contract, _registry, reference
 from fastloss._contract import all_pairs_products_bound
 
 from contract_floors import (assert_close_at_scale, cancelling_terms_bound, distill_terms_bound,
@@ -699,3 +699,107 @@ def test_fuzz_vocab(name, data, fused):
         assert_close_at_scale(grad, ref_grad, dtype, "grad", loss=ref_values[0],
                               wrt=argument, grad_output=kwargs["grad_output"], extra=extra,
                               what=f"grad w.r.t. {grad_name}")
+
+
+# ----------------------------------------------------------------------------------------
+# Sequence log-probabilities: masked sums over the last axis (csrc/sequence.c)
+# ----------------------------------------------------------------------------------------
+
+SEQUENCE_ARGUMENTS = ("token_log_probs", "mask", "average", "grad_output", "num_threads")
+
+
+@st.composite
+def sequence_calls(draw):
+    """A call of sequence_log_probs: token log-probabilities of a random shape (..., T),
+    dtype and layout (extremes included), a mask as bools, integers or float weights
+    (of both signs at times), ``average``, a thread count; or one bad value, and the
+    reason the call is invalid."""
+    if draw_large(draw):  # rows enough for threads, or long rows of many lanes
+        shape = draw(st.sampled_from([(300, 130), (3, 40000), (2, 3, 5000)]))
+    else:
+        shape = tuple(draw(st.lists(st.integers(0, 4), min_size=0, max_size=2))) + (
+            draw(st.integers(0, 40)),)
+    bad = draw(st.sampled_from([None] * 6 + ["dtype", "shape", "mask dtype", "0-d"]))
+    dtype = draw(st.sampled_from(BAD_DTYPES)) if bad == "dtype" else draw(
+        st.sampled_from(GOOD_DTYPES))
+    if bad == "0-d":
+        shape = ()
+    values = draw(float_arrays(shape, dtype, scale=draw(st.sampled_from([1.0, 3.0, 30.0]))))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    mask_shape = shape[:-1] + (shape[-1] + 1,) if bad == "shape" else shape
+    kind = draw(st.sampled_from(["bool", "int", "binary", "weights", "signed"]))
+    keep = rng.random(mask_shape) < draw(st.sampled_from([0.0, 0.5, 0.9, 1.0]))
+    if kind == "bool":
+        mask = keep
+    elif kind == "int":
+        mask = keep.astype(draw(st.sampled_from([np.int64, np.uint8, np.int32])))
+    elif kind == "binary":
+        mask = keep.astype(draw(st.sampled_from(GOOD_DTYPES)))
+    else:
+        weights = rng.uniform(0.0, 2.0, mask_shape) * keep
+        if kind == "signed":
+            weights *= rng.choice([-1.0, 1.0], mask_shape)
+        mask = weights.astype(draw(st.sampled_from(GOOD_DTYPES)))
+    if bad == "mask dtype":
+        mask = mask.astype(np.complex64)
+    mask = draw(laid_out(np.asarray(mask)))
+    kwargs = {"average": draw(st.booleans()), "num_threads": draw(st.sampled_from([None, 1, 2]))}
+    invalid = {"dtype": ["dtype"], "shape": ["mask of another shape"],
+               "mask dtype": ["mask dtype"], "0-d": ["a 0-d input"]}.get(bad, [])
+    return (values, mask), kwargs, tuple(invalid)
+
+
+def _sequence_sums_bound(values, mask, average, grad_output=None):
+    """The bound of the masked sums: each row's sum (and with ``average`` its mask's sum)
+    is a dot product of length T, which the kernel adds in lanes and the reference
+    pairwise, each within ``gamma_T sum|w x|`` of the exact value (docs/accuracy.rst,
+    "Gradients that sum terms"); the average ``S / W`` moves by ``(dS + |S / W| dW) /
+    |W|``.  Where the terms have one sign that is within the contract's rtol."""
+    x = np.asarray(values, np.float64)
+    w = np.asarray(mask, np.float64)
+    gamma = 2 * _contract.dot_gamma(max(x.shape[-1], 1), np.float64)
+    with np.errstate(all="ignore"):
+        terms = np.where(w != 0, np.abs(w * x), 0.0)
+        size = gamma * np.sum(terms, axis=-1)
+        if average:
+            count = np.sum(w, axis=-1)
+            total = np.sum(np.where(w != 0, w * x, 0.0), axis=-1)
+            weight_size = gamma * np.sum(np.abs(w), axis=-1)
+            size = (size + np.abs(total / count) * weight_size) / np.abs(count)
+    return np.where(np.isfinite(size), size, 0.0)
+
+
+@FUZZ
+@given(data=st.data(), fused=st.booleans())
+def test_fuzz_sequence(data, fused):
+    args, kwargs, invalid = data.draw(sequence_calls(), label="call")
+    rows = np.shape(args[0])[:-1]
+    if fused:
+        kwargs["grad_output"] = _row_gradient(data.draw, rows, False)
+    called = call_with_reference("sequence_log_probs", fused, args, kwargs, SEQUENCE_ARGUMENTS,
+                                 invalid)
+    if called is None:
+        return
+    result, expected, _ = called
+    value, ref_value = (result[0], expected[0]) if fused else (result, expected)
+    dtype = np.asarray(args[0]).dtype
+    assert value.dtype == dtype and value.shape == rows, f"{value.dtype} {value.shape}"
+    assert_close_at_scale(value, ref_value, dtype, "loss",
+                          extra=_sequence_sums_bound(*args, kwargs["average"]))
+    if not fused:
+        return
+    grad = result[1]
+    assert grad.shape == args[0].shape and grad.dtype == dtype
+    # each entry mask * grad_output (/ the mask's sum): its bound is the mask sum's
+    extra = 0.0
+    if kwargs["average"]:
+        w = np.asarray(args[1], np.float64)
+        with np.errstate(all="ignore"):
+            count = np.sum(w, axis=-1, keepdims=True)
+            extra = np.abs(expected[1]) * 2 * _contract.dot_gamma(max(w.shape[-1], 1),
+                                                                  np.float64) \
+                * np.sum(np.abs(w), axis=-1, keepdims=True) / np.abs(count)
+            extra = np.where(np.isfinite(extra), extra, 0.0)
+    assert_close_at_scale(grad, expected[1], dtype, "grad",
+                          loss=ref_value, wrt=args[0], grad_output=kwargs["grad_output"],
+                          extra=extra)

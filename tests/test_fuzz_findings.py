@@ -530,3 +530,35 @@ def test_float32_bce_with_logits_whose_terms_have_both_signs(reduction, pos_weig
     fused_loss, _ = fastloss.bce_with_logits_value_and_grad(logits, target, **options) \
         if reduction != "none" else (loss, None)
     assert_close_at_scale(fused_loss, ref_loss, np.float32, "loss")
+
+
+@pytest.mark.parametrize("average", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, "bfloat16"])
+def test_sequence_log_probs_with_weights_its_dtype_cannot_hold(dtype, average):
+    """The sequence property's first seeds (1, 2, 4: float32 token log-probabilities of
+    300 rows of 130 with float64 mask weights of both signs): the mask was rounded to
+    the values' dtype (float32 beside half values), which moved a row's sum whose terms
+    cancel by their rounding, -0.0322545 for -0.0322549 (1.2e-5 relative against 2e-6).
+    Such a mask now makes the call compute in float64; one that dtype holds (bools,
+    0/1, integers up to 2**24, float32 weights) keeps the plain path."""
+    from fastloss.preference import _Problem
+    import ml_dtypes
+
+    dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype
+    rng = np.random.default_rng(1)
+    values = (rng.standard_normal((300, 130)) * 3).astype(dtype)
+    weights = rng.uniform(0.0, 2.0, values.shape) * rng.choice([-1.0, 1.0], values.shape)
+    upstream = rng.standard_normal(300)
+    value, grad = fastloss.sequence_log_probs_value_and_grad(values, weights, upstream,
+                                                             average=average)
+    ref_value, ref_grad = reference.sequence_log_probs_value_and_grad(
+        values.astype(np.float64), weights, upstream, average=average)
+    assert value.dtype == np.float32 and grad.dtype == values.dtype
+    assert_close_at_scale(value, ref_value, np.float32, "loss")
+    if dtype == np.float32:
+        assert_close_at_scale(grad, ref_grad, np.float32, "grad", loss=ref_value,
+                              wrt=values, grad_output=upstream)
+    assert _Problem(values, weights, average, None).wide
+    for held in (weights > 0, (weights > 0).astype(np.float64), np.full(values.shape, 2**24),
+                 weights.astype(np.float32)):
+        assert not _Problem(values, held, average, None).wide
