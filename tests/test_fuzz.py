@@ -162,17 +162,19 @@ def check_call(public, ref, args, kwargs, kinds, argument_names, invalid):
     return result
 
 
-def call_with_reference(name, fused, args, kwargs, argument_names, invalid):
+def call_with_reference(name, fused, args, kwargs, argument_names, invalid,
+                        fastloss_only=("num_threads",)):
     """Call fastloss's `name` (its value_and_grad where `fused`) through call_or_refuse,
     and for a valid call the reference's too, the float inputs in float64 and without the
-    thread count: ``(result, expected, ref_kwargs)``, or None for an invalid call
-    (refused as it must be)."""
+    arguments only fastloss takes (the thread count; the block height):
+    ``(result, expected, ref_kwargs)``, or None for an invalid call (refused as it must
+    be)."""
     suffix = "_value_and_grad" if fused else ""
     result = call_or_refuse(getattr(fastloss, name + suffix), args, kwargs, argument_names,
                             invalid)
     if result is None:
         return None
-    ref_kwargs = {k: v for k, v in kwargs.items() if k != "num_threads"}
+    ref_kwargs = {k: v for k, v in kwargs.items() if k not in fastloss_only}
     with np.errstate(all="ignore"):
         expected = getattr(reference, name + suffix)(
             *[np.asarray(a, np.float64) if np.asarray(a).dtype.kind == "f" else a
@@ -803,3 +805,100 @@ def test_fuzz_sequence(data, fused):
     assert_close_at_scale(grad, expected[1], dtype, "grad",
                           loss=ref_value, wrt=args[0], grad_output=kwargs["grad_output"],
                           extra=extra)
+
+
+# ----------------------------------------------------------------------------------------
+# The classifier's product and cross-entropy: linear_cross_entropy (fastloss/linear_...)
+# ----------------------------------------------------------------------------------------
+
+LINEAR_ARGUMENTS = ("hidden", "classifier", "target", "bias", "weight", "ignore_index",
+                    "reduction", "label_smoothing", "z_loss", "softcap", "block_rows",
+                    "grad_output", "num_threads")
+
+
+@st.composite
+def linear_calls(draw):
+    """A call of linear_cross_entropy: one of tests/test_linear_cross_entropy.py's option
+    cases (every cross-entropy option, hard and soft targets), hidden of a random batch
+    shape, features and classes (a classifier of several blocks of rows at times), each
+    array in a random layout, with or without a bias, a random block height, reduction
+    and thread count; or one bad value, and the reason the call is invalid."""
+    import test_linear_cross_entropy as linear
+
+    case = draw(st.sampled_from(sorted(linear.OPTIONS)))
+    if draw_large(draw):
+        batch, n_features, n_classes = draw(st.sampled_from(
+            [((300,), 17, 70), ((2, 40), 8, 2100), ((5,), 64, 5000)]))
+    else:
+        batch = tuple(draw(st.lists(st.integers(0, 5), min_size=0, max_size=2)))
+        n_features = draw(st.sampled_from([1, 3, 17]))
+        n_classes = draw(st.sampled_from([1, 2, 3, 11, 70]))
+    if "ignore" in case or case == "all":
+        n_classes = max(n_classes, 3)  # the cases ignore classes 1 and 2
+    dtype = draw(st.sampled_from(GOOD_DTYPES))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    hidden, classifier, target, options = linear.make_inputs(
+        rng, batch, n_features, n_classes, dtype, linear.OPTIONS[case],
+        bias=draw(st.booleans()))
+    hidden = (hidden * draw(st.sampled_from([1.0, 4.0]))).astype(dtype)
+    bad = draw(st.sampled_from([None] * 8 + ["dtype", "features", "target", "bias"]))
+    invalid = []
+    if bad == "dtype":
+        hidden = hidden.astype(np.int32)
+        invalid.append("an integer hidden")
+    elif bad == "features":
+        classifier = np.concatenate([classifier, classifier[:, :1]], axis=1)
+        invalid.append("classifier of other features")
+    elif bad == "target" and np.asarray(target).dtype.kind != "f" and np.size(target):
+        target = np.array(target, copy=True)
+        target.reshape(-1)[0] = n_classes
+        invalid.append("target out of range")
+    elif bad == "bias":
+        options["bias"] = np.zeros(n_classes + 1, dtype)
+        invalid.append("bias of another length")
+    hidden, classifier = draw(laid_out(hidden)), draw(laid_out(classifier))
+    if np.asarray(target).dtype.kind == "f":
+        target = draw(laid_out(np.asarray(target)))
+    options = {key: (draw(laid_out(value)) if isinstance(value, np.ndarray) else value)
+               for key, value in options.items()}
+    options["reduction"] = draw(st.sampled_from(REDUCTIONS))
+    options["block_rows"] = draw(st.sampled_from([None, 1, 2, 7]))
+    options["num_threads"] = draw(st.sampled_from([None, 1, 2]))
+    return (hidden, classifier, target), options, tuple(invalid)
+
+
+@FUZZ
+@given(data=st.data(), fused=st.booleans())
+def test_fuzz_linear(data, fused):
+    import test_linear_cross_entropy as linear
+
+    args, kwargs, invalid = data.draw(linear_calls(), label="call")
+    hidden, classifier, target = args
+    batch = np.shape(target)[:-1] if np.asarray(target).dtype.kind == "f" else np.shape(target)
+    grad_output = 1.0
+    if fused:
+        grad_output = (np.random.default_rng(len(batch)).uniform(0.5, 2.0, batch)
+                       if kwargs["reduction"] == "none" else data.draw(
+                           st.sampled_from([1.0, -0.5, 3.0]), label="grad_output"))
+        kwargs["grad_output"] = grad_output
+    called = call_with_reference("linear_cross_entropy", fused, args, kwargs,
+                                 LINEAR_ARGUMENTS, invalid, ("num_threads", "block_rows"))
+    if called is None:
+        return
+    result, expected, ref_kwargs = called
+    dtype = np.dtype(np.asarray(hidden).dtype)
+    options = {k: v for k, v in ref_kwargs.items() if k not in ("reduction", "grad_output")}
+    bounds = linear.products_bound(hidden, classifier, target, grad_output,
+                                   kwargs["reduction"], dtype, options)
+    loss, ref_loss = (result[0], expected[0]) if fused else (result, expected)
+    assert_close_at_scale(loss, ref_loss, dtype, "loss", extra=bounds[0])
+    if not fused:
+        return
+    names = ("hidden", "classifier") + (("bias",) if options.get("bias") is not None else ())
+    assert len(result[1]) == len(expected[1]) == len(names)
+    givens = (hidden, classifier, options.get("bias"))
+    for name, grad, ref_grad, bound, given in zip(names, result[1], expected[1], bounds[1:],
+                                                  givens):
+        assert grad.dtype == dtype and grad.shape == np.shape(given)
+        assert_close_at_scale(grad, ref_grad, dtype, "grad", loss=ref_loss, wrt=given,
+                              grad_output=grad_output, extra=bound, what=f"grad w.r.t. {name}")

@@ -415,8 +415,9 @@ def products_bound(hidden, classifier, target, grad_output, reduction, dtype, op
         z_part = z * (2 * np.abs(lse) * e_row + e_row ** 2) / z_denominator
         loss_bound = float(np.sum(np.where(valid, ce_part + z_part, 0.0)) * scale[0]) \
             if mass.size else 0.0
-        row_scale = np.full(mass.shape, scale[0] / max(ce_denominator, 1e-300))
-        z_scale = np.full(mass.shape, scale[0] / max(z_denominator, 1))
+        first = scale[0] if scale.size else 0.0  # (an empty batch: no rows to scale)
+        row_scale = np.full(mass.shape, first / max(ce_denominator, 1e-300))
+        z_scale = np.full(mass.shape, first / max(z_denominator, 1))
     else:
         loss_rows = per_row * scale
         loss_bound = loss_rows if reduction == "none" else float(loss_rows.sum())
