@@ -902,3 +902,98 @@ def test_fuzz_linear(data, fused):
         assert grad.dtype == dtype and grad.shape == np.shape(given)
         assert_close_at_scale(grad, ref_grad, dtype, "grad", loss=ref_loss, wrt=given,
                               grad_output=grad_output, extra=bound, what=f"grad w.r.t. {name}")
+
+
+LINEAR_TLP_ARGUMENTS = ("hidden", "classifier", "target", "bias", "temperature",
+                        "ignore_index", "return_entropy", "block_rows", "grad_output",
+                        "grad_entropy", "num_threads")
+
+
+@st.composite
+def linear_tlp_calls(draw):
+    """A call of linear_token_log_probs: hidden of a random batch shape, features and
+    classes, every third row ignored, with or without a bias, a temperature, the entropy
+    or not, a block height, layouts and a thread count; or one bad value, and the reason
+    the call is invalid."""
+    import test_linear_token_log_probs as linear
+
+    if draw_large(draw):
+        batch, n_features, n_classes = draw(st.sampled_from(
+            [((300,), 17, 70), ((2, 40), 8, 2100), ((5,), 64, 5000)]))
+    else:
+        batch = tuple(draw(st.lists(st.integers(0, 5), min_size=0, max_size=2)))
+        n_features = draw(st.sampled_from([1, 3, 17]))
+        n_classes = draw(st.sampled_from([1, 2, 3, 11, 70]))
+    dtype = draw(st.sampled_from(GOOD_DTYPES))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    ignore_index = draw(st.sampled_from([-100, 0]))
+    hidden, classifier, target, bias = linear.make_inputs(
+        rng, batch, n_features, n_classes, dtype, bias=draw(st.booleans()),
+        ignore_index=ignore_index, scale=draw(st.sampled_from([2.0, 8.0])))
+    bad = draw(st.sampled_from([None] * 8 + ["dtype", "features", "target", "temperature"]))
+    kwargs = {"temperature": draw(st.sampled_from([1.0, 0.5, 2.5]))}
+    invalid = []
+    if bad == "dtype":
+        classifier = classifier.astype(np.int32)
+        invalid.append("an integer classifier")
+    elif bad == "features":
+        classifier = np.concatenate([classifier, classifier[:, :1]], axis=1)
+        invalid.append("classifier of other features")
+    elif bad == "target" and target.size:
+        target = np.array(target, copy=True)
+        target.reshape(-1)[0] = n_classes
+        invalid.append("target out of range")
+    elif bad == "temperature":
+        kwargs["temperature"] = draw(st.sampled_from([0.0, -1.0, np.inf]))
+        invalid.append("temperature")
+    hidden, classifier = draw(laid_out(hidden)), draw(laid_out(classifier))
+    if bias is not None:
+        kwargs["bias"] = draw(laid_out(bias))
+    if ignore_index != -100:
+        kwargs["ignore_index"] = ignore_index
+    kwargs["return_entropy"] = draw(st.booleans())
+    kwargs["block_rows"] = draw(st.sampled_from([None, 1, 2, 7]))
+    kwargs["num_threads"] = draw(st.sampled_from([None, 1, 2]))
+    return (hidden, classifier, target), kwargs, tuple(invalid)
+
+
+@FUZZ
+@given(data=st.data(), fused=st.booleans())
+def test_fuzz_linear_token_log_probs(data, fused):
+    import test_linear_token_log_probs as linear
+
+    args, kwargs, invalid = data.draw(linear_tlp_calls(), label="call")
+    hidden, classifier, target = args
+    batch = np.shape(target)
+    grad_output, grad_entropy = 1.0, None
+    if fused:
+        grad_output = _row_gradient(data.draw, batch, False)
+        kwargs["grad_output"] = grad_output
+        if data.draw(st.booleans(), label="entropy upstream"):
+            grad_entropy = kwargs["grad_entropy"] = _row_gradient(data.draw, batch, False)
+    called = call_with_reference("linear_token_log_probs", fused, args, kwargs,
+                                 LINEAR_TLP_ARGUMENTS, invalid, ("num_threads", "block_rows"))
+    if called is None:
+        return
+    result, expected, _ = called
+    dtype = np.dtype(np.asarray(hidden).dtype)
+    bounds = linear.products_bound(hidden, classifier, target, kwargs.get("bias"),
+                                   grad_output, grad_entropy, kwargs["temperature"],
+                                   ignore_index=kwargs.get("ignore_index", -100), dtype=dtype)
+    value, ref_value = (result[0], expected[0]) if fused else (result, expected)
+    values = value if kwargs["return_entropy"] else (value,)
+    ref_values = ref_value if kwargs["return_entropy"] else (ref_value,)
+    assert len(values) == len(ref_values)
+    for got, want, bound, what in zip(values, ref_values, bounds[:2], ("log_prob", "entropy")):
+        assert got.dtype == dtype and got.shape == batch, f"{what}: {got.dtype} {got.shape}"
+        assert_close_at_scale(got, want, dtype, "loss", extra=bound, what=what)
+    if not fused:
+        return
+    names = ("hidden", "classifier") + (("bias",) if "bias" in kwargs else ())
+    assert len(result[1]) == len(expected[1]) == len(names)
+    givens = (hidden, classifier, kwargs.get("bias"))
+    for name, grad, ref_grad, bound, given in zip(names, result[1], expected[1], bounds[2:],
+                                                  givens):
+        assert grad.dtype == dtype and grad.shape == np.shape(given)
+        assert_close_at_scale(grad, ref_grad, dtype, "grad", loss=ref_values[0], wrt=given,
+                              grad_output=grad_output, extra=bound, what=f"grad w.r.t. {name}")
