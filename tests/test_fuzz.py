@@ -23,8 +23,8 @@ import fastloss
 from fastloss import _contract, _registry, reference
 from fastloss._contract import all_pairs_products_bound
 
-from contract_floors import (assert_close_at_scale, cancelling_terms_bound, distill_terms_bound,
-                             info_nce_products_bound, triplet_terms_bound)
+from contract_floors import (UNIT_ROUNDOFF, assert_close_at_scale, cancelling_terms_bound,
+                             distill_terms_bound, info_nce_products_bound, triplet_terms_bound)
 
 EXAMPLES = int(os.environ.get("FASTLOSS_FUZZ_EXAMPLES", "150"))
 # conftest.py turns FASTLOSS_FUZZ_EXAMPLES without a seed into a random seed (and prints it)
@@ -997,3 +997,86 @@ def test_fuzz_linear_token_log_probs(data, fused):
         assert grad.dtype == dtype and grad.shape == np.shape(given)
         assert_close_at_scale(grad, ref_grad, dtype, "grad", loss=ref_values[0], wrt=given,
                               grad_output=grad_output, extra=bound, what=f"grad w.r.t. {name}")
+
+
+# ----------------------------------------------------------------------------------------
+# Cross-entropy over blocks of classes: block statistics, their merge, the loss and the
+# gradient from merged statistics (docs/block_statistics.rst)
+# ----------------------------------------------------------------------------------------
+
+@st.composite
+def block_stats_calls(draw):
+    """Logits of a random dtype, scale and layout (extremes included), hard targets with
+    ignored rows or soft ones, cross-entropy's options, the classes cut into 1 to 5
+    blocks at random places, taken in a random order and merged either by
+    cross_entropy_merge_stats or by the distributed recipe (rebase each block onto the
+    common maximum, then add)."""
+    if draw_large(draw):
+        n_rows, n_classes = draw(st.sampled_from([(300, 40), (3, 5000), (70, 2100)]))
+    else:
+        n_rows, n_classes = draw(st.integers(0, 6)), draw(st.sampled_from([1, 2, 3, 40, 150]))
+    dtype = draw(st.sampled_from(GOOD_DTYPES))
+    logits = draw(float_arrays((n_rows, n_classes), dtype,
+                               scale=draw(st.sampled_from([1.0, 3.0, 30.0]))))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    soft = draw(st.booleans())
+    if soft:
+        target = rng.random((n_rows, n_classes))
+        target = draw(laid_out((target / target.sum(-1, keepdims=True)).astype(dtype)))
+    else:
+        target = rng.integers(0, n_classes, n_rows)
+        target[rng.random(n_rows) < 0.25] = -100
+    weight = draw(laid_out(rng.uniform(0.25, 2.0, n_classes).astype(dtype))) \
+        if draw(st.booleans()) else None
+    options = {"label_smoothing": draw(st.sampled_from([0.0, 0.2])),
+               "softcap": draw(st.sampled_from([None, 4.0]))}
+    cuts = sorted(set(draw(st.lists(st.integers(1, max(n_classes - 1, 1)), max_size=4))))
+    bounds = [0] + [c for c in cuts if 0 < c < n_classes] + [n_classes]
+    order = draw(st.permutations(range(len(bounds) - 1)))
+    distributed = draw(st.booleans())
+    return logits, target, weight, options, bounds, order, distributed
+
+
+@FUZZ
+@given(data=st.data(), reduction=st.sampled_from(REDUCTIONS),
+       z_loss=st.sampled_from([0.0, 1e-3]))
+def test_fuzz_block_stats(data, reduction, z_loss):
+    import test_block_stats as blocks
+
+    logits, target, weight, options, bounds, order, distributed = data.draw(
+        block_stats_calls(), label="call")
+    stats = blocks.all_stats(fastloss, logits, target, weight, bounds, **options)
+    stats = [stats[k] for k in order]
+    if distributed:
+        new_max = np.max([s[0] for s in stats], axis=0)
+        merged = sum(fastloss.cross_entropy_rebase_stats(s, new_max) for s in stats)
+        merged[0] = new_max
+    else:
+        merged = fastloss.cross_entropy_merge_stats(stats)
+    dtype = logits.dtype
+    full = dict(options, reduction=reduction, z_loss=z_loss)
+    with np.errstate(all="ignore"):
+        ref_loss, ref_lse = reference.cross_entropy(logits.astype(np.float64), target,
+                                                    weight=weight, return_lse=True, **full)
+    loss, lse = fastloss.cross_entropy_from_stats(
+        merged, None if target.dtype.kind == "f" else target, return_lse=True,
+        label_smoothing=options["label_smoothing"], reduction=reduction, z_loss=z_loss)
+    assert_close_at_scale(loss, ref_loss, dtype, "loss")
+    # lse = max + log S, S a sum of exps in the logits' precision: where the two cancel
+    # (a log-sum-exp near 0) it keeps 16 u of their size (docs/accuracy.rst)
+    with np.errstate(all="ignore"):
+        y = logits.astype(np.float64)
+        if options["softcap"] is not None:
+            y = options["softcap"] * np.tanh(y / options["softcap"])
+        row_max = np.max(y, axis=-1, initial=-np.inf)
+        size = 16 * UNIT_ROUNDOFF[dtype] * (np.abs(row_max) + np.abs(ref_lse - row_max))
+    assert_close_at_scale(lse, ref_lse, dtype, "loss", what="lse",
+                          extra=np.where(np.isfinite(size), size, 0.0))
+    grad_output = _row_gradient(data.draw, logits.shape[:-1], reduction != "none")
+    grad = blocks.block_grads(logits, target, weight, bounds, merged, grad_output, **full)
+    with np.errstate(all="ignore"):
+        ref_grad = reference.cross_entropy_grad(logits.astype(np.float64), target,
+                                                grad_output, weight=weight, **full)
+    assert grad.dtype == dtype and grad.shape == logits.shape
+    assert_close_at_scale(grad, ref_grad, dtype, "grad", loss=ref_loss, wrt=logits,
+                          grad_output=grad_output)

@@ -562,3 +562,26 @@ def test_sequence_log_probs_with_weights_its_dtype_cannot_hold(dtype, average):
     for held in (weights > 0, (weights > 0).astype(np.float64), np.full(values.shape, 2**24),
                  weights.astype(np.float32)):
         assert not _Problem(values, held, average, None).wide
+
+
+@pytest.mark.parametrize("n_classes", [1, 3])
+def test_log_sum_exp_of_a_row_of_minus_infinities(n_classes):
+    """The block-statistics property's first seeds (1 to 4): a row whose every logit is
+    -inf has no softmax, and its loss, gradient and log-sum-exp are NaN (docs/errors.rst),
+    in fastloss whatever the row's length; the reference gave a log-sum-exp of -inf for
+    one class (session 39's log1p of the others' sum left the max's own inf - inf out)."""
+    logits = np.full((2, n_classes), -np.inf)
+    logits[1] = np.linspace(0.0, 1.0, n_classes)
+    target = np.array([0, 0])
+    for module in (fastloss, reference):
+        loss, lse = module.cross_entropy(logits, target, reduction="none", return_lse=True)
+        assert np.isnan(loss[0]) and np.isnan(lse[0]) and np.isfinite(lse[1])
+        log_probs = module.token_log_probs(logits, target)
+        assert np.isnan(log_probs[0]) and np.isfinite(log_probs[1])
+        stats = module.cross_entropy_merge_stats([module.cross_entropy_block_stats(
+            logits, target)])
+        loss = module.cross_entropy_from_stats(stats, target, reduction="none")
+        assert np.isnan(loss[0]) and np.isfinite(loss[1])
+    _, lse = fastloss.cross_entropy_from_stats(stats, target, reduction="none",
+                                               return_lse=True)
+    assert np.isnan(lse[0]) and np.isfinite(lse[1])

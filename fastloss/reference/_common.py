@@ -36,10 +36,11 @@ def _log_sum_shifted(values, row_max, shifted):
     """log sum_c exp(shifted_c) over the last axis (keepdims), ``shifted`` being ``values``
     less their row's max (then scaled): the max's own term is 1, so this is log1p of the
     others' sum, which keeps a converged row's log-probabilities near 0 to their relative
-    accuracy (the log of a sum near 1 would keep only their absolute accuracy).  A +inf
-    max makes inf - inf (NaN) at its own position only: the whole row is NaN."""
+    accuracy (the log of a sum near 1 would keep only their absolute accuracy).  An
+    infinite max makes inf - inf (NaN) at its own position, which the others' sum leaves
+    out: the whole row is NaN there (a +inf logit, or every logit -inf, one class too)."""
     with np.errstate(invalid="ignore"):
         others = np.exp(shifted)
         np.put_along_axis(others, np.argmax(values, axis=-1)[..., None], 0.0, axis=-1)
         log_sum = np.log1p(np.sum(others, axis=-1, keepdims=True))
-    return np.where(np.isposinf(row_max), np.nan, log_sum)
+    return np.where(np.isinf(row_max), np.nan, log_sum)
