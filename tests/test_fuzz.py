@@ -603,7 +603,10 @@ def vocab_calls(draw, name):
     # draws scale 3 at most, as the other properties: its float32 entropy and
     # log-probability of such a row are known to miss the contract (tests/fuzz/README.md,
     # "Known and not fixed"; tests/test_fuzz_findings.py keeps the cases)
-    scales = [1.0, 3.0, 30.0] if distill else [1.0, 3.0]
+    # (distill_kl and jsd draw scale 30 in float64 only: float32's reverse KL of a student
+    # whose classes lie beyond float32's exp range, 87.3 nats, is the same known
+    # limitation, found by seed 397295364 in session 40)
+    scales = [1.0, 3.0, 30.0] if distill and dtype == np.float64 else [1.0, 3.0]
     first = draw(float_arrays(shape, dtype, scale=draw(st.sampled_from(scales))))
     kwargs = {"temperature": draw(st.sampled_from([1.0, 1.0, 0.5, 2.0]))}
     ignore_index = draw(st.sampled_from([-100, 0]))
@@ -1062,14 +1065,14 @@ def test_fuzz_block_stats(data, reduction, z_loss):
         merged, None if target.dtype.kind == "f" else target, return_lse=True,
         label_smoothing=options["label_smoothing"], reduction=reduction, z_loss=z_loss)
     assert_close_at_scale(loss, ref_loss, dtype, "loss")
-    # lse = max + log S, S a sum of exps in the logits' precision: where the two cancel
-    # (a log-sum-exp near 0) it keeps 16 u of their size (docs/accuracy.rst)
+    # lse = max + log S, S a sum of exps in the logits' precision, log S within a few u
+    # absolute: where lse is near 0 it keeps 16 u (|max| + log S + 1) (docs/accuracy.rst)
     with np.errstate(all="ignore"):
         y = logits.astype(np.float64)
         if options["softcap"] is not None:
             y = options["softcap"] * np.tanh(y / options["softcap"])
         row_max = np.max(y, axis=-1, initial=-np.inf)
-        size = 16 * UNIT_ROUNDOFF[dtype] * (np.abs(row_max) + np.abs(ref_lse - row_max))
+        size = 16 * UNIT_ROUNDOFF[dtype] * (np.abs(row_max) + np.abs(ref_lse - row_max) + 1)
     assert_close_at_scale(lse, ref_lse, dtype, "loss", what="lse",
                           extra=np.where(np.isfinite(size), size, 0.0))
     grad_output = _row_gradient(data.draw, logits.shape[:-1], reduction != "none")
