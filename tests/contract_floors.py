@@ -22,12 +22,14 @@ absolute term as well, and the docs state both:
 - **Results whose terms cancel** (``bce_with_logits``, ``poisson_nll``, ``gaussian_nll``,
   ``kl_div``, ``dpo``'s smoothed sigmoid slope: an element that is a difference of an
   ``exp`` or ``log`` and another term, or a reduced loss whose weighted terms have both
-  signs): the kernels' ``exp`` and
-  ``log`` round otherwise than NumPy's, so where the terms cancel the two differ by a
-  rounding of the terms' size (``cancelling_terms_bound``).
+  signs): the kernels' ``exp`` and ``log`` round otherwise than NumPy's, so where the
+  terms cancel the two differ by a rounding of the terms' size (``cancelling_terms_bound``).
 
 None widens a bound the contract already gives: the first applies only where that bound
-is 0, the others are the contract of those losses as the docs write it.
+is 0, the others are the contract of those losses as the docs write it.  And one rule
+for results beyond a dtype's normal range (docs/accuracy.rst): the reference is
+compared as the dtype rounds it, and a result below its smallest normal number may
+also be 0, where the computation in that dtype underflows (``assert_close_at_scale``).
 """
 
 import numpy as np

@@ -819,6 +819,45 @@ LINEAR_ARGUMENTS = ("hidden", "classifier", "target", "bias", "weight", "ignore_
                     "grad_output", "num_threads")
 
 
+def _linear_shape(draw):
+    """``(batch, features, classes)`` of a linear call: small, or (one in 8) rows enough
+    for threads and blocks, or a classifier of several chunks of classes."""
+    if draw_large(draw):
+        return draw(st.sampled_from([((300,), 17, 70), ((2, 40), 8, 2100), ((5,), 64, 5000)]))
+    return (tuple(draw(st.lists(st.integers(0, 5), min_size=0, max_size=2))),
+            draw(st.sampled_from([1, 3, 17])), draw(st.sampled_from([1, 2, 3, 11, 70])))
+
+
+def _linear_bad(bad, classifier, target, n_classes, invalid):
+    """The classifier and target with the bad value both linear properties draw (other
+    features; a class index out of range), its reason appended to ``invalid``."""
+    if bad == "features":
+        classifier = np.concatenate([classifier, classifier[:, :1]], axis=1)
+        invalid.append("classifier of other features")
+    elif bad == "target" and np.asarray(target).dtype.kind != "f" and np.size(target):
+        target = np.array(target, copy=True)
+        target.reshape(-1)[0] = n_classes
+        invalid.append("target out of range")
+    return classifier, target
+
+
+def _draw_linear_rest(draw, kwargs):
+    """The block height and the thread count of a linear call, into ``kwargs``."""
+    kwargs["block_rows"] = draw(st.sampled_from([None, 1, 2, 7]))
+    kwargs["num_threads"] = draw(st.sampled_from([None, 1, 2]))
+
+
+def _assert_linear_grads(result, expected, givens, bounds, dtype, ref_loss, grad_output):
+    """The gradients of hidden, the classifier and (where given) the bias, each within the
+    contract plus its products' bound."""
+    names = ("hidden", "classifier", "bias")[:len(expected)]
+    assert len(result) == len(expected) == (3 if givens[2] is not None else 2)
+    for name, grad, ref_grad, bound, given in zip(names, result, expected, bounds, givens):
+        assert grad.dtype == dtype and grad.shape == np.shape(given)
+        assert_close_at_scale(grad, ref_grad, dtype, "grad", loss=ref_loss, wrt=given,
+                              grad_output=grad_output, extra=bound, what=f"grad w.r.t. {name}")
+
+
 @st.composite
 def linear_calls(draw):
     """A call of linear_cross_entropy: one of tests/test_linear_cross_entropy.py's option
@@ -829,13 +868,7 @@ def linear_calls(draw):
     import test_linear_cross_entropy as linear
 
     case = draw(st.sampled_from(sorted(linear.OPTIONS)))
-    if draw_large(draw):
-        batch, n_features, n_classes = draw(st.sampled_from(
-            [((300,), 17, 70), ((2, 40), 8, 2100), ((5,), 64, 5000)]))
-    else:
-        batch = tuple(draw(st.lists(st.integers(0, 5), min_size=0, max_size=2)))
-        n_features = draw(st.sampled_from([1, 3, 17]))
-        n_classes = draw(st.sampled_from([1, 2, 3, 11, 70]))
+    batch, n_features, n_classes = _linear_shape(draw)
     if "ignore" in case or case == "all":
         n_classes = max(n_classes, 3)  # the cases ignore classes 1 and 2
     dtype = draw(st.sampled_from(GOOD_DTYPES))
@@ -846,16 +879,10 @@ def linear_calls(draw):
     hidden = (hidden * draw(st.sampled_from([1.0, 4.0]))).astype(dtype)
     bad = draw(st.sampled_from([None] * 8 + ["dtype", "features", "target", "bias"]))
     invalid = []
+    classifier, target = _linear_bad(bad, classifier, target, n_classes, invalid)
     if bad == "dtype":
         hidden = hidden.astype(np.int32)
         invalid.append("an integer hidden")
-    elif bad == "features":
-        classifier = np.concatenate([classifier, classifier[:, :1]], axis=1)
-        invalid.append("classifier of other features")
-    elif bad == "target" and np.asarray(target).dtype.kind != "f" and np.size(target):
-        target = np.array(target, copy=True)
-        target.reshape(-1)[0] = n_classes
-        invalid.append("target out of range")
     elif bad == "bias":
         options["bias"] = np.zeros(n_classes + 1, dtype)
         invalid.append("bias of another length")
@@ -865,8 +892,7 @@ def linear_calls(draw):
     options = {key: (draw(laid_out(value)) if isinstance(value, np.ndarray) else value)
                for key, value in options.items()}
     options["reduction"] = draw(st.sampled_from(REDUCTIONS))
-    options["block_rows"] = draw(st.sampled_from([None, 1, 2, 7]))
-    options["num_threads"] = draw(st.sampled_from([None, 1, 2]))
+    _draw_linear_rest(draw, options)
     return (hidden, classifier, target), options, tuple(invalid)
 
 
@@ -897,14 +923,8 @@ def test_fuzz_linear(data, fused):
     assert_close_at_scale(loss, ref_loss, dtype, "loss", extra=bounds[0])
     if not fused:
         return
-    names = ("hidden", "classifier") + (("bias",) if options.get("bias") is not None else ())
-    assert len(result[1]) == len(expected[1]) == len(names)
-    givens = (hidden, classifier, options.get("bias"))
-    for name, grad, ref_grad, bound, given in zip(names, result[1], expected[1], bounds[1:],
-                                                  givens):
-        assert grad.dtype == dtype and grad.shape == np.shape(given)
-        assert_close_at_scale(grad, ref_grad, dtype, "grad", loss=ref_loss, wrt=given,
-                              grad_output=grad_output, extra=bound, what=f"grad w.r.t. {name}")
+    _assert_linear_grads(result[1], expected[1], (hidden, classifier, options.get("bias")),
+                         bounds[1:], dtype, ref_loss, grad_output)
 
 
 LINEAR_TLP_ARGUMENTS = ("hidden", "classifier", "target", "bias", "temperature",
@@ -920,13 +940,7 @@ def linear_tlp_calls(draw):
     the call is invalid."""
     import test_linear_token_log_probs as linear
 
-    if draw_large(draw):
-        batch, n_features, n_classes = draw(st.sampled_from(
-            [((300,), 17, 70), ((2, 40), 8, 2100), ((5,), 64, 5000)]))
-    else:
-        batch = tuple(draw(st.lists(st.integers(0, 5), min_size=0, max_size=2)))
-        n_features = draw(st.sampled_from([1, 3, 17]))
-        n_classes = draw(st.sampled_from([1, 2, 3, 11, 70]))
+    batch, n_features, n_classes = _linear_shape(draw)
     dtype = draw(st.sampled_from(GOOD_DTYPES))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     ignore_index = draw(st.sampled_from([-100, 0]))
@@ -936,16 +950,10 @@ def linear_tlp_calls(draw):
     bad = draw(st.sampled_from([None] * 8 + ["dtype", "features", "target", "temperature"]))
     kwargs = {"temperature": draw(st.sampled_from([1.0, 0.5, 2.5]))}
     invalid = []
+    classifier, target = _linear_bad(bad, classifier, target, n_classes, invalid)
     if bad == "dtype":
         classifier = classifier.astype(np.int32)
         invalid.append("an integer classifier")
-    elif bad == "features":
-        classifier = np.concatenate([classifier, classifier[:, :1]], axis=1)
-        invalid.append("classifier of other features")
-    elif bad == "target" and target.size:
-        target = np.array(target, copy=True)
-        target.reshape(-1)[0] = n_classes
-        invalid.append("target out of range")
     elif bad == "temperature":
         kwargs["temperature"] = draw(st.sampled_from([0.0, -1.0, np.inf]))
         invalid.append("temperature")
@@ -955,8 +963,7 @@ def linear_tlp_calls(draw):
     if ignore_index != -100:
         kwargs["ignore_index"] = ignore_index
     kwargs["return_entropy"] = draw(st.booleans())
-    kwargs["block_rows"] = draw(st.sampled_from([None, 1, 2, 7]))
-    kwargs["num_threads"] = draw(st.sampled_from([None, 1, 2]))
+    _draw_linear_rest(draw, kwargs)
     return (hidden, classifier, target), kwargs, tuple(invalid)
 
 
@@ -992,14 +999,8 @@ def test_fuzz_linear_token_log_probs(data, fused):
         assert_close_at_scale(got, want, dtype, "loss", extra=bound, what=what)
     if not fused:
         return
-    names = ("hidden", "classifier") + (("bias",) if "bias" in kwargs else ())
-    assert len(result[1]) == len(expected[1]) == len(names)
-    givens = (hidden, classifier, kwargs.get("bias"))
-    for name, grad, ref_grad, bound, given in zip(names, result[1], expected[1], bounds[2:],
-                                                  givens):
-        assert grad.dtype == dtype and grad.shape == np.shape(given)
-        assert_close_at_scale(grad, ref_grad, dtype, "grad", loss=ref_values[0], wrt=given,
-                              grad_output=grad_output, extra=bound, what=f"grad w.r.t. {name}")
+    _assert_linear_grads(result[1], expected[1], (hidden, classifier, kwargs.get("bias")),
+                         bounds[2:], dtype, ref_values[0], grad_output)
 
 
 # ----------------------------------------------------------------------------------------

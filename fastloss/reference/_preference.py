@@ -124,15 +124,18 @@ def dpo(policy_chosen, policy_rejected, reference_chosen, reference_rejected, *,
     call, logits, beta, label_smoothing = _dpo_call(
         (policy_chosen, policy_rejected, reference_chosen, reference_rejected),
         beta, loss_type, label_smoothing, reduction)
+    return call.reduce(_dpo_loss(logits, beta, loss_type, label_smoothing))
+
+
+def _dpo_loss(logits, beta, loss_type, label_smoothing):
+    """dpo's loss per pair, from the checked logits and options."""
     with np.errstate(invalid="ignore", over="ignore"):
         if loss_type == "sigmoid":
             z = beta * logits
-            loss = _softplus(-z) * (1 - label_smoothing) + _softplus(z) * label_smoothing
-        elif loss_type == "hinge":
-            loss = np.maximum(1 - beta * logits, 0.0)
-        else:
-            loss = (logits - 1 / (2 * beta)) ** 2
-    return call.reduce(loss)
+            return _softplus(-z) * (1 - label_smoothing) + _softplus(z) * label_smoothing
+        if loss_type == "hinge":
+            return np.maximum(1 - beta * logits, 0.0)
+        return (logits - 1 / (2 * beta)) ** 2
 
 
 def dpo_grad(policy_chosen, policy_rejected, reference_chosen, reference_rejected,
@@ -189,16 +192,16 @@ def _dpo_magnitudes(policy_chosen, policy_rejected, reference_chosen, reference_
     call, logits, beta, label_smoothing = _dpo_call(
         (policy_chosen, policy_rejected, reference_chosen, reference_rejected),
         beta, loss_type, label_smoothing, reduction)
+    loss = _dpo_loss(logits, beta, loss_type, label_smoothing)  # its own size
     with np.errstate(invalid="ignore", over="ignore"):
         if loss_type == "sigmoid":
             z = beta * logits
-            loss = _softplus(-z) * (1 - label_smoothing) + _softplus(z) * label_smoothing
             slope = beta * ((1 - label_smoothing) * _sigmoid(-z)
                             + label_smoothing * _sigmoid(z))
         elif loss_type == "hinge":
-            loss, slope = np.maximum(1 - beta * logits, 0.0), np.full(logits.shape, beta)
+            slope = np.full(logits.shape, beta)
         else:
-            loss, slope = (logits - 1 / (2 * beta)) ** 2, 2 * np.abs(logits - 1 / (2 * beta))
+            slope = 2 * np.abs(logits - 1 / (2 * beta))
     return call.magnitudes(wrt, grad_output, loss, dict(zip(_DPO_INPUTS, (slope,) * 4)))
 
 
