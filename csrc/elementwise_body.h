@@ -129,12 +129,19 @@ FASTLOSS_INLINE REAL EW(smooth_l1_slope)(REAL r, REAL beta, REAL inv_beta)
  * slope-only and fused loops agree to an ulp, not always to the bit.  Each one
  * alone is deterministic: which elements fall in a remainder depends on n and
  * the periods only, so threads never change a bit.) */
+/* bce's loss with pos_weight, in the type T of its arguments (REAL, or EW_WIDE for
+ * bce_value_wide): written once for both */
+#define EW_BCE_VALUE(T, x, y, pos_weight, log1p_e)                                         \
+    do {                                                                                     \
+        const T log_weight = 1 + ((pos_weight) - 1) * (y);                                   \
+        const T slope_of_x = (x) >= 0 ? 1 - (y) : -(pos_weight) * (y);                       \
+        const T nan_at_minus_inf = (x) >= 0 ? 0 : (x) - (x);                                 \
+        return ((x) * slope_of_x + nan_at_minus_inf) + log_weight * (log1p_e);               \
+    } while (0)
+
 FASTLOSS_INLINE REAL EW(bce_value)(REAL x, REAL y, REAL pos_weight, REAL log1p_e)
 {
-    const REAL log_weight = 1 + (pos_weight - 1) * y;
-    const REAL slope_of_x = x >= 0 ? 1 - y : -pos_weight * y;
-    const REAL nan_at_minus_inf = x >= 0 ? 0 : x - x;
-    return (x * slope_of_x + nan_at_minus_inf) + log_weight * log1p_e;
+    EW_BCE_VALUE(REAL, x, y, pos_weight, log1p_e);
 }
 
 FASTLOSS_INLINE REAL EW(bce_value_plain)(REAL x, REAL y, REAL log1p_e)
@@ -153,16 +160,20 @@ FASTLOSS_INLINE REAL EW(bce_value_plain)(REAL x, REAL y, REAL log1p_e)
  * gives a loss of 4e-8 from terms of 0.4: float32's was 6e-8 off).  The same
  * expression as bce_value in double.
  */
+FASTLOSS_INLINE EW_WIDE EW(bce_value_in_wide)(EW_WIDE x, EW_WIDE y, EW_WIDE pos_weight,
+                                              EW_WIDE log1p_e)
+{
+    EW_BCE_VALUE(EW_WIDE, x, y, pos_weight, log1p_e);
+}
+
 FASTLOSS_INLINE REAL EW(bce_value_wide)(REAL x, REAL y, REAL pos_weight)
 {
-    const EW_WIDE wide_x = x, t = y, p = pos_weight;
+    const EW_WIDE wide_x = x;
     const EW_WIDE log1p_e = EW_WIDE_LOG1P_UNIT(EW_WIDE_EXP_NONPOSITIVE(-EW_WIDE_ABS(wide_x)));
-    const EW_WIDE log_weight = 1 + (p - 1) * t;
-    const EW_WIDE slope_of_x = x >= 0 ? 1 - t : -p * t;
-    const EW_WIDE nan_at_minus_inf = x >= 0 ? 0 : wide_x - wide_x;
-    return (REAL)((wide_x * slope_of_x + nan_at_minus_inf) + log_weight * log1p_e);
+    return (REAL)EW(bce_value_in_wide)(wide_x, y, pos_weight, log1p_e);
 }
 #endif
+#undef EW_BCE_VALUE
 
 /* The slope from e = exp(-|x|) in WIDE (double, or REAL itself), rounded to REAL once. */
 FASTLOSS_INLINE REAL EW(bce_slope)(REAL x, REAL y, REAL pos_weight, EW_WIDE e)
