@@ -63,7 +63,7 @@ def pytest_configure(config):
         os.environ["FASTLOSS_FUZZ_SEED"] = str(random.SystemRandom().randrange(2**32))
 
 
-def _fuzz_replay():
+def _fuzz_replay(path="tests/test_fuzz.py"):
     """How this run's fuzz examples were drawn, and the command that draws them again."""
     seed = os.environ.get("FASTLOSS_FUZZ_SEED", "").strip()
     examples = os.environ.get("FASTLOSS_FUZZ_EXAMPLES", "150").strip()
@@ -71,7 +71,7 @@ def _fuzz_replay():
         return "fuzz: the fixed examples (derandomized, 150 per property)"
     return (f"fuzz: {examples} random examples per property from seed {seed}; replay with "
             f"FASTLOSS_FUZZ_SEED={seed} FASTLOSS_FUZZ_EXAMPLES={examples} "
-            f"python -m pytest tests/test_fuzz.py")
+            f"python -m pytest {path}")
 
 
 def pytest_report_header(config):
@@ -83,8 +83,9 @@ def pytest_runtest_makereport(item, call):
     """A failing fuzz test says how to replay it (the header is hidden under -q)."""
     outcome = yield
     report = outcome.get_result()
-    if report.failed and item.module.__name__.endswith("test_fuzz"):
-        report.sections.append(("fuzz seed", _fuzz_replay()))
+    name = item.module.__name__.rpartition(".")[2]
+    if report.failed and name in ("test_fuzz", "test_fuzz_torch"):
+        report.sections.append(("fuzz seed", _fuzz_replay(f"tests/{name}.py")))
 
 
 # ----------------------------------------------------------------------------------------
