@@ -21,10 +21,12 @@ torch = pytest.importorskip("torch")
 import fastloss.torch as FL  # noqa: E402
 from fastloss import _registry, reference  # noqa: E402
 
+from fastloss._contract import all_pairs_products_bound  # noqa: E402
+
 from contract_floors import (assert_close_at_scale, cancelling_terms_bound,  # noqa: E402
-                             distill_terms_bound)
-from test_fuzz import (FUZZ, REGISTRY_LOSSES, cross_entropy_calls,  # noqa: E402
-                       registry_calls, vocab_calls)
+                             distill_terms_bound, info_nce_products_bound, triplet_terms_bound)
+from test_fuzz import (FUZZ, REGISTRY_LOSSES, _flatten, contrastive_calls,  # noqa: E402
+                       cross_entropy_calls, registry_calls, vocab_calls)
 
 
 def _tensor(array):
@@ -265,3 +267,66 @@ def test_fuzz_torch_vocab(name, data):
         assert_close_at_scale(grad, ref_grad, dtype, "grad", loss=ref_values[0],
                               wrt=argument, grad_output=uppers[0].double().numpy(),
                               extra=extra, what=f"grad w.r.t. {input_name}")
+
+
+# ----------------------------------------------------------------------------------------
+# Embedding losses: triplet_margin_loss, contrastive, contrastive_pairwise, info_nce
+# ----------------------------------------------------------------------------------------
+
+TORCH_EMBEDDING_LOSSES = {"triplet_margin": "triplet_margin_loss", "contrastive": "contrastive",
+                          "contrastive_pairwise": "contrastive_pairwise", "info_nce": "info_nce"}
+
+
+@pytest.mark.parametrize("name", sorted(TORCH_EMBEDDING_LOSSES))
+@FUZZ
+@given(data=st.data())
+def test_fuzz_torch_embedding(name, data):
+    """fastloss.torch's embedding losses on a random valid call of tests/test_fuzz.py's
+    contrastive property (duplicated points and zero rows included), a random set of the
+    embeddings requiring grad, and their own bounds (docs/accuracy.rst) with the random
+    upstream gradient."""
+    name, args, kwargs, invalid = data.draw(contrastive_calls(name), label="call")
+    if invalid:
+        return
+    num_threads = kwargs.pop("num_threads")
+    embedding = [a.dtype.kind == "f" and a.ndim == 2 for a in args]
+    tensors = [_tensor(a) for a in args]
+    leaves = {}
+    for index, is_embedding in enumerate(embedding):
+        if is_embedding and data.draw(st.booleans(), label=f"grad of input {index}"):
+            tensors[index] = leaves[index] = tensors[index].requires_grad_()
+    copies = [t.detach().clone() for t in tensors]
+    loss = getattr(FL, TORCH_EMBEDDING_LOSSES[name])(*tensors, num_threads=num_threads,
+                                                     **kwargs)
+    _unmodified(copies, tensors)
+    grads, upstream = _differentiate(data.draw, loss, leaves)
+    rows = [a for a, is_embedding in zip(args, embedding) if is_embedding]
+    value_dtype = np.result_type(*rows)
+    ref_args = [_wide(a) for a in args]
+    with np.errstate(all="ignore"):
+        expected = _flatten(reference.__dict__[f"{name}_value_and_grad"](
+            *ref_args, upstream, **kwargs))
+    ref_loss, ref_grads = expected[0], expected[1:]
+    assert len(ref_grads) == len(rows)
+    # the bounds of docs/accuracy.rst's own, as tests/test_fuzz.py's contrastive property
+    extras = [0.0] * (1 + len(rows))
+    if name == "info_nce":
+        extras = list(info_nce_products_bound(*args, value_dtype, grad_output=upstream,
+                                              **kwargs))
+    elif name == "contrastive_pairwise":
+        options = {k: v for k, v in kwargs.items() if k != "metric"}
+        extras = [0.0] + list(all_pairs_products_bound(
+            args[0], None, upstream, metric=kwargs["metric"], labels=args[1],
+            dtype=value_dtype, **options))
+    elif name == "triplet_margin":
+        extras = [0.0] + triplet_terms_bound(*args, grad_output=upstream, **kwargs)
+    assert loss.dtype == torch.from_numpy(np.empty(0, value_dtype)).dtype
+    assert_close_at_scale(loss.detach().numpy(), ref_loss, value_dtype, "loss",
+                          extra=extras[0])
+    indices = [i for i, is_embedding in enumerate(embedding) if is_embedding]
+    for index, grad in zip(leaves, grads):
+        k = indices.index(index)
+        assert grad.shape == args[index].shape and grad.dtype == args[index].dtype
+        assert_close_at_scale(grad, ref_grads[k], args[index].dtype, "grad", loss=ref_loss,
+                              wrt=args[index], grad_output=upstream, extra=extras[1 + k],
+                              what=f"grad w.r.t. input {index}")
