@@ -774,6 +774,19 @@ def _sequence_sums_bound(values, mask, average, grad_output=None):
     return np.where(np.isfinite(size), size, 0.0)
 
 
+def _sequence_grad_bound(mask, average, ref_grad):
+    """The bound of the gradient's entries, each mask * grad_output (/ the mask's sum with
+    ``average``: then the mask sum's bound, relative)."""
+    if not average:
+        return 0.0
+    w = np.asarray(mask, np.float64)
+    with np.errstate(all="ignore"):
+        count = np.sum(w, axis=-1, keepdims=True)
+        extra = np.abs(ref_grad) * 2 * _contract.dot_gamma(max(w.shape[-1], 1), np.float64) \
+            * np.sum(np.abs(w), axis=-1, keepdims=True) / np.abs(count)
+    return np.where(np.isfinite(extra), extra, 0.0)
+
+
 @FUZZ
 @given(data=st.data(), fused=st.booleans())
 def test_fuzz_sequence(data, fused):
@@ -795,19 +808,9 @@ def test_fuzz_sequence(data, fused):
         return
     grad = result[1]
     assert grad.shape == args[0].shape and grad.dtype == dtype
-    # each entry mask * grad_output (/ the mask's sum): its bound is the mask sum's
-    extra = 0.0
-    if kwargs["average"]:
-        w = np.asarray(args[1], np.float64)
-        with np.errstate(all="ignore"):
-            count = np.sum(w, axis=-1, keepdims=True)
-            extra = np.abs(expected[1]) * 2 * _contract.dot_gamma(max(w.shape[-1], 1),
-                                                                  np.float64) \
-                * np.sum(np.abs(w), axis=-1, keepdims=True) / np.abs(count)
-            extra = np.where(np.isfinite(extra), extra, 0.0)
     assert_close_at_scale(grad, expected[1], dtype, "grad",
                           loss=ref_value, wrt=args[0], grad_output=kwargs["grad_output"],
-                          extra=extra)
+                          extra=_sequence_grad_bound(args[1], kwargs["average"], expected[1]))
 
 
 # ----------------------------------------------------------------------------------------

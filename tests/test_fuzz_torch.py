@@ -25,8 +25,10 @@ from fastloss._contract import all_pairs_products_bound  # noqa: E402
 
 from contract_floors import (assert_close_at_scale, cancelling_terms_bound,  # noqa: E402
                              distill_terms_bound, info_nce_products_bound, triplet_terms_bound)
-from test_fuzz import (FUZZ, REGISTRY_LOSSES, _flatten, contrastive_calls,  # noqa: E402
-                       cross_entropy_calls, registry_calls, vocab_calls)
+from test_fuzz import (FUZZ, REGISTRY_LOSSES, _flatten, _sequence_grad_bound,  # noqa: E402
+                       _sequence_sums_bound, contrastive_calls, cross_entropy_calls,
+                       linear_calls, linear_tlp_calls, registry_calls, sequence_calls,
+                       vocab_calls)
 
 
 def _tensor(array):
@@ -330,3 +332,151 @@ def test_fuzz_torch_embedding(name, data):
         assert_close_at_scale(grad, ref_grads[k], args[index].dtype, "grad", loss=ref_loss,
                               wrt=args[index], grad_output=upstream, extra=extras[1 + k],
                               what=f"grad w.r.t. input {index}")
+
+
+# ----------------------------------------------------------------------------------------
+# The classifier's product and cross-entropy, token log-probabilities; sequence sums
+# ----------------------------------------------------------------------------------------
+
+def _grad_subset(draw, tensors, names):
+    """Each float tensor of `tensors` (a dict by name, None where absent) made to require
+    grad or not, at random: the dict of those that do."""
+    leaves = {}
+    for name in names:
+        if tensors.get(name) is not None and draw(st.booleans(), label=f"grad of {name}"):
+            tensors[name] = leaves[name] = tensors[name].requires_grad_()
+    return leaves
+
+
+def _assert_some_linear_grads(leaves, grads, ref_grads, bounds, arrays, dtype, ref_loss,
+                              upstream):
+    """The gradients autograd gave (of `leaves`, by name), each against the reference's
+    of that name within the contract plus its products' bound."""
+    names = ("hidden", "classifier", "bias")
+    for name, grad in zip(leaves, grads):
+        k = names.index(name)
+        assert grad.dtype == dtype and grad.shape == np.shape(arrays[name]), name
+        assert_close_at_scale(grad, ref_grads[k], dtype, "grad", loss=ref_loss,
+                              wrt=arrays[name], grad_output=upstream, extra=bounds[k],
+                              what=f"grad w.r.t. {name}")
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_torch_linear(data):
+    """fastloss.torch.linear_cross_entropy (torch's signature: linear_weight, linear_bias)
+    on a random valid call of tests/test_fuzz.py's linear property, a random set of
+    hidden, the classifier and the bias requiring grad."""
+    import test_linear_cross_entropy as linear
+
+    (hidden, classifier, target), kwargs, invalid = data.draw(linear_calls(), label="call")
+    if invalid:
+        return
+    arrays = {"hidden": hidden, "classifier": classifier, "bias": kwargs.pop("bias", None)}
+    tensors = {name: None if a is None else _tensor(a) for name, a in arrays.items()}
+    leaves = _grad_subset(data.draw, tensors, ("hidden", "classifier", "bias"))
+    target_tensor = _tensor(np.asarray(target, np.int64) if np.asarray(target).dtype.kind
+                            != "f" else target)
+    options = {k: v for k, v in kwargs.items()}
+    weight = options.pop("weight", None)
+    copies = [t.detach().clone() for t in tensors.values() if t is not None]
+    loss = FL.linear_cross_entropy(
+        tensors["hidden"], tensors["classifier"], target_tensor, linear_bias=tensors["bias"],
+        weight=None if weight is None else _tensor(weight), **options)
+    _unmodified(copies, [t for t in tensors.values() if t is not None])
+    grads, upstream = _differentiate(data.draw, loss, leaves)
+    dtype = np.dtype(hidden.dtype)
+    ref_kwargs = {k: v for k, v in kwargs.items() if k not in ("num_threads", "block_rows")}
+    if arrays["bias"] is not None:
+        ref_kwargs["bias"] = _wide(arrays["bias"])
+    if weight is not None:
+        ref_kwargs["weight"] = _wide(weight)
+    with np.errstate(all="ignore"):
+        ref_loss, ref_grads = reference.linear_cross_entropy_value_and_grad(
+            _wide(hidden), _wide(classifier), _wide(target), upstream, **ref_kwargs)
+    options = {k: v for k, v in ref_kwargs.items() if k != "reduction"}
+    options["bias"] = arrays["bias"]
+    bounds = linear.products_bound(hidden, classifier, target, upstream, kwargs["reduction"],
+                                   dtype, options)
+    assert loss.dtype == tensors["hidden"].dtype
+    assert_close_at_scale(loss.detach().numpy(), ref_loss, dtype, "loss", extra=bounds[0])
+    _assert_some_linear_grads(leaves, grads, ref_grads, bounds[1:], arrays, dtype, ref_loss,
+                              upstream)
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_torch_linear_token_log_probs(data):
+    """fastloss.torch.linear_token_log_probs on a random valid call of tests/test_fuzz.py's
+    property, the entropy's output differentiated too where it is returned."""
+    import test_linear_token_log_probs as linear
+
+    (hidden, classifier, target), kwargs, invalid = data.draw(linear_tlp_calls(),
+                                                               label="call")
+    if invalid:
+        return
+    arrays = {"hidden": hidden, "classifier": classifier, "bias": kwargs.pop("bias", None)}
+    tensors = {name: None if a is None else _tensor(a) for name, a in arrays.items()}
+    leaves = _grad_subset(data.draw, tensors, ("hidden", "classifier", "bias"))
+    copies = [t.detach().clone() for t in tensors.values() if t is not None]
+    result = FL.linear_token_log_probs(tensors["hidden"], tensors["classifier"],
+                                       _tensor(np.asarray(target, np.int64)),
+                                       bias=tensors["bias"], **kwargs)
+    _unmodified(copies, [t for t in tensors.values() if t is not None])
+    outputs = result if isinstance(result, tuple) else (result,)
+    uppers = [_upstream(data.draw, out) for out in outputs]
+    grad_output = uppers[0].double().numpy()
+    grad_entropy = uppers[1].double().numpy() if len(uppers) > 1 else None
+    grads = [g.numpy() for g in torch.autograd.grad(outputs, list(leaves.values()), uppers)] \
+        if leaves else []
+    ref_kwargs = {k: v for k, v in kwargs.items() if k not in ("num_threads", "block_rows")}
+    if arrays["bias"] is not None:
+        ref_kwargs["bias"] = _wide(arrays["bias"])
+    if grad_entropy is not None:
+        ref_kwargs["grad_entropy"] = grad_entropy
+    with np.errstate(all="ignore"):
+        ref_values, ref_grads = reference.linear_token_log_probs_value_and_grad(
+            _wide(hidden), _wide(classifier), target, grad_output, **ref_kwargs)
+    ref_values = ref_values if kwargs["return_entropy"] else (ref_values,)
+    dtype = np.dtype(hidden.dtype)
+    bounds = linear.products_bound(hidden, classifier, target, arrays["bias"], grad_output,
+                                   grad_entropy, kwargs["temperature"],
+                                   ignore_index=kwargs.get("ignore_index", -100), dtype=dtype)
+    assert len(outputs) == len(ref_values)
+    for got, want, bound, what in zip(outputs, ref_values, bounds[:2], ("log_prob", "entropy")):
+        assert got.dtype == tensors["hidden"].dtype
+        assert_close_at_scale(got.detach().numpy(), want, dtype, "loss", extra=bound,
+                              what=what)
+    _assert_some_linear_grads(leaves, grads, ref_grads, bounds[2:], arrays, dtype,
+                              ref_values[0], grad_output)
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_torch_sequence(data):
+    """fastloss.torch.sequence_log_probs on a random valid call of tests/test_fuzz.py's
+    property (masks of bools, integers and float weights of both signs)."""
+    (values, mask), kwargs, invalid = data.draw(sequence_calls(), label="call")
+    if invalid:
+        return
+    tensor = _tensor(values)
+    requires_grad = data.draw(st.booleans(), label="requires grad")
+    leaves = {"values": tensor.requires_grad_()} if requires_grad else {}
+    mask_tensor = _tensor(mask)
+    copies = [tensor.detach().clone(), mask_tensor.clone()]
+    value = FL.sequence_log_probs(tensor, mask_tensor, kwargs["average"],
+                                  num_threads=kwargs["num_threads"])
+    _unmodified(copies, [tensor, mask_tensor])
+    grads, upstream = _differentiate(data.draw, value, leaves)
+    with np.errstate(all="ignore"):
+        ref_value, ref_grad = reference.sequence_log_probs_value_and_grad(
+            _wide(values), mask, upstream, average=kwargs["average"])
+    dtype = values.dtype
+    assert value.dtype == tensor.dtype and tuple(value.shape) == values.shape[:-1]
+    assert_close_at_scale(value.detach().numpy(), ref_value, dtype, "loss",
+                          extra=_sequence_sums_bound(values, mask, kwargs["average"]))
+    if requires_grad:
+        assert grads[0].shape == values.shape and grads[0].dtype == dtype
+        assert_close_at_scale(grads[0], ref_grad, dtype, "grad", loss=ref_value, wrt=values,
+                              grad_output=upstream,
+                              extra=_sequence_grad_bound(mask, kwargs["average"], ref_grad))
