@@ -41,6 +41,30 @@ typedef struct RUN_JOB {
 } RUN_JOB;
 
 /*
+ * Far rows.  A row read in float whose target leads every other class by far, so that
+ * the others' share of S (excl / S, the loss log1p of it) is below (n - 1) 2**-36, is
+ * computed again as a wide row, in double from its logits.  Each of its terms exp(a_c)
+ * carried the relative error |a_c| u of a_c = y_c - M rounded to float (and, beyond
+ * 87.3 nats, float's exp gives 0), and its loss and the target's gradient carry their
+ * mean, weighted by the terms: at most log((n - 1) S / excl) u, which the bound keeps
+ * below 25 u (1.5e-6), inside the contract's 2e-6 (70 nats: 3.1e-6 without it,
+ * tests/test_fuzz_findings.py).  Never where the exps overwrote the logits (the fused
+ * pass in place in float32: the Range section of docs/accuracy.rst); once per row, from
+ * a check of its statistics, so that other rows pay one comparison.  (The small blocks
+ * take their far rows again themselves: cross_entropy_small_body.h.)
+ */
+#define CE_FAR_ROWS (sizeof(REAL) == sizeof(float)) /* (#undef at the end) */
+
+/* A thread's far-row scratch (a row widened, then its exps), allocated at its first far
+ * row: 0 where malloc fails (the row then keeps its float result). */
+FASTLOSS_INLINE int RUN_FAR_SCRATCH(double **far_row, fastloss_index n_classes)
+{
+    if (!*far_row)
+        *far_row = malloc(2 * (size_t)n_classes * sizeof(double));
+    return *far_row != NULL;
+}
+
+/*
  * The rows of one thread: units (rows, or blocks of CE_SMALL_ROWS rows) claimed
  * job->claim at a time by whichever thread is free (common.h), each thread with
  * its own part of the scratch.  Every row's result is the same whichever thread
@@ -78,6 +102,7 @@ static void RUN_ROWS(const RUN_JOB *job, int thread)
     double *slope = capped ? capped + n_classes : NULL;
     double *e_wide = (double *)part_start[3];
     REAL *e_private = (REAL *)part_start[4];
+    double *far_row = NULL; /* RUN_FAR_SCRATCH */
     if (job->small) {
         /* the lanes after the tile, 64-byte aligned as the tile's size is a
          * multiple of CE_SMALL_ROWS values */
@@ -152,7 +177,8 @@ static void RUN_ROWS(const RUN_JOB *job, int thread)
         }
         if (backward && soft)
             stats.mass = ROW_SAME(ce_soft_mass)(q, n_classes, weight, call_ptr->q_scale, call_ptr->q_offset);
-        if (!wide) {
+        int wide_row = wide;
+        if (!wide_row) {
             if (t >= 0 && block_mode != CE_MODE_BLOCK_GRAD)
                 target_logit = (double)LOAD(x, t); /* before an in-place pass overwrites it */
             /* the exps: in the gradient row (STORE_T is REAL there: see
@@ -174,19 +200,30 @@ static void RUN_ROWS(const RUN_JOB *job, int thread)
             else if (!backward || !ROW_SAME(ce_row_shifted)(call_ptr, x, t, lse_in[i], e_row, chunk_data, touch, &stats))
                 ROW_SAME(ce_row_stats)(call_ptr, x, q, weight, t, e_row, (REAL *)tile, chunk_data,
                                        ahead, next, touch, &stats);
-            if (block_mode != CE_MODE_BLOCK_STATS)
-                ROW_SAME(ce_coefficients)(call_ptr, &stats, target_logit, target_weight, i, &coef);
-            /* A finite lse leaves every exp finite: in [0, 1] from the chunks' maxima
-             * (a NaN or +inf logit makes the lse NaN), at most S' <= 2 from a given lse
-             * (ce_row_shifted); not so for a block's exps from merged statistics. */
-            const int exps_finite = block_mode != CE_MODE_BLOCK_GRAD && isfinite(coef.lse);
-            if (g)
-                ROW_SAME(ce_row_grad)(call_ptr, q, weight, t, &coef, e_row, chunk_data, NULL,
-                                      exps_finite, g);
-        } else {
+            /* a far row, again in double (the logits intact: read apart from the exps) */
+            wide_row = CE_FAR_ROWS && block_mode != CE_MODE_BLOCK_GRAD &&
+                       __builtin_expect(stats.excl < stats.sum * call_ptr->far_bound, 0) &&
+                       (void *)e_row != (void *)x && RUN_FAR_SCRATCH(&far_row, n_classes);
+            if (!wide_row) {
+                if (block_mode != CE_MODE_BLOCK_STATS)
+                    ROW_SAME(ce_coefficients)(call_ptr, &stats, target_logit, target_weight, i,
+                                              &coef);
+                /* A finite lse leaves every exp finite: in [0, 1] from the chunks' maxima
+                 * (a NaN or +inf logit makes the lse NaN), at most S' <= 2 from a given
+                 * lse (ce_row_shifted); not so for a block's exps from merged statistics. */
+                const int exps_finite = block_mode != CE_MODE_BLOCK_GRAD && isfinite(coef.lse);
+                if (g)
+                    ROW_SAME(ce_row_grad)(call_ptr, q, weight, t, &coef, e_row, chunk_data,
+                                          NULL, exps_finite, g);
+            }
+        }
+        if (wide_row) {
+            /* the row widened into scratch: the call's wide rows, or a far row's */
+            double *row_y = wide ? capped : far_row;
+            double *row_e = wide ? e_wide : g ? far_row + n_classes : NULL;
             if (!softcap) {
                 for (fastloss_index c = 0; c < n_classes; ++c)
-                    capped[c] = (double)LOAD(x, c);
+                    row_y[c] = (double)LOAD(x, c);
             } else {
                 /* Gemma 2 soft-capping, y = c tanh(x / c) and dy/dx = sech**2(x / c).
                  * With u = x / c: tanh|u| = -m / (2 + m), m = expm1(-2|u|) (exact
@@ -196,22 +233,22 @@ static void RUN_ROWS(const RUN_JOB *job, int thread)
                     const double u = (double)LOAD(x, c) / job->softcap_value;
                     const double m = expm1(-2.0 * fabs(u));
                     const double e = exp(-2.0 * fabs(u));
-                    capped[c] = copysign(job->softcap_value * (-m / (2.0 + m)), u);
+                    row_y[c] = copysign(job->softcap_value * (-m / (2.0 + m)), u);
                     slope[c] = 4.0 * e / ((1.0 + e) * (1.0 + e));
                 }
             }
             if (t >= 0 && block_mode != CE_MODE_BLOCK_GRAD)
-                target_logit = capped[t];
+                target_logit = row_y[t];
             GRAD_T *touch = (const void *)g != (const void *)x ? g : NULL;
             if (block_mode == CE_MODE_BLOCK_GRAD)
-                ROW_WIDE(ce_row_rebased)(call_ptr, capped, stats.max, e_wide, chunk_data, touch);
-            else if (!backward || !ROW_WIDE(ce_row_shifted)(call_ptr, capped, t, lse_in[i], e_wide, chunk_data, touch, &stats))
-                ROW_WIDE(ce_row_stats)(call_ptr, capped, q, weight, t, e_wide, tile, chunk_data, NULL, NULL,
+                ROW_WIDE(ce_row_rebased)(call_ptr, row_y, stats.max, row_e, chunk_data, touch);
+            else if (!backward || !ROW_WIDE(ce_row_shifted)(call_ptr, row_y, t, lse_in[i], row_e, chunk_data, touch, &stats))
+                ROW_WIDE(ce_row_stats)(call_ptr, row_y, q, weight, t, row_e, tile, chunk_data, NULL, NULL,
                                        touch, &stats);
             if (block_mode != CE_MODE_BLOCK_STATS)
                 ROW_WIDE(ce_coefficients)(call_ptr, &stats, target_logit, target_weight, i, &coef);
             if (g)
-                ROW_WIDE(ce_row_grad)(call_ptr, q, weight, t, &coef, e_wide, chunk_data,
+                ROW_WIDE(ce_row_grad)(call_ptr, q, weight, t, &coef, row_e, chunk_data,
                                       softcap ? slope : NULL, 0, g);
         }
         if (stats_out) {
@@ -231,6 +268,7 @@ static void RUN_ROWS(const RUN_JOB *job, int thread)
         row_z[i] = coef.z_term;
         row_lse[i] = coef.lse;
     }
+    free(far_row);
 }
 
 int RUN(int block_mode, const double *stats_in, double *stats_out,
@@ -316,6 +354,7 @@ int RUN(int block_mode, const double *stats_in, double *stats_out,
     call.smoothing = options->label_smoothing;
     call.z_loss = options->z_loss;
     call.softcap = options->softcap;
+    call.far_bound = (double)(n_classes > 1 ? n_classes - 1 : 0) * 0x1p-36;
     call.q_scale = 1.0 - options->label_smoothing;
     call.q_offset = options->label_smoothing / (double)total_classes;
     call.ce_factor = options->reduction == FASTLOSS_REDUCTION_MEAN ? 1.0 / weight_sum : 1.0;
@@ -443,3 +482,5 @@ int RUN(int block_mode, const double *stats_in, double *stats_out,
     free(scratch);
     return FASTLOSS_OK;
 }
+
+#undef CE_FAR_ROWS

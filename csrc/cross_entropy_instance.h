@@ -80,12 +80,14 @@
 #define RUN FASTLOSS_CE_RUN_NAME(STORAGE, FASTLOSS_ISA)
 #define RUN_ROWS FL_PASTE3(ce_rows, STORAGE, run, FASTLOSS_ISA)
 #define RUN_JOB FL_PASTE3(ce_job, STORAGE, run, FASTLOSS_ISA)
+#define RUN_FAR_SCRATCH FL_PASTE3(ce_far_scratch, STORAGE, run, FASTLOSS_ISA)
 #define ROW_SAME(name) FL_PASTE3(name, CE_OWN, CE_NAME, FASTLOSS_ISA)
 #define ROW_WIDE(name) FL_PASTE3(name, f64, CE_NAME, FASTLOSS_ISA)
 #include "cross_entropy_body.h"
 #undef RUN
 #undef RUN_ROWS
 #undef RUN_JOB
+#undef RUN_FAR_SCRATCH
 #undef ROW_SAME
 #undef ROW_WIDE
 

@@ -284,6 +284,28 @@ FASTLOSS_INLINE void ROW(ce_small_dist)(const VAL *FASTLOSS_RESTRICT tile, fastl
 }
 
 /*
+ * A far row of a small block (cross_entropy_body.h, CE_FAR_ROWS): its exps taken again
+ * in double from its logits, relative to `shift` (its max, or the backward's given lse),
+ * each rounded once into its column of the tile (`e`: row r's first slot, a stride of
+ * CE_SMALL_ROWS; the target's left 0), and its sums with and without the target's term
+ * in double: the relative accuracy that a = y - M rounded to float lacked.
+ */
+static void ROW(ce_small_far_row)(const STORE_T *x, fastloss_index n_classes,
+                                  fastloss_index target, double shift, VAL *e, double *sum,
+                                  double *excl)
+{
+    double others = 0.0, e_t = 0.0;
+    for (fastloss_index c = 0; c < n_classes; ++c) {
+        const double value = fastloss_exp((double)LOAD(x, c) - shift);
+        e_t = c == target ? value : e_t;
+        others += c == target ? 0.0 : value;
+        e[c * CE_SMALL_ROWS] = c == target ? (VAL)0 : (VAL)value;
+    }
+    *excl = others;
+    *sum = others + e_t;
+}
+
+/*
  * Rows first_row .. first_row + CE_SMALL_ROWS - 1 (those past the last row
  * repeat it and are not stored).  `tile` holds C * CE_SMALL_ROWS values,
  * `lanes` FASTLOSS_LANES * CE_SMALL_ROWS doubles.  lse_in non-NULL: backward
@@ -375,6 +397,19 @@ static void ROW(ce_small_block)(const ce_call *call, const STORE_T *logits,
                                 row_lse);
             return;
         }
+    }
+    /* far rows (cross_entropy_body.h, CE_FAR_ROWS): their exps and sums again in double,
+     * from the logits (intact: the block writes its gradient last) */
+    if (sizeof(VAL) == sizeof(float)) {
+        const double far_bound = call->far_bound;
+        int any_far = 0;
+#pragma omp simd reduction(| : any_far)
+        for (int r = 0; r < R; ++r)
+            any_far |= valid[r] & (excl[r] < sum[r] * far_bound);
+        for (int r = 0; any_far && r < R; ++r)
+            if (valid[r] && excl[r] < sum[r] * far_bound)
+                ROW(ce_small_far_row)(logits + row[r] * logits_row_stride, n_classes, t[r],
+                                      lse[r], tile + r, &sum[r], &excl[r]);
     }
 
     /* Per row: the statistics merged as ce_row_stats merges one chunk, then the
