@@ -50,8 +50,10 @@ typedef struct RUN_JOB {
  * below 25 u (1.5e-6), inside the contract's 2e-6 (70 nats: 3.1e-6 without it,
  * tests/test_fuzz_findings.py).  Never where the exps overwrote the logits (the fused
  * pass in place in float32: the Range section of docs/accuracy.rst); once per row, from
- * a check of its statistics, so that other rows pay one comparison.  (The small blocks
- * take their far rows again themselves: cross_entropy_small_body.h.)
+ * a check of its statistics, so that other rows pay one comparison; a block's gradient
+ * from merged statistics (CE_MODE_BLOCK_GRAD) knows them first, and goes wide from the
+ * start (in place too: linear_cross_entropy's blocks).  (The small blocks take their
+ * far rows again themselves: cross_entropy_small_body.h.)
  */
 #define CE_FAR_ROWS (sizeof(REAL) == sizeof(float)) /* (#undef at the end) */
 
@@ -177,7 +179,11 @@ static void RUN_ROWS(const RUN_JOB *job, int thread)
         }
         if (backward && soft)
             stats.mass = ROW_SAME(ce_soft_mass)(q, n_classes, weight, call_ptr->q_scale, call_ptr->q_offset);
-        int wide_row = wide;
+        /* a block's gradient from the merged statistics of a far row: the block wide
+         * from the start (the logits read before the gradient overwrites them) */
+        int wide_row = wide || (CE_FAR_ROWS && block_mode == CE_MODE_BLOCK_GRAD &&
+                                __builtin_expect(stats.excl < stats.sum * call_ptr->far_bound, 0) &&
+                                RUN_FAR_SCRATCH(&far_row, n_classes));
         if (!wide_row) {
             if (t >= 0 && block_mode != CE_MODE_BLOCK_GRAD)
                 target_logit = (double)LOAD(x, t); /* before an in-place pass overwrites it */
@@ -354,7 +360,9 @@ int RUN(int block_mode, const double *stats_in, double *stats_out,
     call.smoothing = options->label_smoothing;
     call.z_loss = options->z_loss;
     call.softcap = options->softcap;
-    call.far_bound = (double)(n_classes > 1 ? n_classes - 1 : 0) * 0x1p-36;
+    /* (a block's gradient reads the whole row's statistics: its C classes) */
+    const fastloss_index far_classes = block_mode == CE_MODE_BLOCK_GRAD ? total_classes : n_classes;
+    call.far_bound = (double)(far_classes > 1 ? far_classes - 1 : 0) * 0x1p-36;
     call.q_scale = 1.0 - options->label_smoothing;
     call.q_offset = options->label_smoothing / (double)total_classes;
     call.ce_factor = options->reduction == FASTLOSS_REDUCTION_MEAN ? 1.0 / weight_sum : 1.0;

@@ -358,12 +358,13 @@ typedef struct NAME(tlp_job) {
  * pass left its exps in a row (`e_row`: exp((x_c - m_k) / T) per chunk k, relative to
  * the chunk's shift), they are rescaled there by the chunk's exp((m_k - M) / T) rather
  * than computed again: in the gradient row itself where it is of the compute type, else
- * in scratch, then stored (rounded once) to the gradient row.
+ * in scratch, then stored (rounded once) to the gradient row.  A far row (`far`,
+ * tlp_far_row) takes its exps again in double from the logits instead.
  */
 static void NAME(tlp_row_grad)(const STORE_T *x, fastloss_index n_classes,
                                fastloss_index n_chunks, fastloss_index target,
                                double inv_temperature, const vocab_row_stats *stats,
-                               const double *chunk_data, REAL *e_row,
+                               const double *chunk_data, REAL *e_row, int far,
                                double upstream_log_prob, double upstream_entropy, GRAD_T *g)
 {
     const double mean_a = stats->weighted / stats->sum;
@@ -372,7 +373,14 @@ static void NAME(tlp_row_grad)(const STORE_T *x, fastloss_index n_classes,
     const double coef_b = -upstream_entropy * scale;
     const REAL max = (REAL)stats->max;
     const REAL inv_t = (REAL)inv_temperature;
-    if (!e_row) {
+    if (far) { /* a far row (tlp_far_row): its exps in double, each entry rounded once */
+#pragma omp simd
+        for (fastloss_index c = 0; c < n_classes; ++c) {
+            const double a = ((double)LOAD(x, c) - stats->max) * inv_temperature;
+            const double e = fastloss_exp_nonpositive(a);
+            STORE_WIDE(g, c, e == 0.0 ? 0.0 : e * (coef_a + coef_b * a));
+        }
+    } else if (!e_row) {
         const REAL a0 = (REAL)coef_a, b0 = (REAL)coef_b;
         for (fastloss_index c = 0; c < n_classes; ++c) {
             const REAL a = ((REAL)LOAD(x, c) - max) * inv_t;
@@ -465,6 +473,42 @@ static double NAME(tlp_others_of_max)(const STORE_T *x, fastloss_index n_classes
     return total;
 }
 
+/*
+ * A far row: its largest class leads every other so far that their sum, relative to S,
+ * is below (V - 1) 2**-36.  In float each term exp(a_c) carried the relative error
+ * |a_c| u of a_c = (x_c - M) / T rounded to float (and beyond 87.3 nats float's exp
+ * gives 0), and a converged row's log-probability and entropy, about that sum, carry
+ * their mean weighted by the terms: at most log((V - 1) S / sum) u, which the bound keeps
+ * below 25 u, inside the contract's 2e-6 (70 nats: 3e-6 without it).  Its statistics
+ * again in double from the logits (cross_entropy's far rows, csrc/cross_entropy_body.h,
+ * do the same): S, W, the sum without the target, and (returned) the sum without the
+ * (first) largest class.
+ */
+static double NAME(tlp_far_row)(const STORE_T *x, fastloss_index n_classes,
+                                double inv_temperature, fastloss_index target,
+                                vocab_row_stats *stats)
+{
+    const double max = stats->max;
+    fastloss_index top = 0;
+    while (top < n_classes - 1 && (double)LOAD(x, top) != max)
+        ++top;
+    double not_target = 0.0, not_top = 0.0, weighted = 0.0;
+#pragma omp simd reduction(+ : not_target, not_top, weighted)
+    for (fastloss_index c = 0; c < n_classes; ++c) {
+        const double a = ((double)LOAD(x, c) - max) * inv_temperature;
+        const double e = fastloss_exp_nonpositive(a);
+        weighted += e == 0.0 ? 0.0 : e * a;
+        not_target += c == target ? 0.0 : e;
+        not_top += c == top ? 0.0 : e;
+    }
+    const double e_t = fastloss_exp_nonpositive(((double)LOAD(x, target) - max) * inv_temperature);
+    stats->sum = not_target + e_t;
+    stats->log_sum = log(stats->sum);
+    stats->weighted = weighted;
+    stats->others = not_target;
+    return not_top;
+}
+
 static void NAME(tlp_rows)(const NAME(tlp_job) *job, int thread, int n_threads)
 {
     const fastloss_vocab_options *options = job->options;
@@ -477,6 +521,7 @@ static void NAME(tlp_rows)(const NAME(tlp_job) *job, int thread, int n_threads)
                          : (REAL *)(mine + ((size_t)job->n_chunks * VOCAB_CHUNK_FIELDS *
                                                 sizeof(double) + 63) / 64 * 64);
     const int need_weighted = job->entropy != NULL || job->grad_entropy != NULL;
+    const double far_bound = (double)(n_classes > 1 ? n_classes - 1 : 0) * 0x1p-36;
     REAL chunk_exps[FASTLOSS_VOCAB_CHUNK]; /* tlp_others_of_max's, without a kept row */
     /* the rows claimed a few at a time by whichever thread is free (common.h) */
     const fastloss_index claim = fastloss_claim_items(options->n_rows, n_threads);
@@ -507,22 +552,32 @@ static void NAME(tlp_rows)(const NAME(tlp_job) *job, int thread, int n_threads)
         /* A row with no finite log-sum-exp (a +inf or NaN logit, or every logit -inf)
          * has no softmax: NaN, as torch's log_softmax gives. */
         const int finite = isfinite(stats.max) && isfinite(stats.log_sum);
+        const double a_t = ((double)LOAD(x, t) - stats.max) * inv_temperature;
+        const double e_t = finite ? exp(a_t) : 0.0;
+        const int dominant = finite && e_t >= stats.others;
+        /* another class holds most of the mass (S < 2): log S as log1p of the others'
+         * sum without it (tlp_others_of_max), for the entropy */
+        const int other_top = job->entropy && finite && !dominant && stats.sum < 2.0;
+        double others_of_max =
+            other_top ? NAME(tlp_others_of_max)(x, n_classes, job->n_chunks, &stats,
+                                                inv_temperature, chunk_data, e_row,
+                                                chunk_exps, t, e_t)
+                      : 0.0;
+        /* a far row (tlp_far_row): where its result is about the sum without its largest
+         * class, that sum's statistics again in double */
+        const int far = sizeof(REAL) == sizeof(float) &&
+                        ((dominant && stats.others < stats.sum * far_bound) ||
+                         (other_top && others_of_max < stats.sum * far_bound));
+        if (far)
+            others_of_max = NAME(tlp_far_row)(x, n_classes, inv_temperature, t, &stats);
         /* log p_t = a_t - log S; where the target holds at least half the mass, as
          * -log1p(others / e_t) instead, and log S as a_t + log1p(others / e_t): a
          * converged row's log p_t and entropy are tiny, and log S of an S near 1 would
          * keep only their absolute accuracy */
-        const double a_t = ((double)LOAD(x, t) - stats.max) * inv_temperature;
-        const double e_t = finite ? exp(a_t) : 0.0;
-        const int dominant = finite && e_t >= stats.others;
         const double share = dominant ? log1p(stats.others / e_t) : 0.0;
         const double log_prob = dominant ? -share : a_t - stats.log_sum;
-        double log_sum = dominant ? a_t + share : stats.log_sum;
-        /* another class holds most of the mass (S < 2): log S as log1p of the others'
-         * sum without it (tlp_others_of_max), for the entropy */
-        if (job->entropy && finite && !dominant && stats.sum < 2.0)
-            log_sum = log1p(NAME(tlp_others_of_max)(x, n_classes, job->n_chunks, &stats,
-                                                    inv_temperature, chunk_data, e_row,
-                                                    chunk_exps, t, e_t));
+        const double log_sum = dominant ? a_t + share
+                               : other_top ? log1p(others_of_max) : stats.log_sum;
         if (job->log_prob)
             job->log_prob[i] = finite ? log_prob : NAN;
         if (job->entropy)
@@ -534,7 +589,7 @@ static void NAME(tlp_rows)(const NAME(tlp_job) *job, int thread, int n_threads)
                 job->grad_entropy ? job->grad_entropy[i * job->grad_entropy_stride] : 0.0;
             if (finite) {
                 NAME(tlp_row_grad)(x, n_classes, job->n_chunks, t, inv_temperature, &stats,
-                                   chunk_data, e_row, upstream_log_prob,
+                                   chunk_data, e_row, far, upstream_log_prob,
                                    upstream_entropy, g);
             } else {
                 for (fastloss_index c = 0; c < n_classes; ++c)
