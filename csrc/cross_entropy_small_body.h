@@ -284,25 +284,39 @@ FASTLOSS_INLINE void ROW(ce_small_dist)(const VAL *FASTLOSS_RESTRICT tile, fastl
 }
 
 /*
- * A far row of a small block (cross_entropy_body.h, CE_FAR_ROWS): its exps taken again
- * in double from its logits, relative to `shift` (its max, or the backward's given lse),
- * each rounded once into its column of the tile (`e`: row r's first slot, a stride of
- * CE_SMALL_ROWS; the target's left 0), and its sums with and without the target's term
- * in double: the relative accuracy that a = y - M rounded to float lacked.
+ * The far rows of a small block (cross_entropy_body.h, CE_FAR_ROWS; far[r] != 0): their
+ * exps taken again in double from their logits, relative to lse[r] (the row's max, or
+ * the backward's given lse), each rounded once into the row's column of the tile (the
+ * target's left 0), and their sums with and without the target's term in double: the
+ * relative accuracy that a = y - M rounded to float lacked.  The block's rows at once,
+ * as lanes (a row that is not far keeps its tile and sums).
  */
-static void ROW(ce_small_far_row)(const STORE_T *x, fastloss_index n_classes,
-                                  fastloss_index target, double shift, VAL *e, double *sum,
-                                  double *excl)
+static void ROW(ce_small_far_rows)(const STORE_T *logits, fastloss_index logits_row_stride,
+                                   const fastloss_index *row, fastloss_index n_classes,
+                                   const fastloss_index *t, const int *far, const double *lse,
+                                   VAL *tile, double *sum, double *excl)
 {
-    double others = 0.0, e_t = 0.0;
+    enum { R = CE_SMALL_ROWS };
+    double others[R], e_t[R];
+    for (int r = 0; r < R; ++r)
+        others[r] = e_t[r] = 0.0;
     for (fastloss_index c = 0; c < n_classes; ++c) {
-        const double value = fastloss_exp((double)LOAD(x, c) - shift);
-        e_t = c == target ? value : e_t;
-        others += c == target ? 0.0 : value;
-        e[c * CE_SMALL_ROWS] = c == target ? (VAL)0 : (VAL)value;
+        double y[R]; /* class c of each row, gathered apart: the exps' loop vectorises */
+        for (int r = 0; r < R; ++r)
+            y[r] = (double)LOAD(logits + row[r] * logits_row_stride, c) - lse[r];
+#pragma omp simd
+        for (int r = 0; r < R; ++r) {
+            const double value = fastloss_exp(y[r]);
+            const int target = c == t[r];
+            e_t[r] = target ? value : e_t[r];
+            others[r] += target ? 0.0 : value;
+            tile[c * R + r] = !far[r] ? tile[c * R + r] : target ? (VAL)0 : (VAL)value;
+        }
     }
-    *excl = others;
-    *sum = others + e_t;
+    for (int r = 0; r < R; ++r) {
+        excl[r] = far[r] ? others[r] : excl[r];
+        sum[r] = far[r] ? others[r] + e_t[r] : sum[r];
+    }
 }
 
 /*
@@ -402,14 +416,15 @@ static void ROW(ce_small_block)(const ce_call *call, const STORE_T *logits,
      * from the logits (intact: the block writes its gradient last) */
     if (sizeof(VAL) == sizeof(float)) {
         const double far_bound = call->far_bound;
-        int any_far = 0;
+        int far[R], any_far = 0;
 #pragma omp simd reduction(| : any_far)
-        for (int r = 0; r < R; ++r)
-            any_far |= valid[r] & (excl[r] < sum[r] * far_bound);
-        for (int r = 0; any_far && r < R; ++r)
-            if (valid[r] && excl[r] < sum[r] * far_bound)
-                ROW(ce_small_far_row)(logits + row[r] * logits_row_stride, n_classes, t[r],
-                                      lse[r], tile + r, &sum[r], &excl[r]);
+        for (int r = 0; r < R; ++r) {
+            far[r] = valid[r] & (excl[r] < sum[r] * far_bound);
+            any_far |= far[r];
+        }
+        if (any_far)
+            ROW(ce_small_far_rows)(logits, logits_row_stride, row, n_classes, t, far, lse,
+                                   tile, sum, excl);
     }
 
     /* Per row: the statistics merged as ce_row_stats merges one chunk, then the

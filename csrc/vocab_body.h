@@ -489,7 +489,8 @@ static double NAME(tlp_far_row)(const STORE_T *x, fastloss_index n_classes,
                                 vocab_row_stats *stats)
 {
     const double max = stats->max;
-    fastloss_index top = 0;
+    /* the largest class: the target, most often (no scan of the row then) */
+    fastloss_index top = (double)LOAD(x, target) == max ? target : 0;
     while (top < n_classes - 1 && (double)LOAD(x, top) != max)
         ++top;
     double not_target = 0.0, not_top = 0.0, weighted = 0.0;
