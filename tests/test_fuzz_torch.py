@@ -64,6 +64,7 @@ def _wide(array):
 
 
 def _unmodified(copies, tensors):
+    """Each tensor equals the copy taken before the call (NaN equal to NaN)."""
     for before, tensor in zip(copies, tensors):
         assert torch.equal(before.isnan(), tensor.isnan()) and torch.equal(
             before.nan_to_num(), tensor.detach().nan_to_num()), "an input was modified"
