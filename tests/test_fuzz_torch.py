@@ -349,6 +349,15 @@ def _grad_subset(draw, tensors, names):
     return leaves
 
 
+def _linear_reference_kwargs(kwargs, bias):
+    """The reference's keywords of a linear call: its options but the kernels' own (block
+    height, threads), and the bias in float64 where there is one."""
+    ref_kwargs = {k: v for k, v in kwargs.items() if k not in ("num_threads", "block_rows")}
+    if bias is not None:
+        ref_kwargs["bias"] = _wide(bias)
+    return ref_kwargs
+
+
 def _assert_some_linear_grads(leaves, grads, ref_grads, bounds, arrays, dtype, ref_loss,
                               upstream):
     """The gradients autograd gave (of `leaves`, by name), each against the reference's
@@ -378,7 +387,7 @@ def test_fuzz_torch_linear(data):
     leaves = _grad_subset(data.draw, tensors, ("hidden", "classifier", "bias"))
     target_tensor = _tensor(np.asarray(target, np.int64) if np.asarray(target).dtype.kind
                             != "f" else target)
-    options = {k: v for k, v in kwargs.items()}
+    options = dict(kwargs)
     weight = options.pop("weight", None)
     copies = [t.detach().clone() for t in tensors.values() if t is not None]
     loss = FL.linear_cross_entropy(
@@ -387,9 +396,7 @@ def test_fuzz_torch_linear(data):
     _unmodified(copies, [t for t in tensors.values() if t is not None])
     grads, upstream = _differentiate(data.draw, loss, leaves)
     dtype = np.dtype(hidden.dtype)
-    ref_kwargs = {k: v for k, v in kwargs.items() if k not in ("num_threads", "block_rows")}
-    if arrays["bias"] is not None:
-        ref_kwargs["bias"] = _wide(arrays["bias"])
+    ref_kwargs = _linear_reference_kwargs(kwargs, arrays["bias"])
     if weight is not None:
         ref_kwargs["weight"] = _wide(weight)
     with np.errstate(all="ignore"):
@@ -430,9 +437,7 @@ def test_fuzz_torch_linear_token_log_probs(data):
     grad_entropy = uppers[1].double().numpy() if len(uppers) > 1 else None
     grads = [g.numpy() for g in torch.autograd.grad(outputs, list(leaves.values()), uppers)] \
         if leaves else []
-    ref_kwargs = {k: v for k, v in kwargs.items() if k not in ("num_threads", "block_rows")}
-    if arrays["bias"] is not None:
-        ref_kwargs["bias"] = _wide(arrays["bias"])
+    ref_kwargs = _linear_reference_kwargs(kwargs, arrays["bias"])
     if grad_entropy is not None:
         ref_kwargs["grad_entropy"] = grad_entropy
     with np.errstate(all="ignore"):
