@@ -15,7 +15,9 @@ and ``_add_elementwise_checks``).
 Inputs are small, so the whole table runs in a few seconds; the exhaustive
 versions of these checks are the test suite's job.
 """
+import copy
 import dataclasses
+import functools
 import math
 import sys
 import time
@@ -114,6 +116,31 @@ def _rng(*key):
     return np.random.default_rng(zlib.crc32(repr(key).encode()))
 
 
+_KEPT = 8  # the results a _kept function keeps
+
+
+def _kept(function):
+    """``function`` (an input maker, or a reference result) keeping what it returned for
+    its last few arguments and handing out deep copies of it: a configuration's checks
+    (its reductions and entry points) run one after another on the same inputs and
+    references, which are then computed once rather than for each check (drawing the
+    inputs was a third of the table's time, and of CI's memcheck over it), and no check
+    sees what another wrote (the in-place ones overwrite their logits)."""
+    kept = {}
+
+    @functools.wraps(function)
+    def result(*args):
+        key = repr(tuple(arg.name if isinstance(arg, _registry.Loss) else arg
+                         for arg in args))
+        if key not in kept:
+            if len(kept) >= _KEPT:
+                del kept[next(iter(kept))]  # the oldest
+            kept[key] = function(*args)
+        return copy.deepcopy(kept[key])
+
+    return result
+
+
 # --- cross-entropy -------------------------------------------------------------------------
 
 # (id, soft targets?, options, shape). ``weight=True`` becomes a random weight array and
@@ -141,6 +168,7 @@ _CE_CASES = (
 )
 
 
+@_kept
 def _ce_inputs(case_id, soft, params, shape, dtype):
     """Fresh ``(logits, target, options)`` for a case: the same on every call."""
     rng = _rng("cross_entropy", case_id, np.dtype(dtype).name)
@@ -170,6 +198,20 @@ def _ce_grad_output(shape, reduction):
     return np.linspace(-1.5, 2.0, math.prod(shape[:-1])).reshape(shape[:-1])
 
 
+@_kept
+def _ce_reference(case, dtype, reduction, quantity):
+    """The reference's loss, log-sum-exp or (``quantity`` "grad") gradient for a case."""
+    case_id, soft, params, shape = case
+    logits, target, options = _ce_inputs(case_id, soft, params, shape, dtype)
+    options["reduction"] = reduction
+    if quantity == "loss":
+        return reference.cross_entropy(logits, target, **options)
+    if quantity == "lse":
+        return reference.cross_entropy(logits, target, return_lse=True, **options)[1]
+    return reference.cross_entropy_grad(logits, target, _ce_grad_output(shape, reduction),
+                                        **options)
+
+
 def _ce_row(case, dtype, reduction, what):
     """The callable for one row: ``what`` names the entry point and the quantity."""
     case_id, soft, params, shape = case
@@ -180,14 +222,13 @@ def _ce_row(case, dtype, reduction, what):
         upstream = _ce_grad_output(shape, reduction)
         if what == "loss":
             return (fastloss.cross_entropy(logits, target, **options),
-                    reference.cross_entropy(logits, target, **options), dtype, "loss")
+                    _ce_reference(case, dtype, reduction, "loss"), dtype, "loss")
         if what == "lse":
             _, lse = fastloss.cross_entropy(logits, target, return_lse=True, **options)
-            _, lse_ref = reference.cross_entropy(logits, target, return_lse=True, **options)
             # lse is float64 whatever the logits; held to the loss contract of the logits'
             # dtype, on the reference's log-sum-exp.
-            return lse.astype(dtype), lse_ref, dtype, "loss"
-        ref_grad = reference.cross_entropy_grad(logits, target, upstream, **options)
+            return lse.astype(dtype), _ce_reference(case, dtype, reduction, "lse"), dtype, "loss"
+        ref_grad = _ce_reference(case, dtype, reduction, "grad")
         if what == "grad":
             grad = fastloss.cross_entropy_grad(logits, target, upstream, **options)
             return grad, ref_grad, dtype, "grad"
@@ -195,7 +236,7 @@ def _ce_row(case, dtype, reduction, what):
             _, lse = fastloss.cross_entropy(logits, target, return_lse=True, **options)
             grad = fastloss.cross_entropy_grad(logits, target, upstream, lse=lse, **options)
             return grad, ref_grad, dtype, "grad"
-        ref_loss = reference.cross_entropy(logits, target, **options)
+        ref_loss = _ce_reference(case, dtype, reduction, "loss")
         if what in ("value_and_grad loss", "value_and_grad grad"):
             out = np.empty_like(logits)
             loss, grad = fastloss.cross_entropy_value_and_grad(logits, target, upstream,
@@ -288,26 +329,46 @@ _add_cross_entropy_checks()
 # probabilities into 0/1 labels; ``scale`` is the first input's standard deviation), at
 # the case's shape or the entry's ``check_shape`` ((40, 1000): three reduction blocks).
 
+@_kept
 def _ew_inputs(entry, case, dtype):
     """Fresh ``(arrays, options)`` for a case: the same on every call."""
     rng = _rng(entry.name, case.id, np.dtype(dtype).name)
     return entry.make_inputs(rng, dtype, case.params, case.shape or entry.check_shape)
 
 
+@_kept
+def _ew_upstream(entry, case, dtype, reduction):
+    """A non-trivial upstream gradient: a scalar, or one value per loss for 'none'."""
+    if reduction != "none":
+        return 0.625
+    arrays, options = _ew_inputs(entry, case, dtype)
+    shape = np.shape(entry.reference[0](*arrays, reduction="none", **options))
+    return np.linspace(-1.5, 2.0, math.prod(shape)).reshape(shape)
+
+
+@_kept
+def _ew_reference(entry, case, dtype, reduction, quantity):
+    """The reference's loss or (``quantity`` "grad") gradient for a case."""
+    ref_value, ref_grad, _ = entry.reference
+    arrays, options = _ew_inputs(entry, case, dtype)
+    options["reduction"] = reduction
+    if quantity == "loss":
+        return ref_value(*arrays, **options)
+    return ref_grad(*arrays, _ew_upstream(entry, case, dtype, reduction), **options)
+
+
 def _ew_row(entry, case, dtype, reduction, what):
     """The callable for one row: ``what`` names the entry point and the quantity."""
     value, grad_fn, fused = entry.public
-    ref_value, ref_grad, _ = entry.reference
 
     def run():
         arrays, options = _ew_inputs(entry, case, dtype)
-        shape = np.shape(ref_value(*arrays, reduction="none", **options))
         options["reduction"] = reduction
-        upstream = (np.linspace(-1.5, 2.0, math.prod(shape)).reshape(shape)
-                    if reduction == "none" else 0.625)
+        upstream = _ew_upstream(entry, case, dtype, reduction)
         if what == "loss":
-            return value(*arrays, **options), ref_value(*arrays, **options), dtype, "loss"
-        expected = ref_grad(*arrays, upstream, **options)
+            return (value(*arrays, **options),
+                    _ew_reference(entry, case, dtype, reduction, "loss"), dtype, "loss")
+        expected = _ew_reference(entry, case, dtype, reduction, "grad")
         if what == "grad":
             return grad_fn(*arrays, upstream, **options), expected, dtype, "grad"
         if what in ("value_and_grad loss", "value_and_grad grad"):
@@ -316,7 +377,8 @@ def _ew_row(entry, case, dtype, reduction, what):
             if grad is not out:
                 raise AssertionError("value_and_grad(out=buffer) did not return the buffer")
             if what.endswith("loss"):
-                return loss, ref_value(*arrays, **options), dtype, "loss"
+                return (loss, _ew_reference(entry, case, dtype, reduction, "loss"), dtype,
+                        "loss")
             return grad, expected, dtype, "grad"
         if what == "in place grad":
             _, grad = fused(*arrays, upstream, out=arrays[0], **options)
@@ -376,6 +438,7 @@ _add_elementwise_checks()
 
 # --- sequence log-probabilities (fastloss/preference.py, csrc/sequence.c) ------------------------
 
+@_kept
 def _sequence_inputs(dtype):
     """Token log-probabilities (37 sequences of 300 tokens), a 0/1 mask of answers that
     start at random positions, and one upstream gradient per sequence."""
@@ -452,6 +515,7 @@ def _dist_rows(rng, n_rows, metric, dtype):
     return rows.astype(dtype), labels
 
 
+@_kept
 def _dist_inputs(case, dtype):
     """Fresh ``(args, options)`` for a case: the same on every call."""
     function, case_id, params, n_rows = case
@@ -563,6 +627,7 @@ _add_distance_checks()
 _VOCAB_SHAPE = (24, 3000)  # two chunks of the kernels' 2048 classes per row
 
 
+@_kept
 def _vocab_inputs(case_id, dtype):
     """``(logits, teacher, labels)``: 3 standard normals each (the teacher correlated with
     the first), every fifth label ignored."""
