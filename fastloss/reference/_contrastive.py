@@ -393,19 +393,21 @@ def _info_nce_query_rows(grad_logits, key_unit, temperature):
     since each row of G = s_i (softmax_i - onehot_i) sums to zero. With duplicated keys
     the plain product cancels terms of about 0.5 to the probability of a far negative
     (1e-12), keeping only float64 rounding; here the duplicate's term is exactly 0.  A
-    few rows at a time, so that their differences (rows x M x D) stay near 8 MB rather
-    than N x M x D (1.6 GB, 2 s at N = M = 512, D = 768).
+    few rows at a time, so that their differences (rows x M x D, in one buffer) stay near
+    8 MB rather than N x M x D (1.6 GB, 2 s at N = M = 512, D = 768).
     """
     n_rows = grad_logits.shape[0]
     weights = grad_logits.copy()
     weights[np.arange(n_rows), np.arange(n_rows)] = 0.0
-    result = np.empty((n_rows, key_unit.shape[1]))
-    step = max(1, 2**20 // max(1, key_unit.size))
+    result = np.empty((n_rows, 1, key_unit.shape[1]))
+    step = max(1, min(n_rows, 2**20 // max(1, key_unit.size)))
+    differences = np.empty((step,) + key_unit.shape)
     for start in range(0, n_rows, step):
         stop = min(start + step, n_rows)
-        differences = key_unit[None, :, :] - key_unit[start:stop, None, :]  # (rows, M, D)
-        result[start:stop] = np.matmul(weights[start:stop, None, :], differences)[:, 0, :]
-    return result / temperature
+        block = differences[:stop - start]
+        np.subtract(key_unit[None, :, :], key_unit[start:stop, None, :], out=block)
+        np.matmul(weights[start:stop, None, :], block, out=result[start:stop])
+    return result[:, 0, :] / temperature
 
 
 def info_nce_value_and_grad(query, key, grad_output=1.0, *, temperature=0.05, symmetric=False,
