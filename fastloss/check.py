@@ -665,6 +665,22 @@ _DISTILL_CASES = (
 )
 
 
+def _distill_upstream(reduction):
+    return np.linspace(-1.0, 1.0, _VOCAB_SHAPE[0]) if reduction == "none" else 0.75
+
+
+@_kept
+def _distill_reference(case, dtype, reduction):
+    """The reference's ``(loss, {wrt: gradient})`` for a case, from one pass of it."""
+    function, case_id, params = case
+    student, teacher, labels = _vocab_inputs(function + case_id, dtype)
+    wrt = ("student_logits", "teacher_logits")
+    loss, grads = getattr(reference, f"{function}_value_and_grad")(
+        student, teacher, _distill_upstream(reduction), wrt=wrt, **params, temperature=1.5,
+        target=labels, reduction=reduction)
+    return loss, dict(zip(wrt, grads))
+
+
 def _distill_row(case, dtype, reduction, what):
     """``what``: "loss", "grad student_logits" or "grad teacher_logits"."""
     function, case_id, params = case
@@ -672,15 +688,15 @@ def _distill_row(case, dtype, reduction, what):
     def run():
         student, teacher, labels = _vocab_inputs(function + case_id, dtype)
         options = dict(params, temperature=1.5, target=labels, reduction=reduction)
+        ref_loss, ref_grads = _distill_reference(case, dtype, reduction)
         if what == "loss":
-            return (getattr(fastloss, function)(student, teacher, **options),
-                    getattr(reference, function)(student, teacher, **options), dtype, "loss")
+            return (getattr(fastloss, function)(student, teacher, **options), ref_loss, dtype,
+                    "loss")
         wrt = what.split(" ", 1)[1]
-        upstream = (np.linspace(-1.0, 1.0, _VOCAB_SHAPE[0]) if reduction == "none" else 0.75)
-        return (getattr(fastloss, f"{function}_grad")(student, teacher, upstream, wrt=wrt,
+        return (getattr(fastloss, f"{function}_grad")(student, teacher,
+                                                      _distill_upstream(reduction), wrt=wrt,
                                                       **options),
-                getattr(reference, f"{function}_grad")(student, teacher, upstream, wrt=wrt,
-                                                       **options), dtype, "grad")
+                ref_grads[wrt], dtype, "grad")
     return run
 
 
