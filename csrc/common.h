@@ -123,6 +123,23 @@ static inline fastloss_index fastloss_claim_items(fastloss_index n_items, int th
 }
 
 /*
+ * Far rows.  A softmax row read in float whose largest class leads every other by far,
+ * so that the others' share of S = sum_c exp(a_c) is below this bound, (n - 1) 2**-36
+ * for n classes, is computed again in double from its logits (cross_entropy_body.h:
+ * CE_FAR_ROWS; cross_entropy_small_body.h; vocab_body.h: tlp_far_row).  In float each
+ * term exp(a_c) carried the relative error |a_c| u of a_c = (x_c - M) / T rounded to
+ * float (and beyond 87.3 nats float's exp gives 0); the row's loss, log-probability,
+ * entropy and the target's gradient, all about that share, carry their mean weighted by
+ * the terms: at most log((n - 1) S / others) u, which the bound keeps below 25 u
+ * (1.5e-6), inside the contract's 2e-6 (70 nats: 3.1e-6 without it,
+ * tests/test_fuzz_findings.py).
+ */
+static inline double fastloss_far_row_bound(fastloss_index n_classes)
+{
+    return (double)(n_classes > 1 ? n_classes - 1 : 0) * 0x1p-36;
+}
+
+/*
  * Sum of values[0..n) in a fixed order: each block of FASTLOSS_REDUCTION_BLOCK
  * values is summed left to right, then the block sums are added left to right.
  * Two levels keep the rounding error near O((B + n / B) eps) instead of O(n eps).

@@ -41,14 +41,10 @@ typedef struct RUN_JOB {
 } RUN_JOB;
 
 /*
- * Far rows.  A row read in float whose target leads every other class by far, so that
- * the others' share of S (excl / S, the loss log1p of it) is below (n - 1) 2**-36, is
- * computed again as a wide row, in double from its logits.  Each of its terms exp(a_c)
- * carried the relative error |a_c| u of a_c = y_c - M rounded to float (and, beyond
- * 87.3 nats, float's exp gives 0), and its loss and the target's gradient carry their
- * mean, weighted by the terms: at most log((n - 1) S / excl) u, which the bound keeps
- * below 25 u (1.5e-6), inside the contract's 2e-6 (70 nats: 3.1e-6 without it,
- * tests/test_fuzz_findings.py).  Never where the exps overwrote the logits (the fused
+ * Far rows (common.h: fastloss_far_row_bound).  A row read in float whose target leads
+ * every other class by far, so that the others' share of S (excl / S, the loss log1p of
+ * it) is below the bound, is computed again as a wide row, in double from its logits.
+ * Never where the exps overwrote the logits (the fused
  * pass in place in float32: the Range section of docs/accuracy.rst); once per row, from
  * a check of its statistics, so that other rows pay one comparison; a block's gradient
  * from merged statistics (CE_MODE_BLOCK_GRAD) knows them first, and goes wide from the
@@ -362,7 +358,7 @@ int RUN(int block_mode, const double *stats_in, double *stats_out,
     call.softcap = options->softcap;
     /* (a block's gradient reads the whole row's statistics: its C classes) */
     const fastloss_index far_classes = block_mode == CE_MODE_BLOCK_GRAD ? total_classes : n_classes;
-    call.far_bound = (double)(far_classes > 1 ? far_classes - 1 : 0) * 0x1p-36;
+    call.far_bound = fastloss_far_row_bound(far_classes);
     call.q_scale = 1.0 - options->label_smoothing;
     call.q_offset = options->label_smoothing / (double)total_classes;
     call.ce_factor = options->reduction == FASTLOSS_REDUCTION_MEAN ? 1.0 / weight_sum : 1.0;

@@ -191,9 +191,9 @@ typedef struct ce_call {
                                           CE_PREFETCH_AHEAD_L2_BYTES), else
                                           CE_PREFETCH_LOCALITY */
     double far_bound;                  /* a row whose others' share of S is below this
-                                          ((n_classes - 1) 2**-36) is far beyond them:
-                                          computed again in double where it was read in
-                                          float (cross_entropy_body.h, CE_FAR_ROWS) */
+                                          (common.h: fastloss_far_row_bound) is far
+                                          beyond them: computed again in double where
+                                          it was read in float (CE_FAR_ROWS) */
     double q_scale, q_offset;          /* soft: q' = q_scale * q + q_offset */
     double ce_factor, z_factor;        /* 1 / denominator for mean, 1 otherwise */
     const double *grad_output;

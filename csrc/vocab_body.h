@@ -474,14 +474,9 @@ static double NAME(tlp_others_of_max)(const STORE_T *x, fastloss_index n_classes
 }
 
 /*
- * A far row: its largest class leads every other so far that their sum, relative to S,
- * is below (V - 1) 2**-36.  In float each term exp(a_c) carried the relative error
- * |a_c| u of a_c = (x_c - M) / T rounded to float (and beyond 87.3 nats float's exp
- * gives 0), and a converged row's log-probability and entropy, about that sum, carry
- * their mean weighted by the terms: at most log((V - 1) S / sum) u, which the bound keeps
- * below 25 u, inside the contract's 2e-6 (70 nats: 3e-6 without it).  Its statistics
- * again in double from the logits (cross_entropy's far rows, csrc/cross_entropy_body.h,
- * do the same): S, W, the sum without the target, and (returned) the sum without the
+ * A far row (common.h: fastloss_far_row_bound): its largest class leads every other so
+ * far that their sum, relative to S, is below the bound.  Its statistics again in double
+ * from the logits: S, W, the sum without the target, and (returned) the sum without the
  * (first) largest class.
  */
 static double NAME(tlp_far_row)(const STORE_T *x, fastloss_index n_classes,
@@ -522,7 +517,7 @@ static void NAME(tlp_rows)(const NAME(tlp_job) *job, int thread, int n_threads)
                          : (REAL *)(mine + ((size_t)job->n_chunks * VOCAB_CHUNK_FIELDS *
                                                 sizeof(double) + 63) / 64 * 64);
     const int need_weighted = job->entropy != NULL || job->grad_entropy != NULL;
-    const double far_bound = (double)(n_classes > 1 ? n_classes - 1 : 0) * 0x1p-36;
+    const double far_bound = fastloss_far_row_bound(n_classes);
     REAL chunk_exps[FASTLOSS_VOCAB_CHUNK]; /* tlp_others_of_max's, without a kept row */
     /* the rows claimed a few at a time by whichever thread is free (common.h) */
     const fastloss_index claim = fastloss_claim_items(options->n_rows, n_threads);
