@@ -44,12 +44,12 @@ typedef struct RUN_JOB {
  * Far rows (common.h: fastloss_far_row_bound).  A row read in float whose target leads
  * every other class by far, so that the others' share of S (excl / S, the loss log1p of
  * it) is below the bound, is computed again as a wide row, in double from its logits.
- * Never where the exps overwrote the logits (the fused
- * pass in place in float32: the Range section of docs/accuracy.rst); once per row, from
- * a check of its statistics, so that other rows pay one comparison; a block's gradient
- * from merged statistics (CE_MODE_BLOCK_GRAD) knows them first, and goes wide from the
- * start (in place too: linear_cross_entropy's blocks).  (The small blocks take their
- * far rows again themselves: cross_entropy_small_body.h.)
+ * Never where the exps overwrote the logits (the fused pass in place in float32: the
+ * Range section of docs/accuracy.rst); once per row, from a check of its statistics, so
+ * that other rows pay one comparison; a block's gradient from merged statistics
+ * (CE_MODE_BLOCK_GRAD) knows them first, and goes wide from the start (in place too:
+ * linear_cross_entropy's blocks).  (The small blocks take their far rows again
+ * themselves: cross_entropy_small_body.h.)
  */
 #define CE_FAR_ROWS (sizeof(REAL) == sizeof(float)) /* (#undef at the end) */
 
